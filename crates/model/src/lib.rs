@@ -1,0 +1,21 @@
+//! The mesh model: services, workloads, endpoints and destinations as plain data, plus the pure
+//! decisions made on them.
+//!
+//! Both the proxy and the control plane (and later `trellis explain`) work on these types, so a
+//! decision computed here is the same wherever it is computed. This crate does no I/O and must
+//! not depend on tokio, hyper, kube or tonic: every type is data in, data out.
+
+mod destination;
+mod protocol;
+mod service;
+mod target;
+mod workload;
+
+pub use destination::{Destination, Endpoint};
+pub use protocol::AppProtocol;
+pub use service::{Service, ServiceKey, ServicePort, TargetPort};
+pub use target::{ParseTargetError, Target};
+pub use workload::Workload;
+
+/// The DNS suffix services are named under, as in Kubernetes' default cluster domain.
+pub const CLUSTER_DOMAIN: &str = "svc.cluster.local";
