@@ -72,7 +72,11 @@ pub enum InitError {
     },
     /// An iptables tool ran and failed; `stderr` is what it said (permission, missing module).
     #[error("{program} failed ({status}): {stderr}")]
-    Failed { program: &'static str, status: std::process::ExitStatus, stderr: String },
+    Failed {
+        program: &'static str,
+        status: std::process::ExitStatus,
+        stderr: String,
+    },
     /// Writing the rules to `iptables-restore`'s stdin failed.
     #[error("writing rules to iptables-restore: {0}")]
     Stdin(#[source] std::io::Error),
@@ -81,7 +85,10 @@ pub enum InitError {
 /// The jump rules as `iptables-save` prints them, so that their presence can be recognised.
 fn jumps() -> [(&'static str, String); 2] {
     [
-        ("PREROUTING", format!("-A PREROUTING -p tcp -j {INBOUND_CHAIN}")),
+        (
+            "PREROUTING",
+            format!("-A PREROUTING -p tcp -j {INBOUND_CHAIN}"),
+        ),
         ("OUTPUT", format!("-A OUTPUT -p tcp -j {OUTPUT_CHAIN}")),
     ]
 }
@@ -106,8 +113,12 @@ pub fn plan(args: &InitArgs, current_nat: &str) -> Result<String, InitError> {
         .collect();
     inbound_skip.sort_unstable();
     inbound_skip.dedup();
-    let mut outbound_skip: Vec<u16> =
-        args.exclude_outbound_ports.iter().copied().filter(|p| *p != 0).collect();
+    let mut outbound_skip: Vec<u16> = args
+        .exclude_outbound_ports
+        .iter()
+        .copied()
+        .filter(|p| *p != 0)
+        .collect();
     outbound_skip.sort_unstable();
     outbound_skip.dedup();
 
@@ -123,7 +134,10 @@ pub fn plan(args: &InitArgs, current_nat: &str) -> Result<String, InitError> {
     let _ = writeln!(out, "-F {OUTPUT_CHAIN}");
 
     for port in &inbound_skip {
-        let _ = writeln!(out, "-A {INBOUND_CHAIN} -p tcp -m tcp --dport {port} -j RETURN");
+        let _ = writeln!(
+            out,
+            "-A {INBOUND_CHAIN} -p tcp -m tcp --dport {port} -j RETURN"
+        );
     }
     let _ = writeln!(
         out,
@@ -141,7 +155,10 @@ pub fn plan(args: &InitArgs, current_nat: &str) -> Result<String, InitError> {
     let _ = writeln!(out, "-A {OUTPUT_CHAIN} -o lo -j RETURN");
     let _ = writeln!(out, "-A {OUTPUT_CHAIN} -d 127.0.0.0/8 -j RETURN");
     for port in &outbound_skip {
-        let _ = writeln!(out, "-A {OUTPUT_CHAIN} -p tcp -m tcp --dport {port} -j RETURN");
+        let _ = writeln!(
+            out,
+            "-A {OUTPUT_CHAIN} -p tcp -m tcp --dport {port} -j RETURN"
+        );
     }
     let _ = writeln!(
         out,
@@ -182,7 +199,10 @@ fn iptables_save_nat() -> Result<String, InitError> {
         .args(["-t", "nat"])
         .stdin(Stdio::null())
         .output()
-        .map_err(|source| InitError::Spawn { program: PROGRAM, source })?;
+        .map_err(|source| InitError::Spawn {
+            program: PROGRAM,
+            source,
+        })?;
     if !output.status.success() {
         return Err(InitError::Failed {
             program: PROGRAM,
@@ -201,15 +221,23 @@ fn iptables_restore(rules: &str) -> Result<(), InitError> {
         .stdout(Stdio::null())
         .stderr(Stdio::piped())
         .spawn()
-        .map_err(|source| InitError::Spawn { program: PROGRAM, source })?;
+        .map_err(|source| InitError::Spawn {
+            program: PROGRAM,
+            source,
+        })?;
     if let Some(mut stdin) = child.stdin.take() {
         // Dropping stdin at the end of this block closes it, which is what lets
         // iptables-restore see the end of its input.
-        stdin.write_all(rules.as_bytes()).map_err(InitError::Stdin)?;
+        stdin
+            .write_all(rules.as_bytes())
+            .map_err(InitError::Stdin)?;
     }
     let output = child
         .wait_with_output()
-        .map_err(|source| InitError::Spawn { program: PROGRAM, source })?;
+        .map_err(|source| InitError::Spawn {
+            program: PROGRAM,
+            source,
+        })?;
     if !output.status.success() {
         return Err(InitError::Failed {
             program: PROGRAM,
@@ -290,7 +318,11 @@ COMMIT
         a.exclude_outbound_ports = vec![5432, 5432];
         let rules = plan(&a, "").unwrap();
         assert!(rules.contains("-A TRELLIS_OUTPUT -m owner --uid-owner 2000 -j RETURN\n"));
-        assert_eq!(rules.matches("--dport 5432 -j RETURN").count(), 1, "{rules}");
+        assert_eq!(
+            rules.matches("--dport 5432 -j RETURN").count(),
+            1,
+            "{rules}"
+        );
         assert!(rules.contains("-A TRELLIS_OUTPUT -p tcp -j REDIRECT --to-ports 16001\n"));
         assert!(rules.contains("-A TRELLIS_INBOUND -p tcp -m tcp --dport 16006 -j RETURN\n"));
         // The uid exception must precede every REDIRECT in the output chain, or the proxy loops.
@@ -303,6 +335,9 @@ COMMIT
     fn zero_ports_are_rejected() {
         let mut a = args();
         a.inbound_port = 0;
-        assert!(matches!(plan(&a, ""), Err(InitError::ZeroPort("inbound-port"))));
+        assert!(matches!(
+            plan(&a, ""),
+            Err(InitError::ZeroPort("inbound-port"))
+        ));
     }
 }
