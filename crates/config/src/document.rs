@@ -1,0 +1,160 @@
+//! Splitting a file into YAML documents and routing each by `apiVersion`/`kind`.
+
+use serde::Deserialize;
+use serde_yaml::Value;
+
+use crate::error::{ConfigError, ResourceRef};
+use crate::kinds::ignored_reason;
+use crate::kube;
+
+/// Bounds the work one file can cause; far above any real config file.
+const MAX_DOCUMENTS: usize = 10_000;
+
+/// A resource the mesh reads, translated into the model.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Resource {
+    Service(trellis_model::Service),
+}
+
+/// What became of one document.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Outcome {
+    Resource(Resource),
+    /// A kind this mesh does not read (yet); `reason` says which case it is.
+    Ignored {
+        reason: String,
+    },
+    Invalid(ConfigError),
+}
+
+/// One YAML document of a file, and what became of it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Document {
+    pub resource: ResourceRef,
+    pub outcome: Outcome,
+}
+
+impl Document {
+    pub fn is_invalid(&self) -> bool {
+        matches!(self.outcome, Outcome::Invalid(_))
+    }
+}
+
+/// Parses the bytes of one file (`file` is used in messages only) into its documents, in order.
+/// Empty documents are skipped. A YAML syntax error ends the file: what follows it cannot be
+/// split into documents reliably, so it is reported once as an invalid document.
+pub fn parse_documents(file: &str, bytes: &[u8]) -> Vec<Document> {
+    let mut documents = Vec::new();
+    for (index, de) in serde_yaml::Deserializer::from_slice(bytes).enumerate() {
+        if index >= MAX_DOCUMENTS {
+            documents.push(invalid(
+                file,
+                unnamed(index),
+                None,
+                format!("too many documents (more than {MAX_DOCUMENTS})"),
+            ));
+            break;
+        }
+        match Value::deserialize(de) {
+            Ok(Value::Null) => {}
+            Ok(value) => documents.push(read_document(file, index, value)),
+            Err(err) => {
+                documents.push(invalid(
+                    file,
+                    unnamed(index),
+                    None,
+                    format!("invalid YAML: {err}"),
+                ));
+                break;
+            }
+        }
+    }
+    documents
+}
+
+fn unnamed(document: usize) -> ResourceRef {
+    ResourceRef {
+        document,
+        kind: None,
+        namespace: None,
+        name: None,
+    }
+}
+
+pub(crate) fn invalid(
+    file: &str,
+    resource: ResourceRef,
+    field: Option<String>,
+    message: String,
+) -> Document {
+    let err = ConfigError {
+        file: file.to_string(),
+        resource: resource.clone(),
+        field,
+        message,
+    };
+    Document {
+        resource,
+        outcome: Outcome::Invalid(err),
+    }
+}
+
+fn read_document(file: &str, index: usize, value: Value) -> Document {
+    let Value::Mapping(map) = &value else {
+        return invalid(
+            file,
+            unnamed(index),
+            None,
+            "document is not a mapping with apiVersion, kind and metadata".to_string(),
+        );
+    };
+    let text = |v: Option<&Value>| v.and_then(Value::as_str).map(str::to_string);
+    let metadata = map.get("metadata");
+    let mut resource = ResourceRef {
+        document: index,
+        kind: text(map.get("kind")),
+        namespace: text(metadata.and_then(|m| m.get("namespace"))),
+        name: text(metadata.and_then(|m| m.get("name"))),
+    };
+    let Some(kind) = resource.kind.clone() else {
+        let field = Some("kind".to_string());
+        return invalid(
+            file,
+            resource,
+            field,
+            "is required and must be a string".into(),
+        );
+    };
+    let Some(api_version) = text(map.get("apiVersion")) else {
+        let field = Some("apiVersion".to_string());
+        return invalid(
+            file,
+            resource,
+            field,
+            "is required and must be a string".into(),
+        );
+    };
+    if let Some(reason) = ignored_reason(&api_version, &kind) {
+        return Document {
+            resource,
+            outcome: Outcome::Ignored { reason },
+        };
+    }
+    // Namespaced kinds live in "default" when the document names none, as `kubectl apply` does.
+    if resource.namespace.is_none() {
+        resource.namespace = Some(kube::DEFAULT_NAMESPACE.to_string());
+    }
+    let outcome = match kube::service::translate(value) {
+        Ok(service) => Outcome::Resource(Resource::Service(service)),
+        Err(err) => Outcome::Invalid(ConfigError {
+            file: file.to_string(),
+            resource: resource.clone(),
+            field: err.field,
+            message: err.message,
+        }),
+    };
+    Document { resource, outcome }
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,62 @@
+//! Golden files: real-world YAML in, the translated model out.
+//!
+//! Regenerate with `UPDATE_GOLDEN=1 cargo test -p trellis-config --test golden` and review the
+//! diff. Fixtures are Istio's Bookinfo sample (Apache-2.0), copied so the tests stand alone.
+
+use std::path::Path;
+
+use serde_json::{Value, json};
+use trellis_config::{Outcome, Resource, parse_documents};
+
+fn render(file: &str, bytes: &[u8]) -> Value {
+    let docs = parse_documents(file, bytes);
+    Value::Array(
+        docs.into_iter()
+            .map(|doc| {
+                let r = &doc.resource;
+                let head = json!({
+                    "document": r.document, "kind": r.kind, "namespace": r.namespace, "name": r.name,
+                });
+                let tail = match doc.outcome {
+                    Outcome::Resource(Resource::Service(svc)) => {
+                        json!({"status": "Accepted", "service": svc})
+                    }
+                    Outcome::Ignored { reason } => json!({"status": "Ignored", "reason": reason}),
+                    Outcome::Invalid(err) => json!({"status": "Invalid", "error": err.to_string()}),
+                };
+                let mut out = head;
+                if let (Some(o), Some(t)) = (out.as_object_mut(), tail.as_object()) {
+                    o.extend(t.clone());
+                }
+                out
+            })
+            .collect(),
+    )
+}
+
+fn check(name: &str) {
+    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests");
+    let input = std::fs::read(dir.join("fixtures").join(format!("{name}.yaml"))).unwrap();
+    let got = render(&format!("{name}.yaml"), &input);
+    let golden = dir.join("golden").join(format!("{name}.json"));
+    if std::env::var_os("UPDATE_GOLDEN").is_some() {
+        std::fs::write(&golden, serde_json::to_string_pretty(&got).unwrap() + "\n").unwrap();
+    }
+    let want: Value = serde_json::from_slice(&std::fs::read(&golden).unwrap()).unwrap();
+    assert_eq!(
+        got,
+        want,
+        "{name}: output differs from {}",
+        golden.display()
+    );
+}
+
+#[test]
+fn bookinfo() {
+    check("bookinfo");
+}
+
+#[test]
+fn bookinfo_versions() {
+    check("bookinfo-versions");
+}
