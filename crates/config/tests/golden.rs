@@ -3,6 +3,7 @@
 //! Regenerate with `UPDATE_GOLDEN=1 cargo test -p trellis-config --test golden` and review the
 //! diff. Fixtures are Istio's Bookinfo sample (Apache-2.0), copied so the tests stand alone.
 
+#![allow(clippy::unwrap_used)] // test helpers outside #[test] fns
 use std::path::Path;
 
 use serde_json::{Value, json};
