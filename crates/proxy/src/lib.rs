@@ -1,4 +1,44 @@
-//! The Trellis data plane. (Module map is filled in by the data-path work.)
+//! The Trellis data plane: the sidecar proxy's listeners, protocol detection, HTTP/1.1, HTTP/2
+//! and opaque TCP forwarding, the admin server and metrics.
+//!
+//! Decisions (which protocol, which hop, which endpoint, which headers) are pure functions in
+//! [`detect`], [`route`], [`balance`] and [`http`]; the rest adapts sockets to them. It must not
+//! depend on kube or the control plane's crates; the control plane is reached only through
+//! [`discovery`].
+//!
+//! Embedding: build a [`ProxyConfig`] (from [`args::RunArgs::validate`] or
+//! [`ProxyConfig::local`]), then [`Proxy::start`] it and [`Proxy::wait`], or call [`run`], which
+//! also drains on SIGTERM/SIGINT.
 
+pub mod admin;
+pub mod args;
+pub mod balance;
+pub mod cli;
+pub mod client;
+pub mod config;
+pub mod detect;
 pub mod discovery;
+pub mod forward;
+pub mod http;
+pub mod inbound;
 pub mod init;
+pub mod listen;
+pub mod outbound;
+pub mod proxy;
+pub mod route;
+pub mod serve;
+pub mod shutdown;
+pub mod telemetry;
+pub mod transport;
+
+pub use args::{Cli, Command, ConfigError, RunArgs};
+pub use config::{LogFormat, OutboundPort, ProxyConfig};
+pub use proxy::{BoundAddrs, Proxy, ProxyError};
+
+/// Runs a proxy until SIGTERM, SIGINT or `POST /shutdown`, then drains and returns.
+pub async fn run(config: ProxyConfig) -> Result<(), ProxyError> {
+    let proxy = Proxy::start(config).await?;
+    tokio::spawn(shutdown::on_signals(proxy.shutdown_token()));
+    proxy.wait().await;
+    Ok(())
+}

@@ -1,1 +1,5 @@
-fn main() {}
+//! `trellis-proxy`: see [`trellis_proxy::cli`].
+
+fn main() -> std::process::ExitCode {
+    trellis_proxy::cli::main()
+}

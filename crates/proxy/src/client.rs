@@ -1,0 +1,202 @@
+//! Upstream HTTP connections: a pooled HTTP/1.1 client, one multiplexed HTTP/2 connection per
+//! endpoint, and one-off HTTP/1.1 connections for upgrades.
+//!
+//! Pools are keyed by the endpoint's socket address, never by the request's authority, so two
+//! endpoints of one service never share a connection. This module sends what it is given; the
+//! header and version rules live in [`crate::http`].
+
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::sync::Mutex;
+use std::time::Duration;
+
+use http::{Request, Response, Uri};
+use hyper::body::Incoming;
+use hyper::client::conn::http2::SendRequest;
+use hyper_util::client::legacy::Client;
+use hyper_util::client::legacy::connect::HttpConnector;
+use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
+
+use crate::transport::{CONNECT_TIMEOUT, connect};
+
+/// Why an upstream exchange failed; every kind is a 502 at the edge.
+#[derive(Debug, thiserror::Error)]
+pub enum UpstreamError {
+    #[error("connect to {addr} failed: {source}")]
+    Connect {
+        addr: SocketAddr,
+        source: std::io::Error,
+    },
+    #[error("HTTP/2 handshake with {addr} failed: {source}")]
+    Handshake {
+        addr: SocketAddr,
+        source: hyper::Error,
+    },
+    #[error("request to {addr} failed: {source}")]
+    Request {
+        addr: SocketAddr,
+        source: Box<dyn std::error::Error + Send + Sync>,
+    },
+    #[error("invalid request target for {addr}")]
+    Uri { addr: SocketAddr },
+}
+
+impl UpstreamError {
+    /// The `trellis-error` reason.
+    pub fn reason(&self) -> &'static str {
+        match self {
+            Self::Connect { .. } | Self::Handshake { .. } => "upstream connect failed",
+            Self::Request { .. } => "upstream reset",
+            Self::Uri { .. } => "bad request target",
+        }
+    }
+}
+
+/// How long an idle pooled HTTP/1.1 connection is kept.
+const IDLE_TIMEOUT: Duration = Duration::from_secs(60);
+
+/// All upstream clients of one proxy; shared by every listener.
+#[derive(Debug)]
+pub struct Upstreams {
+    http1: Client<HttpConnector, Incoming>,
+    http2: Mutex<HashMap<SocketAddr, SendRequest<Incoming>>>,
+}
+
+impl Default for Upstreams {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl Upstreams {
+    pub fn new() -> Self {
+        let mut connector = HttpConnector::new();
+        connector.set_nodelay(true);
+        connector.set_connect_timeout(Some(CONNECT_TIMEOUT));
+        let http1 = Client::builder(TokioExecutor::new())
+            .pool_idle_timeout(IDLE_TIMEOUT)
+            .pool_timer(TokioTimer::new())
+            .build(connector);
+        Self {
+            http1,
+            http2: Mutex::new(HashMap::new()),
+        }
+    }
+
+    /// Sends an HTTP/1.1 request (Host already set) to `addr` over a pooled connection.
+    pub async fn send_http1(
+        &self,
+        addr: SocketAddr,
+        mut req: Request<Incoming>,
+    ) -> Result<Response<Incoming>, UpstreamError> {
+        // The legacy client dials the URI's authority; pointing it at the endpoint makes the
+        // endpoint the pool key while the Host header keeps the application's authority.
+        let path = req.uri().path_and_query().map_or("/", |p| p.as_str());
+        let uri = Uri::builder()
+            .scheme("http")
+            .authority(addr.to_string())
+            .path_and_query(path)
+            .build()
+            .map_err(|_| UpstreamError::Uri { addr })?;
+        *req.uri_mut() = uri;
+        self.http1.request(req).await.map_err(|e| {
+            if e.is_connect() {
+                UpstreamError::Connect {
+                    addr,
+                    source: std::io::Error::other(e),
+                }
+            } else {
+                UpstreamError::Request {
+                    addr,
+                    source: Box::new(e),
+                }
+            }
+        })
+    }
+
+    /// Sends an HTTP/2 request (absolute URI) to `addr`, over the endpoint's one multiplexed
+    /// connection, dialling it first if there is none or it has closed.
+    pub async fn send_http2(
+        &self,
+        addr: SocketAddr,
+        req: Request<Incoming>,
+    ) -> Result<Response<Incoming>, UpstreamError> {
+        let mut sender = match self.cached_http2(addr) {
+            Some(s) => s,
+            None => self.dial_http2(addr).await?,
+        };
+        sender.ready().await.map_err(|e| UpstreamError::Request {
+            addr,
+            source: Box::new(e),
+        })?;
+        sender
+            .send_request(req)
+            .await
+            .map_err(|e| UpstreamError::Request {
+                addr,
+                source: Box::new(e),
+            })
+    }
+
+    fn cached_http2(&self, addr: SocketAddr) -> Option<SendRequest<Incoming>> {
+        // A poisoned lock only means another task panicked mid-insert; the map is still valid.
+        let mut map = self.http2.lock().unwrap_or_else(|p| p.into_inner());
+        match map.get(&addr) {
+            Some(s) if !s.is_closed() => Some(s.clone()),
+            Some(_) => {
+                map.remove(&addr);
+                None
+            }
+            None => None,
+        }
+    }
+
+    async fn dial_http2(&self, addr: SocketAddr) -> Result<SendRequest<Incoming>, UpstreamError> {
+        let stream = connect(addr)
+            .await
+            .map_err(|source| UpstreamError::Connect { addr, source })?;
+        let (sender, conn) = hyper::client::conn::http2::Builder::new(TokioExecutor::new())
+            .timer(TokioTimer::new())
+            .keep_alive_interval(Duration::from_secs(30))
+            .handshake(TokioIo::new(stream))
+            .await
+            .map_err(|source| UpstreamError::Handshake { addr, source })?;
+        tokio::spawn(async move {
+            if let Err(e) = conn.await {
+                tracing::debug!(%addr, error = %e, "upstream HTTP/2 connection ended");
+            }
+        });
+        // Two tasks may dial at once; the later one wins the slot and the other connection
+        // closes when its last request is done. Rare, and cheaper than a lock across an await.
+        let mut map = self.http2.lock().unwrap_or_else(|p| p.into_inner());
+        map.insert(addr, sender.clone());
+        Ok(sender)
+    }
+
+    /// Sends an upgrade request on a fresh HTTP/1.1 connection that supports the switch; the
+    /// connection is then owned by the upgraded stream, so it never returns to a pool.
+    pub async fn send_upgrade(
+        &self,
+        addr: SocketAddr,
+        req: Request<Incoming>,
+    ) -> Result<Response<Incoming>, UpstreamError> {
+        let stream = connect(addr)
+            .await
+            .map_err(|source| UpstreamError::Connect { addr, source })?;
+        let (mut sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(stream))
+            .await
+            .map_err(|source| UpstreamError::Handshake { addr, source })?;
+        tokio::spawn(async move {
+            if let Err(e) = conn.with_upgrades().await {
+                tracing::debug!(%addr, error = %e, "upstream upgrade connection ended");
+            }
+        });
+        sender
+            .send_request(req)
+            .await
+            .map_err(|e| UpstreamError::Request {
+                addr,
+                source: Box::new(e),
+            })
+    }
+}

@@ -1,0 +1,135 @@
+//! Forwarding one HTTP request: pick the hop, apply the hop's header and version rules, send it
+//! upstream, and turn failures into the proxy's own 502/503 responses (made here, once).
+//! Upgrades (WebSocket and others) are forwarded over HTTP/1.1 and, on `101`, joined into a
+//! byte tunnel.
+//!
+//! Bodies are never buffered: the downstream `Incoming` body is handed to the upstream client
+//! and the upstream's `Incoming` body back to the server, so streaming, flow control and
+//! trailers (gRPC status) pass through untouched.
+
+use std::convert::Infallible;
+use std::sync::Arc;
+
+use http::{Request, Response, StatusCode, header};
+use http_body_util::BodyExt;
+use hyper::body::Incoming;
+use hyper_util::rt::TokioIo;
+use tokio::time::Instant;
+
+use crate::http::{
+    HopVersion, ORIG_PROTO, ORIG_PROTO_HTTP1, ProxyBody, choose_version, error_response,
+    is_upgrade, strip_hop_by_hop, to_http1, to_http2,
+};
+use crate::route::{Dest, Hop};
+use crate::serve::Ctx;
+use crate::telemetry::Direction;
+
+/// Forwards the requests of one downstream connection; cheap to clone per request.
+#[derive(Clone, Debug)]
+pub struct HttpForward {
+    ctx: Arc<Ctx>,
+    direction: Direction,
+    dest: Arc<Dest>,
+}
+
+impl HttpForward {
+    pub fn new(ctx: Arc<Ctx>, direction: Direction, dest: Dest) -> Self {
+        Self {
+            ctx,
+            direction,
+            dest: Arc::new(dest),
+        }
+    }
+
+    /// The hyper service entry point: never fails, errors become responses.
+    pub async fn handle(self, req: Request<Incoming>) -> Result<Response<ProxyBody>, Infallible> {
+        let started = Instant::now();
+        let resp = self.forward(req).await;
+        self.ctx
+            .metrics
+            .request(self.direction, resp.status().as_u16(), started.elapsed());
+        Ok(resp)
+    }
+
+    async fn forward(&self, mut req: Request<Incoming>) -> Response<ProxyBody> {
+        let hop = match self.dest.hop().await {
+            Ok(hop) => hop,
+            Err(no_hop) => {
+                tracing::info!(direction = self.direction.as_str(), uri = %req.uri(), reason = no_hop.reason(), "no hop for request");
+                return error_response(StatusCode::SERVICE_UNAVAILABLE, no_hop.reason());
+            }
+        };
+        let upgrade = is_upgrade(&req);
+        // The tag is only meaningful on the meshed hop; whatever an application sent is dropped.
+        let tagged = req
+            .headers_mut()
+            .remove(ORIG_PROTO)
+            .is_some_and(|v| v == ORIG_PROTO_HTTP1)
+            && self.direction == Direction::Inbound;
+        strip_hop_by_hop(req.headers_mut(), upgrade);
+        // This proxy's server already answered `100 Continue` by reading the body; the next hop
+        // gets the body at once.
+        req.headers_mut().remove(header::EXPECT);
+        if upgrade {
+            return self.forward_upgrade(hop, req).await;
+        }
+        let (version, tag) =
+            choose_version(self.direction, req.version(), false, hop.meshed, tagged);
+        let result = match version {
+            HopVersion::Http1 => {
+                to_http1(&mut req);
+                self.ctx.upstreams.send_http1(hop.addr, req).await
+            }
+            HopVersion::Http2 => {
+                to_http2(&mut req, &hop.addr.to_string());
+                if tag {
+                    req.headers_mut().insert(ORIG_PROTO, ORIG_PROTO_HTTP1);
+                }
+                self.ctx.upstreams.send_http2(hop.addr, req).await
+            }
+        };
+        match result {
+            Ok(resp) => downstream_response(resp, false),
+            Err(e) => {
+                tracing::warn!(direction = self.direction.as_str(), hop = %hop.addr, error = %e, "upstream request failed");
+                error_response(StatusCode::BAD_GATEWAY, e.reason())
+            }
+        }
+    }
+
+    async fn forward_upgrade(&self, hop: Hop, mut req: Request<Incoming>) -> Response<ProxyBody> {
+        let downstream = hyper::upgrade::on(&mut req);
+        to_http1(&mut req);
+        let mut resp = match self.ctx.upstreams.send_upgrade(hop.addr, req).await {
+            Ok(resp) => resp,
+            Err(e) => {
+                tracing::warn!(direction = self.direction.as_str(), hop = %hop.addr, error = %e, "upstream upgrade failed");
+                return error_response(StatusCode::BAD_GATEWAY, e.reason());
+            }
+        };
+        if resp.status() != StatusCode::SWITCHING_PROTOCOLS {
+            return downstream_response(resp, false);
+        }
+        let upstream = hyper::upgrade::on(&mut resp);
+        let direction = self.direction;
+        // Tracked so that a graceful drain waits for open tunnels (up to the drain timeout).
+        self.ctx.tracker.spawn(async move {
+            match tokio::try_join!(downstream, upstream) {
+                Ok((down, up)) => {
+                    let (mut down, mut up) = (TokioIo::new(down), TokioIo::new(up));
+                    if let Err(e) = tokio::io::copy_bidirectional(&mut down, &mut up).await {
+                        tracing::debug!(direction = direction.as_str(), error = %e, "upgraded stream ended");
+                    }
+                }
+                Err(e) => tracing::debug!(direction = direction.as_str(), error = %e, "upgrade did not complete"),
+            }
+        });
+        downstream_response(resp, true)
+    }
+}
+
+fn downstream_response(resp: Response<Incoming>, upgrade: bool) -> Response<ProxyBody> {
+    let (mut parts, body) = resp.into_parts();
+    strip_hop_by_hop(&mut parts.headers, upgrade);
+    Response::from_parts(parts, body.boxed())
+}

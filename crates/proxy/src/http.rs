@@ -1,0 +1,302 @@
+//! HTTP message rules the proxy applies on every hop, as pure functions over `http` types:
+//! hop-by-hop header removal, upgrade recognition, which HTTP version the next hop speaks, URI
+//! and Host fix-ups between HTTP/1 and HTTP/2, and the responses the proxy makes itself.
+//!
+//! No I/O here: the forwarding in [`crate::forward`] calls these.
+
+use bytes::Bytes;
+use http::header::{self, HeaderMap, HeaderName, HeaderValue};
+use http::{Request, Response, StatusCode, Uri, Version};
+use http_body_util::combinators::BoxBody;
+use http_body_util::{BodyExt, Full};
+
+use crate::telemetry::Direction;
+
+/// The body of every response the proxy returns downstream.
+pub type ProxyBody = BoxBody<Bytes, hyper::Error>;
+
+/// Set by the outbound proxy when it carries an HTTP/1.x request over the HTTP/2 hop between
+/// meshed proxies; the inbound proxy removes it and speaks HTTP/1.1 to the application.
+pub const ORIG_PROTO: HeaderName = HeaderName::from_static("trellis-orig-proto");
+pub const ORIG_PROTO_HTTP1: HeaderValue = HeaderValue::from_static("HTTP/1.1");
+
+/// Names the cause on responses the proxy makes itself (never on the application's).
+pub const TRELLIS_ERROR: HeaderName = HeaderName::from_static("trellis-error");
+
+const KEEP_ALIVE: HeaderName = HeaderName::from_static("keep-alive");
+const PROXY_CONNECTION: HeaderName = HeaderName::from_static("proxy-connection");
+
+/// Whether the request asks to switch protocols (WebSocket and any other `Upgrade`).
+pub fn is_upgrade<B>(req: &Request<B>) -> bool {
+    req.version() == Version::HTTP_11
+        && req.headers().contains_key(header::UPGRADE)
+        && connection_tokens(req.headers()).any(|t| t.eq_ignore_ascii_case("upgrade"))
+}
+
+fn connection_tokens(headers: &HeaderMap) -> impl Iterator<Item = &str> {
+    headers
+        .get_all(header::CONNECTION)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(','))
+        .map(str::trim)
+        .filter(|t| !t.is_empty())
+}
+
+/// Removes hop-by-hop headers (RFC 9110 §7.6.1). With `upgrade`, `Connection: upgrade` and
+/// `Upgrade` survive so the next hop sees the switch request (or the 101 answer).
+pub fn strip_hop_by_hop(headers: &mut HeaderMap, upgrade: bool) {
+    let named: Vec<HeaderName> = connection_tokens(headers)
+        .filter(|t| !(upgrade && t.eq_ignore_ascii_case("upgrade")))
+        .filter_map(|t| HeaderName::from_bytes(t.as_bytes()).ok())
+        .collect();
+    for name in named {
+        headers.remove(name);
+    }
+    for name in [
+        KEEP_ALIVE,
+        PROXY_CONNECTION,
+        header::TRANSFER_ENCODING,
+        header::PROXY_AUTHORIZATION,
+    ] {
+        headers.remove(name);
+    }
+    if upgrade {
+        headers.insert(header::CONNECTION, HeaderValue::from_static("upgrade"));
+    } else {
+        headers.remove(header::CONNECTION);
+        headers.remove(header::UPGRADE);
+    }
+    // TE may only say "trailers" on HTTP/2, and gRPC needs exactly that to pass.
+    let keep_te = headers.get_all(header::TE).iter().any(|v| {
+        v.to_str().is_ok_and(|s| {
+            s.split(',')
+                .any(|t| t.trim().eq_ignore_ascii_case("trailers"))
+        })
+    });
+    headers.remove(header::TE);
+    if keep_te {
+        headers.insert(header::TE, HeaderValue::from_static("trailers"));
+    }
+}
+
+/// The HTTP version spoken on the next hop.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum HopVersion {
+    Http1,
+    Http2,
+}
+
+/// Chooses the next hop's version and whether to tag the request with [`ORIG_PROTO`].
+///
+/// Upgrades always go over HTTP/1.1 (HTTP/2 has no `Upgrade`). Outbound to a meshed peer, every
+/// other request rides the multiplexed HTTP/2 hop. Inbound, a tagged request goes back to
+/// HTTP/1.1. Otherwise the application's own version is kept.
+pub fn choose_version(
+    direction: Direction,
+    incoming: Version,
+    upgrade: bool,
+    meshed: bool,
+    tagged_h1: bool,
+) -> (HopVersion, bool) {
+    let own = if incoming == Version::HTTP_2 {
+        HopVersion::Http2
+    } else {
+        HopVersion::Http1
+    };
+    if upgrade {
+        return (HopVersion::Http1, false);
+    }
+    match direction {
+        Direction::Outbound if meshed => (HopVersion::Http2, own == HopVersion::Http1),
+        Direction::Inbound if tagged_h1 => (HopVersion::Http1, false),
+        _ => (own, false),
+    }
+}
+
+/// Rewrites a request for an HTTP/1.1 hop: origin-form target, and a Host header (taken from an
+/// HTTP/2 `:authority`) since HTTP/1.1 requires one.
+pub fn to_http1<B>(req: &mut Request<B>) {
+    if !req.headers().contains_key(header::HOST)
+        && let Some(value) = req
+            .uri()
+            .authority()
+            .and_then(|a| HeaderValue::from_str(a.as_str()).ok())
+    {
+        req.headers_mut().insert(header::HOST, value);
+    }
+    if req.version() == Version::HTTP_2 {
+        *req.version_mut() = Version::HTTP_11;
+    }
+}
+
+/// Rewrites a request for an HTTP/2 hop: an absolute URI whose authority is the Host header
+/// (HTTP/2 carries it as `:authority`), falling back to `fallback_authority`.
+pub fn to_http2<B>(req: &mut Request<B>, fallback_authority: &str) {
+    let authority = req
+        .uri()
+        .authority()
+        .map(|a| a.as_str().to_owned())
+        .or_else(|| {
+            req.headers()
+                .get(header::HOST)
+                .and_then(|h| h.to_str().ok())
+                .map(str::to_owned)
+        })
+        .unwrap_or_else(|| fallback_authority.to_owned());
+    let path = req.uri().path_and_query().map_or("/", |p| p.as_str());
+    if let Ok(uri) = Uri::builder()
+        .scheme("http")
+        .authority(authority)
+        .path_and_query(path)
+        .build()
+    {
+        *req.uri_mut() = uri;
+    }
+    req.headers_mut().remove(header::HOST);
+    *req.version_mut() = Version::HTTP_2;
+}
+
+/// A response the proxy makes itself, tagged with [`TRELLIS_ERROR`].
+pub fn error_response(status: StatusCode, reason: &'static str) -> Response<ProxyBody> {
+    let body = Full::new(Bytes::from(format!("{reason}\n")))
+        .map_err(|never| match never {})
+        .boxed();
+    let mut resp = Response::new(body);
+    *resp.status_mut() = status;
+    resp.headers_mut()
+        .insert(TRELLIS_ERROR, HeaderValue::from_static(reason));
+    resp.headers_mut()
+        .insert(header::CONTENT_TYPE, HeaderValue::from_static("text/plain"));
+    resp
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn headers(pairs: &[(&str, &str)]) -> HeaderMap {
+        let mut h = HeaderMap::new();
+        for (k, v) in pairs {
+            h.append(
+                HeaderName::from_bytes(k.as_bytes()).unwrap(),
+                HeaderValue::from_str(v).unwrap(),
+            );
+        }
+        h
+    }
+
+    #[test]
+    fn strips_hop_by_hop_and_connection_named_headers() {
+        let mut h = headers(&[
+            ("connection", "keep-alive, x-secret"),
+            ("keep-alive", "timeout=5"),
+            ("x-secret", "1"),
+            ("proxy-connection", "close"),
+            ("transfer-encoding", "chunked"),
+            ("upgrade", "websocket"),
+            ("te", "gzip"),
+            ("x-app", "kept"),
+        ]);
+        strip_hop_by_hop(&mut h, false);
+        let names: Vec<&str> = h.keys().map(|k| k.as_str()).collect();
+        assert_eq!(names, vec!["x-app"]);
+    }
+
+    #[test]
+    fn keeps_te_trailers_and_upgrade_on_upgrades() {
+        let mut h = headers(&[
+            ("te", "trailers, deflate"),
+            ("connection", "Upgrade"),
+            ("upgrade", "websocket"),
+        ]);
+        strip_hop_by_hop(&mut h, true);
+        assert_eq!(h["te"], "trailers");
+        assert_eq!(h["upgrade"], "websocket");
+        assert_eq!(h["connection"], "upgrade");
+    }
+
+    #[test]
+    fn recognises_upgrades() {
+        let req = Request::builder()
+            .header("connection", "keep-alive, Upgrade")
+            .header("upgrade", "websocket")
+            .body(())
+            .unwrap();
+        assert!(is_upgrade(&req));
+        let req = Request::builder()
+            .header("upgrade", "websocket")
+            .body(())
+            .unwrap();
+        assert!(!is_upgrade(&req));
+    }
+
+    #[test]
+    fn version_choice() {
+        use Direction::*;
+        use HopVersion::*;
+        let h1 = Version::HTTP_11;
+        let h2 = Version::HTTP_2;
+        assert_eq!(
+            choose_version(Outbound, h1, false, true, false),
+            (Http2, true)
+        );
+        assert_eq!(
+            choose_version(Outbound, h2, false, true, false),
+            (Http2, false)
+        );
+        assert_eq!(
+            choose_version(Outbound, h1, true, true, false),
+            (Http1, false)
+        );
+        assert_eq!(
+            choose_version(Outbound, h1, false, false, false),
+            (Http1, false)
+        );
+        assert_eq!(
+            choose_version(Outbound, h2, false, false, false),
+            (Http2, false)
+        );
+        assert_eq!(
+            choose_version(Inbound, h2, false, false, true),
+            (Http1, false)
+        );
+        assert_eq!(
+            choose_version(Inbound, h2, false, false, false),
+            (Http2, false)
+        );
+        assert_eq!(
+            choose_version(Inbound, h1, false, false, false),
+            (Http1, false)
+        );
+    }
+
+    #[test]
+    fn converts_between_versions() {
+        let mut req = Request::builder()
+            .uri("/a?b")
+            .header("host", "web:80")
+            .body(())
+            .unwrap();
+        to_http2(&mut req, "10.0.0.1:80");
+        assert_eq!(req.uri().to_string(), "http://web:80/a?b");
+        assert!(!req.headers().contains_key("host"));
+        to_http1(&mut req);
+        assert_eq!(req.headers()["host"], "web:80");
+        assert_eq!(req.version(), Version::HTTP_11);
+        let mut bare = Request::builder()
+            .uri("/")
+            .version(Version::HTTP_10)
+            .body(())
+            .unwrap();
+        to_http2(&mut bare, "10.0.0.1:80");
+        assert_eq!(bare.uri().to_string(), "http://10.0.0.1:80/");
+    }
+
+    #[test]
+    fn error_responses_are_tagged() {
+        let r = error_response(StatusCode::SERVICE_UNAVAILABLE, "no endpoints");
+        assert_eq!(r.status(), 503);
+        assert_eq!(r.headers()[TRELLIS_ERROR], "no endpoints");
+    }
+}

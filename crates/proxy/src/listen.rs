@@ -1,0 +1,51 @@
+//! The accept loop shared by every data listener: accept until the drain starts, hand each
+//! connection to a tracked task, and back off briefly on accept errors (file descriptor
+//! exhaustion would otherwise spin).
+//!
+//! What to do with a connection is the caller's closure; this module only accepts.
+
+use std::future::Future;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio::net::{TcpListener, TcpStream};
+
+use crate::serve::Ctx;
+
+/// Pause after a failed `accept` before trying again.
+const ACCEPT_BACKOFF: Duration = Duration::from_millis(50);
+
+/// Accepts until `ctx.shutdown` is cancelled; dropping the listener then refuses new
+/// connections while the accepted ones finish.
+pub async fn accept_loop<F, Fut>(
+    name: &'static str,
+    listener: TcpListener,
+    ctx: Arc<Ctx>,
+    on_accept: F,
+) where
+    F: Fn(TcpStream, SocketAddr) -> Option<Fut>,
+    Fut: Future<Output = ()> + Send + 'static,
+{
+    loop {
+        let accepted = tokio::select! {
+            biased;
+            _ = ctx.shutdown.cancelled() => break,
+            accepted = listener.accept() => accepted,
+        };
+        match accepted {
+            Ok((stream, peer)) => {
+                // Nagle only delays proxied writes; failing to disable it is harmless.
+                let _ = stream.set_nodelay(true);
+                if let Some(task) = on_accept(stream, peer) {
+                    ctx.tracker.spawn(task);
+                }
+            }
+            Err(e) => {
+                tracing::warn!(listener = name, error = %e, "accept failed");
+                tokio::time::sleep(ACCEPT_BACKOFF).await;
+            }
+        }
+    }
+    tracing::debug!(listener = name, "stopped accepting");
+}

@@ -1,0 +1,98 @@
+//! Outbound listeners: traffic leaving the workload.
+//!
+//! - Transparent (`--outbound`): iptables redirected the connection; its original destination is
+//!   looked up in discovery as an address target (short wait), balanced over the destination's
+//!   endpoints when known, passed through to the original destination otherwise.
+//! - Explicit (`--outbound-port LISTEN=TARGET`): every connection goes to one service target
+//!   whose discovery watch the listener holds for its whole life; with no endpoints, HTTP gets
+//!   503 and opaque connections are closed.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio::net::TcpListener;
+use trellis_model::Target;
+
+use crate::listen::accept_loop;
+use crate::route::Dest;
+use crate::serve::{Ctx, serve};
+use crate::telemetry::Direction;
+use crate::transport::{is_own_listener, original_dst};
+
+/// How long a transparent connection waits for discovery before passing through.
+pub const ADDRESS_RESOLVE_WAIT: Duration = Duration::from_millis(200);
+
+/// Runs the transparent outbound listener until the drain starts.
+pub async fn run_transparent(listener: TcpListener, ctx: Arc<Ctx>) {
+    let local = match listener.local_addr() {
+        Ok(a) => a,
+        Err(e) => {
+            tracing::error!(error = %e, "outbound listener has no local address");
+            return;
+        }
+    };
+    let conn_ctx = ctx.clone();
+    accept_loop("outbound", listener, ctx, move |stream, peer| {
+        let Some(orig) = original_dst(&stream, local) else {
+            tracing::info!(%peer, "outbound connection without original destination; closing");
+            return None;
+        };
+        if is_own_listener(orig, &conn_ctx.listeners) {
+            tracing::warn!(%peer, %orig, "outbound connection would loop back into the proxy; refusing");
+            return None;
+        }
+        let ctx = conn_ctx.clone();
+        Some(async move {
+            let target = Target::Address(orig);
+            let resolution = ctx.discovery.resolve(&target, ADDRESS_RESOLVE_WAIT).await;
+            let balancer = ctx.balancer(&target);
+            let dest = Dest::Address { orig, resolution, balancer };
+            serve(ctx, Direction::Outbound, stream, dest, orig.port()).await;
+        })
+    })
+    .await;
+}
+
+/// Runs one explicit outbound listener for `target` until the drain starts. An address target
+/// behaves like a transparent connection to that address (resolved per connection, passed
+/// through when unknown), which also makes explicit ports useful without a control plane.
+pub async fn run_explicit(listener: TcpListener, ctx: Arc<Ctx>, target: Target) {
+    let conn_ctx = ctx.clone();
+    match target {
+        Target::Address(orig) => {
+            accept_loop("outbound-port", listener, ctx, move |stream, _peer| {
+                let ctx = conn_ctx.clone();
+                Some(async move {
+                    let target = Target::Address(orig);
+                    let resolution = ctx.discovery.resolve(&target, ADDRESS_RESOLVE_WAIT).await;
+                    let balancer = ctx.balancer(&target);
+                    let dest = Dest::Address {
+                        orig,
+                        resolution,
+                        balancer,
+                    };
+                    serve(ctx, Direction::Outbound, stream, dest, orig.port()).await;
+                })
+            })
+            .await;
+        }
+        Target::Service { port, .. } => {
+            let resolution_rx = ctx.discovery.watch(&target);
+            let balancer = ctx.balancer(&target);
+            let dest = Dest::Service {
+                resolution_rx,
+                balancer,
+            };
+            accept_loop("outbound-port", listener, ctx, move |stream, _peer| {
+                Some(serve(
+                    conn_ctx.clone(),
+                    Direction::Outbound,
+                    stream,
+                    dest.clone(),
+                    port,
+                ))
+            })
+            .await;
+        }
+    }
+}

@@ -1,0 +1,210 @@
+//! Where a connection's traffic goes: the next hop for a request or an opaque stream, decided
+//! from the listener's destination and discovery's current answer.
+//!
+//! The decision ([`hop_for`]) is pure; waiting for discovery's first answer is the only async
+//! part. This module must not touch sockets.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio::sync::watch;
+
+use crate::balance::RoundRobin;
+use crate::discovery::Resolution;
+
+/// How long a request to a service target waits for discovery's first answer.
+pub const FIRST_ANSWER_WAIT: Duration = Duration::from_secs(3);
+
+/// The next hop: an address, and whether a trellis proxy answers there.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Hop {
+    pub addr: SocketAddr,
+    pub meshed: bool,
+}
+
+/// Why no hop could be chosen: a 503 at the edge (or a closed connection for opaque traffic).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, thiserror::Error)]
+pub enum NoHop {
+    #[error("no destination")]
+    NotFound,
+    #[error("no endpoints")]
+    NoEndpoints,
+    #[error("discovery timeout")]
+    Pending,
+}
+
+impl NoHop {
+    pub fn reason(self) -> &'static str {
+        match self {
+            Self::NotFound => "no destination",
+            Self::NoEndpoints => "no endpoints",
+            Self::Pending => "discovery timeout",
+        }
+    }
+}
+
+/// A listener's (or connection's) destination.
+#[derive(Clone, Debug)]
+pub enum Dest {
+    /// A fixed local address: the application (inbound), or an original destination.
+    Fixed(SocketAddr),
+    /// An explicit outbound port's service target; the receiver lives as long as the listener.
+    Service {
+        resolution_rx: watch::Receiver<Resolution>,
+        balancer: Arc<RoundRobin>,
+    },
+    /// A transparent outbound connection's original destination, resolved once per connection;
+    /// passed through when discovery knows nothing about it.
+    Address {
+        orig: SocketAddr,
+        resolution: Resolution,
+        balancer: Arc<RoundRobin>,
+    },
+}
+
+/// The pure choice: `passthrough` is where traffic goes when discovery has no destination
+/// (transparent targets), `None` fails it (service targets).
+pub fn hop_for(
+    resolution: &Resolution,
+    balancer: &RoundRobin,
+    passthrough: Option<SocketAddr>,
+) -> Result<Hop, NoHop> {
+    match (resolution, passthrough) {
+        (Resolution::Found(dest), _) => balancer
+            .pick(&dest.endpoints)
+            .map(|e| Hop {
+                addr: e.address,
+                meshed: e.meshed,
+            })
+            .ok_or(NoHop::NoEndpoints),
+        (_, Some(addr)) => Ok(Hop {
+            addr,
+            meshed: false,
+        }),
+        (Resolution::NotFound, None) => Err(NoHop::NotFound),
+        (Resolution::Pending, None) => Err(NoHop::Pending),
+    }
+}
+
+impl Dest {
+    /// The hop for the next request or stream, waiting up to [`FIRST_ANSWER_WAIT`] if a service
+    /// target has no answer yet.
+    pub async fn hop(&self) -> Result<Hop, NoHop> {
+        match self {
+            Self::Fixed(addr) => Ok(Hop {
+                addr: *addr,
+                meshed: false,
+            }),
+            Self::Address {
+                orig,
+                resolution,
+                balancer,
+            } => hop_for(resolution, balancer, Some(*orig)),
+            Self::Service {
+                resolution_rx,
+                balancer,
+            } => {
+                let pending = matches!(*resolution_rx.borrow(), Resolution::Pending);
+                if pending {
+                    let mut rx = resolution_rx.clone();
+                    // A closed channel or the wait running out both leave the last value.
+                    let _ = tokio::time::timeout(
+                        FIRST_ANSWER_WAIT,
+                        rx.wait_for(|r| !matches!(r, Resolution::Pending)),
+                    )
+                    .await;
+                }
+                let current = resolution_rx.borrow().clone();
+                hop_for(&current, balancer, None)
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use trellis_model::{AppProtocol, Destination, Endpoint, ServiceKey};
+
+    fn found(ports: &[u16]) -> Resolution {
+        Resolution::Found(Arc::new(Destination {
+            authority: "web.default.svc.cluster.local:80".into(),
+            service: ServiceKey::new("default", "web"),
+            port: 80,
+            protocol: AppProtocol::Unknown,
+            endpoints: ports
+                .iter()
+                .map(|p| Endpoint {
+                    address: ([127, 0, 0, 1], *p).into(),
+                    meshed: true,
+                    identity: None,
+                    workload: "web".into(),
+                    labels: Default::default(),
+                    target_port: 8080,
+                })
+                .collect(),
+        }))
+    }
+
+    #[test]
+    fn service_targets_fail_without_endpoints() {
+        let rr = RoundRobin::new();
+        assert_eq!(
+            hop_for(&Resolution::NotFound, &rr, None),
+            Err(NoHop::NotFound)
+        );
+        assert_eq!(
+            hop_for(&Resolution::Pending, &rr, None),
+            Err(NoHop::Pending)
+        );
+        assert_eq!(hop_for(&found(&[]), &rr, None), Err(NoHop::NoEndpoints));
+        assert_eq!(
+            hop_for(&found(&[7]), &rr, None).unwrap(),
+            Hop {
+                addr: ([127, 0, 0, 1], 7).into(),
+                meshed: true
+            }
+        );
+    }
+
+    #[test]
+    fn address_targets_pass_through() {
+        let rr = RoundRobin::new();
+        let orig: SocketAddr = ([10, 0, 0, 1], 80).into();
+        assert_eq!(
+            hop_for(&Resolution::NotFound, &rr, Some(orig)).unwrap(),
+            Hop {
+                addr: orig,
+                meshed: false
+            }
+        );
+        assert_eq!(
+            hop_for(&Resolution::Pending, &rr, Some(orig)).unwrap().addr,
+            orig
+        );
+        assert_eq!(
+            hop_for(&found(&[9]), &rr, Some(orig)).unwrap().addr.port(),
+            9
+        );
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn service_waits_for_first_answer() {
+        let (tx, rx) = watch::channel(Resolution::Pending);
+        let dest = Dest::Service {
+            resolution_rx: rx,
+            balancer: Arc::new(RoundRobin::new()),
+        };
+        let started = tokio::time::Instant::now();
+        assert_eq!(dest.hop().await, Err(NoHop::Pending));
+        assert!(started.elapsed() >= FIRST_ANSWER_WAIT);
+        let answer = tokio::spawn(async move {
+            tokio::time::sleep(Duration::from_millis(10)).await;
+            tx.send_replace(found(&[5]));
+            tx
+        });
+        assert_eq!(dest.hop().await.unwrap().addr.port(), 5);
+        drop(answer.await.unwrap());
+    }
+}

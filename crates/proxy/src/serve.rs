@@ -1,0 +1,185 @@
+//! Serving one accepted connection: count it, detect its protocol (unless its port is declared
+//! opaque), then run it as an HTTP/1.1 or HTTP/2 server connection that forwards each request,
+//! or splice it as opaque TCP. HTTP connections shut down gracefully when the proxy drains.
+//!
+//! Accepting connections and choosing their destination is the listeners' job
+//! ([`crate::inbound`], [`crate::outbound`]); this module serves what it is handed.
+
+use std::collections::{BTreeSet, HashMap};
+use std::net::SocketAddr;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use bytes::BytesMut;
+use hyper::service::service_fn;
+use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
+use tokio::net::TcpStream;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+use trellis_model::Target;
+
+use crate::balance::RoundRobin;
+use crate::client::Upstreams;
+use crate::detect::{Detected, Protocol, detect};
+use crate::discovery::Discovery;
+use crate::forward::HttpForward;
+use crate::route::Dest;
+use crate::telemetry::{DetectOutcome, Direction, Metrics};
+use crate::transport::{CountingIo, PrefixedIo, splice};
+
+/// Bound on remembered per-destination balancers for transparent traffic; past it the map is
+/// reset (losing only round-robin positions), so memory cannot grow without limit.
+const MAX_BALANCERS: usize = 4096;
+
+/// State shared by every listener and connection of one proxy.
+#[derive(Debug)]
+pub struct Ctx {
+    pub metrics: Arc<Metrics>,
+    pub upstreams: Upstreams,
+    pub discovery: Discovery,
+    pub detect_timeout: Duration,
+    pub opaque_ports: BTreeSet<u16>,
+    /// Every bound listener address: an original destination among them would loop.
+    pub listeners: Vec<SocketAddr>,
+    /// Cancelled when the proxy starts draining.
+    pub shutdown: CancellationToken,
+    /// Every connection and tunnel task, so the drain can wait for them.
+    pub tracker: TaskTracker,
+    balancers: Mutex<HashMap<Target, Arc<RoundRobin>>>,
+}
+
+impl Ctx {
+    pub fn new(
+        metrics: Arc<Metrics>,
+        discovery: Discovery,
+        detect_timeout: Duration,
+        opaque_ports: BTreeSet<u16>,
+        listeners: Vec<SocketAddr>,
+        shutdown: CancellationToken,
+        tracker: TaskTracker,
+    ) -> Self {
+        Self {
+            metrics,
+            upstreams: Upstreams::new(),
+            discovery,
+            detect_timeout,
+            opaque_ports,
+            listeners,
+            shutdown,
+            tracker,
+            balancers: Mutex::new(HashMap::new()),
+        }
+    }
+
+    /// The round-robin state for a target, shared by all its connections.
+    pub fn balancer(&self, target: &Target) -> Arc<RoundRobin> {
+        // Poisoning cannot leave the map inconsistent (single insert); keep using it.
+        let mut map = self.balancers.lock().unwrap_or_else(|p| p.into_inner());
+        if map.len() >= MAX_BALANCERS && !map.contains_key(target) {
+            map.clear();
+        }
+        map.entry(target.clone()).or_default().clone()
+    }
+}
+
+/// Serves one accepted connection to its end. `dest_port` decides whether detection is skipped
+/// (`--opaque-ports`).
+pub async fn serve(
+    ctx: Arc<Ctx>,
+    direction: Direction,
+    stream: TcpStream,
+    dest: Dest,
+    dest_port: u16,
+) {
+    let mut io = CountingIo::new(stream, ctx.metrics.clone(), direction);
+    let detected = if ctx.opaque_ports.contains(&dest_port) {
+        Detected {
+            protocol: Protocol::Opaque,
+            outcome: DetectOutcome::OpaquePort,
+            prefix: BytesMut::new(),
+        }
+    } else {
+        match detect(&mut io, ctx.detect_timeout).await {
+            Ok(d) => d,
+            Err(e) => {
+                tracing::debug!(direction = direction.as_str(), error = %e, "connection failed during detection");
+                return;
+            }
+        }
+    };
+    ctx.metrics.detection(direction, detected.outcome);
+    let io = PrefixedIo::new(detected.prefix, io);
+    match detected.protocol {
+        Protocol::Http1 => {
+            serve_http1(&ctx, io, HttpForward::new(ctx.clone(), direction, dest)).await
+        }
+        Protocol::Http2 => {
+            serve_http2(&ctx, io, HttpForward::new(ctx.clone(), direction, dest)).await
+        }
+        // TLS passes through untouched until the identity work terminates mTLS here.
+        Protocol::Tls | Protocol::Opaque => serve_opaque(direction, io, &dest).await,
+    }
+}
+
+type Downstream = PrefixedIo<CountingIo<TcpStream>>;
+
+async fn serve_http1(ctx: &Ctx, io: Downstream, forward: HttpForward) {
+    let svc = service_fn(move |req| forward.clone().handle(req));
+    let conn = hyper::server::conn::http1::Builder::new()
+        .timer(TokioTimer::new())
+        .serve_connection(TokioIo::new(io), svc)
+        .with_upgrades();
+    tokio::pin!(conn);
+    let res = tokio::select! {
+        res = conn.as_mut() => res,
+        _ = ctx.shutdown.cancelled() => {
+            // Finishes the in-flight request, then closes instead of keeping the connection alive.
+            conn.as_mut().graceful_shutdown();
+            conn.await
+        }
+    };
+    if let Err(e) = res {
+        tracing::debug!(error = %e, "HTTP/1 connection ended with an error");
+    }
+}
+
+async fn serve_http2(ctx: &Ctx, io: Downstream, forward: HttpForward) {
+    let svc = service_fn(move |req| forward.clone().handle(req));
+    let conn = hyper::server::conn::http2::Builder::new(TokioExecutor::new())
+        .timer(TokioTimer::new())
+        .serve_connection(TokioIo::new(io), svc);
+    tokio::pin!(conn);
+    let res = tokio::select! {
+        res = conn.as_mut() => res,
+        _ = ctx.shutdown.cancelled() => {
+            // Sends GOAWAY: open streams finish, no new ones are accepted.
+            conn.as_mut().graceful_shutdown();
+            conn.await
+        }
+    };
+    if let Err(e) = res {
+        tracing::debug!(error = %e, "HTTP/2 connection ended with an error");
+    }
+}
+
+async fn serve_opaque(direction: Direction, mut io: Downstream, dest: &Dest) {
+    let hop = match dest.hop().await {
+        Ok(hop) => hop,
+        Err(no_hop) => {
+            tracing::info!(
+                direction = direction.as_str(),
+                reason = no_hop.reason(),
+                "closing opaque connection"
+            );
+            return;
+        }
+    };
+    match splice(&mut io, hop.addr).await {
+        Ok((up, down)) => {
+            tracing::debug!(direction = direction.as_str(), hop = %hop.addr, up, down, "opaque connection closed")
+        }
+        Err(e) => {
+            tracing::info!(direction = direction.as_str(), hop = %hop.addr, error = %e, "opaque connection failed")
+        }
+    }
+}

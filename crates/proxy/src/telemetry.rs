@@ -1,0 +1,364 @@
+//! The proxy's metrics registry and its Prometheus text rendering.
+//!
+//! Every series is a preallocated atomic indexed by small enums (direction, status code,
+//! detection outcome), so recording is a relaxed `fetch_add` with no allocation, lock or label
+//! formatting on the hot path, and cardinality is bounded by construction. Metric names and
+//! labels are a contract (dashboards, `trellis stat`): extend, do not rename. This module must
+//! not know about sockets or HTTP beyond a status code number.
+
+use std::fmt::Write as _;
+use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
+use std::time::Duration;
+
+/// Which side of the workload traffic flows on.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Direction {
+    Inbound = 0,
+    Outbound = 1,
+}
+
+impl Direction {
+    pub const ALL: [Direction; 2] = [Direction::Inbound, Direction::Outbound];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Inbound => "inbound",
+            Self::Outbound => "outbound",
+        }
+    }
+}
+
+/// The result of protocol detection on one connection.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum DetectOutcome {
+    Http1 = 0,
+    Http2 = 1,
+    Tls = 2,
+    Opaque = 3,
+    Timeout = 4,
+    OpaquePort = 5,
+    Empty = 6,
+}
+
+impl DetectOutcome {
+    pub const ALL: [DetectOutcome; 7] = [
+        Self::Http1,
+        Self::Http2,
+        Self::Tls,
+        Self::Opaque,
+        Self::Timeout,
+        Self::OpaquePort,
+        Self::Empty,
+    ];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Http1 => "http1",
+            Self::Http2 => "http2",
+            Self::Tls => "tls",
+            Self::Opaque => "opaque",
+            Self::Timeout => "timeout",
+            Self::OpaquePort => "opaque_port",
+            Self::Empty => "empty",
+        }
+    }
+}
+
+/// Upper bounds of the request duration buckets, in seconds.
+pub const DURATION_BUCKETS: [f64; 14] = [
+    0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0,
+];
+
+/// Status codes are three digits (`http::StatusCode` guarantees 100..=999).
+const STATUS_SLOTS: usize = 1000;
+
+fn counters<const N: usize>() -> [AtomicU64; N] {
+    std::array::from_fn(|_| AtomicU64::new(0))
+}
+
+/// A fixed-bucket histogram; the sum is kept in nanoseconds so it can be an integer atomic.
+#[derive(Debug)]
+struct Histogram {
+    /// Per-bucket (not cumulative) counts; the last slot is `+Inf`.
+    buckets: [AtomicU64; DURATION_BUCKETS.len() + 1],
+    sum_nanos: AtomicU64,
+    count: AtomicU64,
+}
+
+impl Histogram {
+    fn new() -> Self {
+        Self {
+            buckets: counters(),
+            sum_nanos: AtomicU64::new(0),
+            count: AtomicU64::new(0),
+        }
+    }
+
+    fn observe(&self, d: Duration) {
+        let secs = d.as_secs_f64();
+        let slot = DURATION_BUCKETS
+            .iter()
+            .position(|b| secs <= *b)
+            .unwrap_or(DURATION_BUCKETS.len());
+        self.buckets[slot].fetch_add(1, Relaxed);
+        self.sum_nanos
+            .fetch_add(u64::try_from(d.as_nanos()).unwrap_or(u64::MAX), Relaxed);
+        self.count.fetch_add(1, Relaxed);
+    }
+}
+
+#[derive(Debug)]
+struct PerDirection {
+    requests: [AtomicU64; STATUS_SLOTS],
+    duration: Histogram,
+    tcp_opened: AtomicU64,
+    tcp_closed: AtomicU64,
+    tcp_received: AtomicU64,
+    tcp_sent: AtomicU64,
+    detections: [AtomicU64; DetectOutcome::ALL.len()],
+}
+
+impl PerDirection {
+    fn new() -> Self {
+        Self {
+            requests: counters(),
+            duration: Histogram::new(),
+            tcp_opened: AtomicU64::new(0),
+            tcp_closed: AtomicU64::new(0),
+            tcp_received: AtomicU64::new(0),
+            tcp_sent: AtomicU64::new(0),
+            detections: counters(),
+        }
+    }
+}
+
+/// Reads one plain counter of a direction, for rendering the `trellis_tcp_*` families alike.
+type CounterField = fn(&PerDirection) -> &AtomicU64;
+
+/// The registry: one per proxy, shared by `Arc`.
+#[derive(Debug)]
+pub struct Metrics {
+    dirs: [PerDirection; 2],
+    version: &'static str,
+}
+
+impl Default for Metrics {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl Metrics {
+    pub fn new() -> Self {
+        Self {
+            dirs: [PerDirection::new(), PerDirection::new()],
+            version: env!("CARGO_PKG_VERSION"),
+        }
+    }
+
+    fn dir(&self, d: Direction) -> &PerDirection {
+        &self.dirs[d as usize]
+    }
+
+    /// One HTTP request finished with `status` after `elapsed` (to response headers).
+    pub fn request(&self, d: Direction, status: u16, elapsed: Duration) {
+        let slot = usize::from(status).min(STATUS_SLOTS - 1);
+        self.dir(d).requests[slot].fetch_add(1, Relaxed);
+        self.dir(d).duration.observe(elapsed);
+    }
+
+    pub fn tcp_opened(&self, d: Direction) {
+        self.dir(d).tcp_opened.fetch_add(1, Relaxed);
+    }
+
+    pub fn tcp_closed(&self, d: Direction) {
+        self.dir(d).tcp_closed.fetch_add(1, Relaxed);
+    }
+
+    /// Bytes read from the downstream peer of a connection accepted in direction `d`.
+    pub fn tcp_received(&self, d: Direction, n: usize) {
+        self.dir(d).tcp_received.fetch_add(n as u64, Relaxed);
+    }
+
+    /// Bytes written to the downstream peer of a connection accepted in direction `d`.
+    pub fn tcp_sent(&self, d: Direction, n: usize) {
+        self.dir(d).tcp_sent.fetch_add(n as u64, Relaxed);
+    }
+
+    pub fn detection(&self, d: Direction, outcome: DetectOutcome) {
+        self.dir(d).detections[outcome as usize].fetch_add(1, Relaxed);
+    }
+
+    /// Appends the Prometheus text exposition of every series to `out`. Later telemetry adds
+    /// its own families by appending after this.
+    pub fn render(&self, out: &mut String) {
+        // `write!` into a String cannot fail; the results are ignored on purpose.
+        let _ = self.render_inner(out);
+    }
+
+    fn render_inner(&self, out: &mut String) -> std::fmt::Result {
+        writeln!(out, "# HELP trellis_proxy_info Proxy build information.")?;
+        writeln!(out, "# TYPE trellis_proxy_info gauge")?;
+        writeln!(out, "trellis_proxy_info{{version=\"{}\"}} 1", self.version)?;
+
+        writeln!(
+            out,
+            "# HELP trellis_requests_total HTTP requests proxied, by response status."
+        )?;
+        writeln!(out, "# TYPE trellis_requests_total counter")?;
+        for d in Direction::ALL {
+            for (code, c) in self.dir(d).requests.iter().enumerate() {
+                let n = c.load(Relaxed);
+                if n > 0 {
+                    writeln!(
+                        out,
+                        "trellis_requests_total{{direction=\"{}\",status_code=\"{code}\"}} {n}",
+                        d.as_str()
+                    )?;
+                }
+            }
+        }
+
+        writeln!(
+            out,
+            "# HELP trellis_request_duration_seconds Time from request to response headers."
+        )?;
+        writeln!(out, "# TYPE trellis_request_duration_seconds histogram")?;
+        for d in Direction::ALL {
+            let h = &self.dir(d).duration;
+            let mut cumulative = 0;
+            for (i, bound) in DURATION_BUCKETS.iter().enumerate() {
+                cumulative += h.buckets[i].load(Relaxed);
+                writeln!(
+                    out,
+                    "trellis_request_duration_seconds_bucket{{direction=\"{}\",le=\"{bound}\"}} {cumulative}",
+                    d.as_str()
+                )?;
+            }
+            cumulative += h.buckets[DURATION_BUCKETS.len()].load(Relaxed);
+            let dir = d.as_str();
+            writeln!(
+                out,
+                "trellis_request_duration_seconds_bucket{{direction=\"{dir}\",le=\"+Inf\"}} {cumulative}"
+            )?;
+            let sum = h.sum_nanos.load(Relaxed) as f64 / 1e9;
+            writeln!(
+                out,
+                "trellis_request_duration_seconds_sum{{direction=\"{dir}\"}} {sum}"
+            )?;
+            writeln!(
+                out,
+                "trellis_request_duration_seconds_count{{direction=\"{dir}\"}} {}",
+                h.count.load(Relaxed)
+            )?;
+        }
+
+        let simple: [(&str, &str, CounterField); 4] = [
+            (
+                "trellis_tcp_connections_opened_total",
+                "TCP connections accepted.",
+                |p| &p.tcp_opened,
+            ),
+            (
+                "trellis_tcp_connections_closed_total",
+                "TCP connections closed.",
+                |p| &p.tcp_closed,
+            ),
+            (
+                "trellis_tcp_received_bytes_total",
+                "Bytes read from downstream peers.",
+                |p| &p.tcp_received,
+            ),
+            (
+                "trellis_tcp_sent_bytes_total",
+                "Bytes written to downstream peers.",
+                |p| &p.tcp_sent,
+            ),
+        ];
+        for (name, help, field) in simple {
+            writeln!(out, "# HELP {name} {help}")?;
+            writeln!(out, "# TYPE {name} counter")?;
+            for d in Direction::ALL {
+                writeln!(
+                    out,
+                    "{name}{{direction=\"{}\"}} {}",
+                    d.as_str(),
+                    field(self.dir(d)).load(Relaxed)
+                )?;
+            }
+        }
+
+        writeln!(
+            out,
+            "# HELP trellis_protocol_detections_total Protocol detection results per connection."
+        )?;
+        writeln!(out, "# TYPE trellis_protocol_detections_total counter")?;
+        for d in Direction::ALL {
+            for o in DetectOutcome::ALL {
+                let n = self.dir(d).detections[o as usize].load(Relaxed);
+                writeln!(
+                    out,
+                    "trellis_protocol_detections_total{{direction=\"{}\",outcome=\"{}\"}} {n}",
+                    d.as_str(),
+                    o.as_str()
+                )?;
+            }
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn rendered(m: &Metrics) -> String {
+        let mut s = String::new();
+        m.render(&mut s);
+        s
+    }
+
+    #[test]
+    fn renders_counters_with_help_and_type() {
+        let m = Metrics::new();
+        m.request(Direction::Inbound, 200, Duration::from_millis(3));
+        m.request(Direction::Inbound, 200, Duration::from_millis(3));
+        m.request(Direction::Outbound, 503, Duration::from_secs(20));
+        m.tcp_opened(Direction::Outbound);
+        m.tcp_received(Direction::Outbound, 10);
+        m.detection(Direction::Inbound, DetectOutcome::OpaquePort);
+        let s = rendered(&m);
+        assert!(s.contains("# TYPE trellis_requests_total counter"));
+        assert!(s.contains("trellis_requests_total{direction=\"inbound\",status_code=\"200\"} 2"));
+        assert!(s.contains("trellis_requests_total{direction=\"outbound\",status_code=\"503\"} 1"));
+        assert!(!s.contains("status_code=\"404\""));
+        assert!(s.contains("trellis_tcp_connections_opened_total{direction=\"outbound\"} 1"));
+        assert!(s.contains("trellis_tcp_received_bytes_total{direction=\"outbound\"} 10"));
+        assert!(s.contains(
+            "trellis_protocol_detections_total{direction=\"inbound\",outcome=\"opaque_port\"} 1"
+        ));
+        assert!(s.contains("trellis_proxy_info{version=\""));
+    }
+
+    #[test]
+    fn histogram_is_cumulative() {
+        let m = Metrics::new();
+        m.request(Direction::Inbound, 200, Duration::from_micros(300));
+        m.request(Direction::Inbound, 200, Duration::from_millis(7));
+        m.request(Direction::Inbound, 200, Duration::from_secs(11));
+        let s = rendered(&m);
+        assert!(s.contains(
+            "trellis_request_duration_seconds_bucket{direction=\"inbound\",le=\"0.0005\"} 1"
+        ));
+        assert!(s.contains(
+            "trellis_request_duration_seconds_bucket{direction=\"inbound\",le=\"0.01\"} 2"
+        ));
+        assert!(s.contains(
+            "trellis_request_duration_seconds_bucket{direction=\"inbound\",le=\"10\"} 2"
+        ));
+        assert!(s.contains(
+            "trellis_request_duration_seconds_bucket{direction=\"inbound\",le=\"+Inf\"} 3"
+        ));
+        assert!(s.contains("trellis_request_duration_seconds_count{direction=\"inbound\"} 3"));
+    }
+}
