@@ -1,1 +1,52 @@
-//! placeholder
+//! The Trellis control plane, local mode: a config store fed by directories of YAML, a registry
+//! of workloads their proxies register, a pure compile step, and the discovery server that
+//! streams each proxy what it subscribed to; plus the HTTP API the dashboard and CLI read.
+//!
+//! Pure logic (`store::ConfigIndex`, `registry`, `compile`) is tested synchronously; `discovery`
+//! (tonic) and `http` (axum) are thin adapters over it. This crate must not depend on the proxy
+//! crates (tests aside). See docs/control-plane.md for flags and protocol.
+
+pub mod cli;
+pub mod compile;
+pub mod discovery;
+pub mod http;
+pub mod registry;
+mod server;
+pub mod state;
+pub mod store;
+pub mod telemetry;
+pub mod wire;
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::time::Duration;
+
+pub use server::{ControlPlane, StartError};
+
+/// Everything the control plane needs to start, validated by [`ControlConfig::validate`].
+#[derive(Clone, Debug)]
+pub struct ControlConfig {
+    pub config_dirs: Vec<PathBuf>,
+    pub discovery_addr: SocketAddr,
+    pub http_addr: SocketAddr,
+    pub trust_domain: String,
+    pub heartbeat_interval: Duration,
+    pub workload_expiry: Duration,
+    pub poll_interval: Duration,
+    pub ready_file: Option<PathBuf>,
+}
+
+impl Default for ControlConfig {
+    fn default() -> Self {
+        Self {
+            config_dirs: Vec::new(),
+            discovery_addr: SocketAddr::from(([127, 0, 0, 1], 15010)),
+            http_addr: SocketAddr::from(([127, 0, 0, 1], 15014)),
+            trust_domain: trellis_identity::DEFAULT_TRUST_DOMAIN.to_string(),
+            heartbeat_interval: Duration::from_secs(2),
+            workload_expiry: Duration::from_secs(10),
+            poll_interval: Duration::from_millis(300),
+            ready_file: None,
+        }
+    }
+}

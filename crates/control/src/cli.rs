@@ -1,0 +1,158 @@
+//! Command-line flags and their validation into a [`ControlConfig`].
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use clap::{Parser, ValueEnum};
+use trellis_identity::{DEFAULT_TRUST_DOMAIN, SpiffeId};
+
+use crate::ControlConfig;
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+pub enum LogFormat {
+    Text,
+    Json,
+}
+
+/// The Trellis control plane (local mode): config directories + self-registering proxies.
+#[derive(Debug, Parser)]
+#[command(name = "trellis-control", version)]
+pub struct Args {
+    /// A directory of YAML config (Kubernetes Services, ...). Repeatable. Polled for changes.
+    #[arg(long = "config-dir", value_name = "DIR")]
+    pub config_dirs: Vec<PathBuf>,
+    /// gRPC discovery listen address (port 0 picks a free port).
+    #[arg(long, value_name = "ADDR", default_value = "127.0.0.1:15010")]
+    pub discovery: SocketAddr,
+    /// HTTP listen address: JSON API, /metrics, /live, /ready and the dashboard.
+    #[arg(long, value_name = "ADDR", default_value = "127.0.0.1:15014")]
+    pub http: SocketAddr,
+    #[arg(long, value_name = "TD", default_value = DEFAULT_TRUST_DOMAIN)]
+    pub trust_domain: String,
+    /// How often proxies must send a heartbeat (e.g. 2s, 500ms).
+    #[arg(long, value_name = "DUR", default_value = "2s", value_parser = parse_duration)]
+    pub heartbeat_interval: Duration,
+    /// A workload not heard from for this long is removed from the endpoints it backed.
+    #[arg(long, value_name = "DUR", default_value = "10s", value_parser = parse_duration)]
+    pub workload_expiry: Duration,
+    /// How often config directories are checked for changes.
+    #[arg(long, value_name = "DUR", default_value = "300ms", value_parser = parse_duration)]
+    pub poll_interval: Duration,
+    /// Written atomically once listening with the initial config loaded:
+    /// {"pid":N,"discovery":"ip:port","http":"ip:port"}.
+    #[arg(long, value_name = "FILE")]
+    pub ready_file: Option<PathBuf>,
+    /// A tracing filter: a level (info, debug) or directives (trellis_control=debug,info).
+    #[arg(long, value_name = "FILTER", default_value = "info")]
+    pub log_level: String,
+    #[arg(long, value_enum, default_value = "text")]
+    pub log_format: LogFormat,
+}
+
+/// A flag value that cannot work; the binary exits 64 with this message.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("--{flag}: {message}")]
+pub struct UsageError {
+    pub flag: &'static str,
+    pub message: String,
+}
+
+impl Args {
+    /// Validates values clap cannot check alone. Directories are checked when the store opens.
+    pub fn into_config(self) -> Result<ControlConfig, UsageError> {
+        let config = ControlConfig {
+            config_dirs: self.config_dirs,
+            discovery_addr: self.discovery,
+            http_addr: self.http,
+            trust_domain: self.trust_domain,
+            heartbeat_interval: self.heartbeat_interval,
+            workload_expiry: self.workload_expiry,
+            poll_interval: self.poll_interval,
+            ready_file: self.ready_file,
+        };
+        config.validate()?;
+        Ok(config)
+    }
+}
+
+impl ControlConfig {
+    pub fn validate(&self) -> Result<(), UsageError> {
+        let usage = |flag, message: String| Err(UsageError { flag, message });
+        if let Err(err) = SpiffeId::new(&self.trust_domain, "ns", "sa") {
+            return usage("trust-domain", err.to_string());
+        }
+        for (flag, d) in [
+            ("heartbeat-interval", self.heartbeat_interval),
+            ("workload-expiry", self.workload_expiry),
+            ("poll-interval", self.poll_interval),
+        ] {
+            if d.is_zero() {
+                return usage(flag, "must be greater than zero".into());
+            }
+        }
+        // A workload must get several chances to heartbeat before it is expired.
+        if self.workload_expiry < self.heartbeat_interval * 2 {
+            return usage(
+                "workload-expiry",
+                format!(
+                    "must be at least twice --heartbeat-interval ({:?}), got {:?}",
+                    self.heartbeat_interval, self.workload_expiry
+                ),
+            );
+        }
+        if self.discovery_addr.port() != 0 && self.discovery_addr == self.http_addr {
+            return usage("http", "must differ from --discovery".into());
+        }
+        Ok(())
+    }
+}
+
+/// Parses `300ms`, `2s`, `1m`, `1h`, or `1.5s`.
+pub fn parse_duration(s: &str) -> Result<Duration, String> {
+    let err = || format!("{s:?} is not a duration (e.g. 300ms, 2s, 1m)");
+    let split = s
+        .find(|c: char| !(c.is_ascii_digit() || c == '.'))
+        .ok_or_else(err)?;
+    let (num, unit) = s.split_at(split);
+    let value: f64 = num.parse().map_err(|_| err())?;
+    let scale = match unit {
+        "ms" => 0.001,
+        "s" => 1.0,
+        "m" => 60.0,
+        "h" => 3600.0,
+        _ => return Err(err()),
+    };
+    Duration::try_from_secs_f64(value * scale).map_err(|_| err())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn durations() {
+        assert_eq!(parse_duration("300ms"), Ok(Duration::from_millis(300)));
+        assert_eq!(parse_duration("2s"), Ok(Duration::from_secs(2)));
+        assert_eq!(parse_duration("1.5s"), Ok(Duration::from_millis(1500)));
+        assert_eq!(parse_duration("1m"), Ok(Duration::from_secs(60)));
+        for bad in ["", "5", "s", "1x", "-1s", "1e400s"] {
+            assert!(parse_duration(bad).is_err(), "{bad}");
+        }
+    }
+
+    #[test]
+    fn defaults_and_validation() {
+        let args = Args::try_parse_from(["trellis-control"]).unwrap();
+        let config = args.into_config().unwrap();
+        assert_eq!(config.discovery_addr, "127.0.0.1:15010".parse().unwrap());
+        assert_eq!(config.http_addr, "127.0.0.1:15014".parse().unwrap());
+        assert_eq!(config.workload_expiry, Duration::from_secs(10));
+        assert_eq!(config.poll_interval, Duration::from_millis(300));
+        let bad = Args::try_parse_from(["x", "--trust-domain", "Bad TD"]).unwrap();
+        assert_eq!(bad.into_config().unwrap_err().flag, "trust-domain");
+        let bad = Args::try_parse_from(["x", "--workload-expiry", "1s"]).unwrap();
+        assert_eq!(bad.into_config().unwrap_err().flag, "workload-expiry");
+        assert!(Args::try_parse_from(["x", "--poll-interval", "fast"]).is_err());
+    }
+}

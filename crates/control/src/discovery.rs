@@ -1,0 +1,290 @@
+//! The discovery server: a thin tonic adapter over the registry and [`compile`].
+//!
+//! One task per proxy stream. It registers the workload on Hello, answers with a Welcome,
+//! keeps the stream's subscriptions, and on every change of config or registry recompiles each
+//! subscribed target, pushing an Update only when the result differs from what this stream was
+//! last sent. Versions count Updates per stream, from 1. Acks and Nacks are recorded per proxy.
+
+use std::collections::BTreeMap;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+
+use futures_util::Stream;
+use tokio::sync::mpsc;
+use tokio::time::Instant;
+use tonic::{Request, Response, Status, Streaming};
+use trellis_api::discovery::{self as pb, control_message, proxy_message};
+use trellis_identity::SpiffeId;
+use trellis_model::{Destination, Target, Workload};
+
+use crate::compile::{MeshView, compile};
+use crate::registry::StreamId;
+use crate::state::Shared;
+use crate::wire;
+
+/// Outbound messages buffered per stream before the stream task waits for the proxy to read.
+const OUTBOUND_BUFFER: usize = 64;
+
+#[derive(Debug)]
+pub struct DiscoveryService {
+    shared: Arc<Shared>,
+    next_stream: AtomicU64,
+}
+
+impl DiscoveryService {
+    pub fn new(shared: Arc<Shared>) -> Self {
+        Self {
+            shared,
+            next_stream: AtomicU64::new(1),
+        }
+    }
+
+    pub fn into_server(self) -> pb::discovery_server::DiscoveryServer<Self> {
+        pb::discovery_server::DiscoveryServer::new(self)
+    }
+}
+
+type Outbound = mpsc::Sender<Result<pb::ControlMessage, Status>>;
+
+#[tonic::async_trait]
+impl pb::discovery_server::Discovery for DiscoveryService {
+    type StreamStream = Pin<Box<dyn Stream<Item = Result<pb::ControlMessage, Status>> + Send>>;
+
+    async fn stream(
+        &self,
+        request: Request<Streaming<pb::ProxyMessage>>,
+    ) -> Result<Response<Self::StreamStream>, Status> {
+        let id = self.next_stream.fetch_add(1, Ordering::Relaxed);
+        let peer = request.remote_addr();
+        let (tx, rx) = mpsc::channel(OUTBOUND_BUFFER);
+        let session = Session::new(self.shared.clone(), id, tx);
+        tokio::spawn(session.run(request.into_inner(), peer));
+        Ok(Response::new(Box::pin(
+            tokio_stream::wrappers::ReceiverStream::new(rx),
+        )))
+    }
+}
+
+/// One proxy's stream.
+struct Session {
+    shared: Arc<Shared>,
+    id: StreamId,
+    tx: Outbound,
+    /// Set by Hello: the proxy id and workload, kept to re-register after an expiry.
+    hello: Option<(String, Workload)>,
+    /// Each subscribed target and the value it was last sent (`None` = "nothing there").
+    subscriptions: BTreeMap<Target, Option<Destination>>,
+    version: u64,
+}
+
+/// Why a stream ended early; becomes the stream's final status.
+enum End {
+    /// The proxy went away or the server is stopping: nothing to tell it.
+    Quiet,
+    Status(Status),
+}
+
+impl Session {
+    fn new(shared: Arc<Shared>, id: StreamId, tx: Outbound) -> Self {
+        Self {
+            shared,
+            id,
+            tx,
+            hello: None,
+            subscriptions: BTreeMap::new(),
+            version: 0,
+        }
+    }
+
+    async fn run(
+        mut self,
+        mut inbound: Streaming<pb::ProxyMessage>,
+        peer: Option<std::net::SocketAddr>,
+    ) {
+        let mut config_rx = self.shared.config_rx.clone();
+        let mut workloads_rx = self.shared.workloads_rx();
+        let shutdown = self.shared.shutdown.clone();
+        let end = loop {
+            let step = tokio::select! {
+                () = shutdown.cancelled() => Err(End::Quiet),
+                () = self.tx.closed() => Err(End::Quiet),
+                msg = inbound.message() => match msg {
+                    Ok(Some(msg)) => self.handle(msg).await,
+                    Ok(None) => Err(End::Quiet),
+                    Err(status) => {
+                        tracing::debug!(stream = self.id, %status, "stream error");
+                        Err(End::Quiet)
+                    }
+                },
+                changed = config_rx.changed() => match changed {
+                    Ok(()) => self.push_changes().await,
+                    Err(_) => Err(End::Quiet),
+                },
+                changed = workloads_rx.changed() => match changed {
+                    Ok(()) => self.push_changes().await,
+                    Err(_) => Err(End::Quiet),
+                },
+            };
+            if let Err(end) = step {
+                break end;
+            }
+        };
+        if let End::Status(status) = end {
+            tracing::warn!(stream = self.id, ?peer, %status, "closing discovery stream");
+            let _ = self.tx.send(Err(status)).await;
+        }
+        if let Some((_, workload)) = &self.hello {
+            tracing::info!(stream = self.id, workload = %workload.name, namespace = %workload.namespace, "proxy disconnected");
+            self.shared.metrics.proxy_disconnected();
+            let id = self.id;
+            self.shared.with_registry(|r| {
+                r.disconnect(id, Instant::now());
+                ((), false)
+            });
+        }
+    }
+
+    async fn handle(&mut self, msg: pb::ProxyMessage) -> Result<(), End> {
+        let Some(kind) = msg.kind else {
+            return Err(End::Status(Status::invalid_argument("empty ProxyMessage")));
+        };
+        if self.hello.is_none() && !matches!(kind, proxy_message::Kind::Hello(_)) {
+            return Err(End::Status(Status::failed_precondition(
+                "the first message must be Hello",
+            )));
+        }
+        let id = self.id;
+        match kind {
+            proxy_message::Kind::Hello(hello) => self.hello(hello).await,
+            proxy_message::Kind::Subscribe(sub) => {
+                let target = wire::target_from_wire(sub.target)
+                    .map_err(|e| End::Status(Status::invalid_argument(e.to_string())))?;
+                self.shared.with_registry(|r| {
+                    r.set_subscribed(id, &target, true);
+                    ((), false)
+                });
+                // Always answer a Subscribe, even with "nothing there", so the proxy stops
+                // waiting; a repeated Subscribe is answered again.
+                self.subscriptions.remove(&target);
+                self.push(&target).await
+            }
+            proxy_message::Kind::Unsubscribe(unsub) => {
+                let target = wire::target_from_wire(unsub.target)
+                    .map_err(|e| End::Status(Status::invalid_argument(e.to_string())))?;
+                self.subscriptions.remove(&target);
+                self.shared.with_registry(|r| {
+                    r.set_subscribed(id, &target, false);
+                    ((), false)
+                });
+                Ok(())
+            }
+            proxy_message::Kind::Ack(ack) => {
+                self.shared.metrics.ack();
+                self.shared.with_registry(|r| {
+                    r.ack(id, ack.version);
+                    ((), false)
+                });
+                Ok(())
+            }
+            proxy_message::Kind::Nack(nack) => {
+                self.shared.metrics.nack();
+                tracing::warn!(stream = id, version = nack.version, error = %nack.error, "proxy refused an update");
+                self.shared.with_registry(|r| {
+                    r.nack(id, &nack.error);
+                    ((), false)
+                });
+                Ok(())
+            }
+            proxy_message::Kind::Heartbeat(_) => {
+                let alive = self
+                    .shared
+                    .with_registry(|r| (r.heartbeat(id, Instant::now()), false));
+                if !alive {
+                    // Expired while the stream stayed open (e.g. heartbeats delayed): register
+                    // again rather than leave a live proxy out of the mesh.
+                    if let Some((proxy_id, workload)) = self.hello.clone() {
+                        tracing::info!(stream = id, workload = %workload.name, "re-registering expired workload on heartbeat");
+                        self.shared.with_registry(|r| {
+                            ((), r.register(id, &proxy_id, workload, Instant::now()))
+                        });
+                    }
+                }
+                Ok(())
+            }
+        }
+    }
+
+    async fn hello(&mut self, hello: pb::Hello) -> Result<(), End> {
+        let invalid = |e: String| End::Status(Status::invalid_argument(e));
+        let w = hello
+            .workload
+            .ok_or_else(|| invalid("Hello.workload is required".into()))?;
+        let workload = wire::workload_from_wire(w, &self.shared.trust_domain)
+            .map_err(|e| invalid(e.to_string()))?;
+        let identity = SpiffeId::new(
+            &self.shared.trust_domain,
+            &workload.namespace,
+            &workload.service_account,
+        )
+        .map_err(|e| invalid(e.to_string()))?;
+        if self.hello.is_none() {
+            self.shared.metrics.proxy_connected();
+        }
+        tracing::info!(
+            stream = self.id, proxy = %hello.proxy_id, workload = %workload.name,
+            namespace = %workload.namespace, inbound = %workload.inbound_address, "proxy registered"
+        );
+        let (id, proxy_id) = (self.id, hello.proxy_id.clone());
+        let registered = workload.clone();
+        self.shared
+            .with_registry(|r| ((), r.register(id, &proxy_id, registered, Instant::now())));
+        self.hello = Some((hello.proxy_id, workload));
+        let heartbeat_interval_ms =
+            u64::try_from(self.shared.heartbeat_interval.as_millis()).unwrap_or(u64::MAX);
+        let welcome = pb::Welcome {
+            identity: identity.to_string(),
+            heartbeat_interval_ms,
+        };
+        self.send(control_message::Kind::Welcome(welcome)).await
+    }
+
+    async fn push_changes(&mut self) -> Result<(), End> {
+        let targets: Vec<Target> = self.subscriptions.keys().cloned().collect();
+        for target in targets {
+            self.push(&target).await?;
+        }
+        Ok(())
+    }
+
+    /// Compiles `target` and sends it if it differs from what this stream last sent for it.
+    async fn push(&mut self, target: &Target) -> Result<(), End> {
+        let dest = {
+            let config = self.shared.config_rx.borrow().clone();
+            let workloads = self.shared.workloads_rx().borrow().clone();
+            let view = MeshView {
+                services: &config.services,
+                workloads: &workloads,
+                trust_domain: &self.shared.trust_domain,
+            };
+            compile(view, target)
+        };
+        if self.subscriptions.get(target) == Some(&dest) {
+            return Ok(());
+        }
+        self.version += 1;
+        let update = pb::Update {
+            version: self.version,
+            target: Some(wire::target_to_wire(target)),
+            destination: dest.as_ref().map(wire::destination_to_wire),
+        };
+        self.subscriptions.insert(target.clone(), dest);
+        self.shared.metrics.push();
+        self.send(control_message::Kind::Update(update)).await
+    }
+
+    async fn send(&self, kind: control_message::Kind) -> Result<(), End> {
+        let msg = pb::ControlMessage { kind: Some(kind) };
+        self.tx.send(Ok(msg)).await.map_err(|_| End::Quiet)
+    }
+}

@@ -1,0 +1,167 @@
+//! The HTTP adapter: the JSON API the dashboard, CLI and demo read, metrics, probes, and the
+//! dashboard's own routes. Handlers only read shared state and shape JSON.
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+
+use axum::Router;
+use axum::extract::State;
+use axum::http::{StatusCode, header};
+use axum::response::{IntoResponse, Json};
+use axum::routing::get;
+use serde::Serialize;
+use tokio::time::Instant;
+
+use crate::compile::{identity, selected};
+use crate::state::Shared;
+use crate::store::ResourceStatus;
+
+#[derive(Clone, Debug)]
+struct App {
+    shared: Arc<Shared>,
+    ready: Arc<AtomicBool>,
+}
+
+/// The control plane's HTTP routes merged with the dashboard's. `ready` turns `/ready` to 200.
+pub fn router(shared: Arc<Shared>, ready: Arc<AtomicBool>) -> Router {
+    let api = Router::new()
+        .route("/api/v1/services", get(services))
+        .route("/api/v1/workloads", get(workloads))
+        .route("/api/v1/config", get(config))
+        .route("/metrics", get(metrics))
+        .route("/live", get(|| async { "live\n" }))
+        .route("/ready", get(is_ready))
+        .with_state(App { shared, ready });
+    api.merge(trellis_dashboard::router())
+}
+
+#[derive(Serialize)]
+struct ServiceJson {
+    namespace: String,
+    name: String,
+    ports: Vec<PortJson>,
+    selector: BTreeMap<String, String>,
+    endpoints: Vec<EndpointJson>,
+}
+
+#[derive(Serialize)]
+struct PortJson {
+    name: Option<String>,
+    port: u16,
+    protocol: &'static str,
+}
+
+#[derive(Serialize)]
+struct EndpointJson {
+    workload: String,
+    address: String,
+    identity: Option<String>,
+}
+
+async fn services(State(app): State<App>) -> Json<Vec<ServiceJson>> {
+    let config = app.shared.config_rx.borrow().clone();
+    let workloads = app.shared.registry().workloads();
+    let td = &app.shared.trust_domain;
+    let out = config
+        .services
+        .values()
+        .map(|svc| ServiceJson {
+            namespace: svc.key.namespace.clone(),
+            name: svc.key.name.clone(),
+            ports: svc
+                .ports
+                .iter()
+                .map(|p| PortJson {
+                    name: p.name.clone(),
+                    port: p.port,
+                    protocol: p.protocol.as_str(),
+                })
+                .collect(),
+            selector: svc.selector.clone(),
+            endpoints: selected(svc, &workloads)
+                .map(|w| EndpointJson {
+                    workload: w.name.clone(),
+                    address: w.inbound_address.to_string(),
+                    identity: identity(td, w),
+                })
+                .collect(),
+        })
+        .collect();
+    Json(out)
+}
+
+#[derive(Serialize)]
+struct WorkloadJson {
+    name: String,
+    namespace: String,
+    service_account: String,
+    identity: Option<String>,
+    labels: BTreeMap<String, String>,
+    inbound: String,
+    admin: Option<String>,
+    connected: bool,
+    last_seen_ms_ago: u64,
+    acked_version: Option<u64>,
+    nacks: u64,
+    last_nack: Option<String>,
+    subscriptions: Vec<String>,
+}
+
+async fn workloads(State(app): State<App>) -> Json<Vec<WorkloadJson>> {
+    let now = Instant::now();
+    let td = &app.shared.trust_domain;
+    let registry = app.shared.registry();
+    let out = registry
+        .registrations()
+        .map(|r| WorkloadJson {
+            name: r.workload.name.clone(),
+            namespace: r.workload.namespace.clone(),
+            service_account: r.workload.service_account.clone(),
+            identity: identity(td, &r.workload),
+            labels: r.workload.labels.clone(),
+            inbound: r.workload.inbound_address.to_string(),
+            admin: r.workload.admin_address.map(|a| a.to_string()),
+            connected: r.connected,
+            last_seen_ms_ago: u64::try_from(now.saturating_duration_since(r.last_seen).as_millis())
+                .unwrap_or(u64::MAX),
+            acked_version: r.acked_version,
+            nacks: r.nacks,
+            last_nack: r.last_nack.clone(),
+            subscriptions: r.subscriptions.iter().map(ToString::to_string).collect(),
+        })
+        .collect();
+    Json(out)
+}
+
+#[derive(Serialize)]
+struct ConfigJson {
+    resources: Vec<ResourceStatus>,
+}
+
+async fn config(State(app): State<App>) -> Json<ConfigJson> {
+    Json(ConfigJson {
+        resources: app.shared.config_rx.borrow().resources.clone(),
+    })
+}
+
+async fn metrics(State(app): State<App>) -> impl IntoResponse {
+    let config = app.shared.config_rx.borrow().clone();
+    let registered = app.shared.registry().len();
+    let body = app.shared.metrics.render(&config, registered);
+    (
+        [(
+            header::CONTENT_TYPE,
+            "text/plain; version=0.0.4; charset=utf-8",
+        )],
+        body,
+    )
+}
+
+async fn is_ready(State(app): State<App>) -> impl IntoResponse {
+    if app.ready.load(Ordering::Acquire) {
+        (StatusCode::OK, "ready\n")
+    } else {
+        (StatusCode::SERVICE_UNAVAILABLE, "loading config\n")
+    }
+}

@@ -1,0 +1,286 @@
+//! The workloads proxies have registered, keyed by namespace/name.
+//!
+//! Pure state with time passed in (`tokio::time::Instant`, so tests run on paused time): the
+//! discovery adapter calls [`Registry::register`], [`Registry::heartbeat`] and
+//! [`Registry::disconnect`]; a timer calls [`Registry::expire`]. A workload leaves the registry
+//! when its proxy has not been heard from (Hello or Heartbeat) for the expiry, whether its stream
+//! closed or stayed open and silent, so a proxy that restarts quickly keeps its endpoints.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::time::Duration;
+
+use tokio::time::Instant;
+use trellis_model::{Target, Workload};
+
+/// Identifies one discovery stream for the lifetime of the process.
+pub type StreamId = u64;
+
+/// `namespace/name`: a workload registered twice under one key is one workload (the later
+/// registration wins, so a proxy that restarts replaces its old self).
+pub type WorkloadKey = (String, String);
+
+/// One registered workload and what the control plane knows of its proxy.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Registration {
+    pub workload: Workload,
+    pub proxy_id: String,
+    pub stream: StreamId,
+    pub connected: bool,
+    pub last_seen: Instant,
+    pub acked_version: Option<u64>,
+    pub nacks: u64,
+    pub last_nack: Option<String>,
+    pub subscriptions: BTreeSet<Target>,
+}
+
+#[derive(Debug)]
+pub struct Registry {
+    expiry: Duration,
+    entries: BTreeMap<WorkloadKey, Registration>,
+    /// Which workload each live stream registered, so stream events find their entry.
+    streams: BTreeMap<StreamId, WorkloadKey>,
+}
+
+impl Registry {
+    pub fn new(expiry: Duration) -> Self {
+        Self {
+            expiry,
+            entries: BTreeMap::new(),
+            streams: BTreeMap::new(),
+        }
+    }
+
+    /// Registers (or re-registers) the workload behind `stream`. Returns whether the set of
+    /// workloads changed in a way endpoints depend on.
+    pub fn register(
+        &mut self,
+        stream: StreamId,
+        proxy_id: &str,
+        workload: Workload,
+        now: Instant,
+    ) -> bool {
+        let key = (workload.namespace.clone(), workload.name.clone());
+        // A stream that re-registers under a new name gives up its old one.
+        let mut changed = false;
+        if let Some(old) = self.streams.insert(stream, key.clone())
+            && old != key
+            && self.entries.get(&old).is_some_and(|e| e.stream == stream)
+        {
+            self.entries.remove(&old);
+            changed = true;
+        }
+        let previous = self.entries.remove(&key);
+        if let Some(prev) = &previous
+            && prev.stream != stream
+        {
+            self.streams.remove(&prev.stream);
+        }
+        changed |= previous.as_ref().is_none_or(|p| p.workload != workload);
+        // Versions are per stream, so acks and subscriptions carry over only on the same stream.
+        let (acked_version, nacks, last_nack, subscriptions) = previous
+            .filter(|p| p.stream == stream)
+            .map(|p| (p.acked_version, p.nacks, p.last_nack, p.subscriptions))
+            .unwrap_or_default();
+        self.entries.insert(
+            key,
+            Registration {
+                workload,
+                proxy_id: proxy_id.to_string(),
+                stream,
+                connected: true,
+                last_seen: now,
+                acked_version,
+                nacks,
+                last_nack,
+                subscriptions,
+            },
+        );
+        changed
+    }
+
+    fn entry_mut(&mut self, stream: StreamId) -> Option<&mut Registration> {
+        let key = self.streams.get(&stream)?;
+        self.entries.get_mut(key).filter(|e| e.stream == stream)
+    }
+
+    /// Records a sign of life. Returns false when the stream has no registration (it expired
+    /// while the stream stayed open): the caller then registers again.
+    pub fn heartbeat(&mut self, stream: StreamId, now: Instant) -> bool {
+        match self.entry_mut(stream) {
+            Some(entry) => {
+                entry.last_seen = now;
+                entry.connected = true;
+                true
+            }
+            None => false,
+        }
+    }
+
+    /// The stream closed: the workload stays registered until it expires or reconnects.
+    pub fn disconnect(&mut self, stream: StreamId, now: Instant) {
+        if let Some(entry) = self.entry_mut(stream) {
+            entry.connected = false;
+            entry.last_seen = now;
+        }
+        self.streams.remove(&stream);
+    }
+
+    pub fn ack(&mut self, stream: StreamId, version: u64) {
+        if let Some(entry) = self.entry_mut(stream) {
+            entry.acked_version = Some(entry.acked_version.map_or(version, |v| v.max(version)));
+        }
+    }
+
+    pub fn nack(&mut self, stream: StreamId, error: &str) {
+        if let Some(entry) = self.entry_mut(stream) {
+            entry.nacks += 1;
+            entry.last_nack = Some(error.to_string());
+        }
+    }
+
+    pub fn set_subscribed(&mut self, stream: StreamId, target: &Target, subscribed: bool) {
+        if let Some(entry) = self.entry_mut(stream) {
+            if subscribed {
+                entry.subscriptions.insert(target.clone());
+            } else {
+                entry.subscriptions.remove(target);
+            }
+        }
+    }
+
+    /// Removes workloads not heard from for the expiry; returns their keys.
+    pub fn expire(&mut self, now: Instant) -> Vec<WorkloadKey> {
+        let expiry = self.expiry;
+        let expired: Vec<WorkloadKey> = self
+            .entries
+            .iter()
+            .filter(|(_, e)| now.saturating_duration_since(e.last_seen) >= expiry)
+            .map(|(k, _)| k.clone())
+            .collect();
+        for key in &expired {
+            if let Some(entry) = self.entries.remove(key) {
+                self.streams.remove(&entry.stream);
+            }
+        }
+        expired
+    }
+
+    pub fn workloads(&self) -> Vec<Workload> {
+        self.entries.values().map(|e| e.workload.clone()).collect()
+    }
+
+    pub fn registrations(&self) -> impl Iterator<Item = &Registration> {
+        self.entries.values()
+    }
+
+    pub fn len(&self) -> usize {
+        self.entries.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.entries.is_empty()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn workload(name: &str) -> Workload {
+        Workload {
+            name: name.into(),
+            namespace: "default".into(),
+            service_account: "sa".into(),
+            labels: BTreeMap::new(),
+            inbound_address: "127.0.0.1:15006".parse().unwrap(),
+            ports: vec![9080],
+            admin_address: None,
+        }
+    }
+
+    const EXPIRY: Duration = Duration::from_secs(10);
+
+    #[tokio::test(start_paused = true)]
+    async fn closed_stream_expires_after_expiry() {
+        let mut reg = Registry::new(EXPIRY);
+        assert!(reg.register(1, "p", workload("a"), Instant::now()));
+        tokio::time::advance(Duration::from_secs(3)).await;
+        reg.disconnect(1, Instant::now());
+        tokio::time::advance(Duration::from_secs(9)).await;
+        assert!(
+            reg.expire(Instant::now()).is_empty(),
+            "expiry counts from the disconnect"
+        );
+        assert!(!reg.registrations().next().unwrap().connected);
+        tokio::time::advance(Duration::from_secs(1)).await;
+        assert_eq!(
+            reg.expire(Instant::now()),
+            vec![("default".into(), "a".into())]
+        );
+        assert!(reg.is_empty());
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn reconnect_before_expiry_keeps_workload() {
+        let mut reg = Registry::new(EXPIRY);
+        reg.register(1, "p", workload("a"), Instant::now());
+        reg.disconnect(1, Instant::now());
+        tokio::time::advance(Duration::from_secs(5)).await;
+        assert!(
+            !reg.register(2, "p", workload("a"), Instant::now()),
+            "same workload: no change"
+        );
+        tokio::time::advance(Duration::from_secs(8)).await;
+        assert!(reg.expire(Instant::now()).is_empty());
+        assert!(reg.registrations().next().unwrap().connected);
+        // The old stream's late events no longer touch the new registration.
+        reg.disconnect(1, Instant::now());
+        assert!(reg.registrations().next().unwrap().connected);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn silent_open_stream_expires_and_heartbeat_keeps_alive() {
+        let mut reg = Registry::new(EXPIRY);
+        reg.register(1, "p", workload("a"), Instant::now());
+        reg.register(2, "q", workload("b"), Instant::now());
+        for _ in 0..6 {
+            tokio::time::advance(Duration::from_secs(2)).await;
+            assert!(reg.heartbeat(2, Instant::now()));
+        }
+        assert_eq!(
+            reg.expire(Instant::now()),
+            vec![("default".into(), "a".into())]
+        );
+        assert!(
+            !reg.heartbeat(1, Instant::now()),
+            "expired stream must register again"
+        );
+        assert_eq!(reg.len(), 1);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn acks_nacks_and_subscriptions() {
+        let mut reg = Registry::new(EXPIRY);
+        reg.register(1, "p", workload("a"), Instant::now());
+        reg.ack(1, 3);
+        reg.ack(1, 2);
+        reg.nack(1, "bad address");
+        let t: Target = "reviews.default:9080".parse().unwrap();
+        reg.set_subscribed(1, &t, true);
+        let e = reg.registrations().next().unwrap();
+        assert_eq!(e.acked_version, Some(3));
+        assert_eq!((e.nacks, e.last_nack.as_deref()), (1, Some("bad address")));
+        assert!(e.subscriptions.contains(&t));
+        // A changed registration on the same stream reports a change and keeps subscriptions.
+        let mut moved = workload("a");
+        moved.labels.insert("version".into(), "v2".into());
+        assert!(reg.register(1, "p", moved, Instant::now()));
+        assert!(
+            reg.registrations()
+                .next()
+                .unwrap()
+                .subscriptions
+                .contains(&t)
+        );
+    }
+}

@@ -1,0 +1,176 @@
+//! Wiring: open the store, bind the listeners, run the tasks, stop them.
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::Duration;
+
+use tokio::net::TcpListener;
+use tokio::task::JoinSet;
+use tokio_util::sync::CancellationToken;
+
+use crate::ControlConfig;
+use crate::cli::UsageError;
+use crate::discovery::DiscoveryService;
+use crate::state::Shared;
+use crate::store::{DirStore, MissingDir};
+
+#[derive(Debug, thiserror::Error)]
+pub enum StartError {
+    #[error(transparent)]
+    Usage(#[from] UsageError),
+    #[error(transparent)]
+    MissingDir(#[from] MissingDir),
+    #[error("cannot listen for {what} on {addr}: {source}")]
+    Bind {
+        what: &'static str,
+        addr: SocketAddr,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("cannot write ready file {}: {source}", path.display())]
+    ReadyFile {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+}
+
+impl StartError {
+    /// 64 (EX_USAGE) for bad flags or directories; 1 for failures of the environment.
+    pub fn exit_code(&self) -> i32 {
+        match self {
+            Self::Usage(_) | Self::MissingDir(_) => 64,
+            Self::Bind { .. } | Self::ReadyFile { .. } => 1,
+        }
+    }
+}
+
+/// A running control plane. Dropping it does not stop it; call [`ControlPlane::stop`].
+#[derive(Debug)]
+pub struct ControlPlane {
+    pub discovery_addr: SocketAddr,
+    pub http_addr: SocketAddr,
+    shutdown: CancellationToken,
+    tasks: JoinSet<()>,
+}
+
+impl ControlPlane {
+    /// Validates, loads the initial config, binds both listeners and serves. Returns once
+    /// ready (the ready file, if any, is written).
+    pub async fn start(config: ControlConfig) -> Result<Self, StartError> {
+        config.validate()?;
+        let mut store = DirStore::new(config.config_dirs.clone())?;
+        store.poll().await;
+        let discovery = TcpListener::bind(config.discovery_addr)
+            .await
+            .map_err(|source| StartError::Bind {
+                what: "discovery",
+                addr: config.discovery_addr,
+                source,
+            })?;
+        let http = TcpListener::bind(config.http_addr)
+            .await
+            .map_err(|source| StartError::Bind {
+                what: "http",
+                addr: config.http_addr,
+                source,
+            })?;
+        let local = |l: &TcpListener, what, addr| {
+            l.local_addr()
+                .map_err(|source| StartError::Bind { what, addr, source })
+        };
+        let discovery_addr = local(&discovery, "discovery", config.discovery_addr)?;
+        let http_addr = local(&http, "http", config.http_addr)?;
+
+        let shutdown = CancellationToken::new();
+        let shared = Arc::new(Shared::new(
+            config.trust_domain.clone(),
+            config.heartbeat_interval,
+            config.workload_expiry,
+            store.subscribe(),
+            shutdown.clone(),
+        ));
+        let mut tasks = JoinSet::new();
+        tasks.spawn(store.run(config.poll_interval, shutdown.clone()));
+        tasks.spawn(shared.clone().run_expiry(config.workload_expiry));
+
+        let grpc = tonic::transport::Server::builder()
+            // Detects proxies that vanished without closing their connection.
+            .http2_keepalive_interval(Some(Duration::from_secs(10)))
+            .http2_keepalive_timeout(Some(Duration::from_secs(5)))
+            .add_service(DiscoveryService::new(shared.clone()).into_server());
+        let token = shutdown.clone();
+        tasks.spawn(async move {
+            let incoming = tonic::transport::server::TcpIncoming::from(discovery);
+            if let Err(err) = grpc
+                .serve_with_incoming_shutdown(incoming, token.cancelled_owned())
+                .await
+            {
+                tracing::error!(error = %err, "discovery server failed");
+            }
+        });
+
+        let ready = Arc::new(AtomicBool::new(false));
+        let app = crate::http::router(shared, ready.clone());
+        let token = shutdown.clone();
+        tasks.spawn(async move {
+            let serve = axum::serve(http, app).with_graceful_shutdown(token.cancelled_owned());
+            if let Err(err) = serve.await {
+                tracing::error!(error = %err, "http server failed");
+            }
+        });
+
+        ready.store(true, Ordering::Release);
+        if let Some(path) = &config.ready_file {
+            write_ready_file(path, discovery_addr, http_addr).map_err(|source| {
+                StartError::ReadyFile {
+                    path: path.clone(),
+                    source,
+                }
+            })?;
+        }
+        tracing::info!(%discovery_addr, %http_addr, "control plane ready");
+        Ok(Self {
+            discovery_addr,
+            http_addr,
+            shutdown,
+            tasks,
+        })
+    }
+
+    /// Cancelling this token stops the control plane (as [`ControlPlane::stop`] does).
+    pub fn shutdown_token(&self) -> CancellationToken {
+        self.shutdown.clone()
+    }
+
+    /// Stops serving: discovery streams end (proxies keep their last config and reconnect),
+    /// listeners close. Waits for every task to finish.
+    pub async fn stop(mut self) {
+        self.shutdown.cancel();
+        while self.tasks.join_next().await.is_some() {}
+    }
+
+    /// Runs until the shutdown token is cancelled, then stops.
+    pub async fn wait(self) {
+        self.shutdown.cancelled().await;
+        self.stop().await;
+    }
+}
+
+/// Temp file + rename, so a reader never sees a half-written file.
+fn write_ready_file(path: &Path, discovery: SocketAddr, http: SocketAddr) -> std::io::Result<()> {
+    let body = serde_json::json!({
+        "pid": std::process::id(),
+        "discovery": discovery.to_string(),
+        "http": http.to_string(),
+    });
+    let mut tmp = path.as_os_str().to_owned();
+    tmp.push(format!(".tmp.{}", std::process::id()));
+    let tmp = PathBuf::from(tmp);
+    std::fs::write(&tmp, body.to_string())?;
+    std::fs::rename(&tmp, path).inspect_err(|_| {
+        let _ = std::fs::remove_file(&tmp);
+    })
+}

@@ -1,0 +1,90 @@
+//! The state the adapters (discovery, HTTP, timers) share.
+
+use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
+use std::time::Duration;
+
+use tokio::sync::watch;
+use tokio::time::Instant;
+use tokio_util::sync::CancellationToken;
+use trellis_model::Workload;
+
+use crate::registry::Registry;
+use crate::store::ConfigSnapshot;
+use crate::telemetry::Metrics;
+
+#[derive(Debug)]
+pub struct Shared {
+    pub trust_domain: String,
+    pub heartbeat_interval: Duration,
+    pub config_rx: watch::Receiver<Arc<ConfigSnapshot>>,
+    registry: Mutex<Registry>,
+    /// The registered workloads, republished whenever endpoints may have changed; discovery
+    /// streams recompute on every new value.
+    workloads_tx: watch::Sender<Arc<Vec<Workload>>>,
+    pub metrics: Metrics,
+    pub shutdown: CancellationToken,
+}
+
+impl Shared {
+    pub fn new(
+        trust_domain: String,
+        heartbeat_interval: Duration,
+        workload_expiry: Duration,
+        config_rx: watch::Receiver<Arc<ConfigSnapshot>>,
+        shutdown: CancellationToken,
+    ) -> Self {
+        Self {
+            trust_domain,
+            heartbeat_interval,
+            config_rx,
+            registry: Mutex::new(Registry::new(workload_expiry)),
+            workloads_tx: watch::channel(Arc::new(Vec::new())).0,
+            metrics: Metrics::default(),
+            shutdown,
+        }
+    }
+
+    /// Runs `f` on the registry and republishes the workloads if it reports a change. The lock
+    /// is held only for `f` (never across an await: this is not async).
+    pub fn with_registry<T>(&self, f: impl FnOnce(&mut Registry) -> (T, bool)) -> T {
+        let mut registry = self.registry();
+        let (out, changed) = f(&mut registry);
+        if changed {
+            // Published under the lock, so that values go out in the order changes were made.
+            self.workloads_tx
+                .send_replace(Arc::new(registry.workloads()));
+        }
+        out
+    }
+
+    /// The registry for reading. A poisoned lock means a panic elsewhere mid-update; the
+    /// registry's invariants hold between statements, so reading on is safe.
+    pub fn registry(&self) -> MutexGuard<'_, Registry> {
+        self.registry.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    pub fn workloads_rx(&self) -> watch::Receiver<Arc<Vec<Workload>>> {
+        self.workloads_tx.subscribe()
+    }
+
+    /// Expires silent workloads until shutdown, checking several times per expiry period.
+    pub async fn run_expiry(self: Arc<Self>, expiry: Duration) {
+        let period = (expiry / 5).clamp(Duration::from_millis(10), Duration::from_secs(1));
+        let mut ticker = tokio::time::interval(period);
+        loop {
+            tokio::select! {
+                () = self.shutdown.cancelled() => return,
+                _ = ticker.tick() => {
+                    let expired = self.with_registry(|r| {
+                        let expired = r.expire(Instant::now());
+                        let changed = !expired.is_empty();
+                        (expired, changed)
+                    });
+                    for (namespace, name) in expired {
+                        tracing::info!(%namespace, %name, "workload expired");
+                    }
+                }
+            }
+        }
+    }
+}
