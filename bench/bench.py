@@ -1,0 +1,957 @@
+#!/usr/bin/env python3
+"""Trellis benchmark runner: latency, CPU and memory a proxy hop adds, against HAProxy and nginx.
+
+Starts one backend (nginx, 1 KiB body) and, in front of it, every path under test: direct,
+one trellis-proxy, two trellis-proxies (client and server sidecar), one HAProxy and one nginx,
+all on 127.0.0.1. Then, for each round, for each load scenario, it runs every path once (the
+path order rotates each round so that no path always runs first), and measures:
+
+- latency percentiles from the load generator (oha open-loop with latency correction, or wrk
+  closed-loop for maximum throughput);
+- CPU time of each proxy process, from utime+stime in /proc/<pid>/stat before and after the run,
+  divided by the requests answered;
+- peak RSS of each proxy process (VmHWM in /proc/<pid>/status), reset before every run by
+  writing 5 to /proc/<pid>/clear_refs so that it is the peak of that run's load.
+
+It writes the raw results to a JSON file, then renders docs/benchmarks.md and
+docs/benchmarks.png from that file (``--render-only FILE`` re-renders without measuring).
+Standard library only; the plot needs matplotlib and is skipped with a note without it.
+
+This is not part of ``cargo test``: it needs release binaries, haproxy, nginx, oha and wrk, and
+minutes of a quiet machine.
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime as dt
+import json
+import os
+import re
+import resource
+import shutil
+import signal
+import socket
+import statistics
+import subprocess
+import sys
+import time
+import urllib.request
+from dataclasses import dataclass, field
+from pathlib import Path
+
+BENCH_DIR = Path(__file__).resolve().parent
+REPO = BENCH_DIR.parent
+CLK_TCK = os.sysconf("SC_CLK_TCK")
+BODY_BYTES = 1024
+MIB = 1024 * 1024
+
+# Open-loop scenarios run oha at a fixed rate; "max" runs wrk closed-loop as fast as it can.
+SCENARIOS = [
+    {"name": "open-1k", "kind": "open", "rate": 1000, "conns": 1,
+     "title": "Open loop, 1,000 rps on 1 connection"},
+    {"name": "open-5k", "kind": "open", "rate": 5000, "conns": 16,
+     "title": "Open loop, 5,000 rps on 16 connections"},
+    {"name": "max", "kind": "closed", "rate": None, "conns": 16,
+     "title": "Closed loop, maximum throughput, 16 connections"},
+]
+
+
+@dataclass
+class BenchPath:
+    """One way from the load generator to the backend."""
+
+    name: str
+    hops: int
+    url: str = ""
+    # Processes whose CPU and RSS are charged to this path: (label, pid).
+    proxies: list[tuple[str, int]] = field(default_factory=list)
+    note: str = ""
+
+
+class Processes:
+    """Everything this runner starts, so that all of it is stopped on the way out."""
+
+    def __init__(self, out: Path):
+        self.out = out
+        self.started: list[tuple[str, subprocess.Popen, object]] = []
+
+    def start(self, name: str, argv: list[str], env: dict | None = None) -> subprocess.Popen:
+        log = open(self.out / f"{name}.log", "wb")
+        proc = subprocess.Popen(
+            argv, stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT,
+            start_new_session=True, env=env, cwd=self.out,
+        )
+        self.started.append((name, proc, log))
+        return proc
+
+    def check_alive(self) -> None:
+        for name, proc, _ in self.started:
+            if proc.poll() is not None:
+                tail = (self.out / f"{name}.log").read_text(errors="replace")[-2000:]
+                raise RuntimeError(f"{name} (pid {proc.pid}) exited with {proc.returncode}:\n{tail}")
+
+    def stop_all(self) -> None:
+        for _, proc, _ in reversed(self.started):
+            if proc.poll() is None:
+                try:
+                    os.killpg(proc.pid, signal.SIGTERM)
+                except ProcessLookupError:
+                    pass
+        deadline = time.monotonic() + 5
+        for _, proc, log in reversed(self.started):
+            try:
+                proc.wait(timeout=max(0.1, deadline - time.monotonic()))
+            except subprocess.TimeoutExpired:
+                try:
+                    os.killpg(proc.pid, signal.SIGKILL)
+                except ProcessLookupError:
+                    pass
+                proc.wait(timeout=5)
+            log.close()
+        self.started.clear()
+
+
+# ---------------------------------------------------------------------------------------------
+# Small helpers
+
+
+def free_port() -> int:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def render(template: Path, dest: Path, values: dict[str, str]) -> Path:
+    text = template.read_text()
+    for key, value in values.items():
+        text = text.replace(f"@{key}@", value)
+    leftover = re.findall(r"@[A-Z_]+@", text)
+    if leftover:
+        raise RuntimeError(f"{template}: unrendered placeholders {sorted(set(leftover))}")
+    dest.write_text(text)
+    return dest
+
+
+def cpu_ticks(pid: int) -> int:
+    # Fields after the parenthesised comm; utime and stime are fields 14 and 15 (1-based).
+    stat = Path(f"/proc/{pid}/stat").read_text()
+    rest = stat[stat.rindex(")") + 2:].split()
+    return int(rest[11]) + int(rest[12])
+
+
+def sched_ns(pid: int) -> int:
+    """On-CPU time of all threads in ns (schedstat), a finer cross-check of cpu_ticks."""
+    total = 0
+    for task in Path(f"/proc/{pid}/task").iterdir():
+        try:
+            total += int((task / "schedstat").read_text().split()[0])
+        except (OSError, IndexError, ValueError):
+            pass  # a thread that ended between listing and reading
+    return total
+
+
+def reset_peak_rss(pid: int) -> bool:
+    try:
+        Path(f"/proc/{pid}/clear_refs").write_text("5")
+        return True
+    except OSError:
+        return False
+
+
+def status_kib(pid: int, key: str) -> int:
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith(key + ":"):
+            return int(line.split()[1])
+    raise RuntimeError(f"no {key} in /proc/{pid}/status")
+
+
+def count_procs(name: str) -> int:
+    out = subprocess.run(["pgrep", "-c", name], capture_output=True, text=True)
+    return int(out.stdout.strip() or 0)
+
+
+def wait_until(pred, timeout: float, what: str) -> None:
+    deadline = time.monotonic() + timeout
+    last: Exception | None = None
+    while time.monotonic() < deadline:
+        try:
+            if pred():
+                return
+        except Exception as exc:  # noqa: BLE001 - retried until the deadline
+            last = exc
+        time.sleep(0.05)
+    raise RuntimeError(f"timed out after {timeout}s waiting for {what}: {last}")
+
+
+def http_get(url: str) -> tuple[int, bytes]:
+    with urllib.request.urlopen(url, timeout=2) as resp:
+        return resp.status, resp.read()
+
+
+def first_line(argv: list[str]) -> str:
+    try:
+        out = subprocess.run(argv, capture_output=True, text=True, timeout=10)
+    except (OSError, subprocess.TimeoutExpired) as exc:
+        return f"unavailable ({exc})"
+    text = (out.stdout + out.stderr).strip().splitlines()
+    return text[0].strip() if text else "unknown"
+
+
+def median(values):
+    values = [v for v in values if v is not None]
+    return statistics.median(values) if values else None
+
+
+# ---------------------------------------------------------------------------------------------
+# Setup
+
+
+def machine_notes(tools: dict[str, str]) -> dict:
+    cpu_model = "unknown"
+    for line in Path("/proc/cpuinfo").read_text().splitlines():
+        if line.startswith("model name"):
+            cpu_model = line.split(":", 1)[1].strip()
+            break
+    mem_kib = 0
+    for line in Path("/proc/meminfo").read_text().splitlines():
+        if line.startswith("MemTotal:"):
+            mem_kib = int(line.split()[1])
+    git = subprocess.run(["git", "-C", str(REPO), "rev-parse", "--short", "HEAD"],
+                         capture_output=True, text=True).stdout.strip()
+    dirty = subprocess.run(["git", "-C", str(REPO), "status", "--porcelain", "--", "crates/proxy",
+                            "crates/model", "crates/identity", "crates/config", "crates/api"],
+                           capture_output=True, text=True).stdout.strip()
+    return {
+        "nproc": first_line(["nproc"]),
+        "cpu_model": cpu_model,
+        "mem_total_mib": mem_kib // 1024,
+        "kernel": first_line(["uname", "-r"]),
+        "haproxy": first_line([tools["haproxy"], "-v"]),
+        "nginx": first_line([tools["nginx"], "-v"]),
+        "oha": first_line([tools["oha"], "--version"]),
+        "wrk": first_line([tools["wrk"], "-v"]),
+        "python": sys.version.split()[0],
+        "rustc": first_line(["rustc", "--version"]),
+        "trellis_commit": git + (" (with uncommitted changes in the proxy's crates)" if dirty else ""),
+        "clk_tck": CLK_TCK,
+    }
+
+
+def start_backend(procs: Processes, tools, out: Path) -> tuple[str, int]:
+    port = free_port()
+    (out / "nginx-backend-tmp").mkdir(exist_ok=True)
+    conf = render(BENCH_DIR / "nginx-backend.conf.in", out / "nginx-backend.conf", {
+        "LISTEN": f"127.0.0.1:{port}", "DIR": str(out), "BODY": "x" * BODY_BYTES,
+    })
+    proc = procs.start("nginx-backend", [tools["nginx"], "-p", str(out), "-e",
+                                         str(out / "nginx-backend.error.log"), "-c", str(conf)])
+    url = f"http://127.0.0.1:{port}/"
+    wait_until(lambda: http_get(url)[0] == 200, 10, "backend nginx")
+    return url, proc.pid
+
+
+def start_haproxy(procs, tools, out, backend_port) -> BenchPath:
+    port = free_port()
+    conf = render(BENCH_DIR / "haproxy.cfg.in", out / "haproxy.cfg", {
+        "LISTEN": f"127.0.0.1:{port}", "BACKEND": f"127.0.0.1:{backend_port}", "DIR": str(out),
+    })
+    proc = procs.start("haproxy", [tools["haproxy"], "-db", "-f", str(conf)])
+    return BenchPath("haproxy", 1, f"http://127.0.0.1:{port}/", [("haproxy", proc.pid)])
+
+
+def start_nginx_proxy(procs, tools, out, backend_port) -> BenchPath:
+    port = free_port()
+    (out / "nginx-proxy-tmp").mkdir(exist_ok=True)
+    conf = render(BENCH_DIR / "nginx-proxy.conf.in", out / "nginx-proxy.conf", {
+        "LISTEN": f"127.0.0.1:{port}", "BACKEND": f"127.0.0.1:{backend_port}", "DIR": str(out),
+    })
+    proc = procs.start("nginx-proxy", [tools["nginx"], "-p", str(out), "-e",
+                                       str(out / "nginx-proxy.error.log"), "-c", str(conf)])
+    return BenchPath("nginx", 1, f"http://127.0.0.1:{port}/", [("nginx", proc.pid)])
+
+
+def start_trellis(procs, binary: str, out: Path, name: str, args: list[str]) -> dict:
+    """Start one trellis-proxy and wait for its ready file; returns the ready file's JSON."""
+    ready = out / f"{name}.ready.json"
+    ready.unlink(missing_ok=True)
+    proc = procs.start(name, [binary, *args, "--admin", "127.0.0.1:0", "--threads", "1",
+                              "--ready-file", str(ready)])
+
+    def is_ready():
+        if proc.poll() is not None:
+            raise RuntimeError(f"{name} exited with {proc.returncode}")
+        return ready.exists() and ready.stat().st_size > 0 and json.loads(ready.read_text())
+
+    try:
+        wait_until(is_ready, 15, f"{name} ready file")
+    except RuntimeError:
+        procs.check_alive()
+        raise
+    info = json.loads(ready.read_text())
+    info.setdefault("pid", proc.pid)
+    if int(info["pid"]) != proc.pid:
+        raise RuntimeError(f"{name}: ready file pid {info['pid']} is not the child {proc.pid}")
+    return info
+
+
+def start_trellis_paths(procs, binary, out, backend_port) -> list[BenchPath]:
+    # One hop: an explicit outbound port straight to the backend.
+    p1 = free_port()
+    one = start_trellis(procs, binary, out, "trellis-1hop", [
+        "--outbound-port", f"127.0.0.1:{p1}=127.0.0.1:{backend_port}",
+        "--outbound", "none", "--inbound", "127.0.0.1:0",
+    ])
+    # Two hops: client sidecar's explicit outbound port -> server sidecar's inbound -> app.
+    q = free_port()
+    server = start_trellis(procs, binary, out, "trellis-server", [
+        "--inbound", f"127.0.0.1:{q}", "--app", f"127.0.0.1:{backend_port}",
+        "--outbound", "none",
+    ])
+    p2 = free_port()
+    client = start_trellis(procs, binary, out, "trellis-client", [
+        "--outbound-port", f"127.0.0.1:{p2}=127.0.0.1:{q}",
+        "--outbound", "none", "--inbound", "127.0.0.1:0",
+    ])
+    return [
+        BenchPath("trellis-1", 1, f"http://127.0.0.1:{p1}/", [("trellis", int(one["pid"]))]),
+        BenchPath("trellis-2", 2, f"http://127.0.0.1:{p2}/",
+                  [("trellis-client", int(client["pid"])), ("trellis-server", int(server["pid"]))]),
+    ]
+
+
+# ---------------------------------------------------------------------------------------------
+# Load generators
+
+UNIT_S = {"us": 1e-6, "ms": 1e-3, "s": 1.0, "m": 60.0}
+
+
+def run_oha(tools, url: str, rate: int, conns: int, seconds: float) -> dict:
+    argv = [tools["oha"], "--no-tui", "--output-format", "json", "--latency-correction",
+            "--wait-ongoing-requests-after-deadline",
+            "-z", f"{seconds}s", "-q", str(rate), "-c", str(conns), url]
+    out = subprocess.run(argv, capture_output=True, text=True, timeout=seconds + 60)
+    if out.returncode != 0:
+        raise RuntimeError(f"oha failed ({out.returncode}): {out.stderr[-2000:]}")
+    data = json.loads(out.stdout)
+    pct = data["latencyPercentiles"]
+    codes = {str(k): int(v) for k, v in (data.get("statusCodeDistribution") or {}).items()}
+    errors = sum(int(v) for v in (data.get("errorDistribution") or {}).values())
+    ok = codes.get("200", 0)
+    return {
+        "tool": "oha",
+        "requests": ok,
+        "non_200": sum(codes.values()) - ok,
+        "errors": errors,
+        "error_kinds": data.get("errorDistribution") or {},
+        "rps": ok / data["summary"]["total"] if data["summary"]["total"] else 0.0,
+        "p50_ms": pct["p50"] * 1e3 if pct.get("p50") is not None else None,
+        "p90_ms": pct["p90"] * 1e3 if pct.get("p90") is not None else None,
+        "p99_ms": pct["p99"] * 1e3 if pct.get("p99") is not None else None,
+    }
+
+
+def run_wrk(tools, url: str, conns: int, seconds: float) -> dict:
+    # One wrk thread: on a 2-core machine a second thread only takes CPU from the servers.
+    argv = [tools["wrk"], "-t1", f"-c{conns}", f"-d{int(seconds)}s", "--latency", url]
+    out = subprocess.run(argv, capture_output=True, text=True, timeout=seconds + 60)
+    if out.returncode != 0:
+        raise RuntimeError(f"wrk failed ({out.returncode}): {out.stderr[-2000:]}")
+    text = out.stdout
+    m = re.search(r"(\d+) requests in ([\d.]+)(\w+)", text)
+    if not m:
+        raise RuntimeError(f"cannot parse wrk output:\n{text}")
+    total = int(m.group(1))
+    non2xx = int(re.search(r"Non-2xx or 3xx responses: (\d+)", text).group(1)) \
+        if "Non-2xx" in text else 0
+    errors = 0
+    se = re.search(r"Socket errors: connect (\d+), read (\d+), write (\d+), timeout (\d+)", text)
+    if se:
+        errors = sum(int(x) for x in se.groups())
+    pct = {}
+    for p, val, unit in re.findall(r"^\s+(50|75|90|99)%\s+([\d.]+)(us|ms|s|m)\s*$", text, re.M):
+        pct[p] = float(val) * UNIT_S[unit] * 1e3
+    rps = float(re.search(r"Requests/sec:\s+([\d.]+)", text).group(1))
+    return {
+        "tool": "wrk",
+        "requests": total - non2xx,
+        "non_200": non2xx,
+        "errors": errors,
+        "error_kinds": {},
+        "rps": rps,
+        "p50_ms": pct.get("50"),
+        "p90_ms": pct.get("90"),
+        "p99_ms": pct.get("99"),
+    }
+
+
+def measure(tools, path: BenchPath, scenario: dict, seconds: float, extra_pids) -> dict:
+    pids = list(path.proxies) + list(extra_pids)
+    for _, pid in pids:
+        reset_peak_rss(pid)
+    before = {label: cpu_ticks(pid) for label, pid in pids}
+    before_ns = {label: sched_ns(pid) for label, pid in pids}
+    ru0 = resource.getrusage(resource.RUSAGE_CHILDREN)
+    t0 = time.monotonic()
+    if scenario["kind"] == "open":
+        res = run_oha(tools, path.url, scenario["rate"], scenario["conns"], seconds)
+    else:
+        res = run_wrk(tools, path.url, scenario["conns"], seconds)
+    wall = time.monotonic() - t0
+    ru1 = resource.getrusage(resource.RUSAGE_CHILDREN)
+    after = {label: cpu_ticks(pid) for label, pid in pids}
+    after_ns = {label: sched_ns(pid) for label, pid in pids}
+    reqs = max(res["requests"], 1)
+    res["wall_s"] = round(wall, 3)
+    res["loadgen_cpu_s"] = round((ru1.ru_utime + ru1.ru_stime) - (ru0.ru_utime + ru0.ru_stime), 3)
+    res["cpu_us_per_req"] = {
+        label: (after[label] - before[label]) / CLK_TCK * 1e6 / reqs for label, _ in pids
+    }
+    res["sched_cpu_us_per_req"] = {
+        label: (after_ns[label] - before_ns[label]) / 1e3 / reqs for label, _ in pids
+    }
+    res["cpu_s"] = {label: (after[label] - before[label]) / CLK_TCK for label, _ in pids}
+    res["peak_rss_kib"] = {label: status_kib(pid, "VmHWM") for label, pid in pids}
+    res["loadavg_1m"] = float(Path("/proc/loadavg").read_text().split()[0])
+    res["compilers_running"] = count_procs("rustc") + count_procs("cargo")
+    return res
+
+
+# ---------------------------------------------------------------------------------------------
+# Summaries
+
+
+def summarize(results: dict) -> dict:
+    """Medians over rounds, per scenario and path; added latency from paired per-round deltas."""
+    runs = results["runs"]
+    paths = results["paths"]
+    summary = {}
+    for sc in results["scenarios"]:
+        name = sc["name"]
+        by_path = {p["name"]: [r for r in runs if r["scenario"] == name and r["path"] == p["name"]]
+                   for p in paths}
+        direct = {r["round"]: r for r in by_path.get("direct", [])}
+        direct_rps = median(r["rps"] for r in by_path.get("direct", []))
+        out = {}
+        for p in paths:
+            rs = by_path[p["name"]]
+            if not rs:
+                continue
+            row = {
+                "hops": p["hops"],
+                "rounds": len(rs),
+                "requests": sum(r["requests"] for r in rs),
+                "non_200": sum(r["non_200"] for r in rs),
+                "errors": sum(r["errors"] for r in rs),
+                "rps": median(r["rps"] for r in rs),
+                "loadgen_cpu_s": median(r["loadgen_cpu_s"] for r in rs),
+                "compilers_running_runs": sum(1 for r in rs if r["compilers_running"]),
+            }
+            for q in ("p50", "p90", "p99"):
+                row[f"{q}_ms"] = median(r[f"{q}_ms"] for r in rs)
+                if p["hops"]:
+                    deltas = [
+                        (r[f"{q}_ms"] - direct[r["round"]][f"{q}_ms"]) * 1e3 / p["hops"]
+                        for r in rs
+                        if r["round"] in direct and r[f"{q}_ms"] is not None
+                        and direct[r["round"]][f"{q}_ms"] is not None
+                    ]
+                    row[f"added_{q}_us_per_hop"] = median(deltas)
+            labels = [label for label, _ in p["proxies"]]
+            row["cpu_us_per_req"] = {l: median(r["cpu_us_per_req"][l] for r in rs) for l in labels}
+            row["sched_cpu_us_per_req"] = {
+                l: median(r["sched_cpu_us_per_req"][l] for r in rs) for l in labels}
+            row["peak_rss_mib"] = {l: max(r["peak_rss_kib"][l] for r in rs) / 1024 for l in labels}
+            row["backend_cpu_us_per_req"] = median(r["cpu_us_per_req"]["backend"] for r in rs)
+            if direct_rps:
+                row["rps_vs_direct"] = row["rps"] / direct_rps
+            out[p["name"]] = row
+        summary[name] = out
+    return summary
+
+
+# ---------------------------------------------------------------------------------------------
+# Rendering: docs/benchmarks.md and the plot
+
+PATH_LABEL = {
+    "direct": "direct (no proxy)",
+    "trellis-1": "trellis, 1 hop",
+    "trellis-2": "trellis, 2 hops (client + server sidecar)",
+    "haproxy": "HAProxy, 1 hop",
+    "nginx": "nginx, 1 hop",
+}
+
+
+def fmt(v, nd=0, suffix=""):
+    if v is None:
+        return "n/a"
+    return f"{v:,.{nd}f}{suffix}"
+
+
+def per_proxy(d: dict, nd: int) -> str:
+    if not d:
+        return "–"
+    if len(d) == 1:
+        return fmt(next(iter(d.values())), nd)
+    return " + ".join(f"{fmt(v, nd)} ({k.split('-')[-1]})" for k, v in d.items())
+
+
+def targets(summary: dict) -> list[tuple[str, str, str]]:
+    """(target, measured, verdict) rows; verdicts say 'not measured' when a path is missing."""
+    rows = []
+    for sc in ("open-1k", "open-5k"):
+        s = summary.get(sc, {})
+        t, h = s.get("trellis-1"), s.get("haproxy")
+        if t and h:
+            tv, hv = t.get("added_p50_us_per_hop"), h.get("added_p50_us_per_hop")
+            rows.append((f"p50 added per hop ≤ HAProxy's ({sc})",
+                         f"trellis {fmt(tv)} µs vs HAProxy {fmt(hv)} µs",
+                         "met" if tv is not None and hv is not None and tv <= hv else "NOT met"))
+            tc, hc = t["cpu_us_per_req"].get("trellis"), h["cpu_us_per_req"].get("haproxy")
+            rows.append((f"CPU per request ≤ HAProxy's ({sc})",
+                         f"trellis {fmt(tc, 1)} µs vs HAProxy {fmt(hc, 1)} µs",
+                         "met" if tc is not None and hc is not None and tc <= hc else "NOT met"))
+        else:
+            rows.append((f"trellis vs HAProxy ({sc})", "trellis path not measured", "not measured"))
+    s = summary.get("open-5k", {})
+    peaks = {}
+    for pname in ("trellis-1", "trellis-2"):
+        if pname in s:
+            for label, v in s[pname]["peak_rss_mib"].items():
+                peaks[f"{label} ({pname})"] = v
+    if peaks:
+        worst = max(peaks.values())
+        rows.append(("trellis-proxy peak RSS < 15 MiB at 5,000 rps",
+                     ", ".join(f"{k}: {v:.1f} MiB" for k, v in peaks.items()),
+                     "met" if worst < 15 else "NOT met"))
+    else:
+        rows.append(("trellis-proxy peak RSS < 15 MiB at 5,000 rps", "trellis not measured",
+                     "not measured"))
+    return rows
+
+
+def render_markdown(results: dict, summary: dict, png_name: str | None) -> str:
+    m = results["machine"]
+    cfg = results["config"]
+    order = [p["name"] for p in results["paths"]]
+    lines = []
+    add = lines.append
+    add("# Benchmarks")
+    add("")
+    add("_Generated by `bench/bench.py` from "
+        f"`{results['results_file']}`; do not edit by hand: rerun the benchmark._")
+    add("")
+    add("What one Trellis proxy hop costs a request, next to HAProxy and nginx doing the same job "
+        "(one plain HTTP/1.1 L7 hop with keep-alive to the upstream), on one machine, on loopback.")
+    add("")
+    add(f"Run: {results['started_utc']} to {results['finished_utc']} UTC, "
+        f"{cfg['rounds']} interleaved rounds, {cfg['open_seconds']} s per open-loop run, "
+        f"{cfg['closed_seconds']} s per closed-loop run.")
+    if cfg.get("quick"):
+        add("")
+        add("**This is a `--quick` smoke run: too few and too short runs to quote.**")
+    add("")
+    add("## Targets")
+    add("")
+    add("| target | measured | verdict |")
+    add("|---|---|---|")
+    for t, meas, verdict in targets(summary):
+        add(f"| {t} | {meas} | **{verdict}** |")
+    add("")
+    for note in results.get("notes", []):
+        add(f"- {note}")
+    if results.get("notes"):
+        add("")
+
+    for sc in results["scenarios"]:
+        s = summary.get(sc["name"], {})
+        add(f"## {sc['title']}")
+        add("")
+        if sc["kind"] == "open":
+            add("| path | achieved rps | p50 / p90 / p99 (ms) | added per hop p50 / p90 / p99 (µs) "
+                "| CPU µs per request, per proxy | peak RSS MiB, per proxy | failed |")
+            add("|---|---:|---:|---:|---:|---:|---:|")
+            for name in order:
+                r = s.get(name)
+                if not r:
+                    continue
+                added = "–" if not r["hops"] else " / ".join(
+                    fmt(r.get(f"added_{q}_us_per_hop")) for q in ("p50", "p90", "p99"))
+                short = " (below offered rate)" if r["rps"] < 0.95 * sc["rate"] else ""
+                add(f"| {PATH_LABEL.get(name, name)} | {fmt(r['rps'])}{short} | "
+                    f"{fmt(r['p50_ms'], 3)} / {fmt(r['p90_ms'], 3)} / {fmt(r['p99_ms'], 3)} | "
+                    f"{added} | {per_proxy(r['cpu_us_per_req'], 1)} | "
+                    f"{per_proxy(r['peak_rss_mib'], 1)} | {r['non_200'] + r['errors']} |")
+        else:
+            add("| path | max rps (median) | vs direct | p50 / p99 at max (ms) "
+                "| CPU µs per request, per proxy | peak RSS MiB, per proxy | failed |")
+            add("|---|---:|---:|---:|---:|---:|---:|")
+            for name in order:
+                r = s.get(name)
+                if not r:
+                    continue
+                add(f"| {PATH_LABEL.get(name, name)} | {fmt(r['rps'])} | "
+                    f"{fmt(r.get('rps_vs_direct'), 2)}× | "
+                    f"{fmt(r['p50_ms'], 3)} / {fmt(r['p99_ms'], 3)} | "
+                    f"{per_proxy(r['cpu_us_per_req'], 1)} | {per_proxy(r['peak_rss_mib'], 1)} | "
+                    f"{r['non_200'] + r['errors']} |")
+        add("")
+
+    if png_name:
+        add(f"![latency added per hop, CPU per request, max throughput relative to direct]({png_name})")
+        add("")
+
+    add("## How it was measured")
+    add("")
+    add("Command (from the repository root):")
+    add("")
+    add("```sh")
+    add(results["command"])
+    add("```")
+    add("")
+    add("`bench/run.sh` builds `target/release/trellis-proxy` (`cargo build --release --bin "
+        "trellis-proxy`), installs oha with `cargo install oha --locked --root ~/.local/oha` "
+        "when it is not on the PATH, and installs the Debian packages `haproxy`, `nginx-light` "
+        "and `wrk` with apt-get when they are missing; then it runs `bench/bench.py`. "
+        "`--quick` is a one-minute smoke run that writes to `bench/out/` instead of `docs/`.")
+    add("")
+    add("- **Backend**, the same for every path: nginx, one process, answering `GET /` with a "
+        "1 KiB body from memory (`bench/nginx-backend.conf.in`).")
+    add("- **Paths**: *direct* goes to the backend; *trellis, 1 hop* is one `trellis-proxy` "
+        "whose explicit outbound port targets the backend; *trellis, 2 hops* is a client "
+        "proxy whose explicit outbound port targets a server proxy's inbound listener, which "
+        "forwards to the backend as its app (no control plane, so no mTLS between them); "
+        "*HAProxy* is `mode http`, `nbthread 1`, `http-reuse always` "
+        "(`bench/haproxy.cfg.in`); *nginx* is one process, `proxy_http_version 1.1`, upstream "
+        "keepalive (`bench/nginx-proxy.conf.in`). Every proxy runs one thread "
+        "(`trellis-proxy --threads 1`). No access logs anywhere.")
+    add("- **Load**: open loop with oha at a fixed rate (`-q`), with `--latency-correction` so "
+        "that a stalled response is charged for the requests queued behind it (no coordinated "
+        "omission); closed loop with `wrk -t1 -c16 --latency` for maximum throughput.")
+    add(f"- **Interleaving**: {cfg['rounds']} rounds; in each round every scenario runs every path "
+        "once, and the path order rotates from round to round, so slow drift on the machine "
+        "spreads over all paths.")
+    add("- **Latency added per hop** = (path percentile − direct percentile) / hops, computed "
+        "within each round against that round's direct run, then the median over rounds. "
+        "Absolute percentiles are medians over rounds. Percentiles are oha's (open loop) or "
+        "wrk's (closed loop) over all requests of a run.")
+    add("- **CPU µs per request** = (utime + stime of the proxy process, from `/proc/<pid>/stat`, "
+        f"after − before the run) / requests answered; the clock tick is 1/{m['clk_tck']} s, so "
+        "one run's resolution is one tick divided by its requests. Median over rounds. For two "
+        "hops each proxy is listed (client, server).")
+    s5 = summary.get("open-5k", {})
+    cross = [f"{label} {fmt(r['cpu_us_per_req'][label], 1)} (stat) vs "
+             f"{fmt(r['sched_cpu_us_per_req'].get(label), 1)} (schedstat)"
+             for name, r in s5.items() for label in r["cpu_us_per_req"]
+             if "sched_cpu_us_per_req" in r]
+    if cross:
+        add("  Cross-check at 5,000 rps with the nanosecond on-CPU time of all threads from "
+            "`/proc/<pid>/task/*/schedstat`, µs per request: " + "; ".join(cross) + ".")
+    add("- **Peak RSS** = `VmHWM` from `/proc/<pid>/status`, reset before each run by writing 5 "
+        "to `/proc/<pid>/clear_refs`, so it is the peak under that scenario's load; the table "
+        "shows the maximum over rounds.")
+    add("- **Max rps vs direct** = median closed-loop rps of the path / median of direct. All "
+        "processes (load generator, proxies, backend) share the same cores, so this measures "
+        "how much CPU the hop takes away as much as how fast it is.")
+    add("")
+    add("## Machine")
+    add("")
+    add(f"- nproc: {m['nproc']}; CPU: {m['cpu_model']}; memory: {m['mem_total_mib']:,} MiB")
+    add(f"- kernel: {m['kernel']}")
+    add(f"- trellis commit: {m['trellis_commit']}; {m['rustc']}")
+    add(f"- {m['haproxy']}")
+    add(f"- {m['nginx']}")
+    add(f"- {m['oha']}; {m['wrk']}")
+    add(f"- Python {m['python']}")
+    q = results.get("quiet", {})
+    if q:
+        add(f"- Quiet check before the run: {q.get('verdict')}")
+    busy = sum(r["compilers_running"] > 0 for r in results["runs"])
+    add(f"- Runs during which a `rustc` or `cargo` process was running: {busy} of "
+        f"{len(results['runs'])}; 1-minute load average over the runs: median "
+        f"{fmt(median(r['loadavg_1m'] for r in results['runs']), 2)}, max "
+        f"{fmt(max((r['loadavg_1m'] for r in results['runs']), default=None), 2)}.")
+    add("")
+    add("Raw per-run numbers: `" + results["results_file"] + "`.")
+    add("")
+    return "\n".join(lines)
+
+
+def render_plot(results: dict, summary: dict, png: Path) -> str | None:
+    try:
+        import matplotlib
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError:
+        return "matplotlib is not installed (pip install matplotlib): no plot"
+    order = [p["name"] for p in results["paths"] if p["hops"]]
+    colors = {"trellis-1": "#2a7ab9", "trellis-2": "#8fbde3", "haproxy": "#d9822b",
+              "nginx": "#3a9c4b"}
+    fig, axes = plt.subplots(2, 2, figsize=(11, 8))
+
+    def bars(ax, sc, keys, title, ylabel):
+        s = summary.get(sc, {})
+        width = 0.8 / max(len(order), 1)
+        for i, name in enumerate(order):
+            r = s.get(name)
+            if not r:
+                continue
+            vals = [r.get(k) for k in keys]
+            xs = [j + i * width for j in range(len(keys))]
+            # Log scale: p99 is tens of times p50. A median below 1 µs (noise, or a hop
+            # faster than direct) is drawn at 1 µs and labelled with its real value.
+            ax.bar(xs, [max(v or 0, 1) for v in vals], width, label=PATH_LABEL.get(name, name),
+                   color=colors.get(name))
+            for x, v in zip(xs, vals):
+                if v is not None:
+                    ax.text(x, max(v, 1), f"{v:.0f}", ha="center", va="bottom", fontsize=7)
+        ax.set_yscale("log")
+        ax.set_xticks([j + width * (len(order) - 1) / 2 for j in range(len(keys))])
+        ax.set_xticklabels([k.split("_")[1] for k in keys])
+        ax.set_title(title)
+        ax.set_ylabel(ylabel)
+
+    lat = ["added_p50_us_per_hop", "added_p90_us_per_hop", "added_p99_us_per_hop"]
+    bars(axes[0][0], "open-1k", lat, "Latency added per hop, 1,000 rps / 1 conn",
+         "µs per hop (log)")
+    bars(axes[0][1], "open-5k", lat, "Latency added per hop, 5,000 rps / 16 conns",
+         "µs per hop (log)")
+
+    # CPU per request (summed over the proxies of a path, divided by hops) and peak RSS.
+    ax = axes[1][0]
+    names, cpu1k, cpu5k, cpumax = [], [], [], []
+    for name in order:
+        row = [summary.get(sc, {}).get(name) for sc in ("open-1k", "open-5k", "max")]
+        if not any(row):
+            continue
+        names.append(name)
+        for lst, r in zip((cpu1k, cpu5k, cpumax), row):
+            lst.append(sum(r["cpu_us_per_req"].values()) / r["hops"] if r else 0)
+    xs = range(len(names))
+    ax.bar([x - 0.27 for x in xs], cpu1k, 0.27, label="1k rps", color="#bbbbbb")
+    ax.bar(list(xs), cpu5k, 0.27, label="5k rps", color="#777777")
+    ax.bar([x + 0.27 for x in xs], cpumax, 0.27, label="max", color="#333333")
+    ax.set_xticks(list(xs))
+    ax.set_xticklabels(names)
+    ax.set_title("Proxy CPU per request per hop")
+    ax.set_ylabel("µs CPU / request / hop")
+    ax.legend(fontsize=8)
+
+    ax = axes[1][1]
+    s = summary.get("max", {})
+    allnames = [p["name"] for p in results["paths"] if p["name"] in s]
+    vals = [s[n].get("rps_vs_direct") or 0 for n in allnames]
+    ax.bar(allnames, vals, color=[colors.get(n, "#999999") for n in allnames])
+    ax.set_title("Closed-loop max rps relative to direct")
+    ax.set_ylabel("× direct")
+    ax.set_ylim(0, max(vals + [1]) * 1.15)
+    for x, v in enumerate(vals):
+        ax.text(x, v, f"{v:.2f}", ha="center", va="bottom", fontsize=8)
+
+    handles, labels = axes[0][0].get_legend_handles_labels()
+    fig.legend(handles, labels, loc="lower center", ncol=4, fontsize=9)
+    fig.suptitle("Trellis proxy hop vs HAProxy and nginx (loopback, 1 KiB responses)")
+    fig.tight_layout(rect=(0, 0.05, 1, 0.96))
+    fig.savefig(png, dpi=90)
+    plt.close(fig)
+    return None
+
+
+def write_docs(results: dict, docs_dir: Path) -> None:
+    summary = summarize(results)
+    results["summary"] = summary
+    docs_dir.mkdir(parents=True, exist_ok=True)
+    png = docs_dir / "benchmarks.png"
+    problem = render_plot(results, summary, png)
+    if problem:
+        results.setdefault("notes", []).append(problem)
+    md = render_markdown(results, summary, None if problem else png.name)
+    (docs_dir / "benchmarks.md").write_text(md)
+    print(f"wrote {docs_dir / 'benchmarks.md'}" + ("" if problem else f" and {png}"))
+
+
+# ---------------------------------------------------------------------------------------------
+# Main
+
+
+def wait_quiet(max_wait: float, need: float = 60.0) -> dict:
+    """Wait until no rustc or cargo process has run for `need` seconds, at most `max_wait`."""
+    start = time.monotonic()
+    quiet_since = None
+    while True:
+        busy = count_procs("rustc") + count_procs("cargo")
+        now = time.monotonic()
+        if busy:
+            quiet_since = None
+        elif quiet_since is None:
+            quiet_since = now
+        if quiet_since is not None and now - quiet_since >= need:
+            return {"quiet": True, "waited_s": round(now - start),
+                    "verdict": f"no rustc/cargo for {need:.0f} s (waited {now - start:.0f} s)"}
+        if now - start >= max_wait:
+            return {"quiet": False, "waited_s": round(now - start),
+                    "verdict": f"machine still busy after waiting {max_wait:.0f} s; ran anyway"}
+        time.sleep(2)
+
+
+def find_tool(name: str, extra: list[str]) -> str | None:
+    for cand in [shutil.which(name), *extra]:
+        if cand and os.access(cand, os.X_OK):
+            return cand
+    return None
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--quick", action="store_true", help="short smoke run (2 rounds, 3 s runs)")
+    ap.add_argument("--rounds", type=int)
+    ap.add_argument("--open-seconds", type=float)
+    ap.add_argument("--closed-seconds", type=float)
+    ap.add_argument("--paths", help="comma-separated subset of "
+                    "direct,trellis-1,trellis-2,haproxy,nginx")
+    ap.add_argument("--trellis-bin", default=str(REPO / "target/release/trellis-proxy"))
+    ap.add_argument("--no-trellis", action="store_true", help="skip the trellis paths")
+    ap.add_argument("--wait-quiet", type=float, default=0,
+                    help="wait up to this many seconds for 60 s without rustc/cargo")
+    ap.add_argument("--max-seconds", type=float, default=1800, help="stop starting runs after")
+    ap.add_argument("--docs-dir", help="where benchmarks.md/png go (default docs/, "
+                    "bench/out/ with --quick)")
+    ap.add_argument("--results", help="results JSON path (default bench/results/<date>.json, "
+                    "bench/out/ with --quick)")
+    ap.add_argument("--render-only", metavar="RESULTS_JSON", help="re-render docs, no runs")
+    ap.add_argument("--command", help="the command line to print in the docs")
+    args = ap.parse_args()
+
+    docs_dir = Path(args.docs_dir) if args.docs_dir else (
+        BENCH_DIR / "out" if args.quick else REPO / "docs")
+    if args.render_only:
+        results = json.loads(Path(args.render_only).read_text())
+        write_docs(results, docs_dir)
+        return 0
+
+    for sig in (signal.SIGTERM, signal.SIGHUP):
+        signal.signal(sig, lambda s, f: sys.exit(128 + s))
+
+    rounds = args.rounds or (2 if args.quick else 5)
+    open_s = args.open_seconds or (3 if args.quick else 10)
+    closed_s = args.closed_seconds or (2 if args.quick else 6)
+
+    tools = {
+        "oha": find_tool("oha", [os.path.expanduser("~/.local/oha/bin/oha")]),
+        "wrk": find_tool("wrk", []),
+        "haproxy": find_tool("haproxy", ["/usr/sbin/haproxy"]),
+        "nginx": find_tool("nginx", ["/usr/sbin/nginx"]),
+    }
+    missing = [k for k, v in tools.items() if not v]
+    if missing:
+        print(f"missing tools: {', '.join(missing)} (bench/run.sh installs them)", file=sys.stderr)
+        return 2
+
+    wanted = args.paths.split(",") if args.paths else \
+        ["direct", "trellis-1", "trellis-2", "haproxy", "nginx"]
+    notes = []
+    use_trellis = any(p.startswith("trellis") for p in wanted) and not args.no_trellis
+    if use_trellis and not os.access(args.trellis_bin, os.X_OK):
+        notes.append(f"{args.trellis_bin} not found: trellis paths not measured")
+        use_trellis = False
+
+    out = BENCH_DIR / "out" / dt.datetime.now(dt.timezone.utc).strftime("%Y%m%dT%H%M%SZ")
+    out.mkdir(parents=True, exist_ok=True)
+    stamp = dt.datetime.now(dt.timezone.utc)
+    results_file = Path(args.results) if args.results else (
+        (out / "results.json") if args.quick
+        else BENCH_DIR / "results" / f"{stamp:%Y-%m-%d}.json")
+
+    quiet = wait_quiet(args.wait_quiet) if args.wait_quiet else {}
+    if quiet:
+        print(f"quiet check: {quiet['verdict']}", flush=True)
+
+    procs = Processes(out)
+    started = time.monotonic()
+    try:
+        backend_url, backend_pid = start_backend(procs, tools, out)
+        backend_port = int(backend_url.rsplit(":", 1)[1].strip("/"))
+        paths: list[BenchPath] = []
+        if "direct" in wanted:
+            paths.append(BenchPath("direct", 0, backend_url))
+        if use_trellis:
+            try:
+                paths += [p for p in start_trellis_paths(procs, args.trellis_bin, out,
+                                                         backend_port) if p.name in wanted]
+            except RuntimeError as exc:
+                # A broken proxy must not stop the peers being measured; say so in the doc.
+                notes.append(f"trellis-proxy did not start, trellis paths not measured: "
+                             f"{str(exc).splitlines()[0]}")
+                print(f"warning: {exc}", file=sys.stderr)
+                for name, proc, log in list(procs.started):
+                    if name.startswith("trellis") and proc.poll() is not None:
+                        procs.started.remove((name, proc, log))
+                        log.close()
+        if "haproxy" in wanted:
+            paths.append(start_haproxy(procs, tools, out, backend_port))
+        if "nginx" in wanted:
+            paths.append(start_nginx_proxy(procs, tools, out, backend_port))
+
+        # Every path must answer 200 with the 1 KiB body before anything is measured.
+        for p in paths:
+            wait_until(lambda: http_get(p.url) == (200, b"x" * BODY_BYTES), 10, f"{p.name} path")
+        procs.check_alive()
+
+        # Warm-up, not recorded: connections, allocator arenas, lazy initialisation.
+        for p in paths:
+            run_wrk(tools, p.url, 16, 1)
+
+        runs = []
+        backend = [("backend", backend_pid)]
+        total = rounds * len(SCENARIOS) * len(paths)
+        for rnd in range(1, rounds + 1):
+            for sc in SCENARIOS:
+                k = (rnd - 1) % len(paths)
+                for p in paths[k:] + paths[:k]:
+                    if time.monotonic() - started > args.max_seconds:
+                        raise RuntimeError(f"--max-seconds {args.max_seconds} exceeded")
+                    secs = open_s if sc["kind"] == "open" else closed_s
+                    res = measure(tools, p, sc, secs, backend)
+                    procs.check_alive()
+                    res.update({"round": rnd, "scenario": sc["name"], "path": p.name})
+                    runs.append(res)
+                    cpu = ", ".join(f"{k}={v:.1f}" for k, v in res["cpu_us_per_req"].items())
+                    print(f"[{len(runs)}/{total}] r{rnd} {sc['name']:7} {p.name:9} "
+                          f"rps={res['rps']:8.0f} p50={fmt(res['p50_ms'], 3)}ms "
+                          f"p99={fmt(res['p99_ms'], 3)}ms cpu_us/req: {cpu} "
+                          f"fail={res['non_200'] + res['errors']}", flush=True)
+
+        # trellis-proxy logs go to bench/out; a large one means per-request logging by default.
+        for name, _, _ in procs.started:
+            if name.startswith("trellis"):
+                size = (out / f"{name}.log").stat().st_size
+                if size > 64 * 1024:
+                    notes.append(f"{name} wrote {size // 1024} KiB of logs during the run "
+                                 "with its default log settings")
+    finally:
+        procs.stop_all()
+
+    results = {
+        "started_utc": stamp.strftime("%Y-%m-%d %H:%M"),
+        "finished_utc": dt.datetime.now(dt.timezone.utc).strftime("%Y-%m-%d %H:%M"),
+        "command": args.command or " ".join(["python3", "bench/bench.py", *sys.argv[1:]]),
+        "results_file": str(results_file.relative_to(REPO)) if results_file.is_relative_to(REPO)
+        else str(results_file),
+        "config": {"rounds": rounds, "open_seconds": open_s, "closed_seconds": closed_s,
+                   "quick": args.quick, "body_bytes": BODY_BYTES},
+        "machine": machine_notes(tools),
+        "quiet": quiet,
+        "notes": notes,
+        "scenarios": SCENARIOS,
+        "paths": [{"name": p.name, "hops": p.hops, "proxies": p.proxies} for p in paths],
+        "runs": runs,
+    }
+    results_file.parent.mkdir(parents=True, exist_ok=True)
+    write_docs(results, docs_dir)
+    results_file.write_text(json.dumps(results, indent=1) + "\n")
+    print(f"wrote {results_file}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

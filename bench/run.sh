@@ -1,0 +1,64 @@
+#!/usr/bin/env bash
+# Trellis benchmarks, in one go: direct, 1 and 2 trellis-proxy hops, HAProxy and nginx.
+#
+#   bench/run.sh            full run (~12 min), rewrites docs/benchmarks.md and .png
+#   bench/run.sh --quick    smoke run (~1 min), writes to bench/out/ only
+#
+# Other flags go to bench/bench.py (see `python3 bench/bench.py --help`), e.g.
+# --wait-quiet 1200 to wait (at most 20 min) for 60 s without rustc/cargo first,
+# --no-build to use the existing target/release/trellis-proxy.
+set -euo pipefail
+
+repo="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
+cd "$repo"
+
+build=1
+args=()
+for a in "$@"; do
+    case "$a" in
+        --no-build) build=0 ;;
+        *) args+=("$a") ;;
+    esac
+done
+
+# Tools. oha comes from crates.io; the rest are Debian packages.
+oha_root="${OHA_ROOT:-$HOME/.local/oha}"
+export PATH="$oha_root/bin:$PATH"
+if ! command -v oha >/dev/null; then
+    echo "bench: installing oha into $oha_root (cargo install oha --locked)" >&2
+    cargo install oha --locked --root "$oha_root"
+fi
+need_apt=()
+command -v haproxy >/dev/null || [ -x /usr/sbin/haproxy ] || need_apt+=(haproxy)
+command -v nginx >/dev/null || [ -x /usr/sbin/nginx ] || need_apt+=(nginx-light)
+command -v wrk >/dev/null || need_apt+=(wrk)
+if [ ${#need_apt[@]} -gt 0 ]; then
+    if [ "$(id -u)" -ne 0 ]; then
+        echo "bench: missing Debian packages: ${need_apt[*]} (apt-get install them)" >&2
+        exit 2
+    fi
+    apt-get update -qq
+    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${need_apt[@]}"
+fi
+# The Debian nginx package starts a system nginx on port 80; the benchmark does not use it.
+
+if [ "$build" = 1 ]; then
+    cargo build --release --bin trellis-proxy
+fi
+
+py_pid=""
+cleanup() {
+    # bench.py stops everything it started; this only makes sure bench.py itself ends.
+    if [ -n "$py_pid" ] && kill -0 "$py_pid" 2>/dev/null; then
+        kill -TERM "$py_pid" 2>/dev/null || true
+        wait "$py_pid" 2>/dev/null || true
+    fi
+}
+trap cleanup EXIT
+trap 'exit 130' INT
+trap 'exit 143' TERM
+
+cmd="bench/run.sh${*:+ $*}"
+python3 bench/bench.py --command "$cmd" "${args[@]}" &
+py_pid=$!
+wait "$py_pid"
