@@ -1,1 +1,98 @@
-//! placeholder
+//! The `trellis` command line: parses arguments, sets up logging and runs one command.
+//!
+//! Each command lives in its own module (`demo` today; `install`, `check`, `validate`,
+//! `explain`... as they land). Commands talk to the mesh only through its binaries and public
+//! HTTP/JSON APIs, never through the proxy's or control plane's internals, so the CLI keeps
+//! working against a mesh built from another commit.
+
+pub mod bookinfo;
+pub mod demo;
+mod http_client;
+
+use std::ffi::OsString;
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand};
+
+/// `EX_USAGE` from sysexits(3): the command was used incorrectly.
+pub const EXIT_USAGE: u8 = 64;
+/// Any failure after the arguments were accepted.
+pub const EXIT_FAILURE: u8 = 1;
+
+/// Trellis: a service mesh in Rust.
+#[derive(Debug, Parser)]
+#[command(name = "trellis", version, about, propagate_version = true)]
+pub struct Cli {
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Run a whole mesh on this machine: control plane, one proxy per workload, the Bookinfo
+    /// sample apps, steady traffic and the dashboard. No root, no cluster.
+    Demo(demo::DemoArgs),
+}
+
+/// Parses `args` (including the program name), runs the command and maps the outcome to the
+/// process exit code: 0 on success, 64 on bad usage, 1 on any other failure.
+pub fn main_with_args<I, T>(args: I) -> ExitCode
+where
+    I: IntoIterator<Item = T>,
+    T: Into<OsString> + Clone,
+{
+    let cli = match Cli::try_parse_from(args) {
+        Ok(cli) => cli,
+        Err(err) => {
+            // `--help` and `--version` arrive as "errors" that clap prints to stdout.
+            let code = if err.use_stderr() { EXIT_USAGE } else { 0 };
+            let _ = err.print();
+            return ExitCode::from(code);
+        }
+    };
+    match cli.command {
+        Command::Demo(args) => run_demo(args),
+    }
+}
+
+fn run_demo(args: demo::DemoArgs) -> ExitCode {
+    let config = match args.validate() {
+        Ok(config) => config,
+        Err(err) => {
+            eprintln!("trellis demo: {err}");
+            return ExitCode::from(EXIT_USAGE);
+        }
+    };
+    init_logging(&config.log_level);
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(runtime) => runtime,
+        Err(err) => {
+            eprintln!("trellis demo: cannot start the async runtime: {err}");
+            return ExitCode::from(EXIT_FAILURE);
+        }
+    };
+    let outcome = runtime.block_on(demo::run(config));
+    // Dropping the runtime drops every task, and with them any child still supervised (each
+    // is spawned with kill_on_drop), so no child outlives an error path.
+    drop(runtime);
+    match outcome {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(err) => {
+            eprintln!("trellis demo: {err}");
+            ExitCode::from(EXIT_FAILURE)
+        }
+    }
+}
+
+fn init_logging(level: &str) {
+    let filter = tracing_subscriber::EnvFilter::try_new(level)
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    // A second init (tests calling main_with_args twice) is harmless: keep the first.
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .try_init();
+}

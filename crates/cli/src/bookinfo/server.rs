@@ -1,0 +1,293 @@
+//! The hyper adapter for the Bookinfo apps: one loopback listener per workload, requests
+//! turned into [`handlers`] calls, upstream calls made through the sidecar's outbound ports.
+
+use std::convert::Infallible;
+use std::io;
+use std::net::{Ipv4Addr, SocketAddr};
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::Bytes;
+use http::{HeaderMap, HeaderValue, Method, Request, Response, StatusCode, header};
+use http_body_util::Full;
+use hyper::body::Incoming;
+use hyper::service::service_fn;
+use hyper_util::rt::{TokioExecutor, TokioIo};
+use serde::Serialize;
+use serde::de::DeserializeOwned;
+use tokio::net::TcpListener;
+use tokio::task::JoinHandle;
+use tokio_util::sync::CancellationToken;
+
+use super::catalog::{App, ReviewsVersion, Service, Upstreams};
+use super::handlers::{self, ErrorBody, RatingsOutcome, Route};
+use crate::http_client::{ClientError, HttpClient};
+
+/// How long productpage waits for reviews or details. Reviews itself may wait up to
+/// [`RATINGS_TIMEOUT`] for ratings, so this is longer.
+const UPSTREAM_TIMEOUT: Duration = Duration::from_secs(3);
+const RATINGS_TIMEOUT: Duration = Duration::from_secs(2);
+
+/// A Bookinfo workload serving on loopback.
+#[derive(Debug)]
+pub struct RunningApp {
+    pub app: App,
+    /// Where the app listens: its sidecar's `--app`.
+    pub addr: SocketAddr,
+    /// Fill in once the sidecar's outbound ports are known.
+    pub upstreams: Arc<Upstreams>,
+    task: JoinHandle<()>,
+}
+
+impl Drop for RunningApp {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
+
+/// Binds `app` on `127.0.0.1:0` and serves it until `shutdown` is cancelled.
+pub async fn bind(
+    app: App,
+    client: HttpClient,
+    shutdown: CancellationToken,
+) -> io::Result<RunningApp> {
+    let listener = TcpListener::bind((Ipv4Addr::LOCALHOST, 0)).await?;
+    let addr = listener.local_addr()?;
+    let upstreams = Arc::new(Upstreams::default());
+    let state = Arc::new(AppState {
+        app,
+        workload: app.workload_name(),
+        upstreams: Arc::clone(&upstreams),
+        client,
+    });
+    let task = tokio::spawn(serve(listener, state, shutdown));
+    Ok(RunningApp {
+        app,
+        addr,
+        upstreams,
+        task,
+    })
+}
+
+#[derive(Debug)]
+struct AppState {
+    app: App,
+    workload: String,
+    upstreams: Arc<Upstreams>,
+    client: HttpClient,
+}
+
+async fn serve(listener: TcpListener, state: Arc<AppState>, shutdown: CancellationToken) {
+    loop {
+        let stream = tokio::select! {
+            () = shutdown.cancelled() => return,
+            accepted = listener.accept() => match accepted {
+                Ok((stream, _)) => stream,
+                Err(err) => {
+                    // Out of descriptors and the like: back off instead of spinning.
+                    tracing::warn!(workload = %state.workload, %err, "accept failed");
+                    tokio::time::sleep(Duration::from_millis(100)).await;
+                    continue;
+                }
+            },
+        };
+        let _ = stream.set_nodelay(true);
+        let state = Arc::clone(&state);
+        let shutdown = shutdown.clone();
+        tokio::spawn(async move {
+            let service = service_fn(move |req| handle(Arc::clone(&state), req));
+            let builder = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new());
+            let conn = builder.serve_connection(TokioIo::new(stream), service);
+            tokio::select! {
+                _ = conn => {}
+                () = shutdown.cancelled() => {}
+            }
+        });
+    }
+}
+
+async fn handle(
+    state: Arc<AppState>,
+    req: Request<Incoming>,
+) -> Result<Response<Full<Bytes>>, Infallible> {
+    if req.method() != Method::GET && req.method() != Method::HEAD {
+        return Ok(json(
+            StatusCode::METHOD_NOT_ALLOWED,
+            &error("only GET is served"),
+        ));
+    }
+    let Some(route) = Route::parse(req.uri().path()) else {
+        return Ok(json(StatusCode::NOT_FOUND, &error("not found")));
+    };
+    let headers = req.headers();
+    let mut response = match (state.app, route) {
+        (_, Route::Health) => json(
+            StatusCode::OK,
+            &serde_json::json!({"status": format!("{} is healthy", state.workload)}),
+        ),
+        (App::Details, Route::Details(id)) => json(StatusCode::OK, &handlers::details(id)),
+        (App::Ratings, Route::Ratings(id)) => json(StatusCode::OK, &handlers::ratings(id)),
+        (App::Reviews(version), Route::Reviews(id)) => reviews(&state, version, id, headers).await,
+        (App::Productpage, Route::Products) => json(StatusCode::OK, &handlers::products()),
+        (App::Productpage, Route::Product(id)) => {
+            match call::<handlers::Details>(
+                &state,
+                Service::Details,
+                &format!("/details/{id}"),
+                headers,
+                UPSTREAM_TIMEOUT,
+            )
+            .await
+            {
+                Ok(details) => json(StatusCode::OK, &details),
+                Err(_) => json(
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    &error(handlers::DETAILS_UNAVAILABLE),
+                ),
+            }
+        }
+        (App::Productpage, Route::ProductReviews(id)) => {
+            match call::<handlers::Reviews>(
+                &state,
+                Service::Reviews,
+                &format!("/reviews/{id}"),
+                headers,
+                UPSTREAM_TIMEOUT,
+            )
+            .await
+            {
+                Ok(reviews) => json(StatusCode::OK, &handlers::product_reviews(id, reviews)),
+                Err(_) => json(
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    &error(handlers::REVIEWS_UNAVAILABLE),
+                ),
+            }
+        }
+        (App::Productpage, Route::ProductPage) => product_page(&state, headers).await,
+        _ => json(StatusCode::NOT_FOUND, &error("not found")),
+    };
+    if let Ok(value) = HeaderValue::from_str(&state.workload) {
+        // Lets a curl user see which workload answered without reading the body.
+        response.headers_mut().insert("x-bookinfo-workload", value);
+    }
+    Ok(response)
+}
+
+async fn reviews(
+    state: &AppState,
+    version: ReviewsVersion,
+    id: u32,
+    headers: &HeaderMap,
+) -> Response<Full<Bytes>> {
+    let outcome = if version.star_color().is_none() {
+        RatingsOutcome::NotAsked
+    } else {
+        match call(
+            state,
+            Service::Ratings,
+            &format!("/ratings/{id}"),
+            headers,
+            RATINGS_TIMEOUT,
+        )
+        .await
+        {
+            Ok(ratings) => RatingsOutcome::Answered(ratings),
+            Err(_) => RatingsOutcome::Unavailable,
+        }
+    };
+    json(
+        StatusCode::OK,
+        &handlers::reviews(id, version, &state.workload, &outcome),
+    )
+}
+
+async fn product_page(state: &AppState, headers: &HeaderMap) -> Response<Full<Bytes>> {
+    const PRODUCT: u32 = 0;
+    let (details_path, reviews_path) =
+        (format!("/details/{PRODUCT}"), format!("/reviews/{PRODUCT}"));
+    let (details, reviews) = tokio::join!(
+        call::<handlers::Details>(
+            state,
+            Service::Details,
+            &details_path,
+            headers,
+            UPSTREAM_TIMEOUT
+        ),
+        call::<handlers::Reviews>(
+            state,
+            Service::Reviews,
+            &reviews_path,
+            headers,
+            UPSTREAM_TIMEOUT
+        ),
+    );
+    let user = headers.get("end-user").and_then(|v| v.to_str().ok());
+    let html = handlers::product_page_html(details.ok().as_ref(), reviews.ok().as_ref(), user);
+    let mut response = Response::new(Full::new(Bytes::from(html)));
+    response.headers_mut().insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("text/html; charset=utf-8"),
+    );
+    response
+}
+
+/// Why an upstream call gave no usable answer. Each is logged once here, at debug: the
+/// caller degrades its answer (as Bookinfo does) rather than failing.
+#[derive(Debug, thiserror::Error)]
+enum UpstreamError {
+    #[error("the sidecar's outbound port for {0:?} is not known yet")]
+    NotReady(Service),
+    #[error(transparent)]
+    Client(#[from] ClientError),
+    #[error("answered {0}")]
+    Status(StatusCode),
+    #[error("undecodable answer: {0}")]
+    Decode(#[from] serde_json::Error),
+}
+
+async fn call<T: DeserializeOwned>(
+    state: &AppState,
+    service: Service,
+    path: &str,
+    incoming: &HeaderMap,
+    timeout: Duration,
+) -> Result<T, UpstreamError> {
+    let result = async {
+        let addr = state
+            .upstreams
+            .get(service)
+            .ok_or(UpstreamError::NotReady(service))?;
+        let mut headers = handlers::forwarded_headers(incoming);
+        if let Ok(host) = HeaderValue::from_str(&service.authority()) {
+            headers.insert(header::HOST, host);
+        }
+        let reply = state.client.get(addr, path, &headers, timeout).await?;
+        if !reply.status.is_success() {
+            return Err(UpstreamError::Status(reply.status));
+        }
+        Ok(serde_json::from_slice(&reply.body)?)
+    }
+    .await;
+    if let Err(err) = &result {
+        tracing::debug!(workload = %state.workload, upstream = service.name(), path, %err, "upstream call failed");
+    }
+    result
+}
+
+fn error(message: &str) -> ErrorBody {
+    ErrorBody {
+        error: message.to_string(),
+    }
+}
+
+fn json<T: Serialize>(status: StatusCode, body: &T) -> Response<Full<Bytes>> {
+    // Serializing these plain structs cannot fail; an empty object is a safe fallback anyway.
+    let bytes = serde_json::to_vec(body).unwrap_or_else(|_| b"{}".to_vec());
+    let mut response = Response::new(Full::new(Bytes::from(bytes)));
+    *response.status_mut() = status;
+    response.headers_mut().insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("application/json"),
+    );
+    response
+}
