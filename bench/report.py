@@ -1,0 +1,370 @@
+"""Summaries and rendering for the Trellis benchmarks: results JSON in, docs/benchmarks.md and
+docs/benchmarks.png out.
+
+Pure over the results dict that bench.py writes (no processes, no sockets), so that
+``bench.py --render-only FILE`` can redo the docs without measuring again. matplotlib is
+optional: without it the plot is skipped and the doc says so.
+"""
+
+from __future__ import annotations
+
+import statistics
+from pathlib import Path
+
+
+def median(values):
+    values = [v for v in values if v is not None]
+    return statistics.median(values) if values else None
+
+
+# ---------------------------------------------------------------------------------------------
+# Summaries
+
+
+def summarize(results: dict) -> dict:
+    """Medians over rounds, per scenario and path; added latency from paired per-round deltas."""
+    runs = results["runs"]
+    paths = results["paths"]
+    summary = {}
+    for sc in results["scenarios"]:
+        name = sc["name"]
+        by_path = {p["name"]: [r for r in runs if r["scenario"] == name and r["path"] == p["name"]]
+                   for p in paths}
+        direct = {r["round"]: r for r in by_path.get("direct", [])}
+        direct_rps = median(r["rps"] for r in by_path.get("direct", []))
+        out = {}
+        for p in paths:
+            rs = by_path[p["name"]]
+            if not rs:
+                continue
+            row = {
+                "hops": p["hops"],
+                "rounds": len(rs),
+                "requests": sum(r["requests"] for r in rs),
+                "non_200": sum(r["non_200"] for r in rs),
+                "errors": sum(r["errors"] for r in rs),
+                "rps": median(r["rps"] for r in rs),
+                "loadgen_cpu_s": median(r["loadgen_cpu_s"] for r in rs),
+                "compilers_running_runs": sum(1 for r in rs if r["compilers_running"]),
+            }
+            for q in ("p50", "p90", "p99"):
+                row[f"{q}_ms"] = median(r[f"{q}_ms"] for r in rs)
+                if p["hops"]:
+                    deltas = [
+                        (r[f"{q}_ms"] - direct[r["round"]][f"{q}_ms"]) * 1e3 / p["hops"]
+                        for r in rs
+                        if r["round"] in direct and r[f"{q}_ms"] is not None
+                        and direct[r["round"]][f"{q}_ms"] is not None
+                    ]
+                    row[f"added_{q}_us_per_hop"] = median(deltas)
+            labels = [label for label, _ in p["proxies"]]
+            row["cpu_us_per_req"] = {l: median(r["cpu_us_per_req"][l] for r in rs) for l in labels}
+            row["sched_cpu_us_per_req"] = {
+                l: median(r["sched_cpu_us_per_req"][l] for r in rs) for l in labels}
+            row["peak_rss_mib"] = {l: max(r["peak_rss_kib"][l] for r in rs) / 1024 for l in labels}
+            row["backend_cpu_us_per_req"] = median(r["cpu_us_per_req"]["backend"] for r in rs)
+            if direct_rps:
+                row["rps_vs_direct"] = row["rps"] / direct_rps
+            out[p["name"]] = row
+        summary[name] = out
+    return summary
+
+
+# ---------------------------------------------------------------------------------------------
+# Rendering: docs/benchmarks.md and the plot
+
+PATH_LABEL = {
+    "direct": "direct (no proxy)",
+    "trellis-1": "trellis, 1 hop",
+    "trellis-2": "trellis, 2 hops (client + server sidecar)",
+    "haproxy": "HAProxy, 1 hop",
+    "nginx": "nginx, 1 hop",
+}
+
+
+def fmt(v, nd=0, suffix=""):
+    if v is None:
+        return "n/a"
+    return f"{v:,.{nd}f}{suffix}"
+
+
+def per_proxy(d: dict, nd: int) -> str:
+    if not d:
+        return "–"
+    if len(d) == 1:
+        return fmt(next(iter(d.values())), nd)
+    return " + ".join(f"{fmt(v, nd)} ({k.split('-')[-1]})" for k, v in d.items())
+
+
+def targets(summary: dict) -> list[tuple[str, str, str]]:
+    """(target, measured, verdict) rows; verdicts say 'not measured' when a path is missing."""
+    rows = []
+    for sc in ("open-1k", "open-5k"):
+        s = summary.get(sc, {})
+        t, h = s.get("trellis-1"), s.get("haproxy")
+        if t and h:
+            tv, hv = t.get("added_p50_us_per_hop"), h.get("added_p50_us_per_hop")
+            rows.append((f"p50 added per hop ≤ HAProxy's ({sc})",
+                         f"trellis {fmt(tv)} µs vs HAProxy {fmt(hv)} µs",
+                         "met" if tv is not None and hv is not None and tv <= hv else "NOT met"))
+            tc, hc = t["cpu_us_per_req"].get("trellis"), h["cpu_us_per_req"].get("haproxy")
+            rows.append((f"CPU per request ≤ HAProxy's ({sc})",
+                         f"trellis {fmt(tc, 1)} µs vs HAProxy {fmt(hc, 1)} µs",
+                         "met" if tc is not None and hc is not None and tc <= hc else "NOT met"))
+        else:
+            rows.append((f"trellis vs HAProxy ({sc})", "trellis path not measured", "not measured"))
+    s = summary.get("open-5k", {})
+    peaks = {}
+    for pname in ("trellis-1", "trellis-2"):
+        if pname in s:
+            for label, v in s[pname]["peak_rss_mib"].items():
+                peaks[f"{label} ({pname})"] = v
+    if peaks:
+        worst = max(peaks.values())
+        rows.append(("trellis-proxy peak RSS < 15 MiB at 5,000 rps",
+                     ", ".join(f"{k}: {v:.1f} MiB" for k, v in peaks.items()),
+                     "met" if worst < 15 else "NOT met"))
+    else:
+        rows.append(("trellis-proxy peak RSS < 15 MiB at 5,000 rps", "trellis not measured",
+                     "not measured"))
+    return rows
+
+
+def render_markdown(results: dict, summary: dict, png_name: str | None) -> str:
+    m = results["machine"]
+    cfg = results["config"]
+    order = [p["name"] for p in results["paths"]]
+    lines = []
+    add = lines.append
+    add("# Benchmarks")
+    add("")
+    add("_Generated by `bench/bench.py` (`bench/report.py`) from "
+        f"`{results['results_file']}`; do not edit by hand: rerun the benchmark._")
+    add("")
+    add("What one Trellis proxy hop costs a request, next to HAProxy and nginx doing the same job "
+        "(one plain HTTP/1.1 L7 hop with keep-alive to the upstream), on one machine, on loopback.")
+    add("")
+    add(f"Run: {results['started_utc']} to {results['finished_utc']} UTC, "
+        f"{cfg['rounds']} interleaved rounds, {cfg['open_seconds']} s per open-loop run, "
+        f"{cfg['closed_seconds']} s per closed-loop run.")
+    if cfg.get("quick"):
+        add("")
+        add("**This is a `--quick` smoke run: too few and too short runs to quote.**")
+    add("")
+    add("## Targets")
+    add("")
+    add("| target | measured | verdict |")
+    add("|---|---|---|")
+    for t, meas, verdict in targets(summary):
+        add(f"| {t} | {meas} | **{verdict}** |")
+    add("")
+    for note in results.get("notes", []):
+        add(f"- {note}")
+    if results.get("notes"):
+        add("")
+
+    for sc in results["scenarios"]:
+        s = summary.get(sc["name"], {})
+        add(f"## {sc['title']}")
+        add("")
+        if sc["kind"] == "open":
+            add("| path | achieved rps | p50 / p90 / p99 (ms) | added per hop p50 / p90 / p99 (µs) "
+                "| CPU µs per request, per proxy | peak RSS MiB, per proxy | failed |")
+            add("|---|---:|---:|---:|---:|---:|---:|")
+            for name in order:
+                r = s.get(name)
+                if not r:
+                    continue
+                added = "–" if not r["hops"] else " / ".join(
+                    fmt(r.get(f"added_{q}_us_per_hop")) for q in ("p50", "p90", "p99"))
+                short = " (below offered rate)" if r["rps"] < 0.95 * sc["rate"] else ""
+                add(f"| {PATH_LABEL.get(name, name)} | {fmt(r['rps'])}{short} | "
+                    f"{fmt(r['p50_ms'], 3)} / {fmt(r['p90_ms'], 3)} / {fmt(r['p99_ms'], 3)} | "
+                    f"{added} | {per_proxy(r['cpu_us_per_req'], 1)} | "
+                    f"{per_proxy(r['peak_rss_mib'], 1)} | {r['non_200'] + r['errors']} |")
+        else:
+            add("| path | max rps (median) | vs direct | p50 / p99 at max (ms) "
+                "| CPU µs per request, per proxy | peak RSS MiB, per proxy | failed |")
+            add("|---|---:|---:|---:|---:|---:|---:|")
+            for name in order:
+                r = s.get(name)
+                if not r:
+                    continue
+                add(f"| {PATH_LABEL.get(name, name)} | {fmt(r['rps'])} | "
+                    f"{fmt(r.get('rps_vs_direct'), 2)}× | "
+                    f"{fmt(r['p50_ms'], 3)} / {fmt(r['p99_ms'], 3)} | "
+                    f"{per_proxy(r['cpu_us_per_req'], 1)} | {per_proxy(r['peak_rss_mib'], 1)} | "
+                    f"{r['non_200'] + r['errors']} |")
+        add("")
+
+    if png_name:
+        add(f"![latency added per hop, CPU per request, max throughput relative to direct]({png_name})")
+        add("")
+
+    add("## How it was measured")
+    add("")
+    add("Command (from the repository root):")
+    add("")
+    add("```sh")
+    add(results["command"])
+    add("```")
+    add("")
+    add("`bench/run.sh` builds `target/release/trellis-proxy` (`cargo build --release --bin "
+        "trellis-proxy`), installs oha with `cargo install oha --locked --root ~/.local/oha` "
+        "when it is not on the PATH, and installs the Debian packages `haproxy`, `nginx-light` "
+        "and `wrk` with apt-get when they are missing; then it runs `bench/bench.py`. "
+        "`--quick` is a one-minute smoke run that writes to `bench/out/` instead of `docs/`.")
+    add("")
+    add("- **Backend**, the same for every path: nginx, one process, answering `GET /` with a "
+        "1 KiB body from memory (`bench/nginx-backend.conf.in`).")
+    add("- **Paths**: *direct* goes to the backend; *trellis, 1 hop* is one `trellis-proxy` "
+        "whose explicit outbound port targets the backend; *trellis, 2 hops* is a client "
+        "proxy whose explicit outbound port targets a server proxy's inbound listener, which "
+        "forwards to the backend as its app (no control plane, so no mTLS between them); "
+        "*HAProxy* is `mode http`, `nbthread 1`, `http-reuse always` "
+        "(`bench/haproxy.cfg.in`); *nginx* is one process, `proxy_http_version 1.1`, upstream "
+        "keepalive (`bench/nginx-proxy.conf.in`). Every proxy runs one thread "
+        "(`trellis-proxy --threads 1`). No access logs anywhere.")
+    add("- **Load**: open loop with oha at a fixed rate (`-q`), with `--latency-correction` so "
+        "that a stalled response is charged for the requests queued behind it (no coordinated "
+        "omission); closed loop with `wrk -t1 -c16 --latency` for maximum throughput.")
+    add(f"- **Interleaving**: {cfg['rounds']} rounds; in each round every scenario runs every path "
+        "once, and the path order rotates from round to round, so slow drift on the machine "
+        "spreads over all paths.")
+    add("- **Latency added per hop** = (path percentile − direct percentile) / hops, computed "
+        "within each round against that round's direct run, then the median over rounds. "
+        "Absolute percentiles are medians over rounds. Percentiles are oha's (open loop) or "
+        "wrk's (closed loop) over all requests of a run.")
+    add("- **CPU µs per request** = (utime + stime of the proxy process, from `/proc/<pid>/stat`, "
+        f"after − before the run) / requests answered; the clock tick is 1/{m['clk_tck']} s, so "
+        "one run's resolution is one tick divided by its requests. Median over rounds. For two "
+        "hops each proxy is listed (client, server).")
+    s5 = summary.get("open-5k", {})
+    cross = [f"{label} {fmt(r['cpu_us_per_req'][label], 1)} (stat) vs "
+             f"{fmt(r['sched_cpu_us_per_req'].get(label), 1)} (schedstat)"
+             for name, r in s5.items() for label in r["cpu_us_per_req"]
+             if "sched_cpu_us_per_req" in r]
+    if cross:
+        add("  Cross-check at 5,000 rps with the nanosecond on-CPU time of all threads from "
+            "`/proc/<pid>/task/*/schedstat`, µs per request: " + "; ".join(cross) + ".")
+    add("- **Peak RSS** = `VmHWM` from `/proc/<pid>/status`, reset before each run by writing 5 "
+        "to `/proc/<pid>/clear_refs`, so it is the peak under that scenario's load; the table "
+        "shows the maximum over rounds.")
+    add("- **Max rps vs direct** = median closed-loop rps of the path / median of direct. All "
+        "processes (load generator, proxies, backend) share the same cores, so this measures "
+        "how much CPU the hop takes away as much as how fast it is.")
+    add("")
+    add("## Machine")
+    add("")
+    add(f"- nproc: {m['nproc']}; CPU: {m['cpu_model']}; memory: {m['mem_total_mib']:,} MiB")
+    add(f"- kernel: {m['kernel']}")
+    add(f"- trellis commit: {m['trellis_commit']}; {m['rustc']}")
+    add(f"- {m['haproxy']}")
+    add(f"- {m['nginx']}")
+    add(f"- {m['oha']}; {m['wrk']}")
+    add(f"- Python {m['python']}")
+    q = results.get("quiet", {})
+    if q:
+        add(f"- Quiet check before the run: {q.get('verdict')}")
+    busy = sum(r["compilers_running"] > 0 for r in results["runs"])
+    add(f"- Runs during which a `rustc` or `cargo` process was running: {busy} of "
+        f"{len(results['runs'])}; 1-minute load average over the runs: median "
+        f"{fmt(median(r['loadavg_1m'] for r in results['runs']), 2)}, max "
+        f"{fmt(max((r['loadavg_1m'] for r in results['runs']), default=None), 2)}.")
+    add("")
+    add("Raw per-run numbers: `" + results["results_file"] + "`.")
+    add("")
+    return "\n".join(lines)
+
+
+def render_plot(results: dict, summary: dict, png: Path) -> str | None:
+    try:
+        import matplotlib
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError:
+        return "matplotlib is not installed (pip install matplotlib): no plot"
+    order = [p["name"] for p in results["paths"] if p["hops"]]
+    colors = {"trellis-1": "#2a7ab9", "trellis-2": "#8fbde3", "haproxy": "#d9822b",
+              "nginx": "#3a9c4b"}
+    fig, axes = plt.subplots(2, 2, figsize=(11, 8))
+
+    def bars(ax, sc, keys, title, ylabel):
+        s = summary.get(sc, {})
+        width = 0.8 / max(len(order), 1)
+        for i, name in enumerate(order):
+            r = s.get(name)
+            if not r:
+                continue
+            vals = [r.get(k) for k in keys]
+            xs = [j + i * width for j in range(len(keys))]
+            # Log scale: p99 is tens of times p50. A median below 1 µs (noise, or a hop
+            # faster than direct) is drawn at 1 µs and labelled with its real value.
+            ax.bar(xs, [max(v or 0, 1) for v in vals], width, label=PATH_LABEL.get(name, name),
+                   color=colors.get(name))
+            for x, v in zip(xs, vals):
+                if v is not None:
+                    ax.text(x, max(v, 1), f"{v:.0f}", ha="center", va="bottom", fontsize=7)
+        ax.set_yscale("log")
+        ax.set_xticks([j + width * (len(order) - 1) / 2 for j in range(len(keys))])
+        ax.set_xticklabels([k.split("_")[1] for k in keys])
+        ax.set_title(title)
+        ax.set_ylabel(ylabel)
+
+    lat = ["added_p50_us_per_hop", "added_p90_us_per_hop", "added_p99_us_per_hop"]
+    bars(axes[0][0], "open-1k", lat, "Latency added per hop, 1,000 rps / 1 conn",
+         "µs per hop (log)")
+    bars(axes[0][1], "open-5k", lat, "Latency added per hop, 5,000 rps / 16 conns",
+         "µs per hop (log)")
+
+    # CPU per request (summed over the proxies of a path, divided by hops) and peak RSS.
+    ax = axes[1][0]
+    names, cpu1k, cpu5k, cpumax = [], [], [], []
+    for name in order:
+        row = [summary.get(sc, {}).get(name) for sc in ("open-1k", "open-5k", "max")]
+        if not any(row):
+            continue
+        names.append(name)
+        for lst, r in zip((cpu1k, cpu5k, cpumax), row):
+            lst.append(sum(r["cpu_us_per_req"].values()) / r["hops"] if r else 0)
+    xs = range(len(names))
+    ax.bar([x - 0.27 for x in xs], cpu1k, 0.27, label="1k rps", color="#bbbbbb")
+    ax.bar(list(xs), cpu5k, 0.27, label="5k rps", color="#777777")
+    ax.bar([x + 0.27 for x in xs], cpumax, 0.27, label="max", color="#333333")
+    ax.set_xticks(list(xs))
+    ax.set_xticklabels(names)
+    ax.set_title("Proxy CPU per request per hop")
+    ax.set_ylabel("µs CPU / request / hop")
+    ax.legend(fontsize=8)
+
+    ax = axes[1][1]
+    s = summary.get("max", {})
+    allnames = [p["name"] for p in results["paths"] if p["name"] in s]
+    vals = [s[n].get("rps_vs_direct") or 0 for n in allnames]
+    ax.bar(allnames, vals, color=[colors.get(n, "#999999") for n in allnames])
+    ax.set_title("Closed-loop max rps relative to direct")
+    ax.set_ylabel("× direct")
+    ax.set_ylim(0, max(vals + [1]) * 1.15)
+    for x, v in enumerate(vals):
+        ax.text(x, v, f"{v:.2f}", ha="center", va="bottom", fontsize=8)
+
+    handles, labels = axes[0][0].get_legend_handles_labels()
+    fig.legend(handles, labels, loc="lower center", ncol=4, fontsize=9)
+    fig.suptitle("Trellis proxy hop vs HAProxy and nginx (loopback, 1 KiB responses)")
+    fig.tight_layout(rect=(0, 0.05, 1, 0.96))
+    fig.savefig(png, dpi=90)
+    plt.close(fig)
+    return None
+
+
+def write_docs(results: dict, docs_dir: Path) -> None:
+    summary = summarize(results)
+    results["summary"] = summary
+    docs_dir.mkdir(parents=True, exist_ok=True)
+    png = docs_dir / "benchmarks.png"
+    problem = render_plot(results, summary, png)
+    if problem:
+        results.setdefault("notes", []).append(problem)
+    md = render_markdown(results, summary, None if problem else png.name)
+    (docs_dir / "benchmarks.md").write_text(md)
+    print(f"wrote {docs_dir / 'benchmarks.md'}" + ("" if problem else f" and {png}"))
