@@ -6,14 +6,22 @@
 //! control plane gone, every watch keeps its last value. It must not touch sockets other than
 //! the gRPC channel, nor know about HTTP routing.
 //!
-//! INTERFACE CONTRACT (stub; implemented by the discovery work): the signatures below are what
-//! the data path calls.
+//! Layout: this module holds the public handle and the target table (pure, tested without a
+//! network); `client` runs the stream; `wire` converts and validates messages; `backoff` paces
+//! reconnects.
 
-use std::sync::Arc;
+mod backoff;
+mod client;
+mod wire;
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use std::time::Duration;
 
-use tokio::sync::watch;
+use tokio::sync::{mpsc, watch};
+use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
+use trellis_api::discovery as pb;
 use trellis_model::{Destination, Target, Workload};
 
 /// How to reach and register with the control plane.
@@ -49,43 +57,206 @@ pub struct DiscoveryStatus {
     pub nacks: u64,
 }
 
+/// A target with no receivers for this long is unsubscribed and forgotten.
+const IDLE_TIMEOUT: Duration = Duration::from_secs(60);
+/// How often idle targets are looked for.
+const SWEEP_PERIOD: Duration = Duration::from_secs(10);
+
 /// Cheap to clone; all clones share one stream.
 #[derive(Clone, Debug)]
 pub struct Discovery {
-    _private: (),
+    inner: Arc<Inner>,
+}
+
+#[derive(Debug)]
+struct TargetEntry {
+    tx: watch::Sender<Resolution>,
+    /// When the last receiver was seen gone; `None` while someone watches.
+    idle_since: Option<Instant>,
+}
+
+/// State shared by the handles and the stream task. Locks are held for map operations only,
+/// never across an await.
+#[derive(Debug)]
+struct Inner {
+    enabled: bool,
+    targets: Mutex<HashMap<Target, TargetEntry>>,
+    /// Tells the stream task about new targets. `None` when disabled.
+    subscribe_tx: Option<mpsc::UnboundedSender<Target>>,
+    status: Mutex<DiscoveryStatus>,
+    /// The one answer a disabled discovery gives; its receivers never see a change.
+    not_found: watch::Sender<Resolution>,
+}
+
+fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+    // The maps stay consistent between statements, so a panic elsewhere leaves them usable.
+    m.lock().unwrap_or_else(PoisonError::into_inner)
+}
+
+impl Inner {
+    fn new(enabled: bool, subscribe_tx: Option<mpsc::UnboundedSender<Target>>) -> Self {
+        Self {
+            enabled,
+            targets: Mutex::new(HashMap::new()),
+            subscribe_tx,
+            status: Mutex::new(DiscoveryStatus {
+                enabled,
+                ..Default::default()
+            }),
+            not_found: watch::channel(Resolution::NotFound).0,
+        }
+    }
+
+    fn status(&self) -> MutexGuard<'_, DiscoveryStatus> {
+        lock(&self.status)
+    }
+
+    /// Every target still tracked, to re-subscribe after a reconnect.
+    fn live_targets(&self) -> Vec<Target> {
+        lock(&self.targets).keys().cloned().collect()
+    }
+
+    /// Stores a new value for `target` (if still tracked); receivers wake only on a change.
+    fn publish(&self, target: &Target, resolution: Resolution) {
+        if let Some(entry) = lock(&self.targets).get(target) {
+            entry.tx.send_if_modified(|current| {
+                let changed = *current != resolution;
+                *current = resolution;
+                changed
+            });
+        }
+    }
+
+    /// Forgets targets nobody has watched for `IDLE_TIMEOUT`; returns them for Unsubscribe.
+    fn sweep_idle(&self, now: Instant) -> Vec<Target> {
+        let mut targets = lock(&self.targets);
+        let mut idle = Vec::new();
+        for (target, entry) in targets.iter_mut() {
+            if entry.tx.receiver_count() > 0 {
+                entry.idle_since = None;
+            } else {
+                let since = *entry.idle_since.get_or_insert(now);
+                if now.saturating_duration_since(since) >= IDLE_TIMEOUT {
+                    idle.push(target.clone());
+                }
+            }
+        }
+        for target in &idle {
+            targets.remove(target);
+        }
+        idle
+    }
+
+    /// Applies one Update and returns the answer for the control plane: Ack when applied (or
+    /// about a target no longer tracked), Nack with the error when invalid, in which case the
+    /// target keeps its last good value.
+    fn apply_update(&self, update: pb::Update) -> pb::ProxyMessage {
+        use pb::proxy_message::Kind;
+        let version = update.version;
+        let kind = match wire::update_from_wire(update) {
+            Ok((target, resolution)) => {
+                self.publish(&target, resolution);
+                self.status().last_acked_version = Some(version);
+                Kind::Ack(pb::Ack { version })
+            }
+            Err(err) => {
+                tracing::warn!(version, error = %err, "refusing discovery update; keeping the last good value");
+                self.status().nacks += 1;
+                Kind::Nack(pb::Nack {
+                    version,
+                    error: err.to_string(),
+                })
+            }
+        };
+        pb::ProxyMessage { kind: Some(kind) }
+    }
 }
 
 impl Discovery {
     /// Starts the stream task (reconnecting until `shutdown` is cancelled).
     pub fn spawn(config: DiscoveryConfig, shutdown: CancellationToken) -> Self {
-        let _ = (config, shutdown);
-        Self { _private: () }
+        let (subscribe_tx, subscribe_rx) = mpsc::unbounded_channel();
+        let inner = Arc::new(Inner::new(true, Some(subscribe_tx)));
+        tokio::spawn(client::run(inner.clone(), config, subscribe_rx, shutdown));
+        Self { inner }
     }
 
     /// A proxy with no control plane: every target resolves to `NotFound` at once.
     pub fn disabled() -> Self {
-        Self { _private: () }
+        Self {
+            inner: Arc::new(Inner::new(false, None)),
+        }
     }
 
     /// The watch for `target`, subscribing on first use. Targets with no receivers left are
     /// unsubscribed after an idle period, so memory follows what the workload talks to.
     pub fn watch(&self, target: &Target) -> watch::Receiver<Resolution> {
-        let _ = target;
-        watch::channel(Resolution::NotFound).1
+        if !self.inner.enabled {
+            return self.inner.not_found.subscribe();
+        }
+        let rx = {
+            let mut targets = lock(&self.inner.targets);
+            if let Some(entry) = targets.get_mut(target) {
+                entry.idle_since = None;
+                return entry.tx.subscribe();
+            }
+            let (tx, rx) = watch::channel(Resolution::Pending);
+            targets.insert(
+                target.clone(),
+                TargetEntry {
+                    tx,
+                    idle_since: None,
+                },
+            );
+            rx
+        };
+        if let Some(subscribe_tx) = &self.inner.subscribe_tx {
+            // Fails only once the stream task has ended (shutdown): nothing to subscribe then.
+            let _ = subscribe_tx.send(target.clone());
+        }
+        rx
     }
 
     /// Waits up to `wait` for a first answer about `target`; returns whatever is known then.
     pub async fn resolve(&self, target: &Target, wait: Duration) -> Resolution {
-        let _ = wait;
-        self.watch(target).borrow().clone()
+        let mut rx = self.watch(target);
+        // A timeout or a closed channel both leave the current value as the answer.
+        let _ = tokio::time::timeout(wait, rx.wait_for(|r| *r != Resolution::Pending)).await;
+        rx.borrow().clone()
     }
 
     pub fn status(&self) -> DiscoveryStatus {
-        DiscoveryStatus::default()
+        self.inner.status().clone()
     }
 
     /// Everything discovery holds, as JSON, for `/config_dump`.
     pub fn dump(&self) -> serde_json::Value {
-        serde_json::Value::Null
+        let mut targets: Vec<(String, serde_json::Value)> = lock(&self.inner.targets)
+            .iter()
+            .map(|(target, entry)| {
+                let value = match &*entry.tx.borrow() {
+                    Resolution::Pending => serde_json::json!({"state": "pending"}),
+                    Resolution::NotFound => serde_json::json!({"state": "not_found"}),
+                    Resolution::Found(dest) => serde_json::json!({
+                        "state": "found",
+                        "destination": serde_json::to_value(&**dest).unwrap_or_default(),
+                    }),
+                };
+                (target.to_string(), value)
+            })
+            .collect();
+        targets.sort_by(|a, b| a.0.cmp(&b.0));
+        serde_json::json!({
+            "status": self.status(),
+            "targets": targets.into_iter().map(|(t, mut v)| {
+                if let Some(o) = v.as_object_mut() {
+                    o.insert("target".into(), t.into());
+                }
+                v
+            }).collect::<Vec<_>>(),
+        })
     }
 }
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,219 @@
+use std::collections::BTreeMap;
+
+use trellis_api::discovery as pb;
+use trellis_model::{AppProtocol, ServiceKey};
+
+use super::wire::{destination_from_wire, target_from_wire, target_to_wire, workload_to_wire};
+use super::*;
+
+fn wire_destination() -> pb::Destination {
+    pb::Destination {
+        authority: "reviews.default.svc.cluster.local:9080".into(),
+        service_name: "reviews".into(),
+        service_namespace: "default".into(),
+        port: 9080,
+        protocol: "http".into(),
+        endpoints: vec![pb::Endpoint {
+            address: "127.0.0.1:20001".into(),
+            meshed: true,
+            identity: "spiffe://cluster.local/ns/default/sa/reviews".into(),
+            workload: "reviews-v1".into(),
+            labels: [("version".to_string(), "v1".to_string())]
+                .into_iter()
+                .collect(),
+            target_port: 9081,
+        }],
+    }
+}
+
+fn target() -> Target {
+    "reviews.default:9080".parse().unwrap()
+}
+
+fn update(version: u64, destination: Option<pb::Destination>) -> pb::Update {
+    pb::Update {
+        version,
+        target: Some(target_to_wire(&target())),
+        destination,
+    }
+}
+
+#[test]
+fn destination_converts() {
+    let d = destination_from_wire(wire_destination()).unwrap();
+    assert_eq!(d.service, ServiceKey::new("default", "reviews"));
+    assert_eq!(d.protocol, AppProtocol::Http);
+    let ep = &d.endpoints[0];
+    assert_eq!(ep.address, "127.0.0.1:20001".parse().unwrap());
+    assert_eq!(
+        ep.identity.as_deref(),
+        Some("spiffe://cluster.local/ns/default/sa/reviews")
+    );
+    assert_eq!(ep.target_port, 9081);
+    assert_eq!(ep.labels.get("version").map(String::as_str), Some("v1"));
+}
+
+#[test]
+fn invalid_destinations_name_the_field() {
+    let mut d = wire_destination();
+    d.endpoints[0].address = "nowhere".into();
+    let err = destination_from_wire(d).unwrap_err().to_string();
+    assert!(
+        err.starts_with("destination.endpoints[0].address: "),
+        "{err}"
+    );
+    let mut d = wire_destination();
+    d.endpoints[0].target_port = 0;
+    assert!(
+        destination_from_wire(d)
+            .unwrap_err()
+            .to_string()
+            .contains("target_port")
+    );
+    let mut d = wire_destination();
+    d.endpoints[0].identity = "not-spiffe".into();
+    assert!(
+        destination_from_wire(d)
+            .unwrap_err()
+            .to_string()
+            .contains("identity")
+    );
+    let mut d = wire_destination();
+    d.port = 70000;
+    assert!(destination_from_wire(d).is_err());
+    let mut d = wire_destination();
+    d.service_name.clear();
+    assert!(destination_from_wire(d).is_err());
+}
+
+#[test]
+fn targets_and_workloads_round_trip() {
+    for t in ["reviews.default:9080", "10.0.0.1:80", "[::1]:443"] {
+        let t: Target = t.parse().unwrap();
+        assert_eq!(target_from_wire(Some(target_to_wire(&t))).unwrap(), t);
+    }
+    let w = Workload {
+        name: "a".into(),
+        namespace: "b".into(),
+        service_account: "c".into(),
+        labels: BTreeMap::from([("k".to_string(), "v".to_string())]),
+        inbound_address: "127.0.0.1:15006".parse().unwrap(),
+        ports: vec![80],
+        admin_address: None,
+    };
+    let wire = workload_to_wire(&w);
+    assert_eq!(wire.admin_address, "");
+    assert_eq!(wire.ports, [80]);
+    assert_eq!(wire.inbound_address, "127.0.0.1:15006");
+}
+
+fn tracked() -> (Inner, watch::Receiver<Resolution>) {
+    let inner = Inner::new(true, None);
+    let (tx, rx) = watch::channel(Resolution::Pending);
+    lock(&inner.targets).insert(
+        target(),
+        TargetEntry {
+            tx,
+            idle_since: None,
+        },
+    );
+    (inner, rx)
+}
+
+#[test]
+fn valid_update_is_published_and_acked() {
+    let (inner, rx) = tracked();
+    let answer = inner.apply_update(update(1, Some(wire_destination())));
+    assert!(matches!(
+        answer.kind,
+        Some(pb::proxy_message::Kind::Ack(pb::Ack { version: 1 }))
+    ));
+    assert!(matches!(&*rx.borrow(), Resolution::Found(d) if d.endpoints.len() == 1));
+    let answer = inner.apply_update(update(2, None));
+    assert!(matches!(answer.kind, Some(pb::proxy_message::Kind::Ack(_))));
+    assert_eq!(*rx.borrow(), Resolution::NotFound);
+    assert_eq!(inner.status().last_acked_version, Some(2));
+}
+
+#[test]
+fn invalid_update_is_nacked_and_last_good_kept() {
+    let (inner, rx) = tracked();
+    inner.apply_update(update(1, Some(wire_destination())));
+    let good = rx.borrow().clone();
+    let mut bad = wire_destination();
+    bad.endpoints[0].address = "999.1.1.1:1".into();
+    let answer = inner.apply_update(update(2, Some(bad)));
+    match answer.kind {
+        Some(pb::proxy_message::Kind::Nack(nack)) => {
+            assert_eq!(nack.version, 2);
+            assert!(
+                nack.error.contains("destination.endpoints[0].address"),
+                "{}",
+                nack.error
+            );
+        }
+        other => panic!("expected a Nack, got {other:?}"),
+    }
+    assert_eq!(*rx.borrow(), good);
+    let status = inner.status().clone();
+    assert_eq!((status.nacks, status.last_acked_version), (1, Some(1)));
+    // An update without a target is refused too.
+    let answer = inner.apply_update(pb::Update {
+        version: 3,
+        target: None,
+        destination: None,
+    });
+    assert!(matches!(
+        answer.kind,
+        Some(pb::proxy_message::Kind::Nack(_))
+    ));
+}
+
+#[tokio::test(start_paused = true)]
+async fn idle_targets_are_swept() {
+    let (inner, rx) = tracked();
+    let now = Instant::now();
+    assert!(inner.sweep_idle(now).is_empty());
+    drop(rx);
+    assert!(inner.sweep_idle(now).is_empty(), "idle period starts now");
+    assert!(inner.sweep_idle(now + IDLE_TIMEOUT / 2).is_empty());
+    assert_eq!(inner.sweep_idle(now + IDLE_TIMEOUT), vec![target()]);
+    assert!(inner.live_targets().is_empty());
+}
+
+#[tokio::test]
+async fn disabled_resolves_not_found_at_once() {
+    let d = Discovery::disabled();
+    assert_eq!(
+        d.resolve(&target(), Duration::from_secs(60)).await,
+        Resolution::NotFound
+    );
+    assert!(!d.status().enabled);
+}
+
+#[tokio::test(start_paused = true)]
+async fn resolve_times_out_pending_without_control_plane() {
+    let shutdown = CancellationToken::new();
+    let config = DiscoveryConfig {
+        control: "http://127.0.0.1:1".into(),
+        workload: Workload {
+            name: "a".into(),
+            namespace: "default".into(),
+            service_account: "default".into(),
+            labels: BTreeMap::new(),
+            inbound_address: "127.0.0.1:15006".parse().unwrap(),
+            ports: vec![],
+            admin_address: None,
+        },
+        proxy_id: "p".into(),
+        join_token: None,
+    };
+    let d = Discovery::spawn(config, shutdown.clone());
+    assert_eq!(
+        d.resolve(&target(), Duration::from_millis(200)).await,
+        Resolution::Pending
+    );
+    assert!(!d.status().connected);
+    assert_eq!(d.dump()["targets"][0]["state"], "pending");
+    shutdown.cancel();
+}
