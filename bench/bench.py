@@ -167,6 +167,11 @@ def status_kib(pid: int, key: str) -> int:
     raise RuntimeError(f"no {key} in /proc/{pid}/status")
 
 
+def host_cpu() -> list[int]:
+    """The aggregate cpu line of /proc/stat: user nice system idle iowait irq softirq steal."""
+    return [int(x) for x in Path("/proc/stat").read_text().splitlines()[0].split()[1:9]]
+
+
 def count_procs(name: str) -> int:
     out = subprocess.run(["pgrep", "-c", name], capture_output=True, text=True)
     return int(out.stdout.strip() or 0)
@@ -388,6 +393,7 @@ def measure(tools, path: BenchPath, scenario: dict, seconds: float, extra_pids) 
     before = {label: cpu_ticks(pid) for label, pid in pids}
     before_ns = {label: sched_ns(pid) for label, pid in pids}
     ru0 = resource.getrusage(resource.RUSAGE_CHILDREN)
+    host0 = host_cpu()
     t0 = time.monotonic()
     if scenario["kind"] == "open":
         res = run_oha(tools, path.url, scenario["rate"], scenario["conns"], seconds)
@@ -395,6 +401,7 @@ def measure(tools, path: BenchPath, scenario: dict, seconds: float, extra_pids) 
         res = run_wrk(tools, path.url, scenario["conns"], seconds)
     wall = time.monotonic() - t0
     ru1 = resource.getrusage(resource.RUSAGE_CHILDREN)
+    host = [b - a for a, b in zip(host0, host_cpu())]
     after = {label: cpu_ticks(pid) for label, pid in pids}
     after_ns = {label: sched_ns(pid) for label, pid in pids}
     reqs = max(res["requests"], 1)
@@ -408,6 +415,9 @@ def measure(tools, path: BenchPath, scenario: dict, seconds: float, extra_pids) 
     }
     res["cpu_s"] = {label: (after[label] - before[label]) / CLK_TCK for label, _ in pids}
     res["peak_rss_kib"] = {label: status_kib(pid, "VmHWM") for label, pid in pids}
+    # Share of all cores busy during the run, and share stolen by the hypervisor.
+    res["host_busy"] = round(1 - (host[3] + host[4]) / max(sum(host), 1), 3)
+    res["host_steal"] = round(host[7] / max(sum(host), 1), 3)
     res["loadavg_1m"] = float(Path("/proc/loadavg").read_text().split()[0])
     res["compilers_running"] = count_procs("rustc") + count_procs("cargo")
     return res

@@ -271,6 +271,12 @@ def render_markdown(results: dict, summary: dict, png_name: str | None) -> str:
         f"{len(results['runs'])}; 1-minute load average over the runs: median "
         f"{fmt(median(r['loadavg_1m'] for r in results['runs']), 2)}, max "
         f"{fmt(max((r['loadavg_1m'] for r in results['runs']), default=None), 2)}.")
+    busy_share = [r["host_busy"] for r in results["runs"] if "host_busy" in r]
+    if busy_share:
+        add(f"- All cores busy during a run (from `/proc/stat`), median over runs: "
+            f"{fmt(median(busy_share) * 100)} %; hypervisor steal: "
+            f"{fmt(median(r['host_steal'] for r in results['runs']) * 100, 1)} % "
+            f"(max {fmt(max(r['host_steal'] for r in results['runs']) * 100, 1)} %).")
     add("")
     add("Raw per-run numbers: `" + results["results_file"] + "`.")
     add("")
