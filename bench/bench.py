@@ -473,13 +473,18 @@ def main() -> int:
                     "bench/out/ with --quick)")
     ap.add_argument("--render-only", metavar="RESULTS_JSON", help="re-render docs, no runs")
     ap.add_argument("--command", help="the command line to print in the docs")
+    ap.add_argument("--observations", metavar="MD_FILE",
+                    help="with --render-only: hand-written notes on this run, kept in the results")
     args = ap.parse_args()
 
     docs_dir = Path(args.docs_dir) if args.docs_dir else (
         BENCH_DIR / "out" if args.quick else REPO / "docs")
     if args.render_only:
         results = json.loads(Path(args.render_only).read_text())
+        if args.observations:
+            results["observations"] = Path(args.observations).read_text()
         write_docs(results, docs_dir)
+        Path(args.render_only).write_text(json.dumps(results, indent=1) + "\n")
         return 0
 
     for sig in (signal.SIGTERM, signal.SIGHUP):
