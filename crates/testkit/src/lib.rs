@@ -11,6 +11,7 @@
 //! way users do: flags, ready files, admin endpoints).
 
 pub mod bins;
+pub mod fixture;
 pub mod mesh;
 pub mod metrics;
 pub mod netns;
@@ -20,6 +21,7 @@ pub mod tools;
 pub mod wait;
 
 pub use bins::bin;
+pub use fixture::{Mesh, MeshBuilder};
 pub use mesh::{ControlPlane, ControlReady, Proxy, ProxyBuilder, ProxyReady, service_yaml};
 pub use metrics::Metrics;
 pub use netns::{Node, Pod};

@@ -270,7 +270,7 @@ impl Proxy {
         match &self.netns {
             None => tools::http_get(addr, path),
             Some(ns) => {
-                let out = crate::netns::output(
+                let out = tools::run_bounded(
                     crate::netns::command(ns, "curl").args([
                         "-sS",
                         "--max-time",

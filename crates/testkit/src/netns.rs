@@ -13,9 +13,10 @@
 use std::net::Ipv4Addr;
 use std::process::{Command, Output};
 use std::sync::atomic::{AtomicU32, Ordering};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use crate::process::{ManagedProcess, ProcessError};
+use crate::tools::run_bounded;
 use crate::{bins, mesh::READY_TIMEOUT};
 
 /// The environment variable that turns "not root" from a failure into a skip.
@@ -77,37 +78,9 @@ pub fn command_as(netns: &str, uid: u32, program: impl AsRef<std::ffi::OsStr>) -
     c
 }
 
-/// Runs `command` to completion, killing it if it takes longer than `timeout`.
-pub fn output(command: &mut Command, timeout: Duration) -> Result<Output, String> {
-    let mut child = command
-        .stdin(std::process::Stdio::null())
-        .stdout(std::process::Stdio::piped())
-        .stderr(std::process::Stdio::piped())
-        .spawn()
-        .map_err(|e| format!("cannot run {command:?}: {e}"))?;
-    let deadline = Instant::now() + timeout;
-    // Polls rather than blocking in wait(), so the deadline holds; output is small, so the pipes
-    // cannot fill up and stall the child meanwhile.
-    loop {
-        match child.try_wait() {
-            Ok(Some(_)) => break,
-            Ok(None) if Instant::now() >= deadline => {
-                let _ = child.kill();
-                let _ = child.wait();
-                return Err(format!("{command:?} took longer than {timeout:?}"));
-            }
-            Ok(None) => std::thread::sleep(Duration::from_millis(10)),
-            Err(e) => return Err(format!("waiting for {command:?}: {e}")),
-        }
-    }
-    child
-        .wait_with_output()
-        .map_err(|e| format!("{command:?}: {e}"))
-}
-
 /// Runs `command`, failing with its stderr unless it exits 0.
 fn run(command: &mut Command) -> Result<Output, String> {
-    let out = output(command, IP_TIMEOUT)?;
+    let out = run_bounded(command, IP_TIMEOUT)?;
     if !out.status.success() {
         return Err(format!(
             "{command:?} failed ({}): {}",
@@ -125,7 +98,7 @@ fn ip(args: &[&str]) -> Result<(), String> {
 /// Kills every process in the namespace (SIGKILL: this is clean-up after the orderly stop
 /// already had its chance) and deletes it.
 fn delete_netns(name: &str) {
-    if let Ok(out) = output(Command::new("ip").args(["netns", "pids", name]), IP_TIMEOUT) {
+    if let Ok(out) = run_bounded(Command::new("ip").args(["netns", "pids", name]), IP_TIMEOUT) {
         for pid in String::from_utf8_lossy(&out.stdout).split_whitespace() {
             if let Some(pid) = pid
                 .parse::<i32>()
@@ -295,7 +268,7 @@ impl Pod {
             None => self.command("curl"),
         };
         c.args(["-sS", "--max-time", "10"]).args(args);
-        output(&mut c, Duration::from_secs(15))
+        run_bounded(&mut c, Duration::from_secs(15))
     }
 }
 

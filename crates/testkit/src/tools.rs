@@ -4,8 +4,8 @@
 use std::io::{Read as _, Write as _};
 use std::net::{SocketAddr, TcpStream};
 use std::path::PathBuf;
-use std::process::Command;
-use std::time::Duration;
+use std::process::{Command, Output};
+use std::time::{Duration, Instant};
 
 /// Panics with an install hint unless `program` is on PATH: a missing client is a broken test
 /// machine, which `scripts/test.sh` fixes, not a reason to pass silently.
@@ -52,6 +52,95 @@ pub fn python_with_grpc() -> PathBuf {
         "no Python with grpcio among {candidates:?}; run scripts/test.sh or \
          `apt-get install python3-grpcio` (or `pip install grpcio`), or set TRELLIS_PYTHON"
     )
+}
+
+/// Runs `command` to completion, killing it if it takes longer than `timeout`.
+pub fn run_bounded(command: &mut Command, timeout: Duration) -> Result<Output, String> {
+    let mut child = command
+        .stdin(std::process::Stdio::null())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .map_err(|e| format!("cannot run {command:?}: {e}"))?;
+    let deadline = Instant::now() + timeout;
+    // Polls rather than blocking in wait(), so the deadline holds; output is small, so the pipes
+    // cannot fill up and stall the child meanwhile.
+    loop {
+        match child.try_wait() {
+            Ok(Some(_)) => break,
+            Ok(None) if Instant::now() >= deadline => {
+                let _ = child.kill();
+                let _ = child.wait();
+                return Err(format!("{command:?} took longer than {timeout:?}"));
+            }
+            Ok(None) => std::thread::sleep(Duration::from_millis(10)),
+            Err(e) => return Err(format!("waiting for {command:?}: {e}")),
+        }
+    }
+    child
+        .wait_with_output()
+        .map_err(|e| format!("{command:?}: {e}"))
+}
+
+/// Runs `curl -sS --max-time 10 ARGS` on the host; returns its output whatever its status.
+pub fn curl(args: &[&str]) -> Result<Output, String> {
+    let curl = require("curl", "curl");
+    run_bounded(
+        Command::new(curl)
+            .args(["-sS", "--max-time", "10"])
+            .args(args),
+        Duration::from_secs(15),
+    )
+}
+
+/// What [`curl_http`] saw.
+#[derive(Clone, Debug)]
+pub struct CurlReply {
+    pub status: u16,
+    /// As curl reports it: `1.1` or `2`.
+    pub http_version: String,
+    pub body: String,
+}
+
+impl CurlReply {
+    /// The body as the HTTP echo's JSON. Panics with the body when it is not that.
+    pub fn echo(&self) -> crate::servers::EchoReply {
+        serde_json::from_str(&self.body).unwrap_or_else(|e| {
+            panic!(
+                "not an echo reply ({e}): status {} body {:?}",
+                self.status, self.body
+            )
+        })
+    }
+}
+
+/// Runs curl with `args` and returns status, HTTP version and body; fails if curl itself fails
+/// (connection refused, reset, timeout), with curl's error message.
+pub fn curl_http(args: &[&str]) -> Result<CurlReply, String> {
+    const MARK: &str = "\n--trellis-curl-- %{http_code} %{http_version}";
+    let mut all = vec!["-w", MARK];
+    all.extend_from_slice(args);
+    let out = curl(&all)?;
+    let text = String::from_utf8_lossy(&out.stdout).into_owned();
+    if !out.status.success() {
+        return Err(format!(
+            "curl {args:?} failed ({}): {} {}",
+            out.status,
+            String::from_utf8_lossy(&out.stderr).trim(),
+            text
+        ));
+    }
+    let (body, trailer) = text
+        .rsplit_once("\n--trellis-curl-- ")
+        .ok_or_else(|| format!("curl {args:?}: no status line in {text:?}"))?;
+    let mut fields = trailer.split_whitespace();
+    let status = fields.next().and_then(|s| s.parse().ok()).unwrap_or(0);
+    let http_version = fields.next().unwrap_or_default().to_string();
+    Ok(CurlReply {
+        status,
+        http_version,
+        body: body.to_string(),
+    })
 }
 
 /// `GET path` over HTTP/1.0 with a short timeout; returns the status code and body.

@@ -1,0 +1,155 @@
+//! Ready-made meshes for cross-process tests: a real `trellis-control`, one server-side proxy per
+//! service in front of its app, and one client-side proxy with an explicit outbound port per
+//! service, so the hop between the two proxies is meshed.
+
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use crate::mesh::{ControlPlane, Proxy, ProxyBuilder, config_dir, service_yaml};
+use crate::{tools, wait};
+
+/// The namespace fixtures put everything in.
+pub const NAMESPACE: &str = "default";
+
+/// One service of a [`MeshBuilder`]: a name, its port, and where its app listens.
+#[derive(Clone, Debug)]
+struct ServiceSpec {
+    name: String,
+    port: u16,
+    app: SocketAddr,
+}
+
+/// Describes a mesh to start.
+#[derive(Clone, Debug, Default)]
+pub struct MeshBuilder {
+    services: Vec<ServiceSpec>,
+    extra_targets: Vec<String>,
+}
+
+impl MeshBuilder {
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// A Service `name.default` on `port`, whose only endpoint is a proxy in front of `app`.
+    pub fn service(mut self, name: &str, port: u16, app: SocketAddr) -> Self {
+        self.services.push(ServiceSpec {
+            name: name.to_string(),
+            port,
+            app,
+        });
+        self
+    }
+
+    /// Another `--outbound-port` on the client proxy, for a target the config does not have yet.
+    pub fn client_target(mut self, target: &str) -> Self {
+        self.extra_targets.push(target.to_string());
+        self
+    }
+
+    /// Starts the control plane, then the server proxies, then the client proxy.
+    pub fn start(self) -> Mesh {
+        let files: Vec<(String, String)> = self
+            .services
+            .iter()
+            .map(|s| {
+                (
+                    format!("{}.yaml", s.name),
+                    service_yaml(&s.name, NAMESPACE, s.port, s.port, &s.name),
+                )
+            })
+            .collect();
+        let file_refs: Vec<(&str, String)> =
+            files.iter().map(|(n, t)| (n.as_str(), t.clone())).collect();
+        let config = config_dir(&file_refs).unwrap_or_else(|e| panic!("writing mesh config: {e}"));
+        let control = ControlPlane::start(config.path())
+            .unwrap_or_else(|e| panic!("starting trellis-control: {e}"));
+        let url = control.url();
+
+        let mut servers = BTreeMap::new();
+        for s in &self.services {
+            let proxy = ProxyBuilder::loopback(&format!("{}-0", s.name))
+                .label("app", &s.name)
+                .control(&url)
+                .app(s.app)
+                .app_port(s.port)
+                .start()
+                .unwrap_or_else(|e| panic!("starting the server proxy of {}: {e}", s.name));
+            servers.insert(s.name.clone(), proxy);
+        }
+
+        let mut client = ProxyBuilder::loopback("client")
+            .label("app", "client")
+            .control(&url);
+        for s in &self.services {
+            client = client.outbound_port(&target(&s.name, s.port));
+        }
+        for t in &self.extra_targets {
+            client = client.outbound_port(t);
+        }
+        let client = client
+            .start()
+            .unwrap_or_else(|e| panic!("starting the client proxy: {e}"));
+        let ports = self
+            .services
+            .iter()
+            .map(|s| (s.name.clone(), s.port))
+            .collect();
+        Mesh {
+            client,
+            servers,
+            control,
+            config,
+            ports,
+        }
+    }
+}
+
+/// `name.default:port`, the target text proxies take and report.
+pub fn target(name: &str, port: u16) -> String {
+    format!("{name}.{NAMESPACE}:{port}")
+}
+
+/// A running mesh. Fields drop in declaration order: the client first, the control plane last.
+#[derive(Debug)]
+pub struct Mesh {
+    pub client: Proxy,
+    pub servers: BTreeMap<String, Proxy>,
+    pub control: ControlPlane,
+    pub config: tempfile::TempDir,
+    ports: BTreeMap<String, u16>,
+}
+
+impl Mesh {
+    /// The client proxy's local port for service `name`.
+    pub fn client_port(&self, name: &str) -> SocketAddr {
+        let port = self
+            .ports
+            .get(name)
+            .copied()
+            .unwrap_or_else(|| panic!("no service {name} in this mesh"));
+        self.client.outbound_port(&target(name, port))
+    }
+
+    /// The server proxy of service `name`.
+    pub fn server(&self, name: &str) -> &Proxy {
+        self.servers
+            .get(name)
+            .unwrap_or_else(|| panic!("no service {name} in this mesh"))
+    }
+
+    /// Waits until an HTTP GET through the client proxy to service `name` answers 200: discovery
+    /// is eventually consistent (the server proxy registers while the client subscribes), so a
+    /// test first waits for the mesh to converge, then asserts on exact behaviour.
+    pub fn wait_http_route(&self, name: &str, timeout: Duration) {
+        let addr = self.client_port(name);
+        if let Err(e) = wait::until(timeout, || match tools::http_get(addr, "/converge") {
+            Ok((200, _)) => Ok(()),
+            Ok((code, body)) => Err(format!("answered {code}: {body}")),
+            Err(e) => Err(e),
+        }) {
+            panic!("the mesh never routed to {name} through {addr}: {e}");
+        }
+    }
+}

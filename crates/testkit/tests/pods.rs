@@ -1,0 +1,264 @@
+//! Pods as network namespaces: real interception with the iptables rules `trellis-proxy init`
+//! writes, real `SO_ORIGINAL_DST`, unmodified clients. Needs root; see
+//! `trellis_testkit::netns::require_root`.
+
+// Test helpers outside #[test] functions fail the test by panicking, as the tests themselves do.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+use std::time::Duration;
+
+use trellis_testkit::netns::{PROXY_UID, require_root};
+use trellis_testkit::servers::EchoReply;
+use trellis_testkit::{Node, Pod, Proxy, ProxyBuilder, wait};
+
+/// curl's output with `-w '\n%{http_code}'`, split.
+fn curl_in(pod: &Pod, uid: Option<u32>, url: &str) -> (u16, String) {
+    let out = pod.curl(uid, &["-w", "\n%{http_code}", url]).unwrap();
+    let text = String::from_utf8_lossy(&out.stdout).into_owned();
+    assert!(
+        out.status.success(),
+        "curl {url} in {} failed ({}): {} {text}",
+        pod.name(),
+        out.status,
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let (body, code) = text.rsplit_once('\n').unwrap_or_default();
+    (code.trim().parse().unwrap_or(0), body.to_string())
+}
+
+fn counter(proxy: &Proxy, name: &str, direction: &str) -> f64 {
+    proxy.metrics().sum(name, &[("direction", direction)])
+}
+
+/// Pod A (a client) and pod B (the echo app), each with iptables from `trellis-proxy init` and
+/// a proxy running as the exempt uid, on the default ports.
+struct TwoPods {
+    a_proxy: Proxy,
+    b_proxy: Proxy,
+    _app: trellis_testkit::ManagedProcess,
+    b: Pod,
+    a: Pod,
+    _node: Node,
+}
+
+fn two_pods() -> TwoPods {
+    let node = Node::new().unwrap();
+    let a = node.pod().unwrap();
+    let b = node.pod().unwrap();
+    let (app, ready) = b.start_echo(Some(8080), Some(9000)).unwrap();
+    assert_eq!(ready.http.map(|h| h.port()), Some(8080));
+    a.init_iptables(&[]).unwrap();
+    b.init_iptables(&[]).unwrap();
+    let a_proxy = ProxyBuilder::new("pod-a")
+        .in_pod(&a, PROXY_UID)
+        .start()
+        .unwrap();
+    let b_proxy = ProxyBuilder::new("pod-b")
+        .in_pod(&b, PROXY_UID)
+        .start()
+        .unwrap();
+    for p in [&a_proxy, &b_proxy] {
+        p.wait_ready(Duration::from_secs(15)).unwrap();
+    }
+    TwoPods {
+        a_proxy,
+        b_proxy,
+        _app: app,
+        b,
+        a,
+        _node: node,
+    }
+}
+
+#[test]
+fn unmodified_curl_passes_transparently_through_both_sidecars() {
+    if !require_root("unmodified_curl_passes_transparently_through_both_sidecars") {
+        return;
+    }
+    let pods = two_pods();
+    let url = format!("http://{}:8080/across-pods", pods.b.ip());
+    let (code, body) = curl_in(&pods.a, None, &url);
+    assert_eq!(code, 200, "{body}");
+    let reply: EchoReply = serde_json::from_str(&body).unwrap();
+    assert_eq!(reply.path, "/across-pods");
+    // The app sees the Host the client used: the proxies are invisible to it.
+    assert_eq!(
+        reply.headers.get("host").map(String::as_str),
+        Some(format!("{}:8080", pods.b.ip()).as_str())
+    );
+
+    assert!(
+        counter(&pods.a_proxy, "trellis_requests_total", "outbound") >= 1.0,
+        "pod A's proxy did not count the request as outbound: was it intercepted?"
+    );
+    assert!(
+        counter(&pods.b_proxy, "trellis_requests_total", "inbound") >= 1.0,
+        "pod B's proxy did not count the request as inbound: was it intercepted?"
+    );
+    assert_eq!(
+        counter(&pods.a_proxy, "trellis_requests_total", "inbound"),
+        0.0
+    );
+}
+
+#[test]
+fn opaque_tcp_passes_through_both_sidecars() {
+    if !require_root("opaque_tcp_passes_through_both_sidecars") {
+        return;
+    }
+    let pods = two_pods();
+    // bash's /dev/tcp: an unmodified client that knows nothing of HTTP. bash cannot half-close
+    // a socket, so it reads the echoed line with a bounded timeout instead (the half-close
+    // itself is covered on loopback in standalone.rs and mesh_traffic.rs).
+    let script = format!(
+        "exec 3<>/dev/tcp/{}/9000; printf 'opaque-bytes\\n' >&3; read -t 5 line <&3; echo \"$line\"",
+        pods.b.ip()
+    );
+    let out = trellis_testkit::tools::run_bounded(
+        pods.a.command("bash").args(["-c", &script]),
+        Duration::from_secs(15),
+    )
+    .unwrap();
+    assert_eq!(
+        String::from_utf8_lossy(&out.stdout).trim(),
+        "opaque-bytes",
+        "{out:?}"
+    );
+    assert!(
+        counter(
+            &pods.a_proxy,
+            "trellis_tcp_connections_opened_total",
+            "outbound"
+        ) >= 1.0
+    );
+    assert!(
+        counter(
+            &pods.b_proxy,
+            "trellis_tcp_connections_opened_total",
+            "inbound"
+        ) >= 1.0
+    );
+}
+
+#[test]
+fn the_proxys_own_traffic_is_not_looped() {
+    if !require_root("the_proxys_own_traffic_is_not_looped") {
+        return;
+    }
+    let pods = two_pods();
+    let url = format!("http://{}:8080/as-proxy-uid", pods.b.ip());
+    let opened = |p: &Proxy, d: &str| counter(p, "trellis_tcp_connections_opened_total", d);
+
+    // A client running as the proxy's uid is exempt in pod A (that exemption is what keeps the
+    // proxy's upstream connections from coming back to it), so it reaches pod B directly.
+    let a_before = opened(&pods.a_proxy, "outbound");
+    let b_before = counter(&pods.b_proxy, "trellis_requests_total", "inbound");
+    let (code, body) = curl_in(&pods.a, Some(PROXY_UID), &url);
+    assert_eq!(code, 200, "{body}");
+    assert_eq!(
+        opened(&pods.a_proxy, "outbound"),
+        a_before,
+        "the proxy uid's traffic was captured in pod A"
+    );
+    assert!(
+        counter(&pods.b_proxy, "trellis_requests_total", "inbound") > b_before,
+        "pod B must still intercept it"
+    );
+
+    // One request from an ordinary uid opens exactly one outbound connection in pod A's proxy:
+    // a loop would open more (or never answer).
+    let a_before = opened(&pods.a_proxy, "outbound");
+    let (code, body) = curl_in(&pods.a, None, &url);
+    assert_eq!(code, 200, "{body}");
+    let a_after = wait::until(Duration::from_secs(5), || {
+        let v = opened(&pods.a_proxy, "outbound");
+        if v > a_before {
+            Ok(v)
+        } else {
+            Err(format!("still {v}"))
+        }
+    })
+    .unwrap();
+    assert_eq!(
+        a_after - a_before,
+        1.0,
+        "one request must be one outbound connection, not a loop"
+    );
+}
+
+#[test]
+fn an_apps_localhost_traffic_is_not_captured() {
+    if !require_root("an_apps_localhost_traffic_is_not_captured") {
+        return;
+    }
+    let pods = two_pods();
+    // In pod B the app listens on all addresses; calling it on localhost and on the pod's own IP
+    // never leaves the pod, so neither direction of B's proxy may see it.
+    for url in [
+        "http://127.0.0.1:8080/local".to_string(),
+        format!("http://{}:8080/self", pods.b.ip()),
+    ] {
+        let (code, body) = curl_in(&pods.b, None, &url);
+        assert_eq!(code, 200, "{url}: {body}");
+    }
+    assert_eq!(
+        counter(
+            &pods.b_proxy,
+            "trellis_tcp_connections_opened_total",
+            "outbound"
+        ),
+        0.0
+    );
+    assert_eq!(
+        counter(
+            &pods.b_proxy,
+            "trellis_tcp_connections_opened_total",
+            "inbound"
+        ),
+        0.0
+    );
+}
+
+#[test]
+fn init_is_idempotent_and_dry_run_touches_nothing() {
+    if !require_root("init_is_idempotent_and_dry_run_touches_nothing") {
+        return;
+    }
+    let node = Node::new().unwrap();
+    let pod = node.pod().unwrap();
+
+    let printed = pod.init_iptables(&["--dry-run"]).unwrap();
+    assert!(
+        printed.starts_with("*nat\n") && printed.trim_end().ends_with("COMMIT"),
+        "{printed}"
+    );
+    assert!(
+        !pod.nat_rules().unwrap().contains("TRELLIS"),
+        "--dry-run must not apply anything"
+    );
+
+    pod.init_iptables(&[]).unwrap();
+    let once = pod.nat_rules().unwrap();
+    pod.init_iptables(&["--exclude-inbound-ports", "22"])
+        .unwrap();
+    let twice = pod.nat_rules().unwrap();
+    let count = |rules: &str, line: &str| rules.lines().filter(|l| *l == line).count();
+    for rules in [&once, &twice] {
+        assert_eq!(
+            count(rules, "-A PREROUTING -p tcp -j TRELLIS_INBOUND"),
+            1,
+            "{rules}"
+        );
+        assert_eq!(
+            count(rules, "-A OUTPUT -p tcp -j TRELLIS_OUTPUT"),
+            1,
+            "{rules}"
+        );
+        assert_eq!(rules.matches("REDIRECT --to-ports").count(), 2, "{rules}");
+    }
+    assert!(!once.contains("--dport 22 "), "{once}");
+    assert!(
+        twice.contains("--dport 22 -j RETURN"),
+        "a second run must replace the rules: {twice}"
+    );
+}
