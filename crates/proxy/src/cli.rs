@@ -66,7 +66,6 @@ fn run(config: ProxyConfig) -> ExitCode {
     match result {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
-            tracing::error!(error = %e, "proxy failed");
             eprintln!("trellis-proxy: {e}");
             ExitCode::from(e.exit_code())
         }

@@ -116,8 +116,7 @@ async fn session(
         () = shutdown.cancelled() => return Ok(()),
         response = client.stream(UnboundedReceiverStream::new(out_rx)) => response?.into_inner(),
     };
-    inner.status().connected = true;
-    tracing::info!(control = %config.control, "discovery connected");
+    tracing::debug!(control = %config.control, "discovery stream open");
 
     let mut heartbeat: Option<Interval> = None;
     let mut sweep = tokio::time::interval(SWEEP_PERIOD);
@@ -132,8 +131,13 @@ async fn session(
                 let kind = msg?.ok_or(SessionError::Closed)?.kind;
                 match kind {
                     Some(control_message::Kind::Welcome(welcome)) => {
-                        tracing::info!(identity = %welcome.identity, "registered with the control plane");
-                        inner.status().identity = Some(welcome.identity);
+                        tracing::info!(control = %config.control, identity = %welcome.identity, "registered with the control plane");
+                        // Connected means registered: the control plane has answered Hello.
+                        {
+                            let mut status = inner.status();
+                            status.identity = Some(welcome.identity);
+                            status.connected = true;
+                        }
                         let period = Duration::from_millis(welcome.heartbeat_interval_ms).max(MIN_HEARTBEAT);
                         let mut ticker = tokio::time::interval(period);
                         ticker.set_missed_tick_behavior(MissedTickBehavior::Delay);

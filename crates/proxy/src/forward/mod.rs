@@ -133,3 +133,6 @@ fn downstream_response(resp: Response<Incoming>, upgrade: bool) -> Response<Prox
     strip_hop_by_hop(&mut parts.headers, upgrade);
     Response::from_parts(parts, body.boxed())
 }
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,158 @@
+//! The meshed hop, end to end on loopback: an outbound connection whose destination resolves
+//! to a meshed endpoint (a second proxy's inbound) is carried over HTTP/2 with
+//! `trellis-orig-proto`, and reaches an HTTP/1-only application as HTTP/1.1.
+
+use std::convert::Infallible;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::Bytes;
+use http::{Request, Response};
+use http_body_util::{BodyExt, Full};
+use hyper::body::Incoming;
+use hyper::service::service_fn;
+use hyper_util::rt::TokioIo;
+use tokio::net::{TcpListener, TcpStream};
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+use trellis_model::{AppProtocol, Destination, Endpoint, ServiceKey};
+
+use crate::discovery::{Discovery, Resolution};
+use crate::route::Dest;
+use crate::serve::{Ctx, serve};
+use crate::telemetry::{Direction, Metrics};
+use crate::{Proxy, ProxyConfig};
+
+const WAIT: Duration = Duration::from_secs(10);
+
+/// An HTTP/1.1-only app that reports the version and header names it saw.
+async fn http1_app() -> SocketAddr {
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(async move {
+        while let Ok((stream, _)) = listener.accept().await {
+            tokio::spawn(async move {
+                let svc = service_fn(|req: Request<Incoming>| async move {
+                    let seen = format!(
+                        "{:?} {}",
+                        req.version(),
+                        req.headers()
+                            .keys()
+                            .map(|k| k.as_str())
+                            .collect::<Vec<_>>()
+                            .join(",")
+                    );
+                    Ok::<_, Infallible>(Response::new(Full::new(Bytes::from(seen))))
+                });
+                let _ = hyper::server::conn::http1::Builder::new()
+                    .serve_connection(TokioIo::new(stream), svc)
+                    .await;
+            });
+        }
+    });
+    addr
+}
+
+fn meshed(endpoint: SocketAddr) -> Resolution {
+    Resolution::Found(Arc::new(Destination {
+        authority: "reviews.default.svc.cluster.local:9080".into(),
+        service: ServiceKey::new("default", "reviews"),
+        port: 9080,
+        protocol: AppProtocol::Unknown,
+        endpoints: vec![Endpoint {
+            address: endpoint,
+            meshed: true,
+            identity: None,
+            workload: "reviews".into(),
+            labels: Default::default(),
+            target_port: 9080,
+        }],
+    }))
+}
+
+#[tokio::test]
+async fn http1_rides_the_meshed_http2_hop() {
+    let app = http1_app().await;
+    let peer = Proxy::start(ProxyConfig::local(Some(app))).await.unwrap();
+    let peer_inbound = peer.addrs().inbound;
+
+    let metrics = Arc::new(Metrics::new());
+    let ctx = Arc::new(Ctx::new(
+        metrics.clone(),
+        Discovery::disabled(),
+        Duration::from_secs(1),
+        Default::default(),
+        Vec::new(),
+        CancellationToken::new(),
+        TaskTracker::new(),
+    ));
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let outbound = listener.local_addr().unwrap();
+    let dest = Dest::Address {
+        orig: "127.0.0.1:9".parse().unwrap(),
+        resolution: meshed(peer_inbound),
+        balancer: ctx.balancer(&trellis_model::Target::Address(peer_inbound)),
+    };
+    tokio::spawn(async move {
+        let (stream, _) = listener.accept().await.unwrap();
+        serve(ctx, Direction::Outbound, stream, dest, 9080).await;
+    });
+
+    let stream = TcpStream::connect(outbound).await.unwrap();
+    let (mut sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(stream))
+        .await
+        .unwrap();
+    tokio::spawn(conn);
+    for _ in 0..3 {
+        let req = Request::get("/reviews/1")
+            .header("host", "reviews.default:9080")
+            .body(Full::new(Bytes::new()))
+            .unwrap();
+        let resp = tokio::time::timeout(WAIT, sender.send_request(req))
+            .await
+            .unwrap()
+            .unwrap();
+        assert_eq!(resp.status(), 200);
+        let seen = resp.into_body().collect().await.unwrap().to_bytes();
+        let seen = String::from_utf8_lossy(&seen);
+        assert!(seen.starts_with("HTTP/1.1 "), "{seen}");
+        assert!(
+            seen.contains("host") && !seen.contains("trellis-orig-proto"),
+            "{seen}"
+        );
+    }
+
+    // The peer saw one HTTP/2 connection (multiplexed hop), not one per request.
+    let rendered = admin_metrics(peer.addrs().admin).await;
+    assert!(
+        rendered.contains(
+            "trellis_protocol_detections_total{direction=\"inbound\",outcome=\"http2\"} 1"
+        ),
+        "{rendered}"
+    );
+    assert!(
+        rendered.contains("trellis_requests_total{direction=\"inbound\",status_code=\"200\"} 3"),
+        "{rendered}"
+    );
+    let mut own = String::new();
+    metrics.render(&mut own);
+    assert!(
+        own.contains("trellis_requests_total{direction=\"outbound\",status_code=\"200\"} 3"),
+        "{own}"
+    );
+}
+
+async fn admin_metrics(admin: SocketAddr) -> String {
+    let stream = TcpStream::connect(admin).await.unwrap();
+    let (mut sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(stream))
+        .await
+        .unwrap();
+    tokio::spawn(conn);
+    let req = Request::get("/metrics")
+        .header("host", "admin")
+        .body(Full::new(Bytes::new()))
+        .unwrap();
+    let resp = sender.send_request(req).await.unwrap();
+    String::from_utf8_lossy(&resp.into_body().collect().await.unwrap().to_bytes()).into_owned()
+}
