@@ -1,0 +1,105 @@
+#!/usr/bin/env bash
+# The whole Trellis test suite, in one command, on a fresh Debian machine (as root):
+#   1. installs the outside programs the tests drive, if any is missing (curl, iptables,
+#      iproute2, h2load from nghttp2-client, Python's grpcio);
+#   2. builds every binary (the cross-process tests run the real ones);
+#   3. runs every test of the workspace (cargo nextest if installed, else cargo test).
+# Network-namespace tests need root; as another user, set TRELLIS_SKIP_NETNS=1 to skip them.
+# Extra arguments go to the test runner (e.g. `scripts/test.sh -p trellis-testkit`).
+set -euo pipefail
+
+cd "$(dirname "$0")/.."
+export DEBIAN_FRONTEND=noninteractive
+# Each stage is bounded, so a hang fails the run instead of eating CI's budget.
+BUILD_TIMEOUT=${TRELLIS_BUILD_TIMEOUT:-1500}
+TEST_TIMEOUT=${TRELLIS_TEST_TIMEOUT:-1500}
+
+log() { printf '==> %s\n' "$*"; }
+die() { printf 'error: %s\n' "$*" >&2; exit 1; }
+
+is_root() { [ "$(id -u)" -eq 0 ]; }
+
+# --- 1. outside programs ---------------------------------------------------------------
+# command -> Debian package that provides it
+declare -A NEED=(
+  [curl]=curl
+  [iptables]=iptables
+  [iptables-save]=iptables
+  [iptables-restore]=iptables
+  [ip]=iproute2
+  [h2load]=nghttp2-client
+  [setpriv]=util-linux
+  [python3]=python3
+)
+missing=()
+for cmd in "${!NEED[@]}"; do
+  command -v "$cmd" >/dev/null 2>&1 || missing+=("${NEED[$cmd]}")
+done
+
+# Python with grpcio: Debian's python3 is where python3-grpcio lands; a python3 earlier on
+# PATH (pyenv, a venv) may not have it, so the tests look at /usr/bin/python3 first too.
+python_has_grpc() {
+  local py
+  for py in "${TRELLIS_PYTHON:-}" /usr/bin/python3 python3; do
+    [ -n "$py" ] && "$py" -c 'import grpc' >/dev/null 2>&1 && return 0
+  done
+  return 1
+}
+python_has_grpc || missing+=(python3-grpcio)
+
+if [ ${#missing[@]} -gt 0 ]; then
+  mapfile -t missing < <(printf '%s\n' "${missing[@]}" | sort -u)
+  is_root || die "missing packages: ${missing[*]}; install them (apt-get install ${missing[*]}) or run as root"
+  log "installing: ${missing[*]}"
+  # One update, and only because something is missing.
+  apt-get update -qq
+  apt_pkgs=()
+  for pkg in "${missing[@]}"; do
+    if [ "$pkg" = python3-grpcio ]; then
+      # Not every Debian release has it; fall back to pip below.
+      if apt-cache policy python3-grpcio 2>/dev/null | grep -q 'Candidate: [0-9]'; then
+        apt_pkgs+=(python3-grpcio)
+      fi
+    else
+      apt_pkgs+=("$pkg")
+    fi
+  done
+  if [ ${#apt_pkgs[@]} -gt 0 ]; then
+    apt-get install -y -qq --no-install-recommends "${apt_pkgs[@]}" >/dev/null
+  fi
+  if ! python_has_grpc; then
+    log "python3-grpcio not available from apt; installing grpcio with pip"
+    command -v pip3 >/dev/null 2>&1 || apt-get install -y -qq --no-install-recommends python3-pip >/dev/null
+    # Debian marks its Python as externally managed (PEP 668); this machine is a test box.
+    /usr/bin/python3 -m pip install -q --break-system-packages grpcio \
+      || /usr/bin/python3 -m pip install -q grpcio
+  fi
+  python_has_grpc || die "grpcio is still not importable"
+fi
+
+if ! is_root && [ "${TRELLIS_SKIP_NETNS:-}" != 1 ]; then
+  die "the network-namespace tests need root: run as root, or set TRELLIS_SKIP_NETNS=1 to skip them"
+fi
+
+# Namespaces left behind by a test process that was killed (its pid is in the name).
+if is_root; then
+  for ns in $(ip netns list 2>/dev/null | awk '{print $1}' | grep -E '^trellis-[0-9]+-' || true); do
+    pid=${ns#trellis-}; pid=${pid%%-*}
+    if ! kill -0 "$pid" 2>/dev/null; then
+      ip netns del "$ns" 2>/dev/null || true
+    fi
+  done
+fi
+
+# --- 2. build ----------------------------------------------------------------------------
+log "cargo build --workspace --bins"
+timeout -k 30 "$BUILD_TIMEOUT" cargo build --workspace --bins
+
+# --- 3. test -----------------------------------------------------------------------------
+if cargo nextest --version >/dev/null 2>&1; then
+  log "cargo nextest run --workspace"
+  timeout -k 30 "$TEST_TIMEOUT" cargo nextest run --workspace --no-fail-fast "$@"
+else
+  log "cargo test --workspace"
+  timeout -k 30 "$TEST_TIMEOUT" cargo test --workspace --no-fail-fast "$@"
+fi
