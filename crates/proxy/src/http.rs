@@ -20,6 +20,11 @@ pub type ProxyBody = BoxBody<Bytes, hyper::Error>;
 pub const ORIG_PROTO: HeaderName = HeaderName::from_static("trellis-orig-proto");
 pub const ORIG_PROTO_HTTP1: HeaderValue = HeaderValue::from_static("HTTP/1.1");
 
+/// Set by the outbound proxy on the meshed hop: the application port behind the peer proxy
+/// (`Endpoint::target_port`). The inbound proxy removes it and, when the connection had no
+/// original destination, sends the request to that port if it is one of its `--app-port`s.
+pub const TARGET_PORT: HeaderName = HeaderName::from_static("trellis-target-port");
+
 /// Names the cause on responses the proxy makes itself (never on the application's).
 pub const TRELLIS_ERROR: HeaderName = HeaderName::from_static("trellis-error");
 

@@ -1,6 +1,7 @@
 //! The inbound listener: traffic coming to the workload. A connection goes to its original
 //! destination when iptables redirected it (the proxy's uid is excluded from redirection, so
-//! connecting there reaches the application), else to `--app`. An HTTP/2 request tagged
+//! connecting there reaches the application), else to `--app`, or per request to the
+//! `--app-port` a peer proxy names in `trellis-target-port`. An HTTP/2 request tagged
 //! `trellis-orig-proto` by a peer proxy reaches the application as HTTP/1.1 again.
 
 use std::net::SocketAddr;
@@ -15,7 +16,13 @@ use crate::telemetry::Direction;
 use crate::transport::{is_own_listener, original_dst};
 
 /// Runs the inbound listener until the drain starts.
-pub async fn run(listener: TcpListener, ctx: Arc<Ctx>, app: Option<SocketAddr>) {
+pub async fn run(
+    listener: TcpListener,
+    ctx: Arc<Ctx>,
+    app: Option<SocketAddr>,
+    app_ports: Vec<u16>,
+) {
+    let app_ports: Arc<[u16]> = app_ports.into();
     let local = match listener.local_addr() {
         Ok(a) => a,
         Err(e) => {
@@ -25,15 +32,20 @@ pub async fn run(listener: TcpListener, ctx: Arc<Ctx>, app: Option<SocketAddr>) 
     };
     let conn_ctx = ctx.clone();
     accept_loop("inbound", listener, ctx, move |stream, peer| {
-        let Some(target) = original_dst(&stream, local).or(app) else {
-            tracing::info!(%peer, "inbound connection without original destination and no --app; closing");
-            return None;
+        let (dest, port) = match original_dst(&stream, local) {
+            Some(orig) if is_own_listener(orig, &conn_ctx.listeners) => {
+                tracing::warn!(%peer, %orig, "inbound connection would loop into the proxy; refusing");
+                return None;
+            }
+            Some(orig) => (Dest::Fixed(orig), orig.port()),
+            // Without a redirect the port the client meant is unknown; `--app`'s decides
+            // whether detection is skipped.
+            None => {
+                let ports = app_ports.clone();
+                (Dest::Local { app, ports }, app.map_or(0, |a| a.port()))
+            }
         };
-        if is_own_listener(target, &conn_ctx.listeners) {
-            tracing::warn!(%peer, %target, "inbound connection would loop back into the proxy; refusing");
-            return None;
-        }
-        Some(serve(conn_ctx.clone(), Direction::Inbound, stream, Dest::Fixed(target), target.port()))
+        Some(serve(conn_ctx.clone(), Direction::Inbound, stream, dest, port))
     })
     .await;
 }

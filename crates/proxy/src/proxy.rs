@@ -144,7 +144,12 @@ impl Proxy {
             shutdown: shutdown.clone(),
         });
 
-        tracker.spawn(inbound::run(inbound_listener, ctx.clone(), config.app));
+        tracker.spawn(inbound::run(
+            inbound_listener,
+            ctx.clone(),
+            config.app,
+            config.app_ports.clone(),
+        ));
         if let Some(listener) = outbound_listener {
             tracker.spawn(outbound::run_transparent(listener, ctx.clone()));
         }

@@ -21,6 +21,18 @@ pub const FIRST_ANSWER_WAIT: Duration = Duration::from_secs(3);
 pub struct Hop {
     pub addr: SocketAddr,
     pub meshed: bool,
+    /// For meshed hops: the application port behind the peer proxy.
+    pub target_port: Option<u16>,
+}
+
+impl Hop {
+    fn plain(addr: SocketAddr) -> Self {
+        Self {
+            addr,
+            meshed: false,
+            target_port: None,
+        }
+    }
 }
 
 /// Why no hop could be chosen: a 503 at the edge (or a closed connection for opaque traffic).
@@ -32,6 +44,8 @@ pub enum NoHop {
     NoEndpoints,
     #[error("discovery timeout")]
     Pending,
+    #[error("no application")]
+    NoApp,
 }
 
 impl NoHop {
@@ -40,6 +54,7 @@ impl NoHop {
             Self::NotFound => "no destination",
             Self::NoEndpoints => "no endpoints",
             Self::Pending => "discovery timeout",
+            Self::NoApp => "no application",
         }
     }
 }
@@ -47,8 +62,14 @@ impl NoHop {
 /// A listener's (or connection's) destination.
 #[derive(Clone, Debug)]
 pub enum Dest {
-    /// A fixed local address: the application (inbound), or an original destination.
+    /// A fixed address: an inbound connection's original destination.
     Fixed(SocketAddr),
+    /// Inbound without an original destination: `--app`, or per request the app port a peer
+    /// proxy names in `trellis-target-port` when it is one of `ports` (`--app-port`).
+    Local {
+        app: Option<SocketAddr>,
+        ports: Arc<[u16]>,
+    },
     /// An explicit outbound port's service target; the receiver lives as long as the listener.
     Service {
         resolution_rx: watch::Receiver<Resolution>,
@@ -61,6 +82,20 @@ pub enum Dest {
         resolution: Resolution,
         balancer: Arc<RoundRobin>,
     },
+}
+
+/// The pure choice for [`Dest::Local`]: a named port the workload serves wins over `--app`, on
+/// `--app`'s IP (loopback without `--app`); any other port is ignored.
+pub fn local_hop(
+    app: Option<SocketAddr>,
+    ports: &[u16],
+    requested: Option<u16>,
+) -> Result<Hop, NoHop> {
+    let ip = app.map_or(std::net::Ipv4Addr::LOCALHOST.into(), |a| a.ip());
+    match requested.filter(|p| ports.contains(p)) {
+        Some(port) => Ok(Hop::plain(SocketAddr::new(ip, port))),
+        None => app.map(Hop::plain).ok_or(NoHop::NoApp),
+    }
 }
 
 /// The pure choice: `passthrough` is where traffic goes when discovery has no destination
@@ -76,12 +111,10 @@ pub fn hop_for(
             .map(|e| Hop {
                 addr: e.address,
                 meshed: e.meshed,
+                target_port: e.meshed.then_some(e.target_port),
             })
             .ok_or(NoHop::NoEndpoints),
-        (_, Some(addr)) => Ok(Hop {
-            addr,
-            meshed: false,
-        }),
+        (_, Some(addr)) => Ok(Hop::plain(addr)),
         (Resolution::NotFound, None) => Err(NoHop::NotFound),
         (Resolution::Pending, None) => Err(NoHop::Pending),
     }
@@ -89,13 +122,11 @@ pub fn hop_for(
 
 impl Dest {
     /// The hop for the next request or stream, waiting up to [`FIRST_ANSWER_WAIT`] if a service
-    /// target has no answer yet.
-    pub async fn hop(&self) -> Result<Hop, NoHop> {
+    /// target has no answer yet. `requested_port` is a peer proxy's `trellis-target-port`.
+    pub async fn hop(&self, requested_port: Option<u16>) -> Result<Hop, NoHop> {
         match self {
-            Self::Fixed(addr) => Ok(Hop {
-                addr: *addr,
-                meshed: false,
-            }),
+            Self::Fixed(addr) => Ok(Hop::plain(*addr)),
+            Self::Local { app, ports } => local_hop(*app, ports, requested_port),
             Self::Address {
                 orig,
                 resolution,
@@ -163,7 +194,8 @@ mod tests {
             hop_for(&found(&[7]), &rr, None).unwrap(),
             Hop {
                 addr: ([127, 0, 0, 1], 7).into(),
-                meshed: true
+                meshed: true,
+                target_port: Some(8080),
             }
         );
     }
@@ -174,10 +206,7 @@ mod tests {
         let orig: SocketAddr = ([10, 0, 0, 1], 80).into();
         assert_eq!(
             hop_for(&Resolution::NotFound, &rr, Some(orig)).unwrap(),
-            Hop {
-                addr: orig,
-                meshed: false
-            }
+            Hop::plain(orig)
         );
         assert_eq!(
             hop_for(&Resolution::Pending, &rr, Some(orig)).unwrap().addr,
@@ -189,6 +218,22 @@ mod tests {
         );
     }
 
+    #[test]
+    fn local_hop_honours_declared_ports_only() {
+        let app: SocketAddr = ([10, 0, 0, 5], 8080).into();
+        let ports = [8080, 9090];
+        let at = |port| SocketAddr::from(([10, 0, 0, 5], port));
+        assert_eq!(
+            local_hop(Some(app), &ports, Some(9090)).unwrap().addr,
+            at(9090)
+        );
+        assert_eq!(local_hop(Some(app), &ports, Some(22)).unwrap().addr, app);
+        assert_eq!(local_hop(Some(app), &ports, None).unwrap().addr, app);
+        let loopback = SocketAddr::from(([127, 0, 0, 1], 9090));
+        assert_eq!(local_hop(None, &ports, Some(9090)).unwrap().addr, loopback);
+        assert_eq!(local_hop(None, &ports, None), Err(NoHop::NoApp));
+    }
+
     #[tokio::test(start_paused = true)]
     async fn service_waits_for_first_answer() {
         let (tx, rx) = watch::channel(Resolution::Pending);
@@ -197,14 +242,14 @@ mod tests {
             balancer: Arc::new(RoundRobin::new()),
         };
         let started = tokio::time::Instant::now();
-        assert_eq!(dest.hop().await, Err(NoHop::Pending));
+        assert_eq!(dest.hop(None).await, Err(NoHop::Pending));
         assert!(started.elapsed() >= FIRST_ANSWER_WAIT);
         let answer = tokio::spawn(async move {
             tokio::time::sleep(Duration::from_millis(10)).await;
             tx.send_replace(found(&[5]));
             tx
         });
-        assert_eq!(dest.hop().await.unwrap().addr.port(), 5);
+        assert_eq!(dest.hop(None).await.unwrap().addr.port(), 5);
         drop(answer.await.unwrap());
     }
 }

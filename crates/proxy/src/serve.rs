@@ -25,7 +25,7 @@ use crate::discovery::Discovery;
 use crate::forward::HttpForward;
 use crate::route::Dest;
 use crate::telemetry::{DetectOutcome, Direction, Metrics};
-use crate::transport::{CountingIo, PrefixedIo, splice};
+use crate::transport::{CountingIo, PrefixedIo, is_own_listener, splice};
 
 /// Bound on remembered per-destination balancers for transparent traffic; past it the map is
 /// reset (losing only round-robin positions), so memory cannot grow without limit.
@@ -117,7 +117,7 @@ pub async fn serve(
             serve_http2(&ctx, io, HttpForward::new(ctx.clone(), direction, dest)).await
         }
         // TLS passes through untouched until the identity work terminates mTLS here.
-        Protocol::Tls | Protocol::Opaque => serve_opaque(direction, io, &dest).await,
+        Protocol::Tls | Protocol::Opaque => serve_opaque(&ctx, direction, io, &dest).await,
     }
 }
 
@@ -162,8 +162,12 @@ async fn serve_http2(ctx: &Ctx, io: Downstream, forward: HttpForward) {
     }
 }
 
-async fn serve_opaque(direction: Direction, mut io: Downstream, dest: &Dest) {
-    let hop = match dest.hop().await {
+async fn serve_opaque(ctx: &Ctx, direction: Direction, mut io: Downstream, dest: &Dest) {
+    let hop = match dest.hop(None).await {
+        Ok(hop) if is_own_listener(hop.addr, &ctx.listeners) => {
+            tracing::warn!(direction = direction.as_str(), hop = %hop.addr, "opaque connection would loop into the proxy; closing");
+            return;
+        }
         Ok(hop) => hop,
         Err(no_hop) => {
             tracing::info!(

@@ -10,19 +10,20 @@
 use std::convert::Infallible;
 use std::sync::Arc;
 
-use http::{Request, Response, StatusCode, header};
+use http::{HeaderValue, Request, Response, StatusCode, header};
 use http_body_util::BodyExt;
 use hyper::body::Incoming;
 use hyper_util::rt::TokioIo;
 use tokio::time::Instant;
 
 use crate::http::{
-    HopVersion, ORIG_PROTO, ORIG_PROTO_HTTP1, ProxyBody, choose_version, error_response,
-    is_upgrade, strip_hop_by_hop, to_http1, to_http2,
+    HopVersion, ORIG_PROTO, ORIG_PROTO_HTTP1, ProxyBody, TARGET_PORT, choose_version,
+    error_response, is_upgrade, strip_hop_by_hop, to_http1, to_http2,
 };
 use crate::route::{Dest, Hop};
 use crate::serve::Ctx;
 use crate::telemetry::Direction;
+use crate::transport::is_own_listener;
 
 /// Forwards the requests of one downstream connection; cheap to clone per request.
 #[derive(Clone, Debug)]
@@ -52,7 +53,17 @@ impl HttpForward {
     }
 
     async fn forward(&self, mut req: Request<Incoming>) -> Response<ProxyBody> {
-        let hop = match self.dest.hop().await {
+        // Like the version tag, the port hint only means something coming from a peer proxy.
+        let requested_port = req
+            .headers_mut()
+            .remove(TARGET_PORT)
+            .and_then(|v| v.to_str().ok()?.parse::<u16>().ok())
+            .filter(|_| self.direction == Direction::Inbound);
+        let hop = match self.dest.hop(requested_port).await {
+            Ok(hop) if is_own_listener(hop.addr, &self.ctx.listeners) => {
+                tracing::warn!(direction = self.direction.as_str(), hop = %hop.addr, "request would loop into the proxy");
+                return error_response(StatusCode::BAD_GATEWAY, "forwarding loop");
+            }
             Ok(hop) => hop,
             Err(no_hop) => {
                 tracing::info!(direction = self.direction.as_str(), uri = %req.uri(), reason = no_hop.reason(), "no hop for request");
@@ -70,6 +81,10 @@ impl HttpForward {
         // This proxy's server already answered `100 Continue` by reading the body; the next hop
         // gets the body at once.
         req.headers_mut().remove(header::EXPECT);
+        if let Some(port) = hop.target_port.filter(|_| hop.meshed) {
+            req.headers_mut()
+                .insert(TARGET_PORT, HeaderValue::from(port));
+        }
         if upgrade {
             return self.forward_upgrade(hop, req).await;
         }

@@ -1,6 +1,7 @@
 //! The meshed hop, end to end on loopback: an outbound connection whose destination resolves
 //! to a meshed endpoint (a second proxy's inbound) is carried over HTTP/2 with
-//! `trellis-orig-proto`, and reaches an HTTP/1-only application as HTTP/1.1.
+//! `trellis-orig-proto`, and reaches an HTTP/1-only application as HTTP/1.1, on the port named
+//! by `trellis-target-port`.
 
 use std::convert::Infallible;
 use std::net::SocketAddr;
@@ -54,7 +55,7 @@ async fn http1_app() -> SocketAddr {
     addr
 }
 
-fn meshed(endpoint: SocketAddr) -> Resolution {
+fn meshed(endpoint: SocketAddr, target_port: u16) -> Resolution {
     Resolution::Found(Arc::new(Destination {
         authority: "reviews.default.svc.cluster.local:9080".into(),
         service: ServiceKey::new("default", "reviews"),
@@ -66,7 +67,7 @@ fn meshed(endpoint: SocketAddr) -> Resolution {
             identity: None,
             workload: "reviews".into(),
             labels: Default::default(),
-            target_port: 9080,
+            target_port,
         }],
     }))
 }
@@ -74,7 +75,10 @@ fn meshed(endpoint: SocketAddr) -> Resolution {
 #[tokio::test]
 async fn http1_rides_the_meshed_http2_hop() {
     let app = http1_app().await;
-    let peer = Proxy::start(ProxyConfig::local(Some(app))).await.unwrap();
+    // The peer has no --app: only the target port the outbound side names leads to the app.
+    let mut peer_config = ProxyConfig::local(None);
+    peer_config.app_ports = vec![app.port()];
+    let peer = Proxy::start(peer_config).await.unwrap();
     let peer_inbound = peer.addrs().inbound;
 
     let metrics = Arc::new(Metrics::new());
@@ -91,7 +95,7 @@ async fn http1_rides_the_meshed_http2_hop() {
     let outbound = listener.local_addr().unwrap();
     let dest = Dest::Address {
         orig: "127.0.0.1:9".parse().unwrap(),
-        resolution: meshed(peer_inbound),
+        resolution: meshed(peer_inbound, app.port()),
         balancer: ctx.balancer(&trellis_model::Target::Address(peer_inbound)),
     };
     tokio::spawn(async move {
