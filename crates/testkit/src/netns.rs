@@ -36,7 +36,13 @@ pub fn require_root(test: &str) -> bool {
         return true;
     }
     if std::env::var(SKIP_ENV).is_ok_and(|v| v == "1") {
-        eprintln!("SKIPPED {test}: network-namespace tests need root ({SKIP_ENV}=1 is set)");
+        // Straight to the stderr handle, not eprintln!: the test harness captures the macros'
+        // output of passing tests, and a skip must be visible.
+        use std::io::Write as _;
+        let _ = writeln!(
+            std::io::stderr(),
+            "SKIPPED {test}: network-namespace tests need root ({SKIP_ENV}=1 is set)"
+        );
         return false;
     }
     panic!(

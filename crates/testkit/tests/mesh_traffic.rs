@@ -21,6 +21,24 @@ fn curl_http1_and_h2c_through_the_proxy_pair() {
     let url = format!("http://{}/pair", mesh.client_port("echo"));
 
     let h1 = curl_http(&["-H", "x-test: h1", "--data-binary", "0123456789", &url]).unwrap();
+    // The hop between the proxies is meshed: the server proxy saw HTTP/2 on its inbound side
+    // although the client spoke HTTP/1.1 (the client proxy upgraded it).
+    let detections = mesh.server("echo").metrics();
+    let inbound = |outcome| {
+        detections.sum(
+            "trellis_protocol_detections_total",
+            &[("direction", "inbound"), ("outcome", outcome)],
+        )
+    };
+    assert!(
+        inbound("http2") >= 1.0,
+        "server proxy did not see HTTP/2 from the client proxy: {detections:?}"
+    );
+    assert_eq!(
+        inbound("http1"),
+        0.0,
+        "HTTP/1 reached the server proxy un-upgraded"
+    );
     assert_eq!(h1.status, 200, "{h1:?}");
     assert_eq!(
         h1.http_version, "1.1",
@@ -92,7 +110,7 @@ fn h2load_through_the_proxy_pair() {
 
     for (label, extra) in [("h2c", None), ("http/1.1", Some("--h1"))] {
         let mut cmd = std::process::Command::new(&h2load);
-        cmd.args(["-n", "2000", "-c", "4", "-m", "10", "-T", "20"]);
+        cmd.args(["-n", "2000", "-c", "4", "-m", "10"]);
         if let Some(flag) = extra {
             cmd.arg(flag);
         }
