@@ -4,6 +4,12 @@
 //! keeps the stream's subscriptions, and on every change of config or registry recompiles each
 //! subscribed target, pushing an Update only when the result differs from what this stream was
 //! last sent. Versions count Updates per stream, from 1. Acks and Nacks are recorded per proxy.
+//!
+//! Startup hold-back: the registry lives in memory, so a restarted control plane knows no
+//! workloads until their proxies reconnect. For one workload-expiry period after startup (the
+//! time a registered workload has to come back before it would have been expired anyway), a
+//! destination with no endpoints is not sent; proxies keep the endpoints they had rather than
+//! see every service go empty for the seconds their peers take to reconnect.
 
 use std::collections::BTreeMap;
 use std::pin::Pin;
@@ -73,8 +79,9 @@ struct Session {
     tx: Outbound,
     /// Set by Hello: the proxy id and workload, kept to re-register after an expiry.
     hello: Option<(String, Workload)>,
-    /// Each subscribed target and the value it was last sent (`None` = "nothing there").
-    subscriptions: BTreeMap<Target, Option<Destination>>,
+    /// Each subscribed target and the value it was last sent: `None` when nothing was sent yet
+    /// (held back), `Some(None)` for "nothing there".
+    subscriptions: BTreeMap<Target, Option<Option<Destination>>>,
     version: u64,
 }
 
@@ -105,9 +112,15 @@ impl Session {
         let mut config_rx = self.shared.config_rx.clone();
         let mut workloads_rx = self.shared.workloads_rx();
         let shutdown = self.shared.shutdown.clone();
+        let hold_back_until = self.shared.hold_back_until;
+        let mut holding_back = Instant::now() < hold_back_until;
         let end = loop {
             let step = tokio::select! {
                 () = shutdown.cancelled() => Err(End::Quiet),
+                () = tokio::time::sleep_until(hold_back_until), if holding_back => {
+                    holding_back = false;
+                    self.push_changes().await
+                }
                 () = self.tx.closed() => Err(End::Quiet),
                 msg = inbound.message() => match msg {
                     Ok(Some(msg)) => self.handle(msg).await,
@@ -166,7 +179,7 @@ impl Session {
                 });
                 // Always answer a Subscribe, even with "nothing there", so the proxy stops
                 // waiting; a repeated Subscribe is answered again.
-                self.subscriptions.remove(&target);
+                self.subscriptions.insert(target.clone(), None);
                 self.push(&target).await
             }
             proxy_message::Kind::Unsubscribe(unsub) => {
@@ -269,7 +282,13 @@ impl Session {
             };
             compile(view, target)
         };
-        if self.subscriptions.get(target) == Some(&dest) {
+        let sent = self.subscriptions.get(target);
+        if sent == Some(&Some(dest.clone())) {
+            return Ok(());
+        }
+        // Startup hold-back (see the module docs): the endpoints may only be not back yet.
+        let empty = dest.as_ref().is_some_and(|d| d.endpoints.is_empty());
+        if empty && Instant::now() < self.shared.hold_back_until {
             return Ok(());
         }
         self.version += 1;
@@ -278,7 +297,7 @@ impl Session {
             target: Some(wire::target_to_wire(target)),
             destination: dest.as_ref().map(wire::destination_to_wire),
         };
-        self.subscriptions.insert(target.clone(), dest);
+        self.subscriptions.insert(target.clone(), Some(dest));
         self.shared.metrics.push();
         self.send(control_message::Kind::Update(update)).await
     }

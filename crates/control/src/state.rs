@@ -23,6 +23,8 @@ pub struct Shared {
     workloads_tx: watch::Sender<Arc<Vec<Workload>>>,
     pub metrics: Metrics,
     pub shutdown: CancellationToken,
+    /// Until then, destinations without endpoints are held back (see `discovery`).
+    pub hold_back_until: Instant,
 }
 
 impl Shared {
@@ -41,6 +43,7 @@ impl Shared {
             workloads_tx: watch::channel(Arc::new(Vec::new())).0,
             metrics: Metrics::default(),
             shutdown,
+            hold_back_until: Instant::now() + workload_expiry,
         }
     }
 
