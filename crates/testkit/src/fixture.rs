@@ -33,6 +33,10 @@ impl MeshBuilder {
     }
 
     /// A Service `name.default` on `port`, whose only endpoint is a proxy in front of `app`.
+    ///
+    /// The Service's `targetPort` is the app's real port, which is also the port the server
+    /// proxy registers (`--app-port` defaults to `--app`'s): the port a peer proxy names is the
+    /// one the app listens on, as in a pod.
     pub fn service(mut self, name: &str, port: u16, app: SocketAddr) -> Self {
         self.services.push(ServiceSpec {
             name: name.to_string(),
@@ -56,7 +60,7 @@ impl MeshBuilder {
             .map(|s| {
                 (
                     format!("{}.yaml", s.name),
-                    service_yaml(&s.name, NAMESPACE, s.port, s.port, &s.name),
+                    service_yaml(&s.name, NAMESPACE, s.port, s.app.port(), &s.name),
                 )
             })
             .collect();
@@ -73,7 +77,6 @@ impl MeshBuilder {
                 .label("app", &s.name)
                 .control(&url)
                 .app(s.app)
-                .app_port(s.port)
                 .start()
                 .unwrap_or_else(|e| panic!("starting the server proxy of {}: {e}", s.name));
             servers.insert(s.name.clone(), proxy);

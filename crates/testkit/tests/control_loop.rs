@@ -43,7 +43,7 @@ fn traffic_survives_the_control_plane_and_proxies_resync_after_restart() {
     // Back where the proxies expect it, now with a Service `late` selecting the same workload.
     std::fs::write(
         mesh.config.path().join("late.yaml"),
-        service_yaml("late", "default", 8080, 8080, "echo"),
+        service_yaml("late", "default", 8080, echo.addr.port(), "echo"),
     )
     .unwrap();
     mesh.control = ControlPlane::start_at(mesh.config.path(), discovery).unwrap();
@@ -71,7 +71,11 @@ fn a_config_change_reaches_running_proxies() {
 
     // Written atomically (rename) so the watcher never reads half a file.
     let tmp = mesh.config.path().join(".added.yaml.tmp");
-    std::fs::write(&tmp, service_yaml("added", "default", 8080, 8080, "echo")).unwrap();
+    std::fs::write(
+        &tmp,
+        service_yaml("added", "default", 8080, echo.addr.port(), "echo"),
+    )
+    .unwrap();
     std::fs::rename(&tmp, mesh.config.path().join("added.yaml")).unwrap();
 
     wait::until(CONVERGE, || match http_get(added_port, "/added") {
