@@ -1,7 +1,7 @@
 //! The inbound listener: traffic coming to the workload. A connection goes to its original
 //! destination when iptables redirected it (the proxy's uid is excluded from redirection, so
-//! connecting there reaches the application), else to `--app`, or per request to the
-//! `--app-port` a peer proxy names in `trellis-target-port`. An HTTP/2 request tagged
+//! connecting there reaches the application), else to `--app`, or (without `--app`, as in a
+//! pod) per request to the `--app-port` a peer proxy names in `trellis-target-port`. An HTTP/2 request tagged
 //! `trellis-orig-proto` by a peer proxy reaches the application as HTTP/1.1 again.
 
 use std::net::SocketAddr;
@@ -42,7 +42,13 @@ pub async fn run(
             // whether detection is skipped.
             None => {
                 let ports = app_ports.clone();
-                (Dest::Local { app, ports }, app.map_or(0, |a| a.port()))
+                let local_ip = stream.local_addr().map_or(local.ip(), |a| a.ip());
+                let dest = Dest::Local {
+                    app,
+                    ports,
+                    local_ip,
+                };
+                (dest, app.map_or(0, |a| a.port()))
             }
         };
         Some(serve(conn_ctx.clone(), Direction::Inbound, stream, dest, port))

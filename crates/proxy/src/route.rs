@@ -4,7 +4,7 @@
 //! The decision ([`hop_for`]) is pure; waiting for discovery's first answer is the only async
 //! part. This module must not touch sockets.
 
-use std::net::SocketAddr;
+use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -69,6 +69,7 @@ pub enum Dest {
     Local {
         app: Option<SocketAddr>,
         ports: Arc<[u16]>,
+        local_ip: IpAddr,
     },
     /// An explicit outbound port's service target; the receiver lives as long as the listener.
     Service {
@@ -84,18 +85,23 @@ pub enum Dest {
     },
 }
 
-/// The pure choice for [`Dest::Local`]: a named port the workload serves wins over `--app`, on
-/// `--app`'s IP (loopback without `--app`); any other port is ignored.
+/// The pure choice for [`Dest::Local`]. `--app` wins when set: in local mode the registered
+/// `--app-port`s are the ports peers know, not necessarily where the app listens. Without it
+/// (a pod), a requested port the workload declares is dialled on `local_ip`, the address the
+/// peer reached this proxy on (the pod's IP); anything else has no application.
 pub fn local_hop(
     app: Option<SocketAddr>,
     ports: &[u16],
+    local_ip: IpAddr,
     requested: Option<u16>,
 ) -> Result<Hop, NoHop> {
-    let ip = app.map_or(std::net::Ipv4Addr::LOCALHOST.into(), |a| a.ip());
-    match requested.filter(|p| ports.contains(p)) {
-        Some(port) => Ok(Hop::plain(SocketAddr::new(ip, port))),
-        None => app.map(Hop::plain).ok_or(NoHop::NoApp),
+    if let Some(app) = app {
+        return Ok(Hop::plain(app));
     }
+    requested
+        .filter(|p| ports.contains(p))
+        .map(|port| Hop::plain(SocketAddr::new(local_ip, port)))
+        .ok_or(NoHop::NoApp)
 }
 
 /// The pure choice: `passthrough` is where traffic goes when discovery has no destination
@@ -126,7 +132,11 @@ impl Dest {
     pub async fn hop(&self, requested_port: Option<u16>) -> Result<Hop, NoHop> {
         match self {
             Self::Fixed(addr) => Ok(Hop::plain(*addr)),
-            Self::Local { app, ports } => local_hop(*app, ports, requested_port),
+            Self::Local {
+                app,
+                ports,
+                local_ip,
+            } => local_hop(*app, ports, *local_ip, requested_port),
             Self::Address {
                 orig,
                 resolution,
@@ -219,19 +229,27 @@ mod tests {
     }
 
     #[test]
-    fn local_hop_honours_declared_ports_only() {
-        let app: SocketAddr = ([10, 0, 0, 5], 8080).into();
+    fn local_hop_prefers_app_then_declared_ports() {
+        let app: SocketAddr = ([127, 0, 0, 1], 41000).into();
+        let pod_ip: IpAddr = [10, 0, 0, 5].into();
         let ports = [8080, 9090];
-        let at = |port| SocketAddr::from(([10, 0, 0, 5], port));
         assert_eq!(
-            local_hop(Some(app), &ports, Some(9090)).unwrap().addr,
-            at(9090)
+            local_hop(Some(app), &ports, pod_ip, Some(9090))
+                .unwrap()
+                .addr,
+            app
         );
-        assert_eq!(local_hop(Some(app), &ports, Some(22)).unwrap().addr, app);
-        assert_eq!(local_hop(Some(app), &ports, None).unwrap().addr, app);
-        let loopback = SocketAddr::from(([127, 0, 0, 1], 9090));
-        assert_eq!(local_hop(None, &ports, Some(9090)).unwrap().addr, loopback);
-        assert_eq!(local_hop(None, &ports, None), Err(NoHop::NoApp));
+        assert_eq!(
+            local_hop(Some(app), &ports, pod_ip, None).unwrap().addr,
+            app
+        );
+        let want = SocketAddr::new(pod_ip, 9090);
+        assert_eq!(
+            local_hop(None, &ports, pod_ip, Some(9090)).unwrap().addr,
+            want
+        );
+        assert_eq!(local_hop(None, &ports, pod_ip, Some(22)), Err(NoHop::NoApp));
+        assert_eq!(local_hop(None, &ports, pod_ip, None), Err(NoHop::NoApp));
     }
 
     #[tokio::test(start_paused = true)]
