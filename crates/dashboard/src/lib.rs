@@ -1,9 +1,140 @@
-//! The web dashboard: static assets embedded in the binary and the routes that serve them.
+//! The web dashboard: a static page, its script and its stylesheet, embedded in the binary
+//! with `include_str!` and served by [`router`].
 //!
-//! INTERFACE CONTRACT (stub): the control plane merges `router()` into its HTTP server; the page
-//! reads the control plane's JSON API (`/api/v1/...`) from the browser.
+//! The control plane merges [`router`] into its HTTP server; the page itself reads the control
+//! plane's JSON API (`/api/v1/services`, `/api/v1/workloads`, `/api/v1/config`) from the
+//! browser every 2 s. This crate owns no data and must not need Node or a network at build
+//! time: the assets are hand-written files under `assets/`. Its routes (`/` and `/assets/*`)
+//! must not overlap the control plane's (`/api`, `/metrics`, `/live`, `/ready`), since axum
+//! refuses overlapping routes when merging.
+
+use axum::Router;
+use axum::http::{HeaderValue, header};
+use axum::response::{IntoResponse, Response};
+use axum::routing::get;
+
+/// The page at `/`.
+pub const INDEX_HTML: &str = include_str!("../assets/index.html");
+/// `/assets/dashboard.js`.
+pub const DASHBOARD_JS: &str = include_str!("../assets/dashboard.js");
+/// `/assets/dashboard.css`.
+pub const DASHBOARD_CSS: &str = include_str!("../assets/dashboard.css");
+
+/// Where the page finds its script and stylesheet.
+pub const JS_PATH: &str = "/assets/dashboard.js";
+pub const CSS_PATH: &str = "/assets/dashboard.css";
+
+/// Only this origin may be fetched or run: the page needs nothing else, so injected markup
+/// (should any get past the script's textContent-only rendering) can load nothing.
+const CONTENT_SECURITY_POLICY: &str = "default-src 'none'; script-src 'self'; style-src 'self'; \
+     connect-src 'self'; img-src 'self' data:; base-uri 'none'; form-action 'none'; \
+     frame-ancestors 'none'";
 
 /// Routes for `/` and the dashboard's assets.
-pub fn router() -> axum::Router {
-    axum::Router::new()
+pub fn router() -> Router {
+    Router::new()
+        .route(
+            "/",
+            get(|| async { asset("text/html; charset=utf-8", INDEX_HTML) }),
+        )
+        .route(
+            JS_PATH,
+            get(|| async { asset("text/javascript; charset=utf-8", DASHBOARD_JS) }),
+        )
+        .route(
+            CSS_PATH,
+            get(|| async { asset("text/css; charset=utf-8", DASHBOARD_CSS) }),
+        )
+}
+
+fn asset(content_type: &'static str, body: &'static str) -> Response {
+    let mut response = body.into_response();
+    let headers = response.headers_mut();
+    headers.insert(header::CONTENT_TYPE, HeaderValue::from_static(content_type));
+    // The assets change with the binary, not over its life, but a browser holding an old copy
+    // across an upgrade would show a page that no longer matches the API: always revalidate.
+    headers.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-cache"));
+    headers.insert(
+        header::X_CONTENT_TYPE_OPTIONS,
+        HeaderValue::from_static("nosniff"),
+    );
+    headers.insert(
+        header::CONTENT_SECURITY_POLICY,
+        HeaderValue::from_static(CONTENT_SECURITY_POLICY),
+    );
+    response
+}
+
+#[cfg(test)]
+mod tests {
+    use axum::body::Body;
+    use axum::http::{Request, StatusCode};
+    use http_body_util::BodyExt;
+    use tower::ServiceExt;
+
+    use super::*;
+
+    async fn get(path: &str) -> (StatusCode, String, String) {
+        let request = Request::get(path).body(Body::empty()).unwrap();
+        let response = router().oneshot(request).await.unwrap();
+        let status = response.status();
+        let content_type = response
+            .headers()
+            .get(header::CONTENT_TYPE)
+            .and_then(|v| v.to_str().ok())
+            .unwrap_or("")
+            .to_string();
+        let body = response.into_body().collect().await.unwrap().to_bytes();
+        (
+            status,
+            content_type,
+            String::from_utf8(body.to_vec()).unwrap(),
+        )
+    }
+
+    #[tokio::test]
+    async fn serves_the_page_and_its_assets() {
+        let (status, content_type, page) = get("/").await;
+        assert_eq!(status, StatusCode::OK);
+        assert!(content_type.starts_with("text/html"));
+        assert!(page.contains(JS_PATH) && page.contains(CSS_PATH));
+
+        let (status, content_type, js) = get(JS_PATH).await;
+        assert_eq!(status, StatusCode::OK);
+        assert!(content_type.starts_with("text/javascript"));
+        for api in ["/api/v1/services", "/api/v1/workloads", "/api/v1/config"] {
+            assert!(js.contains(api), "the script reads {api}");
+        }
+
+        let (status, content_type, css) = get(CSS_PATH).await;
+        assert_eq!(status, StatusCode::OK);
+        assert!(content_type.starts_with("text/css"));
+        assert!(css.contains("prefers-color-scheme: dark"));
+    }
+
+    #[test]
+    fn page_is_accessible_markup() {
+        // Semantic tables with captions and column headers, one per section, and a live region
+        // announcing refreshes.
+        assert_eq!(INDEX_HTML.matches("<table>").count(), 3);
+        assert_eq!(INDEX_HTML.matches("<caption>").count(), 3);
+        assert!(INDEX_HTML.matches("<th scope=\"col\">").count() >= 21);
+        assert!(INDEX_HTML.contains("<html lang=\"en\">"));
+        assert!(INDEX_HTML.contains("aria-live=\"polite\""));
+        for id in ["services-body", "workloads-body", "config-body"] {
+            assert!(INDEX_HTML.contains(id) && DASHBOARD_JS.contains(&id[..id.len() - 5]));
+        }
+    }
+
+    #[test]
+    fn script_never_writes_html() {
+        assert!(!DASHBOARD_JS.contains(".innerHTML"));
+        assert!(!DASHBOARD_JS.contains("document.write"));
+    }
+
+    #[tokio::test]
+    async fn unknown_paths_are_left_to_the_host() {
+        let (status, _, _) = get("/assets/missing.js").await;
+        assert_eq!(status, StatusCode::NOT_FOUND);
+    }
 }

@@ -38,6 +38,11 @@ pub struct DemoArgs {
     /// Log filter for the demo and every process it starts (`info`, `debug`, `trellis=debug`).
     #[arg(long, value_name = "LEVEL", default_value = "info")]
     pub log_level: String,
+
+    /// Keep the demo's temporary directory (logs, ready files, generated config) after it
+    /// stops, for debugging; its path is printed.
+    #[arg(long)]
+    pub keep_files: bool,
 }
 
 /// Flags that made sense: what [`super::run`] works from.
@@ -51,6 +56,7 @@ pub struct DemoConfig {
     pub load_rps: Option<u32>,
     pub status_file: Option<PathBuf>,
     pub log_level: String,
+    pub keep_files: bool,
 }
 
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
@@ -115,6 +121,7 @@ impl DemoArgs {
             load_rps,
             status_file: self.status_file.clone(),
             log_level: self.log_level.clone(),
+            keep_files: self.keep_files,
         })
     }
 }

@@ -33,7 +33,7 @@ pub use binaries::{BIN_DIR_ENV, MissingBinary};
 pub use load::LoadStats;
 pub use status::{ControlStatus, DemoStatus, WorkloadStatus};
 
-use crate::bookinfo::{self, App, NAMESPACE, RunningApp, SERVICE_PORT};
+use crate::bookinfo::{self, App, NAMESPACE, RunningApp};
 use crate::http_client::HttpClient;
 use children::{ChildId, Exit, SpawnError, Supervisor};
 use ready::{ControlReady, ProxyReady, ReadyFile};
@@ -118,6 +118,15 @@ pub async fn run(config: DemoConfig) -> Result<(), DemoError> {
     // Proxies drain into their apps, so the apps stop only after the proxies have.
     demo.apps_shutdown.cancel();
     drop(apps);
+    let failed = !matches!(outcome, Ok(()) | Err(DemoError::Interrupted));
+    // After a failure the logs are what the user needs next: keep them.
+    if demo.config.keep_files || failed {
+        let kept = demo.dirs.keep();
+        eprintln!(
+            "trellis demo: kept its logs and files in {}",
+            kept.display()
+        );
+    }
     match outcome {
         Ok(()) | Err(DemoError::Interrupted) => {
             println!("Trellis demo stopped.");
@@ -130,7 +139,8 @@ pub async fn run(config: DemoConfig) -> Result<(), DemoError> {
 /// The demo's private directories, removed when dropped.
 #[derive(Debug)]
 struct Dirs {
-    _root: tempfile::TempDir,
+    /// `None` once kept.
+    root: Option<tempfile::TempDir>,
     /// Bookinfo's Services, always loaded.
     services: PathBuf,
     /// The user's `--config-dir`, or the sample written under `_root`.
@@ -140,6 +150,12 @@ struct Dirs {
 }
 
 impl Dirs {
+    /// Stops the directory from being removed; returns its path.
+    fn keep(&mut self) -> PathBuf {
+        let root = self.root.take();
+        root.map(tempfile::TempDir::keep).unwrap_or_default()
+    }
+
     fn create(user_config: Option<&Path>) -> Result<Self, DemoError> {
         let tmp = std::env::temp_dir();
         let root = tempfile::Builder::new()
@@ -185,7 +201,7 @@ impl Dirs {
             }
         };
         Ok(Self {
-            _root: root,
+            root: Some(root),
             services,
             config,
             run,
@@ -322,8 +338,9 @@ impl Demo {
             ("--label", format!("version={}", app.version())),
             ("--control", format!("http://{discovery}")),
             ("--inbound", inbound.to_string()),
+            // No --app-port: the app does not listen on the Service's port 9080, so the proxy
+            // must send everything to --app rather than to the port a peer names.
             ("--app", app_addr.to_string()),
-            ("--app-port", SERVICE_PORT.to_string()),
             ("--outbound", "none".to_string()),
             ("--admin", "127.0.0.1:0".to_string()),
             ("--log-level", self.config.log_level.clone()),
@@ -587,7 +604,7 @@ fn watch_signals() -> io::Result<CancellationToken> {
                 _ = int.recv() => {}
             }
             if round == 0 {
-                eprintln!("trellis demo: stopping (again to force)...");
+                eprintln!("trellis demo: stopping (signal again to kill everything at once)");
                 cancel.cancel();
             }
         }
@@ -620,7 +637,7 @@ mod tests {
         let dirs = Dirs::create(None).unwrap();
         assert!(dirs.services.join("bookinfo-services.yaml").is_file());
         assert!(dirs.config.join("reviews-routing.yaml").is_file());
-        let root = dirs._root.path().to_path_buf();
+        let root = dirs.root.as_ref().unwrap().path().to_path_buf();
         drop(dirs);
         assert!(!root.exists(), "temporary directories are removed");
 
