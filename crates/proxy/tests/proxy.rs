@@ -415,3 +415,30 @@ async fn port_conflicts_name_the_address() {
         "{msg}"
     );
 }
+
+#[tokio::test]
+async fn server_first_protocols_work_after_the_detect_timeout() {
+    let upstream = start_banner_server().await;
+    let proxy = start_proxy(upstream, |c| c.detect_timeout = Duration::from_millis(100)).await;
+    let mut stream = TcpStream::connect(proxy.addrs().inbound).await.unwrap();
+    let mut banner = [0u8; 12];
+    tokio::time::timeout(WAIT, stream.read_exact(&mut banner))
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(&banner, b"220 banner\r\n");
+    stream.write_all(b"HELO x\r\n").await.unwrap();
+    let mut echo = [0u8; 8];
+    tokio::time::timeout(WAIT, stream.read_exact(&mut echo))
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(&echo, b"HELO x\r\n");
+    let (_, metrics) = admin(proxy.addrs().admin, "GET", "/metrics").await;
+    assert!(
+        metrics.contains(
+            "trellis_protocol_detections_total{direction=\"inbound\",outcome=\"timeout\"} 1"
+        ),
+        "{metrics}"
+    );
+}

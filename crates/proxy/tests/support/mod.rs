@@ -234,3 +234,24 @@ where
     }
     panic!("timed out waiting for {what}");
 }
+
+/// A server-first TCP server: sends a banner on connect, then echoes one line.
+pub async fn start_banner_server() -> SocketAddr {
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(async move {
+        loop {
+            let Ok((mut stream, _)) = listener.accept().await else {
+                return;
+            };
+            tokio::spawn(async move {
+                let _ = stream.write_all(b"220 banner\r\n").await;
+                let mut buf = [0u8; 64];
+                if let Ok(n) = stream.read(&mut buf).await {
+                    let _ = stream.write_all(&buf[..n]).await;
+                }
+            });
+        }
+    });
+    addr
+}
