@@ -4,7 +4,7 @@
 //! volumes whose symlinks are swapped, network filesystems) and a few hundred milliseconds of
 //! delay is well within what a config change needs.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::hash::{Hash, Hasher};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -76,7 +76,7 @@ impl DirStore {
 
     /// Reads every directory once; publishes a snapshot if anything changed.
     pub async fn poll(&mut self) {
-        let mut seen: Vec<String> = Vec::new();
+        let mut seen: BTreeSet<String> = BTreeSet::new();
         let mut changed = false;
         for dir in self.dirs.clone() {
             let files = match list(&dir).await {
@@ -92,26 +92,25 @@ impl DirStore {
                         tracing::warn!(dir = %dir.display(), error = %msg, "cannot list config directory; keeping its files in force");
                     }
                     // Keep what came from this directory rather than emptying the mesh.
-                    let prefix = dir.to_string_lossy().into_owned();
-                    seen.extend(
-                        self.index
-                            .files()
-                            .filter(|f| f.starts_with(&prefix))
-                            .map(str::to_string),
-                    );
+                    let parent = Some(dir.as_path());
+                    let kept = self
+                        .index
+                        .files()
+                        .filter(|f| Path::new(f).parent() == parent);
+                    seen.extend(kept.map(str::to_string));
                     continue;
                 }
             };
             for path in files {
                 let name = path.to_string_lossy().into_owned();
-                seen.push(name.clone());
+                seen.insert(name.clone());
                 changed |= self.read_file(&path, &name).await;
             }
         }
         let gone: Vec<String> = self
             .index
             .files()
-            .filter(|f| !seen.contains(&(*f).to_string()))
+            .filter(|f| !seen.contains(*f))
             .map(str::to_string)
             .collect();
         for file in gone {
