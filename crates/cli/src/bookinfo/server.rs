@@ -291,3 +291,100 @@ fn json<T: Serialize>(status: StatusCode, body: &T) -> Response<Full<Bytes>> {
     );
     response
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::bookinfo::handlers::ProductReviews;
+
+    async fn start(app: App, shutdown: &CancellationToken) -> RunningApp {
+        bind(app, HttpClient::new(), shutdown.clone())
+            .await
+            .unwrap()
+    }
+
+    async fn get(addr: SocketAddr, path: &str) -> (StatusCode, String) {
+        let mut headers = HeaderMap::new();
+        headers.insert("end-user", HeaderValue::from_static("jason"));
+        let reply = HttpClient::new()
+            .get(addr, path, &headers, Duration::from_secs(5))
+            .await
+            .unwrap();
+        (
+            reply.status,
+            String::from_utf8_lossy(&reply.body).into_owned(),
+        )
+    }
+
+    #[tokio::test]
+    async fn productpage_reaches_reviews_and_ratings() {
+        let shutdown = CancellationToken::new();
+        let productpage = start(App::Productpage, &shutdown).await;
+        let reviews = start(App::Reviews(ReviewsVersion::V3), &shutdown).await;
+        let ratings = start(App::Ratings, &shutdown).await;
+        let details = start(App::Details, &shutdown).await;
+        // Wired straight to each other, as if each sidecar were a plain pipe.
+        productpage.upstreams.set(Service::Reviews, reviews.addr);
+        productpage.upstreams.set(Service::Details, details.addr);
+        reviews.upstreams.set(Service::Ratings, ratings.addr);
+
+        let (status, body) = get(productpage.addr, "/api/v1/products/0/reviews").await;
+        assert_eq!(status, StatusCode::OK, "{body}");
+        let answer: ProductReviews = serde_json::from_str(&body).unwrap();
+        assert_eq!(answer.reviews_version, "v3");
+        assert!(answer.ratings_available);
+        assert_eq!(
+            answer.reviews[0].rating.as_ref().unwrap().color.as_deref(),
+            Some("red")
+        );
+
+        let (status, body) = get(productpage.addr, "/api/v1/products/0").await;
+        assert_eq!(status, StatusCode::OK);
+        assert!(body.contains("\"ISBN-10\""));
+        let (status, page) = get(productpage.addr, "/productpage").await;
+        assert_eq!(status, StatusCode::OK);
+        assert!(page.contains("Signed in as <b>jason</b>") && page.contains("color:red"));
+        shutdown.cancel();
+    }
+
+    #[tokio::test]
+    async fn missing_upstreams_degrade_as_bookinfo_does() {
+        let shutdown = CancellationToken::new();
+        let reviews = start(App::Reviews(ReviewsVersion::V2), &shutdown).await;
+        // No ratings address: reviews still answers, without ratings.
+        let (status, body) = get(reviews.addr, "/reviews/1").await;
+        assert_eq!(status, StatusCode::OK);
+        let answer: handlers::Reviews = serde_json::from_str(&body).unwrap();
+        assert_eq!(
+            (answer.id, answer.version.as_str(), answer.ratings_available),
+            (1, "v2", false)
+        );
+
+        let productpage = start(App::Productpage, &shutdown).await;
+        let (status, body) = get(productpage.addr, "/api/v1/products/0/reviews").await;
+        assert_eq!(status, StatusCode::SERVICE_UNAVAILABLE);
+        assert!(body.contains(handlers::REVIEWS_UNAVAILABLE));
+        let (status, page) = get(productpage.addr, "/productpage").await;
+        assert_eq!(status, StatusCode::OK);
+        assert!(page.contains(handlers::DETAILS_UNAVAILABLE));
+        shutdown.cancel();
+    }
+
+    #[tokio::test]
+    async fn each_app_serves_only_its_routes() {
+        let shutdown = CancellationToken::new();
+        let ratings = start(App::Ratings, &shutdown).await;
+        let (status, body) = get(ratings.addr, "/ratings/0").await;
+        assert_eq!(status, StatusCode::OK);
+        assert!(body.contains("\"Reviewer1\":5"));
+        assert_eq!(
+            get(ratings.addr, "/details/0").await.0,
+            StatusCode::NOT_FOUND
+        );
+        assert_eq!(get(ratings.addr, "/nope").await.0, StatusCode::NOT_FOUND);
+        let (status, body) = get(ratings.addr, "/health").await;
+        assert_eq!(status, StatusCode::OK);
+        assert!(body.contains("ratings-v1 is healthy"));
+        shutdown.cancel();
+    }
+}

@@ -33,7 +33,7 @@ pub use binaries::{BIN_DIR_ENV, MissingBinary};
 pub use load::LoadStats;
 pub use status::{ControlStatus, DemoStatus, WorkloadStatus};
 
-use crate::bookinfo::{self, App, NAMESPACE, RunningApp};
+use crate::bookinfo::{self, App, NAMESPACE, RunningApp, SERVICE_PORT};
 use crate::http_client::HttpClient;
 use children::{ChildId, Exit, SpawnError, Supervisor};
 use ready::{ControlReady, ProxyReady, ReadyFile};
@@ -338,9 +338,10 @@ impl Demo {
             ("--label", format!("version={}", app.version())),
             ("--control", format!("http://{discovery}")),
             ("--inbound", inbound.to_string()),
-            // No --app-port: the app does not listen on the Service's port 9080, so the proxy
-            // must send everything to --app rather than to the port a peer names.
             ("--app", app_addr.to_string()),
+            // The port peers know (Bookinfo's containerPort, the Services' targetPort); the
+            // proxy still delivers to --app, wherever the app really listens.
+            ("--app-port", SERVICE_PORT.to_string()),
             ("--outbound", "none".to_string()),
             ("--admin", "127.0.0.1:0".to_string()),
             ("--log-level", self.config.log_level.clone()),
