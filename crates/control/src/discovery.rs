@@ -282,8 +282,7 @@ impl Session {
             };
             compile(view, target)
         };
-        let sent = self.subscriptions.get(target);
-        if sent == Some(&Some(dest.clone())) {
+        if matches!(self.subscriptions.get(target), Some(Some(sent)) if *sent == dest) {
             return Ok(());
         }
         // Startup hold-back (see the module docs): the endpoints may only be not back yet.
