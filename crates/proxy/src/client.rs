@@ -122,7 +122,16 @@ impl Upstreams {
         req: Request<Incoming>,
     ) -> Result<Response<Incoming>, UpstreamError> {
         let mut sender = match self.cached_http2(addr) {
-            Some(s) => s,
+            Some(mut cached) => match cached.ready().await {
+                Ok(()) => cached,
+                // The pooled connection died while idle (peer restarted, GOAWAY). Nothing was
+                // sent on it, so dialling again is safe.
+                Err(e) => {
+                    tracing::debug!(%addr, error = %e, "pooled HTTP/2 connection unusable; redialling");
+                    self.forget_http2(addr);
+                    self.dial_http2(addr).await?
+                }
+            },
             None => self.dial_http2(addr).await?,
         };
         sender.ready().await.map_err(|e| UpstreamError::Request {
@@ -149,6 +158,11 @@ impl Upstreams {
             }
             None => None,
         }
+    }
+
+    fn forget_http2(&self, addr: SocketAddr) {
+        let mut map = self.http2.lock().unwrap_or_else(|p| p.into_inner());
+        map.remove(&addr);
     }
 
     async fn dial_http2(&self, addr: SocketAddr) -> Result<SendRequest<Incoming>, UpstreamError> {
