@@ -58,12 +58,7 @@ pub fn strip_hop_by_hop(headers: &mut HeaderMap, upgrade: bool) {
     for name in named {
         headers.remove(name);
     }
-    for name in [
-        KEEP_ALIVE,
-        PROXY_CONNECTION,
-        header::TRANSFER_ENCODING,
-        header::PROXY_AUTHORIZATION,
-    ] {
+    for name in [KEEP_ALIVE, PROXY_CONNECTION, header::TRANSFER_ENCODING] {
         headers.remove(name);
     }
     if upgrade {
