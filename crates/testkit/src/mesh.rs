@@ -44,9 +44,22 @@ impl ControlPlane {
 
     /// Starts it with discovery on `discovery` (to restart it where proxies expect it).
     pub fn start_at(config_dir: &Path, discovery: SocketAddr) -> Result<Self, ProcessError> {
+        Self::start_in(config_dir, discovery, None)
+    }
+
+    /// Starts it inside network namespace `netns` (a [`crate::Node`]'s), where pods reach it.
+    pub fn start_in(
+        config_dir: &Path,
+        discovery: SocketAddr,
+        netns: Option<&str>,
+    ) -> Result<Self, ProcessError> {
         let ready_dir = ready_dir()?;
         let ready_file = ready_dir.path().join("control.json");
-        let mut command = Command::new(bins::bin("trellis-control"));
+        let binary = bins::bin("trellis-control");
+        let mut command = match netns {
+            Some(ns) => crate::netns::command(ns, &binary),
+            None => Command::new(&binary),
+        };
         command
             .arg("--config-dir")
             .arg(config_dir)
@@ -109,6 +122,22 @@ spec:
     port: {port}
     targetPort: {target_port}
 "
+    )
+}
+
+/// Like [`service_yaml`], with a virtual `clusterIP` that proxies resolve captured traffic by.
+pub fn service_yaml_with_cluster_ip(
+    name: &str,
+    namespace: &str,
+    cluster_ip: std::net::IpAddr,
+    port: u16,
+    target_port: u16,
+    app: &str,
+) -> String {
+    service_yaml(name, namespace, port, target_port, app).replacen(
+        "spec:\n",
+        &format!("spec:\n  clusterIP: {cluster_ip}\n"),
+        1,
     )
 }
 
@@ -185,6 +214,10 @@ impl ProxyBuilder {
     }
     pub fn app(self, addr: SocketAddr) -> Self {
         self.flag("--app", addr.to_string())
+    }
+    /// `--advertise`: where other proxies reach this one's inbound listener.
+    pub fn advertise(self, addr: SocketAddr) -> Self {
+        self.flag("--advertise", addr.to_string())
     }
     pub fn app_port(self, port: u16) -> Self {
         self.flag("--app-port", port.to_string())

@@ -26,6 +26,9 @@ pub const PROXY_UID: u32 = 1337;
 /// How long one `ip` command may take.
 const IP_TIMEOUT: Duration = Duration::from_secs(10);
 
+/// The node's address on its bridge; pods get .2 and up.
+const NODE_IP: Ipv4Addr = Ipv4Addr::new(198, 18, 0, 1);
+
 static NEXT_ID: AtomicU32 = AtomicU32::new(0);
 
 /// Whether network-namespace tests can run. As root: true. Otherwise, with
@@ -140,11 +143,31 @@ impl Node {
         ip(&["-n", &node.name, "link", "set", "lo", "up"])?;
         ip(&["-n", &node.name, "link", "add", "br0", "type", "bridge"])?;
         ip(&["-n", &node.name, "link", "set", "br0", "up"])?;
+        ip(&[
+            "-n",
+            &node.name,
+            "addr",
+            "add",
+            &format!("{NODE_IP}/24"),
+            "dev",
+            "br0",
+        ])?;
         Ok(node)
     }
 
     pub fn name(&self) -> &str {
         &self.name
+    }
+
+    /// The node's own address on the bridge (for processes run in the node, like a control
+    /// plane the pods' proxies connect to).
+    pub fn ip(&self) -> Ipv4Addr {
+        NODE_IP
+    }
+
+    /// A command run inside the node's namespace.
+    pub fn command(&self, program: impl AsRef<std::ffi::OsStr>) -> Command {
+        command(&self.name, program)
     }
 
     /// Creates a pod attached to this node's bridge, with the next free address.

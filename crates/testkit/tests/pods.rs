@@ -262,3 +262,91 @@ fn init_is_idempotent_and_dry_run_touches_nothing() {
         "a second run must replace the rules: {twice}"
     );
 }
+
+#[test]
+fn pods_with_a_control_plane_mesh_captured_traffic() {
+    if !require_root("pods_with_a_control_plane_mesh_captured_traffic") {
+        return;
+    }
+    use trellis_testkit::ControlPlane;
+    use trellis_testkit::mesh::{config_dir, service_yaml_with_cluster_ip};
+
+    // A Service with a virtual IP that no interface has: only a proxy that asked the control
+    // plane can turn it into pod B.
+    let vip: std::net::IpAddr = "198.18.0.200".parse().unwrap();
+    let node = Node::new().unwrap();
+    let config = config_dir(&[(
+        "b.yaml",
+        service_yaml_with_cluster_ip("b", "default", vip, 80, 8080, "b"),
+    )])
+    .unwrap();
+    let discovery = std::net::SocketAddr::new(node.ip().into(), 15010);
+    let control = ControlPlane::start_in(config.path(), discovery, Some(node.name())).unwrap();
+    let url = control.url();
+
+    let a = node.pod().unwrap();
+    let b = node.pod().unwrap();
+    let (_app, _) = b.start_echo(Some(8080), None).unwrap();
+    a.init_iptables(&[]).unwrap();
+    b.init_iptables(&[]).unwrap();
+    let b_proxy = ProxyBuilder::new("b-0")
+        .label("app", "b")
+        .control(&url)
+        .advertise(std::net::SocketAddr::new(b.ip().into(), 15006))
+        .app_port(8080)
+        .in_pod(&b, PROXY_UID)
+        .start()
+        .unwrap();
+    let a_proxy = ProxyBuilder::new("a-0")
+        .label("app", "a")
+        .control(&url)
+        .in_pod(&a, PROXY_UID)
+        .start()
+        .unwrap();
+    for p in [&a_proxy, &b_proxy] {
+        p.wait_ready(Duration::from_secs(15)).unwrap();
+    }
+
+    // Discovery is eventually consistent (B registers while A subscribes): poll, bounded.
+    let vip_url = format!("http://{vip}/via-vip");
+    let body = wait::until(Duration::from_secs(30), || {
+        let out = a.curl(None, &["-f", &vip_url])?;
+        if out.status.success() {
+            Ok(String::from_utf8_lossy(&out.stdout).into_owned())
+        } else {
+            Err(String::from_utf8_lossy(&out.stderr).into_owned())
+        }
+    })
+    .unwrap_or_else(|e| panic!("curl to the Service's cluster IP never succeeded: {e}"));
+    let reply: EchoReply = serde_json::from_str(&body).unwrap();
+    assert_eq!(reply.path, "/via-vip");
+
+    // And straight to pod B's IP and app port: resolved to B's workload, meshed as well.
+    let (code, body) = curl_in(&a, None, &format!("http://{}:8080/via-pod-ip", b.ip()));
+    assert_eq!(code, 200, "{body}");
+
+    // Detection counts connections, and both requests may share one pooled HTTP/2 connection.
+    let b_metrics = b_proxy.metrics();
+    let inbound = |outcome| {
+        b_metrics.sum(
+            "trellis_protocol_detections_total",
+            &[("direction", "inbound"), ("outcome", outcome)],
+        )
+    };
+    assert!(
+        inbound("http2") >= 1.0,
+        "pod B's proxy saw no meshed HTTP/2 connection"
+    );
+    assert_eq!(
+        inbound("http1"),
+        0.0,
+        "a request reached pod B's proxy un-meshed (plain HTTP/1)"
+    );
+    assert!(
+        b_metrics.sum(
+            "trellis_requests_total",
+            &[("direction", "inbound"), ("status_code", "200")]
+        ) >= 2.0
+    );
+    assert!(counter(&a_proxy, "trellis_requests_total", "outbound") >= 2.0);
+}
