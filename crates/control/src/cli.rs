@@ -36,6 +36,10 @@ pub struct Args {
     /// A workload not heard from for this long is removed from the endpoints it backed.
     #[arg(long, value_name = "DUR", default_value = "10s", value_parser = parse_duration)]
     pub workload_expiry: Duration,
+    /// After startup, how long services without endpoints are held back while proxies
+    /// re-register (default: the workload expiry; 0 disables).
+    #[arg(long, value_name = "DUR", value_parser = parse_duration)]
+    pub registration_grace: Option<Duration>,
     /// How often config directories are checked for changes.
     #[arg(long, value_name = "DUR", default_value = "300ms", value_parser = parse_duration)]
     pub poll_interval: Duration,
@@ -68,6 +72,7 @@ impl Args {
             trust_domain: self.trust_domain,
             heartbeat_interval: self.heartbeat_interval,
             workload_expiry: self.workload_expiry,
+            registration_grace: self.registration_grace,
             poll_interval: self.poll_interval,
             ready_file: self.ready_file,
         };

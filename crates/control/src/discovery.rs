@@ -6,9 +6,9 @@
 //! last sent. Versions count Updates per stream, from 1. Acks and Nacks are recorded per proxy.
 //!
 //! Startup hold-back: the registry lives in memory, so a restarted control plane knows no
-//! workloads until their proxies reconnect. For one workload-expiry period after startup (the
-//! time a registered workload has to come back before it would have been expired anyway), a
-//! destination with no endpoints is not sent; proxies keep the endpoints they had rather than
+//! workloads until their proxies reconnect. For the registration grace after startup (by
+//! default the workload expiry: the time a registered workload has to come back before it
+//! would have been expired anyway), a destination with no endpoints is not sent; proxies keep the endpoints they had rather than
 //! see every service go empty for the seconds their peers take to reconnect.
 
 use std::collections::BTreeMap;

@@ -32,6 +32,10 @@ pub struct ControlConfig {
     pub trust_domain: String,
     pub heartbeat_interval: Duration,
     pub workload_expiry: Duration,
+    /// After startup, destinations without endpoints are held back this long so that proxies
+    /// of a restarted control plane keep their endpoints while peers re-register. `None`: the
+    /// workload expiry (a workload has that long to come back anyway).
+    pub registration_grace: Option<Duration>,
     pub poll_interval: Duration,
     pub ready_file: Option<PathBuf>,
 }
@@ -45,6 +49,7 @@ impl Default for ControlConfig {
             trust_domain: trellis_identity::DEFAULT_TRUST_DOMAIN.to_string(),
             heartbeat_interval: Duration::from_secs(2),
             workload_expiry: Duration::from_secs(10),
+            registration_grace: None,
             poll_interval: Duration::from_millis(300),
             ready_file: None,
         }

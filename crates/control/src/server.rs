@@ -89,6 +89,7 @@ impl ControlPlane {
             config.trust_domain.clone(),
             config.heartbeat_interval,
             config.workload_expiry,
+            config.registration_grace.unwrap_or(config.workload_expiry),
             store.subscribe(),
             shutdown.clone(),
         ));

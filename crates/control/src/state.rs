@@ -32,6 +32,7 @@ impl Shared {
         trust_domain: String,
         heartbeat_interval: Duration,
         workload_expiry: Duration,
+        registration_grace: Duration,
         config_rx: watch::Receiver<Arc<ConfigSnapshot>>,
         shutdown: CancellationToken,
     ) -> Self {
@@ -43,7 +44,7 @@ impl Shared {
             workloads_tx: watch::channel(Arc::new(Vec::new())).0,
             metrics: Metrics::default(),
             shutdown,
-            hold_back_until: Instant::now() + workload_expiry,
+            hold_back_until: Instant::now() + registration_grace,
         }
     }
 

@@ -175,3 +175,59 @@ async fn closed_workload_expires_and_leaves_endpoints() {
     stay.cancel();
     control.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn empty_services_are_held_back_for_the_registration_grace() {
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(
+        dir.path().join("ratings.yaml"),
+        service_yaml("ratings", 9080),
+    )
+    .unwrap();
+    let target = "ratings.default:9080".parse().unwrap();
+    let any = "127.0.0.1:0".parse().unwrap();
+    let shutdown = CancellationToken::new();
+
+    // Within the grace, a service with no endpoints is not answered yet: subscribers wait.
+    let held = ControlConfig {
+        registration_grace: Some(Duration::from_secs(30)),
+        ..config(dir.path(), any, any)
+    };
+    let control = ControlPlane::start(held).await.unwrap();
+    let c = client(
+        control.discovery_addr,
+        workload("a", "a", "127.0.0.1:20001"),
+        &shutdown,
+    );
+    let nothing = c
+        .resolve(&"nope.default:1".parse().unwrap(), DEADLINE)
+        .await;
+    assert_eq!(
+        nothing,
+        Resolution::NotFound,
+        "unknown services are answered at once"
+    );
+    assert_eq!(
+        c.resolve(&target, Duration::from_millis(300)).await,
+        Resolution::Pending
+    );
+    control.stop().await;
+
+    // With no grace, the empty destination is sent at once.
+    let immediate = ControlConfig {
+        registration_grace: Some(Duration::ZERO),
+        ..config(dir.path(), any, any)
+    };
+    let control = ControlPlane::start(immediate).await.unwrap();
+    let c = client(
+        control.discovery_addr,
+        workload("b", "b", "127.0.0.1:20002"),
+        &shutdown,
+    );
+    match c.resolve(&target, DEADLINE).await {
+        Resolution::Found(d) => assert!(d.endpoints.is_empty()),
+        other => panic!("expected an empty destination, got {other:?}"),
+    }
+    shutdown.cancel();
+    control.stop().await;
+}
