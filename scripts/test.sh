@@ -97,6 +97,9 @@ timeout -k 30 "$BUILD_TIMEOUT" cargo build --workspace --bins
 
 # --- 3. test -----------------------------------------------------------------------------
 if cargo nextest --version >/dev/null 2>&1; then
+  # nextest does not run doctests; they go first so that nextest's summary closes the run.
+  log "cargo test --workspace --doc"
+  timeout -k 30 "$TEST_TIMEOUT" cargo test --workspace --doc
   log "cargo nextest run --workspace"
   timeout -k 30 "$TEST_TIMEOUT" cargo nextest run --workspace --no-fail-fast "$@"
 else
