@@ -343,6 +343,8 @@ impl Demo {
             // proxy still delivers to --app, wherever the app really listens.
             ("--app-port", SERVICE_PORT.to_string()),
             ("--outbound", "none".to_string()),
+            // Within PROXY_GRACE, so a proxy drains by itself before the demo kills it.
+            ("--drain-timeout", "5s".to_string()),
             ("--admin", "127.0.0.1:0".to_string()),
             ("--log-level", self.config.log_level.clone()),
         ];
