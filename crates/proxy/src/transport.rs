@@ -179,8 +179,11 @@ impl<I: AsyncRead> AsyncRead for CountingIo<I> {
         let this = self.project();
         let before = buf.filled().len();
         let res = this.inner.poll_read(cx, buf);
-        this.metrics
-            .tcp_received(*this.direction, buf.filled().len() - before);
+        let n = buf.filled().len() - before;
+        // Pending polls are frequent; skip the atomic when nothing was read.
+        if n > 0 {
+            this.metrics.tcp_received(*this.direction, n);
+        }
         res
     }
 }
