@@ -442,3 +442,32 @@ async fn server_first_protocols_work_after_the_detect_timeout() {
         "{metrics}"
     );
 }
+
+#[tokio::test]
+async fn connections_without_a_destination_are_refused() {
+    // Transparent outbound without a redirect: no original destination, so the proxy closes.
+    let mut config = trellis_proxy::ProxyConfig::local(None);
+    config.outbound = Some("127.0.0.1:0".parse().unwrap());
+    let proxy = trellis_proxy::Proxy::start(config).await.unwrap();
+    let mut stream = TcpStream::connect(proxy.addrs().outbound.unwrap())
+        .await
+        .unwrap();
+    let mut buf = Vec::new();
+    let read = tokio::time::timeout(WAIT, stream.read_to_end(&mut buf))
+        .await
+        .unwrap();
+    assert!(read.is_err() || buf.is_empty(), "{read:?} {buf:?}");
+
+    // Inbound with neither an original destination nor --app: HTTP gets a 503.
+    let mut conn = http1_conn(proxy.addrs().inbound).await;
+    let req = Request::get("/")
+        .header("host", "x")
+        .body(full(""))
+        .unwrap();
+    let resp = tokio::time::timeout(WAIT, conn.send_request(req))
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(resp.status(), 503);
+    assert_eq!(resp.headers()["trellis-error"], "no application");
+}
