@@ -219,7 +219,7 @@ impl Session {
                     if let Some((proxy_id, workload)) = self.hello.clone() {
                         tracing::info!(stream = id, workload = %workload.name, "re-registering expired workload on heartbeat");
                         self.shared.with_registry(|r| {
-                            ((), r.register(id, &proxy_id, workload, Instant::now()))
+                            ((), r.reregister(id, &proxy_id, workload, Instant::now()))
                         });
                     }
                 }

@@ -98,6 +98,27 @@ impl Registry {
         changed
     }
 
+    /// Registers again a stream whose workload expired while the stream stayed open, unless
+    /// another live stream has taken the name meanwhile (two proxies claiming one name would
+    /// otherwise take it from each other on every heartbeat). Returns whether endpoints changed.
+    pub fn reregister(
+        &mut self,
+        stream: StreamId,
+        proxy_id: &str,
+        workload: Workload,
+        now: Instant,
+    ) -> bool {
+        let key = (workload.namespace.clone(), workload.name.clone());
+        if self
+            .entries
+            .get(&key)
+            .is_some_and(|e| e.stream != stream && e.connected)
+        {
+            return false;
+        }
+        self.register(stream, proxy_id, workload, now)
+    }
+
     fn entry_mut(&mut self, stream: StreamId) -> Option<&mut Registration> {
         let key = self.streams.get(&stream)?;
         self.entries.get_mut(key).filter(|e| e.stream == stream)
@@ -256,6 +277,19 @@ mod tests {
             "expired stream must register again"
         );
         assert_eq!(reg.len(), 1);
+        assert!(reg.reregister(1, "p", workload("a"), Instant::now()));
+        assert_eq!(reg.len(), 2);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn reregister_does_not_steal_a_live_name() {
+        let mut reg = Registry::new(EXPIRY);
+        reg.register(1, "p", workload("a"), Instant::now());
+        tokio::time::advance(EXPIRY).await;
+        reg.expire(Instant::now());
+        reg.register(2, "q", workload("a"), Instant::now());
+        assert!(!reg.reregister(1, "p", workload("a"), Instant::now()));
+        assert_eq!(reg.registrations().next().unwrap().stream, 2);
     }
 
     #[tokio::test(start_paused = true)]

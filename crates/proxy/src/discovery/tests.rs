@@ -217,3 +217,22 @@ async fn resolve_times_out_pending_without_control_plane() {
     assert_eq!(d.dump()["targets"][0]["state"], "pending");
     shutdown.cancel();
 }
+
+#[tokio::test]
+async fn watch_subscribes_once_per_target_and_shares_the_channel() {
+    let (tx, mut rx) = mpsc::unbounded_channel();
+    let d = Discovery {
+        inner: Arc::new(Inner::new(true, Some(tx))),
+    };
+    let a = d.watch(&target());
+    let b = d.watch(&target());
+    assert_eq!(rx.try_recv().ok(), Some(target()));
+    assert!(
+        rx.try_recv().is_err(),
+        "second watch reuses the subscription"
+    );
+    assert_eq!(*a.borrow(), Resolution::Pending);
+    d.inner.publish(&target(), Resolution::NotFound);
+    assert_eq!(*b.borrow(), Resolution::NotFound);
+    assert_eq!(d.dump()["targets"][0]["state"], "not_found");
+}
