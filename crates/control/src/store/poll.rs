@@ -243,3 +243,51 @@ async fn read_bounded(path: &Path) -> std::io::Result<Vec<u8>> {
     }
     tokio::fs::read(path).await
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const SVC: &str =
+        "apiVersion: v1\nkind: Service\nmetadata: {name: a}\nspec: {ports: [{port: 80}]}\n";
+
+    #[tokio::test]
+    async fn polls_files_by_content() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut store = DirStore::new(vec![dir.path().to_path_buf()]).unwrap();
+        let mut rx = store.subscribe();
+        std::fs::write(dir.path().join("a.yaml"), SVC).unwrap();
+        std::fs::write(dir.path().join(".a.yaml.swp"), "garbage: [").unwrap();
+        std::fs::write(dir.path().join("notes.txt"), "garbage: [").unwrap();
+        std::fs::create_dir(dir.path().join("sub.yaml")).unwrap();
+        store.poll().await;
+        assert!(rx.has_changed().unwrap());
+        let snap = rx.borrow_and_update().clone();
+        assert_eq!(snap.services.len(), 1);
+        assert_eq!(
+            snap.resources.len(),
+            1,
+            "hidden, non-YAML and directories are skipped"
+        );
+
+        store.poll().await;
+        assert!(
+            !rx.has_changed().unwrap(),
+            "unchanged content publishes nothing"
+        );
+
+        std::fs::remove_file(dir.path().join("a.yaml")).unwrap();
+        store.poll().await;
+        assert!(rx.borrow_and_update().services.is_empty());
+    }
+
+    #[test]
+    fn missing_directory_is_named() {
+        let err = DirStore::new(vec!["/nonexistent/trellis".into()]).unwrap_err();
+        assert!(
+            err.to_string()
+                .starts_with("config directory /nonexistent/trellis: "),
+            "{err}"
+        );
+    }
+}
