@@ -28,19 +28,22 @@ struct Demo {
 }
 
 impl Demo {
-    fn start(config_dir: &Path, status_file: &Path, log: PathBuf) -> Demo {
+    /// `trellis demo --no-load` on kernel-chosen ports, with `--config-dir` when given.
+    fn start(config_dir: Option<&Path>, status_file: &Path, log: PathBuf) -> Demo {
         let out = std::fs::File::create(&log).unwrap();
-        let child = Command::new(env!("CARGO_BIN_EXE_trellis"))
-            .args([
-                "demo",
-                "--no-load",
-                "--entry",
-                "127.0.0.1:0",
-                "--dashboard",
-                "127.0.0.1:0",
-            ])
-            .arg("--config-dir")
-            .arg(config_dir)
+        let mut command = Command::new(env!("CARGO_BIN_EXE_trellis"));
+        command.args([
+            "demo",
+            "--no-load",
+            "--entry",
+            "127.0.0.1:0",
+            "--dashboard",
+            "127.0.0.1:0",
+        ]);
+        if let Some(dir) = config_dir {
+            command.arg("--config-dir").arg(dir);
+        }
+        let child = command
             .arg("--status-file")
             .arg(status_file)
             .args(["--log-level", "info"])
@@ -59,6 +62,67 @@ impl Demo {
 
     fn log(&self) -> String {
         std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+
+    /// The status file, once written (60 s at most).
+    async fn status(&mut self, status_file: &Path) -> Value {
+        let deadline = Instant::now() + Duration::from_secs(60);
+        loop {
+            if let Ok(bytes) = std::fs::read(status_file) {
+                return serde_json::from_slice(&bytes).expect("the status file is written whole");
+            }
+            if let Some(exit) = self.child.try_wait().unwrap() {
+                panic!(
+                    "the demo exited ({exit}) before it was ready:\n{}",
+                    self.log()
+                );
+            }
+            assert!(
+                Instant::now() < deadline,
+                "no status file after 60 s:\n{}",
+                self.log()
+            );
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+
+    /// How the demo exited, within `within`.
+    async fn exit_within(&mut self, within: Duration) -> std::process::ExitStatus {
+        let deadline = Instant::now() + within;
+        loop {
+            if let Some(exit) = self.child.try_wait().unwrap() {
+                return exit;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "the demo still runs after {within:?}:\n{}",
+                self.log()
+            );
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+}
+
+/// The control plane's and every proxy's pid, from the status file.
+fn child_pids(status: &Value) -> Vec<u32> {
+    let mut pids = vec![status["control"]["pid"].as_u64().unwrap()];
+    pids.extend(
+        status["workloads"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|w| w["pid"].as_u64().unwrap()),
+    );
+    pids.into_iter()
+        .map(|pid| u32::try_from(pid).unwrap())
+        .collect()
+}
+
+async fn all_gone(pids: &[u32], within: Duration) {
+    let deadline = Instant::now() + within;
+    while let Some(pid) = pids.iter().find(|pid| alive(**pid)) {
+        assert!(Instant::now() < deadline, "child {pid} outlived the demo");
+        tokio::time::sleep(Duration::from_millis(50)).await;
     }
 }
 
@@ -151,27 +215,10 @@ async fn demo_runs_bookinfo_through_the_mesh_and_stops_cleanly() {
     let config_dir = tmp.path().join("config");
     std::fs::create_dir(&config_dir).unwrap();
     let status_file = tmp.path().join("status.json");
-    let mut demo = Demo::start(&config_dir, &status_file, tmp.path().join("demo.log"));
+    let mut demo = Demo::start(Some(&config_dir), &status_file, tmp.path().join("demo.log"));
 
     // The status file appears once a request has crossed the whole mesh.
-    let deadline = Instant::now() + Duration::from_secs(60);
-    let status: Value = loop {
-        if let Ok(bytes) = std::fs::read(&status_file) {
-            break serde_json::from_slice(&bytes).expect("the status file is written whole");
-        }
-        if let Some(exit) = demo.child.try_wait().unwrap() {
-            panic!(
-                "the demo exited ({exit}) before it was ready:\n{}",
-                demo.log()
-            );
-        }
-        assert!(
-            Instant::now() < deadline,
-            "no status file after 60 s:\n{}",
-            demo.log()
-        );
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    };
+    let status = demo.status(&status_file).await;
 
     // The agreed shape.
     let entry = status["entry"].as_str().unwrap().to_string();
@@ -206,7 +253,8 @@ async fn demo_runs_bookinfo_through_the_mesh_and_stops_cleanly() {
     .map(|(n, v)| (n.to_string(), v.to_string()))
     .into();
     assert_eq!(have, want);
-    let mut pids = vec![u32::try_from(status["control"]["pid"].as_u64().unwrap()).unwrap()];
+    let pids = child_pids(&status);
+    assert_eq!(pids.len(), 7);
     for w in workloads {
         assert_eq!(w["namespace"], "default");
         let sa = format!("bookinfo-{}", w["name"].as_str().unwrap());
@@ -219,7 +267,6 @@ async fn demo_runs_bookinfo_through_the_mesh_and_stops_cleanly() {
             let addr: SocketAddr = w[key].as_str().unwrap().parse().unwrap();
             assert!(addr.ip().is_loopback(), "{key} {addr}");
         }
-        pids.push(u32::try_from(w["pid"].as_u64().unwrap()).unwrap());
     }
     assert!(pids.iter().all(|pid| alive(*pid)));
 
@@ -291,24 +338,47 @@ async fn demo_runs_bookinfo_through_the_mesh_and_stops_cleanly() {
 
     // SIGTERM stops the demo and every child within 15 s, with success.
     drop(client);
+    let started = Instant::now();
     kill_process(demo.pid(), Signal::TERM).unwrap();
-    let deadline = Instant::now() + Duration::from_secs(15);
-    let exit = loop {
-        if let Some(exit) = demo.child.try_wait().unwrap() {
-            break exit;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "the demo still runs 15 s after SIGTERM:\n{}",
-            demo.log()
-        );
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    };
+    let exit = demo.exit_within(Duration::from_secs(15)).await;
     assert!(exit.success(), "the demo exited {exit}:\n{}", demo.log());
-    while let Some(pid) = pids.iter().find(|pid| alive(**pid)) {
-        assert!(Instant::now() < deadline, "child {pid} outlived the demo");
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    all_gone(
+        &pids,
+        Duration::from_secs(15).saturating_sub(started.elapsed()),
+    )
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_dead_child_stops_the_demo_with_an_error() {
+    let tmp = tempfile::tempdir().unwrap();
+    let status_file = tmp.path().join("status.json");
+    let mut demo = Demo::start(None, &status_file, tmp.path().join("demo.log"));
+    let status = demo.status(&status_file).await;
+    let pids = child_pids(&status);
+    let victim = status["workloads"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|w| w["name"] == "reviews" && w["version"] == "v2")
+        .unwrap()["pid"]
+        .as_u64()
+        .unwrap();
+    let victim = Pid::from_raw(i32::try_from(victim).unwrap()).unwrap();
+    kill_process(victim, Signal::KILL).unwrap();
+
+    let exit = demo.exit_within(Duration::from_secs(15)).await;
+    assert!(
+        !exit.success(),
+        "a dead child is a failure:\n{}",
+        demo.log()
+    );
+    let log = demo.log();
+    assert!(
+        log.contains("trellis-proxy (reviews-v2)") && log.contains("exited"),
+        "{log}"
+    );
+    all_gone(&pids, Duration::from_secs(5)).await;
 }
 
 #[test]

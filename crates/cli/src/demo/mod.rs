@@ -65,6 +65,12 @@ pub enum DemoError {
     Spawn(#[from] SpawnError),
     #[error("cannot listen on 127.0.0.1 for {workload}: {source}")]
     Bind { workload: String, source: io::Error },
+    #[error("{flag} {addr} cannot be used: {source} (choose another address, or port 0)")]
+    AddressUnavailable {
+        flag: &'static str,
+        addr: SocketAddr,
+        source: io::Error,
+    },
     #[error("cannot listen for signals: {0}")]
     Signals(io::Error),
     #[error("{name} (pid {pid}) exited {status}; the end of its log:\n{log}")]
@@ -91,6 +97,8 @@ pub enum DemoError {
 /// Runs the demo until SIGINT or SIGTERM (then `Ok`) or until something fails.
 pub async fn run(config: DemoConfig) -> Result<(), DemoError> {
     let interrupted = watch_signals().map_err(DemoError::Signals)?;
+    preflight_bind("--entry", config.entry)?;
+    preflight_bind("--dashboard", config.dashboard)?;
     let proxy_bin = binaries::locate("trellis-proxy")?;
     let control_bin = binaries::locate("trellis-control")?;
     let dirs = Dirs::create(config.config_dir.as_deref())?;
@@ -571,6 +579,19 @@ impl Demo {
     }
 }
 
+/// Fails early, with the flag's name, when a fixed address is taken (another demo still running
+/// is the usual cause), rather than later with a child's log. The listener is closed at once, so
+/// the child can bind the same address; a race with a third party remains possible and shows up
+/// as that child's exit.
+fn preflight_bind(flag: &'static str, addr: SocketAddr) -> Result<(), DemoError> {
+    if addr.port() == 0 {
+        return Ok(());
+    }
+    std::net::TcpListener::bind(addr)
+        .map(drop)
+        .map_err(|source| DemoError::AddressUnavailable { flag, addr, source })
+}
+
 /// The entry as productpage's proxy bound it (the flag may say port 0).
 fn entry_of(meshed: &[Meshed]) -> Option<SocketAddr> {
     meshed
@@ -627,6 +648,21 @@ mod tests {
             identity("bookinfo-reviews"),
             "spiffe://cluster.local/ns/default/sa/bookinfo-reviews"
         );
+    }
+
+    #[test]
+    fn taken_addresses_are_named() {
+        let taken = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let addr = taken.local_addr().unwrap();
+        let err = preflight_bind("--entry", addr).unwrap_err();
+        assert!(
+            err.to_string()
+                .starts_with(&format!("--entry {addr} cannot be used")),
+            "{err}"
+        );
+        assert!(preflight_bind("--entry", "127.0.0.1:0".parse().unwrap()).is_ok());
+        drop(taken);
+        assert!(preflight_bind("--entry", addr).is_ok());
     }
 
     #[test]
