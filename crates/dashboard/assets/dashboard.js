@@ -74,7 +74,8 @@ function workloadRows(workloads) {
     w.admin ? el("code", {}, w.admin) : "",
     w.connected ? badge("connected", "ok") : badge("disconnected", "bad"),
     seen(w.last_seen_ms_ago),
-    w.acked_version === null || w.acked_version === undefined ? badge("none", "warn") : String(w.acked_version),
+    // No version yet is normal: a proxy subscribes to a destination only when traffic needs it.
+    w.acked_version === null || w.acked_version === undefined ? el("span", { class: "empty" }, "none yet") : String(w.acked_version),
     w.nacks ? el("span", {}, badge(w.nacks + " NACK" + (w.nacks === 1 ? "" : "s"), "bad"), w.last_nack ? el("div", {}, w.last_nack) : null) : "0",
   ]);
 }

@@ -151,7 +151,7 @@ struct Dirs {
     root: Option<tempfile::TempDir>,
     /// Bookinfo's Services, always loaded.
     services: PathBuf,
-    /// The user's `--config-dir`, or the sample written under `_root`.
+    /// The user's `--config-dir`, or the sample written under `root`.
     config: PathBuf,
     /// Ready files and child logs.
     run: PathBuf,
