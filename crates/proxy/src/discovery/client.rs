@@ -83,7 +83,7 @@ async fn session(
     shutdown: &CancellationToken,
     backoff: &mut Backoff,
 ) -> Result<(), SessionError> {
-    let endpoint = Endpoint::from_shared(config.control.clone())
+    let endpoint = Endpoint::from_shared(control_uri(&config.control))
         .map_err(|source| SessionError::Address {
             control: config.control.clone(),
             source,
@@ -162,6 +162,15 @@ async fn session(
                 }
             }
         }
+    }
+}
+
+/// Accepts `ip:port` as well as `http://ip:port`: a bare address is what users type.
+pub(super) fn control_uri(control: &str) -> String {
+    if control.contains("://") {
+        control.to_string()
+    } else {
+        format!("http://{control}")
     }
 }
 

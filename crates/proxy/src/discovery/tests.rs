@@ -236,3 +236,15 @@ async fn watch_subscribes_once_per_target_and_shares_the_channel() {
     assert_eq!(*b.borrow(), Resolution::NotFound);
     assert_eq!(d.dump()["targets"][0]["state"], "not_found");
 }
+
+#[test]
+fn control_address_may_omit_the_scheme() {
+    assert_eq!(
+        super::client::control_uri("127.0.0.1:15010"),
+        "http://127.0.0.1:15010"
+    );
+    assert_eq!(
+        super::client::control_uri("http://127.0.0.1:1"),
+        "http://127.0.0.1:1"
+    );
+}
