@@ -371,6 +371,73 @@ mod tests {
     }
 
     #[tokio::test]
+    async fn productpage_forwards_user_and_trace_headers() {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        // A stand-in for reviews that records the request head it got.
+        let fake = TcpListener::bind((Ipv4Addr::LOCALHOST, 0)).await.unwrap();
+        let fake_addr = fake.local_addr().unwrap();
+        let recorded = tokio::spawn(async move {
+            let (mut stream, _) = fake.accept().await.unwrap();
+            let mut head = Vec::new();
+            let mut buf = [0u8; 1024];
+            while !head.windows(4).any(|w| w == b"\r\n\r\n") {
+                let n = stream.read(&mut buf).await.unwrap();
+                assert!(n > 0, "connection closed mid-request");
+                head.extend_from_slice(&buf[..n]);
+            }
+            let body = serde_json::to_vec(&handlers::reviews(
+                0,
+                ReviewsVersion::V1,
+                "fake",
+                &RatingsOutcome::NotAsked,
+            ))
+            .unwrap();
+            let response = format!(
+                "HTTP/1.1 200 OK\r\ncontent-type: application/json\r\ncontent-length: {}\r\nconnection: close\r\n\r\n",
+                body.len()
+            );
+            stream.write_all(response.as_bytes()).await.unwrap();
+            stream.write_all(&body).await.unwrap();
+            String::from_utf8(head).unwrap().to_ascii_lowercase()
+        });
+        let shutdown = CancellationToken::new();
+        let productpage = start(App::Productpage, &shutdown).await;
+        productpage.upstreams.set(Service::Reviews, fake_addr);
+
+        let mut headers = HeaderMap::new();
+        headers.insert("end-user", HeaderValue::from_static("jason"));
+        headers.insert("x-request-id", HeaderValue::from_static("req-1"));
+        headers.insert(
+            "traceparent",
+            HeaderValue::from_static("00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01"),
+        );
+        headers.insert("cookie", HeaderValue::from_static("session=secret"));
+        let reply = HttpClient::new()
+            .get(
+                productpage.addr,
+                "/api/v1/products/0/reviews",
+                &headers,
+                Duration::from_secs(5),
+            )
+            .await
+            .unwrap();
+        assert_eq!(reply.status, StatusCode::OK);
+        let head = recorded.await.unwrap();
+        assert!(head.starts_with("get /reviews/0 http/1.1\r\n"), "{head}");
+        assert!(head.contains("\r\nhost: reviews:9080\r\n"), "{head}");
+        assert!(head.contains("\r\nend-user: jason\r\n"), "{head}");
+        assert!(head.contains("\r\nx-request-id: req-1\r\n"), "{head}");
+        assert!(
+            head.contains(
+                "\r\ntraceparent: 00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01\r\n"
+            ),
+            "{head}"
+        );
+        assert!(!head.contains("cookie"), "{head}");
+        shutdown.cancel();
+    }
+
+    #[tokio::test]
     async fn each_app_serves_only_its_routes() {
         let shutdown = CancellationToken::new();
         let ratings = start(App::Ratings, &shutdown).await;

@@ -148,12 +148,13 @@ impl Supervisor {
 
     /// The next child to exit. Pending forever while all run.
     pub async fn next_exit(&mut self) -> Exit {
-        loop {
-            // The sender lives in `self`, so `recv` never sees a closed channel.
-            if let Some(exit) = self.exits_rx.recv().await {
+        match self.exits_rx.recv().await {
+            Some(exit) => {
                 self.record(&exit);
-                return exit;
+                exit
             }
+            // Unreachable while `self` holds a sender; never resolve rather than spin.
+            None => std::future::pending().await,
         }
     }
 
