@@ -67,6 +67,7 @@ fn service_destination(view: MeshView<'_>, svc: &Service, port: &ServicePort) ->
         port: port.port,
         protocol: port.protocol,
         endpoints,
+        ..Destination::default()
     }
 }
 
@@ -107,6 +108,7 @@ fn address_destination(view: MeshView<'_>, addr: SocketAddr) -> Option<Destinati
         port: addr.port(),
         protocol,
         endpoints: vec![endpoint(view.trust_domain, workload, addr.port())],
+        ..Destination::default()
     })
 }
 

@@ -1,17 +1,21 @@
-//! The mesh model: services, workloads, endpoints and destinations as plain data, plus the pure
-//! decisions made on them.
+//! The mesh model: services, workloads, endpoints, destinations, routes and traffic policies as
+//! plain data, plus the pure decisions made on them (which route matches a request, which
+//! backend a weighted draw picks, what a fault injection does).
 //!
-//! Both the proxy and the control plane (and later `trellis explain`) work on these types, so a
+//! Both the proxy and the control plane (and `trellis explain`) work on these types, so a
 //! decision computed here is the same wherever it is computed. This crate does no I/O and must
 //! not depend on tokio, hyper, kube or tonic: every type is data in, data out.
 
 mod destination;
+pub mod matching;
+pub mod policy;
 mod protocol;
+pub mod route;
 mod service;
 mod target;
 mod workload;
 
-pub use destination::{Destination, Endpoint};
+pub use destination::{Backend, Destination, Endpoint};
 pub use protocol::AppProtocol;
 pub use service::{Service, ServiceKey, ServicePort, TargetPort};
 pub use target::{ParseTargetError, Target};

@@ -58,20 +58,34 @@ mod tests {
 
     #[test]
     fn app_protocol_wins_over_name() {
-        assert_eq!(AppProtocol::declared(Some("grpc"), Some("http")), AppProtocol::Grpc);
+        assert_eq!(
+            AppProtocol::declared(Some("grpc"), Some("http")),
+            AppProtocol::Grpc
+        );
     }
 
     #[test]
     fn name_prefix_is_the_fallback() {
-        assert_eq!(AppProtocol::declared(None, Some("http-web")), AppProtocol::Http);
+        assert_eq!(
+            AppProtocol::declared(None, Some("http-web")),
+            AppProtocol::Http
+        );
         assert_eq!(AppProtocol::declared(None, Some("tcp")), AppProtocol::Tcp);
-        assert_eq!(AppProtocol::declared(None, Some("web")), AppProtocol::Unknown);
+        assert_eq!(
+            AppProtocol::declared(None, Some("web")),
+            AppProtocol::Unknown
+        );
         assert_eq!(AppProtocol::declared(None, None), AppProtocol::Unknown);
     }
 
     #[test]
     fn wire_round_trip() {
-        for p in [AppProtocol::Http, AppProtocol::Http2, AppProtocol::Grpc, AppProtocol::Tcp] {
+        for p in [
+            AppProtocol::Http,
+            AppProtocol::Http2,
+            AppProtocol::Grpc,
+            AppProtocol::Tcp,
+        ] {
             assert_eq!(AppProtocol::from_wire(p.as_str()), p);
         }
     }

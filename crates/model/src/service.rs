@@ -7,7 +7,7 @@ use serde::{Deserialize, Serialize};
 use crate::{AppProtocol, CLUSTER_DOMAIN};
 
 /// A service's namespaced name: the unit traffic is addressed to.
-#[derive(Clone, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+#[derive(Clone, Debug, Default, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
 pub struct ServiceKey {
     pub namespace: String,
     pub name: String,
@@ -15,7 +15,10 @@ pub struct ServiceKey {
 
 impl ServiceKey {
     pub fn new(namespace: impl Into<String>, name: impl Into<String>) -> Self {
-        Self { namespace: namespace.into(), name: name.into() }
+        Self {
+            namespace: namespace.into(),
+            name: name.into(),
+        }
     }
 
     /// The fully qualified host, `name.namespace.svc.cluster.local`.
@@ -66,7 +69,10 @@ impl Service {
     /// Whether a workload with these labels backs this service.
     pub fn selects(&self, labels: &BTreeMap<String, String>) -> bool {
         !self.selector.is_empty()
-            && self.selector.iter().all(|(k, v)| labels.get(k).is_some_and(|l| l == v))
+            && self
+                .selector
+                .iter()
+                .all(|(k, v)| labels.get(k).is_some_and(|l| l == v))
     }
 }
 
@@ -75,7 +81,10 @@ mod tests {
     use super::*;
 
     fn labels(pairs: &[(&str, &str)]) -> BTreeMap<String, String> {
-        pairs.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect()
+        pairs
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect()
     }
 
     fn reviews() -> Service {

@@ -41,18 +41,24 @@ impl FromStr for Target {
         let err = || ParseTargetError(s.to_string());
         let (host, port) = s.rsplit_once(':').ok_or_else(err)?;
         let port: u16 = port.parse().map_err(|_| err())?;
-        let host = host.strip_suffix(&format!(".{CLUSTER_DOMAIN}")).unwrap_or(host);
+        let host = host
+            .strip_suffix(&format!(".{CLUSTER_DOMAIN}"))
+            .unwrap_or(host);
         let host = host.strip_suffix(".svc").unwrap_or(host);
         let (name, namespace) = host.split_once('.').ok_or_else(err)?;
         let valid = |p: &str| {
             !p.is_empty()
                 && p.len() <= 63
-                && p.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
+                && p.bytes()
+                    .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
         };
         if port == 0 || !valid(name) || !valid(namespace) {
             return Err(err());
         }
-        Ok(Self::Service { service: ServiceKey::new(namespace, name), port })
+        Ok(Self::Service {
+            service: ServiceKey::new(namespace, name),
+            port,
+        })
     }
 }
 
@@ -73,9 +79,17 @@ mod tests {
 
     #[test]
     fn parses_short_and_full_service_names() {
-        let want = Target::Service { service: ServiceKey::new("default", "reviews"), port: 9080 };
+        let want = Target::Service {
+            service: ServiceKey::new("default", "reviews"),
+            port: 9080,
+        };
         assert_eq!("reviews.default:9080".parse::<Target>().unwrap(), want);
-        assert_eq!("reviews.default.svc.cluster.local:9080".parse::<Target>().unwrap(), want);
+        assert_eq!(
+            "reviews.default.svc.cluster.local:9080"
+                .parse::<Target>()
+                .unwrap(),
+            want
+        );
         assert_eq!(want.to_string(), "reviews.default:9080");
     }
 
@@ -89,7 +103,14 @@ mod tests {
 
     #[test]
     fn rejects_malformed() {
-        for bad in ["reviews:9080", "reviews.default", "Reviews.default:1", "a.b:0", "a.b:x", ""] {
+        for bad in [
+            "reviews:9080",
+            "reviews.default",
+            "Reviews.default:1",
+            "a.b:0",
+            "a.b:x",
+            "",
+        ] {
             assert!(bad.parse::<Target>().is_err(), "{bad} should not parse");
         }
     }

@@ -185,6 +185,7 @@ mod tests {
                     target_port: 8080,
                 })
                 .collect(),
+            ..Destination::default()
         }))
     }
 

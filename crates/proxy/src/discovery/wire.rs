@@ -141,6 +141,7 @@ pub(crate) fn destination_from_wire(d: pb::Destination) -> Result<Destination, U
         port: port("destination.port", d.port)?,
         protocol: AppProtocol::from_wire(&d.protocol),
         endpoints,
+        ..Destination::default()
     })
 }
 

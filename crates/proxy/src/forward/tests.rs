@@ -69,6 +69,7 @@ fn meshed(endpoint: SocketAddr, target_port: u16) -> Resolution {
             labels: Default::default(),
             target_port,
         }],
+        ..Destination::default()
     }))
 }
 

@@ -1,0 +1,135 @@
+//! Per-backend traffic policy: how endpoints are chosen, how many connections and requests a
+//! backend may have, when endpoints are ejected, and how much retrying is allowed. Istio's
+//! DestinationRule `trafficPolicy` and Linkerd's ServiceProfile `retryBudget` translate here.
+//! Defaults are the mesh's safe defaults, documented on each field.
+
+use std::time::Duration;
+
+use serde::{Deserialize, Serialize};
+
+/// What a consistent hash is computed over.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum HashKey {
+    Header(String),
+    Cookie {
+        name: String,
+        ttl: Option<Duration>,
+        path: Option<String>,
+    },
+    SourceIp,
+    QueryParameter(String),
+}
+
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum HashAlgorithm {
+    #[default]
+    Ring,
+    Maglev,
+}
+
+/// How an endpoint is chosen for each request (or connection, for opaque TCP).
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum LoadBalancer {
+    /// Power of two choices over peak-EWMA latency weighted by in-flight requests (Linkerd's
+    /// default, and the mesh's).
+    #[default]
+    PeakEwma,
+    RoundRobin,
+    /// Power of two choices over in-flight requests.
+    LeastRequest,
+    Random,
+    ConsistentHash {
+        key: HashKey,
+        algorithm: HashAlgorithm,
+    },
+}
+
+/// Limits per backend (Istio `connectionPool`). `None` means the mesh default, which is no
+/// explicit limit beyond the proxy's global guards.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ConnectionPool {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_connections: Option<u32>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub connect_timeout: Option<Duration>,
+    /// Requests waiting for a connection (`http1MaxPendingRequests`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_pending_requests: Option<u32>,
+    /// Concurrent requests to the backend (`http2MaxRequests`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_requests: Option<u32>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_requests_per_connection: Option<u32>,
+    /// Concurrent retries to the backend (`maxRetries`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_retries: Option<u32>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub idle_timeout: Option<Duration>,
+}
+
+/// Passive health checking (Istio `outlierDetection`). Ejection time grows with each ejection
+/// of the same endpoint: `base_ejection_time * times ejected`.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct OutlierDetection {
+    /// Consecutive 5xx answers (and connect failures) before ejection. Istio's default: 5.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub consecutive_5xx: Option<u32>,
+    /// Consecutive 502/503/504 answers (and connect failures) before ejection.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub consecutive_gateway_errors: Option<u32>,
+    /// How often ejections are reconsidered. Istio's default: 10 s.
+    pub interval: Duration,
+    /// Istio's default: 30 s.
+    pub base_ejection_time: Duration,
+    /// At most this share of the backend's endpoints is ejected at once. Istio's default: 10%.
+    pub max_ejection_percent: u32,
+}
+
+impl Default for OutlierDetection {
+    fn default() -> Self {
+        Self {
+            consecutive_5xx: Some(5),
+            consecutive_gateway_errors: None,
+            interval: Duration::from_secs(10),
+            base_ejection_time: Duration::from_secs(30),
+            max_ejection_percent: 10,
+        }
+    }
+}
+
+/// How much retrying a backend allows: retries may add at most `ratio` of the requests, plus
+/// `min_per_second` so low-traffic services can still retry, counted over `ttl` (Linkerd's
+/// `retryBudget`). On by default, so a failing backend never sees a retry storm.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct RetryBudget {
+    pub ratio: f64,
+    pub min_per_second: u32,
+    pub ttl: Duration,
+}
+
+impl Default for RetryBudget {
+    /// Linkerd's defaults: 20% extra, 10 retries/s floor, 10 s window.
+    fn default() -> Self {
+        Self {
+            ratio: 0.2,
+            min_per_second: 10,
+            ttl: Duration::from_secs(10),
+        }
+    }
+}
+
+/// Everything that governs traffic to one backend.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+pub struct TrafficPolicy {
+    #[serde(default)]
+    pub load_balancer: LoadBalancer,
+    #[serde(default)]
+    pub connection_pool: ConnectionPool,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub outlier_detection: Option<OutlierDetection>,
+    #[serde(default)]
+    pub retry_budget: RetryBudget,
+}
