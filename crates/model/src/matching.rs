@@ -170,41 +170,28 @@ pub struct RequestView<'a> {
 
 impl HttpMatch {
     pub fn matches(&self, req: &RequestView<'_>) -> bool {
-        if let Some(path) = &self.path {
-            if !path.matches(req.path) {
-                return false;
-            }
-        }
-        if let Some(method) = &self.method {
-            if !method.eq_ignore_ascii_case(req.method) {
-                return false;
-            }
-        }
-        if let Some(authority) = &self.authority {
-            if !authority.matches(req.authority) {
-                return false;
-            }
-        }
-        if let Some(port) = self.port {
-            if port != req.port {
-                return false;
-            }
-        }
-        if let Some(ns) = &self.source_namespace {
-            if ns != req.source_namespace {
-                return false;
-            }
-        }
-        if !self
-            .source_labels
-            .iter()
-            .all(|(k, v)| req.source_labels.get(k) == Some(v))
-        {
-            return false;
-        }
-        self.headers
-            .iter()
-            .all(|h| header_holds(h, req.headers) != h.invert)
+        self.path.as_ref().is_none_or(|p| p.matches(req.path))
+            && self
+                .method
+                .as_ref()
+                .is_none_or(|m| m.eq_ignore_ascii_case(req.method))
+            && self
+                .authority
+                .as_ref()
+                .is_none_or(|a| a.matches(req.authority))
+            && self.port.is_none_or(|p| p == req.port)
+            && self
+                .source_namespace
+                .as_ref()
+                .is_none_or(|ns| ns == req.source_namespace)
+            && self
+                .source_labels
+                .iter()
+                .all(|(k, v)| req.source_labels.get(k) == Some(v))
+            && self
+                .headers
+                .iter()
+                .all(|h| header_holds(h, req.headers) != h.invert)
             && self.query.iter().all(|q| query_holds(q, req.query))
     }
 }
