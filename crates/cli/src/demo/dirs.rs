@@ -88,7 +88,7 @@ mod tests {
     fn private_dirs_hold_the_services_and_sample() {
         let dirs = Dirs::create(None).unwrap();
         assert!(dirs.services.join("bookinfo-services.yaml").is_file());
-        assert!(dirs.config.join("reviews-routing.yaml").is_file());
+        assert!(dirs.config.join("README.md").is_file());
         let root = dirs.root.as_ref().unwrap().path().to_path_buf();
         drop(dirs);
         assert!(!root.exists(), "temporary directories are removed");

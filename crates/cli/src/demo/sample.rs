@@ -19,19 +19,32 @@ pub fn bookinfo_services() -> String {
     yaml
 }
 
-/// The sample mesh config: Istio routing for `reviews` that keeps every version in play, and
-/// sends the user `jason` to v2, as in Istio's request-routing task. Edit it while the demo
-/// runs: the control plane watches the directory.
-pub const SAMPLE_CONFIG: &[(&str, &str)] = &[(
-    "reviews-routing.yaml",
-    r#"# Sample mesh config written by `trellis demo`. Edit, add or remove files here while the
-# demo runs: the control plane reloads this directory and the dashboard shows each resource's
-# status. Try adding a Service, e.g. one selecting only reviews v1:
-#
-#   apiVersion: v1
-#   kind: Service
-#   metadata: {name: reviews-v1, namespace: default}
-#   spec: {ports: [{port: 9080, name: http}], selector: {app: reviews, version: v1}}
+/// The sample mesh config directory. Its examples are not in force until the user renames them
+/// (the control plane reads only `*.yaml`, `*.yml` and `*.json`): the demo's own readiness and
+/// the contract that scripts rely on must not depend on routing features still being built.
+pub const SAMPLE_CONFIG: &[(&str, &str)] = &[
+    (
+        "README.md",
+        r#"# Mesh config for `trellis demo`
+
+The control plane watches this directory: add, edit or remove `*.yaml` files while the demo
+runs, and watch the dashboard's "Config resources" table and `/api/v1/services`.
+
+- `reviews-v1-service.yaml.example`: a Service selecting only reviews v1. Rename it to
+  `reviews-v1-service.yaml` and `default/reviews-v1` appears with one endpoint.
+- `reviews-routing.yaml.example`: Istio routing for reviews (the user `jason` to v2, everyone
+  else over v1, v2 and v3), as in Istio's request-routing task. Rename it to
+  `reviews-routing.yaml` to apply it; the dashboard shows whether each resource is Accepted.
+"#,
+    ),
+    (
+        "reviews-v1-service.yaml.example",
+        "apiVersion: v1\nkind: Service\nmetadata:\n  name: reviews-v1\n  namespace: default\nspec:\n  ports:\n  - port: 9080\n    name: http\n  selector:\n    app: reviews\n    version: v1\n",
+    ),
+    (
+        "reviews-routing.yaml.example",
+        r#"# Istio request routing for Bookinfo's reviews: jason sees v2 (black stars), everyone else
+# is spread over v1, v2 and v3.
 ---
 apiVersion: networking.istio.io/v1
 kind: DestinationRule
@@ -82,7 +95,8 @@ spec:
         subset: v3
       weight: 33
 "#,
-)];
+    ),
+];
 
 /// Writes `files` (name, contents) into `dir`.
 pub fn write_files(dir: &Path, files: &[(&str, &str)]) -> std::io::Result<()> {
@@ -115,7 +129,16 @@ mod tests {
     fn writes_the_sample() {
         let dir = tempfile::tempdir().unwrap();
         write_files(dir.path(), SAMPLE_CONFIG).unwrap();
-        let text = std::fs::read_to_string(dir.path().join("reviews-routing.yaml")).unwrap();
-        assert!(text.contains("kind: VirtualService"));
+        let text = std::fs::read_to_string(dir.path().join("reviews-routing.yaml.example"));
+        assert!(text.unwrap().contains("kind: VirtualService"));
+        // Nothing is in force by default: no file the control plane reads.
+        for (name, _) in SAMPLE_CONFIG {
+            assert!(
+                ![".yaml", ".yml", ".json"]
+                    .iter()
+                    .any(|ext| name.ends_with(ext)),
+                "{name}"
+            );
+        }
     }
 }
