@@ -30,20 +30,26 @@ struct Demo {
 impl Demo {
     /// `trellis demo --no-load` on kernel-chosen ports, with `--config-dir` when given.
     fn start(config_dir: Option<&Path>, status_file: &Path, log: PathBuf) -> Demo {
+        let mut args = vec!["--no-load".as_ref()];
+        if let Some(dir) = config_dir {
+            args.extend(["--config-dir".as_ref(), dir.as_os_str()]);
+        }
+        Demo::start_with(&args, status_file, log)
+    }
+
+    /// `trellis demo` on kernel-chosen ports with `args`.
+    fn start_with(args: &[&std::ffi::OsStr], status_file: &Path, log: PathBuf) -> Demo {
         let out = std::fs::File::create(&log).unwrap();
         let mut command = Command::new(env!("CARGO_BIN_EXE_trellis"));
         command.args([
             "demo",
-            "--no-load",
             "--entry",
             "127.0.0.1:0",
             "--dashboard",
             "127.0.0.1:0",
         ]);
-        if let Some(dir) = config_dir {
-            command.arg("--config-dir").arg(dir);
-        }
         let child = command
+            .args(args)
             .arg("--status-file")
             .arg(status_file)
             .args(["--log-level", "info"])
@@ -319,6 +325,11 @@ async fn demo_runs_bookinfo_through_the_mesh_and_stops_cleanly() {
     assert_eq!(code, 200);
     assert!(page.contains("<html"));
     assert!(page.contains("Trellis"));
+    for asset in ["/assets/dashboard.js", "/assets/dashboard.css"] {
+        let (code, body) = get(&client, &http, asset, None).await;
+        assert_eq!(code, 200, "{asset}");
+        assert!(!body.is_empty(), "{asset} is empty");
+    }
 
     // The user's config directory is watched: a Service appears and goes within 2 s.
     assert!(services(&client, &http).await.contains("default/reviews"));
@@ -378,6 +389,64 @@ async fn a_dead_child_stops_the_demo_with_an_error() {
         log.contains("trellis-proxy (reviews-v2)") && log.contains("exited"),
         "{log}"
     );
+    all_gone(&pids, Duration::from_secs(5)).await;
+}
+
+/// The sum of a Prometheus counter's samples in `text`.
+fn counter_sum(text: &str, name: &str) -> f64 {
+    text.lines()
+        .filter(|line| line.starts_with(name) && line[name.len()..].starts_with(['{', ' ']))
+        .filter_map(|line| line.rsplit(' ').next()?.parse::<f64>().ok())
+        .sum()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn load_generator_drives_traffic_through_the_mesh() {
+    let tmp = tempfile::tempdir().unwrap();
+    let status_file = tmp.path().join("status.json");
+    let args = ["--load-rps".as_ref(), "50".as_ref()];
+    let mut demo = Demo::start_with(&args, &status_file, tmp.path().join("demo.log"));
+    let status = demo.status(&status_file).await;
+    let pids = child_pids(&status);
+    let admin = |name: &str| {
+        let w = status["workloads"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|w| w["workload"] == name);
+        w.unwrap()["admin"].as_str().unwrap().to_string()
+    };
+    let (productpage, ratings) = (admin("productpage-v1"), admin("ratings-v1"));
+
+    // Traffic reaches the entry and, through reviews v2 and v3, ratings.
+    let client: HttpClient = Client::builder(TokioExecutor::new()).build_http();
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        let (_, entry_metrics) = get(&client, &productpage, "/metrics", None).await;
+        let (_, ratings_metrics) = get(&client, &ratings, "/metrics", None).await;
+        let at_entry = counter_sum(&entry_metrics, "trellis_requests_total");
+        let at_ratings = counter_sum(&ratings_metrics, "trellis_requests_total");
+        if at_entry >= 20.0 && at_ratings >= 5.0 {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "too little traffic: {at_entry} requests at productpage, {at_ratings} at ratings\n{}",
+            demo.log()
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+
+    drop(client);
+    kill_process(demo.pid(), Signal::TERM).unwrap();
+    let exit = demo.exit_within(Duration::from_secs(15)).await;
+    assert!(exit.success(), "the demo exited {exit}:\n{}", demo.log());
+    let log = demo.log();
+    let summary = log
+        .lines()
+        .find(|l| l.starts_with("Load: "))
+        .unwrap_or_else(|| panic!("{log}"));
+    assert!(!summary.starts_with("Load: 0 sent"), "{summary}");
     all_gone(&pids, Duration::from_secs(5)).await;
 }
 
