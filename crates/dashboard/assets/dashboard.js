@@ -74,6 +74,7 @@ function workloadRows(workloads) {
     w.admin ? el("code", {}, w.admin) : "",
     w.connected ? badge("connected", "ok") : badge("disconnected", "bad"),
     seen(w.last_seen_ms_ago),
+    list((w.subscriptions || []).map((target) => el("code", {}, target))),
     // No version yet is normal: a proxy subscribes to a destination only when traffic needs it.
     w.acked_version === null || w.acked_version === undefined ? el("span", { class: "empty" }, "none yet") : String(w.acked_version),
     w.nacks ? el("span", {}, badge(w.nacks + " NACK" + (w.nacks === 1 ? "" : "s"), "bad"), w.last_nack ? el("div", {}, w.last_nack) : null) : "0",
@@ -107,7 +108,7 @@ async function getJson(path) {
 
 const SECTIONS = [
   { id: "services", path: "/api/v1/services", rows: serviceRows, columns: 5, empty: "No services." },
-  { id: "workloads", path: "/api/v1/workloads", rows: workloadRows, columns: 10, empty: "No workloads registered." },
+  { id: "workloads", path: "/api/v1/workloads", rows: workloadRows, columns: 11, empty: "No workloads registered." },
   { id: "config", path: "/api/v1/config", rows: configRows, columns: 6, empty: "No config resources." },
 ];
 

@@ -118,7 +118,7 @@ mod tests {
         // announcing refreshes.
         assert_eq!(INDEX_HTML.matches("<table>").count(), 3);
         assert_eq!(INDEX_HTML.matches("<caption>").count(), 3);
-        assert!(INDEX_HTML.matches("<th scope=\"col\">").count() >= 21);
+        assert_eq!(INDEX_HTML.matches("<th scope=\"col\">").count(), 5 + 11 + 6);
         assert!(INDEX_HTML.contains("<html lang=\"en\">"));
         assert!(INDEX_HTML.contains("aria-live=\"polite\""));
         for id in ["services-body", "workloads-body", "config-body"] {
