@@ -133,6 +133,27 @@ mod tests {
     }
 
     #[tokio::test]
+    async fn merges_with_the_control_planes_routes() {
+        // axum panics on overlapping routes when merging: the host's paths must stay free.
+        let host = Router::new()
+            .route("/api/v1/services", get(|| async { "[]" }))
+            .route("/metrics", get(|| async { "" }))
+            .route("/live", get(|| async { "live" }))
+            .route("/ready", get(|| async { "ready" }));
+        let merged = host.merge(router());
+        let request = Request::get("/").body(Body::empty()).unwrap();
+        assert_eq!(
+            merged.clone().oneshot(request).await.unwrap().status(),
+            StatusCode::OK
+        );
+        let request = Request::get("/ready").body(Body::empty()).unwrap();
+        assert_eq!(
+            merged.oneshot(request).await.unwrap().status(),
+            StatusCode::OK
+        );
+    }
+
+    #[tokio::test]
     async fn unknown_paths_are_left_to_the_host() {
         let (status, _, _) = get("/assets/missing.js").await;
         assert_eq!(status, StatusCode::NOT_FOUND);
