@@ -136,10 +136,10 @@ mod tests {
     async fn merges_with_the_control_planes_routes() {
         // axum panics on overlapping routes when merging: the host's paths must stay free.
         let host = Router::new()
-            .route("/api/v1/services", get(|| async { "[]" }))
-            .route("/metrics", get(|| async { "" }))
-            .route("/live", get(|| async { "live" }))
-            .route("/ready", get(|| async { "ready" }));
+            .route("/api/v1/services", axum::routing::get(|| async { "[]" }))
+            .route("/metrics", axum::routing::get(|| async { "" }))
+            .route("/live", axum::routing::get(|| async { "live" }))
+            .route("/ready", axum::routing::get(|| async { "ready" }));
         let merged = host.merge(router());
         let request = Request::get("/").body(Body::empty()).unwrap();
         assert_eq!(
