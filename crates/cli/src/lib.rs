@@ -21,7 +21,7 @@ pub const EXIT_FAILURE: u8 = 1;
 
 /// Trellis: a service mesh in Rust.
 #[derive(Debug, Parser)]
-#[command(name = "trellis", version, about, propagate_version = true)]
+#[command(name = "trellis", version, propagate_version = true)]
 pub struct Cli {
     #[command(subcommand)]
     pub command: Command,
