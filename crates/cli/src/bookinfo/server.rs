@@ -110,28 +110,34 @@ async fn handle(
     state: Arc<AppState>,
     req: Request<Incoming>,
 ) -> Result<Response<Full<Bytes>>, Infallible> {
+    let mut response = respond(&state, &req).await;
+    if let Ok(value) = HeaderValue::from_str(&state.workload) {
+        // Lets a curl user see which workload answered without reading the body.
+        response.headers_mut().insert("x-bookinfo-workload", value);
+    }
+    Ok(response)
+}
+
+async fn respond(state: &AppState, req: &Request<Incoming>) -> Response<Full<Bytes>> {
     if req.method() != Method::GET && req.method() != Method::HEAD {
-        return Ok(json(
-            StatusCode::METHOD_NOT_ALLOWED,
-            &error("only GET is served"),
-        ));
+        return json(StatusCode::METHOD_NOT_ALLOWED, &error("only GET is served"));
     }
     let Some(route) = Route::parse(req.uri().path()) else {
-        return Ok(json(StatusCode::NOT_FOUND, &error("not found")));
+        return json(StatusCode::NOT_FOUND, &error("not found"));
     };
     let headers = req.headers();
-    let mut response = match (state.app, route) {
+    match (state.app, route) {
         (_, Route::Health) => json(
             StatusCode::OK,
             &serde_json::json!({"status": format!("{} is healthy", state.workload)}),
         ),
         (App::Details, Route::Details(id)) => json(StatusCode::OK, &handlers::details(id)),
         (App::Ratings, Route::Ratings(id)) => json(StatusCode::OK, &handlers::ratings(id)),
-        (App::Reviews(version), Route::Reviews(id)) => reviews(&state, version, id, headers).await,
+        (App::Reviews(version), Route::Reviews(id)) => reviews(state, version, id, headers).await,
         (App::Productpage, Route::Products) => json(StatusCode::OK, &handlers::products()),
         (App::Productpage, Route::Product(id)) => {
             match call::<handlers::Details>(
-                &state,
+                state,
                 Service::Details,
                 &format!("/details/{id}"),
                 headers,
@@ -148,7 +154,7 @@ async fn handle(
         }
         (App::Productpage, Route::ProductReviews(id)) => {
             match call::<handlers::Reviews>(
-                &state,
+                state,
                 Service::Reviews,
                 &format!("/reviews/{id}"),
                 headers,
@@ -163,14 +169,9 @@ async fn handle(
                 ),
             }
         }
-        (App::Productpage, Route::ProductPage) => product_page(&state, headers).await,
+        (App::Productpage, Route::ProductPage) => product_page(state, headers).await,
         _ => json(StatusCode::NOT_FOUND, &error("not found")),
-    };
-    if let Ok(value) = HeaderValue::from_str(&state.workload) {
-        // Lets a curl user see which workload answered without reading the body.
-        response.headers_mut().insert("x-bookinfo-workload", value);
     }
-    Ok(response)
 }
 
 async fn reviews(
@@ -448,7 +449,17 @@ mod tests {
             get(ratings.addr, "/details/0").await.0,
             StatusCode::NOT_FOUND
         );
-        assert_eq!(get(ratings.addr, "/nope").await.0, StatusCode::NOT_FOUND);
+        let reply = HttpClient::new()
+            .get(
+                ratings.addr,
+                "/nope",
+                &HeaderMap::new(),
+                Duration::from_secs(5),
+            )
+            .await
+            .unwrap();
+        assert_eq!(reply.status, StatusCode::NOT_FOUND);
+        assert_eq!(reply.headers["x-bookinfo-workload"], "ratings-v1");
         let (status, body) = get(ratings.addr, "/health").await;
         assert_eq!(status, StatusCode::OK);
         assert!(body.contains("ratings-v1 is healthy"));
