@@ -542,12 +542,14 @@ fn flags(pairs: &[(&str, String)]) -> Vec<OsString> {
         .collect()
 }
 
-/// Cancels the returned token on the first SIGINT or SIGTERM. A second one gives up on a
-/// graceful stop: every child is killed at once and the demo exits 130.
+/// Cancels the returned token on the first SIGINT, SIGTERM or SIGHUP (a closed terminal must
+/// not orphan the children either). A second one gives up on a graceful stop: every child is
+/// killed at once and the demo exits 130.
 fn watch_signals() -> io::Result<CancellationToken> {
     use tokio::signal::unix::{SignalKind, signal};
     let mut term = signal(SignalKind::terminate())?;
     let mut int = signal(SignalKind::interrupt())?;
+    let mut hup = signal(SignalKind::hangup())?;
     let token = CancellationToken::new();
     let cancel = token.clone();
     tokio::spawn(async move {
@@ -555,6 +557,7 @@ fn watch_signals() -> io::Result<CancellationToken> {
             tokio::select! {
                 _ = term.recv() => {}
                 _ = int.recv() => {}
+                _ = hup.recv() => {}
             }
             if round == 0 {
                 eprintln!("trellis demo: stopping (signal again to kill everything at once)");
