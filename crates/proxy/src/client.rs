@@ -10,7 +10,9 @@ use std::net::SocketAddr;
 use std::sync::Mutex;
 use std::time::Duration;
 
+use bytes::Bytes;
 use http::{Request, Response, Uri};
+use http_body_util::combinators::BoxBody;
 use hyper::body::Incoming;
 use hyper::client::conn::http2::SendRequest;
 use hyper_util::client::legacy::Client;
@@ -42,6 +44,28 @@ pub enum UpstreamError {
 }
 
 impl UpstreamError {
+    /// Whether the request was certainly not sent (no connection): safe to retry anywhere.
+    pub fn is_connect(&self) -> bool {
+        matches!(self, Self::Connect { .. } | Self::Handshake { .. })
+    }
+
+    /// Whether an HTTP/2 peer refused the stream before processing it.
+    pub fn is_refused_stream(&self) -> bool {
+        let Self::Request { source, .. } = self else {
+            return false;
+        };
+        // hyper does not expose the h2 reason; its text is stable ("refused stream before
+        // processing any application logic"). Only failed requests pay for this walk.
+        let mut err: Option<&(dyn std::error::Error + 'static)> = Some(source.as_ref());
+        while let Some(e) = err {
+            if e.to_string().contains("refused stream") {
+                return true;
+            }
+            err = e.source();
+        }
+        false
+    }
+
     /// The `trellis-error` reason.
     pub fn reason(&self) -> &'static str {
         match self {
@@ -52,14 +76,18 @@ impl UpstreamError {
     }
 }
 
+/// The body of every request sent upstream: the downstream body as it streams, or a buffered
+/// copy when the request may be retried or mirrored.
+pub type UpBody = BoxBody<Bytes, hyper::Error>;
+
 /// How long an idle pooled HTTP/1.1 connection is kept.
 const IDLE_TIMEOUT: Duration = Duration::from_secs(60);
 
 /// All upstream clients of one proxy; shared by every listener.
 #[derive(Debug)]
 pub struct Upstreams {
-    http1: Client<HttpConnector, Incoming>,
-    http2: Mutex<HashMap<SocketAddr, SendRequest<Incoming>>>,
+    http1: Client<HttpConnector, UpBody>,
+    http2: Mutex<HashMap<SocketAddr, SendRequest<UpBody>>>,
 }
 
 impl Default for Upstreams {
@@ -87,7 +115,7 @@ impl Upstreams {
     pub async fn send_http1(
         &self,
         addr: SocketAddr,
-        mut req: Request<Incoming>,
+        mut req: Request<UpBody>,
     ) -> Result<Response<Incoming>, UpstreamError> {
         // The legacy client dials the URI's authority; pointing it at the endpoint makes the
         // endpoint the pool key while the Host header keeps the application's authority.
@@ -119,7 +147,7 @@ impl Upstreams {
     pub async fn send_http2(
         &self,
         addr: SocketAddr,
-        req: Request<Incoming>,
+        req: Request<UpBody>,
     ) -> Result<Response<Incoming>, UpstreamError> {
         let mut sender = match self.cached_http2(addr) {
             Some(mut cached) => match cached.ready().await {
@@ -147,7 +175,7 @@ impl Upstreams {
             })
     }
 
-    fn cached_http2(&self, addr: SocketAddr) -> Option<SendRequest<Incoming>> {
+    fn cached_http2(&self, addr: SocketAddr) -> Option<SendRequest<UpBody>> {
         // A poisoned lock only means another task panicked mid-insert; the map is still valid.
         let mut map = self.http2.lock().unwrap_or_else(|p| p.into_inner());
         match map.get(&addr) {
@@ -165,7 +193,7 @@ impl Upstreams {
         map.remove(&addr);
     }
 
-    async fn dial_http2(&self, addr: SocketAddr) -> Result<SendRequest<Incoming>, UpstreamError> {
+    async fn dial_http2(&self, addr: SocketAddr) -> Result<SendRequest<UpBody>, UpstreamError> {
         let stream = connect(addr)
             .await
             .map_err(|source| UpstreamError::Connect { addr, source })?;
@@ -192,7 +220,7 @@ impl Upstreams {
     pub async fn send_upgrade(
         &self,
         addr: SocketAddr,
-        req: Request<Incoming>,
+        req: Request<UpBody>,
     ) -> Result<Response<Incoming>, UpstreamError> {
         let stream = connect(addr)
             .await

@@ -2,7 +2,9 @@
 //! and opaque TCP forwarding, the admin server and metrics.
 //!
 //! Decisions (which protocol, which hop, which endpoint, which headers) are pure functions in
-//! [`detect`], [`route`], [`balance`] and [`http`]; the rest adapts sockets to them. It must not
+//! [`detect`], [`route`], [`balance`], [`split`], [`filters`], [`resilience`] and [`http`]
+//! (route matching itself is `trellis_model`'s, shared with `trellis explain`); [`traffic`]
+//! holds the per-destination plan built once per update; the rest adapts sockets to them. It must not
 //! depend on kube or the control plane's crates; the control plane is reached only through
 //! [`discovery`].
 //!
@@ -18,6 +20,7 @@ pub mod client;
 pub mod config;
 pub mod detect;
 pub mod discovery;
+pub mod filters;
 pub mod forward;
 pub mod http;
 pub mod inbound;
@@ -25,10 +28,13 @@ pub mod init;
 pub mod listen;
 pub mod outbound;
 pub mod proxy;
+pub mod resilience;
 pub mod route;
 pub mod serve;
 pub mod shutdown;
+pub mod split;
 pub mod telemetry;
+pub mod traffic;
 pub mod transport;
 
 pub use args::{Cli, Command, ConfigError, RunArgs};

@@ -45,8 +45,8 @@ pub async fn run_transparent(listener: TcpListener, ctx: Arc<Ctx>) {
         Some(async move {
             let target = Target::Address(orig);
             let resolution = ctx.discovery.resolve(&target, ADDRESS_RESOLVE_WAIT).await;
-            let balancer = ctx.balancer(&target);
-            let dest = Dest::Address { orig, resolution, balancer };
+            let traffic = ctx.traffic(&target);
+            let dest = Dest::Address { orig, resolution, traffic };
             serve(ctx, Direction::Outbound, stream, dest, orig.port()).await;
         })
     })
@@ -65,11 +65,11 @@ pub async fn run_explicit(listener: TcpListener, ctx: Arc<Ctx>, target: Target) 
                 Some(async move {
                     let target = Target::Address(orig);
                     let resolution = ctx.discovery.resolve(&target, ADDRESS_RESOLVE_WAIT).await;
-                    let balancer = ctx.balancer(&target);
+                    let traffic = ctx.traffic(&target);
                     let dest = Dest::Address {
                         orig,
                         resolution,
-                        balancer,
+                        traffic,
                     };
                     serve(ctx, Direction::Outbound, stream, dest, orig.port()).await;
                 })
@@ -78,10 +78,10 @@ pub async fn run_explicit(listener: TcpListener, ctx: Arc<Ctx>, target: Target) 
         }
         Target::Service { port, .. } => {
             let resolution_rx = ctx.discovery.watch(&target);
-            let balancer = ctx.balancer(&target);
+            let traffic = ctx.traffic(&target);
             let dest = Dest::Service {
                 resolution_rx,
-                balancer,
+                traffic,
             };
             accept_loop("outbound-port", listener, ctx, move |stream, _peer| {
                 Some(serve(

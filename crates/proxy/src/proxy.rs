@@ -19,7 +19,7 @@ use trellis_model::Workload;
 use crate::admin::{self, AdminState};
 use crate::config::ProxyConfig;
 use crate::discovery::{Discovery, DiscoveryConfig};
-use crate::serve::Ctx;
+use crate::serve::{Ctx, Source};
 use crate::shutdown;
 use crate::telemetry::Metrics;
 use crate::transport::{BindError, bind};
@@ -127,15 +127,21 @@ impl Proxy {
         let mut listeners = vec![addrs.inbound, addrs.admin];
         listeners.extend(addrs.outbound);
         listeners.extend(addrs.outbound_ports.values().copied());
-        let ctx = Arc::new(Ctx::new(
-            metrics.clone(),
-            discovery.clone(),
-            config.detect_timeout,
-            config.opaque_ports.clone(),
-            listeners,
-            shutdown.clone(),
-            tracker.clone(),
-        ));
+        let ctx = Arc::new(
+            Ctx::new(
+                metrics.clone(),
+                discovery.clone(),
+                config.detect_timeout,
+                config.opaque_ports.clone(),
+                listeners,
+                shutdown.clone(),
+                tracker.clone(),
+            )
+            .with_source(Source {
+                namespace: config.namespace.clone(),
+                labels: config.labels.clone(),
+            }),
+        );
         let admin_state = Arc::new(AdminState {
             metrics,
             discovery,

@@ -1,8 +1,10 @@
 //! Where a connection's traffic goes: the next hop for a request or an opaque stream, decided
 //! from the listener's destination and discovery's current answer.
 //!
-//! The decision ([`hop_for`]) is pure; waiting for discovery's first answer is the only async
-//! part. This module must not touch sockets.
+//! A destination discovery found is handed on as its traffic [`Plan`] (routes, backends,
+//! balancers), which the forwarding code walks per request; everything else becomes a fixed
+//! [`Hop`]. The decisions are pure; waiting for discovery's first answer is the only async part.
+//! This module must not touch sockets.
 
 use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
@@ -10,8 +12,8 @@ use std::time::Duration;
 
 use tokio::sync::watch;
 
-use crate::balance::RoundRobin;
 use crate::discovery::Resolution;
+use crate::traffic::{Plan, TargetTraffic};
 
 /// How long a request to a service target waits for discovery's first answer.
 pub const FIRST_ANSWER_WAIT: Duration = Duration::from_secs(3);
@@ -26,7 +28,7 @@ pub struct Hop {
 }
 
 impl Hop {
-    fn plain(addr: SocketAddr) -> Self {
+    pub fn plain(addr: SocketAddr) -> Self {
         Self {
             addr,
             meshed: false,
@@ -74,15 +76,22 @@ pub enum Dest {
     /// An explicit outbound port's service target; the receiver lives as long as the listener.
     Service {
         resolution_rx: watch::Receiver<Resolution>,
-        balancer: Arc<RoundRobin>,
+        traffic: Arc<TargetTraffic>,
     },
     /// A transparent outbound connection's original destination, resolved once per connection;
     /// passed through when discovery knows nothing about it.
     Address {
         orig: SocketAddr,
         resolution: Resolution,
-        balancer: Arc<RoundRobin>,
+        traffic: Arc<TargetTraffic>,
     },
+}
+
+/// Where the next request or stream goes: a fixed hop, or a discovered destination's plan.
+#[derive(Clone, Debug)]
+pub enum Next {
+    Hop(Hop),
+    Routed(Arc<Plan>),
 }
 
 /// The pure choice for [`Dest::Local`]. `--app` wins when set: in local mode the registered
@@ -106,45 +115,47 @@ pub fn local_hop(
 
 /// The pure choice: `passthrough` is where traffic goes when discovery has no destination
 /// (transparent targets), `None` fails it (service targets).
-pub fn hop_for(
+pub fn next_for(
     resolution: &Resolution,
-    balancer: &RoundRobin,
+    traffic: &TargetTraffic,
     passthrough: Option<SocketAddr>,
-) -> Result<Hop, NoHop> {
+) -> Result<Next, NoHop> {
     match (resolution, passthrough) {
-        (Resolution::Found(dest), _) => balancer
-            .pick(&dest.endpoints)
-            .map(|e| Hop {
-                addr: e.address,
-                meshed: e.meshed,
-                target_port: e.meshed.then_some(e.target_port),
-            })
-            .ok_or(NoHop::NoEndpoints),
-        (_, Some(addr)) => Ok(Hop::plain(addr)),
+        (Resolution::Found(dest), _) => Ok(Next::Routed(traffic.plan(dest))),
+        (_, Some(addr)) => Ok(Next::Hop(Hop::plain(addr))),
         (Resolution::NotFound, None) => Err(NoHop::NotFound),
         (Resolution::Pending, None) => Err(NoHop::Pending),
     }
 }
 
+/// The hop to an endpoint.
+pub fn endpoint_hop(e: &trellis_model::Endpoint) -> Hop {
+    Hop {
+        addr: e.address,
+        meshed: e.meshed,
+        target_port: e.meshed.then_some(e.target_port),
+    }
+}
+
 impl Dest {
-    /// The hop for the next request or stream, waiting up to [`FIRST_ANSWER_WAIT`] if a service
+    /// Where the next request or stream goes, waiting up to [`FIRST_ANSWER_WAIT`] if a service
     /// target has no answer yet. `requested_port` is a peer proxy's `trellis-target-port`.
-    pub async fn hop(&self, requested_port: Option<u16>) -> Result<Hop, NoHop> {
+    pub async fn next(&self, requested_port: Option<u16>) -> Result<Next, NoHop> {
         match self {
-            Self::Fixed(addr) => Ok(Hop::plain(*addr)),
+            Self::Fixed(addr) => Ok(Next::Hop(Hop::plain(*addr))),
             Self::Local {
                 app,
                 ports,
                 local_ip,
-            } => local_hop(*app, ports, *local_ip, requested_port),
+            } => local_hop(*app, ports, *local_ip, requested_port).map(Next::Hop),
             Self::Address {
                 orig,
                 resolution,
-                balancer,
-            } => hop_for(resolution, balancer, Some(*orig)),
+                traffic,
+            } => next_for(resolution, traffic, Some(*orig)),
             Self::Service {
                 resolution_rx,
-                balancer,
+                traffic,
             } => {
                 let pending = matches!(*resolution_rx.borrow(), Resolution::Pending);
                 if pending {
@@ -157,7 +168,24 @@ impl Dest {
                     .await;
                 }
                 let current = resolution_rx.borrow().clone();
-                hop_for(&current, balancer, None)
+                next_for(&current, traffic, None)
+            }
+        }
+    }
+
+    /// The hop for an opaque stream to `port`: TCP routes split per connection, then the
+    /// backend's balancer.
+    pub async fn hop(&self, port: u16) -> Result<Hop, NoHop> {
+        match self.next(None).await? {
+            Next::Hop(hop) => Ok(hop),
+            Next::Routed(plan) => {
+                let backend = plan.tcp_backend(port).ok_or(NoHop::NoEndpoints)?;
+                backend.sweep();
+                backend
+                    .balancer
+                    .pick(None, None)
+                    .map(|e| endpoint_hop(e.endpoint()))
+                    .ok_or(NoHop::NoEndpoints)
             }
         }
     }
@@ -189,20 +217,26 @@ mod tests {
         }))
     }
 
+    fn hop_of(r: &Resolution, passthrough: Option<SocketAddr>) -> Result<Hop, NoHop> {
+        let traffic = TargetTraffic::default();
+        match next_for(r, &traffic, passthrough)? {
+            Next::Hop(h) => Ok(h),
+            Next::Routed(plan) => plan
+                .own
+                .balancer
+                .pick(None, None)
+                .map(|e| endpoint_hop(e.endpoint()))
+                .ok_or(NoHop::NoEndpoints),
+        }
+    }
+
     #[test]
     fn service_targets_fail_without_endpoints() {
-        let rr = RoundRobin::new();
+        assert_eq!(hop_of(&Resolution::NotFound, None), Err(NoHop::NotFound));
+        assert_eq!(hop_of(&Resolution::Pending, None), Err(NoHop::Pending));
+        assert_eq!(hop_of(&found(&[]), None), Err(NoHop::NoEndpoints));
         assert_eq!(
-            hop_for(&Resolution::NotFound, &rr, None),
-            Err(NoHop::NotFound)
-        );
-        assert_eq!(
-            hop_for(&Resolution::Pending, &rr, None),
-            Err(NoHop::Pending)
-        );
-        assert_eq!(hop_for(&found(&[]), &rr, None), Err(NoHop::NoEndpoints));
-        assert_eq!(
-            hop_for(&found(&[7]), &rr, None).unwrap(),
+            hop_of(&found(&[7]), None).unwrap(),
             Hop {
                 addr: ([127, 0, 0, 1], 7).into(),
                 meshed: true,
@@ -213,20 +247,36 @@ mod tests {
 
     #[test]
     fn address_targets_pass_through() {
-        let rr = RoundRobin::new();
         let orig: SocketAddr = ([10, 0, 0, 1], 80).into();
         assert_eq!(
-            hop_for(&Resolution::NotFound, &rr, Some(orig)).unwrap(),
+            hop_of(&Resolution::NotFound, Some(orig)).unwrap(),
             Hop::plain(orig)
         );
-        assert_eq!(
-            hop_for(&Resolution::Pending, &rr, Some(orig)).unwrap().addr,
-            orig
-        );
-        assert_eq!(
-            hop_for(&found(&[9]), &rr, Some(orig)).unwrap().addr.port(),
-            9
-        );
+        assert_eq!(hop_of(&Resolution::Pending, Some(orig)).unwrap().addr, orig);
+        assert_eq!(hop_of(&found(&[9]), Some(orig)).unwrap().addr.port(), 9);
+    }
+
+    #[test]
+    fn the_plan_is_built_once_per_destination_version() {
+        let traffic = TargetTraffic::default();
+        let Resolution::Found(dest) = found(&[1, 2]) else {
+            unreachable!()
+        };
+        let a = traffic.plan(&dest);
+        let b = traffic.plan(&dest);
+        assert!(Arc::ptr_eq(&a, &b));
+        // A new version keeps the state of endpoints that remain.
+        let e1 = a.own.balancer.endpoints()[0].clone();
+        let _busy = e1.start();
+        let Resolution::Found(next) = found(&[1, 3]) else {
+            unreachable!()
+        };
+        let c = traffic.plan(&next);
+        assert!(!Arc::ptr_eq(&a, &c));
+        let kept = &c.own.balancer.endpoints()[0];
+        assert!(Arc::ptr_eq(kept, &e1));
+        assert_eq!(kept.in_flight(), 1);
+        assert_eq!(c.own.balancer.endpoints()[1].in_flight(), 0);
     }
 
     #[test]
@@ -258,17 +308,17 @@ mod tests {
         let (tx, rx) = watch::channel(Resolution::Pending);
         let dest = Dest::Service {
             resolution_rx: rx,
-            balancer: Arc::new(RoundRobin::new()),
+            traffic: Arc::new(TargetTraffic::default()),
         };
         let started = tokio::time::Instant::now();
-        assert_eq!(dest.hop(None).await, Err(NoHop::Pending));
+        assert_eq!(dest.hop(80).await, Err(NoHop::Pending));
         assert!(started.elapsed() >= FIRST_ANSWER_WAIT);
         let answer = tokio::spawn(async move {
             tokio::time::sleep(Duration::from_millis(10)).await;
             tx.send_replace(found(&[5]));
             tx
         });
-        assert_eq!(dest.hop(None).await.unwrap().addr.port(), 5);
+        assert_eq!(dest.hop(80).await.unwrap().addr.port(), 5);
         drop(answer.await.unwrap());
     }
 }

@@ -18,18 +18,30 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use trellis_model::Target;
 
-use crate::balance::RoundRobin;
 use crate::client::Upstreams;
 use crate::detect::{Detected, Protocol, detect};
 use crate::discovery::Discovery;
 use crate::forward::HttpForward;
 use crate::route::Dest;
 use crate::telemetry::{DetectOutcome, Direction, Metrics};
+use crate::traffic::TargetTraffic;
 use crate::transport::{CountingIo, PrefixedIo, is_own_listener, splice};
 
-/// Bound on remembered per-destination balancers for transparent traffic; past it the map is
-/// reset (losing only round-robin positions), so memory cannot grow without limit.
-const MAX_BALANCERS: usize = 4096;
+/// Bound on remembered per-target traffic state for transparent traffic; past it the map is
+/// reset (losing balancer and budget history, never config), so memory cannot grow without
+/// limit.
+const MAX_TARGETS: usize = 4096;
+
+/// How many mirrored requests may be in flight at once, proxy-wide; a copy over the limit is
+/// not sent (mirroring must never queue or slow the primary).
+pub const MAX_MIRRORS_IN_FLIGHT: usize = 256;
+
+/// The calling workload, as route matches see it (`sourceLabels`, source namespace).
+#[derive(Clone, Debug, Default)]
+pub struct Source {
+    pub namespace: String,
+    pub labels: std::collections::BTreeMap<String, String>,
+}
 
 /// State shared by every listener and connection of one proxy.
 #[derive(Debug)]
@@ -45,7 +57,11 @@ pub struct Ctx {
     pub shutdown: CancellationToken,
     /// Every connection and tunnel task, so the drain can wait for them.
     pub tracker: TaskTracker,
-    balancers: Mutex<HashMap<Target, Arc<RoundRobin>>>,
+    /// This proxy's own workload, for route matching.
+    pub source: Source,
+    /// Bounds concurrent mirrored requests ([`MAX_MIRRORS_IN_FLIGHT`]).
+    pub mirror_permits: Arc<tokio::sync::Semaphore>,
+    traffic: Mutex<HashMap<Target, Arc<TargetTraffic>>>,
 }
 
 impl Ctx {
@@ -67,15 +83,24 @@ impl Ctx {
             listeners,
             shutdown,
             tracker,
-            balancers: Mutex::new(HashMap::new()),
+            source: Source::default(),
+            mirror_permits: Arc::new(tokio::sync::Semaphore::new(MAX_MIRRORS_IN_FLIGHT)),
+            traffic: Mutex::new(HashMap::new()),
         }
     }
 
-    /// The round-robin state for a target, shared by all its connections.
-    pub fn balancer(&self, target: &Target) -> Arc<RoundRobin> {
+    /// Sets the workload that route matches see as the source.
+    pub fn with_source(mut self, source: Source) -> Self {
+        self.source = source;
+        self
+    }
+
+    /// The traffic state (plan, balancers, budgets) for a target, shared by all its
+    /// connections.
+    pub fn traffic(&self, target: &Target) -> Arc<TargetTraffic> {
         // Poisoning cannot leave the map inconsistent (single insert); keep using it.
-        let mut map = self.balancers.lock().unwrap_or_else(|p| p.into_inner());
-        if map.len() >= MAX_BALANCERS && !map.contains_key(target) {
+        let mut map = self.traffic.lock().unwrap_or_else(|p| p.into_inner());
+        if map.len() >= MAX_TARGETS && !map.contains_key(target) {
             map.clear();
         }
         map.entry(target.clone()).or_default().clone()
@@ -91,6 +116,7 @@ pub async fn serve(
     dest: Dest,
     dest_port: u16,
 ) {
+    let peer = stream.peer_addr().ok();
     let mut io = CountingIo::new(stream, ctx.metrics.clone(), direction);
     let detected = if ctx.opaque_ports.contains(&dest_port) {
         Detected {
@@ -111,13 +137,17 @@ pub async fn serve(
     let io = PrefixedIo::new(detected.prefix, io);
     match detected.protocol {
         Protocol::Http1 => {
-            serve_http1(&ctx, io, HttpForward::new(ctx.clone(), direction, dest)).await
+            let forward = HttpForward::new(ctx.clone(), direction, dest).with_peer(peer);
+            serve_http1(&ctx, io, forward).await
         }
         Protocol::Http2 => {
-            serve_http2(&ctx, io, HttpForward::new(ctx.clone(), direction, dest)).await
+            let forward = HttpForward::new(ctx.clone(), direction, dest).with_peer(peer);
+            serve_http2(&ctx, io, forward).await
         }
         // TLS passes through untouched until the identity work terminates mTLS here.
-        Protocol::Tls | Protocol::Opaque => serve_opaque(&ctx, direction, io, &dest).await,
+        Protocol::Tls | Protocol::Opaque => {
+            serve_opaque(&ctx, direction, io, &dest, dest_port).await
+        }
     }
 }
 
@@ -162,8 +192,14 @@ async fn serve_http2(ctx: &Ctx, io: Downstream, forward: HttpForward) {
     }
 }
 
-async fn serve_opaque(ctx: &Ctx, direction: Direction, mut io: Downstream, dest: &Dest) {
-    let hop = match dest.hop(None).await {
+async fn serve_opaque(
+    ctx: &Ctx,
+    direction: Direction,
+    mut io: Downstream,
+    dest: &Dest,
+    dest_port: u16,
+) {
+    let hop = match dest.hop(dest_port).await {
         Ok(hop) if is_own_listener(hop.addr, &ctx.listeners) => {
             tracing::warn!(direction = direction.as_str(), hop = %hop.addr, "opaque connection would loop into the proxy; closing");
             return;

@@ -10,6 +10,8 @@ use std::fmt::Write as _;
 use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
 use std::time::Duration;
 
+use crate::resilience::limits::Rejection;
+
 /// Which side of the workload traffic flows on.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Direction {
@@ -116,6 +118,7 @@ struct PerDirection {
     tcp_received: AtomicU64,
     tcp_sent: AtomicU64,
     detections: [AtomicU64; DetectOutcome::ALL.len()],
+    traffic: TrafficCounters,
 }
 
 impl PerDirection {
@@ -128,8 +131,39 @@ impl PerDirection {
             tcp_received: AtomicU64::new(0),
             tcp_sent: AtomicU64::new(0),
             detections: counters(),
+            traffic: TrafficCounters::default(),
         }
     }
+}
+
+/// What an injected fault did: the `kind` label of `trellis_faults_injected_total`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum FaultKind {
+    Delay = 0,
+    Abort = 1,
+}
+
+impl FaultKind {
+    pub const ALL: [FaultKind; 2] = [Self::Delay, Self::Abort];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Delay => "delay",
+            Self::Abort => "abort",
+        }
+    }
+}
+
+/// The traffic-management counters of one direction.
+#[derive(Debug, Default)]
+struct TrafficCounters {
+    retries: AtomicU64,
+    budget_exhausted: AtomicU64,
+    timeouts: AtomicU64,
+    ejections: AtomicU64,
+    mirrored: AtomicU64,
+    breaker: [AtomicU64; Rejection::ALL.len()],
+    faults: [AtomicU64; FaultKind::ALL.len()],
 }
 
 /// Reads one plain counter of a direction, for rendering the `trellis_tcp_*` families alike.
@@ -187,6 +221,34 @@ impl Metrics {
 
     pub fn detection(&self, d: Direction, outcome: DetectOutcome) {
         self.dir(d).detections[outcome as usize].fetch_add(1, Relaxed);
+    }
+
+    pub fn retry(&self, d: Direction) {
+        self.dir(d).traffic.retries.fetch_add(1, Relaxed);
+    }
+
+    pub fn retry_budget_exhausted(&self, d: Direction) {
+        self.dir(d).traffic.budget_exhausted.fetch_add(1, Relaxed);
+    }
+
+    pub fn request_timeout(&self, d: Direction) {
+        self.dir(d).traffic.timeouts.fetch_add(1, Relaxed);
+    }
+
+    pub fn outlier_ejection(&self, d: Direction) {
+        self.dir(d).traffic.ejections.fetch_add(1, Relaxed);
+    }
+
+    pub fn mirrored(&self, d: Direction) {
+        self.dir(d).traffic.mirrored.fetch_add(1, Relaxed);
+    }
+
+    pub fn circuit_breaker(&self, d: Direction, why: Rejection) {
+        self.dir(d).traffic.breaker[why as usize].fetch_add(1, Relaxed);
+    }
+
+    pub fn fault(&self, d: Direction, kind: FaultKind) {
+        self.dir(d).traffic.faults[kind as usize].fetch_add(1, Relaxed);
     }
 
     /// Appends the Prometheus text exposition of every series to `out`. Later telemetry adds
@@ -304,6 +366,73 @@ impl Metrics {
                 )?;
             }
         }
+        self.render_traffic(out)
+    }
+
+    fn render_traffic(&self, out: &mut String) -> std::fmt::Result {
+        type Field = fn(&TrafficCounters) -> &AtomicU64;
+        let simple: [(&str, &str, Field); 5] = [
+            ("trellis_retries_total", "Retries made.", |t| &t.retries),
+            (
+                "trellis_retry_budget_exhausted_total",
+                "Retries not made because the backend's retry budget was spent.",
+                |t| &t.budget_exhausted,
+            ),
+            (
+                "trellis_request_timeouts_total",
+                "Requests that ran out of their route timeout or gRPC deadline.",
+                |t| &t.timeouts,
+            ),
+            (
+                "trellis_outlier_ejections_total",
+                "Endpoints ejected by outlier detection.",
+                |t| &t.ejections,
+            ),
+            (
+                "trellis_mirrored_requests_total",
+                "Request copies sent to mirror backends.",
+                |t| &t.mirrored,
+            ),
+        ];
+        for (name, help, field) in simple {
+            writeln!(out, "# HELP {name} {help}")?;
+            writeln!(out, "# TYPE {name} counter")?;
+            for d in Direction::ALL {
+                let n = field(&self.dir(d).traffic).load(Relaxed);
+                writeln!(out, "{name}{{direction=\"{}\"}} {n}", d.as_str())?;
+            }
+        }
+        let name = "trellis_circuit_breaker_rejections_total";
+        writeln!(
+            out,
+            "# HELP {name} Requests or retries refused by a connection-pool limit."
+        )?;
+        writeln!(out, "# TYPE {name} counter")?;
+        for d in Direction::ALL {
+            for r in Rejection::ALL {
+                let n = self.dir(d).traffic.breaker[r as usize].load(Relaxed);
+                writeln!(
+                    out,
+                    "{name}{{direction=\"{}\",reason=\"{}\"}} {n}",
+                    d.as_str(),
+                    r.as_str()
+                )?;
+            }
+        }
+        let name = "trellis_faults_injected_total";
+        writeln!(out, "# HELP {name} Faults injected by routes.")?;
+        writeln!(out, "# TYPE {name} counter")?;
+        for d in Direction::ALL {
+            for k in FaultKind::ALL {
+                let n = self.dir(d).traffic.faults[k as usize].load(Relaxed);
+                writeln!(
+                    out,
+                    "{name}{{direction=\"{}\",kind=\"{}\"}} {n}",
+                    d.as_str(),
+                    k.as_str()
+                )?;
+            }
+        }
         Ok(())
     }
 }
@@ -338,6 +467,25 @@ mod tests {
             "trellis_protocol_detections_total{direction=\"inbound\",outcome=\"opaque_port\"} 1"
         ));
         assert!(s.contains("trellis_proxy_info{version=\""));
+    }
+
+    #[test]
+    fn renders_traffic_counters() {
+        let m = Metrics::new();
+        m.retry(Direction::Outbound);
+        m.retry(Direction::Outbound);
+        m.fault(Direction::Outbound, FaultKind::Abort);
+        m.circuit_breaker(Direction::Outbound, Rejection::MaxPending);
+        let s = rendered(&m);
+        assert!(s.contains("trellis_retries_total{direction=\"outbound\"} 2"));
+        assert!(s.contains("trellis_retry_budget_exhausted_total{direction=\"outbound\"} 0"));
+        assert!(
+            s.contains("trellis_faults_injected_total{direction=\"outbound\",kind=\"abort\"} 1")
+        );
+        assert!(s.contains(
+            "trellis_circuit_breaker_rejections_total{direction=\"outbound\",reason=\"max_pending_requests\"} 1"
+        ));
+        assert!(s.contains("trellis_mirrored_requests_total{direction=\"inbound\"} 0"));
     }
 
     #[test]

@@ -1,13 +1,21 @@
-//! Forwarding one HTTP request: pick the hop, apply the hop's header and version rules, send it
-//! upstream, and turn failures into the proxy's own 502/503 responses (made here, once).
-//! Upgrades (WebSocket and others) are forwarded over HTTP/1.1 and, on `101`, joined into a
-//! byte tunnel.
+//! Forwarding one HTTP request: a fixed hop (inbound, passthrough) is sent as is; a discovered
+//! destination goes through its routes ([`routed`]: match, filters, split, mirrors) and
+//! attempts ([`attempt`]: timeouts, retries, budget, limits, balancer, outlier detection).
+//! Every hop gets the header and version rules of [`crate::http`]; failures become the proxy's
+//! own responses, made here once. Upgrades (WebSocket and others) are forwarded over HTTP/1.1
+//! and, on `101`, joined into a byte tunnel.
 //!
-//! Bodies are never buffered: the downstream `Incoming` body is handed to the upstream client
-//! and the upstream's `Incoming` body back to the server, so streaming, flow control and
-//! trailers (gRPC status) pass through untouched.
+//! Bodies stream: the downstream body is handed to the upstream client and the upstream's body
+//! back, so flow control and trailers (gRPC status) pass through untouched. The one exception
+//! is a small body of declared length on a request that may be retried or mirrored
+//! ([`body`]).
+
+mod attempt;
+pub mod body;
+mod routed;
 
 use std::convert::Infallible;
+use std::net::SocketAddr;
 use std::sync::Arc;
 
 use http::{HeaderValue, Request, Response, StatusCode, header};
@@ -16,11 +24,12 @@ use hyper::body::Incoming;
 use hyper_util::rt::TokioIo;
 use tokio::time::Instant;
 
+use crate::client::{UpBody, UpstreamError};
 use crate::http::{
     HopVersion, ORIG_PROTO, ORIG_PROTO_HTTP1, ProxyBody, TARGET_PORT, choose_version,
     error_response, is_upgrade, strip_hop_by_hop, to_http1, to_http2,
 };
-use crate::route::{Dest, Hop};
+use crate::route::{Dest, Hop, Next};
 use crate::serve::Ctx;
 use crate::telemetry::Direction;
 use crate::transport::is_own_listener;
@@ -31,6 +40,8 @@ pub struct HttpForward {
     ctx: Arc<Ctx>,
     direction: Direction,
     dest: Arc<Dest>,
+    /// The downstream peer, for consistent hashing on the source IP.
+    peer: Option<SocketAddr>,
 }
 
 impl HttpForward {
@@ -39,7 +50,13 @@ impl HttpForward {
             ctx,
             direction,
             dest: Arc::new(dest),
+            peer: None,
         }
+    }
+
+    pub fn with_peer(mut self, peer: Option<SocketAddr>) -> Self {
+        self.peer = peer;
+        self
     }
 
     /// The hyper service entry point: never fails, errors become responses.
@@ -59,12 +76,8 @@ impl HttpForward {
             .remove(TARGET_PORT)
             .and_then(|v| v.to_str().ok()?.parse::<u16>().ok())
             .filter(|_| self.direction == Direction::Inbound);
-        let hop = match self.dest.hop(requested_port).await {
-            Ok(hop) if is_own_listener(hop.addr, &self.ctx.listeners) => {
-                tracing::warn!(direction = self.direction.as_str(), hop = %hop.addr, "request would loop into the proxy");
-                return error_response(StatusCode::BAD_GATEWAY, "forwarding loop");
-            }
-            Ok(hop) => hop,
+        let next = match self.dest.next(requested_port).await {
+            Ok(next) => next,
             Err(no_hop) => {
                 tracing::info!(direction = self.direction.as_str(), uri = %req.uri(), reason = no_hop.reason(), "no hop for request");
                 return error_response(StatusCode::SERVICE_UNAVAILABLE, no_hop.reason());
@@ -81,16 +94,49 @@ impl HttpForward {
         // This proxy's server already answered `100 Continue` by reading the body; the next hop
         // gets the body at once.
         req.headers_mut().remove(header::EXPECT);
+        let req = req.map(BodyExt::boxed);
+        match next {
+            Next::Routed(plan) => routed::forward(self, &plan, req, upgrade, tagged).await,
+            Next::Hop(hop) => {
+                if self.is_loop(hop) {
+                    return error_response(StatusCode::BAD_GATEWAY, "forwarding loop");
+                }
+                if upgrade {
+                    return self.forward_upgrade(hop, req).await;
+                }
+                match self.send(hop, req, tagged).await {
+                    Ok(resp) => downstream_response(resp, false),
+                    Err(e) => {
+                        tracing::warn!(direction = self.direction.as_str(), hop = %hop.addr, error = %e, "upstream request failed");
+                        error_response(StatusCode::BAD_GATEWAY, e.reason())
+                    }
+                }
+            }
+        }
+    }
+
+    fn is_loop(&self, hop: Hop) -> bool {
+        let looped = is_own_listener(hop.addr, &self.ctx.listeners);
+        if looped {
+            tracing::warn!(direction = self.direction.as_str(), hop = %hop.addr, "request would loop into the proxy");
+        }
+        looped
+    }
+
+    /// Sends one request on `hop` with the hop's version and header rules.
+    async fn send(
+        &self,
+        hop: Hop,
+        mut req: Request<UpBody>,
+        tagged: bool,
+    ) -> Result<Response<Incoming>, UpstreamError> {
         if let Some(port) = hop.target_port.filter(|_| hop.meshed) {
             req.headers_mut()
                 .insert(TARGET_PORT, HeaderValue::from(port));
         }
-        if upgrade {
-            return self.forward_upgrade(hop, req).await;
-        }
         let (version, tag) =
             choose_version(self.direction, req.version(), false, hop.meshed, tagged);
-        let result = match version {
+        match version {
             HopVersion::Http1 => {
                 to_http1(&mut req);
                 self.ctx.upstreams.send_http1(hop.addr, req).await
@@ -102,17 +148,14 @@ impl HttpForward {
                 }
                 self.ctx.upstreams.send_http2(hop.addr, req).await
             }
-        };
-        match result {
-            Ok(resp) => downstream_response(resp, false),
-            Err(e) => {
-                tracing::warn!(direction = self.direction.as_str(), hop = %hop.addr, error = %e, "upstream request failed");
-                error_response(StatusCode::BAD_GATEWAY, e.reason())
-            }
         }
     }
 
-    async fn forward_upgrade(&self, hop: Hop, mut req: Request<Incoming>) -> Response<ProxyBody> {
+    async fn forward_upgrade(&self, hop: Hop, mut req: Request<UpBody>) -> Response<ProxyBody> {
+        if let Some(port) = hop.target_port.filter(|_| hop.meshed) {
+            req.headers_mut()
+                .insert(TARGET_PORT, HeaderValue::from(port));
+        }
         let downstream = hyper::upgrade::on(&mut req);
         to_http1(&mut req);
         let mut resp = match self.ctx.upstreams.send_upgrade(hop.addr, req).await {
@@ -141,6 +184,13 @@ impl HttpForward {
         });
         downstream_response(resp, true)
     }
+}
+
+/// A response's head with hop-by-hop headers removed, and its body.
+fn downstream_parts(resp: Response<Incoming>) -> (http::response::Parts, Incoming) {
+    let (mut parts, body) = resp.into_parts();
+    strip_hop_by_hop(&mut parts.headers, false);
+    (parts, body)
 }
 
 fn downstream_response(resp: Response<Incoming>, upgrade: bool) -> Response<ProxyBody> {

@@ -97,7 +97,7 @@ async fn http1_rides_the_meshed_http2_hop() {
     let dest = Dest::Address {
         orig: "127.0.0.1:9".parse().unwrap(),
         resolution: meshed(peer_inbound, app.port()),
-        balancer: ctx.balancer(&trellis_model::Target::Address(peer_inbound)),
+        traffic: ctx.traffic(&trellis_model::Target::Address(peer_inbound)),
     };
     tokio::spawn(async move {
         let (stream, _) = listener.accept().await.unwrap();

@@ -1,0 +1,288 @@
+//! A request to a discovered destination: route selection, then the route's filters in Envoy's
+//! order (fault delay, fault abort, direct response, redirect, rewrite, request headers of the
+//! route then of the chosen backend, mirrors), the weighted split, the attempts, and the
+//! response header edits on the way back.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use http::header::{self, HeaderValue};
+use http::{Request, Response, StatusCode, Uri};
+use trellis_model::matching::{PathMatch, RequestView};
+use trellis_model::route::{AbortStatus, HttpRoute, Mirror, RouteAction, select_route};
+
+use super::HttpForward;
+use super::attempt::{self, Attempts};
+use super::body::ReqBody;
+use crate::client::UpBody;
+use crate::filters::{
+    apply_headers, grpc_response, made_response, redirect_location, rewrite_path, shadow_authority,
+};
+use crate::http::{ProxyBody, error_response};
+use crate::resilience::retry::DEFAULT_POLICY;
+use crate::route::endpoint_hop;
+use crate::split;
+use crate::telemetry::FaultKind;
+use crate::traffic::{BackendRt, Plan};
+
+/// The longest a mirrored request may run before it is abandoned.
+const MIRROR_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// The request's authority: the URI's (HTTP/2, absolute form) or the Host header.
+fn authority<B>(req: &Request<B>) -> &str {
+    req.uri()
+        .authority()
+        .map(|a| a.as_str())
+        .or_else(|| req.headers().get(header::HOST)?.to_str().ok())
+        .unwrap_or("")
+}
+
+/// Replaces the request's authority wherever it is carried.
+fn set_authority<B>(req: &mut Request<B>, authority: &str) {
+    if let Ok(v) = HeaderValue::from_str(authority) {
+        if req.uri().authority().is_some() {
+            let mut parts = req.uri().clone().into_parts();
+            if let Ok(a) = authority.parse() {
+                parts.authority = Some(a);
+                if let Ok(uri) = Uri::from_parts(parts) {
+                    *req.uri_mut() = uri;
+                }
+            }
+        }
+        if req.uri().authority().is_none() || req.headers().contains_key(header::HOST) {
+            req.headers_mut().insert(header::HOST, v);
+        }
+    }
+}
+
+/// Replaces the path, keeping the query.
+fn set_path<B>(req: &mut Request<B>, path: &str) {
+    let pq = match req.uri().query() {
+        Some(q) => format!("{path}?{q}"),
+        None => path.to_string(),
+    };
+    let mut parts = req.uri().clone().into_parts();
+    if let Ok(pq) = pq.parse() {
+        parts.path_and_query = Some(pq);
+        if let Ok(uri) = Uri::from_parts(parts) {
+            *req.uri_mut() = uri;
+        }
+    }
+}
+
+/// The prefix the matching block matched, for prefix rewrites.
+fn matched_prefix<'r>(route: &'r HttpRoute, view: &RequestView<'_>) -> Option<&'r str> {
+    route
+        .matches
+        .iter()
+        .find(|m| m.matches(view))
+        .and_then(|m| match &m.path {
+            Some(PathMatch::Prefix(p) | PathMatch::SegmentPrefix(p)) => Some(p.as_str()),
+            _ => None,
+        })
+}
+
+pub(super) async fn forward(
+    fwd: &HttpForward,
+    plan: &Arc<Plan>,
+    mut req: Request<UpBody>,
+    upgrade: bool,
+    tagged: bool,
+) -> Response<ProxyBody> {
+    let dest = &plan.dest;
+    let selected = {
+        let view = RequestView {
+            method: req.method().as_str(),
+            path: req.uri().path(),
+            query: req.uri().query(),
+            authority: authority(&req),
+            headers: req.headers(),
+            port: dest.port,
+            source_labels: &fwd.ctx.source.labels,
+            source_namespace: &fwd.ctx.source.namespace,
+        };
+        select_route(&dest.routes, &view).map(|(i, r)| (i, r, matched_prefix(r, &view)))
+    };
+    let Some((index, route, prefix)) = selected else {
+        tracing::trace!(destination = %dest.authority, "no route; the service's own endpoints");
+        return send(
+            fwd,
+            &plan.own,
+            req,
+            upgrade,
+            tagged,
+            Attempts::default_for(None),
+        )
+        .await;
+    };
+    tracing::debug!(destination = %dest.authority, route = %route.name, "route selected");
+
+    if let Some(fault) = &route.fault {
+        let decision = fault.decide(split::next_f64(), split::next_f64());
+        if let Some(delay) = decision.delay {
+            fwd.ctx.metrics.fault(fwd.direction, FaultKind::Delay);
+            tokio::time::sleep(delay).await;
+        }
+        if let Some(abort) = decision.abort {
+            fwd.ctx.metrics.fault(fwd.direction, FaultKind::Abort);
+            return match abort {
+                AbortStatus::Http(status) => {
+                    made_response(status, Some("fault filter abort"), Some("fault abort"))
+                }
+                AbortStatus::Grpc(code) => grpc_response(code, "fault filter abort", "fault abort"),
+            };
+        }
+    }
+
+    let backends = match &route.action {
+        RouteAction::DirectResponse { status, body } => {
+            let mut resp = made_response(*status, body.as_deref(), None);
+            apply_headers(&route.response_headers, resp.headers_mut());
+            return resp;
+        }
+        RouteAction::Redirect(r) => {
+            let location = redirect_location(
+                r,
+                authority(&req),
+                req.uri().path(),
+                req.uri().query(),
+                prefix,
+            );
+            let mut resp = made_response(r.status, None, None);
+            if let Ok(v) = HeaderValue::from_str(&location) {
+                resp.headers_mut().insert(header::LOCATION, v);
+            }
+            apply_headers(&route.response_headers, resp.headers_mut());
+            return resp;
+        }
+        RouteAction::Forward(backends) => backends,
+    };
+
+    if let Some(rw) = &route.rewrite {
+        if let Some(path) = &rw.path {
+            let new = rewrite_path(req.uri().path(), path, prefix);
+            set_path(&mut req, &new);
+        }
+        if let Some(a) = &rw.authority {
+            set_authority(&mut req, a);
+        }
+    }
+
+    let Some((chosen, weighted)) = split::pick(backends) else {
+        return error_response(StatusCode::INTERNAL_SERVER_ERROR, "no backends");
+    };
+    let Some(backend) = plan
+        .routes
+        .get(index)
+        .and_then(|r| r.split.get(chosen))
+        .and_then(Option::as_ref)
+    else {
+        return error_response(StatusCode::SERVICE_UNAVAILABLE, "no endpoints");
+    };
+    apply_headers(&route.request_headers, req.headers_mut());
+    apply_headers(&weighted.request_headers, req.headers_mut());
+
+    let mut resp = if upgrade {
+        send(fwd, backend, req, true, tagged, Attempts::default_for(None)).await
+    } else {
+        let attempts = Attempts {
+            policy: route.retry.as_ref().unwrap_or(&DEFAULT_POLICY),
+            timeout: route.timeout,
+            mirrors: MirrorSet {
+                mirrors: &route.mirrors,
+                backends: plan.routes.get(index).map_or(&[][..], |r| &r.mirrors[..]),
+            },
+        };
+        send(fwd, backend, req, false, tagged, attempts).await
+    };
+    apply_headers(&route.response_headers, resp.headers_mut());
+    apply_headers(&weighted.response_headers, resp.headers_mut());
+    resp
+}
+
+/// A route's mirrors with their resolved backends.
+#[derive(Clone, Copy, Debug, Default)]
+pub(super) struct MirrorSet<'a> {
+    pub mirrors: &'a [Mirror],
+    pub backends: &'a [Option<Arc<BackendRt>>],
+}
+
+async fn send(
+    fwd: &HttpForward,
+    backend: &Arc<BackendRt>,
+    req: Request<UpBody>,
+    upgrade: bool,
+    tagged: bool,
+    attempts: Attempts<'_>,
+) -> Response<ProxyBody> {
+    if upgrade {
+        backend.sweep();
+        let Some(ep) = backend.balancer.pick(None, None) else {
+            return error_response(StatusCode::SERVICE_UNAVAILABLE, "no endpoints");
+        };
+        let hop = endpoint_hop(ep.endpoint());
+        if fwd.is_loop(hop) {
+            return error_response(StatusCode::BAD_GATEWAY, "forwarding loop");
+        }
+        return fwd.forward_upgrade(hop, req).await;
+    }
+    attempt::run(fwd, backend, req, tagged, attempts).await
+}
+
+/// Sends copies of a request whose body is replayable to each mirror that draws it, fire and
+/// forget: a copy over the proxy-wide mirror limit, or to a backend without endpoints, is not
+/// sent, and nothing about a copy reaches the primary exchange.
+pub(super) fn mirror(
+    fwd: &HttpForward,
+    mirrors: MirrorSet<'_>,
+    head: &Request<()>,
+    body: &ReqBody,
+) {
+    if !body.replayable() {
+        return;
+    }
+    for (m, backend) in mirrors.mirrors.iter().zip(mirrors.backends) {
+        let Some(backend) = backend else { continue };
+        if !m.percent.hit(split::next_f64()) {
+            continue;
+        }
+        let Ok(permit) = fwd.ctx.mirror_permits.clone().try_acquire_owned() else {
+            tracing::debug!(backend = %backend.authority, "mirror limit reached; copy not sent");
+            continue;
+        };
+        let Some(ep) = backend.balancer.pick(None, None) else {
+            continue;
+        };
+        let hop = endpoint_hop(ep.endpoint());
+        if fwd.is_loop(hop) {
+            continue;
+        }
+        let mut copy = attempt::clone_head(head);
+        let shadow = shadow_authority(authority(head));
+        set_authority(&mut copy, &shadow);
+        let body = match body {
+            ReqBody::Buffered(b) => ReqBody::Buffered(b.clone()),
+            _ => ReqBody::Empty,
+        }
+        .for_attempt();
+        let Some(body) = body else { continue };
+        let copy = copy.map(|()| body);
+        fwd.ctx.metrics.mirrored(fwd.direction);
+        let fwd = fwd.clone();
+        tokio::spawn(async move {
+            let _permit = permit;
+            let work = async {
+                match fwd.send(hop, copy, false).await {
+                    // Read the answer to its end so the connection can be reused.
+                    Ok(resp) => drop(http_body_util::BodyExt::collect(resp.into_body()).await),
+                    Err(e) => {
+                        tracing::debug!(hop = %hop.addr, error = %e, "mirrored request failed")
+                    }
+                }
+            };
+            if tokio::time::timeout(MIRROR_TIMEOUT, work).await.is_err() {
+                tracing::debug!(hop = %hop.addr, "mirrored request timed out");
+            }
+        });
+    }
+}

@@ -1,0 +1,304 @@
+//! The traffic plan of one destination: for each backend its balancer, limits, retry budget
+//! and outlier detection, and for each route the backends its split and mirrors name. A plan is
+//! built once per destination update (never per request) and swapped in atomically
+//! ([`TargetTraffic`] holds it in an `ArcSwap`); the hot path compares one pointer and reads.
+//!
+//! State that must outlive an update survives it: endpoint state (in-flight counts, EWMA,
+//! ejections) by endpoint address, and a backend's retry budget and limits by backend while
+//! their config is unchanged. This module decides nothing about a request; see
+//! [`crate::forward`].
+
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
+use std::time::Duration;
+
+use arc_swap::ArcSwapOption;
+use tokio::time::Instant;
+use trellis_model::policy::{ConnectionPool, HashKey, LoadBalancer, OutlierDetection, RetryBudget};
+use trellis_model::route::{BackendRef, RouteAction, WeightedBackend, pick_weighted};
+use trellis_model::{Destination, Endpoint};
+
+use crate::balance::{Balancer, EndpointState};
+use crate::resilience::budget::Budget;
+use crate::resilience::limits::Limits;
+use crate::resilience::outlier::{Outcome, max_ejections};
+use crate::split;
+
+fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+    // Critical sections are short assignments; a panic cannot leave the value torn.
+    m.lock().unwrap_or_else(PoisonError::into_inner)
+}
+
+/// One backend at run time.
+#[derive(Debug)]
+pub struct BackendRt {
+    pub backend: BackendRef,
+    pub authority: String,
+    pub balancer: Balancer,
+    pub hash_key: Option<HashKey>,
+    pub limits: Arc<Limits>,
+    pool: ConnectionPool,
+    budget_config: RetryBudget,
+    budget: Arc<Mutex<Budget>>,
+    outlier: Option<OutlierDetection>,
+    next_sweep: Mutex<Option<Instant>>,
+    origin: Instant,
+}
+
+impl BackendRt {
+    fn build(
+        backend: BackendRef,
+        authority: &str,
+        endpoints: &[Endpoint],
+        policy: &trellis_model::policy::TrafficPolicy,
+        old_endpoints: &HashMap<SocketAddr, Arc<EndpointState>>,
+        old: Option<&BackendRt>,
+    ) -> Self {
+        let states = endpoints
+            .iter()
+            .map(|e| match old_endpoints.get(&e.address) {
+                Some(s) if s.endpoint() == e => s.clone(),
+                // Same address, new metadata: keep the live state's history by address
+                // anyway would need interior mutability of the endpoint; a fresh state is
+                // simpler and metadata changes are rare.
+                _ => Arc::new(EndpointState::new(e.clone())),
+            })
+            .collect();
+        let hash_key = match &policy.load_balancer {
+            LoadBalancer::ConsistentHash { key, .. } => Some(key.clone()),
+            _ => None,
+        };
+        let keep_limits = old.filter(|o| o.pool == policy.connection_pool);
+        let keep_budget = old.filter(|o| o.budget_config == policy.retry_budget);
+        Self {
+            backend,
+            authority: authority.to_string(),
+            balancer: Balancer::new(&policy.load_balancer, states),
+            hash_key,
+            limits: keep_limits.map_or_else(
+                || Arc::new(Limits::new(&policy.connection_pool)),
+                |o| o.limits.clone(),
+            ),
+            pool: policy.connection_pool.clone(),
+            budget_config: policy.retry_budget.clone(),
+            budget: keep_budget.map_or_else(
+                || Arc::new(Mutex::new(Budget::new(&policy.retry_budget))),
+                |o| o.budget.clone(),
+            ),
+            outlier: policy.outlier_detection.clone(),
+            next_sweep: Mutex::new(None),
+            origin: old.map_or_else(Instant::now, |o| o.origin),
+        }
+    }
+
+    fn since_origin(&self) -> Duration {
+        Instant::now().saturating_duration_since(self.origin)
+    }
+
+    /// Counts one request against the retry budget.
+    pub fn deposit(&self) {
+        let now = self.since_origin();
+        lock(&self.budget).deposit(now);
+    }
+
+    /// Takes a retry from the budget; `false` when it is spent.
+    pub fn try_retry(&self) -> bool {
+        let now = self.since_origin();
+        lock(&self.budget).try_withdraw(now)
+    }
+
+    /// Records an attempt's outcome for outlier detection; `true` when it ejected the endpoint.
+    pub fn record(&self, endpoint: &EndpointState, outcome: Outcome) -> bool {
+        let Some(config) = &self.outlier else {
+            return false;
+        };
+        if !endpoint.with_outlier(|o| o.record(outcome, config)) {
+            return false;
+        }
+        let eps = self.balancer.endpoints();
+        let ejected = eps.iter().filter(|e| e.is_ejected()).count();
+        if ejected >= max_ejections(eps.len(), config.max_ejection_percent) {
+            return false;
+        }
+        let time = endpoint.with_outlier(|o| o.eject(Instant::now(), config));
+        tracing::info!(backend = %self.authority, endpoint = %endpoint.addr(), ejected_for = ?time, "outlier detection ejected an endpoint");
+        true
+    }
+
+    /// Re-admits endpoints whose ejection is over, at most once per `interval`.
+    pub fn sweep(&self) {
+        let Some(config) = &self.outlier else {
+            return;
+        };
+        let now = Instant::now();
+        {
+            let mut next = lock(&self.next_sweep);
+            match *next {
+                Some(at) if at > now => return,
+                _ => *next = Some(now + config.interval.max(Duration::from_millis(1))),
+            }
+        }
+        for e in self.balancer.endpoints() {
+            if e.is_ejected() && e.with_outlier(|o| o.readmit_if_due(now)) {
+                tracing::info!(backend = %self.authority, endpoint = %e.addr(), "outlier detection re-admitted an endpoint");
+            }
+        }
+    }
+}
+
+/// The backends one route names, in the order of its split and of its mirrors; `None` where
+/// discovery sent nothing for the backend (a request sent there gets `503 no endpoints`).
+#[derive(Debug, Default)]
+pub struct RoutePlan {
+    pub split: Vec<Option<Arc<BackendRt>>>,
+    pub mirrors: Vec<Option<Arc<BackendRt>>>,
+}
+
+/// Everything the hot path needs about one destination version.
+#[derive(Debug)]
+pub struct Plan {
+    pub dest: Arc<Destination>,
+    /// The service's own endpoints.
+    pub own: Arc<BackendRt>,
+    /// Parallel to `dest.routes`.
+    pub routes: Vec<RoutePlan>,
+    /// Parallel to `dest.tcp_routes`: backends parallel to each route's `backends`.
+    pub tcp_routes: Vec<Vec<Option<Arc<BackendRt>>>>,
+}
+
+impl Plan {
+    pub fn build(dest: Arc<Destination>, old: Option<&Plan>) -> Self {
+        let mut old_endpoints: HashMap<SocketAddr, Arc<EndpointState>> = HashMap::new();
+        let mut old_backends: HashMap<BackendRef, Arc<BackendRt>> = HashMap::new();
+        if let Some(old) = old {
+            for b in old.backends() {
+                for e in b.balancer.endpoints() {
+                    old_endpoints.insert(e.addr(), e.clone());
+                }
+                old_backends.insert(b.backend.clone(), b.clone());
+            }
+        }
+        let own_ref = BackendRef {
+            service: dest.service.clone(),
+            port: None,
+            subset: None,
+        };
+        let own = Arc::new(BackendRt::build(
+            own_ref.clone(),
+            &dest.authority,
+            &dest.endpoints,
+            &dest.policy,
+            &old_endpoints,
+            old_backends.get(&own_ref).map(|b| &**b),
+        ));
+        let mut built: HashMap<BackendRef, Arc<BackendRt>> = HashMap::new();
+        let mut resolve = |r: &BackendRef| -> Option<Arc<BackendRt>> {
+            if dest.is_self(r) {
+                return Some(own.clone());
+            }
+            if let Some(b) = built.get(r) {
+                return Some(b.clone());
+            }
+            let b = dest.backends.iter().find(|b| &b.backend == r)?;
+            let rt = Arc::new(BackendRt::build(
+                r.clone(),
+                &b.authority,
+                &b.endpoints,
+                &b.policy,
+                &old_endpoints,
+                old_backends.get(r).map(|b| &**b),
+            ));
+            built.insert(r.clone(), rt.clone());
+            Some(rt)
+        };
+        let routes = dest
+            .routes
+            .iter()
+            .map(|route| RoutePlan {
+                split: match &route.action {
+                    RouteAction::Forward(backends) => {
+                        backends.iter().map(|wb| resolve(&wb.backend)).collect()
+                    }
+                    _ => Vec::new(),
+                },
+                mirrors: route.mirrors.iter().map(|m| resolve(&m.backend)).collect(),
+            })
+            .collect();
+        let tcp_routes = dest
+            .tcp_routes
+            .iter()
+            .map(|r| r.backends.iter().map(|wb| resolve(&wb.backend)).collect())
+            .collect();
+        Self {
+            own,
+            routes,
+            tcp_routes,
+            dest,
+        }
+    }
+
+    /// Every distinct backend of the plan.
+    fn backends(&self) -> impl Iterator<Item = &Arc<BackendRt>> {
+        std::iter::once(&self.own).chain(
+            self.routes
+                .iter()
+                .flat_map(|r| r.split.iter().chain(r.mirrors.iter()))
+                .chain(self.tcp_routes.iter().flatten())
+                .flatten(),
+        )
+    }
+
+    /// The backend for an opaque connection to `port`: the first TCP route for the port
+    /// (weighted pick per connection), else the service's own endpoints. `None` when a route
+    /// names no usable backend.
+    pub fn tcp_backend(&self, port: u16) -> Option<&Arc<BackendRt>> {
+        let Some((i, route)) = self
+            .dest
+            .tcp_routes
+            .iter()
+            .enumerate()
+            .find(|(_, r)| r.port.is_none_or(|p| p == port))
+        else {
+            return Some(&self.own);
+        };
+        let chosen = pick_weighted(&route.backends, split::next_u64())?;
+        let at = route
+            .backends
+            .iter()
+            .position(|b: &WeightedBackend| std::ptr::eq(b, chosen))?;
+        self.tcp_routes.get(i)?.get(at)?.as_ref()
+    }
+}
+
+/// A target's current plan, shared by every connection to the target.
+#[derive(Debug, Default)]
+pub struct TargetTraffic {
+    current: ArcSwapOption<Plan>,
+    rebuild: Mutex<()>,
+}
+
+impl TargetTraffic {
+    /// The plan for `dest`, built on the first request after an update.
+    pub fn plan(&self, dest: &Arc<Destination>) -> Arc<Plan> {
+        if let Some(p) = self
+            .current
+            .load_full()
+            .filter(|p| Arc::ptr_eq(&p.dest, dest))
+        {
+            return p;
+        }
+        // One builder at a time, so endpoint state is carried over from the newest plan.
+        let _guard = lock(&self.rebuild);
+        let old = self.current.load_full();
+        if let Some(p) = old.as_ref().filter(|p| Arc::ptr_eq(&p.dest, dest)) {
+            return p.clone();
+        }
+        let plan = Arc::new(Plan::build(dest.clone(), old.as_deref()));
+        self.current.store(Some(plan.clone()));
+        plan
+    }
+}
+
+#[cfg(test)]
+mod tests;
