@@ -370,8 +370,8 @@ pub fn proc_status_kib(pid: u32, field: &str) -> Result<u64, String> {
 /// A directory for a ready file that a process running as another uid (the proxy in a pod) can
 /// write into: ready files are written with write + rename, which needs the directory.
 fn ready_dir() -> Result<tempfile::TempDir, ProcessError> {
-    let log_err = |source| ProcessError::Log {
-        name: "ready dir".into(),
+    let log_err = |source| ProcessError::Io {
+        what: "ready file directory".into(),
         source,
     };
     let dir = tempfile::Builder::new()

@@ -271,8 +271,8 @@ impl Pod {
         let dir = tempfile::Builder::new()
             .prefix("trellis-echo-")
             .tempdir()
-            .map_err(|source| ProcessError::Log {
-                name: "echo ready dir".into(),
+            .map_err(|source| ProcessError::Io {
+                what: "echo ready directory".into(),
                 source,
             })?;
         let ready_file = dir.path().join("echo.json");

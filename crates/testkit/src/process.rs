@@ -24,9 +24,10 @@ pub enum ProcessError {
         #[source]
         source: std::io::Error,
     },
-    #[error("cannot create a log file for {name}: {source}")]
-    Log {
-        name: String,
+    /// Creating a log file, ready directory or other scratch file failed.
+    #[error("{what}: {source}")]
+    Io {
+        what: String,
         #[source]
         source: std::io::Error,
     },
@@ -68,16 +69,16 @@ impl ManagedProcess {
             .prefix(&format!("trellis-{}-", sanitize(&name)))
             .suffix(".log")
             .tempfile()
-            .map_err(|source| ProcessError::Log {
-                name: name.clone(),
+            .map_err(|source| ProcessError::Io {
+                what: format!("log file for {name}"),
                 source,
             })?;
-        let stdout = log.reopen().map_err(|source| ProcessError::Log {
-            name: name.clone(),
+        let stdout = log.reopen().map_err(|source| ProcessError::Io {
+            what: format!("log file for {name}"),
             source,
         })?;
-        let stderr = log.reopen().map_err(|source| ProcessError::Log {
-            name: name.clone(),
+        let stderr = log.reopen().map_err(|source| ProcessError::Io {
+            what: format!("log file for {name}"),
             source,
         })?;
         let child = command

@@ -350,3 +350,29 @@ fn pods_with_a_control_plane_mesh_captured_traffic() {
     );
     assert!(counter(&a_proxy, "trellis_requests_total", "outbound") >= 2.0);
 }
+
+#[test]
+fn init_without_privilege_fails_with_iptables_own_message() {
+    if !require_root("init_without_privilege_fails_with_iptables_own_message") {
+        return;
+    }
+    let node = Node::new().unwrap();
+    let pod = node.pod().unwrap();
+    let mut init = pod.command_as(PROXY_UID, trellis_testkit::bin("trellis-proxy"));
+    init.arg("init");
+    let out = trellis_testkit::tools::run_bounded(&mut init, Duration::from_secs(15)).unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        !out.status.success(),
+        "init as an unprivileged uid must fail"
+    );
+    assert!(
+        stderr.contains("iptables"),
+        "the error must name the failing tool: {stderr}"
+    );
+    assert!(
+        stderr.to_lowercase().contains("permission denied") || stderr.contains("must be root"),
+        "the error must carry iptables' own reason: {stderr}"
+    );
+    assert!(!pod.nat_rules().unwrap().contains("TRELLIS"));
+}

@@ -190,3 +190,59 @@ fn admin_shutdown_stops_the_proxy() {
         .expect("still running after /shutdown");
     assert!(status.success(), "{status}");
 }
+
+#[test]
+fn sigterm_lets_an_in_flight_download_finish() {
+    // Far more than loopback socket buffers (a few MiB) can hold, so the proxy itself must still
+    // be forwarding when SIGTERM arrives.
+    const SIZE: u64 = 32 * 1024 * 1024;
+    let echo = HttpEcho::start().unwrap();
+    let target = echo.addr.to_string();
+    let mut proxy = ProxyBuilder::loopback("solo-drain")
+        .outbound_port(&target)
+        .arg("--drain-timeout")
+        .arg("20s")
+        .start()
+        .unwrap();
+    let url = format!("http://{}/bytes/{SIZE}", proxy.outbound_port(&target));
+    // Rate-limited (8 MB/s) so the download is still running, for about 4 s, when SIGTERM
+    // arrives.
+    let mut curl = std::process::Command::new(trellis_testkit::tools::require("curl", "curl"));
+    curl.args([
+        "-sS",
+        "--max-time",
+        "30",
+        "--limit-rate",
+        "8M",
+        "-o",
+        "/dev/null",
+    ]);
+    curl.args(["-w", "%{http_code} %{size_download}", &url]);
+    let mut download = trellis_testkit::ManagedProcess::spawn("curl download", curl).unwrap();
+    trellis_testkit::wait::until(TIMEOUT, || match echo.requests() {
+        0 => Err("download not started".to_string()),
+        _ => Ok(()),
+    })
+    .unwrap();
+
+    let signalled = std::time::Instant::now();
+    let status = proxy.process().terminate(Duration::from_secs(25));
+    let drained_for = signalled.elapsed();
+    let status = status.expect("proxy did not exit");
+    assert!(status.success(), "draining proxy exited with {status}");
+    let curl_status = download.wait_exit(Duration::from_secs(30));
+    let log = download.log();
+    assert!(
+        curl_status.is_some_and(|s| s.success()),
+        "the in-flight download was cut by the drain: {log}"
+    );
+    assert_eq!(
+        log.trim(),
+        format!("200 {SIZE}"),
+        "the whole body must arrive"
+    );
+    assert!(
+        drained_for >= Duration::from_millis(500),
+        "the proxy exited {drained_for:?} after SIGTERM: it cannot have waited for the download"
+    );
+}
