@@ -21,6 +21,9 @@
 //!
 //! Running it twice gives the same rules: the chains are flushed and refilled, and the jumps into
 //! them are added only when `iptables-save` does not already show them.
+//!
+//! IPv4 only for now: a pod with IPv6 addresses would need the same rules through
+//! `ip6tables-restore`.
 
 use std::fmt::Write as _;
 use std::io::Write as _;
@@ -152,8 +155,10 @@ pub fn plan(args: &InitArgs, current_nat: &str) -> Result<String, InitError> {
         "-A {OUTPUT_CHAIN} -m owner --uid-owner {} -j RETURN",
         args.proxy_uid
     );
+    // Routing has already chosen the interface when nat OUTPUT runs, and every destination
+    // that stays in the pod (127.0.0.0/8 and the pod's own addresses, which live in the local
+    // routing table) goes out `lo`: one rule covers both.
     let _ = writeln!(out, "-A {OUTPUT_CHAIN} -o lo -j RETURN");
-    let _ = writeln!(out, "-A {OUTPUT_CHAIN} -d 127.0.0.0/8 -j RETURN");
     for port in &outbound_skip {
         let _ = writeln!(
             out,
@@ -279,7 +284,6 @@ mod tests {
 -A TRELLIS_INBOUND -p tcp -j REDIRECT --to-ports 15006
 -A TRELLIS_OUTPUT -m owner --uid-owner 1337 -j RETURN
 -A TRELLIS_OUTPUT -o lo -j RETURN
--A TRELLIS_OUTPUT -d 127.0.0.0/8 -j RETURN
 -A TRELLIS_OUTPUT -p tcp -j REDIRECT --to-ports 15001
 -A PREROUTING -p tcp -j TRELLIS_INBOUND
 -A OUTPUT -p tcp -j TRELLIS_OUTPUT
