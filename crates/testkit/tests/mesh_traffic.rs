@@ -186,7 +186,7 @@ fn opaque_tcp_with_half_close_through_the_proxy_pair() {
 }
 
 #[test]
-fn upload_100_mib_with_bounded_proxy_memory() {
+fn upload_and_download_100_mib_with_bounded_proxy_memory() {
     const SIZE: u64 = 100 * 1024 * 1024;
     const RSS_LIMIT: u64 = 40 * 1024 * 1024;
     let echo = HttpEcho::start().unwrap();
@@ -222,6 +222,24 @@ fn upload_100_mib_with_bounded_proxy_memory() {
     .unwrap();
     assert_eq!(h2.status, 200, "{h2:?}");
     assert_eq!(h2.echo().body_len, SIZE);
+
+    // And the other way: a 100 MiB response, streamed to the client.
+    let download_url = format!("http://{}/bytes/{SIZE}", mesh.client_port("echo"));
+    let download = tools::curl(&[
+        "--max-time",
+        "120",
+        "-o",
+        "/dev/null",
+        "-w",
+        "%{http_code} %{size_download}",
+        &download_url,
+    ])
+    .unwrap();
+    assert_eq!(
+        String::from_utf8_lossy(&download.stdout).trim(),
+        format!("200 {SIZE}"),
+        "{download:?}"
+    );
 
     for proxy in std::iter::once(&mesh.client).chain(mesh.servers.values()) {
         let peak = proxy.peak_rss_bytes().unwrap();
