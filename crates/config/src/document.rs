@@ -6,18 +6,32 @@ use serde_yaml::Value;
 use crate::error::{ConfigError, ResourceRef};
 use crate::kinds::ignored_reason;
 use crate::kube;
+use crate::traffic::{DestinationPolicy, RouteSet};
+use crate::{gateway, istio, linkerd, smi};
 
 /// Bounds the work one file can cause; far above any real config file.
 const MAX_DOCUMENTS: usize = 10_000;
 
 /// A resource the mesh reads, translated into the model.
-#[derive(Clone, Debug, PartialEq, Eq)]
+#[derive(Clone, Debug, PartialEq)]
 pub enum Resource {
     Service(trellis_model::Service),
+    /// Routes from a VirtualService, HTTPRoute, GRPCRoute, ServiceProfile or TrafficSplit.
+    Routes(Box<RouteSet>),
+    /// A DestinationRule: subsets and traffic policy for one service.
+    DestinationPolicy(Box<DestinationPolicy>),
+}
+
+/// What an adapter made of one document it reads.
+#[derive(Clone, Debug, PartialEq)]
+pub(crate) enum Translated {
+    Resource(Resource),
+    /// Valid, but nothing of it applies to the mesh; the reason says why.
+    Ignored(String),
 }
 
 /// What became of one document.
-#[derive(Clone, Debug, PartialEq, Eq)]
+#[derive(Clone, Debug, PartialEq)]
 pub enum Outcome {
     Resource(Resource),
     /// A kind this mesh does not read (yet); `reason` says which case it is.
@@ -28,7 +42,7 @@ pub enum Outcome {
 }
 
 /// One YAML document of a file, and what became of it.
-#[derive(Clone, Debug, PartialEq, Eq)]
+#[derive(Clone, Debug, PartialEq)]
 pub struct Document {
     pub resource: ResourceRef,
     pub outcome: Outcome,
@@ -144,8 +158,24 @@ fn read_document(file: &str, index: usize, value: Value) -> Document {
     if resource.namespace.is_none() {
         resource.namespace = Some(kube::DEFAULT_NAMESPACE.to_string());
     }
-    let outcome = match kube::service::translate(value) {
-        Ok(service) => Outcome::Resource(Resource::Service(service)),
+    let group = api_version.split_once('/').map_or("", |(g, _)| g);
+    let translated = match (group, kind.as_str()) {
+        ("", "Service") => {
+            kube::service::translate(value).map(|svc| Translated::Resource(Resource::Service(svc)))
+        }
+        ("networking.istio.io", "VirtualService") => istio::virtual_service::translate(value),
+        ("networking.istio.io", "DestinationRule") => istio::destination_rule::translate(value),
+        ("gateway.networking.k8s.io", "HTTPRoute") => gateway::translate_http(value),
+        ("gateway.networking.k8s.io", "GRPCRoute") => gateway::translate_grpc(value),
+        ("linkerd.io", "ServiceProfile") => linkerd::translate(value),
+        ("split.smi-spec.io", "TrafficSplit") => smi::translate(value),
+        _ => Ok(Translated::Ignored(format!(
+            "{kind} ({api_version}) is not read by the mesh"
+        ))),
+    };
+    let outcome = match translated {
+        Ok(Translated::Resource(r)) => Outcome::Resource(r),
+        Ok(Translated::Ignored(reason)) => Outcome::Ignored { reason },
         Err(err) => Outcome::Invalid(ConfigError {
             file: file.to_string(),
             resource: resource.clone(),

@@ -18,10 +18,25 @@ const PLANNED_GROUPS: &[&str] = &[
 
 /// The reason a document of this `apiVersion`/`kind` is ignored, or `None` when it is read.
 pub(crate) fn ignored_reason(api_version: &str, kind: &str) -> Option<String> {
-    if api_version == "v1" && kind == "Service" {
+    let (group, version) = api_version.split_once('/').unwrap_or(("", api_version));
+    let read = match (group, kind) {
+        ("", "Service") => version == "v1",
+        ("networking.istio.io", "VirtualService" | "DestinationRule") => {
+            matches!(version, "v1" | "v1beta1" | "v1alpha3")
+        }
+        ("gateway.networking.k8s.io", "HTTPRoute") => {
+            matches!(version, "v1" | "v1beta1" | "v1alpha2")
+        }
+        ("gateway.networking.k8s.io", "GRPCRoute") => matches!(version, "v1" | "v1alpha2"),
+        ("linkerd.io", "ServiceProfile") => version == "v1alpha2",
+        ("split.smi-spec.io", "TrafficSplit") => {
+            matches!(version, "v1alpha1" | "v1alpha2" | "v1alpha3" | "v1alpha4")
+        }
+        _ => false,
+    };
+    if read {
         return None;
     }
-    let group = api_version.split_once('/').map_or("", |(g, _)| g);
     if PLANNED_GROUPS
         .iter()
         .any(|g| group == *g || group.ends_with(&format!(".{g}")))
@@ -53,12 +68,26 @@ mod tests {
                 .unwrap()
                 .contains("not read")
         );
-        let vs = ignored_reason("networking.istio.io/v1beta1", "VirtualService").unwrap();
-        assert!(vs.contains("not supported yet"), "{vs}");
-        let route = ignored_reason("gateway.networking.k8s.io/v1", "HTTPRoute").unwrap();
-        assert!(route.contains("not supported yet"));
-        let sp = ignored_reason("linkerd.io/v1alpha2", "ServiceProfile").unwrap();
-        assert!(sp.contains("not supported yet"));
+        assert_eq!(
+            ignored_reason("networking.istio.io/v1beta1", "VirtualService"),
+            None
+        );
+        assert_eq!(
+            ignored_reason("gateway.networking.k8s.io/v1", "HTTPRoute"),
+            None
+        );
+        assert_eq!(
+            ignored_reason("linkerd.io/v1alpha2", "ServiceProfile"),
+            None
+        );
+        assert_eq!(
+            ignored_reason("split.smi-spec.io/v1alpha4", "TrafficSplit"),
+            None
+        );
+        let gw = ignored_reason("networking.istio.io/v1", "Gateway").unwrap();
+        assert!(gw.contains("not supported yet"), "{gw}");
+        let old = ignored_reason("networking.istio.io/v1alpha1", "VirtualService").unwrap();
+        assert!(old.contains("not supported yet"), "{old}");
         assert!(ignored_reason("serving.knative.dev/v1", "Service").is_some());
     }
 }

@@ -22,6 +22,12 @@ fn render(file: &str, bytes: &[u8]) -> Value {
                     Outcome::Resource(Resource::Service(svc)) => {
                         json!({"status": "Accepted", "service": svc})
                     }
+                    Outcome::Resource(Resource::Routes(routes)) => {
+                        json!({"status": "Accepted", "routes": routes})
+                    }
+                    Outcome::Resource(Resource::DestinationPolicy(policy)) => {
+                        json!({"status": "Accepted", "destination_policy": policy})
+                    }
                     Outcome::Ignored { reason } => json!({"status": "Ignored", "reason": reason}),
                     Outcome::Invalid(err) => json!({"status": "Invalid", "error": err.to_string()}),
                 };
@@ -38,7 +44,8 @@ fn render(file: &str, bytes: &[u8]) -> Value {
 fn check(name: &str) {
     let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests");
     let input = std::fs::read(dir.join("fixtures").join(format!("{name}.yaml"))).unwrap();
-    let got = render(&format!("{name}.yaml"), &input);
+    let file = Path::new(name).file_name().unwrap().to_string_lossy();
+    let got = render(&format!("{file}.yaml"), &input);
     let golden = dir.join("golden").join(format!("{name}.json"));
     if std::env::var_os("UPDATE_GOLDEN").is_some() {
         std::fs::write(&golden, serde_json::to_string_pretty(&got).unwrap() + "\n").unwrap();
@@ -60,4 +67,36 @@ fn bookinfo() {
 #[test]
 fn bookinfo_versions() {
     check("bookinfo-versions");
+}
+
+/// Every file of a fixture directory against its golden file.
+fn check_dir(sub: &str) {
+    let dir = Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("tests/fixtures")
+        .join(sub);
+    let mut names: Vec<String> = std::fs::read_dir(&dir)
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .filter_map(|n| n.strip_suffix(".yaml").map(str::to_string))
+        .collect();
+    names.sort();
+    assert!(!names.is_empty(), "no fixtures in {}", dir.display());
+    for name in names {
+        check(&format!("{sub}/{name}"));
+    }
+}
+
+#[test]
+fn bookinfo_networking() {
+    check_dir("networking");
+}
+
+#[test]
+fn bookinfo_gateway_api() {
+    check_dir("gateway-api");
+}
+
+#[test]
+fn traffic() {
+    check_dir("traffic");
 }

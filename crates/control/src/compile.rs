@@ -7,15 +7,22 @@
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
 
+use trellis_config::traffic::PolicyLayer;
 use trellis_identity::SpiffeId;
+use trellis_model::policy::TrafficPolicy;
+use trellis_model::route::{BackendRef, RouteAction};
 use trellis_model::{
-    Destination, Endpoint, Service, ServiceKey, ServicePort, Target, TargetPort, Workload,
+    Backend, Destination, Endpoint, Service, ServiceKey, ServicePort, Target, TargetPort, Workload,
 };
+
+use crate::store::Traffic;
 
 /// What compile reads: one immutable view of the mesh.
 #[derive(Clone, Copy, Debug)]
 pub struct MeshView<'a> {
     pub services: &'a BTreeMap<ServiceKey, Service>,
+    /// Routes and destination policies in force (see `store::traffic` for precedence).
+    pub traffic: &'a Traffic,
     pub workloads: &'a [Workload],
     pub trust_domain: &'a str,
 }
@@ -50,24 +57,126 @@ pub fn selected<'a>(
         .filter(|w| w.namespace == svc.key.namespace && svc.selects(&w.labels))
 }
 
-fn service_destination(view: MeshView<'_>, svc: &Service, port: &ServicePort) -> Destination {
-    let target_port = match &port.target_port {
+fn target_port(port: &ServicePort) -> u16 {
+    match &port.target_port {
         TargetPort::Number(n) => *n,
         // Workloads register port numbers only, so a named targetPort cannot be resolved against
         // them; the service port is the usual convention (`name: http, containerPort: 9080`).
         TargetPort::Named(_) => port.port,
+    }
+}
+
+/// The endpoints of a service port, limited to workloads that also carry `subset` labels (a
+/// DestinationRule subset is ANDed with the service's selector).
+fn endpoints(
+    view: MeshView<'_>,
+    svc: &Service,
+    port: &ServicePort,
+    subset: Option<&BTreeMap<String, String>>,
+) -> Vec<Endpoint> {
+    let has = |w: &Workload| {
+        subset.is_none_or(|labels| labels.iter().all(|(k, v)| w.labels.get(k) == Some(v)))
     };
     let mut endpoints: Vec<Endpoint> = selected(svc, view.workloads)
-        .map(|w| endpoint(view.trust_domain, w, target_port))
+        .filter(|w| has(w))
+        .map(|w| endpoint(view.trust_domain, w, target_port(port)))
         .collect();
     sort(&mut endpoints);
-    Destination {
+    endpoints
+}
+
+/// The DestinationRule policy for a service port (and subset); the default without a rule.
+/// `None`: the subset is not defined.
+fn policy(
+    view: MeshView<'_>,
+    service: &ServiceKey,
+    port: u16,
+    subset: Option<&str>,
+) -> Option<TrafficPolicy> {
+    match view.traffic.policies.get(service) {
+        Some(rule) => rule.policy_for(port, subset),
+        None => subset.is_none().then(TrafficPolicy::default),
+    }
+}
+
+fn service_destination(view: MeshView<'_>, svc: &Service, port: &ServicePort) -> Destination {
+    let mut dest = Destination {
         authority: format!("{}:{}", svc.key.fqdn(), port.port),
         service: svc.key.clone(),
         port: port.port,
         protocol: port.protocol,
-        endpoints,
+        endpoints: endpoints(view, svc, port, None),
+        policy: policy(view, &svc.key, port.port, None).unwrap_or_default(),
         ..Destination::default()
+    };
+    let applies = |p: Option<u16>| p.is_none_or(|p| p == port.port);
+    let mut route_layer = &PolicyLayer::default();
+    if let Some(routes) = view.traffic.routes.get(&svc.key) {
+        dest.routes = routes
+            .http
+            .iter()
+            .filter(|a| applies(a.port))
+            .map(|a| a.route.clone())
+            .collect();
+        dest.tcp_routes = routes
+            .tcp
+            .iter()
+            .filter(|a| applies(a.port) && a.route.port.is_none_or(|p| p == port.port))
+            .map(|a| a.route.clone())
+            .collect();
+        route_layer = &routes.policy;
+    }
+    route_layer.apply(&mut dest.policy);
+    let mut named: Vec<&BackendRef> = Vec::new();
+    for route in &dest.routes {
+        if let RouteAction::Forward(bs) = &route.action {
+            named.extend(bs.iter().map(|b| &b.backend));
+        }
+        named.extend(route.mirrors.iter().map(|m| &m.backend));
+    }
+    for route in &dest.tcp_routes {
+        named.extend(route.backends.iter().map(|b| &b.backend));
+    }
+    let mut backends: Vec<Backend> = Vec::new();
+    for b in named {
+        if dest.is_self(b) || backends.iter().any(|known| &known.backend == b) {
+            continue;
+        }
+        backends.push(backend(view, b, port.port));
+    }
+    dest.backends = backends;
+    dest
+}
+
+/// Resolves a backend a route names. A port of `None` is the port the request was sent to.
+/// An unknown service, port or subset resolves to no endpoints: requests there get 503, and
+/// the config status says why.
+fn backend(view: MeshView<'_>, b: &BackendRef, request_port: u16) -> Backend {
+    let port = b.port.unwrap_or(request_port);
+    let subset_labels = b.subset.as_deref().map(|name| {
+        view.traffic
+            .policies
+            .get(&b.service)
+            .and_then(|rule| rule.subset(name))
+            .map(|s| &s.labels)
+    });
+    let endpoints = match (view.services.get(&b.service), subset_labels) {
+        (_, Some(None)) => Vec::new(),
+        (Some(svc), labels) => match svc.port(port) {
+            Some(svc_port) => endpoints(view, svc, svc_port, labels.flatten()),
+            None => Vec::new(),
+        },
+        (None, _) => Vec::new(),
+    };
+    let mut policy = policy(view, &b.service, port, b.subset.as_deref()).unwrap_or_default();
+    if let Some(routes) = view.traffic.routes.get(&b.service) {
+        routes.policy.apply(&mut policy);
+    }
+    Backend {
+        backend: b.clone(),
+        authority: format!("{}:{port}", b.service.fqdn()),
+        endpoints,
+        policy,
     }
 }
 
@@ -130,3 +239,6 @@ fn sort(endpoints: &mut [Endpoint]) {
 
 #[cfg(test)]
 mod tests;
+
+#[cfg(test)]
+mod traffic_tests;

@@ -277,6 +277,7 @@ impl Session {
             let workloads = self.shared.workloads_rx().borrow().clone();
             let view = MeshView {
                 services: &config.services,
+                traffic: &config.traffic,
                 workloads: &workloads,
                 trust_domain: &self.shared.trust_domain,
             };

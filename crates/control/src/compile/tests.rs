@@ -87,6 +87,7 @@ fn run(target: &str) -> Option<Destination> {
     let (svcs, workloads) = fixture();
     let view = MeshView {
         services: &svcs,
+        traffic: &crate::store::Traffic::default(),
         workloads: &workloads,
         trust_domain: "cluster.local",
     };
@@ -133,6 +134,7 @@ fn service_without_matching_workloads_has_no_endpoints() {
     let svcs = services(vec![service("details", TargetPort::Number(9080), None)]);
     let view = MeshView {
         services: &svcs,
+        traffic: &crate::store::Traffic::default(),
         workloads: &[],
         trust_domain: "td",
     };

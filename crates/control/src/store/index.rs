@@ -1,8 +1,11 @@
 use std::collections::BTreeMap;
 
 use serde::Serialize;
+use trellis_config::traffic::{DestinationPolicy, RouteSet};
 use trellis_config::{Document, Outcome, Resource};
 use trellis_model::{Service, ServiceKey};
+
+use super::traffic::{EntryId, Traffic, resolve};
 
 /// How one document of a config file fared.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
@@ -11,8 +14,11 @@ pub enum Status {
     Accepted,
     /// Refused; the message says why. Nothing of it reaches a proxy.
     Invalid,
-    /// A kind this mesh does not read (yet).
+    /// A kind this mesh does not read (yet), or a resource with nothing for the mesh in it.
     Ignored,
+    /// Valid, but another resource takes precedence wherever it would apply; the message
+    /// names the winner.
+    Conflicted,
 }
 
 /// One row of `GET /api/v1/config`.
@@ -30,6 +36,8 @@ pub struct ResourceStatus {
 #[derive(Clone, Debug, Default, PartialEq)]
 pub struct ConfigSnapshot {
     pub services: BTreeMap<ServiceKey, Service>,
+    /// Routes and destination policies in force, by service.
+    pub traffic: Traffic,
     pub resources: Vec<ResourceStatus>,
 }
 
@@ -37,8 +45,9 @@ pub struct ConfigSnapshot {
 struct FileState {
     /// The file's latest content, as parsed.
     documents: Vec<Document>,
-    /// The Services of the file's last version without errors: what is in force.
-    in_force: Vec<Service>,
+    /// The resources (with their document index) of the file's last version without errors:
+    /// what is in force.
+    in_force: Vec<(usize, Resource)>,
 }
 
 /// Config files by name. A file is applied all or nothing: if any document in it is invalid,
@@ -56,7 +65,7 @@ impl ConfigIndex {
             state.in_force = documents
                 .iter()
                 .filter_map(|d| match &d.outcome {
-                    Outcome::Resource(Resource::Service(svc)) => Some(svc.clone()),
+                    Outcome::Resource(r) => Some((d.resource.document, r.clone())),
                     _ => None,
                 })
                 .collect();
@@ -92,14 +101,24 @@ impl ConfigIndex {
     pub fn snapshot(&self) -> ConfigSnapshot {
         let mut services: BTreeMap<ServiceKey, Service> = BTreeMap::new();
         let mut owner: BTreeMap<ServiceKey, &str> = BTreeMap::new();
+        let mut routes: Vec<(EntryId, &RouteSet)> = Vec::new();
+        let mut policies: Vec<(EntryId, &DestinationPolicy)> = Vec::new();
         for (file, state) in &self.files {
-            for svc in &state.in_force {
-                if !services.contains_key(&svc.key) {
-                    services.insert(svc.key.clone(), svc.clone());
-                    owner.insert(svc.key.clone(), file);
+            for (doc, resource) in &state.in_force {
+                let id = (file.clone(), *doc);
+                match resource {
+                    Resource::Service(svc) => {
+                        if !services.contains_key(&svc.key) {
+                            services.insert(svc.key.clone(), svc.clone());
+                            owner.insert(svc.key.clone(), file);
+                        }
+                    }
+                    Resource::Routes(set) => routes.push((id, set)),
+                    Resource::DestinationPolicy(p) => policies.push((id, p)),
                 }
             }
         }
+        let (traffic, verdicts) = resolve(&routes, &policies, &|k| services.contains_key(k));
         let mut resources = Vec::new();
         for (file, state) in &self.files {
             let file_invalid = state.documents.iter().any(Document::is_invalid);
@@ -108,7 +127,7 @@ impl ConfigIndex {
                 let (status, message) = match &doc.outcome {
                     Outcome::Invalid(err) => (Status::Invalid, Some(err.to_string())),
                     Outcome::Ignored { reason } => (Status::Ignored, Some(reason.clone())),
-                    Outcome::Resource(Resource::Service(_)) if file_invalid => (
+                    Outcome::Resource(_) if file_invalid => (
                         Status::Invalid,
                         Some(format!(
                             "not applied: another document in {file} is invalid; the file's last good version stays in force"
@@ -128,6 +147,25 @@ impl ConfigIndex {
                             _ => (Status::Accepted, None),
                         }
                     }
+                    Outcome::Resource(r) => {
+                        let notes = match r {
+                            Resource::Routes(set) => &set.notes,
+                            Resource::DestinationPolicy(p) => &p.notes,
+                            Resource::Service(_) => &Vec::new(),
+                        };
+                        let verdict = verdicts
+                            .get(&(file.clone(), doc.resource.document))
+                            .cloned()
+                            .unwrap_or_default();
+                        let mut messages = verdict.messages.clone();
+                        messages.extend(notes.iter().cloned());
+                        let status = if verdict.conflicted() {
+                            Status::Conflicted
+                        } else {
+                            Status::Accepted
+                        };
+                        (status, (!messages.is_empty()).then(|| messages.join("; ")))
+                    }
                 };
                 resources.push(ResourceStatus {
                     file: file.clone(),
@@ -141,6 +179,7 @@ impl ConfigIndex {
         }
         ConfigSnapshot {
             services,
+            traffic,
             resources,
         }
     }

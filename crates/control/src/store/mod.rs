@@ -7,6 +7,8 @@
 
 mod index;
 mod poll;
+pub mod traffic;
 
 pub use index::{ConfigIndex, ConfigSnapshot, ResourceStatus, Status};
 pub use poll::{DirStore, MissingDir};
+pub use traffic::{Attached, ServiceRoutes, Traffic};

@@ -1,0 +1,856 @@
+//! Gateway API `HTTPRoute` and `GRPCRoute` (gateway.networking.k8s.io) with Service parents:
+//! the GAMMA mesh routes. Parents of kind Gateway are ignored with a note until gateways land.
+//!
+//! Each rule's matches become one model route per match, so the control plane can order the
+//! routes of every HTTPRoute attached to a Service by the spec's match precedence
+//! ([`precedence_key`]). Refused "not supported yet": backends in another namespace (they need
+//! ReferenceGrant), backends that are not Services, `ExtensionRef`/`CORS` filters,
+//! `rules[].retry`, `rules[].sessionPersistence`. `hostnames` is ignored for mesh routes, as
+//! GAMMA specifies.
+
+use std::cmp::Reverse;
+
+use serde::Deserialize;
+use trellis_model::ServiceKey;
+use trellis_model::matching::{HeaderMatch, HttpMatch, PathMatch, QueryMatch, Regex, StringMatch};
+use trellis_model::route::{
+    BackendRef, HeaderModifier, HttpRoute, Mirror, PathRewrite, Percent, Redirect, ResourceRef,
+    RetryOn, RetryPolicy, Rewrite, RouteAction, WeightedBackend,
+};
+
+use crate::document::{Resource, Translated};
+use crate::kube::FieldError;
+use crate::traffic::{Meta, Parent, PolicyLayer, RouteApi, RouteSet, duration, from_value, port};
+
+#[derive(Debug, Deserialize)]
+struct Route<R> {
+    metadata: Meta,
+    spec: Spec<R>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(rename_all = "camelCase")]
+struct Spec<R> {
+    #[serde(default)]
+    parent_refs: Vec<ParentRef>,
+    #[serde(default)]
+    hostnames: Vec<String>,
+    #[serde(default = "Vec::new")]
+    rules: Vec<R>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+struct ParentRef {
+    group: Option<String>,
+    kind: Option<String>,
+    namespace: Option<String>,
+    name: String,
+    section_name: Option<String>,
+    port: Option<i64>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+struct HttpRule {
+    name: Option<String>,
+    #[serde(default)]
+    matches: Vec<HttpRouteMatch>,
+    #[serde(default)]
+    filters: Vec<Filter>,
+    #[serde(default)]
+    backend_refs: Vec<Backend>,
+    timeouts: Option<Timeouts>,
+    retry: Option<serde_yaml::Value>,
+    session_persistence: Option<serde_yaml::Value>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+struct GrpcRule {
+    name: Option<String>,
+    #[serde(default)]
+    matches: Vec<GrpcRouteMatch>,
+    #[serde(default)]
+    filters: Vec<Filter>,
+    #[serde(default)]
+    backend_refs: Vec<Backend>,
+    session_persistence: Option<serde_yaml::Value>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+struct HttpRouteMatch {
+    path: Option<PathSpec>,
+    #[serde(default)]
+    headers: Vec<ValueMatch>,
+    #[serde(default)]
+    query_params: Vec<ValueMatch>,
+    method: Option<String>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct GrpcRouteMatch {
+    method: Option<GrpcMethod>,
+    #[serde(default)]
+    headers: Vec<ValueMatch>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct GrpcMethod {
+    #[serde(rename = "type")]
+    kind: Option<String>,
+    service: Option<String>,
+    method: Option<String>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct PathSpec {
+    #[serde(rename = "type")]
+    kind: Option<String>,
+    value: Option<String>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct ValueMatch {
+    #[serde(rename = "type")]
+    kind: Option<String>,
+    name: String,
+    value: String,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+struct Backend {
+    group: Option<String>,
+    kind: Option<String>,
+    name: String,
+    namespace: Option<String>,
+    port: Option<i64>,
+    weight: Option<i64>,
+    #[serde(default)]
+    filters: Vec<Filter>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+struct Timeouts {
+    request: Option<String>,
+    backend_request: Option<String>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+struct Filter {
+    #[serde(rename = "type")]
+    kind: String,
+    request_header_modifier: Option<HeaderFilter>,
+    response_header_modifier: Option<HeaderFilter>,
+    request_redirect: Option<RedirectFilter>,
+    #[serde(rename = "urlRewrite")]
+    url_rewrite: Option<RewriteFilter>,
+    request_mirror: Option<MirrorFilter>,
+    extension_ref: Option<serde_yaml::Value>,
+    cors: Option<serde_yaml::Value>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct NameValue {
+    name: String,
+    value: String,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct HeaderFilter {
+    #[serde(default)]
+    set: Vec<NameValue>,
+    #[serde(default)]
+    add: Vec<NameValue>,
+    #[serde(default)]
+    remove: Vec<String>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+struct PathModifier {
+    #[serde(rename = "type")]
+    kind: String,
+    replace_full_path: Option<String>,
+    replace_prefix_match: Option<String>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+struct RedirectFilter {
+    scheme: Option<String>,
+    hostname: Option<String>,
+    path: Option<PathModifier>,
+    port: Option<i64>,
+    status_code: Option<i64>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RewriteFilter {
+    hostname: Option<String>,
+    path: Option<PathModifier>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+struct MirrorFilter {
+    backend_ref: Backend,
+    percent: Option<i64>,
+    fraction: Option<Fraction>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct Fraction {
+    numerator: i64,
+    denominator: Option<i64>,
+}
+
+/// Orders Gateway API routes attached to one parent, most specific first: exact path, then
+/// the longest prefix (regex after prefixes), then a method match, then the most header
+/// matches, then the most query matches. Ties are broken by the caller (oldest, then
+/// namespace/name, then rule order), as the spec says.
+pub fn precedence_key(m: Option<&HttpMatch>) -> impl Ord + use<> {
+    let (path_rank, path_len) = match m.and_then(|m| m.path.as_ref()) {
+        Some(PathMatch::Exact(p)) => (0u8, Reverse(p.len())),
+        Some(PathMatch::SegmentPrefix(p) | PathMatch::Prefix(p)) => (1, Reverse(p.len())),
+        Some(PathMatch::Regex(r)) => (2, Reverse(r.as_str().len())),
+        None => (1, Reverse(1)),
+    };
+    let method = m.is_some_and(|m| m.method.is_some());
+    let headers = m.map_or(0, |m| m.headers.len());
+    let query = m.map_or(0, |m| m.query.len());
+    (
+        path_rank,
+        path_len,
+        !method,
+        Reverse(headers),
+        Reverse(query),
+    )
+}
+
+fn not_yet(field: impl Into<String>, what: &str) -> FieldError {
+    FieldError::new(field, format!("{what} is not supported yet"))
+}
+
+/// The parents of kind Service; `Err` with a reason when there are none.
+fn parents(
+    source: &ResourceRef,
+    refs: &[ParentRef],
+    notes: &mut Vec<String>,
+) -> Result<Vec<Parent>, FieldError> {
+    let mut out = Vec::new();
+    for (i, p) in refs.iter().enumerate() {
+        let group = p.group.as_deref().unwrap_or("gateway.networking.k8s.io");
+        let kind = p.kind.as_deref().unwrap_or("Gateway");
+        if matches!(group, "" | "core") && kind == "Service" {
+            if p.section_name.is_some() {
+                return Err(not_yet(
+                    format!("spec.parentRefs[{i}].sectionName"),
+                    "sectionName on a Service parent",
+                ));
+            }
+            let namespace = p
+                .namespace
+                .clone()
+                .unwrap_or_else(|| source.namespace.clone());
+            out.push(Parent {
+                service: ServiceKey::new(namespace, p.name.clone()),
+                port: p
+                    .port
+                    .map(|n| port(&format!("spec.parentRefs[{i}].port"), n))
+                    .transpose()?,
+            });
+        } else {
+            notes.push(format!(
+                "spec.parentRefs[{i}]: {kind} {} ignored (gateway routing is not supported yet)",
+                p.name
+            ));
+        }
+    }
+    Ok(out)
+}
+
+fn string_match(field: &str, kind: Option<&str>, value: &str) -> Result<StringMatch, FieldError> {
+    match kind.unwrap_or("Exact") {
+        "Exact" => Ok(StringMatch::Exact(value.to_string())),
+        "RegularExpression" => Regex::new(value).map(StringMatch::Regex).map_err(|e| {
+            FieldError::new(format!("{field}.value"), crate::traffic::regex_error(&e))
+        }),
+        other => Err(FieldError::new(
+            format!("{field}.type"),
+            format!("must be Exact or RegularExpression, got {other:?}"),
+        )),
+    }
+}
+
+fn headers(field: &str, list: &[ValueMatch]) -> Result<Vec<HeaderMatch>, FieldError> {
+    list.iter()
+        .enumerate()
+        .map(|(i, h)| {
+            let f = format!("{field}[{i}]");
+            Ok(HeaderMatch {
+                name: h.name.to_ascii_lowercase(),
+                value: Some(string_match(&f, h.kind.as_deref(), &h.value)?),
+                invert: false,
+            })
+        })
+        .collect()
+}
+
+fn http_match(field: &str, m: &HttpRouteMatch) -> Result<HttpMatch, FieldError> {
+    let path = match &m.path {
+        None => PathMatch::SegmentPrefix("/".into()),
+        Some(p) => {
+            let value = p.value.clone().unwrap_or_else(|| "/".into());
+            match p.kind.as_deref().unwrap_or("PathPrefix") {
+                "Exact" => PathMatch::Exact(value),
+                "PathPrefix" => PathMatch::SegmentPrefix(value),
+                "RegularExpression" => PathMatch::Regex(Regex::new(&value).map_err(|e| {
+                    FieldError::new(
+                        format!("{field}.path.value"),
+                        crate::traffic::regex_error(&e),
+                    )
+                })?),
+                other => {
+                    return Err(FieldError::new(
+                        format!("{field}.path.type"),
+                        format!("must be Exact, PathPrefix or RegularExpression, got {other:?}"),
+                    ));
+                }
+            }
+        }
+    };
+    if let PathMatch::Exact(v) | PathMatch::SegmentPrefix(v) = &path
+        && !v.starts_with('/')
+    {
+        {
+            return Err(FieldError::new(
+                format!("{field}.path.value"),
+                format!("must start with '/', got {v:?}"),
+            ));
+        }
+    }
+    let mut query = Vec::new();
+    for (i, q) in m.query_params.iter().enumerate() {
+        let f = format!("{field}.queryParams[{i}]");
+        query.push(QueryMatch {
+            name: q.name.clone(),
+            value: Some(string_match(&f, q.kind.as_deref(), &q.value)?),
+        });
+    }
+    Ok(HttpMatch {
+        path: Some(path),
+        method: m.method.as_ref().map(|s| s.to_ascii_uppercase()),
+        headers: headers(&format!("{field}.headers"), &m.headers)?,
+        query,
+        ..HttpMatch::default()
+    })
+}
+
+fn grpc_match(field: &str, m: &GrpcRouteMatch) -> Result<HttpMatch, FieldError> {
+    let path = match &m.method {
+        None => None,
+        Some(gm) => {
+            let f = format!("{field}.method");
+            match (
+                gm.kind.as_deref().unwrap_or("Exact"),
+                &gm.service,
+                &gm.method,
+            ) {
+                (_, None, None) => {
+                    return Err(FieldError::new(f, "must set service or method"));
+                }
+                ("Exact", Some(s), Some(m)) => Some(PathMatch::Exact(format!("/{s}/{m}"))),
+                ("Exact", Some(s), None) => Some(PathMatch::Prefix(format!("/{s}/"))),
+                ("Exact", None, Some(m)) => Some(PathMatch::Regex(
+                    Regex::new(&format!("/[^/]+/{}", regex_escape(m)))
+                        .map_err(|e| FieldError::new(f.clone(), e.to_string()))?,
+                )),
+                ("RegularExpression", s, m) => {
+                    let s = s.as_deref().unwrap_or("[^/]+");
+                    let m = m.as_deref().unwrap_or("[^/]+");
+                    Some(PathMatch::Regex(
+                        Regex::new(&format!("/(?:{s})/(?:{m})")).map_err(|e| {
+                            FieldError::new(f.clone(), crate::traffic::regex_error(&e))
+                        })?,
+                    ))
+                }
+                (other, _, _) => {
+                    return Err(FieldError::new(
+                        format!("{f}.type"),
+                        format!("must be Exact or RegularExpression, got {other:?}"),
+                    ));
+                }
+            }
+        }
+    };
+    Ok(HttpMatch {
+        path,
+        headers: headers(&format!("{field}.headers"), &m.headers)?,
+        ..HttpMatch::default()
+    })
+}
+
+fn regex_escape(s: &str) -> String {
+    s.chars()
+        .flat_map(|c| {
+            let esc = c.is_ascii_punctuation();
+            esc.then_some('\\').into_iter().chain(std::iter::once(c))
+        })
+        .collect()
+}
+
+fn backend_ref(source: &ResourceRef, field: &str, b: &Backend) -> Result<BackendRef, FieldError> {
+    let group = b.group.as_deref().unwrap_or("");
+    let kind = b.kind.as_deref().unwrap_or("Service");
+    if !matches!(group, "" | "core") || kind != "Service" {
+        return Err(not_yet(
+            format!("{field}.kind"),
+            &format!("a backend of kind {kind} (group {group:?})"),
+        ));
+    }
+    if b.namespace
+        .as_ref()
+        .is_some_and(|ns| *ns != source.namespace)
+    {
+        return Err(not_yet(
+            format!("{field}.namespace"),
+            "a backend in another namespace (ReferenceGrant)",
+        ));
+    }
+    let p = b.port.ok_or_else(|| {
+        FieldError::new(format!("{field}.port"), "is required for a Service backend")
+    })?;
+    Ok(BackendRef {
+        service: ServiceKey::new(source.namespace.clone(), b.name.clone()),
+        port: Some(port(&format!("{field}.port"), p)?),
+        subset: None,
+    })
+}
+
+fn header_filter(h: &HeaderFilter) -> HeaderModifier {
+    let pairs = |v: &[NameValue]| {
+        v.iter()
+            .map(|nv| (nv.name.to_ascii_lowercase(), nv.value.clone()))
+            .collect()
+    };
+    HeaderModifier {
+        set: pairs(&h.set),
+        add: pairs(&h.add),
+        remove: h.remove.iter().map(|r| r.to_ascii_lowercase()).collect(),
+    }
+}
+
+fn path_modifier(field: &str, p: &PathModifier) -> Result<PathRewrite, FieldError> {
+    match (
+        p.kind.as_str(),
+        &p.replace_full_path,
+        &p.replace_prefix_match,
+    ) {
+        ("ReplaceFullPath", Some(full), _) => Ok(PathRewrite::Full(full.clone())),
+        ("ReplacePrefixMatch", _, Some(prefix)) => Ok(PathRewrite::Prefix(prefix.clone())),
+        (kind, _, _) => Err(FieldError::new(
+            field,
+            format!(
+                "type {kind:?} needs its value (ReplaceFullPath: replaceFullPath, ReplacePrefixMatch: replacePrefixMatch)"
+            ),
+        )),
+    }
+}
+
+/// Route-level filters, applied to a route under construction.
+#[derive(Default)]
+struct Filters {
+    request_headers: HeaderModifier,
+    response_headers: HeaderModifier,
+    redirect: Option<Redirect>,
+    rewrite: Option<Rewrite>,
+    mirrors: Vec<Mirror>,
+}
+
+fn filters(
+    source: &ResourceRef,
+    field: &str,
+    list: &[Filter],
+    grpc: bool,
+) -> Result<Filters, FieldError> {
+    let mut out = Filters::default();
+    for (i, f) in list.iter().enumerate() {
+        let ff = format!("{field}[{i}]");
+        let missing = |key: &str| {
+            FieldError::new(
+                format!("{ff}.{key}"),
+                format!("is required for type {}", f.kind),
+            )
+        };
+        match f.kind.as_str() {
+            "RequestHeaderModifier" => {
+                out.request_headers = header_filter(
+                    f.request_header_modifier
+                        .as_ref()
+                        .ok_or_else(|| missing("requestHeaderModifier"))?,
+                );
+            }
+            "ResponseHeaderModifier" => {
+                out.response_headers = header_filter(
+                    f.response_header_modifier
+                        .as_ref()
+                        .ok_or_else(|| missing("responseHeaderModifier"))?,
+                );
+            }
+            "RequestRedirect" if !grpc => {
+                let r = f
+                    .request_redirect
+                    .as_ref()
+                    .ok_or_else(|| missing("requestRedirect"))?;
+                let status = match r.status_code {
+                    None => 302,
+                    Some(c @ (301 | 302)) => c as u16,
+                    Some(c) => {
+                        return Err(FieldError::new(
+                            format!("{ff}.requestRedirect.statusCode"),
+                            format!("must be 301 or 302, got {c}"),
+                        ));
+                    }
+                };
+                out.redirect = Some(Redirect {
+                    scheme: r.scheme.clone(),
+                    host: r.hostname.clone(),
+                    port: r
+                        .port
+                        .map(|p| port(&format!("{ff}.requestRedirect.port"), p))
+                        .transpose()?,
+                    path: r
+                        .path
+                        .as_ref()
+                        .map(|p| path_modifier(&format!("{ff}.requestRedirect.path"), p))
+                        .transpose()?,
+                    status,
+                });
+            }
+            "URLRewrite" if !grpc => {
+                let r = f
+                    .url_rewrite
+                    .as_ref()
+                    .ok_or_else(|| missing("urlRewrite"))?;
+                out.rewrite = Some(Rewrite {
+                    path: r
+                        .path
+                        .as_ref()
+                        .map(|p| path_modifier(&format!("{ff}.urlRewrite.path"), p))
+                        .transpose()?,
+                    authority: r.hostname.clone(),
+                });
+            }
+            "RequestMirror" => {
+                let m = f
+                    .request_mirror
+                    .as_ref()
+                    .ok_or_else(|| missing("requestMirror"))?;
+                let pct = match (m.percent, &m.fraction) {
+                    (Some(p), _) if (0..=100).contains(&p) => p as f64,
+                    (Some(p), _) => {
+                        return Err(FieldError::new(
+                            format!("{ff}.requestMirror.percent"),
+                            format!("must be 0-100, got {p}"),
+                        ));
+                    }
+                    (None, Some(fr)) => {
+                        let den = fr.denominator.unwrap_or(100);
+                        if den <= 0 || fr.numerator < 0 || fr.numerator > den {
+                            return Err(FieldError::new(
+                                format!("{ff}.requestMirror.fraction"),
+                                "must have 0 <= numerator <= denominator, denominator > 0",
+                            ));
+                        }
+                        fr.numerator as f64 * 100.0 / den as f64
+                    }
+                    (None, None) => 100.0,
+                };
+                out.mirrors.push(Mirror {
+                    backend: backend_ref(
+                        source,
+                        &format!("{ff}.requestMirror.backendRef"),
+                        &m.backend_ref,
+                    )?,
+                    percent: Percent(pct),
+                });
+            }
+            other => {
+                let _ = (&f.extension_ref, &f.cors);
+                return Err(not_yet(format!("{ff}.type"), &format!("filter {other:?}")));
+            }
+        }
+    }
+    Ok(out)
+}
+
+fn backends(
+    source: &ResourceRef,
+    field: &str,
+    list: &[Backend],
+) -> Result<Vec<WeightedBackend>, FieldError> {
+    let mut out = Vec::new();
+    for (i, b) in list.iter().enumerate() {
+        let f = format!("{field}[{i}]");
+        let weight = match b.weight {
+            None => 1,
+            Some(w) if (0..=1_000_000).contains(&w) => w as u32,
+            Some(w) => {
+                return Err(FieldError::new(
+                    format!("{f}.weight"),
+                    format!("must be 0-1000000, got {w}"),
+                ));
+            }
+        };
+        let bf = filters(source, &format!("{f}.filters"), &b.filters, false)?;
+        if bf.redirect.is_some() || bf.rewrite.is_some() || !bf.mirrors.is_empty() {
+            return Err(not_yet(
+                format!("{f}.filters"),
+                "a backend filter other than the header modifiers",
+            ));
+        }
+        out.push(WeightedBackend {
+            backend: backend_ref(source, &f, b)?,
+            weight,
+            request_headers: bf.request_headers,
+            response_headers: bf.response_headers,
+        });
+    }
+    Ok(out)
+}
+
+#[allow(clippy::too_many_arguments)]
+fn build(
+    source: &ResourceRef,
+    field: &str,
+    name: String,
+    matches: Vec<HttpMatch>,
+    f: Filters,
+    forward: Vec<WeightedBackend>,
+    timeout: Option<std::time::Duration>,
+    per_try: Option<std::time::Duration>,
+    out: &mut Vec<HttpRoute>,
+) {
+    let _ = field;
+    let action = match f.redirect {
+        Some(r) => RouteAction::Redirect(r),
+        // No backend: Gateway API answers 500, which Forward with no weight does.
+        None => RouteAction::Forward(forward),
+    };
+    let retry = per_try.map(|t| RetryPolicy {
+        attempts: 0,
+        per_try_timeout: Some(t),
+        on: RetryOn::default(),
+    });
+    // One route per match: precedence is per match in Gateway API.
+    let blocks: Vec<Option<HttpMatch>> = if matches.is_empty() {
+        vec![None]
+    } else {
+        matches.into_iter().map(Some).collect()
+    };
+    for m in blocks {
+        out.push(HttpRoute {
+            name: name.clone(),
+            source: source.clone(),
+            matches: m.into_iter().collect(),
+            action: action.clone(),
+            request_headers: f.request_headers.clone(),
+            response_headers: f.response_headers.clone(),
+            rewrite: f.rewrite.clone(),
+            mirrors: f.mirrors.clone(),
+            fault: None,
+            timeout,
+            retry: retry.clone(),
+        });
+    }
+}
+
+fn finish(
+    kind: &str,
+    meta: Meta,
+    parent_refs: &[ParentRef],
+    hostnames: &[String],
+    rules: impl FnOnce(&ResourceRef, &mut Vec<HttpRoute>) -> Result<(), FieldError>,
+) -> Result<Translated, FieldError> {
+    let source = meta.reference(kind)?;
+    let mut notes = Vec::new();
+    let parents = parents(&source, parent_refs, &mut notes)?;
+    if parents.is_empty() {
+        return Ok(Translated::Ignored(
+            "no parentRef of kind Service; gateway routing is not supported yet".into(),
+        ));
+    }
+    if !hostnames.is_empty() {
+        notes.push("spec.hostnames ignored: mesh routes apply to their parent Service".into());
+    }
+    let mut http = Vec::new();
+    rules(&source, &mut http)?;
+    Ok(Translated::Resource(Resource::Routes(Box::new(RouteSet {
+        api: RouteApi::GatewayApi,
+        source,
+        created: meta.creation_timestamp,
+        parents,
+        http,
+        tcp: Vec::new(),
+        policy: PolicyLayer::default(),
+        notes,
+    }))))
+}
+
+fn rule_name(source: &ResourceRef, name: Option<&String>, i: usize) -> String {
+    match name {
+        Some(n) => format!("{}/{n}", source.name),
+        None => format!("{}/{i}", source.name),
+    }
+}
+
+pub(crate) fn translate_http(value: serde_yaml::Value) -> Result<Translated, FieldError> {
+    let route: Route<HttpRule> = from_value(value)?;
+    let spec = route.spec;
+    let rules = spec.rules;
+    finish(
+        "HTTPRoute",
+        route.metadata,
+        &spec.parent_refs,
+        &spec.hostnames,
+        |source, out| {
+            for (i, rule) in rules.iter().enumerate() {
+                let field = format!("spec.rules[{i}]");
+                if rule.retry.is_some() {
+                    return Err(not_yet(format!("{field}.retry"), "rules[].retry"));
+                }
+                if rule.session_persistence.is_some() {
+                    return Err(not_yet(
+                        format!("{field}.sessionPersistence"),
+                        "session persistence",
+                    ));
+                }
+                let matches = rule
+                    .matches
+                    .iter()
+                    .enumerate()
+                    .map(|(j, m)| http_match(&format!("{field}.matches[{j}]"), m))
+                    .collect::<Result<Vec<_>, _>>()?;
+                let f = filters(source, &format!("{field}.filters"), &rule.filters, false)?;
+                let forward =
+                    backends(source, &format!("{field}.backendRefs"), &rule.backend_refs)?;
+                let (mut timeout, mut per_try) = (None, None);
+                if let Some(t) = &rule.timeouts {
+                    if let Some(r) = &t.request {
+                        timeout = Some(duration(&format!("{field}.timeouts.request"), r)?)
+                            .filter(|d| !d.is_zero());
+                    }
+                    if let Some(b) = &t.backend_request {
+                        per_try = Some(duration(&format!("{field}.timeouts.backendRequest"), b)?)
+                            .filter(|d| !d.is_zero());
+                    }
+                    if let (Some(r), Some(b)) = (timeout, per_try)
+                        && b > r
+                    {
+                        {
+                            return Err(FieldError::new(
+                                format!("{field}.timeouts.backendRequest"),
+                                "must not be longer than timeouts.request",
+                            ));
+                        }
+                    }
+                }
+                let name = rule_name(source, rule.name.as_ref(), i);
+                // A rule without matches matches every request (PathPrefix "/").
+                let matches = if matches.is_empty() {
+                    vec![HttpMatch {
+                        path: Some(PathMatch::SegmentPrefix("/".into())),
+                        ..HttpMatch::default()
+                    }]
+                } else {
+                    matches
+                };
+                build(
+                    source, &field, name, matches, f, forward, timeout, per_try, out,
+                );
+            }
+            Ok(())
+        },
+    )
+}
+
+pub(crate) fn translate_grpc(value: serde_yaml::Value) -> Result<Translated, FieldError> {
+    let route: Route<GrpcRule> = from_value(value)?;
+    let spec = route.spec;
+    let rules = spec.rules;
+    finish(
+        "GRPCRoute",
+        route.metadata,
+        &spec.parent_refs,
+        &spec.hostnames,
+        |source, out| {
+            for (i, rule) in rules.iter().enumerate() {
+                let field = format!("spec.rules[{i}]");
+                if rule.session_persistence.is_some() {
+                    return Err(not_yet(
+                        format!("{field}.sessionPersistence"),
+                        "session persistence",
+                    ));
+                }
+                let matches = rule
+                    .matches
+                    .iter()
+                    .enumerate()
+                    .map(|(j, m)| grpc_match(&format!("{field}.matches[{j}]"), m))
+                    .collect::<Result<Vec<_>, _>>()?;
+                let f = filters(source, &format!("{field}.filters"), &rule.filters, true)?;
+                let forward =
+                    backends(source, &format!("{field}.backendRefs"), &rule.backend_refs)?;
+                let name = rule_name(source, rule.name.as_ref(), i);
+                build(source, &field, name, matches, f, forward, None, None, out);
+            }
+            Ok(())
+        },
+    )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn precedence() {
+        let exact = HttpMatch {
+            path: Some(PathMatch::Exact("/a".into())),
+            ..Default::default()
+        };
+        let long = HttpMatch {
+            path: Some(PathMatch::SegmentPrefix("/abc".into())),
+            ..Default::default()
+        };
+        let short = HttpMatch {
+            path: Some(PathMatch::SegmentPrefix("/a".into())),
+            ..Default::default()
+        };
+        let method = HttpMatch {
+            method: Some("GET".into()),
+            ..short.clone()
+        };
+        let mut v = vec![&short, &method, &exact, &long];
+        v.sort_by_key(|m| precedence_key(Some(m)));
+        assert_eq!(v, [&exact, &long, &method, &short]);
+    }
+
+    #[test]
+    fn escape() {
+        assert_eq!(regex_escape("a.b"), "a\\.b");
+    }
+}

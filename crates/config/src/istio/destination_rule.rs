@@ -1,0 +1,503 @@
+//! Istio `DestinationRule` -> [`DestinationPolicy`]: subsets and traffic policies.
+//!
+//! `tls.mode` DISABLE and ISTIO_MUTUAL are accepted and have no effect until the identity work
+//! lands (the mesh's own mTLS is automatic); SIMPLE and MUTUAL are refused "not supported yet".
+//! `loadBalancer.simple: PASSTHROUGH` is refused (it bypasses the mesh's balancing and sends to
+//! the original address, which needs ServiceEntry support). Refused too: `workloadSelector`,
+//! `trafficPolicy.tunnel`, `proxyProtocol`. Ignored with a note: `exportTo`,
+//! `localityLbSetting`, `warmupDurationSecs`, `tcpKeepalive`, `maxConnectionDuration`,
+//! `h2UpgradePolicy`, `useClientProtocol`, `maxConcurrentStreams`, `minHealthPercent`,
+//! `splitExternalLocalOriginErrors`, `consecutiveLocalOriginFailures`.
+
+use std::collections::BTreeMap;
+
+use serde::Deserialize;
+use trellis_model::policy::{
+    ConnectionPool, HashAlgorithm, HashKey, LoadBalancer, OutlierDetection,
+};
+
+use super::PortSelector;
+use crate::document::{Resource, Translated};
+use crate::kube::FieldError;
+use crate::traffic::{
+    DestinationPolicy, Meta, PolicyLayer, Subset, duration, from_value, non_negative_u32, port,
+    resolve_host,
+};
+
+#[derive(Debug, Deserialize)]
+struct DestinationRule {
+    metadata: Meta,
+    spec: Spec,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+struct Spec {
+    host: String,
+    traffic_policy: Option<Policy>,
+    #[serde(default)]
+    subsets: Vec<SubsetSpec>,
+    #[serde(default)]
+    export_to: Vec<String>,
+    workload_selector: Option<serde_yaml::Value>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct SubsetSpec {
+    name: String,
+    #[serde(default)]
+    labels: BTreeMap<String, String>,
+    #[serde(rename = "trafficPolicy")]
+    traffic_policy: Option<Policy>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+struct Policy {
+    load_balancer: Option<LbSpec>,
+    connection_pool: Option<PoolSpec>,
+    outlier_detection: Option<OutlierSpec>,
+    tls: Option<TlsSpec>,
+    #[serde(default)]
+    port_level_settings: Vec<PortPolicy>,
+    tunnel: Option<serde_yaml::Value>,
+    proxy_protocol: Option<serde_yaml::Value>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+struct PortPolicy {
+    port: Option<PortSelector>,
+    load_balancer: Option<LbSpec>,
+    connection_pool: Option<PoolSpec>,
+    outlier_detection: Option<OutlierSpec>,
+    tls: Option<TlsSpec>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+struct LbSpec {
+    simple: Option<String>,
+    consistent_hash: Option<HashSpec>,
+    locality_lb_setting: Option<serde_yaml::Value>,
+    warmup_duration_secs: Option<serde_yaml::Value>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+struct HashSpec {
+    http_header_name: Option<String>,
+    http_cookie: Option<CookieSpec>,
+    use_source_ip: Option<bool>,
+    http_query_parameter_name: Option<String>,
+    ring_hash: Option<serde_yaml::Value>,
+    maglev: Option<serde_yaml::Value>,
+    minimum_ring_size: Option<serde_yaml::Value>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct CookieSpec {
+    name: String,
+    path: Option<String>,
+    ttl: Option<String>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct PoolSpec {
+    tcp: Option<TcpPool>,
+    http: Option<HttpPool>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+struct TcpPool {
+    max_connections: Option<i64>,
+    connect_timeout: Option<String>,
+    tcp_keepalive: Option<serde_yaml::Value>,
+    max_connection_duration: Option<serde_yaml::Value>,
+    idle_timeout: Option<String>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+struct HttpPool {
+    http1_max_pending_requests: Option<i64>,
+    http2_max_requests: Option<i64>,
+    max_requests_per_connection: Option<i64>,
+    max_retries: Option<i64>,
+    idle_timeout: Option<String>,
+    h2_upgrade_policy: Option<serde_yaml::Value>,
+    use_client_protocol: Option<serde_yaml::Value>,
+    max_concurrent_streams: Option<serde_yaml::Value>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+struct OutlierSpec {
+    consecutive5xx_errors: Option<i64>,
+    consecutive_gateway_errors: Option<i64>,
+    /// Deprecated spelling of consecutiveGatewayErrors.
+    consecutive_errors: Option<i64>,
+    interval: Option<String>,
+    base_ejection_time: Option<String>,
+    max_ejection_percent: Option<i64>,
+    min_health_percent: Option<serde_yaml::Value>,
+    split_external_local_origin_errors: Option<serde_yaml::Value>,
+    consecutive_local_origin_failures: Option<serde_yaml::Value>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(rename_all = "camelCase")]
+struct TlsSpec {
+    mode: Option<String>,
+}
+
+pub(crate) fn translate(value: serde_yaml::Value) -> Result<Translated, FieldError> {
+    let dr: DestinationRule = from_value(value)?;
+    let source = dr.metadata.reference("DestinationRule")?;
+    let spec = dr.spec;
+    let mut notes = Vec::new();
+    if spec.workload_selector.is_some() {
+        return Err(FieldError::new(
+            "spec.workloadSelector",
+            "is not supported yet",
+        ));
+    }
+    if !spec.export_to.is_empty() {
+        notes.push("spec.exportTo ignored: policies are visible mesh-wide".to_string());
+    }
+    let Some(host) = resolve_host(&spec.host, &source.namespace) else {
+        return Ok(Translated::Ignored(format!(
+            "host {:?} is not a cluster Service (wildcards and ServiceEntry hosts are not supported yet)",
+            spec.host
+        )));
+    };
+    let (policy, port_policies) = match &spec.traffic_policy {
+        None => (PolicyLayer::default(), Vec::new()),
+        Some(p) => traffic_policy(&mut notes, "spec.trafficPolicy", p)?,
+    };
+    let mut subsets: Vec<Subset> = Vec::new();
+    for (i, s) in spec.subsets.iter().enumerate() {
+        let field = format!("spec.subsets[{i}]");
+        if s.name.is_empty() {
+            return Err(FieldError::new(format!("{field}.name"), "is required"));
+        }
+        if subsets.iter().any(|o| o.name == s.name) {
+            return Err(FieldError::new(
+                format!("{field}.name"),
+                format!("duplicate subset {:?}", s.name),
+            ));
+        }
+        let (sp, sports) = match &s.traffic_policy {
+            None => (PolicyLayer::default(), Vec::new()),
+            Some(p) => traffic_policy(&mut notes, &format!("{field}.trafficPolicy"), p)?,
+        };
+        subsets.push(Subset {
+            name: s.name.clone(),
+            labels: s.labels.clone(),
+            policy: sp,
+            port_policies: sports,
+        });
+    }
+    Ok(Translated::Resource(Resource::DestinationPolicy(Box::new(
+        DestinationPolicy {
+            source,
+            created: dr.metadata.creation_timestamp,
+            host,
+            policy,
+            port_policies,
+            subsets,
+            notes,
+        },
+    ))))
+}
+
+type Layers = (PolicyLayer, Vec<(u16, PolicyLayer)>);
+
+fn traffic_policy(notes: &mut Vec<String>, field: &str, p: &Policy) -> Result<Layers, FieldError> {
+    if p.tunnel.is_some() {
+        return Err(FieldError::new(
+            format!("{field}.tunnel"),
+            "is not supported yet",
+        ));
+    }
+    if p.proxy_protocol.is_some() {
+        return Err(FieldError::new(
+            format!("{field}.proxyProtocol"),
+            "is not supported yet",
+        ));
+    }
+    let top = layer(
+        notes,
+        field,
+        p.load_balancer.as_ref(),
+        p.connection_pool.as_ref(),
+        p.outlier_detection.as_ref(),
+        p.tls.as_ref(),
+    )?;
+    let mut ports: Vec<(u16, PolicyLayer)> = Vec::new();
+    for (i, pl) in p.port_level_settings.iter().enumerate() {
+        let f = format!("{field}.portLevelSettings[{i}]");
+        let number = pl
+            .port
+            .as_ref()
+            .ok_or_else(|| FieldError::new(format!("{f}.port"), "is required"))?;
+        let n = port(&format!("{f}.port.number"), number.number)?;
+        if ports.iter().any(|(p, _)| *p == n) {
+            return Err(FieldError::new(
+                format!("{f}.port.number"),
+                format!("duplicate port {n}"),
+            ));
+        }
+        let l = layer(
+            notes,
+            &f,
+            pl.load_balancer.as_ref(),
+            pl.connection_pool.as_ref(),
+            pl.outlier_detection.as_ref(),
+            pl.tls.as_ref(),
+        )?;
+        ports.push((n, l));
+    }
+    Ok((top, ports))
+}
+
+fn layer(
+    notes: &mut Vec<String>,
+    field: &str,
+    lb: Option<&LbSpec>,
+    pool: Option<&PoolSpec>,
+    od: Option<&OutlierSpec>,
+    tls: Option<&TlsSpec>,
+) -> Result<PolicyLayer, FieldError> {
+    if let Some(tls) = tls {
+        match tls.mode.as_deref() {
+            None => {}
+            Some(mode @ ("DISABLE" | "ISTIO_MUTUAL")) => notes.push(format!(
+                "{field}.tls.mode {mode} has no effect yet: meshed hops use the mesh's own mTLS"
+            )),
+            Some(mode @ ("SIMPLE" | "MUTUAL")) => {
+                return Err(FieldError::new(
+                    format!("{field}.tls.mode"),
+                    format!("{mode} (TLS origination) is not supported yet"),
+                ));
+            }
+            Some(other) => {
+                return Err(FieldError::new(
+                    format!("{field}.tls.mode"),
+                    format!("must be DISABLE, SIMPLE, MUTUAL or ISTIO_MUTUAL, got {other:?}"),
+                ));
+            }
+        }
+    }
+    Ok(PolicyLayer {
+        load_balancer: lb
+            .map(|lb| load_balancer(notes, &format!("{field}.loadBalancer"), lb))
+            .transpose()?
+            .flatten(),
+        connection_pool: pool
+            .map(|p| connection_pool(notes, &format!("{field}.connectionPool"), p))
+            .transpose()?,
+        outlier_detection: od
+            .map(|o| outlier(notes, &format!("{field}.outlierDetection"), o))
+            .transpose()?,
+        retry_budget: None,
+    })
+}
+
+fn load_balancer(
+    notes: &mut Vec<String>,
+    field: &str,
+    lb: &LbSpec,
+) -> Result<Option<LoadBalancer>, FieldError> {
+    if lb.locality_lb_setting.is_some() {
+        notes.push(format!(
+            "{field}.localityLbSetting ignored: localities are not modelled"
+        ));
+    }
+    if lb.warmup_duration_secs.is_some() {
+        notes.push(format!(
+            "{field}.warmupDurationSecs ignored: slow start is not supported yet"
+        ));
+    }
+    match (&lb.simple, &lb.consistent_hash) {
+        (Some(_), Some(_)) => Err(FieldError::new(
+            field,
+            "simple and consistentHash are mutually exclusive",
+        )),
+        (Some(s), None) => match s.as_str() {
+            "UNSPECIFIED" => Ok(None),
+            "ROUND_ROBIN" => Ok(Some(LoadBalancer::RoundRobin)),
+            "LEAST_REQUEST" | "LEAST_CONN" => Ok(Some(LoadBalancer::LeastRequest)),
+            "RANDOM" => Ok(Some(LoadBalancer::Random)),
+            "PASSTHROUGH" => Err(FieldError::new(
+                format!("{field}.simple"),
+                "PASSTHROUGH is not supported yet (it bypasses balancing and needs ServiceEntry)",
+            )),
+            other => Err(FieldError::new(
+                format!("{field}.simple"),
+                format!("must be ROUND_ROBIN, LEAST_REQUEST, RANDOM or PASSTHROUGH, got {other:?}"),
+            )),
+        },
+        (None, Some(h)) => consistent_hash(&format!("{field}.consistentHash"), h).map(Some),
+        (None, None) => Ok(None),
+    }
+}
+
+fn consistent_hash(field: &str, h: &HashSpec) -> Result<LoadBalancer, FieldError> {
+    let mut keys = Vec::new();
+    if let Some(name) = &h.http_header_name {
+        keys.push(HashKey::Header(name.to_ascii_lowercase()));
+    }
+    if let Some(c) = &h.http_cookie {
+        keys.push(HashKey::Cookie {
+            name: c.name.clone(),
+            ttl: c
+                .ttl
+                .as_ref()
+                .map(|t| duration(&format!("{field}.httpCookie.ttl"), t))
+                .transpose()?,
+            path: c.path.clone(),
+        });
+    }
+    if h.use_source_ip == Some(true) {
+        keys.push(HashKey::SourceIp);
+    }
+    if let Some(q) = &h.http_query_parameter_name {
+        keys.push(HashKey::QueryParameter(q.clone()));
+    }
+    let key = match keys.len() {
+        1 => keys.remove(0),
+        0 => {
+            return Err(FieldError::new(
+                field,
+                "must set one of httpHeaderName, httpCookie, useSourceIp, httpQueryParameterName",
+            ));
+        }
+        _ => {
+            return Err(FieldError::new(
+                field,
+                "httpHeaderName, httpCookie, useSourceIp and httpQueryParameterName are mutually exclusive",
+            ));
+        }
+    };
+    let algorithm = match (&h.ring_hash, &h.maglev) {
+        (Some(_), Some(_)) => {
+            return Err(FieldError::new(
+                field,
+                "ringHash and maglev are mutually exclusive",
+            ));
+        }
+        (None, Some(_)) => HashAlgorithm::Maglev,
+        _ => HashAlgorithm::Ring,
+    };
+    // Table and ring sizes are tuning the proxy chooses itself.
+    let _ = &h.minimum_ring_size;
+    Ok(LoadBalancer::ConsistentHash { key, algorithm })
+}
+
+fn count(field: String, v: Option<i64>) -> Result<Option<u32>, FieldError> {
+    v.map(|n| non_negative_u32(&field, n)).transpose()
+}
+
+fn connection_pool(
+    notes: &mut Vec<String>,
+    field: &str,
+    p: &PoolSpec,
+) -> Result<ConnectionPool, FieldError> {
+    let mut pool = ConnectionPool::default();
+    if let Some(tcp) = &p.tcp {
+        let f = format!("{field}.tcp");
+        pool.max_connections = count(format!("{f}.maxConnections"), tcp.max_connections)?;
+        pool.connect_timeout = tcp
+            .connect_timeout
+            .as_ref()
+            .map(|t| duration(&format!("{f}.connectTimeout"), t))
+            .transpose()?;
+        if tcp.tcp_keepalive.is_some() || tcp.max_connection_duration.is_some() {
+            notes.push(format!(
+                "{f}: tcpKeepalive and maxConnectionDuration ignored (not supported yet)"
+            ));
+        }
+        if let Some(t) = &tcp.idle_timeout {
+            pool.idle_timeout = Some(duration(&format!("{f}.idleTimeout"), t)?);
+        }
+    }
+    if let Some(http) = &p.http {
+        let f = format!("{field}.http");
+        pool.max_pending_requests = count(
+            format!("{f}.http1MaxPendingRequests"),
+            http.http1_max_pending_requests,
+        )?;
+        pool.max_requests = count(format!("{f}.http2MaxRequests"), http.http2_max_requests)?;
+        pool.max_requests_per_connection = count(
+            format!("{f}.maxRequestsPerConnection"),
+            http.max_requests_per_connection,
+        )?
+        .filter(|n| *n > 0);
+        pool.max_retries = count(format!("{f}.maxRetries"), http.max_retries)?;
+        if let Some(t) = &http.idle_timeout {
+            pool.idle_timeout = Some(duration(&format!("{f}.idleTimeout"), t)?);
+        }
+        if http.h2_upgrade_policy.is_some()
+            || http.use_client_protocol.is_some()
+            || http.max_concurrent_streams.is_some()
+        {
+            notes.push(format!(
+                "{f}: h2UpgradePolicy, useClientProtocol and maxConcurrentStreams ignored (the mesh upgrades meshed hops to HTTP/2 itself)"
+            ));
+        }
+    }
+    Ok(pool)
+}
+
+fn outlier(
+    notes: &mut Vec<String>,
+    field: &str,
+    o: &OutlierSpec,
+) -> Result<OutlierDetection, FieldError> {
+    let mut od = OutlierDetection::default();
+    if let Some(n) = o.consecutive5xx_errors {
+        // 0 disables the check, as in Istio.
+        od.consecutive_5xx = Some(non_negative_u32(
+            &format!("{field}.consecutive5xxErrors"),
+            n,
+        )?)
+        .filter(|n| *n > 0);
+    }
+    let gateway = o.consecutive_gateway_errors.or(o.consecutive_errors);
+    if let Some(n) = gateway {
+        od.consecutive_gateway_errors = Some(non_negative_u32(
+            &format!("{field}.consecutiveGatewayErrors"),
+            n,
+        )?)
+        .filter(|n| *n > 0);
+    }
+    if let Some(t) = &o.interval {
+        od.interval = duration(&format!("{field}.interval"), t)?;
+    }
+    if let Some(t) = &o.base_ejection_time {
+        od.base_ejection_time = duration(&format!("{field}.baseEjectionTime"), t)?;
+    }
+    if let Some(n) = o.max_ejection_percent {
+        if !(0..=100).contains(&n) {
+            return Err(FieldError::new(
+                format!("{field}.maxEjectionPercent"),
+                format!("must be 0-100, got {n}"),
+            ));
+        }
+        od.max_ejection_percent = n as u32;
+    }
+    if o.min_health_percent.is_some()
+        || o.split_external_local_origin_errors.is_some()
+        || o.consecutive_local_origin_failures.is_some()
+    {
+        notes.push(format!(
+            "{field}: minHealthPercent and local-origin settings ignored (not supported yet)"
+        ));
+    }
+    Ok(od)
+}

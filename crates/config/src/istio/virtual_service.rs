@@ -1,0 +1,839 @@
+//! Istio `VirtualService` -> routes for the mesh (`gateways` absent or naming `mesh`).
+//!
+//! Refused "not supported yet" (the file is not applied): `delegate`, `tls[]` routes,
+//! `http[].match[].scheme`, `ignoreUriCase: true`, a method match other than exact,
+//! `rewrite.uriRegexRewrite`, `redirect.derivePort`, `directResponse.body.bytes`,
+//! `fault.abort.http2Error`, `tcp[].match[]` conditions other than `port`, and destinations
+//! that are not cluster Services (ServiceEntry hosts). Accepted but not acted on, with a note:
+//! `exportTo`, `corsPolicy`, `retries.retryRemoteLocalities`, gateways other than `mesh`.
+
+use std::collections::BTreeMap;
+
+use serde::Deserialize;
+use trellis_model::ServiceKey;
+use trellis_model::matching::{HeaderMatch, HttpMatch, PathMatch, QueryMatch, StringMatch};
+use trellis_model::route::{
+    AbortStatus, BackendRef, Fault, FaultAbort, FaultDelay, HttpRoute, Mirror, PathRewrite,
+    Redirect, ResourceRef, RetryOn, RetryPolicy, Rewrite, RouteAction, TcpRoute, WeightedBackend,
+};
+
+use super::{Headers, IstioStringMatch, Percent, PortSelector};
+use crate::document::{Resource, Translated};
+use crate::kube::FieldError;
+use crate::traffic::{
+    Meta, Parent, PolicyLayer, RouteApi, RouteSet, duration, from_value, non_negative_u32, percent,
+    port, resolve_host,
+};
+
+#[derive(Debug, Deserialize)]
+struct VirtualService {
+    metadata: Meta,
+    spec: Spec,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+struct Spec {
+    #[serde(default)]
+    hosts: Vec<String>,
+    #[serde(default)]
+    gateways: Vec<String>,
+    #[serde(default)]
+    http: Vec<Http>,
+    #[serde(default)]
+    tcp: Vec<Tcp>,
+    tls: Option<serde_yaml::Value>,
+    #[serde(default)]
+    export_to: Vec<String>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+struct Http {
+    name: Option<String>,
+    #[serde(rename = "match", default)]
+    matches: Vec<Match>,
+    #[serde(default)]
+    route: Vec<RouteDestination>,
+    redirect: Option<HttpRedirect>,
+    direct_response: Option<DirectResponse>,
+    delegate: Option<serde_yaml::Value>,
+    rewrite: Option<HttpRewrite>,
+    timeout: Option<String>,
+    retries: Option<Retries>,
+    fault: Option<FaultInjection>,
+    mirror: Option<Destination>,
+    mirror_percentage: Option<Percent>,
+    mirror_percent: Option<i64>,
+    #[serde(default)]
+    mirrors: Vec<MirrorPolicy>,
+    cors_policy: Option<serde_yaml::Value>,
+    headers: Option<Headers>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+struct Match {
+    #[allow(dead_code)] // informational in Istio
+    name: Option<String>,
+    uri: Option<IstioStringMatch>,
+    scheme: Option<IstioStringMatch>,
+    method: Option<IstioStringMatch>,
+    authority: Option<IstioStringMatch>,
+    #[serde(default)]
+    headers: BTreeMap<String, IstioStringMatch>,
+    #[serde(default)]
+    without_headers: BTreeMap<String, IstioStringMatch>,
+    #[serde(default)]
+    query_params: BTreeMap<String, IstioStringMatch>,
+    port: Option<i64>,
+    #[serde(default)]
+    source_labels: BTreeMap<String, String>,
+    source_namespace: Option<String>,
+    #[serde(default)]
+    gateways: Vec<String>,
+    #[serde(default)]
+    ignore_uri_case: bool,
+    #[allow(dead_code)] // metrics naming in Envoy; no effect on routing
+    stat_prefix: Option<String>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct Destination {
+    host: String,
+    subset: Option<String>,
+    port: Option<PortSelector>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RouteDestination {
+    destination: Destination,
+    weight: Option<i64>,
+    headers: Option<Headers>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct MirrorPolicy {
+    destination: Destination,
+    percentage: Option<Percent>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+struct HttpRedirect {
+    uri: Option<String>,
+    authority: Option<String>,
+    port: Option<i64>,
+    derive_port: Option<String>,
+    scheme: Option<String>,
+    redirect_code: Option<i64>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct DirectResponse {
+    status: i64,
+    body: Option<Body>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct Body {
+    string: Option<String>,
+    bytes: Option<String>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+struct HttpRewrite {
+    uri: Option<String>,
+    authority: Option<String>,
+    uri_regex_rewrite: Option<serde_yaml::Value>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+struct Retries {
+    #[serde(default)]
+    attempts: i64,
+    per_try_timeout: Option<String>,
+    retry_on: Option<String>,
+    retry_remote_localities: Option<bool>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct FaultInjection {
+    delay: Option<Delay>,
+    abort: Option<Abort>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+struct Delay {
+    fixed_delay: Option<String>,
+    percentage: Option<Percent>,
+    /// Deprecated integer percentage.
+    percent: Option<i64>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+struct Abort {
+    http_status: Option<i64>,
+    grpc_status: Option<String>,
+    http2_error: Option<String>,
+    percentage: Option<Percent>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct Tcp {
+    #[serde(rename = "match", default)]
+    matches: Vec<TcpMatch>,
+    #[serde(default)]
+    route: Vec<RouteDestination>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+struct TcpMatch {
+    port: Option<i64>,
+    #[serde(default)]
+    destination_subnets: Vec<String>,
+    #[serde(default)]
+    source_labels: BTreeMap<String, String>,
+    source_namespace: Option<String>,
+    #[serde(default)]
+    gateways: Vec<String>,
+}
+
+/// Istio's retry policy when a route states none: 2 retries on connect-failure,
+/// refused-stream, unavailable, cancelled, retriable-status-codes (no codes listed).
+pub(crate) fn istio_default_retry() -> RetryPolicy {
+    RetryPolicy {
+        attempts: 2,
+        per_try_timeout: None,
+        on: RetryOn {
+            connect_failure: true,
+            refused_stream: true,
+            grpc_codes: vec![1, 14],
+            ..RetryOn::default()
+        },
+    }
+}
+
+/// Parses Envoy `retryOn` tokens (comma-separated). Numeric tokens are HTTP statuses, as Istio
+/// accepts them.
+pub(crate) fn parse_retry_on(field: &str, text: &str) -> Result<RetryOn, FieldError> {
+    let mut on = RetryOn::default();
+    for token in text.split(',').map(str::trim).filter(|t| !t.is_empty()) {
+        match token {
+            "5xx" => on.server_error = true,
+            "gateway-error" => on.gateway_error = true,
+            "connect-failure" => on.connect_failure = true,
+            "refused-stream" => on.refused_stream = true,
+            "reset" | "reset-before-request" => on.reset = true,
+            "retriable-4xx" => on.statuses.push(409),
+            // Codes come from the numeric tokens; Istio lists none by default.
+            "retriable-status-codes" => {}
+            "cancelled" => on.grpc_codes.push(1),
+            "deadline-exceeded" => on.grpc_codes.push(4),
+            "resource-exhausted" => on.grpc_codes.push(8),
+            "internal" => on.grpc_codes.push(13),
+            "unavailable" => on.grpc_codes.push(14),
+            n => match n.parse::<u16>() {
+                Ok(s) if (100..=599).contains(&s) => on.statuses.push(s),
+                _ => {
+                    return Err(FieldError::new(
+                        field,
+                        format!(
+                            "unknown retry condition {n:?} (expected 5xx, gateway-error, connect-failure, refused-stream, reset, retriable-4xx, retriable-status-codes, cancelled, deadline-exceeded, internal, resource-exhausted, unavailable, or an HTTP status)"
+                        ),
+                    ));
+                }
+            },
+        }
+    }
+    on.statuses.sort_unstable();
+    on.statuses.dedup();
+    on.grpc_codes.sort_unstable();
+    on.grpc_codes.dedup();
+    Ok(on)
+}
+
+fn not_yet(field: impl Into<String>, what: &str) -> FieldError {
+    FieldError::new(field, format!("{what} is not supported yet"))
+}
+
+pub(crate) fn translate(value: serde_yaml::Value) -> Result<Translated, FieldError> {
+    let vs: VirtualService = from_value(value)?;
+    let source = vs.metadata.reference("VirtualService")?;
+    let spec = vs.spec;
+    let mut notes = Vec::new();
+    let mesh_bound = spec.gateways.is_empty() || spec.gateways.iter().any(|g| g == "mesh");
+    if !mesh_bound {
+        return Ok(Translated::Ignored(format!(
+            "bound only to gateways {:?}, not to the mesh; gateway routing is not supported yet",
+            spec.gateways
+        )));
+    }
+    let others: Vec<&String> = spec.gateways.iter().filter(|g| *g != "mesh").collect();
+    if !others.is_empty() {
+        notes.push(format!(
+            "gateways {others:?} ignored (gateway routing is not supported yet); applied to the mesh"
+        ));
+    }
+    if spec.tls.is_some() {
+        return Err(not_yet("spec.tls", "TLS routing"));
+    }
+    if !spec.export_to.is_empty() {
+        notes.push("spec.exportTo ignored: routes are visible mesh-wide".into());
+    }
+    if spec.hosts.is_empty() {
+        return Err(FieldError::new("spec.hosts", "must name at least one host"));
+    }
+    let mut parents = Vec::new();
+    for host in &spec.hosts {
+        match resolve_host(host, &source.namespace) {
+            Some(service) => parents.push(Parent {
+                service,
+                port: None,
+            }),
+            None => notes.push(format!(
+                "host {host:?} is not a cluster Service (wildcards and ServiceEntry hosts are not supported yet)"
+            )),
+        }
+    }
+    if parents.is_empty() {
+        return Ok(Translated::Ignored(format!(
+            "no host names a cluster Service: {:?} (wildcards and ServiceEntry hosts are not supported yet)",
+            spec.hosts
+        )));
+    }
+    let mut http = Vec::new();
+    for (i, route) in spec.http.iter().enumerate() {
+        let field = format!("spec.http[{i}]");
+        if let Some(r) = http_route(&source, &field, i, route, &mut notes)? {
+            http.push(r);
+        }
+    }
+    let mut tcp = Vec::new();
+    for (i, route) in spec.tcp.iter().enumerate() {
+        tcp.extend(tcp_route(&source, &format!("spec.tcp[{i}]"), i, route)?);
+    }
+    Ok(Translated::Resource(Resource::Routes(Box::new(RouteSet {
+        api: RouteApi::Istio,
+        source,
+        created: vs.metadata.creation_timestamp,
+        parents,
+        http,
+        tcp,
+        policy: PolicyLayer::default(),
+        notes,
+    }))))
+}
+
+fn backend(source: &ResourceRef, field: &str, d: &Destination) -> Result<BackendRef, FieldError> {
+    let service: ServiceKey = resolve_host(&d.host, &source.namespace).ok_or_else(|| {
+        FieldError::new(
+            format!("{field}.host"),
+            format!(
+                "{:?} is not a cluster Service; ServiceEntry hosts are not supported yet",
+                d.host
+            ),
+        )
+    })?;
+    let port = d
+        .port
+        .as_ref()
+        .map(|p| port(&format!("{field}.port.number"), p.number))
+        .transpose()?;
+    Ok(BackendRef {
+        service,
+        port,
+        subset: d.subset.clone(),
+    })
+}
+
+fn weighted(
+    source: &ResourceRef,
+    field: &str,
+    routes: &[RouteDestination],
+) -> Result<Vec<WeightedBackend>, FieldError> {
+    let mut out = Vec::with_capacity(routes.len());
+    for (j, r) in routes.iter().enumerate() {
+        let f = format!("{field}[{j}]");
+        let weight = match r.weight {
+            None => 0,
+            Some(w) if (0..=100).contains(&w) => w as u32,
+            Some(w) => {
+                return Err(FieldError::new(
+                    format!("{f}.weight"),
+                    format!("must be 0-100, got {w}"),
+                ));
+            }
+        };
+        let (request_headers, response_headers) = Headers::to_model(r.headers.as_ref());
+        out.push(WeightedBackend {
+            backend: backend(source, &format!("{f}.destination"), &r.destination)?,
+            weight,
+            request_headers,
+            response_headers,
+        });
+    }
+    match out.as_mut_slice() {
+        // A single destination takes all the traffic whatever its weight says.
+        [only] => only.weight = 100,
+        [] => {}
+        many => {
+            let sum: u32 = many.iter().map(|b| b.weight).sum();
+            if sum != 100 {
+                return Err(FieldError::new(
+                    field,
+                    format!(
+                        "weights must sum to 100 when there is more than one destination, got {sum}"
+                    ),
+                ));
+            }
+        }
+    }
+    Ok(out)
+}
+
+fn http_match(field: &str, m: &Match) -> Result<Option<HttpMatch>, FieldError> {
+    if m.scheme.is_some() {
+        return Err(not_yet(format!("{field}.scheme"), "matching on scheme"));
+    }
+    if m.ignore_uri_case {
+        return Err(not_yet(
+            format!("{field}.ignoreUriCase"),
+            "case-insensitive URI matching",
+        ));
+    }
+    if !m.gateways.is_empty() && !m.gateways.iter().any(|g| g == "mesh") {
+        // This block applies to gateways only; for the mesh it never matches.
+        return Ok(None);
+    }
+    let path = match &m.uri {
+        None => None,
+        Some(u) => match u.to_model(&format!("{field}.uri"))? {
+            None => None,
+            Some(StringMatch::Exact(p)) => Some(PathMatch::Exact(p)),
+            Some(StringMatch::Prefix(p)) => Some(PathMatch::Prefix(p)),
+            Some(StringMatch::Regex(r)) => Some(PathMatch::Regex(r)),
+        },
+    };
+    let method = match &m.method {
+        None => None,
+        Some(sm) => match sm.to_model(&format!("{field}.method"))? {
+            None => None,
+            Some(StringMatch::Exact(e)) => Some(e.to_ascii_uppercase()),
+            Some(_) => {
+                return Err(not_yet(
+                    format!("{field}.method"),
+                    "a method match other than exact",
+                ));
+            }
+        },
+    };
+    let authority = match &m.authority {
+        None => None,
+        Some(a) => a.to_model(&format!("{field}.authority"))?,
+    };
+    let mut headers = Vec::new();
+    for (invert, map, key) in [
+        (false, &m.headers, "headers"),
+        (true, &m.without_headers, "withoutHeaders"),
+    ] {
+        for (name, sm) in map {
+            headers.push(HeaderMatch {
+                name: name.to_ascii_lowercase(),
+                value: sm.to_model(&format!("{field}.{key}.{name}"))?,
+                invert,
+            });
+        }
+    }
+    let mut query = Vec::new();
+    for (name, sm) in &m.query_params {
+        query.push(QueryMatch {
+            name: name.clone(),
+            value: sm.to_model(&format!("{field}.queryParams.{name}"))?,
+        });
+    }
+    Ok(Some(HttpMatch {
+        path,
+        method,
+        authority,
+        headers,
+        query,
+        port: m
+            .port
+            .map(|p| port(&format!("{field}.port"), p))
+            .transpose()?,
+        source_labels: m.source_labels.clone(),
+        source_namespace: m.source_namespace.clone(),
+    }))
+}
+
+fn http_route(
+    source: &ResourceRef,
+    field: &str,
+    index: usize,
+    h: &Http,
+    notes: &mut Vec<String>,
+) -> Result<Option<HttpRoute>, FieldError> {
+    if h.delegate.is_some() {
+        return Err(not_yet(format!("{field}.delegate"), "delegation"));
+    }
+    if h.cors_policy.is_some() {
+        notes.push(format!(
+            "{field}.corsPolicy ignored: CORS is not supported yet"
+        ));
+    }
+    let mut matches = Vec::new();
+    for (j, m) in h.matches.iter().enumerate() {
+        if let Some(m) = http_match(&format!("{field}.match[{j}]"), m)? {
+            matches.push(m);
+        }
+    }
+    if !h.matches.is_empty() && matches.is_empty() {
+        notes.push(format!(
+            "{field}: every match is for gateways only; route skipped for the mesh"
+        ));
+        return Ok(None);
+    }
+    let action = match (&h.redirect, &h.direct_response, h.route.is_empty()) {
+        (Some(r), None, true) => RouteAction::Redirect(redirect(&format!("{field}.redirect"), r)?),
+        (None, Some(d), true) => direct_response(&format!("{field}.directResponse"), d)?,
+        (None, None, false) => {
+            RouteAction::Forward(weighted(source, &format!("{field}.route"), &h.route)?)
+        }
+        (None, None, true) => {
+            return Err(FieldError::new(
+                field,
+                "must have one of route, redirect, directResponse",
+            ));
+        }
+        _ => {
+            return Err(FieldError::new(
+                field,
+                "route, redirect and directResponse are mutually exclusive",
+            ));
+        }
+    };
+    let (request_headers, response_headers) = Headers::to_model(h.headers.as_ref());
+    let rewrite = match &h.rewrite {
+        None => None,
+        Some(rw) => {
+            if rw.uri_regex_rewrite.is_some() {
+                return Err(not_yet(
+                    format!("{field}.rewrite.uriRegexRewrite"),
+                    "regex rewrite",
+                ));
+            }
+            // Istio replaces the matched prefix when the route matched on a prefix, else the
+            // whole path.
+            let prefix_matched = matches
+                .iter()
+                .any(|m| matches!(m.path, Some(PathMatch::Prefix(_))));
+            Some(Rewrite {
+                path: rw.uri.clone().map(|u| {
+                    if prefix_matched {
+                        PathRewrite::Prefix(u)
+                    } else {
+                        PathRewrite::Full(u)
+                    }
+                }),
+                authority: rw.authority.clone(),
+            })
+        }
+    };
+    let mut mirrors = Vec::new();
+    if let Some(m) = &h.mirror {
+        let pct = match (&h.mirror_percentage, h.mirror_percent) {
+            (Some(p), _) => percent(&format!("{field}.mirrorPercentage.value"), p.value)?,
+            (None, Some(p)) => percent(&format!("{field}.mirrorPercent"), p as f64)?,
+            (None, None) => trellis_model::route::Percent::ALL,
+        };
+        mirrors.push(Mirror {
+            backend: backend(source, &format!("{field}.mirror"), m)?,
+            percent: pct,
+        });
+    }
+    for (j, m) in h.mirrors.iter().enumerate() {
+        let f = format!("{field}.mirrors[{j}]");
+        mirrors.push(Mirror {
+            backend: backend(source, &format!("{f}.destination"), &m.destination)?,
+            percent: match &m.percentage {
+                Some(p) => percent(&format!("{f}.percentage.value"), p.value)?,
+                None => trellis_model::route::Percent::ALL,
+            },
+        });
+    }
+    let fault = h
+        .fault
+        .as_ref()
+        .map(|f| fault(&format!("{field}.fault"), f))
+        .transpose()?;
+    let timeout = match &h.timeout {
+        None => None,
+        Some(t) => Some(duration(&format!("{field}.timeout"), t)?).filter(|d| !d.is_zero()),
+    };
+    let retry = match &h.retries {
+        None => Some(istio_default_retry()),
+        Some(r) => {
+            if r.retry_remote_localities.is_some() {
+                notes.push(format!(
+                    "{field}.retries.retryRemoteLocalities ignored: localities are not modelled"
+                ));
+            }
+            let attempts = non_negative_u32(&format!("{field}.retries.attempts"), r.attempts)?;
+            let on = match &r.retry_on {
+                Some(text) => parse_retry_on(&format!("{field}.retries.retryOn"), text)?,
+                None => istio_default_retry().on,
+            };
+            let per_try_timeout = r
+                .per_try_timeout
+                .as_ref()
+                .map(|t| duration(&format!("{field}.retries.perTryTimeout"), t))
+                .transpose()?;
+            (attempts > 0).then_some(RetryPolicy {
+                attempts,
+                per_try_timeout,
+                on,
+            })
+        }
+    };
+    // Redirects and direct responses never reach a backend: nothing to retry.
+    let retry = retry.filter(|_| matches!(action, RouteAction::Forward(_)));
+    Ok(Some(HttpRoute {
+        name: h
+            .name
+            .clone()
+            .unwrap_or_else(|| format!("{}/{index}", source.name)),
+        source: source.clone(),
+        matches,
+        action,
+        request_headers,
+        response_headers,
+        rewrite,
+        mirrors,
+        fault,
+        timeout,
+        retry,
+    }))
+}
+
+fn redirect(field: &str, r: &HttpRedirect) -> Result<Redirect, FieldError> {
+    if r.derive_port.is_some() {
+        return Err(not_yet(format!("{field}.derivePort"), "derivePort"));
+    }
+    let status = match r.redirect_code {
+        None => 301,
+        Some(c @ (301 | 302 | 303 | 307 | 308)) => c as u16,
+        Some(c) => {
+            return Err(FieldError::new(
+                format!("{field}.redirectCode"),
+                format!("must be 301, 302, 303, 307 or 308, got {c}"),
+            ));
+        }
+    };
+    Ok(Redirect {
+        scheme: r.scheme.clone(),
+        host: r.authority.clone(),
+        port: r
+            .port
+            .map(|p| port(&format!("{field}.port"), p))
+            .transpose()?,
+        path: r.uri.clone().map(PathRewrite::Full),
+        status,
+    })
+}
+
+fn direct_response(field: &str, d: &DirectResponse) -> Result<RouteAction, FieldError> {
+    if !(200..=599).contains(&d.status) {
+        return Err(FieldError::new(
+            format!("{field}.status"),
+            format!("must be 200-599, got {}", d.status),
+        ));
+    }
+    let body = match &d.body {
+        None => None,
+        Some(Body { bytes: Some(_), .. }) => {
+            return Err(not_yet(format!("{field}.body.bytes"), "a binary body"));
+        }
+        Some(b) => b.string.clone(),
+    };
+    Ok(RouteAction::DirectResponse {
+        status: d.status as u16,
+        body,
+    })
+}
+
+fn grpc_code(name: &str) -> Option<u32> {
+    const CODES: [&str; 17] = [
+        "OK",
+        "CANCELLED",
+        "UNKNOWN",
+        "INVALID_ARGUMENT",
+        "DEADLINE_EXCEEDED",
+        "NOT_FOUND",
+        "ALREADY_EXISTS",
+        "PERMISSION_DENIED",
+        "RESOURCE_EXHAUSTED",
+        "FAILED_PRECONDITION",
+        "ABORTED",
+        "OUT_OF_RANGE",
+        "UNIMPLEMENTED",
+        "INTERNAL",
+        "UNAVAILABLE",
+        "DATA_LOSS",
+        "UNAUTHENTICATED",
+    ];
+    (CODES.iter().position(|c| c.eq_ignore_ascii_case(name)))
+        .and_then(|i| u32::try_from(i).ok())
+        .or_else(|| name.parse().ok().filter(|n| *n <= 16))
+}
+
+fn fault(field: &str, f: &FaultInjection) -> Result<Fault, FieldError> {
+    // Istio: an unstated percentage injects nothing.
+    let pct = |p: &Option<Percent>, legacy: Option<i64>, f: &str| match (p, legacy) {
+        (Some(p), _) => percent(&format!("{f}.percentage.value"), p.value),
+        (None, Some(n)) => percent(&format!("{f}.percent"), n as f64),
+        (None, None) => Ok(trellis_model::route::Percent(0.0)),
+    };
+    let delay = match &f.delay {
+        None => None,
+        Some(d) => {
+            let df = format!("{field}.delay");
+            let fixed = d.fixed_delay.as_ref().ok_or_else(|| {
+                FieldError::new(
+                    format!("{df}.fixedDelay"),
+                    "is required (exponentialDelay is not supported yet)",
+                )
+            })?;
+            Some(FaultDelay {
+                fixed: duration(&format!("{df}.fixedDelay"), fixed)?,
+                percent: pct(&d.percentage, d.percent, &df)?,
+            })
+        }
+    };
+    let abort = match &f.abort {
+        None => None,
+        Some(a) => {
+            let af = format!("{field}.abort");
+            if a.http2_error.is_some() {
+                return Err(not_yet(
+                    format!("{af}.http2Error"),
+                    "aborting with an HTTP/2 error",
+                ));
+            }
+            let status = match (a.http_status, &a.grpc_status) {
+                (Some(s), None) if (200..=599).contains(&s) => AbortStatus::Http(s as u16),
+                (Some(s), None) => {
+                    return Err(FieldError::new(
+                        format!("{af}.httpStatus"),
+                        format!("must be 200-599, got {s}"),
+                    ));
+                }
+                (None, Some(g)) => AbortStatus::Grpc(grpc_code(g).ok_or_else(|| {
+                    FieldError::new(
+                        format!("{af}.grpcStatus"),
+                        format!("must be a gRPC status name like UNAVAILABLE, got {g:?}"),
+                    )
+                })?),
+                _ => {
+                    return Err(FieldError::new(
+                        af,
+                        "must set exactly one of httpStatus, grpcStatus",
+                    ));
+                }
+            };
+            Some(FaultAbort {
+                status,
+                percent: pct(&a.percentage, None, &af)?,
+            })
+        }
+    };
+    Ok(Fault { delay, abort })
+}
+
+fn tcp_route(
+    source: &ResourceRef,
+    field: &str,
+    index: usize,
+    t: &Tcp,
+) -> Result<Vec<TcpRoute>, FieldError> {
+    let backends = weighted(source, &format!("{field}.route"), &t.route)?;
+    if backends.is_empty() {
+        return Err(FieldError::new(
+            format!("{field}.route"),
+            "must name a destination",
+        ));
+    }
+    let name = format!("{}/tcp/{index}", source.name);
+    let mut ports = Vec::new();
+    for (j, m) in t.matches.iter().enumerate() {
+        let mf = format!("{field}.match[{j}]");
+        if !m.destination_subnets.is_empty() {
+            return Err(not_yet(
+                format!("{mf}.destinationSubnets"),
+                "matching on subnets",
+            ));
+        }
+        if !m.source_labels.is_empty() {
+            return Err(not_yet(
+                format!("{mf}.sourceLabels"),
+                "TCP matching on source labels",
+            ));
+        }
+        if m.source_namespace.is_some() {
+            return Err(not_yet(
+                format!("{mf}.sourceNamespace"),
+                "TCP matching on source namespace",
+            ));
+        }
+        if !m.gateways.is_empty() && !m.gateways.iter().any(|g| g == "mesh") {
+            continue;
+        }
+        ports.push(m.port.map(|p| port(&format!("{mf}.port"), p)).transpose()?);
+    }
+    if t.matches.is_empty() {
+        ports.push(None);
+    }
+    Ok(ports
+        .into_iter()
+        .map(|port| TcpRoute {
+            name: name.clone(),
+            source: source.clone(),
+            port,
+            backends: backends.clone(),
+        })
+        .collect())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn retry_on_tokens() {
+        let on = parse_retry_on("f", "5xx, connect-failure,unavailable,503,retriable-4xx").unwrap();
+        assert!(on.server_error && on.connect_failure);
+        assert_eq!(on.statuses, [409, 503]);
+        assert_eq!(on.grpc_codes, [14]);
+        let err = parse_retry_on("f", "5xx,bogus").unwrap_err();
+        assert!(err.message.contains("\"bogus\""), "{}", err.message);
+    }
+
+    #[test]
+    fn grpc_names() {
+        assert_eq!(grpc_code("UNAVAILABLE"), Some(14));
+        assert_eq!(grpc_code("cancelled"), Some(1));
+        assert_eq!(grpc_code("nope"), None);
+    }
+}
