@@ -64,9 +64,7 @@ impl MeshBuilder {
                 )
             })
             .collect();
-        let file_refs: Vec<(&str, String)> =
-            files.iter().map(|(n, t)| (n.as_str(), t.clone())).collect();
-        let config = config_dir(&file_refs).unwrap_or_else(|e| panic!("writing mesh config: {e}"));
+        let config = config_dir(&files).unwrap_or_else(|e| panic!("writing mesh config: {e}"));
         let control = ControlPlane::start(config.path())
             .unwrap_or_else(|e| panic!("starting trellis-control: {e}"));
         let url = control.url();

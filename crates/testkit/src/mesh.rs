@@ -95,7 +95,9 @@ const LOOPBACK_ANY: SocketAddr = SocketAddr::V4(std::net::SocketAddrV4::new(
 ));
 
 /// A directory of mesh configuration (Kubernetes YAML) for the control plane to read.
-pub fn config_dir(files: &[(&str, String)]) -> std::io::Result<tempfile::TempDir> {
+pub fn config_dir<N: AsRef<Path>, T: AsRef<[u8]>>(
+    files: &[(N, T)],
+) -> std::io::Result<tempfile::TempDir> {
     let dir = tempfile::Builder::new()
         .prefix("trellis-config-")
         .tempdir()?;
