@@ -99,8 +99,38 @@ pub fn target_to_wire(t: &Target) -> pb::Target {
     pb::Target { kind: Some(kind) }
 }
 
+/// The `traffic_schema` this control plane writes (see the proto).
+pub const TRAFFIC_SCHEMA: u32 = 1;
+
+/// The traffic part of a destination as it travels in `traffic_json`. Borrowing, so encoding
+/// copies nothing; the proxy decodes the same shape into owned model types.
+#[derive(serde::Serialize)]
+struct TrafficJson<'a> {
+    policy: &'a trellis_model::policy::TrafficPolicy,
+    #[serde(skip_serializing_if = "<[_]>::is_empty")]
+    routes: &'a [trellis_model::route::HttpRoute],
+    #[serde(skip_serializing_if = "<[_]>::is_empty")]
+    tcp_routes: &'a [trellis_model::route::TcpRoute],
+    #[serde(skip_serializing_if = "<[_]>::is_empty")]
+    backends: &'a [trellis_model::Backend],
+}
+
+fn traffic_json(d: &Destination) -> String {
+    let traffic = TrafficJson {
+        policy: &d.policy,
+        routes: &d.routes,
+        tcp_routes: &d.tcp_routes,
+        backends: &d.backends,
+    };
+    // Serializing plain data with string keys cannot fail; an empty string would only mean
+    // "defaults", never a half-written value.
+    serde_json::to_string(&traffic).unwrap_or_default()
+}
+
 pub fn destination_to_wire(d: &Destination) -> pb::Destination {
     pb::Destination {
+        traffic_json: traffic_json(d),
+        traffic_schema: TRAFFIC_SCHEMA,
         authority: d.authority.clone(),
         service_name: d.service.name.clone(),
         service_namespace: d.service.namespace.clone(),

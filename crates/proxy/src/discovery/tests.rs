@@ -23,7 +23,143 @@ fn wire_destination() -> pb::Destination {
                 .collect(),
             target_port: 9081,
         }],
+        traffic_json: String::new(),
+        traffic_schema: 0,
     }
+}
+
+/// A 90/10 split across two subsets, with the subsets' endpoints, as the control plane sends.
+fn traffic_json() -> String {
+    use trellis_model::route::{
+        BackendRef, HeaderModifier, HttpRoute, Mirror, Percent, ResourceRef, RouteAction,
+        WeightedBackend,
+    };
+    let subset = |name: &str| BackendRef {
+        service: ServiceKey::new("default", "reviews"),
+        port: None,
+        subset: Some(name.into()),
+    };
+    let weighted = |name: &str, weight| WeightedBackend {
+        backend: subset(name),
+        weight,
+        request_headers: HeaderModifier::default(),
+        response_headers: HeaderModifier::default(),
+    };
+    let route = HttpRoute {
+        name: "reviews/0".into(),
+        source: ResourceRef {
+            kind: "VirtualService".into(),
+            namespace: "default".into(),
+            name: "reviews".into(),
+        },
+        matches: vec![],
+        action: RouteAction::Forward(vec![weighted("v1", 90), weighted("v3", 10)]),
+        request_headers: HeaderModifier::default(),
+        response_headers: HeaderModifier::default(),
+        rewrite: None,
+        mirrors: vec![Mirror {
+            backend: subset("v3"),
+            percent: Percent(5.0),
+        }],
+        fault: None,
+        timeout: None,
+        retry: None,
+    };
+    let backend = |name: &str, port: u16| trellis_model::Backend {
+        backend: subset(name),
+        authority: "reviews.default.svc.cluster.local:9080".into(),
+        endpoints: vec![trellis_model::Endpoint {
+            address: format!("127.0.0.1:{port}").parse().unwrap(),
+            meshed: true,
+            identity: Some("spiffe://cluster.local/ns/default/sa/reviews".into()),
+            workload: format!("reviews-{name}"),
+            labels: BTreeMap::new(),
+            target_port: 9080,
+        }],
+        policy: Default::default(),
+    };
+    serde_json::json!({
+        "policy": trellis_model::policy::TrafficPolicy::default(),
+        "routes": [route],
+        "backends": [backend("v1", 21001), backend("v3", 21003)],
+    })
+    .to_string()
+}
+
+fn with_traffic(json: String) -> pb::Destination {
+    pb::Destination {
+        traffic_json: json,
+        traffic_schema: 1,
+        ..wire_destination()
+    }
+}
+
+#[test]
+fn traffic_json_decodes_into_routes_and_backends() {
+    let d = destination_from_wire(with_traffic(traffic_json())).unwrap();
+    assert_eq!(d.routes.len(), 1);
+    assert_eq!(d.backends.len(), 2);
+    let route_backends = match &d.routes[0].action {
+        trellis_model::route::RouteAction::Forward(bs) => bs.clone(),
+        other => panic!("{other:?}"),
+    };
+    let (eps, _) = d.backend(&route_backends[1].backend).unwrap();
+    assert_eq!(eps[0].workload, "reviews-v3");
+    // Empty: no traffic config at all, whatever the schema says.
+    let plain = destination_from_wire(wire_destination()).unwrap();
+    assert!(plain.routes.is_empty() && plain.backends.is_empty());
+    // Every key is optional.
+    let d = destination_from_wire(with_traffic("{}".into())).unwrap();
+    assert_eq!(d.policy, trellis_model::policy::TrafficPolicy::default());
+}
+
+#[test]
+fn bad_traffic_is_nacked_and_last_good_kept() {
+    let (inner, rx) = tracked();
+    inner.apply_update(update(1, Some(with_traffic(traffic_json()))));
+    let good = rx.borrow().clone();
+    assert!(matches!(&good, Resolution::Found(d) if d.routes.len() == 1));
+    let nack_error =
+        |d: pb::Destination, version| match inner.apply_update(update(version, Some(d))).kind {
+            Some(pb::proxy_message::Kind::Nack(nack)) => {
+                assert_eq!(nack.version, version);
+                nack.error
+            }
+            other => panic!("expected a Nack, got {other:?}"),
+        };
+    let err = nack_error(with_traffic("{\"routes\": [{\"name\": 1}]}".into()), 2);
+    assert!(
+        err.starts_with("destination.traffic_json: cannot decode: "),
+        "{err}"
+    );
+    let err = nack_error(with_traffic("not json".into()), 3);
+    assert!(
+        err.starts_with("destination.traffic_json: cannot decode: "),
+        "{err}"
+    );
+    let mut future = with_traffic(traffic_json());
+    future.traffic_schema = 2;
+    let err = nack_error(future, 4);
+    assert_eq!(
+        err,
+        "destination.traffic_schema: schema 2 is not supported (this proxy reads 1)"
+    );
+    let out_of_range = traffic_json().replace("\"percent\":5.0", "\"percent\":500.0");
+    assert!(out_of_range.contains("500.0"), "{out_of_range}");
+    let err = nack_error(with_traffic(out_of_range), 5);
+    assert_eq!(
+        err,
+        "destination.traffic_json.routes[0].mirrors[0].percent: percent must be 0-100, got 500"
+    );
+    let bad_regex = traffic_json().replace("\"matches\"", "\"x\"").replace(
+        "\"name\":\"reviews/0\"",
+        "\"name\":\"reviews/0\",\"matches\":[{\"path\":{\"regex\":\"(\"}}]",
+    );
+    let err = nack_error(with_traffic(bad_regex), 6);
+    assert!(err.contains("cannot decode"), "{err}");
+    assert_eq!(*rx.borrow(), good, "the last good value stays");
+    let status = inner.status().clone();
+    assert_eq!((status.nacks, status.last_acked_version), (5, Some(1)));
 }
 
 fn target() -> Target {

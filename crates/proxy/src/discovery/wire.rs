@@ -6,7 +6,9 @@ use std::sync::Arc;
 
 use trellis_api::discovery as pb;
 use trellis_identity::SpiffeId;
-use trellis_model::{AppProtocol, Destination, Endpoint, ServiceKey, Target, Workload};
+use trellis_model::policy::TrafficPolicy;
+use trellis_model::route::{AbortStatus, HttpRoute, Percent, RouteAction, TcpRoute};
+use trellis_model::{AppProtocol, Backend, Destination, Endpoint, ServiceKey, Target, Workload};
 
 use super::Resolution;
 
@@ -22,6 +24,9 @@ pub enum UpdateError {
     Port { field: String, value: u32 },
     #[error("{field}: {value:?} is not a valid target")]
     Target { field: String, value: String },
+    /// `traffic_json` could not be decoded, or decoded to values out of range.
+    #[error("{field}: {message}")]
+    Traffic { field: String, message: String },
     #[error("{field}: {source}")]
     Identity {
         field: String,
@@ -135,14 +140,141 @@ pub(crate) fn destination_from_wire(d: pb::Destination) -> Result<Destination, U
             })
         })
         .collect::<Result<Vec<_>, UpdateError>>()?;
+    let traffic = traffic_from_wire(&d.traffic_json, d.traffic_schema)?;
     Ok(Destination {
         authority: d.authority,
         service: ServiceKey::new(d.service_namespace, d.service_name),
         port: port("destination.port", d.port)?,
         protocol: AppProtocol::from_wire(&d.protocol),
         endpoints,
-        ..Destination::default()
+        policy: traffic.policy,
+        routes: traffic.routes,
+        tcp_routes: traffic.tcp_routes,
+        backends: traffic.backends,
     })
+}
+
+/// The `traffic_schema` this proxy reads (see the proto).
+pub(crate) const TRAFFIC_SCHEMA: u32 = 1;
+
+/// The decoded `traffic_json`: the model's own serde encoding, every key optional.
+#[derive(Debug, Default, serde::Deserialize)]
+#[serde(default)]
+struct TrafficJson {
+    policy: TrafficPolicy,
+    routes: Vec<HttpRoute>,
+    tcp_routes: Vec<TcpRoute>,
+    backends: Vec<Backend>,
+}
+
+fn traffic_error(field: String, message: impl Into<String>) -> UpdateError {
+    UpdateError::Traffic {
+        field,
+        message: message.into(),
+    }
+}
+
+fn traffic_from_wire(json: &str, schema: u32) -> Result<TrafficJson, UpdateError> {
+    const FIELD: &str = "destination.traffic_json";
+    if json.is_empty() {
+        return Ok(TrafficJson::default());
+    }
+    if schema != TRAFFIC_SCHEMA {
+        return Err(traffic_error(
+            "destination.traffic_schema".into(),
+            format!("schema {schema} is not supported (this proxy reads {TRAFFIC_SCHEMA})"),
+        ));
+    }
+    let traffic: TrafficJson = serde_json::from_str(json)
+        .map_err(|e| traffic_error(FIELD.into(), format!("cannot decode: {e}")))?;
+    validate_traffic(&traffic)?;
+    Ok(traffic)
+}
+
+/// Range checks serde cannot make: a value the proxy would misbehave on is refused whole.
+fn validate_traffic(t: &TrafficJson) -> Result<(), UpdateError> {
+    let pct = |field: String, p: Percent| {
+        if (0.0..=100.0).contains(&p.0) {
+            Ok(())
+        } else {
+            Err(traffic_error(
+                field,
+                format!("percent must be 0-100, got {}", p.0),
+            ))
+        }
+    };
+    for (i, r) in t.routes.iter().enumerate() {
+        let f = |s: &str| format!("destination.traffic_json.routes[{i}].{s}");
+        match &r.action {
+            RouteAction::Redirect(redirect) if !(300..=399).contains(&redirect.status) => {
+                return Err(traffic_error(
+                    f("action.redirect.status"),
+                    format!("must be 300-399, got {}", redirect.status),
+                ));
+            }
+            RouteAction::DirectResponse { status, .. } if !(100..=599).contains(status) => {
+                return Err(traffic_error(
+                    f("action.direct_response.status"),
+                    format!("must be 100-599, got {status}"),
+                ));
+            }
+            _ => {}
+        }
+        for (j, m) in r.mirrors.iter().enumerate() {
+            pct(f(&format!("mirrors[{j}].percent")), m.percent)?;
+        }
+        if let Some(fault) = &r.fault {
+            if let Some(d) = &fault.delay {
+                pct(f("fault.delay.percent"), d.percent)?;
+            }
+            if let Some(a) = &fault.abort {
+                pct(f("fault.abort.percent"), a.percent)?;
+                if let AbortStatus::Http(s) = a.status
+                    && !(200..=599).contains(&s)
+                {
+                    return Err(traffic_error(
+                        f("fault.abort.status.http"),
+                        format!("must be 200-599, got {s}"),
+                    ));
+                }
+            }
+        }
+    }
+    let budget = |field: String, p: &TrafficPolicy| {
+        let ratio = p.retry_budget.ratio;
+        if ratio.is_finite() && ratio >= 0.0 {
+            Ok(())
+        } else {
+            Err(traffic_error(
+                field,
+                format!("must be a finite ratio >= 0, got {ratio}"),
+            ))
+        }
+    };
+    budget(
+        "destination.traffic_json.policy.retry_budget.ratio".into(),
+        &t.policy,
+    )?;
+    for (i, b) in t.backends.iter().enumerate() {
+        let f = |s: &str| format!("destination.traffic_json.backends[{i}].{s}");
+        budget(f("policy.retry_budget.ratio"), &b.policy)?;
+        for (j, e) in b.endpoints.iter().enumerate() {
+            if let Some(id) = &e.identity {
+                id.parse::<SpiffeId>()
+                    .map_err(|source| UpdateError::Identity {
+                        field: f(&format!("endpoints[{j}].identity")),
+                        source,
+                    })?;
+            }
+            if e.target_port == 0 {
+                return Err(UpdateError::Port {
+                    field: f(&format!("endpoints[{j}].target_port")),
+                    value: 0,
+                });
+            }
+        }
+    }
+    Ok(())
 }
 
 /// The target an Update is about and the resolution it carries.
