@@ -61,7 +61,8 @@ impl EndpointState {
     }
 
     pub fn ewma_cost(&self) -> f64 {
-        lock(&self.ewma).cost(self.in_flight())
+        let now = self.nanos(Instant::now());
+        lock(&self.ewma).cost(self.in_flight(), now)
     }
 
     pub fn ewma_estimate_nanos(&self) -> f64 {

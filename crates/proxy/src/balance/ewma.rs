@@ -1,7 +1,10 @@
 //! Peak-EWMA latency, as in Linkerd (and Finagle before it): a latency estimate that jumps up
 //! at once on a slow answer (the peak) and decays towards faster answers exponentially, with a
-//! time constant of [`DECAY`]. The balancer's cost is `estimate × (in_flight + 1)`, so an
-//! endpoint that is slow, or busy, or both, is chosen less.
+//! time constant of [`DECAY_NANOS`]. Without new observations the estimate also decays towards
+//! zero with the same time constant (as tower's `PeakEwma` does), so an endpoint that was slow
+//! or failed once, or was never tried, is tried again in time instead of starving. The
+//! balancer's cost is `estimate × (in_flight + 1)`, so an endpoint that is slow, or busy, or
+//! both, is chosen less.
 //!
 //! Pure: time is passed in as nanoseconds since an arbitrary origin.
 
@@ -44,9 +47,16 @@ impl PeakEwma {
         self.rtt_nanos
     }
 
-    /// The balancer's cost: the estimate scaled by the work already waiting on the endpoint.
-    pub fn cost(&self, in_flight: u64) -> f64 {
-        self.rtt_nanos * (in_flight as f64 + 1.0)
+    /// The estimate at `now`, decayed towards zero since the last observation.
+    pub fn decayed_nanos(&self, now_nanos: u64) -> f64 {
+        let idle = now_nanos.saturating_sub(self.stamp_nanos) as f64;
+        self.rtt_nanos * (-idle / DECAY_NANOS).exp()
+    }
+
+    /// The balancer's cost at `now`: the decayed estimate scaled by the work already waiting
+    /// on the endpoint.
+    pub fn cost(&self, in_flight: u64, now_nanos: u64) -> f64 {
+        self.decayed_nanos(now_nanos) * (in_flight as f64 + 1.0)
     }
 }
 
@@ -78,7 +88,18 @@ mod tests {
     #[test]
     fn cost_grows_with_in_flight_work() {
         let e = PeakEwma::new(0);
-        assert!(e.cost(3) > e.cost(0));
-        assert_eq!(e.cost(1), 2.0 * DEFAULT_RTT_NANOS);
+        assert!(e.cost(3, 0) > e.cost(0, 0));
+        assert_eq!(e.cost(1, 0), 2.0 * DEFAULT_RTT_NANOS);
+    }
+
+    #[test]
+    fn an_idle_estimate_fades() {
+        let mut e = PeakEwma::new(0);
+        e.observe(1e9, 0);
+        assert_eq!(e.decayed_nanos(0), 1e9);
+        // After 10 s idle: 1/e of it; after a minute, below the default for new endpoints.
+        let ten = e.decayed_nanos(10 * SEC);
+        assert!((ten - 1e9 / std::f64::consts::E).abs() < 1e6, "{ten}");
+        assert!(e.decayed_nanos(60 * SEC) < DEFAULT_RTT_NANOS);
     }
 }

@@ -1,0 +1,385 @@
+//! Retries, budgets, timeouts, deadlines, balancers, circuit breaking and outlier detection on
+//! loopback, against real HTTP backends whose behaviour the tests change while they run.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+mod support;
+
+use std::sync::atomic::Ordering::Relaxed;
+use std::time::Duration;
+
+use bytes::Bytes;
+use http_body_util::Full;
+use hyper_util::client::legacy::Client;
+use hyper_util::rt::TokioExecutor;
+use tokio::time::Instant;
+use trellis_model::Destination;
+use trellis_model::policy::{ConnectionPool, LoadBalancer, OutlierDetection, RetryBudget};
+use trellis_model::route::{
+    BackendRef, HeaderModifier, HttpRoute, ResourceRef, RetryOn, RetryPolicy, RouteAction,
+};
+
+use support::routed::{Backend, Routed, destination, reviews, routed, weighted};
+
+fn own() -> BackendRef {
+    BackendRef {
+        service: reviews(),
+        port: None,
+        subset: None,
+    }
+}
+
+/// One catch-all route to the service's own endpoints.
+fn route_with(retry: Option<RetryPolicy>, timeout: Option<Duration>) -> HttpRoute {
+    HttpRoute {
+        name: "all".into(),
+        source: ResourceRef::default(),
+        matches: Vec::new(),
+        action: RouteAction::Forward(vec![weighted(own(), 1)]),
+        request_headers: HeaderModifier::default(),
+        response_headers: HeaderModifier::default(),
+        rewrite: None,
+        mirrors: Vec::new(),
+        fault: None,
+        timeout,
+        retry,
+    }
+}
+
+fn retry_on_5xx(attempts: u32) -> RetryPolicy {
+    RetryPolicy {
+        attempts,
+        per_try_timeout: None,
+        on: RetryOn {
+            server_error: true,
+            connect_failure: true,
+            ..RetryOn::default()
+        },
+    }
+}
+
+async fn failures(proxy: &Routed, n: u32) -> u32 {
+    let mut failed = 0;
+    for _ in 0..n {
+        if proxy.get("/").await.status != 200 {
+            failed += 1;
+        }
+    }
+    failed
+}
+
+#[tokio::test]
+async fn retries_recover_from_one_failing_endpoint_among_three() {
+    let (a, b, bad) = (
+        Backend::start("a").await,
+        Backend::start("b").await,
+        Backend::start("bad").await,
+    );
+    bad.status.store(503, Relaxed);
+    let mut dest = destination(&[&a, &b, &bad]);
+    dest.routes = vec![route_with(Some(retry_on_5xx(2)), None)];
+    // Round robin keeps sending the failing endpoint a third of first attempts until it is
+    // ejected (peak-EWMA would mostly avoid it on its own). Istio's outlier detection defaults
+    // (5 consecutive 5xx, 30 s, 10% but at least one) and the default retry budget.
+    dest.policy.load_balancer = LoadBalancer::RoundRobin;
+    dest.policy.outlier_detection = Some(OutlierDetection::default());
+    let proxy = routed(dest).await;
+    let n = 1_000;
+    let failed = failures(&proxy, n).await;
+    println!(
+        "failed {failed}/{n}; bad endpoint saw {}; retries {}",
+        bad.hits(),
+        proxy.metric("trellis_retries_total{direction=\"outbound\"}")
+    );
+    assert!(failed * 100 <= n, "{failed} of {n} failed");
+    assert!(bad.hits() >= 5, "the bad endpoint was tried until ejected");
+    assert_eq!(
+        proxy.metric("trellis_outlier_ejections_total{direction=\"outbound\"}"),
+        1
+    );
+    assert!(
+        proxy.metric("trellis_retries_total{direction=\"outbound\"}")
+            >= bad.hits() - u64::from(failed)
+    );
+}
+
+#[tokio::test]
+async fn the_budget_caps_extra_load_when_every_endpoint_fails() {
+    let backends = [
+        Backend::start("a").await,
+        Backend::start("b").await,
+        Backend::start("c").await,
+    ];
+    for b in &backends {
+        b.status.store(503, Relaxed);
+    }
+    let mut dest = destination(&[&backends[0], &backends[1], &backends[2]]);
+    dest.routes = vec![route_with(Some(retry_on_5xx(3)), None)];
+    dest.policy.retry_budget = RetryBudget {
+        ratio: 0.2,
+        min_per_second: 1,
+        ttl: Duration::from_secs(10),
+    };
+    let proxy = routed(dest).await;
+    let n = 500;
+    assert_eq!(failures(&proxy, n).await, n);
+    let seen: u64 = backends.iter().map(Backend::hits).sum();
+    // (1 + 0.2) × 500 plus the floor of 1/s × 10 s; without a budget it would be 4 × 500.
+    let cap = 600 + 10;
+    println!("backends saw {seen} attempts for {n} requests (cap {cap})");
+    assert!(seen <= cap, "{seen} attempts");
+    assert!(
+        seen >= 600,
+        "the budget should allow its full ratio: {seen}"
+    );
+    assert!(proxy.metric("trellis_retry_budget_exhausted_total{direction=\"outbound\"}") > 0);
+}
+
+#[tokio::test]
+async fn large_bodies_are_not_retried_small_ones_are() {
+    let bad = Backend::start("bad").await;
+    bad.status.store(503, Relaxed);
+    let mut dest = destination(&[&bad]);
+    dest.routes = vec![route_with(Some(retry_on_5xx(1)), None)];
+    let proxy = routed(dest).await;
+    let post = |len: usize| {
+        proxy
+            .request("/upload")
+            .method("POST")
+            .body(Full::new(Bytes::from(vec![b'x'; len])))
+            .unwrap()
+    };
+    assert_eq!(proxy.send(post(1024)).await.status, 503);
+    assert_eq!(bad.hits(), 2);
+    let (_, _, body) = bad.last.lock().unwrap().clone().unwrap();
+    assert_eq!(body.len(), 1024, "the retry carried the whole body");
+    assert_eq!(proxy.send(post(100 * 1024)).await.status, 503);
+    assert_eq!(bad.hits(), 3, "a 100 KiB body is streamed once");
+    let (_, _, body) = bad.last.lock().unwrap().clone().unwrap();
+    assert_eq!(body.len(), 100 * 1024);
+}
+
+#[tokio::test]
+async fn connect_failures_are_retried_by_default_on_another_endpoint() {
+    let good = Backend::start("good").await;
+    let mut dest = destination(&[&good]);
+    let mut dead = good.endpoint();
+    dead.address = ([127, 0, 0, 1], 1).into();
+    dest.endpoints.push(dead);
+    // No routes at all: the default policy (connect failures) applies.
+    let proxy = routed(dest).await;
+    assert_eq!(failures(&proxy, 200).await, 0);
+    assert_eq!(good.hits(), 200);
+}
+
+#[tokio::test]
+async fn route_timeout_answers_504() {
+    let slow = Backend::start("slow").await;
+    slow.delay_ms.store(2_000, Relaxed);
+    let mut dest = destination(&[&slow]);
+    dest.routes = vec![route_with(None, Some(Duration::from_millis(200)))];
+    let proxy = routed(dest).await;
+    let started = Instant::now();
+    let a = proxy.get("/").await;
+    assert_eq!(a.status, 504);
+    assert_eq!(a.headers["trellis-error"], "request timeout");
+    assert!(started.elapsed() < Duration::from_millis(1_500));
+    assert_eq!(
+        proxy.metric("trellis_request_timeouts_total{direction=\"outbound\"}"),
+        1
+    );
+}
+
+#[tokio::test]
+async fn per_try_timeout_moves_on_to_a_fast_endpoint() {
+    let (slow, fast) = (Backend::start("slow").await, Backend::start("fast").await);
+    slow.delay_ms.store(2_000, Relaxed);
+    let mut dest = destination(&[&slow, &fast]);
+    dest.policy.load_balancer = LoadBalancer::RoundRobin;
+    let mut retry = retry_on_5xx(2);
+    retry.on.gateway_error = true;
+    retry.per_try_timeout = Some(Duration::from_millis(100));
+    dest.routes = vec![route_with(Some(retry), Some(Duration::from_secs(1)))];
+    let proxy = routed(dest).await;
+    for _ in 0..10 {
+        let started = Instant::now();
+        let a = proxy.get("/").await;
+        assert_eq!((a.status, a.body.as_str()), (200, "fast"));
+        assert!(started.elapsed() < Duration::from_millis(900));
+    }
+}
+
+#[tokio::test]
+async fn grpc_deadline_is_honoured_and_propagated() {
+    let slow = Backend::start("slow").await;
+    let mut dest = destination(&[&slow]);
+    dest.routes = vec![route_with(None, Some(Duration::from_secs(5)))];
+    let proxy = routed(dest).await;
+    let h2: Client<_, Full<Bytes>> = Client::builder(TokioExecutor::new())
+        .http2_only(true)
+        .build_http();
+    let grpc = || {
+        proxy
+            .request("/pkg.Svc/Call")
+            .method("POST")
+            .header("content-type", "application/grpc")
+            .header("te", "trailers")
+            .header("grpc-timeout", "300m")
+            .body(Full::new(Bytes::new()))
+            .unwrap()
+    };
+    // In time: the upstream sees the remaining budget, not more than the caller gave.
+    let resp = h2.request(grpc()).await.unwrap();
+    assert_eq!(resp.status(), 200);
+    let sent = slow.last_headers()["grpc-timeout"]
+        .to_str()
+        .unwrap()
+        .to_string();
+    let left = trellis_proxy::resilience::deadline::parse_grpc_timeout(sent.as_bytes()).unwrap();
+    assert!(
+        left <= Duration::from_millis(300) && left > Duration::from_millis(200),
+        "{sent}"
+    );
+    // Too slow: DEADLINE_EXCEEDED after the caller's 300 ms, not the route's 5 s.
+    slow.delay_ms.store(2_000, Relaxed);
+    let started = Instant::now();
+    let resp = tokio::time::timeout(support::WAIT, h2.request(grpc()))
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(resp.status(), 200);
+    assert_eq!(resp.headers()["grpc-status"], "4");
+    assert!(started.elapsed() < Duration::from_millis(1_500));
+}
+
+#[tokio::test]
+async fn connection_pool_limits_answer_503_at_once() {
+    let slow = Backend::start("slow").await;
+    slow.delay_ms.store(500, Relaxed);
+    let mut dest = destination(&[&slow]);
+    dest.policy.connection_pool = ConnectionPool {
+        max_requests: Some(1),
+        ..ConnectionPool::default()
+    };
+    let proxy = std::sync::Arc::new(routed(dest).await);
+    let first = {
+        let proxy = proxy.clone();
+        tokio::spawn(async move { proxy.get("/").await.status })
+    };
+    support::eventually("first request in flight", || async { slow.hits() == 1 }).await;
+    let started = Instant::now();
+    let a = proxy.get("/").await;
+    assert_eq!(a.status, 503);
+    assert_eq!(a.headers["trellis-error"], "circuit open: max requests");
+    assert!(started.elapsed() < Duration::from_millis(300));
+    assert_eq!(first.await.unwrap(), 200);
+    assert_eq!(
+        proxy.metric("trellis_circuit_breaker_rejections_total{direction=\"outbound\",reason=\"max_requests\"}"),
+        1
+    );
+
+    // One connection and no queue: the second concurrent request is turned away as pending.
+    let mut dest = destination(&[&slow]);
+    dest.policy.connection_pool = ConnectionPool {
+        max_connections: Some(1),
+        max_pending_requests: Some(0),
+        ..ConnectionPool::default()
+    };
+    proxy.update(dest);
+    let before = slow.hits();
+    let first = {
+        let proxy = proxy.clone();
+        tokio::spawn(async move { proxy.get("/").await.status })
+    };
+    support::eventually("first request in flight", || async {
+        slow.hits() == before + 1
+    })
+    .await;
+    let a = proxy.get("/").await;
+    assert_eq!(a.status, 503);
+    assert_eq!(
+        a.headers["trellis-error"],
+        "circuit open: max pending requests"
+    );
+    assert_eq!(first.await.unwrap(), 200);
+}
+
+#[tokio::test]
+async fn outlier_detection_ejects_then_readmits() {
+    let (a, b, bad) = (
+        Backend::start("a").await,
+        Backend::start("b").await,
+        Backend::start("bad").await,
+    );
+    bad.status.store(500, Relaxed);
+    let mut dest = destination(&[&a, &b, &bad]);
+    dest.policy.load_balancer = LoadBalancer::RoundRobin;
+    dest.policy.outlier_detection = Some(OutlierDetection {
+        consecutive_5xx: Some(3),
+        consecutive_gateway_errors: None,
+        interval: Duration::from_millis(50),
+        base_ejection_time: Duration::from_millis(800),
+        max_ejection_percent: 10,
+    });
+    dest.routes = vec![route_with(Some(retry_on_5xx(0)), None)];
+    let proxy = routed(dest).await;
+    // Round robin: the bad endpoint fails three times within the first nine requests.
+    for _ in 0..9 {
+        proxy.get("/").await;
+    }
+    assert_eq!(bad.hits(), 3);
+    assert_eq!(
+        proxy.metric("trellis_outlier_ejections_total{direction=\"outbound\"}"),
+        1
+    );
+    let ejected_at = Instant::now();
+    assert_eq!(
+        failures(&proxy, 100).await,
+        0,
+        "no request reaches the ejected endpoint"
+    );
+    assert_eq!(bad.hits(), 3);
+    // Healthy again: back in rotation once the ejection time is up.
+    bad.status.store(200, Relaxed);
+    support::eventually("re-admission", || async {
+        proxy.get("/").await;
+        bad.hits() > 3
+    })
+    .await;
+    assert!(ejected_at.elapsed() >= Duration::from_millis(700));
+}
+
+/// Sends `n` requests from `workers` concurrent clients; returns the slow endpoint's share.
+async fn slow_share(lb: LoadBalancer) -> f64 {
+    let (fast, slow) = (Backend::start("fast").await, Backend::start("slow").await);
+    slow.delay_ms.store(20, Relaxed);
+    let mut dest: Destination = destination(&[&fast, &slow]);
+    dest.policy.load_balancer = lb;
+    let proxy = std::sync::Arc::new(routed(dest).await);
+    let workers: Vec<_> = (0..8)
+        .map(|_| {
+            let proxy = proxy.clone();
+            tokio::spawn(async move {
+                for _ in 0..50 {
+                    assert_eq!(proxy.get("/").await.status, 200);
+                }
+            })
+        })
+        .collect();
+    for w in workers {
+        w.await.unwrap();
+    }
+    slow.hits() as f64 / (slow.hits() + fast.hits()) as f64
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn least_request_and_ewma_send_less_to_a_slow_endpoint_than_round_robin() {
+    let rr = slow_share(LoadBalancer::RoundRobin).await;
+    let lr = slow_share(LoadBalancer::LeastRequest).await;
+    let ewma = slow_share(LoadBalancer::PeakEwma).await;
+    println!(
+        "slow endpoint share: round robin {rr:.3}, least request {lr:.3}, peak EWMA {ewma:.3}"
+    );
+    assert!((0.45..=0.55).contains(&rr), "round robin {rr}");
+    assert!(lr < rr - 0.15, "least request {lr} vs round robin {rr}");
+    assert!(ewma < rr - 0.25, "peak EWMA {ewma} vs round robin {rr}");
+}
