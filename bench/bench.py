@@ -67,7 +67,8 @@ class BenchPath:
     url: str = ""
     # Processes whose CPU and RSS are charged to this path: (label, pid).
     proxies: list[tuple[str, int]] = field(default_factory=list)
-    note: str = ""
+    # Admin address per trellis proxy label, to read its /metrics after the runs.
+    admins: dict[str, str] = field(default_factory=dict)
 
 
 class Processes:
@@ -315,10 +316,26 @@ def start_trellis_paths(procs, binary, out, backend_port) -> list[BenchPath]:
         "--outbound", "none", "--inbound", "127.0.0.1:0",
     ])
     return [
-        BenchPath("trellis-1", 1, f"http://127.0.0.1:{p1}/", [("trellis", int(one["pid"]))]),
+        BenchPath("trellis-1", 1, f"http://127.0.0.1:{p1}/", [("trellis", int(one["pid"]))],
+                  {"trellis": one["admin"]}),
         BenchPath("trellis-2", 2, f"http://127.0.0.1:{p2}/",
-                  [("trellis-client", int(client["pid"])), ("trellis-server", int(server["pid"]))]),
+                  [("trellis-client", int(client["pid"])), ("trellis-server", int(server["pid"]))],
+                  {"trellis-client": client["admin"], "trellis-server": server["admin"]}),
     ]
+
+
+def trellis_counters(admin: str) -> dict[str, float]:
+    """Non-zero request and protocol-detection counters from a proxy's /metrics."""
+    status, body = http_get(f"http://{admin}/metrics")
+    if status != 200:
+        return {}
+    out = {}
+    for line in body.decode(errors="replace").splitlines():
+        if line.startswith(("trellis_requests_total", "trellis_protocol_detections_total")):
+            name, _, value = line.rpartition(" ")
+            if float(value):
+                out[name] = float(value)
+    return out
 
 
 # ---------------------------------------------------------------------------------------------
@@ -525,6 +542,7 @@ def main() -> int:
         print(f"quiet check: {quiet['verdict']}", flush=True)
 
     procs = Processes(out)
+    trellis_metrics: dict[str, dict] = {}
     started = time.monotonic()
     try:
         backend_url, backend_pid = start_backend(procs, tools, out)
@@ -579,6 +597,14 @@ def main() -> int:
                           f"p99={fmt(res['p99_ms'], 3)}ms cpu_us/req: {cpu} "
                           f"fail={res['non_200'] + res['errors']}", flush=True)
 
+        # What the proxies themselves counted: requests, and which protocol each hop detected.
+        for p in paths:
+            for label, admin in p.admins.items():
+                try:
+                    trellis_metrics[label] = trellis_counters(admin)
+                except OSError as exc:
+                    trellis_metrics[label] = {"error": str(exc)}
+
         # trellis-proxy logs go to bench/out; a large one means per-request logging by default.
         for name, _, _ in procs.started:
             if name.startswith("trellis"):
@@ -603,6 +629,7 @@ def main() -> int:
         "scenarios": SCENARIOS,
         "paths": [{"name": p.name, "hops": p.hops, "proxies": p.proxies} for p in paths],
         "runs": runs,
+        "trellis_metrics": trellis_metrics,
     }
     results_file.parent.mkdir(parents=True, exist_ok=True)
     write_docs(results, docs_dir)

@@ -272,6 +272,13 @@ def render_markdown(results: dict, summary: dict, png_name: str | None) -> str:
     add("- **Max rps vs direct** = median closed-loop rps of the path / median of direct. All "
         "processes (load generator, proxies, backend) share the same cores, so this measures "
         "how much CPU the hop takes away as much as how fast it is.")
+    tm = results.get("trellis_metrics") or {}
+    if tm:
+        add("- **What the trellis proxies counted** over the whole run (warm-up included), from "
+            "their admin `/metrics`:")
+        for label, counters in tm.items():
+            shown = ", ".join(f"`{k}` {v:,.0f}" for k, v in counters.items()) or "nothing"
+            add(f"  - {label}: {shown}")
     add("")
     add("## Machine")
     add("")
