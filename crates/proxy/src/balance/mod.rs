@@ -18,7 +18,6 @@ pub mod endpoint;
 pub mod ewma;
 pub mod hash;
 pub mod p2c;
-mod rr;
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -27,7 +26,6 @@ use std::sync::atomic::{AtomicUsize, Ordering::Relaxed};
 use trellis_model::policy::{HashAlgorithm, LoadBalancer};
 
 pub use endpoint::EndpointState;
-pub use rr::RoundRobin;
 
 use crate::split;
 
