@@ -91,6 +91,7 @@ impl Metrics {
                 ("{status=\"Accepted\"}", count(Status::Accepted)),
                 ("{status=\"Invalid\"}", count(Status::Invalid)),
                 ("{status=\"Ignored\"}", count(Status::Ignored)),
+                ("{status=\"Conflicted\"}", count(Status::Conflicted)),
             ],
         );
         metric(

@@ -385,3 +385,38 @@ fn unchanged_config_compiles_to_an_equal_destination() {
     let two = compile_in(&snapshot(&refs), "reviews.default:9080");
     assert_eq!(one, two);
 }
+
+#[test]
+fn gateway_api_and_traffic_split_give_the_same_90_10() {
+    let platform = fixture("bookinfo.yaml");
+    let versions = fixture("bookinfo-versions.yaml");
+    let ts = "apiVersion: split.smi-spec.io/v1alpha2\nkind: TrafficSplit\nmetadata: {name: reviews}\nspec:\n  service: reviews\n  backends:\n  - {service: reviews-v1, weight: 90}\n  - {service: reviews-v2, weight: 10}\n";
+    for (name, yaml) in [
+        ("httproute", fixture("gateway-api/route-reviews-90-10.yaml")),
+        ("trafficsplit", ts.to_string()),
+    ] {
+        let snap = snapshot(&[
+            ("bookinfo.yaml", &platform),
+            ("versions.yaml", &versions),
+            ("route.yaml", &yaml),
+        ]);
+        let dest = compile_in(&snap, "reviews.default:9080");
+        let shares: Vec<(String, u32)> = split(&dest.routes[0].action);
+        let total: u32 = shares.iter().map(|s| s.1).sum();
+        let percent: Vec<(String, u32)> = shares
+            .iter()
+            .map(|(n, w)| (n.clone(), w * 100 / total))
+            .collect();
+        assert_eq!(
+            percent,
+            [
+                ("reviews-v1".to_string(), 90),
+                ("reviews-v2".to_string(), 10)
+            ],
+            "{name}"
+        );
+        let by = backend_workloads(&dest);
+        assert_eq!(by["reviews-v1"], ["reviews-v1"], "{name}");
+        assert_eq!(by["reviews-v2"], ["reviews-v2"], "{name}");
+    }
+}
