@@ -152,8 +152,8 @@ pub fn resolve(
                 lose(
                     &mut verdicts,
                     format!(
-                        "{service} is routed by {} {} ({winner_family} takes precedence over {})",
-                        winner_family, entries[0].1.source, set.source.kind
+                        "{service} is routed by {}: {winner_family} takes precedence over {}",
+                        entries[0].1.source, set.source.kind
                     ),
                 );
                 continue;
