@@ -14,7 +14,54 @@ use trellis_model::route::{HeaderModifier, PathRewrite, Redirect};
 
 use crate::http::{ProxyBody, TRELLIS_ERROR};
 
+/// A [`HeaderModifier`] parsed once (per destination update) into HTTP types, so applying it
+/// per request parses nothing; names or values that are not valid HTTP are dropped here.
+#[derive(Clone, Debug, Default)]
+pub struct HeaderEdits {
+    set: Vec<(HeaderName, HeaderValue)>,
+    add: Vec<(HeaderName, HeaderValue)>,
+    remove: Vec<HeaderName>,
+}
+
+impl HeaderEdits {
+    pub fn compile(m: &HeaderModifier) -> Self {
+        let pairs = |list: &[(String, String)]| {
+            list.iter()
+                .filter_map(|(n, v)| {
+                    Some((
+                        HeaderName::from_bytes(n.as_bytes()).ok()?,
+                        HeaderValue::from_str(v).ok()?,
+                    ))
+                })
+                .collect()
+        };
+        Self {
+            set: pairs(&m.set),
+            add: pairs(&m.add),
+            remove: m
+                .remove
+                .iter()
+                .filter_map(|n| HeaderName::from_bytes(n.as_bytes()).ok())
+                .collect(),
+        }
+    }
+
+    /// Applies set, then add, then remove.
+    pub fn apply(&self, headers: &mut HeaderMap) {
+        for (n, v) in &self.set {
+            headers.insert(n.clone(), v.clone());
+        }
+        for (n, v) in &self.add {
+            headers.append(n.clone(), v.clone());
+        }
+        for n in &self.remove {
+            headers.remove(n);
+        }
+    }
+}
+
 /// Applies set, then add, then remove, skipping names or values that are not valid HTTP.
+/// The hot path uses [`HeaderEdits`]; this is the same rule on the model type.
 pub fn apply_headers(m: &HeaderModifier, headers: &mut HeaderMap) {
     for (name, value) in &m.set {
         if let (Ok(n), Ok(v)) = (
@@ -181,10 +228,13 @@ mod tests {
             add: vec![("x-b".into(), "1".into()), ("x-b".into(), "2".into())],
             remove: vec!["x-gone".into()],
         };
+        let mut compiled = h.clone();
         apply_headers(&m, &mut h);
         assert_eq!(h["x-a"], "new");
         assert_eq!(h.get_all("x-b").iter().count(), 2);
         assert!(!h.contains_key("x-gone"));
+        HeaderEdits::compile(&m).apply(&mut compiled);
+        assert_eq!(compiled, h);
     }
 
     #[test]

@@ -20,6 +20,7 @@ use trellis_model::route::{BackendRef, RouteAction, WeightedBackend, pick_weight
 use trellis_model::{Destination, Endpoint};
 
 use crate::balance::{Balancer, EndpointState};
+use crate::filters::HeaderEdits;
 use crate::resilience::budget::Budget;
 use crate::resilience::limits::Limits;
 use crate::resilience::outlier::{Outcome, max_ejections};
@@ -147,11 +148,18 @@ impl BackendRt {
     }
 }
 
-/// The backends one route names, in the order of its split and of its mirrors; `None` where
-/// discovery sent nothing for the backend (a request sent there gets `503 no endpoints`).
+/// What one route needs at run time: its name (for logs and `explain`), its header edits
+/// parsed once, and the backends it names in the order of its split and of its mirrors; `None`
+/// where discovery sent nothing for the backend (a request sent there gets `503 no
+/// endpoints`).
 #[derive(Debug, Default)]
 pub struct RoutePlan {
+    pub name: Arc<str>,
+    pub request_headers: HeaderEdits,
+    pub response_headers: HeaderEdits,
     pub split: Vec<Option<Arc<BackendRt>>>,
+    /// Parallel to `split`: each backend's own request and response header edits.
+    pub split_headers: Vec<(HeaderEdits, HeaderEdits)>,
     pub mirrors: Vec<Option<Arc<BackendRt>>>,
 }
 
@@ -215,14 +223,27 @@ impl Plan {
         let routes = dest
             .routes
             .iter()
-            .map(|route| RoutePlan {
-                split: match &route.action {
-                    RouteAction::Forward(backends) => {
-                        backends.iter().map(|wb| resolve(&wb.backend)).collect()
-                    }
-                    _ => Vec::new(),
-                },
-                mirrors: route.mirrors.iter().map(|m| resolve(&m.backend)).collect(),
+            .map(|route| {
+                let backends = match &route.action {
+                    RouteAction::Forward(backends) => &backends[..],
+                    _ => &[],
+                };
+                RoutePlan {
+                    name: Arc::from(route.name.as_str()),
+                    request_headers: HeaderEdits::compile(&route.request_headers),
+                    response_headers: HeaderEdits::compile(&route.response_headers),
+                    split: backends.iter().map(|wb| resolve(&wb.backend)).collect(),
+                    split_headers: backends
+                        .iter()
+                        .map(|wb| {
+                            (
+                                HeaderEdits::compile(&wb.request_headers),
+                                HeaderEdits::compile(&wb.response_headers),
+                            )
+                        })
+                        .collect(),
+                    mirrors: route.mirrors.iter().map(|m| resolve(&m.backend)).collect(),
+                }
             })
             .collect();
         let tcp_routes = dest

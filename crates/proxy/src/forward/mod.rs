@@ -14,6 +14,8 @@ mod attempt;
 pub mod body;
 mod routed;
 
+pub use routed::ChosenRoute;
+
 use std::convert::Infallible;
 use std::net::SocketAddr;
 use std::sync::Arc;

@@ -16,14 +16,14 @@ use super::attempt::{self, Attempts};
 use super::body::ReqBody;
 use crate::client::UpBody;
 use crate::filters::{
-    apply_headers, grpc_response, made_response, redirect_location, rewrite_path, shadow_authority,
+    HeaderEdits, grpc_response, made_response, redirect_location, rewrite_path, shadow_authority,
 };
 use crate::http::{ProxyBody, error_response};
 use crate::resilience::retry::DEFAULT_POLICY;
 use crate::route::endpoint_hop;
 use crate::split;
 use crate::telemetry::FaultKind;
-use crate::traffic::{BackendRt, Plan};
+use crate::traffic::{BackendRt, Plan, RoutePlan};
 
 /// The longest a mirrored request may run before it is abandoned.
 const MIRROR_TIMEOUT: Duration = Duration::from_secs(10);
@@ -85,7 +85,7 @@ fn matched_prefix<'r>(route: &'r HttpRoute, view: &RequestView<'_>) -> Option<&'
 pub(super) async fn forward(
     fwd: &HttpForward,
     plan: &Arc<Plan>,
-    mut req: Request<UpBody>,
+    req: Request<UpBody>,
     upgrade: bool,
     tagged: bool,
 ) -> Response<ProxyBody> {
@@ -115,8 +115,30 @@ pub(super) async fn forward(
         )
         .await;
     };
-    tracing::debug!(destination = %dest.authority, route = %route.name, "route selected");
+    // Parallel to `dest.routes` by construction (one plan per destination version).
+    let Some(rp) = plan.routes.get(index) else {
+        return error_response(StatusCode::INTERNAL_SERVER_ERROR, "no backends");
+    };
+    tracing::debug!(destination = %dest.authority, route = %rp.name, "route selected");
+    let mut resp = forward_route(fwd, rp, route, prefix, req, upgrade, tagged).await;
+    resp.extensions_mut().insert(ChosenRoute(rp.name.clone()));
+    resp
+}
 
+/// The name of the route a response went through, in the response's extensions, for logs,
+/// access logs and `explain`.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ChosenRoute(pub Arc<str>);
+
+async fn forward_route(
+    fwd: &HttpForward,
+    rp: &RoutePlan,
+    route: &HttpRoute,
+    prefix: Option<&str>,
+    mut req: Request<UpBody>,
+    upgrade: bool,
+    tagged: bool,
+) -> Response<ProxyBody> {
     if let Some(fault) = &route.fault {
         let decision = fault.decide(split::next_f64(), split::next_f64());
         if let Some(delay) = decision.delay {
@@ -137,7 +159,7 @@ pub(super) async fn forward(
     let backends = match &route.action {
         RouteAction::DirectResponse { status, body } => {
             let mut resp = made_response(*status, body.as_deref(), None);
-            apply_headers(&route.response_headers, resp.headers_mut());
+            rp.response_headers.apply(resp.headers_mut());
             return resp;
         }
         RouteAction::Redirect(r) => {
@@ -152,7 +174,7 @@ pub(super) async fn forward(
             if let Ok(v) = HeaderValue::from_str(&location) {
                 resp.headers_mut().insert(header::LOCATION, v);
             }
-            apply_headers(&route.response_headers, resp.headers_mut());
+            rp.response_headers.apply(resp.headers_mut());
             return resp;
         }
         RouteAction::Forward(backends) => backends,
@@ -168,19 +190,16 @@ pub(super) async fn forward(
         }
     }
 
-    let Some((chosen, weighted)) = split::pick(backends) else {
+    let Some((chosen, _)) = split::pick(backends) else {
         return error_response(StatusCode::INTERNAL_SERVER_ERROR, "no backends");
     };
-    let Some(backend) = plan
-        .routes
-        .get(index)
-        .and_then(|r| r.split.get(chosen))
-        .and_then(Option::as_ref)
-    else {
+    let Some(backend) = rp.split.get(chosen).and_then(Option::as_ref) else {
         return error_response(StatusCode::SERVICE_UNAVAILABLE, "no endpoints");
     };
-    apply_headers(&route.request_headers, req.headers_mut());
-    apply_headers(&weighted.request_headers, req.headers_mut());
+    let no_edits = (HeaderEdits::default(), HeaderEdits::default());
+    let (backend_request, backend_response) = rp.split_headers.get(chosen).unwrap_or(&no_edits);
+    rp.request_headers.apply(req.headers_mut());
+    backend_request.apply(req.headers_mut());
 
     let mut resp = if upgrade {
         send(fwd, backend, req, true, tagged, Attempts::default_for(None)).await
@@ -190,13 +209,13 @@ pub(super) async fn forward(
             timeout: route.timeout,
             mirrors: MirrorSet {
                 mirrors: &route.mirrors,
-                backends: plan.routes.get(index).map_or(&[][..], |r| &r.mirrors[..]),
+                backends: &rp.mirrors,
             },
         };
         send(fwd, backend, req, false, tagged, attempts).await
     };
-    apply_headers(&route.response_headers, resp.headers_mut());
-    apply_headers(&weighted.response_headers, resp.headers_mut());
+    rp.response_headers.apply(resp.headers_mut());
+    backend_response.apply(resp.headers_mut());
     resp
 }
 
