@@ -23,6 +23,9 @@ use crate::traffic::{Meta, Parent, PolicyLayer, RouteApi, RouteSet, duration, fr
 /// Linkerd bounds retries by the budget alone; the mesh also caps them per request.
 pub const MAX_PROFILE_RETRIES: u32 = 3;
 
+/// Bounds the match blocks one condition expands into (each `any` multiplies them).
+const MAX_ALTERNATIVES: usize = 64;
+
 #[derive(Debug, Deserialize)]
 struct ServiceProfile {
     metadata: Meta,
@@ -158,34 +161,43 @@ fn condition(field: &str, c: &Condition) -> Result<Vec<HttpMatch>, FieldError> {
     for (i, sub) in c.all.iter().enumerate() {
         let f = format!("{field}.all[{i}]");
         let alts = condition(&f, sub)?;
-        let mut next = Vec::new();
-        for b in &blocks {
-            for a in &alts {
-                next.push(and(&f, b, a)?);
-            }
-        }
-        blocks = next;
+        blocks = product(&f, &blocks, &alts)?;
     }
     if !c.any.is_empty() {
         let mut alts = Vec::new();
         for (i, sub) in c.any.iter().enumerate() {
             alts.extend(condition(&format!("{field}.any[{i}]"), sub)?);
-        }
-        let mut next = Vec::new();
-        for b in &blocks {
-            for a in &alts {
-                next.push(and(&format!("{field}.any"), b, a)?);
+            if alts.len() > MAX_ALTERNATIVES {
+                return Err(FieldError::new(
+                    format!("{field}.any"),
+                    format!("expands to more than {MAX_ALTERNATIVES} alternatives"),
+                ));
             }
         }
-        blocks = next;
-    }
-    if blocks.len() > 64 {
-        return Err(FieldError::new(
-            field,
-            "expands to more than 64 alternatives",
-        ));
+        blocks = product(&format!("{field}.any"), &blocks, &alts)?;
     }
     Ok(blocks)
+}
+
+/// Every block of `left` ANDed with every block of `right`, bounded before it is built.
+fn product(
+    field: &str,
+    left: &[HttpMatch],
+    right: &[HttpMatch],
+) -> Result<Vec<HttpMatch>, FieldError> {
+    if left.len().saturating_mul(right.len()) > MAX_ALTERNATIVES {
+        return Err(FieldError::new(
+            field,
+            format!("expands to more than {MAX_ALTERNATIVES} alternatives"),
+        ));
+    }
+    let mut out = Vec::with_capacity(left.len() * right.len());
+    for l in left {
+        for r in right {
+            out.push(and(field, l, r)?);
+        }
+    }
+    Ok(out)
 }
 
 fn and(field: &str, a: &HttpMatch, b: &HttpMatch) -> Result<HttpMatch, FieldError> {

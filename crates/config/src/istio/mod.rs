@@ -2,6 +2,8 @@
 //! VirtualService and DestinationRule.
 
 pub mod destination_rule;
+mod fault;
+mod retries;
 pub mod virtual_service;
 
 use std::collections::BTreeMap;

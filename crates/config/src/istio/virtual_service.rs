@@ -13,10 +13,12 @@ use serde::Deserialize;
 use trellis_model::ServiceKey;
 use trellis_model::matching::{HeaderMatch, HttpMatch, PathMatch, QueryMatch, StringMatch};
 use trellis_model::route::{
-    AbortStatus, BackendRef, Fault, FaultAbort, FaultDelay, HttpRoute, Mirror, PathRewrite,
-    Redirect, ResourceRef, RetryOn, RetryPolicy, Rewrite, RouteAction, TcpRoute, WeightedBackend,
+    BackendRef, HttpRoute, Mirror, PathRewrite, Redirect, ResourceRef, RetryPolicy, Rewrite,
+    RouteAction, TcpRoute, WeightedBackend,
 };
 
+use super::fault::{FaultInjection, fault};
+use super::retries::{istio_default_retry, parse_retry_on};
 use super::{Headers, IstioStringMatch, Percent, PortSelector};
 use crate::document::{Resource, Translated};
 use crate::kube::FieldError;
@@ -166,31 +168,6 @@ struct Retries {
 
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
-struct FaultInjection {
-    delay: Option<Delay>,
-    abort: Option<Abort>,
-}
-
-#[derive(Debug, Deserialize)]
-#[serde(rename_all = "camelCase", deny_unknown_fields)]
-struct Delay {
-    fixed_delay: Option<String>,
-    percentage: Option<Percent>,
-    /// Deprecated integer percentage.
-    percent: Option<i64>,
-}
-
-#[derive(Debug, Deserialize)]
-#[serde(rename_all = "camelCase", deny_unknown_fields)]
-struct Abort {
-    http_status: Option<i64>,
-    grpc_status: Option<String>,
-    http2_error: Option<String>,
-    percentage: Option<Percent>,
-}
-
-#[derive(Debug, Deserialize)]
-#[serde(deny_unknown_fields)]
 struct Tcp {
     #[serde(rename = "match", default)]
     matches: Vec<TcpMatch>,
@@ -209,60 +186,6 @@ struct TcpMatch {
     source_namespace: Option<String>,
     #[serde(default)]
     gateways: Vec<String>,
-}
-
-/// Istio's retry policy when a route states none: 2 retries on connect-failure,
-/// refused-stream, unavailable, cancelled, retriable-status-codes (no codes listed).
-pub(crate) fn istio_default_retry() -> RetryPolicy {
-    RetryPolicy {
-        attempts: 2,
-        per_try_timeout: None,
-        on: RetryOn {
-            connect_failure: true,
-            refused_stream: true,
-            grpc_codes: vec![1, 14],
-            ..RetryOn::default()
-        },
-    }
-}
-
-/// Parses Envoy `retryOn` tokens (comma-separated). Numeric tokens are HTTP statuses, as Istio
-/// accepts them.
-pub(crate) fn parse_retry_on(field: &str, text: &str) -> Result<RetryOn, FieldError> {
-    let mut on = RetryOn::default();
-    for token in text.split(',').map(str::trim).filter(|t| !t.is_empty()) {
-        match token {
-            "5xx" => on.server_error = true,
-            "gateway-error" => on.gateway_error = true,
-            "connect-failure" => on.connect_failure = true,
-            "refused-stream" => on.refused_stream = true,
-            "reset" | "reset-before-request" => on.reset = true,
-            "retriable-4xx" => on.statuses.push(409),
-            // Codes come from the numeric tokens; Istio lists none by default.
-            "retriable-status-codes" => {}
-            "cancelled" => on.grpc_codes.push(1),
-            "deadline-exceeded" => on.grpc_codes.push(4),
-            "resource-exhausted" => on.grpc_codes.push(8),
-            "internal" => on.grpc_codes.push(13),
-            "unavailable" => on.grpc_codes.push(14),
-            n => match n.parse::<u16>() {
-                Ok(s) if (100..=599).contains(&s) => on.statuses.push(s),
-                _ => {
-                    return Err(FieldError::new(
-                        field,
-                        format!(
-                            "unknown retry condition {n:?} (expected 5xx, gateway-error, connect-failure, refused-stream, reset, retriable-4xx, retriable-status-codes, cancelled, deadline-exceeded, internal, resource-exhausted, unavailable, or an HTTP status)"
-                        ),
-                    ));
-                }
-            },
-        }
-    }
-    on.statuses.sort_unstable();
-    on.statuses.dedup();
-    on.grpc_codes.sort_unstable();
-    on.grpc_codes.dedup();
-    Ok(on)
 }
 
 fn not_yet(field: impl Into<String>, what: &str) -> FieldError {
@@ -674,94 +597,6 @@ fn direct_response(field: &str, d: &DirectResponse) -> Result<RouteAction, Field
     })
 }
 
-fn grpc_code(name: &str) -> Option<u32> {
-    const CODES: [&str; 17] = [
-        "OK",
-        "CANCELLED",
-        "UNKNOWN",
-        "INVALID_ARGUMENT",
-        "DEADLINE_EXCEEDED",
-        "NOT_FOUND",
-        "ALREADY_EXISTS",
-        "PERMISSION_DENIED",
-        "RESOURCE_EXHAUSTED",
-        "FAILED_PRECONDITION",
-        "ABORTED",
-        "OUT_OF_RANGE",
-        "UNIMPLEMENTED",
-        "INTERNAL",
-        "UNAVAILABLE",
-        "DATA_LOSS",
-        "UNAUTHENTICATED",
-    ];
-    (CODES.iter().position(|c| c.eq_ignore_ascii_case(name)))
-        .and_then(|i| u32::try_from(i).ok())
-        .or_else(|| name.parse().ok().filter(|n| *n <= 16))
-}
-
-fn fault(field: &str, f: &FaultInjection) -> Result<Fault, FieldError> {
-    // Istio: an unstated percentage injects nothing.
-    let pct = |p: &Option<Percent>, legacy: Option<i64>, f: &str| match (p, legacy) {
-        (Some(p), _) => percent(&format!("{f}.percentage.value"), p.value),
-        (None, Some(n)) => percent(&format!("{f}.percent"), n as f64),
-        (None, None) => Ok(trellis_model::route::Percent(0.0)),
-    };
-    let delay = match &f.delay {
-        None => None,
-        Some(d) => {
-            let df = format!("{field}.delay");
-            let fixed = d.fixed_delay.as_ref().ok_or_else(|| {
-                FieldError::new(
-                    format!("{df}.fixedDelay"),
-                    "is required (exponentialDelay is not supported yet)",
-                )
-            })?;
-            Some(FaultDelay {
-                fixed: duration(&format!("{df}.fixedDelay"), fixed)?,
-                percent: pct(&d.percentage, d.percent, &df)?,
-            })
-        }
-    };
-    let abort = match &f.abort {
-        None => None,
-        Some(a) => {
-            let af = format!("{field}.abort");
-            if a.http2_error.is_some() {
-                return Err(not_yet(
-                    format!("{af}.http2Error"),
-                    "aborting with an HTTP/2 error",
-                ));
-            }
-            let status = match (a.http_status, &a.grpc_status) {
-                (Some(s), None) if (200..=599).contains(&s) => AbortStatus::Http(s as u16),
-                (Some(s), None) => {
-                    return Err(FieldError::new(
-                        format!("{af}.httpStatus"),
-                        format!("must be 200-599, got {s}"),
-                    ));
-                }
-                (None, Some(g)) => AbortStatus::Grpc(grpc_code(g).ok_or_else(|| {
-                    FieldError::new(
-                        format!("{af}.grpcStatus"),
-                        format!("must be a gRPC status name like UNAVAILABLE, got {g:?}"),
-                    )
-                })?),
-                _ => {
-                    return Err(FieldError::new(
-                        af,
-                        "must set exactly one of httpStatus, grpcStatus",
-                    ));
-                }
-            };
-            Some(FaultAbort {
-                status,
-                percent: pct(&a.percentage, None, &af)?,
-            })
-        }
-    };
-    Ok(Fault { delay, abort })
-}
-
 fn tcp_route(
     source: &ResourceRef,
     field: &str,
@@ -814,26 +649,4 @@ fn tcp_route(
             backends: backends.clone(),
         })
         .collect())
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn retry_on_tokens() {
-        let on = parse_retry_on("f", "5xx, connect-failure,unavailable,503,retriable-4xx").unwrap();
-        assert!(on.server_error && on.connect_failure);
-        assert_eq!(on.statuses, [409, 503]);
-        assert_eq!(on.grpc_codes, [14]);
-        let err = parse_retry_on("f", "5xx,bogus").unwrap_err();
-        assert!(err.message.contains("\"bogus\""), "{}", err.message);
-    }
-
-    #[test]
-    fn grpc_names() {
-        assert_eq!(grpc_code("UNAVAILABLE"), Some(14));
-        assert_eq!(grpc_code("cancelled"), Some(1));
-        assert_eq!(grpc_code("nope"), None);
-    }
 }
