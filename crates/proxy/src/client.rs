@@ -19,7 +19,7 @@ use hyper_util::client::legacy::Client;
 use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 
-use crate::transport::{CONNECT_TIMEOUT, connect};
+use crate::transport::{CONNECT_TIMEOUT, connect, connect_within};
 
 /// Why an upstream exchange failed; every kind is a 502 at the edge.
 #[derive(Debug, thiserror::Error)]
@@ -83,6 +83,43 @@ pub type UpBody = BoxBody<Bytes, hyper::Error>;
 /// How long an idle pooled HTTP/1.1 connection is kept.
 const IDLE_TIMEOUT: Duration = Duration::from_secs(60);
 
+/// A backend's own connection settings (Istio `connectionPool` `connectTimeout` and
+/// `idleTimeout`). The default uses the proxy-wide clients; a backend that sets either gets an
+/// HTTP/1.1 pool of its own with them, and its HTTP/2 dials use its connect timeout.
+#[derive(Clone, Debug, Default)]
+pub struct PoolOptions {
+    http1: Option<Client<HttpConnector, UpBody>>,
+    connect_timeout: Option<Duration>,
+}
+
+impl PoolOptions {
+    pub fn new(connect_timeout: Option<Duration>, idle_timeout: Option<Duration>) -> Self {
+        if connect_timeout.is_none() && idle_timeout.is_none() {
+            return Self::default();
+        }
+        Self {
+            http1: Some(http1_client(
+                connect_timeout.unwrap_or(CONNECT_TIMEOUT),
+                idle_timeout.unwrap_or(IDLE_TIMEOUT),
+            )),
+            connect_timeout,
+        }
+    }
+}
+
+fn http1_client(
+    connect_timeout: Duration,
+    idle_timeout: Duration,
+) -> Client<HttpConnector, UpBody> {
+    let mut connector = HttpConnector::new();
+    connector.set_nodelay(true);
+    connector.set_connect_timeout(Some(connect_timeout));
+    Client::builder(TokioExecutor::new())
+        .pool_idle_timeout(idle_timeout)
+        .pool_timer(TokioTimer::new())
+        .build(connector)
+}
+
 /// All upstream clients of one proxy; shared by every listener.
 #[derive(Debug)]
 pub struct Upstreams {
@@ -98,15 +135,8 @@ impl Default for Upstreams {
 
 impl Upstreams {
     pub fn new() -> Self {
-        let mut connector = HttpConnector::new();
-        connector.set_nodelay(true);
-        connector.set_connect_timeout(Some(CONNECT_TIMEOUT));
-        let http1 = Client::builder(TokioExecutor::new())
-            .pool_idle_timeout(IDLE_TIMEOUT)
-            .pool_timer(TokioTimer::new())
-            .build(connector);
         Self {
-            http1,
+            http1: http1_client(CONNECT_TIMEOUT, IDLE_TIMEOUT),
             http2: Mutex::new(HashMap::new()),
         }
     }
@@ -116,6 +146,7 @@ impl Upstreams {
         &self,
         addr: SocketAddr,
         mut req: Request<UpBody>,
+        opts: &PoolOptions,
     ) -> Result<Response<Incoming>, UpstreamError> {
         // The legacy client dials the URI's authority; pointing it at the endpoint makes the
         // endpoint the pool key while the Host header keeps the application's authority.
@@ -127,7 +158,8 @@ impl Upstreams {
             .build()
             .map_err(|_| UpstreamError::Uri { addr })?;
         *req.uri_mut() = uri;
-        self.http1.request(req).await.map_err(|e| {
+        let client = opts.http1.as_ref().unwrap_or(&self.http1);
+        client.request(req).await.map_err(|e| {
             if e.is_connect() {
                 UpstreamError::Connect {
                     addr,
@@ -148,7 +180,9 @@ impl Upstreams {
         &self,
         addr: SocketAddr,
         req: Request<UpBody>,
+        opts: &PoolOptions,
     ) -> Result<Response<Incoming>, UpstreamError> {
+        let connect_timeout = opts.connect_timeout.unwrap_or(CONNECT_TIMEOUT);
         let mut sender = match self.cached_http2(addr) {
             Some(mut cached) => match cached.ready().await {
                 Ok(()) => cached,
@@ -157,10 +191,10 @@ impl Upstreams {
                 Err(e) => {
                     tracing::debug!(%addr, error = %e, "pooled HTTP/2 connection unusable; redialling");
                     self.forget_http2(addr);
-                    self.dial_http2(addr).await?
+                    self.dial_http2(addr, connect_timeout).await?
                 }
             },
-            None => self.dial_http2(addr).await?,
+            None => self.dial_http2(addr, connect_timeout).await?,
         };
         sender.ready().await.map_err(|e| UpstreamError::Request {
             addr,
@@ -193,8 +227,12 @@ impl Upstreams {
         map.remove(&addr);
     }
 
-    async fn dial_http2(&self, addr: SocketAddr) -> Result<SendRequest<UpBody>, UpstreamError> {
-        let stream = connect(addr)
+    async fn dial_http2(
+        &self,
+        addr: SocketAddr,
+        connect_timeout: Duration,
+    ) -> Result<SendRequest<UpBody>, UpstreamError> {
+        let stream = connect_within(addr, connect_timeout)
             .await
             .map_err(|source| UpstreamError::Connect { addr, source })?;
         let (sender, conn) = hyper::client::conn::http2::Builder::new(TokioExecutor::new())

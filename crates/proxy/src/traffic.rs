@@ -20,6 +20,7 @@ use trellis_model::route::{BackendRef, RouteAction, WeightedBackend, pick_weight
 use trellis_model::{Destination, Endpoint};
 
 use crate::balance::{Balancer, EndpointState};
+use crate::client::PoolOptions;
 use crate::filters::HeaderEdits;
 use crate::resilience::budget::Budget;
 use crate::resilience::limits::Limits;
@@ -39,6 +40,8 @@ pub struct BackendRt {
     pub balancer: Balancer,
     pub hash_key: Option<HashKey>,
     pub limits: Arc<Limits>,
+    /// Connect and idle timeouts; kept (with its connections) while the pool config is.
+    pub pool_options: PoolOptions,
     pool: ConnectionPool,
     budget_config: RetryBudget,
     budget: Arc<Mutex<Budget>>,
@@ -80,6 +83,15 @@ impl BackendRt {
             limits: keep_limits.map_or_else(
                 || Arc::new(Limits::new(&policy.connection_pool)),
                 |o| o.limits.clone(),
+            ),
+            pool_options: keep_limits.map_or_else(
+                || {
+                    PoolOptions::new(
+                        policy.connection_pool.connect_timeout,
+                        policy.connection_pool.idle_timeout,
+                    )
+                },
+                |o| o.pool_options.clone(),
             ),
             pool: policy.connection_pool.clone(),
             budget_config: policy.retry_budget.clone(),

@@ -39,7 +39,12 @@ pub async fn bind(flag: &'static str, addr: SocketAddr) -> Result<TcpListener, B
 /// Connects to an upstream with [`CONNECT_TIMEOUT`] and Nagle off (proxied traffic is already
 /// framed by the application).
 pub async fn connect(addr: SocketAddr) -> io::Result<TcpStream> {
-    let stream = tokio::time::timeout(CONNECT_TIMEOUT, TcpStream::connect(addr))
+    connect_within(addr, CONNECT_TIMEOUT).await
+}
+
+/// [`connect`] with a given timeout (a backend's `connect_timeout`).
+pub async fn connect_within(addr: SocketAddr, timeout: Duration) -> io::Result<TcpStream> {
+    let stream = tokio::time::timeout(timeout, TcpStream::connect(addr))
         .await
         .map_err(|_| {
             io::Error::new(

@@ -383,3 +383,48 @@ async fn least_request_and_ewma_send_less_to_a_slow_endpoint_than_round_robin() 
     assert!(lr < rr - 0.15, "least request {lr} vs round robin {rr}");
     assert!(ewma < rr - 0.25, "peak EWMA {ewma} vs round robin {rr}");
 }
+
+#[tokio::test]
+async fn a_backend_connect_timeout_applies() {
+    // A listener that never accepts, with its queue full: further connects hang (SYNs dropped).
+    let sock = socket2::Socket::new(socket2::Domain::IPV4, socket2::Type::STREAM, None).unwrap();
+    sock.bind(&std::net::SocketAddr::from(([127, 0, 0, 1], 0)).into())
+        .unwrap();
+    sock.listen(0).unwrap();
+    let addr = sock.local_addr().unwrap().as_socket().unwrap();
+    let mut fillers = Vec::new();
+    for _ in 0..4 {
+        if let Ok(Ok(s)) = tokio::time::timeout(
+            Duration::from_millis(200),
+            tokio::net::TcpStream::connect(addr),
+        )
+        .await
+        {
+            fillers.push(s);
+        }
+    }
+    let probe = tokio::time::timeout(
+        Duration::from_millis(300),
+        tokio::net::TcpStream::connect(addr),
+    )
+    .await;
+    if probe.is_ok() {
+        println!("the kernel accepted past a full backlog; nothing to measure here");
+        return;
+    }
+    let app = Backend::start("app").await;
+    let mut dest = destination(&[&app]);
+    dest.endpoints[0].address = addr;
+    dest.policy.connection_pool.connect_timeout = Some(Duration::from_millis(200));
+    let proxy = routed(dest).await;
+    let started = Instant::now();
+    let a = proxy.get("/").await;
+    assert_eq!(a.status, 502);
+    assert_eq!(a.headers["trellis-error"], "upstream connect failed");
+    // Three attempts (the default retries connect failures) of 200 ms, not of 3 s.
+    assert!(
+        started.elapsed() < Duration::from_millis(2_000),
+        "{:?}",
+        started.elapsed()
+    );
+}

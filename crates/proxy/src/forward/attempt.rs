@@ -251,7 +251,7 @@ async fn attempts(
             None
         };
         let in_flight = ep.start();
-        let sent = fwd.send(hop, req, tagged);
+        let sent = fwd.send(hop, req, tagged, &backend.pool_options);
         let result: Result<Response<Incoming>, AttemptError> = match a.policy.per_try_timeout {
             Some(t) => match tokio::time::timeout(t, sent).await {
                 Ok(r) => r.map_err(|e| log_failure(backend, hop.addr, &e)),

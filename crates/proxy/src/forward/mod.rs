@@ -26,7 +26,7 @@ use hyper::body::Incoming;
 use hyper_util::rt::TokioIo;
 use tokio::time::Instant;
 
-use crate::client::{UpBody, UpstreamError};
+use crate::client::{PoolOptions, UpBody, UpstreamError};
 use crate::http::{
     HopVersion, ORIG_PROTO, ORIG_PROTO_HTTP1, ProxyBody, TARGET_PORT, choose_version,
     error_response, is_upgrade, strip_hop_by_hop, to_http1, to_http2,
@@ -106,7 +106,7 @@ impl HttpForward {
                 if upgrade {
                     return self.forward_upgrade(hop, req).await;
                 }
-                match self.send(hop, req, tagged).await {
+                match self.send(hop, req, tagged, &PoolOptions::default()).await {
                     Ok(resp) => downstream_response(resp, false),
                     Err(e) => {
                         tracing::warn!(direction = self.direction.as_str(), hop = %hop.addr, error = %e, "upstream request failed");
@@ -131,6 +131,7 @@ impl HttpForward {
         hop: Hop,
         mut req: Request<UpBody>,
         tagged: bool,
+        opts: &PoolOptions,
     ) -> Result<Response<Incoming>, UpstreamError> {
         if let Some(port) = hop.target_port.filter(|_| hop.meshed) {
             req.headers_mut()
@@ -141,14 +142,14 @@ impl HttpForward {
         match version {
             HopVersion::Http1 => {
                 to_http1(&mut req);
-                self.ctx.upstreams.send_http1(hop.addr, req).await
+                self.ctx.upstreams.send_http1(hop.addr, req, opts).await
             }
             HopVersion::Http2 => {
                 to_http2(&mut req, &hop.addr.to_string());
                 if tag {
                     req.headers_mut().insert(ORIG_PROTO, ORIG_PROTO_HTTP1);
                 }
-                self.ctx.upstreams.send_http2(hop.addr, req).await
+                self.ctx.upstreams.send_http2(hop.addr, req, opts).await
             }
         }
     }

@@ -288,10 +288,11 @@ pub(super) fn mirror(
         let copy = copy.map(|()| body);
         fwd.ctx.metrics.mirrored(fwd.direction);
         let fwd = fwd.clone();
+        let backend = backend.clone();
         tokio::spawn(async move {
             let _permit = permit;
             let work = async {
-                match fwd.send(hop, copy, false).await {
+                match fwd.send(hop, copy, false, &backend.pool_options).await {
                     // Read the answer to its end so the connection can be reused.
                     Ok(resp) => drop(http_body_util::BodyExt::collect(resp.into_body()).await),
                     Err(e) => {
