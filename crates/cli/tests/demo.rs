@@ -401,7 +401,7 @@ fn counter_sum(text: &str, name: &str) -> f64 {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn load_generator_drives_traffic_through_the_mesh() {
+async fn sample_routing_and_load_generator() {
     let tmp = tempfile::tempdir().unwrap();
     let status_file = tmp.path().join("status.json");
     let args = ["--load-rps".as_ref(), "50".as_ref()];
@@ -418,8 +418,28 @@ async fn load_generator_drives_traffic_through_the_mesh() {
     };
     let (productpage, ratings) = (admin("productpage-v1"), admin("ratings-v1"));
 
-    // Traffic reaches the entry and, through reviews v2 and v3, ratings.
     let client: HttpClient = Client::builder(TokioExecutor::new()).build_http();
+
+    // The default sample config routes jason to reviews v2, as in Istio's request-routing task.
+    let http = status["control"]["http"].as_str().unwrap();
+    let (_, config) = get(&client, http, "/api/v1/config", None).await;
+    let config: Value = serde_json::from_str(&config).unwrap();
+    let virtual_service = config["resources"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|r| r["kind"] == "VirtualService")
+        .unwrap_or_else(|| panic!("no VirtualService in the sample: {config}"));
+    assert_eq!(virtual_service["status"], "Accepted", "{virtual_service}");
+    let entry = status["entry"].as_str().unwrap();
+    for _ in 0..6 {
+        let (code, body) = get(&client, entry, "/api/v1/products/0/reviews", Some("jason")).await;
+        assert_eq!(code, 200, "{body}");
+        let answer: Value = serde_json::from_str(&body).unwrap();
+        assert_eq!(answer["reviews_version"], "v2", "jason goes to v2: {body}");
+    }
+
+    // Traffic reaches the entry and, through reviews v2 and v3, ratings.
     let deadline = Instant::now() + Duration::from_secs(20);
     loop {
         let (_, entry_metrics) = get(&client, &productpage, "/metrics", None).await;

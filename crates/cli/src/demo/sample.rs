@@ -19,9 +19,10 @@ pub fn bookinfo_services() -> String {
     yaml
 }
 
-/// The sample mesh config directory. Its examples are not in force until the user renames them
-/// (the control plane reads only `*.yaml`, `*.yml` and `*.json`): the demo's own readiness and
-/// the contract that scripts rely on must not depend on routing features still being built.
+/// The sample mesh config directory: Istio request routing for `reviews` in force (the load
+/// generator's `jason` requests go to v2, everyone else over all three versions, so the
+/// readiness probe and the contract's requests still succeed), and an inactive example to try
+/// (the control plane reads only `*.yaml`, `*.yml` and `*.json`).
 pub const SAMPLE_CONFIG: &[(&str, &str)] = &[
     (
         "README.md",
@@ -30,11 +31,12 @@ pub const SAMPLE_CONFIG: &[(&str, &str)] = &[
 The control plane watches this directory: add, edit or remove `*.yaml` files while the demo
 runs, and watch the dashboard's "Config resources" table and `/api/v1/services`.
 
+- `reviews-routing.yaml` (in force): Istio routing for reviews, as in Istio's request-routing
+  task: the user `jason` (`-H 'end-user: jason'`) always gets v2 (black stars), everyone else
+  is spread over v1, v2 and v3. Change the weights or the match and watch the answers change;
+  remove the file and reviews is plain round robin again.
 - `reviews-v1-service.yaml.example`: a Service selecting only reviews v1. Rename it to
   `reviews-v1-service.yaml` and `default/reviews-v1` appears with one endpoint.
-- `reviews-routing.yaml.example`: Istio routing for reviews (the user `jason` to v2, everyone
-  else over v1, v2 and v3), as in Istio's request-routing task. Rename it to
-  `reviews-routing.yaml` to apply it; the dashboard shows whether each resource is Accepted.
 "#,
     ),
     (
@@ -42,7 +44,7 @@ runs, and watch the dashboard's "Config resources" table and `/api/v1/services`.
         "apiVersion: v1\nkind: Service\nmetadata:\n  name: reviews-v1\n  namespace: default\nspec:\n  ports:\n  - port: 9080\n    name: http\n  selector:\n    app: reviews\n    version: v1\n",
     ),
     (
-        "reviews-routing.yaml.example",
+        "reviews-routing.yaml",
         r#"# Istio request routing for Bookinfo's reviews: jason sees v2 (black stars), everyone else
 # is spread over v1, v2 and v3.
 ---
@@ -129,16 +131,9 @@ mod tests {
     fn writes_the_sample() {
         let dir = tempfile::tempdir().unwrap();
         write_files(dir.path(), SAMPLE_CONFIG).unwrap();
-        let text = std::fs::read_to_string(dir.path().join("reviews-routing.yaml.example"));
-        assert!(text.unwrap().contains("kind: VirtualService"));
-        // Nothing is in force by default: no file the control plane reads.
-        for (name, _) in SAMPLE_CONFIG {
-            assert!(
-                ![".yaml", ".yml", ".json"]
-                    .iter()
-                    .any(|ext| name.ends_with(ext)),
-                "{name}"
-            );
-        }
+        let text = std::fs::read_to_string(dir.path().join("reviews-routing.yaml")).unwrap();
+        assert!(text.contains("kind: VirtualService") && text.contains("exact: jason"));
+        // The Service example stays inactive until renamed.
+        assert!(dir.path().join("reviews-v1-service.yaml.example").is_file());
     }
 }
