@@ -60,28 +60,9 @@ impl HeaderEdits {
     }
 }
 
-/// Applies set, then add, then remove, skipping names or values that are not valid HTTP.
-/// The hot path uses [`HeaderEdits`]; this is the same rule on the model type.
+/// Applies a [`HeaderModifier`] once; the hot path compiles it into [`HeaderEdits`] per plan.
 pub fn apply_headers(m: &HeaderModifier, headers: &mut HeaderMap) {
-    for (name, value) in &m.set {
-        if let (Ok(n), Ok(v)) = (
-            HeaderName::from_bytes(name.as_bytes()),
-            HeaderValue::from_str(value),
-        ) {
-            headers.insert(n, v);
-        }
-    }
-    for (name, value) in &m.add {
-        if let (Ok(n), Ok(v)) = (
-            HeaderName::from_bytes(name.as_bytes()),
-            HeaderValue::from_str(value),
-        ) {
-            headers.append(n, v);
-        }
-    }
-    for name in &m.remove {
-        headers.remove(name.as_str());
-    }
+    HeaderEdits::compile(m).apply(headers);
 }
 
 /// The new path for `path` (no query): a full replacement, or the matched `prefix` replaced.

@@ -380,3 +380,38 @@ async fn a_route_change_applies_to_the_next_request() {
         assert_eq!(proxy.get("/").await.body, "v2");
     }
 }
+
+#[tokio::test]
+async fn mirrors_in_flight_are_bounded() {
+    let (app, shadow) = (Backend::start("app").await, Backend::start("shadow").await);
+    shadow.delay_ms.store(3_000, Relaxed);
+    let mut dest = destination(&[&app]);
+    dest.backends = vec![subset_backend("shadow", &[&shadow])];
+    let mut r = route(
+        "mirrored",
+        RouteAction::Forward(vec![weighted(
+            trellis_model::route::BackendRef {
+                service: support::routed::reviews(),
+                port: None,
+                subset: None,
+            },
+            1,
+        )]),
+    );
+    r.mirrors = vec![Mirror {
+        backend: subset("shadow"),
+        percent: Percent::ALL,
+    }];
+    dest.routes = vec![r];
+    let proxy = routed(dest).await;
+    let limit = trellis_proxy::serve::MAX_MIRRORS_IN_FLIGHT as u64;
+    for _ in 0..limit + 50 {
+        assert_eq!(proxy.get("/").await.status, 200);
+    }
+    // Every copy takes 3 s, so none has finished: exactly the limit went out.
+    assert_eq!(
+        proxy.metric("trellis_mirrored_requests_total{direction=\"outbound\"}"),
+        limit
+    );
+    assert_eq!(app.hits(), limit + 50);
+}

@@ -72,7 +72,8 @@ impl Ring {
 /// A Maglev lookup table (Eisenbud et al., 2016).
 #[derive(Clone, Debug, Default)]
 pub struct Maglev {
-    table: Vec<usize>,
+    /// Endpoint indexes; `u32` halves the table (256 KiB) against `usize`.
+    table: Vec<u32>,
 }
 
 impl Maglev {
@@ -87,16 +88,17 @@ impl Maglev {
             .map(|a| (addr_hash(a, 0xabcd) % m, addr_hash(a, 0x1234) % (m - 1) + 1))
             .collect();
         let mut next = vec![0u64; n];
-        let mut table = vec![usize::MAX; MAGLEV_SIZE];
+        let mut table = vec![u32::MAX; MAGLEV_SIZE];
         let mut filled = 0;
         'fill: loop {
             for (i, (offset, skip)) in perms.iter().enumerate() {
                 let mut c = ((offset + next[i] * skip) % m) as usize;
-                while table[c] != usize::MAX {
+                while table[c] != u32::MAX {
                     next[i] += 1;
                     c = ((offset + next[i] * skip) % m) as usize;
                 }
-                table[c] = i;
+                // Endpoint counts are far below 2^32.
+                table[c] = u32::try_from(i).unwrap_or(u32::MAX - 1);
                 next[i] += 1;
                 filled += 1;
                 if filled == MAGLEV_SIZE {
@@ -111,7 +113,7 @@ impl Maglev {
     pub fn walk(&self, key: u64) -> impl Iterator<Item = usize> + '_ {
         let n = self.table.len();
         let start = if n == 0 { 0 } else { (key % n as u64) as usize };
-        (0..n).map(move |k| self.table[(start + k) % n])
+        (0..n).map(move |k| self.table[(start + k) % n] as usize)
     }
 }
 
