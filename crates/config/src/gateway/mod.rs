@@ -422,10 +422,17 @@ fn build(
         // No backend: Gateway API answers 500, which Forward with no weight does.
         None => RouteAction::Forward(forward),
     };
+    // The model has no per-try timeout without a retry policy, so `backendRequest` comes with
+    // the mesh's default retry conditions (what the proxy applies to a route without a policy:
+    // 2 retries on connect-failure and refused-stream), leaving retries as they would be.
     let retry = per_try.map(|t| RetryPolicy {
-        attempts: 0,
+        attempts: 2,
         per_try_timeout: Some(t),
-        on: RetryOn::default(),
+        on: RetryOn {
+            connect_failure: true,
+            refused_stream: true,
+            ..RetryOn::default()
+        },
     });
     // One route per match: precedence is per match in Gateway API.
     let blocks: Vec<Option<HttpMatch>> = if matches.is_empty() {

@@ -1,21 +1,24 @@
-//! Istio retry policies: Envoy `retryOn` tokens and Istio's default when a route states none.
+//! Istio retry policies: Envoy `retryOn` tokens, and the conditions Istio retries on when
+//! `retries` is given without `retryOn`.
+//!
+//! A route without `retries` gets no explicit policy (`retry: None`), which the proxy reads as
+//! the mesh default: 2 retries on connect-failure and refused-stream, within the retry budget.
+//! Istio's own default adds gRPC `unavailable` and `cancelled`; those answers may come after the
+//! application did work, so the mesh retries them only when a route asks (write Istio's default
+//! out in `retries` to get it exactly).
 
-use trellis_model::route::{RetryOn, RetryPolicy};
+use trellis_model::route::RetryOn;
 
 use crate::kube::FieldError;
 
-/// Istio's retry policy when a route states none: 2 retries on connect-failure,
-/// refused-stream, unavailable, cancelled, retriable-status-codes (no codes listed).
-pub(crate) fn istio_default_retry() -> RetryPolicy {
-    RetryPolicy {
-        attempts: 2,
-        per_try_timeout: None,
-        on: RetryOn {
-            connect_failure: true,
-            refused_stream: true,
-            grpc_codes: vec![1, 14],
-            ..RetryOn::default()
-        },
+/// Istio's `retryOn` when `retries` omits it: connect-failure, refused-stream, unavailable,
+/// cancelled, retriable-status-codes (no codes listed).
+pub(crate) fn istio_default_retry_on() -> RetryOn {
+    RetryOn {
+        connect_failure: true,
+        refused_stream: true,
+        grpc_codes: vec![1, 14],
+        ..RetryOn::default()
     }
 }
 

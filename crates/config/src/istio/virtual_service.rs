@@ -18,7 +18,7 @@ use trellis_model::route::{
 };
 
 use super::fault::{FaultInjection, fault};
-use super::retries::{istio_default_retry, parse_retry_on};
+use super::retries::{istio_default_retry_on, parse_retry_on};
 use super::{Headers, IstioStringMatch, Percent, PortSelector};
 use crate::document::{Resource, Translated};
 use crate::kube::FieldError;
@@ -507,7 +507,8 @@ fn http_route(
         Some(t) => Some(duration(&format!("{field}.timeout"), t)?).filter(|d| !d.is_zero()),
     };
     let retry = match &h.retries {
-        None => Some(istio_default_retry()),
+        // The mesh default applies (see `retries`).
+        None => None,
         Some(r) => {
             if r.retry_remote_localities.is_some() {
                 notes.push(format!(
@@ -517,7 +518,7 @@ fn http_route(
             let attempts = non_negative_u32(&format!("{field}.retries.attempts"), r.attempts)?;
             let on = match &r.retry_on {
                 Some(text) => parse_retry_on(&format!("{field}.retries.retryOn"), text)?,
-                None => istio_default_retry().on,
+                None => istio_default_retry_on(),
             };
             let per_try_timeout = r
                 .per_try_timeout
