@@ -12,8 +12,9 @@ use std::time::Duration;
 
 use tokio::sync::watch;
 
+use crate::balance::EndpointState;
 use crate::discovery::Resolution;
-use crate::traffic::{Plan, TargetTraffic};
+use crate::traffic::{BackendRt, Plan, TargetTraffic};
 
 /// How long a request to a service target waits for discovery's first answer.
 pub const FIRST_ANSWER_WAIT: Duration = Duration::from_secs(3);
@@ -85,6 +86,14 @@ pub enum Dest {
         resolution: Resolution,
         traffic: Arc<TargetTraffic>,
     },
+}
+
+/// An opaque stream's upstream: the hop and, for a discovered destination, the backend and
+/// endpoint it was balanced to.
+#[derive(Debug)]
+pub struct StreamHop {
+    pub hop: Hop,
+    pub chosen: Option<(Arc<BackendRt>, Arc<EndpointState>)>,
 }
 
 /// Where the next request or stream goes: a fixed hop, or a discovered destination's plan.
@@ -176,16 +185,26 @@ impl Dest {
     /// The hop for an opaque stream to `port`: TCP routes split per connection, then the
     /// backend's balancer.
     pub async fn hop(&self, port: u16) -> Result<Hop, NoHop> {
+        self.stream_hop(port).await.map(|s| s.hop)
+    }
+
+    /// [`Self::hop`], with the backend and endpoint chosen when the destination was discovered,
+    /// so the stream can count as in flight and report connect failures to outlier detection.
+    pub async fn stream_hop(&self, port: u16) -> Result<StreamHop, NoHop> {
         match self.next(None).await? {
-            Next::Hop(hop) => Ok(hop),
+            Next::Hop(hop) => Ok(StreamHop { hop, chosen: None }),
             Next::Routed(plan) => {
                 let backend = plan.tcp_backend(port).ok_or(NoHop::NoEndpoints)?;
                 backend.sweep();
-                backend
+                let endpoint = backend
                     .balancer
                     .pick(None, None)
-                    .map(|e| endpoint_hop(e.endpoint()))
-                    .ok_or(NoHop::NoEndpoints)
+                    .ok_or(NoHop::NoEndpoints)?
+                    .clone();
+                Ok(StreamHop {
+                    hop: endpoint_hop(endpoint.endpoint()),
+                    chosen: Some((backend.clone(), endpoint)),
+                })
             }
         }
     }

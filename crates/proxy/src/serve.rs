@@ -22,10 +22,11 @@ use crate::client::Upstreams;
 use crate::detect::{Detected, Protocol, detect};
 use crate::discovery::Discovery;
 use crate::forward::HttpForward;
+use crate::resilience::outlier::Outcome;
 use crate::route::Dest;
 use crate::telemetry::{DetectOutcome, Direction, Metrics};
 use crate::traffic::TargetTraffic;
-use crate::transport::{CountingIo, PrefixedIo, is_own_listener, splice};
+use crate::transport::{CountingIo, PrefixedIo, connect, is_own_listener, splice};
 
 /// Bound on remembered per-target traffic state for transparent traffic; past it the map is
 /// reset (losing balancer and budget history, never config), so memory cannot grow without
@@ -199,12 +200,12 @@ async fn serve_opaque(
     dest: &Dest,
     dest_port: u16,
 ) {
-    let hop = match dest.hop(dest_port).await {
-        Ok(hop) if is_own_listener(hop.addr, &ctx.listeners) => {
-            tracing::warn!(direction = direction.as_str(), hop = %hop.addr, "opaque connection would loop into the proxy; closing");
+    let target = match dest.stream_hop(dest_port).await {
+        Ok(t) if is_own_listener(t.hop.addr, &ctx.listeners) => {
+            tracing::warn!(direction = direction.as_str(), hop = %t.hop.addr, "opaque connection would loop into the proxy; closing");
             return;
         }
-        Ok(hop) => hop,
+        Ok(t) => t,
         Err(no_hop) => {
             tracing::info!(
                 direction = direction.as_str(),
@@ -214,7 +215,25 @@ async fn serve_opaque(
             return;
         }
     };
-    match splice(&mut io, hop.addr).await {
+    let hop = target.hop;
+    // A balanced stream counts as in flight on its endpoint (least request, EWMA) while open.
+    let _in_flight = target.chosen.as_ref().map(|(_, e)| e.start());
+    let upstream = match connect(hop.addr).await {
+        Ok(upstream) => upstream,
+        Err(e) => {
+            if let Some((backend, endpoint)) = &target.chosen
+                && backend.record(endpoint, Outcome::GatewayError)
+            {
+                ctx.metrics.outlier_ejection(direction);
+            }
+            tracing::info!(direction = direction.as_str(), hop = %hop.addr, error = %e, "opaque connection failed to connect");
+            return;
+        }
+    };
+    if let Some((backend, endpoint)) = &target.chosen {
+        backend.record(endpoint, Outcome::Success);
+    }
+    match splice(&mut io, upstream).await {
         Ok((up, down)) => {
             tracing::debug!(direction = direction.as_str(), hop = %hop.addr, up, down, "opaque connection closed")
         }

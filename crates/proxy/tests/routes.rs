@@ -415,3 +415,50 @@ async fn mirrors_in_flight_are_bounded() {
     );
     assert_eq!(app.hits(), limit + 50);
 }
+
+#[tokio::test]
+async fn tcp_routes_split_connections_by_weight() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let (primary, replica) = (
+        support::routed::tcp_named("primary").await,
+        support::routed::tcp_named("replica").await,
+    );
+    let app = Backend::start("unused").await;
+    let mut dest = destination(&[&app]);
+    let mut p = subset_backend("primary", &[&app]);
+    p.endpoints[0].address = primary;
+    let mut r = subset_backend("replica", &[&app]);
+    r.endpoints[0].address = replica;
+    dest.backends = vec![p, r];
+    dest.tcp_routes = vec![trellis_model::route::TcpRoute {
+        name: "db".into(),
+        source: ResourceRef::default(),
+        port: Some(9080),
+        backends: vec![
+            weighted(subset("primary"), 80),
+            weighted(subset("replica"), 20),
+        ],
+    }];
+    let proxy = routed(dest).await;
+    let n = 500;
+    let mut to_primary = 0;
+    for _ in 0..n {
+        let mut conn = tokio::net::TcpStream::connect(proxy.addr).await.unwrap();
+        // Not HTTP: detection classifies the connection as opaque at once.
+        conn.write_all(b"\x00ping").await.unwrap();
+        let mut answer = String::new();
+        tokio::time::timeout(support::WAIT, conn.read_to_string(&mut answer))
+            .await
+            .unwrap()
+            .unwrap();
+        match answer.as_str() {
+            "primary" => to_primary += 1,
+            "replica" => {}
+            other => panic!("unexpected answer {other:?}"),
+        }
+    }
+    let share = f64::from(to_primary) / f64::from(n);
+    println!("primary share over {n} connections: {share:.3}");
+    // 80% of 500 connections: ±6% is 3.4 standard deviations.
+    assert!((0.74..=0.86).contains(&share), "primary share {share}");
+}

@@ -269,3 +269,22 @@ impl Routed {
             .unwrap_or(0)
     }
 }
+
+/// A TCP server that answers every connection with `name` once it has read a byte, then closes.
+pub async fn tcp_named(name: &'static str) -> SocketAddr {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(async move {
+        while let Ok((mut stream, _)) = listener.accept().await {
+            tokio::spawn(async move {
+                let mut byte = [0u8; 1];
+                if stream.read(&mut byte).await.is_ok() {
+                    let _ = stream.write_all(name.as_bytes()).await;
+                    let _ = stream.shutdown().await;
+                }
+            });
+        }
+    });
+    addr
+}
