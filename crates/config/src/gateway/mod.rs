@@ -194,6 +194,12 @@ fn parents(
                 .namespace
                 .clone()
                 .unwrap_or_else(|| source.namespace.clone());
+            if namespace != source.namespace {
+                notes.push(format!(
+                    "spec.parentRefs[{i}]: a consumer route (for a Service in {namespace}) applies to every client, not only those in {}, until per-client routes are supported",
+                    source.namespace
+                ));
+            }
             out.push(Parent {
                 service: ServiceKey::new(namespace, p.name.clone()),
                 port: p
