@@ -236,7 +236,7 @@ async fn grpc_deadline_is_honoured_and_propagated() {
         .to_string();
     let left = trellis_proxy::resilience::deadline::parse_grpc_timeout(sent.as_bytes()).unwrap();
     assert!(
-        left <= Duration::from_millis(300) && left > Duration::from_millis(200),
+        left <= Duration::from_millis(300) && left > Duration::from_millis(100),
         "{sent}"
     );
     // Too slow: DEADLINE_EXCEEDED after the caller's 300 ms, not the route's 5 s.
@@ -317,7 +317,7 @@ async fn outlier_detection_ejects_then_readmits() {
         consecutive_5xx: Some(3),
         consecutive_gateway_errors: None,
         interval: Duration::from_millis(50),
-        base_ejection_time: Duration::from_millis(800),
+        base_ejection_time: Duration::from_millis(1_500),
         max_ejection_percent: 10,
     });
     dest.routes = vec![route_with(Some(retry_on_5xx(0)), None)];
@@ -345,7 +345,7 @@ async fn outlier_detection_ejects_then_readmits() {
         bad.hits() > 3
     })
     .await;
-    assert!(ejected_at.elapsed() >= Duration::from_millis(700));
+    assert!(ejected_at.elapsed() >= Duration::from_millis(1_400));
 }
 
 /// Sends `n` requests from `workers` concurrent clients; returns the slow endpoint's share.
