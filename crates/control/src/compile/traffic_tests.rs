@@ -420,3 +420,43 @@ fn gateway_api_and_traffic_split_give_the_same_90_10() {
         assert_eq!(by["reviews-v2"], ["reviews-v2"], "{name}");
     }
 }
+
+#[test]
+fn second_destination_rule_for_a_host_is_conflicted() {
+    let dr = |name: &str, lb: &str| {
+        format!(
+            "apiVersion: networking.istio.io/v1\nkind: DestinationRule\nmetadata: {{name: {name}}}\nspec:\n  host: reviews\n  trafficPolicy: {{loadBalancer: {{simple: {lb}}}}}\n"
+        )
+    };
+    let snap = snapshot(&[
+        ("bookinfo.yaml", &fixture("bookinfo.yaml")),
+        ("a.yaml", &dr("reviews-rr", "ROUND_ROBIN")),
+        ("b.yaml", &dr("reviews-random", "RANDOM")),
+    ]);
+    // Neither is dated: first by namespace/name wins.
+    let dest = compile_in(&snap, "reviews.default:9080");
+    assert_eq!(dest.policy.load_balancer, LoadBalancer::Random);
+    let loser = row(&snap, "DestinationRule", "reviews-rr");
+    assert_eq!(loser.status, Status::Conflicted);
+    assert!(
+        loser
+            .message
+            .as_deref()
+            .unwrap()
+            .contains("DestinationRule default/reviews-random"),
+        "{:?}",
+        loser.message
+    );
+    // A dated rule is older than an undated one (files have no creation time).
+    let dated = dr("reviews-rr", "ROUND_ROBIN").replace(
+        "metadata: {name: reviews-rr}",
+        "metadata: {name: reviews-rr, creationTimestamp: \"2024-01-01T00:00:00Z\"}",
+    );
+    let snap = snapshot(&[
+        ("bookinfo.yaml", &fixture("bookinfo.yaml")),
+        ("a.yaml", &dated),
+        ("b.yaml", &dr("reviews-random", "RANDOM")),
+    ]);
+    let dest = compile_in(&snap, "reviews.default:9080");
+    assert_eq!(dest.policy.load_balancer, LoadBalancer::RoundRobin);
+}
