@@ -428,3 +428,94 @@ async fn a_backend_connect_timeout_applies() {
         started.elapsed()
     );
 }
+
+#[tokio::test]
+async fn grpc_codes_are_retried_when_listed() {
+    let (a, b) = (Backend::start("a").await, Backend::start("b").await);
+    // Both answer UNAVAILABLE; only the listed code is retried.
+    a.grpc_status.store(14, Relaxed);
+    b.grpc_status.store(14, Relaxed);
+    let mut dest = destination(&[&a, &b]);
+    let retry = RetryPolicy {
+        attempts: 1,
+        per_try_timeout: None,
+        on: RetryOn {
+            grpc_codes: vec![14],
+            ..RetryOn::default()
+        },
+    };
+    dest.routes = vec![route_with(Some(retry), None)];
+    let proxy = routed(dest).await;
+    let a1 = proxy.get("/pkg.Svc/Call").await;
+    assert_eq!(a1.headers["grpc-status"], "14");
+    assert_eq!(a.hits() + b.hits(), 2);
+    assert_eq!(a.hits(), 1, "the retry went to the other endpoint");
+    a.grpc_status.store(13, Relaxed);
+    b.grpc_status.store(13, Relaxed);
+    proxy.get("/pkg.Svc/Call").await;
+    assert_eq!(a.hits() + b.hits(), 3, "INTERNAL is not listed");
+}
+
+#[tokio::test]
+async fn consistent_hash_keeps_users_and_sessions_on_one_endpoint() {
+    let backends = [
+        Backend::start("a").await,
+        Backend::start("b").await,
+        Backend::start("c").await,
+    ];
+    let mut dest = destination(&[&backends[0], &backends[1], &backends[2]]);
+    dest.policy.load_balancer = LoadBalancer::ConsistentHash {
+        key: trellis_model::policy::HashKey::Header("x-user".into()),
+        algorithm: trellis_model::policy::HashAlgorithm::Ring,
+    };
+    let proxy = routed(dest.clone()).await;
+    let mut homes = std::collections::HashSet::new();
+    for user in 0..30 {
+        let mut home = None;
+        for _ in 0..10 {
+            let req = proxy
+                .request("/")
+                .header("x-user", format!("user-{user}"))
+                .body(Full::new(Bytes::new()))
+                .unwrap();
+            let body = proxy.send(req).await.body;
+            assert_eq!(
+                home.get_or_insert_with(|| body.clone()),
+                &body,
+                "user {user}"
+            );
+        }
+        homes.extend(home);
+    }
+    assert!(homes.len() >= 2, "30 users all on one endpoint: {homes:?}");
+
+    // A cookie with a TTL: the proxy makes one for a client without it, then keeps to it.
+    dest.policy.load_balancer = LoadBalancer::ConsistentHash {
+        key: trellis_model::policy::HashKey::Cookie {
+            name: "session".into(),
+            ttl: Some(Duration::from_secs(60)),
+            path: Some("/".into()),
+        },
+        algorithm: trellis_model::policy::HashAlgorithm::Maglev,
+    };
+    proxy.update(dest);
+    let first = proxy.get("/").await;
+    let set_cookie = first.headers["set-cookie"].to_str().unwrap().to_string();
+    assert!(
+        set_cookie.starts_with("session=") && set_cookie.contains("Max-Age=60"),
+        "{set_cookie}"
+    );
+    let cookie = set_cookie.split(';').next().unwrap().to_string();
+    let mut seen = std::collections::HashSet::new();
+    for _ in 0..20 {
+        let req = proxy
+            .request("/")
+            .header("cookie", format!("theme=dark; {cookie}"))
+            .body(Full::new(Bytes::new()))
+            .unwrap();
+        let a = proxy.send(req).await;
+        assert!(!a.headers.contains_key("set-cookie"));
+        seen.insert(a.body);
+    }
+    assert_eq!(seen.len(), 1, "one session, one endpoint: {seen:?}");
+}

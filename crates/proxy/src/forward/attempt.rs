@@ -97,12 +97,60 @@ fn request_hash<B>(
     }
 }
 
+/// A session cookie for a request without one, when the backend hashes on a cookie with a TTL
+/// (Envoy's rule): a random value that keys this request and is set on its answer, so the
+/// client's next requests hash to the same endpoint.
+fn new_session_cookie(key: Option<&HashKey>) -> Option<(u64, HeaderValue)> {
+    let Some(HashKey::Cookie {
+        name,
+        ttl: Some(ttl),
+        path,
+    }) = key
+    else {
+        return None;
+    };
+    let value = format!("{:016x}", crate::split::next_u64());
+    let mut cookie = format!("{name}={value}; Max-Age={}", ttl.as_secs());
+    if let Some(path) = path {
+        cookie.push_str("; Path=");
+        cookie.push_str(path);
+    }
+    cookie.push_str("; HttpOnly");
+    Some((
+        hash_key(value.as_bytes()),
+        HeaderValue::from_str(&cookie).ok()?,
+    ))
+}
+
 pub(super) async fn run(
     fwd: &HttpForward,
     backend: &BackendRt,
     req: Request<UpBody>,
     tagged: bool,
     a: Attempts<'_>,
+) -> Response<ProxyBody> {
+    let key = backend.hash_key.as_ref();
+    let (hash, set_cookie) = match request_hash(key, &req, fwd.peer) {
+        Some(hash) => (Some(hash), None),
+        None => match new_session_cookie(key) {
+            Some((hash, cookie)) => (Some(hash), Some(cookie)),
+            None => (None, None),
+        },
+    };
+    let mut resp = run_timed(fwd, backend, req, tagged, a, hash).await;
+    if let Some(cookie) = set_cookie {
+        resp.headers_mut().append(header::SET_COOKIE, cookie);
+    }
+    resp
+}
+
+async fn run_timed(
+    fwd: &HttpForward,
+    backend: &BackendRt,
+    req: Request<UpBody>,
+    tagged: bool,
+    a: Attempts<'_>,
+    hash: Option<u64>,
 ) -> Response<ProxyBody> {
     let grpc = is_grpc(req.headers());
     let caller = req
@@ -111,10 +159,15 @@ pub(super) async fn run(
         .filter(|_| grpc)
         .and_then(|v| parse_grpc_timeout(v.as_bytes()));
     let Some(timeout) = deadline::effective(a.timeout, caller) else {
-        return attempts(fwd, backend, req, tagged, &a, None).await;
+        return attempts(fwd, backend, req, tagged, &a, None, hash).await;
     };
     let deadline = grpc.then(|| Instant::now() + timeout);
-    match tokio::time::timeout(timeout, attempts(fwd, backend, req, tagged, &a, deadline)).await {
+    match tokio::time::timeout(
+        timeout,
+        attempts(fwd, backend, req, tagged, &a, deadline, hash),
+    )
+    .await
+    {
         Ok(resp) => resp,
         Err(_) => {
             fwd.ctx.metrics.request_timeout(fwd.direction);
@@ -162,6 +215,7 @@ async fn attempts(
     tagged: bool,
     a: &Attempts<'_>,
     grpc_deadline: Option<Instant>,
+    hash: Option<u64>,
 ) -> Response<ProxyBody> {
     let metrics = &fwd.ctx.metrics;
     let dir = fwd.direction;
@@ -173,7 +227,6 @@ async fn attempts(
         }
     };
     backend.deposit();
-    let hash = request_hash(backend.hash_key.as_ref(), &req, fwd.peer);
     let (parts, body) = req.into_parts();
     let want_replay = a.policy.attempts > 0 || !a.mirrors.mirrors.is_empty();
     let mut body = match ReqBody::prepare(body, want_replay).await {

@@ -38,6 +38,8 @@ pub struct Backend {
     pub status: Arc<AtomicU16>,
     /// Delay before answering, in milliseconds.
     pub delay_ms: Arc<AtomicU64>,
+    /// A `grpc-status` to put in the answer's head (trailers-only style); 0: none.
+    pub grpc_status: Arc<AtomicU16>,
     /// The last request's head and body as the backend saw them.
     pub last: Arc<Mutex<Option<(String, HeaderMap, Bytes)>>>,
 }
@@ -51,6 +53,7 @@ impl Backend {
             hits: Arc::default(),
             status: Arc::new(AtomicU16::new(200)),
             delay_ms: Arc::default(),
+            grpc_status: Arc::default(),
             last: Arc::default(),
         };
         let server = b.clone();
@@ -85,6 +88,11 @@ impl Backend {
         *resp.status_mut() = http::StatusCode::from_u16(self.status.load(Relaxed)).unwrap();
         resp.headers_mut()
             .insert("x-backend", HeaderValue::from_static(self.name));
+        let grpc = self.grpc_status.load(Relaxed);
+        if grpc > 0 {
+            resp.headers_mut()
+                .insert("grpc-status", HeaderValue::from(grpc));
+        }
         Ok(resp)
     }
 
