@@ -296,6 +296,20 @@ mod tests {
         assert!(Arc::ptr_eq(kept, &e1));
         assert_eq!(kept.in_flight(), 1);
         assert_eq!(c.own.balancer.endpoints()[1].in_flight(), 0);
+        // New metadata at the same address keeps the live state too.
+        let Resolution::Found(relabelled) = found(&[1]) else {
+            unreachable!()
+        };
+        let mut relabelled = (*relabelled).clone();
+        relabelled.endpoints[0]
+            .labels
+            .insert("version".into(), "v2".into());
+        let d = traffic.plan(&Arc::new(relabelled));
+        let kept = &d.own.balancer.endpoints()[0];
+        assert_eq!(kept.endpoint().labels["version"], "v2");
+        assert_eq!(kept.in_flight(), 1);
+        drop(_busy);
+        assert_eq!(kept.in_flight(), 0);
     }
 
     #[test]

@@ -63,10 +63,9 @@ impl BackendRt {
             .iter()
             .map(|e| match old_endpoints.get(&e.address) {
                 Some(s) if s.endpoint() == e => s.clone(),
-                // Same address, new metadata: keep the live state's history by address
-                // anyway would need interior mutability of the endpoint; a fresh state is
-                // simpler and metadata changes are rare.
-                _ => Arc::new(EndpointState::new(e.clone())),
+                // Same address, new metadata: new description, same live state.
+                Some(s) => Arc::new(s.with_endpoint(e.clone())),
+                None => Arc::new(EndpointState::new(e.clone())),
             })
             .collect();
         let hash_key = match &policy.load_balancer {

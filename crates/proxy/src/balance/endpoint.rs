@@ -12,13 +12,21 @@ use trellis_model::Endpoint;
 use super::ewma::PeakEwma;
 use crate::resilience::outlier::EndpointOutlier;
 
+/// An endpoint as discovery describes it, and its live state.
 #[derive(Debug)]
 pub struct EndpointState {
     endpoint: Endpoint,
+    live: Arc<Live>,
+}
+
+/// What is learnt about an address from traffic; shared by every version of the endpoint's
+/// metadata (labels, identity) while its address stays.
+#[derive(Debug)]
+struct Live {
     origin: Instant,
     in_flight: AtomicU64,
     ewma: Mutex<PeakEwma>,
-    /// Mirrors `outlier.ejected_until.is_some()` for a lock-free check on every pick.
+    /// Mirrors `outlier.is_ejected()` for a lock-free check on every pick.
     ejected: AtomicBool,
     outlier: Mutex<EndpointOutlier>,
 }
@@ -32,11 +40,21 @@ impl EndpointState {
     pub fn new(endpoint: Endpoint) -> Self {
         Self {
             endpoint,
-            origin: Instant::now(),
-            in_flight: AtomicU64::new(0),
-            ewma: Mutex::new(PeakEwma::new(0)),
-            ejected: AtomicBool::new(false),
-            outlier: Mutex::new(EndpointOutlier::default()),
+            live: Arc::new(Live {
+                origin: Instant::now(),
+                in_flight: AtomicU64::new(0),
+                ewma: Mutex::new(PeakEwma::new(0)),
+                ejected: AtomicBool::new(false),
+                outlier: Mutex::new(EndpointOutlier::default()),
+            }),
+        }
+    }
+
+    /// The same address with new metadata, keeping what traffic taught about it.
+    pub fn with_endpoint(&self, endpoint: Endpoint) -> Self {
+        Self {
+            endpoint,
+            live: self.live.clone(),
         }
     }
 
@@ -49,29 +67,29 @@ impl EndpointState {
     }
 
     pub fn in_flight(&self) -> u64 {
-        self.in_flight.load(Relaxed)
+        self.live.in_flight.load(Relaxed)
     }
 
     pub fn is_ejected(&self) -> bool {
-        self.ejected.load(Relaxed)
+        self.live.ejected.load(Relaxed)
     }
 
     fn nanos(&self, at: Instant) -> u64 {
-        u64::try_from(at.saturating_duration_since(self.origin).as_nanos()).unwrap_or(u64::MAX)
+        u64::try_from(at.saturating_duration_since(self.live.origin).as_nanos()).unwrap_or(u64::MAX)
     }
 
     pub fn ewma_cost(&self) -> f64 {
         let now = self.nanos(Instant::now());
-        lock(&self.ewma).cost(self.in_flight(), now)
+        lock(&self.live.ewma).cost(self.in_flight(), now)
     }
 
     pub fn ewma_estimate_nanos(&self) -> f64 {
-        lock(&self.ewma).estimate_nanos()
+        lock(&self.live.ewma).estimate_nanos()
     }
 
     /// Counts a request as in flight until the guard drops; the guard records its latency.
     pub fn start(self: &Arc<Self>) -> InFlight {
-        self.in_flight.fetch_add(1, Relaxed);
+        self.live.in_flight.fetch_add(1, Relaxed);
         InFlight {
             endpoint: self.clone(),
             started: Instant::now(),
@@ -80,9 +98,9 @@ impl EndpointState {
 
     /// Outlier state, locked briefly (never across an await).
     pub fn with_outlier<R>(&self, f: impl FnOnce(&mut EndpointOutlier) -> R) -> R {
-        let mut o = lock(&self.outlier);
+        let mut o = lock(&self.live.outlier);
         let r = f(&mut o);
-        self.ejected.store(o.is_ejected(), Relaxed);
+        self.live.ejected.store(o.is_ejected(), Relaxed);
         r
     }
 }
@@ -100,7 +118,7 @@ impl InFlight {
         let now = Instant::now();
         let rtt = now.saturating_duration_since(self.started).as_nanos() as f64;
         let at = self.endpoint.nanos(now);
-        lock(&self.endpoint.ewma).observe(rtt, at);
+        lock(&self.endpoint.live.ewma).observe(rtt, at);
     }
 
     /// Records the round trip, but at least `floor`: a failed attempt counts as slow.
@@ -111,7 +129,7 @@ impl InFlight {
             .max(floor)
             .as_nanos() as f64;
         let at = self.endpoint.nanos(now);
-        lock(&self.endpoint.ewma).observe(rtt, at);
+        lock(&self.endpoint.live.ewma).observe(rtt, at);
     }
 
     pub fn endpoint(&self) -> &Arc<EndpointState> {
@@ -121,6 +139,6 @@ impl InFlight {
 
 impl Drop for InFlight {
     fn drop(&mut self) {
-        self.endpoint.in_flight.fetch_sub(1, Relaxed);
+        self.endpoint.live.in_flight.fetch_sub(1, Relaxed);
     }
 }
