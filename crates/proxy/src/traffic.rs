@@ -56,16 +56,20 @@ impl BackendRt {
         authority: &str,
         endpoints: &[Endpoint],
         policy: &trellis_model::policy::TrafficPolicy,
-        old_endpoints: &HashMap<SocketAddr, Arc<EndpointState>>,
+        known: &mut HashMap<SocketAddr, Arc<EndpointState>>,
         old: Option<&BackendRt>,
     ) -> Self {
         let states = endpoints
             .iter()
-            .map(|e| match old_endpoints.get(&e.address) {
-                Some(s) if s.endpoint() == e => s.clone(),
-                // Same address, new metadata: new description, same live state.
-                Some(s) => Arc::new(s.with_endpoint(e.clone())),
-                None => Arc::new(EndpointState::new(e.clone())),
+            .map(|e| {
+                let state = match known.get(&e.address) {
+                    Some(s) if s.endpoint() == e => return s.clone(),
+                    // Same address, new metadata: new description, same live state.
+                    Some(s) => Arc::new(s.with_endpoint(e.clone())),
+                    None => Arc::new(EndpointState::new(e.clone())),
+                };
+                known.insert(e.address, state.clone());
+                state
             })
             .collect();
         let hash_key = match &policy.load_balancer {
@@ -188,12 +192,14 @@ pub struct Plan {
 
 impl Plan {
     pub fn build(dest: Arc<Destination>, old: Option<&Plan>) -> Self {
-        let mut old_endpoints: HashMap<SocketAddr, Arc<EndpointState>> = HashMap::new();
+        // Endpoint state by address, from the old plan and then from this one, so an address in
+        // several backends (a subset of the service's own endpoints) has one live state.
+        let mut known: HashMap<SocketAddr, Arc<EndpointState>> = HashMap::new();
         let mut old_backends: HashMap<BackendRef, Arc<BackendRt>> = HashMap::new();
         if let Some(old) = old {
             for b in old.backends() {
                 for e in b.balancer.endpoints() {
-                    old_endpoints.insert(e.addr(), e.clone());
+                    known.insert(e.addr(), e.clone());
                 }
                 old_backends.insert(b.backend.clone(), b.clone());
             }
@@ -208,7 +214,7 @@ impl Plan {
             &dest.authority,
             &dest.endpoints,
             &dest.policy,
-            &old_endpoints,
+            &mut known,
             old_backends.get(&own_ref).map(|b| &**b),
         ));
         let mut built: HashMap<BackendRef, Arc<BackendRt>> = HashMap::new();
@@ -225,7 +231,7 @@ impl Plan {
                 &b.authority,
                 &b.endpoints,
                 &b.policy,
-                &old_endpoints,
+                &mut known,
                 old_backends.get(r).map(|b| &**b),
             ));
             built.insert(r.clone(), rt.clone());

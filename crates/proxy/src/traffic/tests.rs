@@ -88,6 +88,26 @@ fn tcp_routes_split_per_connection() {
 }
 
 #[test]
+fn an_address_in_several_backends_has_one_live_state() {
+    let mut d = dest(TrafficPolicy::default());
+    d.tcp_routes = vec![TcpRoute {
+        name: "split".into(),
+        source: ResourceRef::default(),
+        port: None,
+        backends: vec![
+            weighted(subset("primary"), 1),
+            weighted(subset("replica"), 1),
+        ],
+    }];
+    let plan = Plan::build(Arc::new(d), None);
+    let own = &plan.own.balancer.endpoints()[0];
+    let primary = &plan.tcp_routes[0][0].as_ref().unwrap().balancer.endpoints()[0];
+    assert_eq!(own.addr(), primary.addr());
+    let _busy = primary.start();
+    assert_eq!(own.in_flight(), 1);
+}
+
+#[test]
 fn unknown_backends_resolve_to_none() {
     let mut d = dest(TrafficPolicy::default());
     d.tcp_routes = vec![TcpRoute {
