@@ -9,7 +9,9 @@ use std::time::Duration;
 use http::header::{self, HeaderValue};
 use http::{Request, Response, StatusCode, Uri};
 use trellis_model::matching::{PathMatch, RequestView};
-use trellis_model::route::{AbortStatus, HttpRoute, Mirror, RouteAction, select_route};
+use trellis_model::route::{
+    AbortStatus, HttpRoute, Mirror, PathRewrite, RouteAction, select_route,
+};
 
 use super::HttpForward;
 use super::attempt::{self, Attempts};
@@ -70,8 +72,15 @@ fn set_path<B>(req: &mut Request<B>, path: &str) {
     }
 }
 
-/// The prefix the matching block matched, for prefix rewrites.
+/// The prefix the matching block matched, for prefix rewrites; matching is only run again for
+/// routes that rewrite or redirect by prefix.
 fn matched_prefix<'r>(route: &'r HttpRoute, view: &RequestView<'_>) -> Option<&'r str> {
+    let by_prefix = |p: Option<&PathRewrite>| matches!(p, Some(PathRewrite::Prefix(_)));
+    let wanted = by_prefix(route.rewrite.as_ref().and_then(|r| r.path.as_ref()))
+        || matches!(&route.action, RouteAction::Redirect(r) if by_prefix(r.path.as_ref()));
+    if !wanted {
+        return None;
+    }
     route
         .matches
         .iter()
