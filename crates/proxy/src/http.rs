@@ -12,8 +12,11 @@ use http_body_util::{BodyExt, Full};
 
 use crate::telemetry::Direction;
 
+/// An error that ends a response body early (an upstream failure, or the request timeout).
+pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
+
 /// The body of every response the proxy returns downstream.
-pub type ProxyBody = BoxBody<Bytes, hyper::Error>;
+pub type ProxyBody = BoxBody<Bytes, BoxError>;
 
 /// Set by the outbound proxy when it carries an HTTP/1.x request over the HTTP/2 hop between
 /// meshed proxies; the inbound proxy removes it and speaks HTTP/1.1 to the application.

@@ -519,3 +519,50 @@ async fn consistent_hash_keeps_users_and_sessions_on_one_endpoint() {
     }
     assert_eq!(seen.len(), 1, "one session, one endpoint: {seen:?}");
 }
+
+#[tokio::test]
+async fn the_route_timeout_also_bounds_a_streaming_body() {
+    use tokio::io::AsyncWriteExt;
+    // Answers headers and a first chunk at once, the rest only after 3 s.
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(async move {
+        while let Ok((mut stream, _)) = listener.accept().await {
+            tokio::spawn(async move {
+                support::read_head(&mut stream).await;
+                let head = "HTTP/1.1 200 OK\r\ntransfer-encoding: chunked\r\n\r\n5\r\nhello\r\n";
+                let _ = stream.write_all(head.as_bytes()).await;
+                tokio::time::sleep(Duration::from_secs(3)).await;
+                let _ = stream.write_all(b"0\r\n\r\n").await;
+            });
+        }
+    });
+    let app = Backend::start("unused").await;
+    let mut dest = destination(&[&app]);
+    dest.endpoints[0].address = addr;
+    dest.routes = vec![route_with(None, Some(Duration::from_millis(300)))];
+    let proxy = routed(dest).await;
+    let started = Instant::now();
+    let resp = proxy
+        .client
+        .request(proxy.request("/").body(Full::new(Bytes::new())).unwrap())
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 200, "headers came in time");
+    let body = tokio::time::timeout(
+        support::WAIT,
+        http_body_util::BodyExt::collect(resp.into_body()),
+    )
+    .await
+    .unwrap();
+    assert!(body.is_err(), "the body is cut, not passed off as complete");
+    assert!(
+        started.elapsed() < Duration::from_millis(2_000),
+        "{:?}",
+        started.elapsed()
+    );
+    assert_eq!(
+        proxy.metric("trellis_request_timeouts_total{direction=\"outbound\"}"),
+        1
+    );
+}

@@ -14,7 +14,7 @@ use tokio::time::Instant;
 use trellis_model::policy::HashKey;
 use trellis_model::route::RetryPolicy;
 
-use super::body::{Guarded, Held, ReqBody};
+use super::body::{BodyDeadline, Guarded, Held, ReqBody};
 use super::routed::{MirrorSet, mirror};
 use super::{HttpForward, downstream_parts};
 use crate::balance::hash::hash_key;
@@ -159,12 +159,16 @@ async fn run_timed(
         .filter(|_| grpc)
         .and_then(|v| parse_grpc_timeout(v.as_bytes()));
     let Some(timeout) = deadline::effective(a.timeout, caller) else {
-        return attempts(fwd, backend, req, tagged, &a, None, hash).await;
+        return attempts(fwd, backend, req, tagged, &a, Deadlines::default(), hash).await;
     };
-    let deadline = grpc.then(|| Instant::now() + timeout);
+    let ends = Instant::now() + timeout;
+    let limits = Deadlines {
+        grpc: grpc.then_some(ends),
+        body: Some((ends, grpc)),
+    };
     match tokio::time::timeout(
         timeout,
-        attempts(fwd, backend, req, tagged, &a, deadline, hash),
+        attempts(fwd, backend, req, tagged, &a, limits, hash),
     )
     .await
     {
@@ -183,6 +187,14 @@ async fn run_timed(
             }
         }
     }
+}
+
+/// When a request must be done by: the gRPC deadline sent upstream, and the end of the
+/// response body (with whether to end it as gRPC).
+#[derive(Clone, Copy, Debug, Default)]
+struct Deadlines {
+    grpc: Option<Instant>,
+    body: Option<(Instant, bool)>,
 }
 
 /// How one attempt ended without an answer.
@@ -214,7 +226,7 @@ async fn attempts(
     req: Request<UpBody>,
     tagged: bool,
     a: &Attempts<'_>,
-    grpc_deadline: Option<Instant>,
+    deadlines: Deadlines,
     hash: Option<u64>,
 ) -> Response<ProxyBody> {
     let metrics = &fwd.ctx.metrics;
@@ -281,7 +293,7 @@ async fn attempts(
             break;
         };
         let mut req = this_head.map(|()| this_body);
-        if let Some(deadline) = grpc_deadline {
+        if let Some(deadline) = deadlines.grpc {
             let mut left = deadline.saturating_duration_since(Instant::now());
             if let Some(per_try) = a.policy.per_try_timeout {
                 left = left.min(per_try);
@@ -334,7 +346,13 @@ async fn attempts(
                     connection,
                     request: if retry { None } else { request_slot.take() },
                 };
-                let resp = guarded(resp, held);
+                let body_deadline = deadlines.body.map(|(at, grpc)| BodyDeadline {
+                    sleep: Box::pin(tokio::time::sleep_until(at)),
+                    grpc,
+                    metrics: fwd.ctx.metrics.clone(),
+                    direction: dir,
+                });
+                let resp = guarded(resp, held, body_deadline);
                 if !retry {
                     return resp;
                 }
@@ -362,7 +380,11 @@ fn log_failure(backend: &BackendRt, addr: SocketAddr, e: &UpstreamError) -> Atte
     classify(e)
 }
 
-fn guarded(resp: Response<Incoming>, held: Held) -> Response<ProxyBody> {
+fn guarded(
+    resp: Response<Incoming>,
+    held: Held,
+    deadline: Option<BodyDeadline>,
+) -> Response<ProxyBody> {
     let (parts, body) = downstream_parts(resp);
-    Response::from_parts(parts, Guarded::new(body, held).boxed())
+    Response::from_parts(parts, Guarded::new(body, held, deadline).boxed())
 }

@@ -7,7 +7,9 @@
 //! buffered: a bidirectional stream (gRPC) whose client waits for the server before sending
 //! more would otherwise deadlock.
 
+use std::future::Future;
 use std::pin::Pin;
+use std::sync::Arc;
 use std::task::{Context, Poll};
 
 use bytes::Bytes;
@@ -17,7 +19,9 @@ use tokio::sync::OwnedSemaphorePermit;
 
 use crate::balance::endpoint::InFlight;
 use crate::client::UpBody;
+use crate::http::BoxError;
 use crate::resilience::limits::Slot;
+use crate::telemetry::{Direction, Metrics};
 
 /// The largest request body kept for a retry or a mirror.
 pub const MAX_REPLAY_BYTES: u64 = 64 * 1024;
@@ -69,43 +73,94 @@ pub struct Held {
     pub request: Option<Slot>,
 }
 
+/// The request timeout still running while the response body streams (Envoy's route timeout
+/// lasts until the response is complete).
+#[derive(Debug)]
+pub struct BodyDeadline {
+    pub sleep: Pin<Box<tokio::time::Sleep>>,
+    /// gRPC: end the stream with `grpc-status: 4` trailers; otherwise fail it (the connection
+    /// or stream is reset, so a truncated body is never taken for a whole one).
+    pub grpc: bool,
+    /// Where the expiry is counted (`trellis_request_timeouts_total`).
+    pub metrics: Arc<Metrics>,
+    pub direction: Direction,
+}
+
+/// The request timeout ran out while the response body was streaming.
+#[derive(Debug, thiserror::Error)]
+#[error("request timeout while streaming the response body")]
+pub struct BodyTimeout;
+
 pin_project_lite::pin_project! {
-    /// A response body that releases [`Held`] when it ends or is dropped.
+    /// A response body that releases [`Held`] when it ends or is dropped, and ends at the
+    /// request's deadline if it has one.
     #[derive(Debug)]
     pub struct Guarded<B> {
         #[pin]
         inner: B,
         held: Option<Held>,
+        deadline: Option<BodyDeadline>,
+        done: bool,
     }
 }
 
 impl<B> Guarded<B> {
-    pub fn new(inner: B, held: Held) -> Self {
+    pub fn new(inner: B, held: Held, deadline: Option<BodyDeadline>) -> Self {
         Self {
             inner,
             held: Some(held),
+            deadline,
+            done: false,
         }
     }
 }
 
-impl<B: Body> Body for Guarded<B> {
-    type Data = B::Data;
-    type Error = B::Error;
+impl<B> Body for Guarded<B>
+where
+    B: Body<Data = Bytes>,
+    B::Error: Into<BoxError>,
+{
+    type Data = Bytes;
+    type Error = BoxError;
 
     fn poll_frame(
         self: Pin<&mut Self>,
         cx: &mut Context<'_>,
-    ) -> Poll<Option<Result<Frame<Self::Data>, Self::Error>>> {
+    ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
         let this = self.project();
+        if *this.done {
+            return Poll::Ready(None);
+        }
+        if let Some(d) = this.deadline.as_mut()
+            && d.sleep.as_mut().poll(cx).is_ready()
+        {
+            this.held.take();
+            *this.done = true;
+            let Some(d) = this.deadline.take() else {
+                return Poll::Ready(None);
+            };
+            d.metrics.request_timeout(d.direction);
+            if d.grpc {
+                let mut trailers = http::HeaderMap::new();
+                trailers.insert("grpc-status", http::HeaderValue::from(4u32));
+                trailers.insert(
+                    "grpc-message",
+                    http::HeaderValue::from_static("deadline exceeded"),
+                );
+                return Poll::Ready(Some(Ok(Frame::trailers(trailers))));
+            }
+            return Poll::Ready(Some(Err(Box::new(BodyTimeout))));
+        }
         let polled = this.inner.poll_frame(cx);
         if matches!(polled, Poll::Ready(None) | Poll::Ready(Some(Err(_)))) {
             this.held.take();
+            this.deadline.take();
         }
-        polled
+        polled.map(|f| f.map(|f| f.map_err(Into::into)))
     }
 
     fn is_end_stream(&self) -> bool {
-        self.inner.is_end_stream()
+        self.done || self.inner.is_end_stream()
     }
 
     fn size_hint(&self) -> SizeHint {

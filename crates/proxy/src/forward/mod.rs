@@ -28,7 +28,7 @@ use tokio::time::Instant;
 
 use crate::client::{PoolOptions, UpBody, UpstreamError};
 use crate::http::{
-    HopVersion, ORIG_PROTO, ORIG_PROTO_HTTP1, ProxyBody, TARGET_PORT, choose_version,
+    BoxError, HopVersion, ORIG_PROTO, ORIG_PROTO_HTTP1, ProxyBody, TARGET_PORT, choose_version,
     error_response, is_upgrade, strip_hop_by_hop, to_http1, to_http2,
 };
 use crate::route::{Dest, Hop, Next};
@@ -199,7 +199,7 @@ fn downstream_parts(resp: Response<Incoming>) -> (http::response::Parts, Incomin
 fn downstream_response(resp: Response<Incoming>, upgrade: bool) -> Response<ProxyBody> {
     let (mut parts, body) = resp.into_parts();
     strip_hop_by_hop(&mut parts.headers, upgrade);
-    Response::from_parts(parts, body.boxed())
+    Response::from_parts(parts, body.map_err(BoxError::from).boxed())
 }
 
 #[cfg(test)]
