@@ -1,6 +1,7 @@
 //! The mesh model: services, workloads, endpoints, destinations, routes and traffic policies as
 //! plain data, plus the pure decisions made on them (which route matches a request, which
-//! backend a weighted draw picks, what a fault injection does).
+//! backend a weighted draw picks, what a fault injection does, what URL a rewrite or redirect
+//! makes).
 //!
 //! Both the proxy and the control plane (and `trellis explain`) work on these types, so a
 //! decision computed here is the same wherever it is computed. This crate does no I/O and must
@@ -10,6 +11,7 @@ mod destination;
 pub mod matching;
 pub mod policy;
 mod protocol;
+pub mod rewrite;
 pub mod route;
 mod service;
 mod target;

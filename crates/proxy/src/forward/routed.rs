@@ -8,10 +8,9 @@ use std::time::Duration;
 
 use http::header::{self, HeaderValue};
 use http::{Request, Response, StatusCode, Uri};
-use trellis_model::matching::{PathMatch, RequestView};
-use trellis_model::route::{
-    AbortStatus, HttpRoute, Mirror, PathRewrite, RouteAction, select_route,
-};
+use trellis_model::matching::RequestView;
+use trellis_model::rewrite::matched_prefix;
+use trellis_model::route::{AbortStatus, HttpRoute, Mirror, RouteAction, select_route};
 
 use super::HttpForward;
 use super::attempt::{self, Attempts};
@@ -70,25 +69,6 @@ fn set_path<B>(req: &mut Request<B>, path: &str) {
             *req.uri_mut() = uri;
         }
     }
-}
-
-/// The prefix the matching block matched, for prefix rewrites; matching is only run again for
-/// routes that rewrite or redirect by prefix.
-fn matched_prefix<'r>(route: &'r HttpRoute, view: &RequestView<'_>) -> Option<&'r str> {
-    let by_prefix = |p: Option<&PathRewrite>| matches!(p, Some(PathRewrite::Prefix(_)));
-    let wanted = by_prefix(route.rewrite.as_ref().and_then(|r| r.path.as_ref()))
-        || matches!(&route.action, RouteAction::Redirect(r) if by_prefix(r.path.as_ref()));
-    if !wanted {
-        return None;
-    }
-    route
-        .matches
-        .iter()
-        .find(|m| m.matches(view))
-        .and_then(|m| match &m.path {
-            Some(PathMatch::Prefix(p) | PathMatch::SegmentPrefix(p)) => Some(p.as_str()),
-            _ => None,
-        })
 }
 
 pub(super) async fn forward(
