@@ -86,16 +86,29 @@ const IDLE_TIMEOUT: Duration = Duration::from_secs(60);
 /// A backend's own connection settings (Istio `connectionPool` `connectTimeout` and
 /// `idleTimeout`). The default uses the proxy-wide clients; a backend that sets either gets an
 /// HTTP/1.1 pool of its own with them, and its HTTP/2 dials use its connect timeout.
+///
+/// `max_requests_per_connection` retires an HTTP/2 connection after that many requests (the
+/// next request dials a new one), and with 1 sends HTTP/1.1 requests with `Connection: close`;
+/// other HTTP/1.1 limits are not applied (the pooled client cannot count per connection).
 #[derive(Clone, Debug, Default)]
 pub struct PoolOptions {
     http1: Option<Client<HttpConnector, UpBody>>,
     connect_timeout: Option<Duration>,
+    max_requests_per_connection: Option<u32>,
 }
 
 impl PoolOptions {
-    pub fn new(connect_timeout: Option<Duration>, idle_timeout: Option<Duration>) -> Self {
+    pub fn new(
+        connect_timeout: Option<Duration>,
+        idle_timeout: Option<Duration>,
+        max_requests_per_connection: Option<u32>,
+    ) -> Self {
+        let max_requests_per_connection = max_requests_per_connection.filter(|n| *n > 0);
         if connect_timeout.is_none() && idle_timeout.is_none() {
-            return Self::default();
+            return Self {
+                max_requests_per_connection,
+                ..Self::default()
+            };
         }
         Self {
             http1: Some(http1_client(
@@ -103,8 +116,16 @@ impl PoolOptions {
                 idle_timeout.unwrap_or(IDLE_TIMEOUT),
             )),
             connect_timeout,
+            max_requests_per_connection,
         }
     }
+}
+
+/// One multiplexed HTTP/2 connection and how many requests it has carried.
+#[derive(Debug)]
+struct Pooled {
+    sender: SendRequest<UpBody>,
+    used: u32,
 }
 
 fn http1_client(
@@ -124,7 +145,7 @@ fn http1_client(
 #[derive(Debug)]
 pub struct Upstreams {
     http1: Client<HttpConnector, UpBody>,
-    http2: Mutex<HashMap<SocketAddr, SendRequest<UpBody>>>,
+    http2: Mutex<HashMap<SocketAddr, Pooled>>,
 }
 
 impl Default for Upstreams {
@@ -158,6 +179,12 @@ impl Upstreams {
             .build()
             .map_err(|_| UpstreamError::Uri { addr })?;
         *req.uri_mut() = uri;
+        if opts.max_requests_per_connection == Some(1) {
+            req.headers_mut().insert(
+                http::header::CONNECTION,
+                http::HeaderValue::from_static("close"),
+            );
+        }
         let client = opts.http1.as_ref().unwrap_or(&self.http1);
         client.request(req).await.map_err(|e| {
             if e.is_connect() {
@@ -183,7 +210,8 @@ impl Upstreams {
         opts: &PoolOptions,
     ) -> Result<Response<Incoming>, UpstreamError> {
         let connect_timeout = opts.connect_timeout.unwrap_or(CONNECT_TIMEOUT);
-        let mut sender = match self.cached_http2(addr) {
+        let max = opts.max_requests_per_connection;
+        let mut sender = match self.cached_http2(addr, max) {
             Some(mut cached) => match cached.ready().await {
                 Ok(()) => cached,
                 // The pooled connection died while idle (peer restarted, GOAWAY). Nothing was
@@ -191,10 +219,10 @@ impl Upstreams {
                 Err(e) => {
                     tracing::debug!(%addr, error = %e, "pooled HTTP/2 connection unusable; redialling");
                     self.forget_http2(addr);
-                    self.dial_http2(addr, connect_timeout).await?
+                    self.dial_http2(addr, connect_timeout, max).await?
                 }
             },
-            None => self.dial_http2(addr, connect_timeout).await?,
+            None => self.dial_http2(addr, connect_timeout, max).await?,
         };
         sender.ready().await.map_err(|e| UpstreamError::Request {
             addr,
@@ -209,17 +237,22 @@ impl Upstreams {
             })
     }
 
-    fn cached_http2(&self, addr: SocketAddr) -> Option<SendRequest<UpBody>> {
+    /// The endpoint's pooled connection, counting one more request on it; a connection that
+    /// reaches `max` requests leaves the pool (it closes once its streams are done).
+    fn cached_http2(&self, addr: SocketAddr, max: Option<u32>) -> Option<SendRequest<UpBody>> {
         // A poisoned lock only means another task panicked mid-insert; the map is still valid.
         let mut map = self.http2.lock().unwrap_or_else(|p| p.into_inner());
-        match map.get(&addr) {
-            Some(s) if !s.is_closed() => Some(s.clone()),
-            Some(_) => {
-                map.remove(&addr);
-                None
-            }
-            None => None,
+        let pooled = map.get_mut(&addr)?;
+        if pooled.sender.is_closed() {
+            map.remove(&addr);
+            return None;
         }
+        pooled.used = pooled.used.saturating_add(1);
+        let sender = pooled.sender.clone();
+        if max.is_some_and(|max| pooled.used >= max) {
+            map.remove(&addr);
+        }
+        Some(sender)
     }
 
     fn forget_http2(&self, addr: SocketAddr) {
@@ -231,6 +264,7 @@ impl Upstreams {
         &self,
         addr: SocketAddr,
         connect_timeout: Duration,
+        max: Option<u32>,
     ) -> Result<SendRequest<UpBody>, UpstreamError> {
         let stream = connect_within(addr, connect_timeout)
             .await
@@ -248,8 +282,16 @@ impl Upstreams {
         });
         // Two tasks may dial at once; the later one wins the slot and the other connection
         // closes when its last request is done. Rare, and cheaper than a lock across an await.
-        let mut map = self.http2.lock().unwrap_or_else(|p| p.into_inner());
-        map.insert(addr, sender.clone());
+        if max != Some(1) {
+            let mut map = self.http2.lock().unwrap_or_else(|p| p.into_inner());
+            map.insert(
+                addr,
+                Pooled {
+                    sender: sender.clone(),
+                    used: 1,
+                },
+            );
+        }
         Ok(sender)
     }
 

@@ -92,6 +92,7 @@ impl BackendRt {
                     PoolOptions::new(
                         policy.connection_pool.connect_timeout,
                         policy.connection_pool.idle_timeout,
+                        policy.connection_pool.max_requests_per_connection,
                     )
                 },
                 |o| o.pool_options.clone(),

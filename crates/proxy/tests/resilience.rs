@@ -566,3 +566,34 @@ async fn the_route_timeout_also_bounds_a_streaming_body() {
         1
     );
 }
+
+#[tokio::test]
+async fn max_requests_per_connection_retires_connections() {
+    let app = Backend::start("app").await;
+    let mut dest = destination(&[&app]);
+    let proxy = routed(dest.clone()).await;
+    for _ in 0..5 {
+        assert_eq!(proxy.get("/").await.status, 200);
+    }
+    assert_eq!(app.connections.load(Relaxed), 1, "keep-alive by default");
+
+    // HTTP/1.1 with a limit of one: the pooled connection carries one more request and
+    // closes, then every request has a connection of its own.
+    dest.policy.connection_pool.max_requests_per_connection = Some(1);
+    proxy.update(dest.clone());
+    for _ in 0..5 {
+        assert_eq!(proxy.get("/").await.status, 200);
+    }
+    assert_eq!(app.connections.load(Relaxed), 5);
+
+    // The multiplexed HTTP/2 hop with a limit of three: a new connection every third request.
+    let h2 = Backend::start("h2").await;
+    let mut dest = destination(&[&h2]);
+    dest.endpoints[0].meshed = true;
+    dest.policy.connection_pool.max_requests_per_connection = Some(3);
+    proxy.update(dest);
+    for _ in 0..9 {
+        assert_eq!(proxy.get("/").await.status, 200);
+    }
+    assert_eq!(h2.connections.load(Relaxed), 3);
+}

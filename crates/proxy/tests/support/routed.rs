@@ -34,6 +34,8 @@ pub struct Backend {
     pub addr: SocketAddr,
     pub name: &'static str,
     pub hits: Arc<AtomicU64>,
+    /// Connections accepted.
+    pub connections: Arc<AtomicU64>,
     /// Status to answer with.
     pub status: Arc<AtomicU16>,
     /// Delay before answering, in milliseconds.
@@ -51,6 +53,7 @@ impl Backend {
             addr: listener.local_addr().unwrap(),
             name,
             hits: Arc::default(),
+            connections: Arc::default(),
             status: Arc::new(AtomicU16::new(200)),
             delay_ms: Arc::default(),
             grpc_status: Arc::default(),
@@ -59,6 +62,7 @@ impl Backend {
         let server = b.clone();
         tokio::spawn(async move {
             while let Ok((stream, _)) = listener.accept().await {
+                server.connections.fetch_add(1, Relaxed);
                 let b = server.clone();
                 tokio::spawn(async move {
                     let svc = service_fn(move |req| b.clone().handle(req));
