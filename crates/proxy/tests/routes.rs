@@ -462,3 +462,54 @@ async fn tcp_routes_split_connections_by_weight() {
     // 80% of 500 connections: ±6% is 3.4 standard deviations.
     assert!((0.74..=0.86).contains(&share), "primary share {share}");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn no_request_fails_while_routes_change_under_load() {
+    let (v1, v2) = (Backend::start("v1").await, Backend::start("v2").await);
+    let mut dest = destination(&[&v1, &v2]);
+    dest.backends = vec![subset_backend("v1", &[&v1]), subset_backend("v2", &[&v2])];
+    let to = |s: &str| {
+        vec![route(
+            "all",
+            RouteAction::Forward(vec![weighted(subset(s), 1)]),
+        )]
+    };
+    dest.routes = to("v1");
+    let proxy = std::sync::Arc::new(routed(dest.clone()).await);
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let workers: Vec<_> = (0..4)
+        .map(|_| {
+            let (proxy, stop) = (proxy.clone(), stop.clone());
+            tokio::spawn(async move {
+                let (mut ok, mut failed) = (0u32, 0u32);
+                while !stop.load(Relaxed) && ok + failed < 20_000 {
+                    if proxy.get("/").await.status == 200 {
+                        ok += 1;
+                    } else {
+                        failed += 1;
+                    }
+                }
+                (ok, failed)
+            })
+        })
+        .collect();
+    for i in 0..20 {
+        dest.routes = to(if i % 2 == 0 { "v2" } else { "v1" });
+        proxy.update(dest.clone());
+        let want = if i % 2 == 0 { "v2" } else { "v1" };
+        // The next request after the update already follows it.
+        assert_eq!(proxy.get("/").await.body, want);
+        // Pacing only: lets the workers send traffic between changes.
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    stop.store(true, Relaxed);
+    let (mut ok, mut failed) = (0, 0);
+    for w in workers {
+        let (o, f) = w.await.unwrap();
+        ok += o;
+        failed += f;
+    }
+    println!("{ok} requests succeeded, {failed} failed across 20 route changes");
+    assert_eq!(failed, 0);
+    assert!(ok > 100);
+}
