@@ -2,7 +2,7 @@
 """A gRPC echo server and client on raw bytes (generic handlers, no generated code), for the
 Trellis proxy tests: a real grpcio stack on both ends, the proxies in between.
 
-  grpc_echo.py serve --port 0 --ready-file F     serve echo.Echo on 127.0.0.1
+  grpc_echo.py serve --port 0 --ready-file F     serve echo.Echo on 127.0.0.1 (or --host)
   grpc_echo.py call --target ADDR CASE           run one client case, print JSON, exit 0
 
 Service echo.Echo:
@@ -50,12 +50,12 @@ def serve(args):
         "Fail": grpc.unary_unary_rpc_method_handler(fail),
     }
     server.add_generic_rpc_handlers((grpc.method_handlers_generic_handler(SERVICE, handlers),))
-    port = server.add_insecure_port("127.0.0.1:%d" % args.port)
+    port = server.add_insecure_port("%s:%d" % (args.host, args.port))
     server.start()
     if args.ready_file:
         tmp = args.ready_file + ".tmp"
         with open(tmp, "w") as f:
-            json.dump({"pid": os.getpid(), "addr": "127.0.0.1:%d" % port}, f)
+            json.dump({"pid": os.getpid(), "addr": "%s:%d" % (args.host, port)}, f)
         os.rename(tmp, args.ready_file)
     done = threading.Event()
     signal.signal(signal.SIGTERM, lambda *_: done.set())
@@ -100,6 +100,7 @@ def main():
     p = argparse.ArgumentParser()
     sub = p.add_subparsers(dest="cmd", required=True)
     s = sub.add_parser("serve")
+    s.add_argument("--host", default="127.0.0.1")
     s.add_argument("--port", type=int, default=0)
     s.add_argument("--ready-file")
     c = sub.add_parser("call")

@@ -376,3 +376,66 @@ fn init_without_privilege_fails_with_iptables_own_message() {
     );
     assert!(!pod.nat_rules().unwrap().contains("TRELLIS"));
 }
+
+#[test]
+fn grpc_between_pods_passes_transparently_through_both_sidecars() {
+    if !require_root("grpc_between_pods_passes_transparently_through_both_sidecars") {
+        return;
+    }
+    const SCRIPT: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/python/grpc_echo.py");
+    let python = trellis_testkit::tools::python_with_grpc();
+    let pods = two_pods();
+    let scratch = trellis_testkit::mesh::scratch_dir().unwrap();
+    let ready = scratch.path().join("grpc.json");
+    let mut serve = pods.b.command(&python);
+    serve
+        .arg(SCRIPT)
+        .args([
+            "serve",
+            "--host",
+            "0.0.0.0",
+            "--port",
+            "9090",
+            "--ready-file",
+        ])
+        .arg(&ready);
+    let mut server = trellis_testkit::ManagedProcess::spawn("grpc server in pod B", serve).unwrap();
+    let _: serde_json::Value = server
+        .wait_ready_file(&ready, Duration::from_secs(30))
+        .unwrap();
+
+    let target = format!("{}:9090", pods.b.ip());
+    let call = |case: &str| -> serde_json::Value {
+        let mut c = pods.a.command(&python);
+        c.arg(SCRIPT).args(["call", "--target", &target, case]);
+        let out = trellis_testkit::tools::run_bounded(&mut c, Duration::from_secs(30)).unwrap();
+        let stdout = String::from_utf8_lossy(&out.stdout);
+        assert!(
+            out.status.success(),
+            "{case}: {stdout} {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        serde_json::from_str(stdout.trim()).unwrap()
+    };
+    let stream = call("stream");
+    assert_eq!(stream["code"], "OK", "{stream}");
+    assert_eq!(
+        stream["messages"].as_array().map(Vec::len),
+        Some(5),
+        "{stream}"
+    );
+    assert_eq!(stream["trailers"]["x-echo-count"], "5", "{stream}");
+    let fail = call("fail");
+    assert_eq!(fail["code"], "NOT_FOUND", "{fail}");
+    assert_eq!(fail["trailers"]["x-echo-why"], "asked", "{fail}");
+
+    let a = pods.a_proxy.metrics();
+    assert!(
+        a.sum(
+            "trellis_protocol_detections_total",
+            &[("direction", "outbound"), ("outcome", "http2")]
+        ) >= 1.0,
+        "pod A's proxy must have intercepted the gRPC connection and detected HTTP/2"
+    );
+    assert!(counter(&pods.b_proxy, "trellis_requests_total", "inbound") >= 2.0);
+}
