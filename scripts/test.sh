@@ -14,6 +14,10 @@ export DEBIAN_FRONTEND=noninteractive
 BUILD_TIMEOUT=${TRELLIS_BUILD_TIMEOUT:-1500}
 TEST_TIMEOUT=${TRELLIS_TEST_TIMEOUT:-1500}
 
+# A non-login shell may lack rustup's PATH entry.
+if ! command -v cargo >/dev/null 2>&1 && [ -x "${CARGO_HOME:-${HOME:-/root}/.cargo}/bin/cargo" ]; then
+  export PATH="${CARGO_HOME:-${HOME:-/root}/.cargo}/bin:$PATH"
+fi
 log() { printf '==> %s\n' "$*"; }
 die() { printf 'error: %s\n' "$*" >&2; exit 1; }
 
