@@ -597,3 +597,48 @@ async fn max_requests_per_connection_retires_connections() {
     }
     assert_eq!(h2.connections.load(Relaxed), 3);
 }
+
+#[tokio::test]
+async fn bodies_of_unknown_length_stream_and_are_still_retried() {
+    use http_body_util::StreamBody;
+    use hyper::body::Frame;
+    let bad = Backend::start("bad").await;
+    bad.status.store(503, Relaxed);
+    let mut dest = destination(&[&bad]);
+    dest.routes = vec![route_with(Some(retry_on_5xx(1)), None)];
+    let proxy = routed(dest).await;
+    type Chunks = StreamBody<
+        futures_util::stream::Iter<std::vec::IntoIter<Result<Frame<Bytes>, std::io::Error>>>,
+    >;
+    let chunked = || -> Chunks {
+        let frames: Vec<Result<Frame<Bytes>, std::io::Error>> = ["one-", "two-", "three"]
+            .into_iter()
+            .map(|c| Ok(Frame::data(Bytes::from(c))))
+            .collect();
+        StreamBody::new(futures_util::stream::iter(frames))
+    };
+    for http2 in [false, true] {
+        let client: Client<_, Chunks> = Client::builder(TokioExecutor::new())
+            .http2_only(http2)
+            .build_http();
+        let before = bad.hits();
+        let req = proxy
+            .request("/upload")
+            .method("POST")
+            .body(chunked())
+            .unwrap();
+        let resp = tokio::time::timeout(support::WAIT, client.request(req))
+            .await
+            .unwrap()
+            .unwrap();
+        assert_eq!(resp.status(), 503);
+        assert_eq!(bad.hits(), before + 2, "http2 {http2}: retried");
+        let (_, headers, body) = bad.last.lock().unwrap().clone().unwrap();
+        assert_eq!(
+            &body[..],
+            b"one-two-three",
+            "http2 {http2}: the retry replayed the body"
+        );
+        assert!(!headers.contains_key("content-length"));
+    }
+}

@@ -240,8 +240,9 @@ async fn attempts(
     };
     backend.deposit();
     let (parts, body) = req.into_parts();
-    let want_replay = a.policy.attempts > 0 || !a.mirrors.mirrors.is_empty();
-    let mut body = match ReqBody::prepare(body, want_replay).await {
+    let retries_wanted = a.policy.attempts > 0;
+    let mirrors_wanted = !a.mirrors.mirrors.is_empty();
+    let mut body = match ReqBody::prepare(body, retries_wanted, mirrors_wanted).await {
         Ok(body) => body,
         Err(e) => {
             tracing::debug!(error = %e, "request body failed while buffering");
@@ -262,6 +263,10 @@ async fn attempts(
     for n in 0..=retries {
         let mut _retry_slot = None;
         if n > 0 {
+            if !body.replayable() {
+                tracing::debug!(backend = %backend.authority, "request body cannot be replayed; not retrying");
+                break;
+            }
             if !backend.try_retry() {
                 metrics.retry_budget_exhausted(dir);
                 break;

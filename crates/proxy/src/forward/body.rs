@@ -1,11 +1,11 @@
 //! Request bodies that can be sent more than once, and response bodies that hold the request's
 //! resources (in-flight count, connection and request slots) until they end.
 //!
-//! A request may be retried or mirrored only when its body can be replayed: it is empty, or
-//! its length is declared (`Content-Length`) and at most [`MAX_REPLAY_BYTES`], in which case it
-//! is read whole before the first attempt. A body of unknown length is streamed and never
-//! buffered: a bidirectional stream (gRPC) whose client waits for the server before sending
-//! more would otherwise deadlock.
+//! A request that may be retried streams its body through a [`Replay`], which keeps a copy of
+//! up to [`MAX_REPLAY_BYTES`] while the first attempt sends it. A request with mirrors needs
+//! the whole body before the copies go out, so it is read first, but only when it is empty or
+//! its declared length (`Content-Length`) is within the same limit; waiting for a body of
+//! unknown length could deadlock a bidirectional stream whose client waits for the server.
 
 use std::future::Future;
 use std::pin::Pin;
@@ -17,6 +17,7 @@ use http_body::{Body, Frame, SizeHint};
 use http_body_util::{BodyExt, Empty, Full};
 use tokio::sync::OwnedSemaphorePermit;
 
+use super::replay::Replay;
 use crate::balance::endpoint::InFlight;
 use crate::client::UpBody;
 use crate::http::BoxError;
@@ -30,14 +31,17 @@ pub const MAX_REPLAY_BYTES: u64 = 64 * 1024;
 #[derive(Debug)]
 pub enum ReqBody {
     Empty,
+    /// Read whole first (a request with mirrors).
     Buffered(Bytes),
+    /// Streamed, with a copy kept for retries.
+    Replay(Replay),
     /// Sent once; later attempts get `None`.
     Stream(Option<UpBody>),
 }
 
 impl ReqBody {
-    /// Reads a replayable body whole when `replay` is wanted; streams anything else.
-    pub async fn prepare(body: UpBody, replay: bool) -> Result<Self, hyper::Error> {
+    /// Chooses how to carry `body`: see the module docs.
+    pub async fn prepare(body: UpBody, retries: bool, mirrors: bool) -> Result<Self, hyper::Error> {
         if body.is_end_stream() {
             return Ok(Self::Empty);
         }
@@ -45,21 +49,39 @@ impl ReqBody {
             .size_hint()
             .exact()
             .is_some_and(|n| n <= MAX_REPLAY_BYTES);
-        if !(replay && small) {
-            return Ok(Self::Stream(Some(body)));
+        if mirrors && small {
+            return Ok(Self::Buffered(body.collect().await?.to_bytes()));
         }
-        Ok(Self::Buffered(body.collect().await?.to_bytes()))
+        if retries {
+            return Ok(Self::Replay(Replay::new(body)));
+        }
+        Ok(Self::Stream(Some(body)))
     }
 
+    /// Whether another attempt can send the whole body.
     pub fn replayable(&self) -> bool {
-        !matches!(self, Self::Stream(_))
+        match self {
+            Self::Empty | Self::Buffered(_) => true,
+            Self::Replay(r) => r.can_replay(),
+            Self::Stream(_) => false,
+        }
     }
 
-    /// The body for the next attempt; `None` once a streamed body has been sent.
+    /// The whole body, when it is known before any attempt (what mirrors can copy).
+    pub fn known(&self) -> Option<Bytes> {
+        match self {
+            Self::Empty => Some(Bytes::new()),
+            Self::Buffered(b) => Some(b.clone()),
+            Self::Replay(_) | Self::Stream(_) => None,
+        }
+    }
+
+    /// The body for the next attempt; `None` when it cannot be sent (again).
     pub fn for_attempt(&mut self) -> Option<UpBody> {
         match self {
             Self::Empty => Some(Empty::new().map_err(|never| match never {}).boxed()),
             Self::Buffered(b) => Some(Full::new(b.clone()).map_err(|never| match never {}).boxed()),
+            Self::Replay(r) => r.can_replay().then(|| r.attempt().boxed()),
             Self::Stream(s) => s.take(),
         }
     }

@@ -12,6 +12,7 @@
 
 mod attempt;
 pub mod body;
+pub mod replay;
 mod routed;
 
 pub use routed::ChosenRoute;

@@ -8,6 +8,7 @@ use std::time::Duration;
 
 use http::header::{self, HeaderValue};
 use http::{Request, Response, StatusCode, Uri};
+use http_body_util::BodyExt;
 use trellis_model::matching::RequestView;
 use trellis_model::rewrite::matched_prefix;
 use trellis_model::route::{AbortStatus, HttpRoute, Mirror, RouteAction, select_route};
@@ -246,9 +247,9 @@ pub(super) fn mirror(
     head: &Request<()>,
     body: &ReqBody,
 ) {
-    if !body.replayable() {
+    let Some(known) = body.known() else {
         return;
-    }
+    };
     for (m, backend) in mirrors.mirrors.iter().zip(mirrors.backends) {
         let Some(backend) = backend else { continue };
         if !m.percent.hit(split::next_f64()) {
@@ -268,12 +269,15 @@ pub(super) fn mirror(
         let mut copy = attempt::clone_head(head);
         let shadow = shadow_authority(authority(head));
         set_authority(&mut copy, &shadow);
-        let body = match body {
-            ReqBody::Buffered(b) => ReqBody::Buffered(b.clone()),
-            _ => ReqBody::Empty,
-        }
-        .for_attempt();
-        let Some(body) = body else { continue };
+        let body = if known.is_empty() {
+            http_body_util::Empty::new()
+                .map_err(|never| match never {})
+                .boxed()
+        } else {
+            http_body_util::Full::new(known.clone())
+                .map_err(|never| match never {})
+                .boxed()
+        };
         let copy = copy.map(|()| body);
         fwd.ctx.metrics.mirrored(fwd.direction);
         let fwd = fwd.clone();
@@ -283,7 +287,7 @@ pub(super) fn mirror(
             let work = async {
                 match fwd.send(hop, copy, false, &backend.pool_options).await {
                     // Read the answer to its end so the connection can be reused.
-                    Ok(resp) => drop(http_body_util::BodyExt::collect(resp.into_body()).await),
+                    Ok(resp) => drop(resp.into_body().collect().await),
                     Err(e) => {
                         tracing::debug!(hop = %hop.addr, error = %e, "mirrored request failed")
                     }
