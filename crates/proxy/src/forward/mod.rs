@@ -6,9 +6,9 @@
 //! and, on `101`, joined into a byte tunnel.
 //!
 //! Bodies stream: the downstream body is handed to the upstream client and the upstream's body
-//! back, so flow control and trailers (gRPC status) pass through untouched. The one exception
-//! is a small body of declared length on a request that may be retried or mirrored
-//! ([`body`]).
+//! back, so flow control and trailers (gRPC status) pass through untouched. A request that may
+//! be retried keeps a copy of up to 64 KiB as it streams ([`replay`]); only a request with
+//! mirrors and a small body of declared length is read whole first ([`body`]).
 
 mod attempt;
 pub mod body;
