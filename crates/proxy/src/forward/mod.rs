@@ -1,6 +1,6 @@
 //! Forwarding one HTTP request: a fixed hop (inbound, passthrough) is sent as is; a discovered
-//! destination goes through its routes ([`routed`]: match, filters, split, mirrors) and
-//! attempts ([`attempt`]: timeouts, retries, budget, limits, balancer, outlier detection).
+//! destination goes through its routes (`routed`: match, filters, split, mirrors) and
+//! attempts (`attempt`: timeouts, retries, budget, limits, balancer, outlier detection).
 //! Every hop gets the header and version rules of [`crate::http`]; failures become the proxy's
 //! own responses, made here once. Upgrades (WebSocket and others) are forwarded over HTTP/1.1
 //! and, on `101`, joined into a byte tunnel.
