@@ -1,8 +1,9 @@
 //! Outbound listeners: traffic leaving the workload.
 //!
 //! - Transparent (`--outbound`): iptables redirected the connection; its original destination is
-//!   looked up in discovery as an address target (short wait), balanced over the destination's
-//!   endpoints when known, passed through to the original destination otherwise.
+//!   looked up in discovery as an address target (short wait, then watched for the connection's
+//!   life), routed and balanced when known, passed through to the original destination
+//!   otherwise.
 //! - Explicit (`--outbound-port LISTEN=TARGET`): every connection goes to one service target
 //!   whose discovery watch the listener holds for its whole life; with no endpoints, HTTP gets
 //!   503 and opaque connections are closed.
@@ -13,6 +14,7 @@ use std::time::Duration;
 use tokio::net::TcpListener;
 use trellis_model::Target;
 
+use crate::discovery::Resolution;
 use crate::listen::accept_loop;
 use crate::route::Dest;
 use crate::serve::{Ctx, serve};
@@ -21,6 +23,24 @@ use crate::transport::{is_own_listener, original_dst};
 
 /// How long a transparent connection waits for discovery before passing through.
 pub const ADDRESS_RESOLVE_WAIT: Duration = Duration::from_millis(200);
+
+/// The destination of a connection to `orig`: discovery's watch for the address, after waiting
+/// up to [`ADDRESS_RESOLVE_WAIT`] for a first answer.
+async fn address_dest(ctx: &Ctx, orig: std::net::SocketAddr) -> Dest {
+    let target = Target::Address(orig);
+    let mut resolution_rx = ctx.discovery.watch(&target);
+    // A timeout or a closed channel both leave the current value in force.
+    let _ = tokio::time::timeout(
+        ADDRESS_RESOLVE_WAIT,
+        resolution_rx.wait_for(|r| !matches!(r, Resolution::Pending)),
+    )
+    .await;
+    Dest::Address {
+        orig,
+        resolution_rx,
+        traffic: ctx.traffic(&target),
+    }
+}
 
 /// Runs the transparent outbound listener until the drain starts.
 pub async fn run_transparent(listener: TcpListener, ctx: Arc<Ctx>) {
@@ -43,10 +63,7 @@ pub async fn run_transparent(listener: TcpListener, ctx: Arc<Ctx>) {
         }
         let ctx = conn_ctx.clone();
         Some(async move {
-            let target = Target::Address(orig);
-            let resolution = ctx.discovery.resolve(&target, ADDRESS_RESOLVE_WAIT).await;
-            let traffic = ctx.traffic(&target);
-            let dest = Dest::Address { orig, resolution, traffic };
+            let dest = address_dest(&ctx, orig).await;
             serve(ctx, Direction::Outbound, stream, dest, orig.port()).await;
         })
     })
@@ -63,14 +80,7 @@ pub async fn run_explicit(listener: TcpListener, ctx: Arc<Ctx>, target: Target) 
             accept_loop("outbound-port", listener, ctx, move |stream, _peer| {
                 let ctx = conn_ctx.clone();
                 Some(async move {
-                    let target = Target::Address(orig);
-                    let resolution = ctx.discovery.resolve(&target, ADDRESS_RESOLVE_WAIT).await;
-                    let traffic = ctx.traffic(&target);
-                    let dest = Dest::Address {
-                        orig,
-                        resolution,
-                        traffic,
-                    };
+                    let dest = address_dest(&ctx, orig).await;
                     serve(ctx, Direction::Outbound, stream, dest, orig.port()).await;
                 })
             })

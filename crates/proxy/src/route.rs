@@ -79,11 +79,12 @@ pub enum Dest {
         resolution_rx: watch::Receiver<Resolution>,
         traffic: Arc<TargetTraffic>,
     },
-    /// A transparent outbound connection's original destination, resolved once per connection;
-    /// passed through when discovery knows nothing about it.
+    /// A transparent outbound connection's original destination, watched for the connection's
+    /// life (so a keep-alive connection follows route changes); passed through while discovery
+    /// knows nothing about it.
     Address {
         orig: SocketAddr,
-        resolution: Resolution,
+        resolution_rx: watch::Receiver<Resolution>,
         traffic: Arc<TargetTraffic>,
     },
 }
@@ -159,9 +160,12 @@ impl Dest {
             } => local_hop(*app, ports, *local_ip, requested_port).map(Next::Hop),
             Self::Address {
                 orig,
-                resolution,
+                resolution_rx,
                 traffic,
-            } => next_for(resolution, traffic, Some(*orig)),
+            } => {
+                let current = resolution_rx.borrow().clone();
+                next_for(&current, traffic, Some(*orig))
+            }
             Self::Service {
                 resolution_rx,
                 traffic,

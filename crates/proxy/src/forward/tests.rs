@@ -96,7 +96,7 @@ async fn http1_rides_the_meshed_http2_hop() {
     let outbound = listener.local_addr().unwrap();
     let dest = Dest::Address {
         orig: "127.0.0.1:9".parse().unwrap(),
-        resolution: meshed(peer_inbound, app.port()),
+        resolution_rx: tokio::sync::watch::channel(meshed(peer_inbound, app.port())).1,
         traffic: ctx.traffic(&trellis_model::Target::Address(peer_inbound)),
     };
     tokio::spawn(async move {
