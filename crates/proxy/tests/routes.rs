@@ -513,3 +513,38 @@ async fn no_request_fails_while_routes_change_under_load() {
     assert_eq!(failed, 0);
     assert!(ok > 100);
 }
+
+#[tokio::test]
+async fn a_keep_alive_connection_follows_route_changes() {
+    let (v1, v2) = (Backend::start("v1").await, Backend::start("v2").await);
+    let mut dest = destination(&[&v1, &v2]);
+    dest.backends = vec![subset_backend("v1", &[&v1]), subset_backend("v2", &[&v2])];
+    let to = |s: &str| {
+        vec![route(
+            "all",
+            RouteAction::Forward(vec![weighted(subset(s), 1)]),
+        )]
+    };
+    for transparent in [false, true] {
+        dest.routes = to("v1");
+        let proxy = if transparent {
+            support::routed::routed_transparent(dest.clone()).await
+        } else {
+            routed(dest.clone()).await
+        };
+        let mut conn = support::http1_conn(proxy.addr).await;
+        let mut ask = async || {
+            let req = http::Request::builder()
+                .uri("/")
+                .header("host", "reviews:9080")
+                .body(support::full(""))
+                .unwrap();
+            let resp = conn.send_request(req).await.unwrap();
+            support::body_string(resp.into_body()).await
+        };
+        assert_eq!(ask().await, "v1");
+        dest.routes = to("v2");
+        proxy.update(dest.clone());
+        assert_eq!(ask().await, "v2", "transparent {transparent}");
+    }
+}

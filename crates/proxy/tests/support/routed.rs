@@ -187,6 +187,16 @@ pub struct Routed {
 }
 
 pub async fn routed(dest: Destination) -> Routed {
+    routed_as(dest, false).await
+}
+
+/// [`routed`], with every connection handled as a transparent one to an address discovery
+/// knows (`Dest::Address`).
+pub async fn routed_transparent(dest: Destination) -> Routed {
+    routed_as(dest, true).await
+}
+
+async fn routed_as(dest: Destination, transparent: bool) -> Routed {
     let (dest_tx, resolution_rx) = watch::channel(Resolution::Found(Arc::new(dest)));
     let metrics = Arc::new(Metrics::new());
     let ctx = Arc::new(
@@ -209,9 +219,17 @@ pub async fn routed(dest: Destination) -> Routed {
     let traffic = Arc::new(TargetTraffic::default());
     tokio::spawn(async move {
         while let Ok((stream, _)) = listener.accept().await {
-            let dest = Dest::Service {
-                resolution_rx: resolution_rx.clone(),
-                traffic: traffic.clone(),
+            let dest = if transparent {
+                Dest::Address {
+                    orig: ([127, 0, 0, 1], 9).into(),
+                    resolution_rx: resolution_rx.clone(),
+                    traffic: traffic.clone(),
+                }
+            } else {
+                Dest::Service {
+                    resolution_rx: resolution_rx.clone(),
+                    traffic: traffic.clone(),
+                }
             };
             tokio::spawn(serve(ctx.clone(), Direction::Outbound, stream, dest, 9080));
         }
