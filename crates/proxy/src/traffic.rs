@@ -130,15 +130,16 @@ impl BackendRt {
         let Some(config) = &self.outlier else {
             return false;
         };
-        if !endpoint.with_outlier(|o| o.record(outcome, config)) {
-            return false;
-        }
         let eps = self.balancer.endpoints();
-        let ejected = eps.iter().filter(|e| e.is_ejected()).count();
-        if ejected >= max_ejections(eps.len(), config.max_ejection_percent) {
+        let room = eps.iter().filter(|e| e.is_ejected()).count()
+            < max_ejections(eps.len(), config.max_ejection_percent);
+        // Counting and ejecting under one lock, so two failures at once eject only once.
+        let ejected_for = endpoint.with_outlier(|o| {
+            (o.record(outcome, config) && room).then(|| o.eject(Instant::now(), config))
+        });
+        let Some(time) = ejected_for else {
             return false;
-        }
-        let time = endpoint.with_outlier(|o| o.eject(Instant::now(), config));
+        };
         tracing::info!(backend = %self.authority, endpoint = %endpoint.addr(), ejected_for = ?time, "outlier detection ejected an endpoint");
         true
     }
