@@ -83,10 +83,6 @@ impl EndpointState {
         lock(&self.live.ewma).cost(self.in_flight(), now)
     }
 
-    pub fn ewma_estimate_nanos(&self) -> f64 {
-        lock(&self.live.ewma).estimate_nanos()
-    }
-
     /// Counts a request as in flight until the guard drops; the guard records its latency.
     pub fn start(self: &Arc<Self>) -> InFlight {
         self.live.in_flight.fetch_add(1, Relaxed);
