@@ -642,3 +642,39 @@ async fn bodies_of_unknown_length_stream_and_are_still_retried() {
         assert!(!headers.contains_key("content-length"));
     }
 }
+
+#[tokio::test]
+async fn refused_streams_are_retried_by_default() {
+    // An HTTP/2 peer that refuses every stream before processing it.
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let refusing = listener.local_addr().unwrap();
+    let refused = std::sync::Arc::new(std::sync::atomic::AtomicU64::new(0));
+    let counter = refused.clone();
+    tokio::spawn(async move {
+        while let Ok((stream, _)) = listener.accept().await {
+            let counter = counter.clone();
+            tokio::spawn(async move {
+                let Ok(mut conn) = h2::server::handshake(stream).await else {
+                    return;
+                };
+                while let Some(Ok((_req, mut respond))) = conn.accept().await {
+                    counter.fetch_add(1, Relaxed);
+                    respond.send_reset(h2::Reason::REFUSED_STREAM);
+                }
+            });
+        }
+    });
+    let good = Backend::start("good").await;
+    let mut dest = destination(&[&good]);
+    let mut bad = good.endpoint();
+    bad.address = refusing;
+    dest.endpoints.insert(0, bad);
+    for e in &mut dest.endpoints {
+        e.meshed = true; // the HTTP/2 hop
+    }
+    dest.policy.load_balancer = LoadBalancer::RoundRobin;
+    let proxy = routed(dest).await;
+    assert_eq!(failures(&proxy, 20).await, 0);
+    assert!(refused.load(Relaxed) >= 5, "the refusing peer was tried");
+    assert_eq!(good.hits(), 20);
+}
