@@ -678,3 +678,51 @@ async fn refused_streams_are_retried_by_default() {
     assert!(refused.load(Relaxed) >= 5, "the refusing peer was tried");
     assert_eq!(good.hits(), 20);
 }
+
+#[tokio::test]
+async fn resets_are_retried_only_when_asked() {
+    // Reads the request, then closes without an answer.
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let resetting = listener.local_addr().unwrap();
+    tokio::spawn(async move {
+        while let Ok((mut stream, _)) = listener.accept().await {
+            tokio::spawn(async move {
+                support::read_head(&mut stream).await;
+            });
+        }
+    });
+    let good = Backend::start("good").await;
+    let mut dest = destination(&[&good]);
+    let mut bad = good.endpoint();
+    bad.address = resetting;
+    dest.endpoints.insert(0, bad);
+    dest.policy.load_balancer = LoadBalancer::RoundRobin;
+    // The default policy does not retry a reset: the request may have reached the app.
+    let proxy = routed(dest.clone()).await;
+    let answers: Vec<u16> = {
+        let mut v = Vec::new();
+        for _ in 0..4 {
+            v.push(proxy.get("/").await.status);
+        }
+        v
+    };
+    assert_eq!(
+        answers.iter().filter(|s| **s == 502).count(),
+        2,
+        "{answers:?}"
+    );
+    // With `reset` listed, every request succeeds.
+    dest.routes = vec![route_with(
+        Some(RetryPolicy {
+            attempts: 1,
+            per_try_timeout: None,
+            on: RetryOn {
+                reset: true,
+                ..RetryOn::default()
+            },
+        }),
+        None,
+    )];
+    proxy.update(dest);
+    assert_eq!(failures(&proxy, 10).await, 0);
+}
