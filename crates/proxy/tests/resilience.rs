@@ -726,3 +726,21 @@ async fn resets_are_retried_only_when_asked() {
     proxy.update(dest);
     assert_eq!(failures(&proxy, 10).await, 0);
 }
+
+#[tokio::test]
+async fn a_retry_never_waits_for_the_connection_its_answer_holds() {
+    let bad = Backend::start("bad").await;
+    bad.status.store(503, Relaxed);
+    let mut dest = destination(&[&bad]);
+    dest.policy.connection_pool.max_connections = Some(1);
+    dest.routes = vec![route_with(
+        Some(retry_on_5xx(2)),
+        Some(Duration::from_secs(3)),
+    )];
+    let proxy = routed(dest).await;
+    let started = Instant::now();
+    let a = proxy.get("/").await;
+    // The 503 comes back at once instead of a 504 after the retry waited for itself.
+    assert_eq!(a.status, 503);
+    assert!(started.elapsed() < Duration::from_secs(1));
+}

@@ -309,7 +309,9 @@ async fn attempts(
         }
         // Every HTTP/1.1 exchange holds a connection of its own; the meshed hop and HTTP/2
         // multiplex one connection per endpoint.
-        let connection = if !hop.meshed && req.version() != Version::HTTP_2 {
+        let connection = if hop.meshed || req.version() == Version::HTTP_2 {
+            None
+        } else if n == 0 {
             match backend.limits.connection().await {
                 Ok(permit) => permit,
                 Err(why) => {
@@ -318,7 +320,14 @@ async fn attempts(
                 }
             }
         } else {
-            None
+            // The answer being retried may hold the last free connection: a retry never waits.
+            match backend.limits.try_connection() {
+                Ok(permit) => permit,
+                Err(why) => {
+                    metrics.circuit_breaker(dir, why);
+                    break;
+                }
+            }
         };
         let in_flight = ep.start();
         let sent = fwd.send(hop, req, tagged, &backend.pool_options);

@@ -103,6 +103,19 @@ impl Limits {
         take(&self.retries, self.max_retries).ok_or(Rejection::MaxRetries)
     }
 
+    /// A connection for a retry, without waiting: the answer being retried may still hold the
+    /// only connection, so waiting could never end. `Err` when none is free.
+    pub fn try_connection(&self) -> Result<Option<OwnedSemaphorePermit>, Rejection> {
+        match &self.connections {
+            None => Ok(None),
+            Some(sem) => sem
+                .clone()
+                .try_acquire_owned()
+                .map(Some)
+                .map_err(|_| Rejection::MaxPending),
+        }
+    }
+
     /// A connection for one HTTP/1.1 exchange, waiting as pending when none is free. `None`
     /// permit when connections are unlimited.
     pub async fn connection(&self) -> Result<Option<OwnedSemaphorePermit>, Rejection> {
@@ -170,6 +183,7 @@ mod tests {
             tokio::task::yield_now().await;
         }
         assert_eq!(l.connection().await.unwrap_err(), Rejection::MaxPending);
+        assert_eq!(l.try_connection().unwrap_err(), Rejection::MaxPending);
         drop(first);
         assert_eq!(waiter.await.unwrap(), Ok(true));
     }
