@@ -34,6 +34,7 @@ declare -A NEED=(
   [h2load]=nghttp2-client
   [setpriv]=util-linux
   [python3]=python3
+  [prometheus]=prometheus
 )
 missing=()
 for cmd in "${!NEED[@]}"; do
