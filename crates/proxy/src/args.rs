@@ -15,6 +15,7 @@ use trellis_model::Target;
 
 use crate::config::{DEFAULT_OPAQUE_PORTS, LogFormat, OutboundPort, ProxyConfig, parse_port_list};
 use crate::init::InitArgs;
+use crate::telemetry::LabelDetail;
 
 /// A flag with a value that does not make sense; `flag` is the flag's name as typed.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -123,6 +124,10 @@ pub struct RunArgs {
     pub log_level: String,
     #[arg(long, value_name = "FORMAT", value_enum, default_value_t = LogFormat::Text)]
     pub log_format: LogFormat,
+    /// Labels on request metrics: `full` (workloads, route, status, class) or `minimal`
+    /// (direction and status code: the cheapest, for comparing telemetry cost).
+    #[arg(long, value_name = "DETAIL", value_enum, env = "TRELLIS_METRICS_LABELS", default_value_t = LabelDetail::Full)]
+    pub metrics_labels: LabelDetail,
 }
 
 /// `--outbound`'s value: an address or `none`.
@@ -214,6 +219,7 @@ impl RunArgs {
             threads: usize::from(self.threads),
             log_level: self.log_level,
             log_format: self.log_format,
+            metrics_labels: self.metrics_labels,
         })
     }
 }

@@ -65,6 +65,8 @@ pub struct ProxyConfig {
     pub threads: usize,
     pub log_level: String,
     pub log_format: LogFormat,
+    /// Labels on request metrics (`--metrics-labels`).
+    pub metrics_labels: crate::telemetry::LabelDetail,
 }
 
 impl ProxyConfig {
@@ -93,6 +95,7 @@ impl ProxyConfig {
             threads: 1,
             log_level: "info".into(),
             log_format: LogFormat::Text,
+            metrics_labels: crate::telemetry::LabelDetail::Full,
         }
     }
 }

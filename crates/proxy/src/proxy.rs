@@ -22,6 +22,7 @@ use crate::discovery::{Discovery, DiscoveryConfig};
 use crate::serve::{Ctx, Source};
 use crate::shutdown;
 use crate::telemetry::Metrics;
+use crate::telemetry::exchange::{LocalWorkload, Telemetry};
 use crate::transport::{BindError, bind};
 use crate::{inbound, outbound};
 
@@ -116,7 +117,14 @@ impl Proxy {
         // endpoints, and `/ready` must keep answering 503 until the process is gone.
         let stop = CancellationToken::new();
         let tracker = TaskTracker::new();
-        let metrics = Arc::new(Metrics::new());
+        let metrics = Arc::new(Metrics::with_detail(config.metrics_labels));
+        let telemetry = Arc::new(Telemetry::new(
+            metrics.clone(),
+            LocalWorkload::new(
+                config.workload.as_deref().unwrap_or_default(),
+                &config.namespace,
+            ),
+        ));
         let discovery = match &config.control {
             Some(control) => {
                 Discovery::spawn(discovery_config(&config, control, &addrs), stop.clone())
@@ -140,7 +148,8 @@ impl Proxy {
             .with_source(Source {
                 namespace: config.namespace.clone(),
                 labels: config.labels.clone(),
-            }),
+            })
+            .with_telemetry(telemetry),
         );
         let admin_state = Arc::new(AdminState {
             metrics,

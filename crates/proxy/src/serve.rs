@@ -24,6 +24,7 @@ use crate::discovery::Discovery;
 use crate::forward::HttpForward;
 use crate::resilience::outlier::Outcome;
 use crate::route::Dest;
+use crate::telemetry::exchange::{LocalWorkload, Telemetry};
 use crate::telemetry::{DetectOutcome, Direction, Metrics};
 use crate::traffic::TargetTraffic;
 use crate::transport::{CountingIo, PrefixedIo, connect, is_own_listener, splice};
@@ -48,6 +49,8 @@ pub struct Source {
 #[derive(Debug)]
 pub struct Ctx {
     pub metrics: Arc<Metrics>,
+    /// Request metrics with workload labels (and traces, access logs): shares `metrics`.
+    pub telemetry: Arc<Telemetry>,
     pub upstreams: Upstreams,
     pub discovery: Discovery,
     pub detect_timeout: Duration,
@@ -76,6 +79,7 @@ impl Ctx {
         tracker: TaskTracker,
     ) -> Self {
         Self {
+            telemetry: Arc::new(Telemetry::new(metrics.clone(), LocalWorkload::default())),
             metrics,
             upstreams: Upstreams::new(),
             discovery,
@@ -93,6 +97,12 @@ impl Ctx {
     /// Sets the workload that route matches see as the source.
     pub fn with_source(mut self, source: Source) -> Self {
         self.source = source;
+        self
+    }
+
+    /// Sets the telemetry (its metrics should be this context's `metrics`).
+    pub fn with_telemetry(mut self, telemetry: Arc<Telemetry>) -> Self {
+        self.telemetry = telemetry;
         self
     }
 

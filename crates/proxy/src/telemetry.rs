@@ -12,8 +12,14 @@ use std::time::Duration;
 
 use crate::resilience::limits::Rejection;
 
+pub mod exchange;
+pub mod requests;
+pub mod scrape;
+
+use requests::RequestRegistry;
+
 /// Which side of the workload traffic flows on.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub enum Direction {
     Inbound = 0,
     Outbound = 1,
@@ -169,11 +175,26 @@ struct TrafficCounters {
 /// Reads one plain counter of a direction, for rendering the `trellis_tcp_*` families alike.
 type CounterField = fn(&PerDirection) -> &AtomicU64;
 
+/// Which labels request metrics carry (`--metrics-labels`).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, serde::Serialize, clap::ValueEnum)]
+#[serde(rename_all = "lowercase")]
+pub enum LabelDetail {
+    /// Workload, namespace, identity, service, route, tls, status, gRPC status and class.
+    #[default]
+    Full,
+    /// `direction` and `status_code` only: the cheapest setting, and the baseline the
+    /// benchmark compares `Full` against.
+    Minimal,
+}
+
 /// The registry: one per proxy, shared by `Arc`.
 #[derive(Debug)]
 pub struct Metrics {
     dirs: [PerDirection; 2],
     version: &'static str,
+    detail: LabelDetail,
+    /// The labelled request series (with [`LabelDetail::Full`]).
+    pub requests: RequestRegistry,
 }
 
 impl Default for Metrics {
@@ -184,10 +205,20 @@ impl Default for Metrics {
 
 impl Metrics {
     pub fn new() -> Self {
+        Self::with_detail(LabelDetail::Full)
+    }
+
+    pub fn with_detail(detail: LabelDetail) -> Self {
         Self {
             dirs: [PerDirection::new(), PerDirection::new()],
             version: env!("CARGO_PKG_VERSION"),
+            detail,
+            requests: RequestRegistry::new(),
         }
+    }
+
+    pub fn detail(&self) -> LabelDetail {
+        self.detail
     }
 
     fn dir(&self, d: Direction) -> &PerDirection {
@@ -263,56 +294,9 @@ impl Metrics {
         writeln!(out, "# TYPE trellis_proxy_info gauge")?;
         writeln!(out, "trellis_proxy_info{{version=\"{}\"}} 1", self.version)?;
 
-        writeln!(
-            out,
-            "# HELP trellis_requests_total HTTP requests proxied, by response status."
-        )?;
-        writeln!(out, "# TYPE trellis_requests_total counter")?;
-        for d in Direction::ALL {
-            for (code, c) in self.dir(d).requests.iter().enumerate() {
-                let n = c.load(Relaxed);
-                if n > 0 {
-                    writeln!(
-                        out,
-                        "trellis_requests_total{{direction=\"{}\",status_code=\"{code}\"}} {n}",
-                        d.as_str()
-                    )?;
-                }
-            }
-        }
-
-        writeln!(
-            out,
-            "# HELP trellis_request_duration_seconds Time from request to response headers."
-        )?;
-        writeln!(out, "# TYPE trellis_request_duration_seconds histogram")?;
-        for d in Direction::ALL {
-            let h = &self.dir(d).duration;
-            let mut cumulative = 0;
-            for (i, bound) in DURATION_BUCKETS.iter().enumerate() {
-                cumulative += h.buckets[i].load(Relaxed);
-                writeln!(
-                    out,
-                    "trellis_request_duration_seconds_bucket{{direction=\"{}\",le=\"{bound}\"}} {cumulative}",
-                    d.as_str()
-                )?;
-            }
-            cumulative += h.buckets[DURATION_BUCKETS.len()].load(Relaxed);
-            let dir = d.as_str();
-            writeln!(
-                out,
-                "trellis_request_duration_seconds_bucket{{direction=\"{dir}\",le=\"+Inf\"}} {cumulative}"
-            )?;
-            let sum = h.sum_nanos.load(Relaxed) as f64 / 1e9;
-            writeln!(
-                out,
-                "trellis_request_duration_seconds_sum{{direction=\"{dir}\"}} {sum}"
-            )?;
-            writeln!(
-                out,
-                "trellis_request_duration_seconds_count{{direction=\"{dir}\"}} {}",
-                h.count.load(Relaxed)
-            )?;
+        match self.detail {
+            LabelDetail::Full => self.requests.render(out)?,
+            LabelDetail::Minimal => self.render_minimal_requests(out)?,
         }
 
         let simple: [(&str, &str, CounterField); 4] = [
@@ -367,6 +351,63 @@ impl Metrics {
             }
         }
         self.render_traffic(out)
+    }
+
+    /// The request families with `direction` and `status_code` only.
+    fn render_minimal_requests(&self, out: &mut String) -> std::fmt::Result {
+        writeln!(
+            out,
+            "# HELP trellis_requests_total HTTP requests proxied, by response status."
+        )?;
+        writeln!(out, "# TYPE trellis_requests_total counter")?;
+        for d in Direction::ALL {
+            for (code, c) in self.dir(d).requests.iter().enumerate() {
+                let n = c.load(Relaxed);
+                if n > 0 {
+                    writeln!(
+                        out,
+                        "trellis_requests_total{{direction=\"{}\",status_code=\"{code}\"}} {n}",
+                        d.as_str()
+                    )?;
+                }
+            }
+        }
+
+        writeln!(
+            out,
+            "# HELP trellis_request_duration_seconds Time from request to response headers."
+        )?;
+        writeln!(out, "# TYPE trellis_request_duration_seconds histogram")?;
+        for d in Direction::ALL {
+            let h = &self.dir(d).duration;
+            let mut cumulative = 0;
+            for (i, bound) in DURATION_BUCKETS.iter().enumerate() {
+                cumulative += h.buckets[i].load(Relaxed);
+                writeln!(
+                    out,
+                    "trellis_request_duration_seconds_bucket{{direction=\"{}\",le=\"{bound}\"}} {cumulative}",
+                    d.as_str()
+                )?;
+            }
+            cumulative += h.buckets[DURATION_BUCKETS.len()].load(Relaxed);
+            let dir = d.as_str();
+            writeln!(
+                out,
+                "trellis_request_duration_seconds_bucket{{direction=\"{dir}\",le=\"+Inf\"}} {cumulative}"
+            )?;
+            let sum = h.sum_nanos.load(Relaxed) as f64 / 1e9;
+            writeln!(
+                out,
+                "trellis_request_duration_seconds_sum{{direction=\"{dir}\"}} {sum}"
+            )?;
+            writeln!(
+                out,
+                "trellis_request_duration_seconds_count{{direction=\"{dir}\"}} {}",
+                h.count.load(Relaxed)
+            )?;
+        }
+
+        Ok(())
     }
 
     fn render_traffic(&self, out: &mut String) -> std::fmt::Result {
@@ -449,7 +490,7 @@ mod tests {
 
     #[test]
     fn renders_counters_with_help_and_type() {
-        let m = Metrics::new();
+        let m = Metrics::with_detail(LabelDetail::Minimal);
         m.request(Direction::Inbound, 200, Duration::from_millis(3));
         m.request(Direction::Inbound, 200, Duration::from_millis(3));
         m.request(Direction::Outbound, 503, Duration::from_secs(20));
@@ -490,7 +531,7 @@ mod tests {
 
     #[test]
     fn histogram_is_cumulative() {
-        let m = Metrics::new();
+        let m = Metrics::with_detail(LabelDetail::Minimal);
         m.request(Direction::Inbound, 200, Duration::from_micros(300));
         m.request(Direction::Inbound, 200, Duration::from_millis(7));
         m.request(Direction::Inbound, 200, Duration::from_secs(11));

@@ -25,6 +25,7 @@ use crate::resilience::deadline::{self, format_grpc_timeout, itoa_buf, parse_grp
 use crate::resilience::outlier::Outcome;
 use crate::resilience::retry::{AttemptError, DEFAULT_POLICY, retries_error};
 use crate::route::endpoint_hop;
+use crate::telemetry::exchange::Upstream;
 use crate::traffic::BackendRt;
 
 const GRPC_TIMEOUT: HeaderName = HeaderName::from_static("grpc-timeout");
@@ -366,7 +367,8 @@ async fn attempts(
                     metrics: fwd.ctx.metrics.clone(),
                     direction: dir,
                 });
-                let resp = guarded(resp, held, body_deadline);
+                let mut resp = guarded(resp, held, body_deadline);
+                Upstream::of(&mut resp).endpoint = Some(ep.clone());
                 if !retry {
                     return resp;
                 }
@@ -378,7 +380,8 @@ async fn attempts(
                 if backend.record(&ep, Outcome::GatewayError) {
                     metrics.outlier_ejection(dir);
                 }
-                let resp = failure_response(e);
+                let mut resp = failure_response(e);
+                Upstream::of(&mut resp).endpoint = Some(ep.clone());
                 if last_try || !retries_error(&a.policy.on, e) {
                     return resp;
                 }

@@ -15,8 +15,6 @@ pub mod body;
 pub mod replay;
 mod routed;
 
-pub use routed::ChosenRoute;
-
 use std::convert::Infallible;
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -25,7 +23,6 @@ use http::{HeaderValue, Request, Response, StatusCode, header};
 use http_body_util::BodyExt;
 use hyper::body::Incoming;
 use hyper_util::rt::TokioIo;
-use tokio::time::Instant;
 
 use crate::client::{PoolOptions, UpBody, UpstreamError};
 use crate::http::{
@@ -64,15 +61,13 @@ impl HttpForward {
 
     /// The hyper service entry point: never fails, errors become responses.
     pub async fn handle(self, req: Request<Incoming>) -> Result<Response<ProxyBody>, Infallible> {
-        let started = Instant::now();
+        let telemetry = self.ctx.telemetry.clone();
+        let (exchange, req) = telemetry.begin(self.direction, req.map(BodyExt::boxed));
         let resp = self.forward(req).await;
-        self.ctx
-            .metrics
-            .request(self.direction, resp.status().as_u16(), started.elapsed());
-        Ok(resp)
+        Ok(telemetry.end(exchange, resp))
     }
 
-    async fn forward(&self, mut req: Request<Incoming>) -> Response<ProxyBody> {
+    async fn forward(&self, mut req: Request<UpBody>) -> Response<ProxyBody> {
         // Like the version tag, the port hint only means something coming from a peer proxy.
         let requested_port = req
             .headers_mut()
@@ -97,7 +92,6 @@ impl HttpForward {
         // This proxy's server already answered `100 Continue` by reading the body; the next hop
         // gets the body at once.
         req.headers_mut().remove(header::EXPECT);
-        let req = req.map(BodyExt::boxed);
         match next {
             Next::Routed(plan) => routed::forward(self, &plan, req, upgrade, tagged).await,
             Next::Hop(hop) => {
@@ -137,6 +131,9 @@ impl HttpForward {
         if let Some(port) = hop.target_port.filter(|_| hop.meshed) {
             req.headers_mut()
                 .insert(TARGET_PORT, HeaderValue::from(port));
+        }
+        if hop.meshed && self.direction == Direction::Outbound {
+            self.ctx.telemetry.tag_meshed_hop(req.headers_mut());
         }
         let (version, tag) =
             choose_version(self.direction, req.version(), false, hop.meshed, tagged);

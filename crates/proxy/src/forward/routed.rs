@@ -25,6 +25,7 @@ use crate::resilience::retry::DEFAULT_POLICY;
 use crate::route::endpoint_hop;
 use crate::split;
 use crate::telemetry::FaultKind;
+use crate::telemetry::exchange::Upstream;
 use crate::traffic::{BackendRt, Plan, RoutePlan};
 
 /// The longest a mirrored request may run before it is abandoned.
@@ -95,7 +96,7 @@ pub(super) async fn forward(
     };
     let Some((index, route, prefix)) = selected else {
         tracing::trace!(destination = %dest.authority, "no route; the service's own endpoints");
-        return send(
+        let mut resp = send(
             fwd,
             &plan.own,
             req,
@@ -104,6 +105,8 @@ pub(super) async fn forward(
             Attempts::default_for(None),
         )
         .await;
+        Upstream::of(&mut resp).destination = Some(plan.dest.clone());
+        return resp;
     };
     // Parallel to `dest.routes` by construction (one plan per destination version).
     let Some(rp) = plan.routes.get(index) else {
@@ -111,14 +114,11 @@ pub(super) async fn forward(
     };
     tracing::debug!(destination = %dest.authority, route = %rp.name, "route selected");
     let mut resp = forward_route(fwd, rp, route, prefix, req, upgrade, tagged).await;
-    resp.extensions_mut().insert(ChosenRoute(rp.name.clone()));
+    let up = Upstream::of(&mut resp);
+    up.destination = Some(plan.dest.clone());
+    up.route = Some(rp.name.clone());
     resp
 }
-
-/// The name of the route a response went through, in the response's extensions, for logs,
-/// access logs and `explain`.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct ChosenRoute(pub Arc<str>);
 
 async fn forward_route(
     fwd: &HttpForward,

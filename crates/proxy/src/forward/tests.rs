@@ -22,6 +22,7 @@ use trellis_model::{AppProtocol, Destination, Endpoint, ServiceKey};
 use crate::discovery::{Discovery, Resolution};
 use crate::route::Dest;
 use crate::serve::{Ctx, serve};
+use crate::telemetry::scrape::sum;
 use crate::telemetry::{Direction, Metrics};
 use crate::{Proxy, ProxyConfig};
 
@@ -135,14 +136,17 @@ async fn http1_rides_the_meshed_http2_hop() {
         ),
         "{rendered}"
     );
-    assert!(
-        rendered.contains("trellis_requests_total{direction=\"inbound\",status_code=\"200\"} 3"),
+    let ok = |d| [("direction", d), ("status_code", "200")];
+    assert_eq!(
+        sum(&rendered, "trellis_requests_total", &ok("inbound")),
+        3.0,
         "{rendered}"
     );
     let mut own = String::new();
     metrics.render(&mut own);
-    assert!(
-        own.contains("trellis_requests_total{direction=\"outbound\",status_code=\"200\"} 3"),
+    assert_eq!(
+        sum(&own, "trellis_requests_total", &ok("outbound")),
+        3.0,
         "{own}"
     );
 

@@ -1,0 +1,359 @@
+//! Observing one HTTP exchange for the request metrics: begun when the request arrives, ended
+//! when the response head is ready, and counted when the response body ends (so a gRPC status
+//! in the trailers is known). The forwarder calls [`Telemetry::begin`] and
+//! [`Telemetry::end`] and tells where the request went through the [`Upstream`] response
+//! extension; nothing here chooses a route or an endpoint.
+//!
+//! Labels come from what each side knows: outbound, the source is this proxy's workload and
+//! the destination the endpoint discovery chose; inbound, the destination is this workload and
+//! the source the peer's mTLS identity when there is one, else the informational
+//! `trellis-source-workload`/`-namespace` headers the calling proxy adds on meshed hops (this
+//! side strips them; authorization never reads them).
+
+use std::pin::Pin;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
+use std::task::{Context, Poll};
+
+use bytes::Bytes;
+use http::header::{HeaderMap, HeaderName, HeaderValue};
+use http::{Request, Response};
+use http_body::{Body, Frame, SizeHint};
+use http_body_util::BodyExt;
+use tokio::time::Instant;
+use trellis_model::Destination;
+
+use super::requests::{Peer, RequestLabels, Series};
+use super::{Direction, LabelDetail, Metrics};
+use crate::balance::EndpointState;
+use crate::client::UpBody;
+use crate::http::{BoxError, ProxyBody};
+
+/// Added by the outbound proxy on meshed hops, removed by the inbound one: who is calling, for
+/// metrics only.
+pub const SOURCE_WORKLOAD: HeaderName = HeaderName::from_static("trellis-source-workload");
+pub const SOURCE_NAMESPACE: HeaderName = HeaderName::from_static("trellis-source-namespace");
+const GRPC_STATUS: HeaderName = HeaderName::from_static("grpc-status");
+
+/// Where a routed request went, put in the response's extensions by the forwarder: the
+/// discovered destination, the route's name when one matched, and the endpoint of the attempt
+/// that answered. For metrics, access logs and `explain`.
+#[derive(Clone, Debug, Default)]
+pub struct Upstream {
+    pub destination: Option<Arc<Destination>>,
+    pub route: Option<Arc<str>>,
+    pub endpoint: Option<Arc<EndpointState>>,
+}
+
+impl Upstream {
+    /// The response's `Upstream`, made on first use.
+    pub fn of<B>(resp: &mut Response<B>) -> &mut Upstream {
+        resp.extensions_mut().get_or_insert_default::<Upstream>()
+    }
+}
+
+/// This proxy's workload as label values, fixed at startup.
+#[derive(Clone, Debug, Default)]
+pub struct LocalWorkload {
+    pub workload: String,
+    pub namespace: String,
+    workload_header: Option<HeaderValue>,
+    namespace_header: Option<HeaderValue>,
+}
+
+impl LocalWorkload {
+    pub fn new(workload: &str, namespace: &str) -> Self {
+        Self {
+            workload: workload.to_owned(),
+            namespace: namespace.to_owned(),
+            workload_header: HeaderValue::from_str(workload)
+                .ok()
+                .filter(|_| !workload.is_empty()),
+            namespace_header: HeaderValue::from_str(namespace)
+                .ok()
+                .filter(|_| !namespace.is_empty()),
+        }
+    }
+
+    fn peer(&self) -> Peer<'_> {
+        Peer {
+            workload: &self.workload,
+            namespace: &self.namespace,
+            identity: "",
+        }
+    }
+}
+
+/// The proxy's telemetry: metrics (and, as they arrive, traces and access logs).
+#[derive(Debug)]
+pub struct Telemetry {
+    pub metrics: Arc<Metrics>,
+    pub local: LocalWorkload,
+}
+
+/// What [`Telemetry::begin`] noted about a request, until [`Telemetry::end`].
+#[derive(Debug)]
+pub struct Exchange {
+    started: Instant,
+    direction: Direction,
+    source_workload: Option<HeaderValue>,
+    source_namespace: Option<HeaderValue>,
+    request_bytes: Option<Arc<AtomicU64>>,
+}
+
+impl Telemetry {
+    pub fn new(metrics: Arc<Metrics>, local: LocalWorkload) -> Self {
+        Self { metrics, local }
+    }
+
+    /// Notes the arrival of a request, strips the source headers (read inbound, dropped
+    /// outbound so an application cannot claim another workload) and counts its body bytes.
+    pub fn begin(&self, direction: Direction, req: Request<UpBody>) -> (Exchange, Request<UpBody>) {
+        let started = Instant::now();
+        let headers = req.headers();
+        let mut ex = Exchange {
+            started,
+            direction,
+            source_workload: None,
+            source_namespace: None,
+            request_bytes: None,
+        };
+        if !(headers.contains_key(SOURCE_WORKLOAD) || headers.contains_key(SOURCE_NAMESPACE))
+            && self.metrics.detail() == LabelDetail::Minimal
+        {
+            return (ex, req);
+        }
+        let (mut parts, body) = req.into_parts();
+        let workload = parts.headers.remove(SOURCE_WORKLOAD);
+        let namespace = parts.headers.remove(SOURCE_NAMESPACE);
+        if direction == Direction::Inbound {
+            ex.source_workload = workload;
+            ex.source_namespace = namespace;
+        }
+        if self.metrics.detail() == LabelDetail::Minimal {
+            return (ex, Request::from_parts(parts, body));
+        }
+        let tally = Arc::new(AtomicU64::new(0));
+        ex.request_bytes = Some(tally.clone());
+        let body = Counted { inner: body, tally }.boxed();
+        (ex, Request::from_parts(parts, body))
+    }
+
+    /// Adds the source headers on a hop to a meshed peer.
+    pub fn tag_meshed_hop(&self, headers: &mut HeaderMap) {
+        if let Some(w) = &self.local.workload_header {
+            headers.insert(SOURCE_WORKLOAD, w.clone());
+        }
+        if let Some(n) = &self.local.namespace_header {
+            headers.insert(SOURCE_NAMESPACE, n.clone());
+        }
+    }
+
+    /// The response head is ready: records latency now and the count and bytes when its body
+    /// ends.
+    pub fn end(&self, ex: Exchange, resp: Response<ProxyBody>) -> Response<ProxyBody> {
+        let elapsed = ex.started.elapsed();
+        let status = resp.status().as_u16();
+        if self.metrics.detail() == LabelDetail::Minimal {
+            self.metrics.request(ex.direction, status, elapsed);
+            return resp;
+        }
+        let series = self.series(&ex, &resp);
+        series.observe_latency(elapsed);
+        // A trailers-only gRPC answer carries its status in the head.
+        let grpc = grpc_status(resp.headers());
+        let (parts, body) = resp.into_parts();
+        let body = Recorded {
+            inner: body,
+            series,
+            status,
+            grpc,
+            response_bytes: 0,
+            request_bytes: ex.request_bytes,
+            done: false,
+        };
+        Response::from_parts(parts, body.boxed())
+    }
+
+    fn series(&self, ex: &Exchange, resp: &Response<ProxyBody>) -> Arc<Series> {
+        let up = resp.extensions().get::<Upstream>();
+        let route = up.and_then(|u| u.route.as_deref()).unwrap_or("");
+        let labels = match ex.direction {
+            Direction::Outbound => {
+                let dest = up.and_then(|u| u.destination.as_deref());
+                let endpoint = up.and_then(|u| u.endpoint.as_deref()).map(|e| e.endpoint());
+                let namespace = dest.map_or("", |d| d.service.namespace.as_str());
+                RequestLabels {
+                    direction: ex.direction,
+                    source: self.local.peer(),
+                    destination: Peer {
+                        workload: endpoint.map_or("", |e| e.workload.as_str()),
+                        namespace: if endpoint.is_some() { namespace } else { "" },
+                        identity: endpoint.and_then(|e| e.identity.as_deref()).unwrap_or(""),
+                    },
+                    destination_service: dest.map_or("", |d| service_host(&d.authority)),
+                    route,
+                    // mTLS between proxies arrives with the identity work.
+                    tls: false,
+                }
+            }
+            Direction::Inbound => RequestLabels {
+                direction: ex.direction,
+                source: Peer {
+                    workload: header_str(ex.source_workload.as_ref()),
+                    namespace: header_str(ex.source_namespace.as_ref()),
+                    identity: "",
+                },
+                destination: self.local.peer(),
+                destination_service: "",
+                route,
+                tls: false,
+            },
+        };
+        self.metrics.requests.series(&labels)
+    }
+}
+
+/// `reviews.default.svc.cluster.local:9080` → `reviews.default.svc.cluster.local`.
+fn service_host(authority: &str) -> &str {
+    authority
+        .rsplit_once(':')
+        .map_or(authority, |(host, _)| host)
+}
+
+fn header_str(v: Option<&HeaderValue>) -> &str {
+    v.and_then(|v| v.to_str().ok()).unwrap_or("")
+}
+
+fn grpc_status(headers: &HeaderMap) -> Option<u32> {
+    headers
+        .get(GRPC_STATUS)
+        .and_then(|v| v.to_str().ok()?.trim().parse().ok())
+}
+
+/// A request body that adds its data bytes to a tally.
+struct Counted {
+    inner: UpBody,
+    tally: Arc<AtomicU64>,
+}
+
+impl Body for Counted {
+    type Data = Bytes;
+    type Error = hyper::Error;
+
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, hyper::Error>>> {
+        let polled = Pin::new(&mut self.inner).poll_frame(cx);
+        if let Poll::Ready(Some(Ok(frame))) = &polled
+            && let Some(data) = frame.data_ref()
+        {
+            self.tally.fetch_add(data.len() as u64, Relaxed);
+        }
+        polled
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.inner.is_end_stream()
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        self.inner.size_hint()
+    }
+}
+
+/// A response body that counts the exchange in its series when it ends (or is dropped).
+struct Recorded {
+    inner: ProxyBody,
+    series: Arc<Series>,
+    status: u16,
+    grpc: Option<u32>,
+    response_bytes: u64,
+    request_bytes: Option<Arc<AtomicU64>>,
+    done: bool,
+}
+
+impl Recorded {
+    fn finish(&mut self) {
+        if std::mem::replace(&mut self.done, true) {
+            return;
+        }
+        let req = self.request_bytes.as_ref().map_or(0, |t| t.load(Relaxed));
+        self.series
+            .finish(self.status, self.grpc, req, self.response_bytes);
+    }
+}
+
+impl Body for Recorded {
+    type Data = Bytes;
+    type Error = BoxError;
+
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
+        let polled = Pin::new(&mut self.inner).poll_frame(cx);
+        match &polled {
+            Poll::Ready(Some(Ok(frame))) => {
+                if let Some(data) = frame.data_ref() {
+                    self.response_bytes += data.len() as u64;
+                } else if let Some(trailers) = frame.trailers_ref()
+                    && let Some(code) = grpc_status(trailers)
+                {
+                    self.grpc = Some(code);
+                }
+                // Counted as soon as the last frame is out, so a client that has read the
+                // whole answer finds it in `/metrics`.
+                if self.inner.is_end_stream() {
+                    self.finish();
+                }
+            }
+            Poll::Ready(None) => self.finish(),
+            Poll::Ready(Some(Err(_))) | Poll::Pending => {}
+        }
+        polled
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.inner.is_end_stream()
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        self.inner.size_hint()
+    }
+}
+
+impl Drop for Recorded {
+    fn drop(&mut self) {
+        self.finish();
+    }
+}
+
+impl std::fmt::Debug for Recorded {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Recorded")
+            .field("status", &self.status)
+            .finish()
+    }
+}
+
+impl std::fmt::Debug for Counted {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Counted").finish()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn service_host_drops_the_port() {
+        assert_eq!(
+            service_host("reviews.default.svc.cluster.local:9080"),
+            "reviews.default.svc.cluster.local"
+        );
+        assert_eq!(service_host("x"), "x");
+    }
+}
