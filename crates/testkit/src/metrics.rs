@@ -34,6 +34,42 @@ impl Metrics {
         self.matching(name, labels).map(|s| s.value).sum()
     }
 
+    /// How many connections in `direction` the proxy's protocol detection classified as
+    /// `outcome` (`http1`, `http2`, `tls`, `opaque`, ...).
+    pub fn detected(&self, direction: &str, outcome: &str) -> f64 {
+        self.sum(
+            "trellis_protocol_detections_total",
+            &[("direction", direction), ("outcome", outcome)],
+        )
+    }
+
+    /// Checks that every connection a server proxy accepted came from a peer proxy (the meshed
+    /// hop: HTTP/2, or TLS once the hop is encrypted) and none as plain HTTP/1 or opaque bytes.
+    pub fn check_meshed_inbound(&self) -> Result<(), String> {
+        let meshed = self.detected("inbound", "http2") + self.detected("inbound", "tls");
+        let plain = self.detected("inbound", "http1") + self.detected("inbound", "opaque");
+        if meshed >= 1.0 && plain == 0.0 {
+            return Ok(());
+        }
+        let seen: Vec<String> = self
+            .matching(
+                "trellis_protocol_detections_total",
+                &[("direction", "inbound")],
+            )
+            .filter(|s| s.value > 0.0)
+            .map(|s| {
+                format!(
+                    "{}={}",
+                    s.labels.get("outcome").map_or("?", String::as_str),
+                    s.value
+                )
+            })
+            .collect();
+        Err(format!(
+            "inbound detections {seen:?}: expected only meshed (http2 or tls) connections"
+        ))
+    }
+
     /// Whether a metric of that name appears at all.
     pub fn has(&self, name: &str) -> bool {
         self.samples.iter().any(|s| s.name == name)
