@@ -15,6 +15,8 @@ use trellis_model::Target;
 
 use crate::config::{DEFAULT_OPAQUE_PORTS, LogFormat, OutboundPort, ProxyConfig, parse_port_list};
 use crate::init::InitArgs;
+use crate::accesslog::Format as AccessLogFormat;
+use crate::config::DEFAULT_TRACE_SAMPLING;
 use crate::telemetry::LabelDetail;
 
 /// A flag with a value that does not make sense; `flag` is the flag's name as typed.
@@ -128,6 +130,18 @@ pub struct RunArgs {
     /// (direction and status code: the cheapest, for comparing telemetry cost).
     #[arg(long, value_name = "DETAIL", value_enum, env = "TRELLIS_METRICS_LABELS", default_value_t = LabelDetail::Full)]
     pub metrics_labels: LabelDetail,
+    /// OTLP/gRPC collector (`http://host:4317`) spans are exported to; none: no tracing.
+    #[arg(long, value_name = "URL", env = "TRELLIS_OTLP_ENDPOINT")]
+    pub otlp_endpoint: Option<String>,
+    /// Probability (0.0 to 1.0) of sampling a trace that arrives without a decision.
+    #[arg(long, value_name = "P", env = "TRELLIS_TRACE_SAMPLING", default_value_t = DEFAULT_TRACE_SAMPLING)]
+    pub trace_sampling: f64,
+    /// One line per HTTP request: `off`, `json` or `text`.
+    #[arg(long, value_name = "FORMAT", value_enum, env = "TRELLIS_ACCESS_LOG", default_value_t = AccessLogFormat::Off)]
+    pub access_log: AccessLogFormat,
+    /// Where access log lines go (appended); default stdout.
+    #[arg(long, value_name = "FILE", env = "TRELLIS_ACCESS_LOG_PATH")]
+    pub access_log_path: Option<PathBuf>,
 }
 
 /// `--outbound`'s value: an address or `none`.
@@ -163,6 +177,17 @@ impl RunArgs {
         }
         if self.detect_timeout.is_zero() {
             return Err(ConfigError::new("--detect-timeout", "must be positive"));
+        }
+        if !(0.0..=1.0).contains(&self.trace_sampling) {
+            return Err(ConfigError::new(
+                "--trace-sampling",
+                format!("{} is not between 0.0 and 1.0", self.trace_sampling),
+            ));
+        }
+        if let Some(endpoint) = self.otlp_endpoint.as_deref().filter(|e| !e.is_empty())
+            && let Err(e) = crate::trace::export::validate_endpoint(endpoint)
+        {
+            return Err(ConfigError::new("--otlp-endpoint", e.to_string()));
         }
         if tracing_subscriber::EnvFilter::try_new(&self.log_level).is_err() {
             return Err(ConfigError::new(
@@ -220,6 +245,10 @@ impl RunArgs {
             log_level: self.log_level,
             log_format: self.log_format,
             metrics_labels: self.metrics_labels,
+            otlp_endpoint: self.otlp_endpoint.filter(|e| !e.is_empty()),
+            trace_sampling: self.trace_sampling,
+            access_log: self.access_log,
+            access_log_path: self.access_log_path,
         })
     }
 }

@@ -23,6 +23,9 @@ pub struct OutboundPort {
     pub target: Target,
 }
 
+/// New traces sampled when `--trace-sampling` is not given: Istio's default, 1%.
+pub const DEFAULT_TRACE_SAMPLING: f64 = 0.01;
+
 /// How log lines are written.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, clap::ValueEnum)]
 #[serde(rename_all = "lowercase")]
@@ -67,6 +70,13 @@ pub struct ProxyConfig {
     pub log_format: LogFormat,
     /// Labels on request metrics (`--metrics-labels`).
     pub metrics_labels: crate::telemetry::LabelDetail,
+    /// OTLP/gRPC collector for spans; `None`: no tracing.
+    pub otlp_endpoint: Option<String>,
+    /// Probability of sampling a new trace (an incoming decision is obeyed).
+    pub trace_sampling: f64,
+    pub access_log: crate::accesslog::Format,
+    /// Where access logs go; `None`: stdout.
+    pub access_log_path: Option<PathBuf>,
 }
 
 impl ProxyConfig {
@@ -96,6 +106,10 @@ impl ProxyConfig {
             log_level: "info".into(),
             log_format: LogFormat::Text,
             metrics_labels: crate::telemetry::LabelDetail::Full,
+            otlp_endpoint: None,
+            trace_sampling: DEFAULT_TRACE_SAMPLING,
+            access_log: crate::accesslog::Format::Off,
+            access_log_path: None,
         }
     }
 }

@@ -12,6 +12,7 @@
 //! [`ProxyConfig::local`]), then [`Proxy::start`] it and [`Proxy::wait`], or call [`run`], which
 //! also drains on SIGTERM/SIGINT.
 
+pub mod accesslog;
 pub mod admin;
 pub mod args;
 pub mod balance;
@@ -34,6 +35,7 @@ pub mod serve;
 pub mod shutdown;
 pub mod split;
 pub mod telemetry;
+pub mod trace;
 pub mod traffic;
 pub mod transport;
 

@@ -23,6 +23,8 @@ use crate::serve::{Ctx, Source};
 use crate::shutdown;
 use crate::telemetry::Metrics;
 use crate::telemetry::exchange::{LocalWorkload, Telemetry};
+use crate::accesslog::{self, AccessLog};
+use crate::trace::{self, Tracer, export::ResourceInfo};
 use crate::transport::{BindError, bind};
 use crate::{inbound, outbound};
 
@@ -118,13 +120,34 @@ impl Proxy {
         let stop = CancellationToken::new();
         let tracker = TaskTracker::new();
         let metrics = Arc::new(Metrics::with_detail(config.metrics_labels));
-        let telemetry = Arc::new(Telemetry::new(
-            metrics.clone(),
-            LocalWorkload::new(
-                config.workload.as_deref().unwrap_or_default(),
-                &config.namespace,
-            ),
-        ));
+        let workload = config.workload.as_deref().unwrap_or_default();
+        let mut telemetry =
+            Telemetry::new(metrics.clone(), LocalWorkload::new(workload, &config.namespace));
+        if let Some(endpoint) = &config.otlp_endpoint {
+            let (tracer, spans_rx) = Tracer::new(config.trace_sampling, metrics.spans.clone());
+            let resource = ResourceInfo {
+                service_name: if workload.is_empty() { "trellis-proxy" } else { workload }.to_owned(),
+                namespace: config.namespace.clone(),
+            };
+            // Outlives the drain like discovery: spans of the last requests still go out.
+            tokio::spawn(trace::export::run(
+                endpoint.clone(),
+                resource,
+                spans_rx,
+                metrics.spans.clone(),
+                stop.clone(),
+            ));
+            telemetry = telemetry.with_tracer(tracer);
+        }
+        if config.access_log != accesslog::Format::Off {
+            let log = AccessLog::start(config.access_log, config.access_log_path.as_deref())
+                .map_err(|e| ProxyError::Io {
+                    what: "opening the access log",
+                    source: e.source,
+                })?;
+            telemetry = telemetry.with_access_log(log);
+        }
+        let telemetry = Arc::new(telemetry);
         let discovery = match &config.control {
             Some(control) => {
                 Discovery::spawn(discovery_config(&config, control, &addrs), stop.clone())

@@ -7,6 +7,7 @@
 //! not know about sockets or HTTP beyond a status code number.
 
 use std::fmt::Write as _;
+use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
 use std::time::Duration;
 
@@ -195,6 +196,8 @@ pub struct Metrics {
     detail: LabelDetail,
     /// The labelled request series (with [`LabelDetail::Full`]).
     pub requests: RequestRegistry,
+    /// What became of trace spans (all zero without a tracer).
+    pub spans: Arc<crate::trace::export::ExportStats>,
 }
 
 impl Default for Metrics {
@@ -214,6 +217,7 @@ impl Metrics {
             version: env!("CARGO_PKG_VERSION"),
             detail,
             requests: RequestRegistry::new(),
+            spans: Arc::default(),
         }
     }
 
@@ -350,7 +354,8 @@ impl Metrics {
                 )?;
             }
         }
-        self.render_traffic(out)
+        self.render_traffic(out)?;
+        self.spans.render(out)
     }
 
     /// The request families with `direction` and `status_code` only.

@@ -62,7 +62,7 @@ impl HttpForward {
     /// The hyper service entry point: never fails, errors become responses.
     pub async fn handle(self, req: Request<Incoming>) -> Result<Response<ProxyBody>, Infallible> {
         let telemetry = self.ctx.telemetry.clone();
-        let (exchange, req) = telemetry.begin(self.direction, req.map(BodyExt::boxed));
+        let (exchange, req) = telemetry.begin(self.direction, req.map(BodyExt::boxed), self.peer);
         let resp = self.forward(req).await;
         Ok(telemetry.end(exchange, resp))
     }

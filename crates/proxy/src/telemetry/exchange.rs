@@ -10,13 +10,14 @@
 //! `trellis-source-workload`/`-namespace` headers the calling proxy adds on meshed hops (this
 //! side strips them; authorization never reads them).
 
+use std::net::SocketAddr;
 use std::pin::Pin;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
 use std::task::{Context, Poll};
 
 use bytes::Bytes;
-use http::header::{HeaderMap, HeaderName, HeaderValue};
+use http::header::{self, HeaderMap, HeaderName, HeaderValue};
 use http::{Request, Response};
 use http_body::{Body, Frame, SizeHint};
 use http_body_util::BodyExt;
@@ -27,7 +28,9 @@ use super::requests::{Peer, RequestLabels, Series};
 use super::{Direction, LabelDetail, Metrics};
 use crate::balance::EndpointState;
 use crate::client::UpBody;
-use crate::http::{BoxError, ProxyBody};
+use crate::http::{BoxError, ProxyBody, TRELLIS_ERROR};
+use crate::accesslog::{self, AccessLog, Entry};
+use crate::trace::{ActiveSpan, SpanEnd, SpanKind, Tracer, context};
 
 /// Added by the outbound proxy on meshed hops, removed by the inbound one: who is calling, for
 /// metrics only.
@@ -84,11 +87,13 @@ impl LocalWorkload {
     }
 }
 
-/// The proxy's telemetry: metrics (and, as they arrive, traces and access logs).
+/// The proxy's telemetry: metrics, traces (with `--otlp-endpoint`) and access logs.
 #[derive(Debug)]
 pub struct Telemetry {
     pub metrics: Arc<Metrics>,
     pub local: LocalWorkload,
+    pub tracer: Option<Tracer>,
+    pub access_log: Option<Arc<AccessLog>>,
 }
 
 /// What [`Telemetry::begin`] noted about a request, until [`Telemetry::end`].
@@ -99,16 +104,40 @@ pub struct Exchange {
     source_workload: Option<HeaderValue>,
     source_namespace: Option<HeaderValue>,
     request_bytes: Option<Arc<AtomicU64>>,
+    span: Option<ActiveSpan>,
+    /// The access log line being filled in, with access logs on.
+    log: Option<Box<Entry>>,
 }
 
 impl Telemetry {
     pub fn new(metrics: Arc<Metrics>, local: LocalWorkload) -> Self {
-        Self { metrics, local }
+        Self {
+            metrics,
+            local,
+            tracer: None,
+            access_log: None,
+        }
+    }
+
+    pub fn with_access_log(mut self, log: AccessLog) -> Self {
+        self.access_log = Some(Arc::new(log));
+        self
+    }
+
+    pub fn with_tracer(mut self, tracer: Tracer) -> Self {
+        self.tracer = Some(tracer);
+        self
     }
 
     /// Notes the arrival of a request, strips the source headers (read inbound, dropped
-    /// outbound so an application cannot claim another workload) and counts its body bytes.
-    pub fn begin(&self, direction: Direction, req: Request<UpBody>) -> (Exchange, Request<UpBody>) {
+    /// outbound so an application cannot claim another workload), starts its span and counts
+    /// its body bytes. `peer` is the downstream peer.
+    pub fn begin(
+        &self,
+        direction: Direction,
+        req: Request<UpBody>,
+        peer: Option<SocketAddr>,
+    ) -> (Exchange, Request<UpBody>) {
         let started = Instant::now();
         let headers = req.headers();
         let mut ex = Exchange {
@@ -117,22 +146,71 @@ impl Telemetry {
             source_workload: None,
             source_namespace: None,
             request_bytes: None,
+            span: None,
+            log: None,
         };
         if !(headers.contains_key(SOURCE_WORKLOAD) || headers.contains_key(SOURCE_NAMESPACE))
             && self.metrics.detail() == LabelDetail::Minimal
+            && self.tracer.is_none()
+            && self.access_log.is_none()
         {
             return (ex, req);
         }
         let (mut parts, body) = req.into_parts();
+        if let Some(tracer) = &self.tracer {
+            let kind = match direction {
+                Direction::Inbound => SpanKind::Server,
+                Direction::Outbound => SpanKind::Client,
+            };
+            // A cheap clone (shared bytes), so the headers can be rewritten below.
+            let host = parts.headers.get(header::HOST).cloned();
+            let authority = parts
+                .uri
+                .authority()
+                .map(|a| a.as_str())
+                .or_else(|| host.as_ref()?.to_str().ok())
+                .unwrap_or("");
+            ex.span = tracer.begin(
+                kind,
+                &mut parts.headers,
+                &parts.method,
+                parts.uri.path(),
+                authority,
+                peer,
+            );
+        }
         let workload = parts.headers.remove(SOURCE_WORKLOAD);
         let namespace = parts.headers.remove(SOURCE_NAMESPACE);
         if direction == Direction::Inbound {
             ex.source_workload = workload;
             ex.source_namespace = namespace;
         }
-        if self.metrics.detail() == LabelDetail::Minimal {
+        if self.access_log.is_some() {
+            let trace_id = match &ex.span {
+                Some(span) => Some(span.ctx.trace_id),
+                None => context::extract(&parts.headers).map(|(c, _)| c.trace_id),
+            };
+            ex.log = Some(Box::new(Entry {
+                start_unix_nanos: accesslog::unix_nanos(),
+                direction: Some(direction),
+                method: parts.method.to_string(),
+                authority: parts
+                    .uri
+                    .authority()
+                    .map(|a| a.as_str())
+                    .or_else(|| parts.headers.get(header::HOST)?.to_str().ok())
+                    .unwrap_or("")
+                    .to_owned(),
+                path: parts.uri.path().to_owned(),
+                protocol: protocol(parts.version),
+                downstream: peer,
+                trace_id: trace_id.map(|t| context::hex_string(&t)),
+                ..Entry::default()
+            }));
+        } else if self.metrics.detail() == LabelDetail::Minimal {
             return (ex, Request::from_parts(parts, body));
         }
+        // Counted for metrics and access logs alike.
         let tally = Arc::new(AtomicU64::new(0));
         ex.request_bytes = Some(tally.clone());
         let body = Counted { inner: body, tally }.boxed();
@@ -151,21 +229,69 @@ impl Telemetry {
 
     /// The response head is ready: records latency now and the count and bytes when its body
     /// ends.
-    pub fn end(&self, ex: Exchange, resp: Response<ProxyBody>) -> Response<ProxyBody> {
+    pub fn end(&self, mut ex: Exchange, resp: Response<ProxyBody>) -> Response<ProxyBody> {
         let elapsed = ex.started.elapsed();
         let status = resp.status().as_u16();
-        if self.metrics.detail() == LabelDetail::Minimal {
-            self.metrics.request(ex.direction, status, elapsed);
+        if let (Some(tracer), Some(span)) = (&self.tracer, ex.span.take()) {
+            let up = resp.extensions().get::<Upstream>();
+            tracer.end(
+                span,
+                SpanEnd {
+                    status,
+                    grpc_status: grpc_status(resp.headers()),
+                    upstream: up
+                        .and_then(|u| u.endpoint.as_deref())
+                        .map(|e| e.endpoint().address),
+                    route: up.and_then(|u| u.route.as_deref()),
+                    error: resp
+                        .headers()
+                        .get(TRELLIS_ERROR)
+                        .and_then(|v| v.to_str().ok()),
+                },
+            );
+        }
+        let series = match self.metrics.detail() {
+            LabelDetail::Minimal => {
+                self.metrics.request(ex.direction, status, elapsed);
+                None
+            }
+            LabelDetail::Full => {
+                let series = self.series(&ex, &resp);
+                series.observe_latency(elapsed);
+                Some(series)
+            }
+        };
+        let log = match (ex.log.take(), &self.access_log) {
+            (Some(mut entry), Some(log)) => {
+                let up = resp.extensions().get::<Upstream>();
+                let endpoint = up.and_then(|u| u.endpoint.as_deref()).map(|e| e.endpoint());
+                entry.status = status;
+                entry.reason = resp
+                    .headers()
+                    .get(TRELLIS_ERROR)
+                    .and_then(|v| v.to_str().ok())
+                    .map(str::to_owned);
+                entry.upstream = endpoint.map(|e| e.address);
+                entry.upstream_workload = endpoint.map(|e| e.workload.clone()).unwrap_or_default();
+                entry.route = up
+                    .and_then(|u| u.route.as_deref())
+                    .unwrap_or("")
+                    .to_owned();
+                Some((entry, log.clone()))
+            }
+            _ => None,
+        };
+        if series.is_none() && log.is_none() {
             return resp;
         }
-        let series = self.series(&ex, &resp);
-        series.observe_latency(elapsed);
         // A trailers-only gRPC answer carries its status in the head.
         let grpc = grpc_status(resp.headers());
         let (parts, body) = resp.into_parts();
         let body = Recorded {
             inner: body,
             series,
+            log,
+            started: ex.started,
             status,
             grpc,
             response_bytes: 0,
@@ -221,6 +347,16 @@ fn service_host(authority: &str) -> &str {
         .map_or(authority, |(host, _)| host)
 }
 
+fn protocol(v: http::Version) -> &'static str {
+    match v {
+        http::Version::HTTP_09 => "HTTP/0.9",
+        http::Version::HTTP_10 => "HTTP/1.0",
+        http::Version::HTTP_2 => "HTTP/2",
+        http::Version::HTTP_3 => "HTTP/3",
+        _ => "HTTP/1.1",
+    }
+}
+
 fn header_str(v: Option<&HeaderValue>) -> &str {
     v.and_then(|v| v.to_str().ok()).unwrap_or("")
 }
@@ -263,10 +399,13 @@ impl Body for Counted {
     }
 }
 
-/// A response body that counts the exchange in its series when it ends (or is dropped).
+/// A response body that counts the exchange in its series, and writes its access log line,
+/// when it ends (or is dropped).
 struct Recorded {
     inner: ProxyBody,
-    series: Arc<Series>,
+    series: Option<Arc<Series>>,
+    log: Option<(Box<Entry>, Arc<AccessLog>)>,
+    started: Instant,
     status: u16,
     grpc: Option<u32>,
     response_bytes: u64,
@@ -280,8 +419,16 @@ impl Recorded {
             return;
         }
         let req = self.request_bytes.as_ref().map_or(0, |t| t.load(Relaxed));
-        self.series
-            .finish(self.status, self.grpc, req, self.response_bytes);
+        if let Some(series) = &self.series {
+            series.finish(self.status, self.grpc, req, self.response_bytes);
+        }
+        if let Some((mut entry, log)) = self.log.take() {
+            entry.grpc_status = self.grpc;
+            entry.bytes_received = req;
+            entry.bytes_sent = self.response_bytes;
+            entry.duration = self.started.elapsed();
+            log.log(&entry);
+        }
     }
 }
 
