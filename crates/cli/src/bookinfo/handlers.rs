@@ -10,8 +10,20 @@ use serde::{Deserialize, Serialize};
 use super::catalog::ReviewsVersion;
 
 /// Request headers an app copies onto the calls it makes, so that routing by user (Istio's
-/// `end-user: jason` rule) and tracing work across hops.
-pub const FORWARDED_HEADERS: [&str; 4] = ["end-user", "x-request-id", "traceparent", "tracestate"];
+/// `end-user: jason` rule) and tracing work across hops: W3C trace context and B3 (single and
+/// multi), as Istio's Bookinfo forwards them.
+pub const FORWARDED_HEADERS: [&str; 10] = [
+    "end-user",
+    "x-request-id",
+    "traceparent",
+    "tracestate",
+    "b3",
+    "x-b3-traceid",
+    "x-b3-spanid",
+    "x-b3-parentspanid",
+    "x-b3-sampled",
+    "x-b3-flags",
+];
 
 /// A request path Bookinfo knows. The query string is ignored.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
