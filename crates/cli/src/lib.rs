@@ -8,6 +8,8 @@
 pub mod bookinfo;
 pub mod demo;
 mod http_client;
+pub mod inject;
+pub mod install;
 
 use std::ffi::OsString;
 use std::process::ExitCode;
@@ -32,6 +34,14 @@ pub enum Command {
     /// Run a whole mesh on this machine: control plane, one proxy per workload, the Bookinfo
     /// sample apps, steady traffic and the dashboard. No root, no cluster.
     Demo(demo::DemoArgs),
+    /// Print the manifests that install the mesh on Kubernetes (`| kubectl apply -f -`).
+    Install(install::InstallArgs),
+    /// Print what to delete to remove the mesh (`| kubectl delete -f -`).
+    Uninstall(install::InstallArgs),
+    /// Add the proxy to the pods in YAML (files or stdin), as the injection webhook does.
+    Inject(inject::InjectArgs),
+    /// Remove what `inject` added.
+    Uninject(inject::InjectArgs),
 }
 
 /// Parses `args` (including the program name), runs the command and maps the outcome to the
@@ -52,6 +62,37 @@ where
     };
     match cli.command {
         Command::Demo(args) => run_demo(args),
+        Command::Install(args) => run_install(&args, false),
+        Command::Uninstall(args) => run_install(&args, true),
+        Command::Inject(args) => run_inject(&args, false),
+        Command::Uninject(args) => run_inject(&args, true),
+    }
+}
+
+fn run_install(args: &install::InstallArgs, uninstall: bool) -> ExitCode {
+    let mut out = std::io::stdout().lock();
+    let result = if uninstall {
+        install::uninstall(args, &mut out)
+    } else {
+        install::install(args, &mut out)
+    };
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(err) => {
+            eprintln!("trellis: {err}");
+            ExitCode::from(if err.is_usage() { EXIT_USAGE } else { EXIT_FAILURE })
+        }
+    }
+}
+
+fn run_inject(args: &inject::InjectArgs, remove: bool) -> ExitCode {
+    let mut out = std::io::stdout().lock();
+    match inject::run(args, remove, &mut std::io::stdin().lock(), &mut out) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(err) => {
+            eprintln!("trellis: {err}");
+            ExitCode::from(EXIT_FAILURE)
+        }
     }
 }
 

@@ -52,6 +52,23 @@ pub struct Args {
     pub log_level: String,
     #[arg(long, value_enum, default_value = "text")]
     pub log_format: LogFormat,
+    /// Kubernetes mode: read Services, Pods, Namespaces and mesh config from the API server
+    /// (instead of --config-dir and self-registration) and serve the admission webhooks.
+    #[arg(long)]
+    pub kubernetes: bool,
+    /// The kubeconfig for --kubernetes (default: $KUBECONFIG, ~/.kube/config, in-cluster).
+    #[arg(long, value_name = "FILE", requires = "kubernetes")]
+    pub kubeconfig: Option<PathBuf>,
+    /// HTTPS listen address of the admission webhooks (--kubernetes); `none` disables them.
+    #[arg(long, value_name = "ADDR|none", default_value = "0.0.0.0:15017")]
+    pub webhook: String,
+    /// DNS names/IPs of the webhook serving certificate (repeatable; default: the
+    /// trellis-control Service's names).
+    #[arg(long = "webhook-name", value_name = "NAME", requires = "kubernetes")]
+    pub webhook_names: Vec<String>,
+    /// The proxy image injected sidecars run.
+    #[arg(long, value_name = "IMAGE", requires = "kubernetes")]
+    pub proxy_image: Option<String>,
 }
 
 /// A flag value that cannot work; the binary exits 64 with this message.
@@ -75,7 +92,17 @@ impl Args {
             registration_grace: self.registration_grace,
             poll_interval: self.poll_interval,
             ready_file: self.ready_file,
+            kubernetes: None,
         };
+        let mut config = config;
+        if self.kubernetes {
+            config.kubernetes = Some(kube_options(
+                self.kubeconfig,
+                &self.webhook,
+                self.webhook_names,
+                self.proxy_image,
+            )?);
+        }
         config.validate()?;
         Ok(config)
     }
@@ -111,6 +138,32 @@ impl ControlConfig {
         }
         Ok(())
     }
+}
+
+fn kube_options(
+    kubeconfig: Option<PathBuf>,
+    webhook: &str,
+    webhook_names: Vec<String>,
+    proxy_image: Option<String>,
+) -> Result<crate::k8s::KubeOptions, UsageError> {
+    let mut options = crate::k8s::KubeOptions {
+        kubeconfig,
+        ..Default::default()
+    };
+    options.webhook_addr = match webhook {
+        "none" => None,
+        addr => Some(addr.parse().map_err(|_| UsageError {
+            flag: "webhook",
+            message: format!("{addr:?} is not ip:port or none"),
+        })?),
+    };
+    if !webhook_names.is_empty() {
+        options.webhook_names = webhook_names;
+    }
+    if let Some(image) = proxy_image {
+        options.inject.proxy_image = image;
+    }
+    Ok(options)
 }
 
 /// Parses `300ms`, `2s`, `1m`, `1h`, or `1.5s`.

@@ -10,11 +10,13 @@ pub mod cli;
 pub mod compile;
 pub mod discovery;
 pub mod http;
+pub mod k8s;
 pub mod registry;
 mod server;
 pub mod state;
 pub mod store;
 pub mod telemetry;
+pub mod webhook;
 pub mod wire;
 
 use std::net::SocketAddr;
@@ -38,6 +40,8 @@ pub struct ControlConfig {
     pub registration_grace: Option<Duration>,
     pub poll_interval: Duration,
     pub ready_file: Option<PathBuf>,
+    /// Kubernetes mode: watch the API server instead of `config_dirs` and registrations.
+    pub kubernetes: Option<k8s::KubeOptions>,
 }
 
 impl Default for ControlConfig {
@@ -52,6 +56,7 @@ impl Default for ControlConfig {
             registration_grace: None,
             poll_interval: Duration::from_millis(300),
             ready_file: None,
+            kubernetes: None,
         }
     }
 }

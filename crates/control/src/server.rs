@@ -29,6 +29,8 @@ pub enum StartError {
         #[source]
         source: std::io::Error,
     },
+    #[error("kubernetes: {0}")]
+    Kube(#[from] crate::k8s::start::KubeStartError),
     #[error("cannot write ready file {}: {source}", path.display())]
     ReadyFile {
         path: PathBuf,
@@ -42,7 +44,7 @@ impl StartError {
     pub fn exit_code(&self) -> i32 {
         match self {
             Self::Usage(_) | Self::MissingDir(_) => 64,
-            Self::Bind { .. } | Self::ReadyFile { .. } => 1,
+            Self::Bind { .. } | Self::ReadyFile { .. } | Self::Kube(_) => 1,
         }
     }
 }
@@ -52,6 +54,8 @@ impl StartError {
 pub struct ControlPlane {
     pub discovery_addr: SocketAddr,
     pub http_addr: SocketAddr,
+    /// Kubernetes mode: where the admission webhooks listen (HTTPS).
+    pub webhook_addr: Option<SocketAddr>,
     shutdown: CancellationToken,
     tasks: JoinSet<()>,
 }
@@ -61,8 +65,24 @@ impl ControlPlane {
     /// ready (the ready file, if any, is written).
     pub async fn start(config: ControlConfig) -> Result<Self, StartError> {
         config.validate()?;
-        let mut store = DirStore::new(config.config_dirs.clone())?;
-        store.poll().await;
+        let shutdown = CancellationToken::new();
+        let mut tasks = JoinSet::new();
+        // The config source: directories (local mode) or the API server's watchers.
+        let (config_rx, kube) = match &config.kubernetes {
+            None => {
+                let mut store = DirStore::new(config.config_dirs.clone())?;
+                store.poll().await;
+                let rx = store.subscribe();
+                tasks.spawn(store.run(config.poll_interval, shutdown.clone()));
+                (rx, None)
+            }
+            Some(options) => {
+                let source = crate::k8s::start::start_config(options, &mut tasks, &shutdown)
+                    .await
+                    .map_err(|e| StartError::Kube(e.into()))?;
+                (source.config_rx.clone(), Some((source, options)))
+            }
+        };
         let discovery = TcpListener::bind(config.discovery_addr)
             .await
             .map_err(|source| StartError::Bind {
@@ -84,17 +104,25 @@ impl ControlPlane {
         let discovery_addr = local(&discovery, "discovery", config.discovery_addr)?;
         let http_addr = local(&http, "http", config.http_addr)?;
 
-        let shutdown = CancellationToken::new();
+        // Pods are listed before ready, so there is nothing to hold back in Kubernetes mode.
+        let grace = match kube {
+            Some(_) => Duration::ZERO,
+            None => config.registration_grace.unwrap_or(config.workload_expiry),
+        };
         let shared = Arc::new(Shared::new(
             config.trust_domain.clone(),
             config.heartbeat_interval,
             config.workload_expiry,
-            config.registration_grace.unwrap_or(config.workload_expiry),
-            store.subscribe(),
+            grace,
+            config_rx,
             shutdown.clone(),
         ));
-        let mut tasks = JoinSet::new();
-        tasks.spawn(store.run(config.poll_interval, shutdown.clone()));
+        let webhook_addr = match kube {
+            Some((source, options)) => {
+                crate::k8s::start::start_rest(source, options, shared.clone(), &mut tasks).await?
+            }
+            None => None,
+        };
         tasks.spawn(shared.clone().run_expiry(config.workload_expiry));
 
         let grpc = tonic::transport::Server::builder()
@@ -136,6 +164,7 @@ impl ControlPlane {
         Ok(Self {
             discovery_addr,
             http_addr,
+            webhook_addr,
             shutdown,
             tasks,
         })

@@ -1,5 +1,6 @@
 //! The state the adapters (discovery, HTTP, timers) share.
 
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use std::time::Duration;
 
@@ -25,6 +26,9 @@ pub struct Shared {
     pub shutdown: CancellationToken,
     /// Until then, destinations without endpoints are held back (see `discovery`).
     pub hold_back_until: Instant,
+    /// Kubernetes mode: workloads come from Pods (see `k8s::pods`), not from registrations,
+    /// which then only record proxies' acks and subscriptions.
+    external_workloads: AtomicBool,
 }
 
 impl Shared {
@@ -45,6 +49,7 @@ impl Shared {
             metrics: Metrics::default(),
             shutdown,
             hold_back_until: Instant::now() + registration_grace,
+            external_workloads: AtomicBool::new(false),
         }
     }
 
@@ -53,7 +58,7 @@ impl Shared {
     pub fn with_registry<T>(&self, f: impl FnOnce(&mut Registry) -> (T, bool)) -> T {
         let mut registry = self.registry();
         let (out, changed) = f(&mut registry);
-        if changed {
+        if changed && !self.external_workloads.load(Ordering::Acquire) {
             // Published under the lock, so that values go out in the order changes were made.
             self.workloads_tx
                 .send_replace(Arc::new(registry.workloads()));
@@ -65,6 +70,19 @@ impl Shared {
     /// registry's invariants hold between statements, so reading on is safe.
     pub fn registry(&self) -> MutexGuard<'_, Registry> {
         self.registry.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    /// Switches to workloads from an outside source (Kubernetes Pods) and publishes them;
+    /// later calls replace the set. Registrations no longer change what is published.
+    pub fn publish_external_workloads(&self, workloads: Vec<Workload>) {
+        self.external_workloads.store(true, Ordering::Release);
+        self.workloads_tx.send_if_modified(|current| {
+            let changed = **current != workloads;
+            if changed {
+                *current = Arc::new(workloads);
+            }
+            changed
+        });
     }
 
     pub fn workloads_rx(&self) -> watch::Receiver<Arc<Vec<Workload>>> {

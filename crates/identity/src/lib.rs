@@ -3,6 +3,8 @@
 //! This is the only crate that will touch rustls and certificate generation (the identity issue
 //! adds the CA here). It must not know about HTTP or Kubernetes.
 
+pub mod serving;
+
 use std::fmt;
 use std::str::FromStr;
 

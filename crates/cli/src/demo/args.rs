@@ -135,7 +135,9 @@ mod tests {
 
     fn parse(args: &[&str]) -> Result<DemoArgs, clap::Error> {
         let cli = Cli::try_parse_from(["trellis", "demo"].iter().chain(args))?;
-        let Command::Demo(args) = cli.command;
+        let Command::Demo(args) = cli.command else {
+            unreachable!("parsed as demo")
+        };
         Ok(args)
     }
 

@@ -1,0 +1,109 @@
+//! `trellis install` and `trellis uninstall`: render the mesh's manifests to stdout for
+//! `kubectl apply -f -` / `kubectl delete -f -`. The manifests themselves are data from
+//! `trellis_control::k8s::manifests`, so the control plane, its tests and this command agree.
+
+use std::io::Write;
+
+use clap::Args;
+use serde_json::Value;
+use trellis_control::k8s::manifests::{Values, render};
+
+#[derive(Debug, Args)]
+pub struct InstallArgs {
+    /// Change a value: image, proxyImage, replicas, logLevel, webhook.failurePolicy
+    /// (Ignore|Fail), webhook.url (https://... for a control plane outside the cluster),
+    /// resources.cpu, resources.memory, resources.memoryLimit, crds (true|false). Repeatable.
+    #[arg(long = "set", value_name = "KEY=VALUE")]
+    pub set: Vec<String>,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum InstallError {
+    #[error("--set {0}")]
+    Usage(String),
+    #[error("cannot write the manifests: {0}")]
+    Write(#[from] std::io::Error),
+    #[error("cannot render the manifests: {0}")]
+    Render(#[from] serde_yaml::Error),
+}
+
+impl InstallError {
+    pub fn is_usage(&self) -> bool {
+        matches!(self, Self::Usage(_))
+    }
+}
+
+fn values(args: &InstallArgs) -> Result<Values, InstallError> {
+    let mut values = Values::default();
+    for assignment in &args.set {
+        values.set(assignment).map_err(InstallError::Usage)?;
+    }
+    Ok(values)
+}
+
+/// Multi-document YAML, `---` between objects.
+pub fn to_yaml(objects: &[Value]) -> Result<String, serde_yaml::Error> {
+    let mut out = String::new();
+    for object in objects {
+        out.push_str("---\n");
+        out.push_str(&serde_yaml::to_string(object)?);
+    }
+    Ok(out)
+}
+
+/// Everything to apply, in order.
+pub fn install(args: &InstallArgs, out: &mut impl Write) -> Result<(), InstallError> {
+    out.write_all(to_yaml(&render(&values(args)?))?.as_bytes())?;
+    Ok(())
+}
+
+/// Everything to delete, webhooks first (so no pod creation waits on a control plane that is
+/// going away) and the namespace last. CRDs are included: deleting them deletes the mesh config
+/// stored in them, as `kubectl delete -f` of the install would.
+pub fn uninstall(args: &InstallArgs, out: &mut impl Write) -> Result<(), InstallError> {
+    let mut objects = render(&values(args)?);
+    objects.reverse();
+    // Only what identifies an object is needed to delete it.
+    let objects: Vec<Value> = objects
+        .into_iter()
+        .map(|o| {
+            let mut metadata = serde_json::json!({"name": o["metadata"]["name"]});
+            if let Some(ns) = o["metadata"]["namespace"].as_str() {
+                metadata["namespace"] = Value::String(ns.to_string());
+            }
+            serde_json::json!({"apiVersion": o["apiVersion"], "kind": o["kind"], "metadata": metadata})
+        })
+        .collect();
+    out.write_all(to_yaml(&objects)?.as_bytes())?;
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+    use super::*;
+
+    #[test]
+    fn install_renders_yaml_and_uninstall_reverses_it() {
+        let args = InstallArgs {
+            set: vec!["replicas=3".into()],
+        };
+        let mut out = Vec::new();
+        install(&args, &mut out).unwrap();
+        let text = String::from_utf8(out).unwrap();
+        assert!(
+            text.starts_with("---\napiVersion: v1\nkind: Namespace\n"),
+            "{text}"
+        );
+        assert!(text.contains("replicas: 3"));
+        let mut out = Vec::new();
+        uninstall(&InstallArgs { set: vec![] }, &mut out).unwrap();
+        let text = String::from_utf8(out).unwrap();
+        assert!(text.starts_with("---\napiVersion: admissionregistration.k8s.io/v1\nkind: ValidatingWebhookConfiguration\n"), "{text}");
+        assert!(text.trim_end().ends_with("name: trellis-system"), "{text}");
+        let bad = InstallArgs {
+            set: vec!["replicas".into()],
+        };
+        assert!(install(&bad, &mut Vec::new()).unwrap_err().is_usage());
+    }
+}

@@ -1,0 +1,110 @@
+//! Startup of Kubernetes mode, called by the server wiring: the config watchers first (their
+//! snapshots are what `Shared` is built on), then pods, namespaces and the webhooks.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use kube::Client;
+use tokio::sync::watch;
+use tokio::task::JoinSet;
+use tokio_util::sync::CancellationToken;
+
+use super::{KubeError, KubeOptions, watch as watchers};
+use crate::state::Shared;
+use crate::store::ConfigSnapshot;
+use crate::webhook::{self, WebhookError, WebhookState, Webhooks};
+
+/// The config side, running.
+pub struct KubeConfigSource {
+    pub client: Client,
+    pub config_rx: watch::Receiver<Arc<ConfigSnapshot>>,
+    listed_rx: watch::Receiver<Vec<&'static str>>,
+}
+
+impl std::fmt::Debug for KubeConfigSource {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("KubeConfigSource").finish_non_exhaustive()
+    }
+}
+
+pub async fn start_config(
+    options: &KubeOptions,
+    tasks: &mut JoinSet<()>,
+    shutdown: &CancellationToken,
+) -> Result<KubeConfigSource, KubeError> {
+    let client = super::connect(options).await?;
+    // Fails fast with a clear message when the server is unreachable or refuses the account.
+    client.apiserver_version().await.map_err(KubeError::Api)?;
+    let (config_rx, listed_rx) = watchers::watch_config(&client, tasks, shutdown);
+    Ok(KubeConfigSource {
+        client,
+        config_rx,
+        listed_rx,
+    })
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum KubeStartError {
+    #[error(transparent)]
+    Kube(#[from] KubeError),
+    #[error(transparent)]
+    Webhook(#[from] WebhookError),
+}
+
+/// Starts pods, namespaces and the webhooks; returns once Services and Pods are listed (so the
+/// first config a proxy gets is complete), with the webhook address if serving.
+pub async fn start_rest(
+    source: KubeConfigSource,
+    options: &KubeOptions,
+    shared: Arc<Shared>,
+    tasks: &mut JoinSet<()>,
+) -> Result<Option<SocketAddr>, KubeStartError> {
+    let shutdown = shared.shutdown.clone();
+    let client = source.client;
+    let mut pods_rx = watchers::watch_pods(&client, shared, tasks);
+    let namespaces = watchers::watch_namespaces(&client, tasks, &shutdown);
+    let mut listed_rx = source.listed_rx;
+    wait_for(
+        &mut listed_rx,
+        |l| l.contains(&"Service"),
+        "Services",
+        options.sync_timeout,
+    )
+    .await?;
+    wait_for(&mut pods_rx, |synced| *synced, "Pods", options.sync_timeout).await?;
+    let Some(addr) = options.webhook_addr else {
+        return Ok(None);
+    };
+    let mut inject = options.inject.clone();
+    inject.native_sidecar = super::native_sidecars(&client, options).await?;
+    let webhooks = Webhooks::bind(addr, &options.webhook_names).await?;
+    let bound = webhooks.addr;
+    if options.patch_webhooks {
+        tasks.spawn(webhook::patch_ca_bundles(
+            client.clone(),
+            webhooks.ca_pem.clone(),
+            shutdown.clone(),
+        ));
+    }
+    let state = WebhookState {
+        inject,
+        namespace_labels: Box::new(move |ns| watchers::namespace_labels(&namespaces, ns)),
+    };
+    tasks.spawn(webhooks.serve(state, shutdown));
+    tracing::info!(webhook = %bound, "admission webhooks listening");
+    Ok(Some(bound))
+}
+
+async fn wait_for<T>(
+    rx: &mut watch::Receiver<T>,
+    done: impl FnMut(&T) -> bool,
+    what: &'static str,
+    timeout: Duration,
+) -> Result<(), KubeError> {
+    match tokio::time::timeout(timeout, rx.wait_for(done)).await {
+        Ok(Ok(_)) => Ok(()),
+        // A closed channel means the watcher task ended: only at shutdown.
+        Ok(Err(_)) | Err(_) => Err(KubeError::SyncTimeout { what, timeout }),
+    }
+}

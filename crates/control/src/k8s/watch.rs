@@ -1,0 +1,238 @@
+//! The adapters from kube-runtime watchers to the pure indexes: config objects into
+//! [`ObjectIndex`] (published as [`ConfigSnapshot`]s), Pods into [`PodIndex`] (published as the
+//! workloads), Namespaces into a reflector store the injector reads.
+//!
+//! kube-runtime's watcher lists, then watches from the list's resourceVersion, and on a 410 Gone
+//! or a broken connection lists again. A re-list arrives as `Init`, `InitApply`..., `InitDone`;
+//! the objects are buffered and swapped in at `InitDone`, so a resync replaces the old set in
+//! one step and proxies never see a moment without it.
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+
+use futures_util::{Stream, StreamExt};
+use k8s_openapi::api::core::v1::{Namespace, Pod};
+use kube::Client;
+use kube::api::{Api, ApiResource, DynamicObject, GroupVersionKind};
+use kube::runtime::WatchStreamExt;
+use kube::runtime::reflector::{self, Store};
+use kube::runtime::watcher::{self, Event};
+use tokio::sync::{mpsc, watch};
+use tokio::task::JoinSet;
+use tokio_util::sync::CancellationToken;
+
+use super::kinds::{CONFIG_KINDS, ConfigKind};
+use super::objects::{Object, ObjectIndex};
+use super::pods::PodIndex;
+use crate::state::Shared;
+use crate::store::ConfigSnapshot;
+
+fn api_resource(kind: &ConfigKind) -> ApiResource {
+    let gvk = GroupVersionKind::gvk(kind.group, kind.version, kind.kind);
+    ApiResource::from_gvk_with_plural(&gvk, kind.plural)
+}
+
+/// Runs `stream` until shutdown, handing each event to `on_event`. Errors are logged when they
+/// change (a missing CRD would otherwise log on every backoff step) and the watcher retries.
+async fn drive<K, S>(
+    what: String,
+    stream: S,
+    shutdown: CancellationToken,
+    mut on_event: impl FnMut(Event<K>),
+) where
+    S: Stream<Item = Result<Event<K>, watcher::Error>>,
+{
+    let mut stream = std::pin::pin!(stream);
+    let mut last_error: Option<String> = None;
+    loop {
+        let next = tokio::select! {
+            () = shutdown.cancelled() => return,
+            next = stream.next() => next,
+        };
+        match next {
+            Some(Ok(event)) => {
+                if last_error.take().is_some() {
+                    tracing::info!(watch = %what, "watch recovered");
+                }
+                on_event(event);
+            }
+            Some(Err(err)) => {
+                let msg = err.to_string();
+                if last_error.as_ref() != Some(&msg) {
+                    tracing::warn!(watch = %what, error = %msg, "watch failed; retrying with backoff");
+                    last_error = Some(msg);
+                }
+            }
+            None => return,
+        }
+    }
+}
+
+/// A restart's objects, collected between `Init` and `InitDone`.
+enum ConfigEvent {
+    Apply(Object),
+    Delete {
+        kind: &'static str,
+        namespace: String,
+        name: String,
+    },
+    Reset {
+        kind: &'static str,
+        objects: Vec<Object>,
+    },
+}
+
+/// Watches every config kind; returns the snapshots and the kinds whose first full list is in
+/// (a kind whose CRD is missing never lists; its watcher retries with backoff).
+pub fn watch_config(
+    client: &Client,
+    tasks: &mut JoinSet<()>,
+    shutdown: &CancellationToken,
+) -> (
+    watch::Receiver<Arc<ConfigSnapshot>>,
+    watch::Receiver<Vec<&'static str>>,
+) {
+    let (snapshot_tx, snapshot_rx) = watch::channel(Arc::new(ConfigSnapshot::default()));
+    let (listed_tx, listed_rx) = watch::channel(Vec::new());
+    let (event_tx, mut event_rx) = mpsc::unbounded_channel::<ConfigEvent>();
+    for kind in CONFIG_KINDS {
+        let resource = api_resource(kind);
+        let api: Api<DynamicObject> = Api::all_with(client.clone(), &resource);
+        let api_version = kind.api_version();
+        let stream = watcher::watcher(api, watcher::Config::default()).default_backoff();
+        let events = event_tx.clone();
+        let what = format!("{} ({api_version})", kind.plural);
+        let shutdown = shutdown.clone();
+        let mut buffer: Vec<Object> = Vec::new();
+        let to_object = move |obj: DynamicObject| {
+            let json = serde_json::to_value(&obj).ok()?;
+            Object::from_json(json, &api_version, kind.kind)
+        };
+        tasks.spawn(async move {
+            drive(what, stream, shutdown, |event| {
+                let out = match event {
+                    Event::Apply(obj) => to_object(obj).map(ConfigEvent::Apply),
+                    Event::Delete(obj) => Some(ConfigEvent::Delete {
+                        kind: kind.kind,
+                        namespace: obj.metadata.namespace.unwrap_or_else(|| "default".into()),
+                        name: obj.metadata.name.unwrap_or_default(),
+                    }),
+                    Event::Init => {
+                        buffer.clear();
+                        None
+                    }
+                    Event::InitApply(obj) => {
+                        buffer.extend(to_object(obj));
+                        None
+                    }
+                    Event::InitDone => Some(ConfigEvent::Reset {
+                        kind: kind.kind,
+                        objects: std::mem::take(&mut buffer),
+                    }),
+                };
+                // Unbounded keeps events in order without blocking the watcher; the index task
+                // drains faster than an API server sends.
+                if let Some(out) = out {
+                    let _ = events.send(out);
+                }
+            })
+            .await;
+        });
+    }
+    drop(event_tx);
+    let shutdown = shutdown.clone();
+    tasks.spawn(async move {
+        let mut index = ObjectIndex::default();
+        let mut listed: Vec<&'static str> = Vec::new();
+        loop {
+            let event = tokio::select! {
+                () = shutdown.cancelled() => return,
+                event = event_rx.recv() => event,
+            };
+            let Some(event) = event else { return };
+            match event {
+                ConfigEvent::Apply(obj) => index.apply(&obj),
+                ConfigEvent::Delete {
+                    kind,
+                    namespace,
+                    name,
+                } => index.delete(kind, &namespace, &name),
+                ConfigEvent::Reset { kind, objects } => {
+                    tracing::debug!(kind, count = objects.len(), "config kind listed");
+                    index.reset(kind, &objects);
+                    if !listed.contains(&kind) {
+                        listed.push(kind);
+                        listed_tx.send_replace(listed.clone());
+                    }
+                }
+            }
+            snapshot_tx.send_replace(Arc::new(index.snapshot()));
+        }
+    });
+    (snapshot_rx, listed_rx)
+}
+
+/// Watches Pods into the shared workloads; the flag turns true after the first full list.
+pub fn watch_pods(
+    client: &Client,
+    shared: Arc<Shared>,
+    tasks: &mut JoinSet<()>,
+) -> watch::Receiver<bool> {
+    let (synced_tx, synced_rx) = watch::channel(false);
+    let api: Api<Pod> = Api::all(client.clone());
+    let stream = watcher::watcher(api, watcher::Config::default()).default_backoff();
+    let shutdown = shared.shutdown.clone();
+    tasks.spawn(async move {
+        let mut index = PodIndex::default();
+        let mut buffer: Vec<Pod> = Vec::new();
+        drive("pods".into(), stream, shutdown, |event| {
+            let changed = match event {
+                Event::Apply(pod) => index.apply(&pod),
+                Event::Delete(pod) => index.delete(&pod),
+                Event::Init => {
+                    buffer.clear();
+                    false
+                }
+                Event::InitApply(pod) => {
+                    buffer.push(pod);
+                    false
+                }
+                Event::InitDone => {
+                    index.reset(&std::mem::take(&mut buffer));
+                    synced_tx.send_replace(true);
+                    true
+                }
+            };
+            if changed {
+                shared.publish_external_workloads(index.workloads());
+            }
+        })
+        .await;
+    });
+    synced_rx
+}
+
+/// Namespaces in a reflector store (the injector reads their labels).
+pub fn watch_namespaces(
+    client: &Client,
+    tasks: &mut JoinSet<()>,
+    shutdown: &CancellationToken,
+) -> Store<Namespace> {
+    let (reader, writer) = reflector::store();
+    let api: Api<Namespace> = Api::all(client.clone());
+    let stream = reflector::reflector(
+        writer,
+        watcher::watcher(api, watcher::Config::default()).default_backoff(),
+    );
+    let shutdown = shutdown.clone();
+    tasks.spawn(drive("namespaces".into(), stream, shutdown, |_| {}));
+    reader
+}
+
+/// The labels of namespace `name`, empty when it is not (yet) known.
+pub fn namespace_labels(store: &Store<Namespace>, name: &str) -> BTreeMap<String, String> {
+    store
+        .get(&reflector::ObjectRef::new(name))
+        .and_then(|ns| ns.metadata.labels.clone())
+        .unwrap_or_default()
+}

@@ -1,0 +1,386 @@
+//! Kubernetes mode against a REAL kube-apiserver (v1.20.2, built from Debian's source package by
+//! scripts/k8s-testbed/build-kube-apiserver.sh) with etcd and kube-controller-manager, started
+//! on free 127.0.0.1 ports for this test binary.
+//!
+//! The install manifests are applied, the control plane runs in-process with its admission
+//! webhooks, and a real proxy discovery client subscribes. There is no kubelet: the test writes
+//! pod status (IP, Ready) as one would, and force-deletes pods.
+//!
+//! Without the binaries the test fails, unless TRELLIS_SKIP_K8S=1 (then it prints why it skips).
+
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::print_stderr)]
+
+mod common;
+
+use std::net::{SocketAddr, TcpListener};
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::Duration;
+
+use common::{client, eventually, found, workload};
+use k8s_openapi::api::admissionregistration::v1::MutatingWebhookConfiguration;
+use k8s_openapi::api::core::v1::{Namespace, Node, Pod, Service};
+use kube::api::{Api, DeleteParams, DynamicObject, ListParams, Patch, PatchParams, PostParams};
+use kube::discovery::ApiResource;
+use kube::{Client, config::KubeConfigOptions, config::Kubeconfig};
+use serde_json::json;
+use tokio::time::Instant;
+use tokio_util::sync::CancellationToken;
+use trellis_control::k8s::manifests::{Values, render};
+use trellis_control::k8s::{KubeOptions, apply};
+use trellis_control::{ControlConfig, ControlPlane};
+use trellis_model::Target;
+
+const BIN: &str = "/var/cache/mesh-testbin/k8s-v1.20.2";
+
+/// etcd + kube-apiserver + kube-controller-manager, stopped on drop.
+struct Testbed {
+    run: tempfile::TempDir,
+    kubeconfig: PathBuf,
+}
+
+fn script() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("../../scripts/k8s-testbed/start-test-apiserver.sh")
+}
+
+fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+impl Testbed {
+    fn start() -> Option<Self> {
+        let bin = std::env::var("TRELLIS_K8S_BIN").unwrap_or_else(|_| BIN.into());
+        let have = ["kube-apiserver", "kube-controller-manager", "etcd"]
+            .iter()
+            .all(|b| Path::new(&bin).join(b).exists());
+        if !have {
+            if std::env::var("TRELLIS_SKIP_K8S").as_deref() == Ok("1") {
+                eprintln!("SKIPPED: no kube-apiserver testbed in {bin} and TRELLIS_SKIP_K8S=1");
+                return None;
+            }
+            panic!(
+                "no kube-apiserver testbed in {bin}: run scripts/k8s-testbed/build-kube-apiserver.sh \
+                 (scripts/test.sh does), or set TRELLIS_SKIP_K8S=1 to skip"
+            );
+        }
+        let run = tempfile::tempdir().unwrap();
+        let out = Command::new("bash")
+            .arg(script())
+            .arg("start")
+            .env("BIN", &bin)
+            .env("RUN", run.path())
+            .env("KAS_PORT", free_port().to_string())
+            .env("ETCD_PORT", free_port().to_string())
+            .env("ETCD_PEER_PORT", free_port().to_string())
+            .output()
+            .unwrap();
+        let testbed = Self {
+            kubeconfig: run.path().join("kubeconfig"),
+            run,
+        };
+        assert!(
+            out.status.success(),
+            "testbed did not start: {}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+        Some(testbed)
+    }
+
+    async fn client(&self) -> Client {
+        let kubeconfig = Kubeconfig::read_from(&self.kubeconfig).unwrap();
+        let config =
+            kube::Config::from_custom_kubeconfig(kubeconfig, &KubeConfigOptions::default())
+                .await
+                .unwrap();
+        Client::try_from(config).unwrap()
+    }
+}
+
+impl Drop for Testbed {
+    fn drop(&mut self) {
+        let _ = Command::new("bash")
+            .arg(script())
+            .arg("stop")
+            .env("RUN", self.run.path())
+            .status();
+    }
+}
+
+fn control_config(kubeconfig: &Path, discovery: SocketAddr, webhook: SocketAddr) -> ControlConfig {
+    let any: SocketAddr = "127.0.0.1:0".parse().unwrap();
+    ControlConfig {
+        discovery_addr: discovery,
+        http_addr: any,
+        heartbeat_interval: Duration::from_millis(200),
+        workload_expiry: Duration::from_secs(2),
+        kubernetes: Some(KubeOptions {
+            kubeconfig: Some(kubeconfig.to_path_buf()),
+            webhook_addr: Some(webhook),
+            webhook_names: vec!["127.0.0.1".into()],
+            sync_timeout: Duration::from_secs(20),
+            ..KubeOptions::default()
+        }),
+        ..ControlConfig::default()
+    }
+}
+
+fn vs_resource() -> ApiResource {
+    ApiResource {
+        group: "networking.istio.io".into(),
+        version: "v1beta1".into(),
+        api_version: "networking.istio.io/v1beta1".into(),
+        kind: "VirtualService".into(),
+        plural: "virtualservices".into(),
+    }
+}
+
+fn pod(name: &str, namespace: &str) -> Pod {
+    serde_json::from_value(json!({
+        "metadata": {"name": name, "namespace": namespace, "labels": {"app": "reviews"}},
+        "spec": {
+            "nodeName": "node-1",
+            "serviceAccountName": "default",
+            "containers": [{"name": "app", "image": "reviews:1", "ports": [{"containerPort": 9080}]}],
+        },
+    }))
+    .unwrap()
+}
+
+fn container_names(pod: &Pod, init: bool) -> Vec<String> {
+    let spec = pod.spec.as_ref().unwrap();
+    let list = if init {
+        spec.init_containers.clone().unwrap_or_default()
+    } else {
+        spec.containers.clone()
+    };
+    list.into_iter().map(|c| c.name).collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn kubernetes_mode_against_a_real_api_server() {
+    let Some(testbed) = Testbed::start() else {
+        return;
+    };
+    let test_start = Instant::now();
+    let kube = testbed.client().await;
+
+    // 1. `trellis install`'s manifests, with the webhooks called at this process's address.
+    let webhook: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().unwrap();
+    // Fixed, so that the restarted control plane is where the client reconnects.
+    let discovery_addr: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().unwrap();
+    let mut values = Values::default();
+    values
+        .set(&format!("webhook.url=https://{webhook}"))
+        .unwrap();
+    values.set("webhook.failurePolicy=Fail").unwrap();
+    apply::apply(&kube, &render(&values)).await.unwrap();
+    let vs_api: Api<DynamicObject> = Api::namespaced_with(kube.clone(), "shop", &vs_resource());
+    eventually("VirtualService CRD served", || async {
+        vs_api.list(&ListParams::default()).await.ok().map(|_| ())
+    })
+    .await;
+
+    let namespaces: Api<Namespace> = Api::all(kube.clone());
+    for (name, labels) in [
+        ("shop", json!({"trellis.io/inject": "enabled"})),
+        ("plain", json!({})),
+    ] {
+        let ns =
+            serde_json::from_value(json!({"metadata": {"name": name, "labels": labels}})).unwrap();
+        namespaces
+            .create(&PostParams::default(), &ns)
+            .await
+            .unwrap();
+    }
+    let nodes: Api<Node> = Api::all(kube.clone());
+    nodes
+        .create(
+            &PostParams::default(),
+            &serde_json::from_value(json!({"metadata": {"name": "node-1"}})).unwrap(),
+        )
+        .await
+        .unwrap();
+    let services: Api<Service> = Api::namespaced(kube.clone(), "shop");
+    let svc = json!({"metadata": {"name": "reviews"}, "spec": {"selector": {"app": "reviews"}, "ports": [{"name": "http", "port": 9080, "targetPort": 9080}]}});
+    services
+        .create(
+            &PostParams::default(),
+            &serde_json::from_value(svc).unwrap(),
+        )
+        .await
+        .unwrap();
+
+    // 2. The control plane, in-process, in Kubernetes mode; it patches the webhooks' caBundle.
+    let control = ControlPlane::start(control_config(&testbed.kubeconfig, discovery_addr, webhook))
+        .await
+        .unwrap();
+    assert_eq!(control.webhook_addr, Some(webhook));
+    let hooks: Api<MutatingWebhookConfiguration> = Api::all(kube.clone());
+    eventually("caBundle patched", || async {
+        let hook = hooks.get("trellis-sidecar-injector").await.ok()?;
+        hook.webhooks?
+            .first()?
+            .client_config
+            .ca_bundle
+            .as_ref()
+            .map(|_| ())
+    })
+    .await;
+
+    // 3. Injection: the API server calls the webhook over TLS.
+    let pods: Api<Pod> = Api::namespaced(kube.clone(), "shop");
+    let created = pods
+        .create(&PostParams::default(), &pod("reviews-1", "shop"))
+        .await
+        .unwrap();
+    assert_eq!(
+        container_names(&created, false),
+        ["trellis-proxy", "app"],
+        "proxy injected first"
+    );
+    assert_eq!(container_names(&created, true), ["trellis-init"]);
+    let plain: Api<Pod> = Api::namespaced(kube.clone(), "plain");
+    let other = plain
+        .create(&PostParams::default(), &pod("reviews-1", "plain"))
+        .await
+        .unwrap();
+    assert_eq!(
+        container_names(&other, false),
+        ["app"],
+        "no injection without the label"
+    );
+
+    // 4. A discovery client subscribed to the Service sees the pod once it is Ready.
+    let shutdown = CancellationToken::new();
+    let discovery = client(
+        control.discovery_addr,
+        workload("client-1", "client", "127.0.0.1:1"),
+        &shutdown,
+    );
+    let target: Target = "reviews.shop:9080".parse().unwrap();
+    let rx = discovery.watch(&target);
+    eventually("reviews known, no endpoints yet", || async {
+        found(&rx).filter(|d| d.endpoints.is_empty())
+    })
+    .await;
+    let status = json!({"status": {
+        "phase": "Running", "podIP": "10.1.0.5", "podIPs": [{"ip": "10.1.0.5"}],
+        "conditions": [{"type": "Ready", "status": "True"}],
+    }});
+    pods.patch_status("reviews-1", &PatchParams::default(), &Patch::Merge(&status))
+        .await
+        .unwrap();
+    let dest = eventually("endpoint of the ready pod", || async {
+        found(&rx).filter(|d| !d.endpoints.is_empty())
+    })
+    .await;
+    let ep = &dest.endpoints[0];
+    assert_eq!(ep.address, "10.1.0.5:15006".parse().unwrap());
+    assert_eq!(ep.target_port, 9080);
+    assert_eq!(
+        ep.identity.as_deref(),
+        Some("spiffe://cluster.local/ns/shop/sa/default")
+    );
+
+    // 5. A VirtualService reaches the subscriber; an invalid one is refused by the webhook.
+    let vs: DynamicObject = serde_json::from_value(json!({
+        "apiVersion": "networking.istio.io/v1beta1", "kind": "VirtualService",
+        "metadata": {"name": "reviews", "namespace": "shop"},
+        "spec": {"hosts": ["reviews"], "http": [{"timeout": "3s", "route": [{"destination": {"host": "reviews"}}]}]},
+    }))
+    .unwrap();
+    vs_api.create(&PostParams::default(), &vs).await.unwrap();
+    eventually("VirtualService route", || async {
+        found(&rx).filter(|d| !d.routes.is_empty())
+    })
+    .await;
+    let mut bad = vs.clone();
+    bad.metadata.name = Some("bad".into());
+    bad.data["spec"]["http"][0]["route"][0]["destination"]["port"] = json!({"number": 0});
+    let err = vs_api
+        .create(&PostParams::default(), &bad)
+        .await
+        .unwrap_err();
+    let message = err.to_string();
+    assert!(message.contains("VirtualService shop/bad: spec.http[0].route[0].destination.port.number: must be 1-65535"), "{message}");
+
+    // 6. A control-plane restart: the client reconnects and never sees the endpoint go away.
+    let went_empty = Arc::new(AtomicBool::new(false));
+    let watcher = {
+        let (mut rx, went_empty) = (rx.clone(), went_empty.clone());
+        tokio::spawn(async move {
+            while rx.changed().await.is_ok() {
+                if found(&rx).is_some_and(|d| d.endpoints.is_empty()) {
+                    went_empty.store(true, Ordering::SeqCst);
+                }
+            }
+        })
+    };
+    control.stop().await;
+    let control = ControlPlane::start(control_config(&testbed.kubeconfig, discovery_addr, webhook))
+        .await
+        .unwrap();
+    // The restarted control plane knows the client only once it has reconnected.
+    let http = control.http_addr;
+    eventually("client reconnected", || async {
+        let workloads = common::get_json(http, "/api/v1/workloads").await?;
+        workloads
+            .as_array()?
+            .iter()
+            .any(|w| w["name"] == "client-1")
+            .then_some(())
+    })
+    .await;
+    let control_plane = control;
+    // Past the reconnect and the first pushes of the new control plane.
+    eventually("endpoint after the restart", || async {
+        found(&rx).filter(|d| !d.endpoints.is_empty())
+    })
+    .await;
+    watcher.abort();
+    assert!(
+        !went_empty.load(Ordering::SeqCst),
+        "endpoint vanished during the restart"
+    );
+
+    // 7. Force-deleting the pod removes the endpoint within a second.
+    let deleted_at = Instant::now();
+    pods.delete(
+        "reviews-1",
+        &DeleteParams {
+            grace_period_seconds: Some(0),
+            ..DeleteParams::default()
+        },
+    )
+    .await
+    .unwrap();
+    eventually("endpoint removed", || async {
+        found(&rx).filter(|d| d.endpoints.is_empty())
+    })
+    .await;
+    let took = deleted_at.elapsed();
+    assert!(
+        took < Duration::from_secs(1),
+        "endpoint removed after {took:?}"
+    );
+
+    let _ = plain
+        .delete(
+            "reviews-1",
+            &DeleteParams {
+                grace_period_seconds: Some(0),
+                ..DeleteParams::default()
+            },
+        )
+        .await;
+    shutdown.cancel();
+    control_plane.stop().await;
+    eprintln!("k8s test took {:?}", test_start.elapsed());
+}
