@@ -80,7 +80,11 @@ fn run_install(args: &install::InstallArgs, uninstall: bool) -> ExitCode {
         Ok(()) => ExitCode::SUCCESS,
         Err(err) => {
             eprintln!("trellis: {err}");
-            ExitCode::from(if err.is_usage() { EXIT_USAGE } else { EXIT_FAILURE })
+            ExitCode::from(if err.is_usage() {
+                EXIT_USAGE
+            } else {
+                EXIT_FAILURE
+            })
         }
     }
 }
