@@ -9,3 +9,8 @@
 pub mod discovery {
     tonic::include_proto!("trellis.discovery.v1");
 }
+
+/// `trellis.identity.v1`: the mesh CA (certificates and trust bundles).
+pub mod identity {
+    tonic::include_proto!("trellis.identity.v1");
+}

@@ -1,9 +1,14 @@
-//! Workload identity: SPIFFE IDs of the form `spiffe://<trust-domain>/ns/<namespace>/sa/<sa>`.
+//! Workload identity: SPIFFE IDs of the form `spiffe://<trust-domain>/ns/<namespace>/sa/<sa>`,
+//! the mesh CA ([`ca`]: issue, verify, rotate), join tokens ([`token`]) and the mesh's rustls
+//! configs and handshakes ([`tls`]).
 //!
-//! This is the only crate that will touch rustls and certificate generation (the identity issue
-//! adds the CA here). It must not know about HTTP or Kubernetes.
+//! This is the only crate that touches rustls and certificate generation. It must not know
+//! about HTTP, gRPC or Kubernetes: the control plane's CA server and the proxy's certificate
+//! manager are thin adapters over it.
 
-pub mod serving;
+pub mod ca;
+pub mod tls;
+pub mod token;
 
 use std::fmt;
 use std::str::FromStr;

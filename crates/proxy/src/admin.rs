@@ -4,6 +4,7 @@
 //! It keeps answering while the proxy drains (so `/ready` can say 503) and stops only when the
 //! proxy exits. It reads state; the only thing it changes is starting the drain.
 
+use std::borrow::Cow;
 use std::convert::Infallible;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -31,29 +32,33 @@ pub struct AdminState {
     pub listening: AtomicBool,
     /// Cancelling it starts the drain.
     pub shutdown: CancellationToken,
+    /// The workload certificate: readiness, `/config_dump` and TLS metrics.
+    pub identity: Arc<crate::tls::MeshIdentity>,
 }
 
 impl AdminState {
-    /// `Ok` when ready, else the reason.
-    pub fn readiness(&self) -> Result<(), &'static str> {
+    /// `Ok` when ready (with a warning to show, e.g. a failing certificate renewal), else the
+    /// reason.
+    pub fn readiness(&self) -> Result<Option<String>, Cow<'static, str>> {
         if self.shutdown.is_cancelled() {
-            return Err("draining");
+            return Err("draining".into());
         }
         if !self.listening.load(Ordering::Acquire) {
-            return Err("listeners not bound");
+            return Err("listeners not bound".into());
         }
         let status = self.discovery.status();
         if status.enabled && status.identity.is_none() {
-            return Err("waiting for the control plane to assign an identity");
+            return Err("waiting for the control plane to assign an identity".into());
         }
-        Ok(())
+        self.identity.readiness().map_err(Cow::Owned)
     }
 
     fn handle(&self, req: &Request<Incoming>) -> Response<Full<Bytes>> {
         match (req.method(), req.uri().path()) {
             (&Method::GET | &Method::HEAD, "/live") => text(StatusCode::OK, "live\n".into()),
             (&Method::GET | &Method::HEAD, "/ready") => match self.readiness() {
-                Ok(()) => text(StatusCode::OK, "ready\n".into()),
+                Ok(None) => text(StatusCode::OK, "ready\n".into()),
+                Ok(Some(warning)) => text(StatusCode::OK, format!("ready; warning: {warning}\n")),
                 Err(reason) => text(
                     StatusCode::SERVICE_UNAVAILABLE,
                     format!("not ready: {reason}\n"),
@@ -62,6 +67,7 @@ impl AdminState {
             (&Method::GET | &Method::HEAD, "/metrics") => {
                 let mut out = String::with_capacity(8 * 1024);
                 self.metrics.render(&mut out);
+                self.identity.render(&mut out);
                 let mut resp = text(StatusCode::OK, out);
                 resp.headers_mut().insert(
                     header::CONTENT_TYPE,
@@ -72,6 +78,8 @@ impl AdminState {
             (&Method::GET | &Method::HEAD, "/config_dump") => {
                 let dump = serde_json::json!({
                     "proxy": self.config,
+                    "identity": self.identity.status(),
+                    "inbound_policy": &**self.identity.inbound_policy.load(),
                     "discovery": {
                         "status": self.discovery.status(),
                         "dump": self.discovery.dump(),

@@ -2,12 +2,14 @@
 //! endpoint, and one-off HTTP/1.1 connections for upgrades.
 //!
 //! Pools are keyed by the endpoint's socket address, never by the request's authority, so two
-//! endpoints of one service never share a connection. This module sends what it is given; the
+//! endpoints of one service never share a connection. A meshed endpoint with an identity is
+//! dialled over mTLS ([`crate::tls`]) when this proxy holds a certificate and the backend's
+//! policy does not disable it; its HTTP/2 connection is pooled apart from a plaintext one. This module sends what it is given; the
 //! header and version rules live in [`crate::http`].
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use bytes::Bytes;
@@ -19,6 +21,9 @@ use hyper_util::client::legacy::Client;
 use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 
+use trellis_identity::tls::{HandshakeError, MeshAlpn};
+
+use crate::tls::MeshIdentity;
 use crate::transport::{CONNECT_TIMEOUT, connect, connect_within};
 
 /// Why an upstream exchange failed; every kind is a 502 at the edge.
@@ -34,6 +39,11 @@ pub enum UpstreamError {
         addr: SocketAddr,
         source: hyper::Error,
     },
+    #[error("mTLS with {addr} failed: {source}")]
+    Tls {
+        addr: SocketAddr,
+        source: HandshakeError,
+    },
     #[error("request to {addr} failed: {source}")]
     Request {
         addr: SocketAddr,
@@ -46,7 +56,10 @@ pub enum UpstreamError {
 impl UpstreamError {
     /// Whether the request was certainly not sent (no connection): safe to retry anywhere.
     pub fn is_connect(&self) -> bool {
-        matches!(self, Self::Connect { .. } | Self::Handshake { .. })
+        matches!(
+            self,
+            Self::Connect { .. } | Self::Handshake { .. } | Self::Tls { .. }
+        )
     }
 
     /// Whether an HTTP/2 peer refused the stream before processing it.
@@ -70,6 +83,7 @@ impl UpstreamError {
     pub fn reason(&self) -> &'static str {
         match self {
             Self::Connect { .. } | Self::Handshake { .. } => "upstream connect failed",
+            Self::Tls { .. } => "upstream mTLS failed",
             Self::Request { .. } => "upstream reset",
             Self::Uri { .. } => "bad request target",
         }
@@ -95,6 +109,8 @@ pub struct PoolOptions {
     http1: Option<Client<HttpConnector, UpBody>>,
     connect_timeout: Option<Duration>,
     max_requests_per_connection: Option<u32>,
+    /// DestinationRule `tls.mode: DISABLE`: meshed hops of this backend stay plaintext.
+    pub plaintext: bool,
 }
 
 impl PoolOptions {
@@ -117,6 +133,7 @@ impl PoolOptions {
             )),
             connect_timeout,
             max_requests_per_connection,
+            plaintext: false,
         }
     }
 }
@@ -145,7 +162,9 @@ fn http1_client(
 #[derive(Debug)]
 pub struct Upstreams {
     http1: Client<HttpConnector, UpBody>,
-    http2: Mutex<HashMap<SocketAddr, Pooled>>,
+    /// Keyed by endpoint and whether the connection is mTLS.
+    http2: Mutex<HashMap<(SocketAddr, bool), Pooled>>,
+    identity: Arc<MeshIdentity>,
 }
 
 impl Default for Upstreams {
@@ -156,10 +175,22 @@ impl Default for Upstreams {
 
 impl Upstreams {
     pub fn new() -> Self {
+        Self::with_identity(Arc::new(MeshIdentity::disabled()))
+    }
+
+    /// Upstream clients that dial meshed peers over mTLS with `identity`'s certificate.
+    pub fn with_identity(identity: Arc<MeshIdentity>) -> Self {
         Self {
             http1: http1_client(CONNECT_TIMEOUT, IDLE_TIMEOUT),
             http2: Mutex::new(HashMap::new()),
+            identity,
         }
+    }
+
+    /// The identity a hop must prove, when this hop goes over mTLS: a meshed peer with an
+    /// identity, a certificate in hand, and no DISABLE policy.
+    fn mtls_peer<'a>(&self, peer: Option<&'a str>, opts: &PoolOptions) -> Option<&'a str> {
+        peer.filter(|_| !opts.plaintext && self.identity.current().is_some())
     }
 
     /// Sends an HTTP/1.1 request (Host already set) to `addr` over a pooled connection.
@@ -203,26 +234,31 @@ impl Upstreams {
 
     /// Sends an HTTP/2 request (absolute URI) to `addr`, over the endpoint's one multiplexed
     /// connection, dialling it first if there is none or it has closed.
+    ///
+    /// `peer` is the SPIFFE ID a meshed endpoint must prove; with it the connection is mTLS.
     pub async fn send_http2(
         &self,
         addr: SocketAddr,
         req: Request<UpBody>,
         opts: &PoolOptions,
+        peer: Option<&str>,
     ) -> Result<Response<Incoming>, UpstreamError> {
         let connect_timeout = opts.connect_timeout.unwrap_or(CONNECT_TIMEOUT);
         let max = opts.max_requests_per_connection;
-        let mut sender = match self.cached_http2(addr, max) {
+        let peer = self.mtls_peer(peer, opts);
+        let key = (addr, peer.is_some());
+        let mut sender = match self.cached_http2(key, max) {
             Some(mut cached) => match cached.ready().await {
                 Ok(()) => cached,
                 // The pooled connection died while idle (peer restarted, GOAWAY). Nothing was
                 // sent on it, so dialling again is safe.
                 Err(e) => {
                     tracing::debug!(%addr, error = %e, "pooled HTTP/2 connection unusable; redialling");
-                    self.forget_http2(addr);
-                    self.dial_http2(addr, connect_timeout, max).await?
+                    self.forget_http2(key);
+                    self.dial_http2(addr, connect_timeout, max, peer).await?
                 }
             },
-            None => self.dial_http2(addr, connect_timeout, max).await?,
+            None => self.dial_http2(addr, connect_timeout, max, peer).await?,
         };
         sender.ready().await.map_err(|e| UpstreamError::Request {
             addr,
@@ -239,7 +275,11 @@ impl Upstreams {
 
     /// The endpoint's pooled connection, counting one more request on it; a connection that
     /// reaches `max` requests leaves the pool (it closes once its streams are done).
-    fn cached_http2(&self, addr: SocketAddr, max: Option<u32>) -> Option<SendRequest<UpBody>> {
+    fn cached_http2(
+        &self,
+        addr: (SocketAddr, bool),
+        max: Option<u32>,
+    ) -> Option<SendRequest<UpBody>> {
         // A poisoned lock only means another task panicked mid-insert; the map is still valid.
         let mut map = self.http2.lock().unwrap_or_else(|p| p.into_inner());
         let pooled = map.get_mut(&addr)?;
@@ -255,7 +295,7 @@ impl Upstreams {
         Some(sender)
     }
 
-    fn forget_http2(&self, addr: SocketAddr) {
+    fn forget_http2(&self, addr: (SocketAddr, bool)) {
         let mut map = self.http2.lock().unwrap_or_else(|p| p.into_inner());
         map.remove(&addr);
     }
@@ -265,27 +305,30 @@ impl Upstreams {
         addr: SocketAddr,
         connect_timeout: Duration,
         max: Option<u32>,
+        peer: Option<&str>,
     ) -> Result<SendRequest<UpBody>, UpstreamError> {
         let stream = connect_within(addr, connect_timeout)
             .await
             .map_err(|source| UpstreamError::Connect { addr, source })?;
-        let (sender, conn) = hyper::client::conn::http2::Builder::new(TokioExecutor::new())
-            .timer(TokioTimer::new())
-            .keep_alive_interval(Duration::from_secs(30))
-            .handshake(TokioIo::new(stream))
-            .await
-            .map_err(|source| UpstreamError::Handshake { addr, source })?;
-        tokio::spawn(async move {
-            if let Err(e) = conn.await {
-                tracing::debug!(%addr, error = %e, "upstream HTTP/2 connection ended");
+        let builder = {
+            let mut b = hyper::client::conn::http2::Builder::new(TokioExecutor::new());
+            b.timer(TokioTimer::new())
+                .keep_alive_interval(Duration::from_secs(30));
+            b
+        };
+        let sender = match peer {
+            Some(peer) => {
+                let tls = self.tls_connect(stream, addr, MeshAlpn::H2, peer).await?;
+                h2_handshake(builder, tls, addr).await?
             }
-        });
+            None => h2_handshake(builder, stream, addr).await?,
+        };
         // Two tasks may dial at once; the later one wins the slot and the other connection
         // closes when its last request is done. Rare, and cheaper than a lock across an await.
         if max != Some(1) {
             let mut map = self.http2.lock().unwrap_or_else(|p| p.into_inner());
             map.insert(
-                addr,
+                (addr, peer.is_some()),
                 Pooled {
                     sender: sender.clone(),
                     used: 1,
@@ -295,24 +338,53 @@ impl Upstreams {
         Ok(sender)
     }
 
+    /// The client handshake with a meshed peer that must prove `peer`.
+    pub async fn tls_connect<I>(
+        &self,
+        io: I,
+        addr: SocketAddr,
+        alpn: MeshAlpn,
+        peer: &str,
+    ) -> Result<trellis_identity::tls::ClientStream<I>, UpstreamError>
+    where
+        I: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin,
+    {
+        match self.identity.connect(io, alpn, peer).await {
+            Some(Ok(tls)) => Ok(tls),
+            Some(Err(source)) => Err(UpstreamError::Tls { addr, source }),
+            // Certificates are replaced, never removed: only a caller that skipped
+            // `mtls_peer` gets here.
+            None => Err(UpstreamError::Tls {
+                addr,
+                source: HandshakeError::NoIdentity,
+            }),
+        }
+    }
+
+    /// Whether opaque TCP to a meshed peer proving `peer` goes over mTLS (see `mtls_peer`).
+    pub fn mtls_for<'a>(&self, peer: Option<&'a str>, plaintext: bool) -> Option<&'a str> {
+        peer.filter(|_| !plaintext && self.identity.current().is_some())
+    }
+
     /// Sends an upgrade request on a fresh HTTP/1.1 connection that supports the switch; the
-    /// connection is then owned by the upgraded stream, so it never returns to a pool.
+    /// connection is then owned by the upgraded stream, so it never returns to a pool. A
+    /// meshed `peer` gets mTLS with ALPN `http/1.1`.
     pub async fn send_upgrade(
         &self,
         addr: SocketAddr,
         req: Request<UpBody>,
+        peer: Option<&str>,
     ) -> Result<Response<Incoming>, UpstreamError> {
         let stream = connect(addr)
             .await
             .map_err(|source| UpstreamError::Connect { addr, source })?;
-        let (mut sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(stream))
-            .await
-            .map_err(|source| UpstreamError::Handshake { addr, source })?;
-        tokio::spawn(async move {
-            if let Err(e) = conn.with_upgrades().await {
-                tracing::debug!(%addr, error = %e, "upstream upgrade connection ended");
+        let mut sender = match self.mtls_peer(peer, &PoolOptions::default()) {
+            Some(peer) => {
+                let tls = self.tls_connect(stream, addr, MeshAlpn::Http1, peer).await?;
+                h1_upgrade_handshake(tls, addr).await?
             }
-        });
+            None => h1_upgrade_handshake(stream, addr).await?,
+        };
         sender
             .send_request(req)
             .await
@@ -321,4 +393,42 @@ impl Upstreams {
                 source: Box::new(e),
             })
     }
+}
+
+async fn h2_handshake<I>(
+    builder: hyper::client::conn::http2::Builder<TokioExecutor>,
+    io: I,
+    addr: SocketAddr,
+) -> Result<SendRequest<UpBody>, UpstreamError>
+where
+    I: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
+{
+    let (sender, conn) = builder
+        .handshake(TokioIo::new(io))
+        .await
+        .map_err(|source| UpstreamError::Handshake { addr, source })?;
+    tokio::spawn(async move {
+        if let Err(e) = conn.await {
+            tracing::debug!(%addr, error = %e, "upstream HTTP/2 connection ended");
+        }
+    });
+    Ok(sender)
+}
+
+async fn h1_upgrade_handshake<I>(
+    io: I,
+    addr: SocketAddr,
+) -> Result<hyper::client::conn::http1::SendRequest<UpBody>, UpstreamError>
+where
+    I: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
+{
+    let (sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(io))
+        .await
+        .map_err(|source| UpstreamError::Handshake { addr, source })?;
+    tokio::spawn(async move {
+        if let Err(e) = conn.with_upgrades().await {
+            tracing::debug!(%addr, error = %e, "upstream upgrade connection ended");
+        }
+    });
+    Ok(sender)
 }

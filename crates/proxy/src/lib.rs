@@ -36,6 +36,7 @@ pub mod shutdown;
 pub mod split;
 pub mod telemetry;
 pub mod trace;
+pub mod tls;
 pub mod traffic;
 pub mod transport;
 

@@ -21,6 +21,7 @@ use crate::config::ProxyConfig;
 use crate::discovery::{Discovery, DiscoveryConfig};
 use crate::serve::{Ctx, Source};
 use crate::shutdown;
+use crate::tls::{self, MeshIdentity};
 use crate::telemetry::Metrics;
 use crate::telemetry::exchange::{LocalWorkload, Telemetry};
 use crate::accesslog::{self, AccessLog};
@@ -154,6 +155,27 @@ impl Proxy {
             }
             None => Discovery::disabled(),
         };
+        // With a control plane, its CA issues this workload's certificate and meshed hops go
+        // over mTLS; standalone there is none and they stay plaintext.
+        let identity = Arc::new(MeshIdentity::new(config.control.is_some()));
+        if let Some(control) = &config.control {
+            tls::manager::spawn(
+                tls::manager::ManagerConfig {
+                    control: control.clone(),
+                    namespace: config.namespace.clone(),
+                    service_account: config.service_account.clone(),
+                    join_token: config.join_token.clone(),
+                },
+                identity.clone(),
+                discovery.clone(),
+                stop.clone(),
+            );
+            tokio::spawn(tls::policy::follow(
+                discovery.inbound_policy_rx(),
+                identity.clone(),
+                stop.clone(),
+            ));
+        }
 
         let mut listeners = vec![addrs.inbound, addrs.admin];
         listeners.extend(addrs.outbound);
@@ -172,7 +194,8 @@ impl Proxy {
                 namespace: config.namespace.clone(),
                 labels: config.labels.clone(),
             })
-            .with_telemetry(telemetry),
+            .with_telemetry(telemetry)
+            .with_identity(identity.clone()),
         );
         let admin_state = Arc::new(AdminState {
             metrics,
@@ -180,6 +203,7 @@ impl Proxy {
             config: serde_json::json!({ "config": &config, "listeners": &addrs }),
             listening: false.into(),
             shutdown: shutdown.clone(),
+            identity,
         });
 
         tracker.spawn(inbound::run(
@@ -306,7 +330,7 @@ async fn write_ready_file_when_ready(
         if state.shutdown.is_cancelled() {
             return;
         }
-        tracing::debug!(reason, "not ready yet; ready file deferred");
+        tracing::debug!(reason = %reason, "not ready yet; ready file deferred");
         tokio::select! {
             _ = stop.cancelled() => return,
             _ = tokio::time::sleep(READY_POLL) => {}

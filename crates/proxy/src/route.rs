@@ -19,21 +19,25 @@ use crate::traffic::{BackendRt, Plan, TargetTraffic};
 /// How long a request to a service target waits for discovery's first answer.
 pub const FIRST_ANSWER_WAIT: Duration = Duration::from_secs(3);
 
-/// The next hop: an address, and whether a trellis proxy answers there.
+/// The next hop: an address, and whether a trellis proxy answers there. Borrows the
+/// endpoint's identity (from the destination plan), so choosing a hop never allocates.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub struct Hop {
+pub struct Hop<'a> {
     pub addr: SocketAddr,
     pub meshed: bool,
     /// For meshed hops: the application port behind the peer proxy.
     pub target_port: Option<u16>,
+    /// For meshed hops: the SPIFFE ID the peer proxy must prove (mTLS).
+    pub identity: Option<&'a str>,
 }
 
-impl Hop {
+impl Hop<'static> {
     pub fn plain(addr: SocketAddr) -> Self {
         Self {
             addr,
             meshed: false,
             target_port: None,
+            identity: None,
         }
     }
 }
@@ -93,14 +97,15 @@ pub enum Dest {
 /// endpoint it was balanced to.
 #[derive(Debug)]
 pub struct StreamHop {
-    pub hop: Hop,
+    /// Its `identity` is `None`: read it from `chosen`'s endpoint.
+    pub hop: Hop<'static>,
     pub chosen: Option<(Arc<BackendRt>, Arc<EndpointState>)>,
 }
 
 /// Where the next request or stream goes: a fixed hop, or a discovered destination's plan.
 #[derive(Clone, Debug)]
 pub enum Next {
-    Hop(Hop),
+    Hop(Hop<'static>),
     Routed(Arc<Plan>),
 }
 
@@ -113,7 +118,7 @@ pub fn local_hop(
     ports: &[u16],
     local_ip: IpAddr,
     requested: Option<u16>,
-) -> Result<Hop, NoHop> {
+) -> Result<Hop<'static>, NoHop> {
     if let Some(app) = app {
         return Ok(Hop::plain(app));
     }
@@ -139,11 +144,12 @@ pub fn next_for(
 }
 
 /// The hop to an endpoint.
-pub fn endpoint_hop(e: &trellis_model::Endpoint) -> Hop {
+pub fn endpoint_hop(e: &trellis_model::Endpoint) -> Hop<'_> {
     Hop {
         addr: e.address,
         meshed: e.meshed,
         target_port: e.meshed.then_some(e.target_port),
+        identity: e.identity.as_deref().filter(|_| e.meshed),
     }
 }
 
@@ -188,7 +194,7 @@ impl Dest {
 
     /// The hop for an opaque stream to `port`: TCP routes split per connection, then the
     /// backend's balancer.
-    pub async fn hop(&self, port: u16) -> Result<Hop, NoHop> {
+    pub async fn hop(&self, port: u16) -> Result<Hop<'static>, NoHop> {
         self.stream_hop(port).await.map(|s| s.hop)
     }
 
@@ -205,8 +211,14 @@ impl Dest {
                     .pick(None, None)
                     .ok_or(NoHop::NoEndpoints)?
                     .clone();
+                let hop = endpoint_hop(endpoint.endpoint());
                 Ok(StreamHop {
-                    hop: endpoint_hop(endpoint.endpoint()),
+                    hop: Hop {
+                        addr: hop.addr,
+                        meshed: hop.meshed,
+                        target_port: hop.target_port,
+                        identity: None,
+                    },
                     chosen: Some((backend.clone(), endpoint)),
                 })
             }
@@ -240,7 +252,7 @@ mod tests {
         }))
     }
 
-    fn hop_of(r: &Resolution, passthrough: Option<SocketAddr>) -> Result<Hop, NoHop> {
+    fn hop_of(r: &Resolution, passthrough: Option<SocketAddr>) -> Result<Hop<'static>, NoHop> {
         let traffic = TargetTraffic::default();
         match next_for(r, &traffic, passthrough)? {
             Next::Hop(h) => Ok(h),
@@ -248,7 +260,15 @@ mod tests {
                 .own
                 .balancer
                 .pick(None, None)
-                .map(|e| endpoint_hop(e.endpoint()))
+                .map(|e| {
+                    let hop = endpoint_hop(e.endpoint());
+                    Hop {
+                        addr: hop.addr,
+                        meshed: hop.meshed,
+                        target_port: hop.target_port,
+                        identity: None,
+                    }
+                })
                 .ok_or(NoHop::NoEndpoints),
         }
     }
@@ -264,6 +284,7 @@ mod tests {
                 addr: ([127, 0, 0, 1], 7).into(),
                 meshed: true,
                 target_port: Some(8080),
+                identity: None,
             }
         );
     }

@@ -2,6 +2,10 @@
 //! opaque), then run it as an HTTP/1.1 or HTTP/2 server connection that forwards each request,
 //! or splice it as opaque TCP. HTTP connections shut down gracefully when the proxy drains.
 //!
+//! Inbound, a mesh ClientHello is terminated here (mTLS, client verified) and what is inside is
+//! served the same way, by ALPN; the inbound policy (PeerAuthentication) may refuse anything
+//! that is not mesh mTLS. Outbound opaque streams to meshed endpoints go over mTLS.
+//!
 //! Accepting connections and choosing their destination is the listeners' job
 //! ([`crate::inbound`], [`crate::outbound`]); this module serves what it is handed.
 
@@ -27,7 +31,10 @@ use crate::route::Dest;
 use crate::telemetry::exchange::{LocalWorkload, Telemetry};
 use crate::telemetry::{DetectOutcome, Direction, Metrics};
 use crate::traffic::TargetTraffic;
+use crate::tls::{MeshIdentity, PeerIdentity, policy};
 use crate::transport::{CountingIo, PrefixedIo, connect, is_own_listener, splice};
+use tokio::io::{AsyncRead, AsyncWrite};
+use trellis_identity::tls::MeshAlpn;
 
 /// Bound on remembered per-target traffic state for transparent traffic; past it the map is
 /// reset (losing balancer and budget history, never config), so memory cannot grow without
@@ -65,6 +72,8 @@ pub struct Ctx {
     pub source: Source,
     /// Bounds concurrent mirrored requests ([`MAX_MIRRORS_IN_FLIGHT`]).
     pub mirror_permits: Arc<tokio::sync::Semaphore>,
+    /// The workload certificate and inbound mTLS policy.
+    pub identity: Arc<MeshIdentity>,
     traffic: Mutex<HashMap<Target, Arc<TargetTraffic>>>,
 }
 
@@ -90,8 +99,16 @@ impl Ctx {
             tracker,
             source: Source::default(),
             mirror_permits: Arc::new(tokio::sync::Semaphore::new(MAX_MIRRORS_IN_FLIGHT)),
+            identity: Arc::new(MeshIdentity::disabled()),
             traffic: Mutex::new(HashMap::new()),
         }
+    }
+
+    /// Sets the mesh identity (certificate, inbound policy) for listeners and upstreams.
+    pub fn with_identity(mut self, identity: Arc<MeshIdentity>) -> Self {
+        self.upstreams = Upstreams::with_identity(identity.clone());
+        self.identity = identity;
+        self
     }
 
     /// Sets the workload that route matches see as the source.
@@ -129,7 +146,7 @@ pub async fn serve(
 ) {
     let peer = stream.peer_addr().ok();
     let mut io = CountingIo::new(stream, ctx.metrics.clone(), direction);
-    let detected = if ctx.opaque_ports.contains(&dest_port) {
+    let mut detected = if ctx.opaque_ports.contains(&dest_port) {
         Detected {
             protocol: Protocol::Opaque,
             outcome: DetectOutcome::OpaquePort,
@@ -145,6 +162,45 @@ pub async fn serve(
         }
     };
     ctx.metrics.detection(direction, detected.outcome);
+    if direction == Direction::Inbound && ctx.identity.enabled() {
+        let mode = ctx.identity.inbound_policy.load().mode_for(dest_port);
+        let mesh = detected.protocol == Protocol::Tls
+            && crate::tls::accept::read_client_hello(
+                &mut io,
+                &mut detected.prefix,
+                ctx.detect_timeout,
+            )
+            .await;
+        let tls = ctx.identity.current();
+        match (policy::admit(mode, mesh, tls.is_some()), tls) {
+            (policy::Admission::Refuse, _) => {
+                ctx.identity
+                    .metrics
+                    .handshake_failed(direction, "plaintext_refused");
+                tracing::info!(?peer, port = dest_port, "refusing a connection that is not mesh mTLS (STRICT)");
+                return;
+            }
+            (policy::Admission::Terminate, Some(tls)) => {
+                let io = PrefixedIo::new(detected.prefix, io);
+                let Ok((stream, p)) = crate::tls::accept::accept(&ctx.identity, &tls, io).await
+                else {
+                    return;
+                };
+                let peer_id = Some(PeerIdentity(Arc::from(p.id.to_string())));
+                let forward = || {
+                    HttpForward::new(ctx.clone(), direction, dest.clone())
+                        .with_peer(peer)
+                        .with_peer_identity(peer_id.clone())
+                };
+                return match p.alpn {
+                    MeshAlpn::H2 => serve_http2(&ctx, stream, forward()).await,
+                    MeshAlpn::Http1 => serve_http1(&ctx, stream, forward()).await,
+                    MeshAlpn::Tcp => serve_opaque(&ctx, direction, stream, &dest, dest_port).await,
+                };
+            }
+            _ => {}
+        }
+    }
     let io = PrefixedIo::new(detected.prefix, io);
     match detected.protocol {
         Protocol::Http1 => {
@@ -155,16 +211,18 @@ pub async fn serve(
             let forward = HttpForward::new(ctx.clone(), direction, dest).with_peer(peer);
             serve_http2(&ctx, io, forward).await
         }
-        // TLS passes through untouched until the identity work terminates mTLS here.
+        // The application's own TLS (and mesh TLS outbound) passes through untouched.
         Protocol::Tls | Protocol::Opaque => {
             serve_opaque(&ctx, direction, io, &dest, dest_port).await
         }
     }
 }
 
-type Downstream = PrefixedIo<CountingIo<TcpStream>>;
+/// What a server connection may run over: the accepted socket, or mTLS on it.
+trait Downstream: AsyncRead + AsyncWrite + Unpin + Send + 'static {}
+impl<T: AsyncRead + AsyncWrite + Unpin + Send + 'static> Downstream for T {}
 
-async fn serve_http1(ctx: &Ctx, io: Downstream, forward: HttpForward) {
+async fn serve_http1(ctx: &Ctx, io: impl Downstream, forward: HttpForward) {
     let svc = service_fn(move |req| forward.clone().handle(req));
     let conn = hyper::server::conn::http1::Builder::new()
         .timer(TokioTimer::new())
@@ -184,7 +242,7 @@ async fn serve_http1(ctx: &Ctx, io: Downstream, forward: HttpForward) {
     }
 }
 
-async fn serve_http2(ctx: &Ctx, io: Downstream, forward: HttpForward) {
+async fn serve_http2(ctx: &Ctx, io: impl Downstream, forward: HttpForward) {
     let svc = service_fn(move |req| forward.clone().handle(req));
     let conn = hyper::server::conn::http2::Builder::new(TokioExecutor::new())
         .timer(TokioTimer::new())
@@ -206,7 +264,7 @@ async fn serve_http2(ctx: &Ctx, io: Downstream, forward: HttpForward) {
 async fn serve_opaque(
     ctx: &Ctx,
     direction: Direction,
-    mut io: Downstream,
+    mut io: impl Downstream,
     dest: &Dest,
     dest_port: u16,
 ) {
@@ -240,10 +298,46 @@ async fn serve_opaque(
             return;
         }
     };
-    if let Some((backend, endpoint)) = &target.chosen {
-        backend.record(endpoint, Outcome::Success);
-    }
-    match splice(&mut io, upstream).await {
+    // A meshed endpoint gets the stream over mTLS (ALPN `trellis-tcp`), unless its backend
+    // disables TLS or the port is declared opaque (the peer's inbound skips detection there).
+    let peer_identity = target.chosen.as_ref().and_then(|(backend, endpoint)| {
+        let e = endpoint.endpoint();
+        let plaintext = backend.pool_options.plaintext || ctx.opaque_ports.contains(&dest_port);
+        ctx.upstreams
+            .mtls_for(e.identity.as_deref().filter(|_| e.meshed), plaintext)
+    });
+    let result = match peer_identity {
+        Some(peer_identity) => {
+            match ctx
+                .upstreams
+                .tls_connect(upstream, hop.addr, MeshAlpn::Tcp, peer_identity)
+                .await
+            {
+                Ok(tls) => {
+                    if let Some((backend, endpoint)) = &target.chosen {
+                        backend.record(endpoint, Outcome::Success);
+                    }
+                    splice(&mut io, tls).await
+                }
+                Err(e) => {
+                    if let Some((backend, endpoint)) = &target.chosen
+                        && backend.record(endpoint, Outcome::GatewayError)
+                    {
+                        ctx.metrics.outlier_ejection(direction);
+                    }
+                    tracing::info!(direction = direction.as_str(), hop = %hop.addr, error = %e, "opaque connection failed mTLS");
+                    return;
+                }
+            }
+        }
+        None => {
+            if let Some((backend, endpoint)) = &target.chosen {
+                backend.record(endpoint, Outcome::Success);
+            }
+            splice(&mut io, upstream).await
+        }
+    };
+    match result {
         Ok((up, down)) => {
             tracing::debug!(direction = direction.as_str(), hop = %hop.addr, up, down, "opaque connection closed")
         }

@@ -231,9 +231,10 @@ impl<I: AsyncWrite> AsyncWrite for CountingIo<I> {
 
 /// Copies both ways until both sides are done; each side's EOF is passed on as a write shutdown
 /// (half-close), so request/response protocols that close their sending side still work.
-pub async fn splice<D>(downstream: &mut D, mut upstream: TcpStream) -> io::Result<(u64, u64)>
+pub async fn splice<D, U>(downstream: &mut D, mut upstream: U) -> io::Result<(u64, u64)>
 where
     D: AsyncRead + AsyncWrite + Unpin,
+    U: AsyncRead + AsyncWrite + Unpin,
 {
     tokio::io::copy_bidirectional(downstream, &mut upstream).await
 }

@@ -148,6 +148,14 @@ async fn session(
                     Some(control_message::Kind::Update(update)) => {
                         let _ = out_tx.send(inner.apply_update(update));
                     }
+                    Some(control_message::Kind::InboundPolicy(policy)) => {
+                        let policy = crate::tls::InboundPolicy::from_wire(&policy);
+                        inner.inbound_policy.send_if_modified(|current| {
+                            let changed = *current != policy;
+                            *current = policy;
+                            changed
+                        });
+                    }
                     None => tracing::debug!("ignoring an empty control message"),
                 }
             }

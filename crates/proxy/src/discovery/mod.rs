@@ -86,6 +86,8 @@ struct Inner {
     status: Mutex<DiscoveryStatus>,
     /// The one answer a disabled discovery gives; its receivers never see a change.
     not_found: watch::Sender<Resolution>,
+    /// This workload's inbound mTLS policy, as last sent by the control plane.
+    inbound_policy: watch::Sender<crate::tls::InboundPolicy>,
 }
 
 fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
@@ -104,6 +106,7 @@ impl Inner {
                 ..Default::default()
             }),
             not_found: watch::channel(Resolution::NotFound).0,
+            inbound_policy: watch::channel(crate::tls::InboundPolicy::default()).0,
         }
     }
 
@@ -227,6 +230,12 @@ impl Discovery {
 
     pub fn status(&self) -> DiscoveryStatus {
         self.inner.status().clone()
+    }
+
+    /// The inbound mTLS policy the control plane sends for this workload (PERMISSIVE until
+    /// it says otherwise).
+    pub fn inbound_policy_rx(&self) -> watch::Receiver<crate::tls::InboundPolicy> {
+        self.inner.inbound_policy.subscribe()
     }
 
     /// Everything discovery holds, as JSON, for `/config_dump`.

@@ -32,6 +32,7 @@ use crate::http::{
 use crate::route::{Dest, Hop, Next};
 use crate::serve::Ctx;
 use crate::telemetry::Direction;
+use crate::tls::PeerIdentity;
 use crate::transport::is_own_listener;
 
 /// Forwards the requests of one downstream connection; cheap to clone per request.
@@ -42,6 +43,9 @@ pub struct HttpForward {
     dest: Arc<Dest>,
     /// The downstream peer, for consistent hashing on the source IP.
     peer: Option<SocketAddr>,
+    /// Inbound over mesh mTLS: the peer proxy's verified identity, put in each request's
+    /// extensions for telemetry and authorization.
+    peer_identity: Option<PeerIdentity>,
 }
 
 impl HttpForward {
@@ -51,7 +55,14 @@ impl HttpForward {
             direction,
             dest: Arc::new(dest),
             peer: None,
+            peer_identity: None,
         }
+    }
+
+    /// Marks the connection as mesh mTLS from `id`.
+    pub fn with_peer_identity(mut self, id: Option<PeerIdentity>) -> Self {
+        self.peer_identity = id;
+        self
     }
 
     pub fn with_peer(mut self, peer: Option<SocketAddr>) -> Self {
@@ -60,7 +71,10 @@ impl HttpForward {
     }
 
     /// The hyper service entry point: never fails, errors become responses.
-    pub async fn handle(self, req: Request<Incoming>) -> Result<Response<ProxyBody>, Infallible> {
+    pub async fn handle(self, mut req: Request<Incoming>) -> Result<Response<ProxyBody>, Infallible> {
+        if let Some(id) = &self.peer_identity {
+            req.extensions_mut().insert(id.clone());
+        }
         let telemetry = self.ctx.telemetry.clone();
         let (exchange, req) = telemetry.begin(self.direction, req.map(BodyExt::boxed), self.peer);
         let resp = self.forward(req).await;
@@ -112,7 +126,7 @@ impl HttpForward {
         }
     }
 
-    fn is_loop(&self, hop: Hop) -> bool {
+    fn is_loop(&self, hop: Hop<'_>) -> bool {
         let looped = is_own_listener(hop.addr, &self.ctx.listeners);
         if looped {
             tracing::warn!(direction = self.direction.as_str(), hop = %hop.addr, "request would loop into the proxy");
@@ -123,7 +137,7 @@ impl HttpForward {
     /// Sends one request on `hop` with the hop's version and header rules.
     async fn send(
         &self,
-        hop: Hop,
+        hop: Hop<'_>,
         mut req: Request<UpBody>,
         tagged: bool,
         opts: &PoolOptions,
@@ -147,19 +161,30 @@ impl HttpForward {
                 if tag {
                     req.headers_mut().insert(ORIG_PROTO, ORIG_PROTO_HTTP1);
                 }
-                self.ctx.upstreams.send_http2(hop.addr, req, opts).await
+                self.ctx
+                    .upstreams
+                    .send_http2(hop.addr, req, opts, hop.identity)
+                    .await
             }
         }
     }
 
-    async fn forward_upgrade(&self, hop: Hop, mut req: Request<UpBody>) -> Response<ProxyBody> {
+    async fn forward_upgrade(
+        &self,
+        hop: Hop<'_>,
+        mut req: Request<UpBody>,
+    ) -> Response<ProxyBody> {
         if let Some(port) = hop.target_port.filter(|_| hop.meshed) {
             req.headers_mut()
                 .insert(TARGET_PORT, HeaderValue::from(port));
         }
         let downstream = hyper::upgrade::on(&mut req);
         to_http1(&mut req);
-        let mut resp = match self.ctx.upstreams.send_upgrade(hop.addr, req).await {
+        let mut resp = match self
+            .ctx
+            .upstreams
+            .send_upgrade(hop.addr, req, hop.identity)
+            .await {
             Ok(resp) => resp,
             Err(e) => {
                 tracing::warn!(direction = self.direction.as_str(), hop = %hop.addr, error = %e, "upstream upgrade failed");

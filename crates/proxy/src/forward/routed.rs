@@ -282,8 +282,11 @@ pub(super) fn mirror(
         fwd.ctx.metrics.mirrored(fwd.direction);
         let fwd = fwd.clone();
         let backend = backend.clone();
+        // The hop borrows the endpoint (its identity); the task owns the endpoint.
+        let ep = ep.clone();
         tokio::spawn(async move {
             let _permit = permit;
+            let hop = endpoint_hop(ep.endpoint());
             let work = async {
                 match fwd.send(hop, copy, false, &backend.pool_options).await {
                     // Read the answer to its end so the connection can be reused.

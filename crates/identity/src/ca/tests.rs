@@ -1,0 +1,105 @@
+use super::*;
+use crate::tls::{LeafKey, spiffe_ids};
+use rustls::pki_types::pem::PemObject;
+use std::time::UNIX_EPOCH;
+
+fn now() -> SystemTime {
+    // Certificates need a real-ish time: rcgen encodes it, webpki checks it in tls tests.
+    SystemTime::now()
+}
+
+fn id(sa: &str) -> SpiffeId {
+    SpiffeId::new("cluster.local", "default", sa).unwrap()
+}
+
+fn leaf_der(chain_pem: &str) -> Vec<u8> {
+    first_cert_der(chain_pem, "chain").unwrap()
+}
+
+#[test]
+fn issues_the_allowed_identity_only() {
+    let ca = Authority::generate("cluster.local", now()).unwrap();
+    let key = LeafKey::generate().unwrap();
+    let csr = key.csr_pem(&id("web")).unwrap();
+    let issued = ca
+        .issue(csr.as_bytes(), &id("web"), DEFAULT_LEAF_TTL, now())
+        .unwrap();
+    assert_eq!(spiffe_ids(&leaf_der(&issued.chain_pem)), vec![id("web")]);
+    assert_eq!(issued.chain_pem.matches("BEGIN CERTIFICATE").count(), 2);
+    // A CSR for another identity than the proof allows is refused.
+    let err = ca
+        .issue(csr.as_bytes(), &id("admin"), DEFAULT_LEAF_TTL, now())
+        .unwrap_err();
+    assert!(matches!(err, CaError::ForbiddenIdentity { .. }), "{err}");
+    // A tampered CSR (signature no longer matches) is refused.
+    let mut der = rustls::pki_types::CertificateSigningRequestDer::from_pem_slice(csr.as_bytes())
+        .unwrap()
+        .as_ref()
+        .to_vec();
+    let last = der.len() - 3;
+    der[last] ^= 0x55;
+    assert!(matches!(
+        ca.issue(&der, &id("web"), DEFAULT_LEAF_TTL, now()),
+        Err(CaError::Csr(_))
+    ));
+    assert!(matches!(
+        ca.issue(b"garbage", &id("web"), DEFAULT_LEAF_TTL, now()),
+        Err(CaError::Csr(_))
+    ));
+}
+
+#[test]
+fn leaf_lifetime_follows_ttl() {
+    let t0 = UNIX_EPOCH + Duration::from_secs(2_000_000_000);
+    let ca = Authority::generate("cluster.local", t0).unwrap();
+    let key = LeafKey::generate().unwrap();
+    let csr = key.csr_pem(&id("web")).unwrap();
+    let issued = ca
+        .issue(csr.as_bytes(), &id("web"), Duration::from_secs(10), t0)
+        .unwrap();
+    assert_eq!(issued.not_after, t0 + Duration::from_secs(10));
+    assert_eq!(
+        crate::tls::not_after(&leaf_der(&issued.chain_pem)),
+        Some(t0 + Duration::from_secs(10))
+    );
+}
+
+#[test]
+fn rotation_steps_in_order() {
+    let mut ca = Authority::generate("cluster.local", now()).unwrap();
+    let old_root = ca.root_pem().to_string();
+    assert!(ca.activate_rotation().is_err());
+    assert!(ca.retire_rotation().is_err());
+    ca.prepare_rotation(now()).unwrap();
+    assert_eq!(ca.bundle().roots_pem.len(), 2);
+    assert_eq!(ca.status().rotation, "prepared");
+    assert!(ca.prepare_rotation(now()).is_err());
+    assert_eq!(ca.issuer_generation(), 1);
+    ca.activate_rotation().unwrap();
+    assert_eq!(ca.issuer_generation(), 2);
+    assert_ne!(ca.root_pem(), old_root);
+    assert_eq!(ca.bundle().roots_pem.len(), 2);
+    ca.retire_rotation().unwrap();
+    assert_eq!(ca.bundle().roots_pem, vec![ca.root_pem().to_string()]);
+    assert_eq!(ca.status().rotation, "idle");
+}
+
+#[test]
+fn loads_a_user_ca_and_refuses_a_mismatched_pair() {
+    let t = now();
+    let (root_pem, issuer) = generate_pair("cluster.local", t, "x").unwrap();
+    let key_pem = issuer.issuer.key().serialize_pem();
+    let ca = Authority::from_pems("cluster.local", &root_pem, &issuer.cert_pem, &key_pem).unwrap();
+    let key = LeafKey::generate().unwrap();
+    let csr = key.csr_pem(&id("web")).unwrap();
+    assert!(ca.issue(csr.as_bytes(), &id("web"), DEFAULT_LEAF_TTL, t).is_ok());
+    let (other_root, _) = generate_pair("cluster.local", t, "y").unwrap();
+    assert!(matches!(
+        Authority::from_pems("cluster.local", &other_root, &issuer.cert_pem, &key_pem),
+        Err(CaError::IssuerNotSignedByRoot)
+    ));
+    assert!(matches!(
+        Authority::from_pems("cluster.local", "nope", &issuer.cert_pem, &key_pem),
+        Err(CaError::Pem { what: "root.pem", .. })
+    ));
+}

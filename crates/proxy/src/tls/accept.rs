@@ -1,0 +1,69 @@
+//! The inbound side of mesh TLS: read the whole ClientHello (bounded in size and time) to tell
+//! mesh mTLS from anything else, and run the server handshake.
+
+use std::time::Duration;
+
+use bytes::BytesMut;
+use tokio::io::{AsyncRead, AsyncReadExt};
+use trellis_identity::tls::{
+    ClientHello, HandshakeError, MAX_HELLO_BYTES, MeshTls, Peer, ServerStream, peek_client_hello,
+};
+
+use super::MeshIdentity;
+use crate::telemetry::Direction;
+
+/// How long a server handshake may take once the ClientHello is in.
+const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// Reads into `prefix` (which already holds the detected first bytes) until it holds the whole
+/// first TLS record or `timeout` passes; returns whether it is a mesh ClientHello.
+pub async fn read_client_hello<I>(io: &mut I, prefix: &mut BytesMut, timeout: Duration) -> bool
+where
+    I: AsyncRead + Unpin,
+{
+    let read = async {
+        // Bounded: each round reads at least one byte towards at most MAX_HELLO_BYTES.
+        loop {
+            match peek_client_hello(prefix) {
+                ClientHello::Mesh => return true,
+                ClientHello::Other | ClientHello::Invalid => return false,
+                ClientHello::NeedBytes(n) => {
+                    prefix.reserve(n.min(MAX_HELLO_BYTES).saturating_sub(prefix.len()));
+                    match io.read_buf(prefix).await {
+                        Ok(0) | Err(_) => return false,
+                        Ok(_) => {}
+                    }
+                }
+            }
+        }
+    };
+    tokio::time::timeout(timeout, read).await.unwrap_or(false)
+}
+
+/// Terminates mesh mTLS on `io` (its bytes start with the ClientHello); counts the outcome.
+pub async fn accept<I>(
+    identity: &MeshIdentity,
+    tls: &MeshTls,
+    io: I,
+) -> Result<(ServerStream<I>, Peer), HandshakeError>
+where
+    I: AsyncRead + tokio::io::AsyncWrite + Unpin,
+{
+    let result = match tokio::time::timeout(HANDSHAKE_TIMEOUT, tls.accept(io)).await {
+        Ok(r) => r,
+        Err(_) => Err(HandshakeError::Tls {
+            reason: "timeout",
+            source: std::io::Error::new(std::io::ErrorKind::TimedOut, "handshake timed out"),
+        }),
+    };
+    match &result {
+        Ok(_) => identity.metrics.handshake_ok(Direction::Inbound),
+        Err(e) => {
+            identity
+                .metrics
+                .handshake_failed(Direction::Inbound, e.reason());
+            tracing::info!(reason = e.reason(), error = %e, "inbound mTLS handshake failed");
+        }
+    }
+    result
+}

@@ -1,0 +1,261 @@
+//! The certificate manager: makes the workload's key (it never leaves the process), asks the
+//! control plane's CA for a leaf (`trellis.identity.v1.Identity/Certify`) with its join token,
+//! installs the configs, and renews at half the leaf's life with jitter. A `WatchBundle`
+//! stream brings trust-bundle changes (installed at once with the same leaf) and issuer
+//! changes (a renewal at once).
+//!
+//! When renewal fails the proxy keeps serving with its current leaf until it expires, retrying
+//! with backoff, and says so: a warning log per failure, `last_error` on `/ready` and
+//! `/config_dump`, and `trellis_identity_cert_expiry_timestamp_seconds` not moving.
+
+use std::sync::Arc;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use rand::Rng;
+use tokio::time::Instant;
+use tokio_stream::StreamExt;
+use tokio_util::sync::CancellationToken;
+use tonic::transport::{Channel, Endpoint};
+use trellis_api::identity::{self as pb, identity_client::IdentityClient};
+use trellis_identity::SpiffeId;
+use trellis_identity::ca::TrustBundle;
+use trellis_identity::tls::{LeafKey, MeshTls};
+
+use super::MeshIdentity;
+use crate::discovery::Discovery;
+
+const RETRY_MIN: Duration = Duration::from_millis(250);
+const RETRY_MAX: Duration = Duration::from_secs(30);
+const CERTIFY_TIMEOUT: Duration = Duration::from_secs(5);
+/// How often the manager looks for the trust domain (from the discovery Welcome) at startup.
+const IDENTITY_POLL: Duration = Duration::from_millis(20);
+
+/// Who to ask and who to be.
+#[derive(Clone, Debug)]
+pub struct ManagerConfig {
+    /// The control plane URL (the discovery port also serves the CA).
+    pub control: String,
+    pub namespace: String,
+    pub service_account: String,
+    pub join_token: Option<String>,
+}
+
+/// When to renew a leaf valid from `issued` to `not_after`: at 40-50% of its life, drawn per
+/// leaf so that proxies started together do not renew together. Never earlier than now.
+pub fn renew_at(issued: SystemTime, not_after: SystemTime, draw: f64) -> Duration {
+    let life = not_after.duration_since(issued).unwrap_or(Duration::ZERO);
+    let fraction = 0.4 + 0.1 * draw.clamp(0.0, 1.0);
+    life.mul_f64(fraction)
+}
+
+/// Starts the manager; it runs until `stop` is cancelled.
+pub fn spawn(
+    config: ManagerConfig,
+    identity: Arc<MeshIdentity>,
+    discovery: Discovery,
+    stop: CancellationToken,
+) {
+    tokio::spawn(async move {
+        if let Err(e) = run(config, identity, discovery, stop).await {
+            tracing::error!(error = %e, "certificate manager stopped; mesh TLS is unavailable");
+        }
+    });
+}
+
+#[derive(Debug, thiserror::Error)]
+enum ManagerError {
+    #[error("invalid control plane address {0:?}")]
+    Address(String),
+    #[error("cannot make a key: {0}")]
+    Key(#[from] trellis_identity::tls::ConfigError),
+}
+
+/// The leaf in use and what is needed to rebuild configs when only the bundle changes.
+struct Held {
+    key: LeafKey,
+    chain_pem: String,
+    renew_at: Instant,
+}
+
+async fn run(
+    config: ManagerConfig,
+    identity: Arc<MeshIdentity>,
+    discovery: Discovery,
+    stop: CancellationToken,
+) -> Result<(), ManagerError> {
+    // The trust domain is the control plane's: the Welcome carries the full SPIFFE ID.
+    let id: SpiffeId = loop {
+        if let Some(id) = discovery.status().identity.and_then(|s| s.parse().ok()) {
+            break id;
+        }
+        tokio::select! {
+            () = stop.cancelled() => return Ok(()),
+            () = tokio::time::sleep(IDENTITY_POLL) => {}
+        }
+    };
+    let uri = if config.control.contains("://") {
+        config.control.clone()
+    } else {
+        format!("http://{}", config.control)
+    };
+    let channel = Endpoint::from_shared(uri.clone())
+        .map_err(|_| ManagerError::Address(uri))?
+        .connect_timeout(Duration::from_secs(2))
+        .connect_lazy();
+    let mut client = IdentityClient::new(channel.clone());
+    let mut bundle = TrustBundle::default();
+    let mut generation = 0u64;
+    let mut held: Option<Held> = None;
+    let mut retry = RETRY_MIN;
+    let mut next_attempt = Instant::now();
+    let mut watch: Option<tonic::Streaming<pb::Bundle>> = None;
+    let mut watch_retry_at = Instant::now();
+
+    // Bounded by `stop`: every branch below also watches it.
+    loop {
+        let due = held.as_ref().map_or(next_attempt, |h| h.renew_at.min(next_attempt));
+        tokio::select! {
+            () = stop.cancelled() => return Ok(()),
+            () = tokio::time::sleep_until(due) => {
+                match certify(&mut client, &config, &id).await {
+                    Ok((key, resp)) => {
+                        retry = RETRY_MIN;
+                        next_attempt = far_future();
+                        if let Some(b) = &resp.bundle {
+                            bundle = TrustBundle { roots_pem: b.roots_pem.clone() };
+                            generation = generation.max(b.issuer_generation);
+                        }
+                        let now = SystemTime::now();
+                        let not_after = UNIX_EPOCH
+                            + Duration::from_secs(u64::try_from(resp.not_after_unix).unwrap_or(0));
+                        let wait = renew_at(now, not_after, rand::rng().random());
+                        match MeshTls::new(&resp.certificate_chain_pem, &key, &bundle) {
+                            Ok(tls) => {
+                                tracing::info!(identity = %tls.id(), renew_in = ?wait, "workload certificate installed");
+                                identity.install(tls, |s| {
+                                    s.renewals += 1;
+                                    s.last_error = None;
+                                    s.trust_anchors = bundle.roots_pem.len();
+                                    s.issuer_generation = generation;
+                                });
+                                held = Some(Held {
+                                    key,
+                                    chain_pem: resp.certificate_chain_pem,
+                                    renew_at: Instant::now() + wait,
+                                });
+                            }
+                            Err(e) => failed(&identity, &mut retry, &mut next_attempt, format!("unusable certificate: {e}")),
+                        }
+                    }
+                    Err(e) => failed(&identity, &mut retry, &mut next_attempt, e),
+                }
+            }
+            msg = next_bundle(&mut watch), if watch.is_some() => match msg {
+                Some(Ok(b)) => {
+                    let new = TrustBundle { roots_pem: b.roots_pem };
+                    let renew = b.issuer_generation > generation;
+                    generation = generation.max(b.issuer_generation);
+                    if new != bundle {
+                        bundle = new;
+                        rebuild(&identity, held.as_ref(), &bundle, generation);
+                    }
+                    if renew {
+                        tracing::info!(generation, "the CA changed issuer; renewing now");
+                        next_attempt = Instant::now();
+                    }
+                }
+                other => {
+                    if let Some(Err(status)) = other {
+                        tracing::debug!(%status, "trust bundle stream ended");
+                    }
+                    watch = None;
+                    watch_retry_at = Instant::now() + RETRY_MIN * 4;
+                }
+            },
+            () = tokio::time::sleep_until(watch_retry_at), if watch.is_none() => {
+                let mut c = IdentityClient::new(channel.clone());
+                match tokio::time::timeout(CERTIFY_TIMEOUT, c.watch_bundle(pb::WatchBundleRequest {})).await {
+                    Ok(Ok(resp)) => watch = Some(resp.into_inner()),
+                    _ => watch_retry_at = Instant::now() + RETRY_MAX.min(Duration::from_secs(2)),
+                }
+            }
+        }
+    }
+}
+
+async fn next_bundle(
+    watch: &mut Option<tonic::Streaming<pb::Bundle>>,
+) -> Option<Result<pb::Bundle, tonic::Status>> {
+    match watch {
+        Some(stream) => stream.next().await,
+        None => std::future::pending().await,
+    }
+}
+
+fn far_future() -> Instant {
+    Instant::now() + Duration::from_secs(365 * 24 * 3600)
+}
+
+/// Rebuilds the configs for a new bundle with the leaf in hand.
+fn rebuild(identity: &MeshIdentity, held: Option<&Held>, bundle: &TrustBundle, generation: u64) {
+    let Some(held) = held else {
+        return;
+    };
+    match MeshTls::new(&held.chain_pem, &held.key, bundle) {
+        Ok(tls) => {
+            tracing::info!(anchors = bundle.roots_pem.len(), "trust bundle updated");
+            identity.install(tls, |s| {
+                s.trust_anchors = bundle.roots_pem.len();
+                s.issuer_generation = generation;
+            });
+        }
+        Err(e) => tracing::warn!(error = %e, "refusing a trust bundle; keeping the current one"),
+    }
+}
+
+fn failed(identity: &MeshIdentity, retry: &mut Duration, next: &mut Instant, error: String) {
+    let expires_in = identity.current().map(|t| {
+        t.not_after()
+            .duration_since(SystemTime::now())
+            .unwrap_or(Duration::ZERO)
+    });
+    tracing::warn!(error = %error, ?expires_in, retry_in = ?*retry, "cannot get a workload certificate; serving with the current one until it expires");
+    identity.with_status(|s| s.last_error = Some(error));
+    *next = Instant::now() + *retry;
+    *retry = (*retry * 2).min(RETRY_MAX);
+}
+
+async fn certify(
+    client: &mut IdentityClient<Channel>,
+    config: &ManagerConfig,
+    id: &SpiffeId,
+) -> Result<(LeafKey, pb::CertifyResponse), String> {
+    let key = LeafKey::generate().map_err(|e| e.to_string())?;
+    let csr_pem = key.csr_pem(id).map_err(|e| e.to_string())?;
+    let request = pb::CertifyRequest {
+        namespace: config.namespace.clone(),
+        service_account: config.service_account.clone(),
+        csr_pem,
+        join_token: config.join_token.clone().unwrap_or_default(),
+    };
+    match tokio::time::timeout(CERTIFY_TIMEOUT, client.certify(request)).await {
+        Ok(Ok(resp)) => Ok((key, resp.into_inner())),
+        Ok(Err(status)) => Err(format!("{}: {}", status.code(), status.message())),
+        Err(_) => Err("Certify timed out".into()),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn renewal_lands_before_half_life() {
+        let t0 = UNIX_EPOCH + Duration::from_secs(1_000);
+        let end = t0 + Duration::from_secs(100);
+        assert_eq!(renew_at(t0, end, 0.0), Duration::from_secs(40));
+        assert_eq!(renew_at(t0, end, 1.0), Duration::from_secs(50));
+        assert_eq!(renew_at(t0, end, 7.0), Duration::from_secs(50));
+        assert_eq!(renew_at(end, t0, 0.5), Duration::ZERO);
+    }
+}

@@ -1,0 +1,108 @@
+//! TLS metrics: certificate expiry, handshakes made and failed (by direction and reason).
+//! Preallocated atomics with fixed labels: recording never allocates or formats.
+
+use std::fmt::Write;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::{SystemTime, UNIX_EPOCH};
+
+use crate::telemetry::Direction;
+
+/// Every failure reason, in render order. Unknown reasons count as `other`.
+const REASONS: [&str; 12] = [
+    "bad_certificate",
+    "no_client_cert",
+    "unknown_ca",
+    "alert",
+    "protocol",
+    "io",
+    "identity_mismatch",
+    "no_identity",
+    "no_alpn",
+    "plaintext_refused",
+    "timeout",
+    "other",
+];
+
+const DIRECTIONS: [Direction; 2] = [Direction::Inbound, Direction::Outbound];
+
+fn dir_index(d: Direction) -> usize {
+    match d {
+        Direction::Inbound => 0,
+        Direction::Outbound => 1,
+    }
+}
+
+#[derive(Debug, Default)]
+pub struct TlsMetrics {
+    expiry_secs: AtomicU64,
+    handshakes: [AtomicU64; 2],
+    failures: [[AtomicU64; REASONS.len()]; 2],
+}
+
+impl TlsMetrics {
+    pub fn set_expiry(&self, not_after: SystemTime) {
+        let secs = not_after
+            .duration_since(UNIX_EPOCH)
+            .map_or(0, |d| d.as_secs());
+        self.expiry_secs.store(secs, Ordering::Relaxed);
+    }
+
+    pub fn handshake_ok(&self, direction: Direction) {
+        self.handshakes[dir_index(direction)].fetch_add(1, Ordering::Relaxed);
+    }
+
+    pub fn handshake_failed(&self, direction: Direction, reason: &str) {
+        let i = REASONS
+            .iter()
+            .position(|r| *r == reason)
+            .unwrap_or(REASONS.len() - 1);
+        self.failures[dir_index(direction)][i].fetch_add(1, Ordering::Relaxed);
+    }
+
+    pub fn handshakes(&self, direction: Direction) -> u64 {
+        self.handshakes[dir_index(direction)].load(Ordering::Relaxed)
+    }
+
+    pub fn render(&self, out: &mut String, enabled: bool) {
+        if enabled {
+            let _ = writeln!(
+                out,
+                "# HELP trellis_identity_cert_expiry_timestamp_seconds When this proxy's workload certificate expires (0: none yet).\n\
+                 # TYPE trellis_identity_cert_expiry_timestamp_seconds gauge\n\
+                 trellis_identity_cert_expiry_timestamp_seconds {}",
+                self.expiry_secs.load(Ordering::Relaxed)
+            );
+        }
+        let _ = writeln!(
+            out,
+            "# HELP trellis_tls_handshakes_total Completed mesh mTLS handshakes.\n\
+             # TYPE trellis_tls_handshakes_total counter"
+        );
+        for d in DIRECTIONS {
+            let _ = writeln!(
+                out,
+                "trellis_tls_handshakes_total{{direction=\"{}\"}} {}",
+                d.as_str(),
+                self.handshakes(d)
+            );
+        }
+        let _ = writeln!(
+            out,
+            "# HELP trellis_tls_handshake_failures_total Failed mesh TLS handshakes and refused plaintext, by reason.\n\
+             # TYPE trellis_tls_handshake_failures_total counter"
+        );
+        for d in DIRECTIONS {
+            for (reason, n) in REASONS.iter().zip(&self.failures[dir_index(d)]) {
+                let n = n.load(Ordering::Relaxed);
+                // Only reasons seen are rendered, as with status codes.
+                if n > 0 {
+                    let _ = writeln!(
+                        out,
+                        "trellis_tls_handshake_failures_total{{direction=\"{}\",reason=\"{reason}\"}} {n}",
+                        d.as_str()
+                    );
+                }
+            }
+        }
+    }
+}
