@@ -7,6 +7,7 @@
 //! manager are thin adapters over it.
 
 pub mod ca;
+pub mod serving;
 pub mod tls;
 pub mod token;
 
