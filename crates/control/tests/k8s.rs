@@ -20,7 +20,9 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
 use common::{client, eventually, found, workload};
-use k8s_openapi::api::admissionregistration::v1::MutatingWebhookConfiguration;
+use k8s_openapi::api::admissionregistration::v1::{
+    MutatingWebhookConfiguration, ValidatingWebhookConfiguration,
+};
 use k8s_openapi::api::core::v1::{Namespace, Node, Pod, Service};
 use kube::api::{Api, DeleteParams, DynamicObject, ListParams, Patch, PatchParams, PostParams};
 use kube::discovery::ApiResource;
@@ -310,6 +312,41 @@ async fn kubernetes_mode_against_a_real_api_server() {
         .unwrap_err();
     let message = err.to_string();
     assert!(message.contains("VirtualService shop/bad: spec.http[0].route[0].destination.port.number: must be 1-65535"), "{message}");
+
+    // Status: the valid one is Accepted; with the validator out of the way, an invalid one
+    // is stored and gets Accepted=False with the same message.
+    let condition = |name: &'static str| {
+        let vs_api = vs_api.clone();
+        async move {
+            let obj = vs_api.get(name).await.ok()?;
+            let cond = obj.data["status"]["conditions"]
+                .as_array()?
+                .first()?
+                .clone();
+            (cond["type"] == "Accepted").then_some(cond)
+        }
+    };
+    let accepted = eventually("Accepted condition", || condition("reviews")).await;
+    assert_eq!(accepted["status"], "True");
+    assert_eq!(accepted["observedGeneration"], 1);
+    let validators: Api<ValidatingWebhookConfiguration> = Api::all(kube.clone());
+    validators
+        .delete("trellis-config-validator", &DeleteParams::default())
+        .await
+        .unwrap();
+    vs_api.create(&PostParams::default(), &bad).await.unwrap();
+    let refused = eventually("Accepted=False", || condition("bad")).await;
+    assert_eq!(refused["status"], "False");
+    assert_eq!(refused["reason"], "Invalid");
+    assert!(
+        refused["message"]
+            .as_str()
+            .unwrap()
+            .starts_with("VirtualService shop/bad: spec.http[0].route[0].destination.port.number"),
+        "{refused}"
+    );
+    // The invalid one never reaches the proxy: the route of the valid one stays.
+    assert!(found(&rx).is_some_and(|d| !d.routes.is_empty()));
 
     // 6. A control-plane restart: the client reconnects and never sees the endpoint go away.
     let went_empty = Arc::new(AtomicBool::new(false));

@@ -17,6 +17,7 @@ pub mod manifests;
 pub mod objects;
 pub mod pods;
 pub mod start;
+pub mod status;
 pub mod watch;
 
 use std::net::SocketAddr;

@@ -20,6 +20,7 @@ pub struct KubeConfigSource {
     pub client: Client,
     pub config_rx: watch::Receiver<Arc<ConfigSnapshot>>,
     listed_rx: watch::Receiver<Vec<&'static str>>,
+    status_rx: watch::Receiver<super::status::StatusInput>,
 }
 
 impl std::fmt::Debug for KubeConfigSource {
@@ -36,11 +37,12 @@ pub async fn start_config(
     let client = super::connect(options).await?;
     // Fails fast with a clear message when the server is unreachable or refuses the account.
     client.apiserver_version().await.map_err(KubeError::Api)?;
-    let (config_rx, listed_rx) = watchers::watch_config(&client, tasks, shutdown);
+    let watch = watchers::watch_config(&client, tasks, shutdown);
     Ok(KubeConfigSource {
         client,
-        config_rx,
-        listed_rx,
+        config_rx: watch.snapshot_rx,
+        listed_rx: watch.listed_rx,
+        status_rx: watch.status_rx,
     })
 }
 
@@ -65,6 +67,11 @@ pub async fn start_rest(
     let mut pods_rx = watchers::watch_pods(&client, shared, tasks);
     let namespaces = watchers::watch_namespaces(&client, tasks, &shutdown);
     let mut listed_rx = source.listed_rx;
+    tasks.spawn(super::status::run(
+        client.clone(),
+        source.status_rx,
+        shutdown.clone(),
+    ));
     wait_for(
         &mut listed_rx,
         |l| l.contains(&"Service"),

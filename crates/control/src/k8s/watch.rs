@@ -22,8 +22,9 @@ use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
 
 use super::kinds::{CONFIG_KINDS, ConfigKind};
-use super::objects::{Object, ObjectIndex};
+use super::objects::{Object, ObjectIndex, object_key};
 use super::pods::PodIndex;
+use super::status::{ObjectMeta, StatusInput};
 use crate::state::Shared;
 use crate::store::ConfigSnapshot;
 
@@ -68,18 +69,37 @@ async fn drive<K, S>(
     }
 }
 
-/// A restart's objects, collected between `Init` and `InitDone`.
+/// What a config kind's watcher hands the index task.
 enum ConfigEvent {
-    Apply(Object),
+    Apply(&'static ConfigKind, Object),
     Delete {
-        kind: &'static str,
+        kind: &'static ConfigKind,
         namespace: String,
         name: String,
     },
+    /// A (re-)list's objects, collected between `Init` and `InitDone`.
     Reset {
-        kind: &'static str,
+        kind: &'static ConfigKind,
         objects: Vec<Object>,
     },
+}
+
+/// The config side's outputs.
+#[derive(Debug)]
+pub struct ConfigWatch {
+    pub snapshot_rx: watch::Receiver<Arc<ConfigSnapshot>>,
+    /// The kinds whose first full list is in.
+    pub listed_rx: watch::Receiver<Vec<&'static str>>,
+    pub status_rx: watch::Receiver<StatusInput>,
+}
+
+fn meta(kind: &'static ConfigKind, object: &Object) -> ObjectMeta {
+    ObjectMeta {
+        kind,
+        namespace: object.namespace.clone(),
+        name: object.name.clone(),
+        generation: object.json["metadata"]["generation"].as_i64(),
+    }
 }
 
 /// Watches every config kind; returns the snapshots and the kinds whose first full list is in
@@ -88,12 +108,10 @@ pub fn watch_config(
     client: &Client,
     tasks: &mut JoinSet<()>,
     shutdown: &CancellationToken,
-) -> (
-    watch::Receiver<Arc<ConfigSnapshot>>,
-    watch::Receiver<Vec<&'static str>>,
-) {
+) -> ConfigWatch {
     let (snapshot_tx, snapshot_rx) = watch::channel(Arc::new(ConfigSnapshot::default()));
     let (listed_tx, listed_rx) = watch::channel(Vec::new());
+    let (status_tx, status_rx) = watch::channel::<StatusInput>(Default::default());
     let (event_tx, mut event_rx) = mpsc::unbounded_channel::<ConfigEvent>();
     for kind in CONFIG_KINDS {
         let resource = api_resource(kind);
@@ -111,9 +129,9 @@ pub fn watch_config(
         tasks.spawn(async move {
             drive(what, stream, shutdown, |event| {
                 let out = match event {
-                    Event::Apply(obj) => to_object(obj).map(ConfigEvent::Apply),
+                    Event::Apply(obj) => to_object(obj).map(|o| ConfigEvent::Apply(kind, o)),
                     Event::Delete(obj) => Some(ConfigEvent::Delete {
-                        kind: kind.kind,
+                        kind,
                         namespace: obj.metadata.namespace.unwrap_or_else(|| "default".into()),
                         name: obj.metadata.name.unwrap_or_default(),
                     }),
@@ -126,7 +144,7 @@ pub fn watch_config(
                         None
                     }
                     Event::InitDone => Some(ConfigEvent::Reset {
-                        kind: kind.kind,
+                        kind,
                         objects: std::mem::take(&mut buffer),
                     }),
                 };
@@ -143,6 +161,7 @@ pub fn watch_config(
     let shutdown = shutdown.clone();
     tasks.spawn(async move {
         let mut index = ObjectIndex::default();
+        let mut metas: BTreeMap<String, ObjectMeta> = BTreeMap::new();
         let mut listed: Vec<&'static str> = Vec::new();
         loop {
             let event = tokio::select! {
@@ -151,25 +170,43 @@ pub fn watch_config(
             };
             let Some(event) = event else { return };
             match event {
-                ConfigEvent::Apply(obj) => index.apply(&obj),
+                ConfigEvent::Apply(kind, obj) => {
+                    index.apply(&obj);
+                    metas.insert(obj.key(), meta(kind, &obj));
+                }
                 ConfigEvent::Delete {
                     kind,
                     namespace,
                     name,
-                } => index.delete(kind, &namespace, &name),
+                } => {
+                    index.delete(kind.kind, &namespace, &name);
+                    metas.remove(&object_key(kind.kind, &namespace, &name));
+                }
                 ConfigEvent::Reset { kind, objects } => {
-                    tracing::debug!(kind, count = objects.len(), "config kind listed");
-                    index.reset(kind, &objects);
-                    if !listed.contains(&kind) {
-                        listed.push(kind);
+                    tracing::debug!(
+                        kind = kind.kind,
+                        count = objects.len(),
+                        "config kind listed"
+                    );
+                    index.reset(kind.kind, &objects);
+                    metas.retain(|_, m| m.kind != kind);
+                    metas.extend(objects.iter().map(|o| (o.key(), meta(kind, o))));
+                    if !listed.contains(&kind.kind) {
+                        listed.push(kind.kind);
                         listed_tx.send_replace(listed.clone());
                     }
                 }
             }
-            snapshot_tx.send_replace(Arc::new(index.snapshot()));
+            let snapshot = Arc::new(index.snapshot());
+            snapshot_tx.send_replace(snapshot.clone());
+            status_tx.send_replace((snapshot, Arc::new(metas.clone())));
         }
     });
-    (snapshot_rx, listed_rx)
+    ConfigWatch {
+        snapshot_rx,
+        listed_rx,
+        status_rx,
+    }
 }
 
 /// Watches Pods into the shared workloads; the flag turns true after the first full list.
