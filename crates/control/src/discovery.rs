@@ -83,7 +83,16 @@ struct Session {
     /// (held back), `Some(None)` for "nothing there".
     subscriptions: BTreeMap<Target, Option<Option<Destination>>>,
     version: u64,
+    /// Updates sent because of a change and not yet ACKed: (version, when the change reached
+    /// this stream), oldest first, for the propagation-latency histogram. Bounded.
+    unacked: std::collections::VecDeque<(u64, Instant)>,
+    /// When the change being pushed reached this stream; `None` for pushes a subscription
+    /// asked for.
+    changed_at: Option<Instant>,
 }
+
+/// Most updates remembered for propagation timing per stream; older ones are forgotten.
+const MAX_UNACKED: usize = 256;
 
 /// Why a stream ended early; becomes the stream's final status.
 enum End {
@@ -101,6 +110,8 @@ impl Session {
             hello: None,
             subscriptions: BTreeMap::new(),
             version: 0,
+            unacked: std::collections::VecDeque::new(),
+            changed_at: None,
         }
     }
 
@@ -131,11 +142,11 @@ impl Session {
                     }
                 },
                 changed = config_rx.changed() => match changed {
-                    Ok(()) => self.push_changes().await,
+                    Ok(()) => self.push_changed().await,
                     Err(_) => Err(End::Quiet),
                 },
                 changed = workloads_rx.changed() => match changed {
-                    Ok(()) => self.push_changes().await,
+                    Ok(()) => self.push_changed().await,
                     Err(_) => Err(End::Quiet),
                 },
             };
@@ -194,6 +205,7 @@ impl Session {
             }
             proxy_message::Kind::Ack(ack) => {
                 self.shared.metrics.ack();
+                self.ack_propagation(ack.version);
                 self.shared.with_registry(|r| {
                     r.ack(id, ack.version);
                     ((), false)
@@ -262,6 +274,27 @@ impl Session {
         self.send(control_message::Kind::Welcome(welcome)).await
     }
 
+    /// Pushes what a config or workload change altered, timing each update until its ACK.
+    async fn push_changed(&mut self) -> Result<(), End> {
+        self.changed_at = Some(Instant::now());
+        let result = self.push_changes().await;
+        self.changed_at = None;
+        result
+    }
+
+    /// An ACK covers its version (versions of one stream only grow): observe it, forget older.
+    fn ack_propagation(&mut self, version: u64) {
+        while let Some(&(v, at)) = self.unacked.front() {
+            if v > version {
+                break;
+            }
+            self.unacked.pop_front();
+            if v == version {
+                self.shared.metrics.propagated(at.elapsed());
+            }
+        }
+    }
+
     async fn push_changes(&mut self) -> Result<(), End> {
         let targets: Vec<Target> = self.subscriptions.keys().cloned().collect();
         for target in targets {
@@ -298,6 +331,12 @@ impl Session {
             destination: dest.as_ref().map(wire::destination_to_wire),
         };
         self.subscriptions.insert(target.clone(), Some(dest));
+        if let Some(at) = self.changed_at {
+            if self.unacked.len() >= MAX_UNACKED {
+                self.unacked.pop_front();
+            }
+            self.unacked.push_back((self.version, at));
+        }
         self.shared.metrics.push();
         self.send(control_message::Kind::Update(update)).await
     }

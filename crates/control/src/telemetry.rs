@@ -2,10 +2,55 @@
 //!
 //! Counters are atomics bumped on the discovery path; gauges that mirror state (config
 //! resources, registered workloads) are read from that state at scrape time so they cannot
-//! drift from it.
+//! drift from it. The propagation histogram measures, per proxy, the time from a config or
+//! workload change reaching a discovery stream to that proxy's ACK of the update it caused.
+//! Certificates issued are the CA's (`ca::metrics`), not counted here.
 
 use std::fmt::Write;
 use std::sync::atomic::{AtomicI64, AtomicU64, Ordering};
+use std::time::Duration;
+
+/// Upper bounds of the propagation buckets, in seconds.
+pub const PROPAGATION_BUCKETS: [f64; 12] = [
+    0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 10.0,
+];
+
+/// A fixed-bucket histogram of durations (per-bucket counts; the last slot is `+Inf`).
+#[derive(Debug, Default)]
+struct Histogram {
+    buckets: [AtomicU64; PROPAGATION_BUCKETS.len() + 1],
+    sum_nanos: AtomicU64,
+    count: AtomicU64,
+}
+
+impl Histogram {
+    fn observe(&self, d: Duration) {
+        let secs = d.as_secs_f64();
+        let slot = PROPAGATION_BUCKETS
+            .iter()
+            .position(|b| secs <= *b)
+            .unwrap_or(PROPAGATION_BUCKETS.len());
+        self.buckets[slot].fetch_add(1, Ordering::Relaxed);
+        self.sum_nanos.fetch_add(
+            u64::try_from(d.as_nanos()).unwrap_or(u64::MAX),
+            Ordering::Relaxed,
+        );
+        self.count.fetch_add(1, Ordering::Relaxed);
+    }
+
+    fn render(&self, name: &str, out: &mut String) {
+        let mut cumulative = 0;
+        for (i, bound) in PROPAGATION_BUCKETS.iter().enumerate() {
+            cumulative += self.buckets[i].load(Ordering::Relaxed);
+            let _ = writeln!(out, "{name}_bucket{{le=\"{bound}\"}} {cumulative}");
+        }
+        cumulative += self.buckets[PROPAGATION_BUCKETS.len()].load(Ordering::Relaxed);
+        let _ = writeln!(out, "{name}_bucket{{le=\"+Inf\"}} {cumulative}");
+        let sum = self.sum_nanos.load(Ordering::Relaxed) as f64 / 1e9;
+        let _ = writeln!(out, "{name}_sum {sum}");
+        let _ = writeln!(out, "{name}_count {}", self.count.load(Ordering::Relaxed));
+    }
+}
 
 use crate::store::{ConfigSnapshot, Status};
 
@@ -15,6 +60,7 @@ pub struct Metrics {
     pushes: AtomicU64,
     acks: AtomicU64,
     nacks: AtomicU64,
+    propagation: Histogram,
 }
 
 impl Metrics {
@@ -36,6 +82,11 @@ impl Metrics {
 
     pub fn nack(&self) {
         self.nacks.fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// A proxy ACKed an update `elapsed` after the change that caused it.
+    pub fn propagated(&self, elapsed: Duration) {
+        self.propagation.observe(elapsed);
     }
 
     pub fn connected_proxies(&self) -> i64 {
@@ -100,6 +151,12 @@ impl Metrics {
             "Workloads registered by their proxies and not expired.",
             &[("", registered_workloads.to_string())],
         );
+        let name = "trellis_control_propagation_seconds";
+        let _ = writeln!(
+            out,
+            "# HELP {name} Time from a config or workload change to a proxy's ACK of the update it caused.\n# TYPE {name} histogram"
+        );
+        self.propagation.render(name, &mut out);
         out
     }
 }
@@ -121,5 +178,18 @@ mod tests {
         assert!(text.contains("trellis_control_nacks_total 0\n"));
         assert!(text.contains("trellis_control_config_resources{status=\"Invalid\"} 0\n"));
         assert!(text.contains("trellis_control_registered_workloads 3\n"));
+        assert!(text.contains("trellis_control_propagation_seconds_count 0\n"));
+    }
+
+    #[test]
+    fn propagation_is_a_cumulative_histogram() {
+        let m = Metrics::default();
+        m.propagated(Duration::from_millis(3));
+        m.propagated(Duration::from_millis(40));
+        let text = m.render(&ConfigSnapshot::default(), 0);
+        assert!(text.contains("trellis_control_propagation_seconds_bucket{le=\"0.005\"} 1\n"));
+        assert!(text.contains("trellis_control_propagation_seconds_bucket{le=\"0.05\"} 2\n"));
+        assert!(text.contains("trellis_control_propagation_seconds_bucket{le=\"+Inf\"} 2\n"));
+        assert!(text.contains("trellis_control_propagation_seconds_count 2\n"));
     }
 }

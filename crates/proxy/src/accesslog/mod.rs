@@ -128,7 +128,13 @@ impl Entry {
 
     /// Envoy's default format, as far as the proxy knows its fields, plus the trace id.
     pub fn to_text(&self) -> String {
-        let dash = |s: &str| if s.is_empty() { "-".to_owned() } else { s.to_owned() };
+        let dash = |s: &str| {
+            if s.is_empty() {
+                "-".to_owned()
+            } else {
+                s.to_owned()
+            }
+        };
         format!(
             "[{}] {} \"{} {} {}\" {} {} {} {} {} {} \"{}\" \"{}\" \"{}\" \"{}\" route={} trace_id={}",
             rfc3339(self.start_unix_nanos),

@@ -26,10 +26,10 @@ use trellis_model::Destination;
 
 use super::requests::{Peer, RequestLabels, Series};
 use super::{Direction, LabelDetail, Metrics};
+use crate::accesslog::{self, AccessLog, Entry};
 use crate::balance::EndpointState;
 use crate::client::UpBody;
 use crate::http::{BoxError, ProxyBody, TRELLIS_ERROR};
-use crate::accesslog::{self, AccessLog, Entry};
 use crate::trace::{ActiveSpan, SpanEnd, SpanKind, Tracer, context};
 
 /// Added by the outbound proxy on meshed hops, removed by the inbound one: who is calling, for
@@ -210,7 +210,11 @@ impl Telemetry {
         } else if self.metrics.detail() == LabelDetail::Minimal {
             return (ex, Request::from_parts(parts, body));
         }
-        // Counted for metrics and access logs alike.
+        // Counted for metrics and access logs alike; a request without a body (most GETs)
+        // needs no counter.
+        if body.is_end_stream() {
+            return (ex, Request::from_parts(parts, body));
+        }
         let tally = Arc::new(AtomicU64::new(0));
         ex.request_bytes = Some(tally.clone());
         let body = Counted { inner: body, tally }.boxed();
@@ -273,10 +277,7 @@ impl Telemetry {
                     .map(str::to_owned);
                 entry.upstream = endpoint.map(|e| e.address);
                 entry.upstream_workload = endpoint.map(|e| e.workload.clone()).unwrap_or_default();
-                entry.route = up
-                    .and_then(|u| u.route.as_deref())
-                    .unwrap_or("")
-                    .to_owned();
+                entry.route = up.and_then(|u| u.route.as_deref()).unwrap_or("").to_owned();
                 Some((entry, log.clone()))
             }
             _ => None,
