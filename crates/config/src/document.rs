@@ -20,6 +20,8 @@ pub enum Resource {
     Routes(Box<RouteSet>),
     /// A DestinationRule: subsets and traffic policy for one service.
     DestinationPolicy(Box<DestinationPolicy>),
+    /// An Istio PeerAuthentication: the inbound mTLS mode of a mesh, namespace or workload.
+    PeerAuthentication(Box<istio::peer_authentication::PeerAuthn>),
 }
 
 /// What an adapter made of one document it reads.
@@ -165,6 +167,7 @@ fn read_document(file: &str, index: usize, value: Value) -> Document {
         }
         ("networking.istio.io", "VirtualService") => istio::virtual_service::translate(value),
         ("networking.istio.io", "DestinationRule") => istio::destination_rule::translate(value),
+        ("security.istio.io", "PeerAuthentication") => istio::peer_authentication::translate(value),
         ("gateway.networking.k8s.io", "HTTPRoute") => gateway::translate_http(value),
         ("gateway.networking.k8s.io", "GRPCRoute") => gateway::translate_grpc(value),
         ("linkerd.io", "ServiceProfile") => linkerd::translate(value),

@@ -28,6 +28,9 @@ fn render(file: &str, bytes: &[u8]) -> Value {
                     Outcome::Resource(Resource::DestinationPolicy(policy)) => {
                         json!({"status": "Accepted", "destination_policy": policy})
                     }
+                    Outcome::Resource(Resource::PeerAuthentication(policy)) => {
+                        json!({"status": "Accepted", "peer_authentication": policy})
+                    }
                     Outcome::Ignored { reason } => json!({"status": "Ignored", "reason": reason}),
                     Outcome::Invalid(err) => json!({"status": "Invalid", "error": err.to_string()}),
                 };

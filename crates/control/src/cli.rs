@@ -52,6 +52,24 @@ pub struct Args {
     pub log_level: String,
     #[arg(long, value_enum, default_value = "text")]
     pub log_format: LogFormat,
+    /// A directory with the CA to use: root.pem, issuer.pem, issuer-key.pem (default: a CA
+    /// generated at startup, in memory).
+    #[arg(long, value_name = "DIR")]
+    pub ca_dir: Option<PathBuf>,
+    /// Lifetime of workload certificates (proxies renew at half of it).
+    #[arg(long, value_name = "DUR", default_value = "24h", value_parser = parse_duration)]
+    pub cert_ttl: Duration,
+    /// Refuse certificates to proxies without a valid join token. Without it, local mode
+    /// trusts the identity a proxy claims.
+    #[arg(long)]
+    pub require_join_token: bool,
+    /// File holding the secret join tokens are signed with (default: random per process).
+    #[arg(long, value_name = "FILE")]
+    pub join_token_secret: Option<PathBuf>,
+    /// The mesh root namespace: Istio PeerAuthentications there without a selector apply
+    /// mesh-wide.
+    #[arg(long, value_name = "NS", default_value = crate::DEFAULT_ROOT_NAMESPACE)]
+    pub root_namespace: String,
     /// Kubernetes mode: read Services, Pods, Namespaces and mesh config from the API server
     /// (instead of --config-dir and self-registration) and serve the admission webhooks.
     #[arg(long)]
@@ -93,6 +111,13 @@ impl Args {
             poll_interval: self.poll_interval,
             ready_file: self.ready_file,
             kubernetes: None,
+            ca: crate::ca::CaConfig {
+                dir: self.ca_dir,
+                cert_ttl: self.cert_ttl,
+                require_join_token: self.require_join_token,
+                join_token_secret: self.join_token_secret,
+            },
+            root_namespace: self.root_namespace,
         };
         let mut config = config;
         if self.kubernetes {
@@ -131,6 +156,13 @@ impl ControlConfig {
                     "must be at least twice --heartbeat-interval ({:?}), got {:?}",
                     self.heartbeat_interval, self.workload_expiry
                 ),
+            );
+        }
+        // Renewal at half-life with jitter needs a few seconds to work with.
+        if self.ca.cert_ttl < Duration::from_secs(2) {
+            return usage(
+                "cert-ttl",
+                format!("must be at least 2s, got {:?}", self.ca.cert_ttl),
             );
         }
         if self.discovery_addr.port() != 0 && self.discovery_addr == self.http_addr {

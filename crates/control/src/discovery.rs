@@ -36,6 +36,8 @@ const OUTBOUND_BUFFER: usize = 64;
 pub struct DiscoveryService {
     shared: Arc<Shared>,
     next_stream: AtomicU64,
+    /// The mesh root namespace: PeerAuthentications there without a selector are mesh-wide.
+    root_namespace: Arc<str>,
 }
 
 impl DiscoveryService {
@@ -43,7 +45,14 @@ impl DiscoveryService {
         Self {
             shared,
             next_stream: AtomicU64::new(1),
+            root_namespace: Arc::from(crate::DEFAULT_ROOT_NAMESPACE),
         }
+    }
+
+    /// Sets the mesh root namespace (`--root-namespace`).
+    pub fn with_root_namespace(mut self, namespace: &str) -> Self {
+        self.root_namespace = Arc::from(namespace);
+        self
     }
 
     pub fn into_server(self) -> pb::discovery_server::DiscoveryServer<Self> {
@@ -64,7 +73,8 @@ impl pb::discovery_server::Discovery for DiscoveryService {
         let id = self.next_stream.fetch_add(1, Ordering::Relaxed);
         let peer = request.remote_addr();
         let (tx, rx) = mpsc::channel(OUTBOUND_BUFFER);
-        let session = Session::new(self.shared.clone(), id, tx);
+        let mut session = Session::new(self.shared.clone(), id, tx);
+        session.root_namespace = self.root_namespace.clone();
         tokio::spawn(session.run(request.into_inner(), peer));
         Ok(Response::new(Box::pin(
             tokio_stream::wrappers::ReceiverStream::new(rx),
@@ -83,6 +93,9 @@ struct Session {
     /// (held back), `Some(None)` for "nothing there".
     subscriptions: BTreeMap<Target, Option<Option<Destination>>>,
     version: u64,
+    root_namespace: Arc<str>,
+    /// The inbound mTLS policy last sent (after Welcome, then on change).
+    inbound_policy: Option<pb::InboundPolicy>,
     /// Updates sent because of a change and not yet ACKed: (version, when the change reached
     /// this stream), oldest first, for the propagation-latency histogram. Bounded.
     unacked: std::collections::VecDeque<(u64, Instant)>,
@@ -110,6 +123,8 @@ impl Session {
             hello: None,
             subscriptions: BTreeMap::new(),
             version: 0,
+            root_namespace: Arc::from(crate::DEFAULT_ROOT_NAMESPACE),
+            inbound_policy: None,
             unacked: std::collections::VecDeque::new(),
             changed_at: None,
         }
@@ -271,11 +286,34 @@ impl Session {
             identity: identity.to_string(),
             heartbeat_interval_ms,
         };
-        self.send(control_message::Kind::Welcome(welcome)).await
+        self.send(control_message::Kind::Welcome(welcome)).await?;
+        self.push_inbound_policy().await
+    }
+
+    /// Resolves this workload's PeerAuthentication and sends it when it changed.
+    async fn push_inbound_policy(&mut self) -> Result<(), End> {
+        let Some((_, workload)) = &self.hello else {
+            return Ok(());
+        };
+        let policy = {
+            let config = self.shared.config_rx.borrow();
+            crate::compile::mtls::inbound_policy(
+                &config.peer_authentications,
+                &self.root_namespace,
+                workload,
+            )
+        };
+        if self.inbound_policy.as_ref() == Some(&policy) {
+            return Ok(());
+        }
+        self.inbound_policy = Some(policy.clone());
+        self.send(control_message::Kind::InboundPolicy(policy))
+            .await
     }
 
     /// Pushes what a config or workload change altered, timing each update until its ACK.
     async fn push_changed(&mut self) -> Result<(), End> {
+        self.push_inbound_policy().await?;
         self.changed_at = Some(Instant::now());
         let result = self.push_changes().await;
         self.changed_at = None;

@@ -145,10 +145,16 @@ async fn config(State(app): State<App>) -> Json<ConfigJson> {
     })
 }
 
-async fn metrics(State(app): State<App>) -> impl IntoResponse {
+async fn metrics(
+    State(app): State<App>,
+    ca: Option<axum::Extension<Arc<crate::ca::CaState>>>,
+) -> impl IntoResponse {
     let config = app.shared.config_rx.borrow().clone();
     let registered = app.shared.registry().len();
-    let body = app.shared.metrics.render(&config, registered);
+    let mut body = app.shared.metrics.render(&config, registered);
+    if let Some(axum::Extension(ca)) = ca {
+        ca.metrics.render(&mut body, ca.status().anchors);
+    }
     (
         [(
             header::CONTENT_TYPE,

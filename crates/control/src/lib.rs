@@ -6,6 +6,7 @@
 //! (tonic) and `http` (axum) are thin adapters over it. This crate must not depend on the proxy
 //! crates (tests aside). See docs/control-plane.md for flags and protocol.
 
+pub mod ca;
 pub mod cli;
 pub mod compile;
 pub mod discovery;
@@ -22,6 +23,9 @@ pub mod wire;
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::time::Duration;
+
+/// The mesh root namespace when none is configured: mesh-wide PeerAuthentications live here.
+pub const DEFAULT_ROOT_NAMESPACE: &str = "trellis-system";
 
 pub use server::{ControlPlane, StartError};
 
@@ -40,6 +44,10 @@ pub struct ControlConfig {
     pub registration_grace: Option<Duration>,
     pub poll_interval: Duration,
     pub ready_file: Option<PathBuf>,
+    /// The certificate authority (`--ca-dir`, `--cert-ttl`, join tokens).
+    pub ca: ca::CaConfig,
+    /// The mesh root namespace (`--root-namespace`).
+    pub root_namespace: String,
     /// Kubernetes mode: watch the API server instead of `config_dirs` and registrations.
     pub kubernetes: Option<k8s::KubeOptions>,
 }
@@ -56,6 +64,8 @@ impl Default for ControlConfig {
             registration_grace: None,
             poll_interval: Duration::from_millis(300),
             ready_file: None,
+            ca: ca::CaConfig::default(),
+            root_namespace: DEFAULT_ROOT_NAMESPACE.to_string(),
             kubernetes: None,
         }
     }

@@ -11,6 +11,7 @@ use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
 
 use crate::ControlConfig;
+use crate::ca::{CaStartError, CaState};
 use crate::cli::UsageError;
 use crate::discovery::DiscoveryService;
 use crate::state::Shared;
@@ -29,6 +30,8 @@ pub enum StartError {
         #[source]
         source: std::io::Error,
     },
+    #[error(transparent)]
+    Ca(#[from] CaStartError),
     #[error("kubernetes: {0}")]
     Kube(#[from] crate::k8s::start::KubeStartError),
     #[error("cannot write ready file {}: {source}", path.display())]
@@ -44,6 +47,9 @@ impl StartError {
     pub fn exit_code(&self) -> i32 {
         match self {
             Self::Usage(_) | Self::MissingDir(_) => 64,
+            // A --ca-dir that cannot be read or does not hold a usable CA is a usage error.
+            Self::Ca(CaStartError::Read { .. } | CaStartError::Load { .. }) => 64,
+            Self::Ca(_) => 1,
             Self::Bind { .. } | Self::ReadyFile { .. } | Self::Kube(_) => 1,
         }
     }
@@ -56,6 +62,7 @@ pub struct ControlPlane {
     pub http_addr: SocketAddr,
     /// Kubernetes mode: where the admission webhooks listen (HTTPS).
     pub webhook_addr: Option<SocketAddr>,
+    ca: Arc<CaState>,
     shutdown: CancellationToken,
     tasks: JoinSet<()>,
 }
@@ -65,6 +72,7 @@ impl ControlPlane {
     /// ready (the ready file, if any, is written).
     pub async fn start(config: ControlConfig) -> Result<Self, StartError> {
         config.validate()?;
+        let ca = Arc::new(CaState::load(&config.trust_domain, &config.ca)?);
         let shutdown = CancellationToken::new();
         let mut tasks = JoinSet::new();
         // The config source: directories (local mode) or the API server's watchers.
@@ -129,7 +137,12 @@ impl ControlPlane {
             // Detects proxies that vanished without closing their connection.
             .http2_keepalive_interval(Some(Duration::from_secs(10)))
             .http2_keepalive_timeout(Some(Duration::from_secs(5)))
-            .add_service(DiscoveryService::new(shared.clone()).into_server());
+            .add_service(
+                DiscoveryService::new(shared.clone())
+                    .with_root_namespace(&config.root_namespace)
+                    .into_server(),
+            )
+            .add_service(crate::ca::grpc::IdentityService::new(ca.clone()).into_server());
         let token = shutdown.clone();
         tasks.spawn(async move {
             let incoming = tonic::transport::server::TcpIncoming::from(discovery);
@@ -142,7 +155,9 @@ impl ControlPlane {
         });
 
         let ready = Arc::new(AtomicBool::new(false));
-        let app = crate::http::router(shared, ready.clone());
+        let app = crate::http::router(shared, ready.clone())
+            .merge(crate::ca::http::router(ca.clone()))
+            .layer(axum::Extension(ca.clone()));
         let token = shutdown.clone();
         tasks.spawn(async move {
             let serve = axum::serve(http, app).with_graceful_shutdown(token.cancelled_owned());
@@ -165,9 +180,15 @@ impl ControlPlane {
             discovery_addr,
             http_addr,
             webhook_addr,
+            ca,
             shutdown,
             tasks,
         })
+    }
+
+    /// The certificate authority: join tokens, rotation, metrics.
+    pub fn ca(&self) -> &Arc<CaState> {
+        &self.ca
     }
 
     /// Cancelling this token stops the control plane (as [`ControlPlane::stop`] does).

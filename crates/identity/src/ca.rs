@@ -14,8 +14,7 @@ use std::time::{Duration, SystemTime};
 
 use rcgen::{
     BasicConstraints, CertificateParams, CertificateSigningRequestParams, DistinguishedName,
-    DnType, ExtendedKeyUsagePurpose, IsCa, Issuer, KeyPair, KeyUsagePurpose, SanType,
-    SerialNumber,
+    DnType, ExtendedKeyUsagePurpose, IsCa, Issuer, KeyPair, KeyUsagePurpose, SanType, SerialNumber,
 };
 use rustls::pki_types::CertificateSigningRequestDer;
 use time::OffsetDateTime;
@@ -88,9 +87,14 @@ impl std::fmt::Debug for SigningCa {
 enum Rotation {
     Idle,
     /// A new anchor is in the bundle; the old issuer still signs.
-    Prepared { root_pem: String, issuer: SigningCa },
+    Prepared {
+        root_pem: String,
+        issuer: SigningCa,
+    },
     /// The new issuer signs; the old anchor stays in the bundle until retired.
-    Activated { old_root_pem: String },
+    Activated {
+        old_root_pem: String,
+    },
 }
 
 /// Public state of the CA, for APIs and logs.
@@ -148,7 +152,11 @@ fn ca_params(cn: String, now: SystemTime, ttl: Duration, path_len: u8) -> Certif
 }
 
 /// Makes a root and an issuer signed by it.
-fn generate_pair(trust_domain: &str, now: SystemTime, label: &str) -> Result<(String, SigningCa), CaError> {
+fn generate_pair(
+    trust_domain: &str,
+    now: SystemTime,
+    label: &str,
+) -> Result<(String, SigningCa), CaError> {
     let gen_err = |what| move |source| CaError::Generate { what, source };
     // A random tag keeps names distinct between CAs (and across rotations), so that a chain is
     // never matched to the wrong anchor by name.
@@ -156,14 +164,23 @@ fn generate_pair(trust_domain: &str, now: SystemTime, label: &str) -> Result<(St
     let _ = aws_lc_rs::rand::fill(&mut tag);
     let label = format!("{label} {:08x}", u32::from_be_bytes(tag));
     let root_key = KeyPair::generate().map_err(gen_err("the root key"))?;
-    let root_params = ca_params(format!("Trellis root {trust_domain} {label}"), now, ROOT_TTL, 1);
+    let root_params = ca_params(
+        format!("Trellis root {trust_domain} {label}"),
+        now,
+        ROOT_TTL,
+        1,
+    );
     let root_cert = root_params
         .self_signed(&root_key)
         .map_err(gen_err("the root certificate"))?;
     let root = Issuer::new(root_params, root_key);
     let issuer_key = KeyPair::generate().map_err(gen_err("the issuer key"))?;
-    let issuer_params =
-        ca_params(format!("Trellis issuer {trust_domain} {label}"), now, ISSUER_TTL, 0);
+    let issuer_params = ca_params(
+        format!("Trellis issuer {trust_domain} {label}"),
+        now,
+        ISSUER_TTL,
+        0,
+    );
     let issuer_cert = issuer_params
         .signed_by(&issuer_key, &root)
         .map_err(gen_err("the issuer certificate"))?;

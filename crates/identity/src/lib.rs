@@ -52,7 +52,10 @@ impl SpiffeId {
                     b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-' || b == b'.'
                 });
             if !ok {
-                return Err(SpiffeIdError::Name { part, value: value.to_string() });
+                return Err(SpiffeIdError::Name {
+                    part,
+                    value: value.to_string(),
+                });
             }
         }
         Ok(Self {
@@ -77,7 +80,11 @@ impl SpiffeId {
 
 impl fmt::Display for SpiffeId {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "spiffe://{}/ns/{}/sa/{}", self.trust_domain, self.namespace, self.service_account)
+        write!(
+            f,
+            "spiffe://{}/ns/{}/sa/{}",
+            self.trust_domain, self.namespace, self.service_account
+        )
     }
 }
 
@@ -85,9 +92,18 @@ impl FromStr for SpiffeId {
     type Err = SpiffeIdError;
 
     fn from_str(s: &str) -> Result<Self, Self::Err> {
-        let rest = s.strip_prefix("spiffe://").ok_or_else(|| SpiffeIdError::Scheme(s.into()))?;
+        let rest = s
+            .strip_prefix("spiffe://")
+            .ok_or_else(|| SpiffeIdError::Scheme(s.into()))?;
         let mut parts = rest.split('/');
-        match (parts.next(), parts.next(), parts.next(), parts.next(), parts.next(), parts.next()) {
+        match (
+            parts.next(),
+            parts.next(),
+            parts.next(),
+            parts.next(),
+            parts.next(),
+            parts.next(),
+        ) {
             (Some(td), Some("ns"), Some(ns), Some("sa"), Some(sa), None) => Self::new(td, ns, sa),
             _ => Err(SpiffeIdError::Path(s.into())),
         }
@@ -100,19 +116,33 @@ mod tests {
 
     #[test]
     fn round_trips() {
-        let id: SpiffeId = "spiffe://cluster.local/ns/default/sa/bookinfo-reviews".parse().unwrap();
+        let id: SpiffeId = "spiffe://cluster.local/ns/default/sa/bookinfo-reviews"
+            .parse()
+            .unwrap();
         assert_eq!(id.namespace(), "default");
         assert_eq!(id.service_account(), "bookinfo-reviews");
-        assert_eq!(id.to_string(), "spiffe://cluster.local/ns/default/sa/bookinfo-reviews");
+        assert_eq!(
+            id.to_string(),
+            "spiffe://cluster.local/ns/default/sa/bookinfo-reviews"
+        );
     }
 
     #[test]
     fn rejects_other_shapes() {
-        assert!(matches!("https://x/ns/a/sa/b".parse::<SpiffeId>(), Err(SpiffeIdError::Scheme(_))));
-        assert!(matches!("spiffe://td/ns/a".parse::<SpiffeId>(), Err(SpiffeIdError::Path(_))));
+        assert!(matches!(
+            "https://x/ns/a/sa/b".parse::<SpiffeId>(),
+            Err(SpiffeIdError::Scheme(_))
+        ));
+        assert!(matches!(
+            "spiffe://td/ns/a".parse::<SpiffeId>(),
+            Err(SpiffeIdError::Path(_))
+        ));
         assert!(matches!(
             "spiffe://td/ns/A/sa/b".parse::<SpiffeId>(),
-            Err(SpiffeIdError::Name { part: "namespace", .. })
+            Err(SpiffeIdError::Name {
+                part: "namespace",
+                ..
+            })
         ));
     }
 }

@@ -75,7 +75,10 @@ pub enum HandshakeError {
         source: std::io::Error,
     },
     #[error("the peer presented {got:?}, expected {expected}")]
-    IdentityMismatch { expected: String, got: Option<String> },
+    IdentityMismatch {
+        expected: String,
+        got: Option<String>,
+    },
     #[error("the peer presented no SPIFFE identity")]
     NoIdentity,
     #[error("the peer chose no mesh protocol")]
@@ -392,9 +395,10 @@ impl MeshTls {
         };
         // No SNI is needed (the identity is checked from the certificate); a fixed name keeps
         // the config shared.
-        let name = ServerName::IpAddress(rustls::pki_types::IpAddr::from(
-            std::net::IpAddr::from([0, 0, 0, 0]),
-        ));
+        let name =
+            ServerName::IpAddress(rustls::pki_types::IpAddr::from(std::net::IpAddr::from([
+                0, 0, 0, 0,
+            ])));
         let stream = tokio_rustls::TlsConnector::from(config.clone())
             .connect(name, io)
             .await

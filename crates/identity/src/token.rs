@@ -130,7 +130,11 @@ mod tests {
             Err(TokenError::Expired)
         );
         let forever = tokens.issue("default", "web", None, now);
-        assert!(tokens.verify(&forever, now + Duration::from_secs(1 << 40)).is_ok());
+        assert!(
+            tokens
+                .verify(&forever, now + Duration::from_secs(1 << 40))
+                .is_ok()
+        );
         // Another secret, a changed payload, garbage: all refused.
         assert_eq!(
             JoinTokens::new(b"other").verify(&t, now),

@@ -380,7 +380,9 @@ impl Upstreams {
             .map_err(|source| UpstreamError::Connect { addr, source })?;
         let mut sender = match self.mtls_peer(peer, &PoolOptions::default()) {
             Some(peer) => {
-                let tls = self.tls_connect(stream, addr, MeshAlpn::Http1, peer).await?;
+                let tls = self
+                    .tls_connect(stream, addr, MeshAlpn::Http1, peer)
+                    .await?;
                 h1_upgrade_handshake(tls, addr).await?
             }
             None => h1_upgrade_handshake(stream, addr).await?,

@@ -35,8 +35,8 @@ pub mod serve;
 pub mod shutdown;
 pub mod split;
 pub mod telemetry;
-pub mod trace;
 pub mod tls;
+pub mod trace;
 pub mod traffic;
 pub mod transport;
 

@@ -16,15 +16,15 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use trellis_model::Workload;
 
+use crate::accesslog::{self, AccessLog};
 use crate::admin::{self, AdminState};
 use crate::config::ProxyConfig;
 use crate::discovery::{Discovery, DiscoveryConfig};
 use crate::serve::{Ctx, Source};
 use crate::shutdown;
-use crate::tls::{self, MeshIdentity};
 use crate::telemetry::Metrics;
 use crate::telemetry::exchange::{LocalWorkload, Telemetry};
-use crate::accesslog::{self, AccessLog};
+use crate::tls::{self, MeshIdentity};
 use crate::trace::{self, Tracer, export::ResourceInfo};
 use crate::transport::{BindError, bind};
 use crate::{inbound, outbound};
@@ -122,12 +122,19 @@ impl Proxy {
         let tracker = TaskTracker::new();
         let metrics = Arc::new(Metrics::with_detail(config.metrics_labels));
         let workload = config.workload.as_deref().unwrap_or_default();
-        let mut telemetry =
-            Telemetry::new(metrics.clone(), LocalWorkload::new(workload, &config.namespace));
+        let mut telemetry = Telemetry::new(
+            metrics.clone(),
+            LocalWorkload::new(workload, &config.namespace),
+        );
         if let Some(endpoint) = &config.otlp_endpoint {
             let (tracer, spans_rx) = Tracer::new(config.trace_sampling, metrics.spans.clone());
             let resource = ResourceInfo {
-                service_name: if workload.is_empty() { "trellis-proxy" } else { workload }.to_owned(),
+                service_name: if workload.is_empty() {
+                    "trellis-proxy"
+                } else {
+                    workload
+                }
+                .to_owned(),
                 namespace: config.namespace.clone(),
             };
             // Outlives the drain like discovery: spans of the last requests still go out.

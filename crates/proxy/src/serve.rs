@@ -30,8 +30,8 @@ use crate::resilience::outlier::Outcome;
 use crate::route::Dest;
 use crate::telemetry::exchange::{LocalWorkload, Telemetry};
 use crate::telemetry::{DetectOutcome, Direction, Metrics};
-use crate::traffic::TargetTraffic;
 use crate::tls::{MeshIdentity, PeerIdentity, policy};
+use crate::traffic::TargetTraffic;
 use crate::transport::{CountingIo, PrefixedIo, connect, is_own_listener, splice};
 use tokio::io::{AsyncRead, AsyncWrite};
 use trellis_identity::tls::MeshAlpn;
@@ -177,7 +177,11 @@ pub async fn serve(
                 ctx.identity
                     .metrics
                     .handshake_failed(direction, "plaintext_refused");
-                tracing::info!(?peer, port = dest_port, "refusing a connection that is not mesh mTLS (STRICT)");
+                tracing::info!(
+                    ?peer,
+                    port = dest_port,
+                    "refusing a connection that is not mesh mTLS (STRICT)"
+                );
                 return;
             }
             (policy::Admission::Terminate, Some(tls)) => {

@@ -3,6 +3,7 @@
 
 pub mod destination_rule;
 mod fault;
+pub mod peer_authentication;
 mod retries;
 pub mod virtual_service;
 

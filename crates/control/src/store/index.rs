@@ -1,6 +1,7 @@
 use std::collections::BTreeMap;
 
 use serde::Serialize;
+use trellis_config::istio::peer_authentication::PeerAuthn;
 use trellis_config::traffic::{DestinationPolicy, RouteSet};
 use trellis_config::{Document, Outcome, Resource};
 use trellis_model::{Service, ServiceKey};
@@ -39,6 +40,8 @@ pub struct ConfigSnapshot {
     /// Routes and destination policies in force, by service.
     pub traffic: Traffic,
     pub resources: Vec<ResourceStatus>,
+    /// Istio PeerAuthentications in force (resolved per workload by discovery).
+    pub peer_authentications: Vec<PeerAuthn>,
 }
 
 #[derive(Debug, Default)]
@@ -103,6 +106,7 @@ impl ConfigIndex {
         let mut owner: BTreeMap<ServiceKey, &str> = BTreeMap::new();
         let mut routes: Vec<(EntryId, &RouteSet)> = Vec::new();
         let mut policies: Vec<(EntryId, &DestinationPolicy)> = Vec::new();
+        let mut peer_authentications = Vec::new();
         for (file, state) in &self.files {
             for (doc, resource) in &state.in_force {
                 let id = (file.clone(), *doc);
@@ -115,6 +119,7 @@ impl ConfigIndex {
                     }
                     Resource::Routes(set) => routes.push((id, set)),
                     Resource::DestinationPolicy(p) => policies.push((id, p)),
+                    Resource::PeerAuthentication(p) => peer_authentications.push((**p).clone()),
                 }
             }
         }
@@ -151,6 +156,7 @@ impl ConfigIndex {
                         let notes = match r {
                             Resource::Routes(set) => &set.notes,
                             Resource::DestinationPolicy(p) => &p.notes,
+                            Resource::PeerAuthentication(p) => &p.notes,
                             Resource::Service(_) => &Vec::new(),
                         };
                         let verdict = verdicts
@@ -181,6 +187,7 @@ impl ConfigIndex {
             services,
             traffic,
             resources,
+            peer_authentications,
         }
     }
 }

@@ -92,7 +92,10 @@ fn loads_a_user_ca_and_refuses_a_mismatched_pair() {
     let ca = Authority::from_pems("cluster.local", &root_pem, &issuer.cert_pem, &key_pem).unwrap();
     let key = LeafKey::generate().unwrap();
     let csr = key.csr_pem(&id("web")).unwrap();
-    assert!(ca.issue(csr.as_bytes(), &id("web"), DEFAULT_LEAF_TTL, t).is_ok());
+    assert!(
+        ca.issue(csr.as_bytes(), &id("web"), DEFAULT_LEAF_TTL, t)
+            .is_ok()
+    );
     let (other_root, _) = generate_pair("cluster.local", t, "y").unwrap();
     assert!(matches!(
         Authority::from_pems("cluster.local", &other_root, &issuer.cert_pem, &key_pem),
@@ -100,6 +103,9 @@ fn loads_a_user_ca_and_refuses_a_mismatched_pair() {
     ));
     assert!(matches!(
         Authority::from_pems("cluster.local", "nope", &issuer.cert_pem, &key_pem),
-        Err(CaError::Pem { what: "root.pem", .. })
+        Err(CaError::Pem {
+            what: "root.pem",
+            ..
+        })
     ));
 }

@@ -27,17 +27,27 @@ async fn handshake(
     let server_side = async {
         let (mut s, peer) = server.accept(b).await?;
         let mut buf = [0u8; 4];
-        s.read_exact(&mut buf).await.map_err(HandshakeError::from_io)?;
+        s.read_exact(&mut buf)
+            .await
+            .map_err(HandshakeError::from_io)?;
         s.write_all(&buf).await.map_err(HandshakeError::from_io)?;
         s.flush().await.map_err(HandshakeError::from_io)?;
         Ok(peer)
     };
     let client_side = async {
         let mut c = client.connect(a, MeshAlpn::Tcp, expected).await?;
-        let group = c.get_ref().1.negotiated_key_exchange_group().map(|g| g.name());
-        c.write_all(b"ping").await.map_err(HandshakeError::from_io)?;
+        let group = c
+            .get_ref()
+            .1
+            .negotiated_key_exchange_group()
+            .map(|g| g.name());
+        c.write_all(b"ping")
+            .await
+            .map_err(HandshakeError::from_io)?;
         let mut buf = [0u8; 4];
-        c.read_exact(&mut buf).await.map_err(HandshakeError::from_io)?;
+        c.read_exact(&mut buf)
+            .await
+            .map_err(HandshakeError::from_io)?;
         assert_eq!(&buf, b"ping");
         Ok(format!("{group:?}"))
     };
@@ -91,7 +101,10 @@ async fn a_bundle_with_two_anchors_trusts_old_and_new_leaves() {
 #[test]
 fn client_hello_peek() {
     assert_eq!(peek_client_hello(&[0x16, 3, 1]), ClientHello::NeedBytes(5));
-    assert_eq!(peek_client_hello(&[0x16, 3, 1, 0, 10]), ClientHello::NeedBytes(15));
+    assert_eq!(
+        peek_client_hello(&[0x16, 3, 1, 0, 10]),
+        ClientHello::NeedBytes(15)
+    );
     assert_eq!(
         peek_client_hello(&[0x16, 3, 1, 0, 3, 1, 2, 3]),
         ClientHello::Other
@@ -121,6 +134,9 @@ fn client_hello_peek_tells_mesh_from_app_tls() {
         peek_client_hello(&mesh[..mesh.len() - 1]),
         ClientHello::NeedBytes(n) if n == mesh.len()
     ));
-    assert_eq!(peek_client_hello(&hello(vec![b"h2".to_vec()])), ClientHello::Other);
+    assert_eq!(
+        peek_client_hello(&hello(vec![b"h2".to_vec()])),
+        ClientHello::Other
+    );
     assert_eq!(peek_client_hello(&hello(vec![])), ClientHello::Other);
 }

@@ -71,7 +71,10 @@ impl HttpForward {
     }
 
     /// The hyper service entry point: never fails, errors become responses.
-    pub async fn handle(self, mut req: Request<Incoming>) -> Result<Response<ProxyBody>, Infallible> {
+    pub async fn handle(
+        self,
+        mut req: Request<Incoming>,
+    ) -> Result<Response<ProxyBody>, Infallible> {
         if let Some(id) = &self.peer_identity {
             req.extensions_mut().insert(id.clone());
         }
@@ -169,11 +172,7 @@ impl HttpForward {
         }
     }
 
-    async fn forward_upgrade(
-        &self,
-        hop: Hop<'_>,
-        mut req: Request<UpBody>,
-    ) -> Response<ProxyBody> {
+    async fn forward_upgrade(&self, hop: Hop<'_>, mut req: Request<UpBody>) -> Response<ProxyBody> {
         if let Some(port) = hop.target_port.filter(|_| hop.meshed) {
             req.headers_mut()
                 .insert(TARGET_PORT, HeaderValue::from(port));
@@ -184,7 +183,8 @@ impl HttpForward {
             .ctx
             .upstreams
             .send_upgrade(hop.addr, req, hop.identity)
-            .await {
+            .await
+        {
             Ok(resp) => resp,
             Err(e) => {
                 tracing::warn!(direction = self.direction.as_str(), hop = %hop.addr, error = %e, "upstream upgrade failed");

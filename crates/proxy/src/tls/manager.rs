@@ -113,7 +113,9 @@ async fn run(
 
     // Bounded by `stop`: every branch below also watches it.
     loop {
-        let due = held.as_ref().map_or(next_attempt, |h| h.renew_at.min(next_attempt));
+        let due = held
+            .as_ref()
+            .map_or(next_attempt, |h| h.renew_at.min(next_attempt));
         tokio::select! {
             () = stop.cancelled() => return Ok(()),
             () = tokio::time::sleep_until(due) => {

@@ -120,7 +120,10 @@ impl MeshIdentity {
             return Err("waiting for a workload certificate".into());
         };
         let now = SystemTime::now();
-        let left = tls.not_after().duration_since(now).unwrap_or(Duration::ZERO);
+        let left = tls
+            .not_after()
+            .duration_since(now)
+            .unwrap_or(Duration::ZERO);
         if left.is_zero() {
             return Err("the workload certificate expired and could not be renewed".into());
         }
@@ -147,7 +150,8 @@ impl MeshIdentity {
         let tls = self.current()?;
         let result = tls.connect(io, alpn, expected).await;
         if let Err(e) = &result {
-            self.metrics.handshake_failed(Direction::Outbound, e.reason());
+            self.metrics
+                .handshake_failed(Direction::Outbound, e.reason());
             tracing::warn!(peer_identity = expected, reason = e.reason(), error = %e, "mTLS handshake failed");
         }
         Some(result)
@@ -158,4 +162,3 @@ impl MeshIdentity {
         self.metrics.render(out, self.enabled);
     }
 }
-

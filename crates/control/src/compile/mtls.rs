@@ -1,0 +1,71 @@
+//! Compile, for one proxy: its workload's inbound mTLS policy (Istio PeerAuthentication) as
+//! the discovery `InboundPolicy` message. Pure: config snapshot and workload in, message out.
+
+use trellis_api::discovery as pb;
+use trellis_config::istio::peer_authentication::{MtlsMode, PeerAuthn, inbound_mtls};
+use trellis_model::Workload;
+
+fn to_wire(mode: MtlsMode) -> pb::MtlsMode {
+    match mode {
+        MtlsMode::Permissive => pb::MtlsMode::Permissive,
+        MtlsMode::Strict => pb::MtlsMode::Strict,
+        MtlsMode::Disable => pb::MtlsMode::Disable,
+    }
+}
+
+/// The policy for `workload`: the most specific PeerAuthentication's mode (PERMISSIVE when
+/// none applies) and its port overrides.
+pub fn inbound_policy(
+    policies: &[PeerAuthn],
+    root_namespace: &str,
+    workload: &Workload,
+) -> pb::InboundPolicy {
+    let refs: Vec<&PeerAuthn> = policies.iter().collect();
+    let resolved = inbound_mtls(&refs, root_namespace, &workload.namespace, &workload.labels);
+    pb::InboundPolicy {
+        mode: to_wire(resolved.mode.unwrap_or(MtlsMode::Permissive)) as i32,
+        ports: resolved
+            .ports
+            .into_iter()
+            .map(|(port, mode)| (u32::from(port), to_wire(mode) as i32))
+            .collect(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use trellis_config::{Outcome, Resource, parse_documents};
+
+    #[test]
+    fn strict_namespace_with_a_permissive_port() {
+        let yaml = "apiVersion: security.istio.io/v1\nkind: PeerAuthentication\nmetadata: {name: default, namespace: shop}\nspec: {mtls: {mode: STRICT}}\n---\napiVersion: security.istio.io/v1\nkind: PeerAuthentication\nmetadata: {name: web, namespace: shop}\nspec: {selector: {matchLabels: {app: web}}, portLevelMtls: {\"9100\": {mode: PERMISSIVE}}}\n";
+        let policies: Vec<PeerAuthn> = parse_documents("pa.yaml", yaml.as_bytes())
+            .into_iter()
+            .filter_map(|d| match d.outcome {
+                Outcome::Resource(Resource::PeerAuthentication(p)) => Some(*p),
+                _ => None,
+            })
+            .collect();
+        let workload = Workload {
+            name: "web-0".into(),
+            namespace: "shop".into(),
+            service_account: "web".into(),
+            labels: [("app".to_string(), "web".to_string())].into(),
+            inbound_address: "127.0.0.1:15006".parse().unwrap(),
+            ports: vec![8080],
+            admin_address: None,
+        };
+        let p = inbound_policy(&policies, "trellis-system", &workload);
+        assert_eq!(p.mode, pb::MtlsMode::Strict as i32);
+        assert_eq!(p.ports.get(&9100), Some(&(pb::MtlsMode::Permissive as i32)));
+        let other = Workload {
+            namespace: "default".into(),
+            ..workload
+        };
+        assert_eq!(
+            inbound_policy(&policies, "trellis-system", &other).mode,
+            pb::MtlsMode::Permissive as i32
+        );
+    }
+}
