@@ -11,10 +11,10 @@
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::print_stderr)]
 
 mod common;
+mod k8s_testbed;
 
-use std::net::{SocketAddr, TcpListener};
-use std::path::{Path, PathBuf};
-use std::process::Command;
+use std::net::SocketAddr;
+use std::path::Path;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
@@ -24,9 +24,9 @@ use k8s_openapi::api::admissionregistration::v1::{
     MutatingWebhookConfiguration, ValidatingWebhookConfiguration,
 };
 use k8s_openapi::api::core::v1::{Namespace, Node, Pod, Service};
+use k8s_testbed::{Testbed, free_port};
 use kube::api::{Api, DeleteParams, DynamicObject, ListParams, Patch, PatchParams, PostParams};
 use kube::discovery::ApiResource;
-use kube::{Client, config::KubeConfigOptions, config::Kubeconfig};
 use serde_json::json;
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
@@ -34,86 +34,6 @@ use trellis_control::k8s::manifests::{Values, render};
 use trellis_control::k8s::{KubeOptions, apply};
 use trellis_control::{ControlConfig, ControlPlane};
 use trellis_model::Target;
-
-const BIN: &str = "/var/cache/mesh-testbin/k8s-v1.20.2";
-
-/// etcd + kube-apiserver + kube-controller-manager, stopped on drop.
-struct Testbed {
-    run: tempfile::TempDir,
-    kubeconfig: PathBuf,
-}
-
-fn script() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("../../scripts/k8s-testbed/start-test-apiserver.sh")
-}
-
-fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
-
-impl Testbed {
-    fn start() -> Option<Self> {
-        let bin = std::env::var("TRELLIS_K8S_BIN").unwrap_or_else(|_| BIN.into());
-        let have = ["kube-apiserver", "kube-controller-manager", "etcd"]
-            .iter()
-            .all(|b| Path::new(&bin).join(b).exists());
-        if !have {
-            if std::env::var("TRELLIS_SKIP_K8S").as_deref() == Ok("1") {
-                eprintln!("SKIPPED: no kube-apiserver testbed in {bin} and TRELLIS_SKIP_K8S=1");
-                return None;
-            }
-            panic!(
-                "no kube-apiserver testbed in {bin}: run scripts/k8s-testbed/build-kube-apiserver.sh \
-                 (scripts/test.sh does), or set TRELLIS_SKIP_K8S=1 to skip"
-            );
-        }
-        let run = tempfile::tempdir().unwrap();
-        let out = Command::new("bash")
-            .arg(script())
-            .arg("start")
-            .env("BIN", &bin)
-            .env("RUN", run.path())
-            .env("KAS_PORT", free_port().to_string())
-            .env("ETCD_PORT", free_port().to_string())
-            .env("ETCD_PEER_PORT", free_port().to_string())
-            .output()
-            .unwrap();
-        let testbed = Self {
-            kubeconfig: run.path().join("kubeconfig"),
-            run,
-        };
-        assert!(
-            out.status.success(),
-            "testbed did not start: {}{}",
-            String::from_utf8_lossy(&out.stdout),
-            String::from_utf8_lossy(&out.stderr)
-        );
-        Some(testbed)
-    }
-
-    async fn client(&self) -> Client {
-        let kubeconfig = Kubeconfig::read_from(&self.kubeconfig).unwrap();
-        let config =
-            kube::Config::from_custom_kubeconfig(kubeconfig, &KubeConfigOptions::default())
-                .await
-                .unwrap();
-        Client::try_from(config).unwrap()
-    }
-}
-
-impl Drop for Testbed {
-    fn drop(&mut self) {
-        let _ = Command::new("bash")
-            .arg(script())
-            .arg("stop")
-            .env("RUN", self.run.path())
-            .status();
-    }
-}
 
 fn control_config(kubeconfig: &Path, discovery: SocketAddr, webhook: SocketAddr) -> ControlConfig {
     let any: SocketAddr = "127.0.0.1:0".parse().unwrap();

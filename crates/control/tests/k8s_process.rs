@@ -1,0 +1,164 @@
+//! `trellis-control --kubernetes` as a process against a REAL kube-apiserver, authenticated as
+//! the `trellis-control` ServiceAccount of the install manifests: proves the rendered RBAC is
+//! enough for everything the control plane does (watch, patch the webhooks' caBundle, write
+//! status), and that the API server calls the process's webhook.
+
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::print_stderr)]
+
+mod common;
+mod k8s_testbed;
+
+use std::net::SocketAddr;
+use std::process::Stdio;
+use std::time::Duration;
+
+use common::eventually;
+use k8s_openapi::api::authentication::v1::TokenRequest;
+use k8s_openapi::api::core::v1::{Namespace, Pod, ServiceAccount};
+use k8s_testbed::{Testbed, free_port};
+use kube::api::{Api, DeleteParams, DynamicObject, ListParams, PostParams};
+use kube::discovery::ApiResource;
+use serde_json::json;
+use trellis_control::k8s::apply;
+use trellis_control::k8s::manifests::{Values, render};
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn control_plane_process_with_the_installed_rbac() {
+    let Some(testbed) = Testbed::start() else {
+        return;
+    };
+    let admin = testbed.client().await;
+    let webhook: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().unwrap();
+    let mut values = Values::default();
+    values
+        .set(&format!("webhook.url=https://{webhook}"))
+        .unwrap();
+    apply::apply(&admin, &render(&values)).await.unwrap();
+
+    // A token of the installed ServiceAccount, in a kubeconfig of its own.
+    let accounts: Api<ServiceAccount> = Api::namespaced(admin.clone(), "trellis-system");
+    let request: TokenRequest =
+        serde_json::from_value(json!({"spec": {"audiences": [], "expirationSeconds": 3600}}))
+            .unwrap();
+    let token = accounts
+        .create_token_request("trellis-control", &PostParams::default(), &request)
+        .await
+        .unwrap()
+        .status
+        .unwrap()
+        .token;
+    let admin_config = std::fs::read_to_string(&testbed.kubeconfig).unwrap();
+    let server = admin_config
+        .lines()
+        .find_map(|l| l.split("server: \"").nth(1)?.split('"').next())
+        .unwrap()
+        .to_string();
+    let ca = testbed.run.path().join("ca.crt");
+    let kubeconfig = testbed.run.path().join("control.kubeconfig");
+    std::fs::write(
+        &kubeconfig,
+        format!(
+            "apiVersion: v1\nkind: Config\nclusters: [{{name: t, cluster: {{server: \"{server}\", certificate-authority: \"{}\"}}}}]\nusers: [{{name: sa, user: {{token: \"{token}\"}}}}]\ncontexts: [{{name: t, context: {{cluster: t, user: sa}}}}]\ncurrent-context: t\n",
+            ca.display()
+        ),
+    )
+    .unwrap();
+
+    let ready_file = testbed.run.path().join("control.ready");
+    let mut child = tokio::process::Command::new(env!("CARGO_BIN_EXE_trellis-control"))
+        .args(["--kubernetes", "--kubeconfig"])
+        .arg(&kubeconfig)
+        .args(["--discovery", &format!("127.0.0.1:{}", free_port())])
+        .args(["--http", &format!("127.0.0.1:{}", free_port())])
+        .args([
+            "--webhook",
+            &webhook.to_string(),
+            "--webhook-name",
+            "127.0.0.1",
+        ])
+        .arg("--ready-file")
+        .arg(&ready_file)
+        .stdout(Stdio::null())
+        .stderr(Stdio::inherit())
+        .kill_on_drop(true)
+        .spawn()
+        .unwrap();
+    eventually("control plane ready file", || async {
+        std::fs::read_to_string(&ready_file).ok().map(|_| ())
+    })
+    .await;
+
+    // The webhook is called once the process has patched the caBundle with its own CA.
+    let namespaces: Api<Namespace> = Api::all(admin.clone());
+    let ns = json!({"metadata": {"name": "shop", "labels": {"trellis.io/inject": "enabled"}}});
+    namespaces
+        .create(&PostParams::default(), &serde_json::from_value(ns).unwrap())
+        .await
+        .unwrap();
+    let pods: Api<Pod> = Api::namespaced(admin.clone(), "shop");
+    let mut n = 0;
+    let injected = eventually("pod injected by the process's webhook", || {
+        n += 1;
+        let pods = pods.clone();
+        let name = format!("reviews-{n}");
+        async move {
+            let pod: Pod = serde_json::from_value(json!({
+                "metadata": {"name": name},
+                "spec": {"containers": [{"name": "app", "image": "reviews:1"}]},
+            }))
+            .unwrap();
+            let created = pods.create(&PostParams::default(), &pod).await.ok()?;
+            let names: Vec<String> = created
+                .spec?
+                .containers
+                .into_iter()
+                .map(|c| c.name)
+                .collect();
+            (names.first().map(String::as_str) == Some("trellis-proxy")).then_some(names)
+        }
+    })
+    .await;
+    assert_eq!(injected, ["trellis-proxy", "app"]);
+
+    // Status is written with the ServiceAccount's rights.
+    let resource = ApiResource {
+        group: "networking.istio.io".into(),
+        version: "v1beta1".into(),
+        api_version: "networking.istio.io/v1beta1".into(),
+        kind: "VirtualService".into(),
+        plural: "virtualservices".into(),
+    };
+    let vs_api: Api<DynamicObject> = Api::namespaced_with(admin.clone(), "shop", &resource);
+    eventually("VirtualService CRD served", || async {
+        vs_api.list(&ListParams::default()).await.ok().map(|_| ())
+    })
+    .await;
+    let vs: DynamicObject = serde_json::from_value(json!({
+        "apiVersion": "networking.istio.io/v1beta1", "kind": "VirtualService",
+        "metadata": {"name": "reviews", "namespace": "shop"},
+        "spec": {"hosts": ["reviews"], "http": [{"route": [{"destination": {"host": "reviews"}}]}]},
+    }))
+    .unwrap();
+    vs_api.create(&PostParams::default(), &vs).await.unwrap();
+    eventually("Accepted=True written by the process", || async {
+        let obj = vs_api.get("reviews").await.ok()?;
+        (obj.data["status"]["conditions"][0]["status"] == "True").then_some(())
+    })
+    .await;
+
+    let everything = pods.list(&ListParams::default()).await.unwrap();
+    for pod in everything {
+        let name = pod.metadata.name.unwrap();
+        let _ = pods
+            .delete(
+                &name,
+                &DeleteParams {
+                    grace_period_seconds: Some(0),
+                    ..DeleteParams::default()
+                },
+            )
+            .await;
+    }
+    child.start_kill().unwrap();
+    let _ = tokio::time::timeout(Duration::from_secs(5), child.wait()).await;
+}
