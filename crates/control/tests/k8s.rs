@@ -339,5 +339,14 @@ async fn kubernetes_mode_against_a_real_api_server() {
         .await;
     shutdown.cancel();
     control_plane.stop().await;
+
+    // failurePolicy Fail (set above): with the control plane down, pods where the webhook
+    // applies are refused rather than started without a proxy.
+    let refused = pods
+        .create(&PostParams::default(), &pod("reviews-2", "shop"))
+        .await
+        .unwrap_err()
+        .to_string();
+    assert!(refused.contains("inject.trellis.io"), "{refused}");
     eprintln!("k8s test took {:?}", test_start.elapsed());
 }

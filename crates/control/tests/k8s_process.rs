@@ -161,4 +161,21 @@ async fn control_plane_process_with_the_installed_rbac() {
     }
     child.start_kill().unwrap();
     let _ = tokio::time::timeout(Duration::from_secs(5), child.wait()).await;
+
+    // failurePolicy Ignore (the default): with the control plane gone, pods are still created,
+    // without a proxy.
+    let pod: Pod = serde_json::from_value(json!({
+        "metadata": {"name": "while-down"},
+        "spec": {"containers": [{"name": "app", "image": "reviews:1"}]},
+    }))
+    .unwrap();
+    let created = pods.create(&PostParams::default(), &pod).await.unwrap();
+    let names: Vec<String> = created
+        .spec
+        .unwrap()
+        .containers
+        .into_iter()
+        .map(|c| c.name)
+        .collect();
+    assert_eq!(names, ["app"]);
 }
