@@ -53,6 +53,16 @@ impl ControlPlane {
         discovery: SocketAddr,
         netns: Option<&str>,
     ) -> Result<Self, ProcessError> {
+        Self::start_with(config_dir, discovery, netns, &[])
+    }
+
+    /// [`Self::start_in`] with extra flags (`--cert-ttl 6s`, `--require-join-token`, ...).
+    pub fn start_with(
+        config_dir: &Path,
+        discovery: SocketAddr,
+        netns: Option<&str>,
+        extra: &[&str],
+    ) -> Result<Self, ProcessError> {
         let ready_dir = ready_dir()?;
         let ready_file = ready_dir.path().join("control.json");
         let binary = bins::bin("trellis-control");
@@ -68,6 +78,7 @@ impl ControlPlane {
             .args(["--http", "127.0.0.1:0"])
             .arg("--ready-file")
             .arg(&ready_file)
+            .args(extra)
             .env("RUST_LOG", log_filter());
         let mut process = ManagedProcess::spawn("trellis-control", command)?;
         let ready = process.wait_ready_file(&ready_file, READY_TIMEOUT)?;

@@ -149,10 +149,13 @@ impl MeshIdentity {
     {
         let tls = self.current()?;
         let result = tls.connect(io, alpn, expected).await;
-        if let Err(e) = &result {
-            self.metrics
-                .handshake_failed(Direction::Outbound, e.reason());
-            tracing::warn!(peer_identity = expected, reason = e.reason(), error = %e, "mTLS handshake failed");
+        match &result {
+            Ok(_) => self.metrics.handshake_ok(Direction::Outbound),
+            Err(e) => {
+                self.metrics
+                    .handshake_failed(Direction::Outbound, e.reason());
+                tracing::warn!(peer_identity = expected, reason = e.reason(), error = %e, "mTLS handshake failed");
+            }
         }
         Some(result)
     }
