@@ -168,6 +168,7 @@ fn read_document(file: &str, index: usize, value: Value) -> Document {
         ("networking.istio.io", "VirtualService") => istio::virtual_service::translate(value),
         ("networking.istio.io", "DestinationRule") => istio::destination_rule::translate(value),
         ("security.istio.io", "PeerAuthentication") => istio::peer_authentication::translate(value),
+        ("telemetry.istio.io", "Telemetry") => istio::telemetry::translate(value),
         ("gateway.networking.k8s.io", "HTTPRoute") => gateway::translate_http(value),
         ("gateway.networking.k8s.io", "GRPCRoute") => gateway::translate_grpc(value),
         ("linkerd.io", "ServiceProfile") => linkerd::translate(value),

@@ -5,6 +5,7 @@ pub mod destination_rule;
 mod fault;
 pub mod peer_authentication;
 mod retries;
+pub mod telemetry;
 pub mod virtual_service;
 
 use std::collections::BTreeMap;
