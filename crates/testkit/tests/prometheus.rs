@@ -222,6 +222,10 @@ async fn prometheus_sees_what_the_test_sent() {
     let from_product = format!(
         "sum(rate(trellis_requests_total{{{reviews},source_workload=\"productpage-v1\",source_namespace=\"default\"}}[{window}]))"
     );
+    // Meshed hops are mTLS: the caller's identity is the verified SPIFFE ID.
+    let over_mtls = format!(
+        "sum(rate(trellis_requests_total{{{reviews},tls=\"true\",source_identity=\"spiffe://cluster.local/ns/default/sa/bookinfo-productpage\"}}[{window}]))"
+    );
     // Scrapes up to `at` must have landed: poll until the rate is there (bounded).
     let deadline = Instant::now() + Duration::from_secs(20);
     let rate = loop {
@@ -236,6 +240,7 @@ async fn prometheus_sees_what_the_test_sent() {
     let success = query(prom_addr, &success_q, at).unwrap();
     let p99 = query(prom_addr, &p99_q, at).unwrap();
     let labelled = query(prom_addr, &from_product, at).unwrap();
+    let mtls = query(prom_addr, &over_mtls, at).unwrap_or(0.0);
     eprintln!(
         "sent {sent} at {sent_rate:.2}/s, {:.1}% ok; prometheus: rate {rate:.2}/s, success {:.1}%, p99 {p99:.3}s",
         sent_success * 100.0,
@@ -252,6 +257,10 @@ async fn prometheus_sees_what_the_test_sent() {
     assert!(
         (labelled - rate).abs() / rate <= 0.01,
         "every reviews request is labelled as from productpage: {labelled} of {rate}"
+    );
+    assert!(
+        (mtls - rate).abs() / rate <= 0.01,
+        "every reviews request arrived over mTLS from productpage's identity: {mtls} of {rate}"
     );
     // The delay lands in the (0.25, 0.5] bucket: p99 interpolates inside it.
     assert!(

@@ -368,7 +368,13 @@ async fn attempts(
                     direction: dir,
                 });
                 let mut resp = guarded(resp, held, body_deadline);
-                Upstream::of(&mut resp).endpoint = Some(ep.clone());
+                let up = Upstream::of(&mut resp);
+                up.endpoint = Some(ep.clone());
+                // As the client decides: a meshed peer with an identity, a certificate in
+                // hand, and no DISABLE policy.
+                up.tls = hop.identity.is_some()
+                    && !backend.pool_options.plaintext
+                    && fwd.ctx.identity.current().is_some();
                 if !retry {
                     return resp;
                 }

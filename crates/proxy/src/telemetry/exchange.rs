@@ -30,6 +30,7 @@ use crate::accesslog::{self, AccessLog, Entry};
 use crate::balance::EndpointState;
 use crate::client::UpBody;
 use crate::http::{BoxError, ProxyBody, TRELLIS_ERROR};
+use crate::tls::PeerIdentity;
 use crate::trace::{ActiveSpan, SpanEnd, SpanKind, Tracer, context};
 
 /// Added by the outbound proxy on meshed hops, removed by the inbound one: who is calling, for
@@ -46,6 +47,8 @@ pub struct Upstream {
     pub destination: Option<Arc<Destination>>,
     pub route: Option<Arc<str>>,
     pub endpoint: Option<Arc<EndpointState>>,
+    /// The hop to the endpoint went over mesh mTLS.
+    pub tls: bool,
 }
 
 impl Upstream {
@@ -104,6 +107,8 @@ pub struct Exchange {
     source_workload: Option<HeaderValue>,
     source_namespace: Option<HeaderValue>,
     request_bytes: Option<Arc<AtomicU64>>,
+    /// Inbound over mesh mTLS: the caller's verified SPIFFE identity.
+    peer_identity: Option<PeerIdentity>,
     span: Option<ActiveSpan>,
     /// The access log line being filled in, with access logs on.
     log: Option<Box<Entry>>,
@@ -146,6 +151,7 @@ impl Telemetry {
             source_workload: None,
             source_namespace: None,
             request_bytes: None,
+            peer_identity: None,
             span: None,
             log: None,
         };
@@ -157,6 +163,9 @@ impl Telemetry {
             return (ex, req);
         }
         let (mut parts, body) = req.into_parts();
+        if direction == Direction::Inbound {
+            ex.peer_identity = parts.extensions.get::<PeerIdentity>().cloned();
+        }
         if let Some(tracer) = &self.tracer {
             let kind = match direction {
                 Direction::Inbound => SpanKind::Server,
@@ -320,21 +329,27 @@ impl Telemetry {
                     },
                     destination_service: dest.map_or("", |d| service_host(&d.authority)),
                     route,
-                    // mTLS between proxies arrives with the identity work.
-                    tls: false,
+                    tls: up.is_some_and(|u| u.tls),
                 }
             }
             Direction::Inbound => RequestLabels {
                 direction: ex.direction,
                 source: Peer {
                     workload: header_str(ex.source_workload.as_ref()),
-                    namespace: header_str(ex.source_namespace.as_ref()),
-                    identity: "",
+                    namespace: match header_str(ex.source_namespace.as_ref()) {
+                        "" => ex
+                            .peer_identity
+                            .as_ref()
+                            .and_then(|id| spiffe_namespace(&id.0))
+                            .unwrap_or(""),
+                        ns => ns,
+                    },
+                    identity: ex.peer_identity.as_ref().map_or("", |id| &id.0),
                 },
                 destination: self.local.peer(),
                 destination_service: "",
                 route,
-                tls: false,
+                tls: ex.peer_identity.is_some(),
             },
         };
         self.metrics.requests.series(&labels)
@@ -346,6 +361,12 @@ fn service_host(authority: &str) -> &str {
     authority
         .rsplit_once(':')
         .map_or(authority, |(host, _)| host)
+}
+
+/// `spiffe://td/ns/<namespace>/sa/<sa>` → the namespace.
+fn spiffe_namespace(id: &str) -> Option<&str> {
+    let path = id.strip_prefix("spiffe://")?.split_once('/')?.1;
+    path.strip_prefix("ns/")?.split('/').next()
 }
 
 fn protocol(v: http::Version) -> &'static str {
@@ -495,6 +516,15 @@ impl std::fmt::Debug for Counted {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn namespace_from_a_spiffe_id() {
+        assert_eq!(
+            spiffe_namespace("spiffe://cluster.local/ns/default/sa/bookinfo-reviews"),
+            Some("default")
+        );
+        assert_eq!(spiffe_namespace("spiffe://cluster.local/other"), None);
+    }
 
     #[test]
     fn service_host_drops_the_port() {
