@@ -23,6 +23,7 @@ use common::{client, eventually, found, workload};
 use k8s_openapi::api::admissionregistration::v1::{
     MutatingWebhookConfiguration, ValidatingWebhookConfiguration,
 };
+use k8s_openapi::api::coordination::v1::Lease;
 use k8s_openapi::api::core::v1::{Namespace, Node, Pod, Service};
 use k8s_testbed::{Testbed, free_port};
 use kube::api::{Api, DeleteParams, DynamicObject, ListParams, Patch, PatchParams, PostParams};
@@ -296,6 +297,13 @@ async fn kubernetes_mode_against_a_real_api_server() {
     })
     .await;
     let control_plane = control;
+    // The stopped instance released the Lease, so the new one leads at once (one transition).
+    let leases: Api<Lease> = Api::namespaced(kube.clone(), "trellis-system");
+    eventually("lease taken over", || async {
+        let spec = leases.get("trellis-control").await.ok()?.spec?;
+        (spec.holder_identity.is_some() && spec.lease_transitions == Some(1)).then_some(())
+    })
+    .await;
     // Past the reconnect and the first pushes of the new control plane.
     eventually("endpoint after the restart", || async {
         found(&rx).filter(|d| !d.endpoints.is_empty())

@@ -13,6 +13,7 @@
 
 pub mod apply;
 pub mod kinds;
+pub mod leader;
 pub mod manifests;
 pub mod objects;
 pub mod pods;
@@ -45,6 +46,8 @@ pub struct KubeOptions {
     pub native_sidecar: Option<bool>,
     /// How long startup waits for the first full list of Services and Pods.
     pub sync_timeout: Duration,
+    /// Where the leader-election Lease lives (status is written by the leader only).
+    pub lease_namespace: String,
 }
 
 impl Default for KubeOptions {
@@ -64,6 +67,7 @@ impl Default for KubeOptions {
             inject: InjectConfig::default(),
             native_sidecar: None,
             sync_timeout: Duration::from_secs(60),
+            lease_namespace: kinds::names::NAMESPACE.to_string(),
         }
     }
 }

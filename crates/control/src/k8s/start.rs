@@ -67,9 +67,18 @@ pub async fn start_rest(
     let mut pods_rx = watchers::watch_pods(&client, shared, tasks);
     let namespaces = watchers::watch_namespaces(&client, tasks, &shutdown);
     let mut listed_rx = source.listed_rx;
+    let (leader_tx, leader_rx) = watch::channel(false);
+    tasks.spawn(super::leader::run(
+        client.clone(),
+        options.lease_namespace.clone(),
+        super::leader::identity(),
+        leader_tx,
+        shutdown.clone(),
+    ));
     tasks.spawn(super::status::run(
         client.clone(),
         source.status_rx,
+        leader_rx,
         shutdown.clone(),
     ));
     wait_for(

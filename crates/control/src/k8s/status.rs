@@ -82,36 +82,43 @@ pub fn desired(
     out
 }
 
-/// Writes conditions until `shutdown`, on every new snapshot.
+/// Writes conditions until `shutdown`, on every new snapshot, while `leader_rx` says this
+/// replica leads (a new leader rewrites everything: it cannot know what the last one wrote).
 pub async fn run(
     client: Client,
     mut rx: watch::Receiver<StatusInput>,
+    mut leader_rx: watch::Receiver<bool>,
     shutdown: CancellationToken,
 ) {
     let mut written: BTreeMap<String, Accepted> = BTreeMap::new();
     loop {
-        let (snapshot, objects) = rx.borrow_and_update().clone();
-        let want = desired(&snapshot, &objects);
-        written.retain(|key, _| want.contains_key(key));
-        for (key, condition) in want {
-            if written.get(&key) == Some(&condition) {
-                continue;
-            }
-            let Some(meta) = objects.get(&key) else {
-                continue;
-            };
-            match write(&client, meta, &condition).await {
-                Ok(()) => {
-                    written.insert(key, condition);
+        if *leader_rx.borrow_and_update() {
+            let (snapshot, objects) = rx.borrow_and_update().clone();
+            let want = desired(&snapshot, &objects);
+            written.retain(|key, _| want.contains_key(key));
+            for (key, condition) in want {
+                if written.get(&key) == Some(&condition) {
+                    continue;
                 }
-                // Deleted meanwhile, or no status subresource on a CRD the user installed:
-                // tried again on the next snapshot.
-                Err(err) => tracing::debug!(object = %key, error = %err, "cannot write status"),
+                let Some(meta) = objects.get(&key) else {
+                    continue;
+                };
+                match write(&client, meta, &condition).await {
+                    Ok(()) => {
+                        written.insert(key, condition);
+                    }
+                    // Deleted meanwhile, or no status subresource on a CRD the user installed:
+                    // tried again on the next snapshot.
+                    Err(err) => tracing::debug!(object = %key, error = %err, "cannot write status"),
+                }
             }
+        } else {
+            written.clear();
         }
         tokio::select! {
             () = shutdown.cancelled() => return,
             changed = rx.changed() => if changed.is_err() { return },
+            changed = leader_rx.changed() => if changed.is_err() { return },
         }
     }
 }
