@@ -46,6 +46,8 @@ REPO = BENCH_DIR.parent
 CLK_TCK = os.sysconf("SC_CLK_TCK")
 BODY_BYTES = 1024
 MIB = 1024 * 1024
+# Extra flags for every trellis-proxy (--trellis-arg), e.g. to compare telemetry settings.
+TRELLIS_EXTRA_ARGS: list[str] = []
 
 # Open-loop scenarios run oha at a fixed rate; "max" runs wrk closed-loop as fast as it can.
 SCENARIOS = [
@@ -209,7 +211,7 @@ def first_line(argv: list[str]) -> str:
 # Setup
 
 
-def machine_notes(tools: dict[str, str]) -> dict:
+def machine_notes(tools: dict[str, str], trellis_commit: str | None) -> dict:
     cpu_model = "unknown"
     for line in Path("/proc/cpuinfo").read_text().splitlines():
         if line.startswith("model name"):
@@ -235,7 +237,8 @@ def machine_notes(tools: dict[str, str]) -> dict:
         "wrk": first_line([tools["wrk"], "-v"]),
         "python": sys.version.split()[0],
         "rustc": first_line(["rustc", "--version"]),
-        "trellis_commit": git + (" (with uncommitted changes in the proxy's crates)" if dirty else ""),
+        "trellis_commit": f"{trellis_commit} (built from `git archive`)" if trellis_commit
+        else git + (" (work tree, with uncommitted changes in the proxy's crates)" if dirty else ""),
         "clk_tck": CLK_TCK,
     }
 
@@ -278,7 +281,7 @@ def start_trellis(procs, binary: str, out: Path, name: str, args: list[str]) -> 
     ready = out / f"{name}.ready.json"
     ready.unlink(missing_ok=True)
     proc = procs.start(name, [binary, *args, "--admin", "127.0.0.1:0", "--threads", "1",
-                              "--ready-file", str(ready)])
+                              "--ready-file", str(ready), *TRELLIS_EXTRA_ARGS])
 
     def is_ready():
         if proc.poll() is not None:
@@ -480,6 +483,10 @@ def main() -> int:
     ap.add_argument("--paths", help="comma-separated subset of "
                     "direct,trellis-1,trellis-2,haproxy,nginx")
     ap.add_argument("--trellis-bin", default=str(REPO / "target/release/trellis-proxy"))
+    ap.add_argument("--trellis-commit", help="the commit --trellis-bin was built from "
+                    "(default: HEAD of this work tree)")
+    ap.add_argument("--trellis-arg", action="append", default=[], metavar="ARG",
+                    help="extra flag for every trellis-proxy (repeatable; use --trellis-arg=--x)")
     ap.add_argument("--no-trellis", action="store_true", help="skip the trellis paths")
     ap.add_argument("--wait-quiet", type=float, default=0,
                     help="wait up to this many seconds for 60 s without rustc/cargo")
@@ -507,6 +514,8 @@ def main() -> int:
     for sig in (signal.SIGTERM, signal.SIGHUP):
         signal.signal(sig, lambda s, f: sys.exit(128 + s))
 
+    TRELLIS_EXTRA_ARGS.extend(args.trellis_arg)
+    args.trellis_bin = str(Path(args.trellis_bin).resolve())  # processes run in bench/out/...
     rounds = args.rounds or (2 if args.quick else 5)
     open_s = args.open_seconds or (3 if args.quick else 10)
     closed_s = args.closed_seconds or (2 if args.quick else 6)
@@ -581,11 +590,15 @@ def main() -> int:
         backend = [("backend", backend_pid)]
         total = rounds * len(SCENARIOS) * len(paths)
         for rnd in range(1, rounds + 1):
+            # Only whole rounds start, so that every path has the same number of runs.
+            if rnd > 1 and time.monotonic() - started > args.max_seconds:
+                notes.append(f"stopped after {rnd - 1} of {rounds} rounds (--max-seconds "
+                             f"{args.max_seconds:.0f})")
+                rounds = rnd - 1
+                break
             for sc in SCENARIOS:
                 k = (rnd - 1) % len(paths)
                 for p in paths[k:] + paths[:k]:
-                    if time.monotonic() - started > args.max_seconds:
-                        raise RuntimeError(f"--max-seconds {args.max_seconds} exceeded")
                     secs = open_s if sc["kind"] == "open" else closed_s
                     res = measure(tools, p, sc, secs, backend)
                     procs.check_alive()
@@ -621,9 +634,9 @@ def main() -> int:
         "command": args.command or " ".join(["python3", "bench/bench.py", *sys.argv[1:]]),
         "results_file": str(results_file.relative_to(REPO)) if results_file.is_relative_to(REPO)
         else str(results_file),
-        "config": {"rounds": rounds, "open_seconds": open_s, "closed_seconds": closed_s,
+        "config": {"trellis_extra_args": args.trellis_arg, "rounds": rounds, "open_seconds": open_s, "closed_seconds": closed_s,
                    "quick": args.quick, "body_bytes": BODY_BYTES},
-        "machine": machine_notes(tools),
+        "machine": machine_notes(tools, args.trellis_commit),
         "quiet": quiet,
         "notes": notes,
         "scenarios": SCENARIOS,

@@ -6,19 +6,24 @@
 #
 # Other flags go to bench/bench.py (see `python3 bench/bench.py --help`), e.g.
 # --wait-quiet 1200 to wait (at most 20 min) for 60 s without rustc/cargo first,
-# --no-build to use the existing target/release/trellis-proxy.
+# --no-build to use the existing target/release/trellis-proxy,
+# --rev REV to build and measure commit REV instead of the work tree.
 set -euo pipefail
 
 repo="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 cd "$repo"
 
+orig_args="$*"
 build=1
+rev=""
 args=()
-for a in "$@"; do
-    case "$a" in
+while [ $# -gt 0 ]; do
+    case "$1" in
         --no-build) build=0 ;;
-        *) args+=("$a") ;;
+        --rev) rev="$2"; shift ;;
+        *) args+=("$1") ;;
     esac
+    shift
 done
 
 # Tools. oha comes from crates.io; the rest are Debian packages.
@@ -42,7 +47,20 @@ if [ ${#need_apt[@]} -gt 0 ]; then
 fi
 # The Debian nginx package starts a system nginx on port 80; the benchmark does not use it.
 
-if [ "$build" = 1 ]; then
+if [ -n "$rev" ]; then
+    # Measure a commit, not whatever the work tree holds: build it from `git archive` in
+    # bench/out/ with its own target dir (BENCH_TARGET_DIR, default target/bench).
+    commit="$(git rev-parse --short "$rev^{commit}")"
+    src="$repo/bench/out/src-$commit"
+    target_dir="${BENCH_TARGET_DIR:-$repo/target/bench}"
+    if [ ! -d "$src" ]; then
+        mkdir -p "$src.tmp"
+        git archive "$commit" | tar -x -C "$src.tmp"
+        mv "$src.tmp" "$src"
+    fi
+    (cd "$src" && cargo build --release --bin trellis-proxy --target-dir "$target_dir")
+    args+=(--trellis-bin "$target_dir/release/trellis-proxy" --trellis-commit "$commit")
+elif [ "$build" = 1 ]; then
     cargo build --release --bin trellis-proxy
 fi
 
@@ -58,7 +76,7 @@ trap cleanup EXIT
 trap 'exit 130' INT
 trap 'exit 143' TERM
 
-cmd="bench/run.sh${*:+ $*}"
+cmd="bench/run.sh${orig_args:+ $orig_args}"
 python3 bench/bench.py --command "$cmd" "${args[@]}" &
 py_pid=$!
 wait "$py_pid"
