@@ -68,6 +68,9 @@ pub struct PolicyLayer {
     pub outlier_detection: Option<OutlierDetection>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub retry_budget: Option<RetryBudget>,
+    /// DestinationRule `tls.mode`: `Some(true)` for DISABLE, `Some(false)` for ISTIO_MUTUAL.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub mtls_disabled: Option<bool>,
 }
 
 impl PolicyLayer {
@@ -88,6 +91,9 @@ impl PolicyLayer {
         }
         if let Some(budget) = &self.retry_budget {
             policy.retry_budget = budget.clone();
+        }
+        if let Some(disabled) = self.mtls_disabled {
+            policy.mtls_disabled = disabled;
         }
     }
 }

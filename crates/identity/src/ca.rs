@@ -89,7 +89,7 @@ enum Rotation {
     /// A new anchor is in the bundle; the old issuer still signs.
     Prepared {
         root_pem: String,
-        issuer: SigningCa,
+        issuer: Box<SigningCa>,
     },
     /// The new issuer signs; the old anchor stays in the bundle until retired.
     Activated {
@@ -373,7 +373,10 @@ impl Authority {
         let label = (self.generation + 1).to_string();
         let (root_pem, issuer) = generate_pair(&self.trust_domain, now, &label)?;
         self.bundle.roots_pem.push(root_pem.clone());
-        self.rotation = Rotation::Prepared { root_pem, issuer };
+        self.rotation = Rotation::Prepared {
+            root_pem,
+            issuer: Box::new(issuer),
+        };
         Ok(())
     }
 
@@ -383,7 +386,7 @@ impl Authority {
         match std::mem::replace(&mut self.rotation, Rotation::Idle) {
             Rotation::Prepared { root_pem, issuer } => {
                 let old_root_pem = std::mem::replace(&mut self.root_pem, root_pem);
-                self.issuer = issuer;
+                self.issuer = *issuer;
                 self.generation += 1;
                 self.rotation = Rotation::Activated { old_root_pem };
                 Ok(())

@@ -132,4 +132,8 @@ pub struct TrafficPolicy {
     pub outlier_detection: Option<OutlierDetection>,
     #[serde(default)]
     pub retry_budget: RetryBudget,
+    /// Istio DestinationRule `tls.mode: DISABLE`: meshed hops to this backend stay plaintext
+    /// (the default, ISTIO_MUTUAL, is mesh mTLS).
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub mtls_disabled: bool,
 }

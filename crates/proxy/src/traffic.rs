@@ -87,16 +87,21 @@ impl BackendRt {
                 || Arc::new(Limits::new(&policy.connection_pool)),
                 |o| o.limits.clone(),
             ),
-            pool_options: keep_limits.map_or_else(
-                || {
-                    PoolOptions::new(
-                        policy.connection_pool.connect_timeout,
-                        policy.connection_pool.idle_timeout,
-                        policy.connection_pool.max_requests_per_connection,
-                    )
-                },
-                |o| o.pool_options.clone(),
-            ),
+            pool_options: {
+                let mut options = keep_limits.map_or_else(
+                    || {
+                        PoolOptions::new(
+                            policy.connection_pool.connect_timeout,
+                            policy.connection_pool.idle_timeout,
+                            policy.connection_pool.max_requests_per_connection,
+                        )
+                    },
+                    |o| o.pool_options.clone(),
+                );
+                // Not part of the kept pool config: a tls.mode change applies at once.
+                options.plaintext = policy.mtls_disabled;
+                options
+            },
             pool: policy.connection_pool.clone(),
             budget_config: policy.retry_budget.clone(),
             budget: keep_budget.map_or_else(

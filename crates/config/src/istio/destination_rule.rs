@@ -1,7 +1,8 @@
 //! Istio `DestinationRule` -> [`DestinationPolicy`]: subsets and traffic policies.
 //!
-//! `tls.mode` DISABLE and ISTIO_MUTUAL are accepted and have no effect until the identity work
-//! lands (the mesh's own mTLS is automatic); SIMPLE and MUTUAL are refused "not supported yet".
+//! `tls.mode` ISTIO_MUTUAL (the default for meshed endpoints: mesh mTLS) and DISABLE (meshed
+//! hops to the host stay plaintext) are read; SIMPLE and MUTUAL (TLS origination to services
+//! outside the mesh) are refused "not supported yet".
 //! `loadBalancer.simple: PASSTHROUGH` is refused (it bypasses the mesh's balancing and sends to
 //! the original address, which needs ServiceEntry support). Refused too: `workloadSelector`,
 //! `trafficPolicy.tunnel`, `proxyProtocol`. Ignored with a note: `exportTo`,
@@ -273,12 +274,12 @@ fn layer(
     od: Option<&OutlierSpec>,
     tls: Option<&TlsSpec>,
 ) -> Result<PolicyLayer, FieldError> {
+    let mut mtls_disabled = None;
     if let Some(tls) = tls {
         match tls.mode.as_deref() {
             None => {}
-            Some(mode @ ("DISABLE" | "ISTIO_MUTUAL")) => notes.push(format!(
-                "{field}.tls.mode {mode} has no effect yet: meshed hops use the mesh's own mTLS"
-            )),
+            Some("DISABLE") => mtls_disabled = Some(true),
+            Some("ISTIO_MUTUAL") => mtls_disabled = Some(false),
             Some(mode @ ("SIMPLE" | "MUTUAL")) => {
                 return Err(FieldError::new(
                     format!("{field}.tls.mode"),
@@ -305,6 +306,7 @@ fn layer(
             .map(|o| outlier(notes, &format!("{field}.outlierDetection"), o))
             .transpose()?,
         retry_budget: None,
+        mtls_disabled,
     })
 }
 
