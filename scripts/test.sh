@@ -35,6 +35,7 @@ declare -A NEED=(
   [setpriv]=util-linux
   [python3]=python3
   [prometheus]=prometheus
+  [openssl]=openssl
 )
 missing=()
 for cmd in "${!NEED[@]}"; do

@@ -125,7 +125,7 @@ async fn run(
                         next_attempt = far_future();
                         if let Some(b) = &resp.bundle {
                             bundle = TrustBundle { roots_pem: b.roots_pem.clone() };
-                            generation = generation.max(b.issuer_generation);
+                            generation = b.issuer_generation;
                         }
                         let now = SystemTime::now();
                         let not_after = UNIX_EPOCH
@@ -155,8 +155,13 @@ async fn run(
             msg = next_bundle(&mut watch), if watch.is_some() => match msg {
                 Some(Ok(b)) => {
                     let new = TrustBundle { roots_pem: b.roots_pem };
-                    let renew = b.issuer_generation > generation;
-                    generation = generation.max(b.issuer_generation);
+                    // A new issuer, or a bundle sharing no root with ours (a control plane
+                    // restarted with a freshly generated CA): our leaf no longer chains to
+                    // what peers trust, so renew now rather than at half-life.
+                    let replaced = !bundle.roots_pem.is_empty()
+                        && !new.roots_pem.iter().any(|r| bundle.roots_pem.contains(r));
+                    let renew = b.issuer_generation != generation || replaced;
+                    generation = b.issuer_generation;
                     if new != bundle {
                         bundle = new;
                         rebuild(&identity, held.as_ref(), &bundle, generation);
