@@ -7,9 +7,12 @@
 
 pub mod bookinfo;
 pub mod demo;
+pub mod explain;
 mod http_client;
 pub mod inject;
 pub mod install;
+pub mod output;
+pub mod validate;
 
 use std::ffi::OsString;
 use std::process::ExitCode;
@@ -42,6 +45,13 @@ pub enum Command {
     Inject(inject::InjectArgs),
     /// Remove what `inject` added.
     Uninject(inject::InjectArgs),
+    /// Check config files and directories as one config set; report each problem with its
+    /// field, a fix, a severity and a stable code.
+    #[command(visible_alias = "analyze")]
+    Validate(validate::ValidateArgs),
+    /// Show what the mesh does with one request: route, backends, timeouts, retries, faults
+    /// and policy, computed with the proxy's matching code.
+    Explain(explain::ExplainArgs),
 }
 
 /// Parses `args` (including the program name), runs the command and maps the outcome to the
@@ -66,6 +76,16 @@ where
         Command::Uninstall(args) => run_install(&args, true),
         Command::Inject(args) => run_inject(&args, false),
         Command::Uninject(args) => run_inject(&args, true),
+        Command::Validate(args) => ExitCode::from(validate::run(
+            &args,
+            &mut std::io::stdout().lock(),
+            &mut std::io::stderr().lock(),
+        )),
+        Command::Explain(args) => ExitCode::from(explain::run(
+            &args,
+            &mut std::io::stdout().lock(),
+            &mut std::io::stderr().lock(),
+        )),
     }
 }
 

@@ -18,6 +18,9 @@ mod ready;
 mod sample;
 mod status;
 
+/// Bookinfo's Services as the demo loads them; `trellis explain` reads the same YAML.
+pub use sample::bookinfo_services;
+
 use std::ffi::OsString;
 use std::io;
 use std::net::{Ipv4Addr, SocketAddr};

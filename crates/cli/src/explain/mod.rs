@@ -1,0 +1,311 @@
+//! `trellis explain`: what the mesh does with one request from one workload: the route that
+//! matches, the backends and their weights, timeouts, retries, faults, mirrors, header edits
+//! and per-backend policy.
+//!
+//! The config comes from directories (`--config-dir`, read as the control plane reads them)
+//! plus the demo's Bookinfo Services and workloads, so `explain` answers for `trellis demo`
+//! without a running mesh. [`plan::explain`] is pure; this module parses arguments, reads files
+//! and renders.
+
+pub mod plan;
+
+use std::collections::BTreeMap;
+use std::fmt::Write as _;
+use std::io::Write;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+
+use trellis_control::store::{ConfigIndex, ConfigSnapshot};
+use trellis_model::{ServiceKey, Target, Workload};
+
+use crate::bookinfo::{APPS, NAMESPACE, SERVICE_PORT};
+use crate::output::{self, OutputFormat};
+use crate::validate::{self, InputFile};
+use plan::{Action, Explanation, Request};
+
+#[derive(Debug, clap::Args)]
+pub struct ExplainArgs {
+    /// The calling workload: `NAME[.NAMESPACE]`, by workload name (`productpage-v1`) or app
+    /// label (`productpage`).
+    #[arg(long, value_name = "WORKLOAD[.NS]")]
+    pub from: String,
+    /// HTTP method.
+    pub method: String,
+    /// `http://HOST[:PORT]/PATH[?QUERY]`; HOST a Service (`reviews`, `reviews.default`, FQDN).
+    pub url: String,
+    /// A request header, `name:value`; repeatable.
+    #[arg(short = 'H', long = "header", value_name = "NAME:VALUE")]
+    pub headers: Vec<String>,
+    /// Mesh config directories or files, read as the control plane reads them; repeatable.
+    /// The demo's Bookinfo Services and workloads are always included.
+    #[arg(long = "config-dir", value_name = "DIR")]
+    pub config_dirs: Vec<PathBuf>,
+    #[arg(short = 'o', long = "output", value_enum, default_value_t = OutputFormat::Table)]
+    pub output: OutputFormat,
+}
+
+/// Bad arguments: exit 64.
+#[derive(Debug, thiserror::Error)]
+pub enum UsageError {
+    #[error("--from {0:?}: no such workload (known: {1})")]
+    UnknownSource(String, String),
+    #[error("invalid URL {0:?}: {1}")]
+    Url(String, String),
+    #[error("invalid header {0:?}: expected NAME:VALUE")]
+    Header(String),
+}
+
+/// The workloads `trellis demo` registers, as their proxies register them (addresses are not
+/// needed to explain routing, so they are left unspecified).
+pub fn demo_workloads() -> Vec<Workload> {
+    APPS.iter()
+        .map(|app| {
+            let service = app.service();
+            let mut labels = BTreeMap::new();
+            labels.insert("app".to_string(), service.name().to_string());
+            labels.insert("version".to_string(), app.version().to_string());
+            Workload {
+                name: app.workload_name(),
+                namespace: NAMESPACE.to_string(),
+                service_account: service.service_account().to_string(),
+                labels,
+                inbound_address: SocketAddr::from(([127, 0, 0, 1], 0)),
+                ports: vec![SERVICE_PORT],
+                admin_address: None,
+            }
+        })
+        .collect()
+}
+
+/// The config set: the demo's Services first (its file name sorts before any path, so a user
+/// file redefining a Service loses, as the demo's own directory would not), then the user's.
+pub fn snapshot(inputs: &[InputFile]) -> ConfigSnapshot {
+    let mut index = ConfigIndex::default();
+    let demo = "(demo)/bookinfo-services.yaml";
+    let services = crate::demo::bookinfo_services();
+    index.apply(
+        demo,
+        trellis_config::parse_documents(demo, services.as_bytes()),
+    );
+    for f in inputs {
+        index.apply(&f.name, trellis_config::parse_documents(&f.name, &f.bytes));
+    }
+    index.snapshot()
+}
+
+/// Builds the request the source's proxy would see.
+pub fn request(
+    args: &ExplainArgs,
+    snapshot: &ConfigSnapshot,
+    workloads: &[Workload],
+) -> Result<Request, UsageError> {
+    let (name, ns) = match args.from.split_once('.') {
+        Some((n, ns)) => (n, Some(ns)),
+        None => (args.from.as_str(), None),
+    };
+    let source = workloads
+        .iter()
+        .filter(|w| ns.is_none_or(|ns| w.namespace == ns))
+        .find(|w| w.name == name || w.labels.get("app").is_some_and(|a| a == name))
+        .cloned()
+        .ok_or_else(|| {
+            let known: Vec<&str> = workloads.iter().map(|w| w.name.as_str()).collect();
+            UsageError::UnknownSource(args.from.clone(), known.join(", "))
+        })?;
+    let url_err = |why: &str| UsageError::Url(args.url.clone(), why.to_string());
+    let uri: http::Uri = args
+        .url
+        .parse()
+        .map_err(|e: http::uri::InvalidUri| url_err(&e.to_string()))?;
+    let authority = uri.authority().ok_or_else(|| url_err("no host"))?;
+    let port = authority.port_u16().unwrap_or(match uri.scheme_str() {
+        Some("https") => 443,
+        _ => 80,
+    });
+    let host = authority.host();
+    let target = match host.parse::<std::net::IpAddr>() {
+        Ok(ip) => Target::Address(SocketAddr::new(ip, port)),
+        Err(_) => {
+            // Short names resolve in the caller's namespace, as cluster DNS does.
+            let mut parts = host.split('.');
+            let svc = parts.next().unwrap_or(host);
+            let ns = parts.next().unwrap_or(&source.namespace);
+            let key = ServiceKey::new(ns, svc);
+            let key = if snapshot.services.contains_key(&key) {
+                key
+            } else {
+                ServiceKey::new(&source.namespace, svc)
+            };
+            Target::Service { service: key, port }
+        }
+    };
+    let mut headers = http::HeaderMap::new();
+    for h in &args.headers {
+        let (k, v) = h
+            .split_once(':')
+            .ok_or_else(|| UsageError::Header(h.clone()))?;
+        let name = http::HeaderName::from_bytes(k.trim().as_bytes())
+            .map_err(|_| UsageError::Header(h.clone()))?;
+        let value =
+            http::HeaderValue::from_str(v.trim()).map_err(|_| UsageError::Header(h.clone()))?;
+        headers.append(name, value);
+    }
+    Ok(Request {
+        source,
+        method: args.method.to_ascii_uppercase(),
+        target,
+        authority: authority.as_str().to_string(),
+        path: uri.path().to_string(),
+        query: uri.query().map(str::to_string),
+        headers,
+    })
+}
+
+/// The human form: one `key: value` line per fact, kubectl-describe style.
+pub fn render_text(e: &Explanation) -> String {
+    let mut s = String::new();
+    let _ = writeln!(
+        s,
+        "request:        {} {}{} from {}.{}",
+        e.method, e.target, e.path, e.source.workload, e.source.namespace
+    );
+    match &e.destination {
+        Some(d) => {
+            let _ = writeln!(
+                s,
+                "destination:    {} port {} ({})",
+                d.service, d.port, d.authority
+            );
+        }
+        None => {
+            let _ = writeln!(
+                s,
+                "destination:    none known: the proxy answers 503 (no destination)"
+            );
+        }
+    }
+    match &e.route {
+        Some(r) => {
+            let _ = writeln!(
+                s,
+                "route:          {} rule {} ({})",
+                r.resource, r.index, r.name
+            );
+            let m = match (&r.match_index, &r.matched) {
+                (Some(i), Some(m)) => format!("match {i}: {m}"),
+                _ => "every request (no match conditions)".to_string(),
+            };
+            let _ = writeln!(s, "matched:        {m}");
+        }
+        None if e.destination.is_some() => {
+            let _ = writeln!(s, "route:          none: the service's own endpoints");
+        }
+        None => {}
+    }
+    match &e.action {
+        Action::Forward { backends } => {
+            let _ = writeln!(s, "backends:");
+            for b in backends {
+                let labels: Vec<String> = b
+                    .subset_labels
+                    .iter()
+                    .map(|(k, v)| format!("{k}={v}"))
+                    .collect();
+                let labels = if labels.is_empty() {
+                    String::new()
+                } else {
+                    format!(" [{}]", labels.join(","))
+                };
+                let eps = if b.endpoints.is_empty() {
+                    "none: 503 no endpoints".to_string()
+                } else {
+                    b.endpoints.join(", ")
+                };
+                let _ = writeln!(
+                    s,
+                    "  - {} weight {} ({}%){labels}",
+                    b.backend, b.weight, b.percent
+                );
+                let _ = writeln!(s, "      endpoints:         {eps}");
+                let _ = writeln!(s, "      load balancer:     {}", b.load_balancer);
+                let _ = writeln!(s, "      connection pool:   {}", b.connection_pool);
+                let _ = writeln!(s, "      outlier detection: {}", b.outlier_detection);
+                let _ = writeln!(s, "      retry budget:      {}", b.retry_budget);
+            }
+        }
+        Action::NoBackend => {
+            let _ = writeln!(
+                s,
+                "backends:       every weight is 0: the proxy answers 500"
+            );
+        }
+        Action::Redirect { location, status } => {
+            let _ = writeln!(s, "redirect:       {status} {location}");
+        }
+        Action::DirectResponse { status } => {
+            let _ = writeln!(s, "direct answer:  {status}");
+        }
+        Action::NoDestination => {}
+    }
+    let _ = writeln!(s, "timeout:        {}", e.timeout);
+    let _ = writeln!(s, "retries:        {}", e.retries);
+    let list = |v: &[String]| {
+        if v.is_empty() {
+            "none".to_string()
+        } else {
+            v.join("; ")
+        }
+    };
+    let _ = writeln!(s, "faults:         {}", list(&e.faults));
+    let _ = writeln!(s, "mirrors:        {}", list(&e.mirrors));
+    let _ = writeln!(s, "header edits:   {}", list(&e.header_edits));
+    if let Some(r) = &e.rewrite {
+        let _ = writeln!(s, "rewrite:        {r}");
+    }
+    let _ = writeln!(s, "authorization:  {}", e.authorization);
+    s
+}
+
+/// Runs the command; returns the exit code.
+pub fn run(args: &ExplainArgs, out: &mut dyn Write, err: &mut dyn Write) -> u8 {
+    let inputs = match validate::read_inputs(&args.config_dirs) {
+        Ok(inputs) => inputs,
+        Err(e) => {
+            let _ = writeln!(err, "trellis explain: {e}");
+            return validate::EXIT_UNREADABLE;
+        }
+    };
+    let snapshot = snapshot(&inputs);
+    for r in &snapshot.resources {
+        if r.status == trellis_control::store::Status::Invalid {
+            let _ = writeln!(
+                err,
+                "trellis explain: warning: {}: {} (run `trellis validate`)",
+                r.file,
+                r.message.as_deref().unwrap_or("invalid")
+            );
+        }
+    }
+    let workloads = demo_workloads();
+    let req = match request(args, &snapshot, &workloads) {
+        Ok(req) => req,
+        Err(e) => {
+            let _ = writeln!(err, "trellis explain: {e}");
+            return crate::EXIT_USAGE;
+        }
+    };
+    let explanation = plan::explain(&snapshot, &workloads, &req);
+    let text = if args.output.is_structured() {
+        match output::structured(args.output, &explanation) {
+            Ok(text) => text,
+            Err(e) => {
+                let _ = writeln!(err, "trellis explain: {e}");
+                return crate::EXIT_FAILURE;
+            }
+        }
+    } else {
+        render_text(&explanation)
+    };
+    let _ = out.write_all(text.as_bytes());
+    0
+}

@@ -1,0 +1,349 @@
+//! What the mesh does with one request, as data: the pure core of `trellis explain`.
+//!
+//! The destination is compiled with the control plane's `compile` and the route chosen with
+//! the model's `select_route`, the very functions discovery and the proxy run, so the answer
+//! cannot drift from what the mesh does. Nothing here is random: weights are reported as
+//! shares, faults and mirrors as percentages.
+
+use std::collections::BTreeMap;
+
+use serde::Serialize;
+use trellis_control::compile::{MeshView, compile};
+use trellis_control::store::ConfigSnapshot;
+use trellis_model::matching::RequestView;
+use trellis_model::policy::{ConnectionPool, TrafficPolicy};
+use trellis_model::route::{BackendRef, HeaderModifier, HttpRoute, RouteAction, select_route};
+use trellis_model::{Destination, Target, Workload};
+
+/// The proxy's retry policy when a route sets none (docs/proxy.md, "Traffic defaults").
+pub const DEFAULT_RETRIES: &str = "2 retries on connect-failure, refused-stream (proxy default: the request never reached the application)";
+/// The proxy's request timeout when a route sets none.
+pub const DEFAULT_TIMEOUT: &str = "none (proxy default)";
+/// Until authorization policies land (a later issue), nothing is evaluated.
+pub const AUTHORIZATION: &str = "not evaluated (no policies)";
+
+/// The request to explain, as the calling proxy would see it.
+#[derive(Clone, Debug)]
+pub struct Request {
+    pub source: Workload,
+    pub method: String,
+    pub target: Target,
+    /// As written in the URL (`reviews:9080`): what authority matches compare against.
+    pub authority: String,
+    pub path: String,
+    pub query: Option<String>,
+    pub headers: http::HeaderMap,
+}
+
+#[derive(Clone, Debug, PartialEq, Serialize)]
+pub struct Explanation {
+    pub source: Source,
+    pub method: String,
+    pub target: String,
+    pub path: String,
+    /// `None`: the mesh knows nothing at the target; the proxy answers 503 `no destination`.
+    pub destination: Option<DestinationInfo>,
+    pub route: Option<RouteInfo>,
+    pub action: Action,
+    pub timeout: String,
+    pub retries: String,
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub faults: Vec<String>,
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub mirrors: Vec<String>,
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub header_edits: Vec<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub rewrite: Option<String>,
+    pub authorization: String,
+}
+
+#[derive(Clone, Debug, PartialEq, Serialize)]
+pub struct Source {
+    pub workload: String,
+    pub namespace: String,
+    pub labels: BTreeMap<String, String>,
+}
+
+#[derive(Clone, Debug, PartialEq, Serialize)]
+pub struct DestinationInfo {
+    pub service: String,
+    pub port: u16,
+    pub authority: String,
+}
+
+#[derive(Clone, Debug, PartialEq, Serialize)]
+pub struct RouteInfo {
+    /// `VirtualService default/reviews`.
+    pub resource: String,
+    pub name: String,
+    /// 0-based position among the destination's routes (first match wins).
+    pub index: usize,
+    /// The match block that hit (JSON of the model's match), `None` for a catch-all route.
+    pub matched: Option<String>,
+    pub match_index: Option<usize>,
+}
+
+#[derive(Clone, Debug, PartialEq, Serialize)]
+#[serde(rename_all = "snake_case", tag = "kind")]
+pub enum Action {
+    /// Split across backends by weight (one backend with 100% when no route matched).
+    Forward {
+        backends: Vec<BackendInfo>,
+    },
+    /// Every backend has weight 0: the proxy answers 500.
+    NoBackend,
+    Redirect {
+        location: String,
+        status: u16,
+    },
+    DirectResponse {
+        status: u16,
+    },
+    /// No destination: 503.
+    NoDestination,
+}
+
+#[derive(Clone, Debug, PartialEq, Serialize)]
+pub struct BackendInfo {
+    pub backend: String,
+    pub subset: Option<String>,
+    /// The subset's labels, ANDed with the service's selector.
+    pub subset_labels: BTreeMap<String, String>,
+    pub weight: u32,
+    /// Share of the route's traffic, in percent.
+    pub percent: f64,
+    /// Workloads behind it; empty means 503 `no endpoints`.
+    pub endpoints: Vec<String>,
+    pub load_balancer: String,
+    pub connection_pool: String,
+    pub outlier_detection: String,
+    pub retry_budget: String,
+}
+
+/// Explains `req` against the mesh in `snapshot` with `workloads` registered.
+pub fn explain(snapshot: &ConfigSnapshot, workloads: &[Workload], req: &Request) -> Explanation {
+    let view = MeshView {
+        services: &snapshot.services,
+        traffic: &snapshot.traffic,
+        workloads,
+        trust_domain: trellis_identity::DEFAULT_TRUST_DOMAIN,
+    };
+    let mut out = Explanation {
+        source: Source {
+            workload: req.source.name.clone(),
+            namespace: req.source.namespace.clone(),
+            labels: req.source.labels.clone(),
+        },
+        method: req.method.clone(),
+        target: req.target.to_string(),
+        path: req.path.clone(),
+        destination: None,
+        route: None,
+        action: Action::NoDestination,
+        timeout: DEFAULT_TIMEOUT.to_string(),
+        retries: DEFAULT_RETRIES.to_string(),
+        faults: Vec::new(),
+        mirrors: Vec::new(),
+        header_edits: Vec::new(),
+        rewrite: None,
+        authorization: AUTHORIZATION.to_string(),
+    };
+    let Some(dest) = compile(view, &req.target) else {
+        return out;
+    };
+    out.destination = Some(DestinationInfo {
+        service: dest.service.to_string(),
+        port: dest.port,
+        authority: dest.authority.clone(),
+    });
+    let request_view = RequestView {
+        method: &req.method,
+        path: &req.path,
+        query: req.query.as_deref(),
+        authority: &req.authority,
+        headers: &req.headers,
+        port: dest.port,
+        source_labels: &req.source.labels,
+        source_namespace: &req.source.namespace,
+    };
+    let Some((index, route)) = select_route(&dest.routes, &request_view) else {
+        // No route: the service's own endpoints, with the proxy's defaults.
+        let own = BackendRef {
+            service: dest.service.clone(),
+            port: None,
+            subset: None,
+        };
+        out.action = Action::Forward {
+            backends: vec![backend_info(snapshot, &dest, &own, 1, 1)],
+        };
+        return out;
+    };
+    let match_index = route.matches.iter().position(|m| m.matches(&request_view));
+    out.route = Some(RouteInfo {
+        resource: route.source.to_string(),
+        name: route.name.clone(),
+        index,
+        matched: match_index
+            .and_then(|i| route.matches.get(i))
+            .and_then(|m| serde_json::to_string(m).ok()),
+        match_index,
+    });
+    describe_route(snapshot, &dest, route, &mut out);
+    out
+}
+
+fn describe_route(
+    snapshot: &ConfigSnapshot,
+    dest: &Destination,
+    route: &HttpRoute,
+    out: &mut Explanation,
+) {
+    out.action = match &route.action {
+        RouteAction::Forward(bs) => {
+            let total: u64 = bs.iter().map(|b| u64::from(b.weight)).sum();
+            if total == 0 {
+                Action::NoBackend
+            } else {
+                let backends = bs
+                    .iter()
+                    .map(|b| backend_info(snapshot, dest, &b.backend, b.weight, total))
+                    .collect();
+                for b in bs {
+                    edits(
+                        &format!("request to {}", b.backend),
+                        &b.request_headers,
+                        &mut out.header_edits,
+                    );
+                    edits(
+                        &format!("response from {}", b.backend),
+                        &b.response_headers,
+                        &mut out.header_edits,
+                    );
+                }
+                Action::Forward { backends }
+            }
+        }
+        RouteAction::Redirect(r) => Action::Redirect {
+            location: serde_json::to_string(r).unwrap_or_default(),
+            status: r.status,
+        },
+        RouteAction::DirectResponse { status, .. } => Action::DirectResponse { status: *status },
+    };
+    if let Some(t) = route.timeout {
+        out.timeout = format!("{t:?} (whole request, retries included)");
+    }
+    if let Some(r) = &route.retry {
+        let per_try = r
+            .per_try_timeout
+            .map(|t| format!(", {t:?} per try"))
+            .unwrap_or_default();
+        out.retries = format!(
+            "{} retries on {}{per_try}",
+            r.attempts,
+            serde_json::to_string(&r.on).unwrap_or_default()
+        );
+    }
+    if let Some(f) = &route.fault {
+        if let Some(d) = &f.delay {
+            out.faults.push(format!(
+                "delay {:?} for {}% of requests",
+                d.fixed, d.percent.0
+            ));
+        }
+        if let Some(a) = &f.abort {
+            out.faults.push(format!(
+                "abort {:?} for {}% of requests",
+                a.status, a.percent.0
+            ));
+        }
+    }
+    for m in &route.mirrors {
+        out.mirrors.push(format!(
+            "{} ({}% of requests, answers discarded)",
+            m.backend, m.percent.0
+        ));
+    }
+    edits("request", &route.request_headers, &mut out.header_edits);
+    edits("response", &route.response_headers, &mut out.header_edits);
+    out.rewrite = route
+        .rewrite
+        .as_ref()
+        .and_then(|r| serde_json::to_string(r).ok());
+}
+
+fn edits(what: &str, m: &HeaderModifier, out: &mut Vec<String>) {
+    for (k, v) in &m.set {
+        out.push(format!("{what}: set {k}: {v}"));
+    }
+    for (k, v) in &m.add {
+        out.push(format!("{what}: add {k}: {v}"));
+    }
+    for k in &m.remove {
+        out.push(format!("{what}: remove {k}"));
+    }
+}
+
+fn backend_info(
+    snapshot: &ConfigSnapshot,
+    dest: &Destination,
+    b: &BackendRef,
+    weight: u32,
+    total: u64,
+) -> BackendInfo {
+    let subset_labels = b
+        .subset
+        .as_deref()
+        .and_then(|s| snapshot.traffic.policies.get(&b.service)?.subset(s))
+        .map(|s| s.labels.clone())
+        .unwrap_or_default();
+    let (endpoints, policy) = match dest.backend(b) {
+        Some((eps, policy)) => (
+            eps.iter().map(|e| e.workload.clone()).collect(),
+            policy.clone(),
+        ),
+        None => (Vec::new(), TrafficPolicy::default()),
+    };
+    BackendInfo {
+        backend: b.to_string(),
+        subset: b.subset.clone(),
+        subset_labels,
+        weight,
+        percent: (f64::from(weight) * 100.0 / total as f64 * 100.0).round() / 100.0,
+        endpoints,
+        // Debug, not serde: durations read as `30s` rather than `{secs, nanos}`.
+        load_balancer: format!("{:?}", policy.load_balancer),
+        connection_pool: pool(&policy.connection_pool),
+        outlier_detection: policy
+            .outlier_detection
+            .as_ref()
+            .map_or_else(|| "off".to_string(), |o| format!("{o:?}")),
+        retry_budget: format!("{:?}", policy.retry_budget),
+    }
+}
+
+/// The limits a connection pool sets, `defaults (no limits)` when none.
+fn pool(p: &ConnectionPool) -> String {
+    let mut parts = Vec::new();
+    let mut num = |name: &str, v: Option<u32>| {
+        if let Some(v) = v {
+            parts.push(format!("{name}={v}"));
+        }
+    };
+    num("max_connections", p.max_connections);
+    num("max_pending_requests", p.max_pending_requests);
+    num("max_requests", p.max_requests);
+    num("max_requests_per_connection", p.max_requests_per_connection);
+    num("max_retries", p.max_retries);
+    if let Some(t) = p.connect_timeout {
+        parts.push(format!("connect_timeout={t:?}"));
+    }
+    if let Some(t) = p.idle_timeout {
+        parts.push(format!("idle_timeout={t:?}"));
+    }
+    if parts.is_empty() {
+        "defaults (no limits; connect timeout 3s)".to_string()
+    } else {
+        parts.join(" ")
+    }
+}

@@ -1,0 +1,265 @@
+//! The checks: a config set (files read together) in, findings out. Pure.
+//!
+//! Parsing and precedence are the control plane's own (`trellis_config::parse_documents`, then
+//! `trellis_control::store::ConfigIndex`), so a resource validate calls conflicted is exactly
+//! one the control plane would refuse to apply. Cross-resource checks run on what would be in
+//! force; the raw YAML is consulted only to name the field at fault.
+
+use std::collections::BTreeMap;
+
+use serde_yaml::Value;
+use trellis_config::{Document, Outcome, Resource};
+use trellis_control::store::traffic::named_backends;
+use trellis_control::store::{ConfigIndex, Status};
+use trellis_model::route::RouteAction;
+
+use super::raw::{self, KnownWorkload};
+use super::{Code, Finding};
+
+/// One input file: its name as the user gave it, and its bytes.
+#[derive(Clone, Debug)]
+pub struct InputFile {
+    pub name: String,
+    pub bytes: Vec<u8>,
+}
+
+struct Parsed {
+    documents: Vec<Document>,
+    raw: BTreeMap<usize, Value>,
+}
+
+/// Every problem in the config set, ordered by file, then document, then code.
+pub fn analyze(files: &[InputFile]) -> Vec<Finding> {
+    // By name, as the control plane's index orders files: its status rows follow this order.
+    let mut parsed: BTreeMap<&str, Parsed> = BTreeMap::new();
+    let mut index = ConfigIndex::default();
+    for file in files {
+        let documents = trellis_config::parse_documents(&file.name, &file.bytes);
+        index.apply(&file.name, documents.clone());
+        let raw = raw::documents(&file.bytes);
+        parsed.insert(&file.name, Parsed { documents, raw });
+    }
+    let snapshot = index.snapshot();
+    let workloads: Vec<KnownWorkload> = parsed
+        .values()
+        .flat_map(|p| p.raw.values().filter_map(raw::workload))
+        .collect();
+
+    let mut out = Vec::new();
+    let mut rows = snapshot.resources.iter();
+    for (file, p) in &parsed {
+        let file_invalid = p.documents.iter().any(Document::is_invalid);
+        for doc in &p.documents {
+            // Invariant: `snapshot()` emits one row per document in this same order.
+            let row = rows.next();
+            let raw_doc = p.raw.get(&doc.resource.document);
+            let at = |code: Code, field: Option<String>, message: String| Finding {
+                code,
+                severity: code.severity(),
+                file: file.to_string(),
+                document: doc.resource.document + 1,
+                kind: doc.resource.kind.clone(),
+                namespace: doc.resource.namespace.clone(),
+                name: doc.resource.name.clone(),
+                field,
+                message,
+                hint: code.hint().to_string(),
+            };
+            match &doc.outcome {
+                Outcome::Invalid(err) => {
+                    out.push(at(Code::Field, err.field.clone(), err.message.clone()));
+                    continue;
+                }
+                Outcome::Ignored { reason } => {
+                    out.push(at(Code::Ignored, None, reason.clone()));
+                    continue;
+                }
+                // Reported once, on the invalid document.
+                Outcome::Resource(_) if file_invalid => continue,
+                Outcome::Resource(_) => {}
+            }
+            let Outcome::Resource(resource) = &doc.outcome else {
+                continue;
+            };
+            let status = row.map(|r| (r.status, r.message.clone()));
+            if let Some((Status::Conflicted | Status::Invalid, message)) = status {
+                let field = match resource {
+                    Resource::Service(_) => Some("metadata.name".to_string()),
+                    Resource::Routes(set) => set.parents.first().and_then(|parent| {
+                        raw_doc.and_then(|d| raw::parent_field(d, &parent.service))
+                    }),
+                    Resource::DestinationPolicy(_) => Some("spec.host".to_string()),
+                    Resource::PeerAuthentication(_) => None,
+                };
+                out.push(at(Code::Conflict, field, message.unwrap_or_default()));
+                continue;
+            }
+            let notes = match resource {
+                Resource::Routes(set) => set.notes.clone(),
+                Resource::DestinationPolicy(p) => p.notes.clone(),
+                Resource::PeerAuthentication(p) => p.notes.clone(),
+                Resource::Service(_) => Vec::new(),
+            };
+            for note in notes {
+                out.push(at(Code::Note, None, note));
+            }
+            let field_in = |f: &dyn Fn(&Value) -> Option<String>| raw_doc.and_then(f);
+            match resource {
+                Resource::Routes(set) => {
+                    for parent in &set.parents {
+                        if !snapshot.services.contains_key(&parent.service) {
+                            let field = field_in(&|d| raw::parent_field(d, &parent.service));
+                            out.push(at(
+                                Code::UnknownHost,
+                                field,
+                                format!(
+                                    "host {} is not a Service in this config set: the routes apply to nothing",
+                                    parent.service
+                                ),
+                            ));
+                        }
+                    }
+                    let mut seen = Vec::new();
+                    for b in named_backends(set) {
+                        if seen.contains(&b) {
+                            continue;
+                        }
+                        seen.push(b);
+                        if !snapshot.services.contains_key(&b.service) {
+                            let field = field_in(&|d| raw::backend_field(d, &b.service));
+                            out.push(at(
+                                Code::UnknownHost,
+                                field,
+                                format!(
+                                    "backend {} is not a Service in this config set: requests routed there get 503 (no endpoints)",
+                                    b.service
+                                ),
+                            ));
+                            continue;
+                        }
+                        let Some(subset) = &b.subset else { continue };
+                        let defined = snapshot
+                            .traffic
+                            .policies
+                            .get(&b.service)
+                            .is_some_and(|p| p.subset(subset).is_some());
+                        if !defined {
+                            let field = field_in(&|d| raw::subset_field(d, &b.service, subset));
+                            out.push(at(
+                                Code::UnknownSubset,
+                                field,
+                                format!(
+                                    "subset {subset:?} of {} is not defined by the DestinationRule in force: requests routed there get 503 (no endpoints)",
+                                    b.service
+                                ),
+                            ));
+                        }
+                    }
+                    let zero_lists = raw_doc.map(raw::zero_weight_lists).unwrap_or_default();
+                    let zero_routes = set.http.iter().filter(|r| {
+                        matches!(&r.action, RouteAction::Forward(bs)
+                            if !bs.is_empty() && bs.iter().all(|b| b.weight == 0))
+                    });
+                    for (i, route) in zero_routes.enumerate() {
+                        out.push(at(
+                            Code::ZeroWeights,
+                            zero_lists.get(i).cloned(),
+                            format!(
+                                "every backend of route {} has weight 0: each request it matches fails with 500",
+                                route.name
+                            ),
+                        ));
+                    }
+                }
+                Resource::DestinationPolicy(policy) => {
+                    let service = snapshot.services.get(&policy.host);
+                    if service.is_none() {
+                        out.push(at(
+                            Code::UnknownHost,
+                            Some("spec.host".into()),
+                            format!(
+                                "host {} is not a Service in this config set: the policy applies to nothing",
+                                policy.host
+                            ),
+                        ));
+                    }
+                    if workloads.is_empty() {
+                        continue;
+                    }
+                    for (i, subset) in policy.subsets.iter().enumerate() {
+                        let selected = workloads.iter().any(|w| {
+                            w.namespace == policy.host.namespace
+                                && service.is_none_or(|s| s.selects(&w.labels))
+                                && subset
+                                    .labels
+                                    .iter()
+                                    .all(|(k, v)| w.labels.get(k) == Some(v))
+                        });
+                        if !selected {
+                            out.push(at(
+                                Code::SubsetSelectsNothing,
+                                Some(format!("spec.subsets[{i}].labels")),
+                                format!(
+                                    "subset {:?} (labels {}) matches no workload of {} in this config set",
+                                    subset.name,
+                                    labels(&subset.labels),
+                                    policy.host
+                                ),
+                            ));
+                        }
+                    }
+                }
+                Resource::PeerAuthentication(pa) => {
+                    let Some(selector) = &pa.selector else {
+                        continue;
+                    };
+                    if workloads.is_empty() {
+                        continue;
+                    }
+                    let selected = workloads.iter().any(|w| {
+                        w.namespace == pa.source.namespace
+                            && selector.iter().all(|(k, v)| w.labels.get(k) == Some(v))
+                    });
+                    if !selected {
+                        out.push(at(
+                            Code::PolicySelectsNothing,
+                            Some("spec.selector.matchLabels".into()),
+                            format!(
+                                "selector {} matches no workload in namespace {}",
+                                labels(selector),
+                                pa.source.namespace
+                            ),
+                        ));
+                    }
+                }
+                Resource::Service(svc) => {
+                    // A Service without a selector is fed by hand (external endpoints): fine.
+                    if workloads.is_empty() || svc.selector.is_empty() {
+                        continue;
+                    }
+                    let selected = workloads
+                        .iter()
+                        .any(|w| w.namespace == svc.key.namespace && svc.selects(&w.labels));
+                    if !selected {
+                        out.push(at(
+                            Code::ServiceSelectsNothing,
+                            Some("spec.selector".into()),
+                            format!(
+                                "selector {} matches no workload in namespace {}: the Service has no endpoints",
+                                labels(&svc.selector),
+                                svc.key.namespace
+                            ),
+                        ));
+                    }
+                }
+            }
+        }
+    }
+    out.sort_by(|a, b| (&a.file, a.document, a.code).cmp(&(&b.file, b.document, b.code)));
+    out
+}
+
+fn labels(labels: &BTreeMap<String, String>) -> String {
+    let parts: Vec<String> = labels.iter().map(|(k, v)| format!("{k}={v}")).collect();
+    format!("{{{}}}", parts.join(","))
+}
