@@ -1,0 +1,281 @@
+//! `trellis explain`: the route, backends and policy it reports for Bookinfo requests, golden
+//! text and JSON, and agreement with what the running demo's proxies then do.
+
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+use std::os::unix::process::CommandExt;
+use std::path::Path;
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use clap::Parser;
+use http_body_util::{BodyExt, Full};
+use hyper_util::client::legacy::Client;
+use hyper_util::client::legacy::connect::HttpConnector;
+use hyper_util::rt::TokioExecutor;
+use rustix::process::{Pid, Signal, kill_process_group};
+use serde_json::Value;
+use trellis_cli::{Cli, Command as Sub, explain};
+
+const NETWORKING: &str = "../config/tests/fixtures/networking";
+
+/// A config dir with Istio's jason routing (jason -> v2, everyone else -> v3) and its rules.
+fn jason_config() -> tempfile::TempDir {
+    let dir = tempfile::tempdir().unwrap();
+    for f in [
+        "virtual-service-reviews-jason-v2-v3.yaml",
+        "destination-rule-all.yaml",
+    ] {
+        std::fs::copy(format!("{NETWORKING}/{f}"), dir.path().join(f)).unwrap();
+    }
+    dir
+}
+
+/// Runs `trellis explain <args>` in-process; returns (exit code, stdout, stderr).
+fn run(args: &[&str]) -> (u8, String, String) {
+    let argv = ["trellis", "explain"]
+        .into_iter()
+        .chain(args.iter().copied());
+    let Sub::Explain(args) = Cli::try_parse_from(argv).unwrap().command else {
+        panic!("not explain");
+    };
+    let (mut out, mut err) = (Vec::new(), Vec::new());
+    let code = explain::run(&args, &mut out, &mut err);
+    let text = |b: Vec<u8>| String::from_utf8(b).unwrap();
+    (code, text(out), text(err))
+}
+
+fn explain_json(dir: &Path, user: Option<&str>) -> Value {
+    let dir = dir.to_str().unwrap();
+    let mut args = vec![
+        "--from",
+        "productpage",
+        "GET",
+        "http://reviews:9080/reviews/0",
+        "--config-dir",
+        dir,
+        "-o",
+        "json",
+    ];
+    let header = user.map(|u| format!("end-user:{u}"));
+    if let Some(h) = &header {
+        args.extend(["-H", h]);
+    }
+    let (code, out, err) = run(&args);
+    assert_eq!(code, 0, "{err}");
+    serde_json::from_str(&out).unwrap()
+}
+
+/// The one subset explain says all traffic goes to (the jason routes have one backend each).
+fn only_subset(e: &Value) -> String {
+    let backends = e["action"]["backends"].as_array().unwrap();
+    assert_eq!(backends.len(), 1, "{e:#}");
+    assert_eq!(backends[0]["percent"], 100.0);
+    backends[0]["subset"].as_str().unwrap().to_string()
+}
+
+#[test]
+fn jason_and_everyone_else() {
+    let dir = jason_config();
+    let jason = explain_json(dir.path(), Some("jason"));
+    assert_eq!(jason["route"]["resource"], "VirtualService default/reviews");
+    assert_eq!(jason["route"]["index"], 0);
+    assert_eq!(jason["route"]["match_index"], 0);
+    assert_eq!(only_subset(&jason), "v2");
+    assert_eq!(
+        jason["action"]["backends"][0]["endpoints"],
+        serde_json::json!(["reviews-v2"])
+    );
+    assert_eq!(
+        jason["action"]["backends"][0]["subset_labels"]["version"],
+        "v2"
+    );
+    let other = explain_json(dir.path(), Some("paul"));
+    assert_eq!(other["route"]["index"], 1);
+    assert_eq!(other["route"]["matched"], Value::Null);
+    assert_eq!(only_subset(&other), "v3");
+    assert_eq!(
+        other["authorization"], "not evaluated (no policies)",
+        "{other:#}"
+    );
+    assert!(
+        other["retries"].as_str().unwrap().contains("proxy default"),
+        "{other:#}"
+    );
+}
+
+#[test]
+fn no_route_unknown_host_and_usage() {
+    let dir = jason_config();
+    let d = dir.path().to_str().unwrap();
+    let (code, out, err) = run(&[
+        "--from",
+        "reviews-v2",
+        "GET",
+        "http://ratings:9080/ratings/0",
+        "--config-dir",
+        d,
+    ]);
+    assert_eq!(code, 0, "{err}");
+    assert!(
+        out.contains("route:          none: the service's own endpoints"),
+        "{out}"
+    );
+    assert!(out.contains("endpoints:         ratings-v1"), "{out}");
+    let (code, out, _) = run(&[
+        "--from",
+        "productpage",
+        "GET",
+        "http://nowhere:80/",
+        "--config-dir",
+        d,
+    ]);
+    assert_eq!(code, 0);
+    assert!(out.contains("503 (no destination)"), "{out}");
+    let (code, _, err) = run(&["--from", "nobody", "GET", "http://reviews:9080/"]);
+    assert_eq!(code, 64);
+    assert!(err.contains("productpage-v1"), "{err}");
+    let (code, _, _) = run(&[
+        "--from",
+        "productpage",
+        "GET",
+        "http://reviews:9080/",
+        "-H",
+        "no-colon",
+    ]);
+    assert_eq!(code, 64);
+    let (code, _, _) = run(&[
+        "--from",
+        "productpage",
+        "GET",
+        "http://reviews:9080/",
+        "--config-dir",
+        "/nonexistent",
+    ]);
+    assert_eq!(code, 65);
+}
+
+/// Compares with a golden file; `UPDATE_GOLDEN=1` rewrites it.
+fn golden(name: &str, actual: &str) {
+    let path = Path::new("tests/fixtures/explain/golden").join(name);
+    if std::env::var_os("UPDATE_GOLDEN").is_some() {
+        std::fs::write(&path, actual).unwrap();
+    }
+    let expected = std::fs::read_to_string(&path).unwrap();
+    assert_eq!(actual, expected, "{name} (UPDATE_GOLDEN=1 to accept)");
+}
+
+#[test]
+fn golden_text_and_json() {
+    // A fixed path: the config dir's name appears nowhere in the output, but keep it stable.
+    let dir = jason_config();
+    let d = dir.path().to_str().unwrap();
+    let base = [
+        "--from",
+        "productpage",
+        "GET",
+        "http://reviews:9080/reviews/0",
+        "-H",
+        "end-user: jason",
+        "--config-dir",
+        d,
+    ];
+    golden("jason.txt", &run(&base).1);
+    let mut json = base.to_vec();
+    json.extend(["-o", "json"]);
+    golden("jason.json", &run(&json).1);
+}
+
+/// The demo in its own process group, killed with everything it started when dropped.
+struct Demo(Child);
+
+impl Drop for Demo {
+    fn drop(&mut self) {
+        if let Ok(pid) = i32::try_from(self.0.id())
+            && let Some(pid) = Pid::from_raw(pid)
+        {
+            let _ = kill_process_group(pid, Signal::KILL);
+        }
+        let _ = self.0.wait();
+    }
+}
+
+async fn reviews_version(
+    client: &Client<HttpConnector, Full<Bytes>>,
+    entry: &str,
+    user: Option<&str>,
+) -> String {
+    let mut req = http::Request::get(format!("http://{entry}/api/v1/products/0/reviews"));
+    if let Some(user) = user {
+        req = req.header("end-user", user);
+    }
+    let req = req.body(Full::new(Bytes::new())).unwrap();
+    let exchange = async {
+        let resp = client.request(req).await.unwrap();
+        assert_eq!(resp.status(), 200);
+        resp.into_body().collect().await.unwrap().to_bytes()
+    };
+    let body = tokio::time::timeout(Duration::from_secs(10), exchange)
+        .await
+        .unwrap();
+    let answer: Value = serde_json::from_slice(&body).unwrap();
+    answer["reviews_version"].as_str().unwrap().to_string()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn explain_agrees_with_the_running_demo() {
+    let config = jason_config();
+    let tmp = tempfile::tempdir().unwrap();
+    let status_file = tmp.path().join("status.json");
+    let log = std::fs::File::create(tmp.path().join("demo.log")).unwrap();
+    let child = Command::new(env!("CARGO_BIN_EXE_trellis"))
+        .args([
+            "demo",
+            "--no-load",
+            "--entry",
+            "127.0.0.1:0",
+            "--dashboard",
+            "127.0.0.1:0",
+        ])
+        .arg("--config-dir")
+        .arg(config.path())
+        .arg("--status-file")
+        .arg(&status_file)
+        .stdin(Stdio::null())
+        .stdout(log.try_clone().unwrap())
+        .stderr(log)
+        .process_group(0)
+        .spawn()
+        .unwrap();
+    let mut demo = Demo(child);
+    let deadline = Instant::now() + Duration::from_secs(60);
+    let status: Value = loop {
+        if let Ok(bytes) = std::fs::read(&status_file) {
+            break serde_json::from_slice(&bytes).unwrap();
+        }
+        let log = || std::fs::read_to_string(tmp.path().join("demo.log")).unwrap_or_default();
+        if let Some(exit) = demo.0.try_wait().unwrap() {
+            panic!("the demo exited ({exit}):\n{}", log());
+        }
+        assert!(
+            Instant::now() < deadline,
+            "no status file after 60 s:\n{}",
+            log()
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+    let entry = status["entry"].as_str().unwrap().to_string();
+    let client = Client::builder(TokioExecutor::new()).build_http();
+    for user in [Some("jason"), None, Some("paul")] {
+        let expected = only_subset(&explain_json(config.path(), user));
+        // Enough requests that a 1-in-3 round robin over the versions would show itself.
+        for _ in 0..15 {
+            let served = reviews_version(&client, &entry, user).await;
+            assert_eq!(
+                served, expected,
+                "user {user:?}: explain said {expected}, the mesh served {served}"
+            );
+        }
+    }
+}
