@@ -440,3 +440,59 @@ fn trust_anchor_rotation_under_load_loses_no_request() {
         0.0
     );
 }
+
+#[test]
+fn destination_rule_tls_disable_keeps_the_hop_plaintext() {
+    let disable = "apiVersion: networking.istio.io/v1\nkind: DestinationRule\nmetadata: {name: echo, namespace: default}\nspec:\n  host: echo\n  trafficPolicy:\n    tls: {mode: DISABLE}\n";
+    let pair = start_pair(&[], &[("dr.yaml", disable)]);
+    wait_routed(&pair);
+    let (code, body) = tools::http_get(client_addr(&pair), "/plain").unwrap();
+    assert_eq!(code, 200, "{body}");
+    // Still the meshed HTTP/2 hop, but no TLS on it.
+    assert_eq!(
+        metric(
+            &pair.server,
+            "trellis_tls_handshakes_total",
+            &[("direction", "inbound")]
+        ),
+        0.0
+    );
+    assert!(
+        metric(
+            &pair.server,
+            "trellis_protocol_detections_total",
+            &[("direction", "inbound"), ("outcome", "http2")]
+        ) >= 1.0
+    );
+}
+
+#[test]
+fn a_proxy_that_cannot_renew_keeps_serving_until_expiry_and_says_so() {
+    let mut pair = start_pair(&["--cert-ttl", "6s"], &[]);
+    wait_routed(&pair);
+    // No CA any more: renewals (due after 2.4-3 s) fail.
+    pair.control.process().terminate(Duration::from_secs(5));
+    let warned = wait::until(Duration::from_secs(10), || {
+        let (code, body) = pair.client.admin_get("/ready")?;
+        if code == 200 && body.contains("certificate renewal failing") {
+            Ok(body)
+        } else {
+            Err(format!("{code} {body}"))
+        }
+    });
+    let warned = warned.unwrap();
+    assert!(warned.contains("expires in"), "{warned}");
+    // Still serving with the current certificate (the pooled mTLS connection and new ones).
+    let (code, body) = tools::http_get(client_addr(&pair), "/still").unwrap();
+    assert_eq!(code, 200, "{body}");
+    // Once it expired, the proxy is no longer ready.
+    wait::until(Duration::from_secs(15), || {
+        let (code, body) = pair.client.admin_get("/ready")?;
+        if code == 503 && body.contains("expired") {
+            Ok(())
+        } else {
+            Err(format!("{code} {body}"))
+        }
+    })
+    .unwrap();
+}
