@@ -5,6 +5,8 @@
 #   2. builds every binary (the cross-process tests run the real ones);
 #   3. runs every test of the workspace (cargo nextest if installed, else cargo test).
 # Network-namespace tests need root; as another user, set TRELLIS_SKIP_NETNS=1 to skip them.
+# The Kubernetes tests need a kube-apiserver testbed, built here when missing (as root; ~8 min
+# once per machine); TRELLIS_SKIP_K8S=1 skips them.
 # Extra arguments go to the test runner (e.g. `scripts/test.sh -p trellis-testkit`).
 set -euo pipefail
 
@@ -36,6 +38,7 @@ declare -A NEED=(
   [python3]=python3
   [prometheus]=prometheus
   [openssl]=openssl
+  [kubectl]=kubernetes-client
 )
 missing=()
 for cmd in "${!NEED[@]}"; do
@@ -93,6 +96,24 @@ if is_root; then
     pid=${ns#trellis-}; pid=${pid%%-*}
     if ! kill -0 "$pid" 2>/dev/null; then
       ip netns del "$ns" 2>/dev/null || true
+    fi
+  done
+fi
+
+# A real kube-apiserver, kube-controller-manager and etcd (v1.20.2) for the Kubernetes tests
+# (crates/control/tests/k8s*.rs, crates/cli/tests/k8s_install.rs), built from Debian's own
+# source package and cached outside the clone, so only a new machine pays the ~8 minutes.
+# TRELLIS_SKIP_K8S=1 skips the build, and the tests then skip too.
+export TRELLIS_K8S_BIN="${TRELLIS_K8S_BIN:-/var/cache/mesh-testbin/k8s-v1.20.2}"
+if [ "${TRELLIS_SKIP_K8S:-}" != 1 ]; then
+  for bin in kube-apiserver kube-controller-manager etcd; do
+    if [ ! -x "$TRELLIS_K8S_BIN/$bin" ]; then
+      is_root || die "the Kubernetes testbed is missing ($TRELLIS_K8S_BIN); build it as root (scripts/k8s-testbed/build-kube-apiserver.sh) or set TRELLIS_SKIP_K8S=1"
+      log "building the Kubernetes testbed into $TRELLIS_K8S_BIN (once per machine)"
+      # The build apt-installs Go 1.19; a machine that never ran apt-get update lists nothing.
+      apt-cache policy golang-1.19-go 2>/dev/null | grep -q 'Candidate: [0-9]' || apt-get update -qq
+      OUT="$TRELLIS_K8S_BIN" timeout -k 30 2400 bash scripts/k8s-testbed/build-kube-apiserver.sh
+      break
     fi
   done
 fi
