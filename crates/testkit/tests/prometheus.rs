@@ -21,6 +21,7 @@ use hyper_util::client::legacy::Client;
 use hyper_util::rt::TokioExecutor;
 use serde_json::Value;
 use trellis_testkit::bins::bin;
+use trellis_testkit::metrics::Metrics;
 use trellis_testkit::process::ManagedProcess;
 use trellis_testkit::tools::{http_get, require};
 
@@ -46,6 +47,22 @@ spec:
         percentage: {value: 100}
     route:
     - destination: {host: ratings}
+"#;
+
+/// A route for details, written during the test to change what productpage's proxy is sent.
+const DETAILS_ROUTE: &str = r#"
+apiVersion: networking.istio.io/v1
+kind: VirtualService
+metadata:
+  name: details-route
+  namespace: default
+spec:
+  hosts: [details]
+  http:
+  - name: all
+    timeout: 5s
+    route:
+    - destination: {host: details}
 "#;
 
 fn free_port() -> u16 {
@@ -267,6 +284,24 @@ async fn prometheus_sees_what_the_test_sent() {
         p99 >= DELAY.as_secs_f64() * 0.8 && p99 <= 0.5,
         "p99 {p99} s is not consistent with a {DELAY:?} delay"
     );
+
+    // A config change reaches the proxies and their ACKs are timed by the control plane.
+    let control: SocketAddr = status["control"]["http"].as_str().unwrap().parse().unwrap();
+    let propagated = || {
+        let (_, text) = http_get(control, "/metrics").unwrap();
+        Metrics::parse(&text).sum("trellis_control_propagation_seconds_count", &[])
+    };
+    let before = propagated();
+    std::fs::write(config_dir.join("details-route.yaml"), DETAILS_ROUTE).unwrap();
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while propagated() <= before {
+        assert!(
+            Instant::now() < deadline,
+            "no ACK timed after a config change:\n{}",
+            demo.log()
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
 
     prom.terminate(Duration::from_secs(5));
     demo.terminate(Duration::from_secs(10));
