@@ -386,6 +386,7 @@ impl Demo {
         if let Some(entry) = entry_of(meshed) {
             probes.push(("Bookinfo at the entry".into(), entry, load::LOAD_PATH));
         }
+        self.wait_endpoints_known(meshed).await?;
         for (what, addr, path) in probes {
             loop {
                 self.check_alive().await?;
@@ -402,6 +403,51 @@ impl Demo {
                     return Err(self.timeout(format!("{what} at http://{addr}{path} ({last})")));
                 }
                 tokio::time::sleep(POLL_INTERVAL).await;
+            }
+        }
+        Ok(())
+    }
+
+    /// Waits until every client proxy's own discovery state holds all the endpoints of each
+    /// service its app calls. Without this the demo could report ready while, say, reviews-v3
+    /// had registered but not yet reached productpage's sidecar, and early requests would never
+    /// see v3.
+    async fn wait_endpoints_known(&mut self, meshed: &[Meshed]) -> Result<(), DemoError> {
+        for m in meshed {
+            for upstream in m.app.upstreams() {
+                let want = bookinfo::APPS
+                    .iter()
+                    .filter(|a| a.service() == *upstream)
+                    .count();
+                let target = format!("{}.{}:{}", upstream.name(), NAMESPACE, SERVICE_PORT);
+                loop {
+                    self.check_alive().await?;
+                    let have = match self
+                        .client
+                        .get(
+                            m.ready.admin,
+                            "/config_dump",
+                            &HeaderMap::new(),
+                            PROBE_TIMEOUT,
+                        )
+                        .await
+                    {
+                        Ok(reply) if reply.status == StatusCode::OK => {
+                            known_endpoints(&reply.body, &target)
+                        }
+                        _ => 0,
+                    };
+                    if have >= want {
+                        break;
+                    }
+                    if Instant::now() >= self.deadline {
+                        return Err(self.timeout(format!(
+                            "{}'s proxy to learn {want} endpoints of {target} (it has {have})",
+                            m.app.workload_name()
+                        )));
+                    }
+                    tokio::time::sleep(POLL_INTERVAL).await;
+                }
             }
         }
         Ok(())
@@ -604,5 +650,39 @@ mod tests {
     fn flags_pair_up() {
         let args = flags(&[("--a", "1".into()), ("--b", "x=y".into())]);
         assert_eq!(args, ["--a", "1", "--b", "x=y"].map(OsString::from));
+    }
+}
+
+/// How many endpoints a proxy's `/config_dump` lists for `target` (0 when it has none yet).
+fn known_endpoints(config_dump: &[u8], target: &str) -> usize {
+    let Ok(dump) = serde_json::from_slice::<serde_json::Value>(config_dump) else {
+        return 0;
+    };
+    dump.pointer("/discovery/dump/targets")
+        .and_then(|t| t.as_array())
+        .and_then(|targets| {
+            targets
+                .iter()
+                .find(|t| t.get("target").and_then(|v| v.as_str()) == Some(target))
+        })
+        .and_then(|t| t.pointer("/destination/endpoints"))
+        .and_then(|e| e.as_array())
+        .map_or(0, Vec::len)
+}
+
+#[cfg(test)]
+mod endpoint_tests {
+    use super::known_endpoints;
+
+    #[test]
+    fn counts_the_endpoints_a_proxy_knows() {
+        let dump = br#"{"discovery":{"dump":{"targets":[
+            {"target":"details.default:9080","state":"found","destination":{"endpoints":[{}]}},
+            {"target":"reviews.default:9080","state":"found","destination":{"endpoints":[{},{},{}]}}
+        ]}}}"#;
+        assert_eq!(known_endpoints(dump, "reviews.default:9080"), 3);
+        assert_eq!(known_endpoints(dump, "details.default:9080"), 1);
+        assert_eq!(known_endpoints(dump, "ratings.default:9080"), 0);
+        assert_eq!(known_endpoints(b"not json", "reviews.default:9080"), 0);
     }
 }
