@@ -6,6 +6,7 @@
 //! working against a mesh built from another commit.
 
 pub mod bookinfo;
+pub mod check;
 pub mod demo;
 pub mod explain;
 mod http_client;
@@ -52,6 +53,8 @@ pub enum Command {
     /// Show what the mesh does with one request: route, backends, timeouts, retries, faults
     /// and policy, computed with the proxy's matching code.
     Explain(explain::ExplainArgs),
+    /// Check that the mesh is healthy (local mode): control plane, config, every proxy.
+    Check(check::CheckArgs),
 }
 
 /// Parses `args` (including the program name), runs the command and maps the outcome to the
@@ -77,6 +80,11 @@ where
         Command::Inject(args) => run_inject(&args, false),
         Command::Uninject(args) => run_inject(&args, true),
         Command::Validate(args) => ExitCode::from(validate::run(
+            &args,
+            &mut std::io::stdout().lock(),
+            &mut std::io::stderr().lock(),
+        )),
+        Command::Check(args) => ExitCode::from(check::run(
             &args,
             &mut std::io::stdout().lock(),
             &mut std::io::stderr().lock(),

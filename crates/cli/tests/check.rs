@@ -1,0 +1,158 @@
+//! `trellis check` against the running demo: healthy, `--proxy` lists every proxy, JSON, and a
+//! broken config file turns the config check into `×` with exit 1.
+
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+use std::os::unix::process::CommandExt;
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use clap::Parser;
+use rustix::process::{Pid, Signal, kill_process_group};
+use serde_json::Value;
+use trellis_cli::{Cli, Command as Sub, check};
+
+/// The demo in its own process group, killed with everything it started when dropped.
+struct Demo(Child);
+
+impl Drop for Demo {
+    fn drop(&mut self) {
+        if let Ok(pid) = i32::try_from(self.0.id())
+            && let Some(pid) = Pid::from_raw(pid)
+        {
+            let _ = kill_process_group(pid, Signal::KILL);
+        }
+        let _ = self.0.wait();
+    }
+}
+
+/// Runs `trellis check <args>` in-process; returns (exit code, stdout).
+fn run(args: &[&str]) -> (u8, String) {
+    let argv = ["trellis", "check"].into_iter().chain(args.iter().copied());
+    let Sub::Check(args) = Cli::try_parse_from(argv).unwrap().command else {
+        panic!("not check");
+    };
+    let (mut out, mut err) = (Vec::new(), Vec::new());
+    let code = check::run(&args, &mut out, &mut err);
+    (code, String::from_utf8(out).unwrap())
+}
+
+#[test]
+fn check_the_demo_then_a_broken_file() {
+    let config = tempfile::tempdir().unwrap();
+    std::fs::copy(
+        "../config/tests/fixtures/networking/virtual-service-reviews-jason-v2-v3.yaml",
+        config.path().join("reviews.yaml"),
+    )
+    .unwrap();
+    std::fs::copy(
+        "../config/tests/fixtures/networking/destination-rule-all.yaml",
+        config.path().join("rules.yaml"),
+    )
+    .unwrap();
+    let tmp = tempfile::tempdir().unwrap();
+    let status_file = tmp.path().join("status.json");
+    let log_path = tmp.path().join("demo.log");
+    let log = std::fs::File::create(&log_path).unwrap();
+    let child = Command::new(env!("CARGO_BIN_EXE_trellis"))
+        .args([
+            "demo",
+            "--no-load",
+            "--entry",
+            "127.0.0.1:0",
+            "--dashboard",
+            "127.0.0.1:0",
+        ])
+        .arg("--config-dir")
+        .arg(config.path())
+        .arg("--status-file")
+        .arg(&status_file)
+        .stdin(Stdio::null())
+        .stdout(log.try_clone().unwrap())
+        .stderr(log)
+        .process_group(0)
+        .spawn()
+        .unwrap();
+    let mut demo = Demo(child);
+    let log = || std::fs::read_to_string(&log_path).unwrap_or_default();
+    let deadline = Instant::now() + Duration::from_secs(60);
+    let status: Value = loop {
+        if let Ok(bytes) = std::fs::read(&status_file) {
+            break serde_json::from_slice(&bytes).unwrap();
+        }
+        if let Some(exit) = demo.0.try_wait().unwrap() {
+            panic!("the demo exited ({exit}):\n{}", log());
+        }
+        assert!(
+            Instant::now() < deadline,
+            "no status file after 60 s:\n{}",
+            log()
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    };
+    let control = format!("http://{}", status["control"]["http"].as_str().unwrap());
+
+    // Every proxy connects and ACKs shortly after the demo reports ready.
+    let deadline = Instant::now() + Duration::from_secs(20);
+    let (code, text) = loop {
+        let (code, text) = run(&["--control", &control, "--proxy"]);
+        if code == 0 || Instant::now() > deadline {
+            break (code, text);
+        }
+        std::thread::sleep(Duration::from_millis(200));
+    };
+    assert_eq!(code, 0, "{text}");
+    assert!(
+        text.starts_with("trellis-control\n---------------\n√ control plane is reachable\n"),
+        "{text}"
+    );
+    assert!(text.contains("√ config has no invalid resources"), "{text}");
+    assert!(
+        text.contains("√ every proxy has ACKed its configuration"),
+        "{text}"
+    );
+    assert!(
+        text.contains("√ proxy certificates are not near expiry"),
+        "{text}"
+    );
+    let proxies = text
+        .lines()
+        .filter(|l| l.starts_with("√ proxy ") && l.contains("(admin "))
+        .count();
+    assert_eq!(proxies, 6, "{text}");
+    assert!(text.ends_with("Status check results are √\n"), "{text}");
+    let (code, json) = run(&["--control", &control, "-o", "json"]);
+    assert_eq!(code, 0);
+    let json: Value = serde_json::from_str(&json).unwrap();
+    assert_eq!(json["success"], true);
+    assert_eq!(json["categories"][1]["categoryName"], "trellis-config");
+
+    // A broken file: the control plane refuses it and check says so, with exit 1.
+    std::fs::copy(
+        "tests/fixtures/validate/broken/field-error.yaml",
+        config.path().join("broken.yaml"),
+    )
+    .unwrap();
+    let deadline = Instant::now() + Duration::from_secs(20);
+    let (code, text) = loop {
+        let (code, text) = run(&["--control", &control]);
+        if code != 0 || Instant::now() > deadline {
+            break (code, text);
+        }
+        std::thread::sleep(Duration::from_millis(200));
+    };
+    assert_eq!(code, 1, "{text}");
+    assert!(
+        text.contains("× config has no invalid resources\n"),
+        "{text}"
+    );
+    assert!(text.contains("spec.http[0].timeout"), "{text}");
+    assert!(text.contains("hint: fix the files"), "{text}");
+    assert!(text.ends_with("Status check results are ×\n"), "{text}");
+
+    // Nothing listening: × reachable, the rest skipped.
+    let (code, text) = run(&["--control", "http://127.0.0.1:9"]);
+    assert_eq!(code, 1, "{text}");
+    assert!(text.contains("× control plane is reachable"), "{text}");
+    assert_eq!(run(&["--control", "nowhere"]).0, 64);
+}
