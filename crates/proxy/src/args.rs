@@ -13,11 +13,12 @@ use std::time::Duration;
 use clap::{Args, Parser, Subcommand};
 use trellis_model::Target;
 
-use crate::config::{DEFAULT_OPAQUE_PORTS, LogFormat, OutboundPort, ProxyConfig, parse_port_list};
-use crate::init::InitArgs;
 use crate::accesslog::Format as AccessLogFormat;
 use crate::config::DEFAULT_TRACE_SAMPLING;
+use crate::config::{DEFAULT_OPAQUE_PORTS, LogFormat, OutboundPort, ProxyConfig, parse_port_list};
+use crate::init::InitArgs;
 use crate::telemetry::LabelDetail;
+use crate::trace::export::Protocol as OtlpProtocol;
 
 /// A flag with a value that does not make sense; `flag` is the flag's name as typed.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -133,6 +134,9 @@ pub struct RunArgs {
     /// OTLP/gRPC collector (`http://host:4317`) spans are exported to; none: no tracing.
     #[arg(long, value_name = "URL", env = "TRELLIS_OTLP_ENDPOINT")]
     pub otlp_endpoint: Option<String>,
+    /// How spans are sent: `grpc` (TraceService/Export) or `http/protobuf` (POST /v1/traces).
+    #[arg(long, value_name = "PROTOCOL", value_enum, env = "TRELLIS_OTLP_PROTOCOL", default_value_t = OtlpProtocol::Grpc)]
+    pub otlp_protocol: OtlpProtocol,
     /// Probability (0.0 to 1.0) of sampling a trace that arrives without a decision.
     #[arg(long, value_name = "P", env = "TRELLIS_TRACE_SAMPLING", default_value_t = DEFAULT_TRACE_SAMPLING)]
     pub trace_sampling: f64,
@@ -246,6 +250,7 @@ impl RunArgs {
             log_format: self.log_format,
             metrics_labels: self.metrics_labels,
             otlp_endpoint: self.otlp_endpoint.filter(|e| !e.is_empty()),
+            otlp_protocol: self.otlp_protocol,
             trace_sampling: self.trace_sampling,
             access_log: self.access_log,
             access_log_path: self.access_log_path,

@@ -72,6 +72,7 @@ pub struct ProxyConfig {
     pub metrics_labels: crate::telemetry::LabelDetail,
     /// OTLP/gRPC collector for spans; `None`: no tracing.
     pub otlp_endpoint: Option<String>,
+    pub otlp_protocol: crate::trace::export::Protocol,
     /// Probability of sampling a new trace (an incoming decision is obeyed).
     pub trace_sampling: f64,
     pub access_log: crate::accesslog::Format,
@@ -107,6 +108,7 @@ impl ProxyConfig {
             log_format: LogFormat::Text,
             metrics_labels: crate::telemetry::LabelDetail::Full,
             otlp_endpoint: None,
+            otlp_protocol: crate::trace::export::Protocol::Grpc,
             trace_sampling: DEFAULT_TRACE_SAMPLING,
             access_log: crate::accesslog::Format::Off,
             access_log_path: None,

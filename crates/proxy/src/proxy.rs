@@ -140,6 +140,7 @@ impl Proxy {
             // Outlives the drain like discovery: spans of the last requests still go out.
             tokio::spawn(trace::export::run(
                 endpoint.clone(),
+                config.otlp_protocol,
                 resource,
                 spans_rx,
                 metrics.spans.clone(),

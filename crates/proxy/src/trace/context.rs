@@ -118,8 +118,7 @@ fn parse_b3_multi(h: &HeaderMap) -> Option<SpanContext> {
     let span_id = hex::<8>(h.get(B3_SPAN_ID)?.as_bytes())?;
     let debug = h.get(B3_FLAGS).is_some_and(|v| v.as_bytes() == b"1");
     let sampled = debug
-        || h
-            .get(B3_SAMPLED)
+        || h.get(B3_SAMPLED)
             .is_none_or(|v| matches!(v.as_bytes(), b"1" | b"true"));
     Some(SpanContext {
         trace_id,
@@ -179,7 +178,10 @@ pub fn inject(h: &mut HeaderMap, ctx: &SpanContext, format: Format) {
             // The parent id is the one just written; Zipkin's rule says to drop the stale one.
             h.remove(B3_PARENT_SPAN_ID);
             h.remove(B3_FLAGS);
-            h.insert(B3_SAMPLED, HeaderValue::from_static(if ctx.sampled { "1" } else { "0" }));
+            h.insert(
+                B3_SAMPLED,
+                HeaderValue::from_static(if ctx.sampled { "1" } else { "0" }),
+            );
         }
     }
 }
@@ -205,25 +207,45 @@ mod tests {
         let mut h = HeaderMap::new();
         inject(&mut h, &c, Format::W3c);
         assert_eq!(h[TRACEPARENT], TP);
-        assert!(parse_traceparent(b"00-00000000000000000000000000000000-00f067aa0ba902b7-01").is_none());
-        assert!(parse_traceparent(b"ff-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01").is_none());
-        assert!(!parse_traceparent(b"00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-00").unwrap().sampled);
+        assert!(
+            parse_traceparent(b"00-00000000000000000000000000000000-00f067aa0ba902b7-01").is_none()
+        );
+        assert!(
+            parse_traceparent(b"ff-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01").is_none()
+        );
+        assert!(
+            !parse_traceparent(b"00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-00")
+                .unwrap()
+                .sampled
+        );
         // A later version may append fields.
-        assert!(parse_traceparent(b"01-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01-xyz").is_some());
+        assert!(
+            parse_traceparent(b"01-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01-xyz")
+                .is_some()
+        );
     }
 
     #[test]
     fn reads_b3_single_and_multi() {
-        let c = parse_b3_single(b"80f198ee56343ba864fe8b2a57d3eff7-e457b5a2e4d86bd1-1-05e3ac9a4f6e3b90").unwrap();
+        let c = parse_b3_single(
+            b"80f198ee56343ba864fe8b2a57d3eff7-e457b5a2e4d86bd1-1-05e3ac9a4f6e3b90",
+        )
+        .unwrap();
         assert!(c.sampled);
         assert_eq!(hex_string(&c.span_id), "e457b5a2e4d86bd1");
         let c64 = parse_b3_single(b"64fe8b2a57d3eff7-e457b5a2e4d86bd1-0").unwrap();
         assert!(!c64.sampled);
-        assert_eq!(hex_string(&c64.trace_id), "000000000000000064fe8b2a57d3eff7");
+        assert_eq!(
+            hex_string(&c64.trace_id),
+            "000000000000000064fe8b2a57d3eff7"
+        );
         assert!(parse_b3_single(b"0").is_none());
 
         let mut h = HeaderMap::new();
-        h.insert(B3_TRACE_ID, HeaderValue::from_static("80f198ee56343ba864fe8b2a57d3eff7"));
+        h.insert(
+            B3_TRACE_ID,
+            HeaderValue::from_static("80f198ee56343ba864fe8b2a57d3eff7"),
+        );
         h.insert(B3_SPAN_ID, HeaderValue::from_static("e457b5a2e4d86bd1"));
         h.insert(B3_SAMPLED, HeaderValue::from_static("0"));
         let (c, f) = extract(&h).unwrap();
@@ -233,7 +255,10 @@ mod tests {
     #[test]
     fn traceparent_wins_and_b3_goes_out_as_it_came() {
         let mut h = HeaderMap::new();
-        h.insert(B3, HeaderValue::from_static("80f198ee56343ba864fe8b2a57d3eff7-e457b5a2e4d86bd1-1"));
+        h.insert(
+            B3,
+            HeaderValue::from_static("80f198ee56343ba864fe8b2a57d3eff7-e457b5a2e4d86bd1-1"),
+        );
         let (c, f) = extract(&h).unwrap();
         assert_eq!(f, Format::B3Single);
         let next = SpanContext {

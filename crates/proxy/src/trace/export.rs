@@ -22,6 +22,20 @@ pub const MAX_BATCH: usize = 512;
 pub const FLUSH_EVERY: Duration = Duration::from_millis(500);
 pub const EXPORT_TIMEOUT: Duration = Duration::from_secs(5);
 
+/// How spans travel to the collector (`--otlp-protocol`, OpenTelemetry's names).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, serde::Serialize, clap::ValueEnum)]
+pub enum Protocol {
+    /// `TraceService/Export` over gRPC (port 4317 by convention).
+    #[default]
+    #[value(name = "grpc")]
+    #[serde(rename = "grpc")]
+    Grpc,
+    /// `POST <endpoint>/v1/traces` with a protobuf body (port 4318 by convention).
+    #[value(name = "http/protobuf")]
+    #[serde(rename = "http/protobuf")]
+    HttpProtobuf,
+}
+
 /// Who the spans come from (OTLP resource attributes).
 #[derive(Clone, Debug, Default)]
 pub struct ResourceInfo {
@@ -182,22 +196,85 @@ pub fn validate_endpoint(url: &str) -> Result<(), ExportError> {
     Ok(())
 }
 
+/// The OTLP/HTTP URL: the endpoint as given when it names a path, else `<endpoint>/v1/traces`
+/// (the spec's rule for a signal-less base URL).
+pub fn http_traces_url(endpoint: &str) -> String {
+    let rest = endpoint.split_once("://").map_or(endpoint, |(_, r)| r);
+    match rest.split_once('/') {
+        Some((_, path)) if !path.is_empty() => endpoint.to_owned(),
+        _ => format!("{}/v1/traces", endpoint.trim_end_matches('/')),
+    }
+}
+
+/// One client for either protocol.
+enum Client {
+    Grpc(TraceServiceClient<tonic::transport::Channel>),
+    Http {
+        client: hyper_util::client::legacy::Client<
+            hyper_util::client::legacy::connect::HttpConnector,
+            http_body_util::Full<bytes::Bytes>,
+        >,
+        uri: http::Uri,
+    },
+}
+
+impl Client {
+    async fn export(&mut self, request: ExportTraceServiceRequest) -> Result<(), String> {
+        match self {
+            Self::Grpc(c) => c.export(request).await.map(drop).map_err(|s| s.to_string()),
+            Self::Http { client, uri } => {
+                let body = prost::Message::encode_to_vec(&request);
+                let req = http::Request::post(uri.clone())
+                    .header(http::header::CONTENT_TYPE, "application/x-protobuf")
+                    .body(http_body_util::Full::new(bytes::Bytes::from(body)))
+                    .map_err(|e| e.to_string())?;
+                let resp = client.request(req).await.map_err(|e| e.to_string())?;
+                let status = resp.status();
+                // Read the answer so the connection can be reused.
+                let _ = http_body_util::BodyExt::collect(resp.into_body()).await;
+                if status.is_success() {
+                    Ok(())
+                } else {
+                    Err(format!("collector answered {status}"))
+                }
+            }
+        }
+    }
+}
+
 /// Drains `rx` until `stop` (then flushes what is queued, once) and exports the batches.
 pub async fn run(
     endpoint: String,
+    protocol: Protocol,
     resource: ResourceInfo,
     mut rx: mpsc::Receiver<Span>,
     stats: Arc<ExportStats>,
     stop: CancellationToken,
 ) {
-    let channel = match tonic::transport::Endpoint::from_shared(endpoint.clone()) {
-        Ok(e) => e.connect_timeout(EXPORT_TIMEOUT).connect_lazy(),
-        Err(e) => {
-            tracing::error!(%endpoint, error = %e, "invalid OTLP endpoint; spans are dropped");
-            return;
-        }
+    let mut client = match protocol {
+        Protocol::Grpc => match tonic::transport::Endpoint::from_shared(endpoint.clone()) {
+            Ok(e) => Client::Grpc(TraceServiceClient::new(
+                e.connect_timeout(EXPORT_TIMEOUT).connect_lazy(),
+            )),
+            Err(e) => {
+                tracing::error!(%endpoint, error = %e, "invalid OTLP endpoint; spans are dropped");
+                return;
+            }
+        },
+        Protocol::HttpProtobuf => match http_traces_url(&endpoint).parse::<http::Uri>() {
+            Ok(uri) => Client::Http {
+                client: hyper_util::client::legacy::Client::builder(
+                    hyper_util::rt::TokioExecutor::new(),
+                )
+                .build_http(),
+                uri,
+            },
+            Err(e) => {
+                tracing::error!(%endpoint, error = %e, "invalid OTLP endpoint; spans are dropped");
+                return;
+            }
+        },
     };
-    let mut client = TraceServiceClient::new(channel);
     let mut batch = Vec::with_capacity(MAX_BATCH);
     loop {
         let stopping = tokio::select! {
@@ -231,9 +308,9 @@ pub async fn run(
                 Ok(Ok(_)) => {
                     stats.exported.fetch_add(n, Relaxed);
                 }
-                Ok(Err(status)) => {
+                Ok(Err(error)) => {
                     stats.failed.fetch_add(n, Relaxed);
-                    tracing::debug!(%endpoint, %status, spans = n, "OTLP export failed");
+                    tracing::debug!(%endpoint, %error, spans = n, "OTLP export failed");
                 }
                 Err(_) => {
                     stats.failed.fetch_add(n, Relaxed);
@@ -296,6 +373,22 @@ mod tests {
         assert_eq!(
             p.status.as_ref().map(|s| s.code),
             Some(status::StatusCode::Error as i32)
+        );
+    }
+
+    #[test]
+    fn http_url_gets_the_signal_path() {
+        assert_eq!(
+            http_traces_url("http://127.0.0.1:4318"),
+            "http://127.0.0.1:4318/v1/traces"
+        );
+        assert_eq!(
+            http_traces_url("http://127.0.0.1:4318/"),
+            "http://127.0.0.1:4318/v1/traces"
+        );
+        assert_eq!(
+            http_traces_url("http://c:4318/custom/traces"),
+            "http://c:4318/custom/traces"
         );
     }
 

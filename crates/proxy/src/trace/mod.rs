@@ -230,8 +230,17 @@ mod tests {
         let (next, _) = context::extract(&h).unwrap();
         assert_eq!(next.trace_id, span.ctx.trace_id);
         assert_eq!(next.span_id, span.ctx.span_id);
-        assert_eq!(span.parent, Some([0x00, 0xf0, 0x67, 0xaa, 0x0b, 0xa9, 0x02, 0xb7]));
-        t.end(span, SpanEnd { status: 200, ..Default::default() });
+        assert_eq!(
+            span.parent,
+            Some([0x00, 0xf0, 0x67, 0xaa, 0x0b, 0xa9, 0x02, 0xb7])
+        );
+        t.end(
+            span,
+            SpanEnd {
+                status: 200,
+                ..Default::default()
+            },
+        );
         let s = rx.try_recv().unwrap();
         assert_eq!(s.name, "GET");
         assert_eq!(s.status, 200);
@@ -268,7 +277,12 @@ mod tests {
             context::hex_string(&span.ctx.trace_id),
             "80f198ee56343ba864fe8b2a57d3eff7"
         );
-        assert!(h[B3].to_str().unwrap().starts_with("80f198ee56343ba864fe8b2a57d3eff7-"));
+        assert!(
+            h[B3]
+                .to_str()
+                .unwrap()
+                .starts_with("80f198ee56343ba864fe8b2a57d3eff7-")
+        );
     }
 
     #[test]
