@@ -13,6 +13,7 @@ mod http_client;
 pub mod inject;
 pub mod install;
 pub mod output;
+pub mod proxyconfig;
 pub mod validate;
 
 use std::ffi::OsString;
@@ -55,6 +56,8 @@ pub enum Command {
     Explain(explain::ExplainArgs),
     /// Check that the mesh is healthy (local mode): control plane, config, every proxy.
     Check(check::CheckArgs),
+    /// Show one proxy's listeners, routes, clusters and endpoints (from its `/config_dump`).
+    ProxyConfig(proxyconfig::ProxyConfigArgs),
 }
 
 /// Parses `args` (including the program name), runs the command and maps the outcome to the
@@ -80,6 +83,11 @@ where
         Command::Inject(args) => run_inject(&args, false),
         Command::Uninject(args) => run_inject(&args, true),
         Command::Validate(args) => ExitCode::from(validate::run(
+            &args,
+            &mut std::io::stdout().lock(),
+            &mut std::io::stderr().lock(),
+        )),
+        Command::ProxyConfig(args) => ExitCode::from(proxyconfig::run(
             &args,
             &mut std::io::stdout().lock(),
             &mut std::io::stderr().lock(),

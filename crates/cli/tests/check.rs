@@ -10,7 +10,7 @@ use std::time::{Duration, Instant};
 use clap::Parser;
 use rustix::process::{Pid, Signal, kill_process_group};
 use serde_json::Value;
-use trellis_cli::{Cli, Command as Sub, check};
+use trellis_cli::{Cli, Command as Sub, check, proxyconfig};
 
 /// The demo in its own process group, killed with everything it started when dropped.
 struct Demo(Child);
@@ -34,6 +34,19 @@ fn run(args: &[&str]) -> (u8, String) {
     };
     let (mut out, mut err) = (Vec::new(), Vec::new());
     let code = check::run(&args, &mut out, &mut err);
+    (code, String::from_utf8(out).unwrap())
+}
+
+/// Runs `trellis proxy-config <args>` in-process; returns (exit code, stdout).
+fn proxy_config(args: &[&str]) -> (u8, String) {
+    let argv = ["trellis", "proxy-config"]
+        .into_iter()
+        .chain(args.iter().copied());
+    let Sub::ProxyConfig(args) = Cli::try_parse_from(argv).unwrap().command else {
+        panic!("not proxy-config");
+    };
+    let (mut out, mut err) = (Vec::new(), Vec::new());
+    let code = proxyconfig::run(&args, &mut out, &mut err);
     (code, String::from_utf8(out).unwrap())
 }
 
@@ -126,6 +139,31 @@ fn check_the_demo_then_a_broken_file() {
     let json: Value = serde_json::from_str(&json).unwrap();
     assert_eq!(json["success"], true);
     assert_eq!(json["categories"][1]["categoryName"], "trellis-config");
+
+    // proxy-config by workload name: productpage's proxy holds the jason route.
+    let (code, json) = proxy_config(&[
+        "productpage-v1",
+        "routes",
+        "--control",
+        &control,
+        "-o",
+        "json",
+    ]);
+    assert_eq!(code, 0, "{json}");
+    let json: Value = serde_json::from_str(&json).unwrap();
+    let routes = json["routes"].as_array().unwrap();
+    assert!(
+        routes
+            .iter()
+            .any(|r| r["resource"] == "VirtualService default/reviews"
+                && r["action"].as_str().unwrap().contains("subset v2 100%")),
+        "{json:#}"
+    );
+    let (code, table) = proxy_config(&["productpage-v1.default", "--control", &control]);
+    assert_eq!(code, 0);
+    assert!(table.starts_with("LISTENERS\nNAME "), "{table}");
+    assert!(table.contains("\nENDPOINTS\n"), "{table}");
+    assert_eq!(proxy_config(&["nobody", "--control", &control]).0, 64);
 
     // A broken file: the control plane refuses it and check says so, with exit 1.
     std::fs::copy(
