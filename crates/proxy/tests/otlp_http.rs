@@ -1,6 +1,7 @@
 //! OTLP over HTTP/protobuf: a proxy with `--otlp-protocol http/protobuf` POSTs its spans to
 //! `<endpoint>/v1/traces` as `ExportTraceServiceRequest` protobuf; a server span for an inbound
-//! request arrives with its semantic-convention attributes and the caller's trace id.
+//! request arrives with its semantic-convention attributes and the caller's trace id, and a
+//! span ends with its response body (a gRPC status from the trailers is on it).
 
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
@@ -110,4 +111,33 @@ async fn spans_are_posted_as_protobuf() {
     assert!(attr("http.request.method").is_some());
     assert!(attr("url.path").is_some());
     assert!(attr("server.address").is_some());
+
+    // A span ends with its response body: a gRPC status sent in the trailers is on it.
+    let mut h2 = http2_conn(proxy.addrs().inbound).await;
+    let resp = h2
+        .send_request(
+            Request::get("http://app.test/trailers")
+                .body(full(""))
+                .unwrap(),
+        )
+        .await
+        .unwrap();
+    resp.into_body().collect().await.unwrap();
+    let deadline = Instant::now() + WAIT;
+    loop {
+        if let Ok(Some((_, _, req))) =
+            tokio::time::timeout(Duration::from_millis(200), rx.recv()).await
+        {
+            let found = req
+                .resource_spans
+                .iter()
+                .flat_map(|r| &r.scope_spans)
+                .flat_map(|s| &s.spans)
+                .any(|s| s.attributes.iter().any(|a| a.key == "rpc.grpc.status_code"));
+            if found {
+                break;
+            }
+        }
+        assert!(Instant::now() < deadline, "no span with the trailers' gRPC status");
+    }
 }

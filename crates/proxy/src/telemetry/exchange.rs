@@ -95,7 +95,7 @@ impl LocalWorkload {
 pub struct Telemetry {
     pub metrics: Arc<Metrics>,
     pub local: LocalWorkload,
-    pub tracer: Option<Tracer>,
+    pub tracer: Option<Arc<Tracer>>,
     pub access_log: Option<Arc<AccessLog>>,
 }
 
@@ -130,7 +130,7 @@ impl Telemetry {
     }
 
     pub fn with_tracer(mut self, tracer: Tracer) -> Self {
-        self.tracer = Some(tracer);
+        self.tracer = Some(Arc::new(tracer));
         self
     }
 
@@ -245,24 +245,23 @@ impl Telemetry {
     pub fn end(&self, mut ex: Exchange, resp: Response<ProxyBody>) -> Response<ProxyBody> {
         let elapsed = ex.started.elapsed();
         let status = resp.status().as_u16();
-        if let (Some(tracer), Some(span)) = (&self.tracer, ex.span.take()) {
-            let up = resp.extensions().get::<Upstream>();
-            tracer.end(
-                span,
-                SpanEnd {
-                    status,
-                    grpc_status: grpc_status(resp.headers()),
+        // The span ends with the response body (a gRPC status may come in the trailers); what
+        // the head says is kept until then.
+        let span = match (&self.tracer, ex.span.take()) {
+            (Some(tracer), Some(span)) => {
+                let up = resp.extensions().get::<Upstream>();
+                Some(PendingSpan {
+                    tracer: tracer.clone(),
+                    span,
                     upstream: up
                         .and_then(|u| u.endpoint.as_deref())
                         .map(|e| e.endpoint().address),
-                    route: up.and_then(|u| u.route.as_deref()),
-                    error: resp
-                        .headers()
-                        .get(TRELLIS_ERROR)
-                        .and_then(|v| v.to_str().ok()),
-                },
-            );
-        }
+                    route: up.and_then(|u| u.route.clone()),
+                    error: resp.headers().get(TRELLIS_ERROR).cloned(),
+                })
+            }
+            _ => None,
+        };
         let series = match self.metrics.detail() {
             LabelDetail::Minimal => {
                 self.metrics.request(ex.direction, status, elapsed);
@@ -291,7 +290,7 @@ impl Telemetry {
             }
             _ => None,
         };
-        if series.is_none() && log.is_none() {
+        if series.is_none() && log.is_none() && span.is_none() {
             return resp;
         }
         // A trailers-only gRPC answer carries its status in the head.
@@ -301,6 +300,7 @@ impl Telemetry {
             inner: body,
             series,
             log,
+            span,
             started: ex.started,
             status,
             grpc,
@@ -421,12 +421,22 @@ impl Body for Counted {
     }
 }
 
+/// A span waiting for the end of its response body.
+struct PendingSpan {
+    tracer: Arc<Tracer>,
+    span: ActiveSpan,
+    upstream: Option<SocketAddr>,
+    route: Option<Arc<str>>,
+    error: Option<HeaderValue>,
+}
+
 /// A response body that counts the exchange in its series, and writes its access log line,
 /// when it ends (or is dropped).
 struct Recorded {
     inner: ProxyBody,
     series: Option<Arc<Series>>,
     log: Option<(Box<Entry>, Arc<AccessLog>)>,
+    span: Option<PendingSpan>,
     started: Instant,
     status: u16,
     grpc: Option<u32>,
@@ -443,6 +453,18 @@ impl Recorded {
         let req = self.request_bytes.as_ref().map_or(0, |t| t.load(Relaxed));
         if let Some(series) = &self.series {
             series.finish(self.status, self.grpc, req, self.response_bytes);
+        }
+        if let Some(p) = self.span.take() {
+            p.tracer.end(
+                p.span,
+                SpanEnd {
+                    status: self.status,
+                    grpc_status: self.grpc,
+                    upstream: p.upstream,
+                    route: p.route.as_deref(),
+                    error: p.error.as_ref().and_then(|v| v.to_str().ok()),
+                },
+            );
         }
         if let Some((mut entry, log)) = self.log.take() {
             entry.grpc_status = self.grpc;

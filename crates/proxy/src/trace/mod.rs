@@ -57,7 +57,7 @@ pub struct Span {
     pub error: Option<String>,
 }
 
-/// A span in progress: begun with the request, finished with the response head.
+/// A span in progress: begun with the request, finished when the response body ends.
 #[derive(Debug)]
 pub struct ActiveSpan {
     pub ctx: SpanContext,
