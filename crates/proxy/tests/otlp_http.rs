@@ -138,6 +138,9 @@ async fn spans_are_posted_as_protobuf() {
                 break;
             }
         }
-        assert!(Instant::now() < deadline, "no span with the trailers' gRPC status");
+        assert!(
+            Instant::now() < deadline,
+            "no span with the trailers' gRPC status"
+        );
     }
 }
