@@ -149,11 +149,15 @@ impl Proxy {
             telemetry = telemetry.with_tracer(tracer);
         }
         if config.access_log != accesslog::Format::Off {
-            let log = AccessLog::start(config.access_log, config.access_log_path.as_deref())
-                .map_err(|e| ProxyError::Io {
-                    what: "opening the access log",
-                    source: e.source,
-                })?;
+            let log = AccessLog::start(
+                config.access_log,
+                config.access_log_path.as_deref(),
+                metrics.access_log_dropped.clone(),
+            )
+            .map_err(|e| ProxyError::Io {
+                what: "opening the access log",
+                source: e.source,
+            })?;
             telemetry = telemetry.with_access_log(log);
         }
         let telemetry = Arc::new(telemetry);

@@ -198,6 +198,8 @@ pub struct Metrics {
     pub requests: RequestRegistry,
     /// What became of trace spans (all zero without a tracer).
     pub spans: Arc<crate::trace::export::ExportStats>,
+    /// Access log lines dropped because the writer fell behind.
+    pub access_log_dropped: Arc<AtomicU64>,
 }
 
 impl Default for Metrics {
@@ -218,6 +220,7 @@ impl Metrics {
             detail,
             requests: RequestRegistry::new(),
             spans: Arc::default(),
+            access_log_dropped: Arc::default(),
         }
     }
 
@@ -355,7 +358,14 @@ impl Metrics {
             }
         }
         self.render_traffic(out)?;
-        self.spans.render(out)
+        self.spans.render(out)?;
+        let name = "trellis_access_log_dropped_total";
+        writeln!(
+            out,
+            "# HELP {name} Access log lines dropped because the writer fell behind."
+        )?;
+        writeln!(out, "# TYPE {name} counter")?;
+        writeln!(out, "{name} {}", self.access_log_dropped.load(Relaxed))
     }
 
     /// The request families with `direction` and `status_code` only.

@@ -76,7 +76,9 @@ async fn logged_proxy(
         metrics.clone(),
         LocalWorkload::new("productpage-v1", "default"),
     )
-    .with_access_log(AccessLog::start(Format::Json, Some(log)).unwrap());
+    .with_access_log(
+        AccessLog::start(Format::Json, Some(log), metrics.access_log_dropped.clone()).unwrap(),
+    );
     let ctx = Arc::new(
         Ctx::new(
             metrics.clone(),

@@ -11,6 +11,7 @@
 use std::io::Write as _;
 use std::net::SocketAddr;
 use std::path::Path;
+use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
@@ -176,13 +177,18 @@ pub struct OpenError {
 pub struct AccessLog {
     format: Format,
     tx: mpsc::Sender<String>,
-    pub dropped: AtomicU64,
+    /// Lines dropped because the queue was full (`trellis_access_log_dropped_total`).
+    dropped: Arc<AtomicU64>,
 }
 
 impl AccessLog {
     /// Opens the destination (appending to `path`, else stdout) and starts the writer thread,
     /// which ends when the logger is dropped.
-    pub fn start(format: Format, path: Option<&Path>) -> Result<Self, OpenError> {
+    pub fn start(
+        format: Format,
+        path: Option<&Path>,
+        dropped: Arc<AtomicU64>,
+    ) -> Result<Self, OpenError> {
         let mut out: Box<dyn std::io::Write + Send> = match path {
             Some(p) => Box::new(
                 std::fs::OpenOptions::new()
@@ -218,7 +224,7 @@ impl AccessLog {
         Ok(Self {
             format,
             tx,
-            dropped: AtomicU64::new(0),
+            dropped,
         })
     }
 
