@@ -1,5 +1,5 @@
 //! Access logs on loopback: a request the proxy failed names why in its log line (a route
-//! timeout, a backend without endpoints), and a good one carries the upstream, the route, the
+//! timeout, a backend without endpoints, a circuit-breaker rejection), and a good one carries the upstream, the route, the
 //! bytes and the trace id; labelled request metrics name the destination workload and route.
 
 #![allow(clippy::unwrap_used, clippy::expect_used)]
@@ -205,4 +205,22 @@ async fn no_endpoints_and_a_good_answer() {
         ),
         "reviews-v1".len() as f64
     );
+}
+
+#[tokio::test]
+async fn a_circuit_breaker_rejection_names_the_reason() {
+    let log = log_path();
+    let backend = Backend::start("reviews-v1").await;
+    let mut dest = destination(&[&backend]);
+    // No request may be in flight: every request is turned away by the breaker.
+    dest.policy.connection_pool = trellis_model::policy::ConnectionPool {
+        max_requests: Some(0),
+        ..Default::default()
+    };
+    let (addr, _) = logged_proxy(dest, &log).await;
+    assert_eq!(get(addr, &[]).await, 503);
+    let line = &lines(&log, 1).await[0];
+    assert_eq!(line["response_flags"], "UO");
+    assert_eq!(line["response_code_details"], "circuit open: max requests");
+    assert_eq!(backend.hits(), 0);
 }
