@@ -34,7 +34,10 @@ fn dashboards() -> Vec<(PathBuf, Value)> {
             out.push((path, v));
         }
     }
-    assert!(out.len() >= 3, "mesh, workload and control-plane dashboards");
+    assert!(
+        out.len() >= 3,
+        "mesh, workload and control-plane dashboards"
+    );
     out
 }
 
@@ -54,7 +57,10 @@ fn metric_names(expr: &str, into: &mut BTreeSet<String>) {
 }
 
 fn exposed_names(text: &str, into: &mut BTreeSet<String>) {
-    for line in text.lines().filter(|l| !l.starts_with('#') && !l.is_empty()) {
+    for line in text
+        .lines()
+        .filter(|l| !l.starts_with('#') && !l.is_empty())
+    {
         let end = line.find(['{', ' ']).unwrap_or(line.len());
         into.insert(line[..end].to_owned());
     }
