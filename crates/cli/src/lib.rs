@@ -14,6 +14,7 @@ pub mod inject;
 pub mod install;
 pub mod output;
 pub mod proxyconfig;
+pub mod stat;
 pub mod validate;
 
 use std::ffi::OsString;
@@ -58,6 +59,8 @@ pub enum Command {
     Check(check::CheckArgs),
     /// Show one proxy's listeners, routes, clusters and endpoints (from its `/config_dump`).
     ProxyConfig(proxyconfig::ProxyConfigArgs),
+    /// Per-workload success rate, request rate, latency percentiles and TCP connections.
+    Stat(stat::StatArgs),
 }
 
 /// Parses `args` (including the program name), runs the command and maps the outcome to the
@@ -83,6 +86,11 @@ where
         Command::Inject(args) => run_inject(&args, false),
         Command::Uninject(args) => run_inject(&args, true),
         Command::Validate(args) => ExitCode::from(validate::run(
+            &args,
+            &mut std::io::stdout().lock(),
+            &mut std::io::stderr().lock(),
+        )),
+        Command::Stat(args) => ExitCode::from(stat::run(
             &args,
             &mut std::io::stdout().lock(),
             &mut std::io::stderr().lock(),

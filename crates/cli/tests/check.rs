@@ -10,7 +10,7 @@ use std::time::{Duration, Instant};
 use clap::Parser;
 use rustix::process::{Pid, Signal, kill_process_group};
 use serde_json::Value;
-use trellis_cli::{Cli, Command as Sub, check, proxyconfig};
+use trellis_cli::{Cli, Command as Sub, check, proxyconfig, stat};
 
 /// The demo in its own process group, killed with everything it started when dropped.
 struct Demo(Child);
@@ -48,6 +48,32 @@ fn proxy_config(args: &[&str]) -> (u8, String) {
     let (mut out, mut err) = (Vec::new(), Vec::new());
     let code = proxyconfig::run(&args, &mut out, &mut err);
     (code, String::from_utf8(out).unwrap())
+}
+
+/// Runs `trellis stat <args>` in-process; returns (exit code, stdout).
+fn stat(args: &[&str]) -> (u8, String) {
+    let argv = ["trellis", "stat"].into_iter().chain(args.iter().copied());
+    let Sub::Stat(args) = Cli::try_parse_from(argv).unwrap().command else {
+        panic!("not stat");
+    };
+    let (mut out, mut err) = (Vec::new(), Vec::new());
+    let code = stat::run(&args, &mut out, &mut err);
+    (code, String::from_utf8(out).unwrap())
+}
+
+/// One `GET path` through the demo's entry over HTTP/1.1; returns the status line.
+fn get(entry: &str, path: &str) -> String {
+    use std::io::{Read, Write};
+    let mut s = std::net::TcpStream::connect(entry).unwrap();
+    s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+    write!(
+        s,
+        "GET {path} HTTP/1.1\r\nHost: productpage\r\nConnection: close\r\n\r\n"
+    )
+    .unwrap();
+    let mut answer = String::new();
+    s.read_to_string(&mut answer).unwrap();
+    answer.lines().next().unwrap_or_default().to_string()
 }
 
 #[test]
@@ -164,6 +190,49 @@ fn check_the_demo_then_a_broken_file() {
     assert!(table.starts_with("LISTENERS\nNAME "), "{table}");
     assert!(table.contains("\nENDPOINTS\n"), "{table}");
     assert_eq!(proxy_config(&["nobody", "--control", &control]).0, 64);
+
+    // stat while requests flow: productpage served them all, successfully.
+    let entry = status["entry"].as_str().unwrap().to_string();
+    let sender = std::thread::spawn(move || {
+        let until = Instant::now() + Duration::from_millis(1500);
+        let mut sent = 0;
+        while Instant::now() < until {
+            assert!(get(&entry, "/api/v1/products/0/reviews").contains(" 200 "));
+            sent += 1;
+        }
+        sent
+    });
+    let (code, json) = stat(&[
+        "deploy",
+        "--control",
+        &control,
+        "--interval",
+        "1s",
+        "-o",
+        "json",
+    ]);
+    assert!(sender.join().unwrap() > 0);
+    assert_eq!(code, 0, "{json}");
+    let rows: Value = serde_json::from_str(&json).unwrap();
+    assert_eq!(rows.as_array().unwrap().len(), 6, "{rows:#}");
+    let productpage = rows
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|r| r["name"] == "productpage-v1")
+        .unwrap();
+    assert!(
+        productpage["rps"].as_f64().unwrap() > 0.0,
+        "{productpage:#}"
+    );
+    assert_eq!(productpage["success"], 1.0, "{productpage:#}");
+    assert!(
+        productpage["latency_ms_p99"].as_f64().unwrap() > 0.0,
+        "{productpage:#}"
+    );
+    let (code, table) = stat(&["-A", "--control", &control, "--interval", "100ms"]);
+    assert_eq!(code, 0);
+    assert!(table.starts_with("NAMESPACE   NAME "), "{table}");
 
     // A broken file: the control plane refuses it and check says so, with exit 1.
     std::fs::copy(
