@@ -78,6 +78,32 @@ pub const DURATION_BUCKETS: [f64; 14] = [
     0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0,
 ];
 
+/// Upper bounds of the TCP connection duration buckets, in seconds: connections live from
+/// milliseconds (a request) to hours (a stream), so the buckets are wider than the requests'.
+pub const CONNECTION_BUCKETS: [f64; 10] = [
+    0.001, 0.01, 0.1, 1.0, 10.0, 60.0, 300.0, 900.0, 1800.0, 3600.0,
+];
+
+/// Per-bucket (not cumulative) connection durations; the last slot is `+Inf`.
+#[derive(Debug)]
+struct ConnectionDurations {
+    buckets: [AtomicU64; CONNECTION_BUCKETS.len() + 1],
+    sum_nanos: AtomicU64,
+}
+
+impl ConnectionDurations {
+    fn observe(&self, d: Duration) {
+        let secs = d.as_secs_f64();
+        let slot = CONNECTION_BUCKETS
+            .iter()
+            .position(|b| secs <= *b)
+            .unwrap_or(CONNECTION_BUCKETS.len());
+        self.buckets[slot].fetch_add(1, Relaxed);
+        self.sum_nanos
+            .fetch_add(u64::try_from(d.as_nanos()).unwrap_or(u64::MAX), Relaxed);
+    }
+}
+
 /// Status codes are three digits (`http::StatusCode` guarantees 100..=999).
 const STATUS_SLOTS: usize = 1000;
 
@@ -121,6 +147,7 @@ struct PerDirection {
     requests: [AtomicU64; STATUS_SLOTS],
     duration: Histogram,
     tcp_opened: AtomicU64,
+    tcp_duration: ConnectionDurations,
     tcp_closed: AtomicU64,
     tcp_received: AtomicU64,
     tcp_sent: AtomicU64,
@@ -134,6 +161,10 @@ impl PerDirection {
             requests: counters(),
             duration: Histogram::new(),
             tcp_opened: AtomicU64::new(0),
+            tcp_duration: ConnectionDurations {
+                buckets: counters(),
+                sum_nanos: AtomicU64::new(0),
+            },
             tcp_closed: AtomicU64::new(0),
             tcp_received: AtomicU64::new(0),
             tcp_sent: AtomicU64::new(0),
@@ -243,6 +274,11 @@ impl Metrics {
         self.dir(d).tcp_opened.fetch_add(1, Relaxed);
     }
 
+    /// A connection accepted in direction `d` closed after `lived`.
+    pub fn tcp_connection_duration(&self, d: Direction, lived: Duration) {
+        self.dir(d).tcp_duration.observe(lived);
+    }
+
     pub fn tcp_closed(&self, d: Direction) {
         self.dir(d).tcp_closed.fetch_add(1, Relaxed);
     }
@@ -339,6 +375,33 @@ impl Metrics {
                     field(self.dir(d)).load(Relaxed)
                 )?;
             }
+        }
+
+        let name = "trellis_tcp_connection_duration_seconds";
+        writeln!(
+            out,
+            "# HELP {name} How long accepted TCP connections lived."
+        )?;
+        writeln!(out, "# TYPE {name} histogram")?;
+        for d in Direction::ALL {
+            let h = &self.dir(d).tcp_duration;
+            let dir = d.as_str();
+            let mut cumulative = 0;
+            for (i, bound) in CONNECTION_BUCKETS.iter().enumerate() {
+                cumulative += h.buckets[i].load(Relaxed);
+                writeln!(
+                    out,
+                    "{name}_bucket{{direction=\"{dir}\",le=\"{bound}\"}} {cumulative}"
+                )?;
+            }
+            cumulative += h.buckets[CONNECTION_BUCKETS.len()].load(Relaxed);
+            writeln!(
+                out,
+                "{name}_bucket{{direction=\"{dir}\",le=\"+Inf\"}} {cumulative}"
+            )?;
+            let sum = h.sum_nanos.load(Relaxed) as f64 / 1e9;
+            writeln!(out, "{name}_sum{{direction=\"{dir}\"}} {sum}")?;
+            writeln!(out, "{name}_count{{direction=\"{dir}\"}} {cumulative}")?;
         }
 
         writeln!(
@@ -512,7 +575,17 @@ mod tests {
         m.tcp_opened(Direction::Outbound);
         m.tcp_received(Direction::Outbound, 10);
         m.detection(Direction::Inbound, DetectOutcome::OpaquePort);
+        m.tcp_connection_duration(Direction::Outbound, Duration::from_secs(2));
         let s = rendered(&m);
+        assert!(s.contains(
+            "trellis_tcp_connection_duration_seconds_bucket{direction=\"outbound\",le=\"1\"} 0"
+        ));
+        assert!(s.contains(
+            "trellis_tcp_connection_duration_seconds_bucket{direction=\"outbound\",le=\"10\"} 1"
+        ));
+        assert!(
+            s.contains("trellis_tcp_connection_duration_seconds_count{direction=\"outbound\"} 1")
+        );
         assert!(s.contains("# TYPE trellis_requests_total counter"));
         assert!(s.contains("trellis_requests_total{direction=\"inbound\",status_code=\"200\"} 2"));
         assert!(s.contains("trellis_requests_total{direction=\"outbound\",status_code=\"503\"} 1"));

@@ -150,11 +150,14 @@ pin_project_lite::pin_project! {
         inner: I,
         metrics: Arc<Metrics>,
         direction: Direction,
+        opened: std::time::Instant,
     }
 
     impl<I> PinnedDrop for CountingIo<I> {
         fn drop(this: Pin<&mut Self>) {
             this.metrics.tcp_closed(this.direction);
+            this.metrics
+                .tcp_connection_duration(this.direction, this.opened.elapsed());
         }
     }
 }
@@ -167,6 +170,7 @@ impl<I> CountingIo<I> {
             inner,
             metrics,
             direction,
+            opened: std::time::Instant::now(),
         }
     }
 
