@@ -279,3 +279,49 @@ async fn explain_agrees_with_the_running_demo() {
         }
     }
 }
+
+#[test]
+fn timeout_retries_fault_mirror_headers_and_policy() {
+    let dir = "tests/fixtures/explain/policies";
+    let args = [
+        "--from",
+        "reviews-v2",
+        "GET",
+        "http://ratings:9080/ratings/0",
+        "--config-dir",
+        dir,
+    ];
+    let (code, text, err) = run(&args);
+    assert_eq!(code, 0, "{err}");
+    for expected in [
+        "route:          VirtualService default/ratings rule 0 (ratings/0)",
+        "matched:        match 0: {\"path\":{\"prefix\":\"/ratings\"}}",
+        "  - ratings.default subset v1 weight 80 (80%) [version=v1]",
+        "  - ratings.default subset v1-copy weight 20 (20%) [version=v1]",
+        "load balancer:     RoundRobin",
+        "connection pool:   max_connections=10 max_requests=100",
+        "outlier detection: eject after 3 consecutive 5xx, every 5s, for 15s x ejections, at most 50% ejected",
+        "timeout:        2s (whole request, retries included)",
+        "retries:        3 retries on 5xx, connect-failure, 500ms per try",
+        "faults:         delay 1s for 10% of requests",
+        "mirrors:        reviews.default (50% of requests, answers discarded)",
+        "header edits:   request: set x-explained: yes",
+    ] {
+        assert!(text.contains(expected), "missing {expected:?} in:\n{text}");
+    }
+    golden("policies.txt", &text);
+    // A path the route does not match: the service's own endpoints and the proxy's defaults.
+    let (_, text, _) = run(&[
+        "--from",
+        "reviews-v2",
+        "GET",
+        "http://ratings:9080/health",
+        "--config-dir",
+        dir,
+    ]);
+    assert!(text.contains("route:          none"), "{text}");
+    assert!(
+        text.contains("timeout:        none (proxy default)"),
+        "{text}"
+    );
+}

@@ -11,8 +11,10 @@ use serde::Serialize;
 use trellis_control::compile::{MeshView, compile};
 use trellis_control::store::ConfigSnapshot;
 use trellis_model::matching::RequestView;
-use trellis_model::policy::{ConnectionPool, TrafficPolicy};
-use trellis_model::route::{BackendRef, HeaderModifier, HttpRoute, RouteAction, select_route};
+use trellis_model::policy::{ConnectionPool, OutlierDetection, TrafficPolicy};
+use trellis_model::route::{
+    BackendRef, HeaderModifier, HttpRoute, RetryOn, RouteAction, select_route,
+};
 use trellis_model::{Destination, Target, Workload};
 
 /// The proxy's retry policy when a route sets none (docs/proxy.md, "Traffic defaults").
@@ -238,11 +240,7 @@ fn describe_route(
             .per_try_timeout
             .map(|t| format!(", {t:?} per try"))
             .unwrap_or_default();
-        out.retries = format!(
-            "{} retries on {}{per_try}",
-            r.attempts,
-            serde_json::to_string(&r.on).unwrap_or_default()
-        );
+        out.retries = format!("{} retries on {}{per_try}", r.attempts, retry_on(&r.on));
     }
     if let Some(f) = &route.fault {
         if let Some(d) = &f.delay {
@@ -317,8 +315,13 @@ fn backend_info(
         outlier_detection: policy
             .outlier_detection
             .as_ref()
-            .map_or_else(|| "off".to_string(), |o| format!("{o:?}")),
-        retry_budget: format!("{:?}", policy.retry_budget),
+            .map_or_else(|| "off".to_string(), outlier),
+        retry_budget: format!(
+            "{}% of requests + {}/s, over {:?}",
+            policy.retry_budget.ratio * 100.0,
+            policy.retry_budget.min_per_second,
+            policy.retry_budget.ttl
+        ),
     }
 }
 
@@ -346,4 +349,41 @@ fn pool(p: &ConnectionPool) -> String {
     } else {
         parts.join(" ")
     }
+}
+
+/// Retry conditions in Envoy's/Istio's `retryOn` words.
+fn retry_on(on: &RetryOn) -> String {
+    let mut parts: Vec<String> = [
+        (on.server_error, "5xx"),
+        (on.gateway_error, "gateway-error"),
+        (on.connect_failure, "connect-failure"),
+        (on.refused_stream, "refused-stream"),
+        (on.reset, "reset"),
+    ]
+    .iter()
+    .filter(|(set, _)| *set)
+    .map(|(_, name)| name.to_string())
+    .collect();
+    parts.extend(on.statuses.iter().map(|s| format!("status {s}")));
+    parts.extend(on.grpc_codes.iter().map(|c| format!("grpc-status {c}")));
+    if parts.is_empty() {
+        "nothing".to_string()
+    } else {
+        parts.join(", ")
+    }
+}
+
+fn outlier(o: &OutlierDetection) -> String {
+    let mut parts = Vec::new();
+    if let Some(n) = o.consecutive_5xx {
+        parts.push(format!("eject after {n} consecutive 5xx"));
+    }
+    if let Some(n) = o.consecutive_gateway_errors {
+        parts.push(format!("after {n} consecutive gateway errors"));
+    }
+    parts.push(format!(
+        "every {:?}, for {:?} x ejections, at most {}% ejected",
+        o.interval, o.base_ejection_time, o.max_ejection_percent
+    ));
+    parts.join(", ")
 }

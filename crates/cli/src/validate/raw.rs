@@ -92,6 +92,7 @@ pub fn parent_field(doc: &Value, service: &ServiceKey) -> Option<String> {
 pub fn backend_field(doc: &Value, service: &ServiceKey) -> Option<String> {
     let backend_path = |p: &str| {
         p.ends_with("destination.host")
+            || p.ends_with("mirror.host")
             || (p.contains("backendRefs[") && p.ends_with(".name"))
             || (p.starts_with("spec.backends[") && p.ends_with(".service"))
     };
