@@ -190,7 +190,7 @@ impl Upstreams {
     /// The identity a hop must prove, when this hop goes over mTLS: a meshed peer with an
     /// identity, a certificate in hand, and no DISABLE policy.
     fn mtls_peer<'a>(&self, peer: Option<&'a str>, opts: &PoolOptions) -> Option<&'a str> {
-        peer.filter(|_| !opts.plaintext && self.identity.current().is_some())
+        peer.filter(|_| !opts.plaintext && self.identity.is_certified())
     }
 
     /// Sends an HTTP/1.1 request (Host already set) to `addr` over a pooled connection.
@@ -363,7 +363,7 @@ impl Upstreams {
 
     /// Whether opaque TCP to a meshed peer proving `peer` goes over mTLS (see `mtls_peer`).
     pub fn mtls_for<'a>(&self, peer: Option<&'a str>, plaintext: bool) -> Option<&'a str> {
-        peer.filter(|_| !plaintext && self.identity.current().is_some())
+        peer.filter(|_| !plaintext && self.identity.is_certified())
     }
 
     /// Sends an upgrade request on a fresh HTTP/1.1 connection that supports the switch; the

@@ -374,7 +374,7 @@ async fn attempts(
                 // hand, and no DISABLE policy.
                 up.tls = hop.identity.is_some()
                     && !backend.pool_options.plaintext
-                    && fwd.ctx.identity.current().is_some();
+                    && fwd.ctx.identity.is_certified();
                 if !retry {
                     return resp;
                 }

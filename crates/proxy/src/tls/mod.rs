@@ -83,6 +83,11 @@ impl MeshIdentity {
         self.current.load_full()
     }
 
+    /// Whether a certificate is installed: the per-request check (no reference count taken).
+    pub fn is_certified(&self) -> bool {
+        self.current.load().is_some()
+    }
+
     fn install(&self, tls: MeshTls, status: impl FnOnce(&mut IdentityStatus)) {
         let not_after = tls.not_after();
         self.metrics.set_expiry(not_after);
