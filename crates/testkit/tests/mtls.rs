@@ -499,3 +499,33 @@ fn a_proxy_that_cannot_renew_keeps_serving_until_expiry_and_says_so() {
     })
     .unwrap();
 }
+
+#[test]
+fn strict_refuses_a_raw_plaintext_connection_to_the_inbound() {
+    let strict = "apiVersion: security.istio.io/v1\nkind: PeerAuthentication\nmetadata: {name: default, namespace: default}\nspec:\n  mtls: {mode: STRICT}\n";
+    let pair = start_pair(&[], &[("pa.yaml", strict)]);
+    wait::until(CONVERGE, || {
+        let (_, dump) = pair.server.admin_get("/config_dump")?;
+        dump.contains("\"STRICT\"")
+            .then_some(())
+            .ok_or_else(|| "no STRICT policy yet".to_string())
+    })
+    .unwrap();
+    // The meshed client gets through (mTLS).
+    wait_routed(&pair);
+    // Plaintext HTTP straight to the server proxy's inbound: closed without an answer.
+    let inbound = pair.server.ready.inbound;
+    match tools::http_get(inbound, "/plaintext") {
+        Ok((code, body)) => panic!("STRICT answered plaintext with {code}: {body}"),
+        Err(e) => eprintln!("plaintext refused as expected: {e}"),
+    }
+    assert!(
+        metric(
+            &pair.server,
+            "trellis_tls_handshake_failures_total",
+            &[("direction", "inbound"), ("reason", "plaintext_refused")]
+        ) >= 1.0
+    );
+    let (code, body) = tools::http_get(client_addr(&pair), "/meshed").unwrap();
+    assert_eq!(code, 200, "{body}");
+}
