@@ -269,6 +269,24 @@ async fn explain_agrees_with_the_running_demo() {
     let client = Client::builder(TokioExecutor::new()).build_http();
     for user in [Some("jason"), None, Some("paul")] {
         let expected = only_subset(&explain_json(config.path(), user));
+        // The live control plane compiles the same destination.
+        let control = format!("http://{}", status["control"]["http"].as_str().unwrap());
+        let header = user.map(|u| format!("end-user:{u}"));
+        let mut args = vec![
+            "--from",
+            "productpage-v1",
+            "GET",
+            "http://reviews:9080/reviews/0",
+        ];
+        args.extend(["--control", &control, "-o", "json"]);
+        if let Some(h) = &header {
+            args.extend(["-H", h]);
+        }
+        // `run` starts its own runtime: call it off this test's async workers.
+        let (code, live, err) = tokio::task::block_in_place(|| run(&args));
+        assert_eq!(code, 0, "{err}");
+        let live: Value = serde_json::from_str(&live).unwrap();
+        assert_eq!(only_subset(&live), expected, "{live:#}");
         // Enough requests that a 1-in-3 round robin over the versions would show itself.
         for _ in 0..15 {
             let served = reviews_version(&client, &entry, user).await;

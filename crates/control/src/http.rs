@@ -29,6 +29,7 @@ pub fn router(shared: Arc<Shared>, ready: Arc<AtomicBool>) -> Router {
         .route("/api/v1/services", get(services))
         .route("/api/v1/workloads", get(workloads))
         .route("/api/v1/config", get(config))
+        .route("/api/v1/destination", get(destination))
         .route("/metrics", get(metrics))
         .route("/live", get(|| async { "live\n" }))
         .route("/ready", get(is_ready))
@@ -143,6 +144,35 @@ async fn config(State(app): State<App>) -> Json<ConfigJson> {
     Json(ConfigJson {
         resources: app.shared.config_rx.borrow().resources.clone(),
     })
+}
+
+/// `GET /api/v1/destination?target=reviews.default:9080`: the Destination compile makes for the
+/// target from the config and registrations in force now (`null`: nothing there), as discovery
+/// would send it; `trellis explain --control` matches requests against it. 400 on a bad target.
+async fn destination(
+    State(app): State<App>,
+    axum::extract::Query(query): axum::extract::Query<BTreeMap<String, String>>,
+) -> axum::response::Response {
+    let Some(target) = query.get("target") else {
+        return (
+            StatusCode::BAD_REQUEST,
+            "the target query parameter is required\n",
+        )
+            .into_response();
+    };
+    let target: trellis_model::Target = match target.parse() {
+        Ok(t) => t,
+        Err(e) => return (StatusCode::BAD_REQUEST, format!("target: {e}\n")).into_response(),
+    };
+    let config = app.shared.config_rx.borrow().clone();
+    let workloads = app.shared.registry().workloads();
+    let view = crate::compile::MeshView {
+        services: &config.services,
+        traffic: &config.traffic,
+        workloads: &workloads,
+        trust_domain: &app.shared.trust_domain,
+    };
+    Json(crate::compile::compile(view, &target)).into_response()
 }
 
 async fn metrics(

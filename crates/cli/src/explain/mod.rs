@@ -4,8 +4,9 @@
 //!
 //! The config comes from directories (`--config-dir`, read as the control plane reads them)
 //! plus the demo's Bookinfo Services and workloads, so `explain` answers for `trellis demo`
-//! without a running mesh. [`plan::explain`] is pure; this module parses arguments, reads files
-//! and renders.
+//! without a running mesh; or, with `--control`, from a running control plane (its registered
+//! workloads and `GET /api/v1/destination`). [`plan`] is pure; this module parses arguments,
+//! reads files or the control plane's API, and renders.
 
 pub mod plan;
 
@@ -16,12 +17,17 @@ use std::net::SocketAddr;
 use std::path::PathBuf;
 
 use trellis_control::store::{ConfigIndex, ConfigSnapshot};
-use trellis_model::{ServiceKey, Target, Workload};
+use trellis_model::{Destination, ServiceKey, Target, Workload};
 
 use crate::bookinfo::{APPS, NAMESPACE, SERVICE_PORT};
+use crate::check::parse_control;
+use crate::http_client::HttpClient;
 use crate::output::{self, OutputFormat};
 use crate::validate::{self, InputFile};
 use plan::{Action, Explanation, Request};
+
+/// Each call to a live control plane has this deadline.
+const CALL_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(3);
 
 #[derive(Debug, clap::Args)]
 pub struct ExplainArgs {
@@ -38,8 +44,12 @@ pub struct ExplainArgs {
     pub headers: Vec<String>,
     /// Mesh config directories or files, read as the control plane reads them; repeatable.
     /// The demo's Bookinfo Services and workloads are always included.
-    #[arg(long = "config-dir", value_name = "DIR")]
+    #[arg(long = "config-dir", value_name = "DIR", conflicts_with = "control")]
     pub config_dirs: Vec<PathBuf>,
+    /// Explain against a running control plane instead (`http://IP:PORT` of its HTTP API): the
+    /// registered workloads and the destination it compiles now.
+    #[arg(long, value_name = "URL")]
+    pub control: Option<String>,
     #[arg(short = 'o', long = "output", value_enum, default_value_t = OutputFormat::Table)]
     pub output: OutputFormat,
 }
@@ -93,10 +103,11 @@ pub fn snapshot(inputs: &[InputFile]) -> ConfigSnapshot {
     index.snapshot()
 }
 
-/// Builds the request the source's proxy would see.
+/// Builds the request the source's proxy would see. `known` says whether a Service exists, to
+/// tell `name.namespace` from a dotted name in the caller's namespace.
 pub fn request(
     args: &ExplainArgs,
-    snapshot: &ConfigSnapshot,
+    known: &dyn Fn(&ServiceKey) -> bool,
     workloads: &[Workload],
 ) -> Result<Request, UsageError> {
     let (name, ns) = match args.from.split_once('.') {
@@ -131,7 +142,7 @@ pub fn request(
             let svc = parts.next().unwrap_or(host);
             let ns = parts.next().unwrap_or(&source.namespace);
             let key = ServiceKey::new(ns, svc);
-            let key = if snapshot.services.contains_key(&key) {
+            let key = if known(&key) {
                 key
             } else {
                 ServiceKey::new(&source.namespace, svc)
@@ -266,13 +277,134 @@ pub fn render_text(e: &Explanation) -> String {
     s
 }
 
+/// Why a live explanation could not be made.
+#[derive(Debug, thiserror::Error)]
+pub enum LiveError {
+    #[error(transparent)]
+    Usage(#[from] UsageError),
+    #[error("{0}")]
+    Control(String),
+}
+
+#[derive(serde::Deserialize)]
+struct WorkloadRow {
+    name: String,
+    namespace: String,
+    #[serde(default)]
+    service_account: String,
+    #[serde(default)]
+    labels: BTreeMap<String, String>,
+    #[serde(default)]
+    inbound: String,
+}
+
+async fn get_json<T: serde::de::DeserializeOwned>(
+    client: &HttpClient,
+    addr: SocketAddr,
+    path: &str,
+) -> Result<T, LiveError> {
+    let reply = client
+        .get(addr, path, &http::HeaderMap::new(), CALL_TIMEOUT)
+        .await
+        .map_err(|e| LiveError::Control(e.to_string()))?;
+    if !reply.status.is_success() {
+        let body = String::from_utf8_lossy(&reply.body);
+        return Err(LiveError::Control(format!(
+            "GET http://{addr}{path}: {} {}",
+            reply.status,
+            body.trim()
+        )));
+    }
+    serde_json::from_slice(&reply.body)
+        .map_err(|e| LiveError::Control(format!("GET http://{addr}{path}: {e}")))
+}
+
+/// Explains against a running control plane: its registered workloads, and the destination it
+/// compiles now (`GET /api/v1/destination`). Subset labels are not part of a Destination, so
+/// they are not shown in this mode.
+async fn explain_live(args: &ExplainArgs, control: SocketAddr) -> Result<Explanation, LiveError> {
+    let client = HttpClient::new();
+    let rows: Vec<WorkloadRow> = get_json(&client, control, "/api/v1/workloads").await?;
+    let workloads: Vec<Workload> = rows
+        .into_iter()
+        .map(|w| Workload {
+            name: w.name,
+            namespace: w.namespace,
+            service_account: w.service_account,
+            labels: w.labels,
+            inbound_address: w
+                .inbound
+                .parse()
+                .unwrap_or(SocketAddr::from(([127, 0, 0, 1], 0))),
+            ports: Vec::new(),
+            admin_address: None,
+        })
+        .collect();
+    let req = request(args, &|_| true, &workloads)?;
+    let path = format!("/api/v1/destination?target={}", req.target);
+    let dest: Option<Destination> = get_json(&client, control, &path).await?;
+    Ok(plan::explain_destination(
+        dest.as_ref(),
+        &|_| BTreeMap::new(),
+        &req,
+    ))
+}
+
 /// Runs the command; returns the exit code.
 pub fn run(args: &ExplainArgs, out: &mut dyn Write, err: &mut dyn Write) -> u8 {
+    let explanation = match &args.control {
+        Some(url) => {
+            let control = match parse_control(url) {
+                Ok(c) => c,
+                Err(e) => {
+                    let _ = writeln!(err, "trellis explain: {e}");
+                    return crate::EXIT_USAGE;
+                }
+            };
+            let outcome = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+                .map_err(|e| LiveError::Control(format!("cannot start the async runtime: {e}")))
+                .and_then(|rt| rt.block_on(explain_live(args, control)));
+            match outcome {
+                Ok(e) => e,
+                Err(e) => {
+                    let _ = writeln!(err, "trellis explain: {e}");
+                    return match e {
+                        LiveError::Usage(_) => crate::EXIT_USAGE,
+                        LiveError::Control(_) => crate::EXIT_FAILURE,
+                    };
+                }
+            }
+        }
+        None => match explain_local(args, err) {
+            Ok(e) => e,
+            Err(code) => return code,
+        },
+    };
+    let text = if args.output.is_structured() {
+        match output::structured(args.output, &explanation) {
+            Ok(text) => text,
+            Err(e) => {
+                let _ = writeln!(err, "trellis explain: {e}");
+                return crate::EXIT_FAILURE;
+            }
+        }
+    } else {
+        render_text(&explanation)
+    };
+    let _ = out.write_all(text.as_bytes());
+    0
+}
+
+/// Explains against the config dirs and the demo's Services and workloads; `Err` is the exit
+/// code after the message was written.
+fn explain_local(args: &ExplainArgs, err: &mut dyn Write) -> Result<Explanation, u8> {
     let inputs = match validate::read_inputs(&args.config_dirs) {
         Ok(inputs) => inputs,
         Err(e) => {
             let _ = writeln!(err, "trellis explain: {e}");
-            return validate::EXIT_UNREADABLE;
+            return Err(validate::EXIT_UNREADABLE);
         }
     };
     let snapshot = snapshot(&inputs);
@@ -287,25 +419,13 @@ pub fn run(args: &ExplainArgs, out: &mut dyn Write, err: &mut dyn Write) -> u8 {
         }
     }
     let workloads = demo_workloads();
-    let req = match request(args, &snapshot, &workloads) {
+    let known = |k: &ServiceKey| snapshot.services.contains_key(k);
+    let req = match request(args, &known, &workloads) {
         Ok(req) => req,
         Err(e) => {
             let _ = writeln!(err, "trellis explain: {e}");
-            return crate::EXIT_USAGE;
+            return Err(crate::EXIT_USAGE);
         }
     };
-    let explanation = plan::explain(&snapshot, &workloads, &req);
-    let text = if args.output.is_structured() {
-        match output::structured(args.output, &explanation) {
-            Ok(text) => text,
-            Err(e) => {
-                let _ = writeln!(err, "trellis explain: {e}");
-                return crate::EXIT_FAILURE;
-            }
-        }
-    } else {
-        render_text(&explanation)
-    };
-    let _ = out.write_all(text.as_bytes());
-    0
+    Ok(plan::explain(&snapshot, &workloads, &req))
 }

@@ -123,7 +123,8 @@ pub struct BackendInfo {
     pub retry_budget: String,
 }
 
-/// Explains `req` against the mesh in `snapshot` with `workloads` registered.
+/// Explains `req` against the mesh in `snapshot` with `workloads` registered: compiles the
+/// destination as the control plane would.
 pub fn explain(snapshot: &ConfigSnapshot, workloads: &[Workload], req: &Request) -> Explanation {
     let view = MeshView {
         services: &snapshot.services,
@@ -131,6 +132,24 @@ pub fn explain(snapshot: &ConfigSnapshot, workloads: &[Workload], req: &Request)
         workloads,
         trust_domain: trellis_identity::DEFAULT_TRUST_DOMAIN,
     };
+    let dest = compile(view, &req.target);
+    let subset_labels = |b: &BackendRef| {
+        b.subset
+            .as_deref()
+            .and_then(|s| snapshot.traffic.policies.get(&b.service)?.subset(s))
+            .map(|s| s.labels.clone())
+            .unwrap_or_default()
+    };
+    explain_destination(dest.as_ref(), &subset_labels, req)
+}
+
+/// Explains `req` against a destination already compiled (by [`explain`], or fetched from a
+/// running control plane). `subset_labels` names a subset's labels where they are known.
+pub fn explain_destination(
+    dest: Option<&Destination>,
+    subset_labels: &dyn Fn(&BackendRef) -> BTreeMap<String, String>,
+    req: &Request,
+) -> Explanation {
     let mut out = Explanation {
         source: Source {
             workload: req.source.name.clone(),
@@ -151,7 +170,7 @@ pub fn explain(snapshot: &ConfigSnapshot, workloads: &[Workload], req: &Request)
         rewrite: None,
         authorization: AUTHORIZATION.to_string(),
     };
-    let Some(dest) = compile(view, &req.target) else {
+    let Some(dest) = dest else {
         return out;
     };
     out.destination = Some(DestinationInfo {
@@ -177,7 +196,7 @@ pub fn explain(snapshot: &ConfigSnapshot, workloads: &[Workload], req: &Request)
             subset: None,
         };
         out.action = Action::Forward {
-            backends: vec![backend_info(snapshot, &dest, &own, 1, 1)],
+            backends: vec![backend_info(subset_labels, dest, &own, 1, 1)],
         };
         return out;
     };
@@ -191,12 +210,12 @@ pub fn explain(snapshot: &ConfigSnapshot, workloads: &[Workload], req: &Request)
             .and_then(|m| serde_json::to_string(m).ok()),
         match_index,
     });
-    describe_route(snapshot, &dest, route, &mut out);
+    describe_route(subset_labels, dest, route, &mut out);
     out
 }
 
 fn describe_route(
-    snapshot: &ConfigSnapshot,
+    subset_labels: &dyn Fn(&BackendRef) -> BTreeMap<String, String>,
     dest: &Destination,
     route: &HttpRoute,
     out: &mut Explanation,
@@ -209,7 +228,7 @@ fn describe_route(
             } else {
                 let backends = bs
                     .iter()
-                    .map(|b| backend_info(snapshot, dest, &b.backend, b.weight, total))
+                    .map(|b| backend_info(subset_labels, dest, &b.backend, b.weight, total))
                     .collect();
                 for b in bs {
                     edits(
@@ -283,18 +302,13 @@ fn edits(what: &str, m: &HeaderModifier, out: &mut Vec<String>) {
 }
 
 fn backend_info(
-    snapshot: &ConfigSnapshot,
+    subset_labels: &dyn Fn(&BackendRef) -> BTreeMap<String, String>,
     dest: &Destination,
     b: &BackendRef,
     weight: u32,
     total: u64,
 ) -> BackendInfo {
-    let subset_labels = b
-        .subset
-        .as_deref()
-        .and_then(|s| snapshot.traffic.policies.get(&b.service)?.subset(s))
-        .map(|s| s.labels.clone())
-        .unwrap_or_default();
+    let subset_labels = subset_labels(b);
     let (endpoints, policy) = match dest.backend(b) {
         Some((eps, policy)) => (
             eps.iter().map(|e| e.workload.clone()).collect(),
