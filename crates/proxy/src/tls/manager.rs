@@ -101,6 +101,11 @@ async fn run(
     let channel = Endpoint::from_shared(uri.clone())
         .map_err(|_| ManagerError::Address(uri))?
         .connect_timeout(Duration::from_secs(2))
+        // Notices a control plane that vanished without closing the WatchBundle stream, so the
+        // stream is re-opened (and the bundle refreshed) when it comes back.
+        .http2_keep_alive_interval(Duration::from_secs(5))
+        .keep_alive_timeout(Duration::from_secs(5))
+        .keep_alive_while_idle(true)
         .connect_lazy();
     let mut client = IdentityClient::new(channel.clone());
     let mut bundle = TrustBundle::default();
