@@ -548,6 +548,74 @@ mod tests {
         assert_eq!(spiffe_namespace("spiffe://cluster.local/other"), None);
     }
 
+    fn empty_request(headers: &[(&str, &str)]) -> Request<UpBody> {
+        let mut b = Request::get("/reviews/0");
+        for (k, v) in headers {
+            b = b.header(*k, *v);
+        }
+        b.body(
+            http_body_util::Empty::new()
+                .map_err(|never| match never {})
+                .boxed(),
+        )
+        .unwrap()
+    }
+
+    fn empty_response(status: u16) -> Response<ProxyBody> {
+        let mut r = Response::new(
+            http_body_util::Empty::new()
+                .map_err(|never| match never {})
+                .boxed(),
+        );
+        *r.status_mut() = http::StatusCode::from_u16(status).unwrap();
+        r
+    }
+
+    #[tokio::test]
+    async fn inbound_reads_and_strips_the_source_headers() {
+        let metrics = Arc::new(Metrics::new());
+        let t = Telemetry::new(metrics.clone(), LocalWorkload::new("reviews-v1", "default"));
+        let req = empty_request(&[
+            ("trellis-source-workload", "productpage-v1"),
+            ("trellis-source-namespace", "shop"),
+        ]);
+        let (ex, req) = t.begin(Direction::Inbound, req, None);
+        assert!(!req.headers().contains_key(SOURCE_WORKLOAD));
+        assert!(!req.headers().contains_key(SOURCE_NAMESPACE));
+        let resp = t.end(ex, empty_response(503));
+        drop(resp);
+        let mut out = String::new();
+        metrics.render(&mut out);
+        let want = [
+            ("direction", "inbound"),
+            ("source_workload", "productpage-v1"),
+            ("source_namespace", "shop"),
+            ("destination_workload", "reviews-v1"),
+            ("status_code", "503"),
+            ("response_class", "failure"),
+        ];
+        assert_eq!(
+            super::super::scrape::sum(&out, "trellis_requests_total", &want),
+            1.0,
+            "{out}"
+        );
+    }
+
+    #[tokio::test]
+    async fn outbound_drops_what_the_app_claims_and_tags_meshed_hops() {
+        let t = Telemetry::new(
+            Arc::new(Metrics::new()),
+            LocalWorkload::new("productpage-v1", "default"),
+        );
+        let req = empty_request(&[("trellis-source-workload", "someone-else")]);
+        let (_ex, req) = t.begin(Direction::Outbound, req, None);
+        assert!(!req.headers().contains_key(SOURCE_WORKLOAD));
+        let mut headers = HeaderMap::new();
+        t.tag_meshed_hop(&mut headers);
+        assert_eq!(headers[SOURCE_WORKLOAD], "productpage-v1");
+        assert_eq!(headers[SOURCE_NAMESPACE], "default");
+    }
+
     #[test]
     fn service_host_drops_the_port() {
         assert_eq!(
