@@ -26,7 +26,7 @@ struct Pair {
     client: Proxy,
     server: Proxy,
     control: ControlPlane,
-    _config: tempfile::TempDir,
+    config: tempfile::TempDir,
     _echo: HttpEcho,
 }
 
@@ -71,7 +71,7 @@ fn start_pair(control_args: &[&str], extra_config: &[(&str, &str)]) -> Pair {
         client,
         server,
         control,
-        _config: config,
+        config,
         _echo: echo,
     }
 }
@@ -528,4 +528,35 @@ fn strict_refuses_a_raw_plaintext_connection_to_the_inbound() {
     );
     let (code, body) = tools::http_get(client_addr(&pair), "/meshed").unwrap();
     assert_eq!(code, 200, "{body}");
+}
+
+#[test]
+fn a_restarted_control_plane_with_a_new_ca_is_followed_at_once() {
+    let mut pair = start_pair(&[], &[("dr.yaml", SHORT_CONNECTIONS)]);
+    wait_routed(&pair);
+    let discovery = pair.control.ready.discovery;
+    let before: Vec<u64> = [&pair.server, &pair.client]
+        .iter()
+        .map(|p| identity_field(p, "renewals").as_u64().unwrap())
+        .collect();
+    // A new process generates a new CA: nothing the proxies hold chains to it.
+    pair.control.process().terminate(Duration::from_secs(5));
+    pair.control = ControlPlane::start_with(pair.config.path(), discovery, None, &[]).unwrap();
+    // Each proxy sees a bundle sharing no root with its own and renews at once (not at
+    // half-life, 12 h away).
+    wait::until(CONVERGE, || {
+        for (p, n) in [&pair.server, &pair.client].iter().zip(&before) {
+            let now = identity_field(p, "renewals").as_u64().unwrap_or(0);
+            if now <= *n {
+                return Err(format!("{} has not renewed ({now})", p.name));
+            }
+        }
+        Ok(())
+    })
+    .unwrap();
+    // New connections (one per 20 requests) handshake with the new CA's leaves.
+    for i in 0..50 {
+        let (code, body) = tools::http_get(client_addr(&pair), &format!("/after/{i}")).unwrap();
+        assert_eq!(code, 200, "{body}");
+    }
 }
