@@ -62,6 +62,8 @@ pub enum Command {
     Run(Box<RunArgs>),
     /// Write the iptables rules that redirect a pod's traffic through the proxy.
     Init(InitArgs),
+    /// Wait until a proxy's admin `/ready` answers 200 (a postStart hook on older clusters).
+    WaitReady(crate::wait_ready::WaitReadyArgs),
 }
 
 /// Flags of `trellis-proxy run`.

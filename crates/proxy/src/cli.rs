@@ -31,6 +31,13 @@ pub fn main() -> ExitCode {
                 ExitCode::from(1)
             }
         },
+        Command::WaitReady(args) => match crate::wait_ready::run(&args) {
+            Ok(()) => ExitCode::SUCCESS,
+            Err(e) => {
+                eprintln!("trellis-proxy wait-ready: {e}");
+                ExitCode::from(1)
+            }
+        },
         Command::Run(args) => match args.validate() {
             Ok(config) => run(config),
             Err(e) => {

@@ -39,6 +39,7 @@ pub mod tls;
 pub mod trace;
 pub mod traffic;
 pub mod transport;
+pub mod wait_ready;
 
 pub use args::{Cli, Command, ConfigError, RunArgs};
 pub use config::{LogFormat, OutboundPort, ProxyConfig};
