@@ -12,6 +12,8 @@ pub mod bookinfo;
 pub mod check;
 pub mod demo;
 pub mod explain;
+#[cfg(test)]
+mod golden;
 mod http_client;
 pub mod inject;
 pub mod install;

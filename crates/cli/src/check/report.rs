@@ -443,16 +443,8 @@ mod tests {
         assert_eq!(json["categories"][0]["checks"][0]["result"], "error");
     }
 
-    /// Compares with a golden file under tests/fixtures; `UPDATE_GOLDEN=1` rewrites it.
     fn golden(name: &str, actual: &str) {
-        let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
-            .join("tests/fixtures/check/golden")
-            .join(name);
-        if std::env::var_os("UPDATE_GOLDEN").is_some() {
-            std::fs::write(&path, actual).unwrap();
-        }
-        let expected = std::fs::read_to_string(&path).unwrap();
-        assert_eq!(actual, expected, "{name} (UPDATE_GOLDEN=1 to accept)");
+        crate::golden::assert_golden("check", name, actual);
     }
 
     #[test]

@@ -66,16 +66,8 @@ fn interval_bounds() {
     assert!(parse_interval("2m").is_err());
 }
 
-/// Compares with a golden file; `UPDATE_GOLDEN=1` rewrites it.
 fn golden(name: &str, actual: &str) {
-    let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
-        .join("tests/fixtures/stat/golden")
-        .join(name);
-    if std::env::var_os("UPDATE_GOLDEN").is_some() {
-        std::fs::write(&path, actual).unwrap();
-    }
-    let expected = std::fs::read_to_string(&path).unwrap();
-    assert_eq!(actual, expected, "{name} (UPDATE_GOLDEN=1 to accept)");
+    crate::golden::assert_golden("stat", name, actual);
 }
 
 #[test]
