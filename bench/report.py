@@ -8,8 +8,11 @@ optional: without it the plot is skipped and the doc says so.
 
 from __future__ import annotations
 
+import re
 import statistics
 from pathlib import Path
+
+EMPTY_LABEL = re.compile(r',?[a-z_]+=""')
 
 
 def median(values):
@@ -277,7 +280,9 @@ def render_markdown(results: dict, summary: dict, png_name: str | None) -> str:
         add("- **What the trellis proxies counted** over the whole run (warm-up included), from "
             "their admin `/metrics`:")
         for label, counters in tm.items():
-            shown = ", ".join(f"`{k}` {v:,.0f}" for k, v in counters.items()) or "nothing"
+            # Empty labels (no control plane, so no workload names) only make the line long.
+            shown = ", ".join(f"`{EMPTY_LABEL.sub('', k).replace('{,', '{')}` {v:,.0f}"
+                              for k, v in counters.items()) or "nothing"
             add(f"  - {label}: {shown}")
     add("")
     add("## Machine")
