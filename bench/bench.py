@@ -334,11 +334,203 @@ def trellis_counters(admin: str) -> dict[str, float]:
         return {}
     out = {}
     for line in body.decode(errors="replace").splitlines():
-        if line.startswith(("trellis_requests_total", "trellis_protocol_detections_total")):
+        if line.startswith(("trellis_requests_total", "trellis_protocol_detections_total",
+                            "trellis_tls_handshake")):
             name, _, value = line.rpartition(" ")
             if float(value):
                 out[name] = float(value)
     return out
+
+
+# ---------------------------------------------------------------------------------------------
+# The meshed set (--set mesh): a local trellis-control and proxies registered with it
+
+# Only the open-loop scenarios: the question is the per-request cost at a fixed rate.
+MESH_SCENARIOS = [sc for sc in SCENARIOS if sc["kind"] == "open"]
+MESH_PATHS = ["direct", "mesh-plaintext", "mesh-mtls", "mesh-traffic"]
+
+# One Service per path, so that each path's client reaches only its own server proxies. The
+# Service port is 80; every server proxy registers its app (the bench's nginx) as port 80.
+MESH_CONFIG = """\
+# Written by bench/bench.py --set mesh for its local trellis-control.
+apiVersion: v1
+kind: Service
+metadata: {name: plain, namespace: default}
+spec:
+  ports: [{port: 80, name: http}]
+  selector: {app: plain}
+---
+apiVersion: v1
+kind: Service
+metadata: {name: mtls, namespace: default}
+spec:
+  ports: [{port: 80, name: http}]
+  selector: {app: mtls}
+---
+apiVersion: v1
+kind: Service
+metadata: {name: traffic, namespace: default}
+spec:
+  ports: [{port: 80, name: http}]
+  selector: {app: traffic}
+---
+# mesh-plaintext: the same meshed pair as mesh-mtls, with the hop kept plaintext.
+apiVersion: networking.istio.io/v1
+kind: DestinationRule
+metadata: {name: plain, namespace: default}
+spec:
+  host: plain
+  trafficPolicy:
+    tls: {mode: DISABLE}
+---
+# mesh-traffic: mTLS (the default), two subsets, outlier detection on.
+apiVersion: networking.istio.io/v1
+kind: DestinationRule
+metadata: {name: traffic, namespace: default}
+spec:
+  host: traffic
+  trafficPolicy:
+    outlierDetection:
+      consecutive5xxErrors: 5
+      interval: 10s
+      baseEjectionTime: 30s
+      maxEjectionPercent: 50
+  subsets:
+  - {name: v1, labels: {version: v1}}
+  - {name: v2, labels: {version: v2}}
+---
+apiVersion: networking.istio.io/v1
+kind: VirtualService
+metadata: {name: traffic, namespace: default}
+spec:
+  hosts: [traffic]
+  http:
+  - route:
+    - {destination: {host: traffic, subset: v1}, weight: 90}
+    - {destination: {host: traffic, subset: v2}, weight: 10}
+    retries: {attempts: 2, retryOn: 5xx}
+"""
+
+
+def start_control(procs, binary: str, out: Path) -> dict:
+    """Start trellis-control on a config dir written here; returns its ready file's JSON."""
+    config_dir = out / "mesh-config"
+    config_dir.mkdir(exist_ok=True)
+    (config_dir / "mesh.yaml").write_text(MESH_CONFIG)
+    ready = out / "trellis-control.ready.json"
+    ready.unlink(missing_ok=True)
+    proc = procs.start("trellis-control", [
+        binary, "--config-dir", str(config_dir), "--discovery", "127.0.0.1:0",
+        "--http", "127.0.0.1:0", "--ready-file", str(ready), "--log-level", "warn",
+        # A fresh control plane has no proxies to wait for.
+        "--registration-grace", "0s",
+    ])
+
+    def is_ready():
+        if proc.poll() is not None:
+            raise RuntimeError(f"trellis-control exited with {proc.returncode}")
+        return ready.exists() and ready.stat().st_size > 0 and json.loads(ready.read_text())
+
+    try:
+        wait_until(is_ready, 15, "trellis-control ready file")
+    except RuntimeError:
+        procs.check_alive()
+        raise
+    info = json.loads(ready.read_text())
+    # Every document must be Accepted: a refused DestinationRule would measure something else.
+    status, body = http_get(f"http://{info['http']}/api/v1/config")
+    info["config_status"] = json.loads(body) if status == 200 else {"http_status": status}
+    return info
+
+
+def metric_sum(admin: str, name: str, **labels) -> float:
+    """Sum of a counter's series on a proxy's /metrics whose labels include `labels`."""
+    status, body = http_get(f"http://{admin}/metrics")
+    total = 0.0
+    for line in body.decode(errors="replace").splitlines():
+        if not line.startswith(name + "{") and not line.startswith(name + " "):
+            continue
+        series, _, value = line.rpartition(" ")
+        if all(f'{k}="{v}"' in series for k, v in labels.items()):
+            total += float(value)
+    return total
+
+
+def start_mesh_paths(procs, binary, control_bin, out, backend_port) -> tuple[list[BenchPath], dict]:
+    control = start_control(procs, control_bin, out)
+    ctl = ["--control", f"http://{control['discovery']}", "--namespace", "default"]
+
+    def server(name, app, sa, extra_labels=()):
+        labels = [a for kv in (f"app={app}", *extra_labels) for a in ("--label", kv)]
+        return start_trellis(procs, binary, out, name, [
+            *ctl, "--workload", name, "--service-account", sa, *labels,
+            "--inbound", "127.0.0.1:0", "--app", f"127.0.0.1:{backend_port}", "--app-port", "80",
+            "--outbound", "none",
+        ])
+
+    def client(name, service):
+        port = free_port()
+        info = start_trellis(procs, binary, out, name, [
+            *ctl, "--workload", name, "--service-account", "bench-client",
+            "--label", "app=bench-client", "--inbound", "127.0.0.1:0", "--outbound", "none",
+            "--outbound-port", f"127.0.0.1:{port}={service}.default:80",
+        ])
+        return info, f"http://127.0.0.1:{port}/"
+
+    paths = []
+    # mesh-plaintext and mesh-mtls: the same pair, one DestinationRule apart.
+    for pname, svc in (("mesh-plaintext", "plain"), ("mesh-mtls", "mtls")):
+        s = server(f"{svc}-server", svc, svc)
+        c, url = client(f"{svc}-client", svc)
+        paths.append(BenchPath(pname, 2, url,
+                               [(f"{svc}-client", int(c["pid"])), (f"{svc}-server", int(s["pid"]))],
+                               {f"{svc}-client": c["admin"], f"{svc}-server": s["admin"]}))
+    v1 = server("traffic-v1", "traffic", "traffic", ["version=v1"])
+    v2 = server("traffic-v2", "traffic", "traffic", ["version=v2"])
+    c, url = client("traffic-client", "traffic")
+    paths.append(BenchPath("mesh-traffic", 2, url,
+                           [("traffic-client", int(c["pid"])), ("traffic-v1", int(v1["pid"])),
+                            ("traffic-v2", int(v2["pid"]))],
+                           {"traffic-client": c["admin"], "traffic-v1": v1["admin"],
+                            "traffic-v2": v2["admin"]}))
+    return paths, control
+
+
+def check_mesh_paths(paths: list[BenchPath]) -> dict:
+    """Before measuring: each path answers through its proxies as configured, i.e. mTLS where
+    claimed (inbound handshakes on the server proxies), none on mesh-plaintext, and both subsets
+    of mesh-traffic reached. Bounded: 30 s for all paths."""
+    checks = {}
+    deadline = time.monotonic() + 30
+    for p in paths:
+        servers = {l: a for l, a in p.admins.items() if not l.endswith("-client")}
+
+        def handshakes():
+            return {l: metric_sum(a, "trellis_tls_handshakes_total", direction="inbound")
+                    for l, a in servers.items()}
+
+        def served():
+            return {l: metric_sum(a, "trellis_requests_total", direction="inbound")
+                    for l, a in servers.items()}
+
+        def ok():
+            if http_get(p.url) != (200, b"x" * BODY_BYTES):
+                return False
+            hs, sv = handshakes(), served()
+            if p.name == "mesh-plaintext":
+                return all(v > 0 for v in sv.values())
+            return all(v > 0 for v in sv.values()) and all(v > 0 for v in hs.values())
+
+        wait_until(ok, max(1.0, deadline - time.monotonic()),
+                   f"{p.name}: 200 through every server proxy"
+                   + ("" if p.name == "mesh-plaintext" else " with mTLS handshakes"))
+        hs = handshakes()
+        if p.name == "mesh-plaintext" and any(hs.values()):
+            raise RuntimeError(f"mesh-plaintext: server proxy made TLS handshakes {hs}; "
+                               "the DestinationRule tls.mode DISABLE is not in force")
+        checks[p.name] = {"inbound_tls_handshakes": hs, "inbound_requests": served()}
+        print(f"check {p.name}: inbound TLS handshakes {hs}, requests {served()}", flush=True)
+    return checks
 
 
 # ---------------------------------------------------------------------------------------------
@@ -477,11 +669,17 @@ def find_tool(name: str, extra: list[str]) -> str | None:
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--quick", action="store_true", help="short smoke run (2 rounds, 3 s runs)")
+    ap.add_argument("--set", dest="bench_set", choices=["default", "mesh"], default="default",
+                    help="default: direct, trellis 1/2 hops, HAProxy, nginx; mesh: direct and "
+                    "the meshed paths with a local trellis-control (mesh-plaintext, mesh-mtls, "
+                    "mesh-traffic), open loop only, rendered as a section of benchmarks.md")
+    ap.add_argument("--control-bin", default=str(REPO / "target/release/trellis-control"))
     ap.add_argument("--rounds", type=int)
     ap.add_argument("--open-seconds", type=float)
     ap.add_argument("--closed-seconds", type=float)
     ap.add_argument("--paths", help="comma-separated subset of "
-                    "direct,trellis-1,trellis-2,haproxy,nginx")
+                    "direct,trellis-1,trellis-2,haproxy,nginx (--set mesh: "
+                    "direct,mesh-plaintext,mesh-mtls,mesh-traffic)")
     ap.add_argument("--trellis-bin", default=str(REPO / "target/release/trellis-proxy"))
     ap.add_argument("--trellis-commit", help="the commit --trellis-bin was built from "
                     "(default: HEAD of this work tree)")
@@ -516,6 +714,9 @@ def main() -> int:
 
     TRELLIS_EXTRA_ARGS.extend(args.trellis_arg)
     args.trellis_bin = str(Path(args.trellis_bin).resolve())  # processes run in bench/out/...
+    args.control_bin = str(Path(args.control_bin).resolve())
+    mesh = args.bench_set == "mesh"
+    scenarios = MESH_SCENARIOS if mesh else SCENARIOS
     rounds = args.rounds or (2 if args.quick else 5)
     open_s = args.open_seconds or (3 if args.quick else 10)
     closed_s = args.closed_seconds or (2 if args.quick else 6)
@@ -532,19 +733,25 @@ def main() -> int:
         return 2
 
     wanted = args.paths.split(",") if args.paths else \
-        ["direct", "trellis-1", "trellis-2", "haproxy", "nginx"]
+        (MESH_PATHS if mesh else ["direct", "trellis-1", "trellis-2", "haproxy", "nginx"])
     notes = []
     use_trellis = any(p.startswith("trellis") for p in wanted) and not args.no_trellis
     if use_trellis and not os.access(args.trellis_bin, os.X_OK):
         notes.append(f"{args.trellis_bin} not found: trellis paths not measured")
         use_trellis = False
+    if mesh:
+        # The meshed set is the whole point of --set mesh: missing binaries are an error.
+        for b in (args.trellis_bin, args.control_bin):
+            if not os.access(b, os.X_OK):
+                print(f"{b} not found (cargo build --release --bins)", file=sys.stderr)
+                return 2
 
     out = BENCH_DIR / "out" / dt.datetime.now(dt.timezone.utc).strftime("%Y%m%dT%H%M%SZ")
     out.mkdir(parents=True, exist_ok=True)
     stamp = dt.datetime.now(dt.timezone.utc)
     results_file = Path(args.results) if args.results else (
         (out / "results.json") if args.quick
-        else BENCH_DIR / "results" / f"{stamp:%Y-%m-%d}.json")
+        else BENCH_DIR / "results" / f"{stamp:%Y-%m-%d}{'-mesh' if mesh else ''}.json")
 
     quiet = wait_quiet(args.wait_quiet) if args.wait_quiet else {}
     if quiet:
@@ -552,6 +759,7 @@ def main() -> int:
 
     procs = Processes(out)
     trellis_metrics: dict[str, dict] = {}
+    mesh_info: dict = {}
     started = time.monotonic()
     try:
         backend_url, backend_pid = start_backend(procs, tools, out)
@@ -572,6 +780,14 @@ def main() -> int:
                     if name.startswith("trellis") and proc.poll() is not None:
                         procs.started.remove((name, proc, log))
                         log.close()
+        if mesh:
+            mesh_paths, control = start_mesh_paths(procs, args.trellis_bin, args.control_bin,
+                                                   out, backend_port)
+            paths += [p for p in mesh_paths if p.name in wanted]
+            mesh_info["control"] = {k: control[k] for k in ("config_status",) if k in control}
+            mesh_info["binaries"] = {
+                Path(b).name: dt.datetime.fromtimestamp(Path(b).stat().st_mtime, dt.timezone.utc)
+                .strftime("%Y-%m-%d %H:%M:%S UTC") for b in (args.trellis_bin, args.control_bin)}
         if "haproxy" in wanted:
             paths.append(start_haproxy(procs, tools, out, backend_port))
         if "nginx" in wanted:
@@ -580,6 +796,8 @@ def main() -> int:
         # Every path must answer 200 with the 1 KiB body before anything is measured.
         for p in paths:
             wait_until(lambda: http_get(p.url) == (200, b"x" * BODY_BYTES), 10, f"{p.name} path")
+        if mesh:
+            mesh_info["checks"] = check_mesh_paths([p for p in paths if p.name.startswith("mesh")])
         procs.check_alive()
 
         # Warm-up, not recorded: connections, allocator arenas, lazy initialisation.
@@ -588,7 +806,7 @@ def main() -> int:
 
         runs = []
         backend = [("backend", backend_pid)]
-        total = rounds * len(SCENARIOS) * len(paths)
+        total = rounds * len(scenarios) * len(paths)
         for rnd in range(1, rounds + 1):
             # Only whole rounds start, so that every path has the same number of runs.
             if rnd > 1 and time.monotonic() - started > args.max_seconds:
@@ -596,7 +814,7 @@ def main() -> int:
                              f"{args.max_seconds:.0f})")
                 rounds = rnd - 1
                 break
-            for sc in SCENARIOS:
+            for sc in scenarios:
                 k = (rnd - 1) % len(paths)
                 for p in paths[k:] + paths[:k]:
                     secs = open_s if sc["kind"] == "open" else closed_s
@@ -605,7 +823,7 @@ def main() -> int:
                     res.update({"round": rnd, "scenario": sc["name"], "path": p.name})
                     runs.append(res)
                     cpu = ", ".join(f"{k}={v:.1f}" for k, v in res["cpu_us_per_req"].items())
-                    print(f"[{len(runs)}/{total}] r{rnd} {sc['name']:7} {p.name:9} "
+                    print(f"[{len(runs)}/{total}] r{rnd} {sc['name']:7} {p.name:14} "
                           f"rps={res['rps']:8.0f} p50={fmt(res['p50_ms'], 3)}ms "
                           f"p99={fmt(res['p99_ms'], 3)}ms cpu_us/req: {cpu} "
                           f"fail={res['non_200'] + res['errors']}", flush=True)
@@ -634,16 +852,19 @@ def main() -> int:
         "command": args.command or " ".join(["python3", "bench/bench.py", *sys.argv[1:]]),
         "results_file": str(results_file.relative_to(REPO)) if results_file.is_relative_to(REPO)
         else str(results_file),
+        "set": args.bench_set,
         "config": {"trellis_extra_args": args.trellis_arg, "rounds": rounds, "open_seconds": open_s, "closed_seconds": closed_s,
                    "quick": args.quick, "body_bytes": BODY_BYTES},
         "machine": machine_notes(tools, args.trellis_commit),
         "quiet": quiet,
         "notes": notes,
-        "scenarios": SCENARIOS,
+        "scenarios": scenarios,
         "paths": [{"name": p.name, "hops": p.hops, "proxies": p.proxies} for p in paths],
         "runs": runs,
         "trellis_metrics": trellis_metrics,
     }
+    if mesh:
+        results["mesh"] = mesh_info
     results_file.parent.mkdir(parents=True, exist_ok=True)
     write_docs(results, docs_dir)
     results_file.write_text(json.dumps(results, indent=1) + "\n")

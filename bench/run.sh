@@ -3,6 +3,9 @@
 #
 #   bench/run.sh            full run (~12 min), rewrites docs/benchmarks.md and .png
 #   bench/run.sh --quick    smoke run (~1 min), writes to bench/out/ only
+#   bench/run.sh --set mesh only the meshed set (local trellis-control, proxies registered
+#                           with it: mesh-plaintext, mesh-mtls, mesh-traffic; ~8 min with
+#                           --rounds 5), rewrites only its section of docs/benchmarks.md
 #
 # Other flags go to bench/bench.py (see `python3 bench/bench.py --help`), e.g.
 # --wait-quiet 1200 to wait (at most 20 min) for 60 s without rustc/cargo first,
@@ -16,6 +19,15 @@ cd "$repo"
 orig_args="$*"
 build=1
 rev=""
+bins=(--bin trellis-proxy)
+prev=""
+for a in "$@"; do
+    # The meshed set also needs the control plane.
+    if [ "$a" = "--set=mesh" ] || { [ "$prev" = "--set" ] && [ "$a" = "mesh" ]; }; then
+        bins=(--bin trellis-proxy --bin trellis-control)
+    fi
+    prev="$a"
+done
 args=()
 while [ $# -gt 0 ]; do
     case "$1" in
@@ -58,10 +70,11 @@ if [ -n "$rev" ]; then
         git archive "$commit" | tar -x -C "$src.tmp"
         mv "$src.tmp" "$src"
     fi
-    (cd "$src" && cargo build --release --bin trellis-proxy --target-dir "$target_dir")
+    (cd "$src" && cargo build --release "${bins[@]}" --target-dir "$target_dir")
     args+=(--trellis-bin "$target_dir/release/trellis-proxy" --trellis-commit "$commit")
+    args+=(--control-bin "$target_dir/release/trellis-control")
 elif [ "$build" = 1 ]; then
-    cargo build --release --bin trellis-proxy
+    cargo build --release "${bins[@]}"
 fi
 
 py_pid=""
