@@ -56,6 +56,9 @@ impl StartError {
 }
 
 /// A running control plane. Dropping it does not stop it; call [`ControlPlane::stop`].
+/// How long [`ControlPlane::stop`] waits for its servers to finish before cutting them.
+const STOP_GRACE: Duration = Duration::from_secs(2);
+
 #[derive(Debug)]
 pub struct ControlPlane {
     pub discovery_addr: SocketAddr,
@@ -142,7 +145,9 @@ impl ControlPlane {
                     .with_root_namespace(&config.root_namespace)
                     .into_server(),
             )
-            .add_service(crate::ca::grpc::IdentityService::new(ca.clone()).into_server());
+            .add_service(
+                crate::ca::grpc::IdentityService::new(ca.clone(), shutdown.clone()).into_server(),
+            );
         let token = shutdown.clone();
         tasks.spawn(async move {
             let incoming = tonic::transport::server::TcpIncoming::from(discovery);
@@ -200,7 +205,17 @@ impl ControlPlane {
     /// listeners close. Waits for every task to finish.
     pub async fn stop(mut self) {
         self.shutdown.cancel();
-        while self.tasks.join_next().await.is_some() {}
+        // Every server ends its streams on the token; the bound is a backstop so that one
+        // stream that does not can never keep the process from exiting.
+        let drained = tokio::time::timeout(STOP_GRACE, async {
+            while self.tasks.join_next().await.is_some() {}
+        })
+        .await;
+        if drained.is_err() {
+            tracing::warn!(grace = ?STOP_GRACE, "tasks still running after the stop grace; cutting them");
+            self.tasks.abort_all();
+            while self.tasks.join_next().await.is_some() {}
+        }
     }
 
     /// Runs until the shutdown token is cancelled, then stops.

@@ -255,7 +255,13 @@ async fn kubernetes_mode_against_a_real_api_server() {
         .delete("trellis-config-validator", &DeleteParams::default())
         .await
         .unwrap();
-    vs_api.create(&PostParams::default(), &bad).await.unwrap();
+    // The API server learns of the deleted webhook configuration eventually, not at once:
+    // retry the create (bounded) until the validator no longer answers for it.
+    eventually("a create the deleted validator no longer refuses", || {
+        let (vs_api, bad) = (vs_api.clone(), bad.clone());
+        async move { vs_api.create(&PostParams::default(), &bad).await.ok() }
+    })
+    .await;
     let refused = eventually("Accepted=False", || condition("bad")).await;
     assert_eq!(refused["status"], "False");
     assert_eq!(refused["reason"], "Invalid");

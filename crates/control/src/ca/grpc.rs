@@ -7,6 +7,7 @@ use std::time::UNIX_EPOCH;
 
 use futures_util::Stream;
 use tokio_stream::StreamExt as _;
+use tokio_util::sync::CancellationToken;
 use tonic::{Request, Response, Status};
 use trellis_api::identity as pb;
 
@@ -15,11 +16,14 @@ use super::{BundleView, CaState, CertifyError, CertifyInput};
 #[derive(Debug)]
 pub struct IdentityService {
     ca: Arc<CaState>,
+    /// Ends every bundle stream when the control plane stops: an open stream would otherwise
+    /// hold tonic's graceful shutdown forever (proxies reconnect and keep their bundle).
+    shutdown: CancellationToken,
 }
 
 impl IdentityService {
-    pub fn new(ca: Arc<CaState>) -> Self {
-        Self { ca }
+    pub fn new(ca: Arc<CaState>, shutdown: CancellationToken) -> Self {
+        Self { ca, shutdown }
     }
 
     pub fn into_server(self) -> pb::identity_server::IdentityServer<Self> {
@@ -81,8 +85,10 @@ impl pb::identity_server::Identity for IdentityService {
         _request: Request<pb::WatchBundleRequest>,
     ) -> Result<Response<Self::WatchBundleStream>, Status> {
         let rx = self.ca.bundle_rx();
-        let stream =
-            tokio_stream::wrappers::WatchStream::new(rx).map(|view| Ok(bundle_to_wire(&view)));
+        let stream = futures_util::StreamExt::take_until(
+            tokio_stream::wrappers::WatchStream::new(rx).map(|view| Ok(bundle_to_wire(&view))),
+            self.shutdown.clone().cancelled_owned(),
+        );
         Ok(Response::new(Box::pin(stream)))
     }
 }
