@@ -538,6 +538,11 @@ def render_mesh_section(results: dict, summary: dict) -> str:
                 f"{per_proxy(r['peak_rss_mib'], 1)} | {r['non_200'] + r['errors']} |")
         add("")
 
+    if results.get("observations"):
+        add("### Observations from this run")
+        add("")
+        add(results["observations"].strip())
+        add("")
     add("### Checks: what was measured is what is claimed")
     add("")
     checks = mesh.get("checks", {})
