@@ -3,28 +3,14 @@
 
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
-use std::os::unix::process::CommandExt;
-use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use clap::Parser;
-use rustix::process::{Pid, Signal, kill_process_group};
 use serde_json::Value;
 use trellis_cli::{Cli, Command as Sub, check, proxyconfig, stat};
 
-/// The demo in its own process group, killed with everything it started when dropped.
-struct Demo(Child);
-
-impl Drop for Demo {
-    fn drop(&mut self) {
-        if let Ok(pid) = i32::try_from(self.0.id())
-            && let Some(pid) = Pid::from_raw(pid)
-        {
-            let _ = kill_process_group(pid, Signal::KILL);
-        }
-        let _ = self.0.wait();
-    }
-}
+mod support;
+use support::Demo;
 
 /// Runs `trellis check <args>` in-process; returns (exit code, stdout).
 fn run(args: &[&str]) -> (u8, String) {
@@ -89,47 +75,9 @@ fn check_the_demo_then_a_broken_file() {
         config.path().join("rules.yaml"),
     )
     .unwrap();
-    let tmp = tempfile::tempdir().unwrap();
-    let status_file = tmp.path().join("status.json");
-    let log_path = tmp.path().join("demo.log");
-    let log = std::fs::File::create(&log_path).unwrap();
-    let child = Command::new(env!("CARGO_BIN_EXE_trellis"))
-        .args([
-            "demo",
-            "--no-load",
-            "--entry",
-            "127.0.0.1:0",
-            "--dashboard",
-            "127.0.0.1:0",
-        ])
-        .arg("--config-dir")
-        .arg(config.path())
-        .arg("--status-file")
-        .arg(&status_file)
-        .stdin(Stdio::null())
-        .stdout(log.try_clone().unwrap())
-        .stderr(log)
-        .process_group(0)
-        .spawn()
-        .unwrap();
-    let mut demo = Demo(child);
-    let log = || std::fs::read_to_string(&log_path).unwrap_or_default();
-    let deadline = Instant::now() + Duration::from_secs(60);
-    let status: Value = loop {
-        if let Ok(bytes) = std::fs::read(&status_file) {
-            break serde_json::from_slice(&bytes).unwrap();
-        }
-        if let Some(exit) = demo.0.try_wait().unwrap() {
-            panic!("the demo exited ({exit}):\n{}", log());
-        }
-        assert!(
-            Instant::now() < deadline,
-            "no status file after 60 s:\n{}",
-            log()
-        );
-        std::thread::sleep(Duration::from_millis(100));
-    };
-    let control = format!("http://{}", status["control"]["http"].as_str().unwrap());
+    let demo = Demo::start(config.path());
+    let status = &demo.status;
+    let control = demo.control_url();
 
     // Every proxy connects and ACKs shortly after the demo reports ready.
     let deadline = Instant::now() + Duration::from_secs(20);

@@ -3,10 +3,8 @@
 
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
-use std::os::unix::process::CommandExt;
 use std::path::Path;
-use std::process::{Child, Command, Stdio};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use bytes::Bytes;
 use clap::Parser;
@@ -14,9 +12,11 @@ use http_body_util::{BodyExt, Full};
 use hyper_util::client::legacy::Client;
 use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::rt::TokioExecutor;
-use rustix::process::{Pid, Signal, kill_process_group};
 use serde_json::Value;
 use trellis_cli::{Cli, Command as Sub, explain};
+
+mod support;
+use support::Demo;
 
 const NETWORKING: &str = "../config/tests/fixtures/networking";
 
@@ -187,20 +187,6 @@ fn golden_text_and_json() {
     golden("jason.json", &run(&json).1);
 }
 
-/// The demo in its own process group, killed with everything it started when dropped.
-struct Demo(Child);
-
-impl Drop for Demo {
-    fn drop(&mut self) {
-        if let Ok(pid) = i32::try_from(self.0.id())
-            && let Some(pid) = Pid::from_raw(pid)
-        {
-            let _ = kill_process_group(pid, Signal::KILL);
-        }
-        let _ = self.0.wait();
-    }
-}
-
 async fn reviews_version(
     client: &Client<HttpConnector, Full<Bytes>>,
     entry: &str,
@@ -226,51 +212,17 @@ async fn reviews_version(
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn explain_agrees_with_the_running_demo() {
     let config = jason_config();
-    let tmp = tempfile::tempdir().unwrap();
-    let status_file = tmp.path().join("status.json");
-    let log = std::fs::File::create(tmp.path().join("demo.log")).unwrap();
-    let child = Command::new(env!("CARGO_BIN_EXE_trellis"))
-        .args([
-            "demo",
-            "--no-load",
-            "--entry",
-            "127.0.0.1:0",
-            "--dashboard",
-            "127.0.0.1:0",
-        ])
-        .arg("--config-dir")
-        .arg(config.path())
-        .arg("--status-file")
-        .arg(&status_file)
-        .stdin(Stdio::null())
-        .stdout(log.try_clone().unwrap())
-        .stderr(log)
-        .process_group(0)
-        .spawn()
+    let path = config.path().to_path_buf();
+    let demo = tokio::task::spawn_blocking(move || Demo::start(&path))
+        .await
         .unwrap();
-    let mut demo = Demo(child);
-    let deadline = Instant::now() + Duration::from_secs(60);
-    let status: Value = loop {
-        if let Ok(bytes) = std::fs::read(&status_file) {
-            break serde_json::from_slice(&bytes).unwrap();
-        }
-        let log = || std::fs::read_to_string(tmp.path().join("demo.log")).unwrap_or_default();
-        if let Some(exit) = demo.0.try_wait().unwrap() {
-            panic!("the demo exited ({exit}):\n{}", log());
-        }
-        assert!(
-            Instant::now() < deadline,
-            "no status file after 60 s:\n{}",
-            log()
-        );
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    };
+    let status = &demo.status;
     let entry = status["entry"].as_str().unwrap().to_string();
     let client = Client::builder(TokioExecutor::new()).build_http();
     for user in [Some("jason"), None, Some("paul")] {
         let expected = only_subset(&explain_json(config.path(), user));
         // The live control plane compiles the same destination.
-        let control = format!("http://{}", status["control"]["http"].as_str().unwrap());
+        let control = demo.control_url();
         let header = user.map(|u| format!("end-user:{u}"));
         let mut args = vec![
             "--from",

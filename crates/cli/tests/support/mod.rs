@@ -1,0 +1,92 @@
+//! Shared by the CLI's end-to-end tests: a `trellis demo` started for one test, waited for, and
+//! killed with everything it started when dropped.
+
+use std::os::unix::process::CommandExt;
+use std::path::Path;
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use rustix::process::{Pid, Signal, kill_process_group};
+use serde_json::Value;
+
+/// A running `trellis demo --no-load` on ephemeral loopback ports, in its own process group.
+pub struct Demo {
+    child: Child,
+    /// The demo's `--status-file` JSON.
+    pub status: Value,
+    tmp: tempfile::TempDir,
+}
+
+impl Demo {
+    /// Starts the demo with `config_dir` as its `--config-dir` and waits (bounded, 60 s) for
+    /// its status file. Blocking: call from a plain test or `spawn_blocking`.
+    pub fn start(config_dir: &Path) -> Self {
+        let tmp = tempfile::tempdir().unwrap();
+        let status_file = tmp.path().join("status.json");
+        let log = std::fs::File::create(tmp.path().join("demo.log")).unwrap();
+        let child = Command::new(env!("CARGO_BIN_EXE_trellis"))
+            .args([
+                "demo",
+                "--no-load",
+                "--entry",
+                "127.0.0.1:0",
+                "--dashboard",
+                "127.0.0.1:0",
+            ])
+            .arg("--config-dir")
+            .arg(config_dir)
+            .arg("--status-file")
+            .arg(&status_file)
+            .stdin(Stdio::null())
+            .stdout(log.try_clone().unwrap())
+            .stderr(log)
+            .process_group(0)
+            .spawn()
+            .unwrap();
+        let mut demo = Self {
+            child,
+            status: Value::Null,
+            tmp,
+        };
+        let deadline = Instant::now() + Duration::from_secs(60);
+        demo.status = loop {
+            if let Ok(bytes) = std::fs::read(&status_file) {
+                break serde_json::from_slice(&bytes).unwrap();
+            }
+            if let Some(exit) = demo.child.try_wait().unwrap() {
+                panic!("the demo exited ({exit}):\n{}", demo.log());
+            }
+            assert!(
+                Instant::now() < deadline,
+                "no status file after 60 s:\n{}",
+                demo.log()
+            );
+            std::thread::sleep(Duration::from_millis(100));
+        };
+        demo
+    }
+
+    /// What the demo printed so far.
+    pub fn log(&self) -> String {
+        std::fs::read_to_string(self.tmp.path().join("demo.log")).unwrap_or_default()
+    }
+
+    /// `status.control.http` as a URL.
+    pub fn control_url(&self) -> String {
+        format!(
+            "http://{}",
+            self.status["control"]["http"].as_str().unwrap()
+        )
+    }
+}
+
+impl Drop for Demo {
+    fn drop(&mut self) {
+        if let Ok(pid) = i32::try_from(self.child.id())
+            && let Some(pid) = Pid::from_raw(pid)
+        {
+            let _ = kill_process_group(pid, Signal::KILL);
+        }
+        let _ = self.child.wait();
+    }
+}
