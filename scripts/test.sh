@@ -39,6 +39,9 @@ declare -A NEED=(
   [prometheus]=prometheus
   [openssl]=openssl
   [kubectl]=kubernetes-client
+  # The dashboard's browser tests (crates/cli/tests/dashboard_browser.rs).
+  [chromium]=chromium
+  [chromedriver]=chromium-driver
 )
 missing=()
 for cmd in "${!NEED[@]}"; do
