@@ -7,6 +7,7 @@
 //! decision computed here is the same wherever it is computed. This crate does no I/O and must
 //! not depend on tokio, hyper, kube or tonic: every type is data in, data out.
 
+pub mod authn;
 mod destination;
 pub mod matching;
 pub mod policy;
