@@ -1,5 +1,5 @@
-//! The admin server: `/live`, `/ready`, `/metrics`, `/config_dump` and `POST /shutdown`, over
-//! HTTP/1.1 on `--admin`.
+//! The admin server: `/live`, `/ready`, `/metrics`, `/config_dump`, `POST /shutdown` and the
+//! `/tap` stream ([`crate::tap`]), over HTTP/1.1 on `--admin`.
 //!
 //! It keeps answering while the proxy drains (so `/ready` can say 503) and stops only when the
 //! proxy exits. It reads state; the only thing it changes is starting the drain.
@@ -68,6 +68,7 @@ impl AdminState {
                 let mut out = String::with_capacity(8 * 1024);
                 self.metrics.render(&mut out);
                 self.identity.render(&mut out);
+                self.metrics.tap.render(&mut out);
                 let mut resp = text(StatusCode::OK, out);
                 resp.headers_mut().insert(
                     header::CONTENT_TYPE,
@@ -140,9 +141,15 @@ pub async fn run(listener: TcpListener, state: Arc<AdminState>, stop: Cancellati
         };
         let state = state.clone();
         let stop = stop.clone();
+        let tap_stop = stop.clone();
         tokio::spawn(async move {
-            let svc = service_fn(move |req| {
-                let resp = state.handle(&req);
+            let svc = service_fn(move |req: Request<Incoming>| {
+                // `/tap` streams; every other endpoint answers in one piece.
+                let resp = if req.uri().path() == "/tap" && req.method() == Method::GET {
+                    crate::tap::serve::serve(&state.metrics.tap, req.uri().query(), &tap_stop)
+                } else {
+                    state.handle(&req).map(http_body_util::BodyExt::boxed)
+                };
                 async move { Ok::<_, Infallible>(resp) }
             });
             let conn = hyper::server::conn::http1::Builder::new()

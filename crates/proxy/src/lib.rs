@@ -34,6 +34,7 @@ pub mod route;
 pub mod serve;
 pub mod shutdown;
 pub mod split;
+pub mod tap;
 pub mod telemetry;
 pub mod tls;
 pub mod trace;

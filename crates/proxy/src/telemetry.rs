@@ -231,6 +231,8 @@ pub struct Metrics {
     pub spans: Arc<crate::trace::export::ExportStats>,
     /// Access log lines dropped because the writer fell behind.
     pub access_log_dropped: Arc<AtomicU64>,
+    /// Live request streams for `GET /tap` (see [`crate::tap`]).
+    pub tap: Arc<crate::tap::Tap>,
 }
 
 impl Default for Metrics {
@@ -252,6 +254,7 @@ impl Metrics {
             requests: RequestRegistry::new(),
             spans: Arc::default(),
             access_log_dropped: Arc::default(),
+            tap: Arc::default(),
         }
     }
 

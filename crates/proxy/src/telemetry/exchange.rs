@@ -112,6 +112,8 @@ pub struct Exchange {
     span: Option<ActiveSpan>,
     /// The access log line being filled in, with access logs on.
     log: Option<Box<Entry>>,
+    /// The tap row being filled in, while someone taps.
+    tap: Option<Box<crate::tap::Pending>>,
 }
 
 impl Telemetry {
@@ -144,6 +146,8 @@ impl Telemetry {
         peer: Option<SocketAddr>,
     ) -> (Exchange, Request<UpBody>) {
         let started = Instant::now();
+        // The one check the tap costs a request while nobody taps.
+        let tapping = self.metrics.tap.is_active();
         let headers = req.headers();
         let mut ex = Exchange {
             started,
@@ -154,11 +158,13 @@ impl Telemetry {
             peer_identity: None,
             span: None,
             log: None,
+            tap: None,
         };
         if !(headers.contains_key(SOURCE_WORKLOAD) || headers.contains_key(SOURCE_NAMESPACE))
             && self.metrics.detail() == LabelDetail::Minimal
             && self.tracer.is_none()
             && self.access_log.is_none()
+            && !tapping
         {
             return (ex, req);
         }
@@ -194,6 +200,9 @@ impl Telemetry {
             ex.source_workload = workload;
             ex.source_namespace = namespace;
         }
+        if tapping {
+            ex.tap = Some(Box::new(crate::tap::Pending::new(&parts)));
+        }
         if self.access_log.is_some() {
             let trace_id = match &ex.span {
                 Some(span) => Some(span.ctx.trace_id),
@@ -216,7 +225,7 @@ impl Telemetry {
                 trace_id: trace_id.map(|t| context::hex_string(&t)),
                 ..Entry::default()
             }));
-        } else if self.metrics.detail() == LabelDetail::Minimal {
+        } else if self.metrics.detail() == LabelDetail::Minimal && !tapping {
             return (ex, Request::from_parts(parts, body));
         }
         // Counted for metrics and access logs alike; a request without a body (most GETs)
@@ -290,7 +299,12 @@ impl Telemetry {
             }
             _ => None,
         };
-        if series.is_none() && log.is_none() && span.is_none() {
+        let tap = ex.tap.take().map(|pending| {
+            let labels = self.labels(&ex, resp.extensions().get::<Upstream>());
+            let row = pending.answered(&labels, status, elapsed, resp.headers().get(TRELLIS_ERROR));
+            (row, self.metrics.tap.clone())
+        });
+        if series.is_none() && log.is_none() && span.is_none() && tap.is_none() {
             return resp;
         }
         // A trailers-only gRPC answer carries its status in the head.
@@ -301,6 +315,7 @@ impl Telemetry {
             series,
             log,
             span,
+            tap,
             started: ex.started,
             status,
             grpc,
@@ -312,9 +327,14 @@ impl Telemetry {
     }
 
     fn series(&self, ex: &Exchange, resp: &Response<ProxyBody>) -> Arc<Series> {
-        let up = resp.extensions().get::<Upstream>();
+        let labels = self.labels(ex, resp.extensions().get::<Upstream>());
+        self.metrics.requests.series(&labels)
+    }
+
+    /// The request's labels: the metrics' series key and the tap row's parties.
+    fn labels<'a>(&'a self, ex: &'a Exchange, up: Option<&'a Upstream>) -> RequestLabels<'a> {
         let route = up.and_then(|u| u.route.as_deref()).unwrap_or("");
-        let labels = match ex.direction {
+        match ex.direction {
             Direction::Outbound => {
                 let dest = up.and_then(|u| u.destination.as_deref());
                 let endpoint = up.and_then(|u| u.endpoint.as_deref()).map(|e| e.endpoint());
@@ -351,8 +371,7 @@ impl Telemetry {
                 route,
                 tls: ex.peer_identity.is_some(),
             },
-        };
-        self.metrics.requests.series(&labels)
+        }
     }
 }
 
@@ -437,6 +456,7 @@ struct Recorded {
     series: Option<Arc<Series>>,
     log: Option<(Box<Entry>, Arc<AccessLog>)>,
     span: Option<PendingSpan>,
+    tap: Option<(Box<crate::tap::Row>, Arc<crate::tap::Tap>)>,
     started: Instant,
     status: u16,
     grpc: Option<u32>,
@@ -465,6 +485,10 @@ impl Recorded {
                     error: p.error.as_ref().and_then(|v| v.to_str().ok()),
                 },
             );
+        }
+        if let Some((mut row, tap)) = self.tap.take() {
+            row.finished(self.grpc, req, self.response_bytes, self.started.elapsed());
+            tap.publish(*row);
         }
         if let Some((mut entry, log)) = self.log.take() {
             entry.grpc_status = self.grpc;
