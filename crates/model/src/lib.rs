@@ -8,6 +8,7 @@
 //! not depend on tokio, hyper, kube or tonic: every type is data in, data out.
 
 pub mod authn;
+pub mod anomaly;
 pub mod authz;
 mod destination;
 pub mod matching;
