@@ -7,8 +7,8 @@
 //! decision computed here is the same wherever it is computed. This crate does no I/O and must
 //! not depend on tokio, hyper, kube or tonic: every type is data in, data out.
 
-pub mod authn;
 pub mod anomaly;
+pub mod authn;
 pub mod authz;
 mod destination;
 pub mod matching;
