@@ -1,22 +1,45 @@
-// The dashboard's first page: services, workloads and config resources from the control plane's
-// JSON API, refreshed every 2 s. Everything is built with DOM calls and textContent (never
-// innerHTML), so names from config files cannot inject markup.
+// The Trellis dashboard: a live service graph, per-node and per-route charts, the proxies behind
+// a workload, a live tap and the config, all from the control plane's JSON API, refreshed every
+// 2 s. Everything is built with DOM calls and textContent (never innerHTML), so names from
+// config files cannot inject markup. No framework, no build step: this file is served as is.
 "use strict";
 
 const REFRESH_MS = 2000;
 const TIMEOUT_MS = 1800;
+const SVG_NS = "http://www.w3.org/2000/svg";
+const TAP_MAX_ROWS = 200;
+
+// ---------------------------------------------------------------------------------------------
+// DOM helpers
 
 function el(tag, attrs, ...children) {
   const node = document.createElement(tag);
+  setAttrs(node, attrs);
+  append(node, children);
+  return node;
+}
+
+function svg(tag, attrs, ...children) {
+  const node = document.createElementNS(SVG_NS, tag);
+  setAttrs(node, attrs);
+  append(node, children);
+  return node;
+}
+
+function setAttrs(node, attrs) {
   for (const [key, value] of Object.entries(attrs || {})) {
-    if (key === "class") node.className = value;
-    else node.setAttribute(key, value);
+    if (value === null || value === undefined || value === false) continue;
+    if (key === "class") node.setAttribute("class", value);
+    else if (key.startsWith("on")) node.addEventListener(key.slice(2), value);
+    else node.setAttribute(key, value === true ? "" : String(value));
   }
-  for (const child of children) {
-    if (child === null || child === undefined) continue;
+}
+
+function append(node, children) {
+  for (const child of children.flat()) {
+    if (child === null || child === undefined || child === false) continue;
     node.append(child instanceof Node ? child : String(child));
   }
-  return node;
 }
 
 function badge(text, kind) {
@@ -35,16 +58,432 @@ function pairs(map) {
 function fill(id, rows, columns, emptyText) {
   const body = document.getElementById(id + "-body");
   const fresh = rows.length
-    ? rows.map((row) => el("tr", {}, ...row.map((cell) => el("td", {}, cell))))
+    ? rows.map((row) => (row instanceof Node ? row : el("tr", {}, ...row.map((cell) => el("td", {}, cell)))))
     : [el("tr", {}, el("td", { colspan: String(columns), class: "empty" }, emptyText))];
   body.replaceChildren(...fresh);
-  document.getElementById(id + "-count").textContent = "(" + rows.length + ")";
+  const count = document.getElementById(id + "-count");
+  if (count) count.textContent = "(" + rows.length + ")";
 }
 
 function showError(id, message) {
   const node = document.getElementById(id + "-error");
+  if (!node) return;
   node.hidden = !message;
   node.textContent = message || "";
+}
+
+// ---------------------------------------------------------------------------------------------
+// Formatting
+
+function fmtRps(v) {
+  if (v === null || v === undefined) return "-";
+  return (v >= 100 ? v.toFixed(0) : v.toFixed(1)) + " rps";
+}
+
+function fmtPct(v) {
+  if (v === null || v === undefined) return "-";
+  const pct = v * 100;
+  return (pct === 100 || pct === 0 ? pct.toFixed(0) : pct.toFixed(1)) + "%";
+}
+
+function fmtMs(v) {
+  if (v === null || v === undefined) return "-";
+  if (v < 10) return v.toFixed(1) + " ms";
+  if (v < 1000) return v.toFixed(0) + " ms";
+  return (v / 1000).toFixed(2) + " s";
+}
+
+function seen(ms) {
+  if (ms === null || ms === undefined) return "never";
+  if (ms < 1000) return "just now";
+  return Math.round(ms / 1000) + " s ago";
+}
+
+async function getJson(path) {
+  const abort = new AbortController();
+  const timer = setTimeout(() => abort.abort(), TIMEOUT_MS);
+  try {
+    const response = await fetch(path, { signal: abort.signal, headers: { accept: "application/json" } });
+    if (!response.ok) {
+      const error = new Error(path + " answered " + response.status);
+      error.status = response.status;
+      throw error;
+    }
+    return await response.json();
+  } finally {
+    clearTimeout(timer);
+  }
+}
+
+// ---------------------------------------------------------------------------------------------
+// The service graph
+
+const NODE_W = 150;
+const NODE_H = 40;
+const COL_W = 225;
+const ROW_H = 78;
+const PAD = 24;
+
+const state = {
+  graph: null,
+  proxies: [],
+  selected: null, // { kind: "node", id } or { kind: "route", namespace, service, route }
+  config: null,
+};
+
+function nodeLabel(node) {
+  return node.kind === "external" ? "outside the mesh" : node.name;
+}
+
+function nodeKindText(node) {
+  if (node.kind === "service") return "service";
+  if (node.kind === "workload") return "workload";
+  return "callers";
+}
+
+// Layered layout: each node's column is its longest distance from a node nothing calls, so
+// traffic flows left to right; rows are sorted by kind and name so the picture is stable.
+function layout(graph) {
+  const incoming = new Map(graph.nodes.map((n) => [n.id, []]));
+  for (const e of graph.edges) if (incoming.has(e.target)) incoming.get(e.target).push(e.source);
+  const depth = new Map();
+  const visiting = new Set();
+  function depthOf(id) {
+    if (depth.has(id)) return depth.get(id);
+    if (visiting.has(id)) return 0; // a cycle: break it here
+    visiting.add(id);
+    let d = 0;
+    for (const src of incoming.get(id) || []) d = Math.max(d, depthOf(src) + 1);
+    visiting.delete(id);
+    depth.set(id, d);
+    return d;
+  }
+  graph.nodes.forEach((n) => depthOf(n.id));
+  const columns = [];
+  for (const n of graph.nodes) {
+    const d = depth.get(n.id) || 0;
+    (columns[d] = columns[d] || []).push(n);
+  }
+  const rows = Math.max(1, ...columns.map((c) => (c ? c.length : 0)));
+  const height = PAD * 2 + rows * ROW_H;
+  const pos = new Map();
+  columns.forEach((col, d) => {
+    if (!col) return;
+    col.sort((a, b) => (a.kind + a.name).localeCompare(b.kind + b.name));
+    const top = PAD + ((rows - col.length) * ROW_H) / 2;
+    col.forEach((n, i) => pos.set(n.id, { x: PAD + d * COL_W, y: top + i * ROW_H + (ROW_H - NODE_H) / 2 }));
+  });
+  const width = PAD * 2 + Math.max(1, columns.length - 1) * COL_W + NODE_W;
+  return { pos, width, height };
+}
+
+function padlock(x, y) {
+  // A 10 x 12 padlock drawn in place, so it needs no font with the emoji.
+  return svg("g", { class: "padlock", transform: "translate(" + x + "," + y + ")", "aria-hidden": "true" },
+    svg("path", { d: "M2.5 5 V3.5 a2.5 2.5 0 0 1 5 0 V5", fill: "none" }),
+    svg("rect", { x: "1", y: "5", width: "8", height: "6.5", rx: "1" }));
+}
+
+function edgeText(e) {
+  const s = e.stats;
+  if (!s || !s.requests) return "no traffic";
+  return fmtRps(s.rps) + " · " + fmtPct(s.success_rate) + " · p99 " + fmtMs(s.p99_ms);
+}
+
+function edgeName(e, byId) {
+  const name = (id) => (byId.get(id) ? nodeLabel(byId.get(id)) : id);
+  return name(e.source) + " to " + name(e.target);
+}
+
+function renderGraph(graph) {
+  const host = document.getElementById("graph-svg");
+  const focused = document.activeElement && document.activeElement.getAttribute("data-id");
+  const byId = new Map(graph.nodes.map((n) => [n.id, n]));
+  const { pos, width, height } = layout(graph);
+  host.setAttribute("viewBox", "0 0 " + width + " " + height);
+  host.setAttribute("width", String(width));
+  host.setAttribute("height", String(height));
+
+  const edges = svg("g", { class: "edges" });
+  const labels = svg("g", { class: "edge-labels" });
+  for (const e of graph.edges) {
+    const a = pos.get(e.source);
+    const b = pos.get(e.target);
+    if (!a || !b) continue;
+    const x1 = a.x + NODE_W, y1 = a.y + NODE_H / 2, x2 = b.x, y2 = b.y + NODE_H / 2;
+    const mx = (x1 + x2) / 2;
+    const active = !!(e.stats && e.stats.requests);
+    const cls = "edge" + (active ? " active" : " idle") + (e.failing ? " failing" : "") + (e.mtls ? " mtls" : "");
+    const s = e.stats || {};
+    const label = edgeName(e, byId) + ": " + edgeText(e) + (e.mtls ? ", mutual TLS" : "") + (e.failing ? ", failing" : "");
+    edges.append(svg("path", {
+      class: cls, d: "M" + x1 + "," + y1 + " C" + mx + "," + y1 + " " + mx + "," + y2 + " " + x2 + "," + y2,
+      "marker-end": "url(#arrow" + (e.failing ? "-failing" : "") + ")",
+    }));
+    if (!active) continue;
+    // The label sits on the curve's midpoint, which for a cubic with these control points is the
+    // mid-x and mid-y of its ends.
+    const ly = (y1 + y2) / 2;
+    const text = edgeText(e);
+    const w = text.length * 6.1 + (e.mtls ? 16 : 8);
+    labels.append(svg("g", {
+      class: "edge-label" + (e.failing ? " failing" : ""), tabindex: "0", role: "img", "aria-label": label,
+      "data-id": e.id, "data-source": e.source, "data-target": e.target,
+      "data-rps": s.rps, "data-success": s.success_rate, "data-p99": s.p99_ms, "data-requests": s.requests,
+      "data-mtls": String(!!e.mtls), "data-failing": String(!!e.failing),
+    },
+    svg("title", {}, label),
+    svg("rect", { x: mx - w / 2, y: ly - 9, width: w, height: 18, rx: 4 }),
+    e.mtls ? padlock(mx - w / 2 + 4, ly - 6.5) : null,
+    svg("text", { x: mx - w / 2 + (e.mtls ? 16 : 4), y: ly + 4 }, text)));
+  }
+
+  const nodes = svg("g", { class: "nodes" });
+  for (const n of graph.nodes) {
+    const p = pos.get(n.id);
+    const s = n.stats;
+    const selected = state.selected && state.selected.kind === "node" && state.selected.id === n.id;
+    const health = n.failing ? "failing" : s && s.requests ? "ok" : "idle";
+    const summary = s && s.requests ? ": " + fmtRps(s.rps) + ", " + fmtPct(s.success_rate) + " success" : ": no traffic";
+    const label = nodeKindText(n) + " " + nodeLabel(n) + (n.namespace ? " in " + n.namespace : "") + summary + (n.failing ? ", failing" : "");
+    const select = () => selectNode(n.id);
+    nodes.append(svg("g", {
+      class: "node " + n.kind + " " + health + (selected ? " selected" : ""),
+      transform: "translate(" + p.x + "," + p.y + ")", tabindex: "0", role: "button",
+      "aria-label": label, "aria-pressed": String(selected), "data-id": n.id, "data-kind": n.kind,
+      "data-name": n.name, "data-failing": String(!!n.failing),
+      onclick: select,
+      onkeydown: (ev) => { if (ev.key === "Enter" || ev.key === " ") { ev.preventDefault(); select(); } },
+    },
+    svg("title", {}, label),
+    svg("rect", { width: NODE_W, height: NODE_H, rx: n.kind === "service" ? 20 : 6 }),
+    svg("text", { class: "node-name", x: NODE_W / 2, y: 17, "text-anchor": "middle" }, nodeLabel(n)),
+    svg("text", { class: "node-kind", x: NODE_W / 2, y: 32, "text-anchor": "middle" },
+      nodeKindText(n) + (n.failing ? " · failing" : s && s.requests ? " · " + fmtPct(s.success_rate) : ""))));
+  }
+
+  const defs = svg("defs", {},
+    svg("marker", { id: "arrow", viewBox: "0 0 10 10", refX: "9", refY: "5", markerWidth: "7", markerHeight: "7", orient: "auto-start-reverse" },
+      svg("path", { d: "M0,0 L10,5 L0,10 z", class: "arrow" })),
+    svg("marker", { id: "arrow-failing", viewBox: "0 0 10 10", refX: "9", refY: "5", markerWidth: "7", markerHeight: "7", orient: "auto-start-reverse" },
+      svg("path", { d: "M0,0 L10,5 L0,10 z", class: "arrow failing" })));
+  host.replaceChildren(defs, edges, nodes, labels);
+  if (focused) {
+    const again = host.querySelector('[data-id="' + CSS.escape(focused) + '"]');
+    if (again) again.focus();
+  }
+
+  const rows = graph.edges
+    .filter((e) => e.stats && e.stats.requests)
+    .map((e) => {
+      const s = e.stats;
+      return el("tr", { "data-id": e.id, class: e.failing ? "failing-row" : null },
+        el("td", {}, nodeLabel(byId.get(e.source) || { name: e.source })),
+        el("td", {}, nodeLabel(byId.get(e.target) || { name: e.target })),
+        el("td", {}, fmtRps(s.rps)),
+        el("td", {}, e.failing ? badge(fmtPct(s.success_rate), "bad") : fmtPct(s.success_rate)),
+        el("td", {}, fmtMs(s.p50_ms)), el("td", {}, fmtMs(s.p95_ms)), el("td", {}, fmtMs(s.p99_ms)),
+        el("td", {}, e.mtls ? "yes" : "no"));
+    });
+  fill("edges", rows, 8, "No traffic in the window yet.");
+  document.getElementById("graph-window").textContent = String(Math.round(graph.window_seconds || 20));
+  document.getElementById("graph-threshold").textContent = String(Math.round((graph.failing_below || 0.95) * 100));
+}
+
+// ---------------------------------------------------------------------------------------------
+// Charts (inline SVG line charts)
+
+const CHART_W = 300;
+const CHART_H = 110;
+const M = { l: 44, r: 8, t: 8, b: 20 };
+
+function chart(title, points, lines, opts) {
+  const xs = points.map((p) => p.t);
+  const now = Date.now();
+  const x0 = Math.min(now - 15 * 60 * 1000, ...xs);
+  const x1 = Math.max(now, ...xs);
+  let yMax = opts.max;
+  if (yMax === undefined) {
+    yMax = 0;
+    for (const p of points) for (const l of lines) if (p[l.key] !== null && p[l.key] !== undefined) yMax = Math.max(yMax, p[l.key]);
+    yMax = yMax > 0 ? yMax * 1.15 : 1;
+  }
+  const sx = (t) => M.l + ((t - x0) / (x1 - x0 || 1)) * (CHART_W - M.l - M.r);
+  const sy = (v) => CHART_H - M.b - (v / yMax) * (CHART_H - M.t - M.b);
+  const last = points.length ? points[points.length - 1] : null;
+  const summary = title + ": " + (last ? lines.map((l) => l.name + " " + opts.fmt(last[l.key])).join(", ") : "no data yet");
+  const paths = lines.map((l) => {
+    let d = "";
+    let pen = false;
+    for (const p of points) {
+      const v = p[l.key];
+      if (v === null || v === undefined) { pen = false; continue; }
+      d += (pen ? " L" : " M") + sx(p.t).toFixed(1) + "," + sy(v).toFixed(1);
+      pen = true;
+    }
+    return svg("path", { class: "line " + l.cls, d: d.trim() || "M0,0" });
+  });
+  return el("figure", { class: "chart" },
+    el("figcaption", {}, title, " ", ...lines.map((l) => el("span", { class: "key " + l.cls }, l.name))),
+    svg("svg", { viewBox: "0 0 " + CHART_W + " " + CHART_H, role: "img", "aria-label": summary, "data-chart": opts.id, "data-points": points.length },
+      svg("title", {}, summary),
+      svg("line", { class: "axis", x1: M.l, y1: CHART_H - M.b, x2: CHART_W - M.r, y2: CHART_H - M.b }),
+      svg("line", { class: "grid", x1: M.l, y1: M.t, x2: CHART_W - M.r, y2: M.t }),
+      svg("text", { class: "tick", x: M.l - 4, y: M.t + 4, "text-anchor": "end" }, opts.fmt(yMax)),
+      svg("text", { class: "tick", x: M.l - 4, y: CHART_H - M.b, "text-anchor": "end" }, opts.fmt(0)),
+      svg("text", { class: "tick", x: M.l, y: CHART_H - 4 }, "-15 min"),
+      svg("text", { class: "tick", x: CHART_W - M.r, y: CHART_H - 4, "text-anchor": "end" }, "now"),
+      ...paths));
+}
+
+function renderCharts(series) {
+  const points = series.points || [];
+  const charts = document.getElementById("charts");
+  charts.replaceChildren(
+    chart("Success rate", points, [{ key: "success_rate", name: "success", cls: "s1" }], { id: "success", max: 1, fmt: fmtPct }),
+    chart("Requests per second", points, [{ key: "rps", name: "rps", cls: "s1" }], { id: "rps", fmt: (v) => (v === null || v === undefined ? "-" : v.toFixed(1)) }),
+    chart("Latency", points, [
+      { key: "p50_ms", name: "p50", cls: "s1" },
+      { key: "p95_ms", name: "p95", cls: "s2" },
+      { key: "p99_ms", name: "p99", cls: "s3" },
+    ], { id: "latency", fmt: fmtMs }));
+}
+
+function selectNode(id) {
+  state.selected = { kind: "node", id };
+  refreshDetails();
+  if (state.graph) renderGraph(state.graph);
+}
+
+function selectRoute(namespace, service, route) {
+  state.selected = { kind: "route", namespace, service, route };
+  refreshDetails();
+  document.getElementById("details").scrollIntoView({ block: "start" });
+}
+
+function seriesPath(sel) {
+  if (sel.kind === "route") {
+    const q = new URLSearchParams({ namespace: sel.namespace, service: sel.service, route: sel.route });
+    return "/api/v1/routes/timeseries?" + q;
+  }
+  const [kind, ns, name] = sel.id.split("/");
+  if (kind === "workload") return "/api/v1/workloads/" + encodeURIComponent(ns) + "/" + encodeURIComponent(name) + "/timeseries";
+  if (kind === "service") return "/api/v1/services/" + encodeURIComponent(ns) + "/" + encodeURIComponent(name) + "/timeseries";
+  return null;
+}
+
+async function refreshDetails() {
+  const sel = state.selected;
+  if (!sel) return;
+  const title = document.getElementById("details-name");
+  let workload = null;
+  if (sel.kind === "route") {
+    title.textContent = "route " + sel.route + " of " + sel.service + "." + sel.namespace;
+  } else {
+    const [kind, ns, name] = sel.id.split("/");
+    title.textContent = kind === "external" ? "callers outside the mesh" : kind + " " + name + (ns ? "." + ns : "");
+    if (kind === "workload") workload = { namespace: ns, name };
+  }
+  const path = seriesPath(sel);
+  if (path) {
+    try {
+      renderCharts(await getJson(path));
+      showError("details", "");
+    } catch (err) {
+      showError("details", "Cannot load " + path + ": " + err.message);
+    }
+  } else {
+    document.getElementById("charts").replaceChildren(el("p", { class: "empty" }, "Callers outside the mesh have no proxy of their own; select the workload they call."));
+  }
+  renderProxies(workload);
+  refreshAuthz(workload);
+}
+
+const CONFIG_STATE = {
+  current: ["current", "ok"],
+  stale: ["not yet applied", "warn"],
+  pending: ["waiting for discovery", "warn"],
+  unknown: ["unknown", "warn"],
+};
+
+function configBadge(p) {
+  const [text, kind] = CONFIG_STATE[p.config] || [p.config, "warn"];
+  const extra = p.stale_targets && p.stale_targets.length ? el("div", { class: "mono empty" }, p.stale_targets.join(", ")) : null;
+  return el("span", {}, badge(text, p.nacks && p.config !== "current" ? "bad" : kind), extra);
+}
+
+function renderProxies(workload) {
+  const box = document.getElementById("details-proxies");
+  box.hidden = !workload;
+  if (!workload) return;
+  const rows = state.proxies
+    .filter((p) => p.namespace === workload.namespace && p.workload === workload.name)
+    .map((p) => [
+      el("strong", {}, p.workload),
+      el("code", {}, p.proxy_id),
+      p.connected ? badge("connected", "ok") : badge("disconnected", "bad"),
+      configBadge(p),
+      p.acked_version === null || p.acked_version === undefined ? el("span", { class: "empty" }, "none yet") : String(p.acked_version),
+      p.nacks ? el("span", {}, badge(String(p.nacks), "bad"), p.last_nack ? el("div", {}, p.last_nack) : null) : "0",
+      p.admin ? el("code", {}, p.admin) : "",
+    ]);
+  fill("proxies", rows, 7, "No proxy registered for this workload.");
+}
+
+// Authorization policies: shown when the control plane has an API for them (404: it has none).
+let authzAvailable = true;
+async function refreshAuthz(workload) {
+  const box = document.getElementById("details-authz");
+  if (!workload || !authzAvailable) { box.hidden = true; return; }
+  const q = new URLSearchParams({ namespace: workload.namespace, workload: workload.name });
+  try {
+    const policies = await getJson("/api/v1/authorization?" + q);
+    const items = (Array.isArray(policies) ? policies : policies.policies || []).map((p) =>
+      el("li", {}, el("strong", {}, p.name || "?"), " ", el("span", { class: "empty" }, (p.kind || "") + (p.action ? " " + p.action : "") + (p.namespace ? " in " + p.namespace : ""))));
+    document.getElementById("authz-body").replaceChildren(items.length ? el("ul", {}, ...items) : el("p", { class: "empty" }, "None apply: every request is allowed."));
+    box.hidden = false;
+  } catch (err) {
+    if (err.status === 404) authzAvailable = false;
+    box.hidden = true;
+  }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Tables: routes, config, services, workloads
+
+function routeRows(routes) {
+  return routes.map((r) => {
+    const s = r.stats || {};
+    const open = () => selectRoute(r.namespace, r.service, r.route);
+    return el("tr", { "data-route": r.route },
+      el("td", {}, r.service + "." + r.namespace),
+      el("td", {}, el("button", { type: "button", class: "link", onclick: open, "aria-label": "Charts of route " + r.route + " of " + r.service }, r.route)),
+      el("td", {}, fmtRps(s.rps)), el("td", {}, fmtPct(s.success_rate)),
+      el("td", {}, fmtMs(s.p50_ms)), el("td", {}, fmtMs(s.p95_ms)), el("td", {}, fmtMs(s.p99_ms)));
+  });
+}
+
+const STATUS_KIND = { Accepted: "ok", Invalid: "bad", Ignored: "warn" };
+
+function programmed(resource, proxies) {
+  if (resource.status !== "Accepted") return el("span", { class: "empty" }, "-");
+  const connected = proxies.filter((p) => p.connected);
+  const behind = connected.filter((p) => p.config !== "current");
+  if (!connected.length) return badge("no proxies", "warn");
+  if (!behind.length) return badge("Programmed", "ok");
+  return badge("pending: " + behind.length + " of " + connected.length + " proxies", "warn");
+}
+
+function configRows(config, proxies) {
+  return ((config && config.resources) || []).map((r) => [
+    badge(r.status, STATUS_KIND[r.status] || "warn"),
+    programmed(r, proxies),
+    r.kind,
+    r.namespace || "",
+    el("strong", {}, r.name || ""),
+    el("code", {}, r.file || ""),
+    r.message || "",
+  ]);
 }
 
 function serviceRows(services) {
@@ -58,78 +497,157 @@ function serviceRows(services) {
   ]);
 }
 
-function seen(ms) {
-  if (ms === null || ms === undefined) return "never";
-  if (ms < 1000) return "just now";
-  return Math.round(ms / 1000) + " s ago";
+function workloadRows(workloads, proxies) {
+  return workloads.map((w) => {
+    const p = proxies.find((x) => x.namespace === w.namespace && x.workload === w.name);
+    return [
+      w.namespace,
+      el("strong", {}, w.name),
+      el("code", {}, w.identity || w.service_account || ""),
+      pairs(w.labels),
+      el("code", {}, w.inbound || ""),
+      w.connected ? badge("connected", "ok") : badge("disconnected", "bad"),
+      seen(w.last_seen_ms_ago),
+      list((w.subscriptions || []).map((target) => el("code", {}, target))),
+      p ? configBadge(p) : el("span", { class: "empty" }, "unknown"),
+    ];
+  });
 }
 
-function workloadRows(workloads) {
-  return workloads.map((w) => [
-    w.namespace,
-    el("strong", {}, w.name),
-    el("code", {}, w.identity || w.service_account || ""),
-    pairs(w.labels),
-    el("code", {}, w.inbound || ""),
-    w.admin ? el("code", {}, w.admin) : "",
-    w.connected ? badge("connected", "ok") : badge("disconnected", "bad"),
-    seen(w.last_seen_ms_ago),
-    list((w.subscriptions || []).map((target) => el("code", {}, target))),
-    // No version yet is normal: a proxy subscribes to a destination only when traffic needs it.
-    w.acked_version === null || w.acked_version === undefined ? el("span", { class: "empty" }, "none yet") : String(w.acked_version),
-    w.nacks ? el("span", {}, badge(w.nacks + " NACK" + (w.nacks === 1 ? "" : "s"), "bad"), w.last_nack ? el("div", {}, w.last_nack) : null) : "0",
-  ]);
+// ---------------------------------------------------------------------------------------------
+// Live tap: NDJSON from /api/v1/tap, read as it streams.
+
+let tapAbort = null;
+
+function tapField(row, ...names) {
+  for (const name of names) {
+    const parts = name.split(".");
+    let v = row;
+    for (const p of parts) v = v === null || v === undefined ? undefined : v[p];
+    if (v !== undefined && v !== null && v !== "") return v;
+  }
+  return "";
 }
 
-const STATUS_KIND = { Accepted: "ok", Invalid: "bad", Ignored: "warn" };
-
-function configRows(config) {
-  return ((config && config.resources) || []).map((r) => [
-    badge(r.status, STATUS_KIND[r.status] || "warn"),
-    r.kind,
-    r.namespace || "",
-    el("strong", {}, r.name || ""),
-    el("code", {}, r.file || ""),
-    r.message || "",
-  ]);
+function tapRow(row) {
+  const status = Number(tapField(row, "status", "status_code", "response_code"));
+  const latency = tapField(row, "latency_ms", "duration_ms");
+  const tls = tapField(row, "tls");
+  return el("tr", { class: status >= 500 ? "failing-row" : null },
+    el("td", {}, new Date().toLocaleTimeString()),
+    el("td", {}, String(tapField(row, "method"))),
+    el("td", {}, el("code", {}, String(tapField(row, "authority")))),
+    el("td", {}, el("code", {}, String(tapField(row, "path")))),
+    el("td", {}, status >= 500 ? badge(String(status), "bad") : String(status || "-")),
+    el("td", {}, latency === "" ? "-" : fmtMs(Number(latency))),
+    el("td", {}, String(tapField(row, "source_workload", "source.workload", "source"))),
+    el("td", {}, String(tapField(row, "destination_workload", "destination.workload", "destination"))),
+    el("td", {}, tls === true || tls === "true" ? "mTLS" : "no"));
 }
 
-async function getJson(path) {
+function setTapStatus(text) {
+  document.getElementById("tap-status").textContent = text;
+}
+
+async function startTap(form) {
+  stopTap();
+  const q = new URLSearchParams();
+  for (const [k, v] of new FormData(form)) if (String(v).trim()) q.set(k, String(v).trim());
+  q.set("max_rows", "1000");
+  q.set("max_seconds", "300");
   const abort = new AbortController();
-  const timer = setTimeout(() => abort.abort(), TIMEOUT_MS);
+  tapAbort = abort;
+  document.getElementById("tap-start").disabled = true;
+  document.getElementById("tap-stop").disabled = false;
+  const body = document.getElementById("tap-body");
+  let count = 0;
+  setTapStatus("Starting…");
   try {
-    const response = await fetch(path, { signal: abort.signal, headers: { accept: "application/json" } });
-    if (!response.ok) throw new Error(path + " answered " + response.status);
-    return await response.json();
+    const response = await fetch("/api/v1/tap?" + q, { signal: abort.signal, headers: { accept: "application/x-ndjson" } });
+    if (response.status === 404) throw new Error("this control plane has no tap API");
+    if (!response.ok) throw new Error("/api/v1/tap answered " + response.status + ": " + (await response.text()).trim());
+    setTapStatus("Running: waiting for requests…");
+    const reader = response.body.getReader();
+    const decoder = new TextDecoder();
+    let buffered = "";
+    for (;;) {
+      const { value, done } = await reader.read();
+      if (done) break;
+      buffered += decoder.decode(value, { stream: true });
+      let nl;
+      while ((nl = buffered.indexOf("\n")) >= 0) {
+        const line = buffered.slice(0, nl).trim();
+        buffered = buffered.slice(nl + 1);
+        if (!line) continue;
+        let row;
+        try { row = JSON.parse(line); } catch (_) { continue; }
+        if (count === 0) body.replaceChildren();
+        count += 1;
+        body.prepend(tapRow(row));
+        while (body.children.length > TAP_MAX_ROWS) body.lastChild.remove();
+        setTapStatus("Running: " + count + " request" + (count === 1 ? "" : "s") + " seen.");
+      }
+    }
+    setTapStatus("Ended after " + count + " request" + (count === 1 ? "" : "s") + ".");
+  } catch (err) {
+    if (err.name === "AbortError") setTapStatus("Stopped after " + count + " request" + (count === 1 ? "" : "s") + ".");
+    else setTapStatus("Tap failed: " + err.message);
   } finally {
-    clearTimeout(timer);
+    if (tapAbort === abort) {
+      tapAbort = null;
+      document.getElementById("tap-start").disabled = false;
+      document.getElementById("tap-stop").disabled = true;
+    }
   }
 }
 
-const SECTIONS = [
-  { id: "services", path: "/api/v1/services", rows: serviceRows, columns: 5, empty: "No services." },
-  { id: "workloads", path: "/api/v1/workloads", rows: workloadRows, columns: 11, empty: "No workloads registered." },
-  { id: "config", path: "/api/v1/config", rows: configRows, columns: 6, empty: "No config resources." },
-];
+function stopTap() {
+  if (tapAbort) tapAbort.abort();
+}
+
+// ---------------------------------------------------------------------------------------------
+// The refresh loop
+
+const SOURCES = {
+  graph: "/api/v1/graph",
+  proxies: "/api/v1/proxies",
+  routes: "/api/v1/routes",
+  config: "/api/v1/config",
+  services: "/api/v1/services",
+  workloads: "/api/v1/workloads",
+};
 
 async function refresh() {
-  const results = await Promise.allSettled(SECTIONS.map((s) => getJson(s.path)));
+  const names = Object.keys(SOURCES);
+  const results = await Promise.allSettled(names.map((n) => getJson(SOURCES[n])));
+  const got = {};
   let failures = 0;
   results.forEach((result, i) => {
-    const section = SECTIONS[i];
+    const name = names[i];
     if (result.status === "fulfilled") {
-      showError(section.id, "");
-      fill(section.id, section.rows(result.value), section.columns, section.empty);
+      got[name] = result.value;
+      showError(name, "");
     } else {
       failures += 1;
-      // Keep the last rows on screen: a blip should not blank the page.
-      showError(section.id, "Cannot load " + section.path + ": " + result.reason.message);
+      // Keep the last picture on screen: a blip should not blank the page.
+      showError(name, "Cannot load " + SOURCES[name] + ": " + result.reason.message);
     }
   });
+  if (got.proxies) state.proxies = got.proxies;
+  if (got.graph) {
+    state.graph = got.graph;
+    renderGraph(got.graph);
+  }
+  if (got.routes) fill("routes", routeRows(got.routes), 7, "No named routes carried traffic in the window.");
+  if (got.config) fill("config", configRows(got.config, state.proxies), 7, "No config resources.");
+  if (got.services) fill("services", serviceRows(got.services), 5, "No services.");
+  if (got.workloads) fill("workloads", workloadRows(got.workloads, state.proxies), 9, "No workloads registered.");
+  if (state.selected) refreshDetails();
   const time = new Date().toLocaleTimeString();
   document.getElementById("refresh").textContent = failures
     ? "Control plane unreachable at " + time + "; retrying"
     : "Updated " + time;
+  document.body.setAttribute("data-refreshed", String(Date.now()));
 }
 
 async function loop() {
@@ -139,4 +657,6 @@ async function loop() {
 }
 
 document.addEventListener("visibilitychange", () => { if (!document.hidden) refresh(); });
+document.getElementById("tap-form").addEventListener("submit", (ev) => { ev.preventDefault(); startTap(ev.target); });
+document.getElementById("tap-stop").addEventListener("click", stopTap);
 loop();

@@ -2,8 +2,10 @@
 //! with `include_str!` and served by [`router`].
 //!
 //! The control plane merges [`router`] into its HTTP server; the page itself reads the control
-//! plane's JSON API (`/api/v1/services`, `/api/v1/workloads`, `/api/v1/config`) from the
-//! browser every 2 s. This crate owns no data and must not need Node or a network at build
+//! plane's JSON API from the browser every 2 s: the service graph (`/api/v1/graph`), proxies
+//! and their config state (`/api/v1/proxies`), routes and time series, the config
+//! (`/api/v1/config`), services and workloads, and streams `/api/v1/tap` for the live tap (see
+//! docs/dashboard.md). This crate owns no data and must not need Node or a network at build
 //! time: the assets are hand-written files under `assets/`. Its routes (`/` and `/assets/*`)
 //! must not overlap the control plane's (`/api`, `/metrics`, `/live`, `/ready`), since axum
 //! refuses overlapping routes when merging.
@@ -102,7 +104,15 @@ mod tests {
         let (status, content_type, js) = get(JS_PATH).await;
         assert_eq!(status, StatusCode::OK);
         assert!(content_type.starts_with("text/javascript"));
-        for api in ["/api/v1/services", "/api/v1/workloads", "/api/v1/config"] {
+        for api in [
+            "/api/v1/graph",
+            "/api/v1/proxies",
+            "/api/v1/routes",
+            "/api/v1/tap",
+            "/api/v1/services",
+            "/api/v1/workloads",
+            "/api/v1/config",
+        ] {
             assert!(js.contains(api), "the script reads {api}");
         }
 
@@ -114,15 +124,38 @@ mod tests {
 
     #[test]
     fn page_is_accessible_markup() {
-        // Semantic tables with captions and column headers, one per section, and a live region
-        // announcing refreshes.
-        assert_eq!(INDEX_HTML.matches("<table>").count(), 3);
-        assert_eq!(INDEX_HTML.matches("<caption>").count(), 3);
-        assert_eq!(INDEX_HTML.matches("<th scope=\"col\">").count(), 5 + 11 + 6);
+        // Semantic tables, each with a caption and column headers; a live region announcing
+        // refreshes; a labelled graph; and a section (with a body the script fills) for each
+        // part of the page.
+        let tables = INDEX_HTML.matches("<table>").count();
+        assert_eq!(tables, 7);
+        assert_eq!(INDEX_HTML.matches("<caption>").count(), tables);
+        assert_eq!(
+            INDEX_HTML.matches("<th ").count(),
+            INDEX_HTML.matches("<th scope=\"col\">").count()
+        );
         assert!(INDEX_HTML.contains("<html lang=\"en\">"));
         assert!(INDEX_HTML.contains("aria-live=\"polite\""));
-        for id in ["services-body", "workloads-body", "config-body"] {
-            assert!(INDEX_HTML.contains(id) && DASHBOARD_JS.contains(&id[..id.len() - 5]));
+        assert!(INDEX_HTML.contains("id=\"graph-svg\" role=\"group\" aria-label="));
+        for id in [
+            "edges-body",
+            "proxies-body",
+            "routes-body",
+            "tap-body",
+            "config-body",
+            "services-body",
+            "workloads-body",
+        ] {
+            assert!(INDEX_HTML.contains(id), "{id}");
+            assert!(DASHBOARD_JS.contains(&id[..id.len() - 5]), "{id}");
+        }
+        // Graph nodes are reachable by keyboard and say what they are.
+        for needle in [
+            "tabindex: \"0\"",
+            "\"aria-label\": label",
+            "ev.key === \"Enter\"",
+        ] {
+            assert!(DASHBOARD_JS.contains(needle), "{needle}");
         }
     }
 
