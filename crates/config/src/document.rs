@@ -22,6 +22,8 @@ pub enum Resource {
     DestinationPolicy(Box<DestinationPolicy>),
     /// An Istio PeerAuthentication: the inbound mTLS mode of a mesh, namespace or workload.
     PeerAuthentication(Box<istio::peer_authentication::PeerAuthn>),
+    /// An Istio AuthorizationPolicy: its scope and the rules proxies evaluate.
+    AuthorizationPolicy(Box<istio::authorization_policy::AuthzPolicy>),
 }
 
 /// What an adapter made of one document it reads.
@@ -168,6 +170,9 @@ fn read_document(file: &str, index: usize, value: Value) -> Document {
         ("networking.istio.io", "VirtualService") => istio::virtual_service::translate(value),
         ("networking.istio.io", "DestinationRule") => istio::destination_rule::translate(value),
         ("security.istio.io", "PeerAuthentication") => istio::peer_authentication::translate(value),
+        ("security.istio.io", "AuthorizationPolicy") => {
+            istio::authorization_policy::translate(value)
+        }
         ("telemetry.istio.io", "Telemetry") => istio::telemetry::translate(value),
         ("gateway.networking.k8s.io", "HTTPRoute") => gateway::translate_http(value),
         ("gateway.networking.k8s.io", "GRPCRoute") => gateway::translate_grpc(value),

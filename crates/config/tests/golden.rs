@@ -31,6 +31,9 @@ fn render(file: &str, bytes: &[u8]) -> Value {
                     Outcome::Resource(Resource::PeerAuthentication(policy)) => {
                         json!({"status": "Accepted", "peer_authentication": policy})
                     }
+                    Outcome::Resource(Resource::AuthorizationPolicy(policy)) => {
+                        json!({"status": "Accepted", "authorization_policy": policy})
+                    }
                     Outcome::Ignored { reason } => json!({"status": "Ignored", "reason": reason}),
                     Outcome::Invalid(err) => json!({"status": "Invalid", "error": err.to_string()}),
                 };

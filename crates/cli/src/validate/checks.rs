@@ -90,6 +90,7 @@ pub fn analyze(files: &[InputFile]) -> Vec<Finding> {
                     }),
                     Resource::DestinationPolicy(_) => Some("spec.host".to_string()),
                     Resource::PeerAuthentication(_) => None,
+                    Resource::AuthorizationPolicy(_) => None,
                 };
                 out.push(at(Code::Conflict, field, message.unwrap_or_default()));
                 continue;
@@ -98,6 +99,7 @@ pub fn analyze(files: &[InputFile]) -> Vec<Finding> {
                 Resource::Routes(set) => set.notes.clone(),
                 Resource::DestinationPolicy(p) => p.notes.clone(),
                 Resource::PeerAuthentication(p) => p.notes.clone(),
+                Resource::AuthorizationPolicy(p) => p.notes.clone(),
                 Resource::Service(_) => Vec::new(),
             };
             for note in notes {
@@ -252,6 +254,7 @@ pub fn analyze(files: &[InputFile]) -> Vec<Finding> {
                         ));
                     }
                 }
+                Resource::AuthorizationPolicy(_) => {}
             }
         }
     }

@@ -1,6 +1,7 @@
 //! Istio `networking.istio.io` kinds (v1, v1beta1, v1alpha3 spellings are one schema):
 //! VirtualService and DestinationRule.
 
+pub mod authorization_policy;
 pub mod destination_rule;
 mod fault;
 pub mod peer_authentication;

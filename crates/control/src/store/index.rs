@@ -42,6 +42,8 @@ pub struct ConfigSnapshot {
     pub resources: Vec<ResourceStatus>,
     /// Istio PeerAuthentications in force (resolved per workload by discovery).
     pub peer_authentications: Vec<PeerAuthn>,
+    /// Istio AuthorizationPolicies in force (compiled per workload by discovery).
+    pub authorization_policies: Vec<trellis_config::istio::authorization_policy::AuthzPolicy>,
 }
 
 #[derive(Debug, Default)]
@@ -107,6 +109,7 @@ impl ConfigIndex {
         let mut routes: Vec<(EntryId, &RouteSet)> = Vec::new();
         let mut policies: Vec<(EntryId, &DestinationPolicy)> = Vec::new();
         let mut peer_authentications = Vec::new();
+        let mut authorization_policies = Vec::new();
         for (file, state) in &self.files {
             for (doc, resource) in &state.in_force {
                 let id = (file.clone(), *doc);
@@ -120,6 +123,7 @@ impl ConfigIndex {
                     Resource::Routes(set) => routes.push((id, set)),
                     Resource::DestinationPolicy(p) => policies.push((id, p)),
                     Resource::PeerAuthentication(p) => peer_authentications.push((**p).clone()),
+                    Resource::AuthorizationPolicy(p) => authorization_policies.push((**p).clone()),
                 }
             }
         }
@@ -157,6 +161,7 @@ impl ConfigIndex {
                             Resource::Routes(set) => &set.notes,
                             Resource::DestinationPolicy(p) => &p.notes,
                             Resource::PeerAuthentication(p) => &p.notes,
+                            Resource::AuthorizationPolicy(p) => &p.notes,
                             Resource::Service(_) => &Vec::new(),
                         };
                         let verdict = verdicts
@@ -188,6 +193,7 @@ impl ConfigIndex {
             traffic,
             resources,
             peer_authentications,
+            authorization_policies,
         }
     }
 }
