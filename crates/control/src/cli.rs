@@ -70,6 +70,12 @@ pub struct Args {
     /// mesh-wide.
     #[arg(long, value_name = "NS", default_value = crate::DEFAULT_ROOT_NAMESPACE)]
     pub root_namespace: String,
+    /// What a workload's inbound side allows when no Istio ALLOW AuthorizationPolicy covers
+    /// it: all-unauthenticated, all-authenticated, cluster-authenticated, deny or audit (as
+    /// Linkerd's config.linkerd.io/default-inbound-policy).
+    #[arg(long, value_name = "POLICY", default_value = "all-unauthenticated",
+          value_parser = crate::compile::authz::parse_default_policy)]
+    pub default_inbound_policy: trellis_model::authz::DefaultPolicy,
     /// Kubernetes mode: read Services, Pods, Namespaces and mesh config from the API server
     /// (instead of --config-dir and self-registration) and serve the admission webhooks.
     #[arg(long)]
@@ -118,6 +124,7 @@ impl Args {
                 join_token_secret: self.join_token_secret,
             },
             root_namespace: self.root_namespace,
+            default_inbound_policy: self.default_inbound_policy,
         };
         let mut config = config;
         if self.kubernetes {

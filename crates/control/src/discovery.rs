@@ -38,6 +38,8 @@ pub struct DiscoveryService {
     next_stream: AtomicU64,
     /// The mesh root namespace: PeerAuthentications there without a selector are mesh-wide.
     root_namespace: Arc<str>,
+    /// `--default-inbound-policy`.
+    default_inbound_policy: trellis_model::authz::DefaultPolicy,
 }
 
 impl DiscoveryService {
@@ -46,7 +48,17 @@ impl DiscoveryService {
             shared,
             next_stream: AtomicU64::new(1),
             root_namespace: Arc::from(crate::DEFAULT_ROOT_NAMESPACE),
+            default_inbound_policy: Default::default(),
         }
+    }
+
+    /// Sets the inbound authorization default (`--default-inbound-policy`).
+    pub fn with_default_inbound_policy(
+        mut self,
+        default: trellis_model::authz::DefaultPolicy,
+    ) -> Self {
+        self.default_inbound_policy = default;
+        self
     }
 
     /// Sets the mesh root namespace (`--root-namespace`).
@@ -75,6 +87,7 @@ impl pb::discovery_server::Discovery for DiscoveryService {
         let (tx, rx) = mpsc::channel(OUTBOUND_BUFFER);
         let mut session = Session::new(self.shared.clone(), id, tx);
         session.root_namespace = self.root_namespace.clone();
+        session.default_inbound_policy = self.default_inbound_policy;
         tokio::spawn(session.run(request.into_inner(), peer));
         Ok(Response::new(Box::pin(
             tokio_stream::wrappers::ReceiverStream::new(rx),
@@ -94,6 +107,7 @@ struct Session {
     subscriptions: BTreeMap<Target, Option<Option<Destination>>>,
     version: u64,
     root_namespace: Arc<str>,
+    default_inbound_policy: trellis_model::authz::DefaultPolicy,
     /// The inbound mTLS policy last sent (after Welcome, then on change).
     inbound_policy: Option<pb::InboundPolicy>,
     /// Updates sent because of a change and not yet ACKed: (version, when the change reached
@@ -124,6 +138,7 @@ impl Session {
             subscriptions: BTreeMap::new(),
             version: 0,
             root_namespace: Arc::from(crate::DEFAULT_ROOT_NAMESPACE),
+            default_inbound_policy: Default::default(),
             inbound_policy: None,
             unacked: std::collections::VecDeque::new(),
             changed_at: None,
@@ -302,6 +317,19 @@ impl Session {
                 &self.root_namespace,
                 workload,
             )
+        };
+        let policy = pb::InboundPolicy {
+            authorization_json: {
+                let config = self.shared.config_rx.borrow();
+                crate::compile::authz::authorization_json(
+                    &config.authorization_policies,
+                    &config.services,
+                    &self.root_namespace,
+                    self.default_inbound_policy,
+                    workload,
+                )
+            },
+            ..policy
         };
         if self.inbound_policy.as_ref() == Some(&policy) {
             return Ok(());

@@ -48,6 +48,9 @@ pub struct ControlConfig {
     pub ca: ca::CaConfig,
     /// The mesh root namespace (`--root-namespace`).
     pub root_namespace: String,
+    /// The inbound authorization default where no ALLOW policy applies
+    /// (`--default-inbound-policy`).
+    pub default_inbound_policy: trellis_model::authz::DefaultPolicy,
     /// Kubernetes mode: watch the API server instead of `config_dirs` and registrations.
     pub kubernetes: Option<k8s::KubeOptions>,
 }
@@ -66,6 +69,7 @@ impl Default for ControlConfig {
             ready_file: None,
             ca: ca::CaConfig::default(),
             root_namespace: DEFAULT_ROOT_NAMESPACE.to_string(),
+            default_inbound_policy: trellis_model::authz::DefaultPolicy::default(),
             kubernetes: None,
         }
     }

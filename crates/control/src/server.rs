@@ -143,6 +143,7 @@ impl ControlPlane {
             .add_service(
                 DiscoveryService::new(shared.clone())
                     .with_root_namespace(&config.root_namespace)
+                    .with_default_inbound_policy(config.default_inbound_policy)
                     .into_server(),
             )
             .add_service(

@@ -29,6 +29,8 @@ pub fn inbound_policy(
             .into_iter()
             .map(|(port, mode)| (u32::from(port), to_wire(mode) as i32))
             .collect(),
+        // Filled in by discovery from compile::telemetry.
+        ..Default::default()
     }
 }
 

@@ -1,0 +1,193 @@
+//! Compile, for one proxy: the authorization its workload's inbound side enforces (Istio
+//! AuthorizationPolicies that cover the workload, and the mesh default) as the JSON the
+//! discovery `InboundPolicy.authorization_json` carries. Pure: config snapshot and workload
+//! in, message field out.
+
+use std::collections::BTreeMap;
+
+use trellis_config::istio::authorization_policy::AuthzPolicy;
+use trellis_model::authz::{DefaultPolicy, WorkloadAuthz};
+use trellis_model::{Service, ServiceKey, Workload};
+
+/// A workload label (local mode) that overrides the mesh default for that workload, as
+/// Linkerd's annotation of the same name does for a pod.
+pub const DEFAULT_POLICY_LABEL: &str = "config.linkerd.io/default-inbound-policy";
+
+/// The policies covering `workload` (sorted by name, so the result does not depend on the
+/// order files were read in) and its default.
+pub fn workload_authz(
+    policies: &[AuthzPolicy],
+    services: &BTreeMap<ServiceKey, Service>,
+    root_namespace: &str,
+    default: DefaultPolicy,
+    workload: &Workload,
+) -> WorkloadAuthz {
+    // Only Services of the workload's namespace can select it; targetRefs name those.
+    let backing: Vec<ServiceKey> = services
+        .values()
+        .filter(|s| s.key.namespace == workload.namespace && s.selects(&workload.labels))
+        .map(|s| s.key.clone())
+        .collect();
+    let mut covering: Vec<_> = policies
+        .iter()
+        .filter(|p| {
+            p.scope.covers(
+                root_namespace,
+                &workload.namespace,
+                &workload.labels,
+                &backing,
+            )
+        })
+        .map(|p| p.policy.clone())
+        .collect();
+    covering.sort_by(|a, b| a.name.cmp(&b.name));
+    let default = workload
+        .labels
+        .get(DEFAULT_POLICY_LABEL)
+        .and_then(|v| DefaultPolicy::parse(v))
+        .unwrap_or(default);
+    WorkloadAuthz {
+        default,
+        cluster_networks: Vec::new(),
+        policies: covering,
+    }
+}
+
+/// The `--default-inbound-policy` flag's parser.
+pub fn parse_default_policy(s: &str) -> Result<DefaultPolicy, String> {
+    DefaultPolicy::parse(s).ok_or_else(|| {
+        format!(
+            "{s:?} is not a default inbound policy; use one of {}",
+            DefaultPolicy::NAMES.join(", ")
+        )
+    })
+}
+
+/// [`workload_authz`] as the wire JSON.
+pub fn authorization_json(
+    policies: &[AuthzPolicy],
+    services: &BTreeMap<ServiceKey, Service>,
+    root_namespace: &str,
+    default: DefaultPolicy,
+    workload: &Workload,
+) -> String {
+    let authz = workload_authz(policies, services, root_namespace, default, workload);
+    // Plain data with string keys: serialization cannot fail; an empty string (allow all, as
+    // an older control plane) would be the safe reading if it ever did.
+    serde_json::to_string(&authz).unwrap_or_default()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use trellis_config::{Outcome, Resource, parse_documents};
+
+    fn parse(yaml: &str) -> (Vec<AuthzPolicy>, BTreeMap<ServiceKey, Service>) {
+        let mut policies = Vec::new();
+        let mut services = BTreeMap::new();
+        for d in parse_documents("authz.yaml", yaml.as_bytes()) {
+            match d.outcome {
+                Outcome::Resource(Resource::AuthorizationPolicy(p)) => policies.push(*p),
+                Outcome::Resource(Resource::Service(s)) => {
+                    services.insert(s.key.clone(), s);
+                }
+                other => panic!("{other:?}"),
+            }
+        }
+        (policies, services)
+    }
+
+    fn workload(namespace: &str, app: &str) -> Workload {
+        Workload {
+            name: format!("{app}-0"),
+            namespace: namespace.into(),
+            service_account: app.into(),
+            labels: [("app".to_string(), app.to_string())].into(),
+            inbound_address: "127.0.0.1:15006".parse().unwrap(),
+            ports: vec![9080],
+            admin_address: None,
+        }
+    }
+
+    const YAML: &str = "\
+apiVersion: v1
+kind: Service
+metadata: {name: reviews, namespace: default}
+spec: {selector: {app: reviews}, ports: [{port: 9080}]}
+---
+apiVersion: security.istio.io/v1
+kind: AuthorizationPolicy
+metadata: {name: mesh-deny-legacy, namespace: trellis-system}
+spec: {action: DENY, rules: [{from: [{source: {namespaces: [legacy]}}]}]}
+---
+apiVersion: security.istio.io/v1
+kind: AuthorizationPolicy
+metadata: {name: reviews-viewer, namespace: default}
+spec: {targetRefs: [{kind: Service, name: reviews}], rules: [{from: [{source: {principals: [\"*/sa/productpage\"]}}]}]}
+---
+apiVersion: security.istio.io/v1beta1
+kind: AuthorizationPolicy
+metadata: {name: ratings-only, namespace: default}
+spec: {selector: {matchLabels: {app: ratings}}, rules: [{}]}
+---
+apiVersion: security.istio.io/v1
+kind: AuthorizationPolicy
+metadata: {name: shop-all, namespace: shop}
+spec: {rules: [{}]}
+";
+
+    #[test]
+    fn mesh_namespace_selector_and_target_ref_scopes() {
+        let (policies, services) = parse(YAML);
+        let names = |w: &Workload| -> Vec<String> {
+            workload_authz(
+                &policies,
+                &services,
+                "trellis-system",
+                DefaultPolicy::AllUnauthenticated,
+                w,
+            )
+            .policies
+            .into_iter()
+            .map(|p| p.name)
+            .collect()
+        };
+        assert_eq!(
+            names(&workload("default", "reviews")),
+            ["default/reviews-viewer", "trellis-system/mesh-deny-legacy"]
+        );
+        assert_eq!(
+            names(&workload("default", "ratings")),
+            ["default/ratings-only", "trellis-system/mesh-deny-legacy"]
+        );
+        assert_eq!(
+            names(&workload("shop", "reviews")),
+            ["shop/shop-all", "trellis-system/mesh-deny-legacy"]
+        );
+    }
+
+    #[test]
+    fn default_from_flag_and_workload_label() {
+        let (policies, services) = parse(YAML);
+        let mut w = workload("other", "x");
+        let json = authorization_json(
+            &policies,
+            &services,
+            "trellis-system",
+            DefaultPolicy::Deny,
+            &w,
+        );
+        let back: WorkloadAuthz = serde_json::from_str(&json).unwrap();
+        assert_eq!(back.default, DefaultPolicy::Deny);
+        w.labels
+            .insert(DEFAULT_POLICY_LABEL.into(), "all-authenticated".into());
+        let authz = workload_authz(
+            &policies,
+            &services,
+            "trellis-system",
+            DefaultPolicy::Deny,
+            &w,
+        );
+        assert_eq!(authz.default, DefaultPolicy::AllAuthenticated);
+    }
+}
