@@ -10,6 +10,7 @@
 
 pub mod bookinfo;
 pub mod check;
+pub mod dashboard;
 pub mod demo;
 pub mod explain;
 #[cfg(test)]
@@ -20,6 +21,8 @@ pub mod install;
 pub mod output;
 pub mod proxyconfig;
 pub mod stat;
+pub mod tap;
+pub mod top;
 pub mod validate;
 
 use std::ffi::OsString;
@@ -66,6 +69,12 @@ pub enum Command {
     ProxyConfig(proxyconfig::ProxyConfigArgs),
     /// Per-workload success rate, request rate, latency percentiles and TCP connections.
     Stat(stat::StatArgs),
+    /// Stream one line per request a workload's proxies finish, with filters.
+    Tap(tap::TapArgs),
+    /// A live full-screen view of a workload's most-called paths (`q` quits).
+    Top(top::TopArgs),
+    /// Print the dashboard's URL and open it in a browser.
+    Dashboard(dashboard::DashboardArgs),
 }
 
 /// Parses `args` (including the program name), runs the command and maps the outcome to the
@@ -111,6 +120,17 @@ where
             &mut std::io::stderr().lock(),
         )),
         Command::Explain(args) => ExitCode::from(explain::run(
+            &args,
+            &mut std::io::stdout().lock(),
+            &mut std::io::stderr().lock(),
+        )),
+        Command::Tap(args) => ExitCode::from(tap::run(
+            &args,
+            &mut std::io::stdout().lock(),
+            &mut std::io::stderr().lock(),
+        )),
+        Command::Top(args) => ExitCode::from(top::ui::run(&args, &mut std::io::stderr().lock())),
+        Command::Dashboard(args) => ExitCode::from(dashboard::run(
             &args,
             &mut std::io::stdout().lock(),
             &mut std::io::stderr().lock(),

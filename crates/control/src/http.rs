@@ -30,6 +30,7 @@ pub fn router(shared: Arc<Shared>, ready: Arc<AtomicBool>) -> Router {
         .route("/api/v1/workloads", get(workloads))
         .route("/api/v1/config", get(config))
         .route("/api/v1/destination", get(destination))
+        .route("/api/v1/tap", get(tap))
         .route("/metrics", get(metrics))
         .route("/live", get(|| async { "live\n" }))
         .route("/ready", get(is_ready))
@@ -173,6 +174,14 @@ async fn destination(
         trust_domain: &app.shared.trust_domain,
     };
     Json(crate::compile::compile(view, &target)).into_response()
+}
+
+/// `GET /api/v1/tap?workload=NAME&...`: a workload's live requests (see [`crate::tap`]).
+async fn tap(
+    State(app): State<App>,
+    axum::extract::Query(pairs): axum::extract::Query<Vec<(String, String)>>,
+) -> axum::response::Response {
+    crate::tap::serve(app.shared, pairs).await
 }
 
 async fn metrics(

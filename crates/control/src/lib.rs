@@ -16,6 +16,7 @@ pub mod registry;
 mod server;
 pub mod state;
 pub mod store;
+pub mod tap;
 pub mod telemetry;
 pub mod webhook;
 pub mod wire;
