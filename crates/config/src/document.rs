@@ -24,6 +24,8 @@ pub enum Resource {
     PeerAuthentication(Box<istio::peer_authentication::PeerAuthn>),
     /// An Istio AuthorizationPolicy: its scope and the rules proxies evaluate.
     AuthorizationPolicy(Box<istio::authorization_policy::AuthzPolicy>),
+    /// An Istio RequestAuthentication: JWT rules for a mesh, namespace or workload.
+    RequestAuthentication(Box<istio::request_authentication::RequestAuthn>),
 }
 
 /// What an adapter made of one document it reads.
@@ -172,6 +174,9 @@ fn read_document(file: &str, index: usize, value: Value) -> Document {
         ("security.istio.io", "PeerAuthentication") => istio::peer_authentication::translate(value),
         ("security.istio.io", "AuthorizationPolicy") => {
             istio::authorization_policy::translate(value)
+        }
+        ("security.istio.io", "RequestAuthentication") => {
+            istio::request_authentication::translate(value)
         }
         ("telemetry.istio.io", "Telemetry") => istio::telemetry::translate(value),
         ("gateway.networking.k8s.io", "HTTPRoute") => gateway::translate_http(value),

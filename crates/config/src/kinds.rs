@@ -30,6 +30,7 @@ pub(crate) fn ignored_reason(api_version: &str, kind: &str) -> Option<String> {
         ("gateway.networking.k8s.io", "GRPCRoute") => matches!(version, "v1" | "v1alpha2"),
         ("security.istio.io", "PeerAuthentication") => matches!(version, "v1" | "v1beta1"),
         ("security.istio.io", "AuthorizationPolicy") => matches!(version, "v1" | "v1beta1"),
+        ("security.istio.io", "RequestAuthentication") => matches!(version, "v1" | "v1beta1"),
         ("telemetry.istio.io", "Telemetry") => matches!(version, "v1" | "v1alpha1"),
         ("linkerd.io", "ServiceProfile") => version == "v1alpha2",
         ("split.smi-spec.io", "TrafficSplit") => {

@@ -34,6 +34,9 @@ fn render(file: &str, bytes: &[u8]) -> Value {
                     Outcome::Resource(Resource::AuthorizationPolicy(policy)) => {
                         json!({"status": "Accepted", "authorization_policy": policy})
                     }
+                    Outcome::Resource(Resource::RequestAuthentication(policy)) => {
+                        json!({"status": "Accepted", "request_authentication": policy})
+                    }
                     Outcome::Ignored { reason } => json!({"status": "Ignored", "reason": reason}),
                     Outcome::Invalid(err) => json!({"status": "Invalid", "error": err.to_string()}),
                 };

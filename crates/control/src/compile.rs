@@ -4,6 +4,7 @@
 //! No I/O, no clocks, no locks: the discovery adapter calls [`compile`] with a snapshot on every
 //! change and pushes the result only when it differs from what it last sent.
 
+pub mod authn;
 pub mod authz;
 pub mod mtls;
 

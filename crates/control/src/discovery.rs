@@ -329,6 +329,15 @@ impl Session {
                     workload,
                 )
             },
+            request_authentication_json: {
+                let config = self.shared.config_rx.borrow();
+                crate::compile::authn::request_authentication_json(
+                    &config.request_authentications,
+                    &config.services,
+                    &self.root_namespace,
+                    workload,
+                )
+            },
             ..policy
         };
         if self.inbound_policy.as_ref() == Some(&policy) {

@@ -90,6 +90,7 @@ pub fn analyze(files: &[InputFile]) -> Vec<Finding> {
                     }),
                     Resource::DestinationPolicy(_) => Some("spec.host".to_string()),
                     Resource::PeerAuthentication(_) => None,
+                    Resource::RequestAuthentication(_) => None,
                     Resource::AuthorizationPolicy(_) => None,
                 };
                 out.push(at(Code::Conflict, field, message.unwrap_or_default()));
@@ -99,6 +100,7 @@ pub fn analyze(files: &[InputFile]) -> Vec<Finding> {
                 Resource::Routes(set) => set.notes.clone(),
                 Resource::DestinationPolicy(p) => p.notes.clone(),
                 Resource::PeerAuthentication(p) => p.notes.clone(),
+                Resource::RequestAuthentication(p) => p.notes.clone(),
                 Resource::AuthorizationPolicy(p) => p.notes.clone(),
                 Resource::Service(_) => Vec::new(),
             };
@@ -254,6 +256,7 @@ pub fn analyze(files: &[InputFile]) -> Vec<Finding> {
                         ));
                     }
                 }
+                Resource::RequestAuthentication(_) => {}
                 Resource::AuthorizationPolicy(_) => {}
             }
         }

@@ -5,6 +5,7 @@ pub mod authorization_policy;
 pub mod destination_rule;
 mod fault;
 pub mod peer_authentication;
+pub mod request_authentication;
 mod retries;
 pub mod telemetry;
 pub mod virtual_service;

@@ -2,6 +2,7 @@ use std::collections::BTreeMap;
 
 use serde::Serialize;
 use trellis_config::istio::peer_authentication::PeerAuthn;
+use trellis_config::istio::request_authentication::RequestAuthn;
 use trellis_config::traffic::{DestinationPolicy, RouteSet};
 use trellis_config::{Document, Outcome, Resource};
 use trellis_model::{Service, ServiceKey};
@@ -42,6 +43,8 @@ pub struct ConfigSnapshot {
     pub resources: Vec<ResourceStatus>,
     /// Istio PeerAuthentications in force (resolved per workload by discovery).
     pub peer_authentications: Vec<PeerAuthn>,
+    /// Istio RequestAuthentications in force (merged per workload by discovery).
+    pub request_authentications: Vec<RequestAuthn>,
     /// Istio AuthorizationPolicies in force (compiled per workload by discovery).
     pub authorization_policies: Vec<trellis_config::istio::authorization_policy::AuthzPolicy>,
 }
@@ -109,6 +112,7 @@ impl ConfigIndex {
         let mut routes: Vec<(EntryId, &RouteSet)> = Vec::new();
         let mut policies: Vec<(EntryId, &DestinationPolicy)> = Vec::new();
         let mut peer_authentications = Vec::new();
+        let mut request_authentications = Vec::new();
         let mut authorization_policies = Vec::new();
         for (file, state) in &self.files {
             for (doc, resource) in &state.in_force {
@@ -123,6 +127,9 @@ impl ConfigIndex {
                     Resource::Routes(set) => routes.push((id, set)),
                     Resource::DestinationPolicy(p) => policies.push((id, p)),
                     Resource::PeerAuthentication(p) => peer_authentications.push((**p).clone()),
+                    Resource::RequestAuthentication(p) => {
+                        request_authentications.push((**p).clone())
+                    }
                     Resource::AuthorizationPolicy(p) => authorization_policies.push((**p).clone()),
                 }
             }
@@ -161,6 +168,7 @@ impl ConfigIndex {
                             Resource::Routes(set) => &set.notes,
                             Resource::DestinationPolicy(p) => &p.notes,
                             Resource::PeerAuthentication(p) => &p.notes,
+                            Resource::RequestAuthentication(p) => &p.notes,
                             Resource::AuthorizationPolicy(p) => &p.notes,
                             Resource::Service(_) => &Vec::new(),
                         };
@@ -193,6 +201,7 @@ impl ConfigIndex {
             traffic,
             resources,
             peer_authentications,
+            request_authentications,
             authorization_policies,
         }
     }
