@@ -15,6 +15,7 @@
 pub mod accesslog;
 pub mod admin;
 pub mod args;
+pub mod authn;
 pub mod balance;
 pub mod cli;
 pub mod client;

@@ -170,6 +170,7 @@ impl Proxy {
         // With a control plane, its CA issues this workload's certificate and meshed hops go
         // over mTLS; standalone there is none and they stay plaintext.
         let identity = Arc::new(MeshIdentity::new(config.control.is_some()));
+        let authn = Arc::new(crate::authn::Authenticator::default());
         if let Some(control) = &config.control {
             tls::manager::spawn(
                 tls::manager::ManagerConfig {
@@ -185,6 +186,11 @@ impl Proxy {
             tokio::spawn(tls::policy::follow(
                 discovery.inbound_policy_rx(),
                 identity.clone(),
+                stop.clone(),
+            ));
+            tokio::spawn(crate::authn::follow(
+                discovery.request_authentication_rx(),
+                authn.clone(),
                 stop.clone(),
             ));
         }
@@ -207,7 +213,8 @@ impl Proxy {
                 labels: config.labels.clone(),
             })
             .with_telemetry(telemetry)
-            .with_identity(identity.clone()),
+            .with_identity(identity.clone())
+            .with_authn(authn),
         );
         let admin_state = Arc::new(AdminState {
             metrics,

@@ -74,6 +74,8 @@ pub struct Ctx {
     pub mirror_permits: Arc<tokio::sync::Semaphore>,
     /// The workload certificate and inbound mTLS policy.
     pub identity: Arc<MeshIdentity>,
+    /// End-user authentication (RequestAuthentication JWT rules) for inbound requests.
+    pub authn: Arc<crate::authn::Authenticator>,
     traffic: Mutex<HashMap<Target, Arc<TargetTraffic>>>,
 }
 
@@ -100,6 +102,7 @@ impl Ctx {
             source: Source::default(),
             mirror_permits: Arc::new(tokio::sync::Semaphore::new(MAX_MIRRORS_IN_FLIGHT)),
             identity: Arc::new(MeshIdentity::disabled()),
+            authn: Arc::default(),
             traffic: Mutex::new(HashMap::new()),
         }
     }
@@ -108,6 +111,12 @@ impl Ctx {
     pub fn with_identity(mut self, identity: Arc<MeshIdentity>) -> Self {
         self.upstreams = Upstreams::with_identity(identity.clone());
         self.identity = identity;
+        self
+    }
+
+    /// Sets the JWT authenticator inbound requests go through.
+    pub fn with_authn(mut self, authn: Arc<crate::authn::Authenticator>) -> Self {
+        self.authn = authn;
         self
     }
 

@@ -88,6 +88,8 @@ struct Inner {
     not_found: watch::Sender<Resolution>,
     /// This workload's inbound mTLS policy, as last sent by the control plane.
     inbound_policy: watch::Sender<crate::tls::InboundPolicy>,
+    /// This workload's JWT rules (`InboundPolicy.request_authentication_json`), as last sent.
+    request_authn: watch::Sender<Arc<str>>,
 }
 
 fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
@@ -107,6 +109,7 @@ impl Inner {
             }),
             not_found: watch::channel(Resolution::NotFound).0,
             inbound_policy: watch::channel(crate::tls::InboundPolicy::default()).0,
+            request_authn: watch::channel(Arc::from("")).0,
         }
     }
 
@@ -236,6 +239,12 @@ impl Discovery {
     /// it says otherwise).
     pub fn inbound_policy_rx(&self) -> watch::Receiver<crate::tls::InboundPolicy> {
         self.inner.inbound_policy.subscribe()
+    }
+
+    /// The JWT rules JSON the control plane sends for this workload (`""`: none); see
+    /// `authn::follow`.
+    pub fn request_authentication_rx(&self) -> watch::Receiver<Arc<str>> {
+        self.inner.request_authn.subscribe()
     }
 
     /// Everything discovery holds, as JSON, for `/config_dump`.

@@ -79,7 +79,15 @@ impl HttpForward {
             req.extensions_mut().insert(id.clone());
         }
         let telemetry = self.ctx.telemetry.clone();
-        let (exchange, req) = telemetry.begin(self.direction, req.map(BodyExt::boxed), self.peer);
+        let (exchange, mut req) =
+            telemetry.begin(self.direction, req.map(BodyExt::boxed), self.peer);
+        // Authentication runs before authorization, which reads the `RequestAuth` it leaves
+        // in the extensions; a 401 is still counted and logged as an exchange.
+        if self.direction == Direction::Inbound
+            && let Err(rejected) = self.ctx.authn.authenticate(&mut req).await
+        {
+            return Ok(telemetry.end(exchange, rejected.response()));
+        }
         let resp = self.forward(req).await;
         Ok(telemetry.end(exchange, resp))
     }
