@@ -69,6 +69,7 @@ impl AdminState {
                 self.metrics.render(&mut out);
                 self.identity.render(&mut out);
                 self.metrics.tap.render(&mut out);
+                self.metrics.authz.render(&mut out);
                 let mut resp = text(StatusCode::OK, out);
                 resp.headers_mut().insert(
                     header::CONTENT_TYPE,

@@ -16,6 +16,7 @@ pub mod accesslog;
 pub mod admin;
 pub mod args;
 pub mod authn;
+pub mod authz;
 pub mod balance;
 pub mod cli;
 pub mod client;

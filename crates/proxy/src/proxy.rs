@@ -188,6 +188,11 @@ impl Proxy {
                 identity.clone(),
                 stop.clone(),
             ));
+            tokio::spawn(crate::authz::follow(
+                discovery.authorization_rx(),
+                metrics.authz.clone(),
+                stop.clone(),
+            ));
             tokio::spawn(crate::authn::follow(
                 discovery.request_authentication_rx(),
                 authn.clone(),

@@ -208,7 +208,13 @@ pub async fn serve(
                 return match p.alpn {
                     MeshAlpn::H2 => serve_http2(&ctx, stream, forward()).await,
                     MeshAlpn::Http1 => serve_http1(&ctx, stream, forward()).await,
-                    MeshAlpn::Tcp => serve_opaque(&ctx, direction, stream, &dest, dest_port).await,
+                    MeshAlpn::Tcp => {
+                        let id = peer_id.as_ref().map(|id| &*id.0);
+                        // A denied connection is closed: TCP has no way to say why.
+                        if ctx.metrics.authz.allow_tcp(peer, id, &dest, dest_port) {
+                            serve_opaque(&ctx, direction, stream, &dest, dest_port).await
+                        }
+                    }
                 };
             }
             _ => {}
@@ -226,6 +232,11 @@ pub async fn serve(
         }
         // The application's own TLS (and mesh TLS outbound) passes through untouched.
         Protocol::Tls | Protocol::Opaque => {
+            if direction == Direction::Inbound
+                && !ctx.metrics.authz.allow_tcp(peer, None, &dest, dest_port)
+            {
+                return;
+            }
             serve_opaque(&ctx, direction, io, &dest, dest_port).await
         }
     }

@@ -233,6 +233,9 @@ pub struct Metrics {
     pub access_log_dropped: Arc<AtomicU64>,
     /// Live request streams for `GET /tap` (see [`crate::tap`]).
     pub tap: Arc<crate::tap::Tap>,
+    /// Inbound authorization: the policies in force and the `trellis_authz_*` counters (here
+    /// because every connection and the admin server already hold the metrics).
+    pub authz: Arc<crate::authz::Authz>,
 }
 
 impl Default for Metrics {
@@ -255,6 +258,7 @@ impl Metrics {
             spans: Arc::default(),
             access_log_dropped: Arc::default(),
             tap: Arc::default(),
+            authz: Arc::default(),
         }
     }
 

@@ -149,6 +149,13 @@ async fn session(
                         let _ = out_tx.send(inner.apply_update(update));
                     }
                     Some(control_message::Kind::InboundPolicy(policy)) => {
+                        inner.authorization.send_if_modified(|current| {
+                            let changed = **current != *policy.authorization_json;
+                            if changed {
+                                *current = std::sync::Arc::from(policy.authorization_json.as_str());
+                            }
+                            changed
+                        });
                         inner.request_authn.send_if_modified(|current| {
                             let changed = **current != *policy.request_authentication_json;
                             if changed {

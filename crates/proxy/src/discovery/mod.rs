@@ -88,6 +88,8 @@ struct Inner {
     not_found: watch::Sender<Resolution>,
     /// This workload's inbound mTLS policy, as last sent by the control plane.
     inbound_policy: watch::Sender<crate::tls::InboundPolicy>,
+    /// This workload's authorization (`InboundPolicy.authorization_json`), as last sent.
+    authorization: watch::Sender<Arc<str>>,
     /// This workload's JWT rules (`InboundPolicy.request_authentication_json`), as last sent.
     request_authn: watch::Sender<Arc<str>>,
 }
@@ -109,6 +111,7 @@ impl Inner {
             }),
             not_found: watch::channel(Resolution::NotFound).0,
             inbound_policy: watch::channel(crate::tls::InboundPolicy::default()).0,
+            authorization: watch::channel(Arc::from("")).0,
             request_authn: watch::channel(Arc::from("")).0,
         }
     }
@@ -239,6 +242,12 @@ impl Discovery {
     /// it says otherwise).
     pub fn inbound_policy_rx(&self) -> watch::Receiver<crate::tls::InboundPolicy> {
         self.inner.inbound_policy.subscribe()
+    }
+
+    /// The authorization JSON the control plane sends for this workload (`""` until it sends
+    /// one: no policy); see `authz::follow`.
+    pub fn authorization_rx(&self) -> watch::Receiver<Arc<str>> {
+        self.inner.authorization.subscribe()
     }
 
     /// The JWT rules JSON the control plane sends for this workload (`""`: none); see
