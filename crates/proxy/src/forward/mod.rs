@@ -91,7 +91,11 @@ impl HttpForward {
         // Authorization runs after authentication (it reads the `RequestAuth` left in the
         // extensions); a denial is still an exchange (counted, logged, traced).
         if self.direction == Direction::Inbound
-            && let Some(denied) = self.ctx.metrics.authz.check_http(&req, self.peer, &self.dest)
+            && let Some(denied) = self
+                .ctx
+                .metrics
+                .authz
+                .check_http(&req, self.peer, &self.dest)
         {
             return Ok(telemetry.end(exchange, denied));
         }
