@@ -26,6 +26,8 @@ pub enum Resource {
     AuthorizationPolicy(Box<istio::authorization_policy::AuthzPolicy>),
     /// An Istio RequestAuthentication: JWT rules for a mesh, namespace or workload.
     RequestAuthentication(Box<istio::request_authentication::RequestAuthn>),
+    /// An Istio Telemetry: tracing and access-log settings of a mesh, namespace or workload.
+    Telemetry(Box<istio::telemetry::TelemetryPolicy>),
 }
 
 /// What an adapter made of one document it reads.

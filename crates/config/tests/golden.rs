@@ -37,6 +37,9 @@ fn render(file: &str, bytes: &[u8]) -> Value {
                     Outcome::Resource(Resource::RequestAuthentication(policy)) => {
                         json!({"status": "Accepted", "request_authentication": policy})
                     }
+                    Outcome::Resource(Resource::Telemetry(policy)) => {
+                        json!({"status": "Accepted", "telemetry": policy})
+                    }
                     Outcome::Ignored { reason } => json!({"status": "Ignored", "reason": reason}),
                     Outcome::Invalid(err) => json!({"status": "Invalid", "error": err.to_string()}),
                 };

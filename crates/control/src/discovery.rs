@@ -312,11 +312,17 @@ impl Session {
         };
         let policy = {
             let config = self.shared.config_rx.borrow();
-            crate::compile::mtls::inbound_policy(
+            let mut policy = crate::compile::mtls::inbound_policy(
                 &config.peer_authentications,
                 &self.root_namespace,
                 workload,
-            )
+            );
+            policy.telemetry_json = crate::compile::telemetry::telemetry_json(
+                &config.telemetries,
+                &self.root_namespace,
+                workload,
+            );
+            policy
         };
         let policy = pb::InboundPolicy {
             authorization_json: {

@@ -70,6 +70,7 @@ impl AdminState {
                 self.identity.render(&mut out);
                 self.metrics.tap.render(&mut out);
                 self.metrics.authz.render(&mut out);
+                self.metrics.anomaly.render(&mut out);
                 let mut resp = text(StatusCode::OK, out);
                 resp.headers_mut().insert(
                     header::CONTENT_TYPE,

@@ -148,6 +148,12 @@ pub struct RunArgs {
     /// Where access log lines go (appended); default stdout.
     #[arg(long, value_name = "FILE", env = "TRELLIS_ACCESS_LOG_PATH")]
     pub access_log_path: Option<PathBuf>,
+    /// Anomaly detection: the window of inbound traffic judged against the baseline.
+    #[arg(long, value_name = "DUR", env = "TRELLIS_ANOMALY_WINDOW", default_value = "30s", value_parser = parse_duration)]
+    pub anomaly_window: Duration,
+    /// Anomaly detection: the time constant of the baseline (an EWMA over past windows).
+    #[arg(long, value_name = "DUR", env = "TRELLIS_ANOMALY_BASELINE", default_value = "10m", value_parser = parse_duration)]
+    pub anomaly_baseline: Duration,
 }
 
 /// `--outbound`'s value: an address or `none`.
@@ -256,6 +262,8 @@ impl RunArgs {
             trace_sampling: self.trace_sampling,
             access_log: self.access_log,
             access_log_path: self.access_log_path,
+            anomaly_window: self.anomaly_window,
+            anomaly_baseline: self.anomaly_baseline,
         })
     }
 }

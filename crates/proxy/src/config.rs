@@ -78,6 +78,9 @@ pub struct ProxyConfig {
     pub access_log: crate::accesslog::Format,
     /// Where access logs go; `None`: stdout.
     pub access_log_path: Option<PathBuf>,
+    /// Anomaly detection windows (`--anomaly-window`, `--anomaly-baseline`).
+    pub anomaly_window: Duration,
+    pub anomaly_baseline: Duration,
 }
 
 impl ProxyConfig {
@@ -112,6 +115,8 @@ impl ProxyConfig {
             trace_sampling: DEFAULT_TRACE_SAMPLING,
             access_log: crate::accesslog::Format::Off,
             access_log_path: None,
+            anomaly_window: Duration::from_secs(30),
+            anomaly_baseline: Duration::from_secs(600),
         }
     }
 }

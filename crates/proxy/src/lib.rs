@@ -13,6 +13,7 @@
 //! also drains on SIGTERM/SIGINT.
 
 pub mod accesslog;
+pub mod anomaly;
 pub mod admin;
 pub mod args;
 pub mod authn;

@@ -148,7 +148,9 @@ impl Proxy {
             ));
             telemetry = telemetry.with_tracer(tracer);
         }
-        if config.access_log != accesslog::Format::Off {
+        // With a control plane the access log exists even when off: an Istio Telemetry may turn
+        // it on at runtime (trace::settings); an idle writer thread is all that costs.
+        if config.access_log != accesslog::Format::Off || config.control.is_some() {
             let log = AccessLog::start(
                 config.access_log,
                 config.access_log_path.as_deref(),
@@ -161,6 +163,11 @@ impl Proxy {
             telemetry = telemetry.with_access_log(log);
         }
         let telemetry = Arc::new(telemetry);
+        tokio::spawn(crate::anomaly::run(
+            metrics.anomaly.clone(),
+            crate::anomaly::config(config.anomaly_window, config.anomaly_baseline),
+            stop.clone(),
+        ));
         let discovery = match &config.control {
             Some(control) => {
                 Discovery::spawn(discovery_config(&config, control, &addrs), stop.clone())
@@ -188,6 +195,18 @@ impl Proxy {
                 identity.clone(),
                 stop.clone(),
             ));
+            if let Some(log) = telemetry.access_log.clone() {
+                tokio::spawn(trace::settings::follow(
+                    discovery.telemetry_rx(),
+                    trace::settings::Defaults {
+                        sampling: config.trace_sampling,
+                        access_log: config.access_log,
+                    },
+                    telemetry.tracer.clone(),
+                    log,
+                    stop.clone(),
+                ));
+            }
             tokio::spawn(crate::authz::follow(
                 discovery.authorization_rx(),
                 metrics.authz.clone(),

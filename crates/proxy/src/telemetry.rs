@@ -236,6 +236,8 @@ pub struct Metrics {
     /// Inbound authorization: the policies in force and the `trellis_authz_*` counters (here
     /// because every connection and the admin server already hold the metrics).
     pub authz: Arc<crate::authz::Authz>,
+    /// Inbound success rate and latency against their baseline (see [`crate::anomaly`]).
+    pub anomaly: Arc<crate::anomaly::Anomaly>,
 }
 
 impl Default for Metrics {
@@ -259,6 +261,7 @@ impl Metrics {
             access_log_dropped: Arc::default(),
             tap: Arc::default(),
             authz: Arc::default(),
+            anomaly: Arc::default(),
         }
     }
 

@@ -1,6 +1,9 @@
 //! `trellis stat [deploy|workload] [-n NS | -A] --control URL`: per workload SUCCESS, RPS,
-//! LATENCY_P50/P95/P99 and TCP_CONN, from two scrapes of each proxy's `/metrics` an interval
-//! apart (proxies' admin addresses come from the control plane's `/api/v1/workloads`).
+//! LATENCY_P50/P95/P99, TCP_CONN and ANOMALY, from two scrapes of each proxy's `/metrics` an
+//! interval apart (proxies' admin addresses come from the control plane's `/api/v1/workloads`).
+//! ANOMALY names what the proxy's detector flags now (`trellis_anomaly{kind}` = 1: the
+//! workload's success rate or latency has left its own recent baseline; see
+//! docs/observability.md), `-` when nothing is.
 //!
 //! Everything is computed from the inbound side of each workload's proxy (what its callers
 //! saw arrive), as Linkerd's `stat` does. [`Counters::from_metrics`] and [`row`] are pure; the
@@ -77,6 +80,8 @@ pub struct Counters {
     /// Cumulative duration buckets (seconds), ascending, `+Inf` last.
     pub buckets: prom::Buckets,
     pub tcp_open: f64,
+    /// The `kind`s of `trellis_anomaly` gauges at 1, sorted.
+    pub anomalies: Vec<String>,
 }
 
 impl Counters {
@@ -86,6 +91,15 @@ impl Counters {
         let mut opened = 0.0;
         let mut closed = 0.0;
         for s in prom::parse(text) {
+            // The anomaly gauges are about the workload's inbound side and carry no direction.
+            if s.name == "trellis_anomaly" {
+                if s.value >= 1.0
+                    && let Some(kind) = s.labels.get("kind")
+                {
+                    c.anomalies.push(kind.clone());
+                }
+                continue;
+            }
             if s.labels.get("direction").map(String::as_str) != Some("inbound") {
                 continue;
             }
@@ -113,6 +127,8 @@ impl Counters {
         }
         c.buckets = buckets.into_values().collect();
         c.tcp_open = (opened - closed).max(0.0);
+        c.anomalies.sort();
+        c.anomalies.dedup();
         c
     }
 }
@@ -129,6 +145,9 @@ pub struct StatRow {
     pub latency_ms_p95: Option<f64>,
     pub latency_ms_p99: Option<f64>,
     pub tcp_conn: u64,
+    /// What the workload's anomaly detector flags at the second scrape: `success_rate`,
+    /// `latency`; empty when nothing is.
+    pub anomaly: Vec<String>,
     /// Why the proxy could not be scraped, if it could not.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub error: Option<String>,
@@ -169,6 +188,7 @@ pub fn row(namespace: &str, name: &str, before: &Counters, after: &Counters, sec
         latency_ms_p95: ms(0.95),
         latency_ms_p99: ms(0.99),
         tcp_conn: after.tcp_open as u64,
+        anomaly: after.anomalies.clone(),
         error: None,
     }
 }
@@ -198,6 +218,7 @@ pub fn render(
         "LATENCY_P95",
         "LATENCY_P99",
         "TCP_CONN",
+        "ANOMALY",
     ];
     if all_namespaces {
         headers.insert(0, "NAMESPACE");
@@ -208,6 +229,7 @@ pub fn render(
             let mut cells = if r.error.is_some() {
                 vec![
                     r.name.clone(),
+                    "-".into(),
                     "-".into(),
                     "-".into(),
                     "-".into(),
@@ -225,6 +247,11 @@ pub fn render(
                     latency(r.latency_ms_p95),
                     latency(r.latency_ms_p99),
                     r.tcp_conn.to_string(),
+                    if r.anomaly.is_empty() {
+                        "-".into()
+                    } else {
+                        r.anomaly.join(",")
+                    },
                 ]
             };
             if all_namespaces {
@@ -301,6 +328,7 @@ async fn collect(args: &StatArgs, control: SocketAddr) -> Result<Vec<StatRow>, S
                 latency_ms_p95: None,
                 latency_ms_p99: None,
                 tcp_conn: 0,
+                anomaly: Vec::new(),
                 error: Some(e),
             },
         })

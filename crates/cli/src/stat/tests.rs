@@ -19,6 +19,8 @@ trellis_request_duration_seconds_bucket{direction="inbound",source_workload="pro
 trellis_request_duration_seconds_bucket{direction="inbound",source_workload="productpage-v1",le="+Inf"} 120
 trellis_tcp_connections_opened_total{direction="inbound"} 6
 trellis_tcp_connections_closed_total{direction="inbound"} 3
+trellis_anomaly{kind="success_rate"} 1
+trellis_anomaly{kind="latency"} 0
 "#;
 
 fn rows() -> Vec<StatRow> {
@@ -43,6 +45,7 @@ fn inbound_deltas_only() {
     // Rank 19.8 falls in +Inf: the highest finite bound.
     assert!((r.latency_ms_p99.unwrap() - 50.0).abs() < 1e-9);
     assert_eq!(r.tcp_conn, 3);
+    assert_eq!(r.anomaly, ["success_rate"]);
     let idle = &rows()[1];
     assert_eq!(
         (idle.success, idle.rps, idle.latency_ms_p50),

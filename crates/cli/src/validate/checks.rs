@@ -89,7 +89,7 @@ pub fn analyze(files: &[InputFile]) -> Vec<Finding> {
                         raw_doc.and_then(|d| raw::parent_field(d, &parent.service))
                     }),
                     Resource::DestinationPolicy(_) => Some("spec.host".to_string()),
-                    Resource::PeerAuthentication(_) => None,
+                    Resource::PeerAuthentication(_) | Resource::Telemetry(_) => None,
                     Resource::RequestAuthentication(_) => None,
                     Resource::AuthorizationPolicy(_) => None,
                 };
@@ -100,6 +100,7 @@ pub fn analyze(files: &[InputFile]) -> Vec<Finding> {
                 Resource::Routes(set) => set.notes.clone(),
                 Resource::DestinationPolicy(p) => p.notes.clone(),
                 Resource::PeerAuthentication(p) => p.notes.clone(),
+                Resource::Telemetry(t) => t.notes.clone(),
                 Resource::RequestAuthentication(p) => p.notes.clone(),
                 Resource::AuthorizationPolicy(p) => p.notes.clone(),
                 Resource::Service(_) => Vec::new(),
@@ -256,6 +257,7 @@ pub fn analyze(files: &[InputFile]) -> Vec<Finding> {
                         ));
                     }
                 }
+                Resource::Telemetry(_) => {}
                 Resource::RequestAuthentication(_) => {}
                 Resource::AuthorizationPolicy(_) => {}
             }

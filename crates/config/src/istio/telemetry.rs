@@ -3,29 +3,41 @@
 //!
 //! What Trellis reads of it: `tracing[].randomSamplingPercentage` and
 //! `tracing[].disableSpanReporting` (the trace sampling of the proxies in scope),
-//! `accessLogging[].disabled` (access logs on or off). Providers are accepted by name and not
-//! checked against a mesh config (Trellis has one tracing exporter, OTLP, and one access-log
-//! sink); `customTags`, `match`, `filter` and `metrics` overrides are accepted and noted as not
-//! applied. Scope, as Istio: the root namespace without a selector is mesh-wide, another
-//! namespace without a selector covers that namespace, `selector.matchLabels` covers matching
-//! workloads; the most specific scope that sets a field wins (workload > namespace > mesh),
-//! field by field, and among equals the oldest.
+//! `accessLogging[].disabled` (access logs on or off), the access-log format from the provider's
+//! name (a name containing `json` is JSON, `envoy` or a name containing `text` is text: Trellis
+//! has one access-log sink, so a provider only picks the format), and an
+//! `accessLogging[].filter.expression` of the simple form `response.code >= N` (or `> N`).
+//! Tracing providers are accepted by name and not resolved to an endpoint (there is no mesh
+//! config naming their collectors; the proxy's `--otlp-endpoint` is the exporter).
+//! `customTags`, `match`, other filters, `targetRefs` and `metrics` overrides are accepted and
+//! noted as not applied. Scope, as Istio: the root namespace without a selector is mesh-wide,
+//! another namespace without a selector covers that namespace, `selector.matchLabels` covers
+//! matching workloads; the most specific scope that sets a field wins (workload > namespace >
+//! mesh), field by field, and among equals the oldest.
 //!
-//! Not yet delivered to proxies: the discovery protocol carries no per-proxy telemetry
-//! settings, so a valid Telemetry is reported as read-but-not-applied (the proxy flags
-//! `--trace-sampling` and `--access-log` are what is in force).
+//! The control plane resolves the settings per workload and sends them to its proxy on the
+//! discovery stream (`InboundPolicy.telemetry_json`); fields no Telemetry sets leave the
+//! proxy's flags in force.
 
 use std::collections::BTreeMap;
 
-use serde::Deserialize;
+use serde::{Deserialize, Serialize};
 use trellis_model::route::ResourceRef;
 
-use crate::document::Translated;
+use crate::document::{Resource, Translated};
 use crate::kube::FieldError;
 use crate::traffic::{Meta, from_value};
 
+/// The line format a Telemetry's access-log provider asks for.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum AccessLogFormat {
+    Json,
+    Text,
+}
+
 /// One Telemetry resource, translated.
-#[derive(Clone, Debug, PartialEq, serde::Serialize)]
+#[derive(Clone, Debug, PartialEq, Serialize)]
 pub struct TelemetryPolicy {
     pub source: ResourceRef,
     pub created: Option<String>,
@@ -37,6 +49,12 @@ pub struct TelemetryPolicy {
     pub tracing_disabled: Option<bool>,
     /// `Some(true)`: access logs on; `Some(false)`: off; `None`: inherit.
     pub access_logging: Option<bool>,
+    /// From the access-log provider's name; `None`: the proxy's choice.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub access_log_format: Option<AccessLogFormat>,
+    /// `filter.expression: response.code >= N`: only answers with at least this status.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub access_log_min_status: Option<u16>,
     #[serde(skip_serializing_if = "Vec::is_empty")]
     pub notes: Vec<String>,
 }
@@ -95,9 +113,57 @@ struct AccessLogging {
     #[serde(default)]
     providers: Vec<Provider>,
     disabled: Option<bool>,
-    filter: Option<serde_yaml::Value>,
+    filter: Option<Filter>,
     #[serde(rename = "match")]
     match_: Option<serde_yaml::Value>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct Filter {
+    #[serde(default)]
+    expression: String,
+}
+
+fn check_providers(field: &str, providers: &[Provider]) -> Result<(), FieldError> {
+    for (j, p) in providers.iter().enumerate() {
+        if p.name.is_empty() {
+            return Err(FieldError::new(
+                format!("{field}.providers[{j}].name"),
+                "must not be empty",
+            ));
+        }
+    }
+    Ok(())
+}
+
+/// The format a provider's name asks for: Istio's built-in `envoy` provider writes text; a
+/// provider named for JSON (`envoy-json`, `json-log`, ...) writes JSON.
+fn format_of(providers: &[Provider]) -> Option<AccessLogFormat> {
+    providers.iter().find_map(|p| {
+        let name = p.name.to_ascii_lowercase();
+        if name.contains("json") {
+            Some(AccessLogFormat::Json)
+        } else if name == "envoy" || name.contains("text") {
+            Some(AccessLogFormat::Text)
+        } else {
+            None
+        }
+    })
+}
+
+/// `response.code >= 400` → 400; `response.code > 399` → 400. Other expressions: `None`.
+fn min_status(expression: &str) -> Option<u16> {
+    let rest = expression
+        .trim()
+        .strip_prefix("response.code")?
+        .trim_start();
+    let (inclusive, num) = match rest.strip_prefix(">=") {
+        Some(n) => (true, n),
+        None => (false, rest.strip_prefix('>')?),
+    };
+    let n: u16 = num.trim().parse().ok()?;
+    if inclusive { Some(n) } else { n.checked_add(1) }
 }
 
 /// Parses and validates one Telemetry document.
@@ -106,14 +172,30 @@ pub(crate) fn parse(value: serde_yaml::Value) -> Result<TelemetryPolicy, FieldEr
     let source = t.metadata.reference("Telemetry")?;
     let spec = t.spec;
     let mut notes = Vec::new();
-    if spec.target_ref.is_some() || !spec.target_refs.is_empty() {
-        notes.push("spec.targetRef(s) not applied: use spec.selector".to_string());
-    }
     if spec.selector.is_some() && (spec.target_ref.is_some() || !spec.target_refs.is_empty()) {
         return Err(FieldError::new(
             "spec.selector",
             "cannot be combined with spec.targetRef or spec.targetRefs",
         ));
+    }
+    if spec.target_ref.is_some() || !spec.target_refs.is_empty() {
+        // Istio's targetRefs name a Gateway or a waypoint's Service, neither of which is a
+        // sidecar proxy; rather than widening the policy to the whole namespace, it is left out.
+        return Ok(TelemetryPolicy {
+            source,
+            created: t.metadata.creation_timestamp,
+            selector: None,
+            sampling: None,
+            tracing_disabled: None,
+            access_logging: None,
+            access_log_format: None,
+            access_log_min_status: None,
+            notes: vec![
+                "spec.targetRef(s) not applied (they select gateways and waypoints, which \
+                 Trellis does not run): this Telemetry applies to no proxy; use spec.selector"
+                    .to_string(),
+            ],
+        });
     }
     if !spec.metrics.is_empty() {
         notes.push("spec.metrics overrides not applied: metric labels are fixed".to_string());
@@ -122,14 +204,7 @@ pub(crate) fn parse(value: serde_yaml::Value) -> Result<TelemetryPolicy, FieldEr
     let mut tracing_disabled = None;
     for (i, tr) in spec.tracing.iter().enumerate() {
         let field = format!("spec.tracing[{i}]");
-        for (j, p) in tr.providers.iter().enumerate() {
-            if p.name.is_empty() {
-                return Err(FieldError::new(
-                    format!("{field}.providers[{j}].name"),
-                    "must not be empty",
-                ));
-            }
-        }
+        check_providers(&field, &tr.providers)?;
         if let Some(pct) = tr.random_sampling_percentage {
             if !(0.0..=100.0).contains(&pct) || pct.is_nan() {
                 return Err(FieldError::new(
@@ -150,19 +225,24 @@ pub(crate) fn parse(value: serde_yaml::Value) -> Result<TelemetryPolicy, FieldEr
         }
     }
     let mut access_logging = None;
+    let mut access_log_format = None;
+    let mut access_log_min_status = None;
     for (i, al) in spec.access_logging.iter().enumerate() {
         let field = format!("spec.accessLogging[{i}]");
-        for (j, p) in al.providers.iter().enumerate() {
-            if p.name.is_empty() {
-                return Err(FieldError::new(
-                    format!("{field}.providers[{j}].name"),
-                    "must not be empty",
-                ));
+        check_providers(&field, &al.providers)?;
+        access_logging = Some(!al.disabled.unwrap_or(false));
+        access_log_format = format_of(&al.providers).or(access_log_format);
+        if let Some(filter) = &al.filter {
+            match min_status(&filter.expression) {
+                Some(n) => access_log_min_status = Some(n),
+                None => notes.push(format!(
+                    "{field}.filter.expression {:?} not applied: only `response.code >= N` is",
+                    filter.expression
+                )),
             }
         }
-        access_logging = Some(!al.disabled.unwrap_or(false));
-        if al.filter.is_some() || al.match_.is_some() {
-            notes.push(format!("{field}: filter and match not applied"));
+        if al.match_.is_some() {
+            notes.push(format!("{field}.match not applied"));
         }
     }
     Ok(TelemetryPolicy {
@@ -172,40 +252,32 @@ pub(crate) fn parse(value: serde_yaml::Value) -> Result<TelemetryPolicy, FieldEr
         sampling,
         tracing_disabled,
         access_logging,
+        access_log_format,
+        access_log_min_status,
         notes,
     })
 }
 
-/// The adapter for `document`: validated, then reported as not yet applied.
+/// The adapter for `document`.
 pub(crate) fn translate(value: serde_yaml::Value) -> Result<Translated, FieldError> {
-    let policy = parse(value)?;
-    let mut what = Vec::new();
-    if let Some(s) = policy.sampling {
-        what.push(format!("trace sampling {}%", s * 100.0));
-    }
-    if policy.tracing_disabled == Some(true) {
-        what.push("span reporting disabled".to_string());
-    }
-    if let Some(on) = policy.access_logging {
-        what.push(format!("access logging {}", if on { "on" } else { "off" }));
-    }
-    let what = if what.is_empty() {
-        "no settings".to_string()
-    } else {
-        what.join(", ")
-    };
-    Ok(Translated::Ignored(format!(
-        "Telemetry is valid ({what}) but not yet delivered to proxies; \
-         their --trace-sampling and --access-log flags are in force"
-    )))
+    Ok(Translated::Resource(Resource::Telemetry(Box::new(parse(
+        value,
+    )?))))
 }
 
-/// The telemetry settings in force for one workload.
-#[derive(Clone, Debug, Default, PartialEq)]
+/// The telemetry settings in force for one workload; `None`: the proxy's flag.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
 pub struct TelemetrySettings {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub sampling: Option<f64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub tracing_disabled: Option<bool>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub access_logging: Option<bool>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub access_log_format: Option<AccessLogFormat>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub access_log_min_status: Option<u16>,
 }
 
 /// Istio's scoping, field by field: workload, then namespace, then mesh (the root namespace
@@ -249,6 +321,8 @@ pub fn effective(
         sampling: scoped.iter().find_map(|(_, p)| p.sampling),
         tracing_disabled: scoped.iter().find_map(|(_, p)| p.tracing_disabled),
         access_logging: scoped.iter().find_map(|(_, p)| p.access_logging),
+        access_log_format: scoped.iter().find_map(|(_, p)| p.access_log_format),
+        access_log_min_status: scoped.iter().find_map(|(_, p)| p.access_log_min_status),
     }
 }
 
@@ -313,16 +387,40 @@ spec:
     }
 
     #[test]
-    fn valid_telemetry_is_reported_as_not_yet_applied() {
+    fn provider_format_and_a_simple_filter() {
+        let p = doc(r#"
+metadata: {name: t, namespace: default}
+spec:
+  accessLogging:
+  - providers: [{name: envoy-json}]
+    filter: {expression: "response.code >= 400"}
+"#)
+        .unwrap();
+        assert_eq!(p.access_log_format, Some(AccessLogFormat::Json));
+        assert_eq!(p.access_log_min_status, Some(400));
+        assert!(p.notes.is_empty(), "{:?}", p.notes);
+        let p = doc("metadata: {name: t}\nspec: {accessLogging: [{providers: [{name: envoy}], filter: {expression: 'request.path == \"/x\"'}}]}\n").unwrap();
+        assert_eq!(p.access_log_format, Some(AccessLogFormat::Text));
+        assert_eq!(p.access_log_min_status, None);
+        assert!(p.notes[0].contains("filter.expression"), "{:?}", p.notes);
+        assert_eq!(min_status("response.code > 499"), Some(500));
+    }
+
+    #[test]
+    fn target_refs_apply_to_no_sidecar() {
+        let p = doc("metadata: {name: t, namespace: default}\nspec: {targetRefs: [{kind: Gateway, group: gateway.networking.k8s.io, name: gw}], tracing: [{randomSamplingPercentage: 5}]}\n").unwrap();
+        assert_eq!(p.sampling, None);
+        assert!(p.notes[0].contains("targetRef"), "{:?}", p.notes);
+    }
+
+    #[test]
+    fn a_valid_telemetry_is_a_resource() {
         let v = serde_yaml::from_str(
             "metadata: {name: t, namespace: default}\nspec: {tracing: [{randomSamplingPercentage: 5}]}\n",
         )
         .unwrap();
         match translate(v).unwrap() {
-            Translated::Ignored(reason) => {
-                assert!(reason.contains("trace sampling 5%"), "{reason}");
-                assert!(reason.contains("not yet delivered"), "{reason}");
-            }
+            Translated::Resource(Resource::Telemetry(p)) => assert_eq!(p.sampling, Some(0.05)),
             other => panic!("{other:?}"),
         }
     }

@@ -45,6 +45,8 @@ pub struct ConfigSnapshot {
     pub peer_authentications: Vec<PeerAuthn>,
     /// Istio RequestAuthentications in force (merged per workload by discovery).
     pub request_authentications: Vec<RequestAuthn>,
+    /// Istio Telemetry resources in force (resolved per workload by discovery).
+    pub telemetries: Vec<trellis_config::istio::telemetry::TelemetryPolicy>,
     /// Istio AuthorizationPolicies in force (compiled per workload by discovery).
     pub authorization_policies: Vec<trellis_config::istio::authorization_policy::AuthzPolicy>,
 }
@@ -113,6 +115,7 @@ impl ConfigIndex {
         let mut policies: Vec<(EntryId, &DestinationPolicy)> = Vec::new();
         let mut peer_authentications = Vec::new();
         let mut request_authentications = Vec::new();
+        let mut telemetries = Vec::new();
         let mut authorization_policies = Vec::new();
         for (file, state) in &self.files {
             for (doc, resource) in &state.in_force {
@@ -130,6 +133,7 @@ impl ConfigIndex {
                     Resource::RequestAuthentication(p) => {
                         request_authentications.push((**p).clone())
                     }
+                    Resource::Telemetry(t) => telemetries.push((**t).clone()),
                     Resource::AuthorizationPolicy(p) => authorization_policies.push((**p).clone()),
                 }
             }
@@ -169,6 +173,7 @@ impl ConfigIndex {
                             Resource::DestinationPolicy(p) => &p.notes,
                             Resource::PeerAuthentication(p) => &p.notes,
                             Resource::RequestAuthentication(p) => &p.notes,
+                            Resource::Telemetry(t) => &t.notes,
                             Resource::AuthorizationPolicy(p) => &p.notes,
                             Resource::Service(_) => &Vec::new(),
                         };
@@ -202,6 +207,7 @@ impl ConfigIndex {
             resources,
             peer_authentications,
             request_authentications,
+            telemetries,
             authorization_policies,
         }
     }

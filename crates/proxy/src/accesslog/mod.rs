@@ -7,12 +7,17 @@
 //! its own fed by a bounded queue, so a slow disk or pipe never stalls a request (a full queue
 //! drops the line and counts it). Access logs cost an allocation per request by nature; they
 //! are opt-in for that reason.
+//!
+//! The format (on, off, JSON, text) and a minimum status can change while the proxy runs (an
+//! Istio `Telemetry` delivered by the control plane, `trace::settings`): the request path reads
+//! them from atomics, so a proxy started with `--access-log off` can be turned on without a
+//! restart and costs one relaxed load per request while off.
 
 use std::io::Write as _;
 use std::net::SocketAddr;
 use std::path::Path;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
+use std::sync::atomic::{AtomicU8, AtomicU16, AtomicU64, Ordering::Relaxed};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use tokio::sync::mpsc;
@@ -30,6 +35,24 @@ pub enum Format {
     Off,
     Json,
     Text,
+}
+
+impl Format {
+    fn to_u8(self) -> u8 {
+        match self {
+            Format::Off => 0,
+            Format::Json => 1,
+            Format::Text => 2,
+        }
+    }
+
+    fn from_u8(v: u8) -> Self {
+        match v {
+            1 => Format::Json,
+            2 => Format::Text,
+            _ => Format::Off,
+        }
+    }
 }
 
 /// Why the proxy failed a request, from its `trellis-error` reason: Envoy's response flag
@@ -175,7 +198,10 @@ pub struct OpenError {
 /// The logger the request path hands entries to.
 #[derive(Debug)]
 pub struct AccessLog {
-    format: Format,
+    /// [`Format`] as a u8, so it can change under running requests.
+    format: AtomicU8,
+    /// Answers below this status are not logged (Istio filter `response.code >= N`); 0: all.
+    min_status: AtomicU16,
     tx: mpsc::Sender<String>,
     /// Lines dropped because the queue was full (`trellis_access_log_dropped_total`).
     dropped: Arc<AtomicU64>,
@@ -183,7 +209,8 @@ pub struct AccessLog {
 
 impl AccessLog {
     /// Opens the destination (appending to `path`, else stdout) and starts the writer thread,
-    /// which ends when the logger is dropped.
+    /// which ends when the logger is dropped. With `Format::Off` nothing is written until
+    /// [`Self::set`] turns it on.
     pub fn start(
         format: Format,
         path: Option<&Path>,
@@ -222,14 +249,37 @@ impl AccessLog {
                 source,
             })?;
         Ok(Self {
-            format,
+            format: AtomicU8::new(format.to_u8()),
+            min_status: AtomicU16::new(0),
             tx,
             dropped,
         })
     }
 
+    /// Whether requests should fill in an [`Entry`] at all.
+    pub fn enabled(&self) -> bool {
+        self.format.load(Relaxed) != 0
+    }
+
+    pub fn format(&self) -> Format {
+        Format::from_u8(self.format.load(Relaxed))
+    }
+
+    pub fn min_status(&self) -> u16 {
+        self.min_status.load(Relaxed)
+    }
+
+    /// Changes the format (`Off` stops logging) and the least status logged (0: every answer).
+    pub fn set(&self, format: Format, min_status: u16) {
+        self.min_status.store(min_status, Relaxed);
+        self.format.store(format.to_u8(), Relaxed);
+    }
+
     pub fn log(&self, entry: &Entry) {
-        let line = match self.format {
+        if entry.status < self.min_status.load(Relaxed) {
+            return;
+        }
+        let line = match self.format() {
             Format::Off => return,
             Format::Json => entry.to_json(),
             Format::Text => entry.to_text(),
@@ -279,6 +329,50 @@ mod tests {
         assert!(!t.contains('\n'));
         assert!(t.contains(" 504 UT "), "{t}");
         assert!(t.contains("\"request timeout\""), "{t}");
+    }
+
+    #[test]
+    fn turned_on_filtered_and_off_at_runtime() {
+        let dir = tempfile_dir();
+        let path = dir.join("runtime.log");
+        let log = AccessLog::start(Format::Off, Some(&path), Arc::default()).unwrap();
+        assert!(!log.enabled());
+        log.log(&timed_out());
+        log.set(Format::Text, 0);
+        assert!(log.enabled());
+        log.log(&timed_out());
+        log.set(Format::Json, 500);
+        let mut ok = timed_out();
+        ok.status = 200;
+        log.log(&ok);
+        log.log(&timed_out());
+        log.set(Format::Off, 0);
+        log.log(&timed_out());
+        drop(log);
+        // The writer thread flushes when its queue is empty; wait for both lines, bounded.
+        let mut text = String::new();
+        for _ in 0..200 {
+            text = std::fs::read_to_string(&path).unwrap_or_default();
+            if text.lines().count() >= 2 {
+                break;
+            }
+            std::thread::sleep(Duration::from_millis(10));
+        }
+        let lines: Vec<&str> = text.lines().collect();
+        assert_eq!(lines.len(), 2, "{text}");
+        assert!(lines[0].contains(" 504 UT "), "{text}");
+        assert!(lines[1].starts_with('{'), "{text}");
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+
+    fn tempfile_dir() -> std::path::PathBuf {
+        let dir = std::env::temp_dir().join(format!(
+            "trellis-accesslog-unit-{}-{}",
+            std::process::id(),
+            unix_nanos()
+        ));
+        std::fs::create_dir_all(&dir).unwrap();
+        dir
     }
 
     #[test]

@@ -163,6 +163,13 @@ async fn session(
                             }
                             changed
                         });
+                        inner.telemetry.send_if_modified(|current| {
+                            let changed = **current != *policy.telemetry_json;
+                            if changed {
+                                *current = std::sync::Arc::from(policy.telemetry_json.as_str());
+                            }
+                            changed
+                        });
                         let policy = crate::tls::InboundPolicy::from_wire(&policy);
                         inner.inbound_policy.send_if_modified(|current| {
                             let changed = *current != policy;

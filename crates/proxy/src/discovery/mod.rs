@@ -90,6 +90,8 @@ struct Inner {
     inbound_policy: watch::Sender<crate::tls::InboundPolicy>,
     /// This workload's authorization (`InboundPolicy.authorization_json`), as last sent.
     authorization: watch::Sender<Arc<str>>,
+    /// This workload's telemetry settings (`InboundPolicy.telemetry_json`), as last sent.
+    telemetry: watch::Sender<Arc<str>>,
     /// This workload's JWT rules (`InboundPolicy.request_authentication_json`), as last sent.
     request_authn: watch::Sender<Arc<str>>,
 }
@@ -112,6 +114,7 @@ impl Inner {
             not_found: watch::channel(Resolution::NotFound).0,
             inbound_policy: watch::channel(crate::tls::InboundPolicy::default()).0,
             authorization: watch::channel(Arc::from("")).0,
+            telemetry: watch::channel(Arc::from("")).0,
             request_authn: watch::channel(Arc::from("")).0,
         }
     }
@@ -248,6 +251,12 @@ impl Discovery {
     /// one: no policy); see `authz::follow`.
     pub fn authorization_rx(&self) -> watch::Receiver<Arc<str>> {
         self.inner.authorization.subscribe()
+    }
+
+    /// The telemetry settings JSON the control plane sends for this workload (`""` until it
+    /// sends one); see `trace::settings`.
+    pub fn telemetry_rx(&self) -> watch::Receiver<Arc<str>> {
+        self.inner.telemetry.subscribe()
     }
 
     /// The JWT rules JSON the control plane sends for this workload (`""`: none); see

@@ -163,7 +163,7 @@ impl Telemetry {
         if !(headers.contains_key(SOURCE_WORKLOAD) || headers.contains_key(SOURCE_NAMESPACE))
             && self.metrics.detail() == LabelDetail::Minimal
             && self.tracer.is_none()
-            && self.access_log.is_none()
+            && !self.access_log.as_ref().is_some_and(|l| l.enabled())
             && !tapping
         {
             return (ex, req);
@@ -203,7 +203,7 @@ impl Telemetry {
         if tapping {
             ex.tap = Some(Box::new(crate::tap::Pending::new(&parts)));
         }
-        if self.access_log.is_some() {
+        if self.access_log.as_ref().is_some_and(|l| l.enabled()) {
             let trace_id = match &ex.span {
                 Some(span) => Some(span.ctx.trace_id),
                 None => context::extract(&parts.headers).map(|(c, _)| c.trace_id),
@@ -254,6 +254,9 @@ impl Telemetry {
     pub fn end(&self, mut ex: Exchange, resp: Response<ProxyBody>) -> Response<ProxyBody> {
         let elapsed = ex.started.elapsed();
         let status = resp.status().as_u16();
+        if ex.direction == Direction::Inbound {
+            self.metrics.anomaly.record(status, elapsed);
+        }
         // The span ends with the response body (a gRPC status may come in the trailers); what
         // the head says is kept until then.
         let span = match (&self.tracer, ex.span.take()) {

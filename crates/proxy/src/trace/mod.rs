@@ -9,13 +9,17 @@
 //! span is dropped and counted, never waited for. Without `--otlp-endpoint` there is no
 //! tracer and requests pass untouched. This module must not do network I/O itself (the
 //! exporter task does) nor decide anything about routing.
+//!
+//! The sampling probability and span reporting can change while the proxy runs (an Istio
+//! `Telemetry` delivered by the control plane, [`settings`]): both are atomics read per request.
 
 pub mod context;
 pub mod export;
+pub mod settings;
 
 use std::net::SocketAddr;
 use std::sync::Arc;
-use std::sync::atomic::Ordering::Relaxed;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering::Relaxed};
 use std::time::{SystemTime, UNIX_EPOCH};
 
 use http::{HeaderMap, Method};
@@ -85,11 +89,27 @@ pub struct SpanEnd<'a> {
 /// Sampling and the queue to the exporter. One per proxy.
 #[derive(Debug)]
 pub struct Tracer {
-    /// Probability in [0, 1] as a threshold on a uniform u64 draw.
-    threshold: u64,
-    always: bool,
+    /// Probability in [0, 1] as a threshold on a uniform u64 draw; `u64::MAX` is "always".
+    threshold: AtomicU64,
+    /// Off (Istio `disableSpanReporting`): decisions still travel on, no span is made.
+    reporting: AtomicBool,
     tx: mpsc::Sender<Span>,
     pub stats: Arc<ExportStats>,
+}
+
+/// A probability as a threshold on a uniform u64 draw; 1.0 (and above) is `u64::MAX`, "always".
+fn threshold(sampling: f64) -> u64 {
+    let p = if sampling.is_nan() {
+        0.0
+    } else {
+        sampling.clamp(0.0, 1.0)
+    };
+    if p >= 1.0 {
+        u64::MAX
+    } else {
+        // Below 1.0 the product stays below u64::MAX, so "always" is only ever 1.0.
+        ((p * u64::MAX as f64) as u64).min(u64::MAX - 1)
+    }
 }
 
 fn unix_nanos() -> u64 {
@@ -115,11 +135,10 @@ impl Tracer {
     /// exporter drains.
     pub fn new(sampling: f64, stats: Arc<ExportStats>) -> (Self, mpsc::Receiver<Span>) {
         let (tx, rx) = mpsc::channel(QUEUE_CAPACITY);
-        let p = sampling.clamp(0.0, 1.0);
         (
             Self {
-                threshold: (p * u64::MAX as f64) as u64,
-                always: p >= 1.0,
+                threshold: AtomicU64::new(threshold(sampling)),
+                reporting: AtomicBool::new(true),
                 tx,
                 stats,
             },
@@ -127,8 +146,33 @@ impl Tracer {
         )
     }
 
+    /// Changes the probability of sampling a new trace (clamped to [0, 1]).
+    pub fn set_sampling(&self, sampling: f64) {
+        self.threshold.store(threshold(sampling), Relaxed);
+    }
+
+    /// The probability in force.
+    pub fn sampling(&self) -> f64 {
+        match self.threshold.load(Relaxed) {
+            u64::MAX => 1.0,
+            t => t as f64 / u64::MAX as f64,
+        }
+    }
+
+    /// Turns span reporting on or off; sampling decisions propagate either way.
+    pub fn set_reporting(&self, on: bool) {
+        self.reporting.store(on, Relaxed);
+    }
+
+    pub fn reporting(&self) -> bool {
+        self.reporting.load(Relaxed)
+    }
+
     fn sample_new(&self) -> bool {
-        self.always || next_u64() < self.threshold
+        match self.threshold.load(Relaxed) {
+            u64::MAX => true,
+            t => next_u64() < t,
+        }
     }
 
     /// Starts a span for a request and rewrites its trace headers so the next hop sees this
@@ -155,7 +199,7 @@ impl Tracer {
             sampled: parent.is_some() || self.sample_new(),
         };
         context::inject(headers, &ctx, format);
-        if !ctx.sampled {
+        if !ctx.sampled || !self.reporting.load(Relaxed) {
             return None;
         }
         Some(ActiveSpan {
@@ -283,6 +327,27 @@ mod tests {
                 .unwrap()
                 .starts_with("80f198ee56343ba864fe8b2a57d3eff7-")
         );
+    }
+
+    #[test]
+    fn sampling_and_reporting_change_at_runtime() {
+        let (t, mut rx) = Tracer::new(0.0, Default::default());
+        assert!(begin(&t, &mut HeaderMap::new()).is_none());
+        t.set_sampling(1.0);
+        assert_eq!(t.sampling(), 1.0);
+        let span = begin(&t, &mut HeaderMap::new()).expect("always sampled now");
+        t.end(span, SpanEnd::default());
+        assert!(rx.try_recv().is_ok());
+        t.set_reporting(false);
+        let mut h = HeaderMap::new();
+        assert!(
+            begin(&t, &mut h).is_none(),
+            "no span while reporting is off"
+        );
+        let (c, _) = context::extract(&h).expect("the decision still travels on");
+        assert!(c.sampled);
+        t.set_sampling(0.25);
+        assert!((t.sampling() - 0.25).abs() < 1e-9);
     }
 
     #[test]

@@ -1,0 +1,272 @@
+//! Observability configured while the mesh runs, across real processes: an Istio `Telemetry`
+//! written into a running control plane's config directory turns a proxy's access log on and
+//! its trace sampling up without a restart (and removing it restores the proxy's flags); and a
+//! workload whose answers start failing after a healthy period is flagged by its proxy's
+//! anomaly detector (`trellis_anomaly`) and by `trellis stat`, then cleared when it recovers.
+
+// Test helpers outside #[test] functions fail the test by panicking, as the tests themselves do.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+use std::net::SocketAddr;
+use std::path::Path;
+use std::process::Command;
+use std::time::{Duration, Instant};
+
+use trellis_testkit::mesh::{ControlPlane, ProxyBuilder, config_dir, scratch_dir, service_yaml};
+use trellis_testkit::servers::EchoReply;
+use trellis_testkit::tools::{http_get, run_bounded};
+use trellis_testkit::{HttpEcho, Proxy, bin, wait};
+
+const CONVERGE: Duration = Duration::from_secs(30);
+const APPLY: Duration = Duration::from_secs(20);
+
+/// A control plane with Service `echo`, the echo's server proxy (with `server_args`) and a
+/// client proxy with an outbound port for it; returns them once a request goes through.
+fn mesh(
+    echo: &HttpEcho,
+    server_args: &[&str],
+) -> (tempfile::TempDir, ControlPlane, Proxy, Proxy, SocketAddr) {
+    let config = config_dir(&[(
+        "echo.yaml",
+        service_yaml("echo", "default", 8080, echo.addr.port(), "echo"),
+    )])
+    .unwrap();
+    let control = ControlPlane::start(config.path()).unwrap();
+    let mut server = ProxyBuilder::loopback("echo-0")
+        .label("app", "echo")
+        .control(&control.url())
+        .app(echo.addr);
+    for a in server_args {
+        server = server.arg(*a);
+    }
+    let server = server.start().unwrap();
+    let client = ProxyBuilder::loopback("client")
+        .label("app", "client")
+        .control(&control.url())
+        .outbound_port("echo.default:8080")
+        .start()
+        .unwrap();
+    let port = client.outbound_port("echo.default:8080");
+    wait::until(CONVERGE, || match http_get(port, "/converge") {
+        Ok((200, _)) => Ok(()),
+        other => Err(format!("{other:?}")),
+    })
+    .unwrap_or_else(|e| panic!("the mesh never routed to echo: {e}"));
+    (config, control, server, client, port)
+}
+
+/// Writes a config file atomically (rename), so the watcher never reads half of it.
+fn write_config(dir: &Path, name: &str, text: &str) {
+    let tmp = dir.join(format!(".{name}.tmp"));
+    std::fs::write(&tmp, text).unwrap();
+    std::fs::rename(&tmp, dir.join(name)).unwrap();
+}
+
+/// A GET through the client proxy; returns the trace-sampled flag the app saw in
+/// `traceparent` (the server proxy's inbound starts the trace: the client has no tracer).
+fn sampled(port: SocketAddr) -> Result<bool, String> {
+    let (code, body) = http_get(port, "/observe")?;
+    if code != 200 {
+        return Err(format!("answered {code}: {body}"));
+    }
+    let reply: EchoReply = serde_json::from_str(&body).map_err(|e| format!("{e}: {body}"))?;
+    let tp = reply
+        .headers
+        .get("traceparent")
+        .ok_or_else(|| format!("no traceparent reached the app: {:?}", reply.headers))?;
+    Ok(tp.ends_with("-01"))
+}
+
+fn log_lines(path: &Path) -> Vec<serde_json::Value> {
+    std::fs::read_to_string(path)
+        .unwrap_or_default()
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("{e}: {l}")))
+        .collect()
+}
+
+const TELEMETRY: &str = "apiVersion: telemetry.istio.io/v1
+kind: Telemetry
+metadata: {name: echo-observed, namespace: default}
+spec:
+  selector: {matchLabels: {app: echo}}
+  tracing:
+  - providers: [{name: otel}]
+    randomSamplingPercentage: 100
+  accessLogging:
+  - providers: [{name: envoy-json}]
+";
+
+#[test]
+fn a_telemetry_resource_turns_on_access_logs_and_sampling_without_a_restart() {
+    let echo = HttpEcho::start().unwrap();
+    let scratch = scratch_dir().unwrap();
+    let log = scratch.path().join("access.log");
+    // A collector nobody listens on: spans fail to export, which this test does not look at.
+    let closed = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let collector = format!("http://{}", closed.local_addr().unwrap());
+    drop(closed);
+    let log_arg = log.display().to_string();
+    let (config, _control, server, _client, port) = mesh(
+        &echo,
+        &[
+            "--access-log-path",
+            &log_arg,
+            "--otlp-endpoint",
+            &collector,
+            "--trace-sampling",
+            "0",
+        ],
+    );
+    let pid = server.ready.pid;
+
+    // The flags are in force: no sampling, no access log.
+    for _ in 0..10 {
+        assert!(!sampled(port).unwrap(), "sampled at --trace-sampling 0");
+    }
+    std::thread::sleep(Duration::from_millis(300));
+    assert!(
+        log_lines(&log).is_empty(),
+        "an access log while --access-log off"
+    );
+
+    write_config(config.path(), "telemetry.yaml", TELEMETRY);
+    let started = Instant::now();
+    wait::until(APPLY, || {
+        if !sampled(port)? {
+            return Err("not sampled yet".into());
+        }
+        let lines = log_lines(&log);
+        match lines.last() {
+            Some(l) if l["direction"] == "inbound" => Ok(()),
+            other => Err(format!("access log: {other:?}")),
+        }
+    })
+    .unwrap_or_else(|e| panic!("the Telemetry did not reach the proxy: {e}"));
+    eprintln!("applied within {:?}", started.elapsed());
+    for _ in 0..10 {
+        assert!(sampled(port).unwrap(), "100% sampling in force");
+    }
+    let lines = log_lines(&log);
+    let last = lines.last().unwrap();
+    assert_eq!(last["path"], "/observe");
+    assert_eq!(last["response_code"], 200);
+    assert_eq!(last["response_flags"], "-");
+    assert_eq!(last["trace_id"].as_str().map(str::len), Some(32), "{last}");
+    assert_eq!(server.ready.pid, pid, "same process");
+
+    // Removing the Telemetry gives the flags back.
+    std::fs::remove_file(config.path().join("telemetry.yaml")).unwrap();
+    wait::until(APPLY, || match sampled(port)? {
+        false => Ok(()),
+        true => Err("still sampled".into()),
+    })
+    .unwrap_or_else(|e| panic!("removing the Telemetry did not restore the flags: {e}"));
+    std::thread::sleep(Duration::from_millis(300));
+    let before = log_lines(&log).len();
+    for _ in 0..5 {
+        assert!(!sampled(port).unwrap());
+    }
+    std::thread::sleep(Duration::from_millis(300));
+    assert_eq!(log_lines(&log).len(), before, "access log off again");
+}
+
+fn anomaly(server: &Proxy, kind: &str) -> f64 {
+    server.metrics().sum("trellis_anomaly", &[("kind", kind)])
+}
+
+/// Sends requests for `for_` at about 100 per second; every `fail_every`-th (if any) to a path
+/// the echo answers 503.
+fn traffic(port: SocketAddr, for_: Duration, fail_every: Option<u32>) {
+    let end = Instant::now() + for_;
+    let mut i = 0u32;
+    while Instant::now() < end {
+        let path = match fail_every {
+            Some(n) if i.is_multiple_of(n) => "/status/503",
+            _ => "/ok",
+        };
+        let _ = http_get(port, path);
+        i = i.wrapping_add(1);
+        std::thread::sleep(Duration::from_millis(10));
+    }
+}
+
+/// `trellis stat -o json` rows by workload name.
+fn stat(control: &ControlPlane) -> Vec<serde_json::Value> {
+    let out = run_bounded(
+        Command::new(bin("trellis")).args([
+            "stat",
+            "--control",
+            &format!("http://{}", control.ready.http),
+            "--interval",
+            "500ms",
+            "-o",
+            "json",
+        ]),
+        Duration::from_secs(20),
+    )
+    .unwrap();
+    assert!(
+        out.status.success(),
+        "trellis stat: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    serde_json::from_slice(&out.stdout).unwrap()
+}
+
+#[test]
+fn a_workload_failing_after_a_healthy_period_is_flagged_then_cleared() {
+    let echo = HttpEcho::start().unwrap();
+    let (_config, control, server, _client, port) = mesh(
+        &echo,
+        &["--anomaly-window", "1s", "--anomaly-baseline", "30s"],
+    );
+
+    // Healthy: enough windows to pass the detector's warm-up (3 windows of >= 20 requests).
+    traffic(port, Duration::from_secs(5), None);
+    assert_eq!(anomaly(&server, "success_rate"), 0.0);
+    assert_eq!(anomaly(&server, "latency"), 0.0);
+
+    // The app starts failing one request in two.
+    let started = Instant::now();
+    let flagged = wait::until(APPLY, || {
+        traffic(port, Duration::from_millis(500), Some(2));
+        let v = anomaly(&server, "success_rate");
+        if v == 1.0 {
+            Ok(())
+        } else {
+            Err(format!("trellis_anomaly{{kind=\"success_rate\"}} {v}"))
+        }
+    });
+    flagged.unwrap_or_else(|e| panic!("the failing workload was not flagged: {e}"));
+    eprintln!("flagged after {:?}", started.elapsed());
+    assert!(
+        started.elapsed() < Duration::from_secs(6),
+        "flagged only after {:?} with 1 s windows",
+        started.elapsed()
+    );
+
+    // `trellis stat` shows it on the workload's row (the gauge holds while the app fails).
+    let feed = std::thread::spawn(move || traffic(port, Duration::from_secs(3), Some(2)));
+    let rows = stat(&control);
+    feed.join().unwrap();
+    let row = rows
+        .iter()
+        .find(|r| r["name"] == "echo-0")
+        .unwrap_or_else(|| panic!("no echo-0 row: {rows:?}"));
+    assert_eq!(row["anomaly"], serde_json::json!(["success_rate"]), "{row}");
+    let client_row = rows.iter().find(|r| r["name"] == "client").unwrap();
+    assert_eq!(client_row["anomaly"], serde_json::json!([]), "{client_row}");
+
+    // Healthy again: the flag clears.
+    wait::until(APPLY, || {
+        traffic(port, Duration::from_millis(500), None);
+        let v = anomaly(&server, "success_rate");
+        if v == 0.0 {
+            Ok(())
+        } else {
+            Err(format!("still {v}"))
+        }
+    })
+    .unwrap_or_else(|e| panic!("the recovered workload stayed flagged: {e}"));
+}
