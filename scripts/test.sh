@@ -42,6 +42,8 @@ declare -A NEED=(
   # The dashboard's browser tests (crates/cli/tests/dashboard_browser.rs).
   [chromium]=chromium
   [chromedriver]=chromium-driver
+  # trellis top's terminal test (crates/cli/tests/top.rs).
+  [tmux]=tmux
 )
 missing=()
 for cmd in "${!NEED[@]}"; do
