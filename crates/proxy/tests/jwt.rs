@@ -25,7 +25,7 @@ use serde_json::{Value, json};
 use trellis_testkit::fixture::target;
 use trellis_testkit::mesh::{config_dir, service_yaml};
 use trellis_testkit::tools::{CurlReply, curl_http};
-use trellis_testkit::{ControlPlane, HttpEcho, ProxyBuilder, wait};
+use trellis_testkit::{ControlPlane, HttpEcho, Proxy, ProxyBuilder, wait};
 
 const CONVERGE: Duration = Duration::from_secs(20);
 const ISSUER: &str = "https://issuer.trellis.test";
@@ -221,27 +221,28 @@ fn bearer(token: &str) -> Vec<String> {
     vec![format!("authorization: Bearer {token}")]
 }
 
-#[test]
-fn jwt_rules_enforced_by_the_inbound_proxy() {
-    let k1 = EcKey::generate("k1");
-    let k2 = EcKey::generate("k2");
-    let rsa = RsaKey::generate("rsa-1");
-    let jwks_server = JwksServer::start(jwks(&[&k1]));
+/// The echo behind a server proxy (`app: echo`), a client proxy calling it over mesh mTLS, and
+/// a control plane reading `files` beside the echo Service.
+struct Mesh {
+    server: Proxy,
+    /// `http://<server inbound>/hello`: plaintext, straight to the server proxy.
+    direct: String,
+    /// `http://<client outbound port>/hello`: through the client proxy, over mesh mTLS.
+    meshed: String,
+    _client: Proxy,
+    _control: ControlPlane,
+    _config: tempfile::TempDir,
+    _echo: HttpEcho,
+}
+
+fn start_mesh(files: &[(&str, String)]) -> Mesh {
     let echo = HttpEcho::start().unwrap();
-    let config = config_dir(&[
-        (
-            "echo.yaml",
-            service_yaml("echo", "default", 8080, echo.addr.port(), "echo"),
-        ),
-        (
-            "jwt.yaml",
-            request_authentication(
-                &format!("http://{}/.well-known/jwks.json", jwks_server.addr),
-                &rsa.jwks(),
-            ),
-        ),
-    ])
-    .unwrap();
+    let mut all = vec![(
+        "echo.yaml",
+        service_yaml("echo", "default", 8080, echo.addr.port(), "echo"),
+    )];
+    all.extend(files.iter().cloned());
+    let config = config_dir(&all).unwrap();
     let control = ControlPlane::start(config.path()).unwrap();
     let server = ProxyBuilder::loopback("echo-0")
         .label("app", "echo")
@@ -260,11 +261,34 @@ fn jwt_rules_enforced_by_the_inbound_proxy() {
     for p in [&server, &client] {
         p.wait_ready(CONVERGE).unwrap();
     }
-    let direct = format!("http://{}/hello", server.ready.inbound);
-    let meshed = format!(
-        "http://{}/hello",
-        client.outbound_port(&target("echo", 8080))
-    );
+    Mesh {
+        direct: format!("http://{}/hello", server.ready.inbound),
+        meshed: format!(
+            "http://{}/hello",
+            client.outbound_port(&target("echo", 8080))
+        ),
+        server,
+        _client: client,
+        _control: control,
+        _config: config,
+        _echo: echo,
+    }
+}
+
+#[test]
+fn jwt_rules_enforced_by_the_inbound_proxy() {
+    let k1 = EcKey::generate("k1");
+    let k2 = EcKey::generate("k2");
+    let rsa = RsaKey::generate("rsa-1");
+    let jwks_server = JwksServer::start(jwks(&[&k1]));
+    let mesh = start_mesh(&[(
+        "jwt.yaml",
+        request_authentication(
+            &format!("http://{}/.well-known/jwks.json", jwks_server.addr),
+            &rsa.jwks(),
+        ),
+    )]);
+    let (direct, meshed) = (mesh.direct.clone(), mesh.meshed.clone());
 
     // The rules arrive from discovery: wait until an expired token is refused.
     let expired = k1.sign(&claims(ISSUER, "echo", -3600));
@@ -336,6 +360,16 @@ fn jwt_rules_enforced_by_the_inbound_proxy() {
         assert!(!r.echo().headers.contains_key("x-jwt-sub"));
     }
 
+    // The 401s are requests like any other in the server proxy's metrics.
+    let rejected = mesh.server.metrics().sum(
+        "trellis_requests_total",
+        &[("direction", "inbound"), ("status_code", "401")],
+    );
+    assert!(
+        rejected >= (2 * cases.len()) as f64,
+        "{rejected} inbound 401s counted"
+    );
+
     // The inline RS256 rule reads its own header and forwards the token.
     let inline = rsa.sign(&claims("inline-issuer", "anything", 600));
     let r = get(&direct, &[format!("x-token: {inline}")]);
@@ -366,4 +400,64 @@ fn jwt_rules_enforced_by_the_inbound_proxy() {
     assert_eq!(r.status, 401, "{}", r.body);
     let r = get(&meshed, &bearer(&rotated));
     assert_eq!(r.status, 200, "{}", r.body);
+}
+
+/// A RequestAuthentication with an inline key and an AuthorizationPolicy that admits only
+/// tokens of that issuer whose claims say so: the claims a valid token carries are what
+/// `when: request.auth.claims[...]` matches (authentication runs first, authorization reads
+/// its result).
+#[test]
+fn claims_of_a_valid_token_matched_by_authorization() {
+    let key = EcKey::generate("k1");
+    let authn = format!(
+        "apiVersion: security.istio.io/v1\nkind: RequestAuthentication\nmetadata: {{name: echo-jwt, namespace: default}}\nspec:\n  selector: {{matchLabels: {{app: echo}}}}\n  jwtRules:\n  - issuer: {ISSUER}\n    jwks: '{}'\n",
+        jwks(&[&key])
+    );
+    let authz = format!(
+        r#"apiVersion: security.istio.io/v1
+kind: AuthorizationPolicy
+metadata: {{name: admins-of-blue, namespace: default}}
+spec:
+  selector: {{matchLabels: {{app: echo}}}}
+  action: ALLOW
+  rules:
+  - from: [{{source: {{requestPrincipals: ["{ISSUER}/*"]}}}}]
+    when:
+    - {{key: "request.auth.claims[group]", values: [admins]}}
+    - {{key: "request.auth.claims[org][team]", values: [blue]}}
+"#
+    );
+    let mesh = start_mesh(&[("jwt.yaml", authn), ("authz.yaml", authz)]);
+    let token = |group: &str, team: &str| {
+        let mut c = claims(ISSUER, "echo", 600);
+        c["group"] = json!(group);
+        c["org"] = json!({"team": team});
+        key.sign(&c)
+    };
+    // Both policies arrive from discovery: wait until a request without a token is denied.
+    wait::until(CONVERGE, || match get(&mesh.direct, &[]) {
+        r if r.status == 403 => Ok(()),
+        r => Err(format!("not enforced yet: {} {}", r.status, r.body)),
+    })
+    .unwrap();
+    for url in [&mesh.direct, &mesh.meshed] {
+        let r = get(url, &bearer(&token("admins", "blue")));
+        assert_eq!(r.status, 200, "{url}: {}", r.body);
+        for (group, team) in [("users", "blue"), ("admins", "red")] {
+            let r = get(url, &bearer(&token(group, team)));
+            assert_eq!(r.status, 403, "{url} {group}/{team}: {}", r.body);
+        }
+        // Authentication still answers first: an invalid token is a 401, not a 403.
+        let mut expired = claims(ISSUER, "echo", -3600);
+        expired["group"] = json!("admins");
+        expired["org"] = json!({"team": "blue"});
+        let r = get(url, &bearer(&key.sign(&expired)));
+        assert_eq!(
+            (r.status, r.body.as_str()),
+            (401, "Jwt is expired"),
+            "{url}"
+        );
+        let r = get(url, &[]);
+        assert_eq!(r.status, 403, "{url}: no token, no request principal");
+    }
 }
