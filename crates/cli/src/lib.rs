@@ -16,6 +16,7 @@ pub mod explain;
 #[cfg(test)]
 mod golden;
 mod http_client;
+pub mod identity;
 pub mod inject;
 pub mod install;
 pub mod output;
@@ -78,6 +79,8 @@ pub enum Command {
 }
 
 /// Parses `args` (including the program name), runs the command and maps the outcome to the
+    /// Workload identity: rotate the trust anchor and issuer with every proxy checked.
+    Identity(identity::IdentityArgs),
 /// process exit code: 0 on success, 64 on bad usage, 1 on any other failure.
 pub fn main_with_args<I, T>(args: I) -> ExitCode
 where
@@ -143,6 +146,11 @@ fn run_install(args: &install::InstallArgs, uninstall: bool) -> ExitCode {
     let result = if uninstall {
         install::uninstall(args, &mut out)
     } else {
+        Command::Identity(args) => ExitCode::from(identity::run(
+            &args,
+            &mut std::io::stdout().lock(),
+            &mut std::io::stderr().lock(),
+        )),
         install::install(args, &mut out)
     };
     match result {

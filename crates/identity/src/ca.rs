@@ -417,6 +417,53 @@ impl Authority {
     pub fn issuer_generation(&self) -> u64 {
         self.generation
     }
+
+    /// A serving certificate for the control plane's own HTTPS endpoints (the admission
+    /// webhooks): a key made here, a leaf for `names` (DNS names, or IPs when they parse as
+    /// one) with serverAuth only, signed by the current issuer. Clients trust it through the
+    /// bundle's roots, so the API server's `caBundle` is the mesh's trust bundle.
+    pub fn issue_serving(
+        &self,
+        names: &[String],
+        ttl: Duration,
+        now: SystemTime,
+    ) -> Result<crate::serving::ServingCert, CaError> {
+        let key = KeyPair::generate().map_err(|source| CaError::Generate {
+            what: "the serving key",
+            source,
+        })?;
+        let mut params = CertificateParams::default();
+        let mut dn = DistinguishedName::new();
+        dn.push(DnType::CommonName, "trellis-webhook");
+        params.distinguished_name = dn;
+        for name in names {
+            params
+                .subject_alt_names
+                .push(crate::serving::san(name).map_err(CaError::Sign)?);
+        }
+        params.is_ca = IsCa::ExplicitNoCa;
+        params.key_usages = vec![
+            KeyUsagePurpose::DigitalSignature,
+            KeyUsagePurpose::KeyEncipherment,
+        ];
+        params.extended_key_usages = vec![ExtendedKeyUsagePurpose::ServerAuth];
+        let not_after = now + ttl;
+        params.not_before = offset(now.checked_sub(CLOCK_SKEW).unwrap_or(now));
+        params.not_after = offset(not_after);
+        params.serial_number = Some(random_serial());
+        params.use_authority_key_identifier_extension = true;
+        let leaf = params
+            .signed_by(&key, &self.issuer.issuer)
+            .map_err(CaError::Sign)?;
+        let issuer_der = first_cert_der(&self.issuer.cert_pem, "the issuer certificate")?;
+        Ok(crate::serving::ServingCert::from_parts(
+            self.bundle.roots_pem.concat(),
+            vec![leaf.der().clone(), issuer_der.into()],
+            key.serialize_der(),
+            not_after,
+            self.generation,
+        ))
+    }
 }
 
 #[cfg(test)]

@@ -1,16 +1,13 @@
-//! Serving certificates for the control plane's own HTTPS endpoints (the admission webhooks):
-//! a self-signed CA made at startup and a leaf for the names the API server dials.
-//!
-//! This is not the mesh CA (workload identities): the API server only needs a `caBundle` to
-//! trust, and a fresh CA per process keeps no secret at rest. The control plane writes the CA
-//! into its webhook configurations at startup, so a restart rotates both.
+//! Serving certificates for the control plane's own HTTPS endpoints (the admission webhooks),
+//! issued by the mesh CA ([`crate::ca::Authority::issue_serving`]): the API server trusts them
+//! through a `caBundle` that is the mesh's trust bundle, so there is one CA to manage, rotate
+//! and audit, and an anchor rotation carries the webhooks along (the control plane reissues the
+//! serving leaf when the issuer changes and re-patches the `caBundle` when the bundle does).
 
 use std::sync::Arc;
+use std::time::SystemTime;
 
-use rcgen::{
-    BasicConstraints, CertificateParams, DistinguishedName, DnType, ExtendedKeyUsagePurpose, IsCa,
-    Issuer, KeyPair, KeyUsagePurpose, SanType,
-};
+use rcgen::SanType;
 use rustls::pki_types::{CertificateDer, PrivateKeyDer, PrivatePkcs8KeyDer};
 
 pub use tokio_rustls::TlsAcceptor;
@@ -18,55 +15,49 @@ pub use tokio_rustls::server::TlsStream;
 
 #[derive(Debug, thiserror::Error)]
 pub enum ServingError {
-    #[error("cannot generate the serving certificate: {0}")]
-    Generate(#[from] rcgen::Error),
     #[error("cannot build the TLS server config: {0}")]
     Tls(#[from] rustls::Error),
 }
 
-/// A CA and one leaf it signed, in memory.
+/// A SAN for `name`: an IP address when it parses as one, else a DNS name.
+pub(crate) fn san(name: &str) -> Result<SanType, rcgen::Error> {
+    Ok(match name.parse() {
+        Ok(ip) => SanType::IpAddress(ip),
+        Err(_) => SanType::DnsName(name.to_string().try_into()?),
+    })
+}
+
+/// A serving leaf, its chain and key, in memory (the key never leaves the process).
 #[derive(Debug)]
 pub struct ServingCert {
-    /// PEM of the CA: what a client (the API server) must trust.
+    /// PEM of the roots a client (the API server) must trust: the mesh bundle when issued.
     pub ca_pem: String,
+    /// When the leaf expires.
+    pub not_after: SystemTime,
+    /// The issuer generation that signed it: a new generation means reissue.
+    pub issuer_generation: u64,
     chain: Vec<CertificateDer<'static>>,
     key_der: Vec<u8>,
 }
 
 impl ServingCert {
-    /// A new CA and a leaf valid for `names`: DNS names, or IP addresses when they parse as one.
-    pub fn generate(names: &[String]) -> Result<Self, ServingError> {
-        let ca_key = KeyPair::generate()?;
-        let mut ca_params = CertificateParams::new(Vec::<String>::new())?;
-        ca_params.is_ca = IsCa::Ca(BasicConstraints::Constrained(0));
-        ca_params.key_usages = vec![KeyUsagePurpose::KeyCertSign, KeyUsagePurpose::CrlSign];
-        let mut dn = DistinguishedName::new();
-        dn.push(DnType::CommonName, "trellis-webhook-ca");
-        ca_params.distinguished_name = dn;
-        let ca_cert = ca_params.self_signed(&ca_key)?;
-        let issuer = Issuer::new(ca_params, ca_key);
-
-        let leaf_key = KeyPair::generate()?;
-        let mut leaf = CertificateParams::new(Vec::<String>::new())?;
-        for name in names {
-            leaf.subject_alt_names.push(match name.parse() {
-                Ok(ip) => SanType::IpAddress(ip),
-                Err(_) => SanType::DnsName(name.clone().try_into()?),
-            });
+    pub(crate) fn from_parts(
+        ca_pem: String,
+        chain: Vec<CertificateDer<'static>>,
+        key_der: Vec<u8>,
+        not_after: SystemTime,
+        issuer_generation: u64,
+    ) -> Self {
+        Self {
+            ca_pem,
+            not_after,
+            issuer_generation,
+            chain,
+            key_der,
         }
-        let mut dn = DistinguishedName::new();
-        dn.push(DnType::CommonName, "trellis-webhook");
-        leaf.distinguished_name = dn;
-        leaf.extended_key_usages = vec![ExtendedKeyUsagePurpose::ServerAuth];
-        let leaf_cert = leaf.signed_by(&leaf_key, &issuer)?;
-        Ok(Self {
-            ca_pem: ca_cert.pem(),
-            chain: vec![leaf_cert.der().clone(), ca_cert.der().clone()],
-            key_der: leaf_key.serialize_der(),
-        })
     }
 
-    /// A TLS acceptor (aws-lc-rs provider, HTTP/1.1 by ALPN) serving the leaf.
+    /// A TLS acceptor (aws-lc-rs provider, HTTP/1.1 by ALPN) serving the leaf and its issuer.
     pub fn acceptor(&self) -> Result<TlsAcceptor, ServingError> {
         let provider = Arc::new(rustls::crypto::aws_lc_rs::default_provider());
         let key = PrivateKeyDer::Pkcs8(PrivatePkcs8KeyDer::from(self.key_der.clone()));
@@ -82,17 +73,48 @@ impl ServingCert {
 #[cfg(test)]
 mod tests {
     #![allow(clippy::unwrap_used)]
+    use std::time::Duration;
+
     use super::*;
+    use crate::ca::Authority;
 
     #[test]
-    fn generates_a_chain_and_an_acceptor() {
-        let cert = ServingCert::generate(&[
-            "trellis-control.trellis-system.svc".into(),
-            "127.0.0.1".into(),
-        ])
-        .unwrap();
-        assert!(cert.ca_pem.starts_with("-----BEGIN CERTIFICATE-----"));
-        assert_eq!(cert.chain.len(), 2);
+    fn issued_by_the_mesh_ca_for_dns_names_and_ips() {
+        let now = SystemTime::now();
+        let ca = Authority::generate("cluster.local", now).unwrap();
+        let cert = ca
+            .issue_serving(
+                &[
+                    "trellis-control.trellis-system.svc".into(),
+                    "127.0.0.1".into(),
+                ],
+                Duration::from_secs(3600),
+                now,
+            )
+            .unwrap();
+        assert_eq!(cert.ca_pem, ca.root_pem(), "clients trust the mesh root");
+        assert_eq!(cert.chain.len(), 2, "leaf and issuer");
+        assert_eq!(cert.issuer_generation, 1);
+        use x509_parser::prelude::{FromDer, GeneralName, X509Certificate};
+        let (_, leaf) = X509Certificate::from_der(&cert.chain[0]).unwrap();
+        let (_, issuer) = X509Certificate::from_der(&cert.chain[1]).unwrap();
+        leaf.verify_signature(Some(issuer.public_key())).unwrap();
+        let sans = leaf.subject_alternative_name().unwrap().unwrap();
+        let names: Vec<String> = sans
+            .value
+            .general_names
+            .iter()
+            .map(|n| match n {
+                GeneralName::DNSName(d) => d.to_string(),
+                GeneralName::IPAddress(ip) => format!("{ip:?}"),
+                other => format!("{other:?}"),
+            })
+            .collect();
+        assert_eq!(
+            names,
+            ["trellis-control.trellis-system.svc", "[127, 0, 0, 1]"]
+        );
+        assert!(!leaf.is_ca());
         cert.acceptor().unwrap();
     }
 }

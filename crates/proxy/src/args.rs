@@ -92,6 +92,10 @@ pub struct RunArgs {
         hide_env_values = true
     )]
     pub join_token: Option<String>,
+    /// A ServiceAccount token file (Kubernetes: the projected token with audience `trellis`),
+    /// read for every certificate request and sent as the identity proof.
+    #[arg(long, value_name = "FILE", env = "TRELLIS_IDENTITY_TOKEN_FILE")]
+    pub identity_token_file: Option<std::path::PathBuf>,
     #[arg(long, value_name = "ADDR", default_value = "0.0.0.0:15006")]
     pub inbound: SocketAddr,
     /// Where inbound forwards connections that have no original destination.
@@ -242,6 +246,7 @@ impl RunArgs {
             labels: self.label.into_iter().chain(self.labels).collect(),
             control: self.control,
             join_token: self.join_token.filter(|t| !t.is_empty()),
+            identity_token_file: self.identity_token_file,
             inbound: self.inbound,
             app: self.app,
             app_ports,

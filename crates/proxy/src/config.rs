@@ -48,6 +48,9 @@ pub struct ProxyConfig {
     /// A secret: never serialized into `/config_dump`.
     #[serde(skip)]
     pub join_token: Option<String>,
+    /// Kubernetes mode: a projected ServiceAccount token, read again for every Certify (the
+    /// kubelet rotates it) and sent as the proof instead of a join token.
+    pub identity_token_file: Option<std::path::PathBuf>,
     pub inbound: SocketAddr,
     /// Where inbound traffic goes when the connection carries no original destination.
     pub app: Option<SocketAddr>,
@@ -95,6 +98,7 @@ impl ProxyConfig {
             labels: BTreeMap::new(),
             control: None,
             join_token: None,
+            identity_token_file: None,
             inbound: any,
             app,
             app_ports: app.map(|a| vec![a.port()]).unwrap_or_default(),

@@ -185,6 +185,7 @@ impl Proxy {
                     namespace: config.namespace.clone(),
                     service_account: config.service_account.clone(),
                     join_token: config.join_token.clone(),
+                    identity_token_file: config.identity_token_file.clone(),
                 },
                 identity.clone(),
                 discovery.clone(),

@@ -52,7 +52,7 @@ impl pb::identity_server::Identity for IdentityService {
             csr: req.csr_pem.as_bytes(),
             join_token: &req.join_token,
         };
-        match self.ca.certify(&input) {
+        match self.ca.certify(&input).await {
             Ok((issued, view)) => {
                 tracing::debug!(namespace = %req.namespace, service_account = %req.service_account, "certificate issued");
                 let not_after_unix = issued
@@ -68,8 +68,14 @@ impl pb::identity_server::Identity for IdentityService {
             Err(err) => {
                 tracing::warn!(?peer, namespace = %req.namespace, service_account = %req.service_account, error = %err, "certificate refused");
                 Err(match &err {
-                    CertifyError::Token(_) | CertifyError::TokenRequired => {
+                    CertifyError::Token(_)
+                    | CertifyError::TokenRequired
+                    | CertifyError::ServiceAccountTokenRequired
+                    | CertifyError::Review(super::ReviewError::Refused(_)) => {
                         Status::unauthenticated(err.to_string())
+                    }
+                    CertifyError::Review(super::ReviewError::Unavailable(_)) => {
+                        Status::unavailable(err.to_string())
                     }
                     e if e.is_denied() => Status::permission_denied(err.to_string()),
                     _ => Status::invalid_argument(err.to_string()),

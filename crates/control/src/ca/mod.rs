@@ -1,16 +1,20 @@
-//! The certificate authority server: who may get which identity (join tokens), the CA held in
-//! memory, the trust bundle published to proxies, anchor rotation, and CA metrics.
+//! The certificate authority server: who may get which identity (join tokens, or a bearer
+//! token checked by a [`TokenReviewer`]), the CA held in memory, the trust bundle published to
+//! proxies, anchor rotation, and CA metrics.
 //!
 //! Issuing itself is `trellis_identity::ca` (pure); this module decides whether a request may
 //! have the identity it asks for and keeps the shared state. [`grpc`] and [`http`] are thin
-//! adapters over [`CaState`]. It must not know about discovery or Kubernetes.
+//! adapters over [`CaState`]. It must not know about discovery or Kubernetes: Kubernetes mode
+//! plugs its TokenReview in through [`TokenReviewer`] (`crate::k8s::tokenreview`).
 
 pub mod grpc;
 pub mod http;
 mod metrics;
 
+use std::future::Future;
 use std::path::{Path, PathBuf};
-use std::sync::{PoisonError, RwLock};
+use std::pin::Pin;
+use std::sync::{Arc, OnceLock, PoisonError, RwLock};
 use std::time::{Duration, Instant, SystemTime};
 
 use tokio::sync::watch;
@@ -72,8 +76,14 @@ pub enum CertifyError {
     Token(#[from] TokenError),
     #[error("a join token is required (--require-join-token)")]
     TokenRequired,
-    #[error("the join token is for {proven}, not {asked}")]
+    #[error("the token is for {proven}, not {asked}")]
     WrongIdentity { proven: String, asked: String },
+    #[error(
+        "a ServiceAccount token is required (Kubernetes mode checks it with TokenReview; see the proxy's --identity-token-file)"
+    )]
+    ServiceAccountTokenRequired,
+    #[error("{0}")]
+    Review(#[from] ReviewError),
     #[error("invalid identity: {0}")]
     Identity(#[from] trellis_identity::SpiffeIdError),
     #[error("{0}")]
@@ -84,9 +94,13 @@ impl CertifyError {
     /// Whether the proof was at fault (vs. the request being malformed).
     pub fn is_denied(&self) -> bool {
         match self {
-            Self::Token(_) | Self::TokenRequired | Self::WrongIdentity { .. } => true,
+            Self::Token(_)
+            | Self::TokenRequired
+            | Self::WrongIdentity { .. }
+            | Self::ServiceAccountTokenRequired
+            | Self::Review(ReviewError::Refused(_)) => true,
             Self::Ca(CaError::ForbiddenIdentity { .. }) => true,
-            Self::Identity(_) | Self::Ca(_) => false,
+            Self::Identity(_) | Self::Ca(_) | Self::Review(ReviewError::Unavailable(_)) => false,
         }
     }
 }
@@ -97,8 +111,59 @@ pub struct CertifyInput<'a> {
     pub namespace: &'a str,
     pub service_account: &'a str,
     pub csr: &'a [u8],
-    /// Empty: none.
+    /// The proof: a join token (local mode) or a ServiceAccount token (Kubernetes mode, checked
+    /// by the [`TokenReviewer`]). Empty: none.
     pub join_token: &'a str,
+}
+
+/// The identity a reviewed bearer token proves.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ReviewedIdentity {
+    pub namespace: String,
+    pub service_account: String,
+}
+
+/// Why a bearer token proved nothing.
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+pub enum ReviewError {
+    /// The reviewer looked at the token and refused it (bad signature, expired, wrong audience,
+    /// not a ServiceAccount).
+    #[error("the ServiceAccount token was refused: {0}")]
+    Refused(String),
+    /// The reviewer could not be asked (API server down, RBAC): the proxy retries.
+    #[error("cannot review the ServiceAccount token: {0}")]
+    Unavailable(String),
+}
+
+/// A future the reviewer returns (boxed: the trait is used as an object).
+pub type ReviewFuture<'a> =
+    Pin<Box<dyn Future<Output = Result<ReviewedIdentity, ReviewError>> + Send + 'a>>;
+
+/// Checks a bearer token and says which workload identity it proves. With one installed, every
+/// Certify must carry a token it accepts (join tokens are not used).
+pub trait TokenReviewer: Send + Sync + std::fmt::Debug {
+    fn review<'a>(&'a self, token: &'a str) -> ReviewFuture<'a>;
+}
+
+/// The admission rule with a reviewer: a token is required, and the identity it proves must be
+/// exactly the one asked for.
+pub async fn admit_reviewed(
+    trust_domain: &str,
+    input: &CertifyInput<'_>,
+    reviewer: &dyn TokenReviewer,
+) -> Result<SpiffeId, CertifyError> {
+    let asked = SpiffeId::new(trust_domain, input.namespace, input.service_account)?;
+    if input.join_token.is_empty() {
+        return Err(CertifyError::ServiceAccountTokenRequired);
+    }
+    let proven = reviewer.review(input.join_token).await?;
+    if proven.namespace != input.namespace || proven.service_account != input.service_account {
+        return Err(CertifyError::WrongIdentity {
+            proven: format!("{}/{}", proven.namespace, proven.service_account),
+            asked: format!("{}/{}", input.namespace, input.service_account),
+        });
+    }
+    Ok(asked)
 }
 
 /// The bundle as proxies receive it.
@@ -148,6 +213,8 @@ pub struct CaState {
     tokens: JoinTokens,
     cert_ttl: Duration,
     require_join_token: bool,
+    /// Kubernetes mode: set once the API server client exists; from then on it is the proof.
+    reviewer: OnceLock<Arc<dyn TokenReviewer>>,
     pub metrics: CaMetrics,
 }
 
@@ -207,22 +274,38 @@ impl CaState {
             tokens,
             cert_ttl,
             require_join_token,
+            reviewer: OnceLock::new(),
             metrics: CaMetrics::default(),
         }
     }
 
-    /// Admits the request, then signs its CSR. Counted and timed.
-    pub fn certify(&self, input: &CertifyInput<'_>) -> Result<(Issued, BundleView), CertifyError> {
+    /// Makes `reviewer` the proof every Certify needs from now on (Kubernetes mode). Only the
+    /// first call counts: the proof a control plane asks for never changes while it runs.
+    pub fn use_token_reviewer(&self, reviewer: Arc<dyn TokenReviewer>) {
+        if self.reviewer.set(reviewer).is_err() {
+            tracing::warn!("a token reviewer is already installed; the new one is ignored");
+        }
+    }
+
+    /// Admits the request (the reviewer's word when there is one, else join tokens), then
+    /// signs its CSR. Counted and timed.
+    pub async fn certify(
+        &self,
+        input: &CertifyInput<'_>,
+    ) -> Result<(Issued, BundleView), CertifyError> {
         let started = Instant::now();
         let now = SystemTime::now();
-        let result = admit(
-            &self.trust_domain,
-            input,
-            &self.tokens,
-            self.require_join_token,
-            now,
-        )
-        .and_then(|id| {
+        let admitted = match self.reviewer.get() {
+            Some(reviewer) => admit_reviewed(&self.trust_domain, input, reviewer.as_ref()).await,
+            None => admit(
+                &self.trust_domain,
+                input,
+                &self.tokens,
+                self.require_join_token,
+                now,
+            ),
+        };
+        let result = admitted.and_then(|id| {
             let authority = self
                 .authority
                 .read()
@@ -244,6 +327,19 @@ impl CaState {
         Ok(self
             .tokens
             .issue(namespace, service_account, ttl, SystemTime::now()))
+    }
+
+    /// A serving certificate for the control plane's own HTTPS (the webhooks), for `names`,
+    /// signed by the current issuer and trusted through the bundle's roots.
+    pub fn serving_cert(
+        &self,
+        names: &[String],
+        ttl: Duration,
+    ) -> Result<trellis_identity::serving::ServingCert, CaError> {
+        self.authority
+            .read()
+            .unwrap_or_else(PoisonError::into_inner)
+            .issue_serving(names, ttl, SystemTime::now())
     }
 
     pub fn bundle_rx(&self) -> watch::Receiver<BundleView> {

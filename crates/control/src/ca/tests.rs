@@ -25,29 +25,35 @@ fn input<'a>(sa: &'a str, csr: &'a str, token: &'a str) -> CertifyInput<'a> {
     }
 }
 
-#[test]
-fn tokens_prove_exactly_one_identity() {
+#[tokio::test]
+async fn tokens_prove_exactly_one_identity() {
     let ca = state(true);
     let web_csr = csr("web");
     let token = ca.join_token("default", "web", None).unwrap();
-    assert!(ca.certify(&input("web", &web_csr, &token)).is_ok());
+    assert!(ca.certify(&input("web", &web_csr, &token)).await.is_ok());
     // A token for web cannot get admin, nor can a CSR for admin ride web's token.
     let admin_csr = csr("admin");
-    let err = ca.certify(&input("admin", &admin_csr, &token)).unwrap_err();
+    let err = ca
+        .certify(&input("admin", &admin_csr, &token))
+        .await
+        .unwrap_err();
     assert!(matches!(err, CertifyError::WrongIdentity { .. }), "{err}");
-    let err = ca.certify(&input("web", &admin_csr, &token)).unwrap_err();
+    let err = ca
+        .certify(&input("web", &admin_csr, &token))
+        .await
+        .unwrap_err();
     assert!(
         matches!(err, CertifyError::Ca(CaError::ForbiddenIdentity { .. })),
         "{err}"
     );
     // Without a token, or with a forged or expired one: refused.
     assert!(matches!(
-        ca.certify(&input("web", &web_csr, "")),
+        ca.certify(&input("web", &web_csr, "")).await,
         Err(CertifyError::TokenRequired)
     ));
     let forged = JoinTokens::new(b"guess").issue("default", "web", None, SystemTime::now());
     assert!(matches!(
-        ca.certify(&input("web", &web_csr, &forged)),
+        ca.certify(&input("web", &web_csr, &forged)).await,
         Err(CertifyError::Token(TokenError::BadSignature))
     ));
     let expired = JoinTokens::new(b"secret").issue(
@@ -57,7 +63,7 @@ fn tokens_prove_exactly_one_identity() {
         SystemTime::now() - Duration::from_secs(10),
     );
     assert!(matches!(
-        ca.certify(&input("web", &web_csr, &expired)),
+        ca.certify(&input("web", &web_csr, &expired)).await,
         Err(CertifyError::Token(TokenError::Expired))
     ));
     let mut out = String::new();
@@ -66,12 +72,12 @@ fn tokens_prove_exactly_one_identity() {
     assert!(out.contains("trellis_control_certificates_issued_total{result=\"refused\"} 5"));
 }
 
-#[test]
-fn without_require_the_claimed_identity_is_accepted_but_still_matched_to_the_csr() {
+#[tokio::test]
+async fn without_require_the_claimed_identity_is_accepted_but_still_matched_to_the_csr() {
     let ca = state(false);
     let web_csr = csr("web");
-    assert!(ca.certify(&input("web", &web_csr, "")).is_ok());
-    assert!(ca.certify(&input("admin", &web_csr, "")).is_err());
+    assert!(ca.certify(&input("web", &web_csr, "")).await.is_ok());
+    assert!(ca.certify(&input("admin", &web_csr, "")).await.is_err());
 }
 
 #[test]
@@ -86,4 +92,75 @@ fn rotation_publishes_bundles() {
     assert_eq!(rx.borrow().issuer_generation, 2);
     ca.rotate(RotationStep::Retire).unwrap();
     assert_eq!(rx.borrow().bundle.roots_pem.len(), 1);
+}
+
+/// A reviewer that knows one token per identity, as TokenReview would answer.
+#[derive(Debug)]
+struct Reviewer;
+
+impl TokenReviewer for Reviewer {
+    fn review<'a>(&'a self, token: &'a str) -> ReviewFuture<'a> {
+        Box::pin(async move {
+            match token {
+                "web-token" => Ok(ReviewedIdentity {
+                    namespace: "default".into(),
+                    service_account: "web".into(),
+                }),
+                "down" => Err(ReviewError::Unavailable("connection refused".into())),
+                _ => Err(ReviewError::Refused("invalid bearer token".into())),
+            }
+        })
+    }
+}
+
+#[tokio::test]
+async fn with_a_reviewer_only_the_reviewed_identity_is_signed() {
+    let ca = state(false);
+    ca.use_token_reviewer(Arc::new(Reviewer));
+    let web_csr = csr("web");
+    assert!(
+        ca.certify(&input("web", &web_csr, "web-token"))
+            .await
+            .is_ok()
+    );
+    // A join token, or nothing, proves nothing any more.
+    let join = ca.join_token("default", "web", None).unwrap();
+    let err = ca
+        .certify(&input("web", &web_csr, &join))
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(err, CertifyError::Review(ReviewError::Refused(_))),
+        "{err}"
+    );
+    assert!(err.is_denied());
+    let err = ca.certify(&input("web", &web_csr, "")).await.unwrap_err();
+    assert!(
+        matches!(err, CertifyError::ServiceAccountTokenRequired),
+        "{err}"
+    );
+    // Web's token for another identity, or a CSR for another identity: refused.
+    let admin_csr = csr("admin");
+    let err = ca
+        .certify(&input("admin", &admin_csr, "web-token"))
+        .await
+        .unwrap_err();
+    assert_eq!(
+        err.to_string(),
+        "the token is for default/web, not default/admin"
+    );
+    let err = ca
+        .certify(&input("web", &admin_csr, "web-token"))
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(err, CertifyError::Ca(CaError::ForbiddenIdentity { .. })),
+        "{err}"
+    );
+    // A reviewer that cannot be reached is not the proxy's fault: retried, not denied.
+    let err = ca
+        .certify(&input("web", &web_csr, "down"))
+        .await
+        .unwrap_err();
+    assert!(!err.is_denied(), "{err}");
 }

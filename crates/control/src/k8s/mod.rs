@@ -19,6 +19,7 @@ pub mod objects;
 pub mod pods;
 pub mod start;
 pub mod status;
+pub mod tokenreview;
 pub mod watch;
 
 use std::net::SocketAddr;
@@ -48,6 +49,8 @@ pub struct KubeOptions {
     pub sync_timeout: Duration,
     /// Where the leader-election Lease lives (status is written by the leader only).
     pub lease_namespace: String,
+    /// The audience proxies' ServiceAccount tokens must be for (checked with TokenReview).
+    pub token_audience: String,
 }
 
 impl Default for KubeOptions {
@@ -68,6 +71,7 @@ impl Default for KubeOptions {
             native_sidecar: None,
             sync_timeout: Duration::from_secs(60),
             lease_namespace: kinds::names::NAMESPACE.to_string(),
+            token_audience: tokenreview::DEFAULT_AUDIENCE.to_string(),
         }
     }
 }

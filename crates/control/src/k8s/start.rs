@@ -11,6 +11,7 @@ use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
 
 use super::{KubeError, KubeOptions, watch as watchers};
+use crate::ca::CaState;
 use crate::state::Shared;
 use crate::store::ConfigSnapshot;
 use crate::webhook::{self, WebhookError, WebhookState, Webhooks};
@@ -18,6 +19,8 @@ use crate::webhook::{self, WebhookError, WebhookState, Webhooks};
 /// The config side, running.
 pub struct KubeConfigSource {
     pub client: Client,
+    /// The mesh CA: TokenReview is installed into it, and it issues the webhooks' certificate.
+    ca: Arc<CaState>,
     pub config_rx: watch::Receiver<Arc<ConfigSnapshot>>,
     listed_rx: watch::Receiver<Vec<&'static str>>,
     status_rx: watch::Receiver<super::status::StatusInput>,
@@ -31,15 +34,22 @@ impl std::fmt::Debug for KubeConfigSource {
 
 pub async fn start_config(
     options: &KubeOptions,
+    ca: &Arc<CaState>,
     tasks: &mut JoinSet<()>,
     shutdown: &CancellationToken,
 ) -> Result<KubeConfigSource, KubeError> {
     let client = super::connect(options).await?;
     // Fails fast with a clear message when the server is unreachable or refuses the account.
     client.apiserver_version().await.map_err(KubeError::Api)?;
+    // Identity by TokenReview from here on: a proxy proves its ServiceAccount with its token.
+    ca.use_token_reviewer(Arc::new(super::tokenreview::KubeReviewer::new(
+        client.clone(),
+        &options.token_audience,
+    )));
     let watch = watchers::watch_config(&client, tasks, shutdown);
     Ok(KubeConfigSource {
         client,
+        ca: ca.clone(),
         config_rx: watch.snapshot_rx,
         listed_rx: watch.listed_rx,
         status_rx: watch.status_rx,
@@ -94,12 +104,12 @@ pub async fn start_rest(
     };
     let mut inject = options.inject.clone();
     inject.native_sidecar = super::native_sidecars(&client, options).await?;
-    let webhooks = Webhooks::bind(addr, &options.webhook_names).await?;
+    let webhooks = Webhooks::bind(addr, &options.webhook_names, source.ca.clone()).await?;
     let bound = webhooks.addr;
     if options.patch_webhooks {
-        tasks.spawn(webhook::patch_ca_bundles(
+        tasks.spawn(webhook::follow_ca_bundles(
             client.clone(),
-            webhooks.ca_pem.clone(),
+            source.ca.clone(),
             shutdown.clone(),
         ));
     }

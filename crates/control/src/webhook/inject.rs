@@ -19,6 +19,11 @@ pub const INIT_CONTAINER: &str = "trellis-init";
 pub const PROXY_UID: i64 = 1337;
 pub const INBOUND_PORT: u16 = 15006;
 pub const ADMIN_PORT: u16 = 15020;
+/// The projected ServiceAccount token volume the proxy proves its identity with (TokenReview).
+pub const TOKEN_VOLUME: &str = "trellis-token";
+pub const TOKEN_DIR: &str = "/var/run/secrets/tokens";
+/// The kubelet refreshes a projected token at 80% of this (the API server's minimum is 10 min).
+const TOKEN_EXPIRATION_SECONDS: i64 = 12 * 3600;
 
 /// Per-pod annotations read by the injector.
 pub mod annotation {
@@ -48,6 +53,9 @@ pub struct InjectConfig {
     pub cpu_limit: Option<String>,
     pub memory_limit: Option<String>,
     pub log_level: String,
+    /// The audience of the projected token the proxy sends to the CA (`trellis-control`'s
+    /// `--token-audience`, default `trellis`).
+    pub token_audience: String,
 }
 
 impl Default for InjectConfig {
@@ -62,6 +70,7 @@ impl Default for InjectConfig {
             cpu_limit: None,
             memory_limit: Some("256Mi".into()),
             log_level: "info".into(),
+            token_audience: "trellis".into(),
         }
     }
 }
@@ -244,6 +253,8 @@ pub fn patch(
         json!(format!("0.0.0.0:{ADMIN_PORT}")),
         json!("--log-level"),
         json!(log_level),
+        json!("--identity-token-file"),
+        json!(format!("{TOKEN_DIR}/{TOKEN_VOLUME}")),
     ];
     if let Some(p) = &opaque {
         args.extend([json!("--opaque-ports"), json!(p)]);
@@ -275,9 +286,25 @@ pub fn patch(
             "failureThreshold": 3,
         },
         "resources": resources,
+        "volumeMounts": [{"name": TOKEN_VOLUME, "mountPath": TOKEN_DIR, "readOnly": true}],
     });
 
     let mut ops = Vec::new();
+    // The token the CA checks with TokenReview: for the mesh's audience only, so that it is
+    // worthless to the API server and to anything else the pod talks to.
+    let volume = json!({
+        "name": TOKEN_VOLUME,
+        "projected": {"sources": [{"serviceAccountToken": {
+            "audience": config.token_audience,
+            "expirationSeconds": TOKEN_EXPIRATION_SECONDS,
+            "path": TOKEN_VOLUME,
+        }}]},
+    });
+    ops.push(if pod["spec"]["volumes"].is_array() {
+        json!({"op": "add", "path": format!("{prefix}/spec/volumes/-"), "value": volume})
+    } else {
+        json!({"op": "add", "path": format!("{prefix}/spec/volumes"), "value": [volume]})
+    });
     // The init step must run before every other init container: theirs may need the network.
     ops.push(insert_first(pod, prefix, "initContainers", init));
     if config.native_sidecar {
@@ -422,6 +449,14 @@ pub fn uninject(pod: &mut Value) -> bool {
                 if items.is_empty() && list == "initContainers" {
                     spec.remove(list);
                 }
+            }
+        }
+        if let Some(items) = spec.get_mut("volumes").and_then(Value::as_array_mut) {
+            let before = items.len();
+            items.retain(|v| v["name"] != TOKEN_VOLUME);
+            removed |= items.len() != before;
+            if items.is_empty() {
+                spec.remove("volumes");
             }
         }
     }

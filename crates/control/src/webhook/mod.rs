@@ -1,10 +1,11 @@
 //! The admission webhooks the API server calls over HTTPS: sidecar injection (`/inject`) and
 //! mesh config validation (`/validate`).
 //!
-//! [`inject`] and [`review`] are pure; this module is the adapter: a TLS listener with a serving
-//! certificate made at startup (`trellis_identity::serving`), an axum router, and the task that
-//! writes the certificate's CA into the webhook configurations' `caBundle` so that the API
-//! server trusts this process (a restart makes a new CA and patches it again).
+//! [`inject`] and [`review`] are pure; this module is the adapter: a TLS listener serving a
+//! certificate issued by the mesh CA (`CaState::serving_cert`; reissued when the issuer changes
+//! and at half its life), an axum router, and the task that keeps the webhook configurations'
+//! `caBundle` equal to the mesh trust bundle, so that the API server trusts this process through
+//! an anchor rotation (both roots while both are in the bundle) and after a restart.
 
 pub mod inject;
 pub mod review;
@@ -13,6 +14,8 @@ use std::collections::BTreeMap;
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
+
+use std::time::SystemTime;
 
 use axum::Router;
 use axum::extract::State;
@@ -24,11 +27,20 @@ use kube::Client;
 use kube::api::{Api, Patch, PatchParams};
 use serde_json::{Value, json};
 use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
+use trellis_identity::ca::CaError;
 use trellis_identity::serving::{ServingCert, ServingError, TlsAcceptor, TlsStream};
 
+use crate::ca::CaState;
 use crate::k8s::kinds::names;
 use inject::InjectConfig;
+
+/// Lifetime of the webhook's serving leaf; it is reissued at half of it, and at once when the
+/// issuer changes.
+const SERVING_TTL: Duration = Duration::from_secs(30 * 24 * 3600);
+/// How long to wait before trying again when the CA cannot issue.
+const REISSUE_RETRY: Duration = Duration::from_secs(10);
 
 /// How long a client has to finish the TLS handshake; the accept loop waits for it.
 const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(5);
@@ -39,6 +51,8 @@ const PATCH_RETRY: Duration = Duration::from_secs(2);
 pub enum WebhookError {
     #[error(transparent)]
     Serving(#[from] ServingError),
+    #[error("cannot issue the webhook's serving certificate from the mesh CA: {0}")]
+    Issue(#[from] CaError),
     #[error("cannot listen for webhooks on {addr}: {source}")]
     Bind {
         addr: SocketAddr,
@@ -68,13 +82,34 @@ impl std::fmt::Debug for WebhookState {
 #[derive(Debug)]
 pub struct Webhooks {
     pub addr: SocketAddr,
+    /// The roots the serving certificate chains to (the mesh bundle when it was issued).
     pub ca_pem: String,
     listener: TlsListener,
+    renewal: Renewal,
+}
+
+/// What keeps the serving certificate current.
+struct Renewal {
+    ca: Arc<CaState>,
+    names: Vec<String>,
+    acceptor_tx: watch::Sender<TlsAcceptor>,
+    issuer_generation: u64,
+    not_after: SystemTime,
+}
+
+impl std::fmt::Debug for Renewal {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Renewal")
+            .field("names", &self.names)
+            .field("issuer_generation", &self.issuer_generation)
+            .finish_non_exhaustive()
+    }
 }
 
 struct TlsListener {
     tcp: TcpListener,
-    acceptor: TlsAcceptor,
+    /// The current certificate's acceptor; swapped on reissue, read per connection.
+    acceptor_rx: watch::Receiver<TlsAcceptor>,
 }
 
 impl std::fmt::Debug for TlsListener {
@@ -100,7 +135,8 @@ impl axum::serve::Listener for TlsListener {
                     continue;
                 }
             };
-            match tokio::time::timeout(HANDSHAKE_TIMEOUT, self.acceptor.accept(stream)).await {
+            let acceptor = self.acceptor_rx.borrow().clone();
+            match tokio::time::timeout(HANDSHAKE_TIMEOUT, acceptor.accept(stream)).await {
                 Ok(Ok(tls)) => return (tls, peer),
                 Ok(Err(err)) => {
                     tracing::debug!(%peer, error = %err, "webhook TLS handshake failed")
@@ -116,10 +152,14 @@ impl axum::serve::Listener for TlsListener {
 }
 
 impl Webhooks {
-    /// Makes the serving certificate for `names` and binds `addr`.
-    pub async fn bind(addr: SocketAddr, names: &[String]) -> Result<Self, WebhookError> {
-        let cert = ServingCert::generate(names)?;
-        let acceptor = cert.acceptor()?;
+    /// Has the mesh CA issue the serving certificate for `names` and binds `addr`.
+    pub async fn bind(
+        addr: SocketAddr,
+        names: &[String],
+        ca: Arc<CaState>,
+    ) -> Result<Self, WebhookError> {
+        let cert: ServingCert = ca.serving_cert(names, SERVING_TTL)?;
+        let (acceptor_tx, acceptor_rx) = watch::channel(cert.acceptor()?);
         let tcp = TcpListener::bind(addr)
             .await
             .map_err(|source| WebhookError::Bind { addr, source })?;
@@ -129,12 +169,21 @@ impl Webhooks {
         Ok(Self {
             addr,
             ca_pem: cert.ca_pem,
-            listener: TlsListener { tcp, acceptor },
+            listener: TlsListener { tcp, acceptor_rx },
+            renewal: Renewal {
+                ca,
+                names: names.to_vec(),
+                acceptor_tx,
+                issuer_generation: cert.issuer_generation,
+                not_after: cert.not_after,
+            },
         })
     }
 
-    /// Serves until `shutdown`.
+    /// Serves until `shutdown`, reissuing the serving certificate when the issuer changes or
+    /// half its life has passed.
     pub async fn serve(self, state: WebhookState, shutdown: CancellationToken) {
+        tokio::spawn(self.renewal.run(shutdown.clone()));
         let app = Router::new()
             .route(names::INJECT_PATH, post(handle_inject))
             .route(names::VALIDATE_PATH, post(handle_validate))
@@ -144,6 +193,56 @@ impl Webhooks {
         if let Err(err) = serve.await {
             tracing::error!(error = %err, "webhook server failed");
         }
+    }
+}
+
+impl Renewal {
+    fn renew_in(&self) -> Duration {
+        self.not_after
+            .duration_since(SystemTime::now())
+            .unwrap_or(Duration::ZERO)
+            / 2
+    }
+
+    async fn run(mut self, shutdown: CancellationToken) {
+        let mut bundle_rx = self.ca.bundle_rx();
+        let mut wait = self.renew_in();
+        loop {
+            tokio::select! {
+                () = shutdown.cancelled() => return,
+                changed = bundle_rx.changed() => {
+                    if changed.is_err() {
+                        return;
+                    }
+                    // A new bundle alone changes nothing here (the caBundle task follows it);
+                    // a new issuer means the leaf must chain to the new root before the old
+                    // one is retired.
+                    if bundle_rx.borrow_and_update().issuer_generation == self.issuer_generation {
+                        continue;
+                    }
+                }
+                () = tokio::time::sleep(wait) => {}
+            }
+            wait = match self.reissue() {
+                Ok(()) => self.renew_in(),
+                Err(err) => {
+                    tracing::warn!(error = %err, "cannot reissue the webhook serving certificate; serving the current one");
+                    REISSUE_RETRY
+                }
+            };
+        }
+    }
+
+    fn reissue(&mut self) -> Result<(), WebhookError> {
+        let cert = self.ca.serving_cert(&self.names, SERVING_TTL)?;
+        self.acceptor_tx.send_replace(cert.acceptor()?);
+        tracing::info!(
+            issuer_generation = cert.issuer_generation,
+            "webhook serving certificate reissued"
+        );
+        self.issuer_generation = cert.issuer_generation;
+        self.not_after = cert.not_after;
+        Ok(())
     }
 }
 
@@ -162,27 +261,40 @@ async fn handle_validate(axum::Json(body): axum::Json<Value>) -> axum::Json<Valu
     axum::Json(review::validate(&body))
 }
 
-/// Writes `ca_pem` into the caBundle of every webhook of both configurations, retrying until
-/// they exist (they may be applied after the control plane starts) or `shutdown`.
-pub async fn patch_ca_bundles(client: Client, ca_pem: String, shutdown: CancellationToken) {
-    let bundle = review::base64_encode(ca_pem.as_bytes());
+/// Keeps the caBundle of every webhook of both configurations equal to the mesh trust bundle
+/// (every root in it) until `shutdown`: patched at once, retried until the configurations
+/// exist (they may be applied after the control plane starts), and again whenever the bundle's
+/// roots change (an anchor rotation's `prepare` and `retire`).
+pub async fn follow_ca_bundles(client: Client, ca: Arc<CaState>, shutdown: CancellationToken) {
+    let mut bundle_rx = ca.bundle_rx();
+    let mut patched: Option<Vec<String>> = None;
     let mut logged = false;
     loop {
-        match try_patch(&client, &bundle).await {
-            Ok(()) => {
-                tracing::info!("webhook caBundle patched");
-                return;
-            }
-            Err(err) => {
-                if !logged {
-                    tracing::warn!(error = %err, "cannot patch the webhook caBundle yet; retrying");
-                    logged = true;
+        let roots = bundle_rx.borrow_and_update().bundle.roots_pem.clone();
+        if patched.as_ref() != Some(&roots) {
+            let bundle = review::base64_encode(roots.concat().as_bytes());
+            match try_patch(&client, &bundle).await {
+                Ok(()) => {
+                    tracing::info!(anchors = roots.len(), "webhook caBundle patched");
+                    patched = Some(roots);
+                    logged = false;
+                }
+                Err(err) => {
+                    if !logged {
+                        tracing::warn!(error = %err, "cannot patch the webhook caBundle yet; retrying");
+                        logged = true;
+                    }
+                    tokio::select! {
+                        () = shutdown.cancelled() => return,
+                        () = tokio::time::sleep(PATCH_RETRY) => {}
+                    }
+                    continue;
                 }
             }
         }
         tokio::select! {
             () = shutdown.cancelled() => return,
-            () = tokio::time::sleep(PATCH_RETRY) => {}
+            changed = bundle_rx.changed() => if changed.is_err() { return },
         }
     }
 }

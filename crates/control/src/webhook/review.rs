@@ -70,7 +70,16 @@ pub fn mutate(
             review(&body["apiVersion"], allow)
         }
         Decision::Inject => match inject::patch(pod, namespace, config, "") {
-            Ok(ops) => {
+            Ok(mut ops) => {
+                // A projected token needs a named ServiceAccount. The ServiceAccount admission
+                // plugin names `default` before webhooks run; where it is off (the testbed),
+                // name it here, as the proxy's --service-account already assumes.
+                if pod["spec"]["serviceAccountName"]
+                    .as_str()
+                    .is_none_or(str::is_empty)
+                {
+                    ops.push(json!({"op": "add", "path": "/spec/serviceAccountName", "value": "default"}));
+                }
                 let patch = serde_json::to_vec(&ops).unwrap_or_default();
                 tracing::info!(namespace, pod = ?pod["metadata"]["name"].as_str().or(pod["metadata"]["generateName"].as_str()), "injecting the proxy");
                 review(

@@ -38,6 +38,20 @@ pub struct ManagerConfig {
     pub namespace: String,
     pub service_account: String,
     pub join_token: Option<String>,
+    /// Read for every request (a projected token is rotated by the kubelet) and sent as the
+    /// proof in place of `join_token`.
+    pub identity_token_file: Option<std::path::PathBuf>,
+}
+
+/// The proof to send: the token file's content when there is one, else the join token.
+async fn proof(config: &ManagerConfig) -> Result<String, String> {
+    match &config.identity_token_file {
+        Some(path) => tokio::fs::read_to_string(path)
+            .await
+            .map(|t| t.trim().to_string())
+            .map_err(|e| format!("cannot read --identity-token-file {}: {e}", path.display())),
+        None => Ok(config.join_token.clone().unwrap_or_default()),
+    }
 }
 
 /// When to renew a leaf valid from `issued` to `not_after`: at 40-50% of its life, drawn per
@@ -248,7 +262,7 @@ async fn certify(
         namespace: config.namespace.clone(),
         service_account: config.service_account.clone(),
         csr_pem,
-        join_token: config.join_token.clone().unwrap_or_default(),
+        join_token: proof(config).await?,
     };
     match tokio::time::timeout(CERTIFY_TIMEOUT, client.certify(request)).await {
         Ok(Ok(resp)) => Ok((key, resp.into_inner())),

@@ -179,6 +179,7 @@ fn pod_without_annotations_or_init_containers_gets_whole_lists() {
     assert_eq!(
         paths,
         [
+            "/spec/volumes",
             "/spec/initContainers",
             "/spec/containers/0",
             "/metadata/annotations"
@@ -216,4 +217,37 @@ fn versions() {
     assert!(supports_native_sidecars("1", "29"));
     assert!(supports_native_sidecars("1", "30+"));
     assert!(!supports_native_sidecars("x", "y"));
+}
+
+#[test]
+fn proxy_gets_a_projected_token_for_the_mesh_audience() {
+    let mut p = pod(json!({"keep": "me"}));
+    p["spec"]["volumes"] = json!([{"name": "data", "emptyDir": {}}]);
+    let out = injected(&p, &InjectConfig::default());
+    let volumes = out["spec"]["volumes"].as_array().unwrap();
+    assert_eq!(volumes[0]["name"], "data", "the app's volumes stay first");
+    let token = &volumes[1]["projected"]["sources"][0]["serviceAccountToken"];
+    assert_eq!(volumes[1]["name"], "trellis-token");
+    assert_eq!(token["audience"], "trellis");
+    assert_eq!(token["path"], "trellis-token");
+    let proxy = &out["spec"]["containers"][0];
+    assert_eq!(
+        proxy["volumeMounts"],
+        json!([{"name": "trellis-token", "mountPath": "/var/run/secrets/tokens", "readOnly": true}])
+    );
+    let args: Vec<&str> = proxy["args"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|a| a.as_str().unwrap())
+        .collect();
+    let at = args
+        .iter()
+        .position(|a| *a == "--identity-token-file")
+        .unwrap();
+    assert_eq!(args[at + 1], "/var/run/secrets/tokens/trellis-token");
+    // Uninject takes the volume away again and leaves the app's.
+    let mut back = out.clone();
+    assert!(uninject(&mut back));
+    assert_eq!(back, p);
 }
