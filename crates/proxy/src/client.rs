@@ -13,18 +13,19 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use bytes::Bytes;
-use http::{Request, Response, Uri};
+use http::{Request, Response};
 use http_body_util::combinators::BoxBody;
 use hyper::body::Incoming;
 use hyper::client::conn::http2::SendRequest;
-use hyper_util::client::legacy::Client;
-use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 
 use trellis_identity::tls::{HandshakeError, MeshAlpn};
 
 use crate::tls::MeshIdentity;
 use crate::transport::{CONNECT_TIMEOUT, connect, connect_within};
+
+mod h1pool;
+use h1pool::H1Pool;
 
 /// Why an upstream exchange failed; every kind is a 502 at the edge.
 #[derive(Debug, thiserror::Error)]
@@ -106,7 +107,7 @@ const IDLE_TIMEOUT: Duration = Duration::from_secs(60);
 /// other HTTP/1.1 limits are not applied (the pooled client cannot count per connection).
 #[derive(Clone, Debug, Default)]
 pub struct PoolOptions {
-    http1: Option<Client<HttpConnector, UpBody>>,
+    http1: Option<Arc<H1Pool>>,
     connect_timeout: Option<Duration>,
     max_requests_per_connection: Option<u32>,
     /// DestinationRule `tls.mode: DISABLE`: meshed hops of this backend stay plaintext.
@@ -127,7 +128,7 @@ impl PoolOptions {
             };
         }
         Self {
-            http1: Some(http1_client(
+            http1: Some(H1Pool::new(
                 connect_timeout.unwrap_or(CONNECT_TIMEOUT),
                 idle_timeout.unwrap_or(IDLE_TIMEOUT),
             )),
@@ -145,23 +146,10 @@ struct Pooled {
     used: u32,
 }
 
-fn http1_client(
-    connect_timeout: Duration,
-    idle_timeout: Duration,
-) -> Client<HttpConnector, UpBody> {
-    let mut connector = HttpConnector::new();
-    connector.set_nodelay(true);
-    connector.set_connect_timeout(Some(connect_timeout));
-    Client::builder(TokioExecutor::new())
-        .pool_idle_timeout(idle_timeout)
-        .pool_timer(TokioTimer::new())
-        .build(connector)
-}
-
 /// All upstream clients of one proxy; shared by every listener.
 #[derive(Debug)]
 pub struct Upstreams {
-    http1: Client<HttpConnector, UpBody>,
+    http1: Arc<H1Pool>,
     /// Keyed by endpoint and whether the connection is mTLS.
     http2: Mutex<HashMap<(SocketAddr, bool), Pooled>>,
     identity: Arc<MeshIdentity>,
@@ -181,7 +169,7 @@ impl Upstreams {
     /// Upstream clients that dial meshed peers over mTLS with `identity`'s certificate.
     pub fn with_identity(identity: Arc<MeshIdentity>) -> Self {
         Self {
-            http1: http1_client(CONNECT_TIMEOUT, IDLE_TIMEOUT),
+            http1: H1Pool::new(CONNECT_TIMEOUT, IDLE_TIMEOUT),
             http2: Mutex::new(HashMap::new()),
             identity,
         }
@@ -193,43 +181,25 @@ impl Upstreams {
         peer.filter(|_| !opts.plaintext && self.identity.is_certified())
     }
 
-    /// Sends an HTTP/1.1 request (Host already set) to `addr` over a pooled connection.
+    /// Sends an HTTP/1.1 request to `addr` over a pooled connection (the pool is keyed by
+    /// the endpoint, while the Host header keeps the application's authority).
     pub async fn send_http1(
         &self,
         addr: SocketAddr,
         mut req: Request<UpBody>,
         opts: &PoolOptions,
     ) -> Result<Response<Incoming>, UpstreamError> {
-        // The legacy client dials the URI's authority; pointing it at the endpoint makes the
-        // endpoint the pool key while the Host header keeps the application's authority.
-        let path = req.uri().path_and_query().map_or("/", |p| p.as_str());
-        let uri = Uri::builder()
-            .scheme("http")
-            .authority(addr.to_string())
-            .path_and_query(path)
-            .build()
-            .map_err(|_| UpstreamError::Uri { addr })?;
-        *req.uri_mut() = uri;
         if opts.max_requests_per_connection == Some(1) {
             req.headers_mut().insert(
                 http::header::CONNECTION,
                 http::HeaderValue::from_static("close"),
             );
         }
-        let client = opts.http1.as_ref().unwrap_or(&self.http1);
-        client.request(req).await.map_err(|e| {
-            if e.is_connect() {
-                UpstreamError::Connect {
-                    addr,
-                    source: std::io::Error::other(e),
-                }
-            } else {
-                UpstreamError::Request {
-                    addr,
-                    source: Box::new(e),
-                }
-            }
-        })
+        opts.http1
+            .as_ref()
+            .unwrap_or(&self.http1)
+            .send(addr, req)
+            .await
     }
 
     /// Sends an HTTP/2 request (absolute URI) to `addr`, over the endpoint's one multiplexed

@@ -53,34 +53,96 @@ fn connection_tokens(headers: &HeaderMap) -> impl Iterator<Item = &str> {
 
 /// Removes hop-by-hop headers (RFC 9110 §7.6.1). With `upgrade`, `Connection: upgrade` and
 /// `Upgrade` survive so the next hop sees the switch request (or the 101 answer).
+///
+/// Runs twice per request (request and response), so it first scans the names once and then
+/// touches only those present: a removal of an absent name still costs a hashed lookup, and
+/// most messages carry none of these names, or only `Connection: keep-alive`.
 pub fn strip_hop_by_hop(headers: &mut HeaderMap, upgrade: bool) {
-    let named: Vec<HeaderName> = connection_tokens(headers)
-        .filter(|t| !(upgrade && t.eq_ignore_ascii_case("upgrade")))
-        .filter_map(|t| HeaderName::from_bytes(t.as_bytes()).ok())
-        .collect();
-    for name in named {
-        headers.remove(name);
+    let mut has = Present::default();
+    for name in headers.keys() {
+        if *name == header::CONNECTION {
+            has.connection = true;
+        } else if *name == header::TRANSFER_ENCODING {
+            has.transfer_encoding = true;
+        } else if *name == header::UPGRADE {
+            has.upgrade = true;
+        } else if *name == header::TE {
+            has.te = true;
+        } else if *name == KEEP_ALIVE {
+            has.keep_alive = true;
+        } else if *name == PROXY_CONNECTION {
+            has.proxy_connection = true;
+        }
     }
-    for name in [KEEP_ALIVE, PROXY_CONNECTION, header::TRANSFER_ENCODING] {
-        headers.remove(name);
+    if has.connection {
+        // Headers the Connection header names. Names handled below anyway need no lookup
+        // (nor a `HeaderName`): `upgrade` is kept on upgrades and removed otherwise; only
+        // other names (rare) are collected.
+        let named = |t: &&str| {
+            ![
+                "keep-alive",
+                "proxy-connection",
+                "transfer-encoding",
+                "connection",
+                "upgrade",
+            ]
+            .iter()
+            .any(|n| t.eq_ignore_ascii_case(n))
+        };
+        if connection_tokens(headers).any(|t| named(&t)) {
+            let named: Vec<HeaderName> = connection_tokens(headers)
+                .filter(named)
+                .filter_map(|t| HeaderName::from_bytes(t.as_bytes()).ok())
+                .collect();
+            for name in named {
+                headers.remove(name);
+            }
+        }
+    }
+    if has.keep_alive {
+        headers.remove(KEEP_ALIVE);
+    }
+    if has.proxy_connection {
+        headers.remove(PROXY_CONNECTION);
+    }
+    if has.transfer_encoding {
+        headers.remove(header::TRANSFER_ENCODING);
     }
     if upgrade {
         headers.insert(header::CONNECTION, HeaderValue::from_static("upgrade"));
     } else {
-        headers.remove(header::CONNECTION);
-        headers.remove(header::UPGRADE);
+        if has.connection {
+            headers.remove(header::CONNECTION);
+        }
+        if has.upgrade {
+            headers.remove(header::UPGRADE);
+        }
     }
-    // TE may only say "trailers" on HTTP/2, and gRPC needs exactly that to pass.
-    let keep_te = headers.get_all(header::TE).iter().any(|v| {
-        v.to_str().is_ok_and(|s| {
-            s.split(',')
-                .any(|t| t.trim().eq_ignore_ascii_case("trailers"))
-        })
-    });
-    headers.remove(header::TE);
-    if keep_te {
-        headers.insert(header::TE, HeaderValue::from_static("trailers"));
+    // TE may only say "trailers" on HTTP/2, and gRPC needs exactly that to pass. (A `te`
+    // token in Connection removed it above, and then it is not kept.)
+    if has.te {
+        let keep_te = headers.get_all(header::TE).iter().any(|v| {
+            v.to_str().is_ok_and(|s| {
+                s.split(',')
+                    .any(|t| t.trim().eq_ignore_ascii_case("trailers"))
+            })
+        });
+        headers.remove(header::TE);
+        if keep_te {
+            headers.insert(header::TE, HeaderValue::from_static("trailers"));
+        }
     }
+}
+
+/// Which hop-by-hop names a header map holds.
+#[derive(Default)]
+struct Present {
+    connection: bool,
+    transfer_encoding: bool,
+    upgrade: bool,
+    te: bool,
+    keep_alive: bool,
+    proxy_connection: bool,
 }
 
 /// The HTTP version spoken on the next hop.
@@ -204,6 +266,22 @@ mod tests {
         strip_hop_by_hop(&mut h, false);
         let names: Vec<&str> = h.keys().map(|k| k.as_str()).collect();
         assert_eq!(names, vec!["x-app"]);
+    }
+
+    #[test]
+    fn te_named_in_connection_is_dropped_and_plain_messages_are_untouched() {
+        let mut h = headers(&[
+            ("connection", "te, close"),
+            ("te", "trailers"),
+            ("close", "x"),
+        ]);
+        strip_hop_by_hop(&mut h, false);
+        assert!(h.is_empty(), "{h:?}");
+        let mut h = headers(&[("content-length", "3"), ("x-app", "kept")]);
+        strip_hop_by_hop(&mut h, false);
+        assert_eq!(h.len(), 2);
+        strip_hop_by_hop(&mut h, true);
+        assert_eq!(h["connection"], "upgrade");
     }
 
     #[test]
