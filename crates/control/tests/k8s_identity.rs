@@ -338,3 +338,127 @@ async fn certificates_by_service_account_token_and_token_review() {
     bad.wait().await;
     control.stop().await;
 }
+
+/// The caBundle of both webhook configurations, decoded.
+async fn ca_bundles(kube: &kube::Client) -> Option<(String, String)> {
+    use k8s_openapi::api::admissionregistration::v1::{
+        MutatingWebhookConfiguration, ValidatingWebhookConfiguration,
+    };
+    let mutating: Api<MutatingWebhookConfiguration> = Api::all(kube.clone());
+    let validating: Api<ValidatingWebhookConfiguration> = Api::all(kube.clone());
+    let m = mutating.get("trellis-sidecar-injector").await.ok()?;
+    let v = validating.get("trellis-config-validator").await.ok()?;
+    let m = m.webhooks?.first()?.client_config.ca_bundle.clone()?;
+    let v = v.webhooks?.first()?.client_config.ca_bundle.clone()?;
+    Some((
+        String::from_utf8(m.0).unwrap(),
+        String::from_utf8(v.0).unwrap(),
+    ))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn webhook_certificate_from_the_mesh_ca_through_an_anchor_rotation() {
+    use k8s_openapi::api::core::v1::Pod;
+    use trellis_control::ca::RotationStep;
+    use trellis_control::k8s::apply;
+    use trellis_control::k8s::manifests::{Values, render};
+
+    let Some(testbed) = Testbed::start() else {
+        return;
+    };
+    let kube = testbed.client().await;
+    let webhook: SocketAddr = format!("127.0.0.1:{}", k8s_testbed::free_port())
+        .parse()
+        .unwrap();
+    let mut values = Values::default();
+    values
+        .set(&format!("webhook.url=https://{webhook}"))
+        .unwrap();
+    // Fail: a webhook the API server cannot verify refuses the pod instead of skipping it.
+    values.set("webhook.failurePolicy=Fail").unwrap();
+    apply::apply(&kube, &render(&values)).await.unwrap();
+    let namespaces: Api<Namespace> = Api::all(kube.clone());
+    namespaces
+        .create(
+            &PostParams::default(),
+            &serde_json::from_value(
+                json!({"metadata": {"name": "shop", "labels": {"trellis.io/inject": "enabled"}}}),
+            )
+            .unwrap(),
+        )
+        .await
+        .unwrap();
+
+    let any: SocketAddr = "127.0.0.1:0".parse().unwrap();
+    let control = ControlPlane::start(ControlConfig {
+        discovery_addr: any,
+        http_addr: any,
+        kubernetes: Some(KubeOptions {
+            kubeconfig: Some(testbed.kubeconfig.clone()),
+            webhook_addr: Some(webhook),
+            webhook_names: vec!["127.0.0.1".into()],
+            sync_timeout: Duration::from_secs(20),
+            ..KubeOptions::default()
+        }),
+        ..ControlConfig::default()
+    })
+    .await
+    .unwrap();
+    let ca = control.ca().clone();
+    let roots = || ca.bundle_rx().borrow().bundle.roots_pem.clone();
+
+    // The caBundle is the mesh's root, not a CA of the webhook's own.
+    let want = roots().concat();
+    eventually("caBundle = the mesh root", || async {
+        let (m, v) = ca_bundles(&kube).await?;
+        (m == want && v == want).then_some(())
+    })
+    .await;
+    let pods: Api<Pod> = Api::namespaced(kube.clone(), "shop");
+    let mut n = 0;
+    let mut injected = |what: &'static str| {
+        n += 1;
+        let pods = pods.clone();
+        let name = format!("web-{n}");
+        async move {
+            let pod = serde_json::from_value(json!({
+                "metadata": {"name": name},
+                "spec": {"containers": [{"name": "app", "image": "web:1"}]},
+            }))
+            .unwrap();
+            let created = pods
+                .create(&PostParams::default(), &pod)
+                .await
+                .unwrap_or_else(|e| panic!("{what}: {e}"));
+            let first = created.spec.unwrap().containers[0].name.clone();
+            assert_eq!(first, "trellis-proxy", "{what}");
+        }
+    };
+    injected("before the rotation").await;
+
+    // prepare: both roots in the caBundle; activate: the serving leaf is reissued by the new
+    // issuer (trusted through the new root); retire: only the new root, and the API server
+    // still reaches the webhook.
+    ca.rotate(RotationStep::Prepare).unwrap();
+    let want = roots().concat();
+    assert_eq!(roots().len(), 2);
+    eventually("caBundle with both roots", || async {
+        let (m, v) = ca_bundles(&kube).await?;
+        (m == want && v == want).then_some(())
+    })
+    .await;
+    injected("prepared").await;
+    ca.rotate(RotationStep::Activate).unwrap();
+    injected("activated").await;
+    ca.rotate(RotationStep::Retire).unwrap();
+    let new_root = roots();
+    assert_eq!(new_root.len(), 1);
+    let want = new_root.concat();
+    eventually("caBundle with the new root only", || async {
+        let (m, v) = ca_bundles(&kube).await?;
+        (m == want && v == want).then_some(())
+    })
+    .await;
+    injected("retired").await;
+    control.stop().await;
+}
