@@ -34,8 +34,12 @@ pub fn router(shared: Arc<Shared>, ready: Arc<AtomicBool>) -> Router {
         .route("/metrics", get(metrics))
         .route("/live", get(|| async { "live\n" }))
         .route("/ready", get(is_ready))
-        .with_state(App { shared, ready });
-    api.merge(trellis_dashboard::router())
+        .with_state(App {
+            shared: shared.clone(),
+            ready,
+        });
+    api.merge(crate::dashboard_api::router(shared))
+        .merge(trellis_dashboard::router())
 }
 
 #[derive(Serialize)]

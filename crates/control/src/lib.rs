@@ -9,6 +9,7 @@
 pub mod ca;
 pub mod cli;
 pub mod compile;
+pub mod dashboard_api;
 pub mod discovery;
 pub mod http;
 pub mod k8s;

@@ -1,0 +1,170 @@
+//! The dashboard's metrics source and its JSON API (`/api/v1/graph`, `/api/v1/proxies`,
+//! `/api/v1/routes`, and per workload, service and route time series).
+//!
+//! Every [`SCRAPE_INTERVAL`] a task reads each registered proxy's admin `/metrics` and
+//! `/config_dump` (the registry knows the admin addresses), turns the counters' increases into
+//! per-edge, per-node and per-route points ([`series`]), and keeps the last 15 minutes in a
+//! fixed-size ring; it also checks whether each proxy holds the config the control plane would
+//! send now ([`sync`]). Handlers only read that state. Pure parts (`prom`, `series`, `graph`,
+//! `sync`) are tested without sockets; `fetch` is the only I/O.
+//!
+//! This module must not change what proxies are sent: it only reads the shared state. It scrapes
+//! from the control plane's own network position, which in Kubernetes mode means pod IPs (the
+//! admin port must be reachable from the control plane's pod).
+
+mod fetch;
+mod graph;
+mod handlers;
+mod prom;
+mod series;
+mod sync;
+
+use std::collections::{BTreeMap, HashMap};
+use std::net::SocketAddr;
+use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use axum::Router;
+use tokio::time::Instant;
+
+use crate::registry::WorkloadKey;
+use crate::state::Shared;
+
+pub use graph::{FAILING_BELOW, MIN_REQUESTS_FOR_HEALTH};
+pub use series::HISTORY_TICKS;
+
+/// How often proxies are scraped: the graph's freshness and the series' resolution.
+pub const SCRAPE_INTERVAL: Duration = Duration::from_secs(2);
+/// One proxy's scrape (both requests) must finish within this.
+const SCRAPE_TIMEOUT: Duration = Duration::from_millis(1500);
+
+/// What the last scrape of one proxy found.
+#[derive(Clone, Debug)]
+struct ProxyScrape {
+    proxy_id: String,
+    at: Instant,
+    /// Why `/metrics` could not be read.
+    metrics_error: Option<String>,
+    sync: sync::SyncReport,
+}
+
+/// The state the scraper writes and the handlers read. Locks are held only to copy in or out,
+/// never across an await.
+#[derive(Debug, Default)]
+pub struct DashboardState {
+    history: Mutex<series::History>,
+    proxies: Mutex<BTreeMap<WorkloadKey, ProxyScrape>>,
+}
+
+fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+    // A panic mid-update leaves at worst a partial tick; reading on is safe.
+    m.lock().unwrap_or_else(PoisonError::into_inner)
+}
+
+fn unix_ms() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
+}
+
+/// The dashboard API's routes, and (inside a Tokio runtime) the scraper task, which stops
+/// with the control plane's shutdown token.
+pub fn router(shared: Arc<Shared>) -> Router {
+    let state = Arc::new(DashboardState::default());
+    if tokio::runtime::Handle::try_current().is_ok() {
+        tokio::spawn(run(shared.clone(), state.clone()));
+    }
+    handlers::routes(shared, state)
+}
+
+/// One proxy to scrape.
+struct Target {
+    key: WorkloadKey,
+    proxy_id: String,
+    admin: Option<SocketAddr>,
+}
+
+async fn scrape(target: &Target) -> (Result<series::Snapshot, String>, Option<serde_json::Value>) {
+    let Some(admin) = target.admin else {
+        return (Err("no admin address registered".to_string()), None);
+    };
+    let (metrics, dump) = tokio::join!(
+        fetch::get_text(admin, "/metrics", SCRAPE_TIMEOUT),
+        fetch::get_text(admin, "/config_dump", SCRAPE_TIMEOUT),
+    );
+    let metrics = metrics
+        .map(|text| series::snapshot(&text))
+        .map_err(|e| e.to_string());
+    let dump = dump.ok().and_then(|t| serde_json::from_str(&t).ok());
+    (metrics, dump)
+}
+
+async fn run(shared: Arc<Shared>, state: Arc<DashboardState>) {
+    let mut ticker = tokio::time::interval(SCRAPE_INTERVAL);
+    ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    // The last snapshot of each proxy, by workload and proxy id (a restarted proxy has a new
+    // id, so its counters start a new baseline rather than a negative delta).
+    let mut previous: HashMap<(WorkloadKey, String), series::Snapshot> = HashMap::new();
+    let mut last_round: Option<Instant> = None;
+    loop {
+        tokio::select! {
+            () = shared.shutdown.cancelled() => return,
+            _ = ticker.tick() => {}
+        }
+        let targets: Vec<Target> = shared
+            .registry()
+            .registrations()
+            .map(|r| Target {
+                key: (r.workload.namespace.clone(), r.workload.name.clone()),
+                proxy_id: r.proxy_id.clone(),
+                admin: r.workload.admin_address,
+            })
+            .collect();
+        let results = futures_util::future::join_all(targets.iter().map(scrape)).await;
+        let now = Instant::now();
+        let secs = last_round.map_or(0.0, |t| now.duration_since(t).as_secs_f64());
+        last_round = Some(now);
+
+        let mut deltas = Vec::with_capacity(targets.len());
+        let mut seen = HashMap::with_capacity(targets.len());
+        let mut scrapes = BTreeMap::new();
+        for (target, (metrics, dump)) in targets.into_iter().zip(results) {
+            let id = (target.key.clone(), target.proxy_id.clone());
+            let metrics_error = match metrics {
+                Ok(snapshot) => {
+                    if let Some(before) = previous.get(&id) {
+                        deltas.push(series::delta(before, &snapshot));
+                    }
+                    seen.insert(id, snapshot);
+                    None
+                }
+                Err(e) => {
+                    // Keep the old baseline: the next good scrape measures from it.
+                    if let Some(before) = previous.remove(&id) {
+                        seen.insert(id, before);
+                    }
+                    Some(e)
+                }
+            };
+            let sync = dump.map_or_else(sync::SyncReport::unknown, |d| {
+                handlers::check_sync(&shared, &d)
+            });
+            scrapes.insert(
+                target.key,
+                ProxyScrape {
+                    proxy_id: target.proxy_id,
+                    at: now,
+                    metrics_error,
+                    sync,
+                },
+            );
+        }
+        // Proxies that left the registry are forgotten with their baselines: memory follows
+        // the registry, not history.
+        previous = seen;
+        if secs > 0.0 {
+            lock(&state.history).push(unix_ms(), secs, deltas);
+        }
+        *lock(&state.proxies) = scrapes;
+    }
+}
