@@ -289,9 +289,221 @@ fn timeout_retries_fault_mirror_headers_and_policy() {
         "--config-dir",
         dir,
     ]);
-    assert!(text.contains("route:          none"), "{text}");
+    // A path no rule of the VirtualService matches: Istio answers 404 (Envoy's NR), and so
+    // does the proxy, without sending anything.
     assert!(
-        text.contains("timeout:        none (proxy default)"),
+        text.contains(
+            "route:          no matching route \u{2192} 404 (VirtualService default/ratings"
+        ),
+        "{text}"
+    );
+    assert!(
+        text.contains("answer:         404 from the proxy (trellis-error: no route)"),
+        "{text}"
+    );
+    assert!(
+        text.contains("timeout:        none (the proxy answers"),
+        "{text}"
+    );
+}
+
+/// Istio's reviews routing by path: jason's `/reviews/*` to v2, everyone else's to v3, and no
+/// rule for any other path.
+fn reviews_paths_config() -> tempfile::TempDir {
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::copy(
+        format!("{NETWORKING}/destination-rule-all.yaml"),
+        dir.path().join("destination-rule-all.yaml"),
+    )
+    .unwrap();
+    std::fs::write(
+        dir.path().join("reviews-paths.yaml"),
+        "apiVersion: networking.istio.io/v1
+kind: VirtualService
+metadata: {name: reviews}
+spec:
+  hosts: [reviews]
+  http:
+  - match:
+    - uri: {prefix: /reviews/}
+      headers:
+        end-user: {exact: jason}
+    route:
+    - destination: {host: reviews, subset: v2}
+  - match:
+    - uri: {prefix: /reviews/}
+    route:
+    - destination: {host: reviews, subset: v3}
+",
+    )
+    .unwrap();
+    dir
+}
+
+/// A plain HTTP/1 GET with optional `end-user`; (status, trellis-error, body).
+async fn get(
+    client: &Client<HttpConnector, Full<Bytes>>,
+    url: &str,
+    user: Option<&str>,
+) -> (u16, String, Value) {
+    let mut req = http::Request::get(url);
+    if let Some(user) = user {
+        req = req.header("end-user", user);
+    }
+    let req = req.body(Full::new(Bytes::new())).unwrap();
+    let exchange = async {
+        let resp = client.request(req).await.unwrap();
+        let status = resp.status().as_u16();
+        let reason = resp
+            .headers()
+            .get("trellis-error")
+            .map(|v| v.to_str().unwrap().to_string())
+            .unwrap_or_default();
+        let body = resp.into_body().collect().await.unwrap().to_bytes();
+        (status, reason, body)
+    };
+    let (status, reason, body) = tokio::time::timeout(Duration::from_secs(10), exchange)
+        .await
+        .unwrap();
+    (
+        status,
+        reason,
+        serde_json::from_slice(&body).unwrap_or(Value::Null),
+    )
+}
+
+/// A VirtualService none of whose rules match: explain says 404, and the calling proxy then
+/// answers 404 `trellis-error: no route` itself (productpage's outbound port for reviews),
+/// while the paths the rules name still reach their subsets.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn no_matching_route_is_404_in_explain_and_in_the_proxy() {
+    let config = reviews_paths_config();
+    let d = config.path().to_str().unwrap().to_string();
+    let args = [
+        "--from",
+        "productpage",
+        "GET",
+        "http://reviews:9080/health",
+        "--config-dir",
+        &d,
+    ];
+    let (code, text, err) = tokio::task::block_in_place(|| run(&args));
+    assert_eq!(code, 0, "{err}");
+    assert!(
+        text.contains(
+            "route:          no matching route \u{2192} 404 (VirtualService default/reviews"
+        ),
+        "{text}"
+    );
+    let mut json_args = args.to_vec();
+    json_args.extend(["-o", "json"]);
+    let (_, json, _) = tokio::task::block_in_place(|| run(&json_args));
+    let json: Value = serde_json::from_str(&json).unwrap();
+    assert_eq!(json["action"]["kind"], "no_route", "{json:#}");
+    assert_eq!(json["action"]["status"], 404);
+    assert_eq!(json["route"]["name"], "reviews/no-route");
+
+    let path = config.path().to_path_buf();
+    let demo = tokio::task::spawn_blocking(move || Demo::start(&path))
+        .await
+        .unwrap();
+    // The live control plane compiles the same catch-all.
+    let control = demo.control_url();
+    let live_args = [
+        "--from",
+        "productpage-v1",
+        "GET",
+        "http://reviews:9080/health",
+        "--control",
+        &control,
+        "-o",
+        "json",
+    ];
+    let (code, live, err) = tokio::task::block_in_place(|| run(&live_args));
+    assert_eq!(code, 0, "{err}");
+    let live: Value = serde_json::from_str(&live).unwrap();
+    assert_eq!(live["action"], json["action"], "{live:#}");
+
+    let client = Client::builder(TokioExecutor::new()).build_http();
+    let productpage = demo.status["workloads"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|w| w["workload"] == "productpage-v1")
+        .unwrap();
+    let admin = productpage["admin"].as_str().unwrap();
+    let (status, _, dump) = get(&client, &format!("http://{admin}/config_dump"), None).await;
+    assert_eq!(status, 200);
+    let outbound = dump["proxy"]["listeners"]["outbound_ports"]["reviews.default:9080"]
+        .as_str()
+        .unwrap_or_else(|| panic!("no outbound port for reviews: {dump:#}"))
+        .to_string();
+    for _ in 0..10 {
+        let (status, reason, _) = get(&client, &format!("http://{outbound}/health"), None).await;
+        assert_eq!((status, reason.as_str()), (404, "no route"));
+        let (status, reason, _) =
+            get(&client, &format!("http://{outbound}/health"), Some("jason")).await;
+        assert_eq!((status, reason.as_str()), (404, "no route"));
+        let reviews = format!("http://{outbound}/reviews/0");
+        let (status, _, body) = get(&client, &reviews, Some("jason")).await;
+        assert_eq!(
+            (status, &body["version"]),
+            (200, &Value::from("v2")),
+            "{body}"
+        );
+        let (status, _, body) = get(&client, &reviews, None).await;
+        assert_eq!(
+            (status, &body["version"]),
+            (200, &Value::from("v3")),
+            "{body}"
+        );
+    }
+}
+
+/// Gateway API routes: a request no HTTPRoute rule matches gets 404, and a gRPC call no
+/// GRPCRoute rule matches gets UNIMPLEMENTED; a Linkerd ServiceProfile leaves unmatched requests
+/// to the service.
+#[test]
+fn no_route_answers_per_api() {
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::copy(
+        "../config/tests/fixtures/traffic/no-route.yaml",
+        dir.path().join("no-route.yaml"),
+    )
+    .unwrap();
+    let d = dir.path().to_str().unwrap();
+    let explain = |method: &str, url: &str, extra: &[&str]| {
+        let mut args = vec!["--from", "productpage", method, url, "--config-dir", d];
+        args.extend(extra);
+        let (code, out, err) = run(&args);
+        assert_eq!(code, 0, "{err}");
+        out
+    };
+    let text = explain("GET", "http://reviews:9080/other", &[]);
+    assert!(
+        text.contains(
+            "route:          no matching route \u{2192} 404 (HTTPRoute default/reviews-api"
+        ),
+        "{text}"
+    );
+    let text = explain(
+        "POST",
+        "http://ratings:9080/bookinfo.Ratings/List",
+        &["-H", "content-type:application/grpc"],
+    );
+    assert!(
+        text.contains(
+            "no matching route \u{2192} gRPC UNIMPLEMENTED (12) (GRPCRoute default/ratings-grpc-get"
+        ),
+        "{text}"
+    );
+    assert!(
+        text.contains("answer:         200, grpc-status 12 from the proxy"),
+        "{text}"
+    );
+    let text = explain("POST", "http://ratings:9080/bookinfo.Ratings/Get", &[]);
+    assert!(
+        text.contains("route:          GRPCRoute default/ratings-grpc-get rule 0"),
         "{text}"
     );
 }

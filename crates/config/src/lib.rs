@@ -18,6 +18,7 @@ pub mod istio;
 mod kinds;
 pub mod kube;
 pub mod linkerd;
+pub mod no_route;
 pub mod smi;
 pub mod traffic;
 

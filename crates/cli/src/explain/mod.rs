@@ -195,8 +195,25 @@ pub fn render_text(e: &Explanation) -> String {
             );
         }
     }
-    match &e.route {
-        Some(r) => {
+    match (&e.route, &e.action) {
+        (
+            Some(r),
+            Action::NoRoute {
+                status,
+                grpc_status,
+            },
+        ) => {
+            let answer = match grpc_status {
+                Some(code) => format!("gRPC UNIMPLEMENTED ({code})"),
+                None => status.to_string(),
+            };
+            let _ = writeln!(
+                s,
+                "route:          no matching route \u{2192} {answer} ({} routes this service; none of its rules matches)",
+                r.resource
+            );
+        }
+        (Some(r), _) => {
             let _ = writeln!(
                 s,
                 "route:          {} rule {} ({})",
@@ -208,10 +225,10 @@ pub fn render_text(e: &Explanation) -> String {
             };
             let _ = writeln!(s, "matched:        {m}");
         }
-        None if e.destination.is_some() => {
+        (None, _) if e.destination.is_some() => {
             let _ = writeln!(s, "route:          none: the service's own endpoints");
         }
-        None => {}
+        (None, _) => {}
     }
     match &e.action {
         Action::Forward { backends } => {
@@ -255,6 +272,18 @@ pub fn render_text(e: &Explanation) -> String {
         }
         Action::DirectResponse { status } => {
             let _ = writeln!(s, "direct answer:  {status}");
+        }
+        Action::NoRoute {
+            status,
+            grpc_status,
+        } => {
+            let grpc = grpc_status
+                .map(|c| format!(", grpc-status {c}"))
+                .unwrap_or_default();
+            let _ = writeln!(
+                s,
+                "answer:         {status}{grpc} from the proxy (trellis-error: no route)"
+            );
         }
         Action::NoDestination => {}
     }

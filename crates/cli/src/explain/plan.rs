@@ -21,6 +21,8 @@ use trellis_model::{Destination, Target, Workload};
 pub const DEFAULT_RETRIES: &str = "2 retries on connect-failure, refused-stream (proxy default: the request never reached the application)";
 /// The proxy's request timeout when a route sets none.
 pub const DEFAULT_TIMEOUT: &str = "none (proxy default)";
+/// Timeout and retries of a request the proxy answers itself.
+pub const NOT_SENT: &str = "none (the proxy answers; nothing is sent)";
 /// Until authorization policies land (a later issue), nothing is evaluated.
 pub const AUTHORIZATION: &str = "not evaluated (no policies)";
 
@@ -101,6 +103,14 @@ pub enum Action {
     },
     DirectResponse {
         status: u16,
+    },
+    /// A routing resource (VirtualService, HTTPRoute, GRPCRoute) governs the destination but
+    /// none of its routes matches: the proxy answers itself, as Istio and Gateway API do (404;
+    /// gRPC UNIMPLEMENTED for a GRPCRoute, in a 200 trailers-only answer).
+    NoRoute {
+        status: u16,
+        #[serde(skip_serializing_if = "Option::is_none")]
+        grpc_status: Option<u32>,
     },
     /// No destination: 503.
     NoDestination,
@@ -210,8 +220,32 @@ pub fn explain_destination(
             .and_then(|m| serde_json::to_string(m).ok()),
         match_index,
     });
+    if trellis_config::no_route::is_no_route(route) {
+        describe_no_route(route, &mut out);
+        return out;
+    }
     describe_route(subset_labels, dest, route, &mut out);
     out
+}
+
+/// The no-route catch-all: nothing is sent anywhere, so no timeout, retries or backends apply.
+fn describe_no_route(route: &HttpRoute, out: &mut Explanation) {
+    let status = match &route.action {
+        RouteAction::DirectResponse { status, .. } => *status,
+        _ => 404,
+    };
+    let grpc_status = route
+        .response_headers
+        .set
+        .iter()
+        .find(|(k, _)| k == "grpc-status")
+        .and_then(|(_, v)| v.parse().ok());
+    out.action = Action::NoRoute {
+        status,
+        grpc_status,
+    };
+    out.timeout = NOT_SENT.to_string();
+    out.retries = NOT_SENT.to_string();
 }
 
 fn describe_route(

@@ -149,17 +149,19 @@ struct Timeouts {
 /// Orders Gateway API routes attached to one parent, most specific first: exact path, then
 /// the longest prefix (regex after prefixes), then a method match, then the most header
 /// matches, then the most query matches. Ties are broken by the caller (oldest, then
-/// namespace/name, then rule order), as the spec says.
+/// namespace/name, then rule order), as the spec says. `None` (a route without match blocks:
+/// only the no-route catch-all, since every rule's route has one) sorts after everything.
 pub fn precedence_key(m: Option<&HttpMatch>) -> impl Ord + use<> {
-    let (path_rank, path_len) = match m.and_then(|m| m.path.as_ref()) {
+    let Some(m) = m else {
+        return (3, Reverse(0), true, Reverse(0), Reverse(0));
+    };
+    let (path_rank, path_len) = match &m.path {
         Some(PathMatch::Exact(p)) => (0u8, Reverse(p.len())),
         Some(PathMatch::SegmentPrefix(p) | PathMatch::Prefix(p)) => (1, Reverse(p.len())),
         Some(PathMatch::Regex(r)) => (2, Reverse(r.as_str().len())),
         None => (1, Reverse(1)),
     };
-    let method = m.is_some_and(|m| m.method.is_some());
-    let headers = m.map_or(0, |m| m.headers.len());
-    let query = m.map_or(0, |m| m.query.len());
+    let (method, headers, query) = (m.method.is_some(), m.headers.len(), m.query.len());
     (
         path_rank,
         path_len,
@@ -483,6 +485,16 @@ fn finish(
     }
     let mut http = Vec::new();
     rules(&source, &mut http)?;
+    // A request to the parent that no rule matches gets 404 (HTTPRoute) or gRPC UNIMPLEMENTED
+    // (GRPCRoute), as the spec requires, not the Service's own endpoints. Its empty match list
+    // sorts after every rule of every route attached to the parent (`precedence_key`).
+    if !http.is_empty() && !http.iter().any(crate::no_route::takes_everything) {
+        http.push(if kind == "GRPCRoute" {
+            crate::no_route::grpc(&source)
+        } else {
+            crate::no_route::http(&source)
+        });
+    }
     Ok(Translated::Resource(Resource::Routes(Box::new(RouteSet {
         api: RouteApi::GatewayApi,
         source,
@@ -600,6 +612,13 @@ pub(crate) fn translate_grpc(value: serde_yaml::Value) -> Result<Translated, Fie
                 let forward =
                     backends(source, &format!("{field}.backendRefs"), &rule.backend_refs)?;
                 let name = rule_name(source, rule.name.as_ref(), i);
+                // A rule without matches matches every request; it gets one empty match block,
+                // so that only the no-route catch-all has none.
+                let matches = if matches.is_empty() {
+                    vec![HttpMatch::default()]
+                } else {
+                    matches
+                };
                 build(source, &field, name, matches, f, forward, None, None, out);
             }
             Ok(())
@@ -632,6 +651,13 @@ mod tests {
         let mut v = vec![&short, &method, &exact, &long];
         v.sort_by_key(|m| precedence_key(Some(m)));
         assert_eq!(v, [&exact, &long, &method, &short]);
+        // The no-route catch-all (no match block) comes after any rule, even a regex.
+        let regex = HttpMatch {
+            path: Some(PathMatch::Regex(Regex::new("x").unwrap())),
+            ..Default::default()
+        };
+        assert!(precedence_key(None) > precedence_key(Some(&regex)));
+        assert!(precedence_key(None) > precedence_key(Some(&HttpMatch::default())));
     }
 
     #[test]

@@ -244,6 +244,12 @@ pub(crate) fn translate(value: serde_yaml::Value) -> Result<Translated, FieldErr
             http.push(r);
         }
     }
+    // Istio answers a request to the host that no `http[]` route matches with 404 (Envoy's
+    // `NR`) instead of sending it to the service: the catch-all says so. Not for a
+    // VirtualService without `http[]` routes, whose HTTP traffic Istio leaves alone.
+    if !spec.http.is_empty() && !http.last().is_some_and(crate::no_route::takes_everything) {
+        http.push(crate::no_route::http(&source));
+    }
     let mut tcp = Vec::new();
     for (i, route) in spec.tcp.iter().enumerate() {
         tcp.extend(tcp_route(&source, &format!("spec.tcp[{i}]"), i, route)?);

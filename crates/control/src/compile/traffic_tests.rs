@@ -296,7 +296,18 @@ fn gateway_api_wins_over_virtual_service_and_routes_merge_by_specificity() {
     ]);
     let dest = compile_in(&snap, "reviews.default:9080");
     let names: Vec<&str> = dest.routes.iter().map(|r| r.name.as_str()).collect();
-    assert_eq!(names, ["b-exact/0", "c-longer/0", "a-prefix/0"]);
+    // Then each route's no-route catch-all (404 for what no rule matches), after every rule.
+    assert_eq!(
+        names,
+        [
+            "b-exact/0",
+            "c-longer/0",
+            "a-prefix/0",
+            "a-prefix/no-route",
+            "b-exact/no-route",
+            "c-longer/no-route"
+        ]
+    );
     let vs = row(&snap, "VirtualService", "reviews");
     assert_eq!(vs.status, Status::Conflicted);
     assert!(

@@ -64,7 +64,9 @@ pub fn response_flags(reason: Option<&str>) -> &'static str {
         "upstream connect failed" => "UF",
         "upstream reset" => "UR",
         "no endpoints" => "UH",
-        "no destination" | "discovery timeout" | "no application" | "no backends" => "NR",
+        "no destination" | "discovery timeout" | "no application" | "no backends" | "no route" => {
+            "NR"
+        }
         r if r.starts_with("circuit open") => "UO",
         "fault abort" => "FI",
         "forwarding loop" => "LOOP",
