@@ -14,6 +14,7 @@
 mod document;
 mod error;
 pub mod gateway;
+pub mod health_check;
 pub mod istio;
 mod kinds;
 pub mod kube;

@@ -71,6 +71,9 @@ pub struct PolicyLayer {
     /// DestinationRule `tls.mode`: `Some(true)` for DISABLE, `Some(false)` for ISTIO_MUTUAL.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub mtls_disabled: Option<bool>,
+    /// The `trellis.io/health-check` annotation (top level only).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub health_check: Option<trellis_model::policy::HealthCheck>,
 }
 
 impl PolicyLayer {
@@ -94,6 +97,9 @@ impl PolicyLayer {
         }
         if let Some(disabled) = self.mtls_disabled {
             policy.mtls_disabled = disabled;
+        }
+        if let Some(hc) = &self.health_check {
+            policy.health_check = Some(hc.clone());
         }
     }
 }

@@ -100,6 +100,20 @@ impl Default for OutlierDetection {
     }
 }
 
+/// Active health checking of a backend's endpoints: an HTTP GET of `path` on each endpoint
+/// every `interval` (jittered), answered 2xx or 3xx within `timeout` to pass. An endpoint that
+/// fails `unhealthy_threshold` probes in a row is taken out of the balancer until it passes
+/// `healthy_threshold` in a row. Istio has no field for this; Trellis reads the
+/// `trellis.io/health-check` annotation of a DestinationRule (docs/observability.md).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct HealthCheck {
+    pub path: String,
+    pub interval: Duration,
+    pub timeout: Duration,
+    pub unhealthy_threshold: u32,
+    pub healthy_threshold: u32,
+}
+
 /// How much retrying a backend allows: retries may add at most `ratio` of the requests, plus
 /// `min_per_second` so low-traffic services can still retry, counted over `ttl` (Linkerd's
 /// `retryBudget`). On by default, so a failing backend never sees a retry storm.
@@ -136,4 +150,7 @@ pub struct TrafficPolicy {
     /// (the default, ISTIO_MUTUAL, is mesh mTLS).
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub mtls_disabled: bool,
+    /// Active health checks (`None`: only passive outlier detection, if configured).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub health_check: Option<HealthCheck>,
 }

@@ -71,6 +71,7 @@ impl AdminState {
                 self.metrics.tap.render(&mut out);
                 self.metrics.authz.render(&mut out);
                 self.metrics.anomaly.render(&mut out);
+                crate::resilience::health::render(&mut out);
                 let mut resp = text(StatusCode::OK, out);
                 resp.headers_mut().insert(
                     header::CONTENT_TYPE,

@@ -48,6 +48,9 @@ pub struct BackendRt {
     outlier: Option<OutlierDetection>,
     next_sweep: Mutex<Option<Instant>>,
     origin: Instant,
+    /// Active health checks of this backend's endpoints; kept (with the endpoints' health)
+    /// while the config is unchanged.
+    health: Option<Arc<crate::resilience::health::Checker>>,
 }
 
 impl BackendRt {
@@ -59,7 +62,7 @@ impl BackendRt {
         known: &mut HashMap<SocketAddr, Arc<EndpointState>>,
         old: Option<&BackendRt>,
     ) -> Self {
-        let states = endpoints
+        let states: Vec<Arc<EndpointState>> = endpoints
             .iter()
             .map(|e| {
                 let state = match known.get(&e.address) {
@@ -76,6 +79,19 @@ impl BackendRt {
             LoadBalancer::ConsistentHash { key, .. } => Some(key.clone()),
             _ => None,
         };
+        let health = policy.health_check.as_ref().map(|hc| {
+            match old.and_then(|o| o.health.as_ref()).filter(|c| c.config() == hc) {
+                Some(checker) => {
+                    checker.set_endpoints(states.clone());
+                    checker.clone()
+                }
+                None => crate::resilience::health::Checker::start(
+                    hc.clone(),
+                    authority,
+                    states.clone(),
+                ),
+            }
+        });
         let keep_limits = old.filter(|o| o.pool == policy.connection_pool);
         let keep_budget = old.filter(|o| o.budget_config == policy.retry_budget);
         Self {
@@ -111,6 +127,7 @@ impl BackendRt {
             outlier: policy.outlier_detection.clone(),
             next_sweep: Mutex::new(None),
             origin: old.map_or_else(Instant::now, |o| o.origin),
+            health,
         }
     }
 

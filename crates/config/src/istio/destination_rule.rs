@@ -27,8 +27,17 @@ use crate::traffic::{
 
 #[derive(Debug, Deserialize)]
 struct DestinationRule {
-    metadata: Meta,
+    metadata: Metadata,
     spec: Spec,
+}
+
+/// The metadata, with the annotations Trellis reads (`trellis.io/health-check`).
+#[derive(Debug, Deserialize)]
+struct Metadata {
+    #[serde(flatten)]
+    meta: Meta,
+    #[serde(default)]
+    annotations: std::collections::BTreeMap<String, String>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -158,7 +167,7 @@ struct TlsSpec {
 
 pub(crate) fn translate(value: serde_yaml::Value) -> Result<Translated, FieldError> {
     let dr: DestinationRule = from_value(value)?;
-    let source = dr.metadata.reference("DestinationRule")?;
+    let source = dr.metadata.meta.reference("DestinationRule")?;
     let spec = dr.spec;
     let mut notes = Vec::new();
     if spec.workload_selector.is_some() {
@@ -176,10 +185,11 @@ pub(crate) fn translate(value: serde_yaml::Value) -> Result<Translated, FieldErr
             spec.host
         )));
     };
-    let (policy, port_policies) = match &spec.traffic_policy {
+    let (mut policy, port_policies) = match &spec.traffic_policy {
         None => (PolicyLayer::default(), Vec::new()),
         Some(p) => traffic_policy(&mut notes, "spec.trafficPolicy", p)?,
     };
+    policy.health_check = crate::health_check::from_annotations(&dr.metadata.annotations)?;
     let mut subsets: Vec<Subset> = Vec::new();
     for (i, s) in spec.subsets.iter().enumerate() {
         let field = format!("spec.subsets[{i}]");
@@ -206,7 +216,7 @@ pub(crate) fn translate(value: serde_yaml::Value) -> Result<Translated, FieldErr
     Ok(Translated::Resource(Resource::DestinationPolicy(Box::new(
         DestinationPolicy {
             source,
-            created: dr.metadata.creation_timestamp,
+            created: dr.metadata.meta.creation_timestamp,
             host,
             policy,
             port_policies,
@@ -307,6 +317,7 @@ fn layer(
             .transpose()?,
         retry_budget: None,
         mtls_disabled,
+        health_check: None,
     })
 }
 

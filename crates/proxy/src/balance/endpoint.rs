@@ -28,6 +28,8 @@ struct Live {
     ewma: Mutex<PeakEwma>,
     /// Mirrors `outlier.is_ejected()` for a lock-free check on every pick.
     ejected: AtomicBool,
+    /// Failed active health checks (`resilience::health`): out of the balancer.
+    unhealthy: AtomicBool,
     outlier: Mutex<EndpointOutlier>,
 }
 
@@ -45,6 +47,7 @@ impl EndpointState {
                 in_flight: AtomicU64::new(0),
                 ewma: Mutex::new(PeakEwma::new(0)),
                 ejected: AtomicBool::new(false),
+                unhealthy: AtomicBool::new(false),
                 outlier: Mutex::new(EndpointOutlier::default()),
             }),
         }
@@ -72,6 +75,22 @@ impl EndpointState {
 
     pub fn is_ejected(&self) -> bool {
         self.live.ejected.load(Relaxed)
+    }
+
+    /// Whether active health checks have taken this endpoint out.
+    pub fn is_unhealthy(&self) -> bool {
+        self.live.unhealthy.load(Relaxed)
+    }
+
+    /// Set by the health checker; returns the previous value.
+    pub fn set_unhealthy(&self, unhealthy: bool) -> bool {
+        self.live.unhealthy.swap(unhealthy, Relaxed)
+    }
+
+    /// Neither ejected by outlier detection nor failing health checks: a balancer's first
+    /// choice.
+    pub fn is_available(&self) -> bool {
+        !self.is_ejected() && !self.is_unhealthy()
     }
 
     fn nanos(&self, at: Instant) -> u64 {

@@ -9,7 +9,8 @@
 //! | `Random` | uniform |
 //! | `ConsistentHash` | ring or Maglev over the request's key; no key: random |
 //!
-//! Every balancer skips ejected endpoints and an `exclude`d one (the endpoint a retry just
+//! Every balancer skips ejected endpoints (outlier detection or failed active health checks,
+//! [`crate::resilience::health`]) and an `exclude`d one (the endpoint a retry just
 //! failed on) while any other is available, and falls back to them otherwise ("panic mode":
 //! better a suspect endpoint than none). The math lives in [`ewma`], [`p2c`] and [`hash`];
 //! this module must not do I/O.
@@ -88,8 +89,8 @@ impl Balancer {
             return None;
         }
         // Strict first (not ejected, not excluded), then without the exclusion, then anything.
-        let strict = |e: &EndpointState| !e.is_ejected() && Some(e.addr()) != exclude;
-        let loose = |e: &EndpointState| !e.is_ejected();
+        let strict = |e: &EndpointState| e.is_available() && Some(e.addr()) != exclude;
+        let loose = |e: &EndpointState| e.is_available();
         let any = |_: &EndpointState| true;
         let filters: [&dyn Fn(&EndpointState) -> bool; 3] = [&strict, &loose, &any];
         for ok in filters {
