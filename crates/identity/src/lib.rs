@@ -1,12 +1,13 @@
 //! Workload identity: SPIFFE IDs of the form `spiffe://<trust-domain>/ns/<namespace>/sa/<sa>`,
 //! the mesh CA ([`ca`]: issue, verify, rotate), join tokens ([`token`]) and the mesh's rustls
-//! configs and handshakes ([`tls`]).
+//! configs and handshakes ([`tls`]), and TLS to public servers ([`public_tls`]).
 //!
 //! This is the only crate that touches rustls and certificate generation. It must not know
 //! about HTTP, gRPC or Kubernetes: the control plane's CA server and the proxy's certificate
 //! manager are thin adapters over it.
 
 pub mod ca;
+pub mod public_tls;
 pub mod serving;
 pub mod tls;
 pub mod token;

@@ -9,6 +9,8 @@
 
 use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpListener};
+use std::path::Path;
+use std::process::Command;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
@@ -24,8 +26,8 @@ use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use serde_json::{Value, json};
 use trellis_testkit::fixture::target;
 use trellis_testkit::mesh::{config_dir, service_yaml};
-use trellis_testkit::tools::{CurlReply, curl_http};
-use trellis_testkit::{ControlPlane, HttpEcho, Proxy, ProxyBuilder, wait};
+use trellis_testkit::tools::{CurlReply, curl_http, require, run_bounded};
+use trellis_testkit::{ControlPlane, HttpEcho, ManagedProcess, Proxy, ProxyBuilder, wait};
 
 const CONVERGE: Duration = Duration::from_secs(20);
 const ISSUER: &str = "https://issuer.trellis.test";
@@ -236,6 +238,11 @@ struct Mesh {
 }
 
 fn start_mesh(files: &[(&str, String)]) -> Mesh {
+    start_mesh_with_env(files, &[])
+}
+
+/// [`start_mesh`] with environment variables for the server proxy.
+fn start_mesh_with_env(files: &[(&str, String)], server_env: &[(&str, &Path)]) -> Mesh {
     let echo = HttpEcho::start().unwrap();
     let mut all = vec![(
         "echo.yaml",
@@ -244,7 +251,9 @@ fn start_mesh(files: &[(&str, String)]) -> Mesh {
     all.extend(files.iter().cloned());
     let config = config_dir(&all).unwrap();
     let control = ControlPlane::start(config.path()).unwrap();
-    let server = ProxyBuilder::loopback("echo-0")
+    let server = server_env
+        .iter()
+        .fold(ProxyBuilder::loopback("echo-0"), |b, (k, v)| b.env(k, v))
         .label("app", "echo")
         .service_account("echo")
         .control(&control.url())
@@ -460,4 +469,103 @@ spec:
         let r = get(url, &[]);
         assert_eq!(r.status, 403, "{url}: no token, no request principal");
     }
+}
+
+/// A JWKS served over HTTPS by `openssl s_server -WWW` (files from its working directory)
+/// with a self-signed certificate for IP 127.0.0.1, which the server proxy trusts through
+/// `SSL_CERT_FILE` and nothing else.
+struct HttpsJwks {
+    addr: SocketAddr,
+    dir: tempfile::TempDir,
+    _server: ManagedProcess,
+}
+
+impl HttpsJwks {
+    fn start(jwks: &str) -> Self {
+        let openssl = require("openssl", "openssl");
+        let dir = tempfile::tempdir().unwrap();
+        let out = run_bounded(
+            Command::new(&openssl)
+                .current_dir(dir.path())
+                .args(["req", "-x509", "-newkey", "ec", "-pkeyopt"])
+                .args(["ec_paramgen_curve:P-256", "-nodes", "-days", "1"])
+                .args([
+                    "-keyout", "key.pem", "-out", "cert.pem", "-subj", "/CN=jwks",
+                ])
+                .args(["-addext", "subjectAltName=IP:127.0.0.1"])
+                .args(["-addext", "basicConstraints=critical,CA:FALSE"]),
+            Duration::from_secs(20),
+        )
+        .unwrap();
+        assert!(out.status.success(), "openssl req: {out:?}");
+        std::fs::write(dir.path().join("jwks.json"), jwks).unwrap();
+        // A free port from the OS; s_server binds it right after.
+        let addr = TcpListener::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap();
+        let mut command = Command::new(&openssl);
+        command
+            .current_dir(dir.path())
+            .args(["s_server", "-quiet", "-WWW", "-accept"])
+            .arg(addr.to_string())
+            .args(["-cert", "cert.pem", "-key", "key.pem"]);
+        let server = ManagedProcess::spawn("openssl s_server", command).unwrap();
+        wait::until(CONVERGE, || {
+            std::net::TcpStream::connect(addr)
+                .map(drop)
+                .map_err(|e| format!("s_server not listening yet: {e}"))
+        })
+        .unwrap();
+        Self {
+            addr,
+            dir,
+            _server: server,
+        }
+    }
+
+    fn cert(&self) -> std::path::PathBuf {
+        self.dir.path().join("cert.pem")
+    }
+}
+
+#[test]
+fn jwks_uri_over_https_verified_against_the_trusted_roots() {
+    let key = EcKey::generate("k1");
+    let https = HttpsJwks::start(&jwks(&[&key]));
+    // The same server under a name its certificate does not carry: the fetch must fail.
+    let rules = format!(
+        r#"apiVersion: security.istio.io/v1
+kind: RequestAuthentication
+metadata: {{name: echo-jwt, namespace: default}}
+spec:
+  selector: {{matchLabels: {{app: echo}}}}
+  jwtRules:
+  - issuer: {ISSUER}
+    jwksUri: https://{addr}/jwks.json
+  - issuer: wrong-name
+    jwksUri: https://localhost:{port}/jwks.json
+"#,
+        addr = https.addr,
+        port = https.addr.port()
+    );
+    let cert = https.cert();
+    let mesh = start_mesh_with_env(&[("jwt.yaml", rules)], &[("SSL_CERT_FILE", &cert)]);
+    let valid = key.sign(&claims(ISSUER, "echo", 600));
+    wait::until(CONVERGE, || match get(&mesh.direct, &bearer(&valid)) {
+        r if r.status == 200 => Ok(()),
+        r => Err(format!("not accepted yet: {} {}", r.status, r.body)),
+    })
+    .unwrap();
+    let forged = EcKey::generate("k1").sign(&claims(ISSUER, "echo", 600));
+    let r = get(&mesh.direct, &bearer(&forged));
+    assert_eq!((r.status, r.body.as_str()), (401, "Jwt verification fails"));
+    let r = get(
+        &mesh.direct,
+        &bearer(&key.sign(&claims("wrong-name", "echo", 600))),
+    );
+    assert_eq!(
+        (r.status, r.body.as_str()),
+        (401, "Jwks remote fetch is failed")
+    );
 }

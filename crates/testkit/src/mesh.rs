@@ -171,6 +171,8 @@ pub struct ProxyReady {
 pub struct ProxyBuilder {
     name: String,
     args: Vec<OsString>,
+    /// Extra environment variables (`SSL_CERT_FILE`, ...).
+    env: Vec<(OsString, OsString)>,
     pod: Option<(String, u32)>,
 }
 
@@ -180,6 +182,7 @@ impl ProxyBuilder {
         let mut b = Self {
             name: name.to_string(),
             args: Vec::new(),
+            env: Vec::new(),
             pod: None,
         };
         b.args.extend([
@@ -251,6 +254,11 @@ impl ProxyBuilder {
         self.args.push(arg.into());
         self
     }
+    /// Sets an environment variable for the proxy process.
+    pub fn env(mut self, key: impl Into<OsString>, value: impl Into<OsString>) -> Self {
+        self.env.push((key.into(), value.into()));
+        self
+    }
 
     /// Runs the proxy inside `pod`'s network namespace as `uid` (the uid that
     /// `trellis-proxy init` exempts from redirection).
@@ -273,7 +281,8 @@ impl ProxyBuilder {
             .args(&self.args)
             .arg("--ready-file")
             .arg(&ready_file)
-            .env("RUST_LOG", log_filter());
+            .env("RUST_LOG", log_filter())
+            .envs(self.env.iter().map(|(k, v)| (k, v)));
         let mut process = ManagedProcess::spawn(format!("trellis-proxy {}", self.name), command)?;
         let ready = process.wait_ready_file(&ready_file, READY_TIMEOUT)?;
         Ok(Proxy {

@@ -3,8 +3,8 @@
 //! last good keys; until a first fetch succeeds, tokens of that issuer are refused with "Jwks
 //! remote fetch is failed".
 //!
-//! Only `http://` is fetched today: the identity crate holds every rustls configuration and
-//! has no public-CA client yet (see docs/authentication.md).
+//! `https://` is verified against the system's roots (`trellis_identity::public_tls`, which
+//! honours `SSL_CERT_FILE` / `SSL_CERT_DIR`) and the URI's host name.
 
 use std::sync::{Arc, Mutex, Weak};
 use std::time::Duration;
@@ -16,6 +16,8 @@ use http_body_util::{BodyExt, Empty, Limited};
 use hyper_util::rt::TokioIo;
 use tokio::net::TcpStream;
 use tokio::time::Instant;
+
+use trellis_identity::public_tls::PublicTls;
 
 use super::keys::KeySet;
 
@@ -38,8 +40,12 @@ const MAX_JWKS_BYTES: usize = 1 << 20;
 
 #[derive(Debug, thiserror::Error)]
 pub enum FetchError {
-    #[error("only http:// jwksUri can be fetched yet")]
+    #[error("jwksUri must be http:// or https://")]
     Scheme,
+    #[error("no roots to verify https:// with: {0}")]
+    Roots(String),
+    #[error(transparent)]
+    Tls(#[from] trellis_identity::public_tls::PublicTlsError),
     #[error("jwksUri has no host")]
     NoHost,
     #[error("timed out after {FETCH_TIMEOUT:?}")]
@@ -137,18 +143,49 @@ async fn refresh_loop(cache: Weak<RemoteJwks>) {
     }
 }
 
+/// The client config for `https://` key sets, loaded once (reading the system's roots is
+/// file I/O, so it runs on the blocking pool).
+static PUBLIC_TLS: tokio::sync::OnceCell<Result<PublicTls, String>> =
+    tokio::sync::OnceCell::const_new();
+
+async fn public_tls() -> Result<&'static PublicTls, FetchError> {
+    let loaded = PUBLIC_TLS
+        .get_or_init(|| async {
+            tokio::task::spawn_blocking(|| PublicTls::system().map_err(|e| e.to_string()))
+                .await
+                .unwrap_or_else(|e| Err(e.to_string()))
+        })
+        .await;
+    loaded.as_ref().map_err(|e| FetchError::Roots(e.clone()))
+}
+
 /// One GET over HTTP/1.1 on a fresh connection: a fetch every few minutes needs no pool.
 async fn fetch(uri: &str) -> Result<KeySet, FetchError> {
     let parsed: Uri = uri.parse().map_err(|_| FetchError::NoHost)?;
-    if parsed.scheme_str() != Some("http") {
-        return Err(FetchError::Scheme);
-    }
+    let tls = match parsed.scheme_str() {
+        Some("http") => false,
+        Some("https") => true,
+        _ => return Err(FetchError::Scheme),
+    };
     let host = parsed.host().ok_or(FetchError::NoHost)?;
-    let port = parsed.port_u16().unwrap_or(80);
-    let stream = TcpStream::connect((host.trim_matches(['[', ']']), port))
+    let bare_host = host.trim_matches(['[', ']']);
+    let port = parsed.port_u16().unwrap_or(if tls { 443 } else { 80 });
+    let stream = TcpStream::connect((bare_host, port))
         .await
         .map_err(FetchError::Connect)?;
-    let (mut sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(stream)).await?;
+    if tls {
+        let stream = public_tls().await?.connect(bare_host, stream).await?;
+        get(&parsed, host, stream).await
+    } else {
+        get(&parsed, host, stream).await
+    }
+}
+
+async fn get<IO>(parsed: &Uri, host: &str, io: IO) -> Result<KeySet, FetchError>
+where
+    IO: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
+{
+    let (mut sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(io)).await?;
     tokio::spawn(async move {
         if let Err(e) = conn.await {
             tracing::debug!(error = %e, "JWKS connection ended with an error");
