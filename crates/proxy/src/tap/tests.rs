@@ -151,3 +151,50 @@ fn rfc3339_dates() {
         "2024-02-29T12:34:56.789Z"
     );
 }
+
+/// The hook in telemetry: a tapped exchange becomes a row when its response body ends, with the
+/// parties, status and bytes, even with the cheapest metric labels.
+#[tokio::test]
+async fn a_finished_exchange_is_published_while_tapped() {
+    use crate::telemetry::exchange::{LocalWorkload, Telemetry};
+    use crate::telemetry::{LabelDetail, Metrics};
+    use http_body_util::{BodyExt, Empty, Full};
+
+    let metrics = Arc::new(Metrics::with_detail(LabelDetail::Minimal));
+    let t = Telemetry::new(metrics.clone(), LocalWorkload::new("reviews-v1", "default"));
+    let exchange = |path: &'static str| {
+        let req = http::Request::get(format!("http://reviews:9080{path}"))
+            .header("trellis-source-workload", "productpage-v1")
+            .header("trellis-source-namespace", "default")
+            .body(Empty::new().map_err(|never| match never {}).boxed())
+            .unwrap();
+        let (ex, _req) = t.begin(Direction::Inbound, req, None);
+        let mut resp = http::Response::new(
+            Full::new(bytes::Bytes::from_static(b"hello"))
+                .map_err(|never| match never {})
+                .boxed(),
+        );
+        *resp.status_mut() = http::StatusCode::SERVICE_UNAVAILABLE;
+        t.end(ex, resp)
+    };
+
+    let mut sub = metrics.tap.subscribe();
+    let resp = exchange("/reviews/0");
+    let body = resp.into_body().collect().await.unwrap().to_bytes();
+    assert_eq!(&body[..], b"hello");
+    let row = tokio::time::timeout(Duration::from_secs(5), sub.recv())
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(row.path, "/reviews/0");
+    assert_eq!(row.authority, "reviews:9080");
+    assert_eq!(row.method, "GET");
+    assert_eq!(row.direction, Some(Direction::Inbound));
+    assert_eq!((row.status, row.response_class), (503, "failure"));
+    assert_eq!(row.response_bytes, 5);
+    assert_eq!(row.source_workload, "productpage-v1");
+    assert_eq!(row.source_namespace, "default");
+    assert_eq!(row.destination_workload, "reviews-v1");
+    assert!(!row.tls);
+    assert!(row.duration_ms >= row.latency_ms);
+}
