@@ -76,11 +76,11 @@ pub enum Command {
     Top(top::TopArgs),
     /// Print the dashboard's URL and open it in a browser.
     Dashboard(dashboard::DashboardArgs),
+    /// Workload identity: rotate the trust anchor and issuer with every proxy checked.
+    Identity(identity::IdentityArgs),
 }
 
 /// Parses `args` (including the program name), runs the command and maps the outcome to the
-    /// Workload identity: rotate the trust anchor and issuer with every proxy checked.
-    Identity(identity::IdentityArgs),
 /// process exit code: 0 on success, 64 on bad usage, 1 on any other failure.
 pub fn main_with_args<I, T>(args: I) -> ExitCode
 where
@@ -138,6 +138,11 @@ where
             &mut std::io::stdout().lock(),
             &mut std::io::stderr().lock(),
         )),
+        Command::Identity(args) => ExitCode::from(identity::run(
+            &args,
+            &mut std::io::stdout().lock(),
+            &mut std::io::stderr().lock(),
+        )),
     }
 }
 
@@ -146,11 +151,6 @@ fn run_install(args: &install::InstallArgs, uninstall: bool) -> ExitCode {
     let result = if uninstall {
         install::uninstall(args, &mut out)
     } else {
-        Command::Identity(args) => ExitCode::from(identity::run(
-            &args,
-            &mut std::io::stdout().lock(),
-            &mut std::io::stderr().lock(),
-        )),
         install::install(args, &mut out)
     };
     match result {
