@@ -672,7 +672,8 @@ fn split_and_failing_service_show_on_the_graph() {
     .unwrap();
     let demo = Demo::start(config.path());
     let browser = Browser::start();
-    browser.goto(&format!("{}/", demo.control_url()));
+    // A 10 s window (the page's selector, set from its address) so changes show sooner.
+    browser.goto(&format!("{}/?window=10", demo.control_url()));
     let _load = Load::start(entry(&demo), 3, true);
     browser.wait_for(
         "traffic on the reviews edges",

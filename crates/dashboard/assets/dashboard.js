@@ -118,11 +118,13 @@ async function getJson(path) {
 // ---------------------------------------------------------------------------------------------
 // The service graph
 
-const NODE_W = 150;
+const NODE_W = 124;
 const NODE_H = 40;
-const COL_W = 225;
-const ROW_H = 78;
-const PAD = 24;
+const COL_W = 236;
+const ROW_H = 66;
+const PAD = 20;
+const LABEL_W = 118;
+const LABEL_H = 30;
 
 const state = {
   graph: null,
@@ -184,10 +186,14 @@ function padlock(x, y) {
     svg("rect", { x: "1", y: "5", width: "8", height: "6.5", rx: "1" }));
 }
 
-function edgeText(e) {
+function edgeLines(e) {
   const s = e.stats;
-  if (!s || !s.requests) return "no traffic";
-  return fmtRps(s.rps) + " · " + fmtPct(s.success_rate) + " · p99 " + fmtMs(s.p99_ms);
+  if (!s || !s.requests) return ["no traffic", ""];
+  return [fmtRps(s.rps) + " · " + fmtPct(s.success_rate), "p99 " + fmtMs(s.p99_ms)];
+}
+
+function edgeText(e) {
+  return edgeLines(e).filter((l) => l).join(" · ");
 }
 
 function edgeName(e, byId) {
@@ -206,6 +212,7 @@ function renderGraph(graph) {
 
   const edges = svg("g", { class: "edges" });
   const labels = svg("g", { class: "edge-labels" });
+  const placed = [];
   for (const e of graph.edges) {
     const a = pos.get(e.source);
     const b = pos.get(e.target);
@@ -214,18 +221,25 @@ function renderGraph(graph) {
     const mx = (x1 + x2) / 2;
     const active = !!(e.stats && e.stats.requests);
     const cls = "edge" + (active ? " active" : " idle") + (e.failing ? " failing" : "") + (e.mtls ? " mtls" : "");
-    const s = e.stats || {};
-    const label = edgeName(e, byId) + ": " + edgeText(e) + (e.mtls ? ", mutual TLS" : "") + (e.failing ? ", failing" : "");
     edges.append(svg("path", {
       class: cls, d: "M" + x1 + "," + y1 + " C" + mx + "," + y1 + " " + mx + "," + y2 + " " + x2 + "," + y2,
       "marker-end": "url(#arrow" + (e.failing ? "-failing" : "") + ")",
     }));
-    if (!active) continue;
-    // The label sits on the curve's midpoint, which for a cubic with these control points is the
-    // mid-x and mid-y of its ends.
-    const ly = (y1 + y2) / 2;
-    const text = edgeText(e);
-    const w = text.length * 6.1 + (e.mtls ? 16 : 8);
+    // The label sits on the curve's midpoint (for these control points, the mid-x and mid-y of
+    // its ends); overlapping ones are spread apart below.
+    if (active) placed.push({ e, x: mx - LABEL_W / 2, y: (y1 + y2) / 2 - LABEL_H / 2 });
+  }
+  placed.sort((p, q) => p.x - q.x || p.y - q.y);
+  for (let i = 1; i < placed.length; i++) {
+    for (let j = 0; j < i; j++) {
+      const p = placed[j], q = placed[i];
+      if (Math.abs(p.x - q.x) < LABEL_W && q.y < p.y + LABEL_H + 3 && q.y > p.y - LABEL_H - 3) q.y = p.y + LABEL_H + 3;
+    }
+  }
+  for (const { e, x, y } of placed) {
+    const s = e.stats;
+    const [line1, line2] = edgeLines(e);
+    const label = edgeName(e, byId) + ": " + edgeText(e) + (e.mtls ? ", mutual TLS" : "") + (e.failing ? ", failing" : "");
     labels.append(svg("g", {
       class: "edge-label" + (e.failing ? " failing" : ""), tabindex: "0", role: "img", "aria-label": label,
       "data-id": e.id, "data-source": e.source, "data-target": e.target,
@@ -233,10 +247,14 @@ function renderGraph(graph) {
       "data-mtls": String(!!e.mtls), "data-failing": String(!!e.failing),
     },
     svg("title", {}, label),
-    svg("rect", { x: mx - w / 2, y: ly - 9, width: w, height: 18, rx: 4 }),
-    e.mtls ? padlock(mx - w / 2 + 4, ly - 6.5) : null,
-    svg("text", { x: mx - w / 2 + (e.mtls ? 16 : 4), y: ly + 4 }, text)));
+    svg("rect", { x, y, width: LABEL_W, height: LABEL_H, rx: 4 }),
+    e.mtls ? padlock(x + 5, y + 9) : null,
+    svg("text", { x: x + (e.mtls ? 18 : 6), y: y + 12 }, line1),
+    svg("text", { x: x + (e.mtls ? 18 : 6), y: y + 25 }, line2)));
   }
+  const height2 = Math.max(height, ...placed.map((p) => p.y + LABEL_H + PAD));
+  host.setAttribute("viewBox", "0 0 " + width + " " + height2);
+  host.setAttribute("height", String(height2));
 
   const nodes = svg("g", { class: "nodes" });
   for (const n of graph.nodes) {
@@ -382,7 +400,11 @@ async function refreshDetails() {
   } else {
     const [kind, ns, name] = sel.id.split("/");
     title.textContent = kind === "external" ? "callers outside the mesh" : kind + " " + name + (ns ? "." + ns : "");
-    if (kind === "workload") workload = { namespace: ns, name };
+    if (kind === "workload") {
+      workload = { namespace: ns, name };
+      const input = document.querySelector("#tap-form input[name=workload]");
+      if (!input.value) input.value = name;
+    }
   }
   const path = seriesPath(sel);
   if (path) {
@@ -430,20 +452,24 @@ function renderProxies(workload) {
   fill("proxies", rows, 7, "No proxy registered for this workload.");
 }
 
-// Authorization policies: shown when the control plane has an API for them (404: it has none).
+// Authorization policies that cover the selected workload (404 from an older control plane:
+// the panel stays hidden).
 let authzAvailable = true;
 async function refreshAuthz(workload) {
   const box = document.getElementById("details-authz");
   if (!workload || !authzAvailable) { box.hidden = true; return; }
-  const q = new URLSearchParams({ namespace: workload.namespace, workload: workload.name });
+  const path = "/api/v1/workloads/" + encodeURIComponent(workload.namespace) + "/" + encodeURIComponent(workload.name) + "/authorization";
   try {
-    const policies = await getJson("/api/v1/authorization?" + q);
-    const items = (Array.isArray(policies) ? policies : policies.policies || []).map((p) =>
-      el("li", {}, el("strong", {}, p.name || "?"), " ", el("span", { class: "empty" }, (p.kind || "") + (p.action ? " " + p.action : "") + (p.namespace ? " in " + p.namespace : ""))));
-    document.getElementById("authz-body").replaceChildren(items.length ? el("ul", {}, ...items) : el("p", { class: "empty" }, "None apply: every request is allowed."));
+    const answer = await getJson(path);
+    const items = (answer.policies || []).map((p) =>
+      el("li", {}, el("strong", {}, p.name), " ", badge(p.action + (p.dry_run ? " (dry run)" : ""), p.action === "DENY" ? "bad" : p.action === "ALLOW" ? "ok" : "warn"),
+        " ", el("span", { class: "empty" }, p.rules + " rule" + (p.rules === 1 ? "" : "s"))));
+    document.getElementById("authz-body").replaceChildren(items.length
+      ? el("ul", { class: "plain" }, ...items)
+      : el("p", { class: "empty" }, "No AuthorizationPolicy covers it: the mesh default applies."));
     box.hidden = false;
   } catch (err) {
-    if (err.status === 404) authzAvailable = false;
+    if (err.status === 404 && !state.proxies.some((p) => p.namespace === workload.namespace && p.workload === workload.name)) authzAvailable = false;
     box.hidden = true;
   }
 }
@@ -529,12 +555,17 @@ function tapField(row, ...names) {
   return "";
 }
 
+function tapTime(time) {
+  const t = time ? new Date(time) : new Date();
+  return isNaN(t.getTime()) ? String(time) : t.toLocaleTimeString();
+}
+
 function tapRow(row) {
   const status = Number(tapField(row, "status", "status_code", "response_code"));
   const latency = tapField(row, "latency_ms", "duration_ms");
   const tls = tapField(row, "tls");
   return el("tr", { class: status >= 500 ? "failing-row" : null },
-    el("td", {}, new Date().toLocaleTimeString()),
+    el("td", {}, tapTime(tapField(row, "time"))),
     el("td", {}, String(tapField(row, "method"))),
     el("td", {}, el("code", {}, String(tapField(row, "authority")))),
     el("td", {}, el("code", {}, String(tapField(row, "path")))),
@@ -608,10 +639,20 @@ function stopTap() {
 // ---------------------------------------------------------------------------------------------
 // The refresh loop
 
+// The window of the graph's and routes' numbers: the select, first set from `?window=` in the
+// page's address (so a link can carry it).
+const windowSelect = document.getElementById("graph-window-select");
+const fromAddress = new URLSearchParams(location.search).get("window");
+if (fromAddress && /^[0-9]+$/.test(fromAddress)) {
+  if (![...windowSelect.options].some((o) => o.value === fromAddress)) windowSelect.append(el("option", { value: fromAddress }, fromAddress + " s"));
+  windowSelect.value = fromAddress;
+}
+windowSelect.addEventListener("change", () => refresh());
+
 const SOURCES = {
-  graph: "/api/v1/graph",
+  graph: () => "/api/v1/graph?window=" + encodeURIComponent(windowSelect.value),
   proxies: "/api/v1/proxies",
-  routes: "/api/v1/routes",
+  routes: () => "/api/v1/routes?window=" + encodeURIComponent(windowSelect.value),
   config: "/api/v1/config",
   services: "/api/v1/services",
   workloads: "/api/v1/workloads",
@@ -619,7 +660,8 @@ const SOURCES = {
 
 async function refresh() {
   const names = Object.keys(SOURCES);
-  const results = await Promise.allSettled(names.map((n) => getJson(SOURCES[n])));
+  const path = (n) => (typeof SOURCES[n] === "function" ? SOURCES[n]() : SOURCES[n]);
+  const results = await Promise.allSettled(names.map((n) => getJson(path(n))));
   const got = {};
   let failures = 0;
   results.forEach((result, i) => {
@@ -630,7 +672,7 @@ async function refresh() {
     } else {
       failures += 1;
       // Keep the last picture on screen: a blip should not blank the page.
-      showError(name, "Cannot load " + SOURCES[name] + ": " + result.reason.message);
+      showError(name, "Cannot load " + path(name) + ": " + result.reason.message);
     }
   });
   if (got.proxies) state.proxies = got.proxies;
