@@ -296,6 +296,22 @@ fn only_productpage_may_call_reviews() {
         Some(("reviews-viewer".into(), "Accepted".into())),
         "{row:?}"
     );
+    // Each reviews proxy holds the policy (its /config_dump shows what it enforces).
+    for admin in workloads(&demo, "reviews", "admin") {
+        let deadline = Instant::now() + Duration::from_secs(20);
+        loop {
+            let dump: Value = serde_json::from_str(&get(&admin, "/config_dump").body).unwrap();
+            if dump["authorization"]["policies"][0]["name"] == "default/reviews-viewer" {
+                break;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "{admin}: {}",
+                dump["authorization"]
+            );
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    }
     let sleep = Sleep::start(&demo, "default", &["reviews.default:9080"]);
     let reviews = sleep.port("reviews.default:9080");
 

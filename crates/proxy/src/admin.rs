@@ -84,6 +84,7 @@ impl AdminState {
                     "proxy": self.config,
                     "identity": self.identity.status(),
                     "inbound_policy": &**self.identity.inbound_policy.load(),
+                    "authorization": self.metrics.authz.current(),
                     "discovery": {
                         "status": self.discovery.status(),
                         "dump": self.discovery.dump(),
