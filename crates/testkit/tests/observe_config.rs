@@ -2,7 +2,9 @@
 //! written into a running control plane's config directory turns a proxy's access log on and
 //! its trace sampling up without a restart (and removing it restores the proxy's flags); and a
 //! workload whose answers start failing after a healthy period is flagged by its proxy's
-//! anomaly detector (`trellis_anomaly`) and by `trellis stat`, then cleared when it recovers.
+//! anomaly detector (`trellis_anomaly`) and by `trellis stat`, then cleared when it recovers;
+//! and a DestinationRule's `trellis.io/health-check` annotation makes the client proxy probe
+//! both (meshed) endpoints and stop sending to the one whose `/healthz` fails, until it passes.
 
 // Test helpers outside #[test] functions fail the test by panicking, as the tests themselves do.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
@@ -269,4 +271,182 @@ fn a_workload_failing_after_a_healthy_period_is_flagged_then_cleared() {
         }
     })
     .unwrap_or_else(|e| panic!("the recovered workload stayed flagged: {e}"));
+}
+
+/// A minimal HTTP/1.1 app on `addr` (one thread per connection, `Connection: close`): `/healthz`
+/// answers 200 or 503 as `healthy` says; anything else 200, counted in `served`.
+struct HealthApp {
+    addr: SocketAddr,
+    healthy: std::sync::Arc<std::sync::atomic::AtomicBool>,
+    served: std::sync::Arc<std::sync::atomic::AtomicU64>,
+}
+
+impl HealthApp {
+    fn start(addr: SocketAddr) -> std::io::Result<Self> {
+        use std::io::{BufRead, BufReader, Write};
+        use std::sync::atomic::Ordering::Relaxed;
+        let listener = std::net::TcpListener::bind(addr)?;
+        let app = HealthApp {
+            addr: listener.local_addr()?,
+            healthy: std::sync::Arc::new(std::sync::atomic::AtomicBool::new(true)),
+            served: std::sync::Arc::default(),
+        };
+        let (healthy, served) = (app.healthy.clone(), app.served.clone());
+        std::thread::spawn(move || {
+            for stream in listener.incoming().flatten() {
+                let (healthy, served) = (healthy.clone(), served.clone());
+                std::thread::spawn(move || {
+                    let _ = stream.set_read_timeout(Some(Duration::from_secs(5)));
+                    let mut reader = BufReader::new(&stream);
+                    let mut first = String::new();
+                    if reader.read_line(&mut first).is_err() {
+                        return;
+                    }
+                    // Skip the rest of the head (requests here have no body).
+                    let mut line = String::new();
+                    while reader.read_line(&mut line).is_ok_and(|n| n > 2) {
+                        line.clear();
+                    }
+                    let path = first.split(' ').nth(1).unwrap_or("/");
+                    let status = if path == "/healthz" {
+                        if healthy.load(Relaxed) {
+                            "200 OK"
+                        } else {
+                            "503 Service Unavailable"
+                        }
+                    } else {
+                        served.fetch_add(1, Relaxed);
+                        "200 OK"
+                    };
+                    let _ = write!(
+                        &stream,
+                        "HTTP/1.1 {status}\r\ncontent-length: 2\r\nconnection: close\r\n\r\nok"
+                    );
+                });
+            }
+        });
+        Ok(app)
+    }
+
+    fn served(&self) -> u64 {
+        self.served.load(std::sync::atomic::Ordering::Relaxed)
+    }
+
+    fn set_healthy(&self, on: bool) {
+        self.healthy.store(on, std::sync::atomic::Ordering::Relaxed);
+    }
+}
+
+const HEALTH_RULE: &str = r#"apiVersion: networking.istio.io/v1
+kind: DestinationRule
+metadata:
+  name: web
+  namespace: default
+  annotations:
+    trellis.io/health-check: '{"path": "/healthz", "interval": "200ms", "timeout": "100ms", "unhealthyThreshold": 2, "healthyThreshold": 2}'
+spec:
+  host: web
+  trafficPolicy:
+    loadBalancer: {simple: ROUND_ROBIN}
+"#;
+
+/// `n` GETs through `port`; panics unless every one answers 200.
+fn all_ok(port: SocketAddr, n: usize) {
+    for i in 0..n {
+        match http_get(port, "/work") {
+            Ok((200, _)) => {}
+            other => panic!("request {i}: {other:?}"),
+        }
+    }
+}
+
+#[test]
+fn a_destination_rule_health_check_takes_a_failing_endpoint_out_and_back() {
+    // Two apps on one port (127.0.0.1 and 127.0.0.2), so one Service targetPort fits both.
+    let a = HealthApp::start("127.0.0.1:0".parse().unwrap()).unwrap();
+    let b = HealthApp::start(SocketAddr::from(([127, 0, 0, 2], a.addr.port())))
+        .unwrap_or_else(|e| panic!("127.0.0.2:{}: {e}", a.addr.port()));
+    let config = config_dir(&[
+        (
+            "web.yaml",
+            service_yaml("web", "default", 8080, a.addr.port(), "web"),
+        ),
+        ("web-rule.yaml", HEALTH_RULE.to_string()),
+    ])
+    .unwrap();
+    let control = ControlPlane::start(config.path()).unwrap();
+    let _servers: Vec<Proxy> = [("web-a", a.addr), ("web-b", b.addr)]
+        .into_iter()
+        .map(|(name, app)| {
+            ProxyBuilder::loopback(name)
+                .label("app", "web")
+                .control(&control.url())
+                .app(app)
+                .start()
+                .unwrap()
+        })
+        .collect();
+    let client = ProxyBuilder::loopback("client")
+        .label("app", "client")
+        .control(&control.url())
+        .outbound_port("web.default:8080")
+        .start()
+        .unwrap();
+    let port = client.outbound_port("web.default:8080");
+    // Both endpoints registered and serving.
+    wait::until(CONVERGE, || {
+        let _ = http_get(port, "/converge");
+        if a.served() > 0 && b.served() > 0 {
+            Ok(())
+        } else {
+            Err(format!("served a={} b={}", a.served(), b.served()))
+        }
+    })
+    .unwrap_or_else(|e| panic!("both endpoints never served: {e}"));
+
+    // b's /healthz fails; its proxy and app still answer everything else, so only the health
+    // check can take it out. Bound: 2 probes at 200 ms (+10% jitter) + 100 ms timeout.
+    b.set_healthy(false);
+    let failed_at = Instant::now();
+    wait::until(APPLY, || {
+        let before = b.served();
+        all_ok(port, 10);
+        if b.served() == before {
+            Ok(())
+        } else {
+            Err("b still gets traffic".into())
+        }
+    })
+    .unwrap_or_else(|e| panic!("the failing endpoint stayed in: {e}"));
+    let took = failed_at.elapsed();
+    assert!(took < Duration::from_secs(3), "out only after {took:?}");
+    let b_before = b.served();
+    all_ok(port, 40);
+    assert_eq!(
+        b.served(),
+        b_before,
+        "traffic reached the unhealthy endpoint"
+    );
+    let m = client.metrics();
+    assert!(m.sum("trellis_health_check_total", &[("result", "failure")]) >= 2.0);
+    assert_eq!(m.sum("trellis_health_check_unhealthy_endpoints", &[]), 1.0);
+
+    // Healthy again: back in within 2 probes.
+    b.set_healthy(true);
+    wait::until(APPLY, || {
+        let before = b.served();
+        all_ok(port, 10);
+        if b.served() > before {
+            Ok(())
+        } else {
+            Err("b gets no traffic yet".into())
+        }
+    })
+    .unwrap_or_else(|e| panic!("the recovered endpoint never came back: {e}"));
+    assert_eq!(
+        client
+            .metrics()
+            .sum("trellis_health_check_unhealthy_endpoints", &[]),
+        0.0
+    );
 }
