@@ -116,6 +116,10 @@ struct Session {
     /// When the change being pushed reached this stream; `None` for pushes a subscription
     /// asked for.
     changed_at: Option<Instant>,
+    /// For `Programmed`: the highest version ACKed, and the config snapshot this stream will be
+    /// in sync with once that version reaches the one noted.
+    acked: u64,
+    awaiting_sync: Option<(u64, Arc<crate::store::ConfigSnapshot>)>,
 }
 
 /// Most updates remembered for propagation timing per stream; older ones are forgotten.
@@ -142,6 +146,22 @@ impl Session {
             inbound_policy: None,
             unacked: std::collections::VecDeque::new(),
             changed_at: None,
+            acked: 0,
+            awaiting_sync: None,
+        }
+    }
+
+    /// Reports the proxy in sync with `snapshot` once every update sent so far is ACKed (at
+    /// once when nothing is outstanding).
+    fn note_sync(&mut self, snapshot: Arc<crate::store::ConfigSnapshot>) {
+        if self.hello.is_none() {
+            return;
+        }
+        if self.acked >= self.version {
+            self.awaiting_sync = None;
+            self.shared.programmed.synced(self.id, snapshot);
+        } else {
+            self.awaiting_sync = Some((self.version, snapshot));
         }
     }
 
@@ -189,6 +209,7 @@ impl Session {
             let _ = self.tx.send(Err(status)).await;
         }
         if let Some((_, workload)) = &self.hello {
+            self.shared.programmed.disconnected(self.id);
             tracing::info!(stream = self.id, workload = %workload.name, namespace = %workload.namespace, "proxy disconnected");
             self.shared.metrics.proxy_disconnected();
             let id = self.id;
@@ -221,7 +242,10 @@ impl Session {
                 // Always answer a Subscribe, even with "nothing there", so the proxy stops
                 // waiting; a repeated Subscribe is answered again.
                 self.subscriptions.insert(target.clone(), None);
-                self.push(&target).await
+                let snapshot = self.shared.config_rx.borrow().clone();
+                self.push(&target).await?;
+                self.note_sync(snapshot);
+                Ok(())
             }
             proxy_message::Kind::Unsubscribe(unsub) => {
                 let target = wire::target_from_wire(unsub.target)
@@ -236,6 +260,14 @@ impl Session {
             proxy_message::Kind::Ack(ack) => {
                 self.shared.metrics.ack();
                 self.ack_propagation(ack.version);
+                self.acked = self.acked.max(ack.version);
+                if let Some((version, snapshot)) = self.awaiting_sync.take() {
+                    if self.acked >= version {
+                        self.shared.programmed.synced(id, snapshot);
+                    } else {
+                        self.awaiting_sync = Some((version, snapshot));
+                    }
+                }
                 self.shared.with_registry(|r| {
                     r.ack(id, ack.version);
                     ((), false)
@@ -302,7 +334,11 @@ impl Session {
             heartbeat_interval_ms,
         };
         self.send(control_message::Kind::Welcome(welcome)).await?;
-        self.push_inbound_policy().await
+        self.shared.programmed.connected(self.id);
+        let snapshot = self.shared.config_rx.borrow().clone();
+        self.push_inbound_policy().await?;
+        self.note_sync(snapshot);
+        Ok(())
     }
 
     /// Resolves this workload's PeerAuthentication and sends it when it changed.
@@ -356,11 +392,15 @@ impl Session {
 
     /// Pushes what a config or workload change altered, timing each update until its ACK.
     async fn push_changed(&mut self) -> Result<(), End> {
+        // Taken first: what is pushed below is at least this recent.
+        let snapshot = self.shared.config_rx.borrow().clone();
         self.push_inbound_policy().await?;
         self.changed_at = Some(Instant::now());
         let result = self.push_changes().await;
         self.changed_at = None;
-        result
+        result?;
+        self.note_sync(snapshot);
+        Ok(())
     }
 
     /// An ACK covers its version (versions of one stream only grow): observe it, forget older.

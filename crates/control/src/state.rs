@@ -29,6 +29,8 @@ pub struct Shared {
     /// Kubernetes mode: workloads come from Pods (see `k8s::pods`), not from registrations,
     /// which then only record proxies' acks and subscriptions.
     external_workloads: AtomicBool,
+    /// Which config each connected proxy has applied (the `Programmed` condition).
+    pub programmed: crate::k8s::programmed::ProgrammedTracker,
 }
 
 impl Shared {
@@ -50,6 +52,7 @@ impl Shared {
             shutdown,
             hold_back_until: Instant::now() + registration_grace,
             external_workloads: AtomicBool::new(false),
+            programmed: Default::default(),
         }
     }
 

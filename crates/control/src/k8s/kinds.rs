@@ -93,6 +93,29 @@ pub const CONFIG_KINDS: &[ConfigKind] = &[
         "serviceprofiles",
         &["sp"],
     ),
+    // Istio security: mTLS mode (compile/mtls), and the authorization and request
+    // authentication policies proxies enforce.
+    crd(
+        "security.istio.io",
+        &["v1beta1", "v1"],
+        "PeerAuthentication",
+        "peerauthentications",
+        &["pa"],
+    ),
+    crd(
+        "security.istio.io",
+        &["v1beta1", "v1"],
+        "AuthorizationPolicy",
+        "authorizationpolicies",
+        &["ap"],
+    ),
+    crd(
+        "security.istio.io",
+        &["v1beta1", "v1"],
+        "RequestAuthentication",
+        "requestauthentications",
+        &["ra"],
+    ),
     crd(
         "split.smi-spec.io",
         &["v1alpha2", "v1alpha1", "v1alpha3", "v1alpha4"],

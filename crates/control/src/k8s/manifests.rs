@@ -320,7 +320,8 @@ mod tests {
                 .iter()
                 .filter(|k| **k == "CustomResourceDefinition")
                 .count(),
-            6
+            9,
+            "Istio networking (2) and security (3), Gateway API (2), Linkerd, SMI"
         );
         let deployment = objects.iter().find(|o| o["kind"] == "Deployment").unwrap();
         assert_eq!(deployment["spec"]["replicas"], 2);

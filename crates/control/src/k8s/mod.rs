@@ -17,6 +17,7 @@ pub mod leader;
 pub mod manifests;
 pub mod objects;
 pub mod pods;
+pub mod programmed;
 pub mod start;
 pub mod status;
 pub mod tokenreview;

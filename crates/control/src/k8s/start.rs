@@ -74,7 +74,7 @@ pub async fn start_rest(
 ) -> Result<Option<SocketAddr>, KubeStartError> {
     let shutdown = shared.shutdown.clone();
     let client = source.client;
-    let mut pods_rx = watchers::watch_pods(&client, shared, tasks);
+    let mut pods_rx = watchers::watch_pods(&client, shared.clone(), tasks);
     let namespaces = watchers::watch_namespaces(&client, tasks, &shutdown);
     let mut listed_rx = source.listed_rx;
     let (leader_tx, leader_rx) = watch::channel(false);
@@ -88,6 +88,7 @@ pub async fn start_rest(
     tasks.spawn(super::status::run(
         client.clone(),
         source.status_rx,
+        shared.programmed.subscribe(),
         leader_rx,
         shutdown.clone(),
     ));

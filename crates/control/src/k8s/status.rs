@@ -1,9 +1,12 @@
-//! Status conditions on mesh config objects: `Accepted` (True, or False with the reason and the
-//! config crate's message), written through the status subresource.
+//! Status conditions on mesh config objects, written through the status subresource:
+//! `Accepted` (True, or False with the reason and the config crate's message) and `Programmed`
+//! (how many connected proxies have applied the object's current generation, e.g.
+//! `programmed on 3/3 proxies`; True once all have), so that
+//! `kubectl wait --for=condition=Programmed` works.
 //!
-//! [`desired`] is pure: the config snapshot's rows and the objects' generations in, one
-//! condition per object out. The writer task patches only what changed since it last wrote,
-//! so a steady mesh makes no API calls.
+//! [`desired`] is pure: the config snapshot's rows, the objects' generations and the ACK counts
+//! ([`super::programmed`]) in, the conditions per object out. The writer task patches only what
+//! changed since it last wrote, so a steady mesh makes no API calls.
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
@@ -16,6 +19,7 @@ use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
 
 use super::kinds::ConfigKind;
+use super::programmed::{Revisions, Synced};
 use crate::store::{ConfigSnapshot, Status};
 
 /// What the writer needs to address an object.
@@ -39,12 +43,55 @@ pub struct Accepted {
     pub generation: Option<i64>,
 }
 
-/// The objects (keyed as in [`super::objects::object_key`]) and their condition, for every
-/// mesh config object in `snapshot` (Services get none: they are not the mesh's).
+/// The `Programmed` condition of one object.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Programmed {
+    pub programmed: bool,
+    pub reason: &'static str,
+    pub message: String,
+}
+
+/// Both conditions of one object, written together (a merge patch replaces the list).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Conditions {
+    pub accepted: Accepted,
+    pub programmed: Programmed,
+}
+
+/// `Programmed` from `Accepted` and (proxies that applied it, connected proxies).
+fn programmed(accepted: &Accepted, (done, total): (usize, usize)) -> Programmed {
+    match accepted.reason {
+        // Not in force (or nothing in it for the mesh): nothing of this generation to apply.
+        "Invalid" | "Conflicted" => Programmed {
+            programmed: false,
+            reason: accepted.reason,
+            message: format!("not programmed: {}", accepted.reason.to_lowercase()),
+        },
+        "Ignored" => Programmed {
+            programmed: true,
+            reason: "Ignored",
+            message: "nothing to program".into(),
+        },
+        _ => Programmed {
+            programmed: done == total,
+            reason: if done == total {
+                "Programmed"
+            } else {
+                "Pending"
+            },
+            message: format!("programmed on {done}/{total} proxies"),
+        },
+    }
+}
+
+/// The objects (keyed as in [`super::objects::object_key`]) and their conditions, for every
+/// mesh config object in `snapshot` (Services get none: they are not the mesh's). `count`
+/// gives, per object key, (proxies that applied it, connected proxies).
 pub fn desired(
     snapshot: &ConfigSnapshot,
     objects: &BTreeMap<String, ObjectMeta>,
-) -> BTreeMap<String, Accepted> {
+    count: impl Fn(&str) -> (usize, usize),
+) -> BTreeMap<String, Conditions> {
     let mut out = BTreeMap::new();
     for row in &snapshot.resources {
         let Some(meta) = objects.get(&row.file) else {
@@ -69,13 +116,18 @@ pub fn desired(
                     .to_string()
             })
             .unwrap_or_default();
+        let accepted = Accepted {
+            accepted,
+            reason,
+            message,
+            generation: meta.generation,
+        };
+        let programmed = programmed(&accepted, count(&row.file));
         out.insert(
             row.file.clone(),
-            Accepted {
+            Conditions {
                 accepted,
-                reason,
-                message,
-                generation: meta.generation,
+                programmed,
             },
         );
     }
@@ -87,14 +139,20 @@ pub fn desired(
 pub async fn run(
     client: Client,
     mut rx: watch::Receiver<StatusInput>,
+    mut synced_rx: watch::Receiver<Synced>,
     mut leader_rx: watch::Receiver<bool>,
     shutdown: CancellationToken,
 ) {
-    let mut written: BTreeMap<String, Accepted> = BTreeMap::new();
+    let mut written: BTreeMap<String, Conditions> = BTreeMap::new();
+    let mut revisions = Revisions::default();
     loop {
+        // Every snapshot is numbered, led or not: a replica that becomes leader counts from
+        // what it has seen.
+        let (snapshot, objects) = rx.borrow_and_update().clone();
+        revisions.observe(&snapshot, &objects);
         if *leader_rx.borrow_and_update() {
-            let (snapshot, objects) = rx.borrow_and_update().clone();
-            let want = desired(&snapshot, &objects);
+            let synced = synced_rx.borrow_and_update().clone();
+            let want = desired(&snapshot, &objects, |key| revisions.count(key, &synced));
             written.retain(|key, _| want.contains_key(key));
             for (key, condition) in want {
                 if written.get(&key) == Some(&condition) {
@@ -118,6 +176,7 @@ pub async fn run(
         tokio::select! {
             () = shutdown.cancelled() => return,
             changed = rx.changed() => if changed.is_err() { return },
+            changed = synced_rx.changed() => if changed.is_err() { return },
             changed = leader_rx.changed() => if changed.is_err() { return },
         }
     }
@@ -126,8 +185,9 @@ pub async fn run(
 async fn write(
     client: &Client,
     meta: &ObjectMeta,
-    condition: &Accepted,
+    conditions: &Conditions,
 ) -> Result<(), kube::Error> {
+    let condition = &conditions.accepted;
     let kind = meta.kind;
     let gvk = GroupVersionKind::gvk(kind.group, kind.version, kind.kind);
     let resource = ApiResource::from_gvk_with_plural(&gvk, kind.plural);
@@ -140,10 +200,19 @@ async fn write(
         "message": condition.message,
         "lastTransitionTime": now,
     });
+    let p = &conditions.programmed;
+    let mut programmed = json!({
+        "type": "Programmed",
+        "status": if p.programmed { "True" } else { "False" },
+        "reason": p.reason,
+        "message": p.message,
+        "lastTransitionTime": now,
+    });
     if let Some(generation) = condition.generation {
         cond["observedGeneration"] = json!(generation);
+        programmed["observedGeneration"] = json!(generation);
     }
-    let patch = json!({"status": {"conditions": [cond]}});
+    let patch = json!({"status": {"conditions": [cond, programmed]}});
     api.patch_status(&meta.name, &PatchParams::default(), &Patch::Merge(&patch))
         .await
         .map(|_| ())
@@ -185,11 +254,25 @@ mod tests {
             };
             objects.insert(o.key(), meta);
         }
-        let want = desired(&index.snapshot(), &objects);
+        let want = desired(&index.snapshot(), &objects, |_| (2, 3));
         let good = &want["VirtualService shop/good"];
-        assert!(good.accepted);
-        assert_eq!(good.generation, Some(3));
-        let bad = &want["VirtualService shop/bad"];
+        assert!(good.accepted.accepted);
+        assert_eq!(good.accepted.generation, Some(3));
+        assert_eq!(
+            good.programmed,
+            Programmed {
+                programmed: false,
+                reason: "Pending",
+                message: "programmed on 2/3 proxies".into()
+            }
+        );
+        let all = desired(&index.snapshot(), &objects, |_| (3, 3));
+        assert!(all["VirtualService shop/good"].programmed.programmed);
+        assert_eq!(
+            all["VirtualService shop/bad"].programmed.reason, "Invalid",
+            "an invalid generation is never programmed"
+        );
+        let bad = &want["VirtualService shop/bad"].accepted;
         assert!(!bad.accepted);
         assert_eq!(bad.reason, "Invalid");
         assert!(

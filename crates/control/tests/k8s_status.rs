@@ -1,0 +1,220 @@
+//! The `Programmed` condition and the Istio security kinds against a REAL kube-apiserver (the
+//! testbed of k8s.rs): a VirtualService applied with the API gets `Programmed=True` with "programmed
+//! on N/N proxies" once the connected proxies have ACKed it, `kubectl wait
+//! --for=condition=Programmed` returns, the count follows proxies leaving and new generations;
+//! a PeerAuthentication is watched, reaches the proxies of its namespace as their inbound
+//! policy and gets its conditions too.
+
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::print_stderr)]
+
+mod common;
+mod k8s_testbed;
+
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use common::{client, eventually, found, workload};
+use k8s_openapi::api::core::v1::{Namespace, Service};
+use k8s_testbed::Testbed;
+use kube::api::{Api, DynamicObject, ListParams, Patch, PatchParams, PostParams};
+use kube::discovery::ApiResource;
+use serde_json::{Value, json};
+use tokio_util::sync::CancellationToken;
+use trellis_control::k8s::manifests::{Values, render};
+use trellis_control::k8s::{KubeOptions, apply};
+use trellis_control::{ControlConfig, ControlPlane};
+use trellis_model::Target;
+use trellis_proxy::tls::policy::MtlsMode;
+
+fn resource(group: &str, version: &str, kind: &str, plural: &str) -> ApiResource {
+    ApiResource {
+        group: group.into(),
+        version: version.into(),
+        api_version: format!("{group}/{version}"),
+        kind: kind.into(),
+        plural: plural.into(),
+    }
+}
+
+/// The condition `kind` of `name`, if written.
+async fn condition(api: &Api<DynamicObject>, name: &str, kind: &str) -> Option<Value> {
+    let obj = api.get(name).await.ok()?;
+    obj.data["status"]["conditions"]
+        .as_array()?
+        .iter()
+        .find(|c| c["type"] == kind)
+        .cloned()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn programmed_counts_acks_and_security_kinds_are_watched() {
+    let Some(testbed) = Testbed::start() else {
+        return;
+    };
+    let kube = testbed.client().await;
+    apply::apply(&kube, &render(&Values::default()))
+        .await
+        .unwrap();
+    let vs_api: Api<DynamicObject> = Api::namespaced_with(
+        kube.clone(),
+        "shop",
+        &resource(
+            "networking.istio.io",
+            "v1beta1",
+            "VirtualService",
+            "virtualservices",
+        ),
+    );
+    let pa_api: Api<DynamicObject> = Api::namespaced_with(
+        kube.clone(),
+        "shop",
+        &resource(
+            "security.istio.io",
+            "v1beta1",
+            "PeerAuthentication",
+            "peerauthentications",
+        ),
+    );
+    eventually("the CRDs served", || async {
+        vs_api.list(&ListParams::default()).await.ok()?;
+        pa_api.list(&ListParams::default()).await.ok().map(|_| ())
+    })
+    .await;
+    let namespaces: Api<Namespace> = Api::all(kube.clone());
+    namespaces
+        .create(
+            &PostParams::default(),
+            &serde_json::from_value(json!({"metadata": {"name": "shop"}})).unwrap(),
+        )
+        .await
+        .unwrap();
+    let services: Api<Service> = Api::namespaced(kube.clone(), "shop");
+    services
+        .create(
+            &PostParams::default(),
+            &serde_json::from_value(json!({"metadata": {"name": "reviews"}, "spec": {"selector": {"app": "reviews"}, "ports": [{"port": 9080}]}})).unwrap(),
+        )
+        .await
+        .unwrap();
+
+    let any: SocketAddr = "127.0.0.1:0".parse().unwrap();
+    let control = ControlPlane::start(ControlConfig {
+        discovery_addr: any,
+        http_addr: any,
+        heartbeat_interval: Duration::from_millis(200),
+        kubernetes: Some(KubeOptions {
+            kubeconfig: Some(testbed.kubeconfig.clone()),
+            webhook_addr: None,
+            sync_timeout: Duration::from_secs(20),
+            ..KubeOptions::default()
+        }),
+        ..ControlConfig::default()
+    })
+    .await
+    .unwrap();
+
+    // Two proxies of the shop namespace, subscribed to reviews (their discovery clients ACK).
+    let target: Target = "reviews.shop:9080".parse().unwrap();
+    let stop_a = CancellationToken::new();
+    let stop_b = CancellationToken::new();
+    let mut a_workload = workload("web-1", "web", "127.0.0.1:1");
+    a_workload.namespace = "shop".into();
+    let mut b_workload = workload("web-2", "web", "127.0.0.1:2");
+    b_workload.namespace = "shop".into();
+    let a = client(control.discovery_addr, a_workload, &stop_a);
+    let b = client(control.discovery_addr, b_workload, &stop_b);
+    let a_rx = a.watch(&target);
+    let b_rx = b.watch(&target);
+    eventually("reviews known to both", || async {
+        (found(&a_rx).is_some() && found(&b_rx).is_some()).then_some(())
+    })
+    .await;
+
+    // 1. A VirtualService: Accepted, then Programmed on both proxies.
+    let vs: DynamicObject = serde_json::from_value(json!({
+        "apiVersion": "networking.istio.io/v1beta1", "kind": "VirtualService",
+        "metadata": {"name": "reviews", "namespace": "shop"},
+        "spec": {"hosts": ["reviews"], "http": [{"timeout": "3s", "route": [{"destination": {"host": "reviews"}}]}]},
+    }))
+    .unwrap();
+    vs_api.create(&PostParams::default(), &vs).await.unwrap();
+    let programmed = eventually("Programmed=True on 2/2", || async {
+        let c = condition(&vs_api, "reviews", "Programmed").await?;
+        (c["status"] == "True" && c["message"] == "programmed on 2/2 proxies").then_some(c)
+    })
+    .await;
+    assert_eq!(programmed["reason"], "Programmed");
+    assert_eq!(programmed["observedGeneration"], 1);
+    assert!(found(&a_rx).is_some_and(|d| !d.routes.is_empty()));
+    let accepted = condition(&vs_api, "reviews", "Accepted").await.unwrap();
+    assert_eq!(accepted["status"], "True");
+
+    // `kubectl wait --for=condition=Programmed` returns at once.
+    let out = tokio::process::Command::new("kubectl")
+        .env("KUBECONFIG", &testbed.kubeconfig)
+        .args([
+            "wait",
+            "-n",
+            "shop",
+            "--for=condition=Programmed",
+            "virtualservices.networking.istio.io/reviews",
+            "--timeout=10s",
+        ])
+        .output()
+        .await
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "kubectl wait: {}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+
+    // 2. A proxy leaves: the count follows.
+    stop_b.cancel();
+    eventually("programmed on 1/1 after a proxy left", || async {
+        let c = condition(&vs_api, "reviews", "Programmed").await?;
+        (c["message"] == "programmed on 1/1 proxies").then_some(())
+    })
+    .await;
+
+    // 3. A new generation is programmed again, with its observedGeneration.
+    let patch = json!({"spec": {"http": [{"timeout": "5s", "route": [{"destination": {"host": "reviews"}}]}]}});
+    vs_api
+        .patch("reviews", &PatchParams::default(), &Patch::Merge(&patch))
+        .await
+        .unwrap();
+    eventually("Programmed for generation 2", || async {
+        let c = condition(&vs_api, "reviews", "Programmed").await?;
+        (c["observedGeneration"] == 2 && c["status"] == "True").then_some(())
+    })
+    .await;
+    assert!(
+        found(&a_rx).is_some_and(|d| d.routes[0].timeout == Some(Duration::from_secs(5))),
+        "the proxy that counts as programmed has the new route"
+    );
+
+    // 4. PeerAuthentication is watched: STRICT reaches the shop proxy, with conditions.
+    let pa: DynamicObject = serde_json::from_value(json!({
+        "apiVersion": "security.istio.io/v1beta1", "kind": "PeerAuthentication",
+        "metadata": {"name": "default", "namespace": "shop"},
+        "spec": {"mtls": {"mode": "STRICT"}},
+    }))
+    .unwrap();
+    pa_api.create(&PostParams::default(), &pa).await.unwrap();
+    let mut policy_rx = a.inbound_policy_rx();
+    eventually("STRICT inbound policy at the proxy", || {
+        let mode = policy_rx.borrow_and_update().mode;
+        async move { (mode == MtlsMode::Strict).then_some(()) }
+    })
+    .await;
+    let pa_programmed = eventually("PeerAuthentication Programmed", || async {
+        let c = condition(&pa_api, "default", "Programmed").await?;
+        (c["status"] == "True").then_some(c)
+    })
+    .await;
+    assert_eq!(pa_programmed["message"], "programmed on 1/1 proxies");
+
+    stop_a.cancel();
+    control.stop().await;
+}
