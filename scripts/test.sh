@@ -127,6 +127,21 @@ fi
 log "cargo build --workspace --bins"
 timeout -k 30 "$BUILD_TIMEOUT" cargo build --workspace --bins
 
+# --- 2b. fuzz (docs/testing.md), bounded; skipped for a subset run or TRELLIS_SKIP_FUZZ=1 ------
+# Authorization's path and principal matching (fuzz/): seeded random inputs on the stable
+# toolchain always; then 30 s of coverage-guided cargo-fuzz where a nightly toolchain and
+# cargo-fuzz are installed. It runs before the tests so that their summary closes the run.
+if [ "$#" -eq 0 ] && [ -z "${TRELLIS_SKIP_FUZZ:-}" ]; then
+  log "cargo test --manifest-path fuzz/Cargo.toml (seeded random inputs)"
+  timeout -k 30 600 cargo test --manifest-path fuzz/Cargo.toml
+  if cargo +nightly --version >/dev/null 2>&1 && cargo fuzz --version >/dev/null 2>&1; then
+    log "cargo +nightly fuzz run authz_matching (30 s)"
+    timeout -k 30 900 cargo +nightly fuzz run --features fuzz authz_matching -- -max_total_time=30
+  else
+    log "fuzz: no nightly toolchain or cargo-fuzz here; the seeded run above stands in"
+  fi
+fi
+
 # --- 3. test -----------------------------------------------------------------------------
 if cargo nextest --version >/dev/null 2>&1; then
   # nextest does not run doctests; they go first so that nextest's summary closes the run.
