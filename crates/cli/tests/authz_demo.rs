@@ -330,6 +330,22 @@ fn only_productpage_may_call_reviews() {
         assert_eq!(a.status, 403, "plaintext -> {inbound}: {a:?}");
     }
 
+    // Plaintext bytes that are not HTTP are a TCP connection: the rule is L4 (principals), the
+    // client has none, so the proxy closes the connection before the app (which would answer
+    // `400 Bad Request`) sees a byte.
+    for inbound in workloads(&demo, "reviews", "inbound") {
+        let mut s = TcpStream::connect(&inbound).unwrap();
+        s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+        s.write_all(b"hello, reviews\r\n\r\n").unwrap();
+        let mut answer = Vec::new();
+        let read = s.read_to_end(&mut answer);
+        assert!(
+            matches!(read, Ok(0)) || answer.is_empty(),
+            "TCP to {inbound} should be closed unanswered: {read:?} {:?}",
+            String::from_utf8_lossy(&answer)
+        );
+    }
+
     // The demo keeps working: productpage's identity is allowed.
     for n in 0..20 {
         let a = get(&entry, "/api/v1/products/0/reviews");
@@ -372,6 +388,21 @@ fn deny_ratings_from_default_audit_reviews_dry_run_details() {
     assert_eq!(denied.body.trim(), "RBAC: access denied");
     let other = get(&in_other.port("ratings.default:9080"), "/ratings/0");
     assert_eq!(other.status, 200, "other/sleep -> ratings: {other:?}");
+
+    // For TCP the DENY keeps its L4 part (namespace default): a plaintext client has no
+    // namespace, so its (non-HTTP) connection reaches the app, which answers 400.
+    for inbound in workloads(&demo, "ratings", "inbound") {
+        let mut s = TcpStream::connect(&inbound).unwrap();
+        s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+        s.write_all(b"hello, ratings\r\n\r\n").unwrap();
+        let mut answer = Vec::new();
+        let _ = s.read_to_end(&mut answer);
+        let answer = String::from_utf8_lossy(&answer);
+        assert!(
+            answer.starts_with("HTTP/1.1 400"),
+            "TCP to {inbound}: {answer:?}"
+        );
+    }
 
     // reviews v2 and v3 (namespace default) lose their ratings; the page still answers.
     let audit_series =
