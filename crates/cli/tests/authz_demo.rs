@@ -450,3 +450,22 @@ fn deny_ratings_from_default_audit_reviews_dry_run_details() {
     );
     assert!(dry >= 5, "dry-run denials counted on details: {dry}");
 }
+
+#[test]
+fn unknown_default_inbound_policy_is_a_usage_error() {
+    let control = Path::new(env!("CARGO_BIN_EXE_trellis")).with_file_name("trellis-control");
+    let out = Command::new(control)
+        .args(["--default-inbound-policy", "sometimes"])
+        .stdin(Stdio::null())
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(64), "{stderr}");
+    assert!(
+        stderr.contains("--default-inbound-policy")
+            && stderr.contains(
+                "all-unauthenticated, all-authenticated, cluster-authenticated, deny, audit"
+            ),
+        "{stderr}"
+    );
+}
