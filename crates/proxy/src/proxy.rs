@@ -239,7 +239,7 @@ impl Proxy {
             })
             .with_telemetry(telemetry)
             .with_identity(identity.clone())
-            .with_authn(authn),
+            .with_authn(authn.clone()),
         );
         let admin_state = Arc::new(AdminState {
             metrics,
@@ -248,6 +248,7 @@ impl Proxy {
             listening: false.into(),
             shutdown: shutdown.clone(),
             identity,
+            authn,
         });
 
         tracker.spawn(inbound::run(

@@ -219,6 +219,12 @@ fn get(url: &str, headers: &[String]) -> CurlReply {
     curl_http(&args).unwrap()
 }
 
+fn config_dump(proxy: &Proxy) -> Value {
+    let (status, body) = proxy.admin_get("/config_dump").unwrap();
+    assert_eq!(status, 200, "{body}");
+    serde_json::from_str(&body).unwrap()
+}
+
 fn bearer(token: &str) -> Vec<String> {
     vec![format!("authorization: Bearer {token}")]
 }
@@ -332,6 +338,14 @@ fn jwt_rules_enforced_by_the_inbound_proxy() {
             "{url}: token forwarded"
         );
     }
+
+    // The proxy shows what it enforces, with the keys it fetched for the valid token.
+    let dump = config_dump(&mesh.server);
+    let ra = &dump["request_authentication"];
+    assert_eq!(ra["policies"], json!(["default/echo-jwt"]), "{ra}");
+    assert_eq!(ra["rules"][0]["issuer"], ISSUER, "{ra}");
+    assert_eq!(ra["rules"][0]["jwks"]["keys"], 1, "{ra}");
+    assert_eq!(ra["rules"][1]["jwks"]["inline"]["keys"], 1, "{ra}");
 
     // Each bad token gets 401 with Envoy's reason, directly and through the mesh.
     // Another key claiming k1's kid: the signature cannot verify.
@@ -568,4 +582,9 @@ spec:
         (r.status, r.body.as_str()),
         (401, "Jwks remote fetch is failed")
     );
+    let dump = config_dump(&mesh.server);
+    let wrong = &dump["request_authentication"]["rules"][1]["jwks"];
+    assert_eq!(wrong["keys"], Value::Null, "{wrong}");
+    let error = wrong["last_error"].as_str().unwrap_or_default();
+    assert!(error.contains("localhost"), "{wrong}");
 }

@@ -237,6 +237,40 @@ impl Authenticator {
         }));
     }
 
+    /// The rules in force and the state of their key sets, for `/config_dump`.
+    pub fn dump(&self) -> serde_json::Value {
+        let compiled = self.compiled.load();
+        let rules: Vec<serde_json::Value> = compiled
+            .rules
+            .iter()
+            .map(|r| {
+                let jwks = match &r.keys {
+                    Keys::Unusable => serde_json::json!({"inline": "unusable"}),
+                    Keys::Inline(set) => serde_json::json!({"inline": {"keys": set.keys.len()}}),
+                    Keys::Remote(cache) => cache.dump(),
+                };
+                let locations: Vec<String> = r
+                    .locations
+                    .iter()
+                    .map(|l| match l {
+                        Location::Header { name, prefix } => format!("header {name}: {prefix}"),
+                        Location::Param(p) => format!("param {p}"),
+                    })
+                    .collect();
+                serde_json::json!({
+                    "issuer": r.rule.issuer,
+                    "audiences": r.rule.audiences,
+                    "jwks": jwks,
+                    "locations": locations,
+                    "forward_original_token": r.rule.forward_original_token,
+                    "output_claim_to_headers": r.rule.output_claim_to_headers,
+                    "output_payload_to_header": r.rule.output_payload_to_header,
+                })
+            })
+            .collect();
+        serde_json::json!({"policies": compiled.policies, "rules": rules})
+    }
+
     /// Authenticates one inbound request: `Ok(None)` without a token, `Ok(Some(_))` for a
     /// valid one (also put into the request's extensions), `Err` for a 401.
     pub async fn authenticate<B>(

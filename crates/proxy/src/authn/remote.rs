@@ -72,6 +72,8 @@ pub struct RemoteJwks {
     /// Serializes fetches: concurrent requests needing fresh keys share one.
     fetching: tokio::sync::Mutex<()>,
     last_attempt: Mutex<Option<Instant>>,
+    /// Why the last fetch failed; cleared by a success. For `/config_dump`.
+    last_error: Mutex<Option<String>>,
 }
 
 impl RemoteJwks {
@@ -83,6 +85,7 @@ impl RemoteJwks {
             keys: ArcSwapOption::empty(),
             fetching: tokio::sync::Mutex::new(()),
             last_attempt: Mutex::new(None),
+            last_error: Mutex::new(None),
         });
         tokio::spawn(refresh_loop(Arc::downgrade(&cache)));
         cache
@@ -91,6 +94,15 @@ impl RemoteJwks {
     /// The keys as cached, if any fetch has succeeded.
     pub fn cached(&self) -> Option<Arc<KeySet>> {
         self.keys.load_full()
+    }
+
+    /// What `/config_dump` shows of this cache.
+    pub fn dump(&self) -> serde_json::Value {
+        serde_json::json!({
+            "uri": self.uri,
+            "keys": self.cached().map(|k| k.keys.len()),
+            "last_error": *self.last_error.lock().unwrap_or_else(|p| p.into_inner()),
+        })
     }
 
     /// Fetches now unless a fetch was attempted within [`MIN_REFETCH_INTERVAL`] (then the
@@ -111,20 +123,24 @@ impl RemoteJwks {
             }
             *last = Some(Instant::now());
         }
-        match tokio::time::timeout(FETCH_TIMEOUT, fetch(&self.uri)).await {
-            Ok(Ok(keys)) => {
+        let result = match tokio::time::timeout(FETCH_TIMEOUT, fetch(&self.uri)).await {
+            Ok(result) => result,
+            Err(_) => Err(FetchError::Timeout),
+        };
+        let error = match result {
+            Ok(keys) => {
                 if self.keys.load().as_deref() != Some(&keys) {
                     tracing::info!(uri = %self.uri, keys = keys.keys.len(), "fetched JWKS");
                 }
                 self.keys.store(Some(Arc::new(keys)));
+                None
             }
-            Ok(Err(e)) => {
-                tracing::warn!(uri = %self.uri, error = %e, "JWKS fetch failed; keeping the last good keys")
+            Err(e) => {
+                tracing::warn!(uri = %self.uri, error = %e, "JWKS fetch failed; keeping the last good keys");
+                Some(e.to_string())
             }
-            Err(_) => {
-                tracing::warn!(uri = %self.uri, error = %FetchError::Timeout, "JWKS fetch failed; keeping the last good keys")
-            }
-        }
+        };
+        *self.last_error.lock().unwrap_or_else(|p| p.into_inner()) = error;
     }
 }
 
