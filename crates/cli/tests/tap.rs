@@ -281,6 +281,12 @@ fn tap_the_demo() {
         .output()
         .unwrap();
     assert_eq!(String::from_utf8_lossy(&bad.stdout), "400");
+    let post = Command::new("curl")
+        .args(["-s", "-o", "/dev/null", "-w", "%{http_code}", "-X", "POST"])
+        .arg(format!("http://{admin}/tap"))
+        .output()
+        .unwrap();
+    assert_eq!(String::from_utf8_lossy(&post.stdout), "405");
     let metrics = Command::new("curl")
         .arg(format!("http://{admin}/metrics"))
         .output()

@@ -173,21 +173,34 @@ pub async fn serve(shared: Arc<Shared>, pairs: Vec<(String, String)>) -> Respons
             .into_response();
     }
     let path = req.proxy_path();
+    // Every proxy is subscribed (in parallel, each bounded by OPEN_TIMEOUT) before the head
+    // goes out, so a client that has the head sees every request that finishes after it.
+    let attempts = futures_util::future::join_all(targets.iter().map(|(name, admin)| {
+        let path = &path;
+        async move {
+            let Some(admin) = admin else {
+                return (
+                    name,
+                    Err(Refused::Failed("no admin address registered".into())),
+                );
+            };
+            let opened = open(*admin, path).await.map_err(|e| match e {
+                Refused::Failed(e) => Refused::Failed(format!("{admin}: {e}")),
+                bad => bad,
+            });
+            (name, opened)
+        }
+    }))
+    .await;
     let mut opened = Vec::new();
     let mut failures = Vec::new();
-    // Every proxy is subscribed before the head goes out, so a client that has the head sees
-    // every request that finishes after it.
-    for (name, admin) in &targets {
-        let Some(admin) = admin else {
-            failures.push(format!("{name}: no admin address registered"));
-            continue;
-        };
-        match open(*admin, &path).await {
+    for (name, attempt) in attempts {
+        match attempt {
             Ok(stream) => opened.push((name.clone(), stream)),
             Err(Refused::BadQuery(msg)) => {
                 return (StatusCode::BAD_REQUEST, msg).into_response();
             }
-            Err(Refused::Failed(e)) => failures.push(format!("{name} ({admin}): {e}")),
+            Err(Refused::Failed(e)) => failures.push(format!("{name}: {e}")),
         }
     }
     for f in &failures {

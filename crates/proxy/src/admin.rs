@@ -34,8 +34,6 @@ pub struct AdminState {
     pub shutdown: CancellationToken,
     /// The workload certificate: readiness, `/config_dump` and TLS metrics.
     pub identity: Arc<crate::tls::MeshIdentity>,
-    /// End-user authentication rules and key sets, for `/config_dump`.
-    pub authn: Arc<crate::authn::Authenticator>,
 }
 
 impl AdminState {
@@ -86,7 +84,6 @@ impl AdminState {
                     "proxy": self.config,
                     "identity": self.identity.status(),
                     "inbound_policy": &**self.identity.inbound_policy.load(),
-                    "request_authentication": self.authn.dump(),
                     "authorization": self.metrics.authz.current(),
                     "discovery": {
                         "status": self.discovery.status(),
@@ -113,7 +110,7 @@ impl AdminState {
                     .insert(header::ALLOW, header::HeaderValue::from_static("POST"));
                 resp
             }
-            (_, "/live" | "/ready" | "/metrics" | "/config_dump") => {
+            (_, "/live" | "/ready" | "/metrics" | "/config_dump" | "/tap") => {
                 text(StatusCode::METHOD_NOT_ALLOWED, "use GET\n".into())
             }
             _ => text(StatusCode::NOT_FOUND, "not found\n".into()),
