@@ -34,6 +34,8 @@ pub struct AdminState {
     pub shutdown: CancellationToken,
     /// The workload certificate: readiness, `/config_dump` and TLS metrics.
     pub identity: Arc<crate::tls::MeshIdentity>,
+    /// End-user authentication rules and key sets, for `/config_dump`.
+    pub authn: Arc<crate::authn::Authenticator>,
 }
 
 impl AdminState {
@@ -84,6 +86,7 @@ impl AdminState {
                     "proxy": self.config,
                     "identity": self.identity.status(),
                     "inbound_policy": &**self.identity.inbound_policy.load(),
+                    "request_authentication": self.authn.dump(),
                     "authorization": self.metrics.authz.current(),
                     "discovery": {
                         "status": self.discovery.status(),
