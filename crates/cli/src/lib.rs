@@ -24,6 +24,7 @@ pub mod proxyconfig;
 pub mod stat;
 pub mod tap;
 pub mod top;
+pub mod upgrade;
 pub mod validate;
 
 use std::ffi::OsString;
@@ -53,6 +54,8 @@ pub enum Command {
     Install(install::InstallArgs),
     /// Print what to delete to remove the mesh (`| kubectl delete -f -`).
     Uninstall(install::InstallArgs),
+    /// Diff what installing this version would change in the cluster; applies nothing.
+    Upgrade(upgrade::UpgradeArgs),
     /// Add the proxy to the pods in YAML (files or stdin), as the injection webhook does.
     Inject(inject::InjectArgs),
     /// Remove what `inject` added.
@@ -100,6 +103,11 @@ where
         Command::Demo(args) => run_demo(args),
         Command::Install(args) => run_install(&args, false),
         Command::Uninstall(args) => run_install(&args, true),
+        Command::Upgrade(args) => ExitCode::from(upgrade::run(
+            &args,
+            &mut std::io::stdout().lock(),
+            &mut std::io::stderr().lock(),
+        )),
         Command::Inject(args) => run_inject(&args, false),
         Command::Uninject(args) => run_inject(&args, true),
         Command::Validate(args) => ExitCode::from(validate::run(

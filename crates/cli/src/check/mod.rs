@@ -6,6 +6,7 @@
 //! [`report`] is pure; this module only fetches the control plane's JSON API and each proxy's
 //! admin endpoint (addresses from `/api/v1/workloads`), every call under a deadline.
 
+pub mod k8s;
 pub mod report;
 
 use std::io::Write;
@@ -32,6 +33,22 @@ pub struct CheckArgs {
     /// `table` (Linkerd's text) or `json`.
     #[arg(short = 'o', long = "output", value_enum, default_value_t = OutputFormat::Table)]
     pub output: OutputFormat,
+    /// Kubernetes: is the cluster ready for the mesh (before `trellis install`)?
+    #[arg(long)]
+    pub pre: bool,
+    /// Check the mesh installed in a Kubernetes cluster (implied by `--pre`, `--kubeconfig`
+    /// and `--context`) instead of a local-mode control plane.
+    #[arg(long)]
+    pub kubernetes: bool,
+    #[command(flatten)]
+    pub kube: crate::install::cluster::KubeArgs,
+}
+
+impl CheckArgs {
+    /// Whether the checks are against a Kubernetes cluster.
+    pub fn kubernetes_mode(&self) -> bool {
+        self.pre || self.kubernetes || self.kube.given()
+    }
 }
 
 /// `http://127.0.0.1:15014` or `127.0.0.1:15014` -> the address (loopback HTTP only).
@@ -167,8 +184,14 @@ pub fn run(args: &CheckArgs, out: &mut dyn Write, err: &mut dyn Write) -> u8 {
             return crate::EXIT_FAILURE;
         }
     };
-    let observed = runtime.block_on(observe(control, &args.control));
-    let report = report::evaluate(&observed, args.proxy);
+    let report = if args.pre {
+        runtime.block_on(k8s::pre(&args.kube))
+    } else if args.kubernetes_mode() {
+        runtime.block_on(k8s::installed(&args.kube))
+    } else {
+        let observed = runtime.block_on(observe(control, &args.control));
+        report::evaluate(&observed, args.proxy)
+    };
     let text = if args.output.is_structured() {
         match output::structured(args.output, &report) {
             Ok(t) => t,

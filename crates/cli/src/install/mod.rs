@@ -2,6 +2,8 @@
 //! `kubectl apply -f -` / `kubectl delete -f -`. The manifests themselves are data from
 //! `trellis_control::k8s::manifests`, so the control plane, its tests and this command agree.
 
+pub mod cluster;
+
 use std::io::Write;
 
 use clap::Args;

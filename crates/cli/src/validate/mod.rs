@@ -3,9 +3,11 @@
 //! field, a fix, a severity and a stable code.
 //!
 //! [`checks::analyze`] is pure (bytes in, findings out); this module reads the files, renders
-//! and maps the outcome to the exit code. It must not talk to a running mesh.
+//! and maps the outcome to the exit code. It never talks to a running mesh; with `--cluster` it
+//! reads the mesh's config objects from the Kubernetes API server ([`cluster`]).
 
 pub mod checks;
+pub mod cluster;
 mod raw;
 
 use std::io::Write;
@@ -29,8 +31,14 @@ const MAX_FILES: usize = 10_000;
 pub struct ValidateArgs {
     /// Config files and directories (`*.yaml`, `*.yml`, `*.json`, recursively), read together
     /// as one config set.
-    #[arg(required = true, value_name = "FILE|DIR")]
+    #[arg(required_unless_present = "cluster", value_name = "FILE|DIR")]
     pub paths: Vec<PathBuf>,
+    /// Also read the mesh config (and workloads) in the cluster, as the control plane would:
+    /// with no FILE, check what is there; with files, check them as if applied to it.
+    #[arg(long)]
+    pub cluster: bool,
+    #[command(flatten)]
+    pub kube: crate::install::cluster::KubeArgs,
     /// Output format.
     #[arg(short = 'o', long = "output", value_enum, default_value_t = OutputFormat::Table)]
     pub output: OutputFormat,
@@ -315,15 +323,38 @@ fn summarize(findings: &[Finding], files: usize) -> Summary {
     s
 }
 
+fn read_cluster(args: &crate::install::cluster::KubeArgs) -> Result<Vec<InputFile>, String> {
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .map_err(|e| format!("cannot start the async runtime: {e}"))?;
+    runtime
+        .block_on(cluster::read(args))
+        .map_err(|e| e.to_string())
+}
+
 /// Runs the command; returns the exit code. Findings go to `out`, the summary to `err`.
 pub fn run(args: &ValidateArgs, out: &mut dyn Write, err: &mut dyn Write) -> u8 {
-    let inputs = match read_inputs(&args.paths) {
+    let mut inputs = match read_inputs(&args.paths) {
         Ok(inputs) => inputs,
         Err(e) => {
             let _ = writeln!(err, "trellis validate: {e}");
             return EXIT_UNREADABLE;
         }
     };
+    if args.cluster {
+        match read_cluster(&args.kube) {
+            // The cluster's objects first: files given alongside come after, as if applied.
+            Ok(mut objects) => {
+                objects.append(&mut inputs);
+                inputs = objects;
+            }
+            Err(e) => {
+                let _ = writeln!(err, "trellis validate: cannot read the cluster: {e}");
+                return EXIT_UNREADABLE;
+            }
+        }
+    }
     let findings = analyze(&inputs);
     match render(&findings, inputs.len(), args.output) {
         Ok(text) => {

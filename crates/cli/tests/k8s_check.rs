@@ -1,0 +1,338 @@
+//! `trellis check --pre`, `trellis check` in Kubernetes mode, `trellis upgrade` and
+//! `trellis validate --cluster` against a REAL kube-apiserver (the testbed of crates/control/
+//! tests, v1.20), with the real `trellis-control` run outside the cluster as its webhook server
+//! (found next to `trellis`: `cargo build --workspace --bins` first). Needs kubectl on PATH.
+
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::print_stderr)]
+
+#[path = "../../control/tests/k8s_testbed/mod.rs"]
+mod k8s_testbed;
+
+use std::io::Write;
+use std::path::Path;
+use std::process::{Command, Output, Stdio};
+use std::time::{Duration, Instant};
+
+use k8s_testbed::{Testbed, free_port};
+
+/// Kills the child it holds when dropped, also when an assertion fails.
+struct KillOnDrop(std::process::Child);
+
+impl Drop for KillOnDrop {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+/// Runs `trellis args`; (exit code, stdout, stderr).
+fn trellis(args: &[&str]) -> (i32, String, String) {
+    let out = Command::new(env!("CARGO_BIN_EXE_trellis"))
+        .args(args)
+        .output()
+        .unwrap();
+    (
+        out.status.code().unwrap_or(-1),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+fn kubectl(kubeconfig: &Path, args: &[&str], stdin: &[u8]) -> Output {
+    let mut child = Command::new("kubectl")
+        .arg("--kubeconfig")
+        .arg(kubeconfig)
+        .args(args)
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("kubectl on PATH (scripts/test.sh installs kubernetes-client)");
+    child.stdin.take().unwrap().write_all(stdin).unwrap();
+    child.wait_with_output().unwrap()
+}
+
+fn apply(kubeconfig: &Path, yaml: &str) {
+    let out = kubectl(kubeconfig, &["apply", "-f", "-"], yaml.as_bytes());
+    assert!(
+        out.status.success(),
+        "kubectl apply: {}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+/// The line of a check report that starts with `mark` and holds `text`.
+fn has_line(report: &str, mark: &str, text: &str) -> bool {
+    report
+        .lines()
+        .any(|l| l.starts_with(mark) && l.contains(text))
+}
+
+/// Another mesh's sidecar injector on a namespace the mesh would inject too.
+const OTHER_MESH: &str = "apiVersion: v1
+kind: Namespace
+metadata: {name: shop, labels: {istio-injection: enabled}}
+---
+apiVersion: admissionregistration.k8s.io/v1
+kind: MutatingWebhookConfiguration
+metadata: {name: istio-sidecar-injector}
+webhooks:
+- name: namespace.sidecar-injector.istio.io
+  clientConfig: {url: \"https://127.0.0.1:1/inject\"}
+  rules: [{apiGroups: [\"\"], apiVersions: [v1], operations: [CREATE], resources: [pods]}]
+  namespaceSelector: {matchLabels: {istio-injection: enabled}}
+  failurePolicy: Ignore
+  sideEffects: None
+  admissionReviewVersions: [v1]
+";
+
+/// Config with one semantic error: a subset the DestinationRule does not define.
+const BROKEN: &str = "apiVersion: v1
+kind: Service
+metadata: {name: reviews, namespace: shop}
+spec:
+  selector: {app: reviews}
+  ports: [{name: http, port: 9080}]
+---
+apiVersion: networking.istio.io/v1
+kind: DestinationRule
+metadata: {name: reviews, namespace: shop}
+spec:
+  host: reviews
+  subsets: [{name: v1, labels: {version: v1}}]
+---
+apiVersion: networking.istio.io/v1
+kind: VirtualService
+metadata: {name: reviews, namespace: shop}
+spec:
+  hosts: [reviews]
+  http:
+  - route:
+    - destination: {host: reviews, subset: v9}
+";
+
+#[test]
+fn pre_check_install_upgrade_check_and_validate_cluster() {
+    let Some(testbed) = Testbed::start() else {
+        return;
+    };
+    let kc = testbed.kubeconfig.to_str().unwrap().to_string();
+
+    // An empty cluster is ready for the mesh.
+    let (code, out, err) = trellis(&["check", "--pre", "--kubeconfig", &kc]);
+    assert_eq!(code, 0, "{out}{err}");
+    for line in [
+        "can query the Kubernetes API",
+        "is running the minimum Kubernetes API version",
+        "control plane namespace does not already exist",
+        "can create non-namespaced resources",
+        "can create namespaced resources in the control plane namespace",
+        "mesh CRDs can be installed",
+        "no other mesh's injection webhook",
+    ] {
+        assert!(has_line(&out, "√", line), "{line}: {out}");
+    }
+    assert!(out.ends_with("Status check results are √\n"), "{out}");
+    // --context as kubectl: the kubeconfig's context works, another is an error.
+    let (code, _, _) = trellis(&["check", "--pre", "--kubeconfig", &kc, "--context", "test"]);
+    assert_eq!(code, 0);
+    let (code, out, _) = trellis(&["check", "--pre", "--kubeconfig", &kc, "--context", "nope"]);
+    assert_eq!(code, 1);
+    assert!(has_line(&out, "×", "can initialize the client"), "{out}");
+
+    // Another mesh's injector on `shop`: refused, naming it and the namespace; JSON too.
+    apply(&testbed.kubeconfig, OTHER_MESH);
+    let (code, out, _) = trellis(&["check", "--pre", "--kubeconfig", &kc]);
+    assert_eq!(code, 1, "{out}");
+    assert!(
+        has_line(&out, "×", "no other mesh's injection webhook"),
+        "{out}"
+    );
+    assert!(
+        out.contains(
+            "istio-sidecar-injector (namespace.sidecar-injector.istio.io) injects pods in: shop"
+        ),
+        "{out}"
+    );
+    let (_, json, _) = trellis(&["check", "--pre", "--kubeconfig", &kc, "-o", "json"]);
+    let json: serde_json::Value = serde_json::from_str(&json).unwrap();
+    assert_eq!(json["success"], false);
+    // Opting the namespace out of the mesh settles it.
+    let out = kubectl(
+        &testbed.kubeconfig,
+        &["label", "namespace", "shop", "trellis.io/inject=disabled"],
+        b"",
+    );
+    assert!(out.status.success());
+    let (code, out, _) = trellis(&["check", "--pre", "--kubeconfig", &kc]);
+    assert_eq!(code, 0, "{out}");
+
+    // Nothing installed yet: Kubernetes-mode check fails on what is missing.
+    let (code, out, _) = trellis(&["check", "--kubeconfig", &kc]);
+    assert_eq!(code, 1);
+    assert!(
+        has_line(&out, "×", "control plane namespace exists"),
+        "{out}"
+    );
+    assert!(has_line(&out, "×", "mesh CRDs are installed"), "{out}");
+
+    // Install with the webhooks calling a control plane outside the cluster.
+    let webhook = format!("127.0.0.1:{}", free_port());
+    let url = format!("webhook.url=https://{webhook}");
+    let (code, manifests, err) = trellis(&["install", "--set", &url]);
+    assert_eq!(code, 0, "{err}");
+    apply(&testbed.kubeconfig, &manifests);
+
+    // Upgrade: nothing to change for the same values; a replica change is shown, not applied.
+    let (code, diff, err) = trellis(&["upgrade", "--set", &url, "--kubeconfig", &kc]);
+    assert_eq!(code, 0, "{err}");
+    assert_eq!(diff, "", "an unchanged install diffs empty");
+    assert!(err.contains("0 to create, 0 to change"), "{err}");
+    let (code, diff, err) = trellis(&[
+        "upgrade",
+        "--set",
+        &url,
+        "--set",
+        "replicas=3",
+        "--kubeconfig",
+        &kc,
+    ]);
+    assert_eq!(code, 0, "{err}");
+    assert!(
+        diff.starts_with(
+            "--- cluster: Deployment trellis-system/trellis-control\n+++ trellis install: Deployment trellis-system/trellis-control\n@@"
+        ),
+        "{diff}"
+    );
+    assert!(
+        diff.contains("\n-  replicas: 1\n+  replicas: 3\n"),
+        "{diff}"
+    );
+    assert!(err.contains("0 to create, 1 to change"), "{err}");
+    assert!(
+        err.contains(&format!(
+            "To apply: trellis install --set {url} --set replicas=3 | kubectl --kubeconfig {kc} apply -f -"
+        )),
+        "{err}"
+    );
+    let replicas = kubectl(
+        &testbed.kubeconfig,
+        &[
+            "get",
+            "deployment",
+            "-n",
+            "trellis-system",
+            "trellis-control",
+            "-o",
+            "jsonpath={.spec.replicas}",
+        ],
+        b"",
+    );
+    assert_eq!(
+        String::from_utf8_lossy(&replicas.stdout),
+        "1",
+        "applied nothing"
+    );
+
+    // Installed, but no control plane has run: the caBundle is empty.
+    let (code, out, _) = trellis(&["check", "--kubeconfig", &kc]);
+    assert_eq!(code, 1, "{out}");
+    assert!(
+        has_line(&out, "√", "control plane namespace exists"),
+        "{out}"
+    );
+    assert!(has_line(&out, "√", "mesh CRDs are installed"), "{out}");
+    assert!(
+        has_line(
+            &out,
+            "√",
+            "MutatingWebhookConfiguration trellis-sidecar-injector exists"
+        ),
+        "{out}"
+    );
+    assert!(
+        has_line(
+            &out,
+            "×",
+            "inject.trellis.io: caBundle holds a CA certificate"
+        ),
+        "{out}"
+    );
+    // No kubelet in the testbed: the Deployment's pods never run.
+    assert!(
+        has_line(&out, "×", "control plane Deployment is ready"),
+        "{out}"
+    );
+    assert!(out.contains("0/1 replicas ready"), "{out}");
+
+    // The control plane, run outside the cluster, patches the caBundle with its CA; the
+    // webhook's certificate then chains to it.
+    let control = Path::new(env!("CARGO_BIN_EXE_trellis")).with_file_name("trellis-control");
+    let ready_file = testbed.run.path().join("control.ready");
+    let _control = KillOnDrop(
+        Command::new(&control)
+            .args(["--kubernetes", "--kubeconfig", &kc])
+            .args(["--discovery", &format!("127.0.0.1:{}", free_port())])
+            .args(["--http", &format!("127.0.0.1:{}", free_port())])
+            .args(["--webhook", &webhook, "--webhook-name", "127.0.0.1"])
+            .arg("--ready-file")
+            .arg(&ready_file)
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap_or_else(|e| {
+                panic!(
+                    "{}: {e} (cargo build --workspace --bins)",
+                    control.display()
+                )
+            }),
+    );
+    let deadline = Instant::now() + Duration::from_secs(40);
+    let out = loop {
+        let (_, out, _) = trellis(&["check", "--kubeconfig", &kc]);
+        let signed = "validate.trellis.io: serving certificate is signed by the caBundle";
+        if has_line(&out, "√", signed) || Instant::now() > deadline {
+            break out;
+        }
+        std::thread::sleep(Duration::from_millis(500));
+    };
+    for line in [
+        "inject.trellis.io: caBundle holds a CA certificate",
+        "inject.trellis.io: caBundle CA is not near expiry",
+        "inject.trellis.io: serving certificate is signed by the caBundle",
+        "inject.trellis.io: serving certificate is not near expiry",
+        "validate.trellis.io: serving certificate is signed by the caBundle",
+    ] {
+        assert!(has_line(&out, "√", line), "{line}: {out}");
+    }
+
+    // validate --cluster: a clean cluster, then a VirtualService naming an undefined subset.
+    let (code, _, err) = trellis(&["validate", "--cluster", "--kubeconfig", &kc]);
+    assert_eq!(code, 0, "{err}");
+    apply(&testbed.kubeconfig, BROKEN);
+    let (code, table, err) = trellis(&["validate", "--cluster", "--kubeconfig", &kc]);
+    assert_eq!(code, 79, "{table}{err}");
+    let row = table
+        .lines()
+        .find(|l| l.contains("TRL2002"))
+        .unwrap_or_else(|| panic!("{table}"));
+    assert!(row.contains("VirtualService shop/reviews"), "{row}");
+    assert!(
+        row.contains("spec.http[0].route[0].destination.subset"),
+        "{row}"
+    );
+    let (_, json, _) = trellis(&["validate", "--cluster", "--kubeconfig", &kc, "-o", "json"]);
+    let json: serde_json::Value = serde_json::from_str(&json).unwrap();
+    let f = json["findings"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|f| f["code"] == "TRL2002")
+        .unwrap();
+    assert_eq!(f["file"], "VirtualService shop/reviews");
+    assert_eq!(f["severity"], "error");
+    // Unreachable cluster: unreadable input.
+    let (code, _, err) = trellis(&["validate", "--cluster", "--kubeconfig", "/nonexistent"]);
+    assert_eq!(code, 65, "{err}");
+}
