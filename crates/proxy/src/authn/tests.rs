@@ -477,3 +477,37 @@ async fn unreachable_jwks_uri_is_a_fetch_failure() {
         JwtError::JwksFetchFailed
     );
 }
+
+#[tokio::test]
+async fn a_failed_fetch_keeps_the_last_good_keys() {
+    use std::sync::atomic::{AtomicUsize, Ordering};
+    let k1 = TestKey::ec("k1");
+    let body = Arc::new(Mutex::new(jwks(&[&k1])));
+    let hits = Arc::new(AtomicUsize::new(0));
+    let uri = jwks_server(body.clone(), hits.clone()).await;
+    let a = authenticator(vec![rule("iss", JwksSource::Uri(uri))]);
+    let t1 = k1.sign(&claims("iss", "web", 600));
+    assert!(check(&a, &t1).await.is_ok());
+    // The issuer now serves garbage; a token with an unknown kid makes the proxy refetch.
+    *body.lock().unwrap() = "<html>maintenance</html>".into();
+    tokio::time::sleep(MIN_REFETCH_INTERVAL + Duration::from_millis(200)).await;
+    let unknown = TestKey::ec("k9").sign(&claims("iss", "web", 600));
+    assert_eq!(
+        check(&a, &unknown).await.unwrap_err(),
+        JwtError::NoMatchingKey
+    );
+    assert_eq!(hits.load(Ordering::SeqCst), 2, "refetched");
+    assert!(
+        check(&a, &t1).await.is_ok(),
+        "last good keys still in force"
+    );
+    let dump = a.dump();
+    let jwks = &dump["rules"][0]["jwks"];
+    assert_eq!(jwks["keys"], 1, "{jwks}");
+    assert!(
+        jwks["last_error"]
+            .as_str()
+            .is_some_and(|e| e.contains("JWKS")),
+        "{jwks}"
+    );
+}
