@@ -6,7 +6,11 @@ use bytes::Bytes;
 use http::{HeaderMap, HeaderValue, Response, StatusCode, header};
 use http_body_util::{BodyExt, Full};
 
-use crate::http::ProxyBody;
+use crate::http::{ProxyBody, TRELLIS_ERROR};
+
+/// The proxy's own reason on a denial: the access log shows it as response flag `DENIED`.
+/// It names no policy: which one decided is for the proxy's log, not for the caller.
+pub const DENIED_REASON: &str = "authorization denied";
 
 /// Istio's body (and gRPC message) for a denial.
 pub const DENIED_BODY: &str = "RBAC: access denied";
@@ -30,6 +34,7 @@ pub fn denied(request_headers: &HeaderMap) -> Response<ProxyBody> {
         *resp.status_mut() = StatusCode::FORBIDDEN;
     }
     let headers = resp.headers_mut();
+    headers.insert(TRELLIS_ERROR, HeaderValue::from_static(DENIED_REASON));
     if grpc {
         headers.insert(
             header::CONTENT_TYPE,

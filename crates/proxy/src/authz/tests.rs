@@ -59,6 +59,11 @@ async fn denies_with_istio_body_and_counts() {
         )
         .unwrap();
     assert_eq!(denied.status(), StatusCode::FORBIDDEN);
+    // The access log's response flag for it.
+    let reason = denied.headers()[crate::http::TRELLIS_ERROR]
+        .to_str()
+        .unwrap();
+    assert_eq!(crate::accesslog::response_flags(Some(reason)), "DENIED");
     let body = denied.into_body().collect().await.unwrap().to_bytes();
     assert_eq!(&body[..], b"RBAC: access denied");
     assert!(
