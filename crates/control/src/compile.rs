@@ -226,7 +226,26 @@ fn address_destination(view: MeshView<'_>, addr: SocketAddr) -> Option<Destinati
     })
 }
 
+/// The workload label that marks an endpoint without a proxy (as Istio's
+/// `security.istio.io/tlsMode`): `disabled` for Kubernetes pods without the sidecar and
+/// EndpointSlice addresses. Set by the control plane (`k8s::pods`), never read from users.
+pub const TLS_MODE_LABEL: &str = "trellis.io/tls-mode";
+
 fn endpoint(trust_domain: &str, w: &Workload, target_port: u16) -> Endpoint {
+    if w.labels
+        .get(TLS_MODE_LABEL)
+        .is_some_and(|m| m == "disabled")
+    {
+        // No proxy there: the application itself, plaintext, no identity to check.
+        return Endpoint {
+            address: std::net::SocketAddr::new(w.inbound_address.ip(), target_port),
+            meshed: false,
+            identity: None,
+            workload: w.name.clone(),
+            labels: w.labels.clone(),
+            target_port,
+        };
+    }
     Endpoint {
         address: w.inbound_address,
         meshed: true,

@@ -3,7 +3,8 @@
 //! on N/N proxies" once the connected proxies have ACKed it, `kubectl wait
 //! --for=condition=Programmed` returns, the count follows proxies leaving and new generations;
 //! a PeerAuthentication is watched, reaches the proxies of its namespace as their inbound
-//! policy and gets its conditions too.
+//! policy and gets its conditions too. A pod without the proxy is a plain endpoint (its own
+//! IP and port, not meshed, no identity) that a real proxy reaches in plaintext.
 
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::print_stderr)]
 
@@ -215,6 +216,125 @@ async fn programmed_counts_acks_and_security_kinds_are_watched() {
     .await;
     assert_eq!(pa_programmed["message"], "programmed on 1/1 proxies");
 
+    // 5. A pod without the proxy: Ready at 127.0.0.1 (written as a kubelet would) with a real
+    //    application on a free port, selected by the `plain` Service.
+    let app = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let app_port = app.local_addr().unwrap().port();
+    tokio::spawn(async move {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        // Bounded by the test: the task ends with the runtime.
+        while let Ok((mut conn, _)) = app.accept().await {
+            tokio::spawn(async move {
+                let mut buf = [0u8; 4096];
+                let _ = conn.read(&mut buf).await;
+                let _ = conn
+                    .write_all(b"HTTP/1.1 200 OK\r\ncontent-length: 8\r\nconnection: close\r\n\r\nunmeshed")
+                    .await;
+            });
+        }
+    });
+    services
+        .create(
+            &PostParams::default(),
+            &serde_json::from_value(json!({"metadata": {"name": "plain"}, "spec": {"selector": {"app": "plain"}, "ports": [{"port": 8080, "targetPort": app_port}]}})).unwrap(),
+        )
+        .await
+        .unwrap();
+    let nodes: Api<k8s_openapi::api::core::v1::Node> = Api::all(kube.clone());
+    nodes
+        .create(
+            &PostParams::default(),
+            &serde_json::from_value(json!({"metadata": {"name": "node-1"}})).unwrap(),
+        )
+        .await
+        .unwrap();
+    let pods: Api<k8s_openapi::api::core::v1::Pod> = Api::namespaced(kube.clone(), "shop");
+    pods.create(
+        &PostParams::default(),
+        &serde_json::from_value(json!({
+            "metadata": {"name": "plain-1", "labels": {"app": "plain"}},
+            "spec": {"nodeName": "node-1", "serviceAccountName": "default",
+                     "containers": [{"name": "app", "image": "plain:1", "ports": [{"containerPort": app_port}]}]},
+        }))
+        .unwrap(),
+    )
+    .await
+    .unwrap();
+    let status = json!({"status": {
+        "phase": "Running", "podIP": "127.0.0.1", "podIPs": [{"ip": "127.0.0.1"}],
+        "conditions": [{"type": "Ready", "status": "True"}],
+    }});
+    pods.patch_status("plain-1", &PatchParams::default(), &Patch::Merge(&status))
+        .await
+        .unwrap();
+    let plain: Target = "plain.shop:8080".parse().unwrap();
+    let plain_rx = a.watch(&plain);
+    let dest = eventually("the plain pod as an endpoint", || async {
+        found(&plain_rx).filter(|d| !d.endpoints.is_empty())
+    })
+    .await;
+    let ep = &dest.endpoints[0];
+    assert_eq!(ep.address, SocketAddr::from(([127, 0, 0, 1], app_port)));
+    assert!(!ep.meshed, "no proxy there: not meshed");
+    assert_eq!(ep.identity, None);
+
+    // A real proxy, with a certificate (so mTLS is on for meshed hops), dials it in plaintext.
+    let accounts: Api<k8s_openapi::api::core::v1::ServiceAccount> =
+        Api::namespaced(kube.clone(), "shop");
+    let request: k8s_openapi::api::authentication::v1::TokenRequest = serde_json::from_value(
+        json!({"spec": {"audiences": ["trellis"], "expirationSeconds": 600}}),
+    )
+    .unwrap();
+    // The controller manager creates the namespace's `default` ServiceAccount shortly after it.
+    let token = eventually("a token of shop/default", || async {
+        Some(
+            accounts
+                .create_token_request("default", &PostParams::default(), &request)
+                .await
+                .ok()?
+                .status?
+                .token,
+        )
+    })
+    .await;
+    let token_dir = tempfile::tempdir().unwrap();
+    let token_file = token_dir.path().join("token");
+    std::fs::write(&token_file, token).unwrap();
+    let mut config = trellis_proxy::config::ProxyConfig::local(None);
+    config.identity_token_file = Some(token_file);
+    config.workload = Some("web-3".into());
+    config.namespace = "shop".into();
+    config.control = Some(format!("http://{}", control.discovery_addr));
+    config.outbound_ports = vec![trellis_proxy::config::OutboundPort {
+        listen: any,
+        target: plain.clone(),
+    }];
+    let proxy = trellis_proxy::proxy::Proxy::start(config).await.unwrap();
+    let listen = *proxy.addrs().outbound_ports.values().next().unwrap();
+    let admin = proxy.addrs().admin;
+    eventually("the proxy's certificate", || async {
+        let dump = common::get_json(admin, "/config_dump").await?;
+        (dump["identity"]["identity"] == "spiffe://cluster.local/ns/shop/sa/default").then_some(())
+    })
+    .await;
+    let (code, body) = eventually("a response from the unmeshed pod", || async {
+        common::get(listen, "/")
+            .await
+            .filter(|(code, _)| *code == 200)
+    })
+    .await;
+    assert_eq!((code, body.as_str()), (200, "unmeshed"));
+    let metrics = common::get(proxy.addrs().admin, "/metrics")
+        .await
+        .unwrap()
+        .1;
+    assert!(
+        metrics.contains("trellis_tls_handshakes_total{direction=\"outbound\"} 0\n"),
+        "no TLS towards a pod without a proxy:\n{metrics}"
+    );
+
+    proxy.shutdown_token().cancel();
+    proxy.wait().await;
     stop_a.cancel();
     control.stop().await;
 }

@@ -1,10 +1,12 @@
 //! Pods as workloads: the pure mapping from a Pod to the [`Workload`] compile selects
 //! endpoints from, and the index of them.
 //!
-//! A pod is a workload when it carries the proxy (as a container or a native sidecar), has an
-//! IP, is Ready and is not terminating: the same rule Kubernetes uses for ready endpoints, with
-//! the proxy's inbound port as the address since meshed traffic enters there. Pods without the
-//! proxy are not endpoints yet (compile has no plain-endpoint shape): see docs/kubernetes.md.
+//! A pod is a workload when it has an IP, is Ready and is not terminating: the same rule
+//! Kubernetes uses for ready endpoints. With the proxy (a container or a native sidecar) its
+//! address is the proxy's inbound port, since meshed traffic enters there, and its identity its
+//! ServiceAccount's. Without it the pod is a plain endpoint: labelled
+//! [`TLS_MODE_LABEL`]`=disabled`, which compile turns into `podIP:targetPort`, not meshed, no
+//! identity, so clients dial it in plaintext (as Istio does for pods without a sidecar).
 
 use std::collections::BTreeMap;
 use std::net::{IpAddr, SocketAddr};
@@ -12,6 +14,7 @@ use std::net::{IpAddr, SocketAddr};
 use k8s_openapi::api::core::v1::Pod;
 use trellis_model::Workload;
 
+use crate::compile::TLS_MODE_LABEL;
 use crate::webhook::inject::{ADMIN_PORT, INBOUND_PORT, PROXY_CONTAINER};
 
 /// The workload a pod is, or `None` when it is not (yet, or any more) an endpoint.
@@ -27,9 +30,6 @@ pub fn workload(pod: &Pod) -> Option<Workload> {
             || spec.init_containers.iter().flatten().any(|c| {
                 c.name == PROXY_CONTAINER && c.restart_policy.as_deref() == Some("Always")
             });
-    if !meshed {
-        return None;
-    }
     let ready = status
         .conditions
         .iter()
@@ -50,6 +50,11 @@ pub fn workload(pod: &Pod) -> Option<Workload> {
         .collect();
     ports.sort_unstable();
     ports.dedup();
+    let mut labels = meta.labels.clone().unwrap_or_default();
+    labels.remove(TLS_MODE_LABEL);
+    if !meshed {
+        labels.insert(TLS_MODE_LABEL.into(), "disabled".into());
+    }
     Some(Workload {
         name: meta.name.clone()?,
         namespace: meta.namespace.clone().unwrap_or_else(|| "default".into()),
@@ -58,10 +63,11 @@ pub fn workload(pod: &Pod) -> Option<Workload> {
             .clone()
             .filter(|s| !s.is_empty())
             .unwrap_or_else(|| "default".into()),
-        labels: meta.labels.clone().unwrap_or_default(),
-        inbound_address: SocketAddr::new(ip, INBOUND_PORT),
+        labels,
+        // Unmeshed: no inbound listener; compile addresses the application's port instead.
+        inbound_address: SocketAddr::new(ip, if meshed { INBOUND_PORT } else { 0 }),
         ports,
-        admin_address: Some(SocketAddr::new(ip, ADMIN_PORT)),
+        admin_address: meshed.then(|| SocketAddr::new(ip, ADMIN_PORT)),
     })
 }
 
@@ -141,8 +147,24 @@ mod tests {
     }
 
     #[test]
-    fn not_meshed_not_ready_no_ip_or_terminating_is_not() {
-        assert!(workload(&pod(&["app"], true, Some("10.1.0.5"))).is_none());
+    fn a_pod_without_the_proxy_is_a_plain_endpoint() {
+        let w = workload(&pod(&["app"], true, Some("10.1.0.5"))).unwrap();
+        assert_eq!(w.labels[TLS_MODE_LABEL], "disabled");
+        assert_eq!(w.labels["app"], "reviews");
+        assert_eq!(w.inbound_address, "10.1.0.5:0".parse().unwrap());
+        assert_eq!(w.admin_address, None);
+        // A meshed pod cannot claim the label to be dialled in plaintext.
+        let mut p = pod(&["app", "trellis-proxy"], true, Some("10.1.0.5"));
+        p.metadata
+            .labels
+            .as_mut()
+            .unwrap()
+            .insert(TLS_MODE_LABEL.into(), "disabled".into());
+        assert!(!workload(&p).unwrap().labels.contains_key(TLS_MODE_LABEL));
+    }
+
+    #[test]
+    fn not_ready_no_ip_or_terminating_is_not() {
         assert!(workload(&pod(&["app", "trellis-proxy"], false, Some("10.1.0.5"))).is_none());
         assert!(workload(&pod(&["app", "trellis-proxy"], true, None)).is_none());
         let mut p = pod(&["app", "trellis-proxy"], true, Some("10.1.0.5"));
