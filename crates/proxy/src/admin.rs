@@ -74,6 +74,7 @@ impl AdminState {
                 self.metrics.authz.render(&mut out);
                 self.metrics.anomaly.render(&mut out);
                 crate::resilience::health::render(&mut out);
+                let out = self.metrics.overrides.apply(out);
                 let mut resp = text(StatusCode::OK, out);
                 resp.headers_mut().insert(
                     header::CONTENT_TYPE,

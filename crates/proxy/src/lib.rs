@@ -30,6 +30,7 @@ pub mod http;
 pub mod inbound;
 pub mod init;
 pub mod listen;
+pub mod metric_overrides;
 pub mod outbound;
 pub mod proxy;
 pub mod resilience;

@@ -205,6 +205,7 @@ impl Proxy {
                     },
                     telemetry.tracer.clone(),
                     log,
+                    metrics.overrides.clone(),
                     stop.clone(),
                 ));
             }

@@ -238,6 +238,9 @@ pub struct Metrics {
     pub authz: Arc<crate::authz::Authz>,
     /// Inbound success rate and latency against their baseline (see [`crate::anomaly`]).
     pub anomaly: Arc<crate::anomaly::Anomaly>,
+    /// Istio Telemetry metrics overrides, applied to the exposition (see
+    /// [`crate::metric_overrides`]).
+    pub overrides: Arc<crate::metric_overrides::Overrides>,
 }
 
 impl Default for Metrics {
@@ -262,6 +265,7 @@ impl Metrics {
             tap: Arc::default(),
             authz: Arc::default(),
             anomaly: Arc::default(),
+            overrides: Arc::default(),
         }
     }
 

@@ -1,6 +1,7 @@
 //! Observability configured while the mesh runs, across real processes: an Istio `Telemetry`
-//! written into a running control plane's config directory turns a proxy's access log on and
-//! its trace sampling up without a restart (and removing it restores the proxy's flags); and a
+//! written into a running control plane's config directory turns a proxy's access log on, its
+//! trace sampling up and its metrics overrides on without a restart (and removing it restores
+//! the proxy's flags); and a
 //! workload whose answers start failing after a healthy period is flagged by its proxy's
 //! anomaly detector (`trellis_anomaly`) and by `trellis stat`, then cleared when it recovers;
 //! and a DestinationRule's `trellis.io/health-check` annotation makes the client proxy probe
@@ -97,7 +98,31 @@ spec:
     randomSamplingPercentage: 100
   accessLogging:
   - providers: [{name: envoy-json}]
+  metrics:
+  - overrides:
+    - match: {metric: REQUEST_DURATION, mode: SERVER}
+      disabled: true
+    - match: {metric: REQUEST_COUNT}
+      tagOverrides:
+        source_workload: {operation: REMOVE}
 ";
+
+/// Inbound duration samples, and inbound request-count samples that carry `source_workload`.
+fn inbound_shape(server: &Proxy) -> (usize, usize, f64) {
+    let m = server.metrics();
+    let durations = m
+        .matching(
+            "trellis_request_duration_seconds_count",
+            &[("direction", "inbound")],
+        )
+        .count();
+    let labelled = m
+        .matching("trellis_requests_total", &[("direction", "inbound")])
+        .filter(|s| s.labels.contains_key("source_workload"))
+        .count();
+    let total = m.sum("trellis_requests_total", &[("direction", "inbound")]);
+    (durations, labelled, total)
+}
 
 #[test]
 fn a_telemetry_resource_turns_on_access_logs_and_sampling_without_a_restart() {
@@ -131,6 +156,8 @@ fn a_telemetry_resource_turns_on_access_logs_and_sampling_without_a_restart() {
         log_lines(&log).is_empty(),
         "an access log while --access-log off"
     );
+    let (durations, labelled, _) = inbound_shape(&server);
+    assert!(durations > 0 && labelled > 0, "the full metrics before");
 
     write_config(config.path(), "telemetry.yaml", TELEMETRY);
     let started = Instant::now();
@@ -156,6 +183,11 @@ fn a_telemetry_resource_turns_on_access_logs_and_sampling_without_a_restart() {
     assert_eq!(last["response_flags"], "-");
     assert_eq!(last["trace_id"].as_str().map(str::len), Some(32), "{last}");
     assert_eq!(server.ready.pid, pid, "same process");
+    // Metrics overrides: no inbound duration histogram, request counts without the source
+    // workload (summed, so no request is lost from the total).
+    let (durations, labelled, total) = inbound_shape(&server);
+    assert_eq!((durations, labelled), (0, 0), "overrides not applied");
+    assert!(total >= 21.0, "inbound requests counted: {total}");
 
     // Removing the Telemetry gives the flags back.
     std::fs::remove_file(config.path().join("telemetry.yaml")).unwrap();
@@ -171,6 +203,8 @@ fn a_telemetry_resource_turns_on_access_logs_and_sampling_without_a_restart() {
     }
     std::thread::sleep(Duration::from_millis(300));
     assert_eq!(log_lines(&log).len(), before, "access log off again");
+    let (durations, labelled, _) = inbound_shape(&server);
+    assert!(durations > 0 && labelled > 0, "the full metrics after");
 }
 
 fn anomaly(server: &Proxy, kind: &str) -> f64 {

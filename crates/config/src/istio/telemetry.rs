@@ -9,8 +9,13 @@
 //! `accessLogging[].filter.expression` of the simple form `response.code >= N` (or `> N`).
 //! Tracing providers are accepted by name and not resolved to an endpoint (there is no mesh
 //! config naming their collectors; the proxy's `--otlp-endpoint` is the exporter).
-//! `customTags`, `match`, other filters, `targetRefs` and `metrics` overrides are accepted and
-//! noted as not applied. Scope, as Istio: the root namespace without a selector is mesh-wide,
+//! `metrics[].overrides[]` map onto Trellis' metric families and labels ([`MetricOverride`]):
+//! `disabled` hides a metric (per `mode`: CLIENT is outbound, SERVER inbound) and a
+//! `tagOverrides` `REMOVE` drops a label (the series that differed only by it are summed).
+//! `customTags`, `match`, other filters, `targetRefs`, `UPSERT` tag overrides and custom metrics
+//! are accepted and noted as not applied.
+//!
+//! Scope, as Istio: the root namespace without a selector is mesh-wide,
 //! another namespace without a selector covers that namespace, `selector.matchLabels` covers
 //! matching workloads; the most specific scope that sets a field wins (workload > namespace >
 //! mesh), field by field, and among equals the oldest.
@@ -36,6 +41,67 @@ pub enum AccessLogFormat {
     Text,
 }
 
+/// Istio's standard metric names → the Trellis families they are.
+const METRICS: [(&str, &str); 8] = [
+    ("REQUEST_COUNT", "trellis_requests_total"),
+    ("REQUEST_DURATION", "trellis_request_duration_seconds"),
+    ("REQUEST_SIZE", "trellis_request_bytes_total"),
+    ("RESPONSE_SIZE", "trellis_response_bytes_total"),
+    (
+        "TCP_OPENED_CONNECTIONS",
+        "trellis_tcp_connections_opened_total",
+    ),
+    (
+        "TCP_CLOSED_CONNECTIONS",
+        "trellis_tcp_connections_closed_total",
+    ),
+    ("TCP_SENT_BYTES", "trellis_tcp_sent_bytes_total"),
+    ("TCP_RECEIVED_BYTES", "trellis_tcp_received_bytes_total"),
+];
+
+/// Istio's standard tag names → Trellis labels (a Trellis label name is accepted as itself).
+const TAGS: [(&str, &str); 10] = [
+    ("source_workload", "source_workload"),
+    ("source_workload_namespace", "source_namespace"),
+    ("source_principal", "source_identity"),
+    ("destination_workload", "destination_workload"),
+    ("destination_workload_namespace", "destination_namespace"),
+    ("destination_principal", "destination_identity"),
+    ("destination_service", "destination_service"),
+    ("response_code", "status_code"),
+    ("grpc_response_status", "grpc_status"),
+    ("connection_security_policy", "tls"),
+];
+
+const OWN_LABELS: [&str; 13] = [
+    "source_workload",
+    "source_namespace",
+    "source_identity",
+    "destination_workload",
+    "destination_namespace",
+    "destination_identity",
+    "destination_service",
+    "route",
+    "tls",
+    "status_code",
+    "grpc_status",
+    "response_class",
+    "outcome",
+];
+
+/// One metrics override, in Trellis' terms: which families, which directions, and what to do.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct MetricOverride {
+    /// Metric family names (`trellis_requests_total`, ...).
+    pub metrics: Vec<String>,
+    /// `inbound` (Istio SERVER), `outbound` (CLIENT), or both.
+    pub directions: Vec<String>,
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub disabled: bool,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub remove_labels: Vec<String>,
+}
+
 /// One Telemetry resource, translated.
 #[derive(Clone, Debug, PartialEq, Serialize)]
 pub struct TelemetryPolicy {
@@ -55,6 +121,9 @@ pub struct TelemetryPolicy {
     /// `filter.expression: response.code >= N`: only answers with at least this status.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub access_log_min_status: Option<u16>,
+    /// `metrics[].overrides[]`; `None`: no `metrics` section (inherit).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub metric_overrides: Option<Vec<MetricOverride>>,
     #[serde(skip_serializing_if = "Vec::is_empty")]
     pub notes: Vec<String>,
 }
@@ -78,7 +147,42 @@ struct Spec {
     #[serde(default)]
     access_logging: Vec<AccessLogging>,
     #[serde(default)]
-    metrics: Vec<serde_yaml::Value>,
+    metrics: Vec<Metrics>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+struct Metrics {
+    #[serde(default)]
+    providers: Vec<Provider>,
+    #[serde(default)]
+    overrides: Vec<Override>,
+    reporting_interval: Option<serde_yaml::Value>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+struct Override {
+    #[serde(rename = "match")]
+    match_: Option<MetricSelector>,
+    disabled: Option<bool>,
+    #[serde(default)]
+    tag_overrides: BTreeMap<String, TagOverride>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+struct MetricSelector {
+    metric: Option<String>,
+    custom_metric: Option<String>,
+    mode: Option<String>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct TagOverride {
+    operation: Option<String>,
+    value: Option<String>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -190,6 +294,7 @@ pub(crate) fn parse(value: serde_yaml::Value) -> Result<TelemetryPolicy, FieldEr
             access_logging: None,
             access_log_format: None,
             access_log_min_status: None,
+            metric_overrides: None,
             notes: vec![
                 "spec.targetRef(s) not applied (they select gateways and waypoints, which \
                  Trellis does not run): this Telemetry applies to no proxy; use spec.selector"
@@ -197,9 +302,7 @@ pub(crate) fn parse(value: serde_yaml::Value) -> Result<TelemetryPolicy, FieldEr
             ],
         });
     }
-    if !spec.metrics.is_empty() {
-        notes.push("spec.metrics overrides not applied: metric labels are fixed".to_string());
-    }
+    let metric_overrides = metric_overrides(&spec.metrics, &mut notes)?;
     let mut sampling = None;
     let mut tracing_disabled = None;
     for (i, tr) in spec.tracing.iter().enumerate() {
@@ -254,8 +357,112 @@ pub(crate) fn parse(value: serde_yaml::Value) -> Result<TelemetryPolicy, FieldEr
         access_logging,
         access_log_format,
         access_log_min_status,
+        metric_overrides,
         notes,
     })
+}
+
+/// `spec.metrics` → overrides in Trellis' terms; `None` when there is no `metrics` section.
+fn metric_overrides(
+    metrics: &[Metrics],
+    notes: &mut Vec<String>,
+) -> Result<Option<Vec<MetricOverride>>, FieldError> {
+    if metrics.is_empty() {
+        return Ok(None);
+    }
+    let mut out = Vec::new();
+    for (i, m) in metrics.iter().enumerate() {
+        let field = format!("spec.metrics[{i}]");
+        check_providers(&field, &m.providers)?;
+        if m.reporting_interval.is_some() {
+            notes.push(format!(
+                "{field}.reportingInterval not applied: metrics are scraped"
+            ));
+        }
+        for (j, o) in m.overrides.iter().enumerate() {
+            let field = format!("{field}.overrides[{j}]");
+            let selector = o.match_.as_ref();
+            if let Some(custom) = selector.and_then(|s| s.custom_metric.as_deref()) {
+                notes.push(format!(
+                    "{field}.match.customMetric {custom:?} not applied: Trellis has no custom metrics"
+                ));
+                continue;
+            }
+            let families: Vec<String> = match selector.and_then(|s| s.metric.as_deref()) {
+                None | Some("ALL_METRICS") => METRICS.iter().map(|(_, f)| f.to_string()).collect(),
+                Some("GRPC_REQUEST_MESSAGES" | "GRPC_RESPONSE_MESSAGES") => {
+                    notes.push(format!(
+                        "{field}.match.metric: gRPC message counts are not kept; override not applied"
+                    ));
+                    continue;
+                }
+                Some(name) => match METRICS.iter().find(|(n, _)| *n == name) {
+                    Some((_, f)) => vec![f.to_string()],
+                    None => {
+                        return Err(FieldError::new(
+                            format!("{field}.match.metric"),
+                            format!(
+                                "unknown metric {name:?}: one of ALL_METRICS, {}, GRPC_REQUEST_MESSAGES, GRPC_RESPONSE_MESSAGES",
+                                METRICS.map(|(n, _)| n).join(", ")
+                            ),
+                        ));
+                    }
+                },
+            };
+            let directions: Vec<String> = match selector.and_then(|s| s.mode.as_deref()) {
+                None | Some("CLIENT_AND_SERVER") => vec!["inbound".into(), "outbound".into()],
+                Some("CLIENT") => vec!["outbound".into()],
+                Some("SERVER") => vec!["inbound".into()],
+                Some(other) => {
+                    return Err(FieldError::new(
+                        format!("{field}.match.mode"),
+                        format!("must be CLIENT, SERVER or CLIENT_AND_SERVER, got {other:?}"),
+                    ));
+                }
+            };
+            let mut remove_labels = Vec::new();
+            for (tag, t) in &o.tag_overrides {
+                let tfield = format!("{field}.tagOverrides.{tag}");
+                match t.operation.as_deref().unwrap_or("UPSERT") {
+                    "REMOVE" => {}
+                    "UPSERT" => {
+                        notes.push(format!(
+                            "{tfield}: UPSERT not applied (value {:?}): labels come from the proxy's own knowledge",
+                            t.value.as_deref().unwrap_or("")
+                        ));
+                        continue;
+                    }
+                    other => {
+                        return Err(FieldError::new(
+                            format!("{tfield}.operation"),
+                            format!("must be UPSERT or REMOVE, got {other:?}"),
+                        ));
+                    }
+                }
+                let label = TAGS
+                    .iter()
+                    .find(|(istio, _)| istio == tag)
+                    .map(|(_, ours)| *ours)
+                    .or_else(|| OWN_LABELS.iter().copied().find(|l| l == tag));
+                match label {
+                    Some(l) => remove_labels.push(l.to_string()),
+                    None => notes.push(format!(
+                        "{tfield}: no Trellis label corresponds to {tag:?}; not applied"
+                    )),
+                }
+            }
+            let disabled = o.disabled.unwrap_or(false);
+            if disabled || !remove_labels.is_empty() {
+                out.push(MetricOverride {
+                    metrics: families,
+                    directions,
+                    disabled,
+                    remove_labels,
+                });
+            }
+        }
+    }
+    Ok(Some(out))
 }
 
 /// The adapter for `document`.
@@ -278,6 +485,8 @@ pub struct TelemetrySettings {
     pub access_log_format: Option<AccessLogFormat>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub access_log_min_status: Option<u16>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub metric_overrides: Option<Vec<MetricOverride>>,
 }
 
 /// Istio's scoping, field by field: workload, then namespace, then mesh (the root namespace
@@ -323,6 +532,8 @@ pub fn effective(
         access_logging: scoped.iter().find_map(|(_, p)| p.access_logging),
         access_log_format: scoped.iter().find_map(|(_, p)| p.access_log_format),
         access_log_min_status: scoped.iter().find_map(|(_, p)| p.access_log_min_status),
+        // The most specific Telemetry with a `metrics` section decides the overrides whole.
+        metric_overrides: scoped.iter().find_map(|(_, p)| p.metric_overrides.clone()),
     }
 }
 
@@ -404,6 +615,60 @@ spec:
         assert_eq!(p.access_log_min_status, None);
         assert!(p.notes[0].contains("filter.expression"), "{:?}", p.notes);
         assert_eq!(min_status("response.code > 499"), Some(500));
+    }
+
+    #[test]
+    fn metric_overrides_map_onto_families_and_labels() {
+        let p = doc(r#"
+metadata: {name: t, namespace: default}
+spec:
+  metrics:
+  - providers: [{name: prometheus}]
+    overrides:
+    - match: {metric: REQUEST_DURATION, mode: SERVER}
+      disabled: true
+    - match: {metric: REQUEST_COUNT}
+      tagOverrides:
+        source_workload_namespace: {operation: REMOVE}
+        request_host: {value: "request.host"}
+    - match: {customMetric: my_metric}
+      disabled: true
+"#)
+        .unwrap();
+        let o = p.metric_overrides.unwrap();
+        assert_eq!(
+            o,
+            vec![
+                MetricOverride {
+                    metrics: vec!["trellis_request_duration_seconds".into()],
+                    directions: vec!["inbound".into()],
+                    disabled: true,
+                    remove_labels: vec![],
+                },
+                MetricOverride {
+                    metrics: vec!["trellis_requests_total".into()],
+                    directions: vec!["inbound".into(), "outbound".into()],
+                    disabled: false,
+                    remove_labels: vec!["source_namespace".into()],
+                },
+            ]
+        );
+        assert_eq!(p.notes.len(), 2, "{:?}", p.notes);
+        let e = doc(
+            "metadata: {name: t}\nspec: {metrics: [{overrides: [{match: {metric: REQUESTS}}]}]}\n",
+        )
+        .unwrap_err();
+        assert_eq!(
+            e.field.as_deref(),
+            Some("spec.metrics[0].overrides[0].match.metric")
+        );
+        let e =
+            doc("metadata: {name: t}\nspec: {metrics: [{overrides: [{match: {mode: BOTH}}]}]}\n")
+                .unwrap_err();
+        assert_eq!(
+            e.field.as_deref(),
+            Some("spec.metrics[0].overrides[0].match.mode")
+        );
     }
 
     #[test]

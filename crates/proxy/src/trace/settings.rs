@@ -12,6 +12,7 @@ use tokio_util::sync::CancellationToken;
 
 use super::Tracer;
 use crate::accesslog::{AccessLog, Format};
+use crate::metric_overrides::Overrides;
 
 /// The JSON object of `telemetry_json`; every key optional (absent: the flag's value).
 #[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
@@ -26,6 +27,9 @@ pub struct Settings {
     pub access_log_format: Option<LineFormat>,
     #[serde(default)]
     pub access_log_min_status: Option<u16>,
+    /// Istio metrics overrides; `None` (or absent): none.
+    #[serde(default)]
+    pub metric_overrides: Option<Vec<crate::metric_overrides::Rule>>,
 }
 
 /// The format a Telemetry's access-log provider names.
@@ -86,6 +90,7 @@ pub async fn follow(
     defaults: Defaults,
     tracer: Option<Arc<Tracer>>,
     log: Arc<AccessLog>,
+    overrides: Arc<Overrides>,
     stop: CancellationToken,
 ) {
     loop {
@@ -93,11 +98,13 @@ pub async fn follow(
         match parse(&json) {
             Ok(settings) => {
                 apply(&settings, &defaults, tracer.as_deref(), &log);
+                overrides.set(settings.metric_overrides.clone().unwrap_or_default());
                 tracing::info!(
                     sampling = tracer.as_deref().map(Tracer::sampling),
                     span_reporting = tracer.as_deref().map(Tracer::reporting),
                     access_log = ?log.format(),
                     access_log_min_status = log.min_status(),
+                    metric_overrides = overrides.rules().len(),
                     "telemetry settings applied"
                 );
             }
