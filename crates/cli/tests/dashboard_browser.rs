@@ -759,3 +759,133 @@ fn split_and_failing_service_show_on_the_graph() {
     assert_eq!(ratings_v1["failing"], json!(false), "{ratings_v1}");
     browser.screenshot("dashboard-failing.png");
 }
+
+/// `TRELLIS_PROMETHEUS_URL`: the control plane takes the dashboard's numbers from a real
+/// Prometheus (Debian's `prometheus`) scraping the proxies, not from the proxies themselves:
+/// no numbers while that Prometheus is down, numbers once it scrapes.
+#[test]
+fn graph_numbers_can_come_from_prometheus() {
+    let Some(prometheus) = ["/usr/bin/prometheus", "/usr/local/bin/prometheus"]
+        .into_iter()
+        .find(|p| Path::new(p).exists())
+    else {
+        panic!("prometheus is not installed: run scripts/test.sh or apt-get install prometheus");
+    };
+    let tmp = tempfile::tempdir().unwrap();
+    let config = tmp.path().join("config");
+    std::fs::create_dir(&config).unwrap();
+    let prom_addr: SocketAddr = ([127, 0, 0, 1], free_port()).into();
+    let status_file = tmp.path().join("status.json");
+    let log = std::fs::File::create(tmp.path().join("demo.log")).unwrap();
+    // Like support::Demo, with the variable set for the demo (and the control plane it starts)
+    // only: other tests of this binary may run in this process.
+    let demo = Command::new(env!("CARGO_BIN_EXE_trellis"))
+        .args([
+            "demo",
+            "--no-load",
+            "--entry",
+            "127.0.0.1:0",
+            "--dashboard",
+            "127.0.0.1:0",
+        ])
+        .arg("--config-dir")
+        .arg(&config)
+        .arg("--status-file")
+        .arg(&status_file)
+        .env("TRELLIS_PROMETHEUS_URL", format!("http://{prom_addr}"))
+        .stdin(Stdio::null())
+        .stdout(log.try_clone().unwrap())
+        .stderr(log)
+        .process_group(0)
+        .spawn()
+        .unwrap();
+    let _demo = Group(demo);
+    let deadline = Instant::now() + Duration::from_secs(60);
+    let status: Value = loop {
+        if let Ok(bytes) = std::fs::read(&status_file) {
+            break serde_json::from_slice(&bytes).unwrap();
+        }
+        assert!(Instant::now() < deadline, "no status file after 60 s");
+        std::thread::sleep(Duration::from_millis(100));
+    };
+    let control: SocketAddr = status["control"]["http"].as_str().unwrap().parse().unwrap();
+    let entry: SocketAddr = status["entry"].as_str().unwrap().parse().unwrap();
+    let _load = Load::start(entry, 3, false);
+    let graph = || -> Value {
+        let (code, body) = http(control, "GET", "/api/v1/graph?window=10", &[], None);
+        assert_eq!(code, 200);
+        serde_json::from_slice(&body).unwrap()
+    };
+    let reviews_rps = |g: &Value| {
+        g["edges"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|e| e["id"] == PRODUCTPAGE_TO_REVIEWS)
+            .and_then(|e| e["stats"]["rps"].as_f64())
+            .unwrap_or(0.0)
+    };
+
+    // Load runs, but nothing answers at the Prometheus address: no numbers (the proxies, which
+    // would have them, are not what is read).
+    std::thread::sleep(Duration::from_secs(6));
+    let g = graph();
+    assert!(g["updated_at_ms"].is_u64(), "rounds run: {g}");
+    assert_eq!(reviews_rps(&g), 0.0, "{g}");
+
+    let mut targets = String::new();
+    for w in status["workloads"].as_array().unwrap() {
+        targets.push_str(&format!("          - '{}'\n", w["admin"].as_str().unwrap()));
+    }
+    let prom_config = tmp.path().join("prometheus.yml");
+    std::fs::write(
+        &prom_config,
+        format!(
+            "global:\n  scrape_interval: 1s\nscrape_configs:\n  - job_name: trellis\n    \
+             static_configs:\n      - targets:\n{targets}"
+        ),
+    )
+    .unwrap();
+    let prom = Command::new(prometheus)
+        .arg(format!("--config.file={}", prom_config.display()))
+        .arg(format!(
+            "--storage.tsdb.path={}",
+            tmp.path().join("tsdb").display()
+        ))
+        .arg(format!("--web.listen-address={prom_addr}"))
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .process_group(0)
+        .spawn()
+        .unwrap();
+    let _prom = Group(prom);
+    let deadline = Instant::now() + Duration::from_secs(40);
+    loop {
+        let g = graph();
+        let r = reviews_rps(&g);
+        if r > 1.0 {
+            eprintln!("from Prometheus: productpage -> reviews {r:.1} rps");
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "no numbers from Prometheus after 40 s: {g}"
+        );
+        std::thread::sleep(Duration::from_millis(500));
+    }
+}
+
+/// A child in its own process group, killed with the group on drop.
+struct Group(Child);
+
+impl Drop for Group {
+    fn drop(&mut self) {
+        if let Ok(pid) = i32::try_from(self.0.id())
+            && let Some(pid) = Pid::from_raw(pid)
+        {
+            let _ = kill_process_group(pid, Signal::KILL);
+        }
+        let _ = self.0.wait();
+    }
+}

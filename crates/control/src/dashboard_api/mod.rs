@@ -8,6 +8,9 @@
 //! send now ([`sync`]). Handlers only read that state. Pure parts (`prom`, `series`, `graph`,
 //! `sync`) are tested without sockets; `fetch` is the only I/O.
 //!
+//! With `TRELLIS_PROMETHEUS_URL` set (see [`prometheus`]), the counters come from that
+//! Prometheus instead of the proxies' `/metrics`; the config state still comes from the proxies.
+//!
 //! This module must not change what proxies are sent: it only reads the shared state. It scrapes
 //! from the control plane's own network position, which in Kubernetes mode means pod IPs (the
 //! admin port must be reachable from the control plane's pod).
@@ -16,6 +19,7 @@ mod fetch;
 mod graph;
 mod handlers;
 mod prom;
+mod prometheus;
 mod series;
 mod sync;
 
@@ -71,8 +75,22 @@ fn unix_ms() -> u64 {
 /// with the control plane's shutdown token.
 pub fn router(shared: Arc<Shared>) -> Router {
     let state = Arc::new(DashboardState::default());
+    let source = match std::env::var(prometheus::ENV) {
+        Ok(url) if !url.is_empty() => match prometheus::PrometheusUrl::parse(&url) {
+            Ok(url) => {
+                tracing::info!(prometheus = %url.authority, "dashboard metrics from Prometheus");
+                Some(url)
+            }
+            Err(e) => {
+                // The dashboard is not worth refusing to start over; say why it reads proxies.
+                tracing::error!(error = %e, "ignoring the Prometheus URL; scraping proxies instead");
+                None
+            }
+        },
+        _ => None,
+    };
     if tokio::runtime::Handle::try_current().is_ok() {
-        tokio::spawn(run(shared.clone(), state.clone()));
+        tokio::spawn(run(shared.clone(), state.clone(), source));
     }
     handlers::routes(shared, state)
 }
@@ -84,27 +102,48 @@ struct Target {
     admin: Option<SocketAddr>,
 }
 
-async fn scrape(target: &Target) -> (Result<series::Snapshot, String>, Option<serde_json::Value>) {
+/// One proxy's metrics (unless they come from Prometheus: `Ok(None)`) and config dump.
+async fn scrape(
+    target: &Target,
+    with_metrics: bool,
+) -> (
+    Result<Option<series::Snapshot>, String>,
+    Option<serde_json::Value>,
+) {
     let Some(admin) = target.admin else {
         return (Err("no admin address registered".to_string()), None);
     };
+    let metrics = async {
+        if !with_metrics {
+            return Ok(None);
+        }
+        fetch::get_text(admin, "/metrics", SCRAPE_TIMEOUT)
+            .await
+            .map(|text| Some(series::snapshot(&text)))
+            .map_err(|e| e.to_string())
+    };
     let (metrics, dump) = tokio::join!(
-        fetch::get_text(admin, "/metrics", SCRAPE_TIMEOUT),
+        metrics,
         fetch::get_text(admin, "/config_dump", SCRAPE_TIMEOUT),
     );
-    let metrics = metrics
-        .map(|text| series::snapshot(&text))
-        .map_err(|e| e.to_string());
     let dump = dump.ok().and_then(|t| serde_json::from_str(&t).ok());
     (metrics, dump)
 }
 
-async fn run(shared: Arc<Shared>, state: Arc<DashboardState>) {
+async fn run(
+    shared: Arc<Shared>,
+    state: Arc<DashboardState>,
+    prometheus: Option<prometheus::PrometheusUrl>,
+) {
     let mut ticker = tokio::time::interval(SCRAPE_INTERVAL);
     ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     // The last snapshot of each proxy, by workload and proxy id (a restarted proxy has a new
     // id, so its counters start a new baseline rather than a negative delta).
     let mut previous: HashMap<(WorkloadKey, String), series::Snapshot> = HashMap::new();
+    // With Prometheus: the last snapshot of each of its scrape targets.
+    let mut previous_prom: HashMap<String, series::Snapshot> = HashMap::new();
+    // Logged when it changes, not every round.
+    let mut prom_error: Option<String> = None;
     let mut last_round: Option<Instant> = None;
     loop {
         tokio::select! {
@@ -120,7 +159,16 @@ async fn run(shared: Arc<Shared>, state: Arc<DashboardState>) {
                 admin: r.workload.admin_address,
             })
             .collect();
-        let results = futures_util::future::join_all(targets.iter().map(scrape)).await;
+        let with_metrics = prometheus.is_none();
+        let (results, from_prom) = tokio::join!(
+            futures_util::future::join_all(targets.iter().map(|t| scrape(t, with_metrics))),
+            async {
+                match &prometheus {
+                    Some(url) => Some(prometheus::query(url, SCRAPE_TIMEOUT).await),
+                    None => None,
+                }
+            }
+        );
         let now = Instant::now();
         let secs = last_round.map_or(0.0, |t| now.duration_since(t).as_secs_f64());
         last_round = Some(now);
@@ -131,7 +179,8 @@ async fn run(shared: Arc<Shared>, state: Arc<DashboardState>) {
         for (target, (metrics, dump)) in targets.into_iter().zip(results) {
             let id = (target.key.clone(), target.proxy_id.clone());
             let metrics_error = match metrics {
-                Ok(snapshot) => {
+                Ok(None) => None,
+                Ok(Some(snapshot)) => {
                     if let Some(before) = previous.get(&id) {
                         deltas.push(series::delta(before, &snapshot));
                     }
@@ -162,6 +211,25 @@ async fn run(shared: Arc<Shared>, state: Arc<DashboardState>) {
         // Proxies that left the registry are forgotten with their baselines: memory follows
         // the registry, not history.
         previous = seen;
+        match from_prom {
+            Some(Ok(now)) => {
+                if prom_error.take().is_some() {
+                    tracing::info!("dashboard: Prometheus answers again");
+                }
+                for (target, snapshot) in &now {
+                    if let Some(before) = previous_prom.get(target) {
+                        deltas.push(series::delta(before, snapshot));
+                    }
+                }
+                previous_prom = now;
+            }
+            // Keep the baselines: the next answer measures from them.
+            Some(Err(e)) if prom_error.as_ref() != Some(&e) => {
+                tracing::warn!(error = %e, "dashboard: Prometheus query failed");
+                prom_error = Some(e);
+            }
+            Some(Err(_)) | None => {}
+        }
         if secs > 0.0 {
             lock(&state.history).push(unix_ms(), secs, deltas);
         }

@@ -212,8 +212,13 @@ fn keys_of(sample: &Sample) -> Vec<SeriesKey> {
 /// Reads one proxy's `/metrics` text into series. Lines of other metrics are ignored; so are
 /// request metrics without workload labels (a proxy on `--metrics-labels minimal`).
 pub fn snapshot(text: &str) -> Snapshot {
+    snapshot_samples(prom::parse(text))
+}
+
+/// [`snapshot`] from samples already parsed (by the Prometheus source, say).
+pub fn snapshot_samples(samples: impl IntoIterator<Item = Sample>) -> Snapshot {
     let mut out = Snapshot::new();
-    for sample in prom::parse(text) {
+    for sample in samples {
         let is_total = sample.name == "trellis_requests_total";
         let is_bucket = sample.name == "trellis_request_duration_seconds_bucket";
         if !is_total && !is_bucket {
