@@ -134,6 +134,30 @@ def targets(summary: dict) -> list[tuple[str, str, str]]:
     return rows
 
 
+# Fixed text: how to find where a hop's instructions go (bench/profile.sh).
+PROFILING_MD = """## How to profile
+
+Wall-clock CPU time is noisy on a shared machine; instruction counts are not. `bench/profile.sh`
+runs the benchmark's one-hop path (the same nginx backend, `trellis-proxy --threads 1` with an
+explicit outbound port, plaintext HTTP/1.1 keep-alive) with the proxy under callgrind, warms up
+with 2,000 requests, zeroes the counters, sends N requests with oha and prints user-space
+instructions per request; `--proxy haproxy` measures HAProxy (`bench/haproxy.cfg.in`) the same
+way, and `--syscalls` counts system calls per request with `strace -c -f` instead.
+
+```sh
+cargo build --release -p trellis-proxy        # release keeps line tables (debug = "line-tables-only")
+bench/profile.sh --requests 10000 --conns 1   # or --conns 16; --bin PATH for another build
+bench/profile.sh --proxy haproxy --requests 10000
+bench/profile.sh --syscalls --requests 5000
+# where the instructions go (the dump path is printed):
+callgrind_annotate --auto=no --inclusive=yes --threshold=100 bench/out/profile-*/callgrind.out.*.1 | less
+```
+
+By hand, the same thing is `valgrind --tool=callgrind --dump-instr=no trellis-proxy ...`, then
+`callgrind_control -z <pid>` after the warm-up and `callgrind_control -d <pid>` after the
+measured requests. `perf stat -e instructions` is not available on this VM (no PMU)."""
+
+
 def render_markdown(results: dict, summary: dict, png_name: str | None) -> str:
     m = results["machine"]
     cfg = results["config"]
@@ -285,6 +309,8 @@ def render_markdown(results: dict, summary: dict, png_name: str | None) -> str:
             shown = ", ".join(f"`{EMPTY_LABEL.sub('', k).replace('{,', '{')}` {v:,.0f}"
                               for k, v in counters.items()) or "nothing"
             add(f"  - {label}: {shown}")
+    add("")
+    add(PROFILING_MD)
     add("")
     add("## Machine")
     add("")
