@@ -155,9 +155,9 @@ async fn a_failing_endpoint_leaves_the_balancer_and_comes_back() {
     })
     .await;
     let took = failed_at.elapsed();
-    // The check above sends 10 requests per try; allow it a few hundred ms on a busy machine.
+    // The check above sends 10 requests per try; allow it 1.5 s more on a busy machine.
     assert!(
-        took < bound + Duration::from_millis(700),
+        took < bound + Duration::from_millis(1500),
         "out after {took:?}, bound {bound:?}"
     );
     // Out means out: the next 50 requests all go to a (and all succeed).
