@@ -469,3 +469,210 @@ fn unknown_default_inbound_policy_is_a_usage_error() {
         "{stderr}"
     );
 }
+
+/// A child process in its own process group, killed with its group when dropped.
+struct Proc {
+    child: Child,
+    log: PathBuf,
+}
+
+impl Proc {
+    fn spawn(bin: &str, args: &[String], dir: &Path, name: &str) -> Proc {
+        let path = Path::new(env!("CARGO_BIN_EXE_trellis")).with_file_name(bin);
+        let log = dir.join(format!("{name}.log"));
+        let out = std::fs::File::create(&log).unwrap();
+        let child = Command::new(path)
+            .args(args)
+            .stdin(Stdio::null())
+            .stdout(out.try_clone().unwrap())
+            .stderr(out)
+            .process_group(0)
+            .spawn()
+            .unwrap();
+        Proc { child, log }
+    }
+
+    /// Waits (30 s at most) for the JSON ready file the process writes.
+    fn ready(&mut self, file: &Path) -> Value {
+        let deadline = Instant::now() + Duration::from_secs(30);
+        loop {
+            if let Ok(bytes) = std::fs::read(file) {
+                return serde_json::from_slice(&bytes).unwrap();
+            }
+            assert!(
+                self.child.try_wait().unwrap().is_none() && Instant::now() < deadline,
+                "not ready: {}",
+                std::fs::read_to_string(&self.log).unwrap_or_default()
+            );
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    }
+}
+
+impl Drop for Proc {
+    fn drop(&mut self) {
+        if let Ok(pid) = i32::try_from(self.child.id())
+            && let Some(pid) = Pid::from_raw(pid)
+        {
+            let _ = kill_process_group(pid, Signal::KILL);
+        }
+        let _ = self.child.wait();
+    }
+}
+
+/// A tiny HTTP app on 127.0.0.1:0 answering `200 ok` to each of its first 200 connections.
+fn app() -> SocketAddr {
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = listener.local_addr().unwrap();
+    std::thread::spawn(move || {
+        for conn in listener.incoming().take(200) {
+            let Ok(mut conn) = conn else { continue };
+            let _ = conn.set_read_timeout(Some(Duration::from_secs(5)));
+            let mut buf = [0u8; 4096];
+            let _ = conn.read(&mut buf);
+            let _ = conn
+                .write_all(b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\nconnection: close\r\n\r\nok");
+        }
+    });
+    addr
+}
+
+fn args(list: &[&str]) -> Vec<String> {
+    list.iter().map(|s| s.to_string()).collect()
+}
+
+#[test]
+fn default_inbound_policy_flag_and_workload_label() {
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path();
+    let config = dir.join("config");
+    std::fs::create_dir(&config).unwrap();
+    let service = |name: &str| {
+        format!(
+            "apiVersion: v1\nkind: Service\nmetadata: {{name: {name}, namespace: default}}\nspec:\n  selector: {{app: {name}}}\n  ports: [{{name: http, port: 8080, targetPort: 8080}}]\n"
+        )
+    };
+    std::fs::write(
+        config.join("services.yaml"),
+        format!("{}---\n{}", service("web"), service("api")),
+    )
+    .unwrap();
+    let control_ready = dir.join("control.json");
+    let mut control = Proc::spawn(
+        "trellis-control",
+        &args(&[
+            "--config-dir",
+            config.to_str().unwrap(),
+            "--discovery",
+            "127.0.0.1:0",
+            "--http",
+            "127.0.0.1:0",
+            "--default-inbound-policy",
+            "deny",
+            "--ready-file",
+            control_ready.to_str().unwrap(),
+        ]),
+        dir,
+        "control",
+    );
+    let discovery = control.ready(&control_ready)["discovery"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let control_url = format!("http://{discovery}");
+    // web: the mesh default (deny); api: all-authenticated by its workload label.
+    let server = |name: &str, extra: &[&str]| {
+        let ready = dir.join(format!("{name}.json"));
+        let app = app().to_string();
+        let mut list = args(&[
+            "--workload",
+            &format!("{name}-0"),
+            "--label",
+            &format!("app={name}"),
+            "--control",
+            &control_url,
+            "--inbound",
+            "127.0.0.1:0",
+            "--app",
+            &app,
+            "--app-port",
+            "8080",
+            "--outbound",
+            "none",
+            "--admin",
+            "127.0.0.1:0",
+            "--ready-file",
+            ready.to_str().unwrap(),
+        ]);
+        list.extend(args(extra));
+        let mut proc = Proc::spawn("trellis-proxy", &list, dir, name);
+        let ready = proc.ready(&ready);
+        (proc, ready)
+    };
+    let (_web, web) = server("web", &[]);
+    let (_api, api) = server(
+        "api",
+        &[
+            "--label",
+            "config.linkerd.io/default-inbound-policy=all-authenticated",
+        ],
+    );
+    let client_ready = dir.join("client.json");
+    let mut client = Proc::spawn(
+        "trellis-proxy",
+        &args(&[
+            "--workload",
+            "client-0",
+            "--label",
+            "app=client",
+            "--control",
+            &control_url,
+            "--inbound",
+            "127.0.0.1:0",
+            "--outbound",
+            "none",
+            "--outbound-port",
+            "127.0.0.1:0=web.default:8080",
+            "--outbound-port",
+            "127.0.0.1:0=api.default:8080",
+            "--admin",
+            "127.0.0.1:0",
+            "--ready-file",
+            client_ready.to_str().unwrap(),
+        ]),
+        dir,
+        "client",
+    );
+    let client = client.ready(&client_ready);
+    let port = |target: &str| {
+        client["outbound_ports"][target]
+            .as_str()
+            .unwrap()
+            .to_string()
+    };
+
+    // deny: even a mesh mTLS peer is refused.
+    let denied = wait_for(
+        &port("web.default:8080"),
+        "/",
+        "client -> web denied",
+        |a| a.status == 403,
+    );
+    assert_eq!(denied.body.trim(), "RBAC: access denied");
+    // all-authenticated: the mesh peer passes, a plaintext caller does not.
+    let ok = wait_for(
+        &port("api.default:8080"),
+        "/",
+        "client -> api allowed",
+        |a| a.status == 200,
+    );
+    assert_eq!(ok.body, "ok");
+    let plaintext = get(api["inbound"].as_str().unwrap(), "/");
+    assert_eq!(plaintext.status, 403, "plaintext -> api: {plaintext:?}");
+    let web_metrics = get(web["admin"].as_str().unwrap(), "/metrics").body;
+    assert!(
+        web_metrics.lines().any(|l| l
+            .starts_with("trellis_authz_denied_total{policy=\"default:deny\",action=\"DEFAULT\"}")),
+        "{web_metrics}"
+    );
+}
