@@ -368,9 +368,7 @@ fn claim_any(
     }
     match value {
         Some(serde_json::Value::String(s)) => f(s),
-        Some(serde_json::Value::Array(items)) => {
-            items.iter().any(|v| v.as_str().is_some_and(f))
-        }
+        Some(serde_json::Value::Array(items)) => items.iter().any(|v| v.as_str().is_some_and(f)),
         Some(serde_json::Value::Bool(b)) => f(if *b { "true" } else { "false" }),
         Some(serde_json::Value::Number(n)) => f(&n.to_string()),
         _ => false,
