@@ -305,12 +305,19 @@ async fn programmed_counts_acks_and_security_kinds_are_watched() {
     config.workload = Some("web-3".into());
     config.namespace = "shop".into();
     config.control = Some(format!("http://{}", control.discovery_addr));
-    config.outbound_ports = vec![trellis_proxy::config::OutboundPort {
-        listen: any,
-        target: plain.clone(),
-    }];
+    let db: Target = "db.shop:5432".parse().unwrap();
+    config.outbound_ports = vec![
+        trellis_proxy::config::OutboundPort {
+            listen: any,
+            target: plain.clone(),
+        },
+        trellis_proxy::config::OutboundPort {
+            listen: any,
+            target: db.clone(),
+        },
+    ];
     let proxy = trellis_proxy::proxy::Proxy::start(config).await.unwrap();
-    let listen = *proxy.addrs().outbound_ports.values().next().unwrap();
+    let listen = proxy.addrs().outbound_ports[&plain.to_string()];
     let admin = proxy.addrs().admin;
     eventually("the proxy's certificate", || async {
         let dump = common::get_json(admin, "/config_dump").await?;
@@ -332,6 +339,73 @@ async fn programmed_counts_acks_and_security_kinds_are_watched() {
         metrics.contains("trellis_tls_handshakes_total{direction=\"outbound\"} 0\n"),
         "no TLS towards a pod without a proxy:\n{metrics}"
     );
+
+    // 6. EndpointSlices: the 1.20 server serves only discovery.k8s.io/v1beta1, so the control
+    //    plane falls back to it. A Service without a selector gets its endpoints from a slice
+    //    someone else manages: a plain endpoint, reached in plaintext.
+    assert!(
+        kube.list_api_group_resources("discovery.k8s.io/v1")
+            .await
+            .is_err(),
+        "the testbed serves EndpointSlice v1: the fallback is not exercised"
+    );
+    services
+        .create(
+            &PostParams::default(),
+            &serde_json::from_value(json!({"metadata": {"name": "db"}, "spec": {"ports": [{"port": 5432, "targetPort": app_port}]}})).unwrap(),
+        )
+        .await
+        .unwrap();
+    let slices: Api<DynamicObject> = Api::namespaced_with(
+        kube.clone(),
+        "shop",
+        &resource(
+            "discovery.k8s.io",
+            "v1beta1",
+            "EndpointSlice",
+            "endpointslices",
+        ),
+    );
+    let slice: DynamicObject = serde_json::from_value(json!({
+        "apiVersion": "discovery.k8s.io/v1beta1", "kind": "EndpointSlice",
+        "metadata": {"name": "db-1", "labels": {
+            "kubernetes.io/service-name": "db",
+            "endpointslice.kubernetes.io/managed-by": "staff.example.org",
+        }},
+        "addressType": "IPv4",
+        "ports": [{"name": "", "port": app_port, "protocol": "TCP"}],
+        "endpoints": [{"addresses": ["127.0.0.1"], "conditions": {"ready": true}}],
+    }))
+    .unwrap();
+    slices.create(&PostParams::default(), &slice).await.unwrap();
+    let db_rx = a.watch(&db);
+    let dest = eventually("the slice's address as an endpoint", || async {
+        found(&db_rx).filter(|d| !d.endpoints.is_empty())
+    })
+    .await;
+    assert_eq!(dest.endpoints.len(), 1);
+    assert_eq!(
+        dest.endpoints[0].address,
+        SocketAddr::from(([127, 0, 0, 1], app_port))
+    );
+    assert!(!dest.endpoints[0].meshed);
+    let db_listen = proxy.addrs().outbound_ports[&db.to_string()];
+    let (_, body) = eventually("a response through the slice's endpoint", || async {
+        common::get(db_listen, "/")
+            .await
+            .filter(|(code, _)| *code == 200)
+    })
+    .await;
+    assert_eq!(body, "unmeshed");
+    // Deleting the slice takes the endpoint away.
+    slices
+        .delete("db-1", &kube::api::DeleteParams::default())
+        .await
+        .unwrap();
+    eventually("no endpoints once the slice is gone", || async {
+        found(&db_rx).filter(|d| d.endpoints.is_empty())
+    })
+    .await;
 
     proxy.shutdown_token().cancel();
     proxy.wait().await;

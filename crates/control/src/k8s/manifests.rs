@@ -160,6 +160,8 @@ fn rbac() -> Vec<Value> {
     }
     let mut rules = vec![
         json!({"apiGroups": [""], "resources": ["services", "pods", "namespaces", "serviceaccounts"], "verbs": ["get", "list", "watch"]}),
+        // Endpoints of Services without a selector (k8s::slices).
+        json!({"apiGroups": ["discovery.k8s.io"], "resources": ["endpointslices"], "verbs": ["get", "list", "watch"]}),
         // Read the API server's version (native sidecars) is allowed to every authenticated user.
         json!({"apiGroups": ["admissionregistration.k8s.io"], "resources": ["mutatingwebhookconfigurations"], "resourceNames": [names::INJECTOR_WEBHOOK], "verbs": ["get", "patch"]}),
         json!({"apiGroups": ["admissionregistration.k8s.io"], "resources": ["validatingwebhookconfigurations"], "resourceNames": [names::VALIDATING_WEBHOOK], "verbs": ["get", "patch"]}),

@@ -18,6 +18,7 @@ pub mod manifests;
 pub mod objects;
 pub mod pods;
 pub mod programmed;
+pub mod slices;
 pub mod start;
 pub mod status;
 pub mod tokenreview;

@@ -47,6 +47,9 @@ impl Object {
         if let Some(meta) = map.get_mut("metadata").and_then(Value::as_object_mut) {
             meta.remove("managedFields");
         }
+        if kind == "Service" {
+            select_endpoint_slices(&mut json);
+        }
         let meta = &json["metadata"];
         let name = meta["name"].as_str()?.to_string();
         let namespace = meta["namespace"].as_str().unwrap_or("default").to_string();
@@ -61,6 +64,29 @@ impl Object {
     pub fn key(&self) -> String {
         object_key(&self.kind, &self.namespace, &self.name)
     }
+}
+
+/// A Service without a selector takes its endpoints from EndpointSlices someone else writes:
+/// give it a selector on the label the slices' workloads carry (`slices::SERVICE_LABEL`), so
+/// compile selects them as it selects pods. ExternalName Services have no endpoints.
+fn select_endpoint_slices(service: &mut Value) {
+    let Some(name) = service["metadata"]["name"].as_str().map(str::to_string) else {
+        return;
+    };
+    let Some(spec) = service.get_mut("spec").and_then(Value::as_object_mut) else {
+        return;
+    };
+    let has_selector = spec
+        .get("selector")
+        .and_then(Value::as_object)
+        .is_some_and(|s| !s.is_empty());
+    if has_selector || spec.get("type").and_then(Value::as_str) == Some("ExternalName") {
+        return;
+    }
+    spec.insert(
+        "selector".into(),
+        serde_json::json!({ super::slices::SERVICE_LABEL: name }),
+    );
 }
 
 impl ObjectIndex {
@@ -118,6 +144,24 @@ mod tests {
             "status": {"loadBalancer": {}},
         });
         Object::from_json(json, "v1", "Service").unwrap()
+    }
+
+    #[test]
+    fn a_service_without_a_selector_selects_its_endpoint_slices() {
+        let plain = json!({"metadata": {"name": "db", "namespace": "shop"}, "spec": {"ports": [{"port": 5432}]}});
+        let o = Object::from_json(plain, "v1", "Service").unwrap();
+        assert_eq!(
+            o.json["spec"]["selector"],
+            json!({"trellis.io/endpoint-slice-service": "db"})
+        );
+        assert_eq!(
+            service("reviews", 9080).json["spec"]["selector"],
+            json!({"app": "reviews"}),
+            "a selector of its own is kept"
+        );
+        let external = json!({"metadata": {"name": "x", "namespace": "shop"}, "spec": {"type": "ExternalName", "externalName": "example.org"}});
+        let o = Object::from_json(external, "v1", "Service").unwrap();
+        assert!(o.json["spec"].get("selector").is_none());
     }
 
     #[test]

@@ -74,7 +74,14 @@ pub async fn start_rest(
 ) -> Result<Option<SocketAddr>, KubeStartError> {
     let shutdown = shared.shutdown.clone();
     let client = source.client;
-    let mut pods_rx = watchers::watch_pods(&client, shared.clone(), tasks);
+    let slices = super::slices::served_version(&client).await;
+    match slices {
+        Some(version) => tracing::info!(version, "watching EndpointSlices"),
+        None => tracing::warn!(
+            "the API server serves no EndpointSlices; Services without a selector have no endpoints"
+        ),
+    }
+    let mut pods_rx = watchers::watch_pods(&client, shared.clone(), slices, tasks);
     let namespaces = watchers::watch_namespaces(&client, tasks, &shutdown);
     let mut listed_rx = source.listed_rx;
     let (leader_tx, leader_rx) = watch::channel(false);

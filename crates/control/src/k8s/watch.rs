@@ -20,11 +20,13 @@ use kube::runtime::watcher::{self, Event};
 use tokio::sync::{mpsc, watch};
 use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
+use trellis_model::Workload;
 
 use super::kinds::{CONFIG_KINDS, ConfigKind};
 use super::objects::{Object, ObjectIndex, object_key};
 use super::pods::PodIndex;
 use super::status::{ObjectMeta, StatusInput};
+
 use crate::state::Shared;
 use crate::store::ConfigSnapshot;
 
@@ -209,13 +211,35 @@ pub fn watch_config(
     }
 }
 
-/// Watches Pods into the shared workloads; the flag turns true after the first full list.
+/// Watches Pods (and EndpointSlices, when `slices` names the served version) into the shared
+/// workloads; the flag turns true after the first full list of pods.
 pub fn watch_pods(
     client: &Client,
     shared: Arc<Shared>,
+    slices: Option<&'static str>,
     tasks: &mut JoinSet<()>,
 ) -> watch::Receiver<bool> {
     let (synced_tx, synced_rx) = watch::channel(false);
+    let (pods_tx, mut pods_rx) = watch::channel(Vec::<Workload>::new());
+    let mut slices_rx = match slices {
+        Some(version) => watch_endpoint_slices(client, version, tasks, &shared.shutdown),
+        // Never changes: a closed channel would end the merge below.
+        None => watch::channel(Vec::new()).1,
+    };
+    // Pods and slices are published as one set; a change of either republishes both.
+    let merge_shared = shared.clone();
+    tasks.spawn(async move {
+        loop {
+            tokio::select! {
+                () = merge_shared.shutdown.cancelled() => return,
+                changed = pods_rx.changed() => if changed.is_err() { return },
+                changed = slices_rx.changed() => if changed.is_err() { return },
+            }
+            let mut all = pods_rx.borrow_and_update().clone();
+            all.extend(slices_rx.borrow_and_update().iter().cloned());
+            merge_shared.publish_external_workloads(all);
+        }
+    });
     let api: Api<Pod> = Api::all(client.clone());
     let stream = watcher::watcher(api, watcher::Config::default()).default_backoff();
     let shutdown = shared.shutdown.clone();
@@ -241,12 +265,57 @@ pub fn watch_pods(
                 }
             };
             if changed {
-                shared.publish_external_workloads(index.workloads());
+                pods_tx.send_replace(index.workloads());
             }
         })
         .await;
     });
     synced_rx
+}
+
+/// Watches EndpointSlices of `version` (as dynamic objects: the two versions differ only in
+/// fields not read) into plain workloads (see [`super::slices`]).
+fn watch_endpoint_slices(
+    client: &Client,
+    version: &'static str,
+    tasks: &mut JoinSet<()>,
+    shutdown: &CancellationToken,
+) -> watch::Receiver<Vec<Workload>> {
+    let (tx, rx) = watch::channel(Vec::new());
+    let gvk = GroupVersionKind::gvk(super::slices::GROUP, version, "EndpointSlice");
+    let resource = ApiResource::from_gvk_with_plural(&gvk, "endpointslices");
+    let api: Api<DynamicObject> = Api::all_with(client.clone(), &resource);
+    let stream = watcher::watcher(api, watcher::Config::default()).default_backoff();
+    let shutdown = shutdown.clone();
+    tasks.spawn(async move {
+        let mut index = super::slices::SliceIndex::default();
+        let mut buffer: Vec<serde_json::Value> = Vec::new();
+        let json = |obj: DynamicObject| serde_json::to_value(obj).unwrap_or_default();
+        let what = format!("endpointslices ({}/{version})", super::slices::GROUP);
+        drive(what, stream, shutdown, |event| {
+            let changed = match event {
+                Event::Apply(s) => index.apply(&json(s)),
+                Event::Delete(s) => index.delete(&json(s)),
+                Event::Init => {
+                    buffer.clear();
+                    false
+                }
+                Event::InitApply(s) => {
+                    buffer.push(json(s));
+                    false
+                }
+                Event::InitDone => {
+                    index.reset(&std::mem::take(&mut buffer));
+                    true
+                }
+            };
+            if changed {
+                tx.send_replace(index.workloads());
+            }
+        })
+        .await;
+    });
+    rx
 }
 
 /// Namespaces in a reflector store (the injector reads their labels).
