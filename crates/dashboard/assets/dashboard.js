@@ -261,15 +261,19 @@ function renderGraph(graph) {
     const p = pos.get(n.id);
     const s = n.stats;
     const selected = state.selected && state.selected.kind === "node" && state.selected.id === n.id;
-    const health = n.failing ? "failing" : s && s.requests ? "ok" : "idle";
+    // Red for a success rate under the threshold, or for what the workload's own proxy flags
+    // as departing from its recent baseline (its anomaly detector).
+    const anomalies = n.anomalies || [];
+    const anomalyText = anomalies.length ? "anomalous " + anomalies.map((k) => k.replace("_", " ")).join(", ") : "";
+    const health = n.failing || anomalies.length ? "failing" : s && s.requests ? "ok" : "idle";
     const summary = s && s.requests ? ": " + fmtRps(s.rps) + ", " + fmtPct(s.success_rate) + " success" : ": no traffic";
-    const label = nodeKindText(n) + " " + nodeLabel(n) + (n.namespace ? " in " + n.namespace : "") + summary + (n.failing ? ", failing" : "");
+    const label = nodeKindText(n) + " " + nodeLabel(n) + (n.namespace ? " in " + n.namespace : "") + summary + (n.failing ? ", failing" : "") + (anomalyText ? ", " + anomalyText : "");
     const select = () => selectNode(n.id);
     nodes.append(svg("g", {
       class: "node " + n.kind + " " + health + (selected ? " selected" : ""),
       transform: "translate(" + p.x + "," + p.y + ")", tabindex: "0", role: "button",
       "aria-label": label, "aria-pressed": String(selected), "data-id": n.id, "data-kind": n.kind,
-      "data-name": n.name, "data-failing": String(!!n.failing),
+      "data-name": n.name, "data-failing": String(!!n.failing), "data-anomalies": anomalies.join(","),
       onclick: select,
       onkeydown: (ev) => { if (ev.key === "Enter" || ev.key === " ") { ev.preventDefault(); select(); } },
     },
@@ -277,7 +281,7 @@ function renderGraph(graph) {
     svg("rect", { width: NODE_W, height: NODE_H, rx: n.kind === "service" ? 20 : 6 }),
     svg("text", { class: "node-name", x: NODE_W / 2, y: 17, "text-anchor": "middle" }, nodeLabel(n)),
     svg("text", { class: "node-kind", x: NODE_W / 2, y: 32, "text-anchor": "middle" },
-      nodeKindText(n) + (n.failing ? " · failing" : s && s.requests ? " · " + fmtPct(s.success_rate) : ""))));
+      nodeKindText(n) + (n.failing ? " · failing" : anomalyText ? " · " + anomalyText : s && s.requests ? " · " + fmtPct(s.success_rate) : ""))));
   }
 
   const defs = svg("defs", {},
@@ -443,7 +447,8 @@ function renderProxies(workload) {
     .map((p) => [
       el("strong", {}, p.workload),
       el("code", {}, p.proxy_id),
-      p.connected ? badge("connected", "ok") : badge("disconnected", "bad"),
+      el("span", {}, p.connected ? badge("connected", "ok") : badge("disconnected", "bad"),
+        ...(p.anomalies || []).map((k) => el("div", {}, badge("anomalous " + k.replace("_", " "), "bad")))),
       configBadge(p),
       p.acked_version === null || p.acked_version === undefined ? el("span", { class: "empty" }, "none yet") : String(p.acked_version),
       p.nacks ? el("span", {}, badge(String(p.nacks), "bad"), p.last_nack ? el("div", {}, p.last_nack) : null) : "0",

@@ -26,6 +26,9 @@ pub struct Node {
     pub name: String,
     pub stats: Option<Stats>,
     pub failing: bool,
+    /// What the workload's proxy's anomaly detector flags against its own recent baseline
+    /// (`success_rate`, `latency`); empty for services and unflagged workloads.
+    pub anomalies: Vec<String>,
 }
 
 #[derive(Clone, Debug, Serialize)]
@@ -53,6 +56,8 @@ pub struct Inputs<'a> {
     pub services: Vec<(NodeId, Vec<NodeId>)>,
     /// Each registered workload and the services its proxy subscribed to.
     pub workloads: Vec<(NodeId, Vec<NodeId>)>,
+    /// Workloads whose proxy flags an anomaly, with the kinds.
+    pub anomalies: BTreeMap<NodeId, Vec<String>>,
 }
 
 fn failing(stats: Option<&Stats>) -> bool {
@@ -61,7 +66,7 @@ fn failing(stats: Option<&Stats>) -> bool {
     })
 }
 
-fn node(id: &NodeId, stats: Option<&Stats>) -> Node {
+fn node(id: &NodeId, stats: Option<&Stats>, anomalies: Vec<String>) -> Node {
     let (kind, namespace, name) = match id {
         NodeId::External => ("external", String::new(), "outside the mesh".to_string()),
         NodeId::Workload { namespace, name } => ("workload", namespace.clone(), name.clone()),
@@ -74,6 +79,7 @@ fn node(id: &NodeId, stats: Option<&Stats>) -> Node {
         name,
         stats: stats.cloned(),
         failing: failing(stats),
+        anomalies,
     }
 }
 
@@ -109,7 +115,10 @@ pub fn build(inputs: &Inputs<'_>) -> Graph {
     }
     let nodes = nodes
         .iter()
-        .map(|id| node(id, inputs.stats.get(&SeriesKey::Node(id.clone()))))
+        .map(|id| {
+            let flagged = inputs.anomalies.get(id).cloned().unwrap_or_default();
+            node(id, inputs.stats.get(&SeriesKey::Node(id.clone())), flagged)
+        })
         .collect();
     let edges = edges
         .into_iter()
@@ -170,6 +179,7 @@ mod tests {
                 (wl("reviews-v2"), vec![svc("ratings")]),
                 (wl("ratings-v1"), vec![]),
             ],
+            anomalies: [(wl("ratings-v1"), vec!["latency".to_string()])].into(),
         });
         let ids: Vec<&str> = graph.nodes.iter().map(|n| n.id.as_str()).collect();
         assert_eq!(

@@ -155,10 +155,16 @@ async fn graph_json(
             )
         })
         .collect();
+    let anomalies = lock(&app.state.proxies)
+        .iter()
+        .filter(|(_, scrape)| !scrape.anomalies.is_empty())
+        .map(|((ns, name), scrape)| (NodeId::workload(ns, name), scrape.anomalies.clone()))
+        .collect();
     let graph = graph::build(&graph::Inputs {
         stats: &stats,
         services,
         workloads: registered,
+        anomalies,
     });
     Json(GraphJson {
         window_seconds: covered,
@@ -283,6 +289,8 @@ struct ProxyJson {
     /// How long ago the proxy was last scraped; `null` before the first scrape.
     checked_ms_ago: Option<u64>,
     metrics_error: Option<String>,
+    /// What the proxy's anomaly detector flags now (`success_rate`, `latency`).
+    anomalies: Vec<String>,
 }
 
 fn ms_since(then: Instant, now: Instant) -> u64 {
@@ -320,6 +328,7 @@ async fn proxies_json(
                 targets: sync.targets,
                 checked_ms_ago: scrape.map(|s| ms_since(s.at, now)),
                 metrics_error: scrape.and_then(|s| s.metrics_error.clone()),
+                anomalies: scrape.map(|s| s.anomalies.clone()).unwrap_or_default(),
             }
         })
         .collect();
@@ -391,4 +400,85 @@ async fn authorization_json(
             .collect(),
     })
     .into_response()
+}
+
+#[cfg(test)]
+mod tests {
+    use std::time::Duration;
+
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    use tokio::sync::watch;
+    use tokio_util::sync::CancellationToken;
+
+    use super::*;
+    use crate::store::ConfigSnapshot;
+
+    async fn get(addr: std::net::SocketAddr, path: &str) -> (u16, String) {
+        let mut sock = tokio::net::TcpStream::connect(addr).await.unwrap();
+        let request = format!("GET {path} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n");
+        sock.write_all(request.as_bytes()).await.unwrap();
+        let mut raw = Vec::new();
+        sock.read_to_end(&mut raw).await.unwrap();
+        let (status, body) = super::super::fetch::parse_response(&raw).unwrap();
+        (status, String::from_utf8(body).unwrap())
+    }
+
+    /// The API on a real socket, with an empty mesh: answers, and 400s that name the parameter.
+    #[tokio::test]
+    async fn answers_and_names_bad_parameters() {
+        let (_config_tx, config_rx) = watch::channel(Arc::new(ConfigSnapshot::default()));
+        let shutdown = CancellationToken::new();
+        let shared = Arc::new(Shared::new(
+            "cluster.local".into(),
+            Duration::from_secs(2),
+            Duration::from_secs(10),
+            Duration::ZERO,
+            config_rx,
+            shutdown.clone(),
+        ));
+        let app = super::super::router(shared);
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let token = shutdown.clone();
+        tokio::spawn(async move {
+            axum::serve(listener, app)
+                .with_graceful_shutdown(token.cancelled_owned())
+                .await
+        });
+
+        let (status, body) = get(addr, "/api/v1/graph").await;
+        assert_eq!(status, 200, "{body}");
+        let graph: serde_json::Value = serde_json::from_str(&body).unwrap();
+        assert_eq!(graph["nodes"], serde_json::json!([]));
+        assert_eq!(graph["failing_below"], FAILING_BELOW_JSON);
+        assert_eq!(get(addr, "/api/v1/proxies").await, (200, "[]".to_string()));
+        assert_eq!(
+            get(addr, "/api/v1/routes?window=900").await,
+            (200, "[]".to_string())
+        );
+        let (status, body) = get(addr, "/api/v1/services/default/reviews/timeseries").await;
+        assert_eq!(status, 200, "{body}");
+        assert!(body.contains("\"step_seconds\":10"), "{body}");
+
+        for (path, names) in [
+            ("/api/v1/graph?window=1", "window"),
+            ("/api/v1/graph?window=abc", "window"),
+            ("/api/v1/routes?window=901", "window"),
+            ("/api/v1/workloads/default/a/timeseries?step=0", "step"),
+            (
+                "/api/v1/routes/timeseries?namespace=default&service=reviews",
+                "route",
+            ),
+        ] {
+            let (status, body) = get(addr, path).await;
+            assert_eq!(status, 400, "{path}: {body}");
+            assert!(body.contains(names), "{path}: {body}");
+        }
+        let (status, body) = get(addr, "/api/v1/workloads/default/nope/authorization").await;
+        assert_eq!(status, 404, "{body}");
+        assert!(body.contains("nope"), "{body}");
+        shutdown.cancel();
+    }
+
+    const FAILING_BELOW_JSON: f64 = super::super::FAILING_BELOW;
 }

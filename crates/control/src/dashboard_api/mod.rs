@@ -49,6 +49,8 @@ struct ProxyScrape {
     at: Instant,
     /// Why `/metrics` could not be read.
     metrics_error: Option<String>,
+    /// What the proxy's anomaly detector flags (`trellis_anomaly` gauges at 1).
+    anomalies: Vec<String>,
     sync: sync::SyncReport,
 }
 
@@ -102,14 +104,11 @@ struct Target {
     admin: Option<SocketAddr>,
 }
 
+/// A proxy's series and the anomalies it flags; `None` when metrics come from Prometheus.
+type Scraped = Result<Option<(series::Snapshot, Vec<String>)>, String>;
+
 /// One proxy's metrics (unless they come from Prometheus: `Ok(None)`) and config dump.
-async fn scrape(
-    target: &Target,
-    with_metrics: bool,
-) -> (
-    Result<Option<series::Snapshot>, String>,
-    Option<serde_json::Value>,
-) {
+async fn scrape(target: &Target, with_metrics: bool) -> (Scraped, Option<serde_json::Value>) {
     let Some(admin) = target.admin else {
         return (Err("no admin address registered".to_string()), None);
     };
@@ -119,7 +118,7 @@ async fn scrape(
         }
         fetch::get_text(admin, "/metrics", SCRAPE_TIMEOUT)
             .await
-            .map(|text| Some(series::snapshot(&text)))
+            .map(|text| Some((series::snapshot(&text), series::anomalies(&text))))
             .map_err(|e| e.to_string())
     };
     let (metrics, dump) = tokio::join!(
@@ -178,13 +177,15 @@ async fn run(
         let mut scrapes = BTreeMap::new();
         for (target, (metrics, dump)) in targets.into_iter().zip(results) {
             let id = (target.key.clone(), target.proxy_id.clone());
+            let mut anomalies = Vec::new();
             let metrics_error = match metrics {
                 Ok(None) => None,
-                Ok(Some(snapshot)) => {
+                Ok(Some((snapshot, flagged))) => {
                     if let Some(before) = previous.get(&id) {
                         deltas.push(series::delta(before, &snapshot));
                     }
                     seen.insert(id, snapshot);
+                    anomalies = flagged;
                     None
                 }
                 Err(e) => {
@@ -204,6 +205,7 @@ async fn run(
                     proxy_id: target.proxy_id,
                     at: now,
                     metrics_error,
+                    anomalies,
                     sync,
                 },
             );

@@ -256,6 +256,19 @@ pub fn snapshot_samples(samples: impl IntoIterator<Item = Sample>) -> Snapshot {
     out
 }
 
+/// The kinds (`success_rate`, `latency`) a proxy's own anomaly detector flags now: its
+/// `trellis_anomaly{kind=...}` gauges at 1.
+pub fn anomalies(text: &str) -> Vec<String> {
+    let mut kinds: Vec<String> = prom::parse(text)
+        .into_iter()
+        .filter(|s| s.name == "trellis_anomaly" && s.value >= 1.0)
+        .filter_map(|s| s.labels.get("kind").cloned())
+        .collect();
+    kinds.sort();
+    kinds.dedup();
+    kinds
+}
+
 /// The increases from `before` to `after` of one proxy (series new since `before` count whole:
 /// they started at zero within the interval).
 pub fn delta(before: &Snapshot, after: &Snapshot) -> Snapshot {

@@ -156,3 +156,10 @@ fn garbage_is_ignored() {
     assert!(snapshot(text).is_empty());
     assert!(History::default().window(30.0).1.is_empty());
 }
+
+#[test]
+fn anomaly_gauges() {
+    let text = "# TYPE trellis_anomaly gauge\ntrellis_anomaly{kind=\"success_rate\"} 0\ntrellis_anomaly{kind=\"latency\"} 1\n";
+    assert_eq!(anomalies(text), ["latency"]);
+    assert!(anomalies(REVIEWS_V2).is_empty());
+}
