@@ -177,6 +177,7 @@ impl Proxy {
         // With a control plane, its CA issues this workload's certificate and meshed hops go
         // over mTLS; standalone there is none and they stay plaintext.
         let identity = Arc::new(MeshIdentity::new(config.control.is_some()));
+        crate::resilience::health::use_identity(identity.clone());
         let authn = Arc::new(crate::authn::Authenticator::default());
         if let Some(control) = &config.control {
             tls::manager::spawn(

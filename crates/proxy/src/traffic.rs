@@ -80,7 +80,11 @@ impl BackendRt {
             _ => None,
         };
         let health = policy.health_check.as_ref().map(|hc| {
-            match old.and_then(|o| o.health.as_ref()).filter(|c| c.config() == hc) {
+            let plaintext = policy.mtls_disabled;
+            match old
+                .and_then(|o| o.health.as_ref())
+                .filter(|c| c.fits(hc, plaintext))
+            {
                 Some(checker) => {
                     checker.set_endpoints(states.clone());
                     checker.clone()
@@ -88,6 +92,7 @@ impl BackendRt {
                 None => crate::resilience::health::Checker::start(
                     hc.clone(),
                     authority,
+                    plaintext,
                     states.clone(),
                 ),
             }

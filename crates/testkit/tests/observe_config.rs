@@ -5,7 +5,8 @@
 //! workload whose answers start failing after a healthy period is flagged by its proxy's
 //! anomaly detector (`trellis_anomaly`) and by `trellis stat`, then cleared when it recovers;
 //! and a DestinationRule's `trellis.io/health-check` annotation makes the client proxy probe
-//! both (meshed) endpoints and stop sending to the one whose `/healthz` fails, until it passes.
+//! both (meshed, STRICT mTLS) endpoints and stop sending to the one whose `/healthz` fails,
+//! until it passes.
 
 // Test helpers outside #[test] functions fail the test by panicking, as the tests themselves do.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
@@ -384,6 +385,12 @@ spec:
     loadBalancer: {simple: ROUND_ROBIN}
 "#;
 
+const STRICT: &str = "apiVersion: security.istio.io/v1
+kind: PeerAuthentication
+metadata: {name: default, namespace: default}
+spec: {mtls: {mode: STRICT}}
+";
+
 /// `n` GETs through `port`; panics unless every one answers 200.
 fn all_ok(port: SocketAddr, n: usize) {
     for i in 0..n {
@@ -406,6 +413,8 @@ fn a_destination_rule_health_check_takes_a_failing_endpoint_out_and_back() {
             service_yaml("web", "default", 8080, a.addr.port(), "web"),
         ),
         ("web-rule.yaml", HEALTH_RULE.to_string()),
+        // STRICT: the server proxies refuse plaintext, so the probes must use mesh mTLS.
+        ("strict.yaml", STRICT.to_string()),
     ])
     .unwrap();
     let control = ControlPlane::start(config.path()).unwrap();

@@ -7,9 +7,11 @@
 //! backend before its first probe; when every endpoint is unhealthy the balancer still picks
 //! one (its panic mode).
 //!
-//! A probe to a meshed endpoint goes to the peer proxy's inbound listener in plaintext with
-//! the `trellis-target-port` header, so it reaches the application as a kubelet probe would
-//! (a peer in STRICT mTLS refuses it: health checks need PERMISSIVE peers for now).
+//! A probe to a meshed endpoint goes to the peer proxy's inbound listener with the
+//! `trellis-target-port` header, so it reaches the application as a kubelet probe would; over
+//! mesh mTLS (ALPN `http/1.1`, the peer must prove the endpoint's identity) when this proxy has
+//! a certificate and the backend's policy does not disable mTLS, as its requests do, so a STRICT
+//! peer accepts it.
 //!
 //! One task per backend with a health check, holding only a weak reference to its
 //! [`Checker`]: when the plans using the backend are gone, the task clears the flags it set
@@ -21,7 +23,7 @@ use std::collections::HashMap;
 use std::fmt::Write as _;
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicI64, AtomicU64, Ordering::Relaxed};
-use std::sync::{Arc, Weak};
+use std::sync::{Arc, OnceLock, Weak};
 use std::time::Duration;
 
 use arc_swap::ArcSwap;
@@ -29,12 +31,23 @@ use bytes::Bytes;
 use http::{HeaderValue, Request, header};
 use http_body_util::Empty;
 use hyper_util::rt::TokioIo;
+use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::net::TcpStream;
 use tokio::task::JoinSet;
+use trellis_identity::tls::MeshAlpn;
 use trellis_model::policy::HealthCheck;
 
 use crate::balance::EndpointState;
 use crate::http::TARGET_PORT;
+use crate::tls::MeshIdentity;
+
+/// The proxy's mesh identity, for probes over mTLS. One proxy per process; set at startup.
+static IDENTITY: OnceLock<Arc<MeshIdentity>> = OnceLock::new();
+
+/// Lets probes to meshed endpoints use `identity` (the proxy's, as its requests do).
+pub fn use_identity(identity: Arc<MeshIdentity>) {
+    let _ = IDENTITY.set(identity);
+}
 
 /// Endpoints probed per round at most; a larger backend is probed in part (the first ones).
 pub const MAX_PER_ROUND: usize = 256;
@@ -99,6 +112,8 @@ pub struct Checker {
     config: HealthCheck,
     /// The Host header of probes: the backend's authority.
     host: String,
+    /// The backend's policy disables mesh mTLS (DestinationRule `tls.mode: DISABLE`).
+    plaintext: bool,
     endpoints: ArcSwap<Vec<Arc<EndpointState>>>,
 }
 
@@ -108,6 +123,7 @@ impl Checker {
     pub fn start(
         config: HealthCheck,
         authority: &str,
+        plaintext: bool,
         endpoints: Vec<Arc<EndpointState>>,
     ) -> Arc<Self> {
         // "reviews.default.svc.cluster.local:9080 (v1)" → the authority without the subset.
@@ -115,6 +131,7 @@ impl Checker {
         let checker = Arc::new(Self {
             config,
             host,
+            plaintext,
             endpoints: ArcSwap::from_pointee(endpoints),
         });
         if let Ok(rt) = tokio::runtime::Handle::try_current() {
@@ -125,6 +142,11 @@ impl Checker {
 
     pub fn config(&self) -> &HealthCheck {
         &self.config
+    }
+
+    /// Whether this checker probes as a backend with `config` and `plaintext` wants.
+    pub fn fits(&self, config: &HealthCheck, plaintext: bool) -> bool {
+        self.config == *config && self.plaintext == plaintext
     }
 
     /// A new endpoint set (a destination update); health state stays with each address.
@@ -149,6 +171,7 @@ async fn run(checker: Weak<Checker>) {
         let endpoints = c.endpoints.load_full();
         let config = c.config.clone();
         let host = c.host.clone();
+        let plaintext = c.plaintext;
         drop(c);
         // Endpoints that left the backend: forget them (and give back the flag we set).
         streaks.retain(|addr, (state, streak)| {
@@ -164,7 +187,7 @@ async fn run(checker: Weak<Checker>) {
             let e = e.clone();
             let (path, host, timeout) = (config.path.clone(), host.clone(), config.timeout);
             probes.spawn(async move {
-                let ok = probe(&e, &host, &path, timeout).await;
+                let ok = probe(&e, &host, &path, timeout, plaintext).await;
                 (e, ok)
             });
         }
@@ -199,12 +222,47 @@ async fn run(checker: Weak<Checker>) {
 }
 
 /// One probe: `GET path` with `Host: host`, a fresh connection, answered 2xx/3xx in time.
-async fn probe(e: &EndpointState, host: &str, path: &str, timeout: Duration) -> bool {
+async fn probe(
+    e: &EndpointState,
+    host: &str,
+    path: &str,
+    timeout: Duration,
+    plaintext: bool,
+) -> bool {
     let endpoint = e.endpoint();
+    // mTLS exactly when a request would use it: a meshed peer with an identity, a certificate
+    // in hand, and no DISABLE policy.
+    let mtls = IDENTITY.get().filter(|id| !plaintext && id.is_certified());
     let attempt = async {
         let stream = TcpStream::connect(endpoint.address).await.ok()?;
+        match (endpoint.meshed, endpoint.identity.as_deref(), mtls) {
+            (true, Some(peer), Some(identity)) => {
+                let tls = identity
+                    .connect(stream, MeshAlpn::Http1, peer)
+                    .await?
+                    .ok()?;
+                get(tls, endpoint, host, path, timeout).await
+            }
+            _ => get(stream, endpoint, host, path, timeout).await,
+        }
+    };
+    matches!(tokio::time::timeout(timeout, attempt).await, Ok(Some(true)))
+}
+
+/// The probe's request on an established connection.
+async fn get<IO>(
+    io: IO,
+    endpoint: &trellis_model::Endpoint,
+    host: &str,
+    path: &str,
+    timeout: Duration,
+) -> Option<bool>
+where
+    IO: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+{
+    {
         let (mut sender, conn) =
-            hyper::client::conn::http1::handshake::<_, Empty<Bytes>>(TokioIo::new(stream))
+            hyper::client::conn::http1::handshake::<_, Empty<Bytes>>(TokioIo::new(io))
                 .await
                 .ok()?;
         // Bounded like the probe: a peer that never closes cannot keep the task.
@@ -221,8 +279,7 @@ async fn probe(e: &EndpointState, host: &str, path: &str, timeout: Duration) -> 
         }
         let resp = sender.send_request(req).await.ok()?;
         Some((200..400).contains(&resp.status().as_u16()))
-    };
-    matches!(tokio::time::timeout(timeout, attempt).await, Ok(Some(true)))
+    }
 }
 
 #[cfg(test)]
