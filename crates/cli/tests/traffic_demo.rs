@@ -687,3 +687,114 @@ async fn admin_get(client: &HttpClient, admin: &str, path: &str) -> String {
     let body = response.into_body().collect().await.unwrap().to_bytes();
     String::from_utf8_lossy(&body).into_owned()
 }
+
+/// A DestinationRule for reviews (all three versions) with `policy` as its `trafficPolicy`.
+fn reviews_policy(policy: &str) -> String {
+    format!(
+        "apiVersion: networking.istio.io/v1\nkind: DestinationRule\nmetadata: {{name: reviews}}\n\
+         spec:\n  host: reviews\n  trafficPolicy: {policy}\n"
+    )
+}
+
+/// Makes a workload's proxy slow without failing it: stopped 50 ms, running 50 ms, until
+/// dropped (bounded at 60 s); resumed at the end.
+struct Slowdown {
+    stop: Arc<AtomicBool>,
+    thread: Option<std::thread::JoinHandle<()>>,
+}
+
+impl Slowdown {
+    fn start(pid: Pid) -> Self {
+        let stop = Arc::new(AtomicBool::new(false));
+        let flag = stop.clone();
+        let thread = std::thread::spawn(move || {
+            let _resume = Resume(pid);
+            for _ in 0..600 {
+                if flag.load(Ordering::Relaxed) {
+                    break;
+                }
+                let _ = kill_process(pid, Signal::STOP);
+                std::thread::sleep(Duration::from_millis(50));
+                let _ = kill_process(pid, Signal::CONT);
+                std::thread::sleep(Duration::from_millis(50));
+            }
+        });
+        Self {
+            stop,
+            thread: Some(thread),
+        }
+    }
+}
+
+impl Drop for Slowdown {
+    fn drop(&mut self) {
+        self.stop.store(true, Ordering::Relaxed);
+        if let Some(t) = self.thread.take() {
+            let _ = t.join();
+        }
+    }
+}
+
+/// Issue 3 on the demo: with reviews-v2 slow, least request and the default (P2C over
+/// peak-EWMA) send it measurably less than round robin's third; consistent hash on
+/// `end-user` keeps each user on one version.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn balancers_avoid_a_slow_endpoint_and_hashing_keeps_users() {
+    let demo = Demo::start(&[]).await;
+    let client = client();
+    let policy = demo.config_dir.join("reviews-policy.yaml");
+    let write = |p: &str| {
+        let staged = demo.config_dir.join("reviews-policy.staged");
+        std::fs::write(&staged, reviews_policy(p)).unwrap();
+        std::fs::rename(&staged, &policy).unwrap();
+    };
+    let pid = workload(&demo, "reviews-v2")["pid"].as_i64().unwrap();
+    let pid = Pid::from_raw(i32::try_from(pid).unwrap()).unwrap();
+    let slow = Slowdown::start(pid);
+    let mut shares = Vec::new();
+    for (name, lb) in [
+        ("round robin", "{loadBalancer: {simple: ROUND_ROBIN}}"),
+        ("least request", "{loadBalancer: {simple: LEAST_REQUEST}}"),
+        ("P2C peak-EWMA (default)", "{}"),
+    ] {
+        write(lb);
+        // A config change is in force within a second (config_change_takes_effect_...).
+        tokio::time::sleep(Duration::from_millis(1500)).await;
+        let answers = load(&client, &demo.entry, 600, 8).await;
+        let failed = answers.iter().filter(|a| a.status != 200).count();
+        assert!(failed <= 6, "{name}: {failed} of 600 failed");
+        let share = answers.iter().filter(|a| a.is("v2")).count() as f64 / 600.0;
+        eprintln!("{name}: slow reviews-v2 got {:.1}%", share * 100.0);
+        shares.push(share);
+    }
+    drop(slow);
+    let (rr, least, ewma) = (shares[0], shares[1], shares[2]);
+    assert!(
+        (0.28..=0.39).contains(&rr),
+        "round robin gave v2 {rr:.3}, not a third"
+    );
+    assert!(
+        least < rr - 0.05,
+        "least request {least:.3} vs round robin {rr:.3}"
+    );
+    assert!(
+        ewma < rr - 0.05,
+        "peak-EWMA {ewma:.3} vs round robin {rr:.3}"
+    );
+
+    write("{loadBalancer: {consistentHash: {httpHeaderName: end-user}}}");
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    let mut versions = std::collections::BTreeSet::new();
+    for u in 0..12 {
+        let user = format!("user-{u}");
+        let mut seen = std::collections::BTreeSet::new();
+        for _ in 0..10 {
+            let a = reviews(&client, &demo.entry, Some(&user)).await;
+            assert_eq!(a.status, 200, "{a:?}");
+            seen.insert(a.version.unwrap());
+        }
+        assert_eq!(seen.len(), 1, "{user} reached {seen:?}");
+        versions.extend(seen);
+    }
+    assert!(versions.len() >= 2, "12 users all hashed to {versions:?}");
+}
