@@ -173,6 +173,21 @@ async fn a_failing_endpoint_leaves_the_balancer_and_comes_back() {
         text.contains("trellis_health_check_unhealthy_endpoints 1"),
         "{text}"
     );
+    let backend = "reviews.default.svc.cluster.local:9080";
+    assert!(
+        text.contains(&format!(
+            "trellis_health_check_endpoint_healthy{{backend=\"{backend}\",endpoint=\"{}\"}} 0",
+            b.addr
+        )),
+        "{text}"
+    );
+    assert!(
+        text.contains(&format!(
+            "trellis_health_check_endpoint_healthy{{backend=\"{backend}\",endpoint=\"{}\"}} 1",
+            a.addr
+        )),
+        "{text}"
+    );
     assert!(
         !text.contains("trellis_health_check_total{result=\"failure\"} 0"),
         "{text}"

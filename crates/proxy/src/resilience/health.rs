@@ -16,8 +16,10 @@
 //! One task per backend with a health check, holding only a weak reference to its
 //! [`Checker`]: when the plans using the backend are gone, the task clears the flags it set
 //! and ends. Bounded: one round probes at most [`MAX_PER_ROUND`] endpoints, concurrently, each
-//! within `timeout`. Counted in `trellis_health_check_total{result}` and
-//! `trellis_health_check_unhealthy_endpoints` (process-wide, rendered by the admin server).
+//! within `timeout`. Counted in `trellis_health_check_total{result}`,
+//! `trellis_health_check_unhealthy_endpoints` and, per checked endpoint,
+//! `trellis_health_check_endpoint_healthy{backend,endpoint}` (process-wide, rendered by the
+//! admin server; the endpoints are discovery's, so the series are bounded by the mesh).
 
 use std::collections::HashMap;
 use std::fmt::Write as _;
@@ -56,6 +58,16 @@ static SUCCESSES: AtomicU64 = AtomicU64::new(0);
 static FAILURES: AtomicU64 = AtomicU64::new(0);
 static UNHEALTHY: AtomicI64 = AtomicI64::new(0);
 
+/// Live checkers, for the per-endpoint gauge; dead entries are pruned when rendering.
+static CHECKERS: std::sync::Mutex<Vec<Weak<Checker>>> = std::sync::Mutex::new(Vec::new());
+
+fn checkers() -> std::sync::MutexGuard<'static, Vec<Weak<Checker>>> {
+    // A list of weak pointers cannot be left torn by a panic.
+    CHECKERS
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner)
+}
+
 /// The health metrics, in Prometheus text format.
 pub fn render(out: &mut String) {
     let _ = writeln!(
@@ -74,6 +86,26 @@ pub fn render(out: &mut String) {
         "# HELP trellis_health_check_unhealthy_endpoints Endpoints active health checks have taken out of their balancer.\n# TYPE trellis_health_check_unhealthy_endpoints gauge\ntrellis_health_check_unhealthy_endpoints {}",
         UNHEALTHY.load(Relaxed).max(0)
     );
+    let live: Vec<Arc<Checker>> = {
+        let mut list = checkers();
+        list.retain(|w| w.strong_count() > 0);
+        list.iter().filter_map(Weak::upgrade).collect()
+    };
+    let _ = writeln!(
+        out,
+        "# HELP trellis_health_check_endpoint_healthy 1 while an actively checked endpoint is in its balancer, 0 while health checks keep it out.\n# TYPE trellis_health_check_endpoint_healthy gauge"
+    );
+    for c in live {
+        for e in c.endpoints.load().iter().take(MAX_PER_ROUND) {
+            let _ = writeln!(
+                out,
+                "trellis_health_check_endpoint_healthy{{backend=\"{}\",endpoint=\"{}\"}} {}",
+                c.host,
+                e.addr(),
+                u8::from(!e.is_unhealthy())
+            );
+        }
+    }
 }
 
 /// Consecutive results of one endpoint and whether this checker took it out.
@@ -137,6 +169,7 @@ impl Checker {
         if let Ok(rt) = tokio::runtime::Handle::try_current() {
             rt.spawn(run(Arc::downgrade(&checker)));
         }
+        checkers().push(Arc::downgrade(&checker));
         checker
     }
 
