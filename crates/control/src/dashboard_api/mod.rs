@@ -29,6 +29,7 @@ use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use axum::Router;
+use futures_util::StreamExt as _;
 use tokio::time::Instant;
 
 use crate::registry::WorkloadKey;
@@ -41,6 +42,11 @@ pub use series::HISTORY_TICKS;
 pub const SCRAPE_INTERVAL: Duration = Duration::from_secs(2);
 /// One proxy's scrape (both requests) must finish within this.
 const SCRAPE_TIMEOUT: Duration = Duration::from_millis(1500);
+/// Proxies scraped at once: a large mesh is read in waves, not with thousands of sockets.
+const MAX_CONCURRENT_SCRAPES: usize = 32;
+/// The config dump (larger than `/metrics`, and its state changes only with config) is read
+/// every this many rounds; the last report stands in between.
+const DUMP_EVERY_ROUNDS: u64 = 3;
 
 /// What the last scrape of one proxy found.
 #[derive(Clone, Debug)]
@@ -98,6 +104,7 @@ pub fn router(shared: Arc<Shared>) -> Router {
 }
 
 /// One proxy to scrape.
+#[derive(Clone)]
 struct Target {
     key: WorkloadKey,
     proxy_id: String,
@@ -108,7 +115,11 @@ struct Target {
 type Scraped = Result<Option<(series::Snapshot, Vec<String>)>, String>;
 
 /// One proxy's metrics (unless they come from Prometheus: `Ok(None)`) and config dump.
-async fn scrape(target: &Target, with_metrics: bool) -> (Scraped, Option<serde_json::Value>) {
+async fn scrape(
+    target: &Target,
+    with_metrics: bool,
+    with_dump: bool,
+) -> (Scraped, Option<serde_json::Value>) {
     let Some(admin) = target.admin else {
         return (Err("no admin address registered".to_string()), None);
     };
@@ -121,12 +132,16 @@ async fn scrape(target: &Target, with_metrics: bool) -> (Scraped, Option<serde_j
             .map(|text| Some((series::snapshot(&text), series::anomalies(&text))))
             .map_err(|e| e.to_string())
     };
-    let (metrics, dump) = tokio::join!(
-        metrics,
-        fetch::get_text(admin, "/config_dump", SCRAPE_TIMEOUT),
-    );
-    let dump = dump.ok().and_then(|t| serde_json::from_str(&t).ok());
-    (metrics, dump)
+    let dump = async {
+        if !with_dump {
+            return None;
+        }
+        let text = fetch::get_text(admin, "/config_dump", SCRAPE_TIMEOUT)
+            .await
+            .ok()?;
+        serde_json::from_str(&text).ok()
+    };
+    tokio::join!(metrics, dump)
 }
 
 async fn run(
@@ -144,7 +159,7 @@ async fn run(
     // Logged when it changes, not every round.
     let mut prom_error: Option<String> = None;
     let mut last_round: Option<Instant> = None;
-    loop {
+    for round in 0u64.. {
         tokio::select! {
             () = shared.shutdown.cancelled() => return,
             _ = ticker.tick() => {}
@@ -159,15 +174,23 @@ async fn run(
             })
             .collect();
         let with_metrics = prometheus.is_none();
-        let (results, from_prom) = tokio::join!(
-            futures_util::future::join_all(targets.iter().map(|t| scrape(t, with_metrics))),
-            async {
-                match &prometheus {
-                    Some(url) => Some(prometheus::query(url, SCRAPE_TIMEOUT).await),
-                    None => None,
-                }
+        let with_dump = round % DUMP_EVERY_ROUNDS == 0;
+        // Each future owns its target: futures borrowing `targets` from a stream trip the
+        // compiler's lifetime inference inside the spawned task.
+        let scrapes_in_order = futures_util::stream::iter(
+            targets
+                .iter()
+                .cloned()
+                .map(move |t| async move { scrape(&t, with_metrics, with_dump).await }),
+        )
+        .buffered(MAX_CONCURRENT_SCRAPES)
+        .collect::<Vec<_>>();
+        let (results, from_prom) = tokio::join!(scrapes_in_order, async {
+            match &prometheus {
+                Some(url) => Some(prometheus::query(url, SCRAPE_TIMEOUT).await),
+                None => None,
             }
-        );
+        });
         let now = Instant::now();
         let secs = last_round.map_or(0.0, |t| now.duration_since(t).as_secs_f64());
         last_round = Some(now);
@@ -196,9 +219,14 @@ async fn run(
                     Some(e)
                 }
             };
-            let sync = dump.map_or_else(sync::SyncReport::unknown, |d| {
-                handlers::check_sync(&shared, &d)
-            });
+            let sync = match dump {
+                Some(d) => handlers::check_sync(&shared, &d),
+                // Not read this round: the last report of this same proxy, if any.
+                None => lock(&state.proxies)
+                    .get(&target.key)
+                    .filter(|s| !with_dump && s.proxy_id == target.proxy_id)
+                    .map_or_else(sync::SyncReport::unknown, |s| s.sync.clone()),
+            };
             scrapes.insert(
                 target.key,
                 ProxyScrape {
