@@ -1,7 +1,7 @@
 //! `trellis-control --kubernetes` as a process against a REAL kube-apiserver, authenticated as
 //! the `trellis-control` ServiceAccount of the install manifests: proves the rendered RBAC is
 //! enough for everything the control plane does (watch, patch the webhooks' caBundle, write
-//! status), and that the API server calls the process's webhook.
+//! status, review ServiceAccount tokens), and that the API server calls the process's webhook.
 
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::print_stderr)]
 
@@ -65,10 +65,11 @@ async fn control_plane_process_with_the_installed_rbac() {
     .unwrap();
 
     let ready_file = testbed.run.path().join("control.ready");
+    let discovery_port = free_port();
     let mut child = tokio::process::Command::new(env!("CARGO_BIN_EXE_trellis-control"))
         .args(["--kubernetes", "--kubeconfig"])
         .arg(&kubeconfig)
-        .args(["--discovery", &format!("127.0.0.1:{}", free_port())])
+        .args(["--discovery", &format!("127.0.0.1:{discovery_port}")])
         .args(["--http", &format!("127.0.0.1:{}", free_port())])
         .args([
             "--webhook",
@@ -145,6 +146,41 @@ async fn control_plane_process_with_the_installed_rbac() {
         (obj.data["status"]["conditions"][0]["status"] == "True").then_some(())
     })
     .await;
+
+    // TokenReview with the ServiceAccount's rights: a `trellis` token of shop/default (made by
+    // the controller manager) is reviewed and gets its certificate.
+    let shop_accounts: Api<ServiceAccount> = Api::namespaced(admin.clone(), "shop");
+    let request: TokenRequest = serde_json::from_value(
+        json!({"spec": {"audiences": ["trellis"], "expirationSeconds": 600}}),
+    )
+    .unwrap();
+    let token = eventually("a token of shop/default", || async {
+        Some(
+            shop_accounts
+                .create_token_request("default", &PostParams::default(), &request)
+                .await
+                .ok()?
+                .status?
+                .token,
+        )
+    })
+    .await;
+    let id = trellis_identity::SpiffeId::new("cluster.local", "shop", "default").unwrap();
+    let key = trellis_identity::tls::LeafKey::generate().unwrap();
+    let mut identity = trellis_api::identity::identity_client::IdentityClient::connect(format!(
+        "http://127.0.0.1:{discovery_port}"
+    ))
+    .await
+    .unwrap();
+    let issued = identity
+        .certify(trellis_api::identity::CertifyRequest {
+            namespace: "shop".into(),
+            service_account: "default".into(),
+            csr_pem: key.csr_pem(&id).unwrap(),
+            join_token: token,
+        })
+        .await;
+    assert!(issued.is_ok(), "TokenReview by the process: {issued:?}");
 
     let everything = pods.list(&ListParams::default()).await.unwrap();
     for pod in everything {
