@@ -798,3 +798,66 @@ async fn balancers_avoid_a_slow_endpoint_and_hashing_keeps_users() {
     }
     assert!(versions.len() >= 2, "12 users all hashed to {versions:?}");
 }
+
+/// Issue 3 on the demo: every reviews endpoint fails (their proxies stopped: each attempt ends
+/// at the 100 ms per-try timeout) and the route asks for 3 retries, yet productpage's proxy
+/// retries no more than the default budget allows: 20% of the requests plus 10/s over 10 s,
+/// where unbudgeted retries would triple the load.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_retry_budget_caps_retries_when_every_endpoint_fails() {
+    let demo = Demo::start(&[ours("reviews-retries-all-fail.yaml")]).await;
+    let client = client();
+    wait_routing(&demo, &client, None, 3, "reviews answer", |a| {
+        a.status == 200
+    })
+    .await;
+    let admin = workload(&demo, "productpage-v1")["admin"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let retries = |m: &str| counter(m, "trellis_retries_total", "direction=\"outbound\"");
+    let exhausted = |m: &str| {
+        counter(
+            m,
+            "trellis_retry_budget_exhausted_total",
+            "direction=\"outbound\"",
+        )
+    };
+    let before = admin_get(&client, &admin, "/metrics").await;
+    let mut resumes = Vec::new();
+    for v in ["reviews-v1", "reviews-v2", "reviews-v3"] {
+        let pid = workload(&demo, v)["pid"].as_i64().unwrap();
+        let pid = Pid::from_raw(i32::try_from(pid).unwrap()).unwrap();
+        kill_process(pid, Signal::STOP).unwrap();
+        resumes.push(Resume(pid));
+    }
+    let n = 300;
+    let answers = load(&client, &demo.entry, n, 8).await;
+    let after = admin_get(&client, &admin, "/metrics").await;
+    drop(resumes);
+    let ok = answers.iter().filter(|a| a.status == 200).count();
+    let made = retries(&after) - retries(&before);
+    let cap = 0.2 * n as f64 + 10.0 * 10.0;
+    eprintln!(
+        "every endpoint failing: {n} requests, {ok} answered 200, {made} retries (cap {cap}, \
+         unbudgeted {})",
+        3 * n
+    );
+    assert_eq!(ok, 0, "every reviews endpoint is stopped");
+    // Within 15%: the window also holds the warm-up requests, and a few attempts race the
+    // budget's accounting.
+    assert!(made <= cap * 1.15, "{made} retries over the budget's {cap}");
+    assert!(
+        made >= 0.2 * n as f64,
+        "the budget allows at least its ratio: {made}"
+    );
+    assert!(
+        exhausted(&after) > exhausted(&before),
+        "the budget never ran out"
+    );
+    // Once they answer again, so does reviews.
+    wait_routing(&demo, &client, None, 3, "reviews answer again", |a| {
+        a.status == 200
+    })
+    .await;
+}
