@@ -307,6 +307,53 @@ fn pre_check_install_upgrade_check_and_validate_cluster() {
         assert!(has_line(&out, "√", line), "{line}: {out}");
     }
 
+    // A caBundle that is not the serving certificate's CA (the API server's own) is refused.
+    let other_ca = Command::new("base64")
+        .args(["-w0"])
+        .arg(testbed.run.path().join("ca.crt"))
+        .output()
+        .unwrap();
+    assert!(other_ca.status.success());
+    let patch = format!(
+        "[{{\"op\":\"replace\",\"path\":\"/webhooks/0/clientConfig/caBundle\",\"value\":\"{}\"}}]",
+        String::from_utf8(other_ca.stdout).unwrap()
+    );
+    let patched = kubectl(
+        &testbed.kubeconfig,
+        &[
+            "patch",
+            "mutatingwebhookconfiguration",
+            "trellis-sidecar-injector",
+            "--type=json",
+            "-p",
+            &patch,
+        ],
+        b"",
+    );
+    assert!(
+        patched.status.success(),
+        "{}",
+        String::from_utf8_lossy(&patched.stderr)
+    );
+    let (code, out, _) = trellis(&["check", "--kubeconfig", &kc]);
+    assert_eq!(code, 1, "{out}");
+    assert!(
+        has_line(
+            &out,
+            "×",
+            "inject.trellis.io: serving certificate is signed by the caBundle"
+        ),
+        "{out}"
+    );
+    assert!(
+        has_line(
+            &out,
+            "√",
+            "validate.trellis.io: serving certificate is signed by the caBundle"
+        ),
+        "{out}"
+    );
+
     // validate --cluster: a clean cluster, then a VirtualService naming an undefined subset.
     let (code, _, err) = trellis(&["validate", "--cluster", "--kubeconfig", &kc]);
     assert_eq!(code, 0, "{err}");
