@@ -314,6 +314,8 @@ struct HealthApp {
     addr: SocketAddr,
     healthy: std::sync::Arc<std::sync::atomic::AtomicBool>,
     served: std::sync::Arc<std::sync::atomic::AtomicU64>,
+    /// Added before answering anything but `/healthz`, in milliseconds.
+    delay_ms: std::sync::Arc<std::sync::atomic::AtomicU64>,
 }
 
 impl HealthApp {
@@ -325,11 +327,16 @@ impl HealthApp {
             addr: listener.local_addr()?,
             healthy: std::sync::Arc::new(std::sync::atomic::AtomicBool::new(true)),
             served: std::sync::Arc::default(),
+            delay_ms: std::sync::Arc::default(),
         };
-        let (healthy, served) = (app.healthy.clone(), app.served.clone());
+        let (healthy, served, delay) = (
+            app.healthy.clone(),
+            app.served.clone(),
+            app.delay_ms.clone(),
+        );
         std::thread::spawn(move || {
             for stream in listener.incoming().flatten() {
-                let (healthy, served) = (healthy.clone(), served.clone());
+                let (healthy, served, delay) = (healthy.clone(), served.clone(), delay.clone());
                 std::thread::spawn(move || {
                     let _ = stream.set_read_timeout(Some(Duration::from_secs(5)));
                     let mut reader = BufReader::new(&stream);
@@ -351,6 +358,7 @@ impl HealthApp {
                         }
                     } else {
                         served.fetch_add(1, Relaxed);
+                        std::thread::sleep(Duration::from_millis(delay.load(Relaxed)));
                         "200 OK"
                     };
                     let _ = write!(
@@ -492,4 +500,70 @@ fn a_destination_rule_health_check_takes_a_failing_endpoint_out_and_back() {
             .sum("trellis_health_check_unhealthy_endpoints", &[]),
         0.0
     );
+}
+
+#[test]
+fn a_workload_slowing_down_is_flagged_for_latency() {
+    let app = HealthApp::start("127.0.0.1:0".parse().unwrap()).unwrap();
+    let config = config_dir(&[(
+        "slow.yaml",
+        service_yaml("slow", "default", 8080, app.addr.port(), "slow"),
+    )])
+    .unwrap();
+    let control = ControlPlane::start(config.path()).unwrap();
+    let server = ProxyBuilder::loopback("slow-0")
+        .label("app", "slow")
+        .control(&control.url())
+        .app(app.addr)
+        .arg("--anomaly-window")
+        .arg("1s")
+        .arg("--anomaly-baseline")
+        .arg("30s")
+        .start()
+        .unwrap();
+    let client = ProxyBuilder::loopback("client")
+        .label("app", "client")
+        .control(&control.url())
+        .outbound_port("slow.default:8080")
+        .start()
+        .unwrap();
+    let port = client.outbound_port("slow.default:8080");
+    wait::until(CONVERGE, || match http_get(port, "/converge") {
+        Ok((200, _)) => Ok(()),
+        other => Err(format!("{other:?}")),
+    })
+    .unwrap_or_else(|e| panic!("the mesh never routed to slow: {e}"));
+
+    // Four callers in parallel keep every 1 s window above the detector's 20 requests even once
+    // each request takes 40 ms.
+    let load = |for_: Duration| {
+        let senders: Vec<_> = (0..4)
+            .map(|_| std::thread::spawn(move || traffic(port, for_, None)))
+            .collect();
+        for s in senders {
+            s.join().unwrap();
+        }
+    };
+    load(Duration::from_secs(5));
+    assert_eq!(anomaly(&server, "latency"), 0.0);
+
+    // A delay fault in the app: every answer 40 ms late, no failures.
+    app.delay_ms.store(40, std::sync::atomic::Ordering::Relaxed);
+    let started = Instant::now();
+    wait::until(APPLY, || {
+        load(Duration::from_millis(500));
+        let v = anomaly(&server, "latency");
+        if v == 1.0 {
+            Ok(())
+        } else {
+            Err(format!("trellis_anomaly{{kind=\"latency\"}} {v}"))
+        }
+    })
+    .unwrap_or_else(|e| panic!("the slow workload was not flagged: {e}"));
+    assert!(
+        started.elapsed() < Duration::from_secs(6),
+        "flagged only after {:?}",
+        started.elapsed()
+    );
+    assert_eq!(anomaly(&server, "success_rate"), 0.0, "slow is not failing");
 }
