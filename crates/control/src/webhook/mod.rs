@@ -46,6 +46,8 @@ const REISSUE_RETRY: Duration = Duration::from_secs(10);
 const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(5);
 /// How often the caBundle patch is retried while the webhook configurations do not exist yet.
 const PATCH_RETRY: Duration = Duration::from_secs(2);
+/// How often the caBundle is checked again: re-applying the install manifests empties it.
+const PATCH_RECHECK: Duration = Duration::from_secs(60);
 
 #[derive(Debug, thiserror::Error)]
 pub enum WebhookError {
@@ -206,7 +208,7 @@ impl Renewal {
 
     async fn run(mut self, shutdown: CancellationToken) {
         let mut bundle_rx = self.ca.bundle_rx();
-        let mut wait = self.renew_in();
+        let mut due = tokio::time::Instant::now() + self.renew_in();
         loop {
             tokio::select! {
                 () = shutdown.cancelled() => return,
@@ -221,15 +223,16 @@ impl Renewal {
                         continue;
                     }
                 }
-                () = tokio::time::sleep(wait) => {}
+                () = tokio::time::sleep_until(due) => {}
             }
-            wait = match self.reissue() {
-                Ok(()) => self.renew_in(),
-                Err(err) => {
-                    tracing::warn!(error = %err, "cannot reissue the webhook serving certificate; serving the current one");
-                    REISSUE_RETRY
-                }
-            };
+            due = tokio::time::Instant::now()
+                + match self.reissue() {
+                    Ok(()) => self.renew_in(),
+                    Err(err) => {
+                        tracing::warn!(error = %err, "cannot reissue the webhook serving certificate; serving the current one");
+                        REISSUE_RETRY
+                    }
+                };
         }
     }
 
@@ -263,8 +266,9 @@ async fn handle_validate(axum::Json(body): axum::Json<Value>) -> axum::Json<Valu
 
 /// Keeps the caBundle of every webhook of both configurations equal to the mesh trust bundle
 /// (every root in it) until `shutdown`: patched at once, retried until the configurations
-/// exist (they may be applied after the control plane starts), and again whenever the bundle's
-/// roots change (an anchor rotation's `prepare` and `retire`).
+/// exist (they may be applied after the control plane starts), again whenever the bundle's
+/// roots change (an anchor rotation's `prepare` and `retire`), and checked every
+/// [`PATCH_RECHECK`] (a re-applied manifest empties it; only a differing bundle is patched).
 pub async fn follow_ca_bundles(client: Client, ca: Arc<CaState>, shutdown: CancellationToken) {
     let mut bundle_rx = ca.bundle_rx();
     let mut patched: Option<Vec<String>> = None;
@@ -272,10 +276,11 @@ pub async fn follow_ca_bundles(client: Client, ca: Arc<CaState>, shutdown: Cance
     loop {
         let roots = bundle_rx.borrow_and_update().bundle.roots_pem.clone();
         if patched.as_ref() != Some(&roots) {
-            let bundle = review::base64_encode(roots.concat().as_bytes());
-            match try_patch(&client, &bundle).await {
-                Ok(()) => {
-                    tracing::info!(anchors = roots.len(), "webhook caBundle patched");
+            match try_patch(&client, &roots.concat()).await {
+                Ok(changed) => {
+                    if changed {
+                        tracing::info!(anchors = roots.len(), "webhook caBundle patched");
+                    }
                     patched = Some(roots);
                     logged = false;
                 }
@@ -295,11 +300,16 @@ pub async fn follow_ca_bundles(client: Client, ca: Arc<CaState>, shutdown: Cance
         tokio::select! {
             () = shutdown.cancelled() => return,
             changed = bundle_rx.changed() => if changed.is_err() { return },
+            () = tokio::time::sleep(PATCH_RECHECK) => patched = None,
         }
     }
 }
 
-async fn try_patch(client: &Client, bundle: &str) -> Result<(), crate::k8s::KubeError> {
+/// Sets every webhook's caBundle to `pem` where it differs; returns whether anything changed.
+async fn try_patch(client: &Client, pem: &str) -> Result<bool, crate::k8s::KubeError> {
+    let bundle = review::base64_encode(pem.as_bytes());
+    let same =
+        |b: &Option<k8s_openapi::ByteString>| b.as_ref().is_some_and(|b| b.0 == pem.as_bytes());
     let params = PatchParams::default();
     let mutating: Api<MutatingWebhookConfiguration> = Api::all(client.clone());
     let validating: Api<ValidatingWebhookConfiguration> = Api::all(client.clone());
@@ -312,6 +322,23 @@ async fn try_patch(client: &Client, bundle: &str) -> Result<(), crate::k8s::Kube
         .get(names::INJECTOR_WEBHOOK)
         .await
         .map_err(err(names::INJECTOR_WEBHOOK))?;
+    let current_validating = validating
+        .get(names::VALIDATING_WEBHOOK)
+        .await
+        .map_err(err(names::VALIDATING_WEBHOOK))?;
+    let up_to_date = current
+        .webhooks
+        .iter()
+        .flatten()
+        .all(|w| same(&w.client_config.ca_bundle))
+        && current_validating
+            .webhooks
+            .iter()
+            .flatten()
+            .all(|w| same(&w.client_config.ca_bundle));
+    if up_to_date {
+        return Ok(false);
+    }
     let hooks: Vec<Value> = current
         .webhooks
         .iter()
@@ -326,11 +353,7 @@ async fn try_patch(client: &Client, bundle: &str) -> Result<(), crate::k8s::Kube
         )
         .await
         .map_err(err(names::INJECTOR_WEBHOOK))?;
-    let current = validating
-        .get(names::VALIDATING_WEBHOOK)
-        .await
-        .map_err(err(names::VALIDATING_WEBHOOK))?;
-    let hooks: Vec<Value> = current
+    let hooks: Vec<Value> = current_validating
         .webhooks
         .iter()
         .flatten()
@@ -344,5 +367,5 @@ async fn try_patch(client: &Client, bundle: &str) -> Result<(), crate::k8s::Kube
         )
         .await
         .map_err(err(names::VALIDATING_WEBHOOK))?;
-    Ok(())
+    Ok(true)
 }
