@@ -131,14 +131,28 @@ async fn programmed_counts_acks_and_security_kinds_are_watched() {
     })
     .await;
 
-    // 1. A VirtualService: Accepted, then Programmed on both proxies.
-    let vs: DynamicObject = serde_json::from_value(json!({
-        "apiVersion": "networking.istio.io/v1beta1", "kind": "VirtualService",
-        "metadata": {"name": "reviews", "namespace": "shop"},
-        "spec": {"hosts": ["reviews"], "http": [{"timeout": "3s", "route": [{"destination": {"host": "reviews"}}]}]},
-    }))
-    .unwrap();
-    vs_api.create(&PostParams::default(), &vs).await.unwrap();
+    // 1. A VirtualService applied with kubectl: Accepted, then Programmed on both proxies.
+    let vs = "apiVersion: networking.istio.io/v1beta1\nkind: VirtualService\nmetadata: {name: reviews, namespace: shop}\nspec:\n  hosts: [reviews]\n  http:\n  - timeout: 3s\n    route: [{destination: {host: reviews}}]\n";
+    let mut apply = tokio::process::Command::new("kubectl")
+        .env("KUBECONFIG", &testbed.kubeconfig)
+        .args(["apply", "-f", "-"])
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    {
+        use tokio::io::AsyncWriteExt;
+        let mut stdin = apply.stdin.take().unwrap();
+        stdin.write_all(vs.as_bytes()).await.unwrap();
+    }
+    let out = apply.wait_with_output().await.unwrap();
+    assert!(
+        out.status.success(),
+        "kubectl apply: {}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
     let programmed = eventually("Programmed=True on 2/2", || async {
         let c = condition(&vs_api, "reviews", "Programmed").await?;
         (c["status"] == "True" && c["message"] == "programmed on 2/2 proxies").then_some(c)
