@@ -58,10 +58,14 @@ fn connection_tokens(headers: &HeaderMap) -> impl Iterator<Item = &str> {
 /// touches only those present: a removal of an absent name still costs a hashed lookup, and
 /// most messages carry none of these names, or only `Connection: keep-alive`.
 pub fn strip_hop_by_hop(headers: &mut HeaderMap, upgrade: bool) {
-    let mut has = Present::default();
-    for name in headers.keys() {
+    let mut has = Present {
+        plain_connection: true,
+        ..Present::default()
+    };
+    for (name, value) in headers.iter() {
         if *name == header::CONNECTION {
             has.connection = true;
+            has.plain_connection &= names_no_header(value);
         } else if *name == header::TRANSFER_ENCODING {
             has.transfer_encoding = true;
         } else if *name == header::UPGRADE {
@@ -74,7 +78,7 @@ pub fn strip_hop_by_hop(headers: &mut HeaderMap, upgrade: bool) {
             has.proxy_connection = true;
         }
     }
-    if has.connection {
+    if has.connection && !has.plain_connection {
         // Headers the Connection header names. Names handled below anyway need no lookup
         // (nor a `HeaderName`): `upgrade` is kept on upgrades and removed otherwise; only
         // other names (rare) are collected.
@@ -134,10 +138,19 @@ pub fn strip_hop_by_hop(headers: &mut HeaderMap, upgrade: bool) {
     }
 }
 
+/// Whether a Connection value names no header (nearly every HTTP/1.1 message that has one
+/// says just `keep-alive` or `close`), so the token scan can be skipped.
+fn names_no_header(value: &HeaderValue) -> bool {
+    let v = value.as_bytes();
+    v.eq_ignore_ascii_case(b"keep-alive") || v.eq_ignore_ascii_case(b"close")
+}
+
 /// Which hop-by-hop names a header map holds.
 #[derive(Default)]
 struct Present {
     connection: bool,
+    /// Every Connection value is `keep-alive` or `close` (or there is none).
+    plain_connection: bool,
     transfer_encoding: bool,
     upgrade: bool,
     te: bool,
@@ -282,6 +295,27 @@ mod tests {
         assert_eq!(h.len(), 2);
         strip_hop_by_hop(&mut h, true);
         assert_eq!(h["connection"], "upgrade");
+    }
+
+    #[test]
+    fn plain_connection_values_are_removed_and_name_nothing() {
+        let mut h = headers(&[
+            ("Connection", "Keep-Alive"),
+            ("keep-alive", "timeout=5"),
+            ("close", "kept: not named"),
+            ("x-app", "kept"),
+        ]);
+        strip_hop_by_hop(&mut h, false);
+        let names: Vec<&str> = h.keys().map(|k| k.as_str()).collect();
+        assert_eq!(names, vec!["close", "x-app"]);
+        // Two values, one of which names a header: the scan still runs.
+        let mut h = headers(&[
+            ("connection", "close"),
+            ("connection", "x-secret"),
+            ("x-secret", "1"),
+        ]);
+        strip_hop_by_hop(&mut h, false);
+        assert!(h.is_empty(), "{h:?}");
     }
 
     #[test]
