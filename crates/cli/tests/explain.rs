@@ -95,9 +95,13 @@ fn jason_and_everyone_else() {
     assert_eq!(other["route"]["index"], 1);
     assert_eq!(other["route"]["matched"], Value::Null);
     assert_eq!(only_subset(&other), "v3");
+    // No AuthorizationPolicy: reviews-v3's proxy allows by the default.
+    let authz = &other["authorization"]["workloads"];
+    assert_eq!(authz.as_array().map(Vec::len), Some(1), "{other:#}");
+    assert_eq!(authz[0]["workload"], "reviews-v3");
     assert_eq!(
-        other["authorization"], "not evaluated (no policies)",
-        "{other:#}"
+        authz[0]["reason"],
+        "allowed: no policy applies (default all-unauthenticated)"
     );
     assert!(
         other["retries"].as_str().unwrap().contains("proxy default"),
@@ -506,4 +510,375 @@ fn no_route_answers_per_api() {
         text.contains("route:          GRPCRoute default/ratings-grpc-get rule 0"),
         "{text}"
     );
+}
+
+/// Only productpage may call reviews: an ALLOW policy for productpage's identity, and a DENY of
+/// `/reviews/*` for details' identity (so a denial names a policy and a rule as well).
+const ONLY_PRODUCTPAGE: &str = r#"apiVersion: security.istio.io/v1
+kind: AuthorizationPolicy
+metadata: {name: reviews-viewer, namespace: default}
+spec:
+  selector: {matchLabels: {app: reviews}}
+  action: ALLOW
+  rules:
+  - from:
+    - source: {principals: ["cluster.local/ns/default/sa/bookinfo-productpage"]}
+---
+apiVersion: security.istio.io/v1
+kind: AuthorizationPolicy
+metadata: {name: reviews-deny-details, namespace: default}
+spec:
+  selector: {matchLabels: {app: reviews}}
+  action: DENY
+  rules:
+  - from:
+    - source: {principals: ["cluster.local/ns/other/sa/nobody"]}
+  - from:
+    - source: {principals: ["*/sa/bookinfo-details"]}
+    to:
+    - operation: {paths: ["/reviews/*"]}
+"#;
+
+fn authz_config() -> tempfile::TempDir {
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(dir.path().join("authz.yaml"), ONLY_PRODUCTPAGE).unwrap();
+    dir
+}
+
+/// `(decision, policy, action, rule)` of every workload in `e`'s authorization, one per
+/// workload the request lands on.
+fn decisions(e: &Value) -> Vec<(String, Value, Value, Value)> {
+    e["authorization"]["workloads"]
+        .as_array()
+        .unwrap_or_else(|| panic!("no authorization workloads: {e:#}"))
+        .iter()
+        .map(|w| {
+            (
+                w["decision"].as_str().unwrap().to_string(),
+                w["policy"].clone(),
+                w["action"].clone(),
+                w["rule"].clone(),
+            )
+        })
+        .collect()
+}
+
+fn explain_authz(dir: &str, from: &str, url: &str, extra: &[&str]) -> Value {
+    let mut args = vec![
+        "--from",
+        from,
+        "GET",
+        url,
+        "--config-dir",
+        dir,
+        "-o",
+        "json",
+    ];
+    args.extend(extra);
+    let (code, out, err) = run(&args);
+    assert_eq!(code, 0, "{err}");
+    serde_json::from_str(&out).unwrap()
+}
+
+#[test]
+fn authorization_allow_deny_and_default() {
+    let dir = authz_config();
+    let d = dir.path().to_str().unwrap();
+    let reviews = "http://reviews:9080/reviews/0";
+    let allow = (
+        "ALLOW".to_string(),
+        Value::from("default/reviews-viewer"),
+        Value::from("ALLOW"),
+        Value::from(0),
+    );
+    let e = explain_authz(d, "productpage", reviews, &[]);
+    assert_eq!(
+        e["authorization"]["caller"],
+        "cluster.local/ns/default/sa/bookinfo-productpage"
+    );
+    // No routing config: every reviews version, each decided by its own proxy's policies.
+    assert_eq!(decisions(&e), vec![allow.clone(); 3], "{e:#}");
+    let deny = (
+        "DENY".to_string(),
+        Value::from("default/reviews-deny-details"),
+        Value::from("DENY"),
+        Value::from(1),
+    );
+    let e = explain_authz(d, "details", reviews, &[]);
+    assert_eq!(decisions(&e), vec![deny.clone(); 3], "{e:#}");
+    assert_eq!(
+        e["authorization"]["workloads"][0]["answer"],
+        "403 RBAC: access denied"
+    );
+    // Another path: the DENY rule does not match, and no ALLOW rule does either.
+    let e = explain_authz(d, "details", "http://reviews:9080/health", &[]);
+    let none_matched = (
+        "DENY".to_string(),
+        Value::from("default/reviews-viewer"),
+        Value::from("ALLOW"),
+        Value::Null,
+    );
+    assert_eq!(decisions(&e), vec![none_matched; 3], "{e:#}");
+    // Ratings has no policy: the default decides, and says so.
+    let e = explain_authz(d, "details", "http://ratings:9080/ratings/0", &[]);
+    assert_eq!(
+        e["authorization"]["workloads"][0]["reason"],
+        "allowed: no policy applies (default all-unauthenticated)",
+        "{e:#}"
+    );
+    let e = explain_authz(
+        d,
+        "details",
+        "http://ratings:9080/ratings/0",
+        &["--default-inbound-policy", "deny"],
+    );
+    assert_eq!(
+        decisions(&e),
+        vec![(
+            "DENY".into(),
+            Value::Null,
+            Value::from("DEFAULT"),
+            Value::Null
+        )]
+    );
+    // A route that lands on one subset: only that workload is decided.
+    let jason = jason_config();
+    std::fs::write(jason.path().join("authz.yaml"), ONLY_PRODUCTPAGE).unwrap();
+    let j = jason.path().to_str().unwrap();
+    let e = explain_authz(j, "details", reviews, &["-H", "end-user:jason"]);
+    assert_eq!(e["authorization"]["workloads"][0]["workload"], "reviews-v2");
+    assert_eq!(decisions(&e), vec![deny], "{e:#}");
+    // The table form.
+    let (code, text, err) = run(&["--from", "details", "GET", reviews, "--config-dir", d]);
+    assert_eq!(code, 0, "{err}");
+    for expected in [
+        "authorization:  caller cluster.local/ns/default/sa/bookinfo-details (mTLS); policies from config",
+        "  - reviews-v1.default: DENY by AuthorizationPolicy default/reviews-deny-details rule 1 (a DENY rule matched) \u{2192} 403 RBAC: access denied",
+    ] {
+        assert!(text.contains(expected), "missing {expected:?} in:\n{text}");
+    }
+    // A request the calling proxy answers itself reaches no workload's authorization.
+    let (_, text, _) = run(&[
+        "--from",
+        "productpage",
+        "GET",
+        "http://nowhere:80/",
+        "--config-dir",
+        d,
+    ]);
+    assert!(
+        text.contains("authorization:  not evaluated: no destination"),
+        "{text}"
+    );
+    // An unknown default is refused when the arguments are read, naming the values.
+    let bad = Cli::try_parse_from([
+        "trellis",
+        "explain",
+        "--from",
+        "productpage",
+        "GET",
+        reviews,
+        "--default-inbound-policy",
+        "sometimes",
+    ])
+    .map(|_| ())
+    .unwrap_err()
+    .to_string();
+    assert!(bad.contains("all-authenticated"), "{bad}");
+}
+
+/// A `trellis-proxy` registered with the demo's control plane as another workload, with one
+/// outbound port to reviews: calls through it are mesh mTLS calls under its service account.
+struct Caller {
+    child: std::process::Child,
+    ready: Value,
+    _tmp: tempfile::TempDir,
+}
+
+impl Caller {
+    fn start(demo: &Demo, workload: &str, service_account: &str) -> Caller {
+        use std::os::unix::process::CommandExt;
+        let tmp = tempfile::tempdir().unwrap();
+        let proxy = Path::new(env!("CARGO_BIN_EXE_trellis")).with_file_name("trellis-proxy");
+        let ready_file = tmp.path().join("ready.json");
+        let log = std::fs::File::create(tmp.path().join("proxy.log")).unwrap();
+        let control = demo.status["control"]["address"].as_str().unwrap();
+        let mut child = std::process::Command::new(proxy)
+            .args(["--workload", workload, "--namespace", "default"])
+            .args(["--service-account", service_account, "--label", "app=probe"])
+            .args(["--control", &format!("http://{control}")])
+            .args(["--inbound", "127.0.0.1:0", "--admin", "127.0.0.1:0"])
+            .args(["--outbound", "none"])
+            .args(["--outbound-port", "127.0.0.1:0=reviews.default:9080"])
+            .arg("--ready-file")
+            .arg(&ready_file)
+            .stdin(std::process::Stdio::null())
+            .stdout(log.try_clone().unwrap())
+            .stderr(log)
+            .process_group(0)
+            .spawn()
+            .unwrap();
+        let deadline = std::time::Instant::now() + Duration::from_secs(30);
+        let ready = loop {
+            if let Ok(bytes) = std::fs::read(&ready_file) {
+                break serde_json::from_slice(&bytes).unwrap();
+            }
+            assert!(child.try_wait().unwrap().is_none(), "{workload} exited");
+            assert!(std::time::Instant::now() < deadline, "{workload} not ready");
+            std::thread::sleep(Duration::from_millis(100));
+        };
+        Caller {
+            child,
+            ready,
+            _tmp: tmp,
+        }
+    }
+
+    fn reviews(&self) -> String {
+        self.ready["outbound_ports"]["reviews.default:9080"]
+            .as_str()
+            .unwrap()
+            .to_string()
+    }
+}
+
+impl Drop for Caller {
+    fn drop(&mut self) {
+        use rustix::process::{Pid, Signal, kill_process_group};
+        if let Ok(pid) = i32::try_from(self.child.id())
+            && let Some(pid) = Pid::from_raw(pid)
+        {
+            let _ = kill_process_group(pid, Signal::KILL);
+        }
+        let _ = self.child.wait();
+    }
+}
+
+/// `GET path` over HTTP/1.1 with `Connection: close`: (status, body); status 0 on failure.
+fn get_blocking(addr: &str, path: &str) -> (u16, String) {
+    use std::io::{Read, Write};
+    let exchange = || -> std::io::Result<(u16, String)> {
+        let sock: std::net::SocketAddr = addr.parse().map_err(std::io::Error::other)?;
+        let mut s = std::net::TcpStream::connect_timeout(&sock, Duration::from_secs(5))?;
+        s.set_read_timeout(Some(Duration::from_secs(5)))?;
+        write!(
+            s,
+            "GET {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n"
+        )?;
+        let mut raw = Vec::new();
+        s.read_to_end(&mut raw)?;
+        let text = String::from_utf8_lossy(&raw).into_owned();
+        let (head, body) = text.split_once("\r\n\r\n").unwrap_or((&text, ""));
+        let status = head
+            .split_whitespace()
+            .nth(1)
+            .and_then(|s| s.parse().ok())
+            .unwrap_or(0);
+        Ok((status, body.to_string()))
+    };
+    exchange().unwrap_or((0, String::new()))
+}
+
+/// Live `explain --control` as JSON.
+fn explain_live(control: &str, from: &str, path: &str) -> Value {
+    let url = format!("http://reviews:9080{path}");
+    let args = [
+        "--from",
+        from,
+        "GET",
+        &url,
+        "--control",
+        control,
+        "-o",
+        "json",
+    ];
+    let (code, out, err) = run(&args);
+    assert_eq!(code, 0, "{err}");
+    serde_json::from_str(&out).unwrap()
+}
+
+/// Issue 8's "explain agrees with what the proxy then does for an authorization denial": on the
+/// running demo with only productpage allowed to call reviews, explain (from the config, and
+/// live from each reviews proxy's own policies) says ALLOW for productpage and DENY, naming the
+/// policy and rule, for details' identity and for another workload; those callers then really
+/// get 403 from reviews' proxies while productpage keeps getting its reviews.
+#[test]
+fn explain_authorization_agrees_with_the_proxy() {
+    let config = authz_config();
+    let demo = Demo::start(config.path());
+    let control = demo.control_url();
+    // Bounded wait until every reviews proxy holds the policies (explain reads them live).
+    let deadline = std::time::Instant::now() + Duration::from_secs(20);
+    let live = loop {
+        let e = explain_live(&control, "productpage-v1", "/reviews/0");
+        let got = decisions(&e);
+        if got.len() == 3 && got.iter().all(|d| d.1 == "default/reviews-viewer") {
+            break e;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "policies not in the proxies: {e:#}"
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    };
+    assert_eq!(live["authorization"]["source"], "each proxy's /config_dump");
+    let local = explain_authz(
+        config.path().to_str().unwrap(),
+        "productpage",
+        "http://reviews:9080/reviews/0",
+        &[],
+    );
+    assert_eq!(decisions(&live), decisions(&local), "{live:#}");
+    assert!(decisions(&live).iter().all(|d| d.0 == "ALLOW"));
+
+    // details' identity (a probe workload under its service account) and another workload.
+    let details = Caller::start(&demo, "details-probe", "bookinfo-details");
+    let sleep = Caller::start(&demo, "sleep", "sleep");
+    for (caller, from, policy, rule) in [
+        (
+            &details,
+            "details-probe",
+            "default/reviews-deny-details",
+            Value::from(1),
+        ),
+        (&sleep, "sleep", "default/reviews-viewer", Value::Null),
+    ] {
+        let e = explain_live(&control, from, "/reviews/0");
+        let got = decisions(&e);
+        assert_eq!(got.len(), 3, "{from}: {e:#}");
+        for d in &got {
+            assert_eq!(
+                (d.0.as_str(), &d.1, &d.3),
+                ("DENY", &Value::from(policy), &rule)
+            );
+        }
+        // Every call is refused, whichever reviews version the balancer picks.
+        let reviews = caller.reviews();
+        for _ in 0..12 {
+            let (status, body) = get_blocking(&reviews, "/reviews/0");
+            assert_eq!(
+                (status, body.trim()),
+                (403, "RBAC: access denied"),
+                "{from} -> reviews: explain said DENY by {policy}"
+            );
+        }
+    }
+    // details' identity from the config says the same as the live proxies.
+    let local = explain_authz(
+        config.path().to_str().unwrap(),
+        "details",
+        "http://reviews:9080/reviews/0",
+        &[],
+    );
+    assert!(
+        decisions(&local)
+            .iter()
+            .all(|d| d.1 == "default/reviews-deny-details" && d.3 == 1)
+    );
+    // productpage's calls still get through: the demo's product page shows reviews.
+    let entry = demo.status["entry"].as_str().unwrap();
+    for _ in 0..6 {
+        let (status, body) = get_blocking(entry, "/api/v1/products/0/reviews");
+        assert_eq!(status, 200, "{body}");
+    }
 }

@@ -1,13 +1,16 @@
 //! `trellis explain`: what the mesh does with one request from one workload: the route that
 //! matches, the backends and their weights, timeouts, retries, faults, mirrors, header edits
-//! and per-backend policy.
+//! and per-backend policy; and the authorization decision of each workload the request lands
+//! on, with the policy and rule that made it ([`authz`], the proxy's own `evaluate`).
 //!
 //! The config comes from directories (`--config-dir`, read as the control plane reads them)
 //! plus the demo's Bookinfo Services and workloads, so `explain` answers for `trellis demo`
 //! without a running mesh; or, with `--control`, from a running control plane (its registered
-//! workloads and `GET /api/v1/destination`). [`plan`] is pure; this module parses arguments,
+//! workloads, `GET /api/v1/destination`, and each destination proxy's `/config_dump` for the
+//! policies it enforces). [`plan`] and [`authz`] are pure; this module parses arguments,
 //! reads files or the control plane's API, and renders.
 
+pub mod authz;
 pub mod plan;
 
 use std::collections::BTreeMap;
@@ -17,6 +20,7 @@ use std::net::SocketAddr;
 use std::path::PathBuf;
 
 use trellis_control::store::{ConfigIndex, ConfigSnapshot};
+use trellis_model::authz::{DefaultPolicy, WorkloadAuthz};
 use trellis_model::{Destination, ServiceKey, Target, Workload};
 
 use crate::bookinfo::{APPS, NAMESPACE, SERVICE_PORT};
@@ -50,6 +54,17 @@ pub struct ExplainArgs {
     /// registered workloads and the destination it compiles now.
     #[arg(long, value_name = "URL")]
     pub control: Option<String>,
+    /// The mesh root namespace for AuthorizationPolicies, as `trellis-control
+    /// --root-namespace` (config dirs only; with `--control` each proxy's own policies count).
+    #[arg(long, value_name = "NS", default_value = trellis_control::DEFAULT_ROOT_NAMESPACE,
+          conflicts_with = "control")]
+    pub root_namespace: String,
+    /// The default inbound policy, as `trellis-control --default-inbound-policy` (config dirs
+    /// only).
+    #[arg(long, value_name = "POLICY", default_value = "all-unauthenticated",
+          value_parser = trellis_control::compile::authz::parse_default_policy,
+          conflicts_with = "control")]
+    pub default_inbound_policy: DefaultPolicy,
     #[arg(short = 'o', long = "output", value_enum, default_value_t = OutputFormat::Table)]
     pub output: OutputFormat,
 }
@@ -161,8 +176,18 @@ pub fn request(
             http::HeaderValue::from_str(v.trim()).map_err(|_| UsageError::Header(h.clone()))?;
         headers.append(name, value);
     }
+    // The identity the mesh assigns the source (its service account), as the control plane's
+    // CA names it; the live mode replaces it with the one the control plane reports.
+    let caller = authz::Caller {
+        spiffe_id: trellis_control::compile::identity(
+            trellis_identity::DEFAULT_TRUST_DOMAIN,
+            &source,
+        ),
+        ip: Some(source.inbound_address.ip()),
+    };
     Ok(Request {
         source,
+        caller,
         method: args.method.to_ascii_uppercase(),
         target,
         authority: authority.as_str().to_string(),
@@ -302,7 +327,7 @@ pub fn render_text(e: &Explanation) -> String {
     if let Some(r) = &e.rewrite {
         let _ = writeln!(s, "rewrite:        {r}");
     }
-    let _ = writeln!(s, "authorization:  {}", e.authorization);
+    authz::render(&e.authorization, &mut s);
     s
 }
 
@@ -325,6 +350,12 @@ struct WorkloadRow {
     labels: BTreeMap<String, String>,
     #[serde(default)]
     inbound: String,
+    /// The SPIFFE id the control plane assigns it.
+    #[serde(default)]
+    identity: Option<String>,
+    /// Its proxy's admin address.
+    #[serde(default)]
+    admin: Option<String>,
 }
 
 async fn get_json<T: serde::de::DeserializeOwned>(
@@ -355,12 +386,12 @@ async fn explain_live(args: &ExplainArgs, control: SocketAddr) -> Result<Explana
     let client = HttpClient::new();
     let rows: Vec<WorkloadRow> = get_json(&client, control, "/api/v1/workloads").await?;
     let workloads: Vec<Workload> = rows
-        .into_iter()
+        .iter()
         .map(|w| Workload {
-            name: w.name,
-            namespace: w.namespace,
-            service_account: w.service_account,
-            labels: w.labels,
+            name: w.name.clone(),
+            namespace: w.namespace.clone(),
+            service_account: w.service_account.clone(),
+            labels: w.labels.clone(),
             inbound_address: w
                 .inbound
                 .parse()
@@ -369,14 +400,56 @@ async fn explain_live(args: &ExplainArgs, control: SocketAddr) -> Result<Explana
             admin_address: None,
         })
         .collect();
-    let req = request(args, &|_| true, &workloads)?;
+    let mut req = request(args, &|_| true, &workloads)?;
+    req.caller.spiffe_id = rows
+        .iter()
+        .find(|r| r.name == req.source.name && r.namespace == req.source.namespace)
+        .and_then(|r| r.identity.clone());
     let path = format!("/api/v1/destination?target={}", req.target);
     let dest: Option<Destination> = get_json(&client, control, &path).await?;
-    Ok(plan::explain_destination(
-        dest.as_ref(),
-        &|_| BTreeMap::new(),
-        &req,
-    ))
+    let mut out = plan::explain_destination(dest.as_ref(), &|_| BTreeMap::new(), &req);
+    // Each destination proxy's policies, as it holds them now.
+    let mut enforced = BTreeMap::new();
+    for l in &out.landings {
+        if l.meshed {
+            let key = (l.namespace.clone(), l.workload.clone());
+            enforced.insert(key, proxy_authz(&client, &rows, l).await);
+        }
+    }
+    let authz_of = |l: &authz::Landing| {
+        enforced
+            .get(&(l.namespace.clone(), l.workload.clone()))
+            .cloned()
+            .unwrap_or_else(|| Err("not fetched".to_string()))
+    };
+    plan::authorize(&mut out, &req, "each proxy's /config_dump", &authz_of);
+    Ok(out)
+}
+
+/// The policies the proxy of `l`'s workload enforces: `authorization` of its `/config_dump`.
+async fn proxy_authz(
+    client: &HttpClient,
+    rows: &[WorkloadRow],
+    l: &authz::Landing,
+) -> Result<WorkloadAuthz, String> {
+    let admin = rows
+        .iter()
+        .find(|r| r.name == l.workload && r.namespace == l.namespace)
+        .and_then(|r| r.admin.as_deref())
+        .ok_or_else(|| {
+            format!(
+                "{}.{} has no admin address registered with the control plane",
+                l.workload, l.namespace
+            )
+        })?;
+    let addr: SocketAddr = admin
+        .parse()
+        .map_err(|e| format!("admin address {admin:?} of {}: {e}", l.workload))?;
+    let dump: serde_json::Value = get_json(client, addr, "/config_dump")
+        .await
+        .map_err(|e| e.to_string())?;
+    serde_json::from_value(dump["authorization"].clone())
+        .map_err(|e| format!("GET http://{addr}/config_dump: authorization: {e}"))
 }
 
 /// Runs the command; returns the exit code.
@@ -456,5 +529,9 @@ fn explain_local(args: &ExplainArgs, err: &mut dyn Write) -> Result<Explanation,
             return Err(crate::EXIT_USAGE);
         }
     };
-    Ok(plan::explain(&snapshot, &workloads, &req))
+    let settings = plan::AuthzSettings {
+        root_namespace: &args.root_namespace,
+        default: args.default_inbound_policy,
+    };
+    Ok(plan::explain(&snapshot, &workloads, &req, settings))
 }

@@ -10,12 +10,16 @@ use std::collections::BTreeMap;
 use serde::Serialize;
 use trellis_control::compile::{MeshView, compile};
 use trellis_control::store::ConfigSnapshot;
+use trellis_model::authz::{DefaultPolicy, WorkloadAuthz};
 use trellis_model::matching::RequestView;
 use trellis_model::policy::{ConnectionPool, OutlierDetection, TrafficPolicy};
+use trellis_model::rewrite::{matched_prefix, rewrite_path};
 use trellis_model::route::{
     BackendRef, HeaderModifier, HttpRoute, RetryOn, RouteAction, select_route,
 };
-use trellis_model::{Destination, Target, Workload};
+use trellis_model::{Destination, Endpoint, Target, Workload};
+
+use super::authz::{self, Asked, Authorization, Caller, Landing};
 
 /// The proxy's retry policy when a route sets none (docs/proxy.md, "Traffic defaults").
 pub const DEFAULT_RETRIES: &str = "2 retries on connect-failure, refused-stream (proxy default: the request never reached the application)";
@@ -23,8 +27,6 @@ pub const DEFAULT_RETRIES: &str = "2 retries on connect-failure, refused-stream 
 pub const DEFAULT_TIMEOUT: &str = "none (proxy default)";
 /// Timeout and retries of a request the proxy answers itself.
 pub const NOT_SENT: &str = "none (the proxy answers; nothing is sent)";
-/// Until authorization policies land (a later issue), nothing is evaluated.
-pub const AUTHORIZATION: &str = "not evaluated (no policies)";
 
 /// The request to explain, as the calling proxy would see it.
 #[derive(Clone, Debug)]
@@ -37,6 +39,8 @@ pub struct Request {
     pub path: String,
     pub query: Option<String>,
     pub headers: http::HeaderMap,
+    /// Who the destination proxies see calling: the source's mesh identity and address.
+    pub caller: Caller,
 }
 
 #[derive(Clone, Debug, PartialEq, Serialize)]
@@ -59,7 +63,11 @@ pub struct Explanation {
     pub header_edits: Vec<String>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub rewrite: Option<String>,
-    pub authorization: String,
+    /// The decision of each destination workload's proxy (see [`authz`]).
+    pub authorization: Authorization,
+    /// The workloads the request can land on, as their proxies receive it.
+    #[serde(skip)]
+    pub landings: Vec<Landing>,
 }
 
 #[derive(Clone, Debug, PartialEq, Serialize)]
@@ -133,9 +141,22 @@ pub struct BackendInfo {
     pub retry_budget: String,
 }
 
+/// How the local config's authorization is compiled: `trellis-control`'s
+/// `--root-namespace` and `--default-inbound-policy`.
+#[derive(Clone, Copy, Debug)]
+pub struct AuthzSettings<'a> {
+    pub root_namespace: &'a str,
+    pub default: DefaultPolicy,
+}
+
 /// Explains `req` against the mesh in `snapshot` with `workloads` registered: compiles the
-/// destination as the control plane would.
-pub fn explain(snapshot: &ConfigSnapshot, workloads: &[Workload], req: &Request) -> Explanation {
+/// destination, and each destination workload's policies, as the control plane would.
+pub fn explain(
+    snapshot: &ConfigSnapshot,
+    workloads: &[Workload],
+    req: &Request,
+    settings: AuthzSettings<'_>,
+) -> Explanation {
     let view = MeshView {
         services: &snapshot.services,
         traffic: &snapshot.traffic,
@@ -150,7 +171,55 @@ pub fn explain(snapshot: &ConfigSnapshot, workloads: &[Workload], req: &Request)
             .map(|s| s.labels.clone())
             .unwrap_or_default()
     };
-    explain_destination(dest.as_ref(), &subset_labels, req)
+    let mut out = explain_destination(dest.as_ref(), &subset_labels, req);
+    let authz_of = |l: &Landing| -> Result<WorkloadAuthz, String> {
+        let w = workloads
+            .iter()
+            .find(|w| w.name == l.workload && w.namespace == l.namespace)
+            .ok_or_else(|| format!("workload {}.{} is not known", l.workload, l.namespace))?;
+        Ok(trellis_control::compile::authz::workload_authz(
+            &snapshot.authorization_policies,
+            &snapshot.services,
+            settings.root_namespace,
+            settings.default,
+            w,
+        ))
+    };
+    authorize(&mut out, req, "config", &authz_of);
+    out
+}
+
+/// Fills `out.authorization`: each landing decided with the policies `authz_of` gives, or why
+/// the request reaches no workload. `source` says where the policies come from.
+pub fn authorize(
+    out: &mut Explanation,
+    req: &Request,
+    source: &str,
+    authz_of: &dyn Fn(&Landing) -> Result<WorkloadAuthz, String>,
+) {
+    let why = match &out.action {
+        Action::Forward { .. } if out.landings.is_empty() => Some("no endpoints"),
+        Action::Forward { .. } => None,
+        Action::NoDestination => Some("no destination"),
+        Action::NoBackend
+        | Action::Redirect { .. }
+        | Action::DirectResponse { .. }
+        | Action::NoRoute { .. } => {
+            Some("the calling proxy answers itself; nothing reaches a workload")
+        }
+    };
+    out.authorization = match why {
+        Some(why) => authz::not_reached(&req.caller, why),
+        None => authz::decide(
+            Asked {
+                method: &req.method,
+                caller: &req.caller,
+            },
+            &out.landings,
+            source,
+            authz_of,
+        ),
+    };
 }
 
 /// Explains `req` against a destination already compiled (by [`explain`], or fetched from a
@@ -178,7 +247,8 @@ pub fn explain_destination(
         mirrors: Vec::new(),
         header_edits: Vec::new(),
         rewrite: None,
-        authorization: AUTHORIZATION.to_string(),
+        authorization: authz::not_reached(&req.caller, "no destination"),
+        landings: Vec::new(),
     };
     let Some(dest) = dest else {
         return out;
@@ -208,6 +278,12 @@ pub fn explain_destination(
         out.action = Action::Forward {
             backends: vec![backend_info(subset_labels, dest, &own, 1, 1)],
         };
+        let arriving = Arriving {
+            authority: req.authority.clone(),
+            path: req.path.clone(),
+            headers: req.headers.clone(),
+        };
+        add_landings(&mut out.landings, &own, &dest.endpoints, &arriving);
         return out;
     };
     let match_index = route.matches.iter().position(|m| m.matches(&request_view));
@@ -225,7 +301,77 @@ pub fn explain_destination(
         return out;
     }
     describe_route(subset_labels, dest, route, &mut out);
+    out.landings = landings(dest, route, req, &request_view);
     out
+}
+
+/// The request as the calling proxy sends it on (rewritten, headers edited).
+struct Arriving {
+    authority: String,
+    path: String,
+    headers: http::HeaderMap,
+}
+
+/// Where a forwarding route's traffic lands: every endpoint of every backend with a weight,
+/// with the request as the proxy's `forward_route` rewrites it.
+fn landings(
+    dest: &Destination,
+    route: &HttpRoute,
+    req: &Request,
+    view: &RequestView<'_>,
+) -> Vec<Landing> {
+    let RouteAction::Forward(backends) = &route.action else {
+        return Vec::new();
+    };
+    let mut path = req.path.clone();
+    let mut authority = req.authority.clone();
+    if let Some(rw) = &route.rewrite {
+        if let Some(p) = &rw.path {
+            path = rewrite_path(&req.path, p, matched_prefix(route, view));
+        }
+        if let Some(a) = &rw.authority {
+            authority = a.clone();
+        }
+    }
+    let mut out = Vec::new();
+    for b in backends.iter().filter(|b| b.weight > 0) {
+        let Some((endpoints, _)) = dest.backend(&b.backend) else {
+            continue;
+        };
+        let mut headers = req.headers.clone();
+        authz::apply_edits(&route.request_headers, &mut headers);
+        authz::apply_edits(&b.request_headers, &mut headers);
+        let arriving = Arriving {
+            authority: authority.clone(),
+            path: path.clone(),
+            headers,
+        };
+        add_landings(&mut out, &b.backend, endpoints, &arriving);
+    }
+    out
+}
+
+/// Adds each endpoint not already there (a workload behind two backends is decided once).
+fn add_landings(out: &mut Vec<Landing>, b: &BackendRef, eps: &[Endpoint], arriving: &Arriving) {
+    for e in eps {
+        let namespace = b.service.namespace.clone();
+        if out
+            .iter()
+            .any(|l| l.workload == e.workload && l.namespace == namespace)
+        {
+            continue;
+        }
+        out.push(Landing {
+            workload: e.workload.clone(),
+            namespace,
+            address: e.address,
+            meshed: e.meshed,
+            target_port: e.target_port,
+            authority: arriving.authority.clone(),
+            path: arriving.path.clone(),
+            headers: arriving.headers.clone(),
+        });
+    }
 }
 
 /// The no-route catch-all: nothing is sent anywhere, so no timeout, retries or backends apply.
