@@ -1,12 +1,15 @@
 //! The `trellis` command line: parses arguments, sets up logging and runs one command.
 //!
-//! Each command lives in its own module (`demo`, `install`, `inject`, `validate`, `explain`,
-//! `check`, `proxy-config`, `stat`; see docs/cli.md). Commands that observe a running mesh talk
-//! to it only through its binaries and public HTTP/JSON APIs, never through the proxy's or
-//! control plane's internals, so they keep working against a mesh built from another commit.
-//! Commands that compute what the mesh would do (`validate`, `explain`) instead link the
-//! control plane's pure parse/precedence/compile functions and the model's route matching, so
-//! their answers cannot drift from the mesh's.
+//! Each command lives in its own module: `demo`; `install` (also `uninstall`), `upgrade`;
+//! `inject` (also `uninject`); `validate` (also `analyze`), `explain`; `check` (local mode,
+//! `--proxy`, and `--pre` / `--kubernetes` for a cluster); `proxy-config`, `stat`, `tap`,
+//! `top`, `dashboard`; `identity` (trust anchor rotation); see docs/cli.md. Commands that
+//! observe a running mesh talk to it only through its binaries and public HTTP/JSON APIs (the
+//! cluster commands through the Kubernetes API server, as kubectl does), never through the
+//! proxy's or control plane's internals, so they keep working against a mesh built from
+//! another commit. Commands that compute what the mesh would do (`validate`, `explain`) instead
+//! link the control plane's pure parse/precedence/compile functions and the model's route
+//! matching and authorization decision, so their answers cannot drift from the mesh's.
 
 pub mod bookinfo;
 pub mod check;
