@@ -28,6 +28,9 @@ pub enum Resource {
     RequestAuthentication(Box<istio::request_authentication::RequestAuthn>),
     /// An Istio Telemetry: tracing and access-log settings of a mesh, namespace or workload.
     Telemetry(Box<istio::telemetry::TelemetryPolicy>),
+    /// An SMI HTTPRouteGroup, or a TrafficSplit with `matches` still to resolve against the
+    /// config set's groups (`smi::resolve`).
+    Smi(Box<smi::Pending>),
 }
 
 /// What an adapter made of one document it reads.
@@ -185,6 +188,7 @@ fn read_document(file: &str, index: usize, value: Value) -> Document {
         ("gateway.networking.k8s.io", "GRPCRoute") => gateway::translate_grpc(value),
         ("linkerd.io", "ServiceProfile") => linkerd::translate(value),
         ("split.smi-spec.io", "TrafficSplit") => smi::translate(value),
+        ("specs.smi-spec.io", "HTTPRouteGroup") => smi::translate_route_group(value),
         _ => Ok(Translated::Ignored(format!(
             "{kind} ({api_version}) is not read by the mesh"
         ))),

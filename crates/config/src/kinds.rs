@@ -36,6 +36,7 @@ pub(crate) fn ignored_reason(api_version: &str, kind: &str) -> Option<String> {
         ("split.smi-spec.io", "TrafficSplit") => {
             matches!(version, "v1alpha1" | "v1alpha2" | "v1alpha3" | "v1alpha4")
         }
+        ("specs.smi-spec.io", "HTTPRouteGroup") => matches!(version, "v1alpha3" | "v1alpha4"),
         _ => false,
     };
     if read {

@@ -6,7 +6,8 @@
 //! [`Outcome::Ignored`] kind this mesh does not read (yet), or an [`Outcome::Invalid`] error that
 //! names the file, the resource and the field. Read today: Kubernetes `v1 Service`; Istio
 //! `VirtualService` and `DestinationRule`; Gateway API `HTTPRoute` and `GRPCRoute` with Service
-//! parents; Linkerd `ServiceProfile`; SMI `TrafficSplit` (see docs/traffic-config.md).
+//! parents; Linkerd `ServiceProfile`; SMI `TrafficSplit` and `HTTPRouteGroup` (see
+//! docs/traffic-config.md).
 //!
 //! This crate does no I/O beyond parsing the bytes it is given, and never panics on any input:
 //! the control plane feeds it whatever a user drops into a config directory.

@@ -2,8 +2,18 @@
 //! one TCP route on the root service, splitting across the backend services by weight.
 //!
 //! Weights are integers or Kubernetes quantities (`900m`, `1`, `0.5`); they are kept in
-//! thousandths so `900m` and `100m` split 90/10 exactly. `matches` (v1alpha3/v1alpha4, which
-//! point at HTTPRouteGroups) is refused "not supported yet".
+//! thousandths so `900m` and `100m` split 90/10 exactly.
+//!
+//! A split with `matches` (v1alpha3/v1alpha4) applies only to the requests that match the
+//! HTTPRouteGroup matches it names; the others go to the root service as usual (or to a split
+//! of it without matches). The group may live in another file, so such a split translates to
+//! [`MatchedSplit`], resolved against the config set's groups by [`resolve`].
+
+mod resolve;
+mod route_group;
+
+pub use resolve::{MatchRef, MatchedSplit, resolve};
+pub use route_group::{HttpRouteGroup, NamedMatch};
 
 use serde::Deserialize;
 use trellis_model::ServiceKey;
@@ -28,7 +38,45 @@ struct Spec {
     #[serde(default)]
     backends: Vec<Backend>,
     #[serde(default)]
-    matches: Vec<serde_yaml::Value>,
+    matches: Vec<RawMatchRef>,
+}
+
+/// `spec.matches[]`: `{kind: HTTPRouteGroup, name, matches: [matchName]}`.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawMatchRef {
+    kind: String,
+    name: String,
+    #[serde(default, rename = "apiGroup")]
+    _api_group: Option<String>,
+    #[serde(default)]
+    matches: Vec<String>,
+}
+
+/// The SMI resources whose meaning depends on other resources of the config set: an
+/// HTTPRouteGroup, and a TrafficSplit with `matches` that names groups.
+#[derive(Clone, Debug, PartialEq, serde::Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Pending {
+    RouteGroup(HttpRouteGroup),
+    Split(Box<MatchedSplit>),
+}
+
+impl Pending {
+    /// Fields accepted but not acted on.
+    pub fn notes(&self) -> &[String] {
+        match self {
+            Self::RouteGroup(_) => &[],
+            Self::Split(s) => &s.routes.notes,
+        }
+    }
+}
+
+pub(crate) fn translate_route_group(value: serde_yaml::Value) -> Result<Translated, FieldError> {
+    let group = route_group::translate(value)?;
+    Ok(Translated::Resource(Resource::Smi(Box::new(
+        Pending::RouteGroup(group),
+    ))))
 }
 
 #[derive(Debug, Deserialize)]
@@ -78,11 +126,26 @@ pub(crate) fn translate(value: serde_yaml::Value) -> Result<Translated, FieldErr
     let ts: TrafficSplit = from_value(value)?;
     let source = ts.metadata.reference("TrafficSplit")?;
     let spec = ts.spec;
-    if !spec.matches.is_empty() {
-        return Err(FieldError::new(
-            "spec.matches",
-            "is not supported yet (HTTPRouteGroup matches)",
-        ));
+    let mut refs = Vec::new();
+    for (i, m) in spec.matches.iter().enumerate() {
+        let field = format!("spec.matches[{i}]");
+        if m.kind != "HTTPRouteGroup" {
+            return Err(FieldError::new(
+                format!("{field}.kind"),
+                format!("must be HTTPRouteGroup, got {:?}", m.kind),
+            ));
+        }
+        if m.name.is_empty() {
+            return Err(FieldError::new(
+                format!("{field}.name"),
+                "must not be empty",
+            ));
+        }
+        refs.push(MatchRef {
+            field,
+            group: m.name.clone(),
+            names: m.matches.clone(),
+        });
     }
     name_ok("spec.service", &spec.service)?;
     if spec.backends.is_empty() {
@@ -108,7 +171,18 @@ pub(crate) fn translate(value: serde_yaml::Value) -> Result<Translated, FieldErr
     }
     let root = ServiceKey::new(source.namespace.clone(), spec.service.clone());
     let name = source.name.clone();
-    Ok(Translated::Resource(Resource::Routes(Box::new(RouteSet {
+    // With matches only the matching HTTP requests are split: no TCP route.
+    let tcp = if refs.is_empty() {
+        vec![TcpRoute {
+            name: name.clone(),
+            source: source.clone(),
+            port: None,
+            backends: backends.clone(),
+        }]
+    } else {
+        Vec::new()
+    };
+    let set = RouteSet {
         api: RouteApi::TrafficSplit,
         created: ts.metadata.creation_timestamp,
         parents: vec![Parent {
@@ -116,7 +190,7 @@ pub(crate) fn translate(value: serde_yaml::Value) -> Result<Translated, FieldErr
             port: None,
         }],
         http: vec![HttpRoute {
-            name: name.clone(),
+            name,
             source: source.clone(),
             matches: Vec::new(),
             action: RouteAction::Forward(backends.clone()),
@@ -128,16 +202,17 @@ pub(crate) fn translate(value: serde_yaml::Value) -> Result<Translated, FieldErr
             timeout: None,
             retry: None,
         }],
-        tcp: vec![TcpRoute {
-            name,
-            source: source.clone(),
-            port: None,
-            backends,
-        }],
+        tcp,
         source,
         policy: PolicyLayer::default(),
         notes: Vec::new(),
-    }))))
+    };
+    if refs.is_empty() {
+        return Ok(Translated::Resource(Resource::Routes(Box::new(set))));
+    }
+    Ok(Translated::Resource(Resource::Smi(Box::new(
+        Pending::Split(Box::new(MatchedSplit { routes: set, refs })),
+    ))))
 }
 
 #[cfg(test)]

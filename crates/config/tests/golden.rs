@@ -40,6 +40,9 @@ fn render(file: &str, bytes: &[u8]) -> Value {
                     Outcome::Resource(Resource::Telemetry(policy)) => {
                         json!({"status": "Accepted", "telemetry": policy})
                     }
+                    Outcome::Resource(Resource::Smi(pending)) => {
+                        json!({"status": "Accepted", "smi": pending})
+                    }
                     Outcome::Ignored { reason } => json!({"status": "Ignored", "reason": reason}),
                     Outcome::Invalid(err) => json!({"status": "Invalid", "error": err.to_string()}),
                 };
@@ -111,4 +114,42 @@ fn bookinfo_gateway_api() {
 #[test]
 fn traffic() {
     check_dir("traffic");
+}
+
+/// SMI TrafficSplit `matches` resolved against the HTTPRouteGroups of the fixture, as the
+/// control plane resolves them across the config set.
+#[test]
+fn smi_matches_resolved() {
+    use trellis_config::smi::{Pending, resolve};
+    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests");
+    let file = "smi-matches.yaml";
+    let input = std::fs::read(dir.join("fixtures/traffic").join(file)).unwrap();
+    let docs = parse_documents(file, &input);
+    let pending = |d: &trellis_config::Document| match &d.outcome {
+        Outcome::Resource(Resource::Smi(p)) => Some((d.resource.document, (**p).clone())),
+        _ => None,
+    };
+    let all: Vec<(usize, Pending)> = docs.iter().filter_map(pending).collect();
+    let groups: Vec<_> = all
+        .iter()
+        .filter_map(|(_, p)| match p {
+            Pending::RouteGroup(g) => Some(g),
+            Pending::Split(_) => None,
+        })
+        .collect();
+    let resolved: Vec<Value> = all
+        .iter()
+        .filter_map(|(doc, p)| match p {
+            Pending::Split(s) => Some(json!(resolve(s, &groups, file, *doc).unwrap())),
+            Pending::RouteGroup(_) => None,
+        })
+        .collect();
+    assert_eq!(resolved.len(), 2, "two splits with matches in {file}");
+    let got = Value::Array(resolved);
+    let golden = dir.join("golden/traffic/smi-matches.resolved.json");
+    if std::env::var_os("UPDATE_GOLDEN").is_some() {
+        std::fs::write(&golden, serde_json::to_string_pretty(&got).unwrap() + "\n").unwrap();
+    }
+    let want: Value = serde_json::from_slice(&std::fs::read(&golden).unwrap()).unwrap();
+    assert_eq!(got, want, "output differs from {}", golden.display());
 }

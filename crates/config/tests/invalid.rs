@@ -36,12 +36,20 @@ const EXPECTED: &[(&str, &str)] = &[
         "httproute-weight.yaml: HTTPRoute default/reviews: spec.rules[0].backendRefs[0].weight: must be 0-1000000, got -1",
     ),
     (
+        "httproutegroup-method.yaml",
+        "httproutegroup-method.yaml: HTTPRouteGroup default/reviews-users: spec.matches[0].methods[1]: must be an HTTP method (GET, HEAD, POST, PUT, PATCH, DELETE, OPTIONS, CONNECT, TRACE) or *, got \"FETCH\"",
+    ),
+    (
+        "httproutegroup-regex.yaml",
+        "httproutegroup-regex.yaml: HTTPRouteGroup default/reviews-users: spec.matches[0].headers.end-user: invalid regex: unclosed character class",
+    ),
+    (
         "serviceprofile-not.yaml",
         "serviceprofile-not.yaml: ServiceProfile default/reviews.default.svc.cluster.local: spec.routes[0].condition.not: is not supported yet",
     ),
     (
         "trafficsplit-matches.yaml",
-        "trafficsplit-matches.yaml: TrafficSplit default/reviews: spec.matches: is not supported yet (HTTPRouteGroup matches)",
+        "trafficsplit-matches.yaml: TrafficSplit default/reviews: spec.matches[0].kind: must be HTTPRouteGroup, got \"TCPRoute\"",
     ),
     (
         "trafficsplit-weight.yaml",

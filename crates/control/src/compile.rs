@@ -266,3 +266,6 @@ mod tests;
 
 #[cfg(test)]
 mod traffic_tests;
+
+#[cfg(test)]
+mod smi_tests;

@@ -45,6 +45,21 @@ pub fn analyze(files: &[InputFile]) -> Vec<Finding> {
         .flat_map(|p| p.raw.values().filter_map(raw::workload))
         .collect();
 
+    // The SMI HTTPRouteGroups in force (files without errors, as the index applies them), to
+    // name the reference at fault when a TrafficSplit's `matches` do not resolve.
+    let route_groups: Vec<&trellis_config::smi::HttpRouteGroup> = parsed
+        .values()
+        .filter(|p| !p.documents.iter().any(Document::is_invalid))
+        .flat_map(|p| &p.documents)
+        .filter_map(|d| match &d.outcome {
+            Outcome::Resource(Resource::Smi(p)) => match &**p {
+                trellis_config::smi::Pending::RouteGroup(g) => Some(g),
+                trellis_config::smi::Pending::Split(_) => None,
+            },
+            _ => None,
+        })
+        .collect();
+
     let mut out = Vec::new();
     let mut rows = snapshot.resources.iter();
     for (file, p) in &parsed {
@@ -92,6 +107,22 @@ pub fn analyze(files: &[InputFile]) -> Vec<Finding> {
                     Resource::PeerAuthentication(_) | Resource::Telemetry(_) => None,
                     Resource::RequestAuthentication(_) => None,
                     Resource::AuthorizationPolicy(_) => None,
+                    // An SMI TrafficSplit whose `matches` do not resolve: the message names
+                    // the reference at fault; it is a field error, not a conflict.
+                    Resource::Smi(p) => {
+                        if let trellis_config::smi::Pending::Split(split) = &**p
+                            && let Err(err) = trellis_config::smi::resolve(
+                                split,
+                                &route_groups,
+                                file,
+                                doc.resource.document,
+                            )
+                        {
+                            out.push(at(Code::Field, err.field, err.message));
+                            continue;
+                        }
+                        None
+                    }
                 };
                 out.push(at(Code::Conflict, field, message.unwrap_or_default()));
                 continue;
@@ -103,6 +134,7 @@ pub fn analyze(files: &[InputFile]) -> Vec<Finding> {
                 Resource::Telemetry(t) => t.notes.clone(),
                 Resource::RequestAuthentication(p) => p.notes.clone(),
                 Resource::AuthorizationPolicy(p) => p.notes.clone(),
+                Resource::Smi(p) => p.notes().to_vec(),
                 Resource::Service(_) => Vec::new(),
             };
             for note in notes {
@@ -260,6 +292,7 @@ pub fn analyze(files: &[InputFile]) -> Vec<Finding> {
                 Resource::Telemetry(_) => {}
                 Resource::RequestAuthentication(_) => {}
                 Resource::AuthorizationPolicy(_) => {}
+                Resource::Smi(_) => {}
             }
         }
     }

@@ -3,6 +3,7 @@ use std::collections::BTreeMap;
 use serde::Serialize;
 use trellis_config::istio::peer_authentication::PeerAuthn;
 use trellis_config::istio::request_authentication::RequestAuthn;
+use trellis_config::smi::Pending;
 use trellis_config::traffic::{DestinationPolicy, RouteSet};
 use trellis_config::{Document, Outcome, Resource};
 use trellis_model::{Service, ServiceKey};
@@ -117,6 +118,9 @@ impl ConfigIndex {
         let mut request_authentications = Vec::new();
         let mut telemetries = Vec::new();
         let mut authorization_policies = Vec::new();
+        // SMI TrafficSplits with `matches` resolve against the HTTPRouteGroups in force.
+        let mut route_groups: Vec<&trellis_config::smi::HttpRouteGroup> = Vec::new();
+        let mut matched_splits: Vec<(EntryId, &trellis_config::smi::MatchedSplit)> = Vec::new();
         for (file, state) in &self.files {
             for (doc, resource) in &state.in_force {
                 let id = (file.clone(), *doc);
@@ -135,9 +139,24 @@ impl ConfigIndex {
                     }
                     Resource::Telemetry(t) => telemetries.push((**t).clone()),
                     Resource::AuthorizationPolicy(p) => authorization_policies.push((**p).clone()),
+                    Resource::Smi(p) => match &**p {
+                        Pending::RouteGroup(g) => route_groups.push(g),
+                        Pending::Split(s) => matched_splits.push((id, s)),
+                    },
                 }
             }
         }
+        let mut resolved_splits: Vec<(EntryId, RouteSet)> = Vec::new();
+        let mut unresolved: BTreeMap<EntryId, String> = BTreeMap::new();
+        for ((file, doc), split) in matched_splits {
+            match trellis_config::smi::resolve(split, &route_groups, &file, doc) {
+                Ok(set) => resolved_splits.push(((file, doc), set)),
+                Err(err) => {
+                    unresolved.insert((file, doc), err.to_string());
+                }
+            }
+        }
+        routes.extend(resolved_splits.iter().map(|(id, set)| (id.clone(), set)));
         let (traffic, verdicts) = resolve(&routes, &policies, &|k| services.contains_key(k));
         let mut resources = Vec::new();
         for (file, state) in &self.files {
@@ -167,6 +186,16 @@ impl ConfigIndex {
                             _ => (Status::Accepted, None),
                         }
                     }
+                    Outcome::Resource(Resource::Smi(_))
+                        if unresolved.contains_key(&(file.clone(), doc.resource.document)) =>
+                    {
+                        (
+                            Status::Invalid,
+                            unresolved
+                                .get(&(file.clone(), doc.resource.document))
+                                .cloned(),
+                        )
+                    }
                     Outcome::Resource(r) => {
                         let notes = match r {
                             Resource::Routes(set) => &set.notes,
@@ -175,6 +204,7 @@ impl ConfigIndex {
                             Resource::RequestAuthentication(p) => &p.notes,
                             Resource::Telemetry(t) => &t.notes,
                             Resource::AuthorizationPolicy(p) => &p.notes,
+                            Resource::Smi(p) => &p.notes().to_vec(),
                             Resource::Service(_) => &Vec::new(),
                         };
                         let verdict = verdicts

@@ -12,7 +12,8 @@
 //!   namespace/name) wins; the others are `Conflicted`.
 //! - ServiceProfile and TrafficSplit: one each per service (oldest, then by name); a profile's
 //!   routes forward to the split when both exist, and the split's catch-all route follows
-//!   them, as in Linkerd.
+//!   them, as in Linkerd. TrafficSplits with `matches` (HTTPRouteGroups) all apply, each to the
+//!   requests it matches, ahead of the profile's routes and the catch-all split.
 //! - DestinationRule: one per host, the oldest (then by name) wins.
 
 use std::collections::BTreeMap;
@@ -158,12 +159,18 @@ pub fn resolve(
                 );
                 continue;
             }
-            // One VirtualService, one ServiceProfile and one TrafficSplit per service.
-            let single = matches!(
-                set.api,
-                RouteApi::Istio | RouteApi::ServiceProfile | RouteApi::TrafficSplit
-            );
-            if single && let Some((_, first, _)) = chosen.iter().find(|c| c.1.api == set.api) {
+            // One VirtualService, one ServiceProfile and one TrafficSplit without `matches`
+            // per service; TrafficSplits with `matches` each add their matching requests.
+            let single = match set.api {
+                RouteApi::Istio | RouteApi::ServiceProfile => true,
+                RouteApi::TrafficSplit => !is_matched_split(set),
+                RouteApi::GatewayApi => false,
+            };
+            if single
+                && let Some((_, first, _)) = chosen
+                    .iter()
+                    .find(|c| c.1.api == set.api && !is_matched_split(c.1))
+            {
                 lose(
                     &mut verdicts,
                     format!(
@@ -217,6 +224,11 @@ pub fn resolve(
     (traffic, verdicts)
 }
 
+/// An SMI TrafficSplit with `matches`: its one route applies to matching requests only.
+fn is_matched_split(set: &RouteSet) -> bool {
+    set.api == RouteApi::TrafficSplit && set.http.iter().any(|r| !r.matches.is_empty())
+}
+
 /// Every backend a route set's routes and mirrors name.
 pub fn named_backends(set: &RouteSet) -> impl Iterator<Item = &BackendRef> {
     let http = set.http.iter().flat_map(|r| {
@@ -266,17 +278,28 @@ fn merge(family: RouteApi, chosen: &[(&EntryId, &RouteSet, &Parent)]) -> Service
         RouteApi::ServiceProfile => {
             let split = chosen
                 .iter()
-                .find(|c| c.1.api == RouteApi::TrafficSplit)
+                .find(|c| c.1.api == RouteApi::TrafficSplit && !is_matched_split(c.1))
                 .and_then(|c| c.1.http.first())
                 .map(|r| r.action.clone());
+            let is_profile = |a: &Attached<HttpRoute>| a.route.source.kind == "ServiceProfile";
             if let Some(split) = split {
                 // Profile routes forward to the split; the split's own catch-all stays last.
-                let is_profile = |a: &Attached<HttpRoute>| a.route.source.kind == "ServiceProfile";
                 for a in out.http.iter_mut().filter(|a| is_profile(a)) {
                     a.route.action = split.clone();
                 }
-                out.http.sort_by_key(|a| !is_profile(a));
             }
+            // SMI: a split with `matches` takes the requests it matches, before anything else
+            // (oldest first); then the profile's routes, then the catch-all split. Stable, so
+            // each group keeps the age/name order `chosen` is in.
+            out.http.sort_by_key(|a| {
+                if is_profile(a) {
+                    1
+                } else if a.route.matches.is_empty() {
+                    2
+                } else {
+                    0
+                }
+            });
         }
         RouteApi::Istio | RouteApi::TrafficSplit => {}
     }
