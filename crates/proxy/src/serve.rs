@@ -32,7 +32,7 @@ use crate::telemetry::exchange::{LocalWorkload, Telemetry};
 use crate::telemetry::{DetectOutcome, Direction, Metrics};
 use crate::tls::{MeshIdentity, PeerIdentity, policy};
 use crate::traffic::TargetTraffic;
-use crate::transport::{CountingIo, PrefixedIo, connect, is_own_listener, splice};
+use crate::transport::{CountingIo, HeadTimer, PrefixedIo, connect, is_own_listener, splice};
 use tokio::io::{AsyncRead, AsyncWrite};
 use trellis_identity::tls::MeshAlpn;
 
@@ -249,7 +249,8 @@ impl<T: AsyncRead + AsyncWrite + Unpin + Send + 'static> Downstream for T {}
 async fn serve_http1(ctx: &Ctx, io: impl Downstream, forward: HttpForward) {
     let svc = service_fn(move |req| forward.clone().handle(req));
     let conn = hyper::server::conn::http1::Builder::new()
-        .timer(TokioTimer::new())
+        // The header-read timeout's timer, one tokio sleep per connection (not per request).
+        .timer(HeadTimer::default())
         .serve_connection(TokioIo::new(io), svc)
         .with_upgrades();
     tokio::pin!(conn);

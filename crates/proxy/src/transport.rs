@@ -1,6 +1,7 @@
 //! Sockets: binding listeners, reading the original destination of redirected connections, the
 //! IO wrappers every accepted connection goes through (replay of detected bytes, byte
-//! accounting) and the opaque TCP splice.
+//! accounting), the opaque TCP splice, and the per-connection timer hyper's HTTP/1 server uses
+//! for its header-read timeout ([`HeadTimer`]).
 //!
 //! This module knows nothing of HTTP or discovery.
 
@@ -16,6 +17,9 @@ use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::{TcpListener, TcpStream};
 
 use crate::telemetry::{Direction, Metrics};
+
+mod head_timer;
+pub use head_timer::HeadTimer;
 
 /// How long an upstream TCP connect may take before the attempt fails (502).
 pub const CONNECT_TIMEOUT: Duration = Duration::from_secs(3);
