@@ -369,12 +369,26 @@ async fn istio_reviews_jason_v2_others_v3() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn gateway_api_reviews_jason_v2_others_v3() {
     // The corpus has no header-matching HTTPRoute: this one is the VirtualService's GAMMA form.
-    // (SMI cannot say it: TrafficSplit `matches` is refused "not supported yet".)
     assert_jason_v2_others_v3(
         "HTTPRoute jason-v2-v3",
         &[
             bookinfo("bookinfo-versions.yaml"),
             ours("httproute-reviews-jason-v2-v3.yaml"),
+        ],
+    )
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn smi_reviews_jason_v2_others_v3() {
+    // A TrafficSplit with `matches` takes jason's requests to v2; the one without takes the
+    // rest to v3. The HTTPRouteGroup it names is in a file of its own.
+    assert_jason_v2_others_v3(
+        "TrafficSplit+HTTPRouteGroup jason-v2-v3",
+        &[
+            bookinfo("bookinfo-versions.yaml"),
+            ours("httproutegroup-reviews-jason.yaml"),
+            ours("trafficsplit-reviews-jason-v2-v3.yaml"),
         ],
     )
     .await;

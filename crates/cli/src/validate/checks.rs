@@ -304,3 +304,47 @@ fn labels(labels: &BTreeMap<String, String>) -> String {
     let parts: Vec<String> = labels.iter().map(|(k, v)| format!("{k}={v}")).collect();
     format!("{{{}}}", parts.join(","))
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const GROUP: &str = "apiVersion: specs.smi-spec.io/v1alpha4\nkind: HTTPRouteGroup\nmetadata: {name: users}\nspec:\n  matches:\n  - name: jason\n    headers: {end-user: jason}\n";
+    const SPLIT: &str = "apiVersion: split.smi-spec.io/v1alpha4\nkind: TrafficSplit\nmetadata: {name: reviews-jason}\nspec:\n  service: reviews\n  matches: [{kind: HTTPRouteGroup, name: users, matches: [NAME]}]\n  backends: [{service: reviews, weight: 1}]\n";
+    const SERVICE: &str = "apiVersion: v1\nkind: Service\nmetadata: {name: reviews}\nspec:\n  selector: {app: reviews}\n  ports: [{port: 9080, name: http}]\n";
+
+    fn input(name: &str, text: &str) -> InputFile {
+        InputFile {
+            name: name.into(),
+            bytes: text.as_bytes().to_vec(),
+        }
+    }
+
+    /// The TrafficSplit's findings for a split naming match `name` of a group in another file.
+    fn split_findings(name: &str) -> Vec<(Code, Option<String>, String)> {
+        let files = [
+            input("group.yaml", GROUP),
+            input("split.yaml", &SPLIT.replace("NAME", name)),
+            input("svc.yaml", SERVICE),
+        ];
+        analyze(&files)
+            .into_iter()
+            .filter(|f| f.file == "split.yaml")
+            .map(|f| (f.code, f.field, f.message))
+            .collect()
+    }
+
+    #[test]
+    fn smi_matches_resolve_across_files_or_name_the_reference() {
+        assert_eq!(split_findings("jason"), []);
+        assert_eq!(
+            split_findings("mallory"),
+            [(
+                Code::Field,
+                Some("spec.matches[0].matches[0]".to_string()),
+                "HTTPRouteGroup default/users has no match named \"mallory\" (it has: jason)"
+                    .to_string()
+            )]
+        );
+    }
+}
