@@ -89,6 +89,12 @@ mod tests {
             ignored_reason("split.smi-spec.io/v1alpha4", "TrafficSplit"),
             None
         );
+        assert_eq!(
+            ignored_reason("specs.smi-spec.io/v1alpha4", "HTTPRouteGroup"),
+            None
+        );
+        let tcp = ignored_reason("specs.smi-spec.io/v1alpha4", "TCPRoute").unwrap();
+        assert!(tcp.contains("not supported yet"), "{tcp}");
         let gw = ignored_reason("networking.istio.io/v1", "Gateway").unwrap();
         assert!(gw.contains("not supported yet"), "{gw}");
         let old = ignored_reason("networking.istio.io/v1alpha1", "VirtualService").unwrap();

@@ -292,7 +292,29 @@ pub fn analyze(files: &[InputFile]) -> Vec<Finding> {
                 Resource::Telemetry(_) => {}
                 Resource::RequestAuthentication(_) => {}
                 Resource::AuthorizationPolicy(_) => {}
-                Resource::Smi(_) => {}
+                Resource::Smi(p) => {
+                    // A TrafficSplit with `matches` that resolved (one that did not is reported above):
+                    // its backends are checked as a plain split's are.
+                    let trellis_config::smi::Pending::Split(split) = &**p else {
+                        continue;
+                    };
+                    let mut seen = Vec::new();
+                    for b in named_backends(&split.routes) {
+                        if seen.contains(&b) || snapshot.services.contains_key(&b.service) {
+                            continue;
+                        }
+                        seen.push(b);
+                        let field = field_in(&|d| raw::backend_field(d, &b.service));
+                        out.push(at(
+                            Code::UnknownHost,
+                            field,
+                            format!(
+                                "backend {} is not a Service in this config set: requests routed there get 503 (no endpoints)",
+                                b.service
+                            ),
+                        ));
+                    }
+                }
             }
         }
     }
@@ -332,6 +354,32 @@ mod tests {
             .filter(|f| f.file == "split.yaml")
             .map(|f| (f.code, f.field, f.message))
             .collect()
+    }
+
+    #[test]
+    fn smi_split_with_matches_names_an_unknown_backend() {
+        let files = [
+            input("group.yaml", GROUP),
+            input(
+                "split.yaml",
+                &SPLIT
+                    .replace("NAME", "jason")
+                    .replace("service: reviews, weight", "service: reviews-v9, weight"),
+            ),
+            input("svc.yaml", SERVICE),
+        ];
+        let found: Vec<(Code, Option<String>)> = analyze(&files)
+            .into_iter()
+            .filter(|f| f.file == "split.yaml")
+            .map(|f| (f.code, f.field))
+            .collect();
+        assert_eq!(
+            found,
+            [(
+                Code::UnknownHost,
+                Some("spec.backends[0].service".to_string())
+            )]
+        );
     }
 
     #[test]
