@@ -116,6 +116,22 @@ pub const CONFIG_KINDS: &[ConfigKind] = &[
         "requestauthentications",
         &["ra"],
     ),
+    // Istio observability: tracing, access logging and metric overrides (compile/telemetry).
+    crd(
+        "telemetry.istio.io",
+        &["v1", "v1alpha1"],
+        "Telemetry",
+        "telemetries",
+        &["telemetry"],
+    ),
+    // SMI: the route groups a TrafficSplit's `matches` name must be watched with it.
+    crd(
+        "specs.smi-spec.io",
+        &["v1alpha4", "v1alpha3"],
+        "HTTPRouteGroup",
+        "httproutegroups",
+        &["htr"],
+    ),
     crd(
         "split.smi-spec.io",
         &["v1alpha2", "v1alpha1", "v1alpha3", "v1alpha4"],

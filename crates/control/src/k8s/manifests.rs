@@ -322,8 +322,8 @@ mod tests {
                 .iter()
                 .filter(|k| **k == "CustomResourceDefinition")
                 .count(),
-            9,
-            "Istio networking (2) and security (3), Gateway API (2), Linkerd, SMI"
+            11,
+            "Istio networking (2), security (3) and telemetry, Gateway API (2), Linkerd, SMI (2)"
         );
         let deployment = objects.iter().find(|o| o["kind"] == "Deployment").unwrap();
         assert_eq!(deployment["spec"]["replicas"], 2);
