@@ -13,8 +13,8 @@
 //! also drains on SIGTERM/SIGINT.
 
 pub mod accesslog;
-pub mod anomaly;
 pub mod admin;
+pub mod anomaly;
 pub mod args;
 pub mod authn;
 pub mod authz;
