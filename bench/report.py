@@ -155,7 +155,16 @@ callgrind_annotate --auto=no --inclusive=yes --threshold=100 bench/out/profile-*
 
 By hand, the same thing is `valgrind --tool=callgrind --dump-instr=no trellis-proxy ...`, then
 `callgrind_control -z <pid>` after the warm-up and `callgrind_control -d <pid>` after the
-measured requests. `perf stat -e instructions` is not available on this VM (no PMU)."""
+measured requests. `perf stat -e instructions` is not available on this VM (no PMU).
+
+Instructions are not cycles: to see user and system CPU per request of several builds side by
+side, `bench/cpu_ab.py` runs each (and HAProxy) behind the same backend, loads them in turn
+with closed-loop oha for a few rounds and reads utime and stime from `/proc/<pid>/stat`:
+
+```sh
+bench/cpu_ab.py --bin old=/tmp/trellis-proxy.old --bin new=target/release/trellis-proxy \\
+    --haproxy --rounds 4 --seconds 5 --conns 16
+```"""
 
 
 def render_markdown(results: dict, summary: dict, png_name: str | None) -> str:
