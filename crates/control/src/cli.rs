@@ -76,6 +76,12 @@ pub struct Args {
     #[arg(long, value_name = "POLICY", default_value = "all-unauthenticated",
           value_parser = crate::compile::authz::parse_default_policy)]
     pub default_inbound_policy: trellis_model::authz::DefaultPolicy,
+    /// Take the dashboard's numbers from this Prometheus (`http://host:port[/prefix]`, which
+    /// scrapes the proxies) instead of scraping proxies' admin ports, as on Kubernetes where
+    /// pods' admin ports may be out of reach.
+    #[arg(long, value_name = "URL", env = "TRELLIS_PROMETHEUS_URL",
+          value_parser = crate::dashboard_api::prometheus::PrometheusUrl::parse)]
+    pub prometheus_url: Option<crate::dashboard_api::prometheus::PrometheusUrl>,
     /// Kubernetes mode: read Services, Pods, Namespaces and mesh config from the API server
     /// (instead of --config-dir and self-registration) and serve the admission webhooks.
     #[arg(long)]
@@ -125,6 +131,7 @@ impl Args {
             },
             root_namespace: self.root_namespace,
             default_inbound_policy: self.default_inbound_policy,
+            dashboard_prometheus: self.prometheus_url,
         };
         let mut config = config;
         if self.kubernetes {
@@ -251,5 +258,18 @@ mod tests {
         let bad = Args::try_parse_from(["x", "--workload-expiry", "1s"]).unwrap();
         assert_eq!(bad.into_config().unwrap_err().flag, "workload-expiry");
         assert!(Args::try_parse_from(["x", "--poll-interval", "fast"]).is_err());
+    }
+
+    #[test]
+    fn prometheus_url_is_parsed_before_anything_starts() {
+        let args =
+            Args::try_parse_from(["x", "--prometheus-url", "http://127.0.0.1:9090/prom/"]).unwrap();
+        let url = args.into_config().unwrap().dashboard_prometheus.unwrap();
+        assert_eq!(url.authority, "127.0.0.1:9090");
+        assert_eq!(url.prefix, "/prom");
+        let err = Args::try_parse_from(["x", "--prometheus-url", "https://prom:9090"]).unwrap_err();
+        let message = err.to_string();
+        assert!(message.contains("--prometheus-url"), "{message}");
+        assert!(message.contains("only http://"), "{message}");
     }
 }

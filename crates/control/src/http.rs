@@ -24,7 +24,11 @@ struct App {
 }
 
 /// The control plane's HTTP routes merged with the dashboard's. `ready` turns `/ready` to 200.
-pub fn router(shared: Arc<Shared>, ready: Arc<AtomicBool>) -> Router {
+pub fn router(
+    shared: Arc<Shared>,
+    ready: Arc<AtomicBool>,
+    dashboard: crate::dashboard_api::DashboardOptions,
+) -> Router {
     let api = Router::new()
         .route("/api/v1/services", get(services))
         .route("/api/v1/workloads", get(workloads))
@@ -38,7 +42,7 @@ pub fn router(shared: Arc<Shared>, ready: Arc<AtomicBool>) -> Router {
             shared: shared.clone(),
             ready,
         });
-    api.merge(crate::dashboard_api::router(shared))
+    api.merge(crate::dashboard_api::router(shared, dashboard))
         .merge(trellis_dashboard::router())
 }
 

@@ -55,6 +55,9 @@ pub struct ControlConfig {
     pub default_inbound_policy: trellis_model::authz::DefaultPolicy,
     /// Kubernetes mode: watch the API server instead of `config_dirs` and registrations.
     pub kubernetes: Option<k8s::KubeOptions>,
+    /// The dashboard's numbers from this Prometheus instead of scraping proxies
+    /// (`--prometheus-url`).
+    pub dashboard_prometheus: Option<dashboard_api::prometheus::PrometheusUrl>,
 }
 
 impl Default for ControlConfig {
@@ -73,6 +76,7 @@ impl Default for ControlConfig {
             root_namespace: DEFAULT_ROOT_NAMESPACE.to_string(),
             default_inbound_policy: trellis_model::authz::DefaultPolicy::default(),
             kubernetes: None,
+            dashboard_prometheus: None,
         }
     }
 }

@@ -161,7 +161,12 @@ impl ControlPlane {
         });
 
         let ready = Arc::new(AtomicBool::new(false));
-        let app = crate::http::router(shared, ready.clone())
+        let dashboard = crate::dashboard_api::DashboardOptions {
+            prometheus: config.dashboard_prometheus.clone(),
+            root_namespace: config.root_namespace.clone(),
+            default_inbound_policy: config.default_inbound_policy,
+        };
+        let app = crate::http::router(shared, ready.clone(), dashboard)
             .merge(crate::ca::http::router(ca.clone()))
             .layer(axum::Extension(ca.clone()));
         let token = shutdown.clone();

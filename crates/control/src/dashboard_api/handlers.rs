@@ -23,9 +23,14 @@ use crate::state::Shared;
 struct App {
     shared: Arc<Shared>,
     state: Arc<DashboardState>,
+    options: Arc<super::DashboardOptions>,
 }
 
-pub(super) fn routes(shared: Arc<Shared>, state: Arc<DashboardState>) -> Router {
+pub(super) fn routes(
+    shared: Arc<Shared>,
+    state: Arc<DashboardState>,
+    options: Arc<super::DashboardOptions>,
+) -> Router {
     Router::new()
         .route("/api/v1/graph", get(graph_json))
         .route("/api/v1/routes", get(routes_json))
@@ -43,7 +48,11 @@ pub(super) fn routes(shared: Arc<Shared>, state: Arc<DashboardState>) -> Router 
             get(authorization_json),
         )
         .route("/api/v1/proxies", get(proxies_json))
-        .with_state(App { shared, state })
+        .with_state(App {
+            shared,
+            state,
+            options,
+        })
 }
 
 /// Whether the proxy whose `/config_dump` this is holds what compile makes now.
@@ -339,8 +348,10 @@ async fn proxies_json(
 struct AuthorizationJson {
     namespace: String,
     workload: String,
-    /// Where mesh-wide policies are looked for.
-    root_namespace: &'static str,
+    /// Where mesh-wide policies are looked for (`--root-namespace`).
+    root_namespace: String,
+    /// What applies when no ALLOW policy covers the workload (`--default-inbound-policy`).
+    default_policy: String,
     /// `namespace/name`, action (`ALLOW`, `DENY`, `AUDIT`), rule count, dry run: each
     /// AuthorizationPolicy that covers the workload, by name.
     policies: Vec<PolicyJson>,
@@ -356,8 +367,7 @@ struct PolicyJson {
 
 /// `GET /api/v1/workloads/{namespace}/{name}/authorization`: the Istio AuthorizationPolicies
 /// that cover a registered workload, as compile selects them for its proxy. 404 for a workload
-/// not registered. Mesh-wide policies are read from the default root namespace: the HTTP
-/// adapter does not know a `--root-namespace` given to discovery.
+/// not registered. Mesh-wide policies are read from `--root-namespace`.
 async fn authorization_json(
     State(app): State<App>,
     Path((namespace, name)): Path<(String, String)>,
@@ -380,14 +390,15 @@ async fn authorization_json(
     let authz = crate::compile::authz::workload_authz(
         &config.authorization_policies,
         &config.services,
-        crate::DEFAULT_ROOT_NAMESPACE,
-        trellis_model::authz::DefaultPolicy::default(),
+        &app.options.root_namespace,
+        app.options.default_inbound_policy,
         &workload,
     );
     Json(AuthorizationJson {
         namespace,
         workload: name,
-        root_namespace: crate::DEFAULT_ROOT_NAMESPACE,
+        root_namespace: app.options.root_namespace.clone(),
+        default_policy: app.options.default_inbound_policy.as_str().to_string(),
         policies: authz
             .policies
             .iter()
@@ -436,7 +447,7 @@ mod tests {
             config_rx,
             shutdown.clone(),
         ));
-        let app = super::super::router(shared);
+        let app = super::super::router(shared, super::super::DashboardOptions::default());
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = listener.local_addr().unwrap();
         let token = shutdown.clone();

@@ -8,7 +8,7 @@
 //! send now ([`sync`]). Handlers only read that state. Pure parts (`prom`, `series`, `graph`,
 //! `sync`) are tested without sockets; `fetch` is the only I/O.
 //!
-//! With `TRELLIS_PROMETHEUS_URL` set (see [`prometheus`]), the counters come from that
+//! With `--prometheus-url` (`TRELLIS_PROMETHEUS_URL`) set (see [`prometheus`]), the counters come from that
 //! Prometheus instead of the proxies' `/metrics`; the config state still comes from the proxies.
 //!
 //! This module must not change what proxies are sent: it only reads the shared state. It scrapes
@@ -19,7 +19,7 @@ mod fetch;
 mod graph;
 mod handlers;
 mod prom;
-mod prometheus;
+pub mod prometheus;
 mod series;
 mod sync;
 
@@ -79,28 +79,43 @@ fn unix_ms() -> u64 {
         .map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
 }
 
+/// What the dashboard API needs from the control plane's flags.
+#[derive(Clone, Debug)]
+pub struct DashboardOptions {
+    /// `--prometheus-url` (or `TRELLIS_PROMETHEUS_URL`): read the numbers from this
+    /// Prometheus instead of scraping the proxies.
+    pub prometheus: Option<prometheus::PrometheusUrl>,
+    /// `--root-namespace`: where mesh-wide authorization policies live.
+    pub root_namespace: String,
+    /// `--default-inbound-policy`: what applies when no ALLOW policy covers a workload.
+    pub default_inbound_policy: trellis_model::authz::DefaultPolicy,
+}
+
+impl Default for DashboardOptions {
+    fn default() -> Self {
+        Self {
+            prometheus: None,
+            root_namespace: crate::DEFAULT_ROOT_NAMESPACE.to_string(),
+            default_inbound_policy: trellis_model::authz::DefaultPolicy::default(),
+        }
+    }
+}
+
 /// The dashboard API's routes, and (inside a Tokio runtime) the scraper task, which stops
 /// with the control plane's shutdown token.
-pub fn router(shared: Arc<Shared>) -> Router {
+pub fn router(shared: Arc<Shared>, options: DashboardOptions) -> Router {
     let state = Arc::new(DashboardState::default());
-    let source = match std::env::var(prometheus::ENV) {
-        Ok(url) if !url.is_empty() => match prometheus::PrometheusUrl::parse(&url) {
-            Ok(url) => {
-                tracing::info!(prometheus = %url.authority, "dashboard metrics from Prometheus");
-                Some(url)
-            }
-            Err(e) => {
-                // The dashboard is not worth refusing to start over; say why it reads proxies.
-                tracing::error!(error = %e, "ignoring the Prometheus URL; scraping proxies instead");
-                None
-            }
-        },
-        _ => None,
-    };
-    if tokio::runtime::Handle::try_current().is_ok() {
-        tokio::spawn(run(shared.clone(), state.clone(), source));
+    if let Some(url) = &options.prometheus {
+        tracing::info!(prometheus = %url.authority, "dashboard metrics from Prometheus");
     }
-    handlers::routes(shared, state)
+    if tokio::runtime::Handle::try_current().is_ok() {
+        tokio::spawn(run(
+            shared.clone(),
+            state.clone(),
+            options.prometheus.clone(),
+        ));
+    }
+    handlers::routes(shared, state, Arc::new(options))
 }
 
 /// One proxy to scrape.

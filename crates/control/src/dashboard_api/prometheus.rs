@@ -1,6 +1,7 @@
 //! The dashboard's other metrics source: a Prometheus server that scrapes the proxies (on
 //! Kubernetes, where the control plane may not reach pods' admin ports, or where Prometheus is
-//! already there). `TRELLIS_PROMETHEUS_URL=http://host:port[/prefix]` selects it.
+//! already there). `trellis-control --prometheus-url http://host:port[/prefix]` (or the
+//! `TRELLIS_PROMETHEUS_URL` environment variable) selects it.
 //!
 //! Each round asks Prometheus's instant-query API for the current value of every request
 //! counter and duration bucket, grouped by the `instance` label (one scrape target, one proxy),
@@ -37,11 +38,11 @@ pub struct PrometheusUrl {
 impl PrometheusUrl {
     pub fn parse(url: &str) -> Result<Self, String> {
         let rest = url.strip_prefix("http://").ok_or_else(|| {
-            format!("{ENV}={url:?}: only http:// URLs are supported, as http://host:port")
+            format!("{url:?}: only http:// URLs are supported, as http://host:port")
         })?;
         let (authority, path) = rest.split_once('/').unwrap_or((rest, ""));
         if authority.is_empty() || authority.contains('@') {
-            return Err(format!("{ENV}={url:?}: expected http://host:port"));
+            return Err(format!("{url:?}: expected http://host:port"));
         }
         let authority = if authority
             .rsplit_once(':')
@@ -49,7 +50,7 @@ impl PrometheusUrl {
         {
             authority.to_string()
         } else if authority.contains(':') && !authority.ends_with(']') {
-            return Err(format!("{ENV}={url:?}: the port is not a number"));
+            return Err(format!("{url:?}: the port is not a number"));
         } else {
             format!("{authority}:80")
         };
