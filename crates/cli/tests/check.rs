@@ -62,6 +62,98 @@ fn get(entry: &str, path: &str) -> String {
     answer.lines().next().unwrap_or_default().to_string()
 }
 
+/// Compares with `tests/fixtures/<command>/golden/<name>`; `UPDATE_GOLDEN=1` rewrites it.
+fn golden(command: &str, name: &str, actual: &str) {
+    let path = std::path::Path::new("tests/fixtures")
+        .join(command)
+        .join("golden")
+        .join(name);
+    if std::env::var_os("UPDATE_GOLDEN").is_some() {
+        std::fs::write(&path, actual).unwrap();
+    }
+    let expected =
+        std::fs::read_to_string(&path).unwrap_or_else(|e| panic!("golden {}: {e}", path.display()));
+    assert_eq!(actual, expected, "{name} (UPDATE_GOLDEN=1 to accept)");
+}
+
+/// Masks what changes from one demo run to the next: the port of every `IPv4:PORT` (the demo
+/// binds free ports) becomes `PORT`.
+fn mask_ports(text: &str) -> String {
+    let chars: Vec<char> = text.chars().collect();
+    let mut out = String::with_capacity(text.len());
+    let mut i = 0;
+    while i < chars.len() {
+        let c = chars[i];
+        out.push(c);
+        i += 1;
+        if c != ':' || !chars.get(i).is_some_and(char::is_ascii_digit) {
+            continue;
+        }
+        // The run of digits and dots before the colon must be an IPv4 address.
+        let before: String = out
+            .chars()
+            .rev()
+            .skip(1)
+            .take_while(|c| c.is_ascii_digit() || *c == '.')
+            .collect();
+        if before.matches('.').count() != 3 {
+            continue;
+        }
+        out.push_str("PORT");
+        while chars.get(i).is_some_and(char::is_ascii_digit) {
+            i += 1;
+        }
+    }
+    out
+}
+
+/// A table with its ports masked and every run of column padding made the three spaces that
+/// separate kubectl's columns: column widths follow the masked values (a port's digits, a
+/// rate's), so the golden holds the cells and their order, not the widths (the unit goldens from
+/// recorded output check the alignment).
+fn mask_table(table: &str) -> String {
+    let mut out = String::new();
+    for line in mask_ports(table).lines() {
+        let cells: Vec<&str> = line
+            .split("  ")
+            .map(str::trim)
+            .filter(|c| !c.is_empty())
+            .collect();
+        out.push_str(&cells.join("   "));
+        out.push('\n');
+    }
+    out
+}
+
+/// A `stat` table with every measured cell masked: the header, the names and the column count
+/// are what a run of the demo fixes; rates and latencies are not.
+fn mask_stat_table(table: &str) -> String {
+    let mut lines = table.lines();
+    let mut out = mask_table(lines.next().unwrap_or_default());
+    for line in lines {
+        let mut cells = line.split_whitespace();
+        let name = cells.next().unwrap_or_default();
+        let masked: Vec<&str> = std::iter::once(name).chain(cells.map(|_| "*")).collect();
+        out.push_str(&masked.join("   "));
+        out.push('\n');
+    }
+    out
+}
+
+/// `stat` JSON rows with every value but the namespace and name masked (the field names and
+/// the rows are the contract; the numbers are live).
+fn mask_stat_json(rows: &Value) -> String {
+    let mut rows = rows.clone();
+    for row in rows.as_array_mut().unwrap() {
+        for (key, value) in row.as_object_mut().unwrap() {
+            if key != "namespace" && key != "name" {
+                *value = Value::String("*".into());
+            }
+        }
+    }
+    serde_json::to_string_pretty(&rows).unwrap() + "\n"
+}
+
 #[test]
 fn check_the_demo_then_a_broken_file() {
     let config = tempfile::tempdir().unwrap();
@@ -108,11 +200,21 @@ fn check_the_demo_then_a_broken_file() {
         .count();
     assert_eq!(proxies, 6, "{text}");
     assert!(text.ends_with("Status check results are √\n"), "{text}");
-    let (code, json) = run(&["--control", &control, "-o", "json"]);
+    golden("check", "demo-proxy.txt", &mask_ports(&text));
+    let (code, json_text) = run(&["--control", &control, "--proxy", "-o", "json"]);
     assert_eq!(code, 0);
-    let json: Value = serde_json::from_str(&json).unwrap();
+    let json: Value = serde_json::from_str(&json_text).unwrap();
     assert_eq!(json["success"], true);
     assert_eq!(json["categories"][1]["categoryName"], "trellis-config");
+    golden("check", "demo-proxy.json", &mask_ports(&json_text));
+    // `-o yaml`, as kubectl: the same document.
+    let (code, yaml) = run(&["--control", &control, "--proxy", "-o", "yaml"]);
+    assert_eq!(code, 0);
+    assert_eq!(
+        serde_yaml::from_str::<Value>(&yaml).unwrap(),
+        json,
+        "{yaml}"
+    );
 
     // proxy-config by workload name: productpage's proxy holds the jason route.
     let (code, json) = proxy_config(&[
@@ -137,6 +239,19 @@ fn check_the_demo_then_a_broken_file() {
     assert_eq!(code, 0);
     assert!(table.starts_with("LISTENERS\nNAME "), "{table}");
     assert!(table.contains("\nENDPOINTS\n"), "{table}");
+    golden("proxyconfig", "demo-all.txt", &mask_table(&table));
+    let (code, wide) = proxy_config(&["productpage-v1", "--control", &control, "-o", "wide"]);
+    assert_eq!(code, 0);
+    golden("proxyconfig", "demo-all-wide.txt", &mask_table(&wide));
+    let (code, all_json) = proxy_config(&["productpage-v1", "--control", &control, "-o", "json"]);
+    assert_eq!(code, 0);
+    golden("proxyconfig", "demo-all.json", &mask_ports(&all_json));
+    let (code, yaml) = proxy_config(&["productpage-v1", "--control", &control, "-o", "yaml"]);
+    assert_eq!(code, 0);
+    assert_eq!(
+        serde_yaml::from_str::<Value>(&yaml).unwrap(),
+        serde_json::from_str::<Value>(&all_json).unwrap()
+    );
     assert_eq!(proxy_config(&["nobody", "--control", &control]).0, 64);
 
     // stat while requests flow: productpage served them all, successfully.
@@ -178,9 +293,17 @@ fn check_the_demo_then_a_broken_file() {
         productpage["latency_ms_p99"].as_f64().unwrap() > 0.0,
         "{productpage:#}"
     );
+    golden("stat", "demo-rows.json", &mask_stat_json(&rows));
     let (code, table) = stat(&["-A", "--control", &control, "--interval", "100ms"]);
     assert_eq!(code, 0);
     assert!(table.starts_with("NAMESPACE   NAME "), "{table}");
+    let (code, table) = stat(&["--control", &control, "--interval", "100ms"]);
+    assert_eq!(code, 0);
+    golden("stat", "demo-table.txt", &mask_stat_table(&table));
+    let (code, yaml) = stat(&["--control", &control, "--interval", "100ms", "-o", "yaml"]);
+    assert_eq!(code, 0);
+    let yaml: Value = serde_yaml::from_str(&yaml).unwrap();
+    assert_eq!(mask_stat_json(&yaml), mask_stat_json(&rows));
 
     // A broken file: the control plane refuses it and check says so, with exit 1.
     std::fs::copy(
