@@ -22,6 +22,8 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use trellis_model::Target;
 
+mod drain;
+
 use crate::client::Upstreams;
 use crate::detect::{Detected, Protocol, detect};
 use crate::discovery::Discovery;
@@ -254,14 +256,10 @@ async fn serve_http1(ctx: &Ctx, io: impl Downstream, forward: HttpForward) {
         .serve_connection(TokioIo::new(io), svc)
         .with_upgrades();
     tokio::pin!(conn);
-    let res = tokio::select! {
-        res = conn.as_mut() => res,
-        _ = ctx.shutdown.cancelled() => {
-            // Finishes the in-flight request, then closes instead of keeping the connection alive.
-            conn.as_mut().graceful_shutdown();
-            conn.await
-        }
-    };
+    // On shutdown: finishes the in-flight request, then closes instead of keeping the
+    // connection alive. Not a `select!`, which would poll the shutdown signal on every wake-up.
+    let res =
+        drain::serve_until_drained(&ctx.shutdown, conn.as_mut(), |c| c.graceful_shutdown()).await;
     if let Err(e) = res {
         tracing::debug!(error = %e, "HTTP/1 connection ended with an error");
     }

@@ -160,7 +160,8 @@ impl Telemetry {
             log: None,
             tap: None,
         };
-        if !(headers.contains_key(SOURCE_WORKLOAD) || headers.contains_key(SOURCE_NAMESPACE))
+        let has_source = has_source_headers(headers);
+        if !has_source
             && self.metrics.detail() == LabelDetail::Minimal
             && self.tracer.is_none()
             && !self.access_log.as_ref().is_some_and(|l| l.enabled())
@@ -194,11 +195,14 @@ impl Telemetry {
                 peer,
             );
         }
-        let workload = parts.headers.remove(SOURCE_WORKLOAD);
-        let namespace = parts.headers.remove(SOURCE_NAMESPACE);
-        if direction == Direction::Inbound {
-            ex.source_workload = workload;
-            ex.source_namespace = namespace;
+        // Known absent: no lookups (two hashed probes) for a request without them.
+        if has_source {
+            let workload = parts.headers.remove(&SOURCE_WORKLOAD);
+            let namespace = parts.headers.remove(&SOURCE_NAMESPACE);
+            if direction == Direction::Inbound {
+                ex.source_workload = workload;
+                ex.source_namespace = namespace;
+            }
         }
         if tapping {
             ex.tap = Some(Box::new(crate::tap::Pending::new(&parts)));
@@ -376,6 +380,15 @@ impl Telemetry {
             },
         }
     }
+}
+
+/// Whether the request carries either source header. One pass over the names instead of two
+/// hashed lookups: a request has few headers, the standard ones differ from these at the first
+/// comparison and other custom ones mostly by length.
+fn has_source_headers(headers: &HeaderMap) -> bool {
+    headers
+        .keys()
+        .any(|name| *name == SOURCE_WORKLOAD || *name == SOURCE_NAMESPACE)
 }
 
 /// `reviews.default.svc.cluster.local:9080` → `reviews.default.svc.cluster.local`.
@@ -641,6 +654,36 @@ mod tests {
         t.tag_meshed_hop(&mut headers);
         assert_eq!(headers[SOURCE_WORKLOAD], "productpage-v1");
         assert_eq!(headers[SOURCE_NAMESPACE], "default");
+    }
+
+    #[tokio::test]
+    async fn either_source_header_alone_is_stripped_at_every_detail() {
+        for detail in [LabelDetail::Minimal, LabelDetail::Full] {
+            let t = Telemetry::new(
+                Arc::new(Metrics::with_detail(detail)),
+                LocalWorkload::new("reviews-v1", "default"),
+            );
+            // Repeated, and next to other custom headers of other lengths.
+            let req = empty_request(&[
+                ("x-request-id", "1"),
+                ("trellis-source-namespace", "shop"),
+                ("trellis-source-namespace", "other"),
+                ("trellis-source-workloads", "not-ours"),
+            ]);
+            let (ex, req) = t.begin(Direction::Inbound, req, None);
+            assert!(!req.headers().contains_key(SOURCE_NAMESPACE), "{detail:?}");
+            assert_eq!(req.headers()["trellis-source-workloads"], "not-ours");
+            assert_eq!(req.headers()["x-request-id"], "1");
+            assert_eq!(
+                ex.source_namespace.as_ref().map(|v| v.as_bytes()),
+                Some(&b"shop"[..]),
+                "{detail:?}"
+            );
+            assert!(ex.source_workload.is_none());
+            let req = empty_request(&[("trellis-source-workload", "someone-else")]);
+            let (_ex, req) = t.begin(Direction::Outbound, req, None);
+            assert!(!req.headers().contains_key(SOURCE_WORKLOAD), "{detail:?}");
+        }
     }
 
     #[test]
