@@ -253,6 +253,35 @@ fn check_the_demo_then_a_broken_file() {
         serde_json::from_str::<Value>(&all_json).unwrap()
     );
     assert_eq!(proxy_config(&["nobody", "--control", &control]).0, 64);
+    // kubectl's `-n`: the same as `WORKLOAD.NS`.
+    let (code, routes) = proxy_config(&[
+        "productpage-v1",
+        "-n",
+        "default",
+        "routes",
+        "--control",
+        &control,
+    ]);
+    assert_eq!(code, 0, "{routes}");
+    assert!(
+        routes.contains("VirtualService default/reviews"),
+        "{routes}"
+    );
+    assert_eq!(
+        proxy_config(&["productpage-v1", "-n", "shop", "--control", &control]).0,
+        64
+    );
+    assert_eq!(
+        proxy_config(&[
+            "productpage-v1.default",
+            "-n",
+            "shop",
+            "--control",
+            &control
+        ])
+        .0,
+        64
+    );
 
     // stat while requests flow: productpage served them all, successfully.
     let entry = status["entry"].as_str().unwrap().to_string();
@@ -333,4 +362,32 @@ fn check_the_demo_then_a_broken_file() {
     assert_eq!(code, 1, "{text}");
     assert!(text.contains("× control plane is reachable"), "{text}");
     assert_eq!(run(&["--control", "nowhere"]).0, 64);
+}
+
+/// `--proxy` on a cluster is said to be unimplemented rather than silently ignored; the cluster
+/// checks still run (here: an unreadable kubeconfig, `×` and exit 1).
+#[test]
+fn kubernetes_proxy_is_reported_as_not_implemented() {
+    let argv = [
+        "trellis",
+        "check",
+        "--proxy",
+        "--kubeconfig",
+        "/nonexistent/kubeconfig",
+    ];
+    let Sub::Check(args) = Cli::try_parse_from(argv).unwrap().command else {
+        panic!("not check");
+    };
+    let (mut out, mut err) = (Vec::new(), Vec::new());
+    let code = check::run(&args, &mut out, &mut err);
+    let (out, err) = (
+        String::from_utf8(out).unwrap(),
+        String::from_utf8(err).unwrap(),
+    );
+    assert_eq!(code, 1, "{out}");
+    assert!(
+        err.contains("--proxy is not implemented for a Kubernetes cluster"),
+        "{err}"
+    );
+    assert!(out.contains("× can initialize the client"), "{out}");
 }

@@ -184,6 +184,14 @@ pub fn run(args: &CheckArgs, out: &mut dyn Write, err: &mut dyn Write) -> u8 {
             return crate::EXIT_FAILURE;
         }
     };
+    if args.proxy && args.kubernetes_mode() {
+        // Said rather than silently ignored: the cluster checks have no data-plane section yet.
+        let _ = writeln!(
+            err,
+            "trellis check: --proxy is not implemented for a Kubernetes cluster yet \
+             (local mode only); checking the control plane"
+        );
+    }
     let report = if args.pre {
         runtime.block_on(k8s::pre(&args.kube))
     } else if args.kubernetes_mode() {

@@ -31,6 +31,10 @@ pub struct ProxyConfigArgs {
     /// The control plane's HTTP API, for workload names.
     #[arg(long, default_value = "http://127.0.0.1:15014", value_name = "URL")]
     pub control: String,
+    /// The workload's namespace, as kubectl's `-n` (same as `WORKLOAD.NS`; without either, the
+    /// one workload of that name in any namespace).
+    #[arg(short = 'n', long, value_name = "NS")]
+    pub namespace: Option<String>,
     #[arg(short = 'o', long = "output", value_enum, default_value_t = OutputFormat::Table)]
     pub output: OutputFormat,
 }
@@ -195,9 +199,15 @@ async fn admin_address(
     let rows: Vec<WorkloadRow> =
         serde_json::from_value(fetch_json(client, control, "/api/v1/workloads").await?)
             .map_err(|e| ProxyConfigError::Fetch(format!("/api/v1/workloads: {e}")))?;
-    let (name, ns) = match args.proxy.split_once('.') {
-        Some((n, ns)) => (n, Some(ns)),
-        None => (args.proxy.as_str(), None),
+    let (name, ns) = match (args.proxy.split_once('.'), args.namespace.as_deref()) {
+        (Some((_, ns)), Some(flag)) if ns != flag => {
+            return Err(ProxyConfigError::Usage(format!(
+                "{:?} names namespace {ns:?} but -n is {flag:?}",
+                args.proxy
+            )));
+        }
+        (Some((n, ns)), _) => (n, Some(ns)),
+        (None, flag) => (args.proxy.as_str(), flag),
     };
     let row = rows
         .iter()
