@@ -44,6 +44,18 @@ pub enum CaError {
     Pem { what: &'static str, message: String },
     #[error("the issuer certificate is not signed by the root certificate")]
     IssuerNotSignedByRoot,
+    #[error("{cert} is not signed by {by}")]
+    NotSignedBy {
+        cert: &'static str,
+        by: &'static str,
+    },
+    #[error("{what} is not a CA certificate (basicConstraints CA:TRUE is missing)")]
+    NotCa { what: &'static str },
+    #[error("{key} is not the private key of {cert}")]
+    KeyMismatch {
+        key: &'static str,
+        cert: &'static str,
+    },
     #[error("the CSR cannot be parsed or its signature is invalid: {0}")]
     Csr(#[source] rcgen::Error),
     #[error("the CSR asks for {asked:?}, but the proof allows only {allowed}")]
@@ -209,6 +221,61 @@ pub(crate) fn first_cert_der(pem: &str, what: &'static str) -> Result<Vec<u8>, C
         })
 }
 
+/// The parts of a CA the user brings, each as (where it came from, PEM text).
+#[derive(Clone, Copy, Debug)]
+pub struct PluggedCa<'a> {
+    /// The trust anchor proxies get.
+    pub root: (&'static str, &'a str),
+    /// The certificate that signs leaves (an intermediate, or the root itself).
+    pub issuer: (&'static str, &'a str),
+    /// The issuer's private key.
+    pub key: (&'static str, &'a str),
+    /// The intermediates between leaves and the root, the issuer first (Istio's
+    /// `cert-chain.pem`); `None` or empty: the issuer alone.
+    pub chain: Option<(&'static str, &'a str)>,
+}
+
+/// Checks `pem` starts with the issuer and each certificate is signed by the next, the last
+/// by the root (a copy of the root at the end is allowed).
+fn verify_chain(
+    what: &'static str,
+    pem: &str,
+    issuer_der: &[u8],
+    root_der: &[u8],
+    root_what: &'static str,
+) -> Result<(), CaError> {
+    use rustls::pki_types::pem::PemObject;
+    let pem_err = |message: String| CaError::Pem { what, message };
+    let mut ders = Vec::new();
+    for cert in rustls::pki_types::CertificateDer::pem_slice_iter(pem.as_bytes()) {
+        let cert = cert.map_err(|e| pem_err(e.to_string()))?;
+        if cert.as_ref() != root_der {
+            ders.push(cert.to_vec());
+        }
+    }
+    if ders.first().map(Vec::as_slice) != Some(issuer_der) {
+        return Err(pem_err(
+            "its first certificate must be the issuer (signing) certificate".into(),
+        ));
+    }
+    ders.push(root_der.to_vec());
+    for pair in ders.windows(2) {
+        let (_, child) = X509Certificate::from_der(&pair[0]).map_err(|e| pem_err(e.to_string()))?;
+        let (_, parent) =
+            X509Certificate::from_der(&pair[1]).map_err(|e| pem_err(e.to_string()))?;
+        if !parent.is_ca() {
+            return Err(CaError::NotCa { what });
+        }
+        child
+            .verify_signature(Some(parent.public_key()))
+            .map_err(|_| CaError::NotSignedBy {
+                cert: what,
+                by: root_what,
+            })?;
+    }
+    Ok(())
+}
+
 impl Authority {
     /// A fresh root and issuer (what `trellis-control` does when given no `--ca-dir`).
     pub fn generate(trust_domain: &str, now: SystemTime) -> Result<Self, CaError> {
@@ -233,36 +300,71 @@ impl Authority {
         issuer_pem: &str,
         issuer_key_pem: &str,
     ) -> Result<Self, CaError> {
-        let root_der = first_cert_der(root_pem, "root.pem")?;
-        let issuer_der = first_cert_der(issuer_pem, "issuer.pem")?;
-        let (_, root_x509) = X509Certificate::from_der(&root_der).map_err(|e| CaError::Pem {
-            what: "root.pem",
-            message: e.to_string(),
-        })?;
-        let (_, issuer_x509) =
-            X509Certificate::from_der(&issuer_der).map_err(|e| CaError::Pem {
-                what: "issuer.pem",
-                message: e.to_string(),
-            })?;
-        issuer_x509
-            .verify_signature(Some(root_x509.public_key()))
-            .map_err(|_| CaError::IssuerNotSignedByRoot)?;
-        let key = KeyPair::from_pem(issuer_key_pem).map_err(|e| CaError::Pem {
-            what: "issuer-key.pem",
-            message: e.to_string(),
-        })?;
-        let issuer = Issuer::from_ca_cert_pem(issuer_pem, key).map_err(|e| CaError::Pem {
-            what: "issuer.pem",
-            message: e.to_string(),
-        })?;
+        Self::from_plugged(
+            trust_domain,
+            &PluggedCa {
+                root: ("root.pem", root_pem),
+                issuer: ("issuer.pem", issuer_pem),
+                key: ("issuer-key.pem", issuer_key_pem),
+                chain: None,
+            },
+        )
+        .map_err(|e| match e {
+            CaError::NotSignedBy { .. } => CaError::IssuerNotSignedByRoot,
+            other => other,
+        })
+    }
+
+    /// A CA the user brings, with the names its parts came from (files, or a Secret's keys) so
+    /// that every error says which part is wrong. Checks: each part parses, the issuer is a CA,
+    /// the key is the issuer's, and the issuer chains to the root (through `chain` when given).
+    pub fn from_plugged(trust_domain: &str, ca: &PluggedCa<'_>) -> Result<Self, CaError> {
+        let pem_err = |what: &'static str| move |e: String| CaError::Pem { what, message: e };
+        let root_der = first_cert_der(ca.root.1, ca.root.0)?;
+        let issuer_der = first_cert_der(ca.issuer.1, ca.issuer.0)?;
+        let (_, root_x509) =
+            X509Certificate::from_der(&root_der).map_err(|e| pem_err(ca.root.0)(e.to_string()))?;
+        let (_, issuer_x509) = X509Certificate::from_der(&issuer_der)
+            .map_err(|e| pem_err(ca.issuer.0)(e.to_string()))?;
+        if !issuer_x509.is_ca() {
+            return Err(CaError::NotCa { what: ca.issuer.0 });
+        }
+        let key = KeyPair::from_pem(ca.key.1).map_err(|e| pem_err(ca.key.0)(e.to_string()))?;
+        // The issuer's public key (SubjectPublicKeyInfo) must be the key's: a mismatched pair
+        // would sign leaves that no peer can verify.
+        if issuer_x509.public_key().subject_public_key.data.as_ref() != key.public_key_raw() {
+            return Err(CaError::KeyMismatch {
+                key: ca.key.0,
+                cert: ca.issuer.0,
+            });
+        }
+        // The chain sent with every leaf: the given intermediates (the issuer first), or the
+        // issuer alone. Each link must be signed by the next, the last by the root.
+        let chain_pem = match ca.chain {
+            Some((what, pem)) if !pem.trim().is_empty() => {
+                verify_chain(what, pem, &issuer_der, &root_der, ca.root.0)?;
+                pem.to_string()
+            }
+            _ => {
+                issuer_x509
+                    .verify_signature(Some(root_x509.public_key()))
+                    .map_err(|_| CaError::NotSignedBy {
+                        cert: ca.issuer.0,
+                        by: ca.root.0,
+                    })?;
+                ca.issuer.1.to_string()
+            }
+        };
+        let issuer = Issuer::from_ca_cert_pem(ca.issuer.1, key)
+            .map_err(|e| pem_err(ca.issuer.0)(e.to_string()))?;
         Ok(Self {
             trust_domain: trust_domain.to_string(),
             bundle: TrustBundle {
-                roots_pem: vec![root_pem.to_string()],
+                roots_pem: vec![ca.root.1.to_string()],
             },
-            root_pem: root_pem.to_string(),
+            root_pem: ca.root.1.to_string(),
             issuer: SigningCa {
-                cert_pem: issuer_pem.to_string(),
+                cert_pem: chain_pem,
                 issuer,
             },
             rotation: Rotation::Idle,
@@ -416,6 +518,11 @@ impl Authority {
     /// Increases on every issuer change; proxies renew when it moves.
     pub fn issuer_generation(&self) -> u64 {
         self.generation
+    }
+
+    /// Continues the generation count of a CA this one replaces, so proxies renew.
+    pub fn set_issuer_generation(&mut self, generation: u64) {
+        self.generation = generation;
     }
 
     /// A serving certificate for the control plane's own HTTPS endpoints (the admission

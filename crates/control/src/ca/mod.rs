@@ -279,6 +279,30 @@ impl CaState {
         }
     }
 
+    pub fn trust_domain(&self) -> &str {
+        &self.trust_domain
+    }
+
+    /// Replaces the CA with `authority` (a CA the user plugged in, read at startup in
+    /// Kubernetes mode) and publishes its bundle. Meant for startup, before proxies connect;
+    /// a later call still works (proxies see the issuer generation move and renew), but the
+    /// old root leaves the bundle at once, so it is not a rotation.
+    pub fn install_authority(&self, authority: Authority) {
+        let mut current = self
+            .authority
+            .write()
+            .unwrap_or_else(PoisonError::into_inner);
+        let mut authority = authority;
+        authority.set_issuer_generation(current.issuer_generation() + 1);
+        let view = BundleView {
+            bundle: authority.bundle().clone(),
+            issuer_generation: authority.issuer_generation(),
+        };
+        *current = authority;
+        drop(current);
+        self.bundle_tx.send_replace(view);
+    }
+
     /// Makes `reviewer` the proof every Certify needs from now on (Kubernetes mode). Only the
     /// first call counts: the proof a control plane asks for never changes while it runs.
     pub fn use_token_reviewer(&self, reviewer: Arc<dyn TokenReviewer>) {

@@ -186,6 +186,19 @@ fn rbac() -> Vec<Value> {
             "roleRef": {"apiGroup": "rbac.authorization.k8s.io", "kind": "ClusterRole", "name": names::CONTROL},
             "subjects": [{"kind": "ServiceAccount", "name": names::CONTROL, "namespace": names::NAMESPACE}],
         }),
+        // The plug-in CA (k8s::cacerts): read the one Secret, in the control plane's namespace
+        // only, so no ClusterRole grants Secrets anywhere.
+        json!({
+            "apiVersion": "rbac.authorization.k8s.io/v1", "kind": "Role",
+            "metadata": {"name": names::CONTROL, "namespace": names::NAMESPACE, "labels": labels()},
+            "rules": [{"apiGroups": [""], "resources": ["secrets"], "resourceNames": [super::cacerts::SECRET], "verbs": ["get", "watch"]}],
+        }),
+        json!({
+            "apiVersion": "rbac.authorization.k8s.io/v1", "kind": "RoleBinding",
+            "metadata": {"name": names::CONTROL, "namespace": names::NAMESPACE, "labels": labels()},
+            "roleRef": {"apiGroup": "rbac.authorization.k8s.io", "kind": "Role", "name": names::CONTROL},
+            "subjects": [{"kind": "ServiceAccount", "name": names::CONTROL, "namespace": names::NAMESPACE}],
+        }),
     ]
 }
 
@@ -325,6 +338,17 @@ mod tests {
             11,
             "Istio networking (2), security (3) and telemetry, Gateway API (2), Linkerd, SMI (2)"
         );
+        // Secrets: only the plug-in CA's, only in the control plane's namespace.
+        let role = objects.iter().find(|o| o["kind"] == "Role").unwrap();
+        assert_eq!(role["metadata"]["namespace"], names::NAMESPACE);
+        assert_eq!(role["rules"][0]["resourceNames"], json!(["cacerts"]));
+        assert!(
+            objects
+                .iter()
+                .filter(|o| o["kind"] == "ClusterRole")
+                .all(|o| !o.to_string().contains("secrets"))
+        );
+        assert!(objects.iter().any(|o| o["kind"] == "RoleBinding"));
         let deployment = objects.iter().find(|o| o["kind"] == "Deployment").unwrap();
         assert_eq!(deployment["spec"]["replicas"], 2);
         let hook = objects

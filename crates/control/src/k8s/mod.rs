@@ -12,6 +12,7 @@
 //! service account (identity) and its labels (subsets), which Endpoints do not carry.
 
 pub mod apply;
+pub mod cacerts;
 pub mod kinds;
 pub mod leader;
 pub mod manifests;
@@ -97,6 +98,8 @@ pub enum KubeError {
         what: &'static str,
         timeout: Duration,
     },
+    #[error(transparent)]
+    CaSecret(#[from] cacerts::CaSecretError),
     #[error("cannot patch the webhook configuration {name}: {source}")]
     PatchWebhook {
         name: String,

@@ -41,6 +41,19 @@ pub async fn start_config(
     let client = super::connect(options).await?;
     // Fails fast with a clear message when the server is unreachable or refuses the account.
     client.apiserver_version().await.map_err(KubeError::Api)?;
+    // The plug-in CA (Secret `cacerts` in the control plane's namespace) replaces the generated
+    // one before any proxy connects; a malformed Secret stops startup.
+    let namespace = &options.lease_namespace;
+    match super::cacerts::read(&client, namespace, ca.trust_domain()).await? {
+        Some(authority) => {
+            ca.install_authority(authority);
+            tracing::info!(secret = %format!("{namespace}/{}", super::cacerts::SECRET), "using the plug-in CA");
+        }
+        None => tracing::info!(
+            "no Secret {namespace}/{}: using the control plane's own CA",
+            super::cacerts::SECRET
+        ),
+    }
     // Identity by TokenReview from here on: a proxy proves its ServiceAccount with its token.
     ca.use_token_reviewer(Arc::new(super::tokenreview::KubeReviewer::new(
         client.clone(),
