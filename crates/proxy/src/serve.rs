@@ -31,6 +31,7 @@ use crate::forward::HttpForward;
 use crate::resilience::outlier::Outcome;
 use crate::route::Dest;
 use crate::telemetry::exchange::{LocalWorkload, Telemetry};
+use crate::telemetry::tcp::TcpTag;
 use crate::telemetry::{DetectOutcome, Direction, Metrics};
 use crate::tls::{MeshIdentity, PeerIdentity, policy};
 use crate::traffic::TargetTraffic;
@@ -157,6 +158,8 @@ pub async fn serve(
 ) {
     let peer = stream.peer_addr().ok();
     let mut io = CountingIo::new(stream, ctx.metrics.clone(), direction);
+    // Attaches the connection's TCP metric labels once its peer is known (below).
+    let tag = io.tag();
     let mut detected = if ctx.opaque_ports.contains(&dest_port) {
         Detected {
             protocol: Protocol::Opaque,
@@ -202,6 +205,7 @@ pub async fn serve(
                     return;
                 };
                 let peer_id = Some(PeerIdentity(Arc::from(p.id.to_string())));
+                tag.inbound(&ctx.telemetry.local, peer_id.as_ref().map(|id| &*id.0));
                 let forward = || {
                     HttpForward::new(ctx.clone(), direction, dest.clone())
                         .with_peer(peer)
@@ -214,7 +218,7 @@ pub async fn serve(
                         let id = peer_id.as_ref().map(|id| &*id.0);
                         // A denied connection is closed: TCP has no way to say why.
                         if ctx.metrics.authz.allow_tcp(peer, id, &dest, dest_port) {
-                            serve_opaque(&ctx, direction, stream, &dest, dest_port).await
+                            serve_opaque(&ctx, direction, stream, &dest, dest_port, &tag).await
                         }
                     }
                 };
@@ -223,6 +227,14 @@ pub async fn serve(
         }
     }
     let io = PrefixedIo::new(detected.prefix, io);
+    // Outbound opaque streams are labelled when their endpoint is chosen (`serve_opaque`).
+    match (direction, detected.protocol) {
+        (Direction::Inbound, _) => tag.inbound(&ctx.telemetry.local, None),
+        (Direction::Outbound, Protocol::Http1 | Protocol::Http2) => {
+            tag.outbound(&ctx.telemetry.local, None, false)
+        }
+        (Direction::Outbound, _) => {}
+    }
     match detected.protocol {
         Protocol::Http1 => {
             let forward = HttpForward::new(ctx.clone(), direction, dest).with_peer(peer);
@@ -239,7 +251,7 @@ pub async fn serve(
             {
                 return;
             }
-            serve_opaque(&ctx, direction, io, &dest, dest_port).await
+            serve_opaque(&ctx, direction, io, &dest, dest_port, &tag).await
         }
     }
 }
@@ -290,6 +302,7 @@ async fn serve_opaque(
     mut io: impl Downstream,
     dest: &Dest,
     dest_port: u16,
+    tag: &TcpTag,
 ) {
     let target = match dest.stream_hop(dest_port).await {
         Ok(t) if is_own_listener(t.hop.addr, &ctx.listeners) => {
@@ -329,6 +342,10 @@ async fn serve_opaque(
         ctx.upstreams
             .mtls_for(e.identity.as_deref().filter(|_| e.meshed), plaintext)
     });
+    if direction == Direction::Outbound {
+        let endpoint = target.chosen.as_ref().map(|(_, e)| e.endpoint());
+        tag.outbound(&ctx.telemetry.local, endpoint, peer_identity.is_some());
+    }
     let result = match peer_identity {
         Some(peer_identity) => {
             match ctx

@@ -1,7 +1,8 @@
 //! The proxy's metrics registry and its Prometheus text rendering.
 //!
-//! Every series is a preallocated atomic indexed by small enums (direction, status code,
-//! detection outcome), so recording is a relaxed `fetch_add` with no allocation, lock or label
+//! The series here are preallocated atomics indexed by small enums (direction, status code,
+//! detection outcome); the labelled request and TCP series are interned once per label set
+//! ([`requests`], [`tcp`]). Either way recording is a relaxed `fetch_add` with no allocation, lock or label
 //! formatting on the hot path, and cardinality is bounded by construction. Metric names and
 //! labels are a contract (dashboards, `trellis stat`): extend, do not rename. This module must
 //! not know about sockets or HTTP beyond a status code number.
@@ -16,6 +17,7 @@ use crate::resilience::limits::Rejection;
 pub mod exchange;
 pub mod requests;
 pub mod scrape;
+pub mod tcp;
 
 use requests::RequestRegistry;
 
@@ -92,6 +94,13 @@ struct ConnectionDurations {
 }
 
 impl ConnectionDurations {
+    fn new() -> Self {
+        Self {
+            buckets: counters(),
+            sum_nanos: AtomicU64::new(0),
+        }
+    }
+
     fn observe(&self, d: Duration) {
         let secs = d.as_secs_f64();
         let slot = CONNECTION_BUCKETS
@@ -146,11 +155,6 @@ impl Histogram {
 struct PerDirection {
     requests: [AtomicU64; STATUS_SLOTS],
     duration: Histogram,
-    tcp_opened: AtomicU64,
-    tcp_duration: ConnectionDurations,
-    tcp_closed: AtomicU64,
-    tcp_received: AtomicU64,
-    tcp_sent: AtomicU64,
     detections: [AtomicU64; DetectOutcome::ALL.len()],
     traffic: TrafficCounters,
 }
@@ -160,14 +164,6 @@ impl PerDirection {
         Self {
             requests: counters(),
             duration: Histogram::new(),
-            tcp_opened: AtomicU64::new(0),
-            tcp_duration: ConnectionDurations {
-                buckets: counters(),
-                sum_nanos: AtomicU64::new(0),
-            },
-            tcp_closed: AtomicU64::new(0),
-            tcp_received: AtomicU64::new(0),
-            tcp_sent: AtomicU64::new(0),
             detections: counters(),
             traffic: TrafficCounters::default(),
         }
@@ -204,9 +200,6 @@ struct TrafficCounters {
     faults: [AtomicU64; FaultKind::ALL.len()],
 }
 
-/// Reads one plain counter of a direction, for rendering the `trellis_tcp_*` families alike.
-type CounterField = fn(&PerDirection) -> &AtomicU64;
-
 /// Which labels request metrics carry (`--metrics-labels`).
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, serde::Serialize, clap::ValueEnum)]
 #[serde(rename_all = "lowercase")]
@@ -227,6 +220,8 @@ pub struct Metrics {
     detail: LabelDetail,
     /// The labelled request series (with [`LabelDetail::Full`]).
     pub requests: RequestRegistry,
+    /// The `trellis_tcp_*` series, labelled per connection once its peer is known.
+    pub tcp: tcp::TcpRegistry,
     /// What became of trace spans (all zero without a tracer).
     pub spans: Arc<crate::trace::export::ExportStats>,
     /// Access log lines dropped because the writer fell behind.
@@ -260,6 +255,7 @@ impl Metrics {
             version: env!("CARGO_PKG_VERSION"),
             detail,
             requests: RequestRegistry::new(),
+            tcp: tcp::TcpRegistry::new(detail),
             spans: Arc::default(),
             access_log_dropped: Arc::default(),
             tap: Arc::default(),
@@ -282,29 +278,6 @@ impl Metrics {
         let slot = usize::from(status).min(STATUS_SLOTS - 1);
         self.dir(d).requests[slot].fetch_add(1, Relaxed);
         self.dir(d).duration.observe(elapsed);
-    }
-
-    pub fn tcp_opened(&self, d: Direction) {
-        self.dir(d).tcp_opened.fetch_add(1, Relaxed);
-    }
-
-    /// A connection accepted in direction `d` closed after `lived`.
-    pub fn tcp_connection_duration(&self, d: Direction, lived: Duration) {
-        self.dir(d).tcp_duration.observe(lived);
-    }
-
-    pub fn tcp_closed(&self, d: Direction) {
-        self.dir(d).tcp_closed.fetch_add(1, Relaxed);
-    }
-
-    /// Bytes read from the downstream peer of a connection accepted in direction `d`.
-    pub fn tcp_received(&self, d: Direction, n: usize) {
-        self.dir(d).tcp_received.fetch_add(n as u64, Relaxed);
-    }
-
-    /// Bytes written to the downstream peer of a connection accepted in direction `d`.
-    pub fn tcp_sent(&self, d: Direction, n: usize) {
-        self.dir(d).tcp_sent.fetch_add(n as u64, Relaxed);
     }
 
     pub fn detection(&self, d: Direction, outcome: DetectOutcome) {
@@ -356,67 +329,7 @@ impl Metrics {
             LabelDetail::Minimal => self.render_minimal_requests(out)?,
         }
 
-        let simple: [(&str, &str, CounterField); 4] = [
-            (
-                "trellis_tcp_connections_opened_total",
-                "TCP connections accepted.",
-                |p| &p.tcp_opened,
-            ),
-            (
-                "trellis_tcp_connections_closed_total",
-                "TCP connections closed.",
-                |p| &p.tcp_closed,
-            ),
-            (
-                "trellis_tcp_received_bytes_total",
-                "Bytes read from downstream peers.",
-                |p| &p.tcp_received,
-            ),
-            (
-                "trellis_tcp_sent_bytes_total",
-                "Bytes written to downstream peers.",
-                |p| &p.tcp_sent,
-            ),
-        ];
-        for (name, help, field) in simple {
-            writeln!(out, "# HELP {name} {help}")?;
-            writeln!(out, "# TYPE {name} counter")?;
-            for d in Direction::ALL {
-                writeln!(
-                    out,
-                    "{name}{{direction=\"{}\"}} {}",
-                    d.as_str(),
-                    field(self.dir(d)).load(Relaxed)
-                )?;
-            }
-        }
-
-        let name = "trellis_tcp_connection_duration_seconds";
-        writeln!(
-            out,
-            "# HELP {name} How long accepted TCP connections lived."
-        )?;
-        writeln!(out, "# TYPE {name} histogram")?;
-        for d in Direction::ALL {
-            let h = &self.dir(d).tcp_duration;
-            let dir = d.as_str();
-            let mut cumulative = 0;
-            for (i, bound) in CONNECTION_BUCKETS.iter().enumerate() {
-                cumulative += h.buckets[i].load(Relaxed);
-                writeln!(
-                    out,
-                    "{name}_bucket{{direction=\"{dir}\",le=\"{bound}\"}} {cumulative}"
-                )?;
-            }
-            cumulative += h.buckets[CONNECTION_BUCKETS.len()].load(Relaxed);
-            writeln!(
-                out,
-                "{name}_bucket{{direction=\"{dir}\",le=\"+Inf\"}} {cumulative}"
-            )?;
-            let sum = h.sum_nanos.load(Relaxed) as f64 / 1e9;
-            writeln!(out, "{name}_sum{{direction=\"{dir}\"}} {sum}")?;
-            writeln!(out, "{name}_count{{direction=\"{dir}\"}} {cumulative}")?;
-        }
+        self.tcp.render(out)?;
 
         writeln!(
             out,
@@ -586,10 +499,11 @@ mod tests {
         m.request(Direction::Inbound, 200, Duration::from_millis(3));
         m.request(Direction::Inbound, 200, Duration::from_millis(3));
         m.request(Direction::Outbound, 503, Duration::from_secs(20));
-        m.tcp_opened(Direction::Outbound);
-        m.tcp_received(Direction::Outbound, 10);
+        let conn = m.tcp.unlabelled(Direction::Outbound);
+        conn.opened();
+        conn.received(10);
         m.detection(Direction::Inbound, DetectOutcome::OpaquePort);
-        m.tcp_connection_duration(Direction::Outbound, Duration::from_secs(2));
+        conn.closed(Duration::from_secs(2));
         let s = rendered(&m);
         assert!(s.contains(
             "trellis_tcp_connection_duration_seconds_bucket{direction=\"outbound\",le=\"1\"} 0"

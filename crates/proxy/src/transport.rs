@@ -16,6 +16,7 @@ use bytes::{Buf, BytesMut};
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::{TcpListener, TcpStream};
 
+use crate::telemetry::tcp::{TcpSeries, TcpSlot, TcpTag};
 use crate::telemetry::{Direction, Metrics};
 
 mod head_timer;
@@ -145,41 +146,78 @@ impl<I: AsyncWrite> AsyncWrite for PrefixedIo<I> {
     }
 }
 
+/// Bytes a connection accumulates per direction before adding them to its series: reads and
+/// writes touch only plain fields, and a long-lived stream still shows its traffic while open.
+const FLUSH_BYTES: u64 = 64 * 1024;
+
 pin_project_lite::pin_project! {
     /// Counts bytes read from and written to a downstream connection, and the connection's
-    /// close, into the metrics of its direction.
+    /// close, into the TCP series its [`TcpTag`] attaches once the peer is known (the series
+    /// with `direction` only when it never is). Bytes are summed per connection and added to
+    /// the series every [`FLUSH_BYTES`], at end of stream (EOF read, write shutdown) and at
+    /// close, so the data path has no atomic or lock per read or write.
     #[derive(Debug)]
     pub struct CountingIo<I> {
         #[pin]
         inner: I,
-        metrics: Arc<Metrics>,
-        direction: Direction,
+        tag: TcpTag,
         opened: std::time::Instant,
+        received: u64,
+        sent: u64,
     }
 
     impl<I> PinnedDrop for CountingIo<I> {
         fn drop(this: Pin<&mut Self>) {
-            this.metrics.tcp_closed(this.direction);
-            this.metrics
-                .tcp_connection_duration(this.direction, this.opened.elapsed());
+            let this = this.project();
+            let mut unlabelled = false;
+            let series = this.tag.slot.get_or_init(|| {
+                unlabelled = true;
+                this.tag.metrics.tcp.unlabelled(this.tag.direction).clone()
+            });
+            if unlabelled {
+                series.opened();
+            }
+            series.received(*this.received);
+            series.sent(*this.sent);
+            series.closed(this.opened.elapsed());
         }
     }
 }
 
 impl<I> CountingIo<I> {
-    /// Records the connection as opened; dropping the wrapper records it as closed.
+    /// Starts counting a connection accepted in `direction`; it is counted as opened when
+    /// labelled through [`Self::tag`] (or at close), and as closed when the wrapper drops.
     pub fn new(inner: I, metrics: Arc<Metrics>, direction: Direction) -> Self {
-        metrics.tcp_opened(direction);
         Self {
             inner,
-            metrics,
-            direction,
+            tag: TcpTag {
+                slot: TcpSlot::default(),
+                metrics,
+                direction,
+            },
             opened: std::time::Instant::now(),
+            received: 0,
+            sent: 0,
         }
+    }
+
+    /// The handle that attaches this connection's labels once its peer is known.
+    pub fn tag(&self) -> TcpTag {
+        self.tag.clone()
     }
 
     pub fn get_ref(&self) -> &I {
         &self.inner
+    }
+}
+
+/// Adds `pending` bytes to the connection's series, if it has one yet (until then they wait).
+fn flush(tag: &TcpTag, pending: &mut u64, add: fn(&TcpSeries, u64)) {
+    if *pending > 0
+        && let Some(series) = tag.slot.get()
+    {
+        add(series, *pending);
+        *pending = 0;
     }
 }
 
@@ -193,9 +231,11 @@ impl<I: AsyncRead> AsyncRead for CountingIo<I> {
         let before = buf.filled().len();
         let res = this.inner.poll_read(cx, buf);
         let n = buf.filled().len() - before;
-        // Pending polls are frequent; skip the atomic when nothing was read.
-        if n > 0 {
-            this.metrics.tcp_received(*this.direction, n);
+        *this.received += n as u64;
+        // A ready read of nothing into room for something is the peer's EOF.
+        let eof = n == 0 && buf.remaining() > 0 && matches!(res, Poll::Ready(Ok(())));
+        if *this.received >= FLUSH_BYTES || eof {
+            flush(this.tag, this.received, TcpSeries::received);
         }
         res
     }
@@ -210,7 +250,10 @@ impl<I: AsyncWrite> AsyncWrite for CountingIo<I> {
         let this = self.project();
         let res = this.inner.poll_write(cx, buf);
         if let Poll::Ready(Ok(n)) = res {
-            this.metrics.tcp_sent(*this.direction, n);
+            *this.sent += n as u64;
+            if *this.sent >= FLUSH_BYTES {
+                flush(this.tag, this.sent, TcpSeries::sent);
+            }
         }
         res
     }
@@ -218,7 +261,12 @@ impl<I: AsyncWrite> AsyncWrite for CountingIo<I> {
         self.project().inner.poll_flush(cx)
     }
     fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        self.project().inner.poll_shutdown(cx)
+        let this = self.project();
+        let res = this.inner.poll_shutdown(cx);
+        if res.is_ready() {
+            flush(this.tag, this.sent, TcpSeries::sent);
+        }
+        res
     }
     fn poll_write_vectored(
         self: Pin<&mut Self>,
@@ -228,7 +276,10 @@ impl<I: AsyncWrite> AsyncWrite for CountingIo<I> {
         let this = self.project();
         let res = this.inner.poll_write_vectored(cx, bufs);
         if let Poll::Ready(Ok(n)) = res {
-            this.metrics.tcp_sent(*this.direction, n);
+            *this.sent += n as u64;
+            if *this.sent >= FLUSH_BYTES {
+                flush(this.tag, this.sent, TcpSeries::sent);
+            }
         }
         res
     }
@@ -275,9 +326,53 @@ mod tests {
         drop(io);
         let mut s = String::new();
         metrics.render(&mut s);
+        // Never labelled: counted by direction only, opened at close.
+        assert!(s.contains("trellis_tcp_connections_opened_total{direction=\"inbound\"} 1"));
         assert!(s.contains("trellis_tcp_received_bytes_total{direction=\"inbound\"} 3"));
         assert!(s.contains("trellis_tcp_sent_bytes_total{direction=\"inbound\"} 5"));
         assert!(s.contains("trellis_tcp_connections_closed_total{direction=\"inbound\"} 1"));
+    }
+
+    #[tokio::test]
+    async fn counting_io_flushes_into_its_labels_at_eof_and_in_batches() {
+        let metrics = Arc::new(Metrics::new());
+        let (mut a, b) = tokio::io::duplex(1 << 20);
+        let mut io = CountingIo::new(b, metrics.clone(), Direction::Outbound);
+        let local = crate::telemetry::exchange::LocalWorkload::new("client", "ns");
+        io.tag().outbound(&local, None, false);
+        let labels = "direction=\"outbound\",source_workload=\"client\",source_namespace=\"ns\",source_identity=\"\",destination_workload=\"\",destination_namespace=\"\",destination_identity=\"\",tls=\"false\"";
+        let render = || {
+            let mut s = String::new();
+            metrics.render(&mut s);
+            s
+        };
+        // Past the batch size, bytes show while the connection is open.
+        let big = vec![7u8; FLUSH_BYTES as usize + 1];
+        io.write_all(&big).await.unwrap();
+        let n = big.len();
+        assert!(render().contains(&format!("trellis_tcp_sent_bytes_total{{{labels}}} {n}")));
+        // A small read shows at EOF.
+        a.write_all(b"abc").await.unwrap();
+        drop(a);
+        let mut out = Vec::new();
+        io.read_to_end(&mut out).await.unwrap();
+        let s = render();
+        assert!(
+            s.contains(&format!("trellis_tcp_received_bytes_total{{{labels}}} 3")),
+            "{s}"
+        );
+        assert!(s.contains(&format!(
+            "trellis_tcp_connections_opened_total{{{labels}}} 1"
+        )));
+        assert!(s.contains(&format!(
+            "trellis_tcp_connections_closed_total{{{labels}}} 0"
+        )));
+        drop(io);
+        let s = render();
+        assert!(s.contains(&format!(
+            "trellis_tcp_connections_closed_total{{{labels}}} 1"
+        )));
+        assert!(s.contains("trellis_tcp_connections_opened_total{direction=\"outbound\"} 0"));
     }
 
     #[test]

@@ -326,7 +326,6 @@ async fn admin_endpoints() {
     assert_eq!(status, 200);
     for needle in [
         "# TYPE trellis_requests_total counter",
-        "trellis_tcp_connections_opened_total{direction=\"inbound\"} 1",
         "trellis_protocol_detections_total{direction=\"inbound\",outcome=\"http1\"} 1",
         "trellis_proxy_info{version=",
     ] {
@@ -334,6 +333,12 @@ async fn admin_endpoints() {
     }
     let inbound = [("direction", "inbound")];
     let ok = [("direction", "inbound"), ("status_code", "200")];
+    // Labelled when served as HTTP: plaintext, so tls="false".
+    let plain = [("direction", "inbound"), ("tls", "false")];
+    assert_eq!(
+        sum(&metrics, "trellis_tcp_connections_opened_total", &plain),
+        1.0
+    );
     assert_eq!(sum(&metrics, "trellis_requests_total", &ok), 1.0);
     assert_eq!(
         sum(&metrics, "trellis_request_duration_seconds_count", &inbound),
