@@ -80,10 +80,25 @@ pub struct RequestAuthentication {
     pub policies: Vec<String>,
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub rules: Vec<JwtRule>,
+    /// Policies annotated `trellis.io/dry-run: "true"` (or `istio.io/dry-run`), each with its
+    /// own rules: their tokens are validated and a failure is logged and counted, never
+    /// answered with 401, and a valid one yields no request principal (Istio: a dry-run policy
+    /// has no effect on the request).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub dry_run: Vec<DryRunAuthentication>,
+}
+
+/// One dry-run `RequestAuthentication` that applies to a workload.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct DryRunAuthentication {
+    /// `namespace/name`, the `policy` label of `trellis_authn_dry_run_rejected_total`.
+    pub policy: String,
+    pub rules: Vec<JwtRule>,
 }
 
 impl RequestAuthentication {
+    /// No rules at all, enforced or dry-run.
     pub fn is_empty(&self) -> bool {
-        self.rules.is_empty()
+        self.rules.is_empty() && self.dry_run.is_empty()
     }
 }

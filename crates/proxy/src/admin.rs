@@ -72,6 +72,7 @@ impl AdminState {
                 self.identity.render(&mut out);
                 self.metrics.tap.render(&mut out);
                 self.metrics.authz.render(&mut out);
+                self.authn.render(&mut out);
                 self.metrics.anomaly.render(&mut out);
                 crate::resilience::health::render(&mut out);
                 let out = self.metrics.overrides.apply(out);

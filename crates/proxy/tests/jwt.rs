@@ -588,3 +588,70 @@ spec:
     let error = wrong["last_error"].as_str().unwrap_or_default();
     assert!(error.contains("localhost"), "{wrong}");
 }
+
+fn inline_authn(key: &EcKey, annotations: &str) -> String {
+    format!(
+        "apiVersion: security.istio.io/v1\nkind: RequestAuthentication\nmetadata: {{name: echo-jwt, namespace: default, annotations: {{{annotations}}}}}\nspec:\n  selector: {{matchLabels: {{app: echo}}}}\n  jwtRules:\n  - issuer: {ISSUER}\n    jwks: '{}'\n",
+        jwks(&[key])
+    )
+}
+
+/// `trellis.io/dry-run: "true"` on a RequestAuthentication: a bad token passes (200, token
+/// still forwarded) and `trellis_authn_dry_run_rejected_total` counts it by policy and reason;
+/// the same policy without the annotation answers 401.
+#[test]
+fn dry_run_request_authentication_passes_and_counts() {
+    let key = EcKey::generate("k1");
+    let forger = EcKey::generate("k1");
+    let forged = forger.sign(&claims(ISSUER, "echo", 600));
+    let expired = key.sign(&claims(ISSUER, "echo", -3600));
+    let good = key.sign(&claims(ISSUER, "echo", 600));
+
+    let mesh = start_mesh(&[(
+        "jwt.yaml",
+        inline_authn(&key, "\"trellis.io/dry-run\": \"true\""),
+    )]);
+    wait::until(CONVERGE, || {
+        let dump = config_dump(&mesh.server);
+        let ra = &dump["request_authentication"];
+        (ra["dry_run"] == json!(["default/echo-jwt"]) && ra["rules"] == json!([]))
+            .then_some(())
+            .ok_or(format!("dry-run policy not in force yet: {ra}"))
+    })
+    .unwrap();
+    let counted = |mesh: &Mesh| {
+        mesh.server.metrics().sum(
+            "trellis_authn_dry_run_rejected_total",
+            &[("policy", "default/echo-jwt")],
+        )
+    };
+    assert_eq!(counted(&mesh), 0.0);
+    for url in [&mesh.direct, &mesh.meshed] {
+        for t in [&forged, &expired, &good] {
+            let r = get(url, &bearer(t));
+            assert_eq!(r.status, 200, "{url}: {}", r.body);
+            // Nothing is done to the request: the token reaches the app.
+            let auth = r.echo().headers.get("authorization").cloned();
+            assert_eq!(auth, Some(format!("Bearer {t}")), "{url}");
+        }
+    }
+    assert_eq!(counted(&mesh), 4.0);
+    let metrics = mesh.server.metrics();
+    let expired_count = metrics.sum(
+        "trellis_authn_dry_run_rejected_total",
+        &[("policy", "default/echo-jwt"), ("reason", "expired")],
+    );
+    assert_eq!(expired_count, 2.0, "by reason");
+    drop(mesh);
+
+    // Enforced: the same bad tokens are 401s.
+    let mesh = start_mesh(&[("jwt.yaml", inline_authn(&key, ""))]);
+    wait::until(CONVERGE, || match get(&mesh.direct, &bearer(&forged)) {
+        r if r.status == 401 => Ok(()),
+        r => Err(format!("not enforced yet: {} {}", r.status, r.body)),
+    })
+    .unwrap();
+    assert_eq!(get(&mesh.meshed, &bearer(&expired)).status, 401);
+    assert_eq!(get(&mesh.meshed, &bearer(&good)).status, 200);
+    assert_eq!(counted(&mesh), 0.0);
+}

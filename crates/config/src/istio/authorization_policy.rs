@@ -40,12 +40,13 @@ struct AuthorizationPolicy {
     spec: Spec,
 }
 
+/// `metadata` with the annotations (the dry-run flag); shared by the security.istio.io kinds.
 #[derive(Debug, Deserialize)]
-struct Metadata {
+pub(crate) struct Metadata {
     #[serde(flatten)]
-    meta: Meta,
+    pub(crate) meta: Meta,
     #[serde(default)]
-    annotations: BTreeMap<String, String>,
+    pub(crate) annotations: BTreeMap<String, String>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -345,7 +346,9 @@ fn rule(field: &str, r: &RuleSpec) -> Result<Rule, FieldError> {
     Ok(Rule { from, to, when })
 }
 
-fn dry_run(annotations: &BTreeMap<String, String>) -> Result<bool, FieldError> {
+/// Whether [`DRY_RUN_ANNOTATIONS`] mark a policy dry-run; anything but "true"/"false" is an
+/// error naming the annotation.
+pub(crate) fn dry_run(annotations: &BTreeMap<String, String>) -> Result<bool, FieldError> {
     let mut dry_run = false;
     for name in DRY_RUN_ANNOTATIONS {
         match annotations.get(*name).map(|v| v.trim()) {

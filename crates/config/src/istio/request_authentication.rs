@@ -11,17 +11,25 @@
 //! exactly one of `jwks` / `jwksUri` (Istio would fetch the issuer's OpenID discovery document
 //! when both are missing; Trellis does not, and says so), `jwks` must be a JWKS document, and
 //! `jwksUri` an `http://` or `https://` URL.
+//!
+//! A policy annotated `trellis.io/dry-run: "true"` (or `istio.io/dry-run`) is kept apart from
+//! the merged rules ([`RequestAuthentication::dry_run`]): the proxy validates its tokens and
+//! counts failures, but never rejects and never takes a principal from it.
 
 use std::collections::BTreeMap;
 
 use serde::Deserialize;
-use trellis_model::authn::{ClaimToHeader, JwksSource, JwtHeader, JwtRule, RequestAuthentication};
+use trellis_model::authn::{
+    ClaimToHeader, DryRunAuthentication, JwksSource, JwtHeader, JwtRule, RequestAuthentication,
+};
 use trellis_model::route::ResourceRef;
 use trellis_model::{Service, ServiceKey};
 
 use crate::document::{Resource, Translated};
 use crate::kube::FieldError;
-use crate::traffic::{Meta, from_value};
+use crate::traffic::from_value;
+
+use super::authorization_policy::{Metadata, dry_run};
 
 /// A Service a policy is attached to (`targetRefs`).
 #[derive(Clone, Debug, PartialEq, Eq, serde::Serialize)]
@@ -38,13 +46,17 @@ pub struct RequestAuthn {
     #[serde(skip_serializing_if = "Vec::is_empty")]
     pub target_refs: Vec<PolicyTarget>,
     pub rules: Vec<JwtRule>,
+    /// `trellis.io/dry-run: "true"` (or `istio.io/dry-run`): tokens are validated and failures
+    /// counted, never rejected, and a valid token gives no request principal.
+    #[serde(skip_serializing_if = "std::ops::Not::not")]
+    pub dry_run: bool,
     #[serde(skip_serializing_if = "Vec::is_empty")]
     pub notes: Vec<String>,
 }
 
 #[derive(Debug, Deserialize)]
 struct Raw {
-    metadata: Meta,
+    metadata: Metadata,
     #[serde(default)]
     spec: Spec,
 }
@@ -268,7 +280,8 @@ fn rule(field: &str, raw: RawRule, notes: &mut Vec<String>) -> Result<JwtRule, F
 
 pub(crate) fn translate(value: serde_yaml::Value) -> Result<Translated, FieldError> {
     let raw: Raw = from_value(value)?;
-    let source = raw.metadata.reference("RequestAuthentication")?;
+    let source = raw.metadata.meta.reference("RequestAuthentication")?;
+    let dry_run = dry_run(&raw.metadata.annotations)?;
     let spec = raw.spec;
     let mut notes = Vec::new();
     let mut refs: Vec<(String, TargetRef)> = Vec::new();
@@ -324,6 +337,7 @@ pub(crate) fn translate(value: serde_yaml::Value) -> Result<Translated, FieldErr
             selector: spec.selector.map(|s| s.match_labels),
             target_refs,
             rules,
+            dry_run,
             notes,
         }),
     )))
@@ -377,6 +391,13 @@ pub fn jwt_rules_for(
     let mut out = RequestAuthentication::default();
     for p in applicable {
         if p.rules.is_empty() {
+            continue;
+        }
+        if p.dry_run {
+            out.dry_run.push(DryRunAuthentication {
+                policy: format!("{}/{}", p.source.namespace, p.source.name),
+                rules: p.rules.clone(),
+            });
             continue;
         }
         out.policies

@@ -11,6 +11,12 @@
 //! `outputPayloadToHeader` are removed from every request first, so only this proxy can set
 //! them and an application may trust them.
 //!
+//! Dry-run policies (`trellis.io/dry-run: "true"`, [`RequestAuthentication::dry_run`]) are
+//! evaluated first, on the request as it came: each token their rules find is validated, and a
+//! failure is logged and counted in `trellis_authn_dry_run_rejected_total{policy,reason}`;
+//! the request goes on untouched (no 401, no token removed, no output headers) and a valid
+//! token gives no request principal, as Istio's dry-run has no effect on the request.
+//!
 //! The rules arrive from discovery as JSON ([`follow`]) and are swapped in atomically; the
 //! request path reads a snapshot and waits only for a JWKS fetch it needs.
 
@@ -20,7 +26,8 @@ mod remote;
 #[cfg(test)]
 mod tests;
 
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap};
+use std::fmt::Write as _;
 use std::sync::{Arc, Mutex};
 use std::time::SystemTime;
 
@@ -146,6 +153,8 @@ struct Compiled {
     rules: Vec<CompiledRule>,
     /// Headers only this proxy may set (see the module docs).
     output_headers: Vec<HeaderName>,
+    /// Dry-run policies, each with its own rules: `(namespace/name, rules)`.
+    dry_run: Vec<(String, Vec<CompiledRule>)>,
 }
 
 /// The workload's JWT rules and key caches, shared by every inbound connection.
@@ -154,6 +163,9 @@ pub struct Authenticator {
     compiled: ArcSwap<Compiled>,
     /// Caches by `jwksUri`, kept across rule updates so that a config push does not refetch.
     remotes: Mutex<HashMap<String, Arc<remote::RemoteJwks>>>,
+    /// `trellis_authn_dry_run_rejected_total` by (policy, reason). A mutex is enough: only
+    /// requests carrying a token a dry-run policy rejects take it.
+    dry_run_rejected: Mutex<BTreeMap<(String, &'static str), u64>>,
 }
 
 /// A 401 (or the header rewrite failed in a way the client caused).
@@ -188,53 +200,44 @@ impl Authenticator {
         let mut remotes = self.remotes.lock().unwrap_or_else(|p| p.into_inner());
         let mut in_use = HashMap::new();
         let mut output_headers = Vec::new();
-        let compiled: Vec<CompiledRule> = rules
-            .rules
+        let compiled = compile_rules(rules.rules, &remotes, &mut in_use, &mut output_headers);
+        // Dry-run rules never write headers, so their output headers are not reserved.
+        let dry_run: Vec<(String, Vec<CompiledRule>)> = rules
+            .dry_run
             .into_iter()
-            .map(|rule| {
-                let keys = match &rule.jwks {
-                    JwksSource::Inline(doc) => match KeySet::parse(doc.as_bytes()) {
-                        Ok(k) => Keys::Inline(Arc::new(k)),
-                        Err(e) => {
-                            tracing::warn!(issuer = %rule.issuer, error = %e, "inline jwks unusable; tokens of this issuer will fail");
-                            Keys::Unusable
-                        }
-                    },
-                    JwksSource::Uri(uri) => {
-                        let cache = remotes
-                            .get(uri)
-                            .cloned()
-                            .unwrap_or_else(|| remote::RemoteJwks::spawn(uri.clone()));
-                        in_use.insert(uri.clone(), cache.clone());
-                        Keys::Remote(cache)
-                    }
-                };
-                let names = rule
-                    .output_claim_to_headers
-                    .iter()
-                    .map(|c| c.header.as_str())
-                    .chain(rule.output_payload_to_header.as_deref());
-                for name in names {
-                    if let Ok(name) = HeaderName::from_bytes(name.as_bytes())
-                        && !output_headers.contains(&name)
-                    {
-                        output_headers.push(name);
-                    }
-                }
-                CompiledRule {
-                    locations: Location::of(&rule),
-                    rule,
-                    keys,
-                }
+            .map(|d| {
+                let rules = compile_rules(d.rules, &remotes, &mut in_use, &mut Vec::new());
+                (d.policy, rules)
             })
             .collect();
         *remotes = in_use;
-        tracing::info!(policies = ?rules.policies, rules = compiled.len(), "request authentication rules");
+        tracing::info!(policies = ?rules.policies, rules = compiled.len(), dry_run = ?dry_run.iter().map(|(p, _)| p).collect::<Vec<_>>(), "request authentication rules");
         self.compiled.store(Arc::new(Compiled {
             policies: rules.policies,
             rules: compiled,
             output_headers,
+            dry_run,
         }));
+    }
+
+    /// Appends `trellis_authn_dry_run_rejected_total` in Prometheus text format.
+    pub fn render(&self, out: &mut String) {
+        let counts = self
+            .dry_run_rejected
+            .lock()
+            .unwrap_or_else(|p| p.into_inner());
+        let _ = writeln!(
+            out,
+            "# HELP trellis_authn_dry_run_rejected_total Requests a dry-run RequestAuthentication would have rejected with 401.\n\
+             # TYPE trellis_authn_dry_run_rejected_total counter"
+        );
+        for ((policy, reason), n) in counts.iter() {
+            let _ = writeln!(
+                out,
+                // Policy names are `namespace/name` of DNS labels: nothing to escape.
+                "trellis_authn_dry_run_rejected_total{{policy=\"{policy}\",reason=\"{reason}\"}} {n}"
+            );
+        }
     }
 
     /// The rules in force and the state of their key sets, for `/config_dump`.
@@ -268,7 +271,8 @@ impl Authenticator {
                 })
             })
             .collect();
-        serde_json::json!({"policies": compiled.policies, "rules": rules})
+        let dry_run: Vec<&String> = compiled.dry_run.iter().map(|(p, _)| p).collect();
+        serde_json::json!({"policies": compiled.policies, "rules": rules, "dry_run": dry_run})
     }
 
     /// Authenticates one inbound request: `Ok(None)` without a token, `Ok(Some(_))` for a
@@ -278,6 +282,11 @@ impl Authenticator {
         req: &mut Request<B>,
     ) -> Result<Option<RequestAuth>, Rejection> {
         let compiled = self.compiled.load_full();
+        let now = SystemTime::now();
+        // Before the enforced rules remove any token: dry-run sees the request as it came.
+        for (policy, rules) in &compiled.dry_run {
+            self.dry_run(policy, rules, req, now).await;
+        }
         if compiled.rules.is_empty() {
             return Ok(None);
         }
@@ -294,12 +303,11 @@ impl Authenticator {
                 }
             }
         }
-        let now = SystemTime::now();
         let mut auth = None;
         let mut outputs: Vec<(HeaderName, String)> = Vec::new();
         let mut remove: Vec<&Location> = Vec::new();
         for (loc, token) in &found {
-            let (rule, parsed) = match self.validate(&compiled, loc, token, now).await {
+            let (rule, parsed) = match self.validate(&compiled.rules, loc, token, now).await {
                 Ok(ok) => ok,
                 Err(error) => {
                     tracing::info!(reason = error.reason(), policies = ?compiled.policies, uri = %req.uri(), "rejecting a request with an invalid JWT");
@@ -340,10 +348,42 @@ impl Authenticator {
         Ok(auth)
     }
 
+    /// Validates the tokens one dry-run policy's rules find; a failure is logged and counted,
+    /// and changes nothing about the request.
+    async fn dry_run<B>(
+        &self,
+        policy: &str,
+        rules: &[CompiledRule],
+        req: &Request<B>,
+        now: SystemTime,
+    ) {
+        let mut found: Vec<(&Location, String)> = Vec::new();
+        for rule in rules {
+            for loc in &rule.locations {
+                if let Some(token) = loc.extract(req)
+                    && !found.iter().any(|(l, t)| *l == loc && *t == token)
+                {
+                    found.push((loc, token));
+                }
+            }
+        }
+        for (loc, token) in &found {
+            if let Err(error) = self.validate(rules, loc, token, now).await {
+                tracing::info!(policy, reason = error.reason(), uri = %req.uri(), "dry run: a request with an invalid JWT would be rejected (401); passed");
+                *self
+                    .dry_run_rejected
+                    .lock()
+                    .unwrap_or_else(|p| p.into_inner())
+                    .entry((policy.to_string(), error.reason()))
+                    .or_default() += 1;
+            }
+        }
+    }
+
     /// The rule a token found at `loc` satisfies: one of its issuer that looks there.
     async fn validate<'t, 'c>(
         &self,
-        compiled: &'c Compiled,
+        rules: &'c [CompiledRule],
         loc: &Location,
         token: &'t str,
         now: SystemTime,
@@ -351,8 +391,7 @@ impl Authenticator {
         let parsed = jwt::parse(token)?;
         let issuer = parsed.issuer().ok_or(JwtError::UnknownIssuer)?;
         let mut last = JwtError::UnknownIssuer;
-        for rule in compiled
-            .rules
+        for rule in rules
             .iter()
             .filter(|r| r.rule.issuer == issuer && r.locations.contains(loc))
         {
@@ -370,6 +409,56 @@ impl Authenticator {
         }
         Err(last)
     }
+}
+
+/// Compiles rules, reusing the key caches of `remotes` (recording those used in `in_use`) and
+/// collecting the headers their outputs write into `output_headers`.
+fn compile_rules(
+    rules: Vec<JwtRule>,
+    remotes: &HashMap<String, Arc<remote::RemoteJwks>>,
+    in_use: &mut HashMap<String, Arc<remote::RemoteJwks>>,
+    output_headers: &mut Vec<HeaderName>,
+) -> Vec<CompiledRule> {
+    rules
+        .into_iter()
+        .map(|rule| {
+
+        let keys = match &rule.jwks {
+            JwksSource::Inline(doc) => match KeySet::parse(doc.as_bytes()) {
+                Ok(k) => Keys::Inline(Arc::new(k)),
+                Err(e) => {
+                    tracing::warn!(issuer = %rule.issuer, error = %e, "inline jwks unusable; tokens of this issuer will fail");
+                    Keys::Unusable
+                }
+            },
+            JwksSource::Uri(uri) => {
+                let cache = remotes
+                    .get(uri)
+                    .cloned()
+                    .unwrap_or_else(|| remote::RemoteJwks::spawn(uri.clone()));
+                in_use.insert(uri.clone(), cache.clone());
+                Keys::Remote(cache)
+            }
+        };
+        let names = rule
+            .output_claim_to_headers
+            .iter()
+            .map(|c| c.header.as_str())
+            .chain(rule.output_payload_to_header.as_deref());
+        for name in names {
+            if let Ok(name) = HeaderName::from_bytes(name.as_bytes())
+                && !output_headers.contains(&name)
+            {
+                output_headers.push(name);
+            }
+        }
+        CompiledRule {
+            locations: Location::of(&rule),
+            rule,
+            keys,
+        }
+        })
+        .collect()
 }
 
 async fn check_signature(parsed: &jwt::Token<'_>, keys: &Keys) -> Result<(), JwtError> {

@@ -144,6 +144,7 @@ fn authenticator(rules: Vec<JwtRule>) -> Authenticator {
     a.apply(RequestAuthentication {
         policies: vec!["shop/jwt".into()],
         rules,
+        dry_run: vec![],
     });
     a
 }
@@ -458,6 +459,7 @@ async fn remote_jwks_fetched_cached_and_rotated_on_unknown_kid() {
     a.apply(RequestAuthentication {
         policies: vec![],
         rules: vec![rule("iss", JwksSource::Uri(uri))],
+        dry_run: vec![],
     });
     assert!(check(&a, &t2).await.is_ok());
     assert_eq!(hits.load(Ordering::SeqCst), 2);
@@ -550,4 +552,54 @@ async fn mutated_tokens_are_never_accepted() {
             );
         }
     }
+}
+
+/// A dry-run policy never rejects, never removes the token, gives no principal; its failures
+/// are counted by policy and reason. Enforced rules beside it keep working.
+#[tokio::test]
+async fn dry_run_policy_counts_and_passes() {
+    let key = TestKey::ec("k");
+    let other = TestKey::ec("k");
+    let a = Authenticator::default();
+    a.apply(RequestAuthentication {
+        policies: vec![],
+        rules: vec![],
+        dry_run: vec![trellis_model::authn::DryRunAuthentication {
+            policy: "shop/trial".into(),
+            rules: vec![rule("iss", JwksSource::Inline(jwks(&[&key])))],
+        }],
+    });
+    let good = key.sign(&claims("iss", "web", 600));
+    let forged = other.sign(&claims("iss", "web", 600));
+    let expired = key.sign(&claims("iss", "web", -3600));
+    let mut req = bearer(&good);
+    assert_eq!(a.authenticate(&mut req).await.unwrap(), None);
+    assert!(req.extensions().get::<RequestAuth>().is_none());
+    for t in [&forged, &expired, &forged] {
+        let mut req = bearer(t);
+        assert_eq!(a.authenticate(&mut req).await.unwrap(), None);
+        assert!(req.headers().contains_key("authorization"), "token kept");
+    }
+    let mut out = String::new();
+    a.render(&mut out);
+    assert!(
+        out.contains("trellis_authn_dry_run_rejected_total{policy=\"shop/trial\",reason=\"")
+            && out
+                .lines()
+                .filter(|l| l.starts_with("trellis_authn_dry_run_rejected_total{"))
+                .count()
+                == 2,
+        "{out}"
+    );
+    let total: u64 = out
+        .lines()
+        .filter(|l| l.starts_with("trellis_authn_dry_run_rejected_total{"))
+        .filter_map(|l| l.rsplit(' ').next()?.parse::<u64>().ok())
+        .sum();
+    assert_eq!(total, 3, "{out}");
+
+    // The same policy enforced: the forged token is a 401.
+    let enforced = authenticator(vec![rule("iss", JwksSource::Inline(jwks(&[&key])))]);
+    assert!(check(&enforced, &forged).await.is_err());
+    assert!(check(&enforced, &good).await.unwrap().is_some());
 }

@@ -211,3 +211,85 @@ spec:
         ["trellis-system/mesh", "shop/ns", "shop/web-only"]
     );
 }
+
+#[test]
+fn dry_run_annotation_keeps_a_policy_apart() {
+    let yaml = format!(
+        r#"
+apiVersion: security.istio.io/v1
+kind: RequestAuthentication
+metadata: {{name: enforced, namespace: shop}}
+spec:
+  jwtRules: [{{issuer: real, jwks: '{JWKS}'}}]
+---
+apiVersion: security.istio.io/v1
+kind: RequestAuthentication
+metadata:
+  name: trial
+  namespace: shop
+  annotations: {{"trellis.io/dry-run": "true"}}
+spec:
+  jwtRules: [{{issuer: trial, jwks: '{JWKS}'}}]
+---
+apiVersion: security.istio.io/v1
+kind: RequestAuthentication
+metadata:
+  name: istio-spelling
+  namespace: shop
+  annotations: {{"istio.io/dry-run": "true"}}
+spec:
+  jwtRules: [{{issuer: istio, jwks: '{JWKS}'}}]
+---
+apiVersion: security.istio.io/v1
+kind: RequestAuthentication
+metadata:
+  name: not-dry
+  namespace: shop
+  annotations: {{"trellis.io/dry-run": "false"}}
+spec:
+  jwtRules: [{{issuer: not-dry, jwks: '{JWKS}'}}]
+"#
+    );
+    let all = parse(&yaml);
+    let flags: Vec<bool> = all.iter().map(|p| p.dry_run).collect();
+    assert_eq!(flags, [false, true, true, false]);
+    let out = jwt_rules_for(
+        &all,
+        "trellis-system",
+        "shop",
+        &labels(&[]),
+        &BTreeMap::new(),
+    );
+    let issuers: Vec<&str> = out.rules.iter().map(|r| r.issuer.as_str()).collect();
+    assert_eq!(issuers, ["real", "not-dry"]);
+    assert_eq!(out.policies, ["shop/enforced", "shop/not-dry"]);
+    let dry: Vec<(&str, &str)> = out
+        .dry_run
+        .iter()
+        .map(|d| (d.policy.as_str(), d.rules[0].issuer.as_str()))
+        .collect();
+    assert_eq!(
+        dry,
+        [("shop/istio-spelling", "istio"), ("shop/trial", "trial")]
+    );
+    // Only dry-run policies: not empty (the proxy still has something to evaluate).
+    let only_dry = jwt_rules_for(
+        &all[1..2],
+        "trellis-system",
+        "shop",
+        &labels(&[]),
+        &BTreeMap::new(),
+    );
+    assert!(only_dry.rules.is_empty() && !only_dry.is_empty());
+}
+
+#[test]
+fn dry_run_annotation_must_be_true_or_false() {
+    let err = error(
+        "apiVersion: security.istio.io/v1\nkind: RequestAuthentication\nmetadata: {name: bad, namespace: shop, annotations: {\"trellis.io/dry-run\": \"yes\"}}\nspec: {}\n",
+    );
+    assert!(
+        err.contains("metadata.annotations[trellis.io/dry-run]: must be \"true\" or \"false\""),
+        "{err}"
+    );
+}
