@@ -9,7 +9,8 @@
 //! saw arrive), as Linkerd's `stat` does. [`Counters::from_metrics`] and [`row`] are pure; the
 //! adapter only scrapes.
 
-pub mod prom;
+/// The control plane's Prometheus text parser, shared with the dashboard's scraper.
+pub use trellis_control::dashboard_api::prom;
 
 use std::collections::BTreeMap;
 use std::io::Write;

@@ -18,7 +18,7 @@
 mod fetch;
 mod graph;
 mod handlers;
-mod prom;
+pub mod prom;
 pub mod prometheus;
 mod series;
 mod sync;

@@ -2,9 +2,8 @@
 //! with labels, and `histogram_quantile` over bucket deltas. Pure; never panics on any input
 //! (a line it cannot read is skipped, as a scraper would).
 //!
-//! The CLI's `trellis stat` has its own copy (`crates/cli/src/stat/prom.rs`): the control plane
-//! must not depend on the CLI crate, and the parser is small enough that sharing it through a
-//! third crate would cost more than it saves.
+//! The CLI's `trellis stat` reads proxies with this same parser (the CLI depends on the
+//! control plane's crate, not the other way round).
 
 use std::collections::BTreeMap;
 
