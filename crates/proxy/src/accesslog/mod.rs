@@ -100,7 +100,8 @@ pub struct Entry {
     pub trace_id: Option<String>,
 }
 
-fn rfc3339(unix_nanos: u64) -> String {
+/// `2026-11-27T00:10:00.123Z` (UTC, milliseconds); also the tap's row time.
+pub(crate) fn rfc3339(unix_nanos: u64) -> String {
     let secs = unix_nanos / 1_000_000_000;
     let millis = (unix_nanos / 1_000_000) % 1000;
     let days = secs / 86_400;

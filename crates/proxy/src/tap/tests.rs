@@ -3,6 +3,7 @@ use std::time::Duration;
 
 use super::filter::{MAX_ROWS_CAP, Query, QueryError, StatusFilter};
 use super::*;
+use crate::accesslog::rfc3339;
 
 fn row(direction: Direction, method: &str, path: &str, status: u16) -> Row {
     Row {
