@@ -562,3 +562,43 @@ fn a_restarted_control_plane_with_a_new_ca_is_followed_at_once() {
         assert_eq!(code, 200, "{body}");
     }
 }
+
+/// A STRICT PeerAuthentication annotated `trellis.io/dry-run: "true"` lets plaintext in and
+/// counts it in `trellis_mtls_dry_run_plaintext_total`; meshed traffic is not counted. (The
+/// same policy enforced refuses it: `strict_refuses_a_raw_plaintext_connection_to_the_inbound`.)
+#[test]
+fn dry_run_strict_lets_plaintext_in_and_counts_it() {
+    let strict = "apiVersion: security.istio.io/v1\nkind: PeerAuthentication\nmetadata: {name: default, namespace: default, annotations: {\"trellis.io/dry-run\": \"true\"}}\nspec:\n  mtls: {mode: STRICT}\n";
+    let pair = start_pair(&[], &[("pa.yaml", strict)]);
+    wait::until(CONVERGE, || {
+        let (_, dump) = pair.server.admin_get("/config_dump")?;
+        let dump: serde_json::Value = serde_json::from_str(&dump).map_err(|e| e.to_string())?;
+        (dump["inbound_policy"]["dry_run"]["mode"] == "STRICT"
+            && dump["inbound_policy"]["mode"] == "PERMISSIVE")
+            .then_some(())
+            .ok_or_else(|| "no dry-run STRICT policy yet".to_string())
+    })
+    .unwrap();
+    wait_routed(&pair);
+    let counted = |pair: &Pair| metric(&pair.server, "trellis_mtls_dry_run_plaintext_total", &[]);
+    let before = counted(&pair);
+    for _ in 0..3 {
+        let (code, body) = tools::http_get(client_addr(&pair), "/meshed").unwrap();
+        assert_eq!(code, 200, "{body}");
+    }
+    assert_eq!(counted(&pair), before, "meshed mTLS is not counted");
+    let inbound = pair.server.ready.inbound;
+    for _ in 0..3 {
+        let (code, body) = tools::http_get(inbound, "/plaintext").unwrap();
+        assert_eq!(code, 200, "dry-run STRICT must let plaintext in: {body}");
+    }
+    assert_eq!(counted(&pair), before + 3.0);
+    assert_eq!(
+        metric(
+            &pair.server,
+            "trellis_tls_handshake_failures_total",
+            &[("direction", "inbound"), ("reason", "plaintext_refused")]
+        ),
+        0.0
+    );
+}

@@ -16,7 +16,9 @@ use trellis_model::route::ResourceRef;
 
 use crate::document::{Resource, Translated};
 use crate::kube::FieldError;
-use crate::traffic::{Meta, from_value};
+use crate::traffic::from_value;
+
+use super::authorization_policy::{Metadata, dry_run};
 
 /// PeerAuthentication's modes (UNSET is `None` where a mode is optional).
 #[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize)]
@@ -37,13 +39,17 @@ pub struct PeerAuthn {
     /// `None`: UNSET (inherit).
     pub mode: Option<MtlsMode>,
     pub port_modes: Vec<(u16, MtlsMode)>,
+    /// `trellis.io/dry-run: "true"` (or `istio.io/dry-run`): left out of the enforced policy;
+    /// what it would change is reported by the proxy ([`inbound_mtls_dry_run`]).
+    #[serde(skip_serializing_if = "std::ops::Not::not")]
+    pub dry_run: bool,
     #[serde(skip_serializing_if = "Vec::is_empty")]
     pub notes: Vec<String>,
 }
 
 #[derive(Debug, Deserialize)]
 struct PeerAuthentication {
-    metadata: Meta,
+    metadata: Metadata,
     #[serde(default)]
     spec: Spec,
 }
@@ -85,7 +91,8 @@ fn mode(field: &str, m: Option<&Mtls>) -> Result<Option<MtlsMode>, FieldError> {
 
 pub(crate) fn translate(value: serde_yaml::Value) -> Result<Translated, FieldError> {
     let pa: PeerAuthentication = from_value(value)?;
-    let source = pa.metadata.reference("PeerAuthentication")?;
+    let source = pa.metadata.meta.reference("PeerAuthentication")?;
+    let dry_run = dry_run(&pa.metadata.annotations)?;
     let spec = pa.spec;
     let selector = spec.selector.map(|s| s.match_labels);
     let mut notes = Vec::new();
@@ -109,10 +116,11 @@ pub(crate) fn translate(value: serde_yaml::Value) -> Result<Translated, FieldErr
     Ok(Translated::Resource(Resource::PeerAuthentication(
         Box::new(PeerAuthn {
             source,
-            created: pa.metadata.creation_timestamp,
+            created: pa.metadata.meta.creation_timestamp,
             selector,
             mode: mode("spec.mtls", spec.mtls.as_ref())?,
             port_modes,
+            dry_run,
             notes,
         }),
     )))
@@ -141,9 +149,35 @@ fn oldest<'a>(candidates: impl Iterator<Item = &'a PeerAuthn>) -> Option<&'a Pee
     })
 }
 
+/// The enforced policy of a workload: [`resolve`] over the policies that are not dry-run.
+pub fn inbound_mtls(
+    policies: &[&PeerAuthn],
+    root_namespace: &str,
+    namespace: &str,
+    labels: &BTreeMap<String, String>,
+) -> InboundMtls {
+    let enforced: Vec<&PeerAuthn> = policies.iter().copied().filter(|p| !p.dry_run).collect();
+    resolve(&enforced, root_namespace, namespace, labels)
+}
+
+/// The policy that would apply if the dry-run policies were enforced too; `None` when no
+/// dry-run policy applies or it would change nothing.
+pub fn inbound_mtls_dry_run(
+    policies: &[&PeerAuthn],
+    root_namespace: &str,
+    namespace: &str,
+    labels: &BTreeMap<String, String>,
+) -> Option<InboundMtls> {
+    if !policies.iter().any(|p| p.dry_run) {
+        return None;
+    }
+    let would = resolve(policies, root_namespace, namespace, labels);
+    (would != inbound_mtls(policies, root_namespace, namespace, labels)).then_some(would)
+}
+
 /// The pure rule: which PeerAuthentication applies to a workload in `namespace` with
 /// `labels`, given the mesh `root_namespace`. See the module docs.
-pub fn inbound_mtls(
+fn resolve(
     policies: &[&PeerAuthn],
     root_namespace: &str,
     namespace: &str,

@@ -2,7 +2,9 @@
 //! the discovery `InboundPolicy` message. Pure: config snapshot and workload in, message out.
 
 use trellis_api::discovery as pb;
-use trellis_config::istio::peer_authentication::{MtlsMode, PeerAuthn, inbound_mtls};
+use trellis_config::istio::peer_authentication::{
+    MtlsMode, PeerAuthn, inbound_mtls, inbound_mtls_dry_run,
+};
 use trellis_model::Workload;
 
 fn to_wire(mode: MtlsMode) -> pb::MtlsMode {
@@ -22,7 +24,17 @@ pub fn inbound_policy(
 ) -> pb::InboundPolicy {
     let refs: Vec<&PeerAuthn> = policies.iter().collect();
     let resolved = inbound_mtls(&refs, root_namespace, &workload.namespace, &workload.labels);
+    let dry = inbound_mtls_dry_run(&refs, root_namespace, &workload.namespace, &workload.labels);
     pb::InboundPolicy {
+        dry_run_mode: dry.as_ref().map_or(pb::MtlsMode::Unspecified, |d| {
+            to_wire(d.mode.unwrap_or(MtlsMode::Permissive))
+        }) as i32,
+        dry_run_ports: dry
+            .map(|d| d.ports)
+            .unwrap_or_default()
+            .into_iter()
+            .map(|(port, mode)| (u32::from(port), to_wire(mode) as i32))
+            .collect(),
         mode: to_wire(resolved.mode.unwrap_or(MtlsMode::Permissive)) as i32,
         ports: resolved
             .ports

@@ -37,6 +37,8 @@ pub struct TlsMetrics {
     expiry_secs: AtomicU64,
     handshakes: [AtomicU64; 2],
     failures: [[AtomicU64; REASONS.len()]; 2],
+    /// Inbound plaintext a dry-run STRICT PeerAuthentication would have refused.
+    dry_run_plaintext: AtomicU64,
 }
 
 impl TlsMetrics {
@@ -57,6 +59,10 @@ impl TlsMetrics {
             .position(|r| *r == reason)
             .unwrap_or(REASONS.len() - 1);
         self.failures[dir_index(direction)][i].fetch_add(1, Ordering::Relaxed);
+    }
+
+    pub fn dry_run_plaintext(&self) {
+        self.dry_run_plaintext.fetch_add(1, Ordering::Relaxed);
     }
 
     pub fn handshakes(&self, direction: Direction) -> u64 {
@@ -86,6 +92,13 @@ impl TlsMetrics {
                 self.handshakes(d)
             );
         }
+        let _ = writeln!(
+            out,
+            "# HELP trellis_mtls_dry_run_plaintext_total Inbound connections that are not mesh mTLS, let in, that a dry-run STRICT PeerAuthentication would have refused.\n\
+             # TYPE trellis_mtls_dry_run_plaintext_total counter\n\
+             trellis_mtls_dry_run_plaintext_total {}",
+            self.dry_run_plaintext.load(Ordering::Relaxed)
+        );
         let _ = writeln!(
             out,
             "# HELP trellis_tls_handshake_failures_total Failed mesh TLS handshakes and refused plaintext, by reason.\n\

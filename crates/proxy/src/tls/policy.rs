@@ -5,6 +5,8 @@ use std::collections::BTreeMap;
 
 use serde::Serialize;
 
+use super::MeshIdentity;
+
 /// PeerAuthentication's modes.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize)]
 #[serde(rename_all = "UPPERCASE")]
@@ -24,11 +26,55 @@ pub enum MtlsMode {
 pub struct InboundPolicy {
     pub mode: MtlsMode,
     pub ports: BTreeMap<u16, MtlsMode>,
+    /// What would apply if the dry-run PeerAuthentications were enforced (`None`: none
+    /// applies). Never enforced: see [`MeshIdentity::dry_run_admission`].
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub dry_run: Option<DryRunPolicy>,
+}
+
+/// The mode and port overrides a dry-run PeerAuthentication would give this workload.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize)]
+pub struct DryRunPolicy {
+    pub mode: MtlsMode,
+    pub ports: BTreeMap<u16, MtlsMode>,
 }
 
 impl InboundPolicy {
     pub fn mode_for(&self, port: u16) -> MtlsMode {
         self.ports.get(&port).copied().unwrap_or(self.mode)
+    }
+
+    /// The mode the dry-run policies would give `port`, if any applies.
+    pub fn dry_run_mode_for(&self, port: u16) -> Option<MtlsMode> {
+        let d = self.dry_run.as_ref()?;
+        Some(d.ports.get(&port).copied().unwrap_or(d.mode))
+    }
+}
+
+impl MeshIdentity {
+    /// Reports (log and `trellis_mtls_dry_run_plaintext_total`) an inbound connection that is
+    /// let in but that the dry-run policy's mode would have refused. Changes nothing.
+    pub fn dry_run_admission(
+        &self,
+        port: u16,
+        mesh_hello: bool,
+        certified: bool,
+        peer: Option<std::net::SocketAddr>,
+    ) {
+        let policy = self.inbound_policy.load();
+        let Some(would) = policy.dry_run_mode_for(port) else {
+            return;
+        };
+        if admit(would, mesh_hello, certified) == Admission::Refuse
+            && admit(policy.mode_for(port), mesh_hello, certified) != Admission::Refuse
+        {
+            self.metrics.dry_run_plaintext();
+            tracing::info!(
+                ?peer,
+                port,
+                "dry run: a connection that is not mesh mTLS would be refused (STRICT); let in"
+            );
+        }
     }
 }
 
@@ -46,16 +92,24 @@ impl MtlsMode {
 impl InboundPolicy {
     /// From the discovery message; ports outside 1-65535 are dropped.
     pub fn from_wire(p: &trellis_api::discovery::InboundPolicy) -> Self {
-        Self {
-            mode: MtlsMode::from_wire(p.mode),
-            ports: p
-                .ports
-                .iter()
+        let ports = |m: &std::collections::HashMap<u32, i32>| {
+            m.iter()
                 .filter_map(|(port, mode)| {
                     let port = u16::try_from(*port).ok().filter(|p| *p != 0)?;
                     Some((port, MtlsMode::from_wire(*mode)))
                 })
-                .collect(),
+                .collect()
+        };
+        // UNSPECIFIED is "no dry-run policy", not PERMISSIVE.
+        let dry_run = (p.dry_run_mode != trellis_api::discovery::MtlsMode::Unspecified as i32)
+            .then(|| DryRunPolicy {
+                mode: MtlsMode::from_wire(p.dry_run_mode),
+                ports: ports(&p.dry_run_ports),
+            });
+        Self {
+            mode: MtlsMode::from_wire(p.mode),
+            ports: ports(&p.ports),
+            dry_run,
         }
     }
 }
@@ -68,7 +122,7 @@ pub async fn follow(
 ) {
     loop {
         let policy = policy_rx.borrow_and_update().clone();
-        tracing::info!(mode = ?policy.mode, ports = ?policy.ports, "inbound mTLS policy");
+        tracing::info!(mode = ?policy.mode, ports = ?policy.ports, dry_run = ?policy.dry_run, "inbound mTLS policy");
         identity.inbound_policy.store(std::sync::Arc::new(policy));
         tokio::select! {
             () = stop.cancelled() => return,
@@ -118,8 +172,26 @@ mod tests {
         let policy = InboundPolicy {
             mode: Strict,
             ports: BTreeMap::from([(8080, Permissive)]),
+            dry_run: None,
         };
         assert_eq!(policy.mode_for(8080), Permissive);
         assert_eq!(policy.mode_for(9090), Strict);
+        assert_eq!(policy.dry_run_mode_for(9090), None);
+    }
+
+    #[test]
+    fn dry_run_from_wire() {
+        use trellis_api::discovery as pb;
+        let mut wire = pb::InboundPolicy {
+            mode: pb::MtlsMode::Permissive as i32,
+            ..Default::default()
+        };
+        assert_eq!(InboundPolicy::from_wire(&wire).dry_run, None);
+        wire.dry_run_mode = pb::MtlsMode::Strict as i32;
+        wire.dry_run_ports = [(9100, pb::MtlsMode::Permissive as i32)].into();
+        let p = InboundPolicy::from_wire(&wire);
+        assert_eq!(p.mode_for(80), MtlsMode::Permissive);
+        assert_eq!(p.dry_run_mode_for(80), Some(MtlsMode::Strict));
+        assert_eq!(p.dry_run_mode_for(9100), Some(MtlsMode::Permissive));
     }
 }

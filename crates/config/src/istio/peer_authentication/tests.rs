@@ -88,3 +88,61 @@ fn refuses_bad_modes_and_ports() {
     assert!(p[0].port_modes.is_empty());
     assert_eq!(p[0].notes.len(), 1);
 }
+
+#[test]
+fn dry_run_policy_is_reported_not_enforced() {
+    let all = parse(
+        r#"
+apiVersion: security.istio.io/v1
+kind: PeerAuthentication
+metadata: {name: default, namespace: shop}
+spec:
+  mtls: {mode: PERMISSIVE}
+---
+apiVersion: security.istio.io/v1
+kind: PeerAuthentication
+metadata:
+  name: web-strict
+  namespace: shop
+  annotations: {"trellis.io/dry-run": "true"}
+spec:
+  selector: {matchLabels: {app: web}}
+  mtls: {mode: STRICT}
+  portLevelMtls: {"9100": {mode: PERMISSIVE}}
+"#,
+    );
+    assert_eq!(
+        all.iter().map(|p| p.dry_run).collect::<Vec<_>>(),
+        [false, true]
+    );
+    let refs: Vec<&PeerAuthn> = all.iter().collect();
+    let web: BTreeMap<String, String> = [("app".to_string(), "web".to_string())].into();
+    let enforced = inbound_mtls(&refs, "trellis-system", "shop", &web);
+    assert_eq!(enforced.mode, Some(MtlsMode::Permissive));
+    assert!(enforced.ports.is_empty());
+    let would = inbound_mtls_dry_run(&refs, "trellis-system", "shop", &web).unwrap();
+    assert_eq!(would.mode, Some(MtlsMode::Strict));
+    assert_eq!(would.ports, BTreeMap::from([(9100, MtlsMode::Permissive)]));
+    // A workload the dry-run policy does not select: nothing to report.
+    let db: BTreeMap<String, String> = [("app".to_string(), "db".to_string())].into();
+    assert_eq!(
+        inbound_mtls_dry_run(&refs, "trellis-system", "shop", &db),
+        None
+    );
+}
+
+#[test]
+fn dry_run_annotation_value_is_checked() {
+    let docs = parse_documents(
+        "pa.yaml",
+        b"apiVersion: security.istio.io/v1\nkind: PeerAuthentication\nmetadata: {name: x, namespace: shop, annotations: {\"istio.io/dry-run\": \"1\"}}\nspec: {mtls: {mode: STRICT}}\n",
+    );
+    match &docs[0].outcome {
+        Outcome::Invalid(e) => assert!(
+            e.to_string()
+                .contains("metadata.annotations[istio.io/dry-run]: must be \"true\" or \"false\""),
+            "{e}"
+        ),
+        other => panic!("expected an error, got {other:?}"),
+    }
+}
