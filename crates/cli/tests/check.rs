@@ -364,30 +364,35 @@ fn check_the_demo_then_a_broken_file() {
     assert_eq!(run(&["--control", "nowhere"]).0, 64);
 }
 
-/// `--proxy` on a cluster is said to be unimplemented rather than silently ignored; the cluster
-/// checks still run (here: an unreadable kubeconfig, `×` and exit 1).
+/// `--proxy` on a cluster runs the cluster checks (here: an unreadable kubeconfig, `×` and exit
+/// 1; the data-plane section itself is tested in k8s_check.rs); `-n` needs `--proxy` there.
 #[test]
-fn kubernetes_proxy_is_reported_as_not_implemented() {
-    let argv = [
-        "trellis",
-        "check",
-        "--proxy",
-        "--kubeconfig",
-        "/nonexistent/kubeconfig",
-    ];
-    let Sub::Check(args) = Cli::try_parse_from(argv).unwrap().command else {
-        panic!("not check");
+fn kubernetes_proxy_runs_the_cluster_checks() {
+    let run = |extra: &[&str]| {
+        let argv = [
+            "trellis",
+            "check",
+            "--kubeconfig",
+            "/nonexistent/kubeconfig",
+        ]
+        .into_iter()
+        .chain(extra.iter().copied());
+        let Sub::Check(args) = Cli::try_parse_from(argv).unwrap().command else {
+            panic!("not check");
+        };
+        let (mut out, mut err) = (Vec::new(), Vec::new());
+        let code = check::run(&args, &mut out, &mut err);
+        (
+            code,
+            String::from_utf8(out).unwrap(),
+            String::from_utf8(err).unwrap(),
+        )
     };
-    let (mut out, mut err) = (Vec::new(), Vec::new());
-    let code = check::run(&args, &mut out, &mut err);
-    let (out, err) = (
-        String::from_utf8(out).unwrap(),
-        String::from_utf8(err).unwrap(),
-    );
-    assert_eq!(code, 1, "{out}");
-    assert!(
-        err.contains("--proxy is not implemented for a Kubernetes cluster"),
-        "{err}"
-    );
+    let (code, out, err) = run(&["--proxy", "-n", "shop"]);
+    assert_eq!(code, 1, "{out}{err}");
+    assert!(!err.contains("not implemented"), "{err}");
     assert!(out.contains("× can initialize the client"), "{out}");
+    let (code, _, err) = run(&["-n", "shop"]);
+    assert_eq!(code, 64);
+    assert!(err.contains("-n/--namespace applies to `--proxy`"), "{err}");
 }

@@ -383,3 +383,156 @@ fn pre_check_install_upgrade_check_and_validate_cluster() {
     let (code, _, err) = trellis(&["validate", "--cluster", "--kubeconfig", "/nonexistent"]);
     assert_eq!(code, 65, "{err}");
 }
+
+/// A pod as the injector leaves it: the app and the `trellis-proxy` container with `image`.
+fn meshed_pod(name: &str, image: &str) -> String {
+    format!(
+        "apiVersion: v1
+kind: Pod
+metadata:
+  name: {name}
+  namespace: shop
+  annotations: {{trellis.io/injected: enabled}}
+spec:
+  automountServiceAccountToken: false
+  containers:
+  - {{name: app, image: example/app:1}}
+  - {{name: trellis-proxy, image: \"{image}\", command: [trellis-proxy]}}
+"
+    )
+}
+
+/// What the kubelet would report (the testbed has none): both containers running, the proxy
+/// `ready` or not. A PATCH of the pods/status subresource.
+fn set_proxy_ready(kubeconfig: &Path, pod: &str, image: &str, ready: bool) {
+    let status = serde_json::json!({"status": {"phase": "Running", "containerStatuses": [
+        {"name": "app", "image": "example/app:1", "imageID": "", "ready": true,
+         "restartCount": 0, "state": {"running": {"startedAt": "2026-11-27T00:00:00Z"}}},
+        {"name": "trellis-proxy", "image": image, "imageID": "", "ready": ready,
+         "restartCount": 0, "state": {"running": {"startedAt": "2026-11-27T00:00:00Z"}}},
+    ]}});
+    let out = kubectl(
+        kubeconfig,
+        &[
+            "-n",
+            "shop",
+            "patch",
+            "pod",
+            pod,
+            "--subresource=status",
+            "--type=merge",
+            "-p",
+            &status.to_string(),
+        ],
+        b"",
+    );
+    assert!(
+        out.status.success(),
+        "kubectl patch --subresource=status (kubectl >= 1.24): {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+/// `check --proxy` on a cluster: the trellis-data-plane section over meshed pods whose status
+/// is set through the API (no kubelet): ready and current √, not ready × naming the pod, an
+/// older proxy image ‼ naming pod and image; `-n` scopes it; JSON carries the section.
+#[test]
+fn proxy_check_on_the_cluster() {
+    let Some(testbed) = Testbed::start() else {
+        return;
+    };
+    let kc = testbed.kubeconfig.to_str().unwrap().to_string();
+    let current = "example/trellis-proxy:v2";
+    // The webhooks call nothing here (Ignore): the pods are created as given, already injected.
+    let (code, manifests, err) = trellis(&[
+        "install",
+        "--set",
+        &format!("proxyImage={current}"),
+        "--set",
+        "webhook.failurePolicy=Ignore",
+        "--set",
+        &format!("webhook.url=https://127.0.0.1:{}", free_port()),
+    ]);
+    assert_eq!(code, 0, "{err}");
+    apply(&testbed.kubeconfig, &manifests);
+    apply(
+        &testbed.kubeconfig,
+        "apiVersion: v1\nkind: Namespace\nmetadata: {name: shop}\n",
+    );
+
+    // No meshed pods yet: a warning, not a failure of the data plane.
+    let (_, out, _) = trellis(&["check", "--proxy", "--kubeconfig", &kc]);
+    assert!(has_line(&out, "‼", "data plane proxies are ready"), "{out}");
+    assert!(out.contains("no meshed pods in all namespaces"), "{out}");
+
+    // The ServiceAccount admission wants `default` in `shop`, which the controller creates soon.
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        let out = kubectl(
+            &testbed.kubeconfig,
+            &["apply", "-f", "-"],
+            meshed_pod("good", current).as_bytes(),
+        );
+        if out.status.success() {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        std::thread::sleep(Duration::from_millis(300));
+    }
+    set_proxy_ready(&testbed.kubeconfig, "good", current, true);
+    let (code, out, _) = trellis(&["check", "--proxy", "--kubeconfig", &kc, "-n", "shop"]);
+    // The control plane's own checks fail (no kubelet: 0/1 replicas); the data plane is √.
+    assert_eq!(code, 1, "{out}");
+    assert!(out.contains("trellis-data-plane\n"), "{out}");
+    for line in [
+        "can list meshed pods",
+        "data plane proxies are ready",
+        "data plane proxies run the control plane's proxy image",
+    ] {
+        assert!(has_line(&out, "√", line), "{line}: {out}");
+    }
+
+    // One proxy not ready, one on an older image.
+    apply(&testbed.kubeconfig, &meshed_pod("stuck", current));
+    set_proxy_ready(&testbed.kubeconfig, "stuck", current, false);
+    let old = "example/trellis-proxy:v1";
+    apply(&testbed.kubeconfig, &meshed_pod("old", old));
+    set_proxy_ready(&testbed.kubeconfig, "old", old, true);
+    let (code, out, _) = trellis(&["check", "--proxy", "--kubeconfig", &kc]);
+    assert_eq!(code, 1, "{out}");
+    assert!(has_line(&out, "×", "data plane proxies are ready"), "{out}");
+    assert!(out.contains("shop/stuck (proxy not ready)"), "{out}");
+    assert!(!out.contains("shop/good ("), "{out}");
+    assert!(
+        has_line(
+            &out,
+            "‼",
+            "data plane proxies run the control plane's proxy image"
+        ),
+        "{out}"
+    );
+    assert!(
+        out.contains(&format!("want {current}: shop/old runs {old}")),
+        "{out}"
+    );
+    let (_, json, _) = trellis(&["check", "--proxy", "--kubeconfig", &kc, "-o", "json"]);
+    let json: serde_json::Value = serde_json::from_str(&json).unwrap();
+    let section = json["categories"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|c| c["categoryName"] == "trellis-data-plane")
+        .unwrap_or_else(|| panic!("{json}"));
+    assert_eq!(section["checks"][1]["result"], "error");
+    assert_eq!(section["checks"][2]["result"], "warning");
+
+    // Another namespace has no meshed pods; -n without --proxy is bad usage.
+    let (_, out, _) = trellis(&["check", "--proxy", "--kubeconfig", &kc, "-n", "default"]);
+    assert!(out.contains("no meshed pods in namespace default"), "{out}");
+    let (code, _, err) = trellis(&["check", "--kubeconfig", &kc, "-n", "shop"]);
+    assert_eq!(code, 64, "{err}");
+}

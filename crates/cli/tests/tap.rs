@@ -165,6 +165,34 @@ fn tap_the_demo() {
     let golden = std::fs::read_to_string("tests/fixtures/tap/golden/json-fields.txt").unwrap();
     assert_eq!(keys.join("\n") + "\n", golden, "tap row fields");
 
+    // YAML: one document per row, the same fields as JSON.
+    let (code, out, err) = tap(&[
+        "productpage",
+        "--control",
+        &control,
+        "--path",
+        "/reviews",
+        "--max-rows",
+        "2",
+        "-o",
+        "yaml",
+    ]);
+    assert_eq!(code, 0, "{err}");
+    assert!(out.starts_with("---\n"), "{out}");
+    let docs: Vec<Value> = serde_yaml::Deserializer::from_str(&out)
+        .map(|d| serde::Deserialize::deserialize(d).unwrap())
+        .collect();
+    assert_eq!(docs.len(), 2, "{out}");
+    for d in &docs {
+        let mut fields: Vec<&str> = d.as_object().unwrap().keys().map(String::as_str).collect();
+        let mut want: Vec<&str> = golden.lines().collect();
+        fields.sort_unstable();
+        want.sort_unstable();
+        assert_eq!(fields, want, "{out}");
+        assert_eq!(d["path"], "/reviews/0", "{d}");
+        assert_eq!(d["source_workload"], "productpage-v1", "{d}");
+    }
+
     // Table lines, masked where values vary (latency, which reviews version answered).
     let (code, out, err) = tap(&[
         "deploy/productpage",

@@ -27,9 +27,12 @@ pub struct CheckArgs {
     /// The control plane's HTTP API.
     #[arg(long, default_value = "http://127.0.0.1:15014", value_name = "URL")]
     pub control: String,
-    /// Also list every proxy with its state.
+    /// Also list every proxy with its state (Kubernetes: every meshed pod's proxy).
     #[arg(long)]
     pub proxy: bool,
+    /// Kubernetes `--proxy`: only the meshed pods of this namespace (default: all namespaces).
+    #[arg(short = 'n', long, value_name = "NS")]
+    pub namespace: Option<String>,
     /// `table` (Linkerd's text) or `json`.
     #[arg(short = 'o', long = "output", value_enum, default_value_t = OutputFormat::Table)]
     pub output: OutputFormat,
@@ -184,18 +187,18 @@ pub fn run(args: &CheckArgs, out: &mut dyn Write, err: &mut dyn Write) -> u8 {
             return crate::EXIT_FAILURE;
         }
     };
-    if args.proxy && args.kubernetes_mode() {
-        // Said rather than silently ignored: the cluster checks have no data-plane section yet.
+    if args.namespace.is_some() && !(args.proxy && args.kubernetes_mode()) {
         let _ = writeln!(
             err,
-            "trellis check: --proxy is not implemented for a Kubernetes cluster yet \
-             (local mode only); checking the control plane"
+            "trellis check: -n/--namespace applies to `--proxy` on a Kubernetes cluster only"
         );
+        return crate::EXIT_USAGE;
     }
     let report = if args.pre {
         runtime.block_on(k8s::pre(&args.kube))
     } else if args.kubernetes_mode() {
-        runtime.block_on(k8s::installed(&args.kube))
+        let data_plane = args.proxy.then_some(args.namespace.as_deref());
+        runtime.block_on(k8s::installed(&args.kube, data_plane))
     } else {
         let observed = runtime.block_on(observe(control, &args.control));
         report::evaluate(&observed, args.proxy)

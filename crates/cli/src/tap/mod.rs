@@ -1,7 +1,8 @@
 //! `trellis tap <workload> [-n NS] [filters] [-o table|wide|json]`: a live line per request a
 //! workload's proxies finish, from the control plane's `GET /api/v1/tap` (which fans in from
 //! each proxy's admin `/tap`). Like Linkerd's `tap`: `table` is one `key=value` line per request,
-//! `wide` adds identities, route, bytes and time, `json` passes the NDJSON rows through.
+//! `wide` adds identities, route, bytes and time, `json` passes the NDJSON rows through, `yaml`
+//! writes each row as its own YAML document (`---` before each, the same fields as JSON).
 //!
 //! [`TapArgs::query`] and [`render_line`] are pure; the adapter only reads the stream. The
 //! stream ends at `--max-rows` or `--max-seconds` (the control plane and proxies enforce both).
@@ -15,7 +16,7 @@ use serde::Deserialize;
 
 use crate::check::parse_control;
 
-/// `-o` for tap: a stream is lines, so there is no YAML document.
+/// `-o` for tap: a stream of rows, so `yaml` is one document per row.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, clap::ValueEnum)]
 pub enum TapOutput {
     #[default]
@@ -24,6 +25,8 @@ pub enum TapOutput {
     Wide,
     /// The rows as they come, one JSON object per line.
     Json,
+    /// One YAML document per row (`---` before each), the same fields as `json`.
+    Yaml,
 }
 
 #[derive(Debug, clap::Args)]
@@ -213,6 +216,15 @@ pub fn render_line(row: &TapRow, wide: bool) -> String {
     line
 }
 
+/// One NDJSON row as a YAML document starting with `---`: the row's own fields (a field this
+/// CLI does not know is kept, as `-o json` keeps it), keys sorted.
+pub fn yaml_document(line: &str) -> Result<String, String> {
+    let row: serde_json::Value =
+        serde_json::from_str(line).map_err(|e| format!("a row that is not JSON: {e}"))?;
+    let body = serde_yaml::to_string(&row).map_err(|e| format!("cannot write YAML: {e}"))?;
+    Ok(format!("---\n{}", body.trim_end()))
+}
+
 /// Streams rows to `out` until the bound; returns the exit code (0; 1 when the control plane
 /// cannot be reached or has no such workload; 64 on bad usage, including a filter the control
 /// plane refused).
@@ -269,6 +281,13 @@ async fn stream_rows(
         };
         let text = match args.output {
             TapOutput::Json => line,
+            TapOutput::Yaml => match yaml_document(&line) {
+                Ok(doc) => doc,
+                Err(e) => {
+                    let _ = writeln!(err, "trellis tap: skipping {e}");
+                    continue;
+                }
+            },
             TapOutput::Table | TapOutput::Wide => match serde_json::from_str::<TapRow>(&line) {
                 Ok(row) => render_line(&row, args.output == TapOutput::Wide),
                 Err(e) => {

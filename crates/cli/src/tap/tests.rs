@@ -71,3 +71,27 @@ fn query_carries_target_filters_and_bounds() {
          &method=GET&path=/reviews/0&to=ratings"
     );
 }
+
+#[test]
+fn yaml_is_one_document_per_row_with_the_json_fields() {
+    let text = std::fs::read_to_string(concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/tests/fixtures/tap/rows.ndjson"
+    ))
+    .unwrap();
+    let lines: Vec<&str> = text.lines().collect();
+    let stream: String = lines
+        .iter()
+        .map(|l| yaml_document(l).unwrap() + "\n")
+        .collect();
+    assert!(stream.starts_with("---\n"), "{stream}");
+    let docs: Vec<serde_json::Value> = serde_yaml::Deserializer::from_str(&stream)
+        .map(|d| serde::Deserialize::deserialize(d).unwrap())
+        .collect();
+    assert_eq!(docs.len(), lines.len());
+    for (doc, line) in docs.iter().zip(&lines) {
+        let json: serde_json::Value = serde_json::from_str(line).unwrap();
+        assert_eq!(doc, &json, "same fields and values as -o json");
+    }
+    assert!(yaml_document("not json").is_err());
+}

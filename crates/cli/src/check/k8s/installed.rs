@@ -9,8 +9,9 @@ use super::{api_checks, bad, category, ok, report, verdict};
 use crate::check::report::{Check, CheckResult, Report};
 use crate::install::cluster::{self, KubeArgs};
 
-/// `trellis check` against a cluster with the mesh installed.
-pub async fn installed(args: &KubeArgs) -> Report {
+/// `trellis check` against a cluster with the mesh installed; with `data_plane` (`--proxy`) also
+/// the meshed pods in that namespace (`Some(None)`: all namespaces).
+pub async fn installed(args: &KubeArgs, data_plane: Option<Option<&str>>) -> Report {
     let (mut categories, client) = api_checks(args).await;
     let Some(client) = client else {
         return report(categories);
@@ -60,6 +61,9 @@ pub async fn installed(args: &KubeArgs) -> Report {
     }
     categories.push(category("trellis-control-plane", checks));
     categories.push(category("trellis-webhooks", webhook_checks));
+    if let Some(namespace) = data_plane {
+        categories.push(super::proxy::data_plane(&client, namespace).await);
+    }
     report(categories)
 }
 

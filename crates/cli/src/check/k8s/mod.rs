@@ -6,10 +6,12 @@
 //! `/version`, SelfSubjectAccessReviews (what `kubectl auth can-i` asks), dry-run creates of the
 //! CRDs, the webhook configurations and the Deployment. The one call outside the API server is
 //! a TLS handshake with a webhook that has a URL (a control plane run outside the cluster), to
-//! check that its serving certificate chains to the configuration's `caBundle`.
+//! check that its serving certificate chains to the configuration's `caBundle`. `--proxy` adds
+//! the data-plane section ([`proxy`]): meshed pods ready and on the control plane's proxy image.
 
 mod installed;
 mod pre;
+pub mod proxy;
 mod webhook_tls;
 
 use kube::Client;
