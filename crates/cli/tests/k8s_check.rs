@@ -411,26 +411,35 @@ fn set_proxy_ready(kubeconfig: &Path, pod: &str, image: &str, ready: bool) {
         {"name": "trellis-proxy", "image": image, "imageID": "", "ready": ready,
          "restartCount": 0, "state": {"running": {"startedAt": "2026-11-27T00:00:00Z"}}},
     ]}});
-    let out = kubectl(
-        kubeconfig,
-        &[
-            "-n",
-            "shop",
-            "patch",
-            "pod",
+    // kube-rs rather than `kubectl patch --subresource=status`, which needs kubectl >= 1.24
+    // (Debian's kubernetes-client is older).
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .expect("a runtime");
+    runtime.block_on(async {
+        let kubeconfig = kube::config::Kubeconfig::read_from(kubeconfig).expect("kubeconfig");
+        let config = kube::Config::from_custom_kubeconfig(kubeconfig, &Default::default())
+            .await
+            .expect("client config");
+        let client = kube::Client::try_from(config).expect("client");
+        let pods_resource = kube::api::ApiResource {
+            group: String::new(),
+            version: "v1".into(),
+            api_version: "v1".into(),
+            kind: "Pod".into(),
+            plural: "pods".into(),
+        };
+        let pods: kube::Api<kube::api::DynamicObject> =
+            kube::Api::namespaced_with(client, "shop", &pods_resource);
+        pods.patch_status(
             pod,
-            "--subresource=status",
-            "--type=merge",
-            "-p",
-            &status.to_string(),
-        ],
-        b"",
-    );
-    assert!(
-        out.status.success(),
-        "kubectl patch --subresource=status (kubectl >= 1.24): {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+            &kube::api::PatchParams::default(),
+            &kube::api::Patch::Merge(&status),
+        )
+        .await
+        .unwrap_or_else(|e| panic!("PATCH pods/status of shop/{pod}: {e}"));
+    });
 }
 
 /// `check --proxy` on a cluster: the trellis-data-plane section over meshed pods whose status
