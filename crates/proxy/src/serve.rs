@@ -186,7 +186,8 @@ pub async fn serve(
             )
             .await;
         let tls = ctx.identity.current();
-        ctx.identity.dry_run_admission(dest_port, mesh, tls.is_some(), peer);
+        ctx.identity
+            .dry_run_admission(dest_port, mesh, tls.is_some(), peer);
         match (policy::admit(mode, mesh, tls.is_some()), tls) {
             (policy::Admission::Refuse, _) => {
                 ctx.identity
