@@ -71,6 +71,10 @@ pub struct PolicyLayer {
     /// DestinationRule `tls.mode`: `Some(true)` for DISABLE, `Some(false)` for ISTIO_MUTUAL.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub mtls_disabled: Option<bool>,
+    /// DestinationRule `tls.mode: SIMPLE`'s settings; a layer that sets a mode replaces the
+    /// whole of `tls` below it (so a port-level DISABLE drops a top-level SIMPLE).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub tls_origination: Option<trellis_model::policy::TlsOrigination>,
     /// The `trellis.io/health-check` annotation (top level only).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub health_check: Option<trellis_model::policy::HealthCheck>,
@@ -97,6 +101,7 @@ impl PolicyLayer {
         }
         if let Some(disabled) = self.mtls_disabled {
             policy.mtls_disabled = disabled;
+            policy.tls_origination = self.tls_origination.clone();
         }
         if let Some(hc) = &self.health_check {
             policy.health_check = Some(hc.clone());

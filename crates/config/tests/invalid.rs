@@ -20,8 +20,12 @@ const EXPECTED: &[(&str, &str)] = &[
         "dr-passthrough.yaml: DestinationRule default/reviews: spec.trafficPolicy.loadBalancer.simple: PASSTHROUGH is not supported yet (it bypasses balancing and needs ServiceEntry)",
     ),
     (
-        "dr-tls-simple.yaml",
-        "dr-tls-simple.yaml: DestinationRule default/reviews: spec.subsets[0].trafficPolicy.tls.mode: SIMPLE (TLS origination) is not supported yet",
+        "dr-tls-mutual.yaml",
+        "dr-tls-mutual.yaml: DestinationRule default/reviews: spec.subsets[0].trafficPolicy.tls.mode: MUTUAL (TLS origination with a client certificate) is not supported yet; SIMPLE is",
+    ),
+    (
+        "dr-tls-simple-san.yaml",
+        "dr-tls-simple-san.yaml: DestinationRule default/reviews: spec.trafficPolicy.tls.subjectAltNames: is not supported yet with SIMPLE: the certificate is checked against `sni`",
     ),
     (
         "httproute-cross-namespace.yaml",

@@ -63,6 +63,16 @@ impl PublicTls {
         Self::with_roots(roots)
     }
 
+    /// The same trust, offering `protocols` in ALPN instead of `http/1.1` (an HTTP/2 client
+    /// offers `h2`).
+    pub fn with_alpn(&self, protocols: &[&[u8]]) -> Self {
+        let mut config = (*self.config).clone();
+        config.alpn_protocols = protocols.iter().map(|p| p.to_vec()).collect();
+        Self {
+            config: Arc::new(config),
+        }
+    }
+
     fn with_roots(roots: RootCertStore) -> Result<Self, PublicTlsError> {
         let provider = Arc::new(rustls::crypto::aws_lc_rs::default_provider());
         let mut config = ClientConfig::builder_with_provider(provider)

@@ -153,4 +153,22 @@ pub struct TrafficPolicy {
     /// Active health checks (`None`: only passive outlier detection, if configured).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub health_check: Option<HealthCheck>,
+    /// Istio DestinationRule `tls.mode: SIMPLE`: the proxy opens TLS to every endpoint of this
+    /// backend itself (TLS origination), in place of mesh mTLS.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tls_origination: Option<TlsOrigination>,
+}
+
+/// How the proxy originates TLS to a backend's endpoints (Istio `ClientTLSSettings`, mode
+/// `SIMPLE`): the server's chain must verify against `ca_certificates` (or the system roots)
+/// and name `sni`.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct TlsOrigination {
+    /// A PEM file of trusted roots, read by the proxy; `None`: the system roots (which honour
+    /// `SSL_CERT_FILE` and `SSL_CERT_DIR`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ca_certificates: Option<String>,
+    /// The server name sent and verified; `None`: the destination's host.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub sni: Option<String>,
 }

@@ -4,8 +4,10 @@
 //! Pools are keyed by the endpoint's socket address, never by the request's authority, so two
 //! endpoints of one service never share a connection. A meshed endpoint with an identity is
 //! dialled over mTLS ([`crate::tls`]) when this proxy holds a certificate and the backend's
-//! policy does not disable it; its HTTP/2 connection is pooled apart from a plaintext one. This module sends what it is given; the
-//! header and version rules live in [`crate::http`].
+//! policy does not disable it; its HTTP/2 connection is pooled apart from a plaintext one. A
+//! backend with DestinationRule `tls.mode: SIMPLE` gets TLS originated by this proxy
+//! ([`originate`]) on its own HTTP/1.1 pool and its own HTTP/2 connections. This module sends
+//! what it is given; the header and version rules live in [`crate::http`].
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
@@ -25,7 +27,9 @@ use crate::tls::MeshIdentity;
 use crate::transport::{CONNECT_TIMEOUT, connect, connect_within};
 
 mod h1pool;
+mod originate;
 use h1pool::H1Pool;
+pub use originate::{Alpn, Origination};
 
 /// Why an upstream exchange failed; every kind is a 502 at the edge.
 #[derive(Debug, thiserror::Error)]
@@ -45,6 +49,8 @@ pub enum UpstreamError {
         addr: SocketAddr,
         source: HandshakeError,
     },
+    #[error("TLS origination to {addr} failed: {reason}")]
+    Originate { addr: SocketAddr, reason: String },
     #[error("request to {addr} failed: {source}")]
     Request {
         addr: SocketAddr,
@@ -59,7 +65,10 @@ impl UpstreamError {
     pub fn is_connect(&self) -> bool {
         matches!(
             self,
-            Self::Connect { .. } | Self::Handshake { .. } | Self::Tls { .. }
+            Self::Connect { .. }
+                | Self::Handshake { .. }
+                | Self::Tls { .. }
+                | Self::Originate { .. }
         )
     }
 
@@ -85,6 +94,7 @@ impl UpstreamError {
         match self {
             Self::Connect { .. } | Self::Handshake { .. } => "upstream connect failed",
             Self::Tls { .. } => "upstream mTLS failed",
+            Self::Originate { .. } => "upstream TLS origination failed",
             Self::Request { .. } => "upstream reset",
             Self::Uri { .. } => "bad request target",
         }
@@ -110,8 +120,11 @@ pub struct PoolOptions {
     http1: Option<Arc<H1Pool>>,
     connect_timeout: Option<Duration>,
     max_requests_per_connection: Option<u32>,
-    /// DestinationRule `tls.mode: DISABLE`: meshed hops of this backend stay plaintext.
+    /// DestinationRule `tls.mode: DISABLE` (or SIMPLE): meshed hops of this backend stay
+    /// plaintext (no mesh mTLS).
     pub plaintext: bool,
+    /// DestinationRule `tls.mode: SIMPLE`: this proxy opens TLS to every endpoint.
+    origination: Option<Arc<Origination>>,
 }
 
 impl PoolOptions {
@@ -119,24 +132,42 @@ impl PoolOptions {
         connect_timeout: Option<Duration>,
         idle_timeout: Option<Duration>,
         max_requests_per_connection: Option<u32>,
+        origination: Option<Arc<Origination>>,
     ) -> Self {
         let max_requests_per_connection = max_requests_per_connection.filter(|n| *n > 0);
-        if connect_timeout.is_none() && idle_timeout.is_none() {
+        if connect_timeout.is_none() && idle_timeout.is_none() && origination.is_none() {
             return Self {
                 max_requests_per_connection,
                 ..Self::default()
             };
         }
         Self {
+            // TLS connections never go into the shared plaintext pool.
             http1: Some(H1Pool::new(
                 connect_timeout.unwrap_or(CONNECT_TIMEOUT),
                 idle_timeout.unwrap_or(IDLE_TIMEOUT),
+                origination.clone(),
             )),
             connect_timeout,
             max_requests_per_connection,
             plaintext: false,
+            origination,
         }
     }
+
+    /// The backend's TLS origination, if its policy asks for one.
+    pub fn origination(&self) -> Option<&Arc<Origination>> {
+        self.origination.as_ref()
+    }
+}
+
+/// What kind of HTTP/2 connection an endpoint's pooled one is: connections of different kinds
+/// to one address are never shared.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+enum Kind {
+    Plain,
+    Mtls,
+    Originated,
 }
 
 /// One multiplexed HTTP/2 connection and how many requests it has carried.
@@ -150,8 +181,8 @@ struct Pooled {
 #[derive(Debug)]
 pub struct Upstreams {
     http1: Arc<H1Pool>,
-    /// Keyed by endpoint and whether the connection is mTLS.
-    http2: Mutex<HashMap<(SocketAddr, bool), Pooled>>,
+    /// Keyed by endpoint and the connection's kind.
+    http2: Mutex<HashMap<(SocketAddr, Kind), Pooled>>,
     identity: Arc<MeshIdentity>,
 }
 
@@ -169,7 +200,7 @@ impl Upstreams {
     /// Upstream clients that dial meshed peers over mTLS with `identity`'s certificate.
     pub fn with_identity(identity: Arc<MeshIdentity>) -> Self {
         Self {
-            http1: H1Pool::new(CONNECT_TIMEOUT, IDLE_TIMEOUT),
+            http1: H1Pool::new(CONNECT_TIMEOUT, IDLE_TIMEOUT, None),
             http2: Mutex::new(HashMap::new()),
             identity,
         }
@@ -216,7 +247,12 @@ impl Upstreams {
         let connect_timeout = opts.connect_timeout.unwrap_or(CONNECT_TIMEOUT);
         let max = opts.max_requests_per_connection;
         let peer = self.mtls_peer(peer, opts);
-        let key = (addr, peer.is_some());
+        let kind = match (peer, opts.origination.is_some()) {
+            (_, true) => Kind::Originated,
+            (Some(_), false) => Kind::Mtls,
+            (None, false) => Kind::Plain,
+        };
+        let key = (addr, kind);
         let mut sender = match self.cached_http2(key, max) {
             Some(mut cached) => match cached.ready().await {
                 Ok(()) => cached,
@@ -225,10 +261,14 @@ impl Upstreams {
                 Err(e) => {
                     tracing::debug!(%addr, error = %e, "pooled HTTP/2 connection unusable; redialling");
                     self.forget_http2(key);
-                    self.dial_http2(addr, connect_timeout, max, peer).await?
+                    self.dial_http2(addr, connect_timeout, max, peer, opts)
+                        .await?
                 }
             },
-            None => self.dial_http2(addr, connect_timeout, max, peer).await?,
+            None => {
+                self.dial_http2(addr, connect_timeout, max, peer, opts)
+                    .await?
+            }
         };
         sender.ready().await.map_err(|e| UpstreamError::Request {
             addr,
@@ -247,7 +287,7 @@ impl Upstreams {
     /// reaches `max` requests leaves the pool (it closes once its streams are done).
     fn cached_http2(
         &self,
-        addr: (SocketAddr, bool),
+        addr: (SocketAddr, Kind),
         max: Option<u32>,
     ) -> Option<SendRequest<UpBody>> {
         // A poisoned lock only means another task panicked mid-insert; the map is still valid.
@@ -265,7 +305,7 @@ impl Upstreams {
         Some(sender)
     }
 
-    fn forget_http2(&self, addr: (SocketAddr, bool)) {
+    fn forget_http2(&self, addr: (SocketAddr, Kind)) {
         let mut map = self.http2.lock().unwrap_or_else(|p| p.into_inner());
         map.remove(&addr);
     }
@@ -276,6 +316,7 @@ impl Upstreams {
         connect_timeout: Duration,
         max: Option<u32>,
         peer: Option<&str>,
+        opts: &PoolOptions,
     ) -> Result<SendRequest<UpBody>, UpstreamError> {
         let stream = connect_within(addr, connect_timeout)
             .await
@@ -286,19 +327,23 @@ impl Upstreams {
                 .keep_alive_interval(Duration::from_secs(30));
             b
         };
-        let sender = match peer {
-            Some(peer) => {
-                let tls = self.tls_connect(stream, addr, MeshAlpn::H2, peer).await?;
-                h2_handshake(builder, tls, addr).await?
+        let (sender, kind) = match (peer, &opts.origination) {
+            (_, Some(origination)) => {
+                let tls = origination.connect(addr, stream, Alpn::H2).await?;
+                (h2_handshake(builder, tls, addr).await?, Kind::Originated)
             }
-            None => h2_handshake(builder, stream, addr).await?,
+            (Some(peer), None) => {
+                let tls = self.tls_connect(stream, addr, MeshAlpn::H2, peer).await?;
+                (h2_handshake(builder, tls, addr).await?, Kind::Mtls)
+            }
+            (None, None) => (h2_handshake(builder, stream, addr).await?, Kind::Plain),
         };
         // Two tasks may dial at once; the later one wins the slot and the other connection
         // closes when its last request is done. Rare, and cheaper than a lock across an await.
         if max != Some(1) {
             let mut map = self.http2.lock().unwrap_or_else(|p| p.into_inner());
             map.insert(
-                (addr, peer.is_some()),
+                (addr, kind),
                 Pooled {
                     sender: sender.clone(),
                     used: 1,

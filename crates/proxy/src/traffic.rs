@@ -109,12 +109,26 @@ impl BackendRt {
                 |o| o.limits.clone(),
             ),
             pool_options: {
-                let mut options = keep_limits.map_or_else(
+                // The origination (its CA file read once) is kept while its settings are.
+                let kept_origination = old
+                    .and_then(|o| o.pool_options.origination())
+                    .filter(|o| policy.tls_origination.as_ref().is_some_and(|s| o.is_for(s)));
+                let origination = policy.tls_origination.as_ref().map(|s| {
+                    kept_origination
+                        .cloned()
+                        .unwrap_or_else(|| Arc::new(crate::client::Origination::new(s, authority)))
+                });
+                let same_tls = old.is_some_and(|o| {
+                    o.pool_options.origination().map(Arc::as_ptr)
+                        == origination.as_ref().map(Arc::as_ptr)
+                });
+                let mut options = keep_limits.filter(|_| same_tls).map_or_else(
                     || {
                         PoolOptions::new(
                             policy.connection_pool.connect_timeout,
                             policy.connection_pool.idle_timeout,
                             policy.connection_pool.max_requests_per_connection,
+                            origination,
                         )
                     },
                     |o| o.pool_options.clone(),

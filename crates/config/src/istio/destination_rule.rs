@@ -1,8 +1,12 @@
 //! Istio `DestinationRule` -> [`DestinationPolicy`]: subsets and traffic policies.
 //!
-//! `tls.mode` ISTIO_MUTUAL (the default for meshed endpoints: mesh mTLS) and DISABLE (meshed
-//! hops to the host stay plaintext) are read; SIMPLE and MUTUAL (TLS origination to services
-//! outside the mesh) are refused "not supported yet".
+//! `tls.mode` ISTIO_MUTUAL (the default for meshed endpoints: mesh mTLS), DISABLE (meshed
+//! hops to the host stay plaintext) and SIMPLE (the proxy originates TLS to the host's
+//! endpoints, with `caCertificates` and `sni`) are read; MUTUAL (a client certificate), and
+//! `subjectAltNames`, `insecureSkipVerify` and `credentialName` with SIMPLE, are refused "not
+//! supported yet". `caCertificates` is a path on the proxy's file system, so it is not read here
+//! (on Kubernetes the control plane does not see the proxy's files): an unreadable file is the
+//! proxy's runtime error (see docs/identity.md).
 //! `loadBalancer.simple: PASSTHROUGH` is refused (it bypasses the mesh's balancing and sends to
 //! the original address, which needs ServiceEntry support). Refused too: `workloadSelector`,
 //! `trafficPolicy.tunnel`, `proxyProtocol`. Ignored with a note: `exportTo`,
@@ -14,7 +18,7 @@ use std::collections::BTreeMap;
 
 use serde::Deserialize;
 use trellis_model::policy::{
-    ConnectionPool, HashAlgorithm, HashKey, LoadBalancer, OutlierDetection,
+    ConnectionPool, HashAlgorithm, HashKey, LoadBalancer, OutlierDetection, TlsOrigination,
 };
 
 use super::PortSelector;
@@ -163,6 +167,12 @@ struct OutlierSpec {
 #[serde(rename_all = "camelCase")]
 struct TlsSpec {
     mode: Option<String>,
+    ca_certificates: Option<String>,
+    sni: Option<String>,
+    #[serde(default)]
+    subject_alt_names: Vec<String>,
+    insecure_skip_verify: Option<bool>,
+    credential_name: Option<String>,
 }
 
 pub(crate) fn translate(value: serde_yaml::Value) -> Result<Translated, FieldError> {
@@ -284,26 +294,10 @@ fn layer(
     od: Option<&OutlierSpec>,
     tls: Option<&TlsSpec>,
 ) -> Result<PolicyLayer, FieldError> {
-    let mut mtls_disabled = None;
-    if let Some(tls) = tls {
-        match tls.mode.as_deref() {
-            None => {}
-            Some("DISABLE") => mtls_disabled = Some(true),
-            Some("ISTIO_MUTUAL") => mtls_disabled = Some(false),
-            Some(mode @ ("SIMPLE" | "MUTUAL")) => {
-                return Err(FieldError::new(
-                    format!("{field}.tls.mode"),
-                    format!("{mode} (TLS origination) is not supported yet"),
-                ));
-            }
-            Some(other) => {
-                return Err(FieldError::new(
-                    format!("{field}.tls.mode"),
-                    format!("must be DISABLE, SIMPLE, MUTUAL or ISTIO_MUTUAL, got {other:?}"),
-                ));
-            }
-        }
-    }
+    let (mtls_disabled, tls_origination) = match tls {
+        Some(tls) => tls_mode(&format!("{field}.tls"), tls)?,
+        None => (None, None),
+    };
     Ok(PolicyLayer {
         load_balancer: lb
             .map(|lb| load_balancer(notes, &format!("{field}.loadBalancer"), lb))
@@ -317,8 +311,79 @@ fn layer(
             .transpose()?,
         retry_budget: None,
         mtls_disabled,
+        tls_origination,
         health_check: None,
     })
+}
+
+/// `tls`: whether mesh mTLS is off (`Some(true)` for DISABLE and SIMPLE, `Some(false)` for
+/// ISTIO_MUTUAL, `None` when no mode is set) and, for SIMPLE, the TLS the proxy originates.
+fn tls_mode(
+    field: &str,
+    tls: &TlsSpec,
+) -> Result<(Option<bool>, Option<TlsOrigination>), FieldError> {
+    let mode = match tls.mode.as_deref() {
+        None => return Ok((None, None)),
+        Some("DISABLE") => return Ok((Some(true), None)),
+        Some("ISTIO_MUTUAL") => return Ok((Some(false), None)),
+        Some("SIMPLE") => "SIMPLE",
+        Some("MUTUAL") => {
+            return Err(FieldError::new(
+                format!("{field}.mode"),
+                "MUTUAL (TLS origination with a client certificate) is not supported yet; \
+                 SIMPLE is",
+            ));
+        }
+        Some(other) => {
+            return Err(FieldError::new(
+                format!("{field}.mode"),
+                format!("must be DISABLE, SIMPLE, MUTUAL or ISTIO_MUTUAL, got {other:?}"),
+            ));
+        }
+    };
+    if !tls.subject_alt_names.is_empty() {
+        return Err(FieldError::new(
+            format!("{field}.subjectAltNames"),
+            format!("is not supported yet with {mode}: the certificate is checked against `sni`"),
+        ));
+    }
+    if tls.insecure_skip_verify == Some(true) {
+        return Err(FieldError::new(
+            format!("{field}.insecureSkipVerify"),
+            "is not supported yet: the server's certificate is always verified",
+        ));
+    }
+    if tls.credential_name.is_some() {
+        return Err(FieldError::new(
+            format!("{field}.credentialName"),
+            "is not supported yet: give the roots as a file in caCertificates",
+        ));
+    }
+    if tls.ca_certificates.as_deref().is_some_and(str::is_empty) {
+        return Err(FieldError::new(
+            format!("{field}.caCertificates"),
+            "must be a path to a PEM file (or left out for the system roots)",
+        ));
+    }
+    if let Some(sni) = tls.sni.as_deref() {
+        let valid = !sni.is_empty()
+            && sni
+                .chars()
+                .all(|c| c.is_ascii_alphanumeric() || matches!(c, '.' | '-' | ':'));
+        if !valid {
+            return Err(FieldError::new(
+                format!("{field}.sni"),
+                format!("{sni:?} is not a DNS name or an IP address"),
+            ));
+        }
+    }
+    Ok((
+        Some(true),
+        Some(TlsOrigination {
+            ca_certificates: tls.ca_certificates.clone(),
+            sni: tls.sni.clone(),
+        }),
+    ))
 }
 
 fn load_balancer(
@@ -513,4 +578,74 @@ fn outlier(
         ));
     }
     Ok(od)
+}
+
+#[cfg(test)]
+mod tls_tests {
+    #![allow(clippy::unwrap_used, clippy::panic)]
+
+    use super::*;
+    use trellis_model::policy::TrafficPolicy;
+
+    fn policy(yaml: &str) -> Result<DestinationPolicy, FieldError> {
+        match translate(serde_yaml::from_str(yaml).unwrap())? {
+            Translated::Resource(Resource::DestinationPolicy(p)) => Ok(*p),
+            _ => panic!("not a destination policy"),
+        }
+    }
+
+    const SIMPLE: &str = "apiVersion: networking.istio.io/v1\nkind: DestinationRule\nmetadata: {name: api, namespace: default}\nspec:\n  host: api\n  trafficPolicy:\n    tls: {mode: SIMPLE, caCertificates: /etc/ca.pem, sni: api.example.com}\n    portLevelSettings:\n    - port: {number: 80}\n      tls: {mode: DISABLE}\n";
+
+    #[test]
+    fn simple_carries_the_origination_and_turns_mesh_mtls_off() {
+        let dr = policy(SIMPLE).unwrap();
+        let mut top = TrafficPolicy::default();
+        dr.policy.apply(&mut top);
+        assert!(top.mtls_disabled);
+        assert_eq!(
+            top.tls_origination,
+            Some(TlsOrigination {
+                ca_certificates: Some("/etc/ca.pem".into()),
+                sni: Some("api.example.com".into()),
+            })
+        );
+        // A port-level mode replaces the whole of `tls`: DISABLE drops the origination.
+        let (port, layer) = &dr.port_policies[0];
+        assert_eq!(*port, 80);
+        layer.apply(&mut top);
+        assert!(top.mtls_disabled);
+        assert_eq!(top.tls_origination, None);
+        // It travels to proxies as JSON.
+        let mut simple = TrafficPolicy::default();
+        dr.policy.apply(&mut simple);
+        let json = serde_json::to_string(&simple).unwrap();
+        let back: TrafficPolicy = serde_json::from_str(&json).unwrap();
+        assert_eq!(back, simple);
+    }
+
+    #[test]
+    fn unsupported_settings_are_refused_by_field() {
+        for (tls, field) in [
+            ("{mode: MUTUAL}", "spec.trafficPolicy.tls.mode"),
+            (
+                "{mode: SIMPLE, insecureSkipVerify: true}",
+                "spec.trafficPolicy.tls.insecureSkipVerify",
+            ),
+            (
+                "{mode: SIMPLE, credentialName: api-ca}",
+                "spec.trafficPolicy.tls.credentialName",
+            ),
+            (
+                "{mode: SIMPLE, caCertificates: ''}",
+                "spec.trafficPolicy.tls.caCertificates",
+            ),
+            ("{mode: SIMPLE, sni: 'a b'}", "spec.trafficPolicy.tls.sni"),
+        ] {
+            let yaml = format!(
+                "apiVersion: networking.istio.io/v1\nkind: DestinationRule\nmetadata: {{name: api, namespace: default}}\nspec:\n  host: api\n  trafficPolicy:\n    tls: {tls}\n"
+            );
+            let err = policy(&yaml).unwrap_err();
+            assert_eq!(err.field.as_deref(), Some(field), "{tls}: {}", err.message);
+        }
+    }
 }

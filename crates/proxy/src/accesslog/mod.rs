@@ -61,7 +61,7 @@ pub fn response_flags(reason: Option<&str>) -> &'static str {
     let Some(reason) = reason else { return "-" };
     match reason {
         "request timeout" | "upstream request timeout" => "UT",
-        "upstream connect failed" => "UF",
+        "upstream connect failed" | "upstream TLS origination failed" => "UF",
         "upstream reset" => "UR",
         "no endpoints" => "UH",
         "no destination" | "discovery timeout" | "no application" | "no backends" | "no route" => {

@@ -23,7 +23,7 @@ use hyper::body::Incoming;
 use hyper::client::conn::http1::SendRequest;
 use hyper_util::rt::TokioIo;
 
-use super::{UpBody, UpstreamError};
+use super::{Alpn, Origination, UpBody, UpstreamError};
 use crate::transport::connect_within;
 
 /// The most connections kept per endpoint; a connection dialled past it serves its request
@@ -82,9 +82,11 @@ impl Hasher for AddrHasher {
 
 type AddrMap<V> = HashMap<SocketAddr, V, BuildHasherDefault<AddrHasher>>;
 
-/// The HTTP/1.1 connections of one pool configuration (connect and idle timeouts).
+/// The HTTP/1.1 connections of one pool configuration (connect and idle timeouts, and TLS
+/// origination or none).
 #[derive(Debug)]
 pub struct H1Pool {
+    origination: Option<Arc<Origination>>,
     connect_timeout: Duration,
     idle_timeout: Duration,
     conns: Mutex<AddrMap<Vec<Conn>>>,
@@ -95,8 +97,14 @@ pub struct H1Pool {
 }
 
 impl H1Pool {
-    pub fn new(connect_timeout: Duration, idle_timeout: Duration) -> Arc<Self> {
+    /// A pool whose connections are plaintext, or TLS by `origination`.
+    pub fn new(
+        connect_timeout: Duration,
+        idle_timeout: Duration,
+        origination: Option<Arc<Origination>>,
+    ) -> Arc<Self> {
         Arc::new(Self {
+            origination,
             connect_timeout,
             idle_timeout,
             conns: Mutex::new(AddrMap::default()),
@@ -187,18 +195,13 @@ impl H1Pool {
         let stream = connect_within(addr, self.connect_timeout)
             .await
             .map_err(|source| UpstreamError::Connect { addr, source })?;
-        let (sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(stream))
-            .await
-            .map_err(|e| UpstreamError::Connect {
-                addr,
-                source: std::io::Error::other(e),
-            })?;
-        tokio::spawn(async move {
-            if let Err(e) = conn.with_upgrades().await {
-                tracing::debug!(%addr, error = %e, "upstream HTTP/1 connection ended");
+        match &self.origination {
+            Some(origination) => {
+                let tls = origination.connect(addr, stream, Alpn::Http1).await?;
+                handshake(addr, tls).await
             }
-        });
-        Ok(sender)
+            None => handshake(addr, stream).await,
+        }
     }
 
     /// Advances the tick and closes connections idle for at least `idle_ticks` sweep periods.
@@ -227,6 +230,25 @@ impl H1Pool {
 /// Sweeps `pool` every half idle timeout until it is dropped. Dropping a `SendRequest`
 /// closes its idle connection: one idle for at least the idle timeout (and less than that
 /// plus two periods).
+/// The HTTP/1.1 client handshake over `io`; its connection task runs until the peer closes.
+async fn handshake<I>(addr: SocketAddr, io: I) -> Result<SendRequest<UpBody>, UpstreamError>
+where
+    I: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
+{
+    let (sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(io))
+        .await
+        .map_err(|e| UpstreamError::Connect {
+            addr,
+            source: std::io::Error::other(e),
+        })?;
+    tokio::spawn(async move {
+        if let Err(e) = conn.with_upgrades().await {
+            tracing::debug!(%addr, error = %e, "upstream HTTP/1 connection ended");
+        }
+    });
+    Ok(sender)
+}
+
 async fn sweep(pool: Weak<H1Pool>, idle_timeout: Duration) {
     let period = (idle_timeout / 2).clamp(Duration::from_millis(50), Duration::from_secs(30));
     let idle_ticks = idle_timeout.as_nanos().div_ceil(period.as_nanos()) as u64;
@@ -373,7 +395,7 @@ mod tests {
     async fn sequential_requests_reuse_one_connection_and_idle_ones_close() {
         use std::sync::atomic::Ordering::SeqCst;
         let (addr, accepted, eofs) = server(false).await;
-        let pool = H1Pool::new(Duration::from_secs(1), Duration::from_millis(200));
+        let pool = H1Pool::new(Duration::from_secs(1), Duration::from_millis(200), None);
         for _ in 0..5 {
             assert_eq!(get(&pool, addr).await, "ok");
         }
@@ -392,7 +414,7 @@ mod tests {
     async fn a_connection_the_peer_closed_is_replaced() {
         use std::sync::atomic::Ordering::SeqCst;
         let (addr, accepted, _) = server(true).await;
-        let pool = H1Pool::new(Duration::from_secs(1), Duration::from_secs(60));
+        let pool = H1Pool::new(Duration::from_secs(1), Duration::from_secs(60), None);
         for _ in 0..5 {
             assert_eq!(get(&pool, addr).await, "ok");
         }
@@ -403,7 +425,7 @@ mod tests {
     async fn concurrent_requests_get_their_own_connections() {
         use std::sync::atomic::Ordering::SeqCst;
         let (addr, accepted, _) = server(false).await;
-        let pool = H1Pool::new(Duration::from_secs(1), Duration::from_secs(60));
+        let pool = H1Pool::new(Duration::from_secs(1), Duration::from_secs(60), None);
         let answers = futures_util::future::join_all((0..4).map(|_| get(&pool, addr))).await;
         assert!(answers.iter().all(|a| a == "ok"));
         let opened = accepted.load(SeqCst);
@@ -419,7 +441,7 @@ mod tests {
         let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
         let addr = listener.local_addr().unwrap();
         drop(listener);
-        let pool = H1Pool::new(Duration::from_secs(1), Duration::from_secs(60));
+        let pool = H1Pool::new(Duration::from_secs(1), Duration::from_secs(60), None);
         let err = pool.send(addr, req("/")).await.unwrap_err();
         assert!(err.is_connect(), "{err}");
     }

@@ -200,7 +200,9 @@ struct Deadlines {
 
 /// How one attempt ended without an answer.
 fn classify(e: &UpstreamError) -> AttemptError {
-    if e.is_connect() {
+    if matches!(e, UpstreamError::Originate { .. }) {
+        AttemptError::TlsOrigination
+    } else if e.is_connect() {
         AttemptError::Connect
     } else if e.is_refused_stream() {
         AttemptError::RefusedStream
@@ -212,6 +214,9 @@ fn classify(e: &UpstreamError) -> AttemptError {
 fn failure_response(e: AttemptError) -> Response<ProxyBody> {
     match e {
         AttemptError::Connect => error_response(StatusCode::BAD_GATEWAY, "upstream connect failed"),
+        AttemptError::TlsOrigination => {
+            error_response(StatusCode::BAD_GATEWAY, "upstream TLS origination failed")
+        }
         AttemptError::RefusedStream | AttemptError::Reset => {
             error_response(StatusCode::BAD_GATEWAY, "upstream reset")
         }

@@ -225,6 +225,14 @@ async fn send(
     attempts: Attempts<'_>,
 ) -> Response<ProxyBody> {
     if upgrade {
+        // Upgrades use a one-off connection without TLS origination; refused rather than sent
+        // in plaintext to a backend whose policy asks for TLS.
+        if backend.pool_options.origination().is_some() {
+            return error_response(
+                StatusCode::BAD_GATEWAY,
+                "upgrade with TLS origination not supported",
+            );
+        }
         backend.sweep();
         let Some(ep) = backend.balancer.pick(None, None) else {
             return error_response(StatusCode::SERVICE_UNAVAILABLE, "no endpoints");

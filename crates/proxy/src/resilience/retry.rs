@@ -32,6 +32,9 @@ pub fn default_policy() -> RetryPolicy {
 pub enum AttemptError {
     /// No connection (refused, timed out, handshake failed): the request was not sent.
     Connect,
+    /// The TLS this proxy originates (DestinationRule `tls.mode: SIMPLE`) failed: bad roots,
+    /// an unverified certificate or a wrong name. Not sent, so retried as a connect failure.
+    TlsOrigination,
     /// HTTP/2 REFUSED_STREAM: the peer did not process the request.
     RefusedStream,
     /// The exchange broke after the request was sent.
@@ -43,7 +46,9 @@ pub enum AttemptError {
 /// Whether a failed attempt is retried under `on`.
 pub fn retries_error(on: &RetryOn, error: AttemptError) -> bool {
     match error {
-        AttemptError::Connect => on.connect_failure || on.gateway_error || on.server_error,
+        AttemptError::Connect | AttemptError::TlsOrigination => {
+            on.connect_failure || on.gateway_error || on.server_error
+        }
         AttemptError::RefusedStream => on.refused_stream || on.reset,
         AttemptError::Reset => on.reset,
         // Envoy retries a per-try timeout under the 5xx and gateway-error conditions.
@@ -60,6 +65,7 @@ mod tests {
         let p = default_policy();
         assert_eq!(p.attempts, 2);
         assert!(retries_error(&p.on, AttemptError::Connect));
+        assert!(retries_error(&p.on, AttemptError::TlsOrigination));
         assert!(retries_error(&p.on, AttemptError::RefusedStream));
         assert!(!retries_error(&p.on, AttemptError::Reset));
         assert!(!retries_error(&p.on, AttemptError::PerTryTimeout));
