@@ -3,7 +3,8 @@
 //! the `openssl` CLI) that is a plain endpoint outside the mesh; with roots that did not issue
 //! the server's certificate, a server name it does not carry, or an unreadable CA file, the
 //! request fails with 502 and `trellis-error: upstream TLS origination failed`, never in
-//! plaintext; a CA file that appears later is read on the next policy update.
+//! plaintext; a CA file that appears later is read on the next policy update. HTTP/2 requests
+//! are originated too, with ALPN h2, to a rustls server that speaks nothing else.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 mod support;
@@ -240,4 +241,88 @@ async fn a_wrong_ca_a_wrong_name_or_a_missing_file_fails_clearly_and_never_in_pl
     proxy.update(dest);
     let a = proxy.get("/").await;
     assert_eq!(a.status, 200, "{:?} {}", a.headers, a.body);
+}
+
+/// An HTTPS server on loopback that speaks only HTTP/2 (ALPN `h2`), with a self-signed
+/// certificate for [`SERVER_NAME`]; answers with the HTTP version it served. Returns its
+/// address and the certificate's PEM (the test's trust anchor).
+async fn h2_tls_server() -> (SocketAddr, String) {
+    use std::sync::Arc;
+
+    use http_body_util::Full;
+    use hyper::service::service_fn;
+    use hyper_util::rt::{TokioExecutor, TokioIo};
+    use rustls::pki_types::{PrivateKeyDer, PrivatePkcs8KeyDer};
+
+    let key = rcgen::KeyPair::generate().unwrap();
+    let cert = rcgen::CertificateParams::new(vec![SERVER_NAME.to_string()])
+        .unwrap()
+        .self_signed(&key)
+        .unwrap();
+    let provider = Arc::new(rustls::crypto::aws_lc_rs::default_provider());
+    let mut config = rustls::ServerConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()
+        .unwrap()
+        .with_no_client_auth()
+        .with_single_cert(
+            vec![cert.der().clone()],
+            PrivateKeyDer::Pkcs8(PrivatePkcs8KeyDer::from(key.serialize_der())),
+        )
+        .unwrap();
+    config.alpn_protocols = vec![b"h2".to_vec()];
+    let acceptor = tokio_rustls::TlsAcceptor::from(Arc::new(config));
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(async move {
+        while let Ok((stream, _)) = listener.accept().await {
+            let acceptor = acceptor.clone();
+            tokio::spawn(async move {
+                let Ok(tls) = acceptor.accept(stream).await else {
+                    return;
+                };
+                let svc = service_fn(|req: http::Request<hyper::body::Incoming>| async move {
+                    let body = format!("{:?} over TLS", req.version());
+                    Ok::<_, std::convert::Infallible>(http::Response::new(Full::new(
+                        bytes::Bytes::from(body),
+                    )))
+                });
+                let _ = hyper::server::conn::http2::Builder::new(TokioExecutor::new())
+                    .serve_connection(TokioIo::new(tls), svc)
+                    .await;
+            });
+        }
+    });
+    (addr, cert.pem())
+}
+
+#[tokio::test]
+async fn http2_requests_are_originated_over_tls_with_alpn_h2() {
+    let dir = tempfile::tempdir().unwrap();
+    let (server, pem) = h2_tls_server().await;
+    let ca = dir.path().join("server.pem");
+    std::fs::write(&ca, pem).unwrap();
+    let (proxy, _) = originating(
+        server,
+        TlsOrigination {
+            ca_certificates: Some(ca.to_str().unwrap().to_string()),
+            sni: Some(SERVER_NAME.into()),
+        },
+    )
+    .await;
+    // h2c (prior knowledge) to the proxy: the hop to a plain endpoint keeps HTTP/2.
+    let mut client = support::http2_conn(proxy.addr).await;
+    for _ in 0..3 {
+        let req = http::Request::builder()
+            .uri(format!("http://{}/h2", proxy.addr))
+            .body(support::full(""))
+            .unwrap();
+        let resp = tokio::time::timeout(support::WAIT, client.send_request(req))
+            .await
+            .unwrap()
+            .unwrap();
+        let status = resp.status().as_u16();
+        let body = support::body_string(resp.into_body()).await;
+        assert_eq!(status, 200, "{body}");
+        assert_eq!(body, "HTTP/2.0 over TLS");
+    }
 }
