@@ -261,44 +261,28 @@ impl Telemetry {
         if ex.direction == Direction::Inbound {
             self.metrics.anomaly.record(status, elapsed);
         }
+        // Looked up once: the span, series, log and tap row all read them.
+        let up = resp.extensions().get::<Upstream>();
+        let error = resp.headers().get(TRELLIS_ERROR);
         // The span ends with the response body (a gRPC status may come in the trailers); what
         // the head says is kept until then.
         let span = match (&self.tracer, ex.span.take()) {
-            (Some(tracer), Some(span)) => {
-                let up = resp.extensions().get::<Upstream>();
-                Some(PendingSpan {
-                    tracer: tracer.clone(),
-                    span,
-                    upstream: up
-                        .and_then(|u| u.endpoint.as_deref())
-                        .map(|e| e.endpoint().address),
-                    route: up.and_then(|u| u.route.clone()),
-                    error: resp.headers().get(TRELLIS_ERROR).cloned(),
-                })
-            }
+            (Some(tracer), Some(span)) => Some(PendingSpan {
+                tracer: tracer.clone(),
+                span,
+                upstream: up
+                    .and_then(|u| u.endpoint.as_deref())
+                    .map(|e| e.endpoint().address),
+                route: up.and_then(|u| u.route.clone()),
+                error: error.cloned(),
+            }),
             _ => None,
-        };
-        let series = match self.metrics.detail() {
-            LabelDetail::Minimal => {
-                self.metrics.request(ex.direction, status, elapsed);
-                None
-            }
-            LabelDetail::Full => {
-                let series = self.series(&ex, &resp);
-                series.observe_latency(elapsed);
-                Some(series)
-            }
         };
         let log = match (ex.log.take(), &self.access_log) {
             (Some(mut entry), Some(log)) => {
-                let up = resp.extensions().get::<Upstream>();
                 let endpoint = up.and_then(|u| u.endpoint.as_deref()).map(|e| e.endpoint());
                 entry.status = status;
-                entry.reason = resp
-                    .headers()
-                    .get(TRELLIS_ERROR)
-                    .and_then(|v| v.to_str().ok())
-                    .map(str::to_owned);
+                entry.reason = error.and_then(|v| v.to_str().ok()).map(str::to_owned);
                 entry.upstream = endpoint.map(|e| e.address);
                 entry.upstream_workload = endpoint.map(|e| e.workload.clone()).unwrap_or_default();
                 entry.route = up.and_then(|u| u.route.as_deref()).unwrap_or("").to_owned();
@@ -306,9 +290,23 @@ impl Telemetry {
             }
             _ => None,
         };
-        let tap = ex.tap.take().map(|pending| {
-            let labels = self.labels(&ex, resp.extensions().get::<Upstream>());
-            let row = pending.answered(&labels, status, elapsed, resp.headers().get(TRELLIS_ERROR));
+        let pending = ex.tap.take();
+        let full = self.metrics.detail() == LabelDetail::Full;
+        // The labels are built once for the series key and the tap row alike.
+        let labels = (full || pending.is_some()).then(|| self.labels(&ex, up));
+        let series = match &labels {
+            Some(labels) if full => {
+                let series = self.metrics.requests.series(labels);
+                series.observe_latency(elapsed);
+                Some(series)
+            }
+            _ => {
+                self.metrics.request(ex.direction, status, elapsed);
+                None
+            }
+        };
+        let tap = pending.zip(labels.as_ref()).map(|(pending, labels)| {
+            let row = pending.answered(labels, status, elapsed, error);
             (row, self.metrics.tap.clone())
         });
         if series.is_none() && log.is_none() && span.is_none() && tap.is_none() {
@@ -331,11 +329,6 @@ impl Telemetry {
             done: false,
         };
         Response::from_parts(parts, body.boxed())
-    }
-
-    fn series(&self, ex: &Exchange, resp: &Response<ProxyBody>) -> Arc<Series> {
-        let labels = self.labels(ex, resp.extensions().get::<Upstream>());
-        self.metrics.requests.series(&labels)
     }
 
     /// The request's labels: the metrics' series key and the tap row's parties.
