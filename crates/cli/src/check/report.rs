@@ -99,7 +99,21 @@ pub struct Report {
     pub categories: Vec<Category>,
 }
 
-fn ok(description: &str) -> Check {
+impl Report {
+    /// Succeeds unless some check errored (warnings do not fail it).
+    pub(crate) fn new(categories: Vec<Category>) -> Self {
+        let success = categories
+            .iter()
+            .flat_map(|c| &c.checks)
+            .all(|k| k.result != CheckResult::Error);
+        Report {
+            success,
+            categories,
+        }
+    }
+}
+
+pub(crate) fn ok(description: &str) -> Check {
     Check {
         description: description.to_string(),
         result: CheckResult::Success,
@@ -108,7 +122,7 @@ fn ok(description: &str) -> Check {
     }
 }
 
-fn bad(description: &str, result: CheckResult, error: String, hint: &str) -> Check {
+pub(crate) fn bad(description: &str, result: CheckResult, error: String, hint: &str) -> Check {
     Check {
         description: description.to_string(),
         result,
@@ -117,7 +131,7 @@ fn bad(description: &str, result: CheckResult, error: String, hint: &str) -> Che
     }
 }
 
-fn check(description: &str, outcome: Result<(), String>, hint: &str) -> Check {
+pub(crate) fn check(description: &str, outcome: Result<(), String>, hint: &str) -> Check {
     match outcome {
         Ok(()) => ok(description),
         Err(e) => bad(description, CheckResult::Error, e, hint),
@@ -206,13 +220,7 @@ pub fn evaluate(o: &Observed, per_proxy: bool) -> Report {
         name: "trellis-data-plane".into(),
         checks: data_plane(o, per_proxy),
     });
-    let success = categories
-        .iter()
-        .all(|c| c.checks.iter().all(|k| k.result != CheckResult::Error));
-    Report {
-        success,
-        categories,
-    }
+    Report::new(categories)
 }
 
 fn data_plane(o: &Observed, per_proxy: bool) -> Vec<Check> {

@@ -5,7 +5,7 @@ use trellis_control::k8s::kinds::names;
 use trellis_control::k8s::manifests::{Values, render};
 
 use super::webhook_tls::webhook_certs;
-use super::{api_checks, bad, category, ok, report, verdict};
+use super::{api_checks, bad, category, ok, verdict};
 use crate::check::report::{Check, CheckResult, Report};
 use crate::install::cluster::{self, KubeArgs};
 
@@ -14,7 +14,7 @@ use crate::install::cluster::{self, KubeArgs};
 pub async fn installed(args: &KubeArgs, data_plane: Option<Option<&str>>) -> Report {
     let (mut categories, client) = api_checks(args).await;
     let Some(client) = client else {
-        return report(categories);
+        return Report::new(categories);
     };
     let mut checks = Vec::new();
     let ns = cluster::path("v1", "namespaces", None, Some(names::NAMESPACE));
@@ -64,7 +64,7 @@ pub async fn installed(args: &KubeArgs, data_plane: Option<Option<&str>>) -> Rep
     if let Some(namespace) = data_plane {
         categories.push(super::proxy::data_plane(&client, namespace).await);
     }
-    report(categories)
+    Report::new(categories)
 }
 
 async fn exists(client: &Client, path: &str) -> Result<(), String> {

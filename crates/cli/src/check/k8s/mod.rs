@@ -19,48 +19,13 @@ use kube::Client;
 pub use installed::installed;
 pub use pre::{overlapping_injectors, pre, selects};
 
-use super::report::{Category, Check, CheckResult, Report};
+use super::report::{Category, Check, CheckResult};
+pub(super) use super::report::{bad, check as verdict, ok};
 use crate::install::cluster::{self, KubeArgs};
 
 /// The oldest Kubernetes the mesh supports: TokenRequest (proxy identity) and the v1 admission
 /// and CRD APIs are GA there; the test cluster runs it.
 pub const MIN_VERSION: (u32, u32) = (1, 20);
-
-fn ok(description: &str) -> Check {
-    Check {
-        description: description.to_string(),
-        result: CheckResult::Success,
-        error: None,
-        hint: None,
-    }
-}
-
-fn bad(description: &str, result: CheckResult, error: String, hint: &str) -> Check {
-    Check {
-        description: description.to_string(),
-        result,
-        error: Some(error),
-        hint: Some(hint.to_string()),
-    }
-}
-
-fn verdict(description: &str, outcome: Result<(), String>, hint: &str) -> Check {
-    match outcome {
-        Ok(()) => ok(description),
-        Err(e) => bad(description, CheckResult::Error, e, hint),
-    }
-}
-
-fn report(categories: Vec<Category>) -> Report {
-    let success = categories
-        .iter()
-        .flat_map(|c| &c.checks)
-        .all(|k| k.result != CheckResult::Error);
-    Report {
-        success,
-        categories,
-    }
-}
 
 /// `v1.20.2`, `1.27+` -> (1, 20), (1, 27).
 pub fn parse_version(major: &str, minor: &str) -> Option<(u32, u32)> {

@@ -9,7 +9,7 @@ use trellis_control::k8s::kinds::names;
 use trellis_control::k8s::manifests::{Values, render};
 use trellis_control::webhook::inject::INJECT_KEY;
 
-use super::{api_checks, bad, category, ok, report, verdict};
+use super::{api_checks, bad, category, ok, verdict};
 use crate::check::report::{Check, CheckResult, Report};
 use crate::install::cluster::{self, DryRun, KubeArgs};
 
@@ -27,7 +27,7 @@ const OTHER_MESHES: &[&str] = &[
 pub async fn pre(args: &KubeArgs) -> Report {
     let (mut categories, client) = api_checks(args).await;
     let Some(client) = client else {
-        return report(categories);
+        return Report::new(categories);
     };
     let mut checks = Vec::new();
     let ns_path = cluster::path("v1", "namespaces", None, Some(names::NAMESPACE));
@@ -84,7 +84,7 @@ pub async fn pre(args: &KubeArgs) -> Report {
     checks.push(crds_installable(&client).await);
     checks.push(other_mesh_webhooks(&client).await);
     categories.push(category("pre-kubernetes-setup", checks));
-    report(categories)
+    Report::new(categories)
 }
 
 /// One SelfSubjectAccessReview per resource: every one must allow `create`.
