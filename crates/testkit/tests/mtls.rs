@@ -391,6 +391,14 @@ fn leaf_renewal_under_load_loses_no_request() {
 fn trust_anchor_rotation_under_load_loses_no_request() {
     let pair = start_pair(&[], &[("dr.yaml", SHORT_CONNECTIONS)]);
     wait_routed(&pair);
+    let inbound = || {
+        metric(
+            &pair.server,
+            "trellis_requests_total",
+            &[("direction", "inbound")],
+        )
+    };
+    let before_load = inbound();
     let load = start_load(&pair, 12);
     let proxies = [&pair.server, &pair.client];
     let wait_all = |field: &str, want: u64| {
@@ -405,7 +413,12 @@ fn trust_anchor_rotation_under_load_loses_no_request() {
         })
         .unwrap();
     };
-    std::thread::sleep(Duration::from_secs(1)); // let the load settle before the first step
+    // The load is flowing before the first step.
+    wait::until(CONVERGE, || match inbound() - before_load {
+        n if n >= 50.0 => Ok(()),
+        n => Err(format!("{n} load requests answered so far")),
+    })
+    .unwrap();
     // 1. A new anchor joins the bundle; every proxy must hold both before anything is issued
     //    from it.
     let (code, body) = control_post(&pair.control, "/api/v1/identity/rotate/prepare", "{}");
