@@ -31,6 +31,8 @@ pub enum Resource {
     /// An SMI HTTPRouteGroup, or a TrafficSplit with `matches` still to resolve against the
     /// config set's groups (`smi::resolve`).
     Smi(Box<smi::Pending>),
+    /// A gateway, GatewayClass, ReferenceGrant, TLS Secret, or routes bound to gateways.
+    Gateway(Box<crate::gateways::GatewayResource>),
 }
 
 /// What an adapter made of one document it reads.
@@ -173,6 +175,13 @@ fn read_document(file: &str, index: usize, value: Value) -> Document {
     let translated = match (group, kind.as_str()) {
         ("", "Service") => {
             kube::service::translate(value).map(|svc| Translated::Resource(Resource::Service(svc)))
+        }
+        ("", "Secret") => crate::gateways::secret::translate(value),
+        ("networking.istio.io", "Gateway") => istio::gateway::translate(value),
+        ("gateway.networking.k8s.io", "Gateway") => gateway::gateway::translate(value),
+        ("gateway.networking.k8s.io", "GatewayClass") => gateway::gateway::translate_class(value),
+        ("gateway.networking.k8s.io", "ReferenceGrant") => {
+            gateway::reference_grant::translate(value)
         }
         ("networking.istio.io", "VirtualService") => istio::virtual_service::translate(value),
         ("networking.istio.io", "DestinationRule") => istio::destination_rule::translate(value),

@@ -20,7 +20,12 @@ const PLANNED_GROUPS: &[&str] = &[
 pub(crate) fn ignored_reason(api_version: &str, kind: &str) -> Option<String> {
     let (group, version) = api_version.split_once('/').unwrap_or(("", api_version));
     let read = match (group, kind) {
-        ("", "Service") => version == "v1",
+        ("", "Service" | "Secret") => version == "v1",
+        ("networking.istio.io", "Gateway") => matches!(version, "v1" | "v1beta1" | "v1alpha3"),
+        ("gateway.networking.k8s.io", "Gateway" | "GatewayClass") => {
+            matches!(version, "v1" | "v1beta1")
+        }
+        ("gateway.networking.k8s.io", "ReferenceGrant") => matches!(version, "v1beta1" | "v1alpha2"),
         ("networking.istio.io", "VirtualService" | "DestinationRule") => {
             matches!(version, "v1" | "v1beta1" | "v1alpha3")
         }
@@ -95,8 +100,7 @@ mod tests {
         );
         let tcp = ignored_reason("specs.smi-spec.io/v1alpha4", "TCPRoute").unwrap();
         assert!(tcp.contains("not supported yet"), "{tcp}");
-        let gw = ignored_reason("networking.istio.io/v1", "Gateway").unwrap();
-        assert!(gw.contains("not supported yet"), "{gw}");
+        assert_eq!(ignored_reason("networking.istio.io/v1", "Gateway"), None);
         let old = ignored_reason("networking.istio.io/v1alpha1", "VirtualService").unwrap();
         assert!(old.contains("not supported yet"), "{old}");
         assert!(ignored_reason("serving.knative.dev/v1", "Service").is_some());

@@ -15,6 +15,7 @@
 mod document;
 mod error;
 pub mod gateway;
+pub mod gateways;
 pub mod health_check;
 pub mod istio;
 mod kinds;

@@ -43,6 +43,9 @@ fn render(file: &str, bytes: &[u8]) -> Value {
                     Outcome::Resource(Resource::Smi(pending)) => {
                         json!({"status": "Accepted", "smi": pending})
                     }
+                    Outcome::Resource(Resource::Gateway(gateway)) => {
+                        json!({"status": "Accepted", "gateway": gateway})
+                    }
                     Outcome::Ignored { reason } => json!({"status": "Ignored", "reason": reason}),
                     Outcome::Invalid(err) => json!({"status": "Invalid", "error": err.to_string()}),
                 };

@@ -11,6 +11,7 @@ pub mod anomaly;
 pub mod authn;
 pub mod authz;
 mod destination;
+pub mod gateway;
 pub mod matching;
 pub mod policy;
 mod protocol;

@@ -120,7 +120,7 @@ fn ignored_kinds_and_empty_documents() {
     let docs = parse_documents(
         "mix.yaml",
         b"---\napiVersion: v1\nkind: ServiceAccount\nmetadata: {name: a}\n---\n---\n\
-apiVersion: networking.istio.io/v1\nkind: Gateway\nmetadata: {name: r, namespace: x}\n",
+apiVersion: networking.istio.io/v1\nkind: Sidecar\nmetadata: {name: r, namespace: x}\n",
     );
     assert_eq!(docs.len(), 2);
     assert!(matches!(&docs[0].outcome, Outcome::Ignored { reason } if reason.contains("not read")));

@@ -1,5 +1,7 @@
 //! Gateway API `HTTPRoute` and `GRPCRoute` (gateway.networking.k8s.io) with Service parents:
-//! the GAMMA mesh routes. Parents of kind Gateway are ignored with a note until gateways land.
+//! the GAMMA mesh routes; with Gateway parents: routes bound to gateways (`crate::gateways`,
+//! compiled per gateway workload by the control plane). `Gateway`, `GatewayClass` and
+//! `ReferenceGrant` are in [`gateway`] and [`reference_grant`].
 //!
 //! Each rule's matches become one model route per match, so the control plane can order the
 //! routes of every HTTPRoute attached to a Service by the spec's match precedence
@@ -18,6 +20,9 @@ use trellis_model::route::{
 };
 
 mod filters;
+#[allow(clippy::module_inception)] // the kind is called Gateway, in the Gateway API
+pub mod gateway;
+pub mod reference_grant;
 
 use filters::{Filter, Filters, filters};
 
@@ -175,13 +180,14 @@ fn not_yet(field: impl Into<String>, what: &str) -> FieldError {
     FieldError::new(field, format!("{what} is not supported yet"))
 }
 
-/// The parents of kind Service; `Err` with a reason when there are none.
+/// The parents of kind Service, and those of kind Gateway.
 fn parents(
     source: &ResourceRef,
     refs: &[ParentRef],
     notes: &mut Vec<String>,
-) -> Result<Vec<Parent>, FieldError> {
+) -> Result<(Vec<Parent>, Vec<crate::gateways::GatewayParent>), FieldError> {
     let mut out = Vec::new();
+    let mut gateways = Vec::new();
     for (i, p) in refs.iter().enumerate() {
         let group = p.group.as_deref().unwrap_or("gateway.networking.k8s.io");
         let kind = p.kind.as_deref().unwrap_or("Gateway");
@@ -209,14 +215,28 @@ fn parents(
                     .map(|n| port(&format!("spec.parentRefs[{i}].port"), n))
                     .transpose()?,
             });
+        } else if group == "gateway.networking.k8s.io" && kind == "Gateway" {
+            gateways.push(crate::gateways::GatewayParent {
+                namespace: p
+                    .namespace
+                    .clone()
+                    .unwrap_or_else(|| source.namespace.clone()),
+                name: p.name.clone(),
+                section_name: p.section_name.clone(),
+                port: p
+                    .port
+                    .map(|n| port(&format!("spec.parentRefs[{i}].port"), n))
+                    .transpose()?,
+                istio: false,
+            });
         } else {
             notes.push(format!(
-                "spec.parentRefs[{i}]: {kind} {} ignored (gateway routing is not supported yet)",
+                "spec.parentRefs[{i}]: {group}/{kind} {} ignored (not a Service or Gateway)",
                 p.name
             ));
         }
     }
-    Ok(out)
+    Ok((out, gateways))
 }
 
 fn string_match(field: &str, kind: Option<&str>, value: &str) -> Result<StringMatch, FieldError> {
@@ -474,17 +494,72 @@ fn finish(
 ) -> Result<Translated, FieldError> {
     let source = meta.reference(kind)?;
     let mut notes = Vec::new();
-    let parents = parents(&source, parent_refs, &mut notes)?;
-    if parents.is_empty() {
+    let (parents, gateways) = parents(&source, parent_refs, &mut notes)?;
+    if parents.is_empty() && gateways.is_empty() {
         return Ok(Translated::Ignored(
-            "no parentRef of kind Service; gateway routing is not supported yet".into(),
+            "no parentRef of kind Service or Gateway".into(),
         ));
     }
-    if !hostnames.is_empty() {
-        notes.push("spec.hostnames ignored: mesh routes apply to their parent Service".into());
+    if !hostnames.is_empty() && !parents.is_empty() {
+        notes.push(
+            "spec.hostnames ignored for Service parents: mesh routes apply to their parent Service"
+                .into(),
+        );
     }
     let mut http = Vec::new();
     rules(&source, &mut http)?;
+    if !gateways.is_empty() {
+        for (i, h) in hostnames.iter().enumerate() {
+            if h.is_empty() || h.contains(':') || (h.contains('*') && !h.starts_with("*.")) {
+                return Err(FieldError::new(
+                    format!("spec.hostnames[{i}]"),
+                    format!("must be a host name or \"*.suffix\", got {h:?}"),
+                ));
+            }
+        }
+        let mut gateway_http = http.clone();
+        if !gateway_http.is_empty() && !gateway_http.iter().any(crate::no_route::takes_everything) {
+            gateway_http.push(if kind == "GRPCRoute" {
+                crate::no_route::grpc(&source)
+            } else {
+                crate::no_route::http(&source)
+            });
+        }
+        let mesh = (!parents.is_empty()).then(|| {
+            let mut mesh_http = http.clone();
+            if !mesh_http.is_empty() && !mesh_http.iter().any(crate::no_route::takes_everything) {
+                mesh_http.push(if kind == "GRPCRoute" {
+                    crate::no_route::grpc(&source)
+                } else {
+                    crate::no_route::http(&source)
+                });
+            }
+            Box::new(RouteSet {
+                api: RouteApi::GatewayApi,
+                source: source.clone(),
+                created: meta.creation_timestamp.clone(),
+                parents: parents.clone(),
+                http: mesh_http,
+                tcp: Vec::new(),
+                policy: PolicyLayer::default(),
+                notes: Vec::new(),
+            })
+        });
+        return Ok(Translated::Resource(Resource::Gateway(Box::new(
+            crate::gateways::GatewayResource::Routes(crate::gateways::GatewayRoutes {
+                api: RouteApi::GatewayApi,
+                source,
+                created: meta.creation_timestamp,
+                gateways,
+                hosts: hostnames.iter().map(|h| h.to_ascii_lowercase()).collect(),
+                http: gateway_http,
+                tls: Vec::new(),
+                tcp: Vec::new(),
+                mesh,
+                notes,
+            }),
+        ))));
+    }
     // A request to the parent that no rule matches gets 404 (HTTPRoute) or gRPC UNIMPLEMENTED
     // (GRPCRoute), as the spec requires, not the Service's own endpoints. Its empty match list
     // sorts after every rule of every route attached to the parent (`precedence_key`).

@@ -4,6 +4,7 @@
 pub mod authorization_policy;
 pub mod destination_rule;
 mod fault;
+pub mod gateway;
 pub mod peer_authentication;
 pub mod request_authentication;
 mod retries;

@@ -1,4 +1,6 @@
-//! Istio `VirtualService` -> routes for the mesh (`gateways` absent or naming `mesh`).
+//! Istio `VirtualService` -> routes for the mesh (`gateways` absent or naming `mesh`) and, for
+//! the other gateways it names, routes bound to those gateways (`crate::gateways`), including
+//! `tls[]` routes by SNI (gateways only).
 //!
 //! Refused "not supported yet" (the file is not applied): `delegate`, `tls[]` routes,
 //! `http[].match[].scheme`, `ignoreUriCase: true`, a method match other than exact,
@@ -44,7 +46,8 @@ struct Spec {
     http: Vec<Http>,
     #[serde(default)]
     tcp: Vec<Tcp>,
-    tls: Option<serde_yaml::Value>,
+    #[serde(default)]
+    tls: Vec<TlsSpec>,
     #[serde(default)]
     export_to: Vec<String>,
 }
@@ -168,6 +171,30 @@ struct Retries {
 
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
+struct TlsSpec {
+    #[serde(rename = "match", default)]
+    matches: Vec<TlsMatch>,
+    #[serde(default)]
+    route: Vec<RouteDestination>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+struct TlsMatch {
+    #[serde(default)]
+    sni_hosts: Vec<String>,
+    port: Option<i64>,
+    #[serde(default)]
+    destination_subnets: Vec<String>,
+    #[serde(default)]
+    source_labels: BTreeMap<String, String>,
+    source_namespace: Option<String>,
+    #[serde(default)]
+    gateways: Vec<String>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
 struct Tcp {
     #[serde(rename = "match", default)]
     matches: Vec<TcpMatch>,
@@ -192,26 +219,153 @@ fn not_yet(field: impl Into<String>, what: &str) -> FieldError {
     FieldError::new(field, format!("{what} is not supported yet"))
 }
 
+/// Which side of the VirtualService a translation is for: a match block's `gateways` decides
+/// whether it applies there.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Scope {
+    Mesh,
+    Gateways,
+}
+
+impl Scope {
+    fn admits(self, gateways: &[String]) -> bool {
+        match self {
+            Self::Mesh => gateways.is_empty() || gateways.iter().any(|g| g == "mesh"),
+            Self::Gateways => gateways.is_empty() || gateways.iter().any(|g| g != "mesh"),
+        }
+    }
+}
+
 pub(crate) fn translate(value: serde_yaml::Value) -> Result<Translated, FieldError> {
     let vs: VirtualService = from_value(value)?;
     let source = vs.metadata.reference("VirtualService")?;
     let spec = vs.spec;
-    let mut notes = Vec::new();
     let mesh_bound = spec.gateways.is_empty() || spec.gateways.iter().any(|g| g == "mesh");
-    if !mesh_bound {
-        return Ok(Translated::Ignored(format!(
-            "bound only to gateways {:?}, not to the mesh; gateway routing is not supported yet",
-            spec.gateways
-        )));
+    let mut parents = Vec::new();
+    for (i, g) in spec.gateways.iter().enumerate() {
+        if g == "mesh" {
+            continue;
+        }
+        parents.push(gateway_parent(
+            &format!("spec.gateways[{i}]"),
+            g,
+            &source.namespace,
+        )?);
     }
-    let others: Vec<&String> = spec.gateways.iter().filter(|g| *g != "mesh").collect();
-    if !others.is_empty() {
-        notes.push(format!(
-            "gateways {others:?} ignored (gateway routing is not supported yet); applied to the mesh"
+    let mesh = if mesh_bound {
+        Some(mesh_routes(
+            &source,
+            vs.metadata.creation_timestamp.clone(),
+            &spec,
+        )?)
+    } else {
+        None
+    };
+    let mesh = match (mesh, parents.is_empty()) {
+        (Some(mesh), true) => return Ok(mesh),
+        (mesh, _) => mesh,
+    };
+    if parents.is_empty() {
+        // Unreachable: no gateway other than `mesh` means mesh-bound. Said rather than assumed.
+        return Ok(Translated::Ignored("bound to no gateway".into()));
+    }
+    let mut notes = Vec::new();
+    if spec.hosts.is_empty() {
+        return Err(FieldError::new("spec.hosts", "must name at least one host"));
+    }
+    let mut hosts = Vec::new();
+    for (i, h) in spec.hosts.iter().enumerate() {
+        if h.is_empty() || (h.contains('*') && !(h == "*" || h.starts_with("*."))) {
+            return Err(FieldError::new(
+                format!("spec.hosts[{i}]"),
+                format!("must be a host name, \"*\" or \"*.suffix\", got {h:?}"),
+            ));
+        }
+        hosts.push(h.to_ascii_lowercase());
+    }
+    let mut http = Vec::new();
+    for (i, route) in spec.http.iter().enumerate() {
+        let field = format!("spec.http[{i}]");
+        if let Some(r) = http_route(&source, &field, i, route, Scope::Gateways, &mut notes)? {
+            http.push(r);
+        }
+    }
+    if !spec.http.is_empty() && !http.last().is_some_and(crate::no_route::takes_everything) {
+        http.push(crate::no_route::http(&source));
+    }
+    let mut tls = Vec::new();
+    for (i, route) in spec.tls.iter().enumerate() {
+        tls.extend(tls_route(&source, &format!("spec.tls[{i}]"), i, route)?);
+    }
+    let mut tcp = Vec::new();
+    for (i, route) in spec.tcp.iter().enumerate() {
+        tcp.extend(tcp_route(
+            &source,
+            &format!("spec.tcp[{i}]"),
+            i,
+            route,
+            Scope::Gateways,
+        )?);
+    }
+    let mesh = match mesh {
+        Some(Translated::Resource(Resource::Routes(set))) => Some(set),
+        Some(Translated::Ignored(reason)) => {
+            notes.push(format!("for the mesh: {reason}"));
+            None
+        }
+        _ => None,
+    };
+    Ok(Translated::Resource(Resource::Gateway(Box::new(
+        crate::gateways::GatewayResource::Routes(crate::gateways::GatewayRoutes {
+            api: RouteApi::Istio,
+            source,
+            created: vs.metadata.creation_timestamp,
+            gateways: parents,
+            hosts,
+            http,
+            tls,
+            tcp,
+            mesh,
+            notes,
+        }),
+    ))))
+}
+
+/// `name` (the VirtualService's namespace) or `namespace/name`.
+fn gateway_parent(
+    field: &str,
+    g: &str,
+    namespace: &str,
+) -> Result<crate::gateways::GatewayParent, FieldError> {
+    let (ns, name) = g.split_once('/').unwrap_or((namespace, g));
+    // `name.namespace.svc.cluster.local` spellings are Istio's legacy form; not read.
+    if !crate::kube::is_dns1123_label(ns) || name.is_empty() || name.contains('/') {
+        return Err(FieldError::new(
+            field,
+            format!("must be \"mesh\", a Gateway name or \"namespace/name\", got {g:?}"),
         ));
     }
-    if spec.tls.is_some() {
-        return Err(not_yet("spec.tls", "TLS routing"));
+    Ok(crate::gateways::GatewayParent {
+        namespace: ns.to_string(),
+        name: name.to_string(),
+        section_name: None,
+        port: None,
+        istio: true,
+    })
+}
+
+fn mesh_routes(
+    source: &ResourceRef,
+    created: Option<String>,
+    spec: &Spec,
+) -> Result<Translated, FieldError> {
+    let source = source.clone();
+    let mut notes = Vec::new();
+    if !spec.tls.is_empty() {
+        return Err(not_yet(
+            "spec.tls",
+            "TLS routing for the mesh (gateways only)",
+        ));
     }
     if !spec.export_to.is_empty() {
         notes.push("spec.exportTo ignored: routes are visible mesh-wide".into());
@@ -240,7 +394,7 @@ pub(crate) fn translate(value: serde_yaml::Value) -> Result<Translated, FieldErr
     let mut http = Vec::new();
     for (i, route) in spec.http.iter().enumerate() {
         let field = format!("spec.http[{i}]");
-        if let Some(r) = http_route(&source, &field, i, route, &mut notes)? {
+        if let Some(r) = http_route(&source, &field, i, route, Scope::Mesh, &mut notes)? {
             http.push(r);
         }
     }
@@ -252,18 +406,77 @@ pub(crate) fn translate(value: serde_yaml::Value) -> Result<Translated, FieldErr
     }
     let mut tcp = Vec::new();
     for (i, route) in spec.tcp.iter().enumerate() {
-        tcp.extend(tcp_route(&source, &format!("spec.tcp[{i}]"), i, route)?);
+        tcp.extend(tcp_route(
+            &source,
+            &format!("spec.tcp[{i}]"),
+            i,
+            route,
+            Scope::Mesh,
+        )?);
     }
     Ok(Translated::Resource(Resource::Routes(Box::new(RouteSet {
         api: RouteApi::Istio,
         source,
-        created: vs.metadata.creation_timestamp,
+        created,
         parents,
         http,
         tcp,
         policy: PolicyLayer::default(),
         notes,
     }))))
+}
+
+/// `tls[]`: one route per match block (SNI names, port), for gateways.
+fn tls_route(
+    source: &ResourceRef,
+    field: &str,
+    index: usize,
+    t: &TlsSpec,
+) -> Result<Vec<crate::gateways::TlsRoute>, FieldError> {
+    let backends = weighted(source, &format!("{field}.route"), &t.route)?;
+    if backends.is_empty() {
+        return Err(FieldError::new(
+            format!("{field}.route"),
+            "must name a destination",
+        ));
+    }
+    if t.matches.is_empty() {
+        return Err(FieldError::new(
+            format!("{field}.match"),
+            "must have at least one match with sniHosts",
+        ));
+    }
+    let mut out = Vec::new();
+    for (j, m) in t.matches.iter().enumerate() {
+        let mf = format!("{field}.match[{j}]");
+        if m.sni_hosts.is_empty() {
+            return Err(FieldError::new(
+                format!("{mf}.sniHosts"),
+                "must name at least one host",
+            ));
+        }
+        if !m.destination_subnets.is_empty()
+            || !m.source_labels.is_empty()
+            || m.source_namespace.is_some()
+        {
+            return Err(not_yet(mf, "TLS matching on subnets, labels or namespace"));
+        }
+        if !Scope::Gateways.admits(&m.gateways) {
+            continue;
+        }
+        let port = m.port.map(|p| port(&format!("{mf}.port"), p)).transpose()?;
+        out.push(crate::gateways::TlsRoute {
+            sni_hosts: m.sni_hosts.iter().map(|h| h.to_ascii_lowercase()).collect(),
+            port,
+            route: TcpRoute {
+                name: format!("{}/tls/{index}", source.name),
+                source: source.clone(),
+                port,
+                backends: backends.clone(),
+            },
+        });
+    }
+    Ok(out)
 }
 
 fn backend(source: &ResourceRef, field: &str, d: &Destination) -> Result<BackendRef, FieldError> {
@@ -333,7 +546,7 @@ fn weighted(
     Ok(out)
 }
 
-fn http_match(field: &str, m: &Match) -> Result<Option<HttpMatch>, FieldError> {
+fn http_match(field: &str, m: &Match, scope: Scope) -> Result<Option<HttpMatch>, FieldError> {
     if m.scheme.is_some() {
         return Err(not_yet(format!("{field}.scheme"), "matching on scheme"));
     }
@@ -343,8 +556,8 @@ fn http_match(field: &str, m: &Match) -> Result<Option<HttpMatch>, FieldError> {
             "case-insensitive URI matching",
         ));
     }
-    if !m.gateways.is_empty() && !m.gateways.iter().any(|g| g == "mesh") {
-        // This block applies to gateways only; for the mesh it never matches.
+    if !scope.admits(&m.gateways) {
+        // This block applies to the other side (gateways only, or the mesh only).
         return Ok(None);
     }
     let path = match &m.uri {
@@ -413,6 +626,7 @@ fn http_route(
     field: &str,
     index: usize,
     h: &Http,
+    scope: Scope,
     notes: &mut Vec<String>,
 ) -> Result<Option<HttpRoute>, FieldError> {
     if h.delegate.is_some() {
@@ -425,14 +639,19 @@ fn http_route(
     }
     let mut matches = Vec::new();
     for (j, m) in h.matches.iter().enumerate() {
-        if let Some(m) = http_match(&format!("{field}.match[{j}]"), m)? {
+        if let Some(m) = http_match(&format!("{field}.match[{j}]"), m, scope)? {
             matches.push(m);
         }
     }
     if !h.matches.is_empty() && matches.is_empty() {
-        notes.push(format!(
-            "{field}: every match is for gateways only; route skipped for the mesh"
-        ));
+        notes.push(match scope {
+            Scope::Mesh => {
+                format!("{field}: every match is for gateways only; route skipped for the mesh")
+            }
+            Scope::Gateways => {
+                format!("{field}: every match is for the mesh only; route skipped for gateways")
+            }
+        });
         return Ok(None);
     }
     let action = match (&h.redirect, &h.direct_response, h.route.is_empty()) {
@@ -609,6 +828,7 @@ fn tcp_route(
     field: &str,
     index: usize,
     t: &Tcp,
+    scope: Scope,
 ) -> Result<Vec<TcpRoute>, FieldError> {
     let backends = weighted(source, &format!("{field}.route"), &t.route)?;
     if backends.is_empty() {
@@ -639,7 +859,7 @@ fn tcp_route(
                 "TCP matching on source namespace",
             ));
         }
-        if !m.gateways.is_empty() && !m.gateways.iter().any(|g| g == "mesh") {
+        if !scope.admits(&m.gateways) {
             continue;
         }
         ports.push(m.port.map(|p| port(&format!("{mf}.port"), p)).transpose()?);
