@@ -12,6 +12,7 @@
 
 pub mod bins;
 pub mod fixture;
+pub mod load;
 pub mod mesh;
 pub mod metrics;
 pub mod netns;
@@ -19,6 +20,7 @@ pub mod process;
 pub mod servers;
 pub mod tools;
 pub mod wait;
+pub mod wasm_plugins;
 
 pub use bins::bin;
 pub use fixture::{Mesh, MeshBuilder};
