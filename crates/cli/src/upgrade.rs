@@ -11,7 +11,6 @@ use std::fmt::Write as _;
 use std::io::Write;
 
 use serde_json::Value;
-use trellis_control::k8s::manifests::{Values, render};
 
 use crate::install::InstallArgs;
 use crate::install::cluster::{self, ClusterError, KubeArgs};
@@ -220,14 +219,18 @@ async fn diff_cluster(
 /// Runs the command: diff on stdout, summary and the apply command on stderr. Exit 0 (whether
 /// or not something would change), 1 when the cluster cannot be read, 64 on bad usage.
 pub fn run(args: &UpgradeArgs, out: &mut dyn Write, err: &mut dyn Write) -> u8 {
-    let mut values = Values::default();
-    for assignment in &args.install.set {
-        if let Err(e) = values.set(assignment) {
-            let _ = writeln!(err, "trellis upgrade: --set {e}");
-            return crate::EXIT_USAGE;
+    // The same objects `trellis install` prints, with the same `--set` keys (alerts too).
+    let objects = match crate::install::objects(&args.install) {
+        Ok(objects) => objects,
+        Err(e) => {
+            let _ = writeln!(err, "trellis upgrade: {e}");
+            return if e.is_usage() {
+                crate::EXIT_USAGE
+            } else {
+                crate::EXIT_FAILURE
+            };
         }
-    }
-    let objects = render(&values);
+    };
     let runtime = match tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()

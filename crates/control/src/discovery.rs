@@ -102,6 +102,8 @@ struct Session {
     tx: Outbound,
     /// Set by Hello: the proxy id and workload, kept to re-register after an expiry.
     hello: Option<(String, Workload)>,
+    /// What the proxy said about its versions on Hello, kept to re-register after an expiry.
+    versions: crate::protocol_version::ProxyVersions,
     /// Each subscribed target and the value it was last sent: `None` when nothing was sent yet
     /// (held back), `Some(None)` for "nothing there".
     subscriptions: BTreeMap<Target, Option<Option<Destination>>>,
@@ -139,6 +141,7 @@ impl Session {
             id,
             tx,
             hello: None,
+            versions: Default::default(),
             subscriptions: BTreeMap::new(),
             version: 0,
             root_namespace: Arc::from(crate::DEFAULT_ROOT_NAMESPACE),
@@ -292,8 +295,11 @@ impl Session {
                     // again rather than leave a live proxy out of the mesh.
                     if let Some((proxy_id, workload)) = self.hello.clone() {
                         tracing::info!(stream = id, workload = %workload.name, "re-registering expired workload on heartbeat");
+                        let versions = self.versions.clone();
                         self.shared.with_registry(|r| {
-                            ((), r.reregister(id, &proxy_id, workload, Instant::now()))
+                            let changed = r.reregister(id, &proxy_id, workload, Instant::now());
+                            r.set_versions(id, versions);
+                            ((), changed)
                         });
                     }
                 }
@@ -304,6 +310,19 @@ impl Session {
 
     async fn hello(&mut self, hello: pb::Hello) -> Result<(), End> {
         let invalid = |e: String| End::Status(Status::invalid_argument(e));
+        let protocol = crate::protocol_version::negotiate(
+            hello.protocol_version,
+            trellis_api::DISCOVERY_PROTOCOL_MIN,
+            trellis_api::DISCOVERY_PROTOCOL,
+        )
+        .map_err(|e| {
+            tracing::warn!(stream = self.id, proxy = %hello.proxy_id, error = %e, "proxy refused");
+            End::Status(Status::failed_precondition(e.to_string()))
+        })?;
+        self.versions = crate::protocol_version::ProxyVersions {
+            proxy_version: hello.proxy_version.clone(),
+            protocol,
+        };
         let w = hello
             .workload
             .ok_or_else(|| invalid("Hello.workload is required".into()))?;
@@ -320,18 +339,25 @@ impl Session {
         }
         tracing::info!(
             stream = self.id, proxy = %hello.proxy_id, workload = %workload.name,
-            namespace = %workload.namespace, inbound = %workload.inbound_address, "proxy registered"
+            namespace = %workload.namespace, inbound = %workload.inbound_address,
+            proxy_version = %hello.proxy_version, protocol, "proxy registered"
         );
         let (id, proxy_id) = (self.id, hello.proxy_id.clone());
         let registered = workload.clone();
-        self.shared
-            .with_registry(|r| ((), r.register(id, &proxy_id, registered, Instant::now())));
+        let versions = self.versions.clone();
+        self.shared.with_registry(|r| {
+            let changed = r.register(id, &proxy_id, registered, Instant::now());
+            r.set_versions(id, versions);
+            ((), changed)
+        });
         self.hello = Some((hello.proxy_id, workload));
         let heartbeat_interval_ms =
             u64::try_from(self.shared.heartbeat_interval.as_millis()).unwrap_or(u64::MAX);
         let welcome = pb::Welcome {
             identity: identity.to_string(),
             heartbeat_interval_ms,
+            protocol_version: protocol,
+            control_version: env!("CARGO_PKG_VERSION").to_string(),
         };
         self.send(control_message::Kind::Welcome(welcome)).await?;
         self.shared.programmed.connected(self.id);

@@ -116,6 +116,10 @@ struct WorkloadJson {
     nacks: u64,
     last_nack: Option<String>,
     subscriptions: Vec<String>,
+    /// The proxy's build version as it said on Hello (empty: it did not say).
+    proxy_version: String,
+    /// The discovery protocol revision its stream speaks.
+    protocol_version: u32,
 }
 
 async fn workloads(State(app): State<App>) -> Json<Vec<WorkloadJson>> {
@@ -139,6 +143,8 @@ async fn workloads(State(app): State<App>) -> Json<Vec<WorkloadJson>> {
             nacks: r.nacks,
             last_nack: r.last_nack.clone(),
             subscriptions: r.subscriptions.iter().map(ToString::to_string).collect(),
+            proxy_version: r.versions.proxy_version.clone(),
+            protocol_version: r.versions.protocol,
         })
         .collect();
     Json(out)
@@ -199,8 +205,10 @@ async fn metrics(
     let config = app.shared.config_rx.borrow().clone();
     let registered = app.shared.registry().len();
     let mut body = app.shared.metrics.render(&config, registered);
+    render_info(&mut body, app.ready.load(Ordering::Acquire));
     if let Some(axum::Extension(ca)) = ca {
         ca.metrics.render(&mut body, ca.status().anchors);
+        crate::ca::metrics::render_expiries(&mut body, &ca.expiries());
     }
     (
         [(
@@ -209,6 +217,24 @@ async fn metrics(
         )],
         body,
     )
+}
+
+/// The control plane's version (`trellis check` compares it with the CLI's and the proxies')
+/// and readiness, as gauges so that alerts see "up but not ready" as well as "down" (`up`).
+fn render_info(out: &mut String, ready: bool) {
+    use std::fmt::Write as _;
+    let _ = writeln!(
+        out,
+        "# HELP trellis_control_info Control plane build information.\n\
+         # TYPE trellis_control_info gauge\n\
+         trellis_control_info{{version=\"{}\",discovery_protocol=\"{}\"}} 1\n\
+         # HELP trellis_control_ready 1 once the control plane has loaded its config (GET /ready answers 200).\n\
+         # TYPE trellis_control_ready gauge\n\
+         trellis_control_ready {}",
+        env!("CARGO_PKG_VERSION"),
+        trellis_api::DISCOVERY_PROTOCOL,
+        u8::from(ready)
+    );
 }
 
 async fn is_ready(State(app): State<App>) -> impl IntoResponse {

@@ -31,6 +31,8 @@ pub struct Registration {
     pub nacks: u64,
     pub last_nack: Option<String>,
     pub subscriptions: BTreeSet<Target>,
+    /// The proxy's build and protocol revision, set after Hello ([`Registry::set_versions`]).
+    pub versions: crate::protocol_version::ProxyVersions,
 }
 
 #[derive(Debug)]
@@ -93,9 +95,21 @@ impl Registry {
                 nacks,
                 last_nack,
                 subscriptions,
+                versions: Default::default(),
             },
         );
         changed
+    }
+
+    /// Records what the proxy behind `stream` said about its versions.
+    pub fn set_versions(
+        &mut self,
+        stream: StreamId,
+        versions: crate::protocol_version::ProxyVersions,
+    ) {
+        if let Some(entry) = self.entry_mut(stream) {
+            entry.versions = versions;
+        }
     }
 
     /// Registers again a stream whose workload expired while the stream stayed open, unless

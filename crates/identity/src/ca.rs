@@ -119,6 +119,13 @@ pub struct CaStatus {
     pub issuer_generation: u64,
 }
 
+/// Expiry of the CA's own certificates (see [`Authority::expiries`]).
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct CaExpiries {
+    pub issuer: Option<SystemTime>,
+    pub anchors: Vec<SystemTime>,
+}
+
 /// The mesh CA.
 #[derive(Debug)]
 pub struct Authority {
@@ -518,6 +525,25 @@ impl Authority {
     /// Increases on every issuer change; proxies renew when it moves.
     pub fn issuer_generation(&self) -> u64 {
         self.generation
+    }
+
+    /// When the signing issuer and each trust anchor expire, for the expiry metrics and
+    /// alerts (`None` for a certificate that does not parse, which construction rules out).
+    pub fn expiries(&self) -> CaExpiries {
+        let not_after = |pem: &str| {
+            first_cert_der(pem, "certificate")
+                .ok()
+                .and_then(|der| crate::tls::not_after(&der))
+        };
+        CaExpiries {
+            issuer: not_after(&self.issuer.cert_pem),
+            anchors: self
+                .bundle
+                .roots_pem
+                .iter()
+                .filter_map(|p| not_after(p))
+                .collect(),
+        }
     }
 
     /// Continues the generation count of a CA this one replaces, so proxies renew.

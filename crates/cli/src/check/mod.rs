@@ -8,6 +8,7 @@
 
 pub mod k8s;
 pub mod report;
+pub mod skew;
 
 use std::io::Write;
 use std::net::SocketAddr;
@@ -198,10 +199,30 @@ pub fn run(args: &CheckArgs, out: &mut dyn Write, err: &mut dyn Write) -> u8 {
         runtime.block_on(k8s::pre(&args.kube))
     } else if args.kubernetes_mode() {
         let data_plane = args.proxy.then_some(args.namespace.as_deref());
-        runtime.block_on(k8s::installed(&args.kube, data_plane))
+        let report = runtime.block_on(k8s::installed(&args.kube, data_plane));
+        // Version skew once the cluster answered (the API section says why it did not).
+        let api_answered = report.categories.first().is_some_and(|c| {
+            c.checks
+                .iter()
+                .all(|k| k.result == report::CheckResult::Success)
+        });
+        match runtime.block_on(crate::install::cluster::connect(&args.kube)) {
+            Ok(client) if api_answered => {
+                let versions = runtime.block_on(skew::kubernetes(&client, data_plane));
+                with_category(report, skew::evaluate(&versions))
+            }
+            _ => report,
+        }
     } else {
         let observed = runtime.block_on(observe(control, &args.control));
-        report::evaluate(&observed, args.proxy)
+        let report = report::evaluate(&observed, args.proxy);
+        // Nothing to compare with a control plane that does not answer.
+        if observed.live.is_ok() {
+            let versions = runtime.block_on(skew::local(control));
+            with_category(report, skew::evaluate(&versions))
+        } else {
+            report
+        }
     };
     let text = if args.output.is_structured() {
         match output::structured(args.output, &report) {
@@ -220,6 +241,13 @@ pub fn run(args: &CheckArgs, out: &mut dyn Write, err: &mut dyn Write) -> u8 {
     } else {
         crate::EXIT_FAILURE
     }
+}
+
+/// `report` with one more section (success recomputed).
+fn with_category(report: report::Report, category: report::Category) -> report::Report {
+    let mut categories = report.categories;
+    categories.push(category);
+    report::Report::new(categories)
 }
 
 #[cfg(test)]

@@ -241,6 +241,7 @@ pub fn plural(kind: &str) -> Option<&'static str> {
         "ValidatingWebhookConfiguration" => "validatingwebhookconfigurations",
         "ConfigMap" => "configmaps",
         "Secret" => "secrets",
+        "PrometheusRule" => "prometheusrules",
         _ => return None,
     })
 }

@@ -2,6 +2,7 @@
 //! `kubectl apply -f -` / `kubectl delete -f -`. The manifests themselves are data from
 //! `trellis_control::k8s::manifests`, so the control plane, its tests and this command agree.
 
+pub mod alerts;
 pub mod cluster;
 
 use std::io::Write;
@@ -14,7 +15,8 @@ use trellis_control::k8s::manifests::{Values, render};
 pub struct InstallArgs {
     /// Change a value: image, proxyImage, replicas, logLevel, webhook.failurePolicy
     /// (Ignore|Fail), webhook.url (https://... for a control plane outside the cluster),
-    /// resources.cpu, resources.memory, resources.memoryLimit, crds (true|false). Repeatable.
+    /// resources.cpu, resources.memory, resources.memoryLimit, crds (true|false), alerts
+    /// (true|false: add the alerting rules as a PrometheusRule). Repeatable.
     #[arg(long = "set", value_name = "KEY=VALUE")]
     pub set: Vec<String>,
 }
@@ -35,12 +37,31 @@ impl InstallError {
     }
 }
 
-fn values(args: &InstallArgs) -> Result<Values, InstallError> {
+/// The control plane's values, and whether to add the alerting rules (`alerts=true`, which
+/// the CLI handles itself: the rules are not the control plane's).
+fn values(args: &InstallArgs) -> Result<(Values, bool), InstallError> {
     let mut values = Values::default();
+    let mut alerts = false;
     for assignment in &args.set {
-        values.set(assignment).map_err(InstallError::Usage)?;
+        match alerts::parse_set(assignment) {
+            Some(on) => alerts = on.map_err(InstallError::Usage)?,
+            None => values.set(assignment).map_err(InstallError::Usage)?,
+        }
     }
-    Ok(values)
+    Ok((values, alerts))
+}
+
+/// Every object of the install, in apply order: the control plane's manifests, then the
+/// PrometheusRule when `alerts=true`. `trellis upgrade` diffs the same list.
+pub fn objects(args: &InstallArgs) -> Result<Vec<Value>, InstallError> {
+    let (values, with_alerts) = values(args)?;
+    let mut objects = render(&values);
+    if with_alerts {
+        objects.push(alerts::prometheus_rule(
+            trellis_control::k8s::kinds::names::NAMESPACE,
+        )?);
+    }
+    Ok(objects)
 }
 
 /// Multi-document YAML, `---` between objects.
@@ -55,7 +76,7 @@ pub fn to_yaml(objects: &[Value]) -> Result<String, serde_yaml::Error> {
 
 /// Everything to apply, in order.
 pub fn install(args: &InstallArgs, out: &mut impl Write) -> Result<(), InstallError> {
-    out.write_all(to_yaml(&render(&values(args)?))?.as_bytes())?;
+    out.write_all(to_yaml(&objects(args)?)?.as_bytes())?;
     Ok(())
 }
 
@@ -63,7 +84,7 @@ pub fn install(args: &InstallArgs, out: &mut impl Write) -> Result<(), InstallEr
 /// going away) and the namespace last. CRDs are included: deleting them deletes the mesh config
 /// stored in them, as `kubectl delete -f` of the install would.
 pub fn uninstall(args: &InstallArgs, out: &mut impl Write) -> Result<(), InstallError> {
-    let mut objects = render(&values(args)?);
+    let mut objects = objects(args)?;
     objects.reverse();
     // Only what identifies an object is needed to delete it.
     let objects: Vec<Value> = objects
@@ -105,6 +126,10 @@ mod tests {
         assert!(text.trim_end().ends_with("name: trellis-system"), "{text}");
         let bad = InstallArgs {
             set: vec!["replicas".into()],
+        };
+        assert!(install(&bad, &mut Vec::new()).unwrap_err().is_usage());
+        let bad = InstallArgs {
+            set: vec!["alerts=maybe".into()],
         };
         assert!(install(&bad, &mut Vec::new()).unwrap_err().is_usage());
     }

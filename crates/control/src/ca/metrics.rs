@@ -75,3 +75,37 @@ impl CaMetrics {
         );
     }
 }
+
+/// Appends the issuer's and the trust anchors' expiry as Unix times: the issuer gauge alone,
+/// the anchors one series each (labelled by their index in the bundle) so that a rotation's
+/// new and old anchor are both visible and an alert can take the earliest.
+pub fn render_expiries(out: &mut String, expiries: &trellis_identity::ca::CaExpiries) {
+    let unix = |t: std::time::SystemTime| {
+        t.duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_secs())
+    };
+    let _ = writeln!(
+        out,
+        "# HELP trellis_control_issuer_cert_expiry_timestamp_seconds When the CA's signing (issuer) certificate expires.\n\
+         # TYPE trellis_control_issuer_cert_expiry_timestamp_seconds gauge"
+    );
+    if let Some(t) = expiries.issuer {
+        let _ = writeln!(
+            out,
+            "trellis_control_issuer_cert_expiry_timestamp_seconds {}",
+            unix(t)
+        );
+    }
+    let _ = writeln!(
+        out,
+        "# HELP trellis_control_trust_anchor_expiry_timestamp_seconds When each root of the trust bundle expires.\n\
+         # TYPE trellis_control_trust_anchor_expiry_timestamp_seconds gauge"
+    );
+    for (i, t) in expiries.anchors.iter().enumerate() {
+        let _ = writeln!(
+            out,
+            "trellis_control_trust_anchor_expiry_timestamp_seconds{{anchor=\"{i}\"}} {}",
+            unix(*t)
+        );
+    }
+}

@@ -9,7 +9,7 @@
 
 pub mod grpc;
 pub mod http;
-mod metrics;
+pub(crate) mod metrics;
 
 use std::future::Future;
 use std::path::{Path, PathBuf};
@@ -368,6 +368,14 @@ impl CaState {
 
     pub fn bundle_rx(&self) -> watch::Receiver<BundleView> {
         self.bundle_tx.subscribe()
+    }
+
+    /// When the issuer and the trust anchors expire (the expiry gauges).
+    pub fn expiries(&self) -> trellis_identity::ca::CaExpiries {
+        self.authority
+            .read()
+            .unwrap_or_else(PoisonError::into_inner)
+            .expiries()
     }
 
     pub fn status(&self) -> CaStatus {

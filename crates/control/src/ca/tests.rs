@@ -70,6 +70,23 @@ async fn tokens_prove_exactly_one_identity() {
     ca.metrics.render(&mut out, 1);
     assert!(out.contains("trellis_control_certificates_issued_total{result=\"issued\"} 1"));
     assert!(out.contains("trellis_control_certificates_issued_total{result=\"refused\"} 5"));
+    super::metrics::render_expiries(&mut out, &ca.expiries());
+    let value = |name: &str| -> u64 {
+        let line = out.lines().find(|l| l.starts_with(name)).unwrap();
+        line.rsplit(' ').next().unwrap().parse().unwrap()
+    };
+    let now = SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs();
+    // The generated issuer lives 2 years, its anchor 10.
+    let issuer = value("trellis_control_issuer_cert_expiry_timestamp_seconds ");
+    let anchor = value("trellis_control_trust_anchor_expiry_timestamp_seconds{anchor=\"0\"} ");
+    assert!(
+        issuer > now + 700 * 86400 && issuer < now + 800 * 86400,
+        "{out}"
+    );
+    assert!(anchor > issuer, "{out}");
 }
 
 #[tokio::test]

@@ -109,3 +109,18 @@ fn loads_a_user_ca_and_refuses_a_mismatched_pair() {
         })
     ));
 }
+
+#[test]
+fn expiries_of_issuer_and_anchors() {
+    let t0 = now();
+    let mut ca = Authority::generate("cluster.local", t0).unwrap();
+    let e = ca.expiries();
+    let secs = |t: SystemTime| t.duration_since(t0).unwrap().as_secs();
+    // The generated issuer lives 2 years, the anchor 10 (to the second, give or take rounding).
+    let issuer = secs(e.issuer.unwrap());
+    assert!(issuer.abs_diff(2 * 365 * 24 * 3600) < 5, "{issuer}");
+    assert_eq!(e.anchors.len(), 1);
+    assert!(secs(e.anchors[0]).abs_diff(10 * 365 * 24 * 3600) < 5);
+    ca.prepare_rotation(t0).unwrap();
+    assert_eq!(ca.expiries().anchors.len(), 2);
+}

@@ -106,6 +106,7 @@ async fn session(
         workload: Some(wire::workload_to_wire(&config.workload)),
         join_token: config.join_token.clone().unwrap_or_default(),
         proxy_version: env!("CARGO_PKG_VERSION").to_string(),
+        protocol_version: announced_protocol(),
     };
     let _ = out_tx.send(message(proxy_message::Kind::Hello(hello)));
     for target in inner.live_targets() {
@@ -131,7 +132,12 @@ async fn session(
                 let kind = msg?.ok_or(SessionError::Closed)?.kind;
                 match kind {
                     Some(control_message::Kind::Welcome(welcome)) => {
-                        tracing::info!(control = %config.control, identity = %welcome.identity, "registered with the control plane");
+                        tracing::info!(
+                            control = %config.control, identity = %welcome.identity,
+                            control_version = %welcome.control_version,
+                            protocol = welcome.protocol_version.max(1),
+                            "registered with the control plane"
+                        );
                         // Connected means registered: the control plane has answered Hello.
                         {
                             let mut status = inner.status();
@@ -191,6 +197,23 @@ async fn session(
                 }
             }
         }
+    }
+}
+
+/// Hidden, for the cross-version tests: `TRELLIS_DISCOVERY_PROTOCOL=1` makes this proxy speak
+/// as a proxy of the previous protocol revision does, leaving out `Hello.protocol_version`.
+const PROTOCOL_ENV: &str = "TRELLIS_DISCOVERY_PROTOCOL";
+
+/// The `Hello.protocol_version` to send: this build's revision, or the revision the hidden
+/// environment variable names, sent as a proxy of that revision would (revision 1: absent).
+fn announced_protocol() -> u32 {
+    match std::env::var(PROTOCOL_ENV)
+        .ok()
+        .and_then(|v| v.parse::<u32>().ok())
+    {
+        Some(1) => 0,
+        Some(revision) => revision,
+        None => trellis_api::DISCOVERY_PROTOCOL,
     }
 }
 
