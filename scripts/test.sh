@@ -128,15 +128,36 @@ log "cargo build --workspace --bins"
 timeout -k 30 "$BUILD_TIMEOUT" cargo build --workspace --bins
 
 # --- 2b. fuzz (docs/testing.md), bounded; skipped for a subset run or TRELLIS_SKIP_FUZZ=1 ------
-# Authorization's path and principal matching (fuzz/): seeded random inputs on the stable
-# toolchain always; then 30 s of coverage-guided cargo-fuzz where a nightly toolchain and
-# cargo-fuzz are installed. It runs before the tests so that their summary closes the run.
+# Every parser of untrusted input (fuzz/): seeded random inputs on the stable toolchain always;
+# then, where a nightly toolchain and cargo-fuzz are installed, each target under libFuzzer for
+# TRELLIS_FUZZ_SECONDS (12 s) from its committed seeds (fuzz/corpus/<target>, read-only: what a
+# run finds goes to a scratch directory). It runs before the tests so that their summary closes
+# the run. A crash fails the run and leaves its input in fuzz/artifacts/<target>/.
+FUZZ_TARGETS=(authz_matching detect http1_head config_adapters route_matching csr jwt)
 if [ "$#" -eq 0 ] && [ -z "${TRELLIS_SKIP_FUZZ:-}" ]; then
   log "cargo test --manifest-path fuzz/Cargo.toml (seeded random inputs)"
   timeout -k 30 600 cargo test --manifest-path fuzz/Cargo.toml
   if cargo +nightly --version >/dev/null 2>&1 && cargo fuzz --version >/dev/null 2>&1; then
-    log "cargo +nightly fuzz run authz_matching (30 s)"
-    timeout -k 30 900 cargo +nightly fuzz run --features fuzz authz_matching -- -max_total_time=30
+    fuzz_seconds=${TRELLIS_FUZZ_SECONDS:-12}
+    log "cargo +nightly fuzz build (${#FUZZ_TARGETS[@]} targets)"
+    (cd fuzz && timeout -k 30 1200 cargo +nightly fuzz build --features fuzz)
+    fuzz_scratch=$(mktemp -d)
+    for t in "${FUZZ_TARGETS[@]}"; do
+      log "cargo +nightly fuzz run $t (${fuzz_seconds} s)"
+      mkdir -p "$fuzz_scratch/$t"
+      fuzz_log="$fuzz_scratch/$t.log"
+      # The run's log is long (one line per new coverage); its totals are shown, and on a
+      # crash its end (the panic, the input's path).
+      if (cd fuzz && timeout -k 30 $((fuzz_seconds + 120)) cargo +nightly fuzz run --features fuzz \
+        "$t" "$fuzz_scratch/$t" "corpus/$t" -- -max_total_time="$fuzz_seconds" \
+        -rss_limit_mb=2048 -print_final_stats=1) >"$fuzz_log" 2>&1; then
+        grep -E '^stat::(number_of_executed_units|peak_rss_mb)' "$fuzz_log" || true
+      else
+        tail -n 60 "$fuzz_log"
+        die "fuzz target $t failed (input saved under fuzz/artifacts/$t/)"
+      fi
+    done
+    rm -rf "$fuzz_scratch"
   else
     log "fuzz: no nightly toolchain or cargo-fuzz here; the seeded run above stands in"
   fi

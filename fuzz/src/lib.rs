@@ -1,193 +1,46 @@
-//! The checks behind the fuzz targets, as plain functions so that the same check also runs as a
-//! stable `cargo test` over seeded random inputs (no libFuzzer needed).
+//! The checks behind the fuzz targets, as plain functions over bytes, so that the same check
+//! runs under libFuzzer (`fuzz_targets/`, nightly) and as a stable `cargo test` over seeded
+//! random inputs (each module's tests). One module per parser of untrusted input:
 //!
-//! `check_matching`: authorization's string matching (`paths`, `principals`, `hosts`: exact,
-//! `prefix*`, `*suffix`, `*`) must agree with an independent regex oracle, never panic on any
-//! UTF-8 (case-insensitive host matching slices strings), and give the same answer through the
-//! whole `evaluate` as through the matcher alone.
+//! - [`authz`]: authorization's path and principal matching against a regex oracle;
+//! - [`detect`]: protocol detection over any bytes in any split into reads;
+//! - [`http1_head`]: the proxy's HTTP/1 server (hyper with the proxy's head timer) and the head
+//!   rewrites the proxy applies on top of it;
+//! - [`config`]: every config adapter, YAML in, model out;
+//! - [`route`]: route selection against an independent first-match oracle;
+//! - [`csr`]: the CA's CSR path: no panic, and never a leaf for another identity;
+//! - [`jwt`]: JWT and JWKS parsing in the authn path: no panic, and no forged token accepted.
+//!
+//! A check panics (an assertion) only when the code under test is wrong; inputs the code
+//! rightly refuses are not failures.
 
-use regex::Regex;
-use trellis_model::authz::{
-    Action, DefaultPolicy, HttpAttributes, Operation, Policy, Request, Rule, Source, WorkloadAuthz,
-    evaluate, pattern,
-};
+pub mod authz;
+pub mod config;
+pub mod csr;
+pub mod detect;
+pub mod http1_head;
+pub mod input;
+pub mod jwt;
+pub mod route;
 
-/// The oracle: the pattern forms as an anchored regex.
-fn oracle(p: &str, v: &str, ignore_case: bool) -> bool {
-    let flags = if ignore_case { "(?is)" } else { "(?s)" };
-    let re = if p == "*" {
-        ".*".to_string()
-    } else if let Some(prefix) = p.strip_suffix('*') {
-        format!("{}.*", regex::escape(prefix))
-    } else if let Some(suffix) = p.strip_prefix('*') {
-        format!(".*{}", regex::escape(suffix))
-    } else {
-        regex::escape(p)
-    };
-    let Ok(re) = Regex::new(&format!("{flags}^(?:{re})$")) else {
-        return false;
-    };
-    re.is_match(v)
-}
+pub use authz::check_matching;
+pub use config::check_config;
+pub use csr::check_csr;
+pub use detect::check_detect;
+pub use http1_head::check_http1_head;
+pub use jwt::check_jwt;
+pub use route::check_route_matching;
 
-/// Splits fuzz bytes into a pattern and a value (at the first 0 byte).
-fn split(data: &[u8]) -> Option<(&str, &str)> {
-    let text = std::str::from_utf8(data).ok()?;
-    let (p, v) = text.split_once('\0').unwrap_or((text, ""));
-    Some((p, v))
-}
-
-pub fn check_matching(data: &[u8]) {
-    let Some((p, v)) = split(data) else {
-        return;
-    };
-    // Namespace extraction must never panic, whatever the principal.
-    let _ = pattern::namespace_of_principal(v);
-    let _ = pattern::principal_of_spiffe(v);
-    // Only patterns the config reader accepts reach a proxy.
-    if pattern::check(p).is_some() {
-        return;
+/// One current-thread runtime per thread, reused across inputs: building one per input would
+/// dominate the time of a fuzz run.
+pub(crate) fn runtime() -> &'static tokio::runtime::Runtime {
+    thread_local! {
+        static RUNTIME: &'static tokio::runtime::Runtime = Box::leak(Box::new(
+            match tokio::runtime::Builder::new_current_thread().enable_time().build() {
+                Ok(rt) => rt,
+                Err(e) => panic!("cannot build a tokio runtime: {e}"),
+            },
+        ));
     }
-    let exact = pattern::matches(p, v);
-    assert_eq!(exact, oracle(p, v, false), "matches({p:?}, {v:?})");
-    let folded = pattern::matches_ignore_case(p, v);
-    // ASCII-only case folding: agree with the oracle whenever nothing but ASCII could fold.
-    if p.is_ascii() && v.is_ascii() {
-        assert_eq!(
-            folded,
-            oracle(p, v, true),
-            "matches_ignore_case({p:?}, {v:?})"
-        );
-    }
-    if exact {
-        assert!(
-            folded,
-            "an exact match must also match ignoring case: {p:?} {v:?}"
-        );
-    }
-
-    // The same through the whole decision: an ALLOW on `paths` and one on `principals`.
-    let headers = http::HeaderMap::new();
-    let allow = |rule: Rule| WorkloadAuthz {
-        default: DefaultPolicy::AllUnauthenticated,
-        cluster_networks: Vec::new(),
-        policies: vec![Policy {
-            name: "fuzz/p".into(),
-            action: Action::Allow,
-            rules: vec![rule],
-            dry_run: false,
-        }],
-    };
-    let by_path = allow(Rule {
-        to: vec![Operation {
-            paths: vec![p.to_string()],
-            ..Operation::default()
-        }],
-        ..Rule::default()
-    });
-    let by_principal = allow(Rule {
-        from: vec![Source {
-            principals: vec![p.to_string()],
-            ..Source::default()
-        }],
-        ..Rule::default()
-    });
-    let request = Request {
-        peer_principal: Some(v),
-        source_namespace: pattern::namespace_of_principal(v),
-        destination_port: 80,
-        http: Some(HttpAttributes {
-            host: "h",
-            method: "GET",
-            path: v,
-            headers: &headers,
-            auth: None,
-        }),
-        ..Request::default()
-    };
-    assert_eq!(
-        evaluate(&by_path, &request).allowed,
-        exact,
-        "paths {p:?} {v:?}"
-    );
-    assert_eq!(
-        evaluate(&by_principal, &request).allowed,
-        exact,
-        "principals {p:?} {v:?}"
-    );
-}
-
-#[cfg(test)]
-mod tests {
-    use super::check_matching;
-
-    /// xorshift64*: a fixed seed makes every CI run check the same inputs.
-    struct Rng(u64);
-    impl Rng {
-        fn next(&mut self) -> u64 {
-            self.0 ^= self.0 >> 12;
-            self.0 ^= self.0 << 25;
-            self.0 ^= self.0 >> 27;
-            self.0.wrapping_mul(0x2545_f491_4f6c_dd1d)
-        }
-        fn below(&mut self, n: usize) -> usize {
-            (self.next() % n as u64) as usize
-        }
-    }
-
-    /// Pieces that make the interesting cases likely: stars, slashes, principals, case, and
-    /// multi-byte characters where a byte slice could split one.
-    const PIECES: &[&str] = &[
-        "*",
-        "/",
-        "a",
-        "A",
-        "b",
-        "ns",
-        "sa",
-        "cluster.local",
-        "/ns/",
-        "/sa/",
-        "é",
-        "É",
-        "ß",
-        "日本",
-        ".",
-        ":",
-        "\0",
-        "",
-        "ratings",
-        "*/",
-        "/*",
-        "K",
-        "k",
-        "\u{212a}",
-    ];
-
-    #[test]
-    fn seeded_random_inputs() {
-        let mut rng = Rng(0x7e11_15a7_2026_0005);
-        // Bounded: 20,000 inputs (each compiles an oracle regex) take a few seconds in debug.
-        for _ in 0..20_000 {
-            let mut input = String::new();
-            for _ in 0..rng.below(8) {
-                input.push_str(PIECES[rng.below(PIECES.len())]);
-            }
-            check_matching(input.as_bytes());
-        }
-    }
-
-    #[test]
-    fn known_cases() {
-        for case in [
-            "*\0",
-            "/a/*\0/a/b",
-            "*/sa/x\0c/ns/n/sa/x",
-            "é*\0É",
-            "*é\0e",
-            "*\u{212a}\0k",
-        ] {
-            check_matching(case.as_bytes());
-        }
-    }
+    RUNTIME.with(|rt| *rt)
 }

@@ -6,6 +6,7 @@
 
 use bytes::Bytes;
 use http::header::{self, HeaderMap, HeaderName, HeaderValue};
+use http::uri::Authority;
 use http::{Request, Response, StatusCode, Uri, Version};
 use http_body_util::combinators::BoxBody;
 use http_body_util::{BodyExt, Full};
@@ -210,28 +211,39 @@ pub fn to_http1<B>(req: &mut Request<B>) {
 
 /// Rewrites a request for an HTTP/2 hop: an absolute URI whose authority is the Host header
 /// (HTTP/2 carries it as `:authority`), falling back to `fallback_authority`.
+///
+/// A Host that is not a valid authority (`a b`, `x, y`: hyper does not judge it) stays a Host
+/// header, passed on as the client sent it for the application to judge as it would without
+/// the mesh, and `:authority` is the fallback: h2 refuses to send a request with neither scheme
+/// nor authority, so the client got a 502 for its own bad Host (found by `fuzz/` http1_head).
 pub fn to_http2<B>(req: &mut Request<B>, fallback_authority: &str) {
+    let host = req
+        .headers()
+        .get(header::HOST)
+        .and_then(|h| h.to_str().ok())
+        .and_then(|h| h.parse::<Authority>().ok());
+    let host_unusable = req.uri().authority().is_none()
+        && host.is_none()
+        && req.headers().contains_key(header::HOST);
     let authority = req
         .uri()
         .authority()
-        .map(|a| a.as_str().to_owned())
-        .or_else(|| {
-            req.headers()
-                .get(header::HOST)
-                .and_then(|h| h.to_str().ok())
-                .map(str::to_owned)
-        })
-        .unwrap_or_else(|| fallback_authority.to_owned());
+        .cloned()
+        .or(host)
+        .or_else(|| fallback_authority.parse().ok());
     let path = req.uri().path_and_query().map_or("/", |p| p.as_str());
-    if let Ok(uri) = Uri::builder()
-        .scheme("http")
-        .authority(authority)
-        .path_and_query(path)
-        .build()
+    if let Some(authority) = authority
+        && let Ok(uri) = Uri::builder()
+            .scheme("http")
+            .authority(authority)
+            .path_and_query(path)
+            .build()
     {
         *req.uri_mut() = uri;
     }
-    req.headers_mut().remove(header::HOST);
+    if !host_unusable || req.uri().authority().is_none() {
+        req.headers_mut().remove(header::HOST);
+    }
     *req.version_mut() = Version::HTTP_2;
 }
 
@@ -406,6 +418,24 @@ mod tests {
             .unwrap();
         to_http2(&mut bare, "10.0.0.1:80");
         assert_eq!(bare.uri().to_string(), "http://10.0.0.1:80/");
+    }
+
+    /// Regression (fuzz/ http1_head): a Host that is no authority used to leave the HTTP/2
+    /// request with neither `:authority` nor Host, which cannot be sent (a 502).
+    #[test]
+    fn an_invalid_host_survives_the_http2_hop() {
+        for host in ["reviews:454 HTTP/G1.1", "a, b", "x@y z"] {
+            let mut req = Request::builder()
+                .uri("/a")
+                .header("host", host)
+                .body(())
+                .unwrap();
+            to_http2(&mut req, "10.0.0.1:80");
+            assert_eq!(req.uri().to_string(), "http://10.0.0.1:80/a", "{host}");
+            assert_eq!(req.headers()["host"], host);
+            to_http1(&mut req);
+            assert_eq!(req.headers()["host"], host);
+        }
     }
 
     #[test]
