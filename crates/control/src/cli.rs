@@ -99,6 +99,11 @@ pub struct Args {
     /// The proxy image injected sidecars run.
     #[arg(long, value_name = "IMAGE", requires = "kubernetes")]
     pub proxy_image: Option<String>,
+    /// This control plane's revision (--kubernetes): it injects only the namespaces labelled
+    /// `trellis.io/rev=NAME` (or `istio.io/rev=NAME`) and patches the webhook configurations
+    /// named `...-NAME`. Without it: the default control plane (unlabelled namespaces).
+    #[arg(long, value_name = "NAME", requires = "kubernetes")]
+    pub revision: Option<String>,
 }
 
 /// A flag value that cannot work; the binary exits 64 with this message.
@@ -141,6 +146,13 @@ impl Args {
                 self.webhook_names,
                 self.proxy_image,
             )?);
+        }
+        if let (Some(kube), Some(revision)) = (config.kubernetes.as_mut(), self.revision) {
+            crate::webhook::revision::validate(&revision).map_err(|message| UsageError {
+                flag: "revision",
+                message,
+            })?;
+            kube.inject.revision = Some(revision);
         }
         config.validate()?;
         Ok(config)

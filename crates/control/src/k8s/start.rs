@@ -131,6 +131,7 @@ pub async fn start_rest(
         tasks.spawn(webhook::follow_ca_bundles(
             client.clone(),
             source.ca.clone(),
+            options.inject.revision.clone(),
             shutdown.clone(),
         ));
     }

@@ -56,6 +56,9 @@ pub struct InjectConfig {
     /// The audience of the projected token the proxy sends to the CA (`trellis-control`'s
     /// `--token-audience`, default `trellis`).
     pub token_audience: String,
+    /// This control plane's revision (`--revision`; `None`: the default one): which
+    /// namespaces it injects ([`super::revision::decide_for`]).
+    pub revision: Option<String>,
 }
 
 impl Default for InjectConfig {
@@ -71,6 +74,7 @@ impl Default for InjectConfig {
             memory_limit: Some("256Mi".into()),
             log_level: "info".into(),
             token_audience: "trellis".into(),
+            revision: None,
         }
     }
 }

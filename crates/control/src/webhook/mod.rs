@@ -9,6 +9,7 @@
 
 pub mod inject;
 pub mod review;
+pub mod revision;
 
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
@@ -269,14 +270,21 @@ async fn handle_validate(axum::Json(body): axum::Json<Value>) -> axum::Json<Valu
 /// exist (they may be applied after the control plane starts), again whenever the bundle's
 /// roots change (an anchor rotation's `prepare` and `retire`), and checked every
 /// [`PATCH_RECHECK`] (a re-applied manifest empties it; only a differing bundle is patched).
-pub async fn follow_ca_bundles(client: Client, ca: Arc<CaState>, shutdown: CancellationToken) {
+pub async fn follow_ca_bundles(
+    client: Client,
+    ca: Arc<CaState>,
+    revision: Option<String>,
+    shutdown: CancellationToken,
+) {
+    // A revision patches its own configurations (`trellis-sidecar-injector-NAME`, ...).
+    let names = revision::webhook_names(revision.as_deref());
     let mut bundle_rx = ca.bundle_rx();
     let mut patched: Option<Vec<String>> = None;
     let mut logged = false;
     loop {
         let roots = bundle_rx.borrow_and_update().bundle.roots_pem.clone();
         if patched.as_ref() != Some(&roots) {
-            match try_patch(&client, &roots.concat()).await {
+            match try_patch(&client, &roots.concat(), &names).await {
                 Ok(changed) => {
                     if changed {
                         tracing::info!(anchors = roots.len(), "webhook caBundle patched");
@@ -306,7 +314,11 @@ pub async fn follow_ca_bundles(client: Client, ca: Arc<CaState>, shutdown: Cance
 }
 
 /// Sets every webhook's caBundle to `pem` where it differs; returns whether anything changed.
-async fn try_patch(client: &Client, pem: &str) -> Result<bool, crate::k8s::KubeError> {
+async fn try_patch(
+    client: &Client,
+    pem: &str,
+    (injector, validator): &(String, String),
+) -> Result<bool, crate::k8s::KubeError> {
     let bundle = review::base64_encode(pem.as_bytes());
     let same =
         |b: &Option<k8s_openapi::ByteString>| b.as_ref().is_some_and(|b| b.0 == pem.as_bytes());
@@ -319,13 +331,13 @@ async fn try_patch(client: &Client, pem: &str) -> Result<bool, crate::k8s::KubeE
     };
     // Strategic merge keys webhooks by name, so each gets the bundle and nothing else changes.
     let current = mutating
-        .get(names::INJECTOR_WEBHOOK)
+        .get(injector.as_str())
         .await
-        .map_err(err(names::INJECTOR_WEBHOOK))?;
+        .map_err(err(injector.as_str()))?;
     let current_validating = validating
-        .get(names::VALIDATING_WEBHOOK)
+        .get(validator.as_str())
         .await
-        .map_err(err(names::VALIDATING_WEBHOOK))?;
+        .map_err(err(validator.as_str()))?;
     let up_to_date = current
         .webhooks
         .iter()
@@ -347,12 +359,12 @@ async fn try_patch(client: &Client, pem: &str) -> Result<bool, crate::k8s::KubeE
         .collect();
     mutating
         .patch(
-            names::INJECTOR_WEBHOOK,
+            injector.as_str(),
             &params,
             &Patch::Strategic(json!({"webhooks": hooks})),
         )
         .await
-        .map_err(err(names::INJECTOR_WEBHOOK))?;
+        .map_err(err(injector.as_str()))?;
     let hooks: Vec<Value> = current_validating
         .webhooks
         .iter()
@@ -361,11 +373,11 @@ async fn try_patch(client: &Client, pem: &str) -> Result<bool, crate::k8s::KubeE
         .collect();
     validating
         .patch(
-            names::VALIDATING_WEBHOOK,
+            validator.as_str(),
             &params,
             &Patch::Strategic(json!({"webhooks": hooks})),
         )
         .await
-        .map_err(err(names::VALIDATING_WEBHOOK))?;
+        .map_err(err(validator.as_str()))?;
     Ok(true)
 }

@@ -64,7 +64,8 @@ pub fn mutate(
         .as_str()
         .or_else(|| pod["metadata"]["namespace"].as_str())
         .unwrap_or("default");
-    match inject::decide(pod, &namespace_labels(namespace)) {
+    let labels = namespace_labels(namespace);
+    match super::revision::decide_for(pod, &labels, config.revision.as_deref()) {
         Decision::Skip(reason) => {
             tracing::debug!(namespace, reason, "not injecting");
             review(&body["apiVersion"], allow)
