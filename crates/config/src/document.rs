@@ -31,6 +31,9 @@ pub enum Resource {
     /// An SMI HTTPRouteGroup, or a TrafficSplit with `matches` still to resolve against the
     /// config set's groups (`smi::resolve`).
     Smi(Box<smi::Pending>),
+    /// A Trellis RateLimitPolicy: local rate limits for the inbound side of the workloads it
+    /// covers.
+    RateLimitPolicy(Box<crate::trellis::ratelimit::RateLimitPolicy>),
     /// A gateway, GatewayClass, ReferenceGrant, TLS Secret, or routes bound to gateways.
     Gateway(Box<crate::gateways::GatewayResource>),
 }
@@ -196,6 +199,7 @@ fn read_document(file: &str, index: usize, value: Value) -> Document {
         ("gateway.networking.k8s.io", "HTTPRoute") => gateway::translate_http(value),
         ("gateway.networking.k8s.io", "GRPCRoute") => gateway::translate_grpc(value),
         ("linkerd.io", "ServiceProfile") => linkerd::translate(value),
+        ("trellis.io", "RateLimitPolicy") => crate::trellis::ratelimit::translate(value),
         ("split.smi-spec.io", "TrafficSplit") => smi::translate(value),
         ("specs.smi-spec.io", "HTTPRouteGroup") => smi::translate_route_group(value),
         _ => Ok(Translated::Ignored(format!(

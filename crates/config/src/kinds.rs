@@ -25,7 +25,9 @@ pub(crate) fn ignored_reason(api_version: &str, kind: &str) -> Option<String> {
         ("gateway.networking.k8s.io", "Gateway" | "GatewayClass") => {
             matches!(version, "v1" | "v1beta1")
         }
-        ("gateway.networking.k8s.io", "ReferenceGrant") => matches!(version, "v1beta1" | "v1alpha2"),
+        ("gateway.networking.k8s.io", "ReferenceGrant") => {
+            matches!(version, "v1beta1" | "v1alpha2")
+        }
         ("networking.istio.io", "VirtualService" | "DestinationRule") => {
             matches!(version, "v1" | "v1beta1" | "v1alpha3")
         }
@@ -38,6 +40,7 @@ pub(crate) fn ignored_reason(api_version: &str, kind: &str) -> Option<String> {
         ("security.istio.io", "RequestAuthentication") => matches!(version, "v1" | "v1beta1"),
         ("telemetry.istio.io", "Telemetry") => matches!(version, "v1" | "v1alpha1"),
         ("linkerd.io", "ServiceProfile") => version == "v1alpha2",
+        ("trellis.io", "RateLimitPolicy") => version == "v1alpha1",
         ("split.smi-spec.io", "TrafficSplit") => {
             matches!(version, "v1alpha1" | "v1alpha2" | "v1alpha3" | "v1alpha4")
         }

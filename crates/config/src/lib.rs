@@ -24,6 +24,7 @@ pub mod linkerd;
 pub mod no_route;
 pub mod smi;
 pub mod traffic;
+pub mod trellis;
 
 pub use document::{Document, Outcome, Resource, parse_documents};
 pub use error::{ConfigError, ResourceRef};

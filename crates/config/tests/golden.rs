@@ -40,6 +40,9 @@ fn render(file: &str, bytes: &[u8]) -> Value {
                     Outcome::Resource(Resource::Telemetry(policy)) => {
                         json!({"status": "Accepted", "telemetry": policy})
                     }
+                    Outcome::Resource(Resource::RateLimitPolicy(policy)) => {
+                        json!({"status": "Accepted", "rate_limit_policy": policy})
+                    }
                     Outcome::Resource(Resource::Smi(pending)) => {
                         json!({"status": "Accepted", "smi": pending})
                     }

@@ -7,6 +7,7 @@
 pub mod authn;
 pub mod authz;
 pub mod mtls;
+pub mod ratelimit;
 pub mod telemetry;
 
 use std::collections::BTreeMap;

@@ -397,6 +397,15 @@ impl Session {
                     workload,
                 )
             },
+            rate_limits_json: {
+                let config = self.shared.config_rx.borrow();
+                crate::compile::ratelimit::rate_limits_json(
+                    &config.rate_limit_policies,
+                    &config.services,
+                    &self.root_namespace,
+                    workload,
+                )
+            },
             request_authentication_json: {
                 let config = self.shared.config_rx.borrow();
                 crate::compile::authn::request_authentication_json(

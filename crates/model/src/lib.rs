@@ -15,6 +15,7 @@ pub mod gateway;
 pub mod matching;
 pub mod policy;
 mod protocol;
+pub mod ratelimit;
 pub mod rewrite;
 pub mod route;
 mod service;

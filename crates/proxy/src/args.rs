@@ -29,7 +29,7 @@ pub struct ConfigError {
 }
 
 impl ConfigError {
-    fn new(flag: &'static str, message: impl Into<String>) -> Self {
+    pub(crate) fn new(flag: &'static str, message: impl Into<String>) -> Self {
         Self {
             flag,
             message: message.into(),
@@ -158,6 +158,9 @@ pub struct RunArgs {
     /// Anomaly detection: the time constant of the baseline (an EWMA over past windows).
     #[arg(long, value_name = "DUR", env = "TRELLIS_ANOMALY_BASELINE", default_value = "10m", value_parser = parse_duration)]
     pub anomaly_baseline: Duration,
+    /// The proxy's own limits and load shedding (docs/proxy.md, "Limits and overload").
+    #[command(flatten)]
+    pub limits: crate::limits::LimitArgs,
 }
 
 /// `--outbound`'s value: an address or `none`.
@@ -269,6 +272,7 @@ impl RunArgs {
             access_log_path: self.access_log_path,
             anomaly_window: self.anomaly_window,
             anomaly_baseline: self.anomaly_baseline,
+            limits: self.limits.validate()?,
         })
     }
 }

@@ -84,6 +84,8 @@ pub struct ProxyConfig {
     /// Anomaly detection windows (`--anomaly-window`, `--anomaly-baseline`).
     pub anomaly_window: Duration,
     pub anomaly_baseline: Duration,
+    /// Connection, request and HTTP/2 limits and load shedding (`--max-connections`, ...).
+    pub limits: crate::limits::ServerLimits,
 }
 
 impl ProxyConfig {
@@ -121,6 +123,7 @@ impl ProxyConfig {
             access_log_path: None,
             anomaly_window: Duration::from_secs(30),
             anomaly_baseline: Duration::from_secs(600),
+            limits: crate::limits::ServerLimits::default(),
         }
     }
 }

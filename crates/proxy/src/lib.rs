@@ -29,6 +29,7 @@ pub mod forward;
 pub mod http;
 pub mod inbound;
 pub mod init;
+pub mod limits;
 pub mod listen;
 pub mod metric_overrides;
 pub mod outbound;

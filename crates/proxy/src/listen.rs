@@ -11,7 +11,9 @@ use std::time::Duration;
 
 use tokio::net::{TcpListener, TcpStream};
 
+use crate::limits::Limit;
 use crate::serve::Ctx;
+use crate::telemetry::Direction;
 
 /// Pause after a failed `accept` before trying again.
 const ACCEPT_BACKOFF: Duration = Duration::from_millis(50);
@@ -27,6 +29,13 @@ pub async fn accept_loop<F, Fut>(
     F: Fn(TcpStream, SocketAddr) -> Option<Fut>,
     Fut: Future<Output = ()> + Send + 'static,
 {
+    // `--max-connections`, counted per listener; the slot travels with the connection's task.
+    let conns = crate::limits::conns::ConnLimit::new(ctx.admission.limits().max_connections);
+    let direction = if name == "inbound" {
+        Direction::Inbound
+    } else {
+        Direction::Outbound
+    };
     loop {
         let accepted = tokio::select! {
             biased;
@@ -35,10 +44,19 @@ pub async fn accept_loop<F, Fut>(
         };
         match accepted {
             Ok((stream, peer)) => {
+                let Some(slot) = conns.try_acquire() else {
+                    ctx.metrics.limits.rejected(direction, Limit::Connections);
+                    tracing::debug!(listener = name, %peer, "connection limit reached; closing");
+                    drop(stream);
+                    continue;
+                };
                 // Nagle only delays proxied writes; failing to disable it is harmless.
                 let _ = stream.set_nodelay(true);
                 if let Some(task) = on_accept(stream, peer) {
-                    ctx.tracker.spawn(task);
+                    ctx.tracker.spawn(async move {
+                        let _slot = slot;
+                        task.await
+                    });
                 }
             }
             Err(e) => {

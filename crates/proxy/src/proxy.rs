@@ -241,8 +241,16 @@ impl Proxy {
             })
             .with_telemetry(telemetry)
             .with_identity(identity.clone())
-            .with_authn(authn.clone()),
+            .with_authn(authn.clone())
+            .with_limits(config.limits.clone()),
         );
+        if config.control.is_some() {
+            tokio::spawn(crate::resilience::ratelimit::follow(
+                discovery.rate_limits_rx(),
+                ctx.rate_limits.clone(),
+                stop.clone(),
+            ));
+        }
         let admin_state = Arc::new(AdminState {
             metrics,
             discovery,

@@ -79,6 +79,10 @@ pub struct Ctx {
     pub identity: Arc<MeshIdentity>,
     /// End-user authentication (RequestAuthentication JWT rules) for inbound requests.
     pub authn: Arc<crate::authn::Authenticator>,
+    /// The proxy's own limits and the in-flight counts they are checked against.
+    pub admission: Arc<crate::limits::Admission>,
+    /// Inbound local rate limits (RateLimitPolicy), installed from discovery.
+    pub rate_limits: Arc<crate::resilience::ratelimit::RateLimiter>,
     traffic: Mutex<HashMap<Target, Arc<TargetTraffic>>>,
 }
 
@@ -106,6 +110,8 @@ impl Ctx {
             mirror_permits: Arc::new(tokio::sync::Semaphore::new(MAX_MIRRORS_IN_FLIGHT)),
             identity: Arc::new(MeshIdentity::disabled()),
             authn: Arc::default(),
+            admission: Arc::default(),
+            rate_limits: Arc::default(),
             traffic: Mutex::new(HashMap::new()),
         }
     }
@@ -120,6 +126,12 @@ impl Ctx {
     /// Sets the JWT authenticator inbound requests go through.
     pub fn with_authn(mut self, authn: Arc<crate::authn::Authenticator>) -> Self {
         self.authn = authn;
+        self
+    }
+
+    /// Sets the connection and request limits (`--max-connections`, ...).
+    pub fn with_limits(mut self, limits: crate::limits::ServerLimits) -> Self {
+        self.admission = Arc::new(crate::limits::Admission::new(limits));
         self
     }
 
@@ -263,10 +275,13 @@ trait Downstream: AsyncRead + AsyncWrite + Unpin + Send + 'static {}
 impl<T: AsyncRead + AsyncWrite + Unpin + Send + 'static> Downstream for T {}
 
 async fn serve_http1(ctx: &Ctx, io: impl Downstream, forward: HttpForward) {
+    let direction = forward.direction();
     let svc = service_fn(move |req| forward.clone().handle(req));
-    let conn = hyper::server::conn::http1::Builder::new()
-        // The header-read timeout's timer, one tokio sleep per connection (not per request).
-        .timer(HeadTimer::default())
+    let mut builder = hyper::server::conn::http1::Builder::new();
+    // The header-read timeout's timer, one tokio sleep per connection (not per request).
+    builder.timer(HeadTimer::default());
+    crate::limits::server::http1(&mut builder, ctx.admission.limits());
+    let conn = builder
         .serve_connection(TokioIo::new(io), svc)
         .with_upgrades();
     tokio::pin!(conn);
@@ -275,15 +290,18 @@ async fn serve_http1(ctx: &Ctx, io: impl Downstream, forward: HttpForward) {
     let res =
         drain::serve_until_drained(&ctx.shutdown, conn.as_mut(), |c| c.graceful_shutdown()).await;
     if let Err(e) = res {
+        count_limit(ctx, direction, &e);
         tracing::debug!(error = %e, "HTTP/1 connection ended with an error");
     }
 }
 
 async fn serve_http2(ctx: &Ctx, io: impl Downstream, forward: HttpForward) {
+    let direction = forward.direction();
     let svc = service_fn(move |req| forward.clone().handle(req));
-    let conn = hyper::server::conn::http2::Builder::new(TokioExecutor::new())
-        .timer(TokioTimer::new())
-        .serve_connection(TokioIo::new(io), svc);
+    let mut builder = hyper::server::conn::http2::Builder::new(TokioExecutor::new());
+    builder.timer(TokioTimer::new());
+    crate::limits::server::http2(&mut builder, ctx.admission.limits());
+    let conn = builder.serve_connection(TokioIo::new(io), svc);
     tokio::pin!(conn);
     let res = tokio::select! {
         res = conn.as_mut() => res,
@@ -294,7 +312,15 @@ async fn serve_http2(ctx: &Ctx, io: impl Downstream, forward: HttpForward) {
         }
     };
     if let Err(e) = res {
+        count_limit(ctx, direction, &e);
         tracing::debug!(error = %e, "HTTP/2 connection ended with an error");
+    }
+}
+
+/// Counts a server connection that one of the proxy's limits ended.
+fn count_limit(ctx: &Ctx, direction: Direction, e: &hyper::Error) {
+    if let Some(limit) = crate::limits::server::classify(e) {
+        ctx.metrics.limits.rejected(direction, limit);
     }
 }
 

@@ -236,6 +236,8 @@ pub struct Metrics {
     /// Istio Telemetry metrics overrides, applied to the exposition (see
     /// [`crate::metric_overrides`]).
     pub overrides: Arc<crate::metric_overrides::Overrides>,
+    /// The proxy's own limits, load shedding and rate limiting (see [`crate::limits`]).
+    pub limits: crate::limits::LimitMetrics,
 }
 
 impl Default for Metrics {
@@ -262,6 +264,7 @@ impl Metrics {
             authz: Arc::default(),
             anomaly: Arc::default(),
             overrides: Arc::default(),
+            limits: Default::default(),
         }
     }
 
@@ -348,6 +351,7 @@ impl Metrics {
             }
         }
         self.render_traffic(out)?;
+        self.limits.render(out)?;
         self.spans.render(out)?;
         let name = "trellis_access_log_dropped_total";
         writeln!(

@@ -107,6 +107,7 @@ pub fn analyze(files: &[InputFile]) -> Vec<Finding> {
                     Resource::PeerAuthentication(_) | Resource::Telemetry(_) => None,
                     Resource::RequestAuthentication(_) => None,
                     Resource::AuthorizationPolicy(_) => None,
+                    Resource::RateLimitPolicy(_) => None,
                     // An SMI TrafficSplit whose `matches` do not resolve: the message names
                     // the reference at fault; it is a field error, not a conflict.
                     Resource::Smi(p) => {
@@ -134,6 +135,7 @@ pub fn analyze(files: &[InputFile]) -> Vec<Finding> {
                 Resource::Telemetry(t) => t.notes.clone(),
                 Resource::RequestAuthentication(p) => p.notes.clone(),
                 Resource::AuthorizationPolicy(p) => p.notes.clone(),
+                Resource::RateLimitPolicy(p) => p.notes.clone(),
                 Resource::Smi(p) => p.notes().to_vec(),
                 Resource::Service(_) => Vec::new(),
             };
@@ -292,6 +294,7 @@ pub fn analyze(files: &[InputFile]) -> Vec<Finding> {
                 Resource::Telemetry(_) => {}
                 Resource::RequestAuthentication(_) => {}
                 Resource::AuthorizationPolicy(_) => {}
+                Resource::RateLimitPolicy(_) => {}
                 Resource::Smi(p) => {
                     // A TrafficSplit with `matches` that resolved (one that did not is reported above):
                     // its backends are checked as a plain split's are.

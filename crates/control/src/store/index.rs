@@ -50,6 +50,8 @@ pub struct ConfigSnapshot {
     pub telemetries: Vec<trellis_config::istio::telemetry::TelemetryPolicy>,
     /// Istio AuthorizationPolicies in force (compiled per workload by discovery).
     pub authorization_policies: Vec<trellis_config::istio::authorization_policy::AuthzPolicy>,
+    /// Trellis RateLimitPolicies in force (compiled per workload by discovery).
+    pub rate_limit_policies: Vec<trellis_config::trellis::ratelimit::RateLimitPolicy>,
 }
 
 #[derive(Debug, Default)]
@@ -118,6 +120,7 @@ impl ConfigIndex {
         let mut request_authentications = Vec::new();
         let mut telemetries = Vec::new();
         let mut authorization_policies = Vec::new();
+        let mut rate_limit_policies = Vec::new();
         // SMI TrafficSplits with `matches` resolve against the HTTPRouteGroups in force.
         let mut route_groups: Vec<&trellis_config::smi::HttpRouteGroup> = Vec::new();
         let mut matched_splits: Vec<(EntryId, &trellis_config::smi::MatchedSplit)> = Vec::new();
@@ -139,6 +142,7 @@ impl ConfigIndex {
                     }
                     Resource::Telemetry(t) => telemetries.push((**t).clone()),
                     Resource::AuthorizationPolicy(p) => authorization_policies.push((**p).clone()),
+                    Resource::RateLimitPolicy(p) => rate_limit_policies.push((**p).clone()),
                     Resource::Smi(p) => match &**p {
                         Pending::RouteGroup(g) => route_groups.push(g),
                         Pending::Split(s) => matched_splits.push((id, s)),
@@ -204,6 +208,7 @@ impl ConfigIndex {
                             Resource::RequestAuthentication(p) => &p.notes,
                             Resource::Telemetry(t) => &t.notes,
                             Resource::AuthorizationPolicy(p) => &p.notes,
+                            Resource::RateLimitPolicy(p) => &p.notes,
                             Resource::Smi(p) => &p.notes().to_vec(),
                             Resource::Service(_) => &Vec::new(),
                         };
@@ -239,6 +244,7 @@ impl ConfigIndex {
             request_authentications,
             telemetries,
             authorization_policies,
+            rate_limit_policies,
         }
     }
 }

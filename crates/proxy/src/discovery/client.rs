@@ -162,6 +162,13 @@ async fn session(
                             }
                             changed
                         });
+                        inner.rate_limits.send_if_modified(|current| {
+                            let changed = **current != *policy.rate_limits_json;
+                            if changed {
+                                *current = std::sync::Arc::from(policy.rate_limits_json.as_str());
+                            }
+                            changed
+                        });
                         inner.request_authn.send_if_modified(|current| {
                             let changed = **current != *policy.request_authentication_json;
                             if changed {

@@ -94,6 +94,8 @@ struct Inner {
     telemetry: watch::Sender<Arc<str>>,
     /// This workload's JWT rules (`InboundPolicy.request_authentication_json`), as last sent.
     request_authn: watch::Sender<Arc<str>>,
+    /// This workload's rate limits (`InboundPolicy.rate_limits_json`), as last sent.
+    rate_limits: watch::Sender<Arc<str>>,
 }
 
 fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
@@ -116,6 +118,7 @@ impl Inner {
             authorization: watch::channel(Arc::from("")).0,
             telemetry: watch::channel(Arc::from("")).0,
             request_authn: watch::channel(Arc::from("")).0,
+            rate_limits: watch::channel(Arc::from("")).0,
         }
     }
 
@@ -245,6 +248,12 @@ impl Discovery {
     /// it says otherwise).
     pub fn inbound_policy_rx(&self) -> watch::Receiver<crate::tls::InboundPolicy> {
         self.inner.inbound_policy.subscribe()
+    }
+
+    /// The rate-limit JSON the control plane sends for this workload (`""`: no limits); see
+    /// `resilience::ratelimit::follow`.
+    pub fn rate_limits_rx(&self) -> watch::Receiver<Arc<str>> {
+        self.inner.rate_limits.subscribe()
     }
 
     /// The authorization JSON the control plane sends for this workload (`""` until it sends

@@ -70,6 +70,10 @@ impl HttpForward {
         self
     }
 
+    pub fn direction(&self) -> Direction {
+        self.direction
+    }
+
     /// The hyper service entry point: never fails, errors become responses.
     pub async fn handle(
         self,
@@ -81,6 +85,17 @@ impl HttpForward {
         let telemetry = self.ctx.telemetry.clone();
         let (exchange, mut req) =
             telemetry.begin(self.direction, req.map(BodyExt::boxed), self.peer);
+        // The proxy's own limits and load shedding come first: a refusal costs nothing more.
+        // The guard counts the request in flight until its response head is returned.
+        let _in_flight =
+            match self
+                .ctx
+                .admission
+                .admit(self.direction, &req, &self.ctx.metrics.limits)
+            {
+                Ok(guard) => guard,
+                Err(refused) => return Ok(telemetry.end(exchange, *refused)),
+            };
         // Authentication runs before authorization, which reads the `RequestAuth` it leaves
         // in the extensions; a 401 is still counted and logged as an exchange.
         if self.direction == Direction::Inbound
@@ -98,6 +113,13 @@ impl HttpForward {
                 .check_http(&req, self.peer, &self.dest)
         {
             return Ok(telemetry.end(exchange, denied));
+        }
+        // Local rate limits (RateLimitPolicy) count what authorization let through.
+        if self.direction == Direction::Inbound
+            && let Some(limited) = self.ctx.rate_limits.check(&req, self.peer)
+        {
+            self.ctx.metrics.limits.rate_limited(self.direction);
+            return Ok(telemetry.end(exchange, limited));
         }
         let resp = self.forward(req).await;
         Ok(telemetry.end(exchange, resp))

@@ -8,4 +8,6 @@ pub mod deadline;
 pub mod health;
 pub mod limits;
 pub mod outlier;
+pub mod ratelimit;
 pub mod retry;
+pub mod shed;

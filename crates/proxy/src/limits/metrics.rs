@@ -1,0 +1,151 @@
+//! The counters of the proxy's own limits: `trellis_limit_rejected_total{direction,limit}`,
+//! `trellis_load_shed_total{direction}` and `trellis_rate_limited_total{direction}`.
+//! Preallocated atomics indexed by small enums, like the rest of [`crate::telemetry`]: a
+//! rejection is one relaxed `fetch_add`.
+
+use std::fmt::Write as _;
+use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
+
+use crate::telemetry::Direction;
+
+/// Which limit turned a connection or request away; the metric's `limit` label.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Limit {
+    /// `--max-connections`: the connection was closed at accept.
+    Connections = 0,
+    /// `--max-concurrent-requests`: 503 `trellis-error: overloaded`.
+    ConcurrentRequests = 1,
+    /// `--max-request-headers` / `--max-request-headers-size`: 431.
+    Headers = 2,
+    /// `--max-uri-length`: 414.
+    UriLength = 3,
+    /// `--header-read-timeout`: the head did not arrive in time (408 or close).
+    HeaderTimeout = 4,
+    /// `--h2-max-pending-resets` / `--h2-max-local-error-resets`: GOAWAY
+    /// `ENHANCE_YOUR_CALM`.
+    H2ResetFlood = 5,
+    /// `--max-request-body-size`: 413.
+    BodySize = 6,
+}
+
+impl Limit {
+    pub const ALL: [Limit; 7] = [
+        Self::Connections,
+        Self::ConcurrentRequests,
+        Self::Headers,
+        Self::UriLength,
+        Self::HeaderTimeout,
+        Self::H2ResetFlood,
+        Self::BodySize,
+    ];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Connections => "connections",
+            Self::ConcurrentRequests => "concurrent_requests",
+            Self::Headers => "headers",
+            Self::UriLength => "uri_length",
+            Self::HeaderTimeout => "header_timeout",
+            Self::H2ResetFlood => "h2_reset_flood",
+            Self::BodySize => "body_size",
+        }
+    }
+}
+
+#[derive(Debug, Default)]
+struct PerDirection {
+    rejected: [AtomicU64; Limit::ALL.len()],
+    shed: AtomicU64,
+    rate_limited: AtomicU64,
+}
+
+/// One per proxy, inside [`crate::telemetry::Metrics`].
+#[derive(Debug, Default)]
+pub struct LimitMetrics {
+    dirs: [PerDirection; 2],
+}
+
+impl LimitMetrics {
+    pub fn rejected(&self, d: Direction, limit: Limit) {
+        self.dirs[d as usize].rejected[limit as usize].fetch_add(1, Relaxed);
+    }
+
+    pub fn shed(&self, d: Direction) {
+        self.dirs[d as usize].shed.fetch_add(1, Relaxed);
+    }
+
+    pub fn rate_limited(&self, d: Direction) {
+        self.dirs[d as usize].rate_limited.fetch_add(1, Relaxed);
+    }
+
+    /// The count so far (tests and `/stats`-style readers).
+    pub fn rejected_count(&self, d: Direction, limit: Limit) -> u64 {
+        self.dirs[d as usize].rejected[limit as usize].load(Relaxed)
+    }
+
+    pub fn render(&self, out: &mut String) -> std::fmt::Result {
+        let name = "trellis_limit_rejected_total";
+        writeln!(
+            out,
+            "# HELP {name} Connections and requests refused by one of the proxy's own limits."
+        )?;
+        writeln!(out, "# TYPE {name} counter")?;
+        for d in Direction::ALL {
+            for l in Limit::ALL {
+                let n = self.dirs[d as usize].rejected[l as usize].load(Relaxed);
+                writeln!(
+                    out,
+                    "{name}{{direction=\"{}\",limit=\"{}\"}} {n}",
+                    d.as_str(),
+                    l.as_str()
+                )?;
+            }
+        }
+        type Field = fn(&PerDirection) -> &AtomicU64;
+        let simple: [(&str, &str, Field); 2] = [
+            (
+                "trellis_load_shed_total",
+                "Requests answered 503 with Retry-After because too many were in flight.",
+                |p| &p.shed,
+            ),
+            (
+                "trellis_rate_limited_total",
+                "Requests answered 429 by a RateLimitPolicy.",
+                |p| &p.rate_limited,
+            ),
+        ];
+        for (name, help, field) in simple {
+            writeln!(out, "# HELP {name} {help}")?;
+            writeln!(out, "# TYPE {name} counter")?;
+            for d in Direction::ALL {
+                let n = field(&self.dirs[d as usize]).load(Relaxed);
+                writeln!(out, "{name}{{direction=\"{}\"}} {n}", d.as_str())?;
+            }
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn renders_every_limit_for_both_directions() {
+        let m = LimitMetrics::default();
+        m.rejected(Direction::Inbound, Limit::Headers);
+        m.shed(Direction::Outbound);
+        m.rate_limited(Direction::Inbound);
+        let mut s = String::new();
+        m.render(&mut s).unwrap();
+        assert!(
+            s.contains("trellis_limit_rejected_total{direction=\"inbound\",limit=\"headers\"} 1")
+        );
+        assert!(s.contains(
+            "trellis_limit_rejected_total{direction=\"outbound\",limit=\"connections\"} 0"
+        ));
+        assert!(s.contains("trellis_load_shed_total{direction=\"outbound\"} 1"));
+        assert!(s.contains("trellis_rate_limited_total{direction=\"inbound\"} 1"));
+        assert_eq!(s.matches("# TYPE").count(), 3);
+    }
+}

@@ -1,0 +1,102 @@
+//! The proxy's own limits on what downstream clients may make it hold: connections per
+//! listener, requests in flight, request heads (header count and size, URI length), HTTP/2
+//! streams and reset floods, slow request heads, request body size, plus load shedding.
+//!
+//! Every limit has a safe default and a flag ([`LimitArgs`], validated before any socket is
+//! bound), is answered with a clear status (or a closed connection where HTTP has no way to
+//! say it) and is counted in `trellis_limit_rejected_total{direction,limit}` ([`LimitMetrics`]).
+//! The defaults and where they come from are listed in docs/proxy.md, "Limits and overload".
+//!
+//! - [`conns`]: the per-listener connection count, checked at accept.
+//! - [`admit`]: the per-request checks made before a request is forwarded.
+//! - [`server`]: how hyper's server builders are configured from [`ServerLimits`], and what a
+//!   connection's error says about which limit ended it.
+
+pub mod admit;
+pub mod conns;
+mod flags;
+pub mod metrics;
+pub mod server;
+
+use std::time::Duration;
+
+use serde::Serialize;
+
+pub use admit::Admission;
+pub use flags::LimitArgs;
+pub use metrics::{Limit, LimitMetrics};
+
+/// Default `--max-connections`, per listener: Envoy's recommended
+/// `global_downstream_max_connections` for an edge proxy (it has no built-in default).
+pub const DEFAULT_MAX_CONNECTIONS: u32 = 50_000;
+/// Default `--max-concurrent-requests`, per direction: a backstop far above what shedding
+/// lets through, for when shedding is turned off.
+pub const DEFAULT_MAX_CONCURRENT_REQUESTS: u32 = 10_000;
+/// Default `--max-request-headers`: hyper's and Envoy's `max_headers_count` (100).
+pub const DEFAULT_MAX_HEADERS: usize = 100;
+/// Default `--max-request-headers-size`: Envoy's `max_request_headers_kb` (60 KiB), request
+/// line included.
+pub const DEFAULT_MAX_HEADER_BYTES: usize = 60 * 1024;
+/// Default `--max-uri-length`: 8 KiB, the common request-line limit of nginx and Apache.
+pub const DEFAULT_MAX_URI_BYTES: usize = 8 * 1024;
+/// Default `--h2-max-concurrent-streams`: Envoy's recommended value for untrusted clients (the
+/// HTTP/2 RFC's suggested minimum).
+pub const DEFAULT_H2_MAX_STREAMS: u32 = 100;
+/// Default `--h2-max-pending-resets`: the h2 crate's rapid-reset guard (CVE-2023-44487).
+pub const DEFAULT_H2_MAX_PENDING_RESETS: usize = 20;
+/// Default `--h2-max-local-error-resets`: hyper's guard against streams the client makes the
+/// server reset (RUSTSEC-2024-0003).
+pub const DEFAULT_H2_MAX_LOCAL_ERROR_RESETS: usize = 1024;
+/// Default `--header-read-timeout`: hyper's default, which the proxy always had.
+pub const DEFAULT_HEADER_READ_TIMEOUT: Duration = Duration::from_secs(30);
+/// Default `--load-shed-in-flight`, per direction: shedding starts here, well before
+/// [`DEFAULT_MAX_CONCURRENT_REQUESTS`] (twice Envoy's per-cluster `max_requests` of 1024).
+pub const DEFAULT_SHED_IN_FLIGHT: u32 = 2048;
+/// Seconds a shed or overloaded client is told to wait (`Retry-After`).
+pub const RETRY_AFTER_SECS: u32 = 1;
+/// hyper's smallest allowed HTTP/1 read buffer; the header-size limit cannot go below what the
+/// buffer holds in one read, so smaller values are refused at validation.
+pub const MIN_HEADER_BYTES: usize = 1024;
+
+/// The validated limits; plain data, shown in `/config_dump`.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+pub struct ServerLimits {
+    /// Open connections per listener; `None`: unlimited.
+    pub max_connections: Option<u32>,
+    /// Requests in flight per direction; `None`: unlimited.
+    pub max_concurrent_requests: Option<u32>,
+    pub max_headers: usize,
+    pub max_header_bytes: usize,
+    pub max_uri_bytes: usize,
+    pub h2_max_concurrent_streams: u32,
+    pub h2_max_pending_resets: usize,
+    pub h2_max_local_error_resets: usize,
+    #[serde(serialize_with = "millis")]
+    pub header_read_timeout: Duration,
+    /// Request bodies larger than this are refused with 413; `None`: no limit.
+    pub max_request_body_bytes: Option<u64>,
+    /// Requests in flight per direction above which new ones are shed; `None`: no shedding.
+    pub load_shed_in_flight: Option<u32>,
+}
+
+impl Default for ServerLimits {
+    fn default() -> Self {
+        Self {
+            max_connections: Some(DEFAULT_MAX_CONNECTIONS),
+            max_concurrent_requests: Some(DEFAULT_MAX_CONCURRENT_REQUESTS),
+            max_headers: DEFAULT_MAX_HEADERS,
+            max_header_bytes: DEFAULT_MAX_HEADER_BYTES,
+            max_uri_bytes: DEFAULT_MAX_URI_BYTES,
+            h2_max_concurrent_streams: DEFAULT_H2_MAX_STREAMS,
+            h2_max_pending_resets: DEFAULT_H2_MAX_PENDING_RESETS,
+            h2_max_local_error_resets: DEFAULT_H2_MAX_LOCAL_ERROR_RESETS,
+            header_read_timeout: DEFAULT_HEADER_READ_TIMEOUT,
+            max_request_body_bytes: None,
+            load_shed_in_flight: Some(DEFAULT_SHED_IN_FLIGHT),
+        }
+    }
+}
+
+fn millis<S: serde::Serializer>(d: &Duration, s: S) -> Result<S::Ok, S::Error> {
+    s.serialize_str(&format!("{}ms", d.as_millis()))
+}

@@ -1,0 +1,506 @@
+//! The proxy's own limits and load shedding, on loopback with real sockets: raw TCP writes for
+//! hostile request heads and HTTP/2 frames, hyper clients for the rest, and a real
+//! `trellis-proxy` process for the memory bound. Each test asserts what the client sees (the
+//! status, the header, the closed connection) and the metric that counted it.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+mod support;
+
+use std::convert::Infallible;
+use std::net::SocketAddr;
+use std::time::{Duration, Instant};
+
+use http::Request;
+use hyper::service::service_fn;
+use hyper_util::rt::{TokioExecutor, TokioIo};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::{TcpListener, TcpStream};
+
+use support::{WAIT, admin, full, http1_conn, http2_conn, start_app, start_proxy};
+
+/// The value of one exact series line of the proxy's `/metrics`.
+async fn metric(admin_addr: SocketAddr, series: &str) -> u64 {
+    let (_, text) = admin(admin_addr, "GET", "/metrics").await;
+    text.lines()
+        .find_map(|l| l.strip_prefix(series)?.trim().parse().ok())
+        .unwrap_or_else(|| panic!("no series {series} in\n{text}"))
+}
+
+fn rejected(limit: &str) -> String {
+    format!("trellis_limit_rejected_total{{direction=\"inbound\",limit=\"{limit}\"}}")
+}
+
+/// Polls a metric until it reaches `want` (connection-level counts land when hyper's
+/// connection task ends, just after the client saw the answer).
+async fn metric_reaches(admin_addr: SocketAddr, series: &str, want: u64) {
+    let deadline = Instant::now() + WAIT;
+    loop {
+        let n = metric(admin_addr, series).await;
+        if n >= want {
+            return;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "{series} stayed at {n}, want {want}"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+/// Writes `raw` on a new connection and reads the answer until the proxy closes it (bounded).
+async fn raw_exchange(addr: SocketAddr, raw: &[u8]) -> String {
+    let mut s = TcpStream::connect(addr).await.unwrap();
+    // The proxy may answer and close before it has read everything; a failed write is fine.
+    let _ = s.write_all(raw).await;
+    let mut out = Vec::new();
+    let _ = tokio::time::timeout(WAIT, s.read_to_end(&mut out)).await;
+    String::from_utf8_lossy(&out).into_owned()
+}
+
+/// A backend that answers every request after `delay`.
+async fn start_slow_app(delay: Duration) -> SocketAddr {
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(async move {
+        loop {
+            let Ok((stream, _)) = listener.accept().await else {
+                return;
+            };
+            tokio::spawn(async move {
+                let svc = service_fn(move |_req| async move {
+                    tokio::time::sleep(delay).await;
+                    Ok::<_, Infallible>(hyper::Response::new(full("slow")))
+                });
+                let _ = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new())
+                    .serve_connection(TokioIo::new(stream), svc)
+                    .await;
+            });
+        }
+    });
+    addr
+}
+
+#[tokio::test]
+async fn connections_over_the_listener_limit_are_closed_at_accept() {
+    let app = start_app().await;
+    let proxy = start_proxy(app.addr, |c| c.limits.max_connections = Some(2)).await;
+    let inbound = proxy.addrs().inbound;
+    let admin_addr = proxy.addrs().admin;
+    // Two keep-alive connections, each proven open by a request.
+    let mut held = Vec::new();
+    for _ in 0..2 {
+        let mut conn = http1_conn(inbound).await;
+        let req = Request::get("/")
+            .header("host", "a")
+            .body(full(""))
+            .unwrap();
+        let resp = tokio::time::timeout(WAIT, conn.send_request(req))
+            .await
+            .unwrap()
+            .unwrap();
+        assert_eq!(resp.status(), 200);
+        held.push(conn);
+    }
+    // The third is closed before a byte is answered.
+    let answer = raw_exchange(inbound, b"GET / HTTP/1.1\r\nhost: a\r\n\r\n").await;
+    assert_eq!(
+        answer, "",
+        "over the limit the connection is closed unanswered"
+    );
+    assert_eq!(metric(admin_addr, &rejected("connections")).await, 1);
+    // A slot freed is a slot usable again.
+    drop(held.pop());
+    let deadline = Instant::now() + WAIT;
+    loop {
+        let answer = raw_exchange(
+            inbound,
+            b"GET / HTTP/1.1\r\nhost: a\r\nconnection: close\r\n\r\n",
+        )
+        .await;
+        if answer.starts_with("HTTP/1.1 200") {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the freed slot never came back: {answer:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+#[tokio::test]
+async fn hostile_request_heads_get_431_and_414() {
+    let app = start_app().await;
+    let proxy = start_proxy(app.addr, |c| {
+        c.limits.max_headers = 10;
+        c.limits.max_header_bytes = 4096;
+        c.limits.max_uri_bytes = 256;
+    })
+    .await;
+    let inbound = proxy.addrs().inbound;
+    let admin_addr = proxy.addrs().admin;
+
+    let mut many = String::from("GET / HTTP/1.1\r\nhost: a\r\n");
+    for i in 0..20 {
+        many.push_str(&format!("x-h{i}: v\r\n"));
+    }
+    many.push_str("\r\n");
+    let answer = raw_exchange(inbound, many.as_bytes()).await;
+    assert!(
+        answer.starts_with("HTTP/1.1 431"),
+        "too many headers: {answer:?}"
+    );
+
+    let big = format!(
+        "GET / HTTP/1.1\r\nhost: a\r\nx-big: {}\r\n\r\n",
+        "b".repeat(5000)
+    );
+    let answer = raw_exchange(inbound, big.as_bytes()).await;
+    assert!(
+        answer.starts_with("HTTP/1.1 431"),
+        "headers too large: {answer:?}"
+    );
+    metric_reaches(admin_addr, &rejected("headers"), 2).await;
+
+    let long = format!(
+        "GET /{} HTTP/1.1\r\nhost: a\r\nconnection: close\r\n\r\n",
+        "u".repeat(300)
+    );
+    let answer = raw_exchange(inbound, long.as_bytes()).await;
+    assert!(answer.starts_with("HTTP/1.1 414"), "{answer:?}");
+    assert!(
+        answer.contains("trellis-error: request target too long"),
+        "{answer:?}"
+    );
+    assert_eq!(metric(admin_addr, &rejected("uri_length")).await, 1);
+
+    // HTTP/2 heads are checked by the proxy itself (hyper bounds only their size there).
+    let mut h2 = http2_conn(inbound).await;
+    let mut req = Request::get(format!("http://a/{}", "u".repeat(300)));
+    for i in 0..20 {
+        req = req.header(format!("x-h{i}"), "v");
+    }
+    let resp = h2.send_request(req.body(full("")).unwrap()).await.unwrap();
+    assert_eq!(resp.status(), 414, "the target is checked first");
+    let mut req = Request::get("http://a/");
+    for i in 0..20 {
+        req = req.header(format!("x-h{i}"), "v");
+    }
+    let resp = h2.send_request(req.body(full("")).unwrap()).await.unwrap();
+    assert_eq!(resp.status(), 431);
+    assert_eq!(resp.headers()["trellis-error"], "too many request headers");
+    metric_reaches(admin_addr, &rejected("headers"), 3).await;
+    // The same connection still serves a well-formed request.
+    let ok = h2
+        .send_request(Request::get("http://a/").body(full("")).unwrap())
+        .await
+        .unwrap();
+    assert_eq!(ok.status(), 200);
+}
+
+#[tokio::test]
+async fn request_bodies_over_the_configured_size_get_413() {
+    let app = start_app().await;
+    let proxy = start_proxy(app.addr, |c| c.limits.max_request_body_bytes = Some(1024)).await;
+    let mut conn = http1_conn(proxy.addrs().inbound).await;
+    let post = |n: usize| {
+        Request::post("/echo")
+            .header("host", "a")
+            .body(full(vec![b'x'; n]))
+            .unwrap()
+    };
+    let resp = conn.send_request(post(1024)).await.unwrap();
+    assert_eq!(resp.status(), 200, "at the limit is allowed");
+    drop(resp);
+    let mut conn = http1_conn(proxy.addrs().inbound).await;
+    let resp = conn.send_request(post(1025)).await.unwrap();
+    assert_eq!(resp.status(), 413);
+    assert_eq!(resp.headers()["trellis-error"], "request body too large");
+    assert_eq!(metric(proxy.addrs().admin, &rejected("body_size")).await, 1);
+}
+
+#[tokio::test]
+async fn a_slow_request_head_is_cut_at_the_header_timeout_while_others_are_served() {
+    let app = start_app().await;
+    let proxy = start_proxy(app.addr, |c| {
+        c.limits.header_read_timeout = Duration::from_millis(300)
+    })
+    .await;
+    let inbound = proxy.addrs().inbound;
+    // Slowloris: half a head, then nothing.
+    let mut slow = TcpStream::connect(inbound).await.unwrap();
+    slow.write_all(b"GET / HTTP/1.1\r\nhost: a\r\nx-dribble: ")
+        .await
+        .unwrap();
+    let started = Instant::now();
+    // Meanwhile another client is served at once.
+    let answer = raw_exchange(
+        inbound,
+        b"GET / HTTP/1.1\r\nhost: a\r\nconnection: close\r\n\r\n",
+    )
+    .await;
+    assert!(answer.starts_with("HTTP/1.1 200"), "{answer:?}");
+    let mut buf = vec![0u8; 1024];
+    let n = tokio::time::timeout(WAIT, slow.read(&mut buf))
+        .await
+        .expect("the slow connection is ended")
+        .unwrap_or(0);
+    let waited = started.elapsed();
+    let rest = String::from_utf8_lossy(&buf[..n]);
+    assert!(n == 0 || rest.starts_with("HTTP/1.1 408"), "{rest}");
+    assert!(
+        waited >= Duration::from_millis(250) && waited < Duration::from_secs(3),
+        "{waited:?}"
+    );
+    metric_reaches(proxy.addrs().admin, &rejected("header_timeout"), 1).await;
+}
+
+/// One HTTP/2 frame: 9-byte header and payload.
+fn frame(kind: u8, flags: u8, stream: u32, payload: &[u8]) -> Vec<u8> {
+    let len = u32::try_from(payload.len()).unwrap().to_be_bytes();
+    let mut f = vec![len[1], len[2], len[3], kind, flags];
+    f.extend_from_slice(&stream.to_be_bytes());
+    f.extend_from_slice(payload);
+    f
+}
+
+#[tokio::test]
+async fn an_http2_rapid_reset_flood_gets_goaway_and_others_are_still_served() {
+    let app = start_app().await;
+    let proxy = start_proxy(app.addr, |c| c.limits.h2_max_pending_resets = 20).await;
+    let inbound = proxy.addrs().inbound;
+    // CVE-2023-44487 in one write: 500 streams each opened (HEADERS, END_STREAM) and at once
+    // cancelled (RST_STREAM CANCEL), before the server can accept any of them.
+    let mut flood = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n".to_vec();
+    flood.extend(frame(0x4, 0, 0, &[]));
+    // HPACK: :method GET, :scheme http, :path /, :authority "a" (literal, indexed name).
+    let head = [0x82, 0x86, 0x84, 0x41, 0x01, b'a'];
+    for i in 0..500u32 {
+        let id = 2 * i + 1;
+        flood.extend(frame(0x1, 0x5, id, &head));
+        flood.extend(frame(0x3, 0, id, &8u32.to_be_bytes()));
+    }
+    let mut s = TcpStream::connect(inbound).await.unwrap();
+    let _ = s.write_all(&flood).await;
+    let mut got = Vec::new();
+    let _ = tokio::time::timeout(WAIT, s.read_to_end(&mut got)).await;
+    // Find a GOAWAY (type 7) and its error code.
+    let mut goaway = None;
+    let mut at = 0;
+    while at + 9 <= got.len() {
+        let len =
+            usize::from(got[at]) << 16 | usize::from(got[at + 1]) << 8 | usize::from(got[at + 2]);
+        if got[at + 3] == 0x7 && at + 9 + 8 <= got.len() {
+            let p = &got[at + 9..];
+            goaway = Some(u32::from_be_bytes([p[4], p[5], p[6], p[7]]));
+        }
+        at += 9 + len;
+    }
+    assert_eq!(
+        goaway,
+        Some(11),
+        "GOAWAY ENHANCE_YOUR_CALM, got {} bytes",
+        got.len()
+    );
+    metric_reaches(proxy.addrs().admin, &rejected("h2_reset_flood"), 1).await;
+    let mut h2 = http2_conn(inbound).await;
+    let ok = h2
+        .send_request(Request::get("http://a/").body(full("")).unwrap())
+        .await
+        .unwrap();
+    assert_eq!(ok.status(), 200, "a well-behaved client is still served");
+}
+
+#[tokio::test]
+async fn http2_streams_per_connection_are_capped_by_settings() {
+    let app = start_slow_app(Duration::from_millis(300)).await;
+    let proxy = start_proxy(app, |c| c.limits.h2_max_concurrent_streams = 4).await;
+    let mut h2 = http2_conn(proxy.addrs().inbound).await;
+    // A first request, so the client has the server's SETTINGS before it opens many streams
+    // (before them, streams over the limit are refused with REFUSED_STREAM).
+    let req = Request::get("http://a/").body(full("")).unwrap();
+    assert_eq!(h2.send_request(req).await.unwrap().status(), 200);
+    // hyper's client honours the advertised limit: 12 requests run at most 4 at a time, so
+    // they take at least three rounds of the backend's 300 ms.
+    let started = Instant::now();
+    let mut tasks = Vec::new();
+    for _ in 0..12 {
+        let mut h2 = h2.clone();
+        tasks.push(tokio::spawn(async move {
+            let req = Request::get("http://a/").body(full("")).unwrap();
+            h2.send_request(req).await.map(|r| r.status().as_u16())
+        }));
+    }
+    for t in tasks {
+        assert_eq!(
+            tokio::time::timeout(WAIT, t)
+                .await
+                .unwrap()
+                .unwrap()
+                .unwrap(),
+            200
+        );
+    }
+    let took = started.elapsed();
+    assert!(
+        took >= Duration::from_millis(850),
+        "streams were not capped: {took:?}"
+    );
+    let req = Request::get("http://a/").body(full("")).unwrap();
+    assert_eq!(h2.send_request(req).await.unwrap().status(), 200);
+}
+
+#[tokio::test]
+async fn load_is_shed_with_503_and_retry_after_before_it_piles_up() {
+    let app = start_slow_app(Duration::from_millis(500)).await;
+    let proxy = start_proxy(app, |c| c.limits.load_shed_in_flight = Some(8)).await;
+    let inbound = proxy.addrs().inbound;
+    let started = Instant::now();
+    let mut tasks = Vec::new();
+    for _ in 0..40 {
+        tasks.push(tokio::spawn(async move {
+            let mut conn = http1_conn(inbound).await;
+            let req = Request::get("/")
+                .header("host", "a")
+                .body(full(""))
+                .unwrap();
+            let resp = conn.send_request(req).await.unwrap();
+            let retry_after = resp.headers().get("retry-after").cloned();
+            let error = resp.headers().get("trellis-error").cloned();
+            (resp.status().as_u16(), retry_after, error)
+        }));
+    }
+    let (mut ok, mut shed) = (0, 0);
+    for t in tasks {
+        // None hangs: every client has its answer within the bound.
+        let (status, retry_after, error) = tokio::time::timeout(WAIT, t).await.unwrap().unwrap();
+        match status {
+            200 => ok += 1,
+            503 => {
+                shed += 1;
+                assert_eq!(retry_after.unwrap(), "1");
+                assert_eq!(error.unwrap(), "load shed");
+            }
+            other => panic!("unexpected status {other}"),
+        }
+    }
+    assert!(started.elapsed() < Duration::from_secs(5));
+    // At most 8 in flight at once; 40 arrive within the backend's 500 ms.
+    assert!((8..=16).contains(&ok), "{ok} served");
+    assert_eq!(ok + shed, 40);
+    let series = "trellis_load_shed_total{direction=\"inbound\"}";
+    assert_eq!(metric(proxy.addrs().admin, series).await, shed);
+}
+
+/// Resident memory of a process, from /proc.
+fn rss_kib(pid: u32) -> u64 {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
+    status
+        .lines()
+        .find_map(|l| {
+            l.strip_prefix("VmRSS:")?
+                .trim()
+                .strip_suffix("kB")?
+                .trim()
+                .parse()
+                .ok()
+        })
+        .unwrap()
+}
+
+/// A real `trellis-proxy` in front of a backend that takes 500 ms, hit by 4,000 requests from
+/// 400 connections: shedding keeps what it holds to its threshold, so its memory stays bounded
+/// and every client gets an answer (most of them an immediate 503).
+#[tokio::test]
+async fn a_real_proxy_sheds_a_flood_to_a_hung_backend_with_bounded_memory() {
+    let app = start_slow_app(Duration::from_millis(500)).await;
+    let dir = tempfile::tempdir().unwrap();
+    let ready = dir.path().join("ready.json");
+    let mut child = tokio::process::Command::new(env!("CARGO_BIN_EXE_trellis-proxy"))
+        .args([
+            "--inbound",
+            "127.0.0.1:0",
+            "--outbound",
+            "none",
+            "--admin",
+            "127.0.0.1:0",
+        ])
+        .args(["--app", &app.to_string(), "--load-shed-in-flight", "64"])
+        .arg("--ready-file")
+        .arg(&ready)
+        .args(["--log-level", "warn"])
+        .kill_on_drop(true)
+        .spawn()
+        .unwrap();
+    let deadline = Instant::now() + WAIT;
+    let addrs: serde_json::Value = loop {
+        if let Ok(text) = std::fs::read_to_string(&ready)
+            && let Ok(v) = serde_json::from_str(&text)
+        {
+            break v;
+        }
+        assert!(Instant::now() < deadline, "the proxy never became ready");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    };
+    let inbound: SocketAddr = addrs["inbound"].as_str().unwrap().parse().unwrap();
+    let admin_addr: SocketAddr = addrs["admin"].as_str().unwrap().parse().unwrap();
+    let pid = child.id().unwrap();
+    let before = rss_kib(pid);
+    let started = Instant::now();
+    let mut tasks = Vec::new();
+    for _ in 0..400 {
+        tasks.push(tokio::spawn(async move {
+            let mut conn = http1_conn(inbound).await;
+            let mut statuses = Vec::new();
+            for _ in 0..10 {
+                let req = Request::get("/")
+                    .header("host", "a")
+                    .body(full(""))
+                    .unwrap();
+                let resp = tokio::time::timeout(WAIT, conn.send_request(req))
+                    .await
+                    .unwrap()
+                    .unwrap();
+                statuses.push(resp.status().as_u16());
+            }
+            statuses
+        }));
+    }
+    // Sampled every 20 ms while the flood runs.
+    let peak = std::sync::Arc::new(std::sync::atomic::AtomicU64::new(before));
+    let sampled = peak.clone();
+    let sampler = tokio::spawn(async move {
+        for _ in 0..1500 {
+            sampled.fetch_max(rss_kib(pid), std::sync::atomic::Ordering::Relaxed);
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    });
+    let (mut ok, mut shed) = (0u64, 0u64);
+    for t in tasks {
+        for s in t.await.unwrap() {
+            match s {
+                200 => ok += 1,
+                503 => shed += 1,
+                other => panic!("unexpected status {other}"),
+            }
+        }
+    }
+    sampler.abort();
+    let peak = peak
+        .load(std::sync::atomic::Ordering::Relaxed)
+        .max(rss_kib(pid));
+    let took = started.elapsed();
+    assert_eq!(ok + shed, 4000);
+    // At most 64 of the 400 connections are ever served at once; the rest are shed at once.
+    assert!(shed >= 2000, "only {shed} shed");
+    assert!(ok >= 64, "only {ok} served");
+    assert!(took < Duration::from_secs(30), "{took:?}");
+    let grown = peak.saturating_sub(before);
+    assert!(
+        grown < 64 * 1024,
+        "RSS grew {grown} KiB (from {before} KiB)"
+    );
+    let series = "trellis_load_shed_total{direction=\"inbound\"}";
+    assert_eq!(metric(admin_addr, series).await, shed);
+    child.kill().await.unwrap();
+}
