@@ -124,6 +124,8 @@ if [ "${TRELLIS_SKIP_K8S:-}" != 1 ]; then
 fi
 
 # --- 2. build ----------------------------------------------------------------------------
+# The Proxy-Wasm test plugins (tests/wasm-plugins, docs/wasm.md) build for wasm32.
+rustup target list --installed 2>/dev/null | grep -qx wasm32-unknown-unknown || rustup target add wasm32-unknown-unknown
 log "cargo build --workspace --bins"
 timeout -k 30 "$BUILD_TIMEOUT" cargo build --workspace --bins
 

@@ -28,6 +28,8 @@ pub enum Resource {
     RequestAuthentication(Box<istio::request_authentication::RequestAuthn>),
     /// An Istio Telemetry: tracing and access-log settings of a mesh, namespace or workload.
     Telemetry(Box<istio::telemetry::TelemetryPolicy>),
+    /// An Istio WasmPlugin: a Proxy-Wasm module for a mesh, namespace or workload.
+    WasmPlugin(Box<istio::wasm_plugin::WasmPluginPolicy>),
     /// An SMI HTTPRouteGroup, or a TrafficSplit with `matches` still to resolve against the
     /// config set's groups (`smi::resolve`).
     Smi(Box<smi::Pending>),
@@ -196,6 +198,7 @@ fn read_document(file: &str, index: usize, value: Value) -> Document {
             istio::request_authentication::translate(value)
         }
         ("telemetry.istio.io", "Telemetry") => istio::telemetry::translate(value),
+        ("extensions.istio.io", "WasmPlugin") => istio::wasm_plugin::translate(value),
         ("gateway.networking.k8s.io", "HTTPRoute") => gateway::translate_http(value),
         ("gateway.networking.k8s.io", "GRPCRoute") => gateway::translate_grpc(value),
         ("linkerd.io", "ServiceProfile") => linkerd::translate(value),

@@ -7,6 +7,7 @@ const PLANNED_GROUPS: &[&str] = &[
     "networking.istio.io",
     "security.istio.io",
     "telemetry.istio.io",
+    "extensions.istio.io",
     "gateway.networking.k8s.io",
     "linkerd.io",
     "policy.linkerd.io",
@@ -39,6 +40,7 @@ pub(crate) fn ignored_reason(api_version: &str, kind: &str) -> Option<String> {
         ("security.istio.io", "AuthorizationPolicy") => matches!(version, "v1" | "v1beta1"),
         ("security.istio.io", "RequestAuthentication") => matches!(version, "v1" | "v1beta1"),
         ("telemetry.istio.io", "Telemetry") => matches!(version, "v1" | "v1alpha1"),
+        ("extensions.istio.io", "WasmPlugin") => version == "v1alpha1",
         ("linkerd.io", "ServiceProfile") => version == "v1alpha2",
         ("trellis.io", "RateLimitPolicy") => version == "v1alpha1",
         ("split.smi-spec.io", "TrafficSplit") => {

@@ -43,6 +43,9 @@ fn render(file: &str, bytes: &[u8]) -> Value {
                     Outcome::Resource(Resource::RateLimitPolicy(policy)) => {
                         json!({"status": "Accepted", "rate_limit_policy": policy})
                     }
+                    Outcome::Resource(Resource::WasmPlugin(plugin)) => {
+                        json!({"status": "Accepted", "wasm_plugin": plugin})
+                    }
                     Outcome::Resource(Resource::Smi(pending)) => {
                         json!({"status": "Accepted", "smi": pending})
                     }

@@ -9,6 +9,7 @@ pub mod authz;
 pub mod mtls;
 pub mod ratelimit;
 pub mod telemetry;
+pub mod wasm;
 
 use std::collections::BTreeMap;
 use std::net::SocketAddr;

@@ -415,6 +415,15 @@ impl Session {
                     workload,
                 )
             },
+            wasm_plugins_json: {
+                let config = self.shared.config_rx.borrow();
+                crate::compile::wasm::wasm_plugins_json(
+                    &config.wasm_plugins,
+                    &config.services,
+                    &self.root_namespace,
+                    workload,
+                )
+            },
             ..policy
         };
         if self.inbound_policy.as_ref() == Some(&policy) {

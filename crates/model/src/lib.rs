@@ -20,6 +20,7 @@ pub mod rewrite;
 pub mod route;
 mod service;
 mod target;
+pub mod wasm;
 mod workload;
 
 pub use destination::{Backend, Destination, Endpoint};

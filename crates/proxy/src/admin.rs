@@ -72,6 +72,7 @@ impl AdminState {
                 self.identity.render(&mut out);
                 self.metrics.tap.render(&mut out);
                 self.metrics.authz.render(&mut out);
+                self.metrics.wasm.render(&mut out);
                 self.authn.render(&mut out);
                 self.metrics.anomaly.render(&mut out);
                 crate::resilience::health::render(&mut out);
@@ -90,6 +91,7 @@ impl AdminState {
                     "inbound_policy": &**self.identity.inbound_policy.load(),
                     "request_authentication": self.authn.dump(),
                     "authorization": self.metrics.authz.current(),
+                    "wasm_plugins": self.metrics.wasm.dump(),
                     "discovery": {
                         "status": self.discovery.status(),
                         "dump": self.discovery.dump(),

@@ -46,6 +46,7 @@ pub mod trace;
 pub mod traffic;
 pub mod transport;
 pub mod wait_ready;
+pub mod wasm;
 
 pub use args::{Cli, Command, ConfigError, RunArgs};
 pub use config::{LogFormat, OutboundPort, ProxyConfig};

@@ -215,6 +215,12 @@ impl Proxy {
                 metrics.authz.clone(),
                 stop.clone(),
             ));
+            tokio::spawn(crate::wasm::follow(
+                discovery.wasm_plugins_rx(),
+                metrics.wasm.clone(),
+                stop.clone(),
+            ));
+            tokio::spawn(crate::wasm::tick(metrics.wasm.clone(), stop.clone()));
             tokio::spawn(crate::authn::follow(
                 discovery.request_authentication_rx(),
                 authn.clone(),

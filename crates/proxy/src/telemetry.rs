@@ -231,6 +231,8 @@ pub struct Metrics {
     /// Inbound authorization: the policies in force and the `trellis_authz_*` counters (here
     /// because every connection and the admin server already hold the metrics).
     pub authz: Arc<crate::authz::Authz>,
+    /// Proxy-Wasm plugins: the set in force and their metrics (see [`crate::wasm`]).
+    pub wasm: Arc<crate::wasm::Wasm>,
     /// Inbound success rate and latency against their baseline (see [`crate::anomaly`]).
     pub anomaly: Arc<crate::anomaly::Anomaly>,
     /// Istio Telemetry metrics overrides, applied to the exposition (see
@@ -262,6 +264,7 @@ impl Metrics {
             access_log_dropped: Arc::default(),
             tap: Arc::default(),
             authz: Arc::default(),
+            wasm: Arc::default(),
             anomaly: Arc::default(),
             overrides: Arc::default(),
             limits: Default::default(),

@@ -20,6 +20,7 @@ pub mod process;
 pub mod servers;
 pub mod tools;
 pub mod wait;
+pub mod wasm_plugins;
 
 pub use bins::bin;
 pub use fixture::{Mesh, MeshBuilder};

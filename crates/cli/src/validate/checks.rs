@@ -106,6 +106,7 @@ pub fn analyze(files: &[InputFile]) -> Vec<Finding> {
                     Resource::DestinationPolicy(_) => Some("spec.host".to_string()),
                     Resource::PeerAuthentication(_) | Resource::Telemetry(_) => None,
                     Resource::RequestAuthentication(_) => None,
+                    Resource::WasmPlugin(_) => None,
                     Resource::AuthorizationPolicy(_) => None,
                     Resource::RateLimitPolicy(_) => None,
                     // An SMI TrafficSplit whose `matches` do not resolve: the message names
@@ -133,6 +134,7 @@ pub fn analyze(files: &[InputFile]) -> Vec<Finding> {
                 Resource::DestinationPolicy(p) => p.notes.clone(),
                 Resource::PeerAuthentication(p) => p.notes.clone(),
                 Resource::Telemetry(t) => t.notes.clone(),
+                Resource::WasmPlugin(p) => p.notes.clone(),
                 Resource::RequestAuthentication(p) => p.notes.clone(),
                 Resource::AuthorizationPolicy(p) => p.notes.clone(),
                 Resource::RateLimitPolicy(p) => p.notes.clone(),
@@ -292,6 +294,7 @@ pub fn analyze(files: &[InputFile]) -> Vec<Finding> {
                     }
                 }
                 Resource::Telemetry(_) => {}
+                Resource::WasmPlugin(_) => {}
                 Resource::RequestAuthentication(_) => {}
                 Resource::AuthorizationPolicy(_) => {}
                 Resource::RateLimitPolicy(_) => {}

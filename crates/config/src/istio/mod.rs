@@ -10,6 +10,7 @@ pub mod request_authentication;
 mod retries;
 pub mod telemetry;
 pub mod virtual_service;
+pub mod wasm_plugin;
 
 use std::collections::BTreeMap;
 

@@ -50,6 +50,8 @@ pub struct ConfigSnapshot {
     pub telemetries: Vec<trellis_config::istio::telemetry::TelemetryPolicy>,
     /// Istio AuthorizationPolicies in force (compiled per workload by discovery).
     pub authorization_policies: Vec<trellis_config::istio::authorization_policy::AuthzPolicy>,
+    /// Istio WasmPlugins in force (resolved per workload by discovery).
+    pub wasm_plugins: Vec<trellis_config::istio::wasm_plugin::WasmPluginPolicy>,
     /// Trellis RateLimitPolicies in force (compiled per workload by discovery).
     pub rate_limit_policies: Vec<trellis_config::trellis::ratelimit::RateLimitPolicy>,
 }
@@ -118,6 +120,7 @@ impl ConfigIndex {
         let mut policies: Vec<(EntryId, &DestinationPolicy)> = Vec::new();
         let mut peer_authentications = Vec::new();
         let mut request_authentications = Vec::new();
+        let mut wasm_plugins = Vec::new();
         let mut telemetries = Vec::new();
         let mut authorization_policies = Vec::new();
         let mut rate_limit_policies = Vec::new();
@@ -141,6 +144,7 @@ impl ConfigIndex {
                         request_authentications.push((**p).clone())
                     }
                     Resource::Telemetry(t) => telemetries.push((**t).clone()),
+                    Resource::WasmPlugin(p) => wasm_plugins.push((**p).clone()),
                     Resource::AuthorizationPolicy(p) => authorization_policies.push((**p).clone()),
                     Resource::RateLimitPolicy(p) => rate_limit_policies.push((**p).clone()),
                     Resource::Smi(p) => match &**p {
@@ -207,6 +211,7 @@ impl ConfigIndex {
                             Resource::PeerAuthentication(p) => &p.notes,
                             Resource::RequestAuthentication(p) => &p.notes,
                             Resource::Telemetry(t) => &t.notes,
+                            Resource::WasmPlugin(p) => &p.notes,
                             Resource::AuthorizationPolicy(p) => &p.notes,
                             Resource::RateLimitPolicy(p) => &p.notes,
                             Resource::Smi(p) => &p.notes().to_vec(),
@@ -244,6 +249,7 @@ impl ConfigIndex {
             request_authentications,
             telemetries,
             authorization_policies,
+            wasm_plugins,
             rate_limit_policies,
         }
     }

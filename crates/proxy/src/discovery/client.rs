@@ -169,6 +169,13 @@ async fn session(
                             }
                             changed
                         });
+                        inner.wasm_plugins.send_if_modified(|current| {
+                            let changed = **current != *policy.wasm_plugins_json;
+                            if changed {
+                                *current = std::sync::Arc::from(policy.wasm_plugins_json.as_str());
+                            }
+                            changed
+                        });
                         inner.request_authn.send_if_modified(|current| {
                             let changed = **current != *policy.request_authentication_json;
                             if changed {

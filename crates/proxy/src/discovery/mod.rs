@@ -94,6 +94,8 @@ struct Inner {
     telemetry: watch::Sender<Arc<str>>,
     /// This workload's JWT rules (`InboundPolicy.request_authentication_json`), as last sent.
     request_authn: watch::Sender<Arc<str>>,
+    /// This workload's Wasm plugins (`InboundPolicy.wasm_plugins_json`), as last sent.
+    wasm_plugins: watch::Sender<Arc<str>>,
     /// This workload's rate limits (`InboundPolicy.rate_limits_json`), as last sent.
     rate_limits: watch::Sender<Arc<str>>,
 }
@@ -118,6 +120,7 @@ impl Inner {
             authorization: watch::channel(Arc::from("")).0,
             telemetry: watch::channel(Arc::from("")).0,
             request_authn: watch::channel(Arc::from("")).0,
+            wasm_plugins: watch::channel(Arc::from("")).0,
             rate_limits: watch::channel(Arc::from("")).0,
         }
     }
@@ -272,6 +275,12 @@ impl Discovery {
     /// `authn::follow`.
     pub fn request_authentication_rx(&self) -> watch::Receiver<Arc<str>> {
         self.inner.request_authn.subscribe()
+    }
+
+    /// The Wasm plugins JSON the control plane sends for this workload (`""`: none); see
+    /// `wasm::follow`.
+    pub fn wasm_plugins_rx(&self) -> watch::Receiver<Arc<str>> {
+        self.inner.wasm_plugins.subscribe()
     }
 
     /// Everything discovery holds, as JSON, for `/config_dump`.

@@ -34,6 +34,7 @@ use crate::serve::Ctx;
 use crate::telemetry::Direction;
 use crate::tls::PeerIdentity;
 use crate::transport::is_own_listener;
+use trellis_model::wasm::Phase;
 
 /// Forwards the requests of one downstream connection; cheap to clone per request.
 #[derive(Clone, Debug)]
@@ -96,12 +97,22 @@ impl HttpForward {
                 Ok(guard) => guard,
                 Err(refused) => return Ok(telemetry.end(exchange, *refused)),
             };
+        // Wasm plugins run at their phase: AUTHN before authentication, AUTHZ before
+        // authorization, the rest before forwarding; their answers are exchanges too.
+        let port = crate::wasm::request_port(&self.dest, &req);
+        let mut wasm = self.ctx.metrics.wasm.begin(self.direction, port, self.peer);
+        if let Some(resp) = wasm.run_until(Phase::Authn, &mut req) {
+            return Ok(telemetry.end(exchange, resp));
+        }
         // Authentication runs before authorization, which reads the `RequestAuth` it leaves
         // in the extensions; a 401 is still counted and logged as an exchange.
         if self.direction == Direction::Inbound
             && let Err(rejected) = self.ctx.authn.authenticate(&mut req).await
         {
             return Ok(telemetry.end(exchange, rejected.response()));
+        }
+        if let Some(resp) = wasm.run_until(Phase::Authz, &mut req) {
+            return Ok(telemetry.end(exchange, resp));
         }
         // Authorization runs after authentication (it reads the `RequestAuth` left in the
         // extensions); a denial is still an exchange (counted, logged, traced).
@@ -121,7 +132,11 @@ impl HttpForward {
             self.ctx.metrics.limits.rate_limited(self.direction);
             return Ok(telemetry.end(exchange, limited));
         }
-        let resp = self.forward(req).await;
+        if let Some(resp) = wasm.run_until(Phase::UnspecifiedPhase, &mut req) {
+            return Ok(telemetry.end(exchange, resp));
+        }
+        let mut resp = self.forward(req).await;
+        wasm.respond(&mut resp);
         Ok(telemetry.end(exchange, resp))
     }
 

@@ -1,0 +1,585 @@
+//! Proxy-Wasm plugins (Istio `WasmPlugin`): a host for the Proxy-Wasm ABI 0.2.1 on the wasmi
+//! interpreter, run on HTTP requests in the phase each plugin asks for.
+//!
+//! The control plane resolves which plugins apply to this workload and sends them, in order,
+//! as JSON in the discovery `InboundPolicy.wasm_plugins_json` ([`follow`]). The proxy reads
+//! each module from its `file://` URL, checks its sha256, compiles it once and keeps a pool of
+//! instances ([`plugin`]). A changed set is loaded off the request path and swapped in
+//! atomically: a request in flight finishes on the instances it started with. A plugin that
+//! cannot be loaded keeps its last good version, or (never loaded) fails requests per its
+//! failStrategy.
+//!
+//! Per request ([`WasmRequest`]): each plugin gets an HTTP context on an instance of its own
+//! for the request's life; its request-headers callback runs at its phase (AUTHN before
+//! authentication, AUTHZ before authorization, STATS and the default after them), its
+//! response-headers callback on the way back in reverse order. A trap, exhausted fuel or memory
+//! fails the request (FAIL_CLOSE: 500 `trellis-error: wasm-plugin-failed`) or skips the plugin
+//! (FAIL_OPEN), and the instance is dropped; the proxy goes on. See docs/wasm.md.
+
+mod abi;
+mod metrics;
+mod plugin;
+#[cfg(test)]
+mod real_plugins;
+mod shared;
+mod vm;
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+
+use arc_swap::ArcSwap;
+use bytes::Bytes;
+use http::header::{HeaderName, HeaderValue};
+use http::uri::PathAndQuery;
+use http::{HeaderMap, Method, Request, Response, StatusCode, Uri};
+use http_body::Body as _;
+use http_body_util::{BodyExt, Full};
+use trellis_model::wasm::{FailStrategy, Phase, WasmPlugin, WasmPlugins};
+
+use crate::http::{ProxyBody, error_response};
+use crate::telemetry::Direction;
+
+pub use metrics::{Reason, WasmMetrics};
+use plugin::Plugin;
+use shared::SharedData;
+use vm::{Failure, Limits, Vm};
+
+/// The `trellis-error` of a request a failing plugin failed (FAIL_CLOSE).
+pub const FAILED: &str = "wasm-plugin-failed";
+
+/// A plugin in force: loaded, or (never loaded) the error requests fail with.
+#[derive(Debug, Clone)]
+enum Entry {
+    Ready(Arc<Plugin>),
+    Broken { spec: WasmPlugin, error: Arc<str> },
+}
+
+impl Entry {
+    fn spec(&self) -> &WasmPlugin {
+        match self {
+            Entry::Ready(p) => &p.spec,
+            Entry::Broken { spec, .. } => spec,
+        }
+    }
+}
+
+/// The plugins in force, in the order they run (phase, then priority).
+#[derive(Debug, Default)]
+struct Active {
+    entries: Vec<Entry>,
+}
+
+/// One proxy's Wasm host.
+#[derive(Debug)]
+pub struct Wasm {
+    engine: wasmi::Engine,
+    active: ArcSwap<Active>,
+    metrics: Arc<WasmMetrics>,
+    shared_data: Arc<SharedData>,
+    limits: Limits,
+}
+
+impl Default for Wasm {
+    fn default() -> Self {
+        let mut config = wasmi::Config::default();
+        config.consume_fuel(true);
+        Self {
+            engine: wasmi::Engine::new(&config),
+            active: ArcSwap::default(),
+            metrics: Arc::default(),
+            shared_data: Arc::default(),
+            limits: Limits::default(),
+        }
+    }
+}
+
+impl Wasm {
+    /// Installs a new plugin set (the control plane's JSON; empty: none). Loads what changed
+    /// (reads files, compiles: call it off the async threads); a plugin that fails to load
+    /// keeps its last good version when there is one.
+    pub fn install(&self, set: WasmPlugins) {
+        let current = self.active.load_full();
+        let mut entries = Vec::with_capacity(set.plugins.len());
+        for spec in set.plugins {
+            let same = current.entries.iter().find_map(|e| match e {
+                Entry::Ready(p) if p.spec == spec => Some(p.clone()),
+                _ => None,
+            });
+            if let Some(p) = same {
+                entries.push(Entry::Ready(p));
+                continue;
+            }
+            match Plugin::load(
+                spec.clone(),
+                &self.engine,
+                self.metrics.clone(),
+                self.shared_data.clone(),
+                self.limits,
+            ) {
+                Ok(p) => {
+                    tracing::info!(plugin = %spec.name, url = %spec.url, phase = ?spec.phase, "wasm plugin loaded");
+                    entries.push(Entry::Ready(Arc::new(p)));
+                }
+                Err(e) => {
+                    self.metrics.failed(&spec.name, Reason::Load);
+                    let last_good = current.entries.iter().find_map(|e| match e {
+                        Entry::Ready(p) if p.spec.name == spec.name => Some(p.clone()),
+                        _ => None,
+                    });
+                    match last_good {
+                        Some(p) => {
+                            tracing::error!(error = %e, "wasm plugin not loaded; its last good version stays in force");
+                            entries.push(Entry::Ready(p));
+                        }
+                        None => {
+                            tracing::error!(error = %e, fail_strategy = ?spec.fail_strategy, "wasm plugin not loaded");
+                            entries.push(Entry::Broken {
+                                spec,
+                                error: Arc::from(e.to_string()),
+                            });
+                        }
+                    }
+                }
+            }
+        }
+        self.active.store(Arc::new(Active { entries }));
+    }
+
+    /// The plugins in force, for `/config_dump`.
+    pub fn dump(&self) -> serde_json::Value {
+        let active = self.active.load();
+        serde_json::Value::Array(
+            active
+                .entries
+                .iter()
+                .map(|e| match e {
+                    Entry::Ready(p) => serde_json::json!({"plugin": p.spec, "state": "loaded"}),
+                    Entry::Broken { spec, error } => {
+                        serde_json::json!({"plugin": spec, "state": "failed", "error": &**error})
+                    }
+                })
+                .collect(),
+        )
+    }
+
+    /// Appends the plugin metrics and failure counters to `/metrics`.
+    pub fn render(&self, out: &mut String) {
+        self.metrics.render(out);
+    }
+
+    /// Starts one request's plugin run: `port` is the application (inbound) or destination
+    /// (outbound) port, matched against each plugin's `match.ports`.
+    pub fn begin(&self, direction: Direction, port: u16, peer: Option<SocketAddr>) -> WasmRequest {
+        WasmRequest {
+            active: self.active.load_full(),
+            next: 0,
+            running: Vec::new(),
+            inbound: direction == Direction::Inbound,
+            port,
+            peer,
+            metrics: self.metrics.clone(),
+        }
+    }
+}
+
+/// A plugin's context on one request.
+#[derive(Debug)]
+struct Running {
+    plugin: Arc<Plugin>,
+    vm: Vm,
+    id: i32,
+}
+
+/// One request's plugins: each gets its context when the request reaches its phase.
+#[derive(Debug)]
+pub struct WasmRequest {
+    active: Arc<Active>,
+    /// The next entry to consider (entries are in phase order).
+    next: usize,
+    running: Vec<Running>,
+    inbound: bool,
+    port: u16,
+    peer: Option<SocketAddr>,
+    metrics: Arc<WasmMetrics>,
+}
+
+fn full(body: impl Into<Bytes>) -> ProxyBody {
+    Full::new(body.into())
+        .map_err(|never| match never {})
+        .boxed()
+}
+
+fn failed_response() -> Response<ProxyBody> {
+    error_response(StatusCode::INTERNAL_SERVER_ERROR, FAILED)
+}
+
+impl WasmRequest {
+    fn applies(&self, spec: &WasmPlugin) -> bool {
+        let mode = if self.inbound {
+            spec.mode.inbound()
+        } else {
+            spec.mode.outbound()
+        };
+        mode && (spec.ports.is_empty() || spec.ports.contains(&self.port))
+    }
+
+    /// Runs the request-headers callback of every plugin whose phase is at most `phase`;
+    /// `Some(response)` answers the request instead of forwarding it (a plugin's local
+    /// response, or a failure under FAIL_CLOSE), already through the response callbacks.
+    pub fn run_until<B: http_body::Body>(
+        &mut self,
+        phase: Phase,
+        req: &mut Request<B>,
+    ) -> Option<Response<ProxyBody>> {
+        while let Some(entry) = self.active.entries.get(self.next) {
+            if entry.spec().phase > phase {
+                break;
+            }
+            self.next += 1;
+            let entry = entry.clone();
+            if !self.applies(entry.spec()) {
+                continue;
+            }
+            let plugin = match entry {
+                Entry::Ready(p) => p,
+                Entry::Broken { spec, error } => {
+                    tracing::debug!(plugin = %spec.name, %error, "request meets a plugin that failed to load");
+                    if let Some(resp) = self.fail(&spec, Reason::Load) {
+                        return Some(resp);
+                    }
+                    continue;
+                }
+            };
+            match self.start(&plugin, req) {
+                Ok(Some(local)) => return Some(self.finish_early(local)),
+                Ok(None) => {}
+                Err(failure) => {
+                    tracing::warn!(plugin = plugin.name(), reason = failure.reason.as_str(), error = %failure, "wasm plugin failed on request headers");
+                    if let Some(resp) = self.fail(&plugin.spec, failure.reason) {
+                        return Some(self.finish_early(resp));
+                    }
+                }
+            }
+        }
+        None
+    }
+
+    /// Counts a failure; under FAIL_CLOSE the response the request gets.
+    fn fail(&self, spec: &WasmPlugin, reason: Reason) -> Option<Response<ProxyBody>> {
+        self.metrics.failed(&spec.name, reason);
+        match spec.fail_strategy {
+            FailStrategy::FailClose => Some(failed_response()),
+            FailStrategy::FailOpen => None,
+        }
+    }
+
+    /// Takes an instance and runs its request-headers callback; `Some` is a local response.
+    fn start<B: http_body::Body>(
+        &mut self,
+        plugin: &Arc<Plugin>,
+        req: &mut Request<B>,
+    ) -> Result<Option<Response<ProxyBody>>, Failure> {
+        let mut vm = plugin.take()?;
+        {
+            let stream = vm.stream();
+            stream.request_headers = request_pairs(req);
+            stream.source = self.peer;
+            stream.destination_port = self.port;
+        }
+        let id = vm.request_headers(req.body().is_end_stream())?;
+        let stream = vm.stream();
+        if stream.request_dirty {
+            apply_request(req, &stream.request_headers);
+            stream.request_dirty = false;
+        }
+        let local = stream.local_response.take();
+        self.running.push(Running {
+            plugin: plugin.clone(),
+            vm,
+            id,
+        });
+        Ok(local.map(|l| {
+            tracing::debug!(plugin = plugin.name(), status = l.status, details = %l.details, "wasm plugin answered the request");
+            let mut resp = Response::new(full(l.body));
+            *resp.status_mut() =
+                StatusCode::from_u16(l.status).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
+            for (k, v) in l.headers {
+                if let (Ok(k), Ok(v)) = (HeaderName::from_bytes(&k), HeaderValue::from_bytes(&v)) {
+                    resp.headers_mut().append(k, v);
+                }
+            }
+            resp
+        }))
+    }
+
+    fn finish_early(&mut self, mut resp: Response<ProxyBody>) -> Response<ProxyBody> {
+        self.respond(&mut resp);
+        resp
+    }
+
+    /// Runs the response-headers callbacks (last plugin first) and ends every context. Under
+    /// FAIL_CLOSE a failure replaces the response with a 500.
+    pub fn respond(&mut self, resp: &mut Response<ProxyBody>) {
+        let end_of_stream = resp.body().is_end_stream();
+        while let Some(mut r) = self.running.pop() {
+            let result = (|| {
+                {
+                    let stream = r.vm.stream();
+                    stream.response_headers = response_pairs(resp);
+                    stream.response_code = Some(resp.status().as_u16());
+                }
+                r.vm.response_headers(r.id, end_of_stream)?;
+                let stream = r.vm.stream();
+                if stream.response_dirty {
+                    apply_response(resp, &stream.response_headers);
+                }
+                r.vm.finish(r.id)
+            })();
+            match result {
+                Ok(()) => r.plugin.give_back(r.vm),
+                Err(failure) => {
+                    tracing::warn!(plugin = r.plugin.name(), reason = failure.reason.as_str(), error = %failure, "wasm plugin failed on the response");
+                    self.metrics.failed(r.plugin.name(), failure.reason);
+                    if r.plugin.spec.fail_strategy == FailStrategy::FailClose {
+                        *resp = failed_response();
+                    }
+                }
+            }
+        }
+    }
+}
+
+/// A request's headers as a Proxy-Wasm header map: the HTTP/2 pseudo headers first.
+fn request_pairs<B>(req: &Request<B>) -> Vec<(Vec<u8>, Vec<u8>)> {
+    let mut out = Vec::with_capacity(req.headers().len() + 4);
+    let uri = req.uri();
+    let authority = uri
+        .authority()
+        .map(|a| a.as_str().as_bytes())
+        .or_else(|| {
+            req.headers()
+                .get(http::header::HOST)
+                .map(HeaderValue::as_bytes)
+        })
+        .unwrap_or_default();
+    out.push((b":authority".to_vec(), authority.to_vec()));
+    let path = uri.path_and_query().map_or("/", PathAndQuery::as_str);
+    out.push((b":path".to_vec(), path.as_bytes().to_vec()));
+    out.push((
+        b":method".to_vec(),
+        req.method().as_str().as_bytes().to_vec(),
+    ));
+    out.push((
+        b":scheme".to_vec(),
+        uri.scheme_str().unwrap_or("http").as_bytes().to_vec(),
+    ));
+    push_headers(req.headers(), &mut out);
+    out
+}
+
+fn response_pairs<B>(resp: &Response<B>) -> Vec<(Vec<u8>, Vec<u8>)> {
+    let mut out = Vec::with_capacity(resp.headers().len() + 1);
+    out.push((
+        b":status".to_vec(),
+        resp.status().as_str().as_bytes().to_vec(),
+    ));
+    push_headers(resp.headers(), &mut out);
+    out
+}
+
+fn push_headers(headers: &HeaderMap, out: &mut Vec<(Vec<u8>, Vec<u8>)>) {
+    for (k, v) in headers {
+        out.push((k.as_str().as_bytes().to_vec(), v.as_bytes().to_vec()));
+    }
+}
+
+/// The regular headers of a header map; names or values that are not valid HTTP are dropped
+/// (a plugin cannot make the proxy send a malformed header).
+fn header_map(pairs: &[(Vec<u8>, Vec<u8>)]) -> HeaderMap {
+    let mut headers = HeaderMap::with_capacity(pairs.len());
+    for (k, v) in pairs.iter().filter(|(k, _)| !k.starts_with(b":")) {
+        if let (Ok(k), Ok(v)) = (HeaderName::from_bytes(k), HeaderValue::from_bytes(v)) {
+            headers.append(k, v);
+        }
+    }
+    headers
+}
+
+/// Writes a plugin's changes back: headers, and `:path` / `:method`.
+fn apply_request<B>(req: &mut Request<B>, pairs: &[(Vec<u8>, Vec<u8>)]) {
+    for (k, v) in pairs {
+        match k.as_slice() {
+            b":path"
+                if v.as_slice()
+                    != req
+                        .uri()
+                        .path_and_query()
+                        .map_or(&b"/"[..], |p| p.as_str().as_bytes()) =>
+            {
+                if let Ok(pq) = PathAndQuery::try_from(v.as_slice()) {
+                    let mut parts = req.uri().clone().into_parts();
+                    parts.path_and_query = Some(pq);
+                    if let Ok(uri) = Uri::from_parts(parts) {
+                        *req.uri_mut() = uri;
+                    }
+                }
+            }
+            b":method" => {
+                if let Ok(m) = Method::from_bytes(v) {
+                    *req.method_mut() = m;
+                }
+            }
+            _ => {}
+        }
+    }
+    *req.headers_mut() = header_map(pairs);
+}
+
+fn apply_response<B>(resp: &mut Response<B>, pairs: &[(Vec<u8>, Vec<u8>)]) {
+    if let Some((_, v)) = pairs.iter().find(|(k, _)| k.as_slice() == b":status")
+        && let Ok(s) = StatusCode::from_bytes(v)
+    {
+        *resp.status_mut() = s;
+    }
+    *resp.headers_mut() = header_map(pairs);
+}
+
+/// The port a request's plugins match `match.ports` against: the application port inbound,
+/// the original destination's outbound (0 when unknown: only port-less plugins run).
+pub fn request_port<B>(dest: &crate::route::Dest, req: &Request<B>) -> u16 {
+    use crate::route::Dest;
+    match dest {
+        Dest::Fixed(addr) | Dest::Address { orig: addr, .. } => addr.port(),
+        Dest::Local { app, .. } => req
+            .headers()
+            .get(crate::http::TARGET_PORT)
+            .and_then(|v| v.to_str().ok()?.parse().ok())
+            .or(app.map(|a| a.port()))
+            .unwrap_or(0),
+        Dest::Service { .. } => 0,
+    }
+}
+
+/// The wire JSON; empty (an older control plane, or none sent yet) is "no plugins".
+pub fn decode(json: &str) -> Result<WasmPlugins, serde_json::Error> {
+    if json.trim().is_empty() {
+        return Ok(WasmPlugins::default());
+    }
+    serde_json::from_str(json)
+}
+
+/// Installs the control plane's plugin set on every change, until `stop`. An undecodable
+/// JSON is logged and the last good set stays in force.
+pub async fn follow(
+    mut json_rx: tokio::sync::watch::Receiver<Arc<str>>,
+    wasm: Arc<Wasm>,
+    stop: tokio_util::sync::CancellationToken,
+) {
+    loop {
+        let json = json_rx.borrow_and_update().clone();
+        match decode(&json) {
+            Ok(set) => {
+                let wasm = wasm.clone();
+                // Reading and compiling modules blocks: not on the proxy's async threads.
+                if let Err(e) = tokio::task::spawn_blocking(move || wasm.install(set)).await {
+                    tracing::error!(error = %e, "installing wasm plugins failed");
+                }
+            }
+            Err(e) => {
+                tracing::warn!(error = %e, "undecodable wasm plugins; keeping the last good ones");
+            }
+        }
+        tokio::select! {
+            () = stop.cancelled() => return,
+            changed = json_rx.changed() => if changed.is_err() { return },
+        }
+    }
+}
+
+/// Delivers `proxy_on_tick` to plugins that set a tick period, at a 50 ms resolution.
+pub async fn tick(wasm: Arc<Wasm>, stop: tokio_util::sync::CancellationToken) {
+    let mut last: Vec<(String, std::time::Instant)> = Vec::new();
+    let mut interval = tokio::time::interval(std::time::Duration::from_millis(50));
+    loop {
+        tokio::select! {
+            () = stop.cancelled() => return,
+            _ = interval.tick() => {}
+        }
+        let active = wasm.active.load_full();
+        let now = std::time::Instant::now();
+        let mut next = Vec::with_capacity(last.len());
+        for entry in &active.entries {
+            if let Entry::Ready(p) = entry {
+                let prev = last.iter().find(|(n, _)| n == p.name()).map(|(_, t)| *t);
+                if let Some(t) = p.tick_if_due(now, prev) {
+                    next.push((p.name().to_string(), t));
+                }
+            }
+        }
+        last = next;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+    use super::*;
+
+    #[test]
+    fn wasm_request_headers_round_trip_with_pseudo_headers() {
+        let mut req = Request::builder()
+            .method("GET")
+            .uri("/a?b=1")
+            .header("host", "web")
+            .header("x-a", "1")
+            .body(())
+            .unwrap();
+        let mut pairs = request_pairs(&req);
+        assert_eq!(pairs[0], (b":authority".to_vec(), b"web".to_vec()));
+        assert_eq!(pairs[1], (b":path".to_vec(), b"/a?b=1".to_vec()));
+        pairs[1].1 = b"/c".to_vec();
+        pairs.push((b"x-new".to_vec(), b"2".to_vec()));
+        pairs.push((b"bad header".to_vec(), b"3".to_vec()));
+        apply_request(&mut req, &pairs);
+        assert_eq!(req.uri().path(), "/c");
+        assert_eq!(req.headers()["x-new"], "2");
+        assert_eq!(req.headers()["x-a"], "1");
+        assert_eq!(req.headers().len(), 3, "{:?}", req.headers());
+    }
+
+    #[test]
+    fn wasm_install_keeps_a_broken_plugin_failing_per_strategy() {
+        let wasm = Wasm::default();
+        let spec = |name: &str, fail_strategy| WasmPlugin {
+            name: name.into(),
+            plugin_name: String::new(),
+            url: "file:///nonexistent/plugin.wasm".into(),
+            sha256: None,
+            phase: Phase::UnspecifiedPhase,
+            priority: 0,
+            config: String::new(),
+            fail_strategy,
+            mode: trellis_model::wasm::Mode::ClientAndServer,
+            ports: vec![],
+        };
+        wasm.install(WasmPlugins {
+            plugins: vec![spec("t/open", FailStrategy::FailOpen)],
+        });
+        let mut req = Request::builder()
+            .uri("/")
+            .body(Full::<Bytes>::default())
+            .unwrap();
+        let mut run = wasm.begin(Direction::Inbound, 80, None);
+        assert!(run.run_until(Phase::UnspecifiedPhase, &mut req).is_none());
+        wasm.install(WasmPlugins {
+            plugins: vec![spec("t/close", FailStrategy::FailClose)],
+        });
+        let mut run = wasm.begin(Direction::Inbound, 80, None);
+        let resp = run.run_until(Phase::UnspecifiedPhase, &mut req).unwrap();
+        assert_eq!(resp.status(), 500);
+        assert_eq!(resp.headers()["trellis-error"], FAILED);
+        assert_eq!(wasm.metrics.failures("t/close", Reason::Load), 2);
+        let dump = wasm.dump().to_string();
+        assert!(dump.contains("No such file"), "{dump}");
+    }
+}

@@ -1,0 +1,136 @@
+//! The host with the real test plugins (tests/wasm-plugins), in process: the ABI calls the SDK
+//! makes, local responses, metrics, and the isolation limits.
+
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+use std::path::Path;
+
+use bytes::Bytes;
+use http::{Request, Response};
+use http_body_util::Full;
+use trellis_model::wasm::{FailStrategy, Mode, Phase, WasmPlugin, WasmPlugins};
+
+use super::{FAILED, Reason, Wasm, full};
+use crate::telemetry::Direction;
+
+fn spec(name: &str, wasm: &Path, config: &str, fail_strategy: FailStrategy) -> WasmPlugin {
+    WasmPlugin {
+        name: name.into(),
+        plugin_name: String::new(),
+        url: format!("file://{}", wasm.display()),
+        sha256: None,
+        phase: Phase::UnspecifiedPhase,
+        priority: 0,
+        config: config.into(),
+        fail_strategy,
+        mode: Mode::ClientAndServer,
+        ports: vec![],
+    }
+}
+
+fn request(path: &str, headers: &[(&str, &str)]) -> Request<Full<Bytes>> {
+    let mut b = Request::builder().uri(path).header("host", "web");
+    for (k, v) in headers {
+        b = b.header(*k, *v);
+    }
+    b.body(Full::default()).unwrap()
+}
+
+#[test]
+fn wasm_real_plugins_run_in_process() {
+    let dir = trellis_testkit::wasm_plugins::build().unwrap();
+    let wasm = Wasm::default();
+    wasm.install(WasmPlugins {
+        plugins: vec![
+            spec(
+                "t/add",
+                &dir.join("add_header.wasm"),
+                r#"{"name":"x-added","value":"v"}"#,
+                FailStrategy::FailClose,
+            ),
+            spec(
+                "t/deny",
+                &dir.join("deny_missing_header.wasm"),
+                "",
+                FailStrategy::FailClose,
+            ),
+            spec(
+                "t/count",
+                &dir.join("count_requests.wasm"),
+                r#"{"metric":"seen"}"#,
+                FailStrategy::FailClose,
+            ),
+        ],
+    });
+    let dump = wasm.dump().to_string();
+    assert!(!dump.contains("failed"), "{dump}");
+
+    let mut req = request("/a", &[("x-wasm-allow", "1")]);
+    let mut run = wasm.begin(Direction::Inbound, 80, None);
+    assert!(run.run_until(Phase::UnspecifiedPhase, &mut req).is_none());
+    assert_eq!(req.headers()["x-added"], "v");
+    let mut resp = Response::new(full(Bytes::new()));
+    run.respond(&mut resp);
+    assert_eq!(resp.headers()["x-wasm-plugin"], "add-header");
+
+    let mut req = request("/a", &[]);
+    let mut run = wasm.begin(Direction::Inbound, 80, None);
+    let denied = run.run_until(Phase::UnspecifiedPhase, &mut req).unwrap();
+    assert_eq!(denied.status(), 403);
+    assert_eq!(
+        denied.headers()["x-wasm-denied"],
+        "missing header",
+        "{denied:?}"
+    );
+
+    let mut out = String::new();
+    wasm.render(&mut out);
+    assert!(out.contains("seen{plugin=\"t/count\"} 1"), "{out}");
+}
+
+#[test]
+fn wasm_isolation_fuel_trap_and_memory() {
+    let dir = trellis_testkit::wasm_plugins::build().unwrap();
+    let misbehave = dir.join("misbehave.wasm");
+    for (mode, reason) in [
+        ("trap", Reason::Trap),
+        ("loop", Reason::Fuel),
+        ("grow", Reason::Memory),
+    ] {
+        let wasm = Wasm::default();
+        let name = format!("t/{mode}");
+        wasm.install(WasmPlugins {
+            plugins: vec![spec(
+                &name,
+                &misbehave,
+                &format!(r#"{{"mode":"{mode}"}}"#),
+                FailStrategy::FailClose,
+            )],
+        });
+        for _ in 0..2 {
+            let started = std::time::Instant::now();
+            let mut run = wasm.begin(Direction::Inbound, 80, None);
+            let resp = run
+                .run_until(Phase::UnspecifiedPhase, &mut request("/x", &[]))
+                .unwrap();
+            assert_eq!(resp.status(), 500, "{mode}");
+            assert_eq!(resp.headers()["trellis-error"], FAILED);
+            assert!(
+                started.elapsed().as_secs() < 5,
+                "{mode}: {:?}",
+                started.elapsed()
+            );
+            let mut run = wasm.begin(Direction::Inbound, 80, None);
+            assert!(
+                run.run_until(Phase::UnspecifiedPhase, &mut request("/ok", &[]))
+                    .is_none(),
+                "{mode}: a fresh instance serves /ok"
+            );
+        }
+        let all: Vec<_> = [Reason::Trap, Reason::Fuel, Reason::Memory, Reason::Load]
+            .into_iter()
+            .map(|r| (r, wasm.metrics.failures(&name, r)))
+            .collect();
+        assert_eq!(wasm.metrics.failures(&name, reason), 2, "{mode}: {all:?}");
+    }
+}

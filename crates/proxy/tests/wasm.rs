@@ -1,0 +1,416 @@
+//! Proxy-Wasm plugins (Istio WasmPlugin) with the real binaries: a `trellis-control` reading
+//! WasmPlugins from its config directory, server proxies in front of HTTP echoes, and plugins
+//! built here from Rust with the `proxy-wasm` SDK (tests/wasm-plugins). What a user sees is
+//! asserted: headers the app receives, the plugin's 403, the plugin's metric on `/metrics`,
+//! requests failed (or not) per failStrategy by a trapping, looping or memory-hungry plugin
+//! while the proxy stays up, and a config change that reloads a plugin under load without a
+//! failed request.
+
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use trellis_testkit::mesh::{config_dir, service_yaml};
+use trellis_testkit::tools::curl_http;
+use trellis_testkit::wasm_plugins::{build, sha256_hex, wasm_plugin_yaml};
+use trellis_testkit::{ControlPlane, HttpEcho, Proxy, ProxyBuilder, wait};
+
+const CONVERGE: Duration = Duration::from_secs(20);
+
+fn plugins() -> PathBuf {
+    build().unwrap_or_else(|e| panic!("{e}"))
+}
+
+/// A reply with its response headers (names lower-case).
+struct Reply {
+    status: u16,
+    headers: Vec<(String, String)>,
+    body: String,
+}
+
+impl Reply {
+    fn header(&self, name: &str) -> Option<&str> {
+        self.headers
+            .iter()
+            .find(|(n, _)| n == name)
+            .map(|(_, v)| v.as_str())
+    }
+}
+
+fn get(url: &str, headers: &[&str]) -> Reply {
+    let mut args = vec!["-s", "-i", "--max-time", "10"];
+    for h in headers {
+        args.extend(["-H", h]);
+    }
+    args.push(url);
+    let r = curl_http(&args).unwrap();
+    let (head, body) = r
+        .body
+        .split_once("\r\n\r\n")
+        .unwrap_or((r.body.as_str(), ""));
+    let headers = head
+        .lines()
+        .skip(1)
+        .filter_map(|l| l.split_once(':'))
+        .map(|(n, v)| (n.trim().to_ascii_lowercase(), v.trim().to_string()))
+        .collect();
+    Reply {
+        status: r.status,
+        headers,
+        body: body.to_string(),
+    }
+}
+
+/// The value the echo saw for a request header.
+fn seen(reply: &Reply, header: &str) -> Option<String> {
+    let echo: serde_json::Value = serde_json::from_str(&reply.body)
+        .unwrap_or_else(|e| panic!("not an echo reply ({e}): {} {}", reply.status, reply.body));
+    echo["headers"][header].as_str().map(str::to_string)
+}
+
+/// One metric sample from a proxy's `/metrics`.
+fn metric(proxy: &Proxy, series: &str) -> Option<f64> {
+    let (_, body) = proxy.admin_get("/metrics").unwrap();
+    body.lines()
+        .find_map(|l| l.strip_prefix(series)?.trim().parse().ok())
+}
+
+/// Echo workloads (`app: <name>`, each behind its own server proxy) and a control plane
+/// reading their Services and `files`.
+struct Mesh {
+    proxies: Vec<Proxy>,
+    urls: Vec<String>,
+    config: tempfile::TempDir,
+    _control: ControlPlane,
+    _echoes: Vec<HttpEcho>,
+}
+
+fn start_mesh(apps: &[&str], files: &[(&str, String)]) -> Mesh {
+    let echoes: Vec<HttpEcho> = apps.iter().map(|_| HttpEcho::start().unwrap()).collect();
+    let mut all: Vec<(String, String)> = apps
+        .iter()
+        .zip(&echoes)
+        .map(|(app, e)| {
+            (
+                format!("{app}.yaml"),
+                service_yaml(app, "default", 8080, e.addr.port(), app),
+            )
+        })
+        .collect();
+    all.extend(files.iter().map(|(n, t)| (n.to_string(), t.clone())));
+    let config = config_dir(&all).unwrap();
+    let control = ControlPlane::start(config.path()).unwrap();
+    let proxies: Vec<Proxy> = apps
+        .iter()
+        .zip(&echoes)
+        .map(|(app, e)| {
+            ProxyBuilder::loopback(&format!("{app}-0"))
+                .label("app", app)
+                .service_account(app)
+                .control(&control.url())
+                .app(e.addr)
+                .start()
+                .unwrap()
+        })
+        .collect();
+    for p in &proxies {
+        p.wait_ready(CONVERGE).unwrap();
+    }
+    Mesh {
+        urls: proxies
+            .iter()
+            .map(|p| format!("http://{}", p.ready.inbound))
+            .collect(),
+        proxies,
+        config,
+        _control: control,
+        _echoes: echoes,
+    }
+}
+
+/// Writes a config file atomically (the control plane never reads half a file).
+fn write_config(dir: &Path, name: &str, text: &str) {
+    let tmp = dir.join(format!(".{name}.tmp"));
+    std::fs::write(&tmp, text).unwrap();
+    std::fs::rename(&tmp, dir.join(name)).unwrap();
+}
+
+#[test]
+fn wasm_plugins_add_a_header_deny_and_count_on_the_inbound_proxy() {
+    let dir = plugins();
+    let add = dir.join("add_header.wasm");
+    let files = [
+        (
+            "add.yaml",
+            wasm_plugin_yaml(
+                "add",
+                "echo",
+                &add,
+                &format!(
+                    "  sha256: {}\n  phase: AUTHN\n  pluginConfig: {{name: x-wasm-added, value: from-config}}\n",
+                    sha256_hex(&add).unwrap()
+                ),
+            ),
+        ),
+        (
+            "deny.yaml",
+            wasm_plugin_yaml(
+                "deny",
+                "echo",
+                &dir.join("deny_missing_header.wasm"),
+                "  phase: AUTHZ\n  match: [{mode: SERVER}]\n",
+            ),
+        ),
+        (
+            "count.yaml",
+            wasm_plugin_yaml(
+                "count",
+                "echo",
+                &dir.join("count_requests.wasm"),
+                "  phase: STATS\n  pluginConfig: {metric: wasm_requests_seen}\n",
+            ),
+        ),
+    ];
+    let mesh = start_mesh(&["echo"], &files);
+    let url = format!("{}/hello", mesh.urls[0]);
+    let proxy = &mesh.proxies[0];
+
+    // The plugins arrive over discovery: wait for the deny plugin's answer.
+    wait::until(CONVERGE, || match get(&url, &[]) {
+        r if r.status == 403 => Ok(()),
+        r => Err(format!("not denied yet: {} {}", r.status, r.body)),
+    })
+    .unwrap();
+    let denied = get(&url, &[]);
+    assert_eq!(denied.status, 403);
+    assert_eq!(denied.header("x-wasm-denied"), Some("missing header"));
+    assert!(
+        denied
+            .body
+            .contains("denied by wasm plugin: missing x-wasm-allow"),
+        "{}",
+        denied.body
+    );
+    // The add-header plugin (AUTHN, before the deny) also saw the local reply on its way out.
+    assert_eq!(denied.header("x-wasm-plugin"), Some("add-header"));
+
+    let series = "wasm_requests_seen{plugin=\"default/count\"}";
+    let before = metric(proxy, series).unwrap_or(0.0);
+    for _ in 0..5 {
+        let ok = get(&url, &["x-wasm-allow: yes"]);
+        assert_eq!(ok.status, 200, "{}", ok.body);
+        assert_eq!(seen(&ok, "x-wasm-added").as_deref(), Some("from-config"));
+        assert_eq!(ok.header("x-wasm-plugin"), Some("add-header"));
+    }
+    for _ in 0..3 {
+        assert_eq!(get(&url, &[]).status, 403);
+    }
+    // The counter runs in STATS, after the deny (AUTHZ): only the 5 allowed requests count.
+    assert_eq!(metric(proxy, series), Some(before + 5.0));
+    assert_eq!(
+        metric(proxy, "wasm_last_status{plugin=\"default/count\"}"),
+        Some(200.0)
+    );
+    let (_, dump) = proxy.admin_get("/config_dump").unwrap();
+    let dump: serde_json::Value = serde_json::from_str(&dump).unwrap();
+    let names: Vec<&str> = dump["wasm_plugins"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|p| p["plugin"]["name"].as_str().unwrap())
+        .collect();
+    assert_eq!(names, ["default/add", "default/deny", "default/count"]);
+}
+
+#[test]
+fn wasm_trapping_looping_and_hungry_plugins_fail_per_fail_strategy_and_the_proxy_stays_up() {
+    let dir = plugins();
+    let misbehave = dir.join("misbehave.wasm");
+    let plugin = |name: &str, app: &str, mode: &str, strategy: &str| {
+        (
+            format!("{name}.yaml"),
+            wasm_plugin_yaml(
+                name,
+                app,
+                &misbehave,
+                &format!("  failStrategy: {strategy}\n  pluginConfig: {{mode: {mode}}}\n"),
+            ),
+        )
+    };
+    let files = [
+        plugin("trap", "trapped", "trap", "FAIL_CLOSE"),
+        plugin("spin", "spun", "loop", "FAIL_OPEN"),
+        plugin("spin-closed", "spunclosed", "loop", "FAIL_CLOSE"),
+        plugin("grow", "grown", "grow", "FAIL_CLOSE"),
+    ];
+    let files: Vec<(&str, String)> = files.iter().map(|(n, t)| (n.as_str(), t.clone())).collect();
+    let mut mesh = start_mesh(&["trapped", "spun", "spunclosed", "grown", "plain"], &files);
+    let url = |i: usize, path: &str| format!("{}{path}", mesh.urls[i]);
+
+    // Wait for each plugin to be in force: the FAIL_CLOSE ones fail /x, the FAIL_OPEN one
+    // counts a fuel failure.
+    for i in [0, 2, 3] {
+        wait::until(CONVERGE, || match get(&url(i, "/x"), &[]) {
+            r if r.status == 500 => Ok(()),
+            r => Err(format!("plugin not in force yet: {} {}", r.status, r.body)),
+        })
+        .unwrap();
+    }
+    let fuel = "trellis_wasm_plugin_failures_total{plugin=\"default/spin\",reason=\"fuel\"}";
+    wait::until(CONVERGE, || {
+        let r = get(&url(1, "/x"), &[]);
+        match metric(&mesh.proxies[1], fuel) {
+            Some(_) if r.status == 200 => Ok(()),
+            other => Err(format!("{other:?} {}", r.status)),
+        }
+    })
+    .unwrap();
+
+    for (i, plugin, reason) in [
+        (0, "trap", "trap"),
+        (2, "spin-closed", "fuel"),
+        (3, "grow", "memory"),
+    ] {
+        for _ in 0..3 {
+            let started = Instant::now();
+            let r = get(&url(i, "/x"), &[]);
+            assert_eq!(r.status, 500, "{plugin}: {}", r.body);
+            assert_eq!(
+                r.header("trellis-error"),
+                Some("wasm-plugin-failed"),
+                "{plugin}"
+            );
+            assert!(
+                started.elapsed() < Duration::from_secs(5),
+                "{plugin} took {:?}",
+                started.elapsed()
+            );
+            // A fresh instance replaces the failed one: the path the plugin leaves alone works.
+            let ok = get(&url(i, "/ok"), &[]);
+            assert_eq!(ok.status, 200, "{plugin} /ok after a failure: {}", ok.body);
+        }
+        let series = format!(
+            "trellis_wasm_plugin_failures_total{{plugin=\"default/{plugin}\",reason=\"{reason}\"}}"
+        );
+        let n = metric(&mesh.proxies[i], &series).unwrap_or(0.0);
+        assert!(n >= 3.0, "{series} = {n}");
+    }
+    // FAIL_OPEN: the looping plugin is skipped and the request reaches the app.
+    let before = metric(&mesh.proxies[1], fuel).unwrap();
+    for _ in 0..3 {
+        let r = get(&url(1, "/x"), &[]);
+        assert_eq!(r.status, 200, "{}", r.body);
+        assert!(seen(&r, "x-wasm-added").is_none());
+    }
+    assert_eq!(metric(&mesh.proxies[1], fuel), Some(before + 3.0));
+    // A workload without plugins is untouched, and every proxy is still up.
+    for _ in 0..5 {
+        assert_eq!(get(&url(4, "/x"), &[]).status, 200);
+    }
+    for p in &mut mesh.proxies {
+        assert!(p.process().is_running(), "{} exited", p.name);
+        assert_eq!(p.admin_get("/ready").unwrap().0, 200);
+    }
+}
+
+#[test]
+fn wasm_plugin_config_change_reloads_without_failed_requests() {
+    let dir = plugins();
+    let add = dir.join("add_header.wasm");
+    let sha = sha256_hex(&add).unwrap();
+    let doc = |value: &str, sha: &str| {
+        wasm_plugin_yaml(
+            "add",
+            "echo",
+            &add,
+            &format!("  sha256: {sha}\n  pluginConfig: {{name: x-version, value: {value}}}\n"),
+        )
+    };
+    let mut mesh = start_mesh(&["echo"], &[("add.yaml", doc("v1", &sha))]);
+    let url = format!("{}/load", mesh.urls[0]);
+    wait::until(CONVERGE, || {
+        match seen(&get(&url, &[]), "x-version").as_deref() {
+            Some("v1") => Ok(()),
+            other => Err(format!("{other:?}")),
+        }
+    })
+    .unwrap();
+
+    // A small steady load while the plugin's config changes: every request must succeed.
+    let stop = Arc::new(AtomicBool::new(false));
+    // Each request's status and the x-version the app saw.
+    type Seen = Vec<(u16, Option<String>)>;
+    let results: Arc<Mutex<Seen>> = Arc::default();
+    let load = {
+        let (stop, results, url) = (stop.clone(), results.clone(), url.clone());
+        std::thread::spawn(move || {
+            let deadline = Instant::now() + Duration::from_secs(40);
+            for _ in 0..2000 {
+                if stop.load(Ordering::SeqCst) || Instant::now() > deadline {
+                    break;
+                }
+                let r = get(&url, &[]);
+                let v = if r.status == 200 {
+                    seen(&r, "x-version")
+                } else {
+                    None
+                };
+                results.lock().unwrap().push((r.status, v));
+            }
+        })
+    };
+    std::thread::sleep(Duration::from_millis(300));
+    write_config(mesh.config.path(), "add.yaml", &doc("v2", &sha));
+    wait::until(CONVERGE, || {
+        let last = results.lock().unwrap().last().cloned();
+        match last {
+            Some((200, Some(v))) if v == "v2" => Ok(()),
+            other => Err(format!("{other:?}")),
+        }
+    })
+    .unwrap();
+    std::thread::sleep(Duration::from_millis(300));
+
+    // A wrong sha256: the new version is refused, the last good one (v2) stays in force.
+    let wrong = "0".repeat(64);
+    write_config(mesh.config.path(), "add.yaml", &doc("v3", &wrong));
+    let proxy = &mut mesh.proxies[0];
+    wait::until(CONVERGE, || {
+        let log = proxy.process().log();
+        if log.contains("sha256 mismatch") {
+            Ok(())
+        } else {
+            Err("no sha256 mismatch logged yet".to_string())
+        }
+    })
+    .unwrap();
+    std::thread::sleep(Duration::from_millis(300));
+    stop.store(true, Ordering::SeqCst);
+    load.join().unwrap();
+
+    let results = results.lock().unwrap();
+    let failed: Vec<_> = results.iter().filter(|(s, _)| *s != 200).collect();
+    assert!(results.len() >= 20, "too little load: {}", results.len());
+    assert!(
+        failed.is_empty(),
+        "{} of {} failed: {failed:?}",
+        failed.len(),
+        results.len()
+    );
+    let versions: Vec<&str> = results.iter().filter_map(|(_, v)| v.as_deref()).collect();
+    assert!(versions.contains(&"v1") && versions.contains(&"v2"));
+    assert!(
+        !versions.contains(&"v3"),
+        "a module with a wrong sha256 ran"
+    );
+    assert_eq!(versions.last(), Some(&"v2"));
+    let log = proxy.process().log();
+    let line = log.lines().find(|l| l.contains("sha256 mismatch")).unwrap();
+    assert!(
+        line.contains("default/add") && line.contains(&sha),
+        "{line}"
+    );
+}
