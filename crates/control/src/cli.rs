@@ -152,6 +152,31 @@ impl Args {
                 flag: "revision",
                 message,
             })?;
+            // A revision is reached through its own Service, `trellis-control-NAME`: the
+            // address its proxies dial and its webhook certificate's names, unless given.
+            let service = format!("{}-{revision}", crate::k8s::kinds::names::CONTROL);
+            let ns = crate::k8s::kinds::names::NAMESPACE;
+            if kube.inject.control_url
+                == crate::webhook::inject::InjectConfig::default().control_url
+            {
+                kube.inject.control_url = format!(
+                    "http://{service}.{ns}.svc:{}",
+                    crate::k8s::kinds::names::DISCOVERY_PORT
+                );
+            }
+            if kube.webhook_names == crate::k8s::KubeOptions::default().webhook_names {
+                kube.webhook_names = vec![
+                    format!("{service}.{ns}.svc"),
+                    format!("{service}.{ns}.svc.cluster.local"),
+                ];
+            }
+            kube.inject.revision = Some(revision);
+        }
+        if let (Some(kube), Some(revision)) = (config.kubernetes.as_mut(), self.revision) {
+            crate::webhook::revision::validate(&revision).map_err(|message| UsageError {
+                flag: "revision",
+                message,
+            })?;
             kube.inject.revision = Some(revision);
         }
         config.validate()?;

@@ -4,6 +4,7 @@
 
 pub mod alerts;
 pub mod cluster;
+pub mod revision;
 
 use std::io::Write;
 
@@ -16,7 +17,8 @@ pub struct InstallArgs {
     /// Change a value: image, proxyImage, replicas, logLevel, webhook.failurePolicy
     /// (Ignore|Fail), webhook.url (https://... for a control plane outside the cluster),
     /// resources.cpu, resources.memory, resources.memoryLimit, crds (true|false), alerts
-    /// (true|false: add the alerting rules as a PrometheusRule). Repeatable.
+    /// (true|false: add the alerting rules as a PrometheusRule), revision (NAME: only a canary
+    /// control plane's Deployment, Service and webhooks, named for it). Repeatable.
     #[arg(long = "set", value_name = "KEY=VALUE")]
     pub set: Vec<String>,
 }
@@ -37,26 +39,44 @@ impl InstallError {
     }
 }
 
-/// The control plane's values, and whether to add the alerting rules (`alerts=true`, which
-/// the CLI handles itself: the rules are not the control plane's).
-fn values(args: &InstallArgs) -> Result<(Values, bool), InstallError> {
-    let mut values = Values::default();
-    let mut alerts = false;
+/// What `--set` asked for: the control plane's values, whether to add the alerting rules
+/// (`alerts=true`) and a revision (`revision=NAME`), the two keys the CLI handles itself.
+struct Settings {
+    values: Values,
+    alerts: bool,
+    revision: Option<String>,
+}
+
+fn values(args: &InstallArgs) -> Result<Settings, InstallError> {
+    let mut settings = Settings {
+        values: Values::default(),
+        alerts: false,
+        revision: None,
+    };
     for assignment in &args.set {
-        match alerts::parse_set(assignment) {
-            Some(on) => alerts = on.map_err(InstallError::Usage)?,
-            None => values.set(assignment).map_err(InstallError::Usage)?,
+        if let Some(on) = alerts::parse_set(assignment) {
+            settings.alerts = on.map_err(InstallError::Usage)?;
+        } else if let Some(name) = revision::parse_set(assignment) {
+            settings.revision = Some(name.map_err(InstallError::Usage)?);
+        } else {
+            settings
+                .values
+                .set(assignment)
+                .map_err(InstallError::Usage)?;
         }
     }
-    Ok((values, alerts))
+    Ok(settings)
 }
 
 /// Every object of the install, in apply order: the control plane's manifests, then the
 /// PrometheusRule when `alerts=true`. `trellis upgrade` diffs the same list.
 pub fn objects(args: &InstallArgs) -> Result<Vec<Value>, InstallError> {
-    let (values, with_alerts) = values(args)?;
-    let mut objects = render(&values);
-    if with_alerts {
+    let settings = values(args)?;
+    let mut objects = render(&settings.values);
+    if let Some(name) = &settings.revision {
+        objects = revision::objects(objects, name);
+    }
+    if settings.alerts {
         objects.push(alerts::prometheus_rule(
             trellis_control::k8s::kinds::names::NAMESPACE,
         )?);

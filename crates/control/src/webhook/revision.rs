@@ -150,6 +150,32 @@ mod tests {
     }
 
     #[test]
+    fn the_flag_points_proxies_and_certificates_at_the_revision_service() {
+        use clap::Parser;
+        let parse = |rev: &str| {
+            crate::cli::Args::try_parse_from(["trellis-control", "--kubernetes", "--revision", rev])
+                .unwrap()
+                .into_config()
+        };
+        let kube = parse("canary").unwrap().kubernetes.unwrap();
+        assert_eq!(kube.inject.revision.as_deref(), Some("canary"));
+        assert_eq!(
+            kube.inject.control_url,
+            "http://trellis-control-canary.trellis-system.svc:15010"
+        );
+        assert_eq!(
+            kube.webhook_names,
+            [
+                "trellis-control-canary.trellis-system.svc",
+                "trellis-control-canary.trellis-system.svc.cluster.local"
+            ]
+        );
+        let err = parse("default").unwrap_err();
+        assert_eq!(err.flag, "revision");
+        assert!(err.to_string().contains("leave --revision out"), "{err}");
+    }
+
+    #[test]
     fn names_and_validation() {
         assert_eq!(
             webhook_names(Some("canary")),

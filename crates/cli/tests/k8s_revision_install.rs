@@ -1,0 +1,143 @@
+//! `trellis install --set revision=NAME` on the real API server (the testbed): a canary
+//! control plane's Deployment, Service and webhook configurations apply beside the default
+//! install, and `trellis uninstall --set revision=NAME` (the rollback) deletes them and
+//! nothing of the default install.
+
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::print_stderr)]
+
+#[path = "../../control/tests/k8s_testbed/mod.rs"]
+mod k8s_testbed;
+
+use std::io::Write;
+use std::path::Path;
+use std::process::{Command, Output, Stdio};
+
+fn trellis(args: &[&str]) -> String {
+    let out = Command::new(env!("CARGO_BIN_EXE_trellis"))
+        .args(args)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "trellis {args:?}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8(out.stdout).unwrap()
+}
+
+fn kubectl(kubeconfig: &Path, args: &[&str], stdin: &str) -> Output {
+    let mut child = Command::new("kubectl")
+        .arg("--kubeconfig")
+        .arg(kubeconfig)
+        .args(args)
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("kubectl on PATH (scripts/test.sh installs kubernetes-client)");
+    child
+        .stdin
+        .take()
+        .unwrap()
+        .write_all(stdin.as_bytes())
+        .unwrap();
+    child.wait_with_output().unwrap()
+}
+
+fn ok(out: &Output) -> String {
+    assert!(
+        out.status.success(),
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+fn exists(kubeconfig: &Path, what: &[&str]) -> bool {
+    let mut args = vec!["get"];
+    args.extend_from_slice(what);
+    args.extend(["-o", "name"]);
+    kubectl(kubeconfig, &args, "").status.success()
+}
+
+#[test]
+fn revision_install_applies_beside_the_default_and_uninstalls_alone() {
+    let Some(testbed) = k8s_testbed::Testbed::start() else {
+        return;
+    };
+    let kc = testbed.kubeconfig.as_path();
+    ok(&kubectl(kc, &["apply", "-f", "-"], &trellis(&["install"])));
+    let canary = trellis(&["install", "--set", "revision=canary"]);
+    ok(&kubectl(kc, &["apply", "-f", "-"], &canary));
+
+    let deployment: serde_json::Value = serde_json::from_str(&ok(&kubectl(
+        kc,
+        &[
+            "-n",
+            "trellis-system",
+            "get",
+            "deployment",
+            "trellis-control-canary",
+            "-o",
+            "json",
+        ],
+        "",
+    )))
+    .unwrap();
+    let args = deployment["spec"]["template"]["spec"]["containers"][0]["args"]
+        .as_array()
+        .unwrap();
+    assert!(
+        args.windows(2)
+            .any(|w| w[0] == "--revision" && w[1] == "canary"),
+        "{args:?}"
+    );
+    let hook: serde_json::Value = serde_json::from_str(&ok(&kubectl(
+        kc,
+        &[
+            "get",
+            "mutatingwebhookconfiguration",
+            "trellis-sidecar-injector-canary",
+            "-o",
+            "json",
+        ],
+        "",
+    )))
+    .unwrap();
+    assert_eq!(
+        hook["webhooks"][0]["clientConfig"]["service"]["name"],
+        "trellis-control-canary"
+    );
+
+    // Rollback: the canary goes, the default install stays.
+    let uninstall = trellis(&["uninstall", "--set", "revision=canary"]);
+    ok(&kubectl(kc, &["delete", "-f", "-"], &uninstall));
+    for gone in [
+        &[
+            "-n",
+            "trellis-system",
+            "deployment",
+            "trellis-control-canary",
+        ][..],
+        &["-n", "trellis-system", "service", "trellis-control-canary"],
+        &[
+            "mutatingwebhookconfiguration",
+            "trellis-sidecar-injector-canary",
+        ],
+        &[
+            "validatingwebhookconfiguration",
+            "trellis-config-validator-canary",
+        ],
+    ] {
+        assert!(!exists(kc, gone), "{gone:?} still there");
+    }
+    for kept in [
+        &["namespace", "trellis-system"][..],
+        &["-n", "trellis-system", "deployment", "trellis-control"],
+        &["mutatingwebhookconfiguration", "trellis-sidecar-injector"],
+        &["crd", "virtualservices.networking.istio.io"],
+    ] {
+        assert!(exists(kc, kept), "{kept:?} was removed");
+    }
+}
