@@ -172,13 +172,6 @@ impl Args {
             }
             kube.inject.revision = Some(revision);
         }
-        if let (Some(kube), Some(revision)) = (config.kubernetes.as_mut(), self.revision) {
-            crate::webhook::revision::validate(&revision).map_err(|message| UsageError {
-                flag: "revision",
-                message,
-            })?;
-            kube.inject.revision = Some(revision);
-        }
         config.validate()?;
         Ok(config)
     }
