@@ -6,6 +6,7 @@
 
 pub mod authn;
 pub mod authz;
+pub mod gateway;
 pub mod mtls;
 pub mod ratelimit;
 pub mod telemetry;

@@ -112,6 +112,8 @@ struct Session {
     default_inbound_policy: trellis_model::authz::DefaultPolicy,
     /// The inbound mTLS policy last sent (after Welcome, then on change).
     inbound_policy: Option<pb::InboundPolicy>,
+    /// The gateway config last sent (`None`: never sent: no Gateway selects the workload).
+    gateway: Option<pb::GatewayConfig>,
     /// Updates sent because of a change and not yet ACKed: (version, when the change reached
     /// this stream), oldest first, for the propagation-latency histogram. Bounded.
     unacked: std::collections::VecDeque<(u64, Instant)>,
@@ -147,6 +149,7 @@ impl Session {
             root_namespace: Arc::from(crate::DEFAULT_ROOT_NAMESPACE),
             default_inbound_policy: Default::default(),
             inbound_policy: None,
+            gateway: None,
             unacked: std::collections::VecDeque::new(),
             changed_at: None,
             acked: 0,
@@ -363,8 +366,43 @@ impl Session {
         self.shared.programmed.connected(self.id);
         let snapshot = self.shared.config_rx.borrow().clone();
         self.push_inbound_policy().await?;
+        self.push_gateway().await?;
         self.note_sync(snapshot);
         Ok(())
+    }
+
+    /// Compiles this workload's gateway listeners (`compile::gateway`) and sends them when
+    /// they changed; nothing for a workload no Gateway has ever selected.
+    async fn push_gateway(&mut self) -> Result<(), End> {
+        let Some((_, workload)) = &self.hello else {
+            return Ok(());
+        };
+        let compiled = {
+            let config = self.shared.config_rx.borrow().clone();
+            let workloads = self.shared.workloads_rx().borrow().clone();
+            let view = MeshView {
+                services: &config.services,
+                traffic: &config.traffic,
+                workloads: &workloads,
+                trust_domain: &self.shared.trust_domain,
+            };
+            crate::compile::gateway::compile_gateway(view, &config.gateways, workload)
+        };
+        if compiled.gateways.is_empty() && self.gateway.is_none() {
+            return Ok(());
+        }
+        let message = pb::GatewayConfig {
+            config_json: serde_json::to_string(&compiled.config).unwrap_or_default(),
+            problems: compiled.problems,
+        };
+        if self.gateway.as_ref() == Some(&message) {
+            return Ok(());
+        }
+        for problem in &message.problems {
+            tracing::warn!(stream = self.id, workload = %workload.name, %problem, "gateway config not served in full");
+        }
+        self.gateway = Some(message.clone());
+        self.send(control_message::Kind::Gateway(message)).await
     }
 
     /// Resolves this workload's PeerAuthentication and sends it when it changed.
@@ -439,6 +477,7 @@ impl Session {
         // Taken first: what is pushed below is at least this recent.
         let snapshot = self.shared.config_rx.borrow().clone();
         self.push_inbound_policy().await?;
+        self.push_gateway().await?;
         self.changed_at = Some(Instant::now());
         let result = self.push_changes().await;
         self.changed_at = None;

@@ -7,6 +7,7 @@
 //! manager are thin adapters over it.
 
 pub mod ca;
+pub mod gateway_tls;
 pub mod public_tls;
 pub mod serving;
 pub mod tls;

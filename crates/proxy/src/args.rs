@@ -158,6 +158,9 @@ pub struct RunArgs {
     /// Anomaly detection: the time constant of the baseline (an EWMA over past windows).
     #[arg(long, value_name = "DUR", env = "TRELLIS_ANOMALY_BASELINE", default_value = "10m", value_parser = parse_duration)]
     pub anomaly_baseline: Duration,
+    /// `--mode gateway` and its listener flags (docs/gateways.md).
+    #[command(flatten)]
+    pub gateway: crate::gateway::GatewayArgs,
     /// The proxy's own limits and load shedding (docs/proxy.md, "Limits and overload").
     #[command(flatten)]
     pub limits: crate::limits::LimitArgs,
@@ -272,6 +275,7 @@ impl RunArgs {
             access_log_path: self.access_log_path,
             anomaly_window: self.anomaly_window,
             anomaly_baseline: self.anomaly_baseline,
+            gateway: self.gateway.validate()?,
             limits: self.limits.validate()?,
         })
     }

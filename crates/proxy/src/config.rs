@@ -84,6 +84,8 @@ pub struct ProxyConfig {
     /// Anomaly detection windows (`--anomaly-window`, `--anomaly-baseline`).
     pub anomaly_window: Duration,
     pub anomaly_baseline: Duration,
+    /// `--mode`, `--listen-host`, `--gateway-port`.
+    pub gateway: crate::gateway::GatewaySettings,
     /// Connection, request and HTTP/2 limits and load shedding (`--max-connections`, ...).
     pub limits: crate::limits::ServerLimits,
 }
@@ -123,6 +125,7 @@ impl ProxyConfig {
             access_log_path: None,
             anomaly_window: Duration::from_secs(30),
             anomaly_baseline: Duration::from_secs(600),
+            gateway: crate::gateway::GatewaySettings::default(),
             limits: crate::limits::ServerLimits::default(),
         }
     }

@@ -26,6 +26,7 @@ pub mod detect;
 pub mod discovery;
 pub mod filters;
 pub mod forward;
+pub mod gateway;
 pub mod http;
 pub mod inbound;
 pub mod init;

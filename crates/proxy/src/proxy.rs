@@ -257,6 +257,7 @@ impl Proxy {
                 stop.clone(),
             ));
         }
+        let gateway_rx = discovery.gateway_rx();
         let admin_state = Arc::new(AdminState {
             metrics,
             discovery,
@@ -278,6 +279,15 @@ impl Proxy {
         }
         for (listener, target) in port_listeners {
             tracker.spawn(outbound::run_explicit(listener, ctx.clone(), target));
+        }
+        if config.gateway.mode == crate::gateway::Mode::Gateway {
+            // Listeners come from discovery (the Gateways selecting this workload).
+            tracker.spawn(crate::gateway::run(
+                ctx.clone(),
+                gateway_rx,
+                config.gateway.clone(),
+                Default::default(),
+            ));
         }
         tokio::spawn(admin::run(
             admin_listener,

@@ -271,7 +271,7 @@ pub async fn serve(
 }
 
 /// What a server connection may run over: the accepted socket, or mTLS on it.
-trait Downstream: AsyncRead + AsyncWrite + Unpin + Send + 'static {}
+pub(crate) trait Downstream: AsyncRead + AsyncWrite + Unpin + Send + 'static {}
 impl<T: AsyncRead + AsyncWrite + Unpin + Send + 'static> Downstream for T {}
 
 async fn serve_http1(ctx: &Ctx, io: impl Downstream, forward: HttpForward) {
@@ -324,7 +324,7 @@ fn count_limit(ctx: &Ctx, direction: Direction, e: &hyper::Error) {
     }
 }
 
-async fn serve_opaque(
+pub(crate) async fn serve_opaque(
     ctx: &Ctx,
     direction: Direction,
     mut io: impl Downstream,

@@ -108,6 +108,7 @@ pub fn analyze(files: &[InputFile]) -> Vec<Finding> {
                     Resource::RequestAuthentication(_) => None,
                     Resource::WasmPlugin(_) => None,
                     Resource::AuthorizationPolicy(_) => None,
+                    Resource::Gateway(_) => None,
                     Resource::RateLimitPolicy(_) => None,
                     // An SMI TrafficSplit whose `matches` do not resolve: the message names
                     // the reference at fault; it is a field error, not a conflict.
@@ -140,6 +141,7 @@ pub fn analyze(files: &[InputFile]) -> Vec<Finding> {
                 Resource::RateLimitPolicy(p) => p.notes.clone(),
                 Resource::Smi(p) => p.notes().to_vec(),
                 Resource::Service(_) => Vec::new(),
+                Resource::Gateway(g) => g.notes().to_vec(),
             };
             for note in notes {
                 out.push(at(Code::Note, None, note));
@@ -297,6 +299,7 @@ pub fn analyze(files: &[InputFile]) -> Vec<Finding> {
                 Resource::WasmPlugin(_) => {}
                 Resource::RequestAuthentication(_) => {}
                 Resource::AuthorizationPolicy(_) => {}
+                Resource::Gateway(_) => {}
                 Resource::RateLimitPolicy(_) => {}
                 Resource::Smi(p) => {
                     // A TrafficSplit with `matches` that resolved (one that did not is reported above):

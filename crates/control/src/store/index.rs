@@ -50,6 +50,9 @@ pub struct ConfigSnapshot {
     pub telemetries: Vec<trellis_config::istio::telemetry::TelemetryPolicy>,
     /// Istio AuthorizationPolicies in force (compiled per workload by discovery).
     pub authorization_policies: Vec<trellis_config::istio::authorization_policy::AuthzPolicy>,
+    /// Gateways, GatewayClasses, ReferenceGrants, TLS Secrets and routes bound to gateways
+    /// (compiled per gateway workload by discovery).
+    pub gateways: Vec<trellis_config::gateways::GatewayResource>,
     /// Istio WasmPlugins in force (resolved per workload by discovery).
     pub wasm_plugins: Vec<trellis_config::istio::wasm_plugin::WasmPluginPolicy>,
     /// Trellis RateLimitPolicies in force (compiled per workload by discovery).
@@ -123,6 +126,7 @@ impl ConfigIndex {
         let mut wasm_plugins = Vec::new();
         let mut telemetries = Vec::new();
         let mut authorization_policies = Vec::new();
+        let mut gateways = Vec::new();
         let mut rate_limit_policies = Vec::new();
         // SMI TrafficSplits with `matches` resolve against the HTTPRouteGroups in force.
         let mut route_groups: Vec<&trellis_config::smi::HttpRouteGroup> = Vec::new();
@@ -146,6 +150,15 @@ impl ConfigIndex {
                     Resource::Telemetry(t) => telemetries.push((**t).clone()),
                     Resource::WasmPlugin(p) => wasm_plugins.push((**p).clone()),
                     Resource::AuthorizationPolicy(p) => authorization_policies.push((**p).clone()),
+                    Resource::Gateway(g) => {
+                        // A route bound to `mesh` too routes the mesh like any other.
+                        if let trellis_config::gateways::GatewayResource::Routes(r) = &**g
+                            && let Some(mesh) = &r.mesh
+                        {
+                            routes.push((id, mesh));
+                        }
+                        gateways.push((**g).clone());
+                    }
                     Resource::RateLimitPolicy(p) => rate_limit_policies.push((**p).clone()),
                     Resource::Smi(p) => match &**p {
                         Pending::RouteGroup(g) => route_groups.push(g),
@@ -213,6 +226,7 @@ impl ConfigIndex {
                             Resource::Telemetry(t) => &t.notes,
                             Resource::WasmPlugin(p) => &p.notes,
                             Resource::AuthorizationPolicy(p) => &p.notes,
+                            Resource::Gateway(g) => &g.notes().to_vec(),
                             Resource::RateLimitPolicy(p) => &p.notes,
                             Resource::Smi(p) => &p.notes().to_vec(),
                             Resource::Service(_) => &Vec::new(),
@@ -249,6 +263,7 @@ impl ConfigIndex {
             request_authentications,
             telemetries,
             authorization_policies,
+            gateways,
             wasm_plugins,
             rate_limit_policies,
         }

@@ -197,6 +197,18 @@ async fn session(
                             changed
                         });
                     }
+                    Some(control_message::Kind::Gateway(gateway)) => {
+                        for problem in &gateway.problems {
+                            tracing::warn!(%problem, "gateway config not served in full");
+                        }
+                        inner.gateway.send_if_modified(|current| {
+                            let changed = **current != *gateway.config_json;
+                            if changed {
+                                *current = std::sync::Arc::from(gateway.config_json.as_str());
+                            }
+                            changed
+                        });
+                    }
                     None => tracing::debug!("ignoring an empty control message"),
                 }
             }

@@ -94,6 +94,8 @@ struct Inner {
     telemetry: watch::Sender<Arc<str>>,
     /// This workload's JWT rules (`InboundPolicy.request_authentication_json`), as last sent.
     request_authn: watch::Sender<Arc<str>>,
+    /// This gateway's listeners (`GatewayConfig.config_json`), as last sent; see `gateway`.
+    gateway: watch::Sender<Arc<str>>,
     /// This workload's Wasm plugins (`InboundPolicy.wasm_plugins_json`), as last sent.
     wasm_plugins: watch::Sender<Arc<str>>,
     /// This workload's rate limits (`InboundPolicy.rate_limits_json`), as last sent.
@@ -120,6 +122,7 @@ impl Inner {
             authorization: watch::channel(Arc::from("")).0,
             telemetry: watch::channel(Arc::from("")).0,
             request_authn: watch::channel(Arc::from("")).0,
+            gateway: watch::channel(Arc::from("")).0,
             wasm_plugins: watch::channel(Arc::from("")).0,
             rate_limits: watch::channel(Arc::from("")).0,
         }
@@ -281,6 +284,12 @@ impl Discovery {
     /// `wasm::follow`.
     pub fn wasm_plugins_rx(&self) -> watch::Receiver<Arc<str>> {
         self.inner.wasm_plugins.subscribe()
+    }
+
+    /// The gateway config JSON the control plane sends for this workload (`""` until it sends
+    /// one); see `gateway::run`.
+    pub fn gateway_rx(&self) -> watch::Receiver<Arc<str>> {
+        self.inner.gateway.subscribe()
     }
 
     /// Everything discovery holds, as JSON, for `/config_dump`.

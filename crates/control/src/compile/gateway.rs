@@ -1,0 +1,603 @@
+//! Compile for a gateway workload: the Istio `Gateway`s whose `selector` matches its labels and
+//! the Gateway API `Gateway`s it serves (its label `gateway.networking.k8s.io/gateway-name`,
+//! same namespace, a class this control plane serves), with the routes bound to them, become
+//! the proxy's listeners ([`GatewayConfig`]). Pure, like the rest of compile.
+//!
+//! Routes reuse the mesh translation (a VirtualService's `http[]`, an HTTPRoute's rules): per
+//! listener and host, the bound routes in order (Istio: oldest VirtualService first; Gateway
+//! API: the spec's match precedence across routes), then a 404 catch-all. Backends resolve to
+//! endpoints and DestinationRule policy as they do for sidecars, so the gateway's hop into the
+//! mesh is mTLS to the endpoint's identity.
+//!
+//! What cannot be served (a `credentialName` no Secret answers, a port two Gateways declare
+//! with different protocols) is left out and reported in [`Compiled::problems`]; the rest of
+//! the gateway is served.
+
+use std::collections::BTreeMap;
+
+use trellis_config::gateways::{
+    ApiGateway, Credential, GatewayParent, GatewayResource, GatewayRoutes, IstioGateway,
+    ReferenceGrant, TlsMode, TlsSecret,
+};
+use trellis_model::gateway::{
+    CertSource, GatewayConfig, GatewayListener, ListenerProtocol, PassthroughHost, TlsHost,
+    VirtualHost,
+};
+use trellis_model::route::{HttpRoute, ResourceRef, RouteAction, TcpRoute};
+use trellis_model::{Destination, ServiceKey, Workload};
+
+use super::{MeshView, backend};
+
+/// The label Istio and Gateway API implementations put on a Gateway's own deployment.
+pub const GATEWAY_NAME_LABEL: &str = "gateway.networking.k8s.io/gateway-name";
+
+/// The `controllerName` of GatewayClasses this control plane serves.
+pub const CONTROLLER_NAME: &str = "trellis.io/gateway-controller";
+
+/// Class names served without a GatewayClass resource: `trellis`, and `istio` so that
+/// Istio's samples (`gatewayClassName: istio`) work unchanged.
+const BUILTIN_CLASSES: &[&str] = &["trellis", "istio"];
+
+/// A gateway workload's config and what could not be served.
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct Compiled {
+    pub config: GatewayConfig,
+    /// `Gateway ns/name: field: why`, one per thing left out.
+    pub problems: Vec<String>,
+    /// The gateways this workload serves (`Gateway ns/name`), for status.
+    pub gateways: Vec<ResourceRef>,
+}
+
+/// The namespace of the pseudo-service a virtual host's routes hang off; no Service can be
+/// there (empty names are not DNS labels), so no backend is mistaken for "the destination
+/// itself".
+fn vhost_key(gateway: &ResourceRef) -> ServiceKey {
+    ServiceKey::new(&gateway.namespace, format!("{}.gateway", gateway.name))
+}
+
+/// Whether a Gateway API Gateway of class `class` is served by this control plane.
+pub fn serves_class(gateways: &[GatewayResource], class: &str) -> bool {
+    BUILTIN_CLASSES.contains(&class)
+        || gateways.iter().any(|g| {
+            matches!(g, GatewayResource::Class(c)
+                if c.source.name == class && c.controller_name == CONTROLLER_NAME)
+        })
+}
+
+/// The gateway config for `workload`. Empty when no Gateway selects it.
+pub fn compile_gateway(
+    view: MeshView<'_>,
+    gateways: &[GatewayResource],
+    workload: &Workload,
+) -> Compiled {
+    let mut b = Builder {
+        view,
+        resources: gateways,
+        workload,
+        listeners: BTreeMap::new(),
+        out: Compiled::default(),
+    };
+    let mut routes: Vec<&GatewayRoutes> = gateways
+        .iter()
+        .filter_map(|g| match g {
+            GatewayResource::Routes(r) => Some(r),
+            _ => None,
+        })
+        .collect();
+    // Oldest first (then namespace/name): Istio's order for VirtualServices on one host.
+    routes.sort_by(|a, b| {
+        (a.created.is_none(), &a.created, &a.source).cmp(&(
+            b.created.is_none(),
+            &b.created,
+            &b.source,
+        ))
+    });
+    for g in gateways {
+        match g {
+            GatewayResource::Istio(gw)
+                if !gw.selector.is_empty()
+                    && gw
+                        .selector
+                        .iter()
+                        .all(|(k, v)| workload.labels.get(k) == Some(v)) =>
+            {
+                b.istio(gw, &routes)
+            }
+            GatewayResource::Api(gw)
+                if gw.source.namespace == workload.namespace
+                    && workload.labels.get(GATEWAY_NAME_LABEL) == Some(&gw.source.name) =>
+            {
+                if serves_class(gateways, &gw.class_name) {
+                    b.api(gw, &routes)
+                } else {
+                    b.out.problems.push(format!(
+                        "{}: spec.gatewayClassName: class {:?} is not served by this control plane (controllerName {CONTROLLER_NAME}, or the built-in classes {BUILTIN_CLASSES:?})",
+                        gw.source, gw.class_name
+                    ));
+                }
+            }
+            _ => {}
+        }
+    }
+    b.finish()
+}
+
+struct Builder<'a> {
+    view: MeshView<'a>,
+    resources: &'a [GatewayResource],
+    workload: &'a Workload,
+    listeners: BTreeMap<u16, ListenerBuild>,
+    out: Compiled,
+}
+
+#[derive(Default)]
+struct ListenerBuild {
+    listener: GatewayListener,
+    /// Per host pattern, the gateway it came from and its routes in order.
+    vhosts: Vec<(String, ResourceRef, Vec<HttpRoute>)>,
+    passthrough: Vec<(Vec<String>, ResourceRef, Vec<TcpRoute>)>,
+}
+
+impl ListenerBuild {
+    fn vhost(&mut self, host: &str, gateway: &ResourceRef) -> &mut Vec<HttpRoute> {
+        let i = match self.vhosts.iter().position(|(h, _, _)| h == host) {
+            Some(i) => i,
+            None => {
+                self.vhosts
+                    .push((host.to_string(), gateway.clone(), Vec::new()));
+                self.vhosts.len() - 1
+            }
+        };
+        &mut self.vhosts[i].2
+    }
+}
+
+/// The more specific of two host patterns when one covers the other; `None` when they are
+/// disjoint.
+fn intersect(a: &str, b: &str) -> Option<String> {
+    fn covers(wide: &str, narrow: &str) -> bool {
+        if wide == "*" {
+            return true;
+        }
+        // `*.example.com` covers `a.example.com` and `*.a.example.com`, not `example.com`.
+        wide.strip_prefix('*')
+            .is_some_and(|suffix| narrow.len() > suffix.len() && narrow.ends_with(suffix))
+    }
+    if a == b || covers(a, b) {
+        Some(b.to_string())
+    } else if covers(b, a) {
+        Some(a.to_string())
+    } else {
+        None
+    }
+}
+
+fn is_secure(p: ListenerProtocol) -> bool {
+    matches!(p, ListenerProtocol::Https | ListenerProtocol::Tls)
+}
+
+impl Builder<'_> {
+    /// The listener for `port`, or `None` (and a problem) when another gateway declared it
+    /// with an incompatible protocol.
+    fn listener(
+        &mut self,
+        port: u16,
+        protocol: ListenerProtocol,
+        source: &ResourceRef,
+        field: &str,
+    ) -> Option<&mut ListenerBuild> {
+        let compatible = match self.listeners.get(&port) {
+            None => true,
+            Some(l) => {
+                l.listener.protocol == protocol
+                    || (is_secure(l.listener.protocol) && is_secure(protocol))
+            }
+        };
+        if !compatible {
+            let other = &self.listeners[&port].listener;
+            self.out.problems.push(format!(
+                "{source}: {field}: port {port} is already a {:?} listener of {}; this one ({protocol:?}) is not served",
+                other.protocol,
+                other.sources.join(", ")
+            ));
+            return None;
+        }
+        let l = self.listeners.entry(port).or_default();
+        l.listener.port = port;
+        // HTTPS and TLS on one port: TLS (SNI decides termination or passthrough).
+        if l.listener.sources.is_empty() || protocol == ListenerProtocol::Tls {
+            l.listener.protocol = protocol;
+        }
+        let name = source.to_string();
+        if !l.listener.sources.contains(&name) {
+            l.listener.sources.push(name);
+        }
+        Some(l)
+    }
+
+    fn secret(&self, namespace: &str, name: &str) -> Option<&TlsSecret> {
+        self.resources.iter().find_map(|r| match r {
+            GatewayResource::Secret(s)
+                if s.source.namespace == namespace && s.source.name == name =>
+            {
+                Some(s)
+            }
+            _ => None,
+        })
+    }
+
+    /// An Istio `credentialName`: a Secret in the gateway workload's namespace (Istio's
+    /// rule), else in the Gateway's own namespace (local mode, where they are often one file).
+    fn credential(
+        &self,
+        gw: &ResourceRef,
+        cred: &Credential,
+    ) -> Result<(CertSource, Option<CertSource>), String> {
+        match cred {
+            Credential::Files {
+                cert_chain,
+                private_key,
+                ca_certificates,
+            } => Ok((
+                CertSource::Files {
+                    cert_chain: cert_chain.clone(),
+                    private_key: private_key.clone(),
+                },
+                ca_certificates.as_ref().map(|ca| CertSource::Files {
+                    cert_chain: ca.clone(),
+                    private_key: String::new(),
+                }),
+            )),
+            Credential::Secret(name) => {
+                let s = self
+                    .secret(&self.workload.namespace, name)
+                    .or_else(|| self.secret(&gw.namespace, name))
+                    .ok_or_else(|| {
+                        format!(
+                            "Secret {name:?} not found in namespace {:?} (the gateway workload's) or {:?}",
+                            self.workload.namespace, gw.namespace
+                        )
+                    })?;
+                Ok(pem(s))
+            }
+        }
+    }
+
+    fn istio(&mut self, gw: &IstioGateway, routes: &[&GatewayRoutes]) {
+        self.out.gateways.push(gw.source.clone());
+        let bound: Vec<&GatewayRoutes> = routes
+            .iter()
+            .copied()
+            .filter(|r| {
+                r.gateways.iter().any(|p| {
+                    p.istio && p.namespace == gw.source.namespace && p.name == gw.source.name
+                })
+            })
+            .collect();
+        for (i, server) in gw.servers.iter().enumerate() {
+            let field = format!("spec.servers[{i}]");
+            let tls = match &server.tls {
+                Some(t) => match (&t.mode, &t.credential) {
+                    (TlsMode::Passthrough, _) | (_, None) => None,
+                    (_, Some(c)) => match self.credential(&gw.source, c) {
+                        Ok((cert, ca)) => Some((cert, ca.filter(|_| t.mode == TlsMode::Mutual))),
+                        Err(why) => {
+                            self.out.problems.push(format!(
+                                "{}: {field}.tls.credentialName: {why}; server not served",
+                                gw.source
+                            ));
+                            continue;
+                        }
+                    },
+                },
+                None => None,
+            };
+            let passthrough = server
+                .tls
+                .as_ref()
+                .is_some_and(|t| t.mode == TlsMode::Passthrough);
+            let server_hosts: Vec<&str> = server.hosts.iter().map(|h| h.host.as_str()).collect();
+            let source = gw.source.clone();
+            let Some(l) = self.listener(
+                server.port,
+                server.protocol,
+                &source,
+                &format!("{field}.port"),
+            ) else {
+                continue;
+            };
+            if server.https_redirect {
+                l.listener
+                    .https_redirect
+                    .extend(server_hosts.iter().map(|h| h.to_string()));
+            }
+            if let Some((cert, client_ca)) = tls {
+                l.listener.tls_hosts.push(TlsHost {
+                    hosts: server_hosts.iter().map(|h| h.to_string()).collect(),
+                    cert,
+                    client_ca,
+                });
+            }
+            for r in &bound {
+                // A `namespace/host` server host admits VirtualServices of that namespace only.
+                let admitted = |h: &trellis_config::gateways::HostRef| {
+                    h.namespace.as_deref().is_none_or(|ns| {
+                        ns == "*"
+                            || ns == r.source.namespace
+                            || (ns == "." && r.source.namespace == gw.source.namespace)
+                    })
+                };
+                for vs_host in &r.hosts {
+                    let Some(host) = server
+                        .hosts
+                        .iter()
+                        .filter(|h| admitted(h))
+                        .find_map(|h| intersect(&h.host, vs_host))
+                    else {
+                        continue;
+                    };
+                    if passthrough {
+                        for t in r
+                            .tls
+                            .iter()
+                            .filter(|t| t.port.is_none_or(|p| p == server.port))
+                        {
+                            let sni: Vec<String> = t
+                                .sni_hosts
+                                .iter()
+                                .filter_map(|s| intersect(&host, s))
+                                .collect();
+                            if !sni.is_empty() {
+                                l.passthrough
+                                    .push((sni, source.clone(), vec![t.route.clone()]));
+                            }
+                        }
+                    } else if server.protocol == ListenerProtocol::Tcp {
+                        let tcp: Vec<TcpRoute> = r
+                            .tcp
+                            .iter()
+                            .filter(|t| t.port.is_none_or(|p| p == server.port))
+                            .cloned()
+                            .collect();
+                        if !tcp.is_empty() {
+                            l.passthrough.push((vec!["*".into()], source.clone(), tcp));
+                        }
+                    } else {
+                        let http: Vec<HttpRoute> = r.http.clone();
+                        l.vhost(&host, &source).extend(http);
+                    }
+                }
+            }
+        }
+    }
+
+    fn api(&mut self, gw: &ApiGateway, routes: &[&GatewayRoutes]) {
+        self.out.gateways.push(gw.source.clone());
+        for (i, listener) in gw.listeners.iter().enumerate() {
+            let field = format!("spec.listeners[{i}]");
+            let mut cert = None;
+            if let Some(tls) = listener.tls.as_ref().filter(|t| !t.passthrough) {
+                // The first certificate reference serves the listener.
+                let Some(r) = tls.certificate_refs.first() else {
+                    continue;
+                };
+                let granted = r.namespace == gw.source.namespace
+                    || self.resources.iter().any(|g| {
+                        matches!(g, GatewayResource::ReferenceGrant(grant)
+                            if grant.source.namespace == r.namespace
+                                && granted(grant, &gw.source.namespace, &r.name))
+                    });
+                if !granted {
+                    self.out.problems.push(format!(
+                        "{}: {field}.tls.certificateRefs[0]: Secret {}/{} is in another namespace and no ReferenceGrant there allows it (RefNotPermitted); listener not served",
+                        gw.source, r.namespace, r.name
+                    ));
+                    continue;
+                }
+                match self.secret(&r.namespace, &r.name) {
+                    Some(s) => cert = Some(pem(s).0),
+                    None => {
+                        self.out.problems.push(format!(
+                            "{}: {field}.tls.certificateRefs[0]: Secret {}/{} not found (InvalidCertificateRef); listener not served",
+                            gw.source, r.namespace, r.name
+                        ));
+                        continue;
+                    }
+                }
+            }
+            let host = listener.hostname.clone().unwrap_or_else(|| "*".into());
+            let source = gw.source.clone();
+            let Some(l) = self.listener(
+                listener.port,
+                listener.protocol,
+                &source,
+                &format!("{field}.port"),
+            ) else {
+                continue;
+            };
+            if let Some(cert) = cert {
+                l.listener.tls_hosts.push(TlsHost {
+                    hosts: vec![host.clone()],
+                    cert,
+                    client_ca: None,
+                });
+            }
+            if !matches!(
+                listener.protocol,
+                ListenerProtocol::Http | ListenerProtocol::Https
+            ) {
+                continue;
+            }
+            let mut attached: Vec<(&GatewayRoutes, String)> = Vec::new();
+            for r in routes {
+                let parent_ok = |p: &GatewayParent| {
+                    !p.istio
+                        && p.namespace == gw.source.namespace
+                        && p.name == gw.source.name
+                        && p.section_name.as_ref().is_none_or(|s| *s == listener.name)
+                        && p.port.is_none_or(|port| port == listener.port)
+                };
+                if !r.gateways.iter().any(parent_ok) {
+                    continue;
+                }
+                if !listener.allowed.all_namespaces && r.source.namespace != gw.source.namespace {
+                    continue;
+                }
+                let kind = &r.source.kind;
+                if !listener.allowed.kinds.is_empty() && !listener.allowed.kinds.contains(kind) {
+                    continue;
+                }
+                if r.hosts.is_empty() {
+                    attached.push((r, host.clone()));
+                } else {
+                    for h in &r.hosts {
+                        if let Some(x) = intersect(&host, h) {
+                            attached.push((r, x));
+                        }
+                    }
+                }
+            }
+            for (r, h) in attached {
+                // The per-route catch-all is replaced by one per host, after every route.
+                let http = r
+                    .http
+                    .iter()
+                    .filter(|route| !route.name.ends_with("/no-route"))
+                    .cloned();
+                l.vhost(&h, &source).extend(http);
+            }
+            for (_, _, routes) in &mut l.vhosts {
+                // Gateway API orders matches across every route of a host (stable: ties keep
+                // the oldest route's rule first).
+                routes.sort_by_key(|r| trellis_config::gateway::precedence_key(r.matches.first()));
+            }
+        }
+    }
+
+    fn finish(mut self) -> Compiled {
+        let view = self.view;
+        for (port, build) in std::mem::take(&mut self.listeners) {
+            let mut listener = build.listener;
+            for (host, gateway, mut routes) in build.vhosts {
+                if !routes
+                    .last()
+                    .is_some_and(trellis_config::no_route::takes_everything)
+                {
+                    routes.push(trellis_config::no_route::http(&gateway));
+                }
+                listener.virtual_hosts.push(VirtualHost {
+                    hosts: vec![host],
+                    destination: destination(view, &gateway, port, routes, Vec::new()),
+                });
+            }
+            for (hosts, gateway, tcp) in build.passthrough {
+                listener.passthrough.push(PassthroughHost {
+                    hosts,
+                    destination: destination(view, &gateway, port, Vec::new(), tcp),
+                });
+            }
+            self.out.config.listeners.push(listener);
+        }
+        self.out
+    }
+}
+
+fn granted(grant: &ReferenceGrant, from_ns: &str, secret: &str) -> bool {
+    grant.allows("Gateway", from_ns, "Secret", secret)
+}
+
+fn pem(s: &TlsSecret) -> (CertSource, Option<CertSource>) {
+    (
+        CertSource::Pem {
+            cert_chain: s.cert_chain.clone(),
+            private_key: s.private_key.clone(),
+        },
+        s.ca.as_ref().map(|ca| CertSource::Pem {
+            cert_chain: ca.clone(),
+            private_key: String::new(),
+        }),
+    )
+}
+
+/// A virtual host's (or passthrough host's) destination: its routes with every backend they
+/// name resolved. A backend without a port takes its Service's only port (a gateway's own
+/// port means nothing to the Service).
+fn destination(
+    view: MeshView<'_>,
+    gateway: &ResourceRef,
+    port: u16,
+    mut routes: Vec<HttpRoute>,
+    mut tcp: Vec<TcpRoute>,
+) -> Destination {
+    let fix_port = |b: &mut trellis_model::route::BackendRef| {
+        if b.port.is_none()
+            && let Some(svc) = view.services.get(&b.service)
+            && let [only] = svc.ports.as_slice()
+        {
+            b.port = Some(only.port);
+        }
+    };
+    for r in &mut routes {
+        if let RouteAction::Forward(bs) = &mut r.action {
+            bs.iter_mut().for_each(|w| fix_port(&mut w.backend));
+        }
+        r.mirrors.iter_mut().for_each(|m| fix_port(&mut m.backend));
+    }
+    for t in &mut tcp {
+        t.backends.iter_mut().for_each(|w| fix_port(&mut w.backend));
+        // The listener decided the port already; the route applies to whatever arrives.
+        t.port = None;
+    }
+    let mut dest = Destination {
+        authority: format!("{}.{}.gateway:{port}", gateway.name, gateway.namespace),
+        service: vhost_key(gateway),
+        port,
+        routes,
+        tcp_routes: tcp,
+        ..Destination::default()
+    };
+    let mut named = Vec::new();
+    for r in &dest.routes {
+        if let RouteAction::Forward(bs) = &r.action {
+            named.extend(bs.iter().map(|w| w.backend.clone()));
+        }
+        named.extend(r.mirrors.iter().map(|m| m.backend.clone()));
+    }
+    for t in &dest.tcp_routes {
+        named.extend(t.backends.iter().map(|w| w.backend.clone()));
+    }
+    for b in named {
+        if !dest.backends.iter().any(|k| k.backend == b) {
+            dest.backends.push(backend(view, &b, port));
+        }
+    }
+    dest
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn host_intersection_takes_the_narrower() {
+        assert_eq!(
+            intersect("*", "bookinfo.com").as_deref(),
+            Some("bookinfo.com")
+        );
+        assert_eq!(
+            intersect("bookinfo.com", "*").as_deref(),
+            Some("bookinfo.com")
+        );
+        assert_eq!(
+            intersect("*.example.com", "a.example.com").as_deref(),
+            Some("a.example.com")
+        );
+        assert_eq!(
+            intersect("a.example.com", "*.example.com").as_deref(),
+            Some("a.example.com")
+        );
+        assert_eq!(intersect("*", "*").as_deref(), Some("*"));
+        assert_eq!(intersect("a.com", "b.com"), None);
+        assert_eq!(intersect("*.a.com", "*.b.com"), None);
+    }
+}

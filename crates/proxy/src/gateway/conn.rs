@@ -1,0 +1,240 @@
+//! One gateway listener's connections: accept until the listener is removed or the drain
+//! starts; per connection read the listener's current config once, then serve plain HTTP
+//! (routed by `Host`, or 301 to https for `httpsRedirect` hosts), TLS (passed through by SNI,
+//! or terminated with the SNI's certificate and routed as HTTP), or TCP.
+
+use std::convert::Infallible;
+use std::net::SocketAddr;
+use std::sync::Arc;
+
+use bytes::BytesMut;
+use http::{Request, Response, StatusCode, header};
+use http_body_util::{BodyExt, Empty};
+use hyper::body::Incoming;
+use hyper::service::service_fn;
+use hyper_util::rt::{TokioExecutor, TokioIo};
+use hyper_util::server::conn::auto;
+use tokio::io::AsyncReadExt;
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::watch;
+use tokio_util::sync::CancellationToken;
+use trellis_identity::gateway_tls::{self, Sni};
+use trellis_model::gateway::{ListenerProtocol, best_host, host_matches, request_host};
+
+use super::ListenerRt;
+use crate::forward::HttpForward;
+use crate::http::{ProxyBody, error_response};
+use crate::route::Dest;
+use crate::serve::{Ctx, Downstream, serve_opaque};
+use crate::telemetry::Direction;
+use crate::transport::{CountingIo, PrefixedIo};
+
+pub(super) async fn accept(
+    socket: TcpListener,
+    ctx: Arc<Ctx>,
+    rt_rx: watch::Receiver<Arc<ListenerRt>>,
+    stop: CancellationToken,
+) {
+    loop {
+        let accepted = tokio::select! {
+            biased;
+            _ = stop.cancelled() => break,
+            a = socket.accept() => a,
+        };
+        match accepted {
+            Ok((stream, peer)) => {
+                let _ = stream.set_nodelay(true);
+                let rt = rt_rx.borrow().clone();
+                ctx.tracker.spawn(serve(ctx.clone(), rt, stream, peer));
+            }
+            Err(e) => {
+                tracing::warn!(error = %e, "gateway accept failed");
+                tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+            }
+        }
+    }
+}
+
+async fn serve(ctx: Arc<Ctx>, rt: Arc<ListenerRt>, stream: TcpStream, peer: SocketAddr) {
+    ctx.metrics.detection(
+        Direction::Outbound,
+        crate::telemetry::DetectOutcome::OpaquePort,
+    );
+    let io = CountingIo::new(stream, ctx.metrics.clone(), Direction::Outbound);
+    match rt.protocol {
+        ListenerProtocol::Http => serve_http(ctx, rt, io, peer, false, None).await,
+        ListenerProtocol::Tcp => {
+            let Some((_, dest)) = rt.passthrough.first() else {
+                return;
+            };
+            let tag = io.tag();
+            serve_opaque(&ctx, Direction::Outbound, io, dest, rt.port, &tag).await
+        }
+        ListenerProtocol::Https | ListenerProtocol::Tls => serve_tls(ctx, rt, io, peer).await,
+    }
+}
+
+/// Reads the ClientHello (bounded by the detect timeout and its size) to learn the SNI.
+async fn read_sni<I: tokio::io::AsyncRead + Unpin>(
+    io: &mut I,
+    ctx: &Ctx,
+) -> Option<(BytesMut, Option<String>)> {
+    let mut prefix = BytesMut::with_capacity(1024);
+    let deadline = tokio::time::Instant::now() + ctx.detect_timeout;
+    loop {
+        match gateway_tls::peek_sni(&prefix) {
+            Sni::Name(name) => return Some((prefix, name)),
+            Sni::Invalid => return None,
+            Sni::NeedBytes(n) => {
+                prefix.reserve(n.saturating_sub(prefix.len()));
+                let read = tokio::time::timeout_at(deadline, io.read_buf(&mut prefix)).await;
+                match read {
+                    Ok(Ok(0)) | Ok(Err(_)) | Err(_) => return None,
+                    Ok(Ok(_)) => {}
+                }
+            }
+        }
+    }
+}
+
+async fn serve_tls(
+    ctx: Arc<Ctx>,
+    rt: Arc<ListenerRt>,
+    mut io: CountingIo<TcpStream>,
+    peer: SocketAddr,
+) {
+    let Some((prefix, sni)) = read_sni(&mut io, &ctx).await else {
+        tracing::debug!(%peer, port = rt.port, "gateway TLS connection without a readable ClientHello; closing");
+        return;
+    };
+    let host = sni.clone().unwrap_or_default();
+    // Passthrough or termination: the most specific host pattern among both decides.
+    let candidates = rt
+        .passthrough
+        .iter()
+        .enumerate()
+        .map(|(i, (h, _))| (&h[..], (true, i)))
+        .chain(
+            rt.tls
+                .iter()
+                .enumerate()
+                .map(|(i, (h, _))| (&h[..], (false, i))),
+        );
+    let chosen = match sni {
+        Some(_) => best_host(candidates, &host),
+        // No SNI: the first certificate (clients that send none get the default server).
+        None => (!rt.tls.is_empty()).then_some((false, 0)),
+    };
+    let tag = io.tag();
+    let io = PrefixedIo::new(prefix, io);
+    match chosen {
+        Some((true, i)) => {
+            let dest = &rt.passthrough[i].1;
+            serve_opaque(&ctx, Direction::Outbound, io, dest, rt.port, &tag).await
+        }
+        Some((false, i)) => {
+            let config = rt.tls[i].1.clone();
+            match gateway_tls::accept(io, |_| Some(config)).await {
+                Ok(accepted) => {
+                    serve_http(ctx, rt, accepted.stream, peer, true, accepted.server_name).await
+                }
+                Err(e) => {
+                    tracing::debug!(%peer, port = rt.port, error = %e, "gateway TLS handshake failed")
+                }
+            }
+        }
+        None => {
+            tracing::info!(%peer, port = rt.port, sni = %host, "no gateway host for this SNI; closing");
+        }
+    }
+}
+
+async fn serve_http<I: Downstream>(
+    ctx: Arc<Ctx>,
+    rt: Arc<ListenerRt>,
+    io: I,
+    peer: SocketAddr,
+    secure: bool,
+    sni: Option<String>,
+) {
+    let svc_ctx = ctx.clone();
+    let svc = service_fn(move |req: Request<Incoming>| {
+        let (ctx, rt, sni) = (svc_ctx.clone(), rt.clone(), sni.clone());
+        async move { Ok::<_, Infallible>(route(ctx, &rt, req, peer, secure, sni.as_deref()).await) }
+    });
+    let builder = auto::Builder::new(TokioExecutor::new());
+    let conn = builder.serve_connection_with_upgrades(TokioIo::new(io), svc);
+    tokio::pin!(conn);
+    let res = tokio::select! {
+        res = conn.as_mut() => res,
+        _ = ctx.shutdown.cancelled() => {
+            conn.as_mut().graceful_shutdown();
+            conn.await
+        }
+    };
+    if let Err(e) = res {
+        tracing::debug!(error = %e, "gateway HTTP connection ended with an error");
+    }
+}
+
+/// The host a request is for: the URI's authority (HTTP/2, absolute-form) or `Host`.
+fn host_of(req: &Request<Incoming>) -> String {
+    let authority = req
+        .uri()
+        .authority()
+        .map(|a| a.as_str().to_string())
+        .or_else(|| {
+            req.headers()
+                .get(header::HOST)
+                .and_then(|h| h.to_str().ok())
+                .map(str::to_string)
+        })
+        .unwrap_or_default();
+    request_host(&authority)
+}
+
+async fn route(
+    ctx: Arc<Ctx>,
+    rt: &ListenerRt,
+    req: Request<Incoming>,
+    peer: SocketAddr,
+    secure: bool,
+    sni: Option<&str>,
+) -> Response<ProxyBody> {
+    let host = host_of(&req);
+    if !secure && rt.https_redirect.iter().any(|p| host_matches(p, &host)) {
+        return redirect(&req, &host);
+    }
+    // Over TLS the request's host must be one the handshake's certificate was chosen for:
+    // otherwise a client could reach any host with any host's certificate (421, RFC 9110).
+    if let Some(sni) = sni
+        && sni != host
+        && !rt.tls.iter().any(|(hosts, _)| {
+            hosts.iter().any(|p| host_matches(p, sni))
+                && hosts.iter().any(|p| host_matches(p, &host))
+        })
+    {
+        return error_response(StatusCode::MISDIRECTED_REQUEST, "misdirected request");
+    }
+    let vhosts = rt.vhosts.iter().map(|(h, d)| (&h[..], d));
+    let Some(dest): Option<&Dest> = best_host(vhosts, &host) else {
+        return error_response(StatusCode::NOT_FOUND, "no route");
+    };
+    let forward = HttpForward::new(ctx, Direction::Outbound, dest.clone()).with_peer(Some(peer));
+    match forward.handle(req).await {
+        Ok(resp) => resp,
+        Err(never) => match never {},
+    }
+}
+
+/// 301 to the same host and path over https (Istio `httpsRedirect`).
+fn redirect(req: &Request<Incoming>, host: &str) -> Response<ProxyBody> {
+    let path = req.uri().path_and_query().map_or("/", |p| p.as_str());
+    let location = format!("https://{host}{path}");
+    let mut resp = Response::new(Empty::new().map_err(|never| match never {}).boxed());
+    *resp.status_mut() = StatusCode::MOVED_PERMANENTLY;
+    if let Ok(v) = http::HeaderValue::from_str(&location) {
+        resp.headers_mut().insert(header::LOCATION, v);
+    }
+    resp
+}

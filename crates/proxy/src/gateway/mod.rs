@@ -1,0 +1,339 @@
+//! `trellis-proxy --mode gateway`: an ingress (or egress) gateway. Its listeners are not flags
+//! but what discovery says the Gateways selecting this workload declare
+//! (`trellis_model::gateway::GatewayConfig`): each port is bound on `--listen-host` (or where
+//! `--gateway-port PORT=ADDR` puts it) when it first appears and closed when it goes, and every
+//! update swaps the listener's routes, certificates and passthrough hosts in place, so open
+//! connections are not dropped.
+//!
+//! Per connection ([`conn`]): plain HTTP is routed by `Host`; TLS is passed through by SNI or
+//! terminated with the certificate for its SNI and then routed as HTTP; TCP goes to its route's
+//! backends. Routing, balancing, retries and the mTLS hop into the mesh are the sidecar's own
+//! outbound path ([`crate::forward`]) over a destination per virtual host.
+//!
+//! A config that cannot be decoded is refused and the last good listeners stay; a certificate
+//! that cannot be loaded leaves its hosts out (logged), the rest is served.
+
+mod conn;
+
+use std::collections::{BTreeMap, HashMap};
+use std::net::{IpAddr, Ipv4Addr, SocketAddr};
+use std::sync::{Arc, Mutex};
+
+use serde::Serialize;
+use tokio::net::TcpListener;
+use tokio::sync::watch;
+use tokio_util::sync::CancellationToken;
+use trellis_identity::gateway_tls;
+use trellis_model::Destination;
+use trellis_model::gateway::{CertSource, GatewayConfig, GatewayListener, ListenerProtocol};
+
+use crate::discovery::Resolution;
+use crate::route::Dest;
+use crate::serve::Ctx;
+use crate::traffic::TargetTraffic;
+
+/// What the proxy runs as.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, clap::ValueEnum)]
+#[serde(rename_all = "lowercase")]
+pub enum Mode {
+    /// Beside one workload (the default).
+    #[default]
+    Sidecar,
+    /// A gateway: listeners from the Gateways that select this workload.
+    Gateway,
+}
+
+/// The gateway flags of `trellis-proxy run`.
+#[derive(Clone, Debug, clap::Args)]
+pub struct GatewayArgs {
+    /// `sidecar` (default) or `gateway` (listeners from Istio/Gateway API Gateways).
+    #[arg(long, value_name = "MODE", value_enum, default_value_t = Mode::Sidecar)]
+    pub mode: Mode,
+    /// In gateway mode: the address Gateway ports are bound on.
+    #[arg(long, value_name = "IP", default_value = "127.0.0.1")]
+    pub listen_host: IpAddr,
+    /// In gateway mode: bind the Gateway's PORT at ADDR instead (repeatable; port 0 picks a
+    /// free one), e.g. `--gateway-port 80=127.0.0.1:8080` to run without privileges.
+    #[arg(long = "gateway-port", value_name = "PORT=ADDR", value_parser = parse_port_map)]
+    pub gateway_port: Vec<(u16, SocketAddr)>,
+}
+
+impl Default for GatewayArgs {
+    fn default() -> Self {
+        Self {
+            mode: Mode::Sidecar,
+            listen_host: IpAddr::V4(Ipv4Addr::LOCALHOST),
+            gateway_port: Vec::new(),
+        }
+    }
+}
+
+impl GatewayArgs {
+    /// Checks the flags together; `--gateway-port` outside gateway mode is a usage error.
+    pub fn validate(self) -> Result<GatewaySettings, crate::args::ConfigError> {
+        if self.mode != Mode::Gateway && !self.gateway_port.is_empty() {
+            return Err(crate::args::ConfigError {
+                flag: "--gateway-port",
+                message: "only means something with --mode gateway".into(),
+            });
+        }
+        let mut ports = BTreeMap::new();
+        for (port, addr) in self.gateway_port {
+            if ports.insert(port, addr).is_some() {
+                return Err(crate::args::ConfigError {
+                    flag: "--gateway-port",
+                    message: format!("port {port} is remapped twice"),
+                });
+            }
+        }
+        Ok(GatewaySettings {
+            mode: self.mode,
+            listen_host: self.listen_host,
+            ports,
+        })
+    }
+}
+
+/// Validated gateway settings.
+#[derive(Clone, Debug, Serialize)]
+pub struct GatewaySettings {
+    pub mode: Mode,
+    pub listen_host: IpAddr,
+    /// Gateway port -> where it is bound instead.
+    pub ports: BTreeMap<u16, SocketAddr>,
+}
+
+impl Default for GatewaySettings {
+    fn default() -> Self {
+        GatewayArgs::default()
+            .validate()
+            .unwrap_or_else(|_| unreachable!("the defaults are valid"))
+    }
+}
+
+impl GatewaySettings {
+    fn bind_addr(&self, port: u16) -> SocketAddr {
+        self.ports
+            .get(&port)
+            .copied()
+            .unwrap_or_else(|| SocketAddr::new(self.listen_host, port))
+    }
+}
+
+fn parse_port_map(s: &str) -> Result<(u16, SocketAddr), String> {
+    let (port, addr) = s
+        .split_once('=')
+        .ok_or_else(|| format!("{s:?}: expected PORT=ADDR, e.g. 80=127.0.0.1:8080"))?;
+    let port: u16 = port
+        .parse()
+        .ok()
+        .filter(|p| *p != 0)
+        .ok_or_else(|| format!("{port:?} is not a port 1-65535"))?;
+    let addr: SocketAddr = addr
+        .parse()
+        .map_err(|_| format!("{addr:?} is not an IP:PORT address"))?;
+    Ok((port, addr))
+}
+
+/// The listeners a gateway has bound: Gateway port -> local address (for the ready file,
+/// `/config_dump` and the demo).
+pub type BoundListeners = Arc<Mutex<BTreeMap<u16, SocketAddr>>>;
+
+/// One listener's config at run time, swapped whole on every update.
+#[derive(Debug)]
+pub(crate) struct ListenerRt {
+    pub port: u16,
+    pub protocol: ListenerProtocol,
+    pub vhosts: Vec<(Vec<String>, Dest)>,
+    pub https_redirect: Vec<String>,
+    pub tls: Vec<(Vec<String>, Arc<gateway_tls::ServerConfig>)>,
+    pub passthrough: Vec<(Vec<String>, Dest)>,
+}
+
+struct Running {
+    addr: SocketAddr,
+    stop: CancellationToken,
+    rt_tx: watch::Sender<Arc<ListenerRt>>,
+}
+
+/// Serves the gateway config discovery sends until the drain starts.
+pub async fn run(
+    ctx: Arc<Ctx>,
+    mut config_rx: watch::Receiver<Arc<str>>,
+    settings: GatewaySettings,
+    bound: BoundListeners,
+) {
+    let mut running: BTreeMap<u16, Running> = BTreeMap::new();
+    // Balancer, budget and outlier state per virtual host survive updates.
+    let mut traffic: HashMap<String, Arc<TargetTraffic>> = HashMap::new();
+    loop {
+        let json = config_rx.borrow_and_update().clone();
+        if !json.is_empty() {
+            match serde_json::from_str::<GatewayConfig>(&json) {
+                Ok(config) => {
+                    apply(&ctx, &settings, &config, &mut running, &mut traffic, &bound).await
+                }
+                Err(e) => {
+                    tracing::error!(error = %e, "refusing an undecodable gateway config; keeping the last good listeners")
+                }
+            }
+        }
+        tokio::select! {
+            _ = ctx.shutdown.cancelled() => break,
+            changed = config_rx.changed() => if changed.is_err() { break },
+        }
+    }
+    for r in running.values() {
+        r.stop.cancel();
+    }
+}
+
+async fn apply(
+    ctx: &Arc<Ctx>,
+    settings: &GatewaySettings,
+    config: &GatewayConfig,
+    running: &mut BTreeMap<u16, Running>,
+    traffic: &mut HashMap<String, Arc<TargetTraffic>>,
+    bound: &BoundListeners,
+) {
+    let mut keep = std::collections::BTreeSet::new();
+    for listener in &config.listeners {
+        keep.insert(listener.port);
+        let rt = Arc::new(runtime(listener, traffic).await);
+        if let Some(r) = running.get(&listener.port) {
+            r.rt_tx.send_replace(rt);
+            continue;
+        }
+        let addr = settings.bind_addr(listener.port);
+        let socket = match TcpListener::bind(addr).await {
+            Ok(s) => s,
+            Err(e) => {
+                tracing::error!(port = listener.port, %addr, error = %e, "cannot bind a gateway listener; its port is not served");
+                continue;
+            }
+        };
+        let local = socket.local_addr().unwrap_or(addr);
+        tracing::info!(port = listener.port, addr = %local, protocol = ?listener.protocol, "gateway listener bound");
+        let stop = ctx.shutdown.child_token();
+        let (rt_tx, rt_rx) = watch::channel(rt);
+        ctx.tracker
+            .spawn(conn::accept(socket, ctx.clone(), rt_rx, stop.clone()));
+        lock(bound).insert(listener.port, local);
+        running.insert(
+            listener.port,
+            Running {
+                addr: local,
+                stop,
+                rt_tx,
+            },
+        );
+    }
+    running.retain(|port, r| {
+        let kept = keep.contains(port);
+        if !kept {
+            tracing::info!(port, addr = %r.addr, "gateway listener removed");
+            r.stop.cancel();
+            lock(bound).remove(port);
+        }
+        kept
+    });
+    traffic.retain(|k, _| {
+        k.split_once('/')
+            .and_then(|(p, _)| p.parse::<u16>().ok())
+            .is_some_and(|p| keep.contains(&p))
+    });
+}
+
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    // Inserts and removes only: a panic cannot leave the map torn.
+    m.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
+}
+
+/// A destination the forwarding path can walk: a fixed answer in a watch of its own, and the
+/// traffic state kept for `key`.
+fn dest(
+    key: String,
+    destination: &Destination,
+    traffic: &mut HashMap<String, Arc<TargetTraffic>>,
+) -> Dest {
+    let (_tx, resolution_rx) = watch::channel(Resolution::Found(Arc::new(destination.clone())));
+    Dest::Service {
+        resolution_rx,
+        traffic: traffic.entry(key).or_default().clone(),
+    }
+}
+
+async fn runtime(
+    l: &GatewayListener,
+    traffic: &mut HashMap<String, Arc<TargetTraffic>>,
+) -> ListenerRt {
+    let mut tls = Vec::new();
+    for t in &l.tls_hosts {
+        match load(&t.cert, t.client_ca.as_ref()).await {
+            Ok(config) => tls.push((t.hosts.clone(), config)),
+            Err(e) => {
+                tracing::error!(port = l.port, hosts = ?t.hosts, error = %e, "cannot load a gateway certificate; these hosts are not served over TLS")
+            }
+        }
+    }
+    ListenerRt {
+        port: l.port,
+        protocol: l.protocol,
+        vhosts: l
+            .virtual_hosts
+            .iter()
+            .map(|v| {
+                let key = format!("{}/http/{}", l.port, v.hosts.join(","));
+                (v.hosts.clone(), dest(key, &v.destination, traffic))
+            })
+            .collect(),
+        https_redirect: l.https_redirect.clone(),
+        tls,
+        passthrough: l
+            .passthrough
+            .iter()
+            .map(|p| {
+                let key = format!("{}/tls/{}", l.port, p.hosts.join(","));
+                (p.hosts.clone(), dest(key, &p.destination, traffic))
+            })
+            .collect(),
+    }
+}
+
+async fn read_source(source: &CertSource) -> Result<(String, String), String> {
+    match source {
+        CertSource::Pem {
+            cert_chain,
+            private_key,
+        } => Ok((cert_chain.clone(), private_key.clone())),
+        CertSource::Files {
+            cert_chain,
+            private_key,
+        } => {
+            let read = |p: String| async move {
+                tokio::fs::read_to_string(&p)
+                    .await
+                    .map_err(|e| format!("{p}: {e}"))
+            };
+            let chain = read(cert_chain.clone()).await?;
+            let key = if private_key.is_empty() {
+                String::new()
+            } else {
+                read(private_key.clone()).await?
+            };
+            Ok((chain, key))
+        }
+    }
+}
+
+async fn load(
+    cert: &CertSource,
+    client_ca: Option<&CertSource>,
+) -> Result<Arc<gateway_tls::ServerConfig>, String> {
+    let (chain, key) = read_source(cert).await?;
+    let ca = match client_ca {
+        Some(ca) => Some(read_source(ca).await?.0),
+        None => None,
+    };
+    gateway_tls::server_config(&chain, &key, ca.as_deref()).map_err(|e| e.to_string())
+}
