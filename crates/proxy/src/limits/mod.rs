@@ -39,9 +39,11 @@ pub const DEFAULT_MAX_HEADERS: usize = 100;
 pub const DEFAULT_MAX_HEADER_BYTES: usize = 60 * 1024;
 /// Default `--max-uri-length`: 8 KiB, the common request-line limit of nginx and Apache.
 pub const DEFAULT_MAX_URI_BYTES: usize = 8 * 1024;
-/// Default `--h2-max-concurrent-streams`: Envoy's recommended value for untrusted clients (the
-/// HTTP/2 RFC's suggested minimum).
-pub const DEFAULT_H2_MAX_STREAMS: u32 = 100;
+/// Default `--h2-max-concurrent-streams`: hyper's default, which the proxy always had. Peer
+/// proxies multiplex a whole workload's requests on one connection, so the edge value Envoy
+/// recommends for untrusted clients (100) would queue mesh traffic under load; the reset-flood
+/// guards below are what stops abuse.
+pub const DEFAULT_H2_MAX_STREAMS: u32 = 200;
 /// Default `--h2-max-pending-resets`: the h2 crate's rapid-reset guard (CVE-2023-44487).
 pub const DEFAULT_H2_MAX_PENDING_RESETS: usize = 20;
 /// Default `--h2-max-local-error-resets`: hyper's guard against streams the client makes the
