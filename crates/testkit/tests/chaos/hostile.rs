@@ -37,12 +37,13 @@ struct Victim {
     _echo: HttpEcho,
 }
 
-fn victim() -> Victim {
+fn victim(args: &[&str]) -> Victim {
     let echo = HttpEcho::start().unwrap();
-    let proxy = ProxyBuilder::loopback("victim")
-        .app(echo.addr)
-        .start()
-        .unwrap();
+    let mut builder = ProxyBuilder::loopback("victim").app(echo.addr);
+    for a in args {
+        builder = builder.arg(*a);
+    }
+    let proxy = builder.start().unwrap();
     proxy.wait_ready(Duration::from_secs(30)).unwrap();
     Victim { proxy, _echo: echo }
 }
@@ -61,9 +62,10 @@ fn good_load(addr: SocketAddr, duration: Duration) -> LoadReport {
 fn under_attack(
     test: &str,
     scenario: &str,
+    proxy_args: &[&str],
     attack: impl FnOnce(SocketAddr, Instant) -> String + Send,
 ) {
-    let v = victim();
+    let v = victim(proxy_args);
     let addr = v.proxy.ready.inbound;
     let pid = v.proxy.ready.pid;
     // Warm-up, then the baseline.
@@ -142,6 +144,8 @@ fn chaos_slowloris_does_not_starve_other_clients() {
     under_attack(
         "chaos_slowloris_does_not_starve_other_clients",
         "slowloris",
+        // The default header read timeout (30 s) outlasts the attack; 2 s shows it at work.
+        &["--header-read-timeout", "2s"],
         |addr, deadline| {
             let mut conns: Vec<Option<TcpStream>> = (0..CONNECTIONS).map(|_| None).collect();
             let (mut opened, mut closed) = (0u64, 0u64);
@@ -297,6 +301,7 @@ fn chaos_http2_rapid_reset_flood_does_not_starve_other_clients() {
     under_attack(
         "chaos_http2_rapid_reset_flood_does_not_starve_other_clients",
         "HTTP/2 rapid reset",
+        &[],
         |addr, deadline| {
             let block = h2frame::get_block();
             // Two attackers, each opening stream after stream and cancelling it at once, in
@@ -349,6 +354,7 @@ fn chaos_header_bomb_does_not_starve_other_clients() {
     under_attack(
         "chaos_header_bomb_does_not_starve_other_clients",
         "header bomb",
+        &[],
         |addr, deadline| {
             let (h1, h2) = std::thread::scope(|s| {
                 // HTTP/1: 2,000 headers of 100 bytes (200 KB) in one request head, again and
