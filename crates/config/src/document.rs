@@ -33,6 +33,8 @@ pub enum Resource {
     /// An SMI HTTPRouteGroup, or a TrafficSplit with `matches` still to resolve against the
     /// config set's groups (`smi::resolve`).
     Smi(Box<smi::Pending>),
+    /// An Istio ServiceEntry: hosts outside the Kubernetes registry, with their endpoints.
+    ServiceEntry(Box<istio::service_entry::ServiceEntry>),
     /// A Trellis RateLimitPolicy: local rate limits for the inbound side of the workloads it
     /// covers.
     RateLimitPolicy(Box<crate::trellis::ratelimit::RateLimitPolicy>),
@@ -190,6 +192,7 @@ fn read_document(file: &str, index: usize, value: Value) -> Document {
         }
         ("networking.istio.io", "VirtualService") => istio::virtual_service::translate(value),
         ("networking.istio.io", "DestinationRule") => istio::destination_rule::translate(value),
+        ("networking.istio.io", "ServiceEntry") => istio::service_entry::translate(value),
         ("security.istio.io", "PeerAuthentication") => istio::peer_authentication::translate(value),
         ("security.istio.io", "AuthorizationPolicy") => {
             istio::authorization_policy::translate(value)

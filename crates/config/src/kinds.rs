@@ -29,7 +29,7 @@ pub(crate) fn ignored_reason(api_version: &str, kind: &str) -> Option<String> {
         ("gateway.networking.k8s.io", "ReferenceGrant") => {
             matches!(version, "v1beta1" | "v1alpha2")
         }
-        ("networking.istio.io", "VirtualService" | "DestinationRule") => {
+        ("networking.istio.io", "VirtualService" | "DestinationRule" | "ServiceEntry") => {
             matches!(version, "v1" | "v1beta1" | "v1alpha3")
         }
         ("gateway.networking.k8s.io", "HTTPRoute") => {

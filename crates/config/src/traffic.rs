@@ -163,8 +163,26 @@ fn apply_port(layers: &[(u16, PolicyLayer)], port: u16, policy: &mut TrafficPoli
 
 /// Resolves a host as Istio does against the resource's namespace: `reviews`,
 /// `reviews.default`, `reviews.default.svc` and `reviews.default.svc.cluster.local` name a
-/// cluster Service; anything else (wildcards, external names) is `None`.
+/// cluster Service; any other valid DNS name of three or more labels (`api.example.com`) is an
+/// external host ([`ServiceKey::external`]), which a ServiceEntry may declare; wildcards and
+/// malformed names are `None`. A two-label name (`httpbin.org`) reads as `name.namespace`.
 pub fn resolve_host(host: &str, namespace: &str) -> Option<ServiceKey> {
+    cluster_host(host, namespace).or_else(|| external_host(host))
+}
+
+/// The external key for a host that is not a cluster Service name: lowercase DNS labels, at
+/// least three of them, no wildcard.
+pub fn external_host(host: &str) -> Option<ServiceKey> {
+    let host = host.trim_end_matches('.');
+    let labels: Vec<&str> = host.split('.').collect();
+    let valid = host.len() <= 253
+        && labels.len() >= 3
+        && labels.iter().all(|l| crate::kube::is_dns1123_label(l));
+    valid.then(|| ServiceKey::external(host))
+}
+
+/// The cluster Service a host names, if it is one (see [`resolve_host`]).
+pub fn cluster_host(host: &str, namespace: &str) -> Option<ServiceKey> {
     let host = host.trim_end_matches('.');
     if host.contains('*') || host.is_empty() {
         return None;
@@ -344,7 +362,11 @@ mod tests {
             resolve_host("reviews.prod.svc", "default"),
             k("prod", "reviews")
         );
-        assert_eq!(resolve_host("www.googleapis.com", "default"), None);
+        assert_eq!(
+            resolve_host("www.googleapis.com.", "default"),
+            Some(ServiceKey::external("www.googleapis.com"))
+        );
+        assert_eq!(resolve_host("Bad_Host.example.com", "default"), None);
         assert_eq!(resolve_host("*", "default"), None);
         assert_eq!(resolve_host("*.example.com", "default"), None);
     }

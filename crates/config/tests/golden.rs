@@ -46,6 +46,9 @@ fn render(file: &str, bytes: &[u8]) -> Value {
                     Outcome::Resource(Resource::WasmPlugin(plugin)) => {
                         json!({"status": "Accepted", "wasm_plugin": plugin})
                     }
+                    Outcome::Resource(Resource::ServiceEntry(entry)) => {
+                        json!({"status": "Accepted", "service_entry": entry})
+                    }
                     Outcome::Resource(Resource::Smi(pending)) => {
                         json!({"status": "Accepted", "smi": pending})
                     }

@@ -76,6 +76,12 @@ pub struct Args {
     #[arg(long, value_name = "POLICY", default_value = "all-unauthenticated",
           value_parser = crate::compile::authz::parse_default_policy)]
     pub default_inbound_policy: trellis_model::authz::DefaultPolicy,
+    /// What proxies do with transparent outbound traffic to a destination the mesh does not
+    /// know (no Service, workload or ServiceEntry): ALLOW_ANY passes it through, REGISTRY_ONLY
+    /// refuses it (HTTP 502, TCP closed), as Istio's outboundTrafficPolicy.mode.
+    #[arg(long, value_name = "MODE", default_value = "ALLOW_ANY",
+          value_parser = crate::compile::outbound_policy::parse)]
+    pub outbound_traffic_policy: crate::compile::outbound_policy::OutboundTrafficPolicy,
     /// Take the dashboard's numbers from this Prometheus (`http://host:port[/prefix]`, which
     /// scrapes the proxies) instead of scraping proxies' admin ports, as on Kubernetes where
     /// pods' admin ports may be out of reach.
@@ -136,6 +142,7 @@ impl Args {
             },
             root_namespace: self.root_namespace,
             default_inbound_policy: self.default_inbound_policy,
+            outbound_traffic_policy: self.outbound_traffic_policy,
             dashboard_prometheus: self.prometheus_url,
         };
         let mut config = config;

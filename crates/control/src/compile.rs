@@ -8,6 +8,8 @@ pub mod authn;
 pub mod authz;
 pub mod gateway;
 pub mod mtls;
+pub mod outbound_policy;
+pub mod service_entry;
 pub mod ratelimit;
 pub mod telemetry;
 pub mod wasm;
@@ -82,6 +84,9 @@ fn endpoints(
     port: &ServicePort,
     subset: Option<&BTreeMap<String, String>>,
 ) -> Vec<Endpoint> {
+    if let Some(entry_endpoints) = service_entry::endpoints(view, &svc.key, port, subset) {
+        return entry_endpoints;
+    }
     let has = |w: &Workload| {
         subset.is_none_or(|labels| labels.iter().all(|(k, v)| w.labels.get(k) == Some(v)))
     };
@@ -194,6 +199,10 @@ fn address_destination(view: MeshView<'_>, addr: SocketAddr) -> Option<Destinati
         (svc.cluster_ip == Some(addr.ip())).then(|| svc.port(addr.port()).map(|p| (svc, p)))?
     }) {
         return Some(service_destination(view, svc, port));
+    }
+    // Then a host a ServiceEntry declares (its addresses, endpoints or DNS answers).
+    if let Some(dest) = service_entry::address_destination(view, addr) {
+        return Some(dest);
     }
     // Else a workload reached directly at its own IP on one of its ports. Several local-mode
     // workloads share 127.0.0.1, so the port must match too; the first by namespace/name wins.

@@ -40,6 +40,8 @@ pub struct DiscoveryService {
     root_namespace: Arc<str>,
     /// `--default-inbound-policy`.
     default_inbound_policy: trellis_model::authz::DefaultPolicy,
+    /// `--outbound-traffic-policy`.
+    outbound_traffic_policy: crate::compile::outbound_policy::OutboundTrafficPolicy,
 }
 
 impl DiscoveryService {
@@ -49,7 +51,17 @@ impl DiscoveryService {
             next_stream: AtomicU64::new(1),
             root_namespace: Arc::from(crate::DEFAULT_ROOT_NAMESPACE),
             default_inbound_policy: Default::default(),
+            outbound_traffic_policy: Default::default(),
         }
+    }
+
+    /// Sets the mesh's outbound traffic policy (`--outbound-traffic-policy`).
+    pub fn with_outbound_traffic_policy(
+        mut self,
+        policy: crate::compile::outbound_policy::OutboundTrafficPolicy,
+    ) -> Self {
+        self.outbound_traffic_policy = policy;
+        self
     }
 
     /// Sets the inbound authorization default (`--default-inbound-policy`).
@@ -88,6 +100,7 @@ impl pb::discovery_server::Discovery for DiscoveryService {
         let mut session = Session::new(self.shared.clone(), id, tx);
         session.root_namespace = self.root_namespace.clone();
         session.default_inbound_policy = self.default_inbound_policy;
+        session.outbound_traffic_policy = self.outbound_traffic_policy;
         tokio::spawn(session.run(request.into_inner(), peer));
         Ok(Response::new(Box::pin(
             tokio_stream::wrappers::ReceiverStream::new(rx),
@@ -110,6 +123,7 @@ struct Session {
     version: u64,
     root_namespace: Arc<str>,
     default_inbound_policy: trellis_model::authz::DefaultPolicy,
+    outbound_traffic_policy: crate::compile::outbound_policy::OutboundTrafficPolicy,
     /// The inbound mTLS policy last sent (after Welcome, then on change).
     inbound_policy: Option<pb::InboundPolicy>,
     /// The gateway config last sent (`None`: never sent: no Gateway selects the workload).
@@ -148,6 +162,7 @@ impl Session {
             version: 0,
             root_namespace: Arc::from(crate::DEFAULT_ROOT_NAMESPACE),
             default_inbound_policy: Default::default(),
+            outbound_traffic_policy: Default::default(),
             inbound_policy: None,
             gateway: None,
             unacked: std::collections::VecDeque::new(),
@@ -462,6 +477,7 @@ impl Session {
                     workload,
                 )
             },
+            outbound_traffic_policy: self.outbound_traffic_policy.to_wire(),
             ..policy
         };
         if self.inbound_policy.as_ref() == Some(&policy) {

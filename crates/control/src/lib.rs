@@ -16,6 +16,7 @@ pub mod k8s;
 pub mod protocol_version;
 pub mod registry;
 mod server;
+pub mod service_entry_dns;
 pub mod state;
 pub mod store;
 pub mod tap;
@@ -54,6 +55,8 @@ pub struct ControlConfig {
     /// The inbound authorization default where no ALLOW policy applies
     /// (`--default-inbound-policy`).
     pub default_inbound_policy: trellis_model::authz::DefaultPolicy,
+    /// `--outbound-traffic-policy`: ALLOW_ANY (the default) or REGISTRY_ONLY.
+    pub outbound_traffic_policy: compile::outbound_policy::OutboundTrafficPolicy,
     /// Kubernetes mode: watch the API server instead of `config_dirs` and registrations.
     pub kubernetes: Option<k8s::KubeOptions>,
     /// The dashboard's numbers from this Prometheus instead of scraping proxies
@@ -76,6 +79,7 @@ impl Default for ControlConfig {
             ca: ca::CaConfig::default(),
             root_namespace: DEFAULT_ROOT_NAMESPACE.to_string(),
             default_inbound_policy: trellis_model::authz::DefaultPolicy::default(),
+            outbound_traffic_policy: Default::default(),
             kubernetes: None,
             dashboard_prometheus: None,
         }

@@ -94,6 +94,8 @@ impl ControlPlane {
                 (source.config_rx.clone(), Some((source, options)))
             }
         };
+        // ServiceEntry DNS answers join the snapshot between the store and discovery.
+        let config_rx = crate::service_entry_dns::spawn(config_rx, shutdown.clone());
         let discovery = TcpListener::bind(config.discovery_addr)
             .await
             .map_err(|source| StartError::Bind {
@@ -144,6 +146,7 @@ impl ControlPlane {
                 DiscoveryService::new(shared.clone())
                     .with_root_namespace(&config.root_namespace)
                     .with_default_inbound_policy(config.default_inbound_policy)
+                    .with_outbound_traffic_policy(config.outbound_traffic_policy)
                     .into_server(),
             )
             .add_service(

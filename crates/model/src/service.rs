@@ -21,14 +21,35 @@ impl ServiceKey {
         }
     }
 
-    /// The fully qualified host, `name.namespace.svc.cluster.local`.
+    /// A host outside the cluster's Service names (an Istio ServiceEntry host such as
+    /// `api.example.com`): no namespace, the host is the name. Kubernetes namespaces are never
+    /// empty, so such a key cannot collide with a Service's.
+    pub fn external(host: impl Into<String>) -> Self {
+        Self {
+            namespace: String::new(),
+            name: host.into(),
+        }
+    }
+
+    /// Whether this key names an external host (see [`ServiceKey::external`]).
+    pub fn is_external(&self) -> bool {
+        self.namespace.is_empty()
+    }
+
+    /// The fully qualified host, `name.namespace.svc.cluster.local` (an external host as is).
     pub fn fqdn(&self) -> String {
+        if self.is_external() {
+            return self.name.clone();
+        }
         format!("{}.{}.{CLUSTER_DOMAIN}", self.name, self.namespace)
     }
 }
 
 impl fmt::Display for ServiceKey {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        if self.is_external() {
+            return f.write_str(&self.name);
+        }
         write!(f, "{}/{}", self.namespace, self.name)
     }
 }
@@ -114,5 +135,13 @@ mod tests {
     #[test]
     fn fqdn_uses_cluster_domain() {
         assert_eq!(reviews().key.fqdn(), "reviews.default.svc.cluster.local");
+    }
+
+    #[test]
+    fn external_hosts_are_their_own_name() {
+        let key = ServiceKey::external("api.example.com");
+        assert!(key.is_external() && !reviews().key.is_external());
+        assert_eq!(key.fqdn(), "api.example.com");
+        assert_eq!(key.to_string(), "api.example.com");
     }
 }

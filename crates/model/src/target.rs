@@ -65,6 +65,9 @@ impl FromStr for Target {
 impl fmt::Display for Target {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
+            Self::Service { service, port } if service.is_external() => {
+                write!(f, "{}:{port}", service.name)
+            }
             Self::Service { service, port } => {
                 write!(f, "{}.{}:{port}", service.name, service.namespace)
             }

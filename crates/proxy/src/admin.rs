@@ -76,6 +76,7 @@ impl AdminState {
                 self.authn.render(&mut out);
                 self.metrics.anomaly.render(&mut out);
                 crate::resilience::health::render(&mut out);
+                self.discovery.outbound_policy().render(&mut out);
                 let out = self.metrics.overrides.apply(out);
                 let mut resp = text(StatusCode::OK, out);
                 resp.headers_mut().insert(

@@ -14,6 +14,8 @@ use std::time::Duration;
 use tokio::net::TcpListener;
 use trellis_model::Target;
 
+pub mod registry_only;
+
 use crate::discovery::Resolution;
 use crate::listen::accept_loop;
 use crate::route::Dest;
@@ -29,9 +31,17 @@ pub const ADDRESS_RESOLVE_WAIT: Duration = Duration::from_millis(200);
 async fn address_dest(ctx: &Ctx, orig: std::net::SocketAddr) -> Dest {
     let target = Target::Address(orig);
     let mut resolution_rx = ctx.discovery.watch(&target);
+    let outbound = ctx.discovery.outbound_policy();
+    // REGISTRY_ONLY refuses what has no answer, so it waits as long as a service target would
+    // rather than refuse a known destination whose answer is on its way.
+    let wait = if outbound.registry_only() {
+        crate::route::FIRST_ANSWER_WAIT
+    } else {
+        ADDRESS_RESOLVE_WAIT
+    };
     // A timeout or a closed channel both leave the current value in force.
     let _ = tokio::time::timeout(
-        ADDRESS_RESOLVE_WAIT,
+        wait,
         resolution_rx.wait_for(|r| !matches!(r, Resolution::Pending)),
     )
     .await;
@@ -39,6 +49,7 @@ async fn address_dest(ctx: &Ctx, orig: std::net::SocketAddr) -> Dest {
         orig,
         resolution_rx,
         traffic: ctx.traffic(&target),
+        outbound: Some(outbound),
     }
 }
 

@@ -53,6 +53,9 @@ pub enum NoHop {
     Pending,
     #[error("no application")]
     NoApp,
+    /// The outbound traffic policy is REGISTRY_ONLY and the mesh does not know the destination.
+    #[error("registry-only")]
+    RegistryOnly,
 }
 
 impl NoHop {
@@ -62,6 +65,16 @@ impl NoHop {
             Self::NoEndpoints => "no endpoints",
             Self::Pending => "discovery timeout",
             Self::NoApp => "no application",
+            Self::RegistryOnly => "registry-only",
+        }
+    }
+
+    /// The HTTP status the request gets: 502 for a destination REGISTRY_ONLY refuses (as
+    /// Envoy's BlackHoleCluster answers in Istio), 503 otherwise.
+    pub fn status(self) -> hyper::StatusCode {
+        match self {
+            Self::RegistryOnly => hyper::StatusCode::BAD_GATEWAY,
+            _ => hyper::StatusCode::SERVICE_UNAVAILABLE,
         }
     }
 }
@@ -90,6 +103,8 @@ pub enum Dest {
         orig: SocketAddr,
         resolution_rx: watch::Receiver<Resolution>,
         traffic: Arc<TargetTraffic>,
+        /// The mesh's outbound traffic policy, read per request; `None`: always ALLOW_ANY.
+        outbound: Option<Arc<crate::outbound::registry_only::OutboundPolicy>>,
     },
 }
 
@@ -168,9 +183,13 @@ impl Dest {
                 orig,
                 resolution_rx,
                 traffic,
+                outbound,
             } => {
                 let current = resolution_rx.borrow().clone();
-                next_for(&current, traffic, Some(*orig))
+                match outbound {
+                    Some(policy) => policy.next(&current, traffic, *orig),
+                    None => next_for(&current, traffic, Some(*orig)),
+                }
             }
             Self::Service {
                 resolution_rx,

@@ -108,6 +108,7 @@ pub fn analyze(files: &[InputFile]) -> Vec<Finding> {
                     Resource::RequestAuthentication(_) => None,
                     Resource::WasmPlugin(_) => None,
                     Resource::AuthorizationPolicy(_) => None,
+                    Resource::ServiceEntry(_) => Some("spec.hosts".to_string()),
                     Resource::Gateway(_) => None,
                     Resource::RateLimitPolicy(_) => None,
                     // An SMI TrafficSplit whose `matches` do not resolve: the message names
@@ -141,6 +142,7 @@ pub fn analyze(files: &[InputFile]) -> Vec<Finding> {
                 Resource::RateLimitPolicy(p) => p.notes.clone(),
                 Resource::Smi(p) => p.notes().to_vec(),
                 Resource::Service(_) => Vec::new(),
+                Resource::ServiceEntry(se) => se.notes.clone(),
                 Resource::Gateway(g) => g.notes().to_vec(),
             };
             for note in notes {
@@ -299,6 +301,7 @@ pub fn analyze(files: &[InputFile]) -> Vec<Finding> {
                 Resource::WasmPlugin(_) => {}
                 Resource::RequestAuthentication(_) => {}
                 Resource::AuthorizationPolicy(_) => {}
+                Resource::ServiceEntry(_) => {}
                 Resource::Gateway(_) => {}
                 Resource::RateLimitPolicy(_) => {}
                 Resource::Smi(p) => {

@@ -191,7 +191,7 @@ pub(crate) fn translate(value: serde_yaml::Value) -> Result<Translated, FieldErr
     }
     let Some(host) = resolve_host(&spec.host, &source.namespace) else {
         return Ok(Translated::Ignored(format!(
-            "host {:?} is not a cluster Service (wildcards and ServiceEntry hosts are not supported yet)",
+            "host {:?} is a wildcard or not a DNS name (wildcard hosts are not supported yet)",
             spec.host
         )));
     };

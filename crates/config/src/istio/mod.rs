@@ -8,6 +8,7 @@ pub mod gateway;
 pub mod peer_authentication;
 pub mod request_authentication;
 mod retries;
+pub mod service_entry;
 pub mod telemetry;
 pub mod virtual_service;
 pub mod wasm_plugin;

@@ -381,13 +381,13 @@ fn mesh_routes(
                 port: None,
             }),
             None => notes.push(format!(
-                "host {host:?} is not a cluster Service (wildcards and ServiceEntry hosts are not supported yet)"
+                "host {host:?} is a wildcard or not a DNS name (wildcard hosts are not supported yet)"
             )),
         }
     }
     if parents.is_empty() {
         return Ok(Translated::Ignored(format!(
-            "no host names a cluster Service: {:?} (wildcards and ServiceEntry hosts are not supported yet)",
+            "no host names a Service or ServiceEntry host: {:?} (wildcard hosts are not supported yet)",
             spec.hosts
         )));
     }
@@ -484,7 +484,7 @@ fn backend(source: &ResourceRef, field: &str, d: &Destination) -> Result<Backend
         FieldError::new(
             format!("{field}.host"),
             format!(
-                "{:?} is not a cluster Service; ServiceEntry hosts are not supported yet",
+                "{:?} is a wildcard or not a DNS name: not a Service or ServiceEntry host",
                 d.host
             ),
         )

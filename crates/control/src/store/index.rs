@@ -125,6 +125,8 @@ impl ConfigIndex {
         let mut request_authentications = Vec::new();
         let mut wasm_plugins = Vec::new();
         let mut telemetries = Vec::new();
+        let mut service_entries: Vec<&trellis_config::istio::service_entry::ServiceEntry> =
+            Vec::new();
         let mut authorization_policies = Vec::new();
         let mut gateways = Vec::new();
         let mut rate_limit_policies = Vec::new();
@@ -148,6 +150,7 @@ impl ConfigIndex {
                         request_authentications.push((**p).clone())
                     }
                     Resource::Telemetry(t) => telemetries.push((**t).clone()),
+                    Resource::ServiceEntry(se) => service_entries.push(&**se),
                     Resource::WasmPlugin(p) => wasm_plugins.push((**p).clone()),
                     Resource::AuthorizationPolicy(p) => authorization_policies.push((**p).clone()),
                     Resource::Gateway(g) => {
@@ -178,7 +181,10 @@ impl ConfigIndex {
             }
         }
         routes.extend(resolved_splits.iter().map(|(id, set)| (id.clone(), set)));
-        let (traffic, verdicts) = resolve(&routes, &policies, &|k| services.contains_key(k));
+        // ServiceEntry hosts join the registry before routes resolve, so routes may name them.
+        let entries = crate::compile::service_entry::register(service_entries, &mut services);
+        let (mut traffic, verdicts) = resolve(&routes, &policies, &|k| services.contains_key(k));
+        traffic.service_entries.by_key = entries;
         let mut resources = Vec::new();
         for (file, state) in &self.files {
             let file_invalid = state.documents.iter().any(Document::is_invalid);
@@ -224,6 +230,7 @@ impl ConfigIndex {
                             Resource::PeerAuthentication(p) => &p.notes,
                             Resource::RequestAuthentication(p) => &p.notes,
                             Resource::Telemetry(t) => &t.notes,
+                            Resource::ServiceEntry(se) => &se.notes,
                             Resource::WasmPlugin(p) => &p.notes,
                             Resource::AuthorizationPolicy(p) => &p.notes,
                             Resource::Gateway(g) => &g.notes().to_vec(),

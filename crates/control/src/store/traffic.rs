@@ -49,6 +49,8 @@ pub struct ServiceRoutes {
 pub struct Traffic {
     pub routes: BTreeMap<ServiceKey, ServiceRoutes>,
     pub policies: BTreeMap<ServiceKey, DestinationPolicy>,
+    /// Istio ServiceEntries in force, by host, with their DNS answers.
+    pub service_entries: crate::compile::service_entry::ServiceEntries,
 }
 
 /// What became of a traffic resource, beyond its translation notes.

@@ -155,6 +155,7 @@ async fn session(
                         let _ = out_tx.send(inner.apply_update(update));
                     }
                     Some(control_message::Kind::InboundPolicy(policy)) => {
+                        inner.outbound_policy.set_from_wire(policy.outbound_traffic_policy);
                         inner.authorization.send_if_modified(|current| {
                             let changed = **current != *policy.authorization_json;
                             if changed {

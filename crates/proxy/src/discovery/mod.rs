@@ -94,6 +94,8 @@ struct Inner {
     telemetry: watch::Sender<Arc<str>>,
     /// This workload's JWT rules (`InboundPolicy.request_authentication_json`), as last sent.
     request_authn: watch::Sender<Arc<str>>,
+    /// The outbound traffic policy (`InboundPolicy.outbound_traffic_policy`), as last sent.
+    outbound_policy: Arc<crate::outbound::registry_only::OutboundPolicy>,
     /// This gateway's listeners (`GatewayConfig.config_json`), as last sent; see `gateway`.
     gateway: watch::Sender<Arc<str>>,
     /// This workload's Wasm plugins (`InboundPolicy.wasm_plugins_json`), as last sent.
@@ -122,6 +124,7 @@ impl Inner {
             authorization: watch::channel(Arc::from("")).0,
             telemetry: watch::channel(Arc::from("")).0,
             request_authn: watch::channel(Arc::from("")).0,
+            outbound_policy: Arc::default(),
             gateway: watch::channel(Arc::from("")).0,
             wasm_plugins: watch::channel(Arc::from("")).0,
             rate_limits: watch::channel(Arc::from("")).0,
@@ -248,6 +251,12 @@ impl Discovery {
 
     pub fn status(&self) -> DiscoveryStatus {
         self.inner.status().clone()
+    }
+
+    /// The outbound traffic policy the control plane sends for this workload (ALLOW_ANY until
+    /// it says otherwise), with its counter.
+    pub fn outbound_policy(&self) -> Arc<crate::outbound::registry_only::OutboundPolicy> {
+        self.inner.outbound_policy.clone()
     }
 
     /// The inbound mTLS policy the control plane sends for this workload (PERMISSIVE until

@@ -111,7 +111,8 @@ pub(crate) fn destination_from_wire(d: pb::Destination) -> Result<Destination, U
     };
     required("destination.authority", &d.authority)?;
     required("destination.service_name", &d.service_name)?;
-    required("destination.service_namespace", &d.service_namespace)?;
+    // No namespace names an external host (an Istio ServiceEntry host such as
+    // `api.example.com`; see `ServiceKey::external`).
     let endpoints = d
         .endpoints
         .into_iter()

@@ -151,7 +151,7 @@ impl HttpForward {
             Ok(next) => next,
             Err(no_hop) => {
                 tracing::info!(direction = self.direction.as_str(), uri = %req.uri(), reason = no_hop.reason(), "no hop for request");
-                return error_response(StatusCode::SERVICE_UNAVAILABLE, no_hop.reason());
+                return error_response(no_hop.status(), no_hop.reason());
             }
         };
         let upgrade = is_upgrade(&req);

@@ -99,6 +99,7 @@ async fn http1_rides_the_meshed_http2_hop() {
         orig: "127.0.0.1:9".parse().unwrap(),
         resolution_rx: tokio::sync::watch::channel(meshed(peer_inbound, app.port())).1,
         traffic: ctx.traffic(&trellis_model::Target::Address(peer_inbound)),
+        outbound: None,
     };
     tokio::spawn(async move {
         let (stream, _) = listener.accept().await.unwrap();

@@ -224,6 +224,7 @@ async fn routed_as(dest: Destination, transparent: bool) -> Routed {
                     orig: ([127, 0, 0, 1], 9).into(),
                     resolution_rx: resolution_rx.clone(),
                     traffic: traffic.clone(),
+                    outbound: None,
                 }
             } else {
                 Dest::Service {
