@@ -9,8 +9,8 @@ pub mod authz;
 pub mod gateway;
 pub mod mtls;
 pub mod outbound_policy;
-pub mod service_entry;
 pub mod ratelimit;
+pub mod service_entry;
 pub mod telemetry;
 pub mod wasm;
 
