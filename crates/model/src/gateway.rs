@@ -164,9 +164,9 @@ mod tests {
 
     #[test]
     fn the_most_specific_host_wins() {
-        let star = vec!["*".to_string()];
-        let wild = vec!["*.example.com".to_string()];
-        let exact = vec!["a.example.com".to_string()];
+        let star = ["*".to_string()];
+        let wild = ["*.example.com".to_string()];
+        let exact = ["a.example.com".to_string()];
         let items = || [(&star[..], 0), (&wild[..], 1), (&exact[..], 2)];
         assert_eq!(best_host(items(), "a.example.com"), Some(2));
         assert_eq!(best_host(items(), "b.example.com"), Some(1));
