@@ -81,7 +81,10 @@ impl UpstreamError {
         // processing any application logic"). Only failed requests pay for this walk.
         let mut err: Option<&(dyn std::error::Error + 'static)> = Some(source.as_ref());
         while let Some(e) = err {
-            if e.to_string().contains("refused stream") {
+            let text = e.to_string();
+            // A graceful GOAWAY (NO_ERROR) fails only the streams above its last stream id,
+            // which the peer did not process (RFC 9113 §6.8): as safe to retry as a refusal.
+            if text.contains("refused stream") || text.contains("not a result of an error") {
                 return true;
             }
             err = e.source();
@@ -270,11 +273,50 @@ impl Upstreams {
                     .await?
             }
         };
-        sender.ready().await.map_err(|e| UpstreamError::Request {
-            addr,
-            source: Box::new(e),
-        })?;
-        sender
+        // A connection that is not ready has closed (a GOAWAY, a drain) before this request
+        // went out on it: nothing was sent, so the attempt fails as a connect failure does.
+        if let Err(source) = sender.ready().await {
+            self.forget_http2(key);
+            return Err(UpstreamError::Handshake { addr, source });
+        }
+        match sender.try_send_request(req).await {
+            Ok(response) => Ok(response),
+            Err(mut e) => match e.take_message() {
+                // The connection closed between `ready` and the send, and hyper handed the
+                // request back unsent: it goes out once more on a fresh connection (a draining
+                // peer's closed listener then fails it as a connect failure, retried elsewhere).
+                // Boxed: a rare path that would otherwise grow every request's future.
+                Some(req) => {
+                    self.forget_http2(key);
+                    Box::pin(self.send_http2_fresh(addr, req, connect_timeout, max, peer, opts))
+                        .await
+                }
+                None => Err(UpstreamError::Request {
+                    addr,
+                    source: Box::new(e.into_error()),
+                }),
+            },
+        }
+    }
+
+    /// Sends `req` on a newly dialled connection to `addr` (no pooled one is tried).
+    async fn send_http2_fresh(
+        &self,
+        addr: SocketAddr,
+        req: Request<UpBody>,
+        connect_timeout: Duration,
+        max: Option<u32>,
+        peer: Option<&str>,
+        opts: &PoolOptions,
+    ) -> Result<Response<Incoming>, UpstreamError> {
+        let mut fresh = self
+            .dial_http2(addr, connect_timeout, max, peer, opts)
+            .await?;
+        fresh
+            .ready()
+            .await
+            .map_err(|source| UpstreamError::Handshake { addr, source })?;
+        fresh
             .send_request(req)
             .await
             .map_err(|e| UpstreamError::Request {
