@@ -237,7 +237,12 @@ async fn demo_runs_bookinfo_through_the_mesh_and_stops_cleanly() {
             .parse::<SocketAddr>()
             .is_ok()
     );
-    assert_eq!(status["gateways"], serde_json::json!([]));
+    // The ingress gateway Bookinfo's own bookinfo-gateway selects.
+    let gateways = status["gateways"].as_array().unwrap();
+    assert_eq!(gateways.len(), 1, "{gateways:?}");
+    assert_eq!(gateways[0]["name"], "trellis-ingressgateway");
+    let gateway = gateways[0]["address"].as_str().unwrap().to_string();
+    assert!(gateway.parse::<SocketAddr>().unwrap().ip().is_loopback());
     let workloads = status["workloads"].as_array().unwrap();
     let have: BTreeSet<(String, String)> = workloads
         .iter()
@@ -307,6 +312,21 @@ async fn demo_runs_bookinfo_through_the_mesh_and_stops_cleanly() {
     assert_eq!(code, 200);
     assert!(page.contains("The Comedy of Errors"));
 
+    // Bookinfo through the ingress gateway: the routes the VirtualService binds to it answer,
+    // anything else is the gateway's own 404.
+    let (code, page) = get(&client, &gateway, "/productpage", None).await;
+    assert_eq!(code, 200, "{page}");
+    assert!(page.contains("The Comedy of Errors"));
+    let (code, body) = get(
+        &client,
+        &gateway,
+        "/api/v1/products/0/reviews",
+        Some("jason"),
+    )
+    .await;
+    assert_eq!(code, 200, "{body}");
+    assert_eq!(get(&client, &gateway, "/not-routed", None).await.0, 404);
+
     // Every proxy is ready and has metrics.
     for w in workloads {
         let admin = w["admin"].as_str().unwrap();
@@ -358,6 +378,11 @@ async fn demo_runs_bookinfo_through_the_mesh_and_stops_cleanly() {
         Duration::from_secs(15).saturating_sub(started.elapsed()),
     )
     .await;
+    // The gateway stopped with the rest: its listener is gone.
+    assert!(
+        std::net::TcpStream::connect(&gateway).is_err(),
+        "the gateway at {gateway} still accepts after the demo stopped"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -56,6 +56,12 @@ impl Dirs {
             &file,
             std::fs::write(&file, sample::bookinfo_services()),
         )?;
+        let gateway = services.join("bookinfo-gateway.yaml");
+        prepare(
+            "Bookinfo's ingress gateway config",
+            &gateway,
+            std::fs::write(&gateway, super::gateway::config_yaml()),
+        )?;
         let run = root.path().join("run");
         prepare("the run directory", &run, std::fs::create_dir(&run))?;
         let config = match user_config {

@@ -13,6 +13,7 @@ mod args;
 mod binaries;
 mod children;
 mod dirs;
+mod gateway;
 mod load;
 mod ready;
 mod sample;
@@ -162,6 +163,13 @@ struct Demo {
     control_bin: PathBuf,
 }
 
+/// The ingress gateway: where its Gateway listener and its admin answer.
+#[derive(Debug)]
+struct Gateway {
+    listener: SocketAddr,
+    admin: SocketAddr,
+}
+
 /// One Bookinfo workload with its sidecar.
 #[derive(Debug)]
 struct Meshed {
@@ -215,9 +223,10 @@ impl Demo {
             });
         }
 
-        self.wait_answers(&control, &meshed).await?;
+        let gateway = self.start_gateway(control.discovery).await?;
+        self.wait_answers(&control, &meshed, &gateway).await?;
         let entry = entry_of(&meshed).unwrap_or(self.config.entry);
-        let status = self.status(&control, control_id, entry, &meshed);
+        let status = self.status(&control, control_id, entry, &meshed, &gateway);
         self.print_summary(&status);
         if let Some(path) = &self.config.status_file {
             status::write_json_atomic(path, &status).map_err(|source| DemoError::StatusFile {
@@ -311,6 +320,49 @@ impl Demo {
         Ok((id, ready_file))
     }
 
+    /// Starts the ingress gateway (docs/gateways.md) with Bookinfo's Gateway port on a free
+    /// local port, and waits for its ready file.
+    async fn start_gateway(&mut self, discovery: SocketAddr) -> Result<Gateway, DemoError> {
+        let listener = gateway::free_local_addr().map_err(|source| DemoError::Bind {
+            workload: gateway::WORKLOAD.into(),
+            source,
+        })?;
+        let mut pairs = vec![
+            ("--workload", gateway::WORKLOAD.to_string()),
+            ("--namespace", NAMESPACE.to_string()),
+            ("--service-account", gateway::WORKLOAD.to_string()),
+            ("--control", format!("http://{discovery}")),
+            ("--mode", "gateway".to_string()),
+            (
+                "--gateway-port",
+                format!("{}={listener}", gateway::GATEWAY_PORT),
+            ),
+            ("--inbound", "127.0.0.1:0".to_string()),
+            ("--outbound", "none".to_string()),
+            ("--drain-timeout", "5s".to_string()),
+            ("--admin", "127.0.0.1:0".to_string()),
+            ("--log-level", self.config.log_level.clone()),
+        ];
+        for (k, v) in gateway::LABELS {
+            pairs.push(("--label", format!("{k}={v}")));
+        }
+        let mut args = flags(&pairs);
+        args.push("--ready-file".into());
+        let ready_file = self
+            .dirs
+            .run
+            .join(format!("{}.ready.json", gateway::WORKLOAD));
+        args.push(ready_file.clone().into());
+        let log = self.dirs.run.join(format!("{}.log", gateway::WORKLOAD));
+        let name = format!("trellis-proxy ({})", gateway::WORKLOAD);
+        let proxy = self.supervisor.spawn(&name, &self.proxy_bin, &args, &log)?;
+        let ready: ProxyReady = self.wait_ready_file(proxy, &ready_file).await?;
+        Ok(Gateway {
+            listener,
+            admin: ready.admin,
+        })
+    }
+
     /// Fails if a child exited or a signal arrived; called between polls while starting.
     async fn check_alive(&mut self) -> Result<(), DemoError> {
         if self.interrupted.is_cancelled() {
@@ -370,6 +422,7 @@ impl Demo {
         &mut self,
         control: &ControlReady,
         meshed: &[Meshed],
+        gateway: &Gateway,
     ) -> Result<(), DemoError> {
         let mut probes: Vec<(String, SocketAddr, &str)> = vec![(
             "the control plane's API".into(),
@@ -386,6 +439,16 @@ impl Demo {
         if let Some(entry) = entry_of(meshed) {
             probes.push(("Bookinfo at the entry".into(), entry, load::LOAD_PATH));
         }
+        probes.push((
+            "the ingress gateway's proxy /ready".into(),
+            gateway.admin,
+            "/ready",
+        ));
+        probes.push((
+            "Bookinfo through the ingress gateway".into(),
+            gateway.listener,
+            "/productpage",
+        ));
         self.wait_endpoints_known(meshed).await?;
         for (what, addr, path) in probes {
             loop {
@@ -466,6 +529,7 @@ impl Demo {
         control_id: ChildId,
         entry: SocketAddr,
         meshed: &[Meshed],
+        gateway: &Gateway,
     ) -> DemoStatus {
         let workloads = meshed
             .iter()
@@ -494,7 +558,10 @@ impl Demo {
                 pid: self.supervisor.pid(control_id),
             },
             workloads,
-            gateways: Vec::new(),
+            gateways: vec![serde_json::json!({
+                "name": gateway::WORKLOAD,
+                "address": gateway.listener.to_string(),
+            })],
             config_dir: self.dirs.config.clone(),
         }
     }
@@ -506,6 +573,11 @@ impl Demo {
         println!(
             "               http://{entry}/api/v1/products/0/reviews  (try -H 'end-user: jason')"
         );
+        for g in &status.gateways {
+            if let Some(address) = g["address"].as_str() {
+                println!("  Gateway      http://{address}/productpage  (Istio bookinfo-gateway)");
+            }
+        }
         println!("  Dashboard    {}", status.dashboard);
         println!(
             "  Mesh config  {}  (watched: edit it and watch the dashboard)",

@@ -15,7 +15,8 @@ pub struct DemoStatus {
     pub dashboard: String,
     pub control: ControlStatus,
     pub workloads: Vec<WorkloadStatus>,
-    /// Ingress gateways; the demo runs none yet.
+    /// Ingress gateways: `{"name": ..., "address": "127.0.0.1:P"}`, the address of each
+    /// one's first listener.
     pub gateways: Vec<serde_json::Value>,
     /// The user's config directory (or the sample one written for this run).
     pub config_dir: PathBuf,
