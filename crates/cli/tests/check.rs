@@ -198,7 +198,8 @@ fn check_the_demo_then_a_broken_file() {
         .lines()
         .filter(|l| l.starts_with("√ proxy ") && l.contains("(admin "))
         .count();
-    assert_eq!(proxies, 6, "{text}");
+    // Bookinfo's six sidecars and the ingress gateway.
+    assert_eq!(proxies, 7, "{text}");
     assert!(text.ends_with("Status check results are √\n"), "{text}");
     golden("check", "demo-proxy.txt", &mask_ports(&text));
     let (code, json_text) = run(&["--control", &control, "--proxy", "-o", "json"]);
@@ -306,7 +307,8 @@ fn check_the_demo_then_a_broken_file() {
     assert!(sender.join().unwrap() > 0);
     assert_eq!(code, 0, "{json}");
     let rows: Value = serde_json::from_str(&json).unwrap();
-    assert_eq!(rows.as_array().unwrap().len(), 6, "{rows:#}");
+    // Bookinfo's six workloads and the ingress gateway.
+    assert_eq!(rows.as_array().unwrap().len(), 7, "{rows:#}");
     let productpage = rows
         .as_array()
         .unwrap()
