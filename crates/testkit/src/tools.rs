@@ -3,7 +3,7 @@
 
 use std::io::{Read as _, Write as _};
 use std::net::{SocketAddr, TcpStream};
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 use std::time::{Duration, Instant};
 
@@ -56,12 +56,60 @@ pub fn python_with_grpc() -> PathBuf {
 
 /// Runs `command` to completion, killing it if it takes longer than `timeout`.
 pub fn run_bounded(command: &mut Command, timeout: Duration) -> Result<Output, String> {
-    let mut child = command
+    let child = command
         .stdin(std::process::Stdio::null())
         .stdout(std::process::Stdio::piped())
         .stderr(std::process::Stdio::piped())
         .spawn()
         .map_err(|e| format!("cannot run {command:?}: {e}"))?;
+    wait_bounded(command, child, timeout)
+}
+
+/// Like [`run_bounded`], with `input` written to the command's stdin (then closed).
+pub fn run_bounded_with_input(
+    command: &mut Command,
+    input: &[u8],
+    timeout: Duration,
+) -> Result<Output, String> {
+    let mut child = command
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .map_err(|e| format!("cannot run {command:?}: {e}"))?;
+    // From a thread, so input larger than the pipe cannot block us past the deadline.
+    let mut stdin = child.stdin.take();
+    let input = input.to_vec();
+    let writer = std::thread::spawn(move || {
+        if let Some(stdin) = stdin.as_mut() {
+            // A command that exits without reading all of it is judged by its exit status.
+            let _ = stdin.write_all(&input);
+        }
+    });
+    let out = wait_bounded(command, child, timeout);
+    let _ = writer.join();
+    out
+}
+
+/// `kubectl --kubeconfig KUBECONFIG ARGS` with `input` on stdin, bounded by a minute; its output
+/// whatever its status.
+pub fn kubectl(kubeconfig: &Path, args: &[&str], input: &[u8]) -> Result<Output, String> {
+    run_bounded_with_input(
+        Command::new(require("kubectl", "kubernetes-client"))
+            .arg("--kubeconfig")
+            .arg(kubeconfig)
+            .args(args),
+        input,
+        Duration::from_secs(60),
+    )
+}
+
+/// Waits for `child` (spawned from `command`) until `timeout`, then kills it.
+fn wait_bounded(
+    command: &Command,
+    mut child: std::process::Child,
+    timeout: Duration,
+) -> Result<Output, String> {
     let deadline = Instant::now() + timeout;
     // Polls rather than blocking in wait(), so the deadline holds; output is small, so the pipes
     // cannot fill up and stall the child meanwhile.
@@ -141,6 +189,16 @@ pub fn curl_http(args: &[&str]) -> Result<CurlReply, String> {
         http_version,
         body: body.to_string(),
     })
+}
+
+/// A loopback port free right now, for a program that takes a port rather than reporting the
+/// one it bound (`openssl s_server -accept`, `--gateway-port`): the OS picks it, the listener
+/// is closed at once. Panics if loopback cannot be bound: the machine cannot run these tests.
+pub fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .map(|a| a.port())
+        .unwrap_or_else(|e| panic!("cannot bind a loopback port: {e}"))
 }
 
 /// `GET path` over HTTP/1.0 with a short timeout; returns the status code and body.

@@ -10,21 +10,15 @@
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::process::Command;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use trellis_testkit::mesh::config_dir;
-use trellis_testkit::tools::{self, curl_http};
-use trellis_testkit::{ControlPlane, HttpEcho, ManagedProcess, Proxy, ProxyBuilder, service_yaml};
+use trellis_testkit::tools::{self, curl_http, free_port};
+use trellis_testkit::{
+    ControlPlane, HttpEcho, ManagedProcess, Proxy, ProxyBuilder, service_yaml, wait,
+};
 
 const CONVERGE: Duration = Duration::from_secs(30);
-
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
 
 fn fixture(rel: &str) -> String {
     let path = Path::new(env!("CARGO_MANIFEST_DIR"))
@@ -61,18 +55,9 @@ fn gateway(control: &ControlPlane, labels: &[(&str, &str)], ports: &[(u16, u16)]
     b.start().unwrap()
 }
 
-/// Retries `f` until it returns `Some`, for at most `CONVERGE`.
-fn eventually<T>(what: &str, mut f: impl FnMut() -> Result<T, String>) -> T {
-    let deadline = Instant::now() + CONVERGE;
-    let mut last = String::new();
-    while Instant::now() < deadline {
-        match f() {
-            Ok(v) => return v,
-            Err(e) => last = e,
-        }
-        std::thread::sleep(Duration::from_millis(100));
-    }
-    panic!("{what}: not within {CONVERGE:?}; last: {last}")
+/// Retries `f` until it returns `Ok`, for at most `CONVERGE`; panics naming `what`.
+fn eventually<T>(what: &str, f: impl FnMut() -> Result<T, String>) -> T {
+    wait::until(CONVERGE, f).unwrap_or_else(|e| panic!("{what}: {e}"))
 }
 
 fn get_200(url: &str, extra: &[&str]) -> Result<tools::CurlReply, String> {
