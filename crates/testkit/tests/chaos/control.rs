@@ -34,6 +34,7 @@ fn chaos_control_plane_killed_and_restarted_under_load() {
     // A crash, not a graceful stop: the proxies get no goodbye.
     mesh.control.process().kill();
     let killed_at = started.elapsed();
+    // The scenario, not a wait: the control plane stays down for 3 s under load.
     std::thread::sleep(Duration::from_secs(3));
     // While it is down, a new Service appears in the config; only a resynced proxy can route it.
     let late_vip = IpAddr::V4(Ipv4Addr::new(198, 18, 0, 201));

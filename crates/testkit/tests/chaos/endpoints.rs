@@ -100,12 +100,15 @@ fn chaos_endpoint_killed_hung_and_resetting_under_load() {
             server.app.kill();
         })
     };
+    // The scenario, not a wait: the load runs on for 2 s with one endpoint ejected before the
+    // next fault.
     std::thread::sleep(Duration::from_secs(2));
     // 2. Hangs: every packet to the pod is dropped, established connections included.
     let pod = &mesh.servers[2].pod;
     let hung = time_to_ejection(&mesh.client, || {
         iptables(pod, &["-I", "INPUT", "-p", "tcp", "-j", "DROP"]);
     });
+    // The scenario again: 2 s with two endpoints ejected.
     std::thread::sleep(Duration::from_secs(2));
     // 3. Resets: every packet to the pod's sidecar is answered with a TCP reset.
     let pod = &mesh.servers[3].pod;
@@ -217,7 +220,9 @@ fn chaos_proxy_sigterm_during_load() {
     rustix::process::kill_process(pid, Signal::TERM).unwrap();
     let sigterm_at = Instant::now();
     // The draining sidecar stops taking new requests: from here on the other replica answers
-    // them. A short grace lets requests already on their way land.
+    // them. A short grace lets requests already on their way land. Not a wait for a state
+    // (no signal says "the last one landed"): it only moves the start of the measured window,
+    // whose expectation is scaled to its length below.
     std::thread::sleep(Duration::from_millis(300));
     let other = &mesh.servers[1].proxy;
     let other_before = inbound_requests(other);

@@ -67,7 +67,7 @@ fn chaos_certificate_and_trust_anchor_rotation_under_load() {
     let (code, body) = mesh.control_post("/api/v1/identity/rotate/activate");
     assert_eq!(code, 200, "{body}");
     wait_all(&mesh, "issuer_generation", 2);
-    // New leaves meet old ones under load.
+    // The scenario, not a wait: for 2 s new leaves meet old ones under load.
     std::thread::sleep(Duration::from_secs(2));
     // 3. The old anchor is retired.
     let (code, body) = mesh.control_post("/api/v1/identity/rotate/retire");
