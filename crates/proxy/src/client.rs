@@ -173,6 +173,18 @@ enum Kind {
     Originated,
 }
 
+impl Kind {
+    /// The kind of connection `opts` and the endpoint's mTLS `peer` ask for: originated TLS
+    /// wins over mesh mTLS.
+    fn of(peer: Option<&str>, opts: &PoolOptions) -> Self {
+        match (peer, opts.origination.is_some()) {
+            (_, true) => Self::Originated,
+            (Some(_), false) => Self::Mtls,
+            (None, false) => Self::Plain,
+        }
+    }
+}
+
 /// One multiplexed HTTP/2 connection and how many requests it has carried.
 #[derive(Debug)]
 struct Pooled {
@@ -250,12 +262,7 @@ impl Upstreams {
         let connect_timeout = opts.connect_timeout.unwrap_or(CONNECT_TIMEOUT);
         let max = opts.max_requests_per_connection;
         let peer = self.mtls_peer(peer, opts);
-        let kind = match (peer, opts.origination.is_some()) {
-            (_, true) => Kind::Originated,
-            (Some(_), false) => Kind::Mtls,
-            (None, false) => Kind::Plain,
-        };
-        let key = (addr, kind);
+        let key = (addr, Kind::of(peer, opts));
         let mut sender = match self.cached_http2(key, max) {
             Some(mut cached) => match cached.ready().await {
                 Ok(()) => cached,
@@ -369,23 +376,23 @@ impl Upstreams {
                 .keep_alive_interval(Duration::from_secs(30));
             b
         };
-        let (sender, kind) = match (peer, &opts.origination) {
+        let sender = match (peer, &opts.origination) {
             (_, Some(origination)) => {
                 let tls = origination.connect(addr, stream, Alpn::H2).await?;
-                (h2_handshake(builder, tls, addr).await?, Kind::Originated)
+                h2_handshake(builder, tls, addr).await?
             }
             (Some(peer), None) => {
                 let tls = self.tls_connect(stream, addr, MeshAlpn::H2, peer).await?;
-                (h2_handshake(builder, tls, addr).await?, Kind::Mtls)
+                h2_handshake(builder, tls, addr).await?
             }
-            (None, None) => (h2_handshake(builder, stream, addr).await?, Kind::Plain),
+            (None, None) => h2_handshake(builder, stream, addr).await?,
         };
         // Two tasks may dial at once; the later one wins the slot and the other connection
         // closes when its last request is done. Rare, and cheaper than a lock across an await.
         if max != Some(1) {
             let mut map = self.http2.lock().unwrap_or_else(|p| p.into_inner());
             map.insert(
-                (addr, kind),
+                (addr, Kind::of(peer, opts)),
                 Pooled {
                     sender: sender.clone(),
                     used: 1,

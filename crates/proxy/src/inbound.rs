@@ -31,7 +31,7 @@ pub async fn run(
         }
     };
     let conn_ctx = ctx.clone();
-    accept_loop("inbound", listener, ctx, move |stream, peer| {
+    accept_loop("inbound", Direction::Inbound, listener, ctx, move |stream, peer| {
         let (dest, port) = match original_dst(&stream, local) {
             Some(orig) if is_own_listener(orig, &conn_ctx.listeners) => {
                 tracing::warn!(%peer, %orig, "inbound connection would loop into the proxy; refusing");

@@ -22,6 +22,7 @@ const ACCEPT_BACKOFF: Duration = Duration::from_millis(50);
 /// connections while the accepted ones finish.
 pub async fn accept_loop<F, Fut>(
     name: &'static str,
+    direction: Direction,
     listener: TcpListener,
     ctx: Arc<Ctx>,
     on_accept: F,
@@ -31,11 +32,6 @@ pub async fn accept_loop<F, Fut>(
 {
     // `--max-connections`, counted per listener; the slot travels with the connection's task.
     let conns = crate::limits::conns::ConnLimit::new(ctx.admission.limits().max_connections);
-    let direction = if name == "inbound" {
-        Direction::Inbound
-    } else {
-        Direction::Outbound
-    };
     loop {
         let accepted = tokio::select! {
             biased;

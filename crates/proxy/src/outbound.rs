@@ -63,7 +63,7 @@ pub async fn run_transparent(listener: TcpListener, ctx: Arc<Ctx>) {
         }
     };
     let conn_ctx = ctx.clone();
-    accept_loop("outbound", listener, ctx, move |stream, peer| {
+    accept_loop("outbound", Direction::Outbound, listener, ctx, move |stream, peer| {
         let Some(orig) = original_dst(&stream, local) else {
             tracing::info!(%peer, "outbound connection without original destination; closing");
             return None;
@@ -88,13 +88,19 @@ pub async fn run_explicit(listener: TcpListener, ctx: Arc<Ctx>, target: Target) 
     let conn_ctx = ctx.clone();
     match target {
         Target::Address(orig) => {
-            accept_loop("outbound-port", listener, ctx, move |stream, _peer| {
-                let ctx = conn_ctx.clone();
-                Some(async move {
-                    let dest = address_dest(&ctx, orig).await;
-                    serve(ctx, Direction::Outbound, stream, dest, orig.port()).await;
-                })
-            })
+            accept_loop(
+                "outbound-port",
+                Direction::Outbound,
+                listener,
+                ctx,
+                move |stream, _peer| {
+                    let ctx = conn_ctx.clone();
+                    Some(async move {
+                        let dest = address_dest(&ctx, orig).await;
+                        serve(ctx, Direction::Outbound, stream, dest, orig.port()).await;
+                    })
+                },
+            )
             .await;
         }
         Target::Service { port, .. } => {
@@ -104,15 +110,21 @@ pub async fn run_explicit(listener: TcpListener, ctx: Arc<Ctx>, target: Target) 
                 resolution_rx,
                 traffic,
             };
-            accept_loop("outbound-port", listener, ctx, move |stream, _peer| {
-                Some(serve(
-                    conn_ctx.clone(),
-                    Direction::Outbound,
-                    stream,
-                    dest.clone(),
-                    port,
-                ))
-            })
+            accept_loop(
+                "outbound-port",
+                Direction::Outbound,
+                listener,
+                ctx,
+                move |stream, _peer| {
+                    Some(serve(
+                        conn_ctx.clone(),
+                        Direction::Outbound,
+                        stream,
+                        dest.clone(),
+                        port,
+                    ))
+                },
+            )
             .await;
         }
     }

@@ -99,9 +99,15 @@ impl HttpForward {
             };
         // Wasm plugins run at their phase: AUTHN before authentication, AUTHZ before
         // authorization, the rest before forwarding; their answers are exchanges too.
-        let port = crate::wasm::request_port(&self.dest, &req);
-        let mut wasm = self.ctx.metrics.wasm.begin(self.direction, port, self.peer);
-        if let Some(resp) = wasm.run_until(Phase::Authn, &mut req) {
+        let host = &self.ctx.metrics.wasm;
+        let mut wasm = (!host.is_idle()).then(|| {
+            let port = crate::wasm::request_port(&self.dest, &req);
+            host.begin(self.direction, port, self.peer)
+        });
+        if let Some(resp) = wasm
+            .as_mut()
+            .and_then(|w| w.run_until(Phase::Authn, &mut req))
+        {
             return Ok(telemetry.end(exchange, resp));
         }
         // Authentication runs before authorization, which reads the `RequestAuth` it leaves
@@ -111,7 +117,10 @@ impl HttpForward {
         {
             return Ok(telemetry.end(exchange, rejected.response()));
         }
-        if let Some(resp) = wasm.run_until(Phase::Authz, &mut req) {
+        if let Some(resp) = wasm
+            .as_mut()
+            .and_then(|w| w.run_until(Phase::Authz, &mut req))
+        {
             return Ok(telemetry.end(exchange, resp));
         }
         // Authorization runs after authentication (it reads the `RequestAuth` left in the
@@ -132,11 +141,16 @@ impl HttpForward {
             self.ctx.metrics.limits.rate_limited(self.direction);
             return Ok(telemetry.end(exchange, limited));
         }
-        if let Some(resp) = wasm.run_until(Phase::UnspecifiedPhase, &mut req) {
+        if let Some(resp) = wasm
+            .as_mut()
+            .and_then(|w| w.run_until(Phase::UnspecifiedPhase, &mut req))
+        {
             return Ok(telemetry.end(exchange, resp));
         }
         let mut resp = self.forward(req).await;
-        wasm.respond(&mut resp);
+        if let Some(w) = wasm.as_mut() {
+            w.respond(&mut resp);
+        }
         Ok(telemetry.end(exchange, resp))
     }
 

@@ -9,7 +9,7 @@ use http::{HeaderValue, Request, Response, StatusCode};
 
 use super::{Limit, LimitMetrics, RETRY_AFTER_SECS, ServerLimits};
 use crate::http::{ProxyBody, error_response};
-use crate::resilience::shed::{InFlight, InFlightGuard, Verdict};
+use crate::resilience::shed::{InFlight, InFlightGuard, Refusal};
 use crate::telemetry::Direction;
 
 /// The limits in force and the in-flight counts they are checked against; one per proxy.
@@ -31,11 +31,6 @@ impl Admission {
         &self.limits
     }
 
-    /// Requests of `d` in flight now.
-    pub fn in_flight(&self, d: Direction) -> u32 {
-        self.in_flight[d as usize].current()
-    }
-
     /// Admits `req` (the guard counts it in flight until dropped) or answers it (boxed: the
     /// refusal is the rare path, the guard the common one).
     pub fn admit<B>(
@@ -43,7 +38,7 @@ impl Admission {
         d: Direction,
         req: &Request<B>,
         metrics: &LimitMetrics,
-    ) -> Result<InFlightGuard, Box<Response<ProxyBody>>> {
+    ) -> Result<InFlightGuard<'_>, Box<Response<ProxyBody>>> {
         let refuse = |limit: Limit, status: StatusCode, reason: &'static str| {
             metrics.rejected(d, limit);
             Box::new(error_response(status, reason))
@@ -76,12 +71,12 @@ impl Admission {
             .enter(l.load_shed_in_flight, l.max_concurrent_requests)
             .map_err(|verdict| {
                 let mut resp = match verdict {
-                    Verdict::Overloaded => refuse(
+                    Refusal::Overloaded => refuse(
                         Limit::ConcurrentRequests,
                         StatusCode::SERVICE_UNAVAILABLE,
                         "overloaded",
                     ),
-                    Verdict::Shed | Verdict::Admit => {
+                    Refusal::Shed => {
                         metrics.shed(d);
                         Box::new(error_response(StatusCode::SERVICE_UNAVAILABLE, "load shed"))
                     }
@@ -133,7 +128,7 @@ mod tests {
             ..ServerLimits::default()
         });
         let d = Direction::Inbound;
-        let status = |r: Result<InFlightGuard, Box<Response<ProxyBody>>>| {
+        let status = |r: Result<InFlightGuard<'_>, Box<Response<ProxyBody>>>| {
             r.map(|_| 200).unwrap_or_else(|r| r.status().as_u16())
         };
         assert_eq!(status(a.admit(d, &req("/0123456789"), &metrics)), 414);

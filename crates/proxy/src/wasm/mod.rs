@@ -167,6 +167,12 @@ impl Wasm {
         self.metrics.render(out);
     }
 
+    /// Whether no plugin is in force: the request path then skips the host altogether (no
+    /// per-request state, no reference counts).
+    pub fn is_idle(&self) -> bool {
+        self.active.load().entries.is_empty()
+    }
+
     /// Starts one request's plugin run: `port` is the application (inbound) or destination
     /// (outbound) port, matched against each plugin's `match.ports`.
     pub fn begin(&self, direction: Direction, port: u16, peer: Option<SocketAddr>) -> WasmRequest {
