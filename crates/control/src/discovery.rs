@@ -124,7 +124,7 @@ struct Session {
     root_namespace: Arc<str>,
     default_inbound_policy: trellis_model::authz::DefaultPolicy,
     outbound_traffic_policy: crate::compile::outbound_policy::OutboundTrafficPolicy,
-    /// The inbound mTLS policy last sent (after Welcome, then on change).
+    /// The InboundPolicy message last sent (after Welcome, then on change).
     inbound_policy: Option<pb::InboundPolicy>,
     /// The gateway config last sent (`None`: never sent: no Gateway selects the workload).
     gateway: Option<pb::GatewayConfig>,
@@ -420,65 +420,50 @@ impl Session {
         self.send(control_message::Kind::Gateway(message)).await
     }
 
-    /// Resolves this workload's PeerAuthentication and sends it when it changed.
+    /// Compiles this workload's inbound policies (mTLS, authorization, JWT, telemetry, rate
+    /// limits, Wasm plugins, outbound traffic policy) and sends them when they changed.
     async fn push_inbound_policy(&mut self) -> Result<(), End> {
         let Some((_, workload)) = &self.hello else {
             return Ok(());
         };
         let policy = {
+            // One snapshot for every field, so that they all describe the same config.
             let config = self.shared.config_rx.borrow();
-            let mut policy = crate::compile::mtls::inbound_policy(
-                &config.peer_authentications,
-                &self.root_namespace,
-                workload,
-            );
-            policy.telemetry_json = crate::compile::telemetry::telemetry_json(
-                &config.telemetries,
-                &self.root_namespace,
-                workload,
-            );
-            policy
-        };
-        let policy = pb::InboundPolicy {
-            authorization_json: {
-                let config = self.shared.config_rx.borrow();
-                crate::compile::authz::authorization_json(
+            let root = &*self.root_namespace;
+            pb::InboundPolicy {
+                telemetry_json: crate::compile::telemetry::telemetry_json(
+                    &config.telemetries,
+                    root,
+                    workload,
+                ),
+                authorization_json: crate::compile::authz::authorization_json(
                     &config.authorization_policies,
                     &config.services,
-                    &self.root_namespace,
+                    root,
                     self.default_inbound_policy,
                     workload,
-                )
-            },
-            rate_limits_json: {
-                let config = self.shared.config_rx.borrow();
-                crate::compile::ratelimit::rate_limits_json(
+                ),
+                rate_limits_json: crate::compile::ratelimit::rate_limits_json(
                     &config.rate_limit_policies,
                     &config.services,
-                    &self.root_namespace,
+                    root,
                     workload,
-                )
-            },
-            request_authentication_json: {
-                let config = self.shared.config_rx.borrow();
-                crate::compile::authn::request_authentication_json(
+                ),
+                request_authentication_json: crate::compile::authn::request_authentication_json(
                     &config.request_authentications,
                     &config.services,
-                    &self.root_namespace,
+                    root,
                     workload,
-                )
-            },
-            wasm_plugins_json: {
-                let config = self.shared.config_rx.borrow();
-                crate::compile::wasm::wasm_plugins_json(
+                ),
+                wasm_plugins_json: crate::compile::wasm::wasm_plugins_json(
                     &config.wasm_plugins,
                     &config.services,
-                    &self.root_namespace,
+                    root,
                     workload,
-                )
-            },
-            outbound_traffic_policy: self.outbound_traffic_policy.to_wire(),
-            ..policy
+                ),
+                outbound_traffic_policy: self.outbound_traffic_policy.to_wire(),
+                ..crate::compile::mtls::inbound_policy(&config.peer_authentications, root, workload)
+            }
         };
         if self.inbound_policy.as_ref() == Some(&policy) {
             return Ok(());

@@ -41,7 +41,7 @@ pub fn inbound_policy(
             .into_iter()
             .map(|(port, mode)| (u32::from(port), to_wire(mode) as i32))
             .collect(),
-        // Filled in by discovery from compile::telemetry.
+        // The other fields (authorization, telemetry, ...) are filled in by discovery.
         ..Default::default()
     }
 }
