@@ -10,6 +10,7 @@ pub mod gateway;
 pub mod mtls;
 pub mod outbound_policy;
 pub mod ratelimit;
+pub mod scope;
 pub mod service_entry;
 pub mod telemetry;
 pub mod wasm;
@@ -57,14 +58,17 @@ pub fn identity(trust_domain: &str, workload: &Workload) -> Option<String> {
         .map(|id| id.to_string())
 }
 
-/// Workloads a service selects: same namespace (selectors are namespaced) and matching labels.
+/// Whether `svc` selects `w`: same namespace (selectors are namespaced) and matching labels.
+pub fn selects(svc: &Service, w: &Workload) -> bool {
+    w.namespace == svc.key.namespace && svc.selects(&w.labels)
+}
+
+/// Workloads a service selects (see [`selects`]).
 pub fn selected<'a>(
     svc: &'a Service,
     workloads: &'a [Workload],
 ) -> impl Iterator<Item = &'a Workload> {
-    workloads
-        .iter()
-        .filter(|w| w.namespace == svc.key.namespace && svc.selects(&w.labels))
+    workloads.iter().filter(|w| selects(svc, w))
 }
 
 fn target_port(port: &ServicePort) -> u16 {
@@ -214,12 +218,12 @@ fn address_destination(view: MeshView<'_>, addr: SocketAddr) -> Option<Destinati
     // Name the destination after a service that routes this port to the workload, if any, so
     // metrics and protocol hints match the service's.
     let owner = view.services.values().find_map(|svc| {
-        let selects = svc.key.namespace == workload.namespace && svc.selects(&workload.labels);
+        let backs = selects(svc, workload);
         let port = svc.ports.iter().find(|p| match &p.target_port {
             TargetPort::Number(n) => *n == addr.port(),
             TargetPort::Named(_) => p.port == addr.port(),
         });
-        port.filter(|_| selects).map(|p| (svc, p))
+        port.filter(|_| backs).map(|p| (svc, p))
     });
     let (service, protocol) = match owner {
         Some((svc, port)) => (svc.key.clone(), port.protocol),

@@ -22,24 +22,11 @@ pub fn workload_authz(
     default: DefaultPolicy,
     workload: &Workload,
 ) -> WorkloadAuthz {
-    // Only Services of the workload's namespace can select it; targetRefs name those.
-    let backing: Vec<ServiceKey> = services
-        .values()
-        .filter(|s| s.key.namespace == workload.namespace && s.selects(&workload.labels))
-        .map(|s| s.key.clone())
-        .collect();
-    let mut covering: Vec<_> = policies
-        .iter()
-        .filter(|p| {
-            p.scope.covers(
-                root_namespace,
-                &workload.namespace,
-                &workload.labels,
-                &backing,
-            )
-        })
-        .map(|p| p.policy.clone())
-        .collect();
+    let mut covering: Vec<_> =
+        super::scope::covering(policies, |p| &p.scope, services, root_namespace, workload)
+            .into_iter()
+            .map(|p| p.policy.clone())
+            .collect();
     covering.sort_by(|a, b| a.name.cmp(&b.name));
     let default = workload
         .labels

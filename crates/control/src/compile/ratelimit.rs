@@ -19,22 +19,8 @@ pub fn workload_rate_limits(
     root_namespace: &str,
     workload: &Workload,
 ) -> WorkloadRateLimits {
-    let backing: Vec<ServiceKey> = services
-        .values()
-        .filter(|s| s.key.namespace == workload.namespace && s.selects(&workload.labels))
-        .map(|s| s.key.clone())
-        .collect();
-    let mut covering: Vec<&RateLimitPolicy> = policies
-        .iter()
-        .filter(|p| {
-            p.scope.covers(
-                root_namespace,
-                &workload.namespace,
-                &workload.labels,
-                &backing,
-            )
-        })
-        .collect();
+    let mut covering =
+        super::scope::covering(policies, |p| &p.scope, services, root_namespace, workload);
     covering.sort_by(|a, b| {
         (&a.source.namespace, &a.source.name).cmp(&(&b.source.namespace, &b.source.name))
     });
