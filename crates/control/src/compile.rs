@@ -144,6 +144,13 @@ fn service_destination(view: MeshView<'_>, svc: &Service, port: &ServicePort) ->
         route_layer = &routes.policy;
     }
     route_layer.apply(&mut dest.policy);
+    dest.backends = resolve_backends(view, &dest);
+    dest
+}
+
+/// Every backend `dest`'s routes and mirrors name, other than the destination itself, once
+/// each in the order named, resolved for requests to `dest.port`.
+fn resolve_backends(view: MeshView<'_>, dest: &Destination) -> Vec<Backend> {
     let mut named: Vec<&BackendRef> = Vec::new();
     for route in &dest.routes {
         if let RouteAction::Forward(bs) = &route.action {
@@ -159,10 +166,9 @@ fn service_destination(view: MeshView<'_>, svc: &Service, port: &ServicePort) ->
         if dest.is_self(b) || backends.iter().any(|known| &known.backend == b) {
             continue;
         }
-        backends.push(backend(view, b, port.port));
+        backends.push(backend(view, b, dest.port));
     }
-    dest.backends = backends;
-    dest
+    backends
 }
 
 /// Resolves a backend a route names. A port of `None` is the port the request was sent to.

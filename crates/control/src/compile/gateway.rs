@@ -21,12 +21,12 @@ use trellis_config::gateways::{
 };
 use trellis_model::gateway::{
     CertSource, GatewayConfig, GatewayListener, ListenerProtocol, PassthroughHost, TlsHost,
-    VirtualHost,
+    VirtualHost, host_matches,
 };
 use trellis_model::route::{HttpRoute, ResourceRef, RouteAction, TcpRoute};
 use trellis_model::{Destination, ServiceKey, Workload};
 
-use super::{MeshView, backend};
+use super::MeshView;
 
 /// The label Istio and Gateway API implementations put on a Gateway's own deployment.
 pub const GATEWAY_NAME_LABEL: &str = "gateway.networking.k8s.io/gateway-name";
@@ -48,9 +48,9 @@ pub struct Compiled {
     pub gateways: Vec<ResourceRef>,
 }
 
-/// The namespace of the pseudo-service a virtual host's routes hang off; no Service can be
-/// there (empty names are not DNS labels), so no backend is mistaken for "the destination
-/// itself".
+/// The key of the pseudo-service a virtual host's routes hang off: `<gateway>.gateway` in the
+/// gateway's namespace. No Service has that name (Service names are DNS labels, without
+/// dots), so no backend is mistaken for the destination itself (`Destination::is_self`).
 fn vhost_key(gateway: &ResourceRef) -> ServiceKey {
     ServiceKey::new(&gateway.namespace, format!("{}.gateway", gateway.name))
 }
@@ -155,17 +155,11 @@ impl ListenerBuild {
 /// The more specific of two host patterns when one covers the other; `None` when they are
 /// disjoint.
 fn intersect(a: &str, b: &str) -> Option<String> {
-    fn covers(wide: &str, narrow: &str) -> bool {
-        if wide == "*" {
-            return true;
-        }
-        // `*.example.com` covers `a.example.com` and `*.a.example.com`, not `example.com`.
-        wide.strip_prefix('*')
-            .is_some_and(|suffix| narrow.len() > suffix.len() && narrow.ends_with(suffix))
-    }
-    if a == b || covers(a, b) {
+    // `host_matches` is the proxy's own rule for which requests a host pattern takes; a
+    // pattern passed as the host (`*.a.example.com`) is covered as a name would be.
+    if host_matches(a, b) {
         Some(b.to_string())
-    } else if covers(b, a) {
+    } else if host_matches(b, a) {
         Some(a.to_string())
     } else {
         None
@@ -556,21 +550,7 @@ fn destination(
         tcp_routes: tcp,
         ..Destination::default()
     };
-    let mut named = Vec::new();
-    for r in &dest.routes {
-        if let RouteAction::Forward(bs) = &r.action {
-            named.extend(bs.iter().map(|w| w.backend.clone()));
-        }
-        named.extend(r.mirrors.iter().map(|m| m.backend.clone()));
-    }
-    for t in &dest.tcp_routes {
-        named.extend(t.backends.iter().map(|w| w.backend.clone()));
-    }
-    for b in named {
-        if !dest.backends.iter().any(|k| k.backend == b) {
-            dest.backends.push(backend(view, &b, port));
-        }
-    }
+    dest.backends = super::resolve_backends(view, &dest);
     dest
 }
 
