@@ -5,11 +5,12 @@
 //! HTTP calls out, foreign functions, WASI) is linked to a stub answering `Unimplemented`, so
 //! any SDK build instantiates. Which calls are supported: docs/wasm.md.
 
+use std::sync::Arc;
 use std::time::{SystemTime, UNIX_EPOCH};
 
-use wasmi::{Caller, Linker, Module, Val, ValType};
+use wasmi::{Caller, IntoFunc, Linker, Module, Val, ValType};
 
-use super::metrics::Kind;
+use super::metrics::{Kind, Metric};
 use super::shared::SetError;
 use super::vm::{Host, LocalResponse};
 
@@ -47,8 +48,9 @@ impl From<i32> for Fail {
     }
 }
 
-fn done(r: Result<(), Fail>) -> Result<i32, wasmi::Error> {
-    match r {
+/// Runs a host call's body and turns its outcome into the status the plugin reads.
+fn done(body: impl FnOnce() -> Result<(), Fail>) -> Result<i32, wasmi::Error> {
+    match body() {
         Ok(()) => Ok(status::OK),
         Err(Fail::Status(s)) => Ok(s),
         Err(Fail::Trap(e)) => Err(e),
@@ -192,6 +194,35 @@ fn header_of(pairs: &Pairs, name: &[u8]) -> Option<Vec<u8>> {
         .map(|(_, v)| v.clone())
 }
 
+/// A header name the plugin passes: read from its memory, lower-cased.
+fn read_key(caller: &Caller<'_, Host>, ptr: i32, len: i32) -> Result<Vec<u8>, Fail> {
+    Ok(lower(read(caller, ptr, len)?))
+}
+
+/// A header (name and value) the plugin passes.
+fn read_header(
+    caller: &Caller<'_, Host>,
+    [kptr, klen, vptr, vlen]: [i32; 4],
+) -> Result<(Vec<u8>, Vec<u8>), Fail> {
+    Ok((read_key(caller, kptr, klen)?, read(caller, vptr, vlen)?))
+}
+
+/// A header map the plugin passes in the ABI's encoding, names lower-cased.
+fn read_headers(caller: &Caller<'_, Host>, ptr: i32, len: i32) -> Result<Pairs, Fail> {
+    let pairs = decode_map(&read(caller, ptr, len)?).ok_or(status::SERIALIZATION_FAILURE)?;
+    Ok(pairs.into_iter().map(|(k, v)| (lower(k), v)).collect())
+}
+
+/// The calling plugin's metric `id`.
+fn metric(caller: &Caller<'_, Host>, id: i32) -> Result<Arc<Metric>, Fail> {
+    let plugin = &caller.data().plugin;
+    // Ids are the u32 the plugin was given, passed back as i32.
+    plugin
+        .metrics
+        .get(&plugin.name, id as u32)
+        .ok_or(Fail::Status(status::NOT_FOUND))
+}
+
 /// `proxy_get_property`: a path of NUL-separated segments. Numbers are 8-byte little-endian,
 /// as Envoy encodes them.
 fn property(host: &Host, path: &[u8]) -> Option<Vec<u8>> {
@@ -218,15 +249,37 @@ fn property(host: &Host, path: &[u8]) -> Option<Vec<u8>> {
     })
 }
 
+/// A [`Linker`] that remembers which `env` calls it defined, so the rest can be stubbed (the
+/// linker cannot list its host functions back).
+struct EnvLinker {
+    l: Linker<Host>,
+    linked: Vec<&'static str>,
+}
+
+impl EnvLinker {
+    fn func<Params, Results>(
+        &mut self,
+        name: &'static str,
+        f: impl IntoFunc<Host, Params, Results>,
+    ) -> Result<(), wasmi::Error> {
+        self.l.func_wrap("env", name, f)?;
+        self.linked.push(name);
+        Ok(())
+    }
+}
+
 /// Links every supported host call, and an `Unimplemented` stub for any other function the
 /// module imports.
 pub fn linker(engine: &wasmi::Engine, module: &Module) -> Result<Linker<Host>, wasmi::Error> {
-    let mut l = Linker::<Host>::new(engine);
-    l.func_wrap(
-        "env",
+    type R = Result<i32, wasmi::Error>;
+    let mut l = EnvLinker {
+        l: Linker::<Host>::new(engine),
+        linked: Vec::new(),
+    };
+    l.func(
         "proxy_log",
-        |caller: Caller<'_, Host>, level: i32, ptr: i32, len: i32| -> Result<i32, wasmi::Error> {
-            done((|| {
+        |caller: Caller<'_, Host>, level: i32, ptr: i32, len: i32| -> R {
+            done(|| {
                 let msg = read(&caller, ptr, len)?;
                 let msg = String::from_utf8_lossy(&msg);
                 let plugin = caller.data().plugin.name.as_str();
@@ -237,33 +290,30 @@ pub fn linker(engine: &wasmi::Engine, module: &Module) -> Result<Linker<Host>, w
                     _ => tracing::error!(plugin, "{msg}"),
                 }
                 Ok(())
-            })())
+            })
         },
     )?;
-    l.func_wrap(
-        "env",
+    l.func(
         "proxy_get_log_level",
-        |mut caller: Caller<'_, Host>, ret: i32| -> Result<i32, wasmi::Error> {
+        |mut caller: Caller<'_, Host>, ret: i32| -> R {
             let level: i32 = if tracing::enabled!(tracing::Level::DEBUG) {
                 1
             } else {
                 2
             };
-            done(write(&mut caller, ret, &level.to_le_bytes()))
+            done(|| write(&mut caller, ret, &level.to_le_bytes()))
         },
     )?;
-    l.func_wrap(
-        "env",
+    l.func(
         "proxy_get_current_time_nanoseconds",
-        |mut caller: Caller<'_, Host>, ret: i32| -> Result<i32, wasmi::Error> {
+        |mut caller: Caller<'_, Host>, ret: i32| -> R {
             let now = SystemTime::now()
                 .duration_since(UNIX_EPOCH)
                 .map_or(0, |d| u64::try_from(d.as_nanos()).unwrap_or(u64::MAX));
-            done(write(&mut caller, ret, &now.to_le_bytes()))
+            done(|| write(&mut caller, ret, &now.to_le_bytes()))
         },
     )?;
-    l.func_wrap(
-        "env",
+    l.func(
         "proxy_set_tick_period_milliseconds",
         |caller: Caller<'_, Host>, period: i32| -> i32 {
             caller
@@ -274,8 +324,7 @@ pub fn linker(engine: &wasmi::Engine, module: &Module) -> Result<Linker<Host>, w
             status::OK
         },
     )?;
-    l.func_wrap(
-        "env",
+    l.func(
         "proxy_get_buffer_bytes",
         |mut caller: Caller<'_, Host>,
          buffer: i32,
@@ -283,8 +332,8 @@ pub fn linker(engine: &wasmi::Engine, module: &Module) -> Result<Linker<Host>, w
          max: i32,
          ret_ptr: i32,
          ret_len: i32|
-         -> Result<i32, wasmi::Error> {
-            done((|| {
+         -> R {
+            done(|| {
                 let data = match buffer {
                     PLUGIN_CONFIGURATION => caller.data().plugin.config.clone(),
                     VM_CONFIGURATION => Vec::new(),
@@ -294,65 +343,50 @@ pub fn linker(engine: &wasmi::Engine, module: &Module) -> Result<Linker<Host>, w
                 let start = (start as u32 as usize).min(data.len());
                 let end = start.saturating_add(max as u32 as usize).min(data.len());
                 give(&mut caller, &data[start..end], ret_ptr, ret_len)
-            })())
+            })
         },
     )?;
-    l.func_wrap(
-        "env",
+    l.func(
         "proxy_set_buffer_bytes",
         |_: Caller<'_, Host>, _: i32, _: i32, _: i32, _: i32, _: i32| -> i32 { status::NOT_FOUND },
     )?;
-    l.func_wrap(
-        "env",
+    l.func(
         "proxy_get_header_map_pairs",
-        |mut caller: Caller<'_, Host>,
-         map_type: i32,
-         ret_ptr: i32,
-         ret_len: i32|
-         -> Result<i32, wasmi::Error> {
-            done((|| {
+        |mut caller: Caller<'_, Host>, map_type: i32, ret_ptr: i32, ret_len: i32| -> R {
+            done(|| {
                 let bytes = encode_map(map_ref(&caller, map_type)?);
                 give(&mut caller, &bytes, ret_ptr, ret_len)
-            })())
+            })
         },
     )?;
-    l.func_wrap(
-        "env",
+    l.func(
         "proxy_set_header_map_pairs",
-        |mut caller: Caller<'_, Host>,
-         map_type: i32,
-         ptr: i32,
-         len: i32|
-         -> Result<i32, wasmi::Error> {
-            done((|| {
-                let bytes = read(&caller, ptr, len)?;
-                let pairs = decode_map(&bytes).ok_or(status::SERIALIZATION_FAILURE)?;
-                *map(&mut caller, map_type)? =
-                    pairs.into_iter().map(|(k, v)| (lower(k), v)).collect();
+        |mut caller: Caller<'_, Host>, map_type: i32, ptr: i32, len: i32| -> R {
+            done(|| {
+                let pairs = read_headers(&caller, ptr, len)?;
+                *map(&mut caller, map_type)? = pairs;
                 Ok(())
-            })())
+            })
         },
     )?;
-    l.func_wrap(
-        "env",
+    l.func(
         "proxy_get_header_map_value",
         |mut caller: Caller<'_, Host>,
          map_type: i32,
          kptr: i32,
          klen: i32,
-         ret_ptr: i32,
-         ret_len: i32|
-         -> Result<i32, wasmi::Error> {
-            done((|| {
-                let key = lower(read(&caller, kptr, klen)?);
+         rptr: i32,
+         rlen: i32|
+         -> R {
+            done(|| {
+                let key = read_key(&caller, kptr, klen)?;
                 let value =
                     header_of(map_ref(&caller, map_type)?, &key).ok_or(status::NOT_FOUND)?;
-                give(&mut caller, &value, ret_ptr, ret_len)
-            })())
+                give(&mut caller, &value, rptr, rlen)
+            })
         },
     )?;
-    l.func_wrap(
-        "env",
+    l.func(
         "proxy_replace_header_map_value",
         |mut caller: Caller<'_, Host>,
          map_type: i32,
@@ -360,19 +394,17 @@ pub fn linker(engine: &wasmi::Engine, module: &Module) -> Result<Linker<Host>, w
          klen: i32,
          vptr: i32,
          vlen: i32|
-         -> Result<i32, wasmi::Error> {
-            done((|| {
-                let key = lower(read(&caller, kptr, klen)?);
-                let value = read(&caller, vptr, vlen)?;
+         -> R {
+            done(|| {
+                let (key, value) = read_header(&caller, [kptr, klen, vptr, vlen])?;
                 let pairs = map(&mut caller, map_type)?;
                 pairs.retain(|(k, _)| *k != key);
                 pairs.push((key, value));
                 Ok(())
-            })())
+            })
         },
     )?;
-    l.func_wrap(
-        "env",
+    l.func(
         "proxy_add_header_map_value",
         |mut caller: Caller<'_, Host>,
          map_type: i32,
@@ -380,122 +412,85 @@ pub fn linker(engine: &wasmi::Engine, module: &Module) -> Result<Linker<Host>, w
          klen: i32,
          vptr: i32,
          vlen: i32|
-         -> Result<i32, wasmi::Error> {
-            done((|| {
-                let key = lower(read(&caller, kptr, klen)?);
-                let value = read(&caller, vptr, vlen)?;
-                map(&mut caller, map_type)?.push((key, value));
+         -> R {
+            done(|| {
+                let header = read_header(&caller, [kptr, klen, vptr, vlen])?;
+                map(&mut caller, map_type)?.push(header);
                 Ok(())
-            })())
+            })
         },
     )?;
-    l.func_wrap(
-        "env",
+    l.func(
         "proxy_remove_header_map_value",
-        |mut caller: Caller<'_, Host>,
-         map_type: i32,
-         kptr: i32,
-         klen: i32|
-         -> Result<i32, wasmi::Error> {
-            done((|| {
-                let key = lower(read(&caller, kptr, klen)?);
+        |mut caller: Caller<'_, Host>, map_type: i32, kptr: i32, klen: i32| -> R {
+            done(|| {
+                let key = read_key(&caller, kptr, klen)?;
                 map(&mut caller, map_type)?.retain(|(k, _)| *k != key);
                 Ok(())
-            })())
+            })
         },
     )?;
-    l.func_wrap(
-        "env",
+    l.func(
         "proxy_get_property",
-        |mut caller: Caller<'_, Host>,
-         ptr: i32,
-         len: i32,
-         ret_ptr: i32,
-         ret_len: i32|
-         -> Result<i32, wasmi::Error> {
-            done((|| {
+        |mut caller: Caller<'_, Host>, ptr: i32, len: i32, ret_ptr: i32, ret_len: i32| -> R {
+            done(|| {
                 let path = read(&caller, ptr, len)?;
                 let value = property(caller.data(), &path).ok_or(status::NOT_FOUND)?;
                 give(&mut caller, &value, ret_ptr, ret_len)
-            })())
+            })
         },
     )?;
-    l.func_wrap(
-        "env",
+    l.func(
         "proxy_set_property",
         |_: Caller<'_, Host>, _: i32, _: i32, _: i32, _: i32| -> i32 { status::UNIMPLEMENTED },
     )?;
-    l.func_wrap(
-        "env",
+    l.func(
         "proxy_get_shared_data",
         |mut caller: Caller<'_, Host>,
          kptr: i32,
          klen: i32,
-         ret_ptr: i32,
-         ret_len: i32,
-         ret_cas: i32|
-         -> Result<i32, wasmi::Error> {
-            done((|| {
+         rptr: i32,
+         rlen: i32,
+         rcas: i32|
+         -> R {
+            done(|| {
                 let key = read(&caller, kptr, klen)?;
-                let (value, cas) = caller
-                    .data()
-                    .plugin
-                    .shared_data
-                    .get(&key)
-                    .ok_or(status::NOT_FOUND)?;
-                give(&mut caller, &value, ret_ptr, ret_len)?;
-                write(&mut caller, ret_cas, &cas.to_le_bytes())
-            })())
+                let shared = &caller.data().plugin.shared_data;
+                let (value, cas) = shared.get(&key).ok_or(status::NOT_FOUND)?;
+                give(&mut caller, &value, rptr, rlen)?;
+                write(&mut caller, rcas, &cas.to_le_bytes())
+            })
         },
     )?;
-    l.func_wrap(
-        "env",
+    l.func(
         "proxy_set_shared_data",
-        |caller: Caller<'_, Host>,
-         kptr: i32,
-         klen: i32,
-         vptr: i32,
-         vlen: i32,
-         cas: i32|
-         -> Result<i32, wasmi::Error> {
-            done((|| {
+        |caller: Caller<'_, Host>, kptr: i32, klen: i32, vptr: i32, vlen: i32, cas: i32| -> R {
+            done(|| {
                 let key = read(&caller, kptr, klen)?;
                 let value = read(&caller, vptr, vlen)?;
-                caller
-                    .data()
-                    .plugin
-                    .shared_data
-                    .set(key, value, cas as u32)
-                    .map_err(|e| match e {
-                        SetError::CasMismatch => Fail::Status(status::CAS_MISMATCH),
-                        SetError::TooBig => Fail::Status(status::BAD_ARGUMENT),
-                    })
-            })())
+                let shared = &caller.data().plugin.shared_data;
+                shared.set(key, value, cas as u32).map_err(|e| match e {
+                    SetError::CasMismatch => Fail::Status(status::CAS_MISMATCH),
+                    SetError::TooBig => Fail::Status(status::BAD_ARGUMENT),
+                })
+            })
         },
     )?;
     // Streams are never paused (bodies are not buffered), so continuing is always done.
-    l.func_wrap(
-        "env",
+    l.func(
         "proxy_continue_stream",
         |_: Caller<'_, Host>, _: i32| -> i32 { status::OK },
     )?;
-    l.func_wrap(
-        "env",
-        "proxy_close_stream",
-        |_: Caller<'_, Host>, _: i32| -> i32 { status::OK },
-    )?;
-    l.func_wrap(
-        "env",
-        "proxy_continue_request",
-        |_: Caller<'_, Host>| -> i32 { status::OK },
-    )?;
-    l.func_wrap(
-        "env",
-        "proxy_continue_response",
-        |_: Caller<'_, Host>| -> i32 { status::OK },
-    )?;
-    l.func_wrap(
-        "env",
+    l.func("proxy_close_stream", |_: Caller<'_, Host>, _: i32| -> i32 {
+        status::OK
+    })?;
+    l.func("proxy_continue_request", |_: Caller<'_, Host>| -> i32 {
+        status::OK
+    })?;
+    l.func("proxy_continue_response", |_: Caller<'_, Host>| -> i32 {
+        status::OK
+    })?;
+    l.func(
         "proxy_send_local_response",
         |mut caller: Caller<'_, Host>,
          code: i32,
@@ -506,105 +501,82 @@ pub fn linker(engine: &wasmi::Engine, module: &Module) -> Result<Linker<Host>, w
          hptr: i32,
          hlen: i32,
          _grpc: i32|
-         -> Result<i32, wasmi::Error> {
-            done((|| {
+         -> R {
+            done(|| {
                 let status = u16::try_from(code)
                     .ok()
                     .filter(|c| (200..=599).contains(c))
                     .ok_or(status::BAD_ARGUMENT)?;
                 let details = String::from_utf8_lossy(&read(&caller, dptr, dlen)?).into_owned();
                 let body = read(&caller, bptr, blen)?;
-                let headers =
-                    decode_map(&read(&caller, hptr, hlen)?).ok_or(status::SERIALIZATION_FAILURE)?;
+                let headers = read_headers(&caller, hptr, hlen)?;
                 caller.data_mut().stream.local_response = Some(LocalResponse {
                     status,
                     details,
-                    headers: headers.into_iter().map(|(k, v)| (lower(k), v)).collect(),
+                    headers,
                     body,
                 });
                 Ok(())
-            })())
+            })
         },
     )?;
-    l.func_wrap(
-        "env",
+    l.func(
         "proxy_define_metric",
-        |mut caller: Caller<'_, Host>,
-         kind: i32,
-         nptr: i32,
-         nlen: i32,
-         ret: i32|
-         -> Result<i32, wasmi::Error> {
-            done((|| {
+        |mut caller: Caller<'_, Host>, kind: i32, nptr: i32, nlen: i32, ret: i32| -> R {
+            done(|| {
                 let kind = Kind::from_abi(kind).ok_or(status::BAD_ARGUMENT)?;
                 let name = read(&caller, nptr, nlen)?;
-                let name = String::from_utf8_lossy(&name);
-                let plugin = caller.data().plugin.clone();
+                let plugin = &caller.data().plugin;
                 let id = plugin
                     .metrics
-                    .define(&plugin.name, kind, &name)
+                    .define(&plugin.name, kind, &String::from_utf8_lossy(&name))
                     .ok_or(status::BAD_ARGUMENT)?;
                 write(&mut caller, ret, &id.to_le_bytes())
-            })())
+            })
         },
     )?;
-    l.func_wrap(
-        "env",
+    l.func(
         "proxy_increment_metric",
-        |caller: Caller<'_, Host>, id: i32, offset: i64| -> i32 {
-            let plugin = &caller.data().plugin;
-            match plugin.metrics.get(&plugin.name, id as u32) {
-                Some(m) if m.kind() != Kind::Histogram => {
-                    m.increment(offset);
-                    status::OK
+        |caller: Caller<'_, Host>, id: i32, offset: i64| -> R {
+            done(|| {
+                let m = metric(&caller, id)?;
+                if m.kind() == Kind::Histogram {
+                    return Err(status::BAD_ARGUMENT.into());
                 }
-                Some(_) => status::BAD_ARGUMENT,
-                None => status::NOT_FOUND,
-            }
+                m.increment(offset);
+                Ok(())
+            })
         },
     )?;
-    l.func_wrap(
-        "env",
+    l.func(
         "proxy_record_metric",
-        |caller: Caller<'_, Host>, id: i32, value: i64| -> i32 {
-            let plugin = &caller.data().plugin;
-            match plugin.metrics.get(&plugin.name, id as u32) {
-                Some(m) => {
-                    m.record(value);
-                    status::OK
-                }
-                None => status::NOT_FOUND,
-            }
+        |caller: Caller<'_, Host>, id: i32, value: i64| -> R {
+            done(|| {
+                metric(&caller, id)?.record(value);
+                Ok(())
+            })
         },
     )?;
-    l.func_wrap(
-        "env",
+    l.func(
         "proxy_get_metric",
-        |mut caller: Caller<'_, Host>, id: i32, ret: i32| -> Result<i32, wasmi::Error> {
-            done((|| {
-                let plugin = caller.data().plugin.clone();
-                let m = plugin
-                    .metrics
-                    .get(&plugin.name, id as u32)
-                    .ok_or(status::NOT_FOUND)?;
-                write(&mut caller, ret, &m.get().to_le_bytes())
-            })())
+        |mut caller: Caller<'_, Host>, id: i32, ret: i32| -> R {
+            done(|| {
+                let value = metric(&caller, id)?.get();
+                write(&mut caller, ret, &value.to_le_bytes())
+            })
         },
     )?;
-    l.func_wrap("env", "proxy_done", |_: Caller<'_, Host>| -> i32 {
-        status::OK
-    })?;
-    l.func_wrap(
-        "env",
+    l.func("proxy_done", |_: Caller<'_, Host>| -> i32 { status::OK })?;
+    l.func(
         "proxy_set_effective_context",
         |_: Caller<'_, Host>, _: i32| -> i32 { status::OK },
     )?;
     stub_the_rest(&mut l, module)?;
-    Ok(l)
+    Ok(l.l)
 }
 
 /// Links every other imported function to a stub returning `Unimplemented` (or nothing).
-fn stub_the_rest(l: &mut Linker<Host>, module: &Module) -> Result<(), wasmi::Error> {
+fn stub_the_rest(l: &mut EnvLinker, module: &Module) -> Result<(), wasmi::Error> {
     let missing: Vec<(String, String, wasmi::FuncType)> = module
         .imports()
         .filter_map(|i| {
@@ -613,12 +585,12 @@ fn stub_the_rest(l: &mut Linker<Host>, module: &Module) -> Result<(), wasmi::Err
         })
         .collect();
     for (module_name, name, ty) in missing {
-        if module_name == "env" && is_linked(&name) {
+        if module_name == "env" && l.linked.contains(&name.as_str()) {
             continue;
         }
         let results: Vec<ValType> = ty.results().to_vec();
         let stub_name = format!("{module_name}.{name}");
-        l.func_new(
+        l.l.func_new(
             &module_name,
             &name,
             ty,
@@ -636,40 +608,6 @@ fn stub_the_rest(l: &mut Linker<Host>, module: &Module) -> Result<(), wasmi::Err
         )?;
     }
     Ok(())
-}
-
-/// The host calls [`linker`] defines (the linker cannot list host functions back).
-fn is_linked(name: &str) -> bool {
-    const LINKED: &[&str] = &[
-        "proxy_log",
-        "proxy_get_log_level",
-        "proxy_get_current_time_nanoseconds",
-        "proxy_set_tick_period_milliseconds",
-        "proxy_get_buffer_bytes",
-        "proxy_set_buffer_bytes",
-        "proxy_get_header_map_pairs",
-        "proxy_set_header_map_pairs",
-        "proxy_get_header_map_value",
-        "proxy_replace_header_map_value",
-        "proxy_add_header_map_value",
-        "proxy_remove_header_map_value",
-        "proxy_get_property",
-        "proxy_set_property",
-        "proxy_get_shared_data",
-        "proxy_set_shared_data",
-        "proxy_continue_stream",
-        "proxy_close_stream",
-        "proxy_continue_request",
-        "proxy_continue_response",
-        "proxy_send_local_response",
-        "proxy_define_metric",
-        "proxy_increment_metric",
-        "proxy_record_metric",
-        "proxy_get_metric",
-        "proxy_done",
-        "proxy_set_effective_context",
-    ];
-    LINKED.contains(&name)
 }
 
 #[cfg(test)]
