@@ -10,8 +10,8 @@
 //!
 //! Names are looked up when the config changes and every [`REFRESH`]; a failed lookup keeps
 //! the last good answer (a resolver hiccup must not empty an endpoint list), and a name never
-//! answered has no endpoints. Lookups run with a timeout each, concurrently bounded by the
-//! number of names (small: one per entry endpoint).
+//! answered has no endpoints. Lookups run one after another with a timeout each (names are
+//! few: one per entry endpoint or host).
 
 use std::collections::BTreeMap;
 use std::net::IpAddr;
@@ -42,18 +42,16 @@ pub fn spawn(
         loop {
             let names = current.traffic.service_entries.dns_names();
             answers.retain(|n, _| names.contains(n));
-            if !names.is_empty() {
-                for name in &names {
-                    match lookup(name).await {
-                        Ok(ips) if !ips.is_empty() => {
-                            answers.insert(name.clone(), ips);
-                        }
-                        Ok(_) => {
-                            tracing::warn!(%name, "ServiceEntry DNS lookup returned no address; keeping the last answer")
-                        }
-                        Err(e) => {
-                            tracing::warn!(%name, error = %e, "ServiceEntry DNS lookup failed; keeping the last answer")
-                        }
+            for name in &names {
+                match lookup(name).await {
+                    Ok(ips) if !ips.is_empty() => {
+                        answers.insert(name.clone(), ips);
+                    }
+                    Ok(_) => {
+                        tracing::warn!(%name, "ServiceEntry DNS lookup returned no address; keeping the last answer")
+                    }
+                    Err(e) => {
+                        tracing::warn!(%name, error = %e, "ServiceEntry DNS lookup failed; keeping the last answer")
                     }
                 }
             }

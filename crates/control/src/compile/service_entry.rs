@@ -2,8 +2,8 @@
 //! Services, their endpoints per resolution, and which captured addresses belong to them.
 //!
 //! Pure, like the rest of compile. DNS answers are data here ([`ServiceEntries::dns`]), filled
-//! in by the `dns` adapter between the config store and discovery; this module never looks a
-//! name up itself.
+//! in by the `service_entry_dns` adapter between the config store and discovery; this module
+//! never looks a name up itself.
 //!
 //! - **Registration** ([`register`]): each host becomes a [`Service`] under its key (an
 //!   external host's [`ServiceKey::external`], or the cluster key of a short name) with the
@@ -25,7 +25,7 @@ use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
 
 use trellis_config::istio::service_entry::{Resolution, ServiceEntry};
-use trellis_model::{Destination, Endpoint, Service, ServiceKey, ServicePort, TargetPort};
+use trellis_model::{Destination, Endpoint, Service, ServiceKey, ServicePort};
 
 use super::MeshView;
 
@@ -88,11 +88,8 @@ pub fn register<'a>(
     for entry in entries {
         let shared = Arc::new(entry.clone());
         for key in &entry.keys {
-            if services.contains_key(key) && !by_key.contains_key(key) {
-                // A Kubernetes Service of that name: the registry already knows it.
-                continue;
-            }
-            if by_key.contains_key(key) {
+            if services.contains_key(key) {
+                // A Kubernetes Service of that name, or an earlier entry's host: it wins.
                 continue;
             }
             services.insert(
@@ -108,13 +105,6 @@ pub fn register<'a>(
         }
     }
     by_key
-}
-
-fn target_port(entry_port: &ServicePort) -> u16 {
-    match entry_port.target_port {
-        TargetPort::Number(n) => n,
-        TargetPort::Named(_) => entry_port.port,
-    }
 }
 
 /// The endpoints of an entry's host on `port`, limited to endpoints carrying every label of
@@ -138,7 +128,7 @@ pub fn endpoints(
         labels: labels.clone(),
         target_port: port,
     };
-    let default_port = target_port(port);
+    let default_port = super::target_port(port);
     let port_of = |ports: &BTreeMap<String, u16>| {
         port.name
             .as_ref()
@@ -187,27 +177,22 @@ fn owns(view: MeshView<'_>, key: &ServiceKey, entry: &ServiceEntry, ip: IpAddr) 
     if entry.addresses.iter().any(|c| c.contains(ip)) {
         return true;
     }
-    match entry.resolution {
-        Resolution::None => false,
-        Resolution::Static => entry
-            .endpoints
-            .iter()
-            .any(|e| e.address.parse::<IpAddr>() == Ok(ip)),
-        Resolution::Dns | Resolution::DnsRoundRobin => {
-            let literal = entry
-                .endpoints
-                .iter()
-                .any(|e| e.address.parse::<IpAddr>() == Ok(ip));
-            literal
-                || dns_names_of(key, entry).iter().any(|n| {
-                    view.traffic
-                        .service_entries
-                        .dns
-                        .get(n)
-                        .is_some_and(|ips| ips.contains(&ip))
-                })
-        }
+    if entry.resolution == Resolution::None {
+        return false;
     }
+    // STATIC endpoints are IPs; DNS ones may be IPs too, or names answered below (for STATIC,
+    // `dns_names_of` is empty).
+    entry
+        .endpoints
+        .iter()
+        .any(|e| e.address.parse::<IpAddr>() == Ok(ip))
+        || dns_names_of(key, entry).iter().any(|n| {
+            view.traffic
+                .service_entries
+                .dns
+                .get(n)
+                .is_some_and(|ips| ips.contains(&ip))
+        })
 }
 
 /// The destination for a captured address that belongs to a ServiceEntry host, if one does
