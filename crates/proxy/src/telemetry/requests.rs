@@ -93,7 +93,7 @@ impl OwnedLabels {
 }
 
 /// Escapes a label value for the text format (backslash, quote, newline).
-pub(super) fn escape(v: &str, out: &mut String) {
+pub(crate) fn escape(v: &str, out: &mut String) {
     for c in v.chars() {
         match c {
             '\\' => out.push_str("\\\\"),

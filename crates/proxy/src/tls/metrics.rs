@@ -23,15 +23,6 @@ const REASONS: [&str; 12] = [
     "other",
 ];
 
-const DIRECTIONS: [Direction; 2] = [Direction::Inbound, Direction::Outbound];
-
-fn dir_index(d: Direction) -> usize {
-    match d {
-        Direction::Inbound => 0,
-        Direction::Outbound => 1,
-    }
-}
-
 #[derive(Debug, Default)]
 pub struct TlsMetrics {
     expiry_secs: AtomicU64,
@@ -50,7 +41,7 @@ impl TlsMetrics {
     }
 
     pub fn handshake_ok(&self, direction: Direction) {
-        self.handshakes[dir_index(direction)].fetch_add(1, Ordering::Relaxed);
+        self.handshakes[direction as usize].fetch_add(1, Ordering::Relaxed);
     }
 
     pub fn handshake_failed(&self, direction: Direction, reason: &str) {
@@ -58,7 +49,7 @@ impl TlsMetrics {
             .iter()
             .position(|r| *r == reason)
             .unwrap_or(REASONS.len() - 1);
-        self.failures[dir_index(direction)][i].fetch_add(1, Ordering::Relaxed);
+        self.failures[direction as usize][i].fetch_add(1, Ordering::Relaxed);
     }
 
     pub fn dry_run_plaintext(&self) {
@@ -66,7 +57,7 @@ impl TlsMetrics {
     }
 
     pub fn handshakes(&self, direction: Direction) -> u64 {
-        self.handshakes[dir_index(direction)].load(Ordering::Relaxed)
+        self.handshakes[direction as usize].load(Ordering::Relaxed)
     }
 
     pub fn render(&self, out: &mut String, enabled: bool) {
@@ -84,7 +75,7 @@ impl TlsMetrics {
             "# HELP trellis_tls_handshakes_total Completed mesh mTLS handshakes.\n\
              # TYPE trellis_tls_handshakes_total counter"
         );
-        for d in DIRECTIONS {
+        for d in Direction::ALL {
             let _ = writeln!(
                 out,
                 "trellis_tls_handshakes_total{{direction=\"{}\"}} {}",
@@ -104,8 +95,8 @@ impl TlsMetrics {
             "# HELP trellis_tls_handshake_failures_total Failed mesh TLS handshakes and refused plaintext, by reason.\n\
              # TYPE trellis_tls_handshake_failures_total counter"
         );
-        for d in DIRECTIONS {
-            for (reason, n) in REASONS.iter().zip(&self.failures[dir_index(d)]) {
+        for d in Direction::ALL {
+            for (reason, n) in REASONS.iter().zip(&self.failures[d as usize]) {
                 let n = n.load(Ordering::Relaxed);
                 // Only reasons seen are rendered, as with status codes.
                 if n > 0 {

@@ -9,6 +9,8 @@ use std::fmt::Write;
 use std::sync::atomic::{AtomicI64, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 
+use crate::telemetry::requests::escape;
+
 /// Proxy-Wasm `MetricType`.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Kind {
@@ -116,12 +118,6 @@ fn sanitize(name: &str) -> String {
     out
 }
 
-fn escape(v: &str) -> String {
-    v.replace('\\', "\\\\")
-        .replace('"', "\\\"")
-        .replace('\n', "\\n")
-}
-
 impl WasmMetrics {
     /// The id (1-based) of `plugin`'s metric `name`, defining it on first use. The same name
     /// with another type is refused (`None`).
@@ -176,19 +172,18 @@ impl WasmMetrics {
             out.push_str("# HELP trellis_wasm_plugin_failures_total Requests a Wasm plugin failed (trap, fuel, memory, load), by plugin.\n");
             out.push_str("# TYPE trellis_wasm_plugin_failures_total counter\n");
             for ((plugin, reason), n) in &failures {
-                let _ = writeln!(
-                    out,
-                    "trellis_wasm_plugin_failures_total{{plugin=\"{}\",reason=\"{}\"}} {n}",
-                    escape(plugin),
-                    reason.as_str()
-                );
+                out.push_str("trellis_wasm_plugin_failures_total{plugin=\"");
+                escape(plugin, out);
+                let _ = writeln!(out, "\",reason=\"{}\"}} {n}", reason.as_str());
             }
         }
         let mut all = lock(&self.metrics).clone();
         all.sort_by(|a, b| a.name.cmp(&b.name).then(a.plugin.cmp(&b.plugin)));
         let mut last = "";
+        let mut plugin = String::new();
         for m in &all {
-            let plugin = escape(&m.plugin);
+            plugin.clear();
+            escape(&m.plugin, &mut plugin);
             let value = m.value.load(Ordering::Relaxed);
             if m.name != last {
                 let kind = match m.kind {
@@ -227,6 +222,7 @@ mod tests {
         assert!(m.get("shop/other", id).is_none(), "another plugin's id");
         m.get("shop/count", id).unwrap().increment(3);
         m.failed("shop/trap", Reason::Fuel);
+        m.failed("odd\"name", Reason::Trap);
         let mut out = String::new();
         m.render(&mut out);
         assert!(out.contains("wasm_seen{plugin=\"shop/count\"} 3"), "{out}");
@@ -235,6 +231,12 @@ mod tests {
                 "trellis_wasm_plugin_failures_total{plugin=\"shop/trap\",reason=\"fuel\"} 1"
             ),
             "{out}"
+        );
+        assert!(
+            out.contains(
+                r#"trellis_wasm_plugin_failures_total{plugin="odd\"name",reason="trap"} 1"#
+            ),
+            "label values are escaped: {out}"
         );
     }
 }
