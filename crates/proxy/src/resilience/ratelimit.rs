@@ -10,8 +10,8 @@
 //! a hash of the caller (its mesh identity over mTLS, else its IP): memory is bounded whatever
 //! the number of callers, and two callers share a bucket only when their hashes collide.
 
-use std::hash::{BuildHasher, BuildHasherDefault, DefaultHasher};
-use std::net::SocketAddr;
+use std::hash::{BuildHasher, BuildHasherDefault, DefaultHasher, Hash};
+use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
 use std::time::{Duration, Instant};
@@ -138,18 +138,7 @@ impl RateLimiter {
 
     /// Checks one request from `client` (identity or address); `None` when no limit counts it.
     pub fn decide(&self, method: &str, path: &str, client: &str) -> Option<(Decision, u32)> {
-        let installed = self.installed.load();
-        let (i, spec) = installed.limits.find(method, path)?;
-        let limit = &installed.state[i];
-        let slot = if limit.buckets.len() > 1 {
-            let hash = BuildHasherDefault::<DefaultHasher>::default().hash_one(client);
-            (hash % limit.buckets.len() as u64) as usize
-        } else {
-            0
-        };
-        let now = u64::try_from(installed.epoch.elapsed().as_nanos()).unwrap_or(u64::MAX);
-        let decision = limit.buckets[slot].take(now, limit.interval, limit.tau);
-        Some((decision, spec.bucket.max_tokens))
+        decide_in(&self.installed.load(), method, path, client)
     }
 
     /// Checks an inbound request; `Some` is the 429 to answer with.
@@ -158,15 +147,18 @@ impl RateLimiter {
         req: &Request<B>,
         peer: Option<SocketAddr>,
     ) -> Option<Response<ProxyBody>> {
+        let installed = self.installed.load();
         // Cheap exit while no policy covers the workload (the common case).
-        if self.installed.load().state.is_empty() {
+        if installed.state.is_empty() {
             return None;
         }
+        // Borrowed, and hashed only when the matched limit keeps per-client buckets.
         let client = match req.extensions().get::<PeerIdentity>() {
-            Some(id) => id.0.to_string(),
-            None => peer.map(|p| p.ip().to_string()).unwrap_or_default(),
+            Some(id) => Client::Identity(&id.0),
+            None => Client::Ip(peer.map(|p| p.ip())),
         };
-        let (decision, max) = self.decide(req.method().as_str(), req.uri().path(), &client)?;
+        let (decision, max) =
+            decide_in(&installed, req.method().as_str(), req.uri().path(), client)?;
         let Decision::Limited { retry_after } = decision else {
             return None;
         };
@@ -179,6 +171,33 @@ impl RateLimiter {
         h.insert(RESET, HeaderValue::from(secs));
         Some(resp)
     }
+}
+
+/// Who a per-client bucket is kept for: the mesh identity over mTLS, else the peer's IP.
+#[derive(Hash)]
+enum Client<'a> {
+    Identity(&'a str),
+    Ip(Option<IpAddr>),
+}
+
+/// One check against the limits of one snapshot.
+fn decide_in(
+    installed: &Installed,
+    method: &str,
+    path: &str,
+    client: impl Hash,
+) -> Option<(Decision, u32)> {
+    let (i, spec) = installed.limits.find(method, path)?;
+    let limit = &installed.state[i];
+    let slot = if limit.buckets.len() > 1 {
+        let hash = BuildHasherDefault::<DefaultHasher>::default().hash_one(client);
+        (hash % limit.buckets.len() as u64) as usize
+    } else {
+        0
+    };
+    let now = u64::try_from(installed.epoch.elapsed().as_nanos()).unwrap_or(u64::MAX);
+    let decision = limit.buckets[slot].take(now, limit.interval, limit.tau);
+    Some((decision, spec.bucket.max_tokens))
 }
 
 /// Installs every rate-limit JSON the control plane sends until `stop`; an undecodable one
@@ -314,5 +333,39 @@ mod tests {
         assert_eq!(resp.headers()["trellis-error"], "local rate limited");
         assert!(decode("{not json").is_err());
         assert_eq!(decode("").unwrap(), WorkloadRateLimits::default());
+    }
+
+    #[test]
+    fn check_keeps_a_bucket_per_identity_or_address() {
+        let l = RateLimiter::default();
+        l.install(limits(true));
+        let from = |id: Option<&str>| {
+            let mut req = Request::get("/api").body(()).unwrap();
+            if let Some(id) = id {
+                req.extensions_mut().insert(PeerIdentity(Arc::from(id)));
+            }
+            req
+        };
+        let a: SocketAddr = "127.0.0.2:1000".parse().unwrap();
+        let b: SocketAddr = "127.0.0.3:1000".parse().unwrap();
+        for _ in 0..3 {
+            assert!(l.check(&from(None), Some(a)).is_none());
+        }
+        assert!(
+            l.check(&from(None), Some(a)).is_some(),
+            "a's bucket is empty"
+        );
+        assert!(l.check(&from(None), Some(b)).is_none(), "b has its own");
+        let id = Some("spiffe://t/ns/a/sa/a");
+        for _ in 0..3 {
+            assert!(
+                l.check(&from(id), Some(a)).is_none(),
+                "an identity has its own"
+            );
+        }
+        assert!(
+            l.check(&from(id), Some(b)).is_some(),
+            "whatever its address"
+        );
     }
 }
