@@ -284,6 +284,9 @@ fn sort(endpoints: &mut [Endpoint]) {
 }
 
 #[cfg(test)]
+mod test_support;
+
+#[cfg(test)]
 mod tests;
 
 #[cfg(test)]

@@ -34,28 +34,18 @@ pub fn request_authentication_json(
 mod tests {
     #![allow(clippy::unwrap_used)]
     use super::*;
-    use trellis_config::{Outcome, Resource, parse_documents};
+    use crate::compile::test_support::{resources, workload};
+    use trellis_config::Resource;
     use trellis_model::authn::{JwksSource, RequestAuthentication};
 
     #[test]
     fn workload_gets_its_rules_as_json() {
         let yaml = "apiVersion: security.istio.io/v1\nkind: RequestAuthentication\nmetadata: {name: jwt, namespace: shop}\nspec: {selector: {matchLabels: {app: web}}, jwtRules: [{issuer: iss, jwksUri: 'http://127.0.0.1:1/jwks'}]}\n";
-        let policies: Vec<RequestAuthn> = parse_documents("ra.yaml", yaml.as_bytes())
-            .into_iter()
-            .filter_map(|d| match d.outcome {
-                Outcome::Resource(Resource::RequestAuthentication(p)) => Some(*p),
-                _ => None,
-            })
-            .collect();
-        let workload = Workload {
-            name: "web-0".into(),
-            namespace: "shop".into(),
-            service_account: "web".into(),
-            labels: [("app".to_string(), "web".to_string())].into(),
-            inbound_address: "127.0.0.1:15006".parse().unwrap(),
-            ports: vec![8080],
-            admin_address: None,
-        };
+        let policies = resources(yaml, |r| match r {
+            Resource::RequestAuthentication(p) => Some(*p),
+            _ => None,
+        });
+        let workload = workload("shop", "web");
         let services = BTreeMap::new();
         let json = request_authentication_json(&policies, &services, "trellis-system", &workload);
         let rules: RequestAuthentication = serde_json::from_str(&json).unwrap();

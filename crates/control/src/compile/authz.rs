@@ -67,33 +67,19 @@ pub fn authorization_json(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use trellis_config::{Outcome, Resource, parse_documents};
+    use crate::compile::test_support::{resources, workload};
+    use trellis_config::Resource;
 
     fn parse(yaml: &str) -> (Vec<AuthzPolicy>, BTreeMap<ServiceKey, Service>) {
-        let mut policies = Vec::new();
-        let mut services = BTreeMap::new();
-        for d in parse_documents("authz.yaml", yaml.as_bytes()) {
-            match d.outcome {
-                Outcome::Resource(Resource::AuthorizationPolicy(p)) => policies.push(*p),
-                Outcome::Resource(Resource::Service(s)) => {
-                    services.insert(s.key.clone(), s);
-                }
-                other => panic!("{other:?}"),
-            }
-        }
-        (policies, services)
-    }
-
-    fn workload(namespace: &str, app: &str) -> Workload {
-        Workload {
-            name: format!("{app}-0"),
-            namespace: namespace.into(),
-            service_account: app.into(),
-            labels: [("app".to_string(), app.to_string())].into(),
-            inbound_address: "127.0.0.1:15006".parse().unwrap(),
-            ports: vec![9080],
-            admin_address: None,
-        }
+        let policies = resources(yaml, |r| match r {
+            Resource::AuthorizationPolicy(p) => Some(*p),
+            _ => None,
+        });
+        let services = resources(yaml, |r| match r {
+            Resource::Service(s) => Some((s.key.clone(), s)),
+            _ => None,
+        });
+        (policies, services.into_iter().collect())
     }
 
     const YAML: &str = "\

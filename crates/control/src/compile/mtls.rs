@@ -49,27 +49,17 @@ pub fn inbound_policy(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use trellis_config::{Outcome, Resource, parse_documents};
+    use crate::compile::test_support::{resources, workload};
+    use trellis_config::Resource;
 
     #[test]
     fn strict_namespace_with_a_permissive_port() {
         let yaml = "apiVersion: security.istio.io/v1\nkind: PeerAuthentication\nmetadata: {name: default, namespace: shop}\nspec: {mtls: {mode: STRICT}}\n---\napiVersion: security.istio.io/v1\nkind: PeerAuthentication\nmetadata: {name: web, namespace: shop}\nspec: {selector: {matchLabels: {app: web}}, portLevelMtls: {\"9100\": {mode: PERMISSIVE}}}\n";
-        let policies: Vec<PeerAuthn> = parse_documents("pa.yaml", yaml.as_bytes())
-            .into_iter()
-            .filter_map(|d| match d.outcome {
-                Outcome::Resource(Resource::PeerAuthentication(p)) => Some(*p),
-                _ => None,
-            })
-            .collect();
-        let workload = Workload {
-            name: "web-0".into(),
-            namespace: "shop".into(),
-            service_account: "web".into(),
-            labels: [("app".to_string(), "web".to_string())].into(),
-            inbound_address: "127.0.0.1:15006".parse().unwrap(),
-            ports: vec![8080],
-            admin_address: None,
-        };
+        let policies = resources(yaml, |r| match r {
+            Resource::PeerAuthentication(p) => Some(*p),
+            _ => None,
+        });
+        let workload = workload("shop", "web");
         let p = inbound_policy(&policies, "trellis-system", &workload);
         assert_eq!(p.mode, pb::MtlsMode::Strict as i32);
         assert_eq!(p.ports.get(&9100), Some(&(pb::MtlsMode::Permissive as i32)));

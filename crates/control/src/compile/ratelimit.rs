@@ -51,28 +51,14 @@ pub fn rate_limits_json(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use trellis_config::{Outcome, Resource, parse_documents};
+    use crate::compile::test_support::{resources, workload};
+    use trellis_config::Resource;
 
     fn policies(yaml: &str) -> Vec<RateLimitPolicy> {
-        parse_documents("rl.yaml", yaml.as_bytes())
-            .into_iter()
-            .map(|d| match d.outcome {
-                Outcome::Resource(Resource::RateLimitPolicy(p)) => *p,
-                other => panic!("{other:?}"),
-            })
-            .collect()
-    }
-
-    fn workload(ns: &str, app: &str) -> Workload {
-        Workload {
-            name: format!("{app}-0"),
-            namespace: ns.into(),
-            service_account: app.into(),
-            labels: [("app".to_string(), app.to_string())].into(),
-            inbound_address: "127.0.0.1:1".parse().unwrap(),
-            ports: vec![8080],
-            admin_address: None,
-        }
+        resources(yaml, |r| match r {
+            Resource::RateLimitPolicy(p) => Some(*p),
+            _ => None,
+        })
     }
 
     #[test]

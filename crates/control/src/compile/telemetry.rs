@@ -26,28 +26,14 @@ pub fn telemetry_json(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use trellis_config::{Outcome, Resource, parse_documents};
+    use crate::compile::test_support::{resources, workload};
+    use trellis_config::Resource;
 
     fn policies(yaml: &str) -> Vec<TelemetryPolicy> {
-        parse_documents("t.yaml", yaml.as_bytes())
-            .into_iter()
-            .map(|d| match d.outcome {
-                Outcome::Resource(Resource::Telemetry(p)) => *p,
-                other => panic!("{other:?}"),
-            })
-            .collect()
-    }
-
-    fn workload(ns: &str, app: &str) -> Workload {
-        Workload {
-            name: format!("{app}-0"),
-            namespace: ns.into(),
-            service_account: app.into(),
-            labels: [("app".to_string(), app.to_string())].into(),
-            inbound_address: "127.0.0.1:15006".parse().unwrap(),
-            ports: vec![8080],
-            admin_address: None,
-        }
+        resources(yaml, |r| match r {
+            Resource::Telemetry(p) => Some(*p),
+            _ => None,
+        })
     }
 
     #[test]

@@ -43,7 +43,8 @@ pub fn wasm_plugins_json(
 mod tests {
     #![allow(clippy::unwrap_used)]
     use super::*;
-    use trellis_config::{Outcome, Resource, parse_documents};
+    use crate::compile::test_support::{resources, workload};
+    use trellis_config::Resource;
 
     #[test]
     fn wasm_plugins_for_a_workload_by_selector_and_namespace() {
@@ -63,23 +64,12 @@ kind: WasmPlugin
 metadata: {name: other-ns, namespace: bank}
 spec: {url: 'file:///c.wasm'}
 ";
-        let plugins: Vec<WasmPluginPolicy> = parse_documents("wasm.yaml", yaml.as_bytes())
-            .into_iter()
-            .filter_map(|d| match d.outcome {
-                Outcome::Resource(Resource::WasmPlugin(p)) => Some(*p),
-                _ => None,
-            })
-            .collect();
+        let plugins = resources(yaml, |r| match r {
+            Resource::WasmPlugin(p) => Some(*p),
+            _ => None,
+        });
         assert_eq!(plugins.len(), 3);
-        let mut workload = Workload {
-            name: "web-1".into(),
-            namespace: "shop".into(),
-            service_account: "web".into(),
-            labels: [("app".to_string(), "web".to_string())].into(),
-            inbound_address: "127.0.0.1:1".parse().unwrap(),
-            ports: vec![],
-            admin_address: None,
-        };
+        let mut workload = workload("shop", "web");
         let json = wasm_plugins_json(&plugins, &BTreeMap::new(), "trellis-system", &workload);
         let set: WasmPlugins = serde_json::from_str(&json).unwrap();
         let names: Vec<_> = set.plugins.iter().map(|p| p.name.as_str()).collect();
