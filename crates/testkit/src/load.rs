@@ -275,26 +275,11 @@ impl Load {
 
     /// Waits (bounded by the spec's duration plus slack) and returns the report.
     pub fn finish(mut self) -> Result<LoadReport, String> {
-        let mut child = self
+        let child = self
             .child
             .take()
             .ok_or_else(|| format!("{} already finished", self.name))?;
-        let deadline = Instant::now() + self.limit;
-        loop {
-            match child.try_wait() {
-                Ok(Some(_)) => break,
-                Ok(None) if Instant::now() >= deadline => {
-                    let _ = child.kill();
-                    let _ = child.wait();
-                    return Err(format!("{} ran past {:?}", self.name, self.limit));
-                }
-                Ok(None) => std::thread::sleep(Duration::from_millis(20)),
-                Err(e) => return Err(format!("{}: {e}", self.name)),
-            }
-        }
-        let out = child
-            .wait_with_output()
-            .map_err(|e| format!("{}: {e}", self.name))?;
+        let out = crate::tools::wait_bounded(&self.name, child, self.limit)?;
         if !out.status.success() {
             return Err(format!(
                 "{} failed ({}): {}",

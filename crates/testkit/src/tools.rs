@@ -62,7 +62,7 @@ pub fn run_bounded(command: &mut Command, timeout: Duration) -> Result<Output, S
         .stderr(std::process::Stdio::piped())
         .spawn()
         .map_err(|e| format!("cannot run {command:?}: {e}"))?;
-    wait_bounded(command, child, timeout)
+    wait_bounded(&format!("{command:?}"), child, timeout)
 }
 
 /// Like [`run_bounded`], with `input` written to the command's stdin (then closed).
@@ -86,7 +86,7 @@ pub fn run_bounded_with_input(
             let _ = stdin.write_all(&input);
         }
     });
-    let out = wait_bounded(command, child, timeout);
+    let out = wait_bounded(&format!("{command:?}"), child, timeout);
     let _ = writer.join();
     out
 }
@@ -104,9 +104,10 @@ pub fn kubectl(kubeconfig: &Path, args: &[&str], input: &[u8]) -> Result<Output,
     )
 }
 
-/// Waits for `child` (spawned from `command`) until `timeout`, then kills it.
-fn wait_bounded(
-    command: &Command,
+/// Waits for `child` (named `what` in errors) and collects its output; kills it once `timeout`
+/// has passed.
+pub(crate) fn wait_bounded(
+    what: &str,
     mut child: std::process::Child,
     timeout: Duration,
 ) -> Result<Output, String> {
@@ -119,15 +120,13 @@ fn wait_bounded(
             Ok(None) if Instant::now() >= deadline => {
                 let _ = child.kill();
                 let _ = child.wait();
-                return Err(format!("{command:?} took longer than {timeout:?}"));
+                return Err(format!("{what} took longer than {timeout:?}"));
             }
             Ok(None) => std::thread::sleep(Duration::from_millis(10)),
-            Err(e) => return Err(format!("waiting for {command:?}: {e}")),
+            Err(e) => return Err(format!("waiting for {what}: {e}")),
         }
     }
-    child
-        .wait_with_output()
-        .map_err(|e| format!("{command:?}: {e}"))
+    child.wait_with_output().map_err(|e| format!("{what}: {e}"))
 }
 
 /// Runs `curl -sS --max-time 10 ARGS` on the host; returns its output whatever its status.
