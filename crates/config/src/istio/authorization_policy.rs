@@ -20,6 +20,8 @@ use crate::document::{Resource, Translated};
 use crate::kube::FieldError;
 use crate::traffic::{Meta, from_value};
 
+use super::policy_target::{Selector, TargetRef, scope};
+
 /// The annotations that make a policy dry-run (evaluated and reported, never enforced).
 pub const DRY_RUN_ANNOTATIONS: &[&str] = &["trellis.io/dry-run", "istio.io/dry-run"];
 
@@ -60,23 +62,6 @@ struct Spec {
     provider: Option<serde_yaml::Value>,
     /// `None` and `Some([])` are the same: no rules.
     rules: Option<Vec<RuleSpec>>,
-}
-
-#[derive(Debug, Deserialize)]
-#[serde(rename_all = "camelCase", deny_unknown_fields)]
-struct Selector {
-    #[serde(default)]
-    match_labels: BTreeMap<String, String>,
-}
-
-#[derive(Debug, Deserialize)]
-#[serde(deny_unknown_fields)]
-struct TargetRef {
-    #[serde(default)]
-    group: String,
-    kind: String,
-    name: String,
-    namespace: Option<String>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -381,49 +366,6 @@ fn action(a: Option<&str>) -> Result<Action, FieldError> {
     }
 }
 
-fn services(
-    namespace: &str,
-    target_ref: Option<&TargetRef>,
-    target_refs: &[TargetRef],
-) -> Result<Vec<String>, FieldError> {
-    let (field, refs): (&str, Vec<&TargetRef>) = match target_ref {
-        Some(r) if target_refs.is_empty() => ("spec.targetRef", vec![r]),
-        Some(_) => {
-            return Err(FieldError::new(
-                "spec.targetRef",
-                "cannot be set together with spec.targetRefs",
-            ));
-        }
-        None => ("spec.targetRefs", target_refs.iter().collect()),
-    };
-    refs.iter()
-        .enumerate()
-        .map(|(i, r)| {
-            let field = if target_ref.is_some() {
-                field.to_string()
-            } else {
-                format!("{field}[{i}]")
-            };
-            if !matches!(r.group.as_str(), "" | "core") || r.kind != "Service" {
-                return Err(FieldError::new(
-                    format!("{field}.kind"),
-                    format!(
-                        "only Services (group \"\", kind Service) are supported, got {}/{}",
-                        r.group, r.kind
-                    ),
-                ));
-            }
-            if r.namespace.as_deref().is_some_and(|ns| ns != namespace) {
-                return Err(FieldError::new(
-                    format!("{field}.namespace"),
-                    "must be the policy's own namespace",
-                ));
-            }
-            Ok(r.name.clone())
-        })
-        .collect()
-}
-
 pub(crate) fn translate(value: serde_yaml::Value) -> Result<Translated, FieldError> {
     let ap: AuthorizationPolicy = from_value(value)?;
     let source = ap.metadata.meta.reference("AuthorizationPolicy")?;
@@ -434,17 +376,12 @@ pub(crate) fn translate(value: serde_yaml::Value) -> Result<Translated, FieldErr
             "CUSTOM (external authorization) is not supported yet",
         ));
     }
-    let services = services(
+    let scope = scope(
         &source.namespace,
+        spec.selector,
         spec.target_ref.as_ref(),
         &spec.target_refs,
     )?;
-    if spec.selector.is_some() && !services.is_empty() {
-        return Err(FieldError::new(
-            "spec.selector",
-            "cannot be set together with spec.targetRefs (as in Istio)",
-        ));
-    }
     let rules = spec
         .rules
         .unwrap_or_default()
@@ -463,11 +400,7 @@ pub(crate) fn translate(value: serde_yaml::Value) -> Result<Translated, FieldErr
     let dry_run = dry_run(&ap.metadata.annotations)?;
     Ok(Translated::Resource(Resource::AuthorizationPolicy(
         Box::new(AuthzPolicy {
-            scope: Scope {
-                namespace: source.namespace.clone(),
-                selector: spec.selector.map(|s| s.match_labels),
-                services,
-            },
+            scope,
             policy: Policy {
                 name: format!("{}/{}", source.namespace, source.name),
                 action,

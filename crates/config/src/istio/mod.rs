@@ -6,6 +6,7 @@ pub mod destination_rule;
 mod fault;
 pub mod gateway;
 pub mod peer_authentication;
+pub(crate) mod policy_target;
 pub mod request_authentication;
 mod retries;
 pub mod service_entry;

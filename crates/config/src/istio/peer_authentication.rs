@@ -19,6 +19,7 @@ use crate::kube::FieldError;
 use crate::traffic::from_value;
 
 use super::authorization_policy::{Metadata, dry_run};
+use super::policy_target::Selector;
 
 /// PeerAuthentication's modes (UNSET is `None` where a mode is optional).
 #[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize)]
@@ -61,13 +62,6 @@ struct Spec {
     mtls: Option<Mtls>,
     #[serde(default)]
     port_level_mtls: BTreeMap<String, Mtls>,
-}
-
-#[derive(Debug, Deserialize)]
-#[serde(rename_all = "camelCase", deny_unknown_fields)]
-struct Selector {
-    #[serde(default)]
-    match_labels: BTreeMap<String, String>,
 }
 
 #[derive(Debug, Deserialize)]

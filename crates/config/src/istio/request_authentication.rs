@@ -30,6 +30,7 @@ use crate::kube::FieldError;
 use crate::traffic::from_value;
 
 use super::authorization_policy::{Metadata, dry_run};
+use super::policy_target::{Selector, TargetRef, covers, service_targets};
 
 /// A Service a policy is attached to (`targetRefs`).
 #[derive(Clone, Debug, PartialEq, Eq, serde::Serialize)]
@@ -70,23 +71,6 @@ struct Spec {
     target_refs: Vec<TargetRef>,
     #[serde(default)]
     jwt_rules: Vec<RawRule>,
-}
-
-#[derive(Debug, Deserialize)]
-#[serde(rename_all = "camelCase", deny_unknown_fields)]
-struct Selector {
-    #[serde(default)]
-    match_labels: BTreeMap<String, String>,
-}
-
-#[derive(Debug, Deserialize)]
-#[serde(rename_all = "camelCase", deny_unknown_fields)]
-struct TargetRef {
-    #[serde(default)]
-    group: String,
-    kind: String,
-    name: String,
-    namespace: Option<String>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -284,49 +268,17 @@ pub(crate) fn translate(value: serde_yaml::Value) -> Result<Translated, FieldErr
     let dry_run = dry_run(&raw.metadata.annotations)?;
     let spec = raw.spec;
     let mut notes = Vec::new();
-    let mut refs: Vec<(String, TargetRef)> = Vec::new();
-    if let Some(r) = spec.target_ref {
-        refs.push(("spec.targetRef".into(), r));
-    }
-    refs.extend(
-        spec.target_refs
-            .into_iter()
-            .enumerate()
-            .map(|(i, r)| (format!("spec.targetRefs[{i}]"), r)),
-    );
-    if spec.selector.is_some() && !refs.is_empty() {
-        return Err(FieldError::new(
-            "spec.selector",
-            "must not be set together with targetRefs",
-        ));
-    }
-    let mut target_refs = Vec::new();
-    for (field, r) in refs {
-        if r.namespace
-            .as_ref()
-            .is_some_and(|ns| *ns != source.namespace)
-        {
-            return Err(FieldError::new(
-                format!("{field}.namespace"),
-                "must be the policy's own namespace",
-            ));
-        }
-        match (r.group.as_str(), r.kind.as_str()) {
-            ("" | "core", "Service") => target_refs.push(PolicyTarget {
-                service: ServiceKey::new(source.namespace.clone(), r.name),
-            }),
-            // Valid in Istio, but this mesh has no gateway workloads to attach to yet.
-            (_, "Gateway") => notes.push(format!(
-                "{field} ignored: Gateway targets are not supported yet"
-            )),
-            (group, kind) => {
-                return Err(FieldError::new(
-                    format!("{field}.kind"),
-                    format!("must be a Service (or Gateway), got {kind:?} in group {group:?}"),
-                ));
-            }
-        }
-    }
+    let target_refs = service_targets(
+        &source.namespace,
+        "policy",
+        spec.selector.is_some(),
+        spec.target_ref,
+        spec.target_refs,
+        &mut notes,
+    )?
+    .into_iter()
+    .map(|service| PolicyTarget { service })
+    .collect();
     let mut rules = Vec::new();
     for (i, r) in spec.jwt_rules.into_iter().enumerate() {
         rules.push(rule(&format!("spec.jwtRules[{i}]"), r, &mut notes)?);
@@ -352,19 +304,15 @@ impl RequestAuthn {
         labels: &BTreeMap<String, String>,
         services: &BTreeMap<ServiceKey, Service>,
     ) -> bool {
-        let ns = &self.source.namespace;
-        if !self.target_refs.is_empty() {
-            return ns == namespace
-                && self
-                    .target_refs
-                    .iter()
-                    .any(|t| services.get(&t.service).is_some_and(|s| s.selects(labels)));
-        }
-        match &self.selector {
-            // An empty selector selects every workload of the namespace, as in Kubernetes.
-            Some(sel) => ns == namespace && sel.iter().all(|(k, v)| labels.get(k) == Some(v)),
-            None => ns == namespace || ns == root_namespace,
-        }
+        covers(
+            &self.source.namespace,
+            self.selector.as_ref(),
+            self.target_refs.iter().map(|t| &t.service),
+            root_namespace,
+            namespace,
+            labels,
+            services,
+        )
     }
 }
 

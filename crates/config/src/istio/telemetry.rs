@@ -33,6 +33,8 @@ use crate::document::{Resource, Translated};
 use crate::kube::FieldError;
 use crate::traffic::{Meta, from_value};
 
+use super::policy_target::Selector;
+
 /// The line format a Telemetry's access-log provider asks for.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
@@ -183,13 +185,6 @@ struct MetricSelector {
 struct TagOverride {
     operation: Option<String>,
     value: Option<String>,
-}
-
-#[derive(Debug, Deserialize)]
-#[serde(rename_all = "camelCase", deny_unknown_fields)]
-struct Selector {
-    #[serde(default)]
-    match_labels: BTreeMap<String, String>,
 }
 
 #[derive(Debug, Deserialize)]

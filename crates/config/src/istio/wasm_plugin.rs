@@ -22,6 +22,8 @@ use crate::document::{Resource, Translated};
 use crate::kube::FieldError;
 use crate::traffic::{Meta, from_value};
 
+use super::policy_target::{Selector, TargetRef, covers, service_targets};
+
 /// One WasmPlugin, translated.
 #[derive(Clone, Debug, PartialEq, serde::Serialize)]
 pub struct WasmPluginPolicy {
@@ -66,23 +68,6 @@ struct Spec {
     matches: Vec<TrafficSelector>,
     #[serde(rename = "type")]
     plugin_type: Option<String>,
-}
-
-#[derive(Debug, Deserialize)]
-#[serde(rename_all = "camelCase", deny_unknown_fields)]
-struct Selector {
-    #[serde(default)]
-    match_labels: BTreeMap<String, String>,
-}
-
-#[derive(Debug, Deserialize)]
-#[serde(rename_all = "camelCase", deny_unknown_fields)]
-struct TargetRef {
-    #[serde(default)]
-    group: String,
-    kind: String,
-    name: String,
-    namespace: Option<String>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -235,48 +220,14 @@ pub(crate) fn translate(value: serde_yaml::Value) -> Result<Translated, FieldErr
             ));
         }
     }
-    let mut refs: Vec<(String, TargetRef)> = Vec::new();
-    if let Some(r) = spec.target_ref {
-        refs.push(("spec.targetRef".into(), r));
-    }
-    refs.extend(
-        spec.target_refs
-            .into_iter()
-            .enumerate()
-            .map(|(i, r)| (format!("spec.targetRefs[{i}]"), r)),
-    );
-    if spec.selector.is_some() && !refs.is_empty() {
-        return Err(FieldError::new(
-            "spec.selector",
-            "must not be set together with targetRefs",
-        ));
-    }
-    let mut target_refs = Vec::new();
-    for (field, r) in refs {
-        if r.namespace
-            .as_ref()
-            .is_some_and(|ns| *ns != source.namespace)
-        {
-            return Err(FieldError::new(
-                format!("{field}.namespace"),
-                "must be the plugin's own namespace",
-            ));
-        }
-        match (r.group.as_str(), r.kind.as_str()) {
-            ("" | "core", "Service") => {
-                target_refs.push(ServiceKey::new(source.namespace.clone(), r.name));
-            }
-            (_, "Gateway") => notes.push(format!(
-                "{field} ignored: Gateway targets are not supported yet"
-            )),
-            (group, kind) => {
-                return Err(FieldError::new(
-                    format!("{field}.kind"),
-                    format!("must be a Service (or Gateway), got {kind:?} in group {group:?}"),
-                ));
-            }
-        }
-    }
+    let target_refs = service_targets(
+        &source.namespace,
+        "plugin",
+        spec.selector.is_some(),
+        spec.target_ref,
+        spec.target_refs,
+        &mut notes,
+    )?;
     let (mode, ports) = traffic(spec.matches)?;
     let config = match spec.plugin_config {
         None => String::new(),
@@ -315,18 +266,15 @@ impl WasmPluginPolicy {
         labels: &BTreeMap<String, String>,
         services: &BTreeMap<ServiceKey, Service>,
     ) -> bool {
-        let ns = &self.source.namespace;
-        if !self.target_refs.is_empty() {
-            return ns == namespace
-                && self
-                    .target_refs
-                    .iter()
-                    .any(|t| services.get(t).is_some_and(|s| s.selects(labels)));
-        }
-        match &self.selector {
-            Some(sel) => ns == namespace && sel.iter().all(|(k, v)| labels.get(k) == Some(v)),
-            None => ns == namespace || ns == root_namespace,
-        }
+        covers(
+            &self.source.namespace,
+            self.selector.as_ref(),
+            self.target_refs.iter(),
+            root_namespace,
+            namespace,
+            labels,
+            services,
+        )
     }
 }
 

@@ -21,7 +21,7 @@
 //!     tokenBucket: {maxTokens: 100, tokensPerFill: 50, fillInterval: 1s}
 //! ```
 
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::BTreeSet;
 
 use serde::Deserialize;
 use trellis_model::authz::Scope;
@@ -30,6 +30,7 @@ use trellis_model::ratelimit::{RateLimit, TokenBucket};
 use trellis_model::route::ResourceRef;
 
 use crate::document::{Resource, Translated};
+use crate::istio::policy_target::{Selector, TargetRef, scope};
 use crate::kube::FieldError;
 use crate::traffic::{Meta, duration, from_value, regex_error};
 
@@ -57,22 +58,6 @@ struct Spec {
     target_refs: Vec<TargetRef>,
     #[serde(default)]
     limits: Vec<LimitSpec>,
-}
-
-#[derive(Debug, Deserialize)]
-#[serde(rename_all = "camelCase", deny_unknown_fields)]
-struct Selector {
-    #[serde(default)]
-    match_labels: BTreeMap<String, String>,
-}
-
-#[derive(Debug, Deserialize)]
-#[serde(deny_unknown_fields)]
-struct TargetRef {
-    #[serde(default)]
-    group: String,
-    kind: String,
-    name: String,
 }
 
 #[derive(Debug, Deserialize)]
@@ -133,25 +118,7 @@ pub(crate) fn translate(value: serde_yaml::Value) -> Result<Translated, FieldErr
     let spec = doc
         .spec
         .ok_or_else(|| FieldError::new("spec", "is required"))?;
-    let mut services = Vec::new();
-    for (i, t) in spec.target_refs.iter().enumerate() {
-        if !(t.group.is_empty() || t.group == "core") || t.kind != "Service" {
-            return Err(FieldError::new(
-                format!("spec.targetRefs[{i}]"),
-                format!(
-                    "only a core Service can be targeted, got {}/{}",
-                    t.group, t.kind
-                ),
-            ));
-        }
-        services.push(t.name.clone());
-    }
-    if spec.selector.is_some() && !services.is_empty() {
-        return Err(FieldError::new(
-            "spec.selector",
-            "cannot be set together with spec.targetRefs",
-        ));
-    }
+    let scope = scope(&source.namespace, spec.selector, None, &spec.target_refs)?;
     if spec.limits.is_empty() {
         return Err(FieldError::new("spec.limits", "needs at least one limit"));
     }
@@ -171,11 +138,7 @@ pub(crate) fn translate(value: serde_yaml::Value) -> Result<Translated, FieldErr
     }
     Ok(Translated::Resource(Resource::RateLimitPolicy(Box::new(
         RateLimitPolicy {
-            scope: Scope {
-                namespace: source.namespace.clone(),
-                selector: spec.selector.map(|s| s.match_labels),
-                services,
-            },
+            scope,
             limits,
             source,
             notes: Vec::new(),
