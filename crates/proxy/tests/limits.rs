@@ -16,7 +16,11 @@ use hyper_util::rt::{TokioExecutor, TokioIo};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 
-use support::{WAIT, admin, full, http1_conn, http2_conn, start_app, start_proxy};
+use support::{
+    WAIT, admin, eventually, full, get_root, http1_conn, http2_conn, start_app, start_proxy,
+};
+use trellis_testkit::ProxyBuilder;
+use trellis_testkit::load::rss_bytes;
 
 /// The value of one exact series line of the proxy's `/metrics`.
 async fn metric(admin_addr: SocketAddr, series: &str) -> u64 {
@@ -33,18 +37,10 @@ fn rejected(limit: &str) -> String {
 /// Polls a metric until it reaches `want` (connection-level counts land when hyper's
 /// connection task ends, just after the client saw the answer).
 async fn metric_reaches(admin_addr: SocketAddr, series: &str, want: u64) {
-    let deadline = Instant::now() + WAIT;
-    loop {
-        let n = metric(admin_addr, series).await;
-        if n >= want {
-            return;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "{series} stayed at {n}, want {want}"
-        );
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+    eventually(&format!("{series} to reach {want}"), || async move {
+        metric(admin_addr, series).await >= want
+    })
+    .await;
 }
 
 /// Writes `raw` on a new connection and reads the answer until the proxy closes it (bounded).
@@ -90,15 +86,7 @@ async fn connections_over_the_listener_limit_are_closed_at_accept() {
     let mut held = Vec::new();
     for _ in 0..2 {
         let mut conn = http1_conn(inbound).await;
-        let req = Request::get("/")
-            .header("host", "a")
-            .body(full(""))
-            .unwrap();
-        let resp = tokio::time::timeout(WAIT, conn.send_request(req))
-            .await
-            .unwrap()
-            .unwrap();
-        assert_eq!(resp.status(), 200);
+        assert_eq!(get_root(&mut conn, "a").await.status(), 200);
         held.push(conn);
     }
     // The third is closed before a byte is answered.
@@ -110,22 +98,15 @@ async fn connections_over_the_listener_limit_are_closed_at_accept() {
     assert_eq!(metric(admin_addr, &rejected("connections")).await, 1);
     // A slot freed is a slot usable again.
     drop(held.pop());
-    let deadline = Instant::now() + WAIT;
-    loop {
-        let answer = raw_exchange(
+    eventually("the freed slot to serve again", || async move {
+        raw_exchange(
             inbound,
             b"GET / HTTP/1.1\r\nhost: a\r\nconnection: close\r\n\r\n",
         )
-        .await;
-        if answer.starts_with("HTTP/1.1 200") {
-            break;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "the freed slot never came back: {answer:?}"
-        );
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+        .await
+        .starts_with("HTTP/1.1 200")
+    })
+    .await;
 }
 
 #[tokio::test]
@@ -360,11 +341,7 @@ async fn load_is_shed_with_503_and_retry_after_before_it_piles_up() {
     for _ in 0..40 {
         tasks.push(tokio::spawn(async move {
             let mut conn = http1_conn(inbound).await;
-            let req = Request::get("/")
-                .header("host", "a")
-                .body(full(""))
-                .unwrap();
-            let resp = conn.send_request(req).await.unwrap();
+            let resp = get_root(&mut conn, "a").await;
             let retry_after = resp.headers().get("retry-after").cloned();
             let error = resp.headers().get("trellis-error").cloned();
             (resp.status().as_u16(), retry_after, error)
@@ -392,60 +369,28 @@ async fn load_is_shed_with_503_and_retry_after_before_it_piles_up() {
     assert_eq!(metric(proxy.addrs().admin, series).await, shed);
 }
 
-/// Resident memory of a process, from /proc.
-fn rss_kib(pid: u32) -> u64 {
-    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
-    status
-        .lines()
-        .find_map(|l| {
-            l.strip_prefix("VmRSS:")?
-                .trim()
-                .strip_suffix("kB")?
-                .trim()
-                .parse()
-                .ok()
-        })
-        .unwrap()
-}
-
 /// A real `trellis-proxy` in front of a backend that takes 500 ms, hit by 4,000 requests from
 /// 400 connections: shedding keeps what it holds to its threshold, so its memory stays bounded
 /// and every client gets an answer (most of them an immediate 503).
 #[tokio::test]
 async fn a_real_proxy_sheds_a_flood_to_a_hung_backend_with_bounded_memory() {
     let app = start_slow_app(Duration::from_millis(500)).await;
-    let dir = tempfile::tempdir().unwrap();
-    let ready = dir.path().join("ready.json");
-    let mut child = tokio::process::Command::new(env!("CARGO_BIN_EXE_trellis-proxy"))
-        .args([
-            "--inbound",
-            "127.0.0.1:0",
-            "--outbound",
-            "none",
-            "--admin",
-            "127.0.0.1:0",
-        ])
-        .args(["--app", &app.to_string(), "--load-shed-in-flight", "64"])
-        .arg("--ready-file")
-        .arg(&ready)
-        .args(["--log-level", "warn"])
-        .kill_on_drop(true)
-        .spawn()
-        .unwrap();
-    let deadline = Instant::now() + WAIT;
-    let addrs: serde_json::Value = loop {
-        if let Ok(text) = std::fs::read_to_string(&ready)
-            && let Ok(v) = serde_json::from_str(&text)
-        {
-            break v;
-        }
-        assert!(Instant::now() < deadline, "the proxy never became ready");
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    };
-    let inbound: SocketAddr = addrs["inbound"].as_str().unwrap().parse().unwrap();
-    let admin_addr: SocketAddr = addrs["admin"].as_str().unwrap().parse().unwrap();
-    let pid = child.id().unwrap();
-    let before = rss_kib(pid);
+    // Started (and waited for) the way every cross-process test starts one; stopped on drop.
+    let proxy = tokio::task::spawn_blocking(move || {
+        ProxyBuilder::loopback("shed")
+            .app(app)
+            .arg("--load-shed-in-flight")
+            .arg("64")
+            .arg("--log-level")
+            .arg("warn")
+            .start()
+            .unwrap()
+    })
+    .await
+    .unwrap();
+    let (inbound, admin_addr, pid) = (proxy.ready.inbound, proxy.ready.admin, proxy.ready.pid);
+    let rss_kib = move || rss_bytes(pid).unwrap() / 1024;
+    let before = rss_kib();
     let started = Instant::now();
     let mut tasks = Vec::new();
     for _ in 0..400 {
@@ -453,15 +398,7 @@ async fn a_real_proxy_sheds_a_flood_to_a_hung_backend_with_bounded_memory() {
             let mut conn = http1_conn(inbound).await;
             let mut statuses = Vec::new();
             for _ in 0..10 {
-                let req = Request::get("/")
-                    .header("host", "a")
-                    .body(full(""))
-                    .unwrap();
-                let resp = tokio::time::timeout(WAIT, conn.send_request(req))
-                    .await
-                    .unwrap()
-                    .unwrap();
-                statuses.push(resp.status().as_u16());
+                statuses.push(get_root(&mut conn, "a").await.status().as_u16());
             }
             statuses
         }));
@@ -471,7 +408,7 @@ async fn a_real_proxy_sheds_a_flood_to_a_hung_backend_with_bounded_memory() {
     let sampled = peak.clone();
     let sampler = tokio::spawn(async move {
         for _ in 0..1500 {
-            sampled.fetch_max(rss_kib(pid), std::sync::atomic::Ordering::Relaxed);
+            sampled.fetch_max(rss_kib(), std::sync::atomic::Ordering::Relaxed);
             tokio::time::sleep(Duration::from_millis(20)).await;
         }
     });
@@ -488,7 +425,7 @@ async fn a_real_proxy_sheds_a_flood_to_a_hung_backend_with_bounded_memory() {
     sampler.abort();
     let peak = peak
         .load(std::sync::atomic::Ordering::Relaxed)
-        .max(rss_kib(pid));
+        .max(rss_kib());
     let took = started.elapsed();
     assert_eq!(ok + shed, 4000);
     // At most 64 of the 400 connections are ever served at once; the rest are shed at once.
@@ -502,5 +439,4 @@ async fn a_real_proxy_sheds_a_flood_to_a_hung_backend_with_bounded_memory() {
     );
     let series = "trellis_load_shed_total{direction=\"inbound\"}";
     assert_eq!(metric(admin_addr, series).await, shed);
-    child.kill().await.unwrap();
 }

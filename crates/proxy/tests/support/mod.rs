@@ -195,6 +195,21 @@ pub async fn http2_conn(addr: SocketAddr) -> hyper::client::conn::http2::SendReq
     sender
 }
 
+/// `GET /` with `host` on an HTTP/1.1 connection; the answer must come within [`WAIT`].
+pub async fn get_root(
+    conn: &mut hyper::client::conn::http1::SendRequest<Body>,
+    host: &str,
+) -> Response<Incoming> {
+    let req = Request::get("/")
+        .header("host", host)
+        .body(full(""))
+        .unwrap();
+    tokio::time::timeout(WAIT, conn.send_request(req))
+        .await
+        .unwrap()
+        .unwrap()
+}
+
 pub async fn body_string(body: Incoming) -> String {
     let bytes = tokio::time::timeout(WAIT, body.collect())
         .await
