@@ -362,7 +362,17 @@ fn wasm_plugin_config_change_reloads_without_failed_requests() {
             }
         })
     };
-    std::thread::sleep(Duration::from_millis(300));
+    // Each phase below is held until the load has made this many more requests in it, so
+    // every version is seen under load (a fixed pause would not prove any request was made).
+    let more_load = |n: usize| {
+        let from = results.lock().unwrap().len();
+        wait::until(CONVERGE, || match results.lock().unwrap().len() {
+            len if len >= from + n => Ok(()),
+            len => Err(format!("{} of {n} load requests made", len - from)),
+        })
+        .unwrap();
+    };
+    more_load(10);
     write_config(mesh.config.path(), "add.yaml", &doc("v2", &sha));
     wait::until(CONVERGE, || {
         let last = results.lock().unwrap().last().cloned();
@@ -372,7 +382,7 @@ fn wasm_plugin_config_change_reloads_without_failed_requests() {
         }
     })
     .unwrap();
-    std::thread::sleep(Duration::from_millis(300));
+    more_load(10);
 
     // A wrong sha256: the new version is refused, the last good one (v2) stays in force.
     let wrong = "0".repeat(64);
@@ -387,7 +397,7 @@ fn wasm_plugin_config_change_reloads_without_failed_requests() {
         }
     })
     .unwrap();
-    std::thread::sleep(Duration::from_millis(300));
+    more_load(10);
     stop.store(true, Ordering::SeqCst);
     load.join().unwrap();
 
