@@ -134,7 +134,8 @@ fn rate_limit_policy_is_enforced_per_client_identity() {
     for _ in 0..20 {
         assert_eq!(get(a, "/free").0, 200);
     }
-    // Let a's bucket fill again (5 tokens at 10/s), then both identities hammer at once.
+    // Let a's bucket fill again (5 tokens at 10/s), then both identities hammer at once. A
+    // pause by design: the bucket refills with time, and probing it would spend its tokens.
     std::thread::sleep(Duration::from_millis(700));
     let span = Duration::from_secs(2);
     let runs: Vec<_> = [a, b]

@@ -9,13 +9,15 @@
 
 mod support;
 
-use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::net::{SocketAddr, TcpStream};
 use std::path::Path;
-use std::process::{Child, Command, Stdio};
-use std::time::{Duration, Instant};
+use std::process::Command;
+use std::time::Duration;
 
 use trellis_model::Destination;
 use trellis_model::policy::TlsOrigination;
+use trellis_testkit::tools::{free_port, require, run_bounded};
+use trellis_testkit::{ManagedProcess, wait};
 
 use support::routed::{Backend, Routed, destination, routed};
 
@@ -23,11 +25,13 @@ use support::routed::{Backend, Routed, destination, routed};
 const SERVER_NAME: &str = "api.external.test";
 
 fn openssl(dir: &Path, args: &[&str]) {
-    let out = Command::new("openssl")
-        .args(args)
-        .current_dir(dir)
-        .output()
-        .expect("openssl runs");
+    let out = run_bounded(
+        Command::new(require("openssl", "openssl"))
+            .args(args)
+            .current_dir(dir),
+        Duration::from_secs(20),
+    )
+    .unwrap_or_else(|e| panic!("openssl {args:?}: {e}"));
     assert!(
         out.status.success(),
         "openssl {args:?}: {}",
@@ -112,20 +116,17 @@ fn make_server_cert(dir: &Path, ca: &str) {
 }
 
 /// `openssl s_server -www` on a free loopback port: it answers every request over TLS with
-/// `HTTP/1.0 200 ok` and a page about the session. Killed on drop.
+/// `HTTP/1.0 200 ok` and a page about the session. Stopped on drop.
 struct HttpsServer {
-    child: Child,
+    _process: ManagedProcess,
     addr: SocketAddr,
 }
 
 impl HttpsServer {
     fn start(dir: &Path) -> Self {
-        let addr = {
-            // Ask the OS for a free port, then hand it to s_server.
-            let l = TcpListener::bind("127.0.0.1:0").unwrap();
-            l.local_addr().unwrap()
-        };
-        let child = Command::new("openssl")
+        let addr = SocketAddr::from(([127, 0, 0, 1], free_port()));
+        let mut command = Command::new(require("openssl", "openssl"));
+        command
             .args([
                 "s_server",
                 "-accept",
@@ -137,28 +138,16 @@ impl HttpsServer {
                 "-www",
                 "-quiet",
             ])
-            .current_dir(dir)
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .expect("openssl s_server starts");
-        let deadline = Instant::now() + Duration::from_secs(10);
-        while TcpStream::connect(addr).is_err() {
-            assert!(
-                Instant::now() < deadline,
-                "s_server never listened on {addr}"
-            );
-            std::thread::sleep(Duration::from_millis(50));
+            .current_dir(dir);
+        let process = ManagedProcess::spawn("openssl s_server", command).unwrap();
+        wait::until(Duration::from_secs(10), || {
+            TcpStream::connect(addr).map_err(|e| format!("s_server on {addr}: {e}"))
+        })
+        .unwrap_or_else(|e| panic!("{e}\n{}", process.log()));
+        Self {
+            _process: process,
+            addr,
         }
-        Self { child, addr }
-    }
-}
-
-impl Drop for HttpsServer {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
     }
 }
 
