@@ -16,6 +16,7 @@ use std::collections::BTreeMap;
 use std::net::IpAddr;
 
 use serde::Deserialize;
+use trellis_model::authz::Cidr;
 use trellis_model::route::ResourceRef;
 use trellis_model::{AppProtocol, ServiceKey, ServicePort, TargetPort};
 
@@ -50,50 +51,6 @@ pub enum Resolution {
     /// Like DNS, but one address at a time (the first the lookup returns), as Envoy's
     /// LOGICAL_DNS.
     DnsRoundRobin,
-}
-
-/// An IP address or CIDR block from `spec.addresses`.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize)]
-pub struct Cidr {
-    pub addr: IpAddr,
-    pub prefix: u8,
-}
-
-impl Cidr {
-    /// Parses `192.0.2.1`, `192.0.2.0/24` or `2001:db8::/32`.
-    pub fn parse(text: &str) -> Result<Self, String> {
-        let bad = || format!("must be an IP address or CIDR block, got {text:?}");
-        let (ip, prefix) = match text.split_once('/') {
-            Some((ip, p)) => (ip, Some(p)),
-            None => (text, None),
-        };
-        let addr: IpAddr = ip.parse().map_err(|_| bad())?;
-        let max = if addr.is_ipv4() { 32 } else { 128 };
-        let prefix = match prefix {
-            None => max,
-            Some(p) => p.parse::<u8>().ok().filter(|p| *p <= max).ok_or_else(bad)?,
-        };
-        Ok(Self { addr, prefix })
-    }
-
-    pub fn contains(&self, ip: IpAddr) -> bool {
-        let bits = |a: IpAddr| -> u128 {
-            match a {
-                IpAddr::V4(v4) => u128::from(u32::from(v4)) << 96,
-                IpAddr::V6(v6) => u128::from(v6),
-            }
-        };
-        if self.addr.is_ipv4() != ip.is_ipv4() {
-            return false;
-        }
-        // IPv4 sits in the top 32 bits, so one mask of the top `prefix` bits fits both.
-        let prefix = u32::from(self.prefix);
-        if prefix == 0 {
-            return true;
-        }
-        let mask = u128::MAX << (128 - prefix.min(128));
-        bits(self.addr) & mask == bits(ip) & mask
-    }
 }
 
 /// One of `spec.endpoints`: an address (IP, or a DNS name with resolution DNS) with per-port
@@ -278,8 +235,10 @@ pub(crate) fn translate(value: serde_yaml::Value) -> Result<Translated, FieldErr
     }
     let mut addresses = Vec::new();
     for (i, a) in spec.addresses.iter().enumerate() {
-        addresses
-            .push(Cidr::parse(a).map_err(|m| FieldError::new(format!("spec.addresses[{i}]"), m))?);
+        let cidr = a
+            .parse::<Cidr>()
+            .map_err(|e| FieldError::new(format!("spec.addresses[{i}]"), e.to_string()))?;
+        addresses.push(cidr);
     }
     if spec.ports.is_empty() {
         return Err(FieldError::new("spec.ports", "must list at least one port"));
