@@ -252,6 +252,10 @@ pub(crate) fn translate(value: serde_yaml::Value) -> Result<Translated, FieldErr
             &source.namespace,
         )?);
     }
+    if parents.is_empty() {
+        // No gateway but `mesh` (or none at all): a mesh-only VirtualService.
+        return mesh_routes(&source, vs.metadata.creation_timestamp, &spec);
+    }
     let mesh = if mesh_bound {
         Some(mesh_routes(
             &source,
@@ -261,14 +265,6 @@ pub(crate) fn translate(value: serde_yaml::Value) -> Result<Translated, FieldErr
     } else {
         None
     };
-    let mesh = match (mesh, parents.is_empty()) {
-        (Some(mesh), true) => return Ok(mesh),
-        (mesh, _) => mesh,
-    };
-    if parents.is_empty() {
-        // Unreachable: no gateway other than `mesh` means mesh-bound. Said rather than assumed.
-        return Ok(Translated::Ignored("bound to no gateway".into()));
-    }
     let mut notes = Vec::new();
     if spec.hosts.is_empty() {
         return Err(FieldError::new("spec.hosts", "must name at least one host"));
@@ -283,30 +279,12 @@ pub(crate) fn translate(value: serde_yaml::Value) -> Result<Translated, FieldErr
         }
         hosts.push(h.to_ascii_lowercase());
     }
-    let mut http = Vec::new();
-    for (i, route) in spec.http.iter().enumerate() {
-        let field = format!("spec.http[{i}]");
-        if let Some(r) = http_route(&source, &field, i, route, Scope::Gateways, &mut notes)? {
-            http.push(r);
-        }
-    }
-    if !spec.http.is_empty() && !http.last().is_some_and(crate::no_route::takes_everything) {
-        http.push(crate::no_route::http(&source));
-    }
+    let http = http_routes(&source, &spec.http, Scope::Gateways, &mut notes)?;
     let mut tls = Vec::new();
     for (i, route) in spec.tls.iter().enumerate() {
         tls.extend(tls_route(&source, &format!("spec.tls[{i}]"), i, route)?);
     }
-    let mut tcp = Vec::new();
-    for (i, route) in spec.tcp.iter().enumerate() {
-        tcp.extend(tcp_route(
-            &source,
-            &format!("spec.tcp[{i}]"),
-            i,
-            route,
-            Scope::Gateways,
-        )?);
-    }
+    let tcp = tcp_routes(&source, &spec.tcp, Scope::Gateways)?;
     let mesh = match mesh {
         Some(Translated::Resource(Resource::Routes(set))) => Some(set),
         Some(Translated::Ignored(reason)) => {
@@ -391,29 +369,8 @@ fn mesh_routes(
             spec.hosts
         )));
     }
-    let mut http = Vec::new();
-    for (i, route) in spec.http.iter().enumerate() {
-        let field = format!("spec.http[{i}]");
-        if let Some(r) = http_route(&source, &field, i, route, Scope::Mesh, &mut notes)? {
-            http.push(r);
-        }
-    }
-    // Istio answers a request to the host that no `http[]` route matches with 404 (Envoy's
-    // `NR`) instead of sending it to the service: the catch-all says so. Not for a
-    // VirtualService without `http[]` routes, whose HTTP traffic Istio leaves alone.
-    if !spec.http.is_empty() && !http.last().is_some_and(crate::no_route::takes_everything) {
-        http.push(crate::no_route::http(&source));
-    }
-    let mut tcp = Vec::new();
-    for (i, route) in spec.tcp.iter().enumerate() {
-        tcp.extend(tcp_route(
-            &source,
-            &format!("spec.tcp[{i}]"),
-            i,
-            route,
-            Scope::Mesh,
-        )?);
-    }
+    let http = http_routes(&source, &spec.http, Scope::Mesh, &mut notes)?;
+    let tcp = tcp_routes(&source, &spec.tcp, Scope::Mesh)?;
     Ok(Translated::Resource(Resource::Routes(Box::new(RouteSet {
         api: RouteApi::Istio,
         source,
@@ -424,6 +381,48 @@ fn mesh_routes(
         policy: PolicyLayer::default(),
         notes,
     }))))
+}
+
+/// `http[]` for one side of the VirtualService, ending in the no-route catch-all: Istio answers
+/// a request to the host that no `http[]` route matches with 404 (Envoy's `NR`) instead of
+/// sending it to the service. Not for a VirtualService without `http[]` routes, whose HTTP
+/// traffic Istio leaves alone.
+fn http_routes(
+    source: &ResourceRef,
+    routes: &[Http],
+    scope: Scope,
+    notes: &mut Vec<String>,
+) -> Result<Vec<HttpRoute>, FieldError> {
+    let mut http = Vec::new();
+    for (i, route) in routes.iter().enumerate() {
+        let field = format!("spec.http[{i}]");
+        if let Some(r) = http_route(source, &field, i, route, scope, notes)? {
+            http.push(r);
+        }
+    }
+    if !routes.is_empty() && !http.last().is_some_and(crate::no_route::takes_everything) {
+        http.push(crate::no_route::http(source));
+    }
+    Ok(http)
+}
+
+/// `tcp[]` for one side of the VirtualService.
+fn tcp_routes(
+    source: &ResourceRef,
+    routes: &[Tcp],
+    scope: Scope,
+) -> Result<Vec<TcpRoute>, FieldError> {
+    let mut tcp = Vec::new();
+    for (i, route) in routes.iter().enumerate() {
+        tcp.extend(tcp_route(
+            source,
+            &format!("spec.tcp[{i}]"),
+            i,
+            route,
+            scope,
+        )?);
+    }
+    Ok(tcp)
 }
 
 /// `tls[]`: one route per match block (SNI names, port), for gateways.
