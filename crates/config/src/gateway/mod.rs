@@ -508,6 +508,17 @@ fn finish(
     }
     let mut http = Vec::new();
     rules(&source, &mut http)?;
+    // A request to the parent that no rule matches gets 404 (HTTPRoute) or gRPC UNIMPLEMENTED
+    // (GRPCRoute), as the spec requires, not the Service's own endpoints. Its empty match list
+    // sorts after every rule of every route attached to the parent (`precedence_key`). The same
+    // rules serve a route's Gateway parents and its Service parents.
+    if !http.is_empty() && !http.iter().any(crate::no_route::takes_everything) {
+        http.push(if kind == "GRPCRoute" {
+            crate::no_route::grpc(&source)
+        } else {
+            crate::no_route::http(&source)
+        });
+    }
     if !gateways.is_empty() {
         for (i, h) in hostnames.iter().enumerate() {
             if h.is_empty() || h.contains(':') || (h.contains('*') && !h.starts_with("*.")) {
@@ -517,29 +528,13 @@ fn finish(
                 ));
             }
         }
-        let mut gateway_http = http.clone();
-        if !gateway_http.is_empty() && !gateway_http.iter().any(crate::no_route::takes_everything) {
-            gateway_http.push(if kind == "GRPCRoute" {
-                crate::no_route::grpc(&source)
-            } else {
-                crate::no_route::http(&source)
-            });
-        }
         let mesh = (!parents.is_empty()).then(|| {
-            let mut mesh_http = http.clone();
-            if !mesh_http.is_empty() && !mesh_http.iter().any(crate::no_route::takes_everything) {
-                mesh_http.push(if kind == "GRPCRoute" {
-                    crate::no_route::grpc(&source)
-                } else {
-                    crate::no_route::http(&source)
-                });
-            }
             Box::new(RouteSet {
                 api: RouteApi::GatewayApi,
                 source: source.clone(),
                 created: meta.creation_timestamp.clone(),
-                parents: parents.clone(),
-                http: mesh_http,
+                parents,
+                http: http.clone(),
                 tcp: Vec::new(),
                 policy: PolicyLayer::default(),
                 notes: Vec::new(),
@@ -552,23 +547,13 @@ fn finish(
                 created: meta.creation_timestamp,
                 gateways,
                 hosts: hostnames.iter().map(|h| h.to_ascii_lowercase()).collect(),
-                http: gateway_http,
+                http,
                 tls: Vec::new(),
                 tcp: Vec::new(),
                 mesh,
                 notes,
             }),
         ))));
-    }
-    // A request to the parent that no rule matches gets 404 (HTTPRoute) or gRPC UNIMPLEMENTED
-    // (GRPCRoute), as the spec requires, not the Service's own endpoints. Its empty match list
-    // sorts after every rule of every route attached to the parent (`precedence_key`).
-    if !http.is_empty() && !http.iter().any(crate::no_route::takes_everything) {
-        http.push(if kind == "GRPCRoute" {
-            crate::no_route::grpc(&source)
-        } else {
-            crate::no_route::http(&source)
-        });
     }
     Ok(Translated::Resource(Resource::Routes(Box::new(RouteSet {
         api: RouteApi::GatewayApi,
