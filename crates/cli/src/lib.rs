@@ -70,7 +70,8 @@ pub enum Command {
     /// Show what the mesh does with one request: route, backends, timeouts, retries, faults
     /// and policy, computed with the proxy's matching code.
     Explain(explain::ExplainArgs),
-    /// Check that the mesh is healthy (local mode): control plane, config, every proxy.
+    /// Check that the mesh is healthy: control plane, config, every proxy; local mode, or a
+    /// cluster with `--kubernetes` / `--pre`.
     Check(check::CheckArgs),
     /// Show one proxy's listeners, routes, clusters and endpoints (from its `/config_dump`).
     ProxyConfig(proxyconfig::ProxyConfigArgs),

@@ -61,12 +61,17 @@ pub fn response_flags(reason: Option<&str>) -> &'static str {
     let Some(reason) = reason else { return "-" };
     match reason {
         "request timeout" | "upstream request timeout" => "UT",
-        "upstream connect failed" | "upstream TLS origination failed" => "UF",
+        "upstream connect failed" | "upstream TLS origination failed" | "upstream mTLS failed" => {
+            "UF"
+        }
         "upstream reset" => "UR",
         "no endpoints" => "UH",
-        "no destination" | "discovery timeout" | "no application" | "no backends" | "no route" => {
-            "NR"
-        }
+        // REGISTRY_ONLY's refusal is Istio's BlackHoleCluster: no route to the destination.
+        "no destination" | "discovery timeout" | "no application" | "no backends" | "no route"
+        | "registry-only" => "NR",
+        "local rate limited" => "RL",
+        // Envoy's overload manager: the proxy's own in-flight caps.
+        "load shed" | "overloaded" => "OM",
         r if r.starts_with("circuit open") => "UO",
         "fault abort" => "FI",
         "forwarding loop" => "LOOP",
@@ -384,5 +389,10 @@ mod tests {
         assert_eq!(response_flags(Some("circuit open: max requests")), "UO");
         assert_eq!(response_flags(Some("no endpoints")), "UH");
         assert_eq!(response_flags(Some("upstream connect failed")), "UF");
+        assert_eq!(response_flags(Some("upstream mTLS failed")), "UF");
+        assert_eq!(response_flags(Some("registry-only")), "NR");
+        assert_eq!(response_flags(Some("local rate limited")), "RL");
+        assert_eq!(response_flags(Some("load shed")), "OM");
+        assert_eq!(response_flags(Some("overloaded")), "OM");
     }
 }
