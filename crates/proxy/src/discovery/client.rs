@@ -15,7 +15,7 @@ use trellis_api::discovery::{
 use trellis_model::Target;
 
 use super::backoff::Backoff;
-use super::{DiscoveryConfig, Inner, SWEEP_PERIOD, wire};
+use super::{DiscoveryConfig, Inner, SWEEP_PERIOD, replace_if_changed, wire};
 
 const BACKOFF_MIN: Duration = Duration::from_millis(100);
 const BACKOFF_MAX: Duration = Duration::from_secs(5);
@@ -156,41 +156,11 @@ async fn session(
                     }
                     Some(control_message::Kind::InboundPolicy(policy)) => {
                         inner.outbound_policy.set_from_wire(policy.outbound_traffic_policy);
-                        inner.authorization.send_if_modified(|current| {
-                            let changed = **current != *policy.authorization_json;
-                            if changed {
-                                *current = std::sync::Arc::from(policy.authorization_json.as_str());
-                            }
-                            changed
-                        });
-                        inner.rate_limits.send_if_modified(|current| {
-                            let changed = **current != *policy.rate_limits_json;
-                            if changed {
-                                *current = std::sync::Arc::from(policy.rate_limits_json.as_str());
-                            }
-                            changed
-                        });
-                        inner.wasm_plugins.send_if_modified(|current| {
-                            let changed = **current != *policy.wasm_plugins_json;
-                            if changed {
-                                *current = std::sync::Arc::from(policy.wasm_plugins_json.as_str());
-                            }
-                            changed
-                        });
-                        inner.request_authn.send_if_modified(|current| {
-                            let changed = **current != *policy.request_authentication_json;
-                            if changed {
-                                *current = std::sync::Arc::from(policy.request_authentication_json.as_str());
-                            }
-                            changed
-                        });
-                        inner.telemetry.send_if_modified(|current| {
-                            let changed = **current != *policy.telemetry_json;
-                            if changed {
-                                *current = std::sync::Arc::from(policy.telemetry_json.as_str());
-                            }
-                            changed
-                        });
+                        replace_if_changed(&inner.authorization, &policy.authorization_json);
+                        replace_if_changed(&inner.rate_limits, &policy.rate_limits_json);
+                        replace_if_changed(&inner.wasm_plugins, &policy.wasm_plugins_json);
+                        replace_if_changed(&inner.request_authn, &policy.request_authentication_json);
+                        replace_if_changed(&inner.telemetry, &policy.telemetry_json);
                         let policy = crate::tls::InboundPolicy::from_wire(&policy);
                         inner.inbound_policy.send_if_modified(|current| {
                             let changed = *current != policy;
@@ -202,13 +172,7 @@ async fn session(
                         for problem in &gateway.problems {
                             tracing::warn!(%problem, "gateway config not served in full");
                         }
-                        inner.gateway.send_if_modified(|current| {
-                            let changed = **current != *gateway.config_json;
-                            if changed {
-                                *current = std::sync::Arc::from(gateway.config_json.as_str());
-                            }
-                            changed
-                        });
+                        replace_if_changed(&inner.gateway, &gateway.config_json);
                     }
                     None => tracing::debug!("ignoring an empty control message"),
                 }

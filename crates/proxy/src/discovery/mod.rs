@@ -104,6 +104,24 @@ struct Inner {
     rate_limits: watch::Sender<Arc<str>>,
 }
 
+/// A channel of JSON text from the control plane: `""` until it sends one.
+fn text_channel() -> watch::Sender<Arc<str>> {
+    watch::channel(Arc::from("")).0
+}
+
+/// Publishes `text` unless it equals what `tx` holds. The control plane resends a whole
+/// InboundPolicy when any one field changed, so this keeps the others' receivers from waking
+/// (and re-parsing) for nothing.
+fn replace_if_changed(tx: &watch::Sender<Arc<str>>, text: &str) {
+    tx.send_if_modified(|current| {
+        let changed = **current != *text;
+        if changed {
+            *current = Arc::from(text);
+        }
+        changed
+    });
+}
+
 fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
     // The maps stay consistent between statements, so a panic elsewhere leaves them usable.
     m.lock().unwrap_or_else(PoisonError::into_inner)
@@ -121,13 +139,13 @@ impl Inner {
             }),
             not_found: watch::channel(Resolution::NotFound).0,
             inbound_policy: watch::channel(crate::tls::InboundPolicy::default()).0,
-            authorization: watch::channel(Arc::from("")).0,
-            telemetry: watch::channel(Arc::from("")).0,
-            request_authn: watch::channel(Arc::from("")).0,
+            authorization: text_channel(),
+            telemetry: text_channel(),
+            request_authn: text_channel(),
             outbound_policy: Arc::default(),
-            gateway: watch::channel(Arc::from("")).0,
-            wasm_plugins: watch::channel(Arc::from("")).0,
-            rate_limits: watch::channel(Arc::from("")).0,
+            gateway: text_channel(),
+            wasm_plugins: text_channel(),
+            rate_limits: text_channel(),
         }
     }
 

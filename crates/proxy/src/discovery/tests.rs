@@ -384,3 +384,17 @@ fn control_address_may_omit_the_scheme() {
         "http://127.0.0.1:1"
     );
 }
+
+#[test]
+fn text_channels_wake_receivers_only_on_a_change() {
+    let tx = super::text_channel();
+    let mut rx = tx.subscribe();
+    // The control plane resends every field when one changes: equal text must not wake.
+    super::replace_if_changed(&tx, "");
+    assert!(!rx.has_changed().unwrap());
+    super::replace_if_changed(&tx, r#"{"limits":[]}"#);
+    assert!(rx.has_changed().unwrap());
+    assert_eq!(&**rx.borrow_and_update(), r#"{"limits":[]}"#);
+    super::replace_if_changed(&tx, r#"{"limits":[]}"#);
+    assert!(!rx.has_changed().unwrap());
+}
