@@ -14,7 +14,7 @@ use crate::document::{Resource, Translated};
 use crate::gateways::{
     AllowedRoutes, ApiGateway, ApiListener, ApiTls, GatewayClass, GatewayResource, SecretRef,
 };
-use crate::kube::FieldError;
+use crate::kube::{FieldError, not_yet};
 use crate::traffic::{Meta, from_value, port};
 
 #[derive(Debug, Deserialize)]
@@ -85,10 +85,6 @@ struct Namespaces {
 struct RouteKind {
     group: Option<String>,
     kind: String,
-}
-
-fn not_yet(field: impl Into<String>, what: &str) -> FieldError {
-    FieldError::new(field, format!("{what} is not supported yet"))
 }
 
 pub(crate) fn translate(value: serde_yaml::Value) -> Result<Translated, FieldError> {

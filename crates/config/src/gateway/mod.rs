@@ -27,7 +27,7 @@ pub mod reference_grant;
 use filters::{Filter, Filters, filters};
 
 use crate::document::{Resource, Translated};
-use crate::kube::FieldError;
+use crate::kube::{FieldError, not_yet};
 use crate::traffic::{Meta, Parent, PolicyLayer, RouteApi, RouteSet, duration, from_value, port};
 
 #[derive(Debug, Deserialize)]
@@ -174,10 +174,6 @@ pub fn precedence_key(m: Option<&HttpMatch>) -> impl Ord + use<> {
         Reverse(headers),
         Reverse(query),
     )
-}
-
-fn not_yet(field: impl Into<String>, what: &str) -> FieldError {
-    FieldError::new(field, format!("{what} is not supported yet"))
 }
 
 /// The parents of kind Service, and those of kind Gateway.

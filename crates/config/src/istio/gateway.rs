@@ -16,7 +16,7 @@ use crate::document::{Resource, Translated};
 use crate::gateways::{
     Credential, GatewayResource, HostRef, IstioGateway, Server, ServerTls, TlsMode,
 };
-use crate::kube::FieldError;
+use crate::kube::{FieldError, not_yet};
 use crate::traffic::{Meta, from_value, port};
 
 #[derive(Debug, Deserialize)]
@@ -79,10 +79,6 @@ struct TlsSpec {
     max_protocol_version: Option<String>,
     #[serde(default)]
     cipher_suites: Vec<String>,
-}
-
-fn not_yet(field: impl Into<String>, what: &str) -> FieldError {
-    FieldError::new(field, format!("{what} is not supported yet"))
 }
 
 pub(crate) fn translate(value: serde_yaml::Value) -> Result<Translated, FieldError> {

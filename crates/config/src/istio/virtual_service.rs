@@ -23,7 +23,7 @@ use super::fault::{FaultInjection, fault};
 use super::retries::{istio_default_retry_on, parse_retry_on};
 use super::{Headers, IstioStringMatch, Percent, PortSelector};
 use crate::document::{Resource, Translated};
-use crate::kube::FieldError;
+use crate::kube::{FieldError, not_yet};
 use crate::traffic::{
     Meta, Parent, PolicyLayer, RouteApi, RouteSet, duration, from_value, non_negative_u32, percent,
     port, resolve_host,
@@ -213,10 +213,6 @@ struct TcpMatch {
     source_namespace: Option<String>,
     #[serde(default)]
     gateways: Vec<String>,
-}
-
-fn not_yet(field: impl Into<String>, what: &str) -> FieldError {
-    FieldError::new(field, format!("{what} is not supported yet"))
 }
 
 /// Which side of the VirtualService a translation is for: a match block's `gateways` decides

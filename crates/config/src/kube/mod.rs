@@ -21,6 +21,12 @@ impl FieldError {
     }
 }
 
+/// A field set to something Trellis does not implement yet ("<what> is not supported yet"), so
+/// every kind words the refusal the same way.
+pub(crate) fn not_yet(field: impl Into<String>, what: &str) -> FieldError {
+    FieldError::new(field, format!("{what} is not supported yet"))
+}
+
 /// RFC 1123 label (namespaces, most names): lowercase alphanumerics and '-', at most 63.
 pub(crate) fn is_dns1123_label(s: &str) -> bool {
     let b = s.as_bytes();
