@@ -8,9 +8,10 @@
 #[path = "../../control/tests/k8s_testbed/mod.rs"]
 mod k8s_testbed;
 
-use std::io::Write;
 use std::path::Path;
-use std::process::{Command, Output, Stdio};
+use std::process::{Command, Output};
+
+use trellis_testkit::tools;
 
 fn trellis(args: &[&str]) -> String {
     let out = Command::new(env!("CARGO_BIN_EXE_trellis"))
@@ -26,22 +27,7 @@ fn trellis(args: &[&str]) -> String {
 }
 
 fn kubectl(kubeconfig: &Path, args: &[&str], stdin: &str) -> Output {
-    let mut child = Command::new("kubectl")
-        .arg("--kubeconfig")
-        .arg(kubeconfig)
-        .args(args)
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .expect("kubectl on PATH (scripts/test.sh installs kubernetes-client)");
-    child
-        .stdin
-        .take()
-        .unwrap()
-        .write_all(stdin.as_bytes())
-        .unwrap();
-    child.wait_with_output().unwrap()
+    tools::kubectl(kubeconfig, args, stdin.as_bytes()).unwrap()
 }
 
 fn ok(out: &Output) -> String {

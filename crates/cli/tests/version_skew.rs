@@ -11,7 +11,7 @@ use std::time::Duration;
 use serde_json::Value;
 use tokio::sync::mpsc;
 use trellis_api::discovery::{self as pb, proxy_message::Kind};
-use trellis_testkit::ControlPlane;
+use trellis_testkit::{ControlPlane, tools, wait};
 
 const CLI_VERSION: &str = env!("CARGO_PKG_VERSION");
 
@@ -149,16 +149,13 @@ async fn check_reports_version_skew_between_cli_control_plane_and_proxies() {
 
     // Without the proxy two versions away, the skew is a warning.
     drop(major);
-    let (_, json) = tokio::task::spawn_blocking(move || {
-        // The control plane drops the registration when its stream closes; poll a bounded time.
-        let deadline = std::time::Instant::now() + Duration::from_secs(10);
-        loop {
-            let (code, json) = check(http, true);
-            if !json.contains("major.default") || std::time::Instant::now() > deadline {
-                return (code, json);
-            }
-            std::thread::sleep(Duration::from_millis(100));
-        }
+    let json = tokio::task::spawn_blocking(move || {
+        // The control plane drops the registration when its stream closes.
+        wait::until(Duration::from_secs(10), || match check(http, true) {
+            (_, json) if !json.contains("major.default") => Ok(json),
+            _ => Err("major.default is still registered".to_string()),
+        })
+        .unwrap()
     })
     .await
     .unwrap();
@@ -185,23 +182,7 @@ async fn check_reports_version_skew_between_cli_control_plane_and_proxies() {
 mod k8s_testbed;
 
 fn kubectl_apply(kubeconfig: &std::path::Path, yaml: &str) -> Result<(), String> {
-    use std::io::Write as _;
-    let mut child = Command::new("kubectl")
-        .arg("--kubeconfig")
-        .arg(kubeconfig)
-        .args(["apply", "-f", "-"])
-        .stdin(std::process::Stdio::piped())
-        .stdout(std::process::Stdio::piped())
-        .stderr(std::process::Stdio::piped())
-        .spawn()
-        .expect("kubectl on PATH (scripts/test.sh installs kubernetes-client)");
-    child
-        .stdin
-        .take()
-        .unwrap()
-        .write_all(yaml.as_bytes())
-        .unwrap();
-    let out = child.wait_with_output().unwrap();
+    let out = tools::kubectl(kubeconfig, &["apply", "-f", "-"], yaml.as_bytes())?;
     if out.status.success() {
         Ok(())
     } else {
@@ -263,11 +244,10 @@ fn check_reports_version_skew_on_the_cluster() {
     )
     .unwrap();
     // The ServiceAccount admission wants `default` in `shop`, which the controller makes soon.
-    let deadline = std::time::Instant::now() + Duration::from_secs(20);
-    while let Err(e) = kubectl_apply(&testbed.kubeconfig, &meshed_pod("current", CLI_VERSION)) {
-        assert!(std::time::Instant::now() < deadline, "{e}");
-        std::thread::sleep(Duration::from_millis(300));
-    }
+    wait::until(Duration::from_secs(20), || {
+        kubectl_apply(&testbed.kubeconfig, &meshed_pod("current", CLI_VERSION))
+    })
+    .unwrap();
     kubectl_apply(&testbed.kubeconfig, &meshed_pod("behind", &away(1))).unwrap();
     kubectl_apply(&testbed.kubeconfig, &meshed_pod("major", &away(2))).unwrap();
 
