@@ -24,34 +24,35 @@ use trellis_model::gateway::{ListenerProtocol, best_host, host_matches, request_
 use super::ListenerRt;
 use crate::forward::HttpForward;
 use crate::http::{ProxyBody, error_response};
+use crate::listen::accept_loop;
 use crate::route::Dest;
 use crate::serve::{Ctx, Downstream, serve_opaque};
 use crate::telemetry::Direction;
 use crate::transport::{CountingIo, PrefixedIo};
 
+/// Accepts with the sidecar's accept loop (and its `--max-connections`) until `stop`:
+/// dropping the loop closes the socket, and the connections it started finish in the tracker.
 pub(super) async fn accept(
     socket: TcpListener,
     ctx: Arc<Ctx>,
     rt_rx: watch::Receiver<Arc<ListenerRt>>,
     stop: CancellationToken,
 ) {
-    loop {
-        let accepted = tokio::select! {
-            biased;
-            _ = stop.cancelled() => break,
-            a = socket.accept() => a,
-        };
-        match accepted {
-            Ok((stream, peer)) => {
-                let _ = stream.set_nodelay(true);
-                let rt = rt_rx.borrow().clone();
-                ctx.tracker.spawn(serve(ctx.clone(), rt, stream, peer));
-            }
-            Err(e) => {
-                tracing::warn!(error = %e, "gateway accept failed");
-                tokio::time::sleep(std::time::Duration::from_millis(50)).await;
-            }
-        }
+    let serve_ctx = ctx.clone();
+    let accepting = accept_loop(
+        "gateway",
+        Direction::Outbound,
+        socket,
+        ctx,
+        move |stream, peer| {
+            // A connection keeps the listener config it was accepted with.
+            let rt = rt_rx.borrow().clone();
+            Some(serve(serve_ctx.clone(), rt, stream, peer))
+        },
+    );
+    tokio::select! {
+        () = stop.cancelled() => {}
+        () = accepting => {}
     }
 }
 
@@ -158,6 +159,8 @@ async fn serve_http<I: Downstream>(
     sni: Option<String>,
 ) {
     let svc_ctx = ctx.clone();
+    // Shared by the connection's requests without copying the name for each.
+    let sni: Option<Arc<str>> = sni.map(Arc::from);
     let svc = service_fn(move |req: Request<Incoming>| {
         let (ctx, rt, sni) = (svc_ctx.clone(), rt.clone(), sni.clone());
         async move { Ok::<_, Infallible>(route(ctx, &rt, req, peer, secure, sni.as_deref()).await) }
@@ -182,15 +185,10 @@ fn host_of(req: &Request<Incoming>) -> String {
     let authority = req
         .uri()
         .authority()
-        .map(|a| a.as_str().to_string())
-        .or_else(|| {
-            req.headers()
-                .get(header::HOST)
-                .and_then(|h| h.to_str().ok())
-                .map(str::to_string)
-        })
+        .map(|a| a.as_str())
+        .or_else(|| req.headers().get(header::HOST)?.to_str().ok())
         .unwrap_or_default();
-    request_host(&authority)
+    request_host(authority)
 }
 
 async fn route(

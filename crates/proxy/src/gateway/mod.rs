@@ -337,3 +337,108 @@ async fn load(
     };
     gateway_tls::server_config(&chain, &key, ca.as_deref()).map_err(|e| e.to_string())
 }
+
+#[cfg(test)]
+mod tests {
+    use std::time::Duration;
+
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    use tokio::net::TcpStream;
+    use tokio_util::task::TaskTracker;
+
+    use super::*;
+    use crate::discovery::Discovery;
+    use crate::limits::ServerLimits;
+    use crate::telemetry::Metrics;
+
+    /// Polls `f` every 20 ms for up to 5 s.
+    async fn eventually<T>(what: &str, mut f: impl FnMut() -> Option<T>) -> T {
+        for _ in 0..250 {
+            if let Some(v) = f() {
+                return v;
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        panic!("timed out waiting for {what}");
+    }
+
+    /// A request's status line, or `None` when the gateway closes without answering.
+    async fn status_line(stream: &mut TcpStream) -> Option<String> {
+        let req = b"GET / HTTP/1.1\r\nhost: a.example.com\r\nconnection: close\r\n\r\n";
+        stream.write_all(req).await.ok()?;
+        let mut out = Vec::new();
+        tokio::time::timeout(Duration::from_secs(5), stream.read_to_end(&mut out))
+            .await
+            .ok()?
+            .ok()?;
+        let text = String::from_utf8_lossy(&out);
+        text.lines().next().map(str::to_string)
+    }
+
+    /// A listener counts `--max-connections` like every data listener, and closes when the
+    /// config no longer has it.
+    #[tokio::test]
+    async fn listeners_are_limited_and_removed() {
+        let limits = ServerLimits {
+            max_connections: Some(1),
+            ..ServerLimits::default()
+        };
+        let shutdown = CancellationToken::new();
+        let ctx = Arc::new(
+            Ctx::new(
+                Arc::new(Metrics::new()),
+                Discovery::disabled(),
+                Duration::from_secs(1),
+                Default::default(),
+                Vec::new(),
+                shutdown.clone(),
+                TaskTracker::new(),
+            )
+            .with_limits(limits),
+        );
+        let settings = GatewayArgs {
+            mode: Mode::Gateway,
+            gateway_port: vec![(8080, "127.0.0.1:0".parse().unwrap())],
+            ..GatewayArgs::default()
+        }
+        .validate()
+        .unwrap();
+        let with_listener: Arc<str> = r#"{"listeners":[{"port":8080,"protocol":"HTTP"}]}"#.into();
+        let (config_tx, config_rx) = watch::channel(with_listener);
+        let bound = BoundListeners::default();
+        let gateway = tokio::spawn(run(ctx.clone(), config_rx, settings, bound.clone()));
+        let addr = eventually("the listener", || lock(&bound).get(&8080).copied()).await;
+
+        // Accepted in order: the first takes the one slot at accept and holds it while it waits
+        // for its request.
+        let mut first = TcpStream::connect(addr).await.unwrap();
+        let mut second = TcpStream::connect(addr).await.unwrap();
+        assert_eq!(
+            status_line(&mut second).await,
+            None,
+            "over the limit: closed"
+        );
+        assert_eq!(
+            ctx.metrics.limits.rejected_count(
+                crate::telemetry::Direction::Outbound,
+                crate::limits::Limit::Connections
+            ),
+            1
+        );
+        let line = status_line(&mut first).await.unwrap_or_default();
+        assert!(line.contains(" 404 "), "no virtual host: {line}");
+
+        config_tx.send_replace(r#"{"listeners":[]}"#.into());
+        eventually("the listener removed", || {
+            lock(&bound).is_empty().then_some(())
+        })
+        .await;
+        let refused = eventually("connections refused", || {
+            std::net::TcpStream::connect_timeout(&addr, Duration::from_secs(1)).err()
+        })
+        .await;
+        assert_eq!(refused.kind(), std::io::ErrorKind::ConnectionRefused);
+        shutdown.cancel();
+        gateway.await.unwrap();
+    }
+}
