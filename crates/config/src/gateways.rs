@@ -13,6 +13,18 @@ use trellis_model::route::{HttpRoute, ResourceRef, TcpRoute};
 
 use crate::traffic::{RouteApi, RouteSet};
 
+/// A Gateway API `Hostname` (listener `hostname`, route `hostnames[]`): a host name or
+/// `*.suffix`; no port, no bare `*`.
+pub(crate) fn is_api_hostname(h: &str) -> bool {
+    !h.is_empty() && !h.contains(':') && (!h.contains('*') || h.starts_with("*."))
+}
+
+/// An Istio gateway host (Gateway `servers[].hosts`, a gateway-bound VirtualService's
+/// `hosts`): a host name, `*` or `*.suffix`.
+pub(crate) fn is_istio_host(h: &str) -> bool {
+    !h.is_empty() && (!h.contains('*') || h == "*" || h.starts_with("*."))
+}
+
 /// One gateway-related resource.
 #[derive(Clone, Debug, PartialEq, serde::Serialize)]
 #[serde(rename_all = "snake_case")]
@@ -241,5 +253,22 @@ impl std::fmt::Debug for TlsSecret {
         f.debug_struct("TlsSecret")
             .field("source", &self.source)
             .finish_non_exhaustive()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::{is_api_hostname, is_istio_host};
+
+    #[test]
+    fn gateway_host_spellings() {
+        for h in ["a.example.com", "*.example.com"] {
+            assert!(is_api_hostname(h) && is_istio_host(h), "{h}");
+        }
+        assert!(is_istio_host("*") && !is_api_hostname("*"));
+        assert!(!is_api_hostname("a.example.com:80"));
+        for bad in ["", "a*b.example.com", "foo.*.com"] {
+            assert!(!is_api_hostname(bad) && !is_istio_host(bad), "{bad}");
+        }
     }
 }

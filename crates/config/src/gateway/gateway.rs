@@ -162,7 +162,7 @@ fn listener(field: &str, l: &Listener, namespace: &str) -> Result<ApiListener, F
         }
     };
     if let Some(h) = &l.hostname
-        && (h.is_empty() || h.contains(':') || (h.contains('*') && !h.starts_with("*.")))
+        && !crate::gateways::is_api_hostname(h)
     {
         return Err(FieldError::new(
             format!("{field}.hostname"),

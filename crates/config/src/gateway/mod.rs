@@ -517,7 +517,7 @@ fn finish(
     }
     if !gateways.is_empty() {
         for (i, h) in hostnames.iter().enumerate() {
-            if h.is_empty() || h.contains(':') || (h.contains('*') && !h.starts_with("*.")) {
+            if !crate::gateways::is_api_hostname(h) {
                 return Err(FieldError::new(
                     format!("spec.hostnames[{i}]"),
                     format!("must be a host name or \"*.suffix\", got {h:?}"),

@@ -144,7 +144,7 @@ fn host_ref(field: &str, h: &str) -> Result<HostRef, FieldError> {
         Some((ns, host)) => (Some(ns.to_string()), host),
         None => (None, h),
     };
-    if host.is_empty() || (host.contains('*') && !(host == "*" || host.starts_with("*."))) {
+    if !crate::gateways::is_istio_host(host) {
         return Err(FieldError::new(
             field,
             format!(

@@ -267,7 +267,7 @@ pub(crate) fn translate(value: serde_yaml::Value) -> Result<Translated, FieldErr
     }
     let mut hosts = Vec::new();
     for (i, h) in spec.hosts.iter().enumerate() {
-        if h.is_empty() || (h.contains('*') && !(h == "*" || h.starts_with("*."))) {
+        if !crate::gateways::is_istio_host(h) {
             return Err(FieldError::new(
                 format!("spec.hosts[{i}]"),
                 format!("must be a host name, \"*\" or \"*.suffix\", got {h:?}"),
