@@ -6,6 +6,8 @@
 
 use std::collections::BTreeMap;
 
+use base64::Engine;
+use base64::engine::general_purpose::STANDARD;
 use serde::Deserialize;
 
 use crate::document::{Resource, Translated};
@@ -88,30 +90,11 @@ pub(crate) fn translate(value: serde_yaml::Value) -> Result<Translated, FieldErr
     ))))
 }
 
-/// Standard base64 with padding (what Kubernetes writes); whitespace is skipped.
+/// Standard base64 with padding (what Kubernetes writes); whitespace is skipped, as a
+/// hand-written manifest may wrap a long value over lines.
 fn decode_base64(s: &str) -> Option<Vec<u8>> {
-    let mut out = Vec::with_capacity(s.len() * 3 / 4);
-    let (mut acc, mut bits) = (0u32, 0u32);
-    for c in s.bytes() {
-        let v = match c {
-            b'A'..=b'Z' => c - b'A',
-            b'a'..=b'z' => c - b'a' + 26,
-            b'0'..=b'9' => c - b'0' + 52,
-            b'+' => 62,
-            b'/' => 63,
-            b'=' => break,
-            b' ' | b'\n' | b'\r' | b'\t' => continue,
-            _ => return None,
-        };
-        acc = (acc << 6) | u32::from(v);
-        bits += 6;
-        if bits >= 8 {
-            bits -= 8;
-            out.push((acc >> bits) as u8);
-            acc &= (1 << bits) - 1;
-        }
-    }
-    Some(out)
+    let compact: Vec<u8> = s.bytes().filter(|b| !b.is_ascii_whitespace()).collect();
+    STANDARD.decode(compact).ok()
 }
 
 #[cfg(test)]
@@ -123,5 +106,9 @@ mod tests {
         assert_eq!(decode_base64("aGVsbG8=").unwrap(), b"hello");
         assert_eq!(decode_base64("aGVs\nbG8h").unwrap(), b"hello!");
         assert!(decode_base64("a$b").is_none());
+        assert!(
+            decode_base64("aGVsbG8=xyz").is_none(),
+            "data after the padding"
+        );
     }
 }
