@@ -8,10 +8,10 @@
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
+use std::time::Duration;
 
 use serde_json::Value;
-
-const PROMTOOL: &str = "/usr/bin/promtool";
+use trellis_testkit::tools;
 
 fn root() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("../..")
@@ -40,16 +40,16 @@ fn alerts() -> Vec<(String, Value)> {
     out
 }
 
+/// `promtool ARGS` in deploy/alerts, bounded (testkit's `require` names the Debian package
+/// when it is missing).
 fn promtool(args: &[&str]) -> Output {
-    assert!(
-        Path::new(PROMTOOL).exists(),
-        "{PROMTOOL} is missing: install Debian's `prometheus` package (scripts/test.sh does)"
-    );
-    Command::new(PROMTOOL)
-        .args(args)
-        .current_dir(root().join("deploy/alerts"))
-        .output()
-        .expect("run promtool")
+    tools::run_bounded(
+        Command::new(tools::require("promtool", "prometheus"))
+            .args(args)
+            .current_dir(root().join("deploy/alerts")),
+        Duration::from_secs(60),
+    )
+    .unwrap_or_else(|e| panic!("{e}"))
 }
 
 fn text(out: &Output) -> String {
