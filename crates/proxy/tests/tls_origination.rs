@@ -16,7 +16,8 @@ use std::time::Duration;
 
 use trellis_model::Destination;
 use trellis_model::policy::TlsOrigination;
-use trellis_testkit::tools::{free_port, require, run_bounded};
+use trellis_testkit::certs;
+use trellis_testkit::tools::{free_port, require};
 use trellis_testkit::{ManagedProcess, wait};
 
 use support::routed::{Backend, Routed, destination, routed};
@@ -24,95 +25,14 @@ use support::routed::{Backend, Routed, destination, routed};
 /// The name the server's certificate carries.
 const SERVER_NAME: &str = "api.external.test";
 
-fn openssl(dir: &Path, args: &[&str]) {
-    let out = run_bounded(
-        Command::new(require("openssl", "openssl"))
-            .args(args)
-            .current_dir(dir),
-        Duration::from_secs(20),
-    )
-    .unwrap_or_else(|e| panic!("openssl {args:?}: {e}"));
-    assert!(
-        out.status.success(),
-        "openssl {args:?}: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-}
-
 /// A CA (`<name>.pem`, `<name>.key`) in `dir`.
 fn make_ca(dir: &Path, name: &str) {
-    openssl(
-        dir,
-        &[
-            "req",
-            "-x509",
-            "-newkey",
-            "ec",
-            "-pkeyopt",
-            "ec_paramgen_curve:prime256v1",
-            "-nodes",
-            "-keyout",
-            &format!("{name}.key"),
-            "-out",
-            &format!("{name}.pem"),
-            "-days",
-            "1",
-            "-subj",
-            &format!("/CN={name}"),
-            "-addext",
-            "basicConstraints=critical,CA:TRUE",
-            "-addext",
-            "keyUsage=critical,keyCertSign,cRLSign",
-        ],
-    );
+    certs::ca(dir, name).unwrap_or_else(|e| panic!("{e}"));
 }
 
 /// `server.pem`/`server.key` for [`SERVER_NAME`], issued by the CA `ca`.
 fn make_server_cert(dir: &Path, ca: &str) {
-    std::fs::write(
-        dir.join("server.ext"),
-        format!(
-            "subjectAltName=DNS:{SERVER_NAME}\nbasicConstraints=CA:FALSE\nextendedKeyUsage=serverAuth\n"
-        ),
-    )
-    .unwrap();
-    openssl(
-        dir,
-        &[
-            "req",
-            "-newkey",
-            "ec",
-            "-pkeyopt",
-            "ec_paramgen_curve:prime256v1",
-            "-nodes",
-            "-keyout",
-            "server.key",
-            "-out",
-            "server.csr",
-            "-subj",
-            &format!("/CN={SERVER_NAME}"),
-        ],
-    );
-    openssl(
-        dir,
-        &[
-            "x509",
-            "-req",
-            "-in",
-            "server.csr",
-            "-CA",
-            &format!("{ca}.pem"),
-            "-CAkey",
-            &format!("{ca}.key"),
-            "-CAcreateserial",
-            "-out",
-            "server.pem",
-            "-days",
-            "1",
-            "-extfile",
-            "server.ext",
-        ],
-    );
+    certs::server_cert(dir, ca, "server", SERVER_NAME).unwrap_or_else(|e| panic!("{e}"));
 }
 
 /// `openssl s_server -www` on a free loopback port: it answers every request over TLS with

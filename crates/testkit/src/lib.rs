@@ -11,6 +11,7 @@
 //! way users do: flags, ready files, admin endpoints).
 
 pub mod bins;
+pub mod certs;
 pub mod fixture;
 pub mod load;
 pub mod mesh;

@@ -12,6 +12,7 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::Duration;
 
+use trellis_testkit::certs;
 use trellis_testkit::mesh::config_dir;
 use trellis_testkit::tools::{self, curl_http, free_port};
 use trellis_testkit::{
@@ -123,39 +124,7 @@ fn gateway_api_bookinfo_gateway_yaml_reaches_productpage() {
 
 /// A self-signed certificate and key for `host` (PEM files in `dir`).
 fn cert(dir: &Path, host: &str) -> (PathBuf, PathBuf) {
-    let (c, k) = (
-        dir.join(format!("{host}.crt")),
-        dir.join(format!("{host}.key")),
-    );
-    let out = tools::run_bounded(
-        Command::new(tools::require("openssl", "openssl")).args([
-            "req",
-            "-x509",
-            "-newkey",
-            "ec",
-            "-pkeyopt",
-            "ec_paramgen_curve:prime256v1",
-            "-nodes",
-            "-days",
-            "1",
-            "-subj",
-            &format!("/CN={host}"),
-            "-addext",
-            &format!("subjectAltName=DNS:{host}"),
-            "-keyout",
-            k.to_str().unwrap(),
-            "-out",
-            c.to_str().unwrap(),
-        ]),
-        Duration::from_secs(20),
-    )
-    .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    (c, k)
+    certs::self_signed(dir, host).unwrap_or_else(|e| panic!("{e}"))
 }
 
 fn tls_secret(name: &str, cert: &Path, key: &Path) -> String {

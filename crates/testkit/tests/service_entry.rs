@@ -200,9 +200,7 @@ fn service_entry_host_with_tls_origination_simple() {
         return;
     }
     let host = "secure.external.test";
-    let Some(certs) = external::certs(host) else {
-        return;
-    };
+    let certs = external::certs(host);
     let node = Node::new().unwrap();
     let ext = node.pod().unwrap();
     let _server = external::start(&ext, "secure", 8443, Some((&certs.cert, &certs.key)));

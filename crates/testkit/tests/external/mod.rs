@@ -9,10 +9,9 @@
 #![allow(dead_code, clippy::unwrap_used, clippy::expect_used)]
 
 use std::path::{Path, PathBuf};
-use std::process::Command;
 use std::time::Duration;
 
-use trellis_testkit::{ManagedProcess, Pod};
+use trellis_testkit::{ManagedProcess, Pod, certs};
 
 /// Answers `GET` with `{"server": NAME, "path": ..., "host": ...}`; `?delay=MS` in the path
 /// waits that long first. TLS when a certificate and key are given.
@@ -103,100 +102,27 @@ pub struct Certs {
     pub key: PathBuf,
 }
 
-fn openssl(args: &[&str], dir: &Path) {
-    let out = trellis_testkit::tools::run_bounded(
-        Command::new("openssl").args(args).current_dir(dir),
-        Duration::from_secs(20),
-    )
-    .unwrap();
-    assert!(
-        out.status.success(),
-        "openssl {args:?}: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-}
-
-/// `None` (with a note) when `openssl` is not installed (Debian package openssl).
-pub fn certs(host: &str) -> Option<Certs> {
-    if trellis_testkit::tools::which("openssl").is_none() {
-        eprintln!("openssl not installed (Debian package openssl): TLS part skipped");
-        return None;
-    }
+/// Makes [`Certs`] for `host`; a missing `openssl` fails the test (scripts/test.sh installs
+/// it) rather than skipping its TLS part.
+pub fn certs(host: &str) -> Certs {
     let dir = tempfile::Builder::new()
         .prefix("trellis-external-certs-")
         .tempdir()
         .unwrap();
     let p = dir.path();
-    let ec = [
-        "-newkey",
-        "ec",
-        "-pkeyopt",
-        "ec_paramgen_curve:prime256v1",
-        "-nodes",
-    ];
-    let mut ca = vec!["req", "-x509"];
-    ca.extend(ec);
-    ca.extend([
-        "-days",
-        "1",
-        "-subj",
-        "/CN=trellis-test-external-ca",
-        "-keyout",
-        "ca.key",
-        "-out",
-        "ca.pem",
-        "-addext",
-        "basicConstraints=critical,CA:TRUE",
-        "-addext",
-        "keyUsage=critical,keyCertSign,cRLSign",
-    ]);
-    openssl(&ca, p);
-    let san = format!("subjectAltName=DNS:{host}");
-    let subj = format!("/CN={host}");
-    let mut csr = vec!["req"];
-    csr.extend(ec);
-    csr.extend([
-        "-subj",
-        &subj,
-        "-addext",
-        &san,
-        "-keyout",
-        "server.key",
-        "-out",
-        "server.csr",
-    ]);
-    openssl(&csr, p);
-    openssl(
-        &[
-            "x509",
-            "-req",
-            "-in",
-            "server.csr",
-            "-CA",
-            "ca.pem",
-            "-CAkey",
-            "ca.key",
-            "-CAcreateserial",
-            "-days",
-            "1",
-            "-copy_extensions",
-            "copy",
-            "-out",
-            "server.pem",
-        ],
-        p,
-    );
+    certs::ca(p, "ca").unwrap_or_else(|e| panic!("{e}"));
+    certs::server_cert(p, "ca", "server", host).unwrap_or_else(|e| panic!("{e}"));
     use std::os::unix::fs::PermissionsExt as _;
     std::fs::set_permissions(p, std::fs::Permissions::from_mode(0o755)).unwrap();
     for f in ["ca.pem", "server.pem", "server.key"] {
         std::fs::set_permissions(p.join(f), std::fs::Permissions::from_mode(0o644)).unwrap();
     }
-    Some(Certs {
+    Certs {
         ca: p.join("ca.pem"),
         cert: p.join("server.pem"),
         key: p.join("server.key"),
         dir,
-    })
+    }
 }
 
 /// curl in `pod` (captured by its sidecar), returning status, `trellis-error` header and body.

@@ -1,0 +1,124 @@
+//! Test certificates made with the `openssl` command, as users make theirs: a CA, a server
+//! certificate that CA signed, a self-signed server certificate. PEM files in a directory the
+//! caller owns; every run of openssl is bounded.
+//!
+//! Not for the mesh's own identities (those come from `trellis-control`'s CA): these are the
+//! certificates of things outside the mesh (an external HTTPS API, a gateway's credential).
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::time::Duration;
+
+use crate::tools::{require, run_bounded};
+
+/// EC P-256 keys: quick to generate, accepted by rustls, openssl and Python's ssl.
+const NEW_EC_KEY: [&str; 5] = [
+    "-newkey",
+    "ec",
+    "-pkeyopt",
+    "ec_paramgen_curve:prime256v1",
+    "-nodes",
+];
+
+/// Runs `openssl ARGS` in `dir` (bounded); its stderr when it fails.
+pub fn openssl(dir: &Path, args: &[&str]) -> Result<(), String> {
+    let out = run_bounded(
+        Command::new(require("openssl", "openssl"))
+            .args(args)
+            .current_dir(dir),
+        Duration::from_secs(20),
+    )?;
+    if out.status.success() {
+        Ok(())
+    } else {
+        Err(format!(
+            "openssl {args:?}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        ))
+    }
+}
+
+/// A CA valid for a day: `<name>.pem` and `<name>.key` in `dir`.
+pub fn ca(dir: &Path, name: &str) -> Result<(), String> {
+    let (key, pem, subject) = (
+        format!("{name}.key"),
+        format!("{name}.pem"),
+        format!("/CN={name}"),
+    );
+    let mut args = vec!["req", "-x509"];
+    args.extend(NEW_EC_KEY);
+    args.extend([
+        "-keyout",
+        &key,
+        "-out",
+        &pem,
+        "-days",
+        "1",
+        "-subj",
+        &subject,
+        "-addext",
+        "basicConstraints=critical,CA:TRUE",
+        "-addext",
+        "keyUsage=critical,keyCertSign,cRLSign",
+    ]);
+    openssl(dir, &args)
+}
+
+/// A server certificate for DNS name `host`, signed by the CA `<ca>` in `dir` (made by
+/// [`ca`]): `<name>.pem` and `<name>.key` in `dir`.
+pub fn server_cert(dir: &Path, ca: &str, name: &str, host: &str) -> Result<(), String> {
+    let (key, csr, pem, ext) = (
+        format!("{name}.key"),
+        format!("{name}.csr"),
+        format!("{name}.pem"),
+        format!("{name}.ext"),
+    );
+    // An extension file rather than -copy_extensions, which openssl before 3.0 lacks.
+    std::fs::write(
+        dir.join(&ext),
+        format!(
+            "subjectAltName=DNS:{host}\nbasicConstraints=CA:FALSE\nextendedKeyUsage=serverAuth\n"
+        ),
+    )
+    .map_err(|e| format!("{}: {e}", dir.join(&ext).display()))?;
+    let subject = format!("/CN={host}");
+    let mut args = vec!["req"];
+    args.extend(NEW_EC_KEY);
+    args.extend(["-keyout", &key, "-out", &csr, "-subj", &subject]);
+    openssl(dir, &args)?;
+    let (ca_pem, ca_key) = (format!("{ca}.pem"), format!("{ca}.key"));
+    openssl(
+        dir,
+        &[
+            "x509",
+            "-req",
+            "-in",
+            &csr,
+            "-CA",
+            &ca_pem,
+            "-CAkey",
+            &ca_key,
+            "-CAcreateserial",
+            "-out",
+            &pem,
+            "-days",
+            "1",
+            "-extfile",
+            &ext,
+        ],
+    )
+}
+
+/// A self-signed certificate for DNS name `host`, valid for a day: `<host>.crt` and
+/// `<host>.key` in `dir`; returns their paths (certificate, key).
+pub fn self_signed(dir: &Path, host: &str) -> Result<(PathBuf, PathBuf), String> {
+    let (crt, key) = (format!("{host}.crt"), format!("{host}.key"));
+    let (subject, san) = (format!("/CN={host}"), format!("subjectAltName=DNS:{host}"));
+    let mut args = vec!["req", "-x509"];
+    args.extend(NEW_EC_KEY);
+    args.extend([
+        "-days", "1", "-subj", &subject, "-addext", &san, "-keyout", &key, "-out", &crt,
+    ]);
+    openssl(dir, &args)?;
+    Ok((dir.join(crt), dir.join(key)))
+}
