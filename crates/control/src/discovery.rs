@@ -392,17 +392,9 @@ impl Session {
         let Some((_, workload)) = &self.hello else {
             return Ok(());
         };
-        let compiled = {
-            let config = self.shared.config_rx.borrow().clone();
-            let workloads = self.shared.workloads_rx().borrow().clone();
-            let view = MeshView {
-                services: &config.services,
-                traffic: &config.traffic,
-                workloads: &workloads,
-                trust_domain: &self.shared.trust_domain,
-            };
+        let compiled = self.with_view(|view, config| {
             crate::compile::gateway::compile_gateway(view, &config.gateways, workload)
-        };
+        });
         if compiled.gateways.is_empty() && self.gateway.is_none() {
             return Ok(());
         }
@@ -510,17 +502,7 @@ impl Session {
 
     /// Compiles `target` and sends it if it differs from what this stream last sent for it.
     async fn push(&mut self, target: &Target) -> Result<(), End> {
-        let dest = {
-            let config = self.shared.config_rx.borrow().clone();
-            let workloads = self.shared.workloads_rx().borrow().clone();
-            let view = MeshView {
-                services: &config.services,
-                traffic: &config.traffic,
-                workloads: &workloads,
-                trust_domain: &self.shared.trust_domain,
-            };
-            compile(view, target)
-        };
+        let dest = self.with_view(|view, _| compile(view, target));
         if matches!(self.subscriptions.get(target), Some(Some(sent)) if *sent == dest) {
             return Ok(());
         }
@@ -544,6 +526,19 @@ impl Session {
         }
         self.shared.metrics.push();
         self.send(control_message::Kind::Update(update)).await
+    }
+
+    /// Runs `f` on one snapshot of the mesh: the config and the registered workloads.
+    fn with_view<T>(&self, f: impl FnOnce(MeshView<'_>, &crate::store::ConfigSnapshot) -> T) -> T {
+        let config = self.shared.config_rx.borrow().clone();
+        let workloads = self.shared.workloads_rx().borrow().clone();
+        let view = MeshView {
+            services: &config.services,
+            traffic: &config.traffic,
+            workloads: &workloads,
+            trust_domain: &self.shared.trust_domain,
+        };
+        f(view, &config)
     }
 
     async fn send(&self, kind: control_message::Kind) -> Result<(), End> {
