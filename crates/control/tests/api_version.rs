@@ -15,7 +15,7 @@ use common::*;
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 use trellis_api::discovery::{self as pb, control_message, proxy_message::Kind};
-use trellis_control::{ControlConfig, ControlPlane};
+use trellis_control::ControlPlane;
 use trellis_testkit::{
     ControlPlane as ControlProcess, HttpEcho, ProxyBuilder, service_yaml as k8s_service,
 };
@@ -59,11 +59,9 @@ async fn previous_protocol_version_hello_is_welcomed_and_served_updates() {
     )
     .unwrap();
     let any = "127.0.0.1:0".parse().unwrap();
-    let control = ControlPlane::start(ControlConfig {
-        ..config(dir.path(), any, any)
-    })
-    .await
-    .unwrap();
+    let control = ControlPlane::start(config(dir.path(), any, any))
+        .await
+        .unwrap();
     let (grpc, http) = (control.discovery_addr, control.http_addr);
 
     // A current proxy backs the service.

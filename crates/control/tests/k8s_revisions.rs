@@ -23,6 +23,7 @@ use serde_json::{Value, json};
 use trellis_control::k8s::manifests::{Values, render};
 use trellis_control::k8s::{KubeOptions, apply};
 use trellis_control::webhook::inject::InjectConfig;
+use trellis_control::webhook::revision::webhook_name;
 use trellis_control::{ControlConfig, ControlPlane};
 
 const STABLE_URL: &str = "http://trellis-control.trellis-system.svc:15010";
@@ -74,10 +75,8 @@ fn webhook_configurations(webhook: SocketAddr, revision: Option<&str>) -> Vec<Va
                 || o["kind"] == "ValidatingWebhookConfiguration"
         })
         .map(|mut o| {
-            if let Some(r) = revision {
-                let name = format!("{}-{r}", o["metadata"]["name"].as_str().unwrap());
-                o["metadata"]["name"] = json!(name);
-            }
+            let name = webhook_name(o["metadata"]["name"].as_str().unwrap(), revision);
+            o["metadata"]["name"] = json!(name);
             o
         })
         .collect()
