@@ -44,7 +44,8 @@ pub struct Compiled {
     pub config: GatewayConfig,
     /// `Gateway ns/name: field: why`, one per thing left out.
     pub problems: Vec<String>,
-    /// The gateways this workload serves (`Gateway ns/name`), for status.
+    /// The gateways this workload serves (`Gateway ns/name`); empty: it is no gateway, and
+    /// discovery sends it no gateway config.
     pub gateways: Vec<ResourceRef>,
 }
 
