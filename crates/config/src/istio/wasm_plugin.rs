@@ -20,8 +20,9 @@ use trellis_model::{Service, ServiceKey};
 
 use crate::document::{Resource, Translated};
 use crate::kube::FieldError;
-use crate::traffic::{Meta, from_value};
+use crate::traffic::{Meta, from_value, port};
 
+use super::PortSelector;
 use super::policy_target::{Selector, TargetRef, covers, service_targets};
 
 /// One WasmPlugin, translated.
@@ -76,12 +77,6 @@ struct TrafficSelector {
     mode: Option<String>,
     #[serde(default)]
     ports: Vec<PortSelector>,
-}
-
-#[derive(Debug, Deserialize)]
-#[serde(deny_unknown_fields)]
-struct PortSelector {
-    number: i64,
 }
 
 fn url(raw: &str) -> Result<String, FieldError> {
@@ -171,16 +166,10 @@ fn traffic(matches: Vec<TrafficSelector>) -> Result<(Mode, Vec<u16>), FieldError
             all_ports = true;
         }
         for (j, p) in m.ports.iter().enumerate() {
-            let port = u16::try_from(p.number)
-                .ok()
-                .filter(|p| *p != 0)
-                .ok_or_else(|| {
-                    FieldError::new(
-                        format!("spec.match[{i}].ports[{j}].number"),
-                        format!("must be a port 1-65535, got {}", p.number),
-                    )
-                })?;
-            ports.push(port);
+            ports.push(port(
+                &format!("spec.match[{i}].ports[{j}].number"),
+                p.number,
+            )?);
         }
     }
     if all_ports {
