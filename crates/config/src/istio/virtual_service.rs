@@ -236,7 +236,8 @@ pub(crate) fn translate(value: serde_yaml::Value) -> Result<Translated, FieldErr
     let vs: VirtualService = from_value(value)?;
     let source = vs.metadata.reference("VirtualService")?;
     let spec = vs.spec;
-    let mesh_bound = spec.gateways.is_empty() || spec.gateways.iter().any(|g| g == "mesh");
+    // The VirtualService's own `gateways` decide as a match block's do.
+    let mesh_bound = Scope::Mesh.admits(&spec.gateways);
     let mut parents = Vec::new();
     for (i, g) in spec.gateways.iter().enumerate() {
         if g == "mesh" {
