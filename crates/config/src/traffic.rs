@@ -172,7 +172,7 @@ pub fn resolve_host(host: &str, namespace: &str) -> Option<ServiceKey> {
 
 /// The external key for a host that is not a cluster Service name: lowercase DNS labels, at
 /// least three of them, no wildcard.
-pub fn external_host(host: &str) -> Option<ServiceKey> {
+fn external_host(host: &str) -> Option<ServiceKey> {
     let host = host.trim_end_matches('.');
     let labels: Vec<&str> = host.split('.').collect();
     let valid = host.len() <= 253
@@ -182,7 +182,7 @@ pub fn external_host(host: &str) -> Option<ServiceKey> {
 }
 
 /// The cluster Service a host names, if it is one (see [`resolve_host`]).
-pub fn cluster_host(host: &str, namespace: &str) -> Option<ServiceKey> {
+fn cluster_host(host: &str, namespace: &str) -> Option<ServiceKey> {
     let host = host.trim_end_matches('.');
     if host.contains('*') || host.is_empty() {
         return None;
