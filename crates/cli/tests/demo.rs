@@ -6,6 +6,10 @@
 // test a failed unwrap is a failed test, which is what we want.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
+// Only its status-file wait: this test starts the demo with flags of its own.
+#[allow(dead_code)]
+mod support;
+
 use std::collections::BTreeSet;
 use std::net::SocketAddr;
 use std::os::unix::process::CommandExt;
@@ -72,24 +76,10 @@ impl Demo {
 
     /// The status file, once written (60 s at most).
     async fn status(&mut self, status_file: &Path) -> Value {
-        let deadline = Instant::now() + Duration::from_secs(60);
-        loop {
-            if let Ok(bytes) = std::fs::read(status_file) {
-                return serde_json::from_slice(&bytes).expect("the status file is written whole");
-            }
-            if let Some(exit) = self.child.try_wait().unwrap() {
-                panic!(
-                    "the demo exited ({exit}) before it was ready:\n{}",
-                    self.log()
-                );
-            }
-            assert!(
-                Instant::now() < deadline,
-                "no status file after 60 s:\n{}",
-                self.log()
-            );
-            tokio::time::sleep(Duration::from_millis(100)).await;
-        }
+        // Blocking (a bounded poll), on this worker only: nothing else runs yet.
+        tokio::task::block_in_place(|| {
+            support::wait_status_file(&mut self.child, status_file, &self.log)
+        })
     }
 
     /// How the demo exited, within `within`.

@@ -4,10 +4,11 @@
 use std::os::unix::process::CommandExt;
 use std::path::Path;
 use std::process::{Child, Command, Stdio};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use rustix::process::{Pid, Signal, kill_process_group};
 use serde_json::Value;
+use trellis_testkit::wait;
 
 /// A running `trellis demo --no-load` on ephemeral loopback ports, in its own process group.
 pub struct Demo {
@@ -48,25 +49,17 @@ impl Demo {
             status: Value::Null,
             tmp,
         };
-        let deadline = Instant::now() + Duration::from_secs(60);
-        demo.status = loop {
-            if let Ok(bytes) = std::fs::read(&status_file) {
-                break serde_json::from_slice(&bytes).unwrap();
-            }
-            if let Some(exit) = demo.child.try_wait().unwrap() {
-                panic!("the demo exited ({exit}):\n{}", demo.log());
-            }
-            assert!(
-                Instant::now() < deadline,
-                "no status file after 60 s:\n{}",
-                demo.log()
-            );
-            std::thread::sleep(Duration::from_millis(100));
-        };
+        demo.status = wait_status_file(
+            &mut demo.child,
+            &status_file,
+            &demo.tmp.path().join("demo.log"),
+        );
         demo
     }
 
     /// What the demo printed so far.
+    // Not every test binary that includes this module reads it.
+    #[allow(dead_code)]
     pub fn log(&self) -> String {
         std::fs::read_to_string(self.tmp.path().join("demo.log")).unwrap_or_default()
     }
@@ -78,6 +71,20 @@ impl Demo {
             self.status["control"]["http"].as_str().unwrap()
         )
     }
+}
+
+/// Waits (bounded, 60 s) for a demo's `--status-file` JSON; fails early, with the demo's log
+/// (`log`), if the demo exits first. The demo writes the file whole (write + rename).
+pub fn wait_status_file(demo: &mut Child, status_file: &Path, log: &Path) -> Value {
+    let log = || std::fs::read_to_string(log).unwrap_or_default();
+    wait::until(Duration::from_secs(60), || {
+        if let Some(exit) = demo.try_wait().map_err(|e| e.to_string())? {
+            panic!("the demo exited ({exit}) before it was ready:\n{}", log());
+        }
+        let bytes = std::fs::read(status_file).map_err(|e| e.to_string())?;
+        serde_json::from_slice(&bytes).map_err(|e| format!("the status file: {e}"))
+    })
+    .unwrap_or_else(|e| panic!("no status file: {e}\n{}", log()))
 }
 
 impl Drop for Demo {
