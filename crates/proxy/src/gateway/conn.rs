@@ -14,11 +14,10 @@ use hyper::body::Incoming;
 use hyper::service::service_fn;
 use hyper_util::rt::{TokioExecutor, TokioIo};
 use hyper_util::server::conn::auto;
-use tokio::io::AsyncReadExt;
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
-use trellis_identity::gateway_tls::{self, Sni};
+use trellis_identity::gateway_tls::{self, Sni, peek_sni};
 use trellis_model::gateway::{ListenerProtocol, best_host, host_matches, request_host};
 
 use super::ListenerRt;
@@ -28,6 +27,7 @@ use crate::listen::accept_loop;
 use crate::route::Dest;
 use crate::serve::{Ctx, Downstream, serve_opaque};
 use crate::telemetry::Direction;
+use crate::tls::accept::read_first_record;
 use crate::transport::{CountingIo, PrefixedIo};
 
 /// Accepts with the sidecar's accept loop (and its `--max-connections`) until `stop`:
@@ -81,21 +81,13 @@ async fn read_sni<I: tokio::io::AsyncRead + Unpin>(
     ctx: &Ctx,
 ) -> Option<(BytesMut, Option<String>)> {
     let mut prefix = BytesMut::with_capacity(1024);
-    let deadline = tokio::time::Instant::now() + ctx.detect_timeout;
-    loop {
-        match gateway_tls::peek_sni(&prefix) {
-            Sni::Name(name) => return Some((prefix, name)),
-            Sni::Invalid => return None,
-            Sni::NeedBytes(n) => {
-                prefix.reserve(n.saturating_sub(prefix.len()));
-                let read = tokio::time::timeout_at(deadline, io.read_buf(&mut prefix)).await;
-                match read {
-                    Ok(Ok(0)) | Ok(Err(_)) | Err(_) => return None,
-                    Ok(Ok(_)) => {}
-                }
-            }
-        }
-    }
+    let sni = read_first_record(io, &mut prefix, ctx.detect_timeout, |p| match peek_sni(p) {
+        Sni::NeedBytes(n) => Err(n),
+        Sni::Name(name) => Ok(Some(name)),
+        Sni::Invalid => Ok(None),
+    })
+    .await??;
+    Some((prefix, sni))
 }
 
 async fn serve_tls(

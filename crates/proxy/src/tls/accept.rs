@@ -21,23 +21,41 @@ pub async fn read_client_hello<I>(io: &mut I, prefix: &mut BytesMut, timeout: Du
 where
     I: AsyncRead + Unpin,
 {
+    let class = read_first_record(io, prefix, timeout, |p| match peek_client_hello(p) {
+        ClientHello::NeedBytes(n) => Err(n),
+        hello => Ok(hello == ClientHello::Mesh),
+    });
+    class.await.unwrap_or(false)
+}
+
+/// Reads into `prefix` until `peek` can tell from it what the connection's first TLS record
+/// says (`Err(n)`: it needs `n` bytes in all); `None` when the peer closes or `timeout` passes
+/// first. Shared by the sidecar (mesh or not) and the gateway (which SNI).
+pub async fn read_first_record<I, T>(
+    io: &mut I,
+    prefix: &mut BytesMut,
+    timeout: Duration,
+    peek: impl Fn(&[u8]) -> Result<T, usize>,
+) -> Option<T>
+where
+    I: AsyncRead + Unpin,
+{
     let read = async {
         // Bounded: each round reads at least one byte towards at most MAX_HELLO_BYTES.
         loop {
-            match peek_client_hello(prefix) {
-                ClientHello::Mesh => return true,
-                ClientHello::Other | ClientHello::Invalid => return false,
-                ClientHello::NeedBytes(n) => {
+            match peek(prefix) {
+                Ok(answer) => return Some(answer),
+                Err(n) => {
                     prefix.reserve(n.min(MAX_HELLO_BYTES).saturating_sub(prefix.len()));
                     match io.read_buf(prefix).await {
-                        Ok(0) | Err(_) => return false,
+                        Ok(0) | Err(_) => return None,
                         Ok(_) => {}
                     }
                 }
             }
         }
     };
-    tokio::time::timeout(timeout, read).await.unwrap_or(false)
+    tokio::time::timeout(timeout, read).await.ok().flatten()
 }
 
 /// Terminates mesh mTLS on `io` (its bytes start with the ClientHello); counts the outcome.
