@@ -259,14 +259,11 @@ fn endpoint(trust_domain: &str, w: &Workload, target_port: u16) -> Endpoint {
         .is_some_and(|m| m == "disabled")
     {
         // No proxy there: the application itself, plaintext, no identity to check.
-        return Endpoint {
-            address: std::net::SocketAddr::new(w.inbound_address.ip(), target_port),
-            meshed: false,
-            identity: None,
-            workload: w.name.clone(),
-            labels: w.labels.clone(),
-            target_port,
-        };
+        return unmeshed(
+            SocketAddr::new(w.inbound_address.ip(), target_port),
+            &w.name,
+            &w.labels,
+        );
     }
     Endpoint {
         address: w.inbound_address,
@@ -275,6 +272,19 @@ fn endpoint(trust_domain: &str, w: &Workload, target_port: u16) -> Endpoint {
         workload: w.name.clone(),
         labels: w.labels.clone(),
         target_port,
+    }
+}
+
+/// An endpoint without a proxy (a pod without the sidecar, a ServiceEntry endpoint): reached
+/// in plaintext (or TLS a DestinationRule originates), with no identity to check.
+fn unmeshed(address: SocketAddr, workload: &str, labels: &BTreeMap<String, String>) -> Endpoint {
+    Endpoint {
+        address,
+        meshed: false,
+        identity: None,
+        workload: workload.to_string(),
+        labels: labels.clone(),
+        target_port: address.port(),
     }
 }
 

@@ -120,13 +120,8 @@ pub fn endpoints(
     let has = |labels: &BTreeMap<String, String>| {
         subset.is_none_or(|want| want.iter().all(|(k, v)| labels.get(k) == Some(v)))
     };
-    let plain = |ip: IpAddr, port: u16, name: &str, labels: &BTreeMap<String, String>| Endpoint {
-        address: SocketAddr::new(ip, port),
-        meshed: false,
-        identity: None,
-        workload: name.to_string(),
-        labels: labels.clone(),
-        target_port: port,
+    let plain = |ip: IpAddr, port: u16, name: &str, labels: &BTreeMap<String, String>| {
+        super::unmeshed(SocketAddr::new(ip, port), name, labels)
     };
     let default_port = super::target_port(port);
     let port_of = |ports: &BTreeMap<String, u16>| {
@@ -210,14 +205,7 @@ pub fn address_destination(view: MeshView<'_>, addr: SocketAddr) -> Option<Desti
     let port = svc.port(addr.port())?;
     let mut dest = super::service_destination(view, svc, port);
     if entry.resolution == Resolution::None {
-        dest.endpoints = vec![Endpoint {
-            address: addr,
-            meshed: false,
-            identity: None,
-            workload: key.fqdn(),
-            labels: BTreeMap::new(),
-            target_port: addr.port(),
-        }];
+        dest.endpoints = vec![super::unmeshed(addr, &key.fqdn(), &BTreeMap::new())];
     }
     Some(dest)
 }
