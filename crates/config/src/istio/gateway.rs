@@ -190,8 +190,9 @@ fn server(field: &str, s: &ServerSpec, notes: &mut Vec<String>) -> Result<Server
         .enumerate()
         .map(|(i, h)| host_ref(&format!("{field}.hosts[{i}]"), h))
         .collect::<Result<Vec<_>, _>>()?;
-    let (https_redirect, tls) = match &s.tls {
-        None => (false, None),
+    let https_redirect = s.tls.as_ref().is_some_and(|t| t.https_redirect);
+    let tls = match &s.tls {
+        None => None,
         Some(t) => tls(&format!("{field}.tls"), t, protocol, notes)?,
     };
     if matches!(protocol, ListenerProtocol::Https) && tls.is_none() {
@@ -238,12 +239,14 @@ fn server(field: &str, s: &ServerSpec, notes: &mut Vec<String>) -> Result<Server
     })
 }
 
+/// A server's `tls`: `None` for an HTTP server without a mode (only `httpsRedirect`, which
+/// the caller reads from the spec).
 fn tls(
     field: &str,
     t: &TlsSpec,
     protocol: ListenerProtocol,
     notes: &mut Vec<String>,
-) -> Result<(bool, Option<ServerTls>), FieldError> {
+) -> Result<Option<ServerTls>, FieldError> {
     if t.https_redirect && protocol != ListenerProtocol::Http {
         return Err(FieldError::new(
             format!("{field}.httpsRedirect"),
@@ -283,7 +286,7 @@ fn tls(
         ));
     }
     let mode = match t.mode.as_deref() {
-        None if protocol == ListenerProtocol::Http => return Ok((t.https_redirect, None)),
+        None if protocol == ListenerProtocol::Http => return Ok(None),
         None | Some("SIMPLE") => TlsMode::Simple,
         Some("MUTUAL") => TlsMode::Mutual,
         Some("PASSTHROUGH") => TlsMode::Passthrough,
@@ -298,13 +301,10 @@ fn tls(
         }
     };
     if mode == TlsMode::Passthrough {
-        return Ok((
-            t.https_redirect,
-            Some(ServerTls {
-                mode,
-                credential: None,
-            }),
-        ));
+        return Ok(Some(ServerTls {
+            mode,
+            credential: None,
+        }));
     }
     let credential = match (&t.credential_name, &t.server_certificate, &t.private_key) {
         (Some(name), None, None) => Credential::Secret(name.clone()),
@@ -352,13 +352,10 @@ fn tls(
             "is required for MUTUAL with file certificates",
         ));
     }
-    Ok((
-        t.https_redirect,
-        Some(ServerTls {
-            mode,
-            credential: Some(credential),
-        }),
-    ))
+    Ok(Some(ServerTls {
+        mode,
+        credential: Some(credential),
+    }))
 }
 
 #[cfg(test)]
