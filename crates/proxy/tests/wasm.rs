@@ -8,12 +8,12 @@
 
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use trellis_testkit::mesh::{config_dir, service_yaml};
+use trellis_testkit::mesh::{config_dir, service_yaml, write_config};
 use trellis_testkit::tools::curl_http;
 use trellis_testkit::wasm_plugins::{build, sha256_hex, wasm_plugin_yaml};
 use trellis_testkit::{ControlPlane, HttpEcho, Proxy, ProxyBuilder, wait};
@@ -129,13 +129,6 @@ fn start_mesh(apps: &[&str], files: &[(&str, String)]) -> Mesh {
         _control: control,
         _echoes: echoes,
     }
-}
-
-/// Writes a config file atomically (the control plane never reads half a file).
-fn write_config(dir: &Path, name: &str, text: &str) {
-    let tmp = dir.join(format!(".{name}.tmp"));
-    std::fs::write(&tmp, text).unwrap();
-    std::fs::rename(&tmp, dir.join(name)).unwrap();
 }
 
 #[test]
@@ -373,7 +366,7 @@ fn wasm_plugin_config_change_reloads_without_failed_requests() {
         .unwrap();
     };
     more_load(10);
-    write_config(mesh.config.path(), "add.yaml", &doc("v2", &sha));
+    write_config(mesh.config.path(), "add.yaml", &doc("v2", &sha)).unwrap();
     wait::until(CONVERGE, || {
         let last = results.lock().unwrap().last().cloned();
         match last {
@@ -386,7 +379,7 @@ fn wasm_plugin_config_change_reloads_without_failed_requests() {
 
     // A wrong sha256: the new version is refused, the last good one (v2) stays in force.
     let wrong = "0".repeat(64);
-    write_config(mesh.config.path(), "add.yaml", &doc("v3", &wrong));
+    write_config(mesh.config.path(), "add.yaml", &doc("v3", &wrong)).unwrap();
     let proxy = &mut mesh.proxies[0];
     wait::until(CONVERGE, || {
         let log = proxy.process().log();

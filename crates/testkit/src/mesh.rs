@@ -118,6 +118,14 @@ pub fn config_dir<N: AsRef<Path>, T: AsRef<[u8]>>(
     Ok(dir)
 }
 
+/// Writes `name` in a config directory the control plane watches, atomically (write, then
+/// rename), so the control plane never reads half a file.
+pub fn write_config(dir: &Path, name: &str, text: &str) -> std::io::Result<()> {
+    let tmp = dir.join(format!(".{name}.tmp"));
+    std::fs::write(&tmp, text)?;
+    std::fs::rename(&tmp, dir.join(name))
+}
+
 /// A Kubernetes Service selecting pods labelled `app: <app>`, with one TCP port.
 pub fn service_yaml(name: &str, namespace: &str, port: u16, target_port: u16, app: &str) -> String {
     format!(

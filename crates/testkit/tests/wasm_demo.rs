@@ -10,6 +10,7 @@ use std::net::SocketAddr;
 use std::process::Command;
 use std::time::Duration;
 
+use trellis_testkit::mesh::write_config;
 use trellis_testkit::tools::curl_http;
 use trellis_testkit::wasm_plugins::{build, wasm_plugin_yaml};
 use trellis_testkit::{ManagedProcess, bin, wait};
@@ -104,9 +105,7 @@ fn wasm_plugins_work_in_the_bookinfo_demo() {
         ),
     ];
     for (name, text) in &docs {
-        let tmp_file = config.join(format!(".{name}.tmp"));
-        std::fs::write(&tmp_file, text).unwrap();
-        std::fs::rename(&tmp_file, config.join(format!("wasm-{name}.yaml"))).unwrap();
+        write_config(&config, &format!("wasm-{name}.yaml"), text).unwrap();
     }
 
     wait::until(CONVERGE, || match get(&page, &[]) {

@@ -3,11 +3,10 @@
 //! and a client pod whose sidecar captures the load.
 
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
-use std::path::Path;
 use std::time::{Duration, Instant};
 
 use trellis_testkit::load::{self, Load, LoadReport, LoadSpec};
-use trellis_testkit::mesh::{config_dir, service_yaml_with_cluster_ip};
+use trellis_testkit::mesh::{config_dir, service_yaml_with_cluster_ip, write_config};
 use trellis_testkit::netns::PROXY_UID;
 use trellis_testkit::{ControlPlane, ManagedProcess, Node, Pod, Proxy, ProxyBuilder, wait};
 
@@ -197,7 +196,7 @@ impl PodMesh {
 
     /// Writes a config file atomically (rename), so the control plane never reads half of it.
     pub fn write_config(&self, name: &str, text: &str) {
-        write_atomic(self.config.path(), name, text);
+        write_config(self.config.path(), name, text).unwrap();
     }
 
     /// `POST path` to the control plane's HTTP API (it listens on the node's loopback).
@@ -228,12 +227,6 @@ impl PodMesh {
 
 fn discovery(node: &Node) -> SocketAddr {
     SocketAddr::new(node.ip().into(), DISCOVERY_PORT)
-}
-
-pub fn write_atomic(dir: &Path, name: &str, text: &str) {
-    let tmp = dir.join(format!(".{name}.tmp"));
-    std::fs::write(&tmp, text).unwrap();
-    std::fs::rename(&tmp, dir.join(name)).unwrap();
 }
 
 pub fn echo_url(path: &str) -> String {
