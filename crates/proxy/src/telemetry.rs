@@ -39,6 +39,25 @@ impl Direction {
     }
 }
 
+/// Writes a family's `# HELP` and `# TYPE` lines (`kind`: `counter`, `gauge`, ...).
+pub(crate) fn family(out: &mut String, name: &str, kind: &str, help: &str) -> std::fmt::Result {
+    writeln!(out, "# HELP {name} {help}\n# TYPE {name} {kind}")
+}
+
+/// A counter family with one sample per direction, `value` giving each.
+pub(crate) fn per_direction(
+    out: &mut String,
+    name: &str,
+    help: &str,
+    value: impl Fn(Direction) -> u64,
+) -> std::fmt::Result {
+    family(out, name, "counter", help)?;
+    for d in Direction::ALL {
+        writeln!(out, "{name}{{direction=\"{}\"}} {}", d.as_str(), value(d))?;
+    }
+    Ok(())
+}
+
 /// The result of protocol detection on one connection.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum DetectOutcome {
@@ -448,12 +467,9 @@ impl Metrics {
             ),
         ];
         for (name, help, field) in simple {
-            writeln!(out, "# HELP {name} {help}")?;
-            writeln!(out, "# TYPE {name} counter")?;
-            for d in Direction::ALL {
-                let n = field(&self.dir(d).traffic).load(Relaxed);
-                writeln!(out, "{name}{{direction=\"{}\"}} {n}", d.as_str())?;
-            }
+            per_direction(out, name, help, |d| {
+                field(&self.dir(d).traffic).load(Relaxed)
+            })?;
         }
         let name = "trellis_circuit_breaker_rejections_total";
         writeln!(

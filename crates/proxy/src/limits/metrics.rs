@@ -6,7 +6,7 @@
 use std::fmt::Write as _;
 use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
 
-use crate::telemetry::Direction;
+use crate::telemetry::{Direction, family, per_direction};
 
 /// Which limit turned a connection or request away; the metric's `limit` label.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -85,11 +85,8 @@ impl LimitMetrics {
 
     pub fn render(&self, out: &mut String) -> std::fmt::Result {
         let name = "trellis_limit_rejected_total";
-        writeln!(
-            out,
-            "# HELP {name} Connections and requests refused by one of the proxy's own limits."
-        )?;
-        writeln!(out, "# TYPE {name} counter")?;
+        let help = "Connections and requests refused by one of the proxy's own limits.";
+        family(out, name, "counter", help)?;
         for d in Direction::ALL {
             for l in Limit::ALL {
                 let n = self.dirs[d as usize].rejected[l as usize].load(Relaxed);
@@ -115,12 +112,9 @@ impl LimitMetrics {
             ),
         ];
         for (name, help, field) in simple {
-            writeln!(out, "# HELP {name} {help}")?;
-            writeln!(out, "# TYPE {name} counter")?;
-            for d in Direction::ALL {
-                let n = field(&self.dirs[d as usize]).load(Relaxed);
-                writeln!(out, "{name}{{direction=\"{}\"}} {n}", d.as_str())?;
-            }
+            per_direction(out, name, help, |d| {
+                field(&self.dirs[d as usize]).load(Relaxed)
+            })?;
         }
         Ok(())
     }

@@ -17,6 +17,7 @@ use trellis_api::discovery as pb;
 
 use crate::discovery::Resolution;
 use crate::route::{Next, NoHop, next_for};
+use crate::telemetry::family;
 use crate::traffic::TargetTraffic;
 
 /// The current mode and what it refused. One per proxy, shared by discovery (which sets the
@@ -78,12 +79,9 @@ impl OutboundPolicy {
     /// Appends `trellis_outbound_blocked_total` in Prometheus text.
     pub fn render(&self, out: &mut String) {
         let name = "trellis_outbound_blocked_total";
+        let help = "Outbound requests and connections refused because their destination is not in the mesh's registry (REGISTRY_ONLY).";
         // Writing into a String cannot fail.
-        let _ = writeln!(
-            out,
-            "# HELP {name} Outbound requests and connections refused because their destination is not in the mesh's registry (REGISTRY_ONLY)."
-        );
-        let _ = writeln!(out, "# TYPE {name} counter");
+        let _ = family(out, name, "counter", help);
         let _ = writeln!(out, "{name} {}", self.blocked());
     }
 }

@@ -5,7 +5,7 @@ use std::fmt::Write;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{SystemTime, UNIX_EPOCH};
 
-use crate::telemetry::Direction;
+use crate::telemetry::{Direction, per_direction};
 
 /// Every failure reason, in render order. Unknown reasons count as `other`.
 const REASONS: [&str; 12] = [
@@ -70,19 +70,12 @@ impl TlsMetrics {
                 self.expiry_secs.load(Ordering::Relaxed)
             );
         }
-        let _ = writeln!(
+        let _ = per_direction(
             out,
-            "# HELP trellis_tls_handshakes_total Completed mesh mTLS handshakes.\n\
-             # TYPE trellis_tls_handshakes_total counter"
+            "trellis_tls_handshakes_total",
+            "Completed mesh mTLS handshakes.",
+            |d| self.handshakes(d),
         );
-        for d in Direction::ALL {
-            let _ = writeln!(
-                out,
-                "trellis_tls_handshakes_total{{direction=\"{}\"}} {}",
-                d.as_str(),
-                self.handshakes(d)
-            );
-        }
         let _ = writeln!(
             out,
             "# HELP trellis_mtls_dry_run_plaintext_total Inbound connections that are not mesh mTLS, let in, that a dry-run STRICT PeerAuthentication would have refused.\n\

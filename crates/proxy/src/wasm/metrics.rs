@@ -9,6 +9,7 @@ use std::fmt::Write;
 use std::sync::atomic::{AtomicI64, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 
+use crate::telemetry::family;
 use crate::telemetry::requests::escape;
 
 /// Proxy-Wasm `MetricType`.
@@ -169,8 +170,8 @@ impl WasmMetrics {
     pub fn render(&self, out: &mut String) {
         let failures = lock(&self.failures).clone();
         if !failures.is_empty() {
-            out.push_str("# HELP trellis_wasm_plugin_failures_total Requests a Wasm plugin failed (trap, fuel, memory, load), by plugin.\n");
-            out.push_str("# TYPE trellis_wasm_plugin_failures_total counter\n");
+            let help = "Requests a Wasm plugin failed (trap, fuel, memory, load), by plugin.";
+            let _ = family(out, "trellis_wasm_plugin_failures_total", "counter", help);
             for ((plugin, reason), n) in &failures {
                 out.push_str("trellis_wasm_plugin_failures_total{plugin=\"");
                 escape(plugin, out);
