@@ -224,7 +224,7 @@ impl ConfigIndex {
                         )
                     }
                     Outcome::Resource(r) => {
-                        let notes = match r {
+                        let notes: &[String] = match r {
                             Resource::Routes(set) => &set.notes,
                             Resource::DestinationPolicy(p) => &p.notes,
                             Resource::PeerAuthentication(p) => &p.notes,
@@ -233,10 +233,10 @@ impl ConfigIndex {
                             Resource::ServiceEntry(se) => &se.notes,
                             Resource::WasmPlugin(p) => &p.notes,
                             Resource::AuthorizationPolicy(p) => &p.notes,
-                            Resource::Gateway(g) => &g.notes().to_vec(),
+                            Resource::Gateway(g) => g.notes(),
                             Resource::RateLimitPolicy(p) => &p.notes,
-                            Resource::Smi(p) => &p.notes().to_vec(),
-                            Resource::Service(_) => &Vec::new(),
+                            Resource::Smi(p) => p.notes(),
+                            Resource::Service(_) => &[],
                         };
                         let verdict = verdicts
                             .get(&(file.clone(), doc.resource.document))
