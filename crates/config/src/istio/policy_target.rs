@@ -9,7 +9,8 @@
 //! - [`scope`] (AuthorizationPolicy, RateLimitPolicy): anything but a Service is refused,
 //!   because a policy that silently covers nothing is a security hole (or a limit not applied).
 //! - [`service_targets`] (RequestAuthentication, WasmPlugin): a Gateway target is accepted
-//!   with a note and ignored, as Istio accepts it and this mesh has no gateway to attach to.
+//!   with a note and ignored, as Istio accepts it and gateway mode runs no request authentication
+//!   or Wasm plugins yet.
 
 use std::collections::BTreeMap;
 
@@ -139,7 +140,7 @@ pub(crate) fn service_targets(
         if r.is_service() {
             services.push(ServiceKey::new(namespace.to_string(), r.name));
         } else if r.kind == "Gateway" {
-            // Valid in Istio, but this mesh has no gateway workloads to attach to yet.
+            // Valid in Istio, but gateway mode does not run these policies yet.
             notes.push(format!(
                 "{field} ignored: Gateway targets are not supported yet"
             ));
@@ -158,8 +159,9 @@ pub(crate) fn service_targets(
 
 /// Whether a policy of `policy_namespace` with this `selector` and these Service `targets`
 /// ([`service_targets`]) covers a workload in `namespace` with `labels`: the targets' workloads
-/// of its namespace; else the selected workloads of its namespace (an empty selector selects
-/// all, as in Kubernetes); else its namespace, or the mesh from `root_namespace`.
+/// of its namespace; else the selected workloads of its namespace, or of every namespace from
+/// `root_namespace` (as Istio, and as AuthorizationPolicy's `Scope::covers`; an empty selector
+/// selects all, as in Kubernetes); else its namespace, or the mesh from `root_namespace`.
 pub(crate) fn covers<'a>(
     policy_namespace: &str,
     selector: Option<&BTreeMap<String, String>>,
@@ -175,7 +177,8 @@ pub(crate) fn covers<'a>(
     }
     match selector {
         Some(sel) => {
-            policy_namespace == namespace && sel.iter().all(|(k, v)| labels.get(k) == Some(v))
+            (policy_namespace == namespace || policy_namespace == root_namespace)
+                && sel.iter().all(|(k, v)| labels.get(k) == Some(v))
         }
         None => policy_namespace == namespace || policy_namespace == root_namespace,
     }
@@ -264,5 +267,27 @@ mod tests {
             &format!("{URL}  targetRefs: [{{kind: Deployment, group: apps, name: a}}]\n"),
         );
         assert_eq!(invalid_field(out), "spec.targetRefs[0].kind");
+    }
+
+    #[test]
+    fn a_root_namespace_selector_covers_matching_workloads_everywhere() {
+        use std::collections::BTreeMap;
+        let labels: BTreeMap<String, String> = [("app".to_string(), "web".to_string())].into();
+        let sel: BTreeMap<String, String> = labels.clone();
+        let other: BTreeMap<String, String> = [("app".to_string(), "db".to_string())].into();
+        let services = BTreeMap::new();
+        let none = std::iter::empty::<&ServiceKey>;
+        let covers = |policy_ns: &str, sel: Option<&BTreeMap<String, String>>, ns: &str, l| {
+            super::covers(policy_ns, sel, none(), "istio-system", ns, l, &services)
+        };
+        // A selector in the root namespace reaches matching workloads of any namespace.
+        assert!(covers("istio-system", Some(&sel), "shop", &labels));
+        assert!(!covers("istio-system", Some(&sel), "shop", &other));
+        // Elsewhere a selector stays in its own namespace.
+        assert!(covers("shop", Some(&sel), "shop", &labels));
+        assert!(!covers("bank", Some(&sel), "shop", &labels));
+        // No selector: the namespace, or the mesh from the root namespace.
+        assert!(covers("istio-system", None, "shop", &other));
+        assert!(!covers("bank", None, "shop", &other));
     }
 }
