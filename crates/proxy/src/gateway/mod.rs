@@ -165,7 +165,7 @@ pub async fn run(
 ) {
     let mut running: BTreeMap<u16, Running> = BTreeMap::new();
     // Balancer, budget and outlier state per virtual host survive updates.
-    let mut traffic: HashMap<String, Arc<TargetTraffic>> = HashMap::new();
+    let mut traffic = Traffic::new();
     loop {
         let json = config_rx.borrow_and_update().clone();
         if !json.is_empty() {
@@ -193,7 +193,7 @@ async fn apply(
     settings: &GatewaySettings,
     config: &GatewayConfig,
     running: &mut BTreeMap<u16, Running>,
-    traffic: &mut HashMap<String, Arc<TargetTraffic>>,
+    traffic: &mut Traffic,
     bound: &BoundListeners,
 ) {
     let mut keep = std::collections::BTreeSet::new();
@@ -237,11 +237,7 @@ async fn apply(
         }
         kept
     });
-    traffic.retain(|k, _| {
-        k.split_once('/')
-            .and_then(|(p, _)| p.parse::<u16>().ok())
-            .is_some_and(|p| keep.contains(&p))
-    });
+    traffic.retain(|(port, ..), _| keep.contains(port));
 }
 
 fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
@@ -249,12 +245,15 @@ fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
     m.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
 }
 
+/// Traffic state by listener port, `http` or `tls`, and the virtual host's hosts.
+type Traffic = HashMap<(u16, &'static str, String), Arc<TargetTraffic>>;
+
 /// A destination the forwarding path can walk: a fixed answer in a watch of its own, and the
 /// traffic state kept for `key`.
 fn dest(
-    key: String,
+    key: (u16, &'static str, String),
     destination: &Destination,
-    traffic: &mut HashMap<String, Arc<TargetTraffic>>,
+    traffic: &mut Traffic,
 ) -> Dest {
     let (_tx, resolution_rx) = watch::channel(Resolution::Found(Arc::new(destination.clone())));
     Dest::Service {
@@ -263,10 +262,7 @@ fn dest(
     }
 }
 
-async fn runtime(
-    l: &GatewayListener,
-    traffic: &mut HashMap<String, Arc<TargetTraffic>>,
-) -> ListenerRt {
+async fn runtime(l: &GatewayListener, traffic: &mut Traffic) -> ListenerRt {
     let mut tls = Vec::new();
     for t in &l.tls_hosts {
         match load(&t.cert, t.client_ca.as_ref()).await {
@@ -283,7 +279,7 @@ async fn runtime(
             .virtual_hosts
             .iter()
             .map(|v| {
-                let key = format!("{}/http/{}", l.port, v.hosts.join(","));
+                let key = (l.port, "http", v.hosts.join(","));
                 (v.hosts.clone(), dest(key, &v.destination, traffic))
             })
             .collect(),
@@ -293,7 +289,7 @@ async fn runtime(
             .passthrough
             .iter()
             .map(|p| {
-                let key = format!("{}/tls/{}", l.port, p.hosts.join(","));
+                let key = (l.port, "tls", p.hosts.join(","));
                 (p.hosts.clone(), dest(key, &p.destination, traffic))
             })
             .collect(),
