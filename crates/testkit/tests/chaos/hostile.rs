@@ -57,13 +57,14 @@ fn good_load(addr: SocketAddr, duration: Duration) -> LoadReport {
     .unwrap()
 }
 
-/// Runs `attack` (given the target and a deadline; it returns a description of what it did)
-/// against the victim while a well-behaved client measures, and checks and reports the result.
+/// Runs `attack` (given the target and a deadline; it returns a description of what it did and
+/// how many hostile requests, streams or frames it got onto the wire) against the victim while
+/// a well-behaved client measures, and checks and reports the result.
 fn under_attack(
     test: &str,
     scenario: &str,
     proxy_args: &[&str],
-    attack: impl FnOnce(SocketAddr, Instant) -> String + Send,
+    attack: impl FnOnce(SocketAddr, Instant) -> (String, u64) + Send,
 ) {
     let v = victim(proxy_args);
     let addr = v.proxy.ready.inbound;
@@ -79,7 +80,7 @@ fn under_attack(
     );
     let rss_before = load::rss_bytes(pid).unwrap();
 
-    let ((report, what), samples) = sample_while(pid, Duration::from_millis(250), || {
+    let ((report, (what, sent)), samples) = sample_while(pid, Duration::from_millis(250), || {
         std::thread::scope(|s| {
             let deadline = Instant::now() + ATTACK;
             let attacker = s.spawn(move || attack(addr, deadline));
@@ -106,6 +107,14 @@ fn under_attack(
             mib(peak),
             mib(rss_after),
         ),
+    );
+    // Without these the rest proves nothing: an attack that never reached the proxy, or one
+    // the proxy never had to refuse, starves nobody.
+    assert!(sent > 0, "{test}: the attack sent nothing: {what}");
+    let rejected = v.proxy.metrics().sum("trellis_limit_rejected_total", &[]);
+    assert!(
+        rejected > 0.0,
+        "{test}: the proxy's limits never engaged ({what})"
     );
     assert_eq!(
         report.failed(),
@@ -179,7 +188,12 @@ fn chaos_slowloris_does_not_starve_other_clients() {
                     .min(Duration::from_secs(1));
                 std::thread::sleep(pause);
             }
-            format!("{CONNECTIONS} slow connections, {opened} opened, {closed} closed by the proxy")
+            (
+                format!(
+                    "{CONNECTIONS} slow connections, {opened} opened, {closed} closed by the proxy"
+                ),
+                opened,
+            )
         },
     );
 }
@@ -342,8 +356,11 @@ fn chaos_http2_rapid_reset_flood_does_not_starve_other_clients() {
             });
             let connections: u64 = results.iter().map(|r| r.0).sum();
             let streams: u64 = results.iter().map(|r| r.1).sum();
-            format!(
-                "2 attackers wrote {streams} HEADERS+RST_STREAM pairs over {connections} connections (the proxy closes each after a few; most pairs die in socket buffers)"
+            (
+                format!(
+                    "2 attackers wrote {streams} HEADERS+RST_STREAM pairs over {connections} connections (the proxy closes each after a few; most pairs die in socket buffers)"
+                ),
+                streams,
             )
         },
     );
@@ -433,9 +450,12 @@ fn chaos_header_bomb_does_not_starve_other_clients() {
                 });
                 (h1.join().unwrap(), h2.join().unwrap())
             });
-            format!(
-                "HTTP/1 200 KB heads answered {h1:?}; HTTP/2 {} CONTINUATION frames of 16 KB over {} connections",
-                h2.1, h2.0
+            (
+                format!(
+                    "HTTP/1 200 KB heads answered {h1:?}; HTTP/2 {} CONTINUATION frames of 16 KB over {} connections",
+                    h2.1, h2.0
+                ),
+                h1.values().sum::<u64>() + h2.1,
             )
         },
     );
