@@ -8,10 +8,11 @@
 //! here also gives every proxy the same endpoints. The cost: the control plane's resolver must
 //! see the same answers as the workloads' (true for cluster DNS and public names).
 //!
-//! Names are looked up when the config changes and every [`REFRESH`]; a failed lookup keeps
-//! the last good answer (a resolver hiccup must not empty an endpoint list), and a name never
-//! answered has no endpoints. Lookups run one after another with a timeout each (names are
-//! few: one per entry endpoint or host).
+//! A config change looks up only the names without an answer yet, so that a change to
+//! anything else reaches discovery without waiting on the resolver; every name is looked up
+//! again every [`REFRESH`]. A failed lookup keeps the last good answer (a resolver hiccup must
+//! not empty an endpoint list), and a name never answered has no endpoints. Lookups run one
+//! after another with a timeout each (names are few: one per entry endpoint or host).
 
 use std::collections::BTreeMap;
 use std::net::IpAddr;
@@ -39,10 +40,19 @@ pub fn spawn(
     tokio::spawn(async move {
         let mut answers: BTreeMap<String, Vec<IpAddr>> = BTreeMap::new();
         let mut current = first;
+        // An interval, not a sleep per pass: config changes must not keep postponing it.
+        let mut refresh = tokio::time::interval(REFRESH);
+        refresh.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        refresh.tick().await; // the first tick is immediate; the first pass looks all up anyway
+        let mut all = true;
         loop {
             let names = current.traffic.service_entries.dns_names();
             answers.retain(|n, _| names.contains(n));
-            for name in &names {
+            let due: Vec<&String> = names
+                .iter()
+                .filter(|n| all || !answers.contains_key(*n))
+                .collect();
+            for name in due {
                 match lookup(name).await {
                     Ok(ips) if !ips.is_empty() => {
                         answers.insert(name.clone(), ips);
@@ -57,7 +67,8 @@ pub fn spawn(
             }
             let with_dns = with_answers(&current, &answers);
             tx.send_if_modified(|published| {
-                let changed = **published != *with_dns;
+                // The same `Arc`: nothing to compare (the usual case without DNS names).
+                let changed = !Arc::ptr_eq(published, &with_dns) && **published != *with_dns;
                 if changed {
                     *published = with_dns;
                 }
@@ -70,8 +81,9 @@ pub fn spawn(
                         return;
                     }
                     current = upstream.borrow_and_update().clone();
+                    all = false;
                 }
-                () = tokio::time::sleep(REFRESH) => {}
+                _ = refresh.tick() => all = true,
             }
         }
     });
