@@ -40,11 +40,13 @@ fn ok(out: &Output) -> String {
     String::from_utf8_lossy(&out.stdout).into_owned()
 }
 
+/// Whether the object exists. Only "not found" is false: any other failure of kubectl fails
+/// the test, so a broken API server cannot pass for a clean uninstall.
 fn exists(kubeconfig: &Path, what: &[&str]) -> bool {
     let mut args = vec!["get"];
     args.extend_from_slice(what);
-    args.extend(["-o", "name"]);
-    kubectl(kubeconfig, &args, "").status.success()
+    args.extend(["--ignore-not-found", "-o", "name"]);
+    !ok(&kubectl(kubeconfig, &args, "")).trim().is_empty()
 }
 
 #[test]
