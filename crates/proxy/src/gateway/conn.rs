@@ -157,7 +157,8 @@ async fn serve_http<I: Downstream>(
         let (ctx, rt, sni) = (svc_ctx.clone(), rt.clone(), sni.clone());
         async move { Ok::<_, Infallible>(route(ctx, &rt, req, peer, secure, sni.as_deref()).await) }
     });
-    let builder = auto::Builder::new(TokioExecutor::new());
+    let mut builder = auto::Builder::new(TokioExecutor::new());
+    crate::limits::server::auto(&mut builder, ctx.admission.limits());
     let conn = builder.serve_connection_with_upgrades(TokioIo::new(io), svc);
     tokio::pin!(conn);
     let res = tokio::select! {
@@ -168,6 +169,12 @@ async fn serve_http<I: Downstream>(
         }
     };
     if let Err(e) = res {
+        let limit = e
+            .downcast_ref::<hyper::Error>()
+            .and_then(crate::limits::server::classify);
+        if let Some(limit) = limit {
+            ctx.metrics.limits.rejected(Direction::Outbound, limit);
+        }
         tracing::debug!(error = %e, "gateway HTTP connection ended with an error");
     }
 }

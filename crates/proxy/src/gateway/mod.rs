@@ -371,14 +371,17 @@ mod tests {
         text.lines().next().map(str::to_string)
     }
 
-    /// A listener counts `--max-connections` like every data listener, and closes when the
-    /// config no longer has it.
-    #[tokio::test]
-    async fn listeners_are_limited_and_removed() {
-        let limits = ServerLimits {
-            max_connections: Some(1),
-            ..ServerLimits::default()
-        };
+    /// A gateway serving one HTTP listener (Gateway port 8080) under `limits`: its context,
+    /// config sender, bound address and task.
+    async fn gateway_with(
+        limits: ServerLimits,
+    ) -> (
+        Arc<Ctx>,
+        watch::Sender<Arc<str>>,
+        BoundListeners,
+        CancellationToken,
+        tokio::task::JoinHandle<()>,
+    ) {
         let shutdown = CancellationToken::new();
         let ctx = Arc::new(
             Ctx::new(
@@ -403,7 +406,20 @@ mod tests {
         let (config_tx, config_rx) = watch::channel(with_listener);
         let bound = BoundListeners::default();
         let gateway = tokio::spawn(run(ctx.clone(), config_rx, settings, bound.clone()));
-        let addr = eventually("the listener", || lock(&bound).get(&8080).copied()).await;
+        eventually("the listener", || lock(&bound).get(&8080).copied()).await;
+        (ctx, config_tx, bound, shutdown, gateway)
+    }
+
+    /// A listener counts `--max-connections` like every data listener, and closes when the
+    /// config no longer has it.
+    #[tokio::test]
+    async fn listeners_are_limited_and_removed() {
+        let limits = ServerLimits {
+            max_connections: Some(1),
+            ..ServerLimits::default()
+        };
+        let (ctx, config_tx, bound, shutdown, gateway) = gateway_with(limits).await;
+        let addr = lock(&bound)[&8080];
 
         // Accepted in order: the first takes the one slot at accept and holds it while it waits
         // for its request.
@@ -434,6 +450,44 @@ mod tests {
         })
         .await;
         assert_eq!(refused.kind(), std::io::ErrorKind::ConnectionRefused);
+        shutdown.cancel();
+        gateway.await.unwrap();
+    }
+
+    /// A request head that does not arrive within `--header-read-timeout` closes the
+    /// connection (slowloris), counted as `header_timeout`.
+    #[tokio::test]
+    async fn a_slow_request_head_is_cut() {
+        let limits = ServerLimits {
+            header_read_timeout: Duration::from_millis(300),
+            ..ServerLimits::default()
+        };
+        let (ctx, _config_tx, bound, shutdown, gateway) = gateway_with(limits).await;
+        let addr = lock(&bound)[&8080];
+        let mut slow = TcpStream::connect(addr).await.unwrap();
+        slow.write_all(b"GET / HTTP/1.1\r\nhost: a.example.com\r\n")
+            .await
+            .unwrap();
+        let started = std::time::Instant::now();
+        let mut out = Vec::new();
+        tokio::time::timeout(Duration::from_secs(10), slow.read_to_end(&mut out))
+            .await
+            .expect("the gateway closes a slow head")
+            .ok();
+        assert!(
+            started.elapsed() < Duration::from_secs(5),
+            "{:?}",
+            started.elapsed()
+        );
+        let limit = crate::limits::Limit::HeaderTimeout;
+        eventually("the header timeout counted", || {
+            let n = ctx
+                .metrics
+                .limits
+                .rejected_count(crate::telemetry::Direction::Outbound, limit);
+            (n == 1).then_some(())
+        })
+        .await;
         shutdown.cancel();
         gateway.await.unwrap();
     }
