@@ -189,7 +189,6 @@ pub async fn serve(
     };
     ctx.metrics.detection(direction, detected.outcome);
     if direction == Direction::Inbound && ctx.identity.enabled() {
-        let mode = ctx.identity.inbound_policy.load().mode_for(dest_port);
         let mesh = detected.protocol == Protocol::Tls
             && crate::tls::accept::read_client_hello(
                 &mut io,
@@ -198,9 +197,10 @@ pub async fn serve(
             )
             .await;
         let tls = ctx.identity.current();
-        ctx.identity
-            .dry_run_admission(dest_port, mesh, tls.is_some(), peer);
-        match (policy::admit(mode, mesh, tls.is_some()), tls) {
+        match (
+            ctx.identity.admission(dest_port, mesh, tls.is_some(), peer),
+            tls,
+        ) {
             (policy::Admission::Refuse, _) => {
                 ctx.identity
                     .metrics

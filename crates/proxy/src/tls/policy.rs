@@ -27,7 +27,7 @@ pub struct InboundPolicy {
     pub mode: MtlsMode,
     pub ports: BTreeMap<u16, MtlsMode>,
     /// What would apply if the dry-run PeerAuthentications were enforced (`None`: none
-    /// applies). Never enforced: see [`MeshIdentity::dry_run_admission`].
+    /// applies). Never enforced: see [`MeshIdentity::admission`].
     #[serde(skip_serializing_if = "Option::is_none")]
     pub dry_run: Option<DryRunPolicy>,
 }
@@ -52,21 +52,22 @@ impl InboundPolicy {
 }
 
 impl MeshIdentity {
-    /// Reports (log and `trellis_mtls_dry_run_plaintext_total`) an inbound connection that is
-    /// let in but that the dry-run policy's mode would have refused. Changes nothing.
-    pub fn dry_run_admission(
+    /// What an inbound connection to `port` gets under the policy in force now, from one read
+    /// of that policy. A connection it lets in that the dry-run policy's mode would have
+    /// refused is reported (log and `trellis_mtls_dry_run_plaintext_total`), never refused.
+    pub fn admission(
         &self,
         port: u16,
         mesh_hello: bool,
         certified: bool,
         peer: Option<std::net::SocketAddr>,
-    ) {
+    ) -> Admission {
         let policy = self.inbound_policy.load();
-        let Some(would) = policy.dry_run_mode_for(port) else {
-            return;
-        };
-        if admit(would, mesh_hello, certified) == Admission::Refuse
-            && admit(policy.mode_for(port), mesh_hello, certified) != Admission::Refuse
+        let enforced = admit(policy.mode_for(port), mesh_hello, certified);
+        if enforced != Admission::Refuse
+            && policy
+                .dry_run_mode_for(port)
+                .is_some_and(|would| admit(would, mesh_hello, certified) == Admission::Refuse)
         {
             self.metrics.dry_run_plaintext();
             tracing::info!(
@@ -75,6 +76,7 @@ impl MeshIdentity {
                 "dry run: a connection that is not mesh mTLS would be refused (STRICT); let in"
             );
         }
+        enforced
     }
 }
 
