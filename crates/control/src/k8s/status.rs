@@ -22,6 +22,9 @@ use super::kinds::ConfigKind;
 use super::programmed::{Revisions, Synced};
 use crate::store::{ConfigSnapshot, Status};
 
+/// How long a failed status write waits before it is tried again without a new snapshot.
+const RETRY_AFTER: std::time::Duration = std::time::Duration::from_secs(1);
+
 /// What the writer needs to address an object.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct ObjectMeta {
@@ -146,6 +149,9 @@ pub async fn run(
     let mut written: BTreeMap<String, Conditions> = BTreeMap::new();
     let mut revisions = Revisions::default();
     loop {
+        // A failed write is retried after a pause even when nothing else changes: once every
+        // proxy has ACKed, no new snapshot or ACK may come to carry the retry.
+        let mut retry = false;
         // Every snapshot is numbered, led or not: a replica that becomes leader counts from
         // what it has seen.
         let (snapshot, objects) = rx.borrow_and_update().clone();
@@ -165,9 +171,13 @@ pub async fn run(
                     Ok(()) => {
                         written.insert(key, condition);
                     }
-                    // Deleted meanwhile, or no status subresource on a CRD the user installed:
-                    // tried again on the next snapshot.
-                    Err(err) => tracing::debug!(object = %key, error = %err, "cannot write status"),
+                    // Deleted meanwhile, an API server too busy to answer, or no status
+                    // subresource on a CRD the user installed: tried again on the next
+                    // snapshot or after RETRY_AFTER, whichever comes first.
+                    Err(err) => {
+                        retry = true;
+                        tracing::debug!(object = %key, error = %err, "cannot write status");
+                    }
                 }
             }
         } else {
@@ -178,6 +188,7 @@ pub async fn run(
             changed = rx.changed() => if changed.is_err() { return },
             changed = synced_rx.changed() => if changed.is_err() { return },
             changed = leader_rx.changed() => if changed.is_err() { return },
+            () = tokio::time::sleep(RETRY_AFTER), if retry => {}
         }
     }
 }
