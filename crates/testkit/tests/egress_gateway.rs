@@ -1,0 +1,331 @@
+//! Istio's egress gateway pattern in network-namespace pods: a client pod with iptables and
+//! its sidecar, an egress gateway (`trellis-proxy --mode gateway`, labels `istio:
+//! egressgateway`) in a pod of its own, and an "external" host (a plain server in its own pod)
+//! whose name the control plane resolves by DNS. The YAML is Istio's egress-gateway task's,
+//! unchanged: a DNS ServiceEntry for `edition.cnn.com`, a Gateway for it on the egress gateway,
+//! a DestinationRule subset for the gateway's Service, and a VirtualService bound to `mesh` and
+//! the gateway that sends the sidecars' traffic to the gateway and the gateway's on to the host.
+//!
+//! The client pod may not reach the external host itself (an iptables rule stands for the
+//! NetworkPolicy a cluster would use): only the gateway path works. Needs root; see
+//! `trellis_testkit::netns::require_root`.
+
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+mod external;
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use trellis_testkit::mesh::{config_dir, write_config};
+use trellis_testkit::netns::{PROXY_UID, require_root};
+use trellis_testkit::tools::run_bounded;
+use trellis_testkit::{ControlPlane, Node, Pod, Proxy, ProxyBuilder, wait};
+
+const CONVERGE: Duration = Duration::from_secs(20);
+const HOST: &str = "edition.cnn.com";
+/// Where the egress gateway's Gateway port 80 listens in its pod: the `targetPort` of
+/// Istio's `istio-egressgateway` Service.
+const GATEWAY_TARGET_PORT: u16 = 8080;
+
+/// Istio's egress gateway task for HTTP traffic, as users apply it (in namespace `default`).
+const SERVICE_ENTRY: &str = "apiVersion: networking.istio.io/v1
+kind: ServiceEntry
+metadata:
+  name: cnn
+spec:
+  hosts:
+  - edition.cnn.com
+  ports:
+  - number: 80
+    name: http-port
+    protocol: HTTP
+  - number: 443
+    name: https
+    protocol: HTTPS
+  resolution: DNS
+";
+
+const GATEWAY: &str = "apiVersion: networking.istio.io/v1
+kind: Gateway
+metadata:
+  name: istio-egressgateway
+spec:
+  selector:
+    istio: egressgateway
+  servers:
+  - port:
+      number: 80
+      name: http
+      protocol: HTTP
+    hosts:
+    - edition.cnn.com
+---
+apiVersion: networking.istio.io/v1
+kind: DestinationRule
+metadata:
+  name: egressgateway-for-cnn
+spec:
+  host: istio-egressgateway.istio-system.svc.cluster.local
+  subsets:
+  - name: cnn
+";
+
+const VIRTUAL_SERVICE: &str = "apiVersion: networking.istio.io/v1
+kind: VirtualService
+metadata:
+  name: direct-cnn-through-egress-gateway
+spec:
+  hosts:
+  - edition.cnn.com
+  gateways:
+  - istio-egressgateway
+  - mesh
+  http:
+  - match:
+    - gateways:
+      - mesh
+      port: 80
+    route:
+    - destination:
+        host: istio-egressgateway.istio-system.svc.cluster.local
+        subset: cnn
+        port:
+          number: 80
+      weight: 100
+  - match:
+    - gateways:
+      - istio-egressgateway
+      port: 80
+    route:
+    - destination:
+        host: edition.cnn.com
+        port:
+          number: 80
+      weight: 100
+";
+
+/// The egress gateway's Service as Istio's chart installs it (port 80 to the pod's 8080).
+const GATEWAY_SERVICE: &str = "apiVersion: v1
+kind: Service
+metadata:
+  name: istio-egressgateway
+  namespace: istio-system
+spec:
+  selector:
+    istio: egressgateway
+  ports:
+  - name: http2
+    port: 80
+    targetPort: 8080
+    protocol: TCP
+";
+
+/// `/etc/netns/<node>/hosts`: `ip netns exec` mounts it over `/etc/hosts` for the control
+/// plane run in the node, so the ServiceEntry's DNS name resolves to the external pod there
+/// (and nowhere else on the machine). Removed on drop.
+struct NodeHosts(PathBuf);
+
+impl NodeHosts {
+    fn new(node: &Node, lines: &str) -> Self {
+        let dir = PathBuf::from("/etc/netns").join(node.name());
+        std::fs::create_dir_all(&dir).unwrap();
+        std::fs::write(
+            dir.join("hosts"),
+            format!("127.0.0.1 localhost\n::1 localhost\n{lines}\n"),
+        )
+        .unwrap();
+        Self(dir)
+    }
+}
+
+impl Drop for NodeHosts {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+        // The parent only when no other test's node still has a directory there.
+        let _ = std::fs::remove_dir("/etc/netns");
+    }
+}
+
+/// The egress gateway workload in `pod`: Istio's labels, its Gateway port 80 bound where the
+/// Service's `targetPort` points, reached by sidecars over mTLS through its inbound listener.
+fn egress_gateway(pod: &Pod, control: &ControlPlane) -> Proxy {
+    let gw = ProxyBuilder::new("istio-egressgateway")
+        .namespace("istio-system")
+        .service_account("istio-egressgateway-service-account")
+        .label("istio", "egressgateway")
+        .label("app", "istio-egressgateway")
+        .control(&control.url())
+        .outbound("none")
+        .advertise(SocketAddr::new(pod.ip().into(), 15006))
+        .app_port(GATEWAY_TARGET_PORT)
+        .arg("--mode")
+        .arg("gateway")
+        .arg("--gateway-port")
+        .arg(format!("80=0.0.0.0:{GATEWAY_TARGET_PORT}"))
+        .in_pod(pod, PROXY_UID)
+        .start()
+        .unwrap();
+    gw.wait_ready(CONVERGE).unwrap();
+    gw
+}
+
+fn client(pod: &Pod, control: &ControlPlane) -> Proxy {
+    pod.init_iptables(&[]).unwrap();
+    let proxy = ProxyBuilder::new("sleep-0")
+        .label("app", "sleep")
+        .control(&control.url())
+        .in_pod(pod, PROXY_UID)
+        .start()
+        .unwrap();
+    proxy.wait_ready(CONVERGE).unwrap();
+    proxy
+}
+
+/// Stands for a NetworkPolicy: nothing in `pod` (its proxy included) may connect to `ip`.
+fn block(pod: &Pod, ip: std::net::Ipv4Addr) {
+    let out = run_bounded(
+        pod.command("iptables").args([
+            "-A",
+            "OUTPUT",
+            "-p",
+            "tcp",
+            "-d",
+            &ip.to_string(),
+            "-j",
+            "REJECT",
+            "--reject-with",
+            "tcp-reset",
+        ]),
+        Duration::from_secs(10),
+    )
+    .unwrap();
+    assert!(
+        out.status.success(),
+        "iptables: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+/// Requests the gateway sent on to the external host, by its own metrics (a ServiceEntry
+/// endpoint's workload is the entry's host).
+fn gateway_requests_to_host(gw: &Proxy) -> f64 {
+    gw.metrics().sum(
+        "trellis_requests_total",
+        &[
+            ("direction", "outbound"),
+            ("destination_workload", HOST),
+            ("route", "direct-cnn-through-egress-gateway/1"),
+            ("status_code", "200"),
+        ],
+    )
+}
+
+#[test]
+fn egress_gateway_routes_a_service_entry_host_through_the_gateway() {
+    if !require_root("egress_gateway_routes_a_service_entry_host_through_the_gateway") {
+        return;
+    }
+    let node = Node::new().unwrap();
+    let ext = node.pod().unwrap();
+    let egress = node.pod().unwrap();
+    let sleep = node.pod().unwrap();
+    let _hosts = NodeHosts::new(&node, &format!("{} {HOST}", ext.ip()));
+    let _server = external::start(&ext, "cnn", 80, None);
+    let config = config_dir(&[
+        ("service-entry.yaml", SERVICE_ENTRY.to_string()),
+        ("gateway.yaml", GATEWAY.to_string()),
+        ("virtual-service.yaml", VIRTUAL_SERVICE.to_string()),
+        ("egressgateway-service.yaml", GATEWAY_SERVICE.to_string()),
+    ])
+    .unwrap();
+    let discovery = SocketAddr::new(node.ip().into(), 15010);
+    let control = ControlPlane::start_with(
+        config.path(),
+        discovery,
+        Some(node.name()),
+        &["--outbound-traffic-policy", "REGISTRY_ONLY"],
+    )
+    .unwrap();
+    let gw = egress_gateway(&egress, &control);
+    let client = client(&sleep, &control);
+    block(&sleep, ext.ip());
+
+    // The client resolves the name as DNS would and calls it; its sidecar sends the request
+    // to the egress gateway, which sends it on to the host.
+    let resolve = format!("{HOST}:80:{}", ext.ip());
+    let url = |path: &str| format!("http://{HOST}{path}");
+    let first = wait::until(CONVERGE, || {
+        match external::curl(&sleep, &url("/politics"), Some(&resolve)) {
+            (200, _, body) => Ok(body),
+            (code, err, body) => Err(format!("got {code} {err:?} {body}")),
+        }
+    })
+    .unwrap();
+    let reply: external::Reply = serde_json::from_str(&first).unwrap();
+    assert_eq!(reply.server, "cnn");
+    assert_eq!(reply.path, "/politics");
+    assert_eq!(reply.host, HOST);
+    for i in 0..10 {
+        let (code, err, body) = external::curl(&sleep, &url(&format!("/n/{i}")), Some(&resolve));
+        assert_eq!(code, 200, "{err:?} {body}");
+    }
+
+    // The gateway saw them: over mesh mTLS from the sidecar (its inbound), and on to the
+    // external host (its outbound, labelled with the ServiceEntry host).
+    let through = gateway_requests_to_host(&gw);
+    assert!(
+        through >= 11.0,
+        "the gateway counted {through} requests to {HOST}; metrics:\n{}",
+        gw.admin_get("/metrics").unwrap().1
+    );
+    if let Err(e) = gw.metrics().check_meshed_inbound() {
+        panic!("sidecar -> egress gateway hop is not mTLS: {e}");
+    }
+    let client_metrics = client.metrics();
+    assert!(
+        client_metrics.sum(
+            "trellis_requests_total",
+            &[
+                ("direction", "outbound"),
+                ("destination_workload", "istio-egressgateway")
+            ]
+        ) >= 11.0,
+        "the client's sidecar did not send to the gateway workload"
+    );
+
+    // Without the VirtualService the sidecar goes to the host directly, which the client's
+    // network does not allow: the call fails and the gateway sees nothing more.
+    std::fs::remove_file(config.path().join("virtual-service.yaml")).unwrap();
+    wait::until(CONVERGE, || {
+        match external::curl(&sleep, &url("/direct"), Some(&resolve)) {
+            (200, _, body) => Err(format!("still answered: {body}")),
+            (code, err, _) => Ok((code, err)),
+        }
+    })
+    .unwrap();
+    let before = gateway_requests_to_host(&gw);
+    for i in 0..3 {
+        let (code, err, body) =
+            external::curl(&sleep, &url(&format!("/direct/{i}")), Some(&resolve));
+        assert!(
+            code >= 500 || code == 0,
+            "a direct call answered {code} {err:?} {body}"
+        );
+    }
+    assert_eq!(gateway_requests_to_host(&gw), before);
+    // And REGISTRY_ONLY is on: a port the entry does not declare is refused by the sidecar.
+    let (code, err, _) = external::curl(&sleep, &format!("http://{}:8081/", ext.ip()), None);
+    assert_eq!((code, err.as_deref()), (502, Some("registry-only")));
+
+    // Back again: the VirtualService restores the gateway path.
+    write_config(config.path(), "virtual-service.yaml", VIRTUAL_SERVICE).unwrap();
+    wait::until(CONVERGE, || {
+        match external::curl(&sleep, &url("/again"), Some(&resolve)) {
+            (200, _, body) => Ok(body),
+            (code, err, body) => Err(format!("got {code} {err:?} {body}")),
+        }
+    })
+    .unwrap();
+}
