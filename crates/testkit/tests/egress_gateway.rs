@@ -151,7 +151,20 @@ impl Drop for NodeHosts {
 /// The egress gateway workload in `pod`: Istio's labels, its Gateway port 80 bound where the
 /// Service's `targetPort` points, reached by sidecars over mTLS through its inbound listener.
 fn egress_gateway(pod: &Pod, control: &ControlPlane) -> Proxy {
-    let gw = ProxyBuilder::new("istio-egressgateway")
+    egress_gateway_with(pod, control, &[])
+}
+
+/// [`egress_gateway`] with environment variables.
+fn egress_gateway_with(
+    pod: &Pod,
+    control: &ControlPlane,
+    env: &[(&str, &std::path::Path)],
+) -> Proxy {
+    let mut b = ProxyBuilder::new("istio-egressgateway");
+    for (k, v) in env {
+        b = b.env(k, v);
+    }
+    let gw = b
         .namespace("istio-system")
         .service_account("istio-egressgateway-service-account")
         .label("istio", "egressgateway")
@@ -328,4 +341,108 @@ fn egress_gateway_routes_a_service_entry_host_through_the_gateway() {
         }
     })
     .unwrap();
+}
+
+/// Istio's "egress gateway with TLS origination": the gateway's route goes to the host's port
+/// 443, where a DestinationRule makes the gateway originate TLS (`SIMPLE`); the application
+/// still speaks plain HTTP to port 80.
+const VIRTUAL_SERVICE_TO_443: &str = "apiVersion: networking.istio.io/v1
+kind: VirtualService
+metadata:
+  name: direct-cnn-through-egress-gateway
+spec:
+  hosts:
+  - edition.cnn.com
+  gateways:
+  - istio-egressgateway
+  - mesh
+  http:
+  - match:
+    - gateways:
+      - mesh
+      port: 80
+    route:
+    - destination:
+        host: istio-egressgateway.istio-system.svc.cluster.local
+        subset: cnn
+        port:
+          number: 80
+      weight: 100
+  - match:
+    - gateways:
+      - istio-egressgateway
+      port: 80
+    route:
+    - destination:
+        host: edition.cnn.com
+        port:
+          number: 443
+      weight: 100
+---
+apiVersion: networking.istio.io/v1
+kind: DestinationRule
+metadata:
+  name: originate-tls-for-edition-cnn-com
+spec:
+  host: edition.cnn.com
+  trafficPolicy:
+    loadBalancer:
+      simple: ROUND_ROBIN
+    portLevelSettings:
+    - port:
+        number: 443
+      tls:
+        mode: SIMPLE # initiates HTTPS for connections to edition.cnn.com
+";
+
+#[test]
+fn egress_gateway_originates_tls_simple_to_the_external_host() {
+    if !require_root("egress_gateway_originates_tls_simple_to_the_external_host") {
+        return;
+    }
+    let certs = external::certs(HOST);
+    let node = Node::new().unwrap();
+    let ext = node.pod().unwrap();
+    let egress = node.pod().unwrap();
+    let sleep = node.pod().unwrap();
+    let _hosts = NodeHosts::new(&node, &format!("{} {HOST}", ext.ip()));
+    // The host speaks HTTPS only: a plaintext request could not be answered.
+    let _server = external::start(&ext, "cnn-tls", 443, Some((&certs.cert, &certs.key)));
+    let config = config_dir(&[
+        ("service-entry.yaml", SERVICE_ENTRY.to_string()),
+        ("gateway.yaml", GATEWAY.to_string()),
+        ("virtual-service.yaml", VIRTUAL_SERVICE_TO_443.to_string()),
+        ("egressgateway-service.yaml", GATEWAY_SERVICE.to_string()),
+    ])
+    .unwrap();
+    let discovery = SocketAddr::new(node.ip().into(), 15010);
+    let control = ControlPlane::start_with(
+        config.path(),
+        discovery,
+        Some(node.name()),
+        &["--outbound-traffic-policy", "REGISTRY_ONLY"],
+    )
+    .unwrap();
+    // The rule names no `caCertificates`: the gateway verifies against its system roots,
+    // which `SSL_CERT_FILE` points at the test's CA (as a real gateway trusts public CAs).
+    let gw = egress_gateway_with(&egress, &control, &[("SSL_CERT_FILE", &certs.ca)]);
+    let _client = client(&sleep, &control);
+    block(&sleep, ext.ip());
+
+    let resolve = format!("{HOST}:80:{}", ext.ip());
+    let body = wait::until(CONVERGE, || {
+        match external::curl(&sleep, &format!("http://{HOST}/over-tls"), Some(&resolve)) {
+            (200, _, body) => Ok(body),
+            (code, err, body) => Err(format!("got {code} {err:?} {body}")),
+        }
+    })
+    .unwrap();
+    let reply: external::Reply = serde_json::from_str(&body).unwrap();
+    assert_eq!(reply.server, "cnn-tls");
+    assert_eq!(reply.path, "/over-tls");
+    assert_eq!(reply.host, HOST);
+    assert!(gateway_requests_to_host(&gw) >= 1.0);
+    if let Err(e) = gw.metrics().check_meshed_inbound() {
+        panic!("sidecar -> egress gateway hop is not mTLS: {e}");
+    }
 }
