@@ -1,0 +1,187 @@
+//! A child process under measurement: spawned, waited for through its ready file, and read
+//! from /proc (RSS, peak RSS, CPU time). Killed when dropped, so a failed run leaves nothing.
+
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, Result, bail};
+
+/// A spawned process killed on drop.
+#[derive(Debug)]
+pub struct Proc {
+    pub child: Child,
+    pub name: String,
+}
+
+impl Proc {
+    pub fn spawn(name: &str, cmd: &mut Command) -> Result<Self> {
+        let child = cmd
+            .stdin(Stdio::null())
+            .spawn()
+            .with_context(|| format!("cannot start {name} ({cmd:?})"))?;
+        Ok(Self {
+            child,
+            name: name.to_string(),
+        })
+    }
+
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
+    /// Resident and peak resident memory (VmRSS, VmHWM) in KiB.
+    pub fn memory_kib(&self) -> Result<(u64, u64)> {
+        let path = format!("/proc/{}/status", self.pid());
+        let text = std::fs::read_to_string(&path).with_context(|| format!("reading {path}"))?;
+        let field = |key: &str| -> Result<u64> {
+            text.lines()
+                .find_map(|l| l.strip_prefix(key))
+                .and_then(|rest| rest.split_whitespace().next())
+                .and_then(|n| n.parse().ok())
+                .with_context(|| format!("{path}: no {key}"))
+        };
+        Ok((field("VmRSS:")?, field("VmHWM:")?))
+    }
+
+    /// User + system CPU time so far, in seconds.
+    pub fn cpu_seconds(&self) -> Result<f64> {
+        let path = format!("/proc/{}/stat", self.pid());
+        let text = std::fs::read_to_string(&path).with_context(|| format!("reading {path}"))?;
+        // Fields after the command name (which may hold spaces) start after the last ')'.
+        let rest = text
+            .rsplit_once(')')
+            .map(|(_, r)| r)
+            .with_context(|| format!("{path}: unexpected format"))?;
+        let fields: Vec<&str> = rest.split_whitespace().collect();
+        // utime and stime are fields 14 and 15 of stat, 12 and 13 after the name and state.
+        let ticks = |i: usize| -> Result<f64> {
+            fields
+                .get(i)
+                .and_then(|f| f.parse::<f64>().ok())
+                .with_context(|| format!("{path}: field {i}"))
+        };
+        // SAFETY-free: sysconf is a plain libc query with no pointers.
+        let hz = clock_ticks();
+        Ok((ticks(11)? + ticks(12)?) / hz)
+    }
+
+    /// Asks the process to stop (SIGTERM), then kills it after `grace`.
+    pub fn stop(mut self, grace: Duration) {
+        terminate(self.child.id());
+        let deadline = Instant::now() + grace;
+        while Instant::now() < deadline {
+            if let Ok(Some(_)) = self.child.try_wait() {
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(10));
+        }
+    }
+}
+
+impl Drop for Proc {
+    fn drop(&mut self) {
+        if let Ok(None) = self.child.try_wait() {
+            let _ = self.child.kill();
+            let _ = self.child.wait();
+        }
+    }
+}
+
+fn clock_ticks() -> f64 {
+    #[allow(unsafe_code)]
+    // SAFETY: sysconf reads a constant; no memory is passed.
+    let hz = unsafe { libc::sysconf(libc::_SC_CLK_TCK) };
+    if hz > 0 { hz as f64 } else { 100.0 }
+}
+
+fn terminate(pid: u32) {
+    if let Ok(pid) = i32::try_from(pid) {
+        #[allow(unsafe_code)]
+        // SAFETY: kill(2) on our own child's pid; no memory is passed.
+        unsafe {
+            libc::kill(pid, libc::SIGTERM);
+        }
+    }
+}
+
+/// Waits (bounded) until `path` exists and parses as JSON; returns it.
+pub fn wait_ready_file(
+    path: &Path,
+    timeout: Duration,
+    proc: &mut Proc,
+) -> Result<serde_json::Value> {
+    let deadline = Instant::now() + timeout;
+    loop {
+        if let Ok(text) = std::fs::read_to_string(path)
+            && let Ok(v) = serde_json::from_str(&text)
+        {
+            return Ok(v);
+        }
+        if let Ok(Some(status)) = proc.child.try_wait() {
+            bail!(
+                "{} exited ({status}) before writing {}",
+                proc.name,
+                path.display()
+            );
+        }
+        if Instant::now() > deadline {
+            bail!(
+                "{} wrote no ready file {} within {timeout:?}",
+                proc.name,
+                path.display()
+            );
+        }
+        std::thread::sleep(Duration::from_millis(5));
+    }
+}
+
+/// A trellis-control in local mode for the bench, with its bound addresses.
+#[derive(Debug)]
+pub struct Control {
+    pub proc: Proc,
+    pub discovery: String,
+}
+
+/// Starts trellis-control on free ports with `config_dir`; waits for its ready file.
+pub fn start_control(
+    bin: &Path,
+    config_dir: &Path,
+    work: &Path,
+    extra: &[&str],
+    timeout: Duration,
+) -> Result<Control> {
+    let ready = work.join("control-ready.json");
+    let _ = std::fs::remove_file(&ready);
+    let log = std::fs::File::create(work.join("control.log")).context("control.log")?;
+    let mut cmd = Command::new(bin);
+    cmd.arg("--config-dir")
+        .arg(config_dir)
+        .args(["--discovery", "127.0.0.1:0", "--http", "127.0.0.1:0"])
+        .arg("--ready-file")
+        .arg(&ready)
+        .args(["--log-level", "warn"])
+        .args(extra)
+        .stdout(Stdio::null())
+        .stderr(log);
+    let mut proc = Proc::spawn("trellis-control", &mut cmd)?;
+    let v = wait_ready_file(&ready, timeout, &mut proc)?;
+    let field = |k: &str| -> Result<String> {
+        v.get(k)
+            .and_then(|s| s.as_str())
+            .map(str::to_string)
+            .with_context(|| format!("{}: no {k}", ready.display()))
+    };
+    Ok(Control {
+        discovery: field("discovery")?,
+        proc,
+    })
+}
+
+/// A binary next to this one's target dir, or as given.
+pub fn default_bin(name: &str) -> PathBuf {
+    std::env::current_exe()
+        .ok()
+        .and_then(|p| p.parent().map(|d| d.join(name)))
+        .unwrap_or_else(|| PathBuf::from(name))
+}

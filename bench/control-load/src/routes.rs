@@ -1,0 +1,449 @@
+//! The control-plane scenario: N simulated proxies and E registered endpoints against a real
+//! trellis-control; route changes and endpoint changes timed to each proxy's ACK.
+
+use std::collections::HashMap;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::{Context, Result, bail};
+use serde::Serialize;
+use tokio::sync::{Semaphore, mpsc};
+use tokio::time::Instant;
+use tokio_util::sync::CancellationToken;
+
+use crate::meshgen::{self, PORT};
+use crate::procstat::{self, Control};
+use crate::sim::{self, SimWorkload, UpdateEvent};
+use crate::stats::{self, Summary};
+
+#[derive(Clone, Debug, clap::Args)]
+pub struct RoutesArgs {
+    /// Simulated proxies (discovery streams, one connection each).
+    #[arg(long, default_value_t = 1000)]
+    pub proxies: usize,
+    /// Services in the mesh.
+    #[arg(long, default_value_t = 200)]
+    pub services: usize,
+    /// Endpoints (workloads registered with the control plane), spread over the services.
+    #[arg(long, default_value_t = 10_000)]
+    pub endpoints: usize,
+    /// Targets each proxy subscribes to: svc-0 (the one whose route changes) and others.
+    #[arg(long, default_value_t = 4)]
+    pub subscriptions: usize,
+    /// Route changes to time.
+    #[arg(long, default_value_t = 5)]
+    pub changes: u32,
+    /// trellis-control's --poll-interval: how soon it reads a changed file.
+    #[arg(long, default_value = "10ms")]
+    pub poll_interval: String,
+    /// trellis-control's --heartbeat-interval (the proxies heartbeat at it).
+    #[arg(long, default_value = "2s")]
+    pub heartbeat_interval: String,
+    /// Bound of each wait (initial sync, each change), in seconds.
+    #[arg(long, default_value_t = 120)]
+    pub wait_seconds: u64,
+}
+
+#[derive(Debug, Serialize)]
+pub struct ChangeResult {
+    pub change: u32,
+    /// From the file's rename to each affected proxy's ACK.
+    pub from_write: Summary,
+    /// From the first ACK of any proxy (the push has begun) to each ACK: the fan-out alone.
+    pub fan_out: Summary,
+    /// Updates the change caused that were not the expected one (should be 0).
+    pub other_updates: usize,
+    pub bytes_per_update: f64,
+    pub control_cpu_seconds: f64,
+}
+
+#[derive(Debug, Serialize)]
+pub struct EndpointChange {
+    pub kind: &'static str,
+    pub from_change: Summary,
+    /// Encoded Update size each affected proxy received, median and max.
+    pub bytes_per_stream_median: f64,
+    pub bytes_per_stream_max: f64,
+    pub endpoints_after: usize,
+    pub control_cpu_seconds: f64,
+}
+
+#[derive(Debug, Serialize)]
+pub struct RoutesResult {
+    pub proxies: usize,
+    pub services: usize,
+    pub endpoints: usize,
+    pub subscriptions_per_proxy: usize,
+    pub register_endpoints_seconds: f64,
+    pub connect_proxies_seconds: f64,
+    pub route_changes: Vec<ChangeResult>,
+    /// Every change's samples pooled.
+    pub route_change_pooled: Summary,
+    pub route_change_fan_out_pooled: Summary,
+    pub endpoint_changes: Vec<EndpointChange>,
+    pub control_rss_mib_after_setup: f64,
+    pub control_rss_mib_end: f64,
+    pub control_peak_rss_mib: f64,
+    pub control_cpu_seconds_setup: f64,
+    pub control_cpu_seconds_total: f64,
+}
+
+const WRITE_VS: &str = "vs.yaml";
+
+pub async fn run(args: RoutesArgs, control_bin: PathBuf) -> Result<RoutesResult> {
+    if args.services < 2 || args.subscriptions == 0 || args.subscriptions > args.services {
+        bail!("--services must be >= 2 and --subscriptions between 1 and --services");
+    }
+    let work = tempfile::tempdir().context("temp dir")?;
+    let config = work.path().join("config");
+    std::fs::create_dir(&config)?;
+    meshgen::write_atomic(
+        &config,
+        "services.yaml",
+        &meshgen::services_yaml(args.services),
+    )?;
+    meshgen::write_atomic(&config, WRITE_VS, &meshgen::virtual_service_yaml(0))?;
+    let wait = Duration::from_secs(args.wait_seconds);
+    let mut control = procstat::start_control(
+        &control_bin,
+        &config,
+        work.path(),
+        &[
+            "--poll-interval",
+            &args.poll_interval,
+            "--heartbeat-interval",
+            &args.heartbeat_interval,
+            // Registered endpoints stay for the whole run (their streams close at once).
+            "--workload-expiry",
+            "1h",
+            "--registration-grace",
+            "0s",
+        ],
+        Duration::from_secs(60),
+    )?;
+    let result = drive(&args, &mut control, &config, wait).await;
+    let _ = std::fs::copy(
+        work.path().join("control.log"),
+        std::env::temp_dir().join("bench-cp-control.log"),
+    );
+    control.proc.stop(Duration::from_secs(5));
+    result
+}
+
+async fn drive(
+    args: &RoutesArgs,
+    control: &mut Control,
+    config: &std::path::Path,
+    wait: Duration,
+) -> Result<RoutesResult> {
+    let started = Instant::now();
+    register_endpoints(&control.discovery, args.endpoints, args.services).await?;
+    let register_endpoints_seconds = started.elapsed().as_secs_f64();
+    eprintln!(
+        "bench-cp: {} endpoints registered in {register_endpoints_seconds:.1} s",
+        args.endpoints
+    );
+
+    let stop = CancellationToken::new();
+    let _stop_guard = stop.clone().drop_guard();
+    let (events_tx, mut events) = mpsc::unbounded_channel();
+    let started = Instant::now();
+    // Every proxy's every Subscribe is answered once; then wait for quiet.
+    let expected = connect_proxies(args, &control.discovery, events_tx, stop.clone()).await?;
+    let initial = collect_until(&mut events, Instant::now() + wait, |seen| {
+        seen.len() >= expected
+    })
+    .await;
+    if initial.len() < expected {
+        bail!(
+            "only {} of {expected} initial Updates arrived within {wait:?}",
+            initial.len()
+        );
+    }
+    let connect_proxies_seconds = started.elapsed().as_secs_f64();
+    eprintln!(
+        "bench-cp: {} proxies synced in {connect_proxies_seconds:.1} s",
+        args.proxies
+    );
+    quiet(&mut events, Duration::from_millis(500), wait).await;
+    let svc0 = meshgen::service_name(0);
+    let base_endpoints = initial
+        .iter()
+        .find(|e| e.service == svc0)
+        .map(|e| e.endpoints)
+        .context("no Update for svc-0")?;
+
+    let (rss_setup, _) = control.proc.memory_kib()?;
+    let cpu_setup = control.proc.cpu_seconds()?;
+
+    let mut route_changes = Vec::new();
+    let (mut pooled, mut pooled_fan) = (Vec::new(), Vec::new());
+    for change in 1..=args.changes {
+        let cpu0 = control.proc.cpu_seconds()?;
+        let t0 = Instant::now();
+        meshgen::write_atomic(config, WRITE_VS, &meshgen::virtual_service_yaml(change))?;
+        let seen = collect_until(&mut events, t0 + wait, |seen| {
+            per_proxy_first(seen, |e| e.service == svc0 && e.marker == Some(change)).len()
+                >= args.proxies
+        })
+        .await;
+        quiet(&mut events, Duration::from_millis(300), wait).await;
+        let firsts = per_proxy_first(&seen, |e| e.service == svc0 && e.marker == Some(change));
+        let hits: Vec<&UpdateEvent> = firsts.values().copied().collect();
+        let first_ack = hits.iter().map(|e| e.acked_at).min().unwrap_or(t0);
+        let from_write: Vec<f64> = hits.iter().map(|e| ms(e.acked_at - t0)).collect();
+        let fan: Vec<f64> = hits.iter().map(|e| ms(e.acked_at - first_ack)).collect();
+        let bytes = stats::median(hits.iter().map(|e| e.bytes as f64).collect());
+        pooled.extend(from_write.iter().copied());
+        pooled_fan.extend(fan.iter().copied());
+        let result = ChangeResult {
+            change,
+            from_write: Summary::of(from_write, args.proxies),
+            fan_out: Summary::of(fan, args.proxies),
+            other_updates: seen.len() - hits.len(),
+            bytes_per_update: bytes,
+            control_cpu_seconds: control.proc.cpu_seconds()? - cpu0,
+        };
+        eprintln!(
+            "bench-cp: route change {change}: {}/{} acked, p50 {:.1} p90 {:.1} max {:.1} ms from write",
+            result.from_write.count,
+            args.proxies,
+            result.from_write.p50_ms,
+            result.from_write.p90_ms,
+            result.from_write.max_ms
+        );
+        route_changes.push(result);
+    }
+
+    let endpoint_changes =
+        endpoint_changes(control, &mut events, args.proxies, base_endpoints, wait).await?;
+    let (rss_end, peak) = control.proc.memory_kib()?;
+    Ok(RoutesResult {
+        proxies: args.proxies,
+        services: args.services,
+        endpoints: args.endpoints,
+        subscriptions_per_proxy: args.subscriptions,
+        register_endpoints_seconds,
+        connect_proxies_seconds,
+        route_change_pooled: Summary::of(pooled, args.proxies * args.changes as usize),
+        route_change_fan_out_pooled: Summary::of(pooled_fan, args.proxies * args.changes as usize),
+        route_changes,
+        endpoint_changes,
+        control_rss_mib_after_setup: mib(rss_setup),
+        control_rss_mib_end: mib(rss_end),
+        control_peak_rss_mib: mib(peak),
+        control_cpu_seconds_setup: cpu_setup,
+        control_cpu_seconds_total: control.proc.cpu_seconds()?,
+    })
+}
+
+/// Adds one endpoint to svc-0 (a workload registers), then removes it (it re-registers with
+/// another app label); times each and weighs the Updates.
+async fn endpoint_changes(
+    control: &Control,
+    events: &mut mpsc::UnboundedReceiver<UpdateEvent>,
+    proxies: usize,
+    base: usize,
+    wait: Duration,
+) -> Result<Vec<EndpointChange>> {
+    let svc0 = meshgen::service_name(0);
+    let extra = SimWorkload {
+        name: "ep-extra".into(),
+        app: svc0.clone(),
+        inbound: "127.255.255.1:15006".into(),
+        extra_labels: vec![],
+    };
+    let channel = sim::connect(&control.discovery).await?;
+    let stream = sim::open(channel, vec![]).await?;
+    let mut out = Vec::new();
+    for (kind, app, want) in [
+        ("add", svc0.clone(), base + 1),
+        ("remove", "gone".to_string(), base),
+    ] {
+        let cpu0 = control.proc.cpu_seconds()?;
+        let t0 = Instant::now();
+        let w = SimWorkload {
+            app,
+            ..extra.clone()
+        };
+        stream
+            .tx
+            .send(w.hello("ep-extra"))
+            .await
+            .ok()
+            .context("stream closed")?;
+        let seen = collect_until(events, t0 + wait, |seen| {
+            per_proxy_first(seen, |e| e.service == svc0 && e.endpoints == want).len() >= proxies
+        })
+        .await;
+        quiet(events, Duration::from_millis(300), wait).await;
+        let firsts = per_proxy_first(&seen, |e| e.service == svc0 && e.endpoints == want);
+        let bytes: Vec<f64> = firsts.values().map(|e| e.bytes as f64).collect();
+        let max = bytes.iter().copied().fold(f64::NAN, f64::max);
+        let change = EndpointChange {
+            kind,
+            from_change: Summary::of(
+                firsts.values().map(|e| ms(e.acked_at - t0)).collect(),
+                proxies,
+            ),
+            bytes_per_stream_median: stats::median(bytes),
+            bytes_per_stream_max: max,
+            endpoints_after: want,
+            control_cpu_seconds: control.proc.cpu_seconds()? - cpu0,
+        };
+        eprintln!(
+            "bench-cp: endpoint {kind}: {}/{proxies} acked, {:.0} bytes per stream, p90 {:.1} ms",
+            change.from_change.count, change.bytes_per_stream_median, change.from_change.p90_ms
+        );
+        out.push(change);
+    }
+    drop(stream);
+    Ok(out)
+}
+
+fn ms(d: Duration) -> f64 {
+    d.as_secs_f64() * 1000.0
+}
+
+fn mib(kib: u64) -> f64 {
+    kib as f64 / 1024.0
+}
+
+/// The first event per proxy that `pred` accepts.
+fn per_proxy_first(
+    seen: &[UpdateEvent],
+    pred: impl Fn(&UpdateEvent) -> bool,
+) -> HashMap<u32, &UpdateEvent> {
+    let mut out = HashMap::new();
+    for e in seen.iter().filter(|e| pred(e)) {
+        out.entry(e.proxy).or_insert(e);
+    }
+    out
+}
+
+/// Collects events until `done` says so or the deadline passes.
+async fn collect_until(
+    events: &mut mpsc::UnboundedReceiver<UpdateEvent>,
+    deadline: Instant,
+    done: impl Fn(&[UpdateEvent]) -> bool,
+) -> Vec<UpdateEvent> {
+    let mut seen = Vec::new();
+    // Checked after each batch rather than each event: `done` scans what was seen.
+    while !done(&seen) {
+        match tokio::time::timeout_at(deadline, events.recv()).await {
+            Ok(Some(e)) => seen.push(e),
+            Ok(None) | Err(_) => break,
+        }
+        while let Ok(e) = events.try_recv() {
+            seen.push(e);
+        }
+    }
+    seen
+}
+
+/// Drops events until none arrived for `gap` (bounded by `limit`).
+async fn quiet(events: &mut mpsc::UnboundedReceiver<UpdateEvent>, gap: Duration, limit: Duration) {
+    let deadline = Instant::now() + limit;
+    while Instant::now() < deadline {
+        match tokio::time::timeout(gap, events.recv()).await {
+            Ok(Some(_)) => {}
+            Ok(None) | Err(_) => return,
+        }
+    }
+}
+
+/// Registers `count` workloads spread over the services (`app: svc-(i % services)`), over a
+/// few shared connections, and closes their streams: the control plane keeps them as
+/// endpoints until the (long) expiry.
+async fn register_endpoints(discovery: &str, count: usize, services: usize) -> Result<()> {
+    const CONNECTIONS: usize = 16;
+    const IN_FLIGHT: usize = 64;
+    let mut channels = Vec::new();
+    for _ in 0..CONNECTIONS {
+        channels.push(sim::connect(discovery).await?);
+    }
+    let permits = Arc::new(Semaphore::new(IN_FLIGHT));
+    let mut tasks = tokio::task::JoinSet::new();
+    for i in 0..count {
+        let permit = permits.clone().acquire_owned().await?;
+        let channel = channels[i % CONNECTIONS].clone();
+        let w = SimWorkload {
+            name: format!("ep-{i}"),
+            app: meshgen::service_name(i % services),
+            inbound: format!(
+                "127.{}.{}.{}:15006",
+                1 + (i >> 16) % 254,
+                (i >> 8) & 0xff,
+                i & 0xff
+            ),
+            extra_labels: vec![],
+        };
+        tasks.spawn(async move {
+            let _permit = permit;
+            sim::register_and_leave(channel, &w).await
+        });
+        while let Some(done) = tasks.try_join_next() {
+            done??;
+        }
+    }
+    while let Some(done) = tasks.join_next().await {
+        done??;
+    }
+    Ok(())
+}
+
+/// Starts the simulated proxies; each subscribes to svc-0 and `subscriptions - 1` others.
+/// Returns how many subscriptions they made.
+async fn connect_proxies(
+    args: &RoutesArgs,
+    discovery: &str,
+    events: mpsc::UnboundedSender<UpdateEvent>,
+    stop: CancellationToken,
+) -> Result<usize> {
+    let mut subscriptions = 0;
+    const CONNECTING: usize = 32;
+    let permits = Arc::new(Semaphore::new(CONNECTING));
+    let mut connects = tokio::task::JoinSet::new();
+    for i in 0..args.proxies {
+        let permit = permits.clone().acquire_owned().await?;
+        let discovery = discovery.to_string();
+        let (events, stop) = (events.clone(), stop.clone());
+        let mut targets = vec![sim::service_target(&meshgen::service_name(0), PORT)];
+        for j in 1..args.subscriptions {
+            // Deterministic spread over svc-1.. so that most services have subscribers.
+            let s = 1 + (i * 7 + j * 13) % (args.services - 1);
+            targets.push(sim::service_target(&meshgen::service_name(s), PORT));
+        }
+        targets.sort_by_key(|t| format!("{t:?}"));
+        targets.dedup();
+        subscriptions += targets.len();
+        let w = SimWorkload {
+            // Clients: registered, but no Service selects them, so the endpoint count stays
+            // what --endpoints says.
+            name: format!("proxy-{i}"),
+            app: "bench-client".into(),
+            inbound: format!("127.200.{}.{}:15006", (i >> 8) & 0xff, i & 0xff),
+            extra_labels: vec![],
+        };
+        connects.spawn(async move {
+            let channel = sim::connect(&discovery).await;
+            drop(permit);
+            let channel = channel?;
+            let proxy = u32::try_from(i).unwrap_or(u32::MAX);
+            tokio::spawn(async move {
+                if let Err(e) =
+                    sim::run_proxy(proxy, channel, w, targets, events, stop.clone()).await
+                    && !stop.is_cancelled()
+                {
+                    eprintln!("bench-cp: proxy {proxy}: {e:#}");
+                }
+            });
+            anyhow::Ok(())
+        });
+    }
+    while let Some(done) = connects.join_next().await {
+        done??;
+    }
+    Ok(subscriptions)
+}
