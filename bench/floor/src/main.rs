@@ -5,9 +5,12 @@
 //! - `grpc-server`: a tonic unary gRPC backend answering 1 KiB.
 //! - `grpc-load`: a tonic unary gRPC load client, closed loop or at a fixed rate, printing
 //!   requests, rate and latency percentiles as JSON.
+//! - `backend` and `http-load`: a 1 KiB HTTP backend and a closed-loop HTTP/1.1 client, so the
+//!   CI smoke run (bench/smoke.sh) needs neither nginx nor oha.
 
 mod forward;
 mod grpc;
+mod http;
 mod ready;
 
 use std::net::SocketAddr;
@@ -48,6 +51,15 @@ enum Cmd {
     },
     /// Call trellis.bench.v1.Echo/Unary on TARGET and print a JSON summary on stdout.
     GrpcLoad(grpc::LoadArgs),
+    /// Answer every HTTP/1.1 or h2c request with 1 KiB (the CI smoke run's backend).
+    Backend {
+        #[arg(long)]
+        listen: SocketAddr,
+        #[arg(long)]
+        ready_file: Option<PathBuf>,
+    },
+    /// Send N `GET /` on keep-alive connections, closed loop; print a JSON summary.
+    HttpLoad(http::LoadArgs),
 }
 
 fn main() -> anyhow::Result<()> {
@@ -81,6 +93,18 @@ fn main() -> anyhow::Result<()> {
             }
             Cmd::GrpcLoad(args) => {
                 let report = grpc::load(&args).await?;
+                println!("{}", serde_json::to_string(&report)?);
+                Ok(())
+            }
+            Cmd::Backend { listen, ready_file } => {
+                let listener = tokio::net::TcpListener::bind(listen)
+                    .await
+                    .with_context(|| format!("backend: binding --listen {listen}"))?;
+                ready::write(ready_file.as_deref(), &listener)?;
+                http::backend(listener).await
+            }
+            Cmd::HttpLoad(args) => {
+                let report = http::load(&args).await?;
                 println!("{}", serde_json::to_string(&report)?);
                 Ok(())
             }
