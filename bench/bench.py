@@ -598,7 +598,10 @@ def run_wrk(tools, url: str, conns: int, seconds: float) -> dict:
     }
 
 
-def measure(tools, path: BenchPath, scenario: dict, seconds: float, extra_pids) -> dict:
+def measure(tools, path: BenchPath, scenario: dict, seconds: float, extra_pids,
+            load=None) -> dict:
+    """One run. `load`, when given, is the load generator to call (no arguments; returns the
+    same keys as run_oha), for scenarios that are neither oha nor wrk (bench/floor_set.py)."""
     pids = list(path.proxies) + list(extra_pids)
     for _, pid in pids:
         reset_peak_rss(pid)
@@ -607,7 +610,9 @@ def measure(tools, path: BenchPath, scenario: dict, seconds: float, extra_pids) 
     ru0 = resource.getrusage(resource.RUSAGE_CHILDREN)
     host0 = host_cpu()
     t0 = time.monotonic()
-    if scenario["kind"] == "open":
+    if load is not None:
+        res = load()
+    elif scenario["kind"] == "open":
         res = run_oha(tools, path.url, scenario["rate"], scenario["conns"], seconds)
     else:
         res = run_wrk(tools, path.url, scenario["conns"], seconds)
@@ -669,10 +674,15 @@ def find_tool(name: str, extra: list[str]) -> str | None:
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--quick", action="store_true", help="short smoke run (2 rounds, 3 s runs)")
-    ap.add_argument("--set", dest="bench_set", choices=["default", "mesh"], default="default",
+    ap.add_argument("--set", dest="bench_set", choices=["default", "mesh", "floor"],
+                    default="default",
                     help="default: direct, trellis 1/2 hops, HAProxy, nginx; mesh: direct and "
                     "the meshed paths with a local trellis-control (mesh-plaintext, mesh-mtls, "
-                    "mesh-traffic), open loop only, rendered as a section of benchmarks.md")
+                    "mesh-traffic), open loop only, rendered as a section of benchmarks.md; "
+                    "floor: the mTLS pair with telemetry against the floor forwarder "
+                    "(bench/floor_set.py), HTTP/1.1, HTTP/2, gRPC and new connections, SMP JSON")
+    ap.add_argument("--floor-bin", default=str(REPO / "target/release/bench-floor"),
+                    help="the floor forwarder, gRPC backend and load (bench/floor)")
     ap.add_argument("--control-bin", default=str(REPO / "target/release/trellis-control"))
     ap.add_argument("--rounds", type=int)
     ap.add_argument("--open-seconds", type=float)
@@ -711,6 +721,10 @@ def main() -> int:
 
     for sig in (signal.SIGTERM, signal.SIGHUP):
         signal.signal(sig, lambda s, f: sys.exit(128 + s))
+
+    if args.bench_set == "floor":
+        import floor_set  # noqa: PLC0415 - only this set needs it, and it imports this module
+        return floor_set.main(args)
 
     TRELLIS_EXTRA_ARGS.extend(args.trellis_arg)
     args.trellis_bin = str(Path(args.trellis_bin).resolve())  # processes run in bench/out/...

@@ -674,6 +674,11 @@ def existing_mesh_section(path: Path) -> str | None:
 
 
 def write_docs(results: dict, docs_dir: Path) -> None:
+    if results.get("set") == "floor":
+        # The floor set (bench/floor_set.py) renders its own section, SMP JSON and plot.
+        from floor_report import write_floor_docs  # noqa: PLC0415 - it imports this module
+        write_floor_docs(results, docs_dir)
+        return
     summary = summarize(results)
     results["summary"] = summary
     docs_dir.mkdir(parents=True, exist_ok=True)
@@ -690,5 +695,8 @@ def write_docs(results: dict, docs_dir: Path) -> None:
     md = render_markdown(results, summary, None if problem else png.name)
     # Keep the meshed section (bench.py --set mesh) that a previous run wrote.
     md = splice_mesh_section(md, existing_mesh_section(doc))
+    # And the floor section (bench.py --set floor), in place after it.
+    from floor_report import keep_floor_section  # noqa: PLC0415 - it imports this module
+    md = keep_floor_section(md, doc)
     doc.write_text(md)
     print(f"wrote {docs_dir / 'benchmarks.md'}" + ("" if problem else f" and {png}"))

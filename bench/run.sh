@@ -6,6 +6,10 @@
 #   bench/run.sh --set mesh only the meshed set (local trellis-control, proxies registered
 #                           with it: mesh-plaintext, mesh-mtls, mesh-traffic; ~8 min with
 #                           --rounds 5), rewrites only its section of docs/benchmarks.md
+#   bench/run.sh --set floor  the mTLS pair with telemetry against the floor forwarder
+#                           (bench/floor_set.py; ~10 min with the default 3 rounds): its section
+#                           of docs/benchmarks.md, docs/benchmarks-floor.png, and the results
+#                           plus their SMP form in bench/results/
 #
 # Other flags go to bench/bench.py (see `python3 bench/bench.py --help`), e.g.
 # --wait-quiet 1200 to wait (at most 20 min) for 60 s without rustc/cargo first,
@@ -25,6 +29,10 @@ for a in "$@"; do
     # The meshed set also needs the control plane.
     if [ "$a" = "--set=mesh" ] || { [ "$prev" = "--set" ] && [ "$a" = "mesh" ]; }; then
         bins=(--bin trellis-proxy --bin trellis-control)
+    fi
+    # The floor set also needs the floor forwarder, gRPC backend and load (bench/floor).
+    if [ "$a" = "--set=floor" ] || { [ "$prev" = "--set" ] && [ "$a" = "floor" ]; }; then
+        bins=(--bin trellis-proxy --bin trellis-control --bin bench-floor)
     fi
     prev="$a"
 done
@@ -49,6 +57,7 @@ need_apt=()
 command -v haproxy >/dev/null || [ -x /usr/sbin/haproxy ] || need_apt+=(haproxy)
 command -v nginx >/dev/null || [ -x /usr/sbin/nginx ] || need_apt+=(nginx-light)
 command -v wrk >/dev/null || need_apt+=(wrk)
+command -v h2load >/dev/null || need_apt+=(nghttp2-client)  # --set floor's HTTP/2 runs
 if [ ${#need_apt[@]} -gt 0 ]; then
     if [ "$(id -u)" -ne 0 ]; then
         echo "bench: missing Debian packages: ${need_apt[*]} (apt-get install them)" >&2
@@ -73,6 +82,7 @@ if [ -n "$rev" ]; then
     (cd "$src" && cargo build --release "${bins[@]}" --target-dir "$target_dir")
     args+=(--trellis-bin "$target_dir/release/trellis-proxy" --trellis-commit "$commit")
     args+=(--control-bin "$target_dir/release/trellis-control")
+    args+=(--floor-bin "$target_dir/release/bench-floor")
 elif [ "$build" = 1 ]; then
     cargo build --release "${bins[@]}"
 fi
