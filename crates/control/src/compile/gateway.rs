@@ -13,11 +13,13 @@
 //! with different protocols) is left out and reported in [`Compiled::problems`]; the rest of
 //! the gateway is served.
 
+pub mod status;
+
 use std::collections::BTreeMap;
 
 use trellis_config::gateways::{
-    ApiGateway, Credential, GatewayParent, GatewayResource, GatewayRoutes, IstioGateway,
-    ReferenceGrant, TlsMode, TlsSecret,
+    ApiGateway, ApiListener, Credential, GatewayParent, GatewayResource, GatewayRoutes,
+    IstioGateway, ReferenceGrant, SecretRef, TlsMode, TlsSecret,
 };
 use trellis_model::gateway::{
     CertSource, GatewayConfig, GatewayListener, ListenerProtocol, PassthroughHost, TlsHost,
@@ -171,7 +173,7 @@ fn is_secure(p: ListenerProtocol) -> bool {
     matches!(p, ListenerProtocol::Https | ListenerProtocol::Tls)
 }
 
-impl Builder<'_> {
+impl<'a> Builder<'a> {
     /// The listener for `port`, or `None` (and a problem) when another gateway declared it
     /// with an incompatible protocol.
     fn listener(
@@ -210,15 +212,8 @@ impl Builder<'_> {
         Some(l)
     }
 
-    fn secret(&self, namespace: &str, name: &str) -> Option<&TlsSecret> {
-        self.resources.iter().find_map(|r| match r {
-            GatewayResource::Secret(s)
-                if s.source.namespace == namespace && s.source.name == name =>
-            {
-                Some(s)
-            }
-            _ => None,
-        })
+    fn secret(&self, namespace: &str, name: &str) -> Option<&'a TlsSecret> {
+        find_secret(self.resources, namespace, name)
     }
 
     /// An Istio `credentialName`: a Secret in the gateway workload's namespace (Istio's
@@ -370,36 +365,15 @@ impl Builder<'_> {
         self.out.gateways.push(gw.source.clone());
         for (i, listener) in gw.listeners.iter().enumerate() {
             let field = format!("spec.listeners[{i}]");
-            let mut cert = None;
-            if let Some(tls) = listener.tls.as_ref().filter(|t| !t.passthrough) {
-                // The first certificate reference serves the listener.
-                let Some(r) = tls.certificate_refs.first() else {
-                    continue;
-                };
-                let granted = r.namespace == gw.source.namespace
-                    || self.resources.iter().any(|g| {
-                        matches!(g, GatewayResource::ReferenceGrant(grant)
-                            if grant.source.namespace == r.namespace
-                                && granted(grant, &gw.source.namespace, &r.name))
-                    });
-                if !granted {
-                    self.out.problems.push(format!(
-                        "{}: {field}.tls.certificateRefs[0]: Secret {}/{} is in another namespace and no ReferenceGrant there allows it (RefNotPermitted); listener not served",
-                        gw.source, r.namespace, r.name
-                    ));
-                    continue;
-                }
-                match self.secret(&r.namespace, &r.name) {
-                    Some(s) => cert = Some(pem(s).0),
-                    None => {
-                        self.out.problems.push(format!(
-                            "{}: {field}.tls.certificateRefs[0]: Secret {}/{} not found (InvalidCertificateRef); listener not served",
-                            gw.source, r.namespace, r.name
-                        ));
-                        continue;
+            let cert = match listener_certificate(self.resources, gw, listener) {
+                Ok(cert) => cert.map(|s| pem(s).0),
+                Err(refused) => {
+                    if let Some(message) = refused.problem(&gw.source, &field) {
+                        self.out.problems.push(message);
                     }
+                    continue;
                 }
-            }
+            };
             let host = listener.hostname.clone().unwrap_or_else(|| "*".into());
             let source = gw.source.clone();
             let Some(l) = self.listener(
@@ -417,49 +391,22 @@ impl Builder<'_> {
                     client_ca: None,
                 });
             }
-            if !matches!(
-                listener.protocol,
-                ListenerProtocol::Http | ListenerProtocol::Https
-            ) {
+            if !serves_routes(listener) {
                 continue;
             }
-            let mut attached: Vec<(&GatewayRoutes, String)> = Vec::new();
             for r in routes {
-                let parent_ok = |p: &GatewayParent| {
-                    !p.istio
-                        && p.namespace == gw.source.namespace
-                        && p.name == gw.source.name
-                        && p.section_name.as_ref().is_none_or(|s| *s == listener.name)
-                        && p.port.is_none_or(|port| port == listener.port)
+                let Some(Ok(hosts)) = attach(gw, listener, r) else {
+                    continue;
                 };
-                if !r.gateways.iter().any(parent_ok) {
-                    continue;
-                }
-                if !listener.allowed.all_namespaces && r.source.namespace != gw.source.namespace {
-                    continue;
-                }
-                let kind = &r.source.kind;
-                if !listener.allowed.kinds.is_empty() && !listener.allowed.kinds.contains(kind) {
-                    continue;
-                }
-                if r.hosts.is_empty() {
-                    attached.push((r, host.clone()));
-                } else {
-                    for h in &r.hosts {
-                        if let Some(x) = intersect(&host, h) {
-                            attached.push((r, x));
-                        }
-                    }
-                }
-            }
-            for (r, h) in attached {
                 // The per-route catch-all is replaced by one per host, after every route.
-                let http = r
-                    .http
-                    .iter()
-                    .filter(|route| !route.name.ends_with("/no-route"))
-                    .cloned();
-                l.vhost(&h, &source).extend(http);
+                for h in hosts {
+                    let http = r
+                        .http
+                        .iter()
+                        .filter(|route| !route.name.ends_with("/no-route"))
+                        .cloned();
+                    l.vhost(&h, &source).extend(http);
+                }
             }
             for (_, _, routes) in &mut l.vhosts {
                 // Gateway API orders matches across every route of a host (stable: ties keep
@@ -495,6 +442,182 @@ impl Builder<'_> {
         }
         self.out
     }
+}
+
+/// Why a Gateway API route is not attached to a listener: the spec's reasons for the route
+/// parent's `Accepted=False`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
+pub enum Refusal {
+    /// The listener's `allowedRoutes` (namespaces, kinds) or protocol do not admit the route.
+    NotAllowedByListeners,
+    /// The route's `hostnames` and the listener's `hostname` have no name in common.
+    NoMatchingListenerHostname,
+}
+
+impl Refusal {
+    pub fn reason(self) -> &'static str {
+        match self {
+            Self::NotAllowedByListeners => "NotAllowedByListeners",
+            Self::NoMatchingListenerHostname => "NoMatchingListenerHostname",
+        }
+    }
+}
+
+/// Whether a listener serves HTTPRoutes/GRPCRoutes (TLSRoute and TCPRoute are not served yet).
+pub fn serves_routes(listener: &ApiListener) -> bool {
+    matches!(
+        listener.protocol,
+        ListenerProtocol::Http | ListenerProtocol::Https
+    )
+}
+
+/// Whether `parent` names `listener` of `gw` (Gateway, `sectionName`, `port`).
+pub fn parent_selects(parent: &GatewayParent, gw: &ApiGateway, listener: &ApiListener) -> bool {
+    !parent.istio
+        && parent.namespace == gw.source.namespace
+        && parent.name == gw.source.name
+        && parent
+            .section_name
+            .as_ref()
+            .is_none_or(|s| *s == listener.name)
+        && parent.port.is_none_or(|port| port == listener.port)
+}
+
+/// Attaches `route` to `listener` through `parent`: the hosts it serves there, or why it is
+/// refused; `None` when `parent` does not name this listener. The one rule compile and
+/// status share, so that what status says attached is what the gateway serves.
+pub fn attach_parent(
+    gw: &ApiGateway,
+    listener: &ApiListener,
+    route: &GatewayRoutes,
+    parent: &GatewayParent,
+) -> Option<Result<Vec<String>, Refusal>> {
+    if !parent_selects(parent, gw, listener) {
+        return None;
+    }
+    let kind = &route.source.kind;
+    if !serves_routes(listener)
+        || (!listener.allowed.all_namespaces && route.source.namespace != gw.source.namespace)
+        || (!listener.allowed.kinds.is_empty() && !listener.allowed.kinds.contains(kind))
+    {
+        return Some(Err(Refusal::NotAllowedByListeners));
+    }
+    let host = listener.hostname.as_deref().unwrap_or("*");
+    if route.hosts.is_empty() {
+        return Some(Ok(vec![host.to_string()]));
+    }
+    let hosts: Vec<String> = route
+        .hosts
+        .iter()
+        .filter_map(|h| intersect(host, h))
+        .collect();
+    Some(if hosts.is_empty() {
+        Err(Refusal::NoMatchingListenerHostname)
+    } else {
+        Ok(hosts)
+    })
+}
+
+/// [`attach_parent`] over every parent of `route`: the first that attaches wins.
+pub fn attach(
+    gw: &ApiGateway,
+    listener: &ApiListener,
+    route: &GatewayRoutes,
+) -> Option<Result<Vec<String>, Refusal>> {
+    let mut refused = None;
+    for p in &route.gateways {
+        match attach_parent(gw, listener, route, p) {
+            Some(Ok(hosts)) => return Some(Ok(hosts)),
+            Some(Err(r)) => refused = Some(Err(r)),
+            None => {}
+        }
+    }
+    refused
+}
+
+/// Why a listener's certificate cannot be served: the spec's reasons for the listener's
+/// `ResolvedRefs=False`.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum CertRefused {
+    /// A `Terminate` listener without `certificateRefs` (nothing to serve with).
+    NoCertificate,
+    /// A Secret in another namespace that no ReferenceGrant there lets the Gateway use.
+    RefNotPermitted(SecretRef),
+    /// No such Secret (or not a TLS one).
+    NotFound(SecretRef),
+}
+
+impl CertRefused {
+    pub fn reason(&self) -> &'static str {
+        match self {
+            Self::RefNotPermitted(_) => "RefNotPermitted",
+            Self::NoCertificate | Self::NotFound(_) => "InvalidCertificateRef",
+        }
+    }
+
+    pub fn message(&self) -> String {
+        match self {
+            Self::NoCertificate => "a Terminate listener needs tls.certificateRefs".into(),
+            Self::RefNotPermitted(r) => format!(
+                "Secret {}/{} is in another namespace and no ReferenceGrant there allows it",
+                r.namespace, r.name
+            ),
+            Self::NotFound(r) => format!("Secret {}/{} not found", r.namespace, r.name),
+        }
+    }
+
+    /// The compile problem for it, `None` where compile has always been silent (no refs).
+    fn problem(&self, gw: &ResourceRef, field: &str) -> Option<String> {
+        let what = match self {
+            Self::NoCertificate => return None,
+            Self::RefNotPermitted(_) => "RefNotPermitted",
+            Self::NotFound(_) => "InvalidCertificateRef",
+        };
+        Some(format!(
+            "{gw}: {field}.tls.certificateRefs[0]: {} ({what}); listener not served",
+            self.message()
+        ))
+    }
+}
+
+/// The Secret a `Terminate` listener serves with (its first `certificateRefs`), `None` for a
+/// listener without termination.
+pub fn listener_certificate<'a>(
+    resources: &'a [GatewayResource],
+    gw: &ApiGateway,
+    listener: &ApiListener,
+) -> Result<Option<&'a TlsSecret>, CertRefused> {
+    let Some(tls) = listener.tls.as_ref().filter(|t| !t.passthrough) else {
+        return Ok(None);
+    };
+    let Some(r) = tls.certificate_refs.first() else {
+        return Err(CertRefused::NoCertificate);
+    };
+    let granted = r.namespace == gw.source.namespace
+        || resources.iter().any(|g| {
+            matches!(g, GatewayResource::ReferenceGrant(grant)
+                if grant.source.namespace == r.namespace
+                    && granted(grant, &gw.source.namespace, &r.name))
+        });
+    if !granted {
+        return Err(CertRefused::RefNotPermitted(r.clone()));
+    }
+    find_secret(resources, &r.namespace, &r.name)
+        .map(Some)
+        .ok_or_else(|| CertRefused::NotFound(r.clone()))
+}
+
+fn find_secret<'a>(
+    resources: &'a [GatewayResource],
+    namespace: &str,
+    name: &str,
+) -> Option<&'a TlsSecret> {
+    resources.iter().find_map(|r| match r {
+        GatewayResource::Secret(s) if s.source.namespace == namespace && s.source.name == name => {
+            Some(s)
+        }
+        _ => None,
+    })
 }
 
 fn granted(grant: &ReferenceGrant, from_ns: &str, secret: &str) -> bool {
