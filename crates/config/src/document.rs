@@ -40,6 +40,8 @@ pub enum Resource {
     RateLimitPolicy(Box<crate::trellis::ratelimit::RateLimitPolicy>),
     /// A gateway, GatewayClass, ReferenceGrant, TLS Secret, or routes bound to gateways.
     Gateway(Box<crate::gateways::GatewayResource>),
+    /// A multi-cluster `Link` or `ServiceExport` (docs/multicluster.md).
+    Multicluster(Box<crate::multicluster::MulticlusterResource>),
 }
 
 /// What an adapter made of one document it reads.
@@ -206,6 +208,8 @@ fn read_document(file: &str, index: usize, value: Value) -> Document {
         ("gateway.networking.k8s.io", "GRPCRoute") => gateway::translate_grpc(value),
         ("linkerd.io", "ServiceProfile") => linkerd::translate(value),
         ("trellis.io", "RateLimitPolicy") => crate::trellis::ratelimit::translate(value),
+        ("multicluster.trellis.io", "Link") => crate::multicluster::translate_link(value),
+        ("multicluster.x-k8s.io", "ServiceExport") => crate::multicluster::translate_export(value),
         ("split.smi-spec.io", "TrafficSplit") => smi::translate(value),
         ("specs.smi-spec.io", "HTTPRouteGroup") => smi::translate_route_group(value),
         _ => Ok(Translated::Ignored(format!(

@@ -15,6 +15,7 @@ const PLANNED_GROUPS: &[&str] = &[
     "specs.smi-spec.io",
     "access.smi-spec.io",
     "trellis.io",
+    "multicluster.x-k8s.io",
 ];
 
 /// The reason a document of this `apiVersion`/`kind` is ignored, or `None` when it is read.
@@ -43,6 +44,8 @@ pub(crate) fn ignored_reason(api_version: &str, kind: &str) -> Option<String> {
         ("extensions.istio.io", "WasmPlugin") => version == "v1alpha1",
         ("linkerd.io", "ServiceProfile") => version == "v1alpha2",
         ("trellis.io", "RateLimitPolicy") => version == "v1alpha1",
+        ("multicluster.trellis.io", "Link") => version == "v1alpha1",
+        ("multicluster.x-k8s.io", "ServiceExport") => version == "v1alpha1",
         ("split.smi-spec.io", "TrafficSplit") => {
             matches!(version, "v1alpha1" | "v1alpha2" | "v1alpha3" | "v1alpha4")
         }

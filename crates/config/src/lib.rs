@@ -21,6 +21,7 @@ pub mod istio;
 mod kinds;
 pub mod kube;
 pub mod linkerd;
+pub mod multicluster;
 pub mod no_route;
 pub mod smi;
 pub mod traffic;

@@ -55,6 +55,9 @@ fn render(file: &str, bytes: &[u8]) -> Value {
                     Outcome::Resource(Resource::Gateway(gateway)) => {
                         json!({"status": "Accepted", "gateway": gateway})
                     }
+                    Outcome::Resource(Resource::Multicluster(r)) => {
+                        json!({"status": "Accepted", "multicluster": format!("{r:?}")})
+                    }
                     Outcome::Ignored { reason } => json!({"status": "Ignored", "reason": reason}),
                     Outcome::Invalid(err) => json!({"status": "Invalid", "error": err.to_string()}),
                 };

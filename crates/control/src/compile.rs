@@ -99,6 +99,15 @@ fn endpoints(
         .map(|w| endpoint(view.trust_domain, w, target_port(port)))
         .collect();
     sort(&mut endpoints);
+    // Linked clusters' endpoints come after the local ones (subsets select local workloads
+    // only: a remote endpoint carries no workload labels).
+    if subset.is_none() {
+        endpoints.extend(crate::multicluster::endpoints(
+            &view.traffic.remote,
+            &svc.key,
+            port.port,
+        ));
+    }
     endpoints
 }
 
@@ -272,6 +281,7 @@ fn endpoint(trust_domain: &str, w: &Workload, target_port: u16) -> Endpoint {
         workload: w.name.clone(),
         labels: w.labels.clone(),
         target_port,
+        remote: None,
     }
 }
 
@@ -285,6 +295,7 @@ fn unmeshed(address: SocketAddr, workload: &str, labels: &BTreeMap<String, Strin
         workload: workload.to_string(),
         labels: labels.clone(),
         target_port: address.port(),
+        remote: None,
     }
 }
 

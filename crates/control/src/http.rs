@@ -35,6 +35,10 @@ pub fn router(
         .route("/api/v1/config", get(config))
         .route("/api/v1/destination", get(destination))
         .route("/api/v1/tap", get(tap))
+        .route(
+            crate::multicluster::link::EXPORTS_PATH,
+            get(multicluster_exports),
+        )
         .route("/metrics", get(metrics))
         .route("/live", get(|| async { "live\n" }))
         .route("/ready", get(is_ready))
@@ -188,6 +192,24 @@ async fn destination(
         trust_domain: &app.shared.trust_domain,
     };
     Json(crate::compile::compile(view, &target)).into_response()
+}
+
+/// `GET /api/v1/multicluster/exports`: the exported services and their ready endpoints, what
+/// linked clusters fetch (see [`crate::multicluster::exports`]).
+async fn multicluster_exports(State(app): State<App>) -> Json<crate::multicluster::Exports> {
+    let config = app.shared.config_rx.borrow().clone();
+    // The published workloads: registrations, or Pods in Kubernetes mode.
+    let workloads = app.shared.workloads_rx().borrow().clone();
+    let view = crate::compile::MeshView {
+        services: &config.services,
+        traffic: &config.traffic,
+        workloads: &workloads,
+        trust_domain: &app.shared.trust_domain,
+    };
+    Json(crate::multicluster::exports::exports(
+        view,
+        &config.multicluster.exports,
+    ))
 }
 
 /// `GET /api/v1/tap?workload=NAME&...`: a workload's live requests (see [`crate::tap`]).

@@ -13,6 +13,7 @@ pub mod dashboard_api;
 pub mod discovery;
 pub mod http;
 pub mod k8s;
+pub mod multicluster;
 pub mod protocol_version;
 pub mod registry;
 mod server;

@@ -96,6 +96,8 @@ impl ControlPlane {
         };
         // ServiceEntry DNS answers join the snapshot between the store and discovery.
         let config_rx = crate::service_entry_dns::spawn(config_rx, shutdown.clone());
+        // So do linked clusters' exported services (docs/multicluster.md).
+        let config_rx = crate::multicluster::link::spawn(config_rx, shutdown.clone());
         let discovery = TcpListener::bind(config.discovery_addr)
             .await
             .map_err(|source| StartError::Bind {

@@ -150,6 +150,10 @@ pub fn destination_to_wire(d: &Destination) -> pb::Destination {
                     .map(|(k, v)| (k.clone(), v.clone()))
                     .collect(),
                 target_port: u32::from(e.target_port),
+                remote: e.remote.as_ref().map(|r| pb::RemoteCluster {
+                    cluster: r.cluster.clone(),
+                    sni: r.sni.clone(),
+                }),
             })
             .collect(),
     }

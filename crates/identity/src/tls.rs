@@ -388,17 +388,36 @@ impl MeshTls {
     where
         IO: AsyncRead + AsyncWrite + Unpin,
     {
+        self.connect_with_sni(io, alpn, expected, None).await
+    }
+
+    /// [`MeshTls::connect`], sending `sni` in the ClientHello: an east-west gateway on the way
+    /// routes the connection by it without terminating TLS (see docs/multicluster.md). The
+    /// server's identity is checked the same way; the name itself is not verified.
+    pub async fn connect_with_sni<IO>(
+        &self,
+        io: IO,
+        alpn: MeshAlpn,
+        expected: &str,
+        sni: Option<&str>,
+    ) -> Result<ClientStream<IO>, HandshakeError>
+    where
+        IO: AsyncRead + AsyncWrite + Unpin,
+    {
         let config = match alpn {
             MeshAlpn::H2 => &self.client_h2,
             MeshAlpn::Http1 => &self.client_http1,
             MeshAlpn::Tcp => &self.client_tcp,
         };
-        // No SNI is needed (the identity is checked from the certificate); a fixed name keeps
-        // the config shared.
+        // No SNI is needed between sidecars (the identity is checked from the certificate); an
+        // IP address as the name sends none and keeps the config shared.
         let name =
-            ServerName::IpAddress(rustls::pki_types::IpAddr::from(std::net::IpAddr::from([
-                0, 0, 0, 0,
-            ])));
+            match sni.and_then(|s| ServerName::try_from(s.to_string()).ok()) {
+                Some(name) => name,
+                None => ServerName::IpAddress(rustls::pki_types::IpAddr::from(
+                    std::net::IpAddr::from([0, 0, 0, 0]),
+                )),
+            };
         let stream = tokio_rustls::TlsConnector::from(config.clone())
             .connect(name, io)
             .await

@@ -19,6 +19,24 @@ pub struct Endpoint {
     pub labels: BTreeMap<String, String>,
     /// The application port behind the peer proxy that the traffic is for.
     pub target_port: u16,
+    /// Set when the endpoint is in another cluster, reached through that cluster's east-west
+    /// gateway at `address`; `None` for this cluster's own endpoints. Balancers prefer local
+    /// endpoints and fail over to remote ones (see `crate::multicluster`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub remote: Option<RemoteCluster>,
+}
+
+/// Where a remote endpoint lives and how its cluster's east-west gateway is told the
+/// destination.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RemoteCluster {
+    /// The remote cluster's name (its `Link`'s `spec.cluster`), a locality for balancing and
+    /// a label for logs.
+    pub cluster: String,
+    /// The TLS SNI the client sends so that the gateway, which does not terminate TLS, can
+    /// route the connection: `outbound_.PORT_._.HOST` (Istio's AUTO_PASSTHROUGH form,
+    /// [`crate::multicluster::sni`]).
+    pub sni: String,
 }
 
 /// A backend other than the destination itself that a route or mirror names (another service,

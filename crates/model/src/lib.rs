@@ -13,6 +13,7 @@ pub mod authz;
 mod destination;
 pub mod gateway;
 pub mod matching;
+pub mod multicluster;
 pub mod policy;
 mod protocol;
 pub mod ratelimit;
@@ -23,7 +24,7 @@ mod target;
 pub mod wasm;
 mod workload;
 
-pub use destination::{Backend, Destination, Endpoint};
+pub use destination::{Backend, Destination, Endpoint, RemoteCluster};
 pub use protocol::AppProtocol;
 pub use service::{Service, ServiceKey, ServicePort, TargetPort};
 pub use target::{ParseTargetError, Target};

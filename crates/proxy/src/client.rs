@@ -190,14 +190,31 @@ impl Kind {
 struct Pooled {
     sender: SendRequest<UpBody>,
     used: u32,
+    /// The SNI it was opened with: connections through one east-west gateway (one address)
+    /// to different services must not be shared, since the gateway routed each by its SNI.
+    sni: Option<Box<str>>,
+}
+
+/// An HTTP/2 pool slot: the endpoint, the connection's kind and a hash of its SNI (0 without),
+/// so that a lookup allocates nothing; a hit is checked against the SNI itself.
+type PoolKey = (SocketAddr, Kind, u64);
+
+fn pool_key(addr: SocketAddr, kind: Kind, sni: Option<&str>) -> PoolKey {
+    use std::hash::{Hash, Hasher};
+    let hash = sni.map_or(0, |name| {
+        let mut h = std::collections::hash_map::DefaultHasher::new();
+        name.hash(&mut h);
+        h.finish() | 1
+    });
+    (addr, kind, hash)
 }
 
 /// All upstream clients of one proxy; shared by every listener.
 #[derive(Debug)]
 pub struct Upstreams {
     http1: Arc<H1Pool>,
-    /// Keyed by endpoint and the connection's kind.
-    http2: Mutex<HashMap<(SocketAddr, Kind), Pooled>>,
+    /// Keyed by endpoint, the connection's kind and its SNI.
+    http2: Mutex<HashMap<PoolKey, Pooled>>,
     identity: Arc<MeshIdentity>,
 }
 
@@ -252,18 +269,28 @@ impl Upstreams {
     /// connection, dialling it first if there is none or it has closed.
     ///
     /// `peer` is the SPIFFE ID a meshed endpoint must prove; with it the connection is mTLS.
+    /// `sni` is sent in that handshake (a remote cluster's endpoint, see docs/multicluster.md).
     pub async fn send_http2(
         &self,
         addr: SocketAddr,
         req: Request<UpBody>,
         opts: &PoolOptions,
         peer: Option<&str>,
+        sni: Option<&str>,
     ) -> Result<Response<Incoming>, UpstreamError> {
         let connect_timeout = opts.connect_timeout.unwrap_or(CONNECT_TIMEOUT);
         let max = opts.max_requests_per_connection;
         let peer = self.mtls_peer(peer, opts);
-        let key = (addr, Kind::of(peer, opts));
-        let mut sender = match self.cached_http2(key, max) {
+        let sni = sni.filter(|_| peer.is_some());
+        let key = pool_key(addr, Kind::of(peer, opts), sni);
+        let dial = Dial {
+            addr,
+            connect_timeout,
+            max,
+            peer,
+            sni,
+        };
+        let mut sender = match self.cached_http2(key, max, sni) {
             Some(mut cached) => match cached.ready().await {
                 Ok(()) => cached,
                 // The pooled connection died while idle (peer restarted, GOAWAY). Nothing was
@@ -271,14 +298,10 @@ impl Upstreams {
                 Err(e) => {
                     tracing::debug!(%addr, error = %e, "pooled HTTP/2 connection unusable; redialling");
                     self.forget_http2(key);
-                    self.dial_http2(addr, connect_timeout, max, peer, opts)
-                        .await?
+                    self.dial_http2(dial, opts).await?
                 }
             },
-            None => {
-                self.dial_http2(addr, connect_timeout, max, peer, opts)
-                    .await?
-            }
+            None => self.dial_http2(dial, opts).await?,
         };
         // A connection that is not ready has closed (a GOAWAY, a drain) before this request
         // went out on it: nothing was sent, so the attempt fails as a connect failure does.
@@ -295,8 +318,7 @@ impl Upstreams {
                 // Boxed: a rare path that would otherwise grow every request's future.
                 Some(req) => {
                     self.forget_http2(key);
-                    Box::pin(self.send_http2_fresh(addr, req, connect_timeout, max, peer, opts))
-                        .await
+                    Box::pin(self.send_http2_fresh(dial, req, opts)).await
                 }
                 None => Err(UpstreamError::Request {
                     addr,
@@ -309,16 +331,12 @@ impl Upstreams {
     /// Sends `req` on a newly dialled connection to `addr` (no pooled one is tried).
     async fn send_http2_fresh(
         &self,
-        addr: SocketAddr,
+        dial: Dial<'_>,
         req: Request<UpBody>,
-        connect_timeout: Duration,
-        max: Option<u32>,
-        peer: Option<&str>,
         opts: &PoolOptions,
     ) -> Result<Response<Incoming>, UpstreamError> {
-        let mut fresh = self
-            .dial_http2(addr, connect_timeout, max, peer, opts)
-            .await?;
+        let addr = dial.addr;
+        let mut fresh = self.dial_http2(dial, opts).await?;
         fresh
             .ready()
             .await
@@ -336,12 +354,17 @@ impl Upstreams {
     /// reaches `max` requests leaves the pool (it closes once its streams are done).
     fn cached_http2(
         &self,
-        addr: (SocketAddr, Kind),
+        addr: PoolKey,
         max: Option<u32>,
+        sni: Option<&str>,
     ) -> Option<SendRequest<UpBody>> {
         // A poisoned lock only means another task panicked mid-insert; the map is still valid.
         let mut map = self.http2.lock().unwrap_or_else(|p| p.into_inner());
         let pooled = map.get_mut(&addr)?;
+        if pooled.sni.as_deref() != sni {
+            // Another name with the same hash: not this connection (the dial replaces it).
+            return None;
+        }
         if pooled.sender.is_closed() {
             map.remove(&addr);
             return None;
@@ -354,19 +377,23 @@ impl Upstreams {
         Some(sender)
     }
 
-    fn forget_http2(&self, addr: (SocketAddr, Kind)) {
+    fn forget_http2(&self, addr: PoolKey) {
         let mut map = self.http2.lock().unwrap_or_else(|p| p.into_inner());
         map.remove(&addr);
     }
 
     async fn dial_http2(
         &self,
-        addr: SocketAddr,
-        connect_timeout: Duration,
-        max: Option<u32>,
-        peer: Option<&str>,
+        dial: Dial<'_>,
         opts: &PoolOptions,
     ) -> Result<SendRequest<UpBody>, UpstreamError> {
+        let Dial {
+            addr,
+            connect_timeout,
+            max,
+            peer,
+            sni,
+        } = dial;
         let stream = connect_within(addr, connect_timeout)
             .await
             .map_err(|source| UpstreamError::Connect { addr, source })?;
@@ -382,7 +409,9 @@ impl Upstreams {
                 h2_handshake(builder, tls, addr).await?
             }
             (Some(peer), None) => {
-                let tls = self.tls_connect(stream, addr, MeshAlpn::H2, peer).await?;
+                let tls = self
+                    .tls_connect(stream, addr, MeshAlpn::H2, peer, sni)
+                    .await?;
                 h2_handshake(builder, tls, addr).await?
             }
             (None, None) => h2_handshake(builder, stream, addr).await?,
@@ -392,28 +421,31 @@ impl Upstreams {
         if max != Some(1) {
             let mut map = self.http2.lock().unwrap_or_else(|p| p.into_inner());
             map.insert(
-                (addr, Kind::of(peer, opts)),
+                pool_key(addr, Kind::of(peer, opts), sni),
                 Pooled {
                     sender: sender.clone(),
                     used: 1,
+                    sni: sni.map(Box::from),
                 },
             );
         }
         Ok(sender)
     }
 
-    /// The client handshake with a meshed peer that must prove `peer`.
+    /// The client handshake with a meshed peer that must prove `peer`, sending `sni` when
+    /// the peer is behind another cluster's east-west gateway.
     pub async fn tls_connect<I>(
         &self,
         io: I,
         addr: SocketAddr,
         alpn: MeshAlpn,
         peer: &str,
+        sni: Option<&str>,
     ) -> Result<trellis_identity::tls::ClientStream<I>, UpstreamError>
     where
         I: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin,
     {
-        match self.identity.connect(io, alpn, peer).await {
+        match self.identity.connect_with_sni(io, alpn, peer, sni).await {
             Some(Ok(tls)) => Ok(tls),
             Some(Err(source)) => Err(UpstreamError::Tls { addr, source }),
             // Certificates are replaced, never removed: only a caller that skipped
@@ -438,6 +470,7 @@ impl Upstreams {
         addr: SocketAddr,
         req: Request<UpBody>,
         peer: Option<&str>,
+        sni: Option<&str>,
     ) -> Result<Response<Incoming>, UpstreamError> {
         let stream = connect(addr)
             .await
@@ -445,7 +478,7 @@ impl Upstreams {
         let mut sender = match self.mtls_peer(peer, &PoolOptions::default()) {
             Some(peer) => {
                 let tls = self
-                    .tls_connect(stream, addr, MeshAlpn::Http1, peer)
+                    .tls_connect(stream, addr, MeshAlpn::Http1, peer, sni)
                     .await?;
                 h1_upgrade_handshake(tls, addr).await?
             }
@@ -459,6 +492,16 @@ impl Upstreams {
                 source: Box::new(e),
             })
     }
+}
+
+/// Where and how one HTTP/2 connection is dialled.
+#[derive(Clone, Copy, Debug)]
+struct Dial<'a> {
+    addr: SocketAddr,
+    connect_timeout: Duration,
+    max: Option<u32>,
+    peer: Option<&'a str>,
+    sni: Option<&'a str>,
 }
 
 async fn h2_handshake<I>(

@@ -29,6 +29,8 @@ pub struct Hop<'a> {
     pub target_port: Option<u16>,
     /// For meshed hops: the SPIFFE ID the peer proxy must prove (mTLS).
     pub identity: Option<&'a str>,
+    /// For an endpoint in another cluster: the SNI its east-west gateway routes by.
+    pub sni: Option<&'a str>,
 }
 
 impl Hop<'static> {
@@ -38,6 +40,7 @@ impl Hop<'static> {
             meshed: false,
             target_port: None,
             identity: None,
+            sni: None,
         }
     }
 }
@@ -165,6 +168,7 @@ pub fn endpoint_hop(e: &trellis_model::Endpoint) -> Hop<'_> {
         meshed: e.meshed,
         target_port: e.meshed.then_some(e.target_port),
         identity: e.identity.as_deref().filter(|_| e.meshed),
+        sni: e.remote.as_ref().map(|r| r.sni.as_str()),
     }
 }
 
@@ -237,6 +241,7 @@ impl Dest {
                         meshed: hop.meshed,
                         target_port: hop.target_port,
                         identity: None,
+                        sni: None,
                     },
                     chosen: Some((backend.clone(), endpoint)),
                 })
@@ -265,6 +270,7 @@ mod tests {
                     workload: "web".into(),
                     labels: Default::default(),
                     target_port: 8080,
+                    remote: None,
                 })
                 .collect(),
             ..Destination::default()
@@ -286,6 +292,7 @@ mod tests {
                         meshed: hop.meshed,
                         target_port: hop.target_port,
                         identity: None,
+                        sni: None,
                     }
                 })
                 .ok_or(NoHop::NoEndpoints),
@@ -304,6 +311,7 @@ mod tests {
                 meshed: true,
                 target_port: Some(8080),
                 identity: None,
+                sni: None,
             }
         );
     }

@@ -370,6 +370,12 @@ pub(crate) async fn serve_opaque(
         ctx.upstreams
             .mtls_for(e.identity.as_deref().filter(|_| e.meshed), plaintext)
     });
+    // A remote cluster's endpoint: its east-west gateway routes the stream by this name.
+    let sni = target
+        .chosen
+        .as_ref()
+        .and_then(|(_, e)| e.endpoint().remote.as_ref())
+        .map(|r| r.sni.as_str());
     if direction == Direction::Outbound {
         let endpoint = target.chosen.as_ref().map(|(_, e)| e.endpoint());
         tag.outbound(&ctx.telemetry.local, endpoint, peer_identity.is_some());
@@ -378,7 +384,7 @@ pub(crate) async fn serve_opaque(
         Some(peer_identity) => {
             match ctx
                 .upstreams
-                .tls_connect(upstream, hop.addr, MeshAlpn::Tcp, peer_identity)
+                .tls_connect(upstream, hop.addr, MeshAlpn::Tcp, peer_identity, sni)
                 .await
             {
                 Ok(tls) => {

@@ -82,6 +82,7 @@ impl Backend {
             workload: name.into(),
             labels: Default::default(),
             target_port: self.addr.port(),
+            remote: None,
         }
     }
 

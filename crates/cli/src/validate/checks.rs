@@ -111,6 +111,7 @@ pub fn analyze(files: &[InputFile]) -> Vec<Finding> {
                     Resource::ServiceEntry(_) => Some("spec.hosts".to_string()),
                     Resource::Gateway(_) => None,
                     Resource::RateLimitPolicy(_) => None,
+                    Resource::Multicluster(_) => None,
                     // An SMI TrafficSplit whose `matches` do not resolve: the message names
                     // the reference at fault; it is a field error, not a conflict.
                     Resource::Smi(p) => {
@@ -144,6 +145,7 @@ pub fn analyze(files: &[InputFile]) -> Vec<Finding> {
                 Resource::Service(_) => Vec::new(),
                 Resource::ServiceEntry(se) => se.notes.clone(),
                 Resource::Gateway(g) => g.notes().to_vec(),
+                Resource::Multicluster(_) => Vec::new(),
             };
             for note in notes {
                 out.push(at(Code::Note, None, note));
@@ -304,6 +306,7 @@ pub fn analyze(files: &[InputFile]) -> Vec<Finding> {
                 Resource::ServiceEntry(_) => {}
                 Resource::Gateway(_) => {}
                 Resource::RateLimitPolicy(_) => {}
+                Resource::Multicluster(_) => {}
                 Resource::Smi(p) => {
                     // A TrafficSplit with `matches` that resolved (one that did not is reported above):
                     // its backends are checked as a plain split's are.

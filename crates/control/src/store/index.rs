@@ -57,6 +57,8 @@ pub struct ConfigSnapshot {
     pub wasm_plugins: Vec<trellis_config::istio::wasm_plugin::WasmPluginPolicy>,
     /// Trellis RateLimitPolicies in force (compiled per workload by discovery).
     pub rate_limit_policies: Vec<trellis_config::trellis::ratelimit::RateLimitPolicy>,
+    /// Links to other clusters and the Services exported to them (`crate::multicluster`).
+    pub multicluster: crate::multicluster::MulticlusterConfig,
 }
 
 #[derive(Debug, Default)]
@@ -130,6 +132,7 @@ impl ConfigIndex {
         let mut authorization_policies = Vec::new();
         let mut gateways = Vec::new();
         let mut rate_limit_policies = Vec::new();
+        let mut multicluster = crate::multicluster::MulticlusterConfig::default();
         // SMI TrafficSplits with `matches` resolve against the HTTPRouteGroups in force.
         let mut route_groups: Vec<&trellis_config::smi::HttpRouteGroup> = Vec::new();
         let mut matched_splits: Vec<(EntryId, &trellis_config::smi::MatchedSplit)> = Vec::new();
@@ -163,6 +166,7 @@ impl ConfigIndex {
                         gateways.push((**g).clone());
                     }
                     Resource::RateLimitPolicy(p) => rate_limit_policies.push((**p).clone()),
+                    Resource::Multicluster(r) => multicluster.add(r),
                     Resource::Smi(p) => match &**p {
                         Pending::RouteGroup(g) => route_groups.push(g),
                         Pending::Split(s) => matched_splits.push((id, s)),
@@ -236,7 +240,7 @@ impl ConfigIndex {
                             Resource::Gateway(g) => g.notes(),
                             Resource::RateLimitPolicy(p) => &p.notes,
                             Resource::Smi(p) => p.notes(),
-                            Resource::Service(_) => &[],
+                            Resource::Service(_) | Resource::Multicluster(_) => &[],
                         };
                         let verdict = verdicts
                             .get(&(file.clone(), doc.resource.document))
@@ -273,6 +277,7 @@ impl ConfigIndex {
             gateways,
             wasm_plugins,
             rate_limit_policies,
+            multicluster,
         }
     }
 }

@@ -51,6 +51,8 @@ pub struct Traffic {
     pub policies: BTreeMap<ServiceKey, DestinationPolicy>,
     /// Istio ServiceEntries in force, by host, with their DNS answers.
     pub service_entries: crate::compile::service_entry::ServiceEntries,
+    /// Endpoints of linked clusters, fetched by `crate::multicluster` (empty without links).
+    pub remote: crate::multicluster::RemoteServices,
 }
 
 /// What became of a traffic resource, beyond its translation notes.

@@ -69,6 +69,11 @@ impl EndpointState {
         self.endpoint.address
     }
 
+    /// In this proxy's own cluster (not behind another cluster's east-west gateway).
+    pub fn is_local(&self) -> bool {
+        trellis_model::multicluster::is_local(&self.endpoint)
+    }
+
     pub fn in_flight(&self) -> u64 {
         self.live.in_flight.load(Relaxed)
     }

@@ -14,6 +14,12 @@
 //! failed on) while any other is available, and falls back to them otherwise ("panic mode":
 //! better a suspect endpoint than none). The math lives in [`ewma`], [`p2c`] and [`hash`];
 //! this module must not do I/O.
+//!
+//! Locality: when some endpoints are in another cluster (`Endpoint::remote`), those of this
+//! proxy's own cluster are chosen among while any is available, and the remote ones only when
+//! none is (gone, ejected by outlier detection, failing health checks, or the one a retry just
+//! failed on): Istio's `localityLbSetting` failover. Traffic returns to local endpoints as soon
+//! as one is available again. See docs/multicluster.md.
 
 pub mod endpoint;
 pub mod ewma;
@@ -46,6 +52,8 @@ enum Kind {
 pub struct Balancer {
     endpoints: Vec<Arc<EndpointState>>,
     kind: Kind,
+    /// Some endpoints are local and some remote: pick with the locality order.
+    mixed: bool,
 }
 
 impl Balancer {
@@ -70,7 +78,13 @@ impl Balancer {
                 ..
             } => Kind::Maglev(hash::Maglev::new(&addrs())),
         };
-        Self { endpoints, kind }
+        let local = endpoints.iter().filter(|e| e.is_local()).count();
+        let mixed = local > 0 && local < endpoints.len();
+        Self {
+            endpoints,
+            kind,
+            mixed,
+        }
     }
 
     pub fn endpoints(&self) -> &[Arc<EndpointState>] {
@@ -92,10 +106,29 @@ impl Balancer {
         let strict = |e: &EndpointState| e.is_available() && Some(e.addr()) != exclude;
         let loose = |e: &EndpointState| e.is_available();
         let any = |_: &EndpointState| true;
-        let filters: [&dyn Fn(&EndpointState) -> bool; 3] = [&strict, &loose, &any];
+        if !self.mixed {
+            let filters: [&dyn Fn(&EndpointState) -> bool; 3] = [&strict, &loose, &any];
+            return self.first_pick(key, &filters);
+        }
+        // Local before remote at each level; a retry leaves a failed local endpoint for a
+        // healthy remote one before it would try the failed one again.
+        let strict_local = |e: &EndpointState| e.is_local() && strict(e);
+        let strict_remote = |e: &EndpointState| !e.is_local() && strict(e);
+        let loose_local = |e: &EndpointState| e.is_local() && loose(e);
+        let filters: [&dyn Fn(&EndpointState) -> bool; 5] =
+            [&strict_local, &strict_remote, &loose_local, &loose, &any];
+        self.first_pick(key, &filters)
+    }
+
+    /// The pick under the first filter that leaves any endpoint.
+    fn first_pick(
+        &self,
+        key: Option<u64>,
+        filters: &[&dyn Fn(&EndpointState) -> bool],
+    ) -> Option<&Arc<EndpointState>> {
         for ok in filters {
             if let Some(i) = self.pick_with(key, ok) {
-                return eps.get(i);
+                return self.endpoints.get(i);
             }
         }
         None

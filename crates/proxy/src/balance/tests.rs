@@ -15,6 +15,7 @@ fn ep(port: u16) -> Arc<EndpointState> {
         workload: format!("w{port}"),
         labels: Default::default(),
         target_port: port,
+        remote: None,
     }))
 }
 
@@ -149,4 +150,57 @@ fn round_robin_cycles() {
         .map(|_| b.pick(None, None).unwrap().addr().port())
         .collect();
     assert_eq!(ports, vec![1, 2, 3, 1, 2, 3]);
+}
+
+fn remote_ep(port: u16, cluster: &str) -> Arc<EndpointState> {
+    Arc::new(EndpointState::new(Endpoint {
+        address: ([127, 0, 0, 2], port).into(),
+        meshed: true,
+        identity: None,
+        workload: format!("{cluster}/east-west"),
+        labels: Default::default(),
+        target_port: port,
+        remote: Some(trellis_model::RemoteCluster {
+            cluster: cluster.into(),
+            sni: "outbound_.80_._.echo.default.svc.cluster.local".into(),
+        }),
+    }))
+}
+
+/// Local endpoints take every request while one is available; the remote one takes them when
+/// none is (ejected, or the one a retry excludes), and traffic returns when a local endpoint
+/// is back.
+#[tokio::test(start_paused = true)]
+async fn multicluster_failover_prefers_local_endpoints() {
+    for lb in [
+        LoadBalancer::PeakEwma,
+        LoadBalancer::LeastRequest,
+        LoadBalancer::RoundRobin,
+        LoadBalancer::Random,
+    ] {
+        let (a, b, remote) = (ep(1), ep(2), remote_ep(3, "east"));
+        let bal = Balancer::new(&lb, vec![remote.clone(), a.clone(), b.clone()]);
+        let picks = |exclude: Option<SocketAddr>| {
+            (0..200)
+                .filter(|_| !bal.pick(None, exclude).unwrap().is_local())
+                .count()
+        };
+        assert_eq!(picks(None), 0, "{lb:?}: all local while local is healthy");
+        eject(&a);
+        assert_eq!(picks(None), 0, "{lb:?}: one local endpoint left");
+        assert_eq!(
+            picks(Some(b.addr())),
+            200,
+            "{lb:?}: a retry off the last local endpoint crosses over"
+        );
+        eject(&b);
+        assert_eq!(picks(None), 200, "{lb:?}: failed over");
+        let back = Instant::now() + Duration::from_secs(3600);
+        a.with_outlier(|o| o.readmit_if_due(back));
+        assert!(a.is_available(), "{lb:?}: re-admitted");
+        assert_eq!(picks(None), 0, "{lb:?}: back to local");
+    }
+    // Only remote endpoints (none here): they are used as any others.
+    let only = Balancer::new(&LoadBalancer::RoundRobin, vec![remote_ep(4, "east")]);
+    assert!(only.pick(None, None).is_some());
 }

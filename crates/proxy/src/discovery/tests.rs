@@ -22,6 +22,7 @@ fn wire_destination() -> pb::Destination {
                 .into_iter()
                 .collect(),
             target_port: 9081,
+            remote: None,
         }],
         traffic_json: String::new(),
         traffic_schema: 0,
@@ -75,6 +76,7 @@ fn traffic_json() -> String {
             workload: format!("reviews-{name}"),
             labels: BTreeMap::new(),
             target_port: 9080,
+            remote: None,
         }],
         policy: Default::default(),
     };

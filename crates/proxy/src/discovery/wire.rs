@@ -138,6 +138,10 @@ pub(crate) fn destination_from_wire(d: pb::Destination) -> Result<Destination, U
                 workload: e.workload,
                 labels: e.labels.into_iter().collect(),
                 target_port: port(&field("target_port"), e.target_port)?,
+                remote: e.remote.map(|r| trellis_model::RemoteCluster {
+                    cluster: r.cluster,
+                    sni: r.sni,
+                }),
             })
         })
         .collect::<Result<Vec<_>, UpdateError>>()?;

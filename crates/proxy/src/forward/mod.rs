@@ -236,7 +236,7 @@ impl HttpForward {
                 }
                 self.ctx
                     .upstreams
-                    .send_http2(hop.addr, req, opts, hop.identity)
+                    .send_http2(hop.addr, req, opts, hop.identity, hop.sni)
                     .await
             }
         }
@@ -252,7 +252,7 @@ impl HttpForward {
         let mut resp = match self
             .ctx
             .upstreams
-            .send_upgrade(hop.addr, req, hop.identity)
+            .send_upgrade(hop.addr, req, hop.identity, hop.sni)
             .await
         {
             Ok(resp) => resp,

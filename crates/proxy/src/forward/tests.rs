@@ -69,6 +69,7 @@ fn meshed(endpoint: SocketAddr, target_port: u16) -> Resolution {
             workload: "reviews".into(),
             labels: Default::default(),
             target_port,
+            remote: None,
         }],
         ..Destination::default()
     }))

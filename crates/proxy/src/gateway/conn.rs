@@ -76,7 +76,7 @@ async fn serve(ctx: Arc<Ctx>, rt: Arc<ListenerRt>, stream: TcpStream, peer: Sock
 }
 
 /// Reads the ClientHello (bounded by the detect timeout and its size) to learn the SNI.
-async fn read_sni<I: tokio::io::AsyncRead + Unpin>(
+pub(super) async fn read_sni<I: tokio::io::AsyncRead + Unpin>(
     io: &mut I,
     ctx: &Ctx,
 ) -> Option<(BytesMut, Option<String>)> {

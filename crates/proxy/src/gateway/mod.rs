@@ -14,6 +14,7 @@
 //! that cannot be loaded leaves its hosts out (logged), the rest is served.
 
 mod conn;
+mod east_west;
 
 use std::collections::{BTreeMap, HashMap};
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
@@ -56,6 +57,11 @@ pub struct GatewayArgs {
     /// free one), e.g. `--gateway-port 80=127.0.0.1:8080` to run without privileges.
     #[arg(long = "gateway-port", value_name = "PORT=ADDR", value_parser = parse_port_map)]
     pub gateway_port: Vec<(u16, SocketAddr)>,
+    /// In gateway mode: serve the east-west port at ADDR (Istio's 15443, AUTO_PASSTHROUGH):
+    /// mesh mTLS from other clusters, routed by SNI to this cluster's endpoints without being
+    /// terminated. See docs/multicluster.md.
+    #[arg(long = "east-west", value_name = "ADDR")]
+    pub east_west: Option<SocketAddr>,
 }
 
 impl Default for GatewayArgs {
@@ -64,6 +70,7 @@ impl Default for GatewayArgs {
             mode: Mode::Sidecar,
             listen_host: IpAddr::V4(Ipv4Addr::LOCALHOST),
             gateway_port: Vec::new(),
+            east_west: None,
         }
     }
 }
@@ -74,6 +81,12 @@ impl GatewayArgs {
         if self.mode != Mode::Gateway && !self.gateway_port.is_empty() {
             return Err(crate::args::ConfigError {
                 flag: "--gateway-port",
+                message: "only means something with --mode gateway".into(),
+            });
+        }
+        if self.mode != Mode::Gateway && self.east_west.is_some() {
+            return Err(crate::args::ConfigError {
+                flag: "--east-west",
                 message: "only means something with --mode gateway".into(),
             });
         }
@@ -90,6 +103,7 @@ impl GatewayArgs {
             mode: self.mode,
             listen_host: self.listen_host,
             ports,
+            east_west: self.east_west,
         })
     }
 }
@@ -101,6 +115,8 @@ pub struct GatewaySettings {
     pub listen_host: IpAddr,
     /// Gateway port -> where it is bound instead.
     pub ports: BTreeMap<u16, SocketAddr>,
+    /// `--east-west`: where the east-west (SNI passthrough) port is served.
+    pub east_west: Option<SocketAddr>,
 }
 
 impl Default for GatewaySettings {
@@ -163,6 +179,9 @@ pub async fn run(
     settings: GatewaySettings,
     bound: BoundListeners,
 ) {
+    if let Some(addr) = settings.east_west {
+        ctx.tracker.spawn(east_west::run(ctx.clone(), addr));
+    }
     let mut running: BTreeMap<u16, Running> = BTreeMap::new();
     // Balancer, budget and outlier state per virtual host survive updates.
     let mut traffic = Traffic::new();

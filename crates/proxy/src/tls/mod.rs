@@ -152,8 +152,23 @@ impl MeshIdentity {
     where
         IO: AsyncRead + AsyncWrite + Unpin,
     {
+        self.connect_with_sni(io, alpn, expected, None).await
+    }
+
+    /// [`MeshIdentity::connect`] sending `sni` (a remote cluster's endpoint, reached through
+    /// its east-west gateway).
+    pub async fn connect_with_sni<IO>(
+        &self,
+        io: IO,
+        alpn: MeshAlpn,
+        expected: &str,
+        sni: Option<&str>,
+    ) -> Option<Result<ClientStream<IO>, HandshakeError>>
+    where
+        IO: AsyncRead + AsyncWrite + Unpin,
+    {
         let tls = self.current()?;
-        let result = tls.connect(io, alpn, expected).await;
+        let result = tls.connect_with_sni(io, alpn, expected, sni).await;
         match &result {
             Ok(_) => self.metrics.handshake_ok(Direction::Outbound),
             Err(e) => {

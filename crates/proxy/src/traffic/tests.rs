@@ -15,6 +15,7 @@ fn ep(port: u16) -> Endpoint {
         workload: format!("w{port}"),
         labels: Default::default(),
         target_port: port,
+        remote: None,
     }
 }
 

@@ -112,6 +112,7 @@ impl Backend {
             workload: self.name.into(),
             labels: Default::default(),
             target_port: self.addr.port(),
+            remote: None,
         }
     }
 

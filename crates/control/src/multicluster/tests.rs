@@ -1,0 +1,166 @@
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use trellis_config::multicluster::Link;
+use trellis_model::{Service, ServiceKey, ServicePort, TargetPort, Workload};
+
+use super::*;
+use crate::compile::MeshView;
+use crate::store::Traffic;
+
+fn link(cluster: &str, gateway: &str) -> Link {
+    Link {
+        cluster: cluster.into(),
+        control_plane: "http://127.0.0.1:1".into(),
+        gateway: gateway.parse().unwrap(),
+        refresh: Duration::from_secs(5),
+    }
+}
+
+fn echo() -> Service {
+    Service {
+        key: ServiceKey::new("default", "echo"),
+        ports: vec![ServicePort {
+            name: None,
+            port: 8080,
+            target_port: TargetPort::Number(9000),
+            protocol: Default::default(),
+        }],
+        selector: BTreeMap::from([("app".to_string(), "echo".to_string())]),
+        cluster_ip: None,
+    }
+}
+
+fn workload(name: &str, sa: &str, addr: &str) -> Workload {
+    Workload {
+        name: name.into(),
+        namespace: "default".into(),
+        service_account: sa.into(),
+        labels: BTreeMap::from([("app".to_string(), "echo".to_string())]),
+        inbound_address: addr.parse().unwrap(),
+        ports: vec![9000],
+        admin_address: None,
+    }
+}
+
+#[test]
+fn exports_count_ready_meshed_endpoints_of_exported_services_only() {
+    let services = BTreeMap::from([(echo().key, echo())]);
+    let traffic = Traffic::default();
+    let workloads = [
+        workload("echo-2", "echo", "10.0.0.2:15006"),
+        workload("echo-1", "echo", "10.0.0.1:15006"),
+    ];
+    let view = MeshView {
+        services: &services,
+        traffic: &traffic,
+        workloads: &workloads,
+        trust_domain: "cluster.local",
+    };
+    let exported = [
+        ServiceKey::new("default", "echo"),
+        ServiceKey::new("default", "missing"),
+    ];
+    let got = exports::exports(view, &exported);
+    assert_eq!(
+        got,
+        Exports {
+            services: vec![ExportedService {
+                namespace: "default".into(),
+                name: "echo".into(),
+                ports: vec![ExportedPort {
+                    port: 8080,
+                    target_port: 9000,
+                    ready_endpoints: 2,
+                    identity: Some("spiffe://cluster.local/ns/default/sa/echo".into()),
+                }],
+            }],
+        }
+    );
+    assert_eq!(exports::exports(view, &[]), Exports::default());
+}
+
+#[test]
+fn remote_endpoints_point_at_each_clusters_gateway_with_the_sni() {
+    let port = |ready| ExportedPort {
+        port: 8080,
+        target_port: 9000,
+        ready_endpoints: ready,
+        identity: Some("spiffe://cluster.local/ns/default/sa/echo".into()),
+    };
+    let answer = |ready| Exports {
+        services: vec![ExportedService {
+            namespace: "default".into(),
+            name: "echo".into(),
+            ports: vec![port(ready)],
+        }],
+    };
+    let (west, east, north) = (
+        link("west", "198.18.2.1:15443"),
+        link("east", "198.18.1.1:15443"),
+        link("north", "198.18.3.1:15443"),
+    );
+    let (a, b, none) = (answer(2), answer(1), answer(0));
+    let remote = RemoteServices::from_exports([(&west, &a), (&east, &b), (&north, &none)]);
+    let key = ServiceKey::new("default", "echo");
+    let eps = endpoints(&remote, &key, 8080);
+    let gateways: Vec<SocketAddr> = eps.iter().map(|e| e.address).collect();
+    assert_eq!(
+        gateways,
+        [
+            "198.18.1.1:15443".parse::<SocketAddr>().unwrap(),
+            "198.18.2.1:15443".parse().unwrap()
+        ],
+        "sorted by cluster; a cluster without ready endpoints adds none"
+    );
+    let e = &eps[0];
+    assert!(e.meshed && e.target_port == 9000);
+    assert_eq!(
+        e.identity.as_deref(),
+        Some("spiffe://cluster.local/ns/default/sa/echo")
+    );
+    let r = e.remote.as_ref().unwrap();
+    assert_eq!(r.cluster, "east");
+    assert_eq!(r.sni, "outbound_.8080_._.echo.default.svc.cluster.local");
+    assert!(endpoints(&remote, &key, 9999).is_empty());
+    assert!(endpoints(&remote, &ServiceKey::new("default", "other"), 8080).is_empty());
+}
+
+#[test]
+fn compile_puts_remote_endpoints_after_local_ones() {
+    let services = BTreeMap::from([(echo().key, echo())]);
+    let mut traffic = Traffic::default();
+    let exports = Exports {
+        services: vec![ExportedService {
+            namespace: "default".into(),
+            name: "echo".into(),
+            ports: vec![ExportedPort {
+                port: 8080,
+                target_port: 9000,
+                ready_endpoints: 1,
+                identity: Some("spiffe://cluster.local/ns/default/sa/echo".into()),
+            }],
+        }],
+    };
+    let east = link("east", "198.18.1.1:15443");
+    traffic.remote = RemoteServices::from_exports([(&east, &exports)]);
+    let workloads = [workload("echo-1", "echo", "10.0.0.1:15006")];
+    let view = MeshView {
+        services: &services,
+        traffic: &traffic,
+        workloads: &workloads,
+        trust_domain: "cluster.local",
+    };
+    let target = "echo.default:8080".parse().unwrap();
+    let dest = crate::compile::compile(view, &target).unwrap();
+    let clusters: Vec<Option<&str>> = dest
+        .endpoints
+        .iter()
+        .map(|e| e.remote.as_ref().map(|r| r.cluster.as_str()))
+        .collect();
+    assert_eq!(clusters, [None, Some("east")]);
+    // What this cluster exports never includes what it learnt from its links.
+    let exported = exports::exports(view, &[ServiceKey::new("default", "echo")]);
+    assert_eq!(exported.services[0].ports[0].ready_endpoints, 1);
+}
