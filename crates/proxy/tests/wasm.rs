@@ -417,3 +417,226 @@ fn wasm_plugin_config_change_reloads_without_failed_requests() {
         "{line}"
     );
 }
+
+/// POSTs `body` and returns the reply.
+fn post(url: &str, body: &str, headers: &[&str]) -> Reply {
+    let mut args = Vec::new();
+    for h in headers {
+        args.push(format!("-H{h}"));
+    }
+    let mut list: Vec<&str> = vec![
+        "-s",
+        "-i",
+        "--max-time",
+        "10",
+        "-X",
+        "POST",
+        "--data-binary",
+        body,
+    ];
+    list.extend(args.iter().map(String::as_str));
+    list.push(url);
+    let r = curl_http(&list).unwrap();
+    let (head, rest) = r
+        .body
+        .split_once("\r\n\r\n")
+        .unwrap_or((r.body.as_str(), ""));
+    Reply {
+        status: r.status,
+        headers: head
+            .lines()
+            .skip(1)
+            .filter_map(|l| l.split_once(':'))
+            .map(|(n, v)| (n.trim().to_ascii_lowercase(), v.trim().to_string()))
+            .collect(),
+        body: rest.to_string(),
+    }
+}
+
+#[test]
+fn wasm_plugins_rewrite_a_response_body_and_deny_a_request_body_word() {
+    let dir = plugins();
+    let files = [
+        (
+            "rewrite.yaml",
+            wasm_plugin_yaml(
+                "rewrite",
+                "echo",
+                &dir.join("rewrite_body.wasm"),
+                "  pluginConfig: {from: xxxxx, to: hello!}\n",
+            ),
+        ),
+        (
+            "deny-word.yaml",
+            wasm_plugin_yaml(
+                "deny-word",
+                "echo",
+                &dir.join("deny_body_word.wasm"),
+                "  phase: AUTHZ\n  pluginConfig: {word: forbidden}\n",
+            ),
+        ),
+    ];
+    let mesh = start_mesh(&["echo"], &files);
+    let base = &mesh.urls[0];
+
+    // A streamed body of several frames, buffered whole by the plugin and rewritten: every
+    // 5 x's become 6 bytes, and the length the client reads is the new one.
+    let url = format!("{base}/bytes/50000");
+    wait::until(CONVERGE, || match get(&url, &[]) {
+        r if r.header("x-wasm-body-rewritten").is_some() => Ok(()),
+        r => Err(format!("not rewritten yet: {} {:?}", r.status, r.headers)),
+    })
+    .unwrap();
+    let r = get(&url, &[]);
+    assert_eq!(r.status, 200);
+    assert_eq!(
+        r.body.len(),
+        60_000,
+        "{:?}",
+        &r.body[..40.min(r.body.len())]
+    );
+    assert_eq!(r.body, "hello!".repeat(10_000));
+
+    // The request body is read through the deny plugin before the echo sees the request.
+    let echo = &mesh._echoes[0];
+    let before = echo.requests();
+    let denied = post(base, "this payload is forbidden here", &[]);
+    assert_eq!(denied.status, 403, "{}", denied.body);
+    assert_eq!(denied.header("x-wasm-denied"), Some("body word"));
+    assert!(
+        denied.body.contains("the body says forbidden"),
+        "{}",
+        denied.body
+    );
+    assert_eq!(
+        echo.requests(),
+        before,
+        "the denied request reached the app"
+    );
+
+    let ok = post(base, "a fine payload", &[]);
+    assert_eq!(ok.status, 200, "{}", ok.body);
+    let echoed: serde_json::Value = serde_json::from_str(&ok.body).unwrap();
+    assert_eq!(echoed["body_len"], 14);
+    assert_eq!(echoed["headers"]["x-wasm-body-checked"], "14");
+    assert_eq!(echo.requests(), before + 1);
+    // A bodyless request is not held.
+    assert_eq!(get(&format!("{base}/plain"), &[]).status, 200);
+}
+
+/// An auth service on 127.0.0.1: 200 (with `x-auth-user`) for `x-user: alice`, else 403.
+fn auth_service() -> std::net::SocketAddr {
+    use std::io::{Read, Write};
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = listener.local_addr().unwrap();
+    std::thread::spawn(move || {
+        // Bounded: far more connections than the test makes.
+        for stream in listener.incoming().take(500) {
+            let Ok(mut stream) = stream else { continue };
+            stream
+                .set_read_timeout(Some(Duration::from_secs(5)))
+                .unwrap();
+            let mut head = Vec::new();
+            let mut buf = [0u8; 1024];
+            while !head.windows(4).any(|w| w == b"\r\n\r\n") && head.len() < 16 * 1024 {
+                match stream.read(&mut buf) {
+                    Ok(0) | Err(_) => break,
+                    Ok(n) => head.extend_from_slice(&buf[..n]),
+                }
+            }
+            let head = String::from_utf8_lossy(&head).to_ascii_lowercase();
+            let reply = if head.contains("\r\nx-user: alice\r\n") {
+                "HTTP/1.1 200 OK\r\nx-auth-user: alice\r\ncontent-length: 0\r\nconnection: close\r\n\r\n".to_string()
+            } else {
+                let body = "no such user\n";
+                format!(
+                    "HTTP/1.1 403 Forbidden\r\ncontent-length: {}\r\nconnection: close\r\n\r\n{body}",
+                    body.len()
+                )
+            };
+            let _ = stream.write_all(reply.as_bytes());
+        }
+    });
+    addr
+}
+
+fn dead_port() -> std::net::SocketAddr {
+    let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    l.local_addr().unwrap()
+}
+
+#[test]
+fn wasm_plugin_http_call_allows_or_denies_by_the_auth_service_answer_per_fail_strategy() {
+    let dir = plugins();
+    let wasm = dir.join("http_auth.wasm");
+    let auth = auth_service();
+    let dead = dead_port();
+    let doc = |name: &str, app: &str, cluster: std::net::SocketAddr, strategy: &str| {
+        wasm_plugin_yaml(
+            name,
+            app,
+            &wasm,
+            &format!("  failStrategy: {strategy}\n  pluginConfig: {{cluster: \"{cluster}\"}}\n"),
+        )
+    };
+    let files = [
+        ("auth.yaml", doc("auth", "echo", auth, "FAIL_CLOSE")),
+        ("open.yaml", doc("open", "other", dead, "FAIL_OPEN")),
+    ];
+    let mesh = start_mesh(&["echo", "other"], &files);
+    let url = format!("{}/hello", mesh.urls[0]);
+    wait::until(CONVERGE, || match get(&url, &[]) {
+        r if r.status == 403 => Ok(()),
+        r => Err(format!("not denied yet: {} {}", r.status, r.body)),
+    })
+    .unwrap();
+    // The plugin's 403 carries the auth service's own body.
+    let denied = get(&url, &["x-user: mallory"]);
+    assert_eq!(denied.status, 403);
+    assert_eq!(denied.header("x-wasm-denied"), Some("auth"));
+    assert_eq!(denied.body, "no such user\n");
+    for _ in 0..5 {
+        let ok = get(&url, &["x-user: alice"]);
+        assert_eq!(ok.status, 200, "{}", ok.body);
+        assert_eq!(seen(&ok, "x-auth-user").as_deref(), Some("alice"));
+    }
+
+    // The auth service does not answer: FAIL_OPEN lets the request through...
+    let other = format!("{}/hello", mesh.urls[1]);
+    wait::until(CONVERGE, || {
+        let proxy = &mesh.proxies[1];
+        match metric(
+            proxy,
+            "trellis_wasm_plugin_failures_total{plugin=\"default/open\",reason=\"http_call\"}",
+        ) {
+            Some(n) if n >= 1.0 => Ok(()),
+            n => {
+                let r = get(&other, &["x-user: alice"]);
+                Err(format!(
+                    "no http_call failure yet ({n:?}): {} {}",
+                    r.status, r.body
+                ))
+            }
+        }
+    })
+    .unwrap();
+    let open = get(&other, &["x-user: alice"]);
+    assert_eq!(open.status, 200, "{}", open.body);
+
+    // ... and FAIL_CLOSE fails it.
+    write_config(
+        mesh.config.path(),
+        "auth.yaml",
+        &doc("auth", "echo", dead, "FAIL_CLOSE"),
+    )
+    .unwrap();
+    wait::until(CONVERGE, || match get(&url, &["x-user: alice"]) {
+        r if r.status == 500 => Ok(()),
+        r => Err(format!("not failing yet: {} {}", r.status, r.body)),
+    })
+    .unwrap();
+    let failed = get(&url, &["x-user: alice"]);
+    assert_eq!(failed.header("trellis-error"), Some("wasm-plugin-failed"));
+    // The proxy is up and its other workload unaffected.
+    assert_eq!(get(&other, &["x-user: alice"]).status, 200);
+}

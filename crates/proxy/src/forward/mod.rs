@@ -103,10 +103,10 @@ impl HttpForward {
         let mut wasm = (!host.is_idle()).then(|| {
             let port = crate::wasm::request_port(&self.dest, &req);
             host.begin(self.direction, port, self.peer)
+                .with_calls(Arc::new(crate::wasm::MeshCalls(self.ctx.clone())))
         });
-        if let Some(resp) = wasm
-            .as_mut()
-            .and_then(|w| w.run_until(Phase::Authn, &mut req))
+        if let Some(w) = wasm.as_mut()
+            && let Some(resp) = Box::pin(w.run_until(Phase::Authn, &mut req)).await
         {
             return Ok(telemetry.end(exchange, resp));
         }
@@ -117,9 +117,8 @@ impl HttpForward {
         {
             return Ok(telemetry.end(exchange, rejected.response()));
         }
-        if let Some(resp) = wasm
-            .as_mut()
-            .and_then(|w| w.run_until(Phase::Authz, &mut req))
+        if let Some(w) = wasm.as_mut()
+            && let Some(resp) = Box::pin(w.run_until(Phase::Authz, &mut req)).await
         {
             return Ok(telemetry.end(exchange, resp));
         }
@@ -141,20 +140,24 @@ impl HttpForward {
             self.ctx.metrics.limits.rate_limited(self.direction);
             return Ok(telemetry.end(exchange, limited));
         }
-        if let Some(resp) = wasm
-            .as_mut()
-            .and_then(|w| w.run_until(Phase::UnspecifiedPhase, &mut req))
+        if let Some(w) = wasm.as_mut()
+            && let Some(resp) = Box::pin(w.run_until(Phase::UnspecifiedPhase, &mut req)).await
         {
             return Ok(telemetry.end(exchange, resp));
         }
-        let mut resp = self.forward(req).await;
+        let mut resp = match wasm.as_mut() {
+            // A plugin may answer from the request body while it streams upstream.
+            Some(w) => Box::pin(w.forward(self.forward(req))).await,
+            None => self.forward(req).await,
+        };
         if let Some(w) = wasm.as_mut() {
-            w.respond(&mut resp);
+            Box::pin(w.respond(&mut resp)).await;
         }
         Ok(telemetry.end(exchange, resp))
     }
 
-    async fn forward(&self, mut req: Request<UpBody>) -> Response<ProxyBody> {
+    /// Sends a request on (also a Wasm plugin's HTTP call, `wasm::MeshCalls`).
+    pub(crate) async fn forward(&self, mut req: Request<UpBody>) -> Response<ProxyBody> {
         // Like the version tag, the port hint only means something coming from a peer proxy.
         let requested_port = req
             .headers_mut()

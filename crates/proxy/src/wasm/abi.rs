@@ -2,7 +2,7 @@
 //! [`Linker`]. Pointers and sizes are 32-bit (wasm32). Data returned to the plugin is copied
 //! into memory it allocates with its `proxy_on_memory_allocate` export; header maps travel in
 //! the ABI's encoding ([`encode_map`]). A call the host does not implement (gRPC, queues,
-//! HTTP calls out, foreign functions, WASI) is linked to a stub answering `Unimplemented`, so
+//! foreign functions, WASI) is linked to a stub answering `Unimplemented`, so
 //! any SDK build instantiates. Which calls are supported: docs/wasm.md.
 
 use std::sync::Arc;
@@ -12,7 +12,7 @@ use wasmi::{Caller, IntoFunc, Linker, Module, Val, ValType};
 
 use super::metrics::{Kind, Metric};
 use super::shared::SetError;
-use super::vm::{Host, LocalResponse};
+use super::vm::{CallRequest, Host, LocalResponse};
 
 /// Proxy-Wasm `WasmResult` codes.
 mod status {
@@ -28,8 +28,15 @@ mod status {
 
 /// `MapType`.
 const REQUEST_HEADERS: i32 = 0;
+const REQUEST_TRAILERS: i32 = 1;
 const RESPONSE_HEADERS: i32 = 2;
+const RESPONSE_TRAILERS: i32 = 3;
+const CALL_RESPONSE_HEADERS: i32 = 6;
+const CALL_RESPONSE_TRAILERS: i32 = 7;
 /// `BufferType`.
+const REQUEST_BODY: i32 = 0;
+const RESPONSE_BODY: i32 = 1;
+const CALL_RESPONSE_BODY: i32 = 4;
 const VM_CONFIGURATION: i32 = 6;
 const PLUGIN_CONFIGURATION: i32 = 7;
 
@@ -167,7 +174,10 @@ fn map<'a>(caller: &'a mut Caller<'_, Host>, map_type: i32) -> Result<&'a mut Pa
             stream.response_dirty = true;
             Ok(&mut stream.response_headers)
         }
-        // Trailers, gRPC metadata and HTTP call responses are not exposed (docs/wasm.md).
+        // Trailers are written back after their callback, whatever it did.
+        REQUEST_TRAILERS => Ok(&mut stream.request_trailers),
+        RESPONSE_TRAILERS => Ok(&mut stream.response_trailers),
+        // gRPC metadata is not exposed, and a call's answer is read-only.
         _ => Err(status::NOT_FOUND.into()),
     }
 }
@@ -177,6 +187,18 @@ fn map_ref<'a>(caller: &'a Caller<'_, Host>, map_type: i32) -> Result<&'a Pairs,
     match map_type {
         REQUEST_HEADERS => Ok(&stream.request_headers),
         RESPONSE_HEADERS => Ok(&stream.response_headers),
+        REQUEST_TRAILERS => Ok(&stream.request_trailers),
+        RESPONSE_TRAILERS => Ok(&stream.response_trailers),
+        CALL_RESPONSE_HEADERS => Ok(&stream
+            .call_response
+            .as_ref()
+            .ok_or(status::NOT_FOUND)?
+            .headers),
+        CALL_RESPONSE_TRAILERS => Ok(&stream
+            .call_response
+            .as_ref()
+            .ok_or(status::NOT_FOUND)?
+            .trailers),
         _ => Err(status::NOT_FOUND.into()),
     }
 }
@@ -247,6 +269,22 @@ fn property(host: &Host, path: &[u8]) -> Option<Vec<u8>> {
         [b"plugin_name"] | [b"plugin_root_id"] => host.plugin.name.clone().into_bytes(),
         _ => return None,
     })
+}
+
+/// Calls one callback may dispatch before the host refuses more.
+const MAX_CALLS: usize = 8;
+
+fn resume(caller: &mut Caller<'_, Host>) -> i32 {
+    caller.data_mut().stream.resumed = true;
+    status::OK
+}
+
+/// `proxy_set_buffer_bytes`: replaces `size` bytes at `start` with `value`, clamped to the
+/// buffer (so `0, len` replaces it all and `len, 0` appends).
+fn splice(body: &mut Vec<u8>, start: usize, size: usize, value: &[u8]) {
+    let start = start.min(body.len());
+    let end = start.saturating_add(size).min(body.len());
+    body.splice(start..end, value.iter().copied());
 }
 
 /// A [`Linker`] that remembers which `env` calls it defined, so the rest can be stubbed (the
@@ -334,21 +372,91 @@ pub fn linker(engine: &wasmi::Engine, module: &Module) -> Result<Linker<Host>, w
          ret_len: i32|
          -> R {
             done(|| {
-                let data = match buffer {
-                    PLUGIN_CONFIGURATION => caller.data().plugin.config.clone(),
-                    VM_CONFIGURATION => Vec::new(),
-                    // Bodies are streamed, never buffered for plugins (docs/wasm.md).
+                let host = caller.data();
+                let stream = &host.stream;
+                let data: &[u8] = match buffer {
+                    PLUGIN_CONFIGURATION => &host.plugin.config,
+                    VM_CONFIGURATION => &[],
+                    // Outside a body callback these are empty: what was buffered so far.
+                    REQUEST_BODY => &stream.request_body,
+                    RESPONSE_BODY => &stream.response_body,
+                    CALL_RESPONSE_BODY => {
+                        &stream.call_response.as_ref().ok_or(status::NOT_FOUND)?.body
+                    }
                     _ => return Err(status::NOT_FOUND.into()),
                 };
                 let start = (start as u32 as usize).min(data.len());
                 let end = start.saturating_add(max as u32 as usize).min(data.len());
-                give(&mut caller, &data[start..end], ret_ptr, ret_len)
+                let slice = data[start..end].to_vec();
+                give(&mut caller, &slice, ret_ptr, ret_len)
             })
         },
     )?;
     l.func(
         "proxy_set_buffer_bytes",
-        |_: Caller<'_, Host>, _: i32, _: i32, _: i32, _: i32, _: i32| -> i32 { status::NOT_FOUND },
+        |mut caller: Caller<'_, Host>,
+         buffer: i32,
+         start: i32,
+         size: i32,
+         ptr: i32,
+         len: i32|
+         -> R {
+            done(|| {
+                let value = read(&caller, ptr, len)?;
+                let stream = &mut caller.data_mut().stream;
+                let body = match buffer {
+                    REQUEST_BODY => &mut stream.request_body,
+                    RESPONSE_BODY => &mut stream.response_body,
+                    _ => return Err(status::NOT_FOUND.into()),
+                };
+                splice(body, start as u32 as usize, size as u32 as usize, &value);
+                Ok(())
+            })
+        },
+    )?;
+    l.func(
+        "proxy_http_call",
+        |mut caller: Caller<'_, Host>,
+         uptr: i32,
+         ulen: i32,
+         hptr: i32,
+         hlen: i32,
+         bptr: i32,
+         blen: i32,
+         tptr: i32,
+         tlen: i32,
+         timeout_ms: i32,
+         ret_token: i32|
+         -> R {
+            done(|| {
+                let upstream = String::from_utf8(read(&caller, uptr, ulen)?)
+                    .map_err(|_| status::BAD_ARGUMENT)?;
+                let headers = read_headers(&caller, hptr, hlen)?;
+                let body = read(&caller, bptr, blen)?;
+                // Trailers on a call are read (so a bad map is refused) but not sent.
+                read_headers(&caller, tptr, tlen)?;
+                // As Envoy: a call needs its method, path and authority.
+                for required in [&b":method"[..], b":path", b":authority"] {
+                    if header_of(&headers, required).is_none() {
+                        return Err(status::BAD_ARGUMENT.into());
+                    }
+                }
+                if upstream.is_empty() || caller.data().stream.calls.len() >= MAX_CALLS {
+                    return Err(status::BAD_ARGUMENT.into());
+                }
+                let host = caller.data_mut();
+                host.last_token = host.last_token.wrapping_add(1).max(1);
+                let token = host.last_token;
+                host.stream.calls.push(CallRequest {
+                    token,
+                    upstream,
+                    headers,
+                    body,
+                    timeout: std::time::Duration::from_millis(u64::from(timeout_ms as u32)),
+                });
+                write(&mut caller, ret_token, &token.to_le_bytes())
+            })
+        },
     )?;
     l.func(
         "proxy_get_header_map_pairs",
@@ -476,20 +584,23 @@ pub fn linker(engine: &wasmi::Engine, module: &Module) -> Result<Linker<Host>, w
             })
         },
     )?;
-    // Streams are never paused (bodies are not buffered), so continuing is always done.
+    // A paused request (waiting on an HTTP call) goes on when its plugin resumes it; the
+    // request path reads the flag after the callback.
     l.func(
         "proxy_continue_stream",
-        |_: Caller<'_, Host>, _: i32| -> i32 { status::OK },
+        |mut caller: Caller<'_, Host>, _: i32| -> i32 { resume(&mut caller) },
     )?;
     l.func("proxy_close_stream", |_: Caller<'_, Host>, _: i32| -> i32 {
         status::OK
     })?;
-    l.func("proxy_continue_request", |_: Caller<'_, Host>| -> i32 {
-        status::OK
-    })?;
-    l.func("proxy_continue_response", |_: Caller<'_, Host>| -> i32 {
-        status::OK
-    })?;
+    l.func(
+        "proxy_continue_request",
+        |mut caller: Caller<'_, Host>| -> i32 { resume(&mut caller) },
+    )?;
+    l.func(
+        "proxy_continue_response",
+        |mut caller: Caller<'_, Host>| -> i32 { resume(&mut caller) },
+    )?;
     l.func(
         "proxy_send_local_response",
         |mut caller: Caller<'_, Host>,
@@ -626,5 +737,18 @@ mod tests {
         assert_eq!(decode_map(&bytes).unwrap(), pairs);
         assert!(decode_map(&bytes[..bytes.len() - 3]).is_none());
         assert!(decode_map(&[0xff, 0xff, 0xff, 0x7f]).is_none());
+    }
+
+    #[test]
+    fn wasm_set_buffer_bytes_splices_within_the_buffer() {
+        let mut body = b"hello world".to_vec();
+        splice(&mut body, 0, 5, b"HELLO");
+        assert_eq!(body, b"HELLO world");
+        splice(&mut body, 0, usize::MAX, b"all");
+        assert_eq!(body, b"all");
+        splice(&mut body, 3, 0, b"+end");
+        assert_eq!(body, b"all+end");
+        splice(&mut body, 100, 5, b"!");
+        assert_eq!(body, b"all+end!");
     }
 }

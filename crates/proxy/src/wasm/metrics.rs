@@ -76,6 +76,9 @@ pub enum Reason {
     Memory,
     /// The module could not be read, verified, compiled, instantiated or configured.
     Load,
+    /// The plugin paused the request on an HTTP call whose answer neither resumed nor
+    /// answered it (the call failed, or the plugin did not decide).
+    HttpCall,
 }
 
 impl Reason {
@@ -85,6 +88,7 @@ impl Reason {
             Reason::Fuel => "fuel",
             Reason::Memory => "memory",
             Reason::Load => "load",
+            Reason::HttpCall => "http_call",
         }
     }
 }

@@ -17,6 +17,8 @@
 //! (FAIL_OPEN), and the instance is dropped; the proxy goes on. See docs/wasm.md.
 
 mod abi;
+mod body;
+mod calls;
 mod metrics;
 mod plugin;
 #[cfg(test)]
@@ -36,13 +38,16 @@ use http_body::Body as _;
 use http_body_util::{BodyExt, Full};
 use trellis_model::wasm::{FailStrategy, Phase, WasmPlugin, WasmPlugins};
 
+use crate::client::UpBody;
 use crate::http::{ProxyBody, error_response};
 use crate::telemetry::Direction;
 
+use body::{Abort, Chain, Slot, Stage, Verdict, WasmBody};
+pub use calls::{CallOut, MeshCalls};
 pub use metrics::{Reason, WasmMetrics};
 use plugin::Plugin;
 use shared::SharedData;
-use vm::{Failure, Limits, Vm};
+use vm::{Action, Failure, Limits, LocalResponse, Side};
 
 /// The `trellis-error` of a request a failing plugin failed (FAIL_CLOSE).
 pub const FAILED: &str = "wasm-plugin-failed";
@@ -184,6 +189,8 @@ impl Wasm {
             port,
             peer,
             metrics: self.metrics.clone(),
+            calls: None,
+            verdict: None,
         }
     }
 }
@@ -192,8 +199,21 @@ impl Wasm {
 #[derive(Debug)]
 struct Running {
     plugin: Arc<Plugin>,
-    vm: Vm,
+    slot: Slot,
     id: i32,
+    /// The plugin paused on the request head with no call to wait for: it wants the body
+    /// before the request goes on (Envoy's `StopIteration`), so the body is read first.
+    paused: bool,
+}
+
+/// How a callback's pause ended.
+enum Settled {
+    Continue,
+    /// Paused with no call pending.
+    Paused,
+    Local(LocalResponse),
+    /// Paused on a call whose answer neither resumed nor answered the request.
+    Stalled,
 }
 
 /// One request's plugins: each gets its context when the request reaches its phase.
@@ -207,6 +227,9 @@ pub struct WasmRequest {
     port: u16,
     peer: Option<SocketAddr>,
     metrics: Arc<WasmMetrics>,
+    calls: Option<Arc<dyn CallOut>>,
+    /// Set when the request body's plugins answer instead of letting it through.
+    verdict: Option<Arc<Verdict>>,
 }
 
 fn full(body: impl Into<Bytes>) -> ProxyBody {
@@ -219,7 +242,30 @@ fn failed_response() -> Response<ProxyBody> {
     error_response(StatusCode::INTERNAL_SERVER_ERROR, FAILED)
 }
 
+fn local_response(l: LocalResponse) -> Response<ProxyBody> {
+    let mut resp = Response::new(full(l.body));
+    *resp.status_mut() =
+        StatusCode::from_u16(l.status).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
+    for (k, v) in l.headers {
+        if let (Ok(k), Ok(v)) = (HeaderName::from_bytes(&k), HeaderValue::from_bytes(&v)) {
+            resp.headers_mut().append(k, v);
+        }
+    }
+    resp
+}
+
+/// A request held for the plugins that asked to see its body first: at most this long.
+const HOLD_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(30);
+/// Rounds of calls one callback may chain (a call's answer dispatching another call).
+const MAX_CALL_ROUNDS: usize = 4;
+
 impl WasmRequest {
+    /// Lets the request's plugins make HTTP calls (`proxy_http_call`) through `calls`.
+    pub fn with_calls(mut self, calls: Arc<dyn CallOut>) -> Self {
+        self.calls = Some(calls);
+        self
+    }
+
     fn applies(&self, spec: &WasmPlugin) -> bool {
         let mode = if self.inbound {
             spec.mode.inbound()
@@ -229,13 +275,15 @@ impl WasmRequest {
         mode && (spec.ports.is_empty() || spec.ports.contains(&self.port))
     }
 
-    /// Runs the request-headers callback of every plugin whose phase is at most `phase`;
-    /// `Some(response)` answers the request instead of forwarding it (a plugin's local
-    /// response, or a failure under FAIL_CLOSE), already through the response callbacks.
-    pub fn run_until<B: http_body::Body>(
+    /// Runs the request-headers callback of every plugin whose phase is at most `phase`
+    /// (waiting for the HTTP calls a plugin paused on); `Some(response)` answers the request
+    /// instead of forwarding it (a plugin's local response, or a failure under FAIL_CLOSE),
+    /// already through the response callbacks. After the last phase the request body is
+    /// routed through the plugins' body callbacks.
+    pub async fn run_until(
         &mut self,
         phase: Phase,
-        req: &mut Request<B>,
+        req: &mut Request<UpBody>,
     ) -> Option<Response<ProxyBody>> {
         while let Some(entry) = self.active.entries.get(self.next) {
             if entry.spec().phase > phase {
@@ -256,16 +304,21 @@ impl WasmRequest {
                     continue;
                 }
             };
-            match self.start(&plugin, req) {
-                Ok(Some(local)) => return Some(self.finish_early(local)),
+            match self.start(&plugin, req).await {
+                Ok(Some(local)) => return Some(self.finish_early(local).await),
                 Ok(None) => {}
                 Err(failure) => {
                     tracing::warn!(plugin = plugin.name(), reason = failure.reason.as_str(), error = %failure, "wasm plugin failed on request headers");
                     if let Some(resp) = self.fail(&plugin.spec, failure.reason) {
-                        return Some(self.finish_early(resp));
+                        return Some(self.finish_early(resp).await);
                     }
                 }
             }
+        }
+        if phase == Phase::UnspecifiedPhase
+            && let Some(resp) = self.wrap_request_body(req).await
+        {
+            return Some(self.finish_early(resp).await);
         }
         None
     }
@@ -279,11 +332,12 @@ impl WasmRequest {
         }
     }
 
-    /// Takes an instance and runs its request-headers callback; `Some` is a local response.
-    fn start<B: http_body::Body>(
+    /// Takes an instance and runs its request-headers callback (and the calls it waits
+    /// for); `Some` is a local response.
+    async fn start(
         &mut self,
         plugin: &Arc<Plugin>,
-        req: &mut Request<B>,
+        req: &mut Request<UpBody>,
     ) -> Result<Option<Response<ProxyBody>>, Failure> {
         let mut vm = plugin.take()?;
         {
@@ -292,67 +346,397 @@ impl WasmRequest {
             stream.source = self.peer;
             stream.destination_port = self.port;
         }
-        let id = vm.request_headers(req.body().is_end_stream())?;
-        let stream = vm.stream();
-        if stream.request_dirty {
-            apply_request(req, &stream.request_headers);
-            stream.request_dirty = false;
-        }
-        let local = stream.local_response.take();
+        let (id, action) = vm.request_headers(req.body().is_end_stream())?;
         self.running.push(Running {
             plugin: plugin.clone(),
-            vm,
+            slot: Arc::new(std::sync::Mutex::new(Some(vm))),
             id,
+            paused: false,
         });
-        Ok(local.map(|l| {
-            tracing::debug!(plugin = plugin.name(), status = l.status, details = %l.details, "wasm plugin answered the request");
-            let mut resp = Response::new(full(l.body));
-            *resp.status_mut() =
-                StatusCode::from_u16(l.status).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
-            for (k, v) in l.headers {
-                if let (Ok(k), Ok(v)) = (HeaderName::from_bytes(&k), HeaderValue::from_bytes(&v)) {
-                    resp.headers_mut().append(k, v);
-                }
+        let at = self.running.len() - 1;
+        let settled = self.settle(at, action).await;
+        let slot = self.running[at].slot.clone();
+        if let Some(vm) = body::lock(&slot).as_mut() {
+            let stream = vm.stream();
+            if stream.request_dirty {
+                apply_request(req, &stream.request_headers);
+                stream.request_dirty = false;
             }
-            resp
-        }))
+        }
+        match settled? {
+            Settled::Continue => Ok(None),
+            Settled::Paused => {
+                self.running[at].paused = true;
+                Ok(None)
+            }
+            Settled::Local(l) => {
+                tracing::debug!(plugin = plugin.name(), status = l.status, details = %l.details, "wasm plugin answered the request");
+                Ok(Some(local_response(l)))
+            }
+            Settled::Stalled => Err(Failure {
+                reason: Reason::HttpCall,
+                what:
+                    "paused on an http call whose answer neither resumed nor answered the request"
+                        .into(),
+            }),
+        }
     }
 
-    fn finish_early(&mut self, mut resp: Response<ProxyBody>) -> Response<ProxyBody> {
-        self.respond(&mut resp);
+    /// After a callback: a local response, or the calls it dispatched (waited for when it
+    /// paused, each answer delivered to `proxy_on_http_call_response`). A failure drops the
+    /// instance.
+    async fn settle(&mut self, at: usize, action: Action) -> Result<Settled, Failure> {
+        let (plugin, slot, id) = {
+            let r = &self.running[at];
+            (r.plugin.clone(), r.slot.clone(), r.id)
+        };
+        let mut paused = action == Action::Pause;
+        let mut waited = false;
+        for _ in 0..=MAX_CALL_ROUNDS {
+            let (calls, local) = match body::lock(&slot).as_mut() {
+                Some(vm) => {
+                    let stream = vm.stream();
+                    (
+                        std::mem::take(&mut stream.calls),
+                        stream.local_response.take(),
+                    )
+                }
+                None => return Ok(Settled::Continue),
+            };
+            if let Some(l) = local {
+                return Ok(Settled::Local(l));
+            }
+            if calls.is_empty() {
+                return Ok(match (paused, waited) {
+                    (false, _) => Settled::Continue,
+                    (true, false) => Settled::Paused,
+                    (true, true) => Settled::Stalled,
+                });
+            }
+            let Some(out) = self.calls.clone() else {
+                tracing::warn!(
+                    plugin = plugin.name(),
+                    "wasm plugin dispatched an http call where calls are not supported"
+                );
+                return Ok(if paused {
+                    Settled::Stalled
+                } else {
+                    Settled::Continue
+                });
+            };
+            if !paused {
+                // Nothing waits for the answers: make the calls and drop them.
+                let name = plugin.name().to_string();
+                tokio::spawn(async move {
+                    for call in calls {
+                        calls::perform(&*out, &name, &call).await;
+                    }
+                });
+                return Ok(Settled::Continue);
+            }
+            waited = true;
+            for call in calls {
+                let answer = calls::perform(&*out, plugin.name(), &call).await;
+                let mut guard = body::lock(&slot);
+                let Some(vm) = guard.as_mut() else {
+                    return Ok(Settled::Continue);
+                };
+                vm.stream().call_response = Some(answer);
+                vm.stream().resumed = false;
+                let result = vm.http_call_response(id, call.token);
+                vm.stream().call_response = None;
+                if let Err(e) = result {
+                    *guard = None;
+                    return Err(e);
+                }
+                if std::mem::take(&mut vm.stream().resumed) {
+                    paused = false;
+                }
+            }
+        }
+        Ok(if paused {
+            Settled::Stalled
+        } else {
+            Settled::Continue
+        })
+    }
+
+    async fn finish_early(&mut self, mut resp: Response<ProxyBody>) -> Response<ProxyBody> {
+        self.respond(&mut resp).await;
         resp
     }
 
-    /// Runs the response-headers callbacks (last plugin first) and ends every context. Under
-    /// FAIL_CLOSE a failure replaces the response with a 500.
-    pub fn respond(&mut self, resp: &mut Response<ProxyBody>) {
-        let end_of_stream = resp.body().is_end_stream();
-        while let Some(mut r) = self.running.pop() {
-            let result = (|| {
-                {
-                    let stream = r.vm.stream();
-                    stream.response_headers = response_pairs(resp);
-                    stream.response_code = Some(resp.status().as_u16());
+    /// Routes the request body through the body callbacks of the running plugins that have
+    /// one (none: the body is left alone). When a plugin paused on the head, the body is read
+    /// through them first; `Some` answers the request instead.
+    async fn wrap_request_body(
+        &mut self,
+        req: &mut Request<UpBody>,
+    ) -> Option<Response<ProxyBody>> {
+        if req.body().is_end_stream() {
+            return None;
+        }
+        let mut hold = false;
+        let mut stages = Vec::new();
+        for r in &self.running {
+            if body::lock(&r.slot)
+                .as_ref()
+                .is_some_and(|vm| vm.wants_body(Side::Request))
+            {
+                hold |= r.paused;
+                stages.push(Stage::new(r.plugin.clone(), r.slot.clone(), r.id));
+            }
+        }
+        if stages.is_empty() {
+            return None;
+        }
+        let verdict = Arc::new(Verdict::default());
+        self.verdict = Some(verdict.clone());
+        let chain = Chain {
+            side: Side::Request,
+            stages,
+            metrics: self.metrics.clone(),
+        };
+        let inner = std::mem::replace(
+            req.body_mut(),
+            Full::default().map_err(|never| match never {}).boxed(),
+        );
+        let mut wrapped = WasmBody::new(inner, chain, Some(verdict.clone()), None);
+        if !hold {
+            *req.body_mut() = wrapped.boxed();
+            return None;
+        }
+        let read = tokio::time::timeout(HOLD_TIMEOUT, read_whole(&mut wrapped));
+        let read = tokio::select! {
+            () = verdict.notify.notified() => return Some(body::abort_response(verdict.take()?)),
+            read = read => read,
+        };
+        match read {
+            Ok(Some(frames)) => {
+                // The body was read whole: nothing can answer from it any more.
+                self.verdict = None;
+                for r in &self.running {
+                    if let Some(vm) = body::lock(&r.slot).as_mut() {
+                        let stream = vm.stream();
+                        if std::mem::take(&mut stream.request_dirty) {
+                            apply_request(req, &stream.request_headers);
+                        }
+                    }
                 }
-                r.vm.response_headers(r.id, end_of_stream)?;
-                let stream = r.vm.stream();
+                set_length(req.headers_mut(), &frames);
+                *req.body_mut() = body::replay(frames);
+                None
+            }
+            Ok(None) => Some(match verdict.take() {
+                Some(abort) => body::abort_response(abort),
+                None => error_response(StatusCode::PAYLOAD_TOO_LARGE, "wasm-body-too-large"),
+            }),
+            Err(_) => Some(error_response(
+                StatusCode::REQUEST_TIMEOUT,
+                "wasm-body-timeout",
+            )),
+        }
+    }
+
+    /// Forwards the request, unless its body's plugins answer it first (the forward is then
+    /// dropped, which cancels the upstream exchange).
+    pub async fn forward(
+        &mut self,
+        forward: impl std::future::Future<Output = Response<ProxyBody>>,
+    ) -> Response<ProxyBody> {
+        let Some(verdict) = self.verdict.clone() else {
+            return forward.await;
+        };
+        tokio::select! {
+            resp = forward => resp,
+            () = verdict.notify.notified() => match verdict.take() {
+                Some(abort) => body::abort_response(abort),
+                None => failed_response(),
+            },
+        }
+    }
+
+    /// Runs the response-headers callbacks (last plugin first), then routes the response body
+    /// through the body callbacks (or ends every context at once when there is none). Under
+    /// FAIL_CLOSE a failure replaces the response with a 500.
+    pub async fn respond(&mut self, resp: &mut Response<ProxyBody>) {
+        // The request body's plugins may have answered after the upstream did.
+        if let Some(abort) = self.verdict.take().and_then(|v| v.take()) {
+            *resp = body::abort_response(abort);
+        }
+        let mut hold = false;
+        for at in (0..self.running.len()).rev() {
+            let (plugin, slot, id) = {
+                let r = &self.running[at];
+                (r.plugin.clone(), r.slot.clone(), r.id)
+            };
+            let end_of_stream = resp.body().is_end_stream();
+            let result = {
+                let mut guard = body::lock(&slot);
+                let Some(vm) = guard.as_mut() else { continue };
+                let stream = vm.stream();
+                stream.response_headers = response_pairs(resp);
+                stream.response_code = Some(resp.status().as_u16());
+                let result = vm.response_headers(id, end_of_stream);
+                let stream = vm.stream();
                 if stream.response_dirty {
                     apply_response(resp, &stream.response_headers);
+                    stream.response_dirty = false;
                 }
-                r.vm.finish(r.id)
-            })();
-            match result {
-                Ok(()) => r.plugin.give_back(r.vm),
-                Err(failure) => {
-                    tracing::warn!(plugin = r.plugin.name(), reason = failure.reason.as_str(), error = %failure, "wasm plugin failed on the response");
-                    self.metrics.failed(r.plugin.name(), failure.reason);
-                    if r.plugin.spec.fail_strategy == FailStrategy::FailClose {
-                        *resp = failed_response();
+                if result.is_err() {
+                    *guard = None;
+                }
+                result
+            };
+            let settled = match result {
+                Ok(action) => self.settle(at, action).await,
+                Err(e) => Err(e),
+            };
+            match settled {
+                Ok(Settled::Continue) => {}
+                Ok(Settled::Paused) => hold |= !end_of_stream,
+                Ok(Settled::Local(l)) => *resp = local_response(l),
+                Ok(Settled::Stalled) => self.response_failed(
+                    &plugin,
+                    &slot,
+                    resp,
+                    &Failure {
+                        reason: Reason::HttpCall,
+                        what: "paused on an http call that neither resumed nor answered".into(),
+                    },
+                ),
+                Err(failure) => self.response_failed(&plugin, &slot, resp, &failure),
+            }
+        }
+        self.wrap_response_body(resp, hold).await;
+    }
+
+    fn response_failed(
+        &self,
+        plugin: &Plugin,
+        slot: &Slot,
+        resp: &mut Response<ProxyBody>,
+        failure: &Failure,
+    ) {
+        tracing::warn!(plugin = plugin.name(), reason = failure.reason.as_str(), error = %failure, "wasm plugin failed on the response");
+        self.metrics.failed(plugin.name(), failure.reason);
+        *body::lock(slot) = None;
+        if plugin.spec.fail_strategy == FailStrategy::FailClose {
+            *resp = failed_response();
+        }
+    }
+
+    /// Hands the contexts to the response body (they end when it does), or ends them now.
+    /// `hold`: a plugin paused on the response head, so the body is read through the plugins
+    /// before the head goes out (and their changes to it, or their answer, still apply).
+    async fn wrap_response_body(&mut self, resp: &mut Response<ProxyBody>, hold: bool) {
+        let running = std::mem::take(&mut self.running);
+        let stages: Vec<Stage> = if resp.body().is_end_stream() {
+            Vec::new()
+        } else {
+            running
+                .iter()
+                .rev()
+                .filter(|r| {
+                    body::lock(&r.slot)
+                        .as_ref()
+                        .is_some_and(|vm| vm.wants_body(Side::Response))
+                })
+                .map(|r| Stage::new(r.plugin.clone(), r.slot.clone(), r.id))
+                .collect()
+        };
+        let metrics = self.metrics.clone();
+        let finish = move || {
+            for r in running.iter().rev() {
+                let Some(mut vm) = body::lock(&r.slot).take() else {
+                    continue;
+                };
+                match vm.finish(r.id) {
+                    Ok(()) => r.plugin.give_back(vm),
+                    Err(failure) => {
+                        tracing::warn!(plugin = r.plugin.name(), reason = failure.reason.as_str(), error = %failure, "wasm plugin failed ending its context");
+                        metrics.failed(r.plugin.name(), failure.reason);
                     }
                 }
             }
+        };
+        if stages.is_empty() {
+            finish();
+            return;
         }
+        let slots: Vec<Slot> = stages.iter().map(|s| s.slot.clone()).collect();
+        let chain = Chain {
+            side: Side::Response,
+            stages,
+            metrics: self.metrics.clone(),
+        };
+        let inner = std::mem::replace(resp.body_mut(), full(Bytes::new()));
+        if !hold {
+            *resp.body_mut() = WasmBody::new(inner, chain, None, Some(Box::new(finish))).boxed();
+            return;
+        }
+        let verdict = Arc::new(Verdict::default());
+        let mut wrapped = WasmBody::new(inner, chain, Some(verdict.clone()), None);
+        let read = tokio::time::timeout(HOLD_TIMEOUT, read_whole(&mut wrapped)).await;
+        match read {
+            Ok(Some(frames)) => {
+                // The head was held: changes the body callbacks made to it apply.
+                for slot in &slots {
+                    if let Some(vm) = body::lock(slot).as_mut() {
+                        let stream = vm.stream();
+                        if std::mem::take(&mut stream.response_dirty) {
+                            apply_response(resp, &stream.response_headers);
+                        }
+                    }
+                }
+                set_length(resp.headers_mut(), &frames);
+                *resp.body_mut() = body::replay(frames);
+            }
+            Ok(None) => {
+                *resp = match verdict.take() {
+                    Some(Abort::Local(l)) => local_response(l),
+                    _ => failed_response(),
+                };
+            }
+            Err(_) => *resp = failed_response(),
+        }
+        drop(wrapped);
+        finish();
     }
+}
+
+/// Reads a (plugin-wrapped) body whole, up to [`body::MAX_BUFFER`]; `None` when it failed,
+/// was cut short or was too long.
+async fn read_whole<B>(body: &mut B) -> Option<Vec<http_body::Frame<Bytes>>>
+where
+    B: http_body::Body<Data = Bytes> + Unpin,
+{
+    let mut frames = Vec::new();
+    let mut size = 0usize;
+    while let Some(frame) = body.frame().await {
+        let frame = frame.ok()?;
+        size += frame.data_ref().map_or(0, Bytes::len);
+        if size > body::MAX_BUFFER {
+            return None;
+        }
+        frames.push(frame);
+    }
+    Some(frames)
+}
+
+/// A held body's length is known: say it (the plugins may have changed it), unless trailers
+/// follow.
+fn set_length(headers: &mut HeaderMap, frames: &[http_body::Frame<Bytes>]) {
+    if frames.iter().any(|f| f.is_trailers()) {
+        headers.remove(http::header::CONTENT_LENGTH);
+        return;
+    }
+    let size: usize = frames
+        .iter()
+        .filter_map(|f| f.data_ref())
+        .map(Bytes::len)
+        .sum();
+    headers.insert(http::header::CONTENT_LENGTH, HeaderValue::from(size));
 }
 
 /// A request's headers as a Proxy-Wasm header map: the HTTP/2 pseudo headers first.
@@ -393,7 +777,7 @@ fn response_pairs<B>(resp: &Response<B>) -> Vec<(Vec<u8>, Vec<u8>)> {
     out
 }
 
-fn push_headers(headers: &HeaderMap, out: &mut Vec<(Vec<u8>, Vec<u8>)>) {
+pub(crate) fn push_headers(headers: &HeaderMap, out: &mut Vec<(Vec<u8>, Vec<u8>)>) {
     for (k, v) in headers {
         out.push((k.as_str().as_bytes().to_vec(), v.as_bytes().to_vec()));
     }
@@ -401,7 +785,7 @@ fn push_headers(headers: &HeaderMap, out: &mut Vec<(Vec<u8>, Vec<u8>)>) {
 
 /// The regular headers of a header map; names or values that are not valid HTTP are dropped
 /// (a plugin cannot make the proxy send a malformed header).
-fn header_map(pairs: &[(Vec<u8>, Vec<u8>)]) -> HeaderMap {
+pub(crate) fn header_map(pairs: &[(Vec<u8>, Vec<u8>)]) -> HeaderMap {
     let mut headers = HeaderMap::with_capacity(pairs.len());
     for (k, v) in pairs.iter().filter(|(k, _)| !k.starts_with(b":")) {
         if let (Ok(k), Ok(v)) = (HeaderName::from_bytes(k), HeaderValue::from_bytes(v)) {
@@ -553,8 +937,8 @@ mod tests {
         assert_eq!(req.headers().len(), 3, "{:?}", req.headers());
     }
 
-    #[test]
-    fn wasm_install_keeps_a_broken_plugin_failing_per_strategy() {
+    #[tokio::test]
+    async fn wasm_install_keeps_a_broken_plugin_failing_per_strategy() {
         let wasm = Wasm::default();
         let spec = |name: &str, fail_strategy| WasmPlugin {
             name: name.into(),
@@ -573,15 +957,26 @@ mod tests {
         });
         let mut req = Request::builder()
             .uri("/")
-            .body(Full::<Bytes>::default())
+            .body(
+                Full::<Bytes>::default()
+                    .map_err(|never| match never {})
+                    .boxed(),
+            )
             .unwrap();
         let mut run = wasm.begin(Direction::Inbound, 80, None);
-        assert!(run.run_until(Phase::UnspecifiedPhase, &mut req).is_none());
+        assert!(
+            run.run_until(Phase::UnspecifiedPhase, &mut req)
+                .await
+                .is_none()
+        );
         wasm.install(WasmPlugins {
             plugins: vec![spec("t/close", FailStrategy::FailClose)],
         });
         let mut run = wasm.begin(Direction::Inbound, 80, None);
-        let resp = run.run_until(Phase::UnspecifiedPhase, &mut req).unwrap();
+        let resp = run
+            .run_until(Phase::UnspecifiedPhase, &mut req)
+            .await
+            .unwrap();
         assert_eq!(resp.status(), 500);
         assert_eq!(resp.headers()["trellis-error"], FAILED);
         assert_eq!(wasm.metrics.failures("t/close", Reason::Load), 2);

@@ -7,10 +7,11 @@ use std::path::Path;
 
 use bytes::Bytes;
 use http::{Request, Response};
-use http_body_util::Full;
+use http_body_util::{BodyExt, Full};
 use trellis_model::wasm::{FailStrategy, Mode, Phase, WasmPlugin, WasmPlugins};
 
 use super::{FAILED, Reason, Wasm, full};
+use crate::client::UpBody;
 use crate::telemetry::Direction;
 
 fn spec(name: &str, wasm: &Path, config: &str, fail_strategy: FailStrategy) -> WasmPlugin {
@@ -28,16 +29,25 @@ fn spec(name: &str, wasm: &Path, config: &str, fail_strategy: FailStrategy) -> W
     }
 }
 
-fn request(path: &str, headers: &[(&str, &str)]) -> Request<Full<Bytes>> {
+fn request(path: &str, headers: &[(&str, &str)]) -> Request<UpBody> {
+    request_with(path, headers, "")
+}
+
+fn request_with(path: &str, headers: &[(&str, &str)], body: &'static str) -> Request<UpBody> {
     let mut b = Request::builder().uri(path).header("host", "web");
     for (k, v) in headers {
         b = b.header(*k, *v);
     }
-    b.body(Full::default()).unwrap()
+    b.body(
+        Full::new(Bytes::from_static(body.as_bytes()))
+            .map_err(|never| match never {})
+            .boxed(),
+    )
+    .unwrap()
 }
 
-#[test]
-fn wasm_real_plugins_run_in_process() {
+#[tokio::test]
+async fn wasm_real_plugins_run_in_process() {
     let dir = trellis_testkit::wasm_plugins::build().unwrap();
     let wasm = Wasm::default();
     wasm.install(WasmPlugins {
@@ -67,15 +77,22 @@ fn wasm_real_plugins_run_in_process() {
 
     let mut req = request("/a", &[("x-wasm-allow", "1")]);
     let mut run = wasm.begin(Direction::Inbound, 80, None);
-    assert!(run.run_until(Phase::UnspecifiedPhase, &mut req).is_none());
+    assert!(
+        run.run_until(Phase::UnspecifiedPhase, &mut req)
+            .await
+            .is_none()
+    );
     assert_eq!(req.headers()["x-added"], "v");
     let mut resp = Response::new(full(Bytes::new()));
-    run.respond(&mut resp);
+    run.respond(&mut resp).await;
     assert_eq!(resp.headers()["x-wasm-plugin"], "add-header");
 
     let mut req = request("/a", &[]);
     let mut run = wasm.begin(Direction::Inbound, 80, None);
-    let denied = run.run_until(Phase::UnspecifiedPhase, &mut req).unwrap();
+    let denied = run
+        .run_until(Phase::UnspecifiedPhase, &mut req)
+        .await
+        .unwrap();
     assert_eq!(denied.status(), 403);
     assert_eq!(
         denied.headers()["x-wasm-denied"],
@@ -88,8 +105,8 @@ fn wasm_real_plugins_run_in_process() {
     assert!(out.contains("seen{plugin=\"t/count\"} 1"), "{out}");
 }
 
-#[test]
-fn wasm_isolation_fuel_trap_and_memory() {
+#[tokio::test]
+async fn wasm_isolation_fuel_trap_and_memory() {
     let dir = trellis_testkit::wasm_plugins::build().unwrap();
     let misbehave = dir.join("misbehave.wasm");
     for (mode, reason) in [
@@ -112,6 +129,7 @@ fn wasm_isolation_fuel_trap_and_memory() {
             let mut run = wasm.begin(Direction::Inbound, 80, None);
             let resp = run
                 .run_until(Phase::UnspecifiedPhase, &mut request("/x", &[]))
+                .await
                 .unwrap();
             assert_eq!(resp.status(), 500, "{mode}");
             assert_eq!(resp.headers()["trellis-error"], FAILED);
@@ -123,6 +141,7 @@ fn wasm_isolation_fuel_trap_and_memory() {
             let mut run = wasm.begin(Direction::Inbound, 80, None);
             assert!(
                 run.run_until(Phase::UnspecifiedPhase, &mut request("/ok", &[]))
+                    .await
                     .is_none(),
                 "{mode}: a fresh instance serves /ok"
             );
@@ -133,4 +152,52 @@ fn wasm_isolation_fuel_trap_and_memory() {
             .collect();
         assert_eq!(wasm.metrics.failures(&name, reason), 2, "{mode}: {all:?}");
     }
+}
+
+#[tokio::test]
+async fn wasm_body_plugins_read_and_rewrite_bodies_in_process() {
+    let dir = trellis_testkit::wasm_plugins::build().unwrap();
+    let wasm = Wasm::default();
+    wasm.install(WasmPlugins {
+        plugins: vec![
+            spec(
+                "t/word",
+                &dir.join("deny_body_word.wasm"),
+                r#"{"word":"nope"}"#,
+                FailStrategy::FailClose,
+            ),
+            spec(
+                "t/rewrite",
+                &dir.join("rewrite_body.wasm"),
+                r#"{"from":"a","to":"bb"}"#,
+                FailStrategy::FailClose,
+            ),
+        ],
+    });
+    // The deny plugin pauses on the head: the body is read through it before forwarding.
+    let mut req = request_with("/", &[], "say nope");
+    let mut run = wasm.begin(Direction::Inbound, 80, None);
+    let denied = run
+        .run_until(Phase::UnspecifiedPhase, &mut req)
+        .await
+        .unwrap();
+    assert_eq!(denied.status(), 403);
+
+    let mut req = request_with("/", &[], "fine");
+    let mut run = wasm.begin(Direction::Inbound, 80, None);
+    assert!(
+        run.run_until(Phase::UnspecifiedPhase, &mut req)
+            .await
+            .is_none()
+    );
+    assert_eq!(req.headers()["x-wasm-body-checked"], "4");
+    assert_eq!(req.headers()["content-length"], "4");
+    let body = std::mem::replace(req.body_mut(), request("/", &[]).into_body());
+    assert_eq!(body.collect().await.unwrap().to_bytes(), "fine");
+    // The response body streams through the rewrite plugin (buffered to its end).
+    let mut resp = Response::new(full(Bytes::from_static(b"banana")));
+    run.respond(&mut resp).await;
+    assert_eq!(resp.headers()["x-wasm-body-rewritten"], "true");
+    let body = resp.into_body().collect().await.unwrap().to_bytes();
+    assert_eq!(body, "bbbnbbnbb");
 }

@@ -90,14 +90,45 @@ pub struct LocalResponse {
     pub body: Vec<u8>,
 }
 
-/// The request or response a callback sees: headers (with the HTTP/2 pseudo headers) and a
-/// few properties.
+/// An HTTP call a plugin dispatched (`proxy_http_call`), to be made by the request path.
+#[derive(Debug, Clone)]
+pub struct CallRequest {
+    pub token: u32,
+    /// The cluster name as the plugin gave it: a mesh service or `host:port`.
+    pub upstream: String,
+    pub headers: Vec<(Vec<u8>, Vec<u8>)>,
+    pub body: Vec<u8>,
+    pub timeout: std::time::Duration,
+}
+
+/// An HTTP call's answer, readable during `proxy_on_http_call_response` (empty when it
+/// failed: no `:status`, as Envoy delivers a failed call).
+#[derive(Debug, Default)]
+pub struct CallResponse {
+    pub headers: Vec<(Vec<u8>, Vec<u8>)>,
+    pub body: Vec<u8>,
+    pub trailers: Vec<(Vec<u8>, Vec<u8>)>,
+}
+
+/// The request or response a callback sees: headers (with the HTTP/2 pseudo headers),
+/// the body buffered for the running body callback, trailers, and a few properties.
 #[derive(Debug, Default)]
 pub struct Stream {
     pub request_headers: Vec<(Vec<u8>, Vec<u8>)>,
     pub request_dirty: bool,
     pub response_headers: Vec<(Vec<u8>, Vec<u8>)>,
     pub response_dirty: bool,
+    /// The plugin's buffered request (or response) body during its body callback.
+    pub request_body: Vec<u8>,
+    pub response_body: Vec<u8>,
+    pub request_trailers: Vec<(Vec<u8>, Vec<u8>)>,
+    pub response_trailers: Vec<(Vec<u8>, Vec<u8>)>,
+    /// Calls dispatched during the last callback.
+    pub calls: Vec<CallRequest>,
+    /// The answer being delivered to `proxy_on_http_call_response`.
+    pub call_response: Option<CallResponse>,
+    /// The plugin resumed its paused stream (`proxy_continue_stream` and friends).
+    pub resumed: bool,
     pub local_response: Option<LocalResponse>,
     pub source: Option<std::net::SocketAddr>,
     pub destination_port: u16,
@@ -112,7 +143,12 @@ pub struct Host {
     pub memory: Option<Memory>,
     pub malloc: Option<TypedFunc<i32, i32>>,
     pub stream: Stream,
+    /// The last `proxy_http_call` token handed out (unique per instance).
+    pub last_token: u32,
 }
+
+/// `proxy_on_http_call_response(context, token, headers, body size, trailers)`.
+type CallResponseFn = TypedFunc<(i32, i32, i32, i32, i32), ()>;
 
 /// The plugin's exported callbacks (the optional ones may be missing).
 #[derive(Debug)]
@@ -120,6 +156,11 @@ struct Exports {
     context_create: TypedFunc<(i32, i32), ()>,
     request_headers: Option<TypedFunc<(i32, i32, i32), i32>>,
     response_headers: Option<TypedFunc<(i32, i32, i32), i32>>,
+    request_body: Option<TypedFunc<(i32, i32, i32), i32>>,
+    response_body: Option<TypedFunc<(i32, i32, i32), i32>>,
+    request_trailers: Option<TypedFunc<(i32, i32), i32>>,
+    response_trailers: Option<TypedFunc<(i32, i32), i32>>,
+    http_call_response: Option<CallResponseFn>,
     done: Option<TypedFunc<i32, i32>>,
     log: Option<TypedFunc<i32, ()>>,
     delete: Option<TypedFunc<i32, ()>>,
@@ -133,6 +174,35 @@ pub struct Vm {
     exports: Exports,
     fuel: u64,
     next_id: i32,
+}
+
+/// A callback's answer (`FilterHeadersStatus` / `FilterDataStatus`): anything but
+/// `Continue` stops iteration (the SDK's `Action::Pause`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Action {
+    Continue,
+    Pause,
+}
+
+impl Action {
+    fn from_abi(v: i32) -> Self {
+        if v == 0 {
+            Action::Continue
+        } else {
+            Action::Pause
+        }
+    }
+}
+
+/// Which half of the exchange a body or trailers callback is about.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Side {
+    Request,
+    Response,
+}
+
+fn len32(n: usize) -> i32 {
+    i32::try_from(n).unwrap_or(i32::MAX)
 }
 
 fn typed<P: wasmi::WasmParams, R: wasmi::WasmResults>(
@@ -169,6 +239,7 @@ impl Vm {
             memory: None,
             malloc: None,
             stream: Stream::default(),
+            last_token: 0,
         };
         let mut store = Store::new(engine, host);
         store.limiter(|h| &mut h.limits);
@@ -192,6 +263,11 @@ impl Vm {
             context_create,
             request_headers: typed(&instance, &store, "proxy_on_request_headers")?,
             response_headers: typed(&instance, &store, "proxy_on_response_headers")?,
+            request_body: typed(&instance, &store, "proxy_on_request_body")?,
+            response_body: typed(&instance, &store, "proxy_on_response_body")?,
+            request_trailers: typed(&instance, &store, "proxy_on_request_trailers")?,
+            response_trailers: typed(&instance, &store, "proxy_on_response_trailers")?,
+            http_call_response: typed(&instance, &store, "proxy_on_http_call_response")?,
             done: typed(&instance, &store, "proxy_on_done")?,
             log: typed(&instance, &store, "proxy_on_log")?,
             delete: typed(&instance, &store, "proxy_on_delete")?,
@@ -245,34 +321,104 @@ impl Vm {
         &mut self.store.data_mut().stream
     }
 
-    /// Creates an HTTP context and runs `proxy_on_request_headers`; returns the context id.
-    pub fn request_headers(&mut self, end_of_stream: bool) -> Result<i32, Failure> {
+    /// Creates an HTTP context and runs `proxy_on_request_headers`; returns the context id
+    /// and the plugin's action.
+    pub fn request_headers(&mut self, end_of_stream: bool) -> Result<(i32, Action), Failure> {
         let id = self.next_id;
         // Ids only have to be unique among this VM's live contexts.
         self.next_id = if id == i32::MAX { ROOT_ID + 1 } else { id + 1 };
         let create = self.exports.context_create;
         self.call("proxy_on_context_create", &create, (id, ROOT_ID))?;
+        let mut action = Action::Continue;
         if let Some(f) = self.exports.request_headers {
-            let n = i32::try_from(self.stream().request_headers.len()).unwrap_or(i32::MAX);
-            self.call(
+            let n = len32(self.stream().request_headers.len());
+            action = Action::from_abi(self.call(
                 "proxy_on_request_headers",
                 &f,
                 (id, n, i32::from(end_of_stream)),
-            )?;
+            )?);
         }
-        Ok(id)
+        Ok((id, action))
     }
 
-    pub fn response_headers(&mut self, id: i32, end_of_stream: bool) -> Result<(), Failure> {
-        if let Some(f) = self.exports.response_headers {
-            let n = i32::try_from(self.stream().response_headers.len()).unwrap_or(i32::MAX);
-            self.call(
-                "proxy_on_response_headers",
-                &f,
-                (id, n, i32::from(end_of_stream)),
-            )?;
+    pub fn response_headers(&mut self, id: i32, end_of_stream: bool) -> Result<Action, Failure> {
+        let Some(f) = self.exports.response_headers else {
+            return Ok(Action::Continue);
+        };
+        let n = len32(self.stream().response_headers.len());
+        let action = self.call(
+            "proxy_on_response_headers",
+            &f,
+            (id, n, i32::from(end_of_stream)),
+        )?;
+        Ok(Action::from_abi(action))
+    }
+
+    /// Whether the plugin has a body callback for that side (every SDK build does).
+    pub fn wants_body(&self, side: Side) -> bool {
+        match side {
+            Side::Request => self.exports.request_body.is_some(),
+            Side::Response => self.exports.response_body.is_some(),
+        }
+    }
+
+    /// `proxy_on_request_body` / `proxy_on_response_body` over `stream.*_body` (the plugin's
+    /// buffered bytes so far).
+    pub fn body(&mut self, side: Side, id: i32, end_of_stream: bool) -> Result<Action, Failure> {
+        let (f, name, len) = match side {
+            Side::Request => (
+                self.exports.request_body,
+                "proxy_on_request_body",
+                self.stream().request_body.len(),
+            ),
+            Side::Response => (
+                self.exports.response_body,
+                "proxy_on_response_body",
+                self.stream().response_body.len(),
+            ),
+        };
+        let Some(f) = f else {
+            return Ok(Action::Continue);
+        };
+        let action = self.call(name, &f, (id, len32(len), i32::from(end_of_stream)))?;
+        Ok(Action::from_abi(action))
+    }
+
+    /// `proxy_on_request_trailers` / `proxy_on_response_trailers` over `stream.*_trailers`.
+    pub fn trailers(&mut self, side: Side, id: i32) -> Result<(), Failure> {
+        let (f, name, len) = match side {
+            Side::Request => (
+                self.exports.request_trailers,
+                "proxy_on_request_trailers",
+                self.stream().request_trailers.len(),
+            ),
+            Side::Response => (
+                self.exports.response_trailers,
+                "proxy_on_response_trailers",
+                self.stream().response_trailers.len(),
+            ),
+        };
+        if let Some(f) = f {
+            self.call(name, &f, (id, len32(len)))?;
         }
         Ok(())
+    }
+
+    /// Delivers a call's answer (`stream.call_response`) to `proxy_on_http_call_response`.
+    pub fn http_call_response(&mut self, id: i32, token: u32) -> Result<(), Failure> {
+        let Some(f) = self.exports.http_call_response else {
+            return Ok(());
+        };
+        let (h, b, t) = self.stream().call_response.as_ref().map_or((0, 0, 0), |r| {
+            (r.headers.len(), r.body.len(), r.trailers.len())
+        });
+        // Tokens travel as the u32 the plugin was given.
+        let token = token as i32;
+        self.call(
+            "proxy_on_http_call_response",
+            &f,
+            (id, token, len32(h), len32(b), len32(t)),
+        )
     }
 
     /// Ends a context: `proxy_on_done`, `proxy_on_log`, `proxy_on_delete`.

@@ -1,0 +1,71 @@
+//! Rewrites the response body: every `from` becomes `to` (pluginConfig
+//! `{"from": "...", "to": "..."}`, default `x` -> `y`). It buffers the whole body
+//! (`Action::Pause` until the end of the stream), rewrites it with `set_http_response_body`,
+//! and drops `content-length` from the head since the length changes.
+
+use proxy_wasm::traits::{Context, HttpContext, RootContext};
+use proxy_wasm::types::{Action, ContextType, LogLevel};
+
+proxy_wasm::main! {{
+    proxy_wasm::set_log_level(LogLevel::Info);
+    proxy_wasm::set_root_context(|_| -> Box<dyn RootContext> {
+        Box::new(Root { from: "x".into(), to: "y".into() })
+    });
+}}
+
+struct Root {
+    from: String,
+    to: String,
+}
+
+impl Context for Root {}
+
+impl RootContext for Root {
+    fn on_configure(&mut self, _size: usize) -> bool {
+        if let Some(bytes) = self.get_plugin_configuration() {
+            if let Ok(cfg) = serde_json::from_slice::<serde_json::Value>(&bytes) {
+                if let Some(v) = cfg.get("from").and_then(|v| v.as_str()) {
+                    self.from = v.to_string();
+                }
+                if let Some(v) = cfg.get("to").and_then(|v| v.as_str()) {
+                    self.to = v.to_string();
+                }
+            }
+        }
+        !self.from.is_empty()
+    }
+
+    fn create_http_context(&self, _id: u32) -> Option<Box<dyn HttpContext>> {
+        Some(Box::new(Rewrite { from: self.from.clone(), to: self.to.clone() }))
+    }
+
+    fn get_type(&self) -> Option<ContextType> {
+        Some(ContextType::HttpContext)
+    }
+}
+
+struct Rewrite {
+    from: String,
+    to: String,
+}
+
+impl Context for Rewrite {}
+
+impl HttpContext for Rewrite {
+    fn on_http_response_headers(&mut self, _n: usize, _end: bool) -> Action {
+        self.set_http_response_header("content-length", None);
+        self.set_http_response_header("x-wasm-body-rewritten", Some("true"));
+        Action::Continue
+    }
+
+    fn on_http_response_body(&mut self, size: usize, end_of_stream: bool) -> Action {
+        if !end_of_stream {
+            return Action::Pause;
+        }
+        if let Some(body) = self.get_http_response_body(0, size) {
+            let text = String::from_utf8_lossy(&body).replace(&self.from, &self.to);
+            self.set_http_response_body(0, size, text.as_bytes());
+        }
+        Action::Continue
+    }
+}
