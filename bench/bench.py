@@ -335,7 +335,7 @@ def trellis_counters(admin: str) -> dict[str, float]:
     out = {}
     for line in body.decode(errors="replace").splitlines():
         if line.startswith(("trellis_requests_total", "trellis_protocol_detections_total",
-                            "trellis_tls_handshake")):
+                            "trellis_tls_handshake", "trellis_limit")):
             name, _, value = line.rpartition(" ")
             if float(value):
                 out[name] = float(value)

@@ -91,6 +91,33 @@ def targets(summary: dict) -> list[tuple[str, str, str, str]]:
     return rows
 
 
+# Fixed text: the CI smoke run (bench/smoke.sh), which guards the ratio this section measures.
+SMOKE_MD = """### CI smoke run: a hop's cost per request against the floor
+
+`.ci/run` ends with `bench/smoke.sh` (about 1 minute after its build). It builds `trellis-proxy`
+and `bench-floor` in release without LTO (codegen-units 16, `target/smoke`: the fat-LTO build
+takes three times as long, and the gate compares ratios recorded with this same build), starts
+one `trellis-proxy --threads 1` hop (explicit outbound port, plaintext HTTP/1.1, every default
+on) and one floor forwarder in front of the same backend (`bench-floor backend`, 1 KiB), and in
+3 alternating rounds (trellis, floor; floor, trellis; ...) measures per request:
+
+- **user-space instructions**, both proxies under callgrind: each round zeroes the counters,
+  sends 2,000 keep-alive requests on one connection (`bench-floor http-load`) and dumps. The gate
+  uses instructions, not CPU time, because on a shared 2-core machine CPU time moves by tens of
+  percent with what else runs, and instruction counts do not (the same binary gives the same
+  count to within 0.01 % from round to round, whatever the load); this VM has no PMU, so
+  `perf stat -e instructions` cannot count them, and callgrind does;
+- **system calls** (the kernel's share), natively, with `perf stat -e raw_syscalls:sys_enter -p`
+  (a tracepoint, no PMU needed; skipped with a note where perf is missing), 5,000 requests per
+  round, and the CPU time (schedstat) for information only.
+
+It fails (exit 1) when the median trellis/floor ratio of instructions, or of system calls,
+exceeds the ratio recorded in `bench/smoke-baseline.json` by more than 25 %. After a change that
+moves the cost on purpose, `bench/smoke.sh --record` writes the new baseline, committed with
+that change. `bench/smoke.sh --no-build` reuses the binaries in `target/smoke/release`;
+`--trellis-arg=--FLAG` passes a flag to the proxy."""
+
+
 def scenario_table(sc: dict, s: dict, order: list[str]) -> list[str]:
     lines = []
     closed = sc["kind"] in ("closed", "h2load", "grpc")
@@ -187,6 +214,8 @@ def render_section(results: dict, summary: dict, png: str | None, smp_file: str)
             + ", ".join(f"{k}: {v['inbound_tls_handshakes']:,.0f}" for k, v in checks.items())
             + "), so the hop between the proxies is mTLS.")
         add("")
+    add(SMOKE_MD)
+    add("")
     add("Command (from the repository root):")
     add("")
     add("```sh")

@@ -17,7 +17,7 @@ Two measurements, in alternating rounds (trellis, floor, then floor, trellis, ..
    (`perf stat -e instructions` is not supported), hence callgrind.
 2. System calls per request, counted with `perf stat -e raw_syscalls:sys_enter -p PID` (a
    tracepoint, no PMU needed) on the proxies running natively, plus their CPU time per request
-   (utime + stime from /proc) for information. Skipped, with a note, where perf cannot.
+   (schedstat) for information. Skipped, with a note, where perf cannot.
 
 The gate: the median trellis/floor instruction ratio, and the syscall ratio when measured, must
 not exceed the ratios in the baseline file by more than --tolerance (25 %). `--record` writes the
@@ -42,7 +42,6 @@ from pathlib import Path
 
 BENCH_DIR = Path(__file__).resolve().parent
 REPO = BENCH_DIR.parent
-CLK_TCK = os.sysconf("SC_CLK_TCK")
 
 
 class SetupError(Exception):
@@ -201,10 +200,15 @@ def instructions(procs: Procs, bin_dir: Path, backend: int, args) -> dict:
 # 2. System calls and CPU time per request, natively
 
 
-def cpu_ticks(pid: int) -> int:
-    stat = Path(f"/proc/{pid}/stat").read_text()
-    rest = stat[stat.rindex(")") + 2:].split()
-    return int(rest[11]) + int(rest[12])
+def cpu_ns(pid: int) -> int:
+    """On-CPU time of all the process's threads, ns (schedstat: finer than utime's ticks)."""
+    total = 0
+    for task in Path(f"/proc/{pid}/task").iterdir():
+        try:
+            total += int((task / "schedstat").read_text().split()[0])
+        except (OSError, IndexError, ValueError):
+            pass  # a thread that ended between listing and reading
+    return total
 
 
 def perf_works() -> str | None:
@@ -234,14 +238,14 @@ def syscalls_and_cpu(procs: Procs, bin_dir: Path, backend: int, args) -> dict:
         for kind in order:
             port, proc = kinds[kind]
             n = args.native_requests
-            t0 = cpu_ticks(proc.pid)
+            t0 = cpu_ns(proc.pid)
             perf_out = procs.out / f"perf-{kind}-{rnd}.txt"
             out = subprocess.run(
                 ["perf", "stat", "-x,", "-o", str(perf_out), "-e", "raw_syscalls:sys_enter",
                  "-p", str(proc.pid), "--", str(bin_dir / "bench-floor"), "http-load",
                  "--target", f"127.0.0.1:{port}", "--requests", str(n), "--conns",
                  str(args.conns)], capture_output=True, text=True, timeout=120)
-            ticks = cpu_ticks(proc.pid) - t0
+            cpu_us = (cpu_ns(proc.pid) - t0) / 1e3 / n
             if out.returncode != 0:
                 raise SetupError(f"perf stat on {kind}: {out.stderr.strip()[-300:]}")
             load = json.loads(out.stdout)
@@ -251,9 +255,9 @@ def syscalls_and_cpu(procs: Procs, bin_dir: Path, backend: int, args) -> dict:
             if not m:
                 raise SetupError(f"no syscall count in {perf_out}")
             res[kind]["syscalls"].append(int(m.group(1)) / n)
-            res[kind]["cpu_us"].append(ticks / CLK_TCK * 1e6 / n)
+            res[kind]["cpu_us"].append(cpu_us)
             print(f"  round {rnd + 1} {kind:7} {int(m.group(1)) / n:6.2f} syscalls/request, "
-                  f"{ticks / CLK_TCK * 1e6 / n:6.1f} CPU µs/request", flush=True)
+                  f"{cpu_us:6.1f} CPU µs/request", flush=True)
     for _, proc in kinds.values():
         procs.stop(proc)
     return res

@@ -36,6 +36,11 @@ def s(v) -> str:
     return "" if v is None else (f"{v:.3f}" if isinstance(v, float) else str(v))
 
 
+def rfc3339(iso: str | None) -> str | None:
+    """google.protobuf.Timestamp's JSON form: RFC 3339 with a Z."""
+    return iso.replace("+00:00", "Z") if iso else None
+
+
 def smp_path(results: dict) -> Path:
     rf = Path(results["results_file"])
     rf = rf if rf.is_absolute() else REPO / rf
@@ -89,11 +94,27 @@ def build(results: dict, summary: dict) -> dict:
                 labels[f"cpu_us_per_request.{label}"] = s(v)
             for label, v in row["peak_rss_mib"].items():
                 labels[f"peak_rss_mib.{label}"] = s(v)
+            # Ratios to the floor of the same shape (pair to pair, hop to hop), same run.
+            floor = summary.get(sc["name"], {}).get({"mesh-mtls": "floor-2",
+                                                      "trellis-1": "floor-1"}.get(name, ""))
+            if floor:
+                for q in ("p50", "p90"):
+                    a, f = row.get(f"added_{q}_us_per_hop"), floor.get(f"added_{q}_us_per_hop")
+                    if a is not None and f:
+                        labels[f"added_{q}_vs_floor"] = s(a / f)
+                if floor["rps"]:
+                    labels["rps_vs_floor"] = s(row["rps"] / floor["rps"])
+                for mine, theirs in zip(sorted(row["cpu_us_per_req"]),
+                                        sorted(floor["cpu_us_per_req"])):
+                    if floor["cpu_us_per_req"][theirs]:
+                        labels[f"cpu_vs_floor.{mine}"] = s(row["cpu_us_per_req"][mine]
+                                                           / floor["cpu_us_per_req"][theirs])
             test_results.append({
                 "smpVersion": SPEC, "id": f"{sc['name']}/{name}", "labels": labels,
-                "startTime": min((r["start_utc"] for r in these if "start_utc" in r),
-                                 default=None),
-                "endTime": max((r["end_utc"] for r in these if "end_utc" in r), default=None),
+                "startTime": rfc3339(min((r["start_utc"] for r in these if "start_utc" in r),
+                                         default=None)),
+                "endTime": rfc3339(max((r["end_utc"] for r in these if "end_utc" in r),
+                                       default=None)),
                 "latenciesMs": {"p50": row["p50_ms"], "p90": row["p90_ms"],
                                 "p99": row["p99_ms"]},
                 "actualQPS": row["rps"],
