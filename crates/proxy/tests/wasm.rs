@@ -640,3 +640,110 @@ fn wasm_plugin_http_call_allows_or_denies_by_the_auth_service_answer_per_fail_st
     // The proxy is up and its other workload unaffected.
     assert_eq!(get(&other, &["x-user: alice"]).status, 200);
 }
+
+/// Serves `files` (path -> bytes) over HTTP/1.1 on 127.0.0.1; other paths are 404. Counts
+/// the GETs it answered.
+fn module_server(
+    files: Vec<(&'static str, Vec<u8>)>,
+) -> (std::net::SocketAddr, Arc<std::sync::atomic::AtomicUsize>) {
+    use std::io::{Read, Write};
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = listener.local_addr().unwrap();
+    let served = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let count = served.clone();
+    std::thread::spawn(move || {
+        for stream in listener.incoming().take(200) {
+            let Ok(mut stream) = stream else { continue };
+            stream
+                .set_read_timeout(Some(Duration::from_secs(5)))
+                .unwrap();
+            let mut head = Vec::new();
+            let mut buf = [0u8; 1024];
+            while !head.windows(4).any(|w| w == b"\r\n\r\n") && head.len() < 16 * 1024 {
+                match stream.read(&mut buf) {
+                    Ok(0) | Err(_) => break,
+                    Ok(n) => head.extend_from_slice(&buf[..n]),
+                }
+            }
+            let head = String::from_utf8_lossy(&head).to_string();
+            let path = head.split_whitespace().nth(1).unwrap_or_default();
+            count.fetch_add(1, Ordering::SeqCst);
+            let _ = match files.iter().find(|(p, _)| *p == path) {
+                Some((_, body)) => stream
+                    .write_all(
+                        format!(
+                            "HTTP/1.1 200 OK\r\ncontent-length: {}\r\nconnection: close\r\n\r\n",
+                            body.len()
+                        )
+                        .as_bytes(),
+                    )
+                    .and_then(|()| stream.write_all(body)),
+                None => stream.write_all(
+                    b"HTTP/1.1 404 Not Found\r\ncontent-length: 0\r\nconnection: close\r\n\r\n",
+                ),
+            };
+        }
+    });
+    (addr, served)
+}
+
+#[test]
+fn wasm_plugin_from_an_http_url_is_fetched_checked_and_kept_on_a_bad_fetch() {
+    let dir = plugins();
+    let add = dir.join("add_header.wasm");
+    let sha = sha256_hex(&add).unwrap();
+    let (server, served) = module_server(vec![("/add.wasm", std::fs::read(&add).unwrap())]);
+    let doc = |path: &str, sha: &str, value: &str| {
+        format!(
+            "apiVersion: extensions.istio.io/v1alpha1
+kind: WasmPlugin
+metadata:
+  name: add
+  namespace: default
+spec:
+  selector:
+    matchLabels: {{app: echo}}
+  url: http://{server}{path}
+  sha256: {sha}
+  pluginConfig: {{name: x-version, value: {value}}}
+"
+        )
+    };
+    let mut mesh = start_mesh(&["echo"], &[("add.yaml", doc("/add.wasm", &sha, "v1"))]);
+    let url = format!("{}/x", mesh.urls[0]);
+    wait::until(CONVERGE, || {
+        match seen(&get(&url, &[]), "x-version").as_deref() {
+            Some("v1") => Ok(()),
+            other => Err(format!("{other:?}")),
+        }
+    })
+    .unwrap();
+    assert!(served.load(Ordering::SeqCst) >= 1);
+
+    // A path the server does not have, then a module whose sha256 is not the spec's: each is
+    // refused with an error naming the plugin and the field, and v1 stays in force.
+    let proxy = &mut mesh.proxies[0];
+    let wrong = "0".repeat(64);
+    for (path, sha, want) in [
+        ("/missing.wasm", sha.as_str(), "spec.url http://"),
+        ("/add.wasm", wrong.as_str(), "sha256 mismatch"),
+    ] {
+        write_config(mesh.config.path(), "add.yaml", &doc(path, sha, "v2")).unwrap();
+        wait::until(CONVERGE, || {
+            let log = proxy.process().log();
+            match log.lines().find(|l| l.contains(want)) {
+                Some(line) if line.contains("WasmPlugin default/add") => Ok(()),
+                Some(line) => Err(format!("the error does not name the plugin: {line}")),
+                None => Err(format!("no {want:?} logged yet")),
+            }
+        })
+        .unwrap();
+        let r = get(&url, &[]);
+        assert_eq!(r.status, 200, "{}", r.body);
+        assert_eq!(seen(&r, "x-version").as_deref(), Some("v1"));
+    }
+    assert!(
+        proxy.process().log().contains("GET answered 404"),
+        "the fetch error says what the server answered"
+    );
+}

@@ -5,8 +5,8 @@
 //! the mesh; in another namespace, that namespace; `selector.matchLabels` the matching
 //! workloads of its namespace; `targetRefs` to a Service the workloads that Service selects.
 //!
-//! Read: `url` (`file:///abs/path.wasm`, the module is read by the proxy; `oci://` and
-//! `http(s)://` are refused with a clear error), `sha256` (64 hex digits), `phase`, `priority`,
+//! Read: `url` (`file:///abs/path.wasm` or `http://host/path.wasm`, the module is read or
+//! fetched by the proxy; `oci://` and `https://` are refused with a clear error), `sha256` (64 hex digits), `phase`, `priority`,
 //! `pluginConfig` (any YAML, passed to the plugin as JSON), `pluginName`, `failStrategy`,
 //! `match` (mode, ports). Accepted and ignored with a note: `imagePullPolicy`,
 //! `imagePullSecret`, `verificationKey`, `vmConfig`, `type` (only HTTP). See docs/wasm.md.
@@ -92,14 +92,27 @@ fn url(raw: &str) -> Result<String, FieldError> {
         }
         return Ok(raw.to_string());
     }
+    // Fetched by the proxy (docs/wasm.md): a host is all that can be checked here.
+    if let Some(rest) = raw.strip_prefix("http://") {
+        let host = rest.split('/').next().unwrap_or_default();
+        if host.is_empty() || rest.contains(char::is_whitespace) {
+            return Err(FieldError::new(
+                "spec.url",
+                format!("must be http://host[:port]/path.wasm, got {raw:?}"),
+            ));
+        }
+        return Ok(raw.to_string());
+    }
     let scheme = raw.split_once("://").map_or("", |(s, _)| s);
     Err(FieldError::new(
         "spec.url",
         match scheme {
-            "oci" | "http" | "https" => {
-                format!("{scheme}:// modules are not supported yet (use file://), got {raw:?}")
+            "oci" | "https" => {
+                format!(
+                    "{scheme}:// modules are not supported yet (use file:// or http://), got {raw:?}"
+                )
             }
-            _ => format!("must be a file:// URL, got {raw:?}"),
+            _ => format!("must be a file:// or http:// URL, got {raw:?}"),
         },
     ))
 }
@@ -319,6 +332,7 @@ spec:
         for (spec, field, words) in [
             ("  url: oci://x/y:1\n", "spec.url", "not supported yet"),
             ("  url: relative.wasm\n", "spec.url", "file://"),
+            ("  url: http:///x.wasm\n", "spec.url", "http://host"),
             (
                 "  url: file:///a.wasm\n  sha256: xyz\n",
                 "spec.sha256",

@@ -19,6 +19,7 @@
 mod abi;
 mod body;
 mod calls;
+mod fetch;
 mod metrics;
 mod plugin;
 #[cfg(test)]

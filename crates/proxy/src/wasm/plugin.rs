@@ -1,4 +1,5 @@
-//! One loaded plugin: its module read from the `file://` URL and checked against its sha256,
+//! One loaded plugin: its module read from the `file://` URL (or fetched from the `http://`
+//! one) and checked against its sha256,
 //! compiled once, and a pool of ready instances. A request takes an instance from the pool
 //! (or a fresh one is made) for its whole life and gives it back when done; an instance that
 //! failed is dropped instead, so the next request gets a fresh one.
@@ -21,8 +22,16 @@ const MAX_IDLE: usize = 64;
 /// Why a plugin could not be loaded; each names the plugin and what to fix.
 #[derive(Debug, thiserror::Error)]
 pub enum LoadError {
-    #[error("WasmPlugin {plugin}: url {url:?}: only file:// URLs are read by the proxy")]
+    #[error(
+        "WasmPlugin {plugin}: url {url:?}: only file:// and http:// URLs are read by the proxy"
+    )]
     Scheme { plugin: String, url: String },
+    #[error("WasmPlugin {plugin}: spec.url {url}: fetch failed: {reason}")]
+    Fetch {
+        plugin: String,
+        url: String,
+        reason: String,
+    },
     #[error("WasmPlugin {plugin}: reading {path}: {source}")]
     Read {
         plugin: String,
@@ -88,24 +97,36 @@ impl Plugin {
         limits: Limits,
     ) -> Result<Self, LoadError> {
         let plugin = spec.name.clone();
-        let path = spec
-            .url
-            .strip_prefix("file://")
-            .ok_or_else(|| LoadError::Scheme {
+        let (path, bytes) = if spec.url.starts_with("http://") {
+            let bytes = super::fetch::fetch(&spec.url, MAX_MODULE_BYTES).map_err(|reason| {
+                LoadError::Fetch {
+                    plugin: plugin.clone(),
+                    url: spec.url.clone(),
+                    reason,
+                }
+            })?;
+            (spec.url.clone(), bytes)
+        } else {
+            let path = spec
+                .url
+                .strip_prefix("file://")
+                .ok_or_else(|| LoadError::Scheme {
+                    plugin: plugin.clone(),
+                    url: spec.url.clone(),
+                })?
+                .to_string();
+            let read_err = |source| LoadError::Read {
                 plugin: plugin.clone(),
-                url: spec.url.clone(),
-            })?
-            .to_string();
-        let read_err = |source| LoadError::Read {
-            plugin: plugin.clone(),
-            path: path.clone(),
-            source,
+                path: path.clone(),
+                source,
+            };
+            let size = std::fs::metadata(Path::new(&path)).map_err(read_err)?.len();
+            if size > MAX_MODULE_BYTES {
+                return Err(LoadError::TooBig { plugin, path, size });
+            }
+            let bytes = std::fs::read(&path).map_err(read_err)?;
+            (path, bytes)
         };
-        let size = std::fs::metadata(Path::new(&path)).map_err(read_err)?.len();
-        if size > MAX_MODULE_BYTES {
-            return Err(LoadError::TooBig { plugin, path, size });
-        }
-        let bytes = std::fs::read(&path).map_err(read_err)?;
         if let Some(expected) = &spec.sha256 {
             let actual =
                 hex(aws_lc_rs::digest::digest(&aws_lc_rs::digest::SHA256, &bytes).as_ref());
