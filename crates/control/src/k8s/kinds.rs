@@ -86,6 +86,23 @@ pub const CONFIG_KINDS: &[ConfigKind] = &[
         "grpcroutes",
         &[],
     ),
+    // Gateway API gateways (served by `trellis-proxy --mode gateway`; status per the spec:
+    // compile::gateway::status) and the grants their certificate references need.
+    // GatewayClass is cluster-scoped and not watched: the built-in classes need none.
+    crd(
+        "gateway.networking.k8s.io",
+        &["v1", "v1beta1"],
+        "Gateway",
+        "gateways",
+        &["gtw"],
+    ),
+    crd(
+        "gateway.networking.k8s.io",
+        &["v1beta1", "v1alpha2"],
+        "ReferenceGrant",
+        "referencegrants",
+        &["refgrant"],
+    ),
     crd(
         "linkerd.io",
         &["v1alpha2"],

@@ -55,10 +55,13 @@ pub struct Programmed {
 }
 
 /// Both conditions of one object, written together (a merge patch replaces the list).
-#[derive(Clone, Debug, PartialEq, Eq)]
+#[derive(Clone, Debug, PartialEq)]
 pub struct Conditions {
     pub accepted: Accepted,
     pub programmed: Programmed,
+    /// Gateway API status fields written beside them (`listeners`, `parents`):
+    /// `compile::gateway::status`.
+    pub gateway_api: Option<serde_json::Value>,
 }
 
 /// `Programmed` from `Accepted` and (proxies that applied it, connected proxies).
@@ -96,11 +99,14 @@ pub fn desired(
     count: impl Fn(&str) -> (usize, usize),
 ) -> BTreeMap<String, Conditions> {
     let mut out = BTreeMap::new();
+    let mut gateway_api =
+        crate::compile::gateway::status::report(&snapshot.gateways, &snapshot.services);
     for row in &snapshot.resources {
         let Some(meta) = objects.get(&row.file) else {
             continue;
         };
-        if meta.kind.builtin {
+        // A Gateway of another controller's class is that controller's to report on.
+        if meta.kind.builtin || gateway_api.foreign.contains(&row.file) {
             continue;
         }
         let (accepted, reason) = match row.status {
@@ -131,6 +137,7 @@ pub fn desired(
             Conditions {
                 accepted,
                 programmed,
+                gateway_api: gateway_api.fields.remove(&row.file),
             },
         );
     }
@@ -223,7 +230,15 @@ async fn write(
         cond["observedGeneration"] = json!(generation);
         programmed["observedGeneration"] = json!(generation);
     }
-    let patch = json!({"status": {"conditions": [cond, programmed]}});
+    let mut status = json!({"conditions": [cond, programmed]});
+    if let Some(serde_json::Value::Object(fields)) = &conditions.gateway_api {
+        for (k, v) in fields {
+            let mut v = v.clone();
+            crate::compile::gateway::status::stamp(&mut v, &now, condition.generation);
+            status[k] = v;
+        }
+    }
+    let patch = json!({ "status": status });
     api.patch_status(&meta.name, &PatchParams::default(), &Patch::Merge(&patch))
         .await
         .map(|_| ())
