@@ -579,11 +579,42 @@ fn wasm_plugin_http_call_allows_or_denies_by_the_auth_service_answer_per_fail_st
             &format!("  failStrategy: {strategy}\n  pluginConfig: {{cluster: \"{cluster}\"}}\n"),
         )
     };
+    // The third workload's plugin calls the auth service as a mesh service, through its
+    // proxy's outbound path and the auth workload's own proxy.
+    let mesh_doc = wasm_plugin_yaml(
+        "by-name",
+        "meshcall",
+        &wasm,
+        "  pluginConfig: {cluster: \"authsvc.default:8080\"}\n",
+    );
     let files = [
         ("auth.yaml", doc("auth", "echo", auth, "FAIL_CLOSE")),
         ("open.yaml", doc("open", "other", dead, "FAIL_OPEN")),
+        ("by-name.yaml", mesh_doc),
+        (
+            "authsvc.yaml",
+            service_yaml("authsvc", "default", 8080, auth.port(), "authsvc"),
+        ),
     ];
-    let mesh = start_mesh(&["echo", "other"], &files);
+    let mesh = start_mesh(&["echo", "other", "meshcall"], &files);
+    let auth_proxy = ProxyBuilder::loopback("authsvc-0")
+        .label("app", "authsvc")
+        .service_account("authsvc")
+        .control(&mesh._control.url())
+        .app(auth)
+        .start()
+        .unwrap();
+    auth_proxy.wait_ready(CONVERGE).unwrap();
+    let by_name = format!("{}/hello", mesh.urls[2]);
+    wait::until(CONVERGE, || match get(&by_name, &["x-user: alice"]) {
+        r if r.status == 200 => Ok(()),
+        r => Err(format!("not allowed by name yet: {} {}", r.status, r.body)),
+    })
+    .unwrap();
+    let r = get(&by_name, &["x-user: alice"]);
+    assert_eq!(seen(&r, "x-auth-user").as_deref(), Some("alice"));
+    let r = get(&by_name, &["x-user: mallory"]);
+    assert_eq!((r.status, r.body.as_str()), (403, "no such user\n"));
     let url = format!("{}/hello", mesh.urls[0]);
     wait::until(CONVERGE, || match get(&url, &[]) {
         r if r.status == 403 => Ok(()),

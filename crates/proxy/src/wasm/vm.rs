@@ -441,6 +441,11 @@ impl Vm {
         if let Some(f) = self.exports.tick {
             self.call("proxy_on_tick", &f, ROOT_ID)?;
         }
+        // Calls are made for requests only; one left here would run on the next request.
+        let dropped = std::mem::take(&mut self.stream().calls);
+        if !dropped.is_empty() {
+            tracing::warn!(plugin = %self.store.data().plugin.name, calls = dropped.len(), "http calls from proxy_on_tick are not made");
+        }
         Ok(())
     }
 }
