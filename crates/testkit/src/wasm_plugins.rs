@@ -21,7 +21,7 @@ fn workspace_root() -> PathBuf {
 
 /// Builds the plugins (a no-op when up to date) and returns the directory of the `.wasm`
 /// files: `add_header.wasm`, `deny_missing_header.wasm`, `count_requests.wasm`,
-/// `misbehave.wasm`.
+/// `misbehave.wasm`, `rewrite_body.wasm`, `deny_body_word.wasm`, `http_auth.wasm`.
 pub fn build() -> Result<PathBuf, String> {
     let root = workspace_root();
     let target_dir = root.join("target").join("wasm-plugins");
