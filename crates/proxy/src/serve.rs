@@ -15,7 +15,6 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use bytes::BytesMut;
-use hyper::service::service_fn;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use tokio::net::TcpStream;
 use tokio_util::sync::CancellationToken;
@@ -28,6 +27,7 @@ use crate::client::Upstreams;
 use crate::detect::{Detected, Protocol, detect};
 use crate::discovery::Discovery;
 use crate::forward::HttpForward;
+use crate::limits::idle::IdleConn;
 use crate::resilience::outlier::Outcome;
 use crate::route::Dest;
 use crate::telemetry::exchange::{LocalWorkload, Telemetry};
@@ -276,7 +276,13 @@ impl<T: AsyncRead + AsyncWrite + Unpin + Send + 'static> Downstream for T {}
 
 async fn serve_http1(ctx: &Ctx, io: impl Downstream, forward: HttpForward) {
     let direction = forward.direction();
-    let svc = service_fn(move |req| forward.clone().handle(req));
+    let idle = IdleConn::start(
+        ctx.admission.limits().idle_timeout,
+        &ctx.shutdown,
+        &ctx.metrics,
+        direction,
+    );
+    let svc = idle.service(move |req| forward.clone().handle(req));
     let mut builder = hyper::server::conn::http1::Builder::new();
     // The header-read timeout's timer, one tokio sleep per connection (not per request).
     builder.timer(HeadTimer::default());
@@ -287,8 +293,14 @@ async fn serve_http1(ctx: &Ctx, io: impl Downstream, forward: HttpForward) {
     tokio::pin!(conn);
     // On shutdown: finishes the in-flight request, then closes instead of keeping the
     // connection alive. Not a `select!`, which would poll the shutdown signal on every wake-up.
-    let res =
-        drain::serve_until_drained(&ctx.shutdown, conn.as_mut(), |c| c.graceful_shutdown()).await;
+    // The idle timeout shuts an idle connection down the same way.
+    let res = idle
+        .serve_http1(drain::serve_until_drained(
+            idle.token(),
+            conn.as_mut(),
+            |c| c.graceful_shutdown(),
+        ))
+        .await;
     if let Err(e) = res {
         count_limit(ctx, direction, &e);
         tracing::debug!(error = %e, "HTTP/1 connection ended with an error");
@@ -297,7 +309,13 @@ async fn serve_http1(ctx: &Ctx, io: impl Downstream, forward: HttpForward) {
 
 async fn serve_http2(ctx: &Ctx, io: impl Downstream, forward: HttpForward) {
     let direction = forward.direction();
-    let svc = service_fn(move |req| forward.clone().handle(req));
+    let idle = IdleConn::start(
+        ctx.admission.limits().idle_timeout,
+        &ctx.shutdown,
+        &ctx.metrics,
+        direction,
+    );
+    let svc = idle.service(move |req| forward.clone().handle(req));
     let mut builder = hyper::server::conn::http2::Builder::new(TokioExecutor::new());
     builder.timer(TokioTimer::new());
     crate::limits::server::http2(&mut builder, ctx.admission.limits());
@@ -305,10 +323,10 @@ async fn serve_http2(ctx: &Ctx, io: impl Downstream, forward: HttpForward) {
     tokio::pin!(conn);
     let res = tokio::select! {
         res = conn.as_mut() => res,
-        _ = ctx.shutdown.cancelled() => {
+        _ = idle.token().cancelled() => {
             // Sends GOAWAY: open streams finish, no new ones are accepted.
             conn.as_mut().graceful_shutdown();
-            conn.await
+            idle.finish(conn.as_mut()).await
         }
     };
     if let Err(e) = res {

@@ -440,3 +440,277 @@ async fn a_real_proxy_sheds_a_flood_to_a_hung_backend_with_bounded_memory() {
     let series = "trellis_load_shed_total{direction=\"inbound\"}";
     assert_eq!(metric(admin_addr, series).await, shed);
 }
+
+/// A backend that reads each request body to its end, notes the most it received of any one
+/// request (also when the body failed half way), then answers 200 with the count.
+async fn start_counting_app() -> (SocketAddr, std::sync::Arc<std::sync::atomic::AtomicU64>) {
+    use http_body_util::BodyExt;
+    use std::sync::atomic::{AtomicU64, Ordering};
+    let most = std::sync::Arc::new(AtomicU64::new(0));
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let seen = most.clone();
+    tokio::spawn(async move {
+        loop {
+            let Ok((stream, _)) = listener.accept().await else {
+                return;
+            };
+            let seen = seen.clone();
+            tokio::spawn(async move {
+                let svc = service_fn(move |req: Request<hyper::body::Incoming>| {
+                    let seen = seen.clone();
+                    async move {
+                        let mut body = req.into_body();
+                        let mut got = 0u64;
+                        while let Some(frame) = body.frame().await {
+                            let Ok(frame) = frame else { break };
+                            got += frame.data_ref().map_or(0, |d| d.len() as u64);
+                            seen.fetch_max(got, Ordering::Relaxed);
+                        }
+                        Ok::<_, Infallible>(hyper::Response::new(full(got.to_string())))
+                    }
+                });
+                let _ = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new())
+                    .serve_connection(TokioIo::new(stream), svc)
+                    .await;
+            });
+        }
+    });
+    (addr, most)
+}
+
+/// `curl ARGS -w '%{http_code} %{size_download}'`, off the runtime (curl blocks): the status,
+/// the bytes of body received, and whether curl itself succeeded.
+async fn curl_upload(args: Vec<String>) -> (u16, u64, bool) {
+    tokio::task::spawn_blocking(move || {
+        let mut all: Vec<&str> = vec!["-o", "/dev/null", "-w", "%{http_code} %{size_download}"];
+        all.extend(args.iter().map(String::as_str));
+        let out = trellis_testkit::tools::curl(&all).unwrap();
+        let text = String::from_utf8_lossy(&out.stdout).into_owned();
+        let mut fields = text.split_whitespace();
+        let status = fields.next().and_then(|s| s.parse().ok()).unwrap_or(0);
+        let size = fields.next().and_then(|s| s.parse().ok()).unwrap_or(0);
+        (status, size, out.status.success())
+    })
+    .await
+    .unwrap()
+}
+
+/// A file of `n` bytes for curl to upload.
+fn upload_file(dir: &tempfile::TempDir, n: usize) -> String {
+    let path = dir.path().join(format!("body-{n}"));
+    std::fs::write(&path, vec![b'x'; n]).unwrap();
+    format!("@{}", path.display())
+}
+
+/// Bodies without Content-Length (HTTP/1.1 chunked, HTTP/2 DATA frames) are counted as they
+/// stream: within the limit they pass whole; over it the upstream gets no more than the limit
+/// and curl gets 413, counted as `body_size_streamed`.
+#[tokio::test]
+async fn streamed_request_bodies_over_the_limit_get_413_and_the_upstream_no_more() {
+    const LIMIT: u64 = 64 * 1024;
+    let (app, most) = start_counting_app().await;
+    let proxy = start_proxy(app, |c| c.limits.max_request_body_bytes = Some(LIMIT)).await;
+    let url = format!("http://{}/upload", proxy.addrs().inbound);
+    let dir = tempfile::tempdir().unwrap();
+    let (small, big) = (upload_file(&dir, 60 * 1024), upload_file(&dir, 1 << 20));
+    let chunked = |file: &str, h2: bool| {
+        let mut args: Vec<String> = ["-H", "Transfer-Encoding: chunked", "--data-binary", file]
+            .iter()
+            .map(|s| s.to_string())
+            .collect();
+        if h2 {
+            // h2c: curl sends the file as DATA frames with no content-length.
+            args.push("--http2-prior-knowledge".into());
+        }
+        args.push(url.clone());
+        args
+    };
+    for h2 in [false, true] {
+        let (status, _, ok) = curl_upload(chunked(&small, h2)).await;
+        assert_eq!((status, ok), (200, true), "h2={h2}: within the limit");
+        let (status, _, _) = curl_upload(chunked(&big, h2)).await;
+        assert_eq!(status, 413, "h2={h2}: 1 MiB against a 64 KiB limit");
+    }
+    let upstream_got = most.load(std::sync::atomic::Ordering::Relaxed);
+    assert!(
+        upstream_got <= LIMIT,
+        "the upstream received {upstream_got} bytes of one body"
+    );
+    assert_eq!(
+        metric(proxy.addrs().admin, &rejected("body_size_streamed")).await,
+        2
+    );
+    assert_eq!(metric(proxy.addrs().admin, &rejected("body_size")).await, 0);
+}
+
+/// An upstream that answers before it has read the body (an echo) has started the response
+/// when the limit is crossed: the response is cut, never completed, and the upstream still
+/// gets no more than the limit.
+#[tokio::test]
+async fn a_streamed_body_over_the_limit_cuts_a_response_that_already_started() {
+    const LIMIT: u64 = 64 * 1024;
+    let app = start_app().await;
+    let proxy = start_proxy(app.addr, |c| c.limits.max_request_body_bytes = Some(LIMIT)).await;
+    let url = format!("http://{}/echo", proxy.addrs().inbound);
+    let dir = tempfile::tempdir().unwrap();
+    let big = upload_file(&dir, 1 << 20);
+    for h2 in [false, true] {
+        let mut args: Vec<String> = vec![
+            "-H".into(),
+            "Transfer-Encoding: chunked".into(),
+            "--data-binary".into(),
+            big.clone(),
+        ];
+        if h2 {
+            args.push("--http2-prior-knowledge".into());
+        }
+        args.push(url.clone());
+        let (status, echoed, ok) = curl_upload(args).await;
+        // Either the cut came before the echo's head (413), or the echo is cut short.
+        assert!(
+            status == 413 || (!ok && echoed <= LIMIT),
+            "h2={h2}: status {status}, {echoed} bytes echoed, curl ok: {ok}"
+        );
+    }
+    metric_reaches(proxy.addrs().admin, &rejected("body_size_streamed"), 2).await;
+}
+
+/// Reads from `s` until the proxy closes it (or [`WAIT`] passes); returns what was read and
+/// how long it took.
+async fn read_until_closed(s: &mut TcpStream) -> (Vec<u8>, Duration) {
+    let started = Instant::now();
+    let mut got = Vec::new();
+    let _ = tokio::time::timeout(WAIT, s.read_to_end(&mut got)).await;
+    (got, started.elapsed())
+}
+
+/// HTTP/1.1: a connection that sends nothing, and a keep-alive connection after its request,
+/// are closed once idle for the idle timeout (not before); a connection whose request takes
+/// longer than the timeout, and one that sends requests more often, are kept.
+#[tokio::test]
+async fn idle_http1_connections_are_closed_and_busy_ones_kept() {
+    const IDLE: Duration = Duration::from_millis(400);
+    let app = start_slow_app(Duration::from_millis(900)).await;
+    let proxy = start_proxy(app, |c| c.limits.idle_timeout = Some(IDLE)).await;
+    let inbound = proxy.addrs().inbound;
+
+    // A slow client: half a request head, then nothing (the header timeout is 30 s).
+    let mut silent = TcpStream::connect(inbound).await.unwrap();
+    silent
+        .write_all(b"GET / HTTP/1.1\r\nhost: a\r\n")
+        .await
+        .unwrap();
+    let mut after_one = TcpStream::connect(inbound).await.unwrap();
+    after_one
+        .write_all(b"GET / HTTP/1.1\r\nhost: a\r\n\r\n")
+        .await
+        .unwrap();
+    // A request whose answer takes 900 ms, twice the timeout, on a kept connection.
+    let mut busy = http1_conn(inbound).await;
+    let (silent, (answer, after_one), slow) = tokio::join!(
+        async move { read_until_closed(&mut silent).await },
+        async move { read_until_closed(&mut after_one).await },
+        async move {
+            let first = get_root(&mut busy, "a").await.status();
+            // At once again on the same connection: it was not cut while in flight.
+            let second = get_root(&mut busy, "a").await.status();
+            (first, second)
+        }
+    );
+    assert_eq!(slow, (http::StatusCode::OK, http::StatusCode::OK));
+    let (got, waited) = silent;
+    let got = String::from_utf8_lossy(&got);
+    assert!(got.is_empty(), "nothing is answered: {got}");
+    assert!(
+        waited >= IDLE && waited < IDLE * 4,
+        "the silent connection closed after {waited:?}"
+    );
+    let answer = String::from_utf8_lossy(&answer);
+    assert!(answer.starts_with("HTTP/1.1 200"), "{answer}");
+    // Idle from the end of its response (900 ms in).
+    assert!(
+        after_one >= IDLE + Duration::from_millis(900) && after_one < Duration::from_secs(4),
+        "the keep-alive connection closed {after_one:?} after its request"
+    );
+    metric_reaches(proxy.addrs().admin, &rejected("idle_timeout"), 2).await;
+
+    // Requests every 150 ms keep one connection for 1.5 s, almost four timeouts.
+    let quick = start_app().await;
+    let proxy = start_proxy(quick.addr, |c| c.limits.idle_timeout = Some(IDLE)).await;
+    let mut conn = http1_conn(proxy.addrs().inbound).await;
+    for _ in 0..10 {
+        assert_eq!(get_root(&mut conn, "a").await.status(), 200);
+        tokio::time::sleep(Duration::from_millis(150)).await;
+    }
+    assert_eq!(
+        metric(proxy.addrs().admin, &rejected("idle_timeout")).await,
+        0
+    );
+}
+
+/// HTTP/2: a connection with no stream open for the idle timeout gets GOAWAY (NO_ERROR) and is
+/// closed once the client has answered the PING that comes with it; a connection whose one
+/// stream lasts twice the timeout is kept and serves the next request.
+#[tokio::test]
+async fn idle_http2_connections_get_goaway_and_busy_ones_are_kept() {
+    const IDLE: Duration = Duration::from_millis(400);
+    let app = start_slow_app(Duration::from_millis(900)).await;
+    let proxy = start_proxy(app, |c| c.limits.idle_timeout = Some(IDLE)).await;
+    let inbound = proxy.addrs().inbound;
+
+    let idle = async move {
+        let mut s = TcpStream::connect(inbound).await.unwrap();
+        let mut hello = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n".to_vec();
+        hello.extend(frame(0x4, 0, 0, &[]));
+        s.write_all(&hello).await.unwrap();
+        let started = Instant::now();
+        let (mut buf, mut goaway, mut at) = (Vec::new(), None, 0);
+        // Frames as they come, bounded by WAIT: PINGs are answered so the graceful GOAWAY
+        // can complete; the loop ends when the proxy closes the connection.
+        let deadline = tokio::time::Instant::now() + WAIT;
+        loop {
+            let mut chunk = [0u8; 4096];
+            let n = match tokio::time::timeout_at(deadline, s.read(&mut chunk)).await {
+                Ok(Ok(n)) if n > 0 => n,
+                _ => break,
+            };
+            buf.extend_from_slice(&chunk[..n]);
+            while at + 9 <= buf.len() {
+                let len = usize::from(buf[at]) << 16
+                    | usize::from(buf[at + 1]) << 8
+                    | usize::from(buf[at + 2]);
+                if at + 9 + len > buf.len() {
+                    break;
+                }
+                let (kind, flags, payload) = (buf[at + 3], buf[at + 4], &buf[at + 9..at + 9 + len]);
+                if kind == 0x7 && goaway.is_none() {
+                    let code = u32::from_be_bytes([payload[4], payload[5], payload[6], payload[7]]);
+                    goaway = Some((code, started.elapsed()));
+                }
+                if kind == 0x6 && flags & 0x1 == 0 {
+                    let _ = s.write_all(&frame(0x6, 0x1, 0, payload)).await;
+                }
+                at += 9 + len;
+            }
+        }
+        (goaway, started.elapsed())
+    };
+    let busy = async move {
+        let mut h2 = http2_conn(inbound).await;
+        let req = || Request::get("http://a/").body(full("")).unwrap();
+        let first = h2.send_request(req()).await.unwrap().status();
+        let second = h2.send_request(req()).await.unwrap().status();
+        (first, second)
+    };
+    let ((goaway, closed), busy) = tokio::join!(idle, busy);
+    assert_eq!(busy, (http::StatusCode::OK, http::StatusCode::OK));
+    let (code, at) = goaway.expect("a GOAWAY before the close");
+    assert_eq!(code, 0, "GOAWAY NO_ERROR");
+    assert!(at >= IDLE && at < IDLE * 4, "GOAWAY after {at:?}");
+    assert!(
+        closed < IDLE * 4 + Duration::from_secs(1),
+        "closed after {closed:?}"
+    );
+    metric_reaches(proxy.addrs().admin, &rejected("idle_timeout"), 1).await;
+}

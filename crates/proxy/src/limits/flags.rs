@@ -38,7 +38,12 @@ pub struct LimitArgs {
     /// Time an HTTP/1 client has to send a whole request head, also the keep-alive idle time.
     #[arg(long, value_name = "DUR", default_value = "30s", value_parser = parse_duration)]
     pub header_read_timeout: Duration,
-    /// Largest request body accepted (by Content-Length); larger gets 413. Default: no limit.
+    /// Time a connection may have no request in flight before it is closed (HTTP/2: GOAWAY).
+    /// `off`: never.
+    #[arg(long, value_name = "DUR|off", default_value = "1h", value_parser = parse_idle)]
+    pub idle_timeout: Idle,
+    /// Largest request body accepted: a larger Content-Length gets 413, and a body of unknown
+    /// length is cut at the limit (413 if the response has not started). Default: no limit.
     #[arg(long, value_name = "SIZE", value_parser = parse_size)]
     pub max_request_body_size: Option<u64>,
     /// Requests in flight per direction above which new ones get 503 with Retry-After.
@@ -46,6 +51,10 @@ pub struct LimitArgs {
     #[arg(long, value_name = "N|off", default_value = "2048", value_parser = parse_count)]
     pub load_shed_in_flight: Cap,
 }
+
+/// `--idle-timeout`'s value: `None` for `off` (a newtype for the same reason as [`Cap`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Idle(pub Option<Duration>);
 
 /// A count flag's value: `None` for `off`. A newtype, because clap reads a bare `Option` field
 /// as "the flag may be absent".
@@ -125,9 +134,21 @@ impl LimitArgs {
             h2_max_pending_resets: self.h2_max_pending_resets,
             h2_max_local_error_resets: self.h2_max_local_error_resets,
             header_read_timeout: self.header_read_timeout,
+            idle_timeout: self.idle_timeout.0,
             max_request_body_bytes: self.max_request_body_size,
             load_shed_in_flight: self.load_shed_in_flight.0,
         })
+    }
+}
+
+/// A positive duration, or `off`.
+fn parse_idle(s: &str) -> Result<Idle, String> {
+    if s.eq_ignore_ascii_case("off") {
+        return Ok(Idle(None));
+    }
+    match parse_duration(s)? {
+        d if d.is_zero() => Err("must be positive (use off for no idle timeout)".into()),
+        d => Ok(Idle(Some(d))),
     }
 }
 
@@ -189,8 +210,15 @@ mod tests {
             "1MiB",
             "--max-uri-length",
             "2KiB",
+            "--idle-timeout",
+            "off",
         ])
         .unwrap();
+        assert_eq!(l.idle_timeout, None);
+        assert_eq!(
+            run(&["--idle-timeout", "90s"]).unwrap().idle_timeout,
+            Some(Duration::from_secs(90))
+        );
         assert_eq!(l.max_connections, None);
         assert_eq!(l.load_shed_in_flight, None);
         assert_eq!(l.max_request_body_bytes, Some(1 << 20));
@@ -214,6 +242,8 @@ mod tests {
                 &["--h2-max-concurrent-streams", "0"][..],
                 "--h2-max-concurrent-streams",
             ),
+            (&["--idle-timeout", "0s"][..], "--idle-timeout"),
+            (&["--idle-timeout", "soon"][..], "--idle-timeout"),
         ] {
             let err = run(args).unwrap_err().to_string();
             assert!(err.contains(flag), "{args:?}: {err}");

@@ -24,12 +24,17 @@ pub enum Limit {
     /// `--h2-max-pending-resets` / `--h2-max-local-error-resets`: GOAWAY
     /// `ENHANCE_YOUR_CALM`.
     H2ResetFlood = 5,
-    /// `--max-request-body-size`: 413.
+    /// `--max-request-body-size`, declared by `Content-Length`: 413.
     BodySize = 6,
+    /// `--max-request-body-size`, counted while a body of unknown length streamed: 413, or
+    /// the request reset when its response had already started ([`super::body`]).
+    BodySizeStreamed = 7,
+    /// `--idle-timeout`: a connection with no request in flight was closed (HTTP/2: GOAWAY).
+    IdleTimeout = 8,
 }
 
 impl Limit {
-    pub const ALL: [Limit; 7] = [
+    pub const ALL: [Limit; 9] = [
         Self::Connections,
         Self::ConcurrentRequests,
         Self::Headers,
@@ -37,6 +42,8 @@ impl Limit {
         Self::HeaderTimeout,
         Self::H2ResetFlood,
         Self::BodySize,
+        Self::BodySizeStreamed,
+        Self::IdleTimeout,
     ];
 
     pub fn as_str(self) -> &'static str {
@@ -48,6 +55,8 @@ impl Limit {
             Self::HeaderTimeout => "header_timeout",
             Self::H2ResetFlood => "h2_reset_flood",
             Self::BodySize => "body_size",
+            Self::BodySizeStreamed => "body_size_streamed",
+            Self::IdleTimeout => "idle_timeout",
         }
     }
 }

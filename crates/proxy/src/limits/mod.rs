@@ -1,6 +1,7 @@
 //! The proxy's own limits on what downstream clients may make it hold: connections per
 //! listener, requests in flight, request heads (header count and size, URI length), HTTP/2
-//! streams and reset floods, slow request heads, request body size, plus load shedding.
+//! streams and reset floods, slow request heads, idle connections, request body size, plus
+//! load shedding.
 //!
 //! Every limit has a safe default and a flag ([`LimitArgs`], validated before any socket is
 //! bound), is answered with a clear status (or a closed connection where HTTP has no way to
@@ -9,12 +10,16 @@
 //!
 //! - [`conns`]: the per-listener connection count, checked at accept.
 //! - [`admit`]: the per-request checks made before a request is forwarded.
+//! - [`body`]: the body-size limit on bodies of unknown length, counted as they stream.
+//! - [`idle`]: the idle timeout of a served connection.
 //! - [`server`]: how hyper's server builders are configured from [`ServerLimits`], and what a
 //!   connection's error says about which limit ended it.
 
 pub mod admit;
+pub mod body;
 pub mod conns;
 mod flags;
+pub mod idle;
 pub mod metrics;
 pub mod server;
 
@@ -51,6 +56,10 @@ pub const DEFAULT_H2_MAX_PENDING_RESETS: usize = 20;
 pub const DEFAULT_H2_MAX_LOCAL_ERROR_RESETS: usize = 1024;
 /// Default `--header-read-timeout`: hyper's default, which the proxy always had.
 pub const DEFAULT_HEADER_READ_TIMEOUT: Duration = Duration::from_secs(30);
+/// Default `--idle-timeout`: Envoy's `idle_timeout` (1 h), which Istio's sidecars inherit. A
+/// peer proxy's pooled HTTP/2 connection outlives a quiet spell; an HTTP/1 connection also
+/// waits at most [`DEFAULT_HEADER_READ_TIMEOUT`] for its next request head.
+pub const DEFAULT_IDLE_TIMEOUT: Duration = Duration::from_secs(3600);
 /// Default `--load-shed-in-flight`, per direction: shedding starts here, well before
 /// [`DEFAULT_MAX_CONCURRENT_REQUESTS`] (twice Envoy's per-cluster `max_requests` of 1024).
 pub const DEFAULT_SHED_IN_FLIGHT: u32 = 2048;
@@ -75,6 +84,9 @@ pub struct ServerLimits {
     pub h2_max_local_error_resets: usize,
     #[serde(serialize_with = "millis")]
     pub header_read_timeout: Duration,
+    /// Connections with no request in flight for this long are closed; `None`: never.
+    #[serde(serialize_with = "millis_or_off")]
+    pub idle_timeout: Option<Duration>,
     /// Request bodies larger than this are refused with 413; `None`: no limit.
     pub max_request_body_bytes: Option<u64>,
     /// Requests in flight per direction above which new ones are shed; `None`: no shedding.
@@ -93,6 +105,7 @@ impl Default for ServerLimits {
             h2_max_pending_resets: DEFAULT_H2_MAX_PENDING_RESETS,
             h2_max_local_error_resets: DEFAULT_H2_MAX_LOCAL_ERROR_RESETS,
             header_read_timeout: DEFAULT_HEADER_READ_TIMEOUT,
+            idle_timeout: Some(DEFAULT_IDLE_TIMEOUT),
             max_request_body_bytes: None,
             load_shed_in_flight: Some(DEFAULT_SHED_IN_FLIGHT),
         }
@@ -101,4 +114,11 @@ impl Default for ServerLimits {
 
 fn millis<S: serde::Serializer>(d: &Duration, s: S) -> Result<S::Ok, S::Error> {
     s.serialize_str(&format!("{}ms", d.as_millis()))
+}
+
+fn millis_or_off<S: serde::Serializer>(d: &Option<Duration>, s: S) -> Result<S::Ok, S::Error> {
+    match d {
+        Some(d) => millis(d, s),
+        None => s.serialize_str("off"),
+    }
 }
