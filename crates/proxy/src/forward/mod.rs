@@ -151,8 +151,8 @@ impl HttpForward {
             crate::limits::body::cap(limit, &self.ctx.metrics, self.direction, req);
         let mut resp = match wasm.as_mut() {
             // A plugin may answer from the request body while it streams upstream.
-            Some(w) if w.may_answer_from_body() => Box::pin(w.forward(self.forward(req))).await,
-            _ => self.forward(req).await,
+            Some(w) => Box::pin(w.forward(self.forward(req))).await,
+            None => self.forward(req).await,
         };
         resp = body_cap.answer(resp);
         if let Some(w) = wasm.as_mut() {
