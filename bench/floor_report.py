@@ -118,6 +118,17 @@ that change. `bench/smoke.sh --no-build` reuses the binaries in `target/smoke/re
 `--trellis-arg=--FLAG` passes a flag to the proxy."""
 
 
+def rss_split(results: dict, scenario: str) -> dict[str, tuple[float, float]]:
+    """label -> (anonymous MiB, file-backed MiB), medians over the scenario's runs."""
+    acc: dict[str, list[tuple[int, int]]] = {}
+    for r in results["runs"]:
+        if r["scenario"] == scenario:
+            for label, d in (r.get("rss_split_kib") or {}).items():
+                acc.setdefault(label, []).append((d["RssAnon"], d["RssFile"]))
+    return {label: (median(a for a, _ in v) / 1024, median(f for _, f in v) / 1024)
+            for label, v in acc.items()}
+
+
 def scenario_table(sc: dict, s: dict, order: list[str]) -> list[str]:
     lines = []
     closed = sc["kind"] in ("closed", "h2load", "grpc")
@@ -186,6 +197,12 @@ def render_section(results: dict, summary: dict, png: str | None, smp_file: str)
     for t, mv, fv, rv in targets(summary):
         add(f"| {t} | {mv} | {fv} | {rv} |")
     add("")
+    split = rss_split(results, "open-5k")
+    if split:
+        add("Resident memory at the end of the 5,000 rps runs (median), anonymous (heap, stacks) "
+            "+ file-backed (the binary's mapped pages): " + "; ".join(
+                f"{label} {a:.1f} + {f:.1f} MiB" for label, (a, f) in split.items()) + ".")
+        add("")
     add("Added per hop = (pair − direct) / 2, per round, median over rounds. CPU per request is "
         "each proxy's utime + stime over the run divided by the requests answered (client proxy "
         "against floor client, server against floor server).")
