@@ -22,6 +22,7 @@ mod http_client;
 pub mod identity;
 pub mod inject;
 pub mod install;
+pub mod multicluster;
 pub mod output;
 pub mod proxyconfig;
 pub mod stat;
@@ -85,6 +86,8 @@ pub enum Command {
     Dashboard(dashboard::DashboardArgs),
     /// Workload identity: rotate the trust anchor and issuer with every proxy checked.
     Identity(identity::IdentityArgs),
+    /// Multi-cluster: link this cluster's control plane to another cluster's.
+    Multicluster(multicluster::MulticlusterArgs),
 }
 
 /// Parses `args` (including the program name), runs the command and maps the outcome to the
@@ -151,6 +154,11 @@ where
             &mut std::io::stderr().lock(),
         )),
         Command::Identity(args) => ExitCode::from(identity::run(
+            &args,
+            &mut std::io::stdout().lock(),
+            &mut std::io::stderr().lock(),
+        )),
+        Command::Multicluster(args) => ExitCode::from(multicluster::run(
             &args,
             &mut std::io::stdout().lock(),
             &mut std::io::stderr().lock(),

@@ -153,6 +153,7 @@ fn service_destination(view: MeshView<'_>, svc: &Service, port: &ServicePort) ->
         route_layer = &routes.policy;
     }
     route_layer.apply(&mut dest.policy);
+    crate::multicluster::failover_policy(&mut dest.policy, &dest.endpoints);
     dest.backends = resolve_backends(view, &dest);
     dest
 }
@@ -204,6 +205,7 @@ fn backend(view: MeshView<'_>, b: &BackendRef, request_port: u16) -> Backend {
     if let Some(routes) = view.traffic.routes.get(&b.service) {
         routes.policy.apply(&mut policy);
     }
+    crate::multicluster::failover_policy(&mut policy, &endpoints);
     Backend {
         backend: b.clone(),
         authority: format!("{}:{port}", b.service.fqdn()),

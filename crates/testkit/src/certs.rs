@@ -122,3 +122,69 @@ pub fn self_signed(dir: &Path, host: &str) -> Result<(PathBuf, PathBuf), String>
     openssl(dir, &args)?;
     Ok((dir.join(crt), dir.join(key)))
 }
+
+/// Istio's plug-in CA pattern for several clusters: one root, and per cluster an intermediate
+/// (issuer) signed by it. Writes `dir/root.pem` and `dir/root.key`, and for each of `clusters`
+/// a directory `dir/<cluster>` that `trellis-control --ca-dir` reads (`root.pem`, `issuer.pem`,
+/// `issuer-key.pem`, PKCS#8); returns those directories in order. Certificates are valid for
+/// three days, so the issuers outlive the control planes' 24 h leaves.
+pub fn shared_root_ca_dirs(dir: &Path, clusters: &[&str]) -> Result<Vec<PathBuf>, String> {
+    let mut args = vec!["req", "-x509"];
+    args.extend(NEW_EC_KEY);
+    args.extend([
+        "-keyout",
+        "root.key",
+        "-out",
+        "root.pem",
+        "-days",
+        "3",
+        "-subj",
+        "/O=trellis-test/CN=shared root",
+        "-addext",
+        "basicConstraints=critical,CA:TRUE",
+        "-addext",
+        "keyUsage=critical,keyCertSign,cRLSign",
+    ]);
+    openssl(dir, &args)?;
+    let root = std::fs::read(dir.join("root.pem")).map_err(|e| format!("root.pem: {e}"))?;
+    let ext = "basicConstraints=critical,CA:TRUE\nkeyUsage=critical,keyCertSign,cRLSign\n";
+    std::fs::write(dir.join("issuer.ext"), ext).map_err(|e| format!("issuer.ext: {e}"))?;
+    let mut out = Vec::new();
+    for cluster in clusters {
+        let sub = dir.join(cluster);
+        std::fs::create_dir_all(&sub).map_err(|e| format!("{}: {e}", sub.display()))?;
+        let (key, csr, pem) = (
+            format!("{cluster}/issuer-key.pem"),
+            format!("{cluster}/issuer.csr"),
+            format!("{cluster}/issuer.pem"),
+        );
+        let subject = format!("/O=trellis-test/CN=issuer {cluster}");
+        let mut args = vec!["req"];
+        args.extend(NEW_EC_KEY);
+        args.extend(["-keyout", &key, "-out", &csr, "-subj", &subject]);
+        openssl(dir, &args)?;
+        openssl(
+            dir,
+            &[
+                "x509",
+                "-req",
+                "-in",
+                &csr,
+                "-CA",
+                "root.pem",
+                "-CAkey",
+                "root.key",
+                "-CAcreateserial",
+                "-out",
+                &pem,
+                "-days",
+                "3",
+                "-extfile",
+                "issuer.ext",
+            ],
+        )?;
+        std::fs::write(sub.join("root.pem"), &root).map_err(|e| format!("root.pem: {e}"))?;
+        out.push(sub);
+    }
+    Ok(out)
+}

@@ -56,7 +56,8 @@ impl ControlPlane {
         Self::start_with(config_dir, discovery, netns, &[])
     }
 
-    /// [`Self::start_in`] with extra flags (`--cert-ttl 6s`, `--require-join-token`, ...).
+    /// [`Self::start_in`] with extra flags (`--cert-ttl 6s`, `--require-join-token`, ...;
+    /// `--http ADDR` replaces the default free loopback port).
     pub fn start_with(
         config_dir: &Path,
         discovery: SocketAddr,
@@ -75,7 +76,13 @@ impl ControlPlane {
             .arg(config_dir)
             .arg("--discovery")
             .arg(discovery.to_string())
-            .args(["--http", "127.0.0.1:0"])
+            // Unless the caller places it (`--http` may be given once).
+            .args(
+                (!extra.contains(&"--http"))
+                    .then_some(["--http", "127.0.0.1:0"])
+                    .into_iter()
+                    .flatten(),
+            )
             .arg("--ready-file")
             .arg(&ready_file)
             .args(extra)
@@ -272,6 +279,13 @@ impl ProxyBuilder {
     /// `trellis-proxy init` exempts from redirection).
     pub fn in_pod(mut self, pod: &Pod, uid: u32) -> Self {
         self.pod = Some((pod.name().to_string(), uid));
+        self
+    }
+
+    /// Runs the proxy inside network namespace `netns` as `uid` (for a namespace that is not a
+    /// [`Pod`], such as a whole cluster's in the multi-cluster tests).
+    pub fn in_netns(mut self, netns: &str, uid: u32) -> Self {
+        self.pod = Some((netns.to_string(), uid));
         self
     }
 

@@ -20,6 +20,7 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::net::SocketAddr;
 
 use trellis_config::multicluster::{Link, MulticlusterResource};
+use trellis_model::policy::{OutlierDetection, TrafficPolicy};
 use trellis_model::{Endpoint, RemoteCluster, ServiceKey};
 
 pub use exports::{ExportedPort, ExportedService, Exports};
@@ -113,6 +114,20 @@ pub fn endpoints(remote: &RemoteServices, service: &ServiceKey, port: u16) -> Ve
         .collect();
     out.sort_by(|a, b| a.workload.cmp(&b.workload));
     out
+}
+
+/// Failover needs failing local endpoints out of the balancer (Istio: locality failover only
+/// works with `outlierDetection`). A policy for endpoints that include other clusters' and
+/// that sets no outlier detection gets Istio's defaults (5 consecutive 5xx or connect
+/// failures, 30 s base ejection), so that failover works without a DestinationRule. A policy
+/// that sets its own is left as it is.
+pub fn failover_policy(policy: &mut TrafficPolicy, endpoints: &[Endpoint]) {
+    if policy.outlier_detection.is_none()
+        && endpoints.iter().any(|e| e.remote.is_some())
+        && endpoints.iter().any(|e| e.remote.is_none())
+    {
+        policy.outlier_detection = Some(OutlierDetection::default());
+    }
 }
 
 /// The label a remote endpoint carries with its cluster's name (Istio's).

@@ -164,3 +164,53 @@ fn compile_puts_remote_endpoints_after_local_ones() {
     let exported = exports::exports(view, &[ServiceKey::new("default", "echo")]);
     assert_eq!(exported.services[0].ports[0].ready_endpoints, 1);
 }
+
+#[test]
+fn failover_gets_outlier_detection_unless_the_policy_sets_its_own() {
+    use trellis_model::policy::{OutlierDetection, TrafficPolicy};
+    let east = link("east", "198.18.1.1:15443");
+    let exported = Exports {
+        services: vec![ExportedService {
+            namespace: "default".into(),
+            name: "echo".into(),
+            ports: vec![ExportedPort {
+                port: 8080,
+                target_port: 9000,
+                ready_endpoints: 1,
+                identity: None,
+            }],
+        }],
+    };
+    let remote = endpoints(
+        &RemoteServices::from_exports([(&east, &exported)]),
+        &ServiceKey::new("default", "echo"),
+        8080,
+    );
+    let mut local = remote.clone();
+    local[0].remote = None;
+    let mixed = [local.clone(), remote.clone()].concat();
+
+    let mut policy = TrafficPolicy::default();
+    failover_policy(&mut policy, &mixed);
+    assert_eq!(policy.outlier_detection, Some(OutlierDetection::default()));
+
+    for only in [&local, &remote] {
+        let mut policy = TrafficPolicy::default();
+        failover_policy(&mut policy, only);
+        assert_eq!(
+            policy.outlier_detection, None,
+            "nothing to fail over between"
+        );
+    }
+
+    let own = OutlierDetection {
+        consecutive_5xx: Some(1),
+        ..OutlierDetection::default()
+    };
+    let mut policy = TrafficPolicy {
+        outlier_detection: Some(own.clone()),
+        ..TrafficPolicy::default()
+    };
+    failover_policy(&mut policy, &mixed);
+    assert_eq!(policy.outlier_detection, Some(own));
+}
