@@ -539,6 +539,12 @@ impl WasmRequest {
         }
     }
 
+    /// Whether the request body streams through plugins that may answer the request from it
+    /// (only then must the forward race them).
+    pub fn may_answer_from_body(&self) -> bool {
+        self.verdict.is_some()
+    }
+
     /// Forwards the request, unless its body's plugins answer it first (the forward is then
     /// dropped, which cancels the upstream exchange).
     pub async fn forward(
