@@ -145,11 +145,16 @@ impl HttpForward {
         {
             return Ok(telemetry.end(exchange, resp));
         }
+        // A body of unknown length is cut at `--max-request-body-size` as it streams.
+        let limit = self.ctx.admission.limits().max_request_body_bytes;
+        let (req, body_cap) =
+            crate::limits::body::cap(limit, &self.ctx.metrics, self.direction, req);
         let mut resp = match wasm.as_mut() {
             // A plugin may answer from the request body while it streams upstream.
             Some(w) if w.may_answer_from_body() => Box::pin(w.forward(self.forward(req))).await,
             _ => self.forward(req).await,
         };
+        resp = body_cap.answer(resp);
         if let Some(w) = wasm.as_mut() {
             Box::pin(w.respond(&mut resp)).await;
         }
