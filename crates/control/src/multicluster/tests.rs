@@ -214,3 +214,94 @@ fn failover_gets_outlier_detection_unless_the_policy_sets_its_own() {
     failover_policy(&mut policy, &mixed);
     assert_eq!(policy.outlier_detection, Some(own));
 }
+
+/// The link adapter against a real HTTP server: the exports reach the snapshot, stay when the
+/// remote goes away (last good answer), and go with the Link.
+#[tokio::test]
+async fn linked_exports_join_the_snapshot_and_the_last_good_answer_stays() {
+    use std::sync::Arc;
+
+    use tokio::sync::watch;
+    use tokio_util::sync::CancellationToken;
+
+    use crate::store::ConfigSnapshot;
+
+    let exports = Exports {
+        services: vec![ExportedService {
+            namespace: "default".into(),
+            name: "echo".into(),
+            ports: vec![ExportedPort {
+                port: 8080,
+                target_port: 9000,
+                ready_endpoints: 2,
+                identity: Some("spiffe://cluster.local/ns/default/sa/echo".into()),
+            }],
+        }],
+    };
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let remote_http = listener.local_addr().unwrap();
+    let served = exports.clone();
+    let app = axum::Router::new().route(
+        link::EXPORTS_PATH,
+        axum::routing::get(move || {
+            let served = served.clone();
+            async move { axum::Json(served) }
+        }),
+    );
+    let server_stop = CancellationToken::new();
+    let stop = server_stop.clone();
+    let server = tokio::spawn(async move {
+        axum::serve(listener, app)
+            .with_graceful_shutdown(stop.cancelled_owned())
+            .await
+            .unwrap();
+    });
+
+    let mut with_link = ConfigSnapshot::default();
+    with_link.multicluster.links.insert(
+        "east".into(),
+        Link {
+            cluster: "east".into(),
+            control_plane: format!("http://{remote_http}"),
+            gateway: "127.0.0.1:15443".parse().unwrap(),
+            refresh: Duration::from_millis(100),
+        },
+    );
+    let (tx, rx) = watch::channel(Arc::new(with_link.clone()));
+    let shutdown = CancellationToken::new();
+    let mut out = link::spawn(rx, shutdown.clone());
+    let key = ServiceKey::new("default", "echo");
+    let got = tokio::time::timeout(
+        Duration::from_secs(10),
+        out.wait_for(|s| s.traffic.remote.by_service.contains_key(&key)),
+    )
+    .await
+    .expect("the exports within 10 s")
+    .unwrap()
+    .clone();
+    assert_eq!(got.traffic.remote.by_service[&key][0].cluster, "east");
+    assert_eq!(
+        got.traffic.remote.by_service[&key][0].ports,
+        exports.services[0].ports
+    );
+
+    // The remote goes away: several refreshes fail, the last good answer stays.
+    server_stop.cancel();
+    server.await.unwrap();
+    tokio::time::sleep(Duration::from_millis(600)).await;
+    assert!(
+        out.borrow().traffic.remote.by_service.contains_key(&key),
+        "kept while the remote is down"
+    );
+
+    // The Link removed: its endpoints go.
+    tx.send_replace(Arc::new(ConfigSnapshot::default()));
+    tokio::time::timeout(
+        Duration::from_secs(10),
+        out.wait_for(|s| s.traffic.remote.by_service.is_empty()),
+    )
+    .await
+    .expect("gone within 10 s")
+    .unwrap();
+    shutdown.cancel();
+}
