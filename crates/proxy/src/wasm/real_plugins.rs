@@ -201,3 +201,38 @@ async fn wasm_body_plugins_read_and_rewrite_bodies_in_process() {
     let body = resp.into_body().collect().await.unwrap().to_bytes();
     assert_eq!(body, "bbbnbbnbb");
 }
+
+#[tokio::test]
+async fn wasm_response_trailers_reach_the_trailers_callback_in_process() {
+    let dir = trellis_testkit::wasm_plugins::build().unwrap();
+    let wasm = Wasm::default();
+    wasm.install(WasmPlugins {
+        plugins: vec![spec(
+            "t/rewrite",
+            &dir.join("rewrite_body.wasm"),
+            r#"{"from":"a","to":"bb"}"#,
+            FailStrategy::FailClose,
+        )],
+    });
+    let mut run = wasm.begin(Direction::Inbound, 80, None);
+    assert!(
+        run.run_until(Phase::UnspecifiedPhase, &mut request("/", &[]))
+            .await
+            .is_none()
+    );
+    let mut trailers = http::HeaderMap::new();
+    trailers.insert("grpc-status", http::HeaderValue::from_static("0"));
+    let frames = vec![
+        http_body::Frame::data(Bytes::from_static(b"aa")),
+        http_body::Frame::data(Bytes::from_static(b"a")),
+        http_body::Frame::trailers(trailers),
+    ];
+    let mut resp = Response::new(super::body::replay(frames));
+    run.respond(&mut resp).await;
+    let collected = resp.into_body().collect().await.unwrap();
+    let trailers = collected.trailers().cloned().unwrap();
+    assert_eq!(trailers["grpc-status"], "0");
+    assert_eq!(trailers["x-wasm-trailer"], "seen 0");
+    // No end of stream came before the trailers: the held bytes pass on as they were.
+    assert_eq!(collected.to_bytes(), "aaa");
+}

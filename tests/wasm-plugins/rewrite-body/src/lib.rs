@@ -1,7 +1,8 @@
 //! Rewrites the response body: every `from` becomes `to` (pluginConfig
 //! `{"from": "...", "to": "..."}`, default `x` -> `y`). It buffers the whole body
 //! (`Action::Pause` until the end of the stream), rewrites it with `set_http_response_body`,
-//! and drops `content-length` from the head since the length changes.
+//! and drops `content-length` from the head since the length changes. On response trailers
+//! it adds `x-wasm-trailer: seen <grpc-status>`.
 
 use proxy_wasm::traits::{Context, HttpContext, RootContext};
 use proxy_wasm::types::{Action, ContextType, LogLevel};
@@ -55,6 +56,13 @@ impl HttpContext for Rewrite {
     fn on_http_response_headers(&mut self, _n: usize, _end: bool) -> Action {
         self.set_http_response_header("content-length", None);
         self.set_http_response_header("x-wasm-body-rewritten", Some("true"));
+        Action::Continue
+    }
+
+    fn on_http_response_trailers(&mut self, _n: usize) -> Action {
+        // Trailers end the body: what was held passed on unchanged (no end_of_stream came).
+        let status = self.get_http_response_trailer("grpc-status").unwrap_or_default();
+        self.set_http_response_trailer("x-wasm-trailer", Some(&format!("seen {status}")));
         Action::Continue
     }
 
