@@ -476,7 +476,18 @@ fn wasm_plugins_rewrite_a_response_body_and_deny_a_request_body_word() {
             ),
         ),
     ];
-    let mesh = start_mesh(&["echo"], &files);
+    let streaming = wasm_plugin_yaml(
+        "deny-streaming",
+        "stream",
+        &dir.join("deny_body_word.wasm"),
+        "  pluginConfig: {word: forbidden, hold: false}\n",
+    );
+    let files = [
+        files[0].clone(),
+        files[1].clone(),
+        ("stream.yaml", streaming),
+    ];
+    let mesh = start_mesh(&["echo", "stream"], &files);
     let base = &mesh.urls[0];
 
     // A streamed body of several frames, buffered whole by the plugin and rewritten: every
@@ -522,6 +533,21 @@ fn wasm_plugins_rewrite_a_response_body_and_deny_a_request_body_word() {
     assert_eq!(echo.requests(), before + 1);
     // A bodyless request is not held.
     assert_eq!(get(&format!("{base}/plain"), &[]).status, 200);
+
+    // Without the hold the head goes upstream at once and the body streams through the
+    // plugin: its answer still wins, and the upstream exchange is cancelled.
+    let stream = &mesh.urls[1];
+    wait::until(CONVERGE, || match post(stream, "forbidden words", &[]) {
+        r if r.status == 403 => Ok(()),
+        r => Err(format!("not denied yet: {} {}", r.status, r.body)),
+    })
+    .unwrap();
+    let denied = post(stream, "more forbidden words", &[]);
+    assert_eq!(denied.header("x-wasm-denied"), Some("body word"));
+    let ok = post(stream, "all fine", &[]);
+    assert_eq!(ok.status, 200, "{}", ok.body);
+    let echoed: serde_json::Value = serde_json::from_str(&ok.body).unwrap();
+    assert_eq!(echoed["body_len"], 8);
 }
 
 /// An auth service on 127.0.0.1: 200 (with `x-auth-user`) for `x-user: alice`, else 403.

@@ -1,6 +1,7 @@
 //! Answers 403 to a request whose body contains a word (pluginConfig `{"word": "..."}`,
 //! default `forbidden`). It holds the request head until it has seen the body
-//! (`Action::Pause` on the headers), so the upstream never sees a denied request.
+//! (`Action::Pause` on the headers), so the upstream never sees a denied request; with
+//! `{"hold": false}` the head goes on at once and the body streams (buffered by the plugin).
 
 use proxy_wasm::traits::{Context, HttpContext, RootContext};
 use proxy_wasm::types::{Action, ContextType, LogLevel};
@@ -8,12 +9,13 @@ use proxy_wasm::types::{Action, ContextType, LogLevel};
 proxy_wasm::main! {{
     proxy_wasm::set_log_level(LogLevel::Info);
     proxy_wasm::set_root_context(|_| -> Box<dyn RootContext> {
-        Box::new(Root { word: "forbidden".into() })
+        Box::new(Root { word: "forbidden".into(), hold: true })
     });
 }}
 
 struct Root {
     word: String,
+    hold: bool,
 }
 
 impl Context for Root {}
@@ -25,13 +27,16 @@ impl RootContext for Root {
                 if let Some(w) = cfg.get("word").and_then(|v| v.as_str()) {
                     self.word = w.to_string();
                 }
+                if let Some(h) = cfg.get("hold").and_then(|v| v.as_bool()) {
+                    self.hold = h;
+                }
             }
         }
         true
     }
 
     fn create_http_context(&self, _id: u32) -> Option<Box<dyn HttpContext>> {
-        Some(Box::new(Deny { word: self.word.clone() }))
+        Some(Box::new(Deny { word: self.word.clone(), hold: self.hold }))
     }
 
     fn get_type(&self) -> Option<ContextType> {
@@ -41,13 +46,14 @@ impl RootContext for Root {
 
 struct Deny {
     word: String,
+    hold: bool,
 }
 
 impl Context for Deny {}
 
 impl HttpContext for Deny {
     fn on_http_request_headers(&mut self, _n: usize, end_of_stream: bool) -> Action {
-        if end_of_stream {
+        if end_of_stream || !self.hold {
             Action::Continue
         } else {
             Action::Pause
