@@ -98,6 +98,9 @@ pub enum TlsMode {
     Mutual,
     /// Forward the TLS stream untouched, by SNI.
     Passthrough,
+    /// Istio `ISTIO_MUTUAL`: reached over the mesh's mTLS (terminated by the gateway's inbound
+    /// listener with its workload identity), HTTP inside.
+    IstioMutual,
 }
 
 /// A server's certificate: `credentialName` (a Secret) or files on the gateway.

@@ -53,6 +53,10 @@ pub struct GatewayListener {
     /// TLS passed through untouched to a backend chosen by SNI.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub passthrough: Vec<PassthroughHost>,
+    /// Only connections the gateway's own inbound listener hands over (mesh mTLS, already
+    /// verified there): an Istio server with `tls.mode: ISTIO_MUTUAL`.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub mesh_only: bool,
 }
 
 /// Routes for some host names: `destination.routes` (first match wins) with every backend

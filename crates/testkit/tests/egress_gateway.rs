@@ -446,3 +446,117 @@ fn egress_gateway_originates_tls_simple_to_the_external_host() {
         panic!("sidecar -> egress gateway hop is not mTLS: {e}");
     }
 }
+
+/// Istio's current "egress gateway with TLS origination": the sidecar-to-gateway hop is
+/// declared as mesh mTLS (`ISTIO_MUTUAL` on the Gateway server and the gateway's subset), and
+/// the gateway originates TLS to the host's port 443.
+const ISTIO_MUTUAL_GATEWAY: &str = "apiVersion: networking.istio.io/v1
+kind: Gateway
+metadata:
+  name: istio-egressgateway
+spec:
+  selector:
+    istio: egressgateway
+  servers:
+  - port:
+      number: 80
+      name: https-port-for-tls-origination
+      protocol: HTTPS
+    hosts:
+    - edition.cnn.com
+    tls:
+      mode: ISTIO_MUTUAL
+---
+apiVersion: networking.istio.io/v1
+kind: DestinationRule
+metadata:
+  name: egressgateway-for-cnn
+spec:
+  host: istio-egressgateway.istio-system.svc.cluster.local
+  subsets:
+  - name: cnn
+    trafficPolicy:
+      loadBalancer:
+        simple: ROUND_ROBIN
+      portLevelSettings:
+      - port:
+          number: 80
+        tls:
+          mode: ISTIO_MUTUAL
+          sni: edition.cnn.com
+";
+
+#[test]
+fn egress_gateway_istio_mutual_server_takes_mesh_traffic_only() {
+    if !require_root("egress_gateway_istio_mutual_server_takes_mesh_traffic_only") {
+        return;
+    }
+    let certs = external::certs(HOST);
+    let node = Node::new().unwrap();
+    let ext = node.pod().unwrap();
+    let egress = node.pod().unwrap();
+    let sleep = node.pod().unwrap();
+    let _hosts = NodeHosts::new(&node, &format!("{} {HOST}", ext.ip()));
+    let _server = external::start(&ext, "cnn-tls", 443, Some((&certs.cert, &certs.key)));
+    let config = config_dir(&[
+        ("service-entry.yaml", SERVICE_ENTRY.to_string()),
+        ("gateway.yaml", ISTIO_MUTUAL_GATEWAY.to_string()),
+        ("virtual-service.yaml", VIRTUAL_SERVICE_TO_443.to_string()),
+        ("egressgateway-service.yaml", GATEWAY_SERVICE.to_string()),
+    ])
+    .unwrap();
+    let discovery = SocketAddr::new(node.ip().into(), 15010);
+    let control = ControlPlane::start_with(
+        config.path(),
+        discovery,
+        Some(node.name()),
+        &["--outbound-traffic-policy", "REGISTRY_ONLY"],
+    )
+    .unwrap();
+    let gw = egress_gateway_with(&egress, &control, &[("SSL_CERT_FILE", &certs.ca)]);
+    let _client = client(&sleep, &control);
+    block(&sleep, ext.ip());
+
+    let resolve = format!("{HOST}:80:{}", ext.ip());
+    let body = wait::until(CONVERGE, || {
+        match external::curl(&sleep, &format!("http://{HOST}/mutual"), Some(&resolve)) {
+            (200, _, body) => Ok(body),
+            (code, err, body) => Err(format!("got {code} {err:?} {body}")),
+        }
+    })
+    .unwrap();
+    let reply: external::Reply = serde_json::from_str(&body).unwrap();
+    assert_eq!(
+        (reply.server.as_str(), reply.path.as_str()),
+        ("cnn-tls", "/mutual")
+    );
+    if let Err(e) = gw.metrics().check_meshed_inbound() {
+        panic!("sidecar -> egress gateway hop is not mTLS: {e}");
+    }
+    let through = gateway_requests_to_host(&gw);
+    assert!(through >= 1.0);
+
+    // The gateway's port itself takes no plaintext from the network: a client in another pod
+    // that skips the mesh is closed on, and the gateway sends nothing on.
+    let direct = format!("http://{}:{GATEWAY_TARGET_PORT}/bypass", egress.ip());
+    let out = ext
+        .curl(
+            None,
+            &[
+                "-o",
+                "/dev/null",
+                "-w",
+                "%{http_code}",
+                "-H",
+                &format!("Host: {HOST}"),
+                &direct,
+            ],
+        )
+        .unwrap();
+    let code = String::from_utf8_lossy(&out.stdout).trim().to_string();
+    assert_eq!(
+        code, "000",
+        "a plaintext request to the ISTIO_MUTUAL port was answered"
+    );
+    assert_eq!(gateway_requests_to_host(&gw), through);
+}

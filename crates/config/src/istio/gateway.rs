@@ -1,8 +1,9 @@
 //! Istio `Gateway` (networking.istio.io v1, v1beta1, v1alpha3): which gateway workloads
 //! (`selector`) listen on which ports (`servers[].port`) for which hosts, with what TLS.
 //!
-//! Refused "not supported yet": `servers[].bind`, `defaultEndpoint`, `tls.mode`
-//! `ISTIO_MUTUAL`/`OPTIONAL_MUTUAL`, protocols other than HTTP, HTTPS, TLS, TCP (HTTP2, GRPC
+//! `tls.mode: ISTIO_MUTUAL` on an HTTP/HTTPS server: reached over the mesh's mTLS only (the
+//! egress gateway pattern). Refused "not supported yet": `servers[].bind`, `defaultEndpoint`,
+//! `tls.mode` `OPTIONAL_MUTUAL`, `ISTIO_MUTUAL` on TLS/TCP servers, protocols other than HTTP, HTTPS, TLS, TCP (HTTP2, GRPC
 //! and MONGO are served as HTTP/TCP would be, so they are read as such). Noted and ignored:
 //! `tls.minProtocolVersion`, `maxProtocolVersion`, `cipherSuites`, `subjectAltNames`,
 //! `verifyCertificate*`, `port.targetPort`.
@@ -290,13 +291,23 @@ fn tls(
         None | Some("SIMPLE") => TlsMode::Simple,
         Some("MUTUAL") => TlsMode::Mutual,
         Some("PASSTHROUGH") => TlsMode::Passthrough,
+        // Reached over the mesh's mTLS (the sidecar's hop, the gateway's own identity): HTTP
+        // inside, which the gateway serves behind its inbound listener.
+        Some("ISTIO_MUTUAL")
+            if matches!(protocol, ListenerProtocol::Http | ListenerProtocol::Https) =>
+        {
+            return Ok(Some(ServerTls {
+                mode: TlsMode::IstioMutual,
+                credential: None,
+            }));
+        }
         Some(m @ ("ISTIO_MUTUAL" | "OPTIONAL_MUTUAL" | "AUTO_PASSTHROUGH")) => {
             return Err(not_yet(format!("{field}.mode"), &format!("mode {m}")));
         }
         Some(other) => {
             return Err(FieldError::new(
                 format!("{field}.mode"),
-                format!("must be one of SIMPLE, MUTUAL, PASSTHROUGH; got {other:?}"),
+                format!("must be one of SIMPLE, MUTUAL, PASSTHROUGH, ISTIO_MUTUAL; got {other:?}"),
             ));
         }
     };
@@ -403,7 +414,7 @@ mod tests {
                 "spec.servers[1].port.protocol: port 80 is already declared",
             ),
             (
-                "spec:\n  servers:\n  - port: {number: 80, name: http, protocol: HTTP}\n    hosts: ['*']\n    tls: {mode: ISTIO_MUTUAL}\n",
+                "spec:\n  servers:\n  - port: {number: 80, name: t, protocol: TLS}\n    hosts: ['*']\n    tls: {mode: ISTIO_MUTUAL}\n",
                 "spec.servers[0].tls.mode: mode ISTIO_MUTUAL is not supported yet",
             ),
         ] {

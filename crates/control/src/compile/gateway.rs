@@ -288,14 +288,37 @@ impl<'a> Builder<'a> {
                 .is_some_and(|t| t.mode == TlsMode::Passthrough);
             let server_hosts: Vec<&str> = server.hosts.iter().map(|h| h.host.as_str()).collect();
             let source = gw.source.clone();
-            let Some(l) = self.listener(
-                server.port,
-                server.protocol,
-                &source,
-                &format!("{field}.port"),
-            ) else {
+            // ISTIO_MUTUAL: the mesh's mTLS ends at the gateway's inbound listener, which
+            // hands the HTTP inside to this port; nothing else may reach it.
+            let mesh_only = server
+                .tls
+                .as_ref()
+                .is_some_and(|t| t.mode == TlsMode::IstioMutual);
+            let protocol = if mesh_only {
+                ListenerProtocol::Http
+            } else {
+                server.protocol
+            };
+            if let Some(other) = self.listeners.get(&server.port)
+                && other.listener.mesh_only != mesh_only
+            {
+                let (this, that) = if mesh_only {
+                    ("ISTIO_MUTUAL", "plain")
+                } else {
+                    ("plain", "ISTIO_MUTUAL")
+                };
+                self.out.problems.push(format!(
+                    "{source}: {field}.tls.mode: port {} is already a {that} listener of {}; this {this} server is not served",
+                    server.port,
+                    other.listener.sources.join(", ")
+                ));
+                continue;
+            }
+            let Some(l) = self.listener(server.port, protocol, &source, &format!("{field}.port"))
+            else {
                 continue;
             };
+            l.listener.mesh_only |= mesh_only;
             if server.https_redirect {
                 l.listener
                     .https_redirect

@@ -47,6 +47,10 @@ pub(super) async fn accept(
         move |stream, peer| {
             // A connection keeps the listener config it was accepted with.
             let rt = rt_rx.borrow().clone();
+            if rt.mesh_only && !from_own_address(&stream, peer) {
+                tracing::debug!(%peer, port = rt.port, "ISTIO_MUTUAL gateway port: not from the inbound listener; closing");
+                return None;
+            }
             Some(serve(serve_ctx.clone(), rt, stream, peer))
         },
     );
@@ -54,6 +58,15 @@ pub(super) async fn accept(
         () = stop.cancelled() => {}
         () = accepting => {}
     }
+}
+
+/// Whether a connection comes from the address it reached (the pod's own IP, or loopback):
+/// how the inbound listener connects when it hands over a request whose mTLS it terminated.
+/// A client elsewhere on the network has its own address.
+fn from_own_address(stream: &TcpStream, peer: SocketAddr) -> bool {
+    stream
+        .local_addr()
+        .is_ok_and(|local| local.ip() == peer.ip() || peer.ip().is_loopback())
 }
 
 async fn serve(ctx: Arc<Ctx>, rt: Arc<ListenerRt>, stream: TcpStream, peer: SocketAddr) {

@@ -164,6 +164,9 @@ pub(crate) struct ListenerRt {
     pub https_redirect: Vec<String>,
     pub tls: Vec<(Vec<String>, Arc<gateway_tls::ServerConfig>)>,
     pub passthrough: Vec<(Vec<String>, Dest)>,
+    /// Only connections from this pod's own address (the inbound listener handing over mesh
+    /// mTLS it verified): Istio `ISTIO_MUTUAL` servers.
+    pub mesh_only: bool,
 }
 
 struct Running {
@@ -312,6 +315,7 @@ async fn runtime(l: &GatewayListener, traffic: &mut Traffic) -> ListenerRt {
                 (p.hosts.clone(), dest(key, &p.destination, traffic))
             })
             .collect(),
+        mesh_only: l.mesh_only,
     }
 }
 
