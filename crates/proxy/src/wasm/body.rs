@@ -24,7 +24,7 @@ use http::{HeaderMap, Response};
 use http_body::{Body, Frame};
 use trellis_model::wasm::FailStrategy;
 
-use super::metrics::{Reason, WasmMetrics};
+use super::metrics::WasmMetrics;
 use super::plugin::Plugin;
 use super::vm::{Action, LocalResponse, Side, Vm};
 use crate::http::{BoxError, ProxyBody};
@@ -140,7 +140,7 @@ impl Chain {
             let stage = &mut self.stages[i];
             stage.buf.extend_from_slice(&data);
             if stage.buf.len() > MAX_BUFFER {
-                self.metrics.failed(stage.plugin.name(), Reason::Trap);
+                tracing::warn!(plugin = stage.plugin.name(), limit = MAX_BUFFER, side = ?side, "wasm plugin held more of a body than allowed");
                 return Err(Abort::TooBig);
             }
             let slot = stage.slot.clone();

@@ -509,11 +509,13 @@ impl WasmRequest {
         }
         let read = tokio::time::timeout(HOLD_TIMEOUT, read_whole(&mut wrapped));
         let read = tokio::select! {
-            () = verdict.notify.notified() => return Some(body::abort_response(verdict.take()?)),
+            () = verdict.notify.notified() => {
+                return Some(verdict.take().map_or_else(failed_response, body::abort_response));
+            }
             read = read => read,
         };
         match read {
-            Ok(Some(frames)) => {
+            Ok(Ok(frames)) => {
                 // The body was read whole: nothing can answer from it any more.
                 self.verdict = None;
                 for r in &self.running {
@@ -528,9 +530,14 @@ impl WasmRequest {
                 *req.body_mut() = body::replay(frames);
                 None
             }
-            Ok(None) => Some(match verdict.take() {
-                Some(abort) => body::abort_response(abort),
-                None => error_response(StatusCode::PAYLOAD_TOO_LARGE, "wasm-body-too-large"),
+            Ok(Err(e)) => Some(match (verdict.take(), e) {
+                (Some(abort), _) => body::abort_response(abort),
+                (None, Unread::TooBig) => {
+                    error_response(StatusCode::PAYLOAD_TOO_LARGE, "wasm-body-too-large")
+                }
+                (None, Unread::Broken) => {
+                    error_response(StatusCode::BAD_REQUEST, "wasm-body-read-failed")
+                }
             }),
             Err(_) => Some(error_response(
                 StatusCode::REQUEST_TIMEOUT,
@@ -686,7 +693,7 @@ impl WasmRequest {
         let mut wrapped = WasmBody::new(inner, chain, Some(verdict.clone()), None);
         let read = tokio::time::timeout(HOLD_TIMEOUT, read_whole(&mut wrapped)).await;
         match read {
-            Ok(Some(frames)) => {
+            Ok(Ok(frames)) => {
                 // The head was held: changes the body callbacks made to it apply.
                 for slot in &slots {
                     if let Some(vm) = body::lock(slot).as_mut() {
@@ -699,7 +706,7 @@ impl WasmRequest {
                 set_length(resp.headers_mut(), &frames);
                 *resp.body_mut() = body::replay(frames);
             }
-            Ok(None) => {
+            Ok(Err(_)) => {
                 *resp = match verdict.take() {
                     Some(Abort::Local(l)) => local_response(l),
                     _ => failed_response(),
@@ -712,23 +719,30 @@ impl WasmRequest {
     }
 }
 
-/// Reads a (plugin-wrapped) body whole, up to [`body::MAX_BUFFER`]; `None` when it failed,
-/// was cut short or was too long.
-async fn read_whole<B>(body: &mut B) -> Option<Vec<http_body::Frame<Bytes>>>
+/// Why a held body could not be read whole.
+enum Unread {
+    /// Longer than [`body::MAX_BUFFER`].
+    TooBig,
+    /// The body failed (the peer went away) or a plugin cut it short.
+    Broken,
+}
+
+/// Reads a (plugin-wrapped) body whole, up to [`body::MAX_BUFFER`].
+async fn read_whole<B>(body: &mut B) -> Result<Vec<http_body::Frame<Bytes>>, Unread>
 where
     B: http_body::Body<Data = Bytes> + Unpin,
 {
     let mut frames = Vec::new();
     let mut size = 0usize;
     while let Some(frame) = body.frame().await {
-        let frame = frame.ok()?;
+        let frame = frame.map_err(|_| Unread::Broken)?;
         size += frame.data_ref().map_or(0, Bytes::len);
         if size > body::MAX_BUFFER {
-            return None;
+            return Err(Unread::TooBig);
         }
         frames.push(frame);
     }
-    Some(frames)
+    Ok(frames)
 }
 
 /// A held body's length is known: say it (the plugins may have changed it), unless trailers

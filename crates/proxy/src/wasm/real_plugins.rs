@@ -183,6 +183,19 @@ async fn wasm_body_plugins_read_and_rewrite_bodies_in_process() {
         .unwrap();
     assert_eq!(denied.status(), 403);
 
+    // More than a plugin may hold: 413, and the request goes nowhere.
+    let mut big = request("/", &[]);
+    *big.body_mut() = Full::new(Bytes::from(vec![b'a'; (1 << 20) + 1]))
+        .map_err(|never| match never {})
+        .boxed();
+    let mut run = wasm.begin(Direction::Inbound, 80, None);
+    let refused = run
+        .run_until(Phase::UnspecifiedPhase, &mut big)
+        .await
+        .unwrap();
+    assert_eq!(refused.status(), 413);
+    assert_eq!(refused.headers()["trellis-error"], "wasm-body-too-large");
+
     let mut req = request_with("/", &[], "fine");
     let mut run = wasm.begin(Direction::Inbound, 80, None);
     assert!(
