@@ -9,7 +9,9 @@
 //!   again: back to local.
 //! - identities: with no echo in A, B's AuthorizationPolicy naming another identity denies
 //!   A's client (403), and one naming A's client's SPIFFE ID lets it through: the mTLS is end
-//!   to end, the gateway never terminates it.
+//!   to end, the gateway never terminates it. Meanwhile `hello`, a second service behind the
+//!   same gateway without a policy, answers 200: the client does not reuse a connection routed
+//!   to one service for another.
 //!
 //! Needs root (network namespaces).
 
@@ -97,7 +99,11 @@ fn two_clusters() -> (Netns, Netns) {
     (a, b)
 }
 
-const SERVICE_EXPORT: &str = "apiVersion: multicluster.x-k8s.io/v1alpha1\nkind: ServiceExport\nmetadata: {name: echo, namespace: default}\n";
+fn service_export(name: &str) -> String {
+    format!(
+        "apiVersion: multicluster.x-k8s.io/v1alpha1\nkind: ServiceExport\nmetadata: {{name: {name}, namespace: default}}\n"
+    )
+}
 
 /// One cluster's control plane, east-west gateway and config directory.
 struct Cluster {
@@ -115,7 +121,14 @@ impl Cluster {
                 "echo.yaml",
                 service_yaml("echo", "default", 8080, 8080, "echo"),
             ),
-            ("export.yaml", SERVICE_EXPORT.to_string()),
+            (
+                "hello.yaml",
+                service_yaml("hello", "default", 8080, 8080, "hello"),
+            ),
+            (
+                "export.yaml",
+                format!("{}---\n{}", service_export("echo"), service_export("hello")),
+            ),
         ])
         .unwrap();
         let control = ControlPlane::start_with(
@@ -188,21 +201,27 @@ impl Cluster {
 
     /// An echo app and its sidecar (service account `echo`), inbound on the cluster's address.
     fn start_echo(&self, name: &str) -> (ManagedProcess, Proxy) {
+        self.start_app(name, "echo", 15006)
+    }
+
+    /// The echo server as workload `name` of Service `app` (label `app`, service account
+    /// `app`), its sidecar's inbound on the cluster's address at `inbound_port`.
+    fn start_app(&self, name: &str, app: &str, inbound_port: u16) -> (ManagedProcess, Proxy) {
         let dir = tempfile::tempdir().unwrap();
         let ready_file = dir.path().join("echo.json");
         let mut c = trellis_testkit::netns::command(&self.ns.0, bins::bin("trellis-testkit-echo"));
         c.args(["--http", "127.0.0.1:0"])
             .arg("--ready-file")
             .arg(&ready_file);
-        let mut app = ManagedProcess::spawn(format!("echo {name}"), c).unwrap();
-        let ready: EchoReady = app
+        let mut server = ManagedProcess::spawn(format!("echo {name}"), c).unwrap();
+        let ready: EchoReady = server
             .wait_ready_file(&ready_file, Duration::from_secs(30))
             .unwrap();
         let proxy = ProxyBuilder::new(name)
-            .service_account("echo")
-            .label("app", "echo")
+            .service_account(app)
+            .label("app", app)
             .control(&self.control.url())
-            .inbound(&format!("{}:15006", self.ip))
+            .inbound(&format!("{}:{inbound_port}", self.ip))
             .app(ready.http.unwrap())
             .app_port(8080)
             .outbound("none")
@@ -211,7 +230,7 @@ impl Cluster {
             .start()
             .unwrap();
         proxy.wait_ready(CONVERGE).unwrap();
-        (app, proxy)
+        (server, proxy)
     }
 
     /// The client's sidecar, with echo at an explicit outbound port.
@@ -223,6 +242,7 @@ impl Cluster {
             .inbound("127.0.0.1:0")
             .outbound("none")
             .outbound_port("echo.default:8080")
+            .outbound_port("hello.default:8080")
             .admin("127.0.0.1:0")
             .in_netns(&self.ns.0, 0)
             .start()
@@ -337,6 +357,7 @@ fn multicluster_failover_to_the_linked_cluster_and_back() {
     echo_a.process().terminate(Duration::from_secs(10));
     echo_a_app.terminate(Duration::from_secs(5));
     let report = load.finish().unwrap();
+    eprintln!("during the switch: {}", report.summary());
     let failed = report.failed();
     assert!(report.sent >= 600, "{}", report.summary());
     assert!(
@@ -412,10 +433,17 @@ fn multicluster_authorization_in_the_remote_cluster_sees_the_callers_identity() 
     }
     let scratch = tempfile::tempdir().unwrap();
     let (a, b) = linked_clusters(scratch.path());
-    // echo runs in B only: A's client reaches it through B's gateway.
+    // echo and hello run in B only: A's client reaches them through B's gateway.
     let (_echo_b_app, _echo_b) = b.start_echo("echo-b");
+    let (_hello_b_app, _hello_b) = b.start_app("hello-b", "hello", 15007);
     let client = a.start_client();
     let url = format!("http://{}/", client.outbound_port("echo.default:8080"));
+    let hello_url = format!("http://{}/", client.outbound_port("hello.default:8080"));
+    wait::until(CONVERGE, || match a.curl_code(&hello_url) {
+        200 => Ok(()),
+        code => Err(format!("hello in B through the gateway: {code}")),
+    })
+    .unwrap();
     wait::until(CONVERGE, || match a.curl_code(&url) {
         200 => Ok(()),
         code => Err(format!("echo in B through the gateway: {code}")),
@@ -433,6 +461,12 @@ fn multicluster_authorization_in_the_remote_cluster_sees_the_callers_identity() 
         code => Err(format!("a policy for another identity: {code}")),
     })
     .unwrap();
+    // hello, behind the same gateway and with no policy, still answers: connections through
+    // one gateway to two services are kept apart (each was routed by its own SNI).
+    for _ in 0..3 {
+        assert_eq!(a.curl_code(&hello_url), 200, "hello through B's gateway");
+        assert_eq!(a.curl_code(&url), 403, "echo through B's gateway");
+    }
 
     write_config(b.config.path(), "authz.yaml", &allow_only(CLIENT_ID)).unwrap();
     wait::until(CONVERGE, || match a.curl_code(&url) {
