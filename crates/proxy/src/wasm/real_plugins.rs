@@ -249,3 +249,31 @@ async fn wasm_response_trailers_reach_the_trailers_callback_in_process() {
     // No end of stream came before the trailers: the held bytes pass on as they were.
     assert_eq!(collected.to_bytes(), "aaa");
 }
+
+#[tokio::test]
+async fn wasm_a_held_response_head_takes_changes_from_the_body_callback_in_process() {
+    let dir = trellis_testkit::wasm_plugins::build().unwrap();
+    let wasm = Wasm::default();
+    wasm.install(WasmPlugins {
+        plugins: vec![spec(
+            "t/hold",
+            &dir.join("rewrite_body.wasm"),
+            r#"{"from":"a","to":"bb","hold":true}"#,
+            FailStrategy::FailClose,
+        )],
+    });
+    let mut run = wasm.begin(Direction::Inbound, 80, None);
+    assert!(
+        run.run_until(Phase::UnspecifiedPhase, &mut request("/", &[]))
+            .await
+            .is_none()
+    );
+    let mut resp = Response::new(full(Bytes::from_static(b"banana")));
+    resp.headers_mut()
+        .insert("content-length", http::HeaderValue::from_static("6"));
+    run.respond(&mut resp).await;
+    assert_eq!(resp.headers()["x-wasm-original-length"], "6");
+    assert_eq!(resp.headers()["content-length"], "9");
+    let body = resp.into_body().collect().await.unwrap().to_bytes();
+    assert_eq!(body, "bbbnbbnbb");
+}
