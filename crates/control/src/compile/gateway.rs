@@ -308,7 +308,7 @@ impl<'a> Builder<'a> {
                     ("plain", "ISTIO_MUTUAL")
                 };
                 self.out.problems.push(format!(
-                    "{source}: {field}.tls.mode: port {} is already a {that} listener of {}; this {this} server is not served",
+                    "{source}: {field}.tls.mode: port {} already has {that} servers ({}); this {this} server is not served",
                     server.port,
                     other.listener.sources.join(", ")
                 ));
@@ -703,7 +703,86 @@ fn destination(
 
 #[cfg(test)]
 mod tests {
+    #![allow(clippy::unwrap_used)]
     use super::*;
+    use crate::compile::test_support::{resources, workload};
+    use crate::store::Traffic;
+
+    fn compile_for(yaml: &str, labels: &[(&str, &str)]) -> Compiled {
+        let gateways: Vec<GatewayResource> = resources(yaml, |r| match r {
+            trellis_config::Resource::Gateway(g) => Some(*g),
+            _ => None,
+        });
+        let mut w = workload("istio-system", "istio-egressgateway");
+        w.labels
+            .extend(labels.iter().map(|(k, v)| (k.to_string(), v.to_string())));
+        let services = BTreeMap::new();
+        let traffic = Traffic::default();
+        let view = MeshView {
+            services: &services,
+            traffic: &traffic,
+            workloads: std::slice::from_ref(&w),
+            trust_domain: "cluster.local",
+        };
+        compile_gateway(view, &gateways, &w)
+    }
+
+    const MUTUAL: &str = "apiVersion: networking.istio.io/v1
+kind: Gateway
+metadata: {name: mutual, namespace: default}
+spec:
+  selector: {istio: egressgateway}
+  servers:
+  - port: {number: 80, name: https, protocol: HTTPS}
+    hosts: [edition.cnn.com]
+    tls: {mode: ISTIO_MUTUAL}
+";
+
+    #[test]
+    fn an_istio_mutual_server_is_a_mesh_only_http_listener() {
+        let out = compile_for(MUTUAL, &[("istio", "egressgateway")]);
+        assert!(out.problems.is_empty(), "{:?}", out.problems);
+        let [l] = out.config.listeners.as_slice() else {
+            panic!("{:?}", out.config.listeners)
+        };
+        assert_eq!(
+            (l.port, l.protocol, l.mesh_only),
+            (80, ListenerProtocol::Http, true)
+        );
+        assert!(
+            l.tls_hosts.is_empty(),
+            "no certificate: the mesh's mTLS ends at the inbound"
+        );
+    }
+
+    #[test]
+    fn a_plain_server_on_an_istio_mutual_port_is_left_out() {
+        let plain = "---
+apiVersion: networking.istio.io/v1
+kind: Gateway
+metadata: {name: plain, namespace: default}
+spec:
+  selector: {istio: egressgateway}
+  servers:
+  - port: {number: 80, name: http, protocol: HTTP}
+    hosts: [other.example.com]
+";
+        let out = compile_for(&format!("{MUTUAL}{plain}"), &[("istio", "egressgateway")]);
+        let [l] = out.config.listeners.as_slice() else {
+            panic!("{:?}", out.config.listeners)
+        };
+        assert!(l.mesh_only);
+        assert_eq!(l.sources, vec!["Gateway default/mutual".to_string()]);
+        let [problem] = out.problems.as_slice() else {
+            panic!("{:?}", out.problems)
+        };
+        assert!(
+            problem.starts_with(
+                "Gateway default/plain: spec.servers[0].tls.mode: port 80 already has ISTIO_MUTUAL servers (Gateway default/mutual)"
+            ),
+            "{problem}"
+        );
+    }
 
     #[test]
     fn host_intersection_takes_the_narrower() {
