@@ -533,6 +533,9 @@ async fn streamed_request_bodies_over_the_limit_get_413_and_the_upstream_no_more
         assert_eq!(status, 413, "h2={h2}: 1 MiB against a 64 KiB limit");
     }
     let upstream_got = most.load(std::sync::atomic::Ordering::Relaxed);
+    eprintln!(
+        "limits figure: streamed body: 1 MiB chunked and h2c uploads against a {LIMIT} B limit answered 413; the upstream received at most {upstream_got} B of one body"
+    );
     assert!(
         upstream_got <= LIMIT,
         "the upstream received {upstream_got} bytes of one body"
@@ -623,15 +626,19 @@ async fn idle_http1_connections_are_closed_and_busy_ones_kept() {
     let got = String::from_utf8_lossy(&got);
     assert!(got.is_empty(), "nothing is answered: {got}");
     assert!(
-        waited >= IDLE && waited < IDLE * 4,
+        // Well before the 30 s header timeout; the slack is for a loaded machine.
+        waited >= IDLE && waited < Duration::from_secs(3),
         "the silent connection closed after {waited:?}"
     );
     let answer = String::from_utf8_lossy(&answer);
     assert!(answer.starts_with("HTTP/1.1 200"), "{answer}");
     // Idle from the end of its response (900 ms in).
     assert!(
-        after_one >= IDLE + Duration::from_millis(900) && after_one < Duration::from_secs(4),
+        after_one >= IDLE + Duration::from_millis(900) && after_one < Duration::from_secs(5),
         "the keep-alive connection closed {after_one:?} after its request"
+    );
+    eprintln!(
+        "limits figure: HTTP/1 idle timeout {IDLE:?}: half a head then nothing closed after {waited:?}; a keep-alive connection closed {after_one:?} after its request (response at 900 ms); a 900 ms request and the next kept"
     );
     metric_reaches(proxy.addrs().admin, &rejected("idle_timeout"), 2).await;
 
@@ -707,10 +714,13 @@ async fn idle_http2_connections_get_goaway_and_busy_ones_are_kept() {
     assert_eq!(busy, (http::StatusCode::OK, http::StatusCode::OK));
     let (code, at) = goaway.expect("a GOAWAY before the close");
     assert_eq!(code, 0, "GOAWAY NO_ERROR");
-    assert!(at >= IDLE && at < IDLE * 4, "GOAWAY after {at:?}");
-    assert!(
-        closed < IDLE * 4 + Duration::from_secs(1),
-        "closed after {closed:?}"
+    eprintln!(
+        "limits figure: HTTP/2 idle timeout {IDLE:?}: GOAWAY NO_ERROR after {at:?}, closed after {closed:?}; a 900 ms stream and the next kept"
     );
+    assert!(
+        at >= IDLE && at < Duration::from_secs(3),
+        "GOAWAY after {at:?}"
+    );
+    assert!(closed < Duration::from_secs(4), "closed after {closed:?}");
     metric_reaches(proxy.addrs().admin, &rejected("idle_timeout"), 1).await;
 }
