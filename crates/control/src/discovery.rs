@@ -22,12 +22,15 @@ use tokio::time::Instant;
 use tonic::{Request, Response, Status, Streaming};
 use trellis_api::discovery::{self as pb, control_message, proxy_message};
 use trellis_identity::SpiffeId;
-use trellis_model::{Destination, Target, Workload};
+use trellis_model::{Target, Workload};
 
 use crate::compile::{MeshView, compile};
+use crate::discovery::cache::Compiled;
 use crate::registry::StreamId;
 use crate::state::Shared;
 use crate::wire;
+
+pub(crate) mod cache;
 
 /// Outbound messages buffered per stream before the stream task waits for the proxy to read.
 const OUTBOUND_BUFFER: usize = 64;
@@ -118,8 +121,9 @@ struct Session {
     /// What the proxy said about its versions on Hello, kept to re-register after an expiry.
     versions: crate::protocol_version::ProxyVersions,
     /// Each subscribed target and the value it was last sent: `None` when nothing was sent yet
-    /// (held back), `Some(None)` for "nothing there".
-    subscriptions: BTreeMap<Target, Option<Option<Destination>>>,
+    /// (held back); a sent value's `dest` is `None` for "nothing there". Shared with every
+    /// stream sent the same value (see `cache`).
+    subscriptions: BTreeMap<Target, Option<Arc<Compiled>>>,
     version: u64,
     root_namespace: Arc<str>,
     default_inbound_policy: trellis_model::authz::DefaultPolicy,
@@ -502,12 +506,15 @@ impl Session {
 
     /// Compiles `target` and sends it if it differs from what this stream last sent for it.
     async fn push(&mut self, target: &Target) -> Result<(), End> {
-        let dest = self.with_view(|view, _| compile(view, target));
-        if matches!(self.subscriptions.get(target), Some(Some(sent)) if *sent == dest) {
+        let compiled = self.compiled(target);
+        if matches!(self.subscriptions.get(target), Some(Some(sent)) if sent.same_as(&compiled)) {
             return Ok(());
         }
         // Startup hold-back (see the module docs): the endpoints may only be not back yet.
-        let empty = dest.as_ref().is_some_and(|d| d.endpoints.is_empty());
+        let empty = compiled
+            .dest
+            .as_ref()
+            .is_some_and(|d| d.endpoints.is_empty());
         if empty && Instant::now() < self.shared.hold_back_until {
             return Ok(());
         }
@@ -515,9 +522,9 @@ impl Session {
         let update = pb::Update {
             version: self.version,
             target: Some(wire::target_to_wire(target)),
-            destination: dest.as_ref().map(wire::destination_to_wire),
+            destination: compiled.wire(),
         };
-        self.subscriptions.insert(target.clone(), Some(dest));
+        self.subscriptions.insert(target.clone(), Some(compiled));
         if let Some(at) = self.changed_at {
             if self.unacked.len() >= MAX_UNACKED {
                 self.unacked.pop_front();
@@ -528,10 +535,26 @@ impl Session {
         self.send(control_message::Kind::Update(update)).await
     }
 
+    /// `target` compiled against the current snapshot, shared with every stream that asks for
+    /// it before the next change (see `cache`).
+    fn compiled(&self, target: &Target) -> Arc<Compiled> {
+        let config = self.shared.config_rx.borrow().clone();
+        let workloads = self.shared.workloads();
+        self.shared.compiled.get(&config, &workloads, target, || {
+            let view = MeshView {
+                services: &config.services,
+                traffic: &config.traffic,
+                workloads: &workloads,
+                trust_domain: &self.shared.trust_domain,
+            };
+            compile(view, target)
+        })
+    }
+
     /// Runs `f` on one snapshot of the mesh: the config and the registered workloads.
     fn with_view<T>(&self, f: impl FnOnce(MeshView<'_>, &crate::store::ConfigSnapshot) -> T) -> T {
         let config = self.shared.config_rx.borrow().clone();
-        let workloads = self.shared.workloads_rx().borrow().clone();
+        let workloads = self.shared.workloads();
         let view = MeshView {
             services: &config.services,
             traffic: &config.traffic,
