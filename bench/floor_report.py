@@ -295,7 +295,9 @@ def render_plot(results: dict, summary: dict, png: Path) -> str | None:
                color=colors[n])
     ax.set_xticks([g + 0.4 - width / 2 for g in range(len(groups))])
     ax.set_xticklabels([f"{q} {sc}" for sc, q in groups])
-    ax.set_ylabel("µs added per hop")
+    # Log scale: one noisy p90 (a process waiting for a core) must not flatten the others.
+    ax.set_yscale("symlog", linthresh=100)
+    ax.set_ylabel("µs added per hop (log above 100)")
     ax.set_title("Latency added per hop (HTTP/1.1)")
     ax.legend(fontsize=8)
 
