@@ -130,10 +130,17 @@ impl Body for ReplayBody {
         let Some(rest) = this.rest.as_mut() else {
             return Poll::Ready(None);
         };
-        let polled = Pin::new(rest).poll_frame(cx);
+        let polled = Pin::new(&mut *rest).poll_frame(cx);
+        // HTTP/2 knows the body ended with its last DATA frame (END_STREAM on it). Saying so
+        // now lets the upstream connection put END_STREAM on this frame; otherwise it sends
+        // the frame without it and an empty one after, and a peer that sees an empty DATA
+        // frame without END_STREAM per request calls it a flood after a hundred (h2's
+        // GOAWAY ENHANCE_YOUR_CALM), failing every stream on the connection.
+        let ended = matches!(polled, Poll::Ready(Some(Ok(_)))) && rest.is_end_stream();
         let mut s = lock(&this.state);
         match &polled {
             Poll::Ready(Some(Ok(frame))) => {
+                s.complete |= ended;
                 if let Some(data) = frame.data_ref() {
                     s.len += data.len() as u64;
                     if s.len > MAX_REPLAY_BYTES {
@@ -227,6 +234,31 @@ mod tests {
         drop(first);
         assert!(replay.can_replay());
         assert_eq!(&read(replay.attempt()).await.0[..], b"one-two-three");
+    }
+
+    #[tokio::test]
+    async fn the_end_is_known_with_the_last_frame() {
+        let replay = Replay::new(
+            Full::new(Bytes::from_static(b"msg"))
+                .map_err(|n| match n {})
+                .boxed(),
+        );
+        let mut first = replay.attempt();
+        assert!(!first.is_end_stream());
+        let frame = first.frame().await.unwrap().unwrap();
+        assert_eq!(frame.data_ref().unwrap(), &b"msg"[..]);
+        assert!(
+            first.is_end_stream(),
+            "the upstream must be able to end the stream with this frame"
+        );
+        drop(first);
+        assert!(replay.can_replay());
+        let mut second = replay.attempt();
+        assert_eq!(
+            second.frame().await.unwrap().unwrap().data_ref().unwrap(),
+            &b"msg"[..]
+        );
+        assert!(second.is_end_stream());
     }
 
     #[tokio::test]
