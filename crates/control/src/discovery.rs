@@ -217,11 +217,11 @@ impl Session {
                     }
                 },
                 changed = config_rx.changed() => match changed {
-                    Ok(()) => self.push_changed().await,
+                    Ok(()) => self.push_changed(true).await,
                     Err(_) => Err(End::Quiet),
                 },
                 changed = workloads_rx.changed() => match changed {
-                    Ok(()) => self.push_changed().await,
+                    Ok(()) => self.push_changed(false).await,
                     Err(_) => Err(End::Quiet),
                 },
             };
@@ -470,10 +470,16 @@ impl Session {
     }
 
     /// Pushes what a config or workload change altered, timing each update until its ACK.
-    async fn push_changed(&mut self) -> Result<(), End> {
+    /// The inbound policies read only the config and this stream's own workload (whose
+    /// changes come by Hello, which pushes them), so a registry change alone skips them:
+    /// with thousands of streams, each registration woke every stream to recompute six
+    /// policies that could not have changed.
+    async fn push_changed(&mut self, config_changed: bool) -> Result<(), End> {
         // Taken first: what is pushed below is at least this recent.
         let snapshot = self.shared.config_rx.borrow().clone();
-        self.push_inbound_policy().await?;
+        if config_changed {
+            self.push_inbound_policy().await?;
+        }
         self.push_gateway().await?;
         self.changed_at = Some(Instant::now());
         let result = self.push_changes().await;
