@@ -3,7 +3,7 @@
 //! on N/N proxies" once the connected proxies have ACKed it, `kubectl wait
 //! --for=condition=Programmed` returns, the count follows proxies leaving and new generations;
 //! a PeerAuthentication is watched, reaches the proxies of its namespace as their inbound
-//! policy and gets its conditions too. A pod without the proxy is a plain endpoint (its own
+//! policy and gets its conditions too; so are ServiceEntry and WasmPlugin. A pod without the proxy is a plain endpoint (its own
 //! IP and port, not meshed, no identity) that a real proxy reaches in plaintext.
 
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::print_stderr)]
@@ -229,6 +229,62 @@ async fn programmed_counts_acks_and_security_kinds_are_watched() {
     })
     .await;
     assert_eq!(pa_programmed["message"], "programmed on 1/1 proxies");
+
+    // 4b. ServiceEntry and WasmPlugin are watched too (their CRDs installed): both are read
+    //     and accepted, and the ServiceEntry is programmed on the connected proxies.
+    let se_api: Api<DynamicObject> = Api::namespaced_with(
+        kube.clone(),
+        "shop",
+        &resource(
+            "networking.istio.io",
+            "v1beta1",
+            "ServiceEntry",
+            "serviceentries",
+        ),
+    );
+    let se: DynamicObject = serde_json::from_value(json!({
+        "apiVersion": "networking.istio.io/v1beta1", "kind": "ServiceEntry",
+        "metadata": {"name": "payments", "namespace": "shop"},
+        "spec": {"hosts": ["api.payments.example"], "location": "MESH_EXTERNAL",
+                 "resolution": "STATIC", "ports": [{"number": 443, "name": "tls", "protocol": "TLS"}],
+                 "endpoints": [{"address": "127.0.0.9"}]},
+    }))
+    .unwrap();
+    se_api.create(&PostParams::default(), &se).await.unwrap();
+    eventually("ServiceEntry Accepted and Programmed", || async {
+        let accepted = condition(&se_api, "payments", "Accepted").await?;
+        let programmed = condition(&se_api, "payments", "Programmed").await?;
+        (accepted["status"] == "True" && programmed["status"] == "True").then_some(())
+    })
+    .await;
+    let wasm_api: Api<DynamicObject> = Api::namespaced_with(
+        kube.clone(),
+        "shop",
+        &resource(
+            "extensions.istio.io",
+            "v1alpha1",
+            "WasmPlugin",
+            "wasmplugins",
+        ),
+    );
+    let plugin: DynamicObject = serde_json::from_value(json!({
+        "apiVersion": "extensions.istio.io/v1alpha1", "kind": "WasmPlugin",
+        "metadata": {"name": "add-header", "namespace": "shop"},
+        // For no workload here: its module cannot be fetched, and FAIL_CLOSE would refuse the
+        // requests of the proxy below.
+        "spec": {"selector": {"matchLabels": {"app": "nobody"}},
+                 "url": "http://127.0.0.1:1/add-header.wasm", "phase": "STATS"},
+    }))
+    .unwrap();
+    wasm_api
+        .create(&PostParams::default(), &plugin)
+        .await
+        .unwrap();
+    eventually("WasmPlugin Accepted", || async {
+        let c = condition(&wasm_api, "add-header", "Accepted").await?;
+        (c["status"] == "True").then_some(())
+    })
+    .await;
 
     // 5. A pod without the proxy: Ready at 127.0.0.1 (written as a kubelet would) with a real
     //    application on a free port, selected by the `plain` Service.

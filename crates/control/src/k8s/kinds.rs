@@ -72,6 +72,14 @@ pub const CONFIG_KINDS: &[ConfigKind] = &[
         "destinationrules",
         &["dr"],
     ),
+    // External services (compile/service_entry; DNS resolution by service_entry_dns).
+    crd(
+        "networking.istio.io",
+        &["v1beta1", "v1", "v1alpha3"],
+        "ServiceEntry",
+        "serviceentries",
+        &["se"],
+    ),
     crd(
         "gateway.networking.k8s.io",
         &["v1", "v1beta1"],
@@ -140,6 +148,21 @@ pub const CONFIG_KINDS: &[ConfigKind] = &[
         "Telemetry",
         "telemetries",
         &["telemetry"],
+    ),
+    // Proxy-Wasm plugins (compile/wasm) and the mesh's local rate limits (compile/ratelimit).
+    crd(
+        "extensions.istio.io",
+        &["v1alpha1"],
+        "WasmPlugin",
+        "wasmplugins",
+        &[],
+    ),
+    crd(
+        "trellis.io",
+        &["v1alpha1"],
+        "RateLimitPolicy",
+        "ratelimitpolicies",
+        &[],
     ),
     // SMI: the route groups a TrafficSplit's `matches` name must be watched with it.
     crd(
