@@ -44,58 +44,64 @@ fn workload(name: &str, sa: &str, addr: &str) -> Workload {
     }
 }
 
+const ECHO_ID: &str = "spiffe://cluster.local/ns/default/sa/echo";
+
+/// `default/echo` exported with its port 8080 (to 9000) and `ready` endpoints proving `identity`.
+fn echo_exports(ready: usize, identity: Option<&str>) -> Exports {
+    Exports {
+        services: vec![ExportedService {
+            namespace: "default".into(),
+            name: "echo".into(),
+            ports: vec![ExportedPort {
+                port: 8080,
+                target_port: 9000,
+                ready_endpoints: ready,
+                identity: identity.map(Into::into),
+            }],
+        }],
+    }
+}
+
+/// `default/echo` as the only service of the mesh.
+fn echo_services() -> BTreeMap<ServiceKey, Service> {
+    BTreeMap::from([(echo().key, echo())])
+}
+
+/// The view compile and exports read, in trust domain `cluster.local`.
+fn view<'a>(
+    services: &'a BTreeMap<ServiceKey, Service>,
+    traffic: &'a Traffic,
+    workloads: &'a [Workload],
+) -> MeshView<'a> {
+    MeshView {
+        services,
+        traffic,
+        workloads,
+        trust_domain: "cluster.local",
+    }
+}
+
 #[test]
 fn exports_count_ready_meshed_endpoints_of_exported_services_only() {
-    let services = BTreeMap::from([(echo().key, echo())]);
+    let services = echo_services();
     let traffic = Traffic::default();
     let workloads = [
         workload("echo-2", "echo", "10.0.0.2:15006"),
         workload("echo-1", "echo", "10.0.0.1:15006"),
     ];
-    let view = MeshView {
-        services: &services,
-        traffic: &traffic,
-        workloads: &workloads,
-        trust_domain: "cluster.local",
-    };
+    let view = view(&services, &traffic, &workloads);
     let exported = [
         ServiceKey::new("default", "echo"),
         ServiceKey::new("default", "missing"),
     ];
     let got = exports::exports(view, &exported);
-    assert_eq!(
-        got,
-        Exports {
-            services: vec![ExportedService {
-                namespace: "default".into(),
-                name: "echo".into(),
-                ports: vec![ExportedPort {
-                    port: 8080,
-                    target_port: 9000,
-                    ready_endpoints: 2,
-                    identity: Some("spiffe://cluster.local/ns/default/sa/echo".into()),
-                }],
-            }],
-        }
-    );
+    assert_eq!(got, echo_exports(2, Some(ECHO_ID)));
     assert_eq!(exports::exports(view, &[]), Exports::default());
 }
 
 #[test]
 fn remote_endpoints_point_at_each_clusters_gateway_with_the_sni() {
-    let port = |ready| ExportedPort {
-        port: 8080,
-        target_port: 9000,
-        ready_endpoints: ready,
-        identity: Some("spiffe://cluster.local/ns/default/sa/echo".into()),
-    };
-    let answer = |ready| Exports {
-        services: vec![ExportedService {
-            namespace: "default".into(),
-            name: "echo".into(),
-            ports: vec![port(ready)],
-        }],
-    };
+    let answer = |ready| echo_exports(ready, Some(ECHO_ID));
     let (west, east, north) = (
         link("west", "198.18.2.1:15443"),
         link("east", "198.18.1.1:15443"),
@@ -116,10 +122,7 @@ fn remote_endpoints_point_at_each_clusters_gateway_with_the_sni() {
     );
     let e = &eps[0];
     assert!(e.meshed && e.target_port == 9000);
-    assert_eq!(
-        e.identity.as_deref(),
-        Some("spiffe://cluster.local/ns/default/sa/echo")
-    );
+    assert_eq!(e.identity.as_deref(), Some(ECHO_ID));
     let r = e.remote.as_ref().unwrap();
     assert_eq!(r.cluster, "east");
     assert_eq!(r.sni, "outbound_.8080_._.echo.default.svc.cluster.local");
@@ -129,29 +132,13 @@ fn remote_endpoints_point_at_each_clusters_gateway_with_the_sni() {
 
 #[test]
 fn compile_puts_remote_endpoints_after_local_ones() {
-    let services = BTreeMap::from([(echo().key, echo())]);
+    let services = echo_services();
     let mut traffic = Traffic::default();
-    let exports = Exports {
-        services: vec![ExportedService {
-            namespace: "default".into(),
-            name: "echo".into(),
-            ports: vec![ExportedPort {
-                port: 8080,
-                target_port: 9000,
-                ready_endpoints: 1,
-                identity: Some("spiffe://cluster.local/ns/default/sa/echo".into()),
-            }],
-        }],
-    };
+    let exports = echo_exports(1, Some(ECHO_ID));
     let east = link("east", "198.18.1.1:15443");
     traffic.remote = RemoteServices::from_exports([(&east, &exports)]);
     let workloads = [workload("echo-1", "echo", "10.0.0.1:15006")];
-    let view = MeshView {
-        services: &services,
-        traffic: &traffic,
-        workloads: &workloads,
-        trust_domain: "cluster.local",
-    };
+    let view = view(&services, &traffic, &workloads);
     let target = "echo.default:8080".parse().unwrap();
     let dest = crate::compile::compile(view, &target).unwrap();
     let clusters: Vec<Option<&str>> = dest
@@ -169,18 +156,7 @@ fn compile_puts_remote_endpoints_after_local_ones() {
 fn failover_gets_outlier_detection_unless_the_policy_sets_its_own() {
     use trellis_model::policy::{OutlierDetection, TrafficPolicy};
     let east = link("east", "198.18.1.1:15443");
-    let exported = Exports {
-        services: vec![ExportedService {
-            namespace: "default".into(),
-            name: "echo".into(),
-            ports: vec![ExportedPort {
-                port: 8080,
-                target_port: 9000,
-                ready_endpoints: 1,
-                identity: None,
-            }],
-        }],
-    };
+    let exported = echo_exports(1, None);
     let remote = endpoints(
         &RemoteServices::from_exports([(&east, &exported)]),
         &ServiceKey::new("default", "echo"),
@@ -215,47 +191,45 @@ fn failover_gets_outlier_detection_unless_the_policy_sets_its_own() {
     assert_eq!(policy.outlier_detection, Some(own));
 }
 
-/// The link adapter against a real HTTP server: the exports reach the snapshot, stay when the
-/// remote goes away (last good answer), and go with the Link.
+/// The link adapter against a real HTTP server: the exports reach the snapshot, stay while the
+/// remote fails (last good answer), and go with the Link.
 #[tokio::test]
 async fn linked_exports_join_the_snapshot_and_the_last_good_answer_stays() {
     use std::sync::Arc;
+    use std::sync::atomic::{AtomicBool, Ordering};
 
+    use axum::response::IntoResponse;
     use tokio::sync::watch;
     use tokio_util::sync::CancellationToken;
 
     use crate::store::ConfigSnapshot;
 
-    let exports = Exports {
-        services: vec![ExportedService {
-            namespace: "default".into(),
-            name: "echo".into(),
-            ports: vec![ExportedPort {
-                port: 8080,
-                target_port: 9000,
-                ready_endpoints: 2,
-                identity: Some("spiffe://cluster.local/ns/default/sa/echo".into()),
-            }],
-        }],
-    };
+    let exports = echo_exports(2, Some(ECHO_ID));
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let remote_http = listener.local_addr().unwrap();
     let served = exports.clone();
+    // Once `down`, the remote answers 503 and counts each refused fetch, so the test can wait
+    // for failed refreshes themselves rather than for time to pass.
+    let down = Arc::new(AtomicBool::new(false));
+    let (refused_tx, mut refused) = watch::channel(0usize);
+    let refused_tx = Arc::new(refused_tx);
+    let is_down = down.clone();
     let app = axum::Router::new().route(
         link::EXPORTS_PATH,
         axum::routing::get(move || {
-            let served = served.clone();
-            async move { axum::Json(served) }
+            let (served, is_down, refused_tx) =
+                (served.clone(), is_down.clone(), refused_tx.clone());
+            async move {
+                if is_down.load(Ordering::SeqCst) {
+                    refused_tx.send_modify(|n| *n += 1);
+                    axum::http::StatusCode::SERVICE_UNAVAILABLE.into_response()
+                } else {
+                    axum::Json(served).into_response()
+                }
+            }
         }),
     );
-    let server_stop = CancellationToken::new();
-    let stop = server_stop.clone();
-    let server = tokio::spawn(async move {
-        axum::serve(listener, app)
-            .with_graceful_shutdown(stop.cancelled_owned())
-            .await
-            .unwrap();
-    });
+    let server = tokio::spawn(async move { axum::serve(listener, app).await.unwrap() });
 
     let mut with_link = ConfigSnapshot::default();
     with_link.multicluster.links.insert(
@@ -285,10 +259,14 @@ async fn linked_exports_join_the_snapshot_and_the_last_good_answer_stays() {
         exports.services[0].ports
     );
 
-    // The remote goes away: several refreshes fail, the last good answer stays.
-    server_stop.cancel();
-    server.await.unwrap();
-    tokio::time::sleep(Duration::from_millis(600)).await;
+    // The remote fails: several refreshes fail, the last good answer stays. The adapter
+    // fetches one link at a time and publishes before its next fetch, so once the remote has
+    // refused a third fetch, the first two failures have been through the snapshot.
+    down.store(true, Ordering::SeqCst);
+    tokio::time::timeout(Duration::from_secs(10), refused.wait_for(|n| *n >= 3))
+        .await
+        .expect("three failed refreshes within 10 s")
+        .unwrap();
     assert!(
         out.borrow().traffic.remote.by_service.contains_key(&key),
         "kept while the remote is down"
@@ -304,4 +282,5 @@ async fn linked_exports_join_the_snapshot_and_the_last_good_answer_stays() {
     .expect("gone within 10 s")
     .unwrap();
     shutdown.cancel();
+    server.abort();
 }
