@@ -106,7 +106,25 @@ impl UpstreamError {
 
 /// The body of every request sent upstream: the downstream body as it streams, or a buffered
 /// copy when the request may be retried or mirrored.
-pub type UpBody = BoxBody<Bytes, hyper::Error>;
+pub type UpBody = BoxBody<Bytes, UpBodyError>;
+
+/// Why a request body failed on its way upstream. hyper resets the upstream request on any
+/// body error (HTTP/1: the connection is closed; HTTP/2: the stream is reset), whatever it is.
+#[derive(Debug, thiserror::Error)]
+pub enum UpBodyError {
+    /// Reading the downstream body failed (the client reset, or sent a malformed body).
+    #[error(transparent)]
+    Downstream(#[from] hyper::Error),
+    /// The proxy cut the body at `--max-request-body-size` ([`crate::limits::body`]).
+    #[error("request body over --max-request-body-size ({max} bytes)")]
+    TooLarge { max: u64 },
+}
+
+/// A downstream request body as an [`UpBody`]: the one box it always had, no other allocation.
+pub fn up_body(body: Incoming) -> UpBody {
+    use http_body_util::BodyExt;
+    body.map_err(UpBodyError::Downstream).boxed()
+}
 
 /// How long an idle pooled HTTP/1.1 connection is kept.
 const IDLE_TIMEOUT: Duration = Duration::from_secs(60);

@@ -19,7 +19,7 @@ use tokio::sync::OwnedSemaphorePermit;
 
 use super::replay::Replay;
 use crate::balance::endpoint::InFlight;
-use crate::client::UpBody;
+use crate::client::{UpBody, UpBodyError};
 use crate::http::BoxError;
 use crate::resilience::limits::Slot;
 use crate::telemetry::{Direction, Metrics};
@@ -41,7 +41,7 @@ pub enum ReqBody {
 
 impl ReqBody {
     /// Chooses how to carry `body`: see the module docs.
-    pub async fn prepare(body: UpBody, retries: bool, mirrors: bool) -> Result<Self, hyper::Error> {
+    pub async fn prepare(body: UpBody, retries: bool, mirrors: bool) -> Result<Self, UpBodyError> {
         if body.is_end_stream() {
             return Ok(Self::Empty);
         }

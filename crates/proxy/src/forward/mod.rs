@@ -85,7 +85,7 @@ impl HttpForward {
         }
         let telemetry = self.ctx.telemetry.clone();
         let (exchange, mut req) =
-            telemetry.begin(self.direction, req.map(BodyExt::boxed), self.peer);
+            telemetry.begin(self.direction, req.map(crate::client::up_body), self.peer);
         // The proxy's own limits and load shedding come first: a refusal costs nothing more.
         // The guard counts the request in flight until its response head is returned.
         let _in_flight =

@@ -17,7 +17,7 @@ use http::HeaderMap;
 use http_body::{Body, Frame, SizeHint};
 
 use super::body::MAX_REPLAY_BYTES;
-use crate::client::UpBody;
+use crate::client::{UpBody, UpBodyError};
 
 #[derive(Debug)]
 struct State {
@@ -98,12 +98,12 @@ impl Drop for ReplayBody {
 
 impl Body for ReplayBody {
     type Data = Bytes;
-    type Error = hyper::Error;
+    type Error = UpBodyError;
 
     fn poll_frame(
         mut self: Pin<&mut Self>,
         cx: &mut Context<'_>,
-    ) -> Poll<Option<Result<Frame<Bytes>, hyper::Error>>> {
+    ) -> Poll<Option<Result<Frame<Bytes>, UpBodyError>>> {
         let this = &mut *self;
         {
             let mut s = lock(&this.state);
@@ -183,7 +183,7 @@ mod tests {
     use super::*;
 
     fn streamed(chunks: &[&'static [u8]], trailers: bool) -> UpBody {
-        let mut frames: Vec<Result<Frame<Bytes>, hyper::Error>> = chunks
+        let mut frames: Vec<Result<Frame<Bytes>, UpBodyError>> = chunks
             .iter()
             .map(|c| Ok(Frame::data(Bytes::from_static(c))))
             .collect();

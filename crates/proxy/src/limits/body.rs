@@ -5,7 +5,8 @@
 //! it), so only bodies of unknown length are wrapped.
 //!
 //! Nothing over the limit reaches the upstream: the frame that would cross it is not forwarded.
-//! There the body fails towards the upstream, which resets the upstream request (the HTTP/1
+//! There the body fails towards the upstream with the proxy's own
+//! [`UpBodyError::TooLarge`], which resets the upstream request (the HTTP/1
 //! connection is closed, the HTTP/2 stream reset), and the request is counted once as
 //! `limit="body_size_streamed"`:
 //! - If the response head had not come back yet (the usual case: an upstream reads the body
@@ -17,19 +18,18 @@
 //!
 //! A retry of the request replays at most what was forwarded and then fails the same way.
 
-use std::future::Future;
-use std::pin::{Pin, pin};
+use std::pin::Pin;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::task::{Context, Poll, Waker};
+use std::task::{Context, Poll};
 
 use bytes::Bytes;
 use http::{Request, Response, StatusCode};
 use http_body::{Body, Frame, SizeHint};
-use http_body_util::{BodyExt, Empty};
+use http_body_util::BodyExt;
 
 use super::Limit;
-use crate::client::UpBody;
+use crate::client::{UpBody, UpBodyError};
 use crate::http::{ProxyBody, error_response};
 use crate::telemetry::{Direction, Metrics};
 
@@ -94,28 +94,24 @@ struct CappedBody {
 
 impl CappedBody {
     /// The body's end after the trip, on every poll (a retry polls it again): an error, so
-    /// that the upstream request is reset rather than ended as if the body were whole.
-    fn cut() -> Poll<Option<Result<Frame<Bytes>, hyper::Error>>> {
-        match cut_error() {
-            Some(e) => Poll::Ready(Some(Err(e))),
-            // Not expected (see `cut_error`). Never ending is the safe fallback: the upstream
-            // sees no end of the body, and the request's timeout or the client ends it.
-            None => Poll::Pending,
-        }
+    /// that the upstream request is reset rather than ended as if the body were whole. A
+    /// plain enum value: nothing is allocated.
+    fn cut(&self) -> Poll<Option<Result<Frame<Bytes>, UpBodyError>>> {
+        Poll::Ready(Some(Err(UpBodyError::TooLarge { max: self.max })))
     }
 }
 
 impl Body for CappedBody {
     type Data = Bytes;
-    type Error = hyper::Error;
+    type Error = UpBodyError;
 
     fn poll_frame(
         mut self: Pin<&mut Self>,
         cx: &mut Context<'_>,
-    ) -> Poll<Option<Result<Frame<Bytes>, hyper::Error>>> {
+    ) -> Poll<Option<Result<Frame<Bytes>, UpBodyError>>> {
         let this = &mut *self;
         let Some(inner) = this.inner.as_mut() else {
-            return Self::cut();
+            return this.cut();
         };
         let frame = match Pin::new(inner).poll_frame(cx) {
             Poll::Ready(Some(Ok(frame))) => frame,
@@ -133,7 +129,7 @@ impl Body for CappedBody {
                 this.metrics
                     .limits
                     .rejected(this.direction, Limit::BodySizeStreamed);
-                return Self::cut();
+                return this.cut();
             }
         }
         Poll::Ready(Some(Ok(frame)))
@@ -178,58 +174,6 @@ const DRAIN_BYTES: u64 = 1 << 20;
 /// How long a cut body is read and thrown away at most ([`drain`]).
 const DRAIN_TIME: std::time::Duration = std::time::Duration::from_secs(1);
 
-/// A `hyper::Error` for the cut body. The upstream body type fails with `hyper::Error`, which
-/// has no public constructor; a request on a client connection that is already gone is the
-/// public way to get one (it reads "operation was canceled: connection was not ready" in
-/// logs). No I/O happens: the handshake of an HTTP/1 client connection is immediate and the
-/// request is refused at once, so one poll with a no-op waker completes each step.
-fn cut_error() -> Option<hyper::Error> {
-    let mut cx = Context::from_waker(Waker::noop());
-    let handshake = pin!(hyper::client::conn::http1::handshake::<_, Empty<Bytes>>(
-        NoIo
-    ));
-    let Poll::Ready(Ok((mut sender, conn))) = handshake.poll(&mut cx) else {
-        return None;
-    };
-    drop(conn);
-    let refused = pin!(sender.send_request(Request::new(Empty::new())));
-    match refused.poll(&mut cx) {
-        Poll::Ready(Err(e)) => Some(e),
-        _ => None,
-    }
-}
-
-/// The transport of [`cut_error`]'s connection, which is dropped before any I/O.
-struct NoIo;
-
-impl hyper::rt::Read for NoIo {
-    fn poll_read(
-        self: Pin<&mut Self>,
-        _: &mut Context<'_>,
-        _: hyper::rt::ReadBufCursor<'_>,
-    ) -> Poll<std::io::Result<()>> {
-        Poll::Ready(Ok(()))
-    }
-}
-
-impl hyper::rt::Write for NoIo {
-    fn poll_write(
-        self: Pin<&mut Self>,
-        _: &mut Context<'_>,
-        buf: &[u8],
-    ) -> Poll<std::io::Result<usize>> {
-        Poll::Ready(Ok(buf.len()))
-    }
-
-    fn poll_flush(self: Pin<&mut Self>, _: &mut Context<'_>) -> Poll<std::io::Result<()>> {
-        Poll::Ready(Ok(()))
-    }
-
-    fn poll_shutdown(self: Pin<&mut Self>, _: &mut Context<'_>) -> Poll<std::io::Result<()>> {
-        Poll::Ready(Ok(()))
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -238,11 +182,6 @@ mod tests {
     fn chunks(n: usize, size: usize) -> UpBody {
         let frames = (0..n).map(move |_| Ok(Frame::data(Bytes::from(vec![b'x'; size]))));
         StreamBody::new(futures_util::stream::iter(frames)).boxed()
-    }
-
-    #[test]
-    fn a_hyper_error_can_be_made() {
-        assert!(cut_error().is_some());
     }
 
     /// Forwards by reading the whole body, as an upstream that answers after it would.
@@ -278,6 +217,36 @@ mod tests {
             cap.answer(resp).status().as_u16(),
             forwarded.load(Ordering::Relaxed),
         )
+    }
+
+    /// The cut is the proxy's own error, the same on every poll (a retry polls again).
+    #[tokio::test]
+    async fn the_cut_says_why_on_every_poll() {
+        let metrics = Arc::new(Metrics::default());
+        let (req, _cap) = cap(
+            Some(150),
+            &metrics,
+            Direction::Outbound,
+            Request::new(chunks(3, 100)),
+        );
+        let mut body = req.into_body();
+        assert!(
+            matches!(body.frame().await, Some(Ok(_))),
+            "within the limit"
+        );
+        for _ in 0..2 {
+            match body.frame().await {
+                Some(Err(UpBodyError::TooLarge { max: 150 })) => {}
+                other => panic!("expected the cut, got {other:?}"),
+            }
+        }
+        assert_eq!(
+            metrics
+                .limits
+                .rejected_count(Direction::Outbound, Limit::BodySizeStreamed),
+            1,
+            "counted once"
+        );
     }
 
     #[tokio::test]

@@ -28,7 +28,7 @@ use super::requests::{Peer, RequestLabels, Series};
 use super::{Direction, LabelDetail, Metrics};
 use crate::accesslog::{self, AccessLog, Entry};
 use crate::balance::EndpointState;
-use crate::client::UpBody;
+use crate::client::{UpBody, UpBodyError};
 use crate::http::{BoxError, ProxyBody, TRELLIS_ERROR};
 use crate::tls::PeerIdentity;
 use crate::trace::{ActiveSpan, SpanEnd, SpanKind, Tracer, context};
@@ -425,12 +425,12 @@ struct Counted {
 
 impl Body for Counted {
     type Data = Bytes;
-    type Error = hyper::Error;
+    type Error = UpBodyError;
 
     fn poll_frame(
         mut self: Pin<&mut Self>,
         cx: &mut Context<'_>,
-    ) -> Poll<Option<Result<Frame<Bytes>, hyper::Error>>> {
+    ) -> Poll<Option<Result<Frame<Bytes>, UpBodyError>>> {
         let polled = Pin::new(&mut self.inner).poll_frame(cx);
         if let Poll::Ready(Some(Ok(frame))) = &polled
             && let Some(data) = frame.data_ref()

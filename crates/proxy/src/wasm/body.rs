@@ -208,7 +208,7 @@ pub trait AbortError: Sized {
     fn abort(what: &str) -> Option<Self>;
 }
 
-impl AbortError for hyper::Error {
+impl AbortError for crate::client::UpBodyError {
     fn abort(_: &str) -> Option<Self> {
         None
     }
