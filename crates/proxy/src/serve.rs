@@ -21,7 +21,7 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use trellis_model::Target;
 
-mod drain;
+pub(crate) mod drain;
 
 use crate::client::Upstreams;
 use crate::detect::{Detected, Protocol, detect};

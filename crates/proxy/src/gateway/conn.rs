@@ -1,7 +1,8 @@
 //! One gateway listener's connections: accept until the listener is removed or the drain
 //! starts; per connection read the listener's current config once, then serve plain HTTP
 //! (routed by `Host`, or 301 to https for `httpsRedirect` hosts), TLS (passed through by SNI,
-//! or terminated with the SNI's certificate and routed as HTTP), or TCP.
+//! or terminated with the SNI's certificate and routed as HTTP), or TCP. HTTP connections are
+//! served by [`super::http_conn`], under the sidecar's server limits and `--idle-timeout`.
 
 use std::convert::Infallible;
 use std::net::SocketAddr;
@@ -11,9 +12,6 @@ use bytes::BytesMut;
 use http::{Request, Response, StatusCode, header};
 use http_body_util::{BodyExt, Empty};
 use hyper::body::Incoming;
-use hyper::service::service_fn;
-use hyper_util::rt::{TokioExecutor, TokioIo};
-use hyper_util::server::conn::auto;
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
@@ -23,6 +21,7 @@ use trellis_model::gateway::{ListenerProtocol, best_host, host_matches, request_
 use super::ListenerRt;
 use crate::forward::HttpForward;
 use crate::http::{ProxyBody, error_response};
+use crate::limits::Limit;
 use crate::listen::accept_loop;
 use crate::route::Dest;
 use crate::serve::{Ctx, Downstream, serve_opaque};
@@ -76,7 +75,7 @@ async fn serve(ctx: Arc<Ctx>, rt: Arc<ListenerRt>, stream: TcpStream, peer: Sock
     );
     let io = CountingIo::new(stream, ctx.metrics.clone(), Direction::Outbound);
     match rt.protocol {
-        ListenerProtocol::Http => serve_http(ctx, rt, io, peer, false, None).await,
+        ListenerProtocol::Http => serve_http(ctx, rt, io, peer, false, None, false).await,
         ListenerProtocol::Tcp => {
             let Some((_, dest)) = rt.passthrough.first() else {
                 return;
@@ -140,12 +139,23 @@ async fn serve_tls(
         }
         Some((false, i)) => {
             let config = rt.tls[i].1.clone();
-            match gateway_tls::accept(io, |_| Some(config)).await {
-                Ok(accepted) => {
-                    serve_http(ctx, rt, accepted.stream, peer, true, accepted.server_name).await
+            // A client that stalls mid-handshake would hold its connection as a slow request
+            // head does: the handshake gets the head's time (`--header-read-timeout`).
+            let within = ctx.admission.limits().header_read_timeout;
+            let handshake = gateway_tls::accept(io, |_| Some(config));
+            match tokio::time::timeout(within, handshake).await {
+                Ok(Ok(accepted)) => {
+                    let (stream, sni, h2) = (accepted.stream, accepted.server_name, accepted.h2);
+                    serve_http(ctx, rt, stream, peer, true, sni, h2).await
                 }
-                Err(e) => {
+                Ok(Err(e)) => {
                     tracing::debug!(%peer, port = rt.port, error = %e, "gateway TLS handshake failed")
+                }
+                Err(_elapsed) => {
+                    ctx.metrics
+                        .limits
+                        .rejected(Direction::Outbound, Limit::HeaderTimeout);
+                    tracing::debug!(%peer, port = rt.port, "gateway TLS handshake not done within --header-read-timeout; closing");
                 }
             }
         }
@@ -155,6 +165,8 @@ async fn serve_tls(
     }
 }
 
+/// Serves HTTP on `io` (plain, or inside TLS the gateway terminated with `secure`), routed by
+/// host; `alpn_h2`: the TLS handshake chose HTTP/2.
 async fn serve_http<I: Downstream>(
     ctx: Arc<Ctx>,
     rt: Arc<ListenerRt>,
@@ -162,33 +174,37 @@ async fn serve_http<I: Downstream>(
     peer: SocketAddr,
     secure: bool,
     sni: Option<String>,
+    alpn_h2: bool,
 ) {
-    let svc_ctx = ctx.clone();
-    // Shared by the connection's requests without copying the name for each.
-    let sni: Option<Arc<str>> = sni.map(Arc::from);
-    let svc = service_fn(move |req: Request<Incoming>| {
-        let (ctx, rt, sni) = (svc_ctx.clone(), rt.clone(), sni.clone());
-        async move { Ok::<_, Infallible>(route(ctx, &rt, req, peer, secure, sni.as_deref()).await) }
-    });
-    let mut builder = auto::Builder::new(TokioExecutor::new());
-    crate::limits::server::auto(&mut builder, ctx.admission.limits());
-    let conn = builder.serve_connection_with_upgrades(TokioIo::new(io), svc);
-    tokio::pin!(conn);
-    let res = tokio::select! {
-        res = conn.as_mut() => res,
-        _ = ctx.shutdown.cancelled() => {
-            conn.as_mut().graceful_shutdown();
-            conn.await
-        }
+    let router = Router {
+        ctx: ctx.clone(),
+        rt,
+        peer,
+        secure,
+        // Shared by the connection's requests without copying the name for each.
+        sni: sni.map(Arc::from),
     };
-    if let Err(e) = res {
-        let limit = e
-            .downcast_ref::<hyper::Error>()
-            .and_then(crate::limits::server::classify);
-        if let Some(limit) = limit {
-            ctx.metrics.limits.rejected(Direction::Outbound, limit);
-        }
-        tracing::debug!(error = %e, "gateway HTTP connection ended with an error");
+    super::http_conn::serve(&ctx, io, alpn_h2, router).await;
+}
+
+/// What answers one connection's requests: the listener's config it was accepted with, and
+/// what the connection says about the client.
+#[derive(Clone)]
+pub(super) struct Router {
+    ctx: Arc<Ctx>,
+    rt: Arc<ListenerRt>,
+    peer: SocketAddr,
+    secure: bool,
+    sni: Option<Arc<str>>,
+}
+
+impl Router {
+    pub(super) async fn answer(
+        self,
+        req: Request<Incoming>,
+    ) -> Result<Response<ProxyBody>, Infallible> {
+        let sni = self.sni.as_deref();
+        Ok(route(self.ctx, &self.rt, req, self.peer, self.secure, sni).await)
     }
 }
 

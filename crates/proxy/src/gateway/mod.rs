@@ -8,13 +8,15 @@
 //! Per connection ([`conn`]): plain HTTP is routed by `Host`; TLS is passed through by SNI or
 //! terminated with the certificate for its SNI and then routed as HTTP; TCP goes to its route's
 //! backends. Routing, balancing, retries and the mTLS hop into the mesh are the sidecar's own
-//! outbound path ([`crate::forward`]) over a destination per virtual host.
+//! outbound path ([`crate::forward`]) over a destination per virtual host. The proxy's limit
+//! flags hold on every listener as on the sidecar's ([`http_conn`], counted as outbound).
 //!
 //! A config that cannot be decoded is refused and the last good listeners stay; a certificate
 //! that cannot be loaded leaves its hosts out (logged), the rest is served.
 
 mod conn;
 mod east_west;
+mod http_conn;
 
 use std::collections::{BTreeMap, HashMap};
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
@@ -384,6 +386,11 @@ mod tests {
     /// A request's status line, or `None` when the gateway closes without answering.
     async fn status_line(stream: &mut TcpStream) -> Option<String> {
         let req = b"GET / HTTP/1.1\r\nhost: a.example.com\r\nconnection: close\r\n\r\n";
+        send_for_status(stream, req).await
+    }
+
+    /// Sends `req` (which closes the connection) and returns the status line of the answer.
+    async fn send_for_status(stream: &mut TcpStream, req: &[u8]) -> Option<String> {
         stream.write_all(req).await.ok()?;
         let mut out = Vec::new();
         tokio::time::timeout(Duration::from_secs(5), stream.read_to_end(&mut out))
@@ -392,6 +399,12 @@ mod tests {
             .ok()?;
         let text = String::from_utf8_lossy(&out);
         text.lines().next().map(str::to_string)
+    }
+
+    /// The count of `limit` the gateway's listeners have made (they count as outbound).
+    fn rejected(ctx: &Ctx, limit: crate::limits::Limit) -> u64 {
+        let outbound = crate::telemetry::Direction::Outbound;
+        ctx.metrics.limits.rejected_count(outbound, limit)
     }
 
     /// A gateway serving one HTTP listener (Gateway port 8080) under `limits`: its context,
@@ -509,6 +522,205 @@ mod tests {
                 .limits
                 .rejected_count(crate::telemetry::Direction::Outbound, limit);
             (n == 1).then_some(())
+        })
+        .await;
+        shutdown.cancel();
+        gateway.await.unwrap();
+    }
+
+    /// `--max-request-headers-size` holds on gateway listeners as on the sidecar's: a head over
+    /// it gets 431 and is counted as `headers`; one within it is served.
+    #[tokio::test]
+    async fn an_oversized_request_head_gets_431() {
+        let limits = ServerLimits {
+            max_header_bytes: 4096,
+            ..ServerLimits::default()
+        };
+        let (ctx, _config_tx, bound, shutdown, gateway) = gateway_with(limits).await;
+        let addr = lock(&bound)[&8080];
+        let head = |filler: usize| {
+            let filler = "x".repeat(filler);
+            format!(
+                "GET / HTTP/1.1\r\nhost: a.example.com\r\nx-filler: {filler}\r\nconnection: close\r\n\r\n"
+            )
+        };
+        let mut within = TcpStream::connect(addr).await.unwrap();
+        let line = send_for_status(&mut within, head(3000).as_bytes()).await;
+        let line = line.unwrap_or_default();
+        assert!(line.contains(" 404 "), "within the limit, no route: {line}");
+        assert_eq!(rejected(&ctx, crate::limits::Limit::Headers), 0);
+
+        let mut over = TcpStream::connect(addr).await.unwrap();
+        let line = send_for_status(&mut over, head(6000).as_bytes()).await;
+        let line = line.unwrap_or_default();
+        assert!(line.contains(" 431 "), "over the limit: {line}");
+        eventually("the oversized head counted", || {
+            (rejected(&ctx, crate::limits::Limit::Headers) == 1).then_some(())
+        })
+        .await;
+        shutdown.cancel();
+        gateway.await.unwrap();
+    }
+
+    /// `--idle-timeout` closes a gateway connection with no request in flight: a keep-alive
+    /// connection after its response, and one that never sent a byte; each is counted as
+    /// `idle_timeout`. Letting the timeout pass is the behaviour under test.
+    #[tokio::test]
+    async fn idle_connections_are_closed() {
+        let timeout = Duration::from_millis(300);
+        let limits = ServerLimits {
+            idle_timeout: Some(timeout),
+            ..ServerLimits::default()
+        };
+        let (ctx, _config_tx, bound, shutdown, gateway) = gateway_with(limits).await;
+        let addr = lock(&bound)[&8080];
+        let silent = TcpStream::connect(addr).await.unwrap();
+        let mut kept = TcpStream::connect(addr).await.unwrap();
+        kept.write_all(b"GET / HTTP/1.1\r\nhost: a.example.com\r\n\r\n")
+            .await
+            .unwrap();
+        // The whole 404 (its body is short and declared), then the connection stays open.
+        let mut got = Vec::new();
+        let mut buf = [0u8; 1024];
+        let answered = tokio::time::timeout(Duration::from_secs(5), async {
+            while !String::from_utf8_lossy(&got).contains("no route") {
+                match kept.read(&mut buf).await {
+                    Ok(0) | Err(_) => return false,
+                    Ok(n) => got.extend_from_slice(&buf[..n]),
+                }
+            }
+            true
+        })
+        .await;
+        assert_eq!(answered, Ok(true), "{}", String::from_utf8_lossy(&got));
+        assert!(String::from_utf8_lossy(&got).starts_with("HTTP/1.1 404 "));
+        let answered_at = std::time::Instant::now();
+
+        let closed = tokio::time::timeout(Duration::from_secs(5), kept.read(&mut buf)).await;
+        let waited = answered_at.elapsed();
+        assert!(
+            matches!(closed, Ok(Ok(0)) | Ok(Err(_))),
+            "closed after the timeout: {closed:?}"
+        );
+        // Between one and one and a quarter timeouts after the response (plus scheduling).
+        assert!(
+            waited >= timeout - Duration::from_millis(50) && waited < Duration::from_secs(3),
+            "closed after {waited:?}"
+        );
+        let mut silent = silent;
+        let closed = tokio::time::timeout(Duration::from_secs(5), silent.read(&mut buf)).await;
+        assert!(
+            matches!(closed, Ok(Ok(0)) | Ok(Err(_))),
+            "a silent connection is closed too: {closed:?}"
+        );
+        eventually("both idle closes counted", || {
+            (rejected(&ctx, crate::limits::Limit::IdleTimeout) == 2).then_some(())
+        })
+        .await;
+        assert_eq!(rejected(&ctx, crate::limits::Limit::HeaderTimeout), 0);
+        shutdown.cancel();
+        gateway.await.unwrap();
+    }
+
+    /// HTTP/2 with prior knowledge is still recognised on a plain listener and answered, and an
+    /// idle HTTP/2 connection is closed (GOAWAY) and counted.
+    #[tokio::test]
+    async fn http2_is_served_and_closed_when_idle() {
+        let limits = ServerLimits {
+            idle_timeout: Some(Duration::from_millis(300)),
+            ..ServerLimits::default()
+        };
+        let (ctx, _config_tx, bound, shutdown, gateway) = gateway_with(limits).await;
+        let addr = lock(&bound)[&8080];
+        let io = hyper_util::rt::TokioIo::new(TcpStream::connect(addr).await.unwrap());
+        let (mut sender, conn) =
+            hyper::client::conn::http2::handshake(hyper_util::rt::TokioExecutor::new(), io)
+                .await
+                .unwrap();
+        let conn = tokio::spawn(conn);
+        let req = http::Request::get("http://a.example.com/")
+            .body(http_body_util::Empty::<bytes::Bytes>::new())
+            .unwrap();
+        let resp = sender.send_request(req).await.unwrap();
+        assert_eq!(resp.status(), http::StatusCode::NOT_FOUND);
+        drop(resp);
+        let ended = tokio::time::timeout(Duration::from_secs(5), conn).await;
+        assert!(ended.is_ok(), "the idle HTTP/2 connection is closed");
+        eventually("the idle close counted", || {
+            (rejected(&ctx, crate::limits::Limit::IdleTimeout) == 1).then_some(())
+        })
+        .await;
+        shutdown.cancel();
+        gateway.await.unwrap();
+    }
+
+    /// A TLS client that sends its ClientHello and then stalls mid-handshake is closed at
+    /// `--header-read-timeout`, counted as `header_timeout`, like a slow request head.
+    #[tokio::test]
+    async fn a_stalled_tls_handshake_is_cut() {
+        let timeout = Duration::from_millis(300);
+        let limits = ServerLimits {
+            header_read_timeout: timeout,
+            ..ServerLimits::default()
+        };
+        let (ctx, config_tx, bound, shutdown, gateway) = gateway_with(limits).await;
+        let addr = lock(&bound)[&8080];
+        // The same port becomes HTTPS with a certificate for a.example.com.
+        let cert = rcgen::generate_simple_self_signed(vec!["a.example.com".to_string()]).unwrap();
+        let https = serde_json::json!({"listeners": [{
+            "port": 8080,
+            "protocol": "HTTPS",
+            "tls_hosts": [{
+                "hosts": ["a.example.com"],
+                "cert": {"pem": {
+                    "cert_chain": cert.cert.pem(),
+                    "private_key": cert.signing_key.serialize_pem(),
+                }},
+            }],
+        }]});
+        config_tx.send_replace(https.to_string().into());
+
+        let provider = Arc::new(rustls::crypto::aws_lc_rs::default_provider());
+        let client = rustls::ClientConfig::builder_with_provider(provider)
+            .with_safe_default_protocol_versions()
+            .unwrap()
+            .with_root_certificates(rustls::RootCertStore::empty())
+            .with_no_client_auth();
+        let client = Arc::new(client);
+        let server_name = rustls::pki_types::ServerName::try_from("a.example.com").unwrap();
+        let mut hello = Vec::new();
+        rustls::ClientConnection::new(client, server_name)
+            .unwrap()
+            .write_tls(&mut hello)
+            .unwrap();
+        // Until the swap is seen, the port still speaks plain HTTP (400 to a ClientHello).
+        let mut stalled = None;
+        for _ in 0..50 {
+            let mut stream = TcpStream::connect(addr).await.unwrap();
+            stream.write_all(&hello).await.unwrap();
+            let mut first = [0u8; 1];
+            let read = tokio::time::timeout(Duration::from_secs(2), stream.read(&mut first)).await;
+            // 0x16: a TLS handshake record, the gateway's ServerHello.
+            if matches!(read, Ok(Ok(1))) && first[0] == 0x16 {
+                stalled = Some(stream);
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        let mut stalled = stalled.expect("the listener answers TLS");
+        let answered = std::time::Instant::now();
+        // The client never sends its Finished: the gateway closes the connection.
+        let mut rest = Vec::new();
+        let closed =
+            tokio::time::timeout(Duration::from_secs(5), stalled.read_to_end(&mut rest)).await;
+        assert!(closed.is_ok(), "the stalled handshake is cut");
+        assert!(
+            answered.elapsed() < Duration::from_secs(3),
+            "{:?}",
+            answered.elapsed()
+        );
+        eventually("the stalled handshake counted", || {
+            (rejected(&ctx, crate::limits::Limit::HeaderTimeout) == 1).then_some(())
         })
         .await;
         shutdown.cancel();

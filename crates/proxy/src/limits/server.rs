@@ -11,11 +11,8 @@
 use std::error::Error as _;
 
 use hyper::server::conn::{http1, http2};
-use hyper_util::rt::TokioTimer;
-use hyper_util::server::conn::auto;
 
 use super::{Limit, ServerLimits};
-use crate::transport::HeadTimer;
 
 /// Applies the HTTP/1 limits.
 pub fn http1(builder: &mut http1::Builder, limits: &ServerLimits) {
@@ -33,25 +30,6 @@ pub fn http2<E>(builder: &mut http2::Builder<E>, limits: &ServerLimits) {
         .max_local_error_reset_streams(limits.h2_max_local_error_resets)
         // Validated to fit a u32 (`LimitArgs::validate`).
         .max_header_list_size(u32::try_from(limits.max_header_bytes).unwrap_or(u32::MAX));
-}
-
-/// Applies the limits to a builder that serves HTTP/1 or HTTP/2 by what the client sends (the
-/// gateway's). hyper-util's HTTP/1 side has no header-size setting: there hyper's own bound
-/// (64 KiB plus its read buffer) stands in for `--max-request-headers-size`.
-pub fn auto<E>(builder: &mut auto::Builder<E>, limits: &ServerLimits) {
-    builder
-        .http1()
-        .max_headers(limits.max_headers)
-        .header_read_timeout(limits.header_read_timeout)
-        // The header-read timeout's timer, one tokio sleep per connection (not per request).
-        .timer(HeadTimer::default());
-    builder
-        .http2()
-        .max_concurrent_streams(limits.h2_max_concurrent_streams)
-        .max_pending_accept_reset_streams(limits.h2_max_pending_resets)
-        .max_local_error_reset_streams(limits.h2_max_local_error_resets)
-        .max_header_list_size(u32::try_from(limits.max_header_bytes).unwrap_or(u32::MAX))
-        .timer(TokioTimer::new());
 }
 
 /// The limit that ended a server connection with `e`, if one did.
