@@ -428,7 +428,26 @@ fn trust_anchor_rotation_under_load_loses_no_request() {
     let (code, body) = control_post(&pair.control, "/api/v1/identity/rotate/activate", "{}");
     assert_eq!(code, 200, "{body}");
     wait_all("issuer_generation", 2);
-    std::thread::sleep(Duration::from_secs(2)); // new leaves meet old ones under load
+    // New leaves meet old ones under load: connections handshaken with the renewed leaves
+    // carry load while those made before still drain.
+    let handshakes = || {
+        metric(
+            &pair.server,
+            "trellis_tls_handshakes_total",
+            &[("direction", "inbound")],
+        )
+    };
+    let (handshakes_at, inbound_at) = (handshakes(), inbound());
+    // Bounded well inside the 12 s load: ~5 handshakes and 100 requests a second.
+    wait::until(Duration::from_secs(6), || {
+        let (new_handshakes, served) = (handshakes() - handshakes_at, inbound() - inbound_at);
+        (new_handshakes >= 5.0 && served >= 100.0)
+            .then_some(())
+            .ok_or(format!(
+                "{new_handshakes} handshakes and {served} requests since the new issuer"
+            ))
+    })
+    .unwrap();
     // 3. The old anchor is retired.
     let (code, body) = control_post(&pair.control, "/api/v1/identity/rotate/retire", "{}");
     assert_eq!(code, 200, "{body}");

@@ -352,8 +352,17 @@ fn multicluster_failover_to_the_linked_cluster_and_back() {
     assert_eq!(inbound_requests(&echo_b), before_b, "nothing went to B");
 
     // Stop A's echo (its sidecar drains, then the app goes) under a steady load.
+    let before_a = inbound_requests(&echo_a);
     let load = run_load(&a, &url, 100, Duration::from_secs(8));
-    std::thread::sleep(Duration::from_secs(2)); // traffic flowing before the stop
+    // Traffic flowing to A's echo before the stop (a second's worth at 100/s), so that the
+    // switch happens under load.
+    wait::until(Duration::from_secs(5), || {
+        let got = inbound_requests(&echo_a) - before_a;
+        (got >= 100.0)
+            .then_some(())
+            .ok_or(format!("echo-a counted {got} of the load so far"))
+    })
+    .unwrap();
     echo_a.process().terminate(Duration::from_secs(10));
     echo_a_app.terminate(Duration::from_secs(5));
     let report = load.finish().unwrap();
