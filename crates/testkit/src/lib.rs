@@ -12,6 +12,7 @@
 
 pub mod bins;
 pub mod certs;
+pub mod egress;
 pub mod fixture;
 pub mod load;
 pub mod mesh;

@@ -18,6 +18,7 @@ use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::time::Duration;
 
+use trellis_testkit::egress::{captured_client, registry_only_control};
 use trellis_testkit::mesh::{config_dir, write_config};
 use trellis_testkit::netns::{PROXY_UID, require_root};
 use trellis_testkit::tools::run_bounded;
@@ -150,19 +151,12 @@ impl Drop for NodeHosts {
 
 /// The egress gateway workload in `pod`: Istio's labels, its Gateway port 80 bound where the
 /// Service's `targetPort` points, reached by sidecars over mTLS through its inbound listener.
-fn egress_gateway(pod: &Pod, control: &ControlPlane) -> Proxy {
-    egress_gateway_with(pod, control, &[])
-}
-
-/// [`egress_gateway`] with environment variables.
-fn egress_gateway_with(
-    pod: &Pod,
-    control: &ControlPlane,
-    env: &[(&str, &std::path::Path)],
-) -> Proxy {
+/// With `ca`, it trusts that CA as its system roots (`SSL_CERT_FILE`), as a real gateway
+/// trusts public CAs.
+fn egress_gateway(pod: &Pod, control: &ControlPlane, ca: Option<&std::path::Path>) -> Proxy {
     let mut b = ProxyBuilder::new("istio-egressgateway");
-    for (k, v) in env {
-        b = b.env(k, v);
+    if let Some(ca) = ca {
+        b = b.env("SSL_CERT_FILE", ca);
     }
     let gw = b
         .namespace("istio-system")
@@ -182,18 +176,6 @@ fn egress_gateway_with(
         .unwrap();
     gw.wait_ready(CONVERGE).unwrap();
     gw
-}
-
-fn client(pod: &Pod, control: &ControlPlane) -> Proxy {
-    pod.init_iptables(&[]).unwrap();
-    let proxy = ProxyBuilder::new("sleep-0")
-        .label("app", "sleep")
-        .control(&control.url())
-        .in_pod(pod, PROXY_UID)
-        .start()
-        .unwrap();
-    proxy.wait_ready(CONVERGE).unwrap();
-    proxy
 }
 
 /// Stands for a NetworkPolicy: nothing in `pod` (its proxy included) may connect to `ip`.
@@ -221,6 +203,94 @@ fn block(pod: &Pod, ip: std::net::Ipv4Addr) {
     );
 }
 
+/// What every test here starts, in one node: the external host `HOST` (a server in pod `ext`,
+/// plain HTTP on port 80, or HTTPS on 443 with a certificate), the egress gateway in pod
+/// `egress`, and the client's sidecar in pod `sleep`, which may not reach the host itself; the
+/// control plane reads `config` with REGISTRY_ONLY.
+struct Egress {
+    // Fields drop in this order: the processes before the pods and the node they run in.
+    client: Proxy,
+    gw: Proxy,
+    _control: ControlPlane,
+    config: tempfile::TempDir,
+    _server: external::External,
+    _hosts: NodeHosts,
+    sleep: Pod,
+    egress: Pod,
+    ext: Pod,
+    _node: Node,
+}
+
+impl Egress {
+    /// Starts it all with `gateway` and `virtual_service` as the Gateway and VirtualService
+    /// files (beside the ServiceEntry and the gateway's Service). `server` names the external
+    /// server in its answers; with `tls` it speaks HTTPS only and the gateway trusts its CA.
+    fn start(
+        server: &str,
+        tls: Option<&external::Certs>,
+        gateway: &str,
+        virtual_service: &str,
+    ) -> Self {
+        let node = Node::new().unwrap();
+        let ext = node.pod().unwrap();
+        let egress = node.pod().unwrap();
+        let sleep = node.pod().unwrap();
+        let hosts = NodeHosts::new(&node, &format!("{} {HOST}", ext.ip()));
+        let server = match tls {
+            // The host speaks HTTPS only: a plaintext request could not be answered.
+            Some(certs) => external::start(&ext, server, 443, Some((&certs.cert, &certs.key))),
+            None => external::start(&ext, server, 80, None),
+        };
+        let config = config_dir(&[
+            ("service-entry.yaml", SERVICE_ENTRY.to_string()),
+            ("gateway.yaml", gateway.to_string()),
+            ("virtual-service.yaml", virtual_service.to_string()),
+            ("egressgateway-service.yaml", GATEWAY_SERVICE.to_string()),
+        ])
+        .unwrap();
+        let control = registry_only_control(&node, config.path()).unwrap();
+        let gw = egress_gateway(&egress, &control, tls.map(|c| c.ca.as_path()));
+        let client = captured_client(&sleep, &control, "sleep-0", "sleep", CONVERGE).unwrap();
+        block(&sleep, ext.ip());
+        Self {
+            client,
+            gw,
+            _control: control,
+            config,
+            _server: server,
+            _hosts: hosts,
+            sleep,
+            egress,
+            ext,
+            _node: node,
+        }
+    }
+
+    /// `--resolve` for the host's port 80: the client resolves the name as DNS would.
+    fn resolve(&self) -> String {
+        format!("{HOST}:80:{}", self.ext.ip())
+    }
+
+    /// `http://HOST{path}` from the client pod.
+    fn curl(&self, path: &str) -> (u16, Option<String>, String) {
+        external::curl(
+            &self.sleep,
+            &format!("http://{HOST}{path}"),
+            Some(&self.resolve()),
+        )
+    }
+
+    /// [`Egress::curl`] until it answers 200 (the config has reached the proxies); the body.
+    fn curl_ok(&self, path: &str) -> String {
+        external::curl_ok(
+            &self.sleep,
+            &format!("http://{HOST}{path}"),
+            Some(&self.resolve()),
+            CONVERGE,
+        )
+    }
+}
+
 /// Requests the gateway sent on to the external host, by its own metrics (a ServiceEntry
 /// endpoint's workload is the entry's host).
 fn gateway_requests_to_host(gw: &Proxy) -> f64 {
@@ -240,61 +310,31 @@ fn egress_gateway_routes_a_service_entry_host_through_the_gateway() {
     if !require_root("egress_gateway_routes_a_service_entry_host_through_the_gateway") {
         return;
     }
-    let node = Node::new().unwrap();
-    let ext = node.pod().unwrap();
-    let egress = node.pod().unwrap();
-    let sleep = node.pod().unwrap();
-    let _hosts = NodeHosts::new(&node, &format!("{} {HOST}", ext.ip()));
-    let _server = external::start(&ext, "cnn", 80, None);
-    let config = config_dir(&[
-        ("service-entry.yaml", SERVICE_ENTRY.to_string()),
-        ("gateway.yaml", GATEWAY.to_string()),
-        ("virtual-service.yaml", VIRTUAL_SERVICE.to_string()),
-        ("egressgateway-service.yaml", GATEWAY_SERVICE.to_string()),
-    ])
-    .unwrap();
-    let discovery = SocketAddr::new(node.ip().into(), 15010);
-    let control = ControlPlane::start_with(
-        config.path(),
-        discovery,
-        Some(node.name()),
-        &["--outbound-traffic-policy", "REGISTRY_ONLY"],
-    )
-    .unwrap();
-    let gw = egress_gateway(&egress, &control);
-    let client = client(&sleep, &control);
-    block(&sleep, ext.ip());
+    let e = Egress::start("cnn", None, GATEWAY, VIRTUAL_SERVICE);
+    let (gw, client) = (&e.gw, &e.client);
 
     // The client resolves the name as DNS would and calls it; its sidecar sends the request
     // to the egress gateway, which sends it on to the host.
-    let resolve = format!("{HOST}:80:{}", ext.ip());
-    let url = |path: &str| format!("http://{HOST}{path}");
-    let first = wait::until(CONVERGE, || {
-        match external::curl(&sleep, &url("/politics"), Some(&resolve)) {
-            (200, _, body) => Ok(body),
-            (code, err, body) => Err(format!("got {code} {err:?} {body}")),
-        }
-    })
-    .unwrap();
+    let first = e.curl_ok("/politics");
     let reply: external::Reply = serde_json::from_str(&first).unwrap();
     assert_eq!(reply.server, "cnn");
     assert_eq!(reply.path, "/politics");
     assert_eq!(reply.host, HOST);
     for i in 0..10 {
-        let (code, err, body) = external::curl(&sleep, &url(&format!("/n/{i}")), Some(&resolve));
+        let (code, err, body) = e.curl(&format!("/n/{i}"));
         assert_eq!(code, 200, "{err:?} {body}");
     }
 
     // The gateway saw them: over mesh mTLS from the sidecar (its inbound), and on to the
     // external host (its outbound, labelled with the ServiceEntry host).
-    let through = gateway_requests_to_host(&gw);
+    let through = gateway_requests_to_host(gw);
     assert!(
         through >= 11.0,
         "the gateway counted {through} requests to {HOST}; metrics:\n{}",
         gw.admin_get("/metrics").unwrap().1
     );
-    if let Err(e) = gw.metrics().check_meshed_inbound() {
-        panic!("sidecar -> egress gateway hop is not mTLS: {e}");
+    if let Err(err) = gw.metrics().check_meshed_inbound() {
+        panic!("sidecar -> egress gateway hop is not mTLS: {err}");
     }
     let client_metrics = client.metrics();
     assert!(
@@ -310,37 +350,28 @@ fn egress_gateway_routes_a_service_entry_host_through_the_gateway() {
 
     // Without the VirtualService the sidecar goes to the host directly, which the client's
     // network does not allow: the call fails and the gateway sees nothing more.
-    std::fs::remove_file(config.path().join("virtual-service.yaml")).unwrap();
-    wait::until(CONVERGE, || {
-        match external::curl(&sleep, &url("/direct"), Some(&resolve)) {
-            (200, _, body) => Err(format!("still answered: {body}")),
-            (code, err, _) => Ok((code, err)),
-        }
+    std::fs::remove_file(e.config.path().join("virtual-service.yaml")).unwrap();
+    wait::until(CONVERGE, || match e.curl("/direct") {
+        (200, _, body) => Err(format!("still answered: {body}")),
+        (code, err, _) => Ok((code, err)),
     })
     .unwrap();
-    let before = gateway_requests_to_host(&gw);
+    let before = gateway_requests_to_host(gw);
     for i in 0..3 {
-        let (code, err, body) =
-            external::curl(&sleep, &url(&format!("/direct/{i}")), Some(&resolve));
+        let (code, err, body) = e.curl(&format!("/direct/{i}"));
         assert!(
             code >= 500 || code == 0,
             "a direct call answered {code} {err:?} {body}"
         );
     }
-    assert_eq!(gateway_requests_to_host(&gw), before);
+    assert_eq!(gateway_requests_to_host(gw), before);
     // And REGISTRY_ONLY is on: a port the entry does not declare is refused by the sidecar.
-    let (code, err, _) = external::curl(&sleep, &format!("http://{}:8081/", ext.ip()), None);
+    let (code, err, _) = external::curl(&e.sleep, &format!("http://{}:8081/", e.ext.ip()), None);
     assert_eq!((code, err.as_deref()), (502, Some("registry-only")));
 
     // Back again: the VirtualService restores the gateway path.
-    write_config(config.path(), "virtual-service.yaml", VIRTUAL_SERVICE).unwrap();
-    wait::until(CONVERGE, || {
-        match external::curl(&sleep, &url("/again"), Some(&resolve)) {
-            (200, _, body) => Ok(body),
-            (code, err, body) => Err(format!("got {code} {err:?} {body}")),
-        }
-    })
-    .unwrap();
+    write_config(e.config.path(), "virtual-service.yaml", VIRTUAL_SERVICE).unwrap();
+    e.curl_ok("/again");
 }
 
 /// Istio's "egress gateway with TLS origination": the gateway's route goes to the host's port
@@ -401,49 +432,18 @@ fn egress_gateway_originates_tls_simple_to_the_external_host() {
         return;
     }
     let certs = external::certs(HOST);
-    let node = Node::new().unwrap();
-    let ext = node.pod().unwrap();
-    let egress = node.pod().unwrap();
-    let sleep = node.pod().unwrap();
-    let _hosts = NodeHosts::new(&node, &format!("{} {HOST}", ext.ip()));
-    // The host speaks HTTPS only: a plaintext request could not be answered.
-    let _server = external::start(&ext, "cnn-tls", 443, Some((&certs.cert, &certs.key)));
-    let config = config_dir(&[
-        ("service-entry.yaml", SERVICE_ENTRY.to_string()),
-        ("gateway.yaml", GATEWAY.to_string()),
-        ("virtual-service.yaml", VIRTUAL_SERVICE_TO_443.to_string()),
-        ("egressgateway-service.yaml", GATEWAY_SERVICE.to_string()),
-    ])
-    .unwrap();
-    let discovery = SocketAddr::new(node.ip().into(), 15010);
-    let control = ControlPlane::start_with(
-        config.path(),
-        discovery,
-        Some(node.name()),
-        &["--outbound-traffic-policy", "REGISTRY_ONLY"],
-    )
-    .unwrap();
     // The rule names no `caCertificates`: the gateway verifies against its system roots,
-    // which `SSL_CERT_FILE` points at the test's CA (as a real gateway trusts public CAs).
-    let gw = egress_gateway_with(&egress, &control, &[("SSL_CERT_FILE", &certs.ca)]);
-    let _client = client(&sleep, &control);
-    block(&sleep, ext.ip());
+    // which the fixture points at the test's CA.
+    let e = Egress::start("cnn-tls", Some(&certs), GATEWAY, VIRTUAL_SERVICE_TO_443);
 
-    let resolve = format!("{HOST}:80:{}", ext.ip());
-    let body = wait::until(CONVERGE, || {
-        match external::curl(&sleep, &format!("http://{HOST}/over-tls"), Some(&resolve)) {
-            (200, _, body) => Ok(body),
-            (code, err, body) => Err(format!("got {code} {err:?} {body}")),
-        }
-    })
-    .unwrap();
+    let body = e.curl_ok("/over-tls");
     let reply: external::Reply = serde_json::from_str(&body).unwrap();
     assert_eq!(reply.server, "cnn-tls");
     assert_eq!(reply.path, "/over-tls");
     assert_eq!(reply.host, HOST);
-    assert!(gateway_requests_to_host(&gw) >= 1.0);
-    if let Err(e) = gw.metrics().check_meshed_inbound() {
-        panic!("sidecar -> egress gateway hop is not mTLS: {e}");
+    assert!(gateway_requests_to_host(&e.gw) >= 1.0);
+    if let Err(err) = e.gw.metrics().check_meshed_inbound() {
+        panic!("sidecar -> egress gateway hop is not mTLS: {err}");
     }
 }
 
@@ -492,54 +492,31 @@ fn egress_gateway_istio_mutual_server_takes_mesh_traffic_only() {
         return;
     }
     let certs = external::certs(HOST);
-    let node = Node::new().unwrap();
-    let ext = node.pod().unwrap();
-    let egress = node.pod().unwrap();
-    let sleep = node.pod().unwrap();
-    let _hosts = NodeHosts::new(&node, &format!("{} {HOST}", ext.ip()));
-    let _server = external::start(&ext, "cnn-tls", 443, Some((&certs.cert, &certs.key)));
-    let config = config_dir(&[
-        ("service-entry.yaml", SERVICE_ENTRY.to_string()),
-        ("gateway.yaml", ISTIO_MUTUAL_GATEWAY.to_string()),
-        ("virtual-service.yaml", VIRTUAL_SERVICE_TO_443.to_string()),
-        ("egressgateway-service.yaml", GATEWAY_SERVICE.to_string()),
-    ])
-    .unwrap();
-    let discovery = SocketAddr::new(node.ip().into(), 15010);
-    let control = ControlPlane::start_with(
-        config.path(),
-        discovery,
-        Some(node.name()),
-        &["--outbound-traffic-policy", "REGISTRY_ONLY"],
-    )
-    .unwrap();
-    let gw = egress_gateway_with(&egress, &control, &[("SSL_CERT_FILE", &certs.ca)]);
-    let _client = client(&sleep, &control);
-    block(&sleep, ext.ip());
+    let e = Egress::start(
+        "cnn-tls",
+        Some(&certs),
+        ISTIO_MUTUAL_GATEWAY,
+        VIRTUAL_SERVICE_TO_443,
+    );
+    let gw = &e.gw;
 
-    let resolve = format!("{HOST}:80:{}", ext.ip());
-    let body = wait::until(CONVERGE, || {
-        match external::curl(&sleep, &format!("http://{HOST}/mutual"), Some(&resolve)) {
-            (200, _, body) => Ok(body),
-            (code, err, body) => Err(format!("got {code} {err:?} {body}")),
-        }
-    })
-    .unwrap();
+    let body = e.curl_ok("/mutual");
     let reply: external::Reply = serde_json::from_str(&body).unwrap();
     assert_eq!(
         (reply.server.as_str(), reply.path.as_str()),
         ("cnn-tls", "/mutual")
     );
-    if let Err(e) = gw.metrics().check_meshed_inbound() {
-        panic!("sidecar -> egress gateway hop is not mTLS: {e}");
+    if let Err(err) = gw.metrics().check_meshed_inbound() {
+        panic!("sidecar -> egress gateway hop is not mTLS: {err}");
     }
-    let through = gateway_requests_to_host(&gw);
+    let through = gateway_requests_to_host(gw);
     assert!(through >= 1.0);
 
     // The gateway's port itself takes no plaintext from the network: a client in another pod
     // that skips the mesh is closed on, and the gateway sends nothing on.
-    let direct = format!("http://{}:{GATEWAY_TARGET_PORT}/bypass", egress.ip());
-    let out = ext
+    let direct = format!("http://{}:{GATEWAY_TARGET_PORT}/bypass", e.egress.ip());
+    let out = e
+        .ext
         .curl(
             None,
             &[
@@ -558,5 +535,5 @@ fn egress_gateway_istio_mutual_server_takes_mesh_traffic_only() {
         code, "000",
         "a plaintext request to the ISTIO_MUTUAL port was answered"
     );
-    assert_eq!(gateway_requests_to_host(&gw), through);
+    assert_eq!(gateway_requests_to_host(gw), through);
 }

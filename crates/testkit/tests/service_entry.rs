@@ -7,12 +7,12 @@
 
 mod external;
 
-use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
+use trellis_testkit::egress::{captured_client, registry_only_control};
 use trellis_testkit::mesh::config_dir;
-use trellis_testkit::netns::{PROXY_UID, require_root};
-use trellis_testkit::{ControlPlane, Node, Pod, Proxy, ProxyBuilder, wait};
+use trellis_testkit::netns::require_root;
+use trellis_testkit::{ControlPlane, Node, Pod, Proxy, wait};
 
 const CONVERGE: Duration = Duration::from_secs(15);
 /// The address the ServiceEntry declares for its host: nobody owns it; the client's sidecar
@@ -70,14 +70,7 @@ struct Client {
 
 fn client(node: &Node, control: &ControlPlane) -> Client {
     let pod = node.pod().unwrap();
-    pod.init_iptables(&[]).unwrap();
-    let proxy = ProxyBuilder::new("client-0")
-        .label("app", "client")
-        .control(&control.url())
-        .in_pod(&pod, PROXY_UID)
-        .start()
-        .unwrap();
-    proxy.wait_ready(CONVERGE).unwrap();
+    let proxy = captured_client(&pod, control, "client-0", "client", CONVERGE).unwrap();
     Client { proxy, pod }
 }
 
@@ -99,26 +92,13 @@ fn registry_only_blocks_unknown_hosts_and_allows_service_entry_hosts() {
     let _s3 = external::start(&unknown, "unknown", 8080, None);
     let (_tcp, _) = unknown.start_echo(None, Some(9000)).unwrap();
     let config = config_dir(&[("api.yaml", service_entries(&ext1, &ext2))]).unwrap();
-    let discovery = SocketAddr::new(node.ip().into(), 15010);
-    let control = ControlPlane::start_with(
-        config.path(),
-        discovery,
-        Some(node.name()),
-        &["--outbound-traffic-policy", "REGISTRY_ONLY"],
-    )
-    .unwrap();
+    let control = registry_only_control(&node, config.path()).unwrap();
     let c = client(&node, &control);
     let resolve = format!("api.external.test:80:{VIP}");
     let url = |path: &str| format!("http://api.external.test{path}");
 
     // The declared host answers, through the entry's endpoints.
-    let first = wait::until(CONVERGE, || {
-        match external::curl(&c.pod, &url("/hello"), Some(&resolve)) {
-            (200, _, body) => Ok(body),
-            (code, err, body) => Err(format!("got {code} {err:?} {body}")),
-        }
-    })
-    .unwrap();
+    let first = external::curl_ok(&c.pod, &url("/hello"), Some(&resolve), CONVERGE);
     let reply: external::Reply = serde_json::from_str(&first).unwrap();
     assert_eq!(reply.path, "/hello");
     assert_eq!(reply.host, "api.external.test");
@@ -227,25 +207,17 @@ spec:
         ca = certs.ca.display()
     );
     let config = config_dir(&[("secure.yaml", yaml)]).unwrap();
-    let discovery = SocketAddr::new(node.ip().into(), 15010);
-    let control = ControlPlane::start_with(
-        config.path(),
-        discovery,
-        Some(node.name()),
-        &["--outbound-traffic-policy", "REGISTRY_ONLY"],
-    )
-    .unwrap();
+    let control = registry_only_control(&node, config.path()).unwrap();
     let c = client(&node, &control);
     // The application speaks plain HTTP; its sidecar opens TLS to the host, verifying the
     // server's certificate against the DestinationRule's CA and name.
     let resolve = format!("{host}:80:{TLS_VIP}");
-    let body = wait::until(CONVERGE, || {
-        match external::curl(&c.pod, &format!("http://{host}/over-tls"), Some(&resolve)) {
-            (200, _, body) => Ok(body),
-            (code, err, body) => Err(format!("got {code} {err:?} {body}")),
-        }
-    })
-    .unwrap();
+    let body = external::curl_ok(
+        &c.pod,
+        &format!("http://{host}/over-tls"),
+        Some(&resolve),
+        CONVERGE,
+    );
     let reply: external::Reply = serde_json::from_str(&body).unwrap();
     assert_eq!(reply.server, "secure");
     assert_eq!(reply.path, "/over-tls");

@@ -145,3 +145,13 @@ pub fn curl(pod: &Pod, url: &str, resolve: Option<&str>) -> (u16, Option<String>
     });
     (code, error, body.to_string())
 }
+
+/// [`curl`] until it answers 200 (the config has reached the sidecar), within `timeout`; the
+/// body. Fails the test with the last answer otherwise.
+pub fn curl_ok(pod: &Pod, url: &str, resolve: Option<&str>, timeout: Duration) -> String {
+    trellis_testkit::wait::until(timeout, || match curl(pod, url, resolve) {
+        (200, _, body) => Ok(body),
+        (code, err, body) => Err(format!("got {code} {err:?} {body}")),
+    })
+    .unwrap_or_else(|e| panic!("{url}: {e}"))
+}
