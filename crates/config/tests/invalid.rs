@@ -21,11 +21,11 @@ const EXPECTED: &[(&str, &str)] = &[
     ),
     (
         "dr-tls-mutual.yaml",
-        "dr-tls-mutual.yaml: DestinationRule default/reviews: spec.subsets[0].trafficPolicy.tls.mode: MUTUAL (TLS origination with a client certificate) is not supported yet; SIMPLE is",
+        "dr-tls-mutual.yaml: DestinationRule default/reviews: spec.subsets[0].trafficPolicy.tls.privateKey: is required with mode MUTUAL (a path to a PEM file on the proxy)",
     ),
     (
         "dr-tls-simple-san.yaml",
-        "dr-tls-simple-san.yaml: DestinationRule default/reviews: spec.trafficPolicy.tls.subjectAltNames: is not supported yet with SIMPLE: the certificate is checked against `sni`",
+        "dr-tls-simple-san.yaml: DestinationRule default/reviews: spec.trafficPolicy.tls.subjectAltNames[1]: \"\" is not a DNS name, URI or IP address",
     ),
     (
         "httproute-cross-namespace.yaml",

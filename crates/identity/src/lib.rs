@@ -8,6 +8,7 @@
 
 pub mod ca;
 pub mod gateway_tls;
+pub mod origination;
 pub mod public_tls;
 pub mod serving;
 pub mod tls;

@@ -153,15 +153,19 @@ pub struct TrafficPolicy {
     /// Active health checks (`None`: only passive outlier detection, if configured).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub health_check: Option<HealthCheck>,
-    /// Istio DestinationRule `tls.mode: SIMPLE`: the proxy opens TLS to every endpoint of this
-    /// backend itself (TLS origination), in place of mesh mTLS.
+    /// Istio DestinationRule `tls.mode: SIMPLE` or `MUTUAL`: the proxy opens TLS to every
+    /// endpoint of this backend itself (TLS origination), in place of mesh mTLS.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub tls_origination: Option<TlsOrigination>,
 }
 
-/// How the proxy originates TLS to a backend's endpoints (Istio `ClientTLSSettings`, mode
-/// `SIMPLE`): the server's chain must verify against `ca_certificates` (or the system roots)
-/// and name `sni`.
+/// How the proxy originates TLS to a backend's endpoints (Istio `ClientTLSSettings`, modes
+/// `SIMPLE` and `MUTUAL`). Every path is on the proxy's file system and read by the proxy: the
+/// control plane does not see those files (on Kubernetes they are in the proxy's pod).
+///
+/// Verification: unless `insecure_skip_verify`, the server's chain must verify against
+/// `ca_certificates` (or the system roots), and the certificate must carry one of
+/// `subject_alt_names` (DNS, URI or IP SAN) or, when that list is empty, name `sni`.
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct TlsOrigination {
     /// A PEM file of trusted roots, read by the proxy; `None`: the system roots (which honour
@@ -171,4 +175,27 @@ pub struct TlsOrigination {
     /// The server name sent and verified; `None`: the destination's host.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub sni: Option<String>,
+    /// `MUTUAL`: the certificate the proxy presents (`None`: `SIMPLE`, no client certificate).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub client_certificate: Option<ClientCertificate>,
+    /// Names the server's certificate must carry one of, in place of `sni` (Istio
+    /// `subjectAltNames`).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub subject_alt_names: Vec<String>,
+    /// Istio `insecureSkipVerify`: neither the chain nor the names are checked.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub insecure_skip_verify: bool,
+    /// Where these settings come from (`DestinationRule shop/billing spec.trafficPolicy.tls`),
+    /// so the proxy's errors about its files name the rule and the field.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub origin: Option<String>,
+}
+
+/// Istio `MUTUAL`'s client certificate: PEM files on the proxy's file system.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ClientCertificate {
+    /// `clientCertificate`: the certificate chain, leaf first.
+    pub certificate: String,
+    /// `privateKey`: its key (PKCS#8, PKCS#1 or SEC1).
+    pub private_key: String,
 }

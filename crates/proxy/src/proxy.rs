@@ -178,6 +178,7 @@ impl Proxy {
         // over mTLS; standalone there is none and they stay plaintext.
         let identity = Arc::new(MeshIdentity::new(config.control.is_some()));
         crate::resilience::health::use_identity(identity.clone());
+        crate::client::Origination::count_failures_in(identity.clone());
         let authn = Arc::new(crate::authn::Authenticator::default());
         if let Some(control) = &config.control {
             tls::manager::spawn(

@@ -109,15 +109,13 @@ impl BackendRt {
                 |o| o.limits.clone(),
             ),
             pool_options: {
-                // The origination (its CA file read once) is kept while its settings are.
-                let kept_origination = old
-                    .and_then(|o| o.pool_options.origination())
-                    .filter(|o| policy.tls_origination.as_ref().is_some_and(|s| o.is_for(s)));
-                let origination = policy.tls_origination.as_ref().map(|s| {
-                    kept_origination
-                        .cloned()
-                        .unwrap_or_else(|| Arc::new(crate::client::Origination::new(s, authority)))
-                });
+                // The origination (its files read once) is kept while its settings are, and
+                // while new settings' files cannot be used (see client::originate).
+                let previous = old.and_then(|o| o.pool_options.origination());
+                let origination = policy
+                    .tls_origination
+                    .as_ref()
+                    .map(|s| crate::client::Origination::update(previous, s, authority));
                 let same_tls = old.is_some_and(|o| {
                     o.pool_options.origination().map(Arc::as_ptr)
                         == origination.as_ref().map(Arc::as_ptr)

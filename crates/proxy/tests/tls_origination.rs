@@ -96,6 +96,7 @@ async fn simple_originates_tls_to_a_plain_endpoint_with_the_given_ca_and_sni() {
         TlsOrigination {
             ca_certificates: Some(ca),
             sni: Some(SERVER_NAME.into()),
+            ..TlsOrigination::default()
         },
     )
     .await;
@@ -133,6 +134,7 @@ async fn a_wrong_ca_a_wrong_name_or_a_missing_file_fails_clearly_and_never_in_pl
         let tls = TlsOrigination {
             ca_certificates: Some(ca),
             sni: Some(sni.into()),
+            ..TlsOrigination::default()
         };
         let (proxy, dest) = originating(server.addr, tls).await;
         let a = proxy.get("/").await;
@@ -215,6 +217,7 @@ async fn http2_requests_are_originated_over_tls_with_alpn_h2() {
         TlsOrigination {
             ca_certificates: Some(ca.to_str().unwrap().to_string()),
             sni: Some(SERVER_NAME.into()),
+            ..TlsOrigination::default()
         },
     )
     .await;

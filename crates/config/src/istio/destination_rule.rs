@@ -1,12 +1,13 @@
 //! Istio `DestinationRule` -> [`DestinationPolicy`]: subsets and traffic policies.
 //!
 //! `tls.mode` ISTIO_MUTUAL (the default for meshed endpoints: mesh mTLS), DISABLE (meshed
-//! hops to the host stay plaintext) and SIMPLE (the proxy originates TLS to the host's
-//! endpoints, with `caCertificates` and `sni`) are read; MUTUAL (a client certificate), and
-//! `subjectAltNames`, `insecureSkipVerify` and `credentialName` with SIMPLE, are refused "not
-//! supported yet". `caCertificates` is a path on the proxy's file system, so it is not read here
-//! (on Kubernetes the control plane does not see the proxy's files): an unreadable file is the
-//! proxy's runtime error (see docs/identity.md).
+//! hops to the host stay plaintext), SIMPLE and MUTUAL (the proxy originates TLS to the host's
+//! endpoints, MUTUAL with a client certificate) are read, with `caCertificates`, `sni`,
+//! `subjectAltNames`, `insecureSkipVerify`, and for MUTUAL `clientCertificate` and `privateKey`
+//! (both required). `credentialName` and `caCrl` are refused "not supported yet". The files are
+//! paths on the proxy's file system, so they are not read here (on Kubernetes the control plane
+//! does not see the proxy's files): an unreadable file is the proxy's runtime error, naming this
+//! rule and the field (see docs/identity.md).
 //! `loadBalancer.simple: PASSTHROUGH` is refused (it bypasses the mesh's balancing and sends to
 //! the original address, which needs ServiceEntry support). Refused too: `workloadSelector`,
 //! `trafficPolicy.tunnel`, `proxyProtocol`. Ignored with a note: `exportTo`,
@@ -18,8 +19,10 @@ use std::collections::BTreeMap;
 
 use serde::Deserialize;
 use trellis_model::policy::{
-    ConnectionPool, HashAlgorithm, HashKey, LoadBalancer, OutlierDetection, TlsOrigination,
+    ClientCertificate, ConnectionPool, HashAlgorithm, HashKey, LoadBalancer, OutlierDetection,
+    TlsOrigination,
 };
+use trellis_model::route::ResourceRef;
 
 use super::PortSelector;
 use crate::document::{Resource, Translated};
@@ -163,11 +166,15 @@ struct OutlierSpec {
     consecutive_local_origin_failures: Option<serde_yaml::Value>,
 }
 
+/// Istio `ClientTLSSettings`: every field it has, so a misspelt one is an error.
 #[derive(Debug, Deserialize)]
-#[serde(rename_all = "camelCase")]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
 struct TlsSpec {
     mode: Option<String>,
+    client_certificate: Option<String>,
+    private_key: Option<String>,
     ca_certificates: Option<String>,
+    ca_crl: Option<String>,
     sni: Option<String>,
     #[serde(default)]
     subject_alt_names: Vec<String>,
@@ -197,7 +204,7 @@ pub(crate) fn translate(value: serde_yaml::Value) -> Result<Translated, FieldErr
     };
     let (mut policy, port_policies) = match &spec.traffic_policy {
         None => (PolicyLayer::default(), Vec::new()),
-        Some(p) => traffic_policy(&mut notes, "spec.trafficPolicy", p)?,
+        Some(p) => traffic_policy(&mut notes, &source, "spec.trafficPolicy", p)?,
     };
     policy.health_check = crate::health_check::from_annotations(&dr.metadata.annotations)?;
     let mut subsets: Vec<Subset> = Vec::new();
@@ -214,7 +221,7 @@ pub(crate) fn translate(value: serde_yaml::Value) -> Result<Translated, FieldErr
         }
         let (sp, sports) = match &s.traffic_policy {
             None => (PolicyLayer::default(), Vec::new()),
-            Some(p) => traffic_policy(&mut notes, &format!("{field}.trafficPolicy"), p)?,
+            Some(p) => traffic_policy(&mut notes, &source, &format!("{field}.trafficPolicy"), p)?,
         };
         subsets.push(Subset {
             name: s.name.clone(),
@@ -238,7 +245,12 @@ pub(crate) fn translate(value: serde_yaml::Value) -> Result<Translated, FieldErr
 
 type Layers = (PolicyLayer, Vec<(u16, PolicyLayer)>);
 
-fn traffic_policy(notes: &mut Vec<String>, field: &str, p: &Policy) -> Result<Layers, FieldError> {
+fn traffic_policy(
+    notes: &mut Vec<String>,
+    source: &ResourceRef,
+    field: &str,
+    p: &Policy,
+) -> Result<Layers, FieldError> {
     if p.tunnel.is_some() {
         return Err(FieldError::new(
             format!("{field}.tunnel"),
@@ -253,6 +265,7 @@ fn traffic_policy(notes: &mut Vec<String>, field: &str, p: &Policy) -> Result<La
     }
     let top = layer(
         notes,
+        source,
         field,
         p.load_balancer.as_ref(),
         p.connection_pool.as_ref(),
@@ -275,6 +288,7 @@ fn traffic_policy(notes: &mut Vec<String>, field: &str, p: &Policy) -> Result<La
         }
         let l = layer(
             notes,
+            source,
             &f,
             pl.load_balancer.as_ref(),
             pl.connection_pool.as_ref(),
@@ -288,6 +302,7 @@ fn traffic_policy(notes: &mut Vec<String>, field: &str, p: &Policy) -> Result<La
 
 fn layer(
     notes: &mut Vec<String>,
+    source: &ResourceRef,
     field: &str,
     lb: Option<&LbSpec>,
     pool: Option<&PoolSpec>,
@@ -295,7 +310,7 @@ fn layer(
     tls: Option<&TlsSpec>,
 ) -> Result<PolicyLayer, FieldError> {
     let (mtls_disabled, tls_origination) = match tls {
-        Some(tls) => tls_mode(&format!("{field}.tls"), tls)?,
+        Some(tls) => tls_mode(notes, source, &format!("{field}.tls"), tls)?,
         None => (None, None),
     };
     Ok(PolicyLayer {
@@ -316,24 +331,21 @@ fn layer(
     })
 }
 
-/// `tls`: whether mesh mTLS is off (`Some(true)` for DISABLE and SIMPLE, `Some(false)` for
-/// ISTIO_MUTUAL, `None` when no mode is set) and, for SIMPLE, the TLS the proxy originates.
+/// `tls`: whether mesh mTLS is off (`Some(true)` for DISABLE, SIMPLE and MUTUAL, `Some(false)`
+/// for ISTIO_MUTUAL, `None` when no mode is set) and, for SIMPLE and MUTUAL, the TLS the proxy
+/// originates.
 fn tls_mode(
+    notes: &mut Vec<String>,
+    source: &ResourceRef,
     field: &str,
     tls: &TlsSpec,
 ) -> Result<(Option<bool>, Option<TlsOrigination>), FieldError> {
-    let mode = match tls.mode.as_deref() {
+    let mutual = match tls.mode.as_deref() {
         None => return Ok((None, None)),
         Some("DISABLE") => return Ok((Some(true), None)),
         Some("ISTIO_MUTUAL") => return Ok((Some(false), None)),
-        Some("SIMPLE") => "SIMPLE",
-        Some("MUTUAL") => {
-            return Err(FieldError::new(
-                format!("{field}.mode"),
-                "MUTUAL (TLS origination with a client certificate) is not supported yet; \
-                 SIMPLE is",
-            ));
-        }
+        Some("SIMPLE") => false,
+        Some("MUTUAL") => true,
         Some(other) => {
             return Err(FieldError::new(
                 format!("{field}.mode"),
@@ -341,30 +353,53 @@ fn tls_mode(
             ));
         }
     };
-    if !tls.subject_alt_names.is_empty() {
-        return Err(FieldError::new(
-            format!("{field}.subjectAltNames"),
-            format!("is not supported yet with {mode}: the certificate is checked against `sni`"),
-        ));
-    }
-    if tls.insecure_skip_verify == Some(true) {
-        return Err(FieldError::new(
-            format!("{field}.insecureSkipVerify"),
-            "is not supported yet: the server's certificate is always verified",
-        ));
-    }
     if tls.credential_name.is_some() {
         return Err(FieldError::new(
             format!("{field}.credentialName"),
-            "is not supported yet: give the roots as a file in caCertificates",
+            "is not supported yet: give the files in clientCertificate, privateKey and \
+             caCertificates (Istio itself reads credentialName at gateways only)",
         ));
     }
-    if tls.ca_certificates.as_deref().is_some_and(str::is_empty) {
+    if tls.ca_crl.is_some() {
         return Err(FieldError::new(
-            format!("{field}.caCertificates"),
-            "must be a path to a PEM file (or left out for the system roots)",
+            format!("{field}.caCrl"),
+            "is not supported yet: certificate revocation lists are not checked",
         ));
     }
+    for (name, value) in [
+        ("caCertificates", &tls.ca_certificates),
+        ("clientCertificate", &tls.client_certificate),
+        ("privateKey", &tls.private_key),
+    ] {
+        if value.as_deref().is_some_and(|p| p.trim().is_empty()) {
+            return Err(FieldError::new(
+                format!("{field}.{name}"),
+                "must be a path to a PEM file on the proxy, or left out",
+            ));
+        }
+    }
+    let client_certificate = if mutual {
+        let required = |name: &str, value: &Option<String>| {
+            value.clone().ok_or_else(|| {
+                FieldError::new(
+                    format!("{field}.{name}"),
+                    "is required with mode MUTUAL (a path to a PEM file on the proxy)",
+                )
+            })
+        };
+        Some(ClientCertificate {
+            certificate: required("clientCertificate", &tls.client_certificate)?,
+            private_key: required("privateKey", &tls.private_key)?,
+        })
+    } else {
+        if tls.client_certificate.is_some() || tls.private_key.is_some() {
+            notes.push(format!(
+                "{field}: clientCertificate and privateKey ignored: only mode MUTUAL presents a \
+                 client certificate"
+            ));
+        }
+        None
+    };
     if let Some(sni) = tls.sni.as_deref() {
         let valid = !sni.is_empty()
             && sni
@@ -377,11 +412,23 @@ fn tls_mode(
             ));
         }
     }
+    for (i, san) in tls.subject_alt_names.iter().enumerate() {
+        if san.is_empty() || san.chars().any(|c| c.is_whitespace() || c.is_control()) {
+            return Err(FieldError::new(
+                format!("{field}.subjectAltNames[{i}]"),
+                format!("{san:?} is not a DNS name, URI or IP address"),
+            ));
+        }
+    }
     Ok((
         Some(true),
         Some(TlsOrigination {
             ca_certificates: tls.ca_certificates.clone(),
             sni: tls.sni.clone(),
+            client_certificate,
+            subject_alt_names: tls.subject_alt_names.clone(),
+            insecure_skip_verify: tls.insecure_skip_verify == Some(true),
+            origin: Some(format!("{source} {field}")),
         }),
     ))
 }
@@ -607,6 +654,8 @@ mod tls_tests {
             Some(TlsOrigination {
                 ca_certificates: Some("/etc/ca.pem".into()),
                 sni: Some("api.example.com".into()),
+                origin: Some("DestinationRule default/api spec.trafficPolicy.tls".into()),
+                ..TlsOrigination::default()
             })
         );
         // A port-level mode replaces the whole of `tls`: DISABLE drops the origination.
@@ -623,13 +672,82 @@ mod tls_tests {
         assert_eq!(back, simple);
     }
 
+    fn with_tls(tls: &str) -> Result<DestinationPolicy, FieldError> {
+        policy(&format!(
+            "apiVersion: networking.istio.io/v1\nkind: DestinationRule\nmetadata: {{name: api, namespace: default}}\nspec:\n  host: api\n  trafficPolicy:\n    tls: {tls}\n"
+        ))
+    }
+
+    fn origination(tls: &str) -> TlsOrigination {
+        let dr = with_tls(tls).unwrap();
+        let mut top = TrafficPolicy::default();
+        dr.policy.apply(&mut top);
+        assert!(top.mtls_disabled, "{tls}: origination turns mesh mTLS off");
+        top.tls_origination.unwrap()
+    }
+
+    #[test]
+    fn mutual_carries_the_client_certificate_names_and_skip_verify() {
+        let o = origination(
+            "{mode: MUTUAL, clientCertificate: /etc/c.pem, privateKey: /etc/k.pem, caCertificates: /etc/ca.pem, subjectAltNames: [api.example.com, 'spiffe://x/api']}",
+        );
+        assert_eq!(
+            o.client_certificate,
+            Some(ClientCertificate {
+                certificate: "/etc/c.pem".into(),
+                private_key: "/etc/k.pem".into(),
+            })
+        );
+        assert_eq!(o.subject_alt_names, ["api.example.com", "spiffe://x/api"]);
+        assert!(!o.insecure_skip_verify);
+        let o = origination("{mode: SIMPLE, insecureSkipVerify: true}");
+        assert!(o.insecure_skip_verify);
+        assert_eq!(o.client_certificate, None);
+        // SIMPLE presents no certificate: the files are ignored, and the user is told.
+        let dr = with_tls("{mode: SIMPLE, clientCertificate: /etc/c.pem, privateKey: /etc/k.pem}")
+            .unwrap();
+        assert!(
+            dr.notes.iter().any(|n| n.contains("only mode MUTUAL")),
+            "{:?}",
+            dr.notes
+        );
+        // A port-level origination names its own field, for the proxy's errors.
+        let dr = policy("apiVersion: networking.istio.io/v1\nkind: DestinationRule\nmetadata: {name: api, namespace: shop}\nspec:\n  host: api\n  trafficPolicy:\n    portLevelSettings:\n    - port: {number: 443}\n      tls: {mode: MUTUAL, clientCertificate: /c, privateKey: /k}\n").unwrap();
+        let mut p = TrafficPolicy::default();
+        dr.port_policies[0].1.apply(&mut p);
+        assert_eq!(
+            p.tls_origination.unwrap().origin.as_deref(),
+            Some("DestinationRule shop/api spec.trafficPolicy.portLevelSettings[0].tls")
+        );
+    }
+
     #[test]
     fn unsupported_settings_are_refused_by_field() {
         for (tls, field) in [
-            ("{mode: MUTUAL}", "spec.trafficPolicy.tls.mode"),
+            ("{mode: MUTUALLY}", "spec.trafficPolicy.tls.mode"),
             (
-                "{mode: SIMPLE, insecureSkipVerify: true}",
-                "spec.trafficPolicy.tls.insecureSkipVerify",
+                "{mode: MUTUAL, privateKey: /k.pem}",
+                "spec.trafficPolicy.tls.clientCertificate",
+            ),
+            (
+                "{mode: MUTUAL, clientCertificate: /c.pem}",
+                "spec.trafficPolicy.tls.privateKey",
+            ),
+            (
+                "{mode: MUTUAL, clientCertificate: ' ', privateKey: /k.pem}",
+                "spec.trafficPolicy.tls.clientCertificate",
+            ),
+            (
+                "{mode: SIMPLE, subjectAltNames: [ok.example, '']}",
+                "spec.trafficPolicy.tls.subjectAltNames[1]",
+            ),
+            (
+                "{mode: MUTUAL, credentialName: api-cert}",
+                "spec.trafficPolicy.tls.credentialName",
+            ),
+            (
+                "{mode: SIMPLE, caCrl: /crl.pem}",
+                "spec.trafficPolicy.tls.caCrl",
             ),
             (
                 "{mode: SIMPLE, credentialName: api-ca}",
@@ -641,10 +759,7 @@ mod tls_tests {
             ),
             ("{mode: SIMPLE, sni: 'a b'}", "spec.trafficPolicy.tls.sni"),
         ] {
-            let yaml = format!(
-                "apiVersion: networking.istio.io/v1\nkind: DestinationRule\nmetadata: {{name: api, namespace: default}}\nspec:\n  host: api\n  trafficPolicy:\n    tls: {tls}\n"
-            );
-            let err = policy(&yaml).unwrap_err();
+            let err = with_tls(tls).unwrap_err();
             assert_eq!(err.field.as_deref(), Some(field), "{tls}: {}", err.message);
         }
     }
