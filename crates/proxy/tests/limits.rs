@@ -648,6 +648,8 @@ async fn idle_http1_connections_are_closed_and_busy_ones_kept() {
     let mut conn = http1_conn(proxy.addrs().inbound).await;
     for _ in 0..10 {
         assert_eq!(get_root(&mut conn, "a").await.status(), 200);
+        // Not a wait for a state: the gap between requests, shorter than the idle timeout,
+        // is the behaviour under test.
         tokio::time::sleep(Duration::from_millis(150)).await;
     }
     assert_eq!(
