@@ -18,6 +18,11 @@ pub struct ConfigKind {
 }
 
 impl ConfigKind {
+    /// The key of this kind's object `namespace/name` (see [`key_kind`]).
+    pub fn key(&self, namespace: &str, name: &str) -> String {
+        super::objects::object_key(self.group, self.kind, namespace, name)
+    }
+
     pub fn api_version(&self) -> String {
         if self.group.is_empty() {
             self.version.to_string()
@@ -79,6 +84,16 @@ pub const CONFIG_KINDS: &[ConfigKind] = &[
         "ServiceEntry",
         "serviceentries",
         &["se"],
+    ),
+    // Istio ingress/egress gateways (served by `trellis-proxy --mode gateway` whose labels its
+    // `selector` matches; compile::gateway). Same kind name as the Gateway API's Gateway below:
+    // their keys carry the group (`object_key`).
+    crd(
+        "networking.istio.io",
+        &["v1beta1", "v1", "v1alpha3"],
+        "Gateway",
+        "gateways",
+        &["gw"],
     ),
     crd(
         "gateway.networking.k8s.io",
@@ -181,6 +196,31 @@ pub const CONFIG_KINDS: &[ConfigKind] = &[
     ),
 ];
 
+/// The Gateway API's group: its Gateways and routes get the spec's status fields too.
+pub const GATEWAY_API_GROUP: &str = "gateway.networking.k8s.io";
+
+/// The config kind `kind` of API group `group` (`""`: core), when the control plane reads it.
+pub fn find(group: &str, kind: &str) -> Option<&'static ConfigKind> {
+    CONFIG_KINDS
+        .iter()
+        .find(|k| k.group == group && k.kind == kind)
+}
+
+/// How objects of `kind` in `group` are named in keys and messages: the kind alone when no
+/// other config kind has its name (`VirtualService`), else qualified with the group as kubectl
+/// accepts it (`Gateway.networking.istio.io`, `Gateway.gateway.networking.k8s.io`), so that
+/// Istio's and the Gateway API's `Gateway` of one namespace/name are two objects.
+pub fn key_kind(group: &str, kind: &str) -> String {
+    let shared = CONFIG_KINDS
+        .iter()
+        .any(|k| k.kind == kind && k.group != group);
+    if shared && !group.is_empty() {
+        format!("{kind}.{group}")
+    } else {
+        kind.to_string()
+    }
+}
+
 /// The mesh config kinds that get status conditions and validation (all but Services).
 pub fn mesh_kinds() -> impl Iterator<Item = &'static ConfigKind> {
     CONFIG_KINDS.iter().filter(|k| !k.builtin)
@@ -198,4 +238,37 @@ pub mod names {
     pub const WEBHOOK_PORT: u16 = 15017;
     pub const DISCOVERY_PORT: u16 = 15010;
     pub const HTTP_PORT: u16 = 15014;
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn kind_names_are_qualified_only_where_two_groups_share_them() {
+        assert_eq!(
+            key_kind("networking.istio.io", "VirtualService"),
+            "VirtualService"
+        );
+        assert_eq!(key_kind("", "Service"), "Service");
+        assert_eq!(
+            key_kind("networking.istio.io", "Gateway"),
+            "Gateway.networking.istio.io"
+        );
+        assert_eq!(
+            key_kind(GATEWAY_API_GROUP, "Gateway"),
+            "Gateway.gateway.networking.k8s.io"
+        );
+        // Every watched kind has one key name of its own.
+        let mut names: Vec<String> = CONFIG_KINDS
+            .iter()
+            .map(|k| key_kind(k.group, k.kind))
+            .collect();
+        names.sort();
+        let count = names.len();
+        names.dedup();
+        assert_eq!(names.len(), count, "{names:?}");
+        assert!(find("networking.istio.io", "Gateway").is_some());
+        assert!(find("networking.istio.io", "HTTPRoute").is_none());
+    }
 }

@@ -335,8 +335,8 @@ mod tests {
                 .iter()
                 .filter(|k| **k == "CustomResourceDefinition")
                 .count(),
-            16,
-            "Istio networking (3), security (3), telemetry and extensions, Gateway API (4), Linkerd, SMI (2), Trellis"
+            17,
+            "Istio networking (4), security (3), telemetry and extensions, Gateway API (4), Linkerd, SMI (2), Trellis"
         );
         // Secrets: only the plug-in CA's, only in the control plane's namespace.
         let role = objects.iter().find(|o| o["kind"] == "Role").unwrap();

@@ -5,29 +5,42 @@
 //! Watch events map onto it one to one: apply, delete, and a restart (re-list after a 410 Gone
 //! or a reconnect) that replaces all objects of one kind at once, so a resync never shows a
 //! moment without them.
+//!
+//! Keys are `Kind namespace/name`, the kind qualified with its API group where two watched
+//! kinds share a name ([`super::kinds::key_kind`]: Istio's and the Gateway API's `Gateway`), so
+//! every object has a key of its own and messages keep the short form everywhere else.
 
 use std::collections::{BTreeMap, BTreeSet};
 
 use serde_json::Value;
 use trellis_config::parse_documents;
 
+use super::kinds::{ConfigKind, key_kind};
 use crate::store::{ConfigIndex, ConfigSnapshot};
 
-/// `kind` + `namespace/name`: the object's "file" name in the index, also used in messages.
-pub fn object_key(kind: &str, namespace: &str, name: &str) -> String {
-    format!("{kind} {namespace}/{name}")
+/// `kind` (of API `group`) + `namespace/name`: the object's "file" name in the index, also
+/// used in messages: `VirtualService shop/reviews`, `Gateway.networking.istio.io shop/web`.
+pub fn object_key(group: &str, kind: &str, namespace: &str, name: &str) -> String {
+    format!("{} {namespace}/{name}", key_kind(group, kind))
 }
 
-/// Config objects by key, and which keys each kind holds (for restarts).
+/// The API group of an `apiVersion` (`""` for the core `v1`).
+fn group_of(api_version: &str) -> &str {
+    api_version.rsplit_once('/').map_or("", |(group, _)| group)
+}
+
+/// Config objects by key, and which keys each kind holds (for restarts), by (group, kind).
 #[derive(Debug, Default)]
 pub struct ObjectIndex {
     index: ConfigIndex,
-    by_kind: BTreeMap<String, BTreeSet<String>>,
+    by_kind: BTreeMap<(String, String), BTreeSet<String>>,
 }
 
 /// An object as the watcher delivers it: `apiVersion`/`kind` set (list items lack them).
 #[derive(Clone, Debug, PartialEq)]
 pub struct Object {
+    /// The API group the object was read as (`""`: core).
+    pub group: String,
     pub kind: String,
     pub namespace: String,
     pub name: String,
@@ -54,6 +67,7 @@ impl Object {
         let name = meta["name"].as_str()?.to_string();
         let namespace = meta["namespace"].as_str().unwrap_or("default").to_string();
         Some(Self {
+            group: group_of(api_version).to_string(),
             kind: kind.to_string(),
             namespace,
             name,
@@ -62,7 +76,7 @@ impl Object {
     }
 
     pub fn key(&self) -> String {
-        object_key(&self.kind, &self.namespace, &self.name)
+        object_key(&self.group, &self.kind, &self.namespace, &self.name)
     }
 }
 
@@ -89,6 +103,10 @@ fn select_endpoint_slices(service: &mut Value) {
     );
 }
 
+fn by_kind_key(kind: &ConfigKind) -> (String, String) {
+    (kind.group.to_string(), kind.kind.to_string())
+}
+
 impl ObjectIndex {
     pub fn apply(&mut self, object: &Object) {
         let key = object.key();
@@ -96,30 +114,30 @@ impl ObjectIndex {
         let bytes = serde_json::to_vec(&object.json).unwrap_or_default();
         self.index.apply(&key, parse_documents(&key, &bytes));
         self.by_kind
-            .entry(object.kind.clone())
+            .entry((object.group.clone(), object.kind.clone()))
             .or_default()
             .insert(key);
     }
 
-    pub fn delete(&mut self, kind: &str, namespace: &str, name: &str) {
-        let key = object_key(kind, namespace, name);
+    pub fn delete(&mut self, kind: &ConfigKind, namespace: &str, name: &str) {
+        let key = kind.key(namespace, name);
         self.index.remove(&key);
-        if let Some(keys) = self.by_kind.get_mut(kind) {
+        if let Some(keys) = self.by_kind.get_mut(&by_kind_key(kind)) {
             keys.remove(&key);
         }
     }
 
     /// Replaces every object of `kind` with `objects` (a watch restart's full list).
-    pub fn reset(&mut self, kind: &str, objects: &[Object]) {
+    pub fn reset(&mut self, kind: &ConfigKind, objects: &[Object]) {
         let fresh: BTreeSet<String> = objects.iter().map(Object::key).collect();
-        let old = self.by_kind.remove(kind).unwrap_or_default();
+        let old = self.by_kind.remove(&by_kind_key(kind)).unwrap_or_default();
         for gone in old.difference(&fresh) {
             self.index.remove(gone);
         }
         for object in objects {
             self.apply(object);
         }
-        self.by_kind.entry(kind.to_string()).or_default();
+        self.by_kind.entry(by_kind_key(kind)).or_default();
     }
 
     pub fn snapshot(&self) -> ConfigSnapshot {
@@ -175,19 +193,17 @@ mod tests {
             snap.services
                 .contains_key(&ServiceKey::new("shop", "reviews"))
         );
-        index.delete("Service", "shop", "ratings");
+        let kind = crate::k8s::kinds::find("", "Service").unwrap();
+        index.delete(kind, "shop", "ratings");
         assert_eq!(index.snapshot().services.len(), 1);
         // A restart lists reviews (changed) and details: ratings stays gone, reviews is updated.
-        index.reset(
-            "Service",
-            &[service("reviews", 9090), service("details", 9080)],
-        );
+        index.reset(kind, &[service("reviews", 9090), service("details", 9080)]);
         let snap = index.snapshot();
         let keys: Vec<_> = snap.services.keys().map(ToString::to_string).collect();
         assert_eq!(keys.len(), 2, "{keys:?}");
         let reviews = &snap.services[&ServiceKey::new("shop", "reviews")];
         assert_eq!(reviews.ports[0].port, 9090);
-        index.reset("Service", &[]);
+        index.reset(kind, &[]);
         assert!(index.snapshot().services.is_empty());
     }
 
@@ -212,4 +228,67 @@ mod tests {
             "{message}"
         );
     }
+
+    fn gateway(api_version: &str, kind_port: u16) -> Object {
+        let spec = if api_version.starts_with("networking.istio.io") {
+            json!({"selector": {"istio": "ingressgateway"},
+                   "servers": [{"port": {"number": kind_port, "name": "http", "protocol": "HTTP"}, "hosts": ["*"]}]})
+        } else {
+            json!({"gatewayClassName": "trellis",
+                   "listeners": [{"name": "http", "port": kind_port, "protocol": "HTTP"}]})
+        };
+        let json = json!({"metadata": {"name": "web", "namespace": "shop"}, "spec": spec});
+        Object::from_json(json, api_version, "Gateway").unwrap()
+    }
+
+    #[test]
+    fn istio_and_gateway_api_gateways_of_one_name_are_two_objects() {
+        use crate::k8s::kinds::find;
+        let istio = gateway("networking.istio.io/v1beta1", 80);
+        let api = gateway("gateway.networking.k8s.io/v1", 8080);
+        assert_eq!(istio.key(), "Gateway.networking.istio.io shop/web");
+        assert_eq!(api.key(), "Gateway.gateway.networking.k8s.io shop/web");
+        assert_eq!(
+            service("reviews", 9080).key(),
+            "Service shop/reviews",
+            "unshared kinds keep the short name"
+        );
+        let mut index = ObjectIndex::default();
+        index.apply(&istio);
+        index.apply(&api);
+        let gateways = |index: &ObjectIndex| -> Vec<String> {
+            let snap = index.snapshot();
+            let mut rows: Vec<String> = snap
+                .resources
+                .iter()
+                .map(|r| format!("{} {:?}", r.file, r.status))
+                .collect();
+            rows.sort();
+            rows
+        };
+        assert_eq!(
+            gateways(&index),
+            [
+                "Gateway.gateway.networking.k8s.io shop/web Accepted",
+                "Gateway.networking.istio.io shop/web Accepted"
+            ]
+        );
+        assert_eq!(index.snapshot().gateways.len(), 2);
+        // Deleting one, or a re-list of one kind that no longer has it, leaves the other.
+        let istio_kind = find("networking.istio.io", "Gateway").unwrap();
+        let api_kind = find(GATEWAY_API, "Gateway").unwrap();
+        index.delete(istio_kind, "shop", "web");
+        assert_eq!(
+            gateways(&index),
+            ["Gateway.gateway.networking.k8s.io shop/web Accepted"]
+        );
+        index.apply(&istio);
+        index.reset(api_kind, &[]);
+        assert_eq!(
+            gateways(&index),
+            ["Gateway.networking.istio.io shop/web Accepted"]
+        );
+    }
+
+    const GATEWAY_API: &str = crate::k8s::kinds::GATEWAY_API_GROUP;
 }

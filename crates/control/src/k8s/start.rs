@@ -22,7 +22,7 @@ pub struct KubeConfigSource {
     /// The mesh CA: TokenReview is installed into it, and it issues the webhooks' certificate.
     ca: Arc<CaState>,
     pub config_rx: watch::Receiver<Arc<ConfigSnapshot>>,
-    listed_rx: watch::Receiver<Vec<&'static str>>,
+    listed_rx: watch::Receiver<Vec<&'static super::kinds::ConfigKind>>,
     status_rx: watch::Receiver<super::status::StatusInput>,
 }
 
@@ -114,7 +114,7 @@ pub async fn start_rest(
     ));
     wait_for(
         &mut listed_rx,
-        |l| l.contains(&"Service"),
+        |l| l.iter().any(|k| k.builtin && k.kind == "Service"),
         "Services",
         options.sync_timeout,
     )

@@ -90,6 +90,14 @@ fn programmed(accepted: &Accepted, (done, total): (usize, usize)) -> Programmed 
     }
 }
 
+/// How the Gateway API status report names `meta` (`Kind namespace/name`, the resource's own
+/// reference: the kind without its group), for the Gateway API's kinds only: the report is
+/// about them alone, and an Istio `Gateway` of the same namespace/name is not its object.
+fn gateway_api_key(meta: &ObjectMeta) -> Option<String> {
+    (meta.kind.group == super::kinds::GATEWAY_API_GROUP)
+        .then(|| format!("{} {}/{}", meta.kind.kind, meta.namespace, meta.name))
+}
+
 /// The objects (keyed as in [`super::objects::object_key`]) and their conditions, for every
 /// mesh config object in `snapshot` (Services get none: they are not the mesh's). `count`
 /// gives, per object key, (proxies that applied it, connected proxies).
@@ -105,8 +113,13 @@ pub fn desired(
         let Some(meta) = objects.get(&row.file) else {
             continue;
         };
+        let report_key = gateway_api_key(meta);
         // A Gateway of another controller's class is that controller's to report on.
-        if meta.kind.builtin || gateway_api.foreign.contains(&row.file) {
+        if meta.kind.builtin
+            || report_key
+                .as_ref()
+                .is_some_and(|k| gateway_api.foreign.contains(k))
+        {
             continue;
         }
         let (accepted, reason) = match row.status {
@@ -137,7 +150,7 @@ pub fn desired(
             Conditions {
                 accepted,
                 programmed,
-                gateway_api: gateway_api.fields.remove(&row.file),
+                gateway_api: report_key.and_then(|k| gateway_api.fields.remove(&k)),
             },
         );
     }
@@ -304,6 +317,60 @@ mod tests {
         assert!(
             bad.message
                 .starts_with("VirtualService shop/bad: spec.http[0]"),
+            "{}",
+            bad.message
+        );
+    }
+
+    #[test]
+    fn an_istio_gateway_and_a_gateway_api_gateway_of_one_name_each_get_their_own() {
+        use crate::k8s::kinds::{GATEWAY_API_GROUP, find};
+        let istio = |name: &str, protocol: &str| {
+            let json = json!({
+                "metadata": {"name": name, "namespace": "shop", "generation": 1},
+                "spec": {"selector": {"istio": "ingressgateway"},
+                         "servers": [{"port": {"number": 80, "name": "http", "protocol": protocol}, "hosts": ["*"]}]},
+            });
+            Object::from_json(json, "networking.istio.io/v1beta1", "Gateway").unwrap()
+        };
+        let api = json!({
+            "metadata": {"name": "web", "namespace": "shop", "generation": 1},
+            "spec": {"gatewayClassName": "trellis", "listeners": [{"name": "http", "port": 8080, "protocol": "HTTP"}]},
+        });
+        let api = Object::from_json(api, "gateway.networking.k8s.io/v1", "Gateway").unwrap();
+        let mut index = ObjectIndex::default();
+        let mut objects = BTreeMap::new();
+        for (o, group) in [
+            (istio("web", "HTTP"), "networking.istio.io"),
+            (istio("bad", "SCTP"), "networking.istio.io"),
+            (api, GATEWAY_API_GROUP),
+        ] {
+            index.apply(&o);
+            let meta = ObjectMeta {
+                kind: find(group, "Gateway").unwrap(),
+                namespace: o.namespace.clone(),
+                name: o.name.clone(),
+                generation: Some(1),
+            };
+            objects.insert(o.key(), meta);
+        }
+        let want = desired(&index.snapshot(), &objects, |_| (0, 0));
+        let istio_web = &want["Gateway.networking.istio.io shop/web"];
+        assert!(istio_web.accepted.accepted, "{istio_web:?}");
+        assert!(istio_web.programmed.programmed);
+        assert_eq!(
+            istio_web.gateway_api, None,
+            "the Gateway API's listener status is not the Istio Gateway's"
+        );
+        let api_web = &want["Gateway.gateway.networking.k8s.io shop/web"];
+        assert!(api_web.accepted.accepted, "{api_web:?}");
+        let listeners = &api_web.gateway_api.as_ref().unwrap()["listeners"];
+        assert_eq!(listeners[0]["name"], "http", "{listeners}");
+        // The message names the object as the user wrote it; the key's prefix is dropped.
+        let bad = &want["Gateway.networking.istio.io shop/bad"].accepted;
+        assert_eq!(bad.reason, "Invalid");
+        assert!(
+            bad.message.starts_with("Gateway shop/bad: spec.servers[0]"),
             "{}",
             bad.message
         );

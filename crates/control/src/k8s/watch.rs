@@ -23,7 +23,7 @@ use tokio_util::sync::CancellationToken;
 use trellis_model::Workload;
 
 use super::kinds::{CONFIG_KINDS, ConfigKind};
-use super::objects::{Object, ObjectIndex, object_key};
+use super::objects::{Object, ObjectIndex};
 use super::pods::PodIndex;
 use super::status::{ObjectMeta, StatusInput};
 
@@ -91,7 +91,7 @@ enum ConfigEvent {
 pub struct ConfigWatch {
     pub snapshot_rx: watch::Receiver<Arc<ConfigSnapshot>>,
     /// The kinds whose first full list is in.
-    pub listed_rx: watch::Receiver<Vec<&'static str>>,
+    pub listed_rx: watch::Receiver<Vec<&'static ConfigKind>>,
     pub status_rx: watch::Receiver<StatusInput>,
 }
 
@@ -164,7 +164,7 @@ pub fn watch_config(
     tasks.spawn(async move {
         let mut index = ObjectIndex::default();
         let mut metas: BTreeMap<String, ObjectMeta> = BTreeMap::new();
-        let mut listed: Vec<&'static str> = Vec::new();
+        let mut listed: Vec<&'static ConfigKind> = Vec::new();
         loop {
             let event = tokio::select! {
                 () = shutdown.cancelled() => return,
@@ -181,20 +181,21 @@ pub fn watch_config(
                     namespace,
                     name,
                 } => {
-                    index.delete(kind.kind, &namespace, &name);
-                    metas.remove(&object_key(kind.kind, &namespace, &name));
+                    index.delete(kind, &namespace, &name);
+                    metas.remove(&kind.key(&namespace, &name));
                 }
                 ConfigEvent::Reset { kind, objects } => {
                     tracing::debug!(
                         kind = kind.kind,
+                        group = kind.group,
                         count = objects.len(),
                         "config kind listed"
                     );
-                    index.reset(kind.kind, &objects);
+                    index.reset(kind, &objects);
                     metas.retain(|_, m| m.kind != kind);
                     metas.extend(objects.iter().map(|o| (o.key(), meta(kind, o))));
-                    if !listed.contains(&kind.kind) {
-                        listed.push(kind.kind);
+                    if !listed.contains(&kind) {
+                        listed.push(kind);
                         listed_tx.send_replace(listed.clone());
                     }
                 }

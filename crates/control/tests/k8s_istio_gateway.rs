@@ -1,0 +1,420 @@
+//! Istio's `Gateway` in Kubernetes mode, against a REAL kube-apiserver (the testbed of k8s.rs):
+//! an Istio `Gateway` (networking.istio.io) and a Gateway API `Gateway`
+//! (gateway.networking.k8s.io) with the SAME namespace/name, each with its route, applied with
+//! kubectl. Both are watched as two objects: each gets its own conditions (the Gateway API one
+//! its listener status too, the Istio one none of it), two real `trellis-proxy --mode gateway`
+//! processes serve each its own Gateway's listener (curl through both reaches the backend, a
+//! pod the test writes as a kubelet would), and deleting the Istio one takes away its listener
+//! only.
+
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::print_stderr)]
+
+mod common;
+mod k8s_testbed;
+
+use std::net::SocketAddr;
+use std::path::Path;
+use std::time::Duration;
+
+use common::eventually;
+use k8s_testbed::Testbed;
+use serde_json::{Value, json};
+use trellis_control::k8s::manifests::{Values, render};
+use trellis_control::k8s::{KubeOptions, apply};
+use trellis_control::{ControlConfig, ControlPlane};
+use trellis_testkit::tools::{CurlReply, curl_http, free_port};
+use trellis_testkit::{HttpEcho, Proxy, ProxyBuilder};
+
+const NAMESPACES: &str = "apiVersion: v1
+kind: Namespace
+metadata: {name: shop}
+---
+apiVersion: v1
+kind: Namespace
+metadata: {name: istio-system}
+";
+
+/// The two Gateways named shop/web and a route for each: the VirtualService binds to the
+/// Istio one (`gateways: [web]`), the HTTPRoute to the Gateway API one (`parentRefs`).
+const GATEWAYS: &str = "apiVersion: networking.istio.io/v1beta1
+kind: Gateway
+metadata: {name: web, namespace: shop}
+spec:
+  selector: {istio: ingressgateway}
+  servers:
+  - port: {number: 80, name: http, protocol: HTTP}
+    hosts: [istio.example.com]
+---
+apiVersion: networking.istio.io/v1beta1
+kind: VirtualService
+metadata: {name: via-istio, namespace: shop}
+spec:
+  hosts: [istio.example.com]
+  gateways: [web]
+  http:
+  - route: [{destination: {host: plain, port: {number: 8080}}}]
+---
+apiVersion: gateway.networking.k8s.io/v1
+kind: Gateway
+metadata: {name: web, namespace: shop}
+spec:
+  gatewayClassName: trellis
+  listeners:
+  - {name: http, port: 8080, protocol: HTTP, hostname: api.example.com}
+---
+apiVersion: gateway.networking.k8s.io/v1
+kind: HTTPRoute
+metadata: {name: via-api, namespace: shop}
+spec:
+  parentRefs: [{name: web}]
+  hostnames: [api.example.com]
+  rules: [{backendRefs: [{name: plain, port: 8080}]}]
+";
+
+const ISTIO_GW: &str = "gateways.networking.istio.io/web";
+const API_GW: &str = "gateways.gateway.networking.k8s.io/web";
+
+async fn kubectl(kubeconfig: &Path, args: &[&str], stdin: Option<&str>) -> (bool, String) {
+    use tokio::io::AsyncWriteExt;
+    let mut child = tokio::process::Command::new("kubectl")
+        .env("KUBECONFIG", kubeconfig)
+        .args(args)
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .kill_on_drop(true)
+        .spawn()
+        .unwrap();
+    let mut input = child.stdin.take().unwrap();
+    if let Some(text) = stdin {
+        input.write_all(text.as_bytes()).await.unwrap();
+    }
+    drop(input);
+    let out = tokio::time::timeout(Duration::from_secs(30), child.wait_with_output())
+        .await
+        .expect("kubectl took over 30 s")
+        .unwrap();
+    let text = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    (out.status.success(), text)
+}
+
+async fn kubectl_apply(kubeconfig: &Path, yaml: &str) {
+    let (ok, out) = kubectl(kubeconfig, &["apply", "-f", "-"], Some(yaml)).await;
+    assert!(ok, "kubectl apply: {out}");
+}
+
+/// `kubectl get <what> -n shop -o json`'s `.status`, when the object exists.
+async fn status(kubeconfig: &Path, what: &str) -> Option<Value> {
+    let (ok, out) = kubectl(kubeconfig, &["get", what, "-n", "shop", "-o", "json"], None).await;
+    if !ok {
+        return None;
+    }
+    let obj: Value = serde_json::from_str(&out).ok()?;
+    Some(obj["status"].clone())
+}
+
+/// The (status, reason) of condition `kind` in `conditions`.
+fn cond(conditions: &Value, kind: &str) -> Option<(String, String)> {
+    let c = conditions.as_array()?.iter().find(|c| c["type"] == kind)?;
+    Some((
+        c["status"].as_str()?.to_string(),
+        c["reason"].as_str()?.to_string(),
+    ))
+}
+
+fn pair(status: &str, reason: &str) -> Option<(String, String)> {
+    Some((status.to_string(), reason.to_string()))
+}
+
+/// curl `http://127.0.0.1:port/path` with `Host: host` (curl blocks: off the runtime).
+async fn curl(port: u16, host: &str, path: &str) -> Result<CurlReply, String> {
+    let url = format!("http://127.0.0.1:{port}{path}");
+    let header = format!("Host: {host}");
+    tokio::task::spawn_blocking(move || curl_http(&["-H", &header, &url]))
+        .await
+        .unwrap()
+}
+
+/// A TokenRequest token of `namespace`'s `default` ServiceAccount for the mesh's audience, in a
+/// file under `dir`: what a gateway proves its identity with (Kubernetes mode checks it with
+/// TokenReview before issuing a certificate).
+async fn token_file(kube: &kube::Client, namespace: &str, dir: &Path) -> std::path::PathBuf {
+    use k8s_openapi::api::authentication::v1::TokenRequest;
+    use k8s_openapi::api::core::v1::ServiceAccount;
+    use kube::api::{Api, PostParams};
+    let accounts: Api<ServiceAccount> = Api::namespaced(kube.clone(), namespace);
+    let request: TokenRequest = serde_json::from_value(
+        json!({"spec": {"audiences": ["trellis"], "expirationSeconds": 600}}),
+    )
+    .unwrap();
+    // The controller manager creates the namespace's `default` ServiceAccount shortly after it.
+    let token = eventually("a token of the default ServiceAccount", || async {
+        Some(
+            accounts
+                .create_token_request("default", &PostParams::default(), &request)
+                .await
+                .ok()?
+                .status?
+                .token,
+        )
+    })
+    .await;
+    let path = dir.join(format!("{namespace}.token"));
+    std::fs::write(&path, token).unwrap();
+    path
+}
+
+/// A gateway workload (`trellis-proxy --mode gateway`, a real process) in `namespace` with
+/// `labels` and the identity `token`; each Gateway port of `ports` is served at the paired free
+/// local port.
+async fn gateway(
+    control: SocketAddr,
+    name: &str,
+    namespace: &str,
+    token: &Path,
+    labels: &[(&str, &str)],
+    ports: &[(u16, u16)],
+) -> Proxy {
+    let mut b = ProxyBuilder::loopback(name)
+        .namespace(namespace)
+        .control(&format!("http://{control}"))
+        .arg("--identity-token-file")
+        .arg(token)
+        .arg("--mode")
+        .arg("gateway");
+    for (k, v) in labels {
+        b = b.label(k, v);
+    }
+    for (gw, local) in ports {
+        b = b
+            .arg("--gateway-port")
+            .arg(format!("{gw}=127.0.0.1:{local}"));
+    }
+    // Waits for the ready file (blocking): off the runtime the control plane runs on.
+    tokio::task::spawn_blocking(move || b.start().unwrap())
+        .await
+        .unwrap()
+}
+
+/// A Service `plain` in shop selecting a pod that the test makes Ready at 127.0.0.1, in front of
+/// `echo` (no proxy there: the gateways reach it in plaintext).
+async fn plain_backend(kube: &kube::Client, echo: SocketAddr) {
+    use k8s_openapi::api::core::v1::{Node, Pod, Service};
+    use kube::api::{Api, Patch, PatchParams, PostParams};
+    let services: Api<Service> = Api::namespaced(kube.clone(), "shop");
+    let service = json!({"metadata": {"name": "plain"},
+        "spec": {"selector": {"app": "plain"}, "ports": [{"port": 8080, "targetPort": echo.port()}]}});
+    services
+        .create(
+            &PostParams::default(),
+            &serde_json::from_value(service).unwrap(),
+        )
+        .await
+        .unwrap();
+    let nodes: Api<Node> = Api::all(kube.clone());
+    nodes
+        .create(
+            &PostParams::default(),
+            &serde_json::from_value(json!({"metadata": {"name": "node-1"}})).unwrap(),
+        )
+        .await
+        .unwrap();
+    let pods: Api<Pod> = Api::namespaced(kube.clone(), "shop");
+    let pod = json!({
+        "metadata": {"name": "plain-1", "labels": {"app": "plain"}},
+        "spec": {"nodeName": "node-1", "serviceAccountName": "default",
+                 "containers": [{"name": "app", "image": "plain:1", "ports": [{"containerPort": echo.port()}]}]},
+    });
+    // The namespace's `default` ServiceAccount comes from the controller manager shortly after
+    // the namespace: the pod is refused until then.
+    eventually("the plain pod created", || async {
+        pods.create(
+            &PostParams::default(),
+            &serde_json::from_value(pod.clone()).unwrap(),
+        )
+        .await
+        .ok()
+        .map(|_| ())
+    })
+    .await;
+    let status = json!({"status": {
+        "phase": "Running", "podIP": "127.0.0.1", "podIPs": [{"ip": "127.0.0.1"}],
+        "conditions": [{"type": "Ready", "status": "True"}],
+    }});
+    pods.patch_status("plain-1", &PatchParams::default(), &Patch::Merge(&status))
+        .await
+        .unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn istio_and_gateway_api_gateways_of_one_name_are_both_watched_and_served() {
+    let Some(testbed) = Testbed::start() else {
+        return;
+    };
+    let kube = testbed.client().await;
+    apply::apply(&kube, &render(&Values::default()))
+        .await
+        .unwrap();
+    let kc = testbed.kubeconfig.clone();
+    eventually("both Gateway CRDs served", || async {
+        let istio = kubectl(&kc, &["get", "gateways.networking.istio.io", "-A"], None).await;
+        let api = kubectl(
+            &kc,
+            &["get", "gateways.gateway.networking.k8s.io", "-A"],
+            None,
+        )
+        .await;
+        (istio.0 && api.0).then_some(())
+    })
+    .await;
+    kubectl_apply(&kc, NAMESPACES).await;
+    let tokens = tempfile::tempdir().unwrap();
+    let istio_token = token_file(&kube, "istio-system", tokens.path()).await;
+    let shop_token = token_file(&kube, "shop", tokens.path()).await;
+    let echo = HttpEcho::start().unwrap();
+    plain_backend(&kube, echo.addr).await;
+
+    let any: SocketAddr = "127.0.0.1:0".parse().unwrap();
+    let control = ControlPlane::start(ControlConfig {
+        discovery_addr: any,
+        http_addr: any,
+        heartbeat_interval: Duration::from_millis(200),
+        kubernetes: Some(KubeOptions {
+            kubeconfig: Some(kc.clone()),
+            webhook_addr: None,
+            sync_timeout: Duration::from_secs(20),
+            ..KubeOptions::default()
+        }),
+        ..ControlConfig::default()
+    })
+    .await
+    .unwrap();
+    kubectl_apply(&kc, GATEWAYS).await;
+
+    // Two gateway workloads: the Istio ingress gateway (selected by the Istio Gateway's
+    // `selector`) and the Gateway API Gateway's own (its namespace and gateway-name label).
+    // Each maps both Gateways' ports, so a listener served by the wrong one would show.
+    let (istio_80, istio_8080, api_80, api_8080) =
+        (free_port(), free_port(), free_port(), free_port());
+    let _ingress = gateway(
+        control.discovery_addr,
+        "ingressgateway",
+        "istio-system",
+        &istio_token,
+        &[
+            ("istio", "ingressgateway"),
+            ("app", "trellis-ingressgateway"),
+        ],
+        &[(80, istio_80), (8080, istio_8080)],
+    )
+    .await;
+    let _web = gateway(
+        control.discovery_addr,
+        "web-gateway",
+        "shop",
+        &shop_token,
+        &[("gateway.networking.k8s.io/gateway-name", "web")],
+        &[(80, api_80), (8080, api_8080)],
+    )
+    .await;
+
+    // Both served, each by its own workload, into the backend.
+    let reply = eventually(
+        "the Istio Gateway's listener serving the VirtualService",
+        || async {
+            curl(istio_80, "istio.example.com", "/via-istio")
+                .await
+                .ok()
+                .filter(|r| r.status == 200)
+        },
+    )
+    .await;
+    assert_eq!(reply.echo().path, "/via-istio");
+    let reply = eventually(
+        "the Gateway API Gateway's listener serving the HTTPRoute",
+        || async {
+            curl(api_8080, "api.example.com", "/via-api")
+                .await
+                .ok()
+                .filter(|r| r.status == 200)
+        },
+    )
+    .await;
+    assert_eq!(reply.echo().path, "/via-api");
+    assert!(
+        curl(istio_8080, "api.example.com", "/").await.is_err(),
+        "the ingress gateway serves no port of the Gateway API Gateway"
+    );
+    assert!(
+        curl(api_80, "istio.example.com", "/").await.is_err(),
+        "the Gateway API workload serves no port of the Istio Gateway"
+    );
+
+    // Each gets its own conditions; only the Gateway API one gets listener status.
+    let istio = eventually("the Istio Gateway Accepted and Programmed", || async {
+        let s = status(&kc, ISTIO_GW).await?;
+        (cond(&s["conditions"], "Programmed")? == ("True".into(), "Programmed".into())).then_some(s)
+    })
+    .await;
+    assert_eq!(
+        cond(&istio["conditions"], "Accepted"),
+        pair("True", "Accepted"),
+        "{istio:#}"
+    );
+    assert!(istio.get("listeners").is_none(), "{istio:#}");
+    let api = eventually("the Gateway API Gateway's listener status", || async {
+        let s = status(&kc, API_GW).await?;
+        (s["listeners"][0]["attachedRoutes"] == 1).then_some(s)
+    })
+    .await;
+    assert_eq!(
+        cond(&api["conditions"], "Accepted"),
+        pair("True", "Accepted"),
+        "{api:#}"
+    );
+    assert_eq!(api["listeners"][0]["name"], "http");
+    let route = eventually("the VirtualService Accepted", || async {
+        let s = status(&kc, "virtualservices.networking.istio.io/via-istio").await?;
+        cond(&s["conditions"], "Accepted")
+    })
+    .await;
+    assert_eq!(Some(route), pair("True", "Accepted"));
+
+    // The control plane lists both, by keys that carry the group.
+    let config = common::get_json(control.http_addr, "/api/v1/config")
+        .await
+        .unwrap();
+    let files: Vec<&str> = config["resources"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter_map(|r| r["file"].as_str())
+        .collect();
+    for key in [
+        "Gateway.networking.istio.io shop/web",
+        "Gateway.gateway.networking.k8s.io shop/web",
+        "VirtualService shop/via-istio",
+    ] {
+        assert!(files.contains(&key), "{key} not in {files:?}");
+    }
+
+    // Deleting the Istio Gateway takes away its listener only.
+    let (ok, out) = kubectl(&kc, &["delete", ISTIO_GW, "-n", "shop"], None).await;
+    assert!(ok, "kubectl delete: {out}");
+    eventually("the Istio Gateway's port closed", || async {
+        curl(istio_80, "istio.example.com", "/")
+            .await
+            .is_err()
+            .then_some(())
+    })
+    .await;
+    let reply = curl(api_8080, "api.example.com", "/still").await.unwrap();
+    assert_eq!(reply.status, 200, "{reply:?}");
+    let api = status(&kc, API_GW).await.unwrap();
+    assert_eq!(api["listeners"][0]["attachedRoutes"], 1, "{api:#}");
+    control.stop().await;
+}
