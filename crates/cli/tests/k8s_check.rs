@@ -8,12 +8,15 @@
 #[path = "../../control/tests/k8s_testbed/mod.rs"]
 mod k8s_testbed;
 
-use std::io::Write;
 use std::path::Path;
-use std::process::{Command, Output, Stdio};
+use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
-use k8s_testbed::{Testbed, free_port};
+use k8s_testbed::{Testbed, free_port, kubectl};
+use trellis_testkit::tools::run_bounded;
+
+/// How long one `trellis` command against the testbed may take before it is killed.
+const TRELLIS_DEADLINE: Duration = Duration::from_secs(45);
 
 /// Kills the child it holds when dropped, also when an assertion fails.
 struct KillOnDrop(std::process::Child);
@@ -25,31 +28,18 @@ impl Drop for KillOnDrop {
     }
 }
 
-/// Runs `trellis args`; (exit code, stdout, stderr).
+/// Runs `trellis args`, bounded in time; (exit code, stdout, stderr).
 fn trellis(args: &[&str]) -> (i32, String, String) {
-    let out = Command::new(env!("CARGO_BIN_EXE_trellis"))
-        .args(args)
-        .output()
-        .unwrap();
+    let out = run_bounded(
+        Command::new(env!("CARGO_BIN_EXE_trellis")).args(args),
+        TRELLIS_DEADLINE,
+    )
+    .unwrap_or_else(|e| panic!("trellis {}: {e}", args.join(" ")));
     (
         out.status.code().unwrap_or(-1),
         String::from_utf8_lossy(&out.stdout).into_owned(),
         String::from_utf8_lossy(&out.stderr).into_owned(),
     )
-}
-
-fn kubectl(kubeconfig: &Path, args: &[&str], stdin: &[u8]) -> Output {
-    let mut child = Command::new("kubectl")
-        .arg("--kubeconfig")
-        .arg(kubeconfig)
-        .args(args)
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .expect("kubectl on PATH (scripts/test.sh installs kubernetes-client)");
-    child.stdin.take().unwrap().write_all(stdin).unwrap();
-    child.wait_with_output().unwrap()
 }
 
 fn apply(kubeconfig: &Path, yaml: &str) {

@@ -7,37 +7,25 @@
 #[path = "../../control/tests/k8s_testbed/mod.rs"]
 mod k8s_testbed;
 
-use std::io::Write;
-use std::path::Path;
-use std::process::{Command, Output, Stdio};
+use std::process::Command;
+use std::time::Duration;
 
-use k8s_testbed::Testbed;
+use k8s_testbed::{Testbed, kubectl};
+use trellis_testkit::tools::run_bounded;
 
+/// `trellis args` (it only prints manifests here), bounded in time; its stdout.
 fn trellis(args: &[&str]) -> Vec<u8> {
-    let out = Command::new(env!("CARGO_BIN_EXE_trellis"))
-        .args(args)
-        .output()
-        .unwrap();
+    let out = run_bounded(
+        Command::new(env!("CARGO_BIN_EXE_trellis")).args(args),
+        Duration::from_secs(30),
+    )
+    .unwrap_or_else(|e| panic!("trellis {}: {e}", args.join(" ")));
     assert!(
         out.status.success(),
         "trellis {args:?}: {}",
         String::from_utf8_lossy(&out.stderr)
     );
     out.stdout
-}
-
-fn kubectl(kubeconfig: &Path, args: &[&str], stdin: &[u8]) -> Output {
-    let mut child = Command::new("kubectl")
-        .arg("--kubeconfig")
-        .arg(kubeconfig)
-        .args(args)
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .expect("kubectl on PATH (scripts/test.sh installs kubernetes-client)");
-    child.stdin.take().unwrap().write_all(stdin).unwrap();
-    child.wait_with_output().unwrap()
 }
 
 #[test]

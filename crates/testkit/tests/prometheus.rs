@@ -23,7 +23,7 @@ use serde_json::Value;
 use trellis_testkit::bins::bin;
 use trellis_testkit::metrics::Metrics;
 use trellis_testkit::process::ManagedProcess;
-use trellis_testkit::tools::{http_get, require};
+use trellis_testkit::tools::{free_port, http_get, require};
 
 /// The delay the VirtualService puts on every call to ratings.
 const DELAY: Duration = Duration::from_millis(300);
@@ -64,14 +64,6 @@ spec:
     route:
     - destination: {host: details}
 "#;
-
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
 
 fn encode(q: &str) -> String {
     q.bytes()

@@ -10,6 +10,7 @@ use std::time::{Duration, Instant};
 
 use rustix::process::{Pid, Signal, kill_process_group};
 use serde_json::{Value, json};
+pub use trellis_testkit::tools::free_port;
 
 const SCREENSHOTS: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/../../docs/img");
 
@@ -117,14 +118,6 @@ fn dechunk(mut data: &[u8]) -> Vec<u8> {
         data = &data[end + 4 + size..];
     }
     out
-}
-
-pub fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
 }
 
 fn base64_decode(text: &str) -> Vec<u8> {

@@ -9,12 +9,13 @@
     clippy::print_stderr
 )]
 
-use std::net::TcpListener;
 use std::path::{Path, PathBuf};
-use std::process::Command;
+use std::process::{Command, Output};
+use std::time::Duration;
 
 use kube::Client;
 use kube::config::{KubeConfigOptions, Kubeconfig};
+pub use trellis_testkit::tools::free_port;
 
 const BIN: &str = "/var/cache/mesh-testbin/k8s-v1.20.2";
 
@@ -28,12 +29,26 @@ fn script() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("../../scripts/k8s-testbed/start-test-apiserver.sh")
 }
 
-pub fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
+/// How long one kubectl request to the testbed may take (kubectl's own `--request-timeout`):
+/// a stuck API server then fails the command with kubectl's own error on stderr.
+const KUBECTL_REQUEST_TIMEOUT: &str = "--request-timeout=20s";
+/// How long one kubectl command may take in all, should it hang outside a request; it is
+/// killed then.
+const KUBECTL_DEADLINE: Duration = Duration::from_secs(45);
+
+/// `kubectl --kubeconfig KUBECONFIG ARGS` with `stdin`, bounded in time (each request and the
+/// whole command); its output whatever its status. A command that cannot be run or is killed
+/// at the deadline fails the test, naming the command.
+pub fn kubectl(kubeconfig: &Path, args: &[&str], stdin: &[u8]) -> Output {
+    let kubectl = trellis_testkit::tools::require("kubectl", "kubernetes-client");
+    let mut command = Command::new(kubectl);
+    command
+        .arg("--kubeconfig")
+        .arg(kubeconfig)
+        .arg(KUBECTL_REQUEST_TIMEOUT)
+        .args(args);
+    trellis_testkit::tools::run_bounded_with_input(&mut command, stdin, KUBECTL_DEADLINE)
+        .unwrap_or_else(|e| panic!("kubectl {}: {e}", args.join(" ")))
 }
 
 impl Testbed {
