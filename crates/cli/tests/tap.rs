@@ -50,6 +50,7 @@ impl Load {
                 if get(&entry, "/productpage").contains(" 200 ") {
                     ok += 1;
                 }
+                // The load's pace, not a wait for a state.
                 std::thread::sleep(Duration::from_millis(20));
             }
             ok
