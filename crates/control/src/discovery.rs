@@ -138,10 +138,10 @@ struct Session {
     /// When the change being pushed reached this stream; `None` for pushes a subscription
     /// asked for.
     changed_at: Option<Instant>,
-    /// For `Programmed`: the highest version ACKed, and the config snapshot this stream will be
+    /// For `Programmed`: the highest version ACKed, and the config revision this stream will be
     /// in sync with once that version reaches the one noted.
     acked: u64,
-    awaiting_sync: Option<(u64, Arc<crate::store::ConfigSnapshot>)>,
+    awaiting_sync: Option<(u64, u64)>,
 }
 
 /// Most updates remembered for propagation timing per stream; older ones are forgotten.
@@ -176,17 +176,17 @@ impl Session {
         }
     }
 
-    /// Reports the proxy in sync with `snapshot` once every update sent so far is ACKed (at
-    /// once when nothing is outstanding).
-    fn note_sync(&mut self, snapshot: Arc<crate::store::ConfigSnapshot>) {
+    /// Reports the proxy in sync with config `revision` once every update sent so far is ACKed
+    /// (at once when nothing is outstanding).
+    fn note_sync(&mut self, revision: u64) {
         if self.hello.is_none() {
             return;
         }
         if self.acked >= self.version {
             self.awaiting_sync = None;
-            self.shared.programmed.synced(self.id, snapshot);
+            self.shared.programmed.synced(self.id, revision);
         } else {
-            self.awaiting_sync = Some((self.version, snapshot));
+            self.awaiting_sync = Some((self.version, revision));
         }
     }
 
@@ -267,9 +267,9 @@ impl Session {
                 // Always answer a Subscribe, even with "nothing there", so the proxy stops
                 // waiting; a repeated Subscribe is answered again.
                 self.subscriptions.insert(target.clone(), None);
-                let snapshot = self.shared.config_rx.borrow().clone();
+                let revision = self.shared.config_rx.borrow().revision;
                 self.push(&target).await?;
-                self.note_sync(snapshot);
+                self.note_sync(revision);
                 Ok(())
             }
             proxy_message::Kind::Unsubscribe(unsub) => {
@@ -286,11 +286,11 @@ impl Session {
                 self.shared.metrics.ack();
                 self.ack_propagation(ack.version);
                 self.acked = self.acked.max(ack.version);
-                if let Some((version, snapshot)) = self.awaiting_sync.take() {
+                if let Some((version, revision)) = self.awaiting_sync.take() {
                     if self.acked >= version {
-                        self.shared.programmed.synced(id, snapshot);
+                        self.shared.programmed.synced(id, revision);
                     } else {
-                        self.awaiting_sync = Some((version, snapshot));
+                        self.awaiting_sync = Some((version, revision));
                     }
                 }
                 self.shared.with_registry(|r| {
@@ -383,10 +383,10 @@ impl Session {
         };
         self.send(control_message::Kind::Welcome(welcome)).await?;
         self.shared.programmed.connected(self.id);
-        let snapshot = self.shared.config_rx.borrow().clone();
+        let revision = self.shared.config_rx.borrow().revision;
         self.push_inbound_policy().await?;
         self.push_gateway().await?;
-        self.note_sync(snapshot);
+        self.note_sync(revision);
         Ok(())
     }
 
@@ -476,7 +476,7 @@ impl Session {
     /// policies that could not have changed.
     async fn push_changed(&mut self, config_changed: bool) -> Result<(), End> {
         // Taken first: what is pushed below is at least this recent.
-        let snapshot = self.shared.config_rx.borrow().clone();
+        let revision = self.shared.config_rx.borrow().revision;
         if config_changed {
             self.push_inbound_policy().await?;
         }
@@ -485,7 +485,7 @@ impl Session {
         let result = self.push_changes().await;
         self.changed_at = None;
         result?;
-        self.note_sync(snapshot);
+        self.note_sync(revision);
         Ok(())
     }
 

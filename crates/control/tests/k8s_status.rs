@@ -231,7 +231,9 @@ async fn programmed_counts_acks_and_security_kinds_are_watched() {
     assert_eq!(pa_programmed["message"], "programmed on 1/1 proxies");
 
     // 4b. ServiceEntry and WasmPlugin are watched too (their CRDs installed): both are read
-    //     and accepted, and the ServiceEntry is programmed on the connected proxies.
+    //     and accepted, and the ServiceEntry is programmed on the connected proxies. It resolves
+    //     by DNS: the DNS answers join the config on its way to the proxies, and what they are
+    //     sent must still count as programmed (it once never did).
     let se_api: Api<DynamicObject> = Api::namespaced_with(
         kube.clone(),
         "shop",
@@ -246,8 +248,8 @@ async fn programmed_counts_acks_and_security_kinds_are_watched() {
         "apiVersion": "networking.istio.io/v1beta1", "kind": "ServiceEntry",
         "metadata": {"name": "payments", "namespace": "shop"},
         "spec": {"hosts": ["api.payments.example"], "location": "MESH_EXTERNAL",
-                 "resolution": "STATIC", "ports": [{"number": 443, "name": "tls", "protocol": "TLS"}],
-                 "endpoints": [{"address": "127.0.0.9"}]},
+                 "resolution": "DNS", "ports": [{"number": 443, "name": "tls", "protocol": "TLS"}],
+                 "endpoints": [{"address": "localhost"}]},
     }))
     .unwrap();
     se_api.create(&PostParams::default(), &se).await.unwrap();
@@ -256,6 +258,21 @@ async fn programmed_counts_acks_and_security_kinds_are_watched() {
         let programmed = condition(&se_api, "payments", "Programmed").await?;
         (accepted["status"] == "True" && programmed["status"] == "True").then_some(())
     })
+    .await;
+    // ...and so does a new generation of another object after it.
+    let patch = json!({"spec": {"http": [{"timeout": "4s", "route": [{"destination": {"host": "reviews"}}]}]}});
+    vs_api
+        .patch("reviews", &PatchParams::default(), &Patch::Merge(&patch))
+        .await
+        .unwrap();
+    eventually(
+        "the VirtualService's next generation Programmed",
+        || async {
+            let c = condition(&vs_api, "reviews", "Programmed").await?;
+            let generation = vs_api.get("reviews").await.ok()?.metadata.generation?;
+            (c["status"] == "True" && c["observedGeneration"] == generation).then_some(())
+        },
+    )
     .await;
     let wasm_api: Api<DynamicObject> = Api::namespaced_with(
         kube.clone(),

@@ -1,29 +1,31 @@
 //! Which config each connected proxy has applied, for the `Programmed` condition.
 //!
-//! The discovery adapter reports, per stream, the config snapshot the proxy is in sync with:
+//! The discovery adapter reports, per stream, the config revision the proxy is in sync with:
 //! every update compiled from it (or before it) has been ACKed, or nothing it changed concerned
 //! the proxy. [`ProgrammedTracker`] keeps those reports (a watch channel, so the status writer
-//! wakes on them). [`Revisions`] is pure: it numbers the snapshots the status writer sees and
-//! remembers, for every object, the first revision holding its current generation; a proxy has
-//! programmed an object when its synced snapshot is that revision or later.
+//! wakes on them). [`Revisions`] is pure: it remembers, for every object, the first revision
+//! the status writer saw holding its current generation; a proxy has programmed an object when
+//! its synced revision is that one or later.
 //!
-//! Snapshots are compared by identity (`Arc::ptr_eq`): the discovery streams and the status
-//! writer receive the same `Arc` from the config source. A proxy synced to a snapshot the
-//! writer skipped (watch channels keep only the latest) counts as not programmed until it
-//! syncs to a later one, which it does when the next snapshot arrives: the count is never too
-//! high, and converges.
+//! Revisions are numbers the Kubernetes source gives each snapshot whose content changed
+//! ([`ConfigSnapshot::revision`]), not snapshot identities: between the source and discovery,
+//! adapters (ServiceEntry DNS answers, linked clusters' exports) publish snapshots of their own
+//! that carry the source's number, and the status writer may skip revisions (watch channels
+//! keep only the latest). A proxy synced to an earlier revision than an object's counts as not
+//! programmed until it syncs to a later one, which it does when that revision reaches it: the
+//! count is never too high, and converges.
+//!
+//! [`ConfigSnapshot::revision`]: crate::store::ConfigSnapshot::revision
 
-use std::collections::{BTreeMap, VecDeque};
-use std::sync::Arc;
+use std::collections::BTreeMap;
 
 use tokio::sync::watch;
 
 use super::status::ObjectMeta;
 use crate::registry::StreamId;
-use crate::store::ConfigSnapshot;
 
-/// Per connected proxy stream: the snapshot it is in sync with (`None`: not yet).
-pub type Synced = BTreeMap<StreamId, Option<Arc<ConfigSnapshot>>>;
+/// Per connected proxy stream: the config revision it is in sync with (`None`: not yet).
+pub type Synced = BTreeMap<StreamId, Option<u64>>;
 
 /// Reports from the discovery streams.
 #[derive(Debug)]
@@ -47,11 +49,11 @@ impl ProgrammedTracker {
         });
     }
 
-    /// The proxy on `stream` has applied everything compiled from `snapshot`.
-    pub fn synced(&self, stream: StreamId, snapshot: Arc<ConfigSnapshot>) {
+    /// The proxy on `stream` has applied everything compiled from config `revision`.
+    pub fn synced(&self, stream: StreamId, revision: u64) {
         self.tx.send_if_modified(|m| match m.get_mut(&stream) {
-            Some(slot) if !slot.as_ref().is_some_and(|s| Arc::ptr_eq(s, &snapshot)) => {
-                *slot = Some(snapshot);
+            Some(slot) if *slot != Some(revision) => {
+                *slot = Some(revision);
                 true
             }
             _ => false,
@@ -67,52 +69,25 @@ impl ProgrammedTracker {
     }
 }
 
-/// How many recent snapshots are remembered; a proxy synced to an older one counts as behind.
-const REMEMBERED: usize = 256;
-
-/// Snapshot revisions and, per object, the revision its current generation first appeared in.
+/// Per object, the revision its current generation first appeared in.
 #[derive(Debug, Default)]
 pub struct Revisions {
-    recent: VecDeque<(Arc<ConfigSnapshot>, u64)>,
-    next: u64,
     /// Object key -> (generation, first revision with it).
     since: BTreeMap<String, (Option<i64>, u64)>,
 }
 
 impl Revisions {
-    /// Records `snapshot` (a new revision unless already seen) and the objects in it.
-    pub fn observe(
-        &mut self,
-        snapshot: &Arc<ConfigSnapshot>,
-        objects: &BTreeMap<String, ObjectMeta>,
-    ) {
-        let rev = match self.revision(snapshot) {
-            Some(rev) => rev,
-            None => {
-                self.next += 1;
-                if self.recent.len() >= REMEMBERED {
-                    self.recent.pop_front();
-                }
-                self.recent.push_back((snapshot.clone(), self.next));
-                self.next
-            }
-        };
+    /// Records the objects of the snapshot numbered `revision`.
+    pub fn observe(&mut self, revision: u64, objects: &BTreeMap<String, ObjectMeta>) {
         self.since.retain(|key, _| objects.contains_key(key));
         for (key, meta) in objects {
             match self.since.get(key) {
                 Some((generation, _)) if *generation == meta.generation => {}
                 _ => {
-                    self.since.insert(key.clone(), (meta.generation, rev));
+                    self.since.insert(key.clone(), (meta.generation, revision));
                 }
             }
         }
-    }
-
-    fn revision(&self, snapshot: &Arc<ConfigSnapshot>) -> Option<u64> {
-        self.recent
-            .iter()
-            .find(|(s, _)| Arc::ptr_eq(s, snapshot))
-            .map(|(_, rev)| *rev)
     }
 
     /// (proxies that have programmed object `key`, connected proxies).
@@ -122,11 +97,7 @@ impl Revisions {
         };
         let done = synced
             .values()
-            .filter(|s| {
-                s.as_ref()
-                    .and_then(|s| self.revision(s))
-                    .is_some_and(|rev| rev >= *since)
-            })
+            .filter(|revision| revision.is_some_and(|r| r >= *since))
             .count();
         (done, synced.len())
     }
@@ -160,30 +131,45 @@ mod tests {
         let tracker = ProgrammedTracker::default();
         let rx = tracker.subscribe();
         let mut revs = Revisions::default();
-        let s1 = Arc::new(ConfigSnapshot::default());
-        revs.observe(&s1, &objects(1));
+        revs.observe(1, &objects(1));
         tracker.connected(1);
         tracker.connected(2);
         assert_eq!(revs.count(KEY, &rx.borrow()), (0, 2), "nothing synced yet");
-        tracker.synced(1, s1.clone());
+        tracker.synced(1, 1);
         assert_eq!(revs.count(KEY, &rx.borrow()), (1, 2));
-        tracker.synced(2, s1.clone());
+        tracker.synced(2, 1);
         assert_eq!(revs.count(KEY, &rx.borrow()), (2, 2));
 
-        // A status write (same generation, new snapshot) does not reset the count...
-        let s2 = Arc::new(ConfigSnapshot::default());
-        revs.observe(&s2, &objects(1));
+        // A later revision with the same generation (another object changed) does not reset
+        // the count...
+        revs.observe(2, &objects(1));
         assert_eq!(revs.count(KEY, &rx.borrow()), (2, 2));
         // ...a new generation does, until the proxies sync to it.
-        let s3 = Arc::new(ConfigSnapshot::default());
-        revs.observe(&s3, &objects(2));
+        revs.observe(3, &objects(2));
         assert_eq!(revs.count(KEY, &rx.borrow()), (0, 2));
-        tracker.synced(2, s3.clone());
+        tracker.synced(2, 3);
         assert_eq!(revs.count(KEY, &rx.borrow()), (1, 2));
-        // A snapshot the writer never saw counts as behind; a gone proxy no longer counts.
-        tracker.synced(1, Arc::new(ConfigSnapshot::default()));
-        assert_eq!(revs.count(KEY, &rx.borrow()), (1, 2));
+        // A revision the writer skipped still counts when it is the object's or later.
+        tracker.synced(1, 4);
+        assert_eq!(revs.count(KEY, &rx.borrow()), (2, 2));
+        // A gone proxy no longer counts.
         tracker.disconnected(1);
+        assert_eq!(revs.count(KEY, &rx.borrow()), (1, 1));
+    }
+
+    #[test]
+    fn an_object_first_seen_in_a_skipped_revision_counts_from_the_one_seen() {
+        // The writer skipped revision 5 (where the object appeared) and saw 6; proxies synced
+        // to 5 are behind until they reach 6, which discovery delivers to them.
+        const KEY: &str = "VirtualService shop/reviews";
+        let tracker = ProgrammedTracker::default();
+        let rx = tracker.subscribe();
+        let mut revs = Revisions::default();
+        tracker.connected(1);
+        tracker.synced(1, 5);
+        revs.observe(6, &objects(1));
+        assert_eq!(revs.count(KEY, &rx.borrow()), (0, 1));
+        tracker.synced(1, 6);
         assert_eq!(revs.count(KEY, &rx.borrow()), (1, 1));
     }
 }

@@ -175,7 +175,7 @@ pub async fn run(
         // Every snapshot is numbered, led or not: a replica that becomes leader counts from
         // what it has seen.
         let (snapshot, objects) = rx.borrow_and_update().clone();
-        revisions.observe(&snapshot, &objects);
+        revisions.observe(snapshot.revision, &objects);
         if *leader_rx.borrow_and_update() {
             let synced = synced_rx.borrow_and_update().clone();
             let want = desired(&snapshot, &objects, |key| revisions.count(key, &synced));

@@ -163,6 +163,7 @@ pub fn watch_config(
     let shutdown = shutdown.clone();
     tasks.spawn(async move {
         let mut index = ObjectIndex::default();
+        let mut published = snapshot_tx.borrow().clone();
         let mut metas: BTreeMap<String, ObjectMeta> = BTreeMap::new();
         let mut listed: Vec<&'static ConfigKind> = Vec::new();
         loop {
@@ -200,9 +201,17 @@ pub fn watch_config(
                     }
                 }
             }
-            let snapshot = Arc::new(index.snapshot());
-            snapshot_tx.send_replace(snapshot.clone());
-            status_tx.send_replace((snapshot, Arc::new(metas.clone())));
+            // A new revision only when the content changed: a status write or a kind's late
+            // first list changes nothing a proxy is sent, and a revision no proxy is sent
+            // would never count as programmed (docs in `super::programmed`).
+            let mut next = index.snapshot();
+            next.revision = published.revision;
+            if next != *published {
+                next.revision += 1;
+                published = Arc::new(next);
+                snapshot_tx.send_replace(published.clone());
+            }
+            status_tx.send_replace((published.clone(), Arc::new(metas.clone())));
         }
     });
     ConfigWatch {

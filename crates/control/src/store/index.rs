@@ -59,6 +59,10 @@ pub struct ConfigSnapshot {
     pub rate_limit_policies: Vec<trellis_config::trellis::ratelimit::RateLimitPolicy>,
     /// Links to other clusters and the Services exported to them (`crate::multicluster`).
     pub multicluster: crate::multicluster::MulticlusterConfig,
+    /// Which published config this is, for the `Programmed` condition: the Kubernetes source
+    /// numbers each snapshot whose content changed (1, 2, ...), and the adapters between it and
+    /// discovery keep the number. 0 from config directories (nothing counts programmed there).
+    pub revision: u64,
 }
 
 #[derive(Debug, Default)]
@@ -278,6 +282,7 @@ impl ConfigIndex {
             wasm_plugins,
             rate_limit_policies,
             multicluster,
+            revision: 0,
         }
     }
 }
