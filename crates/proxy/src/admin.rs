@@ -36,6 +36,9 @@ pub struct AdminState {
     pub identity: Arc<crate::tls::MeshIdentity>,
     /// End-user authentication rules and key sets, for `/config_dump`.
     pub authn: Arc<crate::authn::Authenticator>,
+    /// In gateway mode, the Gateway ports bound so far and where (`/config_dump`'s
+    /// `gateway_listeners`): with `--gateway-port PORT=IP:0` it is the only place to learn them.
+    pub gateway_listeners: crate::gateway::BoundListeners,
 }
 
 impl AdminState {
@@ -93,6 +96,7 @@ impl AdminState {
                     "request_authentication": self.authn.dump(),
                     "authorization": self.metrics.authz.current(),
                     "wasm_plugins": self.metrics.wasm.dump(),
+                    "gateway_listeners": &*crate::gateway::lock(&self.gateway_listeners),
                     "discovery": {
                         "status": self.discovery.status(),
                         "dump": self.discovery.dump(),

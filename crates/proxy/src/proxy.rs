@@ -259,6 +259,7 @@ impl Proxy {
             ));
         }
         let gateway_rx = discovery.gateway_rx();
+        let gateway_listeners = crate::gateway::BoundListeners::default();
         let admin_state = Arc::new(AdminState {
             metrics,
             discovery,
@@ -267,6 +268,7 @@ impl Proxy {
             shutdown: shutdown.clone(),
             identity,
             authn,
+            gateway_listeners: gateway_listeners.clone(),
         });
 
         tracker.spawn(inbound::run(
@@ -287,7 +289,7 @@ impl Proxy {
                 ctx.clone(),
                 gateway_rx,
                 config.gateway.clone(),
-                Default::default(),
+                gateway_listeners,
             ));
         }
         tokio::spawn(admin::run(

@@ -2,7 +2,7 @@
 //! Istio's own (`istio: ingressgateway`, `app: trellis-ingressgateway`), so that Bookinfo's
 //! `bookinfo-gateway` selects it unchanged, and the Gateway API GatewayClass `trellis`.
 
-use std::net::{Ipv4Addr, SocketAddr, TcpListener};
+use std::net::SocketAddr;
 
 use crate::bookinfo::{NAMESPACE, SERVICE_PORT};
 
@@ -10,8 +10,8 @@ use crate::bookinfo::{NAMESPACE, SERVICE_PORT};
 pub const WORKLOAD: &str = "trellis-ingressgateway";
 
 /// The port Bookinfo's Gateway declares (Istio's sample uses 8080); the gateway serves it on a
-/// free local port (`--gateway-port 8080=127.0.0.1:P`), so the demo needs no privileges and
-/// never collides with what already listens on 8080.
+/// local port the OS picks (`--gateway-port 8080=127.0.0.1:0`), so the demo needs no privileges
+/// and never collides with what already listens on 8080.
 pub const GATEWAY_PORT: u16 = 8080;
 
 /// The labels Istio's ingress gateway pods carry, which Gateway selectors name.
@@ -76,16 +76,32 @@ spec:
     )
 }
 
-/// A local port nothing listens on now, for the gateway's listener. Another process could
-/// take it before the gateway binds; the gateway then fails to start and the demo says so.
-pub fn free_local_addr() -> std::io::Result<SocketAddr> {
-    TcpListener::bind((Ipv4Addr::LOCALHOST, 0))?.local_addr()
+/// Where a gateway's `/config_dump` (JSON) says it bound [`GATEWAY_PORT`], if it has. The
+/// gateway binds `--gateway-port 8080=127.0.0.1:0` itself: a port picked here and handed over
+/// could be taken by another process in between.
+pub fn bound_listener(config_dump: &[u8]) -> Option<SocketAddr> {
+    let dump: serde_json::Value = serde_json::from_slice(config_dump).ok()?;
+    dump["gateway_listeners"][GATEWAY_PORT.to_string()]
+        .as_str()?
+        .parse()
+        .ok()
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
     use trellis_config::{Outcome, parse_documents};
+
+    #[test]
+    fn the_bound_listener_is_read_from_the_config_dump() {
+        let dump = br#"{"gateway_listeners": {"8080": "127.0.0.1:41234"}}"#;
+        assert_eq!(
+            bound_listener(dump),
+            Some("127.0.0.1:41234".parse().unwrap())
+        );
+        assert_eq!(bound_listener(br#"{"gateway_listeners": {}}"#), None);
+        assert_eq!(bound_listener(b"not json"), None);
+    }
 
     #[test]
     fn the_gateway_config_is_read_whole() {

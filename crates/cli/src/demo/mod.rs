@@ -320,13 +320,10 @@ impl Demo {
         Ok((id, ready_file))
     }
 
-    /// Starts the ingress gateway (docs/gateways.md) with Bookinfo's Gateway port on a free
-    /// local port, and waits for its ready file.
+    /// Starts the ingress gateway (docs/gateways.md) with Bookinfo's Gateway port on a port
+    /// the OS picks, waits for its ready file, then for the port to be bound (its admin's
+    /// `/config_dump` says where).
     async fn start_gateway(&mut self, discovery: SocketAddr) -> Result<Gateway, DemoError> {
-        let listener = gateway::free_local_addr().map_err(|source| DemoError::Bind {
-            workload: gateway::WORKLOAD.into(),
-            source,
-        })?;
         let mut pairs = vec![
             ("--workload", gateway::WORKLOAD.to_string()),
             ("--namespace", NAMESPACE.to_string()),
@@ -335,7 +332,7 @@ impl Demo {
             ("--mode", "gateway".to_string()),
             (
                 "--gateway-port",
-                format!("{}={listener}", gateway::GATEWAY_PORT),
+                format!("{}=127.0.0.1:0", gateway::GATEWAY_PORT),
             ),
             ("--inbound", "127.0.0.1:0".to_string()),
             ("--outbound", "none".to_string()),
@@ -357,10 +354,37 @@ impl Demo {
         let name = format!("trellis-proxy ({})", gateway::WORKLOAD);
         let proxy = self.supervisor.spawn(&name, &self.proxy_bin, &args, &log)?;
         let ready: ProxyReady = self.wait_ready_file(proxy, &ready_file).await?;
+        let listener = self.wait_gateway_listener(ready.admin).await?;
         Ok(Gateway {
             listener,
             admin: ready.admin,
         })
+    }
+
+    /// Waits until the gateway at `admin` has bound Bookinfo's Gateway port (once the
+    /// control plane has sent it the Gateway) and returns where.
+    async fn wait_gateway_listener(&mut self, admin: SocketAddr) -> Result<SocketAddr, DemoError> {
+        loop {
+            self.check_alive().await?;
+            let last = match self
+                .client
+                .get(admin, "/config_dump", &HeaderMap::new(), PROBE_TIMEOUT)
+                .await
+            {
+                Ok(reply) => match gateway::bound_listener(&reply.body) {
+                    Some(addr) => return Ok(addr),
+                    None => "it has not bound the port yet".to_string(),
+                },
+                Err(err) => err.to_string(),
+            };
+            if Instant::now() >= self.deadline {
+                return Err(self.timeout(format!(
+                    "the ingress gateway's port {} at http://{admin}/config_dump ({last})",
+                    gateway::GATEWAY_PORT
+                )));
+            }
+            tokio::time::sleep(POLL_INTERVAL).await;
+        }
     }
 
     /// Fails if a child exited or a signal arrived; called between polls while starting.

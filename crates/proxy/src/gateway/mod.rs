@@ -264,7 +264,7 @@ async fn apply(
     traffic.retain(|(port, ..), _| keep.contains(port));
 }
 
-fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+pub(crate) fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
     // Inserts and removes only: a panic cannot leave the map torn.
     m.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
 }
