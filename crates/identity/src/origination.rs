@@ -63,7 +63,8 @@ pub enum OriginationError {
 pub struct OriginationHandshakeError {
     pub host: String,
     /// `unknown_ca`, `identity_mismatch` (no name matched), `bad_certificate`, `alert` (the
-    /// server refused, e.g. our client certificate), `protocol`, `io`, or `bad_server_name`.
+    /// server refused, e.g. our client certificate), `protocol`, `io`, or `other` (the server
+    /// name is not a DNS name or IP address).
     pub reason: &'static str,
     #[source]
     pub source: std::io::Error,
@@ -137,7 +138,7 @@ impl OriginationTls {
         let host = server_name.to_string();
         let name = ServerName::try_from(host.clone()).map_err(|e| OriginationHandshakeError {
             host: host.clone(),
-            reason: "bad_server_name",
+            reason: "other",
             source: std::io::Error::new(std::io::ErrorKind::InvalidInput, e),
         })?;
         let config = if h2 { &self.h2 } else { &self.http1 };

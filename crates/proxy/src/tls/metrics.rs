@@ -85,7 +85,7 @@ impl TlsMetrics {
         );
         let _ = writeln!(
             out,
-            "# HELP trellis_tls_handshake_failures_total Failed mesh TLS handshakes and refused plaintext, by reason.\n\
+            "# HELP trellis_tls_handshake_failures_total Failed TLS handshakes (mesh mTLS, and outbound TLS origination) and refused plaintext, by reason.\n\
              # TYPE trellis_tls_handshake_failures_total counter"
         );
         for d in Direction::ALL {
