@@ -98,6 +98,104 @@ fn mask(line: &str, key: &str, mask: &str) -> String {
     format!("{}{mask}{}", &line[..value_start], &line[end..])
 }
 
+/// Compares with `tests/fixtures/tap/golden/<name>`; `UPDATE_GOLDEN=1` rewrites it (as the
+/// other demo-backed goldens in check.rs do).
+fn golden(name: &str, actual: &str) {
+    let path = std::path::Path::new("tests/fixtures/tap/golden").join(name);
+    if std::env::var_os("UPDATE_GOLDEN").is_some() {
+        std::fs::write(&path, actual).unwrap();
+    }
+    let expected =
+        std::fs::read_to_string(&path).unwrap_or_else(|e| panic!("golden {}: {e}", path.display()));
+    assert_eq!(actual, expected, "{name} (UPDATE_GOLDEN=1 to accept)");
+}
+
+/// What changes from one run to the next in a `table`/`wide` line: the latency, the duration
+/// and the time. Everything else (names, identities, status, bytes) the demo fixes.
+fn mask_line(line: &str) -> String {
+    let line = mask(line, " latency=", "LATENCY");
+    let line = mask(&line, " duration=", "DURATION");
+    mask(&line, " time=", "TIME")
+}
+
+/// The same for a JSON row, on its text as printed (so the golden keeps the wire's field
+/// order): the value after `"key":` up to the next `,` or `}` (these values hold neither).
+fn mask_json(line: &str) -> String {
+    let mut line = line.to_string();
+    for (key, mask) in [
+        ("\"time\":", "\"TIME\""),
+        ("\"latency_ms\":", "\"LATENCY\""),
+        ("\"duration_ms\":", "\"DURATION\""),
+    ] {
+        let Some(start) = line.find(key) else {
+            continue;
+        };
+        let value = start + key.len();
+        let end = line[value..]
+            .find([',', '}'])
+            .map_or(line.len(), |i| value + i);
+        line = format!("{}{mask}{}", &line[..value], &line[end..]);
+    }
+    line
+}
+
+/// The same for YAML documents: the values of the `time`, `latency_ms` and `duration_ms` keys.
+fn mask_yaml(text: &str) -> String {
+    let mut out = String::new();
+    for line in text.lines() {
+        let masked = match line.split_once(": ") {
+            Some(("time", _)) => "time: TIME".to_string(),
+            Some(("latency_ms", _)) => "latency_ms: LATENCY".to_string(),
+            Some(("duration_ms", _)) => "duration_ms: DURATION".to_string(),
+            _ => line.to_string(),
+        };
+        out.push_str(&masked);
+        out.push('\n');
+    }
+    out
+}
+
+/// Full goldens of every output format, for productpage's calls to reviews-v1 (one destination,
+/// so the response bytes and identities are fixed; only times and latencies are masked).
+#[test]
+fn tap_goldens_against_the_demo() {
+    let config = tempfile::tempdir().unwrap();
+    let demo = Demo::start(config.path());
+    let control = demo.control_url();
+    let entry = demo.status["entry"].as_str().unwrap().to_string();
+    let _load = Load::start(entry);
+    let base = [
+        "productpage",
+        "--control",
+        &control,
+        "--to",
+        "reviews-v1",
+        "--direction",
+        "outbound",
+        "--max-rows",
+        "3",
+        "--max-seconds",
+        "20",
+    ];
+    for (output, name) in [
+        ("table", "demo-table.txt"),
+        ("wide", "demo-wide.txt"),
+        ("json", "demo-rows.ndjson"),
+        ("yaml", "demo-rows.yaml"),
+    ] {
+        let args: Vec<&str> = base.iter().copied().chain(["-o", output]).collect();
+        let (code, out, err) = tap(&args);
+        assert_eq!(code, 0, "{output}: {err}");
+        assert_eq!(err, "tapping productpage-v1\n", "{output}");
+        let masked = match output {
+            "json" => out.lines().map(|l| mask_json(l) + "\n").collect(),
+            "yaml" => mask_yaml(&out),
+            _ => out.lines().map(|l| mask_line(l) + "\n").collect(),
+        };
+        golden(name, &masked);
+    }
+}
+
 #[test]
 fn tap_the_demo() {
     let config = tempfile::tempdir().unwrap();
