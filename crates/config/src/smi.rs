@@ -177,6 +177,7 @@ pub(crate) fn translate(value: serde_yaml::Value) -> Result<Translated, FieldErr
             name: name.clone(),
             source: source.clone(),
             port: None,
+            sni_hosts: Vec::new(),
             backends: backends.clone(),
         }]
     } else {

@@ -310,7 +310,25 @@ pub struct TcpRoute {
     /// Destination port condition; `None` matches every port.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub port: Option<u16>,
+    /// A TLS route (Istio `tls[]`): the ClientHello's SNI must match one of these names
+    /// (`*.suffix` wildcards allowed). Empty: an opaque route, for any connection.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub sni_hosts: Vec<String>,
     pub backends: Vec<WeightedBackend>,
+}
+
+impl TcpRoute {
+    /// Whether a connection to `port` whose ClientHello named `sni` (`None`: not TLS, or no
+    /// SNI) takes this route. A TLS route never takes a connection without an SNI.
+    pub fn admits(&self, port: u16, sni: Option<&str>) -> bool {
+        self.port.is_none_or(|p| p == port)
+            && (self.sni_hosts.is_empty()
+                || sni.is_some_and(|s| {
+                    self.sni_hosts
+                        .iter()
+                        .any(|p| crate::gateway::host_matches(p, s))
+                }))
+    }
 }
 
 #[cfg(test)]
@@ -359,6 +377,27 @@ mod tests {
                 Some("v2")
             );
         }
+    }
+
+    #[test]
+    fn tls_routes_take_matching_sni_only() {
+        let route = |port, sni: &[&str]| TcpRoute {
+            name: "r".into(),
+            source: ResourceRef::default(),
+            port,
+            sni_hosts: sni.iter().map(|s| s.to_string()).collect(),
+            backends: vec![backend("v1", 100)],
+        };
+        let tls = route(Some(443), &["edition.cnn.com", "*.example.com"]);
+        assert!(tls.admits(443, Some("edition.cnn.com")));
+        assert!(tls.admits(443, Some("a.example.com")));
+        assert!(!tls.admits(443, Some("example.com")));
+        assert!(!tls.admits(443, Some("other.com")));
+        assert!(!tls.admits(443, None), "no SNI: not a TLS route's");
+        assert!(!tls.admits(8443, Some("edition.cnn.com")));
+        // An opaque route takes any connection to its port, TLS or not.
+        let tcp = route(None, &[]);
+        assert!(tcp.admits(443, None) && tcp.admits(1, Some("x")));
     }
 
     #[test]

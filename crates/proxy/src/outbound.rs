@@ -15,6 +15,7 @@ use tokio::net::TcpListener;
 use trellis_model::Target;
 
 pub mod registry_only;
+pub mod tls_route;
 
 use crate::discovery::Resolution;
 use crate::listen::accept_loop;

@@ -224,10 +224,15 @@ impl Dest {
     /// [`Self::hop`], with the backend and endpoint chosen when the destination was discovered,
     /// so the stream can count as in flight and report connect failures to outlier detection.
     pub async fn stream_hop(&self, port: u16) -> Result<StreamHop, NoHop> {
+        self.stream_hop_for(port, None).await
+    }
+
+    /// [`Self::stream_hop`] for a TLS stream whose ClientHello named `sni` (TLS routes).
+    pub async fn stream_hop_for(&self, port: u16, sni: Option<&str>) -> Result<StreamHop, NoHop> {
         match self.next(None).await? {
             Next::Hop(hop) => Ok(StreamHop { hop, chosen: None }),
             Next::Routed(plan) => {
-                let backend = plan.tcp_backend(port).ok_or(NoHop::NoEndpoints)?;
+                let backend = plan.tcp_backend_for(port, sni).ok_or(NoHop::NoEndpoints)?;
                 backend.sweep();
                 let endpoint = backend
                     .balancer

@@ -240,6 +240,20 @@ pub async fn serve(
             _ => {}
         }
     }
+    if direction == Direction::Outbound && detected.protocol == Protocol::Tls {
+        let (prefix, sni) =
+            crate::outbound::tls_route::read_sni(io, detected.prefix, ctx.detect_timeout).await;
+        return serve_opaque_sni(
+            &ctx,
+            direction,
+            prefix,
+            &dest,
+            dest_port,
+            &tag,
+            sni.as_deref(),
+        )
+        .await;
+    }
     let io = PrefixedIo::new(detected.prefix, io);
     // Outbound opaque streams are labelled when their endpoint is chosen (`serve_opaque`).
     match (direction, detected.protocol) {
@@ -352,12 +366,26 @@ fn count_limit(ctx: &Ctx, direction: Direction, e: &hyper::Error) {
 pub(crate) async fn serve_opaque(
     ctx: &Ctx,
     direction: Direction,
-    mut io: impl Downstream,
+    io: impl Downstream,
     dest: &Dest,
     dest_port: u16,
     tag: &TcpTag,
 ) {
-    let target = match dest.stream_hop(dest_port).await {
+    serve_opaque_sni(ctx, direction, io, dest, dest_port, tag, None).await
+}
+
+/// [`serve_opaque`] for a TLS stream whose ClientHello named `client_sni`: TLS routes by SNI
+/// choose its backend (`crate::outbound::tls_route`).
+pub(crate) async fn serve_opaque_sni(
+    ctx: &Ctx,
+    direction: Direction,
+    mut io: impl Downstream,
+    dest: &Dest,
+    dest_port: u16,
+    tag: &TcpTag,
+    client_sni: Option<&str>,
+) {
+    let target = match dest.stream_hop_for(dest_port, client_sni).await {
         Ok(t) if is_own_listener(t.hop.addr, &ctx.listeners) => {
             tracing::warn!(direction = direction.as_str(), hop = %t.hop.addr, "opaque connection would loop into the proxy; closing");
             return;

@@ -332,12 +332,18 @@ impl Plan {
     /// (weighted pick per connection), else the service's own endpoints. `None` when a route
     /// names no usable backend.
     pub fn tcp_backend(&self, port: u16) -> Option<&Arc<BackendRt>> {
+        self.tcp_backend_for(port, None)
+    }
+
+    /// [`Self::tcp_backend`] for a TLS connection whose ClientHello named `sni`: TLS routes
+    /// (Istio `tls[]`) whose `sniHosts` match it may take it too.
+    pub fn tcp_backend_for(&self, port: u16, sni: Option<&str>) -> Option<&Arc<BackendRt>> {
         let Some((i, route)) = self
             .dest
             .tcp_routes
             .iter()
             .enumerate()
-            .find(|(_, r)| r.port.is_none_or(|p| p == port))
+            .find(|(_, r)| r.admits(port, sni))
         else {
             return Some(&self.own);
         };

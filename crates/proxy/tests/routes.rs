@@ -434,6 +434,7 @@ async fn tcp_routes_split_connections_by_weight() {
         name: "db".into(),
         source: ResourceRef::default(),
         port: Some(9080),
+        sni_hosts: Vec::new(),
         backends: vec![
             weighted(subset("primary"), 80),
             weighted(subset("replica"), 20),

@@ -1,8 +1,10 @@
 //! Istio `VirtualService` -> routes for the mesh (`gateways` absent or naming `mesh`) and, for
 //! the other gateways it names, routes bound to those gateways (`crate::gateways`), including
-//! `tls[]` routes by SNI (gateways only).
+//! `tls[]` routes by SNI. For the mesh, a `tls[]` route is a TCP route that only a TLS
+//! connection whose ClientHello names one of its `sniHosts` takes (passed through unterminated).
 //!
-//! Refused "not supported yet" (the file is not applied): `delegate`, `tls[]` routes,
+//! Refused "not supported yet" (the file is not applied): `delegate`, `tls[].match[]`
+//! conditions other than `sniHosts`, `port` and `gateways`,
 //! `http[].match[].scheme`, `ignoreUriCase: true`, a method match other than exact,
 //! `rewrite.uriRegexRewrite`, `redirect.derivePort`, `directResponse.body.bytes`,
 //! `fault.abort.http2Error`, `tcp[].match[]` conditions other than `port`, and destinations
@@ -336,12 +338,6 @@ fn mesh_routes(
 ) -> Result<Translated, FieldError> {
     let source = source.clone();
     let mut notes = Vec::new();
-    if !spec.tls.is_empty() {
-        return Err(not_yet(
-            "spec.tls",
-            "TLS routing for the mesh (gateways only)",
-        ));
-    }
     if !spec.export_to.is_empty() {
         notes.push("spec.exportTo ignored: routes are visible mesh-wide".into());
     }
@@ -367,7 +363,10 @@ fn mesh_routes(
         )));
     }
     let http = http_routes(&source, &spec.http, Scope::Mesh, &mut notes)?;
-    let tcp = tcp_routes(&source, &spec.tcp, Scope::Mesh)?;
+    // TLS routes first: a TLS connection is matched by SNI before the opaque routes (as
+    // Istio's listener matches `tls[]` filter chains first); others skip them.
+    let mut tcp = mesh_tls_routes(&source, &spec.tls)?;
+    tcp.extend(tcp_routes(&source, &spec.tcp, Scope::Mesh)?);
     Ok(Translated::Resource(Resource::Routes(Box::new(RouteSet {
         api: RouteApi::Istio,
         source,
@@ -422,13 +421,57 @@ fn tcp_routes(
     Ok(tcp)
 }
 
-/// `tls[]`: one route per match block (SNI names, port), for gateways.
+/// `tls[]` for gateways: one route per match block (SNI names, port).
 fn tls_route(
     source: &ResourceRef,
     field: &str,
     index: usize,
     t: &TlsSpec,
 ) -> Result<Vec<crate::gateways::TlsRoute>, FieldError> {
+    let backends = tls_backends(source, field, t)?;
+    let matches = tls_matches(field, t, Scope::Gateways)?;
+    Ok(matches
+        .into_iter()
+        .map(|(sni_hosts, port)| crate::gateways::TlsRoute {
+            sni_hosts,
+            port,
+            route: TcpRoute {
+                name: format!("{}/tls/{index}", source.name),
+                source: source.clone(),
+                port,
+                // The gateway matches the SNI itself (its listener's passthrough hosts).
+                sni_hosts: Vec::new(),
+                backends: backends.clone(),
+            },
+        })
+        .collect())
+}
+
+/// `tls[]` for the mesh (sidecars): one TCP route per match block that only a TLS connection
+/// whose ClientHello names one of the block's `sniHosts` takes; passed through unterminated.
+fn mesh_tls_routes(source: &ResourceRef, routes: &[TlsSpec]) -> Result<Vec<TcpRoute>, FieldError> {
+    let mut out = Vec::new();
+    for (i, t) in routes.iter().enumerate() {
+        let field = format!("spec.tls[{i}]");
+        let backends = tls_backends(source, &field, t)?;
+        for (sni_hosts, port) in tls_matches(&field, t, Scope::Mesh)? {
+            out.push(TcpRoute {
+                name: format!("{}/tls/{i}", source.name),
+                source: source.clone(),
+                port,
+                sni_hosts,
+                backends: backends.clone(),
+            });
+        }
+    }
+    Ok(out)
+}
+
+fn tls_backends(
+    source: &ResourceRef,
+    field: &str,
+    t: &TlsSpec,
+) -> Result<Vec<WeightedBackend>, FieldError> {
     let backends = weighted(source, &format!("{field}.route"), &t.route)?;
     if backends.is_empty() {
         return Err(FieldError::new(
@@ -436,6 +479,19 @@ fn tls_route(
             "must name a destination",
         ));
     }
+    Ok(backends)
+}
+
+/// One `tls[].match[]` block as routing reads it: its SNI names (lowercase) and port.
+type SniMatch = (Vec<String>, Option<u16>);
+
+/// The `(sniHosts, port)` of each match block of `t` that applies to `scope`; every block is
+/// validated, whichever side it is for.
+fn tls_matches(
+    field: &str,
+    t: &TlsSpec,
+    scope: Scope,
+) -> Result<Vec<SniMatch>, FieldError> {
     if t.matches.is_empty() {
         return Err(FieldError::new(
             format!("{field}.match"),
@@ -451,26 +507,37 @@ fn tls_route(
                 "must name at least one host",
             ));
         }
-        if !m.destination_subnets.is_empty()
-            || !m.source_labels.is_empty()
-            || m.source_namespace.is_some()
-        {
-            return Err(not_yet(mf, "TLS matching on subnets, labels or namespace"));
+        for (k, h) in m.sni_hosts.iter().enumerate() {
+            if !crate::gateways::is_istio_host(h) {
+                return Err(FieldError::new(
+                    format!("{mf}.sniHosts[{k}]"),
+                    format!("must be a host name, \"*\" or \"*.suffix\", got {h:?}"),
+                ));
+            }
         }
-        if !Scope::Gateways.admits(&m.gateways) {
-            continue;
+        if !m.destination_subnets.is_empty() {
+            return Err(not_yet(
+                format!("{mf}.destinationSubnets"),
+                "TLS matching on subnets",
+            ));
+        }
+        if !m.source_labels.is_empty() {
+            return Err(not_yet(
+                format!("{mf}.sourceLabels"),
+                "TLS matching on source labels",
+            ));
+        }
+        if m.source_namespace.is_some() {
+            return Err(not_yet(
+                format!("{mf}.sourceNamespace"),
+                "TLS matching on source namespace",
+            ));
         }
         let port = m.port.map(|p| port(&format!("{mf}.port"), p)).transpose()?;
-        out.push(crate::gateways::TlsRoute {
-            sni_hosts: m.sni_hosts.iter().map(|h| h.to_ascii_lowercase()).collect(),
-            port,
-            route: TcpRoute {
-                name: format!("{}/tls/{index}", source.name),
-                source: source.clone(),
-                port,
-                backends: backends.clone(),
-            },
-        });
+        if scope.admits(&m.gateways) {
+            let hosts = m.sni_hosts.iter().map(|h| h.to_ascii_lowercase()).collect();
+            out.push((hosts, port));
+        }
     }
     Ok(out)
 }
@@ -869,6 +936,7 @@ fn tcp_route(
             name: name.clone(),
             source: source.clone(),
             port,
+            sni_hosts: Vec::new(),
             backends: backends.clone(),
         })
         .collect())

@@ -69,6 +69,7 @@ fn tcp_routes_split_per_connection() {
         name: "db-split".into(),
         source: ResourceRef::default(),
         port: Some(5432),
+        sni_hosts: Vec::new(),
         backends: vec![
             weighted(subset("primary"), 80),
             weighted(subset("replica"), 20),
@@ -95,6 +96,7 @@ fn an_address_in_several_backends_has_one_live_state() {
         name: "split".into(),
         source: ResourceRef::default(),
         port: None,
+        sni_hosts: Vec::new(),
         backends: vec![
             weighted(subset("primary"), 1),
             weighted(subset("replica"), 1),
@@ -115,6 +117,7 @@ fn unknown_backends_resolve_to_none() {
         name: "gone".into(),
         source: ResourceRef::default(),
         port: None,
+        sni_hosts: Vec::new(),
         backends: vec![weighted(subset("missing"), 1)],
     }];
     let plan = Plan::build(Arc::new(d), None);
