@@ -6,6 +6,10 @@
 //! A [`MeshTls`] is built once per leaf or bundle change and shared (`Arc`) by every
 //! connection; handshakes allocate only what rustls needs. ALPN tells the peer proxy what runs
 //! inside: `h2` (the multiplexed hop), `http/1.1` (upgrades) or `trellis-tcp` (opaque TCP).
+//! An opaque TCP client offers `trellis-mx/1` before `trellis-tcp`: a server that selects it
+//! expects the client's metadata header first (the proxy's TCP metadata exchange, see
+//! docs/identity.md); a server that does not know it selects `trellis-tcp`, so proxies with and
+//! without the exchange interoperate.
 //!
 //! Session resumption is off on both sides: every connection presents and checks certificates
 //! (connections are long-lived and pooled, so the cost is small, and a rotated anchor or leaf is
@@ -38,6 +42,9 @@ pub enum MeshAlpn {
     Http1,
     /// Opaque TCP.
     Tcp,
+    /// Opaque TCP preceded by the client's metadata header (workload and namespace). Offered
+    /// by every opaque TCP client before `trellis-tcp`.
+    TcpMx,
 }
 
 impl MeshAlpn {
@@ -46,6 +53,18 @@ impl MeshAlpn {
             Self::H2 => b"h2",
             Self::Http1 => b"http/1.1",
             Self::Tcp => b"trellis-tcp",
+            Self::TcpMx => b"trellis-mx/1",
+        }
+    }
+
+    /// Whether a client that asked for `self` accepts the server's choice `chosen`: an opaque
+    /// TCP client takes the stream with or without the metadata exchange.
+    pub fn accepts(self, chosen: &[u8]) -> bool {
+        match self {
+            Self::Tcp | Self::TcpMx => {
+                chosen == Self::Tcp.protocol() || chosen == Self::TcpMx.protocol()
+            }
+            other => chosen == other.protocol(),
         }
     }
 
@@ -56,6 +75,7 @@ impl MeshAlpn {
             b"h2" => Some(Self::H2),
             b"http/1.1" => Some(Self::Http1),
             b"trellis-tcp" => Some(Self::Tcp),
+            b"trellis-mx/1" => Some(Self::TcpMx),
             _ => None,
         }
     }
@@ -341,7 +361,16 @@ impl MeshTls {
                 .dangerous()
                 .with_custom_certificate_verifier(verifier)
                 .with_client_auth_cert(chain.clone(), key.der())?;
-            config.alpn_protocols = vec![alpn.protocol().to_vec(), MESH_MARKER.to_vec()];
+            config.alpn_protocols = match alpn {
+                // The exchange first: a server that knows it prefers it, one that does not
+                // falls back to plain `trellis-tcp`.
+                MeshAlpn::Tcp | MeshAlpn::TcpMx => vec![
+                    MeshAlpn::TcpMx.protocol().to_vec(),
+                    MeshAlpn::Tcp.protocol().to_vec(),
+                    MESH_MARKER.to_vec(),
+                ],
+                _ => vec![alpn.protocol().to_vec(), MESH_MARKER.to_vec()],
+            };
             config.resumption = Resumption::disabled();
             Ok(Arc::new(config))
         };
@@ -352,10 +381,16 @@ impl MeshTls {
             .with_protocol_versions(&[&rustls::version::TLS13])?
             .with_client_cert_verifier(client_verifier)
             .with_single_cert(chain.clone(), key.der())?;
-        server.alpn_protocols = [MeshAlpn::H2, MeshAlpn::Http1, MeshAlpn::Tcp]
-            .iter()
-            .map(|a| a.protocol().to_vec())
-            .collect();
+        // Server preference order: `trellis-mx/1` before `trellis-tcp`.
+        server.alpn_protocols = [
+            MeshAlpn::H2,
+            MeshAlpn::Http1,
+            MeshAlpn::TcpMx,
+            MeshAlpn::Tcp,
+        ]
+        .iter()
+        .map(|a| a.protocol().to_vec())
+        .collect();
         server.session_storage = Arc::new(NoServerSessionStorage {});
         server.send_tls13_tickets = 0;
         Ok(Self {
@@ -366,6 +401,20 @@ impl MeshTls {
             client_tcp: client(MeshAlpn::Tcp)?,
             server: Arc::new(server),
         })
+    }
+
+    /// These configs as a proxy from before the TCP metadata exchange has them: the server never
+    /// selects `trellis-mx/1` and the client does not offer it. For interoperability tests.
+    #[doc(hidden)]
+    pub fn without_metadata_exchange(mut self) -> Self {
+        let mx = MeshAlpn::TcpMx.protocol();
+        let mut server = (*self.server).clone();
+        server.alpn_protocols.retain(|p| p != mx);
+        self.server = Arc::new(server);
+        let mut client = (*self.client_tcp).clone();
+        client.alpn_protocols.retain(|p| p != mx);
+        self.client_tcp = Arc::new(client);
+        self
     }
 
     /// This workload's own identity, from its leaf.
@@ -407,7 +456,7 @@ impl MeshTls {
         let config = match alpn {
             MeshAlpn::H2 => &self.client_h2,
             MeshAlpn::Http1 => &self.client_http1,
-            MeshAlpn::Tcp => &self.client_tcp,
+            MeshAlpn::Tcp | MeshAlpn::TcpMx => &self.client_tcp,
         };
         // No SNI is needed between sidecars (the identity is checked from the certificate); an
         // IP address as the name sends none and keeps the config shared.
@@ -434,7 +483,7 @@ impl MeshTls {
                 got: ids.first().map(ToString::to_string),
             });
         }
-        if conn.alpn_protocol() != Some(alpn.protocol()) {
+        if !conn.alpn_protocol().is_some_and(|p| alpn.accepts(p)) {
             return Err(HandshakeError::NoAlpn);
         }
         Ok(stream)

@@ -35,7 +35,7 @@ use crate::telemetry::tcp::TcpTag;
 use crate::telemetry::{DetectOutcome, Direction, Metrics};
 use crate::tls::{MeshIdentity, PeerIdentity, policy};
 use crate::traffic::TargetTraffic;
-use crate::transport::{CountingIo, HeadTimer, PrefixedIo, connect, is_own_listener, splice};
+use crate::transport::{CountingIo, HeadTimer, PrefixedIo, connect, is_own_listener, mx, splice};
 use tokio::io::{AsyncRead, AsyncWrite};
 use trellis_identity::tls::MeshAlpn;
 
@@ -214,12 +214,30 @@ pub async fn serve(
             }
             (policy::Admission::Terminate, Some(tls)) => {
                 let io = PrefixedIo::new(detected.prefix, io);
-                let Ok((stream, p)) = crate::tls::accept::accept(&ctx.identity, &tls, io).await
+                let Ok((mut stream, p)) = crate::tls::accept::accept(&ctx.identity, &tls, io).await
                 else {
                     return;
                 };
                 let peer_id = Some(PeerIdentity(Arc::from(p.id.to_string())));
-                tag.inbound(&ctx.telemetry.local, peer_id.as_ref().map(|id| &*id.0));
+                // `trellis-mx/1`: the caller's workload comes first; a bad or late one closes.
+                let caller = match p.alpn {
+                    MeshAlpn::TcpMx => match mx::read(&mut stream, ctx.detect_timeout).await {
+                        Ok(m) => Some(m),
+                        Err(e) => {
+                            ctx.identity
+                                .metrics
+                                .handshake_failed(direction, "metadata_exchange");
+                            tracing::info!(?peer, error = %e, "closing: TCP metadata exchange failed");
+                            return;
+                        }
+                    },
+                    _ => None,
+                };
+                tag.inbound_from(
+                    &ctx.telemetry.local,
+                    peer_id.as_ref().map(|id| &*id.0),
+                    caller.as_ref().map(|m| (&*m.workload, &*m.namespace)),
+                );
                 let forward = || {
                     HttpForward::new(ctx.clone(), direction, dest.clone())
                         .with_peer(peer)
@@ -228,7 +246,7 @@ pub async fn serve(
                 return match p.alpn {
                     MeshAlpn::H2 => serve_http2(&ctx, stream, forward()).await,
                     MeshAlpn::Http1 => serve_http1(&ctx, stream, forward()).await,
-                    MeshAlpn::Tcp => {
+                    MeshAlpn::Tcp | MeshAlpn::TcpMx => {
                         let id = peer_id.as_ref().map(|id| &*id.0);
                         // A denied connection is closed: TCP has no way to say why.
                         if ctx.metrics.authz.allow_tcp(peer, id, &dest, dest_port) {
@@ -440,9 +458,14 @@ pub(crate) async fn serve_opaque_sni(
                 .tls_connect(upstream, hop.addr, MeshAlpn::Tcp, peer_identity, sni)
                 .await
             {
-                Ok(tls) => {
+                Ok(mut tls) => {
                     if let Some((backend, endpoint)) = &target.chosen {
                         backend.record(endpoint, Outcome::Success);
+                    }
+                    // When the server selected `trellis-mx/1`: who is calling, first.
+                    if let Err(e) = mx::announce(&mut tls, &ctx.telemetry.local).await {
+                        tracing::info!(direction = direction.as_str(), hop = %hop.addr, error = %e, "opaque connection failed sending its metadata");
+                        return;
                     }
                     splice(&mut io, tls).await
                 }

@@ -21,6 +21,7 @@ use crate::telemetry::{Direction, Metrics};
 
 mod head_timer;
 pub use head_timer::HeadTimer;
+pub mod mx;
 
 /// How long an upstream TCP connect may take before the attempt fails (502).
 pub const CONNECT_TIMEOUT: Duration = Duration::from_secs(3);

@@ -1,7 +1,8 @@
 //! The `trellis_tcp_*` metrics carry the connection's peers: an opaque TCP stream through a real
 //! client and server `trellis-proxy` pair (mesh mTLS, certificates from a real
 //! `trellis-control`) is counted on both proxies under the source and destination workload,
-//! identity and `tls="true"`, with the bytes the test sent.
+//! identity and `tls="true"`, with the bytes the test sent. The server proxy knows the caller's
+//! workload from the TCP metadata exchange (ALPN `trellis-mx/1`); a plaintext caller has none.
 
 // Test helpers outside #[test] functions fail the test by panicking, as the tests themselves do.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
@@ -62,8 +63,10 @@ fn opaque_tcp_is_counted_by_workload_identity_and_tls_on_both_proxies() {
         ("destination_namespace", "default"),
         ("tls", "true"),
     ];
+    // The caller's workload, announced by the client proxy in the TCP metadata exchange.
     let server_labels = [
         ("direction", "inbound"),
+        ("source_workload", "client"),
         ("source_namespace", "default"),
         ("destination_workload", "tcpecho-0"),
         ("destination_namespace", "default"),
@@ -146,4 +149,50 @@ fn opaque_tcp_is_counted_by_workload_identity_and_tls_on_both_proxies() {
         &[("direction", "inbound"), ("tls", "false")],
     );
     assert_eq!(unlabelled, 0.0, "plaintext inbound connections counted");
+}
+
+#[test]
+fn a_plaintext_caller_is_counted_without_a_source_workload() {
+    let echo = TcpEcho::start().unwrap();
+    let mesh = MeshBuilder::new()
+        .service("tcpecho", 9000, echo.addr)
+        .start();
+    let server = mesh.server("tcpecho");
+    // Straight to the server proxy's inbound listener: no client proxy, no mTLS, no exchange.
+    let inbound = server.ready.inbound;
+    let payload = b"plain caller".to_vec();
+    let echoed = tcp_roundtrip(inbound, payload.clone(), TIMEOUT).unwrap();
+    assert_eq!(echoed, payload);
+
+    let labels = [("direction", "inbound"), ("tls", "false")];
+    let m = wait::until(TIMEOUT, || {
+        let m = server.metrics();
+        if m.sum("trellis_tcp_connections_closed_total", &labels) >= 1.0 {
+            Ok(m)
+        } else {
+            Err("the plaintext connection is not counted as closed yet".to_string())
+        }
+    })
+    .unwrap();
+    let series: Vec<_> = m
+        .matching("trellis_tcp_connections_opened_total", &labels)
+        .filter(|s| s.value > 0.0)
+        .collect();
+    assert!(!series.is_empty(), "no inbound plaintext series");
+    for s in &series {
+        for label in ["source_workload", "source_namespace", "source_identity"] {
+            assert_eq!(
+                s.labels.get(label).map(String::as_str),
+                Some(""),
+                "{label} of a plaintext caller: {s:?}"
+            );
+        }
+    }
+    assert_eq!(
+        m.sum(
+            "trellis_tls_handshake_failures_total",
+            &[("reason", "metadata_exchange")]
+        ),
+        0.0
+    );
 }

@@ -62,7 +62,46 @@ async fn mutual_tls_with_spiffe_ids_and_post_quantum_key_exchange() {
     assert_eq!(client.unwrap(), "Some(X25519MLKEM768)");
     let peer = server.unwrap();
     assert_eq!(peer.id, id("web"));
-    assert_eq!(peer.alpn, MeshAlpn::Tcp);
+    // Both sides know the TCP metadata exchange: the server selects it.
+    assert_eq!(peer.alpn, MeshAlpn::TcpMx);
+}
+
+#[tokio::test]
+async fn opaque_tcp_falls_back_to_trellis_tcp_when_either_side_lacks_the_exchange() {
+    let ca = Authority::generate("cluster.local", SystemTime::now()).unwrap();
+    let api = id("api").to_string();
+    // A new client and a server from before the exchange.
+    let (client, server) = handshake(
+        &mesh_tls(&ca, "web"),
+        &mesh_tls(&ca, "api").without_metadata_exchange(),
+        &api,
+    )
+    .await;
+    client.unwrap();
+    assert_eq!(server.unwrap().alpn, MeshAlpn::Tcp);
+    // A client from before the exchange and a new server.
+    let (client, server) = handshake(
+        &mesh_tls(&ca, "web").without_metadata_exchange(),
+        &mesh_tls(&ca, "api"),
+        &api,
+    )
+    .await;
+    client.unwrap();
+    assert_eq!(server.unwrap().alpn, MeshAlpn::Tcp);
+}
+
+#[test]
+fn an_opaque_tcp_client_accepts_either_tcp_protocol_and_nothing_else() {
+    for asked in [MeshAlpn::Tcp, MeshAlpn::TcpMx] {
+        assert!(asked.accepts(b"trellis-tcp"));
+        assert!(asked.accepts(b"trellis-mx/1"));
+        assert!(!asked.accepts(b"h2"));
+    }
+    assert!(!MeshAlpn::H2.accepts(b"trellis-mx/1"));
+    assert_eq!(
+        MeshAlpn::from_protocol(b"trellis-mx/1"),
+        Some(MeshAlpn::TcpMx)
+    );
 }
 
 #[tokio::test]

@@ -312,14 +312,28 @@ impl TcpTag {
 
     /// Inbound: the destination is this workload; the source is the caller's verified mTLS
     /// identity when there is one (its namespace read from the SPIFFE ID). The caller's workload
-    /// name is not known on a TCP connection (no headers carry it).
+    /// name is not known on a TCP connection unless the caller's proxy sent it in the TCP
+    /// metadata exchange ([`TcpTag::inbound_from`]).
     pub fn inbound(&self, local: &LocalWorkload, peer_identity: Option<&str>) {
+        self.inbound_from(local, peer_identity, None)
+    }
+
+    /// [`TcpTag::inbound`] with the `(workload, namespace)` the caller's proxy announced
+    /// (`crate::transport::mx`). The namespace in a verified SPIFFE ID wins over the announced
+    /// one: the announcement is informational, the certificate is proven.
+    pub fn inbound_from(
+        &self,
+        local: &LocalWorkload,
+        peer_identity: Option<&str>,
+        caller: Option<(&str, &str)>,
+    ) {
         let identity = peer_identity.unwrap_or("");
+        let (workload, announced_ns) = caller.unwrap_or(("", ""));
         self.label(&TcpLabels {
             direction: self.direction,
             source: Peer {
-                workload: "",
-                namespace: spiffe_namespace(identity).unwrap_or(""),
+                workload,
+                namespace: spiffe_namespace(identity).unwrap_or(announced_ns),
                 identity,
             },
             destination: Peer {

@@ -8,7 +8,7 @@ use std::time::{SystemTime, UNIX_EPOCH};
 use crate::telemetry::{Direction, per_direction};
 
 /// Every failure reason, in render order. Unknown reasons count as `other`.
-const REASONS: [&str; 12] = [
+const REASONS: [&str; 13] = [
     "bad_certificate",
     "no_client_cert",
     "unknown_ca",
@@ -20,6 +20,8 @@ const REASONS: [&str; 12] = [
     "no_alpn",
     "plaintext_refused",
     "timeout",
+    // Inbound: the TCP metadata exchange's header was bad or late (`crate::transport::mx`).
+    "metadata_exchange",
     "other",
 ];
 
