@@ -1,0 +1,333 @@
+//! Istio's "egress gateway for HTTPS traffic" in network-namespace pods: the application
+//! speaks TLS itself to an external host; its sidecar routes the connection by SNI (a
+//! VirtualService `tls[]` route for `mesh`) to the egress gateway, over mesh mTLS, and the
+//! gateway passes it through (a `PASSTHROUGH` Gateway server and the same VirtualService's
+//! route for the gateway) to the host. No proxy terminates the application's TLS: curl
+//! verifies the host's certificate against the test's own CA.
+//!
+//! The YAML is Istio's, unchanged but for the gateway Service's ports. The fixtures are those
+//! of `egress_gateway.rs` (a client pod that may not reach the host itself, REGISTRY_ONLY,
+//! the host's name resolved by the control plane's node), for TLS on port 443. Needs root;
+//! see `trellis_testkit::netns::require_root`.
+
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+mod external;
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use trellis_testkit::egress::{captured_client, registry_only_control};
+use trellis_testkit::mesh::{config_dir, write_config};
+use trellis_testkit::netns::{PROXY_UID, require_root};
+use trellis_testkit::tools::run_bounded;
+use trellis_testkit::{ControlPlane, Node, Pod, Proxy, ProxyBuilder, wait};
+
+const CONVERGE: Duration = Duration::from_secs(20);
+const HOST: &str = "edition.cnn.com";
+/// Where the egress gateway's Gateway port 443 listens in its pod: the `targetPort` of
+/// Istio's `istio-egressgateway` Service for 443.
+const GATEWAY_TARGET_PORT: u16 = 8443;
+
+/// Istio's egress gateway task, "Egress gateway for HTTPS traffic", as users apply it.
+const SERVICE_ENTRY: &str = "apiVersion: networking.istio.io/v1
+kind: ServiceEntry
+metadata:
+  name: cnn
+spec:
+  hosts:
+  - edition.cnn.com
+  ports:
+  - number: 443
+    name: tls
+    protocol: TLS
+  resolution: DNS
+";
+
+const GATEWAY: &str = "apiVersion: networking.istio.io/v1
+kind: Gateway
+metadata:
+  name: istio-egressgateway
+spec:
+  selector:
+    istio: egressgateway
+  servers:
+  - port:
+      number: 443
+      name: tls
+      protocol: TLS
+    hosts:
+    - edition.cnn.com
+    tls:
+      mode: PASSTHROUGH
+---
+apiVersion: networking.istio.io/v1
+kind: DestinationRule
+metadata:
+  name: egressgateway-for-cnn
+spec:
+  host: istio-egressgateway.istio-system.svc.cluster.local
+  subsets:
+  - name: cnn
+";
+
+const VIRTUAL_SERVICE: &str = "apiVersion: networking.istio.io/v1
+kind: VirtualService
+metadata:
+  name: direct-cnn-through-egress-gateway
+spec:
+  hosts:
+  - edition.cnn.com
+  gateways:
+  - mesh
+  - istio-egressgateway
+  tls:
+  - match:
+    - gateways:
+      - mesh
+      port: 443
+      sniHosts:
+      - edition.cnn.com
+    route:
+    - destination:
+        host: istio-egressgateway.istio-system.svc.cluster.local
+        subset: cnn
+        port:
+          number: 443
+  - match:
+    - gateways:
+      - istio-egressgateway
+      port: 443
+      sniHosts:
+      - edition.cnn.com
+    route:
+    - destination:
+        host: edition.cnn.com
+        port:
+          number: 443
+      weight: 100
+";
+
+/// The egress gateway's Service as Istio's chart installs it (443 to the pod's 8443).
+const GATEWAY_SERVICE: &str = "apiVersion: v1
+kind: Service
+metadata:
+  name: istio-egressgateway
+  namespace: istio-system
+spec:
+  selector:
+    istio: egressgateway
+  ports:
+  - name: https
+    port: 443
+    targetPort: 8443
+    protocol: TCP
+";
+
+/// `/etc/netns/<node>/hosts`, so the ServiceEntry's DNS name resolves to the external pod for
+/// the control plane run in the node (as in `egress_gateway.rs`). Removed on drop.
+struct NodeHosts(PathBuf);
+
+impl NodeHosts {
+    fn new(node: &Node, lines: &str) -> Self {
+        let dir = PathBuf::from("/etc/netns").join(node.name());
+        std::fs::create_dir_all(&dir).unwrap();
+        std::fs::write(
+            dir.join("hosts"),
+            format!("127.0.0.1 localhost\n::1 localhost\n{lines}\n"),
+        )
+        .unwrap();
+        Self(dir)
+    }
+}
+
+impl Drop for NodeHosts {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+        let _ = std::fs::remove_dir("/etc/netns");
+    }
+}
+
+/// The egress gateway workload in `pod`: Istio's labels, its Gateway port 443 bound where the
+/// Service's `targetPort` points. Sidecars reach it over mTLS through its inbound listener,
+/// which hands a TCP stream to `--app` (the gateway's own port: a `trellis-tcp` stream does
+/// not say which port it was for).
+fn egress_gateway(pod: &Pod, control: &ControlPlane) -> Proxy {
+    let gw = ProxyBuilder::new("istio-egressgateway")
+        .namespace("istio-system")
+        .service_account("istio-egressgateway-service-account")
+        .label("istio", "egressgateway")
+        .label("app", "istio-egressgateway")
+        .control(&control.url())
+        .outbound("none")
+        .advertise(SocketAddr::new(pod.ip().into(), 15006))
+        .app_port(GATEWAY_TARGET_PORT)
+        .app(SocketAddr::from(([127, 0, 0, 1], GATEWAY_TARGET_PORT)))
+        .arg("--mode")
+        .arg("gateway")
+        .arg("--gateway-port")
+        .arg(format!("443=0.0.0.0:{GATEWAY_TARGET_PORT}"))
+        .in_pod(pod, PROXY_UID)
+        .start()
+        .unwrap();
+    gw.wait_ready(CONVERGE).unwrap();
+    gw
+}
+
+/// Stands for a NetworkPolicy: nothing in `pod` (its proxy included) may connect to `ip`.
+fn block(pod: &Pod, ip: std::net::Ipv4Addr) {
+    let out = run_bounded(
+        pod.command("iptables").args([
+            "-A",
+            "OUTPUT",
+            "-p",
+            "tcp",
+            "-d",
+            &ip.to_string(),
+            "-j",
+            "REJECT",
+            "--reject-with",
+            "tcp-reset",
+        ]),
+        Duration::from_secs(10),
+    )
+    .unwrap();
+    assert!(
+        out.status.success(),
+        "iptables: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+/// `curl https://HOST{path}` in `pod`, verifying the host's certificate against `ca`, the name
+/// resolved to `ip` as DNS would: the HTTP status (0: no answer) and body, or curl's error.
+fn curl_https(
+    pod: &Pod,
+    ip: std::net::Ipv4Addr,
+    ca: &std::path::Path,
+    path: &str,
+) -> (u16, String) {
+    let resolve = format!("{HOST}:443:{ip}");
+    let url = format!("https://{HOST}{path}");
+    let ca = ca.display().to_string();
+    let args = [
+        "--cacert",
+        ca.as_str(),
+        "--resolve",
+        resolve.as_str(),
+        "-o",
+        "-",
+        "-w",
+        "\n%{http_code}",
+        url.as_str(),
+    ];
+    let out = pod.curl(None, &args).unwrap();
+    let text = String::from_utf8_lossy(&out.stdout).into_owned();
+    let (body, code) = text.rsplit_once('\n').unwrap_or_default();
+    let code = code.trim().parse().unwrap_or(0);
+    let err = String::from_utf8_lossy(&out.stderr).into_owned();
+    (code, if code == 200 { body.to_string() } else { err })
+}
+
+/// TCP connections a proxy opened outbound to `workload`, by its own metrics.
+fn outbound_tcp_to(proxy: &Proxy, workload: &str) -> f64 {
+    proxy.metrics().sum(
+        "trellis_tcp_connections_opened_total",
+        &[
+            ("direction", "outbound"),
+            ("destination_workload", workload),
+        ],
+    )
+}
+
+#[test]
+fn egress_gateway_passes_https_through_by_sni() {
+    if !require_root("egress_gateway_passes_https_through_by_sni") {
+        return;
+    }
+    let node = Node::new().unwrap();
+    let ext = node.pod().unwrap();
+    let egress = node.pod().unwrap();
+    let sleep = node.pod().unwrap();
+    let _hosts = NodeHosts::new(&node, &format!("{} {HOST}", ext.ip()));
+    let certs = external::certs(HOST);
+    // The host speaks HTTPS only, with a certificate for its name from the test's CA.
+    let _server = external::start(&ext, "cnn-https", 443, Some((&certs.cert, &certs.key)));
+    let config = config_dir(&[
+        ("service-entry.yaml", SERVICE_ENTRY.to_string()),
+        ("gateway.yaml", GATEWAY.to_string()),
+        ("virtual-service.yaml", VIRTUAL_SERVICE.to_string()),
+        ("egressgateway-service.yaml", GATEWAY_SERVICE.to_string()),
+    ])
+    .unwrap();
+    let control = registry_only_control(&node, config.path()).unwrap();
+    let gw = egress_gateway(&egress, &control);
+    let client = captured_client(&sleep, &control, "sleep-0", "sleep", CONVERGE).unwrap();
+    block(&sleep, ext.ip());
+
+    // curl verifies the host's certificate for its name: the TLS is the host's own, end to
+    // end, and the SNI reached it intact.
+    let first = wait::until(CONVERGE, || {
+        match curl_https(&sleep, ext.ip(), &certs.ca, "/politics") {
+            (200, body) => Ok(body),
+            (code, err) => Err(format!("{code}: {err}")),
+        }
+    })
+    .unwrap();
+    let reply: external::Reply = serde_json::from_str(&first).unwrap();
+    assert_eq!(
+        (
+            reply.server.as_str(),
+            reply.path.as_str(),
+            reply.host.as_str()
+        ),
+        ("cnn-https", "/politics", HOST)
+    );
+    for i in 0..5 {
+        let (code, err) = curl_https(&sleep, ext.ip(), &certs.ca, &format!("/n/{i}"));
+        assert_eq!(code, 200, "{err}");
+    }
+
+    // The sidecar sent the streams to the gateway workload over mTLS, and the gateway on to
+    // the ServiceEntry host.
+    assert!(
+        outbound_tcp_to(&client, "istio-egressgateway") >= 6.0,
+        "the sidecar did not send to the gateway; metrics:\n{}",
+        client.admin_get("/metrics").unwrap().1
+    );
+    let through = outbound_tcp_to(&gw, HOST);
+    assert!(
+        through >= 6.0,
+        "the gateway counted {through} connections to {HOST}; metrics:\n{}",
+        gw.admin_get("/metrics").unwrap().1
+    );
+    if let Err(err) = gw.metrics().check_meshed_inbound() {
+        panic!("sidecar -> egress gateway hop is not mTLS: {err}");
+    }
+
+    // Without the VirtualService the sidecar goes to the host directly, which the client's
+    // network does not allow: the call fails and the gateway sees nothing more.
+    std::fs::remove_file(config.path().join("virtual-service.yaml")).unwrap();
+    wait::until(CONVERGE, || {
+        match curl_https(&sleep, ext.ip(), &certs.ca, "/direct") {
+            (200, body) => Err(format!("still answered: {body}")),
+            (code, _) => Ok(code),
+        }
+    })
+    .unwrap();
+    let before = outbound_tcp_to(&gw, HOST);
+    let (code, _) = curl_https(&sleep, ext.ip(), &certs.ca, "/direct/again");
+    assert_eq!(code, 0, "a direct call was answered");
+    assert_eq!(outbound_tcp_to(&gw, HOST), before);
+
+    // Back again: the VirtualService restores the gateway path.
+    write_config(config.path(), "virtual-service.yaml", VIRTUAL_SERVICE).unwrap();
+    wait::until(CONVERGE, || {
+        match curl_https(&sleep, ext.ip(), &certs.ca, "/again") {
+            (200, _) => Ok(()),
+            (code, err) => Err(format!("{code}: {err}")),
+        }
+    })
+    .unwrap();
+}
