@@ -77,3 +77,112 @@ async fn not_a_client_hello_gives_no_sni() {
     .await;
     assert_eq!(sni, None);
 }
+
+mod plan {
+    use std::sync::Arc;
+
+    use trellis_model::route::{
+        BackendRef, HeaderModifier, ResourceRef, TcpRoute, WeightedBackend,
+    };
+    use trellis_model::{AppProtocol, Backend, Destination, Endpoint, ServiceKey};
+
+    use crate::traffic::Plan;
+
+    fn ep(port: u16) -> Endpoint {
+        Endpoint {
+            address: ([127, 0, 0, 1], port).into(),
+            meshed: false,
+            identity: None,
+            workload: format!("w{port}"),
+            labels: Default::default(),
+            target_port: port,
+            remote: None,
+        }
+    }
+
+    fn svc(name: &str) -> BackendRef {
+        BackendRef {
+            service: ServiceKey::new("istio-system", name),
+            port: Some(443),
+            subset: None,
+        }
+    }
+
+    fn route(name: &str, sni: &[&str], to: &str) -> TcpRoute {
+        TcpRoute {
+            name: name.into(),
+            source: ResourceRef::default(),
+            port: Some(443),
+            sni_hosts: sni.iter().map(|s| s.to_string()).collect(),
+            backends: vec![WeightedBackend {
+                backend: svc(to),
+                weight: 100,
+                request_headers: HeaderModifier::default(),
+                response_headers: HeaderModifier::default(),
+            }],
+        }
+    }
+
+    /// The destination `edition.cnn.com:443` with a TLS route to the egress gateway for its
+    /// own name, a TLS route for another name, then an opaque route.
+    fn plan() -> Plan {
+        let backend = |name: &str, port| Backend {
+            backend: svc(name),
+            authority: name.into(),
+            endpoints: vec![ep(port)],
+            policy: Default::default(),
+        };
+        let dest = Destination {
+            authority: "edition.cnn.com:443".into(),
+            service: ServiceKey::new("", "edition.cnn.com"),
+            port: 443,
+            protocol: AppProtocol::Tcp,
+            endpoints: vec![ep(1)],
+            tcp_routes: vec![
+                route("tls/0", &["edition.cnn.com"], "egress"),
+                route("tls/1", &["*.example.com"], "other"),
+                route("tcp/0", &[], "opaque"),
+            ],
+            backends: vec![
+                backend("egress", 2),
+                backend("other", 3),
+                backend("opaque", 4),
+            ],
+            ..Destination::default()
+        };
+        Plan::build(Arc::new(dest), None)
+    }
+
+    fn chosen(plan: &Plan, port: u16, sni: Option<&str>) -> Option<String> {
+        plan.tcp_backend_for(port, sni)
+            .map(|b| b.backend.service.name.clone())
+    }
+
+    #[test]
+    fn tls_connections_take_the_route_for_their_sni_others_the_opaque_route() {
+        let plan = plan();
+        assert_eq!(
+            chosen(&plan, 443, Some("edition.cnn.com")).as_deref(),
+            Some("egress")
+        );
+        assert_eq!(
+            chosen(&plan, 443, Some("a.example.com")).as_deref(),
+            Some("other")
+        );
+        assert_eq!(
+            chosen(&plan, 443, Some("unknown.org")).as_deref(),
+            Some("opaque")
+        );
+        assert_eq!(chosen(&plan, 443, None).as_deref(), Some("opaque"));
+        assert_eq!(
+            plan.tcp_backend(443)
+                .map(|b| b.backend.service.name.as_str()),
+            Some("opaque")
+        );
+        // Another port: no route applies, the service's own endpoints.
+        assert_eq!(
+            chosen(&plan, 8443, Some("edition.cnn.com")).as_deref(),
+            Some("edition.cnn.com")
+        );
+    }
+}
