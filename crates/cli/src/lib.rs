@@ -192,7 +192,11 @@ fn run_inject(args: &inject::InjectArgs, remove: bool) -> ExitCode {
         Ok(()) => ExitCode::SUCCESS,
         Err(err) => {
             eprintln!("trellis: {err}");
-            ExitCode::from(EXIT_FAILURE)
+            ExitCode::from(if err.is_usage() {
+                EXIT_USAGE
+            } else {
+                EXIT_FAILURE
+            })
         }
     }
 }

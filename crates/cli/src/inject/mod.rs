@@ -5,6 +5,13 @@
 //! CronJobs are changed; other documents pass through unchanged. Offline there is no namespace
 //! label to read, so `inject` injects every pod that does not opt out with the annotation
 //! `trellis.io/inject: disabled`.
+//!
+//! Exit codes (mapped in `lib.rs` by [`InjectError::is_usage`]): 0 done; 64 bad usage (clap's
+//! own errors, and the clashes [`usage::check`] finds); 1 a file that cannot be read, is not
+//! YAML, or holds a pod the patch cannot apply to (the file, object and field named).
+
+mod shape;
+pub mod usage;
 
 use std::collections::BTreeMap;
 use std::io::{Read, Write};
@@ -32,6 +39,8 @@ pub struct InjectArgs {
 
 #[derive(Debug, thiserror::Error)]
 pub enum InjectError {
+    #[error("{0}")]
+    Usage(#[from] usage::UsageError),
     #[error("{file}: {source}")]
     Read {
         file: String,
@@ -54,6 +63,13 @@ pub enum InjectError {
     },
     #[error("cannot write: {0}")]
     Write(#[from] std::io::Error),
+}
+
+impl InjectError {
+    /// Whether the command was used wrongly (exit 64) rather than given bad input (exit 1).
+    pub fn is_usage(&self) -> bool {
+        matches!(self, Self::Usage(_))
+    }
 }
 
 /// Where the pod (template) of a document is, as a JSON pointer; `None`: no pod in it.
@@ -111,6 +127,7 @@ pub fn transform(
                     inject::uninject(pod);
                 }
             } else {
+                shape::check(&doc, pointer).map_err(&err)?;
                 // Offline, the namespace is taken as enabled; the pod's own opt-out still wins.
                 let enabled = BTreeMap::from([(INJECT_KEY.to_string(), "enabled".to_string())]);
                 if inject::decide(&pod, &enabled) == Decision::Inject {
@@ -140,6 +157,7 @@ pub fn run(
     stdin: &mut impl Read,
     out: &mut impl Write,
 ) -> Result<(), InjectError> {
+    usage::check(args, remove, usage::stdin_is_terminal())?;
     let mut config = InjectConfig {
         native_sidecar: args.native_sidecar,
         ..InjectConfig::default()
@@ -181,9 +199,13 @@ pub fn run(
             })?;
         inputs.push(("-".into(), text));
     }
+    // Every input is transformed before anything is written: a bad file later on the command
+    // line fails the command with nothing on stdout, not with the files before it applied.
+    let mut result = String::new();
     for (name, text) in inputs {
-        out.write_all(transform(&name, &text, &config, remove)?.as_bytes())?;
+        result.push_str(&transform(&name, &text, &config, remove)?);
     }
+    out.write_all(result.as_bytes())?;
     Ok(())
 }
 
