@@ -9,9 +9,15 @@
 
 use std::time::Duration;
 
+use std::path::Path;
+use std::process::Command;
+
+use trellis_testkit::certs::{openssl, shared_root_ca_dirs};
+use trellis_testkit::mesh::{config_dir, service_yaml};
 use trellis_testkit::metrics::Metrics;
 use trellis_testkit::servers::tcp_roundtrip;
-use trellis_testkit::{MeshBuilder, TcpEcho, wait};
+use trellis_testkit::tools::{require, run_bounded_with_input};
+use trellis_testkit::{ControlPlane, MeshBuilder, ProxyBuilder, TcpEcho, wait};
 
 const CONVERGE: Duration = Duration::from_secs(30);
 const TIMEOUT: Duration = Duration::from_secs(10);
@@ -194,5 +200,158 @@ fn a_plaintext_caller_is_counted_without_a_source_workload() {
             &[("reason", "metadata_exchange")]
         ),
         0.0
+    );
+}
+
+/// A mesh client leaf for `spiffe://cluster.local/ns/default/sa/<sa>` signed by the issuer in
+/// `ca` (a `--ca-dir`): `<sa>.pem` and `<sa>.key` in `dir`.
+fn client_leaf(dir: &Path, ca: &Path, sa: &str) {
+    let ext = format!(
+        "subjectAltName=URI:spiffe://cluster.local/ns/default/sa/{sa}\nbasicConstraints=CA:FALSE\nextendedKeyUsage=clientAuth,serverAuth\n"
+    );
+    std::fs::write(dir.join("leaf.ext"), ext).unwrap();
+    let (key, csr, pem) = (
+        format!("{sa}.key"),
+        format!("{sa}.csr"),
+        format!("{sa}.pem"),
+    );
+    let subject = format!("/CN={sa}");
+    openssl(
+        dir,
+        &[
+            "req",
+            "-newkey",
+            "ec",
+            "-pkeyopt",
+            "ec_paramgen_curve:prime256v1",
+            "-nodes",
+            "-keyout",
+            &key,
+            "-out",
+            &csr,
+            "-subj",
+            &subject,
+        ],
+    )
+    .unwrap();
+    let (ca_pem, ca_key) = (ca.join("issuer.pem"), ca.join("issuer-key.pem"));
+    openssl(
+        dir,
+        &[
+            "x509",
+            "-req",
+            "-in",
+            &csr,
+            "-CA",
+            ca_pem.to_str().unwrap(),
+            "-CAkey",
+            ca_key.to_str().unwrap(),
+            "-CAcreateserial",
+            "-out",
+            &pem,
+            "-days",
+            "1",
+            "-extfile",
+            "leaf.ext",
+        ],
+    )
+    .unwrap();
+}
+
+#[test]
+fn the_server_proxy_reads_the_callers_metadata_header_and_closes_on_a_bad_one() {
+    let dir = tempfile::tempdir().unwrap();
+    let ca = shared_root_ca_dirs(dir.path(), &["c1"]).unwrap().remove(0);
+    client_leaf(dir.path(), &ca, "rogue");
+    let echo = TcpEcho::start().unwrap();
+    let config = config_dir(&[(
+        "tcpecho.yaml",
+        service_yaml("tcpecho", "default", 9000, echo.addr.port(), "tcpecho"),
+    )])
+    .unwrap();
+    let control = ControlPlane::start_with(
+        config.path(),
+        "127.0.0.1:0".parse().unwrap(),
+        None,
+        &["--ca-dir", ca.to_str().unwrap()],
+    )
+    .unwrap();
+    let server = ProxyBuilder::loopback("tcpecho-0")
+        .label("app", "tcpecho")
+        .control(&control.url())
+        .app(echo.addr)
+        .start()
+        .unwrap();
+    let inbound = server.ready.inbound.to_string();
+    // A mesh client as openssl: the mesh marker and `trellis-mx/1`, this test's leaf and issuer.
+    let send = |input: &[u8]| {
+        let mut cmd = Command::new(require("openssl", "openssl"));
+        cmd.current_dir(dir.path()).args([
+            "s_client",
+            "-connect",
+            &inbound,
+            "-quiet",
+            "-no_ign_eof",
+            "-alpn",
+            "trellis-mx/1,trellis-mesh",
+            "-cert",
+            "rogue.pem",
+            "-key",
+            "rogue.key",
+        ]);
+        cmd.arg("-cert_chain").arg(ca.join("issuer.pem"));
+        run_bounded_with_input(&mut cmd, input, TIMEOUT).unwrap()
+    };
+    let failures = |m: &Metrics| {
+        m.sum(
+            "trellis_tls_handshake_failures_total",
+            &[("direction", "inbound"), ("reason", "metadata_exchange")],
+        )
+    };
+
+    // The proxy gets its certificate from the control plane shortly after it starts: retry
+    // until a handshake completes and a bad header (version 'g') is counted.
+    wait::until(CONVERGE, || {
+        send(b"garbage, not a header");
+        match failures(&server.metrics()) {
+            n if n >= 1.0 => Ok(()),
+            n => Err(format!("metadata_exchange failures: {n}")),
+        }
+    })
+    .unwrap();
+    let before = failures(&server.metrics());
+
+    // A good header: version 1, a 19-byte body, workload "rogue-v1", namespace "default".
+    let mut frame = vec![1, 0, 19, 1, 8];
+    frame.extend_from_slice(b"rogue-v1");
+    frame.extend_from_slice(&[2, 7]);
+    frame.extend_from_slice(b"default");
+    frame.extend_from_slice(b"ping");
+    send(&frame);
+    let labels = [
+        ("direction", "inbound"),
+        ("source_workload", "rogue-v1"),
+        ("source_namespace", "default"),
+        (
+            "source_identity",
+            "spiffe://cluster.local/ns/default/sa/rogue",
+        ),
+        ("destination_workload", "tcpecho-0"),
+        ("tls", "true"),
+    ];
+    wait::until(TIMEOUT, || {
+        let m = server.metrics();
+        let n = m.sum("trellis_tcp_connections_opened_total", &labels);
+        if n == 1.0 {
+            Ok(())
+        } else {
+            Err(format!("series of the announced caller opened {n}"))
+        }
+    })
+    .unwrap();
+    assert_eq!(
+        failures(&server.metrics()),
+        before,
+        "a good header counted as failed"
     );
 }
