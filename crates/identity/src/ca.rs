@@ -228,6 +228,16 @@ pub(crate) fn first_cert_der(pem: &str, what: &'static str) -> Result<Vec<u8>, C
         })
 }
 
+/// Whether two PEM texts hold the same first certificate (the text may differ in whitespace
+/// or comments when one came from the user).
+fn same_cert(a: &str, b: &str) -> bool {
+    a == b
+        || matches!(
+            (first_cert_der(a, "a"), first_cert_der(b, "b")),
+            (Ok(x), Ok(y)) if x == y
+        )
+}
+
 /// The parts of a CA the user brings, each as (where it came from, PEM text).
 #[derive(Clone, Copy, Debug)]
 pub struct PluggedCa<'a> {
@@ -489,6 +499,34 @@ impl Authority {
         Ok(())
     }
 
+    /// Step 1 with a CA the user brings: `next` (checked by [`Self::from_plugged`]) supplies
+    /// the new anchor and the issuer [`Self::activate_rotation`] switches to. Its root joins
+    /// the bundle unless the bundle already holds it (a new issuer under the same root: the
+    /// steps then rotate the issuer alone, and `retire` keeps that root).
+    pub fn prepare_rotation_to(&mut self, next: Authority) -> Result<(), CaError> {
+        if !matches!(self.rotation, Rotation::Idle) {
+            return Err(CaError::Rotation(
+                "a rotation is already in progress (retire it first)",
+            ));
+        }
+        if next.trust_domain != self.trust_domain {
+            return Err(CaError::Rotation("the new CA is for another trust domain"));
+        }
+        if !self
+            .bundle
+            .roots_pem
+            .iter()
+            .any(|r| same_cert(r, &next.root_pem))
+        {
+            self.bundle.roots_pem.push(next.root_pem.clone());
+        }
+        self.rotation = Rotation::Prepared {
+            root_pem: next.root_pem,
+            issuer: Box::new(next.issuer),
+        };
+        Ok(())
+    }
+
     /// Step 2: the new issuer signs from now on. Proxies see the issuer generation move and
     /// renew; the old anchor stays trusted so that old and new leaves meet.
     pub fn activate_rotation(&mut self) -> Result<(), CaError> {
@@ -512,7 +550,12 @@ impl Authority {
     pub fn retire_rotation(&mut self) -> Result<(), CaError> {
         match std::mem::replace(&mut self.rotation, Rotation::Idle) {
             Rotation::Activated { old_root_pem } => {
-                self.bundle.roots_pem.retain(|r| *r != old_root_pem);
+                // An issuer-only rotation (the new issuer under the old root) keeps the root.
+                if !same_cert(&old_root_pem, &self.root_pem) {
+                    self.bundle
+                        .roots_pem
+                        .retain(|r| !same_cert(r, &old_root_pem));
+                }
                 Ok(())
             }
             other => {

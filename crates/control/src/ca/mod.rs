@@ -10,6 +10,7 @@
 pub mod grpc;
 pub mod http;
 pub(crate) mod metrics;
+pub mod plugged;
 
 use std::future::Future;
 use std::path::{Path, PathBuf};
@@ -388,16 +389,34 @@ impl CaState {
     /// One anchor-rotation step (`prepare`, `activate`, `retire`); the new bundle is published
     /// to every proxy's WatchBundle stream.
     pub fn rotate(&self, step: RotationStep) -> Result<CaStatus, CaError> {
+        self.rotation_step(step, |authority| match step {
+            RotationStep::Prepare => authority.prepare_rotation(SystemTime::now()),
+            RotationStep::Activate => authority.activate_rotation(),
+            RotationStep::Retire => authority.retire_rotation(),
+        })
+    }
+
+    /// `prepare` with a CA the user brings (already checked, see [`plugged`]): its root joins
+    /// the bundle and its issuer signs from `activate` on. `activate` and `retire` are the
+    /// usual [`Self::rotate`] steps.
+    pub fn prepare_with(&self, next: Authority) -> Result<CaStatus, CaError> {
+        self.rotation_step(RotationStep::Prepare, |authority| {
+            authority.prepare_rotation_to(next)
+        })
+    }
+
+    /// Applies `change` under the lock and publishes the bundle it leaves.
+    fn rotation_step(
+        &self,
+        step: RotationStep,
+        change: impl FnOnce(&mut Authority) -> Result<(), CaError>,
+    ) -> Result<CaStatus, CaError> {
         let (status, view) = {
             let mut authority = self
                 .authority
                 .write()
                 .unwrap_or_else(PoisonError::into_inner);
-            match step {
-                RotationStep::Prepare => authority.prepare_rotation(SystemTime::now())?,
-                RotationStep::Activate => authority.activate_rotation()?,
-                RotationStep::Retire => authority.retire_rotation()?,
-            }
+            change(&mut authority)?;
             let view = BundleView {
                 bundle: authority.bundle().clone(),
                 issuer_generation: authority.issuer_generation(),

@@ -181,3 +181,51 @@ async fn with_a_reviewer_only_the_reviewed_identity_is_signed() {
         .unwrap_err();
     assert!(!err.is_denied(), "{err}");
 }
+
+#[test]
+fn a_brought_ca_is_checked_file_by_file() {
+    use super::plugged::{PluggedError, PluggedPems};
+    let ca = state(false);
+    let empty: PluggedPems = serde_json::from_str("{}").unwrap();
+    assert!(empty.is_empty());
+    let missing: PluggedPems =
+        serde_json::from_str(r#"{"root-cert.pem": "x", "ca-cert.pem": "y"}"#).unwrap();
+    let err = missing.authority(ca.trust_domain()).unwrap_err();
+    assert!(
+        matches!(err, PluggedError::Missing { file: "ca-key.pem" }),
+        "{err}"
+    );
+    let garbage: PluggedPems =
+        serde_json::from_str(r#"{"root-cert.pem": "nope", "ca-cert.pem": "y", "ca-key.pem": "z"}"#)
+            .unwrap();
+    let err = garbage
+        .authority(ca.trust_domain())
+        .unwrap_err()
+        .to_string();
+    assert!(
+        err.starts_with("root-cert.pem is not a usable PEM"),
+        "{err}"
+    );
+    // A typo in a file name is refused rather than ignored.
+    assert!(serde_json::from_str::<PluggedPems>(r#"{"root.pem": "x"}"#).is_err());
+    assert_eq!(ca.status().rotation, "idle");
+}
+
+#[test]
+fn prepare_with_a_brought_ca_adds_its_root() {
+    let ca = state(false);
+    let next = Authority::generate("cluster.local", SystemTime::now()).unwrap();
+    let root = next.root_pem().to_string();
+    let status = ca.prepare_with(next).unwrap();
+    assert_eq!((status.anchors, status.rotation), (2, "prepared"));
+    assert_eq!(ca.bundle_rx().borrow().bundle.roots_pem[1], root);
+    // A second prepare is out of order, as for a generated CA.
+    let again = Authority::generate("cluster.local", SystemTime::now()).unwrap();
+    assert!(ca.prepare_with(again).is_err());
+    assert_eq!(
+        ca.rotate(RotationStep::Activate).unwrap().issuer_generation,
+        2
+    );
+    assert_eq!(ca.rotate(RotationStep::Retire).unwrap().anchors, 1);
+    assert_eq!(ca.bundle_rx().borrow().bundle.roots_pem, vec![root]);
+}

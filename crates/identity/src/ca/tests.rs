@@ -124,3 +124,64 @@ fn expiries_of_issuer_and_anchors() {
     ca.prepare_rotation(t0).unwrap();
     assert_eq!(ca.expiries().anchors.len(), 2);
 }
+
+#[test]
+fn rotates_to_a_ca_the_user_brings() {
+    let t = now();
+    let mut ca = Authority::generate("cluster.local", t).unwrap();
+    let old_root = ca.root_pem().to_string();
+    let (user_root, user_issuer) = generate_pair("cluster.local", t, "user").unwrap();
+    let key = user_issuer.issuer.key().serialize_pem();
+    let next =
+        Authority::from_pems("cluster.local", &user_root, &user_issuer.cert_pem, &key).unwrap();
+    ca.prepare_rotation_to(next).unwrap();
+    assert_eq!(ca.bundle().roots_pem, vec![old_root, user_root.clone()]);
+    assert_eq!(ca.status().rotation, "prepared");
+    assert_eq!(ca.issuer_generation(), 1);
+    ca.activate_rotation().unwrap();
+    assert_eq!(ca.issuer_generation(), 2);
+    // Leaves now carry the user's issuer.
+    let csr = LeafKey::generate().unwrap().csr_pem(&id("web")).unwrap();
+    let issued = ca
+        .issue(csr.as_bytes(), &id("web"), DEFAULT_LEAF_TTL, t)
+        .unwrap();
+    assert!(issued.chain_pem.ends_with(&user_issuer.cert_pem));
+    ca.retire_rotation().unwrap();
+    assert_eq!(ca.bundle().roots_pem, vec![user_root]);
+    assert_eq!(ca.status().rotation, "idle");
+}
+
+#[test]
+fn a_new_issuer_under_the_same_root_keeps_the_root() {
+    let t = now();
+    let root_key = KeyPair::generate().unwrap();
+    let root_params = ca_params("Test root".into(), t, ROOT_TTL, 1);
+    let root_pem = root_params.self_signed(&root_key).unwrap().pem();
+    let root = Issuer::new(root_params, root_key);
+    let issuer = |cn: &str| {
+        let key = KeyPair::generate().unwrap();
+        let cert = ca_params(cn.into(), t, ISSUER_TTL, 0)
+            .signed_by(&key, &root)
+            .unwrap()
+            .pem();
+        (cert, key.serialize_pem())
+    };
+    let ((one, one_key), (two, two_key)) = (issuer("one"), issuer("two"));
+    let mut ca = Authority::from_pems("cluster.local", &root_pem, &one, &one_key).unwrap();
+    // The same root in other text (a trailing blank line) is still the same anchor.
+    let next =
+        Authority::from_pems("cluster.local", &format!("{root_pem}\n"), &two, &two_key).unwrap();
+    ca.prepare_rotation_to(next).unwrap();
+    assert_eq!(ca.bundle().roots_pem, vec![root_pem.clone()]);
+    ca.activate_rotation().unwrap();
+    assert_eq!(ca.issuer_generation(), 2);
+    ca.retire_rotation().unwrap();
+    assert_eq!(ca.bundle().roots_pem, vec![root_pem]);
+    // Another trust domain is refused and changes nothing.
+    let other = Authority::generate("other.local", t).unwrap();
+    assert!(matches!(
+        ca.prepare_rotation_to(other),
+        Err(CaError::Rotation(_))
+    ));
+    assert_eq!(ca.status().rotation, "idle");
+}
