@@ -110,6 +110,15 @@ pub struct Args {
     /// named `...-NAME`. Without it: the default control plane (unlabelled namespaces).
     #[arg(long, value_name = "NAME", requires = "kubernetes")]
     pub revision: Option<String>,
+    /// A namespace whose certificate Secrets Gateways may name (`credentialName`,
+    /// `certificateRefs`), watched with --kubernetes (repeatable; Istio's rule: the gateway's
+    /// own namespace). Secrets elsewhere are never read.
+    #[arg(
+        long = "gateway-secret-namespace",
+        value_name = "NAMESPACE",
+        requires = "kubernetes"
+    )]
+    pub gateway_secret_namespaces: Vec<String>,
 }
 
 /// A flag value that cannot work; the binary exits 64 with this message.
@@ -153,6 +162,9 @@ impl Args {
                 self.webhook_names,
                 self.proxy_image,
             )?);
+        }
+        if let Some(kube) = config.kubernetes.as_mut() {
+            kube.gateway_secret_namespaces = self.gateway_secret_namespaces;
         }
         if let (Some(kube), Some(revision)) = (config.kubernetes.as_mut(), self.revision) {
             crate::webhook::revision::validate(&revision).map_err(|message| UsageError {

@@ -5,7 +5,8 @@
 //! its listener status too, the Istio one none of it), two real `trellis-proxy --mode gateway`
 //! processes serve each its own Gateway's listener (curl through both reaches the backend, a
 //! pod the test writes as a kubelet would), and deleting the Istio one takes away its listener
-//! only.
+//! only. And an Istio HTTPS server whose `credentialName` Secret the control plane watches in
+//! the gateway's namespace, following a certificate replaced in it.
 
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::print_stderr)]
 
@@ -250,6 +251,26 @@ async fn plain_backend(kube: &kube::Client, echo: SocketAddr) {
         .unwrap();
 }
 
+/// A control plane on the testbed (no webhooks), reading Secrets in `secret_namespaces`.
+async fn control_plane(kubeconfig: &Path, secret_namespaces: Vec<String>) -> ControlPlane {
+    let any: SocketAddr = "127.0.0.1:0".parse().unwrap();
+    ControlPlane::start(ControlConfig {
+        discovery_addr: any,
+        http_addr: any,
+        heartbeat_interval: Duration::from_millis(200),
+        kubernetes: Some(KubeOptions {
+            kubeconfig: Some(kubeconfig.to_path_buf()),
+            webhook_addr: None,
+            sync_timeout: Duration::from_secs(20),
+            gateway_secret_namespaces: secret_namespaces,
+            ..KubeOptions::default()
+        }),
+        ..ControlConfig::default()
+    })
+    .await
+    .unwrap()
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn istio_and_gateway_api_gateways_of_one_name_are_both_watched_and_served() {
     let Some(testbed) = Testbed::start() else {
@@ -278,21 +299,7 @@ async fn istio_and_gateway_api_gateways_of_one_name_are_both_watched_and_served(
     let echo = HttpEcho::start().unwrap();
     plain_backend(&kube, echo.addr).await;
 
-    let any: SocketAddr = "127.0.0.1:0".parse().unwrap();
-    let control = ControlPlane::start(ControlConfig {
-        discovery_addr: any,
-        http_addr: any,
-        heartbeat_interval: Duration::from_millis(200),
-        kubernetes: Some(KubeOptions {
-            kubeconfig: Some(kc.clone()),
-            webhook_addr: None,
-            sync_timeout: Duration::from_secs(20),
-            ..KubeOptions::default()
-        }),
-        ..ControlConfig::default()
-    })
-    .await
-    .unwrap();
+    let control = control_plane(&kc, Vec::new()).await;
     kubectl_apply(&kc, GATEWAYS).await;
 
     // Two gateway workloads: the Istio ingress gateway (selected by the Istio Gateway's
@@ -416,5 +423,135 @@ async fn istio_and_gateway_api_gateways_of_one_name_are_both_watched_and_served(
     assert_eq!(reply.status, 200, "{reply:?}");
     let api = status(&kc, API_GW).await.unwrap();
     assert_eq!(api["listeners"][0]["attachedRoutes"], 1, "{api:#}");
+    control.stop().await;
+}
+
+/// Istio's HTTPS server at the ingress gateway, `credentialName: shop-cert`.
+const HTTPS_GATEWAY: &str = "apiVersion: networking.istio.io/v1beta1
+kind: Gateway
+metadata: {name: secure, namespace: istio-system}
+spec:
+  selector: {istio: ingressgateway}
+  servers:
+  - port: {number: 443, name: https, protocol: HTTPS}
+    hosts: [secure.example.com]
+    tls: {mode: SIMPLE, credentialName: shop-cert}
+---
+apiVersion: networking.istio.io/v1beta1
+kind: VirtualService
+metadata: {name: secure, namespace: shop}
+spec:
+  hosts: [secure.example.com]
+  gateways: [istio-system/secure]
+  http:
+  - route: [{destination: {host: plain, port: {number: 8080}}}]
+";
+
+/// Puts `<name>.pem`/`<name>.key` of `dir` into the `kubernetes.io/tls` Secret
+/// `istio-system/shop-cert` (created, or replaced), as a user would with kubectl.
+async fn put_tls_secret(kubeconfig: &Path, dir: &Path, name: &str) {
+    let cert = format!("--cert={}", dir.join(format!("{name}.pem")).display());
+    let key = format!("--key={}", dir.join(format!("{name}.key")).display());
+    let args = [
+        "create",
+        "secret",
+        "tls",
+        "shop-cert",
+        "-n",
+        "istio-system",
+        &cert,
+        &key,
+        "--dry-run=client",
+        "-o",
+        "yaml",
+    ];
+    let (ok, yaml) = kubectl(kubeconfig, &args, None).await;
+    assert!(ok, "kubectl create secret tls: {yaml}");
+    kubectl_apply(kubeconfig, &yaml).await;
+}
+
+/// `https://secure.example.com:port/path` at 127.0.0.1, trusting only `ca` (curl verifies the
+/// chain and the name).
+async fn curl_https(port: u16, ca: std::path::PathBuf, path: &str) -> Result<CurlReply, String> {
+    let url = format!("https://secure.example.com:{port}{path}");
+    let resolve = format!("secure.example.com:{port}:127.0.0.1");
+    tokio::task::spawn_blocking(move || {
+        curl_http(&[
+            "--cacert",
+            ca.to_str().unwrap(),
+            "--resolve",
+            &resolve,
+            &url,
+        ])
+    })
+    .await
+    .unwrap()
+}
+
+/// Istio's `credentialName` on a cluster: the certificate Secret in the gateway's namespace,
+/// which the control plane watches there (`--gateway-secret-namespace`, the Role `trellis
+/// install` renders for it), serves the Gateway's HTTPS server; a new certificate put in the
+/// Secret is served next, with no restart.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_https_server_takes_its_certificate_from_a_secret_and_follows_it() {
+    let Some(testbed) = Testbed::start() else {
+        return;
+    };
+    let kube = testbed.client().await;
+    let mut values = Values::default();
+    values.set("gateway.secretNamespaces=istio-system").unwrap();
+    let kc = testbed.kubeconfig.clone();
+    kubectl_apply(&kc, NAMESPACES).await;
+    apply::apply(&kube, &render(&values)).await.unwrap();
+    eventually("the Istio Gateway CRD served", || async {
+        let istio = kubectl(&kc, &["get", "gateways.networking.istio.io", "-A"], None).await;
+        istio.0.then_some(())
+    })
+    .await;
+    let certs = tempfile::tempdir().unwrap();
+    for (ca, leaf) in [("ca-1", "leaf-1"), ("ca-2", "leaf-2")] {
+        trellis_testkit::certs::ca(certs.path(), ca).unwrap();
+        trellis_testkit::certs::server_cert(certs.path(), ca, leaf, "secure.example.com").unwrap();
+    }
+    put_tls_secret(&kc, certs.path(), "leaf-1").await;
+    let token = token_file(&kube, "istio-system", certs.path()).await;
+    let echo = HttpEcho::start().unwrap();
+    plain_backend(&kube, echo.addr).await;
+    let control = control_plane(&kc, vec!["istio-system".into()]).await;
+    kubectl_apply(&kc, HTTPS_GATEWAY).await;
+    let https = free_port();
+    let _ingress = gateway(
+        control.discovery_addr,
+        "ingressgateway",
+        "istio-system",
+        &token,
+        &[("istio", "ingressgateway")],
+        &[(443, https)],
+    )
+    .await;
+
+    let reply = eventually("HTTPS with the Secret's certificate", || async {
+        curl_https(https, certs.path().join("ca-1.pem"), "/secure")
+            .await
+            .ok()
+            .filter(|r| r.status == 200)
+    })
+    .await;
+    assert_eq!(reply.echo().path, "/secure");
+
+    // A new certificate (another CA) in the same Secret: served next, the old one no longer.
+    put_tls_secret(&kc, certs.path(), "leaf-2").await;
+    eventually("HTTPS with the Secret's new certificate", || async {
+        curl_https(https, certs.path().join("ca-2.pem"), "/rotated")
+            .await
+            .ok()
+            .filter(|r| r.status == 200)
+    })
+    .await;
+    let old = curl_https(https, certs.path().join("ca-1.pem"), "/old").await;
+    assert!(
+        old.is_err(),
+        "the replaced certificate is still served: {old:?}"
+    );
     control.stop().await;
 }

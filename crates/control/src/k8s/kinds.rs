@@ -196,6 +196,23 @@ pub const CONFIG_KINDS: &[ConfigKind] = &[
     ),
 ];
 
+/// Secrets holding a certificate that Gateways name (Istio `credentialName`, Gateway API
+/// `certificateRefs`). Not in [`CONFIG_KINDS`]: Secrets are watched only in the namespaces
+/// `KubeOptions::gateway_secret_namespaces` names, where `trellis install` grants a Role for
+/// them, never cluster-wide.
+pub const SECRET: ConfigKind = ConfigKind {
+    group: "",
+    version: "v1",
+    versions: &["v1"],
+    kind: "Secret",
+    plural: "secrets",
+    short_names: &[],
+    builtin: true,
+};
+
+/// Service-account tokens are Secrets too, and the mesh never needs them.
+pub const SECRET_FIELD_SELECTOR: &str = "type!=kubernetes.io/service-account-token";
+
 /// The Gateway API's group: its Gateways and routes get the spec's status fields too.
 pub const GATEWAY_API_GROUP: &str = "gateway.networking.k8s.io";
 

@@ -28,6 +28,9 @@ pub struct Values {
     pub memory_request: String,
     pub memory_limit: String,
     pub install_crds: bool,
+    /// Namespaces whose certificate Secrets Gateways may name: a Role to read Secrets there
+    /// (and nowhere else), and `--gateway-secret-namespace` for each.
+    pub gateway_secret_namespaces: Vec<String>,
 }
 
 impl Default for Values {
@@ -43,6 +46,7 @@ impl Default for Values {
             memory_request: "128Mi".into(),
             memory_limit: "1Gi".into(),
             install_crds: true,
+            gateway_secret_namespaces: Vec::new(),
         }
     }
 }
@@ -50,7 +54,7 @@ impl Default for Values {
 impl Values {
     /// Applies one `key=value`. Keys: image, proxyImage, replicas, logLevel,
     /// webhook.failurePolicy, webhook.url, resources.cpu, resources.memory,
-    /// resources.memoryLimit, crds (true|false).
+    /// resources.memoryLimit, crds (true|false), gateway.secretNamespaces (comma-separated).
     pub fn set(&mut self, assignment: &str) -> Result<(), String> {
         let (key, value) = assignment
             .split_once('=')
@@ -82,6 +86,14 @@ impl Values {
             "resources.cpu" => self.cpu_request = value,
             "resources.memory" => self.memory_request = value,
             "resources.memoryLimit" => self.memory_limit = value,
+            "gateway.secretNamespaces" => {
+                self.gateway_secret_namespaces = value
+                    .split(',')
+                    .map(str::trim)
+                    .filter(|ns| !ns.is_empty())
+                    .map(str::to_string)
+                    .collect();
+            }
             "crds" => {
                 self.install_crds = value
                     .parse()
@@ -112,6 +124,7 @@ pub fn render(values: &Values) -> Vec<Value> {
         out.extend(mesh_kinds().map(|k| crd(k.group, k.kind, k.plural, k.short_names, k.versions)));
     }
     out.extend(rbac());
+    out.extend(gateway_secret_roles(values));
     out.push(service());
     out.push(deployment(values));
     out.extend(webhooks(values));
@@ -202,6 +215,31 @@ fn rbac() -> Vec<Value> {
     ]
 }
 
+/// Reading Secrets in each namespace Gateways take certificates from, and nowhere else: a Role
+/// and RoleBinding per namespace (the namespace must exist; it is the gateways').
+fn gateway_secret_roles(values: &Values) -> Vec<Value> {
+    let name = format!("{}-gateway-secrets", names::CONTROL);
+    values
+        .gateway_secret_namespaces
+        .iter()
+        .flat_map(|namespace| {
+            [
+                json!({
+                    "apiVersion": "rbac.authorization.k8s.io/v1", "kind": "Role",
+                    "metadata": {"name": name, "namespace": namespace, "labels": labels()},
+                    "rules": [{"apiGroups": [""], "resources": ["secrets"], "verbs": ["get", "list", "watch"]}],
+                }),
+                json!({
+                    "apiVersion": "rbac.authorization.k8s.io/v1", "kind": "RoleBinding",
+                    "metadata": {"name": name, "namespace": namespace, "labels": labels()},
+                    "roleRef": {"apiGroup": "rbac.authorization.k8s.io", "kind": "Role", "name": name},
+                    "subjects": [{"kind": "ServiceAccount", "name": names::CONTROL, "namespace": names::NAMESPACE}],
+                }),
+            ]
+        })
+        .collect()
+}
+
 // Ports name their protocol: server-side apply on Kubernetes before 1.22 refuses list items
 // that omit a key field of the associative list (containerPort+protocol, port+protocol).
 fn service() -> Value {
@@ -220,6 +258,26 @@ fn service() -> Value {
 }
 
 fn deployment(values: &Values) -> Value {
+    let mut args: Vec<Value> = [
+        "--kubernetes".to_string(),
+        "--discovery".into(),
+        format!("0.0.0.0:{}", names::DISCOVERY_PORT),
+        "--http".into(),
+        format!("0.0.0.0:{}", names::HTTP_PORT),
+        "--webhook".into(),
+        format!("0.0.0.0:{}", names::WEBHOOK_PORT),
+        "--proxy-image".into(),
+        values.proxy_image.clone(),
+        "--log-level".into(),
+        values.log_level.clone(),
+    ]
+    .into_iter()
+    .map(Value::String)
+    .collect();
+    for namespace in &values.gateway_secret_namespaces {
+        args.push(json!("--gateway-secret-namespace"));
+        args.push(json!(namespace));
+    }
     json!({
         "apiVersion": "apps/v1", "kind": "Deployment",
         "metadata": {"name": names::CONTROL, "namespace": names::NAMESPACE, "labels": labels()},
@@ -234,14 +292,7 @@ fn deployment(values: &Values) -> Value {
                     "containers": [{
                         "name": "control",
                         "image": values.image,
-                        "args": [
-                            "--kubernetes",
-                            "--discovery", format!("0.0.0.0:{}", names::DISCOVERY_PORT),
-                            "--http", format!("0.0.0.0:{}", names::HTTP_PORT),
-                            "--webhook", format!("0.0.0.0:{}", names::WEBHOOK_PORT),
-                            "--proxy-image", values.proxy_image,
-                            "--log-level", values.log_level,
-                        ],
+                        "args": args,
                         "ports": [
                             {"name": "grpc", "containerPort": names::DISCOVERY_PORT, "protocol": "TCP"},
                             {"name": "http", "containerPort": names::HTTP_PORT, "protocol": "TCP"},
@@ -315,6 +366,52 @@ fn webhooks(values: &Values) -> Vec<Value> {
 mod tests {
     #![allow(clippy::unwrap_used)]
     use super::*;
+
+    #[test]
+    fn gateway_secret_namespaces_get_a_role_each_and_the_flag() {
+        let mut values = Values::default();
+        assert!(
+            render(&values)
+                .iter()
+                .all(|o| o["metadata"]["name"] != "trellis-control-gateway-secrets"),
+            "no Secrets beyond cacerts unless asked"
+        );
+        values
+            .set("gateway.secretNamespaces=istio-system, edge")
+            .unwrap();
+        let objects = render(&values);
+        let roles: Vec<&Value> = objects
+            .iter()
+            .filter(|o| {
+                o["kind"] == "Role" && o["metadata"]["name"] == "trellis-control-gateway-secrets"
+            })
+            .collect();
+        let namespaces: Vec<&str> = roles
+            .iter()
+            .map(|r| r["metadata"]["namespace"].as_str().unwrap())
+            .collect();
+        assert_eq!(namespaces, ["istio-system", "edge"]);
+        assert_eq!(
+            roles[0]["rules"],
+            json!([{"apiGroups": [""], "resources": ["secrets"], "verbs": ["get", "list", "watch"]}])
+        );
+        let bindings = objects
+            .iter()
+            .filter(|o| {
+                o["kind"] == "RoleBinding"
+                    && o["metadata"]["name"] == "trellis-control-gateway-secrets"
+            })
+            .count();
+        assert_eq!(bindings, 2);
+        let deployment = objects.iter().find(|o| o["kind"] == "Deployment").unwrap();
+        let args = deployment["spec"]["template"]["spec"]["containers"][0]["args"].to_string();
+        assert!(
+            args.contains(
+                r#""--gateway-secret-namespace","istio-system","--gateway-secret-namespace","edge""#
+            ),
+            "{args}"
+        );
+    }
 
     #[test]
     fn renders_in_apply_order_with_knobs() {

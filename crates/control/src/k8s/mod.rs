@@ -54,6 +54,9 @@ pub struct KubeOptions {
     pub lease_namespace: String,
     /// The audience proxies' ServiceAccount tokens must be for (checked with TokenReview).
     pub token_audience: String,
+    /// Namespaces whose certificate Secrets Gateways may name (`credentialName`,
+    /// `certificateRefs`); Secrets are watched there only (Istio: the gateway's own namespace).
+    pub gateway_secret_namespaces: Vec<String>,
 }
 
 impl Default for KubeOptions {
@@ -75,6 +78,7 @@ impl Default for KubeOptions {
             sync_timeout: Duration::from_secs(60),
             lease_namespace: kinds::names::NAMESPACE.to_string(),
             token_audience: tokenreview::DEFAULT_AUDIENCE.to_string(),
+            gateway_secret_namespaces: Vec::new(),
         }
     }
 }

@@ -103,6 +103,12 @@ fn select_endpoint_slices(service: &mut Value) {
     );
 }
 
+/// The namespace in a key made by [`object_key`] (Kubernetes names hold no space or slash).
+fn namespace_of_key(key: &str) -> Option<&str> {
+    let (_, namespaced) = key.split_once(' ')?;
+    Some(namespaced.split_once('/')?.0)
+}
+
 fn by_kind_key(kind: &ConfigKind) -> (String, String) {
     (kind.group.to_string(), kind.kind.to_string())
 }
@@ -127,17 +133,24 @@ impl ObjectIndex {
         }
     }
 
-    /// Replaces every object of `kind` with `objects` (a watch restart's full list).
-    pub fn reset(&mut self, kind: &ConfigKind, objects: &[Object]) {
+    /// Replaces every object of `kind` (only those in `namespace`, for a watch of one
+    /// namespace) with `objects` (a watch restart's full list).
+    pub fn reset(&mut self, kind: &ConfigKind, namespace: Option<&str>, objects: &[Object]) {
         let fresh: BTreeSet<String> = objects.iter().map(Object::key).collect();
-        let old = self.by_kind.remove(&by_kind_key(kind)).unwrap_or_default();
-        for gone in old.difference(&fresh) {
-            self.index.remove(gone);
+        let held = self.by_kind.entry(by_kind_key(kind)).or_default();
+        let gone: Vec<String> = held
+            .iter()
+            .filter(|key| !fresh.contains(*key))
+            .filter(|key| namespace.is_none_or(|ns| namespace_of_key(key) == Some(ns)))
+            .cloned()
+            .collect();
+        for key in &gone {
+            held.remove(key);
+            self.index.remove(key);
         }
         for object in objects {
             self.apply(object);
         }
-        self.by_kind.entry(by_kind_key(kind)).or_default();
     }
 
     pub fn snapshot(&self) -> ConfigSnapshot {
@@ -197,13 +210,17 @@ mod tests {
         index.delete(kind, "shop", "ratings");
         assert_eq!(index.snapshot().services.len(), 1);
         // A restart lists reviews (changed) and details: ratings stays gone, reviews is updated.
-        index.reset(kind, &[service("reviews", 9090), service("details", 9080)]);
+        index.reset(
+            kind,
+            None,
+            &[service("reviews", 9090), service("details", 9080)],
+        );
         let snap = index.snapshot();
         let keys: Vec<_> = snap.services.keys().map(ToString::to_string).collect();
         assert_eq!(keys.len(), 2, "{keys:?}");
         let reviews = &snap.services[&ServiceKey::new("shop", "reviews")];
         assert_eq!(reviews.ports[0].port, 9090);
-        index.reset(kind, &[]);
+        index.reset(kind, None, &[]);
         assert!(index.snapshot().services.is_empty());
     }
 
@@ -283,7 +300,7 @@ mod tests {
             ["Gateway.gateway.networking.k8s.io shop/web Accepted"]
         );
         index.apply(&istio);
-        index.reset(api_kind, &[]);
+        index.reset(api_kind, None, &[]);
         assert_eq!(
             gateways(&index),
             ["Gateway.networking.istio.io shop/web Accepted"]

@@ -59,7 +59,8 @@ pub async fn start_config(
         client.clone(),
         &options.token_audience,
     )));
-    let watch = watchers::watch_config(&client, tasks, shutdown);
+    let watch =
+        watchers::watch_config(&client, &options.gateway_secret_namespaces, tasks, shutdown);
     Ok(KubeConfigSource {
         client,
         ca: ca.clone(),

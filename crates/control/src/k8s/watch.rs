@@ -22,7 +22,7 @@ use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
 use trellis_model::Workload;
 
-use super::kinds::{CONFIG_KINDS, ConfigKind};
+use super::kinds::{CONFIG_KINDS, ConfigKind, SECRET, SECRET_FIELD_SELECTOR};
 use super::objects::{Object, ObjectIndex};
 use super::pods::PodIndex;
 use super::status::{ObjectMeta, StatusInput};
@@ -79,9 +79,11 @@ enum ConfigEvent {
         namespace: String,
         name: String,
     },
-    /// A (re-)list's objects, collected between `Init` and `InitDone`.
+    /// A (re-)list's objects, collected between `Init` and `InitDone`: every object of the
+    /// kind, or of the kind in `namespace` for a watch of one namespace.
     Reset {
         kind: &'static ConfigKind,
+        namespace: Option<String>,
         objects: Vec<Object>,
     },
 }
@@ -104,10 +106,67 @@ fn meta(kind: &'static ConfigKind, object: &Object) -> ObjectMeta {
     }
 }
 
+/// One kind's watcher (all namespaces, or the one `scope` names), its events into `events`.
+fn spawn_kind_watch(
+    api: Api<DynamicObject>,
+    kind: &'static ConfigKind,
+    scope: Option<String>,
+    config: watcher::Config,
+    events: &mpsc::UnboundedSender<ConfigEvent>,
+    tasks: &mut JoinSet<()>,
+    shutdown: &CancellationToken,
+) {
+    let api_version = kind.api_version();
+    let stream = watcher::watcher(api, config).default_backoff();
+    let events = events.clone();
+    let what = match &scope {
+        Some(namespace) => format!("{} ({api_version}) in {namespace}", kind.plural),
+        None => format!("{} ({api_version})", kind.plural),
+    };
+    let shutdown = shutdown.clone();
+    let mut buffer: Vec<Object> = Vec::new();
+    let to_object = move |obj: DynamicObject| {
+        let json = serde_json::to_value(&obj).ok()?;
+        Object::from_json(json, &api_version, kind.kind)
+    };
+    tasks.spawn(async move {
+        drive(what, stream, shutdown, |event| {
+            let out = match event {
+                Event::Apply(obj) => to_object(obj).map(|o| ConfigEvent::Apply(kind, o)),
+                Event::Delete(obj) => Some(ConfigEvent::Delete {
+                    kind,
+                    namespace: obj.metadata.namespace.unwrap_or_else(|| "default".into()),
+                    name: obj.metadata.name.unwrap_or_default(),
+                }),
+                Event::Init => {
+                    buffer.clear();
+                    None
+                }
+                Event::InitApply(obj) => {
+                    buffer.extend(to_object(obj));
+                    None
+                }
+                Event::InitDone => Some(ConfigEvent::Reset {
+                    kind,
+                    namespace: scope.clone(),
+                    objects: std::mem::take(&mut buffer),
+                }),
+            };
+            // Unbounded keeps events in order without blocking the watcher; the index task
+            // drains faster than an API server sends.
+            if let Some(out) = out {
+                let _ = events.send(out);
+            }
+        })
+        .await;
+    });
+}
+
 /// Watches every config kind; returns the snapshots and the kinds whose first full list is in
 /// (a kind whose CRD is missing never lists; its watcher retries with backoff).
 pub fn watch_config(
     client: &Client,
+    secret_namespaces: &[String],
     tasks: &mut JoinSet<()>,
     shutdown: &CancellationToken,
 ) -> ConfigWatch {
@@ -116,48 +175,32 @@ pub fn watch_config(
     let (status_tx, status_rx) = watch::channel::<StatusInput>(Default::default());
     let (event_tx, mut event_rx) = mpsc::unbounded_channel::<ConfigEvent>();
     for kind in CONFIG_KINDS {
-        let resource = api_resource(kind);
-        let api: Api<DynamicObject> = Api::all_with(client.clone(), &resource);
-        let api_version = kind.api_version();
-        let stream = watcher::watcher(api, watcher::Config::default()).default_backoff();
-        let events = event_tx.clone();
-        let what = format!("{} ({api_version})", kind.plural);
-        let shutdown = shutdown.clone();
-        let mut buffer: Vec<Object> = Vec::new();
-        let to_object = move |obj: DynamicObject| {
-            let json = serde_json::to_value(&obj).ok()?;
-            Object::from_json(json, &api_version, kind.kind)
-        };
-        tasks.spawn(async move {
-            drive(what, stream, shutdown, |event| {
-                let out = match event {
-                    Event::Apply(obj) => to_object(obj).map(|o| ConfigEvent::Apply(kind, o)),
-                    Event::Delete(obj) => Some(ConfigEvent::Delete {
-                        kind,
-                        namespace: obj.metadata.namespace.unwrap_or_else(|| "default".into()),
-                        name: obj.metadata.name.unwrap_or_default(),
-                    }),
-                    Event::Init => {
-                        buffer.clear();
-                        None
-                    }
-                    Event::InitApply(obj) => {
-                        buffer.extend(to_object(obj));
-                        None
-                    }
-                    Event::InitDone => Some(ConfigEvent::Reset {
-                        kind,
-                        objects: std::mem::take(&mut buffer),
-                    }),
-                };
-                // Unbounded keeps events in order without blocking the watcher; the index task
-                // drains faster than an API server sends.
-                if let Some(out) = out {
-                    let _ = events.send(out);
-                }
-            })
-            .await;
-        });
+        let api: Api<DynamicObject> = Api::all_with(client.clone(), &api_resource(kind));
+        spawn_kind_watch(
+            api,
+            kind,
+            None,
+            watcher::Config::default(),
+            &event_tx,
+            tasks,
+            shutdown,
+        );
+    }
+    // Certificate Secrets, in the namespaces granted for them only (`trellis install` gives a
+    // Role there and nowhere else); service-account tokens are never fetched.
+    for namespace in secret_namespaces {
+        let api: Api<DynamicObject> =
+            Api::namespaced_with(client.clone(), namespace, &api_resource(&SECRET));
+        let config = watcher::Config::default().fields(SECRET_FIELD_SELECTOR);
+        spawn_kind_watch(
+            api,
+            &SECRET,
+            Some(namespace.clone()),
+            config,
+            &event_tx,
+            tasks,
+            shutdown,
+        );
     }
     drop(event_tx);
     let shutdown = shutdown.clone();
@@ -185,15 +228,22 @@ pub fn watch_config(
                     index.delete(kind, &namespace, &name);
                     metas.remove(&kind.key(&namespace, &name));
                 }
-                ConfigEvent::Reset { kind, objects } => {
+                ConfigEvent::Reset {
+                    kind,
+                    namespace,
+                    objects,
+                } => {
                     tracing::debug!(
                         kind = kind.kind,
                         group = kind.group,
+                        namespace = namespace.as_deref().unwrap_or("*"),
                         count = objects.len(),
                         "config kind listed"
                     );
-                    index.reset(kind, &objects);
-                    metas.retain(|_, m| m.kind != kind);
+                    index.reset(kind, namespace.as_deref(), &objects);
+                    metas.retain(|_, m| {
+                        m.kind != kind || namespace.as_ref().is_some_and(|ns| *ns != m.namespace)
+                    });
                     metas.extend(objects.iter().map(|o| (o.key(), meta(kind, o))));
                     if !listed.contains(&kind) {
                         listed.push(kind);
