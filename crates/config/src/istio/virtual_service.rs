@@ -487,11 +487,7 @@ type SniMatch = (Vec<String>, Option<u16>);
 
 /// The `(sniHosts, port)` of each match block of `t` that applies to `scope`; every block is
 /// validated, whichever side it is for.
-fn tls_matches(
-    field: &str,
-    t: &TlsSpec,
-    scope: Scope,
-) -> Result<Vec<SniMatch>, FieldError> {
+fn tls_matches(field: &str, t: &TlsSpec, scope: Scope) -> Result<Vec<SniMatch>, FieldError> {
     if t.matches.is_empty() {
         return Err(FieldError::new(
             format!("{field}.match"),
