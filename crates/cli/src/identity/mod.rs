@@ -3,14 +3,16 @@
 //! the bare API leaves to the operator: before `activate` and `retire`, and after every step,
 //! every connected proxy is asked (its `/config_dump`, addresses from `/api/v1/workloads`)
 //! whether it holds what the next step relies on. A step that would cut off a proxy is refused
-//! unless `--force`.
+//! unless `--force`. `prepare --from-dir DIR` rotates to a CA the user brings ([`from_dir`]).
 //!
 //! [`report`] is pure; this module fetches, posts and waits, every call under a deadline.
 
+pub mod from_dir;
 pub mod report;
 
 use std::io::Write;
 use std::net::SocketAddr;
+use std::path::PathBuf;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use bytes::Bytes;
@@ -60,10 +62,15 @@ pub struct RotateArgs {
     pub force: bool,
 }
 
-#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::Subcommand)]
+#[derive(Clone, Debug, PartialEq, Eq, clap::Subcommand)]
 pub enum RotateStep {
     /// Add a new root (and make a new issuer) to the bundle; wait until every proxy trusts it.
-    Prepare,
+    Prepare {
+        /// Rotate to your own CA instead of a generated one: a directory with Istio's cacerts
+        /// files root-cert.pem, ca-cert.pem, ca-key.pem and optionally cert-chain.pem.
+        #[arg(long, value_name = "DIR")]
+        from_dir: Option<PathBuf>,
+    },
     /// Sign with the new issuer; wait until every proxy holds a new leaf.
     Activate,
     /// Drop the old root from the bundle; wait until every proxy has dropped it.
@@ -73,9 +80,9 @@ pub enum RotateStep {
 }
 
 impl RotateStep {
-    fn name(self) -> &'static str {
+    fn name(&self) -> &'static str {
         match self {
-            Self::Prepare => "prepare",
+            Self::Prepare { .. } => "prepare",
             Self::Activate => "activate",
             Self::Retire => "retire",
             Self::Status => "status",
@@ -103,6 +110,8 @@ enum RotateError {
     Http(String),
     #[error("the control plane refused the step: {0}")]
     Refused(String),
+    #[error("--from-dir {dir}: {why}")]
+    FromDir { dir: String, why: String },
     #[error(
         "not every proxy is ready for this step (use --force to act anyway; these proxies would lose mTLS):\n{0}"
     )]
@@ -119,12 +128,13 @@ fn list(laggards: &[(&str, String)]) -> String {
         .join("\n")
 }
 
-/// `GET` or `POST` `path` on loopback; the body of a 2xx, else an error with status and body.
+/// `GET` or `POST` `path` (a POST carries `body`, JSON) on loopback; the status and body.
 async fn call(
     client: &HttpClient,
     method: Method,
     addr: SocketAddr,
     path: &str,
+    body: Bytes,
 ) -> Result<(StatusCode, Bytes), String> {
     if method == Method::GET {
         let reply = client
@@ -139,7 +149,7 @@ async fn call(
         .method(Method::POST)
         .uri(format!("http://{addr}{path}"))
         .header("content-type", "application/json")
-        .body(Full::new(Bytes::from_static(b"{}")))
+        .body(Full::new(body))
         .map_err(|e| format!("POST http://{addr}{path}: {e}"))?;
     let send = async {
         let response = post
@@ -165,7 +175,7 @@ async fn get_json<T: serde::de::DeserializeOwned>(
     addr: SocketAddr,
     path: &str,
 ) -> Result<T, String> {
-    let (status, body) = call(client, Method::GET, addr, path).await?;
+    let (status, body) = call(client, Method::GET, addr, path, Bytes::new()).await?;
     if !status.is_success() {
         return Err(format!(
             "GET http://{addr}{path}: {status} {}",
@@ -257,7 +267,7 @@ async fn step(
             let _ = out.write_all(report::render(&before, &rows, now_unix()).as_bytes());
             return Ok(());
         }
-        RotateStep::Prepare => None,
+        RotateStep::Prepare { .. } => None,
         RotateStep::Activate => Some(Goal::HoldsBundle {
             anchors: before.anchors,
         }),
@@ -274,10 +284,35 @@ async fn step(
             return Err(RotateError::NotReady(list(&laggards)));
         }
     }
+    // Read before anything is sent: a file that cannot be read leaves the control plane as is.
+    let (request, dir_error) = match &args.step {
+        RotateStep::Prepare {
+            from_dir: Some(dir),
+        } => {
+            let dir_error = |why| RotateError::FromDir {
+                dir: dir.display().to_string(),
+                why,
+            };
+            (
+                Bytes::from(from_dir::body(dir).map_err(dir_error)?),
+                Some(dir_error),
+            )
+        }
+        _ => (Bytes::from_static(b"{}"), None),
+    };
     let path = format!("/api/v1/identity/rotate/{}", args.step.name());
-    let (status, body) = call(&client, Method::POST, control, &path)
+    let (status, body) = call(&client, Method::POST, control, &path, request)
         .await
         .map_err(RotateError::Http)?;
+    // 400 is the control plane's verdict on the CA brought (it names the file).
+    if status == StatusCode::BAD_REQUEST
+        && let Some(dir_error) = dir_error
+    {
+        return Err(dir_error(format!(
+            "the control plane refused this CA: {}",
+            String::from_utf8_lossy(&body).trim()
+        )));
+    }
     if !status.is_success() {
         return Err(RotateError::Refused(
             String::from_utf8_lossy(&body).trim().to_string(),

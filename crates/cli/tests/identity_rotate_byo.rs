@@ -1,0 +1,332 @@
+//! `trellis identity rotate prepare --from-dir DIR`: rotating the running demo (real control
+//! plane and proxies, mTLS on every meshed hop) from its generated CA to a root and an
+//! intermediate the user made with the openssl CLI, Istio's cacerts files in DIR, while
+//! productpage -> reviews requests keep flowing: none may fail, and afterwards every proxy's
+//! inbound presents a leaf that `openssl s_client` verifies against the user's root alone,
+//! issued by the user's intermediate. A directory with a missing file, or a key that is not the
+//! intermediate's, is refused (exit 1, the file named) and changes nothing.
+
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::print_stderr)]
+
+use std::io::{Read, Write};
+use std::path::Path;
+use std::process::{Command, Stdio};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::{Duration, Instant};
+
+use clap::Parser;
+use trellis_cli::{Cli, Command as Sub, identity};
+use trellis_testkit::tools;
+
+mod support;
+use support::Demo;
+
+/// Runs `trellis identity rotate <args>` in-process; returns (exit code, stdout, stderr).
+fn rotate(control: &str, args: &[&str]) -> (u8, String, String) {
+    let argv = ["trellis", "identity", "rotate"]
+        .into_iter()
+        .chain(args.iter().copied())
+        .chain(["--control", control, "--timeout", "20s"]);
+    let Sub::Identity(args) = Cli::try_parse_from(argv).unwrap().command else {
+        panic!("not identity");
+    };
+    let (mut out, mut err) = (Vec::new(), Vec::new());
+    let code = identity::run(&args, &mut out, &mut err);
+    (
+        code,
+        String::from_utf8(out).unwrap(),
+        String::from_utf8(err).unwrap(),
+    )
+}
+
+fn openssl(dir: &Path, args: &[&str]) {
+    let out = Command::new(tools::require("openssl", "openssl"))
+        .current_dir(dir)
+        .args(args)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "openssl {args:?}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+/// A P-256 key (PKCS#8) at `dir/name`.
+fn key(dir: &Path, name: &str) {
+    openssl(
+        dir,
+        &[
+            "genpkey",
+            "-algorithm",
+            "EC",
+            "-pkeyopt",
+            "ec_paramgen_curve:P-256",
+            "-out",
+            name,
+        ],
+    );
+}
+
+/// The user's PKI in `dir`: a root (`root-cert.pem`, its key `root-key.pem`), an intermediate
+/// under it (`ca-cert.pem`, `ca-key.pem`), `cert-chain.pem` (intermediate, root) and an unrelated
+/// key `other-key.pem`.
+fn make_pki(dir: &Path) {
+    key(dir, "root-key.pem");
+    std::fs::write(
+        dir.join("root.cnf"),
+        "[req]\ndistinguished_name=dn\nx509_extensions=v3\nprompt=no\n[dn]\nO=Test\nCN=User root\n\
+         [v3]\nbasicConstraints=critical,CA:TRUE\nkeyUsage=critical,keyCertSign,cRLSign\nsubjectKeyIdentifier=hash\n",
+    )
+    .unwrap();
+    openssl(
+        dir,
+        &[
+            "req",
+            "-x509",
+            "-new",
+            "-key",
+            "root-key.pem",
+            "-config",
+            "root.cnf",
+            "-days",
+            "30",
+            "-out",
+            "root-cert.pem",
+        ],
+    );
+    key(dir, "ca-key.pem");
+    openssl(
+        dir,
+        &[
+            "req",
+            "-new",
+            "-key",
+            "ca-key.pem",
+            "-subj",
+            "/O=Test/CN=User intermediate",
+            "-out",
+            "ca.csr",
+        ],
+    );
+    std::fs::write(
+        dir.join("ca.ext"),
+        "basicConstraints=critical,CA:TRUE,pathlen:0\nkeyUsage=critical,keyCertSign,cRLSign,digitalSignature\n\
+         subjectKeyIdentifier=hash\nauthorityKeyIdentifier=keyid\n",
+    )
+    .unwrap();
+    openssl(
+        dir,
+        &[
+            "x509",
+            "-req",
+            "-in",
+            "ca.csr",
+            "-CA",
+            "root-cert.pem",
+            "-CAkey",
+            "root-key.pem",
+            "-set_serial",
+            "0x4b1d",
+            "-days",
+            "30",
+            "-extfile",
+            "ca.ext",
+            "-out",
+            "ca-cert.pem",
+        ],
+    );
+    let chain = std::fs::read_to_string(dir.join("ca-cert.pem")).unwrap()
+        + &std::fs::read_to_string(dir.join("root-cert.pem")).unwrap();
+    std::fs::write(dir.join("cert-chain.pem"), chain).unwrap();
+    key(dir, "other-key.pem");
+}
+
+/// A cacerts directory with `files` copied from `pki` (each `(name in dir, name in pki)`).
+fn cacerts_dir(pki: &Path, files: &[(&str, &str)]) -> tempfile::TempDir {
+    let dir = tempfile::tempdir().unwrap();
+    for (name, from) in files {
+        std::fs::copy(pki.join(from), dir.path().join(name)).unwrap();
+    }
+    dir
+}
+
+/// One `GET` of productpage's reviews API (productpage calls reviews over mTLS and answers 503
+/// when that fails); the status code, or 0 when the connection failed.
+fn get(entry: &str) -> u16 {
+    let Ok(mut s) = std::net::TcpStream::connect(entry) else {
+        return 0;
+    };
+    let _ = s.set_read_timeout(Some(Duration::from_secs(10)));
+    let request =
+        "GET /api/v1/products/0/reviews HTTP/1.1\r\nHost: productpage\r\nConnection: close\r\n\r\n";
+    if s.write_all(request.as_bytes()).is_err() {
+        return 0;
+    }
+    let mut answer = String::new();
+    let _ = s.read_to_string(&mut answer);
+    answer
+        .split(' ')
+        .nth(1)
+        .and_then(|c| c.parse().ok())
+        .unwrap_or(0)
+}
+
+/// What `openssl s_client` says about the certificate a proxy's inbound listener presents to
+/// a mesh client (ALPN `h2` plus the mesh marker), verified against `ca_file` alone. No client
+/// certificate is sent, so the handshake may end there; the server's chain is checked first.
+fn inbound_cert(inbound: &str, ca_file: &Path) -> String {
+    let out = Command::new("timeout")
+        .arg("10")
+        .arg(tools::require("openssl", "openssl"))
+        .args(["s_client", "-connect", inbound, "-alpn", "h2,trellis-mesh"])
+        .arg("-CAfile")
+        .arg(ca_file)
+        .arg("-showcerts")
+        .stdin(Stdio::null())
+        .output()
+        .unwrap();
+    String::from_utf8_lossy(&out.stdout).into_owned() + &String::from_utf8_lossy(&out.stderr)
+}
+
+#[test]
+fn rotation_to_the_users_ca_with_the_cli_while_traffic_flows() {
+    let pki = tempfile::tempdir().unwrap();
+    make_pki(pki.path());
+    let config = tempfile::tempdir().unwrap();
+    let demo = Demo::start(config.path());
+    let control = demo.control_url();
+    let entry = demo.status["entry"].as_str().unwrap().to_string();
+    let idle = "control plane: 1 trust anchor(s), issuer generation 1, rotation idle";
+
+    // Refused, naming the file, and nothing changes: a missing key file (caught by the CLI),
+    // then a key that is not the intermediate's (caught by the control plane's checks).
+    let missing = cacerts_dir(
+        pki.path(),
+        &[
+            ("root-cert.pem", "root-cert.pem"),
+            ("ca-cert.pem", "ca-cert.pem"),
+        ],
+    );
+    let dir = missing.path().to_str().unwrap();
+    let (code, out, err) = rotate(&control, &["prepare", "--from-dir", dir]);
+    assert_eq!(code, 1, "{out}{err}");
+    assert!(
+        err.contains(&format!(
+            "trellis identity rotate prepare: --from-dir {dir}: {dir}/ca-key.pem is missing"
+        )),
+        "{err}"
+    );
+    let wrong_key = cacerts_dir(
+        pki.path(),
+        &[
+            ("root-cert.pem", "root-cert.pem"),
+            ("ca-cert.pem", "ca-cert.pem"),
+            ("ca-key.pem", "other-key.pem"),
+        ],
+    );
+    let (code, out, err) = rotate(
+        &control,
+        &["prepare", "--from-dir", wrong_key.path().to_str().unwrap()],
+    );
+    assert_eq!(code, 1, "{out}{err}");
+    assert!(
+        err.contains(
+            "the control plane refused this CA: ca-key.pem is not the private key of ca-cert.pem"
+        ),
+        "{err}"
+    );
+    let (code, out, err) = rotate(&control, &["status"]);
+    assert_eq!(code, 0, "{out}{err}");
+    assert!(out.starts_with(idle), "a refused CA changed the CA:\n{out}");
+
+    // Before: the proxies' leaves come from the generated CA, which the user's root does not
+    // verify (so the check at the end can fail).
+    let root = pki.path().join("root-cert.pem");
+    let first = demo.status["workloads"][0]["inbound"].as_str().unwrap();
+    let seen = inbound_cert(first, &root);
+    assert!(seen.contains("Verify return code: "), "{seen}");
+    assert!(!seen.contains("Verify return code: 0 (ok)"), "{seen}");
+
+    // Steady traffic through a meshed hop for the whole rotation (bounded in time).
+    let stop = Arc::new(AtomicBool::new(false));
+    let load = {
+        let (stop, entry) = (stop.clone(), entry.clone());
+        std::thread::spawn(move || {
+            let started = Instant::now();
+            let mut codes = Vec::new();
+            while !stop.load(Ordering::Relaxed) && started.elapsed() < Duration::from_secs(40) {
+                codes.push(get(&entry));
+            }
+            codes
+        })
+    };
+    std::thread::sleep(Duration::from_millis(500));
+
+    let good = cacerts_dir(
+        pki.path(),
+        &[
+            ("root-cert.pem", "root-cert.pem"),
+            ("ca-cert.pem", "ca-cert.pem"),
+            ("ca-key.pem", "ca-key.pem"),
+            ("cert-chain.pem", "cert-chain.pem"),
+        ],
+    );
+    let (code, out, err) = rotate(
+        &control,
+        &["prepare", "--from-dir", good.path().to_str().unwrap()],
+    );
+    assert_eq!(code, 0, "{out}{err}");
+    assert!(
+        out.contains("2 trust anchor(s), issuer generation 1, rotation prepared"),
+        "{out}"
+    );
+    let (code, out, err) = rotate(&control, &["activate"]);
+    assert_eq!(code, 0, "{out}{err}");
+    assert!(
+        out.contains("2 trust anchor(s), issuer generation 2, rotation activated"),
+        "{out}"
+    );
+    std::thread::sleep(Duration::from_millis(500)); // new leaves meet old ones under load
+    let (code, out, err) = rotate(&control, &["retire"]);
+    assert_eq!(code, 0, "{out}{err}");
+    assert!(
+        out.contains("1 trust anchor(s), issuer generation 2, rotation idle"),
+        "{out}"
+    );
+    std::thread::sleep(Duration::from_millis(500));
+    stop.store(true, Ordering::Relaxed);
+    let codes = load.join().unwrap();
+
+    let failed: Vec<&u16> = codes.iter().filter(|c| **c != 200).collect();
+    assert!(codes.len() >= 100, "only {} requests", codes.len());
+    eprintln!("{} requests during the rotation", codes.len());
+    assert!(
+        failed.is_empty(),
+        "{} of {} requests failed during the rotation: {failed:?}\n{}",
+        failed.len(),
+        codes.len(),
+        demo.log()
+    );
+    assert_eq!(get(&entry), 200, "the mesh works on the user's root alone");
+
+    // Every proxy now presents a leaf from the user's intermediate that verifies against the
+    // user's root alone.
+    let workloads = demo.status["workloads"].as_array().unwrap();
+    assert!(workloads.len() >= 4);
+    for w in workloads {
+        let inbound = w["inbound"].as_str().unwrap();
+        let seen = inbound_cert(inbound, &root);
+        assert!(
+            seen.contains("Verify return code: 0 (ok)"),
+            "{}: {seen}",
+            w["workload"]
+        );
+        assert!(
+            seen.contains("CN=User intermediate") || seen.contains("CN = User intermediate"),
+            "{}: {seen}",
+            w["workload"]
+        );
+    }
+}
