@@ -229,3 +229,58 @@ fn prepare_with_a_brought_ca_adds_its_root() {
     assert_eq!(ca.rotate(RotationStep::Retire).unwrap().anchors, 1);
     assert_eq!(ca.bundle_rx().borrow().bundle.roots_pem, vec![root]);
 }
+
+/// `POST path` with `body` to the CA's HTTP API on a real loopback socket; (status, body).
+async fn post(addr: std::net::SocketAddr, path: &str, body: &str) -> (u16, String) {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut s = tokio::net::TcpStream::connect(addr).await.unwrap();
+    let request = format!(
+        "POST {path} HTTP/1.1\r\nHost: control\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+        body.len()
+    );
+    s.write_all(request.as_bytes()).await.unwrap();
+    let mut answer = String::new();
+    tokio::time::timeout(Duration::from_secs(5), s.read_to_string(&mut answer))
+        .await
+        .unwrap()
+        .unwrap();
+    let status = answer.split(' ').nth(1).unwrap().parse().unwrap();
+    let body = answer.split_once("\r\n\r\n").unwrap().1.to_string();
+    (status, body)
+}
+
+#[tokio::test]
+async fn the_rotate_api_refuses_a_bad_ca_and_changes_nothing() {
+    let ca = Arc::new(state(false));
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let server = tokio::spawn(axum::serve(listener, http::router(ca.clone())).into_future());
+    let prepare = "/api/v1/identity/rotate/prepare";
+    let (code, body) = post(addr, prepare, r#"{"root-cert.pem": "x""#).await;
+    assert_eq!(code, 400, "{body}");
+    assert!(body.starts_with("the request body: "), "{body}");
+    let (code, body) = post(
+        addr,
+        prepare,
+        r#"{"root-cert.pem": "x", "ca-cert.pem": "y"}"#,
+    )
+    .await;
+    assert_eq!(
+        (code, body.as_str()),
+        (
+            400,
+            "ca-key.pem is missing (root-cert.pem, ca-cert.pem and ca-key.pem are required)"
+        )
+    );
+    let pems = r#"{"root-cert.pem": "x", "ca-cert.pem": "y", "ca-key.pem": "z"}"#;
+    let (code, body) = post(addr, "/api/v1/identity/rotate/activate", pems).await;
+    assert_eq!(code, 400, "{body}");
+    assert!(body.starts_with("only prepare takes a CA"), "{body}");
+    assert_eq!(ca.status().rotation, "idle");
+    assert_eq!(ca.status().anchors, 1);
+    // No body (what callers sent before): a generated CA, as before.
+    let (code, body) = post(addr, prepare, "").await;
+    assert_eq!(code, 200, "{body}");
+    assert_eq!(ca.status().rotation, "prepared");
+    server.abort();
+}
