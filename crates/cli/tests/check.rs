@@ -11,6 +11,7 @@ use trellis_cli::{Cli, Command as Sub, check, proxyconfig, stat};
 
 mod support;
 use support::Demo;
+use support::golden::{columns, golden, mask_ports};
 
 /// Runs `trellis check <args>` in-process; returns (exit code, stdout).
 fn run(args: &[&str]) -> (u8, String) {
@@ -62,51 +63,6 @@ fn get(entry: &str, path: &str) -> String {
     answer.lines().next().unwrap_or_default().to_string()
 }
 
-/// Compares with `tests/fixtures/<command>/golden/<name>`; `UPDATE_GOLDEN=1` rewrites it.
-fn golden(command: &str, name: &str, actual: &str) {
-    let path = std::path::Path::new("tests/fixtures")
-        .join(command)
-        .join("golden")
-        .join(name);
-    if std::env::var_os("UPDATE_GOLDEN").is_some() {
-        std::fs::write(&path, actual).unwrap();
-    }
-    let expected =
-        std::fs::read_to_string(&path).unwrap_or_else(|e| panic!("golden {}: {e}", path.display()));
-    assert_eq!(actual, expected, "{name} (UPDATE_GOLDEN=1 to accept)");
-}
-
-/// Masks what changes from one demo run to the next: the port of every `IPv4:PORT` (the demo
-/// binds free ports) becomes `PORT`.
-fn mask_ports(text: &str) -> String {
-    let chars: Vec<char> = text.chars().collect();
-    let mut out = String::with_capacity(text.len());
-    let mut i = 0;
-    while i < chars.len() {
-        let c = chars[i];
-        out.push(c);
-        i += 1;
-        if c != ':' || !chars.get(i).is_some_and(char::is_ascii_digit) {
-            continue;
-        }
-        // The run of digits and dots before the colon must be an IPv4 address.
-        let before: String = out
-            .chars()
-            .rev()
-            .skip(1)
-            .take_while(|c| c.is_ascii_digit() || *c == '.')
-            .collect();
-        if before.matches('.').count() != 3 {
-            continue;
-        }
-        out.push_str("PORT");
-        while chars.get(i).is_some_and(char::is_ascii_digit) {
-            i += 1;
-        }
-    }
-    out
-}
-
 /// A table with its ports masked and every run of column padding made the three spaces that
 /// separate kubectl's columns: column widths follow the masked values (a port's digits, a
 /// rate's), so the golden holds the cells and their order, not the widths (the unit goldens from
@@ -114,12 +70,7 @@ fn mask_ports(text: &str) -> String {
 fn mask_table(table: &str) -> String {
     let mut out = String::new();
     for line in mask_ports(table).lines() {
-        let cells: Vec<&str> = line
-            .split("  ")
-            .map(str::trim)
-            .filter(|c| !c.is_empty())
-            .collect();
-        out.push_str(&cells.join("   "));
+        out.push_str(&columns(line));
         out.push('\n');
     }
     out

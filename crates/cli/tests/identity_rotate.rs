@@ -15,6 +15,7 @@ use trellis_cli::{Cli, Command as Sub, identity};
 
 mod support;
 use support::Demo;
+use support::golden::{columns, golden};
 
 /// Runs `trellis identity rotate <args>` in-process; returns (exit code, stdout, stderr).
 fn rotate(control: &str, args: &[&str]) -> (u8, String, String) {
@@ -42,19 +43,6 @@ fn rows(out: &str) -> Vec<&str> {
         .collect()
 }
 
-/// Compares with `tests/fixtures/identity/golden/<name>`; `UPDATE_GOLDEN=1` rewrites it (as the
-/// other demo-backed goldens in check.rs and tap.rs do).
-fn golden(name: &str, actual: &str) {
-    let path = std::path::Path::new("tests/fixtures/identity/golden").join(name);
-    if std::env::var_os("UPDATE_GOLDEN").is_some() {
-        std::fs::create_dir_all(path.parent().unwrap()).unwrap();
-        std::fs::write(&path, actual).unwrap();
-    }
-    let expected =
-        std::fs::read_to_string(&path).unwrap_or_else(|e| panic!("golden {}: {e}", path.display()));
-    assert_eq!(actual, expected, "{name} (UPDATE_GOLDEN=1 to accept)");
-}
-
 /// A step's output with what changes from one run to the next masked: the count of
 /// certificates issued (proxies may renew or reconnect during a run) becomes `N`, each proxy's
 /// EXPIRES IN (seconds until its leaf expires) `*`, and the column padding (which follows those
@@ -70,11 +58,7 @@ fn mask_rotation(out: &str) -> String {
             format!("{kept}, N certificate(s) issued")
         } else if line.starts_with("PROXY") {
             in_table = true;
-            line.split("  ")
-                .map(str::trim)
-                .filter(|c| !c.is_empty())
-                .collect::<Vec<_>>()
-                .join("   ")
+            columns(line)
         } else if in_table {
             let mut cells: Vec<&str> = line.split_whitespace().collect();
             if let Some(expires) = cells.get_mut(3) {
@@ -128,7 +112,7 @@ fn full_anchor_rotation_with_the_cli_while_traffic_flows() {
     assert!(out.contains("PROXY"), "{out}");
     let proxies = rows(&out).len();
     assert!(proxies >= 4, "the demo's proxies are listed:\n{out}");
-    golden("status-before.txt", &mask_rotation(&out));
+    golden("identity", "status-before.txt", &mask_rotation(&out));
 
     // Out of order: nothing to retire.
     let (code, _, err) = rotate(&control, &["retire"]);
@@ -137,7 +121,7 @@ fn full_anchor_rotation_with_the_cli_while_traffic_flows() {
         err.contains("the control plane refused the step: no activated rotation to retire"),
         "{err}"
     );
-    golden("retire-out-of-order.txt", &err);
+    golden("identity", "retire-out-of-order.txt", &err);
 
     // Steady traffic through a meshed hop for the whole rotation (bounded in time).
     let stop = Arc::new(AtomicBool::new(false));
@@ -160,14 +144,14 @@ fn full_anchor_rotation_with_the_cli_while_traffic_flows() {
         out.contains("2 trust anchor(s), issuer generation 1, rotation prepared"),
         "{out}"
     );
-    golden("prepare.txt", &mask_rotation(&out));
+    golden("identity", "prepare.txt", &mask_rotation(&out));
     let (code, out, err) = rotate(&control, &["activate"]);
     assert_eq!(code, 0, "{out}{err}");
     assert!(
         out.contains("2 trust anchor(s), issuer generation 2, rotation activated"),
         "{out}"
     );
-    golden("activate.txt", &mask_rotation(&out));
+    golden("identity", "activate.txt", &mask_rotation(&out));
     // Every proxy holds a leaf of the new issuer (the command waited for it).
     for line in rows(&out) {
         let cells: Vec<&str> = line.split_whitespace().collect();
@@ -180,7 +164,7 @@ fn full_anchor_rotation_with_the_cli_while_traffic_flows() {
         out.contains("1 trust anchor(s), issuer generation 2, rotation idle"),
         "{out}"
     );
-    golden("retire.txt", &mask_rotation(&out));
+    golden("identity", "retire.txt", &mask_rotation(&out));
     std::thread::sleep(Duration::from_millis(500));
     stop.store(true, Ordering::Relaxed);
     let codes = load.join().unwrap();
@@ -198,7 +182,7 @@ fn full_anchor_rotation_with_the_cli_while_traffic_flows() {
     assert_eq!(get(&entry), 200);
     let (code, out, err) = rotate(&control, &["status"]);
     assert_eq!(code, 0, "{out}{err}");
-    golden("status-after.txt", &mask_rotation(&out));
+    golden("identity", "status-after.txt", &mask_rotation(&out));
 }
 
 /// Issue 4's bar: at least 1,000 requests/s through a client and a server sidecar (mTLS,

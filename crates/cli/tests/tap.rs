@@ -17,6 +17,7 @@ use trellis_cli::{Cli, Command as Sub, tap};
 
 mod support;
 use support::Demo;
+use support::golden::{golden, mask_value};
 
 /// Runs `trellis tap <args>` in-process; returns (exit code, stdout, stderr).
 fn tap(args: &[&str]) -> (u8, String, String) {
@@ -88,26 +89,7 @@ fn get(entry: &str, path: &str) -> String {
 
 /// Replaces the value of `key=` up to the next space with `mask`.
 fn mask(line: &str, key: &str, mask: &str) -> String {
-    let Some(start) = line.find(key) else {
-        return line.to_string();
-    };
-    let value_start = start + key.len();
-    let end = line[value_start..]
-        .find(' ')
-        .map_or(line.len(), |i| value_start + i);
-    format!("{}{mask}{}", &line[..value_start], &line[end..])
-}
-
-/// Compares with `tests/fixtures/tap/golden/<name>`; `UPDATE_GOLDEN=1` rewrites it (as the
-/// other demo-backed goldens in check.rs do).
-fn golden(name: &str, actual: &str) {
-    let path = std::path::Path::new("tests/fixtures/tap/golden").join(name);
-    if std::env::var_os("UPDATE_GOLDEN").is_some() {
-        std::fs::write(&path, actual).unwrap();
-    }
-    let expected =
-        std::fs::read_to_string(&path).unwrap_or_else(|e| panic!("golden {}: {e}", path.display()));
-    assert_eq!(actual, expected, "{name} (UPDATE_GOLDEN=1 to accept)");
+    mask_value(line, key, &[' '], mask)
 }
 
 /// What changes from one run to the next in a `table`/`wide` line: the latency, the duration
@@ -127,14 +109,7 @@ fn mask_json(line: &str) -> String {
         ("\"latency_ms\":", "\"LATENCY\""),
         ("\"duration_ms\":", "\"DURATION\""),
     ] {
-        let Some(start) = line.find(key) else {
-            continue;
-        };
-        let value = start + key.len();
-        let end = line[value..]
-            .find([',', '}'])
-            .map_or(line.len(), |i| value + i);
-        line = format!("{}{mask}{}", &line[..value], &line[end..]);
+        line = mask_value(&line, key, &[',', '}'], mask);
     }
     line
 }
@@ -192,7 +167,7 @@ fn tap_goldens_against_the_demo() {
             "yaml" => mask_yaml(&out),
             _ => out.lines().map(|l| mask_line(l) + "\n").collect(),
         };
-        golden(name, &masked);
+        golden("tap", name, &masked);
     }
 }
 

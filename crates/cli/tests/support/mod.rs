@@ -1,5 +1,7 @@
 //! Shared by the CLI's end-to-end tests: a `trellis demo` started for one test, waited for, and
-//! killed with everything it started when dropped.
+//! killed with everything it started when dropped; [`golden`] compares its output with goldens.
+
+pub mod golden;
 
 use std::os::unix::process::CommandExt;
 use std::path::Path;
