@@ -14,15 +14,12 @@
 
 mod external;
 
-use std::net::SocketAddr;
-use std::path::PathBuf;
 use std::time::Duration;
 
-use trellis_testkit::egress::{captured_client, registry_only_control};
+use trellis_testkit::egress::{self, NodeHosts, block, captured_client, registry_only_control};
 use trellis_testkit::mesh::{config_dir, write_config};
-use trellis_testkit::netns::{PROXY_UID, require_root};
-use trellis_testkit::tools::run_bounded;
-use trellis_testkit::{ControlPlane, Node, Pod, Proxy, ProxyBuilder, wait};
+use trellis_testkit::netns::require_root;
+use trellis_testkit::{ControlPlane, Node, Pod, Proxy, wait};
 
 const CONVERGE: Duration = Duration::from_secs(20);
 const HOST: &str = "edition.cnn.com";
@@ -123,84 +120,18 @@ spec:
     protocol: TCP
 ";
 
-/// `/etc/netns/<node>/hosts`: `ip netns exec` mounts it over `/etc/hosts` for the control
-/// plane run in the node, so the ServiceEntry's DNS name resolves to the external pod there
-/// (and nowhere else on the machine). Removed on drop.
-struct NodeHosts(PathBuf);
-
-impl NodeHosts {
-    fn new(node: &Node, lines: &str) -> Self {
-        let dir = PathBuf::from("/etc/netns").join(node.name());
-        std::fs::create_dir_all(&dir).unwrap();
-        std::fs::write(
-            dir.join("hosts"),
-            format!("127.0.0.1 localhost\n::1 localhost\n{lines}\n"),
-        )
-        .unwrap();
-        Self(dir)
-    }
-}
-
-impl Drop for NodeHosts {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_dir_all(&self.0);
-        // The parent only when no other test's node still has a directory there.
-        let _ = std::fs::remove_dir("/etc/netns");
-    }
-}
-
 /// The egress gateway workload in `pod`: Istio's labels, its Gateway port 80 bound where the
 /// Service's `targetPort` points, reached by sidecars over mTLS through its inbound listener.
 /// With `ca`, it trusts that CA as its system roots (`SSL_CERT_FILE`), as a real gateway
 /// trusts public CAs.
 fn egress_gateway(pod: &Pod, control: &ControlPlane, ca: Option<&std::path::Path>) -> Proxy {
-    let mut b = ProxyBuilder::new("istio-egressgateway");
+    let mut b = egress::egress_gateway(pod, control, 80, GATEWAY_TARGET_PORT);
     if let Some(ca) = ca {
         b = b.env("SSL_CERT_FILE", ca);
     }
-    let gw = b
-        .namespace("istio-system")
-        .service_account("istio-egressgateway-service-account")
-        .label("istio", "egressgateway")
-        .label("app", "istio-egressgateway")
-        .control(&control.url())
-        .outbound("none")
-        .advertise(SocketAddr::new(pod.ip().into(), 15006))
-        .app_port(GATEWAY_TARGET_PORT)
-        .arg("--mode")
-        .arg("gateway")
-        .arg("--gateway-port")
-        .arg(format!("80=0.0.0.0:{GATEWAY_TARGET_PORT}"))
-        .in_pod(pod, PROXY_UID)
-        .start()
-        .unwrap();
+    let gw = b.start().unwrap();
     gw.wait_ready(CONVERGE).unwrap();
     gw
-}
-
-/// Stands for a NetworkPolicy: nothing in `pod` (its proxy included) may connect to `ip`.
-fn block(pod: &Pod, ip: std::net::Ipv4Addr) {
-    let out = run_bounded(
-        pod.command("iptables").args([
-            "-A",
-            "OUTPUT",
-            "-p",
-            "tcp",
-            "-d",
-            &ip.to_string(),
-            "-j",
-            "REJECT",
-            "--reject-with",
-            "tcp-reset",
-        ]),
-        Duration::from_secs(10),
-    )
-    .unwrap();
-    assert!(
-        out.status.success(),
-        "iptables: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
 }
 
 /// What every test here starts, in one node: the external host `HOST` (a server in pod `ext`,
@@ -235,7 +166,7 @@ impl Egress {
         let ext = node.pod().unwrap();
         let egress = node.pod().unwrap();
         let sleep = node.pod().unwrap();
-        let hosts = NodeHosts::new(&node, &format!("{} {HOST}", ext.ip()));
+        let hosts = NodeHosts::new(&node, &format!("{} {HOST}", ext.ip())).unwrap();
         let server = match tls {
             // The host speaks HTTPS only: a plaintext request could not be answered.
             Some(certs) => external::start(&ext, server, 443, Some((&certs.cert, &certs.key))),
@@ -251,7 +182,7 @@ impl Egress {
         let control = registry_only_control(&node, config.path()).unwrap();
         let gw = egress_gateway(&egress, &control, tls.map(|c| c.ca.as_path()));
         let client = captured_client(&sleep, &control, "sleep-0", "sleep", CONVERGE).unwrap();
-        block(&sleep, ext.ip());
+        block(&sleep, ext.ip()).unwrap();
         Self {
             client,
             gw,

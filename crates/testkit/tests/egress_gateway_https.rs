@@ -15,14 +15,12 @@
 mod external;
 
 use std::net::SocketAddr;
-use std::path::PathBuf;
 use std::time::Duration;
 
-use trellis_testkit::egress::{captured_client, registry_only_control};
+use trellis_testkit::egress::{self, NodeHosts, block, captured_client, registry_only_control};
 use trellis_testkit::mesh::{config_dir, write_config};
-use trellis_testkit::netns::{PROXY_UID, require_root};
-use trellis_testkit::tools::run_bounded;
-use trellis_testkit::{ControlPlane, Node, Pod, Proxy, ProxyBuilder, wait};
+use trellis_testkit::netns::require_root;
+use trellis_testkit::{ControlPlane, Node, Pod, Proxy, wait};
 
 const CONVERGE: Duration = Duration::from_secs(20);
 const HOST: &str = "edition.cnn.com";
@@ -125,79 +123,17 @@ spec:
     protocol: TCP
 ";
 
-/// `/etc/netns/<node>/hosts`, so the ServiceEntry's DNS name resolves to the external pod for
-/// the control plane run in the node (as in `egress_gateway.rs`). Removed on drop.
-struct NodeHosts(PathBuf);
-
-impl NodeHosts {
-    fn new(node: &Node, lines: &str) -> Self {
-        let dir = PathBuf::from("/etc/netns").join(node.name());
-        std::fs::create_dir_all(&dir).unwrap();
-        std::fs::write(
-            dir.join("hosts"),
-            format!("127.0.0.1 localhost\n::1 localhost\n{lines}\n"),
-        )
-        .unwrap();
-        Self(dir)
-    }
-}
-
-impl Drop for NodeHosts {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_dir_all(&self.0);
-        let _ = std::fs::remove_dir("/etc/netns");
-    }
-}
-
 /// The egress gateway workload in `pod`: Istio's labels, its Gateway port 443 bound where the
 /// Service's `targetPort` points. Sidecars reach it over mTLS through its inbound listener,
 /// which hands a TCP stream to `--app` (the gateway's own port: a `trellis-tcp` stream does
 /// not say which port it was for).
 fn egress_gateway(pod: &Pod, control: &ControlPlane) -> Proxy {
-    let gw = ProxyBuilder::new("istio-egressgateway")
-        .namespace("istio-system")
-        .service_account("istio-egressgateway-service-account")
-        .label("istio", "egressgateway")
-        .label("app", "istio-egressgateway")
-        .control(&control.url())
-        .outbound("none")
-        .advertise(SocketAddr::new(pod.ip().into(), 15006))
-        .app_port(GATEWAY_TARGET_PORT)
+    let gw = egress::egress_gateway(pod, control, 443, GATEWAY_TARGET_PORT)
         .app(SocketAddr::from(([127, 0, 0, 1], GATEWAY_TARGET_PORT)))
-        .arg("--mode")
-        .arg("gateway")
-        .arg("--gateway-port")
-        .arg(format!("443=0.0.0.0:{GATEWAY_TARGET_PORT}"))
-        .in_pod(pod, PROXY_UID)
         .start()
         .unwrap();
     gw.wait_ready(CONVERGE).unwrap();
     gw
-}
-
-/// Stands for a NetworkPolicy: nothing in `pod` (its proxy included) may connect to `ip`.
-fn block(pod: &Pod, ip: std::net::Ipv4Addr) {
-    let out = run_bounded(
-        pod.command("iptables").args([
-            "-A",
-            "OUTPUT",
-            "-p",
-            "tcp",
-            "-d",
-            &ip.to_string(),
-            "-j",
-            "REJECT",
-            "--reject-with",
-            "tcp-reset",
-        ]),
-        Duration::from_secs(10),
-    )
-    .unwrap();
-    assert!(
-        out.status.success(),
-        "iptables: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
 }
 
 /// `curl https://HOST{path}` in `pod`, verifying the host's certificate against `ca`, the name
@@ -250,7 +186,7 @@ fn egress_gateway_passes_https_through_by_sni() {
     let ext = node.pod().unwrap();
     let egress = node.pod().unwrap();
     let sleep = node.pod().unwrap();
-    let _hosts = NodeHosts::new(&node, &format!("{} {HOST}", ext.ip()));
+    let _hosts = NodeHosts::new(&node, &format!("{} {HOST}", ext.ip())).unwrap();
     let certs = external::certs(HOST);
     // The host speaks HTTPS only, with a certificate for its name from the test's CA.
     let _server = external::start(&ext, "cnn-https", 443, Some((&certs.cert, &certs.key)));
@@ -264,7 +200,7 @@ fn egress_gateway_passes_https_through_by_sni() {
     let control = registry_only_control(&node, config.path()).unwrap();
     let gw = egress_gateway(&egress, &control);
     let client = captured_client(&sleep, &control, "sleep-0", "sleep", CONVERGE).unwrap();
-    block(&sleep, ext.ip());
+    block(&sleep, ext.ip()).unwrap();
 
     // curl verifies the host's certificate for its name: the TLS is the host's own, end to
     // end, and the SNI reached it intact.
