@@ -29,7 +29,7 @@ const EXPECTED: &[(&str, &str)] = &[
     ),
     (
         "httproute-cross-namespace.yaml",
-        "httproute-cross-namespace.yaml: HTTPRoute default/reviews: spec.rules[0].backendRefs[0].namespace: a backend in another namespace (ReferenceGrant) is not supported yet",
+        "httproute-cross-namespace.yaml: HTTPRoute default/reviews: spec.rules[0].backendRefs[0].namespace: a backend in another namespace on a route with a Service parent (ReferenceGrant is checked for Gateway parents only) is not supported yet",
     ),
     (
         "httproute-path.yaml",

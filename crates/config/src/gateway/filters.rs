@@ -5,7 +5,7 @@ use trellis_model::route::{
     HeaderModifier, Mirror, PathRewrite, Percent, Redirect, ResourceRef, Rewrite,
 };
 
-use super::{Backend, backend_ref, not_yet};
+use super::{Backend, OtherNamespace, backend_ref, not_yet};
 use crate::kube::FieldError;
 use crate::traffic::port;
 
@@ -227,6 +227,7 @@ pub(super) fn filters(
                         source,
                         &format!("{ff}.requestMirror.backendRef"),
                         &m.backend_ref,
+                        OtherNamespace::Mirror,
                     )?,
                     percent: Percent(pct),
                 });

@@ -5,10 +5,13 @@
 //!
 //! Each rule's matches become one model route per match, so the control plane can order the
 //! routes of every HTTPRoute attached to a Service by the spec's match precedence
-//! ([`precedence_key`]). Refused "not supported yet": backends in another namespace (they need
-//! ReferenceGrant), backends that are not Services, `ExtensionRef`/`CORS` filters,
-//! `rules[].retry`, `rules[].sessionPersistence`. `hostnames` is ignored for mesh routes, as
-//! GAMMA specifies.
+//! ([`precedence_key`]). A backend may name a Service in another namespace (`namespace`
+//! kept in its key) on a route whose parents are all Gateways: the gateway compile uses it only
+//! where a ReferenceGrant in that namespace allows it (`RefNotPermitted` otherwise). Refused
+//! "not supported yet": such a backend on a route with a Service parent (the mesh compile does
+//! not check grants) or in a `RequestMirror`, backends that are not Services,
+//! `ExtensionRef`/`CORS` filters, `rules[].retry`, `rules[].sessionPersistence`. `hostnames`
+//! is ignored for mesh routes, as GAMMA specifies.
 
 use std::cmp::Reverse;
 
@@ -365,7 +368,33 @@ fn regex_escape(s: &str) -> String {
         .collect()
 }
 
-fn backend_ref(source: &ResourceRef, field: &str, b: &Backend) -> Result<BackendRef, FieldError> {
+/// Where a backendRef to another namespace may appear: only the gateway compile checks
+/// ReferenceGrants, so only a route whose parents are all Gateways may carry one.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum OtherNamespace {
+    /// A `backendRefs[]` entry of a route with Gateway parents only.
+    Granted,
+    /// A `backendRefs[]` entry of a route with a Service parent (a mesh route).
+    MeshRoute,
+    /// A `RequestMirror` filter's backend.
+    Mirror,
+}
+
+/// Whether any parentRef is a Service (a GAMMA mesh route), by the same defaults [`parents`]
+/// reads them with.
+fn has_service_parent(refs: &[ParentRef]) -> bool {
+    refs.iter().any(|p| {
+        matches!(p.group.as_deref(), Some("" | "core"))
+            && p.kind.as_deref().unwrap_or("Gateway") == "Service"
+    })
+}
+
+fn backend_ref(
+    source: &ResourceRef,
+    field: &str,
+    b: &Backend,
+    other_namespace: OtherNamespace,
+) -> Result<BackendRef, FieldError> {
     let group = b.group.as_deref().unwrap_or("");
     let kind = b.kind.as_deref().unwrap_or("Service");
     if !matches!(group, "" | "core") || kind != "Service" {
@@ -374,20 +403,30 @@ fn backend_ref(source: &ResourceRef, field: &str, b: &Backend) -> Result<Backend
             &format!("a backend of kind {kind} (group {group:?})"),
         ));
     }
-    if b.namespace
-        .as_ref()
-        .is_some_and(|ns| *ns != source.namespace)
-    {
-        return Err(not_yet(
-            format!("{field}.namespace"),
-            "a backend in another namespace (ReferenceGrant)",
-        ));
+    let namespace = b.namespace.as_ref().unwrap_or(&source.namespace);
+    if *namespace != source.namespace {
+        if !crate::kube::is_dns1123_label(namespace) {
+            return Err(FieldError::new(
+                format!("{field}.namespace"),
+                format!("must be a DNS-1123 label, got {namespace:?}"),
+            ));
+        }
+        let refused = match other_namespace {
+            OtherNamespace::Granted => None,
+            OtherNamespace::MeshRoute => Some(
+                "a backend in another namespace on a route with a Service parent (ReferenceGrant is checked for Gateway parents only)",
+            ),
+            OtherNamespace::Mirror => Some("a mirror backend in another namespace"),
+        };
+        if let Some(what) = refused {
+            return Err(not_yet(format!("{field}.namespace"), what));
+        }
     }
     let p = b.port.ok_or_else(|| {
         FieldError::new(format!("{field}.port"), "is required for a Service backend")
     })?;
     Ok(BackendRef {
-        service: ServiceKey::new(source.namespace.clone(), b.name.clone()),
+        service: ServiceKey::new(namespace.clone(), b.name.clone()),
         port: Some(port(&format!("{field}.port"), p)?),
         subset: None,
     })
@@ -397,6 +436,7 @@ fn backends(
     source: &ResourceRef,
     field: &str,
     list: &[Backend],
+    other_namespace: OtherNamespace,
 ) -> Result<Vec<WeightedBackend>, FieldError> {
     let mut out = Vec::new();
     for (i, b) in list.iter().enumerate() {
@@ -419,7 +459,7 @@ fn backends(
             ));
         }
         out.push(WeightedBackend {
-            backend: backend_ref(source, &f, b)?,
+            backend: backend_ref(source, &f, b, other_namespace)?,
             weight,
             request_headers: bf.request_headers,
             response_headers: bf.response_headers,
@@ -574,6 +614,11 @@ pub(crate) fn translate_http(value: serde_yaml::Value) -> Result<Translated, Fie
     let route: Route<HttpRule> = from_value(value)?;
     let spec = route.spec;
     let rules = spec.rules;
+    let other_namespace = if has_service_parent(&spec.parent_refs) {
+        OtherNamespace::MeshRoute
+    } else {
+        OtherNamespace::Granted
+    };
     finish(
         "HTTPRoute",
         route.metadata,
@@ -598,8 +643,12 @@ pub(crate) fn translate_http(value: serde_yaml::Value) -> Result<Translated, Fie
                     .map(|(j, m)| http_match(&format!("{field}.matches[{j}]"), m))
                     .collect::<Result<Vec<_>, _>>()?;
                 let f = filters(source, &format!("{field}.filters"), &rule.filters, false)?;
-                let forward =
-                    backends(source, &format!("{field}.backendRefs"), &rule.backend_refs)?;
+                let forward = backends(
+                    source,
+                    &format!("{field}.backendRefs"),
+                    &rule.backend_refs,
+                    other_namespace,
+                )?;
                 let (mut timeout, mut per_try) = (None, None);
                 if let Some(t) = &rule.timeouts {
                     if let Some(r) = &t.request {
@@ -644,6 +693,11 @@ pub(crate) fn translate_grpc(value: serde_yaml::Value) -> Result<Translated, Fie
     let route: Route<GrpcRule> = from_value(value)?;
     let spec = route.spec;
     let rules = spec.rules;
+    let other_namespace = if has_service_parent(&spec.parent_refs) {
+        OtherNamespace::MeshRoute
+    } else {
+        OtherNamespace::Granted
+    };
     finish(
         "GRPCRoute",
         route.metadata,
@@ -665,8 +719,12 @@ pub(crate) fn translate_grpc(value: serde_yaml::Value) -> Result<Translated, Fie
                     .map(|(j, m)| grpc_match(&format!("{field}.matches[{j}]"), m))
                     .collect::<Result<Vec<_>, _>>()?;
                 let f = filters(source, &format!("{field}.filters"), &rule.filters, true)?;
-                let forward =
-                    backends(source, &format!("{field}.backendRefs"), &rule.backend_refs)?;
+                let forward = backends(
+                    source,
+                    &format!("{field}.backendRefs"),
+                    &rule.backend_refs,
+                    other_namespace,
+                )?;
                 let name = rule_name(source, rule.name.as_ref(), i);
                 // A rule without matches matches every request; it gets one empty match block,
                 // so that only the no-route catch-all has none.
@@ -714,6 +772,54 @@ mod tests {
         };
         assert!(precedence_key(None) > precedence_key(Some(&regex)));
         assert!(precedence_key(None) > precedence_key(Some(&HttpMatch::default())));
+    }
+
+    fn translate(yaml: &str) -> Result<Translated, FieldError> {
+        let value: serde_yaml::Value = serde_yaml::from_str(yaml).unwrap();
+        translate_http(value)
+    }
+
+    const CROSS: &str = "apiVersion: gateway.networking.k8s.io/v1
+kind: HTTPRoute
+metadata: {name: r, namespace: shop}
+spec:
+  parentRefs: [PARENT]
+  rules: [{backendRefs: [{name: reviews, namespace: other, port: 9080}]}]
+";
+
+    #[test]
+    fn a_backend_in_another_namespace_keeps_it_on_gateway_routes_only() {
+        let gw = translate(&CROSS.replace("PARENT", "{name: edge}")).unwrap();
+        let Translated::Resource(Resource::Gateway(g)) = gw else {
+            panic!("{gw:?}")
+        };
+        let crate::gateways::GatewayResource::Routes(r) = *g else {
+            panic!("{g:?}")
+        };
+        let RouteAction::Forward(bs) = &r.http[0].action else {
+            panic!("{:?}", r.http[0].action)
+        };
+        assert_eq!(bs[0].backend.service, ServiceKey::new("other", "reviews"));
+        // A Service parent: the mesh compile checks no grant, so it is refused by field.
+        let mesh = translate(&CROSS.replace(
+            "PARENT",
+            "{name: edge}, {group: '', kind: Service, name: reviews}",
+        ))
+        .unwrap_err();
+        assert_eq!(
+            mesh.field.as_deref(),
+            Some("spec.rules[0].backendRefs[0].namespace")
+        );
+        let bad = translate(
+            &CROSS
+                .replace("PARENT", "{name: edge}")
+                .replace("namespace: other", "namespace: Other_NS"),
+        )
+        .unwrap_err();
+        assert_eq!(
+            bad.field.as_deref(),
+            Some("spec.rules[0].backendRefs[0].namespace")
+        );
     }
 
     #[test]

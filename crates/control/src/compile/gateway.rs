@@ -13,6 +13,7 @@
 //! with different protocols) is left out and reported in [`Compiled::problems`]; the rest of
 //! the gateway is served.
 
+pub mod backend_refs;
 pub mod status;
 
 use std::collections::BTreeMap;
@@ -399,6 +400,8 @@ impl<'a> Builder<'a> {
             };
             let host = listener.hostname.clone().unwrap_or_else(|| "*".into());
             let source = gw.source.clone();
+            // `l` borrows `self`: route problems wait until the listener is built.
+            let resources = self.resources;
             let Some(l) = self.listener(
                 listener.port,
                 listener.protocol,
@@ -417,10 +420,19 @@ impl<'a> Builder<'a> {
             if !serves_routes(listener) {
                 continue;
             }
+            let mut problems = Vec::new();
             for r in routes {
                 let Some(Ok(hosts)) = attach(gw, listener, r) else {
                     continue;
                 };
+                let refused = backend_refs::refused(resources, r);
+                problems.extend(refused.iter().map(|service| {
+                    format!(
+                        "{}: {} (RefNotPermitted); requests routed to it fail",
+                        r.source,
+                        backend_refs::message(r, service)
+                    )
+                }));
                 // The per-route catch-all is replaced by one per host, after every route.
                 for h in hosts {
                     let http = r
@@ -428,13 +440,20 @@ impl<'a> Builder<'a> {
                         .iter()
                         .filter(|route| !route.name.ends_with("/no-route"))
                         .cloned();
-                    l.vhost(&h, &source).extend(http);
+                    l.vhost(&h, &source)
+                        .extend(backend_refs::enforce(&refused, http));
                 }
             }
             for (_, _, routes) in &mut l.vhosts {
                 // Gateway API orders matches across every route of a host (stable: ties keep
                 // the oldest route's rule first).
                 routes.sort_by_key(|r| trellis_config::gateway::precedence_key(r.matches.first()));
+            }
+            for problem in problems {
+                // One per route and Service, however many listeners the route attaches to.
+                if !self.out.problems.contains(&problem) {
+                    self.out.problems.push(problem);
+                }
             }
         }
     }

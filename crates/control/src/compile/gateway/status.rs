@@ -5,7 +5,9 @@
 //!   `attachedRoutes`, conditions `Accepted`, `ResolvedRefs`, `Programmed`). Its own
 //!   `Accepted`/`Programmed` conditions are the status writer's, as for every mesh kind.
 //! - An `HTTPRoute`/`GRPCRoute`: `status.parents[]`, one per parentRef naming a served Gateway
-//!   (`parentRef`, `controllerName`, conditions `Accepted` and `ResolvedRefs`).
+//!   (`parentRef`, `controllerName`, conditions `Accepted` and `ResolvedRefs`). `ResolvedRefs`
+//!   is False with `RefNotPermitted` for a backend in another namespace no ReferenceGrant
+//!   allows ([`super::backend_refs`]), else with `BackendNotFound` for a missing Service.
 //!
 //! Attachment is [`super::attach_parent`], the rule compile serves by. Gateways of classes
 //! served by another controller are theirs to report on: [`Report::foreign`] lists them so
@@ -122,7 +124,7 @@ pub fn report(resources: &[GatewayResource], services: &BTreeMap<ServiceKey, Ser
                 let gw = gateways
                     .iter()
                     .find(|g| g.source.namespace == p.namespace && g.source.name == p.name)?;
-                served(gw).then(|| parent_status(gw, r, p, services))
+                served(gw).then(|| parent_status(resources, gw, r, p, services))
             })
             .collect();
         if !parents.is_empty() {
@@ -134,6 +136,7 @@ pub fn report(resources: &[GatewayResource], services: &BTreeMap<ServiceKey, Ser
 }
 
 fn parent_status(
+    resources: &[GatewayResource],
     gw: &ApiGateway,
     route: &GatewayRoutes,
     parent: &GatewayParent,
@@ -194,6 +197,7 @@ fn parent_status(
         };
         condition("Accepted", false, refusal.reason(), message)
     };
+    let refused = super::backend_refs::refused(resources, route);
     let missing: BTreeSet<String> = route
         .http
         .iter()
@@ -205,7 +209,20 @@ fn parent_status(
         .filter(|w| !services.contains_key(&w.backend.service))
         .map(|w| format!("{}/{}", w.backend.service.namespace, w.backend.service.name))
         .collect();
-    let resolved = if missing.is_empty() {
+    // RefNotPermitted before BackendNotFound: whether the Service exists is not the route's
+    // to learn until it is allowed to refer to it.
+    let resolved = if !refused.is_empty() {
+        let messages: Vec<String> = refused
+            .iter()
+            .map(|s| super::backend_refs::message(route, s))
+            .collect();
+        condition(
+            "ResolvedRefs",
+            false,
+            "RefNotPermitted",
+            messages.join("; "),
+        )
+    } else if missing.is_empty() {
         condition("ResolvedRefs", true, "ResolvedRefs", "backends resolved")
     } else {
         condition(
