@@ -229,6 +229,8 @@ impl Proxy {
             ));
         }
 
+        let gateway_listeners = crate::gateway::BoundListeners::default();
+        let gateway_mode = config.gateway.mode == crate::gateway::Mode::Gateway;
         let mut listeners = vec![addrs.inbound, addrs.admin];
         listeners.extend(addrs.outbound);
         listeners.extend(addrs.outbound_ports.values().copied());
@@ -249,7 +251,8 @@ impl Proxy {
             .with_telemetry(telemetry)
             .with_identity(identity.clone())
             .with_authn(authn.clone())
-            .with_limits(config.limits.clone()),
+            .with_limits(config.limits.clone())
+            .with_gateway_listeners(gateway_mode.then(|| gateway_listeners.clone())),
         );
         if config.control.is_some() {
             tokio::spawn(crate::resilience::ratelimit::follow(
@@ -259,7 +262,6 @@ impl Proxy {
             ));
         }
         let gateway_rx = discovery.gateway_rx();
-        let gateway_listeners = crate::gateway::BoundListeners::default();
         let admin_state = Arc::new(AdminState {
             metrics,
             discovery,

@@ -83,6 +83,9 @@ pub struct Ctx {
     pub admission: Arc<crate::limits::Admission>,
     /// Inbound local rate limits (RateLimitPolicy), installed from discovery.
     pub rate_limits: Arc<crate::resilience::ratelimit::RateLimiter>,
+    /// In gateway mode, its bound Gateway listeners: where a mesh TCP stream goes by the
+    /// target port its metadata header names ([`mesh_dest`]).
+    pub gateway_listeners: Option<crate::gateway::BoundListeners>,
     traffic: Mutex<HashMap<Target, Arc<TargetTraffic>>>,
 }
 
@@ -112,6 +115,7 @@ impl Ctx {
             authn: Arc::default(),
             admission: Arc::default(),
             rate_limits: Arc::default(),
+            gateway_listeners: None,
             traffic: Mutex::new(HashMap::new()),
         }
     }
@@ -138,6 +142,12 @@ impl Ctx {
     /// Sets the workload that route matches see as the source.
     pub fn with_source(mut self, source: Source) -> Self {
         self.source = source;
+        self
+    }
+
+    /// Gateway mode: mesh TCP streams are handed to these listeners by target port.
+    pub fn with_gateway_listeners(mut self, bound: Option<crate::gateway::BoundListeners>) -> Self {
+        self.gateway_listeners = bound;
         self
     }
 
@@ -247,6 +257,8 @@ pub async fn serve(
                     MeshAlpn::H2 => serve_http2(&ctx, stream, forward()).await,
                     MeshAlpn::Http1 => serve_http1(&ctx, stream, forward()).await,
                     MeshAlpn::Tcp | MeshAlpn::TcpMx => {
+                        let target_port = caller.as_ref().and_then(|m| m.target_port);
+                        let (dest, dest_port) = mesh_dest(&ctx, dest, dest_port, target_port);
                         let id = peer_id.as_ref().map(|id| &*id.0);
                         // A denied connection is closed: TCP has no way to say why.
                         if ctx.metrics.authz.allow_tcp(peer, id, &dest, dest_port) {
@@ -300,6 +312,36 @@ pub async fn serve(
             serve_opaque(&ctx, direction, io, &dest, dest_port, &tag).await
         }
     }
+}
+
+/// Where an inbound mesh TCP stream goes, and the port authorization checks, when its
+/// metadata header named `target_port` and the connection has no original destination
+/// (`Dest::Local`): in gateway mode the Gateway listener bound for that port (its passthrough
+/// or TLS routing then runs as for a client connecting there); in a sidecar without `--app`,
+/// that port on the pod's address when it is a declared `--app-port`. Otherwise, or without a
+/// port (a client from before the field), `dest` as it was: `--app`.
+fn mesh_dest(ctx: &Ctx, dest: Dest, dest_port: u16, target_port: Option<u16>) -> (Dest, u16) {
+    let Some(port) = target_port else {
+        return (dest, dest_port);
+    };
+    let Dest::Local {
+        app,
+        ports,
+        local_ip,
+    } = &dest
+    else {
+        return (dest, dest_port);
+    };
+    if let Some(bound) = &ctx.gateway_listeners {
+        return match crate::gateway::listener_for_target_port(bound, port, *local_ip) {
+            Some(addr) => (Dest::Fixed(addr), port),
+            None => (dest, dest_port),
+        };
+    }
+    if app.is_none() && ports.contains(&port) {
+        return (Dest::Fixed(SocketAddr::new(*local_ip, port)), port);
+    }
+    (dest, dest_port)
 }
 
 /// What a server connection may run over: the accepted socket, or mTLS on it.
@@ -463,7 +505,10 @@ pub(crate) async fn serve_opaque_sni(
                         backend.record(endpoint, Outcome::Success);
                     }
                     // When the server selected `trellis-mx/1`: who is calling, first.
-                    if let Err(e) = mx::announce(&mut tls, &ctx.telemetry.local).await {
+                    // With the endpoint's target port, as `trellis-target-port` for requests.
+                    let target_port = hop.target_port;
+                    if let Err(e) = mx::announce(&mut tls, &ctx.telemetry.local, target_port).await
+                    {
                         tracing::info!(direction = direction.as_str(), hop = %hop.addr, error = %e, "opaque connection failed sending its metadata");
                         return;
                     }
@@ -494,5 +539,79 @@ pub(crate) async fn serve_opaque_sni(
         Err(e) => {
             tracing::info!(direction = direction.as_str(), hop = %hop.addr, error = %e, "opaque connection failed")
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+
+    use super::*;
+
+    fn ctx(gateway: Option<crate::gateway::BoundListeners>) -> Ctx {
+        Ctx::new(
+            Arc::new(Metrics::new()),
+            Discovery::disabled(),
+            Duration::from_secs(1),
+            BTreeSet::new(),
+            Vec::new(),
+            CancellationToken::new(),
+            TaskTracker::new(),
+        )
+        .with_gateway_listeners(gateway)
+    }
+
+    fn local(app: Option<&str>, ports: &[u16]) -> Dest {
+        Dest::Local {
+            app: app.map(|a| a.parse().unwrap()),
+            ports: ports.into(),
+            local_ip: "10.0.0.7".parse().unwrap(),
+        }
+    }
+
+    /// The fixed address a stream goes to and the port authorization checks, or `None` when
+    /// the destination stayed `Dest::Local` (`--app`, or no application).
+    fn chosen(ctx: &Ctx, dest: Dest, dest_port: u16, port: Option<u16>) -> (Option<String>, u16) {
+        match mesh_dest(ctx, dest, dest_port, port) {
+            (Dest::Fixed(addr), p) => (Some(addr.to_string()), p),
+            (_, p) => (None, p),
+        }
+    }
+
+    #[test]
+    fn a_gateway_hands_a_stream_to_the_listener_on_its_target_port_else_to_app() {
+        let bound = crate::gateway::BoundListeners::default();
+        crate::gateway::lock(&bound).insert(443, "0.0.0.0:8443".parse().unwrap());
+        let gw = ctx(Some(bound));
+        let app = || local(Some("127.0.0.1:9000"), &[]);
+        assert_eq!(
+            chosen(&gw, app(), 9000, Some(8443)),
+            (Some("10.0.0.7:8443".into()), 8443)
+        );
+        // No listener there, or a client from before the field: `--app`.
+        assert_eq!(chosen(&gw, app(), 9000, Some(8080)), (None, 9000));
+        assert_eq!(chosen(&gw, app(), 9000, None), (None, 9000));
+        // An original destination (iptables) is where the client connected: kept.
+        let orig = Dest::Fixed("10.0.0.7:5000".parse().unwrap());
+        assert_eq!(
+            chosen(&gw, orig, 5000, Some(8443)),
+            (Some("10.0.0.7:5000".into()), 5000)
+        );
+    }
+
+    #[test]
+    fn a_sidecar_without_app_uses_a_declared_target_port_only() {
+        let sidecar = ctx(None);
+        assert_eq!(
+            chosen(&sidecar, local(None, &[8080, 9090]), 0, Some(9090)),
+            (Some("10.0.0.7:9090".into()), 9090)
+        );
+        assert_eq!(
+            chosen(&sidecar, local(None, &[8080]), 0, Some(22)),
+            (None, 0)
+        );
+        // `--app` wins, as for requests.
+        let app = local(Some("127.0.0.1:8080"), &[8080, 9090]);
+        assert_eq!(chosen(&sidecar, app, 8080, Some(9090)), (None, 8080));
     }
 }

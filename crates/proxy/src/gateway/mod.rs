@@ -264,6 +264,33 @@ async fn apply(
     traffic.retain(|(port, ..), _| keep.contains(port));
 }
 
+/// Where the inbound listener hands a mesh TCP stream whose metadata header names
+/// `target_port`: the Gateway listener bound on that port (where the gateway Service's
+/// `targetPort` points, e.g. `--gateway-port 443=0.0.0.0:8443` for 8443), else the one whose
+/// Gateway port it is. A wildcard bind is dialled on `local_ip` (the address the peer reached,
+/// the pod's), or loopback when that is of the other family; an `ISTIO_MUTUAL` port accepts
+/// either as the inbound listener's own hand-off. `None`: no listener serves that port now.
+pub(crate) fn listener_for_target_port(
+    bound: &BoundListeners,
+    target_port: u16,
+    local_ip: IpAddr,
+) -> Option<SocketAddr> {
+    let bound = lock(bound);
+    let addr = bound
+        .values()
+        .find(|addr| addr.port() == target_port)
+        .or_else(|| bound.get(&target_port))?;
+    if !addr.ip().is_unspecified() {
+        return Some(*addr);
+    }
+    let ip = match (addr.ip(), local_ip) {
+        (IpAddr::V4(_), IpAddr::V4(_)) | (IpAddr::V6(_), IpAddr::V6(_)) => local_ip,
+        (IpAddr::V4(_), _) => Ipv4Addr::LOCALHOST.into(),
+        (IpAddr::V6(_), _) => std::net::Ipv6Addr::LOCALHOST.into(),
+    };
+    Some(SocketAddr::new(ip, addr.port()))
+}
+
 pub(crate) fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
     // Inserts and removes only: a panic cannot leave the map torn.
     m.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
@@ -381,6 +408,26 @@ mod tests {
             tokio::time::sleep(Duration::from_millis(20)).await;
         }
         panic!("timed out waiting for {what}");
+    }
+
+    #[test]
+    fn a_target_port_finds_the_listener_bound_there_then_the_gateway_port() {
+        let bound = BoundListeners::default();
+        let v4: SocketAddr = "0.0.0.0:8443".parse().unwrap();
+        let v6: SocketAddr = "[::]:9443".parse().unwrap();
+        let fixed: SocketAddr = "127.0.0.1:41000".parse().unwrap();
+        lock(&bound).extend([(443, v4), (9443, v6), (80, fixed)]);
+        let pod_ip: IpAddr = "10.1.2.3".parse().unwrap();
+        let found = |p| listener_for_target_port(&bound, p, pod_ip).map(|a| a.to_string());
+        // A wildcard bind is reached on the pod's address, or loopback of its own family.
+        assert_eq!(found(8443).as_deref(), Some("10.1.2.3:8443"));
+        assert_eq!(found(9443).as_deref(), Some("[::1]:9443"));
+        // Gateway port 80 remapped to a port of its own: found by either.
+        assert_eq!(found(41000).as_deref(), Some("127.0.0.1:41000"));
+        assert_eq!(found(80).as_deref(), Some("127.0.0.1:41000"));
+        // Gateway port 443 is bound on 8443: 443 itself still finds it.
+        assert_eq!(found(443).as_deref(), Some("10.1.2.3:8443"));
+        assert_eq!(found(8080), None);
     }
 
     /// A request's status line, or `None` when the gateway closes without answering.

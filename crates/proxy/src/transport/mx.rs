@@ -1,13 +1,17 @@
 //! The TCP metadata exchange: on a mesh mTLS connection for opaque TCP where the server proxy
 //! selected ALPN `trellis-mx/1`, the client proxy writes one small header naming its workload
-//! and namespace before the stream's bytes, and the server proxy reads it (bounded in size and
-//! time) to label its `trellis_tcp_*` series with the caller's workload, as HTTP's
-//! `trellis-source-workload` header does for requests. Metrics only: authorization never reads
-//! it (the verified SPIFFE ID is what policy uses).
+//! and namespace, and the port the stream is for, before the stream's bytes. The server proxy
+//! reads it (bounded in size and time) to label its `trellis_tcp_*` series with the caller's
+//! workload, as HTTP's `trellis-source-workload` header does for requests, and, when the
+//! connection has no original destination, to hand the stream to the port it is for (a
+//! gateway's listener, a pod's declared port), as `trellis-target-port` does for requests.
+//! Who the caller is for authorization is the verified SPIFFE ID, never this header.
 //!
 //! Frame: `version: u8` (1), `length: u16` big-endian (of the body, at most [`MAX_BODY`]),
-//! then the body: fields of `key: u8`, `length: u8`, UTF-8 value. Keys: 1 workload,
-//! 2 namespace; unknown keys are skipped, so later version-1 writers may add fields.
+//! then the body: fields of `key: u8`, `length: u8`, value. Keys: 1 workload (UTF-8),
+//! 2 namespace (UTF-8), 3 target port (`u16` big-endian, 1-65535: the endpoint's target port,
+//! the port the client was routed to behind the peer proxy). Unknown keys are skipped, so
+//! later version-1 writers may add fields: a reader from before key 3 ignores it.
 
 use std::io;
 use std::time::Duration;
@@ -24,12 +28,17 @@ pub const MAX_BODY: usize = 1024;
 const HEAD: usize = 3;
 const KEY_WORKLOAD: u8 = 1;
 const KEY_NAMESPACE: u8 = 2;
+const KEY_TARGET_PORT: u8 = 3;
 
-/// What the calling proxy said about its workload. Empty strings when it did not say.
+/// What the calling proxy said about its workload. Empty strings (and `None`) when it did not
+/// say.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct PeerMetadata {
     pub workload: String,
     pub namespace: String,
+    /// The endpoint's target port the stream was routed to (the application port behind this
+    /// proxy), as HTTP's `trellis-target-port` names it.
+    pub target_port: Option<u16>,
 }
 
 /// Why a header was refused; the connection is then closed.
@@ -43,6 +52,8 @@ pub enum MxError {
     Truncated(&'static str),
     #[error("metadata header field {0} is not UTF-8")]
     NotUtf8(&'static str),
+    #[error("metadata header field target port is not a port 1-65535 ({0} bytes)")]
+    BadPort(usize),
     #[error("reading the metadata header: {0}")]
     Io(io::ErrorKind),
     #[error("the metadata header did not arrive within {0:?}")]
@@ -65,7 +76,12 @@ pub fn encode(meta: &PeerMetadata) -> Vec<u8> {
             body.extend_from_slice(value.as_bytes());
         }
     }
-    // Two fields of at most 257 bytes each: always within MAX_BODY and u16.
+    if let Some(port) = meta.target_port.filter(|p| *p != 0) {
+        body.push(KEY_TARGET_PORT);
+        body.push(2);
+        body.extend_from_slice(&port.to_be_bytes());
+    }
+    // Two fields of at most 257 bytes and one of 4: always within MAX_BODY and u16.
     let mut frame = Vec::with_capacity(HEAD + body.len());
     frame.push(VERSION);
     frame.extend_from_slice(&(body.len() as u16).to_be_bytes());
@@ -98,6 +114,15 @@ pub fn decode_body(mut body: &[u8]) -> Result<PeerMetadata, MxError> {
             return Err(MxError::Truncated("a field's value"));
         };
         body = rest;
+        if *key == KEY_TARGET_PORT {
+            let port = <[u8; 2]>::try_from(value)
+                .map(u16::from_be_bytes)
+                .ok()
+                .filter(|p| *p != 0)
+                .ok_or(MxError::BadPort(len))?;
+            meta.target_port = Some(port);
+            continue;
+        }
         let (name, slot) = match *key {
             KEY_WORKLOAD => ("workload", &mut meta.workload),
             KEY_NAMESPACE => ("namespace", &mut meta.namespace),
@@ -153,9 +178,14 @@ async fn read_exact<I: AsyncRead + Unpin>(
     }
 }
 
-/// Client side, right after the handshake: writes this workload's header when the server
-/// selected `trellis-mx/1` (one small write per connection), nothing otherwise.
-pub async fn announce<IO>(tls: &mut ClientStream<IO>, local: &LocalWorkload) -> io::Result<()>
+/// Client side, right after the handshake: writes this workload's header, with the endpoint's
+/// `target_port` when it has one, when the server selected `trellis-mx/1` (one small write per
+/// connection), nothing otherwise.
+pub async fn announce<IO>(
+    tls: &mut ClientStream<IO>,
+    local: &LocalWorkload,
+    target_port: Option<u16>,
+) -> io::Result<()>
 where
     IO: AsyncRead + AsyncWrite + Unpin,
 {
@@ -165,6 +195,7 @@ where
     let frame = encode(&PeerMetadata {
         workload: local.workload.clone(),
         namespace: local.namespace.clone(),
+        target_port,
     });
     tls.write_all(&frame).await?;
     // Sent now, not with the application's first bytes: a server-first protocol would
@@ -182,6 +213,14 @@ mod tests {
         PeerMetadata {
             workload: workload.into(),
             namespace: namespace.into(),
+            target_port: None,
+        }
+    }
+
+    fn with_port(m: PeerMetadata, port: u16) -> PeerMetadata {
+        PeerMetadata {
+            target_port: Some(port),
+            ..m
         }
     }
 
@@ -191,6 +230,9 @@ mod tests {
             meta("productpage-v1", "bookinfo"),
             meta("", ""),
             meta("é", ""),
+            with_port(meta("sleep", "default"), 8443),
+            with_port(meta("", ""), 1),
+            with_port(meta("", ""), u16::MAX),
         ] {
             let frame = encode(&m);
             assert_eq!(decode(&frame).unwrap(), (m, frame.len()));
@@ -209,6 +251,67 @@ mod tests {
         let body = [9, 2, b'x', b'y', KEY_WORKLOAD, 1, b'a'];
         let mut frame = vec![VERSION, 0, body.len() as u8];
         frame.extend_from_slice(&body);
+        assert_eq!(decode(&frame).unwrap().0, meta("a", ""));
+    }
+
+    /// This module's `decode_body` as it was before key 3 (the first release of version 1),
+    /// unchanged: how a proxy of that release reads a newer client's header.
+    fn old_decode_body(mut body: &[u8]) -> Result<(String, String), MxError> {
+        let (mut workload, mut namespace) = (String::new(), String::new());
+        while !body.is_empty() {
+            let [key, len, rest @ ..] = body else {
+                return Err(MxError::Truncated("a field's key and length"));
+            };
+            let len = usize::from(*len);
+            let Some((value, rest)) = rest.split_at_checked(len) else {
+                return Err(MxError::Truncated("a field's value"));
+            };
+            body = rest;
+            let (name, slot) = match *key {
+                KEY_WORKLOAD => ("workload", &mut workload),
+                KEY_NAMESPACE => ("namespace", &mut namespace),
+                _ => continue,
+            };
+            *slot = std::str::from_utf8(value)
+                .map_err(|_| MxError::NotUtf8(name))?
+                .to_owned();
+        }
+        Ok((workload, namespace))
+    }
+
+    #[test]
+    fn the_target_port_is_skipped_by_a_reader_from_before_it() {
+        let frame = encode(&with_port(meta("sleep", "default"), 8443));
+        let head: [u8; HEAD] = frame[..HEAD].try_into().unwrap();
+        let len = decode_head(head).unwrap();
+        assert_eq!(len, frame.len() - HEAD);
+        let old = old_decode_body(&frame[HEAD..]).unwrap();
+        assert_eq!(old, ("sleep".to_string(), "default".to_string()));
+        // Whatever the order of the fields.
+        let mut body = vec![KEY_TARGET_PORT, 2, 0x20, 0xfb];
+        body.extend_from_slice(&[KEY_NAMESPACE, 2, b'n', b's']);
+        assert_eq!(
+            old_decode_body(&body).unwrap(),
+            (String::new(), "ns".into())
+        );
+        let mut frame = vec![VERSION, 0, body.len() as u8];
+        frame.extend_from_slice(&body);
+        assert_eq!(decode(&frame).unwrap().0, with_port(meta("", "ns"), 8443));
+    }
+
+    #[test]
+    fn a_bad_target_port_is_refused_and_port_zero_is_not_sent() {
+        for value in [&[][..], &[1], &[0, 0], &[0, 1, 2]] {
+            let mut frame = vec![VERSION, 0, 2 + value.len() as u8, KEY_TARGET_PORT];
+            frame.push(value.len() as u8);
+            frame.extend_from_slice(value);
+            assert_eq!(
+                decode(&frame),
+                Err(MxError::BadPort(value.len())),
+                "{value:?}"
+            );
+        }
+        let frame = encode(&with_port(meta("a", ""), 0));
         assert_eq!(decode(&frame).unwrap().0, meta("a", ""));
     }
 
@@ -278,7 +381,7 @@ mod tests {
         let client_side = async {
             let expected = "spiffe://cluster.local/ns/default/sa/api";
             let mut c = client.connect(a, MeshAlpn::Tcp, expected).await.unwrap();
-            announce(&mut c, &local).await.unwrap();
+            announce(&mut c, &local, Some(9000)).await.unwrap();
             c.write_all(b"ping").await.unwrap();
             c.shutdown().await.unwrap();
         };
@@ -296,7 +399,7 @@ mod tests {
         let (alpn, bytes) = announce_over_mtls(false).await;
         assert_eq!(alpn, MeshAlpn::TcpMx);
         let (m, used) = decode(&bytes).unwrap();
-        assert_eq!(m, meta("web-v1", "front"));
+        assert_eq!(m, with_port(meta("web-v1", "front"), 9000));
         assert_eq!(&bytes[used..], b"ping");
         // A server without the exchange gets the stream's bytes only.
         let (alpn, bytes) = announce_over_mtls(true).await;
