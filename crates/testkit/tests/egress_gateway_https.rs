@@ -124,12 +124,11 @@ spec:
 ";
 
 /// The egress gateway workload in `pod`: Istio's labels, its Gateway port 443 bound where the
-/// Service's `targetPort` points. Sidecars reach it over mTLS through its inbound listener,
-/// which hands a TCP stream to `--app` (the gateway's own port: a `trellis-tcp` stream does
-/// not say which port it was for).
+/// Service's `targetPort` points, and no `--app`: sidecars reach it over mTLS through its
+/// inbound listener, which hands each TCP stream to the Gateway listener bound on the target
+/// port the client's metadata header (`trellis-mx/1`) names, 8443 here.
 fn egress_gateway(pod: &Pod, control: &ControlPlane) -> Proxy {
     let gw = egress::egress_gateway(pod, control, 443, GATEWAY_TARGET_PORT)
-        .app(SocketAddr::from(([127, 0, 0, 1], GATEWAY_TARGET_PORT)))
         .start()
         .unwrap();
     gw.wait_ready(CONVERGE).unwrap();
