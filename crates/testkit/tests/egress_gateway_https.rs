@@ -14,7 +14,6 @@
 
 mod external;
 
-use std::net::SocketAddr;
 use std::time::Duration;
 
 use trellis_testkit::egress::{self, NodeHosts, block, captured_client, registry_only_control};
