@@ -176,6 +176,7 @@ impl ControlPlane {
             .layer(axum::Extension(ca.clone()));
         let token = shutdown.clone();
         tasks.spawn(async move {
+            let app = app.into_make_service_with_connect_info::<crate::ca::http::Origin>();
             let serve = axum::serve(http, app).with_graceful_shutdown(token.cancelled_owned());
             if let Err(err) = serve.await {
                 tracing::error!(error = %err, "http server failed");

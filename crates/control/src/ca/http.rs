@@ -9,28 +9,87 @@
 //!   plug-in CA is, 400 naming the file when it is unusable (nothing changes). No body or `{}`:
 //!   a generated root and issuer.
 //!
-//! The listener is loopback by default: whoever reaches it can mint tokens and rotate.
+//! The two POSTs change who the mesh trusts, so they answer only callers on this machine (this
+//! network namespace: loopback, or a connection to the listener's own address from itself):
+//! 403 for anyone else, even when the listener is on `0.0.0.0` as on Kubernetes (reach it with
+//! `kubectl port-forward`, which arrives on loopback). Served through [`Origin`]; the reads stay
+//! open to the dashboard and probes.
 
 use std::sync::Arc;
 use std::time::Duration;
 
+use std::net::SocketAddr;
+
 use axum::body::Bytes;
-use axum::extract::{Path, State};
+use axum::extract::connect_info::Connected;
+use axum::extract::{ConnectInfo, Path, Request, State};
 use axum::http::StatusCode;
+use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
+use axum::serve::IncomingStream;
 use axum::{Json, Router};
 use serde::Deserialize;
+use tokio::net::TcpListener;
 
 use super::plugged::PluggedPems;
 use super::{CaState, RotationStep};
 
+/// Serve the router with `into_make_service_with_connect_info::<Origin>()`: the identity
+/// changes are refused (403) without it.
 pub fn router(ca: Arc<CaState>) -> Router {
-    Router::new()
-        .route("/api/v1/identity", get(status))
+    let changes = Router::new()
         .route("/api/v1/identity/join-tokens", post(join_token))
         .route("/api/v1/identity/rotate/{step}", post(rotate))
+        .route_layer(axum::middleware::from_fn(local_callers_only));
+    Router::new()
+        .route("/api/v1/identity", get(status))
+        .merge(changes)
         .with_state(ca)
+}
+
+/// Where a connection to the HTTP listener came from, and the address it reached.
+#[derive(Clone, Copy, Debug)]
+pub struct Origin {
+    pub peer: SocketAddr,
+    pub local: Option<SocketAddr>,
+}
+
+impl Origin {
+    /// From this network namespace: a loopback peer, or a peer with the address the connection
+    /// reached (a process calling its own pod's IP). Anything else came over the network.
+    pub fn is_local(&self) -> bool {
+        self.peer.ip().is_loopback() || self.local.is_some_and(|l| l.ip() == self.peer.ip())
+    }
+}
+
+impl Connected<IncomingStream<'_, TcpListener>> for Origin {
+    fn connect_info(stream: IncomingStream<'_, TcpListener>) -> Self {
+        Self {
+            peer: *stream.remote_addr(),
+            local: stream.io().local_addr().ok(),
+        }
+    }
+}
+
+/// 403 unless the caller is on this machine; a router served without [`Origin`] refuses all.
+async fn local_callers_only(request: Request, next: Next) -> Response {
+    let origin = request
+        .extensions()
+        .get::<ConnectInfo<Origin>>()
+        .map(|c| c.0);
+    match origin {
+        Some(origin) if origin.is_local() => next.run(request).await,
+        _ => {
+            let peer = origin.map_or_else(|| "unknown".to_string(), |o| o.peer.ip().to_string());
+            tracing::warn!(%peer, path = %request.uri().path(), "identity change refused: not a local caller");
+            (
+                StatusCode::FORBIDDEN,
+                "identity changes (join tokens, anchor rotation) are accepted from this machine only; on Kubernetes, use kubectl port-forward\n",
+            )
+                .into_response()
+        }
+    }
 }
 
 fn status_json(ca: &CaState) -> serde_json::Value {

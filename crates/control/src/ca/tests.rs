@@ -254,7 +254,8 @@ async fn the_rotate_api_refuses_a_bad_ca_and_changes_nothing() {
     let ca = Arc::new(state(false));
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();
-    let server = tokio::spawn(axum::serve(listener, http::router(ca.clone())).into_future());
+    let app = http::router(ca.clone()).into_make_service_with_connect_info::<http::Origin>();
+    let server = tokio::spawn(axum::serve(listener, app).into_future());
     let prepare = "/api/v1/identity/rotate/prepare";
     let (code, body) = post(addr, prepare, r#"{"root-cert.pem": "x""#).await;
     assert_eq!(code, 400, "{body}");
@@ -283,4 +284,61 @@ async fn the_rotate_api_refuses_a_bad_ca_and_changes_nothing() {
     assert_eq!(code, 200, "{body}");
     assert_eq!(ca.status().rotation, "prepared");
     server.abort();
+}
+
+#[test]
+fn only_callers_on_this_machine_are_local() {
+    let origin = |peer: &str, local: &str| http::Origin {
+        peer: peer.parse().unwrap(),
+        local: Some(local.parse().unwrap()),
+    };
+    assert!(origin("127.0.0.1:40000", "127.0.0.1:15014").is_local());
+    assert!(origin("[::1]:40000", "[::1]:15014").is_local());
+    assert!(
+        origin("10.1.2.3:40000", "10.1.2.3:15014").is_local(),
+        "a pod calling its own IP"
+    );
+    assert!(
+        !origin("10.1.2.9:40000", "10.1.2.3:15014").is_local(),
+        "another pod"
+    );
+}
+
+#[tokio::test]
+async fn identity_changes_from_another_machine_are_refused() {
+    use axum::extract::ConnectInfo;
+    use tower::ServiceExt;
+    let ca = Arc::new(state(false));
+    let call = |peer: &str, path: &str| {
+        let mut request = axum::extract::Request::post(path)
+            .body(axum::body::Body::from("{}"))
+            .unwrap();
+        request.extensions_mut().insert(ConnectInfo(http::Origin {
+            peer: peer.parse().unwrap(),
+            local: Some("10.1.2.3:15014".parse().unwrap()),
+        }));
+        http::router(ca.clone()).oneshot(request)
+    };
+    for path in [
+        "/api/v1/identity/rotate/prepare",
+        "/api/v1/identity/join-tokens",
+    ] {
+        let answer = call("10.1.2.9:40000", path).await.unwrap();
+        assert_eq!(answer.status(), 403, "{path}");
+    }
+    assert_eq!(ca.status().rotation, "idle", "nothing changed");
+    let answer = call("127.0.0.1:40000", "/api/v1/identity/rotate/prepare")
+        .await
+        .unwrap();
+    assert_eq!(answer.status(), 200);
+    // Reads stay open: the dashboard and probes are not local.
+    let mut request = axum::extract::Request::get("/api/v1/identity")
+        .body(axum::body::Body::empty())
+        .unwrap();
+    request.extensions_mut().insert(ConnectInfo(http::Origin {
+        peer: "10.1.2.9:40000".parse().unwrap(),
+        local: None,
+    }));
+    let answer = http::router(ca.clone()).oneshot(request).await.unwrap();
+    assert_eq!(answer.status(), 200);
 }
