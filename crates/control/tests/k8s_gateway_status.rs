@@ -11,16 +11,16 @@
 mod common;
 mod k8s_testbed;
 
-use std::net::SocketAddr;
 use std::path::Path;
-use std::time::Duration;
 
 use common::eventually;
 use k8s_testbed::Testbed;
+use k8s_testbed::cluster::{
+    cond, control_plane, find, kube_options, kubectl, kubectl_apply, pair, status, wait_served,
+};
 use serde_json::Value;
+use trellis_control::k8s::apply;
 use trellis_control::k8s::manifests::{Values, render};
-use trellis_control::k8s::{KubeOptions, apply};
-use trellis_control::{ControlConfig, ControlPlane};
 
 const NAMESPACES: &str = "apiVersion: v1
 kind: Namespace
@@ -101,66 +101,6 @@ spec:
   to: [{group: '', kind: Secret}]
 ";
 
-async fn kubectl(kubeconfig: &Path, args: &[&str], stdin: Option<&str>) -> (bool, String) {
-    use tokio::io::AsyncWriteExt;
-    let mut child = tokio::process::Command::new("kubectl")
-        .env("KUBECONFIG", kubeconfig)
-        .args(args)
-        .stdin(std::process::Stdio::piped())
-        .stdout(std::process::Stdio::piped())
-        .stderr(std::process::Stdio::piped())
-        .kill_on_drop(true)
-        .spawn()
-        .unwrap();
-    let mut input = child.stdin.take().unwrap();
-    if let Some(text) = stdin {
-        input.write_all(text.as_bytes()).await.unwrap();
-    }
-    drop(input);
-    let out = tokio::time::timeout(Duration::from_secs(30), child.wait_with_output())
-        .await
-        .expect("kubectl took over 30 s")
-        .unwrap();
-    let text = format!(
-        "{}{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
-    (out.status.success(), text)
-}
-
-async fn kubectl_apply(kubeconfig: &Path, yaml: &str) {
-    let (ok, out) = kubectl(kubeconfig, &["apply", "-f", "-"], Some(yaml)).await;
-    assert!(ok, "kubectl apply: {out}");
-}
-
-/// `kubectl get <what> -n <ns> -o json`'s `.status`, when the object exists.
-async fn status(kubeconfig: &Path, what: &str, ns: &str) -> Option<Value> {
-    let (ok, out) = kubectl(kubeconfig, &["get", what, "-n", ns, "-o", "json"], None).await;
-    if !ok {
-        return None;
-    }
-    let obj: Value = serde_json::from_str(&out).ok()?;
-    Some(obj["status"].clone())
-}
-
-fn find<'a>(list: &'a Value, key: &str, value: &str) -> Option<&'a Value> {
-    list.as_array()?.iter().find(|v| v[key] == value)
-}
-
-/// The (status, reason) of condition `kind` in `conditions`.
-fn cond(conditions: &Value, kind: &str) -> Option<(String, String)> {
-    let c = find(conditions, "type", kind)?;
-    Some((
-        c["status"].as_str()?.to_string(),
-        c["reason"].as_str()?.to_string(),
-    ))
-}
-
-fn pair(status: &str, reason: &str) -> Option<(String, String)> {
-    Some((status.to_string(), reason.to_string()))
-}
-
 /// The route's one parent status, once written.
 async fn route_parent(kubeconfig: &Path, route: &str) -> Option<Value> {
     let s = status(
@@ -183,33 +123,15 @@ async fn gateway_api_status_is_written_for_gateways_and_routes() {
         .await
         .unwrap();
     let kc = testbed.kubeconfig.clone();
-    eventually("the Gateway API CRDs served", || async {
-        let (ok, _) = kubectl(
-            &kc,
-            &["get", "gateways.gateway.networking.k8s.io", "-A"],
-            None,
-        )
-        .await;
-        ok.then_some(())
-    })
+    wait_served(
+        &kc,
+        "the Gateway API CRDs served",
+        &["gateways.gateway.networking.k8s.io"],
+    )
     .await;
     kubectl_apply(&kc, NAMESPACES).await;
 
-    let any: SocketAddr = "127.0.0.1:0".parse().unwrap();
-    let control = ControlPlane::start(ControlConfig {
-        discovery_addr: any,
-        http_addr: any,
-        heartbeat_interval: Duration::from_millis(200),
-        kubernetes: Some(KubeOptions {
-            kubeconfig: Some(kc.clone()),
-            webhook_addr: None,
-            sync_timeout: Duration::from_secs(20),
-            ..KubeOptions::default()
-        }),
-        ..ControlConfig::default()
-    })
-    .await
-    .unwrap();
+    let control = control_plane(kube_options(&kc)).await;
     kubectl_apply(&kc, GATEWAYS).await;
 
     // The Gateway: Accepted and Programmed (no proxy connected: 0/0), one listener status per

@@ -18,6 +18,7 @@ use common::{eventually, get_json};
 use k8s_openapi::api::authentication::v1::TokenRequest;
 use k8s_openapi::api::core::v1::{Namespace, ServiceAccount};
 use k8s_testbed::Testbed;
+use k8s_testbed::cluster::kube_options;
 use kube::api::{Api, PostParams};
 use serde_json::json;
 use tonic::Code;
@@ -156,12 +157,7 @@ async fn certificates_by_service_account_token_and_token_review() {
     let control = ControlPlane::start(ControlConfig {
         discovery_addr: any,
         http_addr: any,
-        kubernetes: Some(KubeOptions {
-            kubeconfig: Some(testbed.kubeconfig.clone()),
-            webhook_addr: None,
-            sync_timeout: Duration::from_secs(20),
-            ..KubeOptions::default()
-        }),
+        kubernetes: Some(kube_options(&testbed.kubeconfig)),
         ..ControlConfig::default()
     })
     .await

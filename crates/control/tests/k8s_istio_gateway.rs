@@ -15,14 +15,15 @@ mod k8s_testbed;
 
 use std::net::SocketAddr;
 use std::path::Path;
-use std::time::Duration;
 
 use common::eventually;
 use k8s_testbed::Testbed;
-use serde_json::{Value, json};
+use k8s_testbed::cluster::{
+    cond, control_plane, kube_options, kubectl, kubectl_apply, pair, plain_backend, status,
+    token_file, wait_served,
+};
 use trellis_control::k8s::manifests::{Values, render};
 use trellis_control::k8s::{KubeOptions, apply};
-use trellis_control::{ControlConfig, ControlPlane};
 use trellis_testkit::tools::{CurlReply, curl_http, free_port};
 use trellis_testkit::{HttpEcho, Proxy, ProxyBuilder};
 
@@ -75,62 +76,6 @@ spec:
 const ISTIO_GW: &str = "gateways.networking.istio.io/web";
 const API_GW: &str = "gateways.gateway.networking.k8s.io/web";
 
-async fn kubectl(kubeconfig: &Path, args: &[&str], stdin: Option<&str>) -> (bool, String) {
-    use tokio::io::AsyncWriteExt;
-    let mut child = tokio::process::Command::new("kubectl")
-        .env("KUBECONFIG", kubeconfig)
-        .args(args)
-        .stdin(std::process::Stdio::piped())
-        .stdout(std::process::Stdio::piped())
-        .stderr(std::process::Stdio::piped())
-        .kill_on_drop(true)
-        .spawn()
-        .unwrap();
-    let mut input = child.stdin.take().unwrap();
-    if let Some(text) = stdin {
-        input.write_all(text.as_bytes()).await.unwrap();
-    }
-    drop(input);
-    let out = tokio::time::timeout(Duration::from_secs(30), child.wait_with_output())
-        .await
-        .expect("kubectl took over 30 s")
-        .unwrap();
-    let text = format!(
-        "{}{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
-    (out.status.success(), text)
-}
-
-async fn kubectl_apply(kubeconfig: &Path, yaml: &str) {
-    let (ok, out) = kubectl(kubeconfig, &["apply", "-f", "-"], Some(yaml)).await;
-    assert!(ok, "kubectl apply: {out}");
-}
-
-/// `kubectl get <what> -n shop -o json`'s `.status`, when the object exists.
-async fn status(kubeconfig: &Path, what: &str) -> Option<Value> {
-    let (ok, out) = kubectl(kubeconfig, &["get", what, "-n", "shop", "-o", "json"], None).await;
-    if !ok {
-        return None;
-    }
-    let obj: Value = serde_json::from_str(&out).ok()?;
-    Some(obj["status"].clone())
-}
-
-/// The (status, reason) of condition `kind` in `conditions`.
-fn cond(conditions: &Value, kind: &str) -> Option<(String, String)> {
-    let c = conditions.as_array()?.iter().find(|c| c["type"] == kind)?;
-    Some((
-        c["status"].as_str()?.to_string(),
-        c["reason"].as_str()?.to_string(),
-    ))
-}
-
-fn pair(status: &str, reason: &str) -> Option<(String, String)> {
-    Some((status.to_string(), reason.to_string()))
-}
-
 /// curl `http://127.0.0.1:port/path` with `Host: host` (curl blocks: off the runtime).
 async fn curl(port: u16, host: &str, path: &str) -> Result<CurlReply, String> {
     let url = format!("http://127.0.0.1:{port}{path}");
@@ -138,35 +83,6 @@ async fn curl(port: u16, host: &str, path: &str) -> Result<CurlReply, String> {
     tokio::task::spawn_blocking(move || curl_http(&["-H", &header, &url]))
         .await
         .unwrap()
-}
-
-/// A TokenRequest token of `namespace`'s `default` ServiceAccount for the mesh's audience, in a
-/// file under `dir`: what a gateway proves its identity with (Kubernetes mode checks it with
-/// TokenReview before issuing a certificate).
-async fn token_file(kube: &kube::Client, namespace: &str, dir: &Path) -> std::path::PathBuf {
-    use k8s_openapi::api::authentication::v1::TokenRequest;
-    use k8s_openapi::api::core::v1::ServiceAccount;
-    use kube::api::{Api, PostParams};
-    let accounts: Api<ServiceAccount> = Api::namespaced(kube.clone(), namespace);
-    let request: TokenRequest = serde_json::from_value(
-        json!({"spec": {"audiences": ["trellis"], "expirationSeconds": 600}}),
-    )
-    .unwrap();
-    // The controller manager creates the namespace's `default` ServiceAccount shortly after it.
-    let token = eventually("a token of the default ServiceAccount", || async {
-        Some(
-            accounts
-                .create_token_request("default", &PostParams::default(), &request)
-                .await
-                .ok()?
-                .status?
-                .token,
-        )
-    })
-    .await;
-    let path = dir.join(format!("{namespace}.token"));
-    std::fs::write(&path, token).unwrap();
-    path
 }
 
 /// A gateway workload (`trellis-proxy --mode gateway`, a real process) in `namespace` with
@@ -201,76 +117,6 @@ async fn gateway(
         .unwrap()
 }
 
-/// A Service `plain` in shop selecting a pod that the test makes Ready at 127.0.0.1, in front of
-/// `echo` (no proxy there: the gateways reach it in plaintext).
-async fn plain_backend(kube: &kube::Client, echo: SocketAddr) {
-    use k8s_openapi::api::core::v1::{Node, Pod, Service};
-    use kube::api::{Api, Patch, PatchParams, PostParams};
-    let services: Api<Service> = Api::namespaced(kube.clone(), "shop");
-    let service = json!({"metadata": {"name": "plain"},
-        "spec": {"selector": {"app": "plain"}, "ports": [{"port": 8080, "targetPort": echo.port()}]}});
-    services
-        .create(
-            &PostParams::default(),
-            &serde_json::from_value(service).unwrap(),
-        )
-        .await
-        .unwrap();
-    let nodes: Api<Node> = Api::all(kube.clone());
-    nodes
-        .create(
-            &PostParams::default(),
-            &serde_json::from_value(json!({"metadata": {"name": "node-1"}})).unwrap(),
-        )
-        .await
-        .unwrap();
-    let pods: Api<Pod> = Api::namespaced(kube.clone(), "shop");
-    let pod = json!({
-        "metadata": {"name": "plain-1", "labels": {"app": "plain"}},
-        "spec": {"nodeName": "node-1", "serviceAccountName": "default",
-                 "containers": [{"name": "app", "image": "plain:1", "ports": [{"containerPort": echo.port()}]}]},
-    });
-    // The namespace's `default` ServiceAccount comes from the controller manager shortly after
-    // the namespace: the pod is refused until then.
-    eventually("the plain pod created", || async {
-        pods.create(
-            &PostParams::default(),
-            &serde_json::from_value(pod.clone()).unwrap(),
-        )
-        .await
-        .ok()
-        .map(|_| ())
-    })
-    .await;
-    let status = json!({"status": {
-        "phase": "Running", "podIP": "127.0.0.1", "podIPs": [{"ip": "127.0.0.1"}],
-        "conditions": [{"type": "Ready", "status": "True"}],
-    }});
-    pods.patch_status("plain-1", &PatchParams::default(), &Patch::Merge(&status))
-        .await
-        .unwrap();
-}
-
-/// A control plane on the testbed (no webhooks), reading Secrets in `secret_namespaces`.
-async fn control_plane(kubeconfig: &Path, secret_namespaces: Vec<String>) -> ControlPlane {
-    let any: SocketAddr = "127.0.0.1:0".parse().unwrap();
-    ControlPlane::start(ControlConfig {
-        discovery_addr: any,
-        http_addr: any,
-        heartbeat_interval: Duration::from_millis(200),
-        kubernetes: Some(KubeOptions {
-            kubeconfig: Some(kubeconfig.to_path_buf()),
-            webhook_addr: None,
-            sync_timeout: Duration::from_secs(20),
-            gateway_secret_namespaces: secret_namespaces,
-            ..KubeOptions::default()
-        }),
-        ..ControlConfig::default()
-    })
-    .await
-    .unwrap()
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn istio_and_gateway_api_gateways_of_one_name_are_both_watched_and_served() {
     let Some(testbed) = Testbed::start() else {
@@ -281,25 +127,23 @@ async fn istio_and_gateway_api_gateways_of_one_name_are_both_watched_and_served(
         .await
         .unwrap();
     let kc = testbed.kubeconfig.clone();
-    eventually("both Gateway CRDs served", || async {
-        let istio = kubectl(&kc, &["get", "gateways.networking.istio.io", "-A"], None).await;
-        let api = kubectl(
-            &kc,
-            &["get", "gateways.gateway.networking.k8s.io", "-A"],
-            None,
-        )
-        .await;
-        (istio.0 && api.0).then_some(())
-    })
+    wait_served(
+        &kc,
+        "both Gateway CRDs served",
+        &[
+            "gateways.networking.istio.io",
+            "gateways.gateway.networking.k8s.io",
+        ],
+    )
     .await;
     kubectl_apply(&kc, NAMESPACES).await;
     let tokens = tempfile::tempdir().unwrap();
     let istio_token = token_file(&kube, "istio-system", tokens.path()).await;
     let shop_token = token_file(&kube, "shop", tokens.path()).await;
     let echo = HttpEcho::start().unwrap();
-    plain_backend(&kube, echo.addr).await;
+    plain_backend(&kube, "shop", echo.addr.port()).await;
 
-    let control = control_plane(&kc, Vec::new()).await;
+    let control = control_plane(kube_options(&kc)).await;
     kubectl_apply(&kc, GATEWAYS).await;
 
     // Two gateway workloads: the Istio ingress gateway (selected by the Istio Gateway's
@@ -363,7 +207,7 @@ async fn istio_and_gateway_api_gateways_of_one_name_are_both_watched_and_served(
 
     // Each gets its own conditions; only the Gateway API one gets listener status.
     let istio = eventually("the Istio Gateway Accepted and Programmed", || async {
-        let s = status(&kc, ISTIO_GW).await?;
+        let s = status(&kc, ISTIO_GW, "shop").await?;
         (cond(&s["conditions"], "Programmed")? == ("True".into(), "Programmed".into())).then_some(s)
     })
     .await;
@@ -374,7 +218,7 @@ async fn istio_and_gateway_api_gateways_of_one_name_are_both_watched_and_served(
     );
     assert!(istio.get("listeners").is_none(), "{istio:#}");
     let api = eventually("the Gateway API Gateway's listener status", || async {
-        let s = status(&kc, API_GW).await?;
+        let s = status(&kc, API_GW, "shop").await?;
         (s["listeners"][0]["attachedRoutes"] == 1).then_some(s)
     })
     .await;
@@ -385,7 +229,7 @@ async fn istio_and_gateway_api_gateways_of_one_name_are_both_watched_and_served(
     );
     assert_eq!(api["listeners"][0]["name"], "http");
     let route = eventually("the VirtualService Accepted", || async {
-        let s = status(&kc, "virtualservices.networking.istio.io/via-istio").await?;
+        let s = status(&kc, "virtualservices.networking.istio.io/via-istio", "shop").await?;
         cond(&s["conditions"], "Accepted")
     })
     .await;
@@ -421,7 +265,7 @@ async fn istio_and_gateway_api_gateways_of_one_name_are_both_watched_and_served(
     .await;
     let reply = curl(api_8080, "api.example.com", "/still").await.unwrap();
     assert_eq!(reply.status, 200, "{reply:?}");
-    let api = status(&kc, API_GW).await.unwrap();
+    let api = status(&kc, API_GW, "shop").await.unwrap();
     assert_eq!(api["listeners"][0]["attachedRoutes"], 1, "{api:#}");
     control.stop().await;
 }
@@ -503,10 +347,11 @@ async fn an_https_server_takes_its_certificate_from_a_secret_and_follows_it() {
     let kc = testbed.kubeconfig.clone();
     kubectl_apply(&kc, NAMESPACES).await;
     apply::apply(&kube, &render(&values)).await.unwrap();
-    eventually("the Istio Gateway CRD served", || async {
-        let istio = kubectl(&kc, &["get", "gateways.networking.istio.io", "-A"], None).await;
-        istio.0.then_some(())
-    })
+    wait_served(
+        &kc,
+        "the Istio Gateway CRD served",
+        &["gateways.networking.istio.io"],
+    )
     .await;
     let certs = tempfile::tempdir().unwrap();
     for (ca, leaf) in [("ca-1", "leaf-1"), ("ca-2", "leaf-2")] {
@@ -516,8 +361,12 @@ async fn an_https_server_takes_its_certificate_from_a_secret_and_follows_it() {
     put_tls_secret(&kc, certs.path(), "leaf-1").await;
     let token = token_file(&kube, "istio-system", certs.path()).await;
     let echo = HttpEcho::start().unwrap();
-    plain_backend(&kube, echo.addr).await;
-    let control = control_plane(&kc, vec!["istio-system".into()]).await;
+    plain_backend(&kube, "shop", echo.addr.port()).await;
+    let control = control_plane(KubeOptions {
+        gateway_secret_namespaces: vec!["istio-system".into()],
+        ..kube_options(&kc)
+    })
+    .await;
     kubectl_apply(&kc, HTTPS_GATEWAY).await;
     let https = free_port();
     let _ingress = gateway(

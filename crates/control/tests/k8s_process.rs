@@ -15,6 +15,7 @@ use std::time::Duration;
 use common::eventually;
 use k8s_openapi::api::authentication::v1::TokenRequest;
 use k8s_openapi::api::core::v1::{Namespace, Pod, ServiceAccount};
+use k8s_testbed::cluster::default_token;
 use k8s_testbed::{Testbed, free_port};
 use kube::api::{Api, DeleteParams, DynamicObject, ListParams, PostParams};
 use kube::discovery::ApiResource;
@@ -149,22 +150,7 @@ async fn control_plane_process_with_the_installed_rbac() {
 
     // TokenReview with the ServiceAccount's rights: a `trellis` token of shop/default (made by
     // the controller manager) is reviewed and gets its certificate.
-    let shop_accounts: Api<ServiceAccount> = Api::namespaced(admin.clone(), "shop");
-    let request: TokenRequest = serde_json::from_value(
-        json!({"spec": {"audiences": ["trellis"], "expirationSeconds": 600}}),
-    )
-    .unwrap();
-    let token = eventually("a token of shop/default", || async {
-        Some(
-            shop_accounts
-                .create_token_request("default", &PostParams::default(), &request)
-                .await
-                .ok()?
-                .status?
-                .token,
-        )
-    })
-    .await;
+    let token = default_token(&admin, "shop").await;
     let id = trellis_identity::SpiffeId::new("cluster.local", "shop", "default").unwrap();
     let key = trellis_identity::tls::LeafKey::generate().unwrap();
     let mut identity = trellis_api::identity::identity_client::IdentityClient::connect(format!(

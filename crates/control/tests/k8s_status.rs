@@ -17,13 +17,13 @@ use std::time::Duration;
 use common::{client, eventually, found, workload};
 use k8s_openapi::api::core::v1::{Namespace, Service};
 use k8s_testbed::Testbed;
+use k8s_testbed::cluster::{control_plane, kube_options, plain_backend, token_file};
 use kube::api::{Api, DynamicObject, ListParams, Patch, PatchParams, PostParams};
 use kube::discovery::ApiResource;
 use serde_json::{Value, json};
 use tokio_util::sync::CancellationToken;
+use trellis_control::k8s::apply;
 use trellis_control::k8s::manifests::{Values, render};
-use trellis_control::k8s::{KubeOptions, apply};
-use trellis_control::{ControlConfig, ControlPlane};
 use trellis_model::Target;
 use trellis_proxy::tls::policy::MtlsMode;
 
@@ -99,20 +99,7 @@ async fn programmed_counts_acks_and_security_kinds_are_watched() {
         .unwrap();
 
     let any: SocketAddr = "127.0.0.1:0".parse().unwrap();
-    let control = ControlPlane::start(ControlConfig {
-        discovery_addr: any,
-        http_addr: any,
-        heartbeat_interval: Duration::from_millis(200),
-        kubernetes: Some(KubeOptions {
-            kubeconfig: Some(testbed.kubeconfig.clone()),
-            webhook_addr: None,
-            sync_timeout: Duration::from_secs(20),
-            ..KubeOptions::default()
-        }),
-        ..ControlConfig::default()
-    })
-    .await
-    .unwrap();
+    let control = control_plane(kube_options(&testbed.kubeconfig)).await;
 
     // Two proxies of the shop namespace, subscribed to reviews (their discovery clients ACK).
     let target: Target = "reviews.shop:9080".parse().unwrap();
@@ -320,40 +307,7 @@ async fn programmed_counts_acks_and_security_kinds_are_watched() {
             });
         }
     });
-    services
-        .create(
-            &PostParams::default(),
-            &serde_json::from_value(json!({"metadata": {"name": "plain"}, "spec": {"selector": {"app": "plain"}, "ports": [{"port": 8080, "targetPort": app_port}]}})).unwrap(),
-        )
-        .await
-        .unwrap();
-    let nodes: Api<k8s_openapi::api::core::v1::Node> = Api::all(kube.clone());
-    nodes
-        .create(
-            &PostParams::default(),
-            &serde_json::from_value(json!({"metadata": {"name": "node-1"}})).unwrap(),
-        )
-        .await
-        .unwrap();
-    let pods: Api<k8s_openapi::api::core::v1::Pod> = Api::namespaced(kube.clone(), "shop");
-    pods.create(
-        &PostParams::default(),
-        &serde_json::from_value(json!({
-            "metadata": {"name": "plain-1", "labels": {"app": "plain"}},
-            "spec": {"nodeName": "node-1", "serviceAccountName": "default",
-                     "containers": [{"name": "app", "image": "plain:1", "ports": [{"containerPort": app_port}]}]},
-        }))
-        .unwrap(),
-    )
-    .await
-    .unwrap();
-    let status = json!({"status": {
-        "phase": "Running", "podIP": "127.0.0.1", "podIPs": [{"ip": "127.0.0.1"}],
-        "conditions": [{"type": "Ready", "status": "True"}],
-    }});
-    pods.patch_status("plain-1", &PatchParams::default(), &Patch::Merge(&status))
-        .await
-        .unwrap();
+    plain_backend(&kube, "shop", app_port).await;
     let plain: Target = "plain.shop:8080".parse().unwrap();
     let plain_rx = a.watch(&plain);
     let dest = eventually("the plain pod as an endpoint", || async {
@@ -366,27 +320,8 @@ async fn programmed_counts_acks_and_security_kinds_are_watched() {
     assert_eq!(ep.identity, None);
 
     // A real proxy, with a certificate (so mTLS is on for meshed hops), dials it in plaintext.
-    let accounts: Api<k8s_openapi::api::core::v1::ServiceAccount> =
-        Api::namespaced(kube.clone(), "shop");
-    let request: k8s_openapi::api::authentication::v1::TokenRequest = serde_json::from_value(
-        json!({"spec": {"audiences": ["trellis"], "expirationSeconds": 600}}),
-    )
-    .unwrap();
-    // The controller manager creates the namespace's `default` ServiceAccount shortly after it.
-    let token = eventually("a token of shop/default", || async {
-        Some(
-            accounts
-                .create_token_request("default", &PostParams::default(), &request)
-                .await
-                .ok()?
-                .status?
-                .token,
-        )
-    })
-    .await;
     let token_dir = tempfile::tempdir().unwrap();
-    let token_file = token_dir.path().join("token");
-    std::fs::write(&token_file, token).unwrap();
+    let token_file = token_file(&kube, "shop", token_dir.path()).await;
     let mut config = trellis_proxy::config::ProxyConfig::local(None);
     config.identity_token_file = Some(token_file);
     config.workload = Some("web-3".into());

@@ -1,6 +1,6 @@
 //! The real kube-apiserver testbed for the Kubernetes tests: etcd, kube-apiserver and
 //! kube-controller-manager from scripts/k8s-testbed/, on free 127.0.0.1 ports and a temporary
-//! state directory per test, stopped on drop.
+//! state directory per test, stopped on drop; [`cluster`] has what the tests then do on it.
 
 #![allow(
     dead_code,
@@ -8,6 +8,8 @@
     clippy::expect_used,
     clippy::print_stderr
 )]
+
+pub mod cluster;
 
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
