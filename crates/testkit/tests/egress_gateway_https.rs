@@ -3,7 +3,10 @@
 //! VirtualService `tls[]` route for `mesh`) to the egress gateway, over mesh mTLS, and the
 //! gateway passes it through (a `PASSTHROUGH` Gateway server and the same VirtualService's
 //! route for the gateway) to the host. No proxy terminates the application's TLS: curl
-//! verifies the host's certificate against the test's own CA.
+//! verifies the host's certificate against the test's own CA. The gateway runs without
+//! `--app`: its inbound listener hands each mesh TCP stream to the Gateway listener bound on the
+//! target port the stream's metadata header (`trellis-mx/1`) names, so one gateway also serves
+//! Istio's HTTP egress task on another port at once (the second test).
 //!
 //! The YAML is Istio's, unchanged but for the gateway Service's ports. The fixtures are those
 //! of `egress_gateway.rs` (a client pod that may not reach the host itself, REGISTRY_ONLY,
@@ -264,4 +267,215 @@ fn egress_gateway_passes_https_through_by_sni() {
         }
     })
     .unwrap();
+}
+
+/// Istio's HTTP and HTTPS egress tasks on one egress gateway: the ServiceEntry's two ports,
+/// the Gateway's two servers and the gateway Service's two ports (80 to 8080, 443 to 8443).
+/// Each mesh hop names its own target port (HTTP in `trellis-target-port`, the TLS stream in its
+/// metadata header), so one gateway without `--app` serves both to the sidecars.
+const BOTH_CONFIG: [(&str, &str); 4] = [
+    (
+        "service-entry.yaml",
+        "apiVersion: networking.istio.io/v1
+kind: ServiceEntry
+metadata:
+  name: cnn
+spec:
+  hosts:
+  - edition.cnn.com
+  ports:
+  - number: 80
+    name: http-port
+    protocol: HTTP
+  - number: 443
+    name: tls
+    protocol: TLS
+  resolution: DNS
+",
+    ),
+    (
+        "gateway.yaml",
+        "apiVersion: networking.istio.io/v1
+kind: Gateway
+metadata:
+  name: istio-egressgateway
+spec:
+  selector:
+    istio: egressgateway
+  servers:
+  - port:
+      number: 80
+      name: http
+      protocol: HTTP
+    hosts:
+    - edition.cnn.com
+  - port:
+      number: 443
+      name: tls
+      protocol: TLS
+    hosts:
+    - edition.cnn.com
+    tls:
+      mode: PASSTHROUGH
+---
+apiVersion: networking.istio.io/v1
+kind: DestinationRule
+metadata:
+  name: egressgateway-for-cnn
+spec:
+  host: istio-egressgateway.istio-system.svc.cluster.local
+  subsets:
+  - name: cnn
+",
+    ),
+    (
+        "virtual-service.yaml",
+        "apiVersion: networking.istio.io/v1
+kind: VirtualService
+metadata:
+  name: direct-cnn-through-egress-gateway
+spec:
+  hosts:
+  - edition.cnn.com
+  gateways:
+  - mesh
+  - istio-egressgateway
+  http:
+  - match:
+    - gateways:
+      - mesh
+      port: 80
+    route:
+    - destination:
+        host: istio-egressgateway.istio-system.svc.cluster.local
+        subset: cnn
+        port:
+          number: 80
+  - match:
+    - gateways:
+      - istio-egressgateway
+      port: 80
+    route:
+    - destination:
+        host: edition.cnn.com
+        port:
+          number: 80
+  tls:
+  - match:
+    - gateways:
+      - mesh
+      port: 443
+      sniHosts:
+      - edition.cnn.com
+    route:
+    - destination:
+        host: istio-egressgateway.istio-system.svc.cluster.local
+        subset: cnn
+        port:
+          number: 443
+  - match:
+    - gateways:
+      - istio-egressgateway
+      port: 443
+      sniHosts:
+      - edition.cnn.com
+    route:
+    - destination:
+        host: edition.cnn.com
+        port:
+          number: 443
+",
+    ),
+    (
+        "egressgateway-service.yaml",
+        "apiVersion: v1
+kind: Service
+metadata:
+  name: istio-egressgateway
+  namespace: istio-system
+spec:
+  selector:
+    istio: egressgateway
+  ports:
+  - name: http2
+    port: 80
+    targetPort: 8080
+    protocol: TCP
+  - name: https
+    port: 443
+    targetPort: 8443
+    protocol: TCP
+",
+    ),
+];
+
+#[test]
+fn one_egress_gateway_without_app_serves_https_passthrough_and_http_to_the_mesh() {
+    if !require_root("one_egress_gateway_without_app_serves_https_passthrough_and_http_to_the_mesh")
+    {
+        return;
+    }
+    let node = Node::new().unwrap();
+    let ext = node.pod().unwrap();
+    let egress = node.pod().unwrap();
+    let sleep = node.pod().unwrap();
+    let _hosts = NodeHosts::new(&node, &format!("{} {HOST}", ext.ip())).unwrap();
+    let certs = external::certs(HOST);
+    let _https = external::start(&ext, "cnn-https", 443, Some((&certs.cert, &certs.key)));
+    let _http = external::start(&ext, "cnn-http", 80, None);
+    let config = config_dir(&BOTH_CONFIG.map(|(f, y)| (f, y.to_string()))).unwrap();
+    let control = registry_only_control(&node, config.path()).unwrap();
+    // Gateway port 443 on 8443 (the fixture), 80 on 8080; HTTP requests may name 8080.
+    let gw = egress::egress_gateway(&egress, &control, 443, GATEWAY_TARGET_PORT)
+        .app_port(8080)
+        .arg("--gateway-port")
+        .arg("80=0.0.0.0:8080")
+        .start()
+        .unwrap();
+    gw.wait_ready(CONVERGE).unwrap();
+    let client = captured_client(&sleep, &control, "sleep-0", "sleep", CONVERGE).unwrap();
+    block(&sleep, ext.ip()).unwrap();
+
+    let https = wait::until(CONVERGE, || {
+        match curl_https(&sleep, ext.ip(), &certs.ca, "/tls") {
+            (200, body) => Ok(body),
+            (code, err) => Err(format!("{code}: {err}")),
+        }
+    })
+    .unwrap();
+    let resolve = format!("{HOST}:80:{}", ext.ip());
+    let http = external::curl_ok(
+        &sleep,
+        &format!("http://{HOST}/plain"),
+        Some(&resolve),
+        CONVERGE,
+    );
+    // Interleaved, each reaches its own server through its own Gateway listener.
+    for i in 0..3 {
+        let (code, err) = curl_https(&sleep, ext.ip(), &certs.ca, &format!("/tls/{i}"));
+        assert_eq!(code, 200, "{err}");
+        let (code, err, _) =
+            external::curl(&sleep, &format!("http://{HOST}/plain/{i}"), Some(&resolve));
+        assert_eq!(code, 200, "{err:?}");
+    }
+    let https: external::Reply = serde_json::from_str(&https).unwrap();
+    assert_eq!(
+        (https.server.as_str(), https.path.as_str()),
+        ("cnn-https", "/tls")
+    );
+    let http: external::Reply = serde_json::from_str(&http).unwrap();
+    assert_eq!(
+        (http.server.as_str(), http.path.as_str()),
+        ("cnn-http", "/plain")
+    );
+
+    assert!(outbound_tcp_to(&client, "istio-egressgateway") >= 4.0);
+    assert!(
+        outbound_tcp_to(&gw, HOST) >= 4.0,
+        "the gateway did not pass the TLS streams on; metrics:\n{}",
+        gw.admin_get("/metrics").unwrap().1
+    );
+    if let Err(err) = gw.metrics().check_meshed_inbound() {
+        panic!("sidecar -> egress gateway hop is not mTLS: {err}");
+    }
 }
