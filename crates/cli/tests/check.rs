@@ -159,6 +159,30 @@ fn check_the_demo_then_a_broken_file() {
     assert_eq!(json["success"], true);
     assert_eq!(json["categories"][1]["categoryName"], "trellis-config");
     golden("check", "demo-proxy.json", &mask_ports(&json_text));
+    // Plain `check` (no --proxy): the four sections, every line `√`.
+    let (code, text) = run(&["--control", &control]);
+    assert_eq!(code, 0, "{text}");
+    assert!(
+        text.contains(
+            "\ntrellis-version\n---------------\n√ control plane and CLI versions match\n"
+        ),
+        "{text}"
+    );
+    assert!(
+        !text.contains("(admin "),
+        "per-proxy lines need --proxy: {text}"
+    );
+    golden("check", "demo.txt", &mask_ports(&text));
+    let (code, plain_json) = run(&["--control", &control, "-o", "json"]);
+    assert_eq!(code, 0, "{plain_json}");
+    let plain: Value = serde_json::from_str(&plain_json).unwrap();
+    assert_eq!(plain["success"], true);
+    assert_eq!(
+        plain["categories"].as_array().unwrap().len(),
+        4,
+        "{plain:#}"
+    );
+    golden("check", "demo.json", &mask_ports(&plain_json));
     // `-o yaml`, as kubectl: the same document.
     let (code, yaml) = run(&["--control", &control, "--proxy", "-o", "yaml"]);
     assert_eq!(code, 0);
@@ -314,6 +338,10 @@ fn check_the_demo_then_a_broken_file() {
     let (code, text) = run(&["--control", "http://127.0.0.1:9"]);
     assert_eq!(code, 1, "{text}");
     assert!(text.contains("× control plane is reachable"), "{text}");
+    golden("check", "unreachable.txt", &text);
+    let (code, json_text) = run(&["--control", "http://127.0.0.1:9", "-o", "json"]);
+    assert_eq!(code, 1, "{json_text}");
+    golden("check", "unreachable.json", &json_text);
     assert_eq!(run(&["--control", "nowhere"]).0, 64);
 }
 

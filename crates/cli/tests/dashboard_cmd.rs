@@ -11,6 +11,7 @@ use std::time::{Duration, Instant};
 
 mod support;
 use support::Demo;
+use support::golden::{golden, mask_ports};
 
 fn trellis(args: &[&str], path_env: Option<&str>) -> Output {
     let mut cmd = Command::new(env!("CARGO_BIN_EXE_trellis"));
@@ -49,7 +50,9 @@ fn dashboard_prints_and_opens_the_url() {
     // --show url: the URL only, and it serves the dashboard.
     let out = trellis(&["--control", &control, "--show", "url"], None);
     assert!(out.status.success(), "{out:?}");
-    assert_eq!(String::from_utf8(out.stdout).unwrap(), format!("{want}\n"));
+    let stdout = String::from_utf8(out.stdout).unwrap();
+    assert_eq!(stdout, format!("{want}\n"));
+    golden("dashboard", "url.txt", &mask_ports(&stdout));
     let http = demo.status["control"]["http"].as_str().unwrap();
     let (status, body) = get_root(http);
     assert!(status.contains(" 200 "), "{status}");
@@ -127,6 +130,7 @@ fn dashboard_without_a_control_plane_exits_1() {
         )),
         "{err}"
     );
+    golden("dashboard", "unreachable.txt", &mask_ports(&err));
     let out = trellis(&["--control", "not-an-address"], None);
     assert_eq!(out.status.code(), Some(64), "{out:?}");
 }
