@@ -10,6 +10,7 @@
 //! crate, and it must not reach into the internals of the crates it tests (it talks to them the
 //! way users do: flags, ready files, admin endpoints).
 
+pub mod attacks;
 pub mod bins;
 pub mod certs;
 pub mod egress;

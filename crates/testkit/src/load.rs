@@ -62,6 +62,9 @@ pub struct LoadReport {
     /// Latency of the 2xx answers, microseconds.
     pub p50_us: u64,
     pub p99_us: u64,
+    /// Absent in reports from older `trellis-testkit-load` binaries.
+    #[serde(default)]
+    pub p999_us: u64,
     pub max_us: u64,
     /// Wall time from the first request to the last answer.
     pub elapsed_ms: u64,
@@ -223,6 +226,7 @@ pub async fn run_async(spec: &LoadSpec) -> Result<LoadReport, String> {
         ok: t.ok,
         p50_us: pct(0.50),
         p99_us: pct(0.99),
+        p999_us: pct(0.999),
         max_us: t.latencies_us.last().copied().unwrap_or(0),
         statuses: t.statuses,
         errors: t.errors,
