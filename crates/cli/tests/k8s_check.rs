@@ -7,11 +7,15 @@
 
 #[path = "../../control/tests/k8s_testbed/mod.rs"]
 mod k8s_testbed;
+// Only the goldens of the shared test support: this test starts no demo.
+#[path = "support/golden.rs"]
+mod golden;
 
 use std::path::Path;
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
+use golden::{golden, mask_ports};
 use k8s_testbed::{Testbed, free_port, kubectl};
 use trellis_testkit::tools::run_bounded;
 
@@ -124,6 +128,10 @@ fn pre_check_install_upgrade_check_and_validate_cluster() {
         assert!(has_line(&out, "√", line), "{line}: {out}");
     }
     assert!(out.ends_with("Status check results are √\n"), "{out}");
+    golden("check", "k8s-pre.txt", &out);
+    let (code, json, _) = trellis(&["check", "--pre", "--kubeconfig", &kc, "-o", "json"]);
+    assert_eq!(code, 0, "{json}");
+    golden("check", "k8s-pre.json", &json);
     // --context as kubectl: the kubeconfig's context works, another is an error.
     let (code, _, _) = trellis(&["check", "--pre", "--kubeconfig", &kc, "--context", "test"]);
     assert_eq!(code, 0);
@@ -145,7 +153,9 @@ fn pre_check_install_upgrade_check_and_validate_cluster() {
         ),
         "{out}"
     );
+    golden("check", "k8s-pre-other-mesh.txt", &out);
     let (_, json, _) = trellis(&["check", "--pre", "--kubeconfig", &kc, "-o", "json"]);
+    golden("check", "k8s-pre-other-mesh.json", &json);
     let json: serde_json::Value = serde_json::from_str(&json).unwrap();
     assert_eq!(json["success"], false);
     // Opting the namespace out of the mesh settles it.
@@ -200,6 +210,7 @@ fn pre_check_install_upgrade_check_and_validate_cluster() {
         "{diff}"
     );
     assert!(err.contains("0 to create, 1 to change"), "{err}");
+    golden("install", "k8s-upgrade-replicas.diff", &mask_ports(&diff));
     assert!(
         err.contains(&format!(
             "To apply: trellis install --set {url} --set replicas=3 | kubectl --kubeconfig {kc} apply -f -"
