@@ -13,6 +13,7 @@ pub mod public_tls;
 pub mod serving;
 pub mod tls;
 pub mod token;
+mod verify;
 
 use std::fmt;
 use std::str::FromStr;

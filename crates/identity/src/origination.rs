@@ -18,12 +18,13 @@ use std::net::IpAddr;
 use std::sync::Arc;
 
 use rustls::client::danger::{HandshakeSignatureValid, ServerCertVerified, ServerCertVerifier};
-use rustls::crypto::WebPkiSupportedAlgorithms;
 use rustls::pki_types::pem::PemObject;
 use rustls::pki_types::{CertificateDer, PrivateKeyDer, ServerName, UnixTime};
 use rustls::{ClientConfig, DigitallySignedStruct, RootCertStore, SignatureScheme};
 use tokio::io::{AsyncRead, AsyncWrite};
 use x509_parser::prelude::{FromDer, GeneralName, X509Certificate};
+
+use crate::verify::ChainCheck;
 
 pub use crate::tls::ClientStream;
 
@@ -90,8 +91,7 @@ impl OriginationTls {
             (false, None) => system_roots()?,
         };
         let verifier = Arc::new(OriginationVerifier {
-            roots,
-            algs,
+            check: ChainCheck::new(roots, algs),
             subject_alt_names: spec.subject_alt_names.to_vec(),
             insecure: spec.insecure_skip_verify,
         });
@@ -154,29 +154,14 @@ impl OriginationTls {
 }
 
 fn roots_from_pem(pem: &[u8]) -> Result<RootCertStore, OriginationError> {
-    let mut roots = RootCertStore::empty();
-    let certs = CertificateDer::pem_slice_iter(pem).filter_map(Result::ok);
-    let (added, _ignored) = roots.add_parsable_certificates(certs);
-    if added == 0 {
-        return Err(OriginationError::NoRoots(
-            "no certificate in the PEM".into(),
-        ));
-    }
-    Ok(roots)
+    crate::verify::roots_from_pem(pem)
+        .ok_or_else(|| OriginationError::NoRoots("no certificate in the PEM".into()))
 }
 
 fn system_roots() -> Result<RootCertStore, OriginationError> {
-    let loaded = rustls_native_certs::load_native_certs();
-    let mut roots = RootCertStore::empty();
-    let (added, _ignored) = roots.add_parsable_certificates(loaded.certs);
-    if added == 0 {
-        let why = loaded
-            .errors
-            .first()
-            .map_or("no system roots found".to_string(), ToString::to_string);
-        return Err(OriginationError::NoRoots(why));
-    }
-    Ok(roots)
+    crate::verify::system_roots().map_err(|why| {
+        OriginationError::NoRoots(why.unwrap_or_else(|| "no system roots found".into()))
+    })
 }
 
 /// The reason label of a failed handshake.
@@ -282,8 +267,7 @@ impl CertName {
 /// The server verifier of one origination (see the module docs).
 #[derive(Debug)]
 struct OriginationVerifier {
-    roots: RootCertStore,
-    algs: WebPkiSupportedAlgorithms,
+    check: ChainCheck,
     subject_alt_names: Vec<String>,
     insecure: bool,
 }
@@ -300,14 +284,7 @@ impl ServerCertVerifier for OriginationVerifier {
         if self.insecure {
             return Ok(ServerCertVerified::assertion());
         }
-        let cert = rustls::server::ParsedCertificate::try_from(end_entity)?;
-        rustls::client::verify_server_cert_signed_by_trust_anchor(
-            &cert,
-            &self.roots,
-            intermediates,
-            now,
-            self.algs.all,
-        )?;
+        let cert = self.check.chain(end_entity, intermediates, now)?;
         if self.subject_alt_names.is_empty() {
             return rustls::client::verify_server_name(&cert, server_name)
                 .map(|()| ServerCertVerified::assertion());
@@ -334,7 +311,7 @@ impl ServerCertVerifier for OriginationVerifier {
         cert: &CertificateDer<'_>,
         dss: &DigitallySignedStruct,
     ) -> Result<HandshakeSignatureValid, rustls::Error> {
-        rustls::crypto::verify_tls12_signature(message, cert, dss, &self.algs)
+        self.check.tls12_signature(message, cert, dss)
     }
 
     fn verify_tls13_signature(
@@ -343,11 +320,11 @@ impl ServerCertVerifier for OriginationVerifier {
         cert: &CertificateDer<'_>,
         dss: &DigitallySignedStruct,
     ) -> Result<HandshakeSignatureValid, rustls::Error> {
-        rustls::crypto::verify_tls13_signature(message, cert, dss, &self.algs)
+        self.check.tls13_signature(message, cert, dss)
     }
 
     fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
-        self.algs.supported_schemes()
+        self.check.schemes()
     }
 }
 

@@ -10,8 +10,7 @@
 
 use std::sync::Arc;
 
-use rustls::pki_types::pem::PemObject;
-use rustls::pki_types::{CertificateDer, ServerName};
+use rustls::pki_types::ServerName;
 use rustls::{ClientConfig, RootCertStore};
 use tokio::io::{AsyncRead, AsyncWrite};
 
@@ -39,27 +38,15 @@ pub enum PublicTlsError {
 impl PublicTls {
     /// Trusting the system's roots (see the module docs for `SSL_CERT_FILE`).
     pub fn system() -> Result<Self, PublicTlsError> {
-        let loaded = rustls_native_certs::load_native_certs();
-        let mut roots = RootCertStore::empty();
-        let (added, _ignored) = roots.add_parsable_certificates(loaded.certs);
-        if added == 0 {
-            let why = loaded
-                .errors
-                .first()
-                .map_or("none found".to_string(), ToString::to_string);
-            return Err(PublicTlsError::NoRoots(why));
-        }
+        let roots = crate::verify::system_roots()
+            .map_err(|why| PublicTlsError::NoRoots(why.unwrap_or_else(|| "none found".into())))?;
         Self::with_roots(roots)
     }
 
     /// Trusting only the PEM certificates in `pem` (a private issuer, tests).
     pub fn with_roots_pem(pem: &[u8]) -> Result<Self, PublicTlsError> {
-        let mut roots = RootCertStore::empty();
-        let certs = CertificateDer::pem_slice_iter(pem).filter_map(Result::ok);
-        let (added, _ignored) = roots.add_parsable_certificates(certs);
-        if added == 0 {
-            return Err(PublicTlsError::NoRoots("no certificate in the PEM".into()));
-        }
+        let roots = crate::verify::roots_from_pem(pem)
+            .ok_or_else(|| PublicTlsError::NoRoots("no certificate in the PEM".into()))?;
         Self::with_roots(roots)
     }
 

@@ -22,7 +22,7 @@ use std::time::{SystemTime, UNIX_EPOCH};
 use rcgen::{CertificateParams, DistinguishedName, KeyPair, SanType};
 use rustls::client::Resumption;
 use rustls::client::danger::{HandshakeSignatureValid, ServerCertVerified, ServerCertVerifier};
-use rustls::crypto::{CryptoProvider, WebPkiSupportedAlgorithms, aws_lc_rs};
+use rustls::crypto::{CryptoProvider, aws_lc_rs};
 use rustls::pki_types::pem::PemObject;
 use rustls::pki_types::{CertificateDer, PrivateKeyDer, PrivatePkcs8KeyDer, ServerName, UnixTime};
 use rustls::server::{NoServerSessionStorage, WebPkiClientVerifier};
@@ -32,6 +32,7 @@ use x509_parser::prelude::{FromDer, GeneralName, X509Certificate};
 
 use crate::SpiffeId;
 use crate::ca::TrustBundle;
+use crate::verify::ChainCheck;
 
 /// What runs inside a mesh TLS connection, named by ALPN.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -249,8 +250,7 @@ pub fn not_after(cert_der: &[u8]) -> Option<SystemTime> {
 /// after the handshake ([`MeshTls::connect`]), so one config serves every destination.
 #[derive(Debug)]
 struct MeshServerVerifier {
-    roots: RootCertStore,
-    algs: WebPkiSupportedAlgorithms,
+    check: ChainCheck,
 }
 
 impl ServerCertVerifier for MeshServerVerifier {
@@ -262,14 +262,7 @@ impl ServerCertVerifier for MeshServerVerifier {
         _ocsp: &[u8],
         now: UnixTime,
     ) -> Result<ServerCertVerified, rustls::Error> {
-        let cert = rustls::server::ParsedCertificate::try_from(end_entity)?;
-        rustls::client::verify_server_cert_signed_by_trust_anchor(
-            &cert,
-            &self.roots,
-            intermediates,
-            now,
-            self.algs.all,
-        )?;
+        self.check.chain(end_entity, intermediates, now)?;
         Ok(ServerCertVerified::assertion())
     }
 
@@ -291,11 +284,11 @@ impl ServerCertVerifier for MeshServerVerifier {
         cert: &CertificateDer<'_>,
         dss: &DigitallySignedStruct,
     ) -> Result<HandshakeSignatureValid, rustls::Error> {
-        rustls::crypto::verify_tls13_signature(message, cert, dss, &self.algs)
+        self.check.tls13_signature(message, cert, dss)
     }
 
     fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
-        self.algs.supported_schemes()
+        self.check.schemes()
     }
 }
 
@@ -353,8 +346,7 @@ impl MeshTls {
 
         let client = |alpn: MeshAlpn| -> Result<Arc<ClientConfig>, ConfigError> {
             let verifier = Arc::new(MeshServerVerifier {
-                roots: roots.clone(),
-                algs: provider.signature_verification_algorithms,
+                check: ChainCheck::new(roots.clone(), provider.signature_verification_algorithms),
             });
             let mut config = ClientConfig::builder_with_provider(provider.clone())
                 .with_protocol_versions(&[&rustls::version::TLS13])?
