@@ -28,6 +28,8 @@ pub enum Resource {
     RequestAuthentication(Box<istio::request_authentication::RequestAuthn>),
     /// An Istio Telemetry: tracing and access-log settings of a mesh, namespace or workload.
     Telemetry(Box<istio::telemetry::TelemetryPolicy>),
+    /// Istio's MeshConfig (the ConfigMap `istio`): telemetry extension providers.
+    MeshConfig(Box<istio::mesh_config::MeshConfig>),
     /// An Istio WasmPlugin: a Proxy-Wasm module for a mesh, namespace or workload.
     WasmPlugin(Box<istio::wasm_plugin::WasmPluginPolicy>),
     /// An SMI HTTPRouteGroup, or a TrafficSplit with `matches` still to resolve against the
@@ -186,6 +188,7 @@ fn read_document(file: &str, index: usize, value: Value) -> Document {
             kube::service::translate(value).map(|svc| Translated::Resource(Resource::Service(svc)))
         }
         ("", "Secret") => crate::gateways::secret::translate(value),
+        ("", "ConfigMap") => istio::mesh_config::translate(value),
         ("networking.istio.io", "Gateway") => istio::gateway::translate(value),
         ("gateway.networking.k8s.io", "Gateway") => gateway::gateway::translate(value),
         ("gateway.networking.k8s.io", "GatewayClass") => gateway::gateway::translate_class(value),

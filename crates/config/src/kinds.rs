@@ -22,7 +22,7 @@ const PLANNED_GROUPS: &[&str] = &[
 pub(crate) fn ignored_reason(api_version: &str, kind: &str) -> Option<String> {
     let (group, version) = api_version.split_once('/').unwrap_or(("", api_version));
     let read = match (group, kind) {
-        ("", "Service" | "Secret") => version == "v1",
+        ("", "Service" | "Secret" | "ConfigMap") => version == "v1",
         ("networking.istio.io", "Gateway") => matches!(version, "v1" | "v1beta1" | "v1alpha3"),
         ("gateway.networking.k8s.io", "Gateway" | "GatewayClass") => {
             matches!(version, "v1" | "v1beta1")

@@ -55,6 +55,9 @@ fn render(file: &str, bytes: &[u8]) -> Value {
                     Outcome::Resource(Resource::Gateway(gateway)) => {
                         json!({"status": "Accepted", "gateway": gateway})
                     }
+                    Outcome::Resource(Resource::MeshConfig(mesh)) => {
+                        json!({"status": "Accepted", "mesh_config": mesh})
+                    }
                     Outcome::Resource(Resource::Multicluster(r)) => {
                         json!({"status": "Accepted", "multicluster": format!("{r:?}")})
                     }

@@ -429,6 +429,10 @@ impl Session {
             pb::InboundPolicy {
                 telemetry_json: crate::compile::telemetry::telemetry_json(
                     &config.telemetries,
+                    crate::compile::telemetry::MeshInputs {
+                        mesh_configs: &config.mesh_configs,
+                        service_entries: &config.traffic.service_entries.by_key,
+                    },
                     root,
                     workload,
                 ),

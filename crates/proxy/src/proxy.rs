@@ -25,7 +25,7 @@ use crate::shutdown;
 use crate::telemetry::Metrics;
 use crate::telemetry::exchange::{LocalWorkload, Telemetry};
 use crate::tls::{self, MeshIdentity};
-use crate::trace::{self, Tracer, export::ResourceInfo};
+use crate::trace::{self, export::ResourceInfo};
 use crate::transport::{BindError, bind};
 use crate::{inbound, outbound};
 
@@ -126,26 +126,34 @@ impl Proxy {
             metrics.clone(),
             LocalWorkload::new(workload, &config.namespace),
         );
-        if let Some(endpoint) = &config.otlp_endpoint {
-            let (tracer, spans_rx) = Tracer::new(config.trace_sampling, metrics.spans.clone());
-            let resource = ResourceInfo {
-                service_name: if workload.is_empty() {
-                    "trellis-proxy"
-                } else {
-                    workload
-                }
-                .to_owned(),
-                namespace: config.namespace.clone(),
-            };
-            // Outlives the drain like discovery: spans of the last requests still go out.
-            tokio::spawn(trace::export::run(
-                endpoint.clone(),
-                config.otlp_protocol,
-                resource,
-                spans_rx,
-                metrics.spans.clone(),
-                stop.clone(),
-            ));
+        let resource = ResourceInfo {
+            service_name: if workload.is_empty() {
+                "trellis-proxy"
+            } else {
+                workload
+            }
+            .to_owned(),
+            namespace: config.namespace.clone(),
+        };
+        let flag_collector =
+            config
+                .otlp_endpoint
+                .clone()
+                .map(|endpoint| trace::export::Collector {
+                    endpoint,
+                    protocol: config.otlp_protocol,
+                });
+        // With a control plane there is a tracer even without --otlp-endpoint: a Telemetry's
+        // tracing provider may name a collector at run time. The exporter outlives the drain
+        // like discovery: spans of the last requests still go out.
+        if let Some(tracer) = trace::export::spawn(
+            flag_collector,
+            config.control.is_some(),
+            config.trace_sampling,
+            resource,
+            metrics.spans.clone(),
+            stop.clone(),
+        ) {
             telemetry = telemetry.with_tracer(tracer);
         }
         // With a control plane the access log exists even when off: an Istio Telemetry may turn

@@ -112,6 +112,7 @@ pub fn analyze(files: &[InputFile]) -> Vec<Finding> {
                     Resource::Gateway(_) => None,
                     Resource::RateLimitPolicy(_) => None,
                     Resource::Multicluster(_) => None,
+                    Resource::MeshConfig(_) => None,
                     // An SMI TrafficSplit whose `matches` do not resolve: the message names
                     // the reference at fault; it is a field error, not a conflict.
                     Resource::Smi(p) => {
@@ -146,6 +147,7 @@ pub fn analyze(files: &[InputFile]) -> Vec<Finding> {
                 Resource::ServiceEntry(se) => se.notes.clone(),
                 Resource::Gateway(g) => g.notes().to_vec(),
                 Resource::Multicluster(_) => Vec::new(),
+                Resource::MeshConfig(m) => m.notes.clone(),
             };
             for note in notes {
                 out.push(at(Code::Note, None, note));
@@ -307,6 +309,7 @@ pub fn analyze(files: &[InputFile]) -> Vec<Finding> {
                 Resource::Gateway(_) => {}
                 Resource::RateLimitPolicy(_) => {}
                 Resource::Multicluster(_) => {}
+                Resource::MeshConfig(_) => {}
                 Resource::Smi(p) => {
                     // A TrafficSplit with `matches` that resolved (one that did not is reported above):
                     // its backends are checked as a plain split's are.

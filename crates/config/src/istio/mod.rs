@@ -5,6 +5,7 @@ pub mod authorization_policy;
 pub mod destination_rule;
 mod fault;
 pub mod gateway;
+pub mod mesh_config;
 pub mod peer_authentication;
 pub(crate) mod policy_target;
 pub mod request_authentication;

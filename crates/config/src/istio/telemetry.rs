@@ -7,8 +7,9 @@
 //! name (a name containing `json` is JSON, `envoy` or a name containing `text` is text: Trellis
 //! has one access-log sink, so a provider only picks the format), and an
 //! `accessLogging[].filter.expression` of the simple form `response.code >= N` (or `> N`).
-//! Tracing providers are accepted by name and not resolved to an endpoint (there is no mesh
-//! config naming their collectors; the proxy's `--otlp-endpoint` is the exporter).
+//! `tracing[].providers[0].name` is kept ([`ProviderRef`]) and resolved by the control plane
+//! against the MeshConfig's `extensionProviders` ([`super::mesh_config`]) to the collector the
+//! workload's proxy exports to.
 //! `metrics[].overrides[]` map onto Trellis' metric families and labels ([`MetricOverride`]):
 //! `disabled` hides a metric (per `mode`: CLIENT is outbound, SERVER inbound) and a
 //! `tagOverrides` `REMOVE` drops a label (the series that differed only by it are summed).
@@ -104,6 +105,16 @@ pub struct MetricOverride {
     pub remove_labels: Vec<String>,
 }
 
+/// A tracing provider a Telemetry names, with where it says so (for errors).
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ProviderRef {
+    pub name: String,
+    /// The Telemetry, `namespace/name`.
+    pub telemetry: String,
+    /// `spec.tracing[i].providers[0].name`.
+    pub field: String,
+}
+
 /// One Telemetry resource, translated.
 #[derive(Clone, Debug, PartialEq, Serialize)]
 pub struct TelemetryPolicy {
@@ -115,6 +126,9 @@ pub struct TelemetryPolicy {
     pub sampling: Option<f64>,
     /// `Some(true)`: spans are not reported; `None`: inherit.
     pub tracing_disabled: Option<bool>,
+    /// `tracing[].providers[0]`; `None`: inherit (in the end the MeshConfig's default).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub tracing_provider: Option<ProviderRef>,
     /// `Some(true)`: access logs on; `Some(false)`: off; `None`: inherit.
     pub access_logging: Option<bool>,
     /// From the access-log provider's name; `None`: the proxy's choice.
@@ -286,6 +300,7 @@ pub(crate) fn parse(value: serde_yaml::Value) -> Result<TelemetryPolicy, FieldEr
             selector: None,
             sampling: None,
             tracing_disabled: None,
+            tracing_provider: None,
             access_logging: None,
             access_log_format: None,
             access_log_min_status: None,
@@ -300,9 +315,24 @@ pub(crate) fn parse(value: serde_yaml::Value) -> Result<TelemetryPolicy, FieldEr
     let metric_overrides = metric_overrides(&spec.metrics, &mut notes)?;
     let mut sampling = None;
     let mut tracing_disabled = None;
+    let mut tracing_provider = None;
     for (i, tr) in spec.tracing.iter().enumerate() {
         let field = format!("spec.tracing[{i}]");
         check_providers(&field, &tr.providers)?;
+        if let Some(first) = tr.providers.first() {
+            tracing_provider = Some(ProviderRef {
+                name: first.name.clone(),
+                telemetry: format!("{}/{}", source.namespace, source.name),
+                field: format!("{field}.providers[0].name"),
+            });
+        }
+        if tr.providers.len() > 1 {
+            // Istio, too, supports one tracing provider per rule.
+            notes.push(format!(
+                "{field}.providers: only the first ({:?}) is used",
+                tr.providers[0].name
+            ));
+        }
         if let Some(pct) = tr.random_sampling_percentage {
             if !(0.0..=100.0).contains(&pct) || pct.is_nan() {
                 return Err(FieldError::new(
@@ -349,6 +379,7 @@ pub(crate) fn parse(value: serde_yaml::Value) -> Result<TelemetryPolicy, FieldEr
         selector: spec.selector.map(|s| s.match_labels),
         sampling,
         tracing_disabled,
+        tracing_provider,
         access_logging,
         access_log_format,
         access_log_min_status,
@@ -474,6 +505,9 @@ pub struct TelemetrySettings {
     pub sampling: Option<f64>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub tracing_disabled: Option<bool>,
+    /// Resolved to a collector by the control plane, never sent as such.
+    #[serde(skip)]
+    pub tracing_provider: Option<ProviderRef>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub access_logging: Option<bool>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -524,6 +558,7 @@ pub fn effective(
     TelemetrySettings {
         sampling: scoped.iter().find_map(|(_, p)| p.sampling),
         tracing_disabled: scoped.iter().find_map(|(_, p)| p.tracing_disabled),
+        tracing_provider: scoped.iter().find_map(|(_, p)| p.tracing_provider.clone()),
         access_logging: scoped.iter().find_map(|(_, p)| p.access_logging),
         access_log_format: scoped.iter().find_map(|(_, p)| p.access_log_format),
         access_log_min_status: scoped.iter().find_map(|(_, p)| p.access_log_min_status),
@@ -555,6 +590,14 @@ spec:
 "#)
         .unwrap();
         assert_eq!(p.sampling, Some(0.25));
+        assert_eq!(
+            p.tracing_provider,
+            Some(ProviderRef {
+                name: "otel".into(),
+                telemetry: "istio-system/mesh-default".into(),
+                field: "spec.tracing[0].providers[0].name".into(),
+            })
+        );
         assert_eq!(p.access_logging, Some(true));
         assert_eq!(p.selector, None);
     }

@@ -48,6 +48,8 @@ pub struct ConfigSnapshot {
     pub request_authentications: Vec<RequestAuthn>,
     /// Istio Telemetry resources in force (resolved per workload by discovery).
     pub telemetries: Vec<trellis_config::istio::telemetry::TelemetryPolicy>,
+    /// Istio MeshConfigs (ConfigMaps `istio`); the one in the root namespace is the mesh's.
+    pub mesh_configs: Vec<trellis_config::istio::mesh_config::MeshConfig>,
     /// Istio AuthorizationPolicies in force (compiled per workload by discovery).
     pub authorization_policies: Vec<trellis_config::istio::authorization_policy::AuthzPolicy>,
     /// Gateways, GatewayClasses, ReferenceGrants, TLS Secrets and routes bound to gateways
@@ -131,6 +133,7 @@ impl ConfigIndex {
         let mut request_authentications = Vec::new();
         let mut wasm_plugins = Vec::new();
         let mut telemetries = Vec::new();
+        let mut mesh_configs = Vec::new();
         let mut service_entries: Vec<&trellis_config::istio::service_entry::ServiceEntry> =
             Vec::new();
         let mut authorization_policies = Vec::new();
@@ -157,6 +160,7 @@ impl ConfigIndex {
                         request_authentications.push((**p).clone())
                     }
                     Resource::Telemetry(t) => telemetries.push((**t).clone()),
+                    Resource::MeshConfig(m) => mesh_configs.push((**m).clone()),
                     Resource::ServiceEntry(se) => service_entries.push(&**se),
                     Resource::WasmPlugin(p) => wasm_plugins.push((**p).clone()),
                     Resource::AuthorizationPolicy(p) => authorization_policies.push((**p).clone()),
@@ -238,6 +242,7 @@ impl ConfigIndex {
                             Resource::PeerAuthentication(p) => &p.notes,
                             Resource::RequestAuthentication(p) => &p.notes,
                             Resource::Telemetry(t) => &t.notes,
+                            Resource::MeshConfig(m) => &m.notes,
                             Resource::ServiceEntry(se) => &se.notes,
                             Resource::WasmPlugin(p) => &p.notes,
                             Resource::AuthorizationPolicy(p) => &p.notes,
@@ -277,6 +282,7 @@ impl ConfigIndex {
             peer_authentications,
             request_authentications,
             telemetries,
+            mesh_configs,
             authorization_policies,
             gateways,
             wasm_plugins,

@@ -163,7 +163,7 @@ impl Telemetry {
         let has_source = has_source_headers(headers);
         if !has_source
             && self.metrics.detail() == LabelDetail::Minimal
-            && self.tracer.is_none()
+            && !self.tracer.as_ref().is_some_and(|t| t.active())
             && !self.access_log.as_ref().is_some_and(|l| l.enabled())
             && !tapping
         {

@@ -3,6 +3,10 @@
 //! `opentelemetry.proto.collector.trace.v1.TraceService/Export` over gRPC. A batch the
 //! collector does not take within [`EXPORT_TIMEOUT`] is dropped and counted: the proxy never
 //! waits on its collector. The conversion to protobuf is a pure function ([`to_request`]).
+//!
+//! The collector is a watch value ([`Collector`]): `--otlp-endpoint`, or the collector of the
+//! tracing provider an Istio Telemetry names for this workload, resolved by the control plane.
+//! The client is rebuilt when it changes, before the next batch goes out.
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
@@ -13,7 +17,7 @@ use opentelemetry_proto::tonic::collector::trace::v1::trace_service_client::Trac
 use opentelemetry_proto::tonic::common::v1::{AnyValue, InstrumentationScope, KeyValue, any_value};
 use opentelemetry_proto::tonic::resource::v1::Resource;
 use opentelemetry_proto::tonic::trace::v1::{ResourceSpans, ScopeSpans, Status, span, status};
-use tokio::sync::mpsc;
+use tokio::sync::{mpsc, watch};
 use tokio_util::sync::CancellationToken;
 
 use super::{Span, SpanKind};
@@ -23,7 +27,17 @@ pub const FLUSH_EVERY: Duration = Duration::from_millis(500);
 pub const EXPORT_TIMEOUT: Duration = Duration::from_secs(5);
 
 /// How spans travel to the collector (`--otlp-protocol`, OpenTelemetry's names).
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, serde::Serialize, clap::ValueEnum)]
+#[derive(
+    Clone,
+    Copy,
+    Debug,
+    Default,
+    PartialEq,
+    Eq,
+    serde::Serialize,
+    serde::Deserialize,
+    clap::ValueEnum,
+)]
 pub enum Protocol {
     /// `TraceService/Export` over gRPC (port 4317 by convention).
     #[default]
@@ -34,6 +48,15 @@ pub enum Protocol {
     #[value(name = "http/protobuf")]
     #[serde(rename = "http/protobuf")]
     HttpProtobuf,
+}
+
+/// Where spans go: an OTLP endpoint and how to speak to it.
+#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct Collector {
+    /// `http://host:port` (gRPC), or the base or full URL for OTLP/HTTP.
+    pub endpoint: String,
+    #[serde(default)]
+    pub protocol: Protocol,
 }
 
 /// Who the spans come from (OTLP resource attributes).
@@ -244,39 +267,66 @@ impl Client {
     }
 }
 
-/// Drains `rx` until `stop` (then flushes what is queued, once) and exports the batches.
-pub async fn run(
-    endpoint: String,
-    protocol: Protocol,
-    resource: ResourceInfo,
-    mut rx: mpsc::Receiver<Span>,
-    stats: Arc<ExportStats>,
-    stop: CancellationToken,
-) {
-    let mut client = match protocol {
+/// A client for `collector`; `None` (logged) when its endpoint is not a URL.
+fn client_for(collector: &Collector) -> Option<Client> {
+    let endpoint = &collector.endpoint;
+    match collector.protocol {
         Protocol::Grpc => match tonic::transport::Endpoint::from_shared(endpoint.clone()) {
-            Ok(e) => Client::Grpc(TraceServiceClient::new(
+            Ok(e) => Some(Client::Grpc(TraceServiceClient::new(
                 e.connect_timeout(EXPORT_TIMEOUT).connect_lazy(),
-            )),
+            ))),
             Err(e) => {
                 tracing::error!(%endpoint, error = %e, "invalid OTLP endpoint; spans are dropped");
-                return;
+                None
             }
         },
-        Protocol::HttpProtobuf => match http_traces_url(&endpoint).parse::<http::Uri>() {
-            Ok(uri) => Client::Http {
+        Protocol::HttpProtobuf => match http_traces_url(endpoint).parse::<http::Uri>() {
+            Ok(uri) => Some(Client::Http {
                 client: hyper_util::client::legacy::Client::builder(
                     hyper_util::rt::TokioExecutor::new(),
                 )
                 .build_http(),
                 uri,
-            },
+            }),
             Err(e) => {
                 tracing::error!(%endpoint, error = %e, "invalid OTLP endpoint; spans are dropped");
-                return;
+                None
             }
         },
-    };
+    }
+}
+
+/// Makes the proxy's tracer and spawns its exporter: `default` is `--otlp-endpoint`; with a
+/// control plane (`follow_control`) there is a tracer even without it, inactive until a
+/// Telemetry's provider names a collector. `None`: no tracing at all.
+pub fn spawn(
+    default: Option<Collector>,
+    follow_control: bool,
+    sampling: f64,
+    resource: ResourceInfo,
+    stats: Arc<ExportStats>,
+    stop: CancellationToken,
+) -> Option<super::Tracer> {
+    if default.is_none() && !follow_control {
+        return None;
+    }
+    let (tracer, spans_rx, collector_rx) =
+        super::Tracer::exporting(sampling, stats.clone(), default);
+    tokio::spawn(run(collector_rx, resource, spans_rx, stats, stop));
+    Some(tracer)
+}
+
+/// Drains `rx` until `stop` (then flushes what is queued, once) and exports the batches to the
+/// collector in force (`collector_rx`). Spans that find no collector are counted as failed.
+pub async fn run(
+    mut collector_rx: watch::Receiver<Option<Collector>>,
+    resource: ResourceInfo,
+    mut rx: mpsc::Receiver<Span>,
+    stats: Arc<ExportStats>,
+    stop: CancellationToken,
+) {
+    let mut collector = collector_rx.borrow_and_update().clone();
+    let mut client = collector.as_ref().and_then(client_for);
     let mut batch = Vec::with_capacity(MAX_BATCH);
     loop {
         let stopping = tokio::select! {
@@ -303,8 +353,23 @@ pub async fn run(
                 }
             }
         }
+        if collector_rx.has_changed().unwrap_or(false) {
+            collector = collector_rx.borrow_and_update().clone();
+            client = collector.as_ref().and_then(client_for);
+            tracing::info!(collector = ?collector.as_ref().map(|c| &c.endpoint), "OTLP collector changed");
+        }
+        let endpoint = collector.as_ref().map_or("", |c| c.endpoint.as_str());
         if !batch.is_empty() {
             let n = batch.len() as u64;
+            let Some(client) = client.as_mut() else {
+                // Spans begun just before the collector went away (or an unusable endpoint).
+                stats.failed.fetch_add(n, Relaxed);
+                batch.clear();
+                if stopping {
+                    return;
+                }
+                continue;
+            };
             let request = to_request(&resource, std::mem::take(&mut batch));
             match tokio::time::timeout(EXPORT_TIMEOUT, client.export(request)).await {
                 Ok(Ok(_)) => {

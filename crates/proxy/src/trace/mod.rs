@@ -6,12 +6,15 @@
 //! Sampling: an incoming context's sampled flag is obeyed (so a trace is whole or absent); a
 //! new trace is sampled with probability `--trace-sampling`. Unsampled requests still carry
 //! their context onward and cost no span. Spans go into a bounded queue; when it is full a
-//! span is dropped and counted, never waited for. Without `--otlp-endpoint` there is no
-//! tracer and requests pass untouched. This module must not do network I/O itself (the
-//! exporter task does) nor decide anything about routing.
+//! span is dropped and counted, never waited for. Without a collector (`--otlp-endpoint`, or
+//! a tracing provider the control plane resolved for this workload) the tracer is inactive and
+//! requests pass untouched. This module must not do network I/O itself (the exporter task
+//! does) nor decide anything about routing.
 //!
-//! The sampling probability and span reporting can change while the proxy runs (an Istio
-//! `Telemetry` delivered by the control plane, [`settings`]): both are atomics read per request.
+//! The sampling probability, span reporting and the collector can change while the proxy runs
+//! (an Istio `Telemetry` delivered by the control plane, [`settings`]): the first two and
+//! whether there is a collector at all are atomics read per request; the collector's address
+//! goes to the exporter over a watch channel.
 
 pub mod context;
 pub mod export;
@@ -27,7 +30,8 @@ use tokio::sync::mpsc;
 
 use crate::split::next_u64;
 use context::{Format, SpanContext, TRACESTATE};
-use export::ExportStats;
+use export::{Collector, ExportStats};
+use tokio::sync::watch;
 
 /// Spans waiting for export; past this, spans are dropped (and counted).
 pub const QUEUE_CAPACITY: usize = 4096;
@@ -93,6 +97,12 @@ pub struct Tracer {
     threshold: AtomicU64,
     /// Off (Istio `disableSpanReporting`): decisions still travel on, no span is made.
     reporting: AtomicBool,
+    /// Whether there is a collector: without one, requests pass untouched (no context made).
+    active: AtomicBool,
+    /// `--otlp-endpoint`: the collector where the control plane names none.
+    default_collector: Option<Collector>,
+    /// The collector in force, for the exporter.
+    collector_tx: watch::Sender<Option<Collector>>,
     tx: mpsc::Sender<Span>,
     pub stats: Arc<ExportStats>,
 }
@@ -131,19 +141,62 @@ fn new_trace_id() -> [u8; 16] {
 }
 
 impl Tracer {
-    /// A tracer sampling new traces at `sampling` (clamped to [0, 1]) and the receiver the
-    /// exporter drains.
+    /// An active tracer sampling new traces at `sampling` (clamped to [0, 1]) and the receiver
+    /// of its spans (for tests: whoever drains it is the collector).
     pub fn new(sampling: f64, stats: Arc<ExportStats>) -> (Self, mpsc::Receiver<Span>) {
+        let (tracer, spans_rx, _) = Self::exporting(sampling, stats, None);
+        tracer.active.store(true, Relaxed);
+        (tracer, spans_rx)
+    }
+
+    /// A tracer exporting to `default` until [`Tracer::set_collector`] names another; active
+    /// only while there is a collector. Returns the span receiver and the collector in force,
+    /// both for the exporter ([`export::run`]).
+    pub fn exporting(
+        sampling: f64,
+        stats: Arc<ExportStats>,
+        default: Option<Collector>,
+    ) -> (
+        Self,
+        mpsc::Receiver<Span>,
+        watch::Receiver<Option<Collector>>,
+    ) {
         let (tx, rx) = mpsc::channel(QUEUE_CAPACITY);
+        let (collector_tx, collector_rx) = watch::channel(default.clone());
         (
             Self {
                 threshold: AtomicU64::new(threshold(sampling)),
                 reporting: AtomicBool::new(true),
+                active: AtomicBool::new(default.is_some()),
+                default_collector: default,
+                collector_tx,
                 tx,
                 stats,
             },
             rx,
+            collector_rx,
         )
+    }
+
+    /// The collector the control plane resolved for this workload; `None`: the flag's.
+    pub fn set_collector(&self, collector: Option<Collector>) {
+        let in_force = collector.or_else(|| self.default_collector.clone());
+        self.active.store(in_force.is_some(), Relaxed);
+        self.collector_tx.send_if_modified(|c| {
+            let changed = *c != in_force;
+            *c = in_force;
+            changed
+        });
+    }
+
+    /// The collector in force.
+    pub fn collector(&self) -> Option<Collector> {
+        self.collector_tx.borrow().clone()
+    }
+
+    /// Whether spans can go anywhere; an inactive tracer leaves requests untouched.
+    pub fn active(&self) -> bool {
+        self.active.load(Relaxed)
     }
 
     /// Changes the probability of sampling a new trace (clamped to [0, 1]).
@@ -188,6 +241,9 @@ impl Tracer {
         authority: &str,
         peer: Option<SocketAddr>,
     ) -> Option<ActiveSpan> {
+        if !self.active.load(Relaxed) {
+            return None;
+        }
         let (parent, format) = match context::extract(headers) {
             Some((c, _)) if !c.sampled => return None,
             Some((c, f)) => (Some(c), f),
@@ -348,6 +404,38 @@ mod tests {
         assert!(c.sampled);
         t.set_sampling(0.25);
         assert!((t.sampling() - 0.25).abs() < 1e-9);
+    }
+
+    #[test]
+    fn the_collector_in_force_follows_config_and_falls_back_to_the_flag() {
+        let flag = Collector {
+            endpoint: "http://127.0.0.1:4317".into(),
+            protocol: export::Protocol::Grpc,
+        };
+        let provider = Collector {
+            endpoint: "http://127.0.0.1:14317".into(),
+            protocol: export::Protocol::Grpc,
+        };
+        let (t, _spans, rx) = Tracer::exporting(1.0, Default::default(), Some(flag.clone()));
+        assert!(t.active());
+        t.set_collector(Some(provider.clone()));
+        assert_eq!(*rx.borrow(), Some(provider));
+        t.set_collector(None);
+        assert_eq!(*rx.borrow(), Some(flag));
+
+        let (t, _spans, rx) = Tracer::exporting(1.0, Default::default(), None);
+        let mut h = HeaderMap::new();
+        assert!(begin(&t, &mut h).is_none());
+        assert!(h.is_empty(), "no collector: the request passes untouched");
+        t.set_collector(Some(Collector {
+            endpoint: "http://127.0.0.1:9".into(),
+            protocol: export::Protocol::HttpProtobuf,
+        }));
+        assert!(t.active());
+        assert!(rx.borrow().is_some());
+        assert!(begin(&t, &mut HeaderMap::new()).is_some());
+        t.set_collector(None);
+        assert!(!t.active());
     }
 
     #[test]

@@ -27,6 +27,10 @@ pub struct Settings {
     pub access_log_format: Option<LineFormat>,
     #[serde(default)]
     pub access_log_min_status: Option<u16>,
+    /// The collector of the workload's tracing provider (Istio `extensionProviders`, resolved
+    /// by the control plane); `None`: `--otlp-endpoint`.
+    #[serde(default)]
+    pub collector: Option<super::export::Collector>,
     /// Istio metrics overrides; `None` (or absent): none.
     #[serde(default)]
     pub metric_overrides: Option<Vec<crate::metric_overrides::Rule>>,
@@ -78,6 +82,7 @@ pub fn apply(settings: &Settings, defaults: &Defaults, tracer: Option<&Tracer>, 
     if let Some(tracer) = tracer {
         tracer.set_sampling(settings.sampling.unwrap_or(defaults.sampling));
         tracer.set_reporting(!settings.tracing_disabled.unwrap_or(false));
+        tracer.set_collector(settings.collector.clone());
     }
     let (format, min_status) = access_log(settings, defaults);
     log.set(format, min_status);
@@ -102,6 +107,7 @@ pub async fn follow(
                 tracing::info!(
                     sampling = tracer.as_deref().map(Tracer::sampling),
                     span_reporting = tracer.as_deref().map(Tracer::reporting),
+                    collector = ?tracer.as_deref().and_then(Tracer::collector).map(|c| c.endpoint),
                     access_log = ?log.format(),
                     access_log_min_status = log.min_status(),
                     metric_overrides = overrides.rules().len(),
@@ -154,6 +160,15 @@ mod tests {
         };
         assert_eq!(access_log(&off, &text_flag), (Format::Off, 0));
         assert!(parse(r#"{"sampling": "all"}"#).is_err());
+        let c = parse(r#"{"collector": {"endpoint": "http://127.0.0.1:4318/v1/traces", "protocol": "http/protobuf"}}"#)
+            .unwrap();
+        assert_eq!(
+            c.collector,
+            Some(crate::trace::export::Collector {
+                endpoint: "http://127.0.0.1:4318/v1/traces".into(),
+                protocol: crate::trace::export::Protocol::HttpProtobuf,
+            })
+        );
     }
 
     #[test]
