@@ -15,7 +15,7 @@ use hyper::body::Incoming;
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
-use trellis_identity::gateway_tls::{self, Sni, peek_sni};
+use trellis_identity::gateway_tls;
 use trellis_model::gateway::{ListenerProtocol, best_host, host_matches, request_host};
 
 use super::ListenerRt;
@@ -26,7 +26,6 @@ use crate::listen::accept_loop;
 use crate::route::Dest;
 use crate::serve::{Ctx, Downstream, serve_opaque};
 use crate::telemetry::Direction;
-use crate::tls::accept::read_first_record;
 use crate::transport::{CountingIo, PrefixedIo};
 
 /// Accepts with the sidecar's accept loop (and its `--max-connections`) until `stop`:
@@ -93,12 +92,7 @@ pub(super) async fn read_sni<I: tokio::io::AsyncRead + Unpin>(
     ctx: &Ctx,
 ) -> Option<(BytesMut, Option<String>)> {
     let mut prefix = BytesMut::with_capacity(1024);
-    let sni = read_first_record(io, &mut prefix, ctx.detect_timeout, |p| match peek_sni(p) {
-        Sni::NeedBytes(n) => Err(n),
-        Sni::Name(name) => Ok(Some(name)),
-        Sni::Invalid => Ok(None),
-    })
-    .await??;
+    let sni = crate::tls::accept::read_sni(io, &mut prefix, ctx.detect_timeout).await?;
     Some((prefix, sni))
 }
 

@@ -11,9 +11,7 @@ use std::time::Duration;
 
 use bytes::BytesMut;
 use tokio::io::AsyncRead;
-use trellis_identity::gateway_tls::{Sni, peek_sni};
 
-use crate::tls::accept::read_first_record;
 use crate::transport::PrefixedIo;
 
 /// Reads the rest of the ClientHello whose first bytes detection left in `prefix` (bounded by
@@ -25,13 +23,9 @@ pub async fn read_sni<I: AsyncRead + Unpin>(
     mut prefix: BytesMut,
     timeout: Duration,
 ) -> (PrefixedIo<I>, Option<String>) {
-    let sni = read_first_record(&mut io, &mut prefix, timeout, |p| match peek_sni(p) {
-        Sni::NeedBytes(n) => Err(n),
-        Sni::Name(name) => Ok(name),
-        Sni::Invalid => Ok(None),
-    })
-    .await
-    .flatten();
+    let sni = crate::tls::accept::read_sni(&mut io, &mut prefix, timeout)
+        .await
+        .flatten();
     tracing::trace!(sni = ?sni, "outbound TLS connection");
     (PrefixedIo::new(prefix, io), sni)
 }

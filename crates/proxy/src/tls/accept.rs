@@ -5,6 +5,7 @@ use std::time::Duration;
 
 use bytes::BytesMut;
 use tokio::io::{AsyncRead, AsyncReadExt};
+use trellis_identity::gateway_tls::{Sni, peek_sni};
 use trellis_identity::tls::{
     ClientHello, HandshakeError, MAX_HELLO_BYTES, MeshTls, Peer, ServerStream, peek_client_hello,
 };
@@ -26,6 +27,28 @@ where
         hello => Ok(hello == ClientHello::Mesh),
     });
     class.await.unwrap_or(false)
+}
+
+/// Reads into `prefix` (which may hold the detected first bytes) until it holds the whole
+/// ClientHello, bounded by `timeout` and its size: the server name it asks for (lowercase), if
+/// any. `None`: no readable ClientHello (the peer closed, `timeout` passed, or the record is not
+/// a parsable ClientHello). The gateway (which closes then) and the sidecar's TLS routes (which
+/// pass the stream through all the same) each decide what that means for the connection.
+pub async fn read_sni<I>(
+    io: &mut I,
+    prefix: &mut BytesMut,
+    timeout: Duration,
+) -> Option<Option<String>>
+where
+    I: AsyncRead + Unpin,
+{
+    read_first_record(io, prefix, timeout, |p| match peek_sni(p) {
+        Sni::NeedBytes(n) => Err(n),
+        Sni::Name(name) => Ok(Some(name)),
+        Sni::Invalid => Ok(None),
+    })
+    .await
+    .flatten()
 }
 
 /// Reads into `prefix` until `peek` can tell from it what the connection's first TLS record
