@@ -13,6 +13,8 @@ pub use rustls::server::ServerConfig;
 use rustls::server::WebPkiClientVerifier;
 use tokio::io::{AsyncRead, AsyncWrite};
 
+use crate::tls::{FirstRecord, first_record};
+
 pub use tokio_rustls::server::TlsStream;
 
 #[derive(Debug, thiserror::Error)]
@@ -121,33 +123,17 @@ pub enum Sni {
 
 /// Reads the SNI of the ClientHello at the start of `prefix` without consuming it.
 pub fn peek_sni(prefix: &[u8]) -> Sni {
-    let Some(header) = prefix.get(..5) else {
-        return Sni::NeedBytes(5);
-    };
-    if header[0] != 0x16 {
+    // Not a handshake record: refused at once rather than waiting for its length in bytes.
+    if prefix.len() >= 5 && prefix[0] != 0x16 {
         return Sni::Invalid;
     }
-    let len = 5 + usize::from(u16::from_be_bytes([header[3], header[4]]));
-    if len > crate::tls::MAX_HELLO_BYTES {
-        return Sni::Invalid;
-    }
-    if prefix.len() < len {
-        return Sni::NeedBytes(len);
-    }
-    let mut acceptor = rustls::server::Acceptor::default();
-    let mut record = &prefix[..len];
-    if acceptor.read_tls(&mut record).is_err() {
-        return Sni::Invalid;
-    }
-    match acceptor.accept() {
-        Ok(Some(accepted)) => Sni::Name(
-            accepted
-                .client_hello()
-                .server_name()
-                .map(str::to_ascii_lowercase),
-        ),
-        // A ClientHello over several records: rare; its SNI is not read.
-        Ok(None) => Sni::Name(None),
-        Err(_) => Sni::Invalid,
+    // A ClientHello over several records: rare; its SNI is not read.
+    let record = first_record(prefix, |accepted| {
+        accepted.and_then(|a| a.client_hello().server_name().map(str::to_ascii_lowercase))
+    });
+    match record {
+        FirstRecord::NeedBytes(n) => Sni::NeedBytes(n),
+        FirstRecord::Hello(name) => Sni::Name(name),
+        FirstRecord::Invalid => Sni::Invalid,
     }
 }

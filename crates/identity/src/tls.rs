@@ -522,25 +522,49 @@ pub enum ClientHello {
 /// The largest first record a ClientHello may take (a TLS record's maximum plus its header).
 pub const MAX_HELLO_BYTES: usize = 16 * 1024 + 5;
 
-/// Classifies the start of a TLS connection from its first record, without consuming it.
-pub fn peek_client_hello(prefix: &[u8]) -> ClientHello {
+/// The first TLS record at the start of a connection, read as a ClientHello without consuming
+/// it: what [`peek_client_hello`] and [`crate::gateway_tls::peek_sni`] each take their answer
+/// from.
+pub(crate) enum FirstRecord<T> {
+    /// More bytes are needed: at least this many in total.
+    NeedBytes(usize),
+    /// A ClientHello, as the caller's `read` saw it.
+    Hello(T),
+    /// Larger than a ClientHello may be, or not a parsable one.
+    Invalid,
+}
+
+/// Reads the first record of `prefix` (at most [`MAX_HELLO_BYTES`]) as a ClientHello and hands
+/// it to `read` (`None`: a ClientHello that spans more than this record).
+pub(crate) fn first_record<T>(
+    prefix: &[u8],
+    read: impl FnOnce(Option<rustls::server::Accepted>) -> T,
+) -> FirstRecord<T> {
     let Some(header) = prefix.get(..5) else {
-        return ClientHello::NeedBytes(5);
+        return FirstRecord::NeedBytes(5);
     };
     let len = 5 + usize::from(u16::from_be_bytes([header[3], header[4]]));
     if len > MAX_HELLO_BYTES {
-        return ClientHello::Invalid;
+        return FirstRecord::Invalid;
     }
     if prefix.len() < len {
-        return ClientHello::NeedBytes(len);
+        return FirstRecord::NeedBytes(len);
     }
     let mut acceptor = rustls::server::Acceptor::default();
     let mut record = &prefix[..len];
     if acceptor.read_tls(&mut record).is_err() {
-        return ClientHello::Invalid;
+        return FirstRecord::Invalid;
     }
     match acceptor.accept() {
-        Ok(Some(accepted)) => {
+        Ok(accepted) => FirstRecord::Hello(read(accepted)),
+        Err(_) => FirstRecord::Invalid,
+    }
+}
+
+/// Classifies the start of a TLS connection from its first record, without consuming it.
+pub fn peek_client_hello(prefix: &[u8]) -> ClientHello {
+    let record = first_record(prefix, |accepted| match accepted {
+        Some(accepted) => {
             let mesh = accepted
                 .client_hello()
                 .alpn()
@@ -552,8 +576,12 @@ pub fn peek_client_hello(prefix: &[u8]) -> ClientHello {
             }
         }
         // A ClientHello spread over several records: not what a mesh client sends.
-        Ok(None) => ClientHello::Other,
-        Err(_) => ClientHello::Invalid,
+        None => ClientHello::Other,
+    });
+    match record {
+        FirstRecord::NeedBytes(n) => ClientHello::NeedBytes(n),
+        FirstRecord::Hello(hello) => hello,
+        FirstRecord::Invalid => ClientHello::Invalid,
     }
 }
 
