@@ -331,6 +331,12 @@ fn check_the_demo_then_a_broken_file() {
         "{text}"
     );
     assert!(text.contains("spec.http[0].timeout"), "{text}");
+    // The file and the resource are named once (the control plane's message names them already).
+    let line = text
+        .lines()
+        .find(|l| l.contains("spec.http[0].timeout"))
+        .unwrap();
+    assert_eq!(line.matches("broken.yaml").count(), 1, "{line}");
     assert!(text.contains("hint: fix the files"), "{text}");
     assert!(text.ends_with("Status check results are ×\n"), "{text}");
 

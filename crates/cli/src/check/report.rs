@@ -167,18 +167,7 @@ pub fn evaluate(o: &Observed, per_proxy: bool) -> Report {
             "the control plane's /api/v1/config did not answer",
         )),
         Ok(rows) => {
-            let describe = |r: &ConfigRow| {
-                let res = match (&r.kind, &r.namespace, &r.name) {
-                    (Some(k), Some(ns), Some(n)) => format!("{k} {ns}/{n}"),
-                    (Some(k), _, _) => k.clone(),
-                    _ => "document".into(),
-                };
-                format!(
-                    "{}: {res}: {}",
-                    r.file,
-                    r.message.as_deref().unwrap_or(&r.status)
-                )
-            };
+            let describe = describe_row;
             let invalid: Vec<String> = rows
                 .iter()
                 .filter(|r| r.status == "Invalid")
@@ -377,6 +366,21 @@ pub fn render(report: &Report) -> String {
     let mark = if report.success { "√" } else { "×" };
     let _ = writeln!(s, "Status check results are {mark}");
     s
+}
+
+/// One config row as `FILE: Kind ns/name: what is wrong`. The control plane's messages already
+/// begin with the file and resource (the config crate's errors name them): used as they are.
+fn describe_row(r: &ConfigRow) -> String {
+    let message = r.message.as_deref().unwrap_or(&r.status);
+    if message.starts_with(&format!("{}: ", r.file)) {
+        return message.to_string();
+    }
+    let res = match (&r.kind, &r.namespace, &r.name) {
+        (Some(k), Some(ns), Some(n)) => format!("{k} {ns}/{n}"),
+        (Some(k), _, _) => k.clone(),
+        _ => "document".into(),
+    };
+    format!("{}: {res}: {message}", r.file)
 }
 
 #[cfg(test)]
