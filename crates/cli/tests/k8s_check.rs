@@ -8,31 +8,6 @@
 #[path = "../../control/tests/k8s_testbed/mod.rs"]
 mod k8s_testbed;
 
-/// What the testbed's `cluster` helpers take from the including test's `common` (in
-/// crates/control/tests it is that crate's loopback helpers, which need the proxy crate).
-mod common {
-    use std::future::Future;
-    use std::time::{Duration, Instant};
-
-    /// Polls `check` until it returns `Some`, failing with `what` after 15 s.
-    pub async fn eventually<T, F, Fut>(what: &str, mut check: F) -> T
-    where
-        F: FnMut() -> Fut,
-        Fut: Future<Output = Option<T>>,
-    {
-        let start = Instant::now();
-        loop {
-            if let Some(v) = check().await {
-                return v;
-            }
-            assert!(
-                start.elapsed() < Duration::from_secs(15),
-                "timed out waiting for {what}"
-            );
-            tokio::time::sleep(Duration::from_millis(20)).await;
-        }
-    }
-}
 // Only the goldens of the shared test support: this test starts no demo.
 #[path = "support/golden.rs"]
 mod golden;

@@ -7,8 +7,6 @@
 
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::print_stderr)]
 
-// `k8s_testbed::cluster` waits with `common::eventually`.
-mod common;
 mod k8s_testbed;
 
 use std::net::SocketAddr;

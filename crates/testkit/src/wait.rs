@@ -23,3 +23,23 @@ pub fn until<T>(
         }
     }
 }
+
+/// [`until`] for async checks (a Kubernetes API call, a request through a proxy): awaits
+/// `check` until it returns `Ok`, or until `timeout` has passed, sleeping on the runtime's
+/// timer between checks.
+pub async fn until_async<T, F, Fut>(timeout: Duration, mut check: F) -> Result<T, String>
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = Result<T, String>>,
+{
+    let deadline = Instant::now() + timeout;
+    loop {
+        match check().await {
+            Ok(value) => return Ok(value),
+            Err(why) if Instant::now() >= deadline => {
+                return Err(format!("still not done after {timeout:?}: {why}"));
+            }
+            Err(_) => tokio::time::sleep(POLL_INTERVAL).await,
+        }
+    }
+}

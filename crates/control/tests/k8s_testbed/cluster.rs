@@ -1,7 +1,6 @@
 //! What the Kubernetes tests do on the testbed again and again: kubectl from async tests,
 //! waiting for the installed CRDs to be served, a control plane on the testbed, a
 //! ServiceAccount token for the mesh, and a plain (unmeshed) pod made Ready as a kubelet would.
-//! Uses the including test's `common` module for its bounded waits.
 
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
@@ -14,7 +13,25 @@ use serde_json::{Value, json};
 use trellis_control::k8s::KubeOptions;
 use trellis_control::{ControlConfig, ControlPlane};
 
-use crate::common::eventually;
+use trellis_testkit::wait;
+
+/// How long one of these steps may wait for the API server (a CRD established, a namespace's
+/// `default` ServiceAccount made by the controller manager).
+const STEP: Duration = Duration::from_secs(15);
+
+/// Awaits `check` (bounded by [`STEP`]) until it gives `Some`; fails the test naming `what`.
+async fn eventually<T, F, Fut>(what: &str, mut check: F) -> T
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = Option<T>>,
+{
+    wait::until_async(STEP, || {
+        let fut = check();
+        async move { fut.await.ok_or_else(|| "not yet".to_string()) }
+    })
+    .await
+    .unwrap_or_else(|e| panic!("timed out waiting for {what}: {e}"))
+}
 
 /// [`super::kubectl`] (bounded) off the async runtime, with `stdin` text: whether it succeeded,
 /// and its stdout then stderr.
