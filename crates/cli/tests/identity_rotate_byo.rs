@@ -40,109 +40,6 @@ fn rotate(control: &str, args: &[&str]) -> (u8, String, String) {
     )
 }
 
-fn openssl(dir: &Path, args: &[&str]) {
-    let out = Command::new(tools::require("openssl", "openssl"))
-        .current_dir(dir)
-        .args(args)
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "openssl {args:?}: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-}
-
-/// A P-256 key (PKCS#8) at `dir/name`.
-fn key(dir: &Path, name: &str) {
-    openssl(
-        dir,
-        &[
-            "genpkey",
-            "-algorithm",
-            "EC",
-            "-pkeyopt",
-            "ec_paramgen_curve:P-256",
-            "-out",
-            name,
-        ],
-    );
-}
-
-/// The user's PKI in `dir`: a root (`root-cert.pem`, its key `root-key.pem`), an intermediate
-/// under it (`ca-cert.pem`, `ca-key.pem`), `cert-chain.pem` (intermediate, root) and an unrelated
-/// key `other-key.pem`.
-fn make_pki(dir: &Path) {
-    key(dir, "root-key.pem");
-    std::fs::write(
-        dir.join("root.cnf"),
-        "[req]\ndistinguished_name=dn\nx509_extensions=v3\nprompt=no\n[dn]\nO=Test\nCN=User root\n\
-         [v3]\nbasicConstraints=critical,CA:TRUE\nkeyUsage=critical,keyCertSign,cRLSign\nsubjectKeyIdentifier=hash\n",
-    )
-    .unwrap();
-    openssl(
-        dir,
-        &[
-            "req",
-            "-x509",
-            "-new",
-            "-key",
-            "root-key.pem",
-            "-config",
-            "root.cnf",
-            "-days",
-            "30",
-            "-out",
-            "root-cert.pem",
-        ],
-    );
-    key(dir, "ca-key.pem");
-    openssl(
-        dir,
-        &[
-            "req",
-            "-new",
-            "-key",
-            "ca-key.pem",
-            "-subj",
-            "/O=Test/CN=User intermediate",
-            "-out",
-            "ca.csr",
-        ],
-    );
-    std::fs::write(
-        dir.join("ca.ext"),
-        "basicConstraints=critical,CA:TRUE,pathlen:0\nkeyUsage=critical,keyCertSign,cRLSign,digitalSignature\n\
-         subjectKeyIdentifier=hash\nauthorityKeyIdentifier=keyid\n",
-    )
-    .unwrap();
-    openssl(
-        dir,
-        &[
-            "x509",
-            "-req",
-            "-in",
-            "ca.csr",
-            "-CA",
-            "root-cert.pem",
-            "-CAkey",
-            "root-key.pem",
-            "-set_serial",
-            "0x4b1d",
-            "-days",
-            "30",
-            "-extfile",
-            "ca.ext",
-            "-out",
-            "ca-cert.pem",
-        ],
-    );
-    let chain = std::fs::read_to_string(dir.join("ca-cert.pem")).unwrap()
-        + &std::fs::read_to_string(dir.join("root-cert.pem")).unwrap();
-    std::fs::write(dir.join("cert-chain.pem"), chain).unwrap();
-    key(dir, "other-key.pem");
-}
-
 /// A cacerts directory with `files` copied from `pki` (each `(name in dir, name in pki)`).
 fn cacerts_dir(pki: &Path, files: &[(&str, &str)]) -> tempfile::TempDir {
     let dir = tempfile::tempdir().unwrap();
@@ -193,7 +90,7 @@ fn inbound_cert(inbound: &str, ca_file: &Path) -> String {
 #[test]
 fn rotation_to_the_users_ca_with_the_cli_while_traffic_flows() {
     let pki = tempfile::tempdir().unwrap();
-    make_pki(pki.path());
+    trellis_testkit::certs::plug_in_ca(pki.path(), "User").unwrap();
     let config = tempfile::tempdir().unwrap();
     let demo = Demo::start(config.path());
     let control = demo.control_url();

@@ -188,3 +188,113 @@ pub fn shared_root_ca_dirs(dir: &Path, clusters: &[&str]) -> Result<Vec<PathBuf>
     }
     Ok(out)
 }
+
+/// A CA a user brings to the mesh, in Istio's `cacerts` file names, in `dir`: a root
+/// (`root-cert.pem`, key `root-key.pem`, CN "`<name>` root"), an intermediate under it
+/// (`ca-cert.pem`, `ca-key.pem`, CN "`<name>` intermediate", pathlen 0), `cert-chain.pem`
+/// (intermediate then root); and, for refusals, a non-CA certificate under the root
+/// (`leaf-cert.pem`, `leaf-key.pem`) and an unrelated key (`other-key.pem`). P-256 (PKCS#8).
+pub fn plug_in_ca(dir: &Path, name: &str) -> Result<(), String> {
+    let key = |file: &str| {
+        openssl(
+            dir,
+            &[
+                "genpkey",
+                "-algorithm",
+                "EC",
+                "-pkeyopt",
+                "ec_paramgen_curve:P-256",
+                "-out",
+                file,
+            ],
+        )
+    };
+    let write = |file: &str, text: String| {
+        std::fs::write(dir.join(file), text)
+            .map_err(|e| format!("{}: {e}", dir.join(file).display()))
+    };
+    // `cert` for `cert_key`, signed by the root, with the extensions `ext`.
+    let signed = |cert: &str, cert_key: &str, cn: &str, serial: &str, ext: &str| {
+        let csr = format!("{cert}.csr");
+        let ext_file = format!("{cert}.ext");
+        write(&ext_file, ext.to_string())?;
+        let subject = format!("/O=Test/CN={cn}");
+        openssl(
+            dir,
+            &[
+                "req", "-new", "-key", cert_key, "-subj", &subject, "-out", &csr,
+            ],
+        )?;
+        openssl(
+            dir,
+            &[
+                "x509",
+                "-req",
+                "-in",
+                &csr,
+                "-CA",
+                "root-cert.pem",
+                "-CAkey",
+                "root-key.pem",
+                "-set_serial",
+                serial,
+                "-days",
+                "30",
+                "-extfile",
+                &ext_file,
+                "-out",
+                cert,
+            ],
+        )
+    };
+    key("root-key.pem")?;
+    write(
+        "root.cnf",
+        format!(
+            "[req]\ndistinguished_name=dn\nx509_extensions=v3\nprompt=no\n[dn]\nO=Test\nCN={name} root\n\
+             [v3]\nbasicConstraints=critical,CA:TRUE\nkeyUsage=critical,keyCertSign,cRLSign\nsubjectKeyIdentifier=hash\n"
+        ),
+    )?;
+    openssl(
+        dir,
+        &[
+            "req",
+            "-x509",
+            "-new",
+            "-key",
+            "root-key.pem",
+            "-config",
+            "root.cnf",
+            "-days",
+            "30",
+            "-out",
+            "root-cert.pem",
+        ],
+    )?;
+    key("ca-key.pem")?;
+    signed(
+        "ca-cert.pem",
+        "ca-key.pem",
+        &format!("{name} intermediate"),
+        "0x4b1d",
+        "basicConstraints=critical,CA:TRUE,pathlen:0\nkeyUsage=critical,keyCertSign,cRLSign,digitalSignature\n\
+         subjectKeyIdentifier=hash\nauthorityKeyIdentifier=keyid\n",
+    )?;
+    let read = |file: &str| {
+        std::fs::read_to_string(dir.join(file))
+            .map_err(|e| format!("{}: {e}", dir.join(file).display()))
+    };
+    write(
+        "cert-chain.pem",
+        read("ca-cert.pem")? + &read("root-cert.pem")?,
+    )?;
+    key("leaf-key.pem")?;
+    signed(
+        "leaf-cert.pem",
+        "leaf-key.pem",
+        "not a CA",
+        "0x1d2e3f",
+        "basicConstraints=critical,CA:FALSE\nkeyUsage=critical,digitalSignature\n",
+    )?;
+    key("other-key.pem")
+}
