@@ -32,21 +32,35 @@ pub enum Attack {
     Slowloris,
     RapidReset,
     HeaderBomb,
+    /// The header bomb's halves alone, to tell which one costs what.
+    HeaderBombH1,
+    HeaderBombH2,
 }
 
 impl Attack {
+    /// The three attacks.
     pub const ALL: [Attack; 3] = [Attack::Slowloris, Attack::RapidReset, Attack::HeaderBomb];
+    /// Every attack, with the header bomb's halves.
+    pub const EVERY: [Attack; 5] = [
+        Attack::Slowloris,
+        Attack::RapidReset,
+        Attack::HeaderBomb,
+        Attack::HeaderBombH1,
+        Attack::HeaderBombH2,
+    ];
 
     pub fn name(self) -> &'static str {
         match self {
             Attack::Slowloris => "slowloris",
             Attack::RapidReset => "http2-rapid-reset",
             Attack::HeaderBomb => "header-bomb",
+            Attack::HeaderBombH1 => "header-bomb-h1",
+            Attack::HeaderBombH2 => "header-bomb-h2",
         }
     }
 
     pub fn parse(name: &str) -> Option<Self> {
-        Self::ALL.into_iter().find(|a| a.name() == name)
+        Self::EVERY.into_iter().find(|a| a.name() == name)
     }
 
     /// Proxy flags the attack needs to show the proxy's defence within a short run: the default
@@ -54,7 +68,7 @@ impl Attack {
     pub fn proxy_args(self) -> &'static [&'static str] {
         match self {
             Attack::Slowloris => &["--header-read-timeout", "2s"],
-            Attack::RapidReset | Attack::HeaderBomb => &[],
+            _ => &[],
         }
     }
 
@@ -72,6 +86,22 @@ impl Attack {
             }
             Attack::HeaderBomb => {
                 let r = header_bomb(addr, deadline);
+                (r.describe(), r.sent())
+            }
+            Attack::HeaderBombH1 => {
+                let r = HeaderBomb {
+                    h1: h1_bomb(addr, deadline),
+                    ..HeaderBomb::default()
+                };
+                (r.describe(), r.sent())
+            }
+            Attack::HeaderBombH2 => {
+                let (h2_connections, h2_frames) = h2_bomb(addr, deadline);
+                let r = HeaderBomb {
+                    h2_connections,
+                    h2_frames,
+                    ..HeaderBomb::default()
+                };
                 (r.describe(), r.sent())
             }
         }
