@@ -3,16 +3,17 @@
 # its memory stays bounded"): a release trellis-proxy pinned to one CPU (taskset, --threads 1)
 # in front of an echo backend; a good client at a fixed rate alone, then under a slowloris, an
 # HTTP/2 rapid-reset flood and a header bomb in turn (the chaos tests' own attacks,
-# trellis_testkit::attacks), 3 rounds each, medians reported. About 100 s after the build; see docs/reliability.md ("Hostile
-# clients, measured").
+# trellis_testkit::attacks), 3 rounds each, medians reported. About 100 s after the build; see
+# docs/reliability.md ("Hostile clients, measured"). Not part of .ci/run.
 #
 #   bench/hostile.sh                 build, run, write bench/results/hostile-<date>.json
 #   bench/hostile.sh --no-build ...  use the binaries already in $HOSTILE_TARGET_DIR/release
 #
 # Other flags go to bench-hostile (--rate, --rounds, --baseline-secs, --attack-secs, --attacks,
-# --attacker-nice, --proxy-cpu, --client-cpu). The build is release (opt-level 3) without fat LTO, into its own
-# target dir (HOSTILE_TARGET_DIR, default target/hostile), like bench/smoke.sh; HOSTILE_LTO=1
-# builds with the workspace's release profile (fat LTO) instead. Needs 2 CPUs and taskset.
+# --attacker-nice, --proxy-cpu, --client-cpu). The build is release (opt-level 3) without fat
+# LTO, into its own target dir (HOSTILE_TARGET_DIR, default target/hostile), like bench/smoke.sh;
+# HOSTILE_LTO=1 builds with the workspace's release profile (fat LTO) instead. Needs 2 CPUs and
+# taskset.
 set -euo pipefail
 
 repo="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
