@@ -191,9 +191,37 @@ pub fn curl_http(args: &[&str]) -> Result<CurlReply, String> {
 }
 
 /// A loopback port free right now, for a program that takes a port rather than reporting the
-/// one it bound (`openssl s_server -accept`, `--gateway-port`): the OS picks it, the listener
-/// is closed at once. Panics if loopback cannot be bound: the machine cannot run these tests.
+/// one it bound (`openssl s_server -accept`, `--gateway-port`, a webhook's URL). Panics if
+/// loopback cannot be bound: the machine cannot run these tests.
+///
+/// Picked below the kernel's ephemeral range (`ip_local_port_range`), not by binding port 0:
+/// the suite's load tests open thousands of connections, and each takes a source port from that
+/// range, so a port the OS handed out and this function released was at times taken by some
+/// connection before the program could bind it (`Address already in use`). Below the range only
+/// ports named this way are used; each process starts at its own offset and walks on.
 pub fn free_port() -> u16 {
+    use std::sync::atomic::{AtomicU32, Ordering};
+    const SPAN: u32 = 10_000;
+    static NEXT: AtomicU32 = AtomicU32::new(0);
+    let first_ephemeral = std::fs::read_to_string("/proc/sys/net/ipv4/ip_local_port_range")
+        .ok()
+        .and_then(|s| s.split_whitespace().next()?.parse::<u32>().ok())
+        .unwrap_or(32_768);
+    let low = first_ephemeral.saturating_sub(SPAN).max(1_024);
+    let span = first_ephemeral.saturating_sub(low);
+    if span >= 100 {
+        let start = std::process::id().wrapping_mul(7_919);
+        for _ in 0..span.min(2_000) {
+            let step = NEXT.fetch_add(1, Ordering::Relaxed);
+            let Ok(port) = u16::try_from(low + start.wrapping_add(step.wrapping_mul(97)) % span)
+            else {
+                continue;
+            };
+            if std::net::TcpListener::bind(("127.0.0.1", port)).is_ok() {
+                return port;
+            }
+        }
+    }
     std::net::TcpListener::bind("127.0.0.1:0")
         .and_then(|l| l.local_addr())
         .map(|a| a.port())
