@@ -5,35 +5,14 @@
 
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
-use std::io::{Read, Write};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
-use clap::Parser;
-use trellis_cli::{Cli, Command as Sub, identity};
-
 mod support;
 use support::Demo;
 use support::golden::{columns, golden};
-
-/// Runs `trellis identity rotate <args>` in-process; returns (exit code, stdout, stderr).
-fn rotate(control: &str, args: &[&str]) -> (u8, String, String) {
-    let argv = ["trellis", "identity", "rotate"]
-        .into_iter()
-        .chain(args.iter().copied())
-        .chain(["--control", control, "--timeout", "20s"]);
-    let Sub::Identity(args) = Cli::try_parse_from(argv).unwrap().command else {
-        panic!("not identity");
-    };
-    let (mut out, mut err) = (Vec::new(), Vec::new());
-    let code = identity::run(&args, &mut out, &mut err);
-    (
-        code,
-        String::from_utf8(out).unwrap(),
-        String::from_utf8(err).unwrap(),
-    )
-}
+use support::rotate::{get_reviews, rotate};
 
 /// The proxy rows of a status table (the lines after its header).
 fn rows(out: &str) -> Vec<&str> {
@@ -74,27 +53,6 @@ fn mask_rotation(out: &str) -> String {
     masked
 }
 
-/// One `GET` of productpage's reviews API (productpage calls reviews over mTLS and answers 503
-/// when that fails); the status code, or 0 when the connection failed.
-fn get(entry: &str) -> u16 {
-    let Ok(mut s) = std::net::TcpStream::connect(entry) else {
-        return 0;
-    };
-    let _ = s.set_read_timeout(Some(Duration::from_secs(10)));
-    let request =
-        "GET /api/v1/products/0/reviews HTTP/1.1\r\nHost: productpage\r\nConnection: close\r\n\r\n";
-    if s.write_all(request.as_bytes()).is_err() {
-        return 0;
-    }
-    let mut answer = String::new();
-    let _ = s.read_to_string(&mut answer);
-    answer
-        .split(' ')
-        .nth(1)
-        .and_then(|c| c.parse().ok())
-        .unwrap_or(0)
-}
-
 #[test]
 fn full_anchor_rotation_with_the_cli_while_traffic_flows() {
     let config = tempfile::tempdir().unwrap();
@@ -131,7 +89,7 @@ fn full_anchor_rotation_with_the_cli_while_traffic_flows() {
             let started = Instant::now();
             let mut codes = Vec::new();
             while !stop.load(Ordering::Relaxed) && started.elapsed() < Duration::from_secs(40) {
-                codes.push(get(&entry));
+                codes.push(get_reviews(&entry));
             }
             codes
         })
@@ -179,7 +137,7 @@ fn full_anchor_rotation_with_the_cli_while_traffic_flows() {
         demo.log()
     );
     // After the rotation the mesh still works on the new anchor alone.
-    assert_eq!(get(&entry), 200);
+    assert_eq!(get_reviews(&entry), 200);
     let (code, out, err) = rotate(&control, &["status"]);
     assert_eq!(code, 0, "{out}{err}");
     golden("identity", "status-after.txt", &mask_rotation(&out));

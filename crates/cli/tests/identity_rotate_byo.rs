@@ -8,37 +8,17 @@
 
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::print_stderr)]
 
-use std::io::{Read, Write};
 use std::path::Path;
 use std::process::{Command, Stdio};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
-use clap::Parser;
-use trellis_cli::{Cli, Command as Sub, identity};
 use trellis_testkit::tools;
 
 mod support;
 use support::Demo;
-
-/// Runs `trellis identity rotate <args>` in-process; returns (exit code, stdout, stderr).
-fn rotate(control: &str, args: &[&str]) -> (u8, String, String) {
-    let argv = ["trellis", "identity", "rotate"]
-        .into_iter()
-        .chain(args.iter().copied())
-        .chain(["--control", control, "--timeout", "20s"]);
-    let Sub::Identity(args) = Cli::try_parse_from(argv).unwrap().command else {
-        panic!("not identity");
-    };
-    let (mut out, mut err) = (Vec::new(), Vec::new());
-    let code = identity::run(&args, &mut out, &mut err);
-    (
-        code,
-        String::from_utf8(out).unwrap(),
-        String::from_utf8(err).unwrap(),
-    )
-}
+use support::rotate::{get_reviews, rotate};
 
 /// A cacerts directory with `files` copied from `pki` (each `(name in dir, name in pki)`).
 fn cacerts_dir(pki: &Path, files: &[(&str, &str)]) -> tempfile::TempDir {
@@ -47,27 +27,6 @@ fn cacerts_dir(pki: &Path, files: &[(&str, &str)]) -> tempfile::TempDir {
         std::fs::copy(pki.join(from), dir.path().join(name)).unwrap();
     }
     dir
-}
-
-/// One `GET` of productpage's reviews API (productpage calls reviews over mTLS and answers 503
-/// when that fails); the status code, or 0 when the connection failed.
-fn get(entry: &str) -> u16 {
-    let Ok(mut s) = std::net::TcpStream::connect(entry) else {
-        return 0;
-    };
-    let _ = s.set_read_timeout(Some(Duration::from_secs(10)));
-    let request =
-        "GET /api/v1/products/0/reviews HTTP/1.1\r\nHost: productpage\r\nConnection: close\r\n\r\n";
-    if s.write_all(request.as_bytes()).is_err() {
-        return 0;
-    }
-    let mut answer = String::new();
-    let _ = s.read_to_string(&mut answer);
-    answer
-        .split(' ')
-        .nth(1)
-        .and_then(|c| c.parse().ok())
-        .unwrap_or(0)
 }
 
 /// What `openssl s_client` says about the certificate a proxy's inbound listener presents to
@@ -154,7 +113,7 @@ fn rotation_to_the_users_ca_with_the_cli_while_traffic_flows() {
             let started = Instant::now();
             let mut codes = Vec::new();
             while !stop.load(Ordering::Relaxed) && started.elapsed() < Duration::from_secs(40) {
-                codes.push(get(&entry));
+                codes.push(get_reviews(&entry));
             }
             codes
         })
@@ -206,7 +165,11 @@ fn rotation_to_the_users_ca_with_the_cli_while_traffic_flows() {
         codes.len(),
         demo.log()
     );
-    assert_eq!(get(&entry), 200, "the mesh works on the user's root alone");
+    assert_eq!(
+        get_reviews(&entry),
+        200,
+        "the mesh works on the user's root alone"
+    );
 
     // Every proxy now presents a leaf from the user's intermediate that verifies against the
     // user's root alone.

@@ -2,6 +2,7 @@
 //! killed with everything it started when dropped; [`golden`] compares its output with goldens.
 
 pub mod golden;
+pub mod rotate;
 
 use std::os::unix::process::CommandExt;
 use std::path::Path;
