@@ -5,14 +5,16 @@
 
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
-use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
 mod support;
 use support::Demo;
 use support::golden::{columns, golden};
-use support::rotate::{get_reviews, rotate};
+use support::rotate::{SteadyLoad, get_reviews, rotate};
+
+/// Requests answered under steady load before and after each rotation step, so that traffic
+/// crosses every step.
+const STEP_REQUESTS: usize = 25;
 
 /// The proxy rows of a status table (the lines after its header).
 fn rows(out: &str) -> Vec<&str> {
@@ -82,19 +84,8 @@ fn full_anchor_rotation_with_the_cli_while_traffic_flows() {
     golden("identity", "retire-out-of-order.txt", &err);
 
     // Steady traffic through a meshed hop for the whole rotation (bounded in time).
-    let stop = Arc::new(AtomicBool::new(false));
-    let load = {
-        let (stop, entry) = (stop.clone(), entry.clone());
-        std::thread::spawn(move || {
-            let started = Instant::now();
-            let mut codes = Vec::new();
-            while !stop.load(Ordering::Relaxed) && started.elapsed() < Duration::from_secs(40) {
-                codes.push(get_reviews(&entry));
-            }
-            codes
-        })
-    };
-    std::thread::sleep(Duration::from_millis(500));
+    let load = SteadyLoad::start(&entry);
+    load.wait_for_more(STEP_REQUESTS);
 
     let (code, out, err) = rotate(&control, &["prepare"]);
     assert_eq!(code, 0, "{out}{err}");
@@ -115,7 +106,7 @@ fn full_anchor_rotation_with_the_cli_while_traffic_flows() {
         let cells: Vec<&str> = line.split_whitespace().collect();
         assert_eq!(&cells[1..3], ["2", "2"], "{line}");
     }
-    std::thread::sleep(Duration::from_millis(500)); // new leaves meet old ones under load
+    load.wait_for_more(STEP_REQUESTS); // new leaves meet old ones under load
     let (code, out, err) = rotate(&control, &["retire"]);
     assert_eq!(code, 0, "{out}{err}");
     assert!(
@@ -123,9 +114,8 @@ fn full_anchor_rotation_with_the_cli_while_traffic_flows() {
         "{out}"
     );
     golden("identity", "retire.txt", &mask_rotation(&out));
-    std::thread::sleep(Duration::from_millis(500));
-    stop.store(true, Ordering::Relaxed);
-    let codes = load.join().unwrap();
+    load.wait_for_more(STEP_REQUESTS);
+    let codes = load.finish();
 
     let failed: Vec<&u16> = codes.iter().filter(|c| **c != 200).collect();
     assert!(codes.len() >= 100, "only {} requests", codes.len());

@@ -10,15 +10,16 @@
 
 use std::path::Path;
 use std::process::{Command, Stdio};
-use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
-use std::time::{Duration, Instant};
 
 use trellis_testkit::tools;
 
 mod support;
 use support::Demo;
-use support::rotate::{get_reviews, rotate};
+use support::rotate::{SteadyLoad, get_reviews, rotate};
+
+/// Requests answered under steady load before and after each rotation step, so that traffic
+/// crosses every step.
+const STEP_REQUESTS: usize = 25;
 
 /// A cacerts directory with `files` copied from `pki` (each `(name in dir, name in pki)`).
 fn cacerts_dir(pki: &Path, files: &[(&str, &str)]) -> tempfile::TempDir {
@@ -106,19 +107,8 @@ fn rotation_to_the_users_ca_with_the_cli_while_traffic_flows() {
     assert!(!seen.contains("Verify return code: 0 (ok)"), "{seen}");
 
     // Steady traffic through a meshed hop for the whole rotation (bounded in time).
-    let stop = Arc::new(AtomicBool::new(false));
-    let load = {
-        let (stop, entry) = (stop.clone(), entry.clone());
-        std::thread::spawn(move || {
-            let started = Instant::now();
-            let mut codes = Vec::new();
-            while !stop.load(Ordering::Relaxed) && started.elapsed() < Duration::from_secs(40) {
-                codes.push(get_reviews(&entry));
-            }
-            codes
-        })
-    };
-    std::thread::sleep(Duration::from_millis(500));
+    let load = SteadyLoad::start(&entry);
+    load.wait_for_more(STEP_REQUESTS);
 
     let good = cacerts_dir(
         pki.path(),
@@ -144,16 +134,15 @@ fn rotation_to_the_users_ca_with_the_cli_while_traffic_flows() {
         out.contains("2 trust anchor(s), issuer generation 2, rotation activated"),
         "{out}"
     );
-    std::thread::sleep(Duration::from_millis(500)); // new leaves meet old ones under load
+    load.wait_for_more(STEP_REQUESTS); // new leaves meet old ones under load
     let (code, out, err) = rotate(&control, &["retire"]);
     assert_eq!(code, 0, "{out}{err}");
     assert!(
         out.contains("1 trust anchor(s), issuer generation 2, rotation idle"),
         "{out}"
     );
-    std::thread::sleep(Duration::from_millis(500));
-    stop.store(true, Ordering::Relaxed);
-    let codes = load.join().unwrap();
+    load.wait_for_more(STEP_REQUESTS);
+    let codes = load.finish();
 
     let failed: Vec<&u16> = codes.iter().filter(|c| **c != 200).collect();
     assert!(codes.len() >= 100, "only {} requests", codes.len());

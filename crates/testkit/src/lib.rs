@@ -19,6 +19,7 @@ pub mod load;
 pub mod mesh;
 pub mod metrics;
 pub mod netns;
+pub mod otlp;
 pub mod process;
 pub mod servers;
 pub mod tools;

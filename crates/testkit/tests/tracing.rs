@@ -12,83 +12,27 @@
 use std::net::SocketAddr;
 use std::path::Path;
 use std::process::Command;
-use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use opentelemetry_proto::tonic::collector::trace::v1::trace_service_server::{
-    TraceService, TraceServiceServer,
-};
-use opentelemetry_proto::tonic::collector::trace::v1::{
-    ExportTraceServiceRequest, ExportTraceServiceResponse,
-};
-use opentelemetry_proto::tonic::common::v1::any_value;
 use opentelemetry_proto::tonic::trace::v1::{Span, span::SpanKind};
 use serde_json::Value;
 use trellis_testkit::bins::bin;
+use trellis_testkit::otlp::OtlpCollector;
 use trellis_testkit::process::ManagedProcess;
 use trellis_testkit::tools::http_request;
 
-/// Spans received, with the `service.name` of the proxy that sent them.
-#[derive(Clone, Default)]
-struct Collector {
-    spans: Arc<Mutex<Vec<(String, Span)>>>,
-}
-
-#[tonic::async_trait]
-impl TraceService for Collector {
-    async fn export(
-        &self,
-        request: tonic::Request<ExportTraceServiceRequest>,
-    ) -> Result<tonic::Response<ExportTraceServiceResponse>, tonic::Status> {
-        let mut spans = self.spans.lock().unwrap();
-        for rs in request.into_inner().resource_spans {
-            let service = rs
-                .resource
-                .iter()
-                .flat_map(|r| &r.attributes)
-                .find(|a| a.key == "service.name")
-                .and_then(|a| match a.value.as_ref()?.value.as_ref()? {
-                    any_value::Value::StringValue(s) => Some(s.clone()),
-                    _ => None,
-                })
-                .unwrap_or_default();
-            for ss in rs.scope_spans {
-                spans.extend(ss.spans.into_iter().map(|s| (service.clone(), s)));
-            }
-        }
-        Ok(tonic::Response::new(ExportTraceServiceResponse::default()))
-    }
-}
-
-impl Collector {
-    fn of_trace(&self, trace_id: &[u8]) -> Vec<(String, Span)> {
-        self.spans
-            .lock()
-            .unwrap()
-            .iter()
-            .filter(|(_, s)| s.trace_id == trace_id)
-            .cloned()
-            .collect()
-    }
-
-    /// Waits (bounded) until the trace has at least `n` spans.
-    async fn wait_for(&self, trace_id: &[u8], n: usize) -> Vec<(String, Span)> {
-        let deadline = Instant::now() + Duration::from_secs(15);
-        loop {
-            let spans = self.of_trace(trace_id);
-            if spans.len() >= n {
-                // A moment for stragglers from the same request (e.g. details).
-                tokio::time::sleep(Duration::from_millis(700)).await;
-                return self.of_trace(trace_id);
-            }
-            assert!(
-                Instant::now() < deadline,
-                "trace has {} spans, wanted {n}: {spans:#?}",
-                spans.len()
-            );
-            tokio::time::sleep(Duration::from_millis(100)).await;
-        }
-    }
+/// Waits (bounded) until the trace has at least `n` spans, plus a moment for stragglers from
+/// the same request (e.g. details).
+async fn wait_for(collector: &OtlpCollector, trace_id: &[u8], n: usize) -> Vec<(String, Span)> {
+    collector
+        .wait_for_trace(
+            trace_id,
+            n,
+            Duration::from_secs(15),
+            Duration::from_millis(700),
+        )
+        .await
+        .unwrap_or_else(|spans| panic!("trace has {} spans, wanted {n}: {spans:#?}", spans.len()))
 }
 
 fn hex(b: &[u8]) -> String {
@@ -150,14 +94,7 @@ fn span_of<'a>(
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn one_trace_across_bookinfo_and_b3_is_continued() {
-    let collector = Collector::default();
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let otlp = listener.local_addr().unwrap();
-    let server = tokio::spawn(
-        tonic::transport::Server::builder()
-            .add_service(TraceServiceServer::new(collector.clone()))
-            .serve_with_incoming(tokio_stream::wrappers::TcpListenerStream::new(listener)),
-    );
+    let (collector, otlp) = OtlpCollector::start().await.unwrap();
 
     let dir = tempfile::tempdir().unwrap();
     let status_file = dir.path().join("status.json");
@@ -183,7 +120,7 @@ async fn one_trace_across_bookinfo_and_b3_is_continued() {
         }
     }
     let trace_id = trace_id.expect("reviews v2 or v3 answered within 40 requests");
-    let spans = collector.wait_for(&trace_id, 5).await;
+    let spans = wait_for(&collector, &trace_id, 5).await;
     let pp_server = span_of(&spans, "productpage", SpanKind::Server, &client_span);
     let pp_client = spans
         .iter()
@@ -224,7 +161,7 @@ async fn one_trace_across_bookinfo_and_b3_is_continued() {
     let b3_id: Vec<u8> = (0..16)
         .map(|i| u8::from_str_radix(&b3_trace[i * 2..i * 2 + 2], 16).unwrap())
         .collect();
-    let spans = collector.wait_for(&b3_id, 3).await;
+    let spans = wait_for(&collector, &b3_id, 3).await;
     let root = span_of(&spans, "productpage", SpanKind::Server, &b3_span);
     assert!(
         spans
@@ -244,7 +181,7 @@ async fn one_trace_across_bookinfo_and_b3_is_continued() {
     let multi_id: Vec<u8> = (0..16)
         .map(|i| u8::from_str_radix(&multi_trace[i * 2..i * 2 + 2], 16).unwrap())
         .collect();
-    let spans = collector.wait_for(&multi_id, 3).await;
+    let spans = wait_for(&collector, &multi_id, 3).await;
     assert!(spans.iter().any(|(svc, _)| svc.starts_with("reviews")));
 
     let (code, metrics) = http_request(
@@ -261,5 +198,4 @@ async fn one_trace_across_bookinfo_and_b3_is_continued() {
     assert!(metrics.contains("trellis_trace_spans_total{outcome=\"exported\"}"));
 
     demo.terminate(Duration::from_secs(10));
-    server.abort();
 }

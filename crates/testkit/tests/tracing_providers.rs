@@ -15,102 +15,15 @@
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 use std::net::SocketAddr;
-use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use opentelemetry_proto::tonic::collector::trace::v1::trace_service_server::{
-    TraceService, TraceServiceServer,
-};
-use opentelemetry_proto::tonic::collector::trace::v1::{
-    ExportTraceServiceRequest, ExportTraceServiceResponse,
-};
-use opentelemetry_proto::tonic::common::v1::any_value;
 use trellis_testkit::mesh::{ControlPlane, ProxyBuilder, config_dir, service_yaml, write_config};
+use trellis_testkit::otlp::OtlpCollector;
 use trellis_testkit::tools::http_get;
 use trellis_testkit::{HttpEcho, wait};
 
 const CONVERGE: Duration = Duration::from_secs(30);
 const APPLY: Duration = Duration::from_secs(20);
-
-/// What a collector received: (service.name, span kind, url.path) per span.
-#[derive(Clone, Default)]
-struct Collector {
-    spans: Arc<Mutex<Vec<(String, i32, String)>>>,
-}
-
-fn string_value(v: &Option<opentelemetry_proto::tonic::common::v1::AnyValue>) -> Option<String> {
-    match v.as_ref()?.value.as_ref()? {
-        any_value::Value::StringValue(s) => Some(s.clone()),
-        _ => None,
-    }
-}
-
-#[tonic::async_trait]
-impl TraceService for Collector {
-    async fn export(
-        &self,
-        request: tonic::Request<ExportTraceServiceRequest>,
-    ) -> Result<tonic::Response<ExportTraceServiceResponse>, tonic::Status> {
-        let mut spans = self.spans.lock().unwrap();
-        for rs in request.into_inner().resource_spans {
-            let service = rs
-                .resource
-                .iter()
-                .flat_map(|r| &r.attributes)
-                .find(|a| a.key == "service.name")
-                .and_then(|a| string_value(&a.value))
-                .unwrap_or_default();
-            for s in rs.scope_spans.into_iter().flat_map(|ss| ss.spans) {
-                let path = s
-                    .attributes
-                    .iter()
-                    .find(|a| a.key == "url.path")
-                    .and_then(|a| string_value(&a.value))
-                    .unwrap_or_default();
-                spans.push((service.clone(), s.kind, path));
-            }
-        }
-        Ok(tonic::Response::new(ExportTraceServiceResponse::default()))
-    }
-}
-
-impl Collector {
-    /// Starts a collector on 127.0.0.1 (a task of the test's runtime).
-    async fn start() -> (Self, SocketAddr) {
-        let collector = Self::default();
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let addr = listener.local_addr().unwrap();
-        tokio::spawn(
-            tonic::transport::Server::builder()
-                .add_service(TraceServiceServer::new(collector.clone()))
-                .serve_with_incoming(tokio_stream::wrappers::TcpListenerStream::new(listener)),
-        );
-        (collector, addr)
-    }
-
-    /// Spans from `service` for requests to `path`.
-    fn count(&self, service: &str, path: &str) -> usize {
-        self.spans
-            .lock()
-            .unwrap()
-            .iter()
-            .filter(|(s, _, p)| s == service && p == path)
-            .count()
-    }
-
-    fn services(&self) -> Vec<String> {
-        let mut s: Vec<String> = self
-            .spans
-            .lock()
-            .unwrap()
-            .iter()
-            .map(|(s, _, _)| s.clone())
-            .collect();
-        s.sort();
-        s.dedup();
-        s
-    }
-}
 
 const COLLECTOR_HOST: &str = "otel-collector.observability.svc.cluster.local";
 
@@ -188,8 +101,8 @@ fn send(port: SocketAddr, path: &str, n: usize) {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_telemetry_provider_sends_its_workloads_spans_to_the_provider_collector() {
-    let (provider, provider_addr) = Collector::start().await;
-    let (flag, flag_addr) = Collector::start().await;
+    let (provider, provider_addr) = OtlpCollector::start().await.unwrap();
+    let (flag, flag_addr) = OtlpCollector::start().await.unwrap();
     let echo = HttpEcho::start().unwrap();
     let config = config_dir(&[
         (
