@@ -264,6 +264,7 @@ impl Session {
                     r.set_subscribed(id, &target, true);
                     ((), false)
                 });
+                self.shared.programmed.subscribed(id, &target, true);
                 // Always answer a Subscribe, even with "nothing there", so the proxy stops
                 // waiting; a repeated Subscribe is answered again.
                 self.subscriptions.insert(target.clone(), None);
@@ -280,6 +281,7 @@ impl Session {
                     r.set_subscribed(id, &target, false);
                     ((), false)
                 });
+                self.shared.programmed.subscribed(id, &target, false);
                 Ok(())
             }
             proxy_message::Kind::Ack(ack) => {
@@ -382,7 +384,9 @@ impl Session {
             control_version: env!("CARGO_PKG_VERSION").to_string(),
         };
         self.send(control_message::Kind::Welcome(welcome)).await?;
-        self.shared.programmed.connected(self.id);
+        if let Some((_, workload)) = &self.hello {
+            self.shared.programmed.connected(self.id, workload);
+        }
         let revision = self.shared.config_rx.borrow().revision;
         self.push_inbound_policy().await?;
         self.push_gateway().await?;

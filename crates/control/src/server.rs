@@ -88,9 +88,15 @@ impl ControlPlane {
                 (rx, None)
             }
             Some(options) => {
-                let source = crate::k8s::start::start_config(options, &ca, &mut tasks, &shutdown)
-                    .await
-                    .map_err(|e| StartError::Kube(e.into()))?;
+                let source = crate::k8s::start::start_config(
+                    options,
+                    &config.root_namespace,
+                    &ca,
+                    &mut tasks,
+                    &shutdown,
+                )
+                .await
+                .map_err(|e| StartError::Kube(e.into()))?;
                 (source.config_rx.clone(), Some((source, options)))
             }
         };

@@ -1,6 +1,7 @@
 //! The `Programmed` condition and the Istio security kinds against a REAL kube-apiserver (the
 //! testbed of k8s.rs): a VirtualService applied with the API gets `Programmed=True` with "programmed
-//! on N/N proxies" once the connected proxies have ACKed it, `kubectl wait
+//! on N/N proxies" once the proxies it concerns have ACKed it (those subscribed to its host: one
+//! subscribed to another host is not counted), `kubectl wait
 //! --for=condition=Programmed` returns, the count follows proxies leaving and new generations;
 //! a PeerAuthentication is watched, reaches the proxies of its namespace as their inbound
 //! policy and gets its conditions too; so are ServiceEntry and WasmPlugin. A pod without the proxy is a plain endpoint (its own
@@ -98,6 +99,14 @@ async fn programmed_counts_acks_and_security_kinds_are_watched() {
         .await
         .unwrap();
 
+    services
+        .create(
+            &PostParams::default(),
+            &serde_json::from_value(json!({"metadata": {"name": "ratings"}, "spec": {"selector": {"app": "ratings"}, "ports": [{"port": 9080}]}})).unwrap(),
+        )
+        .await
+        .unwrap();
+
     let any: SocketAddr = "127.0.0.1:0".parse().unwrap();
     let control = control_plane(kube_options(&testbed.kubeconfig)).await;
 
@@ -113,8 +122,16 @@ async fn programmed_counts_acks_and_security_kinds_are_watched() {
     let b = client(control.discovery_addr, b_workload, &stop_b);
     let a_rx = a.watch(&target);
     let b_rx = b.watch(&target);
-    eventually("reviews known to both", || async {
-        (found(&a_rx).is_some() && found(&b_rx).is_some()).then_some(())
+    // A third proxy, of another namespace, subscribed to ratings only: no VirtualService for
+    // reviews or policy of the shop namespace concerns it, so it is never counted for them.
+    let stop_c = CancellationToken::new();
+    let mut c_workload = workload("batch-1", "batch", "127.0.0.1:3");
+    c_workload.namespace = "other".into();
+    let c = client(control.discovery_addr, c_workload, &stop_c);
+    let ratings: Target = "ratings.shop:9080".parse().unwrap();
+    let c_rx = c.watch(&ratings);
+    eventually("reviews known to both, ratings to the third", || async {
+        (found(&a_rx).is_some() && found(&b_rx).is_some() && found(&c_rx).is_some()).then_some(())
     })
     .await;
 
@@ -172,7 +189,9 @@ async fn programmed_counts_acks_and_security_kinds_are_watched() {
         String::from_utf8_lossy(&out.stderr)
     );
 
-    // 2. A proxy leaves: the count follows.
+    // 2. A proxy leaves: the count follows. Two proxies stay connected, subscribed to
+    //    different hosts: the VirtualService for reviews counts the one it concerns (1/1, not
+    //    1/2).
     stop_b.cancel();
     eventually("programmed on 1/1 after a proxy left", || async {
         let c = condition(&vs_api, "reviews", "Programmed").await?;
@@ -240,10 +259,14 @@ async fn programmed_counts_acks_and_security_kinds_are_watched() {
     }))
     .unwrap();
     se_api.create(&PostParams::default(), &se).await.unwrap();
+    // No proxy is subscribed to its host: nothing to wait for, and it says so.
     eventually("ServiceEntry Accepted and Programmed", || async {
         let accepted = condition(&se_api, "payments", "Accepted").await?;
         let programmed = condition(&se_api, "payments", "Programmed").await?;
-        (accepted["status"] == "True" && programmed["status"] == "True").then_some(())
+        (accepted["status"] == "True"
+            && programmed["status"] == "True"
+            && programmed["message"] == "programmed: no proxy concerned")
+            .then_some(())
     })
     .await;
     // ...and so does a new generation of another object after it.
@@ -432,5 +455,6 @@ async fn programmed_counts_acks_and_security_kinds_are_watched() {
     proxy.shutdown_token().cancel();
     proxy.wait().await;
     stop_a.cancel();
+    stop_c.cancel();
     control.stop().await;
 }

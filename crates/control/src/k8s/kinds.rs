@@ -210,6 +210,23 @@ pub const SECRET: ConfigKind = ConfigKind {
     builtin: true,
 };
 
+/// Istio's MeshConfig, the ConfigMap `istio` (key `mesh`: tracing providers). Not in
+/// [`CONFIG_KINDS`]: read in the mesh root namespace only, the one ConfigMap by name, where
+/// `trellis install` grants a Role for it (`manifests`); no other ConfigMap is ever read.
+pub const CONFIG_MAP: ConfigKind = ConfigKind {
+    group: "",
+    version: "v1",
+    versions: &["v1"],
+    kind: "ConfigMap",
+    plural: "configmaps",
+    short_names: &[],
+    builtin: true,
+};
+
+/// The one ConfigMap watched: RBAC names it (`resourceNames`), and the API server authorizes
+/// a list or watch by name only when it carries this selector.
+pub const CONFIG_MAP_FIELD_SELECTOR: &str = "metadata.name=istio";
+
 /// Service-account tokens are Secrets too, and the mesh never needs them.
 pub const SECRET_FIELD_SELECTOR: &str = "type!=kubernetes.io/service-account-token";
 

@@ -200,11 +200,16 @@ fn rbac() -> Vec<Value> {
             "subjects": [{"kind": "ServiceAccount", "name": names::CONTROL, "namespace": names::NAMESPACE}],
         }),
         // The plug-in CA (k8s::cacerts): read the one Secret, in the control plane's namespace
-        // only, so no ClusterRole grants Secrets anywhere.
+        // only, so no ClusterRole grants Secrets anywhere. The MeshConfig: the one ConfigMap
+        // `istio` in the root namespace (the control plane's, as installed), watched with a
+        // `metadata.name` field selector so that list and watch are authorized by name.
         json!({
             "apiVersion": "rbac.authorization.k8s.io/v1", "kind": "Role",
             "metadata": {"name": names::CONTROL, "namespace": names::NAMESPACE, "labels": labels()},
-            "rules": [{"apiGroups": [""], "resources": ["secrets"], "resourceNames": [super::cacerts::SECRET], "verbs": ["get", "watch"]}],
+            "rules": [
+                {"apiGroups": [""], "resources": ["secrets"], "resourceNames": [super::cacerts::SECRET], "verbs": ["get", "watch"]},
+                {"apiGroups": [""], "resources": ["configmaps"], "resourceNames": [trellis_config::istio::mesh_config::CONFIG_MAP_NAME], "verbs": ["get", "list", "watch"]},
+            ],
         }),
         json!({
             "apiVersion": "rbac.authorization.k8s.io/v1", "kind": "RoleBinding",
@@ -439,11 +444,27 @@ mod tests {
         let role = objects.iter().find(|o| o["kind"] == "Role").unwrap();
         assert_eq!(role["metadata"]["namespace"], names::NAMESPACE);
         assert_eq!(role["rules"][0]["resourceNames"], json!(["cacerts"]));
+        // ConfigMaps: only the MeshConfig `istio`, in the root namespace the control plane
+        // runs with (the default: it is not passed).
+        assert_eq!(names::NAMESPACE, crate::DEFAULT_ROOT_NAMESPACE);
+        assert_eq!(
+            role["rules"][1],
+            json!({"apiGroups": [""], "resources": ["configmaps"], "resourceNames": ["istio"], "verbs": ["get", "list", "watch"]})
+        );
+        assert_eq!(
+            super::super::kinds::CONFIG_MAP_FIELD_SELECTOR,
+            format!(
+                "metadata.name={}",
+                trellis_config::istio::mesh_config::CONFIG_MAP_NAME
+            )
+        );
         assert!(
             objects
                 .iter()
                 .filter(|o| o["kind"] == "ClusterRole")
-                .all(|o| !o.to_string().contains("secrets"))
+                .all(
+                    |o| !o.to_string().contains("secrets") && !o.to_string().contains("configmaps")
+                )
         );
         assert!(objects.iter().any(|o| o["kind"] == "RoleBinding"));
         let deployment = objects.iter().find(|o| o["kind"] == "Deployment").unwrap();

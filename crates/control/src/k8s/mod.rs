@@ -13,6 +13,7 @@
 
 pub mod apply;
 pub mod cacerts;
+pub mod concern;
 pub mod kinds;
 pub mod leader;
 pub mod manifests;

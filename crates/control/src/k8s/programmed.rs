@@ -20,12 +20,23 @@
 use std::collections::BTreeMap;
 
 use tokio::sync::watch;
+use trellis_model::{Target, Workload};
 
+use super::concern::Proxy;
 use super::status::ObjectMeta;
 use crate::registry::StreamId;
 
-/// Per connected proxy stream: the config revision it is in sync with (`None`: not yet).
-pub type Synced = BTreeMap<StreamId, Option<u64>>;
+/// One connected proxy stream: the config revision it is in sync with (`None`: not yet), and
+/// what it told the control plane (workload, subscriptions), which decides the objects that
+/// concern it ([`super::concern`]).
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct ProxyState {
+    pub revision: Option<u64>,
+    pub proxy: Proxy,
+}
+
+/// Per connected proxy stream, its state.
+pub type Synced = BTreeMap<StreamId, ProxyState>;
 
 /// Reports from the discovery streams.
 #[derive(Debug)]
@@ -42,18 +53,39 @@ impl Default for ProgrammedTracker {
 }
 
 impl ProgrammedTracker {
-    /// A proxy said Hello on `stream`.
-    pub fn connected(&self, stream: StreamId) {
-        self.tx.send_modify(|m| {
-            m.entry(stream).or_insert(None);
+    /// A proxy of `workload` said Hello on `stream` (again: its workload is replaced, its
+    /// subscriptions and sync kept, as the stream keeps them).
+    pub fn connected(&self, stream: StreamId, workload: &Workload) {
+        let fresh = Proxy::new(workload);
+        self.tx.send_if_modified(|m| {
+            let known = m.contains_key(&stream);
+            let state = m.entry(stream).or_default();
+            let changed = !known
+                || state.proxy.namespace != fresh.namespace
+                || state.proxy.labels != fresh.labels;
+            state.proxy.namespace = fresh.namespace;
+            state.proxy.labels = fresh.labels;
+            changed
+        });
+    }
+
+    /// The proxy on `stream` subscribed to `target` (or, `false`, dropped it).
+    pub fn subscribed(&self, stream: StreamId, target: &Target, subscribed: bool) {
+        let Some(host) = Proxy::host_of(target) else {
+            return;
+        };
+        self.tx.send_if_modified(|m| match m.get_mut(&stream) {
+            Some(state) if subscribed => state.proxy.hosts.insert(host),
+            Some(state) => state.proxy.hosts.remove(&host),
+            None => false,
         });
     }
 
     /// The proxy on `stream` has applied everything compiled from config `revision`.
     pub fn synced(&self, stream: StreamId, revision: u64) {
         self.tx.send_if_modified(|m| match m.get_mut(&stream) {
-            Some(slot) if *slot != Some(revision) => {
-                *slot = Some(revision);
+            Some(state) if state.revision != Some(revision) => {
+                state.revision = Some(revision);
                 true
             }
             _ => false,
@@ -90,24 +122,44 @@ impl Revisions {
         }
     }
 
-    /// (proxies that have programmed object `key`, connected proxies).
-    pub fn count(&self, key: &str, synced: &Synced) -> (usize, usize) {
+    /// (proxies that have programmed object `key`, proxies it concerns) among the connected
+    /// ones `concerned` takes in.
+    pub fn count(
+        &self,
+        key: &str,
+        synced: &Synced,
+        concerned: impl Fn(&Proxy) -> bool,
+    ) -> (usize, usize) {
+        let concerned_states = synced.values().filter(|s| concerned(&s.proxy));
         let Some((_, since)) = self.since.get(key) else {
-            return (0, synced.len());
+            return (0, concerned_states.count());
         };
-        let done = synced
-            .values()
-            .filter(|revision| revision.is_some_and(|r| r >= *since))
-            .count();
-        (done, synced.len())
+        concerned_states.fold((0, 0), |(done, total), state| {
+            let programmed = state.revision.is_some_and(|r| r >= *since);
+            (done + usize::from(programmed), total + 1)
+        })
     }
+}
+
+/// Whether object `key` of `objects` concerns `proxy` (an object not in `objects`: every
+/// proxy, as before objects had a concern).
+pub fn concerned(objects: &BTreeMap<String, ObjectMeta>, key: &str, proxy: &Proxy) -> bool {
+    let Some(meta) = objects.get(key) else {
+        return true;
+    };
+    super::concern::concerns(&meta.concern, proxy, |gateway| {
+        objects.get(gateway).map(|m| &m.concern)
+    })
 }
 
 #[cfg(test)]
 mod tests {
     #![allow(clippy::unwrap_used)]
     use super::*;
+    use crate::k8s::concern::Concern;
     use crate::k8s::kinds::CONFIG_KINDS;
+
+    const KEY: &str = "VirtualService shop/reviews";
 
     fn objects(generation: i64) -> BTreeMap<String, ObjectMeta> {
         let kind = CONFIG_KINDS
@@ -115,61 +167,131 @@ mod tests {
             .find(|k| k.kind == "VirtualService")
             .unwrap();
         BTreeMap::from([(
-            "VirtualService shop/reviews".to_string(),
+            KEY.to_string(),
             ObjectMeta {
                 kind,
                 namespace: "shop".into(),
                 name: "reviews".into(),
                 generation: Some(generation),
+                concern: Concern::Hosts {
+                    hosts: vec!["reviews.shop.svc.cluster.local".into()],
+                    mesh: true,
+                    gateways: Vec::new(),
+                },
             },
         )])
     }
 
+    fn workload(name: &str) -> Workload {
+        Workload {
+            name: name.into(),
+            namespace: "shop".into(),
+            service_account: "default".into(),
+            labels: BTreeMap::from([("app".to_string(), name.to_string())]),
+            inbound_address: "127.0.0.1:1".parse().unwrap(),
+            ports: Vec::new(),
+            admin_address: None,
+        }
+    }
+
+    fn reviews() -> Target {
+        "reviews.shop:9080".parse().unwrap()
+    }
+
+    /// `KEY`'s count with its concern.
+    fn count(
+        revs: &Revisions,
+        rx: &watch::Receiver<Synced>,
+        objs: &BTreeMap<String, ObjectMeta>,
+    ) -> (usize, usize) {
+        revs.count(KEY, &rx.borrow(), |p| concerned(objs, KEY, p))
+    }
+
     #[test]
     fn a_proxy_has_programmed_an_object_once_synced_to_its_revision_or_later() {
-        const KEY: &str = "VirtualService shop/reviews";
         let tracker = ProgrammedTracker::default();
         let rx = tracker.subscribe();
         let mut revs = Revisions::default();
-        revs.observe(1, &objects(1));
-        tracker.connected(1);
-        tracker.connected(2);
-        assert_eq!(revs.count(KEY, &rx.borrow()), (0, 2), "nothing synced yet");
+        let objs = objects(1);
+        revs.observe(1, &objs);
+        for stream in [1, 2] {
+            tracker.connected(stream, &workload("web"));
+            tracker.subscribed(stream, &reviews(), true);
+        }
+        assert_eq!(count(&revs, &rx, &objs), (0, 2), "nothing synced yet");
         tracker.synced(1, 1);
-        assert_eq!(revs.count(KEY, &rx.borrow()), (1, 2));
+        assert_eq!(count(&revs, &rx, &objs), (1, 2));
         tracker.synced(2, 1);
-        assert_eq!(revs.count(KEY, &rx.borrow()), (2, 2));
+        assert_eq!(count(&revs, &rx, &objs), (2, 2));
 
         // A later revision with the same generation (another object changed) does not reset
         // the count...
         revs.observe(2, &objects(1));
-        assert_eq!(revs.count(KEY, &rx.borrow()), (2, 2));
+        assert_eq!(count(&revs, &rx, &objs), (2, 2));
         // ...a new generation does, until the proxies sync to it.
-        revs.observe(3, &objects(2));
-        assert_eq!(revs.count(KEY, &rx.borrow()), (0, 2));
+        let objs = objects(2);
+        revs.observe(3, &objs);
+        assert_eq!(count(&revs, &rx, &objs), (0, 2));
         tracker.synced(2, 3);
-        assert_eq!(revs.count(KEY, &rx.borrow()), (1, 2));
+        assert_eq!(count(&revs, &rx, &objs), (1, 2));
         // A revision the writer skipped still counts when it is the object's or later.
         tracker.synced(1, 4);
-        assert_eq!(revs.count(KEY, &rx.borrow()), (2, 2));
+        assert_eq!(count(&revs, &rx, &objs), (2, 2));
         // A gone proxy no longer counts.
         tracker.disconnected(1);
-        assert_eq!(revs.count(KEY, &rx.borrow()), (1, 1));
+        assert_eq!(count(&revs, &rx, &objs), (1, 1));
     }
 
     #[test]
     fn an_object_first_seen_in_a_skipped_revision_counts_from_the_one_seen() {
         // The writer skipped revision 5 (where the object appeared) and saw 6; proxies synced
         // to 5 are behind until they reach 6, which discovery delivers to them.
-        const KEY: &str = "VirtualService shop/reviews";
         let tracker = ProgrammedTracker::default();
         let rx = tracker.subscribe();
         let mut revs = Revisions::default();
-        tracker.connected(1);
+        let objs = objects(1);
+        tracker.connected(1, &workload("web"));
+        tracker.subscribed(1, &reviews(), true);
         tracker.synced(1, 5);
-        revs.observe(6, &objects(1));
-        assert_eq!(revs.count(KEY, &rx.borrow()), (0, 1));
+        revs.observe(6, &objs);
+        assert_eq!(count(&revs, &rx, &objs), (0, 1));
         tracker.synced(1, 6);
-        assert_eq!(revs.count(KEY, &rx.borrow()), (1, 1));
+        assert_eq!(count(&revs, &rx, &objs), (1, 1));
+    }
+
+    #[test]
+    fn only_the_proxies_an_object_concerns_are_counted() {
+        let tracker = ProgrammedTracker::default();
+        let rx = tracker.subscribe();
+        let mut revs = Revisions::default();
+        let objs = objects(1);
+        revs.observe(1, &objs);
+        tracker.connected(1, &workload("web"));
+        tracker.connected(2, &workload("batch"));
+        tracker.subscribed(1, &reviews(), true);
+        tracker.subscribed(2, &"ratings.shop:9080".parse().unwrap(), true);
+        // An address subscription names no host.
+        tracker.subscribed(2, &"10.0.0.1:80".parse().unwrap(), true);
+        tracker.synced(1, 1);
+        tracker.synced(2, 1);
+        assert_eq!(
+            count(&revs, &rx, &objs),
+            (1, 1),
+            "reviews' proxy only, not 1/2"
+        );
+        // Dropping the subscription: the object concerns no proxy.
+        tracker.subscribed(1, &reviews(), false);
+        assert_eq!(count(&revs, &rx, &objs), (0, 0));
+        // A Hello again keeps the stream's subscriptions and sync.
+        tracker.subscribed(2, &reviews(), true);
+        tracker.connected(2, &workload("batch-v2"));
+        assert_eq!(count(&revs, &rx, &objs), (1, 1));
+        // An object without a known concern counts every connected proxy, as before.
+        assert_eq!(
+            revs.count("VirtualService shop/gone", &rx.borrow(), |p| {
+                concerned(&objs, "VirtualService shop/gone", p)
+            }),
+            (0, 2)
+        );
     }
 }

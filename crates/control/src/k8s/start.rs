@@ -32,8 +32,11 @@ impl std::fmt::Debug for KubeConfigSource {
     }
 }
 
+/// `root_namespace` is the mesh root namespace (`--root-namespace`): where the MeshConfig
+/// ConfigMap `istio` is read, as in local mode.
 pub async fn start_config(
     options: &KubeOptions,
+    root_namespace: &str,
     ca: &Arc<CaState>,
     tasks: &mut JoinSet<()>,
     shutdown: &CancellationToken,
@@ -59,8 +62,11 @@ pub async fn start_config(
         client.clone(),
         &options.token_audience,
     )));
-    let watch =
-        watchers::watch_config(&client, &options.gateway_secret_namespaces, tasks, shutdown);
+    let namespaces = watchers::Namespaces {
+        secrets: &options.gateway_secret_namespaces,
+        mesh_config: root_namespace,
+    };
+    let watch = watchers::watch_config(&client, namespaces, tasks, shutdown);
     Ok(KubeConfigSource {
         client,
         ca: ca.clone(),

@@ -1,7 +1,8 @@
 //! Status conditions on mesh config objects, written through the status subresource:
 //! `Accepted` (True, or False with the reason and the config crate's message) and `Programmed`
-//! (how many connected proxies have applied the object's current generation, e.g.
-//! `programmed on 3/3 proxies`; True once all have), so that
+//! (how many of the connected proxies it concerns have applied the object's current
+//! generation, e.g. `programmed on 3/3 proxies`; True once all have, or when it concerns
+//! none: `programmed: no proxy concerned`), so that
 //! `kubectl wait --for=condition=Programmed` works.
 //!
 //! [`desired`] is pure: the config snapshot's rows, the objects' generations and the ACK counts
@@ -32,6 +33,8 @@ pub struct ObjectMeta {
     pub namespace: String,
     pub name: String,
     pub generation: Option<i64>,
+    /// Which proxies it concerns (the `Programmed` count's denominator).
+    pub concern: super::concern::Concern,
 }
 
 /// The snapshots and what the status writer needs to address each object.
@@ -64,7 +67,7 @@ pub struct Conditions {
     pub gateway_api: Option<serde_json::Value>,
 }
 
-/// `Programmed` from `Accepted` and (proxies that applied it, connected proxies).
+/// `Programmed` from `Accepted` and (proxies that applied it, proxies it concerns).
 fn programmed(accepted: &Accepted, (done, total): (usize, usize)) -> Programmed {
     match accepted.reason {
         // Not in force (or nothing in it for the mesh): nothing of this generation to apply.
@@ -77,6 +80,13 @@ fn programmed(accepted: &Accepted, (done, total): (usize, usize)) -> Programmed 
             programmed: true,
             reason: "Ignored",
             message: "nothing to program".into(),
+        },
+        // Nothing to wait for: `kubectl wait --for=condition=Programmed` returns, as for an
+        // object every concerned proxy has.
+        _ if total == 0 => Programmed {
+            programmed: true,
+            reason: "Programmed",
+            message: "programmed: no proxy concerned".into(),
         },
         _ => Programmed {
             programmed: done == total,
@@ -100,7 +110,7 @@ fn gateway_api_key(meta: &ObjectMeta) -> Option<String> {
 
 /// The objects (keyed as in [`super::objects::object_key`]) and their conditions, for every
 /// mesh config object in `snapshot` (Services get none: they are not the mesh's). `count`
-/// gives, per object key, (proxies that applied it, connected proxies).
+/// gives, per object key, (proxies that applied it, connected proxies it concerns).
 pub fn desired(
     snapshot: &ConfigSnapshot,
     objects: &BTreeMap<String, ObjectMeta>,
@@ -178,7 +188,11 @@ pub async fn run(
         revisions.observe(snapshot.revision, &objects);
         if *leader_rx.borrow_and_update() {
             let synced = synced_rx.borrow_and_update().clone();
-            let want = desired(&snapshot, &objects, |key| revisions.count(key, &synced));
+            let want = desired(&snapshot, &objects, |key| {
+                revisions.count(key, &synced, |proxy| {
+                    super::programmed::concerned(&objects, key, proxy)
+                })
+            });
             written.retain(|key, _| want.contains_key(key));
             for (key, condition) in want {
                 if written.get(&key) == Some(&condition) {
@@ -290,6 +304,7 @@ mod tests {
                 namespace: o.namespace.clone(),
                 name: o.name.clone(),
                 generation: Some(3),
+                concern: crate::k8s::concern::Concern::All,
             };
             objects.insert(o.key(), meta);
         }
@@ -304,6 +319,16 @@ mod tests {
                 reason: "Pending",
                 message: "programmed on 2/3 proxies".into()
             }
+        );
+        let none = desired(&index.snapshot(), &objects, |_| (0, 0));
+        assert_eq!(
+            none["VirtualService shop/good"].programmed,
+            Programmed {
+                programmed: true,
+                reason: "Programmed",
+                message: "programmed: no proxy concerned".into()
+            },
+            "nothing to wait for"
         );
         let all = desired(&index.snapshot(), &objects, |_| (3, 3));
         assert!(all["VirtualService shop/good"].programmed.programmed);
@@ -351,6 +376,7 @@ mod tests {
                 namespace: o.namespace.clone(),
                 name: o.name.clone(),
                 generation: Some(1),
+                concern: crate::k8s::concern::Concern::All,
             };
             objects.insert(o.key(), meta);
         }

@@ -22,7 +22,9 @@ use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
 use trellis_model::Workload;
 
-use super::kinds::{CONFIG_KINDS, ConfigKind, SECRET, SECRET_FIELD_SELECTOR};
+use super::kinds::{
+    CONFIG_KINDS, CONFIG_MAP, CONFIG_MAP_FIELD_SELECTOR, ConfigKind, SECRET, SECRET_FIELD_SELECTOR,
+};
 use super::objects::{Object, ObjectIndex};
 use super::pods::PodIndex;
 use super::status::{ObjectMeta, StatusInput};
@@ -97,12 +99,13 @@ pub struct ConfigWatch {
     pub status_rx: watch::Receiver<StatusInput>,
 }
 
-fn meta(kind: &'static ConfigKind, object: &Object) -> ObjectMeta {
+fn meta(kind: &'static ConfigKind, object: &Object, root_namespace: &str) -> ObjectMeta {
     ObjectMeta {
         kind,
         namespace: object.namespace.clone(),
         name: object.name.clone(),
         generation: object.json["metadata"]["generation"].as_i64(),
+        concern: super::concern::concern_of(kind, &object.json, root_namespace),
     }
 }
 
@@ -162,11 +165,22 @@ fn spawn_kind_watch(
     });
 }
 
+/// The namespaces read beyond the cluster-wide kinds, each where `trellis install` grants a
+/// namespaced Role and nowhere else.
+#[derive(Clone, Copy, Debug)]
+pub struct Namespaces<'a> {
+    /// Certificate Secrets Gateways name.
+    pub secrets: &'a [String],
+    /// The MeshConfig ConfigMap `istio`: the mesh root namespace (Istio reads the one in
+    /// istiod's namespace, its default root namespace; local mode reads the root namespace's).
+    pub mesh_config: &'a str,
+}
+
 /// Watches every config kind; returns the snapshots and the kinds whose first full list is in
 /// (a kind whose CRD is missing never lists; its watcher retries with backoff).
 pub fn watch_config(
     client: &Client,
-    secret_namespaces: &[String],
+    namespaces: Namespaces<'_>,
     tasks: &mut JoinSet<()>,
     shutdown: &CancellationToken,
 ) -> ConfigWatch {
@@ -188,7 +202,7 @@ pub fn watch_config(
     }
     // Certificate Secrets, in the namespaces granted for them only (`trellis install` gives a
     // Role there and nowhere else); service-account tokens are never fetched.
-    for namespace in secret_namespaces {
+    for namespace in namespaces.secrets {
         let api: Api<DynamicObject> =
             Api::namespaced_with(client.clone(), namespace, &api_resource(&SECRET));
         let config = watcher::Config::default().fields(SECRET_FIELD_SELECTOR);
@@ -202,7 +216,26 @@ pub fn watch_config(
             shutdown,
         );
     }
+    // The MeshConfig: the one ConfigMap, by name (RBAC grants no other). Its events go through
+    // the same index, so a bad `mesh` key is an invalid row naming the ConfigMap and field and
+    // the last good MeshConfig stays in force, as in local mode.
+    let api: Api<DynamicObject> = Api::namespaced_with(
+        client.clone(),
+        namespaces.mesh_config,
+        &api_resource(&CONFIG_MAP),
+    );
+    spawn_kind_watch(
+        api,
+        &CONFIG_MAP,
+        Some(namespaces.mesh_config.to_string()),
+        watcher::Config::default().fields(CONFIG_MAP_FIELD_SELECTOR),
+        &event_tx,
+        tasks,
+        shutdown,
+    );
     drop(event_tx);
+    let root_namespace = namespaces.mesh_config.to_string();
+    let meta_of = move |kind, object: &Object| meta(kind, object, &root_namespace);
     let shutdown = shutdown.clone();
     tasks.spawn(async move {
         let mut index = ObjectIndex::default();
@@ -218,7 +251,7 @@ pub fn watch_config(
             match event {
                 ConfigEvent::Apply(kind, obj) => {
                     index.apply(&obj);
-                    metas.insert(obj.key(), meta(kind, &obj));
+                    metas.insert(obj.key(), meta_of(kind, &obj));
                 }
                 ConfigEvent::Delete {
                     kind,
@@ -244,7 +277,7 @@ pub fn watch_config(
                     metas.retain(|_, m| {
                         m.kind != kind || namespace.as_ref().is_some_and(|ns| *ns != m.namespace)
                     });
-                    metas.extend(objects.iter().map(|o| (o.key(), meta(kind, o))));
+                    metas.extend(objects.iter().map(|o| (o.key(), meta_of(kind, o))));
                     if !listed.contains(&kind) {
                         listed.push(kind);
                         listed_tx.send_replace(listed.clone());

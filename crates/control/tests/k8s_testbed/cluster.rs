@@ -207,3 +207,44 @@ pub async fn plain_backend(kube: &kube::Client, namespace: &str, port: u16) {
         .await
         .unwrap();
 }
+
+/// A kubeconfig (in the testbed's run directory) authenticating as the `trellis-control`
+/// ServiceAccount of the install manifests (already applied): a control plane using it has
+/// exactly the RBAC `trellis install` grants.
+pub async fn installed_account_kubeconfig(
+    admin: &kube::Client,
+    testbed: &super::Testbed,
+) -> PathBuf {
+    let accounts: Api<ServiceAccount> = Api::namespaced(admin.clone(), "trellis-system");
+    let request: TokenRequest =
+        serde_json::from_value(json!({"spec": {"audiences": [], "expirationSeconds": 3600}}))
+            .unwrap();
+    let token = eventually("a token of trellis-system/trellis-control", || async {
+        Some(
+            accounts
+                .create_token_request("trellis-control", &PostParams::default(), &request)
+                .await
+                .ok()?
+                .status?
+                .token,
+        )
+    })
+    .await;
+    let admin_config = std::fs::read_to_string(&testbed.kubeconfig).unwrap();
+    let server = admin_config
+        .lines()
+        .find_map(|l| l.split("server: \"").nth(1)?.split('"').next())
+        .unwrap()
+        .to_string();
+    let ca = testbed.run.path().join("ca.crt");
+    let kubeconfig = testbed.run.path().join("control.kubeconfig");
+    std::fs::write(
+        &kubeconfig,
+        format!(
+            "apiVersion: v1\nkind: Config\nclusters: [{{name: t, cluster: {{server: \"{server}\", certificate-authority: \"{}\"}}}}]\nusers: [{{name: sa, user: {{token: \"{token}\"}}}}]\ncontexts: [{{name: t, context: {{cluster: t, user: sa}}}}]\ncurrent-context: t\n",
+            ca.display()
+        ),
+    )
+    .unwrap();
+    kubeconfig
+}
