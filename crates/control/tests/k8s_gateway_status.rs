@@ -134,8 +134,9 @@ async fn gateway_api_status_is_written_for_gateways_and_routes() {
     let control = control_plane(kube_options(&kc)).await;
     kubectl_apply(&kc, GATEWAYS).await;
 
-    // The Gateway: Accepted and Programmed (no proxy connected: 0/0), one listener status per
-    // listener, the attached route counted where it attached.
+    // The Gateway: Accepted and Programmed (no proxy connected: "programmed: no proxy
+    // concerned"), one listener status per listener, the attached route counted where it
+    // attached.
     let gw = eventually("the Gateway's listener status", || async {
         let s = status(&kc, "gateways.gateway.networking.k8s.io/edge", "infra").await?;
         let web = find(&s["listeners"], "name", "web")?;
