@@ -5,6 +5,9 @@
 //! Updates are decoded into a few "lite" messages that name only the fields the bench reads;
 //! prost skips the rest (endpoints stay undecoded bytes), so the load tool's own decoding cost
 //! stays small next to the control plane's work, which is what is measured.
+//!
+//! The proxies take endpoint deltas (Hello lists the feature, as trellis-proxy's does) and apply
+//! them to the endpoint count they hold per target, Nacking one based on another version.
 
 use std::time::Duration;
 
@@ -47,6 +50,72 @@ pub struct UpdateLite {
     pub target: Option<pb::Target>,
     #[prost(message, optional, tag = "3")]
     pub destination: Option<DestinationLite>,
+    #[prost(message, optional, tag = "4")]
+    pub endpoint_delta: Option<EndpointDeltaLite>,
+}
+
+/// `EndpointDelta` with the added endpoints left as bytes: counted, not decoded.
+#[derive(Clone, PartialEq, Message)]
+pub struct EndpointDeltaLite {
+    #[prost(uint64, tag = "1")]
+    pub base_version: u64,
+    #[prost(string, repeated, tag = "2")]
+    pub removed: Vec<String>,
+    #[prost(bytes = "vec", repeated, tag = "3")]
+    pub added: Vec<Vec<u8>>,
+}
+
+/// What a simulated proxy holds for one target: the version in force, and its destination's
+/// service name and endpoint count.
+#[derive(Clone, Debug, Default)]
+struct Held {
+    version: u64,
+    service: String,
+    endpoints: usize,
+}
+
+/// Applies an Update to what is held for its target, as trellis-proxy does; `Err` for a
+/// delta it cannot apply (the Nack's text).
+fn apply(
+    held: &mut std::collections::HashMap<String, Held>,
+    u: &UpdateLite,
+) -> Result<(String, usize, Option<u32>), String> {
+    let key = format!("{:?}", u.target);
+    if let Some(delta) = &u.endpoint_delta {
+        let h = held
+            .get_mut(&key)
+            .filter(|h| h.version == delta.base_version)
+            .ok_or_else(|| {
+                format!(
+                    "endpoint_delta.base_version: {} is not in force",
+                    delta.base_version
+                )
+            })?;
+        h.endpoints = h
+            .endpoints
+            .checked_sub(delta.removed.len())
+            .ok_or("endpoint_delta.removed: more than held")?
+            + delta.added.len();
+        h.version = u.version;
+        return Ok((h.service.clone(), h.endpoints, None));
+    }
+    let (service, endpoints, marker) = match &u.destination {
+        Some(d) => (
+            d.service_name.clone(),
+            d.endpoints.len(),
+            marker(&d.traffic_json),
+        ),
+        None => (String::new(), 0, None),
+    };
+    held.insert(
+        key,
+        Held {
+            version: u.version,
+            service: service.clone(),
+            endpoints,
+        },
+    );
+    Ok((service, endpoints, marker))
 }
 
 #[derive(Clone, PartialEq, Message)]
@@ -143,6 +212,7 @@ impl SimWorkload {
                 join_token: String::new(),
                 proxy_version: "bench-cp".into(),
                 protocol_version: trellis_api::DISCOVERY_PROTOCOL,
+                features: vec![pb::Feature::EndpointDelta as i32],
             })),
         }
     }
@@ -240,6 +310,7 @@ pub async fn run_proxy(
     // Until Welcome says otherwise; a long first period, the control plane's expiry is long.
     let mut heartbeat = tokio::time::interval(Duration::from_secs(3600));
     heartbeat.reset();
+    let mut held = std::collections::HashMap::new();
     loop {
         tokio::select! {
             () = stop.cancelled() => return Ok(()),
@@ -256,16 +327,16 @@ pub async fn run_proxy(
                         heartbeat = tokio::time::interval_at(Instant::now() + every, every);
                     }
                     Some(KindLite::Update(u)) => {
-                        tx.send(msg(pb::proxy_message::Kind::Ack(pb::Ack { version: u.version })))
-                            .await
-                            .ok()
-                            .context("stream closed")?;
-                        let acked_at = Instant::now();
-                        let (service, endpoints, marker) = match &u.destination {
-                            Some(d) => (d.service_name.clone(), d.endpoints.len(), marker(&d.traffic_json)),
-                            None => (String::new(), 0, None),
+                        let version = u.version;
+                        let (answer, applied) = match apply(&mut held, &u) {
+                            Ok(applied) => (pb::proxy_message::Kind::Ack(pb::Ack { version }), Some(applied)),
+                            Err(error) => (pb::proxy_message::Kind::Nack(pb::Nack { version, error }), None),
                         };
-                        let _ = events.send(UpdateEvent { proxy, service, bytes, endpoints, marker, acked_at });
+                        tx.send(msg(answer)).await.ok().context("stream closed")?;
+                        let acked_at = Instant::now();
+                        if let Some((service, endpoints, marker)) = applied {
+                            let _ = events.send(UpdateEvent { proxy, service, bytes, endpoints, marker, acked_at });
+                        }
                     }
                     None => {}
                 }
@@ -306,6 +377,7 @@ mod tests {
                     traffic_json: "change-4".into(),
                     ..Default::default()
                 }),
+                endpoint_delta: None,
             })),
         };
         let bytes = full.encode_to_vec();
@@ -314,7 +386,39 @@ mod tests {
             panic!("not an update")
         };
         assert_eq!(u.version, 7);
+        let mut held = std::collections::HashMap::new();
+        let applied = apply(&mut held, &u).unwrap();
+        assert_eq!(applied, ("svc-0".to_string(), 3, Some(4)));
         let d = u.destination.unwrap();
         assert_eq!((d.endpoints.len(), marker(&d.traffic_json)), (3, Some(4)));
+
+        // A delta on version 7 applies; one on another version is refused.
+        let delta = |version, base_version| {
+            let m = pb::ControlMessage {
+                kind: Some(pb::control_message::Kind::Update(pb::Update {
+                    version,
+                    target: Some(service_target("svc-0", 9080)),
+                    destination: None,
+                    endpoint_delta: Some(pb::EndpointDelta {
+                        base_version,
+                        removed: vec!["127.0.0.1:1".into(), "127.0.0.1:2".into()],
+                        added: vec![pb::PlacedEndpoint::default()],
+                    }),
+                })),
+            };
+            match ControlLite::decode(m.encode_to_vec().as_slice())
+                .unwrap()
+                .kind
+            {
+                Some(KindLite::Update(u)) => u,
+                _ => panic!("not an update"),
+            }
+        };
+        assert_eq!(
+            apply(&mut held, &delta(8, 7)).unwrap(),
+            ("svc-0".to_string(), 2, None)
+        );
+        assert!(apply(&mut held, &delta(9, 7)).is_err());
+        assert_eq!(apply(&mut held, &delta(9, 8)).unwrap().1, 1);
     }
 }

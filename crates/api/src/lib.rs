@@ -13,7 +13,9 @@ pub mod discovery {
 /// The revision of `trellis.discovery.v1` this build speaks (`Hello.protocol_version`,
 /// `Welcome.protocol_version`). Revision 2 added those two fields and `Welcome.control_version`;
 /// revision 1 is every proxy from before them. Bump it when the stream's meaning changes in a
-/// way an older peer must know about; keep serving the revision before.
+/// way an older peer must know about; keep serving the revision before. What a peer may
+/// support or not (`discovery::Feature`, such as endpoint deltas) is negotiated per stream on
+/// Hello and Welcome instead, with no new revision.
 pub const DISCOVERY_PROTOCOL: u32 = 2;
 
 /// The oldest revision a control plane of this build serves: one before its own (N-1).

@@ -31,6 +31,7 @@ use crate::state::Shared;
 use crate::wire;
 
 pub(crate) mod cache;
+pub(crate) mod delta;
 
 /// Outbound messages buffered per stream before the stream task waits for the proxy to read.
 const OUTBOUND_BUFFER: usize = 64;
@@ -142,6 +143,8 @@ struct Session {
     /// in sync with once that version reaches the one noted.
     acked: u64,
     awaiting_sync: Option<(u64, u64)>,
+    /// Endpoint deltas on this stream: negotiated on Hello, base versions, deltas to resend.
+    deltas: delta::StreamDeltas,
 }
 
 /// Most updates remembered for propagation timing per stream; older ones are forgotten.
@@ -173,6 +176,7 @@ impl Session {
             changed_at: None,
             acked: 0,
             awaiting_sync: None,
+            deltas: Default::default(),
         }
     }
 
@@ -277,6 +281,7 @@ impl Session {
                 let target = wire::target_from_wire(unsub.target)
                     .map_err(|e| End::Status(Status::invalid_argument(e.to_string())))?;
                 self.subscriptions.remove(&target);
+                self.deltas.forget(&target);
                 self.shared.with_registry(|r| {
                     r.set_subscribed(id, &target, false);
                     ((), false)
@@ -308,6 +313,14 @@ impl Session {
                     r.nack(id, &nack.error);
                     ((), false)
                 });
+                // A delta the proxy could not apply: send the whole destination, as to a new
+                // subscriber.
+                if let Some(target) = self.deltas.nacked(nack.version)
+                    && self.subscriptions.contains_key(&target)
+                {
+                    self.subscriptions.insert(target.clone(), None);
+                    self.push(&target).await?;
+                }
                 Ok(())
             }
             proxy_message::Kind::Heartbeat(_) => {
@@ -346,7 +359,9 @@ impl Session {
         self.versions = crate::protocol_version::ProxyVersions {
             proxy_version: hello.proxy_version.clone(),
             protocol,
+            endpoint_deltas: crate::protocol_version::endpoint_deltas(&hello.features),
         };
+        self.deltas.enable(self.versions.endpoint_deltas);
         let w = hello
             .workload
             .ok_or_else(|| invalid("Hello.workload is required".into()))?;
@@ -382,6 +397,7 @@ impl Session {
             heartbeat_interval_ms,
             protocol_version: protocol,
             control_version: env!("CARGO_PKG_VERSION").to_string(),
+            features: self.deltas.features(),
         };
         self.send(control_message::Kind::Welcome(welcome)).await?;
         if let Some((_, workload)) = &self.hello {
@@ -533,11 +549,10 @@ impl Session {
             return Ok(());
         }
         self.version += 1;
-        let update = pb::Update {
-            version: self.version,
-            target: Some(wire::target_to_wire(target)),
-            destination: compiled.wire(),
-        };
+        let sent = self.subscriptions.get(target).and_then(Option::as_ref);
+        let update =
+            self.deltas
+                .update(self.version, target, sent, &compiled, &self.shared.metrics);
         self.subscriptions.insert(target.clone(), Some(compiled));
         if let Some(at) = self.changed_at {
             if self.unacked.len() >= MAX_UNACKED {

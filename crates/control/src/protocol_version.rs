@@ -12,6 +12,15 @@ pub struct ProxyVersions {
     pub proxy_version: String,
     /// The protocol revision the stream speaks (after negotiation).
     pub protocol: u32,
+    /// The proxy listed `Feature::EndpointDelta` on Hello: it applies endpoint deltas, so an
+    /// endpoint change may be sent to it as one (see `discovery::delta`).
+    pub endpoint_deltas: bool,
+}
+
+/// Whether a Hello's `features` include endpoint deltas. Unknown values (features of a newer
+/// proxy) are ignored: a feature is used only when both ends know it.
+pub fn endpoint_deltas(features: &[i32]) -> bool {
+    features.contains(&(trellis_api::discovery::Feature::EndpointDelta as i32))
 }
 
 /// The revision a Hello's `protocol_version` stands for.
@@ -69,6 +78,16 @@ mod tests {
         assert!(text.contains("(2..=3)"), "{text}");
         assert!(text.contains("upgrade the proxy"), "{text}");
         assert_eq!(negotiate(0, 2, 3).unwrap_err().proxy, 1);
+    }
+
+    #[test]
+    fn endpoint_deltas_only_when_listed() {
+        let delta = trellis_api::discovery::Feature::EndpointDelta as i32;
+        assert!(endpoint_deltas(&[delta]));
+        assert!(endpoint_deltas(&[99, delta]));
+        // An older proxy lists nothing; a newer one may list features this build does not know.
+        assert!(!endpoint_deltas(&[]));
+        assert!(!endpoint_deltas(&[0, 99]));
     }
 
     #[test]

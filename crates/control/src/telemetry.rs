@@ -58,6 +58,8 @@ use crate::store::{ConfigSnapshot, Status};
 pub struct Metrics {
     connected_proxies: AtomicI64,
     pushes: AtomicU64,
+    /// Of `pushes`, those sent as an endpoint delta (see `discovery::delta`).
+    endpoint_deltas: AtomicU64,
     acks: AtomicU64,
     nacks: AtomicU64,
     propagation: Histogram,
@@ -74,6 +76,11 @@ impl Metrics {
 
     pub fn push(&self) {
         self.pushes.fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// An Update went out as an endpoint delta (counted by [`Self::push`] too).
+    pub fn endpoint_delta(&self) {
+        self.endpoint_deltas.fetch_add(1, Ordering::Relaxed);
     }
 
     pub fn ack(&self) {
@@ -113,6 +120,12 @@ impl Metrics {
             "counter",
             "Updates sent to proxies.",
             &[("", counter(&self.pushes))],
+        );
+        metric(
+            "trellis_control_endpoint_deltas_total",
+            "counter",
+            "Updates sent as an endpoint delta rather than a whole destination (also counted in trellis_control_pushes_total).",
+            &[("", counter(&self.endpoint_deltas))],
         );
         metric(
             "trellis_control_acks_total",

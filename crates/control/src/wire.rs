@@ -136,26 +136,27 @@ pub fn destination_to_wire(d: &Destination) -> pb::Destination {
         service_namespace: d.service.namespace.clone(),
         port: u32::from(d.port),
         protocol: d.protocol.as_str().to_string(),
-        endpoints: d
-            .endpoints
+        endpoints: d.endpoints.iter().map(endpoint_to_wire).collect(),
+    }
+}
+
+/// One endpoint as it travels in a Destination and in an EndpointDelta.
+pub fn endpoint_to_wire(e: &trellis_model::Endpoint) -> pb::Endpoint {
+    pb::Endpoint {
+        address: e.address.to_string(),
+        meshed: e.meshed,
+        identity: e.identity.clone().unwrap_or_default(),
+        workload: e.workload.clone(),
+        labels: e
+            .labels
             .iter()
-            .map(|e| pb::Endpoint {
-                address: e.address.to_string(),
-                meshed: e.meshed,
-                identity: e.identity.clone().unwrap_or_default(),
-                workload: e.workload.clone(),
-                labels: e
-                    .labels
-                    .iter()
-                    .map(|(k, v)| (k.clone(), v.clone()))
-                    .collect(),
-                target_port: u32::from(e.target_port),
-                remote: e.remote.as_ref().map(|r| pb::RemoteCluster {
-                    cluster: r.cluster.clone(),
-                    sni: r.sni.clone(),
-                }),
-            })
+            .map(|(k, v)| (k.clone(), v.clone()))
             .collect(),
+        target_port: u32::from(e.target_port),
+        remote: e.remote.as_ref().map(|r| pb::RemoteCluster {
+            cluster: r.cluster.clone(),
+            sni: r.sni.clone(),
+        }),
     }
 }
 

@@ -37,6 +37,8 @@ fn previous_revision_hello() -> pb::ProxyMessage {
             proxy_version: "0.0.9".into(),
             // Revision 1 has no field 5: prost leaves it out of the encoding at 0.
             protocol_version: 0,
+            // Nor field 6 (features): an empty list is not encoded.
+            features: Vec::new(),
         })),
     }
 }

@@ -107,7 +107,9 @@ async fn session(
         join_token: config.join_token.clone().unwrap_or_default(),
         proxy_version: env!("CARGO_PKG_VERSION").to_string(),
         protocol_version: announced_protocol(),
+        features: announced_features(),
     };
+    inner.forget_versions();
     let _ = out_tx.send(message(proxy_message::Kind::Hello(hello)));
     for target in inner.live_targets() {
         let _ = out_tx.send(subscribe(&target));
@@ -205,6 +207,16 @@ fn announced_protocol() -> u32 {
         Some(1) => 0,
         Some(revision) => revision,
         None => trellis_api::DISCOVERY_PROTOCOL,
+    }
+}
+
+/// The `Hello.features` to send: every feature this proxy applies (endpoint deltas), or none
+/// when it speaks as a proxy of revision 1, from before features.
+fn announced_features() -> Vec<i32> {
+    if announced_protocol() == 0 {
+        Vec::new()
+    } else {
+        vec![pb::Feature::EndpointDelta as i32]
     }
 }
 

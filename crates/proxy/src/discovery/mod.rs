@@ -7,11 +7,12 @@
 //! the gRPC channel, nor know about HTTP routing.
 //!
 //! Layout: this module holds the public handle and the target table (pure, tested without a
-//! network); `client` runs the stream; `wire` converts and validates messages; `backoff` paces
-//! reconnects.
+//! network); `client` runs the stream; `wire` converts and validates messages; `delta` applies
+//! endpoint deltas; `backoff` paces reconnects.
 
 mod backoff;
 mod client;
+mod delta;
 mod wire;
 
 use std::collections::HashMap;
@@ -55,6 +56,8 @@ pub struct DiscoveryStatus {
     pub identity: Option<String>,
     pub last_acked_version: Option<u64>,
     pub nacks: u64,
+    /// Updates applied as an endpoint delta (also counted as acked).
+    pub endpoint_deltas: u64,
 }
 
 /// A target with no receivers for this long is unsubscribed and forgotten.
@@ -73,6 +76,9 @@ struct TargetEntry {
     tx: watch::Sender<Resolution>,
     /// When the last receiver was seen gone; `None` while someone watches.
     idle_since: Option<Instant>,
+    /// The version of the Update (on the current stream) whose value `tx` holds: what an
+    /// endpoint delta must be based on. `None` before any, and after a reconnect.
+    version: Option<u64>,
 }
 
 /// State shared by the handles and the stream task. Locks are held for map operations only,
@@ -158,14 +164,63 @@ impl Inner {
         lock(&self.targets).keys().cloned().collect()
     }
 
-    /// Stores a new value for `target` (if still tracked); receivers wake only on a change.
-    fn publish(&self, target: &Target, resolution: Resolution) {
-        if let Some(entry) = lock(&self.targets).get(target) {
+    /// Stores a new value for `target` (if still tracked), from Update `version`; receivers
+    /// wake only on a change.
+    fn publish(&self, target: &Target, resolution: Resolution, version: Option<u64>) {
+        if let Some(entry) = lock(&self.targets).get_mut(target) {
             entry.tx.send_if_modified(|current| {
                 let changed = *current != resolution;
                 *current = resolution;
                 changed
             });
+            entry.version = version;
+        }
+    }
+
+    /// Applies an endpoint delta from Update `version` to the destination held for `target`,
+    /// swapping the result in as a whole update does. A target no longer tracked is skipped
+    /// (Acked, as a whole update for it is).
+    fn apply_delta(
+        &self,
+        target: &Target,
+        delta: &delta::EndpointDelta,
+        version: u64,
+    ) -> Result<(), delta::DeltaError> {
+        let mut targets = lock(&self.targets);
+        let Some(entry) = targets.get_mut(target) else {
+            return Ok(());
+        };
+        if entry.version != Some(delta.base_version) {
+            return Err(delta::DeltaError::Base {
+                base: delta.base_version,
+                in_force: entry.version,
+            });
+        }
+        let next = match &*entry.tx.borrow() {
+            Resolution::Found(held) => Destination {
+                endpoints: delta::apply(&held.endpoints, delta)?,
+                authority: held.authority.clone(),
+                service: held.service.clone(),
+                port: held.port,
+                protocol: held.protocol,
+                policy: held.policy.clone(),
+                routes: held.routes.clone(),
+                tcp_routes: held.tcp_routes.clone(),
+                backends: held.backends.clone(),
+            },
+            Resolution::Pending | Resolution::NotFound => {
+                return Err(delta::DeltaError::NoDestination);
+            }
+        };
+        entry.tx.send_replace(Resolution::Found(Arc::new(next)));
+        entry.version = Some(version);
+        Ok(())
+    }
+
+    /// A new stream numbers its Updates from 1 again: no delta may build on the last one's.
+    fn forget_versions(&self) {
+        for entry in lock(&self.targets).values_mut() {
+            entry.version = None;
         }
     }
 
@@ -195,10 +250,22 @@ impl Inner {
     fn apply_update(&self, update: pb::Update) -> pb::ProxyMessage {
         use pb::proxy_message::Kind;
         let version = update.version;
-        let kind = match wire::update_from_wire(update) {
-            Ok((target, resolution)) => {
-                self.publish(&target, resolution);
-                self.status().last_acked_version = Some(version);
+        let applied = wire::update_from_wire(update).and_then(|(target, change)| match change {
+            wire::Change::Full(resolution) => {
+                self.publish(&target, resolution, Some(version));
+                Ok(false)
+            }
+            wire::Change::Delta(delta) => {
+                self.apply_delta(&target, &delta, version)?;
+                tracing::debug!(version, %target, removed = delta.removed.len(), added = delta.added.len(), "applied endpoint delta");
+                Ok(true)
+            }
+        });
+        let kind = match applied {
+            Ok(was_delta) => {
+                let mut status = self.status();
+                status.last_acked_version = Some(version);
+                status.endpoint_deltas += u64::from(was_delta);
                 Kind::Ack(pb::Ack { version })
             }
             Err(err) => {
@@ -248,6 +315,7 @@ impl Discovery {
                 TargetEntry {
                     tx,
                     idle_since: None,
+                    version: None,
                 },
             );
             rx

@@ -173,6 +173,7 @@ fn update(version: u64, destination: Option<pb::Destination>) -> pb::Update {
         version,
         target: Some(target_to_wire(&target())),
         destination,
+        endpoint_delta: None,
     }
 }
 
@@ -253,9 +254,150 @@ fn tracked() -> (Inner, watch::Receiver<Resolution>) {
         TargetEntry {
             tx,
             idle_since: None,
+            version: None,
         },
     );
     (inner, rx)
+}
+
+fn delta_update(
+    version: u64,
+    base_version: u64,
+    removed: &[&str],
+    added: &[(u32, &str)],
+) -> pb::Update {
+    let placed = |(index, address): &(u32, &str)| pb::PlacedEndpoint {
+        index: *index,
+        endpoint: Some(pb::Endpoint {
+            address: (*address).into(),
+            target_port: 9081,
+            ..wire_destination().endpoints[0].clone()
+        }),
+    };
+    pb::Update {
+        version,
+        target: Some(target_to_wire(&target())),
+        destination: None,
+        endpoint_delta: Some(pb::EndpointDelta {
+            base_version,
+            removed: removed.iter().map(|a| a.to_string()).collect(),
+            added: added.iter().map(placed).collect(),
+        }),
+    }
+}
+
+fn addresses(rx: &watch::Receiver<Resolution>) -> Vec<String> {
+    match &*rx.borrow() {
+        Resolution::Found(d) => d.endpoints.iter().map(|e| e.address.to_string()).collect(),
+        other => panic!("no destination: {other:?}"),
+    }
+}
+
+fn is_ack(m: &pb::ProxyMessage) -> bool {
+    matches!(m.kind, Some(pb::proxy_message::Kind::Ack(_)))
+}
+
+fn nack_text(m: pb::ProxyMessage) -> String {
+    match m.kind {
+        Some(pb::proxy_message::Kind::Nack(n)) => n.error,
+        other => panic!("expected a Nack, got {other:?}"),
+    }
+}
+
+#[test]
+fn an_endpoint_delta_is_applied_on_the_version_in_force() {
+    let (inner, mut rx) = tracked();
+    let mut with_traffic = wire_destination();
+    with_traffic.traffic_json = traffic_json();
+    with_traffic.traffic_schema = 1;
+    assert!(is_ack(&inner.apply_update(update(1, Some(with_traffic)))));
+    let routes_before = match &*rx.borrow_and_update() {
+        Resolution::Found(d) => d.routes.clone(),
+        other => panic!("{other:?}"),
+    };
+    // Two join (one before, one after the endpoint held), then the first one held leaves.
+    let answer = inner.apply_update(delta_update(
+        2,
+        1,
+        &[],
+        &[(0, "127.0.0.1:20000"), (2, "127.0.0.1:20002")],
+    ));
+    assert!(is_ack(&answer), "{answer:?}");
+    assert!(rx.has_changed().unwrap(), "receivers wake on a delta");
+    assert_eq!(
+        addresses(&rx),
+        ["127.0.0.1:20000", "127.0.0.1:20001", "127.0.0.1:20002"]
+    );
+    assert!(is_ack(&inner.apply_update(delta_update(
+        3,
+        2,
+        &["127.0.0.1:20001"],
+        &[]
+    ))));
+    assert_eq!(addresses(&rx), ["127.0.0.1:20000", "127.0.0.1:20002"]);
+    // Routes and policy are the ones held, untouched.
+    match &*rx.borrow() {
+        Resolution::Found(d) => assert_eq!(d.routes, routes_before),
+        other => panic!("{other:?}"),
+    }
+    let status = inner.status().clone();
+    assert_eq!(
+        (
+            status.last_acked_version,
+            status.endpoint_deltas,
+            status.nacks
+        ),
+        (Some(3), 2, 0)
+    );
+}
+
+#[test]
+fn an_endpoint_delta_that_does_not_fit_is_nacked_and_the_value_kept() {
+    let (inner, rx) = tracked();
+    // Nothing held yet.
+    let text = nack_text(inner.apply_update(delta_update(1, 0, &[], &[(0, "127.0.0.1:1")])));
+    assert!(
+        text.contains("base_version: 0 is not the version in force"),
+        "{text}"
+    );
+    inner.apply_update(update(2, Some(wire_destination())));
+    // Based on another version (say one this proxy Nacked).
+    let text = nack_text(inner.apply_update(delta_update(3, 1, &[], &[(0, "127.0.0.1:1")])));
+    assert_eq!(
+        text,
+        "endpoint_delta.base_version: 1 is not the version in force for the target (2)"
+    );
+    // Removing an endpoint not held.
+    let text = nack_text(inner.apply_update(delta_update(4, 2, &["127.0.0.1:9"], &[])));
+    assert!(
+        text.contains("removed[0]: 127.0.0.1:9 is not an endpoint"),
+        "{text}"
+    );
+    // A bad endpoint is refused as in a whole destination.
+    let text = nack_text(inner.apply_update(delta_update(5, 2, &[], &[(0, "nope")])));
+    assert!(
+        text.starts_with("endpoint_delta.added[0].endpoint.address"),
+        "{text}"
+    );
+    // Both a destination and a delta.
+    let mut both = delta_update(6, 2, &[], &[]);
+    both.destination = Some(wire_destination());
+    assert!(nack_text(inner.apply_update(both)).contains("both set"));
+    assert_eq!(addresses(&rx), ["127.0.0.1:20001"]);
+    // A failed delta does not move the version in force: one on version 2 still applies.
+    assert!(is_ack(&inner.apply_update(delta_update(
+        7,
+        2,
+        &["127.0.0.1:20001"],
+        &[]
+    ))));
+    assert!(addresses(&rx).is_empty());
+    // After a reconnect versions restart: nothing is a base until a whole update arrives.
+    inner.forget_versions();
+    let text = nack_text(inner.apply_update(delta_update(7, 7, &[], &[])));
+    assert!(text.contains("(none)"), "{text}");
+    let status = inner.status().clone();
+    assert_eq!((status.nacks, status.endpoint_deltas), (6, 1));
 }
 
 #[test]
@@ -300,6 +442,7 @@ fn invalid_update_is_nacked_and_last_good_kept() {
         version: 3,
         target: None,
         destination: None,
+        endpoint_delta: None,
     });
     assert!(matches!(
         answer.kind,
@@ -370,7 +513,7 @@ async fn watch_subscribes_once_per_target_and_shares_the_channel() {
         "second watch reuses the subscription"
     );
     assert_eq!(*a.borrow(), Resolution::Pending);
-    d.inner.publish(&target(), Resolution::NotFound);
+    d.inner.publish(&target(), Resolution::NotFound, Some(1));
     assert_eq!(*b.borrow(), Resolution::NotFound);
     assert_eq!(d.dump()["targets"][0]["state"], "not_found");
 }

@@ -11,6 +11,7 @@ use trellis_model::route::{AbortStatus, HttpRoute, Percent, RouteAction, TcpRout
 use trellis_model::{AppProtocol, Backend, Destination, Endpoint, ServiceKey, Target, Workload};
 
 use super::Resolution;
+use super::delta::EndpointDelta;
 
 /// Why an Update was refused. Displays as `destination.endpoints[0].address: ...`, the text
 /// the Nack carries back to the control plane.
@@ -27,6 +28,12 @@ pub enum UpdateError {
     /// `traffic_json` could not be decoded, or decoded to values out of range.
     #[error("{field}: {message}")]
     Traffic { field: String, message: String },
+    /// Fields that may not be set together.
+    #[error("{0}")]
+    Conflict(&'static str),
+    /// An endpoint delta that does not fit the destination in force.
+    #[error(transparent)]
+    Delta(#[from] super::delta::DeltaError),
     #[error("{field}: {source}")]
     Identity {
         field: String,
@@ -117,33 +124,7 @@ pub(crate) fn destination_from_wire(d: pb::Destination) -> Result<Destination, U
         .endpoints
         .into_iter()
         .enumerate()
-        .map(|(i, e)| {
-            let field = |f: &str| format!("destination.endpoints[{i}].{f}");
-            let identity = match e.identity.as_str() {
-                "" => None,
-                id => {
-                    // The proxy will verify peers against this name: refuse what cannot be one.
-                    id.parse::<SpiffeId>()
-                        .map_err(|source| UpdateError::Identity {
-                            field: field("identity"),
-                            source,
-                        })?;
-                    Some(e.identity)
-                }
-            };
-            Ok(Endpoint {
-                address: addr(&field("address"), &e.address)?,
-                meshed: e.meshed,
-                identity,
-                workload: e.workload,
-                labels: e.labels.into_iter().collect(),
-                target_port: port(&field("target_port"), e.target_port)?,
-                remote: e.remote.map(|r| trellis_model::RemoteCluster {
-                    cluster: r.cluster,
-                    sni: r.sni,
-                }),
-            })
-        })
+        .map(|(i, e)| endpoint_from_wire(&format!("destination.endpoints[{i}]"), e))
         .collect::<Result<Vec<_>, UpdateError>>()?;
     let traffic = traffic_from_wire(&d.traffic_json, d.traffic_schema)?;
     Ok(Destination {
@@ -156,6 +137,64 @@ pub(crate) fn destination_from_wire(d: pb::Destination) -> Result<Destination, U
         routes: traffic.routes,
         tcp_routes: traffic.tcp_routes,
         backends: traffic.backends,
+    })
+}
+
+/// One endpoint of a Destination or an EndpointDelta; `at` names it in errors
+/// (`destination.endpoints[3]`).
+fn endpoint_from_wire(at: &str, e: pb::Endpoint) -> Result<Endpoint, UpdateError> {
+    let field = |f: &str| format!("{at}.{f}");
+    let identity = match e.identity.as_str() {
+        "" => None,
+        id => {
+            // The proxy will verify peers against this name: refuse what cannot be one.
+            id.parse::<SpiffeId>()
+                .map_err(|source| UpdateError::Identity {
+                    field: field("identity"),
+                    source,
+                })?;
+            Some(e.identity)
+        }
+    };
+    Ok(Endpoint {
+        address: addr(&field("address"), &e.address)?,
+        meshed: e.meshed,
+        identity,
+        workload: e.workload,
+        labels: e.labels.into_iter().collect(),
+        target_port: port(&field("target_port"), e.target_port)?,
+        remote: e.remote.map(|r| trellis_model::RemoteCluster {
+            cluster: r.cluster,
+            sni: r.sni,
+        }),
+    })
+}
+
+/// An endpoint delta, its addresses and endpoints validated as a destination's are.
+fn delta_from_wire(d: pb::EndpointDelta) -> Result<EndpointDelta, UpdateError> {
+    let removed = d
+        .removed
+        .iter()
+        .enumerate()
+        .map(|(i, a)| addr(&format!("endpoint_delta.removed[{i}]"), a))
+        .collect::<Result<Vec<_>, _>>()?;
+    let added = d
+        .added
+        .into_iter()
+        .enumerate()
+        .map(|(i, placed)| {
+            let at = format!("endpoint_delta.added[{i}].endpoint");
+            let endpoint = placed
+                .endpoint
+                .ok_or_else(|| UpdateError::Missing(at.clone()))?;
+            // u32 -> usize is lossless on every target this proxy builds for.
+            Ok((placed.index as usize, endpoint_from_wire(&at, endpoint)?))
+        })
+        .collect::<Result<Vec<_>, UpdateError>>()?;
+    Ok(EndpointDelta {
+        base_version: d.base_version,
+        removed,
+        added,
     })
 }
 
@@ -282,12 +321,27 @@ fn validate_traffic(t: &TrafficJson) -> Result<(), UpdateError> {
     Ok(())
 }
 
-/// The target an Update is about and the resolution it carries.
-pub(crate) fn update_from_wire(u: pb::Update) -> Result<(Target, Resolution), UpdateError> {
+/// What an Update says about its target.
+#[derive(Debug)]
+pub(crate) enum Change {
+    /// The whole new value.
+    Full(Resolution),
+    /// Endpoints removed and added on the destination held.
+    Delta(EndpointDelta),
+}
+
+/// The target an Update is about and the change it carries.
+pub(crate) fn update_from_wire(u: pb::Update) -> Result<(Target, Change), UpdateError> {
     let target = target_from_wire(u.target)?;
-    let resolution = match u.destination {
-        None => Resolution::NotFound,
-        Some(d) => Resolution::Found(Arc::new(destination_from_wire(d)?)),
+    let change = match (u.destination, u.endpoint_delta) {
+        (Some(_), Some(_)) => {
+            return Err(UpdateError::Conflict(
+                "update: destination and endpoint_delta are both set",
+            ));
+        }
+        (None, Some(delta)) => Change::Delta(delta_from_wire(delta)?),
+        (None, None) => Change::Full(Resolution::NotFound),
+        (Some(d), None) => Change::Full(Resolution::Found(Arc::new(destination_from_wire(d)?))),
     };
-    Ok((target, resolution))
+    Ok((target, change))
 }
