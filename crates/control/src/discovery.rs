@@ -32,6 +32,8 @@ use crate::wire;
 
 pub(crate) mod cache;
 pub(crate) mod delta;
+pub(crate) mod shapes;
+pub(crate) mod wake;
 
 /// Outbound messages buffered per stream before the stream task waits for the proxy to read.
 const OUTBOUND_BUFFER: usize = 64;
@@ -117,6 +119,9 @@ struct Session {
     shared: Arc<Shared>,
     id: StreamId,
     tx: Outbound,
+    /// Woken by a registry publication that can change one of this stream's targets (see
+    /// `wake`).
+    wake: Arc<tokio::sync::Notify>,
     /// Set by Hello: the proxy id and workload, kept to re-register after an expiry.
     hello: Option<(String, Workload)>,
     /// What the proxy said about its versions on Hello, kept to re-register after an expiry.
@@ -129,8 +134,9 @@ struct Session {
     root_namespace: Arc<str>,
     default_inbound_policy: trellis_model::authz::DefaultPolicy,
     outbound_traffic_policy: crate::compile::outbound_policy::OutboundTrafficPolicy,
-    /// The InboundPolicy message last sent (after Welcome, then on change).
-    inbound_policy: Option<pb::InboundPolicy>,
+    /// The InboundPolicy message last sent (after Welcome, then on change), shared with the
+    /// streams of the same workload shape (see `shapes`).
+    inbound_policy: Option<Arc<pb::InboundPolicy>>,
     /// The gateway config last sent (`None`: never sent: no Gateway selects the workload).
     gateway: Option<pb::GatewayConfig>,
     /// Updates sent because of a change and not yet ACKed: (version, when the change reached
@@ -163,6 +169,7 @@ impl Session {
             shared,
             id,
             tx,
+            wake: Arc::new(tokio::sync::Notify::new()),
             hello: None,
             versions: Default::default(),
             subscriptions: BTreeMap::new(),
@@ -200,7 +207,7 @@ impl Session {
         peer: Option<std::net::SocketAddr>,
     ) {
         let mut config_rx = self.shared.config_rx.clone();
-        let mut workloads_rx = self.shared.workloads_rx();
+        let wake = self.wake.clone();
         let shutdown = self.shared.shutdown.clone();
         let hold_back_until = self.shared.hold_back_until;
         let mut holding_back = Instant::now() < hold_back_until;
@@ -224,15 +231,15 @@ impl Session {
                     Ok(()) => self.push_changed(true).await,
                     Err(_) => Err(End::Quiet),
                 },
-                changed = workloads_rx.changed() => match changed {
-                    Ok(()) => self.push_changed(false).await,
-                    Err(_) => Err(End::Quiet),
-                },
+                () = wake.notified() => self.push_changed(false).await,
             };
             if let Err(end) = step {
                 break end;
             }
         };
+        self.shared
+            .wakers
+            .remove(self.id, self.subscriptions.keys());
         if let End::Status(status) = end {
             tracing::warn!(stream = self.id, ?peer, %status, "closing discovery stream");
             let _ = self.tx.send(Err(status)).await;
@@ -268,6 +275,10 @@ impl Session {
                     r.set_subscribed(id, &target, true);
                     ((), false)
                 });
+                // Before compiling: a publication from now on wakes this stream.
+                self.shared
+                    .wakers
+                    .set_subscribed(&target, id, &self.wake, true);
                 self.shared.programmed.subscribed(id, &target, true);
                 // Always answer a Subscribe, even with "nothing there", so the proxy stops
                 // waiting; a repeated Subscribe is answered again.
@@ -281,6 +292,9 @@ impl Session {
                 let target = wire::target_from_wire(unsub.target)
                     .map_err(|e| End::Status(Status::invalid_argument(e.to_string())))?;
                 self.subscriptions.remove(&target);
+                self.shared
+                    .wakers
+                    .set_subscribed(&target, id, &self.wake, false);
                 self.deltas.forget(&target);
                 self.shared.with_registry(|r| {
                     r.set_subscribed(id, &target, false);
@@ -410,27 +424,55 @@ impl Session {
         Ok(())
     }
 
-    /// Compiles this workload's gateway listeners (`compile::gateway`) and sends them when
-    /// they changed; nothing for a workload no Gateway has ever selected.
+    /// Compiles this workload's gateway listeners (`compile::gateway`, once per workload
+    /// shape per snapshot: see `shapes`) and sends them when they changed; nothing for a
+    /// workload no Gateway has ever selected.
     async fn push_gateway(&mut self) -> Result<(), End> {
         let Some((_, workload)) = &self.hello else {
             return Ok(());
         };
-        let compiled = self.with_view(|view, config| {
-            crate::compile::gateway::compile_gateway(view, &config.gateways, workload)
-        });
-        if compiled.gateways.is_empty() && self.gateway.is_none() {
+        let config = self.shared.config_rx.borrow().clone();
+        if config.gateways.is_empty() && self.gateway.is_none() {
+            // No Gateway can select it: compiling would give the empty config not sent.
             return Ok(());
         }
-        let message = pb::GatewayConfig {
-            config_json: serde_json::to_string(&compiled.config).unwrap_or_default(),
-            problems: compiled.problems,
-        };
-        if self.gateway.as_ref() == Some(&message) {
+        let workloads = self.shared.workloads();
+        let compiled = self.shared.gateways.get(
+            &(config.clone(), workloads.clone()),
+            |a, b| Arc::ptr_eq(&a.0, &b.0) && Arc::ptr_eq(&a.1, &b.1),
+            shapes::Shape::of(workload),
+            || {
+                let view = MeshView {
+                    services: &config.services,
+                    traffic: &config.traffic,
+                    workloads: &workloads,
+                    trust_domain: &self.shared.trust_domain,
+                };
+                let compiled =
+                    crate::compile::gateway::compile_gateway(view, &config.gateways, workload);
+                shapes::GatewayMessage {
+                    serves: !compiled.gateways.is_empty(),
+                    message: pb::GatewayConfig {
+                        config_json: serde_json::to_string(&compiled.config).unwrap_or_default(),
+                        problems: compiled.problems,
+                    },
+                }
+            },
+        );
+        if !compiled.serves && self.gateway.is_none() {
+            return Ok(());
+        }
+        let message = &compiled.message;
+        if self.gateway.as_ref() == Some(message) {
             return Ok(());
         }
         for problem in &message.problems {
             tracing::warn!(stream = self.id, workload = %workload.name, %problem, "gateway config not served in full");
+        }
+        let message = message.clone();
+        if self.gateway.is_none() {
+            // Its listeners' backends list endpoints: every publication may change them.
+            self.shared.wakers.set_every(self.id, &self.wake, true);
         }
         self.gateway = Some(message.clone());
         self.send(control_message::Kind::Gateway(message)).await
@@ -442,57 +484,76 @@ impl Session {
         let Some((_, workload)) = &self.hello else {
             return Ok(());
         };
-        let policy = {
-            // One snapshot for every field, so that they all describe the same config.
-            let config = self.shared.config_rx.borrow();
-            let root = &*self.root_namespace;
-            pb::InboundPolicy {
-                telemetry_json: crate::compile::telemetry::telemetry_json(
-                    &config.telemetries,
-                    crate::compile::telemetry::MeshInputs {
-                        mesh_configs: &config.mesh_configs,
-                        service_entries: &config.traffic.service_entries.by_key,
-                    },
-                    root,
-                    workload,
-                ),
-                authorization_json: crate::compile::authz::authorization_json(
-                    &config.authorization_policies,
-                    &config.services,
-                    root,
-                    self.default_inbound_policy,
-                    workload,
-                ),
-                rate_limits_json: crate::compile::ratelimit::rate_limits_json(
-                    &config.rate_limit_policies,
-                    &config.services,
-                    root,
-                    workload,
-                ),
-                request_authentication_json: crate::compile::authn::request_authentication_json(
-                    &config.request_authentications,
-                    &config.services,
-                    root,
-                    workload,
-                ),
-                wasm_plugins_json: crate::compile::wasm::wasm_plugins_json(
-                    &config.wasm_plugins,
-                    &config.services,
-                    root,
-                    workload,
-                ),
-                outbound_traffic_policy: self.outbound_traffic_policy.to_wire(),
-                ..crate::compile::mtls::inbound_policy(&config.peer_authentications, root, workload)
-            }
-        };
-        if self.inbound_policy.as_ref() == Some(&policy) {
+        // One snapshot for every field, so that they all describe the same config.
+        let config = self.shared.config_rx.borrow().clone();
+        let mode = (
+            self.root_namespace.clone(),
+            self.default_inbound_policy,
+            self.outbound_traffic_policy,
+        );
+        let policy = self.shared.inbound_policies.get(
+            &(config.clone(), mode),
+            |a, b| Arc::ptr_eq(&a.0, &b.0) && a.1 == b.1,
+            shapes::Shape::of(workload),
+            || {
+                let root = &*self.root_namespace;
+                pb::InboundPolicy {
+                    telemetry_json: crate::compile::telemetry::telemetry_json(
+                        &config.telemetries,
+                        crate::compile::telemetry::MeshInputs {
+                            mesh_configs: &config.mesh_configs,
+                            service_entries: &config.traffic.service_entries.by_key,
+                        },
+                        root,
+                        workload,
+                    ),
+                    authorization_json: crate::compile::authz::authorization_json(
+                        &config.authorization_policies,
+                        &config.services,
+                        root,
+                        self.default_inbound_policy,
+                        workload,
+                    ),
+                    rate_limits_json: crate::compile::ratelimit::rate_limits_json(
+                        &config.rate_limit_policies,
+                        &config.services,
+                        root,
+                        workload,
+                    ),
+                    request_authentication_json: crate::compile::authn::request_authentication_json(
+                        &config.request_authentications,
+                        &config.services,
+                        root,
+                        workload,
+                    ),
+                    wasm_plugins_json: crate::compile::wasm::wasm_plugins_json(
+                        &config.wasm_plugins,
+                        &config.services,
+                        root,
+                        workload,
+                    ),
+                    outbound_traffic_policy: self.outbound_traffic_policy.to_wire(),
+                    ..crate::compile::mtls::inbound_policy(
+                        &config.peer_authentications,
+                        root,
+                        workload,
+                    )
+                }
+            },
+        );
+        // Streams of one shape share the value: equal to what was sent means the same pointer
+        // (see `shapes`), and only a changed policy is compared by value.
+        if self
+            .inbound_policy
+            .as_ref()
+            .is_some_and(|sent| Arc::ptr_eq(sent, &policy) || **sent == *policy)
+        {
             return Ok(());
         }
         self.inbound_policy = Some(policy.clone());
-        self.send(control_message::Kind::InboundPolicy(policy))
+        self.send(control_message::Kind::InboundPolicy((*policy).clone()))
             .await
     }
-
     /// Pushes what a config or workload change altered, timing each update until its ACK.
     /// The inbound policies read only the config and this stream's own workload (whose
     /// changes come by Hello, which pushes them), so a registry change alone skips them:
@@ -569,28 +630,18 @@ impl Session {
     fn compiled(&self, target: &Target) -> Arc<Compiled> {
         let config = self.shared.config_rx.borrow().clone();
         let workloads = self.shared.workloads();
-        self.shared.compiled.get(&config, &workloads, target, || {
-            let view = MeshView {
-                services: &config.services,
-                traffic: &config.traffic,
-                workloads: &workloads,
-                trust_domain: &self.shared.trust_domain,
-            };
-            compile(view, target)
-        })
-    }
-
-    /// Runs `f` on one snapshot of the mesh: the config and the registered workloads.
-    fn with_view<T>(&self, f: impl FnOnce(MeshView<'_>, &crate::store::ConfigSnapshot) -> T) -> T {
-        let config = self.shared.config_rx.borrow().clone();
-        let workloads = self.shared.workloads();
-        let view = MeshView {
-            services: &config.services,
-            traffic: &config.traffic,
-            workloads: &workloads,
-            trust_domain: &self.shared.trust_domain,
-        };
-        f(view, &config)
+        let config_rx = &self.shared.config_rx;
+        self.shared
+            .compiled
+            .get(config_rx, &config, &workloads, target, || {
+                let view = MeshView {
+                    services: &config.services,
+                    traffic: &config.traffic,
+                    workloads: &workloads,
+                    trust_domain: &self.shared.trust_domain,
+                };
+                compile(view, target)
+            })
     }
 
     async fn send(&self, kind: control_message::Kind) -> Result<(), End> {

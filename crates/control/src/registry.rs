@@ -41,6 +41,48 @@ pub struct Registry {
     entries: BTreeMap<WorkloadKey, Registration>,
     /// Which workload each live stream registered, so stream events find their entry.
     streams: BTreeMap<StreamId, WorkloadKey>,
+    /// The workloads that joined, left or changed since [`Registry::take_changes`] was last
+    /// called (both versions of a changed one): what a publication tells discovery, so that
+    /// only destinations selecting one of them are recompiled.
+    changes: Vec<Workload>,
+}
+
+/// The registered workloads as published to discovery: a list, numbered, with what changed
+/// since the one numbered before. Reads as the slice of workloads (`Deref`), which is what
+/// `compile::MeshView` takes.
+#[derive(Debug, Default, PartialEq)]
+pub struct WorkloadSet {
+    list: Vec<Workload>,
+    generation: u64,
+    /// The workloads (old and new versions) that differ from generation `generation - 1`;
+    /// `None`: not known (everything may have changed).
+    changed: Option<Vec<Workload>>,
+}
+
+impl WorkloadSet {
+    pub fn new(list: Vec<Workload>, generation: u64, changed: Option<Vec<Workload>>) -> Self {
+        Self {
+            list,
+            generation,
+            changed,
+        }
+    }
+
+    pub fn generation(&self) -> u64 {
+        self.generation
+    }
+
+    /// What changed since the set numbered `generation - 1` (`None`: unknown).
+    pub fn changed(&self) -> Option<&[Workload]> {
+        self.changed.as_deref()
+    }
+}
+
+impl std::ops::Deref for WorkloadSet {
+    type Target = [Workload];
+    fn deref(&self) -> &[Workload] {
+        &self.list
+    }
 }
 
 impl Registry {
@@ -49,7 +91,13 @@ impl Registry {
             expiry,
             entries: BTreeMap::new(),
             streams: BTreeMap::new(),
+            changes: Vec::new(),
         }
+    }
+
+    /// The workloads changed since the last call (see `changes`).
+    pub fn take_changes(&mut self) -> Vec<Workload> {
+        std::mem::take(&mut self.changes)
     }
 
     /// Registers (or re-registers) the workload behind `stream`. Returns whether the set of
@@ -67,8 +115,9 @@ impl Registry {
         if let Some(old) = self.streams.insert(stream, key.clone())
             && old != key
             && self.entries.get(&old).is_some_and(|e| e.stream == stream)
+            && let Some(gone) = self.entries.remove(&old)
         {
-            self.entries.remove(&old);
+            self.changes.push(gone.workload);
             changed = true;
         }
         let previous = self.entries.remove(&key);
@@ -77,7 +126,13 @@ impl Registry {
         {
             self.streams.remove(&prev.stream);
         }
-        changed |= previous.as_ref().is_none_or(|p| p.workload != workload);
+        if previous.as_ref().is_none_or(|p| p.workload != workload) {
+            changed = true;
+            if let Some(prev) = &previous {
+                self.changes.push(prev.workload.clone());
+            }
+            self.changes.push(workload.clone());
+        }
         // Versions are per stream, so acks and subscriptions carry over only on the same stream.
         let (acked_version, nacks, last_nack, subscriptions) = previous
             .filter(|p| p.stream == stream)
@@ -195,6 +250,7 @@ impl Registry {
         for key in &expired {
             if let Some(entry) = self.entries.remove(key) {
                 self.streams.remove(&entry.stream);
+                self.changes.push(entry.workload);
             }
         }
         expired

@@ -9,7 +9,7 @@ use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 use trellis_model::Workload;
 
-use crate::registry::Registry;
+use crate::registry::{Registry, WorkloadSet};
 use crate::store::ConfigSnapshot;
 use crate::telemetry::Metrics;
 
@@ -19,9 +19,9 @@ pub struct Shared {
     pub heartbeat_interval: Duration,
     pub config_rx: watch::Receiver<Arc<ConfigSnapshot>>,
     registry: Mutex<Registry>,
-    /// The registered workloads, republished whenever endpoints may have changed; discovery
-    /// streams recompute on every new value.
-    workloads_tx: watch::Sender<Arc<Vec<Workload>>>,
+    /// The registered workloads, republished whenever endpoints may have changed, with what
+    /// changed; a publication wakes only the discovery streams it can concern (`wakers`).
+    workloads_tx: watch::Sender<Arc<WorkloadSet>>,
     /// A registry change not yet published. Publishing copies every workload, so it is done
     /// once for all the changes made since the last one (see [`Shared::flush_workloads`]),
     /// not once per change: 10,000 proxies registering cost 10,000 copies of up to 10,000
@@ -29,6 +29,11 @@ pub struct Shared {
     workloads_dirty: AtomicBool,
     /// Wakes the publisher (`run_expiry`) when `workloads_dirty` is set.
     publish: tokio::sync::Notify,
+    /// Held for a whole publication (copy, cache advance, wake-ups), so that publications
+    /// reach the cache in the order they were numbered.
+    publishing: Mutex<Pacing>,
+    /// Which discovery streams a publication wakes.
+    pub wakers: crate::discovery::wake::Wakers,
     pub metrics: Metrics,
     pub shutdown: CancellationToken,
     /// Until then, destinations without endpoints are held back (see `discovery`).
@@ -40,7 +45,26 @@ pub struct Shared {
     pub programmed: crate::k8s::programmed::ProgrammedTracker,
     /// Destinations compiled for the current snapshot, shared by the discovery streams.
     pub compiled: crate::discovery::cache::CompileCache,
+    /// Inbound policies per workload shape for the current config (and the discovery
+    /// service's root namespace and defaults), shared by the discovery streams.
+    pub inbound_policies: crate::discovery::shapes::PerShape<
+        (Arc<ConfigSnapshot>, InboundMode),
+        trellis_api::discovery::InboundPolicy,
+    >,
+    /// Gateway config per workload shape for the current config and workloads.
+    pub gateways: crate::discovery::shapes::PerShape<
+        (Arc<ConfigSnapshot>, Arc<WorkloadSet>),
+        crate::discovery::shapes::GatewayMessage,
+    >,
 }
+
+/// The discovery service's settings inbound policies depend on besides config and workload:
+/// root namespace, `--default-inbound-policy`, `--outbound-traffic-policy`.
+pub type InboundMode = (
+    Arc<str>,
+    trellis_model::authz::DefaultPolicy,
+    crate::compile::outbound_policy::OutboundTrafficPolicy,
+);
 
 impl Shared {
     pub fn new(
@@ -56,15 +80,19 @@ impl Shared {
             heartbeat_interval,
             config_rx,
             registry: Mutex::new(Registry::new(workload_expiry)),
-            workloads_tx: watch::channel(Arc::new(Vec::new())).0,
+            workloads_tx: watch::channel(Arc::new(WorkloadSet::default())).0,
             workloads_dirty: AtomicBool::new(false),
             publish: tokio::sync::Notify::new(),
+            publishing: Mutex::new(Pacing::default()),
+            wakers: Default::default(),
             metrics: Metrics::default(),
             shutdown,
             hold_back_until: Instant::now() + registration_grace,
             external_workloads: AtomicBool::new(false),
             programmed: Default::default(),
             compiled: Default::default(),
+            inbound_policies: Default::default(),
+            gateways: Default::default(),
         }
     }
 
@@ -75,6 +103,10 @@ impl Shared {
     pub fn with_registry<T>(&self, f: impl FnOnce(&mut Registry) -> (T, bool)) -> T {
         let mut registry = self.registry();
         let (out, changed) = f(&mut registry);
+        if self.external_workloads.load(Ordering::Acquire) {
+            // Nothing publishes registrations: their change list would only grow.
+            registry.take_changes();
+        }
         drop(registry);
         if changed && !self.external_workloads.load(Ordering::Acquire) {
             self.workloads_dirty.store(true, Ordering::Release);
@@ -83,20 +115,54 @@ impl Shared {
         out
     }
 
-    /// Publishes the registry's workloads if a change is pending.
+    /// Publishes the registry's workloads if a change is pending, moves the compile cache to
+    /// them and wakes the discovery streams whose targets they can change.
     pub fn flush_workloads(&self) {
         if !self.workloads_dirty.load(Ordering::Acquire) {
             return;
         }
-        let registry = self.registry();
-        // Taken and published under the lock, so that values go out in the order changes
-        // were made and none is lost between the swap and the copy.
-        if self.workloads_dirty.swap(false, Ordering::AcqRel)
-            && !self.external_workloads.load(Ordering::Acquire)
-        {
-            self.workloads_tx
-                .send_replace(Arc::new(registry.workloads()));
-        }
+        let mut pacing = self.publishing();
+        let started = std::time::Instant::now();
+        let set = {
+            let mut registry = self.registry();
+            // Taken and numbered under the registry lock, so that no change is lost between
+            // the swap and the copy.
+            if !self.workloads_dirty.swap(false, Ordering::AcqRel)
+                || self.external_workloads.load(Ordering::Acquire)
+            {
+                return;
+            }
+            let generation = self.workloads_tx.borrow().generation() + 1;
+            let changed = registry.take_changes();
+            Arc::new(WorkloadSet::new(
+                registry.workloads(),
+                generation,
+                Some(changed),
+            ))
+        };
+        self.publish_set(set);
+        pacing.published(started.elapsed());
+    }
+
+    /// Sends `set` and has the streams it concerns recompile (under `publishing`).
+    fn publish_set(&self, set: Arc<WorkloadSet>) {
+        self.workloads_tx.send_replace(set.clone());
+        let config = self.config_rx.borrow().clone();
+        let kept = self.compiled.advance(&config, &set);
+        let woken = self.wakers.wake(kept.as_ref());
+        tracing::debug!(
+            generation = set.generation(),
+            changed = set.changed().map_or(0, <[Workload]>::len),
+            kept = kept.as_ref().map_or(0, std::collections::HashSet::len),
+            woken,
+            "workloads published"
+        );
+    }
+
+    fn publishing(&self) -> MutexGuard<'_, Pacing> {
+        self.publishing
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
     }
 
     /// The registry for reading. A poisoned lock means a panic elsewhere mid-update; the
@@ -109,23 +175,24 @@ impl Shared {
     /// later calls replace the set. Registrations no longer change what is published.
     pub fn publish_external_workloads(&self, workloads: Vec<Workload>) {
         self.external_workloads.store(true, Ordering::Release);
-        self.workloads_tx.send_if_modified(|current| {
-            let changed = **current != workloads;
-            if changed {
-                *current = Arc::new(workloads);
-            }
-            changed
-        });
+        let _pacing = self.publishing();
+        let current = self.workloads_tx.borrow().clone();
+        if **current == *workloads {
+            return;
+        }
+        // What changed is not worked out here: every target compiles again.
+        let set = WorkloadSet::new(workloads, current.generation() + 1, None);
+        self.publish_set(Arc::new(set));
     }
 
     /// The registered workloads as last published (a change an instant old may not be in
     /// yet: its publication wakes every discovery stream).
-    pub fn workloads(&self) -> Arc<Vec<Workload>> {
+    pub fn workloads(&self) -> Arc<WorkloadSet> {
         self.workloads_tx.borrow().clone()
     }
 
     /// A receiver of the workloads, with every change made so far published.
-    pub fn workloads_rx(&self) -> watch::Receiver<Arc<Vec<Workload>>> {
+    pub fn workloads_rx(&self) -> watch::Receiver<Arc<WorkloadSet>> {
         self.flush_workloads();
         self.workloads_tx.subscribe()
     }
@@ -139,8 +206,12 @@ impl Shared {
             tokio::select! {
                 () = self.shutdown.cancelled() => return,
                 () = self.publish.notified() => {
-                    // Let the registrations already queued land first: one copy for them all.
+                    // Let the registrations already queued land first: one copy for them all;
+                    // and while registrations keep coming, publish at a pace that keeps the
+                    // copies a small share of a core.
                     tokio::task::yield_now().await;
+                    let not_before = self.publishing().next_at();
+                    tokio::time::sleep_until(not_before).await;
                     self.flush_workloads();
                 }
                 _ = ticker.tick() => {
@@ -154,6 +225,33 @@ impl Shared {
                     }
                 }
             }
+        }
+    }
+}
+
+/// When the next publication of the workloads may be made: a publication copies every
+/// workload (milliseconds at 15,000), so under a stream of registrations publications are
+/// spaced by [`Pacing::SHARE`] times the last one's cost, at least [`Pacing::MIN_GAP`] apart.
+/// A registration after a quiet spell is published at once.
+#[derive(Debug, Default)]
+struct Pacing {
+    last: Option<(Instant, std::time::Duration)>,
+}
+
+impl Pacing {
+    const MIN_GAP: std::time::Duration = std::time::Duration::from_millis(5);
+    /// Gap per unit of publication cost: at most one fifth of a core spent publishing.
+    const SHARE: u32 = 5;
+
+    fn published(&mut self, cost: std::time::Duration) {
+        self.last = Some((Instant::now(), cost));
+    }
+
+    fn next_at(&self) -> Instant {
+        let now = Instant::now();
+        match self.last {
+            Some((at, cost)) => (at + (cost * Self::SHARE).max(Self::MIN_GAP)).max(now),
+            None => now,
         }
     }
 }

@@ -5,15 +5,20 @@
 //! same few targets, and before this each stream compiled each of its targets itself (a scan of
 //! every registered workload per target) and serialized its traffic JSON again. The cache is
 //! keyed by the snapshot pair (config, workloads) it was filled from, compared by pointer: a
-//! new snapshot of either empties it. What it hands out is exactly what `compile` returns for
-//! that snapshot, so streams push what they pushed before.
+//! new config empties it; a new workloads set (published by the registry with what changed,
+//! see [`CompileCache::advance`]) keeps the entries whose endpoints no changed workload can
+//! be among. What it hands out is exactly what `compile` returns for that snapshot, so
+//! streams push what they pushed before.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, OnceLock, PoisonError};
 
+use tokio::sync::watch;
 use trellis_api::discovery as pb;
-use trellis_model::{Destination, Target, Workload};
+use trellis_model::{Destination, ServiceKey, Target};
 
+use crate::registry::WorkloadSet;
 use crate::store::ConfigSnapshot;
 use crate::wire;
 
@@ -23,14 +28,53 @@ pub struct Compiled {
     pub dest: Option<Destination>,
     /// The wire form, made on first use and shared by every stream that sends it.
     wire: OnceLock<Option<pb::Destination>>,
+    /// The Services whose selected workloads are this value's endpoints (the destination's
+    /// own and its backends'); `None`: any workload may matter (an address target).
+    deps: Option<Vec<ServiceKey>>,
 }
 
 impl Compiled {
+    /// A value whose endpoints any workload may change (see [`Compiled::for_target`]).
     pub fn new(dest: Option<Destination>) -> Self {
         Self {
             dest,
             wire: OnceLock::new(),
+            deps: None,
         }
+    }
+
+    /// `target` compiled to `dest`, knowing which workloads can change it.
+    pub fn for_target(target: &Target, dest: Option<Destination>) -> Self {
+        // Workloads enter a service destination only through `compile::endpoints` of the
+        // service itself and of each backend; an unknown service or port compiles to `None`
+        // whatever the workloads are.
+        let deps = match (target, &dest) {
+            (Target::Address(_), _) => None,
+            (Target::Service { .. }, None) => Some(Vec::new()),
+            (Target::Service { .. }, Some(d)) => Some(
+                std::iter::once(d.service.clone())
+                    .chain(d.backends.iter().map(|b| b.backend.service.clone()))
+                    .collect(),
+            ),
+        };
+        Self {
+            dest,
+            wire: OnceLock::new(),
+            deps,
+        }
+    }
+
+    /// Whether a workload in `changed` can be among this value's endpoints under `config`.
+    fn depends_on(&self, config: &ConfigSnapshot, changed: &[trellis_model::Workload]) -> bool {
+        let Some(deps) = &self.deps else {
+            return true;
+        };
+        deps.iter().any(|key| {
+            config
+                .services
+                .get(key)
+                .is_some_and(|svc| changed.iter().any(|w| crate::compile::selects(svc, w)))
+        })
     }
 
     pub fn wire(&self) -> Option<pb::Destination> {
@@ -48,6 +92,8 @@ impl Compiled {
 #[derive(Debug, Default)]
 pub struct CompileCache {
     inner: Mutex<Inner>,
+    /// Compiles made so far (tests and the bench's deterministic figures).
+    compiles: AtomicU64,
 }
 
 #[derive(Debug, Default)]
@@ -55,7 +101,7 @@ struct Inner {
     /// The snapshot the entries were compiled from; held so that the pointers compared
     /// cannot be reused by a newer allocation while the entries exist.
     config: Option<Arc<ConfigSnapshot>>,
-    workloads: Option<Arc<Vec<Workload>>>,
+    workloads: Option<Arc<WorkloadSet>>,
     entries: HashMap<Target, Arc<Compiled>>,
     /// The entries of the snapshot before. A target that compiles equal to its previous
     /// entry gets that entry back, so that every stream sent it finds the new value by
@@ -65,23 +111,33 @@ struct Inner {
 }
 
 impl Inner {
-    fn is_for(&self, config: &Arc<ConfigSnapshot>, workloads: &Arc<Vec<Workload>>) -> bool {
+    fn is_for(&self, config: &Arc<ConfigSnapshot>, workloads: &Arc<WorkloadSet>) -> bool {
         self.config.as_ref().is_some_and(|c| Arc::ptr_eq(c, config))
             && self
                 .workloads
                 .as_ref()
                 .is_some_and(|w| Arc::ptr_eq(w, workloads))
     }
+
+    /// Starts over on (`config`, `workloads`), keeping the entries as `previous`.
+    fn reset(&mut self, config: &Arc<ConfigSnapshot>, workloads: &Arc<WorkloadSet>) {
+        self.config = Some(config.clone());
+        self.workloads = Some(workloads.clone());
+        self.previous = std::mem::take(&mut self.entries);
+    }
 }
 
 impl CompileCache {
     /// `target` compiled against (`config`, `workloads`): from the cache, or by `compile`.
     /// The lock is not held while compiling, so streams compile different targets at once;
-    /// two that race on one target both compile it and the first stored wins.
+    /// two that race on one target both compile it and the first stored wins. A stream that
+    /// asks with a snapshot older than the cache's (it read it just before a change) gets its
+    /// compile back unstored: the change wakes it to ask again.
     pub fn get(
         &self,
+        config_rx: &watch::Receiver<Arc<ConfigSnapshot>>,
         config: &Arc<ConfigSnapshot>,
-        workloads: &Arc<Vec<Workload>>,
+        workloads: &Arc<WorkloadSet>,
         target: &Target,
         compile: impl FnOnce() -> Option<Destination>,
     ) -> Arc<Compiled> {
@@ -94,23 +150,73 @@ impl CompileCache {
             }
         }
         let dest = compile();
+        self.compiles.fetch_add(1, Ordering::Relaxed);
         let mut inner = self.lock();
         if !inner.is_for(config, workloads) {
-            // Streams read the latest snapshot just before calling, so a stream still on the
-            // one before replaces the cache at most once per change.
-            inner.config = Some(config.clone());
-            inner.workloads = Some(workloads.clone());
-            inner.previous = std::mem::take(&mut inner.entries);
+            let older_workloads = inner
+                .workloads
+                .as_ref()
+                .is_some_and(|w| w.generation() > workloads.generation());
+            let current_config = Arc::ptr_eq(&config_rx.borrow(), config);
+            if older_workloads || !current_config {
+                return Arc::new(Compiled::for_target(target, dest));
+            }
+            inner.reset(config, workloads);
         }
         if let Some(hit) = inner.entries.get(target) {
             return hit.clone();
         }
         let compiled = match inner.previous.get(target) {
             Some(before) if before.dest == dest => before.clone(),
-            _ => Arc::new(Compiled::new(dest)),
+            _ => Arc::new(Compiled::for_target(target, dest)),
         };
         inner.entries.insert(target.clone(), compiled.clone());
         compiled
+    }
+
+    /// Moves the cache to `workloads`, just published under `config`. When the cache is on
+    /// the set before it under the same config, the entries no changed workload can be an
+    /// endpoint of are kept (streams find them by pointer and send nothing); returns the
+    /// targets kept. `None`: nothing was kept (another config, or a set whose changes are not
+    /// known): every target is to be compiled again.
+    pub fn advance(
+        &self,
+        config: &Arc<ConfigSnapshot>,
+        workloads: &Arc<WorkloadSet>,
+    ) -> Option<HashSet<Target>> {
+        let mut inner = self.lock();
+        let follows = inner
+            .config
+            .as_ref()
+            .is_some_and(|c| Arc::ptr_eq(c, config))
+            && inner
+                .workloads
+                .as_ref()
+                .is_some_and(|w| w.generation() + 1 == workloads.generation());
+        let changed = workloads.changed().filter(|_| follows);
+        let Some(changed) = changed else {
+            inner.reset(config, workloads);
+            return None;
+        };
+        inner.workloads = Some(workloads.clone());
+        let entries = std::mem::take(&mut inner.entries);
+        let mut kept = HashSet::new();
+        let mut previous = HashMap::new();
+        for (target, compiled) in entries {
+            if compiled.depends_on(config, changed) {
+                previous.insert(target, compiled);
+            } else {
+                kept.insert(target.clone());
+                inner.entries.insert(target, compiled);
+            }
+        }
+        inner.previous = previous;
+        Some(kept)
+    }
+
+    /// Compiles made so far (cache misses).
+    pub fn compiles(&self) -> u64 {
+        self.compiles.load(Ordering::Relaxed)
     }
 
     fn lock(&self) -> std::sync::MutexGuard<'_, Inner> {
@@ -121,16 +227,60 @@ impl CompileCache {
 
 #[cfg(test)]
 mod tests {
+    use std::collections::BTreeMap;
+
+    use trellis_model::{Service, ServicePort, TargetPort, Workload};
+
     use super::*;
+
+    fn workload(name: &str, app: &str) -> Workload {
+        Workload {
+            name: name.into(),
+            namespace: "default".into(),
+            service_account: "sa".into(),
+            labels: [("app".to_string(), app.to_string())].into(),
+            inbound_address: "127.0.0.1:15006".parse().unwrap(),
+            ports: vec![9080],
+            admin_address: None,
+        }
+    }
+
+    /// Services `a` and `b`, each selecting `app: <name>` on port 9080.
+    fn config() -> Arc<ConfigSnapshot> {
+        let mut services = BTreeMap::new();
+        for name in ["a", "b"] {
+            let key = ServiceKey::new("default", name);
+            services.insert(
+                key.clone(),
+                Service {
+                    key,
+                    selector: [("app".to_string(), name.to_string())].into(),
+                    ports: vec![ServicePort {
+                        name: None,
+                        port: 9080,
+                        target_port: TargetPort::Number(9080),
+                        protocol: Default::default(),
+                    }],
+                    cluster_ip: None,
+                },
+            );
+        }
+        Arc::new(ConfigSnapshot {
+            services,
+            ..ConfigSnapshot::default()
+        })
+    }
 
     #[test]
     fn one_compile_per_target_per_snapshot() {
         let cache = CompileCache::default();
-        let (config, workloads) = (Arc::new(ConfigSnapshot::default()), Arc::new(Vec::new()));
+        let config = Arc::new(ConfigSnapshot::default());
+        let (_tx, config_rx) = watch::channel(config.clone());
+        let workloads = Arc::new(WorkloadSet::default());
         let target: Target = "reviews.default:9080".parse().unwrap();
         let mut compiles = 0;
-        let mut get = |config: &Arc<ConfigSnapshot>, workloads: &Arc<Vec<Workload>>| {
-            cache.get(config, workloads, &target, || {
+        let mut get = |config: &Arc<ConfigSnapshot>, workloads: &Arc<WorkloadSet>| {
+            cache.get(&config_rx, config, workloads, &target, || {
                 compiles += 1;
                 None
             })
@@ -141,12 +291,72 @@ mod tests {
             Arc::ptr_eq(&first, &second),
             "the second stream shares the first's"
         );
-        // A new snapshot (equal content, new value) compiles again; an equal result is the
-        // entry before, so streams sent it compare by pointer.
-        let newer = Arc::new(Vec::new());
+        // A new snapshot (equal content, new value, changes unknown) compiles again; an equal
+        // result is the entry before, so streams sent it compare by pointer.
+        let newer = Arc::new(WorkloadSet::new(Vec::new(), 1, None));
         let third = get(&config, &newer);
         assert!(Arc::ptr_eq(&first, &third));
-        assert_eq!(compiles, 2);
+        // A stream still on the older set gets a compile that does not replace the newer.
+        let _ = get(&config, &workloads);
+        let fourth = get(&config, &newer);
+        assert!(Arc::ptr_eq(&first, &fourth));
+        assert_eq!(compiles, 3);
         assert_eq!(third.wire(), None);
+    }
+
+    #[test]
+    fn a_registration_keeps_the_targets_it_cannot_change() {
+        let cache = CompileCache::default();
+        let config = config();
+        let (_tx, config_rx) = watch::channel(config.clone());
+        let (a, b): (Target, Target) = (
+            "a.default:9080".parse().unwrap(),
+            "b.default:9080".parse().unwrap(),
+        );
+        let compile = |set: &Arc<WorkloadSet>, target: &Target| {
+            let view = crate::compile::MeshView {
+                services: &config.services,
+                traffic: &config.traffic,
+                workloads: set,
+                trust_domain: "cluster.local",
+            };
+            cache.get(&config_rx, &config, set, target, || {
+                crate::compile::compile(view, target)
+            })
+        };
+        let set1 = Arc::new(WorkloadSet::new(vec![workload("a-1", "a")], 1, None));
+        assert_eq!(cache.advance(&config, &set1), None, "first set: unknown");
+        let (a1, b1) = (compile(&set1, &a), compile(&set1, &b));
+        assert_eq!(cache.compiles(), 2);
+        // A client no Service selects: both kept, nothing compiled again.
+        let set2 = Arc::new(WorkloadSet::new(
+            vec![workload("a-1", "a"), workload("client", "client")],
+            2,
+            Some(vec![workload("client", "client")]),
+        ));
+        let kept = cache.advance(&config, &set2).expect("follows");
+        assert_eq!(kept, [a.clone(), b.clone()].into());
+        assert!(Arc::ptr_eq(&a1, &compile(&set2, &a)));
+        assert!(Arc::ptr_eq(&b1, &compile(&set2, &b)));
+        assert_eq!(cache.compiles(), 2);
+        // A new endpoint of `a`: `a` compiles again (one more endpoint), `b` is kept.
+        let set3 = Arc::new(WorkloadSet::new(
+            vec![
+                workload("a-1", "a"),
+                workload("a-2", "a"),
+                workload("client", "client"),
+            ],
+            3,
+            Some(vec![workload("a-2", "a")]),
+        ));
+        let kept = cache.advance(&config, &set3).expect("follows");
+        assert_eq!(kept, [b.clone()].into());
+        let a3 = compile(&set3, &a);
+        assert_eq!(a3.dest.as_ref().map(|d| d.endpoints.len()), Some(2));
+        assert!(Arc::ptr_eq(&b1, &compile(&set3, &b)));
+        assert_eq!(cache.compiles(), 3);
+        // A set that skips a number (changes unknown in between) keeps nothing.
+        let set5 = Arc::new(WorkloadSet::new(set3.to_vec(), 5, Some(Vec::new())));
+        assert_eq!(cache.advance(&config, &set5), None);
     }
 }
