@@ -64,6 +64,10 @@ struct Cli {
         default_value = "slowloris,http2-rapid-reset,header-bomb"
     )]
     attacks: Vec<String>,
+    /// Extra flags for every proxy, e.g. `--proxy-arg=--abusive-peer-penalty --proxy-arg=off`
+    /// to measure without the abusive-peer penalty.
+    #[arg(long = "proxy-arg", allow_hyphen_values = true)]
+    proxy_args: Vec<String>,
 }
 
 /// The upper bounds of the command line, so a run always ends.
@@ -118,7 +122,7 @@ impl From<&LoadReport> for Latency {
 #[derive(Debug, Serialize)]
 struct AttackResult {
     attack: &'static str,
-    proxy_args: Vec<&'static str>,
+    proxy_args: Vec<String>,
     /// What the attacker did (the last round).
     what: String,
     baseline_p99_ms: f64,
@@ -163,6 +167,8 @@ struct Report {
     proxy_cpu: u32,
     client_cpu: u32,
     attacker_nice: i32,
+    /// The attackers' source address (the good client's is 127.0.0.1).
+    attacker_source: String,
     rounds: u32,
     rate_rps: u32,
     baseline_secs: u64,
@@ -217,6 +223,7 @@ fn main() -> anyhow::Result<()> {
         proxy_cpu: cli.proxy_cpu,
         client_cpu: cli.client_cpu,
         attacker_nice: cli.attacker_nice,
+        attacker_source: attacks::ATTACKER_SOURCE.to_string(),
         rounds: cli.rounds,
         rate_rps: cli.rate,
         baseline_secs: cli.baseline_secs,
@@ -244,7 +251,13 @@ fn pin(pid: u32, cpu: u32) -> anyhow::Result<()> {
 }
 
 fn run_one(cli: &Cli, attack: Attack, echo: &HttpEcho) -> anyhow::Result<AttackResult> {
-    let v = Victim::start(&cli.proxy, cli.proxy_cpu, echo.addr, attack.proxy_args())?;
+    let proxy_args: Vec<String> = attack
+        .proxy_args()
+        .iter()
+        .map(|a| a.to_string())
+        .chain(cli.proxy_args.iter().cloned())
+        .collect();
+    let v = Victim::start(&cli.proxy, cli.proxy_cpu, echo.addr, &proxy_args)?;
     let pid = v.ready.pid;
     attacks::good_client(v.ready.inbound, cli.rate, Duration::from_secs(1))
         .map_err(|e| anyhow!("good client (warm-up): {e}"))?;
@@ -274,7 +287,7 @@ fn run_one(cli: &Cli, attack: Attack, echo: &HttpEcho) -> anyhow::Result<AttackR
     let last = rounds.last().ok_or_else(|| anyhow!("--rounds is 0"))?;
     Ok(AttackResult {
         attack: attack.name(),
-        proxy_args: attack.proxy_args().to_vec(),
+        proxy_args,
         what: last.what.clone(),
         baseline_p99_ms: median(&|r| r.baseline.p99_ms),
         attack_p99_ms: median(&|r| r.under_attack.p99_ms),

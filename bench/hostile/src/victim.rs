@@ -27,7 +27,7 @@ impl Victim {
         proxy: &Path,
         cpu: u32,
         backend: SocketAddr,
-        extra: &[&str],
+        extra: &[String],
     ) -> anyhow::Result<Self> {
         let dir = tempfile::Builder::new()
             .prefix("bench-hostile-")

@@ -40,6 +40,14 @@ pub async fn accept_loop<F, Fut>(
         };
         match accepted {
             Ok((stream, peer)) => {
+                // An address just caught flooding HTTP/2 (limits::penalty): closed before it
+                // costs a task, detection or a handshake.
+                if !ctx.admission.abusive_peers().admit(peer.ip()) {
+                    ctx.metrics.limits.rejected(direction, Limit::AbusivePeer);
+                    tracing::debug!(listener = name, %peer, "abusive peer over its allowance; closing");
+                    ctx.admission.abusive_peers().refuse(stream);
+                    continue;
+                }
                 let Some(slot) = conns.try_acquire() else {
                     ctx.metrics.limits.rejected(direction, Limit::Connections);
                     tracing::debug!(listener = name, %peer, "connection limit reached; closing");

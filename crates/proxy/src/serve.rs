@@ -254,7 +254,7 @@ pub async fn serve(
                         .with_peer_identity(peer_id.clone())
                 };
                 return match p.alpn {
-                    MeshAlpn::H2 => serve_http2(&ctx, stream, forward()).await,
+                    MeshAlpn::H2 => serve_http2(&ctx, stream, forward(), peer).await,
                     MeshAlpn::Http1 => serve_http1(&ctx, stream, forward()).await,
                     MeshAlpn::Tcp | MeshAlpn::TcpMx => {
                         let target_port = caller.as_ref().and_then(|m| m.target_port);
@@ -300,7 +300,7 @@ pub async fn serve(
         }
         Protocol::Http2 => {
             let forward = HttpForward::new(ctx.clone(), direction, dest).with_peer(peer);
-            serve_http2(&ctx, io, forward).await
+            serve_http2(&ctx, io, forward, peer).await
         }
         // The application's own TLS (and mesh TLS outbound) passes through untouched.
         Protocol::Tls | Protocol::Opaque => {
@@ -384,7 +384,12 @@ async fn serve_http1(ctx: &Ctx, io: impl Downstream, forward: HttpForward) {
     }
 }
 
-async fn serve_http2(ctx: &Ctx, io: impl Downstream, forward: HttpForward) {
+async fn serve_http2(
+    ctx: &Ctx,
+    io: impl Downstream,
+    forward: HttpForward,
+    peer: Option<SocketAddr>,
+) {
     let direction = forward.direction();
     let idle = IdleConn::start(
         ctx.admission.limits().idle_timeout,
@@ -411,7 +416,14 @@ async fn serve_http2(ctx: &Ctx, io: impl Downstream, forward: HttpForward) {
         }
     };
     if let Err(e) = res {
-        count_limit(ctx, direction, &e);
+        // Counted, and a peer sent GOAWAY ENHANCE_YOUR_CALM is penalized at accept.
+        crate::limits::server::connection_ended(
+            &e,
+            direction,
+            peer.map(|p| p.ip()),
+            &ctx.admission,
+            &ctx.metrics.limits,
+        );
         tracing::debug!(error = %e, "HTTP/2 connection ended with an error");
     }
 }

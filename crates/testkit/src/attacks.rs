@@ -13,7 +13,7 @@
 
 use std::collections::BTreeMap;
 use std::io::{Read as _, Write as _};
-use std::net::{SocketAddr, TcpStream};
+use std::net::{IpAddr, Ipv4Addr, SocketAddr, TcpStream};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::{Duration, Instant};
@@ -111,13 +111,58 @@ impl Attack {
 /// The slowloris' connection count.
 pub const SLOWLORIS_CONNECTIONS: usize = 500;
 
-/// Connects with [`IO_TIMEOUT`] on every call.
+/// The attackers' own source address when they attack an IPv4 loopback address: a real
+/// attacker is another peer than the clients it hurts, and the proxy may treat an address it
+/// caught abusing it differently (`--abusive-peer-penalty`); the good client stays on 127.0.0.1.
+pub const ATTACKER_SOURCE: IpAddr = IpAddr::V4(Ipv4Addr::new(127, 0, 0, 2));
+
+/// Connects with [`IO_TIMEOUT`] on every call, from [`ATTACKER_SOURCE`] to an IPv4 loopback
+/// address.
 pub fn connect(addr: SocketAddr) -> std::io::Result<TcpStream> {
-    let s = TcpStream::connect_timeout(&addr, IO_TIMEOUT)?;
+    let s = if addr.is_ipv4() && addr.ip().is_loopback() {
+        connect_from(ATTACKER_SOURCE, addr)?
+    } else {
+        TcpStream::connect_timeout(&addr, IO_TIMEOUT)?
+    };
     s.set_read_timeout(Some(IO_TIMEOUT))?;
     s.set_write_timeout(Some(IO_TIMEOUT))?;
     s.set_nodelay(true)?;
     Ok(s)
+}
+
+thread_local! {
+    /// One small runtime per attacker thread, for [`connect_from`]: std cannot bind a socket
+    /// before connecting it, tokio's `TcpSocket` can.
+    static CONNECTOR: Option<tokio::runtime::Runtime> = tokio::runtime::Builder::new_current_thread()
+        .enable_io()
+        .enable_time()
+        .build()
+        .ok();
+}
+
+/// A blocking `TcpStream` from `source` (any port) to `addr`, connected within [`IO_TIMEOUT`].
+pub fn connect_from(source: IpAddr, addr: SocketAddr) -> std::io::Result<TcpStream> {
+    use std::io::{Error, ErrorKind};
+    let connect = async {
+        let socket = match source {
+            IpAddr::V4(_) => tokio::net::TcpSocket::new_v4()?,
+            IpAddr::V6(_) => tokio::net::TcpSocket::new_v6()?,
+        };
+        // Thousands of short connections from one address: a port whose last connection is in
+        // TIME_WAIT may be bound again.
+        socket.set_reuseaddr(true)?;
+        socket.bind(SocketAddr::new(source, 0))?;
+        let stream = tokio::time::timeout(IO_TIMEOUT, socket.connect(addr))
+            .await
+            .map_err(|_| Error::new(ErrorKind::TimedOut, format!("connect to {addr}")))??;
+        let stream = stream.into_std()?;
+        stream.set_nonblocking(false)?;
+        Ok(stream)
+    };
+    CONNECTOR.with(|rt| match rt {
+        Some(rt) => rt.block_on(connect),
+        None => Err(Error::other("no tokio runtime for connect_from")),
+    })
 }
 
 /// What a slowloris did.

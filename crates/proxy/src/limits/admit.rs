@@ -7,21 +7,34 @@
 use http::header::{CONTENT_LENGTH, RETRY_AFTER};
 use http::{HeaderValue, Request, Response, StatusCode};
 
+use super::penalty::AbusivePeers;
 use super::{Limit, LimitMetrics, RETRY_AFTER_SECS, ServerLimits};
 use crate::http::{ProxyBody, error_response};
 use crate::resilience::shed::{InFlight, InFlightGuard, Refusal};
 use crate::telemetry::Direction;
 
 /// The limits in force and the in-flight counts they are checked against; one per proxy.
-#[derive(Debug, Default)]
+#[derive(Debug)]
 pub struct Admission {
     limits: ServerLimits,
     in_flight: [InFlight; 2],
+    /// Checked at accept, before a connection costs anything ([`super::penalty`]).
+    abusive_peers: AbusivePeers,
+}
+
+impl Default for Admission {
+    fn default() -> Self {
+        Self::new(ServerLimits::default())
+    }
 }
 
 impl Admission {
     pub fn new(limits: ServerLimits) -> Self {
         Self {
+            abusive_peers: AbusivePeers::new(
+                limits.abusive_peer_penalty,
+                limits.abusive_peer_connections,
+            ),
             limits,
             in_flight: Default::default(),
         }
@@ -29,6 +42,10 @@ impl Admission {
 
     pub fn limits(&self) -> &ServerLimits {
         &self.limits
+    }
+
+    pub fn abusive_peers(&self) -> &AbusivePeers {
+        &self.abusive_peers
     }
 
     /// Admits `req` (the guard counts it in flight until dropped) or answers it (boxed: the

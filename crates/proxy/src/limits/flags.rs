@@ -50,6 +50,14 @@ pub struct LimitArgs {
     /// `off`: no load shedding.
     #[arg(long, value_name = "N|off", default_value = "2048", value_parser = parse_count)]
     pub load_shed_in_flight: Cap,
+    /// How long a source address that was sent GOAWAY ENHANCE_YOUR_CALM (an HTTP/2 reset or
+    /// CONTINUATION flood) may open only --abusive-peer-connections a second; the others are
+    /// closed at accept. `off`: no penalty.
+    #[arg(long, value_name = "DUR|off", default_value = "10s", value_parser = parse_idle)]
+    pub abusive_peer_penalty: Idle,
+    /// Connections a second a penalized address may still open.
+    #[arg(long, value_name = "N", default_value_t = super::DEFAULT_ABUSIVE_PEER_CONNECTIONS)]
+    pub abusive_peer_connections: u32,
 }
 
 /// `--idle-timeout`'s value: `None` for `off` (a newtype for the same reason as [`Cap`]).
@@ -81,6 +89,10 @@ impl LimitArgs {
         positive(
             "--h2-max-local-error-resets",
             self.h2_max_local_error_resets as u64,
+        )?;
+        positive(
+            "--abusive-peer-connections",
+            self.abusive_peer_connections.into(),
         )?;
         if self.header_read_timeout.is_zero() {
             return Err(ConfigError::new(
@@ -137,17 +149,19 @@ impl LimitArgs {
             idle_timeout: self.idle_timeout.0,
             max_request_body_bytes: self.max_request_body_size,
             load_shed_in_flight: self.load_shed_in_flight.0,
+            abusive_peer_penalty: self.abusive_peer_penalty.0,
+            abusive_peer_connections: self.abusive_peer_connections,
         })
     }
 }
 
-/// A positive duration, or `off`.
+/// A positive duration, or `off` (`--idle-timeout`, `--abusive-peer-penalty`).
 fn parse_idle(s: &str) -> Result<Idle, String> {
     if s.eq_ignore_ascii_case("off") {
         return Ok(Idle(None));
     }
     match parse_duration(s)? {
-        d if d.is_zero() => Err("must be positive (use off for no idle timeout)".into()),
+        d if d.is_zero() => Err("must be positive (or off)".into()),
         d => Ok(Idle(Some(d))),
     }
 }
@@ -216,6 +230,12 @@ mod tests {
         .unwrap();
         assert_eq!(l.idle_timeout, None);
         assert_eq!(
+            run(&["--abusive-peer-penalty", "off"])
+                .unwrap()
+                .abusive_peer_penalty,
+            None
+        );
+        assert_eq!(
             run(&["--idle-timeout", "90s"]).unwrap().idle_timeout,
             Some(Duration::from_secs(90))
         );
@@ -244,6 +264,14 @@ mod tests {
             ),
             (&["--idle-timeout", "0s"][..], "--idle-timeout"),
             (&["--idle-timeout", "soon"][..], "--idle-timeout"),
+            (
+                &["--abusive-peer-connections", "0"][..],
+                "--abusive-peer-connections",
+            ),
+            (
+                &["--abusive-peer-penalty", "0s"][..],
+                "--abusive-peer-penalty",
+            ),
         ] {
             let err = run(args).unwrap_err().to_string();
             assert!(err.contains(flag), "{args:?}: {err}");

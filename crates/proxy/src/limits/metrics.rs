@@ -31,10 +31,13 @@ pub enum Limit {
     BodySizeStreamed = 7,
     /// `--idle-timeout`: a connection with no request in flight was closed (HTTP/2: GOAWAY).
     IdleTimeout = 8,
+    /// `--abusive-peer-penalty`: a connection from an address just sent GOAWAY
+    /// `ENHANCE_YOUR_CALM`, over its allowance, closed at accept ([`super::penalty`]).
+    AbusivePeer = 9,
 }
 
 impl Limit {
-    pub const ALL: [Limit; 9] = [
+    pub const ALL: [Limit; 10] = [
         Self::Connections,
         Self::ConcurrentRequests,
         Self::Headers,
@@ -44,6 +47,7 @@ impl Limit {
         Self::BodySize,
         Self::BodySizeStreamed,
         Self::IdleTimeout,
+        Self::AbusivePeer,
     ];
 
     pub fn as_str(self) -> &'static str {
@@ -57,6 +61,7 @@ impl Limit {
             Self::BodySize => "body_size",
             Self::BodySizeStreamed => "body_size_streamed",
             Self::IdleTimeout => "idle_timeout",
+            Self::AbusivePeer => "abusive_peer",
         }
     }
 }

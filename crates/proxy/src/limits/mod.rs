@@ -12,6 +12,8 @@
 //! - [`admit`]: the per-request checks made before a request is forwarded.
 //! - [`body`]: the body-size limit on bodies of unknown length, counted as they stream.
 //! - [`idle`]: the idle timeout of a served connection.
+//! - [`penalty`]: the source addresses just caught flooding HTTP/2, whose new connections are
+//!   rate-limited at accept for a while.
 //! - [`server`]: how hyper's server builders are configured from [`ServerLimits`], and what a
 //!   connection's error says about which limit ended it.
 
@@ -21,6 +23,7 @@ pub mod conns;
 mod flags;
 pub mod idle;
 pub mod metrics;
+pub mod penalty;
 pub mod server;
 
 use std::time::Duration;
@@ -54,6 +57,15 @@ pub const DEFAULT_H2_MAX_PENDING_RESETS: usize = 20;
 /// Default `--h2-max-local-error-resets`: hyper's guard against streams the client makes the
 /// server reset (RUSTSEC-2024-0003).
 pub const DEFAULT_H2_MAX_LOCAL_ERROR_RESETS: usize = 1024;
+/// Default `--abusive-peer-penalty`: how long an address that was sent GOAWAY
+/// `ENHANCE_YOUR_CALM` stays rate-limited at accept. Long enough to outlast an attacker's
+/// reconnect loop many times over, short enough that an address reused by someone else soon
+/// is free again.
+pub const DEFAULT_ABUSIVE_PEER_PENALTY: Duration = Duration::from_secs(10);
+/// Default `--abusive-peer-connections`: connections a second a penalized address may still
+/// open. A peer proxy needs one (its HTTP/2 connection is pooled), so a peer that relayed a
+/// flood for one of its clients keeps serving the others.
+pub const DEFAULT_ABUSIVE_PEER_CONNECTIONS: u32 = 2;
 /// Default `--header-read-timeout`: hyper's default, which the proxy always had.
 pub const DEFAULT_HEADER_READ_TIMEOUT: Duration = Duration::from_secs(30);
 /// Default `--idle-timeout`: Envoy's `idle_timeout` (1 h), which Istio's sidecars inherit. A
@@ -91,6 +103,12 @@ pub struct ServerLimits {
     pub max_request_body_bytes: Option<u64>,
     /// Requests in flight per direction above which new ones are shed; `None`: no shedding.
     pub load_shed_in_flight: Option<u32>,
+    /// How long an address sent GOAWAY `ENHANCE_YOUR_CALM` is rate-limited at accept; `None`:
+    /// never.
+    #[serde(serialize_with = "millis_or_off")]
+    pub abusive_peer_penalty: Option<Duration>,
+    /// Connections a second such an address may still open.
+    pub abusive_peer_connections: u32,
 }
 
 impl Default for ServerLimits {
@@ -108,6 +126,8 @@ impl Default for ServerLimits {
             idle_timeout: Some(DEFAULT_IDLE_TIMEOUT),
             max_request_body_bytes: None,
             load_shed_in_flight: Some(DEFAULT_SHED_IN_FLIGHT),
+            abusive_peer_penalty: Some(DEFAULT_ABUSIVE_PEER_PENALTY),
+            abusive_peer_connections: DEFAULT_ABUSIVE_PEER_CONNECTIONS,
         }
     }
 }

@@ -6,13 +6,19 @@
 //! [`super::admit`]'s), and closes a connection whose head does not arrive within the header
 //! read timeout (which also bounds keep-alive idle time). HTTP/2: the stream limit and the
 //! header list size are advertised in SETTINGS; a client that resets streams faster than they
-//! are served, or makes the server reset too many, gets GOAWAY `ENHANCE_YOUR_CALM`.
+//! are served, or makes the server reset too many, gets GOAWAY `ENHANCE_YOUR_CALM`, and so does
+//! one whose header block runs on in CONTINUATION frames past what the header list size needs
+//! (h2 allows `max(5, 1.25 x list size / 16 KiB)` of them: 5 at the default 60 KiB, so the
+//! connection ends within about 100 KB of a bomb). A connection ended that way marks its peer's
+//! address for [`super::penalty`] ([`connection_ended`]).
 
 use std::error::Error as _;
+use std::net::IpAddr;
 
 use hyper::server::conn::{http1, http2};
 
-use super::{Limit, ServerLimits};
+use super::{Admission, Limit, LimitMetrics, ServerLimits};
+use crate::telemetry::Direction;
 
 /// Applies the HTTP/1 limits.
 pub fn http1(builder: &mut http1::Builder, limits: &ServerLimits) {
@@ -32,6 +38,29 @@ pub fn http2<E>(builder: &mut http2::Builder<E>, limits: &ServerLimits) {
         .max_header_list_size(u32::try_from(limits.max_header_bytes).unwrap_or(u32::MAX));
 }
 
+/// Counts a server connection from `peer` that one of the limits ended with `e`, and puts the
+/// peer's address under penalty when it was sent GOAWAY `ENHANCE_YOUR_CALM`.
+pub fn connection_ended(
+    e: &hyper::Error,
+    direction: Direction,
+    peer: Option<IpAddr>,
+    admission: &Admission,
+    metrics: &LimitMetrics,
+) {
+    let Some(limit) = classify(e) else {
+        return;
+    };
+    metrics.rejected(direction, limit);
+    if let Some(ip) = peer
+        && calmed(e)
+    {
+        admission
+            .abusive_peers()
+            .offended(ip, std::time::Instant::now());
+        tracing::debug!(%ip, limit = limit.as_str(), "peer sent GOAWAY ENHANCE_YOUR_CALM; penalized");
+    }
+}
+
 /// The limit that ended a server connection with `e`, if one did.
 pub fn classify(e: &hyper::Error) -> Option<Limit> {
     if e.is_timeout() {
@@ -45,16 +74,42 @@ pub fn classify(e: &hyper::Error) -> Option<Limit> {
             Limit::Headers
         });
     }
-    // h2's GOAWAY for a reset flood, found by its text: the h2 crate is not a dependency of
-    // the proxy (hyper wraps it), and its Display is stable ("connection error detected:
-    // detected excessive load generating behavior").
+    calmed(e).then_some(Limit::H2ResetFlood)
+}
+
+/// Whether `e` is h2's GOAWAY `ENHANCE_YOUR_CALM`, found by its text: the h2 crate is not a
+/// dependency of the proxy (hyper wraps it), and its Display is stable ("connection error
+/// detected: detected excessive load generating behavior"). h2 drops the GOAWAY's debug data
+/// from the error it returns, so a reset flood and a CONTINUATION flood look alike here: both
+/// are counted as `h2_reset_flood`.
+fn calmed(e: &hyper::Error) -> bool {
     let mut source = e.source();
     while let Some(s) = source {
-        let text = s.to_string();
-        if text.starts_with("connection error detected") && text.contains("excessive load") {
-            return Some(Limit::H2ResetFlood);
+        if is_calm_text(&s.to_string()) {
+            return true;
         }
         source = s.source();
     }
-    None
+    false
+}
+
+fn is_calm_text(text: &str) -> bool {
+    text.starts_with("connection error detected") && text.contains("excessive load")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn h2_goaway_texts() {
+        assert!(is_calm_text(
+            "connection error detected: detected excessive load generating behavior"
+        ));
+        assert!(
+            !is_calm_text("connection error received: detected excessive load generating behavior"),
+            "the client's GOAWAY is not the proxy's limit"
+        );
+        assert!(!is_calm_text("connection error detected: protocol error"));
+    }
 }

@@ -6,7 +6,9 @@
 //! from scheduling noise alone), and the proxy's RSS may grow by at most [`RSS_BOUND`].
 //!
 //! The attackers ([`trellis_testkit::attacks`], shared with bench/hostile) run in the test
-//! process, on the same two cores as the proxy; a real attacker brings its own CPU. So the
+//! process, from their own source address (127.0.0.2: a real attacker is another peer than the
+//! clients it hurts; the good client is 127.0.0.1), on the same two cores as the proxy; a real
+//! attacker brings its own CPU. So the
 //! attacks are paced (per attacker thread at most one 200 KB request, one stream of 256
 //! CONTINUATION frames, or 100 HEADERS+RST_STREAM pairs a millisecond: still far beyond any
 //! legitimate client). These bounds are loose on purpose (tests share the machine); the
@@ -84,11 +86,25 @@ fn under_attack(
     let peak = samples.iter().map(|(r, _)| *r).max().unwrap_or(rss_before);
     let peak_fds = samples.iter().map(|(_, f)| *f).max().unwrap_or(0);
     let rss_after = load::rss_bytes(pid).unwrap();
+    let metrics = v.proxy.metrics();
+    let by_limit: Vec<String> = [
+        "abusive_peer",
+        "h2_reset_flood",
+        "headers",
+        "header_timeout",
+    ]
+    .iter()
+    .map(|l| {
+        let n = metrics.sum("trellis_limit_rejected_total", &[("limit", *l)]);
+        format!("{l} {n}")
+    })
+    .collect();
     let bound = (baseline.p99_us * 2).max(P99_FLOOR.as_micros() as u64);
     figure(
         scenario,
         &format!(
-            "{what}; good client at {RATE} rps: baseline p99 {:.1} ms, under attack p99 {:.1} ms (bound {:.1} ms), {} failed of {}; proxy RSS {:.1} MiB before, peak {:.1} MiB, after {:.1} MiB, peak fds {peak_fds}",
+            "{what}; rejected by limit: {}; good client at {RATE} rps: baseline p99 {:.1} ms, under attack p99 {:.1} ms (bound {:.1} ms), {} failed of {}; proxy RSS {:.1} MiB before, peak {:.1} MiB, after {:.1} MiB, peak fds {peak_fds}",
+            by_limit.join(", "),
             baseline.p99_us as f64 / 1000.0,
             report.p99_us as f64 / 1000.0,
             bound as f64 / 1000.0,
@@ -102,7 +118,7 @@ fn under_attack(
     // Without these the rest proves nothing: an attack that never reached the proxy, or one
     // the proxy never had to refuse, starves nobody.
     assert!(sent > 0, "{test}: the attack sent nothing: {what}");
-    let rejected = v.proxy.metrics().sum("trellis_limit_rejected_total", &[]);
+    let rejected = metrics.sum("trellis_limit_rejected_total", &[]);
     assert!(
         rejected > 0.0,
         "{test}: the proxy's limits never engaged ({what})"

@@ -1,0 +1,271 @@
+//! `--abusive-peer-penalty`: a source address whose connection the proxy just ended with
+//! GOAWAY `ENHANCE_YOUR_CALM` (an HTTP/2 reset flood or a CONTINUATION flood) may open only
+//! `--abusive-peer-connections` connections a second for the penalty's length; the others are
+//! closed at accept, before protocol detection, TLS or an HTTP/2 handshake, and counted as
+//! `limit="abusive_peer"`.
+//!
+//! Why: each of those attacks is cut within a few frames, so an attacker reconnects at once,
+//! hundreds of times a second, and every reconnect costs the proxy a task, a handshake and the
+//! frames it must read (HPACK state is connection-wide, so h2 decodes a header block it will
+//! refuse). Closing at accept costs an `accept` and a `close`. The penalty limits the rate
+//! instead of refusing outright, so a peer proxy that relayed one misbehaving client (many
+//! clients share its address) still gets a connection through, and one pooled HTTP/2
+//! connection carries all its requests.
+//!
+//! A refused connection is not closed at once but held, unread and deregistered from the
+//! runtime, for [`HOLD`] (at most [`MAX_HELD`] at a time; beyond that, closed at once): closed at
+//! once, a flooding client only reconnects faster (measured: an attacker whose connections were
+//! closed at accept came back 5,000 times a second, where it had made 750 a second when each
+//! was served to its GOAWAY), while one whose writes block on a held connection waits.
+//!
+//! The table is bounded ([`MAX_PEERS`]): when it is full of live penalties a new offender is
+//! not penalized (its connections are still cut by the HTTP/2 limits), so an attacker with many
+//! addresses cannot grow the proxy's memory through it.
+
+use std::collections::HashMap;
+use std::net::IpAddr;
+use std::sync::atomic::{AtomicUsize, Ordering::Relaxed};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+/// Addresses under penalty at once, at most (about 64 B each).
+pub const MAX_PEERS: usize = 4096;
+/// The window the connection rate is counted in.
+const WINDOW: Duration = Duration::from_secs(1);
+/// How long a refused connection is held before it is closed.
+pub const HOLD: Duration = Duration::from_secs(2);
+/// Refused connections held at once, at most (each an fd and its socket buffers).
+pub const MAX_HELD: usize = 64;
+
+#[derive(Debug, Clone, Copy)]
+struct Penalty {
+    until: Instant,
+    window_start: Instant,
+    admitted: u32,
+}
+
+/// The addresses under penalty; one per proxy, in [`super::Admission`].
+#[derive(Debug, Default)]
+pub struct AbusivePeers {
+    /// `None`: no penalty (`--abusive-peer-penalty off`).
+    penalty: Option<Duration>,
+    per_second: u32,
+    /// Entries in `peers`, so the accept path skips the lock while nobody is penalized.
+    len: AtomicUsize,
+    peers: Mutex<HashMap<IpAddr, Penalty>>,
+    /// Refused connections being held ([`Self::refuse`]).
+    held: Arc<AtomicUsize>,
+}
+
+impl AbusivePeers {
+    pub fn new(penalty: Option<Duration>, per_second: u32) -> Self {
+        Self {
+            penalty,
+            per_second,
+            len: AtomicUsize::new(0),
+            peers: Mutex::default(),
+            held: Arc::default(),
+        }
+    }
+
+    /// Closes a refused connection: after [`HOLD`], unread, while fewer than [`MAX_HELD`] are
+    /// held; at once otherwise. Call inside the runtime.
+    pub fn refuse(&self, stream: tokio::net::TcpStream) {
+        if self.held.fetch_add(1, Relaxed) >= MAX_HELD {
+            self.held.fetch_sub(1, Relaxed);
+            return;
+        }
+        // Deregistered: what the client writes meanwhile wakes nothing in the proxy.
+        let Ok(stream) = stream.into_std() else {
+            self.held.fetch_sub(1, Relaxed);
+            return;
+        };
+        let held = self.held.clone();
+        tokio::spawn(async move {
+            tokio::time::sleep(HOLD).await;
+            drop(stream);
+            held.fetch_sub(1, Relaxed);
+        });
+    }
+
+    /// Refused connections held open now.
+    pub fn held(&self) -> usize {
+        self.held.load(Relaxed)
+    }
+
+    /// `ip` was just sent GOAWAY `ENHANCE_YOUR_CALM`: penalized from `now` (again, if it
+    /// already was).
+    pub fn offended(&self, ip: IpAddr, now: Instant) {
+        let Some(penalty) = self.penalty else {
+            return;
+        };
+        let mut peers = self.lock();
+        if peers.len() >= MAX_PEERS && !peers.contains_key(&ip) {
+            peers.retain(|_, p| p.until > now);
+            if peers.len() >= MAX_PEERS {
+                tracing::debug!(%ip, "abusive-peer table full; not penalized");
+                return;
+            }
+        }
+        let until = now + penalty;
+        peers
+            .entry(ip)
+            .and_modify(|p| p.until = until)
+            .or_insert(Penalty {
+                until,
+                window_start: now,
+                // The connection that offended counts against this second's allowance.
+                admitted: 1,
+            });
+        self.len.store(peers.len(), Relaxed);
+    }
+
+    /// Whether a connection from `ip`, accepted now, may be served. One atomic load while
+    /// nobody is penalized.
+    pub fn admit(&self, ip: IpAddr) -> bool {
+        self.is_empty() || self.admit_at(ip, Instant::now())
+    }
+
+    /// [`Self::admit`] at `now`.
+    pub fn admit_at(&self, ip: IpAddr, now: Instant) -> bool {
+        let mut peers = self.lock();
+        let Some(p) = peers.get_mut(&ip) else {
+            return true;
+        };
+        if p.until <= now {
+            peers.remove(&ip);
+            self.len.store(peers.len(), Relaxed);
+            return true;
+        }
+        if now.duration_since(p.window_start) >= WINDOW {
+            p.window_start = now;
+            p.admitted = 0;
+        }
+        if p.admitted < self.per_second {
+            p.admitted += 1;
+            true
+        } else {
+            false
+        }
+    }
+
+    /// Addresses under penalty (expired ones linger until their next connection or a full
+    /// table).
+    pub fn len(&self) -> usize {
+        self.len.load(Relaxed)
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<IpAddr, Penalty>> {
+        // A panic while holding the lock leaves a consistent map (every update is one insert
+        // or field write), so a poisoned lock is still usable.
+        self.peers
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn ip(last: u8) -> IpAddr {
+        IpAddr::from([127, 0, 0, last])
+    }
+
+    #[test]
+    fn an_offender_gets_its_rate_for_the_penalty_then_is_free() {
+        let peers = AbusivePeers::new(Some(Duration::from_secs(10)), 2);
+        let t0 = Instant::now();
+        assert!(peers.admit_at(ip(2), t0), "nobody penalized yet");
+        peers.offended(ip(2), t0);
+        // The offending connection used one of this second's two.
+        assert!(peers.admit_at(ip(2), t0));
+        assert!(!peers.admit_at(ip(2), t0 + Duration::from_millis(500)));
+        assert!(
+            peers.admit_at(ip(1), t0),
+            "other addresses are not affected"
+        );
+        // A new second, two more.
+        let t1 = t0 + Duration::from_millis(1000);
+        assert!(peers.admit_at(ip(2), t1));
+        assert!(peers.admit_at(ip(2), t1));
+        assert!(!peers.admit_at(ip(2), t1));
+        // After the penalty, free and forgotten.
+        assert!(peers.admit_at(ip(2), t0 + Duration::from_secs(10)));
+        assert!(peers.is_empty());
+    }
+
+    #[test]
+    fn a_new_offence_extends_the_penalty() {
+        let peers = AbusivePeers::new(Some(Duration::from_secs(2)), 1);
+        let t0 = Instant::now();
+        peers.offended(ip(2), t0);
+        peers.offended(ip(2), t0 + Duration::from_millis(1500));
+        let t = t0 + Duration::from_millis(2500);
+        assert!(peers.admit_at(ip(2), t));
+        assert!(!peers.admit_at(ip(2), t), "still penalized at 1 a second");
+    }
+
+    #[test]
+    fn off_never_penalizes() {
+        let peers = AbusivePeers::new(None, 1);
+        let t0 = Instant::now();
+        peers.offended(ip(2), t0);
+        assert!((0..10).all(|_| peers.admit_at(ip(2), t0)));
+        assert!(peers.is_empty());
+    }
+
+    #[test]
+    fn the_table_is_bounded() {
+        let peers = AbusivePeers::new(Some(Duration::from_secs(5)), 1);
+        let t0 = Instant::now();
+        for i in 0..MAX_PEERS as u32 + 10 {
+            peers.offended(IpAddr::from((0x0a00_0000 + i).to_be_bytes()), t0);
+        }
+        assert_eq!(peers.len(), MAX_PEERS);
+        // Once the first penalties have expired, a new offender finds room.
+        let later = t0 + Duration::from_secs(6);
+        peers.offended(ip(9), later);
+        assert_eq!(peers.len(), 1);
+        assert!(
+            !peers.admit_at(ip(9), later),
+            "penalized: its offence used this second's one"
+        );
+    }
+
+    #[tokio::test]
+    async fn refused_connections_are_held_then_closed_and_bounded() {
+        use tokio::io::AsyncReadExt;
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let peers = AbusivePeers::new(Some(Duration::from_secs(10)), 1);
+        let mut clients = Vec::new();
+        for _ in 0..MAX_HELD + 2 {
+            clients.push(tokio::net::TcpStream::connect(addr).await.unwrap());
+            let (server, _) = listener.accept().await.unwrap();
+            peers.refuse(server);
+        }
+        assert_eq!(peers.held(), MAX_HELD, "the rest closed at once");
+        let started = Instant::now();
+        let mut buf = [0u8; 1];
+        // Over the bound: closed at once.
+        let n = tokio::time::timeout(HOLD / 2, clients[MAX_HELD + 1].read(&mut buf))
+            .await
+            .unwrap()
+            .unwrap();
+        assert_eq!(n, 0);
+        // Held: nothing to read until the hold ends, then EOF.
+        let n = tokio::time::timeout(HOLD * 3, clients[0].read(&mut buf))
+            .await
+            .unwrap()
+            .unwrap();
+        assert_eq!(n, 0);
+        assert!(started.elapsed() >= HOLD - Duration::from_millis(300));
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        assert_eq!(peers.held(), 0);
+    }
+}
