@@ -68,9 +68,10 @@ def render(r, path):
         out.append("")
         out.append(
             "One workload joins `svc-0` (a Hello with its label), then leaves it (a Hello with "
-            "another label); every proxy subscribes to `svc-0`. The Update each proxy receives "
-            "is the whole destination again (all 50 endpoints and the route JSON): there is no "
-            "endpoint delta in the protocol yet."
+            "another label); every proxy subscribes to `svc-0`. The simulated proxies negotiate "
+            "endpoint deltas as trellis-proxy does, so the Update each receives is an endpoint "
+            "delta (the endpoint added, or the address removed), not the whole destination (all "
+            "50 endpoints and the route JSON: 5,601 bytes added, 5,503 removed before deltas)."
         )
         out.append("")
         out.append("| proxies | change | bytes per stream | p50 / p90 / max to ACK (ms) | control CPU |")
