@@ -33,6 +33,9 @@ use crate::registry::StreamId;
 pub struct ProxyState {
     pub revision: Option<u64>,
     pub proxy: Proxy,
+    /// Hosts subscribed to since the last sync report: the answer may not be ACKed yet, so
+    /// the revision above does not vouch for objects that concern the proxy through them.
+    pub unsynced_hosts: std::collections::BTreeSet<String>,
 }
 
 /// Per connected proxy stream, its state.
@@ -75,17 +78,28 @@ impl ProgrammedTracker {
             return;
         };
         self.tx.send_if_modified(|m| match m.get_mut(&stream) {
-            Some(state) if subscribed => state.proxy.hosts.insert(host),
-            Some(state) => state.proxy.hosts.remove(&host),
+            Some(state) if subscribed => {
+                let new = state.proxy.hosts.insert(host.clone());
+                if new {
+                    state.unsynced_hosts.insert(host);
+                }
+                new
+            }
+            Some(state) => {
+                state.unsynced_hosts.remove(&host);
+                state.proxy.hosts.remove(&host)
+            }
             None => false,
         });
     }
 
-    /// The proxy on `stream` has applied everything compiled from config `revision`.
+    /// The proxy on `stream` has applied everything compiled from config `revision` (and
+    /// everything sent for its subscriptions so far).
     pub fn synced(&self, stream: StreamId, revision: u64) {
         self.tx.send_if_modified(|m| match m.get_mut(&stream) {
-            Some(state) if state.revision != Some(revision) => {
+            Some(state) if state.revision != Some(revision) || !state.unsynced_hosts.is_empty() => {
                 state.revision = Some(revision);
+                state.unsynced_hosts.clear();
                 true
             }
             _ => false,
@@ -130,12 +144,20 @@ impl Revisions {
         synced: &Synced,
         concerned: impl Fn(&Proxy) -> bool,
     ) -> (usize, usize) {
+        let concerned = &concerned;
         let concerned_states = synced.values().filter(|s| concerned(&s.proxy));
         let Some((_, since)) = self.since.get(key) else {
             return (0, concerned_states.count());
         };
         concerned_states.fold((0, 0), |(done, total), state| {
-            let programmed = state.revision.is_some_and(|r| r >= *since);
+            let mut programmed = state.revision.is_some_and(|r| r >= *since);
+            // Concerned only through a subscription not ACKed yet: not programmed until it is
+            // (the count is never too high).
+            if programmed && !state.unsynced_hosts.is_empty() {
+                let mut settled = state.proxy.clone();
+                settled.hosts.retain(|h| !state.unsynced_hosts.contains(h));
+                programmed = concerned(&settled);
+            }
             (done + usize::from(programmed), total + 1)
         })
     }
@@ -282,8 +304,13 @@ mod tests {
         // Dropping the subscription: the object concerns no proxy.
         tracker.subscribed(1, &reviews(), false);
         assert_eq!(count(&revs, &rx, &objs), (0, 0));
-        // A Hello again keeps the stream's subscriptions and sync.
+        // A new subscriber counts, and is programmed once it has ACKed what it asked for,
+        // not on the strength of an earlier sync.
         tracker.subscribed(2, &reviews(), true);
+        assert_eq!(count(&revs, &rx, &objs), (0, 1));
+        tracker.synced(2, 1);
+        assert_eq!(count(&revs, &rx, &objs), (1, 1));
+        // A Hello again keeps the stream's subscriptions and sync.
         tracker.connected(2, &workload("batch-v2"));
         assert_eq!(count(&revs, &rx, &objs), (1, 1));
         // An object without a known concern counts every connected proxy, as before.
