@@ -162,7 +162,10 @@ impl ControlPlane {
             );
         let token = shutdown.clone();
         tasks.spawn(async move {
-            let incoming = tonic::transport::server::TcpIncoming::from(discovery);
+            // TCP_NODELAY, as tonic's own `serve` sets and `from` does not: with Nagle a small
+            // write (a Welcome, a Certify answer) waits for the proxy's delayed ACK, ~40 ms.
+            let incoming =
+                tonic::transport::server::TcpIncoming::from(discovery).with_nodelay(Some(true));
             if let Err(err) = grpc
                 .serve_with_incoming_shutdown(incoming, token.cancelled_owned())
                 .await

@@ -29,7 +29,8 @@ use crate::trace::{self, export::ResourceInfo};
 use crate::transport::{BindError, bind};
 use crate::{inbound, outbound};
 
-/// How often the ready-file writer checks readiness (discovery identity) before writing.
+/// How often the ready-file writer checks readiness when nothing woke it: a backstop, since
+/// it wakes on the Welcome and on the certificate themselves.
 const READY_POLL: Duration = Duration::from_millis(50);
 
 /// Why the proxy could not start or run.
@@ -409,14 +410,20 @@ async fn write_ready_file_when_ready(
     state: Arc<AdminState>,
     stop: CancellationToken,
 ) {
+    // Subscribed before the first check, so a change between the check and the wait wakes it.
+    let mut registration_rx = state.discovery.registration_rx();
+    let mut installs_rx = state.identity.installs_rx();
     // Bounded by the proxy's life: the loop ends at readiness, drain or exit.
     while let Err(reason) = state.readiness() {
         if state.shutdown.is_cancelled() {
             return;
         }
         tracing::debug!(reason = %reason, "not ready yet; ready file deferred");
+        // A closed channel only ends that wake-up; the backstop still runs.
         tokio::select! {
             _ = stop.cancelled() => return,
+            Ok(()) = registration_rx.changed() => {}
+            Ok(()) = installs_rx.changed() => {}
             _ = tokio::time::sleep(READY_POLL) => {}
         }
     }

@@ -20,7 +20,9 @@ pub struct WaitReadyArgs {
     /// Give up (exit 1) after this long.
     #[arg(long, default_value = "60s", value_parser = parse_duration)]
     pub timeout: Duration,
-    /// Pause between probes.
+    /// The longest pause between probes. The first pauses are shorter (5 ms, doubling up to
+    /// this), so that a proxy ready in a few milliseconds does not hold the app back for a
+    /// whole interval.
     #[arg(long, default_value = "100ms", value_parser = parse_duration)]
     pub interval: Duration,
 }
@@ -33,23 +35,28 @@ pub struct NotReady {
     last: String,
 }
 
+/// The first pause between probes; each next one doubles, up to `--interval`.
+const FIRST_PAUSE: Duration = Duration::from_millis(5);
+
 /// Probes `/ready` until it answers 200 or the timeout passes.
 pub fn run(args: &WaitReadyArgs) -> Result<(), NotReady> {
     let deadline = Instant::now() + args.timeout;
+    let mut pause = FIRST_PAUSE.min(args.interval);
     loop {
         let last = match probe(args.admin, args.interval.max(Duration::from_millis(100))) {
             Ok(200) => return Ok(()),
             Ok(status) => format!("/ready answered {status}"),
             Err(e) => e.to_string(),
         };
-        if Instant::now() + args.interval >= deadline {
+        if Instant::now() + pause >= deadline {
             return Err(NotReady {
                 admin: args.admin,
                 timeout: args.timeout,
                 last,
             });
         }
-        std::thread::sleep(args.interval);
+        std::thread::sleep(pause);
+        pause = (pause * 2).min(args.interval);
     }
 }
 
@@ -119,6 +126,24 @@ mod tests {
             interval: Duration::from_millis(10),
         };
         run(&args).unwrap();
+    }
+
+    #[test]
+    fn a_proxy_ready_at_once_is_seen_long_before_an_interval() {
+        let admin = admin_answering(vec![503, 503, 200]);
+        let args = WaitReadyArgs {
+            admin,
+            timeout: Duration::from_secs(50),
+            interval: Duration::from_secs(20),
+        };
+        let started = Instant::now();
+        run(&args).unwrap();
+        // Two pauses of 5 and 10 ms; a fixed interval would have taken 40 s.
+        assert!(
+            started.elapsed() < Duration::from_secs(5),
+            "{:?}",
+            started.elapsed()
+        );
     }
 
     #[test]

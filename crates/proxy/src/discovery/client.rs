@@ -114,7 +114,7 @@ async fn session(
     for target in inner.live_targets() {
         let _ = out_tx.send(subscribe(&target));
     }
-    let mut client = DiscoveryClient::new(channel);
+    let mut client = DiscoveryClient::new(channel.clone());
     let mut inbound = tokio::select! {
         () = shutdown.cancelled() => return Ok(()),
         response = client.stream(UnboundedReceiverStream::new(out_rx)) => response?.into_inner(),
@@ -143,9 +143,14 @@ async fn session(
                         // Connected means registered: the control plane has answered Hello.
                         {
                             let mut status = inner.status();
-                            status.identity = Some(welcome.identity);
+                            status.identity = Some(welcome.identity.clone());
                             status.connected = true;
                         }
+                        // Wakes the certificate manager, which certifies on this connection.
+                        inner.registration.send_replace(Some(super::Registration {
+                            identity: welcome.identity,
+                            channel: channel.clone(),
+                        }));
                         let period = Duration::from_millis(welcome.heartbeat_interval_ms).max(MIN_HEARTBEAT);
                         let mut ticker = tokio::time::interval(period);
                         ticker.set_missed_tick_behavior(MissedTickBehavior::Delay);

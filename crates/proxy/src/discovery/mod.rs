@@ -60,6 +60,17 @@ pub struct DiscoveryStatus {
     pub endpoint_deltas: u64,
 }
 
+/// What the control plane answered Hello with, and the connection it answered on. The
+/// certificate manager waits for this (the SPIFFE ID it must ask for) and sends its CSR on
+/// the same connection: the control plane serves its CA on the discovery port.
+#[derive(Clone, Debug)]
+pub struct Registration {
+    /// This workload's SPIFFE ID, from Welcome.
+    pub identity: String,
+    /// The discovery connection (tonic reconnects it by itself if it breaks).
+    pub channel: tonic::transport::Channel,
+}
+
 /// A target with no receivers for this long is unsubscribed and forgotten.
 const IDLE_TIMEOUT: Duration = Duration::from_secs(60);
 /// How often idle targets are looked for.
@@ -108,6 +119,8 @@ struct Inner {
     wasm_plugins: watch::Sender<Arc<str>>,
     /// This workload's rate limits (`InboundPolicy.rate_limits_json`), as last sent.
     rate_limits: watch::Sender<Arc<str>>,
+    /// The last Welcome and its connection; `None` until the first.
+    registration: watch::Sender<Option<Registration>>,
 }
 
 /// A channel of JSON text from the control plane: `""` until it sends one.
@@ -152,6 +165,7 @@ impl Inner {
             gateway: text_channel(),
             wasm_plugins: text_channel(),
             rate_limits: text_channel(),
+            registration: watch::channel(None).0,
         }
     }
 
@@ -379,6 +393,12 @@ impl Discovery {
     /// `wasm::follow`.
     pub fn wasm_plugins_rx(&self) -> watch::Receiver<Arc<str>> {
         self.inner.wasm_plugins.subscribe()
+    }
+
+    /// The last Welcome and the connection it came on (`None` until the first, and forever
+    /// without a control plane); see `tls::manager`.
+    pub fn registration_rx(&self) -> watch::Receiver<Option<Registration>> {
+        self.inner.registration.subscribe()
     }
 
     /// The gateway config JSON the control plane sends for this workload (`""` until it sends

@@ -4,6 +4,11 @@
 //! stream brings trust-bundle changes (installed at once with the same leaf) and issuer
 //! changes (a renewal at once).
 //!
+//! Startup is on the proxy's path to ready, so nothing waits that need not: the first key is
+//! made while discovery registers, the manager wakes on the Welcome itself (a watch, not a
+//! poll), and the CSR goes out on the discovery connection (the CA is served on the same
+//! port), so no second TCP and HTTP/2 handshake comes first.
+//!
 //! When renewal fails the proxy keeps serving with its current leaf until it expires, retrying
 //! with backoff, and says so: a warning log per failure, `last_error` on `/ready` and
 //! `/config_dump`, and `trellis_identity_cert_expiry_timestamp_seconds` not moving.
@@ -15,7 +20,7 @@ use rand::Rng;
 use tokio::time::Instant;
 use tokio_stream::StreamExt;
 use tokio_util::sync::CancellationToken;
-use tonic::transport::{Channel, Endpoint};
+use tonic::transport::Channel;
 use trellis_api::identity::{self as pb, identity_client::IdentityClient};
 use trellis_identity::SpiffeId;
 use trellis_identity::ca::TrustBundle;
@@ -27,13 +32,12 @@ use crate::discovery::Discovery;
 const RETRY_MIN: Duration = Duration::from_millis(250);
 const RETRY_MAX: Duration = Duration::from_secs(30);
 const CERTIFY_TIMEOUT: Duration = Duration::from_secs(5);
-/// How often the manager looks for the trust domain (from the discovery Welcome) at startup.
-const IDENTITY_POLL: Duration = Duration::from_millis(20);
 
 /// Who to ask and who to be.
 #[derive(Clone, Debug)]
 pub struct ManagerConfig {
-    /// The control plane URL (the discovery port also serves the CA).
+    /// The control plane URL, for messages: requests go on discovery's connection (the
+    /// discovery port also serves the CA).
     pub control: String,
     pub namespace: String,
     pub service_account: String,
@@ -69,19 +73,7 @@ pub fn spawn(
     discovery: Discovery,
     stop: CancellationToken,
 ) {
-    tokio::spawn(async move {
-        if let Err(e) = run(config, identity, discovery, stop).await {
-            tracing::error!(error = %e, "certificate manager stopped; mesh TLS is unavailable");
-        }
-    });
-}
-
-#[derive(Debug, thiserror::Error)]
-enum ManagerError {
-    #[error("invalid control plane address {0:?}")]
-    Address(String),
-    #[error("cannot make a key: {0}")]
-    Key(#[from] trellis_identity::tls::ConfigError),
+    tokio::spawn(run(config, identity, discovery, stop));
 }
 
 /// The leaf in use and what is needed to rebuild configs when only the bundle changes.
@@ -96,32 +88,43 @@ async fn run(
     identity: Arc<MeshIdentity>,
     discovery: Discovery,
     stop: CancellationToken,
-) -> Result<(), ManagerError> {
+) {
+    // The key does not depend on the identity: made now, on a blocking thread (the runtime
+    // may have only one, and discovery is connecting on it), it is ready when the Welcome
+    // comes. A failure here is retried with the Certify that needs the key.
+    let spare_key = tokio::spawn(new_key());
     // The trust domain is the control plane's: the Welcome carries the full SPIFFE ID.
-    let id: SpiffeId = loop {
-        if let Some(id) = discovery.status().identity.and_then(|s| s.parse().ok()) {
-            break id;
-        }
-        tokio::select! {
-            () = stop.cancelled() => return Ok(()),
-            () = tokio::time::sleep(IDENTITY_POLL) => {}
+    let mut registration_rx = discovery.registration_rx();
+    let (id, mut channel): (SpiffeId, Channel) = loop {
+        let welcome = tokio::select! {
+            () = stop.cancelled() => return,
+            welcome = registration_rx.wait_for(Option::is_some) => match welcome {
+                Ok(r) => r.clone(),
+                // Discovery is gone: the proxy is stopping.
+                Err(_) => return,
+            },
+        };
+        let Some(welcome) = welcome else { continue };
+        match welcome.identity.parse::<SpiffeId>() {
+            Ok(id) => break (id, welcome.channel),
+            Err(e) => {
+                tracing::warn!(identity = %welcome.identity, error = %e, "the control plane sent an unusable identity; waiting for another Welcome");
+                // `wait_for` marked this one seen: wait for the next.
+                tokio::select! {
+                    () = stop.cancelled() => return,
+                    changed = registration_rx.changed() => if changed.is_err() { return },
+                }
+            }
         }
     };
-    let uri = if config.control.contains("://") {
-        config.control.clone()
-    } else {
-        format!("http://{}", config.control)
+    let mut spare_key = match spare_key.await {
+        Ok(Ok(key)) => Some(key),
+        Ok(Err(e)) => {
+            tracing::debug!(error = %e, "cannot make the workload key yet");
+            None
+        }
+        Err(_) => None,
     };
-    let channel = Endpoint::from_shared(uri.clone())
-        .map_err(|_| ManagerError::Address(uri))?
-        .connect_timeout(Duration::from_secs(2))
-        // Notices a control plane that vanished without closing the WatchBundle stream, so the
-        // stream is re-opened (and the bundle refreshed) when it comes back.
-        .http2_keep_alive_interval(Duration::from_secs(5))
-        .keep_alive_timeout(Duration::from_secs(5))
-        .keep_alive_while_idle(true)
-        .connect_lazy();
-    let mut client = IdentityClient::new(channel.clone());
     let mut bundle = TrustBundle::default();
     let mut generation = 0u64;
     let mut held: Option<Held> = None;
@@ -136,9 +139,9 @@ async fn run(
             .as_ref()
             .map_or(next_attempt, |h| h.renew_at.min(next_attempt));
         tokio::select! {
-            () = stop.cancelled() => return Ok(()),
+            () = stop.cancelled() => return,
             () = tokio::time::sleep_until(due) => {
-                match certify(&mut client, &config, &id).await {
+                match certify(channel.clone(), spare_key.take(), &config, &id).await {
                     Ok((key, resp)) => {
                         retry = RETRY_MIN;
                         next_attempt = far_future();
@@ -198,7 +201,24 @@ async fn run(
                     watch_retry_at = Instant::now() + RETRY_MIN * 4;
                 }
             },
-            () = tokio::time::sleep_until(watch_retry_at), if watch.is_none() => {
+            // Discovery reconnected: requests follow it to its new connection, and the bundle
+            // stream is opened again there (it brings the current bundle at once), so that
+            // nothing holds the old connection open.
+            changed = registration_rx.changed() => {
+                if changed.is_err() {
+                    return; // discovery is gone: the proxy is stopping
+                }
+                if let Some(r) = &*registration_rx.borrow_and_update() {
+                    channel = r.channel.clone();
+                }
+                if watch.take().is_some() {
+                    watch_retry_at = Instant::now();
+                }
+            }
+            // Opened once a leaf is held: the first Certify answer carries the bundle, so
+            // startup waits for nothing else, and the stream's first bundle (the same) does
+            // not look like an issuer change.
+            () = tokio::time::sleep_until(watch_retry_at), if watch.is_none() && held.is_some() => {
                 let mut c = IdentityClient::new(channel.clone());
                 match tokio::time::timeout(CERTIFY_TIMEOUT, c.watch_bundle(pb::WatchBundleRequest {})).await {
                     Ok(Ok(resp)) => watch = Some(resp.into_inner()),
@@ -251,12 +271,29 @@ fn failed(identity: &MeshIdentity, retry: &mut Duration, next: &mut Instant, err
     *retry = (*retry * 2).min(RETRY_MAX);
 }
 
+/// A new ECDSA P-256 key, made on a blocking thread so that the proxy's (possibly only)
+/// runtime thread keeps serving meanwhile.
+async fn new_key() -> Result<LeafKey, String> {
+    let key = tokio::task::spawn_blocking(LeafKey::generate)
+        .await
+        .map_err(|e| format!("cannot make a key: {e}"))?
+        .map_err(|e| format!("cannot make a key: {e}"))?;
+    tracing::debug!("workload key made");
+    Ok(key)
+}
+
+/// One Certify on `channel` with the CSR of `key` (a new key when `None`); the key comes
+/// back with the answer.
 async fn certify(
-    client: &mut IdentityClient<Channel>,
+    channel: Channel,
+    key: Option<LeafKey>,
     config: &ManagerConfig,
     id: &SpiffeId,
 ) -> Result<(LeafKey, pb::CertifyResponse), String> {
-    let key = LeafKey::generate().map_err(|e| e.to_string())?;
+    let key = match key {
+        Some(key) => key,
+        None => new_key().await?,
+    };
     let csr_pem = key.csr_pem(id).map_err(|e| e.to_string())?;
     let request = pb::CertifyRequest {
         namespace: config.namespace.clone(),
@@ -264,6 +301,8 @@ async fn certify(
         csr_pem,
         join_token: proof(config).await?,
     };
+    tracing::debug!(control = %config.control, identity = %id, "Certify sent");
+    let mut client = IdentityClient::new(channel);
     match tokio::time::timeout(CERTIFY_TIMEOUT, client.certify(request)).await {
         Ok(Ok(resp)) => Ok((key, resp.into_inner())),
         Ok(Err(status)) => Err(format!("{}: {}", status.code(), status.message())),

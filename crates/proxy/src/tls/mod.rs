@@ -56,6 +56,8 @@ pub struct MeshIdentity {
     pub metrics: TlsMetrics,
     /// The inbound policy (PeerAuthentication) for this workload, from discovery.
     pub inbound_policy: arc_swap::ArcSwap<InboundPolicy>,
+    /// Counts installs, so that whoever waits for a certificate (the ready file) wakes on one.
+    installs: tokio::sync::watch::Sender<u64>,
 }
 
 impl MeshIdentity {
@@ -66,6 +68,7 @@ impl MeshIdentity {
             status: Mutex::new(IdentityStatus::default()),
             metrics: TlsMetrics::default(),
             inbound_policy: arc_swap::ArcSwap::from_pointee(InboundPolicy::default()),
+            installs: tokio::sync::watch::channel(0).0,
         }
     }
 
@@ -101,6 +104,12 @@ impl MeshIdentity {
             status(&mut s);
         }
         self.current.store(Some(Arc::new(tls)));
+        self.installs.send_modify(|n| *n += 1);
+    }
+
+    /// Changes with every certificate or bundle installed.
+    pub fn installs_rx(&self) -> tokio::sync::watch::Receiver<u64> {
+        self.installs.subscribe()
     }
 
     fn with_status(&self, f: impl FnOnce(&mut IdentityStatus)) {
