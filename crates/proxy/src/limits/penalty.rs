@@ -36,6 +36,8 @@ const WINDOW: Duration = Duration::from_secs(1);
 pub const HOLD: Duration = Duration::from_secs(2);
 /// Refused connections held at once, at most (each an fd and its socket buffers).
 pub const MAX_HELD: usize = 64;
+/// `SO_RCVBUF` of a held connection (the kernel doubles it).
+const HELD_RECV_BUFFER: usize = 4096;
 
 #[derive(Debug, Clone, Copy)]
 struct Penalty {
@@ -75,6 +77,11 @@ impl AbusivePeers {
             self.held.fetch_sub(1, Relaxed);
             return;
         }
+        // The kernel would otherwise keep growing the receive buffer of a socket nobody reads
+        // (loopback autotuning goes to tcp_rmem's max, 32 MiB here): with the buffer pinned
+        // small, the client can write little more than the window already advertised
+        // (measured: under 1 MiB) before it blocks. Best effort: a failure only loses the bound.
+        let _ = socket2::SockRef::from(&stream).set_recv_buffer_size(HELD_RECV_BUFFER);
         // Deregistered: what the client writes meanwhile wakes nothing in the proxy.
         let Ok(stream) = stream.into_std() else {
             self.held.fetch_sub(1, Relaxed);
@@ -251,6 +258,31 @@ mod tests {
         }
         assert_eq!(peers.held(), MAX_HELD, "the rest closed at once");
         let started = Instant::now();
+        // A held connection takes little before the client's writes block. (The client's own
+        // send buffer, the attacker's memory, is pinned small so it does not count.)
+        socket2::SockRef::from(&clients[1])
+            .set_send_buffer_size(4096)
+            .unwrap();
+        let mut absorbed = 0usize;
+        let chunk = vec![0u8; 64 * 1024];
+        while absorbed < 64 << 20 {
+            match clients[1].try_write(&chunk) {
+                Ok(n) => absorbed += n,
+                Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {
+                    // Give loopback a moment to move what was sent; blocked twice is blocked.
+                    tokio::time::sleep(Duration::from_millis(20)).await;
+                    match clients[1].try_write(&chunk) {
+                        Ok(n) => absorbed += n,
+                        Err(_) => break,
+                    }
+                }
+                Err(e) => panic!("write to a held connection: {e}"),
+            }
+        }
+        assert!(
+            absorbed < 1 << 20,
+            "a held connection absorbed {absorbed} B"
+        );
         let mut buf = [0u8; 1];
         // Over the bound: closed at once.
         let n = tokio::time::timeout(HOLD / 2, clients[MAX_HELD + 1].read(&mut buf))
