@@ -8,7 +8,9 @@ alternating short wrk runs so that noise from the rest of the machine hits both 
 BIN defaults to target/release/trellis-proxy (build it with
 `cargo build --release --bin trellis-proxy`). Needs nginx and wrk (bench/run.sh installs them).
 CPU is read from /proc/<pid>/task/*/schedstat (nanoseconds). Prints each run and the medians.
-The issue's bound: full costs at most 10% more CPU per request than minimal."""
+The issue's bound: full costs at most 10% more CPU per request than minimal. The
+deterministic counterpart (callgrind instructions per request, full against minimal, the same
+binary) is bench/telemetry_ab_callgrind.py."""
 import json, os, re, subprocess, sys, tempfile, time, statistics, socket
 BIN = sys.argv[1] if len(sys.argv) > 1 else os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "target", "release", "trellis-proxy")
 ROUNDS = int(sys.argv[2]) if len(sys.argv) > 2 else 10

@@ -316,10 +316,13 @@ impl Upstreams {
                 Err(e) => {
                     tracing::debug!(%addr, error = %e, "pooled HTTP/2 connection unusable; redialling");
                     self.forget_http2(key);
-                    self.dial_http2(dial, opts).await?
+                    Box::pin(self.dial_http2(dial, opts)).await?
                 }
             },
-            None => self.dial_http2(dial, opts).await?,
+            // Boxed: dialling (connect, the mTLS handshake) happens once per connection, and
+            // inline its state (about 7 KiB) would be in every request's future, which the
+            // server moves and copies per request.
+            None => Box::pin(self.dial_http2(dial, opts)).await?,
         };
         // A connection that is not ready has closed (a GOAWAY, a drain) before this request
         // went out on it: nothing was sent, so the attempt fails as a connect failure does.

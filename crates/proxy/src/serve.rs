@@ -338,8 +338,12 @@ fn mesh_dest(ctx: &Ctx, dest: Dest, dest_port: u16, target_port: Option<u16>) ->
             None => (dest, dest_port),
         };
     }
-    if app.is_none() && ports.contains(&port) {
-        return (Dest::Fixed(SocketAddr::new(*local_ip, port)), port);
+    // `--app` keeps the stream where it was (and the port authorization checks): the same
+    // choice as for requests, made by `local_hop`.
+    if app.is_none()
+        && let Ok(hop) = crate::route::local_hop(None, ports, *local_ip, Some(port))
+    {
+        return (Dest::Fixed(hop.addr), port);
     }
     (dest, dest_port)
 }

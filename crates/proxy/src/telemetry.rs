@@ -15,6 +15,7 @@ use std::time::Duration;
 use crate::resilience::limits::Rejection;
 
 pub mod exchange;
+pub mod memo;
 pub mod requests;
 pub mod scrape;
 pub mod tcp;

@@ -146,7 +146,9 @@ impl H1Pool {
                 },
             }
         }
-        let mut sender = self.dial(addr).await?;
+        // Boxed: a dial (connect, TLS origination) is once per connection; inline, its state
+        // would be in every request's future.
+        let mut sender = Box::pin(self.dial(addr)).await?;
         let sent = sender.send_request(req);
         if reusable {
             self.file(addr, sender);

@@ -32,6 +32,7 @@ use crate::http::{
 use crate::route::{Dest, Hop, Next};
 use crate::serve::Ctx;
 use crate::telemetry::Direction;
+use crate::telemetry::memo::SeriesMemo;
 use crate::tls::PeerIdentity;
 use crate::transport::is_own_listener;
 use trellis_model::wasm::Phase;
@@ -47,6 +48,9 @@ pub struct HttpForward {
     /// Inbound over mesh mTLS: the peer proxy's verified identity, put in each request's
     /// extensions for telemetry and authorization.
     peer_identity: Option<PeerIdentity>,
+    /// The connection's last request series: its next request with the same labels skips
+    /// the registry lookup.
+    series_memo: Option<Arc<SeriesMemo>>,
 }
 
 impl HttpForward {
@@ -57,6 +61,7 @@ impl HttpForward {
             dest: Arc::new(dest),
             peer: None,
             peer_identity: None,
+            series_memo: Some(Arc::default()),
         }
     }
 
@@ -77,15 +82,17 @@ impl HttpForward {
 
     /// The hyper service entry point: never fails, errors become responses.
     pub async fn handle(
-        self,
+        mut self,
         mut req: Request<Incoming>,
     ) -> Result<Response<ProxyBody>, Infallible> {
         if let Some(id) = &self.peer_identity {
             req.extensions_mut().insert(id.clone());
         }
         let telemetry = self.ctx.telemetry.clone();
-        let (exchange, mut req) =
+        let (mut exchange, mut req) =
             telemetry.begin(self.direction, req.map(crate::client::up_body), self.peer);
+        // Moved, not cloned: `self` is this request's copy of the connection's forwarder.
+        exchange.use_memo(self.series_memo.take());
         // The proxy's own limits and load shedding come first: a refusal costs nothing more.
         // The guard counts the request in flight until its response head is returned.
         let _in_flight =
@@ -194,7 +201,8 @@ impl HttpForward {
                     return error_response(StatusCode::BAD_GATEWAY, "forwarding loop");
                 }
                 if upgrade {
-                    return self.forward_upgrade(hop, req).await;
+                    // Boxed, as every rare path here: see `forward_upgrade`.
+                    return Box::pin(self.forward_upgrade(hop, req)).await;
                 }
                 match self.send(hop, req, tagged, &PoolOptions::default()).await {
                     Ok(resp) => downstream_response(resp, false),

@@ -241,7 +241,7 @@ async fn send(
         if fwd.is_loop(hop) {
             return error_response(StatusCode::BAD_GATEWAY, "forwarding loop");
         }
-        return fwd.forward_upgrade(hop, req).await;
+        return Box::pin(fwd.forward_upgrade(hop, req)).await;
     }
     attempt::run(fwd, backend, req, tagged, attempts).await
 }

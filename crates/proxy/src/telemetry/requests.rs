@@ -251,10 +251,47 @@ impl BuildHasher for FxBuild {
     }
 }
 
+/// The shards' maps are keyed by the labels' hash, already seeded and mixed by [`FxBuild`]:
+/// hashing it again (the default SipHash) would only add cost.
+#[derive(Clone, Copy, Debug, Default)]
+struct HashedKey;
+
+#[derive(Debug, Default)]
+struct HashedKeyHasher(u64);
+
+impl std::hash::Hasher for HashedKeyHasher {
+    fn write(&mut self, bytes: &[u8]) {
+        // Only `u64` keys are hashed here; anything else is still mixed, never dropped.
+        for b in bytes {
+            self.0 = (self.0.rotate_left(8) ^ u64::from(*b)).wrapping_mul(0x517c_c1b7_2722_0a95);
+        }
+    }
+
+    fn write_u64(&mut self, i: u64) {
+        // hashbrown picks buckets by the low bits; the multiply at the end of Fx mixes the high
+        // bits best. The shard takes the top four (see `RequestRegistry::series`).
+        self.0 = i.rotate_left(32);
+    }
+
+    fn finish(&self) -> u64 {
+        self.0
+    }
+}
+
+impl BuildHasher for HashedKey {
+    type Hasher = HashedKeyHasher;
+
+    fn build_hasher(&self) -> HashedKeyHasher {
+        HashedKeyHasher::default()
+    }
+}
+
+type Shard = HashMap<u64, Vec<Entry>, HashedKey>;
+
 #[derive(Debug)]
 pub struct RequestRegistry {
     hasher: FxBuild,
-    shards: [RwLock<HashMap<u64, Vec<Entry>>>; SHARDS],
+    shards: [RwLock<Shard>; SHARDS],
     /// Lookup entries made (aliases included), against [`MAX_SERIES`].
     entries: AtomicUsize,
     /// Every distinct series, in creation order, for rendering; and the canonical index.
@@ -291,7 +328,8 @@ impl RequestRegistry {
     /// The series for a label set: found by hash under a read lock, made once per new set.
     pub fn series(&self, labels: &RequestLabels<'_>) -> Arc<Series> {
         let hash = self.hasher.hash_one(labels);
-        let shard = &self.shards[(hash as usize) % SHARDS];
+        // The top bits: the best mixed, and not those the shard's map buckets by.
+        let shard = &self.shards[(hash >> 60) as usize % SHARDS];
         {
             let map = shard.read().unwrap_or_else(PoisonError::into_inner);
             if let Some(e) = map
