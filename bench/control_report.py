@@ -80,7 +80,7 @@ def render(r, path):
             for e in run["endpoint_changes"]:
                 s = e["from_change"]
                 out.append(
-                    f"| {run['proxies']:,} | {e['kind']} | {e['bytes_per_stream_median']:,.0f} | "
+                    f"| {run['proxies']:,} | {e['kind']} | {'–' if e['bytes_per_stream_median'] is None else format(e['bytes_per_stream_median'], ',.0f')} | "
                     f"{ms(s['p50_ms'])} / {ms(s['p90_ms'])} / {ms(s['max_ms'])} ({s['count']:,} of {s['expected']:,}) | "
                     f"{e['control_cpu_seconds'] * 1000:,.0f} ms |"
                 )
