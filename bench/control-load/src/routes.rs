@@ -166,10 +166,14 @@ async fn drive(
         "bench-cp: {} proxies synced in {connect_proxies_seconds:.1} s",
         args.proxies
     );
-    quiet(&mut events, Duration::from_millis(500), wait).await;
+    let settled = quiet(&mut events, Duration::from_millis(500), wait).await;
     let svc0 = meshgen::service_name(0);
+    // The last svc-0 Update, once quiet: a proxy's first answer may predate the last few
+    // registrations (the control plane publishes them on a short pace), which follow it.
     let base_endpoints = initial
         .iter()
+        .chain(&settled)
+        .rev()
         .find(|e| e.service == svc0)
         .map(|e| e.endpoints)
         .context("no Update for svc-0")?;
@@ -343,14 +347,21 @@ async fn collect_until(
 }
 
 /// Drops events until none arrived for `gap` (bounded by `limit`).
-async fn quiet(events: &mut mpsc::UnboundedReceiver<UpdateEvent>, gap: Duration, limit: Duration) {
+/// Returns the events it drained.
+async fn quiet(
+    events: &mut mpsc::UnboundedReceiver<UpdateEvent>,
+    gap: Duration,
+    limit: Duration,
+) -> Vec<UpdateEvent> {
     let deadline = Instant::now() + limit;
+    let mut drained = Vec::new();
     while Instant::now() < deadline {
         match tokio::time::timeout(gap, events.recv()).await {
-            Ok(Some(_)) => {}
-            Ok(None) | Err(_) => return,
+            Ok(Some(e)) => drained.push(e),
+            Ok(None) | Err(_) => break,
         }
     }
+    drained
 }
 
 /// Registers `count` workloads spread over the services (`app: svc-(i % services)`), over a
