@@ -128,9 +128,12 @@ async fn registrations_and_route_changes_reach_only_the_streams_they_change() {
     );
     std::fs::write(dir.path().join("services.yaml"), services).unwrap();
     let any = "127.0.0.1:0".parse().unwrap();
-    let control = ControlPlane::start(config(dir.path(), any, any))
-        .await
-        .unwrap();
+    // These raw streams send no heartbeats: a workload expiry longer than the test keeps
+    // alpha-1 and beta-1 registered however slowly a loaded machine runs it (at the common
+    // 2 s, they expired mid-test and every subscriber was sent an empty destination).
+    let mut settings = config(dir.path(), any, any);
+    settings.workload_expiry = Duration::from_secs(60);
+    let control = ControlPlane::start(settings).await.unwrap();
     let grpc = control.discovery_addr;
     let (seen_tx, mut seen) = mpsc::unbounded_channel();
 
