@@ -13,8 +13,8 @@ use support::golden::{columns, golden};
 use support::rotate::{SteadyLoad, get_reviews, rotate};
 
 /// Requests answered under steady load before and after each rotation step, so that traffic
-/// crosses every step.
-const STEP_REQUESTS: usize = 25;
+/// crosses every step (three waits: at least the 100 requests the end asserts).
+const STEP_REQUESTS: usize = 40;
 
 /// The proxy rows of a status table (the lines after its header).
 fn rows(out: &str) -> Vec<&str> {

@@ -18,8 +18,8 @@ use support::Demo;
 use support::rotate::{SteadyLoad, get_reviews, rotate};
 
 /// Requests answered under steady load before and after each rotation step, so that traffic
-/// crosses every step.
-const STEP_REQUESTS: usize = 25;
+/// crosses every step (three waits: at least the 100 requests the end asserts).
+const STEP_REQUESTS: usize = 40;
 
 /// A cacerts directory with `files` copied from `pki` (each `(name in dir, name in pki)`).
 fn cacerts_dir(pki: &Path, files: &[(&str, &str)]) -> tempfile::TempDir {

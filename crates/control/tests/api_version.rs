@@ -15,7 +15,6 @@ use common::*;
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 use trellis_api::discovery::{self as pb, control_message, proxy_message::Kind};
-use trellis_control::ControlPlane;
 use trellis_testkit::{
     ControlPlane as ControlProcess, HttpEcho, ProxyBuilder, service_yaml as k8s_service,
 };
@@ -54,16 +53,7 @@ async fn next(inbound: &mut tonic::Streaming<pb::ControlMessage>) -> pb::Control
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn previous_protocol_version_hello_is_welcomed_and_served_updates() {
-    let dir = tempfile::tempdir().unwrap();
-    std::fs::write(
-        dir.path().join("reviews.yaml"),
-        service_yaml("reviews", 9080),
-    )
-    .unwrap();
-    let any = "127.0.0.1:0".parse().unwrap();
-    let control = ControlPlane::start(config(dir.path(), any, any))
-        .await
-        .unwrap();
+    let (_dir, control) = control_with_reviews().await;
     let (grpc, http) = (control.discovery_addr, control.http_addr);
 
     // A current proxy backs the service.

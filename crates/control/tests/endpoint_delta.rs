@@ -9,7 +9,6 @@ mod common;
 use common::*;
 use tokio_util::sync::CancellationToken;
 use trellis_api::discovery as pb;
-use trellis_control::ControlPlane;
 
 type Inbound = tonic::Streaming<pb::ControlMessage>;
 
@@ -31,16 +30,7 @@ async fn next_update(inbound: &mut Inbound) -> pb::Update {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_joining_endpoint_is_a_delta_and_a_nacked_delta_is_resent_whole() {
     use pb::proxy_message::Kind;
-    let dir = tempfile::tempdir().unwrap();
-    std::fs::write(
-        dir.path().join("reviews.yaml"),
-        service_yaml("reviews", 9080),
-    )
-    .unwrap();
-    let any = "127.0.0.1:0".parse().unwrap();
-    let control = ControlPlane::start(config(dir.path(), any, any))
-        .await
-        .unwrap();
+    let (_dir, control) = control_with_reviews().await;
     let (grpc, http) = (control.discovery_addr, control.http_addr);
     let shutdown = CancellationToken::new();
     let _v1 = client(

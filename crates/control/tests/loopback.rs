@@ -18,16 +18,7 @@ use trellis_proxy::discovery::Resolution;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn discovery_end_to_end() {
-    let dir = tempfile::tempdir().unwrap();
-    std::fs::write(
-        dir.path().join("reviews.yaml"),
-        service_yaml("reviews", 9080),
-    )
-    .unwrap();
-    let any = "127.0.0.1:0".parse().unwrap();
-    let control = ControlPlane::start(config(dir.path(), any, any))
-        .await
-        .unwrap();
+    let (dir, control) = control_with_reviews().await;
     let (grpc, http) = (control.discovery_addr, control.http_addr);
     assert_eq!(get(http, "/ready").await.map(|r| r.0), Some(200));
     assert_eq!(get(http, "/live").await.map(|r| r.0), Some(200));

@@ -11,7 +11,7 @@ use std::time::Duration;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
-use trellis_control::ControlConfig;
+use trellis_control::{ControlConfig, ControlPlane};
 use trellis_model::Workload;
 use trellis_proxy::discovery::{Discovery, DiscoveryConfig, Resolution};
 
@@ -33,6 +33,22 @@ pub fn config(dir: &Path, discovery: SocketAddr, http: SocketAddr) -> ControlCon
         poll_interval: Duration::from_millis(50),
         ..ControlConfig::default()
     }
+}
+
+/// A control plane on loopback ports (the common `config`) whose config directory holds the
+/// Service `reviews` on port 9080; the directory lives as long as the returned guard.
+pub async fn control_with_reviews() -> (tempfile::TempDir, ControlPlane) {
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(
+        dir.path().join("reviews.yaml"),
+        service_yaml("reviews", 9080),
+    )
+    .unwrap();
+    let any = "127.0.0.1:0".parse().unwrap();
+    let control = ControlPlane::start(config(dir.path(), any, any))
+        .await
+        .unwrap();
+    (dir, control)
 }
 
 pub fn workload(name: &str, app: &str, inbound: &str) -> Workload {
