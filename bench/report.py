@@ -698,5 +698,22 @@ def write_docs(results: dict, docs_dir: Path) -> None:
     # And the floor section (bench.py --set floor), in place after it.
     from floor_report import keep_floor_section  # noqa: PLC0415 - it imports this module
     md = keep_floor_section(md, doc)
+    # And bench/control.sh's section with the hand-written notes after it: the rest of the page
+    # from its start marker, which this run does not render.
+    md = keep_control_tail(md, doc)
     doc.write_text(md)
     print(f"wrote {docs_dir / 'benchmarks.md'}" + ("" if problem else f" and {png}"))
+
+
+CONTROL_START = "<!-- bench/control.sh: start -->"
+
+
+def keep_control_tail(md: str, doc: Path) -> str:
+    """md with the doc's text from bench/control.sh's start marker to its end appended."""
+    if not doc.exists() or CONTROL_START in md:
+        return md
+    old = doc.read_text()
+    start = old.find(CONTROL_START)
+    if start < 0:
+        return md
+    return md.rstrip("\n") + "\n\n" + old[start:]
