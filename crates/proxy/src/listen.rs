@@ -40,11 +40,11 @@ pub async fn accept_loop<F, Fut>(
         };
         match accepted {
             Ok((stream, peer)) => {
-                // An address just caught flooding HTTP/2 (limits::penalty): closed before it
-                // costs a task, detection or a handshake.
+                // An address just caught flooding HTTP/2 (limits::penalty): refused before it
+                // costs a task, detection or a handshake; held unread a while, then closed.
                 if !ctx.admission.abusive_peers().admit(peer.ip()) {
                     ctx.metrics.limits.rejected(direction, Limit::AbusivePeer);
-                    tracing::debug!(listener = name, %peer, "abusive peer over its allowance; closing");
+                    tracing::debug!(listener = name, %peer, "abusive peer over its allowance; refused");
                     ctx.admission.abusive_peers().refuse(stream);
                     continue;
                 }
