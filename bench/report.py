@@ -701,11 +701,29 @@ def write_docs(results: dict, docs_dir: Path) -> None:
     # And bench/control.sh's section with the hand-written notes after it: the rest of the page
     # from its start marker, which this run does not render.
     md = keep_control_tail(md, doc)
+    # And the hand-written system-call census (bench/syscalls.py), in place before "How it was
+    # measured".
+    md = keep_syscalls_section(md, doc)
     doc.write_text(md)
     print(f"wrote {docs_dir / 'benchmarks.md'}" + ("" if problem else f" and {png}"))
 
 
 CONTROL_START = "<!-- bench/control.sh: start -->"
+SYSCALLS_BEGIN = "<!-- bench/syscalls.py: begin (hand-written, kept by bench/report.py) -->"
+SYSCALLS_END = "<!-- bench/syscalls.py: end -->"
+
+
+def keep_syscalls_section(md: str, doc: Path) -> str:
+    """md with the doc's marked system-call section put back before "## How it was measured"."""
+    if not doc.exists() or SYSCALLS_BEGIN in md:
+        return md
+    old = doc.read_text()
+    start, end = old.find(SYSCALLS_BEGIN), old.find(SYSCALLS_END)
+    at = md.find("\n## How it was measured")
+    if start < 0 or end < start or at < 0:
+        return md
+    block = old[start:end + len(SYSCALLS_END)]
+    return md[:at] + "\n" + block + "\n" + md[at:]
 
 
 def keep_control_tail(md: str, doc: Path) -> str:
