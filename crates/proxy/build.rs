@@ -1,0 +1,35 @@
+//! Link-time layout of the `trellis-proxy` binary, for its resident memory (issue 14).
+//!
+//! What a proxy makes resident of its own binary is not the code it runs but the page-cache
+//! folios and fault-around windows that code lies in: the kernel maps up to 64 KiB (or a whole
+//! large folio) around each page fault. Left in the compiler's order, the ~3 MB that start-up
+//! and a request run are spread over all 10 MB of `.text`, and most of `.text` became resident.
+//! `hot-code.ld` (written by `bench/proxy_rss_order.py` from callgrind runs of the mTLS pair)
+//! names those functions' sections; as a linker script with `INSERT BEFORE .text` it gathers
+//! them into one output section ahead of the rest, so the cold code (Wasm, config parsing, the
+//! CLI, one-off paths) stays on disk.
+//!
+//! It only moves sections: what the binary does cannot change. Each Rust symbol's hash is a
+//! wildcard in the script, so the layout survives rebuilds from another checkout or feature
+//! set; a function that is renamed or new falls back to `.text` (memory, never correctness).
+//! Release builds of ELF targets only (GNU ld and lld both read the script);
+//! `TRELLIS_PROXY_CODE_LAYOUT=off` turns it off.
+
+use std::env;
+use std::path::Path;
+
+fn main() {
+    println!("cargo:rerun-if-changed=hot-code.ld");
+    println!("cargo:rerun-if-env-changed=TRELLIS_PROXY_CODE_LAYOUT");
+    let elf = env::var("CARGO_CFG_TARGET_OS").is_ok_and(|os| os == "linux");
+    let wanted = !env::var("TRELLIS_PROXY_CODE_LAYOUT").is_ok_and(|v| v == "off");
+    // Debug builds (the tests) gain nothing from it.
+    let release = env::var("PROFILE").is_ok_and(|p| p == "release");
+    let script = Path::new(&env::var("CARGO_MANIFEST_DIR").unwrap_or_default()).join("hot-code.ld");
+    if elf && wanted && release && script.is_file() {
+        println!(
+            "cargo:rustc-link-arg-bin=trellis-proxy=-Wl,-T,{}",
+            script.display()
+        );
+    }
+}
