@@ -4,8 +4,8 @@
     bench/syscalls.py --bin-dir DIR [--requests 2000] [--conns 1] [--paths a,b,...]
                       [--trace 5] [--json FILE]
 
-DIR holds trellis-proxy, trellis-control and bench-floor (bench/smoke.sh or
-`cargo build --release` builds them). Every path forwards plaintext HTTP/1.1 keep-alive `GET /`
+DIR holds trellis-proxy, trellis-control and bench-floor (`cargo build --release --bin
+trellis-proxy --bin trellis-control --bin bench-floor`; trellis-control only for the mtls path). Every path forwards plaintext HTTP/1.1 keep-alive `GET /`
 from `bench-floor http-load` (closed loop, one request at a time per connection) to the same
 backend (`bench-floor backend`, 1 KiB answers); every proxy runs one thread:
 

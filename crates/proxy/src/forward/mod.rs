@@ -246,7 +246,7 @@ impl HttpForward {
                 self.ctx.upstreams.send_http1(hop.addr, req, opts).await
             }
             HopVersion::Http2 => {
-                to_http2(&mut req, &hop.addr.to_string());
+                to_http2(&mut req, hop.addr);
                 if tag {
                     req.headers_mut().insert(ORIG_PROTO, ORIG_PROTO_HTTP1);
                 }
