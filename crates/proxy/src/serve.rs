@@ -255,7 +255,7 @@ pub async fn serve(
                 };
                 return match p.alpn {
                     MeshAlpn::H2 => serve_http2(&ctx, stream, forward(), peer).await,
-                    MeshAlpn::Http1 => serve_http1(&ctx, stream, forward()).await,
+                    MeshAlpn::Http1 => serve_http1(&ctx, stream, forward(), peer).await,
                     MeshAlpn::Tcp | MeshAlpn::TcpMx => {
                         let target_port = caller.as_ref().and_then(|m| m.target_port);
                         let (dest, dest_port) = mesh_dest(&ctx, dest, dest_port, target_port);
@@ -296,7 +296,7 @@ pub async fn serve(
     match detected.protocol {
         Protocol::Http1 => {
             let forward = HttpForward::new(ctx.clone(), direction, dest).with_peer(peer);
-            serve_http1(&ctx, io, forward).await
+            serve_http1(&ctx, io, forward, peer).await
         }
         Protocol::Http2 => {
             let forward = HttpForward::new(ctx.clone(), direction, dest).with_peer(peer);
@@ -352,7 +352,12 @@ fn mesh_dest(ctx: &Ctx, dest: Dest, dest_port: u16, target_port: Option<u16>) ->
 pub(crate) trait Downstream: AsyncRead + AsyncWrite + Unpin + Send + 'static {}
 impl<T: AsyncRead + AsyncWrite + Unpin + Send + 'static> Downstream for T {}
 
-async fn serve_http1(ctx: &Ctx, io: impl Downstream, forward: HttpForward) {
+async fn serve_http1(
+    ctx: &Ctx,
+    io: impl Downstream,
+    forward: HttpForward,
+    peer: Option<SocketAddr>,
+) {
     let direction = forward.direction();
     let idle = IdleConn::start(
         ctx.admission.limits().idle_timeout,
@@ -365,11 +370,13 @@ async fn serve_http1(ctx: &Ctx, io: impl Downstream, forward: HttpForward) {
     // CI smoke run caught it: 37k -> 53k per hop). A box moves as a pointer.
     let svc = idle.service(move |req| Box::pin(forward.clone().handle(req)));
     let mut builder = hyper::server::conn::http1::Builder::new();
-    // The header-read timeout's timer, one tokio sleep per connection (not per request).
-    builder.timer(HeadTimer::default());
+    // The header-read timeout's timer, one tokio sleep per connection (not per request); it
+    // watches the IO to tell a slow head from an idle keep-alive connection.
+    let timer = HeadTimer::default();
+    builder.timer(timer.clone());
     crate::limits::server::http1(&mut builder, ctx.admission.limits());
     let conn = builder
-        .serve_connection(TokioIo::new(io), svc)
+        .serve_connection(TokioIo::new(timer.watch(io)), svc)
         .with_upgrades();
     tokio::pin!(conn);
     // On shutdown: finishes the in-flight request, then closes instead of keeping the
@@ -383,7 +390,15 @@ async fn serve_http1(ctx: &Ctx, io: impl Downstream, forward: HttpForward) {
         ))
         .await;
     if let Err(e) = res {
-        count_limit(ctx, direction, &e);
+        // Counted, and a slow or oversized head is a strike against the peer's address.
+        crate::limits::server::http1_connection_ended(
+            &e,
+            direction,
+            peer.map(|p| p.ip()),
+            timer.head_started(),
+            &ctx.admission,
+            &ctx.metrics.limits,
+        );
         tracing::debug!(error = %e, "HTTP/1 connection ended with an error");
     }
 }
@@ -429,13 +444,6 @@ async fn serve_http2(
             &ctx.metrics.limits,
         );
         tracing::debug!(error = %e, "HTTP/2 connection ended with an error");
-    }
-}
-
-/// Counts a server connection that one of the proxy's limits ended.
-fn count_limit(ctx: &Ctx, direction: Direction, e: &hyper::Error) {
-    if let Some(limit) = crate::limits::server::classify(e) {
-        ctx.metrics.limits.rejected(direction, limit);
     }
 }
 

@@ -133,6 +133,28 @@ async fn attack_from(source: IpAddr, addr: SocketAddr, attack: Vec<u8>) -> Vec<(
     frames
 }
 
+/// A new connection from `source` that has sent the client preface and SETTINGS.
+async fn hello_from(source: IpAddr, addr: SocketAddr) -> TcpStream {
+    let mut s = connect_from(source, addr).await;
+    let mut hello = h2frame::PREFACE.to_vec();
+    h2frame::settings(&mut hello);
+    // A refused connection may be closed before it reads this: the answer says which.
+    let _ = s.write_all(&hello).await;
+    s
+}
+
+/// Asserts that a new connection from `source` is served: the proxy's first frame is its
+/// SETTINGS.
+async fn assert_served(source: IpAddr, addr: SocketAddr, what: &str) {
+    let mut s = hello_from(source, addr).await;
+    let mut head = [0u8; 9];
+    tokio::time::timeout(WAIT, s.read_exact(&mut head))
+        .await
+        .unwrap_or_else(|_| panic!("{what}: no answer"))
+        .unwrap_or_else(|e| panic!("{what}: {e}"));
+    assert_eq!(head[3], 0x4, "{what}: the server's SETTINGS first");
+}
+
 async fn good_request(addr: SocketAddr) -> u16 {
     let mut h2 = http2_conn(addr).await;
     tokio::time::timeout(
@@ -207,10 +229,7 @@ async fn an_address_sent_enhance_your_calm_is_rate_limited_at_accept() {
     let attempts: Vec<_> = (0..10)
         .map(|_| {
             tokio::spawn(async move {
-                let mut s = connect_from(ATTACKER_SOURCE, inbound).await;
-                let mut hello = h2frame::PREFACE.to_vec();
-                h2frame::settings(&mut hello);
-                let _ = s.write_all(&hello).await;
+                let mut s = hello_from(ATTACKER_SOURCE, inbound).await;
                 read_frames(&mut s, |f| !f.is_empty()).await.is_empty()
             })
         })
@@ -229,16 +248,7 @@ async fn an_address_sent_enhance_your_calm_is_rate_limited_at_accept() {
 
     // After the penalty (3 s from the offence), the address is served again.
     tokio::time::sleep_until(offended + Duration::from_millis(3200)).await;
-    let mut s = connect_from(ATTACKER_SOURCE, inbound).await;
-    let mut hello = h2frame::PREFACE.to_vec();
-    h2frame::settings(&mut hello);
-    s.write_all(&hello).await.unwrap();
-    let mut head = [0u8; 9];
-    tokio::time::timeout(WAIT, s.read_exact(&mut head))
-        .await
-        .unwrap()
-        .unwrap();
-    assert_eq!(head[3], 0x4, "the server's SETTINGS after the penalty");
+    assert_served(ATTACKER_SOURCE, inbound, "after the penalty").await;
 }
 
 #[tokio::test]
@@ -248,17 +258,8 @@ async fn without_the_penalty_an_offender_reconnects_freely() {
     let (inbound, admin_addr) = (proxy.addrs().inbound, proxy.addrs().admin);
     let frames = attack_from(ATTACKER_SOURCE, inbound, rapid_reset()).await;
     assert_eq!(goaway_code(&frames), Some(11));
-    for _ in 0..5 {
-        let mut s = connect_from(ATTACKER_SOURCE, inbound).await;
-        let mut hello = h2frame::PREFACE.to_vec();
-        h2frame::settings(&mut hello);
-        s.write_all(&hello).await.unwrap();
-        let mut head = [0u8; 9];
-        tokio::time::timeout(WAIT, s.read_exact(&mut head))
-            .await
-            .unwrap()
-            .unwrap();
-        assert_eq!(head[3], 0x4, "the server's SETTINGS");
+    for i in 0..5 {
+        assert_served(ATTACKER_SOURCE, inbound, &format!("reconnect {i}")).await;
     }
     assert_eq!(metric(admin_addr, "abusive_peer").await, 0);
 }

@@ -1,16 +1,24 @@
-//! `--abusive-peer-penalty`: a source address whose connection the proxy just ended with
-//! GOAWAY `ENHANCE_YOUR_CALM` (an HTTP/2 reset flood or a CONTINUATION flood) may open only
+//! `--abusive-peer-penalty`: a source address caught abusing the proxy may open only
 //! `--abusive-peer-connections` connections a second for the penalty's length; the others are
 //! closed at accept, before protocol detection, TLS or an HTTP/2 handshake, and counted as
 //! `limit="abusive_peer"`.
 //!
-//! Why: each of those attacks is cut within a few frames, so an attacker reconnects at once,
-//! hundreds of times a second, and every reconnect costs the proxy a task, a handshake and the
-//! frames it must read (HPACK state is connection-wide, so h2 decodes a header block it will
-//! refuse). Closing at accept costs an `accept` and a `close`. The penalty limits the rate
-//! instead of refusing outright, so a peer proxy that relayed one misbehaving client (many
-//! clients share its address) still gets a connection through, and one pooled HTTP/2
-//! connection carries all its requests.
+//! Two kinds of offence put an address under penalty:
+//! - at once, a connection the proxy ended with GOAWAY `ENHANCE_YOUR_CALM` (an HTTP/2 reset
+//!   flood or a CONTINUATION flood): no client library sends those by accident;
+//! - after [`STRIKES`] within [`STRIKE_WINDOW`], an HTTP/1 request head that timed out once it
+//!   had started (a slowloris) or that went over the head size limits (431, 414) ([`strike`]
+//!   of [`AbusivePeers`]): one such head is what a client on a bad link or with an oversized
+//!   cookie can send, hundreds of them are an attack. A keep-alive connection closed idle (no
+//!   byte of a next head) is not an offence.
+//!
+//! Why: each of those attacks is cut by a limit, and the attacker reconnects at once, hundreds
+//! of times a second (or, for a slowloris, hundreds of connections in one burst), and every
+//! reconnect costs the proxy a task, detection, a handshake and the bytes it must read (HPACK
+//! state is connection-wide, so h2 decodes a header block it will refuse). Closing at accept
+//! costs an `accept` and a `close`. The penalty limits the rate instead of refusing outright, so
+//! a peer proxy that relayed one misbehaving client (many clients share its address) still gets
+//! a connection through, and one pooled HTTP/2 connection carries all its requests.
 //!
 //! A refused connection is not closed at once but held, unread and deregistered from the
 //! runtime, for [`HOLD`] (at most [`MAX_HELD`] at a time; beyond that, closed at once): closed at
@@ -18,9 +26,11 @@
 //! closed at accept came back 5,000 times a second, where it had made 750 a second when each
 //! was served to its GOAWAY), while one whose writes block on a held connection waits.
 //!
-//! The table is bounded ([`MAX_PEERS`]): when it is full of live penalties a new offender is
-//! not penalized (its connections are still cut by the HTTP/2 limits), so an attacker with many
-//! addresses cannot grow the proxy's memory through it.
+//! Both tables are bounded ([`MAX_PEERS`]): when one is full of live entries a new offender is
+//! not counted (its connections are still cut by the limits themselves), so an attacker with
+//! many addresses cannot grow the proxy's memory through it.
+//!
+//! [`strike`]: AbusivePeers::strike
 
 use std::collections::HashMap;
 use std::net::IpAddr;
@@ -38,6 +48,21 @@ pub const HOLD: Duration = Duration::from_secs(2);
 pub const MAX_HELD: usize = 64;
 /// `SO_RCVBUF` of a held connection (the kernel doubles it).
 const HELD_RECV_BUFFER: usize = 4096;
+/// Weak offences (a slow or oversized request head) from one address within
+/// [`STRIKE_WINDOW`] that put it under penalty. A browser opens at most 6 connections to a
+/// host, and a client whose link stalls loses at most those at once; a slowloris holds
+/// hundreds.
+pub const STRIKES: u32 = 8;
+/// The window [`STRIKES`] are counted in: a slowloris' connections time out together, a
+/// client on a bad link now and then.
+pub const STRIKE_WINDOW: Duration = Duration::from_secs(10);
+
+/// Weak offences of one address, counted from `since`.
+#[derive(Debug, Clone, Copy)]
+struct Strikes {
+    since: Instant,
+    count: u32,
+}
 
 #[derive(Debug, Clone, Copy)]
 struct Penalty {
@@ -55,6 +80,9 @@ pub struct AbusivePeers {
     /// Entries in `peers`, so the accept path skips the lock while nobody is penalized.
     len: AtomicUsize,
     peers: Mutex<HashMap<IpAddr, Penalty>>,
+    /// Addresses with weak offences not (yet) enough for a penalty ([`Self::strike`]); apart
+    /// from `peers`, so that accepts skip the lock while only strikes are counted.
+    strikes: Mutex<HashMap<IpAddr, Strikes>>,
     /// Refused connections being held ([`Self::refuse`]).
     held: Arc<AtomicUsize>,
 }
@@ -66,6 +94,7 @@ impl AbusivePeers {
             per_second,
             len: AtomicUsize::new(0),
             peers: Mutex::default(),
+            strikes: Mutex::default(),
             held: Arc::default(),
         }
     }
@@ -100,8 +129,46 @@ impl AbusivePeers {
         self.held.load(Relaxed)
     }
 
-    /// `ip` was just sent GOAWAY `ENHANCE_YOUR_CALM`: penalized from `now` (again, if it
-    /// already was).
+    /// A weak offence by `ip` at `now`: an HTTP/1 request head that timed out after it had
+    /// started, or that went over the head size limits. The [`STRIKES`]th within
+    /// [`STRIKE_WINDOW`] penalizes the address ([`Self::offended`]); each one after that, while
+    /// the penalty lasts, restarts it. Returns whether this strike penalized it.
+    pub fn strike(&self, ip: IpAddr, now: Instant) -> bool {
+        if self.penalty.is_none() {
+            return false;
+        }
+        let mut strikes = lock(&self.strikes);
+        if strikes.len() >= MAX_PEERS && !strikes.contains_key(&ip) {
+            strikes.retain(|_, s| now.duration_since(s.since) < STRIKE_WINDOW);
+            if strikes.len() >= MAX_PEERS {
+                tracing::debug!(%ip, "abusive-peer strike table full; not counted");
+                return false;
+            }
+        }
+        let s = strikes.entry(ip).or_insert(Strikes {
+            since: now,
+            count: 0,
+        });
+        if now.duration_since(s.since) >= STRIKE_WINDOW {
+            *s = Strikes {
+                since: now,
+                count: 0,
+            };
+        }
+        s.count += 1;
+        if s.count < STRIKES {
+            return false;
+        }
+        // Forgotten here: the penalty table holds it now, and a strike while it lasts
+        // starts counting again (so a slowloris that goes on keeps its penalty).
+        strikes.remove(&ip);
+        drop(strikes);
+        self.offended(ip, now);
+        true
+    }
+
+    /// `ip` was just sent GOAWAY `ENHANCE_YOUR_CALM` (or reached [`STRIKES`]): penalized from
+    /// `now` (again, if it already was).
     pub fn offended(&self, ip: IpAddr, now: Instant) {
         let Some(penalty) = self.penalty else {
             return;
@@ -167,12 +234,14 @@ impl AbusivePeers {
     }
 
     fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<IpAddr, Penalty>> {
-        // A panic while holding the lock leaves a consistent map (every update is one insert
-        // or field write), so a poisoned lock is still usable.
-        self.peers
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner)
+        lock(&self.peers)
     }
+}
+
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    // A panic while holding the lock leaves a consistent map (every update is one insert or
+    // field write), so a poisoned lock is still usable.
+    m.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
 }
 
 #[cfg(test)]
@@ -297,7 +366,75 @@ mod tests {
             .unwrap();
         assert_eq!(n, 0);
         assert!(started.elapsed() >= HOLD - Duration::from_millis(300));
-        tokio::time::sleep(Duration::from_millis(100)).await;
-        assert_eq!(peers.held(), 0);
+        // The count drops just after the close the client saw: polled, with a deadline.
+        let deadline = Instant::now() + Duration::from_secs(2);
+        while peers.held() != 0 && Instant::now() < deadline {
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+        assert_eq!(peers.held(), 0, "every held connection released");
+    }
+
+    #[test]
+    fn slow_or_oversized_heads_penalize_after_enough_strikes() {
+        let peers = AbusivePeers::new(Some(Duration::from_secs(10)), 2);
+        let t0 = Instant::now();
+        for i in 1..STRIKES {
+            assert!(
+                !peers.strike(ip(2), t0),
+                "strike {i} alone does not penalize"
+            );
+            assert!(peers.admit_at(ip(2), t0));
+        }
+        // A good client on another address is never counted with the attacker.
+        assert!(!peers.strike(ip(1), t0));
+        assert!(peers.strike(ip(2), t0), "the last strike penalizes");
+        assert_eq!(peers.len(), 1);
+        let t1 = t0 + Duration::from_secs(1);
+        assert!(peers.admit_at(ip(2), t1));
+        assert!(peers.admit_at(ip(2), t1));
+        assert!(!peers.admit_at(ip(2), t1), "held to its rate");
+        assert!(peers.admit_at(ip(1), t1), "the other address is free");
+        // Strikes while penalized count again towards renewing the penalty.
+        let t9 = t0 + Duration::from_secs(9);
+        for _ in 0..STRIKES {
+            peers.strike(ip(2), t9);
+        }
+        let t15 = t0 + Duration::from_secs(15);
+        assert!(peers.admit_at(ip(2), t15));
+        assert!(peers.admit_at(ip(2), t15));
+        assert!(
+            !peers.admit_at(ip(2), t15),
+            "renewed at t = 9 s: still penalized"
+        );
+    }
+
+    #[test]
+    fn strikes_spread_over_more_than_the_window_do_not_penalize() {
+        let peers = AbusivePeers::new(Some(Duration::from_secs(10)), 1);
+        let t0 = Instant::now();
+        // One slow head every two seconds (a client on a bad link): never STRIKES in a window.
+        for i in 0..3 * STRIKES {
+            let at = t0 + Duration::from_secs(2) * i;
+            assert!(!peers.strike(ip(2), at), "strike {i}");
+        }
+        assert!(peers.is_empty());
+        assert!(peers.admit_at(ip(2), t0 + Duration::from_secs(100)));
+    }
+
+    #[test]
+    fn strikes_off_and_bounded() {
+        let off = AbusivePeers::new(None, 1);
+        let t0 = Instant::now();
+        assert!((0..2 * STRIKES).all(|_| !off.strike(ip(2), t0)));
+        assert!(off.is_empty());
+        let peers = AbusivePeers::new(Some(Duration::from_secs(10)), 1);
+        for i in 0..MAX_PEERS as u32 + 10 {
+            peers.strike(IpAddr::from((0x0a00_0000 + i).to_be_bytes()), t0);
+        }
+        assert_eq!(lock(&peers.strikes).len(), MAX_PEERS);
+        // Once the first strikes are out of their window, room again.
+        let later = t0 + STRIKE_WINDOW;
+        peers.strike(ip(9), later);
+        assert_eq!(lock(&peers.strikes).len(), 1);
     }
 }

@@ -10,7 +10,13 @@
 //! one whose header block runs on in CONTINUATION frames past what the header list size needs
 //! (h2 allows `max(5, 1.25 x list size / 16 KiB)` of them: 5 at the default 60 KiB, so the
 //! connection ends within about 100 KB of a bomb). A connection ended that way marks its peer's
-//! address for [`super::penalty`] ([`connection_ended`]).
+//! address for [`super::penalty`] ([`connection_ended`]); so, as a strike, does an HTTP/1 head
+//! that timed out after it had started or went over the size limits
+//! ([`http1_connection_ended`]).
+//!
+//! On a header read timeout hyper answers nothing: the connection is closed without a `408`
+//! (hyper writes one only for heads it could parse), which is also the cheapest answer to a
+//! slowloris.
 
 use std::error::Error as _;
 use std::net::IpAddr;
@@ -38,8 +44,8 @@ pub fn http2<E>(builder: &mut http2::Builder<E>, limits: &ServerLimits) {
         .max_header_list_size(u32::try_from(limits.max_header_bytes).unwrap_or(u32::MAX));
 }
 
-/// Counts a server connection from `peer` that one of the limits ended with `e`, and puts the
-/// peer's address under penalty when it was sent GOAWAY `ENHANCE_YOUR_CALM`.
+/// Counts an HTTP/2 server connection from `peer` that one of the limits ended with `e`, and
+/// puts the peer's address under penalty when it was sent GOAWAY `ENHANCE_YOUR_CALM`.
 pub fn connection_ended(
     e: &hyper::Error,
     direction: Direction,
@@ -47,17 +53,69 @@ pub fn connection_ended(
     admission: &Admission,
     metrics: &LimitMetrics,
 ) {
+    ended(e, direction, peer, false, admission, metrics);
+}
+
+/// Counts an HTTP/1 server connection from `peer` that one of the limits ended with `e`, and
+/// counts a strike against the peer's address ([`super::penalty::AbusivePeers::strike`]) when
+/// its head was over the size limits or timed out after it had started (`head_started`:
+/// [`crate::transport::HeadTimer::head_started`]; a keep-alive connection closed idle is no
+/// offence).
+pub fn http1_connection_ended(
+    e: &hyper::Error,
+    direction: Direction,
+    peer: Option<IpAddr>,
+    head_started: bool,
+    admission: &Admission,
+    metrics: &LimitMetrics,
+) {
+    ended(e, direction, peer, head_started, admission, metrics);
+}
+
+fn ended(
+    e: &hyper::Error,
+    direction: Direction,
+    peer: Option<IpAddr>,
+    head_started: bool,
+    admission: &Admission,
+    metrics: &LimitMetrics,
+) {
     let Some(limit) = classify(e) else {
         return;
     };
     metrics.rejected(direction, limit);
-    if let Some(ip) = peer
-        && calmed(e)
-    {
-        admission
-            .abusive_peers()
-            .offended(ip, std::time::Instant::now());
-        tracing::debug!(%ip, limit = limit.as_str(), "peer sent GOAWAY ENHANCE_YOUR_CALM; penalized");
+    let Some(ip) = peer else {
+        return;
+    };
+    let now = std::time::Instant::now();
+    match offence(limit, head_started) {
+        Some(Offence::Calm) => {
+            admission.abusive_peers().offended(ip, now);
+            tracing::debug!(%ip, limit = limit.as_str(), "peer sent GOAWAY ENHANCE_YOUR_CALM; penalized");
+        }
+        // The guard counts the strike; only the one that penalizes is logged.
+        Some(Offence::Strike) if admission.abusive_peers().strike(ip, now) => {
+            tracing::debug!(%ip, limit = limit.as_str(), "slow or oversized request heads; penalized");
+        }
+        Some(Offence::Strike) | None => {}
+    }
+}
+
+/// What a connection ended by `limit` says about its peer.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Offence {
+    /// Penalized at once.
+    Calm,
+    /// Counted towards a penalty.
+    Strike,
+}
+
+fn offence(limit: Limit, head_started: bool) -> Option<Offence> {
+    match limit {
+        Limit::H2ResetFlood => Some(Offence::Calm),
+        Limit::Headers | Limit::UriLength => Some(Offence::Strike),
+        Limit::HeaderTimeout if head_started => Some(Offence::Strike),
+        _ => None,
     }
 }
 
@@ -111,5 +169,20 @@ mod tests {
             "the client's GOAWAY is not the proxy's limit"
         );
         assert!(!is_calm_text("connection error detected: protocol error"));
+    }
+
+    #[test]
+    fn which_endings_are_offences() {
+        assert_eq!(offence(Limit::H2ResetFlood, false), Some(Offence::Calm));
+        assert_eq!(offence(Limit::Headers, false), Some(Offence::Strike));
+        assert_eq!(offence(Limit::UriLength, false), Some(Offence::Strike));
+        assert_eq!(offence(Limit::HeaderTimeout, true), Some(Offence::Strike));
+        assert_eq!(
+            offence(Limit::HeaderTimeout, false),
+            None,
+            "a keep-alive connection closed idle"
+        );
+        assert_eq!(offence(Limit::IdleTimeout, true), None);
+        assert_eq!(offence(Limit::Connections, true), None);
     }
 }

@@ -1,27 +1,101 @@
-//! The timer behind hyper's HTTP/1 header-read timeout on server connections, made cheap.
+//! The timer behind hyper's HTTP/1 header-read timeout on server connections, made cheap,
+//! spread, and aware of whether a timed-out head had started.
 //!
-//! hyper arms the timeout every time it waits for a request head (30 s by default): with
-//! `TokioTimer` that is a new boxed `tokio::time::Sleep` per request, registered in the timer
-//! wheel on its first poll and removed again when the head has arrived, about 1.2k
-//! instructions per request on a keep-alive connection. [`HeadTimer`] keeps one tokio sleep per
-//! connection instead. Each request's [`HeadSleep`] only remembers its deadline; the
-//! connection's sleep stays registered, and since deadlines only move later, it fires at most
-//! once per timeout period early (a spurious wake of the connection, which then re-arms it for
-//! the current deadline). The timeout itself is unchanged: a head that has not arrived by its
-//! deadline fails the connection, as with `TokioTimer`.
+//! - **Cheap.** hyper arms the timeout every time it waits for a request head (30 s by
+//!   default): with `TokioTimer` that is a new boxed `tokio::time::Sleep` per request,
+//!   registered in the timer wheel on its first poll and removed again when the head has
+//!   arrived, about 1.2k instructions per request on a keep-alive connection. [`HeadTimer`]
+//!   keeps one tokio sleep per connection instead. Each request's [`HeadSleep`] only remembers
+//!   its deadline; the connection's sleep stays registered, and since deadlines only move later,
+//!   it fires at most once per timeout period early (a spurious wake of the connection, which
+//!   then re-arms it for the current deadline).
+//! - **Spread.** Each connection's deadlines are pushed later by its own share of up to
+//!   [`SPREAD_PERCENT`] of the timeout (shares from a low-discrepancy sequence over the
+//!   connections, so any run of consecutive connections covers the range evenly). A slowloris
+//!   opens its hundreds of connections together; with one deadline they all time out on the
+//!   same tick, and their closes and the attacker's reconnects arrive as one burst that
+//!   queues ahead of other clients' requests. No head is cut earlier than the configured
+//!   timeout.
+//! - **Aware.** [`HeadTimer::watch`] wraps the connection's IO to note whether bytes were read
+//!   since the proxy last wrote: when the timeout ends the connection, that tells a head that
+//!   had started (a slow client, an offence for [`crate::limits::penalty`]) from a keep-alive
+//!   connection that sat idle (no offence). One relaxed store per read or write.
 
 use std::future::Future;
+use std::io;
 use std::pin::Pin;
+use std::sync::atomic::{AtomicBool, AtomicU32, Ordering::Relaxed};
 use std::sync::{Arc, Mutex, PoisonError};
 use std::task::{Context, Poll};
 use std::time::{Duration, Instant};
 
 use hyper::rt::{Sleep, Timer};
+use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
+
+/// The largest share of the timeout a connection's deadlines are pushed later by.
+pub const SPREAD_PERCENT: u32 = 15;
+
+/// Connections given a timer so far: the index into the spread's sequence.
+static CONNECTIONS: AtomicU32 = AtomicU32::new(0);
 
 /// One connection's timer: give each server connection its own (`HeadTimer::default()`).
-#[derive(Clone, Debug, Default)]
+#[derive(Clone, Debug)]
 pub struct HeadTimer {
-    armed: Arc<Mutex<Option<Pin<Box<tokio::time::Sleep>>>>>,
+    shared: Arc<Shared>,
+}
+
+#[derive(Debug)]
+struct Shared {
+    armed: Mutex<Option<Pin<Box<tokio::time::Sleep>>>>,
+    /// This connection's share of [`SPREAD_PERCENT`], in 1/2^32.
+    spread: u32,
+    /// Bytes were read since the last write ([`HeadTimer::watch`]).
+    head_started: AtomicBool,
+}
+
+impl Default for HeadTimer {
+    /// A timer with the next connection's spread.
+    fn default() -> Self {
+        // Weyl sequence with the golden ratio (2^32 / phi): consecutive connections' shares
+        // fall far apart and fill [0, 1) evenly, with no randomness to seed or test around.
+        let n = CONNECTIONS.fetch_add(1, Relaxed);
+        Self::with_spread(n.wrapping_mul(0x9E37_79B9))
+    }
+}
+
+impl HeadTimer {
+    /// A timer whose deadlines are pushed later by `spread` / 2^32 of [`SPREAD_PERCENT`] of
+    /// the timeout (0: exactly the timeout).
+    pub fn with_spread(spread: u32) -> Self {
+        Self {
+            shared: Arc::new(Shared {
+                armed: Mutex::new(None),
+                spread,
+                head_started: AtomicBool::new(false),
+            }),
+        }
+    }
+
+    /// `io`, noting for [`Self::head_started`] whether bytes were read since the last write.
+    pub fn watch<T>(&self, io: T) -> HeadIo<T> {
+        HeadIo {
+            io,
+            shared: self.shared.clone(),
+        }
+    }
+
+    /// Whether the watched connection read bytes since it last wrote: at a header read
+    /// timeout, whether a head had started (a server writes only after a whole head).
+    pub fn head_started(&self) -> bool {
+        self.shared.head_started.load(Relaxed)
+    }
+
+    /// How much later than `timeout` this connection's deadline is.
+    fn extra(&self, timeout: Duration) -> Duration {
+        let nanos = timeout.as_nanos() * u128::from(SPREAD_PERCENT) / 100;
+        let extra = (nanos * u128::from(self.shared.spread)) >> 32;
+        Duration::from_nanos(u64::try_from(extra).unwrap_or(u64::MAX))
+    }
 }
 
 impl Timer for HeadTimer {
@@ -34,10 +108,12 @@ impl Timer for HeadTimer {
         tokio::time::Instant::now().into_std()
     }
 
+    /// hyper asks for `now + timeout`; the spread is a share of that timeout.
     fn sleep_until(&self, deadline: Instant) -> Pin<Box<dyn Sleep>> {
+        let timeout = deadline.saturating_duration_since(self.now());
         Box::pin(HeadSleep {
-            deadline: tokio::time::Instant::from_std(deadline),
-            armed: self.armed.clone(),
+            deadline: tokio::time::Instant::from_std(deadline + self.extra(timeout)),
+            shared: self.shared.clone(),
         })
     }
 }
@@ -46,7 +122,7 @@ impl Timer for HeadTimer {
 #[derive(Debug)]
 pub struct HeadSleep {
     deadline: tokio::time::Instant,
-    armed: Arc<Mutex<Option<Pin<Box<tokio::time::Sleep>>>>>,
+    shared: Arc<Shared>,
 }
 
 impl Sleep for HeadSleep {}
@@ -58,7 +134,11 @@ impl Future for HeadSleep {
         let ours = self.deadline;
         // Only this connection's task polls it: the lock is never contended, and a panic
         // while holding it cannot leave the sleep half-updated.
-        let mut armed = self.armed.lock().unwrap_or_else(PoisonError::into_inner);
+        let mut armed = self
+            .shared
+            .armed
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner);
         let sleep = armed.get_or_insert_with(|| Box::pin(tokio::time::sleep_until(ours)));
         if sleep.deadline() > ours {
             // An earlier deadline than the armed one (not what hyper does, but allowed).
@@ -77,6 +157,60 @@ impl Future for HeadSleep {
     }
 }
 
+/// A server connection's IO, watched by its [`HeadTimer`] ([`HeadTimer::watch`]).
+#[derive(Debug)]
+pub struct HeadIo<T> {
+    io: T,
+    shared: Arc<Shared>,
+}
+
+impl<T: AsyncRead + Unpin> AsyncRead for HeadIo<T> {
+    fn poll_read(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
+        let before = buf.filled().len();
+        let res = Pin::new(&mut self.io).poll_read(cx, buf);
+        if buf.filled().len() > before {
+            self.shared.head_started.store(true, Relaxed);
+        }
+        res
+    }
+}
+
+impl<T: AsyncWrite + Unpin> AsyncWrite for HeadIo<T> {
+    fn poll_write(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<io::Result<usize>> {
+        self.shared.head_started.store(false, Relaxed);
+        Pin::new(&mut self.io).poll_write(cx, buf)
+    }
+
+    fn poll_write_vectored(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        bufs: &[io::IoSlice<'_>],
+    ) -> Poll<io::Result<usize>> {
+        self.shared.head_started.store(false, Relaxed);
+        Pin::new(&mut self.io).poll_write_vectored(cx, bufs)
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        self.io.is_write_vectored()
+    }
+
+    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.io).poll_flush(cx)
+    }
+
+    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.io).poll_shutdown(cx)
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -89,7 +223,7 @@ mod tests {
 
     #[tokio::test(start_paused = true)]
     async fn each_sleep_fires_at_its_own_deadline_on_one_shared_timer() {
-        let timer = HeadTimer::default();
+        let timer = HeadTimer::with_spread(0);
         let mut first = timer.sleep(Duration::from_secs(30));
         assert!(!ready(&mut first));
         tokio::time::advance(Duration::from_secs(10)).await;
@@ -108,7 +242,7 @@ mod tests {
 
     #[tokio::test(start_paused = true)]
     async fn a_pending_sleep_wakes_its_task_at_the_deadline() {
-        let timer = HeadTimer::default();
+        let timer = HeadTimer::with_spread(0);
         let started = tokio::time::Instant::now();
         // Re-armed once: the first deadline passes while the second sleep waits.
         let first = timer.sleep(Duration::from_secs(5));
@@ -124,6 +258,34 @@ mod tests {
         assert_eq!(now.elapsed(), Duration::from_secs(2));
     }
 
+    #[tokio::test(start_paused = true)]
+    async fn a_connection_with_a_spread_times_out_later_by_its_share() {
+        // Half of the largest spread: 7.5 % of 20 s, 1.5 s later.
+        let timer = HeadTimer::with_spread(1 << 31);
+        let started = tokio::time::Instant::now();
+        timer.sleep(Duration::from_secs(20)).await;
+        assert_eq!(started.elapsed(), Duration::from_millis(21_500));
+    }
+
+    #[test]
+    fn connections_opened_together_get_deadlines_spread_evenly() {
+        // 500 consecutive connections (a slowloris' burst), wherever the sequence stands: in
+        // each tenth of the spread between 40 and 60 of them, none beyond it.
+        for start in [0u32, 12_345, u32::MAX - 200] {
+            let mut buckets = [0u32; 10];
+            for n in 0..500u32 {
+                let timer = HeadTimer::with_spread(start.wrapping_add(n).wrapping_mul(0x9E37_79B9));
+                let extra = timer.extra(Duration::from_secs(2));
+                assert!(extra < Duration::from_millis(300), "{extra:?}");
+                buckets[(extra.as_micros() / 30_000) as usize] += 1;
+            }
+            assert!(
+                buckets.iter().all(|&b| (40..=60).contains(&b)),
+                "{buckets:?}"
+            );
+        }
+    }
+
     /// A real hyper HTTP/1 server connection on loopback with this timer and a 300 ms
     /// header-read timeout: keep-alive requests inside the timeout are answered, then a
     /// request head that stops halfway ends the connection at the timeout.
@@ -132,16 +294,19 @@ mod tests {
         use tokio::io::{AsyncReadExt, AsyncWriteExt};
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = listener.local_addr().unwrap();
+        let (ended_tx, ended_rx) = tokio::sync::oneshot::channel();
         tokio::spawn(async move {
             let (stream, _) = listener.accept().await.unwrap();
             let svc = hyper::service::service_fn(|_req| async {
                 Ok::<_, std::convert::Infallible>(hyper::Response::new(String::from("ok")))
             });
-            let _ = hyper::server::conn::http1::Builder::new()
-                .timer(HeadTimer::default())
+            let timer = HeadTimer::default();
+            let res = hyper::server::conn::http1::Builder::new()
+                .timer(timer.clone())
                 .header_read_timeout(Duration::from_millis(300))
-                .serve_connection(hyper_util::rt::TokioIo::new(stream), svc)
+                .serve_connection(hyper_util::rt::TokioIo::new(timer.watch(stream)), svc)
                 .await;
+            let _ = ended_tx.send((res.is_err_and(|e| e.is_timeout()), timer.head_started()));
         });
         let mut client = tokio::net::TcpStream::connect(addr).await.unwrap();
         let mut buf = vec![0u8; 1024];
@@ -172,5 +337,45 @@ mod tests {
             waited >= Duration::from_millis(250) && waited < Duration::from_secs(3),
             "{waited:?}"
         );
+        let (timed_out, head_started) = ended_rx.await.unwrap();
+        assert!(timed_out, "ended by the header read timeout");
+        assert!(head_started, "half a head had arrived");
+    }
+
+    /// A keep-alive connection that sits idle after its response also ends at the header
+    /// read timeout, with no head started: not a slow client.
+    #[tokio::test]
+    async fn an_idle_keep_alive_connection_times_out_with_no_head_started() {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let (ended_tx, ended_rx) = tokio::sync::oneshot::channel();
+        tokio::spawn(async move {
+            let (stream, _) = listener.accept().await.unwrap();
+            let svc = hyper::service::service_fn(|_req| async {
+                Ok::<_, std::convert::Infallible>(hyper::Response::new(String::from("ok")))
+            });
+            let timer = HeadTimer::default();
+            let res = hyper::server::conn::http1::Builder::new()
+                .timer(timer.clone())
+                .header_read_timeout(Duration::from_millis(200))
+                .serve_connection(hyper_util::rt::TokioIo::new(timer.watch(stream)), svc)
+                .await;
+            let _ = ended_tx.send((res.is_err_and(|e| e.is_timeout()), timer.head_started()));
+        });
+        let mut client = tokio::net::TcpStream::connect(addr).await.unwrap();
+        client
+            .write_all(b"GET / HTTP/1.1\r\nhost: a\r\n\r\n")
+            .await
+            .unwrap();
+        let mut buf = vec![0u8; 1024];
+        let n = client.read(&mut buf).await.unwrap();
+        assert!(buf[..n].starts_with(b"HTTP/1.1 200"));
+        let (timed_out, head_started) = tokio::time::timeout(Duration::from_secs(5), ended_rx)
+            .await
+            .expect("the idle connection is closed")
+            .unwrap();
+        assert!(timed_out, "ended by the header read timeout");
+        assert!(!head_started, "idle, no head begun");
     }
 }
