@@ -7,6 +7,7 @@
 pub mod authn;
 pub mod authz;
 pub mod gateway;
+pub mod index;
 pub mod mtls;
 pub mod outbound_policy;
 pub mod ratelimit;
@@ -40,13 +41,45 @@ pub struct MeshView<'a> {
 
 /// The destination at `target`, or `None` when nothing is known there.
 pub fn compile(view: MeshView<'_>, target: &Target) -> Option<Destination> {
+    compile_indexed(view, None, target)
+}
+
+/// [`compile`], finding the workloads a Service selects through `index` (built from
+/// `view.workloads`, see [`index::SelectorIndex`]) rather than a scan: the same result.
+pub fn compile_indexed(
+    view: MeshView<'_>,
+    index: Option<&index::SelectorIndex>,
+    target: &Target,
+) -> Option<Destination> {
+    let cx = Cx { view, index };
     match target {
         Target::Service { service, port } => {
             let svc = view.services.get(service)?;
             let svc_port = svc.port(*port)?;
-            Some(service_destination(view, svc, svc_port))
+            Some(service_destination_in(cx, svc, svc_port))
         }
-        Target::Address(addr) => address_destination(view, *addr),
+        Target::Address(addr) => address_destination(cx, *addr),
+    }
+}
+
+/// What the compile of one target reads: the view, and an index of its workloads if the
+/// caller has one.
+#[derive(Clone, Copy)]
+struct Cx<'a> {
+    view: MeshView<'a>,
+    index: Option<&'a index::SelectorIndex>,
+}
+
+impl<'a> Cx<'a> {
+    fn plain(view: MeshView<'a>) -> Self {
+        Self { view, index: None }
+    }
+
+    fn selected(self, svc: &'a Service) -> Box<dyn Iterator<Item = &'a Workload> + 'a> {
+        match self.index {
+            Some(index) => index.selected(svc, self.view.workloads),
+            None => Box::new(selected(svc, self.view.workloads)),
+        }
     }
 }
 
@@ -82,19 +115,21 @@ fn target_port(port: &ServicePort) -> u16 {
 
 /// The endpoints of a service port, limited to workloads that also carry `subset` labels (a
 /// DestinationRule subset is ANDed with the service's selector).
-fn endpoints(
-    view: MeshView<'_>,
-    svc: &Service,
+fn endpoints<'a>(
+    cx: Cx<'a>,
+    svc: &'a Service,
     port: &ServicePort,
     subset: Option<&BTreeMap<String, String>>,
 ) -> Vec<Endpoint> {
+    let view = cx.view;
     if let Some(entry_endpoints) = service_entry::endpoints(view, &svc.key, port, subset) {
         return entry_endpoints;
     }
     let has = |w: &Workload| {
         subset.is_none_or(|labels| labels.iter().all(|(k, v)| w.labels.get(k) == Some(v)))
     };
-    let mut endpoints: Vec<Endpoint> = selected(svc, view.workloads)
+    let mut endpoints: Vec<Endpoint> = cx
+        .selected(svc)
         .filter(|w| has(w))
         .map(|w| endpoint(view.trust_domain, w, target_port(port)))
         .collect();
@@ -126,12 +161,17 @@ fn policy(
 }
 
 fn service_destination(view: MeshView<'_>, svc: &Service, port: &ServicePort) -> Destination {
+    service_destination_in(Cx::plain(view), svc, port)
+}
+
+fn service_destination_in<'a>(cx: Cx<'a>, svc: &'a Service, port: &ServicePort) -> Destination {
+    let view = cx.view;
     let mut dest = Destination {
         authority: format!("{}:{}", svc.key.fqdn(), port.port),
         service: svc.key.clone(),
         port: port.port,
         protocol: port.protocol,
-        endpoints: endpoints(view, svc, port, None),
+        endpoints: endpoints(cx, svc, port, None),
         policy: policy(view, &svc.key, port.port, None).unwrap_or_default(),
         ..Destination::default()
     };
@@ -154,13 +194,17 @@ fn service_destination(view: MeshView<'_>, svc: &Service, port: &ServicePort) ->
     }
     route_layer.apply(&mut dest.policy);
     crate::multicluster::failover_policy(&mut dest.policy, &dest.endpoints);
-    dest.backends = resolve_backends(view, &dest);
+    dest.backends = resolve_backends_in(cx, &dest);
     dest
 }
 
 /// Every backend `dest`'s routes and mirrors name, other than the destination itself, once
 /// each in the order named, resolved for requests to `dest.port`.
 fn resolve_backends(view: MeshView<'_>, dest: &Destination) -> Vec<Backend> {
+    resolve_backends_in(Cx::plain(view), dest)
+}
+
+fn resolve_backends_in(cx: Cx<'_>, dest: &Destination) -> Vec<Backend> {
     let mut named: Vec<&BackendRef> = Vec::new();
     for route in &dest.routes {
         if let RouteAction::Forward(bs) = &route.action {
@@ -176,7 +220,7 @@ fn resolve_backends(view: MeshView<'_>, dest: &Destination) -> Vec<Backend> {
         if dest.is_self(b) || backends.iter().any(|known| &known.backend == b) {
             continue;
         }
-        backends.push(backend(view, b, dest.port));
+        backends.push(backend(cx, b, dest.port));
     }
     backends
 }
@@ -184,7 +228,8 @@ fn resolve_backends(view: MeshView<'_>, dest: &Destination) -> Vec<Backend> {
 /// Resolves a backend a route names. A port of `None` is the port the request was sent to.
 /// An unknown service, port or subset resolves to no endpoints: requests there get 503, and
 /// the config status says why.
-fn backend(view: MeshView<'_>, b: &BackendRef, request_port: u16) -> Backend {
+fn backend(cx: Cx<'_>, b: &BackendRef, request_port: u16) -> Backend {
+    let view = cx.view;
     let port = b.port.unwrap_or(request_port);
     let subset_labels = b.subset.as_deref().map(|name| {
         view.traffic
@@ -196,7 +241,7 @@ fn backend(view: MeshView<'_>, b: &BackendRef, request_port: u16) -> Backend {
     let endpoints = match (view.services.get(&b.service), subset_labels) {
         (_, Some(None)) => Vec::new(),
         (Some(svc), labels) => match svc.port(port) {
-            Some(svc_port) => endpoints(view, svc, svc_port, labels.flatten()),
+            Some(svc_port) => endpoints(cx, svc, svc_port, labels.flatten()),
             None => Vec::new(),
         },
         (None, _) => Vec::new(),
@@ -214,12 +259,13 @@ fn backend(view: MeshView<'_>, b: &BackendRef, request_port: u16) -> Backend {
     }
 }
 
-fn address_destination(view: MeshView<'_>, addr: SocketAddr) -> Option<Destination> {
+fn address_destination(cx: Cx<'_>, addr: SocketAddr) -> Option<Destination> {
+    let view = cx.view;
     // A Service's cluster IP wins: the proxy captured traffic to a virtual IP.
     if let Some((svc, port)) = view.services.values().find_map(|svc| {
         (svc.cluster_ip == Some(addr.ip())).then(|| svc.port(addr.port()).map(|p| (svc, p)))?
     }) {
-        return Some(service_destination(view, svc, port));
+        return Some(service_destination_in(cx, svc, port));
     }
     // Then a host a ServiceEntry declares (its addresses, endpoints or DNS answers).
     if let Some(dest) = service_entry::address_destination(view, addr) {

@@ -1,9 +1,9 @@
 //! The discovery server: a thin tonic adapter over the registry and [`compile`].
 //!
 //! One task per proxy stream. It registers the workload on Hello, answers with a Welcome,
-//! keeps the stream's subscriptions, and on every change of config or registry recompiles each
-//! subscribed target, pushing an Update only when the result differs from what this stream was
-//! last sent. Versions count Updates per stream, from 1. Acks and Nacks are recorded per proxy.
+//! keeps the stream's subscriptions, and when a change of config or registry can concern it (it
+//! is woken through `wake`) recompiles each subscribed target, pushing an Update only when the
+//! result differs from what this stream was last sent. Versions count Updates per stream, from 1. Acks and Nacks are recorded per proxy.
 //!
 //! Startup hold-back: the registry lives in memory, so a restarted control plane knows no
 //! workloads until their proxies reconnect. For the registration grace after startup (by
@@ -20,18 +20,20 @@ use futures_util::Stream;
 use tokio::sync::mpsc;
 use tokio::time::Instant;
 use tonic::{Request, Response, Status, Streaming};
-use trellis_api::discovery::{self as pb, control_message, proxy_message};
+use trellis_api::discovery::{self as pb, proxy_message};
 use trellis_identity::SpiffeId;
 use trellis_model::{Target, Workload};
 
-use crate::compile::{MeshView, compile};
+use crate::compile::{MeshView, compile_indexed};
 use crate::discovery::cache::Compiled;
+use crate::discovery::grpc::{OutKind, OutMessage};
 use crate::registry::StreamId;
 use crate::state::Shared;
 use crate::wire;
 
 pub(crate) mod cache;
 pub(crate) mod delta;
+pub(crate) mod grpc;
 pub(crate) mod shapes;
 pub(crate) mod wake;
 
@@ -85,21 +87,20 @@ impl DiscoveryService {
         self
     }
 
-    pub fn into_server(self) -> pb::discovery_server::DiscoveryServer<Self> {
-        pb::discovery_server::DiscoveryServer::new(self)
+    /// The gRPC route of `trellis.discovery.v1.Discovery` (see `grpc`).
+    pub fn into_server(self) -> grpc::DiscoveryServer {
+        grpc::DiscoveryServer::new(self)
     }
 }
 
-type Outbound = mpsc::Sender<Result<pb::ControlMessage, Status>>;
+type Outbound = mpsc::Sender<Result<OutMessage, Status>>;
 
-#[tonic::async_trait]
-impl pb::discovery_server::Discovery for DiscoveryService {
-    type StreamStream = Pin<Box<dyn Stream<Item = Result<pb::ControlMessage, Status>> + Send>>;
+/// What one `Discovery.Stream` call answers: the stream's outbound messages.
+pub(crate) type OutStream = Pin<Box<dyn Stream<Item = Result<OutMessage, Status>> + Send>>;
 
-    async fn stream(
-        &self,
-        request: Request<Streaming<pb::ProxyMessage>>,
-    ) -> Result<Response<Self::StreamStream>, Status> {
+impl DiscoveryService {
+    /// Starts one proxy's stream (`Discovery.Stream`): its session runs on its own task.
+    fn stream(&self, request: Request<Streaming<pb::ProxyMessage>>) -> Response<OutStream> {
         let id = self.next_stream.fetch_add(1, Ordering::Relaxed);
         let peer = request.remote_addr();
         let (tx, rx) = mpsc::channel(OUTBOUND_BUFFER);
@@ -108,9 +109,7 @@ impl pb::discovery_server::Discovery for DiscoveryService {
         session.default_inbound_policy = self.default_inbound_policy;
         session.outbound_traffic_policy = self.outbound_traffic_policy;
         tokio::spawn(session.run(request.into_inner(), peer));
-        Ok(Response::new(Box::pin(
-            tokio_stream::wrappers::ReceiverStream::new(rx),
-        )))
+        Response::new(Box::pin(tokio_stream::wrappers::ReceiverStream::new(rx)))
     }
 }
 
@@ -119,9 +118,11 @@ struct Session {
     shared: Arc<Shared>,
     id: StreamId,
     tx: Outbound,
-    /// Woken by a registry publication that can change one of this stream's targets (see
-    /// `wake`).
+    /// Woken by a registry or config publication that can concern this stream (see `wake`).
     wake: Arc<tokio::sync::Notify>,
+    /// The config this stream's inbound policy was last computed from: a wake-up with a newer
+    /// one recomputes it.
+    seen_config: Option<Arc<crate::store::ConfigSnapshot>>,
     /// Set by Hello: the proxy id and workload, kept to re-register after an expiry.
     hello: Option<(String, Workload)>,
     /// What the proxy said about its versions on Hello, kept to re-register after an expiry.
@@ -170,6 +171,7 @@ impl Session {
             id,
             tx,
             wake: Arc::new(tokio::sync::Notify::new()),
+            seen_config: None,
             hello: None,
             versions: Default::default(),
             subscriptions: BTreeMap::new(),
@@ -206,8 +208,9 @@ impl Session {
         mut inbound: Streaming<pb::ProxyMessage>,
         peer: Option<std::net::SocketAddr>,
     ) {
-        let mut config_rx = self.shared.config_rx.clone();
         let wake = self.wake.clone();
+        // From now on a config change that may concern any stream wakes this one.
+        self.shared.wakers.open(self.id, &wake);
         let shutdown = self.shared.shutdown.clone();
         let hold_back_until = self.shared.hold_back_until;
         let mut holding_back = Instant::now() < hold_back_until;
@@ -227,11 +230,7 @@ impl Session {
                         Err(End::Quiet)
                     }
                 },
-                changed = config_rx.changed() => match changed {
-                    Ok(()) => self.push_changed(true).await,
-                    Err(_) => Err(End::Quiet),
-                },
-                () = wake.notified() => self.push_changed(false).await,
+                () = wake.notified() => self.push_changed().await,
             };
             if let Err(end) = step {
                 break end;
@@ -413,14 +412,15 @@ impl Session {
             control_version: env!("CARGO_PKG_VERSION").to_string(),
             features: self.deltas.features(),
         };
-        self.send(control_message::Kind::Welcome(welcome)).await?;
+        self.send(OutKind::Welcome(welcome)).await?;
         if let Some((_, workload)) = &self.hello {
             self.shared.programmed.connected(self.id, workload);
         }
-        let revision = self.shared.config_rx.borrow().revision;
+        let config = self.shared.config_rx.borrow().clone();
+        self.seen_config = Some(config.clone());
         self.push_inbound_policy().await?;
         self.push_gateway().await?;
-        self.note_sync(revision);
+        self.note_sync(config.revision);
         Ok(())
     }
 
@@ -475,7 +475,7 @@ impl Session {
             self.shared.wakers.set_every(self.id, &self.wake, true);
         }
         self.gateway = Some(message.clone());
-        self.send(control_message::Kind::Gateway(message)).await
+        self.send(OutKind::Gateway(message)).await
     }
 
     /// Compiles this workload's inbound policies (mTLS, authorization, JWT, telemetry, rate
@@ -551,18 +551,24 @@ impl Session {
             return Ok(());
         }
         self.inbound_policy = Some(policy.clone());
-        self.send(control_message::Kind::InboundPolicy((*policy).clone()))
-            .await
+        self.send(OutKind::InboundPolicy((*policy).clone())).await
     }
     /// Pushes what a config or workload change altered, timing each update until its ACK.
     /// The inbound policies read only the config and this stream's own workload (whose
     /// changes come by Hello, which pushes them), so a registry change alone skips them:
     /// with thousands of streams, each registration woke every stream to recompute six
     /// policies that could not have changed.
-    async fn push_changed(&mut self, config_changed: bool) -> Result<(), End> {
+    async fn push_changed(&mut self) -> Result<(), End> {
         // Taken first: what is pushed below is at least this recent.
-        let revision = self.shared.config_rx.borrow().revision;
+        let config = self.shared.config_rx.borrow().clone();
+        let revision = config.revision;
+        let config_changed = self.hello.is_some()
+            && !self
+                .seen_config
+                .as_ref()
+                .is_some_and(|seen| Arc::ptr_eq(seen, &config));
         if config_changed {
+            self.seen_config = Some(config);
             self.push_inbound_policy().await?;
         }
         self.push_gateway().await?;
@@ -622,7 +628,7 @@ impl Session {
             self.unacked.push_back((self.version, at));
         }
         self.shared.metrics.push();
-        self.send(control_message::Kind::Update(update)).await
+        self.send(OutKind::Update(update)).await
     }
 
     /// `target` compiled against the current snapshot, shared with every stream that asks for
@@ -640,12 +646,12 @@ impl Session {
                     workloads: &workloads,
                     trust_domain: &self.shared.trust_domain,
                 };
-                compile(view, target)
+                compile_indexed(view, Some(workloads.index()), target)
             })
     }
 
-    async fn send(&self, kind: control_message::Kind) -> Result<(), End> {
-        let msg = pb::ControlMessage { kind: Some(kind) };
+    async fn send(&self, kind: OutKind) -> Result<(), End> {
+        let msg = OutMessage { kind: Some(kind) };
         self.tx.send(Ok(msg)).await.map_err(|_| End::Quiet)
     }
 }

@@ -50,13 +50,25 @@ pub struct Registry {
 /// The registered workloads as published to discovery: a list, numbered, with what changed
 /// since the one numbered before. Reads as the slice of workloads (`Deref`), which is what
 /// `compile::MeshView` takes.
-#[derive(Debug, Default, PartialEq)]
+#[derive(Debug, Default)]
 pub struct WorkloadSet {
     list: Vec<Workload>,
     generation: u64,
     /// The workloads (old and new versions) that differ from generation `generation - 1`;
     /// `None`: not known (everything may have changed).
     changed: Option<Vec<Workload>>,
+    /// `list` by selector label, built on first compile (a publication nobody compiles
+    /// against, as under a storm of registrations, does not pay for it).
+    index: std::sync::OnceLock<crate::compile::index::SelectorIndex>,
+}
+
+impl PartialEq for WorkloadSet {
+    fn eq(&self, other: &Self) -> bool {
+        // The index is derived from the list.
+        self.list == other.list
+            && self.generation == other.generation
+            && self.changed == other.changed
+    }
 }
 
 impl WorkloadSet {
@@ -65,7 +77,15 @@ impl WorkloadSet {
             list,
             generation,
             changed,
+            index: std::sync::OnceLock::new(),
         }
+    }
+
+    /// The list indexed by selector label (see `compile::index`), to pass to
+    /// `compile::compile_indexed` with this set as the view's workloads.
+    pub fn index(&self) -> &crate::compile::index::SelectorIndex {
+        self.index
+            .get_or_init(|| crate::compile::index::SelectorIndex::new(&self.list))
     }
 
     pub fn generation(&self) -> u64 {

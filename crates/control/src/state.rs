@@ -159,6 +159,30 @@ impl Shared {
         );
     }
 
+    /// Has the discovery streams a config change concerns push it: the compile cache keeps
+    /// the targets that read none of the services the change touched, and only the streams
+    /// subscribed to another target (and those that want every change) are woken; a change
+    /// of what any stream reads besides its targets wakes them all. Before this, every
+    /// config change woke every stream and recompiled every subscribed target.
+    pub fn publish_config(&self, before: &Arc<ConfigSnapshot>, after: &Arc<ConfigSnapshot>) {
+        let _pacing = self.publishing();
+        let kept = self.compiled.advance_config(before, after);
+        let every = concerns_every_stream(before, after);
+        let woken = if every {
+            self.wakers.wake_all()
+        } else {
+            self.wakers.wake(kept.as_ref())
+        };
+        tracing::debug!(
+            kept = kept.as_ref().map_or(0, std::collections::HashSet::len),
+            every,
+            woken,
+            compiles = self.compiled.compiles(),
+            woken_total = self.wakers.woken(),
+            "config published"
+        );
+    }
+
     fn publishing(&self) -> MutexGuard<'_, Pacing> {
         self.publishing
             .lock()
@@ -197,14 +221,26 @@ impl Shared {
         self.workloads_tx.subscribe()
     }
 
-    /// Until shutdown: expires silent workloads, checking several times per expiry period, and
-    /// publishes registry changes (the two tasks that change the registry's published view).
+    /// Until shutdown: expires silent workloads, checking several times per expiry period,
+    /// publishes registry changes (the two tasks that change the registry's published view),
+    /// and hands config changes to the discovery streams they concern
+    /// ([`Shared::publish_config`]).
     pub async fn run_expiry(self: Arc<Self>, expiry: Duration) {
         let period = (expiry / 5).clamp(Duration::from_millis(10), Duration::from_secs(1));
         let mut ticker = tokio::time::interval(period);
+        let mut config_rx = self.config_rx.clone();
+        let mut config = config_rx.borrow_and_update().clone();
         loop {
             tokio::select! {
                 () = self.shutdown.cancelled() => return,
+                changed = config_rx.changed() => {
+                    if changed.is_err() {
+                        return;
+                    }
+                    let after = config_rx.borrow_and_update().clone();
+                    self.publish_config(&config, &after);
+                    config = after;
+                }
                 () = self.publish.notified() => {
                     // Let the registrations already queued land first: one copy for them all;
                     // and while registrations keep coming, publish at a pace that keeps the
@@ -227,6 +263,24 @@ impl Shared {
             }
         }
     }
+}
+
+/// Whether a config change can concern a discovery stream whatever its targets: what its
+/// inbound policy reads (`discovery::Session::push_inbound_policy`: the security kinds,
+/// Telemetry, MeshConfig, WasmPlugins, rate limits, Services, ServiceEntries), Gateways (one
+/// may come to select its workload) and the revision it reports in sync with (`Programmed`).
+fn concerns_every_stream(before: &ConfigSnapshot, after: &ConfigSnapshot) -> bool {
+    before.revision != after.revision
+        || before.services != after.services
+        || before.traffic.service_entries != after.traffic.service_entries
+        || before.peer_authentications != after.peer_authentications
+        || before.request_authentications != after.request_authentications
+        || before.telemetries != after.telemetries
+        || before.mesh_configs != after.mesh_configs
+        || before.authorization_policies != after.authorization_policies
+        || before.gateways != after.gateways
+        || before.wasm_plugins != after.wasm_plugins
+        || before.rate_limit_policies != after.rate_limit_policies
 }
 
 /// When the next publication of the workloads may be made: a publication copies every

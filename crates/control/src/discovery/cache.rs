@@ -12,10 +12,11 @@
 
 use std::collections::{HashMap, HashSet};
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Mutex, OnceLock, PoisonError};
+use std::sync::{Arc, Mutex, OnceLock, PoisonError, Weak};
 
+use bytes::Bytes;
+use prost::Message as _;
 use tokio::sync::watch;
-use trellis_api::discovery as pb;
 use trellis_model::{Destination, ServiceKey, Target};
 
 use crate::registry::WorkloadSet;
@@ -26,41 +27,53 @@ use crate::wire;
 #[derive(Debug)]
 pub struct Compiled {
     pub dest: Option<Destination>,
-    /// The wire form, made on first use and shared by every stream that sends it.
-    wire: OnceLock<Option<pb::Destination>>,
-    /// The Services whose selected workloads are this value's endpoints (the destination's
-    /// own and its backends'); `None`: any workload may matter (an address target).
+    /// The wire form's encoding, made on first use and shared by every stream that sends it
+    /// (see `grpc::SharedUpdate`).
+    encoded: OnceLock<Option<Bytes>>,
+    /// The Services whose config (Service, routes, DestinationRule) and selected workloads
+    /// this value reads (the target's own and its backends'); `None`: anything may matter (an
+    /// address target).
     deps: Option<Vec<ServiceKey>>,
+    /// Endpoint-delta plans from the values streams move from (see `plan_from`).
+    plans: Mutex<Vec<(Weak<Compiled>, Arc<crate::discovery::delta::Plan>)>>,
 }
+
+/// Predecessors whose delta plan a value remembers.
+const MAX_PLANS_PER_VALUE: usize = 4;
 
 impl Compiled {
     /// A value whose endpoints any workload may change (see [`Compiled::for_target`]).
     pub fn new(dest: Option<Destination>) -> Self {
         Self {
             dest,
-            wire: OnceLock::new(),
+            encoded: OnceLock::new(),
             deps: None,
+            plans: Mutex::default(),
         }
     }
 
-    /// `target` compiled to `dest`, knowing which workloads can change it.
+    /// `target` compiled to `dest`, knowing which workloads and config can change it.
     pub fn for_target(target: &Target, dest: Option<Destination>) -> Self {
-        // Workloads enter a service destination only through `compile::endpoints` of the
-        // service itself and of each backend; an unknown service or port compiles to `None`
-        // whatever the workloads are.
+        // Workloads and config enter a service destination only through the service itself
+        // and each backend (`compile::endpoints`, `compile::policy`, `compile::backend`, all
+        // keyed by service); an unknown service or port compiles to `None` until that service
+        // changes.
         let deps = match (target, &dest) {
             (Target::Address(_), _) => None,
-            (Target::Service { .. }, None) => Some(Vec::new()),
-            (Target::Service { .. }, Some(d)) => Some(
-                std::iter::once(d.service.clone())
-                    .chain(d.backends.iter().map(|b| b.backend.service.clone()))
+            (Target::Service { service, .. }, dest) => Some(
+                std::iter::once(service.clone())
+                    .chain(
+                        dest.iter()
+                            .flat_map(|d| d.backends.iter().map(|b| b.backend.service.clone())),
+                    )
                     .collect(),
             ),
         };
         Self {
             dest,
-            wire: OnceLock::new(),
+            encoded: OnceLock::new(),
             deps,
+            plans: Mutex::default(),
         }
     }
 
@@ -77,10 +90,58 @@ impl Compiled {
         })
     }
 
-    pub fn wire(&self) -> Option<pb::Destination> {
-        self.wire
-            .get_or_init(|| self.dest.as_ref().map(wire::destination_to_wire))
+    /// Whether a config change that touched `changed` (`None`: anything) can change this
+    /// value.
+    fn reads_any(&self, changed: Option<&HashSet<ServiceKey>>) -> bool {
+        match (&self.deps, changed) {
+            (Some(deps), Some(changed)) => deps.iter().any(|k| changed.contains(k)),
+            _ => true,
+        }
+    }
+
+    /// The delta plan from `before` to this value (see `delta::shared_plan`), made once per
+    /// predecessor for every stream that moves from it.
+    pub fn plan_from(
+        &self,
+        before: &Arc<Compiled>,
+        make: impl FnOnce() -> crate::discovery::delta::Plan,
+    ) -> Arc<crate::discovery::delta::Plan> {
+        let lock = || self.plans.lock().unwrap_or_else(PoisonError::into_inner);
+        if let Some((_, plan)) = lock()
+            .iter()
+            .find(|(b, _)| b.as_ptr() == Arc::as_ptr(before))
+        {
+            return plan.clone();
+        }
+        // Made without the lock; two streams racing on one predecessor both make it, equal.
+        let plan = Arc::new(make());
+        let mut plans = lock();
+        // A `Weak` keeps its allocation from being reused, so a pointer found here is that
+        // predecessor. Streams move from one or two predecessors; a few slots suffice.
+        plans.retain(|(b, _)| b.strong_count() > 0);
+        if plans.len() >= MAX_PLANS_PER_VALUE {
+            plans.remove(0);
+        }
+        plans.push((Arc::downgrade(before), plan.clone()));
+        plan
+    }
+
+    /// The `Destination` message's encoding (`None`: nothing there), made once: streams
+    /// share the bytes.
+    pub fn encoded(&self) -> Option<Bytes> {
+        self.encoded
+            .get_or_init(|| {
+                self.dest
+                    .as_ref()
+                    .map(|d| Bytes::from(wire::destination_to_wire(d).encode_to_vec()))
+            })
             .clone()
+    }
+
+    /// The wire form (tests).
+    #[cfg(test)]
+    pub fn wire(&self) -> Option<trellis_api::discovery::Destination> {
+        self.dest.as_ref().map(wire::destination_to_wire)
     }
 
     /// Whether a stream that was sent `self` must be sent `other`.
@@ -124,6 +185,42 @@ impl Inner {
         self.config = Some(config.clone());
         self.workloads = Some(workloads.clone());
         self.previous = std::mem::take(&mut self.entries);
+    }
+}
+
+/// The services whose Service, routes or DestinationRule differ between two configs; `None`
+/// when something every target may read changed (ServiceEntries, linked clusters' endpoints).
+pub fn changed_services(
+    before: &ConfigSnapshot,
+    after: &ConfigSnapshot,
+) -> Option<HashSet<ServiceKey>> {
+    let (b, a) = (&before.traffic, &after.traffic);
+    if b.service_entries != a.service_entries || b.remote != a.remote {
+        return None;
+    }
+    let mut changed = HashSet::new();
+    diff_keys(&before.services, &after.services, &mut changed);
+    diff_keys(&b.routes, &a.routes, &mut changed);
+    diff_keys(&b.policies, &a.policies, &mut changed);
+    Some(changed)
+}
+
+/// Adds to `out` every key whose value differs between `before` and `after` (or is on one
+/// side only).
+fn diff_keys<V: PartialEq>(
+    before: &std::collections::BTreeMap<ServiceKey, V>,
+    after: &std::collections::BTreeMap<ServiceKey, V>,
+    out: &mut HashSet<ServiceKey>,
+) {
+    for (k, v) in before {
+        if after.get(k) != Some(v) {
+            out.insert(k.clone());
+        }
+    }
+    for k in after.keys() {
+        if !before.contains_key(k) {
+            out.insert(k.clone());
+        }
     }
 }
 
@@ -204,6 +301,47 @@ impl CompileCache {
         let mut previous = HashMap::new();
         for (target, compiled) in entries {
             if compiled.depends_on(config, changed) {
+                previous.insert(target, compiled);
+            } else {
+                kept.insert(target.clone());
+                inner.entries.insert(target, compiled);
+            }
+        }
+        inner.previous = previous;
+        Some(kept)
+    }
+
+    /// Moves the cache from config `before` to `after` (the workloads unchanged): the entries
+    /// that read none of the services the change touched are kept (streams find them by
+    /// pointer and send nothing); returns the targets kept. `None`: nothing was kept (the
+    /// cache was not on `before`, or the change touched what every target reads).
+    pub fn advance_config(
+        &self,
+        before: &Arc<ConfigSnapshot>,
+        after: &Arc<ConfigSnapshot>,
+    ) -> Option<HashSet<Target>> {
+        let changed = changed_services(before, after);
+        let mut inner = self.lock();
+        let on_before = inner
+            .config
+            .as_ref()
+            .is_some_and(|c| Arc::ptr_eq(c, before));
+        if !on_before {
+            if let Some(workloads) = inner.workloads.clone() {
+                // A stream compiled against `after` first (it started over then), or the cache
+                // is on another config: the targets compile again.
+                if !inner.config.as_ref().is_some_and(|c| Arc::ptr_eq(c, after)) {
+                    inner.reset(after, &workloads);
+                }
+            }
+            return None;
+        }
+        inner.config = Some(after.clone());
+        let entries = std::mem::take(&mut inner.entries);
+        let mut kept = HashSet::new();
+        let mut previous = HashMap::new();
+        for (target, compiled) in entries {
+            if compiled.reads_any(changed.as_ref()) {
                 previous.insert(target, compiled);
             } else {
                 kept.insert(target.clone());
@@ -358,5 +496,53 @@ mod tests {
         // A set that skips a number (changes unknown in between) keeps nothing.
         let set5 = Arc::new(WorkloadSet::new(set3.to_vec(), 5, Some(Vec::new())));
         assert_eq!(cache.advance(&config, &set5), None);
+    }
+
+    #[test]
+    fn a_config_change_keeps_the_targets_that_read_nothing_it_touched() {
+        let cache = CompileCache::default();
+        let config1 = config();
+        let (tx, config_rx) = watch::channel(config1.clone());
+        let (a, b): (Target, Target) = (
+            "a.default:9080".parse().unwrap(),
+            "b.default:9080".parse().unwrap(),
+        );
+        let set = Arc::new(WorkloadSet::new(
+            vec![workload("a-1", "a"), workload("b-1", "b")],
+            1,
+            None,
+        ));
+        let compile = |config: &Arc<ConfigSnapshot>, target: &Target| {
+            let view = crate::compile::MeshView {
+                services: &config.services,
+                traffic: &config.traffic,
+                workloads: &set,
+                trust_domain: "cluster.local",
+            };
+            cache.get(&config_rx, config, &set, target, || {
+                crate::compile::compile_indexed(view, Some(set.index()), target)
+            })
+        };
+        let (a1, b1) = (compile(&config1, &a), compile(&config1, &b));
+        assert_eq!(cache.compiles(), 2);
+        // Service `a` changes in a way its destination does not show (a cluster IP).
+        let mut changed = (*config1).clone();
+        let svc_a = ServiceKey::new("default", "a");
+        if let Some(svc) = changed.services.get_mut(&svc_a) {
+            svc.cluster_ip = Some("10.0.0.1".parse().unwrap());
+        }
+        let config2 = Arc::new(changed);
+        assert_eq!(changed_services(&config1, &config2), Some([svc_a].into()));
+        tx.send_replace(config2.clone());
+        let kept = cache
+            .advance_config(&config1, &config2)
+            .expect("on config1");
+        assert_eq!(kept, [b.clone()].into(), "only b kept");
+        // `b` is served without a compile; `a` compiles again, equal, so the same pointer.
+        assert!(Arc::ptr_eq(&b1, &compile(&config2, &b)));
+        assert!(Arc::ptr_eq(&a1, &compile(&config2, &a)));
+        assert_eq!(cache.compiles(), 3);
+        // A cache that is not on the config before keeps nothing.
+        assert_eq!(cache.advance_config(&config1, &config2), None);
     }
 }

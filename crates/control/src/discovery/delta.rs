@@ -8,7 +8,8 @@
 //!   proxy removes by), the endpoints that stay kept their order, and the delta encodes smaller
 //!   than the whole destination.
 //! - [`shared_plan`] computes that once per pair of compiled values, for every stream: thousands
-//!   of streams go from the same previous value to the same new one (see `cache`).
+//!   of streams go from the same previous value to the same new one (see `cache`); the plan is
+//!   kept on the new value, so it goes when the value does.
 //! - [`StreamDeltas`] is one stream's record: whether the proxy negotiated deltas, the version
 //!   last sent per target (a delta's base), and the deltas sent lately, so that a Nacked delta
 //!   is answered with the whole destination.
@@ -17,13 +18,14 @@
 
 use std::collections::{HashMap, HashSet, VecDeque};
 use std::net::SocketAddr;
-use std::sync::{Arc, LazyLock, Mutex, PoisonError, Weak};
+use std::sync::Arc;
 
 use prost::Message as _;
 use trellis_api::discovery as pb;
 use trellis_model::{Destination, Endpoint, Target};
 
 use crate::discovery::cache::Compiled;
+use crate::discovery::grpc::SharedUpdate;
 use crate::telemetry::Metrics;
 use crate::wire;
 
@@ -114,7 +116,7 @@ pub fn plan(before: &Compiled, after: &Compiled) -> Plan {
     };
     // The stream's base version adds at most 10 bytes to the delta; the full message is what
     // the Update would carry instead.
-    let full = after.wire().map_or(0, |d| d.encoded_len());
+    let full = after.encoded().map_or(0, |d| d.len());
     if delta.encoded_len() + 10 < full {
         Plan::Delta(delta)
     } else {
@@ -122,47 +124,10 @@ pub fn plan(before: &Compiled, after: &Compiled) -> Plan {
     }
 }
 
-/// Plans remembered across streams: keyed by the two compiled values' allocations, which the
-/// entry's `Weak`s keep from being reused while it exists, so a key can only name that pair.
-/// Process-wide because the pair is shared by every stream (and every control plane in the
-/// process: distinct allocations never collide).
-static PLANS: LazyLock<Mutex<HashMap<(usize, usize), Remembered>>> =
-    LazyLock::new(Default::default);
-
-/// Most plans remembered; past it, those whose values are gone are dropped, then all.
-const MAX_PLANS: usize = 4096;
-
-struct Remembered {
-    before: Weak<Compiled>,
-    after: Weak<Compiled>,
-    plan: Arc<Plan>,
-}
-
-/// [`plan`], computed once per pair however many streams ask.
+/// [`plan`], computed once per pair however many streams ask: the plan is kept on `after`,
+/// keyed by its predecessor (`Compiled::plan_from`), so it lives as long as the value does.
 pub fn shared_plan(before: &Arc<Compiled>, after: &Arc<Compiled>) -> Arc<Plan> {
-    let key = (Arc::as_ptr(before) as usize, Arc::as_ptr(after) as usize);
-    let lock = || PLANS.lock().unwrap_or_else(PoisonError::into_inner);
-    if let Some(hit) = lock().get(&key) {
-        return hit.plan.clone();
-    }
-    // Computed without the lock; two streams racing on one pair both compute it, equal.
-    let planned = Arc::new(plan(before, after));
-    let mut plans = lock();
-    if plans.len() >= MAX_PLANS {
-        plans.retain(|_, r| r.before.strong_count() > 0 && r.after.strong_count() > 0);
-        if plans.len() >= MAX_PLANS / 2 {
-            plans.clear();
-        }
-    }
-    plans
-        .entry(key)
-        .or_insert_with(|| Remembered {
-            before: Arc::downgrade(before),
-            after: Arc::downgrade(after),
-            plan: planned,
-        })
-        .plan
-        .clone()
+    after.plan_from(before, || plan(before, after))
 }
 
 /// Deltas remembered per stream to answer a Nack; older ones are forgotten (their Nack then
@@ -204,7 +169,7 @@ impl StreamDeltas {
         before: Option<&Arc<Compiled>>,
         after: &Arc<Compiled>,
         metrics: &Metrics,
-    ) -> pb::Update {
+    ) -> SharedUpdate {
         let base = self.sent.insert(target.clone(), version);
         let delta = match (self.enabled, before, base) {
             (true, Some(before), Some(base)) => match &*shared_plan(before, after) {
@@ -223,10 +188,14 @@ impl StreamDeltas {
             }
             self.recent.push_back((version, target.clone()));
         }
-        pb::Update {
+        SharedUpdate {
             version,
             target: Some(wire::target_to_wire(target)),
-            destination: if delta.is_some() { None } else { after.wire() },
+            destination: if delta.is_some() {
+                None
+            } else {
+                after.encoded()
+            },
             endpoint_delta: delta,
         }
     }

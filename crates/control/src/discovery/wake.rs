@@ -8,6 +8,11 @@
 //! subscribed to another target, plus those that want every change (gateways: their
 //! listeners' backends list endpoints).
 //!
+//! A config change is handled the same way (`state::Shared::publish_config`): the cache keeps
+//! the targets that read none of the services it touched, and only the streams subscribed to
+//! another target are woken; a change of what every stream reads (its inbound policy's inputs,
+//! Gateways, the config revision) wakes every open stream.
+//!
 //! A stream registers a target here before it compiles it, so a publication between the two
 //! wakes it (a `Notify` keeps the wake-up until the stream next waits).
 
@@ -32,6 +37,9 @@ struct Inner {
     by_target: HashMap<Target, HashMap<StreamId, Arc<Notify>>>,
     /// Streams woken by every publication.
     every: HashMap<StreamId, Arc<Notify>>,
+    /// Every open stream, for a config change that may concern any of them (their inbound
+    /// policy, a Gateway that may select them, a new config revision to report).
+    all: HashMap<StreamId, Arc<Notify>>,
 }
 
 impl Wakers {
@@ -68,10 +76,27 @@ impl Wakers {
         }
     }
 
+    /// A stream opened: [`Wakers::wake_all`] reaches it from now on.
+    pub fn open(&self, stream: StreamId, wake: &Arc<Notify>) {
+        self.lock().all.insert(stream, wake.clone());
+    }
+
+    /// Wakes every open stream. Returns how many.
+    pub fn wake_all(&self) -> usize {
+        let inner = self.lock();
+        for wake in inner.all.values() {
+            wake.notify_one();
+        }
+        self.woken
+            .fetch_add(inner.all.len() as u64, Ordering::Relaxed);
+        inner.all.len()
+    }
+
     /// Forgets `stream` (its stream ended), subscribed to `targets`.
     pub fn remove<'a>(&self, stream: StreamId, targets: impl IntoIterator<Item = &'a Target>) {
         let mut inner = self.lock();
         inner.every.remove(&stream);
+        inner.all.remove(&stream);
         for target in targets {
             if let Some(streams) = inner.by_target.get_mut(target) {
                 streams.remove(&stream);
