@@ -86,26 +86,33 @@ def executed(dumps: list[Path]) -> dict[str, int]:
 LEGACY_HASH = re.compile(r"17h[0-9a-f]{16}E$")
 
 
-def section_patterns(names: list[str]) -> list[str]:
-    """Input-section patterns for the functions, in order, one each, without duplicates.
+def section_patterns(names: list[str], in_binary: set[str]) -> list[str]:
+    """Input-section patterns for the functions, in order, without duplicates.
 
     rustc and cc put each function in its own section named after its symbol:
     `.text.<name>`, or `.text.unlikely.<name>` / `.text.startup.<name>` where LLVM judged it
     cold or start-up only. The hash at the end of a Rust symbol (`17h<16 hex>E`) changes with
     the build (crate metadata: the checkout's path, the features a build command unifies,
-    dependency versions), so it becomes a wildcard: the pattern then also matches the other
-    instances of a generic function, which costs a little room, not correctness.
+    dependency versions). So every function comes twice: first by its exact name, which
+    matches in a build like the profiled one and packs exactly the code that ran; then with
+    the hash as a wildcard, which matches in any build but also takes the other instances of
+    a generic function. The linker places a section at the first pattern that matches, so in
+    a matching build the wildcard part holds only code that did not run (and stays cold).
     """
     seen: set[str] = set()
-    out = []
+    exact, wild = [], []
     for n in names:
         if not re.fullmatch(r"[A-Za-z0-9_.$]+", n):
             continue  # not a symbol the linker can see (callgrind's own labels)
-        name = LEGACY_HASH.sub("17h*E", n)
-        if name not in seen:
-            seen.add(name)
-            out.append(" ".join(f".text{kind}.{name}" for kind in ("", ".unlikely", ".startup")))
-    return out
+        for part, name in ((exact, n), (wild, LEGACY_HASH.sub("17h*E", n))):
+            # Exact names only of the profiled binary: older dumps' hashes match nothing.
+            if part is exact and n not in in_binary:
+                continue
+            if name not in seen:
+                seen.add(name)
+                part.append(" ".join(f".text{kind}.{name}"
+                                     for kind in ("", ".unlikely", ".startup")))
+    return exact + wild
 
 
 def asm_members(executed_names: set[str], archives: list[Path]) -> list[str]:
@@ -222,7 +229,8 @@ def main() -> int:
     if args.from_dumps:
         d = Path(args.from_dumps)
         return write_script(sorted(d.glob("callgrind.out.*")),
-                            fault_symbols(sorted(d.glob("perf.*")), proxy_bin), args.out)
+                            fault_symbols(sorted(d.glob("perf.*")), proxy_bin), args.out,
+                            proxy_bin)
     tools = {"oha": b.find_tool("oha", [os.path.expanduser("~/.local/oha/bin/oha")]),
              "wrk": b.find_tool("wrk", []), "nginx": b.find_tool("nginx", ["/usr/sbin/nginx"]),
              "h2load": b.find_tool("h2load", []), "perf": b.find_tool("perf", [])}
@@ -245,16 +253,23 @@ def main() -> int:
                             "-o", str(out / f"perf.{name}"), "--"],
               5000, args.requests_seconds)
     return write_script(sorted(out.glob("callgrind.out.*")),
-                        fault_symbols(sorted(out.glob("perf.*")), proxy_bin), args.out)
+                        fault_symbols(sorted(out.glob("perf.*")), proxy_bin), args.out,
+                        proxy_bin)
 
 
-def write_script(dumps: list[Path], faulted: list[str], dest: str) -> int:
+def symbol_names(binary: str) -> set[str]:
+    out = subprocess.run(["nm", "--defined-only", binary], capture_output=True, text=True)
+    return {line.split()[-1] for line in out.stdout.splitlines() if line.strip()}
+
+
+def write_script(dumps: list[Path], faulted: list[str], dest: str, binary: str) -> int:
     if not dumps:
         print("proxy_rss_order: no callgrind dumps", file=sys.stderr)
         return 2
     cost = executed(dumps)
     # The natively faulted functions go last: callgrind's are the hot path.
-    patterns = section_patterns(sorted(cost, key=lambda n: (-cost[n], n)) + faulted)
+    patterns = section_patterns(sorted(cost, key=lambda n: (-cost[n], n)) + faulted,
+                                symbol_names(binary))
     archives = sorted(b.REPO.glob("target/**/build/aws-lc-sys-*/out/*.a"))
     members = asm_members(set(cost) | set(faulted), archives)
     Path(dest).write_text(linker_script(patterns, members))
