@@ -83,6 +83,8 @@ pub struct Wasm {
     metrics: Arc<WasmMetrics>,
     shared_data: Arc<SharedData>,
     limits: Limits,
+    /// Woken after every install, so the tick loop can sleep while no plugin is in force.
+    installed: tokio::sync::Notify,
 }
 
 impl Default for Wasm {
@@ -95,6 +97,7 @@ impl Default for Wasm {
             metrics: Arc::default(),
             shared_data: Arc::default(),
             limits: Limits::default(),
+            installed: tokio::sync::Notify::new(),
         }
     }
 }
@@ -149,6 +152,7 @@ impl Wasm {
             }
         }
         self.active.store(Arc::new(Active { entries }));
+        self.installed.notify_waiters();
     }
 
     /// The plugins in force, for `/config_dump`.
@@ -907,11 +911,27 @@ pub async fn follow(
     }
 }
 
-/// Delivers `proxy_on_tick` to plugins that set a tick period, at a 50 ms resolution.
+/// Delivers `proxy_on_tick` to plugins that set a tick period, at a 50 ms resolution. With no
+/// plugin in force it sleeps until an install, so a proxy without Wasm does not wake 20 times a
+/// second for nothing.
 pub async fn tick(wasm: Arc<Wasm>, stop: tokio_util::sync::CancellationToken) {
     let mut last: Vec<(String, std::time::Instant)> = Vec::new();
     let mut interval = tokio::time::interval(std::time::Duration::from_millis(50));
+    interval.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
+        // Registered before the check, so an install between the two still wakes us.
+        let installed = wasm.installed.notified();
+        tokio::pin!(installed);
+        installed.as_mut().enable();
+        if wasm.is_idle() {
+            last.clear();
+            tokio::select! {
+                () = stop.cancelled() => return,
+                () = installed => {}
+            }
+            interval.reset();
+            continue;
+        }
         tokio::select! {
             () = stop.cancelled() => return,
             _ = interval.tick() => {}
@@ -935,6 +955,60 @@ pub async fn tick(wasm: Arc<Wasm>, stop: tokio_util::sync::CancellationToken) {
 mod tests {
     #![allow(clippy::unwrap_used)]
     use super::*;
+
+    /// Counts how often the wrapped future is polled: each poll is a wake-up of the task.
+    struct CountPolls<F> {
+        inner: std::pin::Pin<Box<F>>,
+        polls: Arc<std::sync::atomic::AtomicUsize>,
+    }
+
+    impl<F: std::future::Future> std::future::Future for CountPolls<F> {
+        type Output = F::Output;
+        fn poll(
+            mut self: std::pin::Pin<&mut Self>,
+            cx: &mut std::task::Context<'_>,
+        ) -> std::task::Poll<F::Output> {
+            self.polls
+                .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            self.inner.as_mut().poll(cx)
+        }
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn the_tick_loop_sleeps_while_no_plugin_is_in_force() {
+        let wasm = Arc::new(Wasm::default());
+        let stop = tokio_util::sync::CancellationToken::new();
+        let polls = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+        let task = tokio::spawn(CountPolls {
+            inner: Box::pin(tick(wasm.clone(), stop.clone())),
+            polls: polls.clone(),
+        });
+        // One simulated second: a 50 ms interval would wake it 20 times.
+        for _ in 0..20 {
+            tokio::time::advance(std::time::Duration::from_millis(50)).await;
+            tokio::task::yield_now().await;
+        }
+        let idle_polls = polls.load(std::sync::atomic::Ordering::Relaxed);
+        assert!(
+            idle_polls <= 2,
+            "polled {idle_polls} times in one idle second"
+        );
+
+        // An install wakes it (it re-checks and, still idle, sleeps again).
+        wasm.install(WasmPlugins::default());
+        tokio::task::yield_now().await;
+        let after_install = polls.load(std::sync::atomic::Ordering::Relaxed);
+        assert!(
+            after_install > idle_polls,
+            "the install did not wake the tick loop"
+        );
+
+        stop.cancel();
+        tokio::time::timeout(std::time::Duration::from_secs(1), task)
+            .await
+            .expect("the tick loop stops on cancel")
+            .unwrap();
+    }
 
     #[test]
     fn wasm_request_headers_round_trip_with_pseudo_headers() {
