@@ -17,7 +17,7 @@ use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use golden::{golden, mask_ports};
-use k8s_testbed::{Testbed, free_port, kubectl};
+use k8s_testbed::{Testbed, control_replicas, free_port, kubectl, kubectl_ok};
 use trellis_testkit::tools::run_bounded;
 
 /// How long one `trellis` command against the testbed may take before it is killed.
@@ -48,13 +48,7 @@ fn trellis(args: &[&str]) -> (i32, String, String) {
 }
 
 fn apply(kubeconfig: &Path, yaml: &str) {
-    let out = kubectl(kubeconfig, &["apply", "-f", "-"], yaml.as_bytes());
-    assert!(
-        out.status.success(),
-        "kubectl apply: {}{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
+    kubectl_ok(kubeconfig, &["apply", "-f", "-"], yaml.as_bytes());
 }
 
 /// The line of a check report that starts with `mark` and holds `text`.
@@ -218,21 +212,8 @@ fn pre_check_install_upgrade_check_and_validate_cluster() {
         )),
         "{err}"
     );
-    let replicas = kubectl(
-        &testbed.kubeconfig,
-        &[
-            "get",
-            "deployment",
-            "-n",
-            "trellis-system",
-            "trellis-control",
-            "-o",
-            "jsonpath={.spec.replicas}",
-        ],
-        b"",
-    );
     assert_eq!(
-        String::from_utf8_lossy(&replicas.stdout),
+        control_replicas(&testbed.kubeconfig),
         "1",
         "applied nothing"
     );

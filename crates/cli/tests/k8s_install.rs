@@ -10,7 +10,7 @@ mod k8s_testbed;
 use std::process::Command;
 use std::time::Duration;
 
-use k8s_testbed::{Testbed, kubectl};
+use k8s_testbed::{Testbed, control_replicas, kubectl, kubectl_ok};
 use trellis_testkit::tools::run_bounded;
 
 /// `trellis args` (it only prints manifests here), bounded in time; its stdout.
@@ -34,13 +34,7 @@ fn install_and_uninstall_with_kubectl() {
         return;
     };
     let manifests = trellis(&["install", "--set", "replicas=2"]);
-    let applied = kubectl(&testbed.kubeconfig, &["apply", "-f", "-"], &manifests);
-    let stdout = String::from_utf8_lossy(&applied.stdout);
-    assert!(
-        applied.status.success(),
-        "kubectl apply: {stdout}{}",
-        String::from_utf8_lossy(&applied.stderr)
-    );
+    let stdout = kubectl_ok(&testbed.kubeconfig, &["apply", "-f", "-"], &manifests);
     for expected in [
         "namespace/trellis-system",
         "customresourcedefinition.apiextensions.k8s.io/virtualservices.networking.istio.io",
@@ -50,32 +44,13 @@ fn install_and_uninstall_with_kubectl() {
     ] {
         assert!(stdout.contains(expected), "{expected} not in: {stdout}");
     }
-    let got = kubectl(
-        &testbed.kubeconfig,
-        &[
-            "get",
-            "deployment",
-            "-n",
-            "trellis-system",
-            "trellis-control",
-            "-o",
-            "jsonpath={.spec.replicas}",
-        ],
-        b"",
-    );
-    assert_eq!(String::from_utf8_lossy(&got.stdout), "2");
+    assert_eq!(control_replicas(&testbed.kubeconfig), "2");
 
     let removal = trellis(&["uninstall"]);
-    let deleted = kubectl(
+    kubectl_ok(
         &testbed.kubeconfig,
         &["delete", "--wait=false", "-f", "-"],
         &removal,
-    );
-    assert!(
-        deleted.status.success(),
-        "kubectl delete: {}{}",
-        String::from_utf8_lossy(&deleted.stdout),
-        String::from_utf8_lossy(&deleted.stderr)
     );
     let left = kubectl(
         &testbed.kubeconfig,

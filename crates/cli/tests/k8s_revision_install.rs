@@ -9,9 +9,9 @@
 mod k8s_testbed;
 
 use std::path::Path;
-use std::process::{Command, Output};
+use std::process::Command;
 
-use trellis_testkit::tools;
+use k8s_testbed::kubectl_ok;
 
 fn trellis(args: &[&str]) -> String {
     let out = Command::new(env!("CARGO_BIN_EXE_trellis"))
@@ -26,27 +26,13 @@ fn trellis(args: &[&str]) -> String {
     String::from_utf8(out.stdout).unwrap()
 }
 
-fn kubectl(kubeconfig: &Path, args: &[&str], stdin: &str) -> Output {
-    tools::kubectl(kubeconfig, args, stdin.as_bytes()).unwrap()
-}
-
-fn ok(out: &Output) -> String {
-    assert!(
-        out.status.success(),
-        "{}{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
-    String::from_utf8_lossy(&out.stdout).into_owned()
-}
-
 /// Whether the object exists. Only "not found" is false: any other failure of kubectl fails
 /// the test, so a broken API server cannot pass for a clean uninstall.
 fn exists(kubeconfig: &Path, what: &[&str]) -> bool {
     let mut args = vec!["get"];
     args.extend_from_slice(what);
     args.extend(["--ignore-not-found", "-o", "name"]);
-    !ok(&kubectl(kubeconfig, &args, "")).trim().is_empty()
+    !kubectl_ok(kubeconfig, &args, b"").trim().is_empty()
 }
 
 #[test]
@@ -55,11 +41,11 @@ fn revision_install_applies_beside_the_default_and_uninstalls_alone() {
         return;
     };
     let kc = testbed.kubeconfig.as_path();
-    ok(&kubectl(kc, &["apply", "-f", "-"], &trellis(&["install"])));
+    kubectl_ok(kc, &["apply", "-f", "-"], trellis(&["install"]).as_bytes());
     let canary = trellis(&["install", "--set", "revision=canary"]);
-    ok(&kubectl(kc, &["apply", "-f", "-"], &canary));
+    kubectl_ok(kc, &["apply", "-f", "-"], canary.as_bytes());
 
-    let deployment: serde_json::Value = serde_json::from_str(&ok(&kubectl(
+    let deployment: serde_json::Value = serde_json::from_str(&kubectl_ok(
         kc,
         &[
             "-n",
@@ -70,8 +56,8 @@ fn revision_install_applies_beside_the_default_and_uninstalls_alone() {
             "-o",
             "json",
         ],
-        "",
-    )))
+        b"",
+    ))
     .unwrap();
     let args = deployment["spec"]["template"]["spec"]["containers"][0]["args"]
         .as_array()
@@ -81,7 +67,7 @@ fn revision_install_applies_beside_the_default_and_uninstalls_alone() {
             .any(|w| w[0] == "--revision" && w[1] == "canary"),
         "{args:?}"
     );
-    let hook: serde_json::Value = serde_json::from_str(&ok(&kubectl(
+    let hook: serde_json::Value = serde_json::from_str(&kubectl_ok(
         kc,
         &[
             "get",
@@ -90,8 +76,8 @@ fn revision_install_applies_beside_the_default_and_uninstalls_alone() {
             "-o",
             "json",
         ],
-        "",
-    )))
+        b"",
+    ))
     .unwrap();
     assert_eq!(
         hook["webhooks"][0]["clientConfig"]["service"]["name"],
@@ -100,7 +86,7 @@ fn revision_install_applies_beside_the_default_and_uninstalls_alone() {
 
     // Rollback: the canary goes, the default install stays.
     let uninstall = trellis(&["uninstall", "--set", "revision=canary"]);
-    ok(&kubectl(kc, &["delete", "-f", "-"], &uninstall));
+    kubectl_ok(kc, &["delete", "-f", "-"], uninstall.as_bytes());
     for gone in [
         &[
             "-n",

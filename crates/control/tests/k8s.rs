@@ -24,15 +24,15 @@ use k8s_openapi::api::admissionregistration::v1::{
     MutatingWebhookConfiguration, ValidatingWebhookConfiguration,
 };
 use k8s_openapi::api::coordination::v1::Lease;
-use k8s_openapi::api::core::v1::{Namespace, Node, Pod, Service};
-use k8s_testbed::{Testbed, free_port};
-use kube::api::{Api, DeleteParams, DynamicObject, ListParams, Patch, PatchParams, PostParams};
+use k8s_openapi::api::core::v1::{Node, Pod, Service};
+use k8s_testbed::cluster::{create_namespace, start_installed, webhook_values};
+use k8s_testbed::free_port;
+use kube::api::{Api, DeleteParams, DynamicObject, Patch, PatchParams, PostParams};
 use kube::discovery::ApiResource;
 use serde_json::json;
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
-use trellis_control::k8s::manifests::{Values, render};
-use trellis_control::k8s::{KubeOptions, apply};
+use trellis_control::k8s::KubeOptions;
 use trellis_control::{ControlConfig, ControlPlane};
 use trellis_model::Target;
 
@@ -88,40 +88,21 @@ fn container_names(pod: &Pod, init: bool) -> Vec<String> {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn kubernetes_mode_against_a_real_api_server() {
-    let Some(testbed) = Testbed::start() else {
-        return;
-    };
-    let test_start = Instant::now();
-    let kube = testbed.client().await;
-
     // 1. `trellis install`'s manifests, with the webhooks called at this process's address.
     let webhook: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().unwrap();
     // Fixed, so that the restarted control plane is where the client reconnects.
     let discovery_addr: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().unwrap();
-    let mut values = Values::default();
-    values
-        .set(&format!("webhook.url=https://{webhook}"))
-        .unwrap();
+    let mut values = webhook_values(webhook);
     values.set("webhook.failurePolicy=Fail").unwrap();
-    apply::apply(&kube, &render(&values)).await.unwrap();
+    let Some((testbed, kube)) =
+        start_installed(&values, &["virtualservices.networking.istio.io"]).await
+    else {
+        return;
+    };
+    let test_start = Instant::now();
     let vs_api: Api<DynamicObject> = Api::namespaced_with(kube.clone(), "shop", &vs_resource());
-    eventually("VirtualService CRD served", || async {
-        vs_api.list(&ListParams::default()).await.ok().map(|_| ())
-    })
-    .await;
-
-    let namespaces: Api<Namespace> = Api::all(kube.clone());
-    for (name, labels) in [
-        ("shop", json!({"trellis.io/inject": "enabled"})),
-        ("plain", json!({})),
-    ] {
-        let ns =
-            serde_json::from_value(json!({"metadata": {"name": name, "labels": labels}})).unwrap();
-        namespaces
-            .create(&PostParams::default(), &ns)
-            .await
-            .unwrap();
-    }
+    create_namespace(&kube, "shop", json!({"trellis.io/inject": "enabled"})).await;
+    create_namespace(&kube, "plain", json!({})).await;
     let nodes: Api<Node> = Api::all(kube.clone());
     nodes
         .create(

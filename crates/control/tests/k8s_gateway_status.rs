@@ -14,13 +14,11 @@ mod k8s_testbed;
 use std::path::Path;
 
 use common::eventually;
-use k8s_testbed::Testbed;
 use k8s_testbed::cluster::{
-    cond, control_plane, find, kube_options, kubectl, kubectl_apply, pair, status, wait_served,
+    cond, control_plane, find, kube_options, kubectl, kubectl_apply, pair, start_installed, status,
 };
 use serde_json::Value;
-use trellis_control::k8s::apply;
-use trellis_control::k8s::manifests::{Values, render};
+use trellis_control::k8s::manifests::Values;
 
 const NAMESPACES: &str = "apiVersion: v1
 kind: Namespace
@@ -115,20 +113,12 @@ async fn route_parent(kubeconfig: &Path, route: &str) -> Option<Value> {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn gateway_api_status_is_written_for_gateways_and_routes() {
-    let Some(testbed) = Testbed::start() else {
+    let Some((testbed, _)) =
+        start_installed(&Values::default(), &["gateways.gateway.networking.k8s.io"]).await
+    else {
         return;
     };
-    let kube = testbed.client().await;
-    apply::apply(&kube, &render(&Values::default()))
-        .await
-        .unwrap();
     let kc = testbed.kubeconfig.clone();
-    wait_served(
-        &kc,
-        "the Gateway API CRDs served",
-        &["gateways.gateway.networking.k8s.io"],
-    )
-    .await;
     kubectl_apply(&kc, NAMESPACES).await;
 
     let control = control_plane(kube_options(&kc)).await;

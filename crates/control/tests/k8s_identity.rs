@@ -16,9 +16,9 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use common::{eventually, get_json};
 use k8s_openapi::api::authentication::v1::TokenRequest;
-use k8s_openapi::api::core::v1::{Namespace, ServiceAccount};
+use k8s_openapi::api::core::v1::ServiceAccount;
 use k8s_testbed::Testbed;
-use k8s_testbed::cluster::kube_options;
+use k8s_testbed::cluster::{create_namespace, kube_options, start_installed, webhook_values};
 use kube::api::{Api, PostParams};
 use serde_json::json;
 use tonic::Code;
@@ -132,14 +132,7 @@ async fn certificates_by_service_account_token_and_token_review() {
         return;
     };
     let kube = testbed.client().await;
-    let namespaces: Api<Namespace> = Api::all(kube.clone());
-    namespaces
-        .create(
-            &PostParams::default(),
-            &serde_json::from_value(json!({"metadata": {"name": "shop"}})).unwrap(),
-        )
-        .await
-        .unwrap();
+    create_namespace(&kube, "shop", json!({})).await;
     let accounts: Api<ServiceAccount> = Api::namespaced(kube.clone(), "shop");
     let mut uids = std::collections::BTreeMap::new();
     for sa in ["reviews", "ratings"] {
@@ -356,34 +349,17 @@ async fn ca_bundles(kube: &kube::Client) -> Option<(String, String)> {
 async fn webhook_certificate_from_the_mesh_ca_through_an_anchor_rotation() {
     use k8s_openapi::api::core::v1::Pod;
     use trellis_control::ca::RotationStep;
-    use trellis_control::k8s::apply;
-    use trellis_control::k8s::manifests::{Values, render};
 
-    let Some(testbed) = Testbed::start() else {
-        return;
-    };
-    let kube = testbed.client().await;
     let webhook: SocketAddr = format!("127.0.0.1:{}", k8s_testbed::free_port())
         .parse()
         .unwrap();
-    let mut values = Values::default();
-    values
-        .set(&format!("webhook.url=https://{webhook}"))
-        .unwrap();
+    let mut values = webhook_values(webhook);
     // Fail: a webhook the API server cannot verify refuses the pod instead of skipping it.
     values.set("webhook.failurePolicy=Fail").unwrap();
-    apply::apply(&kube, &render(&values)).await.unwrap();
-    let namespaces: Api<Namespace> = Api::all(kube.clone());
-    namespaces
-        .create(
-            &PostParams::default(),
-            &serde_json::from_value(
-                json!({"metadata": {"name": "shop", "labels": {"trellis.io/inject": "enabled"}}}),
-            )
-            .unwrap(),
-        )
-        .await
-        .unwrap();
+    let Some((testbed, kube)) = start_installed(&values, &[]).await else {
+        return;
+    };
+    create_namespace(&kube, "shop", json!({"trellis.io/inject": "enabled"})).await;
 
     let any: SocketAddr = "127.0.0.1:0".parse().unwrap();
     let control = ControlPlane::start(ControlConfig {

@@ -19,11 +19,11 @@ use std::path::Path;
 use common::eventually;
 use k8s_testbed::Testbed;
 use k8s_testbed::cluster::{
-    cond, control_plane, kube_options, kubectl, kubectl_apply, pair, plain_backend, status,
-    token_file, wait_served,
+    cond, control_plane, install, kube_options, kubectl, kubectl_apply, pair, plain_backend,
+    start_installed, status, token_file,
 };
-use trellis_control::k8s::manifests::{Values, render};
-use trellis_control::k8s::{KubeOptions, apply};
+use trellis_control::k8s::KubeOptions;
+use trellis_control::k8s::manifests::Values;
 use trellis_testkit::tools::{CurlReply, curl_http, free_port};
 use trellis_testkit::{HttpEcho, Proxy, ProxyBuilder};
 
@@ -119,23 +119,18 @@ async fn gateway(
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn istio_and_gateway_api_gateways_of_one_name_are_both_watched_and_served() {
-    let Some(testbed) = Testbed::start() else {
-        return;
-    };
-    let kube = testbed.client().await;
-    apply::apply(&kube, &render(&Values::default()))
-        .await
-        .unwrap();
-    let kc = testbed.kubeconfig.clone();
-    wait_served(
-        &kc,
-        "both Gateway CRDs served",
+    let Some((testbed, kube)) = start_installed(
+        &Values::default(),
         &[
             "gateways.networking.istio.io",
             "gateways.gateway.networking.k8s.io",
         ],
     )
-    .await;
+    .await
+    else {
+        return;
+    };
+    let kc = testbed.kubeconfig.clone();
     kubectl_apply(&kc, NAMESPACES).await;
     let tokens = tempfile::tempdir().unwrap();
     let istio_token = token_file(&kube, "istio-system", tokens.path()).await;
@@ -345,14 +340,9 @@ async fn an_https_server_takes_its_certificate_from_a_secret_and_follows_it() {
     let mut values = Values::default();
     values.set("gateway.secretNamespaces=istio-system").unwrap();
     let kc = testbed.kubeconfig.clone();
+    // The namespaces first: the install puts the Secret-reading Role in istio-system.
     kubectl_apply(&kc, NAMESPACES).await;
-    apply::apply(&kube, &render(&values)).await.unwrap();
-    wait_served(
-        &kc,
-        "the Istio Gateway CRD served",
-        &["gateways.networking.istio.io"],
-    )
-    .await;
+    install(&testbed, &kube, &values, &["gateways.networking.istio.io"]).await;
     let certs = tempfile::tempdir().unwrap();
     for (ca, leaf) in [("ca-1", "leaf-1"), ("ca-2", "leaf-2")] {
         trellis_testkit::certs::ca(certs.path(), ca).unwrap();

@@ -12,16 +12,13 @@ mod common;
 mod k8s_testbed;
 
 use common::{client, eventually, workload};
-use k8s_openapi::api::core::v1::Namespace;
-use k8s_testbed::Testbed;
 use k8s_testbed::cluster::{
-    control_plane, installed_account_kubeconfig, kube_options, kubectl_apply, wait_served,
+    control_plane, create_namespace, installed_account_kubeconfig, kube_options, kubectl_apply,
+    start_installed,
 };
-use kube::api::{Api, PostParams};
 use serde_json::{Value, json};
 use tokio_util::sync::CancellationToken;
-use trellis_control::k8s::apply;
-use trellis_control::k8s::manifests::{Values, render};
+use trellis_control::k8s::manifests::Values;
 
 const COLLECTOR: &str = "otel-collector.observability.svc.cluster.local";
 
@@ -57,27 +54,12 @@ async fn row(control: std::net::SocketAddr, file: &str) -> Option<Value> {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_istio_config_map_names_the_collector_of_a_telemetry() {
-    let Some(testbed) = Testbed::start() else {
+    let Some((testbed, admin)) =
+        start_installed(&Values::default(), &["telemetries.telemetry.istio.io"]).await
+    else {
         return;
     };
-    let admin = testbed.client().await;
-    apply::apply(&admin, &render(&Values::default()))
-        .await
-        .unwrap();
-    wait_served(
-        &testbed.kubeconfig,
-        "the Telemetry CRD served",
-        &["telemetries.telemetry.istio.io"],
-    )
-    .await;
-    let namespaces: Api<Namespace> = Api::all(admin.clone());
-    namespaces
-        .create(
-            &PostParams::default(),
-            &serde_json::from_value(json!({"metadata": {"name": "shop"}})).unwrap(),
-        )
-        .await
-        .unwrap();
+    create_namespace(&admin, "shop", json!({})).await;
     kubectl_apply(&testbed.kubeconfig, &mesh_config(&otel(4317))).await;
 
     let kubeconfig = installed_account_kubeconfig(&admin, &testbed).await;

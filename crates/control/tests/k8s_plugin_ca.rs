@@ -15,8 +15,9 @@ use std::process::Command;
 use std::time::Duration;
 
 use k8s_openapi::api::authentication::v1::TokenRequest;
-use k8s_openapi::api::core::v1::{Namespace, Secret, ServiceAccount};
+use k8s_openapi::api::core::v1::{Secret, ServiceAccount};
 use k8s_testbed::Testbed;
+use k8s_testbed::cluster::create_namespace;
 use kube::api::{Api, DeleteParams, PostParams};
 use serde_json::json;
 use trellis_api::identity::CertifyRequest;
@@ -90,15 +91,8 @@ async fn plug_in_ca_from_cacerts_secret() {
         return;
     };
     let kube = testbed.client().await;
-    let namespaces: Api<Namespace> = Api::all(kube.clone());
     for ns in ["trellis-system", "shop"] {
-        namespaces
-            .create(
-                &PostParams::default(),
-                &serde_json::from_value(json!({"metadata": {"name": ns}})).unwrap(),
-            )
-            .await
-            .unwrap();
+        create_namespace(&kube, ns, json!({})).await;
     }
     let accounts: Api<ServiceAccount> = Api::namespaced(kube.clone(), "shop");
     accounts

@@ -13,57 +13,24 @@ use std::process::Stdio;
 use std::time::Duration;
 
 use common::eventually;
-use k8s_openapi::api::authentication::v1::TokenRequest;
-use k8s_openapi::api::core::v1::{Namespace, Pod, ServiceAccount};
-use k8s_testbed::cluster::default_token;
-use k8s_testbed::{Testbed, free_port};
+use k8s_openapi::api::core::v1::Pod;
+use k8s_testbed::cluster::{
+    create_namespace, default_token, installed_account_kubeconfig, start_installed, webhook_values,
+};
+use k8s_testbed::free_port;
 use kube::api::{Api, DeleteParams, DynamicObject, ListParams, PostParams};
 use kube::discovery::ApiResource;
 use serde_json::json;
-use trellis_control::k8s::apply;
-use trellis_control::k8s::manifests::{Values, render};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn control_plane_process_with_the_installed_rbac() {
-    let Some(testbed) = Testbed::start() else {
+    let webhook: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().unwrap();
+    let Some((testbed, admin)) = start_installed(&webhook_values(webhook), &[]).await else {
         return;
     };
-    let admin = testbed.client().await;
-    let webhook: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().unwrap();
-    let mut values = Values::default();
-    values
-        .set(&format!("webhook.url=https://{webhook}"))
-        .unwrap();
-    apply::apply(&admin, &render(&values)).await.unwrap();
 
     // A token of the installed ServiceAccount, in a kubeconfig of its own.
-    let accounts: Api<ServiceAccount> = Api::namespaced(admin.clone(), "trellis-system");
-    let request: TokenRequest =
-        serde_json::from_value(json!({"spec": {"audiences": [], "expirationSeconds": 3600}}))
-            .unwrap();
-    let token = accounts
-        .create_token_request("trellis-control", &PostParams::default(), &request)
-        .await
-        .unwrap()
-        .status
-        .unwrap()
-        .token;
-    let admin_config = std::fs::read_to_string(&testbed.kubeconfig).unwrap();
-    let server = admin_config
-        .lines()
-        .find_map(|l| l.split("server: \"").nth(1)?.split('"').next())
-        .unwrap()
-        .to_string();
-    let ca = testbed.run.path().join("ca.crt");
-    let kubeconfig = testbed.run.path().join("control.kubeconfig");
-    std::fs::write(
-        &kubeconfig,
-        format!(
-            "apiVersion: v1\nkind: Config\nclusters: [{{name: t, cluster: {{server: \"{server}\", certificate-authority: \"{}\"}}}}]\nusers: [{{name: sa, user: {{token: \"{token}\"}}}}]\ncontexts: [{{name: t, context: {{cluster: t, user: sa}}}}]\ncurrent-context: t\n",
-            ca.display()
-        ),
-    )
-    .unwrap();
+    let kubeconfig = installed_account_kubeconfig(&admin, &testbed).await;
 
     let ready_file = testbed.run.path().join("control.ready");
     let discovery_port = free_port();
@@ -91,12 +58,7 @@ async fn control_plane_process_with_the_installed_rbac() {
     .await;
 
     // The webhook is called once the process has patched the caBundle with its own CA.
-    let namespaces: Api<Namespace> = Api::all(admin.clone());
-    let ns = json!({"metadata": {"name": "shop", "labels": {"trellis.io/inject": "enabled"}}});
-    namespaces
-        .create(&PostParams::default(), &serde_json::from_value(ns).unwrap())
-        .await
-        .unwrap();
+    create_namespace(&admin, "shop", json!({"trellis.io/inject": "enabled"})).await;
     let pods: Api<Pod> = Api::namespaced(admin.clone(), "shop");
     let mut n = 0;
     let injected = eventually("pod injected by the process's webhook", || {

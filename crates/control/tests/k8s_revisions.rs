@@ -17,10 +17,11 @@ use std::time::Duration;
 use common::eventually;
 use k8s_openapi::api::admissionregistration::v1::MutatingWebhookConfiguration;
 use k8s_openapi::api::core::v1::{Namespace, Pod};
-use k8s_testbed::{Testbed, free_port};
+use k8s_testbed::cluster::{create_namespace, start_installed, webhook_values};
+use k8s_testbed::free_port;
 use kube::api::{Api, Patch, PatchParams, PostParams};
 use serde_json::{Value, json};
-use trellis_control::k8s::manifests::{Values, render};
+use trellis_control::k8s::manifests::render;
 use trellis_control::k8s::{KubeOptions, apply};
 use trellis_control::webhook::inject::InjectConfig;
 use trellis_control::webhook::revision::webhook_name;
@@ -63,10 +64,7 @@ fn control_config(
 /// The install's webhook configurations for a control plane at `webhook`, named for
 /// `revision` as a revisioned install names them.
 fn webhook_configurations(webhook: SocketAddr, revision: Option<&str>) -> Vec<Value> {
-    let mut values = Values::default();
-    values
-        .set(&format!("webhook.url=https://{webhook}"))
-        .unwrap();
+    let mut values = webhook_values(webhook);
     values.set("webhook.failurePolicy=Fail").unwrap();
     render(&values)
         .into_iter()
@@ -118,20 +116,15 @@ fn pod(name: &str) -> Pod {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn two_revisions_inject_by_the_namespace_revision_label() {
-    let Some(testbed) = Testbed::start() else {
-        return;
-    };
-    let kube = testbed.client().await;
     let stable_hook: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().unwrap();
     let canary_hook: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().unwrap();
 
     // The default install, plus the canary revision's webhook configurations.
-    let mut values = Values::default();
-    values
-        .set(&format!("webhook.url=https://{stable_hook}"))
-        .unwrap();
+    let mut values = webhook_values(stable_hook);
     values.set("webhook.failurePolicy=Fail").unwrap();
-    apply::apply(&kube, &render(&values)).await.unwrap();
+    let Some((testbed, kube)) = start_installed(&values, &[]).await else {
+        return;
+    };
     apply::apply(&kube, &webhook_configurations(canary_hook, Some("canary")))
         .await
         .unwrap();
@@ -173,7 +166,6 @@ async fn two_revisions_inject_by_the_namespace_revision_label() {
         "two CAs, each revision patched its own configuration"
     );
 
-    let namespaces: Api<Namespace> = Api::all(kube.clone());
     for (name, labels) in [
         ("stable", json!({"trellis.io/inject": "enabled"})),
         ("canary", json!({"trellis.io/rev": "canary"})),
@@ -181,12 +173,7 @@ async fn two_revisions_inject_by_the_namespace_revision_label() {
         ("plain", json!({})),
         ("moving", json!({"trellis.io/inject": "enabled"})),
     ] {
-        let ns =
-            serde_json::from_value(json!({"metadata": {"name": name, "labels": labels}})).unwrap();
-        namespaces
-            .create(&PostParams::default(), &ns)
-            .await
-            .unwrap();
+        create_namespace(&kube, name, labels).await;
     }
     let create = |namespace: &'static str, name: &'static str| {
         let pods: Api<Pod> = Api::namespaced(kube.clone(), namespace);
@@ -209,6 +196,7 @@ async fn two_revisions_inject_by_the_namespace_revision_label() {
         injected_by(&create("moving", "before").await),
         Some("default")
     );
+    let namespaces: Api<Namespace> = Api::all(kube.clone());
     let relabel = |rev: Value| {
         let namespaces = namespaces.clone();
         async move {

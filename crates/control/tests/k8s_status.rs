@@ -16,15 +16,15 @@ use std::net::SocketAddr;
 use std::time::Duration;
 
 use common::{client, eventually, found, workload};
-use k8s_openapi::api::core::v1::{Namespace, Service};
-use k8s_testbed::Testbed;
-use k8s_testbed::cluster::{control_plane, kube_options, plain_backend, token_file};
-use kube::api::{Api, DynamicObject, ListParams, Patch, PatchParams, PostParams};
+use k8s_openapi::api::core::v1::Service;
+use k8s_testbed::cluster::{
+    control_plane, create_namespace, kube_options, plain_backend, start_installed, token_file,
+};
+use kube::api::{Api, DynamicObject, Patch, PatchParams, PostParams};
 use kube::discovery::ApiResource;
 use serde_json::{Value, json};
 use tokio_util::sync::CancellationToken;
-use trellis_control::k8s::apply;
-use trellis_control::k8s::manifests::{Values, render};
+use trellis_control::k8s::manifests::Values;
 use trellis_model::Target;
 use trellis_proxy::tls::policy::MtlsMode;
 
@@ -50,13 +50,18 @@ async fn condition(api: &Api<DynamicObject>, name: &str, kind: &str) -> Option<V
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn programmed_counts_acks_and_security_kinds_are_watched() {
-    let Some(testbed) = Testbed::start() else {
+    let Some((testbed, kube)) = start_installed(
+        &Values::default(),
+        &[
+            "virtualservices.networking.istio.io",
+            "peerauthentications.security.istio.io",
+        ],
+    )
+    .await
+    else {
         return;
     };
-    let kube = testbed.client().await;
-    apply::apply(&kube, &render(&Values::default()))
-        .await
-        .unwrap();
+    create_namespace(&kube, "shop", json!({})).await;
     let vs_api: Api<DynamicObject> = Api::namespaced_with(
         kube.clone(),
         "shop",
@@ -77,19 +82,6 @@ async fn programmed_counts_acks_and_security_kinds_are_watched() {
             "peerauthentications",
         ),
     );
-    eventually("the CRDs served", || async {
-        vs_api.list(&ListParams::default()).await.ok()?;
-        pa_api.list(&ListParams::default()).await.ok().map(|_| ())
-    })
-    .await;
-    let namespaces: Api<Namespace> = Api::all(kube.clone());
-    namespaces
-        .create(
-            &PostParams::default(),
-            &serde_json::from_value(json!({"metadata": {"name": "shop"}})).unwrap(),
-        )
-        .await
-        .unwrap();
     let services: Api<Service> = Api::namespaced(kube.clone(), "shop");
     services
         .create(

@@ -1,16 +1,18 @@
-//! What the Kubernetes tests do on the testbed again and again: kubectl from async tests,
-//! waiting for the installed CRDs to be served, a control plane on the testbed, a
-//! ServiceAccount token for the mesh, and a plain (unmeshed) pod made Ready as a kubelet would.
+//! What the Kubernetes tests do on the testbed again and again: start it with the install's
+//! manifests applied, kubectl from async tests, waiting for the installed CRDs to be served,
+//! namespaces, a control plane on the testbed, a ServiceAccount token for the mesh, and a plain
+//! (unmeshed) pod made Ready as a kubelet would.
 
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use k8s_openapi::api::authentication::v1::TokenRequest;
-use k8s_openapi::api::core::v1::{Node, Pod, Service, ServiceAccount};
+use k8s_openapi::api::core::v1::{Namespace, Node, Pod, Service, ServiceAccount};
 use kube::api::{Api, Patch, PatchParams, PostParams};
 use serde_json::{Value, json};
-use trellis_control::k8s::KubeOptions;
+use trellis_control::k8s::manifests::{Values, render};
+use trellis_control::k8s::{KubeOptions, apply};
 use trellis_control::{ControlConfig, ControlPlane};
 
 use trellis_testkit::wait;
@@ -31,6 +33,62 @@ where
     })
     .await
     .unwrap_or_else(|e| panic!("timed out waiting for {what}: {e}"))
+}
+
+/// The testbed started, with `trellis install`'s manifests for `values` applied (by the API, as
+/// the admin) and the custom resources `served` (plural.group) served; with an admin client.
+/// `None` when the testbed is skipped (TRELLIS_SKIP_K8S=1 without its binaries).
+pub async fn start_installed(
+    values: &Values,
+    served: &[&str],
+) -> Option<(super::Testbed, kube::Client)> {
+    let testbed = super::Testbed::start()?;
+    let admin = testbed.client().await;
+    install(&testbed, &admin, values, served).await;
+    Some((testbed, admin))
+}
+
+/// `trellis install`'s manifests for `values` applied by `admin`, then waits until the custom
+/// resources `served` are served. For a test that must create something first (a namespace the
+/// install puts a Role in); the rest use [`start_installed`].
+pub async fn install(
+    testbed: &super::Testbed,
+    admin: &kube::Client,
+    values: &Values,
+    served: &[&str],
+) {
+    apply::apply(admin, &render(values)).await.unwrap();
+    if !served.is_empty() {
+        wait_served(
+            &testbed.kubeconfig,
+            &format!("{} served", served.join(", ")),
+            served,
+        )
+        .await;
+    }
+}
+
+/// Install values whose admission webhooks the API server calls at `webhook` (this process, or
+/// a control plane it starts), over HTTPS.
+pub fn webhook_values(webhook: SocketAddr) -> Values {
+    let mut values = Values::default();
+    values
+        .set(&format!("webhook.url=https://{webhook}"))
+        .unwrap();
+    values
+}
+
+/// Creates the namespace `name` with `labels` (a JSON object; `{}` for none).
+pub async fn create_namespace(kube: &kube::Client, name: &str, labels: Value) {
+    let namespaces: Api<Namespace> = Api::all(kube.clone());
+    let namespace = json!({"metadata": {"name": name, "labels": labels}});
+    namespaces
+        .create(
+            &PostParams::default(),
+            &serde_json::from_value(namespace).unwrap(),
+        )
+        .await
+        .unwrap_or_else(|e| panic!("creating the namespace {name}: {e}"));
 }
 
 /// [`super::kubectl`] (bounded) off the async runtime, with `stdin` text: whether it succeeded,

@@ -53,6 +53,38 @@ pub fn kubectl(kubeconfig: &Path, args: &[&str], stdin: &[u8]) -> Output {
         .unwrap_or_else(|e| panic!("kubectl {}: {e}", args.join(" ")))
 }
 
+/// [`kubectl`] that must succeed: its stdout; a failure fails the test with the command and
+/// kubectl's output.
+pub fn kubectl_ok(kubeconfig: &Path, args: &[&str], stdin: &[u8]) -> String {
+    let out = kubectl(kubeconfig, args, stdin);
+    assert!(
+        out.status.success(),
+        "kubectl {}: {}{}",
+        args.join(" "),
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+/// The `spec.replicas` of the installed control plane's Deployment (`trellis-control` in
+/// `trellis-system`), as kubectl prints it.
+pub fn control_replicas(kubeconfig: &Path) -> String {
+    kubectl_ok(
+        kubeconfig,
+        &[
+            "get",
+            "deployment",
+            "-n",
+            "trellis-system",
+            "trellis-control",
+            "-o",
+            "jsonpath={.spec.replicas}",
+        ],
+        b"",
+    )
+}
+
 impl Testbed {
     pub fn start() -> Option<Self> {
         let bin = std::env::var("TRELLIS_K8S_BIN").unwrap_or_else(|_| BIN.into());
