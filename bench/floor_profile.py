@@ -22,6 +22,7 @@ import sys
 import time
 from pathlib import Path
 
+import callgrind
 import floor_set
 import smoke
 
@@ -38,8 +39,7 @@ def main() -> int:
     out = BENCH_DIR / "out" / f"floor-profile-{dt.datetime.now(dt.timezone.utc):%Y%m%dT%H%M%SZ}"
     out.mkdir(parents=True)
     procs = smoke.Procs(out)
-    vg = ["valgrind", "--tool=callgrind", "--dump-instr=no", "--collect-jumps=no",
-          f"--callgrind-out-file={out}/callgrind.out.%p"]
+    vg = callgrind.valgrind(out)
     try:
         backend = smoke.start_backend(procs, bins)
         # The control plane, natively (it is not on the request path).
@@ -81,14 +81,11 @@ def main() -> int:
             smoke.wait_answering(bins, port, lambda: [procs.check(n, p) for n, p in members], 90)
             smoke.http_load(bins, port, 1000, args.conns)
         for name, (port, members) in pairs.items():
-            before = {p.pid: set(out.glob(f"callgrind.out.{p.pid}.*")) for _, p in members}
-            for _, p in members:
-                smoke.callgrind_control("-z", p.pid)
-            smoke.http_load(bins, port, args.requests, args.conns)
+            counted = callgrind.measure(out, [p.pid for _, p in members],
+                                        lambda: smoke.http_load(bins, port, args.requests,
+                                                                args.conns))
             for label, p in members:
-                smoke.callgrind_control("-d", p.pid)
-                total = smoke.dump_total(out, p.pid, before[p.pid])
-                dump = max(set(out.glob(f"callgrind.out.{p.pid}.*")) - before[p.pid])
+                dump, total = counted[p.pid]
                 top = subprocess.run(["callgrind_annotate", "--inclusive=yes", str(dump)],
                                      capture_output=True, text=True).stdout
                 (out / f"top-{label}.txt").write_text(top)

@@ -25,7 +25,8 @@ import sys
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-import smoke  # noqa: E402  (the same process handling, load and callgrind plumbing)
+import callgrind  # noqa: E402  (the measured window and its dumps)
+import smoke  # noqa: E402  (the same process handling and load)
 
 MODES = ("full", "minimal")
 
@@ -54,8 +55,7 @@ def main() -> int:
         started = {}
         for mode in MODES:
             port = smoke.free_port()
-            argv = ["valgrind", "--tool=callgrind", "--dump-instr=no", "--collect-jumps=no",
-                    f"--callgrind-out-file={out}/callgrind.out.%p",
+            argv = [*callgrind.valgrind(out),
                     *smoke.proxy_argv("trellis", bin_dir, port, backend,
                                       [f"--metrics-labels={mode}", *args.trellis_arg])]
             started[mode] = (port, procs.start(f"trellis-{mode}", argv))
@@ -66,11 +66,9 @@ def main() -> int:
             order = MODES if rnd % 2 == 0 else tuple(reversed(MODES))
             for mode in order:
                 port, proc = started[mode]
-                before = set(out.glob(f"callgrind.out.{proc.pid}.*"))
-                smoke.callgrind_control("-z", proc.pid)
-                smoke.http_load(bin_dir, port, args.requests, args.conns)
-                smoke.callgrind_control("-d", proc.pid)
-                total = smoke.dump_total(out, proc.pid, before)
+                counted = callgrind.measure(out, [proc.pid], lambda: smoke.http_load(
+                    bin_dir, port, args.requests, args.conns))
+                _, total = counted[proc.pid]
                 per_req[mode].append(total / args.requests)
                 print(f"  round {rnd + 1} {mode:8} {total / args.requests:10,.0f} "
                       f"instructions/request", flush=True)
