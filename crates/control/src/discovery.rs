@@ -34,7 +34,10 @@ use crate::wire;
 pub(crate) mod cache;
 pub(crate) mod delta;
 pub(crate) mod grpc;
+mod lock;
 pub(crate) mod shapes;
+#[cfg(test)]
+mod test_support;
 pub(crate) mod wake;
 
 /// Outbound messages buffered per stream before the stream task waits for the proxy to read.

@@ -12,7 +12,7 @@
 
 use std::collections::{HashMap, HashSet};
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Mutex, OnceLock, PoisonError, Weak};
+use std::sync::{Arc, Mutex, OnceLock, Weak};
 
 use bytes::Bytes;
 use prost::Message as _;
@@ -106,7 +106,7 @@ impl Compiled {
         before: &Arc<Compiled>,
         make: impl FnOnce() -> crate::discovery::delta::Plan,
     ) -> Arc<crate::discovery::delta::Plan> {
-        let lock = || self.plans.lock().unwrap_or_else(PoisonError::into_inner);
+        let lock = || super::lock::lock(&self.plans);
         if let Some((_, plan)) = lock()
             .iter()
             .find(|(b, _)| b.as_ptr() == Arc::as_ptr(before))
@@ -358,8 +358,7 @@ impl CompileCache {
     }
 
     fn lock(&self) -> std::sync::MutexGuard<'_, Inner> {
-        // The map holds no invariant a panicking holder could break halfway.
-        self.inner.lock().unwrap_or_else(PoisonError::into_inner)
+        super::lock::lock(&self.inner)
     }
 }
 
@@ -367,21 +366,10 @@ impl CompileCache {
 mod tests {
     use std::collections::BTreeMap;
 
-    use trellis_model::{Service, ServicePort, TargetPort, Workload};
+    use trellis_model::{Service, ServicePort, TargetPort};
 
     use super::*;
-
-    fn workload(name: &str, app: &str) -> Workload {
-        Workload {
-            name: name.into(),
-            namespace: "default".into(),
-            service_account: "sa".into(),
-            labels: [("app".to_string(), app.to_string())].into(),
-            inbound_address: "127.0.0.1:15006".parse().unwrap(),
-            ports: vec![9080],
-            admin_address: None,
-        }
-    }
+    use crate::discovery::test_support::workload;
 
     /// Services `a` and `b`, each selecting `app: <name>` on port 9080.
     fn config() -> Arc<ConfigSnapshot> {

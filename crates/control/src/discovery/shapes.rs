@@ -13,7 +13,7 @@
 
 use std::collections::{BTreeMap, HashMap};
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Mutex, PoisonError};
+use std::sync::{Arc, Mutex};
 
 use trellis_model::Workload;
 
@@ -121,26 +121,14 @@ impl<S, V: PartialEq> PerShape<S, V> {
     }
 
     fn lock(&self) -> std::sync::MutexGuard<'_, Inner<S, V>> {
-        // The maps hold no invariant a panicking holder could break halfway.
-        self.inner.lock().unwrap_or_else(PoisonError::into_inner)
+        super::lock::lock(&self.inner)
     }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    fn workload(name: &str, app: &str) -> Workload {
-        Workload {
-            name: name.into(),
-            namespace: "default".into(),
-            service_account: "sa".into(),
-            labels: [("app".to_string(), app.to_string())].into(),
-            inbound_address: "127.0.0.1:15006".parse().unwrap(),
-            ports: vec![9080],
-            admin_address: None,
-        }
-    }
+    use crate::discovery::test_support::workload;
 
     #[test]
     fn one_value_per_shape_per_snapshot_and_equal_values_keep_their_pointer() {

@@ -18,7 +18,7 @@
 
 use std::collections::{HashMap, HashSet};
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Mutex, PoisonError};
+use std::sync::{Arc, Mutex};
 
 use tokio::sync::Notify;
 use trellis_model::Target;
@@ -138,9 +138,7 @@ impl Wakers {
     }
 
     fn lock(&self) -> std::sync::MutexGuard<'_, Inner> {
-        // Plain maps: a panicking holder cannot leave them half-updated in a way that matters
-        // more than a missed or spurious wake-up.
-        self.inner.lock().unwrap_or_else(PoisonError::into_inner)
+        super::lock::lock(&self.inner)
     }
 }
 
