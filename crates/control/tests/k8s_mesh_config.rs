@@ -36,10 +36,21 @@ fn otel(port: u32) -> String {
     )
 }
 
+/// A Telemetry of the reviews workload naming the provider `otel`, sampling `percent`.
+fn telemetry(percent: u32) -> String {
+    format!(
+        "apiVersion: telemetry.istio.io/v1alpha1\nkind: Telemetry\nmetadata: {{name: reviews-traces, namespace: shop}}\nspec:\n  selector: {{matchLabels: {{app: reviews}}}}\n  tracing:\n  - providers: [{{name: otel}}]\n    randomSamplingPercentage: {percent}\n"
+    )
+}
+
+/// The telemetry settings the proxy was last sent (`{}` before any).
+fn settings(rx: &tokio::sync::watch::Receiver<std::sync::Arc<str>>) -> Value {
+    serde_json::from_str(&rx.borrow()).unwrap_or_default()
+}
+
 /// The collector endpoint in the telemetry settings the proxy was last sent.
 fn collector(rx: &tokio::sync::watch::Receiver<std::sync::Arc<str>>) -> Option<String> {
-    let settings: Value = serde_json::from_str(&rx.borrow()).ok()?;
-    Some(settings["collector"]["endpoint"].as_str()?.to_string())
+    Some(settings(rx)["collector"]["endpoint"].as_str()?.to_string())
 }
 
 /// The control plane's row for `file` in `/api/v1/config`.
@@ -71,11 +82,7 @@ async fn the_istio_config_map_names_the_collector_of_a_telemetry() {
     let telemetry_rx = proxy.telemetry_rx();
 
     // 1. A Telemetry naming the provider: the proxy is sent the ConfigMap's collector.
-    kubectl_apply(
-        &testbed.kubeconfig,
-        "apiVersion: telemetry.istio.io/v1alpha1\nkind: Telemetry\nmetadata: {name: reviews-traces, namespace: shop}\nspec:\n  selector: {matchLabels: {app: reviews}}\n  tracing:\n  - providers: [{name: otel}]\n    randomSamplingPercentage: 100\n",
-    )
-    .await;
+    kubectl_apply(&testbed.kubeconfig, &telemetry(100)).await;
     let first = format!("http://{COLLECTOR}:4317");
     eventually("the provider's collector at the proxy", || async {
         (collector(&telemetry_rx).as_deref() == Some(first.as_str())).then_some(())
@@ -101,10 +108,21 @@ async fn the_istio_config_map_names_the_collector_of_a_telemetry() {
             && message.contains("70000"),
         "{message}"
     );
-    // The proxy keeps its collector. The row and what discovery sends come from one snapshot,
-    // published before this row was read: a short bounded look for a change that must not come.
-    tokio::time::sleep(std::time::Duration::from_millis(300)).await;
-    assert_eq!(collector(&telemetry_rx).as_deref(), Some(first.as_str()));
+    // The proxy keeps its collector. Proven in order, not by waiting a while: a later change
+    // (the Telemetry's sampling) reaches the proxy through the same snapshots and stream as the
+    // bad MeshConfig's, so once the proxy has it, it has had everything the bad MeshConfig
+    // led to, and the settings it now holds must still name the first collector.
+    kubectl_apply(&testbed.kubeconfig, &telemetry(50)).await;
+    let marked = eventually("the Telemetry's new sampling at the proxy", || async {
+        let s = settings(&telemetry_rx);
+        (s["sampling"] == json!(0.5)).then_some(s)
+    })
+    .await;
+    assert_eq!(
+        marked["collector"]["endpoint"].as_str(),
+        Some(first.as_str()),
+        "{marked}"
+    );
 
     // 3. A fixed MeshConfig is followed (the watch goes on after the bad one).
     kubectl_apply(&testbed.kubeconfig, &mesh_config(&otel(4318))).await;
