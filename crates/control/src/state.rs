@@ -309,3 +309,118 @@ impl Pacing {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use std::collections::BTreeMap;
+
+    use trellis_model::{Service, ServiceKey, ServicePort, Target, TargetPort};
+
+    use super::*;
+
+    /// Services `a` and `b` on port 9080.
+    fn config() -> ConfigSnapshot {
+        let mut services = BTreeMap::new();
+        for name in ["a", "b"] {
+            let key = ServiceKey::new("default", name);
+            services.insert(
+                key.clone(),
+                Service {
+                    key,
+                    selector: [("app".to_string(), name.to_string())].into(),
+                    ports: vec![ServicePort {
+                        name: None,
+                        port: 9080,
+                        target_port: TargetPort::Number(9080),
+                        protocol: Default::default(),
+                    }],
+                    cluster_ip: None,
+                },
+            );
+        }
+        ConfigSnapshot {
+            services,
+            ..ConfigSnapshot::default()
+        }
+    }
+
+    async fn woken(n: &tokio::sync::Notify) -> bool {
+        tokio::time::timeout(Duration::from_millis(20), n.notified())
+            .await
+            .is_ok()
+    }
+
+    #[tokio::test]
+    async fn a_route_change_wakes_only_the_streams_of_its_service() {
+        let before = Arc::new(config());
+        let (tx, config_rx) = watch::channel(before.clone());
+        let shared = Shared::new(
+            "cluster.local".into(),
+            Duration::from_secs(2),
+            Duration::from_secs(10),
+            Duration::ZERO,
+            config_rx,
+            CancellationToken::new(),
+        );
+        let (a, b): (Target, Target) = (
+            "a.default:9080".parse().unwrap(),
+            "b.default:9080".parse().unwrap(),
+        );
+        // Stream 1 follows a, stream 2 b, stream 3 nothing yet; each target compiled once,
+        // as their Subscribes do.
+        let n: Vec<Arc<tokio::sync::Notify>> = (0..3)
+            .map(|_| Arc::new(tokio::sync::Notify::new()))
+            .collect();
+        for (i, wake) in n.iter().enumerate() {
+            shared.wakers.open(i as u64 + 1, wake);
+        }
+        shared.wakers.set_subscribed(&a, 1, &n[0], true);
+        shared.wakers.set_subscribed(&b, 2, &n[1], true);
+        let workloads = shared.workloads();
+        for target in [&a, &b] {
+            shared
+                .compiled
+                .get(&shared.config_rx, &before, &workloads, target, || {
+                    let view = crate::compile::MeshView {
+                        services: &before.services,
+                        traffic: &before.traffic,
+                        workloads: &workloads,
+                        trust_domain: "cluster.local",
+                    };
+                    crate::compile::compile(view, target)
+                });
+        }
+        // A route for `a` (a ServiceProfile's, empty): only stream 1 wakes.
+        let mut next = config();
+        next.traffic.routes.insert(
+            ServiceKey::new("default", "a"),
+            crate::store::traffic::ServiceRoutes {
+                api: trellis_config::traffic::RouteApi::ServiceProfile,
+                http: Vec::new(),
+                tcp: Vec::new(),
+                policy: Default::default(),
+            },
+        );
+        let after = Arc::new(next);
+        tx.send_replace(after.clone());
+        let count = shared.wakers.woken();
+        shared.publish_config(&before, &after);
+        assert_eq!(shared.wakers.woken() - count, 1);
+        assert!(woken(&n[0]).await);
+        assert!(!woken(&n[1]).await && !woken(&n[2]).await);
+        // A change of a Service may change any stream's inbound policy: all three wake.
+        let mut services_changed = (*after).clone();
+        if let Some(svc) = services_changed
+            .services
+            .get_mut(&ServiceKey::new("default", "b"))
+        {
+            svc.cluster_ip = Some("10.0.0.2".parse().unwrap());
+        }
+        let last = Arc::new(services_changed);
+        tx.send_replace(last.clone());
+        shared.publish_config(&after, &last);
+        for wake in &n {
+            assert!(woken(wake).await);
+        }
+    }
+}
