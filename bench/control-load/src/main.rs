@@ -10,6 +10,7 @@
 //!
 //! Not part of `cargo test`: it takes minutes and wants a quiet machine. Every wait is bounded.
 
+mod hold;
 mod meshgen;
 mod procstat;
 mod proxymem;
@@ -44,6 +45,8 @@ enum Cmd {
     Routes(routes::RoutesArgs),
     /// Proxy RSS against mesh size, and proxy startup time.
     ProxyMem(proxymem::ProxyMemArgs),
+    /// Control-plane memory per connected proxy: connect, sync and hold N proxies.
+    Hold(hold::HoldArgs),
 }
 
 fn main() -> Result<()> {
@@ -61,6 +64,7 @@ fn main() -> Result<()> {
         anyhow::Ok(match cli.command {
             Cmd::Routes(args) => serde_json::to_value(routes::run(args, control_bin).await?)?,
             Cmd::ProxyMem(args) => serde_json::to_value(proxymem::run(args, control_bin).await?)?,
+            Cmd::Hold(args) => serde_json::to_value(hold::run(args, control_bin).await?)?,
         })
     })?;
     let text = serde_json::to_string_pretty(&value)?;

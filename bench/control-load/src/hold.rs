@@ -1,0 +1,290 @@
+//! `bench-cp hold`: the control plane's memory per connected proxy. N simulated proxies
+//! connect, sync (every Subscribe answered) and stay connected, heartbeating, for a while;
+//! the control plane's resident memory is read from /proc at each phase. No changes are
+//! pushed, so what grows between "endpoints registered" and "proxies synced" is what a
+//! connected proxy costs (its HTTP/2 connection, its stream, its session and registry entry).
+//!
+//! To weigh the parts, run it with one setting changed at a time (an environment variable
+//! such as `MALLOC_ARENA_MAX` reaches the control plane, which inherits the environment), or
+//! with `--control-bin` naming a wrapper that runs trellis-control under a heap profiler.
+
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::{Context, Result, bail};
+use serde::Serialize;
+use tokio::sync::{Semaphore, mpsc};
+use tokio::time::Instant;
+use tokio_util::sync::CancellationToken;
+
+use crate::meshgen::{self, PORT};
+use crate::procstat::{self, Proc};
+use crate::sim::{self, SimWorkload};
+
+#[derive(Clone, Debug, clap::Args)]
+pub struct HoldArgs {
+    /// Simulated proxies (discovery streams, one connection each).
+    #[arg(long, default_value_t = 1000)]
+    pub proxies: usize,
+    /// Services in the mesh.
+    #[arg(long, default_value_t = 200)]
+    pub services: usize,
+    /// Endpoints (workloads registered and left), spread over the services.
+    #[arg(long, default_value_t = 10_000)]
+    pub endpoints: usize,
+    /// Targets each proxy subscribes to (svc-0 and others, as `routes` picks them).
+    #[arg(long, default_value_t = 4)]
+    pub subscriptions: usize,
+    /// How long the proxies stay connected after syncing before the last reading.
+    #[arg(long, default_value_t = 5)]
+    pub hold_seconds: u64,
+    /// trellis-control's --heartbeat-interval (the proxies heartbeat at it).
+    #[arg(long, default_value = "2s")]
+    pub heartbeat_interval: String,
+    /// Bound of each wait (registration, initial sync), in seconds.
+    #[arg(long, default_value_t = 120)]
+    pub wait_seconds: u64,
+}
+
+/// The control plane's memory at one phase, MiB.
+#[derive(Debug, Serialize)]
+pub struct Phase {
+    pub phase: &'static str,
+    pub rss_mib: f64,
+    pub peak_rss_mib: f64,
+    /// Anonymous resident memory (heap and stacks): what connections add to.
+    pub anon_mib: f64,
+}
+
+#[derive(Debug, Serialize)]
+pub struct HoldResult {
+    pub proxies: usize,
+    pub services: usize,
+    pub endpoints: usize,
+    pub subscriptions_per_proxy: usize,
+    pub connect_proxies_seconds: f64,
+    pub phases: Vec<Phase>,
+    /// (RSS once synced − RSS with the endpoints registered) / proxies, KiB.
+    pub rss_kib_per_proxy: f64,
+    /// The same for anonymous memory.
+    pub anon_kib_per_proxy: f64,
+}
+
+pub async fn run(args: HoldArgs, control_bin: PathBuf) -> Result<HoldResult> {
+    if args.services < 2 || args.subscriptions == 0 || args.subscriptions > args.services {
+        bail!("--services must be >= 2 and --subscriptions between 1 and --services");
+    }
+    if args.proxies == 0 {
+        bail!("--proxies must be at least 1");
+    }
+    let work = tempfile::tempdir().context("temp dir")?;
+    let config = work.path().join("config");
+    std::fs::create_dir(&config)?;
+    meshgen::write_atomic(
+        &config,
+        "services.yaml",
+        &meshgen::services_yaml(args.services),
+    )?;
+    meshgen::write_atomic(&config, "vs.yaml", &meshgen::virtual_service_yaml(0))?;
+    let control = procstat::start_control(
+        &control_bin,
+        &config,
+        work.path(),
+        &[
+            "--heartbeat-interval",
+            &args.heartbeat_interval,
+            // Registered endpoints stay for the whole run (their streams close at once).
+            "--workload-expiry",
+            "1h",
+            "--registration-grace",
+            "0s",
+        ],
+        Duration::from_secs(60),
+    )?;
+    let result = drive(&args, &control.proc, &control.discovery).await;
+    let _ = std::fs::copy(
+        work.path().join("control.log"),
+        std::env::temp_dir().join("bench-cp-control.log"),
+    );
+    // A graceful stop, so that a heap profiler wrapping the control plane writes its file.
+    control.proc.stop(Duration::from_secs(20));
+    result
+}
+
+async fn drive(args: &HoldArgs, control: &Proc, discovery: &str) -> Result<HoldResult> {
+    let wait = Duration::from_secs(args.wait_seconds);
+    let mut phases = vec![phase("started", control)?];
+    register_endpoints(discovery, args.endpoints, args.services, wait).await?;
+    // Let the paced registry publication settle before reading.
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let registered = phase("endpoints registered", control)?;
+    phases.push(registered);
+
+    let stop = CancellationToken::new();
+    let _stop_guard = stop.clone().drop_guard();
+    let (events_tx, mut events) = mpsc::unbounded_channel();
+    let started = Instant::now();
+    let expected = connect(args, discovery, events_tx, stop.clone()).await?;
+    let deadline = started + wait;
+    let mut seen = 0;
+    while seen < expected {
+        match tokio::time::timeout_at(deadline, events.recv()).await {
+            Ok(Some(_)) => seen += 1,
+            Ok(None) | Err(_) => bail!("only {seen} of {expected} initial Updates within {wait:?}"),
+        }
+    }
+    let connect_proxies_seconds = started.elapsed().as_secs_f64();
+    eprintln!(
+        "bench-cp: {} proxies synced in {connect_proxies_seconds:.1} s",
+        args.proxies
+    );
+    // Late Updates (registrations published after a first answer) drain before reading.
+    let quiet_until = Instant::now() + wait;
+    while Instant::now() < quiet_until {
+        match tokio::time::timeout(Duration::from_millis(500), events.recv()).await {
+            Ok(Some(_)) => {}
+            Ok(None) | Err(_) => break,
+        }
+    }
+    let synced = phase("proxies synced", control)?;
+    tokio::time::sleep(Duration::from_secs(args.hold_seconds)).await;
+    let held = phase("held", control)?;
+    let per = |f: fn(&Phase) -> f64| (f(&synced) - f(&phases[1])) * 1024.0 / args.proxies as f64;
+    let (rss_kib_per_proxy, anon_kib_per_proxy) = (per(|p| p.rss_mib), per(|p| p.anon_mib));
+    phases.push(synced);
+    phases.push(held);
+    Ok(HoldResult {
+        proxies: args.proxies,
+        services: args.services,
+        endpoints: args.endpoints,
+        subscriptions_per_proxy: args.subscriptions,
+        connect_proxies_seconds,
+        phases,
+        rss_kib_per_proxy,
+        anon_kib_per_proxy,
+    })
+}
+
+fn phase(name: &'static str, control: &Proc) -> Result<Phase> {
+    let (rss, peak) = control.memory_kib()?;
+    let path = format!("/proc/{}/status", control.pid());
+    let text = std::fs::read_to_string(&path).with_context(|| format!("reading {path}"))?;
+    let anon = text
+        .lines()
+        .find_map(|l| l.strip_prefix("RssAnon:"))
+        .and_then(|rest| rest.split_whitespace().next())
+        .and_then(|n| n.parse::<u64>().ok())
+        .with_context(|| format!("{path}: no RssAnon"))?;
+    let mib = |kib: u64| kib as f64 / 1024.0;
+    let p = Phase {
+        phase: name,
+        rss_mib: mib(rss),
+        peak_rss_mib: mib(peak),
+        anon_mib: mib(anon),
+    };
+    eprintln!(
+        "bench-cp: {name}: RSS {:.1} MiB (peak {:.1}, anonymous {:.1})",
+        p.rss_mib, p.peak_rss_mib, p.anon_mib
+    );
+    Ok(p)
+}
+
+/// Registers `count` workloads (`app: svc-(i % services)`) over a few shared connections and
+/// leaves; the control plane keeps them as endpoints until the (long) expiry.
+async fn register_endpoints(
+    discovery: &str,
+    count: usize,
+    services: usize,
+    wait: Duration,
+) -> Result<()> {
+    const CONNECTIONS: usize = 16;
+    const IN_FLIGHT: usize = 64;
+    let mut channels = Vec::new();
+    for _ in 0..CONNECTIONS {
+        channels.push(sim::connect(discovery).await?);
+    }
+    let permits = Arc::new(Semaphore::new(IN_FLIGHT));
+    let mut tasks = tokio::task::JoinSet::new();
+    for i in 0..count {
+        let permit = permits.clone().acquire_owned().await?;
+        let channel = channels[i % CONNECTIONS].clone();
+        let w = SimWorkload {
+            name: format!("ep-{i}"),
+            app: meshgen::service_name(i % services),
+            inbound: format!(
+                "127.{}.{}.{}:15006",
+                1 + (i >> 16) % 254,
+                (i >> 8) & 0xff,
+                i & 0xff
+            ),
+            extra_labels: vec![],
+        };
+        tasks.spawn(async move {
+            let _permit = permit;
+            sim::register_and_leave(channel, &w).await
+        });
+        while let Some(done) = tasks.try_join_next() {
+            done??;
+        }
+    }
+    tokio::time::timeout(wait, async {
+        while let Some(done) = tasks.join_next().await {
+            done??;
+        }
+        anyhow::Ok(())
+    })
+    .await
+    .context("registering the endpoints took too long")?
+}
+
+/// Starts the simulated proxies (each on its own connection), subscribed as `routes` does:
+/// svc-0 and `subscriptions - 1` others. Returns how many subscriptions they made.
+async fn connect(
+    args: &HoldArgs,
+    discovery: &str,
+    events: mpsc::UnboundedSender<sim::UpdateEvent>,
+    stop: CancellationToken,
+) -> Result<usize> {
+    const CONNECTING: usize = 32;
+    let permits = Arc::new(Semaphore::new(CONNECTING));
+    let mut connects = tokio::task::JoinSet::new();
+    let mut subscriptions = 0;
+    for i in 0..args.proxies {
+        let permit = permits.clone().acquire_owned().await?;
+        let mut targets = vec![sim::service_target(&meshgen::service_name(0), PORT)];
+        for j in 1..args.subscriptions {
+            let s = 1 + (i * 7 + j * 13) % (args.services - 1);
+            targets.push(sim::service_target(&meshgen::service_name(s), PORT));
+        }
+        targets.sort_by_key(|t| format!("{t:?}"));
+        targets.dedup();
+        subscriptions += targets.len();
+        let w = SimWorkload {
+            name: format!("proxy-{i}"),
+            app: "bench-client".into(),
+            inbound: format!("127.200.{}.{}:15006", (i >> 8) & 0xff, i & 0xff),
+            extra_labels: vec![],
+        };
+        let (discovery, events, stop) = (discovery.to_string(), events.clone(), stop.clone());
+        connects.spawn(async move {
+            let channel = sim::connect(&discovery).await;
+            drop(permit);
+            let channel = channel?;
+            let proxy = u32::try_from(i).unwrap_or(u32::MAX);
+            tokio::spawn(async move {
+                if let Err(e) =
+                    sim::run_proxy(proxy, channel, w, targets, events, stop.clone()).await
+                    && !stop.is_cancelled()
+                {
+                    eprintln!("bench-cp: proxy {proxy}: {e:#}");
+                }
+            });
+            anyhow::Ok(())
+        });
+    }
+    while let Some(done) = connects.join_next().await {
+        done??;
+    }
+    Ok(subscriptions)
+}
