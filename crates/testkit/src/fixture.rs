@@ -1,8 +1,10 @@
 //! Ready-made meshes for cross-process tests: a real `trellis-control`, one server-side proxy per
 //! service in front of its app, and one client-side proxy with an explicit outbound port per
-//! service, so the hop between the two proxies is meshed.
+//! service, so the hop between the two proxies is meshed. Tests add config files and proxy flags
+//! of their own; what the fixture does not start (other workloads, collectors) stays theirs.
 
 use std::collections::BTreeMap;
+use std::ffi::OsString;
 use std::net::SocketAddr;
 use std::time::Duration;
 
@@ -18,6 +20,8 @@ struct ServiceSpec {
     name: String,
     port: u16,
     app: SocketAddr,
+    /// Extra flags of its server proxy.
+    args: Vec<OsString>,
 }
 
 /// Describes a mesh to start.
@@ -25,6 +29,10 @@ struct ServiceSpec {
 pub struct MeshBuilder {
     services: Vec<ServiceSpec>,
     extra_targets: Vec<String>,
+    /// Config files beside the Services' (name, text).
+    files: Vec<(String, String)>,
+    /// Extra flags of the client proxy.
+    client_args: Vec<OsString>,
 }
 
 impl MeshBuilder {
@@ -42,7 +50,40 @@ impl MeshBuilder {
             name: name.to_string(),
             port,
             app,
+            args: Vec::new(),
         });
+        self
+    }
+
+    /// More flags for the server proxy of service `name` (declared before with
+    /// [`MeshBuilder::service`]).
+    pub fn server_args<I, A>(mut self, name: &str, args: I) -> Self
+    where
+        I: IntoIterator<Item = A>,
+        A: Into<OsString>,
+    {
+        let service = self
+            .services
+            .iter_mut()
+            .find(|s| s.name == name)
+            .unwrap_or_else(|| panic!("server_args for {name}: no such service declared yet"));
+        service.args.extend(args.into_iter().map(Into::into));
+        self
+    }
+
+    /// More flags for the client proxy.
+    pub fn client_args<I, A>(mut self, args: I) -> Self
+    where
+        I: IntoIterator<Item = A>,
+        A: Into<OsString>,
+    {
+        self.client_args.extend(args.into_iter().map(Into::into));
+        self
+    }
+
+    /// Another file `name` in the control plane's config directory, beside the Services'.
+    pub fn config_file(mut self, name: &str, text: impl Into<String>) -> Self {
+        self.files.push((name.to_string(), text.into()));
         self
     }
 
@@ -63,6 +104,7 @@ impl MeshBuilder {
                     service_yaml(&s.name, NAMESPACE, s.port, s.app.port(), &s.name),
                 )
             })
+            .chain(self.files.iter().cloned())
             .collect();
         let config = config_dir(&files).unwrap_or_else(|e| panic!("writing mesh config: {e}"));
         let control = ControlPlane::start(config.path())
@@ -71,10 +113,14 @@ impl MeshBuilder {
 
         let mut servers = BTreeMap::new();
         for s in &self.services {
-            let proxy = ProxyBuilder::loopback(&format!("{}-0", s.name))
+            let mut proxy = ProxyBuilder::loopback(&format!("{}-0", s.name))
                 .label("app", &s.name)
                 .control(&url)
-                .app(s.app)
+                .app(s.app);
+            for arg in &s.args {
+                proxy = proxy.arg(arg.clone());
+            }
+            let proxy = proxy
                 .start()
                 .unwrap_or_else(|e| panic!("starting the server proxy of {}: {e}", s.name));
             servers.insert(s.name.clone(), proxy);
@@ -88,6 +134,9 @@ impl MeshBuilder {
         }
         for t in &self.extra_targets {
             client = client.outbound_port(t);
+        }
+        for arg in &self.client_args {
+            client = client.arg(arg.clone());
         }
         let client = client
             .start()
@@ -137,6 +186,13 @@ impl Mesh {
     pub fn server(&self, name: &str) -> &Proxy {
         self.servers
             .get(name)
+            .unwrap_or_else(|| panic!("no service {name} in this mesh"))
+    }
+
+    /// The server proxy of service `name`, to reach its process (its log).
+    pub fn server_mut(&mut self, name: &str) -> &mut Proxy {
+        self.servers
+            .get_mut(name)
             .unwrap_or_else(|| panic!("no service {name} in this mesh"))
     }
 

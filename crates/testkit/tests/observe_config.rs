@@ -16,54 +16,25 @@ use std::path::Path;
 use std::process::Command;
 use std::time::{Duration, Instant};
 
-use trellis_testkit::mesh::{ControlPlane, ProxyBuilder, config_dir, scratch_dir, service_yaml};
+use trellis_testkit::mesh::{
+    ControlPlane, ProxyBuilder, config_dir, scratch_dir, service_yaml, write_config,
+};
 use trellis_testkit::servers::EchoReply;
 use trellis_testkit::tools::{http_get, run_bounded};
-use trellis_testkit::{HttpEcho, Proxy, bin, wait};
+use trellis_testkit::{HttpEcho, Mesh, MeshBuilder, Proxy, bin, wait};
 
 const CONVERGE: Duration = Duration::from_secs(30);
 const APPLY: Duration = Duration::from_secs(20);
 
 /// A control plane with Service `echo`, the echo's server proxy (with `server_args`) and a
-/// client proxy with an outbound port for it; returns them once a request goes through.
-fn mesh(
-    echo: &HttpEcho,
-    server_args: &[&str],
-) -> (tempfile::TempDir, ControlPlane, Proxy, Proxy, SocketAddr) {
-    let config = config_dir(&[(
-        "echo.yaml",
-        service_yaml("echo", "default", 8080, echo.addr.port(), "echo"),
-    )])
-    .unwrap();
-    let control = ControlPlane::start(config.path()).unwrap();
-    let mut server = ProxyBuilder::loopback("echo-0")
-        .label("app", "echo")
-        .control(&control.url())
-        .app(echo.addr);
-    for a in server_args {
-        server = server.arg(*a);
-    }
-    let server = server.start().unwrap();
-    let client = ProxyBuilder::loopback("client")
-        .label("app", "client")
-        .control(&control.url())
-        .outbound_port("echo.default:8080")
-        .start()
-        .unwrap();
-    let port = client.outbound_port("echo.default:8080");
-    wait::until(CONVERGE, || match http_get(port, "/converge") {
-        Ok((200, _)) => Ok(()),
-        other => Err(format!("{other:?}")),
-    })
-    .unwrap_or_else(|e| panic!("the mesh never routed to echo: {e}"));
-    (config, control, server, client, port)
-}
-
-/// Writes a config file atomically (rename), so the watcher never reads half of it.
-fn write_config(dir: &Path, name: &str, text: &str) {
-    let tmp = dir.join(format!(".{name}.tmp"));
-    std::fs::write(&tmp, text).unwrap();
-    std::fs::rename(&tmp, dir.join(name)).unwrap();
+/// client proxy with an outbound port for it, once a request goes through.
+fn mesh(echo: &HttpEcho, server_args: &[&str]) -> Mesh {
+    let mesh = MeshBuilder::new()
+        .service("echo", 8080, echo.addr)
+        .server_args("echo", server_args)
+        .start();
+    mesh.wait_http_route("echo", CONVERGE);
+    mesh
 }
 
 /// A GET through the client proxy; returns the trace-sampled flag the app saw in
@@ -135,7 +106,7 @@ fn a_telemetry_resource_turns_on_access_logs_and_sampling_without_a_restart() {
     let collector = format!("http://{}", closed.local_addr().unwrap());
     drop(closed);
     let log_arg = log.display().to_string();
-    let (config, _control, server, _client, port) = mesh(
+    let mesh = mesh(
         &echo,
         &[
             "--access-log-path",
@@ -145,6 +116,11 @@ fn a_telemetry_resource_turns_on_access_logs_and_sampling_without_a_restart() {
             "--trace-sampling",
             "0",
         ],
+    );
+    let (config, server, port) = (
+        mesh.config.path(),
+        mesh.server("echo"),
+        mesh.client_port("echo"),
     );
     let pid = server.ready.pid;
 
@@ -157,10 +133,10 @@ fn a_telemetry_resource_turns_on_access_logs_and_sampling_without_a_restart() {
         log_lines(&log).is_empty(),
         "an access log while --access-log off"
     );
-    let (durations, labelled, _) = inbound_shape(&server);
+    let (durations, labelled, _) = inbound_shape(server);
     assert!(durations > 0 && labelled > 0, "the full metrics before");
 
-    write_config(config.path(), "telemetry.yaml", TELEMETRY);
+    write_config(config, "telemetry.yaml", TELEMETRY).unwrap();
     let started = Instant::now();
     wait::until(APPLY, || {
         if !sampled(port)? {
@@ -186,12 +162,12 @@ fn a_telemetry_resource_turns_on_access_logs_and_sampling_without_a_restart() {
     assert_eq!(server.ready.pid, pid, "same process");
     // Metrics overrides: no inbound duration histogram, request counts without the source
     // workload (summed, so no request is lost from the total).
-    let (durations, labelled, total) = inbound_shape(&server);
+    let (durations, labelled, total) = inbound_shape(server);
     assert_eq!((durations, labelled), (0, 0), "overrides not applied");
     assert!(total >= 21.0, "inbound requests counted: {total}");
 
     // Removing the Telemetry gives the flags back.
-    std::fs::remove_file(config.path().join("telemetry.yaml")).unwrap();
+    std::fs::remove_file(config.join("telemetry.yaml")).unwrap();
     wait::until(APPLY, || match sampled(port)? {
         false => Ok(()),
         true => Err("still sampled".into()),
@@ -204,7 +180,7 @@ fn a_telemetry_resource_turns_on_access_logs_and_sampling_without_a_restart() {
     }
     std::thread::sleep(Duration::from_millis(300));
     assert_eq!(log_lines(&log).len(), before, "access log off again");
-    let (durations, labelled, _) = inbound_shape(&server);
+    let (durations, labelled, _) = inbound_shape(server);
     assert!(durations > 0 && labelled > 0, "the full metrics after");
 }
 
@@ -254,21 +230,22 @@ fn stat(control: &ControlPlane) -> Vec<serde_json::Value> {
 #[test]
 fn a_workload_failing_after_a_healthy_period_is_flagged_then_cleared() {
     let echo = HttpEcho::start().unwrap();
-    let (_config, control, server, _client, port) = mesh(
+    let mesh = mesh(
         &echo,
         &["--anomaly-window", "1s", "--anomaly-baseline", "30s"],
     );
+    let (control, server, port) = (&mesh.control, mesh.server("echo"), mesh.client_port("echo"));
 
     // Healthy: enough windows to pass the detector's warm-up (3 windows of >= 20 requests).
     traffic(port, Duration::from_secs(5), None);
-    assert_eq!(anomaly(&server, "success_rate"), 0.0);
-    assert_eq!(anomaly(&server, "latency"), 0.0);
+    assert_eq!(anomaly(server, "success_rate"), 0.0);
+    assert_eq!(anomaly(server, "latency"), 0.0);
 
     // The app starts failing one request in two.
     let started = Instant::now();
     let flagged = wait::until(APPLY, || {
         traffic(port, Duration::from_millis(500), Some(2));
-        let v = anomaly(&server, "success_rate");
+        let v = anomaly(server, "success_rate");
         if v == 1.0 {
             Ok(())
         } else {
@@ -285,7 +262,7 @@ fn a_workload_failing_after_a_healthy_period_is_flagged_then_cleared() {
 
     // `trellis stat` shows it on the workload's row (the gauge holds while the app fails).
     let feed = std::thread::spawn(move || traffic(port, Duration::from_secs(3), Some(2)));
-    let rows = stat(&control);
+    let rows = stat(control);
     feed.join().unwrap();
     let row = rows
         .iter()
@@ -298,7 +275,7 @@ fn a_workload_failing_after_a_healthy_period_is_flagged_then_cleared() {
     // Healthy again: the flag clears.
     wait::until(APPLY, || {
         traffic(port, Duration::from_millis(500), None);
-        let v = anomaly(&server, "success_rate");
+        let v = anomaly(server, "success_rate");
         if v == 0.0 {
             Ok(())
         } else {
@@ -505,34 +482,15 @@ fn a_destination_rule_health_check_takes_a_failing_endpoint_out_and_back() {
 #[test]
 fn a_workload_slowing_down_is_flagged_for_latency() {
     let app = HealthApp::start("127.0.0.1:0".parse().unwrap()).unwrap();
-    let config = config_dir(&[(
-        "slow.yaml",
-        service_yaml("slow", "default", 8080, app.addr.port(), "slow"),
-    )])
-    .unwrap();
-    let control = ControlPlane::start(config.path()).unwrap();
-    let server = ProxyBuilder::loopback("slow-0")
-        .label("app", "slow")
-        .control(&control.url())
-        .app(app.addr)
-        .arg("--anomaly-window")
-        .arg("1s")
-        .arg("--anomaly-baseline")
-        .arg("30s")
-        .start()
-        .unwrap();
-    let client = ProxyBuilder::loopback("client")
-        .label("app", "client")
-        .control(&control.url())
-        .outbound_port("slow.default:8080")
-        .start()
-        .unwrap();
-    let port = client.outbound_port("slow.default:8080");
-    wait::until(CONVERGE, || match http_get(port, "/converge") {
-        Ok((200, _)) => Ok(()),
-        other => Err(format!("{other:?}")),
-    })
-    .unwrap_or_else(|e| panic!("the mesh never routed to slow: {e}"));
+    let mesh = MeshBuilder::new()
+        .service("slow", 8080, app.addr)
+        .server_args(
+            "slow",
+            ["--anomaly-window", "1s", "--anomaly-baseline", "30s"],
+        )
+        .start();
+    mesh.wait_http_route("slow", CONVERGE);
+    let (server, port) = (mesh.server("slow"), mesh.client_port("slow"));
 
     // Four callers in parallel keep every 1 s window above the detector's 20 requests even once
     // each request takes 40 ms.
@@ -545,14 +503,14 @@ fn a_workload_slowing_down_is_flagged_for_latency() {
         }
     };
     load(Duration::from_secs(5));
-    assert_eq!(anomaly(&server, "latency"), 0.0);
+    assert_eq!(anomaly(server, "latency"), 0.0);
 
     // A delay fault in the app: every answer 40 ms late, no failures.
     app.delay_ms.store(40, std::sync::atomic::Ordering::Relaxed);
     let started = Instant::now();
     wait::until(APPLY, || {
         load(Duration::from_millis(500));
-        let v = anomaly(&server, "latency");
+        let v = anomaly(server, "latency");
         if v == 1.0 {
             Ok(())
         } else {
@@ -565,5 +523,5 @@ fn a_workload_slowing_down_is_flagged_for_latency() {
         "flagged only after {:?}",
         started.elapsed()
     );
-    assert_eq!(anomaly(&server, "success_rate"), 0.0, "slow is not failing");
+    assert_eq!(anomaly(server, "success_rate"), 0.0, "slow is not failing");
 }

@@ -17,10 +17,10 @@
 use std::net::SocketAddr;
 use std::time::Duration;
 
-use trellis_testkit::mesh::{ControlPlane, ProxyBuilder, config_dir, service_yaml, write_config};
+use trellis_testkit::mesh::write_config;
 use trellis_testkit::otlp::OtlpCollector;
 use trellis_testkit::tools::http_get;
-use trellis_testkit::{HttpEcho, wait};
+use trellis_testkit::{HttpEcho, MeshBuilder, wait};
 
 const CONVERGE: Duration = Duration::from_secs(30);
 const APPLY: Duration = Duration::from_secs(20);
@@ -99,64 +99,52 @@ fn send(port: SocketAddr, path: &str, n: usize) {
     }
 }
 
+/// Sends GETs to `path` through the client proxy until `collector` has an echo-0 span of it
+/// (the config a step changed has reached the echo proxy); fails with `what`.
+fn until_echo_span_at(collector: &OtlpCollector, port: SocketAddr, path: &str, what: &str) {
+    wait::until(APPLY, || {
+        send(port, path, 1);
+        match collector.count("echo-0", path) {
+            0 => Err(format!(
+                "no echo-0 {path} span there yet: {:?}",
+                collector.services()
+            )),
+            _ => Ok(()),
+        }
+    })
+    .unwrap_or_else(|e| panic!("{what}: {e}"));
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_telemetry_provider_sends_its_workloads_spans_to_the_provider_collector() {
     let (provider, provider_addr) = OtlpCollector::start().await.unwrap();
     let (flag, flag_addr) = OtlpCollector::start().await.unwrap();
     let echo = HttpEcho::start().unwrap();
-    let config = config_dir(&[
-        (
-            "echo.yaml",
-            service_yaml("echo", "default", 8080, echo.addr.port(), "echo"),
-        ),
-        ("mesh.yaml", mesh_config()),
-        ("collector.yaml", service_entry(provider_addr)),
-        ("telemetry.yaml", telemetry("otel")),
-    ])
-    .unwrap();
-    let mut control = ControlPlane::start(config.path()).unwrap();
     let flag_url = format!("http://{flag_addr}");
     // The server proxy samples nothing itself: its spans come from the client's sampled traces
     // (and from the Telemetry's 100%).
-    let mut server = ProxyBuilder::loopback("echo-0")
-        .label("app", "echo")
-        .control(&control.url())
-        .app(echo.addr)
-        .arg("--otlp-endpoint")
-        .arg(&flag_url)
-        .arg("--trace-sampling")
-        .arg("0")
-        .start()
-        .unwrap();
-    let client = ProxyBuilder::loopback("client")
-        .label("app", "client")
-        .control(&control.url())
-        .outbound_port("echo.default:8080")
-        .arg("--otlp-endpoint")
-        .arg(&flag_url)
-        .arg("--trace-sampling")
-        .arg("1")
-        .start()
-        .unwrap();
-    let port = client.outbound_port("echo.default:8080");
-    wait::until(CONVERGE, || match http_get(port, "/converge") {
-        Ok((200, _)) => Ok(()),
-        other => Err(format!("{other:?}")),
-    })
-    .unwrap_or_else(|e| panic!("the mesh never routed to echo: {e}"));
+    let mut mesh = MeshBuilder::new()
+        .service("echo", 8080, echo.addr)
+        .config_file("mesh.yaml", mesh_config())
+        .config_file("collector.yaml", service_entry(provider_addr))
+        .config_file("telemetry.yaml", telemetry("otel"))
+        .server_args(
+            "echo",
+            ["--otlp-endpoint", &flag_url, "--trace-sampling", "0"],
+        )
+        .client_args(["--otlp-endpoint", &flag_url, "--trace-sampling", "1"])
+        .start();
+    mesh.wait_http_route("echo", CONVERGE);
+    let port = mesh.client_port("echo");
+    let config = mesh.config.path().to_path_buf();
 
     // The provider's collector gets the echo proxy's server spans.
-    wait::until(APPLY, || {
-        send(port, "/first", 1);
-        match provider.count("echo-0", "/first") {
-            0 => Err(format!(
-                "no echo-0 span there yet: {:?}",
-                provider.services()
-            )),
-            _ => Ok(()),
-        }
-    })
-    .unwrap_or_else(|e| panic!("the provider's collector never heard from echo-0: {e}"));
+    until_echo_span_at(
+        &provider,
+        port,
+        "/first",
+        "the provider's collector never heard from echo-0",
+    );
     send(port, "/traced", 10);
     wait::until(APPLY, || {
         let (at_provider, at_flag) = (
@@ -187,15 +175,13 @@ async fn a_telemetry_provider_sends_its_workloads_spans_to_the_provider_collecto
     assert_eq!(flag.count("echo-0", "/traced"), 0);
 
     // Removing the Telemetry gives the echo proxy its --otlp-endpoint back.
-    std::fs::remove_file(config.path().join("telemetry.yaml")).unwrap();
-    wait::until(APPLY, || {
-        send(port, "/after", 1);
-        match flag.count("echo-0", "/after") {
-            0 => Err("echo-0 not back at the flag's collector".to_string()),
-            _ => Ok(()),
-        }
-    })
-    .unwrap_or_else(|e| panic!("removing the Telemetry did not restore the flag: {e}"));
+    std::fs::remove_file(config.join("telemetry.yaml")).unwrap();
+    until_echo_span_at(
+        &flag,
+        port,
+        "/after",
+        "removing the Telemetry did not restore the flag",
+    );
     let before = provider.count("echo-0", "/after");
     send(port, "/after", 5);
     wait::until(APPLY, || match flag.count("echo-0", "/after") {
@@ -207,9 +193,9 @@ async fn a_telemetry_provider_sends_its_workloads_spans_to_the_provider_collecto
 
     // A provider the MeshConfig does not define: the control plane names the field, and the
     // workload's spans go to no collector (not silently to the flag's).
-    write_config(config.path(), "telemetry.yaml", &telemetry("nope")).unwrap();
+    write_config(&config, "telemetry.yaml", &telemetry("nope")).unwrap();
     wait::until(APPLY, || {
-        let log = control.process().log();
+        let log = mesh.control.process().log();
         if log.contains("Telemetry default/echo-traces spec.tracing[0].providers[0].name")
             && log.contains("unknown provider")
             && log.contains("nope")
@@ -219,24 +205,32 @@ async fn a_telemetry_provider_sends_its_workloads_spans_to_the_provider_collecto
             Err("no error about the unknown provider in the control plane's log".into())
         }
     })
-    .unwrap_or_else(|e| panic!("{e}:\n{}", control.process().log_tail()));
+    .unwrap_or_else(|e| panic!("{e}:\n{}", mesh.control.process().log_tail()));
     wait::until(APPLY, || {
-        if plain(&server.process().log()).contains("span_reporting=false") {
+        if plain(&mesh.server_mut("echo").process().log()).contains("span_reporting=false") {
             Ok(())
         } else {
             Err("the echo proxy has not turned span reporting off".into())
         }
     })
-    .unwrap_or_else(|e| panic!("{e}:\n{}", server.process().log_tail()));
+    .unwrap_or_else(|e| panic!("{e}:\n{}", mesh.server_mut("echo").process().log_tail()));
     send(port, "/nope", 5);
     wait::until(APPLY, || match flag.count("client", "/nope") {
         5 => Ok(()),
         n => Err(format!("{n} client spans")),
     })
     .unwrap();
-    // The client's spans arrived, so the echo proxy's (sent in the same batches' time) would
-    // have too.
-    std::thread::sleep(Duration::from_millis(1200));
+    // Proven in order, not by waiting a while: the Telemetry removed, the echo proxy exports to
+    // the flag's collector again. Its spans leave through one queue, whose batches go out one
+    // after another (each awaited), so once a later `/marker` span has reached the flag's
+    // collector, any `/nope` span it had queued has been sent too, to whichever collector.
+    std::fs::remove_file(config.join("telemetry.yaml")).unwrap();
+    until_echo_span_at(
+        &flag,
+        port,
+        "/marker",
+        "removing the Telemetry again did not restore the flag",
+    );
     assert_eq!(flag.count("echo-0", "/nope"), 0);
     assert_eq!(provider.count("echo-0", "/nope"), 0);
 }
