@@ -457,39 +457,9 @@ fn graph_numbers_can_come_from_prometheus() {
     let config = tmp.path().join("config");
     std::fs::create_dir(&config).unwrap();
     let prom_addr: SocketAddr = ([127, 0, 0, 1], free_port()).into();
-    let status_file = tmp.path().join("status.json");
-    let log = std::fs::File::create(tmp.path().join("demo.log")).unwrap();
-    // Like support::Demo, with the variable set for the demo (and the control plane it starts)
-    // only: other tests of this binary may run in this process.
-    let demo = Command::new(env!("CARGO_BIN_EXE_trellis"))
-        .args([
-            "demo",
-            "--no-load",
-            "--entry",
-            "127.0.0.1:0",
-            "--dashboard",
-            "127.0.0.1:0",
-        ])
-        .arg("--config-dir")
-        .arg(&config)
-        .arg("--status-file")
-        .arg(&status_file)
-        .env("TRELLIS_PROMETHEUS_URL", format!("http://{prom_addr}"))
-        .stdin(Stdio::null())
-        .stdout(log.try_clone().unwrap())
-        .stderr(log)
-        .process_group(0)
-        .spawn()
-        .unwrap();
-    let _demo = Group(demo);
-    let deadline = Instant::now() + Duration::from_secs(60);
-    let status: Value = loop {
-        if let Ok(bytes) = std::fs::read(&status_file) {
-            break serde_json::from_slice(&bytes).unwrap();
-        }
-        assert!(Instant::now() < deadline, "no status file after 60 s");
-        std::thread::sleep(Duration::from_millis(100));
-    };
+    let prom_url = format!("http://{prom_addr}");
+    let demo = Demo::start_with_env(&config, &[("TRELLIS_PROMETHEUS_URL", &prom_url)]);
+    let status = &demo.status;
     let control: SocketAddr = status["control"]["http"].as_str().unwrap().parse().unwrap();
     let entry: SocketAddr = status["entry"].as_str().unwrap().parse().unwrap();
     let _load = Load::start(entry, 3, false);

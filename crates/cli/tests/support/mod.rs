@@ -25,6 +25,14 @@ impl Demo {
     /// Starts the demo with `config_dir` as its `--config-dir` and waits (bounded, 60 s) for
     /// its status file. Blocking: call from a plain test or `spawn_blocking`.
     pub fn start(config_dir: &Path) -> Self {
+        Self::start_with_env(config_dir, &[])
+    }
+
+    /// [`Demo::start`] with environment variables set for the demo (and what it starts) only:
+    /// other tests of the binary may run in this process.
+    // Not every test binary that includes this module calls it.
+    #[allow(dead_code)]
+    pub fn start_with_env(config_dir: &Path, env: &[(&str, &str)]) -> Self {
         let tmp = tempfile::tempdir().unwrap();
         let status_file = tmp.path().join("status.json");
         let log = std::fs::File::create(tmp.path().join("demo.log")).unwrap();
@@ -41,6 +49,7 @@ impl Demo {
             .arg(config_dir)
             .arg("--status-file")
             .arg(&status_file)
+            .envs(env.iter().copied())
             .stdin(Stdio::null())
             .stdout(log.try_clone().unwrap())
             .stderr(log)
