@@ -88,19 +88,7 @@ async fn previous_protocol_version_hello_is_welcomed_and_served_updates() {
 
     // It subscribes as revision 1 did, and gets the service's endpoint; the first update may
     // come before reviews-v1 registered, so read until one has it.
-    let target = pb::Target {
-        kind: Some(pb::target::Kind::Service(pb::ServiceTarget {
-            name: "reviews".into(),
-            namespace: "default".into(),
-            port: 9080,
-        })),
-    };
-    tx.send(pb::ProxyMessage {
-        kind: Some(Kind::Subscribe(pb::Subscribe {
-            target: Some(target),
-        })),
-    })
-    .unwrap();
+    tx.send(subscribe("reviews")).unwrap();
     let deadline = tokio::time::Instant::now() + DEADLINE;
     let endpoints = loop {
         assert!(

@@ -265,19 +265,7 @@ async fn nack_is_recorded(grpc: SocketAddr, http: SocketAddr) {
         kind: Some(Kind::Hello(hello)),
     })
     .unwrap();
-    let target = pb::Target {
-        kind: Some(pb::target::Kind::Service(pb::ServiceTarget {
-            name: "reviews".into(),
-            namespace: "default".into(),
-            port: 9080,
-        })),
-    };
-    tx.send(pb::ProxyMessage {
-        kind: Some(Kind::Subscribe(pb::Subscribe {
-            target: Some(target),
-        })),
-    })
-    .unwrap();
+    tx.send(subscribe("reviews")).unwrap();
     let mut inbound = client
         .stream(tokio_stream::wrappers::UnboundedReceiverStream::new(rx))
         .await

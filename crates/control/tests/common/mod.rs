@@ -11,6 +11,7 @@ use std::time::Duration;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
+use trellis_api::discovery as pb;
 use trellis_control::{ControlConfig, ControlPlane};
 use trellis_model::Workload;
 use trellis_proxy::discovery::{Discovery, DiscoveryConfig, Resolution};
@@ -71,6 +72,22 @@ pub fn client(control: SocketAddr, w: Workload, shutdown: &CancellationToken) ->
         join_token: None,
     };
     Discovery::spawn(config, shutdown.clone())
+}
+
+/// The raw discovery message that subscribes to `service.default:9080`, for tests that speak
+/// the protocol themselves.
+pub fn subscribe(service: &str) -> pb::ProxyMessage {
+    pb::ProxyMessage {
+        kind: Some(pb::proxy_message::Kind::Subscribe(pb::Subscribe {
+            target: Some(pb::Target {
+                kind: Some(pb::target::Kind::Service(pb::ServiceTarget {
+                    name: service.into(),
+                    namespace: "default".into(),
+                    port: 9080,
+                })),
+            }),
+        })),
+    }
 }
 
 /// Polls `check` until it returns `Some`, failing with `what` at the deadline.
