@@ -109,6 +109,27 @@ async fn connections_over_the_listener_limit_are_closed_at_accept() {
     .await;
 }
 
+/// The default bound (100 header fields) holds although the proxy leaves hyper's own default
+/// in place rather than setting it (`limits::server::http1`): 100 fields pass, 101 get 431.
+#[tokio::test]
+async fn the_default_header_count_is_100() {
+    let app = start_app().await;
+    let proxy = start_proxy(app.addr, |_| {}).await;
+    let inbound = proxy.addrs().inbound;
+    let head = |fields: usize| {
+        let mut head = String::from("GET / HTTP/1.1\r\nhost: a\r\nconnection: close\r\n");
+        for i in 2..fields {
+            head.push_str(&format!("x-h{i}: v\r\n"));
+        }
+        head.push_str("\r\n");
+        head
+    };
+    let answer = raw_exchange(inbound, head(100).as_bytes()).await;
+    assert!(answer.starts_with("HTTP/1.1 200"), "100 fields: {answer:?}");
+    let answer = raw_exchange(inbound, head(101).as_bytes()).await;
+    assert!(answer.starts_with("HTTP/1.1 431"), "101 fields: {answer:?}");
+}
+
 #[tokio::test]
 async fn hostile_request_heads_get_431_and_414() {
     let app = start_app().await;
