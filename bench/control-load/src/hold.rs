@@ -9,18 +9,17 @@
 //! with `--control-bin` naming a wrapper that runs trellis-control under a heap profiler.
 
 use std::path::PathBuf;
-use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::{Context, Result, bail};
 use serde::Serialize;
-use tokio::sync::{Semaphore, mpsc};
+use tokio::sync::mpsc;
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
-use crate::meshgen::{self, PORT};
+use crate::fleet;
+use crate::meshgen;
 use crate::procstat::{self, Proc};
-use crate::sim::{self, SimWorkload};
 
 #[derive(Clone, Debug, clap::Args)]
 pub struct HoldArgs {
@@ -115,7 +114,12 @@ pub async fn run(args: HoldArgs, control_bin: PathBuf) -> Result<HoldResult> {
 async fn drive(args: &HoldArgs, control: &Proc, discovery: &str) -> Result<HoldResult> {
     let wait = Duration::from_secs(args.wait_seconds);
     let mut phases = vec![phase("started", control)?];
-    register_endpoints(discovery, args.endpoints, args.services, wait).await?;
+    tokio::time::timeout(
+        wait,
+        fleet::register_endpoints(discovery, args.endpoints, args.services),
+    )
+    .await
+    .context("registering the endpoints took too long")??;
     // Let the paced registry publication settle before reading.
     tokio::time::sleep(Duration::from_millis(500)).await;
     let registered = phase("endpoints registered", control)?;
@@ -125,7 +129,12 @@ async fn drive(args: &HoldArgs, control: &Proc, discovery: &str) -> Result<HoldR
     let _stop_guard = stop.clone().drop_guard();
     let (events_tx, mut events) = mpsc::unbounded_channel();
     let started = Instant::now();
-    let expected = connect(args, discovery, events_tx, stop.clone()).await?;
+    let shape = fleet::Shape {
+        proxies: args.proxies,
+        services: args.services,
+        subscriptions: args.subscriptions,
+    };
+    let expected = fleet::connect_proxies(shape, discovery, events_tx, stop.clone()).await?;
     let deadline = started + wait;
     let mut seen = 0;
     while seen < expected {
@@ -188,103 +197,4 @@ fn phase(name: &'static str, control: &Proc) -> Result<Phase> {
         p.rss_mib, p.peak_rss_mib, p.anon_mib
     );
     Ok(p)
-}
-
-/// Registers `count` workloads (`app: svc-(i % services)`) over a few shared connections and
-/// leaves; the control plane keeps them as endpoints until the (long) expiry.
-async fn register_endpoints(
-    discovery: &str,
-    count: usize,
-    services: usize,
-    wait: Duration,
-) -> Result<()> {
-    const CONNECTIONS: usize = 16;
-    const IN_FLIGHT: usize = 64;
-    let mut channels = Vec::new();
-    for _ in 0..CONNECTIONS {
-        channels.push(sim::connect(discovery).await?);
-    }
-    let permits = Arc::new(Semaphore::new(IN_FLIGHT));
-    let mut tasks = tokio::task::JoinSet::new();
-    for i in 0..count {
-        let permit = permits.clone().acquire_owned().await?;
-        let channel = channels[i % CONNECTIONS].clone();
-        let w = SimWorkload {
-            name: format!("ep-{i}"),
-            app: meshgen::service_name(i % services),
-            inbound: format!(
-                "127.{}.{}.{}:15006",
-                1 + (i >> 16) % 254,
-                (i >> 8) & 0xff,
-                i & 0xff
-            ),
-            extra_labels: vec![],
-        };
-        tasks.spawn(async move {
-            let _permit = permit;
-            sim::register_and_leave(channel, &w).await
-        });
-        while let Some(done) = tasks.try_join_next() {
-            done??;
-        }
-    }
-    tokio::time::timeout(wait, async {
-        while let Some(done) = tasks.join_next().await {
-            done??;
-        }
-        anyhow::Ok(())
-    })
-    .await
-    .context("registering the endpoints took too long")?
-}
-
-/// Starts the simulated proxies (each on its own connection), subscribed as `routes` does:
-/// svc-0 and `subscriptions - 1` others. Returns how many subscriptions they made.
-async fn connect(
-    args: &HoldArgs,
-    discovery: &str,
-    events: mpsc::UnboundedSender<sim::UpdateEvent>,
-    stop: CancellationToken,
-) -> Result<usize> {
-    const CONNECTING: usize = 32;
-    let permits = Arc::new(Semaphore::new(CONNECTING));
-    let mut connects = tokio::task::JoinSet::new();
-    let mut subscriptions = 0;
-    for i in 0..args.proxies {
-        let permit = permits.clone().acquire_owned().await?;
-        let mut targets = vec![sim::service_target(&meshgen::service_name(0), PORT)];
-        for j in 1..args.subscriptions {
-            let s = 1 + (i * 7 + j * 13) % (args.services - 1);
-            targets.push(sim::service_target(&meshgen::service_name(s), PORT));
-        }
-        targets.sort_by_key(|t| format!("{t:?}"));
-        targets.dedup();
-        subscriptions += targets.len();
-        let w = SimWorkload {
-            name: format!("proxy-{i}"),
-            app: "bench-client".into(),
-            inbound: format!("127.200.{}.{}:15006", (i >> 8) & 0xff, i & 0xff),
-            extra_labels: vec![],
-        };
-        let (discovery, events, stop) = (discovery.to_string(), events.clone(), stop.clone());
-        connects.spawn(async move {
-            let channel = sim::connect(&discovery).await;
-            drop(permit);
-            let channel = channel?;
-            let proxy = u32::try_from(i).unwrap_or(u32::MAX);
-            tokio::spawn(async move {
-                if let Err(e) =
-                    sim::run_proxy(proxy, channel, w, targets, events, stop.clone()).await
-                    && !stop.is_cancelled()
-                {
-                    eprintln!("bench-cp: proxy {proxy}: {e:#}");
-                }
-            });
-            anyhow::Ok(())
-        });
-    }
-    while let Some(done) = connects.join_next().await {
-        done??;
-    }
-    Ok(subscriptions)
 }

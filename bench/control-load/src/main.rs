@@ -10,6 +10,7 @@
 //!
 //! Not part of `cargo test`: it takes minutes and wants a quiet machine. Every wait is bounded.
 
+mod fleet;
 mod hold;
 mod meshgen;
 mod procstat;

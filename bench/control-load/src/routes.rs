@@ -3,16 +3,16 @@
 
 use std::collections::HashMap;
 use std::path::PathBuf;
-use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::{Context, Result, bail};
 use serde::Serialize;
-use tokio::sync::{Semaphore, mpsc};
+use tokio::sync::mpsc;
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
-use crate::meshgen::{self, PORT};
+use crate::fleet;
+use crate::meshgen;
 use crate::procstat::{self, Control};
 use crate::sim::{self, SimWorkload, UpdateEvent};
 use crate::stats::{self, Summary};
@@ -138,7 +138,7 @@ async fn drive(
     wait: Duration,
 ) -> Result<RoutesResult> {
     let started = Instant::now();
-    register_endpoints(&control.discovery, args.endpoints, args.services).await?;
+    fleet::register_endpoints(&control.discovery, args.endpoints, args.services).await?;
     let register_endpoints_seconds = started.elapsed().as_secs_f64();
     eprintln!(
         "bench-cp: {} endpoints registered in {register_endpoints_seconds:.1} s",
@@ -150,7 +150,13 @@ async fn drive(
     let (events_tx, mut events) = mpsc::unbounded_channel();
     let started = Instant::now();
     // Every proxy's every Subscribe is answered once; then wait for quiet.
-    let expected = connect_proxies(args, &control.discovery, events_tx, stop.clone()).await?;
+    let shape = fleet::Shape {
+        proxies: args.proxies,
+        services: args.services,
+        subscriptions: args.subscriptions,
+    };
+    let expected =
+        fleet::connect_proxies(shape, &control.discovery, events_tx, stop.clone()).await?;
     let initial = collect_until(&mut events, Instant::now() + wait, |seen| {
         seen.len() >= expected
     })
@@ -362,99 +368,4 @@ async fn quiet(
         }
     }
     drained
-}
-
-/// Registers `count` workloads spread over the services (`app: svc-(i % services)`), over a
-/// few shared connections, and closes their streams: the control plane keeps them as
-/// endpoints until the (long) expiry.
-async fn register_endpoints(discovery: &str, count: usize, services: usize) -> Result<()> {
-    const CONNECTIONS: usize = 16;
-    const IN_FLIGHT: usize = 64;
-    let mut channels = Vec::new();
-    for _ in 0..CONNECTIONS {
-        channels.push(sim::connect(discovery).await?);
-    }
-    let permits = Arc::new(Semaphore::new(IN_FLIGHT));
-    let mut tasks = tokio::task::JoinSet::new();
-    for i in 0..count {
-        let permit = permits.clone().acquire_owned().await?;
-        let channel = channels[i % CONNECTIONS].clone();
-        let w = SimWorkload {
-            name: format!("ep-{i}"),
-            app: meshgen::service_name(i % services),
-            inbound: format!(
-                "127.{}.{}.{}:15006",
-                1 + (i >> 16) % 254,
-                (i >> 8) & 0xff,
-                i & 0xff
-            ),
-            extra_labels: vec![],
-        };
-        tasks.spawn(async move {
-            let _permit = permit;
-            sim::register_and_leave(channel, &w).await
-        });
-        while let Some(done) = tasks.try_join_next() {
-            done??;
-        }
-    }
-    while let Some(done) = tasks.join_next().await {
-        done??;
-    }
-    Ok(())
-}
-
-/// Starts the simulated proxies; each subscribes to svc-0 and `subscriptions - 1` others.
-/// Returns how many subscriptions they made.
-async fn connect_proxies(
-    args: &RoutesArgs,
-    discovery: &str,
-    events: mpsc::UnboundedSender<UpdateEvent>,
-    stop: CancellationToken,
-) -> Result<usize> {
-    let mut subscriptions = 0;
-    const CONNECTING: usize = 32;
-    let permits = Arc::new(Semaphore::new(CONNECTING));
-    let mut connects = tokio::task::JoinSet::new();
-    for i in 0..args.proxies {
-        let permit = permits.clone().acquire_owned().await?;
-        let discovery = discovery.to_string();
-        let (events, stop) = (events.clone(), stop.clone());
-        let mut targets = vec![sim::service_target(&meshgen::service_name(0), PORT)];
-        for j in 1..args.subscriptions {
-            // Deterministic spread over svc-1.. so that most services have subscribers.
-            let s = 1 + (i * 7 + j * 13) % (args.services - 1);
-            targets.push(sim::service_target(&meshgen::service_name(s), PORT));
-        }
-        targets.sort_by_key(|t| format!("{t:?}"));
-        targets.dedup();
-        subscriptions += targets.len();
-        let w = SimWorkload {
-            // Clients: registered, but no Service selects them, so the endpoint count stays
-            // what --endpoints says.
-            name: format!("proxy-{i}"),
-            app: "bench-client".into(),
-            inbound: format!("127.200.{}.{}:15006", (i >> 8) & 0xff, i & 0xff),
-            extra_labels: vec![],
-        };
-        connects.spawn(async move {
-            let channel = sim::connect(&discovery).await;
-            drop(permit);
-            let channel = channel?;
-            let proxy = u32::try_from(i).unwrap_or(u32::MAX);
-            tokio::spawn(async move {
-                if let Err(e) =
-                    sim::run_proxy(proxy, channel, w, targets, events, stop.clone()).await
-                    && !stop.is_cancelled()
-                {
-                    eprintln!("bench-cp: proxy {proxy}: {e:#}");
-                }
-            });
-            anyhow::Ok(())
-        });
-    }
-    while let Some(done) = connects.join_next().await {
-        done??;
-    }
-    Ok(subscriptions)
 }
