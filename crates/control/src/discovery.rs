@@ -37,7 +37,7 @@ pub(crate) mod grpc;
 mod lock;
 pub(crate) mod shapes;
 #[cfg(test)]
-mod test_support;
+pub(crate) mod test_support;
 pub(crate) mod wake;
 
 /// Outbound messages buffered per stream before the stream task waits for the proxy to read.

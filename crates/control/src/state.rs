@@ -312,37 +312,10 @@ impl Pacing {
 
 #[cfg(test)]
 mod tests {
-    use std::collections::BTreeMap;
-
-    use trellis_model::{Service, ServiceKey, ServicePort, Target, TargetPort};
+    use trellis_model::{ServiceKey, Target};
 
     use super::*;
-
-    /// Services `a` and `b` on port 9080.
-    fn config() -> ConfigSnapshot {
-        let mut services = BTreeMap::new();
-        for name in ["a", "b"] {
-            let key = ServiceKey::new("default", name);
-            services.insert(
-                key.clone(),
-                Service {
-                    key,
-                    selector: [("app".to_string(), name.to_string())].into(),
-                    ports: vec![ServicePort {
-                        name: None,
-                        port: 9080,
-                        target_port: TargetPort::Number(9080),
-                        protocol: Default::default(),
-                    }],
-                    cluster_ip: None,
-                },
-            );
-        }
-        ConfigSnapshot {
-            services,
-            ..ConfigSnapshot::default()
-        }
-    }
+    use crate::discovery::test_support::two_services;
 
     async fn woken(n: &tokio::sync::Notify) -> bool {
         tokio::time::timeout(Duration::from_millis(20), n.notified())
@@ -352,7 +325,7 @@ mod tests {
 
     #[tokio::test]
     async fn a_route_change_wakes_only_the_streams_of_its_service() {
-        let before = Arc::new(config());
+        let before = Arc::new(two_services());
         let (tx, config_rx) = watch::channel(before.clone());
         let shared = Shared::new(
             "cluster.local".into(),
@@ -391,7 +364,7 @@ mod tests {
                 });
         }
         // A route for `a` (a ServiceProfile's, empty): only stream 1 wakes.
-        let mut next = config();
+        let mut next = two_services();
         next.traffic.routes.insert(
             ServiceKey::new("default", "a"),
             crate::store::traffic::ServiceRoutes {

@@ -172,6 +172,24 @@ struct Inner {
 }
 
 impl Inner {
+    /// Keeps the entries `stale` says the change cannot touch (returning their targets) and
+    /// moves the others to `previous`, where a recompile that comes out equal finds them.
+    fn keep_unless(&mut self, stale: impl Fn(&Compiled) -> bool) -> HashSet<Target> {
+        let entries = std::mem::take(&mut self.entries);
+        let mut kept = HashSet::new();
+        let mut previous = HashMap::new();
+        for (target, compiled) in entries {
+            if stale(&compiled) {
+                previous.insert(target, compiled);
+            } else {
+                kept.insert(target.clone());
+                self.entries.insert(target, compiled);
+            }
+        }
+        self.previous = previous;
+        kept
+    }
+
     fn is_for(&self, config: &Arc<ConfigSnapshot>, workloads: &Arc<WorkloadSet>) -> bool {
         self.config.as_ref().is_some_and(|c| Arc::ptr_eq(c, config))
             && self
@@ -296,19 +314,7 @@ impl CompileCache {
             return None;
         };
         inner.workloads = Some(workloads.clone());
-        let entries = std::mem::take(&mut inner.entries);
-        let mut kept = HashSet::new();
-        let mut previous = HashMap::new();
-        for (target, compiled) in entries {
-            if compiled.depends_on(config, changed) {
-                previous.insert(target, compiled);
-            } else {
-                kept.insert(target.clone());
-                inner.entries.insert(target, compiled);
-            }
-        }
-        inner.previous = previous;
-        Some(kept)
+        Some(inner.keep_unless(|compiled| compiled.depends_on(config, changed)))
     }
 
     /// Moves the cache from config `before` to `after` (the workloads unchanged): the entries
@@ -337,19 +343,7 @@ impl CompileCache {
             return None;
         }
         inner.config = Some(after.clone());
-        let entries = std::mem::take(&mut inner.entries);
-        let mut kept = HashSet::new();
-        let mut previous = HashMap::new();
-        for (target, compiled) in entries {
-            if compiled.reads_any(changed.as_ref()) {
-                previous.insert(target, compiled);
-            } else {
-                kept.insert(target.clone());
-                inner.entries.insert(target, compiled);
-            }
-        }
-        inner.previous = previous;
-        Some(kept)
+        Some(inner.keep_unless(|compiled| compiled.reads_any(changed.as_ref())))
     }
 
     /// Compiles made so far (cache misses).
@@ -364,38 +358,8 @@ impl CompileCache {
 
 #[cfg(test)]
 mod tests {
-    use std::collections::BTreeMap;
-
-    use trellis_model::{Service, ServicePort, TargetPort};
-
     use super::*;
-    use crate::discovery::test_support::workload;
-
-    /// Services `a` and `b`, each selecting `app: <name>` on port 9080.
-    fn config() -> Arc<ConfigSnapshot> {
-        let mut services = BTreeMap::new();
-        for name in ["a", "b"] {
-            let key = ServiceKey::new("default", name);
-            services.insert(
-                key.clone(),
-                Service {
-                    key,
-                    selector: [("app".to_string(), name.to_string())].into(),
-                    ports: vec![ServicePort {
-                        name: None,
-                        port: 9080,
-                        target_port: TargetPort::Number(9080),
-                        protocol: Default::default(),
-                    }],
-                    cluster_ip: None,
-                },
-            );
-        }
-        Arc::new(ConfigSnapshot {
-            services,
-            ..ConfigSnapshot::default()
-        })
-    }
+    use crate::discovery::test_support::{two_services, workload};
 
     #[test]
     fn one_compile_per_target_per_snapshot() {
@@ -433,7 +397,7 @@ mod tests {
     #[test]
     fn a_registration_keeps_the_targets_it_cannot_change() {
         let cache = CompileCache::default();
-        let config = config();
+        let config = Arc::new(two_services());
         let (_tx, config_rx) = watch::channel(config.clone());
         let (a, b): (Target, Target) = (
             "a.default:9080".parse().unwrap(),
@@ -489,7 +453,7 @@ mod tests {
     #[test]
     fn a_config_change_keeps_the_targets_that_read_nothing_it_touched() {
         let cache = CompileCache::default();
-        let config1 = config();
+        let config1 = Arc::new(two_services());
         let (tx, config_rx) = watch::channel(config1.clone());
         let (a, b): (Target, Target) = (
             "a.default:9080".parse().unwrap(),
