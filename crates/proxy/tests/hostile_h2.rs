@@ -13,29 +13,13 @@ use std::time::{Duration, Instant};
 
 use http::Request;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::net::{TcpSocket, TcpStream};
+use tokio::net::TcpStream;
 
-use support::{WAIT, admin, eventually, full, http2_conn, start_app, start_proxy};
+use support::{
+    WAIT, connect_from, eventually, full, http2_conn, inbound_limit_rejected, start_app,
+    start_proxy,
+};
 use trellis_testkit::attacks::{ATTACKER_SOURCE, h2frame};
-
-async fn metric(admin_addr: SocketAddr, limit: &str) -> u64 {
-    let series = format!("trellis_limit_rejected_total{{direction=\"inbound\",limit=\"{limit}\"}}");
-    let (_, text) = admin(admin_addr, "GET", "/metrics").await;
-    text.lines()
-        .find_map(|l| l.strip_prefix(series.as_str())?.trim().parse().ok())
-        .unwrap_or_else(|| panic!("no series {series} in\n{text}"))
-}
-
-/// A connection from `source` to `addr`.
-async fn connect_from(source: IpAddr, addr: SocketAddr) -> TcpStream {
-    let socket = TcpSocket::new_v4().unwrap();
-    socket.set_reuseaddr(true).unwrap();
-    socket.bind(SocketAddr::new(source, 0)).unwrap();
-    tokio::time::timeout(WAIT, socket.connect(addr))
-        .await
-        .unwrap()
-        .unwrap()
-}
 
 /// The frames the proxy sends until it closes, or `stop` says enough (bounded by [`WAIT`]):
 /// (type, payload) each.
@@ -185,7 +169,7 @@ async fn an_http2_continuation_flood_gets_goaway_within_a_few_frames() {
     // The connection ended long before 4 MB could be decoded (it is cut within ~100 KB).
     assert!(started.elapsed() < WAIT, "the proxy kept reading the bomb");
     eventually("the GOAWAY counted", || async move {
-        metric(admin_addr, "h2_reset_flood").await >= 1
+        inbound_limit_rejected(admin_addr, "h2_reset_flood").await >= 1
     })
     .await;
     // A header block within the size limit (2 frames, 32 KB) on a fresh connection is no
@@ -218,7 +202,7 @@ async fn an_address_sent_enhance_your_calm_is_rate_limited_at_accept() {
         "rapid reset: GOAWAY ENHANCE_YOUR_CALM"
     );
     eventually("limit=h2_reset_flood counted", || async move {
-        metric(admin_addr, "h2_reset_flood").await >= 1
+        inbound_limit_rejected(admin_addr, "h2_reset_flood").await >= 1
     })
     .await;
 
@@ -242,7 +226,7 @@ async fn an_address_sent_enhance_your_calm_is_rate_limited_at_accept() {
         closed_silently >= 9,
         "only {closed_silently} of 10 connections from the penalized address refused at accept"
     );
-    assert!(metric(admin_addr, "abusive_peer").await >= 9);
+    assert!(inbound_limit_rejected(admin_addr, "abusive_peer").await >= 9);
     // Other addresses are served as before, on new connections too.
     assert_eq!(good_request(inbound).await, 200);
 
@@ -261,5 +245,5 @@ async fn without_the_penalty_an_offender_reconnects_freely() {
     for i in 0..5 {
         assert_served(ATTACKER_SOURCE, inbound, &format!("reconnect {i}")).await;
     }
-    assert_eq!(metric(admin_addr, "abusive_peer").await, 0);
+    assert_eq!(inbound_limit_rejected(admin_addr, "abusive_peer").await, 0);
 }

@@ -11,33 +11,15 @@ use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::time::Duration;
 
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::net::{TcpSocket, TcpStream};
+use tokio::net::TcpStream;
 
-use support::{WAIT, admin, eventually, start_app, start_proxy};
+use support::{WAIT, connect_from, eventually, inbound_limit_rejected, start_app, start_proxy};
 use trellis_proxy::limits::penalty::STRIKES;
 use trellis_testkit::attacks::ATTACKER_SOURCE;
 
 const GOOD: IpAddr = IpAddr::V4(Ipv4Addr::LOCALHOST);
 const IDLE_CLIENT: IpAddr = IpAddr::V4(Ipv4Addr::new(127, 0, 0, 3));
 const GET: &[u8] = b"GET / HTTP/1.1\r\nhost: a\r\nconnection: close\r\n\r\n";
-
-async fn metric(admin_addr: SocketAddr, limit: &str) -> u64 {
-    let series = format!("trellis_limit_rejected_total{{direction=\"inbound\",limit=\"{limit}\"}}");
-    let (_, text) = admin(admin_addr, "GET", "/metrics").await;
-    text.lines()
-        .find_map(|l| l.strip_prefix(series.as_str())?.trim().parse().ok())
-        .unwrap_or_else(|| panic!("no series {series} in\n{text}"))
-}
-
-async fn connect_from(source: IpAddr, addr: SocketAddr) -> TcpStream {
-    let socket = TcpSocket::new_v4().unwrap();
-    socket.set_reuseaddr(true).unwrap();
-    socket.bind(SocketAddr::new(source, 0)).unwrap();
-    tokio::time::timeout(WAIT, socket.connect(addr))
-        .await
-        .unwrap()
-        .unwrap()
-}
 
 /// Reads until the proxy closes (or [`WAIT`]): what it answered.
 async fn answer(s: &mut TcpStream) -> String {
@@ -117,13 +99,13 @@ async fn repeated_slow_heads_penalize_their_address_and_no_other() {
     .await;
     assert!(slow.iter().all(|a| a.is_empty()), "{slow:?}");
     eventually("every timeout counted", || async move {
-        metric(admin_addr, "header_timeout").await >= 2 * u64::from(STRIKES)
+        inbound_limit_rejected(admin_addr, "header_timeout").await >= 2 * u64::from(STRIKES)
     })
     .await;
 
     // The attacker's address is now penalized: refused at accept (and counted)...
     assert_refused(ATTACKER_SOURCE, inbound).await;
-    assert!(metric(admin_addr, "abusive_peer").await >= 9);
+    assert!(inbound_limit_rejected(admin_addr, "abusive_peer").await >= 9);
     // ... while the good client and the idle keep-alive client are served on new connections.
     for source in [GOOD, IDLE_CLIENT, GOOD] {
         let a = exchange(source, inbound, GET).await;
@@ -149,7 +131,7 @@ async fn repeated_oversized_heads_penalize_their_address() {
         assert!(a.starts_with("HTTP/1.1 431"), "head {i}: {a:?}");
     }
     eventually("every 431 counted", || async move {
-        metric(admin_addr, "headers").await >= u64::from(STRIKES)
+        inbound_limit_rejected(admin_addr, "headers").await >= u64::from(STRIKES)
     })
     .await;
     assert_refused(ATTACKER_SOURCE, inbound).await;

@@ -286,12 +286,15 @@ mod tests {
         }
     }
 
-    /// A real hyper HTTP/1 server connection on loopback with this timer and a 300 ms
-    /// header-read timeout: keep-alive requests inside the timeout are answered, then a
-    /// request head that stops halfway ends the connection at the timeout.
-    #[tokio::test]
-    async fn hyper_closes_a_connection_whose_head_stalls() {
-        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    /// Serves one HTTP/1 connection on loopback with hyper, this timer and `timeout` as the
+    /// header read timeout; the receiver says how it ended: (by the header read timeout,
+    /// whether a head had started).
+    async fn serve_one(
+        timeout: Duration,
+    ) -> (
+        std::net::SocketAddr,
+        tokio::sync::oneshot::Receiver<(bool, bool)>,
+    ) {
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = listener.local_addr().unwrap();
         let (ended_tx, ended_rx) = tokio::sync::oneshot::channel();
@@ -303,11 +306,21 @@ mod tests {
             let timer = HeadTimer::default();
             let res = hyper::server::conn::http1::Builder::new()
                 .timer(timer.clone())
-                .header_read_timeout(Duration::from_millis(300))
+                .header_read_timeout(timeout)
                 .serve_connection(hyper_util::rt::TokioIo::new(timer.watch(stream)), svc)
                 .await;
             let _ = ended_tx.send((res.is_err_and(|e| e.is_timeout()), timer.head_started()));
         });
+        (addr, ended_rx)
+    }
+
+    /// A real hyper HTTP/1 server connection on loopback with this timer and a 300 ms
+    /// header-read timeout: keep-alive requests inside the timeout are answered, then a
+    /// request head that stops halfway ends the connection at the timeout.
+    #[tokio::test]
+    async fn hyper_closes_a_connection_whose_head_stalls() {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        let (addr, ended_rx) = serve_one(Duration::from_millis(300)).await;
         let mut client = tokio::net::TcpStream::connect(addr).await.unwrap();
         let mut buf = vec![0u8; 1024];
         // Three requests, 200 ms apart: each head arrives within its own 300 ms, though the
@@ -347,22 +360,7 @@ mod tests {
     #[tokio::test]
     async fn an_idle_keep_alive_connection_times_out_with_no_head_started() {
         use tokio::io::{AsyncReadExt, AsyncWriteExt};
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let addr = listener.local_addr().unwrap();
-        let (ended_tx, ended_rx) = tokio::sync::oneshot::channel();
-        tokio::spawn(async move {
-            let (stream, _) = listener.accept().await.unwrap();
-            let svc = hyper::service::service_fn(|_req| async {
-                Ok::<_, std::convert::Infallible>(hyper::Response::new(String::from("ok")))
-            });
-            let timer = HeadTimer::default();
-            let res = hyper::server::conn::http1::Builder::new()
-                .timer(timer.clone())
-                .header_read_timeout(Duration::from_millis(200))
-                .serve_connection(hyper_util::rt::TokioIo::new(timer.watch(stream)), svc)
-                .await;
-            let _ = ended_tx.send((res.is_err_and(|e| e.is_timeout()), timer.head_started()));
-        });
+        let (addr, ended_rx) = serve_one(Duration::from_millis(200)).await;
         let mut client = tokio::net::TcpStream::connect(addr).await.unwrap();
         client
             .write_all(b"GET / HTTP/1.1\r\nhost: a\r\n\r\n")

@@ -2,7 +2,7 @@
 #![allow(dead_code, clippy::unwrap_used, clippy::expect_used)]
 
 use std::convert::Infallible;
-use std::net::SocketAddr;
+use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -14,7 +14,7 @@ use hyper::body::{Frame, Incoming};
 use hyper::service::service_fn;
 use hyper_util::rt::{TokioExecutor, TokioIo};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::net::{TcpListener, TcpStream};
+use tokio::net::{TcpListener, TcpSocket, TcpStream};
 use tokio::sync::mpsc;
 use trellis_proxy::{Proxy, ProxyConfig};
 
@@ -271,4 +271,26 @@ pub async fn start_banner_server() -> SocketAddr {
         }
     });
     addr
+}
+
+/// `trellis_limit_rejected_total{direction="inbound",limit=<limit>}` from the admin server's
+/// `/metrics`; panics with the page when the series is missing.
+pub async fn inbound_limit_rejected(admin_addr: SocketAddr, limit: &str) -> u64 {
+    let series = format!("trellis_limit_rejected_total{{direction=\"inbound\",limit=\"{limit}\"}}");
+    let (_, text) = admin(admin_addr, "GET", "/metrics").await;
+    text.lines()
+        .find_map(|l| l.strip_prefix(series.as_str())?.trim().parse().ok())
+        .unwrap_or_else(|| panic!("no series {series} in\n{text}"))
+}
+
+/// A connection from `source` (a loopback address other than 127.0.0.1 plays another peer)
+/// to `addr`.
+pub async fn connect_from(source: IpAddr, addr: SocketAddr) -> TcpStream {
+    let socket = TcpSocket::new_v4().unwrap();
+    socket.set_reuseaddr(true).unwrap();
+    socket.bind(SocketAddr::new(source, 0)).unwrap();
+    tokio::time::timeout(WAIT, socket.connect(addr))
+        .await
+        .unwrap()
+        .unwrap()
 }
