@@ -4,19 +4,42 @@
 
 use std::sync::Arc;
 
-use anyhow::Result;
+use anyhow::{Result, bail};
 use tokio::sync::{Semaphore, mpsc};
 use tokio_util::sync::CancellationToken;
 
 use crate::meshgen::{self, PORT};
 use crate::sim::{self, SimWorkload, UpdateEvent};
 
-/// How many simulated proxies, over how many services, each subscribed to how many.
-#[derive(Clone, Copy, Debug)]
-pub struct Shape {
+/// The simulated mesh's size, the flags `routes` and `hold` share.
+#[derive(Clone, Debug, clap::Args)]
+pub struct FleetArgs {
+    /// Simulated proxies (discovery streams, one connection each).
+    #[arg(long, default_value_t = 1000)]
     pub proxies: usize,
+    /// Services in the mesh.
+    #[arg(long, default_value_t = 200)]
     pub services: usize,
+    /// Endpoints (workloads registered with the control plane and left), spread over the
+    /// services.
+    #[arg(long, default_value_t = 10_000)]
+    pub endpoints: usize,
+    /// Targets each proxy subscribes to: svc-0 (the one whose route `routes` changes) and
+    /// others.
+    #[arg(long, default_value_t = 4)]
     pub subscriptions: usize,
+}
+
+impl FleetArgs {
+    pub fn validate(&self) -> Result<()> {
+        if self.services < 2 || self.subscriptions == 0 || self.subscriptions > self.services {
+            bail!("--services must be >= 2 and --subscriptions between 1 and --services");
+        }
+        if self.proxies == 0 {
+            bail!("--proxies must be at least 1");
+        }
+        Ok(())
+    }
 }
 
 /// Registers `count` workloads spread over the services (`app: svc-(i % services)`), over a
@@ -62,7 +85,7 @@ pub async fn register_endpoints(discovery: &str, count: usize, services: usize) 
 /// Starts the simulated proxies; each subscribes to svc-0 and `subscriptions - 1` others.
 /// Returns how many subscriptions they made.
 pub async fn connect_proxies(
-    shape: Shape,
+    shape: &FleetArgs,
     discovery: &str,
     events: mpsc::UnboundedSender<UpdateEvent>,
     stop: CancellationToken,

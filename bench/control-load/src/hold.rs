@@ -23,18 +23,8 @@ use crate::procstat::{self, Proc};
 
 #[derive(Clone, Debug, clap::Args)]
 pub struct HoldArgs {
-    /// Simulated proxies (discovery streams, one connection each).
-    #[arg(long, default_value_t = 1000)]
-    pub proxies: usize,
-    /// Services in the mesh.
-    #[arg(long, default_value_t = 200)]
-    pub services: usize,
-    /// Endpoints (workloads registered and left), spread over the services.
-    #[arg(long, default_value_t = 10_000)]
-    pub endpoints: usize,
-    /// Targets each proxy subscribes to (svc-0 and others, as `routes` picks them).
-    #[arg(long, default_value_t = 4)]
-    pub subscriptions: usize,
+    #[command(flatten)]
+    pub fleet: fleet::FleetArgs,
     /// How long the proxies stay connected after syncing before the last reading.
     #[arg(long, default_value_t = 5)]
     pub hold_seconds: u64,
@@ -71,19 +61,14 @@ pub struct HoldResult {
 }
 
 pub async fn run(args: HoldArgs, control_bin: PathBuf) -> Result<HoldResult> {
-    if args.services < 2 || args.subscriptions == 0 || args.subscriptions > args.services {
-        bail!("--services must be >= 2 and --subscriptions between 1 and --services");
-    }
-    if args.proxies == 0 {
-        bail!("--proxies must be at least 1");
-    }
+    args.fleet.validate()?;
     let work = tempfile::tempdir().context("temp dir")?;
     let config = work.path().join("config");
     std::fs::create_dir(&config)?;
     meshgen::write_atomic(
         &config,
         "services.yaml",
-        &meshgen::services_yaml(args.services),
+        &meshgen::services_yaml(args.fleet.services),
     )?;
     meshgen::write_atomic(&config, "vs.yaml", &meshgen::virtual_service_yaml(0))?;
     let control = procstat::start_control(
@@ -116,7 +101,7 @@ async fn drive(args: &HoldArgs, control: &Proc, discovery: &str) -> Result<HoldR
     let mut phases = vec![phase("started", control)?];
     tokio::time::timeout(
         wait,
-        fleet::register_endpoints(discovery, args.endpoints, args.services),
+        fleet::register_endpoints(discovery, args.fleet.endpoints, args.fleet.services),
     )
     .await
     .context("registering the endpoints took too long")??;
@@ -129,12 +114,7 @@ async fn drive(args: &HoldArgs, control: &Proc, discovery: &str) -> Result<HoldR
     let _stop_guard = stop.clone().drop_guard();
     let (events_tx, mut events) = mpsc::unbounded_channel();
     let started = Instant::now();
-    let shape = fleet::Shape {
-        proxies: args.proxies,
-        services: args.services,
-        subscriptions: args.subscriptions,
-    };
-    let expected = fleet::connect_proxies(shape, discovery, events_tx, stop.clone()).await?;
+    let expected = fleet::connect_proxies(&args.fleet, discovery, events_tx, stop.clone()).await?;
     let deadline = started + wait;
     let mut seen = 0;
     while seen < expected {
@@ -146,7 +126,7 @@ async fn drive(args: &HoldArgs, control: &Proc, discovery: &str) -> Result<HoldR
     let connect_proxies_seconds = started.elapsed().as_secs_f64();
     eprintln!(
         "bench-cp: {} proxies synced in {connect_proxies_seconds:.1} s",
-        args.proxies
+        args.fleet.proxies
     );
     // Late Updates (registrations published after a first answer) drain before reading.
     let quiet_until = Instant::now() + wait;
@@ -159,15 +139,16 @@ async fn drive(args: &HoldArgs, control: &Proc, discovery: &str) -> Result<HoldR
     let synced = phase("proxies synced", control)?;
     tokio::time::sleep(Duration::from_secs(args.hold_seconds)).await;
     let held = phase("held", control)?;
-    let per = |f: fn(&Phase) -> f64| (f(&synced) - f(&phases[1])) * 1024.0 / args.proxies as f64;
+    let per =
+        |f: fn(&Phase) -> f64| (f(&synced) - f(&phases[1])) * 1024.0 / args.fleet.proxies as f64;
     let (rss_kib_per_proxy, anon_kib_per_proxy) = (per(|p| p.rss_mib), per(|p| p.anon_mib));
     phases.push(synced);
     phases.push(held);
     Ok(HoldResult {
-        proxies: args.proxies,
-        services: args.services,
-        endpoints: args.endpoints,
-        subscriptions_per_proxy: args.subscriptions,
+        proxies: args.fleet.proxies,
+        services: args.fleet.services,
+        endpoints: args.fleet.endpoints,
+        subscriptions_per_proxy: args.fleet.subscriptions,
         connect_proxies_seconds,
         phases,
         rss_kib_per_proxy,

@@ -19,18 +19,8 @@ use crate::stats::{self, Summary};
 
 #[derive(Clone, Debug, clap::Args)]
 pub struct RoutesArgs {
-    /// Simulated proxies (discovery streams, one connection each).
-    #[arg(long, default_value_t = 1000)]
-    pub proxies: usize,
-    /// Services in the mesh.
-    #[arg(long, default_value_t = 200)]
-    pub services: usize,
-    /// Endpoints (workloads registered with the control plane), spread over the services.
-    #[arg(long, default_value_t = 10_000)]
-    pub endpoints: usize,
-    /// Targets each proxy subscribes to: svc-0 (the one whose route changes) and others.
-    #[arg(long, default_value_t = 4)]
-    pub subscriptions: usize,
+    #[command(flatten)]
+    pub fleet: fleet::FleetArgs,
     /// Route changes to time.
     #[arg(long, default_value_t = 5)]
     pub changes: u32,
@@ -92,16 +82,14 @@ pub struct RoutesResult {
 const WRITE_VS: &str = "vs.yaml";
 
 pub async fn run(args: RoutesArgs, control_bin: PathBuf) -> Result<RoutesResult> {
-    if args.services < 2 || args.subscriptions == 0 || args.subscriptions > args.services {
-        bail!("--services must be >= 2 and --subscriptions between 1 and --services");
-    }
+    args.fleet.validate()?;
     let work = tempfile::tempdir().context("temp dir")?;
     let config = work.path().join("config");
     std::fs::create_dir(&config)?;
     meshgen::write_atomic(
         &config,
         "services.yaml",
-        &meshgen::services_yaml(args.services),
+        &meshgen::services_yaml(args.fleet.services),
     )?;
     meshgen::write_atomic(&config, WRITE_VS, &meshgen::virtual_service_yaml(0))?;
     let wait = Duration::from_secs(args.wait_seconds);
@@ -138,11 +126,16 @@ async fn drive(
     wait: Duration,
 ) -> Result<RoutesResult> {
     let started = Instant::now();
-    fleet::register_endpoints(&control.discovery, args.endpoints, args.services).await?;
+    fleet::register_endpoints(
+        &control.discovery,
+        args.fleet.endpoints,
+        args.fleet.services,
+    )
+    .await?;
     let register_endpoints_seconds = started.elapsed().as_secs_f64();
     eprintln!(
         "bench-cp: {} endpoints registered in {register_endpoints_seconds:.1} s",
-        args.endpoints
+        args.fleet.endpoints
     );
 
     let stop = CancellationToken::new();
@@ -150,13 +143,8 @@ async fn drive(
     let (events_tx, mut events) = mpsc::unbounded_channel();
     let started = Instant::now();
     // Every proxy's every Subscribe is answered once; then wait for quiet.
-    let shape = fleet::Shape {
-        proxies: args.proxies,
-        services: args.services,
-        subscriptions: args.subscriptions,
-    };
     let expected =
-        fleet::connect_proxies(shape, &control.discovery, events_tx, stop.clone()).await?;
+        fleet::connect_proxies(&args.fleet, &control.discovery, events_tx, stop.clone()).await?;
     let initial = collect_until(&mut events, Instant::now() + wait, |seen| {
         seen.len() >= expected
     })
@@ -170,7 +158,7 @@ async fn drive(
     let connect_proxies_seconds = started.elapsed().as_secs_f64();
     eprintln!(
         "bench-cp: {} proxies synced in {connect_proxies_seconds:.1} s",
-        args.proxies
+        args.fleet.proxies
     );
     let settled = quiet(&mut events, Duration::from_millis(500), wait).await;
     let svc0 = meshgen::service_name(0);
@@ -195,7 +183,7 @@ async fn drive(
         meshgen::write_atomic(config, WRITE_VS, &meshgen::virtual_service_yaml(change))?;
         let seen = collect_until(&mut events, t0 + wait, |seen| {
             per_proxy_first(seen, |e| e.service == svc0 && e.marker == Some(change)).len()
-                >= args.proxies
+                >= args.fleet.proxies
         })
         .await;
         quiet(&mut events, Duration::from_millis(300), wait).await;
@@ -209,8 +197,8 @@ async fn drive(
         pooled_fan.extend(fan.iter().copied());
         let result = ChangeResult {
             change,
-            from_write: Summary::of(from_write, args.proxies),
-            fan_out: Summary::of(fan, args.proxies),
+            from_write: Summary::of(from_write, args.fleet.proxies),
+            fan_out: Summary::of(fan, args.fleet.proxies),
             other_updates: seen.len() - hits.len(),
             bytes_per_update: bytes,
             control_cpu_seconds: control.proc.cpu_seconds()? - cpu0,
@@ -218,7 +206,7 @@ async fn drive(
         eprintln!(
             "bench-cp: route change {change}: {}/{} acked, p50 {:.1} p90 {:.1} max {:.1} ms from write",
             result.from_write.count,
-            args.proxies,
+            args.fleet.proxies,
             result.from_write.p50_ms,
             result.from_write.p90_ms,
             result.from_write.max_ms
@@ -226,18 +214,27 @@ async fn drive(
         route_changes.push(result);
     }
 
-    let endpoint_changes =
-        endpoint_changes(control, &mut events, args.proxies, base_endpoints, wait).await?;
+    let endpoint_changes = endpoint_changes(
+        control,
+        &mut events,
+        args.fleet.proxies,
+        base_endpoints,
+        wait,
+    )
+    .await?;
     let (rss_end, peak) = control.proc.memory_kib()?;
     Ok(RoutesResult {
-        proxies: args.proxies,
-        services: args.services,
-        endpoints: args.endpoints,
-        subscriptions_per_proxy: args.subscriptions,
+        proxies: args.fleet.proxies,
+        services: args.fleet.services,
+        endpoints: args.fleet.endpoints,
+        subscriptions_per_proxy: args.fleet.subscriptions,
         register_endpoints_seconds,
         connect_proxies_seconds,
-        route_change_pooled: Summary::of(pooled, args.proxies * args.changes as usize),
-        route_change_fan_out_pooled: Summary::of(pooled_fan, args.proxies * args.changes as usize),
+        route_change_pooled: Summary::of(pooled, args.fleet.proxies * args.changes as usize),
+        route_change_fan_out_pooled: Summary::of(
+            pooled_fan,
+            args.fleet.proxies * args.changes as usize,
+        ),
         route_changes,
         endpoint_changes,
         control_rss_mib_after_setup: mib(rss_setup),
