@@ -391,7 +391,7 @@ async fn serve_http1(
         .await;
     if let Err(e) = res {
         // Counted, and a slow or oversized head is a strike against the peer's address.
-        crate::limits::server::http1_connection_ended(
+        crate::limits::server::connection_ended(
             &e,
             direction,
             peer.map(|p| p.ip()),
@@ -440,6 +440,7 @@ async fn serve_http2(
             &e,
             direction,
             peer.map(|p| p.ip()),
+            false,
             &ctx.admission,
             &ctx.metrics.limits,
         );

@@ -10,9 +10,8 @@
 //! one whose header block runs on in CONTINUATION frames past what the header list size needs
 //! (h2 allows `max(5, 1.25 x list size / 16 KiB)` of them: 5 at the default 60 KiB, so the
 //! connection ends within about 100 KB of a bomb). A connection ended that way marks its peer's
-//! address for [`super::penalty`] ([`connection_ended`]); so, as a strike, does an HTTP/1 head
-//! that timed out after it had started or went over the size limits
-//! ([`http1_connection_ended`]).
+//! address for [`super::penalty`]; so, as a strike, does an HTTP/1 head that timed out after it
+//! had started or went over the size limits (both in [`connection_ended`]).
 //!
 //! On a header read timeout hyper answers nothing: the connection is closed without a `408`
 //! (hyper writes one only for heads it could parse), which is also the cheapest answer to a
@@ -53,35 +52,12 @@ pub fn http2<E>(builder: &mut http2::Builder<E>, limits: &ServerLimits) {
         .max_header_list_size(u32::try_from(limits.max_header_bytes).unwrap_or(u32::MAX));
 }
 
-/// Counts an HTTP/2 server connection from `peer` that one of the limits ended with `e`, and
-/// puts the peer's address under penalty when it was sent GOAWAY `ENHANCE_YOUR_CALM`.
+/// Counts a server connection from `peer` that one of the limits ended with `e`, and holds it
+/// against the peer's address: GOAWAY `ENHANCE_YOUR_CALM` penalizes it at once; an HTTP/1 head
+/// over the size limits, or one that timed out after it had started (`head_started`:
+/// [`crate::transport::HeadTimer::head_started`]; false for HTTP/2, and for a keep-alive
+/// connection closed idle), is a strike ([`super::penalty::AbusivePeers::strike`]).
 pub fn connection_ended(
-    e: &hyper::Error,
-    direction: Direction,
-    peer: Option<IpAddr>,
-    admission: &Admission,
-    metrics: &LimitMetrics,
-) {
-    ended(e, direction, peer, false, admission, metrics);
-}
-
-/// Counts an HTTP/1 server connection from `peer` that one of the limits ended with `e`, and
-/// counts a strike against the peer's address ([`super::penalty::AbusivePeers::strike`]) when
-/// its head was over the size limits or timed out after it had started (`head_started`:
-/// [`crate::transport::HeadTimer::head_started`]; a keep-alive connection closed idle is no
-/// offence).
-pub fn http1_connection_ended(
-    e: &hyper::Error,
-    direction: Direction,
-    peer: Option<IpAddr>,
-    head_started: bool,
-    admission: &Admission,
-    metrics: &LimitMetrics,
-) {
-    ended(e, direction, peer, head_started, admission, metrics);
-}
-
-fn ended(
     e: &hyper::Error,
     direction: Direction,
     peer: Option<IpAddr>,
