@@ -2,9 +2,10 @@
 //! endpoints registered over a few shared connections, and proxies each on its own connection,
 //! subscribed to svc-0 and others.
 
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
-use anyhow::{Result, bail};
+use anyhow::{Context, Result, bail};
 use tokio::sync::{Semaphore, mpsc};
 use tokio_util::sync::CancellationToken;
 
@@ -40,6 +41,22 @@ impl FleetArgs {
         }
         Ok(())
     }
+}
+
+/// The file holding svc-0's VirtualService, the route `routes` changes.
+pub const ROUTE_FILE: &str = "vs.yaml";
+
+/// trellis-control flags that keep the registered endpoints for the whole run: their
+/// registration streams close at once.
+pub const ENDPOINTS_STAY: [&str; 4] = ["--workload-expiry", "1h", "--registration-grace", "0s"];
+
+/// Writes the mesh's config directory under `work`: `services` Services and svc-0's route.
+pub fn write_config(work: &Path, services: usize) -> Result<PathBuf> {
+    let config = work.join("config");
+    std::fs::create_dir(&config).context("config dir")?;
+    meshgen::write_atomic(&config, "services.yaml", &meshgen::services_yaml(services))?;
+    meshgen::write_atomic(&config, ROUTE_FILE, &meshgen::virtual_service_yaml(0))?;
+    Ok(config)
 }
 
 /// Registers `count` workloads spread over the services (`app: svc-(i % services)`), over a

@@ -18,7 +18,6 @@ use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
 use crate::fleet;
-use crate::meshgen;
 use crate::procstat::{self, Proc};
 
 #[derive(Clone, Debug, clap::Args)]
@@ -63,27 +62,16 @@ pub struct HoldResult {
 pub async fn run(args: HoldArgs, control_bin: PathBuf) -> Result<HoldResult> {
     args.fleet.validate()?;
     let work = tempfile::tempdir().context("temp dir")?;
-    let config = work.path().join("config");
-    std::fs::create_dir(&config)?;
-    meshgen::write_atomic(
-        &config,
-        "services.yaml",
-        &meshgen::services_yaml(args.fleet.services),
-    )?;
-    meshgen::write_atomic(&config, "vs.yaml", &meshgen::virtual_service_yaml(0))?;
+    let config = fleet::write_config(work.path(), args.fleet.services)?;
     let control = procstat::start_control(
         &control_bin,
         &config,
         work.path(),
         &[
-            "--heartbeat-interval",
-            &args.heartbeat_interval,
-            // Registered endpoints stay for the whole run (their streams close at once).
-            "--workload-expiry",
-            "1h",
-            "--registration-grace",
-            "0s",
-        ],
+            &["--heartbeat-interval", &args.heartbeat_interval],
+            &fleet::ENDPOINTS_STAY[..],
+        ]
+        .concat(),
         Duration::from_secs(60),
     )?;
     let result = drive(&args, &control.proc, &control.discovery).await;

@@ -79,35 +79,25 @@ pub struct RoutesResult {
     pub control_cpu_seconds_total: f64,
 }
 
-const WRITE_VS: &str = "vs.yaml";
-
 pub async fn run(args: RoutesArgs, control_bin: PathBuf) -> Result<RoutesResult> {
     args.fleet.validate()?;
     let work = tempfile::tempdir().context("temp dir")?;
-    let config = work.path().join("config");
-    std::fs::create_dir(&config)?;
-    meshgen::write_atomic(
-        &config,
-        "services.yaml",
-        &meshgen::services_yaml(args.fleet.services),
-    )?;
-    meshgen::write_atomic(&config, WRITE_VS, &meshgen::virtual_service_yaml(0))?;
+    let config = fleet::write_config(work.path(), args.fleet.services)?;
     let wait = Duration::from_secs(args.wait_seconds);
     let mut control = procstat::start_control(
         &control_bin,
         &config,
         work.path(),
         &[
-            "--poll-interval",
-            &args.poll_interval,
-            "--heartbeat-interval",
-            &args.heartbeat_interval,
-            // Registered endpoints stay for the whole run (their streams close at once).
-            "--workload-expiry",
-            "1h",
-            "--registration-grace",
-            "0s",
-        ],
+            &[
+                "--poll-interval",
+                &args.poll_interval,
+                "--heartbeat-interval",
+                &args.heartbeat_interval,
+            ],
+            &fleet::ENDPOINTS_STAY[..],
+        ]
+        .concat(),
         Duration::from_secs(60),
     )?;
     let result = drive(&args, &mut control, &config, wait).await;
@@ -180,7 +170,11 @@ async fn drive(
     for change in 1..=args.changes {
         let cpu0 = control.proc.cpu_seconds()?;
         let t0 = Instant::now();
-        meshgen::write_atomic(config, WRITE_VS, &meshgen::virtual_service_yaml(change))?;
+        meshgen::write_atomic(
+            config,
+            fleet::ROUTE_FILE,
+            &meshgen::virtual_service_yaml(change),
+        )?;
         let seen = collect_until(&mut events, t0 + wait, |seen| {
             per_proxy_first(seen, |e| e.service == svc0 && e.marker == Some(change)).len()
                 >= args.fleet.proxies
