@@ -7,6 +7,7 @@
 //! manager are thin adapters over it.
 
 pub mod ca;
+mod client_config;
 pub mod gateway_tls;
 pub mod origination;
 pub mod public_tls;

@@ -24,6 +24,7 @@ use rustls::{ClientConfig, DigitallySignedStruct, RootCertStore, SignatureScheme
 use tokio::io::{AsyncRead, AsyncWrite};
 use x509_parser::prelude::{FromDer, GeneralName, X509Certificate};
 
+use crate::client_config;
 use crate::verify::ChainCheck;
 
 pub use crate::tls::ClientStream;
@@ -95,11 +96,8 @@ impl OriginationTls {
             subject_alt_names: spec.subject_alt_names.to_vec(),
             insecure: spec.insecure_skip_verify,
         });
-        let builder = ClientConfig::builder_with_provider(provider)
-            .with_safe_default_protocol_versions()?
-            .dangerous()
-            .with_custom_certificate_verifier(verifier);
-        let mut config = match spec.client {
+        let builder = client_config::verified_by(provider, rustls::DEFAULT_VERSIONS, verifier)?;
+        let config = match spec.client {
             None => builder.with_no_client_auth(),
             Some((chain_pem, key_pem)) => {
                 let chain: Vec<CertificateDer<'static>> = CertificateDer::pem_slice_iter(chain_pem)
@@ -115,12 +113,9 @@ impl OriginationTls {
                     .map_err(OriginationError::ClientKey)?
             }
         };
-        config.alpn_protocols = vec![b"http/1.1".to_vec()];
-        let mut h2 = config.clone();
-        h2.alpn_protocols = vec![b"h2".to_vec()];
         Ok(Self {
-            http1: Arc::new(config),
-            h2: Arc::new(h2),
+            http1: client_config::offering(&config, &[b"http/1.1"]),
+            h2: client_config::offering(&config, &[b"h2"]),
         })
     }
 

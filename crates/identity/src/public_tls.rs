@@ -53,10 +53,8 @@ impl PublicTls {
     /// The same trust, offering `protocols` in ALPN instead of `http/1.1` (an HTTP/2 client
     /// offers `h2`).
     pub fn with_alpn(&self, protocols: &[&[u8]]) -> Self {
-        let mut config = (*self.config).clone();
-        config.alpn_protocols = protocols.iter().map(|p| p.to_vec()).collect();
         Self {
-            config: Arc::new(config),
+            config: crate::client_config::offering(&self.config, protocols),
         }
     }
 

@@ -32,6 +32,7 @@ use x509_parser::prelude::{FromDer, GeneralName, X509Certificate};
 
 use crate::SpiffeId;
 use crate::ca::TrustBundle;
+use crate::client_config;
 use crate::verify::ChainCheck;
 
 /// What runs inside a mesh TLS connection, named by ALPN.
@@ -344,28 +345,6 @@ impl MeshTls {
         let provider = provider();
         let roots = root_store(bundle)?;
 
-        let client = |alpn: MeshAlpn| -> Result<Arc<ClientConfig>, ConfigError> {
-            let verifier = Arc::new(MeshServerVerifier {
-                check: ChainCheck::new(roots.clone(), provider.signature_verification_algorithms),
-            });
-            let mut config = ClientConfig::builder_with_provider(provider.clone())
-                .with_protocol_versions(&[&rustls::version::TLS13])?
-                .dangerous()
-                .with_custom_certificate_verifier(verifier)
-                .with_client_auth_cert(chain.clone(), key.der())?;
-            config.alpn_protocols = match alpn {
-                // The exchange first: a server that knows it prefers it, one that does not
-                // falls back to plain `trellis-tcp`.
-                MeshAlpn::Tcp | MeshAlpn::TcpMx => vec![
-                    MeshAlpn::TcpMx.protocol().to_vec(),
-                    MeshAlpn::Tcp.protocol().to_vec(),
-                    MESH_MARKER.to_vec(),
-                ],
-                _ => vec![alpn.protocol().to_vec(), MESH_MARKER.to_vec()],
-            };
-            config.resumption = Resumption::disabled();
-            Ok(Arc::new(config))
-        };
         let client_verifier =
             WebPkiClientVerifier::builder_with_provider(Arc::new(roots.clone()), provider.clone())
                 .build()?;
@@ -385,12 +364,26 @@ impl MeshTls {
         .collect();
         server.session_storage = Arc::new(NoServerSessionStorage {});
         server.send_tls13_tickets = 0;
+        let verifier = Arc::new(MeshServerVerifier {
+            check: ChainCheck::new(roots, provider.signature_verification_algorithms),
+        });
+        let mut client =
+            client_config::verified_by(provider, &[&rustls::version::TLS13], verifier)?
+                .with_client_auth_cert(chain, key.der())?;
+        client.resumption = Resumption::disabled();
+        let offering = |protocols: &[&[u8]]| client_config::offering(&client, protocols);
         Ok(Self {
             id,
             not_after,
-            client_h2: client(MeshAlpn::H2)?,
-            client_http1: client(MeshAlpn::Http1)?,
-            client_tcp: client(MeshAlpn::Tcp)?,
+            client_h2: offering(&[MeshAlpn::H2.protocol(), MESH_MARKER]),
+            client_http1: offering(&[MeshAlpn::Http1.protocol(), MESH_MARKER]),
+            // The exchange first: a server that knows it prefers it, one that does not falls
+            // back to plain `trellis-tcp`.
+            client_tcp: offering(&[
+                MeshAlpn::TcpMx.protocol(),
+                MeshAlpn::Tcp.protocol(),
+                MESH_MARKER,
+            ]),
             server: Arc::new(server),
         })
     }
