@@ -69,9 +69,11 @@ impl Anomaly {
     /// The gauges, in Prometheus text format.
     pub fn render(&self, out: &mut String) {
         let v = self.verdict();
-        let _ = writeln!(
+        let _ = crate::telemetry::family(
             out,
-            "# HELP trellis_anomaly 1 when this workload's inbound success rate or latency departs from its own recent baseline.\n# TYPE trellis_anomaly gauge"
+            "trellis_anomaly",
+            "gauge",
+            "1 when this workload's inbound success rate or latency departs from its own recent baseline.",
         );
         for (kind, on) in [("success_rate", v.success_rate), ("latency", v.latency)] {
             let _ = writeln!(out, "trellis_anomaly{{kind=\"{kind}\"}} {}", u8::from(on));

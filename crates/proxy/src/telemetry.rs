@@ -19,8 +19,10 @@ pub mod memo;
 pub mod requests;
 pub mod scrape;
 pub mod tcp;
+mod text;
 
 use requests::RequestRegistry;
+pub(crate) use text::{Buckets, escape, family, histogram, sample};
 
 /// Which side of the workload traffic flows on.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
@@ -38,11 +40,6 @@ impl Direction {
             Self::Outbound => "outbound",
         }
     }
-}
-
-/// Writes a family's `# HELP` and `# TYPE` lines (`kind`: `counter`, `gauge`, ...).
-pub(crate) fn family(out: &mut String, name: &str, kind: &str, help: &str) -> std::fmt::Result {
-    writeln!(out, "# HELP {name} {help}\n# TYPE {name} {kind}")
 }
 
 /// A counter family with one sample per direction, `value` giving each.
@@ -131,6 +128,16 @@ impl ConnectionDurations {
         self.sum_nanos
             .fetch_add(u64::try_from(d.as_nanos()).unwrap_or(u64::MAX), Relaxed);
     }
+
+    /// What a scrape renders; the count is the buckets' total.
+    fn buckets(&self) -> Buckets<'_> {
+        Buckets {
+            bounds: &CONNECTION_BUCKETS,
+            counts: &self.buckets,
+            sum_nanos: &self.sum_nanos,
+            count: None,
+        }
+    }
 }
 
 /// Status codes are three digits (`http::StatusCode` guarantees 100..=999).
@@ -168,6 +175,16 @@ impl Histogram {
         self.sum_nanos
             .fetch_add(u64::try_from(d.as_nanos()).unwrap_or(u64::MAX), Relaxed);
         self.count.fetch_add(1, Relaxed);
+    }
+
+    /// What a scrape renders.
+    fn buckets(&self) -> Buckets<'_> {
+        Buckets {
+            bounds: &DURATION_BUCKETS,
+            counts: &self.buckets,
+            sum_nanos: &self.sum_nanos,
+            count: Some(&self.count),
+        }
     }
 }
 
@@ -346,8 +363,12 @@ impl Metrics {
     }
 
     fn render_inner(&self, out: &mut String) -> std::fmt::Result {
-        writeln!(out, "# HELP trellis_proxy_info Proxy build information.")?;
-        writeln!(out, "# TYPE trellis_proxy_info gauge")?;
+        family(
+            out,
+            "trellis_proxy_info",
+            "gauge",
+            "Proxy build information.",
+        )?;
         writeln!(out, "trellis_proxy_info{{version=\"{}\"}} 1", self.version)?;
 
         match self.detail {
@@ -357,11 +378,12 @@ impl Metrics {
 
         self.tcp.render(out)?;
 
-        writeln!(
+        family(
             out,
-            "# HELP trellis_protocol_detections_total Protocol detection results per connection."
+            "trellis_protocol_detections_total",
+            "counter",
+            "Protocol detection results per connection.",
         )?;
-        writeln!(out, "# TYPE trellis_protocol_detections_total counter")?;
         for d in Direction::ALL {
             for o in DetectOutcome::ALL {
                 let n = self.dir(d).detections[o as usize].load(Relaxed);
@@ -377,21 +399,19 @@ impl Metrics {
         self.limits.render(out)?;
         self.spans.render(out)?;
         let name = "trellis_access_log_dropped_total";
-        writeln!(
-            out,
-            "# HELP {name} Access log lines dropped because the writer fell behind."
-        )?;
-        writeln!(out, "# TYPE {name} counter")?;
-        writeln!(out, "{name} {}", self.access_log_dropped.load(Relaxed))
+        let help = "Access log lines dropped because the writer fell behind.";
+        family(out, name, "counter", help)?;
+        sample(out, name, "", self.access_log_dropped.load(Relaxed))
     }
 
     /// The request families with `direction` and `status_code` only.
     fn render_minimal_requests(&self, out: &mut String) -> std::fmt::Result {
-        writeln!(
+        family(
             out,
-            "# HELP trellis_requests_total HTTP requests proxied, by response status."
+            "trellis_requests_total",
+            "counter",
+            "HTTP requests proxied, by response status.",
         )?;
-        writeln!(out, "# TYPE trellis_requests_total counter")?;
         for d in Direction::ALL {
             for (code, c) in self.dir(d).requests.iter().enumerate() {
                 let n = c.load(Relaxed);
@@ -405,38 +425,12 @@ impl Metrics {
             }
         }
 
-        writeln!(
-            out,
-            "# HELP trellis_request_duration_seconds Time from request to response headers."
-        )?;
-        writeln!(out, "# TYPE trellis_request_duration_seconds histogram")?;
+        let name = "trellis_request_duration_seconds";
+        let help = "Time from request to response headers.";
+        family(out, name, "histogram", help)?;
         for d in Direction::ALL {
-            let h = &self.dir(d).duration;
-            let mut cumulative = 0;
-            for (i, bound) in DURATION_BUCKETS.iter().enumerate() {
-                cumulative += h.buckets[i].load(Relaxed);
-                writeln!(
-                    out,
-                    "trellis_request_duration_seconds_bucket{{direction=\"{}\",le=\"{bound}\"}} {cumulative}",
-                    d.as_str()
-                )?;
-            }
-            cumulative += h.buckets[DURATION_BUCKETS.len()].load(Relaxed);
-            let dir = d.as_str();
-            writeln!(
-                out,
-                "trellis_request_duration_seconds_bucket{{direction=\"{dir}\",le=\"+Inf\"}} {cumulative}"
-            )?;
-            let sum = h.sum_nanos.load(Relaxed) as f64 / 1e9;
-            writeln!(
-                out,
-                "trellis_request_duration_seconds_sum{{direction=\"{dir}\"}} {sum}"
-            )?;
-            writeln!(
-                out,
-                "trellis_request_duration_seconds_count{{direction=\"{dir}\"}} {}",
-                h.count.load(Relaxed)
-            )?;
+            let labels = format!("direction=\"{}\"", d.as_str());
+            histogram(out, name, &labels, &self.dir(d).duration.buckets())?;
         }
 
         Ok(())
@@ -473,11 +467,8 @@ impl Metrics {
             })?;
         }
         let name = "trellis_circuit_breaker_rejections_total";
-        writeln!(
-            out,
-            "# HELP {name} Requests or retries refused by a connection-pool limit."
-        )?;
-        writeln!(out, "# TYPE {name} counter")?;
+        let help = "Requests or retries refused by a connection-pool limit.";
+        family(out, name, "counter", help)?;
         for d in Direction::ALL {
             for r in Rejection::ALL {
                 let n = self.dir(d).traffic.breaker[r as usize].load(Relaxed);
@@ -490,8 +481,7 @@ impl Metrics {
             }
         }
         let name = "trellis_faults_injected_total";
-        writeln!(out, "# HELP {name} Faults injected by routes.")?;
-        writeln!(out, "# TYPE {name} counter")?;
+        family(out, name, "counter", "Faults injected by routes.")?;
         for d in Direction::ALL {
             for k in FaultKind::ALL {
                 let n = self.dir(d).traffic.faults[k as usize].load(Relaxed);

@@ -226,10 +226,11 @@ impl Authenticator {
             .dry_run_rejected
             .lock()
             .unwrap_or_else(|p| p.into_inner());
-        let _ = writeln!(
+        let _ = crate::telemetry::family(
             out,
-            "# HELP trellis_authn_dry_run_rejected_total Requests a dry-run RequestAuthentication would have rejected with 401.\n\
-             # TYPE trellis_authn_dry_run_rejected_total counter"
+            "trellis_authn_dry_run_rejected_total",
+            "counter",
+            "Requests a dry-run RequestAuthentication would have rejected with 401.",
         );
         for ((policy, reason), n) in counts.iter() {
             let _ = writeln!(

@@ -112,7 +112,7 @@ impl AuthzMetrics {
             ),
         ];
         for (name, help, pick) in families {
-            let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} counter");
+            let _ = crate::telemetry::family(out, name, "counter", help);
             for ((policy, action), c) in map.iter() {
                 let _ = writeln!(
                     out,

@@ -41,6 +41,7 @@ use trellis_model::policy::HealthCheck;
 
 use crate::balance::EndpointState;
 use crate::http::TARGET_PORT;
+use crate::telemetry::{family, sample};
 use crate::tls::MeshIdentity;
 
 /// The proxy's mesh identity, for probes over mTLS. One proxy per process; set at startup.
@@ -70,9 +71,11 @@ fn checkers() -> std::sync::MutexGuard<'static, Vec<Weak<Checker>>> {
 
 /// The health metrics, in Prometheus text format.
 pub fn render(out: &mut String) {
-    let _ = writeln!(
+    let _ = family(
         out,
-        "# HELP trellis_health_check_total Active health-check probes by result.\n# TYPE trellis_health_check_total counter"
+        "trellis_health_check_total",
+        "counter",
+        "Active health-check probes by result.",
     );
     for (result, n) in [("success", &SUCCESSES), ("failure", &FAILURES)] {
         let _ = writeln!(
@@ -81,19 +84,20 @@ pub fn render(out: &mut String) {
             n.load(Relaxed)
         );
     }
-    let _ = writeln!(
-        out,
-        "# HELP trellis_health_check_unhealthy_endpoints Endpoints active health checks have taken out of their balancer.\n# TYPE trellis_health_check_unhealthy_endpoints gauge\ntrellis_health_check_unhealthy_endpoints {}",
-        UNHEALTHY.load(Relaxed).max(0)
-    );
+    let name = "trellis_health_check_unhealthy_endpoints";
+    let help = "Endpoints active health checks have taken out of their balancer.";
+    let _ = family(out, name, "gauge", help);
+    let _ = sample(out, name, "", UNHEALTHY.load(Relaxed).max(0));
     let live: Vec<Arc<Checker>> = {
         let mut list = checkers();
         list.retain(|w| w.strong_count() > 0);
         list.iter().filter_map(Weak::upgrade).collect()
     };
-    let _ = writeln!(
+    let _ = family(
         out,
-        "# HELP trellis_health_check_endpoint_healthy 1 while an actively checked endpoint is in its balancer, 0 while health checks keep it out.\n# TYPE trellis_health_check_endpoint_healthy gauge"
+        "trellis_health_check_endpoint_healthy",
+        "gauge",
+        "1 while an actively checked endpoint is in its balancer, 0 while health checks keep it out.",
     );
     for c in live {
         for e in c.endpoints.load().iter().take(MAX_PER_ROUND) {

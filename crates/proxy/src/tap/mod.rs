@@ -13,7 +13,6 @@
 pub mod filter;
 pub mod serve;
 
-use std::fmt::Write as _;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering::Relaxed};
 use std::time::Duration;
@@ -83,18 +82,15 @@ impl Tap {
 
     /// Appends `trellis_tap_subscribers` and `trellis_tap_dropped_rows_total` to a scrape.
     pub fn render(&self, out: &mut String) {
+        use crate::telemetry::{family, sample};
         // `write!` into a String cannot fail.
-        let _ = writeln!(
-            out,
-            "# HELP trellis_tap_subscribers Tap streams open on this proxy.\n\
-             # TYPE trellis_tap_subscribers gauge\n\
-             trellis_tap_subscribers {}\n\
-             # HELP trellis_tap_dropped_rows_total Tap rows lost because a tap client read too slowly.\n\
-             # TYPE trellis_tap_dropped_rows_total counter\n\
-             trellis_tap_dropped_rows_total {}",
-            self.subscribers.load(Relaxed),
-            self.dropped()
-        );
+        let name = "trellis_tap_subscribers";
+        let _ = family(out, name, "gauge", "Tap streams open on this proxy.");
+        let _ = sample(out, name, "", self.subscribers.load(Relaxed));
+        let name = "trellis_tap_dropped_rows_total";
+        let help = "Tap rows lost because a tap client read too slowly.";
+        let _ = family(out, name, "counter", help);
+        let _ = sample(out, name, "", self.dropped());
     }
 }
 

@@ -20,7 +20,7 @@ use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering::Relaxed};
 use std::sync::{Arc, Mutex, OnceLock, PoisonError, RwLock};
 use std::time::Duration;
 
-use super::{DURATION_BUCKETS, Direction, Histogram};
+use super::{Direction, Histogram, escape, family, histogram, sample};
 
 /// The most label sets kept; past it new combinations share an overflow series.
 pub const MAX_SERIES: usize = 4096;
@@ -89,18 +89,6 @@ impl OwnedLabels {
             && **di == *l.destination.identity
             && **ds == *l.destination_service
             && **r == *l.route
-    }
-}
-
-/// Escapes a label value for the text format (backslash, quote, newline).
-pub(crate) fn escape(v: &str, out: &mut String) {
-    for c in v.chars() {
-        match c {
-            '\\' => out.push_str("\\\\"),
-            '"' => out.push_str("\\\""),
-            '\n' => out.push_str("\\n"),
-            c => out.push(c),
-        }
     }
 }
 
@@ -426,11 +414,8 @@ impl RequestRegistry {
     pub fn render(&self, out: &mut String) -> std::fmt::Result {
         let all: Vec<Arc<Series>> = self.lock_canonical().all.clone();
         let name = "trellis_requests_total";
-        writeln!(
-            out,
-            "# HELP {name} HTTP and gRPC requests proxied, counted when the response ends."
-        )?;
-        writeln!(out, "# TYPE {name} counter")?;
+        let help = "HTTP and gRPC requests proxied, counted when the response ends.";
+        family(out, name, "counter", help)?;
         for s in &all {
             for (class, array) in s.statuses.iter().enumerate() {
                 let Some(array) = array.get() else { continue };
@@ -462,36 +447,10 @@ impl RequestRegistry {
             }
         }
         let name = "trellis_request_duration_seconds";
-        writeln!(
-            out,
-            "# HELP {name} Time from the request to the response headers."
-        )?;
-        writeln!(out, "# TYPE {name} histogram")?;
+        let help = "Time from the request to the response headers.";
+        family(out, name, "histogram", help)?;
         for s in &all {
-            let h = &s.duration;
-            let mut cumulative = 0;
-            for (i, bound) in DURATION_BUCKETS.iter().enumerate() {
-                cumulative += h.buckets[i].load(Relaxed);
-                writeln!(
-                    out,
-                    "{name}_bucket{{{},le=\"{bound}\"}} {cumulative}",
-                    s.rendered
-                )?;
-            }
-            cumulative += h.buckets[DURATION_BUCKETS.len()].load(Relaxed);
-            writeln!(
-                out,
-                "{name}_bucket{{{},le=\"+Inf\"}} {cumulative}",
-                s.rendered
-            )?;
-            let sum = h.sum_nanos.load(Relaxed) as f64 / 1e9;
-            writeln!(out, "{name}_sum{{{}}} {sum}", s.rendered)?;
-            writeln!(
-                out,
-                "{name}_count{{{}}} {}",
-                s.rendered,
-                h.count.load(Relaxed)
-            )?;
+            histogram(out, name, &s.rendered, &s.duration.buckets())?;
         }
         type Field = fn(&Series) -> &AtomicU64;
         let bytes: [(&str, &str, Field); 2] = [
@@ -507,10 +466,9 @@ impl RequestRegistry {
             ),
         ];
         for (name, help, field) in bytes {
-            writeln!(out, "# HELP {name} {help}")?;
-            writeln!(out, "# TYPE {name} counter")?;
+            family(out, name, "counter", help)?;
             for s in &all {
-                writeln!(out, "{name}{{{}}} {}", s.rendered, field(s).load(Relaxed))?;
+                sample(out, name, &s.rendered, field(s).load(Relaxed))?;
             }
         }
         Ok(())

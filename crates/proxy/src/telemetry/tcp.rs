@@ -18,7 +18,6 @@
 //! `direction` only.
 
 use std::collections::HashMap;
-use std::fmt::Write as _;
 use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
 use std::sync::{Arc, OnceLock, PoisonError, RwLock};
 use std::time::Duration;
@@ -26,8 +25,10 @@ use std::time::Duration;
 use trellis_model::Endpoint;
 
 use super::exchange::LocalWorkload;
-use super::requests::{Peer, escape};
-use super::{CONNECTION_BUCKETS, ConnectionDurations, Direction, LabelDetail, Metrics};
+use super::requests::Peer;
+use super::{
+    ConnectionDurations, Direction, LabelDetail, Metrics, escape, family, histogram, sample,
+};
 
 /// The most labelled TCP series kept; past it new label sets share an overflow series.
 pub const MAX_SERIES: usize = 1024;
@@ -257,32 +258,17 @@ impl TcpRegistry {
             ),
         ];
         for (name, help, field) in simple {
-            writeln!(out, "# HELP {name} {help}")?;
-            writeln!(out, "# TYPE {name} counter")?;
+            family(out, name, "counter", help)?;
             for s in &all {
-                writeln!(out, "{name}{{{}}} {}", s.rendered, field(s).load(Relaxed))?;
+                sample(out, name, &s.rendered, field(s).load(Relaxed))?;
             }
         }
 
         let name = "trellis_tcp_connection_duration_seconds";
-        writeln!(
-            out,
-            "# HELP {name} How long accepted TCP connections lived."
-        )?;
-        writeln!(out, "# TYPE {name} histogram")?;
+        let help = "How long accepted TCP connections lived.";
+        family(out, name, "histogram", help)?;
         for s in &all {
-            let h = &s.duration;
-            let labels = &s.rendered;
-            let mut cumulative = 0;
-            for (i, bound) in CONNECTION_BUCKETS.iter().enumerate() {
-                cumulative += h.buckets[i].load(Relaxed);
-                writeln!(out, "{name}_bucket{{{labels},le=\"{bound}\"}} {cumulative}")?;
-            }
-            cumulative += h.buckets[CONNECTION_BUCKETS.len()].load(Relaxed);
-            writeln!(out, "{name}_bucket{{{labels},le=\"+Inf\"}} {cumulative}")?;
-            let sum = h.sum_nanos.load(Relaxed) as f64 / 1e9;
-            writeln!(out, "{name}_sum{{{labels}}} {sum}")?;
-            writeln!(out, "{name}_count{{{labels}}} {cumulative}")?;
+            histogram(out, name, &s.rendered, &s.duration.buckets())?;
         }
         Ok(())
     }

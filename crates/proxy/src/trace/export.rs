@@ -80,8 +80,7 @@ impl ExportStats {
     pub fn render(&self, out: &mut String) -> std::fmt::Result {
         use std::fmt::Write as _;
         let name = "trellis_trace_spans_total";
-        writeln!(out, "# HELP {name} Spans by what became of them.")?;
-        writeln!(out, "# TYPE {name} counter")?;
+        crate::telemetry::family(out, name, "counter", "Spans by what became of them.")?;
         for (outcome, n) in [
             ("exported", &self.exported),
             ("failed", &self.failed),

@@ -9,8 +9,8 @@ use std::fmt::Write;
 use std::sync::atomic::{AtomicI64, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 
+use crate::telemetry::escape;
 use crate::telemetry::family;
-use crate::telemetry::requests::escape;
 
 /// Proxy-Wasm `MetricType`.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
