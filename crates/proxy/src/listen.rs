@@ -17,12 +17,13 @@ use crate::telemetry::Direction;
 
 /// Pause after a failed `accept` before trying again.
 const ACCEPT_BACKOFF: Duration = Duration::from_millis(50);
-/// Refusals of penalized peers after which the loop lets the rest of the runtime run. tokio
-/// lets a task accept up to its cooperative budget (128) in one poll; a slowloris whose 500
-/// reconnects arrive in one burst then kept the proxy's thread for a millisecond or more while
-/// a good request that arrived in the burst waited (its p99 2-4x). Yielding every few
-/// refusals bounds that wait to a few accepts, and costs the abusive peers, not the good path.
-const REFUSALS_PER_YIELD: u32 = 4;
+/// Accepts after which the loop lets the rest of the runtime run. tokio lets a task accept up
+/// to its cooperative budget (128) in one poll; a slowloris whose 500 connections (or, once
+/// penalized, reconnects) arrive in one burst then kept the proxy's thread for a millisecond
+/// or more while a good request that arrived in the burst waited (its p99 2-4x). Yielding
+/// every few accepts bounds that wait to a few accepts. It costs a burst of connections (a
+/// reschedule every 4), never a request on an open connection.
+const ACCEPTS_PER_YIELD: u32 = 4;
 
 /// Accepts until `ctx.shutdown` is cancelled; dropping the listener then refuses new
 /// connections while the accepted ones finish.
@@ -38,13 +39,23 @@ pub async fn accept_loop<F, Fut>(
 {
     // `--max-connections`, counted per listener; the slot travels with the connection's task.
     let conns = crate::limits::conns::ConnLimit::new(ctx.admission.limits().max_connections);
-    let mut refusals: u32 = 0;
+    // Accepts since the loop last yielded.
+    let mut accepts: u32 = 0;
     loop {
+        if accepts >= ACCEPTS_PER_YIELD {
+            accepts = 0;
+            // Deferred until the runtime has polled its I/O driver, so the connections that
+            // became ready in the burst (and the tasks just spawned) run first.
+            tokio::task::yield_now().await;
+        }
         let accepted = tokio::select! {
             biased;
             _ = ctx.shutdown.cancelled() => break,
             accepted = listener.accept() => accepted,
         };
+        if accepted.is_ok() {
+            accepts += 1;
+        }
         match accepted {
             Ok((stream, peer)) => {
                 // An address just caught flooding HTTP/2 (limits::penalty): refused before it
@@ -53,12 +64,6 @@ pub async fn accept_loop<F, Fut>(
                     ctx.metrics.limits.rejected(direction, Limit::AbusivePeer);
                     tracing::debug!(listener = name, %peer, "abusive peer over its allowance; refused");
                     ctx.admission.abusive_peers().refuse(stream);
-                    refusals = refusals.wrapping_add(1);
-                    if refusals.is_multiple_of(REFUSALS_PER_YIELD) {
-                        // Deferred until the runtime has polled its I/O driver, so the
-                        // connections that became ready in the burst run first.
-                        tokio::task::yield_now().await;
-                    }
                     continue;
                 }
                 let Some(slot) = conns.try_acquire() else {

@@ -372,7 +372,7 @@ async fn serve_http1(
     let mut builder = hyper::server::conn::http1::Builder::new();
     // The header-read timeout's timer, one tokio sleep per connection (not per request); it
     // watches the IO to tell a slow head from an idle keep-alive connection.
-    let timer = HeadTimer::default();
+    let timer = HeadTimer::watching(peer, &ctx.admission);
     builder.timer(timer.clone());
     crate::limits::server::http1(&mut builder, ctx.admission.limits());
     let conn = builder

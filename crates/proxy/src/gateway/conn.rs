@@ -187,7 +187,7 @@ async fn serve_http<I: Downstream>(
 pub(super) struct Router {
     ctx: Arc<Ctx>,
     rt: Arc<ListenerRt>,
-    peer: SocketAddr,
+    pub(super) peer: SocketAddr,
     secure: bool,
     sni: Option<Arc<str>>,
 }

@@ -62,25 +62,39 @@ pub(super) async fn serve(ctx: &Ctx, mut io: impl Downstream, alpn_h2: bool, rou
             }
         }
     };
-    let io = TokioIo::new(PrefixedIo::new(prefix, io));
+    let router_peer = router.peer;
+    let io = PrefixedIo::new(prefix, io);
     // Boxed, as the sidecar's: the forward's future is large, and hyper's dispatcher moves it
     // on the way in; a box moves as a pointer (see `crate::serve`).
     let svc = idle.service(move |req| Box::pin(router.clone().answer(req)));
+    // The HTTP/1 connection's timer, which tells whether a head had started when the header
+    // read timeout ended it (a slow client, not an idle keep-alive one); HTTP/2 has no such
+    // timeout.
+    let mut h1_timer: Option<HeadTimer> = None;
     let res = match speaks {
         Speaks::Http1 => {
             let mut builder = hyper::server::conn::http1::Builder::new();
-            // The header-read timeout's timer, one tokio sleep per connection (not per request).
-            builder.timer(HeadTimer::default());
+            // The header-read timeout's timer, one tokio sleep per connection (not per
+            // request); it watches the IO (the sniffed prefix included) to tell a slow head
+            // from an idle keep-alive connection, and counts stalled heads against the client.
+            let timer = HeadTimer::watching(Some(router_peer), &ctx.admission);
+            builder.timer(timer.clone());
             crate::limits::server::http1(&mut builder, limits);
-            let conn = builder.serve_connection(io, svc).with_upgrades();
+            let conn = builder
+                .serve_connection(TokioIo::new(timer.watch(io)), svc)
+                .with_upgrades();
             tokio::pin!(conn);
             // On a drain or the idle timeout: finish the request in flight, then close.
-            idle.serve_http1(serve_until_drained(idle.token(), conn.as_mut(), |c| {
-                c.graceful_shutdown()
-            }))
-            .await
+            let res = idle
+                .serve_http1(serve_until_drained(idle.token(), conn.as_mut(), |c| {
+                    c.graceful_shutdown()
+                }))
+                .await;
+            h1_timer = Some(timer);
+            res
         }
         Speaks::Http2 => {
+            let io = TokioIo::new(io);
             let mut builder = hyper::server::conn::http2::Builder::new(TokioExecutor::new());
             builder.timer(TokioTimer::new());
             crate::limits::server::http2(&mut builder, limits);
@@ -97,9 +111,16 @@ pub(super) async fn serve(ctx: &Ctx, mut io: impl Downstream, alpn_h2: bool, rou
         }
     };
     if let Err(e) = res {
-        if let Some(limit) = crate::limits::server::classify(&e) {
-            ctx.metrics.limits.rejected(DIRECTION, limit);
-        }
+        // Counted, and a slow or oversized HTTP/1 head is a strike against the client's
+        // address, as on the sidecar's listeners (`limits::penalty`).
+        crate::limits::server::connection_ended(
+            &e,
+            DIRECTION,
+            Some(router_peer.ip()),
+            h1_timer.is_some_and(|t| t.head_started()),
+            &ctx.admission,
+            &ctx.metrics.limits,
+        );
         tracing::debug!(error = %e, "gateway HTTP connection ended with an error");
     }
 }

@@ -10,7 +10,16 @@
 //!   had started (a slowloris) or that went over the head size limits (431, 414) ([`strike`]
 //!   of [`AbusivePeers`]): one such head is what a client on a bad link or with an oversized
 //!   cookie can send, hundreds of them are an attack. A keep-alive connection closed idle (no
-//!   byte of a next head) is not an offence.
+//!   byte of a next head) is not an offence;
+//! - at once, [`STALLED_HEADS`] HTTP/1 request heads from one address stalled at the same time
+//!   ([`head_stalled`] of [`AbusivePeers`]): a head is stalled when it was still unfinished at
+//!   one read and again [`stall_after`] later (a slowloris dribbling a line a second). A
+//!   slowloris opens its hundreds of connections together, and waiting for [`STRIKES`] of their
+//!   heads to time out let it hold them all for the whole header read timeout (30 s by
+//!   default); counted while they stall, it is caught at its first dribbled line. Once its
+//!   address is penalized, each of its stalled heads is ended at its next byte
+//!   ([`crate::transport::HeadTimer`]) instead of at the timeout, so the connections it
+//!   already has stop costing a read a second each.
 //!
 //! Why: each of those attacks is cut by a limit, and the attacker reconnects at once, hundreds
 //! of times a second (or, for a slowloris, hundreds of connections in one burst), and every
@@ -31,6 +40,7 @@
 //! many addresses cannot grow the proxy's memory through it.
 //!
 //! [`strike`]: AbusivePeers::strike
+//! [`head_stalled`]: AbusivePeers::head_stalled
 
 use std::collections::HashMap;
 use std::net::IpAddr;
@@ -56,6 +66,46 @@ pub const STRIKES: u32 = 8;
 /// The window [`STRIKES`] are counted in: a slowloris' connections time out together, a
 /// client on a bad link now and then.
 pub const STRIKE_WINDOW: Duration = Duration::from_secs(10);
+
+/// HTTP/1 request heads from one address stalled at once ([`AbusivePeers::head_stalled`])
+/// that penalize it. Far above what one client has in flight (a browser opens at most 6
+/// connections to a host; a peer proxy multiplexes on one HTTP/2 connection), far below the
+/// hundreds a slowloris holds.
+pub const STALLED_HEADS: u32 = 64;
+/// The longest a head may stay unfinished between two reads before it counts as stalled.
+const MAX_STALL_AFTER: Duration = Duration::from_secs(1);
+
+/// How long an HTTP/1 head may stay unfinished, from the first read that found it unfinished,
+/// before a later read that still finds it so counts it as stalled: a quarter of the header read
+/// timeout, at most [`MAX_STALL_AFTER`] (a legitimate head arrives in one or a few segments
+/// within a round trip; a slowloris dribbles a line a second).
+pub fn stall_after(header_read_timeout: Duration) -> Duration {
+    (header_read_timeout / 4).min(MAX_STALL_AFTER)
+}
+
+/// Stalled heads per address ([`AbusivePeers::head_stalled`]); shared with each
+/// [`StalledHead`], which takes itself off when dropped.
+type StalledTable = Arc<Mutex<HashMap<IpAddr, u32>>>;
+
+/// One stalled head, counted against its address until dropped (when the head completes or
+/// its connection ends).
+#[derive(Debug)]
+pub struct StalledHead {
+    ip: IpAddr,
+    table: StalledTable,
+}
+
+impl Drop for StalledHead {
+    fn drop(&mut self) {
+        let mut table = lock(&self.table);
+        if let Some(n) = table.get_mut(&self.ip) {
+            *n = n.saturating_sub(1);
+            if *n == 0 {
+                table.remove(&self.ip);
+            }
+        }
+    }
+}
 
 /// Weak offences of one address, counted from `since`.
 #[derive(Debug, Clone, Copy)]
@@ -85,6 +135,9 @@ pub struct AbusivePeers {
     strikes: Mutex<HashMap<IpAddr, Strikes>>,
     /// Refused connections being held ([`Self::refuse`]).
     held: Arc<AtomicUsize>,
+    /// Heads stalled now, per address ([`Self::head_stalled`]); an address leaves it when its
+    /// last stalled head does, so it holds only addresses with a head stalled now.
+    stalled: StalledTable,
 }
 
 impl AbusivePeers {
@@ -96,7 +149,50 @@ impl AbusivePeers {
             peers: Mutex::default(),
             strikes: Mutex::default(),
             held: Arc::default(),
+            stalled: Arc::default(),
         }
+    }
+
+    /// Whether stalled heads are watched at all: not with `--abusive-peer-penalty off`.
+    pub fn watches_stalls(&self) -> bool {
+        self.penalty.is_some()
+    }
+
+    /// An HTTP/1 head from `ip` found stalled at `now` ([`stall_after`]): counted against the
+    /// address while the returned guard lives. The [`STALLED_HEADS`]th at once penalizes the
+    /// address ([`Self::offended`]), and each one after that renews the penalty. `None` when
+    /// the penalty is off or the table is full of other addresses ([`MAX_PEERS`]).
+    pub fn head_stalled(&self, ip: IpAddr, now: Instant) -> Option<StalledHead> {
+        self.penalty?;
+        let mut table = lock(&self.stalled);
+        if table.len() >= MAX_PEERS && !table.contains_key(&ip) {
+            tracing::debug!(%ip, "stalled-head table full; not counted");
+            return None;
+        }
+        let n = table.entry(ip).or_insert(0);
+        *n += 1;
+        let n = *n;
+        drop(table);
+        if n >= STALLED_HEADS {
+            if n == STALLED_HEADS {
+                tracing::debug!(%ip, "{n} request heads stalled at once; penalized");
+            }
+            self.offended(ip, now);
+        }
+        Some(StalledHead {
+            ip,
+            table: self.stalled.clone(),
+        })
+    }
+
+    /// Heads from `ip` stalled now.
+    pub fn stalled_heads(&self, ip: IpAddr) -> u32 {
+        lock(&self.stalled).get(&ip).copied().unwrap_or(0)
+    }
+
+    /// Whether `ip` is under penalty at `now`. One atomic load while nobody is.
+    pub fn is_penalized(&self, ip: IpAddr, now: Instant) -> bool {
+        !self.is_empty() && self.lock().get(&ip).is_some_and(|p| p.until > now)
     }
 
     /// Closes a refused connection: after [`HOLD`], unread, while fewer than [`MAX_HELD`] are
@@ -436,5 +532,74 @@ mod tests {
         let later = t0 + STRIKE_WINDOW;
         peers.strike(ip(9), later);
         assert_eq!(lock(&peers.strikes).len(), 1);
+    }
+
+    #[test]
+    fn many_heads_stalled_at_once_penalize_their_address() {
+        let peers = AbusivePeers::new(Some(Duration::from_secs(10)), 1);
+        let t0 = Instant::now();
+        // A client with a few slow heads (a bad link): counted, never penalized.
+        let few: Vec<_> = (0..6).map(|_| peers.head_stalled(ip(1), t0)).collect();
+        assert!(few.iter().all(Option::is_some));
+        assert_eq!(peers.stalled_heads(ip(1)), 6);
+        let mut slowloris = Vec::new();
+        for i in 1..STALLED_HEADS {
+            slowloris.push(peers.head_stalled(ip(2), t0));
+            assert!(!peers.is_penalized(ip(2), t0), "{i} stalled heads");
+        }
+        slowloris.push(peers.head_stalled(ip(2), t0));
+        assert!(
+            peers.is_penalized(ip(2), t0),
+            "the {STALLED_HEADS}th penalizes"
+        );
+        assert!(
+            !peers.admit_at(ip(2), t0),
+            "its connections refused at accept"
+        );
+        assert!(!peers.is_penalized(ip(1), t0), "the other address is not");
+        assert!(peers.admit_at(ip(1), t0));
+        // Heads that complete (or whose connections end) stop counting.
+        drop(few);
+        assert_eq!(peers.stalled_heads(ip(1)), 0);
+        assert_eq!(
+            lock(&peers.stalled).len(),
+            1,
+            "emptied addresses leave the table"
+        );
+        slowloris.truncate(10);
+        assert_eq!(peers.stalled_heads(ip(2)), 10);
+        // The penalty runs its course from the last stalled head that renewed it.
+        assert!(!peers.is_penalized(ip(2), t0 + Duration::from_secs(10)));
+    }
+
+    #[test]
+    fn stalled_heads_off_and_bounded() {
+        let off = AbusivePeers::new(None, 1);
+        let t0 = Instant::now();
+        assert!(!off.watches_stalls());
+        assert!(off.head_stalled(ip(2), t0).is_none());
+        let peers = AbusivePeers::new(Some(Duration::from_secs(10)), 1);
+        let held: Vec<_> = (0..MAX_PEERS as u32)
+            .map(|i| peers.head_stalled(IpAddr::from((0x0a00_0000 + i).to_be_bytes()), t0))
+            .collect();
+        assert!(held.iter().all(Option::is_some));
+        assert!(peers.head_stalled(ip(9), t0).is_none(), "full: not counted");
+        assert!(
+            peers
+                .head_stalled(IpAddr::from([10, 0, 0, 0]), t0)
+                .is_some(),
+            "an address already in it still is"
+        );
+        drop(held);
+        assert!(peers.head_stalled(ip(9), t0).is_some(), "room again");
+    }
+
+    #[test]
+    fn a_head_stalls_after_a_quarter_of_the_timeout_or_a_second() {
+        assert_eq!(
+            stall_after(Duration::from_secs(2)),
+            Duration::from_millis(500)
+        );
+        assert_eq!(stall_after(Duration::from_secs(30)), Duration::from_secs(1));
     }
 }

@@ -20,9 +20,17 @@
 //!   since the proxy last wrote: when the timeout ends the connection, that tells a head that
 //!   had started (a slow client, an offence for [`crate::limits::penalty`]) from a keep-alive
 //!   connection that sat idle (no offence). One relaxed store per read or write.
+//! - **Watching for stalls** ([`HeadTimer::watching`]). A head that a read finds unfinished,
+//!   and a read at least [`crate::limits::penalty::stall_after`] later still finds unfinished,
+//!   is stalled: counted against its address while it stays so
+//!   ([`crate::limits::penalty::AbusivePeers::head_stalled`]; enough of them at once penalize
+//!   the address). A stalled head from a penalized address is ended at that read, as if its
+//!   header read timeout had passed. hyper polls the head's sleep only when a read leaves the
+//!   head unfinished, so a head that arrives whole costs nothing here.
 
 use std::future::Future;
 use std::io;
+use std::net::{IpAddr, SocketAddr};
 use std::pin::Pin;
 use std::sync::atomic::{AtomicBool, AtomicU32, Ordering::Relaxed};
 use std::sync::{Arc, Mutex, PoisonError};
@@ -31,6 +39,9 @@ use std::time::{Duration, Instant};
 
 use hyper::rt::{Sleep, Timer};
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
+
+use crate::limits::Admission;
+use crate::limits::penalty::{StalledHead, stall_after};
 
 /// The largest share of the timeout a connection's deadlines are pushed later by.
 pub const SPREAD_PERCENT: u32 = 15;
@@ -51,27 +62,60 @@ struct Shared {
     spread: u32,
     /// Bytes were read since the last write ([`HeadTimer::watch`]).
     head_started: AtomicBool,
+    /// Where stalled heads are counted, if anywhere ([`HeadTimer::watching`]).
+    stalls: Option<Stalls>,
+}
+
+/// The address a connection's heads are counted against when they stall.
+#[derive(Debug)]
+struct Stalls {
+    admission: Arc<Admission>,
+    ip: IpAddr,
+    after: Duration,
 }
 
 impl Default for HeadTimer {
     /// A timer with the next connection's spread.
     fn default() -> Self {
-        // Weyl sequence with the golden ratio (2^32 / phi): consecutive connections' shares
-        // fall far apart and fill [0, 1) evenly, with no randomness to seed or test around.
-        let n = CONNECTIONS.fetch_add(1, Relaxed);
-        Self::with_spread(n.wrapping_mul(0x9E37_79B9))
+        Self::with_spread(next_spread())
     }
+}
+
+/// The next connection's share of the spread.
+fn next_spread() -> u32 {
+    // Weyl sequence with the golden ratio (2^32 / phi): consecutive connections' shares fall
+    // far apart and fill [0, 1) evenly, with no randomness to seed or test around.
+    CONNECTIONS.fetch_add(1, Relaxed).wrapping_mul(0x9E37_79B9)
 }
 
 impl HeadTimer {
     /// A timer whose deadlines are pushed later by `spread` / 2^32 of [`SPREAD_PERCENT`] of
     /// the timeout (0: exactly the timeout).
     pub fn with_spread(spread: u32) -> Self {
+        Self::new(spread, None)
+    }
+
+    /// A timer with the next connection's spread that also counts this connection's stalled
+    /// heads against `peer`'s address, under `admission`'s abusive-peer penalty (none without
+    /// a peer address or with the penalty off).
+    pub fn watching(peer: Option<SocketAddr>, admission: &Arc<Admission>) -> Self {
+        let stalls = peer
+            .filter(|_| admission.abusive_peers().watches_stalls())
+            .map(|p| Stalls {
+                admission: admission.clone(),
+                ip: p.ip(),
+                after: stall_after(admission.limits().header_read_timeout),
+            });
+        Self::new(next_spread(), stalls)
+    }
+
+    fn new(spread: u32, stalls: Option<Stalls>) -> Self {
         Self {
             shared: Arc::new(Shared {
                 armed: Mutex::new(None),
                 spread,
                 head_started: AtomicBool::new(false),
+                stalls,
             }),
         }
     }
@@ -114,6 +158,7 @@ impl Timer for HeadTimer {
         Box::pin(HeadSleep {
             deadline: tokio::time::Instant::from_std(deadline + self.extra(timeout)),
             shared: self.shared.clone(),
+            stall: Stall::Whole,
         })
     }
 }
@@ -123,6 +168,41 @@ impl Timer for HeadTimer {
 pub struct HeadSleep {
     deadline: tokio::time::Instant,
     shared: Arc<Shared>,
+    /// Where this head stands as to stalling (only with [`HeadTimer::watching`]).
+    stall: Stall,
+}
+
+/// A head's stall, as its sleep's polls saw it: hyper polls the sleep after each read that
+/// leaves the head unfinished (and when the sleep wakes it).
+#[derive(Debug)]
+enum Stall {
+    /// No poll found the head started and unfinished yet.
+    Whole,
+    /// A poll found it unfinished at this time.
+    Unfinished(tokio::time::Instant),
+    /// Still unfinished [`stall_after`] later: counted against the address while this lives.
+    Stalled { _counted: Option<StalledHead> },
+}
+
+/// Counts a head as stalled once it has been unfinished long enough; whether it is to be ended
+/// now (stalled, and its address penalized).
+fn stalled_and_penalized(stall: &mut Stall, stalls: &Stalls) -> bool {
+    let now = tokio::time::Instant::now();
+    let peers = stalls.admission.abusive_peers();
+    match stall {
+        Stall::Whole => {
+            *stall = Stall::Unfinished(now);
+            false
+        }
+        Stall::Unfinished(since) if now.duration_since(*since) >= stalls.after => {
+            *stall = Stall::Stalled {
+                _counted: peers.head_stalled(stalls.ip, now.into_std()),
+            };
+            peers.is_penalized(stalls.ip, now.into_std())
+        }
+        Stall::Unfinished(_) => false,
+        Stall::Stalled { .. } => peers.is_penalized(stalls.ip, now.into_std()),
+    }
 }
 
 impl Sleep for HeadSleep {}
@@ -131,10 +211,19 @@ impl Future for HeadSleep {
     type Output = ();
 
     fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<()> {
-        let ours = self.deadline;
+        let this = self.get_mut();
+        // Only a head that has started (bytes read since the last response) can stall; an idle
+        // keep-alive connection's poll stops at the load.
+        if let Some(stalls) = &this.shared.stalls
+            && this.shared.head_started.load(Relaxed)
+            && stalled_and_penalized(&mut this.stall, stalls)
+        {
+            return Poll::Ready(());
+        }
+        let ours = this.deadline;
         // Only this connection's task polls it: the lock is never contended, and a panic
         // while holding it cannot leave the sleep half-updated.
-        let mut armed = self
+        let mut armed = this
             .shared
             .armed
             .lock()
@@ -295,15 +384,29 @@ mod tests {
         std::net::SocketAddr,
         tokio::sync::oneshot::Receiver<(bool, bool)>,
     ) {
+        serve_one_watched(timeout, None).await
+    }
+
+    /// [`serve_one`], with the timer watching for stalled heads under `admission` if given.
+    async fn serve_one_watched(
+        timeout: Duration,
+        admission: Option<Arc<Admission>>,
+    ) -> (
+        std::net::SocketAddr,
+        tokio::sync::oneshot::Receiver<(bool, bool)>,
+    ) {
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = listener.local_addr().unwrap();
         let (ended_tx, ended_rx) = tokio::sync::oneshot::channel();
         tokio::spawn(async move {
-            let (stream, _) = listener.accept().await.unwrap();
+            let (stream, peer) = listener.accept().await.unwrap();
             let svc = hyper::service::service_fn(|_req| async {
                 Ok::<_, std::convert::Infallible>(hyper::Response::new(String::from("ok")))
             });
-            let timer = HeadTimer::default();
+            let timer = match &admission {
+                Some(a) => HeadTimer::watching(Some(peer), a),
+                None => HeadTimer::default(),
+            };
             let res = hyper::server::conn::http1::Builder::new()
                 .timer(timer.clone())
                 .header_read_timeout(timeout)
@@ -375,5 +478,93 @@ mod tests {
             .unwrap();
         assert!(timed_out, "ended by the header read timeout");
         assert!(!head_started, "idle, no head begun");
+    }
+
+    /// Limits with a 2 s header read timeout (a head stalls after 500 ms) and the penalty on.
+    fn watched_admission() -> Arc<Admission> {
+        Arc::new(Admission::new(crate::limits::ServerLimits {
+            header_read_timeout: Duration::from_secs(2),
+            abusive_peer_penalty: Some(Duration::from_secs(10)),
+            ..Default::default()
+        }))
+    }
+
+    const LOOPBACK: IpAddr = IpAddr::V4(std::net::Ipv4Addr::LOCALHOST);
+
+    /// A head still unfinished at a read 500 ms after one that found it so counts as stalled
+    /// against its address, and stops counting once it completes; the connection is served.
+    #[tokio::test]
+    async fn a_dribbled_head_counts_as_stalled_until_it_completes() {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        let admission = watched_admission();
+        let (addr, _ended) =
+            serve_one_watched(Duration::from_secs(2), Some(admission.clone())).await;
+        let peers = admission.abusive_peers();
+        let mut client = tokio::net::TcpStream::connect(addr).await.unwrap();
+        client.write_all(b"GET / HTTP/1.1\r\n").await.unwrap();
+        tokio::time::sleep(Duration::from_millis(250)).await;
+        client.write_all(b"x-a: 1\r\n").await.unwrap();
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        assert_eq!(
+            peers.stalled_heads(LOOPBACK),
+            0,
+            "unfinished 250 ms: not yet"
+        );
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        client.write_all(b"x-b: 1\r\n").await.unwrap();
+        let deadline = std::time::Instant::now() + Duration::from_secs(1);
+        while peers.stalled_heads(LOOPBACK) == 0 && std::time::Instant::now() < deadline {
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+        assert_eq!(
+            peers.stalled_heads(LOOPBACK),
+            1,
+            "unfinished 550 ms: stalled"
+        );
+        assert!(
+            !peers.is_penalized(LOOPBACK, std::time::Instant::now()),
+            "one is no offence"
+        );
+        client.write_all(b"host: a\r\n\r\n").await.unwrap();
+        let mut buf = vec![0u8; 1024];
+        let n = client.read(&mut buf).await.unwrap();
+        assert!(
+            buf[..n].starts_with(b"HTTP/1.1 200"),
+            "{:?}",
+            String::from_utf8_lossy(&buf[..n])
+        );
+        assert_eq!(peers.stalled_heads(LOOPBACK), 0, "the head completed");
+    }
+
+    /// Once its address is penalized, a stalled head is ended at its next byte, as by the
+    /// header read timeout (2 s here) but long before it.
+    #[tokio::test]
+    async fn a_stalled_head_of_a_penalized_address_is_ended_at_its_next_byte() {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        let admission = watched_admission();
+        let (addr, ended) =
+            serve_one_watched(Duration::from_secs(2), Some(admission.clone())).await;
+        let mut client = tokio::net::TcpStream::connect(addr).await.unwrap();
+        let started = std::time::Instant::now();
+        client.write_all(b"GET / HTTP/1.1\r\n").await.unwrap();
+        admission
+            .abusive_peers()
+            .offended(LOOPBACK, std::time::Instant::now());
+        tokio::time::sleep(Duration::from_millis(600)).await;
+        client.write_all(b"x-a: 1\r\n").await.unwrap();
+        let mut buf = [0u8; 64];
+        let n = tokio::time::timeout(Duration::from_secs(5), client.read(&mut buf))
+            .await
+            .expect("the connection is ended")
+            .unwrap_or(0);
+        assert_eq!(n, 0, "closed unanswered");
+        let waited = started.elapsed();
+        assert!(
+            waited < Duration::from_millis(1500),
+            "{waited:?}: not at its byte"
+        );
+        let (timed_out, head_started) = ended.await.unwrap();
+        assert!(timed_out && head_started, "ended as a slow head (a strike)");
+        assert_eq!(admission.abusive_peers().stalled_heads(LOOPBACK), 0);
     }
 }
