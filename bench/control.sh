@@ -27,7 +27,7 @@ while [ $# -gt 0 ]; do
 done
 
 if [ "$build" = 1 ]; then
-  cargo build --release -p trellis-control -p trellis-proxy -p trellis-bench-control
+  cargo build --release -p trellis-proxy; cargo build --release -p trellis-control -p trellis-bench-control  # the proxy alone: bench/proxy_rss.py PROXY_BUILD
 fi
 bin=target/release
 for b in bench-cp trellis-control trellis-proxy; do

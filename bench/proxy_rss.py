@@ -39,6 +39,11 @@ import bench as b
 import floor_set as fs
 
 PAGE = os.sysconf("SC_PAGE_SIZE")
+# The one build command for a release trellis-proxy in every bench script (bench/run.sh,
+# bench/control.sh): the Rust symbol hashes crates/proxy/hot-code.ld names exactly depend on
+# the features a build unifies, so the proxy is built alone, never in one command with other
+# packages (which would unify, e.g., serde's and tracing's features with theirs).
+PROXY_BUILD = ["cargo", "build", "--release", "-p", "trellis-proxy"]
 KIB = 1024
 
 
@@ -216,6 +221,18 @@ def binary_breakdown(pid: int, binary: str, maps: list[dict]) -> dict:
             "resident_code_pages": resident_code}
 
 
+def layout_match(binary: str, script: Path) -> tuple[int, int] | None:
+    """(exact Rust names of the layout script present in the binary, exact Rust names in it):
+    how far the binary's symbol hashes match the build the layout was profiled from."""
+    if not script.is_file():
+        return None
+    exact = set(re.findall(r"\(\.text\.(_ZN[A-Za-z0-9_.$]*17h[0-9a-f]{16}E) ",
+                           script.read_text()))
+    out = subprocess.run(["nm", "--defined-only", binary], capture_output=True, text=True)
+    present = {line.split()[-1] for line in out.stdout.splitlines() if line.strip()}
+    return len(exact & present), len(exact)
+
+
 # ---------------------------------------------------------------------------------------------
 
 
@@ -262,9 +279,13 @@ def main() -> int:
     ap.add_argument("--json", help="also write the figures to this file")
     ap.add_argument("--max-mib", type=float,
                     help="exit 1 when a proxy's VmHWM is above this (issue 14's target: 10)")
+    ap.add_argument("--build", action="store_true",
+                    help=f"first run `{' '.join(PROXY_BUILD)}` (the bench scripts' proxy build)")
     ap.add_argument("--proxy-env", action="append", default=[], metavar="K=V",
                     help="environment for the proxies (e.g. GLIBC_TUNABLES=...), repeatable")
     args = ap.parse_args()
+    if args.build:
+        subprocess.run(PROXY_BUILD, cwd=b.REPO, check=True)
     tools = {"oha": b.find_tool("oha", [os.path.expanduser("~/.local/oha/bin/oha")]),
              "wrk": b.find_tool("wrk", []), "nginx": b.find_tool("nginx", ["/usr/sbin/nginx"])}
     missing = [k for k, v in tools.items() if not v]
@@ -273,6 +294,13 @@ def main() -> int:
         print(f"proxy_rss: missing {', '.join(missing)}", file=sys.stderr)
         return 2
     proxy_bin = str(Path(args.proxy_bin).resolve())
+    match = layout_match(proxy_bin, b.REPO / "crates/proxy/hot-code.ld")
+    if match:
+        # Exact names match only when the build's crate metadata (lock file, unified features,
+        # profile) equals the profiled build's; otherwise only the wildcards place the code.
+        print(f"layout: {match[0]} of the {match[1]} exact names in crates/proxy/hot-code.ld "
+              f"are in this binary ({100 * match[0] / max(match[1], 1):.0f} %; build with "
+              f"`{' '.join(PROXY_BUILD)}` to match)")
     out = b.BENCH_DIR / "out" / time.strftime("%Y%m%dT%H%M%SZ-rss", time.gmtime())
     out.mkdir(parents=True, exist_ok=True)
     procs = b.Processes(out)

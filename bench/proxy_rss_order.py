@@ -1,8 +1,8 @@
 #!/usr/bin/env python3
 """Write the proxy's code-layout file: the functions the mTLS pair runs, hottest first.
 
-The linker (lld, `--symbol-ordering-file`, set by crates/proxy/build.rs for release builds)
-places these functions together at the start of .text. What a proxy makes resident of its
+The linker script it writes (crates/proxy/hot-code.ld, passed by crates/proxy/build.rs in
+release builds) places these functions together ahead of .text. What a proxy makes resident of its
 binary is not the code it runs but the page-cache folios that code lies in (the kernel maps a
 whole large folio, or a fault-around window, on one fault): with the code a request runs spread
 over the whole 10 MB of .text, most of .text became resident. Packed together, it spans a few
@@ -15,8 +15,10 @@ It runs the pair as bench/proxy_rss.py does (nginx backend, local trellis-contro
 client trellis-proxy, mTLS, telemetry on), both proxies under callgrind, sends HTTP/1.1 and
 HTTP/2 (h2c) traffic through the pair, scrapes /metrics and /config_dump, and lists every
 function either proxy executed (mangled names, as the linker sees them), by instructions, then
-start-up code. Rerun it when the symbols drift (bench/proxy_rss.py prints how much of the hot
-code the layout still covers); a missing name only costs memory, never correctness.
+start-up code. Profile the build the bench scripts make (`cargo build --release -p
+trellis-proxy`, alone), and rerun it when the symbols drift (bench/proxy_rss.py prints how many
+of the layout's exact names the binary has); a missing name only costs memory, never
+correctness.
 """
 
 from __future__ import annotations
@@ -85,28 +87,63 @@ def executed(dumps: list[Path]) -> dict[str, int]:
 
 LEGACY_HASH = re.compile(r"17h[0-9a-f]{16}E$")
 
+# A wildcard for a name that several instances share is kept when at least this share of the
+# group's bytes (in the profiled binary) ran: then the instances that did not run cost at most
+# as much again as those that did. Below it the instances that ran are named only exactly.
+GROUP_RAN_SHARE = 0.5
 
-def section_patterns(names: list[str], in_binary: set[str]) -> list[str]:
+
+def section_patterns(names: list[str], sizes: dict[str, int],
+                     wildcards: str = "unique") -> list[str]:
     """Input-section patterns for the functions, in order, without duplicates.
 
     rustc and cc put each function in its own section named after its symbol:
     `.text.<name>`, or `.text.unlikely.<name>` / `.text.startup.<name>` where LLVM judged it
-    cold or start-up only. The hash at the end of a Rust symbol (`17h<16 hex>E`) changes with
-    the build (crate metadata: the checkout's path, the features a build command unifies,
-    dependency versions). So every function comes twice: first by its exact name, which
-    matches in a build like the profiled one and packs exactly the code that ran; then with
-    the hash as a wildcard, which matches in any build but also takes the other instances of
-    a generic function. The linker places a section at the first pattern that matches, so in
-    a matching build the wildcard part holds only code that did not run (and stays cold).
+    cold or start-up only. The hash at the end of a Rust symbol (`17h<16 hex>E`) is fixed by
+    the crates' `-C metadata`, which cargo derives from the lock file, the features the build
+    command unifies and the profile, not from the source: it stays across edits, but differs
+    between `cargo build -p trellis-proxy` and a build that unifies features with other
+    packages. So every function comes first by its exact name (packs exactly the code that
+    ran, in a build like the profiled one), then with the hash as a wildcard, which matches
+    in any build. The linker places a section at the first pattern that matches.
+
+    A wildcard also takes every other instance of a generic function: a legacy symbol names
+    the path, not the type arguments (`<&T as Debug>::fmt` has hundreds of instances). In a
+    build whose hashes differ from the profile those fill the hot section with code that
+    does not run. `sizes` (symbol -> bytes, the profiled binary) says which names several
+    symbols share; `wildcards` chooses which wildcards are written:
+    - "unique": names one symbol has, and shared names whose instances mostly ran
+      (GROUP_RAN_SHARE of the group's bytes); the default;
+    - "all": every name (the layout before; pulls unused instances into the hot section);
+    - "none": exact names only.
     """
+    groups: dict[str, list[str]] = defaultdict(list)
+    for sym in sizes:
+        groups[LEGACY_HASH.sub("17h*E", sym)].append(sym)
+    ran = set(names)
+
+    def wildcard_ok(wild: str) -> bool:
+        if wildcards == "all":
+            return True
+        if wildcards == "none":
+            return False
+        members = groups.get(wild, [])
+        if len(members) <= 1:
+            return True
+        total = sum(sizes[m] for m in members) or 1
+        return sum(sizes[m] for m in members if m in ran) / total >= GROUP_RAN_SHARE
+
     seen: set[str] = set()
     exact, wild = [], []
     for n in names:
         if not re.fullmatch(r"[A-Za-z0-9_.$]+", n):
             continue  # not a symbol the linker can see (callgrind's own labels)
-        for part, name in ((exact, n), (wild, LEGACY_HASH.sub("17h*E", n))):
+        w = LEGACY_HASH.sub("17h*E", n)
+        for part, name in ((exact, n), (wild, w)):
             # Exact names only of the profiled binary: older dumps' hashes match nothing.
-            if part is exact and n not in in_binary:
+            if part is exact and n not in sizes:
+                continue
+            if part is wild and name != n and not wildcard_ok(name):
                 continue
             if name not in seen:
                 seen.add(name)
@@ -224,13 +261,16 @@ def main() -> int:
     ap.add_argument("--from-dumps", metavar="DIR",
                     help="write the script from the callgrind dumps (and perf page-fault "
                          "records) of an earlier run in DIR")
+    ap.add_argument("--wildcards", choices=("unique", "all", "none"), default="unique",
+                    help="which hash wildcards to write after the exact names (see "
+                         "section_patterns): unique (default), all, none")
     args = ap.parse_args()
     proxy_bin = str(Path(args.proxy_bin).resolve())
     if args.from_dumps:
         d = Path(args.from_dumps)
         return write_script(sorted(d.glob("callgrind.out.*")),
                             fault_symbols(sorted(d.glob("perf.*")), proxy_bin), args.out,
-                            proxy_bin)
+                            proxy_bin, args.wildcards)
     tools = {"oha": b.find_tool("oha", [os.path.expanduser("~/.local/oha/bin/oha")]),
              "wrk": b.find_tool("wrk", []), "nginx": b.find_tool("nginx", ["/usr/sbin/nginx"]),
              "h2load": b.find_tool("h2load", []), "perf": b.find_tool("perf", [])}
@@ -254,22 +294,32 @@ def main() -> int:
               5000, args.requests_seconds)
     return write_script(sorted(out.glob("callgrind.out.*")),
                         fault_symbols(sorted(out.glob("perf.*")), proxy_bin), args.out,
-                        proxy_bin)
+                        proxy_bin, args.wildcards)
 
 
-def symbol_names(binary: str) -> set[str]:
-    out = subprocess.run(["nm", "--defined-only", binary], capture_output=True, text=True)
-    return {line.split()[-1] for line in out.stdout.splitlines() if line.strip()}
+def symbol_sizes(binary: str) -> dict[str, int]:
+    """Code symbol -> size in bytes (0 when nm gives none), of the profiled binary."""
+    out = subprocess.run(["nm", "-S", "--defined-only", binary], capture_output=True,
+                         text=True, check=True)
+    sizes: dict[str, int] = {}
+    for line in out.stdout.splitlines():
+        parts = line.split()
+        if len(parts) == 4 and parts[2] in "tTwW":
+            sizes[parts[3]] = int(parts[1], 16)
+        elif len(parts) == 3 and parts[1] in "tTwW":
+            sizes.setdefault(parts[2], 0)
+    return sizes
 
 
-def write_script(dumps: list[Path], faulted: list[str], dest: str, binary: str) -> int:
+def write_script(dumps: list[Path], faulted: list[str], dest: str, binary: str,
+                 wildcards: str) -> int:
     if not dumps:
         print("proxy_rss_order: no callgrind dumps", file=sys.stderr)
         return 2
     cost = executed(dumps)
     # The natively faulted functions go last: callgrind's are the hot path.
     patterns = section_patterns(sorted(cost, key=lambda n: (-cost[n], n)) + faulted,
-                                symbol_names(binary))
+                                symbol_sizes(binary), wildcards)
     archives = sorted(b.REPO.glob("target/**/build/aws-lc-sys-*/out/*.a"))
     members = asm_members(set(cost) | set(faulted), archives)
     Path(dest).write_text(linker_script(patterns, members))

@@ -79,12 +79,12 @@ if [ -n "$rev" ]; then
         git archive "$commit" | tar -x -C "$src.tmp"
         mv "$src.tmp" "$src"
     fi
-    (cd "$src" && cargo build --release "${bins[@]}" --target-dir "$target_dir")
+    (cd "$src" && cargo build --release -p trellis-proxy --target-dir "$target_dir" && { [ ${#bins[@]} -le 2 ] || cargo build --release "${bins[@]:2}" --target-dir "$target_dir"; })
     args+=(--trellis-bin "$target_dir/release/trellis-proxy" --trellis-commit "$commit")
     args+=(--control-bin "$target_dir/release/trellis-control")
     args+=(--floor-bin "$target_dir/release/bench-floor")
 elif [ "$build" = 1 ]; then
-    cargo build --release "${bins[@]}"
+    cargo build --release -p trellis-proxy; [ ${#bins[@]} -le 2 ] || cargo build --release "${bins[@]:2}"  # the proxy alone: bench/proxy_rss.py PROXY_BUILD
 fi
 
 py_pid=""

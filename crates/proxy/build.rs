@@ -9,23 +9,32 @@
 //! them into one output section ahead of the rest, so the cold code (Wasm, config parsing, the
 //! CLI, one-off paths) stays on disk.
 //!
-//! It only moves sections: what the binary does cannot change. Each Rust symbol's hash is a
-//! wildcard in the script, so the layout survives rebuilds from another checkout or feature
-//! set; a function that is renamed or new falls back to `.text` (memory, never correctness).
+//! It only moves sections: what the binary does cannot change. Each function is named by its
+//! exact symbol, which the build every bench script makes (`cargo build --release -p
+//! trellis-proxy`, alone: symbol hashes follow the features one build unifies) matches, then,
+//! where that cannot pull in unused generic instances, with its hash as a wildcard. A function
+//! that is renamed, new or otherwise hashed falls back to `.text` (memory, never correctness).
 //! Release builds of ELF targets only (GNU ld and lld both read the script);
-//! `TRELLIS_PROXY_CODE_LAYOUT=off` turns it off.
+//! `TRELLIS_PROXY_CODE_LAYOUT=off` turns it off, `TRELLIS_PROXY_CODE_LAYOUT=<file.ld>` links
+//! with another script (to compare layouts without touching this one).
 
 use std::env;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 
 fn main() {
     println!("cargo:rerun-if-changed=hot-code.ld");
     println!("cargo:rerun-if-env-changed=TRELLIS_PROXY_CODE_LAYOUT");
     let elf = env::var("CARGO_CFG_TARGET_OS").is_ok_and(|os| os == "linux");
-    let wanted = !env::var("TRELLIS_PROXY_CODE_LAYOUT").is_ok_and(|v| v == "off");
+    let choice = env::var("TRELLIS_PROXY_CODE_LAYOUT").unwrap_or_default();
+    let wanted = choice != "off";
     // Debug builds (the tests) gain nothing from it.
     let release = env::var("PROFILE").is_ok_and(|p| p == "release");
-    let script = Path::new(&env::var("CARGO_MANIFEST_DIR").unwrap_or_default()).join("hot-code.ld");
+    let script = if choice.ends_with(".ld") {
+        println!("cargo:rerun-if-changed={choice}");
+        PathBuf::from(choice)
+    } else {
+        Path::new(&env::var("CARGO_MANIFEST_DIR").unwrap_or_default()).join("hot-code.ld")
+    };
     if elf && wanted && release && script.is_file() {
         println!(
             "cargo:rustc-link-arg-bin=trellis-proxy=-Wl,-T,{}",
