@@ -18,6 +18,7 @@ pub mod wasm;
 
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
+use std::sync::Arc;
 
 use trellis_config::traffic::PolicyLayer;
 use trellis_identity::SpiffeId;
@@ -35,7 +36,8 @@ pub struct MeshView<'a> {
     pub services: &'a BTreeMap<ServiceKey, Service>,
     /// Routes and destination policies in force (see `store::traffic` for precedence).
     pub traffic: &'a Traffic,
-    pub workloads: &'a [Workload],
+    /// Shared with the registry and its publications (`registry::WorkloadSet`).
+    pub workloads: &'a [Arc<Workload>],
     pub trust_domain: &'a str,
 }
 
@@ -99,9 +101,9 @@ pub fn selects(svc: &Service, w: &Workload) -> bool {
 /// Workloads a service selects (see [`selects`]).
 pub fn selected<'a>(
     svc: &'a Service,
-    workloads: &'a [Workload],
+    workloads: &'a [Arc<Workload>],
 ) -> impl Iterator<Item = &'a Workload> {
-    workloads.iter().filter(|w| selects(svc, w))
+    workloads.iter().map(|w| &**w).filter(|w| selects(svc, w))
 }
 
 fn target_port(port: &ServicePort) -> u16 {

@@ -132,7 +132,7 @@ struct Session {
     /// one recomputes it.
     seen_config: Option<Arc<crate::store::ConfigSnapshot>>,
     /// Set by Hello: the proxy id and workload, kept to re-register after an expiry.
-    hello: Option<(String, Workload)>,
+    hello: Option<(String, Arc<Workload>)>,
     /// What the proxy said about its versions on Hello, kept to re-register after an expiry.
     versions: crate::protocol_version::ProxyVersions,
     /// Each subscribed target and the value it was last sent: `None` when nothing was sent yet
@@ -387,6 +387,7 @@ impl Session {
             .workload
             .ok_or_else(|| invalid("Hello.workload is required".into()))?;
         let workload = wire::workload_from_wire(w, &self.shared.trust_domain)
+            .map(Arc::new)
             .map_err(|e| invalid(e.to_string()))?;
         let identity = SpiffeId::new(
             &self.shared.trust_domain,

@@ -152,7 +152,7 @@ impl Shared {
         let woken = self.wakers.wake(kept.as_ref());
         tracing::debug!(
             generation = set.generation(),
-            changed = set.changed().map_or(0, <[Workload]>::len),
+            changed = set.changed().map_or(0, <[Arc<Workload>]>::len),
             kept = kept.as_ref().map_or(0, std::collections::HashSet::len),
             woken,
             "workloads published"
@@ -201,11 +201,12 @@ impl Shared {
         self.external_workloads.store(true, Ordering::Release);
         let _pacing = self.publishing();
         let current = self.workloads_tx.borrow().clone();
-        if **current == *workloads {
+        if current.iter().map(|w| &**w).eq(&workloads) {
             return;
         }
         // What changed is not worked out here: every target compiles again.
-        let set = WorkloadSet::new(workloads, current.generation() + 1, None);
+        let list = workloads.into_iter().map(Arc::new).collect();
+        let set = WorkloadSet::new(list, current.generation() + 1, None);
         self.publish_set(Arc::new(set));
     }
 

@@ -740,7 +740,7 @@ mod tests {
         let view = MeshView {
             services: &services,
             traffic: &traffic,
-            workloads: std::slice::from_ref(&w),
+            workloads: &[std::sync::Arc::new(w.clone())],
             trust_domain: "cluster.local",
         };
         compile_gateway(view, &gateways, &w)

@@ -13,6 +13,7 @@
 
 use std::collections::HashMap;
 use std::hash::BuildHasher;
+use std::sync::Arc;
 
 use trellis_model::{Service, Workload};
 
@@ -28,7 +29,7 @@ pub struct SelectorIndex {
 
 impl SelectorIndex {
     /// Indexes `workloads` (each workload once per label).
-    pub fn new(workloads: &[Workload]) -> Self {
+    pub fn new(workloads: &[Arc<Workload>]) -> Self {
         let mut index = Self {
             len: workloads.len(),
             ..Self::default()
@@ -51,7 +52,7 @@ impl SelectorIndex {
     pub fn selected<'a>(
         &'a self,
         svc: &'a Service,
-        workloads: &'a [Workload],
+        workloads: &'a [Arc<Workload>],
     ) -> Box<dyn Iterator<Item = &'a Workload> + 'a> {
         if workloads.len() != self.len {
             // Not the list indexed: scan, as without an index.
@@ -68,7 +69,7 @@ impl SelectorIndex {
         Box::new(
             positions
                 .iter()
-                .filter_map(|&i| workloads.get(i))
+                .filter_map(|&i| workloads.get(i).map(|w| &**w))
                 .filter(move |w| super::selects(svc, w)),
         )
     }
@@ -82,8 +83,8 @@ mod tests {
 
     use super::*;
 
-    fn workload(name: &str, namespace: &str, labels: &[(&str, &str)]) -> Workload {
-        Workload {
+    fn workload(name: &str, namespace: &str, labels: &[(&str, &str)]) -> Arc<Workload> {
+        Arc::new(Workload {
             name: name.into(),
             namespace: namespace.into(),
             service_account: "sa".into(),
@@ -94,7 +95,7 @@ mod tests {
             inbound_address: "127.0.0.1:15006".parse().unwrap(),
             ports: vec![9080],
             admin_address: None,
-        }
+        })
     }
 
     fn service(namespace: &str, selector: &[(&str, &str)]) -> Service {

@@ -41,7 +41,7 @@ fn services(list: Vec<Service>) -> BTreeMap<ServiceKey, Service> {
     list.into_iter().map(|s| (s.key.clone(), s)).collect()
 }
 
-fn fixture() -> (BTreeMap<ServiceKey, Service>, Vec<Workload>) {
+fn fixture() -> (BTreeMap<ServiceKey, Service>, Vec<std::sync::Arc<Workload>>) {
     let svcs = services(vec![
         service("reviews", TargetPort::Number(9081), None),
         service(
@@ -80,7 +80,10 @@ fn fixture() -> (BTreeMap<ServiceKey, Service>, Vec<Workload>) {
             &[9080],
         ),
     ];
-    (svcs, workloads)
+    (
+        svcs,
+        workloads.into_iter().map(std::sync::Arc::new).collect(),
+    )
 }
 
 fn run(target: &str) -> Option<Destination> {

@@ -40,12 +40,14 @@ fn reviews(version: &str, port: u16) -> Workload {
     }
 }
 
-fn workloads() -> Vec<Workload> {
-    vec![
+fn workloads() -> Vec<std::sync::Arc<Workload>> {
+    [
         reviews("v1", 21001),
         reviews("v2", 21002),
         reviews("v3", 21003),
     ]
+    .map(std::sync::Arc::new)
+    .into()
 }
 
 fn compile_in(snap: &ConfigSnapshot, target: &str) -> Destination {

@@ -78,7 +78,11 @@ impl Compiled {
     }
 
     /// Whether a workload in `changed` can be among this value's endpoints under `config`.
-    fn depends_on(&self, config: &ConfigSnapshot, changed: &[trellis_model::Workload]) -> bool {
+    fn depends_on(
+        &self,
+        config: &ConfigSnapshot,
+        changed: &[Arc<trellis_model::Workload>],
+    ) -> bool {
         let Some(deps) = &self.deps else {
             return true;
         };

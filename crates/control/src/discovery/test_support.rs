@@ -7,8 +7,8 @@ use trellis_model::{Service, ServiceKey, ServicePort, TargetPort, Workload};
 use crate::store::ConfigSnapshot;
 
 /// A workload `name` in `default` with the label `app: <app>`, on 127.0.0.1:15006, port 9080.
-pub fn workload(name: &str, app: &str) -> Workload {
-    Workload {
+pub fn workload(name: &str, app: &str) -> std::sync::Arc<Workload> {
+    std::sync::Arc::new(Workload {
         name: name.into(),
         namespace: "default".into(),
         service_account: "sa".into(),
@@ -16,7 +16,7 @@ pub fn workload(name: &str, app: &str) -> Workload {
         inbound_address: "127.0.0.1:15006".parse().unwrap(),
         ports: vec![9080],
         admin_address: None,
-    }
+    })
 }
 
 /// Services `a` and `b` in `default`, each selecting `app: <name>` on port 9080.

@@ -32,8 +32,8 @@ fn echo() -> Service {
     }
 }
 
-fn workload(name: &str, sa: &str, addr: &str) -> Workload {
-    Workload {
+fn workload(name: &str, sa: &str, addr: &str) -> std::sync::Arc<Workload> {
+    std::sync::Arc::new(Workload {
         name: name.into(),
         namespace: "default".into(),
         service_account: sa.into(),
@@ -41,7 +41,7 @@ fn workload(name: &str, sa: &str, addr: &str) -> Workload {
         inbound_address: addr.parse().unwrap(),
         ports: vec![9000],
         admin_address: None,
-    }
+    })
 }
 
 const ECHO_ID: &str = "spiffe://cluster.local/ns/default/sa/echo";
@@ -71,7 +71,7 @@ fn echo_services() -> BTreeMap<ServiceKey, Service> {
 fn view<'a>(
     services: &'a BTreeMap<ServiceKey, Service>,
     traffic: &'a Traffic,
-    workloads: &'a [Workload],
+    workloads: &'a [std::sync::Arc<Workload>],
 ) -> MeshView<'a> {
     MeshView {
         services,

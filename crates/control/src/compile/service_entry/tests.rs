@@ -17,7 +17,7 @@ fn snapshot(yaml: &str) -> ConfigSnapshot {
 }
 
 fn at(snap: &ConfigSnapshot, target: Target) -> Option<trellis_model::Destination> {
-    let workloads: Vec<Workload> = Vec::new();
+    let workloads: Vec<std::sync::Arc<Workload>> = Vec::new();
     let view = MeshView {
         services: &snap.services,
         traffic: &snap.traffic,

@@ -86,7 +86,7 @@ fn compile(yaml: &str) -> Compiled {
     let view = MeshView {
         services: &services,
         traffic: &traffic,
-        workloads: std::slice::from_ref(&w),
+        workloads: &[std::sync::Arc::new(w.clone())],
         trust_domain: "cluster.local",
     };
     compile_gateway(view, &gateways, &w)
