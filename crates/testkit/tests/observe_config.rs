@@ -37,10 +37,15 @@ fn mesh(echo: &HttpEcho, server_args: &[&str]) -> Mesh {
     mesh
 }
 
-/// A GET through the client proxy; returns the trace-sampled flag the app saw in
+/// A GET of `/observe` through the client proxy; returns the trace-sampled flag the app saw in
 /// `traceparent` (the server proxy's inbound starts the trace: the client has no tracer).
 fn sampled(port: SocketAddr) -> Result<bool, String> {
-    let (code, body) = http_get(port, "/observe")?;
+    sampled_at(port, "/observe")
+}
+
+/// [`sampled`] for a GET of `path`.
+fn sampled_at(port: SocketAddr, path: &str) -> Result<bool, String> {
+    let (code, body) = http_get(port, path)?;
     if code != 200 {
         return Err(format!("answered {code}: {body}"));
     }
@@ -96,6 +101,22 @@ fn inbound_shape(server: &Proxy) -> (usize, usize, f64) {
     (durations, labelled, total)
 }
 
+/// Inbound requests the server proxy has counted (a request is counted when its response
+/// ends, just before its access log line, if any, is queued).
+fn inbound_total(server: &Proxy) -> f64 {
+    inbound_shape(server).2
+}
+
+/// Waits until the server proxy has counted `at_least` inbound requests: the requests sent so
+/// far have ended there, so an access log line they should not have made would be due now.
+fn wait_counted(server: &Proxy, at_least: f64) {
+    wait::until(APPLY, || match inbound_total(server) {
+        n if n >= at_least => Ok(()),
+        n => Err(format!("{n} inbound requests counted, want {at_least}")),
+    })
+    .unwrap_or_else(|e| panic!("the server proxy did not count the requests: {e}"));
+}
+
 #[test]
 fn a_telemetry_resource_turns_on_access_logs_and_sampling_without_a_restart() {
     let echo = HttpEcho::start().unwrap();
@@ -125,10 +146,11 @@ fn a_telemetry_resource_turns_on_access_logs_and_sampling_without_a_restart() {
     let pid = server.ready.pid;
 
     // The flags are in force: no sampling, no access log.
+    let counted = inbound_total(server);
     for _ in 0..10 {
         assert!(!sampled(port).unwrap(), "sampled at --trace-sampling 0");
     }
-    std::thread::sleep(Duration::from_millis(300));
+    wait_counted(server, counted + 10.0);
     assert!(
         log_lines(&log).is_empty(),
         "an access log while --access-log off"
@@ -173,13 +195,19 @@ fn a_telemetry_resource_turns_on_access_logs_and_sampling_without_a_restart() {
         true => Err("still sampled".into()),
     })
     .unwrap_or_else(|e| panic!("removing the Telemetry did not restore the flags: {e}"));
-    std::thread::sleep(Duration::from_millis(300));
-    let before = log_lines(&log).len();
+    // Requests to a path of their own, so a line a request of the switch-over wrote late is
+    // not mistaken for one of theirs.
+    const OFF: &str = "/observe-off";
+    let counted = inbound_total(server);
     for _ in 0..5 {
-        assert!(!sampled(port).unwrap());
+        assert!(!sampled_at(port, OFF).unwrap());
     }
-    std::thread::sleep(Duration::from_millis(300));
-    assert_eq!(log_lines(&log).len(), before, "access log off again");
+    wait_counted(server, counted + 5.0);
+    let logged: Vec<_> = log_lines(&log)
+        .into_iter()
+        .filter(|l| l["path"] == OFF)
+        .collect();
+    assert!(logged.is_empty(), "access log off again: {logged:?}");
     let (durations, labelled, _) = inbound_shape(server);
     assert!(durations > 0 && labelled > 0, "the full metrics after");
 }
