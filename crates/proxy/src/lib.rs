@@ -35,6 +35,7 @@ pub mod listen;
 pub mod metric_overrides;
 pub mod outbound;
 pub mod proxy;
+pub mod resident;
 pub mod resilience;
 pub mod route;
 pub mod serve;

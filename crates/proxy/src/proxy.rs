@@ -309,6 +309,10 @@ impl Proxy {
             stop.clone(),
         ));
         admin_state.listening.store(true, Ordering::Release);
+        tokio::spawn(crate::resident::release_when_ready(
+            admin_state.clone(),
+            stop.clone(),
+        ));
         if let Some(path) = config.ready_file.clone() {
             tokio::spawn(write_ready_file_when_ready(
                 path,
