@@ -93,8 +93,19 @@ async fn drive(args: &HoldArgs, control: &Proc, discovery: &str) -> Result<HoldR
     )
     .await
     .context("registering the endpoints took too long")??;
-    // Let the paced registry publication settle before reading.
-    tokio::time::sleep(Duration::from_millis(500)).await;
+    // Let the paced registry publication settle before reading: wait until the control plane
+    // is idle (no CPU tick in 100 ms; /proc counts CPU in 10 ms ticks), bounded.
+    let settled = control
+        .wait_idle(
+            Duration::from_millis(100),
+            Duration::from_millis(10),
+            Duration::from_secs(10),
+        )
+        .await?;
+    eprintln!(
+        "bench-cp: control plane idle {} ms after the last registration",
+        settled.as_millis()
+    );
     let registered = phase("endpoints registered", control)?;
     phases.push(registered);
 

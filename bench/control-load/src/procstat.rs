@@ -47,24 +47,41 @@ impl Proc {
 
     /// User + system CPU time so far, in seconds.
     pub fn cpu_seconds(&self) -> Result<f64> {
-        let path = format!("/proc/{}/stat", self.pid());
-        let text = std::fs::read_to_string(&path).with_context(|| format!("reading {path}"))?;
-        // Fields after the command name (which may hold spaces) start after the last ')'.
-        let rest = text
-            .rsplit_once(')')
-            .map(|(_, r)| r)
-            .with_context(|| format!("{path}: unexpected format"))?;
-        let fields: Vec<&str> = rest.split_whitespace().collect();
-        // utime and stime are fields 14 and 15 of stat, 12 and 13 after the name and state.
-        let ticks = |i: usize| -> Result<f64> {
-            fields
-                .get(i)
-                .and_then(|f| f.parse::<f64>().ok())
-                .with_context(|| format!("{path}: field {i}"))
-        };
-        // SAFETY-free: sysconf is a plain libc query with no pointers.
-        let hz = clock_ticks();
-        Ok((ticks(11)? + ticks(12)?) / hz)
+        self.cpu().map(|c| c.total())
+    }
+
+    /// CPU time so far, user and system apart.
+    pub fn cpu(&self) -> Result<Cpu> {
+        Cpu::of(&format!("/proc/{}/stat", self.pid()))
+    }
+
+    /// Waits until the process has been idle (under `busy` of CPU time over each `window`),
+    /// bounded by `bound`; returns how long it waited. What a fixed sleep used to guess: that
+    /// the control plane has finished the work the last requests queued (its paced
+    /// publication of the registry), before its memory is read.
+    pub async fn wait_idle(
+        &self,
+        window: Duration,
+        busy: Duration,
+        bound: Duration,
+    ) -> Result<Duration> {
+        let started = Instant::now();
+        let mut before = self.cpu_seconds()?;
+        loop {
+            tokio::time::sleep(window).await;
+            let now = self.cpu_seconds()?;
+            if now - before < busy.as_secs_f64() {
+                return Ok(started.elapsed());
+            }
+            if started.elapsed() >= bound {
+                bail!(
+                    "{} still busy after {bound:?} ({:.0} ms of CPU in the last {window:?})",
+                    self.name,
+                    (now - before) * 1000.0
+                );
+            }
+            before = now;
+        }
     }
 
     /// Asks the process to stop (SIGTERM), then kills it after `grace`.
@@ -87,6 +104,68 @@ impl Drop for Proc {
             let _ = self.child.wait();
         }
     }
+}
+
+/// CPU time of a process (all its threads) from `/proc/PID/stat`, in seconds: user (its own
+/// code and libraries) and system (the kernel on its behalf: sockets, TCP on loopback,
+/// futexes, page faults).
+#[derive(Clone, Copy, Debug, Default, PartialEq)]
+pub struct Cpu {
+    pub user: f64,
+    pub system: f64,
+}
+
+impl Cpu {
+    /// This process (`/proc/self/stat`): the load tool's own cost.
+    pub fn own() -> Result<Self> {
+        Self::of("/proc/self/stat")
+    }
+
+    fn of(path: &str) -> Result<Self> {
+        let text = std::fs::read_to_string(path).with_context(|| format!("reading {path}"))?;
+        Self::parse(&text).with_context(|| format!("{path}: unexpected format"))
+    }
+
+    fn parse(text: &str) -> Option<Self> {
+        // Fields after the command name (which may hold spaces) start after the last ')'.
+        let (_, rest) = text.rsplit_once(')')?;
+        let fields: Vec<&str> = rest.split_whitespace().collect();
+        // utime and stime are fields 14 and 15 of stat, 12 and 13 after the name and state.
+        let ticks = |i: usize| fields.get(i).and_then(|f| f.parse::<f64>().ok());
+        let hz = clock_ticks();
+        Some(Self {
+            user: ticks(11)? / hz,
+            system: ticks(12)? / hz,
+        })
+    }
+
+    pub fn total(&self) -> f64 {
+        self.user + self.system
+    }
+
+    /// What was spent since `before`.
+    pub fn since(&self, before: &Cpu) -> Cpu {
+        Cpu {
+            user: self.user - before.user,
+            system: self.system - before.system,
+        }
+    }
+}
+
+/// Write system calls a process has made (`/proc/PID/io` `syscw`: `write`, `writev` and
+/// the like, on sockets too; tokio writes sockets with `writev`). Counted, not timed: how many
+/// socket writes a change costs does not depend on how busy the machine is. (`syscr` is not
+/// used: socket reads go through `recv`, which it does not count.)
+pub fn write_syscalls(pid: Option<u32>) -> Result<u64> {
+    let path = match pid {
+        Some(pid) => format!("/proc/{pid}/io"),
+        None => "/proc/self/io".to_string(),
+    };
+    let text = std::fs::read_to_string(&path).with_context(|| format!("reading {path}"))?;
+    text.lines()
+        .find_map(|l| l.strip_prefix("syscw:"))
+        .and_then(|rest| rest.trim().parse().ok())
+        .with_context(|| format!("{path}: no syscw"))
 }
 
 /// The child gets SIGKILL when this process dies, even by a signal (`timeout` sends TERM),
@@ -201,4 +280,28 @@ pub fn default_bin(name: &str) -> PathBuf {
         .ok()
         .and_then(|p| p.parent().map(|d| d.join(name)))
         .unwrap_or_else(|| PathBuf::from(name))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn cpu_is_read_from_stat_past_a_name_with_spaces() {
+        let hz = clock_ticks();
+        let stat = "42 (trellis (x) y) S 1 42 42 0 -1 4194560 100 0 0 0 250 50 0 0 20 0 9 0";
+        let cpu = Cpu::parse(stat).expect("parses");
+        assert_eq!(cpu.user, 250.0 / hz);
+        assert_eq!(cpu.system, 50.0 / hz);
+        assert_eq!(Cpu::parse("no name"), None);
+    }
+
+    #[test]
+    fn own_cpu_and_writes_are_counted() {
+        assert!(Cpu::own().expect("stat").total() >= 0.0);
+        let before = write_syscalls(None).expect("io");
+        let mut f = tempfile::tempfile().expect("temp file");
+        std::io::Write::write_all(&mut f, b"x").expect("write");
+        assert!(write_syscalls(None).expect("io") > before);
+    }
 }

@@ -1,7 +1,7 @@
 //! The control-plane scenario: N simulated proxies and E registered endpoints against a real
 //! trellis-control; route changes and endpoint changes timed to each proxy's ACK.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::path::PathBuf;
 use std::time::Duration;
 
@@ -13,7 +13,7 @@ use tokio_util::sync::CancellationToken;
 
 use crate::fleet;
 use crate::meshgen;
-use crate::procstat::{self, Control};
+use crate::procstat::{self, Control, Cpu};
 use crate::sim::{self, SimWorkload, UpdateEvent};
 use crate::stats::{self, Summary};
 
@@ -46,6 +46,16 @@ pub struct ChangeResult {
     pub other_updates: usize,
     pub bytes_per_update: f64,
     pub control_cpu_seconds: f64,
+    /// Of `control_cpu_seconds`, the kernel's (its sockets: `writev`, TCP on loopback).
+    pub control_cpu_system_seconds: f64,
+    /// The load tool's own CPU over the same span (the simulated proxies decoding and ACKing
+    /// on its side of the same cores), and the kernel's share of it.
+    pub load_cpu_seconds: f64,
+    pub load_cpu_system_seconds: f64,
+    /// Write system calls over the same span (`/proc/PID/io`), the control plane's and the
+    /// load tool's: about one per proxy is one `writev` per stream.
+    pub control_writes: u64,
+    pub load_writes: u64,
 }
 
 #[derive(Debug, Serialize)]
@@ -57,6 +67,8 @@ pub struct EndpointChange {
     pub bytes_per_stream_max: f64,
     pub endpoints_after: usize,
     pub control_cpu_seconds: f64,
+    /// The load tool's own CPU over the same span.
+    pub load_cpu_seconds: f64,
 }
 
 #[derive(Debug, Serialize)]
@@ -135,8 +147,10 @@ async fn drive(
     // Every proxy's every Subscribe is answered once; then wait for quiet.
     let expected =
         fleet::connect_proxies(&args.fleet, &control.discovery, events_tx, stop.clone()).await?;
-    let initial = collect_until(&mut events, Instant::now() + wait, |seen| {
-        seen.len() >= expected
+    let mut answered = 0;
+    let initial = collect_until(&mut events, Instant::now() + wait, |_| {
+        answered += 1;
+        answered >= expected
     })
     .await;
     if initial.len() < expected {
@@ -168,20 +182,33 @@ async fn drive(
     let mut route_changes = Vec::new();
     let (mut pooled, mut pooled_fan) = (Vec::new(), Vec::new());
     for change in 1..=args.changes {
-        let cpu0 = control.proc.cpu_seconds()?;
+        let (cpu0, own0) = (control.proc.cpu()?, Cpu::own()?);
+        let pid = Some(control.proc.pid());
+        let (writes0, own_writes0) = (
+            procstat::write_syscalls(pid)?,
+            procstat::write_syscalls(None)?,
+        );
         let t0 = Instant::now();
         meshgen::write_atomic(
             config,
             fleet::ROUTE_FILE,
             &meshgen::virtual_service_yaml(change),
         )?;
-        let seen = collect_until(&mut events, t0 + wait, |seen| {
-            per_proxy_first(seen, |e| e.service == svc0 && e.marker == Some(change)).len()
-                >= args.fleet.proxies
+        let carries = |e: &UpdateEvent| e.service == svc0 && e.marker == Some(change);
+        let mut reached = HashSet::new();
+        let seen = collect_until(&mut events, t0 + wait, |e| {
+            if carries(e) {
+                reached.insert(e.proxy);
+            }
+            reached.len() >= args.fleet.proxies
         })
         .await;
         quiet(&mut events, Duration::from_millis(300), wait).await;
-        let firsts = per_proxy_first(&seen, |e| e.service == svc0 && e.marker == Some(change));
+        // Read before anything else runs: the quiet wait above costs next to nothing.
+        let (cpu, own) = (control.proc.cpu()?.since(&cpu0), Cpu::own()?.since(&own0));
+        let control_writes = procstat::write_syscalls(pid)? - writes0;
+        let load_writes = procstat::write_syscalls(None)? - own_writes0;
+        let firsts = per_proxy_first(&seen, carries);
         let hits: Vec<&UpdateEvent> = firsts.values().copied().collect();
         let first_ack = hits.iter().map(|e| e.acked_at).min().unwrap_or(t0);
         let from_write: Vec<f64> = hits.iter().map(|e| ms(e.acked_at - t0)).collect();
@@ -195,15 +222,26 @@ async fn drive(
             fan_out: Summary::of(fan, args.fleet.proxies),
             other_updates: seen.len() - hits.len(),
             bytes_per_update: bytes,
-            control_cpu_seconds: control.proc.cpu_seconds()? - cpu0,
+            control_cpu_seconds: cpu.total(),
+            control_cpu_system_seconds: cpu.system,
+            load_cpu_seconds: own.total(),
+            load_cpu_system_seconds: own.system,
+            control_writes,
+            load_writes,
         };
         eprintln!(
-            "bench-cp: route change {change}: {}/{} acked, p50 {:.1} p90 {:.1} max {:.1} ms from write",
+            "bench-cp: route change {change}: {}/{} acked, p50 {:.1} p90 {:.1} max {:.1} ms from write; CPU control {:.0} ms ({:.0} kernel), bench-cp {:.0} ms ({:.0} kernel); writes control {}, bench-cp {}",
             result.from_write.count,
             args.fleet.proxies,
             result.from_write.p50_ms,
             result.from_write.p90_ms,
-            result.from_write.max_ms
+            result.from_write.max_ms,
+            cpu.total() * 1e3,
+            cpu.system * 1e3,
+            own.total() * 1e3,
+            own.system * 1e3,
+            control_writes,
+            load_writes,
         );
         route_changes.push(result);
     }
@@ -262,7 +300,7 @@ async fn endpoint_changes(
         ("add", svc0.clone(), base + 1),
         ("remove", "gone".to_string(), base),
     ] {
-        let cpu0 = control.proc.cpu_seconds()?;
+        let (cpu0, own0) = (control.proc.cpu_seconds()?, Cpu::own()?);
         let t0 = Instant::now();
         let w = SimWorkload {
             app,
@@ -274,12 +312,18 @@ async fn endpoint_changes(
             .await
             .ok()
             .context("stream closed")?;
-        let seen = collect_until(events, t0 + wait, |seen| {
-            per_proxy_first(seen, |e| e.service == svc0 && e.endpoints == want).len() >= proxies
+        let carries = |e: &UpdateEvent| e.service == svc0 && e.endpoints == want;
+        let mut reached = HashSet::new();
+        let seen = collect_until(events, t0 + wait, |e| {
+            if carries(e) {
+                reached.insert(e.proxy);
+            }
+            reached.len() >= proxies
         })
         .await;
         quiet(events, Duration::from_millis(300), wait).await;
-        let firsts = per_proxy_first(&seen, |e| e.service == svc0 && e.endpoints == want);
+        let (cpu, own) = (control.proc.cpu_seconds()? - cpu0, Cpu::own()?.since(&own0));
+        let firsts = per_proxy_first(&seen, carries);
         let bytes: Vec<f64> = firsts.values().map(|e| e.bytes as f64).collect();
         let max = bytes.iter().copied().fold(f64::NAN, f64::max);
         let change = EndpointChange {
@@ -291,7 +335,8 @@ async fn endpoint_changes(
             bytes_per_stream_median: stats::median(bytes),
             bytes_per_stream_max: max,
             endpoints_after: want,
-            control_cpu_seconds: control.proc.cpu_seconds()? - cpu0,
+            control_cpu_seconds: cpu,
+            load_cpu_seconds: own.total(),
         };
         eprintln!(
             "bench-cp: endpoint {kind}: {}/{proxies} acked, {:.0} bytes per stream, p90 {:.1} ms",
@@ -323,24 +368,28 @@ fn per_proxy_first(
     out
 }
 
-/// Collects events until `done` says so or the deadline passes.
+/// Collects events until `done`, told of each as it arrives, says so, or the deadline passes.
+/// `done` keeps its own count: it used to be handed everything seen after each batch and
+/// rescan it (a map of the first event per proxy), O(N²) in events while the fan-out ran,
+/// on the load tool's main thread, on the cores the control plane was being timed on.
 async fn collect_until(
     events: &mut mpsc::UnboundedReceiver<UpdateEvent>,
     deadline: Instant,
-    done: impl Fn(&[UpdateEvent]) -> bool,
+    mut done: impl FnMut(&UpdateEvent) -> bool,
 ) -> Vec<UpdateEvent> {
     let mut seen = Vec::new();
-    // Checked after each batch rather than each event: `done` scans what was seen.
-    while !done(&seen) {
+    loop {
         match tokio::time::timeout_at(deadline, events.recv()).await {
-            Ok(Some(e)) => seen.push(e),
-            Ok(None) | Err(_) => break,
-        }
-        while let Ok(e) = events.try_recv() {
-            seen.push(e);
+            Ok(Some(e)) => {
+                let enough = done(&e);
+                seen.push(e);
+                if enough {
+                    return seen;
+                }
+            }
+            Ok(None) | Err(_) => return seen,
         }
     }
-    seen
 }
 
 /// Drops events until none arrived for `gap` (bounded by `limit`).

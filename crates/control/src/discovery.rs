@@ -1,9 +1,17 @@
 //! The discovery server: a thin tonic adapter over the registry and [`compile`].
 //!
-//! One task per proxy stream. It registers the workload on Hello, answers with a Welcome,
+//! One session per proxy stream. It registers the workload on Hello, answers with a Welcome,
 //! keeps the stream's subscriptions, and when a change of config or registry can concern it (it
 //! is woken through `wake`) recompiles each subscribed target, pushing an Update only when the
 //! result differs from what this stream was last sent. Versions count Updates per stream, from 1. Acks and Nacks are recorded per proxy.
+//!
+//! The session is the stream's response body itself ([`Session::into_stream`]): it runs when
+//! HTTP/2 polls the body for its next message, on the task that writes it, and what it sends is
+//! handed over as the value polled. It used to be a task of its own, feeding the body through
+//! a channel: every Update woke a second task, and each connected proxy held that task and
+//! its channel (issue 14: the per-stream cost of a route change at 5,000 proxies). When the
+//! proxy's connection ends, HTTP/2 drops the body and with it the session (`Drop` unregisters
+//! it).
 //!
 //! Startup hold-back: the registry lives in memory, so a restarted control plane knows no
 //! workloads until their proxies reconnect. For the registration grace after startup (by
@@ -11,13 +19,12 @@
 //! would have been expired anyway), a destination with no endpoints is not sent; proxies keep the endpoints they had rather than
 //! see every service go empty for the seconds their peers take to reconnect.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, VecDeque};
 use std::pin::Pin;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 
 use futures_util::Stream;
-use tokio::sync::mpsc;
 use tokio::time::Instant;
 use tonic::{Request, Response, Status, Streaming};
 use trellis_api::discovery::{self as pb, proxy_message};
@@ -39,9 +46,6 @@ pub(crate) mod shapes;
 #[cfg(test)]
 pub(crate) mod test_support;
 pub(crate) mod wake;
-
-/// Outbound messages buffered per stream before the stream task waits for the proxy to read.
-const OUTBOUND_BUFFER: usize = 64;
 
 #[derive(Debug)]
 pub struct DiscoveryService {
@@ -96,28 +100,19 @@ impl DiscoveryService {
     }
 }
 
-/// Boxed so that the channel's slot blocks (tokio allocates 32 slots at a time, per stream)
-/// hold a pointer each rather than a whole message and `Status`: about 0.3 KiB instead of
-/// 9 KiB per connected proxy (heaptrack at 1,000 proxies, docs/control-plane.md "Memory").
-type Outbound = mpsc::Sender<Box<Result<OutMessage, Status>>>;
-
 /// What one `Discovery.Stream` call answers: the stream's outbound messages.
 pub(crate) type OutStream = Pin<Box<dyn Stream<Item = Result<OutMessage, Status>> + Send>>;
 
 impl DiscoveryService {
-    /// Starts one proxy's stream (`Discovery.Stream`): its session runs on its own task.
+    /// Starts one proxy's stream (`Discovery.Stream`): its session is the response body.
     fn stream(&self, request: Request<Streaming<pb::ProxyMessage>>) -> Response<OutStream> {
         let id = self.next_stream.fetch_add(1, Ordering::Relaxed);
         let peer = request.remote_addr();
-        let (tx, rx) = mpsc::channel(OUTBOUND_BUFFER);
-        let mut session = Session::new(self.shared.clone(), id, tx);
+        let mut session = Session::new(self.shared.clone(), id);
         session.root_namespace = self.root_namespace.clone();
         session.default_inbound_policy = self.default_inbound_policy;
         session.outbound_traffic_policy = self.outbound_traffic_policy;
-        tokio::spawn(session.run(request.into_inner(), peer));
-        let out =
-            tokio_stream::StreamExt::map(tokio_stream::wrappers::ReceiverStream::new(rx), |m| *m);
-        Response::new(Box::pin(out))
+        Response::new(Box::pin(session.into_stream(request.into_inner(), peer)))
     }
 }
 
@@ -125,7 +120,13 @@ impl DiscoveryService {
 struct Session {
     shared: Arc<Shared>,
     id: StreamId,
-    tx: Outbound,
+    /// What the last step produced, handed to HTTP/2 one message per poll. Boxed: a stream
+    /// keeps the queue's slots between changes, a pointer each rather than a whole message
+    /// (an InboundPolicy is a few hundred bytes inline).
+    outbox: VecDeque<Box<OutMessage>>,
+    /// Set when the stream is to end: its final status (`None`: OK, nothing to tell), sent
+    /// once the outbox is empty.
+    end: Option<Option<Status>>,
     /// Woken by a registry or config publication that can concern this stream (see `wake`).
     wake: Arc<tokio::sync::Notify>,
     /// The config this stream's inbound policy was last computed from: a wake-up with a newer
@@ -166,6 +167,7 @@ struct Session {
 const MAX_UNACKED: usize = 256;
 
 /// Why a stream ended early; becomes the stream's final status.
+#[derive(Debug)]
 enum End {
     /// The proxy went away or the server is stopping: nothing to tell it.
     Quiet,
@@ -173,11 +175,12 @@ enum End {
 }
 
 impl Session {
-    fn new(shared: Arc<Shared>, id: StreamId, tx: Outbound) -> Self {
+    fn new(shared: Arc<Shared>, id: StreamId) -> Self {
         Self {
             shared,
             id,
-            tx,
+            outbox: VecDeque::new(),
+            end: None,
             wake: Arc::new(tokio::sync::Notify::new()),
             seen_config: None,
             hello: None,
@@ -211,59 +214,29 @@ impl Session {
         }
     }
 
-    async fn run(
-        mut self,
-        mut inbound: Streaming<pb::ProxyMessage>,
+    /// The stream's outbound messages: each poll hands over the next message the session has
+    /// to send, running it (reading the proxy's messages, waking on changes) until it has one.
+    fn into_stream(
+        self,
+        inbound: Streaming<pb::ProxyMessage>,
         peer: Option<std::net::SocketAddr>,
-    ) {
-        let wake = self.wake.clone();
+    ) -> impl Stream<Item = Result<OutMessage, Status>> + Send + 'static {
         // From now on a config change that may concern any stream wakes this one.
-        self.shared.wakers.open(self.id, &wake);
-        let shutdown = self.shared.shutdown.clone();
-        let hold_back_until = self.shared.hold_back_until;
-        let mut holding_back = Instant::now() < hold_back_until;
-        let end = loop {
-            let step = tokio::select! {
-                () = shutdown.cancelled() => Err(End::Quiet),
-                () = tokio::time::sleep_until(hold_back_until), if holding_back => {
-                    holding_back = false;
-                    self.push_changes().await
-                }
-                () = self.tx.closed() => Err(End::Quiet),
-                msg = inbound.message() => match msg {
-                    Ok(Some(msg)) => self.handle(msg).await,
-                    Ok(None) => Err(End::Quiet),
-                    Err(status) => {
-                        tracing::debug!(stream = self.id, %status, "stream error");
-                        Err(End::Quiet)
-                    }
-                },
-                () = wake.notified() => self.push_changed().await,
-            };
-            if let Err(end) = step {
-                break end;
-            }
+        self.shared.wakers.open(self.id, &self.wake);
+        let holding_back = Instant::now() < self.shared.hold_back_until;
+        let live = Live {
+            session: self,
+            inbound,
+            peer,
+            holding_back,
         };
-        self.shared
-            .wakers
-            .remove(self.id, self.subscriptions.keys());
-        if let End::Status(status) = end {
-            tracing::warn!(stream = self.id, ?peer, %status, "closing discovery stream");
-            let _ = self.tx.send(Box::new(Err(status))).await;
-        }
-        if let Some((_, workload)) = &self.hello {
-            self.shared.programmed.disconnected(self.id);
-            tracing::info!(stream = self.id, workload = %workload.name, namespace = %workload.namespace, "proxy disconnected");
-            self.shared.metrics.proxy_disconnected();
-            let id = self.id;
-            self.shared.with_registry(|r| {
-                r.disconnect(id, Instant::now());
-                ((), false)
-            });
-        }
+        futures_util::stream::unfold(live, |mut live| async move {
+            let next = live.next().await?;
+            Some((next, live))
+        })
     }
 
-    async fn handle(&mut self, msg: pb::ProxyMessage) -> Result<(), End> {
+    fn handle(&mut self, msg: pb::ProxyMessage) -> Result<(), End> {
         let Some(kind) = msg.kind else {
             return Err(End::Status(Status::invalid_argument("empty ProxyMessage")));
         };
@@ -274,7 +247,7 @@ impl Session {
         }
         let id = self.id;
         match kind {
-            proxy_message::Kind::Hello(hello) => self.hello(hello).await,
+            proxy_message::Kind::Hello(hello) => self.hello(hello),
             proxy_message::Kind::Subscribe(sub) => {
                 let target = wire::target_from_wire(sub.target)
                     .map_err(|e| End::Status(Status::invalid_argument(e.to_string())))?;
@@ -291,7 +264,7 @@ impl Session {
                 // waiting; a repeated Subscribe is answered again.
                 self.subscriptions.insert(target.clone(), None);
                 let revision = self.shared.config_rx.borrow().revision;
-                self.push(&target).await?;
+                self.push(&target);
                 self.note_sync(revision);
                 Ok(())
             }
@@ -340,7 +313,7 @@ impl Session {
                     && self.subscriptions.contains_key(&target)
                 {
                     self.subscriptions.insert(target.clone(), None);
-                    self.push(&target).await?;
+                    self.push(&target);
                 }
                 Ok(())
             }
@@ -366,7 +339,7 @@ impl Session {
         }
     }
 
-    async fn hello(&mut self, hello: pb::Hello) -> Result<(), End> {
+    fn hello(&mut self, hello: pb::Hello) -> Result<(), End> {
         let invalid = |e: String| End::Status(Status::invalid_argument(e));
         let protocol = crate::protocol_version::negotiate(
             hello.protocol_version,
@@ -421,14 +394,14 @@ impl Session {
             control_version: env!("CARGO_PKG_VERSION").to_string(),
             features: self.deltas.features(),
         };
-        self.send(OutKind::Welcome(welcome)).await?;
+        self.send(OutKind::Welcome(welcome));
         if let Some((_, workload)) = &self.hello {
             self.shared.programmed.connected(self.id, workload);
         }
         let config = self.shared.config_rx.borrow().clone();
         self.seen_config = Some(config.clone());
-        self.push_inbound_policy().await?;
-        self.push_gateway().await?;
+        self.push_inbound_policy();
+        self.push_gateway();
         self.note_sync(config.revision);
         Ok(())
     }
@@ -436,14 +409,14 @@ impl Session {
     /// Compiles this workload's gateway listeners (`compile::gateway`, once per workload
     /// shape per snapshot: see `shapes`) and sends them when they changed; nothing for a
     /// workload no Gateway has ever selected.
-    async fn push_gateway(&mut self) -> Result<(), End> {
+    fn push_gateway(&mut self) {
         let Some((_, workload)) = &self.hello else {
-            return Ok(());
+            return;
         };
         let config = self.shared.config_rx.borrow().clone();
         if config.gateways.is_empty() && self.gateway.is_none() {
             // No Gateway can select it: compiling would give the empty config not sent.
-            return Ok(());
+            return;
         }
         let workloads = self.shared.workloads();
         let compiled = self.shared.gateways.get(
@@ -469,11 +442,11 @@ impl Session {
             },
         );
         if !compiled.serves && self.gateway.is_none() {
-            return Ok(());
+            return;
         }
         let message = &compiled.message;
         if self.gateway.as_ref() == Some(message) {
-            return Ok(());
+            return;
         }
         for problem in &message.problems {
             tracing::warn!(stream = self.id, workload = %workload.name, %problem, "gateway config not served in full");
@@ -484,14 +457,14 @@ impl Session {
             self.shared.wakers.set_every(self.id, &self.wake, true);
         }
         self.gateway = Some(message.clone());
-        self.send(OutKind::Gateway(message)).await
+        self.send(OutKind::Gateway(message));
     }
 
     /// Compiles this workload's inbound policies (mTLS, authorization, JWT, telemetry, rate
     /// limits, Wasm plugins, outbound traffic policy) and sends them when they changed.
-    async fn push_inbound_policy(&mut self) -> Result<(), End> {
+    fn push_inbound_policy(&mut self) {
         let Some((_, workload)) = &self.hello else {
-            return Ok(());
+            return;
         };
         // One snapshot for every field, so that they all describe the same config.
         let config = self.shared.config_rx.borrow().clone();
@@ -557,17 +530,17 @@ impl Session {
             .as_ref()
             .is_some_and(|sent| Arc::ptr_eq(sent, &policy) || **sent == *policy)
         {
-            return Ok(());
+            return;
         }
         self.inbound_policy = Some(policy.clone());
-        self.send(OutKind::InboundPolicy((*policy).clone())).await
+        self.send(OutKind::InboundPolicy((*policy).clone()));
     }
     /// Pushes what a config or workload change altered, timing each update until its ACK.
     /// The inbound policies read only the config and this stream's own workload (whose
     /// changes come by Hello, which pushes them), so a registry change alone skips them:
     /// with thousands of streams, each registration woke every stream to recompute six
     /// policies that could not have changed.
-    async fn push_changed(&mut self) -> Result<(), End> {
+    fn push_changed(&mut self) {
         // Taken first: what is pushed below is at least this recent.
         let config = self.shared.config_rx.borrow().clone();
         let revision = config.revision;
@@ -578,15 +551,13 @@ impl Session {
                 .is_some_and(|seen| Arc::ptr_eq(seen, &config));
         if config_changed {
             self.seen_config = Some(config);
-            self.push_inbound_policy().await?;
+            self.push_inbound_policy();
         }
-        self.push_gateway().await?;
+        self.push_gateway();
         self.changed_at = Some(Instant::now());
-        let result = self.push_changes().await;
+        self.push_changes();
         self.changed_at = None;
-        result?;
         self.note_sync(revision);
-        Ok(())
     }
 
     /// An ACK covers its version (versions of one stream only grow): observe it, forget older.
@@ -602,19 +573,33 @@ impl Session {
         }
     }
 
-    async fn push_changes(&mut self) -> Result<(), End> {
-        let targets: Vec<Target> = self.subscriptions.keys().cloned().collect();
-        for target in targets {
-            self.push(&target).await?;
+    /// Pushes each subscribed target that changed (see [`Session::push_one`]).
+    fn push_changes(&mut self) {
+        // Taken out for the walk, so that the targets are not copied to be borrowed.
+        let mut subscriptions = std::mem::take(&mut self.subscriptions);
+        for (target, sent) in &mut subscriptions {
+            self.push_one(target, sent);
         }
-        Ok(())
+        self.subscriptions = subscriptions;
     }
 
     /// Compiles `target` and sends it if it differs from what this stream last sent for it.
-    async fn push(&mut self, target: &Target) -> Result<(), End> {
+    fn push(&mut self, target: &Target) {
+        let Some(mut sent) = self.subscriptions.get(target).cloned() else {
+            return;
+        };
+        self.push_one(target, &mut sent);
+        if let Some(slot) = self.subscriptions.get_mut(target) {
+            *slot = sent;
+        }
+    }
+
+    /// Compiles `target` and sends it if it differs from `sent` (what this stream last sent
+    /// for it, `None`: nothing yet), which becomes what was sent.
+    fn push_one(&mut self, target: &Target, sent: &mut Option<Arc<Compiled>>) {
         let compiled = self.compiled(target);
-        if matches!(self.subscriptions.get(target), Some(Some(sent)) if sent.same_as(&compiled)) {
-            return Ok(());
+        if matches!(sent, Some(sent) if sent.same_as(&compiled)) {
+            return;
         }
         // Startup hold-back (see the module docs): the endpoints may only be not back yet.
         let empty = compiled
@@ -622,14 +607,17 @@ impl Session {
             .as_ref()
             .is_some_and(|d| d.endpoints.is_empty());
         if empty && Instant::now() < self.shared.hold_back_until {
-            return Ok(());
+            return;
         }
         self.version += 1;
-        let sent = self.subscriptions.get(target).and_then(Option::as_ref);
-        let update =
-            self.deltas
-                .update(self.version, target, sent, &compiled, &self.shared.metrics);
-        self.subscriptions.insert(target.clone(), Some(compiled));
+        let update = self.deltas.update(
+            self.version,
+            target,
+            sent.as_ref(),
+            &compiled,
+            &self.shared.metrics,
+        );
+        *sent = Some(compiled);
         if let Some(at) = self.changed_at {
             if self.unacked.len() >= MAX_UNACKED {
                 self.unacked.pop_front();
@@ -637,7 +625,7 @@ impl Session {
             self.unacked.push_back((self.version, at));
         }
         self.shared.metrics.push();
-        self.send(OutKind::Update(update)).await
+        self.send(OutKind::Update(update));
     }
 
     /// `target` compiled against the current snapshot, shared with every stream that asks for
@@ -659,11 +647,83 @@ impl Session {
             })
     }
 
-    async fn send(&self, kind: OutKind) -> Result<(), End> {
-        let msg = OutMessage { kind: Some(kind) };
-        self.tx
-            .send(Box::new(Ok(msg)))
-            .await
-            .map_err(|_| End::Quiet)
+    /// Queues `kind` for the proxy: handed to HTTP/2 as the stream's next message.
+    fn send(&mut self, kind: OutKind) {
+        self.outbox
+            .push_back(Box::new(OutMessage { kind: Some(kind) }));
+    }
+}
+
+/// A session with what its stream reads: the proxy's messages and the startup hold-back.
+struct Live {
+    session: Session,
+    inbound: Streaming<pb::ProxyMessage>,
+    peer: Option<std::net::SocketAddr>,
+    holding_back: bool,
+}
+
+impl Live {
+    /// The stream's next message: what the session queued, else what it queues once the proxy
+    /// says something or a change wakes it; `None` once the stream has ended (after its final
+    /// status, if any).
+    async fn next(&mut self) -> Option<Result<OutMessage, Status>> {
+        loop {
+            let session = &mut self.session;
+            if let Some(msg) = session.outbox.pop_front() {
+                return Some(Ok(*msg));
+            }
+            if let Some(end) = &mut session.end {
+                return end.take().map(Err);
+            }
+            let hold_back_until = session.shared.hold_back_until;
+            let step = tokio::select! {
+                () = session.shared.shutdown.cancelled() => Err(End::Quiet),
+                () = tokio::time::sleep_until(hold_back_until), if self.holding_back => {
+                    self.holding_back = false;
+                    session.push_changes();
+                    Ok(())
+                }
+                msg = self.inbound.message() => match msg {
+                    Ok(Some(msg)) => session.handle(msg),
+                    Ok(None) => Err(End::Quiet),
+                    Err(status) => {
+                        tracing::debug!(stream = session.id, %status, "stream error");
+                        Err(End::Quiet)
+                    }
+                },
+                () = session.wake.notified() => {
+                    session.push_changed();
+                    Ok(())
+                }
+            };
+            match step {
+                Ok(()) => {}
+                Err(End::Quiet) => session.end = Some(None),
+                Err(End::Status(status)) => {
+                    tracing::warn!(stream = session.id, peer = ?self.peer, %status, "closing discovery stream");
+                    session.end = Some(Some(status));
+                }
+            }
+        }
+    }
+}
+
+impl Drop for Session {
+    /// The stream ended (the proxy left, the server stops, or it was refused): the session
+    /// leaves the wake index and its workload is marked disconnected.
+    fn drop(&mut self) {
+        self.shared
+            .wakers
+            .remove(self.id, self.subscriptions.keys());
+        if let Some((_, workload)) = &self.hello {
+            self.shared.programmed.disconnected(self.id);
+            tracing::info!(stream = self.id, workload = %workload.name, namespace = %workload.namespace, "proxy disconnected");
+            self.shared.metrics.proxy_disconnected();
+            let id = self.id;
+            self.shared.with_registry(|r| {
+                r.disconnect(id, Instant::now());
+                ((), false)
+            });
+        }
     }
 }

@@ -36,6 +36,11 @@ pub struct Compiled {
     deps: Option<Vec<ServiceKey>>,
     /// Endpoint-delta plans from the values streams move from (see `plan_from`).
     plans: Mutex<Vec<(Weak<Compiled>, Arc<crate::discovery::delta::Plan>)>>,
+    /// The cache's entry for the same target this value replaced, known to differ from it
+    /// (an equal compile gets that entry back instead): a stream sent that entry needs no
+    /// comparison to know it must be sent this one (see [`Compiled::same_as`]). A `Weak`
+    /// keeps the allocation, so its pointer cannot be reused by another value.
+    replaces: Weak<Compiled>,
 }
 
 /// Predecessors whose delta plan a value remembers.
@@ -49,6 +54,7 @@ impl Compiled {
             encoded: OnceLock::new(),
             deps: None,
             plans: Mutex::default(),
+            replaces: Weak::new(),
         }
     }
 
@@ -74,6 +80,7 @@ impl Compiled {
             encoded: OnceLock::new(),
             deps,
             plans: Mutex::default(),
+            replaces: Weak::new(),
         }
     }
 
@@ -148,9 +155,18 @@ impl Compiled {
         self.dest.as_ref().map(wire::destination_to_wire)
     }
 
-    /// Whether a stream that was sent `self` must be sent `other`.
+    /// Whether a stream that was sent `self` need not be sent `other`. Comparing by value
+    /// reads every endpoint (labels included); with thousands of streams moving from one value
+    /// to the next on a route change it was a tenth of the control plane's samples, so the
+    /// value the cache replaced is known different without it.
     pub fn same_as(self: &Arc<Self>, other: &Arc<Self>) -> bool {
-        Arc::ptr_eq(self, other) || self.dest == other.dest
+        if Arc::ptr_eq(self, other) {
+            return true;
+        }
+        if std::ptr::eq(other.replaces.as_ptr(), Arc::as_ptr(self)) {
+            return false;
+        }
+        self.dest == other.dest
     }
 }
 
@@ -287,7 +303,11 @@ impl CompileCache {
         }
         let compiled = match inner.previous.get(target) {
             Some(before) if before.dest == dest => before.clone(),
-            _ => Arc::new(Compiled::for_target(target, dest)),
+            Some(before) => Arc::new(Compiled {
+                replaces: Arc::downgrade(before),
+                ..Compiled::for_target(target, dest)
+            }),
+            None => Arc::new(Compiled::for_target(target, dest)),
         };
         inner.entries.insert(target.clone(), compiled.clone());
         compiled
@@ -447,6 +467,12 @@ mod tests {
         assert_eq!(kept, [b.clone()].into());
         let a3 = compile(&set3, &a);
         assert_eq!(a3.dest.as_ref().map(|d| d.endpoints.len()), Some(2));
+        // `a3` replaced `a1`: a stream sent `a1` is known to need `a3` without a comparison;
+        // an equal value from elsewhere is compared by value.
+        assert!(std::ptr::eq(a3.replaces.as_ptr(), Arc::as_ptr(&a1)));
+        assert!(!a1.same_as(&a3));
+        let copy = Arc::new(Compiled::for_target(&a, a1.dest.clone()));
+        assert!(a1.same_as(&copy) && copy.same_as(&a1) && !copy.same_as(&a3));
         assert!(Arc::ptr_eq(&b1, &compile(&set3, &b)));
         assert_eq!(cache.compiles(), 3);
         // A set that skips a number (changes unknown in between) keeps nothing.

@@ -136,9 +136,206 @@ where
 
 #[cfg(test)]
 mod tests {
+    use std::collections::BTreeMap;
+
     use prost::Message as _;
 
     use super::*;
+
+    /// The discovery proto the generated types come from.
+    const PROTO: &str = include_str!(concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/../api/proto/trellis/discovery/v1/discovery.proto"
+    ));
+
+    /// The fields (number → name) `message` declares in [`PROTO`], its oneofs' included.
+    fn proto_fields(message: &str) -> BTreeMap<u64, String> {
+        let head = format!("message {message} {{");
+        let start = PROTO
+            .lines()
+            .position(|l| l.trim_end() == head)
+            .unwrap_or_else(|| panic!("discovery.proto: no `{head}`"));
+        let mut fields = BTreeMap::new();
+        let mut depth = 0;
+        for line in PROTO.lines().skip(start) {
+            let line = line.split("//").next().unwrap_or_default().trim();
+            depth += line.matches('{').count();
+            depth -= line.matches('}').count();
+            if depth == 0 {
+                break;
+            }
+            // `Type name = N;` (a map's type has no space inside: `map<string, string>` is
+            // split on its last space before the name).
+            let Some((decl, number)) = line.strip_suffix(';').and_then(|l| l.split_once(" = "))
+            else {
+                continue;
+            };
+            if decl.starts_with("reserved") || decl.starts_with("option") {
+                continue;
+            }
+            let name = decl.rsplit(' ').next().unwrap_or_default().to_string();
+            let number = number.split_whitespace().next().unwrap_or_default();
+            let number = number
+                .parse()
+                .unwrap_or_else(|_| panic!("discovery.proto: {message}.{name}: number {number}"));
+            fields.insert(number, name);
+        }
+        fields
+    }
+
+    /// The field numbers at the top level of an encoded message, in order.
+    fn field_numbers(mut bytes: &[u8]) -> Vec<u64> {
+        let mut numbers = Vec::new();
+        while !bytes.is_empty() {
+            let key = prost::encoding::decode_varint(&mut bytes).expect("a key");
+            numbers.push(key >> 3);
+            let skip = match key & 7 {
+                0 => {
+                    prost::encoding::decode_varint(&mut bytes).expect("a varint");
+                    0
+                }
+                1 => 8,
+                2 => usize::try_from(prost::encoding::decode_varint(&mut bytes).expect("a length"))
+                    .expect("a length"),
+                5 => 4,
+                other => panic!("wire type {other}"),
+            };
+            bytes = &bytes[skip..];
+        }
+        numbers
+    }
+
+    /// Every `OutKind` (the match has no wildcard: a variant added to the mirror must be
+    /// added here) with each message's fields set, and the generated `ControlMessage` that
+    /// must encode the same.
+    fn every_kind() -> Vec<(OutKind, pb::ControlMessage)> {
+        let update = pb::Update {
+            version: 9,
+            target: Some(pb::Target {
+                kind: Some(pb::target::Kind::Address("10.0.0.1:80".into())),
+            }),
+            destination: Some(pb::Destination {
+                service_name: "svc-0".into(),
+                ..Default::default()
+            }),
+            endpoint_delta: Some(pb::EndpointDelta {
+                base_version: 3,
+                removed: vec!["127.0.0.1:1".into()],
+                added: vec![],
+            }),
+        };
+        let welcome = pb::Welcome {
+            identity: "spiffe://td/ns/a/sa/b".into(),
+            ..Default::default()
+        };
+        let policy = pb::InboundPolicy {
+            authorization_json: "{}".into(),
+            ..Default::default()
+        };
+        let gateway = pb::GatewayConfig {
+            config_json: "{}".into(),
+            problems: vec!["p".into()],
+        };
+        let kinds = [
+            OutKind::Welcome(welcome),
+            OutKind::Update(SharedUpdate {
+                version: update.version,
+                target: update.target.clone(),
+                destination: update
+                    .destination
+                    .as_ref()
+                    .map(|d| Bytes::from(d.encode_to_vec())),
+                endpoint_delta: update.endpoint_delta.clone(),
+            }),
+            OutKind::InboundPolicy(policy),
+            OutKind::Gateway(gateway),
+        ];
+        kinds
+            .into_iter()
+            .map(|kind| {
+                use pb::control_message::Kind;
+                let generated = match &kind {
+                    OutKind::Welcome(m) => Kind::Welcome(m.clone()),
+                    OutKind::Update(_) => Kind::Update(update.clone()),
+                    OutKind::InboundPolicy(m) => Kind::InboundPolicy(m.clone()),
+                    OutKind::Gateway(m) => Kind::Gateway(m.clone()),
+                };
+                (
+                    kind,
+                    pb::ControlMessage {
+                        kind: Some(generated),
+                    },
+                )
+            })
+            .collect()
+    }
+
+    /// The mirror (`OutMessage`, `SharedUpdate`) is written by hand: a field added to
+    /// `ControlMessage` or `Update` in the proto and not here would never be sent. This
+    /// compares the field numbers the proto declares with those the mirror encodes.
+    #[test]
+    fn the_mirror_has_every_field_of_the_proto() {
+        let kinds = every_kind();
+        // ControlMessage: one field per oneof member; each kind encodes as its own number.
+        let mirror: BTreeMap<u64, String> = kinds
+            .iter()
+            .map(|(kind, _)| {
+                let bytes = OutMessage {
+                    kind: Some(kind.clone()),
+                }
+                .encode_to_vec();
+                (field_numbers(&bytes)[0], format!("{kind:?}"))
+            })
+            .collect();
+        let proto = proto_fields("ControlMessage");
+        assert_eq!(
+            proto.keys().collect::<Vec<_>>(),
+            mirror.keys().collect::<Vec<_>>(),
+            "ControlMessage in discovery.proto has fields {proto:?}; grpc.rs's OutKind sends \
+             {:?}: add the missing ones to OutKind (and to every_kind here)",
+            mirror.keys().collect::<Vec<_>>()
+        );
+        // Update: every field set (`every_kind` lists them without `..`), so every field the
+        // mirror has is on the wire.
+        let (update, _) = kinds
+            .iter()
+            .find(|(k, _)| matches!(k, OutKind::Update(_)))
+            .expect("an Update");
+        let OutKind::Update(shared) = update else {
+            unreachable!()
+        };
+        let mut sent = field_numbers(&shared.encode_to_vec());
+        sent.sort_unstable();
+        let proto = proto_fields("Update");
+        assert_eq!(
+            proto.keys().copied().collect::<Vec<_>>(),
+            sent,
+            "Update in discovery.proto has fields {proto:?}; grpc.rs's SharedUpdate sends \
+             {sent:?}: add the missing ones to SharedUpdate"
+        );
+        // And each kind encodes byte for byte as the generated ControlMessage, and reads back
+        // through the mirror unchanged (a field the mirror lacks would be dropped).
+        for (kind, generated) in kinds {
+            let bytes = generated.encode_to_vec();
+            let mirrored = OutMessage {
+                kind: Some(kind.clone()),
+            };
+            assert_eq!(mirrored.encode_to_vec(), bytes, "{kind:?}");
+            let read = OutMessage::decode(&bytes[..]).expect("decodes through the mirror");
+            assert_eq!(
+                read.encode_to_vec(),
+                bytes,
+                "{kind:?} read through the mirror"
+            );
+        }
+    }
+
+    #[test]
+    fn the_proto_reader_finds_fields() {
+        let fields = proto_fields("Update");
+        assert_eq!(fields.get(&3).map(String::as_str), Some("destination"));
+        assert_eq!(proto_fields("ControlMessage").len(), 4);
+    }
 
     #[test]
     fn an_update_with_shared_bytes_encodes_as_control_message_does() {
