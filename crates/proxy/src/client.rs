@@ -18,8 +18,7 @@ use bytes::Bytes;
 use http::{Request, Response};
 use http_body_util::combinators::BoxBody;
 use hyper::body::Incoming;
-use hyper::client::conn::http2::SendRequest;
-use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
+use hyper_util::rt::TokioIo;
 
 use trellis_identity::tls::{HandshakeError, MeshAlpn};
 
@@ -27,8 +26,11 @@ use crate::tls::MeshIdentity;
 use crate::transport::{CONNECT_TIMEOUT, connect, connect_within};
 
 mod h1pool;
+mod h2conn;
 mod originate;
 use h1pool::H1Pool;
+pub use h2conn::H2Body;
+use h2conn::H2Sender;
 pub use originate::{Alpn, Origination};
 
 /// Why an upstream exchange failed; every kind is a 502 at the edge.
@@ -42,7 +44,7 @@ pub enum UpstreamError {
     #[error("HTTP/2 handshake with {addr} failed: {source}")]
     Handshake {
         addr: SocketAddr,
-        source: hyper::Error,
+        source: Box<dyn std::error::Error + Send + Sync>,
     },
     #[error("mTLS with {addr} failed: {source}")]
     Tls {
@@ -206,7 +208,7 @@ impl Kind {
 /// One multiplexed HTTP/2 connection and how many requests it has carried.
 #[derive(Debug)]
 struct Pooled {
-    sender: SendRequest<UpBody>,
+    sender: H2Sender,
     used: u32,
     /// The SNI it was opened with: connections through one east-west gateway (one address)
     /// to different services must not be shared, since the gateway routed each by its SNI.
@@ -295,7 +297,7 @@ impl Upstreams {
         opts: &PoolOptions,
         peer: Option<&str>,
         sni: Option<&str>,
-    ) -> Result<Response<Incoming>, UpstreamError> {
+    ) -> Result<Response<H2Body>, UpstreamError> {
         let connect_timeout = opts.connect_timeout.unwrap_or(CONNECT_TIMEOUT);
         let max = opts.max_requests_per_connection;
         let peer = self.mtls_peer(peer, opts);
@@ -326,59 +328,22 @@ impl Upstreams {
         };
         // A connection that is not ready has closed (a GOAWAY, a drain) before this request
         // went out on it: nothing was sent, so the attempt fails as a connect failure does.
-        if let Err(source) = sender.ready().await {
+        if let Err(e) = sender.ready().await {
             self.forget_http2(key);
-            return Err(UpstreamError::Handshake { addr, source });
-        }
-        match sender.try_send_request(req).await {
-            Ok(response) => Ok(response),
-            Err(mut e) => match e.take_message() {
-                // The connection closed between `ready` and the send, and hyper handed the
-                // request back unsent: it goes out once more on a fresh connection (a draining
-                // peer's closed listener then fails it as a connect failure, retried elsewhere).
-                // Boxed: a rare path that would otherwise grow every request's future.
-                Some(req) => {
-                    self.forget_http2(key);
-                    Box::pin(self.send_http2_fresh(dial, req, opts)).await
-                }
-                None => Err(UpstreamError::Request {
-                    addr,
-                    source: Box::new(e.into_error()),
-                }),
-            },
-        }
-    }
-
-    /// Sends `req` on a newly dialled connection to `addr` (no pooled one is tried).
-    async fn send_http2_fresh(
-        &self,
-        dial: Dial<'_>,
-        req: Request<UpBody>,
-        opts: &PoolOptions,
-    ) -> Result<Response<Incoming>, UpstreamError> {
-        let addr = dial.addr;
-        let mut fresh = self.dial_http2(dial, opts).await?;
-        fresh
-            .ready()
-            .await
-            .map_err(|source| UpstreamError::Handshake { addr, source })?;
-        fresh
-            .send_request(req)
-            .await
-            .map_err(|e| UpstreamError::Request {
+            return Err(UpstreamError::Handshake {
                 addr,
                 source: Box::new(e),
-            })
+            });
+        }
+        // h2 takes the request even when the stream cannot open (the connection failed
+        // since `ready`); then nothing was sent, and the error says so to the retry policy
+        // (a GOAWAY or a refused stream is retryable, see `is_refused_stream`).
+        sender.send(addr, req).await
     }
 
     /// The endpoint's pooled connection, counting one more request on it; a connection that
     /// reaches `max` requests leaves the pool (it closes once its streams are done).
-    fn cached_http2(
-        &self,
-        addr: PoolKey,
-        max: Option<u32>,
-        sni: Option<&str>,
-    ) -> Option<SendRequest<UpBody>> {
+    fn cached_http2(&self, addr: PoolKey, max: Option<u32>, sni: Option<&str>) -> Option<H2Sender> {
         // A poisoned lock only means another task panicked mid-insert; the map is still valid.
         let mut map = self.http2.lock().unwrap_or_else(|p| p.into_inner());
         let pooled = map.get_mut(&addr)?;
@@ -407,7 +372,7 @@ impl Upstreams {
         &self,
         dial: Dial<'_>,
         opts: &PoolOptions,
-    ) -> Result<SendRequest<UpBody>, UpstreamError> {
+    ) -> Result<H2Sender, UpstreamError> {
         let Dial {
             addr,
             connect_timeout,
@@ -418,24 +383,18 @@ impl Upstreams {
         let stream = connect_within(addr, connect_timeout)
             .await
             .map_err(|source| UpstreamError::Connect { addr, source })?;
-        let builder = {
-            let mut b = hyper::client::conn::http2::Builder::new(TokioExecutor::new());
-            b.timer(TokioTimer::new())
-                .keep_alive_interval(Duration::from_secs(30));
-            b
-        };
         let sender = match (peer, &opts.origination) {
             (_, Some(origination)) => {
                 let tls = origination.connect(addr, stream, Alpn::H2).await?;
-                h2_handshake(builder, tls, addr).await?
+                h2conn::handshake(tls, addr).await?
             }
             (Some(peer), None) => {
                 let tls = self
                     .tls_connect(stream, addr, MeshAlpn::H2, peer, sni)
                     .await?;
-                h2_handshake(builder, tls, addr).await?
+                h2conn::handshake(tls, addr).await?
             }
-            (None, None) => h2_handshake(builder, stream, addr).await?,
+            (None, None) => h2conn::handshake(stream, addr).await?,
         };
         // Two tasks may dial at once; the later one wins the slot and the other connection
         // closes when its last request is done. Rare, and cheaper than a lock across an await.
@@ -525,26 +484,6 @@ struct Dial<'a> {
     sni: Option<&'a str>,
 }
 
-async fn h2_handshake<I>(
-    builder: hyper::client::conn::http2::Builder<TokioExecutor>,
-    io: I,
-    addr: SocketAddr,
-) -> Result<SendRequest<UpBody>, UpstreamError>
-where
-    I: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
-{
-    let (sender, conn) = builder
-        .handshake(TokioIo::new(io))
-        .await
-        .map_err(|source| UpstreamError::Handshake { addr, source })?;
-    tokio::spawn(async move {
-        if let Err(e) = conn.await {
-            tracing::debug!(%addr, error = %e, "upstream HTTP/2 connection ended");
-        }
-    });
-    Ok(sender)
-}
-
 async fn h1_upgrade_handshake<I>(
     io: I,
     addr: SocketAddr,
@@ -554,11 +493,55 @@ where
 {
     let (sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(io))
         .await
-        .map_err(|source| UpstreamError::Handshake { addr, source })?;
+        .map_err(|source| UpstreamError::Handshake {
+            addr,
+            source: Box::new(source),
+        })?;
     tokio::spawn(async move {
         if let Err(e) = conn.with_upgrades().await {
             tracing::debug!(%addr, error = %e, "upstream upgrade connection ended");
         }
     });
     Ok(sender)
+}
+
+/// An upstream response's body: hyper's for HTTP/1.1, h2's stream for HTTP/2.
+#[derive(Debug)]
+pub enum RespBody {
+    Http1(Incoming),
+    Http2(H2Body),
+}
+
+impl http_body::Body for RespBody {
+    type Data = Bytes;
+    type Error = crate::http::BoxError;
+
+    fn poll_frame(
+        self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Option<Result<http_body::Frame<Bytes>, Self::Error>>> {
+        // Both are Unpin.
+        match self.get_mut() {
+            Self::Http1(b) => std::pin::Pin::new(b)
+                .poll_frame(cx)
+                .map(|f| f.map(|f| f.map_err(Into::into))),
+            Self::Http2(b) => std::pin::Pin::new(b)
+                .poll_frame(cx)
+                .map(|f| f.map(|f| f.map_err(Into::into))),
+        }
+    }
+
+    fn is_end_stream(&self) -> bool {
+        match self {
+            Self::Http1(b) => b.is_end_stream(),
+            Self::Http2(b) => b.is_end_stream(),
+        }
+    }
+
+    fn size_hint(&self) -> http_body::SizeHint {
+        match self {
+            Self::Http1(b) => b.size_hint(),
+            Self::Http2(b) => b.size_hint(),
+        }
+    }
 }

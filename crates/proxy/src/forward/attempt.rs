@@ -6,10 +6,10 @@
 use std::net::SocketAddr;
 use std::time::Duration;
 
+use crate::client::RespBody;
 use http::header::{self, HeaderName, HeaderValue};
 use http::{Request, Response, StatusCode, Version};
 use http_body_util::BodyExt;
-use hyper::body::Incoming;
 use tokio::time::Instant;
 use trellis_model::policy::HashKey;
 use trellis_model::route::RetryPolicy;
@@ -337,7 +337,7 @@ async fn attempts(
         };
         let in_flight = ep.start();
         let sent = fwd.send(hop, req, tagged, &backend.pool_options);
-        let result: Result<Response<Incoming>, AttemptError> = match a.policy.per_try_timeout {
+        let result: Result<Response<RespBody>, AttemptError> = match a.policy.per_try_timeout {
             Some(t) => match tokio::time::timeout(t, sent).await {
                 Ok(r) => r.map_err(|e| log_failure(backend, hop.addr, &e)),
                 Err(_) => Err(AttemptError::PerTryTimeout),
@@ -409,7 +409,7 @@ fn log_failure(backend: &BackendRt, addr: SocketAddr, e: &UpstreamError) -> Atte
 }
 
 fn guarded(
-    resp: Response<Incoming>,
+    resp: Response<RespBody>,
     held: Held,
     deadline: Option<BodyDeadline>,
 ) -> Response<ProxyBody> {

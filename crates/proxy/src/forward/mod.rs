@@ -24,9 +24,9 @@ use http_body_util::BodyExt;
 use hyper::body::Incoming;
 use hyper_util::rt::TokioIo;
 
-use crate::client::{PoolOptions, UpBody, UpstreamError};
+use crate::client::{PoolOptions, RespBody, UpBody, UpstreamError};
 use crate::http::{
-    BoxError, HopVersion, ORIG_PROTO, ORIG_PROTO_HTTP1, ProxyBody, TARGET_PORT, choose_version,
+    HopVersion, ORIG_PROTO, ORIG_PROTO_HTTP1, ProxyBody, TARGET_PORT, choose_version,
     error_response, is_upgrade, strip_hop_by_hop, to_http1, to_http2,
 };
 use crate::route::{Dest, Hop, Next};
@@ -230,7 +230,7 @@ impl HttpForward {
         mut req: Request<UpBody>,
         tagged: bool,
         opts: &PoolOptions,
-    ) -> Result<Response<Incoming>, UpstreamError> {
+    ) -> Result<Response<RespBody>, UpstreamError> {
         if let Some(port) = hop.target_port.filter(|_| hop.meshed) {
             req.headers_mut()
                 .insert(TARGET_PORT, HeaderValue::from(port));
@@ -243,17 +243,20 @@ impl HttpForward {
         match version {
             HopVersion::Http1 => {
                 to_http1(&mut req);
-                self.ctx.upstreams.send_http1(hop.addr, req, opts).await
+                let resp = self.ctx.upstreams.send_http1(hop.addr, req, opts).await?;
+                Ok(resp.map(RespBody::Http1))
             }
             HopVersion::Http2 => {
                 to_http2(&mut req, hop.addr);
                 if tag {
                     req.headers_mut().insert(ORIG_PROTO, ORIG_PROTO_HTTP1);
                 }
-                self.ctx
+                let resp = self
+                    .ctx
                     .upstreams
                     .send_http2(hop.addr, req, opts, hop.identity, hop.sni)
-                    .await
+                    .await?;
+                Ok(resp.map(RespBody::Http2))
             }
         }
     }
@@ -278,7 +281,7 @@ impl HttpForward {
             }
         };
         if resp.status() != StatusCode::SWITCHING_PROTOCOLS {
-            return downstream_response(resp, false);
+            return downstream_response(resp.map(RespBody::Http1), false);
         }
         let upstream = hyper::upgrade::on(&mut resp);
         let direction = self.direction;
@@ -294,21 +297,21 @@ impl HttpForward {
                 Err(e) => tracing::debug!(direction = direction.as_str(), error = %e, "upgrade did not complete"),
             }
         });
-        downstream_response(resp, true)
+        downstream_response(resp.map(RespBody::Http1), true)
     }
 }
 
 /// A response's head with hop-by-hop headers removed, and its body.
-fn downstream_parts(resp: Response<Incoming>) -> (http::response::Parts, Incoming) {
+fn downstream_parts(resp: Response<RespBody>) -> (http::response::Parts, RespBody) {
     let (mut parts, body) = resp.into_parts();
     strip_hop_by_hop(&mut parts.headers, false);
     (parts, body)
 }
 
-fn downstream_response(resp: Response<Incoming>, upgrade: bool) -> Response<ProxyBody> {
+fn downstream_response(resp: Response<RespBody>, upgrade: bool) -> Response<ProxyBody> {
     let (mut parts, body) = resp.into_parts();
     strip_hop_by_hop(&mut parts.headers, upgrade);
-    Response::from_parts(parts, body.map_err(BoxError::from).boxed())
+    Response::from_parts(parts, body.boxed())
 }
 
 #[cfg(test)]
