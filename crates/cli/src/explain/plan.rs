@@ -6,6 +6,7 @@
 //! shares, faults and mirrors as percentages.
 
 use std::collections::BTreeMap;
+use std::sync::Arc;
 
 use serde::Serialize;
 use trellis_control::compile::{MeshView, compile};
@@ -157,10 +158,12 @@ pub fn explain(
     req: &Request,
     settings: AuthzSettings<'_>,
 ) -> Explanation {
+    // The control plane's view shares each workload by `Arc`; one explanation copies them once.
+    let shared: Vec<Arc<Workload>> = workloads.iter().cloned().map(Arc::new).collect();
     let view = MeshView {
         services: &snapshot.services,
         traffic: &snapshot.traffic,
-        workloads,
+        workloads: &shared,
         trust_domain: trellis_identity::DEFAULT_TRUST_DOMAIN,
     };
     let dest = compile(view, &req.target);
