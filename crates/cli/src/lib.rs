@@ -25,6 +25,7 @@ pub mod install;
 pub mod multicluster;
 pub mod output;
 pub mod proxyconfig;
+mod runtime;
 pub mod stat;
 pub mod tap;
 pub mod top;

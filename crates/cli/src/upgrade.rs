@@ -231,15 +231,9 @@ pub fn run(args: &UpgradeArgs, out: &mut dyn Write, err: &mut dyn Write) -> u8 {
             };
         }
     };
-    let runtime = match tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-    {
+    let runtime = match crate::runtime::start("trellis upgrade", err) {
         Ok(rt) => rt,
-        Err(e) => {
-            let _ = writeln!(err, "trellis upgrade: cannot start the async runtime: {e}");
-            return crate::EXIT_FAILURE;
-        }
+        Err(code) => return code,
     };
     let diffs = match runtime.block_on(diff_cluster(args, &objects)) {
         Ok(d) => d,

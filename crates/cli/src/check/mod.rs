@@ -171,23 +171,11 @@ pub async fn observe(control: SocketAddr, url: &str) -> Observed {
 
 /// Runs the command; returns the exit code (0 healthy, 1 any `×`, 64 bad usage).
 pub fn run(args: &CheckArgs, out: &mut dyn Write, err: &mut dyn Write) -> u8 {
-    let control = match parse_control(&args.control) {
-        Ok(addr) => addr,
-        Err(e) => {
-            let _ = writeln!(err, "trellis check: {e}");
-            return crate::EXIT_USAGE;
-        }
-    };
-    let runtime = match tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-    {
-        Ok(rt) => rt,
-        Err(e) => {
-            let _ = writeln!(err, "trellis check: cannot start the async runtime: {e}");
-            return crate::EXIT_FAILURE;
-        }
-    };
+    let (control, runtime) =
+        match crate::runtime::control_and_start(&args.control, "trellis check", err) {
+            Ok(started) => started,
+            Err(code) => return code,
+        };
     if args.namespace.is_some() && !(args.proxy && args.kubernetes_mode()) {
         let _ = writeln!(
             err,

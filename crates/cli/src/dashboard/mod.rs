@@ -68,11 +68,7 @@ pub fn run(args: &DashboardArgs, out: &mut dyn Write, err: &mut dyn Write) -> u8
             return crate::EXIT_USAGE;
         }
     };
-    let checked = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .map_err(|e| format!("cannot start the async runtime: {e}"))
-        .and_then(|rt| rt.block_on(reachable(control)));
+    let checked = crate::runtime::build().and_then(|rt| rt.block_on(reachable(control)));
     if let Err(e) = checked {
         let _ = writeln!(
             err,

@@ -463,10 +463,8 @@ pub fn run(args: &ExplainArgs, out: &mut dyn Write, err: &mut dyn Write) -> u8 {
                     return crate::EXIT_USAGE;
                 }
             };
-            let outcome = tokio::runtime::Builder::new_current_thread()
-                .enable_all()
-                .build()
-                .map_err(|e| LiveError::Control(format!("cannot start the async runtime: {e}")))
+            let outcome = crate::runtime::build()
+                .map_err(LiveError::Control)
                 .and_then(|rt| rt.block_on(explain_live(args, control)));
             match outcome {
                 Ok(e) => e,

@@ -21,7 +21,6 @@ use http_body_util::{BodyExt, Full};
 use hyper_util::client::legacy::Client;
 use hyper_util::rt::TokioExecutor;
 
-use crate::check::parse_control;
 use crate::http_client::HttpClient;
 use report::{CaStatus, Goal, ProxyIdentity, ProxyRow};
 
@@ -342,22 +341,9 @@ async fn step(
 pub fn run(args: &IdentityArgs, out: &mut dyn Write, err: &mut dyn Write) -> u8 {
     let IdentityCommand::Rotate(args) = &args.command;
     let prefix = format!("trellis identity rotate {}", args.step.name());
-    let control = match parse_control(&args.control) {
-        Ok(addr) => addr,
-        Err(e) => {
-            let _ = writeln!(err, "{prefix}: {e}");
-            return crate::EXIT_USAGE;
-        }
-    };
-    let runtime = match tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-    {
-        Ok(rt) => rt,
-        Err(e) => {
-            let _ = writeln!(err, "{prefix}: cannot start the async runtime: {e}");
-            return crate::EXIT_FAILURE;
-        }
+    let (control, runtime) = match crate::runtime::control_and_start(&args.control, &prefix, err) {
+        Ok(started) => started,
+        Err(code) => return code,
     };
     match runtime.block_on(step(args, control, out)) {
         Ok(()) => 0,

@@ -239,10 +239,8 @@ async fn fetch(args: &ProxyConfigArgs) -> Result<Value, ProxyConfigError> {
 
 /// Runs the command; returns the exit code (0, 1 on failure, 64 on bad usage).
 pub fn run(args: &ProxyConfigArgs, out: &mut dyn Write, err: &mut dyn Write) -> u8 {
-    let outcome = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .map_err(|e| ProxyConfigError::Fetch(format!("cannot start the async runtime: {e}")))
+    let outcome = crate::runtime::build()
+        .map_err(ProxyConfigError::Fetch)
         .and_then(|rt| rt.block_on(fetch(args)))
         .and_then(|json| Ok(tables::parse(&json)?))
         .and_then(|dump| Ok(render(&dump, args.section, args.output)?));

@@ -345,11 +345,7 @@ pub fn run(args: &StatArgs, out: &mut dyn Write, err: &mut dyn Write) -> u8 {
             return crate::EXIT_USAGE;
         }
     };
-    let rows = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .map_err(|e| format!("cannot start the async runtime: {e}"))
-        .and_then(|rt| rt.block_on(collect(args, control)));
+    let rows = crate::runtime::build().and_then(|rt| rt.block_on(collect(args, control)));
     let rows = match rows {
         Ok(rows) => rows,
         Err(e) => {

@@ -14,8 +14,6 @@ use std::net::SocketAddr;
 
 use serde::Deserialize;
 
-use crate::check::parse_control;
-
 /// `-o` for tap: a stream of rows, so `yaml` is one document per row.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, clap::ValueEnum)]
 pub enum TapOutput {
@@ -229,23 +227,11 @@ pub fn yaml_document(line: &str) -> Result<String, String> {
 /// cannot be reached or has no such workload; 64 on bad usage, including a filter the control
 /// plane refused).
 pub fn run(args: &TapArgs, out: &mut dyn Write, err: &mut dyn Write) -> u8 {
-    let control = match parse_control(&args.control) {
-        Ok(c) => c,
-        Err(e) => {
-            let _ = writeln!(err, "trellis tap: {e}");
-            return crate::EXIT_USAGE;
-        }
-    };
-    let runtime = match tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-    {
-        Ok(rt) => rt,
-        Err(e) => {
-            let _ = writeln!(err, "trellis tap: cannot start the async runtime: {e}");
-            return crate::EXIT_FAILURE;
-        }
-    };
+    let (control, runtime) =
+        match crate::runtime::control_and_start(&args.control, "trellis tap", err) {
+            Ok(started) => started,
+            Err(code) => return code,
+        };
     runtime.block_on(stream_rows(args, control, out, err))
 }
 

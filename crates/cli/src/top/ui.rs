@@ -11,7 +11,6 @@ use crossterm::{cursor, execute, queue, terminal};
 use tokio::sync::mpsc;
 
 use super::{Table, TopArgs};
-use crate::check::parse_control;
 use crate::tap::TapRow;
 use crate::tap::stream::{self, OpenError, TapStream};
 
@@ -47,23 +46,11 @@ fn query(args: &TopArgs) -> String {
 /// Runs the view until `q`; returns the exit code (1 when the first stream cannot be opened,
 /// 64 on bad usage).
 pub fn run(args: &TopArgs, err: &mut dyn Write) -> u8 {
-    let control = match parse_control(&args.control) {
-        Ok(c) => c,
-        Err(e) => {
-            let _ = writeln!(err, "trellis top: {e}");
-            return crate::EXIT_USAGE;
-        }
-    };
-    let runtime = match tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-    {
-        Ok(rt) => rt,
-        Err(e) => {
-            let _ = writeln!(err, "trellis top: cannot start the async runtime: {e}");
-            return crate::EXIT_FAILURE;
-        }
-    };
+    let (control, runtime) =
+        match crate::runtime::control_and_start(&args.control, "trellis top", err) {
+            Ok(started) => started,
+            Err(code) => return code,
+        };
     runtime.block_on(async {
         let query = query(args);
         // Opened before the terminal is taken, so a mistake prints as a plain message.

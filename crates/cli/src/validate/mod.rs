@@ -324,10 +324,7 @@ fn summarize(findings: &[Finding], files: usize) -> Summary {
 }
 
 fn read_cluster(args: &crate::install::cluster::KubeArgs) -> Result<Vec<InputFile>, String> {
-    let runtime = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .map_err(|e| format!("cannot start the async runtime: {e}"))?;
+    let runtime = crate::runtime::build()?;
     runtime
         .block_on(cluster::read(args))
         .map_err(|e| e.to_string())
