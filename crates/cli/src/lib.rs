@@ -111,60 +111,28 @@ where
         Command::Demo(args) => run_demo(args),
         Command::Install(args) => run_install(&args, false),
         Command::Uninstall(args) => run_install(&args, true),
-        Command::Upgrade(args) => ExitCode::from(upgrade::run(
-            &args,
-            &mut std::io::stdout().lock(),
-            &mut std::io::stderr().lock(),
-        )),
+        Command::Upgrade(args) => stdio(|out, err| upgrade::run(&args, out, err)),
         Command::Inject(args) => run_inject(&args, false),
         Command::Uninject(args) => run_inject(&args, true),
-        Command::Validate(args) => ExitCode::from(validate::run(
-            &args,
-            &mut std::io::stdout().lock(),
-            &mut std::io::stderr().lock(),
-        )),
-        Command::Stat(args) => ExitCode::from(stat::run(
-            &args,
-            &mut std::io::stdout().lock(),
-            &mut std::io::stderr().lock(),
-        )),
-        Command::ProxyConfig(args) => ExitCode::from(proxyconfig::run(
-            &args,
-            &mut std::io::stdout().lock(),
-            &mut std::io::stderr().lock(),
-        )),
-        Command::Check(args) => ExitCode::from(check::run(
-            &args,
-            &mut std::io::stdout().lock(),
-            &mut std::io::stderr().lock(),
-        )),
-        Command::Explain(args) => ExitCode::from(explain::run(
-            &args,
-            &mut std::io::stdout().lock(),
-            &mut std::io::stderr().lock(),
-        )),
-        Command::Tap(args) => ExitCode::from(tap::run(
-            &args,
-            &mut std::io::stdout().lock(),
-            &mut std::io::stderr().lock(),
-        )),
+        Command::Validate(args) => stdio(|out, err| validate::run(&args, out, err)),
+        Command::Stat(args) => stdio(|out, err| stat::run(&args, out, err)),
+        Command::ProxyConfig(args) => stdio(|out, err| proxyconfig::run(&args, out, err)),
+        Command::Check(args) => stdio(|out, err| check::run(&args, out, err)),
+        Command::Explain(args) => stdio(|out, err| explain::run(&args, out, err)),
+        Command::Tap(args) => stdio(|out, err| tap::run(&args, out, err)),
         Command::Top(args) => ExitCode::from(top::ui::run(&args, &mut std::io::stderr().lock())),
-        Command::Dashboard(args) => ExitCode::from(dashboard::run(
-            &args,
-            &mut std::io::stdout().lock(),
-            &mut std::io::stderr().lock(),
-        )),
-        Command::Identity(args) => ExitCode::from(identity::run(
-            &args,
-            &mut std::io::stdout().lock(),
-            &mut std::io::stderr().lock(),
-        )),
-        Command::Multicluster(args) => ExitCode::from(multicluster::run(
-            &args,
-            &mut std::io::stdout().lock(),
-            &mut std::io::stderr().lock(),
-        )),
+        Command::Dashboard(args) => stdio(|out, err| dashboard::run(&args, out, err)),
+        Command::Identity(args) => stdio(|out, err| identity::run(&args, out, err)),
+        Command::Multicluster(args) => stdio(|out, err| multicluster::run(&args, out, err)),
     }
+}
+
+/// Runs a command that writes to stdout and stderr; its return value is the exit code.
+fn stdio(run: impl FnOnce(&mut dyn std::io::Write, &mut dyn std::io::Write) -> u8) -> ExitCode {
+    ExitCode::from(run(
+        &mut std::io::stdout().lock(),
+        &mut std::io::stderr().lock(),
+    ))
 }
 
 fn run_install(args: &install::InstallArgs, uninstall: bool) -> ExitCode {
