@@ -263,14 +263,20 @@ def splice(md: str, section: str | None) -> str:
 
 
 def keep_floor_section(md: str, doc: Path) -> str:
-    """md (a fresh render of another set) with the floor section the doc already has."""
+    """md (a fresh render of another set) with the floor section the doc already has, and the
+    hand-written notes that follow it up to bench/control.sh's section (which the caller keeps
+    on its own)."""
     if not doc.exists():
         return md
     old = doc.read_text()
     start, end = old.find(BEGIN), old.find(END)
     if start < 0 or end < start:
         return md
-    return splice(md, old[start:end + len(END)])
+    stop = end + len(END)
+    control = old.find("<!-- bench/control.sh: start -->", stop)
+    if control > stop:
+        stop = control
+    return splice(md, old[start:stop].rstrip("\n"))
 
 
 def render_plot(results: dict, summary: dict, png: Path) -> str | None:
