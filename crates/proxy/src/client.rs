@@ -79,15 +79,18 @@ impl UpstreamError {
         let Self::Request { source, .. } = self else {
             return false;
         };
-        // hyper does not expose the h2 reason; its text is stable ("refused stream before
-        // processing any application logic"). Only failed requests pay for this walk.
+        // The HTTP/2 client is h2 itself (client/h2conn.rs), so its reason is typed; the walk
+        // also finds an h2 error under another error. Only failed requests pay for it.
         let mut err: Option<&(dyn std::error::Error + 'static)> = Some(source.as_ref());
         while let Some(e) = err {
-            let text = e.to_string();
-            // A graceful GOAWAY (NO_ERROR) fails only the streams above its last stream id,
-            // which the peer did not process (RFC 9113 §6.8): as safe to retry as a refusal.
-            if text.contains("refused stream") || text.contains("not a result of an error") {
-                return true;
+            if let Some(h2) = e.downcast_ref::<h2::Error>() {
+                // A graceful GOAWAY (NO_ERROR) fails only the streams above its last stream
+                // id, which the peer did not process (RFC 9113 §6.8): as safe to retry as a
+                // refusal.
+                return matches!(
+                    h2.reason(),
+                    Some(h2::Reason::REFUSED_STREAM | h2::Reason::NO_ERROR)
+                );
             }
             err = e.source();
         }
@@ -543,5 +546,31 @@ impl http_body::Body for RespBody {
             Self::Http1(b) => b.size_hint(),
             Self::Http2(b) => b.size_hint(),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::UpstreamError;
+
+    fn request_error(source: Box<dyn std::error::Error + Send + Sync>) -> UpstreamError {
+        UpstreamError::Request {
+            addr: "127.0.0.1:1".parse().expect("an address"),
+            source,
+        }
+    }
+
+    #[test]
+    fn refused_streams_and_graceful_goaways_are_refusals_other_failures_are_not() {
+        let refused = request_error(Box::new(h2::Error::from(h2::Reason::REFUSED_STREAM)));
+        assert!(refused.is_refused_stream());
+        let goaway = request_error(Box::new(h2::Error::from(h2::Reason::NO_ERROR)));
+        assert!(goaway.is_refused_stream());
+        let protocol = request_error(Box::new(h2::Error::from(h2::Reason::PROTOCOL_ERROR)));
+        assert!(!protocol.is_refused_stream());
+        let reset = request_error(Box::new(std::io::Error::from(
+            std::io::ErrorKind::ConnectionReset,
+        )));
+        assert!(!reset.is_refused_stream());
     }
 }
