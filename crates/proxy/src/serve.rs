@@ -15,19 +15,22 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use bytes::BytesMut;
-use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use tokio::net::TcpStream;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use trellis_model::Target;
 
 pub(crate) mod drain;
+mod http1;
+mod http2;
+
+use http1::serve_http1;
+use http2::serve_http2;
 
 use crate::client::Upstreams;
 use crate::detect::{Detected, Protocol, detect};
 use crate::discovery::Discovery;
 use crate::forward::HttpForward;
-use crate::limits::idle::IdleConn;
 use crate::resilience::outlier::Outcome;
 use crate::route::Dest;
 use crate::telemetry::exchange::{LocalWorkload, Telemetry};
@@ -35,7 +38,7 @@ use crate::telemetry::tcp::TcpTag;
 use crate::telemetry::{DetectOutcome, Direction, Metrics};
 use crate::tls::{MeshIdentity, PeerIdentity, policy};
 use crate::traffic::TargetTraffic;
-use crate::transport::{CountingIo, HeadTimer, PrefixedIo, connect, is_own_listener, mx, splice};
+use crate::transport::{CountingIo, PrefixedIo, connect, is_own_listener, mx, splice};
 use tokio::io::{AsyncRead, AsyncWrite};
 use trellis_identity::tls::MeshAlpn;
 
@@ -351,102 +354,6 @@ fn mesh_dest(ctx: &Ctx, dest: Dest, dest_port: u16, target_port: Option<u16>) ->
 /// What a server connection may run over: the accepted socket, or mTLS on it.
 pub(crate) trait Downstream: AsyncRead + AsyncWrite + Unpin + Send + 'static {}
 impl<T: AsyncRead + AsyncWrite + Unpin + Send + 'static> Downstream for T {}
-
-async fn serve_http1(
-    ctx: &Ctx,
-    io: impl Downstream,
-    forward: HttpForward,
-    peer: Option<SocketAddr>,
-) {
-    let direction = forward.direction();
-    let idle = IdleConn::start(
-        ctx.admission.limits().idle_timeout,
-        &ctx.shutdown,
-        &ctx.metrics,
-        direction,
-    );
-    // Boxed: the forward's future is about 15 KiB, and hyper's dispatcher and the idle
-    // tracker move it on the way in; copying it cost about 15k instructions per request (the
-    // CI smoke run caught it: 37k -> 53k per hop). A box moves as a pointer.
-    let svc = idle.service(move |req| Box::pin(forward.clone().handle(req)));
-    let mut builder = hyper::server::conn::http1::Builder::new();
-    // The header-read timeout's timer, one tokio sleep per connection (not per request); it
-    // watches the IO to tell a slow head from an idle keep-alive connection.
-    let timer = HeadTimer::watching(peer, &ctx.admission);
-    builder.timer(timer.clone());
-    crate::limits::server::http1(&mut builder, ctx.admission.limits());
-    let conn = builder
-        .serve_connection(TokioIo::new(timer.watch(io)), svc)
-        .with_upgrades();
-    tokio::pin!(conn);
-    // On shutdown: finishes the in-flight request, then closes instead of keeping the
-    // connection alive. Not a `select!`, which would poll the shutdown signal on every wake-up.
-    // The idle timeout shuts an idle connection down the same way.
-    let res = idle
-        .serve_http1(drain::serve_until_drained(
-            idle.token(),
-            conn.as_mut(),
-            |c| c.graceful_shutdown(),
-        ))
-        .await;
-    if let Err(e) = res {
-        // Counted, and a slow or oversized head is a strike against the peer's address.
-        crate::limits::server::connection_ended(
-            &e,
-            direction,
-            peer.map(|p| p.ip()),
-            timer.head_started(),
-            &ctx.admission,
-            &ctx.metrics.limits,
-        );
-        tracing::debug!(error = %e, "HTTP/1 connection ended with an error");
-    }
-}
-
-async fn serve_http2(
-    ctx: &Ctx,
-    io: impl Downstream,
-    forward: HttpForward,
-    peer: Option<SocketAddr>,
-) {
-    let direction = forward.direction();
-    let idle = IdleConn::start(
-        ctx.admission.limits().idle_timeout,
-        &ctx.shutdown,
-        &ctx.metrics,
-        direction,
-    );
-    // Boxed: hyper spawns each HTTP/2 stream as a task and moves the service's future into it
-    // several times on the way; the forward's future is large, and copying it cost the server
-    // side of an mTLS pair about half of its instructions per request (callgrind, memcpy under
-    // hyper's execute_h2stream). A box moves as a pointer.
-    let svc = idle.service(move |req| Box::pin(forward.clone().handle(req)));
-    let mut builder = hyper::server::conn::http2::Builder::new(TokioExecutor::new());
-    builder.timer(TokioTimer::new());
-    crate::limits::server::http2(&mut builder, ctx.admission.limits());
-    let conn = builder.serve_connection(TokioIo::new(io), svc);
-    tokio::pin!(conn);
-    let res = tokio::select! {
-        res = conn.as_mut() => res,
-        _ = idle.token().cancelled() => {
-            // Sends GOAWAY: open streams finish, no new ones are accepted.
-            conn.as_mut().graceful_shutdown();
-            idle.finish(conn.as_mut()).await
-        }
-    };
-    if let Err(e) = res {
-        // Counted, and a peer sent GOAWAY ENHANCE_YOUR_CALM is penalized at accept.
-        crate::limits::server::connection_ended(
-            &e,
-            direction,
-            peer.map(|p| p.ip()),
-            false,
-            &ctx.admission,
-            &ctx.metrics.limits,
-        );
-        tracing::debug!(error = %e, "HTTP/2 connection ended with an error");
-    }
-}
 
 pub(crate) async fn serve_opaque(
     ctx: &Ctx,
