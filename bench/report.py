@@ -100,6 +100,21 @@ def per_proxy(d: dict, nd: int) -> str:
     return " + ".join(f"{fmt(v, nd)} ({k.split('-')[-1]})" for k, v in d.items())
 
 
+def path_row(label: str, r: dict, rate: float | None,
+             added: tuple[str, ...] = ("p50", "p90", "p99")) -> str:
+    """One path's row of a scenario table: achieved rps (flagged when under 95 % of the offered
+    `rate`; None for a closed loop, which offers none), latency, the `added` per-hop quantiles
+    (– for a path without hops), CPU and RSS per proxy, and failed requests. Shared by this
+    report's tables and floor_report.py's."""
+    per_hop = "–" if not r["hops"] else " / ".join(
+        fmt(r.get(f"added_{q}_us_per_hop")) for q in added)
+    short = " (below offered rate)" if rate and r["rps"] < 0.95 * rate else ""
+    return (f"| {label} | {fmt(r['rps'])}{short} | "
+            f"{fmt(r['p50_ms'], 3)} / {fmt(r['p90_ms'], 3)} / {fmt(r['p99_ms'], 3)} | "
+            f"{per_hop} | {per_proxy(r['cpu_us_per_req'], 1)} | "
+            f"{per_proxy(r['peak_rss_mib'], 1)} | {r['non_200'] + r['errors']} |")
+
+
 def targets(summary: dict) -> list[tuple[str, str, str]]:
     """(target, measured, verdict) rows; verdicts say 'not measured' when a path is missing."""
     rows = []
@@ -209,16 +224,8 @@ def render_markdown(results: dict, summary: dict, png_name: str | None) -> str:
                 "| CPU µs per request, per proxy | peak RSS MiB, per proxy | failed |")
             add("|---|---:|---:|---:|---:|---:|---:|")
             for name in order:
-                r = s.get(name)
-                if not r:
-                    continue
-                added = "–" if not r["hops"] else " / ".join(
-                    fmt(r.get(f"added_{q}_us_per_hop")) for q in ("p50", "p90", "p99"))
-                short = " (below offered rate)" if r["rps"] < 0.95 * sc["rate"] else ""
-                add(f"| {PATH_LABEL.get(name, name)} | {fmt(r['rps'])}{short} | "
-                    f"{fmt(r['p50_ms'], 3)} / {fmt(r['p90_ms'], 3)} / {fmt(r['p99_ms'], 3)} | "
-                    f"{added} | {per_proxy(r['cpu_us_per_req'], 1)} | "
-                    f"{per_proxy(r['peak_rss_mib'], 1)} | {r['non_200'] + r['errors']} |")
+                if r := s.get(name):
+                    add(path_row(PATH_LABEL.get(name, name), r, sc["rate"]))
         else:
             add("| path | max rps (median) | vs direct | p50 / p99 at max (ms) "
                 "| CPU µs per request, per proxy | peak RSS MiB, per proxy | failed |")
@@ -561,16 +568,8 @@ def render_mesh_section(results: dict, summary: dict) -> str:
             "p99 (µs) | CPU µs per request, per proxy | peak RSS MiB, per proxy | failed |")
         add("|---|---:|---:|---:|---:|---:|---:|")
         for name in order:
-            r = s.get(name)
-            if not r:
-                continue
-            added = "–" if not r["hops"] else " / ".join(
-                fmt(r.get(f"added_{q}_us_per_hop")) for q in ("p50", "p90", "p99"))
-            short = " (below offered rate)" if r["rps"] < 0.95 * sc["rate"] else ""
-            add(f"| {MESH_LABEL.get(name, name)} | {fmt(r['rps'])}{short} | "
-                f"{fmt(r['p50_ms'], 3)} / {fmt(r['p90_ms'], 3)} / {fmt(r['p99_ms'], 3)} | "
-                f"{added} | {per_proxy(r['cpu_us_per_req'], 1)} | "
-                f"{per_proxy(r['peak_rss_mib'], 1)} | {r['non_200'] + r['errors']} |")
+            if r := s.get(name):
+                add(path_row(MESH_LABEL.get(name, name), r, sc["rate"]))
         add("")
 
     if results.get("observations"):
