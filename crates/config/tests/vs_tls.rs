@@ -192,3 +192,38 @@ spec:
 ";
     assert!(error(no_route).contains("spec.tls[0].route: must name a destination"));
 }
+
+#[test]
+fn unsupported_tcp_matches_are_refused_by_field_like_tls_ones() {
+    let tcp = |matches: &str| {
+        format!(
+            "apiVersion: networking.istio.io/v1
+kind: VirtualService
+metadata: {{name: db, namespace: default}}
+spec:
+  hosts: [db]
+  tcp:
+  - match: [{matches}]
+    route:
+    - destination: {{host: db}}
+"
+        )
+    };
+    for (matches, want) in [
+        (
+            "{destinationSubnets: [10.0.0.0/8]}",
+            "spec.tcp[0].match[0].destinationSubnets: matching on subnets is not supported yet",
+        ),
+        (
+            "{sourceLabels: {app: x}}",
+            "spec.tcp[0].match[0].sourceLabels: TCP matching on source labels is not supported yet",
+        ),
+        (
+            "{sourceNamespace: default}",
+            "spec.tcp[0].match[0].sourceNamespace: TCP matching on source namespace is not supported yet",
+        ),
+    ] {
+        let err = error(&tcp(matches));
+        assert!(err.contains(want), "{matches}: {err}");
+    }
+}

@@ -14,6 +14,7 @@
 //! is ignored for mesh routes, as GAMMA specifies.
 
 use std::cmp::Reverse;
+use std::time::Duration;
 
 use serde::Deserialize;
 use trellis_model::ServiceKey;
@@ -610,8 +611,130 @@ fn rule_name(source: &ResourceRef, name: Option<&String>, i: usize) -> String {
     }
 }
 
+/// An HTTPRoute or a GRPCRoute rule as translation reads it: the two kinds share all but
+/// their match blocks, HTTP's `retry` and `timeouts`, and the match a rule without any gets.
+trait RouteRule: serde::de::DeserializeOwned {
+    /// The resource kind, for its [`ResourceRef`].
+    const KIND: &'static str;
+    /// Whether the rule's filters are a GRPCRoute's.
+    const GRPC: bool;
+    /// One `matches[]` entry as written.
+    type Match;
+
+    fn name(&self) -> Option<&String>;
+    fn matches(&self) -> &[Self::Match];
+    fn filters(&self) -> &[Filter];
+    fn backend_refs(&self) -> &[Backend];
+    /// `sessionPersistence` is set (refused: not supported yet).
+    fn session_persistence(&self) -> bool;
+    /// `retry` is set (HTTPRoute only; refused: not supported yet).
+    fn retry(&self) -> bool {
+        false
+    }
+    /// One match block, `field` naming it in errors.
+    fn translate_match(field: &str, m: &Self::Match) -> Result<HttpMatch, FieldError>;
+    /// The request timeout and the per-try (backend request) timeout; zero is none.
+    fn timeouts(&self, field: &str) -> Result<(Option<Duration>, Option<Duration>), FieldError> {
+        let _ = field;
+        Ok((None, None))
+    }
+    /// The match of a rule without matches, which matches every request.
+    fn match_all() -> HttpMatch;
+}
+
+/// The [`RouteRule`] items both rule structs read from fields of the same names (serde's
+/// `flatten` cannot share the fields: it does not work with `deny_unknown_fields`).
+macro_rules! rule_fields {
+    ($match:ty) => {
+        type Match = $match;
+
+        fn name(&self) -> Option<&String> {
+            self.name.as_ref()
+        }
+        fn matches(&self) -> &[$match] {
+            &self.matches
+        }
+        fn filters(&self) -> &[Filter] {
+            &self.filters
+        }
+        fn backend_refs(&self) -> &[Backend] {
+            &self.backend_refs
+        }
+        fn session_persistence(&self) -> bool {
+            self.session_persistence.is_some()
+        }
+    };
+}
+
+impl RouteRule for HttpRule {
+    const KIND: &'static str = "HTTPRoute";
+    const GRPC: bool = false;
+    rule_fields!(HttpRouteMatch);
+
+    fn retry(&self) -> bool {
+        self.retry.is_some()
+    }
+    fn translate_match(field: &str, m: &HttpRouteMatch) -> Result<HttpMatch, FieldError> {
+        http_match(field, m)
+    }
+    fn timeouts(&self, field: &str) -> Result<(Option<Duration>, Option<Duration>), FieldError> {
+        let (mut timeout, mut per_try) = (None, None);
+        if let Some(t) = &self.timeouts {
+            if let Some(r) = &t.request {
+                timeout = Some(duration(&format!("{field}.timeouts.request"), r)?)
+                    .filter(|d| !d.is_zero());
+            }
+            if let Some(b) = &t.backend_request {
+                per_try = Some(duration(&format!("{field}.timeouts.backendRequest"), b)?)
+                    .filter(|d| !d.is_zero());
+            }
+            if let (Some(r), Some(b)) = (timeout, per_try)
+                && b > r
+            {
+                return Err(FieldError::new(
+                    format!("{field}.timeouts.backendRequest"),
+                    "must not be longer than timeouts.request",
+                ));
+            }
+        }
+        Ok((timeout, per_try))
+    }
+    /// PathPrefix "/".
+    fn match_all() -> HttpMatch {
+        HttpMatch {
+            path: Some(PathMatch::SegmentPrefix("/".into())),
+            ..HttpMatch::default()
+        }
+    }
+}
+
+impl RouteRule for GrpcRule {
+    const KIND: &'static str = "GRPCRoute";
+    const GRPC: bool = true;
+    rule_fields!(GrpcRouteMatch);
+
+    fn translate_match(field: &str, m: &GrpcRouteMatch) -> Result<HttpMatch, FieldError> {
+        grpc_match(field, m)
+    }
+    /// One empty match block, so that only the no-route catch-all has none.
+    fn match_all() -> HttpMatch {
+        HttpMatch::default()
+    }
+}
+
 pub(crate) fn translate_http(value: serde_yaml::Value) -> Result<Translated, FieldError> {
-    let route: Route<HttpRule> = from_value(value)?;
+    translate_route::<HttpRule>(value)
+}
+
+pub(crate) fn translate_grpc(value: serde_yaml::Value) -> Result<Translated, FieldError> {
+    translate_route::<GrpcRule>(value)
+}
+
+/// An HTTPRoute or GRPCRoute: each rule is checked in the order its errors are reported
+/// (unsupported fields, matches, filters, backends, timeouts), then becomes one model route
+/// per match.
+fn translate_route<R: RouteRule>(value: serde_yaml::Value) -> Result<Translated, FieldError> {
+    let route: Route<R> = from_value(value)?;
     let spec = route.spec;
     let rules = spec.rules;
     let other_namespace = if has_service_parent(&spec.parent_refs) {
@@ -620,120 +743,45 @@ pub(crate) fn translate_http(value: serde_yaml::Value) -> Result<Translated, Fie
         OtherNamespace::Granted
     };
     finish(
-        "HTTPRoute",
+        R::KIND,
         route.metadata,
         &spec.parent_refs,
         &spec.hostnames,
         |source, out| {
             for (i, rule) in rules.iter().enumerate() {
                 let field = format!("spec.rules[{i}]");
-                if rule.retry.is_some() {
+                if rule.retry() {
                     return Err(not_yet(format!("{field}.retry"), "rules[].retry"));
                 }
-                if rule.session_persistence.is_some() {
+                if rule.session_persistence() {
                     return Err(not_yet(
                         format!("{field}.sessionPersistence"),
                         "session persistence",
                     ));
                 }
                 let matches = rule
-                    .matches
+                    .matches()
                     .iter()
                     .enumerate()
-                    .map(|(j, m)| http_match(&format!("{field}.matches[{j}]"), m))
+                    .map(|(j, m)| R::translate_match(&format!("{field}.matches[{j}]"), m))
                     .collect::<Result<Vec<_>, _>>()?;
-                let f = filters(source, &format!("{field}.filters"), &rule.filters, false)?;
+                let f = filters(source, &format!("{field}.filters"), rule.filters(), R::GRPC)?;
                 let forward = backends(
                     source,
                     &format!("{field}.backendRefs"),
-                    &rule.backend_refs,
+                    rule.backend_refs(),
                     other_namespace,
                 )?;
-                let (mut timeout, mut per_try) = (None, None);
-                if let Some(t) = &rule.timeouts {
-                    if let Some(r) = &t.request {
-                        timeout = Some(duration(&format!("{field}.timeouts.request"), r)?)
-                            .filter(|d| !d.is_zero());
-                    }
-                    if let Some(b) = &t.backend_request {
-                        per_try = Some(duration(&format!("{field}.timeouts.backendRequest"), b)?)
-                            .filter(|d| !d.is_zero());
-                    }
-                    if let (Some(r), Some(b)) = (timeout, per_try)
-                        && b > r
-                    {
-                        {
-                            return Err(FieldError::new(
-                                format!("{field}.timeouts.backendRequest"),
-                                "must not be longer than timeouts.request",
-                            ));
-                        }
-                    }
-                }
-                let name = rule_name(source, rule.name.as_ref(), i);
-                // A rule without matches matches every request (PathPrefix "/").
+                let (timeout, per_try) = rule.timeouts(&field)?;
+                let name = rule_name(source, rule.name(), i);
                 let matches = if matches.is_empty() {
-                    vec![HttpMatch {
-                        path: Some(PathMatch::SegmentPrefix("/".into())),
-                        ..HttpMatch::default()
-                    }]
+                    vec![R::match_all()]
                 } else {
                     matches
                 };
                 build(
                     source, &field, name, matches, f, forward, timeout, per_try, out,
                 );
-            }
-            Ok(())
-        },
-    )
-}
-
-pub(crate) fn translate_grpc(value: serde_yaml::Value) -> Result<Translated, FieldError> {
-    let route: Route<GrpcRule> = from_value(value)?;
-    let spec = route.spec;
-    let rules = spec.rules;
-    let other_namespace = if has_service_parent(&spec.parent_refs) {
-        OtherNamespace::MeshRoute
-    } else {
-        OtherNamespace::Granted
-    };
-    finish(
-        "GRPCRoute",
-        route.metadata,
-        &spec.parent_refs,
-        &spec.hostnames,
-        |source, out| {
-            for (i, rule) in rules.iter().enumerate() {
-                let field = format!("spec.rules[{i}]");
-                if rule.session_persistence.is_some() {
-                    return Err(not_yet(
-                        format!("{field}.sessionPersistence"),
-                        "session persistence",
-                    ));
-                }
-                let matches = rule
-                    .matches
-                    .iter()
-                    .enumerate()
-                    .map(|(j, m)| grpc_match(&format!("{field}.matches[{j}]"), m))
-                    .collect::<Result<Vec<_>, _>>()?;
-                let f = filters(source, &format!("{field}.filters"), &rule.filters, true)?;
-                let forward = backends(
-                    source,
-                    &format!("{field}.backendRefs"),
-                    &rule.backend_refs,
-                    other_namespace,
-                )?;
-                let name = rule_name(source, rule.name.as_ref(), i);
-                // A rule without matches matches every request; it gets one empty match block,
-                // so that only the no-route catch-all has none.
-                let matches = if matches.is_empty() {
-                    vec![HttpMatch::default()]
-                } else {
-                    matches
-                };
-                build(source, &field, name, matches, f, forward, None, None, out);
             }
             Ok(())
         },
@@ -820,6 +868,86 @@ spec:
             bad.field.as_deref(),
             Some("spec.rules[0].backendRefs[0].namespace")
         );
+    }
+
+    /// The mesh routes of one HTTPRoute or GRPCRoute of namespace `shop` with `rules`.
+    fn mesh_routes(kind: &str, rules: &str) -> Result<Vec<HttpRoute>, FieldError> {
+        let yaml = format!(
+            "apiVersion: gateway.networking.k8s.io/v1
+kind: {kind}
+metadata: {{name: r, namespace: shop}}
+spec:
+  parentRefs: [{{group: '', kind: Service, name: reviews}}]
+  rules: {rules}
+"
+        );
+        let value: serde_yaml::Value = serde_yaml::from_str(&yaml).unwrap();
+        let translated = match kind {
+            "GRPCRoute" => translate_grpc(value),
+            _ => translate_http(value),
+        }?;
+        let Translated::Resource(Resource::Routes(set)) = translated else {
+            panic!("{translated:?}")
+        };
+        Ok(set.http)
+    }
+
+    #[test]
+    fn http_and_grpc_rules_differ_only_where_their_kinds_do() {
+        let plain = "[{backendRefs: [{name: reviews, port: 9080}]}]";
+        // A rule without matches matches every request: HTTP's by the path prefix "/", gRPC's
+        // by one empty match block.
+        let http = mesh_routes("HTTPRoute", plain).unwrap();
+        let all_paths = HttpMatch {
+            path: Some(PathMatch::SegmentPrefix("/".into())),
+            ..HttpMatch::default()
+        };
+        assert_eq!(
+            (http[0].name.as_str(), &http[0].matches[..]),
+            ("r/0", &[all_paths][..])
+        );
+        let grpc = mesh_routes("GRPCRoute", plain).unwrap();
+        assert_eq!(
+            (grpc[0].name.as_str(), &grpc[0].matches[..]),
+            ("r/0", &[HttpMatch::default()][..])
+        );
+        // HTTP's timeouts, a zero one being none; gRPC has no such field.
+        let timed = mesh_routes(
+            "HTTPRoute",
+            "[{name: t, timeouts: {request: 2s, backendRequest: 0s}, backendRefs: [{name: reviews, port: 9080}]}]",
+        )
+        .unwrap();
+        assert_eq!(
+            (timed[0].name.as_str(), timed[0].timeout),
+            ("r/t", Some(Duration::from_secs(2)))
+        );
+        assert!(mesh_routes("GRPCRoute", "[{timeouts: {request: 2s}}]").is_err());
+        // Refused by field, the first in the order they are checked.
+        for (kind, rules, field) in [
+            (
+                "HTTPRoute",
+                "[{retry: {attempts: 2}, sessionPersistence: {}}]",
+                "spec.rules[0].retry",
+            ),
+            (
+                "HTTPRoute",
+                "[{sessionPersistence: {}, matches: [{path: {type: Bogus}}]}]",
+                "spec.rules[0].sessionPersistence",
+            ),
+            (
+                "GRPCRoute",
+                "[{}, {sessionPersistence: {}}]",
+                "spec.rules[1].sessionPersistence",
+            ),
+            (
+                "HTTPRoute",
+                "[{timeouts: {request: 1s, backendRequest: 2s}}]",
+                "spec.rules[0].timeouts.backendRequest",
+            ),
+        ] {
+            let err = mesh_routes(kind, rules).unwrap_err();
+            assert_eq!(err.field.as_deref(), Some(field), "{kind} {rules}: {err:?}");
+        }
     }
 
     #[test]

@@ -511,24 +511,17 @@ fn tls_matches(field: &str, t: &TlsSpec, scope: Scope) -> Result<Vec<SniMatch>, 
                 ));
             }
         }
-        if !m.destination_subnets.is_empty() {
-            return Err(not_yet(
-                format!("{mf}.destinationSubnets"),
+        refuse_source_and_subnets(
+            &mf,
+            [
                 "TLS matching on subnets",
-            ));
-        }
-        if !m.source_labels.is_empty() {
-            return Err(not_yet(
-                format!("{mf}.sourceLabels"),
                 "TLS matching on source labels",
-            ));
-        }
-        if m.source_namespace.is_some() {
-            return Err(not_yet(
-                format!("{mf}.sourceNamespace"),
                 "TLS matching on source namespace",
-            ));
-        }
+            ],
+            &m.destination_subnets,
+            &m.source_labels,
+            m.source_namespace.as_ref(),
+        )?;
         let port = m.port.map(|p| port(&format!("{mf}.port"), p)).transpose()?;
         if scope.admits(&m.gateways) {
             let hosts = m.sni_hosts.iter().map(|h| h.to_ascii_lowercase()).collect();
@@ -536,6 +529,29 @@ fn tls_matches(field: &str, t: &TlsSpec, scope: Scope) -> Result<Vec<SniMatch>, 
         }
     }
     Ok(out)
+}
+
+/// Refuses the conditions of a `tls[]` or `tcp[]` match block `mf` that routing does not
+/// read yet: `destinationSubnets`, `sourceLabels`, `sourceNamespace`, in that order; `what`
+/// names each in its "not supported yet" error.
+fn refuse_source_and_subnets(
+    mf: &str,
+    what: [&str; 3],
+    destination_subnets: &[String],
+    source_labels: &BTreeMap<String, String>,
+    source_namespace: Option<&String>,
+) -> Result<(), FieldError> {
+    let [subnets, labels, namespace] = what;
+    if !destination_subnets.is_empty() {
+        return Err(not_yet(format!("{mf}.destinationSubnets"), subnets));
+    }
+    if !source_labels.is_empty() {
+        return Err(not_yet(format!("{mf}.sourceLabels"), labels));
+    }
+    if source_namespace.is_some() {
+        return Err(not_yet(format!("{mf}.sourceNamespace"), namespace));
+    }
+    Ok(())
 }
 
 fn backend(source: &ResourceRef, field: &str, d: &Destination) -> Result<BackendRef, FieldError> {
@@ -900,24 +916,17 @@ fn tcp_route(
     let mut ports = Vec::new();
     for (j, m) in t.matches.iter().enumerate() {
         let mf = format!("{field}.match[{j}]");
-        if !m.destination_subnets.is_empty() {
-            return Err(not_yet(
-                format!("{mf}.destinationSubnets"),
+        refuse_source_and_subnets(
+            &mf,
+            [
                 "matching on subnets",
-            ));
-        }
-        if !m.source_labels.is_empty() {
-            return Err(not_yet(
-                format!("{mf}.sourceLabels"),
                 "TCP matching on source labels",
-            ));
-        }
-        if m.source_namespace.is_some() {
-            return Err(not_yet(
-                format!("{mf}.sourceNamespace"),
                 "TCP matching on source namespace",
-            ));
-        }
+            ],
+            &m.destination_subnets,
+            &m.source_labels,
+            m.source_namespace.as_ref(),
+        )?;
         if !scope.admits(&m.gateways) {
             continue;
         }
