@@ -195,17 +195,13 @@ spec:
 
 #[test]
 fn unsupported_tcp_matches_are_refused_by_field_like_tls_ones() {
+    // The VirtualService in flow style: one `tcp[]` route whose one match block is `matches`.
     let tcp = |matches: &str| {
         format!(
             "apiVersion: networking.istio.io/v1
 kind: VirtualService
 metadata: {{name: db, namespace: default}}
-spec:
-  hosts: [db]
-  tcp:
-  - match: [{matches}]
-    route:
-    - destination: {{host: db}}
+spec: {{hosts: [db], tcp: [{{match: [{matches}], route: [{{destination: {{host: db}}}}]}}]}}
 "
         )
     };
