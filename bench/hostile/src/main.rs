@@ -4,10 +4,15 @@
 //!
 //! For each attack (trellis_testkit::attacks, the chaos tests' own): a fresh proxy pinned to
 //! one CPU (`taskset`, `--threads 1`) in front of an echo backend; a good client at a fixed rate
-//! alone (the baseline), then again while the attack runs; the proxy's RSS and fds sampled.
-//! This process (good client, attackers, backend) pins itself to another CPU. One JSON
-//! document on stdout; progress on stderr. Every phase is bounded in time.
+//! alone (the baseline), then while the same attack is aimed at a plain listener instead (the
+//! control: what the attack costs the good client through the machine alone, [`control`]),
+//! then while it is aimed at the proxy; the proxy's RSS and fds sampled. This process (good
+//! client, attackers, backend) pins itself to another CPU, its attacker threads in the idle
+//! scheduling class ([`sched`]). One JSON document on stdout; progress on stderr. Every phase
+//! is bounded in time.
 
+mod control;
+mod sched;
 mod victim;
 
 use std::path::PathBuf;
@@ -22,6 +27,8 @@ use trellis_testkit::HttpEcho;
 use trellis_testkit::attacks::{self, Attack};
 use trellis_testkit::load::{self, LoadReport};
 
+use crate::control::{Sink, SinkStats};
+use crate::sched::Policy;
 use crate::victim::Victim;
 
 #[derive(Debug, Parser)]
@@ -45,17 +52,28 @@ struct Cli {
     /// Seconds of baseline measurement per round (after 1 s of warm-up).
     #[arg(long, default_value_t = 4)]
     baseline_secs: u64,
-    /// Seconds each attack runs; the good client measures for this less 1 s.
+    /// Seconds each attack runs (on the proxy, and on the control listener); the good client
+    /// measures for this less 1 s.
     #[arg(long, default_value_t = 6)]
     attack_secs: u64,
-    /// Rounds per attack (each a baseline, then the attack, on the same proxy); medians are
-    /// reported.
+    /// Rounds per attack (each a baseline, the control, then the attack, on the same proxy);
+    /// medians are reported.
     #[arg(long, default_value_t = 3)]
     rounds: u32,
-    /// The attackers' nice value (0 to 19): they share the client CPU with the good client, and a
-    /// real attacker brings its own CPU, so by default they yield it to the good client.
+    /// How the attacker threads are scheduled: `idle` (SCHED_IDLE: they run only when the
+    /// client CPU has nothing else to run) or `normal` (at --attacker-nice only). They share the
+    /// client CPU with the good client, and a real attacker brings its own CPU, so by default
+    /// they yield it to the good client.
+    #[arg(long, value_enum, default_value_t = Policy::Idle)]
+    attacker_policy: Policy,
+    /// The attackers' nice value (0 to 19); what lowers them under `--attacker-policy normal`
+    /// (the idle class ignores it).
     #[arg(long, default_value_t = 19)]
     attacker_nice: i32,
+    /// Skip the control rounds (each attack aimed at a plain listener while the good client
+    /// goes through the proxy).
+    #[arg(long)]
+    no_control: bool,
     /// Attacks to run, comma-separated: slowloris, http2-rapid-reset, header-bomb, and the header
     /// bomb's halves alone, header-bomb-h1 and header-bomb-h2.
     #[arg(
@@ -129,6 +147,10 @@ struct AttackResult {
     attack_p99_ms: f64,
     /// The median of the rounds' under-attack p99 over their baseline p99 (issue 12's bound: 2).
     p99_ratio: f64,
+    /// The same for the control rounds (the attack aimed at a plain listener, the good client
+    /// through the proxy): the machine's share of `p99_ratio`. `None` with `--no-control`.
+    control_p99_ms: Option<f64>,
+    control_p99_ratio: Option<f64>,
     /// The good client's failed requests under attack, all rounds.
     failures: u64,
     /// `trellis_limit_rejected_total` grew by this during the attacks (the limits engaged).
@@ -149,6 +171,8 @@ struct Round {
     /// Hostile requests, streams or frames written.
     sent: u64,
     baseline: Latency,
+    /// The attack aimed at the control listener instead of the proxy (before `under_attack`).
+    control: Option<ControlRound>,
     under_attack: Latency,
     p99_ratio: f64,
     limit_rejected: f64,
@@ -160,13 +184,31 @@ struct Round {
     peak_fds: usize,
 }
 
+/// The good client through the proxy while the attack is aimed at the control listener.
+#[derive(Debug, Serialize)]
+struct ControlRound {
+    /// What the attacker did to the listener.
+    what: String,
+    sent: u64,
+    latency: Latency,
+    /// Its p99 over the round's baseline p99.
+    p99_ratio: f64,
+    /// CPU time this process used, percent of one CPU: the good client, the attackers and the
+    /// backend on the client CPU, and the listener on the proxy CPU.
+    client_cpu_percent: f64,
+    listener: SinkStats,
+}
+
 #[derive(Debug, Serialize)]
 struct Report {
     benchmark: &'static str,
     proxy: String,
     proxy_cpu: u32,
     client_cpu: u32,
+    attacker_policy: Policy,
     attacker_nice: i32,
+    /// Whether each round had a control (see `ControlRound`).
+    control: bool,
     /// The attackers' source address (the good client's is 127.0.0.1).
     attacker_source: String,
     rounds: u32,
@@ -222,7 +264,9 @@ fn main() -> anyhow::Result<()> {
         proxy: cli.proxy.display().to_string(),
         proxy_cpu: cli.proxy_cpu,
         client_cpu: cli.client_cpu,
+        attacker_policy: cli.attacker_policy,
         attacker_nice: cli.attacker_nice,
+        control: !cli.no_control,
         attacker_source: attacks::ATTACKER_SOURCE.to_string(),
         rounds: cli.rounds,
         rate_rps: cli.rate,
@@ -269,8 +313,18 @@ fn run_one(cli: &Cli, attack: Attack, echo: &HttpEcho) -> anyhow::Result<AttackR
             settle(pid, fds_idle);
         }
         let r = round(cli, attack, &v)?;
+        let control = r
+            .control
+            .as_ref()
+            .map(|c| {
+                format!(
+                    ", {:.2} ms with the attack on the control",
+                    c.latency.p99_ms
+                )
+            })
+            .unwrap_or_default();
         eprintln!(
-            "bench-hostile: {} round {}: p99 {:.2} ms alone, {:.2} ms under attack",
+            "bench-hostile: {} round {}: p99 {:.2} ms alone{control}, {:.2} ms under attack",
             attack.name(),
             n + 1,
             r.baseline.p99_ms,
@@ -285,6 +339,7 @@ fn run_one(cli: &Cli, attack: Attack, echo: &HttpEcho) -> anyhow::Result<AttackR
         v.get(v.len() / 2).copied().unwrap_or(f64::NAN)
     };
     let last = rounds.last().ok_or_else(|| anyhow!("--rounds is 0"))?;
+    let with_control = !cli.no_control;
     Ok(AttackResult {
         attack: attack.name(),
         proxy_args,
@@ -292,6 +347,10 @@ fn run_one(cli: &Cli, attack: Attack, echo: &HttpEcho) -> anyhow::Result<AttackR
         baseline_p99_ms: median(&|r| r.baseline.p99_ms),
         attack_p99_ms: median(&|r| r.under_attack.p99_ms),
         p99_ratio: median(&|r| r.p99_ratio),
+        control_p99_ms: with_control
+            .then(|| median(&|r| r.control.as_ref().map_or(f64::NAN, |c| c.latency.p99_ms))),
+        control_p99_ratio: with_control
+            .then(|| median(&|r| r.control.as_ref().map_or(f64::NAN, |c| c.p99_ratio))),
         failures: rounds.iter().map(|r| r.under_attack.failed).sum(),
         limit_rejected: rounds.iter().map(|r| r.limit_rejected).sum(),
         proxy_cpu_percent: median(&|r| r.proxy_cpu_percent),
@@ -327,11 +386,83 @@ fn mib(bytes: u64) -> f64 {
     (bytes as f64 / (1024.0 * 1024.0) * 10.0).round() / 10.0
 }
 
-/// One round on a running proxy: the good client alone, then under the attack.
+/// The attack as `measure_under` runs it, aimed at `target` (not the address it is given),
+/// its thread and the threads it starts lowered first ([`sched::lower_this_thread`]).
+fn attacker(
+    cli: &Cli,
+    attack: Attack,
+    target: std::net::SocketAddr,
+) -> impl FnOnce(std::net::SocketAddr, Instant) -> (String, u64) + Send {
+    let (policy, nice) = (cli.attacker_policy, cli.attacker_nice);
+    move |_, deadline| {
+        // Best effort: a failure only means the attack competes with the good client.
+        if let Err(e) = sched::lower_this_thread(policy, nice) {
+            eprintln!("bench-hostile: attacker {policy:?}, nice {nice}: {e}");
+        }
+        attack.run(target, deadline)
+    }
+}
+
+/// The good client through the proxy at `addr` while the attack is aimed at a fresh control
+/// listener on the proxy's CPU.
+fn control_round(
+    cli: &Cli,
+    attack: Attack,
+    addr: std::net::SocketAddr,
+    baseline_p99_us: u64,
+) -> anyhow::Result<ControlRound> {
+    let sink = Sink::start(cli.proxy_cpu)?;
+    let started = Instant::now();
+    let before = cpu_ticks(std::process::id());
+    let measured = attacks::measure_under(
+        addr,
+        cli.rate,
+        Duration::from_secs(cli.attack_secs),
+        attacker(cli, attack, sink.addr),
+    );
+    let client_cpu_percent = busy_percent(before, cpu_ticks(std::process::id()), started);
+    let listener = sink.stop()?;
+    let measured = measured.map_err(|e| anyhow!("{} (control): {e}", attack.name()))?;
+    Ok(ControlRound {
+        what: measured.what.clone(),
+        sent: measured.sent,
+        p99_ratio: ratio(measured.report.p99_us, baseline_p99_us),
+        latency: Latency::from(&measured.report),
+        client_cpu_percent,
+        listener,
+    })
+}
+
+/// `p99` over `baseline`, to two decimals.
+fn ratio(p99_us: u64, baseline_us: u64) -> f64 {
+    (p99_us as f64 / baseline_us.max(1) as f64 * 100.0).round() / 100.0
+}
+
+/// CPU ticks between two readings as percent of one CPU over the time since `started`.
+fn busy_percent(before: Option<u64>, after: Option<u64>, started: Instant) -> f64 {
+    let secs = started.elapsed().as_secs_f64();
+    match (before, after) {
+        // Ticks are USER_HZ, 100 a second on Linux: ticks a second are percent.
+        (Some(b), Some(a)) if secs > 0.0 => {
+            (a.saturating_sub(b) as f64 / secs * 10.0).round() / 10.0
+        }
+        _ => f64::NAN,
+    }
+}
+
+/// One round on a running proxy: the good client alone, with the attack on the control
+/// listener, then with the attack on the proxy.
 fn round(cli: &Cli, attack: Attack, v: &Victim) -> anyhow::Result<Round> {
     let (addr, pid) = (v.ready.inbound, v.ready.pid);
     let baseline = attacks::good_client(addr, cli.rate, Duration::from_secs(cli.baseline_secs))
         .map_err(|e| anyhow!("good client: {e}"))?;
+    // Before the attack on the proxy, which leaves the proxy closing connections and its
+    // attacker penalized; the control leaves nothing behind (its listener is closed).
+    let control = if cli.no_control {
+        None
+    } else {
+        Some(control_round(cli, attack, addr, baseline.p99_us)?)
+    };
     let rejected_before = v.metrics()?.sum("trellis_limit_rejected_total", &[]);
     let rss_before = load::rss_bytes(pid).map_err(|e| anyhow!("proxy RSS: {e}"))?;
 
@@ -354,26 +485,12 @@ fn round(cli: &Cli, attack: Attack, v: &Victim) -> anyhow::Result<Round> {
             addr,
             cli.rate,
             Duration::from_secs(cli.attack_secs),
-            |a, d| {
-                // Linux: a thread's nice value is its own, and threads it starts inherit it,
-                // so this lowers the attack's threads only. Best effort: a failure only means
-                // the attack competes with the good client at the same priority.
-                if let Err(e) = rustix::process::setpriority_process(None, cli.attacker_nice) {
-                    eprintln!("bench-hostile: attacker nice {}: {e}", cli.attacker_nice);
-                }
-                attack.run(a, d)
-            },
+            attacker(cli, attack, addr),
         );
         stop.store(true, Ordering::Relaxed);
-        let secs = started.elapsed().as_secs_f64();
-        let busy = |before: Option<u64>, after: Option<u64>| match (before, after) {
-            // Ticks are USER_HZ, 100 a second on Linux: ticks a second are percent.
-            (Some(b), Some(a)) => (a.saturating_sub(b) as f64 / secs * 10.0).round() / 10.0,
-            _ => f64::NAN,
-        };
         let cpu = (
-            busy(cpu_before.0, cpu_ticks(pid)),
-            busy(cpu_before.1, cpu_ticks(std::process::id())),
+            busy_percent(cpu_before.0, cpu_ticks(pid), started),
+            busy_percent(cpu_before.1, cpu_ticks(std::process::id()), started),
         );
         (measured, cpu, sampler.join().unwrap_or_default())
     });
@@ -389,8 +506,9 @@ fn round(cli: &Cli, attack: Attack, v: &Victim) -> anyhow::Result<Round> {
     Ok(Round {
         what: measured.what.clone(),
         sent: measured.sent,
-        p99_ratio: (report.p99_us as f64 / baseline.p99_us.max(1) as f64 * 100.0).round() / 100.0,
+        p99_ratio: ratio(report.p99_us, baseline.p99_us),
         baseline: Latency::from(&baseline),
+        control,
         under_attack: Latency::from(report),
         limit_rejected: rejected,
         proxy_cpu_percent,
@@ -402,7 +520,12 @@ fn round(cli: &Cli, attack: Attack, v: &Victim) -> anyhow::Result<Round> {
 
 /// User plus system CPU time of a process, in USER_HZ ticks (`/proc/PID/stat` fields 14, 15).
 fn cpu_ticks(pid: u32) -> Option<u64> {
-    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    cpu_ticks_at(&format!("/proc/{pid}/stat"))
+}
+
+/// User plus system CPU time from a `stat` file of /proc (a process' or a thread's).
+fn cpu_ticks_at(path: &str) -> Option<u64> {
+    let stat = std::fs::read_to_string(path).ok()?;
     // The command name (field 2) may hold spaces; the fields after it follow its closing ')'.
     let rest = &stat[stat.rfind(')')? + 1..];
     let fields: Vec<&str> = rest.split_whitespace().collect();
