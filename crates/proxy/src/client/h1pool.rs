@@ -1,14 +1,15 @@
 //! Pooled HTTP/1.1 connections to upstream endpoints, keyed by socket address.
 //!
 //! Replaces hyper-util's legacy client on the hot path, which per request rebuilt the URI
-//! around a formatted authority, hashed it with SipHash into its pool, and spawned a task to
-//! return each connection once its response ended (about a sixth of the proxy's instructions
-//! per request). Here a connection stays in its endpoint's list while in use; a request takes
-//! the most recently used one that hyper reports ready (its previous response has ended), or
-//! dials a new one. What the legacy client did for us is kept: origin-form request targets,
-//! a Host header when the request has none, TCP_NODELAY and a connect timeout, a request that
-//! a reused connection closed before sending is sent again on another, and connections idle
-//! for longer than the idle timeout are closed.
+//! around a formatted authority, hashed it with SipHash into its pool, and spawned a task
+//! to return each connection once its response ended (about a sixth of the proxy's
+//! instructions per request). Here a connection stays in its endpoint's list, in place,
+//! while in use; a request is handed, under one lock, to the last listed one that hyper
+//! reports ready (its previous response has ended), or dials a new one. What the legacy
+//! client did for us is kept: origin-form request targets, a Host header when the request
+//! has none, TCP_NODELAY and a connect timeout, a request that a reused connection closed
+//! before sending is sent again on another, and connections idle for longer than the idle
+//! timeout are closed.
 
 use std::collections::HashMap;
 use std::hash::{BuildHasherDefault, Hasher};
@@ -20,6 +21,7 @@ use std::time::Duration;
 use http::header::{HOST, HeaderValue};
 use http::{Method, Request, Response, Uri};
 use hyper::body::Incoming;
+use hyper::client::conn::TrySendError;
 use hyper::client::conn::http1::SendRequest;
 use hyper_util::rt::TokioIo;
 
@@ -121,13 +123,14 @@ impl H1Pool {
     ) -> Result<Response<Incoming>, UpstreamError> {
         prepare(addr, &mut req);
         let reusable = !closes(&req);
-        while let Some(mut sender) = self.checkout(addr) {
-            let sent = sender.try_send_request(req);
-            // Listed again at once, busy until its response ends (hyper then reports it
-            // ready); a request asking to close its connection leaves it out.
-            if reusable {
-                self.file(addr, sender);
-            }
+        loop {
+            let sent = match self.try_send_pooled(addr, req, reusable) {
+                Ok(sent) => sent,
+                Err(back) => {
+                    req = back;
+                    break;
+                }
+            };
             match sent.await {
                 Ok(resp) => return Ok(resp),
                 Err(mut e) => match e.take_message() {
@@ -159,21 +162,44 @@ impl H1Pool {
         })
     }
 
-    /// Takes the most recently listed ready connection to `addr` out of its list; closed ones
-    /// are dropped on the way, busy ones stay.
-    fn checkout(&self, addr: SocketAddr) -> Option<SendRequest<UpBody>> {
+    /// Hands `req` to a ready pooled connection to `addr`, under one lock: the one nearest the
+    /// end of its list (closed ones are dropped on the way, busy ones stay). With `reusable`
+    /// the connection stays listed where it is, busy until its response ends (hyper then
+    /// reports it ready); otherwise it leaves the list and closes after this exchange. Gives
+    /// `req` back when no connection is ready.
+    ///
+    /// Scanning from the end always prefers the same connections while they are ready, so when
+    /// load drops, those nearer the front stay unused and the sweeper closes them.
+    fn try_send_pooled(
+        &self,
+        addr: SocketAddr,
+        req: Request<UpBody>,
+        reusable: bool,
+    ) -> Result<
+        impl Future<Output = Result<Response<Incoming>, TrySendError<Request<UpBody>>>> + use<>,
+        Request<UpBody>,
+    > {
         let mut map = self.conns.lock().unwrap_or_else(PoisonError::into_inner);
-        let list = map.get_mut(&addr)?;
+        let Some(list) = map.get_mut(&addr) else {
+            return Err(req);
+        };
         let mut i = list.len();
         while i > 0 {
             i -= 1;
-            if list[i].sender.is_closed() {
+            let conn = &mut list[i];
+            if conn.sender.is_closed() {
                 list.swap_remove(i);
-            } else if list[i].sender.is_ready() {
-                return Some(list.swap_remove(i).sender);
+            } else if conn.sender.is_ready() {
+                if reusable {
+                    conn.used = self.tick.load(Ordering::Relaxed);
+                    return Ok(conn.sender.try_send_request(req));
+                }
+                // Dropped once the request is handed over: hyper finishes this exchange,
+                // then closes the connection.
+                return Ok(list.swap_remove(i).sender.try_send_request(req));
             }
         }
-        None
+        Err(req)
     }
 
     fn file(self: &Arc<Self>, addr: SocketAddr, sender: SendRequest<UpBody>) {
@@ -421,6 +447,29 @@ mod tests {
             assert_eq!(get(&pool, addr).await, "ok");
         }
         assert_eq!(accepted.load(SeqCst), 5);
+    }
+
+    #[tokio::test]
+    async fn a_request_asking_to_close_uses_a_pooled_connection_and_takes_it_out() {
+        use std::sync::atomic::Ordering::SeqCst;
+        let (addr, accepted, eofs) = server(false).await;
+        let pool = H1Pool::new(Duration::from_secs(1), Duration::from_secs(60), None);
+        assert_eq!(get(&pool, addr).await, "ok");
+        let mut close = req("/");
+        close
+            .headers_mut()
+            .insert(http::header::CONNECTION, HeaderValue::from_static("close"));
+        let resp = pool.send(addr, close).await.expect("request answered");
+        let body = resp.into_body().collect().await.unwrap().to_bytes();
+        assert_eq!(&body[..], b"ok");
+        assert_eq!(accepted.load(SeqCst), 1, "the pooled connection carried it");
+        let deadline = Instant::now() + Duration::from_secs(5);
+        while eofs.load(SeqCst) == 0 && Instant::now() < deadline {
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        assert_eq!(eofs.load(SeqCst), 1, "closed after its exchange");
+        assert_eq!(get(&pool, addr).await, "ok");
+        assert_eq!(accepted.load(SeqCst), 2, "not used again");
     }
 
     #[tokio::test]
