@@ -13,16 +13,14 @@
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 mod external;
+mod support;
 
-use std::time::Duration;
-
-use trellis_testkit::egress::{self, NodeHosts, block, captured_client, registry_only_control};
-use trellis_testkit::mesh::{config_dir, write_config};
+use support::egress::{CONVERGE, Egress, HOST, Server, reply};
+use trellis_testkit::egress;
+use trellis_testkit::mesh::write_config;
 use trellis_testkit::netns::require_root;
-use trellis_testkit::{ControlPlane, Node, Pod, Proxy, wait};
+use trellis_testkit::{Proxy, wait};
 
-const CONVERGE: Duration = Duration::from_secs(20);
-const HOST: &str = "edition.cnn.com";
 /// Where the egress gateway's Gateway port 80 listens in its pod: the `targetPort` of
 /// Istio's `istio-egressgateway` Service.
 const GATEWAY_TARGET_PORT: u16 = 8080;
@@ -120,106 +118,39 @@ spec:
     protocol: TCP
 ";
 
-/// The egress gateway workload in `pod`: Istio's labels, its Gateway port 80 bound where the
-/// Service's `targetPort` points, reached by sidecars over mTLS through its inbound listener.
-/// With `ca`, it trusts that CA as its system roots (`SSL_CERT_FILE`), as a real gateway
-/// trusts public CAs.
-fn egress_gateway(pod: &Pod, control: &ControlPlane, ca: Option<&std::path::Path>) -> Proxy {
-    let mut b = egress::egress_gateway(pod, control, 80, GATEWAY_TARGET_PORT);
-    if let Some(ca) = ca {
-        b = b.env("SSL_CERT_FILE", ca);
-    }
-    let gw = b.start().unwrap();
-    gw.wait_ready(CONVERGE).unwrap();
-    gw
-}
-
-/// What every test here starts, in one node: the external host `HOST` (a server in pod `ext`,
-/// plain HTTP on port 80, or HTTPS on 443 with a certificate), the egress gateway in pod
-/// `egress`, and the client's sidecar in pod `sleep`, which may not reach the host itself; the
-/// control plane reads `config` with REGISTRY_ONLY.
-struct Egress {
-    // Fields drop in this order: the processes before the pods and the node they run in.
-    client: Proxy,
-    gw: Proxy,
-    _control: ControlPlane,
-    config: tempfile::TempDir,
-    _server: external::External,
-    _hosts: NodeHosts,
-    sleep: Pod,
-    egress: Pod,
-    ext: Pod,
-    _node: Node,
-}
-
-impl Egress {
-    /// Starts it all with `gateway` and `virtual_service` as the Gateway and VirtualService
-    /// files (beside the ServiceEntry and the gateway's Service). `server` names the external
-    /// server in its answers; with `tls` it speaks HTTPS only and the gateway trusts its CA.
-    fn start(
-        server: &str,
-        tls: Option<&external::Certs>,
-        gateway: &str,
-        virtual_service: &str,
-    ) -> Self {
-        let node = Node::new().unwrap();
-        let ext = node.pod().unwrap();
-        let egress = node.pod().unwrap();
-        let sleep = node.pod().unwrap();
-        let hosts = NodeHosts::new(&node, &format!("{} {HOST}", ext.ip())).unwrap();
-        let server = match tls {
-            // The host speaks HTTPS only: a plaintext request could not be answered.
-            Some(certs) => external::start(&ext, server, 443, Some((&certs.cert, &certs.key))),
-            None => external::start(&ext, server, 80, None),
-        };
-        let config = config_dir(&[
-            ("service-entry.yaml", SERVICE_ENTRY.to_string()),
-            ("gateway.yaml", gateway.to_string()),
-            ("virtual-service.yaml", virtual_service.to_string()),
-            ("egressgateway-service.yaml", GATEWAY_SERVICE.to_string()),
-        ])
-        .unwrap();
-        let control = registry_only_control(&node, config.path()).unwrap();
-        let gw = egress_gateway(&egress, &control, tls.map(|c| c.ca.as_path()));
-        let client = captured_client(&sleep, &control, "sleep-0", "sleep", CONVERGE).unwrap();
-        block(&sleep, ext.ip()).unwrap();
-        Self {
-            client,
-            gw,
-            _control: control,
-            config,
-            _server: server,
-            _hosts: hosts,
-            sleep,
-            egress,
-            ext,
-            _node: node,
-        }
-    }
-
-    /// `--resolve` for the host's port 80: the client resolves the name as DNS would.
-    fn resolve(&self) -> String {
-        format!("{HOST}:80:{}", self.ext.ip())
-    }
-
-    /// `http://HOST{path}` from the client pod.
-    fn curl(&self, path: &str) -> (u16, Option<String>, String) {
-        external::curl(
-            &self.sleep,
-            &format!("http://{HOST}{path}"),
-            Some(&self.resolve()),
-        )
-    }
-
-    /// [`Egress::curl`] until it answers 200 (the config has reached the proxies); the body.
-    fn curl_ok(&self, path: &str) -> String {
-        external::curl_ok(
-            &self.sleep,
-            &format!("http://{HOST}{path}"),
-            Some(&self.resolve()),
-            CONVERGE,
-        )
-    }
+/// Starts it all with `gateway` and `virtual_service` as the Gateway and VirtualService
+/// files (beside the ServiceEntry and the gateway's Service): the external server `server`,
+/// plain HTTP on port 80, or with `tls` HTTPS only on 443 (a plaintext request could not be
+/// answered), which the gateway then trusts as its system roots (`SSL_CERT_FILE`), as a real
+/// gateway trusts public CAs. The gateway's Gateway port 80 is bound where the Service's
+/// `targetPort` points; sidecars reach it over mTLS through its inbound listener.
+fn start(
+    server: &str,
+    tls: Option<&external::Certs>,
+    gateway: &str,
+    virtual_service: &str,
+) -> Egress {
+    let port = if tls.is_some() { 443 } else { 80 };
+    Egress::start(
+        &[Server {
+            name: server,
+            port,
+            tls,
+        }],
+        &[
+            ("service-entry.yaml", SERVICE_ENTRY),
+            ("gateway.yaml", gateway),
+            ("virtual-service.yaml", virtual_service),
+            ("egressgateway-service.yaml", GATEWAY_SERVICE),
+        ],
+        |pod, control| {
+            let b = egress::egress_gateway(pod, control, 80, GATEWAY_TARGET_PORT);
+            match tls {
+                Some(certs) => b.env("SSL_CERT_FILE", &certs.ca),
+                None => b,
+            }
+        },
+    )
 }
 
 /// Requests the gateway sent on to the external host, by its own metrics (a ServiceEntry
@@ -241,13 +172,12 @@ fn egress_gateway_routes_a_service_entry_host_through_the_gateway() {
     if !require_root("egress_gateway_routes_a_service_entry_host_through_the_gateway") {
         return;
     }
-    let e = Egress::start("cnn", None, GATEWAY, VIRTUAL_SERVICE);
+    let e = start("cnn", None, GATEWAY, VIRTUAL_SERVICE);
     let (gw, client) = (&e.gw, &e.client);
 
     // The client resolves the name as DNS would and calls it; its sidecar sends the request
     // to the egress gateway, which sends it on to the host.
-    let first = e.curl_ok("/politics");
-    let reply: external::Reply = serde_json::from_str(&first).unwrap();
+    let reply = reply(&e.curl_ok("/politics"));
     assert_eq!(reply.server, "cnn");
     assert_eq!(reply.path, "/politics");
     assert_eq!(reply.host, HOST);
@@ -264,9 +194,7 @@ fn egress_gateway_routes_a_service_entry_host_through_the_gateway() {
         "the gateway counted {through} requests to {HOST}; metrics:\n{}",
         gw.admin_get("/metrics").unwrap().1
     );
-    if let Err(err) = gw.metrics().check_meshed_inbound() {
-        panic!("sidecar -> egress gateway hop is not mTLS: {err}");
-    }
+    e.assert_gateway_meshed_inbound();
     let client_metrics = client.metrics();
     assert!(
         client_metrics.sum(
@@ -365,17 +293,14 @@ fn egress_gateway_originates_tls_simple_to_the_external_host() {
     let certs = external::certs(HOST);
     // The rule names no `caCertificates`: the gateway verifies against its system roots,
     // which the fixture points at the test's CA.
-    let e = Egress::start("cnn-tls", Some(&certs), GATEWAY, VIRTUAL_SERVICE_TO_443);
+    let e = start("cnn-tls", Some(&certs), GATEWAY, VIRTUAL_SERVICE_TO_443);
 
-    let body = e.curl_ok("/over-tls");
-    let reply: external::Reply = serde_json::from_str(&body).unwrap();
+    let reply = reply(&e.curl_ok("/over-tls"));
     assert_eq!(reply.server, "cnn-tls");
     assert_eq!(reply.path, "/over-tls");
     assert_eq!(reply.host, HOST);
     assert!(gateway_requests_to_host(&e.gw) >= 1.0);
-    if let Err(err) = e.gw.metrics().check_meshed_inbound() {
-        panic!("sidecar -> egress gateway hop is not mTLS: {err}");
-    }
+    e.assert_gateway_meshed_inbound();
 }
 
 /// Istio's current "egress gateway with TLS origination": the sidecar-to-gateway hop is
@@ -423,7 +348,7 @@ fn egress_gateway_istio_mutual_server_takes_mesh_traffic_only() {
         return;
     }
     let certs = external::certs(HOST);
-    let e = Egress::start(
+    let e = start(
         "cnn-tls",
         Some(&certs),
         ISTIO_MUTUAL_GATEWAY,
@@ -431,15 +356,12 @@ fn egress_gateway_istio_mutual_server_takes_mesh_traffic_only() {
     );
     let gw = &e.gw;
 
-    let body = e.curl_ok("/mutual");
-    let reply: external::Reply = serde_json::from_str(&body).unwrap();
+    let reply = reply(&e.curl_ok("/mutual"));
     assert_eq!(
         (reply.server.as_str(), reply.path.as_str()),
         ("cnn-tls", "/mutual")
     );
-    if let Err(err) = gw.metrics().check_meshed_inbound() {
-        panic!("sidecar -> egress gateway hop is not mTLS: {err}");
-    }
+    e.assert_gateway_meshed_inbound();
     let through = gateway_requests_to_host(gw);
     assert!(through >= 1.0);
 

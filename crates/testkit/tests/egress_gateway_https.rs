@@ -9,23 +9,21 @@
 //! Istio's HTTP egress task on another port at once (the second test).
 //!
 //! The YAML is Istio's, unchanged but for the gateway Service's ports. The fixtures are those
-//! of `egress_gateway.rs` (a client pod that may not reach the host itself, REGISTRY_ONLY,
-//! the host's name resolved by the control plane's node), for TLS on port 443. Needs root;
-//! see `trellis_testkit::netns::require_root`.
+//! of `egress_gateway.rs` (`support/egress.rs`: a client pod that may not reach the host
+//! itself, REGISTRY_ONLY, the host's name resolved by the control plane's node), for TLS on
+//! port 443. Needs root; see `trellis_testkit::netns::require_root`.
 
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 mod external;
+mod support;
 
-use std::time::Duration;
-
-use trellis_testkit::egress::{self, NodeHosts, block, captured_client, registry_only_control};
-use trellis_testkit::mesh::{config_dir, write_config};
+use support::egress::{CONVERGE, Egress, HOST, Server, reply};
+use trellis_testkit::egress;
+use trellis_testkit::mesh::write_config;
 use trellis_testkit::netns::require_root;
-use trellis_testkit::{ControlPlane, Node, Pod, Proxy, wait};
+use trellis_testkit::{Proxy, wait};
 
-const CONVERGE: Duration = Duration::from_secs(20);
-const HOST: &str = "edition.cnn.com";
 /// Where the egress gateway's Gateway port 443 listens in its pod: the `targetPort` of
 /// Istio's `istio-egressgateway` Service for 443.
 const GATEWAY_TARGET_PORT: u16 = 8443;
@@ -125,48 +123,6 @@ spec:
     protocol: TCP
 ";
 
-/// The egress gateway workload in `pod`: Istio's labels, its Gateway port 443 bound where the
-/// Service's `targetPort` points, and no `--app`: sidecars reach it over mTLS through its
-/// inbound listener, which hands each TCP stream to the Gateway listener bound on the target
-/// port the client's metadata header (`trellis-mx/1`) names, 8443 here.
-fn egress_gateway(pod: &Pod, control: &ControlPlane) -> Proxy {
-    let gw = egress::egress_gateway(pod, control, 443, GATEWAY_TARGET_PORT)
-        .start()
-        .unwrap();
-    gw.wait_ready(CONVERGE).unwrap();
-    gw
-}
-
-/// `curl https://HOST{path}` in `pod`, verifying the host's certificate against `ca`, the name
-/// resolved to `ip` as DNS would: the HTTP status (0: no answer) and body, or curl's error.
-fn curl_https(
-    pod: &Pod,
-    ip: std::net::Ipv4Addr,
-    ca: &std::path::Path,
-    path: &str,
-) -> (u16, String) {
-    let resolve = format!("{HOST}:443:{ip}");
-    let url = format!("https://{HOST}{path}");
-    let ca = ca.display().to_string();
-    let args = [
-        "--cacert",
-        ca.as_str(),
-        "--resolve",
-        resolve.as_str(),
-        "-o",
-        "-",
-        "-w",
-        "\n%{http_code}",
-        url.as_str(),
-    ];
-    let out = pod.curl(None, &args).unwrap();
-    let text = String::from_utf8_lossy(&out.stdout).into_owned();
-    let (body, code) = text.rsplit_once('\n').unwrap_or_default();
-    let code = code.trim().parse().unwrap_or(0);
-    let err = String::from_utf8_lossy(&out.stderr).into_owned();
-    (code, if code == 200 { body.to_string() } else { err })
-}
-
 /// TCP connections a proxy opened outbound to `workload`, by its own metrics.
 fn outbound_tcp_to(proxy: &Proxy, workload: &str) -> f64 {
     proxy.metrics().sum(
@@ -183,36 +139,30 @@ fn egress_gateway_passes_https_through_by_sni() {
     if !require_root("egress_gateway_passes_https_through_by_sni") {
         return;
     }
-    let node = Node::new().unwrap();
-    let ext = node.pod().unwrap();
-    let egress = node.pod().unwrap();
-    let sleep = node.pod().unwrap();
-    let _hosts = NodeHosts::new(&node, &format!("{} {HOST}", ext.ip())).unwrap();
     let certs = external::certs(HOST);
-    // The host speaks HTTPS only, with a certificate for its name from the test's CA.
-    let _server = external::start(&ext, "cnn-https", 443, Some((&certs.cert, &certs.key)));
-    let config = config_dir(&[
-        ("service-entry.yaml", SERVICE_ENTRY.to_string()),
-        ("gateway.yaml", GATEWAY.to_string()),
-        ("virtual-service.yaml", VIRTUAL_SERVICE.to_string()),
-        ("egressgateway-service.yaml", GATEWAY_SERVICE.to_string()),
-    ])
-    .unwrap();
-    let control = registry_only_control(&node, config.path()).unwrap();
-    let gw = egress_gateway(&egress, &control);
-    let client = captured_client(&sleep, &control, "sleep-0", "sleep", CONVERGE).unwrap();
-    block(&sleep, ext.ip()).unwrap();
+    // The host speaks HTTPS only, with a certificate for its name from the test's CA. The
+    // gateway has no `--app`: sidecars reach it over mTLS through its inbound listener, which
+    // hands each TCP stream to the Gateway listener bound on the target port the client's
+    // metadata header (`trellis-mx/1`) names, 8443 here.
+    let e = Egress::start(
+        &[Server {
+            name: "cnn-https",
+            port: 443,
+            tls: Some(&certs),
+        }],
+        &[
+            ("service-entry.yaml", SERVICE_ENTRY),
+            ("gateway.yaml", GATEWAY),
+            ("virtual-service.yaml", VIRTUAL_SERVICE),
+            ("egressgateway-service.yaml", GATEWAY_SERVICE),
+        ],
+        |pod, control| egress::egress_gateway(pod, control, 443, GATEWAY_TARGET_PORT),
+    );
+    let (gw, client) = (&e.gw, &e.client);
 
     // curl verifies the host's certificate for its name: the TLS is the host's own, end to
     // end, and the SNI reached it intact.
-    let first = wait::until(CONVERGE, || {
-        match curl_https(&sleep, ext.ip(), &certs.ca, "/politics") {
-            (200, body) => Ok(body),
-            (code, err) => Err(format!("{code}: {err}")),
-        }
-    })
-    .unwrap();
-    let reply: external::Reply = serde_json::from_str(&first).unwrap();
+    let reply = reply(&e.curl_https_ok(&certs.ca, "/politics"));
     assert_eq!(
         (
             reply.server.as_str(),
@@ -222,51 +172,41 @@ fn egress_gateway_passes_https_through_by_sni() {
         ("cnn-https", "/politics", HOST)
     );
     for i in 0..5 {
-        let (code, err) = curl_https(&sleep, ext.ip(), &certs.ca, &format!("/n/{i}"));
+        let (code, err) = e.curl_https(&certs.ca, &format!("/n/{i}"));
         assert_eq!(code, 200, "{err}");
     }
 
     // The sidecar sent the streams to the gateway workload over mTLS, and the gateway on to
     // the ServiceEntry host.
     assert!(
-        outbound_tcp_to(&client, "istio-egressgateway") >= 6.0,
+        outbound_tcp_to(client, "istio-egressgateway") >= 6.0,
         "the sidecar did not send to the gateway; metrics:\n{}",
         client.admin_get("/metrics").unwrap().1
     );
-    let through = outbound_tcp_to(&gw, HOST);
+    let through = outbound_tcp_to(gw, HOST);
     assert!(
         through >= 6.0,
         "the gateway counted {through} connections to {HOST}; metrics:\n{}",
         gw.admin_get("/metrics").unwrap().1
     );
-    if let Err(err) = gw.metrics().check_meshed_inbound() {
-        panic!("sidecar -> egress gateway hop is not mTLS: {err}");
-    }
+    e.assert_gateway_meshed_inbound();
 
     // Without the VirtualService the sidecar goes to the host directly, which the client's
     // network does not allow: the call fails and the gateway sees nothing more.
-    std::fs::remove_file(config.path().join("virtual-service.yaml")).unwrap();
-    wait::until(CONVERGE, || {
-        match curl_https(&sleep, ext.ip(), &certs.ca, "/direct") {
-            (200, body) => Err(format!("still answered: {body}")),
-            (code, _) => Ok(code),
-        }
+    std::fs::remove_file(e.config.path().join("virtual-service.yaml")).unwrap();
+    wait::until(CONVERGE, || match e.curl_https(&certs.ca, "/direct") {
+        (200, body) => Err(format!("still answered: {body}")),
+        (code, _) => Ok(code),
     })
     .unwrap();
-    let before = outbound_tcp_to(&gw, HOST);
-    let (code, _) = curl_https(&sleep, ext.ip(), &certs.ca, "/direct/again");
+    let before = outbound_tcp_to(gw, HOST);
+    let (code, _) = e.curl_https(&certs.ca, "/direct/again");
     assert_eq!(code, 0, "a direct call was answered");
-    assert_eq!(outbound_tcp_to(&gw, HOST), before);
+    assert_eq!(outbound_tcp_to(gw, HOST), before);
 
     // Back again: the VirtualService restores the gateway path.
-    write_config(config.path(), "virtual-service.yaml", VIRTUAL_SERVICE).unwrap();
-    wait::until(CONVERGE, || {
-        match curl_https(&sleep, ext.ip(), &certs.ca, "/again") {
-            (200, _) => Ok(()),
-            (code, err) => Err(format!("{code}: {err}")),
-        }
-    })
-    .unwrap();
+    write_config(e.config.path(), "virtual-service.yaml", VIRTUAL_SERVICE).unwrap();
+    e.curl_https_ok(&certs.ca, "/again");
 }
 
 /// Istio's HTTP and HTTPS egress tasks on one egress gateway: the ServiceEntry's two ports,
@@ -415,67 +355,56 @@ fn one_egress_gateway_without_app_serves_https_passthrough_and_http_to_the_mesh(
     {
         return;
     }
-    let node = Node::new().unwrap();
-    let ext = node.pod().unwrap();
-    let egress = node.pod().unwrap();
-    let sleep = node.pod().unwrap();
-    let _hosts = NodeHosts::new(&node, &format!("{} {HOST}", ext.ip())).unwrap();
     let certs = external::certs(HOST);
-    let _https = external::start(&ext, "cnn-https", 443, Some((&certs.cert, &certs.key)));
-    let _http = external::start(&ext, "cnn-http", 80, None);
-    let config = config_dir(&BOTH_CONFIG.map(|(f, y)| (f, y.to_string()))).unwrap();
-    let control = registry_only_control(&node, config.path()).unwrap();
-    // Gateway port 443 on 8443 (the fixture), 80 on 8080; HTTP requests may name 8080.
-    let gw = egress::egress_gateway(&egress, &control, 443, GATEWAY_TARGET_PORT)
-        .app_port(8080)
-        .arg("--gateway-port")
-        .arg("80=0.0.0.0:8080")
-        .start()
-        .unwrap();
-    gw.wait_ready(CONVERGE).unwrap();
-    let client = captured_client(&sleep, &control, "sleep-0", "sleep", CONVERGE).unwrap();
-    block(&sleep, ext.ip()).unwrap();
-
-    let https = wait::until(CONVERGE, || {
-        match curl_https(&sleep, ext.ip(), &certs.ca, "/tls") {
-            (200, body) => Ok(body),
-            (code, err) => Err(format!("{code}: {err}")),
-        }
-    })
-    .unwrap();
-    let resolve = format!("{HOST}:80:{}", ext.ip());
-    let http = external::curl_ok(
-        &sleep,
-        &format!("http://{HOST}/plain"),
-        Some(&resolve),
-        CONVERGE,
+    let e = Egress::start(
+        &[
+            Server {
+                name: "cnn-https",
+                port: 443,
+                tls: Some(&certs),
+            },
+            Server {
+                name: "cnn-http",
+                port: 80,
+                tls: None,
+            },
+        ],
+        &BOTH_CONFIG,
+        // Gateway port 443 on 8443 (the fixture), 80 on 8080; HTTP requests may name 8080.
+        |pod, control| {
+            egress::egress_gateway(pod, control, 443, GATEWAY_TARGET_PORT)
+                .app_port(8080)
+                .arg("--gateway-port")
+                .arg("80=0.0.0.0:8080")
+        },
     );
+    let (gw, client) = (&e.gw, &e.client);
+
+    let https = e.curl_https_ok(&certs.ca, "/tls");
+    let http = e.curl_ok("/plain");
     // Interleaved, each reaches its own server through its own Gateway listener.
     for i in 0..3 {
-        let (code, err) = curl_https(&sleep, ext.ip(), &certs.ca, &format!("/tls/{i}"));
+        let (code, err) = e.curl_https(&certs.ca, &format!("/tls/{i}"));
         assert_eq!(code, 200, "{err}");
-        let (code, err, _) =
-            external::curl(&sleep, &format!("http://{HOST}/plain/{i}"), Some(&resolve));
+        let (code, err, _) = e.curl(&format!("/plain/{i}"));
         assert_eq!(code, 200, "{err:?}");
     }
-    let https: external::Reply = serde_json::from_str(&https).unwrap();
+    let https = reply(&https);
     assert_eq!(
         (https.server.as_str(), https.path.as_str()),
         ("cnn-https", "/tls")
     );
-    let http: external::Reply = serde_json::from_str(&http).unwrap();
+    let http = reply(&http);
     assert_eq!(
         (http.server.as_str(), http.path.as_str()),
         ("cnn-http", "/plain")
     );
 
-    assert!(outbound_tcp_to(&client, "istio-egressgateway") >= 4.0);
+    assert!(outbound_tcp_to(client, "istio-egressgateway") >= 4.0);
     assert!(
-        outbound_tcp_to(&gw, HOST) >= 4.0,
+        outbound_tcp_to(gw, HOST) >= 4.0,
         "the gateway did not pass the TLS streams on; metrics:\n{}",
         gw.admin_get("/metrics").unwrap().1
     );
-    if let Err(err) = gw.metrics().check_meshed_inbound() {
-        panic!("sidecar -> egress gateway hop is not mTLS: {err}");
-    }
+    e.assert_gateway_meshed_inbound();
 }
