@@ -63,6 +63,35 @@ type Body = BoxBody<Bytes, Infallible>;
 /// - Anything else: the request body is read to the end in a stream (never buffered, so a
 ///   100 MiB upload costs no memory) and an [`EchoReply`] is returned.
 pub async fn serve_http(listener: TcpListener, stats: Arc<EchoStats>, shutdown: CancellationToken) {
+    accept_each(
+        listener,
+        stats,
+        shutdown,
+        "http echo",
+        |stream, stats| async move {
+            let service = hyper::service::service_fn(move |req| handle(req, stats.clone()));
+            let builder = auto::Builder::new(TokioExecutor::new());
+            // Errors here are the client's doing (reset, bad request); nothing to act on.
+            let _ = builder
+                .serve_connection_with_upgrades(TokioIo::new(stream), service)
+                .await;
+        },
+    )
+    .await;
+}
+
+/// Accepts on `listener` until `shutdown` is cancelled, counting each connection in `stats`
+/// and serving it with `serve` on a task of its own; `what` names the server in accept errors.
+async fn accept_each<F, Fut>(
+    listener: TcpListener,
+    stats: Arc<EchoStats>,
+    shutdown: CancellationToken,
+    what: &str,
+    serve: F,
+) where
+    F: Fn(TcpStream, Arc<EchoStats>) -> Fut,
+    Fut: Future<Output = ()> + Send + 'static,
+{
     loop {
         let (stream, _) = tokio::select! {
             _ = shutdown.cancelled() => return,
@@ -70,22 +99,14 @@ pub async fn serve_http(listener: TcpListener, stats: Arc<EchoStats>, shutdown: 
                 Ok(conn) => conn,
                 Err(e) => {
                     // Out of descriptors and the like: back off a little rather than spin.
-                    eprintln!("http echo: accept: {e}");
+                    eprintln!("{what}: accept: {e}");
                     tokio::time::sleep(Duration::from_millis(10)).await;
                     continue;
                 }
             },
         };
         stats.connections.fetch_add(1, Ordering::Relaxed);
-        let stats = stats.clone();
-        tokio::spawn(async move {
-            let service = hyper::service::service_fn(move |req| handle(req, stats.clone()));
-            let builder = auto::Builder::new(TokioExecutor::new());
-            // Errors here are the client's doing (reset, bad request); nothing to act on.
-            let _ = builder
-                .serve_connection_with_upgrades(TokioIo::new(stream), service)
-                .await;
-        });
+        tokio::spawn(serve(stream, stats.clone()));
     }
 }
 
@@ -253,28 +274,20 @@ fn upgrade_websocket(mut req: Request<Incoming>, stats: Arc<EchoStats>) -> Respo
 /// back, and when the client half-closes (EOF) the server half-closes its side after the last
 /// byte, so the client can read the whole echo and then see EOF.
 pub async fn serve_tcp(listener: TcpListener, stats: Arc<EchoStats>, shutdown: CancellationToken) {
-    loop {
-        let (stream, _) = tokio::select! {
-            _ = shutdown.cancelled() => return,
-            accepted = listener.accept() => match accepted {
-                Ok(conn) => conn,
-                Err(e) => {
-                    eprintln!("tcp echo: accept: {e}");
-                    tokio::time::sleep(Duration::from_millis(10)).await;
-                    continue;
-                }
-            },
-        };
-        stats.connections.fetch_add(1, Ordering::Relaxed);
-        let stats = stats.clone();
-        tokio::spawn(async move {
+    accept_each(
+        listener,
+        stats,
+        shutdown,
+        "tcp echo",
+        |stream, stats| async move {
             let (mut rd, mut wr) = tokio::io::split(stream);
             if let Ok(n) = tokio::io::copy(&mut rd, &mut wr).await {
                 stats.bytes.fetch_add(n, Ordering::Relaxed);
                 let _ = wr.shutdown().await;
             }
-        });
-    }
+        },
+    )
+    .await;
 }
 
 /// A server running on its own thread and runtime; stopped when dropped.
