@@ -32,6 +32,10 @@ use crate::transport::connect_within;
 /// and closes.
 const MAX_PER_ENDPOINT: usize = 1024;
 
+/// What a pooled connection's exchange ends with: the response, or the request back when the
+/// connection closed before sending it.
+type Sent = Result<Response<Incoming>, TrySendError<Request<UpBody>>>;
+
 #[derive(Debug)]
 struct Conn {
     sender: SendRequest<UpBody>,
@@ -170,15 +174,15 @@ impl H1Pool {
     ///
     /// Scanning from the end always prefers the same connections while they are ready, so when
     /// load drops, those nearer the front stay unused and the sweeper closes them.
+    // The request comes back by value when no connection is ready: boxing it would be an
+    // allocation per request to save a move.
+    #[allow(clippy::result_large_err)]
     fn try_send_pooled(
         &self,
         addr: SocketAddr,
         req: Request<UpBody>,
         reusable: bool,
-    ) -> Result<
-        impl Future<Output = Result<Response<Incoming>, TrySendError<Request<UpBody>>>> + use<>,
-        Request<UpBody>,
-    > {
+    ) -> Result<impl Future<Output = Sent> + use<>, Request<UpBody>> {
         let mut map = self.conns.lock().unwrap_or_else(PoisonError::into_inner);
         let Some(list) = map.get_mut(&addr) else {
             return Err(req);
