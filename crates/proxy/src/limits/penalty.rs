@@ -30,7 +30,8 @@
 //! a connection through, and one pooled HTTP/2 connection carries all its requests.
 //!
 //! A refused connection is not closed at once but held, unread and deregistered from the
-//! runtime, for [`HOLD`] (at most [`MAX_HELD`] at a time; beyond that, closed at once): closed at
+//! runtime, for [`HOLD`] (at most [`MAX_HELD`] at a time, and at most a [`HELD_FD_SHARE`]th of the
+//! process's file-descriptor limit, [`held_bound`]; beyond that, closed at once): closed at
 //! once, a flooding client only reconnects faster (measured: an attacker whose connections were
 //! closed at accept came back 5,000 times a second, where it had made 750 a second when each
 //! was served to its GOAWAY), while one whose writes block on a held connection waits.
@@ -56,6 +57,41 @@ const WINDOW: Duration = Duration::from_secs(1);
 pub const HOLD: Duration = Duration::from_secs(2);
 /// Refused connections held at once, at most (each an fd and its socket buffers).
 pub const MAX_HELD: usize = 64;
+/// Held connections may take at most this fraction (one in `HELD_FD_SHARE`) of the process's
+/// file-descriptor limit: a proxy started with a small `RLIMIT_NOFILE` (256 on macOS and in
+/// some containers) would otherwise give a quarter of its descriptors to an attacker, and
+/// refuse good clients with `EMFILE` while it holds them.
+pub const HELD_FD_SHARE: u64 = 16;
+
+/// How many refused connections may be held at once, given the soft `RLIMIT_NOFILE` (`None`
+/// when it is unlimited or could not be read): [`MAX_HELD`], or a [`HELD_FD_SHARE`]th of the
+/// limit when that is less (0 for a limit under [`HELD_FD_SHARE`]: then none is held).
+pub fn held_bound(nofile_soft: Option<u64>) -> usize {
+    match nofile_soft {
+        Some(limit) => usize::try_from(limit / HELD_FD_SHARE)
+            .unwrap_or(usize::MAX)
+            .min(MAX_HELD),
+        None => MAX_HELD,
+    }
+}
+
+/// The soft `RLIMIT_NOFILE`, read once per process (the proxy neither raises nor lowers it);
+/// `None` when unlimited or unreadable.
+fn nofile_soft_limit() -> Option<u64> {
+    static LIMIT: std::sync::LazyLock<Option<u64>> = std::sync::LazyLock::new(read_nofile_soft);
+    *LIMIT
+}
+
+#[allow(unsafe_code)]
+fn read_nofile_soft() -> Option<u64> {
+    let mut limit = libc::rlimit {
+        rlim_cur: 0,
+        rlim_max: 0,
+    };
+    // SAFETY: getrlimit only writes the struct it is given, which lives for the call.
+    let ok = unsafe { libc::getrlimit(libc::RLIMIT_NOFILE, &mut limit) } == 0;
+    (ok && limit.rlim_cur != libc::RLIM_INFINITY).then_some(limit.rlim_cur)
+}
 /// `SO_RCVBUF` of a held connection (the kernel doubles it).
 const HELD_RECV_BUFFER: usize = 4096;
 /// Weak offences (a slow or oversized request head) from one address within
@@ -135,6 +171,8 @@ pub struct AbusivePeers {
     strikes: Mutex<HashMap<IpAddr, Strikes>>,
     /// Refused connections being held ([`Self::refuse`]).
     held: Arc<AtomicUsize>,
+    /// The most that may be held at once ([`held_bound`]).
+    max_held: usize,
     /// Heads stalled now, per address ([`Self::head_stalled`]); an address leaves it when its
     /// last stalled head does, so it holds only addresses with a head stalled now.
     stalled: StalledTable,
@@ -149,8 +187,22 @@ impl AbusivePeers {
             peers: Mutex::default(),
             strikes: Mutex::default(),
             held: Arc::default(),
+            max_held: held_bound(nofile_soft_limit()),
             stalled: Arc::default(),
         }
+    }
+
+    /// With at most `max_held` refused connections held at once, in place of the bound taken
+    /// from the file-descriptor limit.
+    #[cfg(test)]
+    fn with_max_held(mut self, max_held: usize) -> Self {
+        self.max_held = max_held;
+        self
+    }
+
+    /// The most refused connections held at once ([`held_bound`]).
+    pub fn max_held(&self) -> usize {
+        self.max_held
     }
 
     /// Whether stalled heads are watched at all: not with `--abusive-peer-penalty off`.
@@ -195,10 +247,10 @@ impl AbusivePeers {
         !self.is_empty() && self.lock().get(&ip).is_some_and(|p| p.until > now)
     }
 
-    /// Closes a refused connection: after [`HOLD`], unread, while fewer than [`MAX_HELD`] are
-    /// held; at once otherwise. Call inside the runtime.
+    /// Closes a refused connection: after [`HOLD`], unread, while fewer than
+    /// [`Self::max_held`] are held; at once otherwise. Call inside the runtime.
     pub fn refuse(&self, stream: tokio::net::TcpStream) {
-        if self.held.fetch_add(1, Relaxed) >= MAX_HELD {
+        if self.held.fetch_add(1, Relaxed) >= self.max_held {
             self.held.fetch_sub(1, Relaxed);
             return;
         }
@@ -414,7 +466,8 @@ mod tests {
         use tokio::io::AsyncReadExt;
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = listener.local_addr().unwrap();
-        let peers = AbusivePeers::new(Some(Duration::from_secs(10)), 1);
+        // The bound as it is at the usual limits (1,024 and up), whatever this test runs under.
+        let peers = AbusivePeers::new(Some(Duration::from_secs(10)), 1).with_max_held(MAX_HELD);
         let mut clients = Vec::new();
         for _ in 0..MAX_HELD + 2 {
             clients.push(tokio::net::TcpStream::connect(addr).await.unwrap());
@@ -468,6 +521,49 @@ mod tests {
             tokio::time::sleep(Duration::from_millis(5)).await;
         }
         assert_eq!(peers.held(), 0, "every held connection released");
+    }
+
+    #[test]
+    fn the_held_bound_is_a_share_of_the_fd_limit() {
+        assert_eq!(held_bound(None), MAX_HELD, "unlimited");
+        assert_eq!(held_bound(Some(1_048_576)), MAX_HELD);
+        assert_eq!(held_bound(Some(1024)), MAX_HELD);
+        assert_eq!(held_bound(Some(256)), 16, "macOS' default");
+        assert_eq!(held_bound(Some(100)), 6);
+        assert_eq!(held_bound(Some(15)), 0, "too few fds to spare any");
+        // What this process runs under: read once, and within both bounds.
+        let here = AbusivePeers::new(Some(Duration::from_secs(1)), 1).max_held();
+        assert!(here <= MAX_HELD);
+        if let Some(limit) = nofile_soft_limit() {
+            assert!(here as u64 <= limit / HELD_FD_SHARE, "{here} of {limit}");
+        }
+    }
+
+    #[tokio::test]
+    async fn a_small_fd_limit_holds_fewer_and_closes_the_rest_at_once() {
+        use tokio::io::AsyncReadExt;
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        // As under `ulimit -n 64`: 4 held at most.
+        let peers =
+            AbusivePeers::new(Some(Duration::from_secs(10)), 1).with_max_held(held_bound(Some(64)));
+        let mut clients = Vec::new();
+        for _ in 0..6 {
+            clients.push(tokio::net::TcpStream::connect(addr).await.unwrap());
+            let (server, _) = listener.accept().await.unwrap();
+            peers.refuse(server);
+        }
+        assert_eq!(peers.held(), 4);
+        let mut buf = [0u8; 1];
+        for c in &mut clients[4..] {
+            let n = tokio::time::timeout(HOLD / 2, c.read(&mut buf))
+                .await
+                .expect("closed at once, not held")
+                .unwrap();
+            assert_eq!(n, 0);
+        }
+        let held = tokio::time::timeout(HOLD / 4, clients[0].read(&mut buf)).await;
+        assert!(held.is_err(), "the first four are held: {held:?}");
     }
 
     #[test]
