@@ -7,7 +7,6 @@
 //! labels are a contract (dashboards, `trellis stat`): extend, do not rename. This module must
 //! not know about sockets or HTTP beyond a status code number.
 
-use std::fmt::Write as _;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
 use std::time::Duration;
@@ -22,7 +21,7 @@ pub mod tcp;
 mod text;
 
 use requests::RequestRegistry;
-pub(crate) use text::{Buckets, escape, family, histogram, sample};
+pub(crate) use text::{Buckets, escape, family, histogram, labelled, sample};
 
 /// Which side of the workload traffic flows on.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
@@ -51,7 +50,32 @@ pub(crate) fn per_direction(
 ) -> std::fmt::Result {
     family(out, name, "counter", help)?;
     for d in Direction::ALL {
-        writeln!(out, "{name}{{direction=\"{}\"}} {}", d.as_str(), value(d))?;
+        labelled(out, name, &[("direction", d.as_str())], value(d))?;
+    }
+    Ok(())
+}
+
+/// A counter family with one sample per direction and per value of a second label `label`
+/// (`values`, in that order, named by `as_str`), `count` giving each.
+pub(crate) fn per_direction_and<V: Copy>(
+    out: &mut String,
+    name: &str,
+    help: &str,
+    label: &str,
+    values: &[V],
+    as_str: impl Fn(V) -> &'static str,
+    count: impl Fn(Direction, V) -> u64,
+) -> std::fmt::Result {
+    family(out, name, "counter", help)?;
+    for d in Direction::ALL {
+        for &v in values {
+            labelled(
+                out,
+                name,
+                &[("direction", d.as_str()), (label, as_str(v))],
+                count(d, v),
+            )?;
+        }
     }
     Ok(())
 }
@@ -369,7 +393,7 @@ impl Metrics {
             "gauge",
             "Proxy build information.",
         )?;
-        writeln!(out, "trellis_proxy_info{{version=\"{}\"}} 1", self.version)?;
+        labelled(out, "trellis_proxy_info", &[("version", self.version)], 1)?;
 
         match self.detail {
             LabelDetail::Full => self.requests.render(out)?,
@@ -378,23 +402,15 @@ impl Metrics {
 
         self.tcp.render(out)?;
 
-        family(
+        per_direction_and(
             out,
             "trellis_protocol_detections_total",
-            "counter",
             "Protocol detection results per connection.",
+            "outcome",
+            &DetectOutcome::ALL,
+            DetectOutcome::as_str,
+            |d, o| self.dir(d).detections[o as usize].load(Relaxed),
         )?;
-        for d in Direction::ALL {
-            for o in DetectOutcome::ALL {
-                let n = self.dir(d).detections[o as usize].load(Relaxed);
-                writeln!(
-                    out,
-                    "trellis_protocol_detections_total{{direction=\"{}\",outcome=\"{}\"}} {n}",
-                    d.as_str(),
-                    o.as_str()
-                )?;
-            }
-        }
         self.render_traffic(out)?;
         self.limits.render(out)?;
         self.spans.render(out)?;
@@ -416,11 +432,9 @@ impl Metrics {
             for (code, c) in self.dir(d).requests.iter().enumerate() {
                 let n = c.load(Relaxed);
                 if n > 0 {
-                    writeln!(
-                        out,
-                        "trellis_requests_total{{direction=\"{}\",status_code=\"{code}\"}} {n}",
-                        d.as_str()
-                    )?;
+                    let code = code.to_string();
+                    let labels = [("direction", d.as_str()), ("status_code", code.as_str())];
+                    labelled(out, "trellis_requests_total", &labels, n)?;
                 }
             }
         }
@@ -466,34 +480,24 @@ impl Metrics {
                 field(&self.dir(d).traffic).load(Relaxed)
             })?;
         }
-        let name = "trellis_circuit_breaker_rejections_total";
-        let help = "Requests or retries refused by a connection-pool limit.";
-        family(out, name, "counter", help)?;
-        for d in Direction::ALL {
-            for r in Rejection::ALL {
-                let n = self.dir(d).traffic.breaker[r as usize].load(Relaxed);
-                writeln!(
-                    out,
-                    "{name}{{direction=\"{}\",reason=\"{}\"}} {n}",
-                    d.as_str(),
-                    r.as_str()
-                )?;
-            }
-        }
-        let name = "trellis_faults_injected_total";
-        family(out, name, "counter", "Faults injected by routes.")?;
-        for d in Direction::ALL {
-            for k in FaultKind::ALL {
-                let n = self.dir(d).traffic.faults[k as usize].load(Relaxed);
-                writeln!(
-                    out,
-                    "{name}{{direction=\"{}\",kind=\"{}\"}} {n}",
-                    d.as_str(),
-                    k.as_str()
-                )?;
-            }
-        }
-        Ok(())
+        per_direction_and(
+            out,
+            "trellis_circuit_breaker_rejections_total",
+            "Requests or retries refused by a connection-pool limit.",
+            "reason",
+            &Rejection::ALL,
+            Rejection::as_str,
+            |d, r| self.dir(d).traffic.breaker[r as usize].load(Relaxed),
+        )?;
+        per_direction_and(
+            out,
+            "trellis_faults_injected_total",
+            "Faults injected by routes.",
+            "kind",
+            &FaultKind::ALL,
+            FaultKind::as_str,
+            |d, k| self.dir(d).traffic.faults[k as usize].load(Relaxed),
+        )
     }
 }
 

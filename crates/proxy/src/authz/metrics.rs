@@ -3,11 +3,12 @@
 //! on the request path. Counters outlive policy updates (a re-sent policy keeps counting).
 
 use std::collections::BTreeMap;
-use std::fmt::Write;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
 
 use trellis_model::authz::{Action, DefaultPolicy};
+
+use crate::telemetry::{family, labelled};
 
 /// The counters of one policy (by name and action).
 #[derive(Debug, Default)]
@@ -111,28 +112,24 @@ impl AuthzMetrics {
                 |c| &c.dry_run_denied,
             ),
         ];
+        // `write!` into a String cannot fail; the results are ignored on purpose.
         for (name, help, pick) in families {
-            let _ = crate::telemetry::family(out, name, "counter", help);
+            let _ = family(out, name, "counter", help);
             for ((policy, action), c) in map.iter() {
-                let _ = writeln!(
-                    out,
-                    "{name}{{policy=\"{policy}\",action=\"{action}\"}} {}",
-                    pick(c).load(Ordering::Relaxed)
-                );
+                let labels = [("policy", policy.as_str()), ("action", *action)];
+                let _ = labelled(out, name, &labels, pick(c).load(Ordering::Relaxed));
             }
             for d in DEFAULTS {
                 let v = pick(&self.defaults[default_index(d)]).load(Ordering::Relaxed);
                 if v > 0 {
-                    let _ = writeln!(
-                        out,
-                        "{name}{{policy=\"default:{}\",action=\"DEFAULT\"}} {v}",
-                        d.as_str()
-                    );
+                    let policy = format!("default:{}", d.as_str());
+                    let labels = [("policy", policy.as_str()), ("action", "DEFAULT")];
+                    let _ = labelled(out, name, &labels, v);
                 }
             }
             if name == "trellis_authz_denied_total" {
                 let v = self.no_allow_matched.load(Ordering::Relaxed);
-                let _ = writeln!(out, "{name}{{policy=\"none\",action=\"ALLOW\"}} {v}");
+                let _ = labelled(out, name, &[("policy", "none"), ("action", "ALLOW")], v);
             }
         }
     }

@@ -1,6 +1,6 @@
 //! The Prometheus text format's pieces, shared by every family the proxy renders: a family's
-//! `# HELP`/`# TYPE` lines, label value escaping, one sample line and a histogram's
-//! cumulative buckets. Used per scrape only; the request path records into atomics and never
+//! `# HELP`/`# TYPE` lines, label value escaping, one sample line (labels rendered already, or
+//! as pairs) and a histogram's cumulative buckets. Used per scrape only; the request path records into atomics and never
 //! formats.
 
 use std::fmt::{Display, Write as _};
@@ -36,6 +36,29 @@ pub(crate) fn sample(
     } else {
         writeln!(out, "{name}{{{labels}}} {value}")
     }
+}
+
+/// One sample line whose labels are `(name, value)` pairs, the values escaped here:
+/// `name{a="x",b="y"} value` (no braces without labels). For families rendered label by label
+/// at scrape time; series with labels kept rendered use [`sample`].
+pub(crate) fn labelled(
+    out: &mut String,
+    name: &str,
+    labels: &[(&str, &str)],
+    value: impl Display,
+) -> std::fmt::Result {
+    out.push_str(name);
+    for (i, (key, v)) in labels.iter().enumerate() {
+        out.push(if i == 0 { '{' } else { ',' });
+        out.push_str(key);
+        out.push_str("=\"");
+        escape(v, out);
+        out.push('"');
+    }
+    if !labels.is_empty() {
+        out.push('}');
+    }
+    writeln!(out, " {value}")
 }
 
 /// A fixed-bucket histogram as recorded: per-bucket (not cumulative) counts, one more than
@@ -87,6 +110,14 @@ mod tests {
             "# HELP x_total Things.\n# TYPE x_total counter\n\
              x_total{a=\"q\\\"b\\\\n\\nl\"} 3\nx_total 4\n"
         );
+    }
+
+    #[test]
+    fn labelled_escapes_values_and_leaves_out_empty_braces() {
+        let mut out = String::new();
+        labelled(&mut out, "y_total", &[("a", "x"), ("b", "q\"")], 2).unwrap();
+        labelled(&mut out, "y_total", &[], 5).unwrap();
+        assert_eq!(out, "y_total{a=\"x\",b=\"q\\\"\"} 2\ny_total 5\n");
     }
 
     #[test]
