@@ -10,23 +10,43 @@ use http::{Request, Response};
 use http_body_util::{BodyExt, Full};
 use trellis_model::wasm::{FailStrategy, Mode, Phase, WasmPlugin, WasmPlugins};
 
-use super::{FAILED, Reason, Wasm, full};
+use super::{FAILED, Reason, Wasm, WasmRequest, full};
 use crate::client::UpBody;
+use crate::http::ProxyBody;
 use crate::telemetry::Direction;
 
-fn spec(name: &str, wasm: &Path, config: &str, fail_strategy: FailStrategy) -> WasmPlugin {
-    WasmPlugin {
-        name: name.into(),
-        plugin_name: String::new(),
-        url: format!("file://{}", wasm.display()),
-        sha256: None,
-        phase: Phase::UnspecifiedPhase,
-        priority: 0,
-        config: config.into(),
-        fail_strategy,
-        mode: Mode::ClientAndServer,
-        ports: vec![],
-    }
+/// A host with `plugins` (name, file in the built plugins' `dir`, configuration) installed in
+/// that order, each fail-closed.
+fn host(dir: &Path, plugins: &[(&str, &str, &str)]) -> Wasm {
+    let wasm = Wasm::default();
+    let plugins = plugins
+        .iter()
+        .map(|(name, file, config)| WasmPlugin {
+            name: (*name).into(),
+            plugin_name: String::new(),
+            url: format!("file://{}", dir.join(file).display()),
+            sha256: None,
+            phase: Phase::UnspecifiedPhase,
+            priority: 0,
+            config: (*config).into(),
+            fail_strategy: FailStrategy::FailClose,
+            mode: Mode::ClientAndServer,
+            ports: vec![],
+        })
+        .collect();
+    wasm.install(WasmPlugins { plugins });
+    wasm
+}
+
+/// A new inbound exchange through `wasm`, run through every request phase on `req`: the
+/// exchange, for its response phases, and the local response a plugin answered with, if any.
+async fn request_phases(
+    wasm: &Wasm,
+    req: &mut Request<UpBody>,
+) -> (WasmRequest, Option<Response<ProxyBody>>) {
+    let mut run = wasm.begin(Direction::Inbound, 80, None);
+    let local = run.run_until(Phase::UnspecifiedPhase, req).await;
+    (run, local)
 }
 
 fn request(path: &str, headers: &[(&str, &str)]) -> Request<UpBody> {
@@ -49,49 +69,32 @@ fn request_with(path: &str, headers: &[(&str, &str)], body: &'static str) -> Req
 #[tokio::test]
 async fn wasm_real_plugins_run_in_process() {
     let dir = trellis_testkit::wasm_plugins::build().unwrap();
-    let wasm = Wasm::default();
-    wasm.install(WasmPlugins {
-        plugins: vec![
-            spec(
+    let wasm = host(
+        &dir,
+        &[
+            (
                 "t/add",
-                &dir.join("add_header.wasm"),
+                "add_header.wasm",
                 r#"{"name":"x-added","value":"v"}"#,
-                FailStrategy::FailClose,
             ),
-            spec(
-                "t/deny",
-                &dir.join("deny_missing_header.wasm"),
-                "",
-                FailStrategy::FailClose,
-            ),
-            spec(
-                "t/count",
-                &dir.join("count_requests.wasm"),
-                r#"{"metric":"seen"}"#,
-                FailStrategy::FailClose,
-            ),
+            ("t/deny", "deny_missing_header.wasm", ""),
+            ("t/count", "count_requests.wasm", r#"{"metric":"seen"}"#),
         ],
-    });
+    );
     let dump = wasm.dump().to_string();
     assert!(!dump.contains("failed"), "{dump}");
 
     let mut req = request("/a", &[("x-wasm-allow", "1")]);
-    let mut run = wasm.begin(Direction::Inbound, 80, None);
-    assert!(
-        run.run_until(Phase::UnspecifiedPhase, &mut req)
-            .await
-            .is_none()
-    );
+    let (mut run, local) = request_phases(&wasm, &mut req).await;
+    assert!(local.is_none());
     assert_eq!(req.headers()["x-added"], "v");
     let mut resp = Response::new(full(Bytes::new()));
     run.respond(&mut resp).await;
     assert_eq!(resp.headers()["x-wasm-plugin"], "add-header");
 
-    let mut req = request("/a", &[]);
-    let mut run = wasm.begin(Direction::Inbound, 80, None);
-    let denied = run
-        .run_until(Phase::UnspecifiedPhase, &mut req)
+    let denied = request_phases(&wasm, &mut request("/a", &[]))
         .await
+        .1
         .unwrap();
     assert_eq!(denied.status(), 403);
     assert_eq!(
@@ -108,28 +111,19 @@ async fn wasm_real_plugins_run_in_process() {
 #[tokio::test]
 async fn wasm_isolation_fuel_trap_and_memory() {
     let dir = trellis_testkit::wasm_plugins::build().unwrap();
-    let misbehave = dir.join("misbehave.wasm");
     for (mode, reason) in [
         ("trap", Reason::Trap),
         ("loop", Reason::Fuel),
         ("grow", Reason::Memory),
     ] {
-        let wasm = Wasm::default();
         let name = format!("t/{mode}");
-        wasm.install(WasmPlugins {
-            plugins: vec![spec(
-                &name,
-                &misbehave,
-                &format!(r#"{{"mode":"{mode}"}}"#),
-                FailStrategy::FailClose,
-            )],
-        });
+        let config = format!(r#"{{"mode":"{mode}"}}"#);
+        let wasm = host(&dir, &[(name.as_str(), "misbehave.wasm", config.as_str())]);
         for _ in 0..2 {
             let started = std::time::Instant::now();
-            let mut run = wasm.begin(Direction::Inbound, 80, None);
-            let resp = run
-                .run_until(Phase::UnspecifiedPhase, &mut request("/x", &[]))
+            let resp = request_phases(&wasm, &mut request("/x", &[]))
                 .await
+                .1
                 .unwrap();
             assert_eq!(resp.status(), 500, "{mode}");
             assert_eq!(resp.headers()["trellis-error"], FAILED);
@@ -138,13 +132,8 @@ async fn wasm_isolation_fuel_trap_and_memory() {
                 "{mode}: {:?}",
                 started.elapsed()
             );
-            let mut run = wasm.begin(Direction::Inbound, 80, None);
-            assert!(
-                run.run_until(Phase::UnspecifiedPhase, &mut request("/ok", &[]))
-                    .await
-                    .is_none(),
-                "{mode}: a fresh instance serves /ok"
-            );
+            let (_, local) = request_phases(&wasm, &mut request("/ok", &[])).await;
+            assert!(local.is_none(), "{mode}: a fresh instance serves /ok");
         }
         let all: Vec<_> = [Reason::Trap, Reason::Fuel, Reason::Memory, Reason::Load]
             .into_iter()
@@ -157,30 +146,20 @@ async fn wasm_isolation_fuel_trap_and_memory() {
 #[tokio::test]
 async fn wasm_body_plugins_read_and_rewrite_bodies_in_process() {
     let dir = trellis_testkit::wasm_plugins::build().unwrap();
-    let wasm = Wasm::default();
-    wasm.install(WasmPlugins {
-        plugins: vec![
-            spec(
-                "t/word",
-                &dir.join("deny_body_word.wasm"),
-                r#"{"word":"nope"}"#,
-                FailStrategy::FailClose,
-            ),
-            spec(
+    let wasm = host(
+        &dir,
+        &[
+            ("t/word", "deny_body_word.wasm", r#"{"word":"nope"}"#),
+            (
                 "t/rewrite",
-                &dir.join("rewrite_body.wasm"),
+                "rewrite_body.wasm",
                 r#"{"from":"a","to":"bb"}"#,
-                FailStrategy::FailClose,
             ),
         ],
-    });
+    );
     // The deny plugin pauses on the head: the body is read through it before forwarding.
     let mut req = request_with("/", &[], "say nope");
-    let mut run = wasm.begin(Direction::Inbound, 80, None);
-    let denied = run
-        .run_until(Phase::UnspecifiedPhase, &mut req)
-        .await
-        .unwrap();
+    let denied = request_phases(&wasm, &mut req).await.1.unwrap();
     assert_eq!(denied.status(), 403);
 
     // More than a plugin may hold: 413, and the request goes nowhere.
@@ -188,21 +167,13 @@ async fn wasm_body_plugins_read_and_rewrite_bodies_in_process() {
     *big.body_mut() = Full::new(Bytes::from(vec![b'a'; (1 << 20) + 1]))
         .map_err(|never| match never {})
         .boxed();
-    let mut run = wasm.begin(Direction::Inbound, 80, None);
-    let refused = run
-        .run_until(Phase::UnspecifiedPhase, &mut big)
-        .await
-        .unwrap();
+    let refused = request_phases(&wasm, &mut big).await.1.unwrap();
     assert_eq!(refused.status(), 413);
     assert_eq!(refused.headers()["trellis-error"], "wasm-body-too-large");
 
     let mut req = request_with("/", &[], "fine");
-    let mut run = wasm.begin(Direction::Inbound, 80, None);
-    assert!(
-        run.run_until(Phase::UnspecifiedPhase, &mut req)
-            .await
-            .is_none()
-    );
+    let (mut run, local) = request_phases(&wasm, &mut req).await;
+    assert!(local.is_none());
     assert_eq!(req.headers()["x-wasm-body-checked"], "4");
     assert_eq!(req.headers()["content-length"], "4");
     let body = std::mem::replace(req.body_mut(), request("/", &[]).into_body());
@@ -218,21 +189,16 @@ async fn wasm_body_plugins_read_and_rewrite_bodies_in_process() {
 #[tokio::test]
 async fn wasm_response_trailers_reach_the_trailers_callback_in_process() {
     let dir = trellis_testkit::wasm_plugins::build().unwrap();
-    let wasm = Wasm::default();
-    wasm.install(WasmPlugins {
-        plugins: vec![spec(
+    let wasm = host(
+        &dir,
+        &[(
             "t/rewrite",
-            &dir.join("rewrite_body.wasm"),
+            "rewrite_body.wasm",
             r#"{"from":"a","to":"bb"}"#,
-            FailStrategy::FailClose,
         )],
-    });
-    let mut run = wasm.begin(Direction::Inbound, 80, None);
-    assert!(
-        run.run_until(Phase::UnspecifiedPhase, &mut request("/", &[]))
-            .await
-            .is_none()
     );
+    let (mut run, local) = request_phases(&wasm, &mut request("/", &[])).await;
+    assert!(local.is_none());
     let mut trailers = http::HeaderMap::new();
     trailers.insert("grpc-status", http::HeaderValue::from_static("0"));
     let frames = vec![
@@ -253,21 +219,16 @@ async fn wasm_response_trailers_reach_the_trailers_callback_in_process() {
 #[tokio::test]
 async fn wasm_a_held_response_head_takes_changes_from_the_body_callback_in_process() {
     let dir = trellis_testkit::wasm_plugins::build().unwrap();
-    let wasm = Wasm::default();
-    wasm.install(WasmPlugins {
-        plugins: vec![spec(
+    let wasm = host(
+        &dir,
+        &[(
             "t/hold",
-            &dir.join("rewrite_body.wasm"),
+            "rewrite_body.wasm",
             r#"{"from":"a","to":"bb","hold":true}"#,
-            FailStrategy::FailClose,
         )],
-    });
-    let mut run = wasm.begin(Direction::Inbound, 80, None);
-    assert!(
-        run.run_until(Phase::UnspecifiedPhase, &mut request("/", &[]))
-            .await
-            .is_none()
     );
+    let (mut run, local) = request_phases(&wasm, &mut request("/", &[])).await;
+    assert!(local.is_none());
     let mut resp = Response::new(full(Bytes::from_static(b"banana")));
     resp.headers_mut()
         .insert("content-length", http::HeaderValue::from_static("6"));
