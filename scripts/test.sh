@@ -131,15 +131,28 @@ timeout -k 30 "$BUILD_TIMEOUT" cargo build --workspace --bins
 
 # --- 2b. fuzz (docs/testing.md), bounded; skipped for a subset run or TRELLIS_SKIP_FUZZ=1 ------
 # Every parser of untrusted input (fuzz/): seeded random inputs on the stable toolchain always;
-# then, where a nightly toolchain and cargo-fuzz are installed, each target under libFuzzer for
-# TRELLIS_FUZZ_SECONDS (12 s) from its committed seeds (fuzz/corpus/<target>, read-only: what a
-# run finds goes to a scratch directory). It runs before the tests so that their summary closes
-# the run. A crash fails the run and leaves its input in fuzz/artifacts/<target>/.
+# then each target under libFuzzer for TRELLIS_FUZZ_SECONDS (12 s) from its committed seeds
+# (fuzz/corpus/<target>, read-only: what a run finds goes to a scratch directory). libFuzzer
+# needs a nightly toolchain and cargo-fuzz; a machine without them gets them here, once (about
+# 2 minutes for cargo-fuzz). It runs before the tests so that their summary closes the run. A
+# crash fails the run and leaves its input in fuzz/artifacts/<target>/.
 FUZZ_TARGETS=(authz_matching detect http1_head config_adapters route_matching csr jwt)
+# Installs the nightly toolchain and cargo-fuzz when missing; false when either cannot be had
+# (no network to rustup's or crates.io's servers), which the caller reports.
+ensure_cargo_fuzz() {
+  if ! cargo +nightly --version >/dev/null 2>&1; then
+    log "installing the nightly toolchain for libFuzzer (rustup, profile minimal)"
+    timeout -k 30 900 rustup toolchain install nightly --profile minimal || return 1
+  fi
+  if ! cargo fuzz --version >/dev/null 2>&1; then
+    log "installing cargo-fuzz (cargo install --locked, once per machine)"
+    timeout -k 30 900 cargo install cargo-fuzz --locked || return 1
+  fi
+}
 if [ "$#" -eq 0 ] && [ -z "${TRELLIS_SKIP_FUZZ:-}" ]; then
   log "cargo test --manifest-path fuzz/Cargo.toml (seeded random inputs)"
   timeout -k 30 600 cargo test --manifest-path fuzz/Cargo.toml
-  if cargo +nightly --version >/dev/null 2>&1 && cargo fuzz --version >/dev/null 2>&1; then
+  if ensure_cargo_fuzz; then
     fuzz_seconds=${TRELLIS_FUZZ_SECONDS:-12}
     log "cargo +nightly fuzz build (${#FUZZ_TARGETS[@]} targets)"
     (cd fuzz && timeout -k 30 1200 cargo +nightly fuzz build --features fuzz)
@@ -161,7 +174,7 @@ if [ "$#" -eq 0 ] && [ -z "${TRELLIS_SKIP_FUZZ:-}" ]; then
     done
     rm -rf "$fuzz_scratch"
   else
-    log "fuzz: no nightly toolchain or cargo-fuzz here; the seeded run above stands in"
+    die "fuzz: could not install the nightly toolchain or cargo-fuzz (see above); TRELLIS_SKIP_FUZZ=1 runs without libFuzzer"
   fi
 fi
 
