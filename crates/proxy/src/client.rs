@@ -84,13 +84,15 @@ impl UpstreamError {
         let mut err: Option<&(dyn std::error::Error + 'static)> = Some(source.as_ref());
         while let Some(e) = err {
             if let Some(h2) = e.downcast_ref::<h2::Error>() {
-                // A graceful GOAWAY (NO_ERROR) fails only the streams above its last stream
-                // id, which the peer did not process (RFC 9113 §6.8): as safe to retry as a
-                // refusal.
-                return matches!(
-                    h2.reason(),
-                    Some(h2::Reason::REFUSED_STREAM | h2::Reason::NO_ERROR)
-                );
+                // Only the peer can say it did not process a stream, and only two frames say
+                // so: RST_STREAM(REFUSED_STREAM), and a graceful GOAWAY (NO_ERROR), which h2
+                // hands only to the streams above its last stream id, the ones the peer did
+                // not process (RFC 9113 §6.8, §8.7). A RST_STREAM(NO_ERROR) ends a stream the
+                // peer may have acted on, and a reset or GOAWAY made on this side (or a bare
+                // reason) says nothing about what the peer did.
+                let refused = h2.is_reset() && h2.reason() == Some(h2::Reason::REFUSED_STREAM);
+                let graceful = h2.is_go_away() && h2.reason() == Some(h2::Reason::NO_ERROR);
+                return h2.is_remote() && (refused || graceful);
             }
             err = e.source();
         }
@@ -551,7 +553,13 @@ impl http_body::Body for RespBody {
 
 #[cfg(test)]
 mod tests {
-    use super::UpstreamError;
+    use std::net::SocketAddr;
+    use std::time::Duration;
+
+    use http_body_util::{BodyExt, Empty};
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+    use super::{UpBody, UpstreamError, h2conn};
 
     fn request_error(source: Box<dyn std::error::Error + Send + Sync>) -> UpstreamError {
         UpstreamError::Request {
@@ -561,16 +569,174 @@ mod tests {
     }
 
     #[test]
-    fn refused_streams_and_graceful_goaways_are_refusals_other_failures_are_not() {
+    fn bare_reasons_and_io_errors_are_not_refusals() {
+        // Made on this side, not received from the peer: they say nothing of what it processed.
         let refused = request_error(Box::new(h2::Error::from(h2::Reason::REFUSED_STREAM)));
-        assert!(refused.is_refused_stream());
-        let goaway = request_error(Box::new(h2::Error::from(h2::Reason::NO_ERROR)));
-        assert!(goaway.is_refused_stream());
+        assert!(!refused.is_refused_stream());
+        let no_error = request_error(Box::new(h2::Error::from(h2::Reason::NO_ERROR)));
+        assert!(!no_error.is_refused_stream());
         let protocol = request_error(Box::new(h2::Error::from(h2::Reason::PROTOCOL_ERROR)));
         assert!(!protocol.is_refused_stream());
         let reset = request_error(Box::new(std::io::Error::from(
             std::io::ErrorKind::ConnectionReset,
         )));
         assert!(!reset.is_refused_stream());
+    }
+
+    const PREFACE: &[u8; 24] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
+    const HEADERS: u8 = 0x1;
+    const RST_STREAM: u8 = 0x3;
+    const SETTINGS: u8 = 0x4;
+    const GOAWAY: u8 = 0x7;
+    const ACK: u8 = 0x1;
+    /// Frames the peer reads from one client at most (the client sends about five).
+    const MAX_FRAMES: usize = 64;
+
+    /// What the loopback HTTP/2 peer sends when a request's HEADERS arrive.
+    #[derive(Clone, Copy, Debug)]
+    enum Answer {
+        /// GOAWAY with this last stream id and error code.
+        GoAway {
+            last_stream_id: u32,
+            code: h2::Reason,
+        },
+        /// RST_STREAM on the request's stream with this error code.
+        Reset(h2::Reason),
+    }
+
+    fn frame(kind: u8, flags: u8, stream: u32, payload: &[u8]) -> Vec<u8> {
+        let len = u32::try_from(payload.len())
+            .expect("a small frame")
+            .to_be_bytes();
+        let mut f = Vec::with_capacity(9 + payload.len());
+        f.extend_from_slice(&len[1..]);
+        f.extend_from_slice(&[kind, flags]);
+        f.extend_from_slice(&stream.to_be_bytes());
+        f.extend_from_slice(payload);
+        f
+    }
+
+    /// An HTTP/2 peer on loopback for one connection, written frame by frame: h2's server
+    /// cannot send a GOAWAY whose last stream id is below a stream it has read. It answers a
+    /// request's HEADERS with `answer`, then, with `hang_up`, closes the connection; without,
+    /// keeps reading until the client closes, so the client fails on the frame alone.
+    async fn peer(answer: Answer, hang_up: bool) -> SocketAddr {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        tokio::spawn(async move {
+            let Ok((mut s, _)) = listener.accept().await else {
+                return;
+            };
+            let mut preface = [0u8; 24];
+            if s.read_exact(&mut preface).await.is_err() || &preface != PREFACE {
+                return;
+            }
+            if s.write_all(&frame(SETTINGS, 0, 0, &[])).await.is_err() {
+                return;
+            }
+            let mut head = [0u8; 9];
+            for _ in 0..MAX_FRAMES {
+                if s.read_exact(&mut head).await.is_err() {
+                    return;
+                }
+                let len = u32::from_be_bytes([0, head[0], head[1], head[2]]);
+                let mut payload = vec![0u8; len as usize];
+                if s.read_exact(&mut payload).await.is_err() {
+                    return;
+                }
+                let stream = u32::from_be_bytes([head[5], head[6], head[7], head[8]]) & 0x7fff_ffff;
+                let reply = match (head[3], answer) {
+                    (SETTINGS, _) if head[4] & ACK == 0 => frame(SETTINGS, ACK, 0, &[]),
+                    (
+                        HEADERS,
+                        Answer::GoAway {
+                            last_stream_id,
+                            code,
+                        },
+                    ) => {
+                        let mut p = last_stream_id.to_be_bytes().to_vec();
+                        p.extend_from_slice(&u32::from(code).to_be_bytes());
+                        frame(GOAWAY, 0, 0, &p)
+                    }
+                    (HEADERS, Answer::Reset(code)) => {
+                        frame(RST_STREAM, 0, stream, &u32::from(code).to_be_bytes())
+                    }
+                    _ => continue,
+                };
+                if s.write_all(&reply).await.is_err() || (head[3] == HEADERS && hang_up) {
+                    return;
+                }
+            }
+        });
+        addr
+    }
+
+    /// A GET sent to `addr` on the proxy's own HTTP/2 client (client/h2conn.rs), as a forward
+    /// attempt sends it; the error it fails with is what the retry policy classifies.
+    async fn failed_get(addr: SocketAddr) -> UpstreamError {
+        let exchange = async {
+            let tcp = tokio::net::TcpStream::connect(addr).await.unwrap();
+            let mut sender = h2conn::handshake(tcp, addr).await.unwrap();
+            sender.ready().await.unwrap();
+            let body: UpBody = Empty::new().map_err(|never| match never {}).boxed();
+            let req = http::Request::get(format!("http://{addr}/"))
+                .body(body)
+                .unwrap();
+            match sender.send(addr, req).await {
+                Ok(resp) => panic!("the peer answered {}", resp.status()),
+                Err(e) => e,
+            }
+        };
+        tokio::time::timeout(Duration::from_secs(5), exchange)
+            .await
+            .expect("the request failed within 5 s")
+    }
+
+    #[tokio::test]
+    async fn a_graceful_goaway_below_the_request_is_a_refusal() {
+        let addr = peer(
+            Answer::GoAway {
+                last_stream_id: 0,
+                code: h2::Reason::NO_ERROR,
+            },
+            false,
+        )
+        .await;
+        let e = failed_get(addr).await;
+        assert!(e.is_refused_stream(), "{e}");
+        assert!(!e.is_connect(), "{e}");
+    }
+
+    #[tokio::test]
+    async fn a_refused_stream_is_a_refusal() {
+        let addr = peer(Answer::Reset(h2::Reason::REFUSED_STREAM), false).await;
+        let e = failed_get(addr).await;
+        assert!(e.is_refused_stream(), "{e}");
+        assert!(!e.is_connect(), "{e}");
+    }
+
+    #[tokio::test]
+    async fn a_stream_reset_with_no_error_is_not_a_refusal() {
+        // The peer may have acted on the request before it stopped the stream.
+        let addr = peer(Answer::Reset(h2::Reason::NO_ERROR), false).await;
+        let e = failed_get(addr).await;
+        assert!(!e.is_refused_stream(), "{e}");
+        assert!(!e.is_connect(), "{e}");
+    }
+
+    #[tokio::test]
+    async fn a_graceful_goaway_over_the_request_then_a_hang_up_is_not_a_refusal() {
+        // The GOAWAY's last stream id covers the request: the peer may have processed it.
+        let addr = peer(
+            Answer::GoAway {
+                last_stream_id: 1,
+                code: h2::Reason::NO_ERROR,
+            },
+            true,
+        )
+        .await;
+        let e = failed_get(addr).await;
+        assert!(!e.is_refused_stream(), "{e}");
+        assert!(!e.is_connect(), "{e}");
     }
 }
