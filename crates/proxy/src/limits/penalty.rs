@@ -66,7 +66,7 @@ pub const HELD_FD_SHARE: u64 = 16;
 /// How many refused connections may be held at once, given the soft `RLIMIT_NOFILE` (`None`
 /// when it is unlimited or could not be read): [`MAX_HELD`], or a [`HELD_FD_SHARE`]th of the
 /// limit when that is less (0 for a limit under [`HELD_FD_SHARE`]: then none is held).
-pub fn held_bound(nofile_soft: Option<u64>) -> usize {
+fn held_bound(nofile_soft: Option<u64>) -> usize {
     match nofile_soft {
         Some(limit) => usize::try_from(limit / HELD_FD_SHARE)
             .unwrap_or(usize::MAX)
@@ -201,7 +201,8 @@ impl AbusivePeers {
     }
 
     /// The most refused connections held at once ([`held_bound`]).
-    pub fn max_held(&self) -> usize {
+    #[cfg(test)]
+    fn max_held(&self) -> usize {
         self.max_held
     }
 
@@ -248,7 +249,7 @@ impl AbusivePeers {
     }
 
     /// Closes a refused connection: after [`HOLD`], unread, while fewer than
-    /// [`Self::max_held`] are held; at once otherwise. Call inside the runtime.
+    /// `max_held` ([`held_bound`]) are held; at once otherwise. Call inside the runtime.
     pub fn refuse(&self, stream: tokio::net::TcpStream) {
         if self.held.fetch_add(1, Relaxed) >= self.max_held {
             self.held.fetch_sub(1, Relaxed);
