@@ -371,34 +371,41 @@ mod tests {
         assert_eq!(r.headers()[HOST], "[::1]");
     }
 
-    /// A raw HTTP/1.1 server on loopback answering `ok` to each request; with `close_after`
-    /// it closes each connection after one answer without saying so (a keep-alive timeout).
-    /// Returns its address, accepted connections, and connections it saw closed by the peer.
-    async fn server(
-        close_after: bool,
-    ) -> (
-        SocketAddr,
-        Arc<std::sync::atomic::AtomicUsize>,
-        Arc<std::sync::atomic::AtomicUsize>,
-    ) {
+    /// A raw HTTP/1.1 server on loopback.
+    struct Server {
+        addr: SocketAddr,
+        /// Connections accepted.
+        accepted: Arc<std::sync::atomic::AtomicUsize>,
+        /// Connections it saw closed by the peer.
+        eofs: Arc<std::sync::atomic::AtomicUsize>,
+        /// Notified (one stored permit) each time a connection is seen closed by the peer.
+        closed: Arc<tokio::sync::Notify>,
+    }
+
+    /// A [`Server`] answering `ok` to each request; with `close_after` it closes each
+    /// connection after one answer without saying so (a keep-alive timeout).
+    async fn server(close_after: bool) -> Server {
         use std::sync::atomic::{AtomicUsize, Ordering::SeqCst};
         use tokio::io::{AsyncReadExt, AsyncWriteExt};
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = listener.local_addr().unwrap();
         let accepted = Arc::new(AtomicUsize::new(0));
         let eofs = Arc::new(AtomicUsize::new(0));
-        let (a, e) = (accepted.clone(), eofs.clone());
+        let closed = Arc::new(tokio::sync::Notify::new());
+        let (a, e, c) = (accepted.clone(), eofs.clone(), closed.clone());
         tokio::spawn(async move {
             while let Ok((mut s, _)) = listener.accept().await {
                 a.fetch_add(1, SeqCst);
-                let e = e.clone();
+                let (e, c) = (e.clone(), c.clone());
                 tokio::spawn(async move {
                     let mut buf = Vec::new();
                     let mut chunk = [0u8; 1024];
                     loop {
                         match s.read(&mut chunk).await {
                             Ok(0) | Err(_) => {
+                                // Counted before the wake-up, so a woken test reads it.
                                 e.fetch_add(1, SeqCst);
+                                c.notify_one();
                                 return;
                             }
                             Ok(n) => buf.extend_from_slice(&chunk[..n]),
@@ -414,7 +421,12 @@ mod tests {
                 });
             }
         });
-        (addr, accepted, eofs)
+        Server {
+            addr,
+            accepted,
+            eofs,
+            closed,
+        }
     }
 
     async fn get(pool: &Arc<H1Pool>, addr: SocketAddr) -> String {
@@ -426,7 +438,12 @@ mod tests {
     #[tokio::test]
     async fn sequential_requests_reuse_one_connection_and_idle_ones_close() {
         use std::sync::atomic::Ordering::SeqCst;
-        let (addr, accepted, eofs) = server(false).await;
+        let Server {
+            addr,
+            accepted,
+            eofs,
+            ..
+        } = server(false).await;
         let pool = H1Pool::new(Duration::from_secs(1), Duration::from_millis(200), None);
         for _ in 0..5 {
             assert_eq!(get(&pool, addr).await, "ok");
@@ -445,7 +462,7 @@ mod tests {
     #[tokio::test]
     async fn a_connection_the_peer_closed_is_replaced() {
         use std::sync::atomic::Ordering::SeqCst;
-        let (addr, accepted, _) = server(true).await;
+        let Server { addr, accepted, .. } = server(true).await;
         let pool = H1Pool::new(Duration::from_secs(1), Duration::from_secs(60), None);
         for _ in 0..5 {
             assert_eq!(get(&pool, addr).await, "ok");
@@ -456,7 +473,12 @@ mod tests {
     #[tokio::test]
     async fn a_request_asking_to_close_uses_a_pooled_connection_and_takes_it_out() {
         use std::sync::atomic::Ordering::SeqCst;
-        let (addr, accepted, eofs) = server(false).await;
+        let Server {
+            addr,
+            accepted,
+            eofs,
+            closed,
+        } = server(false).await;
         let pool = H1Pool::new(Duration::from_secs(1), Duration::from_secs(60), None);
         assert_eq!(get(&pool, addr).await, "ok");
         let mut close = req("/");
@@ -467,10 +489,9 @@ mod tests {
         let body = resp.into_body().collect().await.unwrap().to_bytes();
         assert_eq!(&body[..], b"ok");
         assert_eq!(accepted.load(SeqCst), 1, "the pooled connection carried it");
-        let deadline = Instant::now() + Duration::from_secs(5);
-        while eofs.load(SeqCst) == 0 && Instant::now() < deadline {
-            tokio::time::sleep(Duration::from_millis(20)).await;
-        }
+        tokio::time::timeout(Duration::from_secs(5), closed.notified())
+            .await
+            .expect("the connection closed within 5 s of its exchange");
         assert_eq!(eofs.load(SeqCst), 1, "closed after its exchange");
         assert_eq!(get(&pool, addr).await, "ok");
         assert_eq!(accepted.load(SeqCst), 2, "not used again");
@@ -479,7 +500,7 @@ mod tests {
     #[tokio::test]
     async fn concurrent_requests_get_their_own_connections() {
         use std::sync::atomic::Ordering::SeqCst;
-        let (addr, accepted, _) = server(false).await;
+        let Server { addr, accepted, .. } = server(false).await;
         let pool = H1Pool::new(Duration::from_secs(1), Duration::from_secs(60), None);
         let answers = futures_util::future::join_all((0..4).map(|_| get(&pool, addr))).await;
         assert!(answers.iter().all(|a| a == "ok"));
