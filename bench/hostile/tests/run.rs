@@ -17,9 +17,23 @@ fn bench(args: &[&str]) -> std::process::Output {
     trellis_testkit::tools::run_bounded(&mut c, Duration::from_secs(50)).unwrap()
 }
 
+/// The report of a `bench-hostile` run that must succeed; a failed run fails the test with its
+/// stderr, a report that is not JSON with the stdout it printed.
+fn run_json(args: &[&str]) -> serde_json::Value {
+    let out = bench(args);
+    assert!(
+        out.status.success(),
+        "bench-hostile {args:?} failed ({}): {}",
+        out.status,
+        String::from_utf8_lossy(&out.stderr)
+    );
+    serde_json::from_slice(&out.stdout)
+        .unwrap_or_else(|e| panic!("not JSON ({e}): {}", String::from_utf8_lossy(&out.stdout)))
+}
+
 #[test]
 fn one_short_round_of_slowloris_is_reported_as_json() {
-    let out = bench(&[
+    let r = run_json(&[
         "--attacks",
         "slowloris",
         "--rounds",
@@ -31,10 +45,6 @@ fn one_short_round_of_slowloris_is_reported_as_json() {
         "--attack-secs",
         "4",
     ]);
-    let stderr = String::from_utf8_lossy(&out.stderr);
-    assert!(out.status.success(), "bench-hostile failed: {stderr}");
-    let r: serde_json::Value = serde_json::from_slice(&out.stdout)
-        .unwrap_or_else(|e| panic!("not JSON ({e}): {}", String::from_utf8_lossy(&out.stdout)));
     assert_eq!(r["benchmark"], "hostile");
     let attacks = r["attacks"].as_array().unwrap();
     assert_eq!(attacks.len(), 1);
@@ -82,7 +92,7 @@ fn one_short_round_of_slowloris_is_reported_as_json() {
 
 #[test]
 fn without_control_rounds_the_attack_is_on_the_proxy_only() {
-    let out = bench(&[
+    let r = run_json(&[
         "--attacks",
         "http2-rapid-reset",
         "--rounds",
@@ -97,9 +107,6 @@ fn without_control_rounds_the_attack_is_on_the_proxy_only() {
         "--attacker-policy",
         "normal",
     ]);
-    let stderr = String::from_utf8_lossy(&out.stderr);
-    assert!(out.status.success(), "bench-hostile failed: {stderr}");
-    let r: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
     assert_eq!(r["control"], false);
     assert_eq!(r["attacker_policy"], "normal");
     let a = &r["attacks"][0];
