@@ -342,7 +342,6 @@ fn prepare(addr: SocketAddr, req: &mut Request<UpBody>) {
 mod tests {
     use super::*;
     use http_body_util::{BodyExt, Empty};
-    use tokio::time::Instant;
 
     fn req(uri: &str) -> Request<UpBody> {
         Request::get(uri)
@@ -442,7 +441,7 @@ mod tests {
             addr,
             accepted,
             eofs,
-            ..
+            closed,
         } = server(false).await;
         let pool = H1Pool::new(Duration::from_secs(1), Duration::from_millis(200), None);
         for _ in 0..5 {
@@ -450,10 +449,9 @@ mod tests {
         }
         assert_eq!(accepted.load(SeqCst), 1, "one keep-alive connection");
         // The sweeper closes it once idle for longer than the idle timeout.
-        let deadline = Instant::now() + Duration::from_secs(5);
-        while eofs.load(SeqCst) == 0 && Instant::now() < deadline {
-            tokio::time::sleep(Duration::from_millis(20)).await;
-        }
+        tokio::time::timeout(Duration::from_secs(5), closed.notified())
+            .await
+            .expect("the idle connection closed within 5 s");
         assert_eq!(eofs.load(SeqCst), 1, "idle connection closed by the pool");
         assert_eq!(get(&pool, addr).await, "ok");
         assert_eq!(accepted.load(SeqCst), 2);
