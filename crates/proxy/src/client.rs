@@ -559,6 +559,8 @@ mod tests {
     use http_body_util::{BodyExt, Empty};
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
+    use trellis_testkit::attacks::h2frame;
+
     use super::{UpBody, UpstreamError, h2conn};
 
     fn request_error(source: Box<dyn std::error::Error + Send + Sync>) -> UpstreamError {
@@ -583,12 +585,6 @@ mod tests {
         assert!(!reset.is_refused_stream());
     }
 
-    const PREFACE: &[u8; 24] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
-    const HEADERS: u8 = 0x1;
-    const RST_STREAM: u8 = 0x3;
-    const SETTINGS: u8 = 0x4;
-    const GOAWAY: u8 = 0x7;
-    const ACK: u8 = 0x1;
     /// Frames the peer reads from one client at most (the client sends about five).
     const MAX_FRAMES: usize = 64;
 
@@ -604,18 +600,6 @@ mod tests {
         Reset(h2::Reason),
     }
 
-    fn frame(kind: u8, flags: u8, stream: u32, payload: &[u8]) -> Vec<u8> {
-        let len = u32::try_from(payload.len())
-            .expect("a small frame")
-            .to_be_bytes();
-        let mut f = Vec::with_capacity(9 + payload.len());
-        f.extend_from_slice(&len[1..]);
-        f.extend_from_slice(&[kind, flags]);
-        f.extend_from_slice(&stream.to_be_bytes());
-        f.extend_from_slice(payload);
-        f
-    }
-
     /// An HTTP/2 peer on loopback for one connection, written frame by frame: h2's server
     /// cannot send a GOAWAY whose last stream id is below a stream it has read. It answers a
     /// request's HEADERS with `answer`, then, with `hang_up`, closes the connection; without,
@@ -628,10 +612,12 @@ mod tests {
                 return;
             };
             let mut preface = [0u8; 24];
-            if s.read_exact(&mut preface).await.is_err() || &preface != PREFACE {
+            if s.read_exact(&mut preface).await.is_err() || preface[..] != *h2frame::PREFACE {
                 return;
             }
-            if s.write_all(&frame(SETTINGS, 0, 0, &[])).await.is_err() {
+            let mut settings = Vec::new();
+            h2frame::settings(&mut settings);
+            if s.write_all(&settings).await.is_err() {
                 return;
             }
             let mut head = [0u8; 9];
@@ -645,25 +631,24 @@ mod tests {
                     return;
                 }
                 let stream = u32::from_be_bytes([head[5], head[6], head[7], head[8]]) & 0x7fff_ffff;
-                let reply = match (head[3], answer) {
-                    (SETTINGS, _) if head[4] & ACK == 0 => frame(SETTINGS, ACK, 0, &[]),
+                let mut reply = Vec::new();
+                match (head[3], answer) {
+                    (h2frame::SETTINGS, _) if head[4] & h2frame::ACK == 0 => {
+                        h2frame::settings_ack(&mut reply)
+                    }
                     (
-                        HEADERS,
+                        h2frame::HEADERS,
                         Answer::GoAway {
                             last_stream_id,
                             code,
                         },
-                    ) => {
-                        let mut p = last_stream_id.to_be_bytes().to_vec();
-                        p.extend_from_slice(&u32::from(code).to_be_bytes());
-                        frame(GOAWAY, 0, 0, &p)
-                    }
-                    (HEADERS, Answer::Reset(code)) => {
-                        frame(RST_STREAM, 0, stream, &u32::from(code).to_be_bytes())
+                    ) => h2frame::goaway(&mut reply, last_stream_id, code.into()),
+                    (h2frame::HEADERS, Answer::Reset(code)) => {
+                        h2frame::reset(&mut reply, stream, code.into())
                     }
                     _ => continue,
-                };
-                if s.write_all(&reply).await.is_err() || (head[3] == HEADERS && hang_up) {
+                }
+                if s.write_all(&reply).await.is_err() || (head[3] == h2frame::HEADERS && hang_up) {
                     return;
                 }
             }

@@ -229,11 +229,14 @@ pub fn slowloris(addr: SocketAddr, deadline: Instant, connections: usize) -> Slo
 /// refuses to send.
 pub mod h2frame {
     pub const PREFACE: &[u8] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
-    const HEADERS: u8 = 1;
-    const RST_STREAM: u8 = 3;
-    const SETTINGS: u8 = 4;
+    pub const HEADERS: u8 = 1;
+    pub const RST_STREAM: u8 = 3;
+    pub const SETTINGS: u8 = 4;
+    pub const GOAWAY: u8 = 7;
     const CONTINUATION: u8 = 9;
     pub const END_STREAM: u8 = 0x1;
+    /// On SETTINGS (and PING).
+    pub const ACK: u8 = 0x1;
     pub const END_HEADERS: u8 = 0x4;
 
     pub fn frame(out: &mut Vec<u8>, kind: u8, flags: u8, stream: u32, payload: &[u8]) {
@@ -247,6 +250,17 @@ pub mod h2frame {
 
     pub fn settings(out: &mut Vec<u8>) {
         frame(out, SETTINGS, 0, 0, &[]);
+    }
+
+    pub fn settings_ack(out: &mut Vec<u8>) {
+        frame(out, SETTINGS, ACK, 0, &[]);
+    }
+
+    /// GOAWAY: streams above `last_stream_id` were not processed; `code` is the error code.
+    pub fn goaway(out: &mut Vec<u8>, last_stream_id: u32, code: u32) {
+        let mut payload = (last_stream_id & 0x7fff_ffff).to_be_bytes().to_vec();
+        payload.extend_from_slice(&code.to_be_bytes());
+        frame(out, GOAWAY, 0, 0, &payload);
     }
 
     /// GET / with :authority victim, in HPACK with static-table indices only (no dynamic
@@ -279,9 +293,14 @@ pub mod h2frame {
         frame(out, CONTINUATION, flags, stream, block);
     }
 
+    /// RST_STREAM(CANCEL), as a client resetting its own request sends it.
     pub fn rst_stream(out: &mut Vec<u8>, stream: u32) {
-        // CANCEL.
-        frame(out, RST_STREAM, 0, stream, &8u32.to_be_bytes());
+        reset(out, stream, 8);
+    }
+
+    /// RST_STREAM with the error `code`.
+    pub fn reset(out: &mut Vec<u8>, stream: u32, code: u32) {
+        frame(out, RST_STREAM, 0, stream, &code.to_be_bytes());
     }
 }
 
