@@ -149,25 +149,25 @@ ensure_cargo_fuzz() {
     timeout -k 30 900 cargo install cargo-fuzz --locked || return 1
   fi
 }
-# The fuzz build (the proxy, rustls and aws-lc with sanitizer coverage, on nightly) is the
-# slowest build of the run, so as root it lives outside the clone, like the testbed: a fresh
-# clone then rebuilds only the workspace's own crates. 16 codegen units build in parallel; a
-# 12 s run does not miss the speed of one. Build and run must pass the same flags, or the run
-# rebuilds.
-FUZZ_TARGET_DIR=${TRELLIS_FUZZ_TARGET_DIR:-}
-if [ -z "$FUZZ_TARGET_DIR" ] && is_root; then
-  FUZZ_TARGET_DIR=/var/cache/trellis-fuzz/target
-  # Each clone's path adds its own copy of the workspace crates; start over past 20 GiB.
-  if [ -d "$FUZZ_TARGET_DIR" ] && [ "$(du -s --block-size=1G "$FUZZ_TARGET_DIR" | cut -f1)" -gt 20 ]; then
-    rm -rf "$FUZZ_TARGET_DIR"
-  fi
-fi
-FUZZ_BUILD_FLAGS=(--features fuzz --codegen-units 16)
-[ -n "$FUZZ_TARGET_DIR" ] && FUZZ_BUILD_FLAGS+=(--target-dir "$FUZZ_TARGET_DIR")
 if [ "$#" -eq 0 ] && [ -z "${TRELLIS_SKIP_FUZZ:-}" ]; then
   log "cargo test --manifest-path fuzz/Cargo.toml (seeded random inputs)"
   timeout -k 30 600 cargo test --manifest-path fuzz/Cargo.toml
   if ensure_cargo_fuzz; then
+    # The fuzz build (the proxy, rustls and aws-lc with sanitizer coverage, on nightly) is the
+    # slowest build of the run, so as root it lives outside the clone, like the testbed: a fresh
+    # clone then rebuilds only the workspace's own crates. 16 codegen units build in parallel; a
+    # 12 s run does not miss the speed of one. Build and run must pass the same flags, or the run
+    # rebuilds.
+    FUZZ_TARGET_DIR=${TRELLIS_FUZZ_TARGET_DIR:-}
+    if [ -z "$FUZZ_TARGET_DIR" ] && is_root; then
+      FUZZ_TARGET_DIR=/var/cache/trellis-fuzz/target
+      # Each clone's path adds its own copy of the workspace crates; start over past 20 GiB.
+      if [ -d "$FUZZ_TARGET_DIR" ] && [ "$(du -s --block-size=1G "$FUZZ_TARGET_DIR" | cut -f1)" -gt 20 ]; then
+        rm -rf "$FUZZ_TARGET_DIR"
+      fi
+    fi
+    FUZZ_BUILD_FLAGS=(--features fuzz --codegen-units 16)
+    [ -n "$FUZZ_TARGET_DIR" ] && FUZZ_BUILD_FLAGS+=(--target-dir "$FUZZ_TARGET_DIR")
     fuzz_seconds=${TRELLIS_FUZZ_SECONDS:-12}
     log "cargo +nightly fuzz build (${#FUZZ_TARGETS[@]} targets, into ${FUZZ_TARGET_DIR:-fuzz/target})"
     (cd fuzz && timeout -k 30 1800 cargo +nightly fuzz build "${FUZZ_BUILD_FLAGS[@]}")
