@@ -20,6 +20,7 @@ use support::{
     WAIT, admin, eventually, full, get_root, http1_conn, http2_conn, start_app, start_proxy,
 };
 use trellis_testkit::ProxyBuilder;
+use trellis_testkit::attacks::h2frame;
 use trellis_testkit::load::rss_bytes;
 
 /// The value of one exact series line of the proxy's `/metrics`.
@@ -257,15 +258,6 @@ async fn a_slow_request_head_is_cut_at_the_header_timeout_while_others_are_serve
     metric_reaches(proxy.addrs().admin, &rejected("header_timeout"), 1).await;
 }
 
-/// One HTTP/2 frame: 9-byte header and payload.
-fn frame(kind: u8, flags: u8, stream: u32, payload: &[u8]) -> Vec<u8> {
-    let len = u32::try_from(payload.len()).unwrap().to_be_bytes();
-    let mut f = vec![len[1], len[2], len[3], kind, flags];
-    f.extend_from_slice(&stream.to_be_bytes());
-    f.extend_from_slice(payload);
-    f
-}
-
 #[tokio::test]
 async fn an_http2_rapid_reset_flood_gets_goaway_and_others_are_still_served() {
     let app = start_app().await;
@@ -273,26 +265,30 @@ async fn an_http2_rapid_reset_flood_gets_goaway_and_others_are_still_served() {
     let inbound = proxy.addrs().inbound;
     // CVE-2023-44487 in one write: 500 streams each opened (HEADERS, END_STREAM) and at once
     // cancelled (RST_STREAM CANCEL), before the server can accept any of them.
-    let mut flood = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n".to_vec();
-    flood.extend(frame(0x4, 0, 0, &[]));
-    // HPACK: :method GET, :scheme http, :path /, :authority "a" (literal, indexed name).
-    let head = [0x82, 0x86, 0x84, 0x41, 0x01, b'a'];
+    let mut flood = h2frame::PREFACE.to_vec();
+    h2frame::settings(&mut flood);
+    let head = h2frame::get_block();
     for i in 0..500u32 {
         let id = 2 * i + 1;
-        flood.extend(frame(0x1, 0x5, id, &head));
-        flood.extend(frame(0x3, 0, id, &8u32.to_be_bytes()));
+        h2frame::headers(
+            &mut flood,
+            h2frame::END_STREAM | h2frame::END_HEADERS,
+            id,
+            &head,
+        );
+        h2frame::rst_stream(&mut flood, id);
     }
     let mut s = TcpStream::connect(inbound).await.unwrap();
     let _ = s.write_all(&flood).await;
     let mut got = Vec::new();
     let _ = tokio::time::timeout(WAIT, s.read_to_end(&mut got)).await;
-    // Find a GOAWAY (type 7) and its error code.
+    // Find a GOAWAY and its error code.
     let mut goaway = None;
     let mut at = 0;
     while at + 9 <= got.len() {
         let len =
             usize::from(got[at]) << 16 | usize::from(got[at + 1]) << 8 | usize::from(got[at + 2]);
-        if got[at + 3] == 0x7 && at + 9 + 8 <= got.len() {
+        if got[at + 3] == h2frame::GOAWAY && at + 9 + 8 <= got.len() {
             let p = &got[at + 9..];
             goaway = Some(u32::from_be_bytes([p[4], p[5], p[6], p[7]]));
         }
@@ -691,8 +687,8 @@ async fn idle_http2_connections_get_goaway_and_busy_ones_are_kept() {
 
     let idle = async move {
         let mut s = TcpStream::connect(inbound).await.unwrap();
-        let mut hello = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n".to_vec();
-        hello.extend(frame(0x4, 0, 0, &[]));
+        let mut hello = h2frame::PREFACE.to_vec();
+        h2frame::settings(&mut hello);
         s.write_all(&hello).await.unwrap();
         let started = Instant::now();
         let (mut buf, mut goaway, mut at) = (Vec::new(), None, 0);
@@ -714,12 +710,14 @@ async fn idle_http2_connections_get_goaway_and_busy_ones_are_kept() {
                     break;
                 }
                 let (kind, flags, payload) = (buf[at + 3], buf[at + 4], &buf[at + 9..at + 9 + len]);
-                if kind == 0x7 && goaway.is_none() {
+                if kind == h2frame::GOAWAY && goaway.is_none() {
                     let code = u32::from_be_bytes([payload[4], payload[5], payload[6], payload[7]]);
                     goaway = Some((code, started.elapsed()));
                 }
-                if kind == 0x6 && flags & 0x1 == 0 {
-                    let _ = s.write_all(&frame(0x6, 0x1, 0, payload)).await;
+                if kind == h2frame::PING && flags & h2frame::ACK == 0 {
+                    let mut ack = Vec::new();
+                    h2frame::ping_ack(&mut ack, payload);
+                    let _ = s.write_all(&ack).await;
                 }
                 at += 9 + len;
             }

@@ -232,6 +232,7 @@ pub mod h2frame {
     pub const HEADERS: u8 = 1;
     pub const RST_STREAM: u8 = 3;
     pub const SETTINGS: u8 = 4;
+    pub const PING: u8 = 6;
     pub const GOAWAY: u8 = 7;
     const CONTINUATION: u8 = 9;
     pub const END_STREAM: u8 = 0x1;
@@ -296,6 +297,11 @@ pub mod h2frame {
     /// RST_STREAM(CANCEL), as a client resetting its own request sends it.
     pub fn rst_stream(out: &mut Vec<u8>, stream: u32) {
         reset(out, stream, 8);
+    }
+
+    /// The PING ACK answering a PING with `payload` (its 8 opaque bytes).
+    pub fn ping_ack(out: &mut Vec<u8>, payload: &[u8]) {
+        frame(out, PING, ACK, 0, payload);
     }
 
     /// RST_STREAM with the error `code`.
