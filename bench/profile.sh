@@ -40,6 +40,20 @@ while [ $# -gt 0 ]; do
     esac
     shift
 done
+# What this run needs, named before anything starts (a missing nginx otherwise shows up as a
+# 502 from the proxy). bench/run.sh installs oha, nginx and haproxy when they are missing.
+needed=(nginx oha)
+[ "$mode" = strace ] && needed+=(strace) || needed+=(valgrind callgrind_control)
+[ "$proxy" = haproxy ] && needed+=(haproxy)
+[ "$proxy" = trellis ] && [ ! -x "$bin" ] && { echo "profile.sh: no proxy binary at $bin (--bin PATH)" >&2; exit 69; }
+for tool in "${needed[@]}"; do
+    if ! command -v "$tool" >/dev/null && [ ! -x "/usr/sbin/$tool" ]; then
+        echo "profile.sh: $tool is missing (bench/run.sh installs oha, nginx and haproxy)" >&2
+        exit 69
+    fi
+done
+export PATH="$PATH:/usr/sbin"
+
 out="${out:-$repo/bench/out/profile-$(date -u +%Y%m%dT%H%M%SZ)}"
 mkdir -p "$out/nginx-backend-tmp"
 
