@@ -84,23 +84,6 @@ fn continuation_bomb(n: usize) -> Vec<u8> {
     out
 }
 
-/// 500 streams opened and cancelled at once (CVE-2023-44487), in one write.
-fn rapid_reset() -> Vec<u8> {
-    let mut out = h2frame::PREFACE.to_vec();
-    h2frame::settings(&mut out);
-    for i in 0..500u32 {
-        let id = 2 * i + 1;
-        h2frame::headers(
-            &mut out,
-            h2frame::END_HEADERS | h2frame::END_STREAM,
-            id,
-            &h2frame::get_block(),
-        );
-        h2frame::rst_stream(&mut out, id);
-    }
-    out
-}
-
 /// Writes `attack` from `source` and returns what the proxy answered until it closed or sent
 /// a response HEADERS. The write runs beside the read: the proxy closes long before it has
 /// read a 4 MB bomb.
@@ -193,7 +176,7 @@ async fn an_address_sent_enhance_your_calm_is_rate_limited_at_accept() {
     .await;
     let (inbound, admin_addr) = (proxy.addrs().inbound, proxy.addrs().admin);
     assert_eq!(good_request(inbound).await, 200);
-    let frames = attack_from(ATTACKER_SOURCE, inbound, rapid_reset()).await;
+    let frames = attack_from(ATTACKER_SOURCE, inbound, h2frame::rapid_reset_burst(500)).await;
     // The penalty started before this (when the proxy ended the connection).
     let offended = tokio::time::Instant::now();
     assert_eq!(
@@ -240,7 +223,7 @@ async fn without_the_penalty_an_offender_reconnects_freely() {
     let app = start_app().await;
     let proxy = start_proxy(app.addr, |c| c.limits.abusive_peer_penalty = None).await;
     let (inbound, admin_addr) = (proxy.addrs().inbound, proxy.addrs().admin);
-    let frames = attack_from(ATTACKER_SOURCE, inbound, rapid_reset()).await;
+    let frames = attack_from(ATTACKER_SOURCE, inbound, h2frame::rapid_reset_burst(500)).await;
     assert_eq!(goaway_code(&frames), Some(11));
     for i in 0..5 {
         assert_served(ATTACKER_SOURCE, inbound, &format!("reconnect {i}")).await;

