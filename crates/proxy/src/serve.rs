@@ -23,6 +23,7 @@ use trellis_model::Target;
 pub(crate) mod drain;
 mod http1;
 mod http2;
+mod recycle;
 
 use http1::serve_http1;
 use http2::serve_http2;

@@ -5,6 +5,7 @@ use std::net::SocketAddr;
 
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 
+use super::recycle::Recycled;
 use super::{Ctx, Downstream};
 use crate::forward::HttpForward;
 use crate::limits::idle::IdleConn;
@@ -22,11 +23,12 @@ pub(super) async fn serve_http2(
         &ctx.metrics,
         direction,
     );
-    // Boxed: hyper spawns each HTTP/2 stream as a task and moves the service's future into it
-    // several times on the way; the forward's future is large, and copying it cost the server
-    // side of an mTLS pair about half of its instructions per request (callgrind, memcpy under
-    // hyper's execute_h2stream). A box moves as a pointer.
-    let svc = idle.service(move |req| Box::pin(forward.clone().handle(req)));
+    // On the heap: hyper spawns each HTTP/2 stream as a task and moves the service's future
+    // into it several times on the way; the forward's future is large, and copying it cost the
+    // server side of an mTLS pair about half of its instructions per request (callgrind, memcpy
+    // under hyper's execute_h2stream). A box moves as a pointer, and a recycled one also skips
+    // the allocator's slow path for blocks that large (`recycle`).
+    let svc = idle.service(move |req| Recycled::new(|| forward.clone().handle(req)));
     let mut builder = hyper::server::conn::http2::Builder::new(TokioExecutor::new());
     builder.timer(TokioTimer::new());
     crate::limits::server::http2(&mut builder, ctx.admission.limits());
