@@ -19,7 +19,7 @@ use std::convert::Infallible;
 use std::net::SocketAddr;
 use std::sync::Arc;
 
-use http::{HeaderValue, Request, Response, StatusCode, header};
+use http::{HeaderValue, Request, Response, StatusCode};
 use http_body_util::BodyExt;
 use hyper::body::Incoming;
 use hyper_util::rt::TokioIo;
@@ -27,7 +27,7 @@ use hyper_util::rt::TokioIo;
 use crate::client::{PoolOptions, RespBody, UpBody, UpstreamError};
 use crate::http::{
     HopVersion, ORIG_PROTO, ORIG_PROTO_HTTP1, ProxyBody, TARGET_PORT, choose_version,
-    error_response, is_upgrade, strip_hop_by_hop, to_http1, to_http2,
+    error_response, is_upgrade, strip_hop_by_hop, strip_request, to_http1, to_http2,
 };
 use crate::route::{Dest, Hop, Next};
 use crate::serve::Ctx;
@@ -170,12 +170,16 @@ impl HttpForward {
 
     /// Sends a request on (also a Wasm plugin's HTTP call, `wasm::MeshCalls`).
     pub(crate) async fn forward(&self, mut req: Request<UpBody>) -> Response<ProxyBody> {
+        let upgrade = is_upgrade(&req);
+        let mesh = strip_request(req.headers_mut(), upgrade);
         // Like the version tag, the port hint only means something coming from a peer proxy.
-        let requested_port = req
-            .headers_mut()
-            .remove(TARGET_PORT)
+        let requested_port = mesh
+            .target_port
             .and_then(|v| v.to_str().ok()?.parse::<u16>().ok())
             .filter(|_| self.direction == Direction::Inbound);
+        // The tag is only meaningful on the meshed hop; whatever an application sent is dropped.
+        let tagged = mesh.orig_proto.is_some_and(|v| v == ORIG_PROTO_HTTP1)
+            && self.direction == Direction::Inbound;
         let next = match self.dest.next(requested_port).await {
             Ok(next) => next,
             Err(no_hop) => {
@@ -183,17 +187,6 @@ impl HttpForward {
                 return error_response(no_hop.status(), no_hop.reason());
             }
         };
-        let upgrade = is_upgrade(&req);
-        // The tag is only meaningful on the meshed hop; whatever an application sent is dropped.
-        let tagged = req
-            .headers_mut()
-            .remove(ORIG_PROTO)
-            .is_some_and(|v| v == ORIG_PROTO_HTTP1)
-            && self.direction == Direction::Inbound;
-        strip_hop_by_hop(req.headers_mut(), upgrade);
-        // This proxy's server already answered `100 Continue` by reading the body; the next hop
-        // gets the body at once.
-        req.headers_mut().remove(header::EXPECT);
         match next {
             Next::Routed(plan) => routed::forward(self, &plan, req, upgrade, tagged).await,
             Next::Hop(hop) => {
