@@ -67,6 +67,12 @@ if [ ${#need_apt[@]} -gt 0 ]; then
     DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${need_apt[@]}"
 fi
 # The Debian nginx package starts a system nginx on port 80; the benchmark does not use it.
+# The plot (docs/benchmarks.png and the floor set's) needs matplotlib; without it the report
+# says so and has no plot.
+if ! python3 -c 'import matplotlib' 2>/dev/null; then
+    echo "bench: installing matplotlib (pip) for the plots" >&2
+    python3 -m pip install --quiet matplotlib || echo "bench: no matplotlib: no plots" >&2
+fi
 
 if [ -n "$rev" ]; then
     # Measure a commit, not whatever the work tree holds: build it from `git archive` in
