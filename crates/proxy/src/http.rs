@@ -35,13 +35,6 @@ pub const TRELLIS_ERROR: HeaderName = HeaderName::from_static("trellis-error");
 const KEEP_ALIVE: HeaderName = HeaderName::from_static("keep-alive");
 const PROXY_CONNECTION: HeaderName = HeaderName::from_static("proxy-connection");
 
-/// Whether the request asks to switch protocols (WebSocket and any other `Upgrade`).
-pub fn is_upgrade<B>(req: &Request<B>) -> bool {
-    req.version() == Version::HTTP_11
-        && req.headers().contains_key(header::UPGRADE)
-        && connection_tokens(req.headers()).any(|t| t.eq_ignore_ascii_case("upgrade"))
-}
-
 fn connection_tokens(headers: &HeaderMap) -> impl Iterator<Item = &str> {
     headers
         .get_all(header::CONNECTION)
@@ -55,31 +48,58 @@ fn connection_tokens(headers: &HeaderMap) -> impl Iterator<Item = &str> {
 /// Removes hop-by-hop headers (RFC 9110 §7.6.1). With `upgrade`, `Connection: upgrade` and
 /// `Upgrade` survive so the next hop sees the switch request (or the 101 answer).
 ///
-/// Runs twice per request (request and response), so it first scans the names once and then
-/// touches only those present: a removal of an absent name still costs a hashed lookup, and
+/// Runs on every response (and, as [`strip_request`], every request), so it first scans the
+/// names once and then touches only those present: a removal of an absent name still costs a hashed lookup, and
 /// most messages carry none of these names, or only `Connection: keep-alive`.
 pub fn strip_hop_by_hop(headers: &mut HeaderMap, upgrade: bool) {
-    strip(headers, upgrade, false);
+    let has = scan(headers, false);
+    strip(headers, &has, upgrade);
 }
 
-/// The proxy's own headers a request arrived with, taken out by [`strip_request`].
+/// What [`strip_request`] learnt from a request's headers.
 #[derive(Debug, Default)]
-pub struct MeshHeaders {
-    /// [`TARGET_PORT`].
+pub struct RequestHeaders {
+    /// The request asks to switch protocols (WebSocket and any other `Upgrade`): an HTTP/1.1
+    /// request with an `Upgrade` header that its `Connection` header names.
+    pub upgrade: bool,
+    /// The value of [`TARGET_PORT`], taken out.
     pub target_port: Option<HeaderValue>,
-    /// [`ORIG_PROTO`].
+    /// The value of [`ORIG_PROTO`], taken out.
     pub orig_proto: Option<HeaderValue>,
 }
 
-/// [`strip_hop_by_hop`] for a request about to be forwarded, which also loses `Expect` (this
-/// proxy's server already answered `100 Continue` by reading the body, so the next hop gets
-/// the body at once) and the mesh's own headers, which are for this proxy and never for the
-/// next hop: their values are returned. The same single scan finds all of them.
-pub fn strip_request(headers: &mut HeaderMap, upgrade: bool) -> MeshHeaders {
-    strip(headers, upgrade, true)
+/// [`strip_hop_by_hop`] for a request about to be forwarded, keeping `Connection: upgrade` and
+/// `Upgrade` when it asks to switch protocols. It also loses `Expect` (this proxy's server
+/// already answered `100 Continue` by reading the body, so the next hop gets the body at once)
+/// and the mesh's own headers, which are for this proxy and never for the next hop: their
+/// values are returned. One scan of the names finds all of them.
+pub fn strip_request<B>(req: &mut Request<B>) -> RequestHeaders {
+    let is_http11 = req.version() == Version::HTTP_11;
+    let headers = req.headers_mut();
+    let has = scan(headers, true);
+    let upgrade = is_http11
+        && has.upgrade
+        && has.connection
+        && connection_tokens(headers).any(|t| t.eq_ignore_ascii_case("upgrade"));
+    // Taken before a Connection token could name (and so remove) them.
+    let found = RequestHeaders {
+        upgrade,
+        target_port: has
+            .target_port
+            .then(|| headers.remove(TARGET_PORT))
+            .flatten(),
+        orig_proto: has.orig_proto.then(|| headers.remove(ORIG_PROTO)).flatten(),
+    };
+    if has.expect {
+        headers.remove(header::EXPECT);
+    }
+    strip(headers, &has, upgrade);
+    found
 }
 
-fn strip(headers: &mut HeaderMap, upgrade: bool, request: bool) -> MeshHeaders {
+/// Which of the names the strip cares about the headers hold; `request` adds those only a
+/// request can carry.
+fn scan(headers: &HeaderMap, request: bool) -> Present {
     let mut has = Present {
         plain_connection: true,
         ..Present::default()
@@ -103,17 +123,11 @@ fn strip(headers: &mut HeaderMap, upgrade: bool, request: bool) -> MeshHeaders {
             _ => {}
         }
     }
-    // Taken before a Connection token could name (and so remove) them.
-    let mesh = MeshHeaders {
-        target_port: has
-            .target_port
-            .then(|| headers.remove(TARGET_PORT))
-            .flatten(),
-        orig_proto: has.orig_proto.then(|| headers.remove(ORIG_PROTO)).flatten(),
-    };
-    if has.expect {
-        headers.remove(header::EXPECT);
-    }
+    has
+}
+
+/// Removes the hop-by-hop headers `has` found (see [`strip_hop_by_hop`]).
+fn strip(headers: &mut HeaderMap, has: &Present, upgrade: bool) {
     if has.connection && !has.plain_connection {
         // Headers the Connection header names. Names handled below anyway need no lookup
         // (nor a `HeaderName`): `upgrade` is kept on upgrades and removed otherwise; only
@@ -172,7 +186,6 @@ fn strip(headers: &mut HeaderMap, upgrade: bool, request: bool) -> MeshHeaders {
             headers.insert(header::TE, HeaderValue::from_static("trailers"));
         }
     }
-    mesh
 }
 
 /// Whether a Connection value names no header (nearly every HTTP/1.1 message that has one
@@ -325,6 +338,13 @@ mod tests {
         h
     }
 
+    /// An HTTP/1.1 request (the builder's default version) with these headers.
+    fn request(pairs: &[(&str, &str)]) -> Request<()> {
+        let mut req = Request::new(());
+        *req.headers_mut() = headers(pairs);
+        req
+    }
+
     #[test]
     fn strips_hop_by_hop_and_connection_named_headers() {
         let mut h = headers(&[
@@ -344,24 +364,25 @@ mod tests {
 
     #[test]
     fn a_request_loses_expect_and_hands_over_the_mesh_headers() {
-        let mut h = headers(&[
+        let mut req = request(&[
             ("connection", "keep-alive, trellis-target-port"),
             ("Trellis-Target-Port", "8080"),
             ("trellis-orig-proto", "HTTP/1.1"),
             ("expect", "100-continue"),
             ("x-app", "kept"),
         ]);
-        let mesh = strip_request(&mut h, false);
-        assert_eq!(mesh.target_port.unwrap(), "8080");
-        assert_eq!(mesh.orig_proto.unwrap(), ORIG_PROTO_HTTP1);
-        let names: Vec<&str> = h.keys().map(|k| k.as_str()).collect();
+        let found = strip_request(&mut req);
+        assert!(!found.upgrade);
+        assert_eq!(found.target_port.unwrap(), "8080");
+        assert_eq!(found.orig_proto.unwrap(), ORIG_PROTO_HTTP1);
+        let names: Vec<&str> = req.headers().keys().map(|k| k.as_str()).collect();
         assert_eq!(names, vec!["x-app"]);
         // A response keeps them: they only mean something on requests.
         let mut h = headers(&[("expect", "x"), ("trellis-orig-proto", "HTTP/1.1")]);
         strip_hop_by_hop(&mut h, false);
         assert_eq!(h.len(), 2);
-        let mesh = strip_request(&mut headers(&[("x-app", "1")]), false);
-        assert!(mesh.target_port.is_none() && mesh.orig_proto.is_none());
+        let found = strip_request(&mut request(&[("x-app", "1")]));
+        assert!(found.target_port.is_none() && found.orig_proto.is_none());
         // The scan matches these names as strings.
         let names = [&KEEP_ALIVE, &PROXY_CONNECTION, &TARGET_PORT, &ORIG_PROTO];
         let spelled = names.map(HeaderName::as_str);
@@ -427,18 +448,24 @@ mod tests {
     }
 
     #[test]
-    fn recognises_upgrades() {
-        let req = Request::builder()
-            .header("connection", "keep-alive, Upgrade")
-            .header("upgrade", "websocket")
-            .body(())
-            .unwrap();
-        assert!(is_upgrade(&req));
-        let req = Request::builder()
-            .header("upgrade", "websocket")
-            .body(())
-            .unwrap();
-        assert!(!is_upgrade(&req));
+    fn a_request_that_asks_to_upgrade_keeps_its_upgrade_headers() {
+        let mut req = request(&[
+            ("connection", "keep-alive, Upgrade"),
+            ("upgrade", "websocket"),
+            ("keep-alive", "timeout=5"),
+        ]);
+        assert!(strip_request(&mut req).upgrade);
+        assert_eq!(req.headers()["upgrade"], "websocket");
+        assert_eq!(req.headers()["connection"], "upgrade");
+        assert!(!req.headers().contains_key("keep-alive"));
+        // Not named by Connection, or not HTTP/1.1: no upgrade, and the headers go.
+        let mut req = request(&[("upgrade", "websocket")]);
+        assert!(!strip_request(&mut req).upgrade);
+        assert!(req.headers().is_empty());
+        let mut req = request(&[("connection", "upgrade"), ("upgrade", "websocket")]);
+        *req.version_mut() = Version::HTTP_2;
+        assert!(!strip_request(&mut req).upgrade);
+        assert!(req.headers().is_empty());
     }
 
     #[test]

@@ -27,7 +27,7 @@ use hyper_util::rt::TokioIo;
 use crate::client::{PoolOptions, RespBody, UpBody, UpstreamError};
 use crate::http::{
     HopVersion, ORIG_PROTO, ORIG_PROTO_HTTP1, ProxyBody, TARGET_PORT, choose_version,
-    error_response, is_upgrade, strip_hop_by_hop, strip_request, to_http1, to_http2,
+    error_response, strip_hop_by_hop, strip_request, to_http1, to_http2,
 };
 use crate::route::{Dest, Hop, Next};
 use crate::serve::Ctx;
@@ -170,15 +170,15 @@ impl HttpForward {
 
     /// Sends a request on (also a Wasm plugin's HTTP call, `wasm::MeshCalls`).
     pub(crate) async fn forward(&self, mut req: Request<UpBody>) -> Response<ProxyBody> {
-        let upgrade = is_upgrade(&req);
-        let mesh = strip_request(req.headers_mut(), upgrade);
+        let found = strip_request(&mut req);
+        let upgrade = found.upgrade;
         // Like the version tag, the port hint only means something coming from a peer proxy.
-        let requested_port = mesh
+        let requested_port = found
             .target_port
             .and_then(|v| v.to_str().ok()?.parse::<u16>().ok())
             .filter(|_| self.direction == Direction::Inbound);
         // The tag is only meaningful on the meshed hop; whatever an application sent is dropped.
-        let tagged = mesh.orig_proto.is_some_and(|v| v == ORIG_PROTO_HTTP1)
+        let tagged = found.orig_proto.is_some_and(|v| v == ORIG_PROTO_HTTP1)
             && self.direction == Direction::Inbound;
         let next = match self.dest.next(requested_port).await {
             Ok(next) => next,
