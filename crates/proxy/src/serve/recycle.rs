@@ -227,19 +227,29 @@ mod tests {
         let outputs = futures_util::future::join_all(futures).await;
         assert_eq!(outputs, (0..KEPT as u32 + 8).collect::<Vec<_>>());
         assert_eq!(drops.load(Relaxed), KEPT + 8);
-        // The stack kept at most KEPT of them; the rest went back to the allocator.
-        let kept = STACK.with(|s| s.borrow().free.len());
-        assert!(kept <= KEPT, "{kept} kept");
+        // The stack kept KEPT of them; the rest went back to the allocator.
+        assert_eq!(kept(), KEPT);
     }
 
     #[tokio::test]
     async fn another_layout_bypasses_the_stack() {
         let drops = Arc::new(AtomicUsize::new(0));
         drop(Recycled::new(|| counted_future(&drops, 1)));
+        assert_eq!(kept(), 1);
         let small = Recycled::new(|| async { 5u8 });
         assert_eq!(small.await, 5);
-        // Zero-size: nothing allocated, and dropping it is still a drop.
+        // Zero-size: nothing allocated, nothing given back.
         drop(Recycled::new(std::future::pending::<()>));
         assert_eq!(drops.load(Relaxed), 1);
+        // Neither went on the stack, which still holds only the first layout's allocation.
+        assert_eq!(kept(), 1);
+        let again = Recycled::new(|| counted_future(&drops, 2));
+        assert_eq!(kept(), 0, "the first layout's allocation was taken again");
+        assert_eq!(again.await, 2);
+    }
+
+    /// How many freed allocations this thread's stack holds.
+    fn kept() -> usize {
+        STACK.with(|s| s.borrow().free.len())
     }
 }
