@@ -43,26 +43,17 @@ async fn read_frames(
 }
 
 fn parse_frames(got: &[u8]) -> Vec<(u8, Vec<u8>)> {
-    let mut frames = Vec::new();
-    let mut at = 0;
-    while at + 9 <= got.len() {
-        let len =
-            usize::from(got[at]) << 16 | usize::from(got[at + 1]) << 8 | usize::from(got[at + 2]);
-        if at + 9 + len > got.len() {
-            break;
-        }
-        frames.push((got[at + 3], got[at + 9..at + 9 + len].to_vec()));
-        at += 9 + len;
-    }
-    frames
+    h2frame::frames(got)
+        .map(|(kind, _, payload)| (kind, payload.to_vec()))
+        .collect()
 }
 
 /// GOAWAY's error code, if the frames hold one.
 fn goaway_code(frames: &[(u8, Vec<u8>)]) -> Option<u32> {
     frames
         .iter()
-        .find(|(kind, p)| *kind == 0x7 && p.len() >= 8)
-        .map(|(_, p)| u32::from_be_bytes([p[4], p[5], p[6], p[7]]))
+        .filter(|(kind, _)| *kind == h2frame::GOAWAY)
+        .find_map(|(_, payload)| h2frame::goaway_code(payload))
 }
 
 /// The preface, SETTINGS, then a HEADERS frame without END_HEADERS followed by `n`

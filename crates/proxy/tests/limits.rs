@@ -270,17 +270,11 @@ async fn an_http2_rapid_reset_flood_gets_goaway_and_others_are_still_served() {
     let _ = s.write_all(&flood).await;
     let mut got = Vec::new();
     let _ = tokio::time::timeout(WAIT, s.read_to_end(&mut got)).await;
-    // Find a GOAWAY and its error code.
-    let mut goaway = None;
-    let mut at = 0;
-    while let Some((kind, _, payload, taken)) = h2frame::split(&got[at..]) {
-        if kind == h2frame::GOAWAY && payload.len() >= 8 {
-            goaway = Some(u32::from_be_bytes([
-                payload[4], payload[5], payload[6], payload[7],
-            ]));
-        }
-        at += taken;
-    }
+    // The (last) GOAWAY's error code.
+    let goaway = h2frame::frames(&got)
+        .filter(|(kind, ..)| *kind == h2frame::GOAWAY)
+        .filter_map(|(.., payload)| h2frame::goaway_code(payload))
+        .last();
     assert_eq!(
         goaway,
         Some(11),
@@ -690,8 +684,10 @@ async fn idle_http2_connections_get_goaway_and_busy_ones_are_kept() {
             };
             buf.extend_from_slice(&chunk[..n]);
             while let Some((kind, flags, payload, taken)) = h2frame::split(&buf[at..]) {
-                if kind == h2frame::GOAWAY && goaway.is_none() {
-                    let code = u32::from_be_bytes([payload[4], payload[5], payload[6], payload[7]]);
+                if kind == h2frame::GOAWAY
+                    && goaway.is_none()
+                    && let Some(code) = h2frame::goaway_code(payload)
+                {
                     goaway = Some((code, started.elapsed()));
                 }
                 if kind == h2frame::PING && flags & h2frame::ACK == 0 {

@@ -322,6 +322,23 @@ pub mod h2frame {
         Some((head[3], head[4], payload, 9 + len))
     }
 
+    /// The whole frames at the front of `buf`, in order, as (type, flags, payload); a frame
+    /// whose payload has not all arrived ends them.
+    pub fn frames(buf: &[u8]) -> impl Iterator<Item = (u8, u8, &[u8])> {
+        let mut rest = buf;
+        std::iter::from_fn(move || {
+            let (kind, flags, payload, taken) = split(rest)?;
+            rest = &rest[taken..];
+            Some((kind, flags, payload))
+        })
+    }
+
+    /// The error code a GOAWAY frame's payload carries (after the last stream id).
+    pub fn goaway_code(payload: &[u8]) -> Option<u32> {
+        let code: [u8; 4] = payload.get(4..8)?.try_into().ok()?;
+        Some(u32::from_be_bytes(code))
+    }
+
     /// RST_STREAM(CANCEL), as a client resetting its own request sends it.
     pub fn rst_stream(out: &mut Vec<u8>, stream: u32) {
         reset(out, stream, 8);
