@@ -1,16 +1,18 @@
 //! The HTTP/1 request head path: the bytes a client sends reach the proxy's HTTP/1 server
 //! (hyper, built as `serve_http1` builds it, with the proxy's `HeadTimer`), and every head hyper
 //! accepts goes through the rules the proxy adds on top, in the order `forward::HttpForward`
-//! applies them: the `trellis-target-port` hint and `trellis-orig-proto` tag are taken off,
-//! upgrade recognition, hop-by-hop removal, `Expect` removal, the authority (URI or `Host`) that
-//! route matching sees, then the rewrites for the next hop's version (`to_http1`/`to_http2`, the
-//! orig-proto tag) and a route's header edits.
+//! applies them: `strip_request` (upgrade recognition, the `trellis-target-port` hint and
+//! `trellis-orig-proto` tag taken off, hop-by-hop and `Expect` removal), the authority (URI or
+//! `Host`) that route matching sees, then the rewrites for the next hop's version
+//! (`to_http1`/`to_http2`, the orig-proto tag) and a route's header edits.
 //!
-//! Checked: nothing panics or hangs; after hop-by-hop removal no hop-by-hop header is left (nor
-//! any header the `Connection` header named); a rewrite for HTTP/2 carries the authority in the
-//! URI and leaves no `Host` (unless it could not be an authority: then it is passed on as
-//! sent); an HTTP/1 request carried over the meshed HTTP/2 hop and turned back into HTTP/1.1 by
-//! the inbound proxy keeps its `Host`.
+//! Checked: nothing panics or hangs; the upgrade is recognised as RFC 9110 §7.8 says (an
+//! HTTP/1.1 request whose `Connection` names its `Upgrade`); after the strip no hop-by-hop
+//! header is left (nor any header the `Connection` header named, nor `Expect` or the mesh's
+//! own headers); a rewrite for HTTP/2 carries the authority in the URI and leaves no `Host`
+//! (unless it could not be an authority: then it is passed on as sent); an HTTP/1 request
+//! carried over the meshed HTTP/2 hop and turned back into HTTP/1.1 by the inbound proxy keeps
+//! its `Host`.
 
 use std::collections::BTreeMap;
 use std::convert::Infallible;
@@ -26,8 +28,8 @@ use trellis_model::matching::{HttpMatch, RequestView, StringMatch};
 use trellis_model::route::HeaderModifier;
 use trellis_proxy::filters::{HeaderEdits, shadow_authority};
 use trellis_proxy::http::{
-    HopVersion, ORIG_PROTO, ORIG_PROTO_HTTP1, TARGET_PORT, choose_version, is_upgrade,
-    strip_hop_by_hop, to_http1, to_http2,
+    HopVersion, ORIG_PROTO, ORIG_PROTO_HTTP1, TARGET_PORT, choose_version, strip_request, to_http1,
+    to_http2,
 };
 use trellis_proxy::telemetry::Direction;
 use trellis_proxy::transport::HeadTimer;
@@ -84,19 +86,15 @@ fn head_path<B>(incoming: &Request<B>) {
     let named = connection_names(incoming.headers());
     for direction in [Direction::Inbound, Direction::Outbound] {
         let mut req = head_of(incoming);
-        // As `HttpForward::forward`: the peer's hints come off first.
-        let _port = req
-            .headers_mut()
-            .remove(TARGET_PORT)
+        // As `HttpForward::forward`.
+        let found = strip_request(&mut req);
+        let upgrade = found.upgrade;
+        assert_eq!(upgrade, asks_upgrade(incoming), "upgrade misjudged");
+        let _port = found
+            .target_port
             .and_then(|v| v.to_str().ok()?.parse::<u16>().ok());
-        let upgrade = is_upgrade(&req);
-        let tagged = req
-            .headers_mut()
-            .remove(ORIG_PROTO)
-            .is_some_and(|v| v == ORIG_PROTO_HTTP1)
+        let tagged = found.orig_proto.is_some_and(|v| v == ORIG_PROTO_HTTP1)
             && direction == Direction::Inbound;
-        strip_hop_by_hop(req.headers_mut(), upgrade);
-        req.headers_mut().remove(header::EXPECT);
         check_stripped(req.headers(), upgrade, &named);
 
         let authority = authority(&req).to_string();
@@ -134,6 +132,20 @@ fn head_path<B>(incoming: &Request<B>) {
     }
 }
 
+/// The oracle for upgrade recognition, written apart from the proxy's: HTTP/1.1, an `Upgrade`
+/// header, and a `Connection` token naming it.
+fn asks_upgrade<B>(req: &Request<B>) -> bool {
+    req.version() == Version::HTTP_11
+        && req.headers().contains_key(header::UPGRADE)
+        && req
+            .headers()
+            .get_all(header::CONNECTION)
+            .iter()
+            .filter_map(|v| v.to_str().ok())
+            .flat_map(|v| v.split(','))
+            .any(|t| t.trim().eq_ignore_ascii_case("upgrade"))
+}
+
 /// The header names the `Connection` header lists (other than the ones kept on an upgrade).
 fn connection_names(headers: &HeaderMap) -> Vec<HeaderName> {
     headers
@@ -151,6 +163,7 @@ fn check_stripped(headers: &HeaderMap, upgrade: bool, named: &[HeaderName]) {
     }
     assert!(!headers.contains_key(ORIG_PROTO), "orig-proto survived");
     assert!(!headers.contains_key(TARGET_PORT), "target-port survived");
+    assert!(!headers.contains_key(header::EXPECT), "Expect survived");
     if upgrade {
         let connection: Vec<_> = headers.get_all(header::CONNECTION).iter().collect();
         assert_eq!(connection, [HeaderValue::from_static("upgrade")]);
