@@ -130,8 +130,9 @@ log "cargo build --workspace --bins"
 timeout -k 30 "$BUILD_TIMEOUT" cargo build --workspace --bins
 
 # --- 2b. fuzz (docs/testing.md), bounded; skipped for a subset run or TRELLIS_SKIP_FUZZ=1 ------
-# Every parser of untrusted input (fuzz/): seeded random inputs on the stable toolchain always;
-# then each target under libFuzzer for TRELLIS_FUZZ_SECONDS (12 s) from its committed seeds
+# Every parser of untrusted input (fuzz/): its check functions run over seeded random inputs
+# on the stable toolchain with the suite (the crate is a workspace member); here each target
+# runs under libFuzzer for TRELLIS_FUZZ_SECONDS (12 s) from its committed seeds
 # (fuzz/corpus/<target>, read-only: what a run finds goes to a scratch directory). libFuzzer
 # needs a nightly toolchain and cargo-fuzz; a machine without them gets them here, once (about
 # 2 minutes for cargo-fuzz). It runs before the tests so that their summary closes the run. A
@@ -150,9 +151,12 @@ ensure_cargo_fuzz() {
   fi
 }
 if [ "$#" -eq 0 ] && [ -z "${TRELLIS_SKIP_FUZZ:-}" ]; then
-  log "cargo test --manifest-path fuzz/Cargo.toml (seeded random inputs)"
-  timeout -k 30 600 cargo test --manifest-path fuzz/Cargo.toml
   if ensure_cargo_fuzz; then
+    # The workspace's release profile is the proxy's (fat LTO, one codegen unit, abort on
+    # panic): the fuzz build takes cargo's defaults instead, as it had when fuzz/ was a
+    # workspace of its own, so that each of the seven targets is not a whole-program link.
+    FUZZ_PROFILE=(CARGO_PROFILE_RELEASE_LTO=false CARGO_PROFILE_RELEASE_CODEGEN_UNITS=16
+      CARGO_PROFILE_RELEASE_PANIC=unwind CARGO_PROFILE_RELEASE_DEBUG=false)
     # The fuzz build (the proxy, rustls and aws-lc with sanitizer coverage, on nightly) is the
     # slowest build of the run, so as root it lives outside the clone, like the testbed: a fresh
     # clone then rebuilds only the workspace's own crates. 16 codegen units build in parallel; a
@@ -170,7 +174,7 @@ if [ "$#" -eq 0 ] && [ -z "${TRELLIS_SKIP_FUZZ:-}" ]; then
     [ -n "$FUZZ_TARGET_DIR" ] && FUZZ_BUILD_FLAGS+=(--target-dir "$FUZZ_TARGET_DIR")
     fuzz_seconds=${TRELLIS_FUZZ_SECONDS:-12}
     log "cargo +nightly fuzz build (${#FUZZ_TARGETS[@]} targets, into ${FUZZ_TARGET_DIR:-fuzz/target})"
-    (cd fuzz && timeout -k 30 1800 cargo +nightly fuzz build "${FUZZ_BUILD_FLAGS[@]}")
+    (cd fuzz && timeout -k 30 1800 env "${FUZZ_PROFILE[@]}" cargo +nightly fuzz build "${FUZZ_BUILD_FLAGS[@]}")
     fuzz_scratch=$(mktemp -d)
     for t in "${FUZZ_TARGETS[@]}"; do
       log "cargo +nightly fuzz run $t (${fuzz_seconds} s)"
@@ -178,7 +182,7 @@ if [ "$#" -eq 0 ] && [ -z "${TRELLIS_SKIP_FUZZ:-}" ]; then
       fuzz_log="$fuzz_scratch/$t.log"
       # The run's log is long (one line per new coverage); its totals are shown, and on a
       # crash its end (the panic, the input's path).
-      if (cd fuzz && timeout -k 30 $((fuzz_seconds + 120)) cargo +nightly fuzz run "${FUZZ_BUILD_FLAGS[@]}" \
+      if (cd fuzz && timeout -k 30 $((fuzz_seconds + 120)) env "${FUZZ_PROFILE[@]}" cargo +nightly fuzz run "${FUZZ_BUILD_FLAGS[@]}" \
         "$t" "$fuzz_scratch/$t" "corpus/$t" -- -max_total_time="$fuzz_seconds" \
         -rss_limit_mb=2048 -print_final_stats=1) >"$fuzz_log" 2>&1; then
         grep -E '^stat::(number_of_executed_units|peak_rss_mb)' "$fuzz_log" || true
