@@ -49,8 +49,8 @@ fn connection_tokens(headers: &HeaderMap) -> impl Iterator<Item = &str> {
 /// `Upgrade` survive so the next hop sees the switch request (or the 101 answer).
 ///
 /// Runs on every response (and, as [`strip_request`], every request), so it first scans the
-/// names once and then touches only those present: a removal of an absent name still costs a hashed lookup, and
-/// most messages carry none of these names, or only `Connection: keep-alive`.
+/// names once and then touches only those present: a removal of an absent name still costs a
+/// hashed lookup, and most messages carry none of these names, or only `Connection: keep-alive`.
 pub fn strip_hop_by_hop(headers: &mut HeaderMap, upgrade: bool) {
     let has = scan(headers, false);
     strip(headers, &has, upgrade);
