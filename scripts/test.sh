@@ -126,8 +126,11 @@ fi
 # --- 2. build ----------------------------------------------------------------------------
 # The Proxy-Wasm test plugins (tests/wasm-plugins, docs/wasm.md) build for wasm32.
 rustup target list --installed 2>/dev/null | grep -qx wasm32-unknown-unknown || rustup target add wasm32-unknown-unknown
-log "cargo build --workspace --bins"
-timeout -k 30 "$BUILD_TIMEOUT" cargo build --workspace --bins
+# With the test targets: their dev-dependencies turn on more features of shared crates (tokio's
+# test-util), and a build without them would compile tokio and everything above it a second
+# time, with the other features, for the doctests and nextest.
+log "cargo build --workspace --bins --tests"
+timeout -k 30 "$BUILD_TIMEOUT" cargo build --workspace --bins --tests
 
 # --- 2b. fuzz (docs/testing.md), bounded; skipped for a subset run or TRELLIS_SKIP_FUZZ=1 ------
 # Every parser of untrusted input (fuzz/): its check functions run over seeded random inputs
@@ -155,7 +158,8 @@ if [ "$#" -eq 0 ] && [ -z "${TRELLIS_SKIP_FUZZ:-}" ]; then
     # The workspace's release profile is the proxy's (fat LTO, one codegen unit, abort on
     # panic): the fuzz build takes cargo's defaults instead, as it had when fuzz/ was a
     # workspace of its own, so that each of the seven targets is not a whole-program link.
-    FUZZ_PROFILE=(CARGO_PROFILE_RELEASE_LTO=false CARGO_PROFILE_RELEASE_CODEGEN_UNITS=16
+    # Its intermediate files stay in its own target dir (below), whatever build-dir CI chose.
+    FUZZ_PROFILE=(-u CARGO_BUILD_BUILD_DIR CARGO_PROFILE_RELEASE_LTO=false CARGO_PROFILE_RELEASE_CODEGEN_UNITS=16
       CARGO_PROFILE_RELEASE_PANIC=unwind CARGO_PROFILE_RELEASE_DEBUG=false)
     # The fuzz build (the proxy, rustls and aws-lc with sanitizer coverage, on nightly) is the
     # slowest build of the run, so as root it lives outside the clone, like the testbed: a fresh

@@ -56,7 +56,10 @@ pub fn build() -> Result<PathBuf, String> {
     // The outer build's flags are for the host, not for wasm32.
     .env_remove("RUSTFLAGS")
     .env_remove("CARGO_ENCODED_RUSTFLAGS")
-    .env_remove("CARGO_BUILD_TARGET");
+    .env_remove("CARGO_BUILD_TARGET")
+    // Its intermediate files stay in its own target dir too: a build-dir shared with the outer
+    // build (CI's cache) would wait on the lock a running `cargo test` holds on it.
+    .env_remove("CARGO_BUILD_BUILD_DIR");
     let out = run_bounded(&mut cmd, BUILD_TIMEOUT)?;
     if !out.status.success() {
         return Err(format!(
