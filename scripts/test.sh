@@ -159,8 +159,12 @@ if [ "$#" -eq 0 ] && [ -z "${TRELLIS_SKIP_FUZZ:-}" ]; then
     # panic): the fuzz build takes cargo's defaults instead, as it had when fuzz/ was a
     # workspace of its own, so that each of the seven targets is not a whole-program link.
     # Its intermediate files stay in its own target dir (below), whatever build-dir CI chose.
-    FUZZ_PROFILE=(-u CARGO_BUILD_BUILD_DIR CARGO_PROFILE_RELEASE_LTO=false CARGO_PROFILE_RELEASE_CODEGEN_UNITS=16
-      CARGO_PROFILE_RELEASE_PANIC=unwind CARGO_PROFILE_RELEASE_DEBUG=false)
+    # The profile's 16 codegen units repeat what --codegen-units below passes to rustc, but the
+    # profile is part of what cargo compares: without them every cached dependency would be
+    # built again once (12 minutes) for the same output. (Debug info is cargo-fuzz's to set:
+    # a setting of ours here changes nothing, so there is none.)
+    FUZZ_PROFILE=(-u CARGO_BUILD_BUILD_DIR CARGO_PROFILE_RELEASE_LTO=false
+      CARGO_PROFILE_RELEASE_CODEGEN_UNITS=16 CARGO_PROFILE_RELEASE_PANIC=unwind)
     # The fuzz build (the proxy, rustls and aws-lc with sanitizer coverage, on nightly) is the
     # slowest build of the run, so as root it lives outside the clone, like the testbed: a fresh
     # clone then rebuilds only the workspace's own crates. 16 codegen units build in parallel; a
