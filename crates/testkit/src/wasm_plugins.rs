@@ -6,18 +6,11 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::Duration;
 
+use crate::bins::workspace_root;
 use crate::tools::run_bounded;
 
 /// Far above a cached build (under a second) and a cold one (about 10 s on 2 cores).
 const BUILD_TIMEOUT: Duration = Duration::from_secs(300);
-
-fn workspace_root() -> PathBuf {
-    // crates/testkit -> the repository root.
-    Path::new(env!("CARGO_MANIFEST_DIR"))
-        .ancestors()
-        .nth(2)
-        .map_or_else(|| PathBuf::from("."), Path::to_path_buf)
-}
 
 /// Builds the plugins (a no-op when up to date) and returns the directory of the `.wasm`
 /// files: `add_header.wasm`, `deny_missing_header.wasm`, `count_requests.wasm`,
