@@ -36,9 +36,26 @@ fn main() {
         Path::new(&env::var("CARGO_MANIFEST_DIR").unwrap_or_default()).join("hot-code.ld")
     };
     if elf && wanted && release && script.is_file() {
+        // Linked from OUT_DIR, not from the source tree: cargo's build-dir may be shared by
+        // clones at other paths (.ci/run's cache), and it reruns this script only when the
+        // script's input changes, so a path into the clone that last ran it could be gone.
+        let copied = env::var_os("OUT_DIR").and_then(|dir| {
+            let out = Path::new(&dir).join("hot-code.ld");
+            match std::fs::copy(&script, &out) {
+                Ok(_) => Some(out),
+                Err(e) => {
+                    println!(
+                        "cargo:warning=linking {} in place: copying it: {e}",
+                        script.display()
+                    );
+                    None
+                }
+            }
+        });
+        let out = copied.unwrap_or(script);
         println!(
             "cargo:rustc-link-arg-bin=trellis-proxy=-Wl,-T,{}",
-            script.display()
+            out.display()
         );
     }
 }
