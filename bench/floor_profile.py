@@ -4,12 +4,15 @@ local trellis-control, client and server proxy, every default on, as in `bench.p
 against the floor pair, behind the same backend.
 
     bench/floor_profile.py --bin-dir DIR [--requests 5000] [--conns 1]
+                           [--h2-upgrade-policy DO_NOT_UPGRADE]
 
 DIR holds trellis-proxy, trellis-control and bench-floor. Every proxy runs under callgrind;
 after a warm-up the counters are zeroed, N keep-alive requests are sent (`bench-floor
 http-load`), and each proxy's counters are dumped. Prints user-space instructions per request
 per proxy, and writes each dump's top functions (callgrind_annotate, inclusive) next to it, in
 bench/out/floor-profile-<time>/. Instructions, not time: repeatable on a busy machine.
+--h2-upgrade-policy adds a DestinationRule for the pair's Service with that
+`connectionPool.http.h2UpgradePolicy` (DO_NOT_UPGRADE: HTTP/1.1 between the proxies, over mTLS).
 """
 
 from __future__ import annotations
@@ -34,6 +37,7 @@ def main() -> int:
     ap.add_argument("--bin-dir", required=True)
     ap.add_argument("--requests", type=int, default=5000)
     ap.add_argument("--conns", type=int, default=1)
+    ap.add_argument("--h2-upgrade-policy", choices=["DEFAULT", "UPGRADE", "DO_NOT_UPGRADE"])
     args = ap.parse_args()
     bins = Path(args.bin_dir).resolve()
     out = BENCH_DIR / "out" / f"floor-profile-{dt.datetime.now(dt.timezone.utc):%Y%m%dT%H%M%SZ}"
@@ -46,6 +50,8 @@ def main() -> int:
         cfg = out / "config"
         cfg.mkdir()
         (cfg / "mesh.yaml").write_text(floor_set.CONFIG)
+        if args.h2_upgrade_policy:
+            (cfg / "policy.yaml").write_text(floor_set.h2_upgrade_rule(args.h2_upgrade_policy))
         ready = out / "control.json"
         ctl = procs.start("trellis-control", [
             str(bins / "trellis-control"), "--config-dir", str(cfg), "--discovery",

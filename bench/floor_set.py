@@ -81,6 +81,14 @@ spec:
 """
 
 
+def h2_upgrade_rule(policy: str) -> str:
+    """A DestinationRule setting the `mtls` Service's `h2UpgradePolicy`."""
+    return ("apiVersion: networking.istio.io/v1\nkind: DestinationRule\n"
+            "metadata: {name: mtls, namespace: default}\n"
+            "spec:\n  host: mtls\n  trafficPolicy:\n    connectionPool:\n"
+            f"      http: {{h2UpgradePolicy: {policy}}}\n")
+
+
 class FloorPath(b.BenchPath):
     """A BenchPath with the protocol it carries and, for h2/gRPC, its target host:port."""
 
@@ -140,10 +148,11 @@ def grpc_ok(floor_bin: str, addr: str) -> bool:
     return out.returncode == 0 and json.loads(out.stdout)["requests"] > 0
 
 
-def start_control(procs, binary: str, out: Path) -> dict:
+def start_control(procs, binary: str, out: Path, extra: str = "") -> dict:
+    """A local trellis-control with the set's Services, and `extra` YAML after them."""
     config_dir = out / "floor-config"
     config_dir.mkdir(exist_ok=True)
-    (config_dir / "mesh.yaml").write_text(CONFIG)
+    (config_dir / "mesh.yaml").write_text(CONFIG + extra)
     ready = out / "trellis-control.ready.json"
     ready.unlink(missing_ok=True)
     proc = procs.start("trellis-control", [

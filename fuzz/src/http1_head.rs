@@ -102,8 +102,9 @@ fn head_path<B>(incoming: &Request<B>) {
         let _ = shadow_authority(&authority);
         edit_headers(&req);
 
-        for meshed in [false, true] {
-            let (version, tag) = choose_version(direction, req.version(), upgrade, meshed, tagged);
+        for meshed_upgrade in [None, Some(false), Some(true)] {
+            let (version, tag) =
+                choose_version(direction, req.version(), upgrade, meshed_upgrade, tagged);
             let mut next = head_of(&req);
             match version {
                 HopVersion::Http1 => {
@@ -277,7 +278,7 @@ fn round_trip(original: &Request<()>, mut hop: Request<()>) {
         .remove(ORIG_PROTO)
         .is_some_and(|v| v == ORIG_PROTO_HTTP1);
     assert!(tagged, "the orig-proto tag did not survive the hop");
-    let (version, _) = choose_version(Direction::Inbound, hop.version(), false, false, tagged);
+    let (version, _) = choose_version(Direction::Inbound, hop.version(), false, None, tagged);
     assert_eq!(version, HopVersion::Http1);
     to_http1(&mut hop);
     let sent = authority(original);

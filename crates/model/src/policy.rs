@@ -68,6 +68,11 @@ pub struct ConnectionPool {
     pub max_retries: Option<u32>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub idle_timeout: Option<Duration>,
+    /// Whether HTTP/1.1 requests to meshed endpoints ride an HTTP/2 connection between the
+    /// proxies (`h2UpgradePolicy`: `UPGRADE` is `Some(true)`, `DO_NOT_UPGRADE` `Some(false)`).
+    /// `None` is the mesh default, which upgrades.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub h2_upgrade: Option<bool>,
 }
 
 /// Passive health checking (Istio `outlierDetection`). Ejection time grows with each ejection

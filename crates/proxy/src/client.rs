@@ -28,7 +28,7 @@ use crate::transport::{CONNECT_TIMEOUT, connect, connect_within};
 mod h1pool;
 mod h2conn;
 mod originate;
-use h1pool::H1Pool;
+use h1pool::{H1Pool, MeshHop};
 pub use h2conn::H2Body;
 use h2conn::H2Sender;
 pub use originate::{Alpn, Origination};
@@ -153,6 +153,10 @@ pub struct PoolOptions {
     pub plaintext: bool,
     /// DestinationRule `tls.mode: SIMPLE`: this proxy opens TLS to every endpoint.
     origination: Option<Arc<Origination>>,
+    /// DestinationRule `h2UpgradePolicy: DO_NOT_UPGRADE`: HTTP/1.1 requests to meshed
+    /// endpoints stay HTTP/1.1 between the proxies (over pooled mTLS connections) instead of
+    /// riding the multiplexed HTTP/2 hop.
+    pub keep_http1: bool,
 }
 
 impl PoolOptions {
@@ -170,7 +174,8 @@ impl PoolOptions {
             };
         }
         Self {
-            // TLS connections never go into the shared plaintext pool.
+            // Originated TLS connections never go into the shared pool (mesh mTLS ones do,
+            // marked with the identity they proved).
             http1: Some(H1Pool::new(
                 connect_timeout.unwrap_or(CONNECT_TIMEOUT),
                 idle_timeout.unwrap_or(IDLE_TIMEOUT),
@@ -180,6 +185,7 @@ impl PoolOptions {
             max_requests_per_connection,
             plaintext: false,
             origination,
+            keep_http1: false,
         }
     }
 
@@ -271,11 +277,16 @@ impl Upstreams {
 
     /// Sends an HTTP/1.1 request to `addr` over a pooled connection (the pool is keyed by
     /// the endpoint, while the Host header keeps the application's authority).
+    ///
+    /// `peer` is the SPIFFE ID a meshed endpoint must prove (a meshed hop that stays HTTP/1.1,
+    /// see [`PoolOptions::keep_http1`]); with it the connection is mTLS, sending `sni`.
     pub async fn send_http1(
         &self,
         addr: SocketAddr,
         mut req: Request<UpBody>,
         opts: &PoolOptions,
+        peer: Option<&str>,
+        sni: Option<&str>,
     ) -> Result<Response<Incoming>, UpstreamError> {
         if opts.max_requests_per_connection == Some(1) {
             req.headers_mut().insert(
@@ -283,10 +294,15 @@ impl Upstreams {
                 http::HeaderValue::from_static("close"),
             );
         }
+        let mesh = self.mtls_peer(peer, opts).map(|peer| MeshHop {
+            upstreams: self,
+            peer,
+            sni,
+        });
         opts.http1
             .as_ref()
             .unwrap_or(&self.http1)
-            .send(addr, req)
+            .send(addr, req, mesh)
             .await
     }
 

@@ -221,14 +221,15 @@ pub enum HopVersion {
 
 /// Chooses the next hop's version and whether to tag the request with [`ORIG_PROTO`].
 ///
-/// Upgrades always go over HTTP/1.1 (HTTP/2 has no `Upgrade`). Outbound to a meshed peer, every
-/// other request rides the multiplexed HTTP/2 hop. Inbound, a tagged request goes back to
-/// HTTP/1.1. Otherwise the application's own version is kept.
+/// Upgrades always go over HTTP/1.1 (HTTP/2 has no `Upgrade`). Outbound to a meshed peer
+/// (`meshed_upgrade` is `Some(h2_upgrade)`; `None` for any other hop), every other request rides the multiplexed HTTP/2 hop,
+/// unless the backend's `h2UpgradePolicy` is `DO_NOT_UPGRADE` (`Some(false)`). Inbound, a
+/// tagged request goes back to HTTP/1.1. Otherwise the application's own version is kept.
 pub fn choose_version(
     direction: Direction,
     incoming: Version,
     upgrade: bool,
-    meshed: bool,
+    meshed_upgrade: Option<bool>,
     tagged_h1: bool,
 ) -> (HopVersion, bool) {
     let own = if incoming == Version::HTTP_2 {
@@ -240,7 +241,9 @@ pub fn choose_version(
         return (HopVersion::Http1, false);
     }
     match direction {
-        Direction::Outbound if meshed => (HopVersion::Http2, own == HopVersion::Http1),
+        Direction::Outbound if meshed_upgrade == Some(true) => {
+            (HopVersion::Http2, own == HopVersion::Http1)
+        }
         Direction::Inbound if tagged_h1 => (HopVersion::Http1, false),
         _ => (own, false),
     }
@@ -475,35 +478,44 @@ mod tests {
         let h1 = Version::HTTP_11;
         let h2 = Version::HTTP_2;
         assert_eq!(
-            choose_version(Outbound, h1, false, true, false),
+            choose_version(Outbound, h1, false, Some(true), false),
             (Http2, true)
         );
         assert_eq!(
-            choose_version(Outbound, h2, false, true, false),
+            choose_version(Outbound, h2, false, Some(true), false),
             (Http2, false)
         );
         assert_eq!(
-            choose_version(Outbound, h1, true, true, false),
+            choose_version(Outbound, h1, true, Some(true), false),
             (Http1, false)
         );
         assert_eq!(
-            choose_version(Outbound, h1, false, false, false),
+            choose_version(Outbound, h1, false, None, false),
+            (Http1, false)
+        );
+        // h2UpgradePolicy: DO_NOT_UPGRADE keeps each request's own version to a meshed peer.
+        assert_eq!(
+            choose_version(Outbound, h1, false, Some(false), false),
             (Http1, false)
         );
         assert_eq!(
-            choose_version(Outbound, h2, false, false, false),
+            choose_version(Outbound, h2, false, Some(false), false),
             (Http2, false)
         );
         assert_eq!(
-            choose_version(Inbound, h2, false, false, true),
-            (Http1, false)
-        );
-        assert_eq!(
-            choose_version(Inbound, h2, false, false, false),
+            choose_version(Outbound, h2, false, None, false),
             (Http2, false)
         );
         assert_eq!(
-            choose_version(Inbound, h1, false, false, false),
+            choose_version(Inbound, h2, false, None, true),
+            (Http1, false)
+        );
+        assert_eq!(
+            choose_version(Inbound, h2, false, None, false),
+            (Http2, false)
+        );
+        assert_eq!(
+            choose_version(Inbound, h1, false, None, false),
             (Http1, false)
         );
     }

@@ -31,6 +31,14 @@ struct Pair {
 }
 
 fn start_pair(control_args: &[&str], extra_config: &[(&str, &str)]) -> Pair {
+    start_pair_with(control_args, extra_config, &[])
+}
+
+fn start_pair_with(
+    control_args: &[&str],
+    extra_config: &[(&str, &str)],
+    server_args: &[&str],
+) -> Pair {
     let echo = HttpEcho::start().unwrap();
     let mut files = vec![(
         "echo.yaml".to_string(),
@@ -50,7 +58,9 @@ fn start_pair(control_args: &[&str], extra_config: &[(&str, &str)]) -> Pair {
     )
     .unwrap();
     let url = control.url();
-    let server = ProxyBuilder::loopback("echo-0")
+    let server = server_args
+        .iter()
+        .fold(ProxyBuilder::loopback("echo-0"), |b, a| b.arg(a))
         .label("app", "echo")
         .service_account("echo")
         .control(&url)
@@ -499,6 +509,100 @@ fn destination_rule_tls_disable_keeps_the_hop_plaintext() {
             &[("direction", "inbound"), ("outcome", "http2")]
         ) >= 1.0
     );
+}
+
+/// `h2UpgradePolicy: DO_NOT_UPGRADE` (Istio's default): HTTP/1.1 from the application stays
+/// HTTP/1.1 between the proxies, still mTLS, on connections the client proxy keeps and reuses;
+/// removing the rule brings back the multiplexed HTTP/2 hop, without a restart.
+#[test]
+fn do_not_upgrade_keeps_http1_between_the_proxies_over_pooled_mtls() {
+    let keep = "apiVersion: networking.istio.io/v1\nkind: DestinationRule\nmetadata: {name: echo, namespace: default}\nspec:\n  host: echo\n  trafficPolicy:\n    connectionPool:\n      http: {h2UpgradePolicy: DO_NOT_UPGRADE}\n";
+    let scratch = trellis_testkit::mesh::scratch_dir().unwrap();
+    let log = scratch.path().join("server-access.log");
+    let log_arg = log.display().to_string();
+    let pair = start_pair_with(
+        &[],
+        &[("dr.yaml", keep)],
+        &["--access-log", "json", "--access-log-path", &log_arg],
+    );
+    wait_routed(&pair);
+    // The protocol each request reached the server proxy with, by path prefix.
+    let arrived = |prefix: &str| -> Vec<String> {
+        std::fs::read_to_string(&log)
+            .unwrap_or_default()
+            .lines()
+            .map(|l| serde_json::from_str::<serde_json::Value>(l).unwrap())
+            .filter(|v| v["direction"] == "inbound")
+            .filter(|v| v["path"].as_str().is_some_and(|p| p.starts_with(prefix)))
+            .map(|v| v["protocol"].as_str().unwrap_or_default().to_string())
+            .collect()
+    };
+    let from_client = [
+        ("direction", "inbound"),
+        ("tls", "true"),
+        (
+            "source_identity",
+            "spiffe://cluster.local/ns/default/sa/client",
+        ),
+    ];
+    // curl speaks HTTP/1.1 (tools::http_get sends HTTP/1.0, which stays HTTP/1.0, and whose
+    // connection closes after it).
+    let get = |path: &str| {
+        let url = format!("http://{}{path}", client_addr(&pair));
+        tools::curl_http(&["--http1.1", "-sS", &url])
+    };
+    assert_eq!(get("/first").unwrap().status, 200);
+    let handshakes_before = metric(
+        &pair.server,
+        "trellis_tls_handshakes_total",
+        &[("direction", "inbound")],
+    );
+    let mtls_before = metric(&pair.server, "trellis_requests_total", &from_client);
+    assert!(handshakes_before >= 1.0, "the hop is mTLS");
+    for i in 0..20 {
+        let reply = get(&format!("/keep/{i}")).unwrap();
+        assert_eq!(reply.status, 200, "{}", reply.body);
+    }
+    wait::until(CONVERGE, || {
+        let n = arrived("/keep/").len();
+        (n == 20).then_some(()).ok_or(format!("{n} of 20 logged"))
+    })
+    .unwrap();
+    assert!(
+        arrived("/keep/").iter().all(|p| p == "HTTP/1.1"),
+        "{:?}",
+        arrived("/keep/")
+    );
+    // Over mTLS, from the client's identity, on the connection already open: sequential
+    // requests reuse one pooled connection, so no handshake more.
+    assert_eq!(
+        metric(&pair.server, "trellis_requests_total", &from_client) - mtls_before,
+        20.0
+    );
+    assert_eq!(
+        metric(
+            &pair.server,
+            "trellis_tls_handshakes_total",
+            &[("direction", "inbound")]
+        ),
+        handshakes_before
+    );
+    // Without the rule, the mesh default again: HTTP/1.1 rides the HTTP/2 hop.
+    std::fs::remove_file(pair.config.path().join("dr.yaml")).unwrap();
+    let mut sent = 0;
+    wait::until(CONVERGE, || {
+        sent += 1;
+        let reply = get(&format!("/default/{sent}"))?;
+        if reply.status != 200 {
+            return Err(format!("answered {}: {}", reply.status, reply.body));
+        }
+        let seen = arrived("/default/");
+        seen.iter()
+            .any(|p| p == "HTTP/2")
+            .then_some(())
+            .ok_or(format!("still {seen:?}"))
+    })
+    .unwrap();
 }
 
 #[test]

@@ -12,7 +12,7 @@
 //! the original address, which needs ServiceEntry support). Refused too: `workloadSelector`,
 //! `trafficPolicy.tunnel`, `proxyProtocol`. Ignored with a note: `exportTo`,
 //! `localityLbSetting`, `warmupDurationSecs`, `tcpKeepalive`, `maxConnectionDuration`,
-//! `h2UpgradePolicy`, `useClientProtocol`, `maxConcurrentStreams`, `minHealthPercent`,
+//! `useClientProtocol`, `maxConcurrentStreams`, `minHealthPercent`,
 //! `splitExternalLocalOriginErrors`, `consecutiveLocalOriginFailures`.
 
 use std::collections::BTreeMap;
@@ -146,7 +146,7 @@ struct HttpPool {
     max_requests_per_connection: Option<i64>,
     max_retries: Option<i64>,
     idle_timeout: Option<String>,
-    h2_upgrade_policy: Option<serde_yaml::Value>,
+    h2_upgrade_policy: Option<String>,
     use_client_protocol: Option<serde_yaml::Value>,
     max_concurrent_streams: Option<serde_yaml::Value>,
 }
@@ -567,12 +567,20 @@ fn connection_pool(
         if let Some(t) = &http.idle_timeout {
             pool.idle_timeout = Some(duration(&format!("{f}.idleTimeout"), t)?);
         }
-        if http.h2_upgrade_policy.is_some()
-            || http.use_client_protocol.is_some()
-            || http.max_concurrent_streams.is_some()
-        {
+        pool.h2_upgrade = match http.h2_upgrade_policy.as_deref() {
+            None | Some("DEFAULT") => None,
+            Some("UPGRADE") => Some(true),
+            Some("DO_NOT_UPGRADE") => Some(false),
+            Some(other) => {
+                return Err(FieldError::new(
+                    format!("{f}.h2UpgradePolicy"),
+                    format!("must be DEFAULT, DO_NOT_UPGRADE or UPGRADE, got {other:?}"),
+                ));
+            }
+        };
+        if http.use_client_protocol.is_some() || http.max_concurrent_streams.is_some() {
             notes.push(format!(
-                "{f}: h2UpgradePolicy, useClientProtocol and maxConcurrentStreams ignored (the mesh upgrades meshed hops to HTTP/2 itself)"
+                "{f}: useClientProtocol and maxConcurrentStreams ignored (meshed hops follow h2UpgradePolicy)"
             ));
         }
     }
@@ -762,5 +770,38 @@ mod tls_tests {
             let err = with_tls(tls).unwrap_err();
             assert_eq!(err.field.as_deref(), Some(field), "{tls}: {}", err.message);
         }
+    }
+
+    fn pool(http: &str) -> Result<ConnectionPool, FieldError> {
+        let dr = policy(&format!(
+            "apiVersion: networking.istio.io/v1\nkind: DestinationRule\nmetadata: {{name: api, namespace: default}}\nspec:\n  host: api\n  trafficPolicy:\n    connectionPool:\n      http: {http}\n"
+        ))?;
+        let mut top = TrafficPolicy::default();
+        dr.policy.apply(&mut top);
+        Ok(top.connection_pool)
+    }
+
+    #[test]
+    fn h2_upgrade_policy_is_read_and_a_bad_value_names_the_field() {
+        for (value, upgrade) in [
+            ("UPGRADE", Some(true)),
+            ("DO_NOT_UPGRADE", Some(false)),
+            ("DEFAULT", None),
+        ] {
+            let p = pool(&format!("{{h2UpgradePolicy: {value}}}")).unwrap();
+            assert_eq!(p.h2_upgrade, upgrade, "{value}");
+        }
+        assert_eq!(pool("{maxRetries: 3}").unwrap().h2_upgrade, None);
+        let err = pool("{h2UpgradePolicy: NEVER}").unwrap_err();
+        assert_eq!(
+            err.field.as_deref(),
+            Some("spec.trafficPolicy.connectionPool.http.h2UpgradePolicy")
+        );
+        assert!(err.message.contains("DO_NOT_UPGRADE"), "{}", err.message);
+        // It travels to proxies as JSON.
+        let p = pool("{h2UpgradePolicy: DO_NOT_UPGRADE}").unwrap();
+        let back: ConnectionPool =
+            serde_json::from_str(&serde_json::to_string(&p).unwrap()).unwrap();
+        assert_eq!(back.h2_upgrade, Some(false));
     }
 }

@@ -25,8 +25,9 @@ use hyper::client::conn::TrySendError;
 use hyper::client::conn::http1::SendRequest;
 use hyper_util::rt::TokioIo;
 
-use super::{Alpn, Origination, UpBody, UpstreamError};
+use super::{Alpn, Origination, UpBody, UpstreamError, Upstreams};
 use crate::transport::connect_within;
+use trellis_identity::tls::MeshAlpn;
 
 /// The most connections kept per endpoint; a connection dialled past it serves its request
 /// and closes.
@@ -39,6 +40,11 @@ type Sent = Result<Response<Incoming>, TrySendError<Request<UpBody>>>;
 #[derive(Debug)]
 struct Conn {
     sender: SendRequest<UpBody>,
+    /// The meshed peer's identity its mTLS handshake proved, and the SNI it sent; `None` for
+    /// plaintext (or originated TLS, which has a pool of its own). A request is only handed to
+    /// a connection that proved the identity it expects.
+    peer: Option<Box<str>>,
+    sni: Option<Box<str>>,
     /// The sweep tick ([`H1Pool::tick`]) when it was last seen in use (handed a request, or
     /// busy during a sweep). A tick count rather than an `Instant`: filing a connection is on
     /// every request's path, reading the clock is not needed there.
@@ -88,6 +94,24 @@ impl Hasher for AddrHasher {
 
 type AddrMap<V> = HashMap<SocketAddr, V, BuildHasherDefault<AddrHasher>>;
 
+/// A meshed hop that stays HTTP/1.1 (`h2UpgradePolicy: DO_NOT_UPGRADE`): its connections are
+/// mesh mTLS (ALPN `http/1.1`) proving `peer`, sending `sni` when set.
+#[derive(Clone, Copy, Debug)]
+pub struct MeshHop<'a> {
+    pub upstreams: &'a Upstreams,
+    pub peer: &'a str,
+    pub sni: Option<&'a str>,
+}
+
+impl MeshHop<'_> {
+    fn proved_by(mesh: Option<Self>, conn: &Conn) -> bool {
+        match mesh {
+            None => conn.peer.is_none(),
+            Some(m) => conn.peer.as_deref() == Some(m.peer) && conn.sni.as_deref() == m.sni,
+        }
+    }
+}
+
 /// The HTTP/1.1 connections of one pool configuration (connect and idle timeouts, and TLS
 /// origination or none).
 #[derive(Debug)]
@@ -119,16 +143,18 @@ impl H1Pool {
         })
     }
 
-    /// Sends an HTTP/1.1 request to `addr` on a pooled connection, or a new one.
+    /// Sends an HTTP/1.1 request to `addr` on a pooled connection, or a new one; over mesh
+    /// mTLS when `mesh` says so.
     pub async fn send(
         self: &Arc<Self>,
         addr: SocketAddr,
         mut req: Request<UpBody>,
+        mesh: Option<MeshHop<'_>>,
     ) -> Result<Response<Incoming>, UpstreamError> {
         prepare(addr, &mut req);
         let reusable = !closes(&req);
         loop {
-            let sent = match self.try_send_pooled(addr, req, reusable) {
+            let sent = match self.try_send_pooled(addr, req, reusable, mesh) {
                 Ok(sent) => sent,
                 Err(back) => {
                     req = back;
@@ -155,10 +181,10 @@ impl H1Pool {
         }
         // Boxed: a dial (connect, TLS origination) is once per connection; inline, its state
         // would be in every request's future.
-        let mut sender = Box::pin(self.dial(addr)).await?;
+        let mut sender = Box::pin(self.dial(addr, mesh)).await?;
         let sent = sender.send_request(req);
         if reusable {
-            self.file(addr, sender);
+            self.file(addr, sender, mesh);
         }
         sent.await.map_err(|e| UpstreamError::Request {
             addr,
@@ -182,6 +208,7 @@ impl H1Pool {
         addr: SocketAddr,
         req: Request<UpBody>,
         reusable: bool,
+        mesh: Option<MeshHop<'_>>,
     ) -> Result<impl Future<Output = Sent> + use<>, Request<UpBody>> {
         let mut map = self.conns.lock().unwrap_or_else(PoisonError::into_inner);
         let Some(list) = map.get_mut(&addr) else {
@@ -193,7 +220,7 @@ impl H1Pool {
             let conn = &mut list[i];
             if conn.sender.is_closed() {
                 list.swap_remove(i);
-            } else if conn.sender.is_ready() {
+            } else if conn.sender.is_ready() && MeshHop::proved_by(mesh, conn) {
                 if reusable {
                     conn.used = self.tick.load(Ordering::Relaxed);
                     return Ok(conn.sender.try_send_request(req));
@@ -206,12 +233,19 @@ impl H1Pool {
         Err(req)
     }
 
-    fn file(self: &Arc<Self>, addr: SocketAddr, sender: SendRequest<UpBody>) {
+    fn file(
+        self: &Arc<Self>,
+        addr: SocketAddr,
+        sender: SendRequest<UpBody>,
+        mesh: Option<MeshHop<'_>>,
+    ) {
         let mut map = self.conns.lock().unwrap_or_else(PoisonError::into_inner);
         let list = map.entry(addr).or_default();
         if list.len() < MAX_PER_ENDPOINT {
             list.push(Conn {
                 sender,
+                peer: mesh.map(|m| Box::from(m.peer)),
+                sni: mesh.and_then(|m| m.sni).map(Box::from),
                 used: self.tick.load(Ordering::Relaxed),
             });
         }
@@ -220,6 +254,7 @@ impl H1Pool {
     async fn dial(
         self: &Arc<Self>,
         addr: SocketAddr,
+        mesh: Option<MeshHop<'_>>,
     ) -> Result<SendRequest<UpBody>, UpstreamError> {
         self.sweeping.get_or_init(|| {
             tokio::spawn(sweep(Arc::downgrade(self), self.idle_timeout));
@@ -227,12 +262,19 @@ impl H1Pool {
         let stream = connect_within(addr, self.connect_timeout)
             .await
             .map_err(|source| UpstreamError::Connect { addr, source })?;
-        match &self.origination {
-            Some(origination) => {
+        match (&self.origination, mesh) {
+            (Some(origination), _) => {
                 let tls = origination.connect(addr, stream, Alpn::Http1).await?;
                 handshake(addr, tls).await
             }
-            None => handshake(addr, stream).await,
+            (None, Some(m)) => {
+                let tls = m
+                    .upstreams
+                    .tls_connect(stream, addr, MeshAlpn::Http1, m.peer, m.sni)
+                    .await?;
+                handshake(addr, tls).await
+            }
+            (None, None) => handshake(addr, stream).await,
         }
     }
 
@@ -429,7 +471,10 @@ mod tests {
     }
 
     async fn get(pool: &Arc<H1Pool>, addr: SocketAddr) -> String {
-        let resp = pool.send(addr, req("/")).await.expect("request answered");
+        let resp = pool
+            .send(addr, req("/"), None)
+            .await
+            .expect("request answered");
         let body = resp.into_body().collect().await.unwrap().to_bytes();
         String::from_utf8_lossy(&body).into_owned()
     }
@@ -483,7 +528,10 @@ mod tests {
         close
             .headers_mut()
             .insert(http::header::CONNECTION, HeaderValue::from_static("close"));
-        let resp = pool.send(addr, close).await.expect("request answered");
+        let resp = pool
+            .send(addr, close, None)
+            .await
+            .expect("request answered");
         let body = resp.into_body().collect().await.unwrap().to_bytes();
         assert_eq!(&body[..], b"ok");
         assert_eq!(accepted.load(SeqCst), 1, "the pooled connection carried it");
@@ -516,7 +564,7 @@ mod tests {
         let addr = listener.local_addr().unwrap();
         drop(listener);
         let pool = H1Pool::new(Duration::from_secs(1), Duration::from_secs(60), None);
-        let err = pool.send(addr, req("/")).await.unwrap_err();
+        let err = pool.send(addr, req("/"), None).await.unwrap_err();
         assert!(err.is_connect(), "{err}");
     }
 

@@ -231,12 +231,21 @@ impl HttpForward {
         if hop.meshed && self.direction == Direction::Outbound {
             self.ctx.telemetry.tag_meshed_hop(req.headers_mut());
         }
-        let (version, tag) =
-            choose_version(self.direction, req.version(), false, hop.meshed, tagged);
+        let (version, tag) = choose_version(
+            self.direction,
+            req.version(),
+            false,
+            hop.meshed.then_some(!opts.keep_http1),
+            tagged,
+        );
         match version {
             HopVersion::Http1 => {
                 to_http1(&mut req);
-                let resp = self.ctx.upstreams.send_http1(hop.addr, req, opts).await?;
+                let resp = self
+                    .ctx
+                    .upstreams
+                    .send_http1(hop.addr, req, opts, hop.identity, hop.sni)
+                    .await?;
                 Ok(resp.map(RespBody::Http1))
             }
             HopVersion::Http2 => {
