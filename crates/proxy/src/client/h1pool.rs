@@ -544,6 +544,41 @@ mod tests {
     }
 
     #[tokio::test]
+    async fn a_connection_serves_only_requests_expecting_the_identity_it_proved() {
+        let Server { addr, .. } = server(false).await;
+        let pool = H1Pool::new(Duration::from_secs(1), Duration::from_secs(60), None);
+        let upstreams = Upstreams::new();
+        let hop = |peer| MeshHop {
+            upstreams: &upstreams,
+            peer,
+            sni: None,
+        };
+        // Filed as having proved `a`; dialled in plaintext here, since the matching is what
+        // is under test (the mTLS dial is the same as upgrades', tests/mtls.rs covers both).
+        let stream = tokio::net::TcpStream::connect(addr).await.unwrap();
+        let mut sender = handshake(addr, stream).await.unwrap();
+        sender.ready().await.unwrap();
+        let a = "spiffe://t/ns/x/sa/a";
+        pool.file(addr, sender, Some(hop(a)));
+        let refused = |mesh| pool.try_send_pooled(addr, req("/"), true, mesh).is_err();
+        assert!(refused(None), "a plaintext request");
+        assert!(
+            refused(Some(hop("spiffe://t/ns/x/sa/b"))),
+            "another identity"
+        );
+        let other_sni = MeshHop {
+            sni: Some("a.other-cluster.example"),
+            ..hop(a)
+        };
+        assert!(refused(Some(other_sni)), "another SNI");
+        let Ok(sent) = pool.try_send_pooled(addr, req("/"), true, Some(hop(a))) else {
+            panic!("the connection that proved `a` was not handed the request");
+        };
+        let resp = sent.await.expect("answered");
+        assert_eq!(resp.status(), 200);
+    }
+
+    #[tokio::test]
     async fn concurrent_requests_get_their_own_connections() {
         use std::sync::atomic::Ordering::SeqCst;
         let Server { addr, accepted, .. } = server(false).await;
