@@ -54,8 +54,9 @@ pub(crate) fn workspace_root() -> PathBuf {
         .map_or_else(|| PathBuf::from("."), Path::to_path_buf)
 }
 
-/// Where cargo puts final binaries: `$CARGO_TARGET_DIR` (relative to the workspace when
-/// relative, as cargo reads it), else the workspace's `target/`.
+/// Where cargo puts final binaries: `$CARGO_TARGET_DIR`, else the workspace's `target/`. Cargo
+/// reads a relative `CARGO_TARGET_DIR` from the directory it ran in, which a test cannot know
+/// (it runs in its package's directory); the workspace root, where cargo usually runs, is taken.
 fn target_dir() -> PathBuf {
     match std::env::var_os("CARGO_TARGET_DIR") {
         Some(dir) => workspace_root().join(dir),
