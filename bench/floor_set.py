@@ -81,11 +81,11 @@ spec:
 """
 
 
-def h2_upgrade_rule(policy: str) -> str:
-    """A DestinationRule setting the `mtls` Service's `h2UpgradePolicy`."""
+def h2_upgrade_rule(policy: str, service: str = "mtls") -> str:
+    """A DestinationRule setting `service`'s `h2UpgradePolicy`."""
     return ("apiVersion: networking.istio.io/v1\nkind: DestinationRule\n"
-            "metadata: {name: mtls, namespace: default}\n"
-            "spec:\n  host: mtls\n  trafficPolicy:\n    connectionPool:\n"
+            f"metadata: {{name: {service}, namespace: default}}\n"
+            f"spec:\n  host: {service}\n  trafficPolicy:\n    connectionPool:\n"
             f"      http: {{h2UpgradePolicy: {policy}}}\n")
 
 

@@ -39,15 +39,7 @@ spec:
   ports: [{port: 80, name: http}]
   selector: {app: mtls-h1}
 ---
-apiVersion: networking.istio.io/v1
-kind: DestinationRule
-metadata: {name: mtls-h1, namespace: default}
-spec:
-  host: mtls-h1
-  trafficPolicy:
-    connectionPool:
-      http: {h2UpgradePolicy: DO_NOT_UPGRADE}
-"""
+""" + floor_set.h2_upgrade_rule("DO_NOT_UPGRADE", "mtls-h1")
 
 SCENARIOS = [s for s in b.SCENARIOS if s["name"] in ("open-1k", "open-5k", "max")]
 

@@ -222,9 +222,10 @@ pub enum HopVersion {
 /// Chooses the next hop's version and whether to tag the request with [`ORIG_PROTO`].
 ///
 /// Upgrades always go over HTTP/1.1 (HTTP/2 has no `Upgrade`). Outbound to a meshed peer
-/// (`meshed_upgrade` is `Some(h2_upgrade)`; `None` for any other hop), every other request rides the multiplexed HTTP/2 hop,
-/// unless the backend's `h2UpgradePolicy` is `DO_NOT_UPGRADE` (`Some(false)`). Inbound, a
-/// tagged request goes back to HTTP/1.1. Otherwise the application's own version is kept.
+/// (`meshed_upgrade` is `Some(h2_upgrade)`; `None` for any other hop), every other request
+/// rides the multiplexed HTTP/2 hop, unless the backend's `h2UpgradePolicy` is `DO_NOT_UPGRADE`
+/// (`Some(false)`). Inbound, a tagged request goes back to HTTP/1.1. Otherwise the
+/// application's own version is kept.
 pub fn choose_version(
     direction: Direction,
     incoming: Version,
