@@ -7,6 +7,7 @@
 pub mod authn;
 pub mod authz;
 pub mod gateway;
+pub mod h2_upgrade;
 pub mod index;
 pub mod mtls;
 pub mod outbound_policy;

@@ -515,6 +515,10 @@ impl Session {
                         workload,
                     ),
                     outbound_traffic_policy: self.outbound_traffic_policy.to_wire(),
+                    h2_upgrade_policy: crate::compile::h2_upgrade::mesh_h2_upgrade(
+                        &config.mesh_configs,
+                        root,
+                    ) as i32,
                     ..crate::compile::mtls::inbound_policy(
                         &config.peer_authentications,
                         root,

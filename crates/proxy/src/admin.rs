@@ -97,6 +97,15 @@ impl AdminState {
                     "authorization": self.metrics.authz.current(),
                     "wasm_plugins": self.metrics.wasm.dump(),
                     "gateway_listeners": &*crate::gateway::lock(&self.gateway_listeners),
+                    // The mesh-wide defaults the control plane sent (MeshConfig, flags).
+                    "mesh_defaults": {
+                        "h2_upgrade_policy": self.discovery.mesh_h2_upgrade().as_str(),
+                        "outbound_traffic_policy": if self.discovery.outbound_policy().registry_only() {
+                            "REGISTRY_ONLY"
+                        } else {
+                            "ALLOW_ANY"
+                        },
+                    },
                     "discovery": {
                         "status": self.discovery.status(),
                         "dump": self.discovery.dump(),

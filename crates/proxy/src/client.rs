@@ -26,6 +26,7 @@ use crate::tls::MeshIdentity;
 use crate::transport::{CONNECT_TIMEOUT, connect, connect_within};
 
 mod h1pool;
+pub mod h2_upgrade;
 mod h2conn;
 mod originate;
 use h1pool::{H1Pool, MeshHop};
@@ -153,10 +154,11 @@ pub struct PoolOptions {
     pub plaintext: bool,
     /// DestinationRule `tls.mode: SIMPLE`: this proxy opens TLS to every endpoint.
     origination: Option<Arc<Origination>>,
-    /// DestinationRule `h2UpgradePolicy: DO_NOT_UPGRADE`: HTTP/1.1 requests to meshed
-    /// endpoints stay HTTP/1.1 between the proxies (over pooled mTLS connections) instead of
-    /// riding the multiplexed HTTP/2 hop.
-    pub keep_http1: bool,
+    /// DestinationRule `h2UpgradePolicy`: `Some(false)` (DO_NOT_UPGRADE) keeps HTTP/1.1
+    /// requests to meshed endpoints HTTP/1.1 between the proxies (over pooled mTLS
+    /// connections) instead of riding the multiplexed HTTP/2 hop; `Some(true)` (UPGRADE)
+    /// upgrades them; `None` follows the mesh-wide default ([`h2_upgrade::MeshH2Upgrade`]).
+    pub h2_upgrade: Option<bool>,
 }
 
 impl PoolOptions {
@@ -185,7 +187,7 @@ impl PoolOptions {
             max_requests_per_connection,
             plaintext: false,
             origination,
-            keep_http1: false,
+            h2_upgrade: None,
         }
     }
 
@@ -279,7 +281,7 @@ impl Upstreams {
     /// the endpoint, while the Host header keeps the application's authority).
     ///
     /// `peer` is the SPIFFE ID a meshed endpoint must prove (a meshed hop that stays HTTP/1.1,
-    /// see [`PoolOptions::keep_http1`]); with it the connection is mTLS, sending `sni`.
+    /// see [`PoolOptions::h2_upgrade`]); with it the connection is mTLS, sending `sni`.
     pub async fn send_http1(
         &self,
         addr: SocketAddr,

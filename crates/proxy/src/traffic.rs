@@ -134,7 +134,7 @@ impl BackendRt {
                 // Not part of the kept pool config: a tls.mode change applies at once.
                 options.plaintext = policy.mtls_disabled;
                 // Likewise: new requests follow a changed h2UpgradePolicy at once.
-                options.keep_http1 = policy.connection_pool.h2_upgrade == Some(false);
+                options.h2_upgrade = policy.connection_pool.h2_upgrade;
                 options
             },
             pool: policy.connection_pool.clone(),

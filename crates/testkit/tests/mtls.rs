@@ -511,32 +511,66 @@ fn destination_rule_tls_disable_keeps_the_hop_plaintext() {
     );
 }
 
+/// The protocol each inbound request whose path starts with `prefix` reached the server proxy
+/// with, from its JSON access log.
+fn arrived_as(log: &std::path::Path, prefix: &str) -> Vec<String> {
+    std::fs::read_to_string(log)
+        .unwrap_or_default()
+        .lines()
+        .map(|l| serde_json::from_str::<serde_json::Value>(l).unwrap())
+        .filter(|v| v["direction"] == "inbound")
+        .filter(|v| v["path"].as_str().is_some_and(|p| p.starts_with(prefix)))
+        .map(|v| v["protocol"].as_str().unwrap_or_default().to_string())
+        .collect()
+}
+
+/// One HTTP/1.1 GET through the client proxy. curl, since tools::http_get sends HTTP/1.0,
+/// which stays HTTP/1.0 and whose connection closes after it.
+fn get_http11(pair: &Pair, path: &str) -> Result<tools::CurlReply, String> {
+    let url = format!("http://{}{path}", client_addr(pair));
+    tools::curl_http(&["--http1.1", "-sS", &url])
+}
+
+/// Sends GETs under `prefix` until one reaches the server proxy as `protocol` (a config change
+/// is live once the client proxy has it).
+fn wait_arriving_as(pair: &Pair, log: &std::path::Path, prefix: &str, protocol: &str) {
+    let mut sent = 0;
+    wait::until(CONVERGE, || {
+        sent += 1;
+        let reply = get_http11(pair, &format!("{prefix}{sent}"))?;
+        if reply.status != 200 {
+            return Err(format!("answered {}: {}", reply.status, reply.body));
+        }
+        let seen = arrived_as(log, prefix);
+        seen.iter()
+            .any(|p| p == protocol)
+            .then_some(())
+            .ok_or(format!("still {seen:?}"))
+    })
+    .unwrap();
+}
+
+/// A pair whose server proxy writes a JSON access log, and the log's path.
+fn start_logged_pair(config: &[(&str, &str)]) -> (Pair, tempfile::TempDir, std::path::PathBuf) {
+    let scratch = trellis_testkit::mesh::scratch_dir().unwrap();
+    let log = scratch.path().join("server-access.log");
+    let log_arg = log.display().to_string();
+    let pair = start_pair_with(
+        &[],
+        config,
+        &["--access-log", "json", "--access-log-path", &log_arg],
+    );
+    wait_routed(&pair);
+    (pair, scratch, log)
+}
+
 /// `h2UpgradePolicy: DO_NOT_UPGRADE` (Istio's default): HTTP/1.1 from the application stays
 /// HTTP/1.1 between the proxies, still mTLS, on connections the client proxy keeps and reuses;
 /// removing the rule brings back the multiplexed HTTP/2 hop, without a restart.
 #[test]
 fn do_not_upgrade_keeps_http1_between_the_proxies_over_pooled_mtls() {
     let keep = "apiVersion: networking.istio.io/v1\nkind: DestinationRule\nmetadata: {name: echo, namespace: default}\nspec:\n  host: echo\n  trafficPolicy:\n    connectionPool:\n      http: {h2UpgradePolicy: DO_NOT_UPGRADE}\n";
-    let scratch = trellis_testkit::mesh::scratch_dir().unwrap();
-    let log = scratch.path().join("server-access.log");
-    let log_arg = log.display().to_string();
-    let pair = start_pair_with(
-        &[],
-        &[("dr.yaml", keep)],
-        &["--access-log", "json", "--access-log-path", &log_arg],
-    );
-    wait_routed(&pair);
-    // The protocol each request reached the server proxy with, by path prefix.
-    let arrived = |prefix: &str| -> Vec<String> {
-        std::fs::read_to_string(&log)
-            .unwrap_or_default()
-            .lines()
-            .map(|l| serde_json::from_str::<serde_json::Value>(l).unwrap())
-            .filter(|v| v["direction"] == "inbound")
-            .filter(|v| v["path"].as_str().is_some_and(|p| p.starts_with(prefix)))
-            .map(|v| v["protocol"].as_str().unwrap_or_default().to_string())
-            .collect()
-    };
+    let (pair, _scratch, log) = start_logged_pair(&[("dr.yaml", keep)]);
     let from_client = [
         ("direction", "inbound"),
         ("tls", "true"),
@@ -545,13 +579,7 @@ fn do_not_upgrade_keeps_http1_between_the_proxies_over_pooled_mtls() {
             "spiffe://cluster.local/ns/default/sa/client",
         ),
     ];
-    // curl speaks HTTP/1.1 (tools::http_get sends HTTP/1.0, which stays HTTP/1.0, and whose
-    // connection closes after it).
-    let get = |path: &str| {
-        let url = format!("http://{}{path}", client_addr(&pair));
-        tools::curl_http(&["--http1.1", "-sS", &url])
-    };
-    assert_eq!(get("/first").unwrap().status, 200);
+    assert_eq!(get_http11(&pair, "/first").unwrap().status, 200);
     let handshakes_before = metric(
         &pair.server,
         "trellis_tls_handshakes_total",
@@ -560,19 +588,16 @@ fn do_not_upgrade_keeps_http1_between_the_proxies_over_pooled_mtls() {
     let mtls_before = metric(&pair.server, "trellis_requests_total", &from_client);
     assert!(handshakes_before >= 1.0, "the hop is mTLS");
     for i in 0..20 {
-        let reply = get(&format!("/keep/{i}")).unwrap();
+        let reply = get_http11(&pair, &format!("/keep/{i}")).unwrap();
         assert_eq!(reply.status, 200, "{}", reply.body);
     }
     wait::until(CONVERGE, || {
-        let n = arrived("/keep/").len();
+        let n = arrived_as(&log, "/keep/").len();
         (n == 20).then_some(()).ok_or(format!("{n} of 20 logged"))
     })
     .unwrap();
-    assert!(
-        arrived("/keep/").iter().all(|p| p == "HTTP/1.1"),
-        "{:?}",
-        arrived("/keep/")
-    );
+    let kept = arrived_as(&log, "/keep/");
+    assert!(kept.iter().all(|p| p == "HTTP/1.1"), "{kept:?}");
     // Over mTLS, from the client's identity, on the connection already open: sequential
     // requests reuse one pooled connection, so no handshake more.
     assert_eq!(
@@ -589,20 +614,44 @@ fn do_not_upgrade_keeps_http1_between_the_proxies_over_pooled_mtls() {
     );
     // Without the rule, the mesh default again: HTTP/1.1 rides the HTTP/2 hop.
     std::fs::remove_file(pair.config.path().join("dr.yaml")).unwrap();
-    let mut sent = 0;
+    wait_arriving_as(&pair, &log, "/default/", "HTTP/2");
+}
+
+/// The mesh-wide default from Istio's MeshConfig (the ConfigMap `istio` in the root namespace):
+/// `h2UpgradePolicy: DO_NOT_UPGRADE` keeps HTTP/1.1 between the proxies for every destination;
+/// a DestinationRule's `UPGRADE` overrides it for its host, and removing that rule brings the
+/// mesh default back, all without a restart.
+#[test]
+fn mesh_config_h2_upgrade_policy_is_the_default_a_destination_rule_overrides() {
+    let mesh = "apiVersion: v1\nkind: ConfigMap\nmetadata: {name: istio, namespace: trellis-system}\ndata:\n  mesh: |-\n    h2UpgradePolicy: DO_NOT_UPGRADE\n";
+    let (pair, _scratch, log) = start_logged_pair(&[("mesh.yaml", mesh)]);
     wait::until(CONVERGE, || {
-        sent += 1;
-        let reply = get(&format!("/default/{sent}"))?;
-        if reply.status != 200 {
-            return Err(format!("answered {}: {}", reply.status, reply.body));
-        }
-        let seen = arrived("/default/");
-        seen.iter()
-            .any(|p| p == "HTTP/2")
+        let (_, dump) = pair.client.admin_get("/config_dump")?;
+        let dump: serde_json::Value = serde_json::from_str(&dump).map_err(|e| e.to_string())?;
+        let policy = &dump["mesh_defaults"]["h2_upgrade_policy"];
+        (policy == "DO_NOT_UPGRADE")
             .then_some(())
-            .ok_or(format!("still {seen:?}"))
+            .ok_or(format!("{policy}"))
     })
     .unwrap();
+    for i in 0..5 {
+        assert_eq!(
+            get_http11(&pair, &format!("/mesh/{i}")).unwrap().status,
+            200
+        );
+    }
+    wait::until(CONVERGE, || {
+        let n = arrived_as(&log, "/mesh/").len();
+        (n == 5).then_some(()).ok_or(format!("{n} of 5 logged"))
+    })
+    .unwrap();
+    let kept = arrived_as(&log, "/mesh/");
+    assert!(kept.iter().all(|p| p == "HTTP/1.1"), "{kept:?}");
+    let upgrade = "apiVersion: networking.istio.io/v1\nkind: DestinationRule\nmetadata: {name: echo, namespace: default}\nspec:\n  host: echo\n  trafficPolicy:\n    connectionPool:\n      http: {h2UpgradePolicy: UPGRADE}\n";
+    std::fs::write(pair.config.path().join("dr.yaml"), upgrade).unwrap();
+    wait_arriving_as(&pair, &log, "/override/", "HTTP/2");
+    std::fs::remove_file(pair.config.path().join("dr.yaml")).unwrap();
+    wait_arriving_as(&pair, &log, "/again/", "HTTP/1.1");
 }
 
 #[test]

@@ -3,7 +3,9 @@
 //! kind `opentelemetry` (OTLP; gRPC, or HTTP/protobuf when `http` is set) and
 //! `defaultProviders.tracing`. A `Telemetry`'s `tracing[].providers[].name` is resolved against
 //! these by the control plane (`compile::telemetry`), which knows the root namespace: only the
-//! ConfigMap in the root namespace is the mesh's.
+//! ConfigMap in the root namespace is the mesh's. It also reads `h2UpgradePolicy`, the mesh-wide
+//! default for whether HTTP/1.1 is upgraded to HTTP/2 between two proxies (a DestinationRule's
+//! `connectionPool.http.h2UpgradePolicy` overrides it per host).
 //!
 //! Other provider kinds (`zipkin`, `datadog`, `envoyExtAuthzHttp`, ...) are kept by name and
 //! kind so that a Telemetry naming one gets a precise refusal, and noted as not applied; other
@@ -62,6 +64,10 @@ pub struct MeshConfig {
     pub extension_providers: Vec<ExtensionProvider>,
     /// `defaultProviders.tracing`: used where a Telemetry names no tracing provider.
     pub default_tracing: Vec<String>,
+    /// `h2UpgradePolicy`: `Some(true)` UPGRADE, `Some(false)` DO_NOT_UPGRADE; `None` (absent)
+    /// leaves Trellis's default, which upgrades (unlike Istio's, which does not).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub h2_upgrade: Option<bool>,
     #[serde(skip_serializing_if = "Vec::is_empty")]
     pub notes: Vec<String>,
 }
@@ -150,15 +156,21 @@ pub(crate) fn parse(value: Value) -> Result<MeshConfig, FieldError> {
     let other: Vec<String> = mesh
         .keys()
         .filter_map(Value::as_str)
-        .filter(|k| !matches!(*k, "extensionProviders" | "defaultProviders"))
+        .filter(|k| {
+            !matches!(
+                *k,
+                "extensionProviders" | "defaultProviders" | H2_UPGRADE_KEY
+            )
+        })
         .map(str::to_owned)
         .collect();
     if !other.is_empty() {
         notes.push(format!(
-            "{field}: {} not read (Trellis reads extensionProviders and defaultProviders)",
+            "{field}: {} not read (Trellis reads extensionProviders, defaultProviders and {H2_UPGRADE_KEY})",
             other.join(", ")
         ));
     }
+    let h2_upgrade = h2_upgrade_policy(&field, mesh.get(H2_UPGRADE_KEY))?;
     let mut extension_providers: Vec<ExtensionProvider> = Vec::new();
     let providers = match mesh.get("extensionProviders") {
         None | Some(Value::Null) => Vec::new(),
@@ -228,8 +240,28 @@ pub(crate) fn parse(value: Value) -> Result<MeshConfig, FieldError> {
         source,
         extension_providers,
         default_tracing: defaults.tracing,
+        h2_upgrade,
         notes,
     })
+}
+
+/// The MeshConfig key of the mesh-wide HTTP/2 upgrade default.
+const H2_UPGRADE_KEY: &str = "h2UpgradePolicy";
+
+/// `h2UpgradePolicy`: Istio's MeshConfig enum has the two values; absent (or null) is `None`.
+fn h2_upgrade_policy(field: &str, value: Option<&Value>) -> Result<Option<bool>, FieldError> {
+    match value {
+        None | Some(Value::Null) => Ok(None),
+        Some(Value::String(s)) if s == "UPGRADE" => Ok(Some(true)),
+        Some(Value::String(s)) if s == "DO_NOT_UPGRADE" => Ok(Some(false)),
+        Some(other) => Err(FieldError::new(
+            format!("{field}: {H2_UPGRADE_KEY}"),
+            format!(
+                "must be UPGRADE or DO_NOT_UPGRADE, got {}",
+                serde_json::to_string(other).unwrap_or_else(|_| format!("{other:?}"))
+            ),
+        )),
+    }
 }
 
 /// ` (known: a, b)` or nothing.
@@ -450,6 +482,8 @@ data:
                 "extensionProviders: [{name: z, zipkin: {service: z, port: 9411}}]\ndefaultProviders: {tracing: [z]}",
                 "data.mesh: defaultProviders.tracing[0]",
             ),
+            ("h2UpgradePolicy: SOMETIMES", "data.mesh: h2UpgradePolicy"),
+            ("h2UpgradePolicy: [UPGRADE]", "data.mesh: h2UpgradePolicy"),
             ("[1, 2]", "data.mesh"),
             ("a: [", "data.mesh"),
         ];
@@ -461,6 +495,22 @@ data:
             let e = doc(&yaml).unwrap_err();
             assert_eq!(e.field.as_deref(), Some(field), "{mesh}: {e:?}");
         }
+    }
+
+    #[test]
+    fn reads_the_mesh_wide_h2_upgrade_policy() {
+        let with = |line: &str| {
+            let yaml = format!(
+                "metadata: {{name: istio, namespace: istio-system}}\ndata:\n  mesh: {}\n",
+                serde_json::to_string(line).unwrap()
+            );
+            doc(&yaml).unwrap()
+        };
+        assert_eq!(with("h2UpgradePolicy: UPGRADE").h2_upgrade, Some(true));
+        let keep = with("h2UpgradePolicy: DO_NOT_UPGRADE");
+        assert_eq!(keep.h2_upgrade, Some(false));
+        assert!(keep.notes.is_empty(), "{:?}", keep.notes);
+        assert_eq!(with("accessLogFile: /dev/stdout").h2_upgrade, None);
     }
 
     #[test]

@@ -163,6 +163,7 @@ async fn session(
                     }
                     Some(control_message::Kind::InboundPolicy(policy)) => {
                         inner.outbound_policy.set_from_wire(policy.outbound_traffic_policy);
+                        inner.mesh_h2_upgrade.set_from_wire(policy.h2_upgrade_policy);
                         replace_if_changed(&inner.authorization, &policy.authorization_json);
                         replace_if_changed(&inner.rate_limits, &policy.rate_limits_json);
                         replace_if_changed(&inner.wasm_plugins, &policy.wasm_plugins_json);

@@ -113,6 +113,8 @@ struct Inner {
     request_authn: watch::Sender<Arc<str>>,
     /// The outbound traffic policy (`InboundPolicy.outbound_traffic_policy`), as last sent.
     outbound_policy: Arc<crate::outbound::registry_only::OutboundPolicy>,
+    /// The mesh-wide HTTP/2 upgrade default (`InboundPolicy.h2_upgrade_policy`), as last sent.
+    mesh_h2_upgrade: crate::client::h2_upgrade::MeshH2Upgrade,
     /// This gateway's listeners (`GatewayConfig.config_json`), as last sent; see `gateway`.
     gateway: watch::Sender<Arc<str>>,
     /// This workload's Wasm plugins (`InboundPolicy.wasm_plugins_json`), as last sent.
@@ -162,6 +164,7 @@ impl Inner {
             telemetry: text_channel(),
             request_authn: text_channel(),
             outbound_policy: Arc::default(),
+            mesh_h2_upgrade: Default::default(),
             gateway: text_channel(),
             wasm_plugins: text_channel(),
             rate_limits: text_channel(),
@@ -357,6 +360,12 @@ impl Discovery {
     /// it says otherwise), with its counter.
     pub fn outbound_policy(&self) -> Arc<crate::outbound::registry_only::OutboundPolicy> {
         self.inner.outbound_policy.clone()
+    }
+
+    /// The mesh-wide HTTP/2 upgrade default the control plane sends (UPGRADE until it says
+    /// otherwise); read per request to a meshed destination without its own policy.
+    pub fn mesh_h2_upgrade(&self) -> &crate::client::h2_upgrade::MeshH2Upgrade {
+        &self.inner.mesh_h2_upgrade
     }
 
     /// The inbound mTLS policy the control plane sends for this workload (PERMISSIVE until

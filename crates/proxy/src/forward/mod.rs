@@ -235,7 +235,10 @@ impl HttpForward {
             self.direction,
             req.version(),
             false,
-            hop.meshed.then_some(!opts.keep_http1),
+            hop.meshed.then(|| {
+                opts.h2_upgrade
+                    .unwrap_or_else(|| self.ctx.discovery.mesh_h2_upgrade().upgrade())
+            }),
             tagged,
         );
         match version {
