@@ -5,7 +5,8 @@
 //! - [`authz`]: authorization's path and principal matching against a regex oracle;
 //! - [`detect`]: protocol detection over any bytes in any split into reads;
 //! - [`http1_head`]: the proxy's HTTP/1 server (hyper with the proxy's head timer) and the head
-//!   rewrites the proxy applies on top of it;
+//!   rewrites the proxy applies on top of it; and, on the same inputs, [`h1_response`]: the
+//!   direct HTTP/1.1 client's response head and chunked body codec;
 //! - [`config`]: every config adapter, YAML in, model out;
 //! - [`route`]: route selection against an independent first-match oracle;
 //! - [`csr`]: the CA's CSR path: no panic, and never a leaf for another identity;
@@ -18,6 +19,7 @@ pub mod authz;
 pub mod config;
 pub mod csr;
 pub mod detect;
+pub mod h1_response;
 pub mod http1_head;
 pub mod input;
 pub mod jwt;
@@ -27,6 +29,7 @@ pub use authz::check_matching;
 pub use config::check_config;
 pub use csr::check_csr;
 pub use detect::check_detect;
+pub use h1_response::check_h1_response;
 pub use http1_head::check_http1_head;
 pub use jwt::check_jwt;
 pub use route::check_route_matching;

@@ -25,6 +25,8 @@ use trellis_identity::tls::{HandshakeError, MeshAlpn};
 use crate::tls::MeshIdentity;
 use crate::transport::{CONNECT_TIMEOUT, connect, connect_within};
 
+pub mod h1codec;
+mod h1direct;
 mod h1pool;
 pub mod h2_upgrade;
 mod h2conn;
@@ -289,7 +291,7 @@ impl Upstreams {
         opts: &PoolOptions,
         peer: Option<&str>,
         sni: Option<&str>,
-    ) -> Result<Response<Incoming>, UpstreamError> {
+    ) -> Result<Response<RespBody>, UpstreamError> {
         if opts.max_requests_per_connection == Some(1) {
             req.headers_mut().insert(
                 http::header::CONNECTION,
@@ -532,6 +534,8 @@ where
 #[derive(Debug)]
 pub enum RespBody {
     Http1(Incoming),
+    /// From the direct HTTP/1.1 path ([`h1direct`]).
+    Direct(h1direct::DirectBody),
     Http2(H2Body),
 }
 
@@ -548,6 +552,7 @@ impl http_body::Body for RespBody {
             Self::Http1(b) => std::pin::Pin::new(b)
                 .poll_frame(cx)
                 .map(|f| f.map(|f| f.map_err(Into::into))),
+            Self::Direct(b) => std::pin::Pin::new(b).poll_frame(cx),
             Self::Http2(b) => std::pin::Pin::new(b)
                 .poll_frame(cx)
                 .map(|f| f.map(|f| f.map_err(Into::into))),
@@ -557,6 +562,7 @@ impl http_body::Body for RespBody {
     fn is_end_stream(&self) -> bool {
         match self {
             Self::Http1(b) => b.is_end_stream(),
+            Self::Direct(b) => b.is_end_stream(),
             Self::Http2(b) => b.is_end_stream(),
         }
     }
@@ -564,6 +570,7 @@ impl http_body::Body for RespBody {
     fn size_hint(&self) -> http_body::SizeHint {
         match self {
             Self::Http1(b) => b.size_hint(),
+            Self::Direct(b) => b.size_hint(),
             Self::Http2(b) => b.size_hint(),
         }
     }

@@ -10,6 +10,9 @@
 //! has none, TCP_NODELAY and a connect timeout, a request that a reused connection closed
 //! before sending is sent again on another, and connections idle for longer than the idle
 //! timeout are closed.
+//!
+//! A bodiless HTTP/1.1 request to a plaintext endpoint does not use hyper's client at all: it
+//! takes the direct path ([`super::h1direct`]), whose idle connections this pool also keeps.
 
 use std::collections::HashMap;
 use std::hash::{BuildHasherDefault, Hasher};
@@ -25,7 +28,8 @@ use hyper::client::conn::TrySendError;
 use hyper::client::conn::http1::SendRequest;
 use hyper_util::rt::TokioIo;
 
-use super::{Alpn, Origination, UpBody, UpstreamError, Upstreams};
+use super::h1direct::{DirectConn, Failure, Home};
+use super::{Alpn, Origination, RespBody, UpBody, UpstreamError, Upstreams, h1codec, h1direct};
 use crate::transport::connect_within;
 use trellis_identity::tls::MeshAlpn;
 
@@ -36,6 +40,17 @@ const MAX_PER_ENDPOINT: usize = 1024;
 /// What a pooled connection's exchange ends with: the response, or the request back when the
 /// connection closed before sending it.
 type Sent = Result<Response<Incoming>, TrySendError<Request<UpBody>>>;
+
+/// How many idle direct connections a request tries (each found stale is dropped) before it
+/// dials.
+const MAX_STALE_TRIES: usize = 4;
+
+/// An idle connection of the direct path and the sweep tick when it was filed.
+#[derive(Debug)]
+struct Idle {
+    conn: DirectConn,
+    used: u64,
+}
 
 #[derive(Debug)]
 struct Conn {
@@ -120,6 +135,8 @@ pub struct H1Pool {
     connect_timeout: Duration,
     idle_timeout: Duration,
     conns: Mutex<AddrMap<Vec<Conn>>>,
+    /// Idle connections of the direct path, most recently used last.
+    idle: Mutex<AddrMap<Vec<Idle>>>,
     /// Sweeps so far; advanced by the sweeper every sweep period.
     tick: AtomicU64,
     /// Whether the idle sweeper runs (started on the first dial, inside the runtime).
@@ -138,6 +155,7 @@ impl H1Pool {
             connect_timeout,
             idle_timeout,
             conns: Mutex::new(AddrMap::default()),
+            idle: Mutex::new(AddrMap::default()),
             tick: AtomicU64::new(0),
             sweeping: std::sync::OnceLock::new(),
         })
@@ -150,9 +168,101 @@ impl H1Pool {
         addr: SocketAddr,
         mut req: Request<UpBody>,
         mesh: Option<MeshHop<'_>>,
-    ) -> Result<Response<Incoming>, UpstreamError> {
+    ) -> Result<Response<RespBody>, UpstreamError> {
         prepare(addr, &mut req);
         let reusable = !closes(&req);
+        if self.origination.is_none() && mesh.is_none() && h1codec::eligible(&req) {
+            return self
+                .send_direct(addr, req, reusable)
+                .await
+                .map(|resp| resp.map(RespBody::Direct));
+        }
+        self.send_hyper(addr, req, reusable, mesh)
+            .await
+            .map(|resp| resp.map(RespBody::Http1))
+    }
+
+    /// The direct path ([`h1direct`]): on an idle connection that is still usable (a stale one
+    /// that fails before the request went out, or before any answer to an idempotent request,
+    /// is dropped and the next tried), else on a new one.
+    async fn send_direct(
+        self: &Arc<Self>,
+        addr: SocketAddr,
+        req: Request<UpBody>,
+        reusable: bool,
+    ) -> Result<Response<h1direct::DirectBody>, UpstreamError> {
+        let head_request = req.method() == Method::HEAD;
+        let home = || {
+            reusable.then(|| Home {
+                pool: Arc::downgrade(self),
+                addr,
+            })
+        };
+        for _ in 0..MAX_STALE_TRIES {
+            let Some(mut conn) = self.checkout_direct(addr) else {
+                break;
+            };
+            match conn.exchange(&req, head_request).await {
+                Ok(head) => return Ok(h1direct::respond(conn, head, home())),
+                Err(Failure::NotSent(e)) => {
+                    tracing::debug!(%addr, error = %e, "pooled HTTP/1 connection closed; retrying on another");
+                }
+                Err(Failure::NoAnswer(e)) if h1codec::is_idempotent(req.method()) => {
+                    tracing::debug!(%addr, error = %e, "pooled HTTP/1 connection closed without an answer; retrying on another");
+                }
+                Err(failure) => {
+                    return Err(UpstreamError::Request {
+                        addr,
+                        source: failure.into_error(),
+                    });
+                }
+            }
+        }
+        // Boxed, as for hyper's connections: a dial is once per connection.
+        let stream = Box::pin(self.connect(addr)).await?;
+        let mut conn = DirectConn::new(stream);
+        match conn.exchange(&req, head_request).await {
+            Ok(head) => Ok(h1direct::respond(conn, head, home())),
+            Err(failure) => Err(UpstreamError::Request {
+                addr,
+                source: failure.into_error(),
+            }),
+        }
+    }
+
+    /// The most recently used idle direct connection to `addr` that is still usable; closed
+    /// ones met on the way are dropped.
+    fn checkout_direct(&self, addr: SocketAddr) -> Option<DirectConn> {
+        let mut map = self.idle.lock().unwrap_or_else(PoisonError::into_inner);
+        let list = map.get_mut(&addr)?;
+        while let Some(idle) = list.pop() {
+            if idle.conn.is_usable() {
+                return Some(idle.conn);
+            }
+        }
+        None
+    }
+
+    /// Keeps a direct connection whose exchange ended, for the next request to `addr`.
+    pub(super) fn file_direct(&self, addr: SocketAddr, conn: DirectConn) {
+        let mut map = self.idle.lock().unwrap_or_else(PoisonError::into_inner);
+        let list = map.entry(addr).or_default();
+        if list.len() < MAX_PER_ENDPOINT {
+            list.push(Idle {
+                conn,
+                used: self.tick.load(Ordering::Relaxed),
+            });
+        }
+    }
+
+    /// hyper's client, for what the direct path does not take.
+    async fn send_hyper(
+        self: &Arc<Self>,
+        addr: SocketAddr,
+        mut req: Request<UpBody>,
+        reusable: bool,
+        mesh: Option<MeshHop<'_>>,
+    ) -> Result<Response<Incoming>, UpstreamError> {
         loop {
             let sent = match self.try_send_pooled(addr, req, reusable, mesh) {
                 Ok(sent) => sent,
@@ -256,12 +366,7 @@ impl H1Pool {
         addr: SocketAddr,
         mesh: Option<MeshHop<'_>>,
     ) -> Result<SendRequest<UpBody>, UpstreamError> {
-        self.sweeping.get_or_init(|| {
-            tokio::spawn(sweep(Arc::downgrade(self), self.idle_timeout));
-        });
-        let stream = connect_within(addr, self.connect_timeout)
-            .await
-            .map_err(|source| UpstreamError::Connect { addr, source })?;
+        let stream = self.connect(addr).await?;
         match (&self.origination, mesh) {
             (Some(origination), _) => {
                 let tls = origination.connect(addr, stream, Alpn::Http1).await?;
@@ -276,6 +381,20 @@ impl H1Pool {
             }
             (None, None) => handshake(addr, stream).await,
         }
+    }
+
+    /// A TCP connection to `addr` within the connect timeout; starts the idle sweeper on the
+    /// first.
+    async fn connect(
+        self: &Arc<Self>,
+        addr: SocketAddr,
+    ) -> Result<tokio::net::TcpStream, UpstreamError> {
+        self.sweeping.get_or_init(|| {
+            tokio::spawn(sweep(Arc::downgrade(self), self.idle_timeout));
+        });
+        connect_within(addr, self.connect_timeout)
+            .await
+            .map_err(|source| UpstreamError::Connect { addr, source })
     }
 
     /// Advances the tick and closes connections idle for at least `idle_ticks` sweep periods.
@@ -296,6 +415,13 @@ impl H1Pool {
                 // whole periods.
                 now - c.used <= idle_ticks
             });
+            !list.is_empty()
+        });
+        drop(map);
+        let mut idle = self.idle.lock().unwrap_or_else(PoisonError::into_inner);
+        idle.retain(|_, list| {
+            // Filed during tick `used` and idle since; a connection the peer closed goes too.
+            list.retain(|i| now - i.used <= idle_ticks && i.conn.is_usable());
             !list.is_empty()
         });
     }

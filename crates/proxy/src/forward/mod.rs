@@ -249,7 +249,7 @@ impl HttpForward {
                     .upstreams
                     .send_http1(hop.addr, req, opts, hop.identity, hop.sni)
                     .await?;
-                Ok(resp.map(RespBody::Http1))
+                Ok(resp)
             }
             HopVersion::Http2 => {
                 to_http2(&mut req, hop.addr);
