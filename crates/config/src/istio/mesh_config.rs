@@ -73,6 +73,14 @@ pub struct MeshConfig {
 }
 
 impl MeshConfig {
+    /// The mesh's MeshConfig among `configs`: the one in the root namespace (Istio reads the one
+    /// in istiod's namespace); one elsewhere is parsed and validated but not the mesh's.
+    pub fn of_mesh<'a>(configs: &'a [MeshConfig], root_namespace: &str) -> Option<&'a MeshConfig> {
+        configs
+            .iter()
+            .find(|m| m.source.namespace == root_namespace)
+    }
+
     pub fn provider(&self, name: &str) -> Option<&ExtensionProvider> {
         self.extension_providers.iter().find(|p| p.name == name)
     }

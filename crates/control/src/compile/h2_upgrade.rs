@@ -10,11 +10,7 @@ use trellis_config::istio::mesh_config::MeshConfig;
 /// it has none or there is no MeshConfig there. A MeshConfig in another namespace is not the
 /// mesh's and does not count.
 pub fn mesh_h2_upgrade(mesh_configs: &[MeshConfig], root_namespace: &str) -> pb::H2UpgradePolicy {
-    let policy = mesh_configs
-        .iter()
-        .find(|m| m.source.namespace == root_namespace)
-        .and_then(|m| m.h2_upgrade);
-    match policy {
+    match MeshConfig::of_mesh(mesh_configs, root_namespace).and_then(|m| m.h2_upgrade) {
         None => pb::H2UpgradePolicy::Unspecified,
         Some(true) => pb::H2UpgradePolicy::Upgrade,
         Some(false) => pb::H2UpgradePolicy::DoNotUpgrade,

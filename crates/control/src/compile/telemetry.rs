@@ -79,10 +79,7 @@ pub fn resolve_collector(
     mesh: MeshInputs<'_>,
     root_namespace: &str,
 ) -> Result<Option<Collector>, String> {
-    let config = mesh
-        .mesh_configs
-        .iter()
-        .find(|m| m.source.namespace == root_namespace);
+    let config = MeshConfig::of_mesh(mesh.mesh_configs, root_namespace);
     let (name, at) = match (&settings.tracing_provider, config) {
         (Some(p), _) => (
             p.name.as_str(),

@@ -150,8 +150,8 @@ pub fn parse_head(buf: &mut BytesMut, head_request: bool) -> Result<Option<Head>
         let base = buf.as_ptr() as usize;
         // A vector, not an array of MAX_HEADERS: zeroing that one cost more than the parse.
         let mut spans: Vec<Span> = Vec::with_capacity(parsed.headers.len());
-        let mut framing = Framing::Eof;
         let mut length: Option<u64> = None;
+        let mut transfer_encoding = false;
         let mut chunked = false;
         let mut close = false;
         let mut keep_alive_token = false;
@@ -171,7 +171,7 @@ pub fn parse_head(buf: &mut BytesMut, head_request: bool) -> Result<Option<Head>
             } else if name.eq_ignore_ascii_case(b"transfer-encoding") {
                 // Only the last coding decides; chunked anywhere else is not final.
                 chunked = last_token(h.value).eq_ignore_ascii_case(b"chunked");
-                framing = Framing::Chunked;
+                transfer_encoding = true;
             } else if name.eq_ignore_ascii_case(b"connection") {
                 for token in h.value.split(|b| *b == b',') {
                     let token = token.trim_ascii();
@@ -182,19 +182,20 @@ pub fn parse_head(buf: &mut BytesMut, head_request: bool) -> Result<Option<Head>
         }
         // Transfer-Encoding overrides Content-Length (§6.3 point 3), whose header is then
         // dropped: it does not describe the body passed on.
-        let drop_length = framing == Framing::Chunked && length.is_some();
-        framing = match framing {
-            Framing::Chunked if chunked => Framing::Chunked,
-            Framing::Chunked => Framing::Eof,
-            _ => match length {
-                Some(0) => Framing::Empty,
-                Some(n) => Framing::Length(n),
-                None => Framing::Eof,
-            },
+        let drop_length = transfer_encoding && length.is_some();
+        let framing = if head_request
+            || status == StatusCode::NO_CONTENT
+            || status == StatusCode::NOT_MODIFIED
+        {
+            Framing::Empty
+        } else {
+            match (transfer_encoding, length) {
+                (true, _) if chunked => Framing::Chunked,
+                (true, _) | (false, None) => Framing::Eof,
+                (false, Some(0)) => Framing::Empty,
+                (false, Some(n)) => Framing::Length(n),
+            }
         };
-        if head_request || status == StatusCode::NO_CONTENT || status == StatusCode::NOT_MODIFIED {
-            framing = Framing::Empty;
-        }
         // HTTP/1.1 persists unless told to close; HTTP/1.0 only when told to keep alive.
         let persistent = !close && (version == Version::HTTP_11 || keep_alive_token);
         let keep_alive = persistent && framing != Framing::Eof;

@@ -19,7 +19,7 @@
 use std::io;
 use std::net::SocketAddr;
 use std::pin::Pin;
-use std::sync::Weak;
+use std::sync::{Arc, Weak};
 use std::task::{Context, Poll, ready};
 
 use bytes::{Bytes, BytesMut};
@@ -59,11 +59,13 @@ pub enum Failure {
 }
 
 impl Failure {
-    pub fn into_error(self) -> BoxError {
-        match self {
+    /// The exchange's failure as the upstream error it is (a 502 at the edge).
+    pub fn into_upstream(self, addr: SocketAddr) -> super::UpstreamError {
+        let source = match self {
             Self::NotSent(e) | Self::NoAnswer(e) => Box::new(e),
             Self::Failed(e) => e,
-        }
+        };
+        super::UpstreamError::Request { addr, source }
     }
 }
 
@@ -128,9 +130,9 @@ impl DirectConn {
 
 /// Where a connection goes back once its response's body has ended: its pool and endpoint.
 #[derive(Debug)]
-pub struct Home {
-    pub pool: Weak<H1Pool>,
-    pub addr: SocketAddr,
+struct Home {
+    pool: Weak<H1Pool>,
+    addr: SocketAddr,
 }
 
 impl Home {
@@ -141,35 +143,43 @@ impl Home {
     }
 }
 
-/// The response and its body from a parsed head: a body already read whole is handed over,
-/// and the connection goes to `home` at once when it may carry another request (`home` is
-/// `None` when it may not); otherwise the body streams from the connection.
-pub fn respond(mut conn: DirectConn, head: Head, home: Option<Home>) -> Response<DirectBody> {
-    let home = home.filter(|_| head.keep_alive);
-    let whole = match head.framing {
-        Framing::Empty => Some(None),
-        Framing::Length(n) if conn.buf.len() as u64 >= n => {
-            // `n` fits: it is at most the buffer's length.
-            Some(Some(conn.buf.split_to(n as usize).freeze()))
-        }
-        _ => None,
+/// The response and its body from a parsed head. A body already read whole (or none) is
+/// handed over, and the connection goes back to `pool` at once when it may carry another
+/// request; otherwise the body streams from the connection, which goes back at the body's end.
+/// `pool` is `None` when the request asked to close.
+pub fn respond(
+    mut conn: DirectConn,
+    head: Head,
+    pool: Option<(&Arc<H1Pool>, SocketAddr)>,
+) -> Response<DirectBody> {
+    let pool = pool.filter(|_| head.keep_alive);
+    let streaming = match head.framing {
+        Framing::Length(n) if (conn.buf.len() as u64) < n => Some(Streaming::Length(n)),
+        Framing::Chunked => Some(Streaming::Chunked(ChunkedDecoder::default())),
+        Framing::Eof => Some(Streaming::Eof),
+        Framing::Empty | Framing::Length(_) => None,
     };
-    let state = match whole {
-        Some(data) => {
-            if let Some(home) = home.filter(|_| conn.buf.is_empty()) {
-                home.take_back(conn);
-            }
-            State::Whole(data.filter(|d| !d.is_empty()))
-        }
-        None => State::Streaming(Box::new(Stream {
-            framing: match head.framing {
-                Framing::Length(n) => Streaming::Length(n),
-                Framing::Chunked => Streaming::Chunked(ChunkedDecoder::default()),
-                _ => Streaming::Eof,
-            },
+    let state = match streaming {
+        Some(framing) => State::Streaming(Box::new(Stream {
             conn,
-            home,
+            framing,
+            home: pool.map(|(pool, addr)| Home {
+                pool: Arc::downgrade(pool),
+                addr,
+            }),
         })),
+        None => {
+            // `n` fits a usize: it is at most the buffer's length.
+            let len = match head.framing {
+                Framing::Length(n) => n as usize,
+                _ => 0,
+            };
+            let body = (len > 0).then(|| conn.buf.split_to(len).freeze());
+            if let Some((pool, addr)) = pool.filter(|_| conn.buf.is_empty()) {
+                pool.file_direct(addr, conn);
+            }
+            State::Whole(body)
+        }
     };
     head.response.map(|()| DirectBody { state })
 }
@@ -331,8 +341,8 @@ mod tests {
     use super::*;
 
     /// What a scripted server sends for the `n`th request (from 0) on a connection: the
-    /// pieces written one after another (a short pause between them, so they arrive in
-    /// separate reads), and whether it then closes.
+    /// pieces written one after another (how they split into reads is the kernel's; the
+    /// codec's tests cover every split), and whether it then closes.
     type Script = fn(&str, usize) -> (Vec<Vec<u8>>, bool);
 
     /// A raw server on loopback that reads request heads (bodiless) and answers by `script`;
@@ -359,7 +369,6 @@ mod tests {
                                 if s.write_all(&piece).await.is_err() {
                                     return;
                                 }
-                                tokio::time::sleep(Duration::from_millis(5)).await;
                             }
                             if close {
                                 return;

@@ -28,7 +28,7 @@ use hyper::client::conn::TrySendError;
 use hyper::client::conn::http1::SendRequest;
 use hyper_util::rt::TokioIo;
 
-use super::h1direct::{DirectConn, Failure, Home};
+use super::h1direct::{DirectConn, Failure};
 use super::{Alpn, Origination, RespBody, UpBody, UpstreamError, Upstreams, h1codec, h1direct};
 use crate::transport::connect_within;
 use trellis_identity::tls::MeshAlpn;
@@ -192,41 +192,28 @@ impl H1Pool {
         reusable: bool,
     ) -> Result<Response<h1direct::DirectBody>, UpstreamError> {
         let head_request = req.method() == Method::HEAD;
-        let home = || {
-            reusable.then(|| Home {
-                pool: Arc::downgrade(self),
-                addr,
-            })
-        };
+        let pool = reusable.then_some((self, addr));
         for _ in 0..MAX_STALE_TRIES {
             let Some(mut conn) = self.checkout_direct(addr) else {
                 break;
             };
             match conn.exchange(&req, head_request).await {
-                Ok(head) => return Ok(h1direct::respond(conn, head, home())),
+                Ok(head) => return Ok(h1direct::respond(conn, head, pool)),
                 Err(Failure::NotSent(e)) => {
                     tracing::debug!(%addr, error = %e, "pooled HTTP/1 connection closed; retrying on another");
                 }
                 Err(Failure::NoAnswer(e)) if h1codec::is_idempotent(req.method()) => {
                     tracing::debug!(%addr, error = %e, "pooled HTTP/1 connection closed without an answer; retrying on another");
                 }
-                Err(failure) => {
-                    return Err(UpstreamError::Request {
-                        addr,
-                        source: failure.into_error(),
-                    });
-                }
+                Err(failure) => return Err(failure.into_upstream(addr)),
             }
         }
         // Boxed, as for hyper's connections: a dial is once per connection.
         let stream = Box::pin(self.connect(addr)).await?;
         let mut conn = DirectConn::new(stream);
         match conn.exchange(&req, head_request).await {
-            Ok(head) => Ok(h1direct::respond(conn, head, home())),
-            Err(failure) => Err(UpstreamError::Request {
-                addr,
-                source: failure.into_error(),
-            }),
+            Ok(head) => Ok(h1direct::respond(conn, head, pool)),
+            Err(failure) => Err(failure.into_upstream(addr)),
         }
     }
 
