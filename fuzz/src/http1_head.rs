@@ -46,6 +46,8 @@ const HOP_ADDR: &str = "10.0.0.1:9080";
 pub fn check_http1_head(data: &[u8]) {
     // The same bytes as an upstream's answer to the direct HTTP/1.1 client.
     crate::h1_response::check_h1_response(data);
+    // The same bytes as a client's request to the direct HTTP/1.1 server path.
+    crate::h1_request::check_h1_request(data);
     let rt = crate::runtime();
     let served = rt
         .block_on(async { tokio::time::timeout(CONNECTION_DEADLINE, serve(data.to_vec())).await });

@@ -6,7 +6,8 @@
 //! - [`detect`]: protocol detection over any bytes in any split into reads;
 //! - [`http1_head`]: the proxy's HTTP/1 server (hyper with the proxy's head timer) and the head
 //!   rewrites the proxy applies on top of it; and, on the same inputs, [`h1_response`]: the
-//!   direct HTTP/1.1 client's response head and chunked body codec;
+//!   direct HTTP/1.1 client's response head and chunked body codec, and [`h1_request`]: the
+//!   direct HTTP/1.1 server's request head codec;
 //! - [`config`]: every config adapter, YAML in, model out;
 //! - [`route`]: route selection against an independent first-match oracle;
 //! - [`csr`]: the CA's CSR path: no panic, and never a leaf for another identity;
@@ -19,6 +20,7 @@ pub mod authz;
 pub mod config;
 pub mod csr;
 pub mod detect;
+pub mod h1_request;
 pub mod h1_response;
 pub mod http1_head;
 pub mod input;

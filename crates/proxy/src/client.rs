@@ -136,6 +136,15 @@ pub fn up_body(body: Incoming) -> UpBody {
     body.map_err(UpBodyError::Downstream).boxed()
 }
 
+/// An empty request body, for a request that has none (no allocation: the box of a
+/// zero-sized body).
+pub fn empty_up_body() -> UpBody {
+    use http_body_util::BodyExt;
+    http_body_util::Empty::new()
+        .map_err(|never| match never {})
+        .boxed()
+}
+
 /// How long an idle pooled HTTP/1.1 connection is kept.
 const IDLE_TIMEOUT: Duration = Duration::from_secs(60);
 

@@ -21,6 +21,8 @@ use tokio_util::task::TaskTracker;
 use trellis_model::Target;
 
 pub(crate) mod drain;
+mod h1direct;
+pub mod h1head;
 mod http1;
 mod http2;
 mod recycle;

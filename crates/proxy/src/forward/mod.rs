@@ -81,16 +81,21 @@ impl HttpForward {
     }
 
     /// The hyper service entry point: never fails, errors become responses.
-    pub async fn handle(
+    pub async fn handle(self, req: Request<Incoming>) -> Result<Response<ProxyBody>, Infallible> {
+        self.handle_up(req.map(crate::client::up_body)).await
+    }
+
+    /// [`Self::handle`] for a request whose body is already an [`UpBody`] (the direct server
+    /// path's, which has none).
+    pub async fn handle_up(
         mut self,
-        mut req: Request<Incoming>,
+        mut req: Request<UpBody>,
     ) -> Result<Response<ProxyBody>, Infallible> {
         if let Some(id) = &self.peer_identity {
             req.extensions_mut().insert(id.clone());
         }
         let telemetry = self.ctx.telemetry.clone();
-        let (mut exchange, mut req) =
-            telemetry.begin(self.direction, req.map(crate::client::up_body), self.peer);
+        let (mut exchange, mut req) = telemetry.begin(self.direction, req, self.peer);
         // Moved, not cloned: `self` is this request's copy of the connection's forwarder.
         exchange.use_memo(self.series_memo.take());
         // The proxy's own limits and load shedding come first: a refusal costs nothing more.

@@ -97,6 +97,12 @@ impl IdleConn {
         self.counts.as_ref().is_some_and(|c| c.fired.load(Relaxed))
     }
 
+    /// Counts one request in flight until the returned guard is dropped (`None` when nothing
+    /// is watched): for a request served without [`Self::service`].
+    pub fn enter(&self) -> Option<InFlight> {
+        self.counts.as_ref().map(InFlight::enter)
+    }
+
     /// `handle` as a hyper service whose requests count as in flight until their response
     /// bodies end.
     pub fn service<F, Fut, B, E>(&self, handle: F) -> TrackIdle<F>
@@ -196,7 +202,7 @@ async fn sweep(counts: Arc<Counts>, timeout: Duration, token: CancellationToken)
 
 /// A request in flight; leaves the count when dropped.
 #[derive(Debug)]
-struct InFlight(Arc<Counts>);
+pub struct InFlight(Arc<Counts>);
 
 impl InFlight {
     fn enter(counts: &Arc<Counts>) -> Self {

@@ -168,11 +168,23 @@ impl Timer for HeadTimer {
     /// hyper asks for `now + timeout`; the spread is a share of that timeout.
     fn sleep_until(&self, deadline: Instant) -> Pin<Box<dyn Sleep>> {
         let timeout = deadline.saturating_duration_since(self.now());
-        Box::pin(HeadSleep {
+        Box::pin(self.sleep_for(deadline, timeout))
+    }
+}
+
+impl HeadTimer {
+    /// The sleep for one head that may take `timeout` from now (with this connection's
+    /// spread), unboxed: the direct server path ([`crate::serve`]) polls it itself.
+    pub fn head_sleep(&self, timeout: Duration) -> HeadSleep {
+        self.sleep_for(self.now() + timeout, timeout)
+    }
+
+    fn sleep_for(&self, deadline: Instant, timeout: Duration) -> HeadSleep {
+        HeadSleep {
             deadline: tokio::time::Instant::from_std(deadline + self.extra(timeout)),
             shared: self.shared.clone(),
             stall: Stall::Whole,
-        })
+        }
     }
 }
 
