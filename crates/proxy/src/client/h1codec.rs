@@ -141,6 +141,12 @@ pub fn parse_head(buf: &mut BytesMut, head_request: bool) -> Result<Option<Head>
             continue;
         }
         let status = StatusCode::from_u16(code).map_err(|_| CodecError::Header(":status"))?;
+        // A reason other than the status's own is kept, as hyper's client keeps it, for the
+        // HTTP/1.1 server side to write back (HTTP/2 has none to carry).
+        let reason = parsed
+            .reason
+            .filter(|r| Some(*r) != status.canonical_reason())
+            .and_then(|r| hyper::ext::ReasonPhrase::try_from(r.as_bytes()).ok());
         let version = if parsed.version == Some(0) {
             Version::HTTP_10
         } else {
@@ -215,6 +221,9 @@ pub fn parse_head(buf: &mut BytesMut, head_request: bool) -> Result<Option<Head>
         *response.status_mut() = status;
         *response.version_mut() = version;
         *response.headers_mut() = headers;
+        if let Some(reason) = reason {
+            response.extensions_mut().insert(reason);
+        }
         return Ok(Some(Head {
             response,
             framing,
@@ -557,6 +566,24 @@ mod tests {
         .unwrap();
         let names: Vec<&str> = both.response.headers().keys().map(|k| k.as_str()).collect();
         assert_eq!(names, ["transfer-encoding", "x"], "Content-Length dropped");
+    }
+
+    #[test]
+    fn only_a_reason_other_than_the_status_own_is_kept() {
+        let reason = |text: &str| {
+            let h = head(text, false).unwrap().unwrap();
+            h.response
+                .extensions()
+                .get::<hyper::ext::ReasonPhrase>()
+                .map(|r| String::from_utf8_lossy(r.as_bytes()).into_owned())
+        };
+        assert_eq!(reason("HTTP/1.1 200 OK\r\n\r\n"), None);
+        assert_eq!(reason("HTTP/1.1 404 Not Found\r\n\r\n"), None);
+        assert_eq!(
+            reason("HTTP/1.1 200 Fine Thanks\r\n\r\n").as_deref(),
+            Some("Fine Thanks")
+        );
+        assert_eq!(reason("HTTP/1.1 200 \r\n\r\n").as_deref(), Some(""));
     }
 
     #[test]

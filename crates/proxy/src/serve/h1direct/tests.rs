@@ -43,7 +43,7 @@ impl Drop for DropCount {
 
 /// A hyper HTTP/1.1 app: `/len/N` answers N bytes (a known length), `/stream` three chunks
 /// and a trailer (unknown length), `/slow` after 2 s, `/echo` the request body's length,
-/// `/none` 204.
+/// `/none` 204, `/reason` 200 with the reason phrase "Fine Thanks".
 async fn app() -> (SocketAddr, Arc<Seen>) {
     let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();
@@ -100,6 +100,12 @@ async fn answer(req: Request<Incoming>, seen: Arc<Seen>) -> Response<AppBody> {
             let body = req.into_body().collect().await.unwrap().to_bytes();
             seen.body_bytes.fetch_add(body.len(), SeqCst);
             Response::new(full(Bytes::from(body.len().to_string())))
+        }
+        "/reason" => {
+            let mut resp = Response::new(full(Bytes::from_static(b"ok")));
+            resp.extensions_mut()
+                .insert(hyper::ext::ReasonPhrase::from_static(b"Fine Thanks"));
+            resp
         }
         "/none" => Response::builder()
             .status(204)
@@ -351,4 +357,28 @@ async fn a_drain_answers_the_request_in_flight_with_close_and_closes_idle_connec
     assert_eq!(answer.body, b"late", "the request in flight is finished");
     assert_eq!(answer.headers["connection"], "close");
     assert!(closes(&mut busy).await);
+}
+
+#[tokio::test]
+async fn an_application_reason_phrase_reaches_the_client() {
+    let (app, _) = app().await;
+    let (_proxy, inbound) = proxy_in_front_of(app).await;
+    let mut conn = TcpStream::connect(inbound).await.unwrap();
+    conn.write_all(
+        b"GET /reason HTTP/1.1\r\nhost: app\r\n\r\nGET /len/1 HTTP/1.1\r\nhost: app\r\n\r\n",
+    )
+    .await
+    .unwrap();
+    let mut buf = BytesMut::new();
+    tokio::time::timeout(WAIT, async {
+        while !buf.ends_with(b"x") {
+            fill(&mut conn, &mut buf).await;
+        }
+    })
+    .await
+    .expect("both answers in time");
+    let text = String::from_utf8_lossy(&buf);
+    assert!(text.starts_with("HTTP/1.1 200 Fine Thanks\r\n"), "{text}");
+    let second = &text[text.find("okHTTP/1.1").expect("two answers") + 2..];
+    assert!(second.starts_with("HTTP/1.1 200 OK\r\n"), "{second}");
 }
