@@ -590,12 +590,11 @@ mod tests {
     use std::net::SocketAddr;
     use std::time::Duration;
 
-    use http_body_util::{BodyExt, Empty};
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
     use trellis_testkit::attacks::h2frame;
 
-    use super::{UpBody, UpstreamError, h2conn};
+    use super::{UpstreamError, h2conn};
 
     fn request_error(source: Box<dyn std::error::Error + Send + Sync>) -> UpstreamError {
         UpstreamError::Request {
@@ -697,7 +696,7 @@ mod tests {
             let tcp = tokio::net::TcpStream::connect(addr).await.unwrap();
             let mut sender = h2conn::handshake(tcp, addr).await.unwrap();
             sender.ready().await.unwrap();
-            let body: UpBody = Empty::new().map_err(|never| match never {}).boxed();
+            let body = super::empty_up_body();
             let req = http::Request::get(format!("http://{addr}/"))
                 .body(body)
                 .unwrap();

@@ -164,9 +164,8 @@ pub fn parse_head(buf: &mut BytesMut, head_request: bool) -> Result<Option<Head>
         for h in parsed.headers.iter() {
             let name = h.name.as_bytes();
             spans.push(Span {
-                name: name.as_ptr() as usize - base..name.as_ptr() as usize - base + name.len(),
-                value: h.value.as_ptr() as usize - base
-                    ..h.value.as_ptr() as usize - base + h.value.len(),
+                name: span(base, name),
+                value: span(base, h.value),
             });
             if name.eq_ignore_ascii_case(b"content-length") {
                 let n = content_length(h.value)?;
@@ -176,11 +175,12 @@ pub fn parse_head(buf: &mut BytesMut, head_request: bool) -> Result<Option<Head>
                 length = Some(n);
             } else if name.eq_ignore_ascii_case(b"transfer-encoding") {
                 // Only the last coding decides; chunked anywhere else is not final.
-                chunked = last_token(h.value).eq_ignore_ascii_case(b"chunked");
+                chunked = tokens(h.value)
+                    .last()
+                    .is_some_and(|t| t.eq_ignore_ascii_case(b"chunked"));
                 transfer_encoding = true;
             } else if name.eq_ignore_ascii_case(b"connection") {
-                for token in h.value.split(|b| *b == b',') {
-                    let token = token.trim_ascii();
+                for token in tokens(h.value) {
                     close |= token.eq_ignore_ascii_case(b"close");
                     keep_alive_token |= token.eq_ignore_ascii_case(b"keep-alive");
                 }
@@ -232,13 +232,26 @@ pub fn parse_head(buf: &mut BytesMut, head_request: bool) -> Result<Option<Head>
     }
 }
 
-/// Where a header's name and value are in the head's bytes.
-struct Span {
-    name: std::ops::Range<usize>,
-    value: std::ops::Range<usize>,
+/// Where a header's name and value are in the head's bytes (also the server codec's,
+/// `serve::h1head`).
+pub(crate) struct Span {
+    pub name: std::ops::Range<usize>,
+    pub value: std::ops::Range<usize>,
 }
 
-fn content_length(value: &[u8]) -> Result<u64, CodecError> {
+/// Where `part`, a slice of the buffer starting at address `base`, lies in it.
+pub(crate) fn span(base: usize, part: &[u8]) -> std::ops::Range<usize> {
+    let start = part.as_ptr() as usize - base;
+    start..start + part.len()
+}
+
+/// The comma-separated tokens of a header value, trimmed (RFC 9110 §5.6.1).
+pub(crate) fn tokens(value: &[u8]) -> impl DoubleEndedIterator<Item = &[u8]> {
+    value.split(|b| *b == b',').map(<[u8]>::trim_ascii)
+}
+
+/// A `Content-Length` value: digits, or a list of one repeated value.
+pub(crate) fn content_length(value: &[u8]) -> Result<u64, CodecError> {
     // A list of one repeated value is allowed (RFC 9110 §8.6); anything else is not.
     let mut found: Option<u64> = None;
     for part in value.split(|b| *b == b',') {
@@ -255,14 +268,6 @@ fn content_length(value: &[u8]) -> Result<u64, CodecError> {
         found = Some(n);
     }
     found.ok_or(CodecError::ContentLength)
-}
-
-fn last_token(value: &[u8]) -> &[u8] {
-    value
-        .rsplit(|b| *b == b',')
-        .next()
-        .unwrap_or_default()
-        .trim_ascii()
 }
 
 /// Where a chunked body's decoding is.

@@ -334,7 +334,7 @@ mod tests {
     use std::sync::atomic::{AtomicUsize, Ordering::SeqCst};
     use std::time::Duration;
 
-    use http_body_util::{BodyExt, Empty};
+    use http_body_util::BodyExt;
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
     use super::super::{RespBody, UpBody, h1pool::H1Pool};
@@ -389,7 +389,7 @@ mod tests {
         Request::builder()
             .method(method)
             .uri("/")
-            .body(Empty::new().map_err(|never| match never {}).boxed())
+            .body(crate::client::empty_up_body())
             .unwrap()
     }
 

@@ -496,11 +496,11 @@ fn prepare(addr: SocketAddr, req: &mut Request<UpBody>) {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use http_body_util::{BodyExt, Empty};
+    use http_body_util::BodyExt;
 
     fn req(uri: &str) -> Request<UpBody> {
         Request::get(uri)
-            .body(Empty::new().map_err(|never| match never {}).boxed())
+            .body(crate::client::empty_up_body())
             .unwrap()
     }
 

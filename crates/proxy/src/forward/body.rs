@@ -14,7 +14,7 @@ use std::task::{Context, Poll};
 
 use bytes::Bytes;
 use http_body::{Body, Frame, SizeHint};
-use http_body_util::{BodyExt, Empty, Full};
+use http_body_util::{BodyExt, Full};
 use tokio::sync::OwnedSemaphorePermit;
 
 use super::replay::Replay;
@@ -79,7 +79,7 @@ impl ReqBody {
     /// The body for the next attempt; `None` when it cannot be sent (again).
     pub fn for_attempt(&mut self) -> Option<UpBody> {
         match self {
-            Self::Empty => Some(Empty::new().map_err(|never| match never {}).boxed()),
+            Self::Empty => Some(crate::client::empty_up_body()),
             Self::Buffered(b) => Some(Full::new(b.clone()).map_err(|never| match never {}).boxed()),
             Self::Replay(r) => r.can_replay().then(|| r.attempt().boxed()),
             Self::Stream(s) => s.take(),

@@ -65,9 +65,21 @@ pub fn connection_ended(
     admission: &Admission,
     metrics: &LimitMetrics,
 ) {
-    let Some(limit) = classify(e) else {
-        return;
-    };
+    if let Some(limit) = classify(e) {
+        limit_ended(limit, direction, peer, head_started, admission, metrics);
+    }
+}
+
+/// [`connection_ended`] for a connection the proxy itself ended by `limit` (the direct
+/// HTTP/1.1 server's header-read timeout): counted, and held against the peer the same way.
+pub fn limit_ended(
+    limit: Limit,
+    direction: Direction,
+    peer: Option<IpAddr>,
+    head_started: bool,
+    admission: &Admission,
+    metrics: &LimitMetrics,
+) {
     metrics.rejected(direction, limit);
     let Some(ip) = peer else {
         return;

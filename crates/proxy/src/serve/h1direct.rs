@@ -19,7 +19,7 @@
 use std::future::{Future, poll_fn};
 use std::pin::Pin;
 use std::sync::atomic::{AtomicBool, Ordering::Relaxed};
-use std::task::Poll;
+use std::task::{Context, Poll};
 
 use bytes::{Bytes, BytesMut};
 use futures_util::FutureExt as _;
@@ -92,7 +92,7 @@ impl DirectServer<'_> {
             // On the heap, as hyper's path keeps it (`super::http1`): the forward's future is
             // large, and the recycled box makes it cheap.
             let forwarding = Recycled::new(|| self.forward.clone().handle_up(req));
-            let Some(resp) = answered(io, buf, forwarding).await else {
+            let Some(Ok(resp)) = answered(io, buf, forwarding).await else {
                 return Ended::Closed;
             };
             let close = !keep_alive || self.drained.load(Relaxed);
@@ -129,10 +129,7 @@ impl DirectServer<'_> {
                     Parsed::HandOff => return Poll::Ready(Err(Ended::HandOff)),
                     Parsed::Partial => {}
                 }
-                if buf.capacity() - buf.len() < READ_RESERVE / 2 {
-                    buf.reserve(READ_RESERVE);
-                }
-                match tokio_util::io::poll_read_buf(Pin::new(&mut *io), cx, buf) {
+                match poll_fill(io, cx, buf) {
                     // A client that closes mid-head gets what hyper gave it: nothing.
                     Poll::Ready(Ok(0) | Err(_)) => return Poll::Ready(Err(Ended::Closed)),
                     Poll::Ready(Ok(_)) => continue,
@@ -170,10 +167,7 @@ where
             return Poll::Ready(Some(out));
         }
         while buf.len() < READ_AHEAD {
-            if buf.capacity() - buf.len() < READ_RESERVE / 2 {
-                buf.reserve(READ_RESERVE);
-            }
-            match tokio_util::io::poll_read_buf(Pin::new(&mut *io), cx, buf) {
+            match poll_fill(io, cx, buf) {
                 Poll::Ready(Ok(0) | Err(_)) => return Poll::Ready(None),
                 Poll::Ready(Ok(_)) => {}
                 Poll::Pending => break,
@@ -184,19 +178,30 @@ where
     .await
 }
 
+/// Reads what the client sent behind what `buf` holds, making room first.
+fn poll_fill<IO: AsyncRead + Unpin>(
+    io: &mut IO,
+    cx: &mut Context<'_>,
+    buf: &mut BytesMut,
+) -> Poll<std::io::Result<usize>> {
+    if buf.capacity() - buf.len() < READ_RESERVE / 2 {
+        buf.reserve(READ_RESERVE);
+    }
+    tokio_util::io::poll_read_buf(Pin::new(io), cx, buf)
+}
+
 /// Writes `resp` (head and body); whether it was written whole with the connection still
 /// usable for the next request.
 async fn write_response<IO>(
     io: &mut IO,
     out: &mut Vec<u8>,
-    resp: Result<Response<ProxyBody>, std::convert::Infallible>,
+    resp: Response<ProxyBody>,
     trailers_accepted: bool,
     close: bool,
 ) -> std::io::Result<bool>
 where
     IO: AsyncWrite + Unpin,
 {
-    let Ok(resp) = resp;
     let (parts, mut body) = resp.into_parts();
     let size = if body.is_end_stream() {
         BodySize::Empty

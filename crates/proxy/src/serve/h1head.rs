@@ -17,6 +17,8 @@ use http::header::{self, HeaderMap, HeaderName, HeaderValue};
 use http::response::Parts;
 use http::{Method, Request, StatusCode, Uri};
 
+use crate::client::h1codec::{Span, content_length, span, tokens};
+
 /// The most request headers parsed here; a head with more goes to hyper, which applies
 /// `--max-request-headers` whatever it is.
 const MAX_PARSED_HEADERS: usize = 100;
@@ -86,8 +88,7 @@ pub fn parse_request(buf: &mut BytesMut, limits: HeadLimits) -> Parsed {
     };
     let base = buf.as_ptr() as usize;
     let path_span = span(base, path.as_bytes());
-    let mut spans: Vec<(std::ops::Range<usize>, std::ops::Range<usize>)> =
-        Vec::with_capacity(parsed.headers.len());
+    let mut spans: Vec<Span> = Vec::with_capacity(parsed.headers.len());
     let mut keep_alive = true;
     let mut trailers = false;
     for h in parsed.headers.iter() {
@@ -109,7 +110,10 @@ pub fn parse_request(buf: &mut BytesMut, limits: HeadLimits) -> Parsed {
         } else if name.eq_ignore_ascii_case(b"te") {
             trailers |= tokens(h.value).any(|t| t.eq_ignore_ascii_case(b"trailers"));
         }
-        spans.push((span(base, name), span(base, h.value)));
+        spans.push(Span {
+            name: span(base, name),
+            value: span(base, h.value),
+        });
     }
     // Nothing below can fail on bytes httparse accepted, except the header and URI rules of
     // the `http` crate, which hyper applies too (and then answers 400).
@@ -118,7 +122,7 @@ pub fn parse_request(buf: &mut BytesMut, limits: HeadLimits) -> Parsed {
         return restore(buf, head);
     };
     let mut headers = HeaderMap::with_capacity(spans.len());
-    for (name, value) in spans {
+    for Span { name, value } in spans {
         let (Ok(name), Ok(value)) = (
             HeaderName::from_bytes(&head[name]),
             HeaderValue::from_maybe_shared(head.slice(value)),
@@ -145,16 +149,6 @@ fn restore(buf: &mut BytesMut, head: Bytes) -> Parsed {
     whole.extend_from_slice(buf);
     *buf = whole;
     Parsed::HandOff
-}
-
-fn span(base: usize, part: &[u8]) -> std::ops::Range<usize> {
-    let start = part.as_ptr() as usize - base;
-    start..start + part.len()
-}
-
-/// The comma-separated tokens of a header value, trimmed.
-fn tokens(value: &[u8]) -> impl Iterator<Item = &[u8]> {
-    value.split(|b| *b == b',').map(<[u8]>::trim_ascii)
 }
 
 /// What is known of a response body's length before it is sent.
@@ -218,10 +212,8 @@ pub fn encode_response(
                 if framing.is_some() || size == BodySize::Empty {
                     continue;
                 }
-                match parse_length(value.as_bytes()) {
-                    Some(n) if status != StatusCode::NO_CONTENT => {
-                        framing = Some(Framing::Length(n))
-                    }
+                match content_length(value.as_bytes()) {
+                    Ok(n) if status != StatusCode::NO_CONTENT => framing = Some(Framing::Length(n)),
                     _ => continue,
                 }
             }
@@ -254,13 +246,9 @@ pub fn encode_response(
                 if !can_have_body {
                     continue;
                 }
-                if let Ok(names) = value.to_str() {
-                    trailer_names.extend(
-                        names
-                            .split(',')
-                            .filter_map(|n| HeaderName::from_bytes(n.trim().as_bytes()).ok()),
-                    );
-                }
+                trailer_names.extend(
+                    tokens(value.as_bytes()).filter_map(|n| HeaderName::from_bytes(n).ok()),
+                );
             }
             _ => {}
         }
@@ -320,14 +308,6 @@ fn write_length(out: &mut Vec<u8>, n: u64) {
     out.extend_from_slice(b"content-length: ");
     out.extend_from_slice(itoa::Buffer::new().format(n).as_bytes());
     out.extend_from_slice(b"\r\n");
-}
-
-/// A `Content-Length` value: digits only (RFC 9110 §8.6).
-fn parse_length(value: &[u8]) -> Option<u64> {
-    if value.is_empty() || !value.iter().all(u8::is_ascii_digit) {
-        return None;
-    }
-    std::str::from_utf8(value).ok()?.parse().ok()
 }
 
 /// Writes one chunk's size line.

@@ -58,8 +58,14 @@ pub(super) async fn serve_http1(
                 Ended::HandOff => {}
                 Ended::Closed => return Ok(()),
                 Ended::TimedOut => {
-                    // An idle keep-alive connection, as hyper counts its header-read timeout.
-                    ctx.metrics.limits.rejected(direction, Limit::HeaderTimeout);
+                    crate::limits::server::limit_ended(
+                        Limit::HeaderTimeout,
+                        direction,
+                        peer.map(|p| p.ip()),
+                        timer.head_started(),
+                        &ctx.admission,
+                        &ctx.metrics.limits,
+                    );
                     return Ok(());
                 }
             }

@@ -147,6 +147,20 @@ impl HeadTimer {
         self.shared.head_started.load(Relaxed)
     }
 
+    /// The sleep for one head that may take `timeout` from now (with this connection's
+    /// spread), unboxed: the direct server path ([`crate::serve`]) polls it itself.
+    pub fn head_sleep(&self, timeout: Duration) -> HeadSleep {
+        self.sleep_for(self.now() + timeout, timeout)
+    }
+
+    fn sleep_for(&self, deadline: Instant, timeout: Duration) -> HeadSleep {
+        HeadSleep {
+            deadline: tokio::time::Instant::from_std(deadline + self.extra(timeout)),
+            shared: self.shared.clone(),
+            stall: Stall::Whole,
+        }
+    }
+
     /// How much later than `timeout` this connection's deadline is.
     fn extra(&self, timeout: Duration) -> Duration {
         let nanos = timeout.as_nanos() * u128::from(SPREAD_PERCENT) / 100;
@@ -169,22 +183,6 @@ impl Timer for HeadTimer {
     fn sleep_until(&self, deadline: Instant) -> Pin<Box<dyn Sleep>> {
         let timeout = deadline.saturating_duration_since(self.now());
         Box::pin(self.sleep_for(deadline, timeout))
-    }
-}
-
-impl HeadTimer {
-    /// The sleep for one head that may take `timeout` from now (with this connection's
-    /// spread), unboxed: the direct server path ([`crate::serve`]) polls it itself.
-    pub fn head_sleep(&self, timeout: Duration) -> HeadSleep {
-        self.sleep_for(self.now() + timeout, timeout)
-    }
-
-    fn sleep_for(&self, deadline: Instant, timeout: Duration) -> HeadSleep {
-        HeadSleep {
-            deadline: tokio::time::Instant::from_std(deadline + self.extra(timeout)),
-            shared: self.shared.clone(),
-            stall: Stall::Whole,
-        }
     }
 }
 

@@ -25,6 +25,8 @@ const WAIT: Duration = Duration::from_secs(10);
 /// What the app saw and did, for the tests to look at.
 #[derive(Default)]
 struct Seen {
+    /// `/slow` requests that reached the app.
+    slow_started: AtomicUsize,
     /// Requests whose handling was dropped before it answered (the client went away).
     dropped: AtomicUsize,
     /// Request body bytes received.
@@ -91,6 +93,7 @@ async fn answer(req: Request<Incoming>, seen: Arc<Seen>) -> Response<AppBody> {
                 .unwrap()
         }
         "/slow" => {
+            seen.slow_started.fetch_add(1, SeqCst);
             let mut guard = DropCount(seen, false);
             tokio::time::sleep(Duration::from_secs(2)).await;
             guard.1 = true;
@@ -186,6 +189,15 @@ async fn read_answer(conn: &mut TcpStream, buf: &mut BytesMut) -> Answer {
 async fn fill(conn: &mut TcpStream, buf: &mut BytesMut) {
     let n = conn.read_buf(buf).await.unwrap();
     assert!(n > 0, "the proxy closed mid-answer");
+}
+
+/// Waits (bounded) until `counter` reaches `n`; whether it did.
+async fn reaches(counter: &AtomicUsize, n: usize) -> bool {
+    let deadline = tokio::time::Instant::now() + WAIT;
+    while counter.load(SeqCst) < n && tokio::time::Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    counter.load(SeqCst) >= n
 }
 
 /// Whether the proxy closes `conn` (reads EOF) within the wait.
@@ -318,24 +330,24 @@ async fn a_client_that_closes_while_waiting_cancels_its_request_upstream() {
     conn.write_all(b"GET /slow HTTP/1.1\r\nhost: app\r\n\r\n")
         .await
         .unwrap();
-    tokio::time::sleep(Duration::from_millis(200)).await;
+    assert!(
+        reaches(&seen.slow_started, 1).await,
+        "the request reached the app"
+    );
+    let closed_at = tokio::time::Instant::now();
     drop(conn);
-    // The app's handling is dropped when the proxy drops the upstream exchange, well before
-    // its 2 s answer.
-    let deadline = tokio::time::Instant::now() + Duration::from_millis(1500);
-    while seen.dropped.load(SeqCst) == 0 && tokio::time::Instant::now() < deadline {
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
-    assert_eq!(
-        seen.dropped.load(SeqCst),
-        1,
+    // The app's handling is dropped when the proxy drops the upstream exchange, before its
+    // 2 s answer would have come.
+    assert!(
+        reaches(&seen.dropped, 1).await,
         "the request was cancelled upstream"
     );
+    assert!(closed_at.elapsed() < Duration::from_millis(1500));
 }
 
 #[tokio::test]
 async fn a_drain_answers_the_request_in_flight_with_close_and_closes_idle_connections() {
-    let (app, _) = app().await;
+    let (app, seen) = app().await;
     let (proxy, inbound) = proxy_in_front_of(app).await;
     let mut idle = TcpStream::connect(inbound).await.unwrap();
     let mut buf = BytesMut::new();
@@ -347,7 +359,7 @@ async fn a_drain_answers_the_request_in_flight_with_close_and_closes_idle_connec
     busy.write_all(b"GET /slow HTTP/1.1\r\nhost: app\r\n\r\n")
         .await
         .unwrap();
-    tokio::time::sleep(Duration::from_millis(200)).await;
+    assert!(reaches(&seen.slow_started, 1).await, "in flight");
     proxy.shutdown_token().cancel();
     assert!(
         closes(&mut idle).await,
