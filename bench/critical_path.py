@@ -11,8 +11,10 @@ and one HAProxy (bench/haproxy.cfg.in). Then two measurements:
 
 1. **Latency by rate, untraced.** For each rate, `--rounds` rounds; each round loads every
    path once (order alternating) with `oha -q RATE -c 1 -z SECONDS --latency-correction`, as
-   bench.py's open-loop scenario does. Prints the median p50 and p90 per path and the median of
-   the per-round p50 differences against HAProxy (paired: both ran in the same minute).
+   bench.py's open-loop scenario does. Prints, per path, the median p50 and p99, the median of
+   the per-round p50 differences against HAProxy (paired: both ran in the same minute), and the
+   scheduler's counters per request over the same runs, for the proxy and for the backend
+   (`/proc/PID/sched`: migrations between CPUs, sleeps, preemptions), each round's too.
 2. **The critical path, traced.** At `--trace-rate`, per proxy, `perf record` of the
    `raw_syscalls` tracepoints of that one process (no PMU needed; about 1 µs per event, far less
    than strace) while oha loads it. Each request is the proxy's cycle: woken, read the request,
@@ -31,17 +33,23 @@ and one HAProxy (bench/haproxy.cfg.in). Then two measurements:
    once woken, how often a wake-up (of the proxy, or of the backend by the proxy's write)
    crossed to the other CPU, and how often the proxy was switched out while still runnable
    (a process it woke ran first: then that process's run is inside the proxy's write).
-   `--sample-cpus` adds, per untraced run, the share of 10 ms samples in which the proxy and
-   the backend were last on different CPUs.
 
 The breakdown is what the user-space work of the two proxies costs on the critical path,
 side by side; the untraced latencies are what a client sees.
 
-Two knobs for the scheduler experiment of docs/benchmarks.md ("Where the 1,000 rps latency
-goes"): `--with-batch` adds a third path, the same trellis-proxy started under `chrt -b 0`
-(SCHED_BATCH: a woken task does not preempt the running one), and `--hogs N` runs N busy-loop
-processes for the whole latency phase (a node whose CPUs are busy), where p99 is what to read. Standard library only; needs
-perf (linux-perf), oha, nginx and haproxy, like bench.py.
+Options for the scheduler experiments of docs/benchmarks.md ("Where the 1,000 rps latency
+goes"):
+
+- `--with-batch` adds a third path, the same trellis-proxy under `chrt -b 0` (SCHED_BATCH: a
+  woken task does not preempt the running one);
+- `--hogs N` runs N busy-loop processes through the latency phase (a node whose CPUs are busy;
+  read p99);
+- `--client-cpus LIST` runs the load generator under `taskset -c LIST`;
+- `--sample-cpus` adds, per untraced run, the share of 10 ms samples in which the proxy and the
+  backend were last on different CPUs;
+- `--no-trace` stops after the untraced phase.
+
+Standard library only; needs perf (linux-perf), oha, nginx, haproxy, chrt and taskset.
 """
 
 from __future__ import annotations
@@ -106,11 +114,11 @@ def last_cpu(pid: int) -> int:
     return int(Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[36])
 
 
-def run_oha(oha: str, port: int, rate: int, seconds: float,
+def run_oha(oha: list[str], port: int, rate: int, seconds: float,
             split_of: tuple[int, int] | None = None) -> dict:
     """One open-loop run; with `split_of` (proxy, backend pids), also the share of 10 ms
     samples in which the two were last on different CPUs (the sampler is itself a load)."""
-    argv = [oha, "--no-tui", "--output-format", "json", "--latency-correction",
+    argv = [*oha, "--no-tui", "--output-format", "json", "--latency-correction",
             "--wait-ongoing-requests-after-deadline", "-z", f"{seconds}s", "-q", str(rate),
             "-c", "1", f"http://127.0.0.1:{port}/"]
     load = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
@@ -141,7 +149,7 @@ def sched_counters(pid: int) -> dict[str, int]:
             for k in SCHED_COUNTERS}
 
 
-def latency_by_rate(oha: str, paths: dict[str, int], pids: dict[str, int], backend_pid: int,
+def latency_by_rate(oha: list[str], paths: dict[str, int], pids: dict[str, int], backend_pid: int,
                     rates: list[int], rounds: int, seconds: float, sample: bool) -> dict:
     """Per rate and path: latency, and the scheduler's counters per request of the proxy and
     of the backend over the same run (migrations between CPUs, sleeps, preemptions)."""
@@ -291,9 +299,9 @@ def wakeups(perf_script: str, proxy_pid: int, backend_pid: int) -> dict:
     }
 
 
-def trace(oha: str, name: str, pid: int, backend_pid: int, port: int, rate: int,
+def trace(oha: list[str], name: str, pid: int, backend_pid: int, port: int, rate: int,
           seconds: float, out: Path) -> dict:
-    load = subprocess.Popen([oha, "--no-tui", "-z", f"{seconds + 2}s", "-q", str(rate), "-c",
+    load = subprocess.Popen([*oha, "--no-tui", "-z", f"{seconds + 2}s", "-q", str(rate), "-c",
                              "1", f"http://127.0.0.1:{port}/"],
                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     try:
@@ -342,19 +350,25 @@ def main() -> int:
     ap.add_argument("--hogs", type=int, default=0,
                     help="busy-loop processes running through the latency phase")
     ap.add_argument("--no-trace", action="store_true", help="skip the traced breakdown")
+    ap.add_argument("--client-cpus", metavar="LIST",
+                    help="run the load generator under taskset -c LIST (e.g. 0: its threads "
+                    "on one CPU)")
     ap.add_argument("--sample-cpus", action="store_true",
                     help="sample every 10 ms whether the proxy and the backend are on different "
                     "CPUs (per round; the sampling loads the machine a little)")
     args = ap.parse_args()
     tools = {t: shutil.which(t) or p for t, p in [
         ("oha", os.path.expanduser("~/.local/oha/bin/oha")), ("nginx", "/usr/sbin/nginx"),
-        ("haproxy", "/usr/sbin/haproxy"), ("perf", "/usr/bin/perf"), ("chrt", "/usr/bin/chrt")]}
+        ("haproxy", "/usr/sbin/haproxy"), ("perf", "/usr/bin/perf"), ("chrt", "/usr/bin/chrt"),
+        ("taskset", "/usr/bin/taskset")]}
     missing = [t for t, p in tools.items() if not os.access(p, os.X_OK)]
     if missing or not os.access(args.trellis_bin, os.X_OK):
         print(f"missing: {missing or args.trellis_bin}", file=sys.stderr)
         return 2
     args.trellis_bin = str(Path(args.trellis_bin).resolve())  # the processes run in out/
     rates = [int(r) for r in args.rates.split(",") if r]
+    oha = [tools["oha"]] if not args.client_cpus else \
+        [tools["taskset"], "-c", args.client_cpus, tools["oha"]]
     (REPO / "bench" / "out").mkdir(exist_ok=True)
     out = Path(tempfile.mkdtemp(prefix="critical-path-", dir=REPO / "bench" / "out"))
     procs: list[subprocess.Popen] = []
@@ -398,7 +412,7 @@ def main() -> int:
         hogs = [start(f"hog-{i}", [sys.executable, "-c", "while True: pass"])
                 for i in range(args.hogs)]
         try:
-            by_rate = latency_by_rate(tools["oha"], ports,
+            by_rate = latency_by_rate(oha, ports,
                                       {n: p.pid for n, p in proxies.items()}, nginx.pid, rates,
                                       args.rounds, args.seconds, args.sample_cpus)
         finally:
@@ -415,7 +429,7 @@ def main() -> int:
             return 0
         for name in ["haproxy", "trellis"]:
             result["critical_path"][name] = trace(
-                tools["oha"], name, proxies[name].pid, nginx.pid, ports[name], args.trace_rate,
+                oha, name, proxies[name].pid, nginx.pid, ports[name], args.trace_rate,
                 args.trace_seconds, out)
         print(f"\ncritical path at {args.trace_rate} rps, mean µs per request "
               f"(median in brackets):")
