@@ -42,6 +42,9 @@ goes"):
 
 - `--with-batch` adds a third path, the same trellis-proxy under `chrt -b 0` (SCHED_BATCH: a
   woken task does not preempt the running one);
+- `--with-slice NS` (repeatable) adds the same trellis-proxy with a requested scheduling slice
+  of NS nanoseconds (`sched_setattr`, SCHED_OTHER; the default, `se.slice` in
+  `/proc/PID/sched`, is 1.4 ms on this VM);
 - `--hogs N` runs N busy-loop processes through the latency phase (a node whose CPUs are busy;
   read p99);
 - `--client-cpus LIST` runs the load generator under `taskset -c LIST`;
@@ -77,6 +80,26 @@ WAITS = {7, 232, 281}  # poll, epoll_wait, epoll_pwait
 RESPONSE_BYTES = 1000
 SEGMENTS = ["wake→read request", "read request", "request", "write upstream",
             "wake→read response", "read response", "response", "write downstream"]
+
+
+def set_slice(pid: int, slice_ns: int) -> None:
+    """Requests a fair-scheduling slice of `slice_ns` for `pid` (sched_setattr with
+    SCHED_OTHER and sched_runtime; Linux 6.12+ takes it as the task's slice)."""
+    import ctypes  # noqa: PLC0415 - only this experiment needs it
+
+    class SchedAttr(ctypes.Structure):
+        _fields_ = [("size", ctypes.c_uint32), ("sched_policy", ctypes.c_uint32),
+                    ("sched_flags", ctypes.c_uint64), ("sched_nice", ctypes.c_int32),
+                    ("sched_priority", ctypes.c_uint32), ("sched_runtime", ctypes.c_uint64),
+                    ("sched_deadline", ctypes.c_uint64), ("sched_period", ctypes.c_uint64)]
+
+    attr = SchedAttr(size=ctypes.sizeof(SchedAttr), sched_policy=0, sched_runtime=slice_ns)
+    libc = ctypes.CDLL(None, use_errno=True)
+    if libc.syscall(314, pid, ctypes.byref(attr), 0) != 0:  # SYS_sched_setattr on x86_64
+        raise OSError(ctypes.get_errno(), f"sched_setattr({pid}, slice {slice_ns} ns)")
+    got = re.search(r"^se\.slice\s+:\s+(\d+)", Path(f"/proc/{pid}/sched").read_text(), re.M)
+    if not got or int(got.group(1)) != slice_ns:
+        raise RuntimeError(f"the kernel did not take slice {slice_ns} ns for {pid}: {got}")
 
 
 def free_port() -> int:
@@ -347,6 +370,9 @@ def main() -> int:
     ap.add_argument("--json", help="write the results here")
     ap.add_argument("--with-batch", action="store_true",
                     help="also a trellis-proxy under SCHED_BATCH (chrt -b 0)")
+    ap.add_argument("--with-slice", type=int, metavar="NS", action="append", default=[],
+                    help="also a trellis-proxy whose requested scheduling slice is NS "
+                    "nanoseconds (sched_setattr; repeatable)")
     ap.add_argument("--hogs", type=int, default=0,
                     help="busy-loop processes running through the latency phase")
     ap.add_argument("--no-trace", action="store_true", help="skip the traced breakdown")
@@ -391,6 +417,8 @@ def main() -> int:
         ports = {"haproxy": free_port(), "trellis": free_port()}
         if args.with_batch:
             ports["trellis-batch"] = free_port()
+        for ns in args.with_slice:
+            ports[f"trellis-slice-{ns // 1000}us"] = free_port()
         conf = render("haproxy.cfg.in", out / "haproxy.cfg", {
             "LISTEN": f"127.0.0.1:{ports['haproxy']}", "BACKEND": f"127.0.0.1:{backend}",
             "DIR": str(out)})
@@ -407,6 +435,10 @@ def main() -> int:
         if args.with_batch:
             proxies["trellis-batch"] = start(
                 "trellis-batch", [tools["chrt"], "-b", "0", *trellis(ports["trellis-batch"])])
+        for ns in args.with_slice:
+            name = f"trellis-slice-{ns // 1000}us"
+            proxies[name] = start(name, trellis(ports[name]))
+            set_slice(proxies[name].pid, ns)
         for name, proc in proxies.items():
             wait_answering(ports[name], proc, name)
         hogs = [start(f"hog-{i}", [sys.executable, "-c", "while True: pass"])
