@@ -300,13 +300,16 @@ def start_trellis(procs, binary: str, out: Path, name: str, args: list[str]) -> 
     return info
 
 
+def trellis_one_hop_args(port: int, backend_port: int) -> list[str]:
+    """The "trellis, 1 hop" proxy's flags: an explicit outbound port straight to the backend
+    (also bench/critical_path.py's)."""
+    return ["--outbound-port", f"127.0.0.1:{port}=127.0.0.1:{backend_port}",
+            "--outbound", "none", "--inbound", "127.0.0.1:0"]
+
+
 def start_trellis_paths(procs, binary, out, backend_port) -> list[BenchPath]:
-    # One hop: an explicit outbound port straight to the backend.
     p1 = free_port()
-    one = start_trellis(procs, binary, out, "trellis-1hop", [
-        "--outbound-port", f"127.0.0.1:{p1}=127.0.0.1:{backend_port}",
-        "--outbound", "none", "--inbound", "127.0.0.1:0",
-    ])
+    one = start_trellis(procs, binary, out, "trellis-1hop", trellis_one_hop_args(p1, backend_port))
     # Two hops: client sidecar's explicit outbound port -> server sidecar's inbound -> app.
     q = free_port()
     server = start_trellis(procs, binary, out, "trellis-server", [

@@ -334,15 +334,13 @@ async fn a_client_that_closes_while_waiting_cancels_its_request_upstream() {
         reaches(&seen.slow_started, 1).await,
         "the request reached the app"
     );
-    let closed_at = tokio::time::Instant::now();
     drop(conn);
-    // The app's handling is dropped when the proxy drops the upstream exchange, before its
-    // 2 s answer would have come.
+    // The app's handling is dropped when the proxy drops the upstream exchange; a handling
+    // that ran to its 2 s answer is not counted, so no clock is needed to tell them apart.
     assert!(
         reaches(&seen.dropped, 1).await,
         "the request was cancelled upstream"
     );
-    assert!(closed_at.elapsed() < Duration::from_millis(1500));
 }
 
 #[tokio::test]
